@@ -1,0 +1,175 @@
+//! PUBLISH and its acknowledgements PUBACK, PUBREC, PUBREL, PUBCOMP (§3.3–3.7).
+
+use bytes::{BufMut, Bytes};
+
+use super::connect::{check_topic_name, encode_properties};
+use super::error::{DecodeError, EncodeError};
+use super::primitives::{field_len, put_binary, Reader};
+use super::properties::{Properties, PropertyContext};
+use super::reason::{ReasonCode, ReasonContext};
+use super::{MqttStr, ProtocolVersion, QoS};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Empty only in 5.0 with a Topic Alias property.
+    pub topic: MqttStr,
+    /// 0 for QoS 0 (no identifier on the wire); non-zero otherwise.
+    pub packet_id: u16,
+    pub properties: Properties,
+    pub payload: Bytes,
+}
+
+impl Publish {
+    pub(super) fn flags(&self) -> u8 {
+        (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
+    }
+
+    pub(super) fn decode(
+        r: &mut Reader<'_>,
+        flags: u8,
+        version: ProtocolVersion,
+    ) -> Result<Self, DecodeError> {
+        let dup = flags & 0x08 != 0;
+        let retain = flags & 0x01 != 0;
+        // [MQTT-3.3.1-4] both QoS bits set is a Malformed Packet.
+        let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::InvalidQos)?;
+        // [MQTT-3.3.1-2] DUP is 0 on every QoS 0 message.
+        if dup && qos == QoS::AtMostOnce {
+            return Err(DecodeError::DupOnQos0);
+        }
+        let topic = r.string()?;
+        check_topic_name(&topic)?;
+        let packet_id = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            // [MQTT-2.2.1-3] (5.0), [MQTT-2.3.1-1] (3.1.1): a non-zero packet identifier.
+            let id = r.u16()?;
+            if id == 0 {
+                return Err(DecodeError::ZeroPacketId);
+            }
+            id
+        };
+        let properties = if version == ProtocolVersion::V5 {
+            Properties::decode(r, PropertyContext::Publish)?
+        } else {
+            Properties::default()
+        };
+        // [MQTT-4.7.3-1] a topic name has at least one character; 5.0 allows an empty one
+        // when a Topic Alias stands for it (§3.3.2.1), and makes its absence a Protocol Error.
+        if topic.is_empty() && properties.topic_alias.is_none() {
+            return Err(DecodeError::EmptyTopicName);
+        }
+        let payload = r.rest();
+        Ok(Publish {
+            dup,
+            qos,
+            retain,
+            topic,
+            packet_id,
+            properties,
+            payload,
+        })
+    }
+
+    pub(super) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let mut len = field_len(self.topic.len())? + self.payload.len();
+        if self.qos != QoS::AtMostOnce {
+            len += 2;
+        }
+        if version == ProtocolVersion::V5 {
+            len += self.properties.encoded_len()?;
+        }
+        Ok(len)
+    }
+
+    pub(super) fn encode_body<B: BufMut>(&self, version: ProtocolVersion, buf: &mut B) {
+        put_binary(buf, self.topic.as_bytes());
+        if self.qos != QoS::AtMostOnce {
+            debug_assert_ne!(
+                self.packet_id, 0,
+                "[MQTT-2.2.1-3] QoS > 0 needs a packet id"
+            );
+            buf.put_u16(self.packet_id);
+        }
+        if version == ProtocolVersion::V5 {
+            encode_properties(&self.properties, buf);
+        }
+        buf.put_slice(&self.payload);
+    }
+}
+
+/// PUBACK, PUBREC, PUBREL or PUBCOMP: a packet identifier, and in 5.0 a reason code and
+/// properties.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PubResponse {
+    pub packet_id: u16,
+    pub reason: ReasonCode,
+    pub properties: Properties,
+}
+
+impl PubResponse {
+    pub fn new(packet_id: u16) -> Self {
+        PubResponse {
+            packet_id,
+            reason: ReasonCode::Success,
+            properties: Properties::default(),
+        }
+    }
+
+    pub(super) fn decode(
+        r: &mut Reader<'_>,
+        version: ProtocolVersion,
+        context: ReasonContext,
+        properties_context: PropertyContext,
+        packet: &'static str,
+    ) -> Result<Self, DecodeError> {
+        let packet_id = r.u16()?;
+        if packet_id == 0 {
+            return Err(DecodeError::ZeroPacketId);
+        }
+        let mut response = PubResponse::new(packet_id);
+        // 5.0 §3.4.2.1: the reason code and properties may be left off when they are Success
+        // and none.
+        if version == ProtocolVersion::V5 && r.has_remaining() {
+            let code = r.u8()?;
+            response.reason = ReasonCode::from_u8(code)
+                .filter(|&c| context.allows(c))
+                .ok_or(DecodeError::InvalidReasonCode { packet, code })?;
+            if r.has_remaining() {
+                response.properties = Properties::decode(r, properties_context)?;
+            }
+        }
+        Ok(response)
+    }
+
+    pub(super) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        if version != ProtocolVersion::V5 {
+            return Ok(2);
+        }
+        if self.properties.is_empty() {
+            return Ok(if self.reason == ReasonCode::Success {
+                2
+            } else {
+                3
+            });
+        }
+        Ok(3 + self.properties.encoded_len()?)
+    }
+
+    pub(super) fn encode_body<B: BufMut>(&self, version: ProtocolVersion, buf: &mut B) {
+        buf.put_u16(self.packet_id);
+        if version != ProtocolVersion::V5 {
+            return;
+        }
+        let has_properties = !self.properties.is_empty();
+        if self.reason != ReasonCode::Success || has_properties {
+            buf.put_u8(self.reason as u8);
+        }
+        if has_properties {
+            encode_properties(&self.properties, buf);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Topic names, topic filters and the subscription trie.
+
+mod cow_map;
+mod trie;
+mod validate;
+
+pub use cow_map::CowMap;
+pub use trie::{Match, Members, Node, SessionId, Subscription, SubscriptionTree, TreeWriter};
+pub use validate::{
+    matches, parse_filter, validate_filter, validate_topic_name, FilterRef, TopicError,
+    SHARE_PREFIX, TOPIC_LEVELS_MAX,
+};

@@ -1,0 +1,376 @@
+//! The global subscription trie, published as immutable snapshots.
+//!
+//! Readers (every shard, for every PUBLISH) take the current snapshot with one atomic load
+//! (`arc_swap`) and walk it without locks. One writer applies subscribes and unsubscribes to
+//! its own working copy by path copying: a change clones only the nodes on its path that are
+//! still shared with a published snapshot (O(depth), and a node's maps clone in O(1), see
+//! `cow_map`), and nodes cloned earlier in the same batch are changed in place. `publish`
+//! makes the batch visible at once; a superseded snapshot is freed when its last reader drops
+//! it.
+
+use arc_swap::{ArcSwap, Guard};
+use smallvec::SmallVec;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use super::cow_map::CowMap;
+use super::validate::{FilterRef, TOPIC_LEVELS_MAX};
+use crate::codec::SubscriptionOptions;
+
+/// A session, as the broker names it for its whole life (stable across reconnects).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// One session's subscription to one filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The shard that owns the session now: matches are grouped by it.
+    pub shard: u16,
+    pub options: SubscriptionOptions,
+    /// MQTT 5 Subscription Identifier, sent back with matching messages.
+    pub identifier: Option<NonZeroU32>,
+}
+
+/// Subscribers of one filter, or members of one share group.
+pub type Members = CowMap<SessionId, Subscription>;
+
+/// Everything subscribed to one exact filter.
+#[derive(Clone, Debug, Default)]
+struct Leaf {
+    subscribers: Members,
+    /// `$share/{group}/{filter}` groups, by group name.
+    groups: CowMap<Arc<str>, Members>,
+}
+
+impl Leaf {
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.groups.is_empty()
+    }
+}
+
+/// A level of the trie. The root is the level above the first.
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    children: CowMap<Arc<str>, Arc<Node>>,
+    /// The `+` child.
+    plus: Option<Arc<Node>>,
+    /// Filters that end at this level.
+    exact: Option<Arc<Leaf>>,
+    /// Filters that end with `#` just below this level (`a/#` lives in node `a`).
+    multi: Option<Arc<Leaf>>,
+}
+
+/// One thing a topic matched: a plain subscriber, or a share group of which the router picks
+/// one member. A session with several matching filters appears once per filter; the caller
+/// merges them (MQTT 5.0 §4.7.3 lets the server deliver once, at the highest QoS).
+#[derive(Clone, Copy, Debug)]
+pub enum Match<'a> {
+    Subscriber(SessionId, &'a Subscription),
+    Group { name: &'a str, members: &'a Members },
+}
+
+fn split_level(topic: &str) -> (&str, Option<&str>) {
+    match topic.split_once('/') {
+        Some((level, rest)) => (level, Some(rest)),
+        None => (topic, None),
+    }
+}
+
+fn emit<'a, F: FnMut(Match<'a>)>(leaf: &'a Option<Arc<Leaf>>, f: &mut F) {
+    let Some(leaf) = leaf else { return };
+    for (&session, subscription) in leaf.subscribers.iter() {
+        f(Match::Subscriber(session, subscription));
+    }
+    for (name, members) in leaf.groups.iter() {
+        f(Match::Group { name, members });
+    }
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.exact.is_none()
+            && self.multi.is_none()
+    }
+
+    /// Calls `f` for every subscription whose filter matches the topic name `topic`.
+    /// Recursion depth is bounded by the trie's depth, at most `TOPIC_LEVELS_MAX`.
+    pub fn for_each_match<'a, F: FnMut(Match<'a>)>(&'a self, topic: &str, f: &mut F) {
+        let (first, rest) = split_level(topic);
+        // [MQTT-4.7.2-1] a filter starting with a wildcard does not match a topic name
+        // starting with '$'.
+        if !first.starts_with('$') {
+            emit(&self.multi, f);
+            if let Some(plus) = &self.plus {
+                plus.descend(rest, f);
+            }
+        }
+        if let Some(child) = self.children.get(first) {
+            child.descend(rest, f);
+        }
+    }
+
+    /// Matches `rest` of the topic below this node, which matched the level before it.
+    fn descend<'a, F: FnMut(Match<'a>)>(&'a self, rest: Option<&str>, f: &mut F) {
+        // `#` matches its parent level too (§4.7.1.2: "sport/#" matches "sport").
+        emit(&self.multi, f);
+        let Some(rest) = rest else {
+            emit(&self.exact, f);
+            return;
+        };
+        let (level, rest) = split_level(rest);
+        if let Some(child) = self.children.get(level) {
+            child.descend(rest, f);
+        }
+        if let Some(plus) = &self.plus {
+            plus.descend(rest, f);
+        }
+    }
+
+    /// The leaf slot for `filter`'s last level, if the path exists.
+    fn leaf(&self, levels: &[&str]) -> Option<&Option<Arc<Leaf>>> {
+        let (&level, rest) = levels.split_first()?;
+        if level == "#" {
+            return Some(&self.multi);
+        }
+        let child = if level == "+" {
+            self.plus.as_ref()?
+        } else {
+            self.children.get(level)?
+        };
+        if rest.is_empty() {
+            Some(&child.exact)
+        } else {
+            child.leaf(rest)
+        }
+    }
+
+    /// The subscription `session` holds on `filter`, if any.
+    pub fn get(&self, filter: FilterRef<'_>, session: SessionId) -> Option<&Subscription> {
+        let levels = split_levels(filter.filter());
+        let leaf = self.leaf(&levels)?.as_ref()?;
+        match filter.group() {
+            None => leaf.subscribers.get(&session),
+            Some(group) => leaf.groups.get(group)?.get(&session),
+        }
+    }
+
+    /// Counts the subscriptions in the trie (a walk of all of it: for tests and tools).
+    pub fn count(&self) -> usize {
+        let leaf_count = |leaf: &Option<Arc<Leaf>>| {
+            leaf.as_ref().map_or(0, |l| {
+                l.subscribers.len() + l.groups.iter().map(|(_, m)| m.len()).sum::<usize>()
+            })
+        };
+        leaf_count(&self.exact)
+            + leaf_count(&self.multi)
+            + self.plus.as_ref().map_or(0, |p| p.count())
+            + self.children.iter().map(|(_, c)| c.count()).sum::<usize>()
+    }
+
+    /// Inserts or replaces `session`'s subscription, cloning shared nodes on the way.
+    fn insert(
+        self: &mut Arc<Self>,
+        levels: &[&str],
+        group: Option<&str>,
+        session: SessionId,
+        sub: Subscription,
+    ) -> Option<Subscription> {
+        let mut node = Arc::make_mut(self);
+        let mut at = 0;
+        let slot = loop {
+            let level = levels[at];
+            at += 1;
+            if level == "#" {
+                break &mut node.multi;
+            }
+            let child = if level == "+" {
+                node.plus.get_or_insert_with(Default::default)
+            } else {
+                node.children
+                    .get_or_insert_with(level, || Arc::from(level), Default::default)
+            };
+            node = Arc::make_mut(child);
+            if at == levels.len() {
+                break &mut node.exact;
+            }
+        };
+        let leaf = Arc::make_mut(slot.get_or_insert_with(Default::default));
+        let members = match group {
+            None => &mut leaf.subscribers,
+            Some(group) => {
+                leaf.groups
+                    .get_or_insert_with(group, || Arc::from(group), Default::default)
+            }
+        };
+        members.insert(session, sub)
+    }
+
+    /// Removes `session`'s subscription, which must exist, and every node left empty.
+    fn remove(
+        &mut self,
+        levels: &[&str],
+        group: Option<&str>,
+        session: SessionId,
+    ) -> Option<Subscription> {
+        let (&level, rest) = levels.split_first()?;
+        if level == "#" {
+            return remove_from_leaf(&mut self.multi, group, session);
+        }
+        let child_slot = if level == "+" {
+            self.plus.as_mut()?
+        } else {
+            self.children.get_mut(level)?
+        };
+        let child = Arc::make_mut(child_slot);
+        let removed = if rest.is_empty() {
+            remove_from_leaf(&mut child.exact, group, session)
+        } else {
+            child.remove(rest, group, session)
+        };
+        if child.is_empty() {
+            if level == "+" {
+                self.plus = None;
+            } else {
+                self.children.remove(level);
+            }
+        }
+        removed
+    }
+}
+
+fn remove_from_leaf(
+    slot: &mut Option<Arc<Leaf>>,
+    group: Option<&str>,
+    session: SessionId,
+) -> Option<Subscription> {
+    let leaf = Arc::make_mut(slot.as_mut()?);
+    let removed = match group {
+        None => leaf.subscribers.remove(&session),
+        Some(group) => {
+            let members = leaf.groups.get_mut(group)?;
+            let removed = members.remove(&session);
+            if members.is_empty() {
+                leaf.groups.remove(group);
+            }
+            removed
+        }
+    };
+    if leaf.is_empty() {
+        *slot = None;
+    }
+    removed
+}
+
+fn split_levels(filter: &str) -> SmallVec<[&str; 8]> {
+    let levels: SmallVec<[&str; 8]> = filter.split('/').collect();
+    // `FilterRef` comes only from `parse_filter`, which bounds the levels.
+    debug_assert!(levels.len() <= TOPIC_LEVELS_MAX);
+    levels
+}
+
+/// The published trie, shared by every shard.
+#[derive(Debug, Default)]
+pub struct SubscriptionTree {
+    root: ArcSwap<Node>,
+}
+
+impl SubscriptionTree {
+    pub fn new() -> Arc<Self> {
+        Arc::new(SubscriptionTree::default())
+    }
+
+    /// The current snapshot: one atomic load, no lock, no reference count traffic on the
+    /// fast path. Hold it for a short while (one publish, one loop turn).
+    pub fn load(&self) -> Guard<Arc<Node>> {
+        self.root.load()
+    }
+
+    /// The current snapshot as an owned `Arc`, to keep for longer.
+    pub fn load_full(&self) -> Arc<Node> {
+        self.root.load_full()
+    }
+}
+
+/// The one writer of a `SubscriptionTree`. Changes stay private to it until `publish`.
+pub struct TreeWriter {
+    tree: Arc<SubscriptionTree>,
+    working: Arc<Node>,
+    unpublished: usize,
+    subscriptions: usize,
+}
+
+impl TreeWriter {
+    /// Writes to `tree`, starting from what it holds now.
+    pub fn new(tree: Arc<SubscriptionTree>) -> Self {
+        let working = tree.load_full();
+        let subscriptions = working.count();
+        TreeWriter {
+            tree,
+            working,
+            unpublished: 0,
+            subscriptions,
+        }
+    }
+
+    /// Subscribes `session` to `filter`, or replaces its options there; returns the
+    /// subscription it replaced.
+    pub fn subscribe(
+        &mut self,
+        filter: FilterRef<'_>,
+        session: SessionId,
+        sub: Subscription,
+    ) -> Option<Subscription> {
+        let levels = split_levels(filter.filter());
+        let old = self.working.insert(&levels, filter.group(), session, sub);
+        if old.is_none() {
+            self.subscriptions += 1;
+        }
+        self.unpublished += 1;
+        old
+    }
+
+    /// Removes `session`'s subscription to `filter`; returns it, or `None` if there was none.
+    pub fn unsubscribe(
+        &mut self,
+        filter: FilterRef<'_>,
+        session: SessionId,
+    ) -> Option<Subscription> {
+        // Look first, so that a filter nobody holds copies no node.
+        self.working.get(filter, session)?;
+        let levels = split_levels(filter.filter());
+        let old = Arc::make_mut(&mut self.working).remove(&levels, filter.group(), session);
+        debug_assert!(old.is_some(), "found by get() just before");
+        self.subscriptions -= 1;
+        self.unpublished += 1;
+        old
+    }
+
+    /// The writer's view, with unpublished changes.
+    pub fn working(&self) -> &Node {
+        &self.working
+    }
+
+    /// Subscriptions in the working trie.
+    pub fn len(&self) -> usize {
+        self.subscriptions
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subscriptions == 0
+    }
+
+    /// Changes applied since the last `publish`.
+    pub fn unpublished(&self) -> usize {
+        self.unpublished
+    }
+
+    /// Makes every change so far visible to readers, as one new snapshot.
+    pub fn publish(&mut self) {
+        if self.unpublished > 0 {
+            self.tree.root.store(Arc::clone(&self.working));
+            self.unpublished = 0;
+        }
+    }
+}
