@@ -7,7 +7,11 @@ use midge::codec::*;
 use proptest::prelude::*;
 use proptest::sample::select;
 
-const VERSIONS: [ProtocolVersion; 3] = [ProtocolVersion::V31, ProtocolVersion::V311, ProtocolVersion::V5];
+const VERSIONS: [ProtocolVersion; 3] = [
+    ProtocolVersion::V31,
+    ProtocolVersion::V311,
+    ProtocolVersion::V5,
+];
 
 fn text() -> impl Strategy<Value = MqttStr> {
     // Any printable text, multi-byte characters included; no U+0000.
@@ -23,7 +27,10 @@ fn data() -> impl Strategy<Value = Bytes> {
 }
 
 fn reasons(context: ReasonContext) -> Vec<ReasonCode> {
-    (0..=255u8).filter_map(ReasonCode::from_u8).filter(|&c| context.allows(c)).collect()
+    (0..=255u8)
+        .filter_map(ReasonCode::from_u8)
+        .filter(|&c| context.allows(c))
+        .collect()
 }
 
 /// Any properties, cut down to those `context` allows.
@@ -62,7 +69,7 @@ fn properties(context: PropertyContext) -> impl Strategy<Value = Properties> {
         proptest::option::of(any::<bool>()),
     );
     (message, session, limits).prop_map(move |(m, s, l)| {
-        let mut p = Properties {
+        let mut p: Properties = PropertyValues {
             payload_format_indicator: m.0,
             message_expiry_interval: m.1,
             content_type: m.2,
@@ -90,10 +97,11 @@ fn properties(context: PropertyContext) -> impl Strategy<Value = Properties> {
             wildcard_subscription_available: l.8,
             subscription_identifier_available: l.9,
             shared_subscription_available: l.10,
-        };
+        }
+        .into();
         p.retain_allowed(context);
         // Only a PUBLISH may carry several Subscription Identifiers.
-        if context != PropertyContext::Publish {
+        if context != PropertyContext::Publish && p.subscription_identifiers.len() > 1 {
             p.subscription_identifiers.truncate(1);
         }
         p
@@ -114,8 +122,20 @@ fn qos() -> impl Strategy<Value = QoS> {
 }
 
 fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    let will = (qos(), any::<bool>(), props_for(version, PropertyContext::Will), topic_name(), data())
-        .prop_map(|(qos, retain, properties, topic, payload)| Will { qos, retain, properties, topic, payload });
+    let will = (
+        qos(),
+        any::<bool>(),
+        props_for(version, PropertyContext::Will),
+        topic_name(),
+        data(),
+    )
+        .prop_map(|(qos, retain, properties, topic, payload)| Will {
+            qos,
+            retain,
+            properties,
+            topic,
+            payload,
+        });
     (
         any::<bool>(),
         any::<bool>(),
@@ -126,11 +146,8 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         proptest::option::of(text()),
         proptest::option::of(data()),
     )
-        .prop_map(move |(bridge, clean_start, keep_alive, properties, client_id, will, username, password)| {
-            // 3.x: a password needs a user name [MQTT-3.1.2-22].
-            let password = if version != ProtocolVersion::V5 && username.is_none() { None } else { password };
-            Packet::Connect(Box::new(Connect {
-                version,
+        .prop_map(
+            move |(
                 bridge,
                 clean_start,
                 keep_alive,
@@ -139,8 +156,26 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 will,
                 username,
                 password,
-            }))
-        })
+            )| {
+                // 3.x: a password needs a user name [MQTT-3.1.2-22].
+                let password = if version != ProtocolVersion::V5 && username.is_none() {
+                    None
+                } else {
+                    password
+                };
+                Packet::Connect(Box::new(Connect {
+                    version,
+                    bridge,
+                    clean_start,
+                    keep_alive,
+                    properties,
+                    client_id,
+                    will,
+                    username,
+                    password,
+                }))
+            },
+        )
 }
 
 fn connack(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
@@ -148,18 +183,41 @@ fn connack(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         reasons(ReasonContext::ConnAck)
     } else {
         use ReasonCode::*;
-        vec![Success, UnsupportedProtocolVersion, ClientIdentifierNotValid, ServerUnavailable, BadUserNameOrPassword, NotAuthorized]
+        vec![
+            Success,
+            UnsupportedProtocolVersion,
+            ClientIdentifierNotValid,
+            ServerUnavailable,
+            BadUserNameOrPassword,
+            NotAuthorized,
+        ]
     };
-    (any::<bool>(), select(codes), props_for(version, PropertyContext::ConnAck)).prop_map(
-        move |(present, reason, properties)| {
-            let session_present = present && reason == ReasonCode::Success && version != ProtocolVersion::V31;
-            Packet::ConnAck(ConnAck { session_present, reason, properties })
-        },
+    (
+        any::<bool>(),
+        select(codes),
+        props_for(version, PropertyContext::ConnAck),
     )
+        .prop_map(move |(present, reason, properties)| {
+            let session_present =
+                present && reason == ReasonCode::Success && version != ProtocolVersion::V31;
+            Packet::ConnAck(ConnAck {
+                session_present,
+                reason,
+                properties,
+            })
+        })
 }
 
 fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    (qos(), any::<bool>(), any::<bool>(), topic_name(), 1..=u16::MAX, props_for(version, PropertyContext::Publish), data())
+    (
+        qos(),
+        any::<bool>(),
+        any::<bool>(),
+        topic_name(),
+        1..=u16::MAX,
+        props_for(version, PropertyContext::Publish),
+        data(),
+    )
         .prop_map(|(qos, dup, retain, topic, id, properties, payload)| {
             let zero = qos == QoS::AtMostOnce;
             Packet::Publish(Publish {
@@ -181,27 +239,54 @@ fn pub_response(version: ProtocolVersion, kind: u8) -> impl Strategy<Value = Pac
         6 => (ReasonContext::PubRel, PropertyContext::PubRel),
         _ => (ReasonContext::PubComp, PropertyContext::PubComp),
     };
-    let codes = if version == ProtocolVersion::V5 { reasons(reason_context) } else { vec![ReasonCode::Success] };
-    (1..=u16::MAX, select(codes), props_for(version, property_context)).prop_map(move |(packet_id, reason, properties)| {
-        let r = PubResponse { packet_id, reason, properties };
-        match kind {
-            4 => Packet::PubAck(r),
-            5 => Packet::PubRec(r),
-            6 => Packet::PubRel(r),
-            _ => Packet::PubComp(r),
-        }
-    })
+    let codes = if version == ProtocolVersion::V5 {
+        reasons(reason_context)
+    } else {
+        vec![ReasonCode::Success]
+    };
+    (
+        1..=u16::MAX,
+        select(codes),
+        props_for(version, property_context),
+    )
+        .prop_map(move |(packet_id, reason, properties)| {
+            let r = PubResponse {
+                packet_id,
+                reason,
+                properties,
+            };
+            match kind {
+                4 => Packet::PubAck(r),
+                5 => Packet::PubRec(r),
+                6 => Packet::PubRel(r),
+                _ => Packet::PubComp(r),
+            }
+        })
 }
 
 fn subscription_options(version: ProtocolVersion) -> impl Strategy<Value = SubscriptionOptions> {
-    let handling = select(vec![RetainHandling::SendAtSubscribe, RetainHandling::SendAtNewSubscribe, RetainHandling::DoNotSend]);
-    (qos(), any::<bool>(), any::<bool>(), handling).prop_map(move |(qos, no_local, retain_as_published, retain_handling)| {
-        if version == ProtocolVersion::V5 {
-            SubscriptionOptions { qos, no_local, retain_as_published, retain_handling }
-        } else {
-            SubscriptionOptions { qos, ..Default::default() }
-        }
-    })
+    let handling = select(vec![
+        RetainHandling::SendAtSubscribe,
+        RetainHandling::SendAtNewSubscribe,
+        RetainHandling::DoNotSend,
+    ]);
+    (qos(), any::<bool>(), any::<bool>(), handling).prop_map(
+        move |(qos, no_local, retain_as_published, retain_handling)| {
+            if version == ProtocolVersion::V5 {
+                SubscriptionOptions {
+                    qos,
+                    no_local,
+                    retain_as_published,
+                    retain_handling,
+                }
+            } else {
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                }
+            }
+        },
+    )
 }
 
 fn subscribe_family(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
@@ -214,16 +299,52 @@ fn subscribe_family(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     };
     let unsuback_codes = reasons(ReasonContext::UnsubAck);
     prop_oneof![
-        (1..=u16::MAX, props_for(version, PropertyContext::Subscribe), proptest::collection::vec((text(), subscription_options(version)), 1..4))
-            .prop_map(|(packet_id, properties, filters)| Packet::Subscribe(Subscribe { packet_id, properties, filters })),
-        (1..=u16::MAX, props_for(version, PropertyContext::SubAck), proptest::collection::vec(select(suback_codes), 0..4))
-            .prop_map(|(packet_id, properties, reasons)| Packet::SubAck(SubAck { packet_id, properties, reasons })),
-        (1..=u16::MAX, props_for(version, PropertyContext::Unsubscribe), proptest::collection::vec(text(), 1..4))
-            .prop_map(|(packet_id, properties, filters)| Packet::Unsubscribe(Unsubscribe { packet_id, properties, filters })),
-        (1..=u16::MAX, props_for(version, PropertyContext::UnsubAck), proptest::collection::vec(select(unsuback_codes), 0..4))
+        (
+            1..=u16::MAX,
+            props_for(version, PropertyContext::Subscribe),
+            proptest::collection::vec((text(), subscription_options(version)), 1..4)
+        )
+            .prop_map(
+                |(packet_id, properties, filters)| Packet::Subscribe(Subscribe {
+                    packet_id,
+                    properties,
+                    filters
+                })
+            ),
+        (
+            1..=u16::MAX,
+            props_for(version, PropertyContext::SubAck),
+            proptest::collection::vec(select(suback_codes), 0..4)
+        )
+            .prop_map(|(packet_id, properties, reasons)| Packet::SubAck(SubAck {
+                packet_id,
+                properties,
+                reasons
+            })),
+        (
+            1..=u16::MAX,
+            props_for(version, PropertyContext::Unsubscribe),
+            proptest::collection::vec(text(), 1..4)
+        )
+            .prop_map(|(packet_id, properties, filters)| Packet::Unsubscribe(
+                Unsubscribe {
+                    packet_id,
+                    properties,
+                    filters
+                }
+            )),
+        (
+            1..=u16::MAX,
+            props_for(version, PropertyContext::UnsubAck),
+            proptest::collection::vec(select(unsuback_codes), 0..4)
+        )
             .prop_map(move |(packet_id, properties, reasons)| {
                 let reasons = if v5 { reasons } else { Vec::new() };
-                Packet::UnsubAck(UnsubAck { packet_id, properties, reasons })
+                Packet::UnsubAck(UnsubAck {
+                    packet_id,
+                    properties,
+                    reasons,
+                })
             }),
     ]
 }
@@ -235,9 +356,15 @@ fn control(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     }
     prop_oneof![
         pings,
-        (select(reasons(ReasonContext::Disconnect)), properties(PropertyContext::Disconnect))
+        (
+            select(reasons(ReasonContext::Disconnect)),
+            properties(PropertyContext::Disconnect)
+        )
             .prop_map(|(reason, properties)| Packet::Disconnect(Disconnect { reason, properties })),
-        (select(reasons(ReasonContext::Auth)), properties(PropertyContext::Auth))
+        (
+            select(reasons(ReasonContext::Auth)),
+            properties(PropertyContext::Auth)
+        )
             .prop_map(|(reason, properties)| Packet::Auth(Auth { reason, properties })),
     ]
     .boxed()

@@ -10,7 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 
 fn sub(shard: u16, tag: u32) -> Subscription {
-    Subscription { shard, options: SubscriptionOptions::default(), identifier: NonZeroU32::new(tag) }
+    Subscription {
+        shard,
+        options: SubscriptionOptions::default(),
+        identifier: NonZeroU32::new(tag),
+    }
 }
 
 /// What a topic matched, in a form that compares regardless of order.
@@ -37,7 +41,11 @@ fn seen_in_trie(root: &Node, topic: &str) -> Seen {
     });
     let count = subscribers.len();
     seen.subscribers = subscribers.into_iter().collect();
-    assert_eq!(count, seen.subscribers.len(), "a (session, filter) pair matched twice");
+    assert_eq!(
+        count,
+        seen.subscribers.len(),
+        "a (session, filter) pair matched twice"
+    );
     seen
 }
 
@@ -55,7 +63,10 @@ fn seen_in_model(model: &Model, topic: &str) -> Seen {
             None => {
                 seen.subscribers.insert((*session, tag));
             }
-            Some(g) => groups.entry((g.to_string(), f.filter().to_string())).or_default().push((*session, tag)),
+            Some(g) => groups
+                .entry((g.to_string(), f.filter().to_string()))
+                .or_default()
+                .push((*session, tag)),
         }
     }
     for ((g, _), mut members) in groups {
@@ -66,7 +77,14 @@ fn seen_in_model(model: &Model, topic: &str) -> Seen {
 }
 
 fn filter() -> impl Strategy<Value = String> {
-    let level = prop_oneof![Just("a"), Just("b"), Just(""), Just("$x"), Just("+"), Just("#")];
+    let level = prop_oneof![
+        Just("a"),
+        Just("b"),
+        Just(""),
+        Just("$x"),
+        Just("+"),
+        Just("#")
+    ];
     let plain = proptest::collection::vec(level, 1..5)
         .prop_map(|levels| levels.join("/"))
         .prop_filter("valid filter", |f| validate_filter(f).is_ok());
@@ -148,12 +166,30 @@ proptest! {
 fn dollar_topics_and_parent_levels() {
     let tree = SubscriptionTree::new();
     let mut w = TreeWriter::new(tree.clone());
-    for (i, f) in ["#", "+/monitor/Clients", "$SYS/#", "$SYS/monitor/+", "sport/#", "sport/+"].iter().enumerate() {
-        w.subscribe(parse_filter(f).unwrap(), SessionId(i as u64), sub(0, i as u32 + 1));
+    for (i, f) in [
+        "#",
+        "+/monitor/Clients",
+        "$SYS/#",
+        "$SYS/monitor/+",
+        "sport/#",
+        "sport/+",
+    ]
+    .iter()
+    .enumerate()
+    {
+        w.subscribe(
+            parse_filter(f).unwrap(),
+            SessionId(i as u64),
+            sub(0, i as u32 + 1),
+        );
     }
     w.publish();
     let ids = |topic: &str| {
-        let mut v: Vec<u64> = seen_in_trie(&tree.load(), topic).subscribers.iter().map(|s| s.0).collect();
+        let mut v: Vec<u64> = seen_in_trie(&tree.load(), topic)
+            .subscribers
+            .iter()
+            .map(|s| s.0)
+            .collect();
         v.sort();
         v
     };
@@ -174,7 +210,10 @@ fn superseded_snapshots_are_freed() {
     assert!(old.upgrade().is_some());
     w.subscribe(parse_filter("a/c").unwrap(), SessionId(1), sub(0, 2));
     w.publish();
-    assert!(old.upgrade().is_none(), "nothing holds the old root, so it is gone");
+    assert!(
+        old.upgrade().is_none(),
+        "nothing holds the old root, so it is gone"
+    );
 }
 
 #[test]
@@ -182,12 +221,20 @@ fn a_change_copies_only_its_path() {
     let tree = SubscriptionTree::new();
     let mut w = TreeWriter::new(tree.clone());
     for i in 0..1000u64 {
-        w.subscribe(parse_filter(&format!("devices/{i}/telemetry")).unwrap(), SessionId(i), sub(0, 1));
+        w.subscribe(
+            parse_filter(&format!("devices/{i}/telemetry")).unwrap(),
+            SessionId(i),
+            sub(0, 1),
+        );
     }
     w.subscribe(parse_filter("other/x").unwrap(), SessionId(1), sub(0, 1));
     w.publish();
     let before = tree.load_full();
-    w.subscribe(parse_filter("devices/5/telemetry").unwrap(), SessionId(77), sub(0, 1));
+    w.subscribe(
+        parse_filter("devices/5/telemetry").unwrap(),
+        SessionId(77),
+        sub(0, 1),
+    );
     w.publish();
     let after = tree.load_full();
     // An untouched subtree is shared, not copied: its subscription seen through both roots
@@ -202,9 +249,22 @@ fn a_change_copies_only_its_path() {
         found.unwrap()
     };
     assert_eq!(address(&before, "other/x"), address(&after, "other/x"));
-    assert_eq!(address(&before, "devices/6/telemetry"), address(&after, "devices/6/telemetry"));
-    assert_eq!(seen_in_trie(&after, "devices/5/telemetry").subscribers.len(), 2);
-    assert_eq!(seen_in_trie(&before, "devices/5/telemetry").subscribers.len(), 1);
+    assert_eq!(
+        address(&before, "devices/6/telemetry"),
+        address(&after, "devices/6/telemetry")
+    );
+    assert_eq!(
+        seen_in_trie(&after, "devices/5/telemetry")
+            .subscribers
+            .len(),
+        2
+    );
+    assert_eq!(
+        seen_in_trie(&before, "devices/5/telemetry")
+            .subscribers
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -218,7 +278,8 @@ fn readers_see_whole_batches_while_the_writer_publishes() {
     let start = Arc::new(Barrier::new(READERS + 1));
     let readers: Vec<_> = (0..READERS)
         .map(|_| {
-            let (tree, done, start, removing) = (tree.clone(), done.clone(), start.clone(), removing.clone());
+            let (tree, done, start, removing) =
+                (tree.clone(), done.clone(), start.clone(), removing.clone());
             std::thread::spawn(move || {
                 start.wait();
                 let (mut loads, mut last) = (0u64, 0u64);
@@ -244,14 +305,20 @@ fn readers_see_whole_batches_while_the_writer_publishes() {
     start.wait();
     for b in 0..BATCHES {
         for i in 0..BATCH {
-            w.subscribe(parse_filter("load/#").unwrap(), SessionId(b * BATCH + i), sub(1, 1));
+            w.subscribe(
+                parse_filter("load/#").unwrap(),
+                SessionId(b * BATCH + i),
+                sub(1, 1),
+            );
         }
         w.publish();
     }
     removing.store(true, Ordering::Release);
     for b in 0..BATCHES {
         for i in 0..BATCH {
-            assert!(w.unsubscribe(parse_filter("load/#").unwrap(), SessionId(b * BATCH + i)).is_some());
+            assert!(w
+                .unsubscribe(parse_filter("load/#").unwrap(), SessionId(b * BATCH + i))
+                .is_some());
         }
         w.publish();
     }

@@ -262,8 +262,14 @@ impl ConnAck {
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
         let ack_flags = r.u8()?;
-        // [MQTT-3.2.2-1] bits 7-1 of the acknowledge flags are reserved (all of them in 3.1).
-        if ack_flags & 0xFE != 0 {
+        // [MQTT-3.2.2-1] bits 7-1 of the acknowledge flags are reserved; in 3.1 the whole
+        // byte is.
+        let reserved = if version == ProtocolVersion::V31 {
+            0xFF
+        } else {
+            0xFE
+        };
+        if ack_flags & reserved != 0 {
             return Err(DecodeError::ReservedBits("CONNACK flags"));
         }
         let code = r.u8()?;

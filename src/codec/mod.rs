@@ -21,7 +21,7 @@ pub use connect::{v3_return_code, ConnAck, Connect, Will};
 pub use control::{Auth, Disconnect};
 pub use error::{DecodeError, EncodeError};
 pub use primitives::{decode_varint, put_varint, varint_len, MqttStr, FIELD_LEN_MAX, VARINT_MAX};
-pub use properties::{Properties, PropertyContext};
+pub use properties::{Properties, PropertyContext, PropertyValues};
 pub use publish::{PubResponse, Publish};
 pub use reason::{ReasonCode, ReasonContext};
 pub use subscribe::{

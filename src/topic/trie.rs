@@ -281,6 +281,13 @@ impl SubscriptionTree {
         Arc::new(SubscriptionTree::default())
     }
 
+    /// A tree that starts from an existing snapshot (shared, not copied).
+    pub fn with_root(root: Arc<Node>) -> Arc<Self> {
+        Arc::new(SubscriptionTree {
+            root: ArcSwap::new(root),
+        })
+    }
+
     /// The current snapshot: one atomic load, no lock, no reference count traffic on the
     /// fast path. Hold it for a short while (one publish, one loop turn).
     pub fn load(&self) -> Guard<Arc<Node>> {
