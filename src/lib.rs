@@ -1,4 +1,11 @@
 //! midge: a thread-per-core MQTT broker. See `DESIGN.md` in the shared folder for the shape.
 
 pub mod codec;
+pub mod config;
+pub mod logging;
+pub mod retain;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod shard;
 pub mod topic;

@@ -35,6 +35,10 @@ pub struct Config {
     pub client_write_max: usize,
     pub verbose: bool,
     pub connection_messages: bool,
+    /// Seconds a new connection has to send CONNECT before it is closed.
+    pub connect_timeout_s: u64,
+    /// Subscriptions one session may hold; more are refused (SUBACK failure, counted).
+    pub subscriptions_per_client_max: usize,
 }
 
 impl Default for Config {
@@ -53,6 +57,8 @@ impl Default for Config {
             client_write_max: 4 << 20,
             verbose: false,
             connection_messages: true,
+            connect_timeout_s: 10,
+            subscriptions_per_client_max: 100_000,
         }
     }
 }
@@ -75,16 +81,51 @@ impl std::error::Error for ConfigError {}
 
 /// Options of Mosquitto 2.0 that midge reads but does not act on yet: a warning, not an error.
 const NOT_YET: &[&str] = &[
-    "acl_file", "allow_duplicate_messages", "autosave_interval", "autosave_on_changes",
-    "bridge_attempt_unsubscribe", "bridge_protocol_version", "cafile", "capath", "certfile",
-    "check_retain_source", "ciphers", "clientid_prefixes", "connection", "address",
-    "include_dir", "keyfile", "log_dest", "log_timestamp", "log_timestamp_format",
-    "max_connections", "max_queued_bytes", "max_topic_alias", "memory_limit", "mount_point",
-    "password_file", "per_listener_settings", "persistence", "persistence_file",
-    "persistence_location", "persistent_client_expiration", "pid_file", "protocol",
-    "psk_file", "queue_qos0_messages", "require_certificate", "retain_available",
-    "set_tcp_nodelay", "socket_domain", "sys_interval", "tls_version", "topic", "upgrade_outgoing_qos",
-    "use_identity_as_username", "user", "websockets_log_level",
+    "acl_file",
+    "allow_duplicate_messages",
+    "autosave_interval",
+    "autosave_on_changes",
+    "bridge_attempt_unsubscribe",
+    "bridge_protocol_version",
+    "cafile",
+    "capath",
+    "certfile",
+    "check_retain_source",
+    "ciphers",
+    "clientid_prefixes",
+    "connection",
+    "address",
+    "include_dir",
+    "keyfile",
+    "log_dest",
+    "log_timestamp",
+    "log_timestamp_format",
+    "max_connections",
+    "max_queued_bytes",
+    "max_topic_alias",
+    "memory_limit",
+    "mount_point",
+    "password_file",
+    "per_listener_settings",
+    "persistence",
+    "persistence_file",
+    "persistence_location",
+    "persistent_client_expiration",
+    "pid_file",
+    "protocol",
+    "psk_file",
+    "queue_qos0_messages",
+    "require_certificate",
+    "retain_available",
+    "set_tcp_nodelay",
+    "socket_domain",
+    "sys_interval",
+    "tls_version",
+    "topic",
+    "upgrade_outgoing_qos",
+    "use_identity_as_username",
+    "user",
+    "websockets_log_level",
 ];
 
 impl Config {
@@ -103,7 +144,11 @@ impl Config {
     /// Applies the lines of a mosquitto.conf file.
     pub fn apply(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
         for (index, raw) in text.lines().enumerate() {
-            let err = |message: String| ConfigError { file: path.to_path_buf(), line: index + 1, message };
+            let err = |message: String| ConfigError {
+                file: path.to_path_buf(),
+                line: index + 1,
+                message,
+            };
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -123,13 +168,19 @@ impl Config {
                     .parse::<u64>()
                     .ok()
                     .filter(|&n| n <= max)
-                    .ok_or_else(|| err(format!("{option}: {value:?} is not a number from 0 to {max}")))
+                    .ok_or_else(|| {
+                        err(format!(
+                            "{option}: {value:?} is not a number from 0 to {max}"
+                        ))
+                    })
             };
             let boolean = || -> Result<bool, ConfigError> {
                 match one("value")? {
                     "true" => Ok(true),
                     "false" => Ok(false),
-                    other => Err(err(format!("{option}: {other:?} is neither true nor false"))),
+                    other => Err(err(format!(
+                        "{option}: {other:?} is neither true nor false"
+                    ))),
                 }
             };
             match option {
@@ -137,25 +188,39 @@ impl Config {
                     let (port, bind) = match args.as_slice() {
                         [port] => (port, None),
                         [port, bind] => (port, Some(*bind)),
-                        _ => return Err(err("listener takes a port and an optional address".into())),
+                        _ => {
+                            return Err(err("listener takes a port and an optional address".into()))
+                        }
                     };
-                    let port: u16 = port.parse().map_err(|_| err(format!("listener: bad port {port:?}")))?;
+                    let port: u16 = port
+                        .parse()
+                        .map_err(|_| err(format!("listener: bad port {port:?}")))?;
                     self.local_only = false;
                     match bind {
                         None => {
-                            self.listeners.push(Listener { addr: SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port) });
-                            self.listeners.push(Listener { addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port) });
+                            self.listeners.push(Listener {
+                                addr: SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+                            });
+                            self.listeners.push(Listener {
+                                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+                            });
                         }
                         Some(bind) => {
-                            let ip: IpAddr = bind.parse().map_err(|_| err(format!("listener: bad address {bind:?}")))?;
-                            self.listeners.push(Listener { addr: SocketAddr::new(ip, port) });
+                            let ip: IpAddr = bind
+                                .parse()
+                                .map_err(|_| err(format!("listener: bad address {bind:?}")))?;
+                            self.listeners.push(Listener {
+                                addr: SocketAddr::new(ip, port),
+                            });
                         }
                     }
                 }
                 "port" => {
                     let port = number(u16::MAX.into())? as u16;
                     self.local_only = false;
-                    self.listeners.push(Listener { addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port) });
+                    self.listeners.push(Listener {
+                        addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+                    });
                 }
                 "max_inflight_messages" => {
                     // Mosquitto: 0 means no limit; keep a bound all the same.
@@ -176,9 +241,14 @@ impl Config {
                 "allow_anonymous" => self.allow_anonymous = boolean()?,
                 "connection_messages" => self.connection_messages = boolean()?,
                 "threads" => self.threads = number(1024)? as usize,
+                "connect_timeout" => self.connect_timeout_s = number(3600)?.max(1),
                 "io_backend" => match one("backend")? {
                     "epoll" => {}
-                    other => return Err(err(format!("io_backend: {other:?} is not available (epoll)"))),
+                    other => {
+                        return Err(err(format!(
+                            "io_backend: {other:?} is not available (epoll)"
+                        )))
+                    }
                 },
                 "log_type" => {
                     if matches!(one("type")?, "all" | "debug") {
@@ -186,7 +256,11 @@ impl Config {
                     }
                 }
                 _ if NOT_YET.contains(&option) => {
-                    log::warn!("Warning: {}:{}: {option} is not supported by midge yet; ignored.", path.display(), index + 1);
+                    log::warn!(
+                        "Warning: {}:{}: {option} is not supported by midge yet; ignored.",
+                        path.display(),
+                        index + 1
+                    );
                 }
                 _ => return Err(err(format!("unknown option {option:?}"))),
             }
@@ -202,10 +276,16 @@ impl Config {
         let ports = if ports.is_empty() { &[1883][..] } else { ports };
         for &port in ports {
             if self.local_only {
-                self.listeners.push(Listener { addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port) });
-                self.listeners.push(Listener { addr: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port) });
+                self.listeners.push(Listener {
+                    addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+                });
+                self.listeners.push(Listener {
+                    addr: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port),
+                });
             } else {
-                self.listeners.push(Listener { addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port) });
+                self.listeners.push(Listener {
+                    addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+                });
             }
         }
     }
@@ -218,14 +298,26 @@ mod tests {
     #[test]
     fn reads_options_and_names_bad_lines() {
         let mut c = Config::default();
-        c.apply(Path::new("m.conf"), "# comment\nlistener 1884 127.0.0.1\nmax_inflight_messages 5\nmax_queued_messages 10\n")
-            .unwrap();
-        assert_eq!(c.listeners, vec![Listener { addr: "127.0.0.1:1884".parse().unwrap() }]);
+        c.apply(
+            Path::new("m.conf"),
+            "# comment\nlistener 1884 127.0.0.1\nmax_inflight_messages 5\nmax_queued_messages 10\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.listeners,
+            vec![Listener {
+                addr: "127.0.0.1:1884".parse().unwrap()
+            }]
+        );
         assert_eq!((c.inflight_max, c.queued_max, c.local_only), (5, 10, false));
-        let e = Config::default().apply(Path::new("m.conf"), "\nmax_inflight_mesages 5\n").unwrap_err();
+        let e = Config::default()
+            .apply(Path::new("m.conf"), "\nmax_inflight_mesages 5\n")
+            .unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.to_string().contains("m.conf:2"), "{e}");
-        let e = Config::default().apply(Path::new("m.conf"), "allow_anonymous maybe\n").unwrap_err();
+        let e = Config::default()
+            .apply(Path::new("m.conf"), "allow_anonymous maybe\n")
+            .unwrap_err();
         assert!(e.message.contains("neither true nor false"));
     }
 }

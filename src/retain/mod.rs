@@ -1,0 +1,164 @@
+//! Retained messages: one per topic name, in a trie by level so that a wildcard subscription
+//! finds its matches without scanning every topic.
+
+use hashbrown::HashMap;
+use std::sync::Arc;
+
+use crate::router::Message;
+
+#[derive(Default)]
+struct RetainNode {
+    children: HashMap<Box<str>, RetainNode>,
+    message: Option<Arc<Message>>,
+}
+
+#[derive(Default)]
+pub struct RetainStore {
+    root: RetainNode,
+    count: usize,
+}
+
+impl RetainStore {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Stores `message` as the retained one for its topic, or with an empty payload removes
+    /// it. [MQTT-3.3.1-5] [MQTT-3.3.1-10] [MQTT-3.3.1-11]
+    pub fn set(&mut self, message: Arc<Message>) {
+        let topic = message.topic.to_string();
+        if message.payload.is_empty() {
+            if Self::remove(&mut self.root, &topic) {
+                self.count -= 1;
+            }
+            return;
+        }
+        let mut node = &mut self.root;
+        for level in topic.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        if node.message.replace(message).is_none() {
+            self.count += 1;
+        }
+    }
+
+    /// Removes the message at `topic` and prunes empty nodes; true if there was one.
+    fn remove(node: &mut RetainNode, topic: &str) -> bool {
+        let (level, rest) = match topic.split_once('/') {
+            Some((level, rest)) => (level, Some(rest)),
+            None => (topic, None),
+        };
+        let Some(child) = node.children.get_mut(level) else {
+            return false;
+        };
+        let removed = match rest {
+            None => child.message.take().is_some(),
+            Some(rest) => Self::remove(child, rest),
+        };
+        if child.message.is_none() && child.children.is_empty() {
+            node.children.remove(level);
+        }
+        removed
+    }
+
+    /// Every retained message whose topic matches `filter` (valid, not shared).
+    pub fn matching(&self, filter: &str, out: &mut Vec<Arc<Message>>) {
+        let levels: Vec<&str> = filter.split('/').collect();
+        Self::collect(&self.root, &levels, true, out);
+    }
+
+    fn collect(node: &RetainNode, levels: &[&str], at_root: bool, out: &mut Vec<Arc<Message>>) {
+        let Some((&level, rest)) = levels.split_first() else {
+            out.extend(node.message.iter().cloned());
+            return;
+        };
+        // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
+        let visible = |name: &str| !(at_root && name.starts_with('$'));
+        match level {
+            "#" => {
+                // '#' matches the parent level too.
+                if !at_root {
+                    out.extend(node.message.iter().cloned());
+                }
+                for (name, child) in &node.children {
+                    if visible(name) {
+                        Self::collect_all(child, out);
+                    }
+                }
+            }
+            "+" => {
+                for (name, child) in &node.children {
+                    if visible(name) {
+                        Self::collect(child, rest, false, out);
+                    }
+                }
+            }
+            _ => {
+                if let Some(child) = node.children.get(level) {
+                    Self::collect(child, rest, false, out);
+                }
+            }
+        }
+    }
+
+    fn collect_all(node: &RetainNode, out: &mut Vec<Arc<Message>>) {
+        out.extend(node.message.iter().cloned());
+        for child in node.children.values() {
+            Self::collect_all(child, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{MqttStr, QoS};
+
+    fn msg(topic: &str, payload: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message {
+            topic: MqttStr::new(topic).unwrap(),
+            payload: bytes::Bytes::from_static(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            origin: None,
+        })
+    }
+
+    fn topics(store: &RetainStore, filter: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        store.matching(filter, &mut out);
+        let mut t: Vec<String> = out.iter().map(|m| m.topic.to_string()).collect();
+        t.sort();
+        t
+    }
+
+    #[test]
+    fn stores_replaces_deletes_and_matches() {
+        let mut s = RetainStore::default();
+        for t in ["a", "a/b", "a/b/c", "$SYS/x", "b/c"] {
+            s.set(msg(t, b"1"));
+        }
+        s.set(msg("a/b", b"2"));
+        assert_eq!(s.len(), 5);
+        assert_eq!(topics(&s, "#"), ["a", "a/b", "a/b/c", "b/c"]);
+        assert_eq!(topics(&s, "a/#"), ["a", "a/b", "a/b/c"]);
+        assert_eq!(topics(&s, "+/+"), ["a/b", "b/c"]);
+        assert_eq!(topics(&s, "$SYS/#"), ["$SYS/x"]);
+        assert_eq!(topics(&s, "+/x"), Vec::<String>::new());
+        s.set(msg("a/b", b""));
+        assert_eq!(s.len(), 4);
+        assert_eq!(topics(&s, "a/+"), Vec::<String>::new());
+        s.set(msg("a/b/c", b""));
+        s.set(msg("a", b""));
+        assert_eq!(topics(&s, "#"), ["b/c"]);
+        assert!(
+            s.root.children.get("a").is_none(),
+            "empty branches are pruned"
+        );
+    }
+}

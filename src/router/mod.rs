@@ -1,0 +1,122 @@
+//! What crosses shards: messages to deliver, session handoffs, and the mailboxes that carry
+//! them. A mailbox is a bounded lock-free queue (`crossbeam-channel`) plus a waker, rung only
+//! when the receiving shard sleeps.
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use smallvec::SmallVec;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::codec::{MqttStr, Properties, QoS};
+use crate::shard::io::{ConnId, Waker};
+use crate::topic::SessionId;
+
+/// A message as routed: built once on the receiving shard, shared by every delivery.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: MqttStr,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: Properties,
+    /// The publishing session (for No Local), if a client published it.
+    pub origin: Option<SessionId>,
+}
+
+/// One session to deliver a message to, with what its matching subscriptions ask for.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub session: SessionId,
+    pub qos: QoS,
+    /// The RETAIN flag to send (Retain As Published).
+    pub retain: bool,
+    pub identifiers: SmallVec<[u32; 1]>,
+}
+
+/// A session moving between shards (takeover), with everything that lives in it.
+pub type SessionBox = Box<crate::session::Session>;
+
+pub enum ShardMsg {
+    /// Deliver `message` to these sessions, all owned by the receiving shard.
+    Deliver {
+        message: Arc<Message>,
+        targets: Vec<Target>,
+    },
+    /// A client connected on shard `to` with an id whose session this shard holds: close
+    /// the old connection and hand the session over.
+    TakeSession {
+        client_id: Arc<str>,
+        to: usize,
+        conn: ConnId,
+        clean_start: bool,
+    },
+    /// The answer to `TakeSession`: the session, if there was one to hand over.
+    Handoff {
+        client_id: Arc<str>,
+        conn: ConnId,
+        session: Option<SessionBox>,
+    },
+}
+
+/// Every shard's mailbox, for sending. Cloned into each shard.
+pub struct Mailboxes {
+    senders: Vec<Sender<ShardMsg>>,
+    wakers: Vec<Arc<dyn Waker>>,
+    sleeping: Arc<[AtomicBool]>,
+}
+
+impl Mailboxes {
+    /// Makes `shards` mailboxes of `capacity` messages each; returns the senders and one
+    /// receiver per shard.
+    pub fn new(
+        capacity: usize,
+        wakers: Vec<Arc<dyn Waker>>,
+    ) -> (Arc<Mailboxes>, Vec<Receiver<ShardMsg>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..wakers.len())
+            .map(|_| crossbeam_channel::bounded(capacity))
+            .unzip();
+        let sleeping = (0..wakers.len()).map(|_| AtomicBool::new(false)).collect();
+        (
+            Arc::new(Mailboxes {
+                senders,
+                wakers,
+                sleeping,
+            }),
+            receivers,
+        )
+    }
+
+    pub fn shards(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Queues `msg` for `shard`, waking it if it sleeps. A full mailbox gives the message
+    /// back: the caller decides (drop and count QoS 0, hold QoS 1/2).
+    pub fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), ShardMsg> {
+        match self.senders[shard].try_send(msg) {
+            Ok(()) => {
+                if self.sleeping[shard].swap(false, Ordering::SeqCst) {
+                    self.wakers[shard].wake();
+                }
+                Ok(())
+            }
+            Err(TrySendError::Full(msg) | TrySendError::Disconnected(msg)) => Err(msg),
+        }
+    }
+
+    /// Wakes a shard whatever it is doing (shutdown).
+    pub fn wake(&self, shard: usize) {
+        self.wakers[shard].wake();
+    }
+
+    /// Marks `shard` as about to sleep. It must check its mailbox after this and before
+    /// sleeping, so that a message sent in between is not missed.
+    pub fn going_to_sleep(&self, shard: usize) {
+        self.sleeping[shard].store(true, Ordering::SeqCst);
+    }
+
+    pub fn awake(&self, shard: usize) {
+        self.sleeping[shard].store(false, Ordering::Relaxed);
+    }
+}

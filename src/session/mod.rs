@@ -1,0 +1,93 @@
+//! A client's session: its subscriptions, its will, and the QoS 1/2 state in both directions.
+//! Owned by the shard of the client's current connection; it outlives the connection when
+//! the client asked for a persistent session.
+
+use hashbrown::{HashMap, HashSet};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::codec::{ProtocolVersion, QoS, Will};
+use crate::router::{Message, Target};
+use crate::shard::io::ConnId;
+use crate::topic::{SessionId, Subscription};
+
+/// A QoS 1/2 message sent to the client and not yet fully acknowledged.
+#[derive(Debug)]
+pub struct InFlight {
+    pub packet_id: u16,
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub identifiers: smallvec::SmallVec<[u32; 1]>,
+    /// QoS 2: PUBREC came back and PUBREL was sent; waiting for PUBCOMP.
+    pub released: bool,
+}
+
+/// A message waiting for room in the inflight window (or for the client to come back).
+#[derive(Debug)]
+pub struct Queued {
+    pub message: Arc<Message>,
+    pub target: Target,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub client_id: Arc<str>,
+    pub conn: Option<ConnId>,
+    pub version: ProtocolVersion,
+    /// Clean session (3.x) or clean start with no expiry: ends with the connection.
+    pub clean: bool,
+    /// By full filter text (`$share/g/f` included).
+    pub subscriptions: HashMap<String, Subscription>,
+    pub will: Option<Will>,
+    pub username: Option<String>,
+    next_packet_id: u16,
+    /// In the order sent, so that a resumed session resends them in order.
+    pub inflight: VecDeque<InFlight>,
+    pub queue: VecDeque<Queued>,
+    /// QoS 2 packet ids received and answered with PUBREC, until PUBREL: a PUBLISH again
+    /// with one of them is a duplicate and is not delivered twice (method B of §4.3.3).
+    pub incoming_qos2: HashSet<u16>,
+    /// Messages dropped because the queue was full, since the session began.
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(id: SessionId, client_id: Arc<str>, version: ProtocolVersion, clean: bool) -> Self {
+        Session {
+            id,
+            client_id,
+            conn: None,
+            version,
+            clean,
+            subscriptions: HashMap::new(),
+            will: None,
+            username: None,
+            next_packet_id: 0,
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            incoming_qos2: HashSet::new(),
+            dropped: 0,
+        }
+    }
+
+    /// A packet identifier not in use by an inflight message. [MQTT-2.2.1-3] non-zero;
+    /// [MQTT-2.2.1-4] not reused while its exchange is unfinished.
+    pub fn next_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            if self.next_packet_id == 0 {
+                continue;
+            }
+            let id = self.next_packet_id;
+            if !self.inflight.iter().any(|f| f.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    pub fn inflight_position(&self, packet_id: u16) -> Option<usize> {
+        self.inflight.iter().position(|f| f.packet_id == packet_id)
+    }
+}

@@ -1,0 +1,57 @@
+//! One client connection on a shard: its buffers, decoder and timers.
+
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::io::ConnId;
+use crate::codec::{Connect, Decoder, ProtocolVersion};
+use crate::topic::SessionId;
+
+pub struct Conn {
+    pub id: ConnId,
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    pub decoder: Decoder,
+    /// Received bytes not yet decoded (at most one partial packet after a turn).
+    pub inbuf: BytesMut,
+    /// Packets encoded this turn, written in one `send` at the end of it.
+    pub out: BytesMut,
+    /// Set once CONNECT is accepted.
+    pub session: Option<SessionId>,
+    /// For log lines: the client id once known.
+    pub client_id: Option<Arc<str>>,
+    pub version: Option<ProtocolVersion>,
+    pub keepalive_s: u16,
+    pub last_rx: Instant,
+    pub accepted_at: Instant,
+    /// CONNECT received; the session is being handed over from another shard.
+    pub waiting_handoff: Option<Box<Connect>>,
+}
+
+impl Conn {
+    pub fn new(id: ConnId, peer: SocketAddr, local_port: u16, packet_size_max: usize) -> Self {
+        let now = Instant::now();
+        Conn {
+            id,
+            peer,
+            local_port,
+            decoder: Decoder::server(packet_size_max),
+            inbuf: BytesMut::new(),
+            out: BytesMut::new(),
+            session: None,
+            client_id: None,
+            version: None,
+            keepalive_s: 0,
+            last_rx: now,
+            accepted_at: now,
+            waiting_handoff: None,
+        }
+    }
+
+    /// The client id for log lines, or Mosquitto's `<unknown>` before CONNECT.
+    pub fn name(&self) -> &str {
+        self.client_id.as_deref().unwrap_or("<unknown>")
+    }
+}

@@ -1,0 +1,558 @@
+//! CONNECT, session takeover (also across shards), DISCONNECT and every way a connection ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::io::{Backend, ConnId};
+use super::Shard;
+use crate::codec::{
+    ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
+};
+use crate::router::{SessionBox, ShardMsg};
+use crate::session::Session;
+use crate::topic::SessionId;
+
+/// Why a connection ended; decides the log line and whether the will is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// DISCONNECT received: no will. [MQTT-3.14.4-3]
+    ClientDisconnect,
+    PeerClosed,
+    SocketError,
+    KeepAlive,
+    ProtocolError,
+    ConnectTimeout,
+    /// CONNECT refused with a CONNACK error code.
+    Refused,
+    Shutdown,
+}
+
+impl CloseReason {
+    fn publishes_will(self) -> bool {
+        matches!(
+            self,
+            CloseReason::PeerClosed
+                | CloseReason::SocketError
+                | CloseReason::KeepAlive
+                | CloseReason::ProtocolError
+        )
+    }
+}
+
+impl<B: Backend> Shard<B> {
+    pub(super) fn on_connect(&mut self, conn: ConnId, connect: Box<Connect>) {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let Some(c) = self.conn_mut(conn) else { return };
+        c.version = Some(connect.version);
+        c.decoder.version = Some(connect.version);
+        let v5 = connect.version == ProtocolVersion::V5;
+
+        let mut client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+        let mut assigned = false;
+        if client_id.is_empty() {
+            // [MQTT-3.1.3-8] (3.1.1) an empty id needs clean session; 3.1 needs an id;
+            // `allow_zero_length_clientid false` refuses it as Mosquitto does.
+            let allowed = config.allow_zero_length_clientid
+                && connect.version != ProtocolVersion::V31
+                && (connect.clean_start || v5);
+            if !allowed {
+                self.refuse(conn, &connect, ReasonCode::ClientIdentifierNotValid);
+                return;
+            }
+            // [MQTT-3.1.3-6] assign a unique identifier.
+            let id = self.shared.new_session_id();
+            client_id =
+                Arc::from(format!("{}{:016x}-{}", config.auto_id_prefix, id.0, self.id).as_str());
+            assigned = true;
+        } else if connect.version == ProtocolVersion::V31 && client_id.len() > 23 {
+            // MQTT 3.1 §3.1: the client identifier is 1 to 23 characters; Mosquitto refuses longer.
+            self.refuse(conn, &connect, ReasonCode::ClientIdentifierNotValid);
+            return;
+        }
+        if !config.allow_anonymous && connect.username.is_none() {
+            self.refuse(conn, &connect, ReasonCode::NotAuthorized);
+            return;
+        }
+        if v5 && connect.properties.authentication_method.is_some() {
+            // No enhanced authentication method is supported yet (MQTT 5.0 §4.12).
+            self.refuse(conn, &connect, ReasonCode::BadAuthenticationMethod);
+            return;
+        }
+        let Some(c) = self.conn_mut(conn) else { return };
+        c.client_id = Some(client_id.clone());
+
+        let previous_owner = self
+            .shared
+            .registry
+            .lock()
+            .expect("registry lock")
+            .insert(client_id.clone(), self.id);
+        match previous_owner {
+            Some(owner) if owner != self.id => {
+                // The session lives on another shard: ask for it, and answer CONNECT when
+                // it arrives (`on_handoff`).
+                let clean_start = connect.clean_start;
+                if let Some(c) = self.conn_mut(conn) {
+                    c.waiting_handoff = Some(connect);
+                }
+                let msg = ShardMsg::TakeSession {
+                    client_id,
+                    to: self.id,
+                    conn,
+                    clean_start,
+                };
+                if self.shared.mailboxes.send(owner, msg).is_err() {
+                    // Its mailbox is full: refuse for now rather than block; the client retries.
+                    if let Some(c) = self.conn_mut(conn) {
+                        let connect = c.waiting_handoff.take().expect("just set");
+                        self.refuse(conn, &connect, ReasonCode::ServerBusy);
+                    }
+                }
+            }
+            _ => {
+                let existing = self.by_client.get(&client_id).copied();
+                let session =
+                    existing.and_then(|id| self.take_local_session(id, connect.clean_start));
+                self.accept_connect(conn, *connect, client_id, assigned, session);
+            }
+        }
+    }
+
+    /// Takes this shard's session `id` for a new connection, closing its old connection.
+    /// Returns it if it carries on (not clean on either side), `None` if it ended.
+    fn take_local_session(&mut self, id: SessionId, clean_start: bool) -> Option<Session> {
+        let session = self.sessions.get(&id)?;
+        if let Some(old) = session.conn {
+            if self.shared.config.connection_messages {
+                log::info!(
+                    "Client {} already connected, closing old connection.",
+                    session.client_id
+                );
+            }
+            // [MQTT-3.1.4-3] the existing connection is closed. Its will goes out when the
+            // session does not carry on (as Mosquitto does).
+            let publish_will = session.clean || clean_start;
+            self.close_takeover(old, publish_will);
+        }
+        let session = self.sessions.remove(&id)?;
+        self.by_client.remove(&session.client_id);
+        if session.clean || clean_start {
+            self.end_session(session, false);
+            return None;
+        }
+        Some(session)
+    }
+
+    /// Closes `conn`, whose session is being taken over.
+    fn close_takeover(&mut self, conn: ConnId, publish_will: bool) {
+        let Some(mut c) = self.conns.get_mut(conn.0).and_then(Option::take) else {
+            return;
+        };
+        if let Some(id) = c.session.take() {
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.conn = None;
+                let will = session.will.take();
+                if c.version == Some(ProtocolVersion::V5) {
+                    self.send_raw(
+                        &mut c,
+                        &Packet::Disconnect(Disconnect::with_reason(ReasonCode::SessionTakenOver)),
+                    );
+                }
+                if publish_will {
+                    if let Some(will) = will {
+                        self.publish_will(id, will);
+                    }
+                }
+            }
+        }
+        self.close_socket(c);
+    }
+
+    /// Encodes a last packet straight into a connection being closed.
+    fn send_raw(&mut self, c: &mut super::conn::Conn, packet: &Packet) {
+        let version = c.version.unwrap_or(ProtocolVersion::V311);
+        let _ = packet.encode(version, &mut c.out);
+    }
+
+    fn close_socket(&mut self, mut c: super::conn::Conn) {
+        if !c.out.is_empty() {
+            self.backend.send(c.id, c.out.split().freeze());
+        }
+        self.backend.close(c.id);
+    }
+
+    /// Sends CONNACK with `reason` and closes. [MQTT-3.2.2-7] (5.0: [MQTT-3.2.2-8])
+    fn refuse(&mut self, conn: ConnId, connect: &Connect, reason: ReasonCode) {
+        let Some(mut c) = self.conns.get_mut(conn.0).and_then(Option::take) else {
+            return;
+        };
+        let id = connect.client_id.as_str();
+        let ack = ConnAck {
+            session_present: false,
+            reason,
+            properties: Properties::default(),
+        };
+        let code = if connect.version == ProtocolVersion::V5 {
+            reason as u8
+        } else {
+            crate::codec::v3_return_code(reason)
+        };
+        log::debug!(
+            "Sending CONNACK to {} (0, {code})",
+            if id.is_empty() { "<unknown>" } else { id }
+        );
+        if self.shared.config.connection_messages {
+            let why = match reason {
+                ReasonCode::NotAuthorized | ReasonCode::BadUserNameOrPassword => "not authorised",
+                ReasonCode::ClientIdentifierNotValid => "invalid client id",
+                ReasonCode::BadAuthenticationMethod => "unsupported authentication method",
+                _ => "refused",
+            };
+            log::info!(
+                "Client {} disconnected, {why}.",
+                if id.is_empty() { "<unknown>" } else { id }
+            );
+        }
+        c.version = Some(connect.version);
+        self.send_raw(&mut c, &Packet::ConnAck(ack));
+        self.close_socket(c);
+    }
+
+    /// Completes a CONNECT with the session it resumes (`Some`) or a new one.
+    fn accept_connect(
+        &mut self,
+        conn: ConnId,
+        connect: Connect,
+        client_id: Arc<str>,
+        assigned: bool,
+        resumed: Option<Session>,
+    ) {
+        let v5 = connect.version == ProtocolVersion::V5;
+        let session_present = resumed.is_some();
+        let mut session = resumed.unwrap_or_else(|| {
+            let id = self.shared.new_session_id();
+            Session::new(id, client_id.clone(), connect.version, connect.clean_start)
+        });
+        let session_id = session.id;
+        session.conn = Some(conn);
+        session.version = connect.version;
+        // 3.x: clean session 0 keeps the session. 5.0: without a Session Expiry Interval the
+        // session ends with the connection (§3.1.2.11.2); expiry comes with its own issue.
+        session.clean = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0) == 0
+        } else {
+            connect.clean_start
+        };
+        session.will = connect.will.clone();
+        session.username = connect.username.as_ref().map(|u| u.to_string());
+        if session_present {
+            // Its subscriptions name the shard that held it: point them here.
+            for (filter, sub) in &mut session.subscriptions {
+                sub.shard = self.id as u16;
+                self.trie_ops.push(super::subscribe::TrieOp::Subscribe {
+                    filter: filter.clone(),
+                    session: session_id,
+                    sub: *sub,
+                });
+            }
+        }
+        self.by_client.insert(client_id.clone(), session_id);
+        self.sessions.insert(session_id, session);
+
+        let keepalive = connect.keep_alive.min(self.shared.config.keepalive_max_s);
+        let Some(c) = self.conn_mut(conn) else { return };
+        c.session = Some(session_id);
+        c.client_id = Some(client_id.clone());
+        c.keepalive_s = keepalive;
+        c.last_rx = Instant::now();
+        let (ip, port) = (c.peer.ip(), c.peer.port());
+        if self.shared.config.connection_messages {
+            let user = connect
+                .username
+                .as_ref()
+                .map(|u| format!(", u'{u}'"))
+                .unwrap_or_default();
+            log::info!(
+                "New client connected from {ip}:{port} as {client_id} (p{}, c{}, k{}{user}).",
+                connect.version as u8,
+                u8::from(connect.clean_start),
+                connect.keep_alive
+            );
+        }
+        let mut properties = Properties::default();
+        if v5 {
+            if assigned {
+                properties.assigned_client_identifier = crate::codec::MqttStr::new(&client_id).ok();
+            }
+            if keepalive != connect.keep_alive {
+                properties.server_keep_alive = Some(keepalive);
+            }
+            properties.receive_maximum = u16::try_from(self.shared.config.inflight_max)
+                .ok()
+                .filter(|&n| n < 65535);
+        }
+        let ack = ConnAck {
+            session_present,
+            reason: ReasonCode::Success,
+            properties,
+        };
+        log::debug!(
+            "Sending CONNACK to {client_id} ({}, 0)",
+            u8::from(session_present)
+        );
+        self.send_packet(conn, &Packet::ConnAck(ack));
+        if session_present {
+            self.resume_outgoing(session_id);
+        }
+    }
+
+    /// Another shard asks for the session of `client_id` for its connection `conn`.
+    pub(super) fn on_take_session(
+        &mut self,
+        client_id: Arc<str>,
+        to: usize,
+        conn: ConnId,
+        clean_start: bool,
+    ) {
+        // A connection here is itself waiting for this session from a third shard: close it,
+        // and pass the session on when it comes.
+        let waiting = self
+            .conns
+            .iter()
+            .flatten()
+            .find(|c| c.waiting_handoff.is_some() && c.client_id.as_ref() == Some(&client_id))
+            .map(|c| c.id);
+        if let Some(waiting) = waiting {
+            if self.shared.config.connection_messages {
+                log::info!("Client {client_id} already connected, closing old connection.");
+            }
+            if let Some(c) = self.conns.get_mut(waiting.0).and_then(Option::take) {
+                self.close_socket(c);
+            }
+            self.forward_handoff.insert(client_id, (to, conn));
+            return;
+        }
+        let session = match self.by_client.get(&client_id).copied() {
+            Some(id) => {
+                let session = self.take_local_session(id, clean_start);
+                if let Some(s) = &session {
+                    self.moved.insert(s.id, (to, Instant::now()));
+                }
+                session
+            }
+            None => None,
+        };
+        let msg = ShardMsg::Handoff {
+            client_id,
+            conn,
+            session: session.map(Box::new),
+        };
+        if let Err(msg) = self.shared.mailboxes.send(to, msg) {
+            // Never dropped: a handoff carries a session. Held with the QoS 1/2 overflow.
+            self.overflow.push_back((to, msg));
+        }
+    }
+
+    /// The session asked for in `on_connect` arrived (or `None`: there was none to take).
+    pub(super) fn on_handoff(
+        &mut self,
+        client_id: Arc<str>,
+        conn: ConnId,
+        session: Option<SessionBox>,
+    ) {
+        if let Some((to, their_conn)) = self.forward_handoff.remove(&client_id) {
+            if let Some(s) = &session {
+                self.moved.insert(s.id, (to, Instant::now()));
+            }
+            let msg = ShardMsg::Handoff {
+                client_id,
+                conn: their_conn,
+                session,
+            };
+            if let Err(msg) = self.shared.mailboxes.send(to, msg) {
+                self.overflow.push_back((to, msg));
+            }
+            return;
+        }
+        let connect = self.conn_mut(conn).and_then(|c| {
+            let ours = c.client_id.as_ref() == Some(&client_id);
+            if ours {
+                c.waiting_handoff.take()
+            } else {
+                None
+            }
+        });
+        match connect {
+            Some(connect) => {
+                let session = session.map(|s| *s).filter(|_| !connect.clean_start);
+                self.accept_connect(conn, *connect, client_id, false, session);
+                self.process_input(conn);
+            }
+            None => {
+                // The connection went away meanwhile: keep a persistent session here, offline.
+                if let Some(mut session) = session.map(|s| *s) {
+                    session.conn = None;
+                    for (filter, sub) in &mut session.subscriptions {
+                        sub.shard = self.id as u16;
+                        self.trie_ops.push(super::subscribe::TrieOp::Subscribe {
+                            filter: filter.clone(),
+                            session: session.id,
+                            sub: *sub,
+                        });
+                    }
+                    self.by_client.insert(client_id, session.id);
+                    self.sessions.insert(session.id, session);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_disconnect(&mut self, conn: ConnId) {
+        let name = self
+            .conn(conn)
+            .map(|c| c.name().to_string())
+            .unwrap_or_default();
+        log::debug!("Received DISCONNECT from {name}");
+        self.connection_lost(conn, CloseReason::ClientDisconnect);
+    }
+
+    pub(super) fn keepalive_expired(&mut self, conn: ConnId) {
+        let messages = self.shared.config.connection_messages;
+        let Some(c) = self.conn_mut(conn) else { return };
+        if messages {
+            log::info!("Client {} has exceeded timeout, disconnecting.", c.name());
+        }
+        if c.version == Some(ProtocolVersion::V5) {
+            let packet = Packet::Disconnect(Disconnect::with_reason(ReasonCode::KeepAliveTimeout));
+            self.send_packet(conn, &packet);
+        }
+        self.close_conn(conn, CloseReason::KeepAlive);
+    }
+
+    /// A packet broke a rule the decoder cannot see (a second CONNECT, say).
+    pub(super) fn protocol_violation(&mut self, conn: ConnId, what: &str) {
+        let messages = self.shared.config.connection_messages;
+        let Some(c) = self.conn_mut(conn) else { return };
+        if messages {
+            log::info!(
+                "Client {} disconnected due to protocol error ({what}).",
+                c.name()
+            );
+        }
+        if c.version == Some(ProtocolVersion::V5) {
+            self.send_packet(
+                conn,
+                &Packet::Disconnect(Disconnect::with_reason(ReasonCode::ProtocolError)),
+            );
+        }
+        self.close_conn(conn, CloseReason::ProtocolError);
+    }
+
+    pub(super) fn decode_failed(&mut self, conn: ConnId, error: DecodeError) {
+        let messages = self.shared.config.connection_messages;
+        let Some(c) = self.conn_mut(conn) else { return };
+        let connected = c.session.is_some();
+        let name = c.name().to_string();
+        if let DecodeError::UnsupportedProtocolVersion(level) = error {
+            // [MQTT-3.1.2-2] CONNACK 0x01 (in the 3.1.1 form: the client's form is unknown).
+            if messages {
+                log::info!("Client {name} disconnected, unsupported protocol version {level}.");
+            }
+            let ack = ConnAck {
+                session_present: false,
+                reason: ReasonCode::UnsupportedProtocolVersion,
+                properties: Properties::default(),
+            };
+            self.send_packet(conn, &Packet::ConnAck(ack));
+            self.close_conn(conn, CloseReason::Refused);
+            return;
+        }
+        if messages {
+            let kind = if error.reason_code() == ReasonCode::MalformedPacket {
+                "malformed packet"
+            } else {
+                "protocol error"
+            };
+            log::info!("Client {name} disconnected due to {kind}: {error}.");
+        }
+        // 5.0: a DISCONNECT with the reason, once connected. [MQTT-4.13.1-1]
+        if connected && c.version == Some(ProtocolVersion::V5) {
+            self.send_packet(
+                conn,
+                &Packet::Disconnect(Disconnect::with_reason(error.reason_code())),
+            );
+        }
+        self.close_conn(conn, CloseReason::ProtocolError);
+    }
+
+    /// The peer went away or failed.
+    pub(super) fn connection_lost(&mut self, conn: ConnId, reason: CloseReason) {
+        let Some(c) = self.conn(conn) else { return };
+        if self.shared.config.connection_messages && c.session.is_some() {
+            match reason {
+                CloseReason::PeerClosed => log::info!("Client {} closed its connection.", c.name()),
+                CloseReason::SocketError => {
+                    log::info!("Socket error on client {}, disconnecting.", c.name())
+                }
+                CloseReason::ClientDisconnect => log::info!("Client {} disconnected.", c.name()),
+                _ => {}
+            }
+        }
+        if reason == CloseReason::Shutdown
+            && c.version == Some(ProtocolVersion::V5)
+            && c.session.is_some()
+        {
+            self.send_packet(
+                conn,
+                &Packet::Disconnect(Disconnect::with_reason(ReasonCode::ServerShuttingDown)),
+            );
+        }
+        self.close_conn(conn, reason);
+    }
+
+    /// Closes `conn` and settles its session: the will, and the end of a clean session.
+    pub(super) fn close_conn(&mut self, conn: ConnId, reason: CloseReason) {
+        let Some(c) = self.conns.get_mut(conn.0).and_then(Option::take) else {
+            return;
+        };
+        let session_id = c.session;
+        self.close_socket(c);
+        let Some(id) = session_id else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.conn = None;
+        let will = session.will.take();
+        if reason.publishes_will() {
+            if let Some(will) = will {
+                self.publish_will(id, will);
+            }
+        }
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        if session.clean && reason != CloseReason::Shutdown {
+            let session = self.sessions.remove(&id).expect("just found");
+            self.by_client.remove(&session.client_id);
+            self.end_session(session, true);
+        }
+    }
+
+    /// Removes a session's subscriptions and, if asked, its registry entry.
+    fn end_session(&mut self, session: Session, unregister: bool) {
+        for filter in session.subscriptions.into_keys() {
+            self.trie_ops.push(super::subscribe::TrieOp::Unsubscribe {
+                filter,
+                session: session.id,
+            });
+        }
+        if unregister {
+            let mut registry = self.shared.registry.lock().expect("registry lock");
+            // Only if no other shard has claimed the id since.
+            if registry.get(&session.client_id) == Some(&self.id) {
+                registry.remove(&session.client_id);
+            }
+        }
+    }
+}

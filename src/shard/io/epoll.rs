@@ -1,0 +1,333 @@
+//! The epoll backend, through mio. mio is edge-triggered: a socket reported readable stays
+//! readable until a read returns `WouldBlock`, so sockets left with unread data (the
+//! per-turn read limit) are kept on a list and read again on the next turn without waiting.
+
+use bytes::{Buf, Bytes, BytesMut};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Backend, ConnId, Event, Waker, READ_MAX_PER_TURN};
+
+const WAKER: Token = Token(usize::MAX);
+/// Listeners take the tokens just below the waker's.
+const LISTENER_BASE: usize = usize::MAX - 1024;
+/// Accepts per listener per turn, so a connection storm cannot starve established clients.
+const ACCEPTS_PER_TURN: usize = 256;
+/// Readiness events taken per `wait`.
+const EVENTS_CAPACITY: usize = 1024;
+/// Buffers written per `writev`.
+const IOVECS_MAX: usize = 64;
+
+struct Socket {
+    stream: TcpStream,
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    /// Data may be waiting (edge seen, `WouldBlock` not yet).
+    readable: bool,
+    paused: bool,
+}
+
+pub struct Epoll {
+    poll: Poll,
+    events: Events,
+    listeners: Vec<TcpListener>,
+    /// Listeners whose accept queue may still hold connections.
+    accept_pending: Vec<bool>,
+    sockets: Slab<Socket>,
+    /// Sockets to read this turn without waiting for an event.
+    read_again: Vec<usize>,
+    waker: Arc<mio::Waker>,
+}
+
+struct MioWaker(Arc<mio::Waker>);
+
+impl Waker for MioWaker {
+    fn wake(&self) {
+        // A failed wake means the poll is gone: the shard is stopping anyway.
+        let _ = self.0.wake();
+    }
+}
+
+impl Epoll {
+    pub fn new(listeners: Vec<std::net::TcpListener>) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let mut mio_listeners = Vec::with_capacity(listeners.len());
+        for (i, listener) in listeners.into_iter().enumerate() {
+            listener.set_nonblocking(true)?;
+            let mut listener = TcpListener::from_std(listener);
+            poll.registry().register(
+                &mut listener,
+                Token(LISTENER_BASE + i),
+                Interest::READABLE,
+            )?;
+            mio_listeners.push(listener);
+        }
+        Ok(Epoll {
+            poll,
+            events: Events::with_capacity(EVENTS_CAPACITY),
+            accept_pending: vec![true; mio_listeners.len()],
+            listeners: mio_listeners,
+            sockets: Slab::new(),
+            read_again: Vec::new(),
+            waker,
+        })
+    }
+
+    pub fn waker(&self) -> Arc<dyn Waker> {
+        Arc::new(MioWaker(self.waker.clone()))
+    }
+
+    fn accept(&mut self, index: usize, out: &mut Vec<Event>) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            match self.listeners[index].accept() {
+                Ok((mut stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().unwrap_or(peer);
+                    let entry = self.sockets.vacant_entry();
+                    let id = entry.key();
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if let Err(e) = self
+                        .poll
+                        .registry()
+                        .register(&mut stream, Token(id), interest)
+                    {
+                        log::error!("Error: cannot register a connection from {peer}: {e}");
+                        continue;
+                    }
+                    // Read at once: data may have arrived before registration.
+                    entry.insert(Socket {
+                        stream,
+                        queue: VecDeque::new(),
+                        queued: 0,
+                        readable: true,
+                        paused: false,
+                    });
+                    self.read_again.push(id);
+                    out.push(Event::Accepted {
+                        conn: ConnId(id),
+                        peer,
+                        local,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_pending[index] = false;
+                    return;
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: try again next turn.
+                    log::error!("Error accepting a connection: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads up to the per-turn limit from one socket.
+    fn read(&mut self, id: usize, out: &mut Vec<Event>) {
+        let Some(socket) = self.sockets.get_mut(id) else {
+            return;
+        };
+        if socket.paused || !socket.readable {
+            return;
+        }
+        let mut data = BytesMut::new();
+        let mut closed: Option<Option<io::Error>> = None;
+        while data.len() < READ_MAX_PER_TURN {
+            data.reserve(16 * 1024);
+            let room = READ_MAX_PER_TURN - data.len();
+            let spare = data.spare_capacity_mut();
+            let want = spare.len().min(room);
+            // SAFETY: `read` only writes into the slice; the bytes it reports written are
+            // initialised, and only those are made part of `data` by `set_len`.
+            let slice =
+                unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), want) };
+            match socket.stream.read(slice) {
+                Ok(0) => {
+                    closed = Some(None);
+                    break;
+                }
+                Ok(n) => {
+                    // SAFETY: `read` initialised `n` bytes of the spare capacity.
+                    unsafe { data.set_len(data.len() + n) };
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    socket.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    closed = Some(Some(e));
+                    break;
+                }
+            }
+        }
+        if socket.readable && closed.is_none() {
+            self.read_again.push(id);
+        }
+        if !data.is_empty() {
+            out.push(Event::Received {
+                conn: ConnId(id),
+                data,
+            });
+        }
+        if let Some(error) = closed {
+            self.remove(id);
+            out.push(Event::Closed {
+                conn: ConnId(id),
+                error,
+            });
+        }
+    }
+
+    /// Writes queued data until the socket stops taking it. `Err` means the connection failed.
+    fn flush(socket: &mut Socket) -> io::Result<()> {
+        while !socket.queue.is_empty() {
+            let slices: Vec<IoSlice<'_>> = socket
+                .queue
+                .iter()
+                .take(IOVECS_MAX)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            match socket.stream.write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
+                    socket.queued -= n;
+                    while n > 0 {
+                        let front = socket.queue.front_mut().expect("written bytes were queued");
+                        if front.len() <= n {
+                            n -= front.len();
+                            socket.queue.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, id: usize) {
+        if let Some(mut socket) = self.sockets.try_remove(id) {
+            let _ = self.poll.registry().deregister(&mut socket.stream);
+        }
+    }
+}
+
+impl Backend for Epoll {
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+        let busy = !self.read_again.is_empty() || self.accept_pending.iter().any(|&p| p);
+        let timeout = if busy { Some(Duration::ZERO) } else { timeout };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        let mut failed = Vec::new();
+        for event in self.events.iter() {
+            let token = event.token();
+            if token == WAKER {
+                continue;
+            }
+            if token.0 >= LISTENER_BASE {
+                self.accept_pending[token.0 - LISTENER_BASE] = true;
+                continue;
+            }
+            let Some(socket) = self.sockets.get_mut(token.0) else {
+                continue;
+            };
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                if !socket.readable {
+                    socket.readable = true;
+                    self.read_again.push(token.0);
+                }
+            }
+            if event.is_writable() && !socket.queue.is_empty() {
+                if let Err(e) = Self::flush(socket) {
+                    failed.push((token.0, e));
+                }
+            }
+        }
+        for (id, e) in failed {
+            self.remove(id);
+            out.push(Event::Closed {
+                conn: ConnId(id),
+                error: Some(e),
+            });
+        }
+        for index in 0..self.listeners.len() {
+            if self.accept_pending[index] {
+                self.accept(index, out);
+            }
+        }
+        let mut to_read = std::mem::take(&mut self.read_again);
+        to_read.sort_unstable();
+        to_read.dedup();
+        for id in to_read.drain(..) {
+            self.read(id, out);
+        }
+        // Keep the allocation for next turn (read() pushed into the fresh one).
+        to_read.append(&mut self.read_again);
+        self.read_again = to_read;
+        Ok(())
+    }
+
+    fn send(&mut self, conn: ConnId, data: Bytes) {
+        let Some(socket) = self.sockets.get_mut(conn.0) else {
+            return;
+        };
+        if data.is_empty() {
+            return;
+        }
+        socket.queued += data.len();
+        socket.queue.push_back(data);
+        if socket.queue.len() == 1 {
+            if let Err(e) = Self::flush(socket) {
+                // Reported as a close on the next read: mark readable so it is seen.
+                log::debug!("write to connection {} failed: {e}", conn.0);
+                let _ = socket.stream.shutdown(std::net::Shutdown::Both);
+                socket.readable = true;
+                socket.queue.clear();
+                socket.queued = 0;
+                self.read_again.push(conn.0);
+            }
+        }
+    }
+
+    fn queued_bytes(&self, conn: ConnId) -> usize {
+        self.sockets.get(conn.0).map_or(0, |s| s.queued)
+    }
+
+    fn pause_reading(&mut self, conn: ConnId) {
+        if let Some(socket) = self.sockets.get_mut(conn.0) {
+            socket.paused = true;
+        }
+    }
+
+    fn resume_reading(&mut self, conn: ConnId) {
+        if let Some(socket) = self.sockets.get_mut(conn.0) {
+            if socket.paused {
+                socket.paused = false;
+                self.read_again.push(conn.0);
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(socket) = self.sockets.get_mut(conn.0) {
+            let _ = Self::flush(socket);
+            let _ = socket.stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.remove(conn.0);
+    }
+}

@@ -1,0 +1,66 @@
+//! The I/O backend contract: what every backend (epoll now, io_uring later) must provide.
+//!
+//! The interface is completion-shaped and passes owned buffers both ways, so that a
+//! completion backend (io_uring with provided buffers) fits without copies and the readiness
+//! backend (epoll) adapts to it:
+//!
+//! - `wait` blocks until something happened or `timeout` passed, and appends what happened
+//!   to `events`: accepted connections (already registered, with their id), received bytes
+//!   as an owned buffer the backend filled, closed connections (with the error, if any).
+//!   It reads at most `READ_MAX_PER_TURN` bytes per connection per call, so one busy client
+//!   cannot starve the others; what is left is read on the next call, without a new
+//!   readiness event.
+//! - `send` takes ownership of encoded bytes and writes them in order; what the socket does
+//!   not take at once stays queued in the backend (counted by `queued_bytes`) and is written
+//!   as the socket drains. The shard calls `send` once per connection per loop turn with
+//!   everything that turn produced, so many packets go out in one write.
+//! - `pause_reading` / `resume_reading` stop and restart delivery of received bytes from
+//!   one connection (back-pressure on publishers whose messages wait).
+//! - `close` writes what it can of the queue without blocking and closes the socket.
+//! - A `Waker` lets another thread end a `wait` early.
+
+pub mod epoll;
+
+use bytes::{Bytes, BytesMut};
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Most bytes read from one connection in one `wait`.
+pub const READ_MAX_PER_TURN: usize = 64 * 1024;
+
+/// A connection's id on its shard; reused after the connection is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub usize);
+
+#[derive(Debug)]
+pub enum Event {
+    Accepted {
+        conn: ConnId,
+        peer: SocketAddr,
+        local: SocketAddr,
+    },
+    Received {
+        conn: ConnId,
+        data: BytesMut,
+    },
+    /// The peer closed the connection (`error` is `None`) or it failed. The id is free.
+    Closed {
+        conn: ConnId,
+        error: Option<io::Error>,
+    },
+}
+
+pub trait Backend {
+    fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()>;
+    fn send(&mut self, conn: ConnId, data: Bytes);
+    fn queued_bytes(&self, conn: ConnId) -> usize;
+    fn pause_reading(&mut self, conn: ConnId);
+    fn resume_reading(&mut self, conn: ConnId);
+    fn close(&mut self, conn: ConnId);
+}
+
+/// Ends a backend's `wait` from another thread.
+pub trait Waker: Send + Sync {
+    fn wake(&self);
+}

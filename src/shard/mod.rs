@@ -1,0 +1,379 @@
+//! A shard: one thread, pinned to a core, with its own event loop, its own listening sockets
+//! on the shared ports (`SO_REUSEPORT`) and its own connections and sessions. Shards meet
+//! only through mailboxes, the published subscription trie, and a few locks taken off the
+//! publish path (client id registry on CONNECT, trie writer once per turn with changes,
+//! retained store for retained messages).
+
+pub mod conn;
+mod connect;
+pub mod io;
+mod publish;
+mod subscribe;
+
+use bytes::BytesMut;
+use crossbeam_channel::Receiver;
+use hashbrown::HashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::codec::{Packet, ProtocolVersion};
+use crate::config::Config;
+use crate::retain::RetainStore;
+use crate::router::{Mailboxes, ShardMsg};
+use crate::session::Session;
+use crate::topic::{SessionId, SubscriptionTree, TreeWriter};
+use conn::Conn;
+use io::{Backend, ConnId, Event};
+use subscribe::{AfterTrie, TrieOp};
+
+/// Mailbox messages handled per loop turn, so a flood from other shards cannot starve this
+/// shard's own sockets.
+const MAILBOX_PER_TURN: usize = 4096;
+/// Cross-shard messages held while a target mailbox is full (QoS 1/2 only).
+const OVERFLOW_MAX: usize = 65_536;
+/// How long a shard forwards deliveries for a session that moved to another shard.
+const MOVED_FORWARD_TIME: Duration = Duration::from_secs(10);
+/// How often keepalives and CONNECT deadlines are checked.
+const TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// Counters of what was dropped, by reason: nothing is lost silently.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// QoS 0 messages not sent because the client's write buffer was full.
+    pub dropped_slow_client: AtomicU64,
+    /// QoS 1/2 messages not queued because the session's queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// QoS 0 messages not passed to another shard because its mailbox was full.
+    pub dropped_mailbox_full: AtomicU64,
+    /// QoS 1/2 messages dropped because the overflow list was full too.
+    pub dropped_overflow_full: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+}
+
+/// What every shard shares.
+pub struct Shared {
+    pub config: Config,
+    pub trie: Arc<SubscriptionTree>,
+    pub trie_writer: Mutex<TreeWriter>,
+    pub retained: Mutex<RetainStore>,
+    /// Which shard owns each client id's session.
+    pub registry: Mutex<HashMap<Arc<str>, usize>>,
+    pub mailboxes: Arc<Mailboxes>,
+    pub next_session: AtomicU64,
+    pub shutdown: AtomicBool,
+    pub stats: Stats,
+}
+
+impl Shared {
+    pub fn new_session_id(&self) -> SessionId {
+        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+pub struct Shard<B: Backend> {
+    pub id: usize,
+    shared: Arc<Shared>,
+    backend: B,
+    mailbox: Receiver<ShardMsg>,
+    conns: Vec<Option<Conn>>,
+    sessions: HashMap<SessionId, Session>,
+    by_client: HashMap<Arc<str>, SessionId>,
+    events: Vec<Event>,
+    /// Connections with bytes in `out`, to send at the end of the turn.
+    dirty: Vec<ConnId>,
+    trie_ops: Vec<TrieOp>,
+    after_trie: Vec<AfterTrie>,
+    /// Per target shard, the targets of the message being routed (reused).
+    targets: Vec<Vec<crate::router::Target>>,
+    /// Cross-shard messages waiting for room in a full mailbox, and the publishers paused
+    /// until they are through.
+    overflow: VecDeque<(usize, ShardMsg)>,
+    paused: Vec<ConnId>,
+    /// Sessions handed to another shard, and until when to forward their deliveries.
+    moved: HashMap<SessionId, (usize, Instant)>,
+    /// Client ids whose session must go on to another shard when it arrives here.
+    forward_handoff: HashMap<Arc<str>, (usize, ConnId)>,
+    /// Round-robin position for shared subscriptions.
+    share_turn: usize,
+}
+
+impl<B: Backend> Shard<B> {
+    pub fn new(id: usize, shared: Arc<Shared>, backend: B, mailbox: Receiver<ShardMsg>) -> Self {
+        let shards = shared.mailboxes.shards();
+        Shard {
+            id,
+            shared,
+            backend,
+            mailbox,
+            conns: Vec::new(),
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            events: Vec::new(),
+            dirty: Vec::new(),
+            trie_ops: Vec::new(),
+            after_trie: Vec::new(),
+            targets: vec![Vec::new(); shards],
+            overflow: VecDeque::new(),
+            paused: Vec::new(),
+            moved: HashMap::new(),
+            forward_handoff: HashMap::new(),
+            share_turn: id,
+        }
+    }
+
+    /// Runs the event loop until shutdown.
+    pub fn run(mut self) {
+        let mut next_tick = Instant::now() + TIMER_TICK;
+        loop {
+            if self.shared.shutdown.load(Ordering::Acquire) {
+                self.shut_down();
+                return;
+            }
+            let now = Instant::now();
+            let mut timeout = next_tick.saturating_duration_since(now);
+            let mailboxes = self.shared.mailboxes.clone();
+            mailboxes.going_to_sleep(self.id);
+            if !self.mailbox.is_empty() || !self.overflow.is_empty() {
+                timeout = Duration::ZERO;
+            }
+            let mut events = std::mem::take(&mut self.events);
+            if let Err(e) = self.backend.wait(Some(timeout), &mut events) {
+                log::error!("Error: shard {} event loop: {e}", self.id);
+            }
+            mailboxes.awake(self.id);
+            for event in events.drain(..) {
+                self.on_event(event);
+            }
+            self.events = events;
+            self.drain_mailbox();
+            self.retry_overflow();
+            self.apply_trie_ops();
+            if Instant::now() >= next_tick {
+                self.check_timers();
+                next_tick = Instant::now() + TIMER_TICK;
+            }
+            self.flush();
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Accepted { conn, peer, local } => {
+                let index = conn.0;
+                if self.conns.len() <= index {
+                    self.conns.resize_with(index + 1, || None);
+                }
+                self.conns[index] = Some(Conn::new(
+                    conn,
+                    peer,
+                    local.port(),
+                    self.shared.config.packet_size_max,
+                ));
+                if self.shared.config.connection_messages {
+                    log::info!(
+                        "New connection from {}:{} on port {}.",
+                        peer.ip(),
+                        peer.port(),
+                        local.port()
+                    );
+                }
+            }
+            Event::Received { conn, data } => {
+                let Some(c) = self.conn_mut(conn) else { return };
+                c.last_rx = Instant::now();
+                if c.inbuf.is_empty() {
+                    c.inbuf = data;
+                } else {
+                    c.inbuf.extend_from_slice(&data);
+                }
+                self.process_input(conn);
+            }
+            Event::Closed { conn, error } => {
+                let reason = match error {
+                    None => connect::CloseReason::PeerClosed,
+                    Some(_) => connect::CloseReason::SocketError,
+                };
+                self.connection_lost(conn, reason);
+            }
+        }
+    }
+
+    fn conn_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(conn.0).and_then(Option::as_mut)
+    }
+
+    fn conn(&self, conn: ConnId) -> Option<&Conn> {
+        self.conns.get(conn.0).and_then(Option::as_ref)
+    }
+
+    /// Decodes and handles every whole packet received on `conn`.
+    fn process_input(&mut self, conn: ConnId) {
+        loop {
+            let Some(c) = self.conn_mut(conn) else { return };
+            if c.waiting_handoff.is_some() {
+                return;
+            }
+            match c.decoder.decode_from(&mut c.inbuf) {
+                Ok(Some(packet)) => self.on_packet(conn, packet),
+                Ok(None) => return,
+                Err(error) => {
+                    self.decode_failed(conn, error);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_packet(&mut self, conn: ConnId, packet: Packet) {
+        let Some(c) = self.conn(conn) else { return };
+        let Some(session) = c.session else {
+            // The decoder lets nothing but CONNECT through first. [MQTT-3.1.0-1]
+            if let Packet::Connect(connect) = packet {
+                self.on_connect(conn, connect);
+            }
+            return;
+        };
+        match packet {
+            // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
+            Packet::Connect(_) => self.protocol_violation(conn, "second CONNECT"),
+            Packet::Publish(publish) => self.on_publish(conn, session, publish),
+            Packet::PubAck(ack) => self.on_puback(conn, session, ack.packet_id),
+            Packet::PubRec(rec) => self.on_pubrec(conn, session, rec.packet_id),
+            Packet::PubRel(rel) => self.on_pubrel(conn, session, rel.packet_id),
+            Packet::PubComp(comp) => self.on_pubcomp(conn, session, comp.packet_id),
+            Packet::Subscribe(subscribe) => self.on_subscribe(conn, session, subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(conn, session, unsubscribe),
+            Packet::PingReq => {
+                log::debug!(
+                    "Received PINGREQ from {}",
+                    self.conn(conn).map_or("", |c| c.name())
+                );
+                self.send_packet(conn, &Packet::PingResp);
+                log::debug!(
+                    "Sending PINGRESP to {}",
+                    self.conn(conn).map_or("", |c| c.name())
+                );
+            }
+            Packet::Disconnect(_) => self.on_disconnect(conn),
+            Packet::Auth(_) => {
+                self.protocol_violation(conn, "AUTH without an authentication method")
+            }
+            // Server-to-client packets from a client. [MQTT-4.8.0-1] (5.0: §4.13)
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.protocol_violation(conn, "a packet only a server sends")
+            }
+        }
+    }
+
+    /// Encodes `packet` into the connection's turn buffer.
+    fn send_packet(&mut self, conn: ConnId, packet: &Packet) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        let version = c.version.unwrap_or(ProtocolVersion::V311);
+        let was_empty = c.out.is_empty();
+        if let Err(e) = packet.encode(version, &mut c.out) {
+            log::error!(
+                "Error: cannot encode {} for {}: {e}",
+                packet.name(),
+                c.name()
+            );
+            return;
+        }
+        if was_empty {
+            self.dirty.push(conn);
+        }
+    }
+
+    /// Sends each connection's turn buffer in one piece.
+    fn flush(&mut self) {
+        for conn in std::mem::take(&mut self.dirty) {
+            let Some(c) = self.conns.get_mut(conn.0).and_then(Option::as_mut) else {
+                continue;
+            };
+            if c.out.is_empty() {
+                continue;
+            }
+            let data = c.out.split().freeze();
+            // Keep a small buffer rather than one sized by the largest turn so far.
+            if c.out.capacity() > 64 * 1024 {
+                c.out = BytesMut::new();
+            }
+            self.backend.send(conn, data);
+        }
+    }
+
+    fn drain_mailbox(&mut self) {
+        for _ in 0..MAILBOX_PER_TURN {
+            let Ok(msg) = self.mailbox.try_recv() else {
+                return;
+            };
+            match msg {
+                ShardMsg::Deliver { message, targets } => self.deliver_here(&message, targets),
+                ShardMsg::TakeSession {
+                    client_id,
+                    to,
+                    conn,
+                    clean_start,
+                } => self.on_take_session(client_id, to, conn, clean_start),
+                ShardMsg::Handoff {
+                    client_id,
+                    conn,
+                    session,
+                } => self.on_handoff(client_id, conn, session),
+            }
+        }
+    }
+
+    /// Sends what waits for full mailboxes, oldest first; resumes paused publishers once
+    /// nothing waits.
+    fn retry_overflow(&mut self) {
+        while let Some((shard, msg)) = self.overflow.pop_front() {
+            if let Err(msg) = self.shared.mailboxes.send(shard, msg) {
+                self.overflow.push_front((shard, msg));
+                return;
+            }
+        }
+        for conn in std::mem::take(&mut self.paused) {
+            self.backend.resume_reading(conn);
+        }
+    }
+
+    fn check_timers(&mut self) {
+        let now = Instant::now();
+        let connect_timeout = Duration::from_secs(self.shared.config.connect_timeout_s);
+        let mut expired = Vec::new();
+        for c in self.conns.iter().flatten() {
+            if c.session.is_none() && c.waiting_handoff.is_none() {
+                if now.duration_since(c.accepted_at) > connect_timeout {
+                    expired.push((c.id, false));
+                }
+            } else if c.keepalive_s > 0 {
+                // [MQTT-3.1.2-24] one and a half keep alive periods of silence.
+                let limit = Duration::from_millis(u64::from(c.keepalive_s) * 1500);
+                if now.duration_since(c.last_rx) > limit {
+                    expired.push((c.id, true));
+                }
+            }
+        }
+        for (conn, connected) in expired {
+            if connected {
+                self.keepalive_expired(conn);
+            } else {
+                self.connection_lost(conn, connect::CloseReason::ConnectTimeout);
+            }
+        }
+        self.moved
+            .retain(|_, (_, since)| now.duration_since(*since) < MOVED_FORWARD_TIME);
+    }
+
+    fn shut_down(&mut self) {
+        self.apply_trie_ops();
+        let ids: Vec<ConnId> = self.conns.iter().flatten().map(|c| c.id).collect();
+        for conn in ids {
+            self.connection_lost(conn, connect::CloseReason::Shutdown);
+        }
+        self.flush();
+    }
+}

@@ -1,0 +1,588 @@
+//! The PUBLISH path: inbound QoS 0/1/2 from a client, routing (match once, group targets by
+//! shard, one message per target shard), delivery into sessions (encode once per variant),
+//! and the outbound QoS 1/2 flows with their inflight window and queue.
+
+use bytes::{BufMut, Bytes};
+use smallvec::SmallVec;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::io::{Backend, ConnId};
+use super::Shard;
+use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Will};
+use crate::router::{Message, ShardMsg, Target};
+use crate::session::{InFlight, Queued};
+use crate::topic::{Match, SessionId};
+
+/// Encoded PUBLISH variants of the message being delivered, so that subscribers that get the
+/// same bytes share one encoding; QoS 1/2 copies get their packet id patched in.
+#[derive(Default)]
+struct Variants {
+    entries: SmallVec<[(VariantKey, Bytes, usize); 4]>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct VariantKey {
+    v5: bool,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+}
+
+impl<B: Backend> Shard<B> {
+    pub(super) fn on_publish(&mut self, conn: ConnId, session_id: SessionId, publish: Publish) {
+        let name = self
+            .conn(conn)
+            .map(|c| c.name().to_string())
+            .unwrap_or_default();
+        log::debug!(
+            "Received PUBLISH from {name} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+            u8::from(publish.dup),
+            publish.qos as u8,
+            u8::from(publish.retain),
+            publish.packet_id,
+            publish.topic,
+            publish.payload.len()
+        );
+        self.shared
+            .stats
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        // Topic aliases come with the MQTT 5 issue; until then an alias is refused.
+        if publish.properties.topic_alias.is_some() {
+            self.send_disconnect_and_close(conn, ReasonCode::TopicAliasInvalid);
+            return;
+        }
+        if let Err(e) = crate::topic::validate_topic_name(&publish.topic) {
+            log::info!("Client {name} sent an invalid topic name ({e}), disconnecting.");
+            self.send_disconnect_and_close(conn, ReasonCode::TopicNameInvalid);
+            return;
+        }
+        let packet_id = publish.packet_id;
+        let qos = publish.qos;
+        let duplicate = qos == QoS::ExactlyOnce
+            && self
+                .sessions
+                .get(&session_id)
+                .is_some_and(|s| s.incoming_qos2.contains(&packet_id));
+        if !duplicate {
+            let mut properties = publish.properties;
+            // Properties the broker answers itself are not forwarded.
+            properties.topic_alias = None;
+            properties.subscription_identifiers.clear();
+            let message = Arc::new(Message {
+                topic: publish.topic,
+                payload: publish.payload,
+                qos,
+                retain: publish.retain,
+                properties,
+                origin: Some(session_id),
+            });
+            if message.retain {
+                self.shared
+                    .retained
+                    .lock()
+                    .expect("retained lock")
+                    .set(message.clone());
+            }
+            self.route(&message, Some(conn));
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                log::debug!("Sending PUBACK to {name} (Mid: {packet_id})");
+                self.send_packet(conn, &Packet::PubAck(PubResponse::new(packet_id)));
+            }
+            QoS::ExactlyOnce => {
+                if let Some(session) = self.sessions.get_mut(&session_id) {
+                    session.incoming_qos2.insert(packet_id);
+                }
+                log::debug!("Sending PUBREC to {name} (Mid: {packet_id})");
+                self.send_packet(conn, &Packet::PubRec(PubResponse::new(packet_id)));
+            }
+        }
+    }
+
+    pub(super) fn on_pubrel(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
+        let name = self
+            .conn(conn)
+            .map(|c| c.name().to_string())
+            .unwrap_or_default();
+        log::debug!("Received PUBREL from {name} (Mid: {packet_id})");
+        let known = self
+            .sessions
+            .get_mut(&session_id)
+            .is_some_and(|s| s.incoming_qos2.remove(&packet_id));
+        let mut comp = PubResponse::new(packet_id);
+        if !known {
+            comp.reason = ReasonCode::PacketIdentifierNotFound;
+        }
+        log::debug!("Sending PUBCOMP to {name} (Mid: {packet_id})");
+        self.send_packet(conn, &Packet::PubComp(comp));
+    }
+
+    pub(super) fn on_puback(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
+        log::debug!(
+            "Received PUBACK from {} (Mid: {packet_id})",
+            self.conn(conn).map_or("", |c| c.name())
+        );
+        self.finish_inflight(session_id, packet_id, QoS::AtLeastOnce);
+    }
+
+    pub(super) fn on_pubrec(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
+        let name = self
+            .conn(conn)
+            .map(|c| c.name().to_string())
+            .unwrap_or_default();
+        log::debug!("Received PUBREC from {name} (Mid: {packet_id})");
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let mut rel = PubResponse::new(packet_id);
+        match session.inflight_position(packet_id) {
+            Some(at) if session.inflight[at].qos == QoS::ExactlyOnce => {
+                session.inflight[at].released = true
+            }
+            _ => rel.reason = ReasonCode::PacketIdentifierNotFound,
+        }
+        log::debug!("Sending PUBREL to {name} (Mid: {packet_id})");
+        self.send_packet(conn, &Packet::PubRel(rel));
+    }
+
+    pub(super) fn on_pubcomp(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
+        log::debug!(
+            "Received PUBCOMP from {} (Mid: {packet_id})",
+            self.conn(conn).map_or("", |c| c.name())
+        );
+        self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
+    }
+
+    /// Ends an outbound QoS 1/2 exchange and lets the next queued message in.
+    fn finish_inflight(&mut self, session_id: SessionId, packet_id: u16, qos: QoS) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let Some(at) = session.inflight_position(packet_id) else {
+            return;
+        };
+        if session.inflight[at].qos != qos {
+            return;
+        }
+        session.inflight.remove(at);
+        self.fill_window(session_id);
+    }
+
+    /// Moves queued messages into the inflight window while there is room.
+    fn fill_window(&mut self, session_id: SessionId) {
+        let inflight_max = self.shared.config.inflight_max;
+        loop {
+            let Some(session) = self.sessions.get_mut(&session_id) else {
+                return;
+            };
+            if session.conn.is_none() || session.inflight.len() >= inflight_max {
+                return;
+            }
+            let Some(queued) = session.queue.pop_front() else {
+                return;
+            };
+            self.send_to_session(
+                session_id,
+                &queued.message,
+                &queued.target,
+                &mut Variants::default(),
+            );
+        }
+    }
+
+    /// After a persistent session resumes: resend unacknowledged messages with DUP, in
+    /// order [MQTT-4.4.0-1], then fill the window from the queue.
+    pub(super) fn resume_outgoing(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get(&session_id) else {
+            return;
+        };
+        let Some(conn) = session.conn else { return };
+        let v5 = session.version == ProtocolVersion::V5;
+        let mut packets = Vec::with_capacity(session.inflight.len());
+        for f in &session.inflight {
+            if f.released {
+                // [MQTT-4.3.3-?] after PUBREC, the PUBREL is what gets resent.
+                packets.push(Packet::PubRel(PubResponse::new(f.packet_id)));
+            } else {
+                let mut publish = build_publish(&f.message, f.qos, f.retain, &f.identifiers, v5);
+                publish.dup = true;
+                publish.packet_id = f.packet_id;
+                packets.push(Packet::Publish(publish));
+            }
+        }
+        for packet in &packets {
+            self.send_packet(conn, packet);
+        }
+        self.fill_window(session_id);
+    }
+
+    /// Routes `message` to every matching subscription: match once on the published trie,
+    /// group the targets by owning shard, deliver this shard's directly and send one message
+    /// to each other shard. `from` is the publishing connection (paused if its messages wait).
+    pub(super) fn route(&mut self, message: &Arc<Message>, from: Option<ConnId>) {
+        let snapshot = self.shared.trie.load();
+        let mut targets = std::mem::take(&mut self.targets);
+        let shards = targets.len();
+        let mut turn = self.share_turn;
+        snapshot.for_each_match(&message.topic, &mut |m| {
+            let (session, sub) = match m {
+                Match::Subscriber(session, sub) => {
+                    // [MQTT-3.8.3-3] No Local: not back to the publisher.
+                    if sub.options.no_local && Some(session) == message.origin {
+                        return;
+                    }
+                    (session, sub)
+                }
+                Match::Group { members, .. } => {
+                    // One member per group, taken in turn.
+                    let n = members.len();
+                    if n == 0 {
+                        return;
+                    }
+                    turn = turn.wrapping_add(1);
+                    let Some((session, sub)) = members.iter().nth(turn % n) else {
+                        return;
+                    };
+                    (*session, sub)
+                }
+            };
+            let shard = usize::from(sub.shard).min(shards - 1);
+            targets[shard].push(Target {
+                session,
+                // [MQTT-3.8.4-8] (5.0: [MQTT-3.8.4-?]) the lower of the two QoS.
+                qos: message.qos.min(sub.options.qos),
+                // [MQTT-3.3.1-9] (3.1.1) / Retain As Published (5.0 [MQTT-3.3.1-12]).
+                retain: message.retain && sub.options.retain_as_published,
+                identifiers: sub.identifier.map(|n| n.get()).into_iter().collect(),
+            });
+        });
+        self.share_turn = turn;
+        drop(snapshot);
+        for (shard, list) in targets.iter_mut().enumerate() {
+            if list.is_empty() {
+                continue;
+            }
+            merge_overlapping(list);
+            if shard == self.id {
+                let local = std::mem::take(list);
+                self.deliver_here(message, local);
+                continue;
+            }
+            let msg = ShardMsg::Deliver {
+                message: message.clone(),
+                targets: std::mem::take(list),
+            };
+            self.send_to_shard(shard, msg, message.qos, from);
+        }
+        self.targets = targets;
+    }
+
+    /// Passes a message to another shard; a full mailbox drops QoS 0 (counted) and holds
+    /// QoS 1/2, pausing the publisher until it is through.
+    fn send_to_shard(&mut self, shard: usize, msg: ShardMsg, qos: QoS, from: Option<ConnId>) {
+        let Err(msg) = self.shared.mailboxes.send(shard, msg) else {
+            return;
+        };
+        if qos == QoS::AtMostOnce {
+            self.shared
+                .stats
+                .dropped_mailbox_full
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.overflow.len() >= super::OVERFLOW_MAX {
+            self.shared
+                .stats
+                .dropped_overflow_full
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.overflow.push_back((shard, msg));
+        if let Some(conn) = from {
+            if !self.paused.contains(&conn) {
+                self.backend.pause_reading(conn);
+                self.paused.push(conn);
+            }
+        }
+    }
+
+    /// Delivers to sessions owned here (or forwards those that moved away).
+    pub(super) fn deliver_here(&mut self, message: &Arc<Message>, targets: Vec<Target>) {
+        let mut variants = Variants::default();
+        let mut moved: Vec<(usize, Target)> = Vec::new();
+        for target in &targets {
+            if self.sessions.contains_key(&target.session) {
+                self.deliver_to_session(message, target, &mut variants);
+            } else if let Some(&(shard, _)) = self.moved.get(&target.session) {
+                moved.push((shard, target.clone()));
+            }
+        }
+        for (shard, target) in moved {
+            let msg = ShardMsg::Deliver {
+                message: message.clone(),
+                targets: vec![target],
+            };
+            self.send_to_shard(shard, msg, message.qos, None);
+        }
+    }
+
+    /// One message into one session: straight out, into the inflight window, or queued.
+    fn deliver_to_session(
+        &mut self,
+        message: &Arc<Message>,
+        target: &Target,
+        variants: &mut Variants,
+    ) {
+        let inflight_max = self.shared.config.inflight_max;
+        let queued_max = self.shared.config.queued_max;
+        let Some(session) = self.sessions.get_mut(&target.session) else {
+            return;
+        };
+        let online = session.conn.is_some();
+        if target.qos == QoS::AtMostOnce {
+            if online {
+                self.send_to_session(target.session, message, target, variants);
+            }
+            return;
+        }
+        if online && session.inflight.len() < inflight_max && session.queue.is_empty() {
+            self.send_to_session(target.session, message, target, variants);
+            return;
+        }
+        if session.queue.len() >= queued_max {
+            session.dropped += 1;
+            self.shared
+                .stats
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            if session.dropped.is_power_of_two() {
+                log::info!(
+                    "Outgoing messages are being dropped for client {}.",
+                    session.client_id
+                );
+            }
+            return;
+        }
+        session.queue.push_back(Queued {
+            message: message.clone(),
+            target: target.clone(),
+        });
+    }
+
+    /// Encodes the PUBLISH for `target` into its connection's buffer; QoS 1/2 enters the
+    /// inflight window. QoS 0 to a client whose socket is backed up is dropped and counted.
+    fn send_to_session(
+        &mut self,
+        session_id: SessionId,
+        message: &Arc<Message>,
+        target: &Target,
+        variants: &mut Variants,
+    ) {
+        let write_max = self.shared.config.client_write_max;
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let Some(conn) = session.conn else { return };
+        let v5 = session.version == ProtocolVersion::V5;
+        let packet_id = if target.qos == QoS::AtMostOnce {
+            0
+        } else {
+            let id = session.next_packet_id();
+            session.inflight.push_back(InFlight {
+                packet_id: id,
+                message: message.clone(),
+                qos: target.qos,
+                retain: target.retain,
+                identifiers: target.identifiers.clone(),
+                released: false,
+            });
+            id
+        };
+        let Some(c) = self.conns.get_mut(conn.0).and_then(Option::as_mut) else {
+            return;
+        };
+        if target.qos == QoS::AtMostOnce
+            && c.out.len() + self.backend.queued_bytes(conn) > write_max
+        {
+            self.shared
+                .stats
+                .dropped_slow_client
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let was_empty = c.out.is_empty();
+        let key = VariantKey {
+            v5,
+            qos: target.qos,
+            retain: target.retain,
+            dup: false,
+        };
+        if v5 && !target.identifiers.is_empty() {
+            // Subscription identifiers differ per subscriber: encoded on its own.
+            let mut publish =
+                build_publish(message, target.qos, target.retain, &target.identifiers, v5);
+            publish.packet_id = packet_id;
+            let _ = Packet::Publish(publish).encode(ProtocolVersion::V5, &mut c.out);
+        } else {
+            let (bytes, id_at) = variants.get(key, message);
+            let start = c.out.len();
+            c.out.put_slice(bytes);
+            if packet_id != 0 {
+                c.out[start + id_at..start + id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
+            }
+        }
+        log::debug!(
+            "Sending PUBLISH to {} (d0, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
+            session.client_id,
+            target.qos as u8,
+            u8::from(target.retain),
+            message.topic,
+            message.payload.len()
+        );
+        self.shared
+            .stats
+            .messages_sent
+            .fetch_add(1, Ordering::Relaxed);
+        if was_empty {
+            self.dirty.push(conn);
+        }
+    }
+
+    /// Publishes a will as if its client had sent it. [MQTT-3.1.2-8]
+    pub(super) fn publish_will(&mut self, origin: SessionId, will: Will) {
+        let mut properties = will.properties;
+        properties.retain_allowed(crate::codec::PropertyContext::Publish);
+        let message = Arc::new(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            origin: Some(origin),
+        });
+        if message.retain {
+            self.shared
+                .retained
+                .lock()
+                .expect("retained lock")
+                .set(message.clone());
+        }
+        self.route(&message, None);
+    }
+
+    /// Delivers retained messages to a new subscription (retain flag set [MQTT-3.3.1-8]).
+    pub(super) fn send_retained(
+        &mut self,
+        session_id: SessionId,
+        messages: Vec<Arc<Message>>,
+        qos: QoS,
+        identifier: Option<u32>,
+    ) {
+        let mut variants = Variants::default();
+        for message in messages {
+            let target = Target {
+                session: session_id,
+                qos: message.qos.min(qos),
+                retain: true,
+                identifiers: identifier.into_iter().collect(),
+            };
+            self.deliver_to_session(&message, &target, &mut variants);
+        }
+    }
+
+    pub(super) fn send_disconnect_and_close(&mut self, conn: ConnId, reason: ReasonCode) {
+        if self.conn(conn).and_then(|c| c.version) == Some(ProtocolVersion::V5) {
+            let packet = Packet::Disconnect(crate::codec::Disconnect::with_reason(reason));
+            self.send_packet(conn, &packet);
+        }
+        self.close_conn(conn, super::connect::CloseReason::ProtocolError);
+    }
+}
+
+impl Variants {
+    /// The encoded variant for `key` (packet id 0 as a placeholder) and the offset of its
+    /// packet id.
+    fn get(&mut self, key: VariantKey, message: &Message) -> (&[u8], usize) {
+        let index = match self.entries.iter().position(|(k, _, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let mut publish = build_publish(message, key.qos, key.retain, &[], key.v5);
+                publish.dup = key.dup;
+                if key.qos != QoS::AtMostOnce {
+                    publish.packet_id = 1; // placeholder, patched per copy
+                }
+                let version = if key.v5 {
+                    ProtocolVersion::V5
+                } else {
+                    ProtocolVersion::V311
+                };
+                let packet = Packet::Publish(publish);
+                let bytes = packet.to_bytes(version).expect("a routed message encodes");
+                // Fixed header, then the topic (2 + len), then the packet id.
+                let (_, varint) = crate::codec::decode_varint(&bytes[1..])
+                    .ok()
+                    .flatten()
+                    .expect("an encoded packet has a remaining length");
+                let id_at = 1 + varint + 2 + message.topic.len();
+                self.entries.push((key, bytes, id_at));
+                self.entries.len() - 1
+            }
+        };
+        let (_, bytes, id_at) = &self.entries[index];
+        (bytes, *id_at)
+    }
+}
+
+/// The PUBLISH a subscriber gets: the message's properties for 5.0 (none before), with its
+/// subscription identifiers.
+fn build_publish(
+    message: &Message,
+    qos: QoS,
+    retain: bool,
+    identifiers: &[u32],
+    v5: bool,
+) -> Publish {
+    let mut properties = if v5 {
+        message.properties.clone()
+    } else {
+        Default::default()
+    };
+    if v5 && !identifiers.is_empty() {
+        properties.subscription_identifiers = identifiers.iter().copied().collect();
+    }
+    Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: MqttStr::clone(&message.topic),
+        packet_id: 0,
+        properties,
+        payload: message.payload.clone(),
+    }
+}
+
+/// Several subscriptions of one session matching one topic: deliver once, at the highest
+/// QoS, with every subscription identifier (MQTT 5.0 §4.7.3 allows this; Mosquitto sends
+/// one copy per subscription, midge sends one).
+fn merge_overlapping(targets: &mut Vec<Target>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_unstable_by_key(|t| t.session);
+    let mut out: Vec<Target> = Vec::with_capacity(targets.len());
+    for t in targets.drain(..) {
+        match out.last_mut() {
+            Some(last) if last.session == t.session => {
+                last.qos = last.qos.max(t.qos);
+                last.retain |= t.retain;
+                last.identifiers.extend(t.identifiers);
+            }
+            _ => out.push(t),
+        }
+    }
+    *targets = out;
+}

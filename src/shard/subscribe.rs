@@ -1,0 +1,251 @@
+//! SUBSCRIBE and UNSUBSCRIBE. Changes to the shared trie are collected during a loop turn and
+//! applied as one batch (one lock, one new snapshot); SUBACK/UNSUBACK and retained messages
+//! go out after that, so a subscription is live by the time its SUBACK is sent.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use super::io::{Backend, ConnId};
+use super::Shard;
+use crate::codec::{
+    Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
+};
+use crate::router::Message;
+use crate::topic::{parse_filter, SessionId, Subscription};
+
+pub enum TrieOp {
+    Subscribe {
+        filter: String,
+        session: SessionId,
+        sub: Subscription,
+    },
+    Unsubscribe {
+        filter: String,
+        session: SessionId,
+    },
+}
+
+/// What to send once the turn's trie changes are published.
+pub enum AfterTrie {
+    Ack {
+        conn: ConnId,
+        session: SessionId,
+        packet: Packet,
+        retained: Vec<RetainedRequest>,
+    },
+}
+
+/// Retained messages owed to a new subscription.
+pub struct RetainedRequest {
+    filter: String,
+    qos: QoS,
+    identifier: Option<u32>,
+}
+
+impl<B: Backend> Shard<B> {
+    pub(super) fn on_subscribe(
+        &mut self,
+        conn: ConnId,
+        session_id: SessionId,
+        subscribe: Subscribe,
+    ) {
+        let Some(c) = self.conn(conn) else { return };
+        let name = c.name().to_string();
+        let v5 = c.version == Some(ProtocolVersion::V5);
+        log::debug!("Received SUBSCRIBE from {name}");
+        let identifier = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
+        let subscriptions_max = self.shared.config.subscriptions_per_client_max;
+        let shard = self.id as u16;
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        let mut violation = None;
+        for (filter, options) in &subscribe.filters {
+            log::debug!("\t{filter} (QoS {})", options.qos as u8);
+            let parsed = match parse_filter(filter) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    log::debug!("Invalid subscription filter {filter:?} from {name}: {e}");
+                    // 3.1.1: 0x80 [MQTT-3.9.3-2]; 5.0: Topic Filter invalid.
+                    reasons.push(if v5 {
+                        ReasonCode::TopicFilterInvalid
+                    } else {
+                        ReasonCode::UnspecifiedError
+                    });
+                    continue;
+                }
+            };
+            // [MQTT-3.8.3-4] No Local on a shared subscription is a Protocol Error.
+            if v5 && parsed.group().is_some() && options.no_local {
+                violation = Some("No Local on a shared subscription");
+                break;
+            }
+            let is_new = !session.subscriptions.contains_key(filter.as_str());
+            if is_new && session.subscriptions.len() >= subscriptions_max {
+                log::info!("Client {name} has reached its subscription limit; {filter:?} refused.");
+                reasons.push(if v5 {
+                    ReasonCode::QuotaExceeded
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
+            let sub = Subscription {
+                shard,
+                options: *options,
+                identifier: identifier.and_then(NonZeroU32::new),
+            };
+            session.subscriptions.insert(filter.to_string(), sub);
+            self.trie_ops.push(TrieOp::Subscribe {
+                filter: filter.to_string(),
+                session: session_id,
+                sub,
+            });
+            log::debug!("{name} {} {filter}", options.qos as u8);
+            // Granted QoS: what was asked; the broker supports all three. [MQTT-3.9.3-1]
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
+                QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+            });
+            // Retained messages: never for shared subscriptions (5.0 §4.8.2); Retain
+            // Handling 1 only for a new subscription, 2 never. [MQTT-3.3.1-9] [MQTT-3.3.1-10]
+            let wanted = match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendAtNewSubscribe => is_new,
+                RetainHandling::DoNotSend => false,
+            };
+            if parsed.group().is_none() && wanted {
+                retained.push(RetainedRequest {
+                    filter: parsed.filter().to_string(),
+                    qos: options.qos,
+                    identifier,
+                });
+            }
+        }
+        if let Some(what) = violation {
+            self.protocol_violation(conn, what);
+            return;
+        }
+        let ack = SubAck {
+            packet_id: subscribe.packet_id,
+            properties: Properties::default(),
+            reasons,
+        };
+        self.after_trie.push(AfterTrie::Ack {
+            conn,
+            session: session_id,
+            packet: Packet::SubAck(ack),
+            retained,
+        });
+    }
+
+    pub(super) fn on_unsubscribe(
+        &mut self,
+        conn: ConnId,
+        session_id: SessionId,
+        unsubscribe: Unsubscribe,
+    ) {
+        let Some(c) = self.conn(conn) else { return };
+        let name = c.name().to_string();
+        let v5 = c.version == Some(ProtocolVersion::V5);
+        log::debug!("Received UNSUBSCRIBE from {name}");
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
+            log::debug!("\t{filter}");
+            if parse_filter(filter).is_err() {
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            if session.subscriptions.remove(filter.as_str()).is_some() {
+                self.trie_ops.push(TrieOp::Unsubscribe {
+                    filter: filter.to_string(),
+                    session: session_id,
+                });
+                reasons.push(ReasonCode::Success);
+            } else {
+                reasons.push(ReasonCode::NoSubscriptionExisted);
+            }
+        }
+        if !v5 {
+            reasons.clear();
+        }
+        let ack = UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            properties: Properties::default(),
+            reasons,
+        };
+        self.after_trie.push(AfterTrie::Ack {
+            conn,
+            session: session_id,
+            packet: Packet::UnsubAck(ack),
+            retained: Vec::new(),
+        });
+    }
+
+    /// Applies this turn's subscription changes as one batch, then sends what waited on it.
+    pub(super) fn apply_trie_ops(&mut self) {
+        if !self.trie_ops.is_empty() {
+            let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
+            for op in self.trie_ops.drain(..) {
+                match op {
+                    TrieOp::Subscribe {
+                        filter,
+                        session,
+                        sub,
+                    } => {
+                        let parsed = parse_filter(&filter).expect("checked before it was queued");
+                        writer.subscribe(parsed, session, sub);
+                    }
+                    TrieOp::Unsubscribe { filter, session } => {
+                        let parsed = parse_filter(&filter).expect("checked before it was queued");
+                        writer.unsubscribe(parsed, session);
+                    }
+                }
+            }
+            writer.publish();
+        }
+        for after in std::mem::take(&mut self.after_trie) {
+            let AfterTrie::Ack {
+                conn,
+                session,
+                packet,
+                retained,
+            } = after;
+            if self.conn(conn).and_then(|c| c.session) != Some(session) {
+                continue; // The connection closed in the meantime.
+            }
+            let kind = if matches!(packet, Packet::SubAck(_)) {
+                "SUBACK"
+            } else {
+                "UNSUBACK"
+            };
+            log::debug!(
+                "Sending {kind} to {}",
+                self.conn(conn).map_or("", |c| c.name())
+            );
+            self.send_packet(conn, &packet);
+            for request in retained {
+                let mut messages: Vec<Arc<Message>> = Vec::new();
+                self.shared
+                    .retained
+                    .lock()
+                    .expect("retained lock")
+                    .matching(&request.filter, &mut messages);
+                if !messages.is_empty() {
+                    self.send_retained(session, messages, request.qos, request.identifier);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! CONNECT and CONNACK over real sockets: return codes, client identifiers, the first-packet
+//! and second-CONNECT rules, keepalive, connect timeout, and clean shutdown.
+
+mod common;
+
+use common::*;
+use midge::codec::*;
+use std::time::Duration;
+
+#[test]
+fn connack_and_mosquitto_log_lines() {
+    Broker::each_threads(&[], |broker| {
+        let mut c = Raw::connect(broker.port, "client-1");
+        broker.wait_for_log("New connection from 127.0.0.1:");
+        let line = broker.wait_for_log("New client connected from 127.0.0.1:");
+        assert!(line.ends_with("as client-1 (p4, c1, k60)."), "{line}");
+        broker.wait_for_log("Sending CONNACK to client-1 (0, 0)");
+        // Every line starts with the unix time.
+        let first = &broker.log_lines()[0];
+        let (time, _) = first.split_once(": ").unwrap();
+        assert!(time.parse::<u64>().unwrap() > 1_600_000_000, "{first}");
+        c.send(&Packet::PingReq);
+        assert_eq!(c.recv(), Packet::PingResp);
+        c.send(&Packet::Disconnect(Disconnect::default()));
+        assert!(c.expect_closed().is_empty());
+        broker.wait_for_log("Client client-1 disconnected.");
+    });
+}
+
+#[test]
+fn the_first_packet_must_be_connect() {
+    let broker = Broker::start(&[]);
+    // [MQTT-3.1.0-1]
+    let mut c = Raw::open(broker.port, ProtocolVersion::V311);
+    c.send(&Packet::PingReq);
+    assert!(c.expect_closed().is_empty());
+    broker.wait_for_log("disconnected due to protocol error");
+}
+
+#[test]
+fn a_second_connect_is_a_protocol_violation() {
+    let broker = Broker::start(&[]);
+    let mut c = Raw::connect(broker.port, "twice");
+    // [MQTT-3.1.0-2]
+    c.send(&Packet::Connect(Box::new(connect_packet(
+        ProtocolVersion::V311,
+        "twice",
+        true,
+        60,
+    ))));
+    assert!(c.expect_closed().is_empty());
+    broker.wait_for_log("Client twice disconnected due to protocol error (second CONNECT).");
+}
+
+#[test]
+fn an_unsupported_protocol_level_gets_connack_1() {
+    let broker = Broker::start(&[]);
+    let mut c = Raw::open(broker.port, ProtocolVersion::V311);
+    // CONNECT "MQTT" level 6.
+    c.send_bytes(&[
+        0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 1, b'x',
+    ]);
+    // [MQTT-3.1.2-2] CONNACK 0x01, then the connection is closed.
+    assert_eq!(
+        c.expect_closed(),
+        vec![Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason: ReasonCode::UnsupportedProtocolVersion,
+            properties: Properties::default(),
+        })]
+    );
+}
+
+#[test]
+fn client_identifiers() {
+    let broker = Broker::start(&[]);
+    let refused = |version, id: &str, clean| {
+        let (mut c, ack) = Raw::connect_with(broker.port, connect_packet(version, id, clean, 60));
+        assert!(c.expect_closed().is_empty());
+        ack.reason
+    };
+    // [MQTT-3.1.3-8] an empty id with clean session 0 is refused with 0x02 (3.1.1).
+    assert_eq!(
+        refused(ProtocolVersion::V311, "", false),
+        ReasonCode::ClientIdentifierNotValid
+    );
+    // MQTT 3.1 needs 1 to 23 characters.
+    assert_eq!(
+        refused(ProtocolVersion::V31, "", true),
+        ReasonCode::ClientIdentifierNotValid
+    );
+    assert_eq!(
+        refused(ProtocolVersion::V31, &"x".repeat(24), true),
+        ReasonCode::ClientIdentifierNotValid
+    );
+    let (_c, ack) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V31, &"x".repeat(23), true, 60),
+    );
+    assert_eq!(ack.reason, ReasonCode::Success);
+    // [MQTT-3.1.3-6] an empty id with clean session is given one (3.1.1)...
+    let (_c, ack) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V311, "", true, 60),
+    );
+    assert_eq!(ack.reason, ReasonCode::Success);
+    broker.wait_for_log("as auto-");
+    // ...and 5.0 is told which. [MQTT-3.2.2-16]
+    let (_c, ack) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V5, "", true, 60),
+    );
+    assert_eq!(ack.reason, ReasonCode::Success);
+    let assigned = ack
+        .properties
+        .assigned_client_identifier
+        .clone()
+        .expect("assigned id");
+    assert!(assigned.starts_with("auto-"), "{assigned}");
+}
+
+fn config_file(name: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("midge-test-{}-{name}.conf", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_connection_without_connect_or_with_half_a_packet_is_closed() {
+    let conf = config_file("connect-timeout", "connect_timeout 1\n");
+    let broker = Broker::start(&["-c", &conf]);
+    let mut silent = Raw::open(broker.port, ProtocolVersion::V311);
+    let mut half = Raw::open(broker.port, ProtocolVersion::V311);
+    half.send_bytes(&[0x10, 0x0D, 0, 4, b'M', b'Q']);
+    assert!(silent.expect_closed().is_empty());
+    assert!(half.expect_closed().is_empty());
+    // A client that connected in time is unaffected.
+    let mut fine = Raw::connect(broker.port, "fine");
+    fine.send(&Packet::PingReq);
+    assert_eq!(fine.recv(), Packet::PingResp);
+}
+
+#[test]
+fn keepalive_timeout_closes_and_pings_keep_alive() {
+    let broker = Broker::start(&[]);
+    let (mut quiet, _) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V311, "quiet", true, 1),
+    );
+    let (mut pinger, _) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V311, "pinger", true, 1),
+    );
+    // [MQTT-3.1.2-24] silent for 1.5 x keepalive: closed.
+    let started = std::time::Instant::now();
+    for _ in 0..6 {
+        pinger.send(&Packet::PingReq);
+        assert_eq!(pinger.recv(), Packet::PingResp);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert!(quiet.expect_closed().is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    broker.wait_for_log("Client quiet has exceeded timeout, disconnecting.");
+    assert!(!broker.has_log("Client pinger has exceeded timeout"));
+}
+
+#[test]
+fn sigterm_closes_connections_and_exits_0() {
+    let broker = Broker::start(&["--threads", "2"]);
+    let (mut v5, _) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V5, "five", true, 60),
+    );
+    let mut v3 = Raw::connect(broker.port, "three");
+    let status = broker.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        v5.expect_closed(),
+        vec![Packet::Disconnect(Disconnect::with_reason(
+            ReasonCode::ServerShuttingDown
+        ))]
+    );
+    assert!(v3.expect_closed().is_empty());
+}

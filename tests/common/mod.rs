@@ -1,0 +1,297 @@
+//! Test harness: starts the real `midge` binary on a free loopback port and speaks MQTT to it
+//! over real sockets, with raw packets where the wire matters.
+#![allow(dead_code)]
+
+use bytes::{Bytes, BytesMut};
+use midge::codec::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Broker {
+    /// Starts midge with `-p 0 -v` and `args`, and waits until it listens.
+    pub fn start(args: &[&str]) -> Broker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_midge"))
+            .args(["-p", "0", "-v"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start midge");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut broker = Broker {
+            child,
+            port: 0,
+            log,
+        };
+        let line = broker.wait_for_log("listen socket on port");
+        broker.port = line
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .trim_end_matches('.')
+            .parse()
+            .expect("port in log line");
+        broker
+    }
+
+    /// Starts one broker per shard count, for tests that must hold with one shard and two.
+    pub fn each_threads(args: &[&str], mut test: impl FnMut(&Broker)) {
+        for threads in ["1", "2"] {
+            let mut all = vec!["--threads", threads];
+            all.extend_from_slice(args);
+            let broker = Broker::start(&all);
+            test(&broker);
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `text` and returns it.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < until,
+                "no log line with {text:?}; log:\n{}",
+                self.log_lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn has_log(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on the PID of the child this test started and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < until, "midge did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client written with the project's codec, for exact control of the bytes.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub version: ProtocolVersion,
+    buf: BytesMut,
+}
+
+pub fn connect_packet(
+    version: ProtocolVersion,
+    client_id: &str,
+    clean: bool,
+    keep_alive: u16,
+) -> Connect {
+    Connect {
+        version,
+        bridge: false,
+        clean_start: clean,
+        keep_alive,
+        properties: Properties::default(),
+        client_id: MqttStr::new(client_id).unwrap(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+pub fn s(text: &str) -> MqttStr {
+    MqttStr::new(text).unwrap()
+}
+
+pub fn publish(topic: &str, payload: &[u8], qos: QoS, packet_id: u16, retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: s(topic),
+        packet_id,
+        properties: Properties::default(),
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+pub fn subscribe(packet_id: u16, filters: &[(&str, QoS)]) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id,
+        properties: Properties::default(),
+        filters: filters
+            .iter()
+            .map(|(f, qos)| {
+                (
+                    s(f),
+                    SubscriptionOptions {
+                        qos: *qos,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect(),
+    })
+}
+
+impl Raw {
+    /// Opens a TCP connection, nothing sent yet.
+    pub fn open(port: u16, version: ProtocolVersion) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to midge");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            version,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connects with `connect` and returns the CONNACK.
+    pub fn connect_with(port: u16, connect: Connect) -> (Raw, ConnAck) {
+        let mut raw = Raw::open(port, connect.version);
+        raw.send(&Packet::Connect(Box::new(connect)));
+        match raw.recv() {
+            Packet::ConnAck(ack) => (raw, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Connects with a clean session and checks the CONNACK is a success.
+    pub fn connect(port: u16, client_id: &str) -> Raw {
+        let (raw, ack) = Raw::connect_with(
+            port,
+            connect_packet(ProtocolVersion::V311, client_id, true, 60),
+        );
+        assert_eq!(ack.reason, ReasonCode::Success);
+        raw
+    }
+
+    pub fn send(&mut self, packet: &Packet) {
+        let bytes = packet.to_bytes(self.version).unwrap();
+        self.stream.write_all(&bytes).expect("write to midge");
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to midge");
+    }
+
+    /// The next packet, or `None` if the connection closed. Fails after the deadline.
+    pub fn try_recv(&mut self) -> Option<Packet> {
+        let until = Instant::now() + DEADLINE;
+        let decoder = Decoder::client(self.version, 1 << 24);
+        loop {
+            if let Some(packet) = decoder
+                .decode_from(&mut self.buf)
+                .expect("midge sent a valid packet")
+            {
+                return Some(packet);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return None,
+            }
+            assert!(
+                Instant::now() < until,
+                "nothing from midge within {DEADLINE:?}"
+            );
+        }
+    }
+
+    pub fn recv(&mut self) -> Packet {
+        self.try_recv().expect("midge closed the connection")
+    }
+
+    /// Expects no packet for `quiet` (used only to check that something does NOT arrive).
+    pub fn expect_nothing(&mut self, quiet: Duration) {
+        let until = Instant::now() + quiet;
+        let decoder = Decoder::client(self.version, 1 << 24);
+        while Instant::now() < until {
+            if let Some(p) = decoder.decode_from(&mut self.buf).unwrap() {
+                panic!("unexpected packet {p:?}");
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("connection closed"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Waits until midge closes the connection (reading and discarding what comes first).
+    pub fn expect_closed(&mut self) -> Vec<Packet> {
+        let mut seen = Vec::new();
+        while let Some(p) = self.try_recv() {
+            seen.push(p);
+        }
+        seen
+    }
+
+    pub fn subscribe(&mut self, filters: &[(&str, QoS)]) -> SubAck {
+        self.send(&subscribe(1, filters));
+        match self.recv() {
+            Packet::SubAck(ack) => ack,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Receives a PUBLISH (answering nothing).
+    pub fn recv_publish(&mut self) -> Publish {
+        match self.recv() {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+}
