@@ -315,6 +315,10 @@ impl<B: Backend> Shard<B> {
         conn: ConnId,
         clean_start: bool,
     ) {
+        log::debug!(
+            "Handing the session of {client_id} from shard {} to shard {to}.",
+            self.id
+        );
         // A connection here is itself waiting for this session from a third shard: close it,
         // and pass the session on when it comes.
         let waiting = self

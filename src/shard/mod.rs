@@ -180,6 +180,12 @@ impl<B: Backend> Shard<B> {
                         local.port()
                     );
                 }
+                log::debug!(
+                    "Connection from {}:{} is served by shard {}.",
+                    peer.ip(),
+                    peer.port(),
+                    self.id
+                );
             }
             Event::Received { conn, data } => {
                 let Some(c) = self.conn_mut(conn) else { return };
