@@ -473,10 +473,10 @@ impl<B: Backend> Shard<B> {
             return;
         }
         if messages {
-            let kind = if error.reason_code() == ReasonCode::MalformedPacket {
-                "malformed packet"
-            } else {
-                "protocol error"
+            let kind = match error.reason_code() {
+                ReasonCode::MalformedPacket => "malformed packet",
+                ReasonCode::PacketTooLarge => "oversize packet",
+                _ => "protocol error",
             };
             log::info!("Client {name} disconnected due to {kind}: {error}.");
         }

@@ -22,7 +22,13 @@ pub struct Broker {
 impl Broker {
     /// Starts midge with `-p 0 -v` and `args`, and waits until it listens.
     pub fn start(args: &[&str]) -> Broker {
+        Broker::start_with_env(args, &[])
+    }
+
+    /// As `start`, with extra environment variables for the broker process.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_midge"))
+            .envs(env.iter().copied())
             .args(["-p", "0", "-v"])
             .args(args)
             .stdin(Stdio::null())

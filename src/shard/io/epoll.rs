@@ -246,11 +246,10 @@ impl Backend for Epoll {
             let Some(socket) = self.sockets.get_mut(token.0) else {
                 continue;
             };
-            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                if !socket.readable {
-                    socket.readable = true;
-                    self.read_again.push(token.0);
-                }
+            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+            if readable && !socket.readable {
+                socket.readable = true;
+                self.read_again.push(token.0);
             }
             if event.is_writable() && !socket.queue.is_empty() {
                 if let Err(e) = Self::flush(socket) {

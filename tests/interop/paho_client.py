@@ -1,0 +1,73 @@
+"""Interop with paho-mqtt (PyPI): QoS 0/1/2 publish and subscribe, retained messages and a
+will, against the broker on 127.0.0.1:PORT. Exits non-zero with a message on any failure.
+Every wait has a deadline."""
+
+import queue
+import sys
+import time
+
+import paho.mqtt.client as mqtt
+
+PORT = int(sys.argv[1])
+DEADLINE = 10.0
+
+
+def client(client_id, **kwargs):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
+    got = queue.Queue()
+    c.on_message = lambda _c, _u, m: got.put((m.topic, m.payload, m.qos, m.retain))
+    c.connect("127.0.0.1", PORT, keepalive=60)
+    c.loop_start()
+    return c, got
+
+
+def wait(result, what):
+    """Waits for a paho MQTTMessageInfo or subscribe result."""
+    if hasattr(result, "wait_for_publish"):
+        result.wait_for_publish(timeout=DEADLINE)
+        if not result.is_published():
+            sys.exit(f"{what}: not acknowledged")
+
+
+def subscribe(c, topic, qos):
+    done = queue.Queue()
+    c.on_subscribe = lambda _c, _u, mid, codes, _p: done.put(codes)
+    c.subscribe(topic, qos)
+    codes = done.get(timeout=DEADLINE)
+    if any(code.is_failure for code in codes):
+        sys.exit(f"subscribe {topic}: {codes}")
+
+
+def expect(got, topic, payload, qos, retain):
+    try:
+        message = got.get(timeout=DEADLINE)
+    except queue.Empty:
+        sys.exit(f"nothing received on {topic}")
+    if message != (topic, payload, qos, retain):
+        sys.exit(f"expected {(topic, payload, qos, retain)}, got {message}")
+
+
+sub, got = client("paho-sub")
+subscribe(sub, "paho/#", 2)
+pub, _ = client("paho-pub")
+for qos in (0, 1, 2):
+    wait(pub.publish(f"paho/q{qos}", f"m{qos}".encode(), qos=qos), f"publish QoS {qos}")
+    expect(got, f"paho/q{qos}", f"m{qos}".encode(), qos, False)
+
+wait(pub.publish("paho/retained", b"kept", qos=1, retain=True), "retained publish")
+expect(got, "paho/retained", b"kept", 1, False)
+late, late_got = client("paho-late")
+subscribe(late, "paho/retained", 1)
+expect(late_got, "paho/retained", b"kept", 1, True)
+
+doomed = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-doomed")
+doomed.will_set("paho/will", b"bye", qos=1)
+doomed.connect("127.0.0.1", PORT, keepalive=60)
+doomed.loop(timeout=1.0)
+doomed.socket().close()  # no DISCONNECT: the broker must publish the will
+expect(got, "paho/will", b"bye", 1, False)
+
+for c in (sub, pub, late):
+    c.disconnect()
+    c.loop_stop()
+print("paho interop: ok")

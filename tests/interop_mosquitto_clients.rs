@@ -1,0 +1,146 @@
+//! Interop with Debian's `mosquitto_pub` and `mosquitto_sub` (package mosquitto-clients,
+//! installed by scripts/test.sh): QoS 0, 1 and 2, retained messages and wills.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Instant;
+
+fn tool(name: &str) -> Command {
+    assert!(
+        Command::new("which")
+            .arg(name)
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "{name} is missing: scripts/test.sh installs Debian's mosquitto-clients"
+    );
+    Command::new(name)
+}
+
+fn sub(port: u16, args: &[&str]) -> Child {
+    tool("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn publish(port: u16, args: &[&str]) {
+    let out = tool("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mosquitto_pub {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits for a process to exit by itself (within the deadline) and returns its output.
+fn finish(mut child: Child) -> Output {
+    let until = Instant::now() + DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!(
+                "process did not finish: {:?}",
+                child.wait_with_output().unwrap()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Waits until the broker has sent `count` SUBACKs in all.
+fn wait_subacks(broker: &Broker, count: usize) {
+    let until = Instant::now() + DEADLINE;
+    while broker
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("Sending SUBACK"))
+        .count()
+        < count
+    {
+        assert!(Instant::now() < until, "no SUBACK");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn publish_and_subscribe_at_every_qos() {
+    Broker::each_threads(&[], |broker| {
+        for qos in ["0", "1", "2"] {
+            let before = broker
+                .log_lines()
+                .iter()
+                .filter(|l| l.contains("Sending SUBACK"))
+                .count();
+            let child = sub(
+                broker.port,
+                &["-t", "interop/#", "-q", qos, "-C", "2", "-v"],
+            );
+            wait_subacks(broker, before + 1);
+            publish(
+                broker.port,
+                &["-t", &format!("interop/q{qos}"), "-m", "hello", "-q", qos],
+            );
+            publish(broker.port, &["-t", "interop/x", "-m", "world", "-q", qos]);
+            let out = finish(child);
+            assert!(out.status.success());
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("interop/q{qos} hello\ninterop/x world\n")
+            );
+        }
+    });
+}
+
+#[test]
+fn retained_messages_and_wills() {
+    Broker::each_threads(&[], |broker| {
+        publish(
+            broker.port,
+            &["-t", "interop/retained", "-m", "kept", "-r", "-q", "1"],
+        );
+        let out = finish(sub(
+            broker.port,
+            &["-t", "interop/retained", "-C", "1", "-F", "%r %t %p"],
+        ));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "1 interop/retained kept\n"
+        );
+
+        let before = broker
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("Sending SUBACK"))
+            .count();
+        let watcher = sub(broker.port, &["-t", "interop/will", "-C", "1", "-q", "1"]);
+        let mut doomed = sub(
+            broker.port,
+            &[
+                "-t",
+                "nothing",
+                "--will-topic",
+                "interop/will",
+                "--will-payload",
+                "bye",
+                "--will-qos",
+                "1",
+            ],
+        );
+        wait_subacks(broker, before + 2);
+        // Killed: the socket closes without DISCONNECT, so the will goes out.
+        doomed.kill().unwrap();
+        doomed.wait().unwrap();
+        let out = finish(watcher);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "bye\n");
+    });
+}
