@@ -182,3 +182,79 @@ fn sigterm_closes_connections_and_exits_0() {
     );
     assert!(v3.expect_closed().is_empty());
 }
+
+#[test]
+fn anonymous_clients_are_refused_when_not_allowed() {
+    let conf = config_file("anonymous", "allow_anonymous false\n");
+    let broker = Broker::start(&["-c", &conf]);
+    // 3.1.1: CONNACK 5, not authorized.
+    let (mut c, ack) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V311, "anon", true, 60),
+    );
+    assert_eq!(ack.reason, ReasonCode::NotAuthorized);
+    assert_eq!(v3_return_code(ack.reason), 5);
+    assert!(c.expect_closed().is_empty());
+    broker.wait_for_log("Client anon disconnected, not authorised.");
+    // 5.0: reason code 0x87.
+    let (_c, ack) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V5, "anon5", true, 60),
+    );
+    assert_eq!(ack.reason, ReasonCode::NotAuthorized);
+}
+
+#[test]
+fn daemon_mode_runs_in_the_background() {
+    // A free port: bound by us, released, then given to the daemon.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = config_file("daemon", &format!("listener {port} 127.0.0.1\n"));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_midge"))
+        .args(["-d", "-c", &conf])
+        .status()
+        .unwrap();
+    // The foreground process returns at once; the daemon goes on.
+    assert!(status.success());
+    let daemon = find_process_with_arg(&conf).expect("the daemon is running");
+    let until = std::time::Instant::now() + DEADLINE;
+    let mut c = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break Raw::connect(port, "to-daemon");
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the daemon does not listen"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    c.send(&Packet::PingReq);
+    assert_eq!(c.recv(), Packet::PingResp);
+    // SAFETY: kill(2) on the daemon this test started (found by its unique config path).
+    unsafe { libc::kill(daemon, libc::SIGTERM) };
+    assert!(c.expect_closed().is_empty());
+}
+
+/// The PID of a midge process whose command line contains `arg`.
+fn find_process_with_arg(arg: &str) -> Option<i32> {
+    let until = std::time::Instant::now() + DEADLINE;
+    while std::time::Instant::now() < until {
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("midge") && cmdline.contains(arg) {
+                return Some(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
