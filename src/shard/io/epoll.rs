@@ -9,7 +9,7 @@ use slab::Slab;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Backend, ConnId, Event, Waker, READ_MAX_PER_TURN};
 
@@ -20,6 +20,8 @@ const LISTENER_BASE: usize = usize::MAX - 1024;
 const ACCEPTS_PER_TURN: usize = 256;
 /// Readiness events taken per `wait`.
 const EVENTS_CAPACITY: usize = 1024;
+/// Pause before accepting again after an accept error.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Buffers written per `writev`.
 const IOVECS_MAX: usize = 64;
 
@@ -38,6 +40,8 @@ pub struct Epoll {
     listeners: Vec<TcpListener>,
     /// Listeners whose accept queue may still hold connections.
     accept_pending: Vec<bool>,
+    /// After an accept error (out of file descriptors, say): when to try again.
+    accept_retry_at: Option<Instant>,
     sockets: Slab<Socket>,
     /// Sockets to read this turn without waiting for an event.
     read_again: Vec<usize>,
@@ -72,6 +76,7 @@ impl Epoll {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
             accept_pending: vec![true; mio_listeners.len()],
+            accept_retry_at: None,
             listeners: mio_listeners,
             sockets: Slab::new(),
             read_again: Vec::new(),
@@ -120,8 +125,15 @@ impl Epoll {
                     return;
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: try again next turn.
-                    log::error!("Error accepting a connection: {e}");
+                    // Out of file descriptors and the like: retry after a pause rather than
+                    // spin, and log once per pause.
+                    self.accept_pending[index] = false;
+                    if self.accept_retry_at.is_none() {
+                        log::error!(
+                            "Error accepting a connection: {e}; retrying in {ACCEPT_RETRY:?}."
+                        );
+                        self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                    }
                     return;
                 }
             }
@@ -226,8 +238,21 @@ impl Epoll {
 
 impl Backend for Epoll {
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+        if let Some(at) = self.accept_retry_at {
+            if Instant::now() >= at {
+                self.accept_retry_at = None;
+                self.accept_pending.iter_mut().for_each(|p| *p = true);
+            }
+        }
         let busy = !self.read_again.is_empty() || self.accept_pending.iter().any(|&p| p);
-        let timeout = if busy { Some(Duration::ZERO) } else { timeout };
+        let timeout = if busy {
+            Some(Duration::ZERO)
+        } else {
+            match (timeout, self.accept_retry_at) {
+                (Some(t), Some(at)) => Some(t.min(at.saturating_duration_since(Instant::now()))),
+                (t, _) => t,
+            }
+        };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
