@@ -1,25 +1,607 @@
 //! `loadgen`: an open-loop MQTT load generator that measures any broker over sockets.
-//! Its scenarios and measurement arrive with their own issue; this is the crate's place.
+//!
+//! Every message carries its publisher, sequence number and *intended* send time; latency is
+//! receive time minus intended time (so coordinated omission cannot hide a stalled broker),
+//! loss/duplicates/reordering come from the sequence numbers, and loadgen reports when it
+//! fell behind its own schedule instead of passing that off as a broker figure.
+
+mod mqtt;
+mod plan;
+mod procfs;
+mod stats;
+mod storm;
+mod worker;
 
 use clap::Parser;
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use plan::{Scenario, Shape};
+use stats::{latency_histogram, Delivery, Percentiles};
 
 /// Measures an MQTT broker: messages per second and latency percentiles, open loop.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(name = "loadgen", version)]
 struct Args {
-    /// Broker host.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    /// Broker port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    #[arg(long, value_enum, default_value = "p2p")]
+    scenario: Scenario,
+    /// Pairs (p2p), publishers (fan-in), subscribers (fan-out, wildcard), connections (conn-storm).
+    #[arg(long, default_value_t = 10)]
+    clients: u32,
+    /// Publishers for fan-out and wildcard.
+    #[arg(long, default_value_t = 1)]
+    publishers: u32,
+    /// fan-in: a `$share` group of this many members instead of one wildcard subscriber.
+    #[arg(long, default_value_t = 0)]
+    share: u32,
+    /// Messages per second per publisher.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// 0, 1, 2, or `mix` (publishers take 0, 1, 2 in turn).
+    #[arg(long, default_value = "0")]
+    qos: String,
+    /// Payload bytes (at least 20: loadgen's header).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// QoS 1/2 messages a publisher may have unacknowledged.
+    #[arg(long, default_value_t = 20)]
+    inflight: usize,
+    /// MQTT version: 3 (3.1.1) or 5.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=5))]
+    mqtt: u8,
+    /// Persistent sessions (clean session 0 / session expiry 300 s) instead of clean ones.
+    #[arg(long)]
+    persistent: bool,
+    /// Seconds of load before the measured window.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds of the measured window.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Most seconds to wait after the window for messages still on their way.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Load threads (each pinned to a core of --cpus).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Cores to pin load threads to, e.g. `0` or `0,2` (default: not pinned).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
+    /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.20 (more than
+    /// 64 k connections need several).
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// The broker's PID: report its CPU time, RSS and deliveries per CPU-second.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Step the rate up until loss appears or p99 passes --p99-max; report the highest that held.
+    #[arg(long)]
+    ceiling: bool,
+    /// Rate factor between ceiling steps.
+    #[arg(long, default_value_t = 1.5)]
+    step: f64,
+    /// The p99 bound for --ceiling, milliseconds.
+    #[arg(long, default_value_t = 10.0)]
+    p99_max: f64,
+    /// loadgen's own send lag (p99, milliseconds) above which it reports itself behind.
+    #[arg(long, default_value_t = 1.0)]
+    lag_max: f64,
+    /// conn-storm: seconds to hold the connections idle before measuring memory.
+    #[arg(long, default_value_t = 2.0)]
+    idle: f64,
+    /// conn-storm: CONNECTs in flight per thread.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print the results as CSV.
+    #[arg(long)]
+    csv: bool,
 }
 
-fn main() {
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct Report {
+    scenario: String,
+    broker: String,
+    mqtt: String,
+    qos: String,
+    payload_bytes: usize,
+    publishers: u32,
+    subscribers: u32,
+    rate_per_publisher: f64,
+    offered_msgs_per_s: f64,
+    duration_s: f64,
+    sent: u64,
+    delivery: Delivery,
+    deliveries_per_s: f64,
+    latency: Percentiles,
+    /// loadgen's own lateness in sending what it was free to send.
+    send_lag: Percentiles,
+    loadgen_behind: bool,
+    broker_cpu_s: Option<f64>,
+    broker_rss_max_kib: Option<u64>,
+    deliveries_per_cpu_s: Option<f64>,
+    connects_per_s: Option<f64>,
+    rss_per_connection_bytes: Option<f64>,
+    errors: Vec<String>,
+}
+
+fn parse_source_ips(text: &str) -> Result<Vec<IpAddr>, String> {
+    let (a, b) = text.split_once('-').unwrap_or((text, text));
+    let a: Ipv4Addr = a.trim().parse().map_err(|_| format!("bad address {a:?}"))?;
+    let b: Ipv4Addr = b.trim().parse().map_err(|_| format!("bad address {b:?}"))?;
+    let (a, b) = (u32::from(a), u32::from(b));
+    if b < a || b - a > 65_536 {
+        return Err("the range must run upwards, at most 65536 addresses".into());
+    }
+    let ips: Vec<IpAddr> = (a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))).collect();
+    // Load is sent to this machine only.
+    if ips.iter().any(|ip| !ip.is_loopback()) {
+        return Err("source addresses must be loopback (127.0.0.0/8)".into());
+    }
+    Ok(ips)
+}
+
+fn pin(cpus: &[usize], index: usize) {
+    if cpus.is_empty() {
+        return;
+    }
+    let id = cpus[index % cpus.len()];
+    if let Some(core) = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.id == id)
+    {
+        core_affinity::set_for_current(core);
+    }
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
-    eprintln!(
-        "loadgen: would measure {}:{}; scenarios are not built yet.",
-        args.host, args.port
+    if args.payload < stats::HEADER_LEN {
+        eprintln!(
+            "loadgen: --payload must be at least {} bytes",
+            stats::HEADER_LEN
+        );
+        return ExitCode::from(2);
+    }
+    if !(args.rate > 0.0 && args.duration > 0.0 && args.warmup >= 0.0) {
+        eprintln!("loadgen: --rate and --duration must be positive, --warmup not negative");
+        return ExitCode::from(2);
+    }
+    if !matches!(args.qos.as_str(), "0" | "1" | "2" | "mix") {
+        eprintln!("loadgen: --qos takes 0, 1, 2 or mix");
+        return ExitCode::from(2);
+    }
+    let addr = match (args.host.as_str(), args.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    {
+        Some(addr) => addr,
+        None => {
+            eprintln!("loadgen: cannot resolve {}", args.host);
+            return ExitCode::from(2);
+        }
+    };
+    let source_ips = match args.source_ips.as_deref().map(parse_source_ips).transpose() {
+        Ok(ips) => ips.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("loadgen: --source-ips: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut reports = Vec::new();
+    if args.scenario == Scenario::ConnStorm {
+        reports.push(conn_storm(&args, addr, &source_ips));
+    } else if args.ceiling {
+        let mut rate = args.rate;
+        let mut best: Option<Report> = None;
+        for _ in 0..30 {
+            let report = run_once(&args, addr, &source_ips, rate);
+            let held = report.errors.is_empty()
+                && report.delivery.lost == 0
+                && (report.latency.p99_us as f64) <= args.p99_max * 1000.0
+                && !report.loadgen_behind;
+            eprintln!(
+                "loadgen: {:.0} msgs/s offered: {} (p99 {:.2} ms, lost {})",
+                report.offered_msgs_per_s,
+                if held { "held" } else { "did not hold" },
+                report.latency.p99_us as f64 / 1000.0,
+                report.delivery.lost
+            );
+            reports.push(report.clone());
+            if !held {
+                break;
+            }
+            best = Some(report);
+            rate *= args.step;
+        }
+        match &best {
+            Some(b) => eprintln!(
+                "loadgen: sustainable throughput: {:.0} msgs/s offered, {:.0} deliveries/s",
+                b.offered_msgs_per_s, b.deliveries_per_s
+            ),
+            None => eprintln!("loadgen: not even the first rate held"),
+        }
+    } else {
+        reports.push(run_once(&args, addr, &source_ips, args.rate));
+    }
+    print_reports(&args, &reports);
+    let failed = reports.iter().any(|r| !r.errors.is_empty());
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_once(args: &Args, addr: SocketAddr, source_ips: &[IpAddr], rate: f64) -> Report {
+    let qos = args.qos.parse::<u8>().ok();
+    let run_id = format!(
+        "{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
     );
-    std::process::exit(2);
+    let shape = Shape {
+        scenario: args.scenario,
+        clients: args.clients,
+        publishers: args.publishers,
+        share: args.share,
+        qos,
+        run_id,
+    };
+    let plan = plan::plan(&shape);
+    let total_seq = ((args.warmup + args.duration) * rate).ceil() as u64;
+    let window_start_seq = (args.warmup * rate).ceil() as u64;
+    let shared = Arc::new(worker::Shared {
+        addr,
+        source_ips: source_ips.to_vec(),
+        v5: args.mqtt == 5,
+        persistent: args.persistent,
+        payload: args.payload,
+        inflight: args.inflight.max(1),
+        rate,
+        publishers: plan.publishers,
+        total_seq,
+        window_start_seq,
+        ready: AtomicUsize::new(0),
+        epoch: OnceLock::new(),
+        stop: AtomicBool::new(false),
+        failed: AtomicBool::new(false),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        live: Mutex::new(latency_histogram()),
+    });
+    let threads = args.threads.max(1);
+    let mut per_thread: Vec<Vec<(usize, plan::ClientPlan)>> = vec![Vec::new(); threads];
+    for (i, client) in plan.clients.iter().enumerate() {
+        per_thread[i % threads].push((i, client.clone()));
+    }
+    let subscribers = plan
+        .clients
+        .iter()
+        .filter(|c| c.subscribe.is_some())
+        .count() as u32;
+    let handles: Vec<_> = per_thread
+        .into_iter()
+        .enumerate()
+        .map(|(i, clients)| {
+            let shared = shared.clone();
+            let cpus = args.cpus.clone();
+            std::thread::spawn(move || {
+                pin(&cpus, i);
+                worker::run(shared, clients)
+            })
+        })
+        .collect();
+
+    let mut report = Report {
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        broker: addr.to_string(),
+        mqtt: if args.mqtt == 5 {
+            "5".into()
+        } else {
+            "3.1.1".into()
+        },
+        qos: args.qos.clone(),
+        payload_bytes: args.payload,
+        publishers: plan.publishers,
+        subscribers,
+        rate_per_publisher: rate,
+        offered_msgs_per_s: rate * f64::from(plan.publishers),
+        duration_s: args.duration,
+        ..Report::default()
+    };
+    // Everyone connected and subscribed (bounded wait), then the schedules start together.
+    let until = Instant::now() + Duration::from_secs(60);
+    while shared.ready.load(Ordering::Acquire) < plan.clients.len()
+        && !shared.failed.load(Ordering::Acquire)
+        && Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if shared.ready.load(Ordering::Acquire) < plan.clients.len() {
+        report.errors.push(format!(
+            "only {} of {} clients connected and subscribed",
+            shared.ready.load(Ordering::Acquire),
+            plan.clients.len()
+        ));
+    } else {
+        let epoch = Instant::now() + Duration::from_millis(100);
+        let _ = shared.epoch.set(epoch);
+        measure(args, &shared, &plan, epoch, &mut report);
+    }
+    shared.stop.store(true, Ordering::Release);
+    let mut streams = stats::Streams::new();
+    let mut latency = latency_histogram();
+    let mut send_lag = latency_histogram();
+    for handle in handles {
+        match handle.join() {
+            Ok(r) => {
+                stats::merge_streams(&mut streams, r.streams);
+                let _ = latency.add(&r.latency);
+                let _ = send_lag.add(&r.send_lag);
+                report.sent += r.sent_in_window;
+                report.errors.extend(r.errors);
+            }
+            Err(_) => report.errors.push("a load thread panicked".into()),
+        }
+    }
+    report.delivery = stats::account(&streams, &plan.expected, window_start_seq..total_seq);
+    report.deliveries_per_s = report.delivery.received as f64 / args.duration;
+    report.latency = Percentiles::of(&latency);
+    report.send_lag = Percentiles::of(&send_lag);
+    report.loadgen_behind = (report.send_lag.p99_us as f64) > args.lag_max * 1000.0;
+    if let Some(cpu) = report.broker_cpu_s {
+        if cpu > 0.0 {
+            report.deliveries_per_cpu_s = Some(report.delivery.received as f64 / cpu);
+        }
+    }
+    report
+}
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// Waits out the warm-up and the window (sampling the broker), then the drain.
+fn measure(
+    args: &Args,
+    shared: &worker::Shared,
+    plan: &plan::Plan,
+    epoch: Instant,
+    report: &mut Report,
+) {
+    let window_start = epoch + Duration::from_secs_f64(args.warmup);
+    let window_end = window_start + Duration::from_secs_f64(args.duration);
+    let progress = std::io::stderr().is_terminal();
+    let mut cpu_start = None;
+    let mut rss_max = 0u64;
+    let (mut last_sent, mut last_received) = (0u64, 0u64);
+    let mut next_tick = epoch + Duration::from_secs(1);
+    while Instant::now() < window_end && !shared.failed.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if cpu_start.is_none() && now >= window_start {
+            cpu_start = args.broker_pid.and_then(procfs::cpu_seconds);
+        }
+        if now >= next_tick {
+            if let Some(pid) = args.broker_pid {
+                rss_max = rss_max.max(procfs::rss_kib(pid).unwrap_or(0));
+            }
+            let sent = shared.sent.load(Ordering::Relaxed);
+            let received = shared.received.load(Ordering::Relaxed);
+            let p99 = shared.live.lock().map(|mut h| {
+                let p = if h.is_empty() {
+                    0
+                } else {
+                    h.value_at_quantile(0.99)
+                };
+                h.reset();
+                p
+            });
+            if progress {
+                eprint!(
+                    "\r\x1b[2Kt={:>4.0}s  sent {:>9}/s  received {:>9}/s  p99 {:>8.2} ms",
+                    now.duration_since(epoch).as_secs_f64(),
+                    sent - last_sent,
+                    received - last_received,
+                    p99.unwrap_or(0) as f64 / 1000.0
+                );
+            }
+            (last_sent, last_received) = (sent, received);
+            next_tick += Duration::from_secs(1);
+        }
+        std::thread::sleep(
+            Duration::from_millis(10).min(window_end.saturating_duration_since(Instant::now())),
+        );
+    }
+    if progress {
+        eprintln!();
+    }
+    if let (Some(pid), Some(start)) = (args.broker_pid, cpu_start) {
+        report.broker_cpu_s = procfs::cpu_seconds(pid).map(|end| end - start);
+        rss_max = rss_max.max(procfs::rss_kib(pid).unwrap_or(0));
+        report.broker_rss_max_kib = Some(rss_max);
+    }
+    // Drain: until every expected message arrived, or the drain time is up.
+    let expected_total = plan.expected.len() as u64 * shared.total_seq;
+    let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
+    while shared.received.load(Ordering::Relaxed) < expected_total
+        && Instant::now() < drain_until
+        && !shared.failed.load(Ordering::Acquire)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn conn_storm(args: &Args, addr: SocketAddr, source_ips: &[IpAddr]) -> Report {
+    let shape = Shape {
+        scenario: Scenario::ConnStorm,
+        clients: args.clients,
+        publishers: 0,
+        share: 0,
+        qos: Some(0),
+        run_id: std::process::id().to_string(),
+    };
+    let plan = plan::plan(&shape);
+    let ids: Vec<String> = plan.clients.iter().map(|c| c.client_id.clone()).collect();
+    let threads = args.threads.max(1);
+    let chunk = ids.len().div_ceil(threads).max(1);
+    let rss_before = args.broker_pid.and_then(procfs::rss_kib);
+    let started = Instant::now();
+    let handles: Vec<_> = ids
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| {
+            let part = part.to_vec();
+            let ips = source_ips.to_vec();
+            let (cpus, v5, concurrency) = (args.cpus.clone(), args.mqtt == 5, args.concurrency);
+            std::thread::spawn(move || {
+                pin(&cpus, i);
+                storm::connect_all(addr, &ips, &part, v5, concurrency)
+            })
+        })
+        .collect();
+    let mut latency = latency_histogram();
+    let mut connected = 0;
+    let mut errors = Vec::new();
+    let mut streams = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(r) => {
+                let _ = latency.add(&r.latency);
+                connected += r.connected;
+                errors.extend(r.errors.into_iter().take(10));
+                streams.extend(r.streams);
+            }
+            Err(_) => errors.push("a connect thread panicked".into()),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64(args.idle));
+    let rss_after = args.broker_pid.and_then(procfs::rss_kib);
+    drop(streams);
+    Report {
+        scenario: "conn-storm".into(),
+        broker: addr.to_string(),
+        mqtt: if args.mqtt == 5 {
+            "5".into()
+        } else {
+            "3.1.1".into()
+        },
+        subscribers: 0,
+        sent: ids.len() as u64,
+        delivery: Delivery {
+            expected: ids.len() as u64,
+            received: connected,
+            lost: ids.len() as u64 - connected,
+            ..Delivery::default()
+        },
+        latency: Percentiles::of(&latency),
+        connects_per_s: Some(connected as f64 / elapsed),
+        broker_rss_max_kib: rss_after,
+        rss_per_connection_bytes: match (rss_before, rss_after) {
+            (Some(b), Some(a)) if connected > 0 => {
+                Some((a.saturating_sub(b) * 1024) as f64 / connected as f64)
+            }
+            _ => None,
+        },
+        errors,
+        ..Report::default()
+    }
+}
+
+fn print_reports(args: &Args, reports: &[Report]) {
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(reports).expect("reports serialize")
+        );
+        return;
+    }
+    if args.csv {
+        println!("scenario,mqtt,qos,payload,publishers,subscribers,offered_msgs_per_s,deliveries_per_s,expected,received,lost,duplicates,reordered,p50_us,p90_us,p99_us,p999_us,p9999_us,max_us,send_lag_p99_us,loadgen_behind,broker_cpu_s,deliveries_per_cpu_s,connects_per_s,rss_per_connection_bytes");
+        for r in reports {
+            let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.1}"));
+            println!(
+                "{},{},{},{},{},{},{:.0},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                r.scenario,
+                r.mqtt,
+                r.qos,
+                r.payload_bytes,
+                r.publishers,
+                r.subscribers,
+                r.offered_msgs_per_s,
+                r.deliveries_per_s,
+                r.delivery.expected,
+                r.delivery.received,
+                r.delivery.lost,
+                r.delivery.duplicates,
+                r.delivery.reordered,
+                r.latency.p50_us,
+                r.latency.p90_us,
+                r.latency.p99_us,
+                r.latency.p999_us,
+                r.latency.p9999_us,
+                r.latency.max_us,
+                r.send_lag.p99_us,
+                r.loadgen_behind,
+                opt(r.broker_cpu_s),
+                opt(r.deliveries_per_cpu_s),
+                opt(r.connects_per_s),
+                opt(r.rss_per_connection_bytes)
+            );
+        }
+        return;
+    }
+    for r in reports {
+        println!(
+            "scenario {} against {} (MQTT {}, QoS {}, {} B payload)",
+            r.scenario, r.broker, r.mqtt, r.qos, r.payload_bytes
+        );
+        if let Some(rate) = r.connects_per_s {
+            println!(
+                "  connections     {} of {} ({:.0}/s)",
+                r.delivery.received, r.delivery.expected, rate
+            );
+            println!(
+                "  CONNACK latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                ms(r.latency.p50_us),
+                ms(r.latency.p99_us),
+                ms(r.latency.max_us)
+            );
+            if let Some(b) = r.rss_per_connection_bytes {
+                println!("  broker RSS      {:.0} bytes per connection", b);
+            }
+        } else {
+            println!(
+                "  publishers {}  subscribers {}  offered {:.0} msgs/s over {:.1} s",
+                r.publishers, r.subscribers, r.offered_msgs_per_s, r.duration_s
+            );
+            println!("  deliveries      {:.0}/s ({} of {} expected; lost {}, duplicates {}, reordered {})", r.deliveries_per_s, r.delivery.received, r.delivery.expected, r.delivery.lost, r.delivery.duplicates, r.delivery.reordered);
+            let l = &r.latency;
+            println!("  latency         p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3} ms", ms(l.p50_us), ms(l.p90_us), ms(l.p99_us), ms(l.p999_us), ms(l.p9999_us), ms(l.max_us));
+            if let (Some(cpu), Some(per)) = (r.broker_cpu_s, r.deliveries_per_cpu_s) {
+                println!("  broker          {:.2} CPU-s, {:.0} deliveries per CPU-second, RSS max {} KiB", cpu, per, r.broker_rss_max_kib.unwrap_or(0));
+            }
+            if r.loadgen_behind {
+                println!("  WARNING: loadgen fell behind its own schedule (send lag p99 {:.2} ms): these figures understate the broker", ms(r.send_lag.p99_us));
+            }
+        }
+        for e in r.errors.iter().take(10) {
+            println!("  error: {e}");
+        }
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
 }
