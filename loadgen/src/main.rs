@@ -97,6 +97,9 @@ struct Args {
     /// conn-storm: seconds to hold the connections idle before measuring memory.
     #[arg(long, default_value_t = 2.0)]
     idle: f64,
+    /// churn: connections opened (and closed again) per second while traffic flows.
+    #[arg(long, default_value_t = 100.0)]
+    churn_rate: f64,
     /// conn-storm: CONNECTs in flight per thread.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
@@ -132,6 +135,9 @@ struct Report {
     deliveries_per_cpu_s: Option<f64>,
     connects_per_s: Option<f64>,
     rss_per_connection_bytes: Option<f64>,
+    /// churn: connect/disconnect cycles done during the window, and their CONNACK latency.
+    churn_cycles: Option<u64>,
+    churn_connack: Option<Percentiles>,
     errors: Vec<String>,
 }
 
@@ -339,7 +345,29 @@ fn run_once(args: &Args, addr: SocketAddr, source_ips: &[IpAddr], rate: f64) -> 
     } else {
         let epoch = Instant::now() + Duration::from_millis(100);
         let _ = shared.epoch.set(epoch);
+        let churn = (args.scenario == Scenario::Churn).then(|| {
+            let (shared, rate, v5) = (shared.clone(), args.churn_rate, args.mqtt == 5);
+            let (cpus, ips) = (args.cpus.clone(), source_ips.to_vec());
+            let window = (
+                epoch + Duration::from_secs_f64(args.warmup),
+                Duration::from_secs_f64(args.duration),
+            );
+            std::thread::spawn(move || {
+                pin(&cpus, usize::MAX);
+                storm::churn(&shared, &ips, rate, v5, window.0, window.1)
+            })
+        });
         measure(args, &shared, &plan, epoch, &mut report);
+        if let Some(churn) = churn {
+            match churn.join() {
+                Ok(c) => {
+                    report.churn_cycles = Some(c.connected);
+                    report.churn_connack = Some(Percentiles::of(&c.latency));
+                    report.errors.extend(c.errors.into_iter().take(10));
+                }
+                Err(_) => report.errors.push("the churn thread panicked".into()),
+            }
+        }
     }
     shared.stop.store(true, Ordering::Release);
     let mut streams = stats::Streams::new();
@@ -591,6 +619,9 @@ fn print_reports(args: &Args, reports: &[Report]) {
             println!("  latency         p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3} ms", ms(l.p50_us), ms(l.p90_us), ms(l.p99_us), ms(l.p999_us), ms(l.p9999_us), ms(l.max_us));
             if let (Some(cpu), Some(per)) = (r.broker_cpu_s, r.deliveries_per_cpu_s) {
                 println!("  broker          {:.2} CPU-s, {:.0} deliveries per CPU-second, RSS max {} KiB", cpu, per, r.broker_rss_max_kib.unwrap_or(0));
+            }
+            if let (Some(cycles), Some(c)) = (r.churn_cycles, &r.churn_connack) {
+                println!("  churn           {cycles} connect/disconnect cycles, CONNACK p50 {:.2} ms  p99 {:.2} ms", ms(c.p50_us), ms(c.p99_us));
             }
             if r.loadgen_behind {
                 println!("  WARNING: loadgen fell behind its own schedule (send lag p99 {:.2} ms): these figures understate the broker", ms(r.send_lag.p99_us));

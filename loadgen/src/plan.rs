@@ -17,6 +17,8 @@ pub enum Scenario {
     /// N clients connect as fast as the broker lets them, then idle: CONNACK latency, rate,
     /// and broker memory per connection.
     ConnStorm,
+    /// p2p traffic while other clients connect and disconnect continuously (--churn-rate).
+    Churn,
 }
 
 #[derive(Clone, Debug)]
@@ -68,7 +70,7 @@ pub fn plan(shape: &Shape) -> Plan {
     };
     let publishers;
     match shape.scenario {
-        Scenario::P2p => {
+        Scenario::P2p | Scenario::Churn => {
             publishers = shape.clients;
             for i in 0..shape.clients {
                 // Subscribers first, so that they are ready before anything is sent.

@@ -61,6 +61,60 @@ pub fn connect_all(
     result
 }
 
+/// Connects and disconnects clients at `rate` per second during the window (paced from the
+/// window start, open loop), while other threads carry the traffic.
+pub fn churn(
+    shared: &crate::worker::Shared,
+    source_ips: &[IpAddr],
+    rate: f64,
+    v5: bool,
+    start: Instant,
+    length: Duration,
+) -> StormResult {
+    let mut result = StormResult {
+        connected: 0,
+        latency: latency_histogram(),
+        errors: Vec::new(),
+        streams: Vec::new(),
+    };
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let end = start + length;
+    let mut due = start;
+    let mut n = 0usize;
+    while due < end && !shared.failed.load(std::sync::atomic::Ordering::Acquire) {
+        let now = Instant::now();
+        if now < due {
+            std::thread::sleep(due - now);
+        }
+        let started = Instant::now();
+        let id = format!("lg-churn-{}-{n}", std::process::id());
+        match connect_one(shared.addr, source_ips, n, &id, v5) {
+            Ok(mut stream) => {
+                let mut ack = [0u8; 4];
+                match stream.read_exact(&mut ack) {
+                    Ok(()) if ack[0] == 0x20 && ack[3] == 0 => {
+                        let _ = result
+                            .latency
+                            .record((started.elapsed().as_micros() as u64).max(1));
+                        result.connected += 1;
+                        let mut bye = Vec::new();
+                        mqtt::disconnect(&mut bye);
+                        let _ = stream.write_all(&bye);
+                    }
+                    Ok(()) => result
+                        .errors
+                        .push(format!("churn CONNACK refused: {ack:02x?}")),
+                    Err(e) => result.errors.push(format!("churn CONNACK: {e}")),
+                }
+            }
+            Err(e) => result.errors.push(format!("churn connect: {e}")),
+        }
+        n += 1;
+        due += interval;
+    }
+    result
+}
+
 fn connect_one(
     addr: SocketAddr,
     source_ips: &[IpAddr],

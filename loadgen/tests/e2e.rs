@@ -1,0 +1,222 @@
+//! loadgen against a real broker (Debian's mosquitto, installed by scripts/test.sh) on a
+//! loopback port: the counts add up, and a broker stalled with SIGSTOP shows up as latency,
+//! not as a lower rate that looks fine.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Mosquitto {
+    child: Child,
+    port: u16,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let which = Command::new("which").arg("mosquitto").output();
+        assert!(
+            which.is_ok_and(|o| o.status.success()),
+            "mosquitto is missing: scripts/test.sh installs Debian's mosquitto"
+        );
+        // A free port: bound here, released, then given to mosquitto (which binds it at once).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("mosquitto")
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + DEADLINE;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "mosquitto does not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Mosquitto { child, port }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the PID of the child this test started and still holds.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn loadgen(port: u16, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--port", &port.to_string(), "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    reports[0].clone()
+}
+
+fn n(v: &serde_json::Value, path: &[&str]) -> f64 {
+    let mut v = v;
+    for key in path {
+        v = &v[key];
+    }
+    v.as_f64()
+        .unwrap_or_else(|| panic!("no number at {path:?} in {v}"))
+}
+
+#[test]
+fn counts_add_up() {
+    let broker = Mosquitto::start();
+    let pid = broker.child.id().to_string();
+    // p2p, 4 pairs, QoS 1: 500/s each for a 2 s window after 0.5 s of warm-up.
+    let r = loadgen(
+        broker.port,
+        &[
+            "--scenario",
+            "p2p",
+            "--clients",
+            "4",
+            "--qos",
+            "1",
+            "--rate",
+            "500",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "2",
+            "--broker-pid",
+            &pid,
+        ],
+    );
+    let window = 1000.0; // ceil(2.5 * 500) - ceil(0.5 * 500)
+    assert_eq!(n(&r, &["delivery", "expected"]), 4.0 * window);
+    assert_eq!(n(&r, &["delivery", "received"]), 4.0 * window);
+    assert_eq!(n(&r, &["delivery", "lost"]), 0.0);
+    assert_eq!(n(&r, &["delivery", "duplicates"]), 0.0);
+    assert_eq!(n(&r, &["sent"]), 4.0 * window);
+    assert_eq!(n(&r, &["latency", "count"]), 4.0 * window);
+    assert!(n(&r, &["broker_cpu_s"]) > 0.0);
+    // fan-out 1 -> 5 at QoS 0: every subscriber sees every message of the window.
+    let r = loadgen(
+        broker.port,
+        &[
+            "--scenario",
+            "fan-out",
+            "--clients",
+            "5",
+            "--qos",
+            "0",
+            "--rate",
+            "400",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(n(&r, &["delivery", "expected"]), 5.0 * 400.0);
+    assert_eq!(
+        n(&r, &["delivery", "received"]) + n(&r, &["delivery", "lost"]),
+        5.0 * 400.0
+    );
+    // fan-in through a $share group of 3: each message to exactly one member.
+    let r = loadgen(
+        broker.port,
+        &[
+            "--scenario",
+            "fan-in",
+            "--clients",
+            "4",
+            "--share",
+            "3",
+            "--qos",
+            "1",
+            "--rate",
+            "200",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(n(&r, &["delivery", "received"]), 4.0 * 200.0);
+    assert_eq!(n(&r, &["delivery", "duplicates"]), 0.0);
+    // conn-storm: every connection acknowledged.
+    let r = loadgen(
+        broker.port,
+        &[
+            "--scenario",
+            "conn-storm",
+            "--clients",
+            "200",
+            "--idle",
+            "0.2",
+            "--broker-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(n(&r, &["delivery", "received"]), 200.0);
+    assert!(n(&r, &["connects_per_s"]) > 0.0);
+}
+
+#[test]
+fn a_stalled_broker_shows_as_latency_not_as_a_lower_rate() {
+    let broker = Mosquitto::start();
+    let stall = Duration::from_millis(1000);
+    let stopper = {
+        let pid = broker.child.id() as i32;
+        std::thread::spawn(move || {
+            // Well inside the measured window (0.5 s warm-up, 3 s window, after connecting).
+            std::thread::sleep(Duration::from_millis(2000));
+            // SAFETY: SIGSTOP/SIGCONT to the mosquitto this test started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            std::thread::sleep(stall);
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        })
+    };
+    let r = loadgen(
+        broker.port,
+        &[
+            "--scenario",
+            "p2p",
+            "--clients",
+            "2",
+            "--qos",
+            "1",
+            "--rate",
+            "200",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "3",
+            "--drain",
+            "5",
+        ],
+    );
+    stopper.join().unwrap();
+    // Nothing lost, the full rate delivered over the window...
+    assert_eq!(n(&r, &["delivery", "lost"]), 0.0);
+    assert_eq!(n(&r, &["delivery", "received"]), 2.0 * 600.0);
+    // ...but the messages due during the stall waited for it, and the tail says so: about a
+    // third of the window was stalled, so p90 and the maximum are near the stall's length.
+    assert!(n(&r, &["latency", "max_us"]) >= 900_000.0, "{r}");
+    assert!(n(&r, &["latency", "p90_us"]) >= 300_000.0, "{r}");
+}
