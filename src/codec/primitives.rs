@@ -50,6 +50,12 @@ impl MqttStr {
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
+    /// A copy in its own allocation, for strings kept long after their packet: a slice would
+    /// keep the whole receive buffer it came from alive.
+    pub fn detached(&self) -> MqttStr {
+        MqttStr(Bytes::copy_from_slice(&self.0))
+    }
+
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }

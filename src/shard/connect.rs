@@ -7,6 +7,7 @@ use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::codec::{
     ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
+    Will,
 };
 use crate::router::{SessionBox, ShardMsg};
 use crate::session::Session;
@@ -244,7 +245,15 @@ impl<B: Backend> Shard<B> {
         } else {
             connect.clean_start
         };
-        session.will = connect.will.clone();
+        // The will lives as long as the connection: its own copy, not a slice of CONNECT's
+        // receive buffer.
+        session.will = connect.will.as_ref().map(|w| Will {
+            qos: w.qos,
+            retain: w.retain,
+            properties: w.properties.clone(),
+            topic: w.topic.detached(),
+            payload: bytes::Bytes::copy_from_slice(&w.payload),
+        });
         session.username = connect.username.as_ref().map(|u| u.to_string());
         if session_present {
             // Its subscriptions name the shard that held it: point them here.

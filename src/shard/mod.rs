@@ -224,7 +224,16 @@ impl<B: Backend> Shard<B> {
             }
             match c.decoder.decode_from(&mut c.inbuf) {
                 Ok(Some(packet)) => self.on_packet(conn, packet),
-                Ok(None) => return,
+                Ok(None) => {
+                    // Between packets, keep no more buffer than the partial packet needs:
+                    // an idle connection should not hold a whole read buffer.
+                    if c.inbuf.is_empty() {
+                        c.inbuf = BytesMut::new();
+                    } else if c.inbuf.capacity() > 4 * c.inbuf.len().max(1024) {
+                        c.inbuf = BytesMut::from(&c.inbuf[..]);
+                    }
+                    return;
+                }
                 Err(error) => {
                     self.decode_failed(conn, error);
                     return;

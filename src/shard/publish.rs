@@ -70,9 +70,21 @@ impl<B: Backend> Shard<B> {
             // Properties the broker answers itself are not forwarded.
             properties.topic_alias = None;
             properties.subscription_identifiers.clear();
+            // Messages that may be kept (retained, or QoS 1/2 waiting for acknowledgement or in
+            // a queue) get their own copy of topic and payload: a slice would pin the whole
+            // receive buffer. QoS 0 passes through without a copy.
+            let keep = publish.retain || qos != QoS::AtMostOnce;
+            let (topic, payload) = if keep {
+                (
+                    publish.topic.detached(),
+                    Bytes::copy_from_slice(&publish.payload),
+                )
+            } else {
+                (publish.topic, publish.payload)
+            };
             let message = Arc::new(Message {
-                topic: publish.topic,
-                payload: publish.payload,
+                topic,
+                payload,
                 qos,
                 retain: publish.retain,
                 properties,
