@@ -13,6 +13,7 @@ duration=8 warmup=2
 if [ "${1:-}" = "--quick" ]; then duration=3 warmup=1; fi
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+export PATH="$PATH:/usr/sbin"
 if ! command -v mosquitto >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto
