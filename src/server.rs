@@ -13,7 +13,7 @@ use crate::retain::RetainStore;
 use crate::router::Mailboxes;
 use crate::shard::io::epoll::Epoll;
 use crate::shard::io::Waker;
-use crate::shard::{Shard, Shared, Stats};
+use crate::shard::{Shard, Shared};
 use crate::topic::{SubscriptionTree, TreeWriter};
 
 /// Messages one shard's mailbox holds before senders must hold or drop.
@@ -107,7 +107,7 @@ impl Server {
             mailboxes,
             next_session: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
-            stats: Stats::default(),
+            stats: (0..shards).map(|_| Default::default()).collect(),
             config,
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();

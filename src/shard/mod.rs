@@ -12,6 +12,7 @@ mod subscribe;
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
+use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +54,17 @@ pub struct Stats {
     pub messages_sent: AtomicU64,
 }
 
+/// A sum of `Stats` at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub dropped_slow_client: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_mailbox_full: u64,
+    pub dropped_overflow_full: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+}
+
 /// What every shard shares.
 pub struct Shared {
     pub config: Config,
@@ -64,10 +76,27 @@ pub struct Shared {
     pub mailboxes: Arc<Mailboxes>,
     pub next_session: AtomicU64,
     pub shutdown: AtomicBool,
-    pub stats: Stats,
+    /// One set of counters per shard, each on its own cache line: a shard counts without
+    /// contending with the others; readers add them up (`total_stats`).
+    pub stats: Box<[CachePadded<Stats>]>,
 }
 
 impl Shared {
+    /// The sum of every shard's counters.
+    pub fn total_stats(&self) -> StatsSnapshot {
+        let mut total = StatsSnapshot::default();
+        for s in self.stats.iter() {
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            total.dropped_slow_client += get(&s.dropped_slow_client);
+            total.dropped_queue_full += get(&s.dropped_queue_full);
+            total.dropped_mailbox_full += get(&s.dropped_mailbox_full);
+            total.dropped_overflow_full += get(&s.dropped_overflow_full);
+            total.messages_received += get(&s.messages_received);
+            total.messages_sent += get(&s.messages_sent);
+        }
+        total
+    }
+
     pub fn new_session_id(&self) -> SessionId {
         SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
     }
@@ -134,8 +163,7 @@ impl<B: Backend> Shard<B> {
             }
             let now = Instant::now();
             let mut timeout = next_tick.saturating_duration_since(now);
-            let mailboxes = self.shared.mailboxes.clone();
-            mailboxes.going_to_sleep(self.id);
+            self.shared.mailboxes.going_to_sleep(self.id);
             if !self.mailbox.is_empty() || !self.overflow.is_empty() {
                 timeout = Duration::ZERO;
             }
@@ -143,7 +171,7 @@ impl<B: Backend> Shard<B> {
             if let Err(e) = self.backend.wait(Some(timeout), &mut events) {
                 log::error!("Error: shard {} event loop: {e}", self.id);
             }
-            mailboxes.awake(self.id);
+            self.shared.mailboxes.awake(self.id);
             for event in events.drain(..) {
                 self.on_event(event);
             }
@@ -205,6 +233,11 @@ impl<B: Backend> Shard<B> {
                 self.connection_lost(conn, reason);
             }
         }
+    }
+
+    /// This shard's counters.
+    fn stats(&self) -> &Stats {
+        &self.shared.stats[self.id]
     }
 
     fn conn_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {

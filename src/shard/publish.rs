@@ -44,8 +44,7 @@ impl<B: Backend> Shard<B> {
             publish.topic,
             publish.payload.len()
         );
-        self.shared
-            .stats
+        self.stats()
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
         // Topic aliases come with the MQTT 5 issue; until then an alias is refused.
@@ -300,15 +299,13 @@ impl<B: Backend> Shard<B> {
             return;
         };
         if qos == QoS::AtMostOnce {
-            self.shared
-                .stats
+            self.stats()
                 .dropped_mailbox_full
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
         if self.overflow.len() >= super::OVERFLOW_MAX {
-            self.shared
-                .stats
+            self.stats()
                 .dropped_overflow_full
                 .fetch_add(1, Ordering::Relaxed);
             return;
@@ -367,8 +364,7 @@ impl<B: Backend> Shard<B> {
         }
         if session.queue.len() >= queued_max {
             session.dropped += 1;
-            self.shared
-                .stats
+            self.shared.stats[self.id]
                 .dropped_queue_full
                 .fetch_add(1, Ordering::Relaxed);
             if session.dropped.is_power_of_two() {
@@ -420,8 +416,7 @@ impl<B: Backend> Shard<B> {
         if target.qos == QoS::AtMostOnce
             && c.out.len() + self.backend.queued_bytes(conn) > write_max
         {
-            self.shared
-                .stats
+            self.stats()
                 .dropped_slow_client
                 .fetch_add(1, Ordering::Relaxed);
             return;
@@ -455,10 +450,7 @@ impl<B: Backend> Shard<B> {
             message.topic,
             message.payload.len()
         );
-        self.shared
-            .stats
-            .messages_sent
-            .fetch_add(1, Ordering::Relaxed);
+        self.stats().messages_sent.fetch_add(1, Ordering::Relaxed);
         if was_empty {
             self.dirty.push(conn);
         }

@@ -167,6 +167,12 @@ impl Epoll {
                 Ok(n) => {
                     // SAFETY: `read` initialised `n` bytes of the spare capacity.
                     unsafe { data.set_len(data.len() + n) };
+                    // A short read drained the socket: the next arrival is a new edge, so
+                    // the read that would only say `WouldBlock` is saved.
+                    if n < want {
+                        socket.readable = false;
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     socket.readable = false;
