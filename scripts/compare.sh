@@ -2,15 +2,24 @@
 # midge against Debian's mosquitto: the same loadgen scenarios against each, in one run, on
 # free loopback ports; prints both figures and their ratio, and keeps the raw JSON.
 #
-#   scripts/compare.sh [--quick]
+#   scripts/compare.sh [--quick] [--repeat N]
 #
+# With --repeat N every scenario runs N times against each broker (alternating), and the
+# table shows medians.
 # Pinning (2-core machines): each broker on core 1 (midge with one shard), loadgen on core 0.
 # Figures move from run to run on a shared machine: compare the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=8 warmup=2
-if [ "${1:-}" = "--quick" ]; then duration=3 warmup=1; fi
+duration=8 warmup=2 repeat=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) duration=3 warmup=1 ;;
+    --repeat) repeat=$2; shift ;;
+    *) echo "usage: scripts/compare.sh [--quick] [--repeat N]" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 export PATH="$PATH:/usr/sbin"
@@ -44,6 +53,7 @@ start_broker() { # name port
 
 # name | loadgen arguments
 scenarios=(
+  "p2p-qos0-ceiling|--scenario p2p --clients 10 --rate 5000 --qos 0 --ceiling --step 1.5 --p99-max 10"
   "p2p-qos0|--scenario p2p --clients 10 --rate 5000 --qos 0"
   "p2p-qos1|--scenario p2p --clients 10 --rate 2000 --qos 1"
   "fan-in|--scenario fan-in --clients 100 --rate 200 --qos 0"
@@ -51,54 +61,81 @@ scenarios=(
   "conn-storm|--scenario conn-storm --clients 5000 --idle 2"
 )
 
-for broker in midge mosquitto; do
-  port=$(free_port)
-  start_broker "$broker" "$port"
-  for entry in "${scenarios[@]}"; do
-    name=${entry%%|*}
-    args=${entry#*|}
-    echo "compare: $broker $name" >&2
-    # shellcheck disable=SC2086
-    target/release/loadgen --port "$port" --cpus 0 --warmup "$warmup" --duration "$duration" \
-      --broker-pid "$broker_pid" --json $args >"$out/$broker-$name.json" || true
+for round in $(seq 1 "$repeat"); do
+  for broker in midge mosquitto; do
+    port=$(free_port)
+    start_broker "$broker" "$port"
+    for entry in "${scenarios[@]}"; do
+      name=${entry%%|*}
+      args=${entry#*|}
+      echo "compare: round $round, $broker, $name" >&2
+      # shellcheck disable=SC2086
+      target/release/loadgen --port "$port" --cpus 0 --warmup "$warmup" --duration "$duration" \
+        --broker-pid "$broker_pid" --json $args >"$out/$broker-$name-$round.json" || true
+    done
+    stop_broker
   done
-  stop_broker
 done
 
-python3 - "$out" "${scenarios[@]}" <<'PY'
-import json, sys
-out, entries = sys.argv[1], sys.argv[2:]
-def load(broker, name):
-    try:
-        return json.load(open(f"{out}/{broker}-{name}.json"))[0]
-    except Exception as e:
-        return {"errors": [f"no result: {e}"]}
+python3 - "$out" "$repeat" "${scenarios[@]}" <<'PY'
+import json, statistics, sys
+out, repeat, entries = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+
+def runs(broker, name):
+    """Each round's report (for a ceiling search: the highest step that held)."""
+    found = []
+    for r in range(1, repeat + 1):
+        try:
+            steps = json.load(open(f"{out}/{broker}-{name}-{r}.json"))
+        except Exception as e:
+            found.append({"errors": [f"no result: {e}"]})
+            continue
+        if name.endswith("-ceiling"):
+            held = [s for s in steps if not s["errors"] and s["delivery"]["lost"] == 0
+                    and not s["loadgen_behind"] and s["latency"]["p99_us"] <= 10_000]
+            found.append(max(held, key=lambda s: s["offered_msgs_per_s"]) if held else {"errors": ["no rate held"]})
+        else:
+            found.append(steps[0])
+    return found
+
+def median(reports, get):
+    values = [v for v in (get(r) for r in reports) if v is not None]
+    return statistics.median(values) if values else None
+
 rows = []
 def row(name, metric, m, q, better):
     ratio = (m / q) if (m is not None and q) else None
     rows.append((name, metric, m, q, ratio, better))
 for entry in entries:
     name = entry.split("|")[0]
-    m, q = load("midge", name), load("mosquitto", name)
-    if name == "conn-storm":
-        row(name, "connects/s", m.get("connects_per_s"), q.get("connects_per_s"), "higher")
-        row(name, "CONNACK p99 ms", m.get("latency", {}).get("p99_us", 0) / 1000, q.get("latency", {}).get("p99_us", 0) / 1000, "lower")
-        row(name, "RSS bytes/conn", m.get("rss_per_connection_bytes"), q.get("rss_per_connection_bytes"), "lower")
+    ms_, qs_ = runs("midge", name), runs("mosquitto", name)
+    med = lambda reports, get: median(reports, lambda r: get(r) if "delivery" in r or "latency" in r else None)
+    lat = lambda p: (lambda r: r.get("latency", {}).get(p, 0) / 1000)
+    if name.endswith("-ceiling"):
+        row(name, "sustainable msgs/s", med(ms_, lambda r: r.get("offered_msgs_per_s")), med(qs_, lambda r: r.get("offered_msgs_per_s")), "higher")
+        row(name, "p99 ms there", med(ms_, lat("p99_us")), med(qs_, lat("p99_us")), "lower")
+    elif name == "conn-storm":
+        row(name, "connects/s", med(ms_, lambda r: r.get("connects_per_s")), med(qs_, lambda r: r.get("connects_per_s")), "higher")
+        row(name, "CONNACK p99 ms", med(ms_, lat("p99_us")), med(qs_, lat("p99_us")), "lower")
+        row(name, "RSS bytes/conn", med(ms_, lambda r: r.get("rss_per_connection_bytes")), med(qs_, lambda r: r.get("rss_per_connection_bytes")), "lower")
     else:
-        row(name, "deliveries/s", m.get("deliveries_per_s"), q.get("deliveries_per_s"), "higher")
-        row(name, "lost", m.get("delivery", {}).get("lost"), q.get("delivery", {}).get("lost"), "lower")
+        row(name, "deliveries/s", med(ms_, lambda r: r.get("deliveries_per_s")), med(qs_, lambda r: r.get("deliveries_per_s")), "higher")
+        row(name, "lost", med(ms_, lambda r: r.get("delivery", {}).get("lost")), med(qs_, lambda r: r.get("delivery", {}).get("lost")), "lower")
         for p in ("p50_us", "p99_us", "max_us"):
-            row(name, p.replace("_us", " ms"), m.get("latency", {}).get(p, 0) / 1000, q.get("latency", {}).get(p, 0) / 1000, "lower")
-        row(name, "deliveries/CPU-s", m.get("deliveries_per_cpu_s"), q.get("deliveries_per_cpu_s"), "higher")
-    for broker, r in (("midge", m), ("mosquitto", q)):
-        if r.get("loadgen_behind"):
-            rows.append((name, f"note: loadgen fell behind against {broker}", None, None, None, ""))
-        for e in r.get("errors", [])[:3]:
-            rows.append((name, f"error ({broker}): {e}", None, None, None, ""))
+            row(name, p.replace("_us", " ms"), med(ms_, lat(p)), med(qs_, lat(p)), "lower")
+        row(name, "deliveries/CPU-s", med(ms_, lambda r: r.get("deliveries_per_cpu_s")), med(qs_, lambda r: r.get("deliveries_per_cpu_s")), "higher")
+    for broker, reports in (("midge", ms_), ("mosquitto", qs_)):
+        behind = sum(1 for r in reports if r.get("loadgen_behind"))
+        if behind:
+            rows.append((name, f"note: loadgen fell behind in {behind} run(s) against {broker}", None, None, None, ""))
+        for r in reports:
+            for e in r.get("errors", [])[:2]:
+                rows.append((name, f"error ({broker}): {e}", None, None, None, ""))
 fmt = lambda v: "" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}")
-print(f"{'scenario':<14} {'metric':<18} {'midge':>14} {'mosquitto':>14} {'midge/mosq':>11}  better")
+print(f"medians of {repeat} run(s) per broker")
+print(f"{'scenario':<17} {'metric':<19} {'midge':>12} {'mosquitto':>12} {'midge/mosq':>11}  better")
 for name, metric, m, q, ratio, better in rows:
     r = "" if ratio is None else f"{ratio:.2f}"
-    print(f"{name:<14} {metric:<18} {fmt(m):>14} {fmt(q):>14} {r:>11}  {better}")
+    print(f"{name:<17} {metric:<19} {fmt(m):>12} {fmt(q):>12} {r:>11}  {better}")
 print(f"\nraw JSON: {out}/")
 PY

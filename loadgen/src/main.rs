@@ -415,6 +415,7 @@ fn measure(
     let mut rss_max = 0u64;
     let (mut last_sent, mut last_received) = (0u64, 0u64);
     let mut next_tick = epoch + Duration::from_secs(1);
+    let deliveries_per_message = plan.expected.len() as f64 / f64::from(plan.publishers.max(1));
     while Instant::now() < window_end && !shared.failed.load(Ordering::Acquire) {
         let now = Instant::now();
         if cpu_start.is_none() && now >= window_start {
@@ -436,12 +437,15 @@ fn measure(
                 p
             });
             if progress {
+                // Deliveries owed for what was sent and not yet received: lost or late.
+                let owed = (sent as f64 * deliveries_per_message) as i64 - received as i64;
                 eprint!(
-                    "\r\x1b[2Kt={:>4.0}s  sent {:>9}/s  received {:>9}/s  p99 {:>8.2} ms",
+                    "\r\x1b[2Kt={:>4.0}s  sent {:>9}/s  received {:>9}/s  p99 {:>8.2} ms  outstanding {:>8}",
                     now.duration_since(epoch).as_secs_f64(),
                     sent - last_sent,
                     received - last_received,
-                    p99.unwrap_or(0) as f64 / 1000.0
+                    p99.unwrap_or(0) as f64 / 1000.0,
+                    owed.max(0)
                 );
             }
             (last_sent, last_received) = (sent, received);

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::io::{Backend, ConnId};
+use super::subscribe::TrieOp;
 use super::Shard;
 use crate::codec::{
     ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
@@ -147,7 +148,7 @@ impl<B: Backend> Shard<B> {
 
     /// Closes `conn`, whose session is being taken over.
     fn close_takeover(&mut self, conn: ConnId, publish_will: bool) {
-        let Some(mut c) = self.conns.get_mut(conn.0).and_then(Option::take) else {
+        let Some(mut c) = self.take_conn(conn) else {
             return;
         };
         if let Some(id) = c.session.take() {
@@ -185,7 +186,7 @@ impl<B: Backend> Shard<B> {
 
     /// Sends CONNACK with `reason` and closes. [MQTT-3.2.2-7] (5.0: [MQTT-3.2.2-8])
     fn refuse(&mut self, conn: ConnId, connect: &Connect, reason: ReasonCode) {
-        let Some(mut c) = self.conns.get_mut(conn.0).and_then(Option::take) else {
+        let Some(mut c) = self.take_conn(conn) else {
             return;
         };
         let id = connect.client_id.as_str();
@@ -256,15 +257,7 @@ impl<B: Backend> Shard<B> {
         });
         session.username = connect.username.as_ref().map(|u| u.to_string());
         if session_present {
-            // Its subscriptions name the shard that held it: point them here.
-            for (filter, sub) in &mut session.subscriptions {
-                sub.shard = self.id as u16;
-                self.trie_ops.push(super::subscribe::TrieOp::Subscribe {
-                    filter: filter.clone(),
-                    session: session_id,
-                    sub: *sub,
-                });
-            }
+            self.adopt_subscriptions(&mut session);
         }
         self.by_client.insert(client_id.clone(), session_id);
         self.sessions.insert(session_id, session);
@@ -340,7 +333,7 @@ impl<B: Backend> Shard<B> {
             if self.shared.config.connection_messages {
                 log::info!("Client {client_id} already connected, closing old connection.");
             }
-            if let Some(c) = self.conns.get_mut(waiting.0).and_then(Option::take) {
+            if let Some(c) = self.take_conn(waiting) {
                 self.close_socket(c);
             }
             self.forward_handoff.insert(client_id, (to, conn));
@@ -406,17 +399,26 @@ impl<B: Backend> Shard<B> {
                 // The connection went away meanwhile: keep a persistent session here, offline.
                 if let Some(mut session) = session.map(|s| *s) {
                     session.conn = None;
-                    for (filter, sub) in &mut session.subscriptions {
-                        sub.shard = self.id as u16;
-                        self.trie_ops.push(super::subscribe::TrieOp::Subscribe {
-                            filter: filter.clone(),
-                            session: session.id,
-                            sub: *sub,
-                        });
-                    }
+                    self.adopt_subscriptions(&mut session);
                     self.by_client.insert(client_id, session.id);
                     self.sessions.insert(session.id, session);
                 }
+            }
+        }
+    }
+
+    /// Points the subscriptions of a session that came from another shard at this one.
+    fn adopt_subscriptions(&mut self, session: &mut Session) {
+        let here = self.id as u16;
+        for (filter, sub) in &mut session.subscriptions {
+            if sub.shard != here {
+                sub.shard = here;
+                let op = TrieOp::Subscribe {
+                    filter: filter.clone(),
+                    session: session.id,
+                    sub: *sub,
+                };
+                self.trie_ops.push(op);
             }
         }
     }
@@ -526,7 +528,7 @@ impl<B: Backend> Shard<B> {
 
     /// Closes `conn` and settles its session: the will, and the end of a clean session.
     pub(super) fn close_conn(&mut self, conn: ConnId, reason: CloseReason) {
-        let Some(c) = self.conns.get_mut(conn.0).and_then(Option::take) else {
+        let Some(c) = self.take_conn(conn) else {
             return;
         };
         let session_id = c.session;
@@ -555,7 +557,7 @@ impl<B: Backend> Shard<B> {
     /// Removes a session's subscriptions and, if asked, its registry entry.
     fn end_session(&mut self, session: Session, unregister: bool) {
         for filter in session.subscriptions.into_keys() {
-            self.trie_ops.push(super::subscribe::TrieOp::Unsubscribe {
+            self.trie_ops.push(TrieOp::Unsubscribe {
                 filter,
                 session: session.id,
             });

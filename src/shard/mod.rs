@@ -244,6 +244,11 @@ impl<B: Backend> Shard<B> {
         self.conns.get_mut(conn.0).and_then(Option::as_mut)
     }
 
+    /// Removes a connection from the table (to close it).
+    fn take_conn(&mut self, conn: ConnId) -> Option<Conn> {
+        self.conns.get_mut(conn.0).and_then(Option::take)
+    }
+
     fn conn(&self, conn: ConnId) -> Option<&Conn> {
         self.conns.get(conn.0).and_then(Option::as_ref)
     }

@@ -31,6 +31,9 @@ struct Socket {
     queued: usize,
     /// Data may be waiting (edge seen, `WouldBlock` not yet).
     readable: bool,
+    /// The peer's FIN (or an error) was reported: read to the end, do not stop at a short
+    /// read, or the close would never be seen (no further edge comes).
+    read_closed: bool,
     paused: bool,
 }
 
@@ -111,6 +114,7 @@ impl Epoll {
                         queue: VecDeque::new(),
                         queued: 0,
                         readable: true,
+                        read_closed: false,
                         paused: false,
                     });
                     self.read_again.push(id);
@@ -169,7 +173,7 @@ impl Epoll {
                     unsafe { data.set_len(data.len() + n) };
                     // A short read drained the socket: the next arrival is a new edge, so
                     // the read that would only say `WouldBlock` is saved.
-                    if n < want {
+                    if n < want && !socket.read_closed {
                         socket.readable = false;
                         break;
                     }
@@ -277,6 +281,9 @@ impl Backend for Epoll {
             let Some(socket) = self.sockets.get_mut(token.0) else {
                 continue;
             };
+            if event.is_read_closed() || event.is_error() {
+                socket.read_closed = true;
+            }
             let readable = event.is_readable() || event.is_read_closed() || event.is_error();
             if readable && !socket.readable {
                 socket.readable = true;
