@@ -76,9 +76,8 @@ fn truncated_packets_and_dropped_sockets() {
 
 #[test]
 fn an_oversize_packet_is_refused_before_it_arrives() {
-    let conf = std::env::temp_dir().join(format!("midge-test-{}-size.conf", std::process::id()));
-    std::fs::write(&conf, "max_packet_size 1024\n").unwrap();
-    let broker = Broker::start(&["-c", conf.to_str().unwrap()]);
+    let conf = config_file("size", "max_packet_size 1024\n");
+    let broker = Broker::start(&["-c", &conf]);
     let (mut sub, mut publisher) = bystander(&broker);
     // 3.1.1: the declared 1 MiB is refused as soon as the fixed header is read.
     let mut big = Raw::connect(broker.port, "big");

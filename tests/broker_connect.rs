@@ -119,12 +119,6 @@ fn client_identifiers() {
     assert!(assigned.starts_with("auto-"), "{assigned}");
 }
 
-fn config_file(name: &str, text: &str) -> String {
-    let path = std::env::temp_dir().join(format!("midge-test-{}-{name}.conf", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
 #[test]
 fn a_connection_without_connect_or_with_half_a_packet_is_closed() {
     let conf = config_file("connect-timeout", "connect_timeout 1\n");

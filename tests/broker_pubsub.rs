@@ -166,12 +166,6 @@ fn a_publish_with_a_wildcard_topic_closes_the_connection() {
     broker.wait_for_log("Client pub disconnected due to");
 }
 
-fn config_file(name: &str, text: &str) -> String {
-    let path = std::env::temp_dir().join(format!("midge-test-{}-{name}.conf", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
 #[test]
 fn the_inflight_window_and_the_queue_are_bounded() {
     let conf = config_file(

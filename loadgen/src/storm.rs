@@ -44,17 +44,8 @@ pub fn connect_all(
             }
         }
         for (mut stream, started) in pending {
-            let mut ack = [0u8; 4];
-            match stream.read_exact(&mut ack) {
-                Ok(()) if ack[0] == 0x20 && ack[3] == 0 => {
-                    let _ = result
-                        .latency
-                        .record((started.elapsed().as_micros() as u64).max(1));
-                    result.connected += 1;
-                    result.streams.push(stream);
-                }
-                Ok(()) => result.errors.push(format!("CONNACK refused: {ack:02x?}")),
-                Err(e) => result.errors.push(format!("CONNACK: {e}")),
+            if await_connack(&mut stream, started, &mut result) {
+                result.streams.push(stream);
             }
         }
     }
@@ -90,21 +81,10 @@ pub fn churn(
         let id = format!("lg-churn-{}-{n}", std::process::id());
         match connect_one(shared.addr, source_ips, n, &id, v5) {
             Ok(mut stream) => {
-                let mut ack = [0u8; 4];
-                match stream.read_exact(&mut ack) {
-                    Ok(()) if ack[0] == 0x20 && ack[3] == 0 => {
-                        let _ = result
-                            .latency
-                            .record((started.elapsed().as_micros() as u64).max(1));
-                        result.connected += 1;
-                        let mut bye = Vec::new();
-                        mqtt::disconnect(&mut bye);
-                        let _ = stream.write_all(&bye);
-                    }
-                    Ok(()) => result
-                        .errors
-                        .push(format!("churn CONNACK refused: {ack:02x?}")),
-                    Err(e) => result.errors.push(format!("churn CONNACK: {e}")),
+                if await_connack(&mut stream, started, &mut result) {
+                    let mut bye = Vec::new();
+                    mqtt::disconnect(&mut bye);
+                    let _ = stream.write_all(&bye);
                 }
             }
             Err(e) => result.errors.push(format!("churn connect: {e}")),
@@ -113,6 +93,29 @@ pub fn churn(
         due += interval;
     }
     result
+}
+
+/// Reads the CONNACK (its first four bytes carry the type and, in 3.1.1 and 5.0 alike, the
+/// return code at offset 3); on success counts the connection and its latency since `started`.
+fn await_connack(stream: &mut TcpStream, started: Instant, result: &mut StormResult) -> bool {
+    let mut ack = [0u8; 4];
+    match stream.read_exact(&mut ack) {
+        Ok(()) if ack[0] == 0x20 && ack[3] == 0 => {
+            let _ = result
+                .latency
+                .record((started.elapsed().as_micros() as u64).max(1));
+            result.connected += 1;
+            true
+        }
+        Ok(()) => {
+            result.errors.push(format!("CONNACK refused: {ack:02x?}"));
+            false
+        }
+        Err(e) => {
+            result.errors.push(format!("CONNACK: {e}"));
+            false
+        }
+    }
 }
 
 fn connect_one(

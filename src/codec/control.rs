@@ -36,7 +36,7 @@ impl Disconnect {
         }
     }
 
-    /// Decodes the body of a DISCONNECT or AUTH in 5.0 (§3.14.2.1, §3.15.2.1).
+    /// Decodes the body of a DISCONNECT or AUTH (§3.14.2.1, §3.15.2.1).
     pub(super) fn decode(
         r: &mut Reader<'_>,
         version: ProtocolVersion,
@@ -44,39 +44,72 @@ impl Disconnect {
         properties_context: PropertyContext,
         packet: &'static str,
     ) -> Result<Self, DecodeError> {
-        let mut out = Disconnect::default();
-        if version == ProtocolVersion::V5 && r.has_remaining() {
-            let code = r.u8()?;
-            out.reason = ReasonCode::from_u8(code)
-                .filter(|&c| context.allows(c))
-                .ok_or(DecodeError::InvalidReasonCode { packet, code })?;
-            if r.has_remaining() {
-                out.properties = Properties::decode(r, properties_context)?;
-            }
-        }
-        Ok(out)
+        let (reason, properties) =
+            decode_reason_tail(r, version, context, properties_context, packet)?;
+        Ok(Disconnect { reason, properties })
     }
 
     pub(super) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
-        if version != ProtocolVersion::V5 {
-            return Ok(0);
-        }
-        if self.properties.is_empty() {
-            return Ok(usize::from(self.reason != ReasonCode::Success));
-        }
-        Ok(1 + self.properties.encoded_len()?)
+        reason_tail_len(self.reason, &self.properties, version)
     }
 
     pub(super) fn encode_body<B: BufMut>(&self, version: ProtocolVersion, buf: &mut B) {
-        if version != ProtocolVersion::V5 {
-            return;
+        encode_reason_tail(self.reason, &self.properties, version, buf);
+    }
+}
+
+/// The 5.0 tail of DISCONNECT, AUTH and the PUBLISH acknowledgements: a reason code, then
+/// properties, each of which may be left off when it is Success and none (§3.4.2.1,
+/// §3.14.2.1, §3.15.2.1). Absent before 5.0.
+pub(super) fn decode_reason_tail(
+    r: &mut Reader<'_>,
+    version: ProtocolVersion,
+    context: ReasonContext,
+    properties_context: PropertyContext,
+    packet: &'static str,
+) -> Result<(ReasonCode, Properties), DecodeError> {
+    let mut reason = ReasonCode::Success;
+    let mut properties = Properties::default();
+    if version == ProtocolVersion::V5 && r.has_remaining() {
+        let code = r.u8()?;
+        reason = ReasonCode::from_u8(code)
+            .filter(|&c| context.allows(c))
+            .ok_or(DecodeError::InvalidReasonCode { packet, code })?;
+        if r.has_remaining() {
+            properties = Properties::decode(r, properties_context)?;
         }
-        let has_properties = !self.properties.is_empty();
-        if self.reason != ReasonCode::Success || has_properties {
-            buf.put_u8(self.reason as u8);
-        }
-        if has_properties {
-            encode_properties(&self.properties, buf);
-        }
+    }
+    Ok((reason, properties))
+}
+
+pub(super) fn reason_tail_len(
+    reason: ReasonCode,
+    properties: &Properties,
+    version: ProtocolVersion,
+) -> Result<usize, EncodeError> {
+    if version != ProtocolVersion::V5 {
+        return Ok(0);
+    }
+    if properties.is_empty() {
+        return Ok(usize::from(reason != ReasonCode::Success));
+    }
+    Ok(1 + properties.encoded_len()?)
+}
+
+pub(super) fn encode_reason_tail<B: BufMut>(
+    reason: ReasonCode,
+    properties: &Properties,
+    version: ProtocolVersion,
+    buf: &mut B,
+) {
+    if version != ProtocolVersion::V5 {
+        return;
+    }
+    let has_properties = !properties.is_empty();
+    if reason != ReasonCode::Success || has_properties {
+        buf.put_u8(reason as u8);
+    }
+    if has_properties {
+        encode_properties(properties, buf);
     }
 }

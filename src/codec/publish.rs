@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes};
 
 use super::connect::{check_topic_name, encode_properties};
+use super::control::{decode_reason_tail, encode_reason_tail, reason_tail_len};
 use super::error::{DecodeError, EncodeError};
 use super::primitives::{field_len, put_binary, Reader};
 use super::properties::{Properties, PropertyContext};
@@ -130,46 +131,21 @@ impl PubResponse {
         if packet_id == 0 {
             return Err(DecodeError::ZeroPacketId);
         }
-        let mut response = PubResponse::new(packet_id);
-        // 5.0 §3.4.2.1: the reason code and properties may be left off when they are Success
-        // and none.
-        if version == ProtocolVersion::V5 && r.has_remaining() {
-            let code = r.u8()?;
-            response.reason = ReasonCode::from_u8(code)
-                .filter(|&c| context.allows(c))
-                .ok_or(DecodeError::InvalidReasonCode { packet, code })?;
-            if r.has_remaining() {
-                response.properties = Properties::decode(r, properties_context)?;
-            }
-        }
-        Ok(response)
+        let (reason, properties) =
+            decode_reason_tail(r, version, context, properties_context, packet)?;
+        Ok(PubResponse {
+            packet_id,
+            reason,
+            properties,
+        })
     }
 
     pub(super) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
-        if version != ProtocolVersion::V5 {
-            return Ok(2);
-        }
-        if self.properties.is_empty() {
-            return Ok(if self.reason == ReasonCode::Success {
-                2
-            } else {
-                3
-            });
-        }
-        Ok(3 + self.properties.encoded_len()?)
+        Ok(2 + reason_tail_len(self.reason, &self.properties, version)?)
     }
 
     pub(super) fn encode_body<B: BufMut>(&self, version: ProtocolVersion, buf: &mut B) {
         buf.put_u16(self.packet_id);
-        if version != ProtocolVersion::V5 {
-            return;
-        }
-        let has_properties = !self.properties.is_empty();
-        if self.reason != ReasonCode::Success || has_properties {
-            buf.put_u8(self.reason as u8);
-        }
-        if has_properties {
-            encode_properties(&self.properties, buf);
-        }
+        encode_reason_tail(self.reason, &self.properties, version, buf);
     }
 }

@@ -121,6 +121,13 @@ impl Drop for Broker {
     }
 }
 
+/// Writes a mosquitto.conf for a test and returns its path (unique per test process).
+pub fn config_file(name: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("midge-test-{}-{name}.conf", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
 /// A client written with the project's codec, for exact control of the bytes.
 pub struct Raw {
     pub stream: TcpStream,
