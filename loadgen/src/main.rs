@@ -8,6 +8,7 @@
 mod mqtt;
 mod plan;
 mod procfs;
+mod report;
 mod stats;
 mod storm;
 mod worker;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use plan::{Scenario, Shape};
+use report::Report;
 use stats::{latency_histogram, Delivery, Percentiles};
 
 /// Measures an MQTT broker: messages per second and latency percentiles, open loop.
@@ -109,36 +111,6 @@ struct Args {
     /// Print the results as CSV.
     #[arg(long)]
     csv: bool,
-}
-
-#[derive(Clone, Debug, Default, serde::Serialize)]
-struct Report {
-    scenario: String,
-    broker: String,
-    mqtt: String,
-    qos: String,
-    payload_bytes: usize,
-    publishers: u32,
-    subscribers: u32,
-    rate_per_publisher: f64,
-    offered_msgs_per_s: f64,
-    duration_s: f64,
-    sent: u64,
-    delivery: Delivery,
-    deliveries_per_s: f64,
-    latency: Percentiles,
-    /// loadgen's own lateness in sending what it was free to send.
-    send_lag: Percentiles,
-    loadgen_behind: bool,
-    broker_cpu_s: Option<f64>,
-    broker_rss_max_kib: Option<u64>,
-    deliveries_per_cpu_s: Option<f64>,
-    connects_per_s: Option<f64>,
-    rss_per_connection_bytes: Option<f64>,
-    /// churn: connect/disconnect cycles done during the window, and their CONNACK latency.
-    churn_cycles: Option<u64>,
-    churn_connack: Option<Percentiles>,
-    errors: Vec<String>,
 }
 
 fn parse_source_ips(text: &str) -> Result<Vec<IpAddr>, String> {
@@ -242,7 +214,7 @@ fn main() -> ExitCode {
     } else {
         reports.push(run_once(&args, addr, &source_ips, args.rate));
     }
-    print_reports(&args, &reports);
+    report::print(&reports, args.json, args.csv);
     let failed = reports.iter().any(|r| !r.errors.is_empty());
     if failed {
         ExitCode::FAILURE
@@ -549,94 +521,4 @@ fn conn_storm(args: &Args, addr: SocketAddr, source_ips: &[IpAddr]) -> Report {
         errors,
         ..Report::default()
     }
-}
-
-fn print_reports(args: &Args, reports: &[Report]) {
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(reports).expect("reports serialize")
-        );
-        return;
-    }
-    if args.csv {
-        println!("scenario,mqtt,qos,payload,publishers,subscribers,offered_msgs_per_s,deliveries_per_s,expected,received,lost,duplicates,reordered,p50_us,p90_us,p99_us,p999_us,p9999_us,max_us,send_lag_p99_us,loadgen_behind,broker_cpu_s,deliveries_per_cpu_s,connects_per_s,rss_per_connection_bytes");
-        for r in reports {
-            let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.1}"));
-            println!(
-                "{},{},{},{},{},{},{:.0},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                r.scenario,
-                r.mqtt,
-                r.qos,
-                r.payload_bytes,
-                r.publishers,
-                r.subscribers,
-                r.offered_msgs_per_s,
-                r.deliveries_per_s,
-                r.delivery.expected,
-                r.delivery.received,
-                r.delivery.lost,
-                r.delivery.duplicates,
-                r.delivery.reordered,
-                r.latency.p50_us,
-                r.latency.p90_us,
-                r.latency.p99_us,
-                r.latency.p999_us,
-                r.latency.p9999_us,
-                r.latency.max_us,
-                r.send_lag.p99_us,
-                r.loadgen_behind,
-                opt(r.broker_cpu_s),
-                opt(r.deliveries_per_cpu_s),
-                opt(r.connects_per_s),
-                opt(r.rss_per_connection_bytes)
-            );
-        }
-        return;
-    }
-    for r in reports {
-        println!(
-            "scenario {} against {} (MQTT {}, QoS {}, {} B payload)",
-            r.scenario, r.broker, r.mqtt, r.qos, r.payload_bytes
-        );
-        if let Some(rate) = r.connects_per_s {
-            println!(
-                "  connections     {} of {} ({:.0}/s)",
-                r.delivery.received, r.delivery.expected, rate
-            );
-            println!(
-                "  CONNACK latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-                ms(r.latency.p50_us),
-                ms(r.latency.p99_us),
-                ms(r.latency.max_us)
-            );
-            if let Some(b) = r.rss_per_connection_bytes {
-                println!("  broker RSS      {:.0} bytes per connection", b);
-            }
-        } else {
-            println!(
-                "  publishers {}  subscribers {}  offered {:.0} msgs/s over {:.1} s",
-                r.publishers, r.subscribers, r.offered_msgs_per_s, r.duration_s
-            );
-            println!("  deliveries      {:.0}/s ({} of {} expected; lost {}, duplicates {}, reordered {})", r.deliveries_per_s, r.delivery.received, r.delivery.expected, r.delivery.lost, r.delivery.duplicates, r.delivery.reordered);
-            let l = &r.latency;
-            println!("  latency         p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3} ms", ms(l.p50_us), ms(l.p90_us), ms(l.p99_us), ms(l.p999_us), ms(l.p9999_us), ms(l.max_us));
-            if let (Some(cpu), Some(per)) = (r.broker_cpu_s, r.deliveries_per_cpu_s) {
-                println!("  broker          {:.2} CPU-s, {:.0} deliveries per CPU-second, RSS max {} KiB", cpu, per, r.broker_rss_max_kib.unwrap_or(0));
-            }
-            if let (Some(cycles), Some(c)) = (r.churn_cycles, &r.churn_connack) {
-                println!("  churn           {cycles} connect/disconnect cycles, CONNACK p50 {:.2} ms  p99 {:.2} ms", ms(c.p50_us), ms(c.p99_us));
-            }
-            if r.loadgen_behind {
-                println!("  WARNING: loadgen fell behind its own schedule (send lag p99 {:.2} ms): these figures understate the broker", ms(r.send_lag.p99_us));
-            }
-        }
-        for e in r.errors.iter().take(10) {
-            println!("  error: {e}");
-        }
-    }
-}
-
-fn ms(us: u64) -> f64 {
-    us as f64 / 1000.0
 }

@@ -10,6 +10,7 @@ mod control;
 mod error;
 mod primitives;
 mod properties;
+mod property_wire;
 mod publish;
 mod reason;
 mod subscribe;

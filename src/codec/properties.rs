@@ -5,9 +5,7 @@ use bytes::{BufMut, Bytes};
 use smallvec::SmallVec;
 
 use super::error::{DecodeError, EncodeError};
-use super::primitives::{
-    field_len, put_binary, put_varint, varint_len, MqttStr, Reader, VARINT_MAX,
-};
+use super::primitives::{put_varint, varint_len, MqttStr, Reader, VARINT_MAX};
 
 /// Where a property block is found; each property is allowed in some of these (table 2-4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,10 +27,6 @@ pub enum PropertyContext {
 }
 
 impl PropertyContext {
-    fn bit(self) -> u16 {
-        1 << self as u16
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             PropertyContext::Connect => "CONNECT",
@@ -85,7 +79,7 @@ pub mod id {
 }
 
 /// Name and allowed packets of a property identifier; `None` for an unknown identifier.
-fn describe(property: u8) -> Option<(&'static str, &'static [PropertyContext])> {
+pub(super) fn describe(property: u8) -> Option<(&'static str, &'static [PropertyContext])> {
     use PropertyContext::*;
     const MESSAGE: &[PropertyContext] = &[Publish, Will];
     const REASON: &[PropertyContext] = &[
@@ -221,40 +215,6 @@ pub struct PropertyValues {
     pub wildcard_subscription_available: Option<bool>,
     pub subscription_identifier_available: Option<bool>,
     pub shared_subscription_available: Option<bool>,
-}
-
-fn set_once<T>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), DecodeError> {
-    if slot.is_some() {
-        // MQTT 5.0 §2.2.2.2: including a property more than once is a Protocol Error.
-        return Err(DecodeError::DuplicateProperty(name));
-    }
-    *slot = Some(value);
-    Ok(())
-}
-
-/// A byte property whose only values are 0 and 1.
-fn flag(r: &mut Reader<'_>, name: &'static str) -> Result<bool, DecodeError> {
-    match r.u8()? {
-        0 => Ok(false),
-        1 => Ok(true),
-        value => Err(DecodeError::InvalidPropertyValue {
-            property: name,
-            value: value.into(),
-        }),
-    }
-}
-
-fn nonzero<T: Copy + Into<u32> + PartialEq + Default>(
-    value: T,
-    name: &'static str,
-) -> Result<T, DecodeError> {
-    if value == T::default() {
-        return Err(DecodeError::InvalidPropertyValue {
-            property: name,
-            value: 0,
-        });
-    }
-    Ok(value)
 }
 
 impl PropertyValues {
@@ -407,284 +367,6 @@ impl PropertyValues {
         clear(
             ok(id::SHARED_SUBSCRIPTION_AVAILABLE),
             &mut self.shared_subscription_available,
-        );
-    }
-
-    /// Reads the properties of a block and checks each against `context`.
-    fn decode(mut block: Reader<'_>, context: PropertyContext) -> Result<Self, DecodeError> {
-        let mut p = PropertyValues::default();
-        while block.has_remaining() {
-            // The identifier is a variable byte integer (§2.2.2.2); all defined ones fit one byte.
-            let property = block.varint()?;
-            let property =
-                u8::try_from(property).map_err(|_| DecodeError::UnknownProperty(0xFF))?;
-            let (name, allowed) =
-                describe(property).ok_or(DecodeError::UnknownProperty(property))?;
-            // §2.2.2.2: an identifier not valid for the packet makes it a Malformed Packet.
-            if allowed.iter().all(|c| c.bit() != context.bit()) {
-                return Err(DecodeError::PropertyNotAllowed {
-                    property: name,
-                    packet: context.name(),
-                });
-            }
-            let b = &mut block;
-            match property {
-                id::PAYLOAD_FORMAT_INDICATOR => {
-                    let v = b.u8()?;
-                    if v > 1 {
-                        return Err(DecodeError::InvalidPropertyValue {
-                            property: name,
-                            value: v.into(),
-                        });
-                    }
-                    set_once(&mut p.payload_format_indicator, v, name)?
-                }
-                id::MESSAGE_EXPIRY_INTERVAL => {
-                    set_once(&mut p.message_expiry_interval, b.u32()?, name)?
-                }
-                id::CONTENT_TYPE => set_once(&mut p.content_type, b.string()?, name)?,
-                id::RESPONSE_TOPIC => set_once(&mut p.response_topic, b.string()?, name)?,
-                id::CORRELATION_DATA => set_once(&mut p.correlation_data, b.binary()?, name)?,
-                id::SUBSCRIPTION_IDENTIFIER => {
-                    // [MQTT-3.8.2.1.2] a value of 0 is a Protocol Error.
-                    let v = nonzero(b.varint()?, name)?;
-                    // Only a PUBLISH may carry several (one per matching subscription).
-                    if context != PropertyContext::Publish && !p.subscription_identifiers.is_empty()
-                    {
-                        return Err(DecodeError::DuplicateProperty(name));
-                    }
-                    p.subscription_identifiers.push(v);
-                }
-                id::SESSION_EXPIRY_INTERVAL => {
-                    set_once(&mut p.session_expiry_interval, b.u32()?, name)?
-                }
-                id::ASSIGNED_CLIENT_IDENTIFIER => {
-                    set_once(&mut p.assigned_client_identifier, b.string()?, name)?
-                }
-                id::SERVER_KEEP_ALIVE => set_once(&mut p.server_keep_alive, b.u16()?, name)?,
-                id::AUTHENTICATION_METHOD => {
-                    set_once(&mut p.authentication_method, b.string()?, name)?
-                }
-                id::AUTHENTICATION_DATA => set_once(&mut p.authentication_data, b.binary()?, name)?,
-                id::REQUEST_PROBLEM_INFORMATION => {
-                    set_once(&mut p.request_problem_information, flag(b, name)?, name)?
-                }
-                id::WILL_DELAY_INTERVAL => set_once(&mut p.will_delay_interval, b.u32()?, name)?,
-                id::REQUEST_RESPONSE_INFORMATION => {
-                    set_once(&mut p.request_response_information, flag(b, name)?, name)?
-                }
-                id::RESPONSE_INFORMATION => {
-                    set_once(&mut p.response_information, b.string()?, name)?
-                }
-                id::SERVER_REFERENCE => set_once(&mut p.server_reference, b.string()?, name)?,
-                id::REASON_STRING => set_once(&mut p.reason_string, b.string()?, name)?,
-                // MQTT 5.0 §3.1.2.11.3 and §3.2.2.3.3: Receive Maximum 0 is a Protocol Error.
-                id::RECEIVE_MAXIMUM => {
-                    set_once(&mut p.receive_maximum, nonzero(b.u16()?, name)?, name)?
-                }
-                id::TOPIC_ALIAS_MAXIMUM => set_once(&mut p.topic_alias_maximum, b.u16()?, name)?,
-                // [MQTT-3.3.2-8] a Topic Alias of 0 is not permitted.
-                id::TOPIC_ALIAS => set_once(&mut p.topic_alias, nonzero(b.u16()?, name)?, name)?,
-                id::MAXIMUM_QOS => {
-                    let v = b.u8()?;
-                    if v > 1 {
-                        return Err(DecodeError::InvalidPropertyValue {
-                            property: name,
-                            value: v.into(),
-                        });
-                    }
-                    set_once(&mut p.maximum_qos, v, name)?
-                }
-                id::RETAIN_AVAILABLE => set_once(&mut p.retain_available, flag(b, name)?, name)?,
-                id::USER_PROPERTY => {
-                    let key = b.string()?;
-                    let value = b.string()?;
-                    p.user_properties.push((key, value));
-                }
-                // §3.1.2.11.4: Maximum Packet Size 0 is a Protocol Error.
-                id::MAXIMUM_PACKET_SIZE => {
-                    set_once(&mut p.maximum_packet_size, nonzero(b.u32()?, name)?, name)?
-                }
-                id::WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                    set_once(&mut p.wildcard_subscription_available, flag(b, name)?, name)?
-                }
-                id::SUBSCRIPTION_IDENTIFIER_AVAILABLE => set_once(
-                    &mut p.subscription_identifier_available,
-                    flag(b, name)?,
-                    name,
-                )?,
-                id::SHARED_SUBSCRIPTION_AVAILABLE => {
-                    set_once(&mut p.shared_subscription_available, flag(b, name)?, name)?
-                }
-                _ => unreachable!("describe() knows only the identifiers matched here"),
-            }
-        }
-        Ok(p)
-    }
-
-    /// Length of the properties themselves, without the length prefix.
-    pub fn body_len(&self) -> Result<usize, EncodeError> {
-        let mut len = 0;
-        let byte = |o: Option<u8>| o.map_or(0, |_| 2);
-        let flag = |o: Option<bool>| o.map_or(0, |_| 2);
-        let two = |o: Option<u16>| o.map_or(0, |_| 3);
-        let four = |o: Option<u32>| o.map_or(0, |_| 5);
-        len += byte(self.payload_format_indicator) + byte(self.maximum_qos);
-        len += flag(self.request_problem_information)
-            + flag(self.request_response_information)
-            + flag(self.retain_available)
-            + flag(self.wildcard_subscription_available)
-            + flag(self.subscription_identifier_available)
-            + flag(self.shared_subscription_available);
-        len += two(self.server_keep_alive)
-            + two(self.receive_maximum)
-            + two(self.topic_alias_maximum)
-            + two(self.topic_alias);
-        len += four(self.message_expiry_interval)
-            + four(self.session_expiry_interval)
-            + four(self.will_delay_interval)
-            + four(self.maximum_packet_size);
-        for s in [
-            &self.content_type,
-            &self.response_topic,
-            &self.assigned_client_identifier,
-            &self.authentication_method,
-            &self.response_information,
-            &self.server_reference,
-            &self.reason_string,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            len += 1 + field_len(s.len())?;
-        }
-        for b in [&self.correlation_data, &self.authentication_data]
-            .into_iter()
-            .flatten()
-        {
-            len += 1 + field_len(b.len())?;
-        }
-        for &v in &self.subscription_identifiers {
-            if v == 0 || v > VARINT_MAX {
-                return Err(EncodeError::FieldTooLong { len: v as usize });
-            }
-            len += 1 + varint_len(v);
-        }
-        for (k, v) in &self.user_properties {
-            len += 1 + field_len(k.len())? + field_len(v.len())?;
-        }
-        Ok(len)
-    }
-
-    /// Writes the properties, without the length prefix.
-    fn encode<B: BufMut>(&self, buf: &mut B) {
-        fn put_u8<B: BufMut>(buf: &mut B, property: u8, v: Option<u8>) {
-            if let Some(v) = v {
-                buf.put_u8(property);
-                buf.put_u8(v);
-            }
-        }
-        fn put_flag<B: BufMut>(buf: &mut B, property: u8, v: Option<bool>) {
-            put_u8(buf, property, v.map(u8::from));
-        }
-        fn put_u16<B: BufMut>(buf: &mut B, property: u8, v: Option<u16>) {
-            if let Some(v) = v {
-                buf.put_u8(property);
-                buf.put_u16(v);
-            }
-        }
-        fn put_u32<B: BufMut>(buf: &mut B, property: u8, v: Option<u32>) {
-            if let Some(v) = v {
-                buf.put_u8(property);
-                buf.put_u32(v);
-            }
-        }
-        fn put_data<B: BufMut>(buf: &mut B, property: u8, v: Option<&[u8]>) {
-            if let Some(v) = v {
-                buf.put_u8(property);
-                put_binary(buf, v);
-            }
-        }
-        fn s(v: &Option<MqttStr>) -> Option<&[u8]> {
-            v.as_ref().map(|s| &s.as_bytes()[..])
-        }
-        fn b(v: &Option<Bytes>) -> Option<&[u8]> {
-            v.as_deref()
-        }
-        // Ascending identifier order, so that the same properties always encode the same.
-        put_u8(
-            buf,
-            id::PAYLOAD_FORMAT_INDICATOR,
-            self.payload_format_indicator,
-        );
-        put_u32(
-            buf,
-            id::MESSAGE_EXPIRY_INTERVAL,
-            self.message_expiry_interval,
-        );
-        put_data(buf, id::CONTENT_TYPE, s(&self.content_type));
-        put_data(buf, id::RESPONSE_TOPIC, s(&self.response_topic));
-        put_data(buf, id::CORRELATION_DATA, b(&self.correlation_data));
-        for &v in &self.subscription_identifiers {
-            buf.put_u8(id::SUBSCRIPTION_IDENTIFIER);
-            put_varint(buf, v);
-        }
-        put_u32(
-            buf,
-            id::SESSION_EXPIRY_INTERVAL,
-            self.session_expiry_interval,
-        );
-        put_data(
-            buf,
-            id::ASSIGNED_CLIENT_IDENTIFIER,
-            s(&self.assigned_client_identifier),
-        );
-        put_u16(buf, id::SERVER_KEEP_ALIVE, self.server_keep_alive);
-        put_data(
-            buf,
-            id::AUTHENTICATION_METHOD,
-            s(&self.authentication_method),
-        );
-        put_data(buf, id::AUTHENTICATION_DATA, b(&self.authentication_data));
-        put_flag(
-            buf,
-            id::REQUEST_PROBLEM_INFORMATION,
-            self.request_problem_information,
-        );
-        put_u32(buf, id::WILL_DELAY_INTERVAL, self.will_delay_interval);
-        put_flag(
-            buf,
-            id::REQUEST_RESPONSE_INFORMATION,
-            self.request_response_information,
-        );
-        put_data(buf, id::RESPONSE_INFORMATION, s(&self.response_information));
-        put_data(buf, id::SERVER_REFERENCE, s(&self.server_reference));
-        put_data(buf, id::REASON_STRING, s(&self.reason_string));
-        put_u16(buf, id::RECEIVE_MAXIMUM, self.receive_maximum);
-        put_u16(buf, id::TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        put_u16(buf, id::TOPIC_ALIAS, self.topic_alias);
-        put_u8(buf, id::MAXIMUM_QOS, self.maximum_qos);
-        put_flag(buf, id::RETAIN_AVAILABLE, self.retain_available);
-        for (k, v) in &self.user_properties {
-            buf.put_u8(id::USER_PROPERTY);
-            put_binary(buf, k.as_bytes());
-            put_binary(buf, v.as_bytes());
-        }
-        put_u32(buf, id::MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
-        put_flag(
-            buf,
-            id::WILDCARD_SUBSCRIPTION_AVAILABLE,
-            self.wildcard_subscription_available,
-        );
-        put_flag(
-            buf,
-            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-            self.subscription_identifier_available,
-        );
-        put_flag(
-            buf,
-            id::SHARED_SUBSCRIPTION_AVAILABLE,
-            self.shared_subscription_available,
         );
     }
 }
