@@ -37,6 +37,8 @@ pub struct Config {
     pub connection_messages: bool,
     /// Seconds a new connection has to send CONNECT before it is closed.
     pub connect_timeout_s: u64,
+    /// `max_topic_alias`: topic aliases a 5.0 client may set (sent as Topic Alias Maximum).
+    pub topic_alias_max: u16,
     /// Subscriptions one session may hold; more are refused (SUBACK failure, counted).
     pub subscriptions_per_client_max: usize,
 }
@@ -59,6 +61,7 @@ impl Default for Config {
             connection_messages: true,
             connect_timeout_s: 10,
             subscriptions_per_client_max: 100_000,
+            topic_alias_max: 10,
         }
     }
 }
@@ -102,7 +105,6 @@ const NOT_YET: &[&str] = &[
     "log_timestamp_format",
     "max_connections",
     "max_queued_bytes",
-    "max_topic_alias",
     "memory_limit",
     "mount_point",
     "password_file",
@@ -236,6 +238,7 @@ impl Config {
                     }
                 }
                 "max_keepalive" => self.keepalive_max_s = number(65535)? as u16,
+                "max_topic_alias" => self.topic_alias_max = number(65535)? as u16,
                 "allow_zero_length_clientid" => self.allow_zero_length_clientid = boolean()?,
                 "auto_id_prefix" => self.auto_id_prefix = one("prefix")?.to_string(),
                 "allow_anonymous" => self.allow_anonymous = boolean()?,

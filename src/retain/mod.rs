@@ -126,6 +126,7 @@ mod tests {
             retain: true,
             properties: Default::default(),
             origin: None,
+            expires_at: None,
         })
     }
 

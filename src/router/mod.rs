@@ -22,6 +22,8 @@ pub struct Message {
     pub properties: Properties,
     /// The publishing session (for No Local), if a client published it.
     pub origin: Option<SessionId>,
+    /// From the 5.0 Message Expiry Interval: not delivered after this.
+    pub expires_at: Option<std::time::Instant>,
 }
 
 /// One session to deliver a message to, with what its matching subscriptions ask for.

@@ -5,6 +5,7 @@
 use hashbrown::{HashMap, HashSet};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::codec::{ProtocolVersion, QoS, Will};
 use crate::router::{Message, Target};
@@ -51,6 +52,14 @@ pub struct Session {
     pub incoming_qos2: HashSet<u16>,
     /// Messages dropped because the queue was full, since the session began.
     pub dropped: u64,
+    /// The client's Receive Maximum (5.0; 65535 when not given). [MQTT-3.3.4-9]
+    pub receive_maximum: u16,
+    /// The client's Maximum Packet Size (5.0).
+    pub packet_size_max: Option<usize>,
+    /// 5.0 Session Expiry Interval in seconds (u32::MAX: never).
+    pub expiry_interval_s: u32,
+    /// When an offline session ends (5.0 session expiry).
+    pub expires_at: Option<Instant>,
 }
 
 impl Session {
@@ -69,6 +78,10 @@ impl Session {
             queue: VecDeque::new(),
             incoming_qos2: HashSet::new(),
             dropped: 0,
+            receive_maximum: u16::MAX,
+            packet_size_max: None,
+            expiry_interval_s: 0,
+            expires_at: None,
         }
     }
 
@@ -85,6 +98,12 @@ impl Session {
                 return id;
             }
         }
+    }
+
+    /// How many QoS 1/2 messages may be unacknowledged at once: the broker's limit or the
+    /// client's Receive Maximum, whichever is lower. [MQTT-3.3.4-9]
+    pub fn window(&self, inflight_max: usize) -> usize {
+        inflight_max.min(usize::from(self.receive_maximum))
     }
 
     pub fn inflight_position(&self, packet_id: u16) -> Option<usize> {

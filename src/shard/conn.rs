@@ -28,6 +28,8 @@ pub struct Conn {
     pub accepted_at: Instant,
     /// CONNECT received; the session is being handed over from another shard.
     pub waiting_handoff: Option<Box<Connect>>,
+    /// 5.0 topic aliases the client set, alias 1 at index 0 (a connection's, not a session's).
+    pub topic_aliases: Vec<Option<crate::codec::MqttStr>>,
 }
 
 impl Conn {
@@ -47,6 +49,7 @@ impl Conn {
             last_rx: now,
             accepted_at: now,
             waiting_handoff: None,
+            topic_aliases: Vec::new(),
         }
     }
 

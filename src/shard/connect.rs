@@ -19,6 +19,8 @@ use crate::topic::SessionId;
 pub enum CloseReason {
     /// DISCONNECT received: no will. [MQTT-3.14.4-3]
     ClientDisconnect,
+    /// DISCONNECT with reason 0x04: the will is published (5.0 §3.14.2.1).
+    ClientDisconnectWithWill,
     PeerClosed,
     SocketError,
     KeepAlive,
@@ -34,6 +36,7 @@ impl CloseReason {
         matches!(
             self,
             CloseReason::PeerClosed
+                | CloseReason::ClientDisconnectWithWill
                 | CloseReason::SocketError
                 | CloseReason::KeepAlive
                 | CloseReason::ProtocolError
@@ -239,13 +242,19 @@ impl<B: Backend> Shard<B> {
         let session_id = session.id;
         session.conn = Some(conn);
         session.version = connect.version;
-        // 3.x: clean session 0 keeps the session. 5.0: without a Session Expiry Interval the
-        // session ends with the connection (§3.1.2.11.2); expiry comes with its own issue.
+        // 3.x: clean session 0 keeps the session. 5.0: the Session Expiry Interval decides
+        // (absent or 0: the session ends with the connection, §3.1.2.11.2).
+        session.expiry_interval_s = connect.properties.session_expiry_interval.unwrap_or(0);
+        session.expires_at = None;
         session.clean = if v5 {
-            connect.properties.session_expiry_interval.unwrap_or(0) == 0
+            session.expiry_interval_s == 0
         } else {
             connect.clean_start
         };
+        // [MQTT-3.3.4-9] the client's Receive Maximum bounds what is in flight to it;
+        // [MQTT-3.1.2-24] its Maximum Packet Size bounds what is sent to it.
+        session.receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        session.packet_size_max = connect.properties.maximum_packet_size.map(|n| n as usize);
         // The will lives as long as the connection: its own copy, not a slice of CONNECT's
         // receive buffer.
         session.will = connect.will.as_ref().map(|w| Will {
@@ -293,6 +302,9 @@ impl<B: Backend> Shard<B> {
             properties.receive_maximum = u16::try_from(self.shared.config.inflight_max)
                 .ok()
                 .filter(|&n| n < 65535);
+            // [MQTT-3.2.2-17] how many topic aliases the client may set (absent: none).
+            let aliases = self.shared.config.topic_alias_max;
+            properties.topic_alias_maximum = (aliases > 0).then_some(aliases);
         }
         let ack = ConnAck {
             session_present,
@@ -400,8 +412,10 @@ impl<B: Backend> Shard<B> {
                 if let Some(mut session) = session.map(|s| *s) {
                     session.conn = None;
                     self.adopt_subscriptions(&mut session);
-                    self.by_client.insert(client_id, session.id);
-                    self.sessions.insert(session.id, session);
+                    let id = session.id;
+                    self.by_client.insert(client_id, id);
+                    self.sessions.insert(id, session);
+                    self.schedule_expiry(id);
                 }
             }
         }
@@ -423,13 +437,40 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    pub(super) fn on_disconnect(&mut self, conn: ConnId) {
+    pub(super) fn on_disconnect(
+        &mut self,
+        conn: ConnId,
+        session_id: SessionId,
+        disconnect: Disconnect,
+    ) {
         let name = self
             .conn(conn)
             .map(|c| c.name().to_string())
             .unwrap_or_default();
         log::debug!("Received DISCONNECT from {name}");
-        self.connection_lost(conn, CloseReason::ClientDisconnect);
+        if let (Some(expiry), Some(session)) = (
+            disconnect.properties.session_expiry_interval,
+            self.sessions.get_mut(&session_id),
+        ) {
+            // [MQTT-3.14.2-2] a session that was to end with the connection cannot be given
+            // an expiry at DISCONNECT.
+            if session.expiry_interval_s == 0 && expiry != 0 {
+                self.protocol_violation(
+                    conn,
+                    "Session Expiry Interval set at DISCONNECT after 0 at CONNECT",
+                );
+                return;
+            }
+            session.expiry_interval_s = expiry;
+            session.clean = expiry == 0;
+        }
+        // 5.0: reason 0x04 asks for the will all the same.
+        let reason = if disconnect.reason == ReasonCode::DisconnectWithWillMessage {
+            CloseReason::ClientDisconnectWithWill
+        } else {
+            CloseReason::ClientDisconnect
+        };
+        self.connection_lost(conn, reason);
     }
 
     pub(super) fn keepalive_expired(&mut self, conn: ConnId) {
@@ -510,7 +551,9 @@ impl<B: Backend> Shard<B> {
                 CloseReason::SocketError => {
                     log::info!("Socket error on client {}, disconnecting.", c.name())
                 }
-                CloseReason::ClientDisconnect => log::info!("Client {} disconnected.", c.name()),
+                CloseReason::ClientDisconnect | CloseReason::ClientDisconnectWithWill => {
+                    log::info!("Client {} disconnected.", c.name())
+                }
                 _ => {}
             }
         }
@@ -549,6 +592,45 @@ impl<B: Backend> Shard<B> {
         };
         if session.clean && reason != CloseReason::Shutdown {
             let session = self.sessions.remove(&id).expect("just found");
+            self.by_client.remove(&session.client_id);
+            self.end_session(session, true);
+        } else {
+            self.schedule_expiry(id);
+        }
+    }
+
+    /// Starts an offline 5.0 session's expiry clock. [MQTT-3.1.2-23]
+    pub(super) fn schedule_expiry(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if session.version != ProtocolVersion::V5 || session.expiry_interval_s == u32::MAX {
+            return;
+        }
+        let at = Instant::now() + std::time::Duration::from_secs(session.expiry_interval_s.into());
+        session.expires_at = Some(at);
+        self.expiries.push(std::cmp::Reverse((at, id)));
+    }
+
+    /// Ends offline sessions whose expiry interval has run out.
+    pub(super) fn expire_sessions(&mut self, now: Instant) {
+        while let Some(std::cmp::Reverse((at, id))) = self.expiries.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.expiries.pop();
+            // The entry may be stale: the session resumed, moved away, or was rescheduled.
+            let due = self
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.conn.is_none() && s.expires_at == Some(at));
+            if !due {
+                continue;
+            }
+            let session = self.sessions.remove(&id).expect("just found");
+            if self.shared.config.connection_messages {
+                log::info!("Expiring client {} due to timeout.", session.client_id);
+            }
             self.by_client.remove(&session.client_id);
             self.end_session(session, true);
         }

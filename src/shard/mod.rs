@@ -14,7 +14,8 @@ use bytes::BytesMut;
 use crossbeam_channel::Receiver;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,6 +53,10 @@ pub struct Stats {
     pub dropped_overflow_full: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
+    /// 5.0 messages whose Message Expiry Interval ran out before delivery.
+    pub dropped_expired: AtomicU64,
+    /// Messages larger than the receiving client's Maximum Packet Size.
+    pub dropped_too_large: AtomicU64,
 }
 
 /// A sum of `Stats` at one moment.
@@ -63,6 +68,8 @@ pub struct StatsSnapshot {
     pub dropped_overflow_full: u64,
     pub messages_received: u64,
     pub messages_sent: u64,
+    pub dropped_expired: u64,
+    pub dropped_too_large: u64,
 }
 
 /// What every shard shares.
@@ -93,6 +100,8 @@ impl Shared {
             total.dropped_overflow_full += get(&s.dropped_overflow_full);
             total.messages_received += get(&s.messages_received);
             total.messages_sent += get(&s.messages_sent);
+            total.dropped_expired += get(&s.dropped_expired);
+            total.dropped_too_large += get(&s.dropped_too_large);
         }
         total
     }
@@ -127,6 +136,8 @@ pub struct Shard<B: Backend> {
     forward_handoff: HashMap<Arc<str>, (usize, ConnId)>,
     /// Round-robin position for shared subscriptions.
     share_turn: usize,
+    /// Offline 5.0 sessions by expiry time (entries made stale by a resume are skipped).
+    expiries: BinaryHeap<Reverse<(Instant, SessionId)>>,
 }
 
 impl<B: Backend> Shard<B> {
@@ -150,6 +161,7 @@ impl<B: Backend> Shard<B> {
             moved: HashMap::new(),
             forward_handoff: HashMap::new(),
             share_turn: id,
+            expiries: BinaryHeap::new(),
         }
     }
 
@@ -310,7 +322,7 @@ impl<B: Backend> Shard<B> {
                     self.conn(conn).map_or("", |c| c.name())
                 );
             }
-            Packet::Disconnect(_) => self.on_disconnect(conn),
+            Packet::Disconnect(disconnect) => self.on_disconnect(conn, session, disconnect),
             Packet::Auth(_) => {
                 self.protocol_violation(conn, "AUTH without an authentication method")
             }
@@ -419,6 +431,7 @@ impl<B: Backend> Shard<B> {
         }
         self.moved
             .retain(|_, (_, since)| now.duration_since(*since) < MOVED_FORWARD_TIME);
+        self.expire_sessions(now);
     }
 
     fn shut_down(&mut self) {

@@ -6,6 +6,7 @@ use bytes::{BufMut, Bytes};
 use smallvec::SmallVec;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::io::{Backend, ConnId};
 use super::Shard;
@@ -47,10 +48,13 @@ impl<B: Backend> Shard<B> {
         self.stats()
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
-        // Topic aliases come with the MQTT 5 issue; until then an alias is refused.
-        if publish.properties.topic_alias.is_some() {
-            self.send_disconnect_and_close(conn, ReasonCode::TopicAliasInvalid);
-            return;
+        let mut publish = publish;
+        if let Some(alias) = publish.properties.topic_alias {
+            if let Err(reason) = self.resolve_topic_alias(conn, alias, &mut publish.topic) {
+                log::info!("Client {name} sent an invalid topic alias {alias}, disconnecting.");
+                self.send_disconnect_and_close(conn, reason);
+                return;
+            }
         }
         if let Err(e) = crate::topic::validate_topic_name(&publish.topic) {
             log::info!("Client {name} sent an invalid topic name ({e}), disconnecting.");
@@ -64,6 +68,20 @@ impl<B: Backend> Shard<B> {
                 .sessions
                 .get(&session_id)
                 .is_some_and(|s| s.incoming_qos2.contains(&packet_id));
+        // [MQTT-3.3.4-7] more unacknowledged QoS 2 PUBLISHes than the Receive Maximum the
+        // broker gave: Receive Maximum exceeded. (QoS 1 is acknowledged at once.)
+        let receive_max = self.shared.config.inflight_max;
+        if qos == QoS::ExactlyOnce
+            && !duplicate
+            && self
+                .sessions
+                .get(&session_id)
+                .is_some_and(|s| s.incoming_qos2.len() >= receive_max)
+        {
+            log::info!("Client {name} exceeded the receive maximum {receive_max}, disconnecting.");
+            self.send_disconnect_and_close(conn, ReasonCode::ReceiveMaximumExceeded);
+            return;
+        }
         if !duplicate {
             let mut properties = publish.properties;
             // Properties the broker answers itself are not forwarded.
@@ -81,6 +99,9 @@ impl<B: Backend> Shard<B> {
             } else {
                 (publish.topic, publish.payload)
             };
+            let expires_at = properties
+                .message_expiry_interval
+                .map(|s| Instant::now() + Duration::from_secs(s.into()));
             let message = Arc::new(Message {
                 topic,
                 payload,
@@ -88,6 +109,7 @@ impl<B: Backend> Shard<B> {
                 retain: publish.retain,
                 properties,
                 origin: Some(session_id),
+                expires_at,
             });
             if message.retain {
                 self.shared
@@ -112,6 +134,37 @@ impl<B: Backend> Shard<B> {
                 self.send_packet(conn, &Packet::PubRec(PubResponse::new(packet_id)));
             }
         }
+    }
+
+    /// MQTT 5.0 topic aliases (§3.3.2.3.4): a PUBLISH with a topic and an alias sets the
+    /// alias; one with an alias and no topic uses it.
+    fn resolve_topic_alias(
+        &mut self,
+        conn: ConnId,
+        alias: u16,
+        topic: &mut MqttStr,
+    ) -> Result<(), ReasonCode> {
+        let alias_max = self.shared.config.topic_alias_max;
+        let Some(c) = self.conn_mut(conn) else {
+            return Ok(());
+        };
+        // [MQTT-3.3.2-9] no alias above the Topic Alias Maximum the broker sent (0: none).
+        if alias > alias_max {
+            return Err(ReasonCode::TopicAliasInvalid);
+        }
+        let slot = usize::from(alias) - 1;
+        if c.topic_aliases.len() < usize::from(alias_max) {
+            c.topic_aliases.resize(usize::from(alias_max), None);
+        }
+        if topic.is_empty() {
+            // An alias with no mapping yet is a Protocol Error (§3.3.2.3.4).
+            *topic = c.topic_aliases[slot]
+                .clone()
+                .ok_or(ReasonCode::ProtocolError)?;
+        } else {
+            c.topic_aliases[slot] = Some(topic.detached());
+        }
+        Ok(())
     }
 
     pub(super) fn on_pubrel(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
@@ -190,7 +243,7 @@ impl<B: Backend> Shard<B> {
             let Some(session) = self.sessions.get_mut(&session_id) else {
                 return;
             };
-            if session.conn.is_none() || session.inflight.len() >= inflight_max {
+            if session.conn.is_none() || session.inflight.len() >= session.window(inflight_max) {
                 return;
             }
             let Some(queued) = session.queue.pop_front() else {
@@ -219,7 +272,14 @@ impl<B: Backend> Shard<B> {
                 // [MQTT-4.3.3-?] after PUBREC, the PUBREL is what gets resent.
                 packets.push(Packet::PubRel(PubResponse::new(f.packet_id)));
             } else {
-                let mut publish = build_publish(&f.message, f.qos, f.retain, &f.identifiers, v5);
+                let mut publish = build_publish(
+                    &f.message,
+                    f.qos,
+                    f.retain,
+                    &f.identifiers,
+                    v5,
+                    Instant::now(),
+                );
                 publish.dup = true;
                 publish.packet_id = f.packet_id;
                 packets.push(Packet::Publish(publish));
@@ -358,7 +418,10 @@ impl<B: Backend> Shard<B> {
             }
             return;
         }
-        if online && session.inflight.len() < inflight_max && session.queue.is_empty() {
+        if online
+            && session.inflight.len() < session.window(inflight_max)
+            && session.queue.is_empty()
+        {
             self.send_to_session(target.session, message, target, variants);
             return;
         }
@@ -382,7 +445,8 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Encodes the PUBLISH for `target` into its connection's buffer; QoS 1/2 enters the
-    /// inflight window. QoS 0 to a client whose socket is backed up is dropped and counted.
+    /// inflight window. Dropped, and counted: an expired message (5.0 Message Expiry), one
+    /// larger than the client's Maximum Packet Size, and QoS 0 to a backed-up client.
     fn send_to_session(
         &mut self,
         session_id: SessionId,
@@ -391,11 +455,60 @@ impl<B: Backend> Shard<B> {
         variants: &mut Variants,
     ) {
         let write_max = self.shared.config.client_write_max;
+        let stats = &self.shared.stats[self.id];
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
         let Some(conn) = session.conn else { return };
+        let Some(c) = self.conns.get_mut(conn.0).and_then(Option::as_mut) else {
+            return;
+        };
+        let now = Instant::now();
+        // [MQTT-3.3.2-5] an expired message is not delivered.
+        if message.expires_at.is_some_and(|at| at <= now) {
+            stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if target.qos == QoS::AtMostOnce
+            && c.out.len() + self.backend.queued_bytes(conn) > write_max
+        {
+            stats.dropped_slow_client.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let v5 = session.version == ProtocolVersion::V5;
+        let key = VariantKey {
+            v5,
+            qos: target.qos,
+            retain: target.retain,
+            dup: false,
+        };
+        let own;
+        let (bytes, id_at) = if v5 && !target.identifiers.is_empty() {
+            // Subscription identifiers differ per subscriber: encoded on its own.
+            let mut publish = build_publish(
+                message,
+                target.qos,
+                target.retain,
+                &target.identifiers,
+                v5,
+                now,
+            );
+            publish.packet_id = u16::from(target.qos != QoS::AtMostOnce);
+            own = encode_with_id_offset(
+                Packet::Publish(publish),
+                ProtocolVersion::V5,
+                &message.topic,
+            );
+            (&own.0[..], own.1)
+        } else {
+            variants.get(key, message, now)
+        };
+        // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: discarded as if
+        // delivered.
+        if session.packet_size_max.is_some_and(|max| bytes.len() > max) {
+            stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let packet_id = if target.qos == QoS::AtMostOnce {
             0
         } else {
@@ -410,37 +523,11 @@ impl<B: Backend> Shard<B> {
             });
             id
         };
-        let Some(c) = self.conns.get_mut(conn.0).and_then(Option::as_mut) else {
-            return;
-        };
-        if target.qos == QoS::AtMostOnce
-            && c.out.len() + self.backend.queued_bytes(conn) > write_max
-        {
-            self.stats()
-                .dropped_slow_client
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         let was_empty = c.out.is_empty();
-        let key = VariantKey {
-            v5,
-            qos: target.qos,
-            retain: target.retain,
-            dup: false,
-        };
-        if v5 && !target.identifiers.is_empty() {
-            // Subscription identifiers differ per subscriber: encoded on its own.
-            let mut publish =
-                build_publish(message, target.qos, target.retain, &target.identifiers, v5);
-            publish.packet_id = packet_id;
-            let _ = Packet::Publish(publish).encode(ProtocolVersion::V5, &mut c.out);
-        } else {
-            let (bytes, id_at) = variants.get(key, message);
-            let start = c.out.len();
-            c.out.put_slice(bytes);
-            if packet_id != 0 {
-                c.out[start + id_at..start + id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
-            }
+        let start = c.out.len();
+        c.out.put_slice(bytes);
+        if packet_id != 0 {
+            c.out[start + id_at..start + id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
         }
         log::debug!(
             "Sending PUBLISH to {} (d0, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
@@ -450,7 +537,7 @@ impl<B: Backend> Shard<B> {
             message.topic,
             message.payload.len()
         );
-        self.stats().messages_sent.fetch_add(1, Ordering::Relaxed);
+        stats.messages_sent.fetch_add(1, Ordering::Relaxed);
         if was_empty {
             self.dirty.push(conn);
         }
@@ -460,7 +547,11 @@ impl<B: Backend> Shard<B> {
     pub(super) fn publish_will(&mut self, origin: SessionId, will: Will) {
         let mut properties = will.properties;
         properties.retain_allowed(crate::codec::PropertyContext::Publish);
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|s| Instant::now() + Duration::from_secs(s.into()));
         let message = Arc::new(Message {
+            expires_at,
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
@@ -510,28 +601,21 @@ impl<B: Backend> Shard<B> {
 impl Variants {
     /// The encoded variant for `key` (packet id 0 as a placeholder) and the offset of its
     /// packet id.
-    fn get(&mut self, key: VariantKey, message: &Message) -> (&[u8], usize) {
+    fn get(&mut self, key: VariantKey, message: &Message, now: Instant) -> (&[u8], usize) {
         let index = match self.entries.iter().position(|(k, _, _)| *k == key) {
             Some(i) => i,
             None => {
-                let mut publish = build_publish(message, key.qos, key.retain, &[], key.v5);
+                let mut publish = build_publish(message, key.qos, key.retain, &[], key.v5, now);
                 publish.dup = key.dup;
-                if key.qos != QoS::AtMostOnce {
-                    publish.packet_id = 1; // placeholder, patched per copy
-                }
+                // A placeholder id (patched per copy) so that the field is there.
+                publish.packet_id = u16::from(key.qos != QoS::AtMostOnce);
                 let version = if key.v5 {
                     ProtocolVersion::V5
                 } else {
                     ProtocolVersion::V311
                 };
-                let packet = Packet::Publish(publish);
-                let bytes = packet.to_bytes(version).expect("a routed message encodes");
-                // Fixed header, then the topic (2 + len), then the packet id.
-                let (_, varint) = crate::codec::decode_varint(&bytes[1..])
-                    .ok()
-                    .flatten()
-                    .expect("an encoded packet has a remaining length");
-                let id_at = 1 + varint + 2 + message.topic.len();
+                let (bytes, id_at) =
+                    encode_with_id_offset(Packet::Publish(publish), version, &message.topic);
                 self.entries.push((key, bytes, id_at));
                 self.entries.len() - 1
             }
@@ -539,6 +623,21 @@ impl Variants {
         let (_, bytes, id_at) = &self.entries[index];
         (bytes, *id_at)
     }
+}
+
+/// Encodes a PUBLISH and returns it with the offset of its packet id: the fixed header, then
+/// the topic (two bytes of length and the topic).
+fn encode_with_id_offset(
+    packet: Packet,
+    version: ProtocolVersion,
+    topic: &MqttStr,
+) -> (Bytes, usize) {
+    let bytes = packet.to_bytes(version).expect("a routed message encodes");
+    let (_, varint) = crate::codec::decode_varint(&bytes[1..])
+        .ok()
+        .flatten()
+        .expect("an encoded packet has a remaining length");
+    (bytes, 1 + varint + 2 + topic.len())
 }
 
 /// The PUBLISH a subscriber gets: the message's properties for 5.0 (none before), with its
@@ -549,12 +648,19 @@ fn build_publish(
     retain: bool,
     identifiers: &[u32],
     v5: bool,
+    now: Instant,
 ) -> Publish {
     let mut properties = if v5 {
         message.properties.clone()
     } else {
         Default::default()
     };
+    if let (true, Some(at)) = (v5, message.expires_at) {
+        // [MQTT-3.3.2-6] the interval still to run, not the one received.
+        let left = at.saturating_duration_since(now);
+        properties.message_expiry_interval =
+            Some(left.as_secs() as u32 + u32::from(left.subsec_nanos() > 0));
+    }
     if v5 && !identifiers.is_empty() {
         properties.subscription_identifiers = identifiers.iter().copied().collect();
     }
