@@ -1,4 +1,5 @@
-//! CONNECT, session takeover (also across shards), DISCONNECT and every way a connection ends.
+//! CONNECT and CONNACK, and session takeover (also across shards, by handoff). How
+//! connections end is in `close.rs`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,42 +8,11 @@ use super::io::{Backend, ConnId};
 use super::subscribe::TrieOp;
 use super::Shard;
 use crate::codec::{
-    ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
-    Will,
+    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will,
 };
 use crate::router::{SessionBox, ShardMsg};
 use crate::session::Session;
 use crate::topic::SessionId;
-
-/// Why a connection ended; decides the log line and whether the will is published.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// DISCONNECT received: no will. [MQTT-3.14.4-3]
-    ClientDisconnect,
-    /// DISCONNECT with reason 0x04: the will is published (5.0 §3.14.2.1).
-    ClientDisconnectWithWill,
-    PeerClosed,
-    SocketError,
-    KeepAlive,
-    ProtocolError,
-    ConnectTimeout,
-    /// CONNECT refused with a CONNACK error code.
-    Refused,
-    Shutdown,
-}
-
-impl CloseReason {
-    fn publishes_will(self) -> bool {
-        matches!(
-            self,
-            CloseReason::PeerClosed
-                | CloseReason::ClientDisconnectWithWill
-                | CloseReason::SocketError
-                | CloseReason::KeepAlive
-                | CloseReason::ProtocolError
-        )
-    }
-}
 
 impl<B: Backend> Shard<B> {
     pub(super) fn on_connect(&mut self, conn: ConnId, connect: Box<Connect>) {
@@ -180,7 +150,7 @@ impl<B: Backend> Shard<B> {
         let _ = packet.encode(version, &mut c.out);
     }
 
-    fn close_socket(&mut self, mut c: super::conn::Conn) {
+    pub(super) fn close_socket(&mut self, mut c: super::conn::Conn) {
         if !c.out.is_empty() {
             self.backend.send(c.id, c.out.split().freeze());
         }
@@ -433,222 +403,6 @@ impl<B: Backend> Shard<B> {
                     sub: *sub,
                 };
                 self.trie_ops.push(op);
-            }
-        }
-    }
-
-    pub(super) fn on_disconnect(
-        &mut self,
-        conn: ConnId,
-        session_id: SessionId,
-        disconnect: Disconnect,
-    ) {
-        let name = self
-            .conn(conn)
-            .map(|c| c.name().to_string())
-            .unwrap_or_default();
-        log::debug!("Received DISCONNECT from {name}");
-        if let (Some(expiry), Some(session)) = (
-            disconnect.properties.session_expiry_interval,
-            self.sessions.get_mut(&session_id),
-        ) {
-            // [MQTT-3.14.2-2] a session that was to end with the connection cannot be given
-            // an expiry at DISCONNECT.
-            if session.expiry_interval_s == 0 && expiry != 0 {
-                self.protocol_violation(
-                    conn,
-                    "Session Expiry Interval set at DISCONNECT after 0 at CONNECT",
-                );
-                return;
-            }
-            session.expiry_interval_s = expiry;
-            session.clean = expiry == 0;
-        }
-        // 5.0: reason 0x04 asks for the will all the same.
-        let reason = if disconnect.reason == ReasonCode::DisconnectWithWillMessage {
-            CloseReason::ClientDisconnectWithWill
-        } else {
-            CloseReason::ClientDisconnect
-        };
-        self.connection_lost(conn, reason);
-    }
-
-    pub(super) fn keepalive_expired(&mut self, conn: ConnId) {
-        let messages = self.shared.config.connection_messages;
-        let Some(c) = self.conn_mut(conn) else { return };
-        if messages {
-            log::info!("Client {} has exceeded timeout, disconnecting.", c.name());
-        }
-        if c.version == Some(ProtocolVersion::V5) {
-            let packet = Packet::Disconnect(Disconnect::with_reason(ReasonCode::KeepAliveTimeout));
-            self.send_packet(conn, &packet);
-        }
-        self.close_conn(conn, CloseReason::KeepAlive);
-    }
-
-    /// A packet broke a rule the decoder cannot see (a second CONNECT, say).
-    pub(super) fn protocol_violation(&mut self, conn: ConnId, what: &str) {
-        let messages = self.shared.config.connection_messages;
-        let Some(c) = self.conn_mut(conn) else { return };
-        if messages {
-            log::info!(
-                "Client {} disconnected due to protocol error ({what}).",
-                c.name()
-            );
-        }
-        if c.version == Some(ProtocolVersion::V5) {
-            self.send_packet(
-                conn,
-                &Packet::Disconnect(Disconnect::with_reason(ReasonCode::ProtocolError)),
-            );
-        }
-        self.close_conn(conn, CloseReason::ProtocolError);
-    }
-
-    pub(super) fn decode_failed(&mut self, conn: ConnId, error: DecodeError) {
-        let messages = self.shared.config.connection_messages;
-        let Some(c) = self.conn_mut(conn) else { return };
-        let connected = c.session.is_some();
-        let name = c.name().to_string();
-        if let DecodeError::UnsupportedProtocolVersion(level) = error {
-            // [MQTT-3.1.2-2] CONNACK 0x01 (in the 3.1.1 form: the client's form is unknown).
-            if messages {
-                log::info!("Client {name} disconnected, unsupported protocol version {level}.");
-            }
-            let ack = ConnAck {
-                session_present: false,
-                reason: ReasonCode::UnsupportedProtocolVersion,
-                properties: Properties::default(),
-            };
-            self.send_packet(conn, &Packet::ConnAck(ack));
-            self.close_conn(conn, CloseReason::Refused);
-            return;
-        }
-        if messages {
-            let kind = match error.reason_code() {
-                ReasonCode::MalformedPacket => "malformed packet",
-                ReasonCode::PacketTooLarge => "oversize packet",
-                _ => "protocol error",
-            };
-            log::info!("Client {name} disconnected due to {kind}: {error}.");
-        }
-        // 5.0: a DISCONNECT with the reason, once connected. [MQTT-4.13.1-1]
-        if connected && c.version == Some(ProtocolVersion::V5) {
-            self.send_packet(
-                conn,
-                &Packet::Disconnect(Disconnect::with_reason(error.reason_code())),
-            );
-        }
-        self.close_conn(conn, CloseReason::ProtocolError);
-    }
-
-    /// The peer went away or failed.
-    pub(super) fn connection_lost(&mut self, conn: ConnId, reason: CloseReason) {
-        let Some(c) = self.conn(conn) else { return };
-        if self.shared.config.connection_messages && c.session.is_some() {
-            match reason {
-                CloseReason::PeerClosed => log::info!("Client {} closed its connection.", c.name()),
-                CloseReason::SocketError => {
-                    log::info!("Socket error on client {}, disconnecting.", c.name())
-                }
-                CloseReason::ClientDisconnect | CloseReason::ClientDisconnectWithWill => {
-                    log::info!("Client {} disconnected.", c.name())
-                }
-                _ => {}
-            }
-        }
-        if reason == CloseReason::Shutdown
-            && c.version == Some(ProtocolVersion::V5)
-            && c.session.is_some()
-        {
-            self.send_packet(
-                conn,
-                &Packet::Disconnect(Disconnect::with_reason(ReasonCode::ServerShuttingDown)),
-            );
-        }
-        self.close_conn(conn, reason);
-    }
-
-    /// Closes `conn` and settles its session: the will, and the end of a clean session.
-    pub(super) fn close_conn(&mut self, conn: ConnId, reason: CloseReason) {
-        let Some(c) = self.take_conn(conn) else {
-            return;
-        };
-        let session_id = c.session;
-        self.close_socket(c);
-        let Some(id) = session_id else { return };
-        let Some(session) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        session.conn = None;
-        let will = session.will.take();
-        if reason.publishes_will() {
-            if let Some(will) = will {
-                self.publish_will(id, will);
-            }
-        }
-        let Some(session) = self.sessions.get(&id) else {
-            return;
-        };
-        if session.clean && reason != CloseReason::Shutdown {
-            let session = self.sessions.remove(&id).expect("just found");
-            self.by_client.remove(&session.client_id);
-            self.end_session(session, true);
-        } else {
-            self.schedule_expiry(id);
-        }
-    }
-
-    /// Starts an offline 5.0 session's expiry clock. [MQTT-3.1.2-23]
-    pub(super) fn schedule_expiry(&mut self, id: SessionId) {
-        let Some(session) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        if session.version != ProtocolVersion::V5 || session.expiry_interval_s == u32::MAX {
-            return;
-        }
-        let at = Instant::now() + std::time::Duration::from_secs(session.expiry_interval_s.into());
-        session.expires_at = Some(at);
-        self.expiries.push(std::cmp::Reverse((at, id)));
-    }
-
-    /// Ends offline sessions whose expiry interval has run out.
-    pub(super) fn expire_sessions(&mut self, now: Instant) {
-        while let Some(std::cmp::Reverse((at, id))) = self.expiries.peek().copied() {
-            if at > now {
-                return;
-            }
-            self.expiries.pop();
-            // The entry may be stale: the session resumed, moved away, or was rescheduled.
-            let due = self
-                .sessions
-                .get(&id)
-                .is_some_and(|s| s.conn.is_none() && s.expires_at == Some(at));
-            if !due {
-                continue;
-            }
-            let session = self.sessions.remove(&id).expect("just found");
-            if self.shared.config.connection_messages {
-                log::info!("Expiring client {} due to timeout.", session.client_id);
-            }
-            self.by_client.remove(&session.client_id);
-            self.end_session(session, true);
-        }
-    }
-
-    /// Removes a session's subscriptions and, if asked, its registry entry.
-    fn end_session(&mut self, session: Session, unregister: bool) {
-        for filter in session.subscriptions.into_keys() {
-            self.trie_ops.push(TrieOp::Unsubscribe {
-                filter,
-                session: session.id,
-            });
-        }
-        if unregister {
-            let mut registry = self.shared.registry.lock().expect("registry lock");
-            // Only if no other shard has claimed the id since.
-            if registry.get(&session.client_id) == Some(&self.id) {
-                registry.remove(&session.client_id);
             }
         }
     }

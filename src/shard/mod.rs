@@ -4,8 +4,10 @@
 //! publish path (client id registry on CONNECT, trie writer once per turn with changes,
 //! retained store for retained messages).
 
+mod close;
 pub mod conn;
 mod connect;
+mod deliver;
 pub mod io;
 mod publish;
 mod subscribe;
@@ -239,8 +241,8 @@ impl<B: Backend> Shard<B> {
             }
             Event::Closed { conn, error } => {
                 let reason = match error {
-                    None => connect::CloseReason::PeerClosed,
-                    Some(_) => connect::CloseReason::SocketError,
+                    None => close::CloseReason::PeerClosed,
+                    Some(_) => close::CloseReason::SocketError,
                 };
                 self.connection_lost(conn, reason);
             }
@@ -426,7 +428,7 @@ impl<B: Backend> Shard<B> {
             if connected {
                 self.keepalive_expired(conn);
             } else {
-                self.connection_lost(conn, connect::CloseReason::ConnectTimeout);
+                self.connection_lost(conn, close::CloseReason::ConnectTimeout);
             }
         }
         self.moved
@@ -438,7 +440,7 @@ impl<B: Backend> Shard<B> {
         self.apply_trie_ops();
         let ids: Vec<ConnId> = self.conns.iter().flatten().map(|c| c.id).collect();
         for conn in ids {
-            self.connection_lost(conn, connect::CloseReason::Shutdown);
+            self.connection_lost(conn, close::CloseReason::Shutdown);
         }
         self.flush();
     }

@@ -1,0 +1,459 @@
+//! Delivering: routing a message (match once, group targets by shard, one message per target
+//! shard), putting it into sessions (encode once per variant, packet ids patched in), and the
+//! outbound QoS 1/2 window and queue.
+
+use bytes::{BufMut, Bytes};
+use smallvec::SmallVec;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::io::{Backend, ConnId};
+use super::Shard;
+use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS};
+use crate::router::{Message, ShardMsg, Target};
+use crate::session::{InFlight, Queued};
+use crate::topic::{Match, SessionId};
+
+/// Encoded PUBLISH variants of the message being delivered, so that subscribers that get the
+/// same bytes share one encoding; QoS 1/2 copies get their packet id patched in.
+#[derive(Default)]
+struct Variants {
+    entries: SmallVec<[(VariantKey, Bytes, usize); 4]>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct VariantKey {
+    v5: bool,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+}
+
+impl<B: Backend> Shard<B> {
+    /// Moves queued messages into the inflight window while there is room.
+    pub(super) fn fill_window(&mut self, session_id: SessionId) {
+        let inflight_max = self.shared.config.inflight_max;
+        loop {
+            let Some(session) = self.sessions.get_mut(&session_id) else {
+                return;
+            };
+            if session.conn.is_none() || session.inflight.len() >= session.window(inflight_max) {
+                return;
+            }
+            let Some(queued) = session.queue.pop_front() else {
+                return;
+            };
+            self.send_to_session(
+                session_id,
+                &queued.message,
+                &queued.target,
+                &mut Variants::default(),
+            );
+        }
+    }
+
+    /// After a persistent session resumes: resend unacknowledged messages with DUP, in
+    /// order [MQTT-4.4.0-1], then fill the window from the queue.
+    pub(super) fn resume_outgoing(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get(&session_id) else {
+            return;
+        };
+        let Some(conn) = session.conn else { return };
+        let v5 = session.version == ProtocolVersion::V5;
+        let mut packets = Vec::with_capacity(session.inflight.len());
+        for f in &session.inflight {
+            if f.released {
+                // [MQTT-4.3.3-?] after PUBREC, the PUBREL is what gets resent.
+                packets.push(Packet::PubRel(PubResponse::new(f.packet_id)));
+            } else {
+                let mut publish = build_publish(
+                    &f.message,
+                    f.qos,
+                    f.retain,
+                    &f.identifiers,
+                    v5,
+                    Instant::now(),
+                );
+                publish.dup = true;
+                publish.packet_id = f.packet_id;
+                packets.push(Packet::Publish(publish));
+            }
+        }
+        for packet in &packets {
+            self.send_packet(conn, packet);
+        }
+        self.fill_window(session_id);
+    }
+
+    /// Routes `message` to every matching subscription: match once on the published trie,
+    /// group the targets by owning shard, deliver this shard's directly and send one message
+    /// to each other shard. `from` is the publishing connection (paused if its messages wait).
+    pub(super) fn route(&mut self, message: &Arc<Message>, from: Option<ConnId>) {
+        let snapshot = self.shared.trie.load();
+        let mut targets = std::mem::take(&mut self.targets);
+        let shards = targets.len();
+        let mut turn = self.share_turn;
+        snapshot.for_each_match(&message.topic, &mut |m| {
+            let (session, sub) = match m {
+                Match::Subscriber(session, sub) => {
+                    // [MQTT-3.8.3-3] No Local: not back to the publisher.
+                    if sub.options.no_local && Some(session) == message.origin {
+                        return;
+                    }
+                    (session, sub)
+                }
+                Match::Group { members, .. } => {
+                    // One member per group, taken in turn.
+                    let n = members.len();
+                    if n == 0 {
+                        return;
+                    }
+                    turn = turn.wrapping_add(1);
+                    let Some((session, sub)) = members.iter().nth(turn % n) else {
+                        return;
+                    };
+                    (*session, sub)
+                }
+            };
+            let shard = usize::from(sub.shard).min(shards - 1);
+            targets[shard].push(Target {
+                session,
+                // [MQTT-3.8.4-8] (5.0: [MQTT-3.8.4-?]) the lower of the two QoS.
+                qos: message.qos.min(sub.options.qos),
+                // [MQTT-3.3.1-9] (3.1.1) / Retain As Published (5.0 [MQTT-3.3.1-12]).
+                retain: message.retain && sub.options.retain_as_published,
+                identifiers: sub.identifier.map(|n| n.get()).into_iter().collect(),
+            });
+        });
+        self.share_turn = turn;
+        drop(snapshot);
+        for (shard, list) in targets.iter_mut().enumerate() {
+            if list.is_empty() {
+                continue;
+            }
+            merge_overlapping(list);
+            if shard == self.id {
+                let local = std::mem::take(list);
+                self.deliver_here(message, local);
+                continue;
+            }
+            let msg = ShardMsg::Deliver {
+                message: message.clone(),
+                targets: std::mem::take(list),
+            };
+            self.send_to_shard(shard, msg, message.qos, from);
+        }
+        self.targets = targets;
+    }
+
+    /// Passes a message to another shard; a full mailbox drops QoS 0 (counted) and holds
+    /// QoS 1/2, pausing the publisher until it is through.
+    fn send_to_shard(&mut self, shard: usize, msg: ShardMsg, qos: QoS, from: Option<ConnId>) {
+        let Err(msg) = self.shared.mailboxes.send(shard, msg) else {
+            return;
+        };
+        if qos == QoS::AtMostOnce {
+            self.stats()
+                .dropped_mailbox_full
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.overflow.len() >= super::OVERFLOW_MAX {
+            self.stats()
+                .dropped_overflow_full
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.overflow.push_back((shard, msg));
+        if let Some(conn) = from {
+            if !self.paused.contains(&conn) {
+                self.backend.pause_reading(conn);
+                self.paused.push(conn);
+            }
+        }
+    }
+
+    /// Delivers to sessions owned here (or forwards those that moved away).
+    pub(super) fn deliver_here(&mut self, message: &Arc<Message>, targets: Vec<Target>) {
+        let mut variants = Variants::default();
+        let mut moved: Vec<(usize, Target)> = Vec::new();
+        for target in &targets {
+            if self.sessions.contains_key(&target.session) {
+                self.deliver_to_session(message, target, &mut variants);
+            } else if let Some(&(shard, _)) = self.moved.get(&target.session) {
+                moved.push((shard, target.clone()));
+            }
+        }
+        for (shard, target) in moved {
+            let msg = ShardMsg::Deliver {
+                message: message.clone(),
+                targets: vec![target],
+            };
+            self.send_to_shard(shard, msg, message.qos, None);
+        }
+    }
+
+    /// One message into one session: straight out, into the inflight window, or queued.
+    fn deliver_to_session(
+        &mut self,
+        message: &Arc<Message>,
+        target: &Target,
+        variants: &mut Variants,
+    ) {
+        let inflight_max = self.shared.config.inflight_max;
+        let queued_max = self.shared.config.queued_max;
+        let Some(session) = self.sessions.get_mut(&target.session) else {
+            return;
+        };
+        let online = session.conn.is_some();
+        if target.qos == QoS::AtMostOnce {
+            if online {
+                self.send_to_session(target.session, message, target, variants);
+            }
+            return;
+        }
+        if online
+            && session.inflight.len() < session.window(inflight_max)
+            && session.queue.is_empty()
+        {
+            self.send_to_session(target.session, message, target, variants);
+            return;
+        }
+        if session.queue.len() >= queued_max {
+            session.dropped += 1;
+            self.shared.stats[self.id]
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            if session.dropped.is_power_of_two() {
+                log::info!(
+                    "Outgoing messages are being dropped for client {}.",
+                    session.client_id
+                );
+            }
+            return;
+        }
+        session.queue.push_back(Queued {
+            message: message.clone(),
+            target: target.clone(),
+        });
+    }
+
+    /// Encodes the PUBLISH for `target` into its connection's buffer; QoS 1/2 enters the
+    /// inflight window. Dropped, and counted: an expired message (5.0 Message Expiry), one
+    /// larger than the client's Maximum Packet Size, and QoS 0 to a backed-up client.
+    fn send_to_session(
+        &mut self,
+        session_id: SessionId,
+        message: &Arc<Message>,
+        target: &Target,
+        variants: &mut Variants,
+    ) {
+        let write_max = self.shared.config.client_write_max;
+        let stats = &self.shared.stats[self.id];
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let Some(conn) = session.conn else { return };
+        let Some(c) = self.conns.get_mut(conn.0).and_then(Option::as_mut) else {
+            return;
+        };
+        let now = Instant::now();
+        // [MQTT-3.3.2-5] an expired message is not delivered.
+        if message.expires_at.is_some_and(|at| at <= now) {
+            stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if target.qos == QoS::AtMostOnce
+            && c.out.len() + self.backend.queued_bytes(conn) > write_max
+        {
+            stats.dropped_slow_client.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let v5 = session.version == ProtocolVersion::V5;
+        let key = VariantKey {
+            v5,
+            qos: target.qos,
+            retain: target.retain,
+            dup: false,
+        };
+        let own;
+        let (bytes, id_at) = if v5 && !target.identifiers.is_empty() {
+            // Subscription identifiers differ per subscriber: encoded on its own.
+            let mut publish = build_publish(
+                message,
+                target.qos,
+                target.retain,
+                &target.identifiers,
+                v5,
+                now,
+            );
+            publish.packet_id = u16::from(target.qos != QoS::AtMostOnce);
+            own = encode_with_id_offset(
+                Packet::Publish(publish),
+                ProtocolVersion::V5,
+                &message.topic,
+            );
+            (&own.0[..], own.1)
+        } else {
+            variants.get(key, message, now)
+        };
+        // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: discarded as if
+        // delivered.
+        if session.packet_size_max.is_some_and(|max| bytes.len() > max) {
+            stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let packet_id = if target.qos == QoS::AtMostOnce {
+            0
+        } else {
+            let id = session.next_packet_id();
+            session.inflight.push_back(InFlight {
+                packet_id: id,
+                message: message.clone(),
+                qos: target.qos,
+                retain: target.retain,
+                identifiers: target.identifiers.clone(),
+                released: false,
+            });
+            id
+        };
+        let was_empty = c.out.is_empty();
+        let start = c.out.len();
+        c.out.put_slice(bytes);
+        if packet_id != 0 {
+            c.out[start + id_at..start + id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
+        }
+        log::debug!(
+            "Sending PUBLISH to {} (d0, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
+            session.client_id,
+            target.qos as u8,
+            u8::from(target.retain),
+            message.topic,
+            message.payload.len()
+        );
+        stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        if was_empty {
+            self.dirty.push(conn);
+        }
+    }
+
+    /// Delivers retained messages to a new subscription (retain flag set [MQTT-3.3.1-8]).
+    pub(super) fn send_retained(
+        &mut self,
+        session_id: SessionId,
+        messages: Vec<Arc<Message>>,
+        qos: QoS,
+        identifier: Option<u32>,
+    ) {
+        let mut variants = Variants::default();
+        for message in messages {
+            let target = Target {
+                session: session_id,
+                qos: message.qos.min(qos),
+                retain: true,
+                identifiers: identifier.into_iter().collect(),
+            };
+            self.deliver_to_session(&message, &target, &mut variants);
+        }
+    }
+}
+
+impl Variants {
+    /// The encoded variant for `key` (packet id 0 as a placeholder) and the offset of its
+    /// packet id.
+    fn get(&mut self, key: VariantKey, message: &Message, now: Instant) -> (&[u8], usize) {
+        let index = match self.entries.iter().position(|(k, _, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let mut publish = build_publish(message, key.qos, key.retain, &[], key.v5, now);
+                publish.dup = key.dup;
+                // A placeholder id (patched per copy) so that the field is there.
+                publish.packet_id = u16::from(key.qos != QoS::AtMostOnce);
+                let version = if key.v5 {
+                    ProtocolVersion::V5
+                } else {
+                    ProtocolVersion::V311
+                };
+                let (bytes, id_at) =
+                    encode_with_id_offset(Packet::Publish(publish), version, &message.topic);
+                self.entries.push((key, bytes, id_at));
+                self.entries.len() - 1
+            }
+        };
+        let (_, bytes, id_at) = &self.entries[index];
+        (bytes, *id_at)
+    }
+}
+
+/// Encodes a PUBLISH and returns it with the offset of its packet id: the fixed header, then
+/// the topic (two bytes of length and the topic).
+fn encode_with_id_offset(
+    packet: Packet,
+    version: ProtocolVersion,
+    topic: &MqttStr,
+) -> (Bytes, usize) {
+    let bytes = packet.to_bytes(version).expect("a routed message encodes");
+    let (_, varint) = crate::codec::decode_varint(&bytes[1..])
+        .ok()
+        .flatten()
+        .expect("an encoded packet has a remaining length");
+    (bytes, 1 + varint + 2 + topic.len())
+}
+
+/// The PUBLISH a subscriber gets: the message's properties for 5.0 (none before), with its
+/// subscription identifiers.
+fn build_publish(
+    message: &Message,
+    qos: QoS,
+    retain: bool,
+    identifiers: &[u32],
+    v5: bool,
+    now: Instant,
+) -> Publish {
+    let mut properties = if v5 {
+        message.properties.clone()
+    } else {
+        Default::default()
+    };
+    if let (true, Some(at)) = (v5, message.expires_at) {
+        // [MQTT-3.3.2-6] the interval still to run, not the one received.
+        let left = at.saturating_duration_since(now);
+        properties.message_expiry_interval =
+            Some(left.as_secs() as u32 + u32::from(left.subsec_nanos() > 0));
+    }
+    if v5 && !identifiers.is_empty() {
+        properties.subscription_identifiers = identifiers.iter().copied().collect();
+    }
+    Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: MqttStr::clone(&message.topic),
+        packet_id: 0,
+        properties,
+        payload: message.payload.clone(),
+    }
+}
+
+/// Several subscriptions of one session matching one topic: deliver once, at the highest
+/// QoS, with every subscription identifier (MQTT 5.0 §4.7.3 allows this; Mosquitto sends
+/// one copy per subscription, midge sends one).
+fn merge_overlapping(targets: &mut Vec<Target>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_unstable_by_key(|t| t.session);
+    let mut out: Vec<Target> = Vec::with_capacity(targets.len());
+    for t in targets.drain(..) {
+        match out.last_mut() {
+            Some(last) if last.session == t.session => {
+                last.qos = last.qos.max(t.qos);
+                last.retain |= t.retain;
+                last.identifiers.extend(t.identifiers);
+            }
+            _ => out.push(t),
+        }
+    }
+    *targets = out;
+}
