@@ -60,6 +60,8 @@ pub struct Session {
     pub expiry_interval_s: u32,
     /// When an offline session ends (5.0 session expiry).
     pub expires_at: Option<Instant>,
+    /// A will waiting out its 5.0 Will Delay Interval, and when it is due.
+    pub delayed_will: Option<(Instant, Will)>,
 }
 
 impl Session {
@@ -82,6 +84,7 @@ impl Session {
             packet_size_max: None,
             expiry_interval_s: 0,
             expires_at: None,
+            delayed_will: None,
         }
     }
 

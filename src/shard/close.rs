@@ -188,9 +188,16 @@ impl<B: Backend> Shard<B> {
         };
         session.conn = None;
         let will = session.will.take();
-        if reason.publishes_will() {
-            if let Some(will) = will {
+        if let (true, Some(will)) = (reason.publishes_will(), will) {
+            // [MQTT-3.1.3-9] after the Will Delay Interval, or when the session ends if
+            // that comes first.
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            if delay == 0 || session.clean || reason == CloseReason::Shutdown {
                 self.publish_will(id, will);
+            } else {
+                let due = Instant::now() + std::time::Duration::from_secs(delay.into());
+                session.delayed_will = Some((due, will));
+                self.will_timers.push(std::cmp::Reverse((due, id)));
             }
         }
         let Some(session) = self.sessions.get(&id) else {
@@ -218,6 +225,27 @@ impl<B: Backend> Shard<B> {
         self.expiries.push(std::cmp::Reverse((at, id)));
     }
 
+    /// Publishes wills whose delay has run out (and were not cancelled by a resume).
+    pub(super) fn publish_due_wills(&mut self, now: Instant) {
+        while let Some(std::cmp::Reverse((at, id))) = self.will_timers.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.will_timers.pop();
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if session
+                .delayed_will
+                .as_ref()
+                .is_some_and(|(due, _)| *due == at)
+            {
+                let (_, will) = session.delayed_will.take().expect("just checked");
+                self.publish_will(id, will);
+            }
+        }
+    }
+
     /// Ends offline sessions whose expiry interval has run out.
     pub(super) fn expire_sessions(&mut self, now: Instant) {
         while let Some(std::cmp::Reverse((at, id))) = self.expiries.peek().copied() {
@@ -233,9 +261,13 @@ impl<B: Backend> Shard<B> {
             if !due {
                 continue;
             }
-            let session = self.sessions.remove(&id).expect("just found");
+            let mut session = self.sessions.remove(&id).expect("just found");
             if self.shared.config.connection_messages {
                 log::info!("Expiring client {} due to timeout.", session.client_id);
+            }
+            // The session ends before its will's delay: the will goes now.
+            if let Some((_, will)) = session.delayed_will.take() {
+                self.publish_will(id, will);
             }
             self.by_client.remove(&session.client_id);
             self.end_session(session, true);

@@ -214,6 +214,8 @@ impl<B: Backend> Shard<B> {
         session.version = connect.version;
         // 3.x: clean session 0 keeps the session. 5.0: the Session Expiry Interval decides
         // (absent or 0: the session ends with the connection, §3.1.2.11.2).
+        // [MQTT-3.1.3-9] the session resumed in time: a will still waiting is not sent.
+        session.delayed_will = None;
         session.expiry_interval_s = connect.properties.session_expiry_interval.unwrap_or(0);
         session.expires_at = None;
         session.clean = if v5 {

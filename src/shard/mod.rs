@@ -140,6 +140,8 @@ pub struct Shard<B: Backend> {
     share_turn: usize,
     /// Offline 5.0 sessions by expiry time (entries made stale by a resume are skipped).
     expiries: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Delayed wills by due time (entries cancelled by a resume are skipped).
+    will_timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
 }
 
 impl<B: Backend> Shard<B> {
@@ -164,6 +166,7 @@ impl<B: Backend> Shard<B> {
             forward_handoff: HashMap::new(),
             share_turn: id,
             expiries: BinaryHeap::new(),
+            will_timers: BinaryHeap::new(),
         }
     }
 
@@ -433,6 +436,7 @@ impl<B: Backend> Shard<B> {
         }
         self.moved
             .retain(|_, (_, since)| now.duration_since(*since) < MOVED_FORWARD_TIME);
+        self.publish_due_wills(now);
         self.expire_sessions(now);
     }
 

@@ -45,6 +45,23 @@ impl<B: Backend> Shard<B> {
         }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
+        // 5.0 §3.3.2.3.2: a payload said to be UTF-8 that is not is refused with 0x99
+        // (the specification lets the receiver check; midge does).
+        if publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err()
+        {
+            log::info!("Client {name} sent a payload that is not the UTF-8 it said it was.");
+            let mut refusal = PubResponse::new(packet_id);
+            refusal.reason = ReasonCode::PayloadFormatInvalid;
+            match qos {
+                QoS::AtMostOnce => {
+                    self.send_disconnect_and_close(conn, ReasonCode::PayloadFormatInvalid)
+                }
+                QoS::AtLeastOnce => self.send_packet(conn, &Packet::PubAck(refusal)),
+                QoS::ExactlyOnce => self.send_packet(conn, &Packet::PubRec(refusal)),
+            }
+            return;
+        }
         let duplicate = qos == QoS::ExactlyOnce
             && self
                 .sessions

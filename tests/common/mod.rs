@@ -262,6 +262,29 @@ impl Raw {
         }
     }
 
+    /// The next packet if one arrives within `wait`; `None` otherwise (or if closed).
+    pub fn poll_packet(&mut self, wait: Duration) -> Option<Packet> {
+        let until = Instant::now() + wait;
+        let decoder = Decoder::client(self.version, 1 << 24);
+        loop {
+            if let Some(packet) = decoder
+                .decode_from(&mut self.buf)
+                .expect("midge sent a valid packet")
+            {
+                return Some(packet);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
     pub fn recv(&mut self) -> Packet {
         self.try_recv().expect("midge closed the connection")
     }
