@@ -275,3 +275,14 @@ fn disconnect_with_will_message_publishes_the_will() {
     leaving.expect_closed();
     assert_eq!(&watcher.recv_publish().payload[..], b"bye");
 }
+
+#[test]
+fn an_unsupported_authentication_method_gets_connack_0x8c() {
+    let broker = Broker::start(&[]);
+    let mut c = v5("scram");
+    c.properties.authentication_method = Some(s("SCRAM-SHA-256"));
+    let (mut raw, ack) = Raw::connect_with(broker.port, c);
+    // MQTT 5.0 §4.12: no such method here: Bad authentication method, then closed.
+    assert_eq!(ack.reason, ReasonCode::BadAuthenticationMethod);
+    assert!(raw.expect_closed().is_empty());
+}

@@ -254,3 +254,37 @@ fn a_delayed_will_waits_and_a_resume_cancels_it() {
     );
     watcher.expect_nothing(Duration::from_millis(300));
 }
+
+#[test]
+fn a_shared_group_passes_over_a_member_that_cannot_accept() {
+    // One shard: the router knows every member's state.
+    let broker = Broker::start(&["--threads", "1"]);
+    let mut tight = v5("tight");
+    tight.properties.receive_maximum = Some(1);
+    let mut tight = connect5(broker.port, tight);
+    let mut open = connect5(broker.port, v5("open"));
+    for m in [&mut tight, &mut open] {
+        subscribe5(m, &[("$share/g/work", opts(QoS::AtLeastOnce))], None);
+    }
+    let mut p = Raw::connect(broker.port, "pub");
+    for i in 0..10u8 {
+        p.send(&publish(
+            "work",
+            &[i],
+            QoS::AtLeastOnce,
+            u16::from(i) + 1,
+            false,
+        ));
+        assert!(matches!(p.recv(), Packet::PubAck(_)));
+    }
+    // "tight" takes one and never acknowledges it: every other message goes to "open".
+    let first = tight.recv_publish();
+    let mut got = vec![first.payload[0]];
+    for _ in 0..9 {
+        let m = open.recv_publish();
+        open.send(&Packet::PubAck(PubResponse::new(m.packet_id)));
+        got.push(m.payload[0]);
+    }
+    got.sort();
+    assert_eq!(got, (0..10).collect::<Vec<u8>>());
+}

@@ -144,3 +144,41 @@ fn retained_messages_and_wills() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "bye\n");
     });
 }
+
+#[test]
+fn mqtt5_properties_pass_through_with_dash_v_5() {
+    Broker::each_threads(&[], |broker| {
+        let before = broker
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("Sending SUBACK"))
+            .count();
+        let child = sub(
+            broker.port,
+            &["-V", "5", "-t", "v5/#", "-C", "1", "-F", "%t %p %P"],
+        );
+        wait_subacks(broker, before + 1);
+        publish(
+            broker.port,
+            &[
+                "-V",
+                "5",
+                "-t",
+                "v5/x",
+                "-m",
+                "hi",
+                "-D",
+                "publish",
+                "user-property",
+                "color",
+                "blue",
+                "-q",
+                "1",
+            ],
+        );
+        let out = finish(child);
+        assert!(out.status.success());
+        // The user property arrives as sent (%P prints user properties as key:value).
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "v5/x hi color:blue\n");
+    });
+}

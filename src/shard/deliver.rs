@@ -94,6 +94,16 @@ impl<B: Backend> Shard<B> {
         let mut targets = std::mem::take(&mut self.targets);
         let shards = targets.len();
         let mut turn = self.share_turn;
+        let (here, sessions, inflight_max) =
+            (self.id, &self.sessions, self.shared.config.inflight_max);
+        // A group member this shard knows cannot take a message now: offline, or its window
+        // full. Members on other shards are taken as able (their state is theirs).
+        let cannot_accept = |session: &SessionId, sub: &crate::topic::Subscription| {
+            usize::from(sub.shard) == here
+                && sessions
+                    .get(session)
+                    .is_none_or(|s| s.conn.is_none() || s.inflight.len() >= s.window(inflight_max))
+        };
         snapshot.for_each_match(&message.topic, &mut |m| {
             let (session, sub) = match m {
                 Match::Subscriber(session, sub) => {
@@ -104,15 +114,21 @@ impl<B: Backend> Shard<B> {
                     (session, sub)
                 }
                 Match::Group { members, .. } => {
-                    // One member per group, taken in turn.
+                    // One member per group, taken in turn, passing over members that
+                    // cannot accept; if none can, the turn's member queues it.
                     let n = members.len();
                     if n == 0 {
                         return;
                     }
                     turn = turn.wrapping_add(1);
-                    let Some((session, sub)) = members.iter().nth(turn % n) else {
-                        return;
-                    };
+                    let start = turn % n;
+                    let pick = members
+                        .iter()
+                        .skip(start)
+                        .chain(members.iter().take(start))
+                        .find(|(session, sub)| !cannot_accept(session, sub))
+                        .or_else(|| members.iter().nth(start));
+                    let Some((session, sub)) = pick else { return };
                     (*session, sub)
                 }
             };

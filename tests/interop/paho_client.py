@@ -67,7 +67,36 @@ doomed.loop(timeout=1.0)
 doomed.socket().close()  # no DISCONNECT: the broker must publish the will
 expect(got, "paho/will", b"bye", 1, False)
 
-for c in (sub, pub, late):
+# MQTT 5: user properties and a response topic pass through unchanged.
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+got5 = queue.Queue()
+sub5 = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-sub5", protocol=mqtt.MQTTv5)
+sub5.on_message = lambda _c, _u, m: got5.put(m)
+sub5.connect("127.0.0.1", PORT, keepalive=60)
+sub5.loop_start()
+subscribe(sub5, "paho5/#", 1)
+pub5 = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-pub5", protocol=mqtt.MQTTv5)
+pub5.connect("127.0.0.1", PORT, keepalive=60)
+pub5.loop_start()
+props = Properties(PacketTypes.PUBLISH)
+props.UserProperty = [("a", "1"), ("b", "2")]
+props.ResponseTopic = "paho5/reply"
+props.CorrelationData = b"id-7"
+wait(pub5.publish("paho5/req", b"ask", qos=1, properties=props), "MQTT 5 publish")
+try:
+    m = got5.get(timeout=DEADLINE)
+except queue.Empty:
+    sys.exit("MQTT 5: nothing received")
+if (m.topic, m.payload) != ("paho5/req", b"ask"):
+    sys.exit(f"MQTT 5: got {m.topic} {m.payload}")
+if m.properties.UserProperty != [("a", "1"), ("b", "2")]:
+    sys.exit(f"MQTT 5: user properties {m.properties.UserProperty}")
+if m.properties.ResponseTopic != "paho5/reply" or m.properties.CorrelationData != b"id-7":
+    sys.exit(f"MQTT 5: response topic / correlation data {m.properties}")
+
+for c in (sub, pub, late, sub5, pub5):
     c.disconnect()
     c.loop_stop()
 print("paho interop: ok")
