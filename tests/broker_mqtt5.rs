@@ -286,3 +286,63 @@ fn an_unsupported_authentication_method_gets_connack_0x8c() {
     assert_eq!(ack.reason, ReasonCode::BadAuthenticationMethod);
     assert!(raw.expect_closed().is_empty());
 }
+
+#[test]
+fn the_broker_uses_topic_aliases_the_client_allows() {
+    Broker::each_threads(&[], |broker| {
+        let mut c = v5("alias-receiver");
+        c.properties.topic_alias_maximum = Some(2);
+        let (mut sub, _) = connect5(broker.port, c);
+        sub.subscribe(&[("oa/#", QoS::AtMostOnce)]);
+        let mut p = Raw::connect(broker.port, "pub");
+        for topic in [
+            "oa/first/long/topic",
+            "oa/first/long/topic",
+            "oa/second",
+            "oa/third",
+            "oa/second",
+        ] {
+            p.send(&publish(topic, b"x", QoS::AtMostOnce, 0, false));
+        }
+        let got: Vec<(String, Option<u16>)> = (0..5)
+            .map(|_| {
+                let m = sub.recv_publish();
+                (m.topic.to_string(), m.properties.topic_alias)
+            })
+            .collect();
+        // Set with the topic, then the alias alone; no third alias past the maximum of 2.
+        assert_eq!(
+            got,
+            vec![
+                ("oa/first/long/topic".into(), Some(1)),
+                ("".into(), Some(1)),
+                ("oa/second".into(), Some(2)),
+                ("oa/third".into(), None),
+                ("".into(), Some(2)),
+            ]
+        );
+    });
+}
+
+#[test]
+fn retained_messages_keep_their_properties() {
+    let broker = Broker::start(&[]);
+    let (mut p, _) = connect5(broker.port, v5("retainer"));
+    let mut properties = PropertyValues {
+        content_type: Some(s("application/json")),
+        ..Default::default()
+    };
+    properties.user_properties.push((s("k"), s("v")));
+    let mut packet = publish5("kept/props", b"{}", QoS::AtLeastOnce, 1, properties.clone());
+    if let Packet::Publish(ref mut publish) = packet {
+        publish.retain = true;
+    }
+    p.send(&packet);
+    assert!(matches!(p.recv(), Packet::PubAck(_)));
+    let (mut late, _) = connect5(broker.port, v5("late"));
+    late.subscribe(&[("kept/#", QoS::AtLeastOnce)]);
+    let m = late.recv_publish();
+    assert!(m.retain);
+    assert_eq!(m.properties.content_type, properties.content_type);
+    assert_eq!(m.properties.user_properties, properties.user_properties);
+}

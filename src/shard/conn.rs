@@ -30,6 +30,9 @@ pub struct Conn {
     pub waiting_handoff: Option<Box<Connect>>,
     /// 5.0 topic aliases the client set, alias 1 at index 0 (a connection's, not a session's).
     pub topic_aliases: Vec<Option<crate::codec::MqttStr>>,
+    /// Topic aliases the broker set on its sends, and how many the client allows.
+    pub out_aliases: hashbrown::HashMap<crate::codec::MqttStr, u16>,
+    pub out_alias_max: u16,
 }
 
 impl Conn {
@@ -50,6 +53,8 @@ impl Conn {
             accepted_at: now,
             waiting_handoff: None,
             topic_aliases: Vec::new(),
+            out_aliases: hashbrown::HashMap::new(),
+            out_alias_max: 0,
         }
     }
 

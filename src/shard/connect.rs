@@ -248,6 +248,7 @@ impl<B: Backend> Shard<B> {
         c.session = Some(session_id);
         c.client_id = Some(client_id.clone());
         c.keepalive_s = keepalive;
+        c.out_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         c.last_rx = Instant::now();
         let (ip, port) = (c.peer.ip(), c.peer.port());
         if self.shared.config.connection_messages {

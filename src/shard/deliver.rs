@@ -294,8 +294,11 @@ impl<B: Backend> Shard<B> {
             dup: false,
         };
         let own;
-        let (bytes, id_at) = if v5 && !target.identifiers.is_empty() {
-            // Subscription identifiers differ per subscriber: encoded on its own.
+        let alias_max = usize::from(c.out_alias_max);
+        let mut new_alias = None;
+        let (bytes, id_at) = if v5 && (alias_max > 0 || !target.identifiers.is_empty()) {
+            // Encoded for this subscriber alone: its subscription identifiers, or its
+            // topic aliases, are its own.
             let mut publish = build_publish(
                 message,
                 target.qos,
@@ -305,11 +308,24 @@ impl<B: Backend> Shard<B> {
                 now,
             );
             publish.packet_id = u16::from(target.qos != QoS::AtMostOnce);
-            own = encode_with_id_offset(
-                Packet::Publish(publish),
-                ProtocolVersion::V5,
-                &message.topic,
-            );
+            if alias_max > 0 {
+                // Topic aliases on the broker's sends (§3.3.2.3.4), up to the client's Topic
+                // Alias Maximum [MQTT-3.3.2-8]: a topic seen again goes as its alias alone.
+                match c.out_aliases.get(&message.topic) {
+                    Some(&alias) => {
+                        publish.topic = MqttStr::default();
+                        publish.properties.topic_alias = Some(alias);
+                    }
+                    None if c.out_aliases.len() < alias_max => {
+                        let alias = c.out_aliases.len() as u16 + 1;
+                        publish.properties.topic_alias = Some(alias);
+                        new_alias = Some(alias);
+                    }
+                    None => {}
+                }
+            }
+            let topic = publish.topic.clone();
+            own = encode_with_id_offset(Packet::Publish(publish), ProtocolVersion::V5, &topic);
             (&own.0[..], own.1)
         } else {
             variants.get(key, message, now)
@@ -319,6 +335,9 @@ impl<B: Backend> Shard<B> {
         if session.packet_size_max.is_some_and(|max| bytes.len() > max) {
             stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        if let Some(alias) = new_alias {
+            c.out_aliases.insert(message.topic.detached(), alias);
         }
         let packet_id = if target.qos == QoS::AtMostOnce {
             0
