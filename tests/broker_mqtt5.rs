@@ -87,7 +87,7 @@ fn inbound_topic_aliases() {
         // [MQTT-3.3.2-9] an alias above the Topic Alias Maximum: DISCONNECT 0x94.
         p.send(&publish5("alias/x", b"5", QoS::AtMostOnce, 0, alias(11)));
         assert_eq!(
-            p.expect_closed(),
+            without_reason_strings(p.expect_closed()),
             vec![Packet::Disconnect(Disconnect::with_reason(
                 ReasonCode::TopicAliasInvalid
             ))]
@@ -96,7 +96,7 @@ fn inbound_topic_aliases() {
         let (mut q, _) = connect5(broker.port, v5("unset-alias"));
         q.send(&publish5("", b"6", QoS::AtMostOnce, 0, alias(2)));
         assert_eq!(
-            q.expect_closed(),
+            without_reason_strings(q.expect_closed()),
             vec![Packet::Disconnect(Disconnect::with_reason(
                 ReasonCode::ProtocolError
             ))]
@@ -142,7 +142,7 @@ fn receive_maximum_in_both_directions() {
                 PropertyValues::default(),
             ));
         }
-        let got = flood.expect_closed();
+        let got = without_reason_strings(flood.expect_closed());
         assert_eq!(got.len(), 21, "20 PUBRECs then the DISCONNECT: {got:?}");
         assert_eq!(
             got[20],
@@ -247,7 +247,7 @@ fn offline_sessions_expire_and_disconnect_may_change_the_interval() {
         d.properties.session_expiry_interval = Some(60);
         zero.send(&Packet::Disconnect(d));
         assert_eq!(
-            zero.expect_closed(),
+            without_reason_strings(zero.expect_closed()),
             vec![Packet::Disconnect(Disconnect::with_reason(
                 ReasonCode::ProtocolError
             ))]

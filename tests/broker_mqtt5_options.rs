@@ -205,12 +205,31 @@ fn a_payload_that_is_not_the_utf8_it_claims_is_refused() {
         })
     };
     p.send(&bad(QoS::AtLeastOnce, 1));
-    let mut refused = PubResponse::new(1);
-    refused.reason = ReasonCode::PayloadFormatInvalid;
-    assert_eq!(p.recv(), Packet::PubAck(refused));
-    p.send(&bad(QoS::AtMostOnce, 0));
+    // By default a client gets a Reason String with the refusal...
+    let Packet::PubAck(refused) = p.recv() else {
+        panic!("expected PUBACK")
+    };
     assert_eq!(
-        p.expect_closed(),
+        (refused.packet_id, refused.reason),
+        (1, ReasonCode::PayloadFormatInvalid)
+    );
+    assert!(refused.properties.reason_string.is_some());
+    // ...but not when it asked for no problem information. [MQTT-3.1.2-29]
+    let mut quiet = v5("quiet");
+    quiet.properties.request_problem_information = Some(false);
+    let mut q = connect5(broker.port, quiet);
+    q.send(&bad(QoS::AtLeastOnce, 2));
+    let mut refused = PubResponse::new(2);
+    refused.reason = ReasonCode::PayloadFormatInvalid;
+    assert_eq!(q.recv(), Packet::PubAck(refused));
+    p.send(&bad(QoS::AtMostOnce, 0));
+    // QoS 0 has nothing to answer with: DISCONNECT, which always carries the why.
+    let closing = p.expect_closed();
+    assert!(
+        matches!(&closing[..], [Packet::Disconnect(d)] if d.properties.reason_string.is_some())
+    );
+    assert_eq!(
+        without_reason_strings(closing),
         vec![Packet::Disconnect(Disconnect::with_reason(
             ReasonCode::PayloadFormatInvalid
         ))]

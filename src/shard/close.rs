@@ -7,7 +7,7 @@ use super::io::{Backend, ConnId};
 use super::subscribe::TrieOp;
 use super::Shard;
 use crate::codec::{
-    ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
+    ConnAck, DecodeError, Disconnect, MqttStr, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 use crate::session::Session;
 use crate::topic::SessionId;
@@ -95,18 +95,24 @@ impl<B: Backend> Shard<B> {
     /// A packet broke a rule the decoder cannot see (a second CONNECT, say).
     pub(super) fn protocol_violation(&mut self, conn: ConnId, what: &str) {
         let messages = self.shared.config.connection_messages;
-        let Some(c) = self.conn_mut(conn) else { return };
+        let Some(c) = self.conn(conn) else { return };
         if messages {
             log::info!(
                 "Client {} disconnected due to protocol error ({what}).",
                 c.name()
             );
         }
-        if c.version == Some(ProtocolVersion::V5) {
-            self.send_packet(
-                conn,
-                &Packet::Disconnect(Disconnect::with_reason(ReasonCode::ProtocolError)),
-            );
+        self.disconnect_with(conn, ReasonCode::ProtocolError, what);
+    }
+
+    /// Closes a connection for something it did: 5.0 clients get a DISCONNECT with the
+    /// reason code and, as a Reason String, why (allowed on DISCONNECT whatever the client's
+    /// Request Problem Information, [MQTT-3.1.2-29]). The will is published.
+    pub(super) fn disconnect_with(&mut self, conn: ConnId, reason: ReasonCode, why: &str) {
+        if self.conn(conn).and_then(|c| c.version) == Some(ProtocolVersion::V5) {
+            let mut disconnect = Disconnect::with_reason(reason);
+            disconnect.properties.reason_string = MqttStr::new(why).ok();
+            self.send_packet(conn, &Packet::Disconnect(disconnect));
         }
         self.close_conn(conn, CloseReason::ProtocolError);
     }
@@ -139,13 +145,11 @@ impl<B: Backend> Shard<B> {
             log::info!("Client {name} disconnected due to {kind}: {error}.");
         }
         // 5.0: a DISCONNECT with the reason, once connected. [MQTT-4.13.1-1]
-        if connected && c.version == Some(ProtocolVersion::V5) {
-            self.send_packet(
-                conn,
-                &Packet::Disconnect(Disconnect::with_reason(error.reason_code())),
-            );
+        if connected {
+            self.disconnect_with(conn, error.reason_code(), &error.to_string());
+        } else {
+            self.close_conn(conn, CloseReason::ProtocolError);
         }
-        self.close_conn(conn, CloseReason::ProtocolError);
     }
 
     /// The peer went away or failed.

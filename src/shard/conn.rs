@@ -33,6 +33,8 @@ pub struct Conn {
     /// Topic aliases the broker set on its sends, and how many the client allows.
     pub out_aliases: hashbrown::HashMap<crate::codec::MqttStr, u16>,
     pub out_alias_max: u16,
+    /// 5.0 Request Problem Information (default yes): Reason Strings on acknowledgements.
+    pub problem_information: bool,
 }
 
 impl Conn {
@@ -55,6 +57,7 @@ impl Conn {
             topic_aliases: Vec::new(),
             out_aliases: hashbrown::HashMap::new(),
             out_alias_max: 0,
+            problem_information: true,
         }
     }
 

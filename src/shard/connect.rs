@@ -249,6 +249,10 @@ impl<B: Backend> Shard<B> {
         c.client_id = Some(client_id.clone());
         c.keepalive_s = keepalive;
         c.out_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+        c.problem_information = connect
+            .properties
+            .request_problem_information
+            .unwrap_or(true);
         c.last_rx = Instant::now();
         let (ip, port) = (c.peer.ip(), c.peer.port());
         if self.shared.config.connection_messages {

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use super::io::{Backend, ConnId};
 use super::Shard;
-use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Will};
+use crate::codec::{MqttStr, Packet, PubResponse, Publish, QoS, ReasonCode, Will};
 use crate::router::Message;
 use crate::topic::SessionId;
+
+/// Why a payload marked UTF-8 was refused.
+const NOT_UTF8: &str = "the payload is not valid UTF-8 as its Payload Format Indicator says";
 
 impl<B: Backend> Shard<B> {
     pub(super) fn on_publish(&mut self, conn: ConnId, session_id: SessionId, publish: Publish) {
@@ -34,13 +37,13 @@ impl<B: Backend> Shard<B> {
         if let Some(alias) = publish.properties.topic_alias {
             if let Err(reason) = self.resolve_topic_alias(conn, alias, &mut publish.topic) {
                 log::info!("Client {name} sent an invalid topic alias {alias}, disconnecting.");
-                self.send_disconnect_and_close(conn, reason);
+                self.disconnect_with(conn, reason, "invalid topic alias");
                 return;
             }
         }
         if let Err(e) = crate::topic::validate_topic_name(&publish.topic) {
             log::info!("Client {name} sent an invalid topic name ({e}), disconnecting.");
-            self.send_disconnect_and_close(conn, ReasonCode::TopicNameInvalid);
+            self.disconnect_with(conn, ReasonCode::TopicNameInvalid, &e.to_string());
             return;
         }
         let packet_id = publish.packet_id;
@@ -53,9 +56,13 @@ impl<B: Backend> Shard<B> {
             log::info!("Client {name} sent a payload that is not the UTF-8 it said it was.");
             let mut refusal = PubResponse::new(packet_id);
             refusal.reason = ReasonCode::PayloadFormatInvalid;
+            // [MQTT-3.1.2-29] a Reason String only for a client that wants problem details.
+            if self.conn(conn).is_some_and(|c| c.problem_information) {
+                refusal.properties.reason_string = Some(MqttStr::from_static(NOT_UTF8));
+            }
             match qos {
                 QoS::AtMostOnce => {
-                    self.send_disconnect_and_close(conn, ReasonCode::PayloadFormatInvalid)
+                    self.disconnect_with(conn, ReasonCode::PayloadFormatInvalid, NOT_UTF8)
                 }
                 QoS::AtLeastOnce => self.send_packet(conn, &Packet::PubAck(refusal)),
                 QoS::ExactlyOnce => self.send_packet(conn, &Packet::PubRec(refusal)),
@@ -78,7 +85,11 @@ impl<B: Backend> Shard<B> {
                 .is_some_and(|s| s.incoming_qos2.len() >= receive_max)
         {
             log::info!("Client {name} exceeded the receive maximum {receive_max}, disconnecting.");
-            self.send_disconnect_and_close(conn, ReasonCode::ReceiveMaximumExceeded);
+            self.disconnect_with(
+                conn,
+                ReasonCode::ReceiveMaximumExceeded,
+                "too many QoS 2 messages awaiting PUBREL",
+            );
             return;
         }
         if !duplicate {
@@ -259,13 +270,5 @@ impl<B: Backend> Shard<B> {
                 .set(message.clone());
         }
         self.route(&message, None);
-    }
-
-    pub(super) fn send_disconnect_and_close(&mut self, conn: ConnId, reason: ReasonCode) {
-        if self.conn(conn).and_then(|c| c.version) == Some(ProtocolVersion::V5) {
-            let packet = Packet::Disconnect(crate::codec::Disconnect::with_reason(reason));
-            self.send_packet(conn, &packet);
-        }
-        self.close_conn(conn, super::close::CloseReason::ProtocolError);
     }
 }

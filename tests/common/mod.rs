@@ -121,6 +121,21 @@ impl Drop for Broker {
     }
 }
 
+/// Packets with the Reason Strings of DISCONNECTs taken out (free text, checked elsewhere),
+/// so that the reason codes can be compared exactly.
+pub fn without_reason_strings(packets: Vec<Packet>) -> Vec<Packet> {
+    packets
+        .into_iter()
+        .map(|p| match p {
+            Packet::Disconnect(mut d) => {
+                d.properties.reason_string = None;
+                Packet::Disconnect(d)
+            }
+            other => other,
+        })
+        .collect()
+}
+
 /// Writes a mosquitto.conf for a test and returns its path (unique per test process).
 pub fn config_file(name: &str, text: &str) -> String {
     let path = std::env::temp_dir().join(format!("midge-test-{}-{name}.conf", std::process::id()));
