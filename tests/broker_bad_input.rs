@@ -84,11 +84,12 @@ fn an_oversize_packet_is_refused_before_it_arrives() {
     big.send_bytes(&[0x30, 0x80, 0x80, 0x40]);
     assert!(big.expect_closed().is_empty());
     broker.wait_for_log("Client big disconnected due to oversize packet: packet of 1048580 bytes is larger than the maximum of 1024.");
-    // 5.0: with DISCONNECT 0x95.
-    let (mut big5, _) = Raw::connect_with(
+    // 5.0: the limit is announced in CONNACK, and breaking it gets DISCONNECT 0x95.
+    let (mut big5, ack) = Raw::connect_with(
         broker.port,
         connect_packet(ProtocolVersion::V5, "big5", true, 60),
     );
+    assert_eq!(ack.properties.maximum_packet_size, Some(1024));
     big5.send_bytes(&[0x30, 0x80, 0x80, 0x40]);
     assert_eq!(
         without_reason_strings(big5.expect_closed()),

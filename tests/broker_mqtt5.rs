@@ -346,3 +346,19 @@ fn retained_messages_keep_their_properties() {
     assert_eq!(m.properties.content_type, properties.content_type);
     assert_eq!(m.properties.user_properties, properties.user_properties);
 }
+
+#[test]
+fn response_information_only_when_asked_for() {
+    let conf = config_file("response", "response_topic_prefix replies\n");
+    let broker = Broker::start(&["-c", &conf]);
+    let mut asking = v5("asker");
+    asking.properties.request_response_information = Some(true);
+    let (_a, ack) = connect5(broker.port, asking);
+    assert_eq!(
+        ack.properties.response_information.as_deref(),
+        Some("replies/asker")
+    );
+    // [MQTT-3.1.2-28] not asked: not given.
+    let (_b, ack) = connect5(broker.port, v5("quiet"));
+    assert_eq!(ack.properties.response_information, None);
+}

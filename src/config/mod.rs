@@ -37,6 +37,9 @@ pub struct Config {
     pub connection_messages: bool,
     /// Seconds a new connection has to send CONNECT before it is closed.
     pub connect_timeout_s: u64,
+    /// midge's `response_topic_prefix`: a 5.0 client that asks for Response Information is
+    /// told `{prefix}/{client id}` as the base of its response topics. Unset: none is given.
+    pub response_topic_prefix: Option<String>,
     /// `max_topic_alias`: topic aliases a 5.0 client may set (sent as Topic Alias Maximum).
     pub topic_alias_max: u16,
     /// Subscriptions one session may hold; more are refused (SUBACK failure, counted).
@@ -62,6 +65,7 @@ impl Default for Config {
             connect_timeout_s: 10,
             subscriptions_per_client_max: 100_000,
             topic_alias_max: 10,
+            response_topic_prefix: None,
         }
     }
 }
@@ -238,6 +242,15 @@ impl Config {
                     }
                 }
                 "max_keepalive" => self.keepalive_max_s = number(65535)? as u16,
+                "response_topic_prefix" => {
+                    let prefix = one("topic prefix")?;
+                    if crate::topic::validate_topic_name(prefix).is_err() {
+                        return Err(err(format!(
+                            "response_topic_prefix: {prefix:?} is not a valid topic name"
+                        )));
+                    }
+                    self.response_topic_prefix = Some(prefix.to_string());
+                }
                 "max_topic_alias" => self.topic_alias_max = number(65535)? as u16,
                 "allow_zero_length_clientid" => self.allow_zero_length_clientid = boolean()?,
                 "auto_id_prefix" => self.auto_id_prefix = one("prefix")?.to_string(),

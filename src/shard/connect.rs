@@ -279,6 +279,18 @@ impl<B: Backend> Shard<B> {
             properties.receive_maximum = u16::try_from(self.shared.config.inflight_max)
                 .ok()
                 .filter(|&n| n < 65535);
+            // [MQTT-3.1.2-28] Response Information only when asked for (and configured).
+            if connect.properties.request_response_information == Some(true) {
+                if let Some(prefix) = &self.shared.config.response_topic_prefix {
+                    properties.response_information =
+                        crate::codec::MqttStr::new(&format!("{prefix}/{client_id}")).ok();
+                }
+            }
+            // The largest packet the broker accepts, when a limit below the protocol's is set.
+            let size_max = self.shared.config.packet_size_max;
+            if size_max < crate::codec::VARINT_MAX as usize {
+                properties.maximum_packet_size = u32::try_from(size_max).ok();
+            }
             // [MQTT-3.2.2-17] how many topic aliases the client may set (absent: none).
             let aliases = self.shared.config.topic_alias_max;
             properties.topic_alias_maximum = (aliases > 0).then_some(aliases);
