@@ -49,10 +49,7 @@ impl<B: Backend> Shard<B> {
         session_id: SessionId,
         disconnect: Disconnect,
     ) {
-        let name = self
-            .conn(conn)
-            .map(|c| c.name().to_string())
-            .unwrap_or_default();
+        let name = self.conn_name(conn);
         log::debug!("Received DISCONNECT from {name}");
         if let (Some(expiry), Some(session)) = (
             disconnect.properties.session_expiry_interval,

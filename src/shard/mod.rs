@@ -261,6 +261,13 @@ impl<B: Backend> Shard<B> {
         self.conns.get_mut(conn.0).and_then(Option::as_mut)
     }
 
+    /// The client id of a connection, for log lines (owned: the log line outlives borrows).
+    fn conn_name(&self, conn: ConnId) -> String {
+        self.conn(conn)
+            .map(|c| c.name().to_string())
+            .unwrap_or_default()
+    }
+
     /// Removes a connection from the table (to close it).
     fn take_conn(&mut self, conn: ConnId) -> Option<Conn> {
         self.conns.get_mut(conn.0).and_then(Option::take)
@@ -317,15 +324,9 @@ impl<B: Backend> Shard<B> {
             Packet::Subscribe(subscribe) => self.on_subscribe(conn, session, subscribe),
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(conn, session, unsubscribe),
             Packet::PingReq => {
-                log::debug!(
-                    "Received PINGREQ from {}",
-                    self.conn(conn).map_or("", |c| c.name())
-                );
+                log::debug!("Received PINGREQ from {}", self.conn_name(conn));
                 self.send_packet(conn, &Packet::PingResp);
-                log::debug!(
-                    "Sending PINGRESP to {}",
-                    self.conn(conn).map_or("", |c| c.name())
-                );
+                log::debug!("Sending PINGRESP to {}", self.conn_name(conn));
             }
             Packet::Disconnect(disconnect) => self.on_disconnect(conn, session, disconnect),
             Packet::Auth(_) => {

@@ -17,10 +17,7 @@ const NOT_UTF8: &str = "the payload is not valid UTF-8 as its Payload Format Ind
 
 impl<B: Backend> Shard<B> {
     pub(super) fn on_publish(&mut self, conn: ConnId, session_id: SessionId, publish: Publish) {
-        let name = self
-            .conn(conn)
-            .map(|c| c.name().to_string())
-            .unwrap_or_default();
+        let name = self.conn_name(conn);
         log::debug!(
             "Received PUBLISH from {name} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
             u8::from(publish.dup),
@@ -178,10 +175,7 @@ impl<B: Backend> Shard<B> {
     }
 
     pub(super) fn on_pubrel(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
-        let name = self
-            .conn(conn)
-            .map(|c| c.name().to_string())
-            .unwrap_or_default();
+        let name = self.conn_name(conn);
         log::debug!("Received PUBREL from {name} (Mid: {packet_id})");
         let known = self
             .sessions
@@ -198,16 +192,13 @@ impl<B: Backend> Shard<B> {
     pub(super) fn on_puback(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
         log::debug!(
             "Received PUBACK from {} (Mid: {packet_id})",
-            self.conn(conn).map_or("", |c| c.name())
+            self.conn_name(conn)
         );
         self.finish_inflight(session_id, packet_id, QoS::AtLeastOnce);
     }
 
     pub(super) fn on_pubrec(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
-        let name = self
-            .conn(conn)
-            .map(|c| c.name().to_string())
-            .unwrap_or_default();
+        let name = self.conn_name(conn);
         log::debug!("Received PUBREC from {name} (Mid: {packet_id})");
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
@@ -226,7 +217,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn on_pubcomp(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
         log::debug!(
             "Received PUBCOMP from {} (Mid: {packet_id})",
-            self.conn(conn).map_or("", |c| c.name())
+            self.conn_name(conn)
         );
         self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
     }

@@ -230,10 +230,7 @@ impl<B: Backend> Shard<B> {
             } else {
                 "UNSUBACK"
             };
-            log::debug!(
-                "Sending {kind} to {}",
-                self.conn(conn).map_or("", |c| c.name())
-            );
+            log::debug!("Sending {kind} to {}", self.conn_name(conn));
             self.send_packet(conn, &packet);
             for request in retained {
                 let mut messages: Vec<Arc<Message>> = Vec::new();

@@ -143,6 +143,13 @@ pub fn config_file(name: &str, text: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// What waiting for a packet came to.
+enum Next {
+    Packet(Packet),
+    Closed,
+    Quiet,
+}
+
 /// A client written with the project's codec, for exact control of the bytes.
 pub struct Raw {
     pub stream: TcpStream,
@@ -248,37 +255,8 @@ impl Raw {
         self.stream.write_all(bytes).expect("write to midge");
     }
 
-    /// The next packet, or `None` if the connection closed. Fails after the deadline.
-    pub fn try_recv(&mut self) -> Option<Packet> {
-        let until = Instant::now() + DEADLINE;
-        let decoder = Decoder::client(self.version, 1 << 24);
-        loop {
-            if let Some(packet) = decoder
-                .decode_from(&mut self.buf)
-                .expect("midge sent a valid packet")
-            {
-                return Some(packet);
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return None,
-            }
-            assert!(
-                Instant::now() < until,
-                "nothing from midge within {DEADLINE:?}"
-            );
-        }
-    }
-
-    /// The next packet if one arrives within `wait`; `None` otherwise (or if closed).
-    pub fn poll_packet(&mut self, wait: Duration) -> Option<Packet> {
+    /// The next packet within `wait`, or why there is none.
+    fn next_within(&mut self, wait: Duration) -> Next {
         let until = Instant::now() + wait;
         let decoder = Decoder::client(self.version, 1 << 24);
         loop {
@@ -286,17 +264,39 @@ impl Raw {
                 .decode_from(&mut self.buf)
                 .expect("midge sent a valid packet")
             {
-                return Some(packet);
+                return Next::Packet(packet);
             }
             if Instant::now() >= until {
-                return None;
+                return Next::Quiet;
             }
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
+                Ok(0) => return Next::Closed,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Next::Closed,
             }
+        }
+    }
+
+    /// The next packet, or `None` if the connection closed. Fails after the deadline.
+    pub fn try_recv(&mut self) -> Option<Packet> {
+        match self.next_within(DEADLINE) {
+            Next::Packet(p) => Some(p),
+            Next::Closed => None,
+            Next::Quiet => panic!("nothing from midge within {DEADLINE:?}"),
+        }
+    }
+
+    /// The next packet if one arrives within `wait`; `None` otherwise (or if closed).
+    pub fn poll_packet(&mut self, wait: Duration) -> Option<Packet> {
+        match self.next_within(wait) {
+            Next::Packet(p) => Some(p),
+            Next::Closed | Next::Quiet => None,
         }
     }
 
@@ -306,18 +306,10 @@ impl Raw {
 
     /// Expects no packet for `quiet` (used only to check that something does NOT arrive).
     pub fn expect_nothing(&mut self, quiet: Duration) {
-        let until = Instant::now() + quiet;
-        let decoder = Decoder::client(self.version, 1 << 24);
-        while Instant::now() < until {
-            if let Some(p) = decoder.decode_from(&mut self.buf).unwrap() {
-                panic!("unexpected packet {p:?}");
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("connection closed"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => {}
-            }
+        match self.next_within(quiet) {
+            Next::Packet(p) => panic!("unexpected packet {p:?}"),
+            Next::Closed => panic!("connection closed"),
+            Next::Quiet => {}
         }
     }
 
