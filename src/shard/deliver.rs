@@ -67,14 +67,7 @@ impl<B: Backend> Shard<B> {
                 // [MQTT-4.3.3-?] after PUBREC, the PUBREL is what gets resent.
                 packets.push(Packet::PubRel(PubResponse::new(f.packet_id)));
             } else {
-                let mut publish = build_publish(
-                    &f.message,
-                    f.qos,
-                    f.retain,
-                    &f.identifiers,
-                    v5,
-                    Instant::now(),
-                );
+                let mut publish = build_publish(&f.message, f.qos, f.retain, &f.identifiers, v5);
                 publish.dup = true;
                 publish.packet_id = f.packet_id;
                 packets.push(Packet::Publish(publish));
@@ -274,9 +267,8 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conns.get_mut(conn.0).and_then(Option::as_mut) else {
             return;
         };
-        let now = Instant::now();
         // [MQTT-3.3.2-5] an expired message is not delivered.
-        if message.expires_at.is_some_and(|at| at <= now) {
+        if message.expires_at.is_some_and(|at| at <= Instant::now()) {
             stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -299,14 +291,8 @@ impl<B: Backend> Shard<B> {
         let (bytes, id_at) = if v5 && (alias_max > 0 || !target.identifiers.is_empty()) {
             // Encoded for this subscriber alone: its subscription identifiers, or its
             // topic aliases, are its own.
-            let mut publish = build_publish(
-                message,
-                target.qos,
-                target.retain,
-                &target.identifiers,
-                v5,
-                now,
-            );
+            let mut publish =
+                build_publish(message, target.qos, target.retain, &target.identifiers, v5);
             publish.packet_id = u16::from(target.qos != QoS::AtMostOnce);
             if alias_max > 0 {
                 // Topic aliases on the broker's sends (§3.3.2.3.4), up to the client's Topic
@@ -328,7 +314,7 @@ impl<B: Backend> Shard<B> {
             own = encode_with_id_offset(Packet::Publish(publish), ProtocolVersion::V5, &topic);
             (&own.0[..], own.1)
         } else {
-            variants.get(key, message, now)
+            variants.get(key, message)
         };
         // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: discarded as if
         // delivered.
@@ -397,11 +383,11 @@ impl<B: Backend> Shard<B> {
 impl Variants {
     /// The encoded variant for `key` (packet id 0 as a placeholder) and the offset of its
     /// packet id.
-    fn get(&mut self, key: VariantKey, message: &Message, now: Instant) -> (&[u8], usize) {
+    fn get(&mut self, key: VariantKey, message: &Message) -> (&[u8], usize) {
         let index = match self.entries.iter().position(|(k, _, _)| *k == key) {
             Some(i) => i,
             None => {
-                let mut publish = build_publish(message, key.qos, key.retain, &[], key.v5, now);
+                let mut publish = build_publish(message, key.qos, key.retain, &[], key.v5);
                 publish.dup = key.dup;
                 // A placeholder id (patched per copy) so that the field is there.
                 publish.packet_id = u16::from(key.qos != QoS::AtMostOnce);
@@ -444,7 +430,6 @@ fn build_publish(
     retain: bool,
     identifiers: &[u32],
     v5: bool,
-    now: Instant,
 ) -> Publish {
     let mut properties = if v5 {
         message.properties.clone()
@@ -453,7 +438,7 @@ fn build_publish(
     };
     if let (true, Some(at)) = (v5, message.expires_at) {
         // [MQTT-3.3.2-6] the interval still to run, not the one received.
-        let left = at.saturating_duration_since(now);
+        let left = at.saturating_duration_since(Instant::now());
         properties.message_expiry_interval =
             Some(left.as_secs() as u32 + u32::from(left.subsec_nanos() > 0));
     }
