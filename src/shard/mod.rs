@@ -261,11 +261,12 @@ impl<B: Backend> Shard<B> {
         self.conns.get_mut(conn.0).and_then(Option::as_mut)
     }
 
-    /// The client id of a connection, for log lines (owned: the log line outlives borrows).
-    fn conn_name(&self, conn: ConnId) -> String {
+    /// The client id of a connection, for log lines: a shared handle, not a copy (this is
+    /// on the PUBLISH path).
+    fn conn_name(&self, conn: ConnId) -> Arc<str> {
         self.conn(conn)
-            .map(|c| c.name().to_string())
-            .unwrap_or_default()
+            .and_then(|c| c.client_id.clone())
+            .unwrap_or_else(|| Arc::from("<unknown>"))
     }
 
     /// Removes a connection from the table (to close it).
