@@ -64,7 +64,7 @@ impl<B: Backend> Shard<B> {
         let mut packets = Vec::with_capacity(session.inflight.len());
         for f in &session.inflight {
             if f.released {
-                // [MQTT-4.3.3-?] after PUBREC, the PUBREL is what gets resent.
+                // [MQTT-4.4.0-1] (3.1.1): after PUBREC, the PUBREL is what gets resent.
                 packets.push(Packet::PubRel(PubResponse::new(f.packet_id)));
             } else {
                 let mut publish = build_publish(&f.message, f.qos, f.retain, &f.identifiers, v5);
@@ -128,7 +128,7 @@ impl<B: Backend> Shard<B> {
             let shard = usize::from(sub.shard).min(shards - 1);
             targets[shard].push(Target {
                 session,
-                // [MQTT-3.8.4-8] (5.0: [MQTT-3.8.4-?]) the lower of the two QoS.
+                // 3.1.1 and 5.0 §3.8.4: the lower of the published and the granted QoS.
                 qos: message.qos.min(sub.options.qos),
                 // [MQTT-3.3.1-9] (3.1.1) / Retain As Published (5.0 [MQTT-3.3.1-12]).
                 retain: message.retain && sub.options.retain_as_published,
