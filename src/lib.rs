@@ -1,5 +1,6 @@
 //! midge: a thread-per-core MQTT broker. See `DESIGN.md` in the shared folder for the shape.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod logging;

@@ -42,6 +42,14 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 impl Server {
     pub fn start(config: Config) -> io::Result<Server> {
+        Server::start_with_auth(config, Vec::new())
+    }
+
+    /// Starts with these enhanced authentication methods available to 5.0 clients.
+    pub fn start_with_auth(
+        config: Config,
+        auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
+    ) -> io::Result<Server> {
         let shards = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -106,6 +114,7 @@ impl Server {
             registry: Mutex::new(Default::default()),
             mailboxes,
             next_session: AtomicU64::new(1),
+            auth_methods,
             shutdown: AtomicBool::new(false),
             stats: (0..shards).map(|_| Default::default()).collect(),
             config,

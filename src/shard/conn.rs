@@ -35,6 +35,12 @@ pub struct Conn {
     pub out_alias_max: u16,
     /// 5.0 Request Problem Information (default yes): Reason Strings on acknowledgements.
     pub problem_information: bool,
+    /// 5.0 enhanced authentication: the method this connection uses, an exchange in
+    /// progress, the CONNECT waiting for it to finish, and data for the CONNACK.
+    pub auth_method: Option<Arc<dyn crate::auth::AuthMethod>>,
+    pub auth_exchange: Option<Box<dyn crate::auth::AuthExchange>>,
+    pub auth_pending: Option<(Box<Connect>, Arc<str>, bool)>,
+    pub auth_reply: Option<bytes::Bytes>,
 }
 
 impl Conn {
@@ -58,6 +64,10 @@ impl Conn {
             out_aliases: hashbrown::HashMap::new(),
             out_alias_max: 0,
             problem_information: true,
+            auth_method: None,
+            auth_exchange: None,
+            auth_pending: None,
+            auth_reply: None,
         }
     }
 

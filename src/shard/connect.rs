@@ -7,8 +7,9 @@ use std::time::Instant;
 use super::io::{Backend, ConnId};
 use super::subscribe::TrieOp;
 use super::Shard;
+use crate::auth::{AuthExchange, AuthStep};
 use crate::codec::{
-    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will,
+    Auth, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will,
 };
 use crate::router::{SessionBox, ShardMsg};
 use crate::session::Session;
@@ -49,14 +50,39 @@ impl<B: Backend> Shard<B> {
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
             return;
         }
-        if v5 && connect.properties.authentication_method.is_some() {
-            // No enhanced authentication method is supported yet (MQTT 5.0 §4.12).
-            self.refuse(conn, &connect, ReasonCode::BadAuthenticationMethod);
-            return;
-        }
         let Some(c) = self.conn_mut(conn) else { return };
         c.client_id = Some(client_id.clone());
+        if let (true, Some(name)) = (v5, connect.properties.authentication_method.clone()) {
+            // MQTT 5.0 §4.12: enhanced authentication runs before the session is touched.
+            let method = shared
+                .auth_methods
+                .iter()
+                .find(|m| m.name() == name.as_str())
+                .cloned();
+            let Some(method) = method else {
+                self.refuse(conn, &connect, ReasonCode::BadAuthenticationMethod);
+                return;
+            };
+            let data = connect.properties.authentication_data.clone();
+            let (exchange, step) = method.begin(&client_id, data.as_deref());
+            if let Some(c) = self.conn_mut(conn) {
+                c.auth_method = Some(method);
+                c.auth_pending = Some((connect, client_id, assigned));
+            }
+            self.auth_step(conn, exchange, step);
+            return;
+        }
+        self.connect_authenticated(conn, connect, client_id, assigned);
+    }
 
+    /// CONNECT, once its client is known: find its session (here, on another shard, or new).
+    fn connect_authenticated(
+        &mut self,
+        conn: ConnId,
+        connect: Box<Connect>,
+        client_id: Arc<str>,
+        assigned: bool,
+    ) {
         let previous_owner = self
             .shared
             .registry
@@ -295,6 +321,13 @@ impl<B: Backend> Shard<B> {
             let aliases = self.shared.config.topic_alias_max;
             properties.topic_alias_maximum = (aliases > 0).then_some(aliases);
         }
+        if let Some(c) = self.conn_mut(conn) {
+            if let Some(method) = &c.auth_method {
+                // 5.0 §3.2.2.3.17: the method the client authenticated with.
+                properties.authentication_method = crate::codec::MqttStr::new(method.name()).ok();
+                properties.authentication_data = c.auth_reply.take();
+            }
+        }
         let ack = ConnAck {
             session_present,
             reason: ReasonCode::Success,
@@ -423,6 +456,75 @@ impl<B: Backend> Shard<B> {
                 };
                 self.trie_ops.push(op);
             }
+        }
+    }
+
+    /// Acts on what an authentication exchange said: ask the client again, complete the
+    /// CONNECT (or the re-authentication), or refuse.
+    pub(super) fn auth_step(
+        &mut self,
+        conn: ConnId,
+        exchange: Box<dyn AuthExchange>,
+        step: AuthStep,
+    ) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        let method = c
+            .auth_method
+            .as_ref()
+            .map(|m| m.name().to_string())
+            .unwrap_or_default();
+        let connecting = c.auth_pending.is_some();
+        let auth = |reason, data| {
+            let mut packet = Auth::with_reason(reason);
+            packet.properties.authentication_method = crate::codec::MqttStr::new(&method).ok();
+            packet.properties.authentication_data = data;
+            Packet::Auth(packet)
+        };
+        match step {
+            AuthStep::Continue(data) => {
+                c.auth_exchange = Some(exchange);
+                self.send_packet(conn, &auth(ReasonCode::ContinueAuthentication, data));
+            }
+            AuthStep::Success(data) if connecting => {
+                let (connect, client_id, assigned) = c.auth_pending.take().expect("connecting");
+                c.auth_reply = data;
+                self.connect_authenticated(conn, connect, client_id, assigned);
+            }
+            AuthStep::Success(data) => self.send_packet(conn, &auth(ReasonCode::Success, data)),
+            AuthStep::Failure(reason) if connecting => {
+                let (connect, _, _) = c.auth_pending.take().expect("connecting");
+                self.refuse(conn, &connect, reason);
+            }
+            AuthStep::Failure(reason) => {
+                self.disconnect_with(conn, reason, "re-authentication failed")
+            }
+        }
+    }
+
+    /// AUTH from the client: the next step of an exchange, or a request to re-authenticate.
+    pub(super) fn on_auth(&mut self, conn: ConnId, packet: Auth) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        let Some(method) = c.auth_method.clone() else {
+            self.protocol_violation(conn, "AUTH without an authentication method");
+            return;
+        };
+        // §4.12: the method stays the one CONNECT named.
+        if packet.properties.authentication_method.as_deref() != Some(method.name()) {
+            self.protocol_violation(conn, "AUTH with another authentication method");
+            return;
+        }
+        let data = packet.properties.authentication_data.clone();
+        match (packet.reason, c.auth_exchange.take()) {
+            (ReasonCode::ContinueAuthentication, Some(mut exchange)) => {
+                let step = exchange.step(data.as_deref());
+                self.auth_step(conn, exchange, step);
+            }
+            (ReasonCode::ReAuthenticate, None) if c.session.is_some() => {
+                let client_id = c.client_id.clone().unwrap_or_else(|| Arc::from(""));
+                let (exchange, step) = method.begin(&client_id, data.as_deref());
+                self.auth_step(conn, exchange, step);
+            }
+            _ => self.protocol_violation(conn, "AUTH out of turn"),
         }
     }
 }

@@ -84,6 +84,8 @@ pub struct Shared {
     pub registry: Mutex<HashMap<Arc<str>, usize>>,
     pub mailboxes: Arc<Mailboxes>,
     pub next_session: AtomicU64,
+    /// Enhanced authentication methods (MQTT 5.0), by name.
+    pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
     pub shutdown: AtomicBool,
     /// One set of counters per shard, each on its own cache line: a shard counts without
     /// contending with the others; readers add them up (`total_stats`).
@@ -308,9 +310,12 @@ impl<B: Backend> Shard<B> {
     fn on_packet(&mut self, conn: ConnId, packet: Packet) {
         let Some(c) = self.conn(conn) else { return };
         let Some(session) = c.session else {
-            // The decoder lets nothing but CONNECT through first. [MQTT-3.1.0-1]
-            if let Packet::Connect(connect) = packet {
-                self.on_connect(conn, connect);
+            // The decoder lets nothing but CONNECT through first [MQTT-3.1.0-1]; then, until
+            // CONNACK, only the AUTH of an authentication exchange (§4.12).
+            match packet {
+                Packet::Connect(connect) if c.version.is_none() => self.on_connect(conn, connect),
+                Packet::Auth(auth) if c.auth_exchange.is_some() => self.on_auth(conn, auth),
+                _ => self.protocol_violation(conn, "a packet before CONNACK"),
             }
             return;
         };
@@ -330,9 +335,7 @@ impl<B: Backend> Shard<B> {
                 log::debug!("Sending PINGRESP to {}", self.conn_name(conn));
             }
             Packet::Disconnect(disconnect) => self.on_disconnect(conn, session, disconnect),
-            Packet::Auth(_) => {
-                self.protocol_violation(conn, "AUTH without an authentication method")
-            }
+            Packet::Auth(auth) => self.on_auth(conn, auth),
             // Server-to-client packets from a client. [MQTT-4.8.0-1] (5.0: §4.13)
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 self.protocol_violation(conn, "a packet only a server sends")
