@@ -49,6 +49,17 @@ fn connack_carries_the_limits_mosquitto_announces() {
     // Mosquitto 2's defaults: Topic Alias Maximum 10, Receive Maximum 20.
     assert_eq!(ack.properties.topic_alias_maximum, Some(10));
     assert_eq!(ack.properties.receive_maximum, Some(20));
+    // Everything is available, which 5.0 says by leaving these out (§3.2.2.3).
+    assert_eq!(ack.properties.maximum_qos, None);
+    assert_eq!(ack.properties.retain_available, None);
+    assert_eq!(ack.properties.wildcard_subscription_available, None);
+    assert_eq!(ack.properties.subscription_identifier_available, None);
+    assert_eq!(ack.properties.shared_subscription_available, None);
+    // A keepalive above max_keepalive is lowered, and the client told so. [MQTT-3.2.2-21]
+    let conf = config_file("keepalive", "max_keepalive 10\n");
+    let capped = Broker::start(&["-c", &conf]);
+    let (_c, ack) = connect5(capped.port, v5("slow-pinger"));
+    assert_eq!(ack.properties.server_keep_alive, Some(10));
 }
 
 #[test]

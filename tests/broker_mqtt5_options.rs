@@ -307,3 +307,27 @@ fn a_shared_group_passes_over_a_member_that_cannot_accept() {
     got.sort();
     assert_eq!(got, (0..10).collect::<Vec<u8>>());
 }
+
+#[test]
+fn a_delayed_will_goes_out_when_the_session_ends_first() {
+    let broker = Broker::start(&[]);
+    let mut watcher = Raw::connect(broker.port, "watcher");
+    watcher.subscribe(&[("end/#", QoS::AtMostOnce)]);
+    // Will delay 60 s, but the session expires after 1 s: the will goes with the session.
+    let mut c = v5("short-session");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(1);
+    let mut properties = Properties::default();
+    properties.will_delay_interval = Some(60);
+    c.will = Some(Will {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties,
+        topic: s("end/will"),
+        payload: bytes::Bytes::from_static(b"ended"),
+    });
+    let client = connect5(broker.port, c);
+    drop(client);
+    broker.wait_for_log("Expiring client short-session due to timeout.");
+    assert_eq!(&watcher.recv_publish().payload[..], b"ended");
+}
