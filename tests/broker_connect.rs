@@ -200,12 +200,12 @@ fn anonymous_clients_are_refused_when_not_allowed() {
 
 #[test]
 fn daemon_mode_runs_in_the_background() {
-    // A free port: bound by us, released, then given to the daemon.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A free port outside Linux's ephemeral range (32768-60999), where the brokers the other
+    // tests start with `-p 0` get theirs: bound by us, released, then given to the daemon.
+    let port = (0..1000u16)
+        .map(|i| 20_000 + (std::process::id() as u16 % 9_000 + i) % 10_000)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port below the ephemeral range");
     let conf = config_file("daemon", &format!("listener {port} 127.0.0.1\n"));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_midge"))
         .args(["-d", "-c", &conf])

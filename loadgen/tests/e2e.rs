@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// The tests here run one at a time: each gives mosquitto a port found free a moment before,
+/// and two at once could hand out the same one (the second mosquitto would fail to bind while
+/// its test talked to the first).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Mosquitto {
     child: Child,
     port: u16,
@@ -32,7 +37,7 @@ impl Mosquitto {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(program)
+        let mut child = Command::new(program)
             .args(["-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -46,6 +51,12 @@ impl Mosquitto {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        // It is ours that listens: had the port been taken meanwhile, mosquitto would have
+        // exited on the failed bind.
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "mosquitto exited: port {port} was taken"
+        );
         Mosquitto { child, port }
     }
 
@@ -90,6 +101,7 @@ fn n(v: &serde_json::Value, path: &[&str]) -> f64 {
 
 #[test]
 fn counts_add_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let broker = Mosquitto::start();
     let pid = broker.child.id().to_string();
     // p2p, 4 pairs, QoS 1: 500/s each for a 2 s window after 0.5 s of warm-up.
@@ -185,6 +197,7 @@ fn counts_add_up() {
 
 #[test]
 fn a_stalled_broker_shows_as_latency_not_as_a_lower_rate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let broker = Mosquitto::start();
     let stall = Duration::from_millis(1000);
     let stopper = {
