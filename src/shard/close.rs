@@ -193,7 +193,7 @@ impl<B: Backend> Shard<B> {
             // [MQTT-3.1.3-9] after the Will Delay Interval, or when the session ends if
             // that comes first.
             let delay = will.properties.will_delay_interval.unwrap_or(0);
-            if delay == 0 || session.clean || reason == CloseReason::Shutdown {
+            if delay == 0 || session.clean {
                 self.publish_will(id, will);
             } else {
                 let due = Instant::now() + std::time::Duration::from_secs(delay.into());
