@@ -1,7 +1,10 @@
-//! Authentication. So far: the plumbing of MQTT 5.0 enhanced authentication (§4.12). A
+//! Authentication: Mosquitto password files (`password`), and the plumbing of MQTT 5.0
+//! enhanced authentication (§4.12). A
 //! method is a named challenge/response exchange; the broker runs it when a CONNECT names
 //! it, and again when the client re-authenticates with AUTH 0x19. No method is built in yet:
 //! a CONNECT naming an unknown method is refused with 0x8C.
+
+pub mod password;
 
 use bytes::Bytes;
 

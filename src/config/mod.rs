@@ -40,6 +40,8 @@ pub struct Config {
     /// midge's `response_topic_prefix`: a 5.0 client that asks for Response Information is
     /// told `{prefix}/{client id}` as the base of its response topics. Unset: none is given.
     pub response_topic_prefix: Option<String>,
+    /// `password_file`: users and password hashes (Mosquitto's format), loaded at start.
+    pub password_file: Option<crate::auth::password::PasswordFile>,
     /// `max_topic_alias`: topic aliases a 5.0 client may set (sent as Topic Alias Maximum).
     pub topic_alias_max: u16,
     /// Subscriptions one session may hold; more are refused (SUBACK failure, counted).
@@ -66,6 +68,7 @@ impl Default for Config {
             subscriptions_per_client_max: 100_000,
             topic_alias_max: 10,
             response_topic_prefix: None,
+            password_file: None,
         }
     }
 }
@@ -111,7 +114,6 @@ const NOT_YET: &[&str] = &[
     "max_queued_bytes",
     "memory_limit",
     "mount_point",
-    "password_file",
     "per_listener_settings",
     "persistence",
     "persistence_file",
@@ -242,6 +244,12 @@ impl Config {
                     }
                 }
                 "max_keepalive" => self.keepalive_max_s = number(65535)? as u16,
+                "password_file" => {
+                    let file = one("path")?;
+                    let loaded = crate::auth::password::PasswordFile::load(Path::new(file))
+                        .map_err(|e| err(format!("password_file: {e}")))?;
+                    self.password_file = Some(loaded);
+                }
                 "response_topic_prefix" => {
                     let prefix = one("topic prefix")?;
                     if crate::topic::validate_topic_name(prefix).is_err() {

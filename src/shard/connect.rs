@@ -50,6 +50,14 @@ impl<B: Backend> Shard<B> {
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
             return;
         }
+        // password_file: a user name must be in it with this password (3.x: CONNACK 4).
+        if let (Some(passwords), Some(user)) = (&config.password_file, &connect.username) {
+            let password = connect.password.as_deref().unwrap_or_default();
+            if !passwords.check(user, password) {
+                self.refuse(conn, &connect, ReasonCode::BadUserNameOrPassword);
+                return;
+            }
+        }
         let Some(c) = self.conn_mut(conn) else { return };
         c.client_id = Some(client_id.clone());
         if let (true, Some(name)) = (v5, connect.properties.authentication_method.clone()) {

@@ -1,0 +1,151 @@
+//! `midge-passwd` and password files: files it writes work with Debian's mosquitto, files
+//! Debian's `mosquitto_passwd` writes work with midge, and `-D`, `-U` do what they say.
+
+mod common;
+
+use common::*;
+use midge::codec::*;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn temp(name: &str) -> String {
+    std::env::temp_dir()
+        .join(format!("midge-test-{}-{name}", std::process::id()))
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn passwd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_midge-passwd"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn program(name: &str) -> String {
+    // Debian puts mosquitto in /usr/sbin, which a PATH may lack.
+    let found = Command::new("which")
+        .arg(name)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        name.to_string()
+    } else {
+        format!("/usr/sbin/{name}")
+    }
+}
+
+/// A free port below Linux's ephemeral range, so no broker started with `-p 0` takes it.
+fn quiet_port() -> u16 {
+    (0..1000u16)
+        .map(|i| 30_000 + (std::process::id() as u16 % 2_000 + i) % 2_700)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port")
+}
+
+#[test]
+fn midge_passwd_files_work_with_mosquitto() {
+    let file = temp("pw-for-mosquitto");
+    assert!(passwd(&["-c", "-b", &file, "alice", "secret"])
+        .status
+        .success());
+    assert!(passwd(&["-b", &file, "bob", "other"]).status.success());
+    assert!(passwd(&["-D", &file, "bob"]).status.success());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("alice:$7$101$") && !text.contains("bob:"),
+        "{text}"
+    );
+    // Wrong use: exit code 1 and a message, as mosquitto_passwd.
+    let out = passwd(&["-c", "-D", &file, "x"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let port = quiet_port();
+    let conf = config_file(
+        "mosquitto-pw",
+        &format!("listener {port} 127.0.0.1\npassword_file {file}\nallow_anonymous false\n"),
+    );
+    let mut mosquitto = Command::new(program("mosquitto"))
+        .args(["-c", &conf])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "mosquitto does not listen");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let publish = |user: &str, password: &str| {
+        Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-u",
+                user,
+                "-P",
+                password,
+                "-t",
+                "t",
+                "-m",
+                "m",
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let (right, wrong) = (publish("alice", "secret"), publish("alice", "nope"));
+    let _ = mosquitto.kill();
+    let _ = mosquitto.wait();
+    assert!(right, "mosquitto refused a password midge-passwd wrote");
+    assert!(!wrong, "mosquitto accepted a wrong password");
+}
+
+#[test]
+fn mosquitto_passwd_files_work_with_midge() {
+    let file = temp("pw-for-midge");
+    let made = Command::new(program("mosquitto_passwd"))
+        .args(["-c", "-b", &file, "carol", "pw"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // -U turns a plain-text line into a hash.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("dave:plain\n");
+    std::fs::write(&file, text).unwrap();
+    assert!(passwd(&["-U", &file]).status.success());
+    assert!(!std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("dave:plain"));
+
+    let conf = config_file("midge-pw", &format!("password_file {file}\n"));
+    let broker = Broker::start(&["-c", &conf]);
+    let login = |user: &str, password: &str| {
+        let mut c = connect_packet(ProtocolVersion::V311, &format!("{user}-client"), true, 60);
+        c.username = Some(s(user));
+        c.password = Some(bytes::Bytes::copy_from_slice(password.as_bytes()));
+        Raw::connect_with(broker.port, c).1.reason
+    };
+    assert_eq!(login("carol", "pw"), ReasonCode::Success);
+    assert_eq!(login("dave", "plain"), ReasonCode::Success);
+    // Wrong password or unknown user: CONNACK 4 (3.1.1).
+    assert_eq!(login("carol", "PW"), ReasonCode::BadUserNameOrPassword);
+    assert_eq!(v3_return_code(login("eve", "pw")), 4);
+}
+
+#[test]
+fn a_bad_password_file_stops_the_broker_with_file_and_line() {
+    let file = temp("pw-bad");
+    std::fs::write(&file, "ok:$7$101$AAAA$AAAA\nbroken line\n").unwrap();
+    let conf = config_file("midge-pw-bad", &format!("password_file {file}\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_midge"))
+        .args(["-p", "0", "-c", &conf])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{file}:2")), "{err}");
+}
