@@ -4,6 +4,7 @@
 //! it, and again when the client re-authenticates with AUTH 0x19. No method is built in yet:
 //! a CONNECT naming an unknown method is refused with 0x8C.
 
+pub mod acl;
 pub mod password;
 
 use bytes::Bytes;

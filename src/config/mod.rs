@@ -40,6 +40,8 @@ pub struct Config {
     /// midge's `response_topic_prefix`: a 5.0 client that asks for Response Information is
     /// told `{prefix}/{client id}` as the base of its response topics. Unset: none is given.
     pub response_topic_prefix: Option<String>,
+    /// `acl_file`: who may read and write which topics, loaded at start.
+    pub acl: Option<crate::auth::acl::Acl>,
     /// `password_file`: users and password hashes (Mosquitto's format), loaded at start.
     pub password_file: Option<crate::auth::password::PasswordFile>,
     /// `max_topic_alias`: topic aliases a 5.0 client may set (sent as Topic Alias Maximum).
@@ -69,6 +71,7 @@ impl Default for Config {
             topic_alias_max: 10,
             response_topic_prefix: None,
             password_file: None,
+            acl: None,
         }
     }
 }
@@ -91,7 +94,6 @@ impl std::error::Error for ConfigError {}
 
 /// Options of Mosquitto 2.0 that midge reads but does not act on yet: a warning, not an error.
 const NOT_YET: &[&str] = &[
-    "acl_file",
     "allow_duplicate_messages",
     "autosave_interval",
     "autosave_on_changes",
@@ -244,6 +246,12 @@ impl Config {
                     }
                 }
                 "max_keepalive" => self.keepalive_max_s = number(65535)? as u16,
+                "acl_file" => {
+                    let file = one("path")?;
+                    let acl = crate::auth::acl::Acl::load(Path::new(file))
+                        .map_err(|e| err(format!("acl_file: {e}")))?;
+                    self.acl = Some(acl);
+                }
                 "password_file" => {
                     let file = one("path")?;
                     let loaded = crate::auth::password::PasswordFile::load(Path::new(file))

@@ -262,13 +262,18 @@ impl<B: Backend> Shard<B> {
             if !due {
                 continue;
             }
-            let mut session = self.sessions.remove(&id).expect("just found");
+            // The session ends before its will's delay: the will goes now (while the session,
+            // whose rights the will is checked against, still exists).
+            let delayed = self
+                .sessions
+                .get_mut(&id)
+                .and_then(|s| s.delayed_will.take());
+            if let Some((_, will)) = delayed {
+                self.publish_will(id, will);
+            }
+            let session = self.sessions.remove(&id).expect("just found");
             if self.shared.config.connection_messages {
                 log::info!("Expiring client {} due to timeout.", session.client_id);
-            }
-            // The session ends before its will's delay: the will goes now.
-            if let Some((_, will)) = session.delayed_will.take() {
-                self.publish_will(id, will);
             }
             self.by_client.remove(&session.client_id);
             self.end_session(session, true);

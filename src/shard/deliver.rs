@@ -215,6 +215,19 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get_mut(&target.session) else {
             return;
         };
+        // acl_file: only what the client may read reaches it, whatever its filter matched
+        // (a subscription to `#` leaks nothing), retained messages included.
+        if let Some(acl) = &self.shared.config.acl {
+            let user = session.username.as_deref();
+            if !acl.check_topic(
+                user,
+                &session.client_id,
+                &message.topic,
+                crate::auth::acl::Access::Read,
+            ) {
+                return;
+            }
+        }
         let online = session.conn.is_some();
         if target.qos == QoS::AtMostOnce {
             if online {

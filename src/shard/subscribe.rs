@@ -82,6 +82,23 @@ impl<B: Backend> Shard<B> {
                     continue;
                 }
             };
+            // acl_file: everything the filter could match must be readable. 3.x: 0x80; 5.0:
+            // Not authorized.
+            if let Some(acl) = &self.shared.config.acl {
+                if !acl.check_subscribe(
+                    session.username.as_deref(),
+                    &session.client_id,
+                    parsed.filter(),
+                ) {
+                    log::debug!("Denied SUBSCRIBE from {name} to {filter:?}.");
+                    reasons.push(if v5 {
+                        ReasonCode::NotAuthorized
+                    } else {
+                        ReasonCode::UnspecifiedError
+                    });
+                    continue;
+                }
+            }
             // [MQTT-3.8.3-4] No Local on a shared subscription is a Protocol Error.
             if v5 && parsed.group().is_some() && options.no_local {
                 violation = Some("No Local on a shared subscription");
