@@ -206,7 +206,10 @@ fn daemon_mode_runs_in_the_background() {
         .map(|i| 20_000 + (std::process::id() as u16 % 9_000 + i) % 10_000)
         .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
         .expect("a free port below the ephemeral range");
-    let conf = config_file("daemon", &format!("listener {port} 127.0.0.1\n"));
+    let conf = config_file(
+        "daemon",
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+    );
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_midge"))
         .args(["-d", "-c", &conf])
         .status()
@@ -251,4 +254,21 @@ fn find_process_with_arg(arg: &str) -> Option<i32> {
         std::thread::sleep(Duration::from_millis(10));
     }
     None
+}
+
+#[test]
+fn a_configured_listener_refuses_anonymous_clients_by_default() {
+    // As Mosquitto 2: `listener` without `allow_anonymous true` means no anonymous clients.
+    let port = (0..1000u16)
+        .map(|i| 20_000 + (std::process::id() as u16 % 9_000 + 500 + i) % 10_000)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port below the ephemeral range");
+    let conf = config_file("listener-anon", &format!("listener {port} 127.0.0.1\n"));
+    let _broker = Broker::start_configured(&["-c", &conf]);
+    let (mut c, ack) = Raw::connect_with(
+        port,
+        connect_packet(ProtocolVersion::V311, "anon", true, 60),
+    );
+    assert_eq!(ack.reason, ReasonCode::NotAuthorized);
+    assert!(c.expect_closed().is_empty());
 }

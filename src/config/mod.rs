@@ -148,6 +148,14 @@ impl Config {
         })?;
         let mut config = Config::default();
         config.apply(path, &text)?;
+        // Mosquitto 2: with a listener configured, anonymous clients are refused unless the
+        // file says allow_anonymous true; without one (local only mode) they are allowed.
+        let said = text
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("allow_anonymous"));
+        if !said && !config.local_only {
+            config.allow_anonymous = false;
+        }
         Ok(config)
     }
 

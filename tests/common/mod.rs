@@ -27,9 +27,21 @@ impl Broker {
 
     /// As `start`, with extra environment variables for the broker process.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Broker {
+        let mut all = vec!["-p", "0"];
+        all.extend_from_slice(args);
+        Broker::spawn(&all, env)
+    }
+
+    /// Starts midge with only `args` (and `-v`): for configurations that name their own
+    /// listeners.
+    pub fn start_configured(args: &[&str]) -> Broker {
+        Broker::spawn(args, &[])
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_midge"))
             .envs(env.iter().copied())
-            .args(["-p", "0", "-v"])
+            .arg("-v")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
