@@ -101,27 +101,36 @@ impl Acl {
         Self::parse(&text).map_err(|(line, e)| format!("{}:{line}: {e}", path.display()))
     }
 
-    /// The rules that apply to a client, patterns expanded.
-    fn rules(&self, user: Option<&str>, client_id: &str) -> Vec<Rule> {
-        let mut out: Vec<Rule> = match user {
-            Some(u) => self.users.get(u).cloned().unwrap_or_default(),
-            None => self.anonymous.clone(),
+    /// Calls `f` with each rule that applies to a client (patterns expanded; only those with
+    /// `%c`/`%u` allocate) until `f` returns true; says whether it did.
+    fn any_rule(
+        &self,
+        user: Option<&str>,
+        client_id: &str,
+        mut f: impl FnMut(Grant, &str) -> bool,
+    ) -> bool {
+        let own: &[Rule] = match user {
+            Some(u) => self.users.get(u).map_or(&[][..], Vec::as_slice),
+            None => &self.anonymous,
         };
-        for p in &self.patterns {
+        if own.iter().any(|r| f(r.grant, &r.topic)) {
+            return true;
+        }
+        self.patterns.iter().any(|p| {
             // A pattern with %u does not apply to an anonymous client (as Mosquitto).
             if p.topic.contains("%u") && user.is_none() {
-                continue;
+                return false;
             }
-            let topic = p
-                .topic
-                .replace("%c", client_id)
-                .replace("%u", user.unwrap_or(""));
-            out.push(Rule {
-                grant: p.grant,
-                topic,
-            });
-        }
-        out
+            if p.topic.contains('%') {
+                let topic = p
+                    .topic
+                    .replace("%c", client_id)
+                    .replace("%u", user.unwrap_or(""));
+                f(p.grant, &topic)
+            } else {
+                f(p.grant, &p.topic)
+            }
+        })
     }
 
     /// May this client read (receive) or write (publish) `topic`?
@@ -132,30 +141,24 @@ impl Acl {
         topic: &str,
         access: Access,
     ) -> bool {
-        let rules = self.rules(user, client_id);
-        if rules
-            .iter()
-            .any(|r| r.grant == Grant::Deny && matches(&r.topic, topic))
-        {
-            return false;
-        }
-        rules
-            .iter()
-            .any(|r| grants(r.grant, access) && matches(&r.topic, topic))
+        let denied = self.any_rule(user, client_id, |g, t| {
+            g == Grant::Deny && matches(t, topic)
+        });
+        !denied
+            && self.any_rule(user, client_id, |g, t| {
+                grants(g, access) && matches(t, topic)
+            })
     }
 
     /// May this client subscribe to `filter`: is all it could match readable?
     pub fn check_subscribe(&self, user: Option<&str>, client_id: &str, filter: &str) -> bool {
-        let rules = self.rules(user, client_id);
-        if rules
-            .iter()
-            .any(|r| r.grant == Grant::Deny && filter_within(&r.topic, filter))
-        {
-            return false;
-        }
-        rules
-            .iter()
-            .any(|r| grants(r.grant, Access::Read) && filter_within(&r.topic, filter))
+        let denied = self.any_rule(user, client_id, |g, t| {
+            g == Grant::Deny && filter_within(t, filter)
+        });
+        !denied
+            && self.any_rule(user, client_id, |g, t| {
+                grants(g, Access::Read) && filter_within(t, filter)
+            })
     }
 }
 
