@@ -114,6 +114,7 @@ impl Server {
             registry: Mutex::new(Default::default()),
             mailboxes,
             next_session: AtomicU64::new(1),
+            connections: Default::default(),
             auth_methods,
             shutdown: AtomicBool::new(false),
             stats: (0..shards).map(|_| Default::default()).collect(),

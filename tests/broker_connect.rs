@@ -272,3 +272,35 @@ fn a_configured_listener_refuses_anonymous_clients_by_default() {
     assert_eq!(ack.reason, ReasonCode::NotAuthorized);
     assert!(c.expect_closed().is_empty());
 }
+
+#[test]
+fn max_connections_and_clientid_prefixes() {
+    let conf = config_file("limits", "max_connections 2\nclientid_prefixes ok-\n");
+    let broker = Broker::start(&["--threads", "2", "-c", &conf]);
+    let first = Raw::connect(broker.port, "ok-1");
+    let mut second = Raw::connect(broker.port, "ok-2");
+    // A third connection is closed at once, before any CONNACK (as Mosquitto).
+    let mut third = Raw::open(broker.port, ProtocolVersion::V311);
+    third.send(&Packet::Connect(Box::new(connect_packet(
+        ProtocolVersion::V311,
+        "ok-3",
+        true,
+        60,
+    ))));
+    assert!(third.expect_closed().is_empty());
+    broker.wait_for_log("denied: max_connections exceeded.");
+    // When one leaves, there is room again.
+    drop(first);
+    broker.wait_for_log("Client ok-1 closed its connection.");
+    second.send(&Packet::PingReq);
+    assert_eq!(second.recv(), Packet::PingResp);
+    // clientid_prefixes: another id is not authorised (CONNACK 5).
+    let (mut bad, ack) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V311, "bad-1", true, 60),
+    );
+    assert_eq!(v3_return_code(ack.reason), 5);
+    assert!(bad.expect_closed().is_empty());
+    broker.wait_for_log("Client bad-1 disconnected, not authorised.");
+    let _again = Raw::connect(broker.port, "ok-4");
+}

@@ -40,6 +40,10 @@ pub struct Config {
     /// midge's `response_topic_prefix`: a 5.0 client that asks for Response Information is
     /// told `{prefix}/{client id}` as the base of its response topics. Unset: none is given.
     pub response_topic_prefix: Option<String>,
+    /// `max_connections`: clients connected at once, over all listeners (None: no limit).
+    pub connections_max: Option<usize>,
+    /// `clientid_prefixes`: only client ids starting with this may connect.
+    pub clientid_prefixes: Option<String>,
     /// `acl_file`: who may read and write which topics, loaded at start.
     pub acl: Option<crate::auth::acl::Acl>,
     /// `password_file`: users and password hashes (Mosquitto's format), loaded at start.
@@ -72,6 +76,8 @@ impl Default for Config {
             response_topic_prefix: None,
             password_file: None,
             acl: None,
+            connections_max: None,
+            clientid_prefixes: None,
         }
     }
 }
@@ -104,7 +110,6 @@ const NOT_YET: &[&str] = &[
     "certfile",
     "check_retain_source",
     "ciphers",
-    "clientid_prefixes",
     "connection",
     "address",
     "include_dir",
@@ -112,7 +117,6 @@ const NOT_YET: &[&str] = &[
     "log_dest",
     "log_timestamp",
     "log_timestamp_format",
-    "max_connections",
     "max_queued_bytes",
     "memory_limit",
     "mount_point",
@@ -254,6 +258,15 @@ impl Config {
                     }
                 }
                 "max_keepalive" => self.keepalive_max_s = number(65535)? as u16,
+                "max_connections" => {
+                    let value = one("number")?;
+                    let n: i64 = value
+                        .parse()
+                        .map_err(|_| err(format!("max_connections: {value:?} is not a number")))?;
+                    // Mosquitto: -1 (the default) means no limit.
+                    self.connections_max = usize::try_from(n).ok();
+                }
+                "clientid_prefixes" => self.clientid_prefixes = Some(one("prefix")?.to_string()),
                 "acl_file" => {
                     let file = one("path")?;
                     let acl = crate::auth::acl::Acl::load(Path::new(file))

@@ -46,6 +46,15 @@ impl<B: Backend> Shard<B> {
             self.refuse(conn, &connect, ReasonCode::ClientIdentifierNotValid);
             return;
         }
+        // clientid_prefixes: other client ids are not authorised (as Mosquitto).
+        if config
+            .clientid_prefixes
+            .as_ref()
+            .is_some_and(|p| !client_id.starts_with(p.as_str()))
+        {
+            self.refuse(conn, &connect, ReasonCode::NotAuthorized);
+            return;
+        }
         if !config.allow_anonymous && connect.username.is_none() {
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
             return;

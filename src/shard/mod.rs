@@ -84,6 +84,8 @@ pub struct Shared {
     pub registry: Mutex<HashMap<Arc<str>, usize>>,
     pub mailboxes: Arc<Mailboxes>,
     pub next_session: AtomicU64,
+    /// Connections open now, over all shards (for max_connections).
+    pub connections: std::sync::atomic::AtomicUsize,
     /// Enhanced authentication methods (MQTT 5.0), by name.
     pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
     pub shutdown: AtomicBool,
@@ -209,6 +211,22 @@ impl<B: Backend> Shard<B> {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Accepted { conn, peer, local } => {
+                // max_connections: over the limit, the new connection is closed at once.
+                let open = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+                if self
+                    .shared
+                    .config
+                    .connections_max
+                    .is_some_and(|max| open > max)
+                {
+                    self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+                    log::info!(
+                        "Client connection from {} denied: max_connections exceeded.",
+                        peer.ip()
+                    );
+                    self.backend.close(conn);
+                    return;
+                }
                 let index = conn.0;
                 if self.conns.len() <= index {
                     self.conns.resize_with(index + 1, || None);
@@ -273,7 +291,11 @@ impl<B: Backend> Shard<B> {
 
     /// Removes a connection from the table (to close it).
     fn take_conn(&mut self, conn: ConnId) -> Option<Conn> {
-        self.conns.get_mut(conn.0).and_then(Option::take)
+        let taken = self.conns.get_mut(conn.0).and_then(Option::take);
+        if taken.is_some() {
+            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+        taken
     }
 
     fn conn(&self, conn: ConnId) -> Option<&Conn> {
