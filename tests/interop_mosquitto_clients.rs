@@ -57,16 +57,19 @@ fn finish(mut child: Child) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// Waits until the broker has sent `count` SUBACKs in all.
-fn wait_subacks(broker: &Broker, count: usize) {
-    let until = Instant::now() + DEADLINE;
-    while broker
+/// SUBACKs the broker has logged so far.
+fn subacks(broker: &Broker) -> usize {
+    broker
         .log_lines()
         .iter()
         .filter(|l| l.contains("Sending SUBACK"))
         .count()
-        < count
-    {
+}
+
+/// Waits until the broker has sent `count` SUBACKs in all.
+fn wait_subacks(broker: &Broker, count: usize) {
+    let until = Instant::now() + DEADLINE;
+    while subacks(broker) < count {
         assert!(Instant::now() < until, "no SUBACK");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -76,11 +79,7 @@ fn wait_subacks(broker: &Broker, count: usize) {
 fn publish_and_subscribe_at_every_qos() {
     Broker::each_threads(&[], |broker| {
         for qos in ["0", "1", "2"] {
-            let before = broker
-                .log_lines()
-                .iter()
-                .filter(|l| l.contains("Sending SUBACK"))
-                .count();
+            let before = subacks(broker);
             let child = sub(
                 broker.port,
                 &["-t", "interop/#", "-q", qos, "-C", "2", "-v"],
@@ -117,11 +116,7 @@ fn retained_messages_and_wills() {
             "1 interop/retained kept\n"
         );
 
-        let before = broker
-            .log_lines()
-            .iter()
-            .filter(|l| l.contains("Sending SUBACK"))
-            .count();
+        let before = subacks(broker);
         let watcher = sub(broker.port, &["-t", "interop/will", "-C", "1", "-q", "1"]);
         let mut doomed = sub(
             broker.port,
@@ -148,11 +143,7 @@ fn retained_messages_and_wills() {
 #[test]
 fn mqtt5_properties_pass_through_with_dash_v_5() {
     Broker::each_threads(&[], |broker| {
-        let before = broker
-            .log_lines()
-            .iter()
-            .filter(|l| l.contains("Sending SUBACK"))
-            .count();
+        let before = subacks(broker);
         let child = sub(
             broker.port,
             &["-V", "5", "-t", "v5/#", "-C", "1", "-F", "%t %p %P"],
