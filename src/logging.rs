@@ -1,24 +1,303 @@
-//! Mosquitto's log format: `<unix time>: <message>`. Connection lines are notice (info here),
-//! per-packet lines debug (shown with `-v` or `log_type all`).
+//! Mosquitto's logging: `<unix time>: <message>` lines (or a `log_timestamp_format` time),
+//! filtered by `log_type`, written to every `log_dest` (stdout, stderr, a file, syslog).
+//!
+//! Log records map to Mosquitto's types by level, and for `info` by target: `information`,
+//! `subscribe` and `unsubscribe` targets are those types, any other info line is a notice
+//! (connection lines). Settings can be replaced while running (SIGHUP); a file destination
+//! is reopened then, so that log rotation works as with Mosquitto.
 
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Starts logging to stderr, as Mosquitto does by default. Safe to call more than once.
-pub fn init(verbose: bool) {
-    let level = if verbose {
-        log::LevelFilter::Debug
-    } else {
-        log::LevelFilter::Info
-    };
-    let _ = env_logger::Builder::new()
-        .filter_level(level)
-        .target(env_logger::Target::Stderr)
-        .format(|buf, record| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            writeln!(buf, "{now}: {}", record.args())
+/// A set of Mosquitto log types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogTypes(u8);
+
+impl LogTypes {
+    pub const NONE: LogTypes = LogTypes(0);
+    pub const ERROR: LogTypes = LogTypes(1);
+    pub const WARNING: LogTypes = LogTypes(1 << 1);
+    pub const NOTICE: LogTypes = LogTypes(1 << 2);
+    pub const INFORMATION: LogTypes = LogTypes(1 << 3);
+    pub const SUBSCRIBE: LogTypes = LogTypes(1 << 4);
+    pub const UNSUBSCRIBE: LogTypes = LogTypes(1 << 5);
+    pub const WEBSOCKETS: LogTypes = LogTypes(1 << 6);
+    pub const DEBUG: LogTypes = LogTypes(1 << 7);
+    pub const ALL: LogTypes = LogTypes(u8::MAX);
+    /// Mosquitto's default: error, warning, notice, information.
+    pub const DEFAULT: LogTypes = LogTypes(0b1111);
+
+    /// A `log_type` value.
+    pub fn named(name: &str) -> Option<LogTypes> {
+        Some(match name {
+            "none" => Self::NONE,
+            "error" => Self::ERROR,
+            "warning" => Self::WARNING,
+            "notice" => Self::NOTICE,
+            "information" => Self::INFORMATION,
+            "subscribe" => Self::SUBSCRIBE,
+            "unsubscribe" => Self::UNSUBSCRIBE,
+            "websockets" => Self::WEBSOCKETS,
+            "debug" => Self::DEBUG,
+            "all" => Self::ALL,
+            _ => return None,
         })
-        .try_init();
+    }
+
+    pub fn with(self, other: LogTypes) -> LogTypes {
+        LogTypes(self.0 | other.0)
+    }
+
+    pub fn contains(self, other: LogTypes) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    /// The type of a log record.
+    fn of(record: &log::Metadata) -> LogTypes {
+        match record.level() {
+            log::Level::Error => Self::ERROR,
+            log::Level::Warn => Self::WARNING,
+            log::Level::Info => match record.target() {
+                "information" => Self::INFORMATION,
+                "subscribe" => Self::SUBSCRIBE,
+                "unsubscribe" => Self::UNSUBSCRIBE,
+                _ => Self::NOTICE,
+            },
+            log::Level::Debug | log::Level::Trace => Self::DEBUG,
+        }
+    }
+
+    /// The most verbose `log` level any of these types needs.
+    fn level(self) -> log::LevelFilter {
+        if self.contains(Self::DEBUG) {
+            log::LevelFilter::Debug
+        } else if self.0 & 0b0111_1100 != 0 {
+            log::LevelFilter::Info
+        } else if self.contains(Self::WARNING) {
+            log::LevelFilter::Warn
+        } else if self.contains(Self::ERROR) {
+            log::LevelFilter::Error
+        } else {
+            log::LevelFilter::Off
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogDest {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+    Syslog,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    pub dests: Vec<LogDest>,
+    pub types: LogTypes,
+    /// `log_timestamp`: prefix lines with the time.
+    pub timestamp: bool,
+    /// `log_timestamp_format`: a strftime format (local time); unset: seconds since 1970.
+    pub timestamp_format: Option<String>,
+    /// `log_facility`: syslog's LOCAL0 + N; unset (the default): DAEMON.
+    pub facility: u8,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            dests: vec![LogDest::Stderr],
+            types: LogTypes::DEFAULT,
+            timestamp: true,
+            timestamp_format: None,
+            facility: u8::MAX,
+        }
+    }
+}
+
+/// The open destinations of the current settings.
+struct Sinks {
+    settings: LogSettings,
+    file: Option<File>,
+    syslog: Option<UnixDatagram>,
+}
+
+struct Logger {
+    sinks: Mutex<Option<Sinks>>,
+}
+
+static LOGGER: Logger = Logger {
+    sinks: Mutex::new(None),
+};
+
+/// Starts logging to stderr with Mosquitto's default types (all of them if `verbose`), until
+/// `apply` gives the configured settings. Safe to call more than once.
+pub fn init(verbose: bool) {
+    let mut settings = LogSettings::default();
+    if verbose {
+        settings.types = LogTypes::ALL;
+    }
+    let _ = log::set_logger(&LOGGER);
+    let _ = apply(&settings);
+}
+
+/// Uses `settings` from now on: opens the log file or syslog socket first, and keeps the
+/// current settings if that fails.
+pub fn apply(settings: &LogSettings) -> Result<(), String> {
+    let mut file = None;
+    let mut syslog = None;
+    for dest in &settings.dests {
+        match dest {
+            LogDest::File(path) => {
+                let opened = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+                file = Some(opened);
+            }
+            LogDest::Syslog => {
+                let socket = UnixDatagram::unbound()
+                    .and_then(|s| s.connect("/dev/log").map(|()| s))
+                    .map_err(|e| format!("cannot reach syslog at /dev/log: {e}"))?;
+                syslog = Some(socket);
+            }
+            LogDest::Stdout | LogDest::Stderr => {}
+        }
+    }
+    let level = if settings.dests.is_empty() {
+        log::LevelFilter::Off
+    } else {
+        settings.types.level()
+    };
+    let mut sinks = LOGGER.sinks.lock().unwrap_or_else(|e| e.into_inner());
+    *sinks = Some(Sinks {
+        settings: settings.clone(),
+        file,
+        syslog,
+    });
+    log::set_max_level(level);
+    Ok(())
+}
+
+/// The time prefix of a line, without the `: `.
+fn timestamp(format: Option<&str>) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match format {
+        None => now.to_string(),
+        Some(format) => strftime_local(format, now).unwrap_or_else(|| now.to_string()),
+    }
+}
+
+/// `strftime(3)` of `secs` in local time, as Mosquitto's `log_timestamp_format`.
+fn strftime_local(format: &str, secs: u64) -> Option<String> {
+    let format = std::ffi::CString::new(format).ok()?;
+    let time = libc::time_t::try_from(secs).ok()?;
+    // SAFETY: `tm` is plain data that localtime_r fills; both pointers are valid for the call.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; localtime_r is the thread-safe form (no shared static result).
+    if unsafe { libc::localtime_r(&time, &mut tm) }.is_null() {
+        return None;
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its length, format is NUL-terminated and tm initialised;
+    // strftime writes at most buf.len() bytes and returns how many (0 if it did not fit).
+    let n = unsafe { libc::strftime(buf.as_mut_ptr().cast(), buf.len(), format.as_ptr(), &tm) };
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// syslog's severity for a line of this type.
+fn severity(types: LogTypes) -> u8 {
+    match types {
+        LogTypes::ERROR => 3,
+        LogTypes::WARNING => 4,
+        LogTypes::NOTICE => 5,
+        LogTypes::DEBUG => 7,
+        _ => 6,
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let kind = LogTypes::of(record.metadata());
+        let mut guard = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sinks) = guard.as_mut() else { return };
+        if !sinks.settings.types.contains(kind) {
+            return;
+        }
+        let message = record.args().to_string();
+        let line = if sinks.settings.timestamp {
+            let time = timestamp(sinks.settings.timestamp_format.as_deref());
+            format!("{time}: {message}\n")
+        } else {
+            format!("{message}\n")
+        };
+        for dest in &sinks.settings.dests {
+            // A log line that cannot be written is lost: there is nowhere left to say so.
+            let _ = match dest {
+                LogDest::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+                LogDest::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+                LogDest::File(_) => match sinks.file.as_mut() {
+                    Some(file) => file.write_all(line.as_bytes()),
+                    None => Ok(()),
+                },
+                LogDest::Syslog => match sinks.syslog.as_ref() {
+                    Some(socket) => {
+                        let facility = match sinks.settings.facility {
+                            u8::MAX => 3,        // daemon
+                            local => 16 + local, // local0..local7
+                        };
+                        let priority = u16::from(facility) * 8 + u16::from(severity(kind));
+                        let text = format!("<{priority}>midge[{}]: {message}", std::process::id());
+                        socket.send(text.as_bytes()).map(|_| ())
+                    }
+                    None => Ok(()),
+                },
+            };
+        }
+    }
+
+    fn flush(&self) {
+        let mut guard = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = guard.as_mut().and_then(|s| s.file.as_mut()) {
+            let _ = file.flush();
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_map_to_levels() {
+        assert_eq!(LogTypes::DEFAULT.level(), log::LevelFilter::Info);
+        assert_eq!(LogTypes::ALL.level(), log::LevelFilter::Debug);
+        assert_eq!(LogTypes::ERROR.level(), log::LevelFilter::Error);
+        assert_eq!(LogTypes::NONE.level(), log::LevelFilter::Off);
+        assert!(LogTypes::DEFAULT.contains(LogTypes::NOTICE));
+        assert!(!LogTypes::DEFAULT.contains(LogTypes::DEBUG));
+        assert!(!LogTypes::DEFAULT.contains(LogTypes::NONE));
+    }
+
+    #[test]
+    fn strftime_formats_local_time() {
+        let year = strftime_local("%Y", 0).unwrap();
+        assert!(year == "1970" || year == "1969", "{year}");
+        assert_eq!(strftime_local("literal", 0).as_deref(), Some("literal"));
+    }
 }

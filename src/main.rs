@@ -2,6 +2,7 @@
 
 use clap::{Parser, ValueEnum};
 use midge::config::Config;
+use midge::logging::LogTypes;
 use midge::server::Server;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +17,7 @@ enum IoBackend {
 }
 
 /// An MQTT 3.1 / 3.1.1 / 5.0 broker, a drop-in alternative to Mosquitto.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(name = "midge", version)]
 struct Args {
     /// Read the configuration from a mosquitto.conf file.
@@ -39,28 +40,70 @@ struct Args {
     io: IoBackend,
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    midge::logging::init(args.verbose);
-    let mut config = match &args.config_file {
-        Some(path) => match Config::from_file(path) {
-            Ok(config) => config,
-            Err(e) => {
-                log::error!("Error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Config::default(),
-    };
-    if config.verbose && !args.verbose {
-        midge::logging::init(true);
-        log::set_max_level(log::LevelFilter::Debug);
+/// Command-line settings that win over the file's (also after a reload).
+fn apply_args(config: &mut Config, args: &Args) {
+    if args.verbose {
+        config.log.types = LogTypes::ALL;
     }
-    config.verbose |= args.verbose;
     if let Some(threads) = args.threads {
         config.threads = threads.into();
     }
+}
+
+fn read_config(args: &Args) -> Result<Config, String> {
+    let mut config = match &args.config_file {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    apply_args(&mut config, args);
+    Ok(config)
+}
+
+/// SIGHUP: read the file again and apply what may change; on any error keep everything as
+/// it is and say why.
+fn reload(args: &Args, stopper: &midge::server::Stopper) {
+    let Some(path) = &args.config_file else {
+        log::info!(target: "information", "Reload requested, but no configuration file was given.");
+        return;
+    };
+    log::info!(target: "information", "Reloading config.");
+    let fresh = match read_config(args) {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            log::error!(
+                "Error: reloading {} failed, keeping the current settings: {e}",
+                path.display()
+            );
+            return;
+        }
+    };
+    if let Err(e) = midge::logging::apply(&fresh.log) {
+        log::error!(
+            "Error: reloading {} failed, keeping the current settings: {e}",
+            path.display()
+        );
+        return;
+    }
+    for warning in stopper.reload(fresh) {
+        log::warn!("Warning: {warning}.");
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    midge::logging::init(args.verbose);
+    let mut config = match read_config(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     config.listeners_with_ports(&args.port);
+    if let Err(e) = midge::logging::apply(&config.log) {
+        log::error!("Error: {e}");
+        return ExitCode::FAILURE;
+    }
 
     if args.daemon {
         // SAFETY: called before any thread is started, as daemon(3) (a fork) requires.
@@ -73,13 +116,41 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-
-    log::info!("midge version {} starting", env!("CARGO_PKG_VERSION"));
-    if let Some(path) = &args.config_file {
-        log::info!("Config loaded from {}.", path.display());
-    } else {
-        log::info!("Using default config.");
+    if let Some(pid_file) = &config.pid_file {
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            log::error!("Error: cannot write pid file {}: {e}", pid_file.display());
+            return ExitCode::FAILURE;
+        }
     }
+    let pid_file = config.pid_file.clone();
+
+    log::info!(target: "information", "midge version {} starting", env!("CARGO_PKG_VERSION"));
+    if let Some(path) = &args.config_file {
+        log::info!(target: "information", "Config loaded from {}.", path.display());
+    } else {
+        log::info!(target: "information", "Using default config.");
+    }
+    let code = run(config, &args);
+    if let Some(pid_file) = pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    code
+}
+
+fn run(config: Config, args: &Args) -> ExitCode {
+    // Signals are caught before the listeners open, so that one sent as soon as the broker
+    // is reachable is handled, not fatal.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            log::error!("Error: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match Server::start(config) {
         Ok(server) => server,
         Err(e) => {
@@ -88,23 +159,21 @@ fn main() -> ExitCode {
         }
     };
     let stopper = server.stopper();
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            log::error!("Error: cannot handle signals: {e}");
-            server.shutdown();
-            return ExitCode::FAILURE;
-        }
-    };
-    std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            stopper.stop();
+    let handle = signals.handle();
+    let signal_args = args.clone();
+    let signal_thread = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal == signal_hook::consts::SIGHUP {
+                reload(&signal_args, &stopper);
+            } else {
+                stopper.stop();
+                return;
+            }
         }
     });
     server.join();
-    log::info!("midge version {} terminating", env!("CARGO_PKG_VERSION"));
+    handle.close();
+    let _ = signal_thread.join();
+    log::info!(target: "information", "midge version {} terminating", env!("CARGO_PKG_VERSION"));
     ExitCode::SUCCESS
 }

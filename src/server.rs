@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, CpuAffinity};
 use crate::retain::RetainStore;
 use crate::router::Mailboxes;
 use crate::shard::io::epoll::Epoll;
@@ -27,13 +27,16 @@ pub struct Server {
 }
 
 /// A listening socket that other shards may bind too (`SO_REUSEPORT`: the kernel spreads
-/// new connections across them).
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// new connections across them); `interface` is `bind_interface`.
+fn bind(addr: SocketAddr, interface: Option<&str>) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if let Some(interface) = interface {
+        socket.bind_device(Some(interface.as_bytes()))?;
     }
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -55,40 +58,54 @@ impl Server {
             n => n,
         };
         if config.local_only {
-            log::info!("Starting in local only mode. Connections will only be possible from clients running on this machine.");
+            log::info!(target: "information", "Starting in local only mode. Connections will only be possible from clients running on this machine.");
             log::info!(
+                target: "information",
                 "Create a configuration file which defines a listener to allow remote access."
             );
         }
-        // Bind the first shard's sockets, resolving port 0 (one port for every address
-        // configured with 0, so that tests can ask for any free port).
+        // Bind the first shard's sockets, resolving port 0 (one free port per listener,
+        // shared by its addresses).
         let mut first = Vec::new();
         let mut addrs = Vec::new();
-        let mut chosen_port = None;
-        for listener in &config.listeners {
-            let mut addr = listener.addr;
-            if addr.port() == 0 {
-                if let Some(port) = chosen_port {
+        // Per socket: its configured listener and bind_interface.
+        let mut listener_of_socket = Vec::new();
+        let mut interfaces = Vec::new();
+        for (index, listener) in config.listeners.iter().enumerate() {
+            if listener.websockets {
+                log::warn!(
+                    "Warning: not opening the websockets listener on port {}: not supported yet.",
+                    listener.port
+                );
+                continue;
+            }
+            let interface = listener.bind_interface.as_deref();
+            let mut chosen_port = None;
+            let listener_addrs = listener.addrs().inspect_err(|e| {
+                log::error!("Error: listener on port {}: {e}", listener.port);
+            })?;
+            for mut addr in listener_addrs {
+                if let (0, Some(port)) = (addr.port(), chosen_port) {
                     addr.set_port(port);
                 }
-            }
-            match bind(addr) {
-                Ok(socket) => {
-                    let bound = socket.local_addr()?;
-                    if addr.port() == 0 {
+                match bind(addr, interface) {
+                    Ok(socket) => {
+                        let bound = socket.local_addr()?;
                         chosen_port = Some(bound.port());
+                        let family = if bound.is_ipv4() { "ipv4" } else { "ipv6" };
+                        log::info!(target: "information", "Opening {family} listen socket on port {}.", bound.port());
+                        addrs.push(bound);
+                        first.push(socket);
+                        listener_of_socket.push(index);
+                        interfaces.push(interface);
                     }
-                    let family = if bound.is_ipv4() { "ipv4" } else { "ipv6" };
-                    log::info!("Opening {family} listen socket on port {}.", bound.port());
-                    addrs.push(bound);
-                    first.push(socket);
-                }
-                Err(e) if addr.is_ipv6() && config.local_only => {
-                    log::warn!("Warning: no IPv6 loopback listener on {addr}: {e}");
-                }
-                Err(e) => {
-                    log::error!("Error: cannot listen on {addr}: {e}");
-                    return Err(e);
+                    Err(e) if addr.is_ipv6() && (listener.loopback || listener.bind.is_none()) => {
+                        log::warn!("Warning: no IPv6 listener on {addr}: {e}");
+                    }
+                    Err(e) => {
+                        log::error!("Error: cannot listen on {addr}: {e}");
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -100,9 +117,13 @@ impl Server {
         for _ in 1..shards {
             let sockets = addrs
                 .iter()
-                .map(|&addr| bind(addr))
+                .zip(&interfaces)
+                .map(|(&addr, interface)| bind(addr, *interface))
                 .collect::<io::Result<Vec<_>>>()?;
             backends.push(Epoll::new(sockets)?);
+        }
+        if let Some(user) = &config.user {
+            drop_privileges(user)?;
         }
         let wakers: Vec<Arc<dyn Waker>> = backends.iter().map(|b| b.waker()).collect();
         let (mailboxes, receivers) = Mailboxes::new(MAILBOX_CAPACITY, wakers);
@@ -118,13 +139,29 @@ impl Server {
             auth_methods,
             shutdown: AtomicBool::new(false),
             stats: (0..shards).map(|_| Default::default()).collect(),
-            config,
+            listener_of_socket,
+            listener_connections: config
+                .listeners
+                .iter()
+                .map(|_| Default::default())
+                .collect(),
+            config_generation: AtomicU64::new(0),
+            config: arc_swap::ArcSwap::from_pointee(config),
         });
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let config = shared.config.load_full();
+        let cores: Vec<core_affinity::CoreId> = match &config.cpu_affinity {
+            CpuAffinity::Auto => core_affinity::get_core_ids().unwrap_or_default(),
+            CpuAffinity::Off => Vec::new(),
+            CpuAffinity::Cores(list) => list
+                .iter()
+                .map(|&id| core_affinity::CoreId { id })
+                .collect(),
+        };
         let mut threads = Vec::with_capacity(shards);
         for (id, (backend, receiver)) in backends.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
             let core = cores.get(id % cores.len().max(1)).copied();
+            // cpu_affinity: shards pinned to their cores unless turned off.
             let thread = std::thread::Builder::new()
                 .name(format!("midge-shard-{id}"))
                 .spawn(move || {
@@ -140,6 +177,12 @@ impl Server {
             threads,
             addrs,
         })
+    }
+
+    /// Takes what a reload may change from `fresh` (a new read of the configuration) and
+    /// hands it to the shards. Returns what could not change without a restart.
+    pub fn reload(&self, fresh: Config) -> Vec<String> {
+        reload(&self.shared, fresh)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -171,10 +214,66 @@ impl Server {
 pub struct Stopper(Arc<Shared>);
 
 impl Stopper {
+    /// See `Server::reload`.
+    pub fn reload(&self, fresh: Config) -> Vec<String> {
+        reload(&self.0, fresh)
+    }
+
     pub fn stop(&self) {
         self.0.shutdown.store(true, Ordering::Release);
         for shard in 0..self.0.mailboxes.shards() {
             self.0.mailboxes.wake(shard);
         }
     }
+}
+
+/// See `Server::reload`.
+fn reload(shared: &Shared, fresh: Config) -> Vec<String> {
+    let current = shared.config.load_full();
+    let (config, warnings) = current.reloaded(fresh);
+    shared.reload(config);
+    warnings
+}
+
+/// `user`: when running as root, become this user (and its primary group) once the
+/// listeners are open, as Mosquitto does. Not root: nothing to do.
+fn drop_privileges(user: &str) -> io::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let name = std::ffi::CString::new(user).map_err(io::Error::other)?;
+    // SAFETY: passwd is plain data filled by getpwnam_r into `buf`, which outlives its use;
+    // all pointers are valid for the call.
+    let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut passwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(io::Error::other(format!(
+            "cannot drop privileges: no user {user:?}"
+        )));
+    }
+    let (uid, gid) = (passwd.pw_uid, passwd.pw_gid);
+    // SAFETY: initgroups reads the NUL-terminated name; setgid/setuid take plain ids. Order
+    // matters: groups and gid while still root, then uid.
+    unsafe {
+        if libc::initgroups(name.as_ptr(), gid) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    log::info!(target: "information", "Running as user {user} (uid {uid}).");
+    Ok(())
 }

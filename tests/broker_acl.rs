@@ -146,3 +146,123 @@ fn a_will_to_a_forbidden_topic_is_not_published() {
     ));
     assert_eq!(&alice.recv_publish().payload[..], b"marker");
 }
+
+/// A broker whose ACL also has a user with `#` (root), one with only $SYS read (monitor),
+/// one with almost nothing (mallory), and a %c pattern.
+fn attack_broker() -> Broker {
+    let pw = password_file(
+        "attack",
+        &[
+            ("alice", "a"),
+            ("root", "r"),
+            ("monitor", "m"),
+            ("mallory", "x"),
+        ],
+    );
+    let acl = config_file(
+        "attack-acl",
+        "topic read public/#\n\nuser alice\ntopic readwrite alice/#\n\nuser root\ntopic readwrite #\n\n\
+         user monitor\ntopic read $SYS/#\n\nuser mallory\ntopic readwrite mallory/#\n\n\
+         pattern read clients/%c/#\n",
+    );
+    let conf = config_file(
+        "attack",
+        &format!("password_file {pw}\nacl_file {acl}\nallow_anonymous true\n"),
+    );
+    Broker::start(&["-c", &conf, "--threads", "1"])
+}
+
+#[test]
+fn sys_and_share_forms_do_not_get_around_the_acl() {
+    let broker = attack_broker();
+    let port = broker.port;
+    // `topic readwrite #` does not reach $SYS [MQTT-4.7.2-1]: root may neither subscribe to
+    // nor publish there; only a rule naming $SYS grants it.
+    let mut root = login(port, ProtocolVersion::V5, "root", Some(("root", "r")));
+    let ack = root.subscribe(&[("$SYS/#", QoS::AtMostOnce), ("alice/#", QoS::AtMostOnce)]);
+    assert_eq!(
+        ack.reasons,
+        vec![ReasonCode::NotAuthorized, ReasonCode::GRANTED_QOS_0]
+    );
+    let mut monitor = login(port, ProtocolVersion::V5, "monitor", Some(("monitor", "m")));
+    let ack = monitor.subscribe(&[("$SYS/#", QoS::AtMostOnce)]);
+    assert_eq!(ack.reasons, vec![ReasonCode::GRANTED_QOS_0]);
+    root.send(&publish(
+        "$SYS/broker/uptime",
+        b"forged",
+        QoS::AtLeastOnce,
+        1,
+        false,
+    ));
+    match root.recv() {
+        Packet::PubAck(ack) => assert_eq!(ack.reason, ReasonCode::NotAuthorized),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+
+    // $share forms are checked on the filter inside them.
+    let mut anon = login(port, ProtocolVersion::V5, "anon", None);
+    let ack = anon.subscribe(&[
+        ("$share/g/#", QoS::AtMostOnce),
+        ("$share/public/#", QoS::AtMostOnce),
+        ("$share/g/alice/+", QoS::AtMostOnce),
+        ("$share/g/public/#", QoS::AtMostOnce),
+    ]);
+    assert_eq!(
+        ack.reasons,
+        vec![
+            ReasonCode::NotAuthorized,
+            ReasonCode::NotAuthorized,
+            ReasonCode::NotAuthorized,
+            ReasonCode::GRANTED_QOS_0
+        ]
+    );
+    // A client id with a wildcard cannot widen a %c pattern (clients/#/#).
+    let mut wild = login(port, ProtocolVersion::V5, "#", None);
+    let ack = wild.subscribe(&[("clients/other/x", QoS::AtMostOnce)]);
+    assert_eq!(ack.reasons, vec![ReasonCode::NotAuthorized]);
+    let mut tame = login(port, ProtocolVersion::V5, "tame", None);
+    let ack = tame.subscribe(&[("clients/tame/#", QoS::AtMostOnce)]);
+    assert_eq!(ack.reasons, vec![ReasonCode::GRANTED_QOS_0]);
+
+    // Nothing forged or private arrives anywhere; a public marker does, in order after them.
+    root.send(&publish("alice/private", b"p", QoS::AtMostOnce, 0, false));
+    root.send(&publish("clients/other/x", b"p", QoS::AtMostOnce, 0, false));
+    root.send(&publish("public/marker", b"m", QoS::AtMostOnce, 0, false));
+    let p = anon.recv_publish();
+    assert_eq!(p.topic.as_str(), "public/marker");
+    monitor.expect_nothing(std::time::Duration::from_millis(100));
+    wild.expect_nothing(std::time::Duration::from_millis(50));
+}
+
+#[test]
+fn another_users_client_id_does_not_take_its_session() {
+    let broker = attack_broker();
+    let port = broker.port;
+    // alice keeps a session with a subscription and leaves; a message is queued for her.
+    let mut c = connect_packet(ProtocolVersion::V311, "alice-phone", false, 60);
+    c.username = Some(s("alice"));
+    c.password = Some(bytes::Bytes::from_static(b"a"));
+    let (mut alice, _) = Raw::connect_with(port, c.clone());
+    alice.subscribe(&[("alice/inbox", QoS::AtLeastOnce)]);
+    alice.send(&Packet::Disconnect(Disconnect::default()));
+    alice.expect_closed();
+    let mut root = login(port, ProtocolVersion::V311, "root", Some(("root", "r")));
+    root.send(&publish(
+        "alice/inbox",
+        b"for alice",
+        QoS::AtLeastOnce,
+        1,
+        false,
+    ));
+    assert!(matches!(root.recv(), Packet::PubAck(_)));
+
+    // mallory connects with alice's client id: a new session, nothing of alice's.
+    let mut m = connect_packet(ProtocolVersion::V311, "alice-phone", false, 60);
+    m.username = Some(s("mallory"));
+    m.password = Some(bytes::Bytes::from_static(b"x"));
+    let (mut mallory, ack) = Raw::connect_with(port, m);
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present, "another user's session was resumed");
+    mallory.expect_nothing(std::time::Duration::from_millis(200));
+    broker.wait_for_log("connected as a different user");
+}

@@ -45,9 +45,7 @@ fn server() -> Server {
         connection_messages: false,
         ..Config::default()
     };
-    config.listeners = vec![Listener {
-        addr: "127.0.0.1:0".parse().unwrap(),
-    }];
+    config.listeners = vec![Listener::on("127.0.0.1:0".parse().unwrap())];
     Server::start_with_auth(config, vec![Arc::new(Challenge)]).expect("start midge in-process")
 }
 

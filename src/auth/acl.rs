@@ -54,6 +54,11 @@ fn rule(args: &str) -> Result<Rule, String> {
 /// Whether every topic `filter` can match is matched by `rule` (a subscription within what
 /// the rule covers).
 fn filter_within(rule: &str, filter: &str) -> bool {
+    // [MQTT-4.7.2-1] a rule starting with a wildcard does not cover `$` topics ($SYS...):
+    // those must be granted by name.
+    if filter.starts_with('$') && (rule.starts_with('+') || rule.starts_with('#')) {
+        return false;
+    }
     let mut r = rule.split('/');
     let mut f = filter.split('/');
     loop {
@@ -141,6 +146,9 @@ impl Acl {
         topic: &str,
         access: Access,
     ) -> bool {
+        if wildcard_identity(user, client_id) {
+            return false;
+        }
         let denied = self.any_rule(user, client_id, |g, t| {
             g == Grant::Deny && matches(t, topic)
         });
@@ -152,6 +160,9 @@ impl Acl {
 
     /// May this client subscribe to `filter`: is all it could match readable?
     pub fn check_subscribe(&self, user: Option<&str>, client_id: &str, filter: &str) -> bool {
+        if wildcard_identity(user, client_id) {
+            return false;
+        }
         let denied = self.any_rule(user, client_id, |g, t| {
             g == Grant::Deny && filter_within(t, filter)
         });
@@ -160,6 +171,14 @@ impl Acl {
                 grants(g, Access::Read) && filter_within(t, filter)
             })
     }
+}
+
+/// A client id or user name with a wildcard would turn a `%c`/`%u` pattern into a wider rule
+/// (`clients/#/...`): such a client is denied everything, as Mosquitto does
+/// (`auth_plugin_deny_special_chars`, on by default).
+fn wildcard_identity(user: Option<&str>, client_id: &str) -> bool {
+    let special = |s: &str| s.contains(['+', '#']);
+    special(client_id) || user.is_some_and(special)
 }
 
 fn grants(grant: Grant, access: Access) -> bool {
@@ -212,6 +231,13 @@ mod tests {
         assert!(acl.check_subscribe(a, "c1", "alice/+"));
         assert!(!acl.check_subscribe(a, "c1", "alice/secret"));
         assert!(Acl::parse("topic\n").is_err());
+        // `#` does not cover $SYS; a wildcard in a client id or user name gets nothing.
+        let root = Acl::parse("user root\ntopic readwrite #\n").unwrap();
+        assert!(!root.check_subscribe(Some("root"), "c", "$SYS/#"));
+        assert!(!root.check_topic(Some("root"), "c", "$SYS/x", Access::Write));
+        assert!(root.check_subscribe(Some("root"), "c", "a/#"));
+        assert!(!acl.check_topic(a, "#", "clients/#/x", Access::Read));
+        assert!(!acl.check_subscribe(a, "c+", "alice/x"));
         assert_eq!(Acl::parse("x\nbogus line\n").unwrap_err().0, 1);
     }
 }

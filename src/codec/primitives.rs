@@ -60,6 +60,18 @@ impl MqttStr {
         &self.0
     }
 
+    /// The string from byte `from` on (sharing the buffer).
+    ///
+    /// # Panics
+    /// If `from` is not a character boundary.
+    pub fn tail(&self, from: usize) -> MqttStr {
+        assert!(
+            self.as_str().is_char_boundary(from),
+            "tail inside a character"
+        );
+        MqttStr(self.0.slice(from..))
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

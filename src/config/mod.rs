@@ -1,83 +1,244 @@
-//! The broker's settings, and a reader for the `mosquitto.conf` options the broker uses so far.
-//! Option names and defaults are Mosquitto 2.0's; the full file format has its own issue.
+//! The broker's settings: Mosquitto 2.0's option names and defaults, read from a
+//! `mosquitto.conf` file by `parse.rs`. What SIGHUP may change is marked on each field;
+//! listeners and threads stay as started.
+
+mod options;
+mod parse;
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// One address and port to accept MQTT connections on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+use crate::auth::acl::Acl;
+use crate::auth::password::PasswordFile;
+use crate::logging::LogSettings;
+
+pub use options::suggest;
+
+/// Which IP family a listener without a bind address uses (`socket_domain`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketDomain {
+    Ipv4,
+    Ipv6,
+}
+
+/// Who may connect and what they may do: global, or per listener with
+/// `per_listener_settings true`. Reloaded on SIGHUP.
+#[derive(Clone, Debug)]
+pub struct Security {
+    /// `allow_anonymous`; unset means true in local only mode and false once a listener is
+    /// configured (Mosquitto 2).
+    pub allow_anonymous: Option<bool>,
+    pub allow_zero_length_clientid: bool,
+    pub auto_id_prefix: String,
+    /// `password_file`: users and password hashes (Mosquitto's format).
+    pub password_file: Option<Arc<PasswordFile>>,
+    /// `acl_file`: who may read and write which topics.
+    pub acl: Option<Arc<Acl>>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            allow_anonymous: None,
+            allow_zero_length_clientid: true,
+            auto_id_prefix: "auto-".to_string(),
+            password_file: None,
+            acl: None,
+        }
+    }
+}
+
+impl Security {
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(true)
+    }
+}
+
+/// One `listener` (or the default listener of `port`/`bind_address`, or the loopback
+/// listener of local only mode). Not reloaded, except its `security`.
+#[derive(Clone, Debug)]
 pub struct Listener {
-    pub addr: SocketAddr,
+    /// 0 picks a free port (the same one for every address of the listener).
+    pub port: u16,
+    /// An address or host name; unset: every address.
+    pub bind: Option<String>,
+    pub socket_domain: Option<SocketDomain>,
+    /// `bind_interface`: only connections arriving on this network interface.
+    pub bind_interface: Option<String>,
+    /// Local only mode: 127.0.0.1 and ::1.
+    pub loopback: bool,
+    /// `max_connections`: clients connected to this listener at once (None: no limit).
+    pub connections_max: Option<usize>,
+    /// `mount_point`: prefixed to the topics of this listener's clients, hidden from them.
+    pub mount_point: Option<String>,
+    /// `max_topic_alias`: topic aliases a 5.0 client may set (its Topic Alias Maximum).
+    pub topic_alias_max: u16,
+    /// `use_username_as_clientid`: the user name replaces the client id.
+    pub use_username_as_clientid: bool,
+    /// `protocol websockets`: not served yet, so not opened (with a warning).
+    pub websockets: bool,
+    /// Used when `per_listener_settings` is true.
+    pub security: Security,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Listener {
+            port: 1883,
+            bind: None,
+            socket_domain: None,
+            bind_interface: None,
+            loopback: false,
+            connections_max: None,
+            mount_point: None,
+            topic_alias_max: 10,
+            use_username_as_clientid: false,
+            websockets: false,
+            security: Security::default(),
+        }
+    }
+}
+
+impl Listener {
+    /// A listener on one address.
+    pub fn on(addr: SocketAddr) -> Listener {
+        Listener {
+            port: addr.port(),
+            bind: Some(addr.ip().to_string()),
+            ..Listener::default()
+        }
+    }
+
+    /// The addresses to bind (host names resolved). IPv4 comes first.
+    pub fn addrs(&self) -> std::io::Result<Vec<SocketAddr>> {
+        let port = self.port;
+        if self.loopback {
+            return Ok(vec![
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port),
+            ]);
+        }
+        let mut addrs: Vec<SocketAddr> = match &self.bind {
+            Some(host) => match host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => (host.as_str(), port).to_socket_addrs()?.collect(),
+            },
+            None => vec![
+                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+            ],
+        };
+        match self.socket_domain {
+            Some(SocketDomain::Ipv4) => addrs.retain(SocketAddr::is_ipv4),
+            Some(SocketDomain::Ipv6) => addrs.retain(SocketAddr::is_ipv6),
+            None => {}
+        }
+        addrs.sort_by_key(|a| a.is_ipv6());
+        addrs.dedup();
+        if addrs.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "listener on port {port}: no address of the configured family"
+            )));
+        }
+        Ok(addrs)
+    }
+}
+
+/// `cpu_affinity` (midge's own): pin shard threads to cores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpuAffinity {
+    /// Shard N on core N (modulo the cores), the default.
+    Auto,
+    /// Not pinned.
+    Off,
+    /// Shard N on the Nth core of this list (modulo its length).
+    Cores(Vec<usize>),
 }
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listeners: Vec<Listener>,
+    /// Settings for the listeners `-p` makes (local only mode): the file's listener options.
+    pub listener_defaults: Listener,
     /// Started with no listener configured: loopback only, as Mosquitto 2's local only mode.
     pub local_only: bool,
-    /// Shards; 0 means one per core.
+    /// `per_listener_settings`: each listener has its own `Security`.
+    pub per_listener_settings: bool,
+    /// Security settings when they are not per listener.
+    pub security: Security,
+    /// Shards; 0 means one per core. Not reloaded.
     pub threads: usize,
+    pub cpu_affinity: CpuAffinity,
     /// `max_inflight_messages`: QoS 1/2 messages sent to a client and not yet acknowledged.
     pub inflight_max: usize,
     /// `max_queued_messages`: QoS 1/2 messages waiting behind the inflight window.
     pub queued_max: usize,
+    /// `max_queued_bytes`: payload bytes waiting behind the inflight window (0: no limit
+    /// beyond `max_queued_messages`).
+    pub queued_bytes_max: usize,
     /// `max_packet_size`: largest packet accepted from a client, in bytes (fixed header
     /// included). Mosquitto's default is the protocol's limit.
     pub packet_size_max: usize,
     /// `max_keepalive`: longest keep alive granted, seconds.
     pub keepalive_max_s: u16,
-    pub allow_zero_length_clientid: bool,
-    pub auto_id_prefix: String,
-    pub allow_anonymous: bool,
+    /// `persistent_client_expiration`: how long a session that would never expire
+    /// (3.1.1 clean session false, 5.0 expiry 0xFFFFFFFF) is kept while its client is away.
+    pub persistent_client_expiration: Option<Duration>,
     /// Bytes of encoded packets waiting for one client's socket before QoS 0 messages to it
     /// are dropped (and counted).
     pub client_write_max: usize,
-    pub verbose: bool,
     pub connection_messages: bool,
+    /// Logging: destinations, types, timestamps. Reloaded on SIGHUP.
+    pub log: LogSettings,
     /// Seconds a new connection has to send CONNECT before it is closed.
     pub connect_timeout_s: u64,
     /// midge's `response_topic_prefix`: a 5.0 client that asks for Response Information is
     /// told `{prefix}/{client id}` as the base of its response topics. Unset: none is given.
     pub response_topic_prefix: Option<String>,
-    /// `max_connections`: clients connected at once, over all listeners (None: no limit).
-    pub connections_max: Option<usize>,
     /// `clientid_prefixes`: only client ids starting with this may connect.
     pub clientid_prefixes: Option<String>,
-    /// `acl_file`: who may read and write which topics, loaded at start.
-    pub acl: Option<crate::auth::acl::Acl>,
-    /// `password_file`: users and password hashes (Mosquitto's format), loaded at start.
-    pub password_file: Option<crate::auth::password::PasswordFile>,
-    /// `max_topic_alias`: topic aliases a 5.0 client may set (sent as Topic Alias Maximum).
-    pub topic_alias_max: u16,
     /// Subscriptions one session may hold; more are refused (SUBACK failure, counted).
     pub subscriptions_per_client_max: usize,
+    /// `pid_file`: written at start, removed at exit.
+    pub pid_file: Option<PathBuf>,
+    /// `user`: when started as root, run as this user after opening the listeners.
+    pub user: Option<String>,
+    /// `sys_interval`: seconds between `$SYS` updates.
+    pub sys_interval_s: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listeners: Vec::new(),
+            listener_defaults: Listener {
+                loopback: true,
+                ..Listener::default()
+            },
             local_only: true,
+            per_listener_settings: false,
+            security: Security::default(),
             threads: 0,
+            cpu_affinity: CpuAffinity::Auto,
             inflight_max: 20,
             queued_max: 1000,
+            queued_bytes_max: 0,
             packet_size_max: 268_435_455 + 5,
             keepalive_max_s: 65535,
-            allow_zero_length_clientid: true,
-            auto_id_prefix: "auto-".to_string(),
-            allow_anonymous: true,
+            persistent_client_expiration: None,
             client_write_max: 4 << 20,
-            verbose: false,
             connection_messages: true,
+            log: LogSettings::default(),
             connect_timeout_s: 10,
             subscriptions_per_client_max: 100_000,
-            topic_alias_max: 10,
             response_topic_prefix: None,
-            password_file: None,
-            acl: None,
-            connections_max: None,
             clientid_prefixes: None,
+            pid_file: None,
+            user: None,
+            sys_interval_s: 10,
         }
     }
 }
@@ -98,279 +259,73 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Options of Mosquitto 2.0 that midge reads but does not act on yet: a warning, not an error.
-const NOT_YET: &[&str] = &[
-    "allow_duplicate_messages",
-    "autosave_interval",
-    "autosave_on_changes",
-    "bridge_attempt_unsubscribe",
-    "bridge_protocol_version",
-    "cafile",
-    "capath",
-    "certfile",
-    "check_retain_source",
-    "ciphers",
-    "connection",
-    "address",
-    "include_dir",
-    "keyfile",
-    "log_dest",
-    "log_timestamp",
-    "log_timestamp_format",
-    "max_queued_bytes",
-    "memory_limit",
-    "mount_point",
-    "per_listener_settings",
-    "persistence",
-    "persistence_file",
-    "persistence_location",
-    "persistent_client_expiration",
-    "pid_file",
-    "protocol",
-    "psk_file",
-    "queue_qos0_messages",
-    "require_certificate",
-    "retain_available",
-    "set_tcp_nodelay",
-    "socket_domain",
-    "sys_interval",
-    "tls_version",
-    "topic",
-    "upgrade_outgoing_qos",
-    "use_identity_as_username",
-    "user",
-    "websockets_log_level",
-];
-
 impl Config {
-    /// Reads `path` on top of the defaults. Warnings go to the log.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            message: format!("cannot read the file: {e}"),
-        })?;
-        let mut config = Config::default();
-        config.apply(path, &text)?;
-        // Mosquitto 2: with a listener configured, anonymous clients are refused unless the
-        // file says allow_anonymous true; without one (local only mode) they are allowed.
-        let said = text
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some("allow_anonymous"));
-        if !said && !config.local_only {
-            config.allow_anonymous = false;
+    /// The security settings that apply to a client of `listener`.
+    pub fn security(&self, listener: usize) -> &Security {
+        match self.listeners.get(listener) {
+            Some(l) if self.per_listener_settings => &l.security,
+            _ => &self.security,
         }
-        Ok(config)
     }
 
-    /// Applies the lines of a mosquitto.conf file.
-    pub fn apply(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        for (index, raw) in text.lines().enumerate() {
-            let err = |message: String| ConfigError {
-                file: path.to_path_buf(),
-                line: index + 1,
-                message,
-            };
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let mut words = line.split_whitespace();
-            let option = words.next().unwrap_or_default();
-            let args: Vec<&str> = words.collect();
-            let one = |what: &str| -> Result<&str, ConfigError> {
-                match args.as_slice() {
-                    [value] => Ok(value),
-                    _ => Err(err(format!("{option} takes one {what}"))),
-                }
-            };
-            let number = |max: u64| -> Result<u64, ConfigError> {
-                let value = one("number")?;
-                value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|&n| n <= max)
-                    .ok_or_else(|| {
-                        err(format!(
-                            "{option}: {value:?} is not a number from 0 to {max}"
-                        ))
-                    })
-            };
-            let boolean = || -> Result<bool, ConfigError> {
-                match one("value")? {
-                    "true" => Ok(true),
-                    "false" => Ok(false),
-                    other => Err(err(format!(
-                        "{option}: {other:?} is neither true nor false"
-                    ))),
-                }
-            };
-            match option {
-                "listener" => {
-                    let (port, bind) = match args.as_slice() {
-                        [port] => (port, None),
-                        [port, bind] => (port, Some(*bind)),
-                        _ => {
-                            return Err(err("listener takes a port and an optional address".into()))
-                        }
-                    };
-                    let port: u16 = port
-                        .parse()
-                        .map_err(|_| err(format!("listener: bad port {port:?}")))?;
-                    self.local_only = false;
-                    match bind {
-                        None => {
-                            self.listeners.push(Listener {
-                                addr: SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
-                            });
-                            self.listeners.push(Listener {
-                                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
-                            });
-                        }
-                        Some(bind) => {
-                            let ip: IpAddr = bind
-                                .parse()
-                                .map_err(|_| err(format!("listener: bad address {bind:?}")))?;
-                            self.listeners.push(Listener {
-                                addr: SocketAddr::new(ip, port),
-                            });
-                        }
-                    }
-                }
-                "port" => {
-                    let port = number(u16::MAX.into())? as u16;
-                    self.local_only = false;
-                    self.listeners.push(Listener {
-                        addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
-                    });
-                }
-                "max_inflight_messages" => {
-                    // Mosquitto: 0 means no limit; keep a bound all the same.
-                    let n = number(65535)? as usize;
-                    self.inflight_max = if n == 0 { 65535 } else { n };
-                }
-                "max_queued_messages" => self.queued_max = number(u32::MAX.into())? as usize,
-                "max_packet_size" => self.packet_size_max = number(268_435_460)?.max(20) as usize,
-                "message_size_limit" => {
-                    let n = number(268_435_455)? as usize;
-                    if n > 0 {
-                        self.packet_size_max = self.packet_size_max.min(n + 65_535 + 16);
-                    }
-                }
-                "max_keepalive" => self.keepalive_max_s = number(65535)? as u16,
-                "max_connections" => {
-                    let value = one("number")?;
-                    let n: i64 = value
-                        .parse()
-                        .map_err(|_| err(format!("max_connections: {value:?} is not a number")))?;
-                    // Mosquitto: -1 (the default) means no limit.
-                    self.connections_max = usize::try_from(n).ok();
-                }
-                "clientid_prefixes" => self.clientid_prefixes = Some(one("prefix")?.to_string()),
-                "acl_file" => {
-                    let file = one("path")?;
-                    let acl = crate::auth::acl::Acl::load(Path::new(file))
-                        .map_err(|e| err(format!("acl_file: {e}")))?;
-                    self.acl = Some(acl);
-                }
-                "password_file" => {
-                    let file = one("path")?;
-                    let loaded = crate::auth::password::PasswordFile::load(Path::new(file))
-                        .map_err(|e| err(format!("password_file: {e}")))?;
-                    self.password_file = Some(loaded);
-                }
-                "response_topic_prefix" => {
-                    let prefix = one("topic prefix")?;
-                    if crate::topic::validate_topic_name(prefix).is_err() {
-                        return Err(err(format!(
-                            "response_topic_prefix: {prefix:?} is not a valid topic name"
-                        )));
-                    }
-                    self.response_topic_prefix = Some(prefix.to_string());
-                }
-                "max_topic_alias" => self.topic_alias_max = number(65535)? as u16,
-                "allow_zero_length_clientid" => self.allow_zero_length_clientid = boolean()?,
-                "auto_id_prefix" => self.auto_id_prefix = one("prefix")?.to_string(),
-                "allow_anonymous" => self.allow_anonymous = boolean()?,
-                "connection_messages" => self.connection_messages = boolean()?,
-                "threads" => self.threads = number(1024)? as usize,
-                "connect_timeout" => self.connect_timeout_s = number(3600)?.max(1),
-                "io_backend" => match one("backend")? {
-                    "epoll" => {}
-                    other => {
-                        return Err(err(format!(
-                            "io_backend: {other:?} is not available (epoll)"
-                        )))
-                    }
-                },
-                "log_type" => {
-                    if matches!(one("type")?, "all" | "debug") {
-                        self.verbose = true;
-                    }
-                }
-                _ if NOT_YET.contains(&option) => {
-                    log::warn!(
-                        "Warning: {}:{}: {option} is not supported by midge yet; ignored.",
-                        path.display(),
-                        index + 1
-                    );
-                }
-                _ => return Err(err(format!("unknown option {option:?}"))),
-            }
-        }
-        Ok(())
+    /// The listener a connection arrived on (the first one if the index is unknown, which
+    /// only an in-process caller could cause).
+    pub fn listener(&self, listener: usize) -> &Listener {
+        static FALLBACK: std::sync::OnceLock<Listener> = std::sync::OnceLock::new();
+        self.listeners
+            .get(listener)
+            .unwrap_or_else(|| FALLBACK.get_or_init(Listener::default))
     }
 
-    /// The listeners to open: the configured ones, or loopback on `ports` (default 1883).
+    /// The listeners to open: the configured ones, or loopback on `ports` (default 1883),
+    /// Mosquitto's `-p`.
     pub fn listeners_with_ports(&mut self, ports: &[u16]) {
         if !self.listeners.is_empty() && ports.is_empty() {
             return;
         }
         let ports = if ports.is_empty() { &[1883][..] } else { ports };
         for &port in ports {
-            if self.local_only {
-                self.listeners.push(Listener {
-                    addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
-                });
-                self.listeners.push(Listener {
-                    addr: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port),
-                });
-            } else {
-                self.listeners.push(Listener {
-                    addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
-                });
+            self.listeners.push(Listener {
+                port,
+                loopback: self.local_only,
+                ..self.listener_defaults.clone()
+            });
+        }
+    }
+
+    /// Takes what SIGHUP may change from `new` (a fresh read of the same file): security,
+    /// limits, logging. Listeners' addresses and the threads stay; a change to them is named
+    /// in the returned warnings.
+    pub fn reloaded(&self, mut new: Config) -> (Config, Vec<String>) {
+        let mut warnings = Vec::new();
+        let same_listeners = new.listeners.len() == self.listeners.len()
+            && new
+                .listeners
+                .iter()
+                .zip(&self.listeners)
+                .all(|(a, b)| a.port == b.port && a.bind == b.bind);
+        if !same_listeners && !self.local_only {
+            warnings.push("listener changes take effect on restart".to_string());
+        }
+        let mut listeners = self.listeners.clone();
+        if same_listeners {
+            for (old, fresh) in listeners.iter_mut().zip(&new.listeners) {
+                old.security = fresh.security.clone();
             }
         }
+        if new.per_listener_settings != self.per_listener_settings {
+            warnings.push("per_listener_settings changes take effect on restart".to_string());
+            new.per_listener_settings = self.per_listener_settings;
+        }
+        new.listeners = listeners;
+        new.local_only = self.local_only;
+        new.threads = self.threads;
+        new.cpu_affinity = self.cpu_affinity.clone();
+        new.pid_file = self.pid_file.clone();
+        new.user = self.user.clone();
+        (new, warnings)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_options_and_names_bad_lines() {
-        let mut c = Config::default();
-        c.apply(
-            Path::new("m.conf"),
-            "# comment\nlistener 1884 127.0.0.1\nmax_inflight_messages 5\nmax_queued_messages 10\n",
-        )
-        .unwrap();
-        assert_eq!(
-            c.listeners,
-            vec![Listener {
-                addr: "127.0.0.1:1884".parse().unwrap()
-            }]
-        );
-        assert_eq!((c.inflight_max, c.queued_max, c.local_only), (5, 10, false));
-        let e = Config::default()
-            .apply(Path::new("m.conf"), "\nmax_inflight_mesages 5\n")
-            .unwrap_err();
-        assert_eq!(e.line, 2);
-        assert!(e.to_string().contains("m.conf:2"), "{e}");
-        let e = Config::default()
-            .apply(Path::new("m.conf"), "allow_anonymous maybe\n")
-            .unwrap_err();
-        assert!(e.message.contains("neither true nor false"));
-    }
-}
+mod tests;

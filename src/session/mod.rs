@@ -43,10 +43,17 @@ pub struct Session {
     pub subscriptions: HashMap<String, Subscription>,
     pub will: Option<Will>,
     pub username: Option<String>,
+    /// The password its client connected with, to check again when the password file is
+    /// reloaded (as Mosquitto does).
+    pub password: Option<Box<[u8]>>,
+    /// The listener its client connected to (security settings, mount point).
+    pub listener: usize,
     next_packet_id: u16,
     /// In the order sent, so that a resumed session resends them in order.
     pub inflight: VecDeque<InFlight>,
     pub queue: VecDeque<Queued>,
+    /// Payload bytes in `queue` (for `max_queued_bytes`).
+    pub queued_bytes: usize,
     /// QoS 2 packet ids received and answered with PUBREC, until PUBREL: a PUBLISH again
     /// with one of them is a duplicate and is not delivered twice (method B of §4.3.3).
     pub incoming_qos2: HashSet<u16>,
@@ -75,9 +82,12 @@ impl Session {
             subscriptions: HashMap::new(),
             will: None,
             username: None,
+            password: None,
+            listener: 0,
             next_packet_id: 0,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             incoming_qos2: HashSet::new(),
             dropped: 0,
             receive_maximum: u16::MAX,

@@ -77,7 +77,7 @@ impl<B: Backend> Shard<B> {
     }
 
     pub(super) fn keepalive_expired(&mut self, conn: ConnId) {
-        let messages = self.shared.config.connection_messages;
+        let messages = self.config.connection_messages;
         let Some(c) = self.conn_mut(conn) else { return };
         if messages {
             log::info!("Client {} has exceeded timeout, disconnecting.", c.name());
@@ -91,7 +91,7 @@ impl<B: Backend> Shard<B> {
 
     /// A packet broke a rule the decoder cannot see (a second CONNECT, say).
     pub(super) fn protocol_violation(&mut self, conn: ConnId, what: &str) {
-        let messages = self.shared.config.connection_messages;
+        let messages = self.config.connection_messages;
         let Some(c) = self.conn(conn) else { return };
         if messages {
             log::info!(
@@ -115,7 +115,7 @@ impl<B: Backend> Shard<B> {
     }
 
     pub(super) fn decode_failed(&mut self, conn: ConnId, error: DecodeError) {
-        let messages = self.shared.config.connection_messages;
+        let messages = self.config.connection_messages;
         let Some(c) = self.conn_mut(conn) else { return };
         let connected = c.session.is_some();
         let name = c.name().to_string();
@@ -152,7 +152,7 @@ impl<B: Backend> Shard<B> {
     /// The peer went away or failed.
     pub(super) fn connection_lost(&mut self, conn: ConnId, reason: CloseReason) {
         let Some(c) = self.conn(conn) else { return };
-        if self.shared.config.connection_messages && c.session.is_some() {
+        if self.config.connection_messages && c.session.is_some() {
             match reason {
                 CloseReason::PeerClosed => log::info!("Client {} closed its connection.", c.name()),
                 CloseReason::SocketError => {
@@ -213,15 +213,20 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// Starts an offline 5.0 session's expiry clock. [MQTT-3.1.2-23]
+    /// Starts an offline session's expiry clock: 5.0's Session Expiry Interval
+    /// [MQTT-3.1.2-23], or `persistent_client_expiration` for a session that would never
+    /// expire (3.x clean session 0, 5.0 0xFFFFFFFF).
     pub(super) fn schedule_expiry(&mut self, id: SessionId) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        if session.version != ProtocolVersion::V5 || session.expiry_interval_s == u32::MAX {
-            return;
-        }
-        let at = Instant::now() + std::time::Duration::from_secs(session.expiry_interval_s.into());
+        let never = session.version != ProtocolVersion::V5 || session.expiry_interval_s == u32::MAX;
+        let after = match (never, self.config.persistent_client_expiration) {
+            (false, _) => std::time::Duration::from_secs(session.expiry_interval_s.into()),
+            (true, Some(limit)) => limit,
+            (true, None) => return,
+        };
+        let at = Instant::now() + after;
         session.expires_at = Some(at);
         self.expiries.push(std::cmp::Reverse((at, id)));
     }
@@ -272,7 +277,7 @@ impl<B: Backend> Shard<B> {
                 self.publish_will(id, will);
             }
             let session = self.sessions.remove(&id).expect("just found");
-            if self.shared.config.connection_messages {
+            if self.config.connection_messages {
                 log::info!("Expiring client {} due to timeout.", session.client_id);
             }
             self.by_client.remove(&session.client_id);

@@ -13,6 +13,8 @@ pub struct Conn {
     pub id: ConnId,
     pub peer: SocketAddr,
     pub local_port: u16,
+    /// The configured listener it arrived on (index into `Config::listeners`).
+    pub listener: usize,
     pub decoder: Decoder,
     /// Received bytes not yet decoded (at most one partial packet after a turn).
     pub inbuf: BytesMut,
@@ -44,12 +46,19 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: ConnId, peer: SocketAddr, local_port: u16, packet_size_max: usize) -> Self {
+    pub fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        local_port: u16,
+        listener: usize,
+        packet_size_max: usize,
+    ) -> Self {
         let now = Instant::now();
         Conn {
             id,
             peer,
             local_port,
+            listener,
             decoder: Decoder::server(packet_size_max),
             inbuf: BytesMut::new(),
             out: BytesMut::new(),

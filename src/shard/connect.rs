@@ -18,18 +18,31 @@ use crate::topic::SessionId;
 impl<B: Backend> Shard<B> {
     pub(super) fn on_connect(&mut self, conn: ConnId, connect: Box<Connect>) {
         let shared = self.shared.clone();
-        let config = &shared.config;
+        let config = self.config.clone();
         let Some(c) = self.conn_mut(conn) else { return };
         c.version = Some(connect.version);
         c.decoder.version = Some(connect.version);
+        let listener = config.listener(c.listener);
+        let security = config.security(c.listener);
         let v5 = connect.version == ProtocolVersion::V5;
 
         let mut client_id: Arc<str> = Arc::from(connect.client_id.as_str());
+        if listener.use_username_as_clientid {
+            // use_username_as_clientid: the user name is the client id; without one the
+            // client is not authorised (as Mosquitto).
+            match &connect.username {
+                Some(user) => client_id = Arc::from(user.as_str()),
+                None => {
+                    self.refuse(conn, &connect, ReasonCode::NotAuthorized);
+                    return;
+                }
+            }
+        }
         let mut assigned = false;
         if client_id.is_empty() {
             // [MQTT-3.1.3-8] (3.1.1) an empty id needs clean session; 3.1 needs an id;
             // `allow_zero_length_clientid false` refuses it as Mosquitto does.
-            let allowed = config.allow_zero_length_clientid
+            let allowed = security.allow_zero_length_clientid
                 && connect.version != ProtocolVersion::V31
                 && (connect.clean_start || v5);
             if !allowed {
@@ -39,7 +52,7 @@ impl<B: Backend> Shard<B> {
             // [MQTT-3.1.3-6] assign a unique identifier.
             let id = self.shared.new_session_id();
             client_id =
-                Arc::from(format!("{}{:016x}-{}", config.auto_id_prefix, id.0, self.id).as_str());
+                Arc::from(format!("{}{:016x}-{}", security.auto_id_prefix, id.0, self.id).as_str());
             assigned = true;
         } else if connect.version == ProtocolVersion::V31 && client_id.len() > 23 {
             // MQTT 3.1 §3.1: the client identifier is 1 to 23 characters; Mosquitto refuses longer.
@@ -55,12 +68,12 @@ impl<B: Backend> Shard<B> {
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
             return;
         }
-        if !config.allow_anonymous && connect.username.is_none() {
+        if !security.anonymous_allowed() && connect.username.is_none() {
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
             return;
         }
         // password_file: a user name must be in it with this password (3.x: CONNACK 4).
-        if let (Some(passwords), Some(user)) = (&config.password_file, &connect.username) {
+        if let (Some(passwords), Some(user)) = (&security.password_file, &connect.username) {
             let password = connect.password.as_deref().unwrap_or_default();
             if !passwords.check(user, password) {
                 self.refuse(conn, &connect, ReasonCode::BadUserNameOrPassword);
@@ -90,6 +103,34 @@ impl<B: Backend> Shard<B> {
             return;
         }
         self.connect_authenticated(conn, connect, client_id, assigned);
+    }
+
+    /// After a reload: clients the new security settings would not let in are disconnected
+    /// (anonymous ones when anonymous access ends, users removed from the password file or
+    /// whose password changed), as Mosquitto does. The others carry on.
+    pub(super) fn recheck_clients(&mut self) {
+        let mut refused = Vec::new();
+        for session in self.sessions.values() {
+            let Some(conn) = session.conn else { continue };
+            let security = self.config.security(session.listener);
+            let allowed = match &session.username {
+                None => security.anonymous_allowed(),
+                Some(user) => security.password_file.as_ref().is_none_or(|passwords| {
+                    passwords.check(user, session.password.as_deref().unwrap_or_default())
+                }),
+            };
+            if !allowed {
+                refused.push((conn, session.client_id.clone()));
+            }
+        }
+        for (conn, client_id) in refused {
+            log::info!("Client {client_id} is no longer authorised after a reload, disconnecting.");
+            self.disconnect_with(
+                conn,
+                ReasonCode::NotAuthorized,
+                "not authorised after a reload",
+            );
+        }
     }
 
     /// CONNECT, once its client is known: find its session (here, on another shard, or new).
@@ -142,7 +183,7 @@ impl<B: Backend> Shard<B> {
     fn take_local_session(&mut self, id: SessionId, clean_start: bool) -> Option<Session> {
         let session = self.sessions.get(&id)?;
         if let Some(old) = session.conn {
-            if self.shared.config.connection_messages {
+            if self.config.connection_messages {
                 log::info!(
                     "Client {} already connected, closing old connection.",
                     session.client_id
@@ -220,7 +261,7 @@ impl<B: Backend> Shard<B> {
             "Sending CONNACK to {} (0, {code})",
             if id.is_empty() { "<unknown>" } else { id }
         );
-        if self.shared.config.connection_messages {
+        if self.config.connection_messages {
             let why = match reason {
                 ReasonCode::NotAuthorized | ReasonCode::BadUserNameOrPassword => "not authorised",
                 ReasonCode::ClientIdentifierNotValid => "invalid client id",
@@ -247,6 +288,19 @@ impl<B: Backend> Shard<B> {
         resumed: Option<Session>,
     ) {
         let v5 = connect.version == ProtocolVersion::V5;
+        let user = connect.username.as_ref().map(|u| u.as_str());
+        let resumed = match resumed {
+            // A session is resumed only by its own user: another user's client taking the
+            // id gets a new session, not the messages queued for the first.
+            Some(old) if old.username.as_deref() != user => {
+                log::info!(
+                    "Client {client_id} connected as a different user; its previous session is discarded."
+                );
+                self.end_session(old, false);
+                None
+            }
+            other => other,
+        };
         let session_present = resumed.is_some();
         let mut session = resumed.unwrap_or_else(|| {
             let id = self.shared.new_session_id();
@@ -272,21 +326,33 @@ impl<B: Backend> Shard<B> {
         session.packet_size_max = connect.properties.maximum_packet_size.map(|n| n as usize);
         // The will lives as long as the connection: its own copy, not a slice of CONNECT's
         // receive buffer.
+        let listener = self.conn(conn).map_or(0, |c| c.listener);
+        let mount = self.config.listener(listener).mount_point.clone();
         session.will = connect.will.as_ref().map(|w| Will {
             qos: w.qos,
             retain: w.retain,
             properties: w.properties.clone(),
-            topic: w.topic.detached(),
+            // mount_point: the will goes to the listener's part of the topic space.
+            topic: match &mount {
+                Some(mount) => crate::codec::MqttStr::new(&format!("{mount}{}", w.topic))
+                    .unwrap_or_else(|_| w.topic.detached()),
+                None => w.topic.detached(),
+            },
             payload: bytes::Bytes::copy_from_slice(&w.payload),
         });
         session.username = connect.username.as_ref().map(|u| u.to_string());
+        session.password = connect
+            .password
+            .as_ref()
+            .map(|p| p.to_vec().into_boxed_slice());
+        session.listener = listener;
         if session_present {
             self.adopt_subscriptions(&mut session);
         }
         self.by_client.insert(client_id.clone(), session_id);
         self.sessions.insert(session_id, session);
 
-        let keepalive = connect.keep_alive.min(self.shared.config.keepalive_max_s);
+        let keepalive = connect.keep_alive.min(self.config.keepalive_max_s);
         let Some(c) = self.conn_mut(conn) else { return };
         c.session = Some(session_id);
         c.client_id = Some(client_id.clone());
@@ -298,7 +364,7 @@ impl<B: Backend> Shard<B> {
             .unwrap_or(true);
         c.last_rx = Instant::now();
         let (ip, port) = (c.peer.ip(), c.peer.port());
-        if self.shared.config.connection_messages {
+        if self.config.connection_messages {
             let user = connect
                 .username
                 .as_ref()
@@ -319,23 +385,23 @@ impl<B: Backend> Shard<B> {
             if keepalive != connect.keep_alive {
                 properties.server_keep_alive = Some(keepalive);
             }
-            properties.receive_maximum = u16::try_from(self.shared.config.inflight_max)
+            properties.receive_maximum = u16::try_from(self.config.inflight_max)
                 .ok()
                 .filter(|&n| n < 65535);
             // [MQTT-3.1.2-28] Response Information only when asked for (and configured).
             if connect.properties.request_response_information == Some(true) {
-                if let Some(prefix) = &self.shared.config.response_topic_prefix {
+                if let Some(prefix) = &self.config.response_topic_prefix {
                     properties.response_information =
                         crate::codec::MqttStr::new(&format!("{prefix}/{client_id}")).ok();
                 }
             }
             // The largest packet the broker accepts, when a limit below the protocol's is set.
-            let size_max = self.shared.config.packet_size_max;
+            let size_max = self.config.packet_size_max;
             if size_max < crate::codec::VARINT_MAX as usize {
                 properties.maximum_packet_size = u32::try_from(size_max).ok();
             }
             // [MQTT-3.2.2-17] how many topic aliases the client may set (absent: none).
-            let aliases = self.shared.config.topic_alias_max;
+            let aliases = self.config.listener(listener).topic_alias_max;
             properties.topic_alias_maximum = (aliases > 0).then_some(aliases);
         }
         if let Some(c) = self.conn_mut(conn) {
@@ -381,7 +447,7 @@ impl<B: Backend> Shard<B> {
             .find(|c| c.waiting_handoff.is_some() && c.client_id.as_ref() == Some(&client_id))
             .map(|c| c.id);
         if let Some(waiting) = waiting {
-            if self.shared.config.connection_messages {
+            if self.config.connection_messages {
                 log::info!("Client {client_id} already connected, closing old connection.");
             }
             if let Some(c) = self.take_conn(waiting) {

@@ -28,12 +28,14 @@ struct VariantKey {
     qos: QoS,
     retain: bool,
     dup: bool,
+    /// Bytes of `mount_point` taken off the front of the topic.
+    strip: usize,
 }
 
 impl<B: Backend> Shard<B> {
     /// Moves queued messages into the inflight window while there is room.
     pub(super) fn fill_window(&mut self, session_id: SessionId) {
-        let inflight_max = self.shared.config.inflight_max;
+        let inflight_max = self.config.inflight_max;
         loop {
             let Some(session) = self.sessions.get_mut(&session_id) else {
                 return;
@@ -44,6 +46,7 @@ impl<B: Backend> Shard<B> {
             let Some(queued) = session.queue.pop_front() else {
                 return;
             };
+            session.queued_bytes -= queued.message.payload.len();
             self.send_to_session(
                 session_id,
                 &queued.message,
@@ -61,13 +64,20 @@ impl<B: Backend> Shard<B> {
         };
         let Some(conn) = session.conn else { return };
         let v5 = session.version == ProtocolVersion::V5;
+        let mount = self
+            .config
+            .listener(session.listener)
+            .mount_point
+            .as_deref();
         let mut packets = Vec::with_capacity(session.inflight.len());
         for f in &session.inflight {
             if f.released {
                 // [MQTT-4.4.0-1] (3.1.1): after PUBREC, the PUBREL is what gets resent.
                 packets.push(Packet::PubRel(PubResponse::new(f.packet_id)));
             } else {
-                let mut publish = build_publish(&f.message, f.qos, f.retain, &f.identifiers, v5);
+                let strip = mount_strip(mount, &f.message.topic).unwrap_or(0);
+                let mut publish =
+                    build_publish(&f.message, f.qos, f.retain, &f.identifiers, v5, strip);
                 publish.dup = true;
                 publish.packet_id = f.packet_id;
                 packets.push(Packet::Publish(publish));
@@ -87,8 +97,7 @@ impl<B: Backend> Shard<B> {
         let mut targets = std::mem::take(&mut self.targets);
         let shards = targets.len();
         let mut turn = self.share_turn;
-        let (here, sessions, inflight_max) =
-            (self.id, &self.sessions, self.shared.config.inflight_max);
+        let (here, sessions, inflight_max) = (self.id, &self.sessions, self.config.inflight_max);
         // A group member this shard knows cannot take a message now: offline, or its window
         // full. Members on other shards are taken as able (their state is theirs).
         let cannot_accept = |session: &SessionId, sub: &crate::topic::Subscription| {
@@ -210,14 +219,14 @@ impl<B: Backend> Shard<B> {
         target: &Target,
         variants: &mut Variants,
     ) {
-        let inflight_max = self.shared.config.inflight_max;
-        let queued_max = self.shared.config.queued_max;
+        let inflight_max = self.config.inflight_max;
+        let queued_max = self.config.queued_max;
         let Some(session) = self.sessions.get_mut(&target.session) else {
             return;
         };
         // acl_file: only what the client may read reaches it, whatever its filter matched
         // (a subscription to `#` leaks nothing), retained messages included.
-        if let Some(acl) = &self.shared.config.acl {
+        if let Some(acl) = &self.config.security(session.listener).acl {
             let user = session.username.as_deref();
             if !acl.check_topic(
                 user,
@@ -242,7 +251,12 @@ impl<B: Backend> Shard<B> {
             self.send_to_session(target.session, message, target, variants);
             return;
         }
-        if session.queue.len() >= queued_max {
+        let bytes_max = self.config.queued_bytes_max;
+        let size = message.payload.len();
+        // max_queued_messages and max_queued_bytes (0: no byte limit).
+        if session.queue.len() >= queued_max
+            || (bytes_max > 0 && session.queued_bytes + size > bytes_max)
+        {
             session.dropped += 1;
             self.shared.stats[self.id]
                 .dropped_queue_full
@@ -255,6 +269,7 @@ impl<B: Backend> Shard<B> {
             }
             return;
         }
+        session.queued_bytes += size;
         session.queue.push_back(Queued {
             message: message.clone(),
             target: target.clone(),
@@ -271,7 +286,7 @@ impl<B: Backend> Shard<B> {
         target: &Target,
         variants: &mut Variants,
     ) {
-        let write_max = self.shared.config.client_write_max;
+        let write_max = self.config.client_write_max;
         let stats = &self.shared.stats[self.id];
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
@@ -292,11 +307,22 @@ impl<B: Backend> Shard<B> {
             return;
         }
         let v5 = session.version == ProtocolVersion::V5;
+        // mount_point: the client sees topics without its listener's prefix (and only
+        // topics under it).
+        let mount = self
+            .config
+            .listener(session.listener)
+            .mount_point
+            .as_deref();
+        let Some(strip) = mount_strip(mount, &message.topic) else {
+            return;
+        };
         let key = VariantKey {
             v5,
             qos: target.qos,
             retain: target.retain,
             dup: false,
+            strip,
         };
         let own;
         let alias_max = usize::from(c.out_alias_max);
@@ -304,8 +330,14 @@ impl<B: Backend> Shard<B> {
         let (bytes, id_at) = if v5 && (alias_max > 0 || !target.identifiers.is_empty()) {
             // Encoded for this subscriber alone: its subscription identifiers, or its
             // topic aliases, are its own.
-            let mut publish =
-                build_publish(message, target.qos, target.retain, &target.identifiers, v5);
+            let mut publish = build_publish(
+                message,
+                target.qos,
+                target.retain,
+                &target.identifiers,
+                v5,
+                strip,
+            );
             publish.packet_id = u16::from(target.qos != QoS::AtMostOnce);
             if alias_max > 0 {
                 // Topic aliases on the broker's sends (§3.3.2.3.4), up to the client's Topic
@@ -400,7 +432,8 @@ impl Variants {
         let index = match self.entries.iter().position(|(k, _, _)| *k == key) {
             Some(i) => i,
             None => {
-                let mut publish = build_publish(message, key.qos, key.retain, &[], key.v5);
+                let mut publish =
+                    build_publish(message, key.qos, key.retain, &[], key.v5, key.strip);
                 publish.dup = key.dup;
                 // A placeholder id (patched per copy) so that the field is there.
                 publish.packet_id = u16::from(key.qos != QoS::AtMostOnce);
@@ -409,8 +442,9 @@ impl Variants {
                 } else {
                     ProtocolVersion::V311
                 };
+                let topic = publish.topic.clone();
                 let (bytes, id_at) =
-                    encode_with_id_offset(Packet::Publish(publish), version, &message.topic);
+                    encode_with_id_offset(Packet::Publish(publish), version, &topic);
                 self.entries.push((key, bytes, id_at));
                 self.entries.len() - 1
             }
@@ -435,14 +469,25 @@ fn encode_with_id_offset(
     (bytes, 1 + varint + 2 + topic.len())
 }
 
+/// How much of `topic` a client behind `mount` does not see, or `None` if the topic is
+/// outside its mount point.
+fn mount_strip(mount: Option<&str>, topic: &str) -> Option<usize> {
+    match mount {
+        None => Some(0),
+        Some(mount) if topic.len() > mount.len() && topic.starts_with(mount) => Some(mount.len()),
+        Some(_) => None,
+    }
+}
+
 /// The PUBLISH a subscriber gets: the message's properties for 5.0 (none before), with its
-/// subscription identifiers.
+/// subscription identifiers, and the topic past its mount point (`strip` bytes).
 fn build_publish(
     message: &Message,
     qos: QoS,
     retain: bool,
     identifiers: &[u32],
     v5: bool,
+    strip: usize,
 ) -> Publish {
     let mut properties = if v5 {
         message.properties.clone()
@@ -462,7 +507,11 @@ fn build_publish(
         dup: false,
         qos,
         retain,
-        topic: MqttStr::clone(&message.topic),
+        topic: if strip == 0 {
+            MqttStr::clone(&message.topic)
+        } else {
+            message.topic.tail(strip)
+        },
         packet_id: 0,
         properties,
         payload: message.payload.clone(),

@@ -76,7 +76,15 @@ pub struct StatsSnapshot {
 
 /// What every shard shares.
 pub struct Shared {
-    pub config: Config,
+    /// The settings now; replaced on reload (SIGHUP), when `config_generation` moves on and
+    /// each shard takes the new one at the start of its next turn.
+    pub config: arc_swap::ArcSwap<Config>,
+    pub config_generation: AtomicU64,
+    /// The configured listener of each listening socket (a listener may have several
+    /// addresses), by the socket's index in the backend.
+    pub listener_of_socket: Vec<usize>,
+    /// Connections open now, per configured listener (for its max_connections).
+    pub listener_connections: Box<[std::sync::atomic::AtomicUsize]>,
     pub trie: Arc<SubscriptionTree>,
     pub trie_writer: Mutex<TreeWriter>,
     pub retained: Mutex<RetainStore>,
@@ -84,7 +92,7 @@ pub struct Shared {
     pub registry: Mutex<HashMap<Arc<str>, usize>>,
     pub mailboxes: Arc<Mailboxes>,
     pub next_session: AtomicU64,
-    /// Connections open now, over all shards (for max_connections).
+    /// Connections open now, over all shards.
     pub connections: std::sync::atomic::AtomicUsize,
     /// Enhanced authentication methods (MQTT 5.0), by name.
     pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
@@ -112,6 +120,16 @@ impl Shared {
         total
     }
 
+    /// Replaces the settings; every shard takes them at its next turn and checks its
+    /// clients against the new security settings.
+    pub fn reload(&self, config: Config) {
+        self.config.store(Arc::new(config));
+        self.config_generation.fetch_add(1, Ordering::AcqRel);
+        for shard in 0..self.mailboxes.shards() {
+            self.mailboxes.wake(shard);
+        }
+    }
+
     pub fn new_session_id(&self) -> SessionId {
         SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
     }
@@ -120,6 +138,9 @@ impl Shared {
 pub struct Shard<B: Backend> {
     pub id: usize,
     shared: Arc<Shared>,
+    /// This shard's copy of the settings, taken from `shared` when they change.
+    config: Arc<Config>,
+    config_generation: u64,
     backend: B,
     mailbox: Receiver<ShardMsg>,
     conns: Vec<Option<Conn>>,
@@ -153,6 +174,8 @@ impl<B: Backend> Shard<B> {
         let shards = shared.mailboxes.shards();
         Shard {
             id,
+            config: shared.config.load_full(),
+            config_generation: shared.config_generation.load(Ordering::Acquire),
             shared,
             backend,
             mailbox,
@@ -182,6 +205,12 @@ impl<B: Backend> Shard<B> {
                 self.shut_down();
                 return;
             }
+            let generation = self.shared.config_generation.load(Ordering::Acquire);
+            if generation != self.config_generation {
+                self.config_generation = generation;
+                self.config = self.shared.config.load_full();
+                self.recheck_clients();
+            }
             let now = Instant::now();
             let mut timeout = next_tick.saturating_duration_since(now);
             self.shared.mailboxes.going_to_sleep(self.id);
@@ -210,16 +239,29 @@ impl<B: Backend> Shard<B> {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Accepted { conn, peer, local } => {
-                // max_connections: over the limit, the new connection is closed at once.
-                let open = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
-                if self
+            Event::Accepted {
+                conn,
+                peer,
+                local,
+                socket,
+            } => {
+                let listener = self
                     .shared
+                    .listener_of_socket
+                    .get(socket)
+                    .copied()
+                    .unwrap_or(0);
+                // max_connections (per listener): over the limit, the new connection is
+                // closed at once.
+                let count = &self.shared.listener_connections[listener];
+                let open = count.fetch_add(1, Ordering::AcqRel) + 1;
+                if self
                     .config
+                    .listener(listener)
                     .connections_max
                     .is_some_and(|max| open > max)
                 {
-                    self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+                    count.fetch_sub(1, Ordering::AcqRel);
                     log::info!(
                         "Client connection from {} denied: max_connections exceeded.",
                         peer.ip()
@@ -227,6 +269,7 @@ impl<B: Backend> Shard<B> {
                     self.backend.close(conn);
                     return;
                 }
+                self.shared.connections.fetch_add(1, Ordering::AcqRel);
                 let index = conn.0;
                 if self.conns.len() <= index {
                     self.conns.resize_with(index + 1, || None);
@@ -235,9 +278,10 @@ impl<B: Backend> Shard<B> {
                     conn,
                     peer,
                     local.port(),
-                    self.shared.config.packet_size_max,
+                    listener,
+                    self.config.packet_size_max,
                 ));
-                if self.shared.config.connection_messages {
+                if self.config.connection_messages {
                     log::info!(
                         "New connection from {}:{} on port {}.",
                         peer.ip(),
@@ -292,8 +336,9 @@ impl<B: Backend> Shard<B> {
     /// Removes a connection from the table (to close it).
     fn take_conn(&mut self, conn: ConnId) -> Option<Conn> {
         let taken = self.conns.get_mut(conn.0).and_then(Option::take);
-        if taken.is_some() {
+        if let Some(c) = &taken {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            self.shared.listener_connections[c.listener].fetch_sub(1, Ordering::AcqRel);
         }
         taken
     }
@@ -439,7 +484,7 @@ impl<B: Backend> Shard<B> {
 
     fn check_timers(&mut self) {
         let now = Instant::now();
-        let connect_timeout = Duration::from_secs(self.shared.config.connect_timeout_s);
+        let connect_timeout = Duration::from_secs(self.config.connect_timeout_s);
         let mut expired = Vec::new();
         for c in self.conns.iter().flatten() {
             if c.session.is_none() && c.waiting_handoff.is_none() {

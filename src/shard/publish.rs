@@ -44,6 +44,12 @@ impl<B: Backend> Shard<B> {
             self.disconnect_with(conn, ReasonCode::TopicNameInvalid, &e.to_string());
             return;
         }
+        // mount_point: the listener's clients publish inside their part of the topic space.
+        let listener = self.conn(conn).map_or(0, |c| c.listener);
+        if let Some(mount) = &self.config.listener(listener).mount_point {
+            publish.topic = MqttStr::new(&format!("{mount}{}", publish.topic))
+                .expect("a mount point and a valid topic make a valid string");
+        }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
         // 5.0 §3.3.2.3.2: a payload said to be UTF-8 that is not is refused with 0x99
@@ -93,7 +99,7 @@ impl<B: Backend> Shard<B> {
                 .is_some_and(|s| s.incoming_qos2.contains(&packet_id));
         // [MQTT-3.3.4-7] more unacknowledged QoS 2 PUBLISHes than the Receive Maximum the
         // broker gave: Receive Maximum exceeded. (QoS 1 is acknowledged at once.)
-        let receive_max = self.shared.config.inflight_max;
+        let receive_max = self.config.inflight_max;
         if qos == QoS::ExactlyOnce
             && !duplicate
             && self
@@ -171,10 +177,10 @@ impl<B: Backend> Shard<B> {
         alias: u16,
         topic: &mut MqttStr,
     ) -> Result<(), ReasonCode> {
-        let alias_max = self.shared.config.topic_alias_max;
-        let Some(c) = self.conn_mut(conn) else {
+        let Some(c) = self.conns.get_mut(conn.0).and_then(Option::as_mut) else {
             return Ok(());
         };
+        let alias_max = self.config.listener(c.listener).topic_alias_max;
         // [MQTT-3.3.2-9] no alias above the Topic Alias Maximum the broker sent (0: none).
         if alias > alias_max {
             return Err(ReasonCode::TopicAliasInvalid);
@@ -196,11 +202,14 @@ impl<B: Backend> Shard<B> {
 
     /// Whether the ACL (if any) lets this session's client publish to `topic`.
     fn write_allowed(&self, session_id: SessionId, topic: &str) -> bool {
-        let Some(acl) = &self.shared.config.acl else {
-            return true;
-        };
         self.sessions.get(&session_id).is_some_and(|s| {
-            acl.check_topic(s.username.as_deref(), &s.client_id, topic, Access::Write)
+            self.config
+                .security(s.listener)
+                .acl
+                .as_ref()
+                .is_none_or(|acl| {
+                    acl.check_topic(s.username.as_deref(), &s.client_id, topic, Access::Write)
+                })
         })
     }
 
@@ -270,19 +279,9 @@ impl<B: Backend> Shard<B> {
     /// Publishes a will as if its client had sent it. [MQTT-3.1.2-8]
     pub(super) fn publish_will(&mut self, origin: SessionId, will: Will) {
         // acl_file: a will is published only where its client may write.
-        if let Some(acl) = &self.shared.config.acl {
-            let allowed = self.sessions.get(&origin).is_some_and(|s| {
-                acl.check_topic(
-                    s.username.as_deref(),
-                    &s.client_id,
-                    &will.topic,
-                    Access::Write,
-                )
-            });
-            if !allowed {
-                log::debug!("Will to '{}' not published: not authorised.", will.topic);
-                return;
-            }
+        if !self.write_allowed(origin, &will.topic) {
+            log::debug!("Will to '{}' not published: not authorised.", will.topic);
+            return;
         }
         let mut properties = will.properties;
         properties.retain_allowed(crate::codec::PropertyContext::Publish);

@@ -59,7 +59,8 @@ impl<B: Backend> Shard<B> {
             .subscription_identifiers
             .first()
             .copied();
-        let subscriptions_max = self.shared.config.subscriptions_per_client_max;
+        let subscriptions_max = self.config.subscriptions_per_client_max;
+        let mount = self.config.listener(c.listener).mount_point.clone();
         let shard = self.id as u16;
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
@@ -69,6 +70,11 @@ impl<B: Backend> Shard<B> {
         let mut violation = None;
         for (filter, options) in &subscribe.filters {
             log::debug!("\t{filter} (QoS {})", options.qos as u8);
+            let mounted = match &mount {
+                Some(mount) => mounted_filter(mount, filter),
+                None => filter.to_string(),
+            };
+            let filter = &mounted;
             let parsed = match parse_filter(filter) {
                 Ok(parsed) => parsed,
                 Err(e) => {
@@ -84,7 +90,7 @@ impl<B: Backend> Shard<B> {
             };
             // acl_file: everything the filter could match must be readable. 3.x: 0x80; 5.0:
             // Not authorized.
-            if let Some(acl) = &self.shared.config.acl {
+            if let Some(acl) = &self.config.security(session.listener).acl {
                 if !acl.check_subscribe(
                     session.username.as_deref(),
                     &session.client_id,
@@ -125,7 +131,7 @@ impl<B: Backend> Shard<B> {
                 session: session_id,
                 sub,
             });
-            log::debug!("{name} {} {filter}", options.qos as u8);
+            log::info!(target: "subscribe", "{name} {} {filter}", options.qos as u8);
             // Granted QoS: what was asked; the broker supports all three. [MQTT-3.9.3-1]
             reasons.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
@@ -174,6 +180,7 @@ impl<B: Backend> Shard<B> {
         let name = c.name().to_string();
         let v5 = c.version == Some(ProtocolVersion::V5);
         log::debug!("Received UNSUBSCRIBE from {name}");
+        let mount = self.config.listener(c.listener).mount_point.clone();
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
@@ -184,6 +191,12 @@ impl<B: Backend> Shard<B> {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
+            let mounted = match &mount {
+                Some(mount) => mounted_filter(mount, filter),
+                None => filter.to_string(),
+            };
+            let filter = &mounted;
+            log::info!(target: "unsubscribe", "{name} {filter}");
             if session.subscriptions.remove(filter.as_str()).is_some() {
                 self.trie_ops.push(TrieOp::Unsubscribe {
                     filter: filter.to_string(),
@@ -262,4 +275,15 @@ impl<B: Backend> Shard<B> {
             }
         }
     }
+}
+
+/// `mount_point`: a filter of a listener's client, inside the listener's part of the topic
+/// space (`$share/group/` stays in front).
+fn mounted_filter(mount: &str, filter: &str) -> String {
+    if let Some(rest) = filter.strip_prefix("$share/") {
+        if let Some((group, topic)) = rest.split_once('/') {
+            return format!("$share/{group}/{mount}{topic}");
+        }
+    }
+    format!("{mount}{filter}")
 }

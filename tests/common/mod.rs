@@ -38,10 +38,20 @@ impl Broker {
         Broker::spawn(args, &[])
     }
 
+    /// Starts midge with only `args` (not even `-v`): for tests of the logging settings.
+    /// The configuration must log `information` lines to stderr.
+    pub fn start_quiet(args: &[&str]) -> Broker {
+        Broker::spawn_with(args, &[], false)
+    }
+
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Broker {
+        Broker::spawn_with(args, env, true)
+    }
+
+    fn spawn_with(args: &[&str], env: &[(&str, &str)], verbose: bool) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_midge"))
             .envs(env.iter().copied())
-            .arg("-v")
+            .args(verbose.then_some("-v"))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -107,6 +117,62 @@ impl Broker {
         }
     }
 
+    /// The first port of each of `n` listeners (waits until midge has opened them).
+    pub fn ports(&self, n: usize) -> Vec<u16> {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let mut ports: Vec<u16> = Vec::new();
+            for line in self.log_lines() {
+                if let Some(rest) = line.split("listen socket on port ").nth(1) {
+                    let port = rest
+                        .trim_end_matches('.')
+                        .parse()
+                        .expect("port in log line");
+                    if !ports.contains(&port) {
+                        ports.push(port);
+                    }
+                }
+            }
+            if ports.len() >= n {
+                return ports;
+            }
+            assert!(
+                Instant::now() < until,
+                "fewer than {n} listeners: {ports:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// How many log lines contain `text`.
+    pub fn count_log(&self, text: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
+    /// Waits until `n` log lines contain `text`.
+    pub fn wait_for_log_count(&self, text: &str, n: usize) {
+        let until = Instant::now() + DEADLINE;
+        while self.count_log(text) < n {
+            assert!(
+                Instant::now() < until,
+                "fewer than {n} log lines with {text:?}; log:\n{}",
+                self.log_lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends `signal` (SIGHUP, say) to the broker.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the PID of the child this test started and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     pub fn has_log(&self, text: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(text))
     }
@@ -151,6 +217,20 @@ pub fn without_reason_strings(packets: Vec<Packet>) -> Vec<Packet> {
 /// Writes a mosquitto.conf for a test and returns its path (unique per test process).
 pub fn config_file(name: &str, text: &str) -> String {
     let path = std::env::temp_dir().join(format!("midge-test-{}-{name}.conf", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Writes a Mosquitto password file (`$7$` hashes) for a test and returns its path.
+pub fn password_file(name: &str, users: &[(&str, &str)]) -> String {
+    let mut text = String::new();
+    for (user, password) in users {
+        let hash =
+            midge::auth::password::PasswordHash::pbkdf2(password.as_bytes(), b"0123456789ab", 101);
+        text.push_str(&format!("{user}:{}\n", hash.to_field()));
+    }
+    let path =
+        std::env::temp_dir().join(format!("midge-test-{}-{name}.passwd", std::process::id()));
     std::fs::write(&path, text).unwrap();
     path.to_string_lossy().into_owned()
 }

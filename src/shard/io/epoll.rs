@@ -122,6 +122,7 @@ impl Epoll {
                         conn: ConnId(id),
                         peer,
                         local,
+                        socket: index,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -39,6 +39,8 @@ pub enum Event {
         conn: ConnId,
         peer: SocketAddr,
         local: SocketAddr,
+        /// Index of the listening socket it came in on (in the order given to the backend).
+        socket: usize,
     },
     Received {
         conn: ConnId,

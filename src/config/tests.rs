@@ -1,0 +1,210 @@
+use super::*;
+use crate::logging::{LogDest, LogTypes};
+use std::path::Path;
+
+fn read(text: &str) -> Result<Config, ConfigError> {
+    Config::from_text(Path::new("m.conf"), text)
+}
+
+#[test]
+fn reads_options_and_names_bad_lines() {
+    let c = read(
+        "# comment\nlistener 1884 127.0.0.1\nmax_inflight_messages 5\nmax_queued_messages 10\n",
+    )
+    .unwrap();
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.listeners[0].port, 1884);
+    assert_eq!(
+        c.listeners[0].addrs().unwrap(),
+        vec!["127.0.0.1:1884".parse().unwrap()]
+    );
+    assert_eq!((c.inflight_max, c.queued_max, c.local_only), (5, 10, false));
+    let e = read("\nmax_inflight_mesages 5\n").unwrap_err();
+    assert_eq!(e.line, 2);
+    assert!(e.to_string().contains("m.conf:2"), "{e}");
+    assert!(
+        e.message.contains("did you mean max_inflight_messages?"),
+        "{e}"
+    );
+    let e = read("allow_anonymous maybe\n").unwrap_err();
+    assert!(e.message.contains("neither true nor false"));
+    let e = read("no_such_thing_at_all 1\n").unwrap_err();
+    assert!(!e.message.contains("did you mean"), "{e}");
+}
+
+#[test]
+fn mosquitto_defaults() {
+    let c = Config::default();
+    assert_eq!((c.inflight_max, c.queued_max), (20, 1000));
+    assert_eq!(c.keepalive_max_s, 65535);
+    assert_eq!(c.listener_defaults.topic_alias_max, 10);
+    assert!(c.security.anonymous_allowed(), "local only mode");
+    // A listener makes anonymous access opt-in (Mosquitto 2).
+    let c = read("listener 1883\n").unwrap();
+    assert!(!c.security.anonymous_allowed());
+    let c = read("listener 1883\nallow_anonymous true\n").unwrap();
+    assert!(c.security.anonymous_allowed());
+    // Only the file's log_type lines count once one is given.
+    assert_eq!(c.log.types, LogTypes::DEFAULT);
+    assert_eq!(c.log.dests, vec![LogDest::Stderr]);
+}
+
+#[test]
+fn listener_options_apply_to_the_listener_above() {
+    let c = read(
+        "max_connections 7\n\
+         listener 1883\n\
+         mount_point a/\n\
+         listener 1884 ::1\n\
+         max_connections 2\n\
+         max_topic_alias 3\n\
+         socket_domain ipv6\n",
+    )
+    .unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    // Before any listener (and without port): the starting values of every listener.
+    assert_eq!(c.listeners[0].connections_max, Some(7));
+    assert_eq!(c.listeners[0].mount_point.as_deref(), Some("a/"));
+    assert_eq!(c.listeners[1].connections_max, Some(2));
+    assert_eq!(c.listeners[1].mount_point, None);
+    assert_eq!(c.listeners[1].topic_alias_max, 3);
+    assert_eq!(c.listeners[0].topic_alias_max, 10);
+    let addrs = c.listeners[0].addrs().unwrap();
+    assert_eq!(addrs.len(), 2, "every address, IPv4 first: {addrs:?}");
+    assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6());
+}
+
+#[test]
+fn port_makes_a_default_listener_that_owns_the_options_above() {
+    let c = read("port 1885\nmax_connections 4\nlistener 1886\n").unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(
+        (c.listeners[0].port, c.listeners[0].connections_max),
+        (1885, Some(4))
+    );
+    assert_eq!(
+        (c.listeners[1].port, c.listeners[1].connections_max),
+        (1886, None)
+    );
+    assert_eq!(
+        read("max_connections -1\nport 1\n").unwrap().listeners[0].connections_max,
+        None
+    );
+}
+
+#[test]
+fn per_listener_security() {
+    let c = read(
+        "per_listener_settings true\n\
+         listener 1883\n\
+         allow_anonymous true\n\
+         listener 1884\n\
+         auto_id_prefix x-\n",
+    )
+    .unwrap();
+    assert!(c.security(0).anonymous_allowed());
+    assert!(!c.security(1).anonymous_allowed());
+    assert_eq!(c.security(1).auto_id_prefix, "x-");
+    assert_eq!(c.security(0).auto_id_prefix, "auto-");
+    // Global security when not per listener, wherever the line is.
+    let c = read("listener 1883\nallow_anonymous true\nlistener 1884\n").unwrap();
+    assert!(c.security(0).anonymous_allowed() && c.security(1).anonymous_allowed());
+    // per_listener_settings after a listener is refused: the earlier lines would change
+    // meaning.
+    let e = read("listener 1883\nper_listener_settings true\n").unwrap_err();
+    assert!(e.message.contains("must come before"), "{e}");
+}
+
+#[test]
+fn logging_options() {
+    let c = read(
+        "log_dest stdout\nlog_dest file /tmp/midge test.log\nlog_type error\nlog_type subscribe\n\
+         log_timestamp_format %Y-%m-%d %H:%M:%S\nlog_timestamp false\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.log.dests,
+        vec![LogDest::Stdout, LogDest::File("/tmp/midge test.log".into())]
+    );
+    assert_eq!(c.log.types, LogTypes::ERROR.with(LogTypes::SUBSCRIBE));
+    assert_eq!(c.log.timestamp_format.as_deref(), Some("%Y-%m-%d %H:%M:%S"));
+    assert!(!c.log.timestamp);
+    assert!(read("log_dest none\n").unwrap().log.dests.is_empty());
+    assert!(read("log_type loud\n").is_err());
+    assert!(read("log_dest file\n").is_err());
+}
+
+#[test]
+fn durations_and_process_options() {
+    let c = read(
+        "persistent_client_expiration 2d\npid_file /run/m.pid\nuser mosquitto\nmax_queued_bytes 100\ncpu_affinity 1,0\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.persistent_client_expiration,
+        Some(Duration::from_secs(2 * 86400))
+    );
+    assert_eq!(c.pid_file.as_deref(), Some(Path::new("/run/m.pid")));
+    assert_eq!(c.user.as_deref(), Some("mosquitto"));
+    assert_eq!(c.queued_bytes_max, 100);
+    assert_eq!(c.cpu_affinity, CpuAffinity::Cores(vec![1, 0]));
+    for bad in ["2", "h", "5s", "-1d", "99999999999999999y"] {
+        assert!(
+            read(&format!("persistent_client_expiration {bad}\n")).is_err(),
+            "{bad}"
+        );
+    }
+    assert!(read("cpu_affinity 1,x\n").is_err());
+}
+
+#[test]
+fn later_features_warn_and_unknown_options_fail() {
+    // Mosquitto options of later features: read, not an error.
+    let c =
+        read("persistence true\ncafile /x\nconnection bridge1\naddress 10.0.0.1\nplugin_opt_x 1\n")
+            .unwrap();
+    assert!(c.local_only);
+    // protocol websockets: a listener that is not opened (with a warning).
+    let c = read("listener 9001\nprotocol websockets\n").unwrap();
+    assert!(c.listeners[0].websockets);
+    assert!(read("listener 9001\nprotocol http\n").is_err());
+    assert!(read("mount_point a/#\n").is_err());
+}
+
+#[test]
+fn include_dir_reads_conf_files_in_name_order() {
+    let dir = std::env::temp_dir().join(format!("midge-include-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("b.conf"), "max_queued_messages 2\n").unwrap();
+    std::fs::write(
+        dir.join("a.conf"),
+        "max_queued_messages 1\nmax_keepalive 30\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("c.txt"), "not an option\n").unwrap();
+    let c = read(&format!("include_dir {}\n", dir.display())).unwrap();
+    assert_eq!((c.queued_max, c.keepalive_max_s), (2, 30));
+    std::fs::write(dir.join("d.conf"), "\nbogus_option 1\n").unwrap();
+    let e = read(&format!("include_dir {}\n", dir.display())).unwrap_err();
+    assert!(e.file.ends_with("d.conf") && e.line == 2, "{e}");
+    // A directory that includes itself stops at the depth limit.
+    std::fs::write(
+        dir.join("d.conf"),
+        format!("include_dir {}\n", dir.display()),
+    )
+    .unwrap();
+    let e = read(&format!("include_dir {}\n", dir.display())).unwrap_err();
+    assert!(e.message.contains("nested too deeply"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reload_keeps_listeners_and_takes_security() {
+    let old = read("listener 1883\nmax_inflight_messages 5\n").unwrap();
+    let fresh = read("listener 1884\nallow_anonymous true\nmax_inflight_messages 7\n").unwrap();
+    let (merged, warnings) = old.reloaded(fresh);
+    assert_eq!(merged.listeners[0].port, 1883);
+    assert_eq!(merged.inflight_max, 7);
+    assert!(merged.security(0).anonymous_allowed());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+}
