@@ -196,7 +196,7 @@ fn timestamp(format: Option<&str>) -> String {
 }
 
 /// `strftime(3)` of `secs` in local time, as Mosquitto's `log_timestamp_format`.
-fn strftime_local(format: &str, secs: u64) -> Option<String> {
+pub fn strftime_local(format: &str, secs: u64) -> Option<String> {
     let format = std::ffi::CString::new(format).ok()?;
     let time = libc::time_t::try_from(secs).ok()?;
     // SAFETY: `tm` is plain data that localtime_r fills; both pointers are valid for the call.

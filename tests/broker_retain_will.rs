@@ -103,3 +103,40 @@ fn wills_on_socket_close_and_keepalive_but_not_on_disconnect() {
         assert_eq!(&watcher.recv_publish().payload[..], b"gone");
     });
 }
+
+#[test]
+fn several_retained_messages_each_arrive_with_their_own_topic_and_payload() {
+    // Regression: one subscription matching several retained messages of the same QoS once
+    // got the first message's encoding for all of them.
+    Broker::each_threads(&[], |broker| {
+        let mut publisher = Raw::connect(broker.port, "keeper");
+        for (i, topic) in ["many/1", "many/2", "many/3"].iter().enumerate() {
+            let payload = format!("payload {i}");
+            publisher.send(&publish(
+                topic,
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                i as u16 + 1,
+                true,
+            ));
+            assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+        }
+        let mut sub = Raw::connect(broker.port, "reader");
+        sub.subscribe(&[("many/#", QoS::AtMostOnce)]);
+        let mut got: Vec<(String, Vec<u8>)> = (0..3)
+            .map(|_| {
+                let p = sub.recv_publish();
+                (p.topic.to_string(), p.payload.to_vec())
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("many/1".to_string(), b"payload 0".to_vec()),
+                ("many/2".to_string(), b"payload 1".to_vec()),
+                ("many/3".to_string(), b"payload 2".to_vec()),
+            ]
+        );
+    });
+}

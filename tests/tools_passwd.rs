@@ -22,27 +22,6 @@ fn passwd(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn program(name: &str) -> String {
-    // Debian puts mosquitto in /usr/sbin, which a PATH may lack.
-    let found = Command::new("which")
-        .arg(name)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        name.to_string()
-    } else {
-        format!("/usr/sbin/{name}")
-    }
-}
-
-/// A free port below Linux's ephemeral range, so no broker started with `-p 0` takes it.
-fn quiet_port() -> u16 {
-    (0..1000u16)
-        .map(|i| 30_000 + (std::process::id() as u16 % 2_000 + i) % 2_700)
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("a free port")
-}
-
 #[test]
 fn midge_passwd_files_work_with_mosquitto() {
     let file = temp("pw-for-mosquitto");

@@ -412,8 +412,9 @@ impl<B: Backend> Shard<B> {
         qos: QoS,
         identifier: Option<u32>,
     ) {
-        let mut variants = Variants::default();
         for message in messages {
+            // Variants are per message: each retained message is encoded on its own.
+            let mut variants = Variants::default();
             let target = Target {
                 session: session_id,
                 qos: message.qos.min(qos),

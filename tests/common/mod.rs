@@ -430,3 +430,56 @@ impl Raw {
         }
     }
 }
+
+/// A program from Debian's packages (mosquitto is in /usr/sbin, which a PATH may lack).
+pub fn program(name: &str) -> String {
+    let found = Command::new("which")
+        .arg(name)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        name.to_string()
+    } else {
+        format!("/usr/sbin/{name}")
+    }
+}
+
+/// A free port below Linux's ephemeral range, so no broker started with `-p 0` takes it.
+pub fn quiet_port() -> u16 {
+    (0..1000u16)
+        .map(|i| 30_000 + (std::process::id() as u16 % 2_000 + i) % 2_700)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port")
+}
+
+/// Debian's mosquitto on a loopback port with `config` (its `listener` line is added).
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    pub fn start(name: &str, config: &str) -> Mosquitto {
+        let port = quiet_port();
+        let conf = config_file(name, &format!("listener {port} 127.0.0.1\n{config}"));
+        let child = Command::new(program("mosquitto"))
+            .args(["-c", &conf])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start Debian's mosquitto");
+        let until = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "mosquitto does not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Mosquitto { child, port }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

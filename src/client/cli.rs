@@ -1,0 +1,781 @@
+//! What `midge-pub` and `midge-sub` share: the options of `mosquitto_pub`/`mosquitto_sub`
+//! (read by hand, as Mosquitto does, since `-D` takes three or four values), their error
+//! messages and exit codes, and `-F` output formats.
+
+use bytes::Bytes;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{ClientError, ConnectOptions};
+use crate::codec::{MqttStr, Properties, ProtocolVersion, Publish, QoS, ReasonCode, Will};
+
+/// `-D` properties, by the packet they go in.
+#[derive(Clone, Debug, Default)]
+pub struct PropertySets {
+    pub connect: Properties,
+    pub publish: Properties,
+    pub subscribe: Properties,
+    pub unsubscribe: Properties,
+    pub disconnect: Properties,
+    pub will: Properties,
+}
+
+/// The options both tools take.
+#[derive(Clone, Debug)]
+pub struct Common {
+    pub connect: ConnectOptions,
+    pub id_prefix: Option<String>,
+    pub qos: QoS,
+    pub topics: Vec<String>,
+    pub session_expiry: Option<u32>,
+    pub quiet: bool,
+    pub will_topic: Option<String>,
+    pub will_payload: Option<String>,
+    pub will_qos: QoS,
+    pub will_retain: bool,
+    pub properties: PropertySets,
+}
+
+/// The value after option `args[*i]`, moving past it.
+pub fn value<'a>(args: &'a [String], i: &mut usize, what: &str) -> Result<&'a str, String> {
+    let option = &args[*i];
+    *i += 1;
+    args.get(*i)
+        .map(String::as_str)
+        .ok_or_else(|| format!("Error: {option} argument given but no {what} specified."))
+}
+
+fn number<T: std::str::FromStr>(text: &str, option: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("Error: Invalid {option} value {text:?}."))
+}
+
+pub fn qos(text: &str) -> Result<QoS, String> {
+    text.parse::<u8>()
+        .ok()
+        .and_then(QoS::from_u8)
+        .ok_or_else(|| format!("Error: Invalid QoS given: {text}"))
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common {
+            connect: ConnectOptions {
+                host: "localhost".into(),
+                port: 1883,
+                bind: None,
+                version: ProtocolVersion::V311,
+                client_id: String::new(),
+                keepalive_s: 60,
+                clean: true,
+                username: None,
+                password: None,
+                will: None,
+                properties: Properties::default(),
+                nodelay: false,
+                debug: false,
+            },
+            id_prefix: None,
+            qos: QoS::AtMostOnce,
+            topics: Vec::new(),
+            session_expiry: None,
+            quiet: false,
+            will_topic: None,
+            will_payload: None,
+            will_qos: QoS::AtMostOnce,
+            will_retain: false,
+            properties: PropertySets::default(),
+        }
+    }
+}
+
+impl Common {
+    /// Reads option `args[*i]` (and its values) if it is a common one; `Ok(false)` if not.
+    pub fn option(&mut self, args: &[String], i: &mut usize) -> Result<bool, String> {
+        let c = &mut self.connect;
+        match args[*i].as_str() {
+            "-A" => c.bind = Some(value(args, i, "address")?.to_string()),
+            "-c" | "--disable-clean-session" => c.clean = false,
+            "-d" | "--debug" => c.debug = true,
+            "-D" | "--property" => self.property(args, i)?,
+            "-h" | "--host" => c.host = value(args, i, "host")?.to_string(),
+            "-i" | "--id" => {
+                let id = value(args, i, "id")?;
+                if id.len() > 65535 {
+                    return Err("Error: Client id too long.".into());
+                }
+                c.client_id = id.to_string();
+            }
+            "-I" | "--id-prefix" => self.id_prefix = Some(value(args, i, "id prefix")?.to_string()),
+            "-k" | "--keepalive" => {
+                let text = value(args, i, "keepalive")?;
+                c.keepalive_s = number::<u16>(text, "keepalive")
+                    .map_err(|_| format!("Error: Invalid keepalive given: {text}"))?;
+                if c.keepalive_s > 0 && c.keepalive_s < 5 {
+                    return Err(format!("Error: Invalid keepalive given: {text}"));
+                }
+            }
+            "-L" | "--url" => self.url(value(args, i, "URL")?)?,
+            "-p" | "--port" => {
+                let text = value(args, i, "port")?;
+                c.port = number::<u16>(text, "port")
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| format!("Error: Invalid port given: {text}"))?;
+            }
+            "-P" | "--pw" => c.password = Some(value(args, i, "password")?.to_string()),
+            "-q" | "--qos" => self.qos = qos(value(args, i, "QoS")?)?,
+            "-t" | "--topic" => self.topics.push(value(args, i, "topic")?.to_string()),
+            "-u" | "--username" => c.username = Some(value(args, i, "username")?.to_string()),
+            "-V" | "--protocol-version" => {
+                c.version = match value(args, i, "protocol version")? {
+                    "mqttv31" | "31" => ProtocolVersion::V31,
+                    "mqttv311" | "311" => ProtocolVersion::V311,
+                    "mqttv5" | "5" => ProtocolVersion::V5,
+                    other => {
+                        return Err(format!(
+                            "Error: Invalid protocol version argument given: {other}"
+                        ))
+                    }
+                }
+            }
+            "-x" | "--session-expiry-interval" => {
+                let text = value(args, i, "session expiry interval")?;
+                self.session_expiry = Some(match text {
+                    "-1" | "∞" => u32::MAX,
+                    _ => number::<u32>(text, "session expiry interval")?,
+                });
+            }
+            "--nodelay" => c.nodelay = true,
+            "--quiet" => self.quiet = true,
+            "--will-topic" => self.will_topic = Some(value(args, i, "will topic")?.to_string()),
+            "--will-payload" => {
+                self.will_payload = Some(value(args, i, "will payload")?.to_string())
+            }
+            "--will-qos" => self.will_qos = qos(value(args, i, "will QoS")?)?,
+            "--will-retain" => self.will_retain = true,
+            "--cafile"
+            | "--capath"
+            | "--cert"
+            | "--key"
+            | "--ciphers"
+            | "--insecure"
+            | "--tls-version"
+            | "--tls-alpn"
+            | "--tls-engine"
+            | "--keyform"
+            | "--tls-engine-kpass-sha1"
+            | "--tls-use-os-certs"
+            | "--psk"
+            | "--psk-identity" => {
+                return Err(format!("Error: {} is not supported yet (TLS).", args[*i]))
+            }
+            "--unix" | "--proxy" => {
+                return Err(format!("Error: {} is not supported yet.", args[*i]))
+            }
+            _ => return Ok(false),
+        }
+        *i += 1;
+        Ok(true)
+    }
+
+    /// `-L mqtt://[user[:password]@]host[:port]/topic`.
+    fn url(&mut self, url: &str) -> Result<(), String> {
+        let bad = || format!("Error: Invalid URL for -L argument specified - {url}.");
+        let rest = match url.split_once("://") {
+            Some(("mqtt", rest)) => rest,
+            Some(("mqtts", _)) => {
+                return Err("Error: mqtts:// URLs are not supported yet (TLS).".into())
+            }
+            _ => return Err(bad()),
+        };
+        let (authority, topic) = rest.split_once('/').ok_or_else(bad)?;
+        let hostport = match authority.rsplit_once('@') {
+            Some((credentials, hostport)) => {
+                let (user, password) = match credentials.split_once(':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (credentials, None),
+                };
+                self.connect.username = Some(user.to_string());
+                self.connect.password = password.map(str::to_string);
+                hostport
+            }
+            None => authority,
+        };
+        match hostport.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || port.parse::<u16>().is_ok() => {
+                self.connect.host = host.trim_matches(['[', ']']).to_string();
+                self.connect.port = port.parse().map_err(|_| bad())?;
+            }
+            _ => self.connect.host = hostport.trim_matches(['[', ']']).to_string(),
+        }
+        if self.connect.host.is_empty() {
+            return Err(bad());
+        }
+        if !topic.is_empty() {
+            self.topics.push(topic.to_string());
+        }
+        Ok(())
+    }
+
+    /// `-D command identifier value [value]`: an MQTT 5.0 property for one packet type.
+    fn property(&mut self, args: &[String], i: &mut usize) -> Result<(), String> {
+        let usage =
+            "Error: -D argument given but not enough values. Use -D command identifier value.";
+        let command = args.get(*i + 1).ok_or(usage)?.to_lowercase();
+        let identifier = args.get(*i + 2).ok_or(usage)?.as_str();
+        let value = args.get(*i + 3).ok_or(usage)?.as_str();
+        *i += 3;
+        let sets = &mut self.properties;
+        let p = match command.as_str() {
+            "connect" => &mut sets.connect,
+            "publish" => &mut sets.publish,
+            "subscribe" => &mut sets.subscribe,
+            "unsubscribe" => &mut sets.unsubscribe,
+            "disconnect" => &mut sets.disconnect,
+            "will" => &mut sets.will,
+            other => {
+                return Err(format!(
+                    "Error: Invalid command {other} given in -D argument."
+                ))
+            }
+        };
+        let bad = || format!("Error: Invalid value {value:?} for property {identifier}.");
+        let string = |s: &str| MqttStr::new(s).map_err(|_| bad());
+        let allowed: &[&str] = match command.as_str() {
+            "connect" => &[
+                "session-expiry-interval",
+                "receive-maximum",
+                "maximum-packet-size",
+                "topic-alias-maximum",
+                "request-response-information",
+                "request-problem-information",
+                "user-property",
+            ],
+            "publish" => &[
+                "payload-format-indicator",
+                "message-expiry-interval",
+                "topic-alias",
+                "response-topic",
+                "correlation-data",
+                "content-type",
+                "user-property",
+            ],
+            "will" => &[
+                "will-delay-interval",
+                "payload-format-indicator",
+                "message-expiry-interval",
+                "response-topic",
+                "correlation-data",
+                "content-type",
+                "user-property",
+            ],
+            "subscribe" => &["subscription-identifier", "user-property"],
+            "disconnect" => &["session-expiry-interval", "user-property"],
+            _ => &["user-property"],
+        };
+        if !allowed.contains(&identifier) {
+            return Err(format!(
+                "Error: {identifier} property not allowed for {command} in -D argument."
+            ));
+        }
+        match identifier {
+            "payload-format-indicator" => {
+                p.payload_format_indicator = Some(number(value, identifier)?)
+            }
+            "message-expiry-interval" => {
+                p.message_expiry_interval = Some(number(value, identifier)?)
+            }
+            "session-expiry-interval" => {
+                p.session_expiry_interval = Some(number(value, identifier)?)
+            }
+            "will-delay-interval" => p.will_delay_interval = Some(number(value, identifier)?),
+            "maximum-packet-size" => p.maximum_packet_size = Some(number(value, identifier)?),
+            "receive-maximum" => p.receive_maximum = Some(number(value, identifier)?),
+            "topic-alias-maximum" => p.topic_alias_maximum = Some(number(value, identifier)?),
+            "topic-alias" => p.topic_alias = Some(number(value, identifier)?),
+            "subscription-identifier" => {
+                p.subscription_identifiers.push(number(value, identifier)?)
+            }
+            "request-problem-information" => {
+                p.request_problem_information = Some(number::<u8>(value, identifier)? != 0)
+            }
+            "request-response-information" => {
+                p.request_response_information = Some(number::<u8>(value, identifier)? != 0)
+            }
+            "content-type" => p.content_type = Some(string(value)?),
+            "response-topic" => p.response_topic = Some(string(value)?),
+            "correlation-data" => {
+                p.correlation_data = Some(Bytes::copy_from_slice(value.as_bytes()))
+            }
+            "user-property" => {
+                let second = args.get(*i + 1).ok_or(usage)?;
+                *i += 1;
+                p.user_properties.push((string(value)?, string(second)?));
+            }
+            _ => unreachable!("checked against the allowed list"),
+        }
+        Ok(())
+    }
+
+    /// Checks the options together and completes the CONNECT settings.
+    pub fn finish(&mut self, tool: &str) -> Result<(), String> {
+        let v5 = self.connect.version == ProtocolVersion::V5;
+        if let Some(prefix) = &self.id_prefix {
+            self.connect.client_id = format!("{prefix}{}", std::process::id());
+        }
+        if self.connect.client_id.is_empty() {
+            if !self.connect.clean {
+                return Err(
+                    "Error: You must provide a client id if you are using the -c option.".into(),
+                );
+            }
+            if self.connect.version == ProtocolVersion::V31 {
+                // 3.1 has no broker-assigned ids.
+                self.connect.client_id = format!("{tool}-{}", std::process::id());
+            }
+        }
+        if self.will_payload.is_some() && self.will_topic.is_none() {
+            return Err("Error: Will payload given, but no will topic given.".into());
+        }
+        if let Some(topic) = &self.will_topic {
+            if crate::topic::validate_topic_name(topic).is_err() {
+                return Err(format!(
+                    "Error: Invalid will topic '{topic}', does it contain '+' or '#'?"
+                ));
+            }
+            self.connect.will = Some(Will {
+                qos: self.will_qos,
+                retain: self.will_retain,
+                properties: self.properties.will.clone(),
+                topic: MqttStr::new(topic).map_err(|e| format!("Error: will topic: {e}"))?,
+                payload: Bytes::from(self.will_payload.clone().unwrap_or_default()),
+            });
+        }
+        self.connect.properties = self.properties.connect.clone();
+        if v5 {
+            // -x, or with -c a session that does not expire.
+            let expiry = self
+                .session_expiry
+                .or((!self.connect.clean).then_some(u32::MAX));
+            if let Some(expiry) = expiry.filter(|&e| e > 0) {
+                self.connect.properties.session_expiry_interval = Some(expiry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints an error unless `--quiet`.
+    pub fn error(&self, message: &str) {
+        if !self.quiet {
+            eprintln!("{message}");
+        }
+    }
+}
+
+/// The exit code and message of a failed connection, as Mosquitto's clients give them:
+/// a refusal exits with its CONNACK return code, anything else with 1.
+pub fn connect_failure(error: &ClientError) -> (u8, String) {
+    match error {
+        ClientError::Refused(reason) => {
+            let code = crate::codec::v3_return_code(*reason).max(1);
+            (code, format!("Connection error: {error}"))
+        }
+        ClientError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            (1, "Error: Connection refused".into())
+        }
+        other => (1, format!("Error: {other}")),
+    }
+}
+
+/// Why a 5.0 acknowledgement refused something, in words.
+pub fn reason_text(reason: ReasonCode) -> String {
+    format!("{reason:?}")
+}
+
+/// A time as `strftime` in local time.
+fn local_time(format: &str, secs: u64) -> String {
+    crate::logging::strftime_local(format, secs).unwrap_or_default()
+}
+
+/// Validates a `-F` format; an unknown specifier is an error, as with mosquitto_sub.
+pub fn check_format(format: &str) -> Result<(), String> {
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => match chars.next() {
+                Some(
+                    '%' | 'A' | 'C' | 'D' | 'E' | 'F' | 'I' | 'j' | 'J' | 'l' | 'm' | 'p' | 'P'
+                    | 'q' | 'r' | 'R' | 'S' | 't' | 'U' | 'x' | 'X',
+                ) => {}
+                Some(other) => return Err(format!("Error: Invalid format specifier '{other}'.")),
+                None => return Err("Error: Incomplete format specifier.".into()),
+            },
+            '@' | '\\' if chars.next().is_none() => {
+                return Err("Error: Incomplete format specifier.".into());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8], upper: bool) -> String {
+    bytes
+        .iter()
+        .map(|b| {
+            if upper {
+                format!("{b:02X}")
+            } else {
+                format!("{b:02x}")
+            }
+        })
+        .collect()
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `%j` / `%J`: the message as JSON (`%J` embeds a JSON payload as JSON).
+fn json(publish: &Publish, secs: u64, micros: u32, embed: bool) -> Result<String, String> {
+    let tst = format!(
+        "{}.{micros:06}Z{}",
+        local_time("%Y-%m-%dT%H:%M:%S", secs),
+        local_time("%z", secs)
+    );
+    let payload = if embed {
+        let text = std::str::from_utf8(&publish.payload)
+            .ok()
+            .filter(|t| json_valid(t));
+        text.map(str::to_string).ok_or_else(|| {
+            format!(
+                "Error: Message payload is not valid JSON on topic {}.",
+                publish.topic
+            )
+        })?
+    } else {
+        json_string(&String::from_utf8_lossy(&publish.payload))
+    };
+    Ok(format!(
+        "{{\"tst\":{},\"topic\":{},\"qos\":{},\"retain\":{},\"payloadlen\":{},\"payload\":{payload}}}",
+        json_string(&tst),
+        json_string(&publish.topic),
+        publish.qos as u8,
+        u8::from(publish.retain),
+        publish.payload.len()
+    ))
+}
+
+/// Formats a received message by a `-F` format (checked by `check_format`).
+pub fn format_message(format: &str, publish: &Publish) -> Result<Vec<u8>, String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let p = &publish.properties;
+    let mut out: Vec<u8> = Vec::new();
+    let mut chars = format.chars();
+    let text = |out: &mut Vec<u8>, s: &str| out.extend_from_slice(s.as_bytes());
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => match chars.next() {
+                Some('%') => out.push(b'%'),
+                Some('A') => text(
+                    &mut out,
+                    &p.topic_alias.map(|a| a.to_string()).unwrap_or_default(),
+                ),
+                Some('C') => text(&mut out, p.content_type.as_deref().unwrap_or("")),
+                Some('D') => out.extend_from_slice(p.correlation_data.as_deref().unwrap_or(&[])),
+                Some('E') => text(
+                    &mut out,
+                    &p.message_expiry_interval
+                        .map(|e| e.to_string())
+                        .unwrap_or_default(),
+                ),
+                Some('F') => text(
+                    &mut out,
+                    &p.payload_format_indicator
+                        .map(|e| e.to_string())
+                        .unwrap_or_default(),
+                ),
+                Some('I') => text(&mut out, &local_time("%Y-%m-%dT%H:%M:%S%z", secs)),
+                Some('j') => text(&mut out, &json(publish, secs, now.subsec_micros(), false)?),
+                Some('J') => text(&mut out, &json(publish, secs, now.subsec_micros(), true)?),
+                Some('l') => text(&mut out, &publish.payload.len().to_string()),
+                Some('m') => text(&mut out, &publish.packet_id.to_string()),
+                Some('p') => out.extend_from_slice(&publish.payload),
+                Some('P') => {
+                    let pairs: Vec<String> = p
+                        .user_properties
+                        .iter()
+                        .map(|(k, v)| format!("{k}:{v}"))
+                        .collect();
+                    text(&mut out, &pairs.join(" "));
+                }
+                Some('q') => text(&mut out, &(publish.qos as u8).to_string()),
+                Some('r') => text(&mut out, if publish.retain { "1" } else { "0" }),
+                Some('R') => text(&mut out, p.response_topic.as_deref().unwrap_or("")),
+                Some('S') => {
+                    let ids: Vec<String> = p
+                        .subscription_identifiers
+                        .iter()
+                        .map(u32::to_string)
+                        .collect();
+                    text(&mut out, &ids.join(" "));
+                }
+                Some('t') => text(&mut out, &publish.topic),
+                Some('U') => text(&mut out, &format!("{secs}.{:09}", now.subsec_nanos())),
+                Some('x') => text(&mut out, &hex(&publish.payload, false)),
+                Some('X') => text(&mut out, &hex(&publish.payload, true)),
+                Some(other) => return Err(format!("Error: Invalid format specifier '{other}'.")),
+                None => {}
+            },
+            '@' => match chars.next() {
+                Some('@') => out.push(b'@'),
+                Some(spec) => text(&mut out, &local_time(&format!("%{spec}"), secs)),
+                None => {}
+            },
+            '\\' => match chars.next() {
+                Some('\\') => out.push(b'\\'),
+                Some('0') => out.push(0),
+                Some('a') => out.push(0x07),
+                Some('e') => out.push(0x1b),
+                Some('n') => out.push(b'\n'),
+                Some('r') => out.push(b'\r'),
+                Some('t') => out.push(b'\t'),
+                Some('v') => out.push(0x0b),
+                Some(other) => {
+                    out.push(b'\\');
+                    text(&mut out, other.encode_utf8(&mut [0; 4]));
+                }
+                None => {}
+            },
+            c => text(&mut out, c.encode_utf8(&mut [0; 4])),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `text` is one JSON value (RFC 8259), for `%J`.
+pub fn json_valid(text: &str) -> bool {
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    }
+    // Returns the index after the value, or None. `depth` bounds nesting.
+    fn value(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+        if depth > 512 {
+            return None;
+        }
+        let i = ws(b, i);
+        match *b.get(i)? {
+            b'{' => {
+                let mut i = ws(b, i + 1);
+                if b.get(i) == Some(&b'}') {
+                    return Some(i + 1);
+                }
+                loop {
+                    i = string(b, ws(b, i))?;
+                    i = ws(b, i);
+                    if b.get(i) != Some(&b':') {
+                        return None;
+                    }
+                    i = ws(b, value(b, i + 1, depth + 1)?);
+                    match b.get(i)? {
+                        b',' => i += 1,
+                        b'}' => return Some(i + 1),
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                let mut i = ws(b, i + 1);
+                if b.get(i) == Some(&b']') {
+                    return Some(i + 1);
+                }
+                loop {
+                    i = ws(b, value(b, i, depth + 1)?);
+                    match b.get(i)? {
+                        b',' => i += 1,
+                        b']' => return Some(i + 1),
+                        _ => return None,
+                    }
+                }
+            }
+            b'"' => string(b, i),
+            b't' => b[i..].starts_with(b"true").then_some(i + 4),
+            b'f' => b[i..].starts_with(b"false").then_some(i + 5),
+            b'n' => b[i..].starts_with(b"null").then_some(i + 4),
+            _ => number(b, i),
+        }
+    }
+    fn string(b: &[u8], i: usize) -> Option<usize> {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let mut i = i + 1;
+        loop {
+            match *b.get(i)? {
+                b'"' => return Some(i + 1),
+                b'\\' => match *b.get(i + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                    b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                    _ => return None,
+                },
+                c if c < 0x20 => return None,
+                _ => i += 1,
+            }
+        }
+    }
+    fn number(b: &[u8], mut i: usize) -> Option<usize> {
+        let digits = |b: &[u8], mut i: usize| {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            (i > start).then_some(i)
+        };
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        if b.get(i) == Some(&b'0') {
+            i += 1;
+        } else {
+            i = digits(b, i)?;
+        }
+        if b.get(i) == Some(&b'.') {
+            i = digits(b, i + 1)?;
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            i = digits(b, i)?;
+        }
+        Some(i)
+    }
+    let b = text.as_bytes();
+    value(b, 0, 0).is_some_and(|end| ws(b, end) == b.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(payload: &'static [u8]) -> Publish {
+        Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: MqttStr::from_static("a/b"),
+            packet_id: 7,
+            properties: Properties::default(),
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn formats() {
+        let m = message(b"hi\"");
+        let out = format_message("%t %p %l %m %q %r %x %X %%\\t@@", &m).unwrap();
+        assert_eq!(out, b"a/b hi\" 3 7 1 1 686922 686922 %\t@");
+        let json = String::from_utf8(format_message("%j", &m).unwrap()).unwrap();
+        assert!(json.starts_with("{\"tst\":\""), "{json}");
+        assert!(
+            json.ends_with(
+                "\"topic\":\"a/b\",\"qos\":1,\"retain\":1,\"payloadlen\":3,\"payload\":\"hi\\\"\"}"
+            ),
+            "{json}"
+        );
+        assert!(format_message("%J", &m).is_err());
+        let j = String::from_utf8(format_message("%J", &message(b"{\"a\":[1,2.5e3]}")).unwrap())
+            .unwrap();
+        assert!(j.ends_with("\"payload\":{\"a\":[1,2.5e3]}}"), "{j}");
+        assert_eq!(
+            check_format("%c").unwrap_err(),
+            "Error: Invalid format specifier 'c'."
+        );
+        assert!(check_format("%t %I %U").is_ok());
+    }
+
+    #[test]
+    fn json_validation() {
+        for ok in [
+            "1",
+            "-0.5e+2",
+            "\"x\\u00e9\"",
+            "[]",
+            "{}",
+            " {\"a\": [true, false, null]} ",
+        ] {
+            assert!(json_valid(ok), "{ok}");
+        }
+        for bad in [
+            "", "01", "[1,]", "{\"a\"}", "tru", "\"\n\"", "1 2", "[[[[", "{'a':1}",
+        ] {
+            assert!(!json_valid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn options_and_urls() {
+        let args: Vec<String> = [
+            "-L",
+            "mqtt://u:p@example.org:1884/a/b",
+            "-D",
+            "publish",
+            "user-property",
+            "k",
+            "v",
+            "-V",
+            "5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut c = Common::default();
+        let mut i = 0;
+        while i < args.len() {
+            assert!(c.option(&args, &mut i).unwrap());
+        }
+        assert_eq!(
+            (c.connect.host.as_str(), c.connect.port),
+            ("example.org", 1884)
+        );
+        assert_eq!(c.connect.username.as_deref(), Some("u"));
+        assert_eq!(c.topics, vec!["a/b"]);
+        assert_eq!(c.properties.publish.user_properties.len(), 1);
+        assert_eq!(c.connect.version, ProtocolVersion::V5);
+        let mut i = 0;
+        let bad: Vec<String> = vec![
+            "-D".into(),
+            "publish".into(),
+            "session-expiry-interval".into(),
+            "1".into(),
+        ];
+        assert!(Common::default()
+            .option(&bad, &mut i)
+            .unwrap_err()
+            .contains("not allowed"));
+        let mut c = Common::default();
+        c.connect.clean = false;
+        assert!(c.finish("t").unwrap_err().contains("client id"));
+    }
+}

@@ -1,0 +1,469 @@
+//! A small blocking MQTT client on the project's codec, for `midge-pub` and `midge-sub`:
+//! connect, publish with the QoS 1/2 handshakes, subscribe, receive (answering the broker's
+//! QoS 1/2 and keeping the connection alive), disconnect.
+
+pub mod cli;
+
+use bytes::{Bytes, BytesMut};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::codec::{
+    ConnAck, Connect, Decoder, Disconnect, MqttStr, Packet, Properties, ProtocolVersion,
+    PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe, Will,
+};
+
+/// The largest packet the client takes from a broker.
+const PACKET_SIZE_MAX: usize = 268_435_460;
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// The connection could not be made or broke.
+    Io(io::Error),
+    /// The broker refused the connection with this reason.
+    Refused(ReasonCode),
+    /// The broker broke the protocol, or sent what the client could not decode.
+    Protocol(String),
+    /// The broker closed the connection (with a 5.0 DISCONNECT reason, if it sent one).
+    Closed(Option<ReasonCode>),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "{e}"),
+            ClientError::Refused(reason) => write!(f, "Connection Refused: {}.", refusal(*reason)),
+            ClientError::Protocol(what) => write!(f, "protocol error: {what}"),
+            ClientError::Closed(Some(reason)) => {
+                write!(f, "disconnected by the broker: {reason:?}")
+            }
+            ClientError::Closed(None) => write!(f, "the connection was lost"),
+        }
+    }
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+/// Mosquitto's words for a refused CONNECT.
+fn refusal(reason: ReasonCode) -> &'static str {
+    match reason {
+        ReasonCode::UnsupportedProtocolVersion => "unacceptable protocol version",
+        ReasonCode::ClientIdentifierNotValid => "identifier rejected",
+        ReasonCode::ServerUnavailable | ReasonCode::ServerBusy => "broker unavailable",
+        ReasonCode::BadUserNameOrPassword => "bad user name or password",
+        ReasonCode::NotAuthorized => "not authorised",
+        _ => "refused",
+    }
+}
+
+/// What a client connects with.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    pub host: String,
+    pub port: u16,
+    /// `-A`: the local address to connect from.
+    pub bind: Option<String>,
+    pub version: ProtocolVersion,
+    pub client_id: String,
+    pub keepalive_s: u16,
+    pub clean: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub will: Option<Will>,
+    pub properties: Properties,
+    pub nodelay: bool,
+    /// `-d`: print each packet sent and received, as Mosquitto's clients do.
+    pub debug: bool,
+}
+
+pub struct Client {
+    stream: TcpStream,
+    pub version: ProtocolVersion,
+    decoder: Decoder,
+    inbuf: BytesMut,
+    next_packet_id: u16,
+    keepalive: Duration,
+    last_sent: Instant,
+    /// QoS 2 packet ids received and not yet released (so a resend is not shown twice).
+    incoming_qos2: hashbrown::HashSet<u16>,
+    debug: bool,
+    name: String,
+}
+
+fn connect_stream(options: &ConnectOptions) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = (options.host.as_str(), options.port)
+        .to_socket_addrs()?
+        .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address for the host");
+    for addr in addrs {
+        let attempt = match &options.bind {
+            None => TcpStream::connect_timeout(&addr, Duration::from_secs(10)),
+            Some(bind) => (|| {
+                let local: std::net::IpAddr = bind
+                    .parse()
+                    .map_err(|_| io::Error::other(format!("bad bind address {bind:?}")))?;
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    None,
+                )?;
+                socket.bind(&SocketAddr::new(local, 0).into())?;
+                socket.connect_timeout(&addr.into(), Duration::from_secs(10))?;
+                Ok(socket.into())
+            })(),
+        };
+        match attempt {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+impl Client {
+    /// Connects and waits for CONNACK; a refusal is an error carrying its reason.
+    pub fn connect(options: &ConnectOptions) -> Result<(Client, ConnAck), ClientError> {
+        let stream = connect_stream(options)?;
+        stream.set_nodelay(options.nodelay)?;
+        let name = if options.client_id.is_empty() {
+            "null".to_string()
+        } else {
+            options.client_id.clone()
+        };
+        let mut client = Client {
+            stream,
+            version: options.version,
+            decoder: Decoder::client(options.version, PACKET_SIZE_MAX),
+            inbuf: BytesMut::with_capacity(4096),
+            next_packet_id: 0,
+            keepalive: Duration::from_secs(options.keepalive_s.into()),
+            last_sent: Instant::now(),
+            incoming_qos2: Default::default(),
+            debug: options.debug,
+            name,
+        };
+        let text =
+            |s: &str| MqttStr::new(s).map_err(|e| ClientError::Protocol(format!("{s:?}: {e}")));
+        let connect = Connect {
+            version: options.version,
+            bridge: false,
+            clean_start: options.clean,
+            keep_alive: options.keepalive_s,
+            properties: options.properties.clone(),
+            client_id: text(&options.client_id)?,
+            will: options.will.clone(),
+            username: options.username.as_deref().map(text).transpose()?,
+            password: options
+                .password
+                .as_ref()
+                .map(|p| Bytes::copy_from_slice(p.as_bytes())),
+        };
+        client.send(&Packet::Connect(Box::new(connect)))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        match client.next_packet(Some(deadline))? {
+            Some(Packet::ConnAck(ack)) => {
+                client.debug_line(&format!(
+                    "received CONNACK ({})",
+                    client.reason_number(ack.reason)
+                ));
+                if ack.reason != ReasonCode::Success {
+                    return Err(ClientError::Refused(ack.reason));
+                }
+                if let Some(id) = &ack.properties.assigned_client_identifier {
+                    client.name = id.to_string();
+                }
+                Ok((client, ack))
+            }
+            Some(other) => Err(ClientError::Protocol(format!(
+                "expected CONNACK, got {}",
+                other.name()
+            ))),
+            None => Err(ClientError::Protocol("no CONNACK in time".into())),
+        }
+    }
+
+    fn reason_number(&self, reason: ReasonCode) -> u8 {
+        if self.version == ProtocolVersion::V5 {
+            reason as u8
+        } else {
+            crate::codec::v3_return_code(reason)
+        }
+    }
+
+    fn debug_line(&self, what: &str) {
+        if self.debug {
+            println!("Client {} {what}", self.name);
+        }
+    }
+
+    pub fn send(&mut self, packet: &Packet) -> Result<(), ClientError> {
+        let bytes = packet
+            .to_bytes(self.version)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode {}: {e}", packet.name())))?;
+        if self.debug {
+            let detail = match packet {
+                Packet::Publish(p) => format!(
+                    " (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+                    u8::from(p.dup),
+                    p.qos as u8,
+                    u8::from(p.retain),
+                    p.packet_id,
+                    p.topic,
+                    p.payload.len()
+                ),
+                Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+                    format!(" (m{})", r.packet_id)
+                }
+                _ => String::new(),
+            };
+            self.debug_line(&format!("sending {}{detail}", packet.name()));
+        }
+        self.stream.write_all(&bytes)?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    fn packet_id(&mut self) -> u16 {
+        self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+        self.next_packet_id
+    }
+
+    /// The next packet from the broker, sending PINGREQ when the keep alive asks for one;
+    /// `None` when `deadline` passes first.
+    fn next_packet(&mut self, deadline: Option<Instant>) -> Result<Option<Packet>, ClientError> {
+        loop {
+            match self.decoder.decode_from(&mut self.inbuf) {
+                Ok(Some(packet)) => return Ok(Some(packet)),
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let ping_at = (!self.keepalive.is_zero()).then(|| self.last_sent + self.keepalive);
+            if ping_at.is_some_and(|at| now >= at) {
+                self.send(&Packet::PingReq)?;
+                continue;
+            }
+            let wait = [deadline, ping_at]
+                .into_iter()
+                .flatten()
+                .map(|at| at.saturating_duration_since(now))
+                .min()
+                .unwrap_or(Duration::from_secs(3600))
+                .max(Duration::from_millis(1));
+            self.stream.set_read_timeout(Some(wait))?;
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(ClientError::Closed(None)),
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits for a packet of the kind `want` picks; messages arriving meanwhile are
+    /// acknowledged and kept for `recv` in `held`.
+    fn wait_for<T>(
+        &mut self,
+        held: &mut Vec<Publish>,
+        mut want: impl FnMut(&Packet) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        loop {
+            let Some(packet) = self.next_packet(None)? else {
+                continue;
+            };
+            if let Some(found) = want(&packet) {
+                self.debug_line(&format!("received {}", packet.name()));
+                return Ok(found);
+            }
+            if let Some(publish) = self.handle(packet)? {
+                held.push(publish);
+            }
+        }
+    }
+
+    /// Publishes and, for QoS 1/2, waits until the broker has acknowledged it. Returns the
+    /// broker's reason code (5.0 may refuse with one).
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+        held: &mut Vec<Publish>,
+    ) -> Result<ReasonCode, ClientError> {
+        let packet_id = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.packet_id()
+        };
+        let topic =
+            MqttStr::new(topic).map_err(|e| ClientError::Protocol(format!("topic: {e}")))?;
+        self.send(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic,
+            packet_id,
+            properties,
+            payload,
+        }))?;
+        match qos {
+            QoS::AtMostOnce => Ok(ReasonCode::Success),
+            QoS::AtLeastOnce => self.wait_for(held, |p| match p {
+                Packet::PubAck(r) if r.packet_id == packet_id => Some(r.reason),
+                _ => None,
+            }),
+            QoS::ExactlyOnce => {
+                let reason = self.wait_for(held, |p| match p {
+                    Packet::PubRec(r) if r.packet_id == packet_id => Some(r.reason),
+                    _ => None,
+                })?;
+                if reason as u8 >= 0x80 {
+                    return Ok(reason);
+                }
+                self.send(&Packet::PubRel(PubResponse::new(packet_id)))?;
+                self.wait_for(held, |p| match p {
+                    Packet::PubComp(r) if r.packet_id == packet_id => Some(r.reason),
+                    _ => None,
+                })
+            }
+        }
+    }
+
+    pub fn subscribe(
+        &mut self,
+        filters: &[(String, SubscriptionOptions)],
+        properties: Properties,
+        held: &mut Vec<Publish>,
+    ) -> Result<SubAck, ClientError> {
+        let packet_id = self.packet_id();
+        let filters = filters
+            .iter()
+            .map(|(f, o)| {
+                MqttStr::new(f)
+                    .map(|f| (f, *o))
+                    .map_err(|e| ClientError::Protocol(format!("filter: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            properties,
+            filters,
+        }))?;
+        self.wait_for(held, |p| match p {
+            Packet::SubAck(ack) if ack.packet_id == packet_id => Some(ack.clone()),
+            _ => None,
+        })
+    }
+
+    pub fn unsubscribe(
+        &mut self,
+        filters: &[String],
+        properties: Properties,
+        held: &mut Vec<Publish>,
+    ) -> Result<UnsubAck, ClientError> {
+        let packet_id = self.packet_id();
+        let filters = filters
+            .iter()
+            .map(|f| MqttStr::new(f).map_err(|e| ClientError::Protocol(format!("filter: {e}"))))
+            .collect::<Result<_, _>>()?;
+        self.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            properties,
+            filters,
+        }))?;
+        self.wait_for(held, |p| match p {
+            Packet::UnsubAck(ack) if ack.packet_id == packet_id => Some(ack.clone()),
+            _ => None,
+        })
+    }
+
+    /// Answers what the broker sent; returns a message to show (once: a QoS 2 resend before
+    /// PUBREL is not shown again).
+    fn handle(&mut self, packet: Packet) -> Result<Option<Publish>, ClientError> {
+        match packet {
+            Packet::Publish(publish) => {
+                self.debug_line(&format!(
+                    "received PUBLISH (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+                    u8::from(publish.dup),
+                    publish.qos as u8,
+                    u8::from(publish.retain),
+                    publish.packet_id,
+                    publish.topic,
+                    publish.payload.len()
+                ));
+                match publish.qos {
+                    QoS::AtMostOnce => Ok(Some(publish)),
+                    QoS::AtLeastOnce => {
+                        self.send(&Packet::PubAck(PubResponse::new(publish.packet_id)))?;
+                        Ok(Some(publish))
+                    }
+                    QoS::ExactlyOnce => {
+                        let first = self.incoming_qos2.insert(publish.packet_id);
+                        self.send(&Packet::PubRec(PubResponse::new(publish.packet_id)))?;
+                        Ok(first.then_some(publish))
+                    }
+                }
+            }
+            Packet::PubRel(r) => {
+                self.incoming_qos2.remove(&r.packet_id);
+                self.send(&Packet::PubComp(PubResponse::new(r.packet_id)))?;
+                Ok(None)
+            }
+            Packet::Disconnect(d) => {
+                self.debug_line("received DISCONNECT");
+                Err(ClientError::Closed(Some(d.reason)))
+            }
+            Packet::PingResp => {
+                self.debug_line("received PINGRESP");
+                Ok(None)
+            }
+            other => {
+                self.debug_line(&format!("received {}", other.name()));
+                Ok(None)
+            }
+        }
+    }
+
+    /// The next message from the broker, or `None` if `deadline` passes first.
+    pub fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Publish>, ClientError> {
+        loop {
+            let Some(packet) = self.next_packet(deadline)? else {
+                return Ok(None);
+            };
+            if let Some(publish) = self.handle(packet)? {
+                return Ok(Some(publish));
+            }
+        }
+    }
+
+    /// Sends DISCONNECT (with these 5.0 properties) and closes.
+    pub fn disconnect(mut self, properties: Properties) -> Result<(), ClientError> {
+        let mut disconnect = Disconnect::with_reason(ReasonCode::Success);
+        disconnect.properties = properties;
+        self.send(&Packet::Disconnect(disconnect))?;
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        // Wait briefly for the broker to close, so nothing sent is cut off by a reset.
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut sink = [0u8; 512];
+        while matches!(self.stream.read(&mut sink), Ok(n) if n > 0) {}
+        Ok(())
+    }
+}
