@@ -93,6 +93,48 @@ pub enum LogDest {
     Stderr,
     File(PathBuf),
     Syslog,
+    /// Published by the broker on `$SYS/broker/log/<type letter>` (not debug lines, so that
+    /// logging a delivery cannot feed itself), as Mosquitto does.
+    Topic,
+}
+
+/// Log lines waiting to be published on `$SYS/broker/log/...`; beyond this many, lines are
+/// dropped and counted (`topic_lines_dropped`).
+const TOPIC_QUEUE_MAX: usize = 1024;
+
+type TopicQueue = (
+    crossbeam_channel::Sender<(&'static str, String)>,
+    crossbeam_channel::Receiver<(&'static str, String)>,
+);
+
+fn topic_queue() -> &'static TopicQueue {
+    static QUEUE: std::sync::OnceLock<TopicQueue> = std::sync::OnceLock::new();
+    QUEUE.get_or_init(|| crossbeam_channel::bounded(TOPIC_QUEUE_MAX))
+}
+
+static TOPIC_LINES_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Log lines for `log_dest topic`: (topic, line), at most `max` of them.
+pub fn take_topic_lines(max: usize) -> impl Iterator<Item = (&'static str, String)> {
+    topic_queue().1.try_iter().take(max)
+}
+
+/// Log lines not published on `$SYS/broker/log` because too many were waiting.
+pub fn topic_lines_dropped() -> u64 {
+    TOPIC_LINES_DROPPED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Mosquitto's `$SYS/broker/log/` topic for a line of this type.
+fn log_topic(types: LogTypes) -> &'static str {
+    match types {
+        LogTypes::ERROR => "$SYS/broker/log/E",
+        LogTypes::WARNING => "$SYS/broker/log/W",
+        LogTypes::NOTICE => "$SYS/broker/log/N",
+        LogTypes::INFORMATION => "$SYS/broker/log/I",
+        LogTypes::SUBSCRIBE => "$SYS/broker/log/M/subscribe",
+        LogTypes::UNSUBSCRIBE => "$SYS/broker/log/M/unsubscribe",
+        _ => "$SYS/broker/log/D",
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,7 +208,7 @@ pub fn apply(settings: &LogSettings) -> Result<(), String> {
                     .map_err(|e| format!("cannot reach syslog at /dev/log: {e}"))?;
                 syslog = Some(socket);
             }
-            LogDest::Stdout | LogDest::Stderr => {}
+            LogDest::Stdout | LogDest::Stderr | LogDest::Topic => {}
         }
     }
     let level = if settings.dests.is_empty() {
@@ -266,6 +308,16 @@ impl log::Log for Logger {
                     }
                     None => Ok(()),
                 },
+                LogDest::Topic if kind != LogTypes::DEBUG => {
+                    let queued = topic_queue()
+                        .0
+                        .try_send((log_topic(kind), line.trim_end().to_string()));
+                    if queued.is_err() {
+                        TOPIC_LINES_DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(())
+                }
+                LogDest::Topic => Ok(()),
             };
         }
     }

@@ -72,9 +72,9 @@ impl Server {
         let mut listener_of_socket = Vec::new();
         let mut interfaces = Vec::new();
         for (index, listener) in config.listeners.iter().enumerate() {
-            if listener.websockets {
+            if let Some(why) = listener.not_opened {
                 log::warn!(
-                    "Warning: not opening the websockets listener on port {}: not supported yet.",
+                    "Warning: not opening the listener on port {}: {why}.",
                     listener.port
                 );
                 continue;

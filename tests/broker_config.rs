@@ -358,3 +358,52 @@ fn a_bad_configuration_names_file_line_and_the_likely_option() {
     broker.wait_for_log("persistence is not supported by midge yet; ignored.");
     let _c = Raw::connect(broker.port, "fine");
 }
+
+#[test]
+fn log_dest_topic_publishes_log_lines_on_sys() {
+    let conf = config_file("log-topic", "log_dest stderr\nlog_dest topic\n");
+    let broker = Broker::start(&["-c", &conf, "--threads", "2"]);
+    let mut watcher = Raw::connect(broker.port, "watcher");
+    watcher.subscribe(&[("$SYS/broker/log/#", QoS::AtLeastOnce)]);
+    let mut newcomer = Raw::connect(broker.port, "newcomer");
+    newcomer.subscribe(&[("some/topic", QoS::AtMostOnce)]);
+    let (mut connected, mut subscribed) = (false, false);
+    while !(connected && subscribed) {
+        let p = watcher.recv_publish();
+        let line = String::from_utf8_lossy(&p.payload).into_owned();
+        assert_ne!(
+            p.topic.as_str(),
+            "$SYS/broker/log/D",
+            "debug lines stay off the topic"
+        );
+        if p.topic.as_str() == "$SYS/broker/log/N" && line.contains("as newcomer") {
+            assert!(
+                line.contains(": New client connected from 127.0.0.1:"),
+                "{line}"
+            );
+            connected = true;
+        }
+        if p.topic.as_str() == "$SYS/broker/log/M/subscribe"
+            && line.ends_with("newcomer 0 some/topic")
+        {
+            subscribed = true;
+        }
+        if matches!(p.qos, QoS::AtLeastOnce) {
+            watcher.send(&Packet::PubAck(PubResponse::new(p.packet_id)));
+        }
+    }
+}
+
+#[test]
+fn persistent_client_expiration_ends_abandoned_sessions() {
+    // midge takes seconds too (Mosquitto's smallest unit is the hour).
+    let conf = config_file("pce", "persistent_client_expiration 1s\n");
+    let broker = Broker::start(&["-c", &conf]);
+    let (mut c, _) = Raw::connect_with(broker.port, connect_packet(V311, "keeper", false, 60));
+    c.subscribe(&[("t", QoS::AtLeastOnce)]);
+    c.send(&Packet::Disconnect(Disconnect::default()));
+    c.expect_closed();
+    broker.wait_for_log("Expiring client keeper due to timeout.");
+    let (_c, ack) = Raw::connect_with(broker.port, connect_packet(V311, "keeper", false, 60));
+    assert!(!ack.session_present);
+}

@@ -78,8 +78,9 @@ pub struct Listener {
     pub topic_alias_max: u16,
     /// `use_username_as_clientid`: the user name replaces the client id.
     pub use_username_as_clientid: bool,
-    /// `protocol websockets`: not served yet, so not opened (with a warning).
-    pub websockets: bool,
+    /// Why this listener is not opened: a kind midge does not serve yet (`protocol
+    /// websockets`, a unix socket), with a warning rather than a refusal to start.
+    pub not_opened: Option<&'static str>,
     /// Used when `per_listener_settings` is true.
     pub security: Security,
 }
@@ -96,7 +97,7 @@ impl Default for Listener {
             mount_point: None,
             topic_alias_max: 10,
             use_username_as_clientid: false,
-            websockets: false,
+            not_opened: None,
             security: Security::default(),
         }
     }

@@ -125,12 +125,14 @@ impl Line<'_> {
     }
 }
 
-/// Mosquitto's durations: a number and h, d, w, m (30 days) or y (365 days).
+/// Mosquitto's durations: a number and h, d, w, m (30 days) or y (365 days); midge also
+/// takes s (seconds).
 fn duration(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     let hour = 3600;
     let seconds = match unit {
+        "s" => 1,
         "h" => hour,
         "d" => 24 * hour,
         "w" => 7 * 24 * hour,
@@ -208,6 +210,10 @@ impl Reader {
                 } else {
                     self.top.clone()
                 };
+                if bind.as_deref().is_some_and(|b| b.starts_with('/')) {
+                    line.warn("unix socket listeners are not supported by midge yet; this listener will not be opened.");
+                    listener.not_opened = Some("unix sockets are not supported yet");
+                }
                 listener.port = port;
                 listener.bind = bind;
                 config.listeners.push(listener);
@@ -249,7 +255,7 @@ impl Reader {
                 "mqtt" => {}
                 "websockets" => {
                     line.warn("protocol websockets is not supported by midge yet; this listener will not be opened.");
-                    self.listener().websockets = true;
+                    self.listener().not_opened = Some("websockets are not supported yet");
                 }
                 other => {
                     return Err(line.err(format!(
@@ -322,7 +328,7 @@ impl Reader {
                 let value = line.one("duration")?;
                 let d = duration(value).ok_or_else(|| {
                     line.err(format!(
-                        "persistent_client_expiration: {value:?} is not a duration (a number and h, d, w, m or y)"
+                        "persistent_client_expiration: {value:?} is not a duration (a number and s, h, d, w, m or y)"
                     ))
                 })?;
                 config.persistent_client_expiration = Some(d);
@@ -349,7 +355,8 @@ impl Reader {
                         }
                         LogDest::File(path.into())
                     }
-                    Some("topic") | Some("dlt") => {
+                    Some("topic") => LogDest::Topic,
+                    Some("dlt") => {
                         line.warn(&format!(
                             "log_dest {} is not supported by midge yet; ignored.",
                             line.args[0]

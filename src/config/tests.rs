@@ -148,7 +148,13 @@ fn durations_and_process_options() {
     assert_eq!(c.user.as_deref(), Some("mosquitto"));
     assert_eq!(c.queued_bytes_max, 100);
     assert_eq!(c.cpu_affinity, CpuAffinity::Cores(vec![1, 0]));
-    for bad in ["2", "h", "5s", "-1d", "99999999999999999y"] {
+    assert_eq!(
+        read("persistent_client_expiration 5s\n")
+            .unwrap()
+            .persistent_client_expiration,
+        Some(Duration::from_secs(5))
+    );
+    for bad in ["2", "h", "5x", "-1d", "99999999999999999y"] {
         assert!(
             read(&format!("persistent_client_expiration {bad}\n")).is_err(),
             "{bad}"
@@ -166,7 +172,9 @@ fn later_features_warn_and_unknown_options_fail() {
     assert!(c.local_only);
     // protocol websockets: a listener that is not opened (with a warning).
     let c = read("listener 9001\nprotocol websockets\n").unwrap();
-    assert!(c.listeners[0].websockets);
+    assert!(c.listeners[0].not_opened.is_some());
+    let c = read("listener 0 /tmp/mosquitto.sock\nlistener 1883\n").unwrap();
+    assert!(c.listeners[0].not_opened.is_some() && c.listeners[1].not_opened.is_none());
     assert!(read("listener 9001\nprotocol http\n").is_err());
     assert!(read("mount_point a/#\n").is_err());
 }

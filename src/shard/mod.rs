@@ -227,6 +227,9 @@ impl<B: Backend> Shard<B> {
             }
             self.events = events;
             self.drain_mailbox();
+            if self.id == 0 {
+                self.publish_log_lines();
+            }
             self.retry_overflow();
             self.apply_trie_ops();
             if Instant::now() >= next_tick {
@@ -479,6 +482,26 @@ impl<B: Backend> Shard<B> {
         }
         for conn in std::mem::take(&mut self.paused) {
             self.backend.resume_reading(conn);
+        }
+    }
+
+    /// `log_dest topic`: shard 0 publishes waiting log lines on `$SYS/broker/log/...`, a
+    /// bounded number per turn.
+    fn publish_log_lines(&mut self) {
+        const LINES_PER_TURN: usize = 256;
+        let lines: Vec<_> = crate::logging::take_topic_lines(LINES_PER_TURN).collect();
+        for (topic, line) in lines {
+            // As Mosquitto: QoS 2, not retained, expiring after 20 seconds.
+            let message = Arc::new(crate::router::Message {
+                topic: crate::codec::MqttStr::from_static(topic),
+                payload: bytes::Bytes::from(line),
+                qos: crate::codec::QoS::ExactlyOnce,
+                retain: false,
+                properties: Default::default(),
+                origin: None,
+                expires_at: Some(Instant::now() + Duration::from_secs(20)),
+            });
+            self.route(&message, None);
         }
     }
 
