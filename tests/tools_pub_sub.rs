@@ -172,6 +172,33 @@ fn formats_retained_handling_and_filters() {
         (out.status.code(), text(&out.stdout)),
         (Some(27), String::new())
     );
+    // -c with -i: a persistent session collects messages while the tool is away; -U drops
+    // a subscription of it.
+    let keep = ["-c", "-i", "keeper", "-q", "1"];
+    assert!(run(
+        "midge-sub",
+        port,
+        &[&keep[..], &["-t", "p/1", "-t", "p/2", "-E"]].concat()
+    )
+    .status
+    .success());
+    assert!(run(
+        "midge-sub",
+        port,
+        &[&keep[..], &["-U", "p/2", "-E"]].concat()
+    )
+    .status
+    .success());
+    ok(&["-t", "p/2", "-m", "dropped", "-q", "1"]);
+    ok(&["-t", "p/1", "-m", "kept", "-q", "1"]);
+    let out = run(
+        "midge-sub",
+        port,
+        &[&keep[..], &["-t", "p/1", "-C", "1", "-v"]].concat(),
+    );
+    assert_eq!(text(&out.stdout), "p/1 kept\n");
+    let out = run("midge-sub", port, &["-c", "-t", "p/1", "-E"]);
+    assert_eq!(out.status.code(), Some(1), "-c needs a client id");
     // -E: exit once subscribed; an invalid format is refused before connecting.
     assert!(run("midge-sub", port, &["-t", "x", "-E"]).status.success());
     let out = run("midge-sub", port, &["-t", "x", "-F", "%c"]);

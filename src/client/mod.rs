@@ -208,15 +208,7 @@ impl Client {
             .map_err(|e| ClientError::Protocol(format!("cannot encode {}: {e}", packet.name())))?;
         if self.debug {
             let detail = match packet {
-                Packet::Publish(p) => format!(
-                    " (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
-                    u8::from(p.dup),
-                    p.qos as u8,
-                    u8::from(p.retain),
-                    p.packet_id,
-                    p.topic,
-                    p.payload.len()
-                ),
+                Packet::Publish(p) => format!(" {}", p.summary()),
                 Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
                     format!(" (m{})", r.packet_id)
                 }
@@ -400,15 +392,7 @@ impl Client {
     fn handle(&mut self, packet: Packet) -> Result<Option<Publish>, ClientError> {
         match packet {
             Packet::Publish(publish) => {
-                self.debug_line(&format!(
-                    "received PUBLISH (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
-                    u8::from(publish.dup),
-                    publish.qos as u8,
-                    u8::from(publish.retain),
-                    publish.packet_id,
-                    publish.topic,
-                    publish.payload.len()
-                ));
+                self.debug_line(&format!("received PUBLISH {}", publish.summary()));
                 match publish.qos {
                     QoS::AtMostOnce => Ok(Some(publish)),
                     QoS::AtLeastOnce => {

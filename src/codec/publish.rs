@@ -23,7 +23,31 @@ pub struct Publish {
     pub payload: Bytes,
 }
 
+/// Mosquitto's log summary of a PUBLISH: `(d0, q1, r0, m3, 'a/b', ... (5 bytes))`.
+pub struct PublishSummary<'a>(&'a Publish);
+
+impl std::fmt::Display for PublishSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.0;
+        write!(
+            f,
+            "(d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+            u8::from(p.dup),
+            p.qos as u8,
+            u8::from(p.retain),
+            p.packet_id,
+            p.topic,
+            p.payload.len()
+        )
+    }
+}
+
 impl Publish {
+    /// For log lines, in Mosquitto's words.
+    pub fn summary(&self) -> PublishSummary<'_> {
+        PublishSummary(self)
+    }
+
     pub(super) fn flags(&self) -> u8 {
         (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
     }

@@ -19,15 +19,7 @@ const NOT_UTF8: &str = "the payload is not valid UTF-8 as its Payload Format Ind
 impl<B: Backend> Shard<B> {
     pub(super) fn on_publish(&mut self, conn: ConnId, session_id: SessionId, publish: Publish) {
         let name = self.conn_name(conn);
-        log::debug!(
-            "Received PUBLISH from {name} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
-            u8::from(publish.dup),
-            publish.qos as u8,
-            u8::from(publish.retain),
-            publish.packet_id,
-            publish.topic,
-            publish.payload.len()
-        );
+        log::debug!("Received PUBLISH from {name} {}", publish.summary());
         self.stats()
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
