@@ -216,3 +216,60 @@ fn reload_keeps_listeners_and_takes_security() {
     assert!(merged.security(0).anonymous_allowed());
     assert_eq!(warnings.len(), 1, "{warnings:?}");
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lines built from real option names (and a few misspellings) with odd values.
+    fn line() -> impl Strategy<Value = String> {
+        let names: Vec<&'static str> = crate::config::options::SUPPORTED
+            .iter()
+            .chain(crate::config::options::NOT_YET)
+            .copied()
+            .filter(|n| {
+                !matches!(
+                    *n,
+                    "include_dir" | "password_file" | "acl_file" | "pid_file"
+                )
+            })
+            .chain(["listner", "#", "", "max_conections"])
+            .collect();
+        let value = prop_oneof![
+            Just(String::new()),
+            "-?[0-9]{1,12}[hdwmys]?",
+            "[a-z0-9:./#+%$ \t-]{0,24}",
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("file /dev/null".to_string()),
+        ];
+        (proptest::sample::select(names), value, value_again())
+            .prop_map(|(name, a, b)| format!("{name} {a} {b}"))
+    }
+
+    fn value_again() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "[a-z0-9.:]{0,8}"]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        #[test]
+        fn any_file_is_read_or_refused_with_its_line(lines in proptest::collection::vec(line(), 0..12)) {
+            let text = lines.join("\n");
+            match read(&text) {
+                Ok(config) => {
+                    // Whatever was read is usable: listeners resolve or fail cleanly (host
+                    // names are left alone: no DNS lookups in a test).
+                    for listener in &config.listeners {
+                        let ip = listener.bind.as_deref().is_none_or(|b| b.parse::<std::net::IpAddr>().is_ok());
+                        if ip {
+                            let _ = listener.addrs();
+                        }
+                    }
+                    let _ = config.reloaded(config.clone());
+                }
+                Err(e) => prop_assert!(e.line >= 1 && e.line <= lines.len(), "{e}"),
+            }
+        }
+    }
+}

@@ -289,10 +289,14 @@ impl<B: Backend> Shard<B> {
     ) {
         let v5 = connect.version == ProtocolVersion::V5;
         let user = connect.username.as_ref().map(|u| u.as_str());
+        let listener = self.conn(conn).map_or(0, |c| c.listener);
+        // With per-listener security, the same name on another listener is another user.
+        let other_realm =
+            |old: &Session| self.config.per_listener_settings && old.listener != listener;
         let resumed = match resumed {
             // A session is resumed only by its own user: another user's client taking the
             // id gets a new session, not the messages queued for the first.
-            Some(old) if old.username.as_deref() != user => {
+            Some(old) if old.username.as_deref() != user || other_realm(&old) => {
                 log::info!(
                     "Client {client_id} connected as a different user; its previous session is discarded."
                 );
@@ -326,7 +330,6 @@ impl<B: Backend> Shard<B> {
         session.packet_size_max = connect.properties.maximum_packet_size.map(|n| n as usize);
         // The will lives as long as the connection: its own copy, not a slice of CONNECT's
         // receive buffer.
-        let listener = self.conn(conn).map_or(0, |c| c.listener);
         let mount = self.config.listener(listener).mount_point.clone();
         session.will = connect.will.as_ref().map(|w| Will {
             qos: w.qos,
