@@ -41,7 +41,9 @@ pub struct Session {
     pub clean: bool,
     /// By full filter text (`$share/g/f` included).
     pub subscriptions: HashMap<String, Subscription>,
-    pub will: Option<Will>,
+    /// Boxed, as `delayed_will`: most sessions have none, and every session pays for the
+    /// space of an unboxed one.
+    pub will: Option<Box<Will>>,
     pub username: Option<String>,
     /// The password its client connected with, to check again when the password file is
     /// reloaded (as Mosquitto does).
@@ -68,7 +70,7 @@ pub struct Session {
     /// When an offline session ends (5.0 session expiry).
     pub expires_at: Option<Instant>,
     /// A will waiting out its 5.0 Will Delay Interval, and when it is due.
-    pub delayed_will: Option<(Instant, Will)>,
+    pub delayed_will: Option<Box<(Instant, Will)>>,
 }
 
 impl Session {

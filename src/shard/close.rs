@@ -194,10 +194,10 @@ impl<B: Backend> Shard<B> {
             // that comes first.
             let delay = will.properties.will_delay_interval.unwrap_or(0);
             if delay == 0 || session.clean {
-                self.publish_will(id, will);
+                self.publish_will(id, *will);
             } else {
                 let due = Instant::now() + std::time::Duration::from_secs(delay.into());
-                session.delayed_will = Some((due, will));
+                session.delayed_will = Some(Box::new((due, *will)));
                 self.will_timers.push(std::cmp::Reverse((due, id)));
             }
         }
@@ -244,9 +244,9 @@ impl<B: Backend> Shard<B> {
             if session
                 .delayed_will
                 .as_ref()
-                .is_some_and(|(due, _)| *due == at)
+                .is_some_and(|delayed| delayed.0 == at)
             {
-                let (_, will) = session.delayed_will.take().expect("just checked");
+                let (_, will) = *session.delayed_will.take().expect("just checked");
                 self.publish_will(id, will);
             }
         }
@@ -273,7 +273,8 @@ impl<B: Backend> Shard<B> {
                 .sessions
                 .get_mut(&id)
                 .and_then(|s| s.delayed_will.take());
-            if let Some((_, will)) = delayed {
+            if let Some(delayed) = delayed {
+                let (_, will) = *delayed;
                 self.publish_will(id, will);
             }
             let session = self.sessions.remove(&id).expect("just found");
@@ -286,7 +287,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Removes a session's subscriptions and, if asked, its registry entry.
-    pub(super) fn end_session(&mut self, session: Session, unregister: bool) {
+    pub(super) fn end_session(&mut self, session: Box<Session>, unregister: bool) {
         for filter in session.subscriptions.into_keys() {
             self.trie_ops.push(TrieOp::Unsubscribe {
                 filter,

@@ -180,7 +180,7 @@ impl<B: Backend> Shard<B> {
 
     /// Takes this shard's session `id` for a new connection, closing its old connection.
     /// Returns it if it carries on (not clean on either side), `None` if it ended.
-    fn take_local_session(&mut self, id: SessionId, clean_start: bool) -> Option<Session> {
+    fn take_local_session(&mut self, id: SessionId, clean_start: bool) -> Option<SessionBox> {
         let session = self.sessions.get(&id)?;
         if let Some(old) = session.conn {
             if self.config.connection_messages {
@@ -220,7 +220,7 @@ impl<B: Backend> Shard<B> {
                 }
                 if publish_will {
                     if let Some(will) = will {
-                        self.publish_will(id, will);
+                        self.publish_will(id, *will);
                     }
                 }
             }
@@ -234,7 +234,7 @@ impl<B: Backend> Shard<B> {
         let _ = packet.encode(version, &mut c.out);
     }
 
-    pub(super) fn close_socket(&mut self, mut c: super::conn::Conn) {
+    pub(super) fn close_socket(&mut self, mut c: Box<super::conn::Conn>) {
         if !c.out.is_empty() {
             self.backend.send(c.id, c.out.split().freeze());
         }
@@ -285,7 +285,7 @@ impl<B: Backend> Shard<B> {
         connect: Connect,
         client_id: Arc<str>,
         assigned: bool,
-        resumed: Option<Session>,
+        resumed: Option<SessionBox>,
     ) {
         let v5 = connect.version == ProtocolVersion::V5;
         let user = connect.username.as_ref().map(|u| u.as_str());
@@ -308,7 +308,12 @@ impl<B: Backend> Shard<B> {
         let session_present = resumed.is_some();
         let mut session = resumed.unwrap_or_else(|| {
             let id = self.shared.new_session_id();
-            Session::new(id, client_id.clone(), connect.version, connect.clean_start)
+            Box::new(Session::new(
+                id,
+                client_id.clone(),
+                connect.version,
+                connect.clean_start,
+            ))
         });
         let session_id = session.id;
         session.conn = Some(conn);
@@ -331,17 +336,19 @@ impl<B: Backend> Shard<B> {
         // The will lives as long as the connection: its own copy, not a slice of CONNECT's
         // receive buffer.
         let mount = self.config.listener(listener).mount_point.clone();
-        session.will = connect.will.as_ref().map(|w| Will {
-            qos: w.qos,
-            retain: w.retain,
-            properties: w.properties.clone(),
-            // mount_point: the will goes to the listener's part of the topic space.
-            topic: match &mount {
-                Some(mount) => crate::codec::MqttStr::new(&format!("{mount}{}", w.topic))
-                    .unwrap_or_else(|_| w.topic.detached()),
-                None => w.topic.detached(),
-            },
-            payload: bytes::Bytes::copy_from_slice(&w.payload),
+        session.will = connect.will.as_ref().map(|w| {
+            Box::new(Will {
+                qos: w.qos,
+                retain: w.retain,
+                properties: w.properties.clone(),
+                // mount_point: the will goes to the listener's part of the topic space.
+                topic: match &mount {
+                    Some(mount) => crate::codec::MqttStr::new(&format!("{mount}{}", w.topic))
+                        .unwrap_or_else(|_| w.topic.detached()),
+                    None => w.topic.detached(),
+                },
+                payload: bytes::Bytes::copy_from_slice(&w.payload),
+            })
         });
         session.username = connect.username.as_ref().map(|u| u.to_string());
         session.password = connect
@@ -472,7 +479,7 @@ impl<B: Backend> Shard<B> {
         let msg = ShardMsg::Handoff {
             client_id,
             conn,
-            session: session.map(Box::new),
+            session,
         };
         if let Err(msg) = self.shared.mailboxes.send(to, msg) {
             // Never dropped: a handoff carries a session. Held with the QoS 1/2 overflow.
@@ -511,13 +518,13 @@ impl<B: Backend> Shard<B> {
         });
         match connect {
             Some(connect) => {
-                let session = session.map(|s| *s).filter(|_| !connect.clean_start);
+                let session = session.filter(|_| !connect.clean_start);
                 self.accept_connect(conn, *connect, client_id, false, session);
                 self.process_input(conn);
             }
             None => {
                 // The connection went away meanwhile: keep a persistent session here, offline.
-                if let Some(mut session) = session.map(|s| *s) {
+                if let Some(mut session) = session {
                     session.conn = None;
                     self.adopt_subscriptions(&mut session);
                     let id = session.id;

@@ -143,8 +143,10 @@ pub struct Shard<B: Backend> {
     config_generation: u64,
     backend: B,
     mailbox: Receiver<ShardMsg>,
-    conns: Vec<Option<Conn>>,
-    sessions: HashMap<SessionId, Session>,
+    /// Boxed, so that the slot table and the session map stay small (8 bytes a slot) and
+    /// their growth does not copy or strand large entries.
+    conns: Vec<Option<Box<Conn>>>,
+    sessions: HashMap<SessionId, Box<Session>>,
     by_client: HashMap<Arc<str>, SessionId>,
     events: Vec<Event>,
     /// Connections with bytes in `out`, to send at the end of the turn.
@@ -277,13 +279,13 @@ impl<B: Backend> Shard<B> {
                 if self.conns.len() <= index {
                     self.conns.resize_with(index + 1, || None);
                 }
-                self.conns[index] = Some(Conn::new(
+                self.conns[index] = Some(Box::new(Conn::new(
                     conn,
                     peer,
                     local.port(),
                     listener,
                     self.config.packet_size_max,
-                ));
+                )));
                 if self.config.connection_messages {
                     log::info!(
                         "New connection from {}:{} on port {}.",
@@ -325,7 +327,7 @@ impl<B: Backend> Shard<B> {
     }
 
     fn conn_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(conn.0).and_then(Option::as_mut)
+        self.conns.get_mut(conn.0).and_then(Option::as_deref_mut)
     }
 
     /// The client id of a connection, for log lines: a shared handle, not a copy (this is
@@ -337,7 +339,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Removes a connection from the table (to close it).
-    fn take_conn(&mut self, conn: ConnId) -> Option<Conn> {
+    fn take_conn(&mut self, conn: ConnId) -> Option<Box<Conn>> {
         let taken = self.conns.get_mut(conn.0).and_then(Option::take);
         if let Some(c) = &taken {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -347,7 +349,7 @@ impl<B: Backend> Shard<B> {
     }
 
     fn conn(&self, conn: ConnId) -> Option<&Conn> {
-        self.conns.get(conn.0).and_then(Option::as_ref)
+        self.conns.get(conn.0).and_then(Option::as_deref)
     }
 
     /// Decodes and handles every whole packet received on `conn`.

@@ -35,7 +35,16 @@ struct Socket {
     /// read, or the close would never be seen (no further edge comes).
     read_closed: bool,
     paused: bool,
+    /// Bytes to allocate for the next read: small for quiet connections (a CONNECT, a
+    /// PINGREQ), doubled each time a read fills it, up to `READ_CHUNK_MAX`. Buffers are
+    /// handed to the shard (zero-copy decoding), so a burst of new connections must not
+    /// each take a large one.
+    read_chunk: usize,
 }
+
+/// Smallest and largest read allocation.
+const READ_CHUNK_MIN: usize = 1024;
+const READ_CHUNK_MAX: usize = 16 * 1024;
 
 pub struct Epoll {
     poll: Poll,
@@ -116,6 +125,7 @@ impl Epoll {
                         readable: true,
                         read_closed: false,
                         paused: false,
+                        read_chunk: READ_CHUNK_MIN,
                     });
                     self.read_again.push(id);
                     out.push(Event::Accepted {
@@ -156,7 +166,7 @@ impl Epoll {
         let mut data = BytesMut::new();
         let mut closed: Option<Option<io::Error>> = None;
         while data.len() < READ_MAX_PER_TURN {
-            data.reserve(16 * 1024);
+            data.reserve(socket.read_chunk);
             let room = READ_MAX_PER_TURN - data.len();
             let spare = data.spare_capacity_mut();
             let want = spare.len().min(room);
@@ -172,6 +182,11 @@ impl Epoll {
                 Ok(n) => {
                     // SAFETY: `read` initialised `n` bytes of the spare capacity.
                     unsafe { data.set_len(data.len() + n) };
+                    if n == want {
+                        socket.read_chunk = (socket.read_chunk * 2).min(READ_CHUNK_MAX);
+                    } else if n < socket.read_chunk / 8 {
+                        socket.read_chunk = (socket.read_chunk / 2).max(READ_CHUNK_MIN);
+                    }
                     // A short read drained the socket: the next arrival is a new edge, so
                     // the read that would only say `WouldBlock` is saved.
                     if n < want && !socket.read_closed {
