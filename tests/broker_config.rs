@@ -407,3 +407,44 @@ fn persistent_client_expiration_ends_abandoned_sessions() {
     let (_c, ack) = Raw::connect_with(broker.port, connect_packet(V311, "keeper", false, 60));
     assert!(!ack.session_present);
 }
+
+#[test]
+fn a_topic_too_long_for_the_mount_point_is_refused_not_unmounted() {
+    let conf = config_file(
+        "mount-long",
+        "allow_anonymous true\nlistener 0 127.0.0.1\nmount_point tenant/\nlistener 0 127.0.0.1\n",
+    );
+    let broker = Broker::start_configured(&["-c", &conf]);
+    let ports = broker.ports(2);
+    let mut outside = Raw::connect(ports[1], "outside");
+    outside.subscribe(&[("#", QoS::AtMostOnce)]);
+    // A topic name of 65,530 bytes is valid alone, but not under "tenant/".
+    let long = "x".repeat(65_530);
+    let mut c = Raw::open(ports[0], V5);
+    c.send(&Packet::Connect(Box::new(connect_packet(
+        V5, "long", true, 60,
+    ))));
+    assert!(matches!(c.recv(), Packet::ConnAck(_)));
+    c.send(&publish(&long, b"p", QoS::AtMostOnce, 0, false));
+    let packets = without_reason_strings(c.expect_closed());
+    assert_eq!(
+        packets,
+        vec![Packet::Disconnect(Disconnect::with_reason(
+            ReasonCode::TopicNameInvalid
+        ))]
+    );
+    // A will with such a topic: the CONNECT is refused.
+    let mut w = connect_packet(V5, "long-will", true, 60);
+    w.will = Some(Will {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+        topic: s(&long),
+        payload: bytes::Bytes::from_static(b"w"),
+    });
+    let (_, ack) = Raw::connect_with(ports[0], w);
+    assert_eq!(ack.reason, ReasonCode::TopicNameInvalid);
+    // Nothing reached the outside, and the broker still serves.
+    outside.send(&publish("marker", b"m", QoS::AtMostOnce, 0, false));
+    assert_eq!(outside.recv_publish().topic.as_str(), "marker");
+}

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use midge::client::cli::{self, value, Common};
+use midge::client::format;
 use midge::client::{Client, ClientError};
 use midge::codec::{Properties, Publish, QoS, RetainHandling, SubscriptionOptions};
 
@@ -78,7 +79,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 .push(value(args, &mut i, "unsubscribe topic")?.to_string()),
             "-F" => {
                 let format = value(args, &mut i, "format")?;
-                cli::check_format(format)?;
+                format::check_format(format)?;
                 o.format = Some(format.to_string());
             }
             "-W" => {
@@ -114,7 +115,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 /// Prints one message the way mosquitto_sub does.
 fn print(o: &Options, publish: &Publish, out: &mut impl Write) -> Result<(), String> {
     let mut line = match &o.format {
-        Some(format) => cli::format_message(format, publish)?,
+        Some(format) => format::format_message(format, publish)?,
         None => {
             let mut line = Vec::new();
             if o.verbose {

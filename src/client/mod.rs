@@ -3,6 +3,7 @@
 //! QoS 1/2 and keeping the connection alive), disconnect.
 
 pub mod cli;
+pub mod format;
 
 use bytes::{Bytes, BytesMut};
 use std::io::{self, Read, Write};

@@ -1,5 +1,5 @@
 //! CONNECT and CONNACK, and session takeover (also across shards, by handoff). How
-//! connections end is in `close.rs`.
+//! connections end is in `close.rs`, enhanced authentication in `auth.rs`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,9 +7,8 @@ use std::time::Instant;
 use super::io::{Backend, ConnId};
 use super::subscribe::TrieOp;
 use super::Shard;
-use crate::auth::{AuthExchange, AuthStep};
 use crate::codec::{
-    Auth, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will,
+    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will,
 };
 use crate::router::{SessionBox, ShardMsg};
 use crate::session::Session;
@@ -67,6 +66,13 @@ impl<B: Backend> Shard<B> {
         {
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
             return;
+        }
+        // mount_point: a will topic must still be a topic under it.
+        if let (Some(mount), Some(will)) = (&listener.mount_point, &connect.will) {
+            if super::publish::mounted_topic(mount, &will.topic).is_none() {
+                self.refuse(conn, &connect, ReasonCode::TopicNameInvalid);
+                return;
+            }
         }
         if !security.anonymous_allowed() && connect.username.is_none() {
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
@@ -134,7 +140,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// CONNECT, once its client is known: find its session (here, on another shard, or new).
-    fn connect_authenticated(
+    pub(super) fn connect_authenticated(
         &mut self,
         conn: ConnId,
         connect: Box<Connect>,
@@ -242,7 +248,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Sends CONNACK with `reason` and closes. [MQTT-3.2.2-7] (5.0: [MQTT-3.2.2-8])
-    fn refuse(&mut self, conn: ConnId, connect: &Connect, reason: ReasonCode) {
+    pub(super) fn refuse(&mut self, conn: ConnId, connect: &Connect, reason: ReasonCode) {
         let Some(mut c) = self.take_conn(conn) else {
             return;
         };
@@ -335,20 +341,22 @@ impl<B: Backend> Shard<B> {
         session.packet_size_max = connect.properties.maximum_packet_size.map(|n| n as usize);
         // The will lives as long as the connection: its own copy, not a slice of CONNECT's
         // receive buffer.
+        // mount_point: the will goes to the listener's part of the topic space. (A will
+        // whose topic does not fit there was refused in on_connect; were one to get here,
+        // no will is better than one outside the mount point.)
         let mount = self.config.listener(listener).mount_point.clone();
-        session.will = connect.will.as_ref().map(|w| {
-            Box::new(Will {
+        session.will = connect.will.as_ref().and_then(|w| {
+            let topic = match &mount {
+                Some(m) => super::publish::mounted_topic(m, &w.topic)?,
+                None => w.topic.detached(),
+            };
+            Some(Box::new(Will {
                 qos: w.qos,
                 retain: w.retain,
                 properties: w.properties.clone(),
-                // mount_point: the will goes to the listener's part of the topic space.
-                topic: match &mount {
-                    Some(mount) => crate::codec::MqttStr::new(&format!("{mount}{}", w.topic))
-                        .unwrap_or_else(|_| w.topic.detached()),
-                    None => w.topic.detached(),
-                },
+                topic,
                 payload: bytes::Bytes::copy_from_slice(&w.payload),
-            })
+            }))
         });
         session.username = connect.username.as_ref().map(|u| u.to_string());
         session.password = connect
@@ -549,75 +557,6 @@ impl<B: Backend> Shard<B> {
                 };
                 self.trie_ops.push(op);
             }
-        }
-    }
-
-    /// Acts on what an authentication exchange said: ask the client again, complete the
-    /// CONNECT (or the re-authentication), or refuse.
-    pub(super) fn auth_step(
-        &mut self,
-        conn: ConnId,
-        exchange: Box<dyn AuthExchange>,
-        step: AuthStep,
-    ) {
-        let Some(c) = self.conn_mut(conn) else { return };
-        let method = c
-            .auth_method
-            .as_ref()
-            .map(|m| m.name().to_string())
-            .unwrap_or_default();
-        let connecting = c.auth_pending.is_some();
-        let auth = |reason, data| {
-            let mut packet = Auth::with_reason(reason);
-            packet.properties.authentication_method = crate::codec::MqttStr::new(&method).ok();
-            packet.properties.authentication_data = data;
-            Packet::Auth(packet)
-        };
-        match step {
-            AuthStep::Continue(data) => {
-                c.auth_exchange = Some(exchange);
-                self.send_packet(conn, &auth(ReasonCode::ContinueAuthentication, data));
-            }
-            AuthStep::Success(data) if connecting => {
-                let (connect, client_id, assigned) = c.auth_pending.take().expect("connecting");
-                c.auth_reply = data;
-                self.connect_authenticated(conn, connect, client_id, assigned);
-            }
-            AuthStep::Success(data) => self.send_packet(conn, &auth(ReasonCode::Success, data)),
-            AuthStep::Failure(reason) if connecting => {
-                let (connect, _, _) = c.auth_pending.take().expect("connecting");
-                self.refuse(conn, &connect, reason);
-            }
-            AuthStep::Failure(reason) => {
-                self.disconnect_with(conn, reason, "re-authentication failed")
-            }
-        }
-    }
-
-    /// AUTH from the client: the next step of an exchange, or a request to re-authenticate.
-    pub(super) fn on_auth(&mut self, conn: ConnId, packet: Auth) {
-        let Some(c) = self.conn_mut(conn) else { return };
-        let Some(method) = c.auth_method.clone() else {
-            self.protocol_violation(conn, "AUTH without an authentication method");
-            return;
-        };
-        // §4.12: the method stays the one CONNECT named.
-        if packet.properties.authentication_method.as_deref() != Some(method.name()) {
-            self.protocol_violation(conn, "AUTH with another authentication method");
-            return;
-        }
-        let data = packet.properties.authentication_data.clone();
-        match (packet.reason, c.auth_exchange.take()) {
-            (ReasonCode::ContinueAuthentication, Some(mut exchange)) => {
-                let step = exchange.step(data.as_deref());
-                self.auth_step(conn, exchange, step);
-            }
-            (ReasonCode::ReAuthenticate, None) if c.session.is_some() => {
-                let client_id = c.client_id.clone().unwrap_or_else(|| Arc::from(""));
-                let (exchange, step) = method.begin(&client_id, data.as_deref());
-                self.auth_step(conn, exchange, step);
-            }
-            _ => self.protocol_violation(conn, "AUTH out of turn"),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! publish path (client id registry on CONNECT, trie writer once per turn with changes,
 //! retained store for retained messages).
 
+mod auth;
 mod close;
 pub mod conn;
 mod connect;

@@ -39,8 +39,14 @@ impl<B: Backend> Shard<B> {
         // mount_point: the listener's clients publish inside their part of the topic space.
         let listener = self.conn(conn).map_or(0, |c| c.listener);
         if let Some(mount) = &self.config.listener(listener).mount_point {
-            publish.topic = MqttStr::new(&format!("{mount}{}", publish.topic))
-                .expect("a mount point and a valid topic make a valid string");
+            let Some(topic) = mounted_topic(mount, &publish.topic) else {
+                log::info!(
+                    "Client {name} sent a topic too long for its mount point, disconnecting."
+                );
+                self.disconnect_with(conn, ReasonCode::TopicNameInvalid, TOO_LONG_MOUNTED);
+                return;
+            };
+            publish.topic = topic;
         }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
@@ -298,4 +304,12 @@ impl<B: Backend> Shard<B> {
         }
         self.route(&message, None);
     }
+}
+
+const TOO_LONG_MOUNTED: &str = "topic too long under the listener's mount point";
+
+/// `mount_point`: `topic` inside the listener's part of the topic space, or `None` if the
+/// two together pass the 65,535 bytes a topic may have [MQTT-1.5.3-1].
+pub(super) fn mounted_topic(mount: &str, topic: &str) -> Option<MqttStr> {
+    MqttStr::new(&format!("{mount}{topic}")).ok()
 }
