@@ -100,6 +100,9 @@ fn main() -> ExitCode {
         }
     };
     config.listeners_with_ports(&args.port);
+    // Mosquitto's default: started as root, the broker runs as `mosquitto` (or `nobody`).
+    // (Only the command does this; an embedded `Server` changes user only when told.)
+    config.user.get_or_insert_with(|| "mosquitto".to_string());
     if let Err(e) = midge::logging::apply(&config.log) {
         log::error!("Error: {e}");
         return ExitCode::FAILURE;

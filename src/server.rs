@@ -235,13 +235,8 @@ fn reload(shared: &Shared, fresh: Config) -> Vec<String> {
     warnings
 }
 
-/// `user`: when running as root, become this user (and its primary group) once the
-/// listeners are open, as Mosquitto does. Not root: nothing to do.
-fn drop_privileges(user: &str) -> io::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
-    }
+/// The uid and primary gid of `user`, if it exists.
+fn lookup_user(user: &str) -> io::Result<Option<(libc::uid_t, libc::gid_t)>> {
     let name = std::ffi::CString::new(user).map_err(io::Error::other)?;
     // SAFETY: passwd is plain data filled by getpwnam_r into `buf`, which outlives its use;
     // all pointers are valid for the call.
@@ -259,11 +254,36 @@ fn drop_privileges(user: &str) -> io::Result<()> {
         )
     };
     if rc != 0 || found.is_null() {
-        return Err(io::Error::other(format!(
-            "cannot drop privileges: no user {user:?}"
-        )));
+        return Ok(None);
     }
-    let (uid, gid) = (passwd.pw_uid, passwd.pw_gid);
+    Ok(Some((passwd.pw_uid, passwd.pw_gid)))
+}
+
+/// `user`: when running as root, become this user (and its primary group) once the
+/// listeners are open, as Mosquitto does: `root` stays root; the default `mosquitto`, if
+/// there is no such user, falls back to `nobody`; any other missing user is an error. Not
+/// root: nothing to do.
+fn drop_privileges(user: &str) -> io::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || user == "root" {
+        return Ok(());
+    }
+    let mut user = user;
+    let (uid, gid) = match lookup_user(user)? {
+        Some(ids) => ids,
+        None if user == "mosquitto" => {
+            log::warn!("Warning: Unable to drop privileges to 'mosquitto' because this user does not exist. Trying 'nobody' instead.");
+            user = "nobody";
+            lookup_user(user)?
+                .ok_or_else(|| io::Error::other("Unable to drop privileges to 'nobody' either"))?
+        }
+        None => {
+            return Err(io::Error::other(format!(
+                "Unable to drop privileges to '{user}' because this user does not exist."
+            )))
+        }
+    };
+    let name = std::ffi::CString::new(user).map_err(io::Error::other)?;
     // SAFETY: initgroups reads the NUL-terminated name; setgid/setuid take plain ids. Order
     // matters: groups and gid while still root, then uid.
     unsafe {

@@ -270,7 +270,8 @@ fn pid_file_and_user() {
     let pid_path = pid_file.to_string_lossy().into_owned();
     let conf = config_file(
         "pid",
-        &format!("pid_file {pid_path}\nlistener 0 127.0.0.1\nallow_anonymous true\n"),
+        // `user root`: stay root, so that the pid file written as root can be removed.
+        &format!("pid_file {pid_path}\nuser root\nlistener 0 127.0.0.1\nallow_anonymous true\n"),
     );
     let broker = Broker::start_configured(&["-c", &conf]);
     broker.ports(1);
@@ -301,6 +302,32 @@ fn pid_file_and_user() {
         assert_eq!(uid, unsafe { libc::geteuid() }, "not root: user is ignored");
     }
     let _c = Raw::connect(port, "still-serving");
+
+    // No `user`: as root, Mosquitto's default `mosquitto` (or `nobody` without one).
+    if root {
+        let conf = config_file(
+            "user-default",
+            "listener 0 127.0.0.1\nallow_anonymous true\n",
+        );
+        let broker = Broker::start_configured(&["-c", &conf]);
+        broker.ports(1);
+        let line = broker.wait_for_log("Running as user ");
+        let expected = Command::new("id")
+            .args(["-u", "mosquitto"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map_or("65534".to_string(), |o| text_of(&o.stdout));
+        assert!(
+            line.ends_with(&format!("(uid {expected})."))
+                || (expected == "65534" && line.contains("nobody")),
+            "{line}"
+        );
+    }
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_string()
 }
 
 #[test]

@@ -205,7 +205,8 @@ pub struct Config {
     pub subscriptions_per_client_max: usize,
     /// `pid_file`: written at start, removed at exit.
     pub pid_file: Option<PathBuf>,
-    /// `user`: when started as root, run as this user after opening the listeners.
+    /// `user`: when started as root, run as this user after opening the listeners (`root`:
+    /// stay root). The `midge` command defaults it to `mosquitto`, as Mosquitto does.
     pub user: Option<String>,
     /// `sys_interval`: seconds between `$SYS` updates.
     pub sys_interval_s: u64,
