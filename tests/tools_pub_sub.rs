@@ -199,6 +199,16 @@ fn formats_retained_handling_and_filters() {
     assert_eq!(text(&out.stdout), "p/1 kept\n");
     let out = run("midge-sub", port, &["-c", "-t", "p/1", "-E"]);
     assert_eq!(out.status.code(), Some(1), "-c needs a client id");
+    // --random-filter 100 prints everything; an out-of-range share is refused.
+    ok(&["-t", "p/1", "-m", "sampled", "-r"]);
+    let out = run(
+        "midge-sub",
+        port,
+        &["-t", "p/1", "-C", "1", "--random-filter", "100"],
+    );
+    assert_eq!(text(&out.stdout), "sampled\n");
+    let out = run("midge-sub", port, &["-t", "p/1", "--random-filter", "0"]);
+    assert_eq!(out.status.code(), Some(1));
     // -E: exit once subscribed; an invalid format is refused before connecting.
     assert!(run("midge-sub", port, &["-t", "x", "-E"]).status.success());
     let out = run("midge-sub", port, &["-t", "x", "-F", "%c"]);

@@ -40,6 +40,8 @@ struct Options {
     timeout: Option<Duration>,
     no_newline: bool,
     verbose: bool,
+    /// `--random-filter`: the share of messages to print, in percent.
+    random_filter: Option<f64>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -94,6 +96,17 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "-N" => o.no_newline = true,
             "-v" | "--verbose" => o.verbose = true,
             "--pretty" => {}
+            "--random-filter" => {
+                let p = value(args, &mut i, "percentage")?;
+                let share: f64 = p
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| (0.1..=100.0).contains(s))
+                    .ok_or_else(|| {
+                        format!("Error: Invalid --random-filter value \"{p}\" (0.1 to 100).")
+                    })?;
+                o.random_filter = Some(share);
+            }
             other => return Err(format!("Error: Unknown option '{other}'.")),
         }
         i += 1;
@@ -183,6 +196,7 @@ fn run(o: &Options) -> Result<u8, (u8, String)> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut held = held.into_iter();
+    let mut random = Random::seeded();
     loop {
         let publish = match held.next() {
             Some(p) => p,
@@ -220,6 +234,11 @@ fn run(o: &Options) -> Result<u8, (u8, String)> {
         if o.no_retained && publish.retain {
             continue;
         }
+        if o.random_filter
+            .is_some_and(|share| random.percent() >= share)
+        {
+            continue;
+        }
         print(o, &publish, &mut out).map_err(|e| (1, e))?;
         shown += 1;
         if o.count.is_some_and(|n| shown >= n) {
@@ -247,5 +266,26 @@ fn main() -> ExitCode {
             o.common.error(&message);
             ExitCode::from(code)
         }
+    }
+}
+
+/// xorshift64*: enough randomness to sample messages for `--random-filter`.
+struct Random(u64);
+
+impl Random {
+    fn seeded() -> Random {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Random((nanos ^ u64::from(std::process::id()) << 32) | 1)
+    }
+
+    /// A number in [0, 100).
+    fn percent(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let n = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (n >> 11) as f64 / (1u64 << 53) as f64 * 100.0
     }
 }

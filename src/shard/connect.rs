@@ -530,9 +530,9 @@ impl<B: Backend> Shard<B> {
                 self.accept_connect(conn, *connect, client_id, false, session);
                 self.process_input(conn);
             }
-            None => {
-                // The connection went away meanwhile: keep a persistent session here, offline.
-                if let Some(mut session) = session {
+            // The connection went away meanwhile: keep a persistent session here, offline.
+            None => match session {
+                Some(mut session) => {
                     session.conn = None;
                     self.adopt_subscriptions(&mut session);
                     let id = session.id;
@@ -540,7 +540,21 @@ impl<B: Backend> Shard<B> {
                     self.sessions.insert(id, session);
                     self.schedule_expiry(id);
                 }
-            }
+                // No session either: the client id is no longer this shard's, unless another
+                // connection here has taken it up since.
+                None => {
+                    let taken_up = self.by_client.contains_key(&client_id)
+                        || self.conns.iter().flatten().any(|c| {
+                            c.waiting_handoff.is_some() && c.client_id.as_ref() == Some(&client_id)
+                        });
+                    if !taken_up {
+                        let mut registry = self.shared.registry.lock().expect("registry lock");
+                        if registry.get(&client_id) == Some(&self.id) {
+                            registry.remove(&client_id);
+                        }
+                    }
+                }
+            },
         }
     }
 
