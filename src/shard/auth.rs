@@ -19,11 +19,11 @@ impl<B: Backend> Shard<B> {
     ) {
         let Some(c) = self.conn_mut(conn) else { return };
         let method = c
-            .auth_method
-            .as_ref()
+            .auth_method()
             .map(|m| m.name().to_string())
             .unwrap_or_default();
-        let connecting = c.auth_pending.is_some();
+        let extras = c.extras();
+        let connecting = extras.auth_pending.is_some();
         let auth = |reason, data| {
             let mut packet = Auth::with_reason(reason);
             packet.properties.authentication_method = crate::codec::MqttStr::new(&method).ok();
@@ -32,17 +32,18 @@ impl<B: Backend> Shard<B> {
         };
         match step {
             AuthStep::Continue(data) => {
-                c.auth_exchange = Some(exchange);
+                extras.auth_exchange = Some(exchange);
                 self.send_packet(conn, &auth(ReasonCode::ContinueAuthentication, data));
             }
             AuthStep::Success(data) if connecting => {
-                let (connect, client_id, assigned) = c.auth_pending.take().expect("connecting");
-                c.auth_reply = data;
+                let (connect, client_id, assigned) =
+                    extras.auth_pending.take().expect("connecting");
+                extras.auth_reply = data;
                 self.connect_authenticated(conn, connect, client_id, assigned);
             }
             AuthStep::Success(data) => self.send_packet(conn, &auth(ReasonCode::Success, data)),
             AuthStep::Failure(reason) if connecting => {
-                let (connect, _, _) = c.auth_pending.take().expect("connecting");
+                let (connect, _, _) = extras.auth_pending.take().expect("connecting");
                 self.refuse(conn, &connect, reason);
             }
             AuthStep::Failure(reason) => {
@@ -54,7 +55,7 @@ impl<B: Backend> Shard<B> {
     /// AUTH from the client: the next step of an exchange, or a request to re-authenticate.
     pub(super) fn on_auth(&mut self, conn: ConnId, packet: Auth) {
         let Some(c) = self.conn_mut(conn) else { return };
-        let Some(method) = c.auth_method.clone() else {
+        let Some(method) = c.auth_method().cloned() else {
             self.protocol_violation(conn, "AUTH without an authentication method");
             return;
         };
@@ -64,7 +65,7 @@ impl<B: Backend> Shard<B> {
             return;
         }
         let data = packet.properties.authentication_data.clone();
-        match (packet.reason, c.auth_exchange.take()) {
+        match (packet.reason, c.extras().auth_exchange.take()) {
             (ReasonCode::ContinueAuthentication, Some(mut exchange)) => {
                 let step = exchange.step(data.as_deref());
                 self.auth_step(conn, exchange, step);

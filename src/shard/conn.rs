@@ -30,13 +30,21 @@ pub struct Conn {
     pub accepted_at: Instant,
     /// CONNECT received; the session is being handed over from another shard.
     pub waiting_handoff: Option<Box<Connect>>,
-    /// 5.0 topic aliases the client set, alias 1 at index 0 (a connection's, not a session's).
-    pub topic_aliases: Vec<Option<crate::codec::MqttStr>>,
-    /// Topic aliases the broker set on its sends, and how many the client allows.
-    pub out_aliases: hashbrown::HashMap<crate::codec::MqttStr, u16>,
+    /// How many topic aliases the client allows on the broker's sends (5.0).
     pub out_alias_max: u16,
     /// 5.0 Request Problem Information (default yes): Reason Strings on acknowledgements.
     pub problem_information: bool,
+    /// Topic aliases and enhanced authentication, out of line: most connections use
+    /// neither, and every idle connection would pay for their space.
+    pub extras: Option<Box<ConnExtras>>,
+}
+
+#[derive(Default)]
+pub struct ConnExtras {
+    /// 5.0 topic aliases the client set, alias 1 at index 0 (a connection's, not a session's).
+    pub topic_aliases: Vec<Option<crate::codec::MqttStr>>,
+    /// Topic aliases the broker set on its sends.
+    pub out_aliases: hashbrown::HashMap<crate::codec::MqttStr, u16>,
     /// 5.0 enhanced authentication: the method this connection uses, an exchange in
     /// progress, the CONNECT waiting for it to finish, and data for the CONNACK.
     pub auth_method: Option<Arc<dyn crate::auth::AuthMethod>>,
@@ -69,15 +77,20 @@ impl Conn {
             last_rx: now,
             accepted_at: now,
             waiting_handoff: None,
-            topic_aliases: Vec::new(),
-            out_aliases: hashbrown::HashMap::new(),
             out_alias_max: 0,
             problem_information: true,
-            auth_method: None,
-            auth_exchange: None,
-            auth_pending: None,
-            auth_reply: None,
+            extras: None,
         }
+    }
+
+    /// The out-of-line part, made on first use.
+    pub fn extras(&mut self) -> &mut ConnExtras {
+        self.extras.get_or_insert_with(Default::default)
+    }
+
+    /// The enhanced authentication method this connection uses, if any.
+    pub fn auth_method(&self) -> Option<&Arc<dyn crate::auth::AuthMethod>> {
+        self.extras.as_ref()?.auth_method.as_ref()
     }
 
     /// The client id for log lines, or Mosquitto's `<unknown>` before CONNECT.

@@ -102,8 +102,9 @@ impl<B: Backend> Shard<B> {
             let data = connect.properties.authentication_data.clone();
             let (exchange, step) = method.begin(&client_id, data.as_deref());
             if let Some(c) = self.conn_mut(conn) {
-                c.auth_method = Some(method);
-                c.auth_pending = Some((connect, client_id, assigned));
+                let extras = c.extras();
+                extras.auth_method = Some(method);
+                extras.auth_pending = Some((connect, client_id, assigned));
             }
             self.auth_step(conn, exchange, step);
             return;
@@ -423,10 +424,13 @@ impl<B: Backend> Shard<B> {
             properties.topic_alias_maximum = (aliases > 0).then_some(aliases);
         }
         if let Some(c) = self.conn_mut(conn) {
-            if let Some(method) = &c.auth_method {
-                // 5.0 §3.2.2.3.17: the method the client authenticated with.
-                properties.authentication_method = crate::codec::MqttStr::new(method.name()).ok();
-                properties.authentication_data = c.auth_reply.take();
+            if let Some(extras) = c.extras.as_mut() {
+                if let Some(method) = &extras.auth_method {
+                    // 5.0 §3.2.2.3.17: the method the client authenticated with.
+                    properties.authentication_method =
+                        crate::codec::MqttStr::new(method.name()).ok();
+                    properties.authentication_data = extras.auth_reply.take();
+                }
             }
         }
         let ack = ConnAck {

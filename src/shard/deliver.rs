@@ -342,13 +342,14 @@ impl<B: Backend> Shard<B> {
             if alias_max > 0 {
                 // Topic aliases on the broker's sends (§3.3.2.3.4), up to the client's Topic
                 // Alias Maximum [MQTT-3.3.2-8]: a topic seen again goes as its alias alone.
-                match c.out_aliases.get(&message.topic) {
+                let out_aliases = &c.extras().out_aliases;
+                match out_aliases.get(&message.topic) {
                     Some(&alias) => {
                         publish.topic = MqttStr::default();
                         publish.properties.topic_alias = Some(alias);
                     }
-                    None if c.out_aliases.len() < alias_max => {
-                        let alias = c.out_aliases.len() as u16 + 1;
+                    None if out_aliases.len() < alias_max => {
+                        let alias = out_aliases.len() as u16 + 1;
                         publish.properties.topic_alias = Some(alias);
                         new_alias = Some(alias);
                     }
@@ -368,7 +369,9 @@ impl<B: Backend> Shard<B> {
             return;
         }
         if let Some(alias) = new_alias {
-            c.out_aliases.insert(message.topic.detached(), alias);
+            c.extras()
+                .out_aliases
+                .insert(message.topic.detached(), alias);
         }
         let packet_id = if target.qos == QoS::AtMostOnce {
             0

@@ -387,7 +387,11 @@ impl<B: Backend> Shard<B> {
             // CONNACK, only the AUTH of an authentication exchange (§4.12).
             match packet {
                 Packet::Connect(connect) if c.version.is_none() => self.on_connect(conn, connect),
-                Packet::Auth(auth) if c.auth_exchange.is_some() => self.on_auth(conn, auth),
+                Packet::Auth(auth)
+                    if c.extras.as_ref().is_some_and(|e| e.auth_exchange.is_some()) =>
+                {
+                    self.on_auth(conn, auth)
+                }
                 _ => self.protocol_violation(conn, "a packet before CONNACK"),
             }
             return;

@@ -184,16 +184,15 @@ impl<B: Backend> Shard<B> {
             return Err(ReasonCode::TopicAliasInvalid);
         }
         let slot = usize::from(alias) - 1;
-        if c.topic_aliases.len() < usize::from(alias_max) {
-            c.topic_aliases.resize(usize::from(alias_max), None);
+        let aliases = &mut c.extras().topic_aliases;
+        if aliases.len() < usize::from(alias_max) {
+            aliases.resize(usize::from(alias_max), None);
         }
         if topic.is_empty() {
             // An alias with no mapping yet is a Protocol Error (§3.3.2.3.4).
-            *topic = c.topic_aliases[slot]
-                .clone()
-                .ok_or(ReasonCode::ProtocolError)?;
+            *topic = aliases[slot].clone().ok_or(ReasonCode::ProtocolError)?;
         } else {
-            c.topic_aliases[slot] = Some(topic.detached());
+            aliases[slot] = Some(topic.detached());
         }
         Ok(())
     }
