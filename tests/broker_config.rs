@@ -161,7 +161,9 @@ fn sighup_reloads_security_and_logging_and_keeps_the_old_settings_on_error() {
     let log = std::env::temp_dir().join(format!("midge-test-{}-reload.log", std::process::id()));
     let log = log.to_string_lossy().into_owned();
     let _ = std::fs::remove_file(&log);
-    let base = format!("listener 0 127.0.0.1\npassword_file {pw}\nacl_file {acl}\n");
+    // `user root`: the test's files are written as root with whatever umask the machine
+    // has; a broker that dropped to `mosquitto` might not be allowed to read them again.
+    let base = format!("user root\nlistener 0 127.0.0.1\npassword_file {pw}\nacl_file {acl}\n");
     let conf = config_file("reload", &base);
     let broker = Broker::start_configured(&["-c", &conf, "--threads", "2"]);
     let port = broker.ports(1)[0];
