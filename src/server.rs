@@ -138,6 +138,7 @@ impl Server {
             connections: Default::default(),
             auth_methods,
             shutdown: AtomicBool::new(false),
+            started: std::time::Instant::now(),
             stats: (0..shards).map(|_| Default::default()).collect(),
             listener_of_socket,
             listener_connections: config

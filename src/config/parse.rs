@@ -398,10 +398,7 @@ impl Reader {
             // Process.
             "pid_file" => config.pid_file = Some(line.text("path")?.into()),
             "user" => config.user = Some(line.one("user name")?.to_string()),
-            "sys_interval" => {
-                config.sys_interval_s = line.number(u32::MAX.into())?;
-                line.warn("sys_interval is read, but midge does not publish $SYS topics yet.");
-            }
+            "sys_interval" => config.sys_interval_s = line.number(u32::MAX.into())?,
             "include_dir" => {
                 let dir = line.text("directory")?;
                 if depth >= INCLUDE_DEPTH_MAX {

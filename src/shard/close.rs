@@ -1,6 +1,7 @@
 //! Every way a connection ends: DISCONNECT, keepalive, protocol errors, the peer going away,
 //! shutdown; wills, the end of clean sessions and the expiry of offline ones.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::io::{Backend, ConnId};
@@ -281,6 +282,9 @@ impl<B: Backend> Shard<B> {
             if self.config.connection_messages {
                 log::info!("Expiring client {} due to timeout.", session.client_id);
             }
+            self.shared.stats[self.id]
+                .clients_expired
+                .fetch_add(1, Ordering::Relaxed);
             self.by_client.remove(&session.client_id);
             self.end_session(session, true);
         }

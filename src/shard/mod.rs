@@ -12,6 +12,7 @@ mod deliver;
 pub mod io;
 mod publish;
 mod subscribe;
+mod sys;
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
@@ -60,6 +61,16 @@ pub struct Stats {
     pub dropped_expired: AtomicU64,
     /// Messages larger than the receiving client's Maximum Packet Size.
     pub dropped_too_large: AtomicU64,
+    /// Bytes read from and handed to client sockets.
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Offline sessions ended by their expiry.
+    pub clients_expired: AtomicU64,
+    /// Gauges each shard refreshes for `$SYS` (every `sys_interval`): its sessions, those
+    /// with a connected client, and their subscriptions.
+    pub sessions: AtomicU64,
+    pub clients_connected: AtomicU64,
+    pub subscriptions: AtomicU64,
 }
 
 /// A sum of `Stats` at one moment.
@@ -73,6 +84,12 @@ pub struct StatsSnapshot {
     pub messages_sent: u64,
     pub dropped_expired: u64,
     pub dropped_too_large: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub clients_expired: u64,
+    pub sessions: u64,
+    pub clients_connected: u64,
+    pub subscriptions: u64,
 }
 
 /// What every shard shares.
@@ -98,6 +115,8 @@ pub struct Shared {
     /// Enhanced authentication methods (MQTT 5.0), by name.
     pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
     pub shutdown: AtomicBool,
+    /// When the broker started (`$SYS/broker/uptime`).
+    pub started: Instant,
     /// One set of counters per shard, each on its own cache line: a shard counts without
     /// contending with the others; readers add them up (`total_stats`).
     pub stats: Box<[CachePadded<Stats>]>,
@@ -117,6 +136,12 @@ impl Shared {
             total.messages_sent += get(&s.messages_sent);
             total.dropped_expired += get(&s.dropped_expired);
             total.dropped_too_large += get(&s.dropped_too_large);
+            total.bytes_received += get(&s.bytes_received);
+            total.bytes_sent += get(&s.bytes_sent);
+            total.clients_expired += get(&s.clients_expired);
+            total.sessions += get(&s.sessions);
+            total.clients_connected += get(&s.clients_connected);
+            total.subscriptions += get(&s.subscriptions);
         }
         total
     }
@@ -170,6 +195,8 @@ pub struct Shard<B: Backend> {
     expiries: BinaryHeap<Reverse<(Instant, SessionId)>>,
     /// Delayed wills by due time (entries cancelled by a resume are skipped).
     will_timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// `$SYS`: when this shard next refreshes its gauges (and shard 0 publishes).
+    sys: sys::SysState,
 }
 
 impl<B: Backend> Shard<B> {
@@ -197,6 +224,7 @@ impl<B: Backend> Shard<B> {
             share_turn: id,
             expiries: BinaryHeap::new(),
             will_timers: BinaryHeap::new(),
+            sys: sys::SysState::default(),
         }
     }
 
@@ -303,6 +331,9 @@ impl<B: Backend> Shard<B> {
                 );
             }
             Event::Received { conn, data } => {
+                self.shared.stats[self.id]
+                    .bytes_received
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 let Some(c) = self.conn_mut(conn) else { return };
                 c.last_rx = Instant::now();
                 if c.inbuf.is_empty() {
@@ -452,6 +483,9 @@ impl<B: Backend> Shard<B> {
             if c.out.capacity() > 64 * 1024 {
                 c.out = BytesMut::new();
             }
+            self.shared.stats[self.id]
+                .bytes_sent
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
             self.backend.send(conn, data);
         }
     }
@@ -540,6 +574,7 @@ impl<B: Backend> Shard<B> {
             .retain(|_, (_, since)| now.duration_since(*since) < MOVED_FORWARD_TIME);
         self.publish_due_wills(now);
         self.expire_sessions(now);
+        self.sys_tick(now);
     }
 
     fn shut_down(&mut self) {
