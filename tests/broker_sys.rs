@@ -28,6 +28,17 @@ fn watch(
     }
 }
 
+/// A load average: per-minute rates with two decimals.
+fn load(values: &HashMap<String, String>, topic: &str) -> f64 {
+    let text = values.get(topic).map_or("0.00", String::as_str);
+    assert_eq!(
+        text.split('.').nth(1).map(str::len),
+        Some(2),
+        "{topic}: {text}"
+    );
+    text.parse().unwrap()
+}
+
 fn number(values: &HashMap<String, String>, topic: &str) -> u64 {
     values.get(topic).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
@@ -67,6 +78,12 @@ fn sys_topics_report_the_broker() {
                 && number(v, "$SYS/broker/publish/messages/sent") >= 1
                 && number(v, "$SYS/broker/bytes/received") > 0
                 && number(v, "$SYS/broker/bytes/sent") > 0
+                // All packets (CONNECT, SUBSCRIBE, PUBACK...) count in messages/.
+                && number(v, "$SYS/broker/messages/received")
+                    > number(v, "$SYS/broker/publish/messages/received")
+                && load(v, "$SYS/broker/load/publish/received/1min") > 0.0
+                && load(v, "$SYS/broker/load/connections/15min") > 0.0
+                && load(v, "$SYS/broker/load/bytes/sent/5min") > 0.0
         },
     );
 

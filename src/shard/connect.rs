@@ -238,7 +238,11 @@ impl<B: Backend> Shard<B> {
     /// Encodes a last packet straight into a connection being closed.
     fn send_raw(&mut self, c: &mut super::conn::Conn, packet: &Packet) {
         let version = c.version.unwrap_or(ProtocolVersion::V311);
-        let _ = packet.encode(version, &mut c.out);
+        if packet.encode(version, &mut c.out).is_ok() {
+            self.shared.stats[self.id]
+                .packets_sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub(super) fn close_socket(&mut self, mut c: Box<super::conn::Conn>) {
@@ -370,6 +374,9 @@ impl<B: Backend> Shard<B> {
         }
         self.by_client.insert(client_id.clone(), session_id);
         self.sessions.insert(session_id, session);
+        self.shared.stats[self.id]
+            .connects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
         let keepalive = connect.keep_alive.min(self.config.keepalive_max_s);
         let Some(c) = self.conn_mut(conn) else { return };

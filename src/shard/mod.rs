@@ -61,6 +61,11 @@ pub struct Stats {
     pub dropped_expired: AtomicU64,
     /// Messages larger than the receiving client's Maximum Packet Size.
     pub dropped_too_large: AtomicU64,
+    /// MQTT packets of any type received and sent (PUBLISH included).
+    pub packets_received: AtomicU64,
+    pub packets_sent: AtomicU64,
+    /// CONNECTs accepted.
+    pub connects: AtomicU64,
     /// Bytes read from and handed to client sockets.
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -84,6 +89,9 @@ pub struct StatsSnapshot {
     pub messages_sent: u64,
     pub dropped_expired: u64,
     pub dropped_too_large: u64,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub connects: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub clients_expired: u64,
@@ -136,6 +144,9 @@ impl Shared {
             total.messages_sent += get(&s.messages_sent);
             total.dropped_expired += get(&s.dropped_expired);
             total.dropped_too_large += get(&s.dropped_too_large);
+            total.packets_received += get(&s.packets_received);
+            total.packets_sent += get(&s.packets_sent);
+            total.connects += get(&s.connects);
             total.bytes_received += get(&s.bytes_received);
             total.bytes_sent += get(&s.bytes_sent);
             total.clients_expired += get(&s.clients_expired);
@@ -392,7 +403,12 @@ impl<B: Backend> Shard<B> {
                 return;
             }
             match c.decoder.decode_from(&mut c.inbuf) {
-                Ok(Some(packet)) => self.on_packet(conn, packet),
+                Ok(Some(packet)) => {
+                    self.shared.stats[self.id]
+                        .packets_received
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.on_packet(conn, packet)
+                }
                 Ok(None) => {
                     // Between packets, keep no more buffer than the partial packet needs:
                     // an idle connection should not hold a whole read buffer.
@@ -464,6 +480,9 @@ impl<B: Backend> Shard<B> {
             );
             return;
         }
+        self.shared.stats[self.id]
+            .packets_sent
+            .fetch_add(1, Ordering::Relaxed);
         if was_empty {
             self.dirty.push(conn);
         }

@@ -22,7 +22,59 @@ pub(super) struct SysState {
     published: HashMap<&'static str, String>,
     /// Shard 0: the most clients seen connected at once.
     clients_max: u64,
+    /// Shard 0: when the load averages were last updated, and each one's state.
+    load_at: Option<Instant>,
+    loads: [Load; LOADS.len()],
 }
+
+/// Mosquitto's `$SYS/broker/load/<what>/{1min,5min,15min}`: per-minute rates averaged
+/// exponentially over 1, 5 and 15 minutes.
+#[derive(Default, Clone, Copy)]
+struct Load {
+    last_count: u64,
+    averages: [f64; 3],
+}
+
+const WINDOWS_MIN: [f64; 3] = [1.0, 5.0, 15.0];
+
+/// The load topics, in the order of `counts` in `publish_sys`.
+const LOADS: [[&str; 3]; 7] = [
+    [
+        "$SYS/broker/load/messages/received/1min",
+        "$SYS/broker/load/messages/received/5min",
+        "$SYS/broker/load/messages/received/15min",
+    ],
+    [
+        "$SYS/broker/load/messages/sent/1min",
+        "$SYS/broker/load/messages/sent/5min",
+        "$SYS/broker/load/messages/sent/15min",
+    ],
+    [
+        "$SYS/broker/load/publish/received/1min",
+        "$SYS/broker/load/publish/received/5min",
+        "$SYS/broker/load/publish/received/15min",
+    ],
+    [
+        "$SYS/broker/load/publish/sent/1min",
+        "$SYS/broker/load/publish/sent/5min",
+        "$SYS/broker/load/publish/sent/15min",
+    ],
+    [
+        "$SYS/broker/load/bytes/received/1min",
+        "$SYS/broker/load/bytes/received/5min",
+        "$SYS/broker/load/bytes/received/15min",
+    ],
+    [
+        "$SYS/broker/load/bytes/sent/1min",
+        "$SYS/broker/load/bytes/sent/5min",
+        "$SYS/broker/load/bytes/sent/15min",
+    ],
+    [
+        "$SYS/broker/load/connections/1min",
+        "$SYS/broker/load/connections/5min",
+        "$SYS/broker/load/connections/15min",
+    ],
+];
 
 impl<B: Backend> Shard<B> {
     pub(super) fn sys_tick(&mut self, now: Instant) {
@@ -102,6 +154,27 @@ impl<B: Backend> Shard<B> {
             ),
             ("$SYS/broker/bytes/sent", total.bytes_sent.to_string()),
         ];
+        let counts = [
+            total.packets_received,
+            total.packets_sent,
+            total.messages_received,
+            total.messages_sent,
+            total.bytes_received,
+            total.bytes_sent,
+            total.connects,
+        ];
+        let loads = self.update_loads(counts);
+        let values = values.into_iter().chain(
+            [
+                (
+                    "$SYS/broker/messages/received",
+                    total.packets_received.to_string(),
+                ),
+                ("$SYS/broker/messages/sent", total.packets_sent.to_string()),
+            ]
+            .into_iter()
+            .chain(loads),
+        );
         for (topic, value) in values {
             if self.sys.published.get(topic) == Some(&value) {
                 continue;
@@ -123,5 +196,31 @@ impl<B: Backend> Shard<B> {
                 .set(message.clone());
             self.route(&message, None);
         }
+    }
+
+    /// Moves the load averages on by the time since their last update, with the counts
+    /// now, and returns them as `$SYS` values (two decimals, as Mosquitto).
+    fn update_loads(&mut self, counts: [u64; LOADS.len()]) -> Vec<(&'static str, String)> {
+        let now = Instant::now();
+        let elapsed_s = self
+            .sys
+            .load_at
+            .map(|at| now.duration_since(at).as_secs_f64());
+        self.sys.load_at = Some(now);
+        let mut out = Vec::with_capacity(LOADS.len() * 3);
+        for ((load, count), topics) in self.sys.loads.iter_mut().zip(counts).zip(LOADS) {
+            if let Some(dt) = elapsed_s.filter(|&dt| dt > 0.0) {
+                let per_minute = count.saturating_sub(load.last_count) as f64 * 60.0 / dt;
+                for (average, window) in load.averages.iter_mut().zip(WINDOWS_MIN) {
+                    let keep = (-dt / (window * 60.0)).exp();
+                    *average = *average * keep + per_minute * (1.0 - keep);
+                }
+            }
+            load.last_count = count;
+            for (average, topic) in load.averages.iter().zip(topics) {
+                out.push((topic, format!("{average:.2}")));
+            }
+        }
+        out
     }
 }
