@@ -1,0 +1,90 @@
+//! Counters every shard keeps (each on its own cache line), and their sum: what was
+//! dropped and why, traffic, and the gauges `$SYS` publishes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Shared;
+
+/// Counters of what was dropped, by reason: nothing is lost silently.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// QoS 0 messages not sent because the client's write buffer was full.
+    pub dropped_slow_client: AtomicU64,
+    /// QoS 1/2 messages not queued because the session's queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// QoS 0 messages not passed to another shard because its mailbox was full.
+    pub dropped_mailbox_full: AtomicU64,
+    /// QoS 1/2 messages dropped because the overflow list was full too.
+    pub dropped_overflow_full: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    /// 5.0 messages whose Message Expiry Interval ran out before delivery.
+    pub dropped_expired: AtomicU64,
+    /// Messages larger than the receiving client's Maximum Packet Size.
+    pub dropped_too_large: AtomicU64,
+    /// MQTT packets of any type received and sent (PUBLISH included).
+    pub packets_received: AtomicU64,
+    pub packets_sent: AtomicU64,
+    /// CONNECTs accepted.
+    pub connects: AtomicU64,
+    /// Bytes read from and handed to client sockets.
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Offline sessions ended by their expiry.
+    pub clients_expired: AtomicU64,
+    /// Gauges each shard refreshes for `$SYS` (every `sys_interval`): its sessions, those
+    /// with a connected client, and their subscriptions.
+    pub sessions: AtomicU64,
+    pub clients_connected: AtomicU64,
+    pub subscriptions: AtomicU64,
+}
+
+/// A sum of `Stats` at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub dropped_slow_client: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_mailbox_full: u64,
+    pub dropped_overflow_full: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub dropped_expired: u64,
+    pub dropped_too_large: u64,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub connects: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub clients_expired: u64,
+    pub sessions: u64,
+    pub clients_connected: u64,
+    pub subscriptions: u64,
+}
+
+impl Shared {
+    /// The sum of every shard's counters.
+    pub fn total_stats(&self) -> StatsSnapshot {
+        let mut total = StatsSnapshot::default();
+        for s in self.stats.iter() {
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            total.dropped_slow_client += get(&s.dropped_slow_client);
+            total.dropped_queue_full += get(&s.dropped_queue_full);
+            total.dropped_mailbox_full += get(&s.dropped_mailbox_full);
+            total.dropped_overflow_full += get(&s.dropped_overflow_full);
+            total.messages_received += get(&s.messages_received);
+            total.messages_sent += get(&s.messages_sent);
+            total.dropped_expired += get(&s.dropped_expired);
+            total.dropped_too_large += get(&s.dropped_too_large);
+            total.packets_received += get(&s.packets_received);
+            total.packets_sent += get(&s.packets_sent);
+            total.connects += get(&s.connects);
+            total.bytes_received += get(&s.bytes_received);
+            total.bytes_sent += get(&s.bytes_sent);
+            total.clients_expired += get(&s.clients_expired);
+            total.sessions += get(&s.sessions);
+            total.clients_connected += get(&s.clients_connected);
+            total.subscriptions += get(&s.subscriptions);
+        }
+        total
+    }
+}
