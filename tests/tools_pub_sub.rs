@@ -299,6 +299,15 @@ fn tools_work_with_debian_mosquitto_and_its_clients() {
     assert_eq!(text(&out.stdout), "m/1 kept\n");
     let out = run("midge-sub", port, &["-t", "none", "-W", "1"]);
     assert_eq!(out.status.code(), Some(27));
+    // The same -F format prints the same bytes from both tools.
+    let format = "[%10t][%-10t][%08l][%.2p][%q][%r][%x][%X][%m]\\t%%";
+    let ours = run("midge-sub", port, &["-t", "m/1", "-C", "1", "-F", format]);
+    let theirs = run(
+        "mosquitto_sub",
+        port,
+        &["-t", "m/1", "-C", "1", "-F", format],
+    );
+    assert_eq!(text(&ours.stdout), text(&theirs.stdout));
 
     // mosquitto_pub -> midge -> midge-sub, and midge-pub -> midge -> mosquitto_sub.
     let broker = Broker::start(&[]);

@@ -15,14 +15,9 @@ pub fn check_format(format: &str) -> Result<(), String> {
     let mut chars = format.chars();
     while let Some(c) = chars.next() {
         match c {
-            '%' => match chars.next() {
-                Some(
-                    '%' | 'A' | 'C' | 'D' | 'E' | 'F' | 'I' | 'j' | 'J' | 'l' | 'm' | 'p' | 'P'
-                    | 'q' | 'r' | 'R' | 'S' | 't' | 'U' | 'x' | 'X',
-                ) => {}
-                Some(other) => return Err(format!("Error: Invalid format specifier '{other}'.")),
-                None => return Err("Error: Incomplete format specifier.".into()),
-            },
+            '%' => {
+                Spec::read(&mut chars)?;
+            }
             '@' | '\\' if chars.next().is_none() => {
                 return Err("Error: Incomplete format specifier.".into());
             }
@@ -93,70 +88,141 @@ fn json(publish: &Publish, secs: u64, micros: u32, embed: bool) -> Result<String
     ))
 }
 
+/// A `%[-][0][width][.precision]X` field specifier, as mosquitto_sub reads it: `-` aligns
+/// left, `0` pads numbers with zeros, the width pads to at least that many bytes; the
+/// precision is read and, as in mosquitto_sub for these fields, has no effect.
+struct Spec {
+    kind: char,
+    left: bool,
+    zero: bool,
+    width: usize,
+}
+
+const KINDS: &str = "%ACDEFIjJlmpPqrRStUxX";
+
+impl Spec {
+    fn read(chars: &mut std::str::Chars) -> Result<Spec, String> {
+        let mut spec = Spec {
+            kind: '%',
+            left: false,
+            zero: false,
+            width: 0,
+        };
+        let mut precision = false;
+        loop {
+            let c = chars
+                .next()
+                .ok_or_else(|| "Error: Incomplete format specifier.".to_string())?;
+            match c {
+                '-' if spec.width == 0 && !precision => spec.left = true,
+                '0' if spec.width == 0 && !precision => spec.zero = true,
+                '.' if !precision => precision = true,
+                '0'..='9' if precision => {}
+                '0'..='9' => {
+                    spec.width = spec.width.saturating_mul(10) + c as usize - '0' as usize;
+                    if spec.width > 65_535 {
+                        return Err("Error: Format field width too large.".into());
+                    }
+                }
+                c if KINDS.contains(c) => {
+                    spec.kind = c;
+                    return Ok(spec);
+                }
+                other => return Err(format!("Error: Invalid format specifier '{other}'.")),
+            }
+        }
+    }
+
+    /// Writes `value` padded to the width.
+    fn pad(&self, value: &[u8], out: &mut Vec<u8>) {
+        let fill = self.width.saturating_sub(value.len());
+        let zero = self.zero && !self.left && value.iter().all(u8::is_ascii_digit);
+        if !self.left {
+            out.extend(std::iter::repeat_n(if zero { b'0' } else { b' ' }, fill));
+        }
+        out.extend_from_slice(value);
+        if self.left {
+            out.extend(std::iter::repeat_n(b' ', fill));
+        }
+    }
+}
+
+/// One `%` field of a message, unpadded.
+fn field(kind: char, publish: &Publish, now: std::time::Duration) -> Result<Vec<u8>, String> {
+    let secs = now.as_secs();
+    let p = &publish.properties;
+    let mut out: Vec<u8> = Vec::new();
+    let text = |out: &mut Vec<u8>, s: &str| out.extend_from_slice(s.as_bytes());
+    match kind {
+        '%' => out.push(b'%'),
+        'A' => text(
+            &mut out,
+            &p.topic_alias.map(|a| a.to_string()).unwrap_or_default(),
+        ),
+        'C' => text(&mut out, p.content_type.as_deref().unwrap_or("")),
+        'D' => out.extend_from_slice(p.correlation_data.as_deref().unwrap_or(&[])),
+        'E' => text(
+            &mut out,
+            &p.message_expiry_interval
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        ),
+        'F' => text(
+            &mut out,
+            &p.payload_format_indicator
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        ),
+        'I' => text(&mut out, &local_time("%Y-%m-%dT%H:%M:%S%z", secs)),
+        'j' => text(&mut out, &json(publish, secs, now.subsec_micros(), false)?),
+        'J' => text(&mut out, &json(publish, secs, now.subsec_micros(), true)?),
+        'l' => text(&mut out, &publish.payload.len().to_string()),
+        'm' => text(&mut out, &publish.packet_id.to_string()),
+        'p' => out.extend_from_slice(&publish.payload),
+        'P' => {
+            let pairs: Vec<String> = p
+                .user_properties
+                .iter()
+                .map(|(k, v)| format!("{k}:{v}"))
+                .collect();
+            text(&mut out, &pairs.join(" "));
+        }
+        'q' => text(&mut out, &(publish.qos as u8).to_string()),
+        'r' => text(&mut out, if publish.retain { "1" } else { "0" }),
+        'R' => text(&mut out, p.response_topic.as_deref().unwrap_or("")),
+        'S' => {
+            let ids: Vec<String> = p
+                .subscription_identifiers
+                .iter()
+                .map(u32::to_string)
+                .collect();
+            text(&mut out, &ids.join(" "));
+        }
+        't' => text(&mut out, &publish.topic),
+        'U' => text(&mut out, &format!("{secs}.{:09}", now.subsec_nanos())),
+        'x' => text(&mut out, &hex(&publish.payload, false)),
+        'X' => text(&mut out, &hex(&publish.payload, true)),
+        other => return Err(format!("Error: Invalid format specifier '{other}'.")),
+    }
+    Ok(out)
+}
+
 /// Formats a received message by a `-F` format (checked by `check_format`).
 pub fn format_message(format: &str, publish: &Publish) -> Result<Vec<u8>, String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let secs = now.as_secs();
-    let p = &publish.properties;
     let mut out: Vec<u8> = Vec::new();
     let mut chars = format.chars();
     let text = |out: &mut Vec<u8>, s: &str| out.extend_from_slice(s.as_bytes());
     while let Some(c) = chars.next() {
         match c {
-            '%' => match chars.next() {
-                Some('%') => out.push(b'%'),
-                Some('A') => text(
-                    &mut out,
-                    &p.topic_alias.map(|a| a.to_string()).unwrap_or_default(),
-                ),
-                Some('C') => text(&mut out, p.content_type.as_deref().unwrap_or("")),
-                Some('D') => out.extend_from_slice(p.correlation_data.as_deref().unwrap_or(&[])),
-                Some('E') => text(
-                    &mut out,
-                    &p.message_expiry_interval
-                        .map(|e| e.to_string())
-                        .unwrap_or_default(),
-                ),
-                Some('F') => text(
-                    &mut out,
-                    &p.payload_format_indicator
-                        .map(|e| e.to_string())
-                        .unwrap_or_default(),
-                ),
-                Some('I') => text(&mut out, &local_time("%Y-%m-%dT%H:%M:%S%z", secs)),
-                Some('j') => text(&mut out, &json(publish, secs, now.subsec_micros(), false)?),
-                Some('J') => text(&mut out, &json(publish, secs, now.subsec_micros(), true)?),
-                Some('l') => text(&mut out, &publish.payload.len().to_string()),
-                Some('m') => text(&mut out, &publish.packet_id.to_string()),
-                Some('p') => out.extend_from_slice(&publish.payload),
-                Some('P') => {
-                    let pairs: Vec<String> = p
-                        .user_properties
-                        .iter()
-                        .map(|(k, v)| format!("{k}:{v}"))
-                        .collect();
-                    text(&mut out, &pairs.join(" "));
-                }
-                Some('q') => text(&mut out, &(publish.qos as u8).to_string()),
-                Some('r') => text(&mut out, if publish.retain { "1" } else { "0" }),
-                Some('R') => text(&mut out, p.response_topic.as_deref().unwrap_or("")),
-                Some('S') => {
-                    let ids: Vec<String> = p
-                        .subscription_identifiers
-                        .iter()
-                        .map(u32::to_string)
-                        .collect();
-                    text(&mut out, &ids.join(" "));
-                }
-                Some('t') => text(&mut out, &publish.topic),
-                Some('U') => text(&mut out, &format!("{secs}.{:09}", now.subsec_nanos())),
-                Some('x') => text(&mut out, &hex(&publish.payload, false)),
-                Some('X') => text(&mut out, &hex(&publish.payload, true)),
-                Some(other) => return Err(format!("Error: Invalid format specifier '{other}'.")),
-                None => {}
-            },
+            '%' => {
+                let spec = Spec::read(&mut chars)?;
+                let value = field(spec.kind, publish, now)?;
+                spec.pad(&value, &mut out);
+            }
             '@' => match chars.next() {
                 Some('@') => out.push(b'@'),
                 Some(spec) => text(&mut out, &local_time(&format!("%{spec}"), secs)),
@@ -328,6 +394,12 @@ mod tests {
             "Error: Invalid format specifier 'c'."
         );
         assert!(check_format("%t %I %U").is_ok());
+        // Width, alignment and zero padding, as mosquitto_sub 2.0 prints them.
+        let out = format_message("[%10t][%-10t][%.3p][%08l][%5p]", &m).unwrap();
+        assert_eq!(out, b"[       a/b][a/b       ][hi\"][00000003][  hi\"]");
+        assert!(check_format("%-08.2t").is_ok());
+        assert!(check_format("%5").is_err());
+        assert!(check_format("%9999999t").is_err());
     }
 
     #[test]
