@@ -19,6 +19,10 @@ fn tool(name: &str) -> Command {
 
 /// Runs a tool to its end (bounded by its own -W or -C, and by a test deadline).
 fn run(name: &str, port: u16, args: &[&str]) -> Output {
+    run_within(name, port, args, DEADLINE)
+}
+
+fn run_within(name: &str, port: u16, args: &[&str], deadline: Duration) -> Output {
     let mut child = tool(name)
         .args(["-p", &port.to_string()])
         .args(args)
@@ -27,12 +31,16 @@ fn run(name: &str, port: u16, args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait(&mut child);
+    wait_within(&mut child, deadline);
     child.wait_with_output().unwrap()
 }
 
 fn wait(child: &mut Child) {
-    let until = Instant::now() + DEADLINE;
+    wait_within(child, DEADLINE)
+}
+
+fn wait_within(child: &mut Child, deadline: Duration) {
+    let until = Instant::now() + deadline;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > until {
             let _ = child.kill();
@@ -373,4 +381,77 @@ fn a_killed_subscriber_leaves_its_will() {
     let _ = mortal.wait();
     let out = finish(watcher);
     assert_eq!(text(&out.stdout), "wills/sub gone\n");
+}
+
+#[test]
+fn a_broker_that_stops_answering_pings_ends_the_subscriber() {
+    use midge::codec::{ConnAck, Decoder, Packet, Properties, ProtocolVersion, ReasonCode, SubAck};
+    use std::io::Read;
+    // A fake broker: CONNACK and SUBACK, then silence (no PINGRESP).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fake = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut server = Decoder::server(1 << 20);
+        let mut buf = bytes::BytesMut::new();
+        let mut chunk = [0u8; 1024];
+        let mut answered = 0;
+        let mut pings = 0;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        while let Ok(n) = stream.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Ok(Some(packet)) = server.decode_from(&mut buf) {
+                let reply = match packet {
+                    Packet::Connect(_) => Some(Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason: ReasonCode::Success,
+                        properties: Properties::default(),
+                    })),
+                    Packet::Subscribe(s) => Some(Packet::SubAck(SubAck {
+                        packet_id: s.packet_id,
+                        properties: Properties::default(),
+                        reasons: vec![ReasonCode::GRANTED_QOS_0],
+                    })),
+                    Packet::PingReq => {
+                        pings += 1;
+                        None
+                    }
+                    _ => None,
+                };
+                server.version = Some(ProtocolVersion::V311);
+                if let Some(reply) = reply {
+                    answered += 1;
+                    stream
+                        .write_all(&reply.to_bytes(ProtocolVersion::V311).unwrap())
+                        .unwrap();
+                }
+            }
+        }
+        (answered, pings)
+    });
+    let started = Instant::now();
+    // PINGREQ after 5 s of quiet, given up 5 s later.
+    let out = run_within(
+        "midge-sub",
+        port,
+        &["-t", "t", "-k", "5"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("PINGRESP"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "gave up before the keep alive ran out"
+    );
+    let (answered, pings) = fake.join().unwrap();
+    assert_eq!((answered, pings), (2, 1));
 }

@@ -91,6 +91,8 @@ pub struct Client {
     next_packet_id: u16,
     keepalive: Duration,
     last_sent: Instant,
+    /// When the PINGREQ still waiting for its PINGRESP went out.
+    ping_sent: Option<Instant>,
     /// QoS 2 packet ids received and not yet released (so a resend is not shown twice).
     incoming_qos2: hashbrown::HashSet<u16>,
     debug: bool,
@@ -145,6 +147,7 @@ impl Client {
             next_packet_id: 0,
             keepalive: Duration::from_secs(options.keepalive_s.into()),
             last_sent: Instant::now(),
+            ping_sent: None,
             incoming_qos2: Default::default(),
             debug: options.debug,
             name,
@@ -240,9 +243,20 @@ impl Client {
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
             }
+            // A broker that does not answer a PINGREQ within the keep alive is gone (as
+            // libmosquitto decides).
+            if self
+                .ping_sent
+                .is_some_and(|at| now.duration_since(at) >= self.keepalive)
+            {
+                return Err(ClientError::Protocol(
+                    "no PINGRESP within the keep alive".into(),
+                ));
+            }
             let ping_at = (!self.keepalive.is_zero()).then(|| self.last_sent + self.keepalive);
-            if ping_at.is_some_and(|at| now >= at) {
+            if ping_at.is_some_and(|at| now >= at) && self.ping_sent.is_none() {
                 self.send(&Packet::PingReq)?;
+                self.ping_sent = Some(now);
                 continue;
             }
             let wait = [deadline, ping_at]
@@ -417,6 +431,7 @@ impl Client {
                 Err(ClientError::Closed(Some(d.reason)))
             }
             Packet::PingResp => {
+                self.ping_sent = None;
                 self.debug_line("received PINGRESP");
                 Ok(None)
             }
