@@ -455,3 +455,46 @@ fn a_broker_that_stops_answering_pings_ends_the_subscriber() {
     let (answered, pings) = fake.join().unwrap();
     assert_eq!((answered, pings), (2, 1));
 }
+
+#[test]
+fn stdin_lines_at_qos_1_and_2_are_pipelined_and_all_arrive_in_order() {
+    let broker = Broker::start(&["--threads", "1"]);
+    let port = broker.port;
+    let sub = subscriber(
+        "midge-sub",
+        &broker,
+        &["-t", "bulk", "-q", "2", "-C", "2000"],
+    );
+    let mut expected = String::new();
+    for (qos, range) in [("1", 0..1000), ("2", 1000..2000)] {
+        let lines: String = range.map(|i| format!("line {i}\n")).collect();
+        expected.push_str(&lines);
+        let mut publisher = tool("midge-pub")
+            .args([
+                "-p",
+                &port.to_string(),
+                "-t",
+                "bulk",
+                "-l",
+                "-q",
+                qos,
+                "-M",
+                "20",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        publisher
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        let out = finish(publisher);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = finish(sub);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), expected);
+}

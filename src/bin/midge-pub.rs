@@ -32,6 +32,8 @@ struct Options {
     source: Option<Source>,
     repeat: u32,
     repeat_delay: Duration,
+    /// `-M`: QoS 1/2 publishes sent before their acknowledgements come back.
+    inflight_max: usize,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -41,6 +43,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         source: None,
         repeat: 1,
         repeat_delay: Duration::ZERO,
+        inflight_max: 20,
     };
     let set = |o: &mut Options, source: Source| -> Result<(), String> {
         if o.source.is_some() {
@@ -101,7 +104,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.repeat_delay = Duration::from_secs_f64(secs);
             }
             "-M" => {
-                value(args, &mut i, "max inflight")?;
+                let m = value(args, &mut i, "max inflight")?;
+                o.inflight_max = m
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| format!("Error: Invalid max inflight \"{m}\"."))?;
             }
             other => return Err(format!("Error: Unknown option '{other}'.")),
         }
@@ -144,44 +152,50 @@ fn main() -> ExitCode {
     let topic = &common.topics[0];
     let mut held = Vec::new();
     let mut failed = false;
-    let mut send = |client: &mut Client, payload: Bytes, n: u32| -> Result<(), String> {
-        let reason = client
-            .publish(
+    // Up to -M publishes are in flight at once; each one finished is checked.
+    let mut settle = |client: &mut Client, outstanding: usize| -> Result<(), String> {
+        let done = client
+            .settle(outstanding, &mut held)
+            .map_err(|e| format!("Error: {e}"))?;
+        for (mid, reason) in done {
+            if reason as u8 >= 0x80 {
+                // 5.0: the broker refused it (0x87 Not authorized, say).
+                common.error(&format!(
+                    "Warning: Publish {mid} failed: {}.",
+                    cli::reason_text(reason)
+                ));
+                failed = true;
+            }
+        }
+        Ok(())
+    };
+    let window = o.inflight_max;
+    let mut send = |client: &mut Client, payload: Bytes| -> Result<(), String> {
+        settle(client, window - 1)?;
+        client
+            .start_publish(
                 topic,
                 payload,
                 common.qos,
                 o.retain,
                 common.properties.publish.clone(),
-                &mut held,
             )
-            .map_err(|e| format!("Error: {e}"))?;
-        if reason as u8 >= 0x80 {
-            // 5.0: the broker refused it (0x87 Not authorized, say).
-            common.error(&format!(
-                "Warning: Publish {n} failed: {}.",
-                cli::reason_text(reason)
-            ));
-            failed = true;
-        }
-        Ok(())
+            .map_err(|e| format!("Error: {e}"))
     };
     let result = match &o.source {
         Some(Source::Message(payload)) => (1..=o.repeat).try_for_each(|n| {
             if n > 1 && !o.repeat_delay.is_zero() {
                 std::thread::sleep(o.repeat_delay);
             }
-            send(&mut client, payload.clone(), n)
+            send(&mut client, payload.clone())
         }),
-        Some(Source::Lines) => {
-            let mut n = 0;
-            std::io::stdin().lock().lines().try_for_each(|line| {
-                let line = line.map_err(|e| format!("Error: reading stdin: {e}"))?;
-                n += 1;
-                send(&mut client, Bytes::from(line), n)
-            })
-        }
+        Some(Source::Lines) => std::io::stdin().lock().lines().try_for_each(|line| {
+            let line = line.map_err(|e| format!("Error: reading stdin: {e}"))?;
+            send(&mut client, Bytes::from(line))
+        }),
         None => Ok(()),
     };
+    let result = result.and_then(|()| settle(&mut client, 0));
     if let Err(message) = result {
         common.error(&message);
         return ExitCode::from(1);

@@ -93,6 +93,8 @@ pub struct Client {
     last_sent: Instant,
     /// When the PINGREQ still waiting for its PINGRESP went out.
     ping_sent: Option<Instant>,
+    /// Outgoing QoS 1/2 publishes waiting for their acknowledgement, by packet id.
+    outgoing: hashbrown::HashMap<u16, QoS>,
     /// QoS 2 packet ids received and not yet released (so a resend is not shown twice).
     incoming_qos2: hashbrown::HashSet<u16>,
     debug: bool,
@@ -148,6 +150,7 @@ impl Client {
             keepalive: Duration::from_secs(options.keepalive_s.into()),
             last_sent: Instant::now(),
             ping_sent: None,
+            outgoing: Default::default(),
             incoming_qos2: Default::default(),
             debug: options.debug,
             name,
@@ -225,9 +228,14 @@ impl Client {
         Ok(())
     }
 
+    /// A packet identifier not used by an outgoing publish still waiting. [MQTT-2.2.1-3]
     fn packet_id(&mut self) -> u16 {
-        self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
-        self.next_packet_id
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            if !self.outgoing.contains_key(&self.next_packet_id) {
+                return self.next_packet_id;
+            }
+        }
     }
 
     /// The next packet from the broker, sending PINGREQ when the keep alive asks for one;
@@ -315,6 +323,22 @@ impl Client {
         properties: Properties,
         held: &mut Vec<Publish>,
     ) -> Result<ReasonCode, ClientError> {
+        self.start_publish(topic, payload, qos, retain, properties)?;
+        let done = self.settle(0, held)?;
+        Ok(done
+            .first()
+            .map_or(ReasonCode::Success, |&(_, reason)| reason))
+    }
+
+    /// Sends a PUBLISH without waiting for its acknowledgement (see `settle`).
+    pub fn start_publish(
+        &mut self,
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+    ) -> Result<(), ClientError> {
         let packet_id = if qos == QoS::AtMostOnce {
             0
         } else {
@@ -331,27 +355,59 @@ impl Client {
             properties,
             payload,
         }))?;
-        match qos {
-            QoS::AtMostOnce => Ok(ReasonCode::Success),
-            QoS::AtLeastOnce => self.wait_for(held, |p| match p {
-                Packet::PubAck(r) if r.packet_id == packet_id => Some(r.reason),
-                _ => None,
-            }),
-            QoS::ExactlyOnce => {
-                let reason = self.wait_for(held, |p| match p {
-                    Packet::PubRec(r) if r.packet_id == packet_id => Some(r.reason),
-                    _ => None,
-                })?;
-                if reason as u8 >= 0x80 {
-                    return Ok(reason);
+        if qos != QoS::AtMostOnce {
+            self.outgoing.insert(packet_id, qos);
+        }
+        Ok(())
+    }
+
+    /// QoS 1/2 publishes not yet fully acknowledged.
+    pub fn outstanding(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    /// Runs the acknowledgements of outgoing QoS 1/2 publishes (PUBREL for each PUBREC)
+    /// until at most `max_outstanding` remain; returns the finished ones with the broker's
+    /// reason codes. Messages arriving meanwhile go to `held`.
+    pub fn settle(
+        &mut self,
+        max_outstanding: usize,
+        held: &mut Vec<Publish>,
+    ) -> Result<Vec<(u16, ReasonCode)>, ClientError> {
+        let mut done = Vec::new();
+        while self.outgoing.len() > max_outstanding {
+            let Some(packet) = self.next_packet(None)? else {
+                continue;
+            };
+            let sent = |r: &PubResponse, qos| self.outgoing.get(&r.packet_id) == Some(&qos);
+            match packet {
+                Packet::PubAck(r) if sent(&r, QoS::AtLeastOnce) => {
+                    self.debug_line(&format!("received PUBACK (m{})", r.packet_id));
+                    self.outgoing.remove(&r.packet_id);
+                    done.push((r.packet_id, r.reason));
                 }
-                self.send(&Packet::PubRel(PubResponse::new(packet_id)))?;
-                self.wait_for(held, |p| match p {
-                    Packet::PubComp(r) if r.packet_id == packet_id => Some(r.reason),
-                    _ => None,
-                })
+                Packet::PubRec(r) if sent(&r, QoS::ExactlyOnce) => {
+                    self.debug_line(&format!("received PUBREC (m{})", r.packet_id));
+                    if r.reason as u8 >= 0x80 {
+                        self.outgoing.remove(&r.packet_id);
+                        done.push((r.packet_id, r.reason));
+                    } else {
+                        self.send(&Packet::PubRel(PubResponse::new(r.packet_id)))?;
+                    }
+                }
+                Packet::PubComp(r) if sent(&r, QoS::ExactlyOnce) => {
+                    self.debug_line(&format!("received PUBCOMP (m{})", r.packet_id));
+                    self.outgoing.remove(&r.packet_id);
+                    done.push((r.packet_id, r.reason));
+                }
+                other => {
+                    if let Some(publish) = self.handle(other)? {
+                        held.push(publish);
+                    }
+                }
             }
         }
+        Ok(done)
     }
 
     pub fn subscribe(

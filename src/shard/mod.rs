@@ -168,12 +168,6 @@ impl<B: Backend> Shard<B> {
                 self.shut_down();
                 return;
             }
-            let generation = self.shared.config_generation.load(Ordering::Acquire);
-            if generation != self.config_generation {
-                self.config_generation = generation;
-                self.config = self.shared.config.load_full();
-                self.recheck_clients();
-            }
             let now = Instant::now();
             let mut timeout = next_tick.saturating_duration_since(now);
             self.shared.mailboxes.going_to_sleep(self.id);
@@ -185,6 +179,14 @@ impl<B: Backend> Shard<B> {
                 log::error!("Error: shard {} event loop: {e}", self.id);
             }
             self.shared.mailboxes.awake(self.id);
+            // New settings (a reload) apply from here on, to what this wait brought in too:
+            // a client that connects after a reload is judged by the new settings.
+            let generation = self.shared.config_generation.load(Ordering::Acquire);
+            if generation != self.config_generation {
+                self.config_generation = generation;
+                self.config = self.shared.config.load_full();
+                self.recheck_clients();
+            }
             for event in events.drain(..) {
                 self.on_event(event);
             }
