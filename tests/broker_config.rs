@@ -477,3 +477,50 @@ fn a_topic_too_long_for_the_mount_point_is_refused_not_unmounted() {
     outside.send(&publish("marker", b"m", QoS::AtMostOnce, 0, false));
     assert_eq!(outside.recv_publish().topic.as_str(), "marker");
 }
+
+#[test]
+fn a_reload_revokes_subscriptions_and_client_ids_the_new_settings_refuse() {
+    let both = "topic read a/#\ntopic read b/#\ntopic write #\n";
+    let acl = config_file("revoke-acl", both);
+    let base = format!(
+        "user root\nlistener 0 127.0.0.1\nallow_anonymous true\nacl_file {acl}\nsys_interval 0\n"
+    );
+    let conf = config_file("revoke", &base);
+    let broker = Broker::start_configured(&["-c", &conf, "--threads", "1"]);
+    let port = broker.ports(1)[0];
+    let mut c = Raw::connect(port, "c");
+    let ack = c.subscribe(&[("a/#", QoS::AtMostOnce), ("b/#", QoS::AtMostOnce)]);
+    assert_eq!(ack.reasons, vec![ReasonCode::GRANTED_QOS_0; 2]);
+    let mut keeper = Raw::connect(port, "keep-1");
+    let mut publisher = Raw::connect(port, "keep-pub");
+
+    // b/# is no longer readable: c's subscription to it is revoked...
+    config_file("revoke-acl", "topic read a/#\ntopic write #\n");
+    broker.signal(libc::SIGHUP);
+    broker.wait_for_log("Subscription of c to b/# revoked by the reloaded ACL.");
+    // ...and stays revoked when the ACL allows it again (a probe's SUBACK shows the new ACL
+    // is in force before anything is published).
+    config_file("revoke-acl", both);
+    broker.signal(libc::SIGHUP);
+    let mut probe = Raw::connect(port, "probe");
+    let until = Instant::now() + DEADLINE;
+    while probe.subscribe(&[("b/#", QoS::AtMostOnce)]).reasons != [ReasonCode::GRANTED_QOS_0] {
+        assert!(Instant::now() < until, "the ACL was not reloaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    publisher.send(&publish("b/x", b"1", QoS::AtMostOnce, 0, false));
+    publisher.send(&publish("a/marker", b"2", QoS::AtMostOnce, 0, false));
+    assert_eq!(probe.recv_publish().topic.as_str(), "b/x");
+    assert_eq!(
+        c.recv_publish().topic.as_str(),
+        "a/marker",
+        "b/x came through a revoked subscription"
+    );
+
+    // clientid_prefixes added by a reload: clients outside it are disconnected.
+    config_file("revoke", &format!("{base}clientid_prefixes keep-\n"));
+    broker.signal(libc::SIGHUP);
+    c.expect_closed();
+    keeper.send(&Packet::PingReq);
+    assert!(matches!(keeper.recv(), Packet::PingResp));
+}
