@@ -11,6 +11,7 @@ mod connect;
 mod deliver;
 pub mod io;
 mod publish;
+mod reload;
 mod stats;
 mod subscribe;
 mod sys;

@@ -1,0 +1,70 @@
+//! Reloaded settings (SIGHUP) applied to what a shard already has: clients the new security
+//! settings refuse, and subscriptions the new ACL does not allow.
+
+use super::io::Backend;
+use super::subscribe::TrieOp;
+use super::Shard;
+use crate::codec::ReasonCode;
+
+impl<B: Backend> Shard<B> {
+    /// After a reload: clients the new security settings would not let in are disconnected
+    /// (anonymous ones when anonymous access ends, users removed from the password file or
+    /// whose password changed, client ids outside `clientid_prefixes`), as Mosquitto does,
+    /// and subscriptions the new ACL does not allow are revoked. The others carry on.
+    pub(super) fn recheck_clients(&mut self) {
+        let mut refused = Vec::new();
+        for session in self.sessions.values_mut() {
+            let security = self.config.security(session.listener);
+            // Subscriptions the new ACL no longer allows are revoked, online or offline
+            // (deliveries are checked anyway; this keeps nothing subscribed that could not be
+            // subscribed now).
+            if let Some(acl) = &security.acl {
+                let (user, id) = (session.username.as_deref(), &session.client_id);
+                let revoked: Vec<String> = session
+                    .subscriptions
+                    .keys()
+                    .filter(|filter| {
+                        crate::topic::parse_filter(filter)
+                            .is_ok_and(|f| !acl.check_subscribe(user, id, f.filter()))
+                    })
+                    .cloned()
+                    .collect();
+                for filter in revoked {
+                    log::info!(
+                        "Subscription of {} to {filter} revoked by the reloaded ACL.",
+                        session.client_id
+                    );
+                    session.subscriptions.remove(&filter);
+                    self.trie_ops.push(TrieOp::Unsubscribe {
+                        filter,
+                        session: session.id,
+                    });
+                }
+            }
+            let Some(conn) = session.conn else { continue };
+            let prefix_ok = self
+                .config
+                .clientid_prefixes
+                .as_ref()
+                .is_none_or(|p| session.client_id.starts_with(p.as_str()));
+            let allowed = prefix_ok
+                && match &session.username {
+                    None => security.anonymous_allowed(),
+                    Some(user) => security.password_file.as_ref().is_none_or(|passwords| {
+                        passwords.check(user, session.password.as_deref().unwrap_or_default())
+                    }),
+                };
+            if !allowed {
+                refused.push((conn, session.client_id.clone()));
+            }
+        }
+        for (conn, client_id) in refused {
+            log::info!("Client {client_id} is no longer authorised after a reload, disconnecting.");
+            self.disconnect_with(
+                conn,
+                ReasonCode::NotAuthorized,
+                "not authorised after a reload",
+            );
+        }
+    }
+}
