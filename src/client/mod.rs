@@ -51,6 +51,11 @@ impl From<io::Error> for ClientError {
     }
 }
 
+/// `text` as an MQTT string (at most 65,535 bytes, no NUL), or an error naming `what`.
+fn mqtt_str(what: &str, text: &str) -> Result<MqttStr, ClientError> {
+    MqttStr::new(text).map_err(|e| ClientError::Protocol(format!("{what} {text:?}: {e}")))
+}
+
 /// Mosquitto's words for a refused CONNECT.
 fn refusal(reason: ReasonCode) -> &'static str {
     match reason {
@@ -155,17 +160,19 @@ impl Client {
             debug: options.debug,
             name,
         };
-        let text =
-            |s: &str| MqttStr::new(s).map_err(|e| ClientError::Protocol(format!("{s:?}: {e}")));
         let connect = Connect {
             version: options.version,
             bridge: false,
             clean_start: options.clean,
             keep_alive: options.keepalive_s,
             properties: options.properties.clone(),
-            client_id: text(&options.client_id)?,
+            client_id: mqtt_str("client id", &options.client_id)?,
             will: options.will.clone(),
-            username: options.username.as_deref().map(text).transpose()?,
+            username: options
+                .username
+                .as_deref()
+                .map(|u| mqtt_str("user name", u))
+                .transpose()?,
             password: options
                 .password
                 .as_ref()
@@ -344,8 +351,7 @@ impl Client {
         } else {
             self.packet_id()
         };
-        let topic =
-            MqttStr::new(topic).map_err(|e| ClientError::Protocol(format!("topic: {e}")))?;
+        let topic = mqtt_str("topic", topic)?;
         self.send(&Packet::Publish(Publish {
             dup: false,
             qos,
@@ -419,11 +425,7 @@ impl Client {
         let packet_id = self.packet_id();
         let filters = filters
             .iter()
-            .map(|(f, o)| {
-                MqttStr::new(f)
-                    .map(|f| (f, *o))
-                    .map_err(|e| ClientError::Protocol(format!("filter: {e}")))
-            })
+            .map(|(f, o)| mqtt_str("filter", f).map(|f| (f, *o)))
             .collect::<Result<_, _>>()?;
         self.send(&Packet::Subscribe(Subscribe {
             packet_id,
@@ -445,7 +447,7 @@ impl Client {
         let packet_id = self.packet_id();
         let filters = filters
             .iter()
-            .map(|f| MqttStr::new(f).map_err(|e| ClientError::Protocol(format!("filter: {e}"))))
+            .map(|f| mqtt_str("filter", f))
             .collect::<Result<_, _>>()?;
         self.send(&Packet::Unsubscribe(Unsubscribe {
             packet_id,
