@@ -11,3 +11,4 @@ pub mod server;
 pub mod session;
 pub mod shard;
 pub mod topic;
+pub mod types;

@@ -169,7 +169,11 @@ impl Server {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    Shard::new(id, shared, backend, receiver).run();
+                    let run = || Shard::new(id, shared, backend, receiver).run();
+                    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+                    {
+                        abort_on_shard_panic(id, panic.as_ref());
+                    }
                 })?;
             threads.push(thread);
         }
@@ -226,6 +230,22 @@ impl Stopper {
             self.0.mailboxes.wake(shard);
         }
     }
+}
+
+/// A shard that panicked takes the whole process down, on purpose. Its sessions, its
+/// connections and its mailbox cannot be recovered from outside it (the other shards' trie
+/// entries, registry records and queued handoffs point at it), and a broker that goes on
+/// with one shard dead accepts connections it never serves. Aborting lets the service
+/// manager (systemd's `Restart=on-failure`) start a whole broker again at once.
+fn abort_on_shard_panic(shard: usize, panic: &(dyn std::any::Any + Send)) -> ! {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    log::error!("Error: shard {shard} panicked ({what}); aborting the broker.");
+    log::logger().flush();
+    std::process::abort();
 }
 
 /// See `Server::reload`.

@@ -4,7 +4,7 @@
 use hashbrown::HashMap;
 use std::sync::Arc;
 
-use crate::router::Message;
+use crate::types::Message;
 
 #[derive(Default)]
 struct RetainNode {

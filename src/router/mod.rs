@@ -2,39 +2,12 @@
 //! them. A mailbox is a bounded lock-free queue (`crossbeam-channel`) plus a waker, rung only
 //! when the receiving shard sleeps.
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::codec::{MqttStr, Properties, QoS};
-use crate::shard::io::{ConnId, Waker};
-use crate::topic::SessionId;
-
-/// A message as routed: built once on the receiving shard, shared by every delivery.
-#[derive(Debug)]
-pub struct Message {
-    pub topic: MqttStr,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-    pub properties: Properties,
-    /// The publishing session (for No Local), if a client published it.
-    pub origin: Option<SessionId>,
-    /// From the 5.0 Message Expiry Interval: not delivered after this.
-    pub expires_at: Option<std::time::Instant>,
-}
-
-/// One session to deliver a message to, with what its matching subscriptions ask for.
-#[derive(Clone, Debug)]
-pub struct Target {
-    pub session: SessionId,
-    pub qos: QoS,
-    /// The RETAIN flag to send (Retain As Published).
-    pub retain: bool,
-    pub identifiers: SmallVec<[u32; 1]>,
-}
+use crate::shard::io::Waker;
+pub use crate::types::{ConnId, Message, SessionId, Target};
 
 /// A session moving between shards (takeover), with everything that lives in it.
 pub type SessionBox = Box<crate::session::Session>;

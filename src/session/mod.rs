@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::codec::{ProtocolVersion, QoS, Will};
-use crate::router::{Message, Target};
-use crate::shard::io::ConnId;
-use crate::topic::{SessionId, Subscription};
+use crate::topic::Subscription;
+use crate::types::{ConnId, Message, SessionId, Target};
 
 /// A QoS 1/2 message sent to the client and not yet fully acknowledged.
 #[derive(Debug)]

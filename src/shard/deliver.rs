@@ -292,7 +292,12 @@ impl<B: Backend> Shard<B> {
             return;
         };
         let Some(conn) = session.conn else { return };
-        let Some(c) = self.conns.get_mut(conn.0).and_then(Option::as_mut) else {
+        let Some(c) = self
+            .conns
+            .get_mut(conn.slot())
+            .and_then(Option::as_mut)
+            .filter(|c| c.id == conn)
+        else {
             return;
         };
         // [MQTT-3.3.2-5] an expired message is not delivered.
@@ -327,7 +332,7 @@ impl<B: Backend> Shard<B> {
         let own;
         let alias_max = usize::from(c.out_alias_max);
         let mut new_alias = None;
-        let (bytes, id_at) = if v5 && (alias_max > 0 || !target.identifiers.is_empty()) {
+        let encoded = if v5 && (alias_max > 0 || !target.identifiers.is_empty()) {
             // Encoded for this subscriber alone: its subscription identifiers, or its
             // topic aliases, are its own.
             let mut publish = build_publish(
@@ -358,9 +363,19 @@ impl<B: Backend> Shard<B> {
             }
             let topic = publish.topic.clone();
             own = encode_with_id_offset(Packet::Publish(publish), ProtocolVersion::V5, &topic);
-            (&own.0[..], own.1)
+            own.as_ref().map(|(bytes, id_at)| (&bytes[..], *id_at))
         } else {
             variants.get(key, message)
+        };
+        let Some((bytes, id_at)) = encoded else {
+            stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "Warning: a message to '{}' ({} bytes) is too large to send to {} in its protocol version; dropped for that client.",
+                message.topic,
+                message.payload.len(),
+                session.client_id
+            );
+            return;
         };
         // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: discarded as if
         // delivered.
@@ -433,7 +448,8 @@ impl<B: Backend> Shard<B> {
 impl Variants {
     /// The encoded variant for `key` (packet id 0 as a placeholder) and the offset of its
     /// packet id.
-    fn get(&mut self, key: VariantKey, message: &Message) -> (&[u8], usize) {
+    /// `None` if the message cannot be encoded in that variant (see `encode_with_id_offset`).
+    fn get(&mut self, key: VariantKey, message: &Message) -> Option<(&[u8], usize)> {
         let index = match self.entries.iter().position(|(k, _, _)| *k == key) {
             Some(i) => i,
             None => {
@@ -449,29 +465,29 @@ impl Variants {
                 };
                 let topic = publish.topic.clone();
                 let (bytes, id_at) =
-                    encode_with_id_offset(Packet::Publish(publish), version, &topic);
+                    encode_with_id_offset(Packet::Publish(publish), version, &topic)?;
                 self.entries.push((key, bytes, id_at));
                 self.entries.len() - 1
             }
         };
         let (_, bytes, id_at) = &self.entries[index];
-        (bytes, *id_at)
+        Some((bytes, *id_at))
     }
 }
 
 /// Encodes a PUBLISH and returns it with the offset of its packet id: the fixed header, then
 /// the topic (two bytes of length and the topic).
+/// `None` if it cannot be encoded: a message received from a 3.1.1 client close to the
+/// largest remaining length [MQTT-2.2.3] grows past it by the property length byte a 5.0
+/// subscriber's copy needs.
 fn encode_with_id_offset(
     packet: Packet,
     version: ProtocolVersion,
     topic: &MqttStr,
-) -> (Bytes, usize) {
-    let bytes = packet.to_bytes(version).expect("a routed message encodes");
-    let (_, varint) = crate::codec::decode_varint(&bytes[1..])
-        .ok()
-        .flatten()
-        .expect("an encoded packet has a remaining length");
-    (bytes, 1 + varint + 2 + topic.len())
+) -> Option<(Bytes, usize)> {
+    let bytes = packet.to_bytes(version).ok()?;
+    let (_, varint) = crate::codec::decode_varint(&bytes[1..]).ok().flatten()?;
+    Some((bytes, 1 + varint + 2 + topic.len()))
 }
 
 /// How much of `topic` a client behind `mount` does not see, or `None` if the topic is

@@ -130,6 +130,10 @@ pub struct Shard<B: Backend> {
     will_timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     /// `$SYS`: when this shard next refreshes its gauges (and shard 0 publishes).
     sys: sys::SysState,
+    /// Debug builds only, for the test of what a shard panic does: a PUBLISH to this topic
+    /// (from `MIDGE_FAULT_PANIC_TOPIC`) panics the shard that reads it.
+    #[cfg(debug_assertions)]
+    fault_panic_topic: Option<String>,
 }
 
 impl<B: Backend> Shard<B> {
@@ -158,6 +162,8 @@ impl<B: Backend> Shard<B> {
             expiries: BinaryHeap::new(),
             will_timers: BinaryHeap::new(),
             sys: sys::SysState::default(),
+            #[cfg(debug_assertions)]
+            fault_panic_topic: std::env::var("MIDGE_FAULT_PANIC_TOPIC").ok(),
         }
     }
 
@@ -239,7 +245,7 @@ impl<B: Backend> Shard<B> {
                     return;
                 }
                 self.shared.connections.fetch_add(1, Ordering::AcqRel);
-                let index = conn.0;
+                let index = conn.slot();
                 if self.conns.len() <= index {
                     self.conns.resize_with(index + 1, || None);
                 }
@@ -294,7 +300,10 @@ impl<B: Backend> Shard<B> {
     }
 
     fn conn_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(conn.0).and_then(Option::as_deref_mut)
+        self.conns
+            .get_mut(conn.slot())
+            .and_then(Option::as_deref_mut)
+            .filter(|c| c.id == conn)
     }
 
     /// The client id of a connection, for log lines: a shared handle, not a copy (this is
@@ -307,7 +316,11 @@ impl<B: Backend> Shard<B> {
 
     /// Removes a connection from the table (to close it).
     fn take_conn(&mut self, conn: ConnId) -> Option<Box<Conn>> {
-        let taken = self.conns.get_mut(conn.0).and_then(Option::take);
+        let slot = self.conns.get_mut(conn.slot())?;
+        if slot.as_ref().is_none_or(|c| c.id != conn) {
+            return None;
+        }
+        let taken = slot.take();
         if let Some(c) = &taken {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
             self.shared.listener_connections[c.listener].fetch_sub(1, Ordering::AcqRel);
@@ -316,7 +329,10 @@ impl<B: Backend> Shard<B> {
     }
 
     fn conn(&self, conn: ConnId) -> Option<&Conn> {
-        self.conns.get(conn.0).and_then(Option::as_deref)
+        self.conns
+            .get(conn.slot())
+            .and_then(Option::as_deref)
+            .filter(|c| c.id == conn)
     }
 
     /// Decodes and handles every whole packet received on `conn`.
@@ -415,7 +431,12 @@ impl<B: Backend> Shard<B> {
     /// Sends each connection's turn buffer in one piece.
     fn flush(&mut self) {
         for conn in std::mem::take(&mut self.dirty) {
-            let Some(c) = self.conns.get_mut(conn.0).and_then(Option::as_mut) else {
+            let Some(c) = self
+                .conns
+                .get_mut(conn.slot())
+                .and_then(Option::as_mut)
+                .filter(|c| c.id == conn)
+            else {
                 continue;
             };
             if c.out.is_empty() {

@@ -23,6 +23,10 @@ impl<B: Backend> Shard<B> {
         self.stats()
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
+        #[cfg(debug_assertions)]
+        if self.fault_panic_topic.as_deref() == Some(&*publish.topic) {
+            panic!("fault injected by MIDGE_FAULT_PANIC_TOPIC");
+        }
         let mut publish = publish;
         if let Some(alias) = publish.properties.topic_alias {
             if let Err(reason) = self.resolve_topic_alias(conn, alias, &mut publish.topic) {
@@ -175,7 +179,12 @@ impl<B: Backend> Shard<B> {
         alias: u16,
         topic: &mut MqttStr,
     ) -> Result<(), ReasonCode> {
-        let Some(c) = self.conns.get_mut(conn.0).and_then(Option::as_mut) else {
+        let Some(c) = self
+            .conns
+            .get_mut(conn.slot())
+            .and_then(Option::as_mut)
+            .filter(|c| c.id == conn)
+        else {
             return Ok(());
         };
         let alias_max = self.config.listener(c.listener).topic_alias_max;

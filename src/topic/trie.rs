@@ -17,9 +17,7 @@ use super::cow_map::CowMap;
 use super::validate::{FilterRef, TOPIC_LEVELS_MAX};
 use crate::codec::SubscriptionOptions;
 
-/// A session, as the broker names it for its whole life (stable across reconnects).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(pub u64);
+pub use crate::types::SessionId;
 
 /// One session's subscription to one filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

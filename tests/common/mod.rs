@@ -177,6 +177,18 @@ impl Broker {
         self.log.lock().unwrap().iter().any(|l| l.contains(text))
     }
 
+    /// Waits for the broker to exit by itself and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < until, "midge is still running");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on the PID of the child this test started and has not reaped.
@@ -350,7 +362,7 @@ impl Raw {
     /// The next packet within `wait`, or why there is none.
     fn next_within(&mut self, wait: Duration) -> Next {
         let until = Instant::now() + wait;
-        let decoder = Decoder::client(self.version, 1 << 24);
+        let decoder = Decoder::client(self.version, 268_435_460);
         loop {
             if let Some(packet) = decoder
                 .decode_from(&mut self.buf)

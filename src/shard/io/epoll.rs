@@ -27,6 +27,8 @@ const IOVECS_MAX: usize = 64;
 
 struct Socket {
     stream: TcpStream,
+    /// The generation of the `ConnId` given out for this socket.
+    generation: u32,
     queue: VecDeque<Bytes>,
     queued: usize,
     /// Data may be waiting (edge seen, `WouldBlock` not yet).
@@ -58,6 +60,9 @@ pub struct Epoll {
     /// Sockets to read this turn without waiting for an event.
     read_again: Vec<usize>,
     waker: Arc<mio::Waker>,
+    /// The generation the next accepted connection gets: ids of closed connections are
+    /// never given out again (until the counter wraps, after 2^32 connections).
+    next_generation: u32,
 }
 
 struct MioWaker(Arc<mio::Waker>);
@@ -93,6 +98,7 @@ impl Epoll {
             sockets: Slab::new(),
             read_again: Vec::new(),
             waker,
+            next_generation: 0,
         })
     }
 
@@ -118,8 +124,11 @@ impl Epoll {
                         continue;
                     }
                     // Read at once: data may have arrived before registration.
+                    let generation = self.next_generation;
+                    self.next_generation = generation.wrapping_add(1);
                     entry.insert(Socket {
                         stream,
+                        generation,
                         queue: VecDeque::new(),
                         queued: 0,
                         readable: true,
@@ -129,7 +138,7 @@ impl Epoll {
                     });
                     self.read_again.push(id);
                     out.push(Event::Accepted {
-                        conn: ConnId(id),
+                        conn: ConnId::new(id, generation),
                         peer,
                         local,
                         socket: index,
@@ -208,18 +217,13 @@ impl Epoll {
         if socket.readable && closed.is_none() {
             self.read_again.push(id);
         }
+        let conn = ConnId::new(id, socket.generation);
         if !data.is_empty() {
-            out.push(Event::Received {
-                conn: ConnId(id),
-                data,
-            });
+            out.push(Event::Received { conn, data });
         }
         if let Some(error) = closed {
             self.remove(id);
-            out.push(Event::Closed {
-                conn: ConnId(id),
-                error,
-            });
+            out.push(Event::Closed { conn, error });
         }
     }
 
@@ -253,6 +257,13 @@ impl Epoll {
             }
         }
         Ok(())
+    }
+
+    /// The socket of `conn`, if it is still open (not a later connection in its slot).
+    fn socket_mut(&mut self, conn: ConnId) -> Option<&mut Socket> {
+        self.sockets
+            .get_mut(conn.slot())
+            .filter(|s| s.generation == conn.generation())
     }
 
     fn remove(&mut self, id: usize) {
@@ -307,14 +318,14 @@ impl Backend for Epoll {
             }
             if event.is_writable() && !socket.queue.is_empty() {
                 if let Err(e) = Self::flush(socket) {
-                    failed.push((token.0, e));
+                    failed.push((ConnId::new(token.0, socket.generation), e));
                 }
             }
         }
-        for (id, e) in failed {
-            self.remove(id);
+        for (conn, e) in failed {
+            self.remove(conn.slot());
             out.push(Event::Closed {
-                conn: ConnId(id),
+                conn,
                 error: Some(e),
             });
         }
@@ -336,7 +347,7 @@ impl Backend for Epoll {
     }
 
     fn send(&mut self, conn: ConnId, data: Bytes) {
-        let Some(socket) = self.sockets.get_mut(conn.0) else {
+        let Some(socket) = self.socket_mut(conn) else {
             return;
         };
         if data.is_empty() {
@@ -347,40 +358,44 @@ impl Backend for Epoll {
         if socket.queue.len() == 1 {
             if let Err(e) = Self::flush(socket) {
                 // Reported as a close on the next read: mark readable so it is seen.
-                log::debug!("write to connection {} failed: {e}", conn.0);
+                log::debug!("write to connection {conn} failed: {e}");
                 let _ = socket.stream.shutdown(std::net::Shutdown::Both);
                 socket.readable = true;
                 socket.queue.clear();
                 socket.queued = 0;
-                self.read_again.push(conn.0);
+                self.read_again.push(conn.slot());
             }
         }
     }
 
     fn queued_bytes(&self, conn: ConnId) -> usize {
-        self.sockets.get(conn.0).map_or(0, |s| s.queued)
+        self.sockets
+            .get(conn.slot())
+            .filter(|s| s.generation == conn.generation())
+            .map_or(0, |s| s.queued)
     }
 
     fn pause_reading(&mut self, conn: ConnId) {
-        if let Some(socket) = self.sockets.get_mut(conn.0) {
+        if let Some(socket) = self.socket_mut(conn) {
             socket.paused = true;
         }
     }
 
     fn resume_reading(&mut self, conn: ConnId) {
-        if let Some(socket) = self.sockets.get_mut(conn.0) {
+        if let Some(socket) = self.socket_mut(conn) {
             if socket.paused {
                 socket.paused = false;
-                self.read_again.push(conn.0);
+                self.read_again.push(conn.slot());
             }
         }
     }
 
     fn close(&mut self, conn: ConnId) {
-        if let Some(socket) = self.sockets.get_mut(conn.0) {
-            let _ = Self::flush(socket);
-            let _ = socket.stream.shutdown(std::net::Shutdown::Both);
-        }
-        self.remove(conn.0);
+        let Some(socket) = self.socket_mut(conn) else {
+            return;
+        };
+        let _ = Self::flush(socket);
+        let _ = socket.stream.shutdown(std::net::Shutdown::Both);
+        self.remove(conn.slot());
     }
 }

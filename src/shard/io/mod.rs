@@ -29,9 +29,7 @@ use std::time::Duration;
 /// Most bytes read from one connection in one `wait`.
 pub const READ_MAX_PER_TURN: usize = 64 * 1024;
 
-/// A connection's id on its shard; reused after the connection is closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub usize);
+pub use crate::types::ConnId;
 
 #[derive(Debug)]
 pub enum Event {
