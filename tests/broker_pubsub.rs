@@ -210,3 +210,35 @@ fn the_inflight_window_and_the_queue_are_bounded() {
         broker.wait_for_log("Outgoing messages are being dropped for client slow-acker.");
     });
 }
+
+/// Packets take effect in the order the broker reads them: a SUBSCRIBE and a PUBLISH to
+/// the same topic in one write deliver the message back (as Mosquitto does), with the
+/// SUBACK first.
+#[test]
+fn subscribe_then_publish_in_one_write_delivers_in_order() {
+    Broker::each_threads(&[], |broker| {
+        for attempt in 0..20u16 {
+            let mut c = Raw::connect(broker.port, &format!("echo-{attempt}"));
+            let topic = format!("echo/{attempt}");
+            let mut bytes = subscribe(1, &[(&topic, QoS::AtLeastOnce)])
+                .to_bytes(ProtocolVersion::V311)
+                .unwrap()
+                .to_vec();
+            let publish = publish(&topic, b"self", QoS::AtLeastOnce, 2, false);
+            bytes.extend_from_slice(&publish.to_bytes(ProtocolVersion::V311).unwrap());
+            c.send_bytes(&bytes);
+            assert!(matches!(c.recv(), Packet::SubAck(_)), "attempt {attempt}");
+            // The PUBACK of its PUBLISH and the PUBLISH itself, in either order.
+            let mut got_puback = false;
+            let mut got_message = false;
+            for _ in 0..2 {
+                match c.recv() {
+                    Packet::PubAck(ack) => got_puback = ack.packet_id == 2,
+                    Packet::Publish(p) => got_message = &p.payload[..] == b"self",
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(got_puback && got_message, "attempt {attempt}");
+        }
+    });
+}

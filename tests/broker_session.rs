@@ -171,3 +171,36 @@ fn qos0_is_not_queued_for_an_offline_session() {
     publisher.send(&publish("zero/y", b"live", QoS::AtMostOnce, 0, false));
     assert_eq!(&c.recv_publish().payload[..], b"live");
 }
+
+#[test]
+fn max_queued_messages_0_means_no_limit_as_in_mosquitto() {
+    let conf = config_file(
+        "queued-unlimited",
+        "listener 0 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n",
+    );
+    let broker = Broker::start_configured(&["-c", &conf]);
+    let (mut c, _) = persistent(broker.port, "offline");
+    c.subscribe(&[("q/#", QoS::AtLeastOnce)]);
+    c.send(&Packet::Disconnect(Disconnect::default()));
+    c.expect_closed();
+    // More than the default limit of 1000.
+    let mut publisher = Raw::connect(broker.port, "pub");
+    let count = 1500u16;
+    for i in 1..=count {
+        publisher.send(&publish(
+            "q/x",
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            i,
+            false,
+        ));
+        assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    }
+    let (mut c, ack) = persistent(broker.port, "offline");
+    assert!(ack.session_present);
+    for i in 1..=count {
+        let p = c.recv_publish();
+        assert_eq!(p.payload[..], i.to_be_bytes());
+        c.send(&Packet::PubAck(PubResponse::new(p.packet_id)));
+    }
+}

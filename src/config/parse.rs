@@ -312,7 +312,12 @@ impl Reader {
                 let n = line.number(65535)? as usize;
                 config.inflight_max = if n == 0 { 65535 } else { n };
             }
-            "max_queued_messages" => config.queued_max = line.number(u32::MAX.into())? as usize,
+            "max_queued_messages" => {
+                // Mosquitto: 0 means no limit on the count (max_queued_bytes and the
+                // broker-wide memory_limit still bound what is held).
+                let n = line.number(u32::MAX.into())? as usize;
+                config.queued_max = if n == 0 { usize::MAX } else { n };
+            }
             "max_queued_bytes" => config.queued_bytes_max = line.number(u32::MAX.into())? as usize,
             "max_packet_size" => {
                 config.packet_size_max = line.number(268_435_460)?.max(20) as usize

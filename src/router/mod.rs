@@ -95,3 +95,159 @@ impl Mailboxes {
         self.sleeping[shard].store(false, Ordering::Relaxed);
     }
 }
+
+/// Messages to other shards that found their mailbox full, held in order per target shard.
+///
+/// A message to a shard that already has messages waiting here waits behind them, even if
+/// its mailbox has room by now: messages from one publisher must reach a subscriber in the
+/// order they were published [MQTT-4.6.0-6], and a session handed to a shard must arrive
+/// before the deliveries forwarded to it after the handoff.
+pub struct Outbox {
+    waiting: Vec<std::collections::VecDeque<ShardMsg>>,
+    /// Messages waiting, over all shards (at most `len_max`).
+    len: usize,
+    len_max: usize,
+}
+
+/// What became of a message given to `Outbox::send`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// In the target's mailbox.
+    Delivered,
+    /// Waiting here for room in the mailbox, behind older messages to the same shard.
+    Held,
+    /// Not sent: the outbox is full (the caller counts it).
+    Dropped,
+}
+
+impl Outbox {
+    pub fn new(shards: usize, len_max: usize) -> Outbox {
+        Outbox {
+            waiting: (0..shards).map(|_| Default::default()).collect(),
+            len: 0,
+            len_max,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether messages to `shard` are waiting (a new one would go behind them).
+    pub fn is_held(&self, shard: usize) -> bool {
+        !self.waiting[shard].is_empty()
+    }
+
+    /// Sends `msg` to `shard` now if nothing to it waits and its mailbox has room; holds it
+    /// otherwise. `must_keep` messages (a session, a request for one) are held even past
+    /// `len_max`: dropping them would lose a session.
+    pub fn send(
+        &mut self,
+        mailboxes: &Mailboxes,
+        shard: usize,
+        msg: ShardMsg,
+        must_keep: bool,
+    ) -> Sent {
+        let msg = if self.waiting[shard].is_empty() {
+            match mailboxes.send(shard, msg) {
+                Ok(()) => return Sent::Delivered,
+                Err(msg) => msg,
+            }
+        } else {
+            msg
+        };
+        if self.len >= self.len_max && !must_keep {
+            return Sent::Dropped;
+        }
+        self.waiting[shard].push_back(msg);
+        self.len += 1;
+        Sent::Held
+    }
+
+    /// Passes on what the mailboxes take now, oldest first per shard. True when nothing
+    /// waits any more.
+    pub fn retry(&mut self, mailboxes: &Mailboxes) -> bool {
+        for (shard, queue) in self.waiting.iter_mut().enumerate() {
+            while let Some(msg) = queue.pop_front() {
+                if let Err(msg) = mailboxes.send(shard, msg) {
+                    queue.push_front(msg);
+                    break;
+                }
+                self.len -= 1;
+            }
+        }
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoWaker;
+    impl Waker for NoWaker {
+        fn wake(&self) {}
+    }
+
+    fn deliver(n: u8) -> ShardMsg {
+        ShardMsg::Deliver {
+            message: Arc::new(Message {
+                topic: crate::codec::MqttStr::from_static("t"),
+                payload: bytes::Bytes::from(vec![n]),
+                qos: crate::codec::QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+                origin: None,
+                expires_at: None,
+            }),
+            targets: Vec::new(),
+        }
+    }
+
+    fn payload(msg: ShardMsg) -> u8 {
+        match msg {
+            ShardMsg::Deliver { message, .. } => message.payload[0],
+            _ => panic!("not a delivery"),
+        }
+    }
+
+    #[test]
+    fn a_message_waits_behind_older_ones_to_the_same_shard() {
+        let wakers: Vec<Arc<dyn Waker>> = vec![Arc::new(NoWaker), Arc::new(NoWaker)];
+        let (mailboxes, receivers) = Mailboxes::new(1, wakers);
+        let mut outbox = Outbox::new(2, 16);
+        assert_eq!(
+            outbox.send(&mailboxes, 1, deliver(1), false),
+            Sent::Delivered
+        );
+        // The mailbox (of one) is full: 2 waits.
+        assert_eq!(outbox.send(&mailboxes, 1, deliver(2), false), Sent::Held);
+        // Shard 1 takes 1; its mailbox has room again, but 3 must not pass 2.
+        assert_eq!(payload(receivers[1].try_recv().unwrap()), 1);
+        assert_eq!(outbox.send(&mailboxes, 1, deliver(3), false), Sent::Held);
+        assert!(!outbox.retry(&mailboxes));
+        assert_eq!(payload(receivers[1].try_recv().unwrap()), 2);
+        assert!(outbox.retry(&mailboxes));
+        assert_eq!(payload(receivers[1].try_recv().unwrap()), 3);
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_full_outbox_drops_what_may_be_dropped_and_keeps_sessions() {
+        let wakers: Vec<Arc<dyn Waker>> = vec![Arc::new(NoWaker), Arc::new(NoWaker)];
+        let (mailboxes, _receivers) = Mailboxes::new(1, wakers);
+        let mut outbox = Outbox::new(2, 1);
+        assert_eq!(
+            outbox.send(&mailboxes, 1, deliver(1), false),
+            Sent::Delivered
+        );
+        assert_eq!(outbox.send(&mailboxes, 1, deliver(2), false), Sent::Held);
+        assert_eq!(outbox.send(&mailboxes, 1, deliver(3), false), Sent::Dropped);
+        assert_eq!(outbox.send(&mailboxes, 1, deliver(4), true), Sent::Held);
+        assert_eq!(outbox.len(), 2);
+    }
+}

@@ -140,13 +140,9 @@ impl<B: Backend> Shard<B> {
                     conn,
                     clean_start,
                 };
-                if self.shared.mailboxes.send(owner, msg).is_err() {
-                    // Its mailbox is full: refuse for now rather than block; the client retries.
-                    if let Some(c) = self.conn_mut(conn) {
-                        let connect = c.waiting_handoff.take().expect("just set");
-                        self.refuse(conn, &connect, ReasonCode::ServerBusy);
-                    }
-                }
+                // Never dropped, and never refused for a full mailbox: the registry already
+                // names this shard, so the request must reach the owner.
+                self.outbox.send(&self.shared.mailboxes, owner, msg, true);
             }
             _ => {
                 let existing = self.by_client.get(&client_id).copied();
@@ -472,10 +468,8 @@ impl<B: Backend> Shard<B> {
             conn,
             session,
         };
-        if let Err(msg) = self.shared.mailboxes.send(to, msg) {
-            // Never dropped: a handoff carries a session. Held with the QoS 1/2 overflow.
-            self.overflow.push_back((to, msg));
-        }
+        // Never dropped: a handoff carries a session.
+        self.outbox.send(&self.shared.mailboxes, to, msg, true);
     }
 
     /// The session asked for in `on_connect` arrived (or `None`: there was none to take).
@@ -494,9 +488,7 @@ impl<B: Backend> Shard<B> {
                 conn: their_conn,
                 session,
             };
-            if let Err(msg) = self.shared.mailboxes.send(to, msg) {
-                self.overflow.push_back((to, msg));
-            }
+            self.outbox.send(&self.shared.mailboxes, to, msg, true);
             return;
         }
         let connect = self.conn_mut(conn).and_then(|c| {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS};
-use crate::router::{Message, ShardMsg, Target};
+use crate::router::{Message, Sent, ShardMsg, Target};
 use crate::session::{InFlight, Queued};
 use crate::topic::{Match, SessionId};
 
@@ -93,6 +93,9 @@ impl<B: Backend> Shard<B> {
     /// group the targets by owning shard, deliver this shard's directly and send one message
     /// to each other shard. `from` is the publishing connection (paused if its messages wait).
     pub(super) fn route(&mut self, message: &Arc<Message>, from: Option<ConnId>) {
+        // Subscriptions read earlier in this turn take effect first: packets act in the
+        // order the shard reads them, whoever sent them.
+        self.apply_trie_ops();
         let snapshot = self.shared.trie.load();
         let mut targets = std::mem::take(&mut self.targets);
         let shards = targets.len();
@@ -165,29 +168,34 @@ impl<B: Backend> Shard<B> {
         self.targets = targets;
     }
 
-    /// Passes a message to another shard; a full mailbox drops QoS 0 (counted) and holds
-    /// QoS 1/2, pausing the publisher until it is through.
+    /// Passes a message to another shard, behind what already waits for it. QoS 0 that
+    /// cannot go at once is dropped (counted); QoS 1/2 waits in the outbox, and its
+    /// publisher is paused until the outbox is empty.
     fn send_to_shard(&mut self, shard: usize, msg: ShardMsg, qos: QoS, from: Option<ConnId>) {
-        let Err(msg) = self.shared.mailboxes.send(shard, msg) else {
-            return;
-        };
         if qos == QoS::AtMostOnce {
-            self.stats()
-                .dropped_mailbox_full
-                .fetch_add(1, Ordering::Relaxed);
+            let sent =
+                !self.outbox.is_held(shard) && self.shared.mailboxes.send(shard, msg).is_ok();
+            if !sent {
+                self.stats()
+                    .dropped_mailbox_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             return;
         }
-        if self.overflow.len() >= super::OVERFLOW_MAX {
-            self.stats()
-                .dropped_overflow_full
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.overflow.push_back((shard, msg));
-        if let Some(conn) = from {
-            if !self.paused.contains(&conn) {
-                self.backend.pause_reading(conn);
-                self.paused.push(conn);
+        match self.outbox.send(&self.shared.mailboxes, shard, msg, false) {
+            Sent::Delivered => {}
+            Sent::Dropped => {
+                self.stats()
+                    .dropped_overflow_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Sent::Held => {
+                if let Some(conn) = from {
+                    if !self.paused.contains(&conn) {
+                        self.backend.pause_reading(conn);
+                        self.paused.push(conn);
+                    }
+                }
             }
         }
     }

@@ -23,7 +23,7 @@ use crossbeam_channel::Receiver;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crate::codec::{Packet, ProtocolVersion};
 use crate::config::Config;
 use crate::retain::RetainStore;
-use crate::router::{Mailboxes, ShardMsg};
+use crate::router::{Mailboxes, Outbox, ShardMsg};
 use crate::session::Session;
 use crate::topic::{SessionId, SubscriptionTree, TreeWriter};
 use conn::Conn;
@@ -116,7 +116,7 @@ pub struct Shard<B: Backend> {
     targets: Vec<Vec<crate::router::Target>>,
     /// Cross-shard messages waiting for room in a full mailbox, and the publishers paused
     /// until they are through.
-    overflow: VecDeque<(usize, ShardMsg)>,
+    outbox: Outbox,
     paused: Vec<ConnId>,
     /// Sessions handed to another shard, and until when to forward their deliveries.
     moved: HashMap<SessionId, (usize, Instant)>,
@@ -154,7 +154,7 @@ impl<B: Backend> Shard<B> {
             trie_ops: Vec::new(),
             after_trie: Vec::new(),
             targets: vec![Vec::new(); shards],
-            overflow: VecDeque::new(),
+            outbox: Outbox::new(shards, OVERFLOW_MAX),
             paused: Vec::new(),
             moved: HashMap::new(),
             forward_handoff: HashMap::new(),
@@ -178,7 +178,7 @@ impl<B: Backend> Shard<B> {
             let now = Instant::now();
             let mut timeout = next_tick.saturating_duration_since(now);
             self.shared.mailboxes.going_to_sleep(self.id);
-            if !self.mailbox.is_empty() || !self.overflow.is_empty() {
+            if !self.mailbox.is_empty() || !self.outbox.is_empty() {
                 timeout = Duration::ZERO;
             }
             let mut events = std::mem::take(&mut self.events);
@@ -383,6 +383,11 @@ impl<B: Backend> Shard<B> {
             }
             return;
         };
+        if !matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_)) {
+            // SUBACKs and UNSUBACKs waiting for this turn's trie batch go out before the
+            // reply to any later packet: a client's replies come in the order it asked.
+            self.apply_trie_ops();
+        }
         match packet {
             // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
             Packet::Connect(_) => self.protocol_violation(conn, "second CONNECT"),
@@ -479,11 +484,8 @@ impl<B: Backend> Shard<B> {
     /// Sends what waits for full mailboxes, oldest first; resumes paused publishers once
     /// nothing waits.
     fn retry_overflow(&mut self) {
-        while let Some((shard, msg)) = self.overflow.pop_front() {
-            if let Err(msg) = self.shared.mailboxes.send(shard, msg) {
-                self.overflow.push_front((shard, msg));
-                return;
-            }
+        if !self.outbox.retry(&self.shared.mailboxes) {
+            return;
         }
         for conn in std::mem::take(&mut self.paused) {
             self.backend.resume_reading(conn);

@@ -225,6 +225,9 @@ impl<B: Backend> Shard<B> {
 
     /// Applies this turn's subscription changes as one batch, then sends what waited on it.
     pub(super) fn apply_trie_ops(&mut self) {
+        if self.trie_ops.is_empty() && self.after_trie.is_empty() {
+            return;
+        }
         if !self.trie_ops.is_empty() {
             let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
             for op in self.trie_ops.drain(..) {
