@@ -373,3 +373,36 @@ fn response_information_only_when_asked_for() {
     let (_b, ack) = connect5(broker.port, v5("quiet"));
     assert_eq!(ack.properties.response_information, None);
 }
+
+/// A client still sending when the broker disconnects it (answering what it read, as client
+/// libraries do) reads the DISCONNECT and its reason, not a reset: the broker shuts its
+/// write side and reads what comes for a while before closing.
+#[test]
+fn a_client_still_writing_reads_the_disconnect_reason() {
+    Broker::each_threads(&[], |broker| {
+        let (mut flood, _) = connect5(broker.port, v5("keeps-writing"));
+        let mut burst = Vec::new();
+        for id in 1..=21u16 {
+            let packet = publish5("rm/flood", b"x", QoS::ExactlyOnce, id, Default::default());
+            burst.extend_from_slice(&packet.to_bytes(ProtocolVersion::V5).unwrap());
+        }
+        flood.send_bytes(&burst);
+        // The client answers the PUBRECs it has not read yet, as a library would, over a
+        // while after the broker has sent its DISCONNECT: no write may fail.
+        for id in 1..=40u16 {
+            let rel = Packet::PubRel(PubResponse::new(id))
+                .to_bytes(ProtocolVersion::V5)
+                .unwrap();
+            std::io::Write::write_all(&mut flood.stream, &rel)
+                .unwrap_or_else(|e| panic!("write {id} after the DISCONNECT failed: {e}"));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = without_reason_strings(flood.expect_closed());
+        assert_eq!(
+            got.last(),
+            Some(&Packet::Disconnect(Disconnect::with_reason(
+                ReasonCode::ReceiveMaximumExceeded
+            )))
+        );
+    });
+}

@@ -24,6 +24,10 @@ const EVENTS_CAPACITY: usize = 1024;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Buffers written per `writev`.
 const IOVECS_MAX: usize = 64;
+/// How long a connection the shard closed lingers to let the peer read what was sent last,
+/// and how much it may still send meanwhile (read and discarded).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_DISCARD_MAX: usize = 256 * 1024;
 
 struct Socket {
     stream: TcpStream,
@@ -37,6 +41,15 @@ struct Socket {
     /// read, or the close would never be seen (no further edge comes).
     read_closed: bool,
     paused: bool,
+    /// Closed by the shard: what is queued is written, then the write side is shut and
+    /// what the peer still sends is read and thrown away until it closes too (or the
+    /// linger runs out), so that the peer reads our last packet (a DISCONNECT with its
+    /// reason) instead of a reset. No events are reported for it any more.
+    closing: bool,
+    /// Closing: the write side is shut (after the queue was written).
+    write_shut: bool,
+    /// Closing: bytes read and thrown away so far.
+    discarded: usize,
     /// Bytes to allocate for the next read: small for quiet connections (a CONNECT, a
     /// PINGREQ), doubled each time a read fills it, up to `READ_CHUNK_MAX`. Buffers are
     /// handed to the shard (zero-copy decoding), so a burst of new connections must not
@@ -60,6 +73,9 @@ pub struct Epoll {
     /// Sockets to read this turn without waiting for an event.
     read_again: Vec<usize>,
     waker: Arc<mio::Waker>,
+    /// Connections closing (see `Socket::closing`) by the time their linger ends, oldest
+    /// first (every linger is as long, so this is also deadline order).
+    closing: VecDeque<(Instant, ConnId)>,
     /// The generation the next accepted connection gets: ids of closed connections are
     /// never given out again (until the counter wraps, after 2^32 connections).
     next_generation: u32,
@@ -99,6 +115,7 @@ impl Epoll {
             read_again: Vec::new(),
             waker,
             next_generation: 0,
+            closing: VecDeque::new(),
         })
     }
 
@@ -134,6 +151,9 @@ impl Epoll {
                         readable: true,
                         read_closed: false,
                         paused: false,
+                        closing: false,
+                        write_shut: false,
+                        discarded: 0,
                         read_chunk: READ_CHUNK_MIN,
                     });
                     self.read_again.push(id);
@@ -170,6 +190,14 @@ impl Epoll {
             return;
         };
         if socket.paused || !socket.readable {
+            return;
+        }
+        if socket.closing {
+            if Self::discard(socket) {
+                self.remove(id);
+            } else if socket.readable {
+                self.read_again.push(id);
+            }
             return;
         }
         let mut data = BytesMut::new();
@@ -224,6 +252,42 @@ impl Epoll {
         if let Some(error) = closed {
             self.remove(id);
             out.push(Event::Closed { conn, error });
+        }
+    }
+
+    /// Reads and throws away what a closing connection's peer sends, up to this turn's
+    /// share. True once it is to be closed for good: the peer closed, an error, or more
+    /// discarded than a linger allows.
+    fn discard(socket: &mut Socket) -> bool {
+        let mut scratch = [0u8; 4096];
+        let mut turn = 0;
+        while turn < READ_MAX_PER_TURN {
+            match socket.stream.read(&mut scratch) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    turn += n;
+                    socket.discarded += n;
+                    if socket.discarded > LINGER_DISCARD_MAX {
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    socket.readable = false;
+                    return false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    /// Once a closing connection's queue is written, shuts its write side: the peer reads
+    /// everything, then the end of the stream.
+    fn shut_write_when_flushed(socket: &mut Socket) {
+        if socket.closing && !socket.write_shut && socket.queue.is_empty() {
+            let _ = socket.stream.shutdown(std::net::Shutdown::Write);
+            socket.write_shut = true;
         }
     }
 
@@ -285,9 +349,14 @@ impl Backend for Epoll {
         let timeout = if busy {
             Some(Duration::ZERO)
         } else {
-            match (timeout, self.accept_retry_at) {
+            let wake_at = [self.accept_retry_at, self.closing.front().map(|c| c.0)]
+                .into_iter()
+                .flatten()
+                .min();
+            match (timeout, wake_at) {
                 (Some(t), Some(at)) => Some(t.min(at.saturating_duration_since(Instant::now()))),
-                (t, _) => t,
+                (None, Some(at)) => Some(at.saturating_duration_since(Instant::now())),
+                (t, None) => t,
             }
         };
         match self.poll.poll(&mut self.events, timeout) {
@@ -317,17 +386,32 @@ impl Backend for Epoll {
                 self.read_again.push(token.0);
             }
             if event.is_writable() && !socket.queue.is_empty() {
-                if let Err(e) = Self::flush(socket) {
-                    failed.push((ConnId::new(token.0, socket.generation), e));
+                match Self::flush(socket) {
+                    Ok(()) => Self::shut_write_when_flushed(socket),
+                    Err(e) => failed.push((ConnId::new(token.0, socket.generation), e)),
                 }
             }
         }
         for (conn, e) in failed {
+            let closing = self.sockets[conn.slot()].closing;
             self.remove(conn.slot());
-            out.push(Event::Closed {
-                conn,
-                error: Some(e),
-            });
+            if !closing {
+                out.push(Event::Closed {
+                    conn,
+                    error: Some(e),
+                });
+            }
+        }
+        // Lingers that ran out: closed now, whatever the peer does.
+        let now = Instant::now();
+        while let Some(&(deadline, conn)) = self.closing.front() {
+            if deadline > now {
+                break;
+            }
+            self.closing.pop_front();
+            if self.socket_mut(conn).is_some_and(|s| s.closing) {
+                self.remove(conn.slot());
+            }
         }
         for index in 0..self.listeners.len() {
             if self.accept_pending[index] {
@@ -347,7 +431,7 @@ impl Backend for Epoll {
     }
 
     fn send(&mut self, conn: ConnId, data: Bytes) {
-        let Some(socket) = self.socket_mut(conn) else {
+        let Some(socket) = self.socket_mut(conn).filter(|s| !s.closing) else {
             return;
         };
         if data.is_empty() {
@@ -394,8 +478,83 @@ impl Backend for Epoll {
         let Some(socket) = self.socket_mut(conn) else {
             return;
         };
-        let _ = Self::flush(socket);
-        let _ = socket.stream.shutdown(std::net::Shutdown::Both);
-        self.remove(conn.slot());
+        if socket.closing {
+            return;
+        }
+        socket.closing = true;
+        socket.paused = false;
+        if Self::flush(socket).is_err() {
+            self.remove(conn.slot());
+            return;
+        }
+        Self::shut_write_when_flushed(socket);
+        // Whatever is already in the receive buffer is read (and dropped) at once.
+        socket.readable = true;
+        self.read_again.push(conn.slot());
+        self.closing.push_back((Instant::now() + LINGER, conn));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    /// Waits (up to a deadline) for the backend to report an event `pick` accepts.
+    fn next_event<T>(backend: &mut Epoll, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut events = Vec::new();
+        loop {
+            backend
+                .wait(Some(Duration::from_millis(10)), &mut events)
+                .unwrap();
+            if let Some(found) = events.iter().find_map(&mut pick) {
+                return found;
+            }
+            events.clear();
+            assert!(Instant::now() < until, "no such event");
+        }
+    }
+
+    fn accepted(event: &Event) -> Option<ConnId> {
+        match event {
+            Event::Accepted { conn, .. } => Some(*conn),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_closed_connections_id_never_names_the_next_one_in_its_slot() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut backend = Epoll::new(vec![listener]).unwrap();
+
+        let mut first = std::net::TcpStream::connect(addr).unwrap();
+        let old = next_event(&mut backend, accepted);
+        backend.close(old);
+        // The first peer reads the end of the stream, then closes: the slot is free.
+        let mut rest = Vec::new();
+        first.read_to_end(&mut rest).unwrap();
+        drop(first);
+        let until = Instant::now() + Duration::from_secs(10);
+        while backend.sockets.contains(old.slot()) {
+            backend
+                .wait(Some(Duration::from_millis(10)), &mut Vec::new())
+                .unwrap();
+            assert!(Instant::now() < until, "the closed socket lingers on");
+        }
+
+        let mut second = std::net::TcpStream::connect(addr).unwrap();
+        let new = next_event(&mut backend, accepted);
+        assert_eq!(new.slot(), old.slot(), "the slot is reused");
+        assert_ne!(new, old);
+        // What is done with the old id does not reach the new connection.
+        backend.send(old, Bytes::from_static(b"stale"));
+        backend.close(old);
+        assert_eq!(backend.queued_bytes(old), 0);
+        backend.send(new, Bytes::from_static(b"fresh"));
+        let mut got = [0u8; 5];
+        second.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"fresh");
     }
 }

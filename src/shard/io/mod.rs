@@ -16,7 +16,12 @@
 //!   everything that turn produced, so many packets go out in one write.
 //! - `pause_reading` / `resume_reading` stop and restart delivery of received bytes from
 //!   one connection (back-pressure on publishers whose messages wait).
-//! - `close` writes what it can of the queue without blocking and closes the socket.
+//! - `close` ends the connection for the shard at once (no event names its id again) and
+//!   closes it gracefully: the queue is written, the write side shut, and what the peer
+//!   still sends is read and discarded for a bounded time and amount, so that the peer reads
+//!   the last packet (a DISCONNECT with its reason) instead of a reset.
+//! - Connection ids carry a generation: an id stays invalid once its connection is closed,
+//!   even after its slot is reused, and calls naming it do nothing.
 //! - A `Waker` lets another thread end a `wait` early.
 
 pub mod epoll;
