@@ -498,7 +498,6 @@ impl Backend for Epoll {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
 
     /// Waits (up to a deadline) for the backend to report an event `pick` accepts.
     fn next_event<T>(backend: &mut Epoll, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
