@@ -4,20 +4,14 @@
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::{Config, CpuAffinity};
-use crate::retain::RetainStore;
-use crate::router::Mailboxes;
 use crate::shard::io::epoll::Epoll;
 use crate::shard::io::Waker;
 use crate::shard::{Shard, Shared};
-use crate::topic::{SubscriptionTree, TreeWriter};
-
-/// Messages one shard's mailbox holds before senders must hold or drop.
-const MAILBOX_CAPACITY: usize = 16 * 1024;
 
 pub struct Server {
     shared: Arc<Shared>,
@@ -126,29 +120,7 @@ impl Server {
             drop_privileges(user)?;
         }
         let wakers: Vec<Arc<dyn Waker>> = backends.iter().map(|b| b.waker()).collect();
-        let (mailboxes, receivers) = Mailboxes::new(MAILBOX_CAPACITY, wakers);
-        let trie = SubscriptionTree::new();
-        let shared = Arc::new(Shared {
-            trie_writer: Mutex::new(TreeWriter::new(trie.clone())),
-            trie,
-            retained: Mutex::new(RetainStore::default()),
-            registry: Mutex::new(Default::default()),
-            mailboxes,
-            next_session: AtomicU64::new(1),
-            connections: Default::default(),
-            auth_methods,
-            shutdown: AtomicBool::new(false),
-            started: std::time::Instant::now(),
-            stats: (0..shards).map(|_| Default::default()).collect(),
-            listener_of_socket,
-            listener_connections: config
-                .listeners
-                .iter()
-                .map(|_| Default::default())
-                .collect(),
-            config_generation: AtomicU64::new(0),
-            config: arc_swap::ArcSwap::from_pointee(config),
-        });
+        let (shared, receivers) = Shared::new(config, wakers, listener_of_socket, auth_methods);
         let config = shared.config.load_full();
         let cores: Vec<core_affinity::CoreId> = match &config.cpu_affinity {
             CpuAffinity::Auto => core_affinity::get_core_ids().unwrap_or_default(),

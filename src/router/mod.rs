@@ -23,13 +23,11 @@ pub enum ShardMsg {
     TakeSession {
         client_id: Arc<str>,
         to: usize,
-        conn: ConnId,
         clean_start: bool,
     },
     /// The answer to `TakeSession`: the session, if there was one to hand over.
     Handoff {
         client_id: Arc<str>,
-        conn: ConnId,
         session: Option<SessionBox>,
     },
 }

@@ -123,4 +123,24 @@ impl Session {
     pub fn inflight_position(&self, packet_id: u16) -> Option<usize> {
         self.inflight.iter().position(|f| f.packet_id == packet_id)
     }
+
+    /// What must hold after every change (checked between turns in debug builds).
+    pub fn check_invariants(&self) {
+        let queued: usize = self.queue.iter().map(|q| q.message.payload.len()).sum();
+        assert_eq!(
+            self.queued_bytes, queued,
+            "queued_bytes of {}",
+            self.client_id
+        );
+        let mut ids = HashSet::new();
+        for f in &self.inflight {
+            assert_ne!(f.packet_id, 0, "[MQTT-2.2.1-3]");
+            assert!(
+                ids.insert(f.packet_id),
+                "packet id {} twice in flight [MQTT-2.2.1-4]",
+                f.packet_id
+            );
+            assert!(!f.released || f.qos == QoS::ExactlyOnce);
+        }
+    }
 }

@@ -126,30 +126,42 @@ impl<B: Backend> Shard<B> {
             .lock()
             .expect("registry lock")
             .insert(client_id.clone(), self.id);
-        match previous_owner {
-            Some(owner) if owner != self.id => {
-                // The session lives on another shard: ask for it, and answer CONNECT when
-                // it arrives (`on_handoff`).
-                let clean_start = connect.clean_start;
-                if let Some(c) = self.conn_mut(conn) {
-                    c.waiting_handoff = Some(connect);
-                }
+        let elsewhere = previous_owner.filter(|&owner| owner != self.id);
+        if elsewhere.is_some() || self.awaiting.contains_key(&client_id) {
+            // The session lives on another shard, or is already on its way here for an
+            // earlier connection of this client: this connection waits for it, and CONNECT
+            // is answered when it arrives (`on_handoff`).
+            let clean_start = connect.clean_start;
+            if let Some(c) = self.conn_mut(conn) {
+                c.waiting_handoff = Some(connect);
+            }
+            if let Some(earlier) = self.awaiting.insert(client_id.clone(), conn) {
+                self.close_waiting(earlier, &client_id);
+            }
+            if let Some(owner) = elsewhere {
                 let msg = ShardMsg::TakeSession {
                     client_id,
                     to: self.id,
-                    conn,
                     clean_start,
                 };
                 // Never dropped, and never refused for a full mailbox: the registry already
                 // names this shard, so the request must reach the owner.
                 self.outbox.send(&self.shared.mailboxes, owner, msg, true);
             }
-            _ => {
-                let existing = self.by_client.get(&client_id).copied();
-                let session =
-                    existing.and_then(|id| self.take_local_session(id, connect.clean_start));
-                self.accept_connect(conn, *connect, client_id, assigned, session);
+            return;
+        }
+        let existing = self.by_client.get(&client_id).copied();
+        let session = existing.and_then(|id| self.take_local_session(id, connect.clean_start));
+        self.accept_connect(conn, *connect, client_id, assigned, session);
+    }
+
+    /// Closes a connection that was waiting for its session, taken over by a newer one.
+    fn close_waiting(&mut self, conn: ConnId, client_id: &str) {
+        if let Some(c) = self.take_conn(conn) {
+            if self.config.connection_messages {
+                log::info!("Client {client_id} already connected, closing old connection.");
             }
+            self.close_socket(c);
         }
     }
 
@@ -424,33 +436,16 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Another shard asks for the session of `client_id` for its connection `conn`.
-    pub(super) fn on_take_session(
-        &mut self,
-        client_id: Arc<str>,
-        to: usize,
-        conn: ConnId,
-        clean_start: bool,
-    ) {
+    pub(super) fn on_take_session(&mut self, client_id: Arc<str>, to: usize, clean_start: bool) {
         log::debug!(
             "Handing the session of {client_id} from shard {} to shard {to}.",
             self.id
         );
         // A connection here is itself waiting for this session from a third shard: close it,
         // and pass the session on when it comes.
-        let waiting = self
-            .conns
-            .iter()
-            .flatten()
-            .find(|c| c.waiting_handoff.is_some() && c.client_id.as_ref() == Some(&client_id))
-            .map(|c| c.id);
-        if let Some(waiting) = waiting {
-            if self.config.connection_messages {
-                log::info!("Client {client_id} already connected, closing old connection.");
-            }
-            if let Some(c) = self.take_conn(waiting) {
-                self.close_socket(c);
-            }
-            self.forward_handoff.insert(client_id, (to, conn));
+        if let Some(waiting) = self.awaiting.remove(&client_id) {
+            self.close_waiting(waiting, &client_id);
+            self.forward_handoff.insert(client_id, to);
             return;
         }
         let session = match self.by_client.get(&client_id).copied() {
@@ -463,51 +458,47 @@ impl<B: Backend> Shard<B> {
             }
             None => None,
         };
-        let msg = ShardMsg::Handoff {
-            client_id,
-            conn,
-            session,
-        };
+        let msg = ShardMsg::Handoff { client_id, session };
         // Never dropped: a handoff carries a session.
         self.outbox.send(&self.shared.mailboxes, to, msg, true);
     }
 
     /// The session asked for in `on_connect` arrived (or `None`: there was none to take).
-    pub(super) fn on_handoff(
-        &mut self,
-        client_id: Arc<str>,
-        conn: ConnId,
-        session: Option<SessionBox>,
-    ) {
-        if let Some((to, their_conn)) = self.forward_handoff.remove(&client_id) {
+    pub(super) fn on_handoff(&mut self, client_id: Arc<str>, session: Option<SessionBox>) {
+        if let Some(to) = self.forward_handoff.remove(&client_id) {
             if let Some(s) = &session {
                 self.moved.insert(s.id, (to, Instant::now()));
             }
-            let msg = ShardMsg::Handoff {
-                client_id,
-                conn: their_conn,
-                session,
-            };
+            let msg = ShardMsg::Handoff { client_id, session };
             self.outbox.send(&self.shared.mailboxes, to, msg, true);
             return;
         }
-        let connect = self.conn_mut(conn).and_then(|c| {
-            let ours = c.client_id.as_ref() == Some(&client_id);
-            if ours {
-                c.waiting_handoff.take()
-            } else {
-                None
-            }
+        // The connection waiting for it now: the one that asked, or a newer connection of
+        // the same client that took its place meanwhile.
+        let waiting = self.awaiting.remove(&client_id);
+        let connect = waiting.and_then(|conn| {
+            let c = self.conn_mut(conn)?;
+            let connect = c.waiting_handoff.take()?;
+            Some((conn, connect))
         });
         match connect {
-            Some(connect) => {
-                let session = session.filter(|_| !connect.clean_start);
+            Some((conn, connect)) => {
+                let session = match session {
+                    Some(session) if connect.clean_start => {
+                        self.end_session(session, false);
+                        None
+                    }
+                    other => other,
+                };
                 self.accept_connect(conn, *connect, client_id, false, session);
                 self.process_input(conn);
             }
             // The connection went away meanwhile: keep a persistent session here, offline.
+            // (No other session of this client can be here: a connection made meanwhile
+            // waited for this one.)
             None => match session {
                 Some(mut session) => {
+                    debug_assert!(!self.by_client.contains_key(&client_id));
                     session.conn = None;
                     self.adopt_subscriptions(&mut session);
                     let id = session.id;
@@ -515,14 +506,9 @@ impl<B: Backend> Shard<B> {
                     self.sessions.insert(id, session);
                     self.schedule_expiry(id);
                 }
-                // No session either: the client id is no longer this shard's, unless another
-                // connection here has taken it up since.
+                // No session either: the client id is no longer this shard's.
                 None => {
-                    let taken_up = self.by_client.contains_key(&client_id)
-                        || self.conns.iter().flatten().any(|c| {
-                            c.waiting_handoff.is_some() && c.client_id.as_ref() == Some(&client_id)
-                        });
-                    if !taken_up {
+                    if !self.by_client.contains_key(&client_id) {
                         let mut registry = self.shared.registry.lock().expect("registry lock");
                         if registry.get(&client_id) == Some(&self.id) {
                             registry.remove(&client_id);

@@ -78,7 +78,45 @@ pub struct Shared {
     pub stats: Box<[CachePadded<Stats>]>,
 }
 
+/// Messages one shard's mailbox holds before senders must hold or drop.
+pub const MAILBOX_CAPACITY: usize = 16 * 1024;
+
 impl Shared {
+    /// The state of a broker of one shard per waker, whose listening sockets belong to the
+    /// configured listeners `listener_of_socket`; returns each shard's mailbox receiver.
+    pub fn new(
+        config: Config,
+        wakers: Vec<Arc<dyn io::Waker>>,
+        listener_of_socket: Vec<usize>,
+        auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
+    ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
+        let shards = wakers.len();
+        let (mailboxes, receivers) = Mailboxes::new(MAILBOX_CAPACITY, wakers);
+        let trie = SubscriptionTree::new();
+        let shared = Arc::new(Shared {
+            trie_writer: Mutex::new(TreeWriter::new(trie.clone())),
+            trie,
+            retained: Mutex::new(RetainStore::default()),
+            registry: Mutex::new(Default::default()),
+            mailboxes,
+            next_session: AtomicU64::new(1),
+            connections: Default::default(),
+            auth_methods,
+            shutdown: AtomicBool::new(false),
+            started: Instant::now(),
+            stats: (0..shards).map(|_| Default::default()).collect(),
+            listener_of_socket,
+            listener_connections: config
+                .listeners
+                .iter()
+                .map(|_| Default::default())
+                .collect(),
+            config_generation: AtomicU64::new(0),
+            config: arc_swap::ArcSwap::from_pointee(config),
+        });
+        (shared, receivers)
+    }
+
     /// Replaces the settings; every shard takes them at its next turn and checks its
     /// clients against the new security settings.
     pub fn reload(&self, config: Config) {
@@ -121,7 +159,10 @@ pub struct Shard<B: Backend> {
     /// Sessions handed to another shard, and until when to forward their deliveries.
     moved: HashMap<SessionId, (usize, Instant)>,
     /// Client ids whose session must go on to another shard when it arrives here.
-    forward_handoff: HashMap<Arc<str>, (usize, ConnId)>,
+    forward_handoff: HashMap<Arc<str>, usize>,
+    /// Client ids whose session this shard asked for and has not received, with the
+    /// connection waiting for it (the newest, if the client connected again meanwhile).
+    awaiting: HashMap<Arc<str>, ConnId>,
     /// Round-robin position for shared subscriptions.
     share_turn: usize,
     /// Offline 5.0 sessions by expiry time (entries made stale by a resume are skipped).
@@ -158,6 +199,7 @@ impl<B: Backend> Shard<B> {
             paused: Vec::new(),
             moved: HashMap::new(),
             forward_handoff: HashMap::new(),
+            awaiting: HashMap::new(),
             share_turn: id,
             expiries: BinaryHeap::new(),
             will_timers: BinaryHeap::new(),
@@ -170,46 +212,111 @@ impl<B: Backend> Shard<B> {
     /// Runs the event loop until shutdown.
     pub fn run(mut self) {
         let mut next_tick = Instant::now() + TIMER_TICK;
-        loop {
-            if self.shared.shutdown.load(Ordering::Acquire) {
-                self.shut_down();
-                return;
-            }
-            let now = Instant::now();
-            let mut timeout = next_tick.saturating_duration_since(now);
-            self.shared.mailboxes.going_to_sleep(self.id);
-            if !self.mailbox.is_empty() || !self.outbox.is_empty() {
-                timeout = Duration::ZERO;
-            }
-            let mut events = std::mem::take(&mut self.events);
-            if let Err(e) = self.backend.wait(Some(timeout), &mut events) {
-                log::error!("Error: shard {} event loop: {e}", self.id);
-            }
-            self.shared.mailboxes.awake(self.id);
-            // New settings (a reload) apply from here on, to what this wait brought in too:
-            // a client that connects after a reload is judged by the new settings.
-            let generation = self.shared.config_generation.load(Ordering::Acquire);
-            if generation != self.config_generation {
-                self.config_generation = generation;
-                self.config = self.shared.config.load_full();
-                self.recheck_clients();
-            }
-            for event in events.drain(..) {
-                self.on_event(event);
-            }
-            self.events = events;
-            self.drain_mailbox();
-            if self.id == 0 {
-                self.publish_log_lines();
-            }
-            self.retry_overflow();
-            self.apply_trie_ops();
-            if Instant::now() >= next_tick {
-                self.check_timers();
-                next_tick = Instant::now() + TIMER_TICK;
-            }
-            self.flush();
+        while self.turn(&mut next_tick) {}
+    }
+
+    /// One turn of the event loop: wait (at most until `next_tick`), handle what came, send
+    /// what that produced. False once the broker is shutting down (the shard has closed
+    /// its connections). A simulation steps shards by calling this.
+    pub fn turn(&mut self, next_tick: &mut Instant) -> bool {
+        if self.shared.shutdown.load(Ordering::Acquire) {
+            self.shut_down();
+            return false;
         }
+        let now = Instant::now();
+        let mut timeout = next_tick.saturating_duration_since(now);
+        self.shared.mailboxes.going_to_sleep(self.id);
+        if !self.mailbox.is_empty() || !self.outbox.is_empty() {
+            timeout = Duration::ZERO;
+        }
+        let mut events = std::mem::take(&mut self.events);
+        if let Err(e) = self.backend.wait(Some(timeout), &mut events) {
+            log::error!("Error: shard {} event loop: {e}", self.id);
+        }
+        self.shared.mailboxes.awake(self.id);
+        // New settings (a reload) apply from here on, to what this wait brought in too:
+        // a client that connects after a reload is judged by the new settings.
+        let generation = self.shared.config_generation.load(Ordering::Acquire);
+        if generation != self.config_generation {
+            self.config_generation = generation;
+            self.config = self.shared.config.load_full();
+            self.recheck_clients();
+        }
+        for event in events.drain(..) {
+            self.on_event(event);
+        }
+        self.events = events;
+        self.drain_mailbox();
+        if self.id == 0 {
+            self.publish_log_lines();
+        }
+        self.retry_overflow();
+        self.apply_trie_ops();
+        if Instant::now() >= *next_tick {
+            self.check_timers();
+            *next_tick = Instant::now() + TIMER_TICK;
+        }
+        self.flush();
+        true
+    }
+
+    /// Nothing from or for other shards waits on this one (its mailbox and outbox are
+    /// empty): with every shard idle and no client traffic, a simulation has settled.
+    pub fn is_idle(&self) -> bool {
+        self.mailbox.is_empty() && self.outbox.is_empty()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The sessions this shard holds, by client id (for a simulation's checks).
+    pub fn client_ids(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.by_client.keys()
+    }
+
+    /// What must hold between turns: every connection and session, and the links between
+    /// them, agree. Checked on every timer tick in debug builds, and after every step of the
+    /// simulation. Panics naming what is wrong.
+    pub fn check_invariants(&self) {
+        for c in self.conns.iter().flatten() {
+            if let Some(id) = c.session {
+                let session = self.sessions.get(&id);
+                assert!(
+                    session.is_some_and(|s| s.conn == Some(c.id)),
+                    "connection {} names session {id:?}, which does not name it back",
+                    c.id
+                );
+            }
+            if c.waiting_handoff.is_some() {
+                let client = c
+                    .client_id
+                    .as_ref()
+                    .expect("a waiting connection has a client id");
+                assert_eq!(
+                    self.awaiting.get(client),
+                    Some(&c.id),
+                    "{client} waits unrecorded"
+                );
+            }
+        }
+        for (id, session) in &self.sessions {
+            assert_eq!(session.id, *id);
+            assert_eq!(
+                self.by_client.get(&session.client_id),
+                Some(id),
+                "session {id:?} of {} is not the one its client id names",
+                session.client_id
+            );
+            if let Some(conn) = session.conn {
+                assert!(
+                    self.conn(conn).is_some_and(|c| c.session == Some(*id)),
+                    "session {id:?} names connection {conn}, which does not name it back"
+                );
+            }
+            session.check_invariants();
+        }
+        assert_eq!(self.by_client.len(), self.sessions.len());
     }
 
     fn on_event(&mut self, event: Event) {
@@ -469,14 +576,9 @@ impl<B: Backend> Shard<B> {
                 ShardMsg::TakeSession {
                     client_id,
                     to,
-                    conn,
                     clean_start,
-                } => self.on_take_session(client_id, to, conn, clean_start),
-                ShardMsg::Handoff {
-                    client_id,
-                    conn,
-                    session,
-                } => self.on_handoff(client_id, conn, session),
+                } => self.on_take_session(client_id, to, clean_start),
+                ShardMsg::Handoff { client_id, session } => self.on_handoff(client_id, session),
             }
         }
     }
@@ -538,6 +640,8 @@ impl<B: Backend> Shard<B> {
         }
         self.moved
             .retain(|_, (_, since)| now.duration_since(*since) < MOVED_FORWARD_TIME);
+        #[cfg(debug_assertions)]
+        self.check_invariants();
         self.publish_due_wills(now);
         self.expire_sessions(now);
         self.sys_tick(now);

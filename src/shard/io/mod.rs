@@ -25,6 +25,7 @@
 //! - A `Waker` lets another thread end a `wait` early.
 
 pub mod epoll;
+pub mod sim;
 
 use bytes::{Bytes, BytesMut};
 use std::io;

@@ -1,0 +1,186 @@
+//! A simulated backend: connections in memory, stepped by a test on one thread. It keeps the
+//! backend contract (`super`) exactly, so that shards run on it as on epoll, and a test can
+//! make any interleaving happen on purpose: connects and closes between two turns, a client
+//! that stops reading, bytes split anywhere.
+//!
+//! The test holds a `SimNet` (a handle to the same state as the shard's `SimBackend`): it
+//! connects clients, writes their bytes, reads what the shard sent, and closes them.
+
+use bytes::{Bytes, BytesMut};
+use hashbrown::HashMap;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Backend, ConnId, Event, Waker};
+
+#[derive(Default)]
+struct Conn {
+    /// Sent by the shard, not yet read by the client.
+    to_client: BytesMut,
+    /// Written by the client while the shard had paused reading.
+    held: VecDeque<BytesMut>,
+    paused: bool,
+    /// The shard closed it (the client may still read what was sent).
+    closed_by_shard: bool,
+}
+
+#[derive(Default)]
+struct State {
+    events: VecDeque<Event>,
+    conns: HashMap<ConnId, Conn>,
+    free_slots: Vec<usize>,
+    slots: usize,
+    next_generation: u32,
+}
+
+/// The test's side of a simulated backend.
+#[derive(Clone, Default)]
+pub struct SimNet(Rc<RefCell<State>>);
+
+/// The shard's side of it.
+pub struct SimBackend(Rc<RefCell<State>>);
+
+/// The simulation wakes nobody: the test decides which shard turns next.
+struct NoWaker;
+
+impl Waker for NoWaker {
+    fn wake(&self) {}
+}
+
+impl SimNet {
+    pub fn new() -> SimNet {
+        SimNet::default()
+    }
+
+    pub fn backend(&self) -> SimBackend {
+        SimBackend(self.0.clone())
+    }
+
+    pub fn waker() -> Arc<dyn Waker> {
+        Arc::new(NoWaker)
+    }
+
+    /// A client connects (to the first listening socket); the shard sees it on its next turn.
+    pub fn connect(&self) -> ConnId {
+        let mut state = self.0.borrow_mut();
+        let slot = state.free_slots.pop().unwrap_or_else(|| {
+            state.slots += 1;
+            state.slots - 1
+        });
+        let conn = ConnId::new(slot, state.next_generation);
+        state.next_generation += 1;
+        state.conns.insert(conn, Conn::default());
+        let peer = SocketAddr::from(([127, 0, 0, 1], 10_000 + (slot % 50_000) as u16));
+        state.events.push_back(Event::Accepted {
+            conn,
+            peer,
+            local: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            socket: 0,
+        });
+        conn
+    }
+
+    /// The client writes `bytes` (ignored once the shard closed the connection).
+    pub fn send(&self, conn: ConnId, bytes: &[u8]) {
+        let mut state = self.0.borrow_mut();
+        let Some(c) = state.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closed_by_shard {
+            return;
+        }
+        let data = BytesMut::from(bytes);
+        if c.paused {
+            c.held.push_back(data);
+        } else {
+            state.events.push_back(Event::Received { conn, data });
+        }
+    }
+
+    /// Everything the shard sent the client that it has not read yet.
+    pub fn take(&self, conn: ConnId) -> Bytes {
+        let mut state = self.0.borrow_mut();
+        state
+            .conns
+            .get_mut(&conn)
+            .map_or_else(Bytes::new, |c| c.to_client.split().freeze())
+    }
+
+    /// Whether the shard closed the connection.
+    pub fn closed_by_shard(&self, conn: ConnId) -> bool {
+        self.0
+            .borrow()
+            .conns
+            .get(&conn)
+            .is_none_or(|c| c.closed_by_shard)
+    }
+
+    /// The client goes away: the shard sees the connection close on its next turn (unless
+    /// it had closed it itself).
+    pub fn close(&self, conn: ConnId) {
+        let mut state = self.0.borrow_mut();
+        if let Some(c) = state.conns.remove(&conn) {
+            state.free_slots.push(conn.slot());
+            if !c.closed_by_shard {
+                state.events.push_back(Event::Closed { conn, error: None });
+            }
+        }
+    }
+
+    /// Whether the shard has something to handle on its next turn.
+    pub fn busy(&self) -> bool {
+        !self.0.borrow().events.is_empty()
+    }
+}
+
+impl Backend for SimBackend {
+    fn wait(&mut self, _timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
+        events.extend(self.0.borrow_mut().events.drain(..));
+        Ok(())
+    }
+
+    fn send(&mut self, conn: ConnId, data: Bytes) {
+        if let Some(c) = self.0.borrow_mut().conns.get_mut(&conn) {
+            if !c.closed_by_shard {
+                c.to_client.extend_from_slice(&data);
+            }
+        }
+    }
+
+    fn queued_bytes(&self, conn: ConnId) -> usize {
+        self.0
+            .borrow()
+            .conns
+            .get(&conn)
+            .map_or(0, |c| c.to_client.len())
+    }
+
+    fn pause_reading(&mut self, conn: ConnId) {
+        if let Some(c) = self.0.borrow_mut().conns.get_mut(&conn) {
+            c.paused = true;
+        }
+    }
+
+    fn resume_reading(&mut self, conn: ConnId) {
+        let mut state = self.0.borrow_mut();
+        let Some(c) = state.conns.get_mut(&conn) else {
+            return;
+        };
+        c.paused = false;
+        let held: Vec<BytesMut> = c.held.drain(..).collect();
+        for data in held {
+            state.events.push_back(Event::Received { conn, data });
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(c) = self.0.borrow_mut().conns.get_mut(&conn) {
+            c.closed_by_shard = true;
+        }
+    }
+}
