@@ -173,3 +173,55 @@ fn mqtt5_properties_pass_through_with_dash_v_5() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "v5/x hi color:blue\n");
     });
 }
+
+/// A subscription that matches more retained messages than a client's write buffer holds
+/// gets every one of them, at the pace it reads (none dropped), as from Mosquitto.
+#[test]
+fn a_large_retained_set_arrives_whole() {
+    const COUNT: usize = 20_000;
+    let broker = Broker::start(&["--threads", "1"]);
+    let mut publisher = Raw::connect(broker.port, "retainer");
+    // 20,000 messages of 512 bytes: about 10 MiB, more than the 4 MiB a client may have
+    // waiting.
+    let payload = vec![b'r'; 512];
+    let mut burst = Vec::new();
+    for i in 0..COUNT {
+        let packet = common::publish(
+            &format!("ret/{i}"),
+            &payload,
+            midge::codec::QoS::AtMostOnce,
+            0,
+            true,
+        );
+        burst.extend_from_slice(
+            &packet
+                .to_bytes(midge::codec::ProtocolVersion::V311)
+                .unwrap(),
+        );
+    }
+    publisher.send_bytes(&burst);
+    // Packets are handled in order: the PINGRESP comes after every PUBLISH is stored.
+    publisher.send(&midge::codec::Packet::PingReq);
+    assert_eq!(publisher.recv(), midge::codec::Packet::PingResp);
+
+    // -W: mosquitto_sub gives up (exit 27) if the set does not arrive in time.
+    let child = sub(
+        broker.port,
+        &[
+            "-t",
+            "ret/#",
+            "-C",
+            &COUNT.to_string(),
+            "-F",
+            "%t",
+            "-W",
+            "60",
+        ],
+    );
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(out.status.success(), "{:?} after {lines} lines", out.status);
+    assert_eq!(lines, COUNT);
+    eprintln!("{COUNT} retained messages in {:?}", started.elapsed());
+}

@@ -23,6 +23,21 @@ pub struct InFlight {
     pub released: bool,
 }
 
+/// A retained message owed to a new subscription, sent as the client reads (never all at
+/// once: a filter may match a hundred thousand of them).
+#[derive(Debug)]
+pub struct Owed {
+    pub message: Arc<Message>,
+    /// The subscription's QoS and identifier.
+    pub qos: QoS,
+    pub identifier: Option<u32>,
+}
+
+/// Most retained messages one session may be owed at once; past it, more are dropped and
+/// counted (a client subscribing to `#` again and again cannot make the broker hold the
+/// retained set once per SUBSCRIBE).
+pub const OWED_MAX: usize = 1 << 20;
+
 /// A message waiting for room in the inflight window (or for the client to come back).
 #[derive(Debug)]
 pub struct Queued {
@@ -70,6 +85,8 @@ pub struct Session {
     pub expires_at: Option<Instant>,
     /// A will waiting out its 5.0 Will Delay Interval, and when it is due.
     pub delayed_will: Option<Box<(Instant, Will)>>,
+    /// Retained messages owed to new subscriptions, oldest first.
+    pub owed: VecDeque<Owed>,
 }
 
 impl Session {
@@ -96,6 +113,7 @@ impl Session {
             expiry_interval_s: 0,
             expires_at: None,
             delayed_will: None,
+            owed: VecDeque::new(),
         }
     }
 

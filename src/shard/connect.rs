@@ -352,6 +352,10 @@ impl<B: Backend> Shard<B> {
         if session_present {
             self.adopt_subscriptions(&mut session);
         }
+        if !session.owed.is_empty() {
+            // Retained messages still owed from before (perhaps on another shard).
+            self.owing.push(session_id);
+        }
         self.by_client.insert(client_id.clone(), session_id);
         self.sessions.insert(session_id, session);
         self.shared.stats[self.id]

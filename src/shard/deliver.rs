@@ -12,7 +12,7 @@ use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS};
 use crate::router::{Message, Sent, ShardMsg, Target};
-use crate::session::{InFlight, Queued};
+use crate::session::{InFlight, Owed, Queued, OWED_MAX};
 use crate::topic::{Match, SessionId};
 
 /// Encoded PUBLISH variants of the message being delivered, so that subscribers that get the
@@ -431,27 +431,104 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// Delivers retained messages to a new subscription (retain flag set [MQTT-3.3.1-8]).
-    pub(super) fn send_retained(
+    /// Owes `messages` (retained, matching a new subscription) to a session; they go out as
+    /// its client reads (`send_owed`).
+    pub(super) fn owe_retained(
         &mut self,
         session_id: SessionId,
         messages: Vec<Arc<Message>>,
         qos: QoS,
         identifier: Option<u32>,
     ) {
-        for message in messages {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let room = OWED_MAX.saturating_sub(session.owed.len());
+        let dropped = messages.len().saturating_sub(room);
+        if dropped > 0 {
+            log::info!(
+                "Client {} is owed too many retained messages; {dropped} dropped.",
+                session.client_id
+            );
+            self.shared.stats[self.id]
+                .dropped_queue_full
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        let was_idle = session.owed.is_empty();
+        session
+            .owed
+            .extend(messages.into_iter().take(room).map(|message| Owed {
+                message,
+                qos,
+                identifier,
+            }));
+        if was_idle && !session.owed.is_empty() {
+            self.owing.push(session_id);
+        }
+        self.send_owed(session_id);
+    }
+
+    /// Sends what a session is owed while its client keeps up: until its connection has
+    /// `OWED_WRITE_MAX` bytes waiting, or (QoS 1/2) its inflight window is full. Returns
+    /// false once nothing is owed any more (or the session is gone).
+    pub(super) fn send_owed(&mut self, session_id: SessionId) -> bool {
+        let inflight_max = self.config.inflight_max;
+        loop {
+            let Some(session) = self.sessions.get(&session_id) else {
+                return false;
+            };
+            let Some(conn) = session.conn else {
+                return !session.owed.is_empty();
+            };
+            let Some(next) = session.owed.front() else {
+                return false;
+            };
+            let qos = next.message.qos.min(next.qos);
+            let window_full =
+                session.inflight.len() >= session.window(inflight_max) || !session.queue.is_empty();
+            let unsent = self.backend.queued_bytes(conn);
+            let waiting = self.conn(conn).map_or(0, |c| c.out.len()) + unsent;
+            if qos != QoS::AtMostOnce && window_full {
+                return true; // An acknowledgement makes room.
+            }
+            if waiting >= OWED_WRITE_MAX {
+                // The socket drains what it holds (and says so when it was full); what is
+                // only in this turn's buffer goes out at the end of the turn, and the next
+                // turn must come at once to go on.
+                self.owed_next_turn |= unsent < OWED_WRITE_MAX;
+                return true;
+            }
+            let owed = self
+                .sessions
+                .get_mut(&session_id)
+                .and_then(|s| s.owed.pop_front())
+                .expect("just seen");
             // Variants are per message: each retained message is encoded on its own.
-            let mut variants = Variants::default();
             let target = Target {
                 session: session_id,
-                qos: message.qos.min(qos),
+                qos,
+                // [MQTT-3.3.1-8] the RETAIN flag is set on retained messages sent for a new
+                // subscription.
                 retain: true,
-                identifiers: identifier.into_iter().collect(),
+                identifiers: owed.identifier.into_iter().collect(),
             };
-            self.deliver_to_session(&message, &target, &mut variants);
+            self.deliver_to_session(&owed.message, &target, &mut Variants::default());
         }
     }
+
+    /// Goes on with every session owed retained messages (once per turn).
+    pub(super) fn send_all_owed(&mut self) {
+        self.owed_next_turn = false;
+        let mut owing = std::mem::take(&mut self.owing);
+        owing.retain(|&id| self.send_owed(id));
+        owing.append(&mut self.owing);
+        self.owing = owing;
+    }
 }
+
+/// Bytes a connection may have waiting to be written before owed retained messages wait
+/// for it to drain.
+const OWED_WRITE_MAX: usize = 256 * 1024;
 
 impl Variants {
     /// The encoded variant for `key` (packet id 0 as a placeholder) and the offset of its

@@ -163,6 +163,10 @@ pub struct Shard<B: Backend> {
     /// Client ids whose session this shard asked for and has not received, with the
     /// connection waiting for it (the newest, if the client connected again meanwhile).
     awaiting: HashMap<Arc<str>, ConnId>,
+    /// Sessions owed retained messages (each once), continued every turn.
+    owing: Vec<SessionId>,
+    /// Some of them can go on as soon as this turn's writes are out: do not sleep.
+    owed_next_turn: bool,
     /// Round-robin position for shared subscriptions.
     share_turn: usize,
     /// Offline 5.0 sessions by expiry time (entries made stale by a resume are skipped).
@@ -200,6 +204,8 @@ impl<B: Backend> Shard<B> {
             moved: HashMap::new(),
             forward_handoff: HashMap::new(),
             awaiting: HashMap::new(),
+            owing: Vec::new(),
+            owed_next_turn: false,
             share_turn: id,
             expiries: BinaryHeap::new(),
             will_timers: BinaryHeap::new(),
@@ -226,7 +232,7 @@ impl<B: Backend> Shard<B> {
         let now = Instant::now();
         let mut timeout = next_tick.saturating_duration_since(now);
         self.shared.mailboxes.going_to_sleep(self.id);
-        if !self.mailbox.is_empty() || !self.outbox.is_empty() {
+        if !self.mailbox.is_empty() || !self.outbox.is_empty() || self.owed_next_turn {
             timeout = Duration::ZERO;
         }
         let mut events = std::mem::take(&mut self.events);
@@ -252,6 +258,7 @@ impl<B: Backend> Shard<B> {
         }
         self.retry_overflow();
         self.apply_trie_ops();
+        self.send_all_owed();
         if Instant::now() >= *next_tick {
             self.check_timers();
             *next_tick = Instant::now() + TIMER_TICK;

@@ -273,7 +273,7 @@ impl<B: Backend> Shard<B> {
                     .expect("retained lock")
                     .matching(&request.filter, &mut messages);
                 if !messages.is_empty() {
-                    self.send_retained(session, messages, request.qos, request.identifier);
+                    self.owe_retained(session, messages, request.qos, request.identifier);
                 }
             }
         }
