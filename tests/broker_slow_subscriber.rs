@@ -71,3 +71,80 @@ fn a_stalled_subscriber_costs_bounded_memory_and_slows_nobody() {
         drop(stalled);
     }
 }
+
+/// A stalled subscriber with a small receive buffer: the kernel holds little for it, so what
+/// the broker keeps for it shows in the broker's memory.
+fn stalled_client(port: u16, id: &str, topic: &str) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    let connect = Packet::Connect(Box::new(connect_packet(ProtocolVersion::V311, id, true, 0)));
+    let mut bytes = connect.to_bytes(ProtocolVersion::V311).unwrap().to_vec();
+    bytes.extend_from_slice(
+        &subscribe(1, &[(topic, QoS::AtMostOnce)])
+            .to_bytes(ProtocolVersion::V311)
+            .unwrap(),
+    );
+    std::io::Write::write_all(&mut stream, &bytes).unwrap();
+    // CONNACK (4 bytes) and SUBACK (5 bytes); then it never reads again.
+    let mut acks = [0u8; 9];
+    std::io::Read::read_exact(&mut stream, &mut acks).unwrap();
+    assert_eq!((acks[0], acks[4]), (0x20, 0x90));
+    stream
+}
+
+#[test]
+fn many_stalled_subscribers_hold_no_more_than_memory_limit() {
+    const STALLED: usize = 64;
+    const MESSAGES: u32 = 6_000;
+    const PAYLOAD: usize = 1024;
+    // Without memory_limit each stalled subscriber could hold its own 4 MiB: 256 MiB here.
+    let conf = config_file(
+        "memory-limit",
+        "listener 0 127.0.0.1\nallow_anonymous true\nmemory_limit 16000000\n",
+    );
+    let broker = Broker::spawn_env(&["-c", &conf], &[("MIMALLOC_PURGE_DELAY", "0")]);
+    let port = broker.port;
+    let stalled: Vec<_> = (0..STALLED)
+        .map(|i| stalled_client(port, &format!("stalled-{i}"), "flood"))
+        .collect();
+    let mut reader = Raw::connect(port, "reader");
+    reader.subscribe(&[("flood", QoS::AtMostOnce)]);
+    let received = Arc::new(AtomicU32::new(0));
+    let progress = received.clone();
+    let reading = std::thread::spawn(move || {
+        for count in 1..=MESSAGES {
+            let p = reader.recv_publish();
+            assert_eq!(p.payload.len(), PAYLOAD);
+            progress.store(count, Ordering::Release);
+        }
+    });
+    let before = rss_kib(broker.pid());
+    let mut publisher = Raw::connect(port, "publisher");
+    let payload = vec![0x5A; PAYLOAD];
+    for i in 0..MESSAGES {
+        // The reader is never the slow one: the publisher stays at most 1,000 messages
+        // ahead of it.
+        let until = Instant::now() + DEADLINE;
+        while i - received.load(Ordering::Acquire) > 1000 {
+            assert!(
+                Instant::now() < until,
+                "the reader stopped at {}",
+                received.load(Ordering::Acquire)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        publisher.send(&publish("flood", &payload, QoS::AtMostOnce, 0, false));
+    }
+    // The healthy subscriber gets every message.
+    reading.join().unwrap();
+    let after = rss_kib(broker.pid());
+    assert!(
+        after < before + 48 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    drop(stalled);
+}

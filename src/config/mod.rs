@@ -177,6 +177,10 @@ pub struct Config {
     pub inflight_max: usize,
     /// `max_queued_messages`: QoS 1/2 messages waiting behind the inflight window.
     pub queued_max: usize,
+    /// `memory_limit`: bytes waiting to be written to clients, over all of them. Past it,
+    /// QoS 0 messages to clients that are not keeping up are dropped (counted). Unset or 0
+    /// (Mosquitto: no limit) is a quarter of the machine's memory: midge bounds it anyway.
+    pub memory_limit: usize,
     /// `max_queued_bytes`: payload bytes waiting behind the inflight window (0: no limit
     /// beyond `max_queued_messages`).
     pub queued_bytes_max: usize,
@@ -227,6 +231,7 @@ impl Default for Config {
             cpu_affinity: CpuAffinity::Auto,
             inflight_max: 20,
             queued_max: 1000,
+            memory_limit: 0,
             queued_bytes_max: 0,
             packet_size_max: 268_435_455 + 5,
             keepalive_max_s: 65535,
@@ -272,6 +277,24 @@ impl Config {
 
     /// The listener a connection arrived on (the first one if the index is unknown, which
     /// only an in-process caller could cause).
+    /// `memory_limit` in force: as set, or a quarter of the machine's memory.
+    pub fn write_bytes_max(&self) -> usize {
+        if self.memory_limit > 0 {
+            return self.memory_limit;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        match (usize::try_from(pages), usize::try_from(page)) {
+            (Ok(pages), Ok(page)) if pages > 0 && page > 0 => pages.saturating_mul(page) / 4,
+            _ => 1 << 30,
+        }
+    }
+
     pub fn listener(&self, listener: usize) -> &Listener {
         static FALLBACK: std::sync::OnceLock<Listener> = std::sync::OnceLock::new();
         self.listeners

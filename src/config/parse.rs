@@ -318,6 +318,7 @@ impl Reader {
                 let n = line.number(u32::MAX.into())? as usize;
                 config.queued_max = if n == 0 { usize::MAX } else { n };
             }
+            "memory_limit" => config.memory_limit = line.number(u64::MAX)? as usize,
             "max_queued_bytes" => config.queued_bytes_max = line.number(u32::MAX.into())? as usize,
             "max_packet_size" => {
                 config.packet_size_max = line.number(268_435_460)?.max(20) as usize

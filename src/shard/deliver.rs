@@ -295,6 +295,7 @@ impl<B: Backend> Shard<B> {
         variants: &mut Variants,
     ) {
         let write_max = self.config.client_write_max;
+        let over_memory_limit = self.over_memory_limit();
         let stats = &self.shared.stats[self.id];
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
@@ -313,11 +314,15 @@ impl<B: Backend> Shard<B> {
             stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if target.qos == QoS::AtMostOnce
-            && c.out.len() + self.backend.queued_bytes(conn) > write_max
-        {
-            stats.dropped_slow_client.fetch_add(1, Ordering::Relaxed);
-            return;
+        // QoS 0 to a client that is not keeping up is dropped (counted): past its own write
+        // limit, or past a small backlog while the broker as a whole holds more than
+        // memory_limit for its clients. Clients that read keep getting everything.
+        if target.qos == QoS::AtMostOnce {
+            let backlog = c.out.len() + self.backend.queued_bytes(conn);
+            if backlog > write_max || (over_memory_limit && backlog > SLOW_BACKLOG) {
+                stats.dropped_slow_client.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
         let v5 = session.version == ProtocolVersion::V5;
         // mount_point: the client sees topics without its listener's prefix (and only
@@ -413,6 +418,7 @@ impl<B: Backend> Shard<B> {
         let was_empty = c.out.is_empty();
         let start = c.out.len();
         c.out.put_slice(bytes);
+        self.out_bytes_this_turn += bytes.len();
         if packet_id != 0 {
             c.out[start + id_at..start + id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
         }
@@ -525,6 +531,9 @@ impl<B: Backend> Shard<B> {
         self.owing = owing;
     }
 }
+
+/// A backlog that marks a client as not keeping up while the broker is over memory_limit.
+const SLOW_BACKLOG: usize = 64 * 1024;
 
 /// Bytes a connection may have waiting to be written before owed retained messages wait
 /// for it to drain.

@@ -76,6 +76,9 @@ pub struct Shared {
     /// One set of counters per shard, each on its own cache line: a shard counts without
     /// contending with the others; readers add them up (`total_stats`).
     pub stats: Box<[CachePadded<Stats>]>,
+    /// Bytes each shard's connections have waiting to be written (for `memory_limit`),
+    /// published by the shard at the end of each turn.
+    pub write_queued: Box<[CachePadded<std::sync::atomic::AtomicUsize>]>,
 }
 
 /// Messages one shard's mailbox holds before senders must hold or drop.
@@ -105,6 +108,7 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             started: Instant::now(),
             stats: (0..shards).map(|_| Default::default()).collect(),
+            write_queued: (0..shards).map(|_| Default::default()).collect(),
             listener_of_socket,
             listener_connections: config
                 .listeners
@@ -167,6 +171,12 @@ pub struct Shard<B: Backend> {
     owing: Vec<SessionId>,
     /// Some of them can go on as soon as this turn's writes are out: do not sleep.
     owed_next_turn: bool,
+    /// `memory_limit` in force; the bytes other shards had waiting for their clients at
+    /// this turn's start, and the bytes this shard encoded for its clients this turn (not
+    /// yet handed to the backend).
+    write_bytes_max: usize,
+    write_waiting_elsewhere: usize,
+    out_bytes_this_turn: usize,
     /// Round-robin position for shared subscriptions.
     share_turn: usize,
     /// Offline 5.0 sessions by expiry time (entries made stale by a resume are skipped).
@@ -184,9 +194,11 @@ pub struct Shard<B: Backend> {
 impl<B: Backend> Shard<B> {
     pub fn new(id: usize, shared: Arc<Shared>, backend: B, mailbox: Receiver<ShardMsg>) -> Self {
         let shards = shared.mailboxes.shards();
+        let config = shared.config.load_full();
         Shard {
             id,
-            config: shared.config.load_full(),
+            write_bytes_max: config.write_bytes_max(),
+            config,
             config_generation: shared.config_generation.load(Ordering::Acquire),
             shared,
             backend,
@@ -206,6 +218,8 @@ impl<B: Backend> Shard<B> {
             awaiting: HashMap::new(),
             owing: Vec::new(),
             owed_next_turn: false,
+            write_waiting_elsewhere: 0,
+            out_bytes_this_turn: 0,
             share_turn: id,
             expiries: BinaryHeap::new(),
             will_timers: BinaryHeap::new(),
@@ -246,8 +260,17 @@ impl<B: Backend> Shard<B> {
         if generation != self.config_generation {
             self.config_generation = generation;
             self.config = self.shared.config.load_full();
+            self.write_bytes_max = self.config.write_bytes_max();
             self.recheck_clients();
         }
+        self.write_waiting_elsewhere = self
+            .shared
+            .write_queued
+            .iter()
+            .enumerate()
+            .filter(|&(shard, _)| shard != self.id)
+            .map(|(_, q)| q.load(Ordering::Relaxed))
+            .sum();
         for event in events.drain(..) {
             self.on_event(event);
         }
@@ -264,6 +287,8 @@ impl<B: Backend> Shard<B> {
             *next_tick = Instant::now() + TIMER_TICK;
         }
         self.flush();
+        self.shared.write_queued[self.id]
+            .store(self.backend.queued_bytes_total(), Ordering::Relaxed);
         true
     }
 
@@ -547,8 +572,15 @@ impl<B: Backend> Shard<B> {
         }
     }
 
+    /// Whether the bytes waiting for clients over all shards are past `memory_limit`.
+    fn over_memory_limit(&self) -> bool {
+        self.write_waiting_elsewhere + self.backend.queued_bytes_total() + self.out_bytes_this_turn
+            > self.write_bytes_max
+    }
+
     /// Sends each connection's turn buffer in one piece.
     fn flush(&mut self) {
+        self.out_bytes_this_turn = 0;
         for conn in std::mem::take(&mut self.dirty) {
             let Some(c) = self
                 .conns

@@ -44,6 +44,11 @@ impl Broker {
         Broker::spawn_with(args, &[], false)
     }
 
+    /// Starts midge with only `args` (and `-v`) and extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Broker {
+        Broker::spawn(args, env)
+    }
+
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Broker {
         Broker::spawn_with(args, env, true)
     }

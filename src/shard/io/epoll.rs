@@ -73,6 +73,8 @@ pub struct Epoll {
     /// Sockets to read this turn without waiting for an event.
     read_again: Vec<usize>,
     waker: Arc<mio::Waker>,
+    /// Bytes queued over all sockets.
+    queued_total: usize,
     /// Connections closing (see `Socket::closing`) by the time their linger ends, oldest
     /// first (every linger is as long, so this is also deadline order).
     closing: VecDeque<(Instant, ConnId)>,
@@ -116,6 +118,7 @@ impl Epoll {
             waker,
             next_generation: 0,
             closing: VecDeque::new(),
+            queued_total: 0,
         })
     }
 
@@ -332,6 +335,7 @@ impl Epoll {
 
     fn remove(&mut self, id: usize) {
         if let Some(mut socket) = self.sockets.try_remove(id) {
+            self.queued_total -= socket.queued;
             let _ = self.poll.registry().deregister(&mut socket.stream);
         }
     }
@@ -386,7 +390,10 @@ impl Backend for Epoll {
                 self.read_again.push(token.0);
             }
             if event.is_writable() && !socket.queue.is_empty() {
-                match Self::flush(socket) {
+                let before = socket.queued;
+                let flushed = Self::flush(socket);
+                self.queued_total -= before - socket.queued;
+                match flushed {
                     Ok(()) => Self::shut_write_when_flushed(socket),
                     Err(e) => failed.push((ConnId::new(token.0, socket.generation), e)),
                 }
@@ -431,21 +438,30 @@ impl Backend for Epoll {
     }
 
     fn send(&mut self, conn: ConnId, data: Bytes) {
-        let Some(socket) = self.socket_mut(conn).filter(|s| !s.closing) else {
+        let Some(socket) = self
+            .sockets
+            .get_mut(conn.slot())
+            .filter(|s| s.generation == conn.generation() && !s.closing)
+        else {
             return;
         };
         if data.is_empty() {
             return;
         }
         socket.queued += data.len();
+        self.queued_total += data.len();
         socket.queue.push_back(data);
         if socket.queue.len() == 1 {
-            if let Err(e) = Self::flush(socket) {
+            let before = socket.queued;
+            let flushed = Self::flush(socket);
+            self.queued_total -= before - socket.queued;
+            if let Err(e) = flushed {
                 // Reported as a close on the next read: mark readable so it is seen.
                 log::debug!("write to connection {conn} failed: {e}");
                 let _ = socket.stream.shutdown(std::net::Shutdown::Both);
                 socket.readable = true;
                 socket.queue.clear();
+                self.queued_total -= socket.queued;
                 socket.queued = 0;
                 self.read_again.push(conn.slot());
             }
@@ -457,6 +473,10 @@ impl Backend for Epoll {
             .get(conn.slot())
             .filter(|s| s.generation == conn.generation())
             .map_or(0, |s| s.queued)
+    }
+
+    fn queued_bytes_total(&self) -> usize {
+        self.queued_total
     }
 
     fn pause_reading(&mut self, conn: ConnId) {
@@ -475,7 +495,11 @@ impl Backend for Epoll {
     }
 
     fn close(&mut self, conn: ConnId) {
-        let Some(socket) = self.socket_mut(conn) else {
+        let Some(socket) = self
+            .sockets
+            .get_mut(conn.slot())
+            .filter(|s| s.generation == conn.generation())
+        else {
             return;
         };
         if socket.closing {
@@ -483,7 +507,10 @@ impl Backend for Epoll {
         }
         socket.closing = true;
         socket.paused = false;
-        if Self::flush(socket).is_err() {
+        let before = socket.queued;
+        let flushed = Self::flush(socket);
+        self.queued_total -= before - socket.queued;
+        if flushed.is_err() {
             self.remove(conn.slot());
             return;
         }

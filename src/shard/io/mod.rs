@@ -61,6 +61,8 @@ pub trait Backend {
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()>;
     fn send(&mut self, conn: ConnId, data: Bytes);
     fn queued_bytes(&self, conn: ConnId) -> usize;
+    /// Bytes queued over all of this backend's connections.
+    fn queued_bytes_total(&self) -> usize;
     fn pause_reading(&mut self, conn: ConnId);
     fn resume_reading(&mut self, conn: ConnId);
     fn close(&mut self, conn: ConnId);

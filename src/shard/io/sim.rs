@@ -160,6 +160,15 @@ impl Backend for SimBackend {
             .map_or(0, |c| c.to_client.len())
     }
 
+    fn queued_bytes_total(&self) -> usize {
+        self.0
+            .borrow()
+            .conns
+            .values()
+            .map(|c| c.to_client.len())
+            .sum()
+    }
+
     fn pause_reading(&mut self, conn: ConnId) {
         if let Some(c) = self.0.borrow_mut().conns.get_mut(&conn) {
             c.paused = true;
