@@ -1,6 +1,8 @@
-//! SUBSCRIBE and UNSUBSCRIBE. Changes to the shared trie are collected during a loop turn and
-//! applied as one batch (one lock, one new snapshot); SUBACK/UNSUBACK and retained messages
-//! go out after that, so a subscription is live by the time its SUBACK is sent.
+//! SUBSCRIBE and UNSUBSCRIBE. Changes to the shared trie are collected and applied as one
+//! batch (one lock, one new snapshot) at the end of the loop turn, or sooner when a later
+//! packet needs them (a PUBLISH to route, any reply that must follow the SUBACK); SUBACK and
+//! UNSUBACK go out after that, so a subscription is live by the time its SUBACK is sent, and
+//! the retained messages it is owed follow as the client reads.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
