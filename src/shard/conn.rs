@@ -98,3 +98,12 @@ impl Conn {
         self.client_id.as_deref().unwrap_or("<unknown>")
     }
 }
+
+/// The connection `conn` names in a shard's table, if it is still open (not a later one in
+/// its slot). A free function, so that a caller can hold it beside other parts of the shard.
+pub fn live_mut(conns: &mut [Option<Box<Conn>>], conn: ConnId) -> Option<&mut Conn> {
+    conns
+        .get_mut(conn.slot())
+        .and_then(Option::as_deref_mut)
+        .filter(|c| c.id == conn)
+}

@@ -301,12 +301,7 @@ impl<B: Backend> Shard<B> {
             return;
         };
         let Some(conn) = session.conn else { return };
-        let Some(c) = self
-            .conns
-            .get_mut(conn.slot())
-            .and_then(Option::as_mut)
-            .filter(|c| c.id == conn)
-        else {
+        let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
             return;
         };
         // [MQTT-3.3.2-5] an expired message is not delivered.

@@ -439,10 +439,7 @@ impl<B: Backend> Shard<B> {
     }
 
     fn conn_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(conn.slot())
-            .and_then(Option::as_deref_mut)
-            .filter(|c| c.id == conn)
+        conn::live_mut(&mut self.conns, conn)
     }
 
     /// The client id of a connection, for log lines: a shared handle, not a copy (this is
@@ -582,12 +579,7 @@ impl<B: Backend> Shard<B> {
     fn flush(&mut self) {
         self.out_bytes_this_turn = 0;
         for conn in std::mem::take(&mut self.dirty) {
-            let Some(c) = self
-                .conns
-                .get_mut(conn.slot())
-                .and_then(Option::as_mut)
-                .filter(|c| c.id == conn)
-            else {
+            let Some(c) = conn::live_mut(&mut self.conns, conn) else {
                 continue;
             };
             if c.out.is_empty() {

@@ -179,12 +179,7 @@ impl<B: Backend> Shard<B> {
         alias: u16,
         topic: &mut MqttStr,
     ) -> Result<(), ReasonCode> {
-        let Some(c) = self
-            .conns
-            .get_mut(conn.slot())
-            .and_then(Option::as_mut)
-            .filter(|c| c.id == conn)
-        else {
+        let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
             return Ok(());
         };
         let alias_max = self.config.listener(c.listener).topic_alias_max;
