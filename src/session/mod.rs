@@ -1,49 +1,27 @@
 //! A client's session: its subscriptions, its will, and the QoS 1/2 state in both directions.
 //! Owned by the shard of the client's current connection; it outlives the connection when
 //! the client asked for a persistent session.
+//!
+//! The QoS state is two state machines with no I/O and no clock of their own: `Outgoing`
+//! (the inflight window, the queue and owed retained messages: what the broker sends) and
+//! `IncomingQos2` (QoS 2 packet ids awaiting PUBREL: what the client sends). The shard feeds
+//! them events (a message to deliver, an acknowledgement) and acts on their answers (send,
+//! queue, drop); their fields are their own, so their invariants hold by construction and
+//! are checked (`check_invariants`) after every step of the simulation.
 
-use hashbrown::{HashMap, HashSet};
-use std::collections::VecDeque;
+mod incoming;
+mod outgoing;
+
+pub use incoming::{IncomingQos2, Qos2Publish};
+pub use outgoing::{DropReason, InFlight, Limits, Offer, Outgoing, Owed, Queued, OWED_MAX};
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::codec::{ProtocolVersion, QoS, Will};
+use crate::codec::{ProtocolVersion, Will};
 use crate::topic::Subscription;
-use crate::types::{ConnId, Message, SessionId, Target};
-
-/// A QoS 1/2 message sent to the client and not yet fully acknowledged.
-#[derive(Debug)]
-pub struct InFlight {
-    pub packet_id: u16,
-    pub message: Arc<Message>,
-    pub qos: QoS,
-    pub retain: bool,
-    pub identifiers: smallvec::SmallVec<[u32; 1]>,
-    /// QoS 2: PUBREC came back and PUBREL was sent; waiting for PUBCOMP.
-    pub released: bool,
-}
-
-/// A retained message owed to a new subscription, sent as the client reads (never all at
-/// once: a filter may match a hundred thousand of them).
-#[derive(Debug)]
-pub struct Owed {
-    pub message: Arc<Message>,
-    /// The subscription's QoS and identifier.
-    pub qos: QoS,
-    pub identifier: Option<u32>,
-}
-
-/// Most retained messages one session may be owed at once; past it, more are dropped and
-/// counted (a client subscribing to `#` again and again cannot make the broker hold the
-/// retained set once per SUBSCRIBE).
-pub const OWED_MAX: usize = 1 << 20;
-
-/// A message waiting for room in the inflight window (or for the client to come back).
-#[derive(Debug)]
-pub struct Queued {
-    pub message: Arc<Message>,
-    pub target: Target,
-}
+use crate::types::{ConnId, SessionId};
 
 #[derive(Debug)]
 pub struct Session {
@@ -64,17 +42,10 @@ pub struct Session {
     pub password: Option<Box<[u8]>>,
     /// The listener its client connected to (security settings, mount point).
     pub listener: usize,
-    next_packet_id: u16,
-    /// In the order sent, so that a resumed session resends them in order.
-    pub inflight: VecDeque<InFlight>,
-    pub queue: VecDeque<Queued>,
-    /// Payload bytes in `queue` (for `max_queued_bytes`).
-    pub queued_bytes: usize,
-    /// QoS 2 packet ids received and answered with PUBREC, until PUBREL: a PUBLISH again
-    /// with one of them is a duplicate and is not delivered twice (method B of §4.3.3).
-    pub incoming_qos2: HashSet<u16>,
-    /// Messages dropped because the queue was full, since the session began.
-    pub dropped: u64,
+    /// QoS 1/2 to the client: window, queue, owed retained messages.
+    pub outgoing: Outgoing,
+    /// QoS 2 from the client: packet ids awaiting PUBREL.
+    pub incoming: IncomingQos2,
     /// The client's Receive Maximum (5.0; 65535 when not given). [MQTT-3.3.4-9]
     pub receive_maximum: u16,
     /// The client's Maximum Packet Size (5.0).
@@ -85,8 +56,6 @@ pub struct Session {
     pub expires_at: Option<Instant>,
     /// A will waiting out its 5.0 Will Delay Interval, and when it is due.
     pub delayed_will: Option<Box<(Instant, Will)>>,
-    /// Retained messages owed to new subscriptions, oldest first.
-    pub owed: VecDeque<Owed>,
 }
 
 impl Session {
@@ -102,33 +71,13 @@ impl Session {
             username: None,
             password: None,
             listener: 0,
-            next_packet_id: 0,
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
-            queued_bytes: 0,
-            incoming_qos2: HashSet::new(),
-            dropped: 0,
+            outgoing: Outgoing::default(),
+            incoming: IncomingQos2::default(),
             receive_maximum: u16::MAX,
             packet_size_max: None,
             expiry_interval_s: 0,
             expires_at: None,
             delayed_will: None,
-            owed: VecDeque::new(),
-        }
-    }
-
-    /// A packet identifier not in use by an inflight message. [MQTT-2.2.1-3] non-zero;
-    /// [MQTT-2.2.1-4] not reused while its exchange is unfinished.
-    pub fn next_packet_id(&mut self) -> u16 {
-        loop {
-            self.next_packet_id = self.next_packet_id.wrapping_add(1);
-            if self.next_packet_id == 0 {
-                continue;
-            }
-            let id = self.next_packet_id;
-            if !self.inflight.iter().any(|f| f.packet_id == id) {
-                return id;
-            }
         }
     }
 
@@ -138,27 +87,23 @@ impl Session {
         inflight_max.min(usize::from(self.receive_maximum))
     }
 
-    pub fn inflight_position(&self, packet_id: u16) -> Option<usize> {
-        self.inflight.iter().position(|f| f.packet_id == packet_id)
+    /// The limits deliveries to this session are held to.
+    pub fn limits(
+        &self,
+        inflight_max: usize,
+        queued_max: usize,
+        queued_bytes_max: usize,
+    ) -> Limits {
+        Limits {
+            window: self.window(inflight_max),
+            queued_max,
+            queued_bytes_max,
+        }
     }
 
-    /// What must hold after every change (checked between turns in debug builds).
+    /// What must hold after every change (checked on timer ticks in debug builds and after
+    /// every step of the simulation).
     pub fn check_invariants(&self) {
-        let queued: usize = self.queue.iter().map(|q| q.message.payload.len()).sum();
-        assert_eq!(
-            self.queued_bytes, queued,
-            "queued_bytes of {}",
-            self.client_id
-        );
-        let mut ids = HashSet::new();
-        for f in &self.inflight {
-            assert_ne!(f.packet_id, 0, "[MQTT-2.2.1-3]");
-            assert!(
-                ids.insert(f.packet_id),
-                "packet id {} twice in flight [MQTT-2.2.1-4]",
-                f.packet_id
-            );
-            assert!(!f.released || f.qos == QoS::ExactlyOnce);
-        }
+        self.outgoing.check_invariants(&self.client_id);
     }
 }

@@ -41,7 +41,9 @@ impl<B: Backend> Shard<B> {
                 extras.auth_reply = data;
                 self.connect_authenticated(conn, connect, client_id, assigned);
             }
-            AuthStep::Success(data) => self.send_packet(conn, &auth(ReasonCode::Success, data)),
+            AuthStep::Success(data) => {
+                self.send_packet(conn, &auth(ReasonCode::Success, data));
+            }
             AuthStep::Failure(reason) if connecting => {
                 let (connect, _, _) = extras.auth_pending.take().expect("connecting");
                 self.refuse(conn, &connect, reason);

@@ -352,7 +352,7 @@ impl<B: Backend> Shard<B> {
         if session_present {
             self.adopt_subscriptions(&mut session);
         }
-        if !session.owed.is_empty() {
+        if session.outgoing.owes() {
             // Retained messages still owed from before (perhaps on another shard).
             self.owing.push(session_id);
         }

@@ -12,7 +12,7 @@ use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS};
 use crate::router::{Message, Sent, ShardMsg, Target};
-use crate::session::{InFlight, Owed, Queued, OWED_MAX};
+use crate::session::{DropReason, Offer};
 use crate::topic::{Match, SessionId};
 
 /// Encoded PUBLISH variants of the message being delivered, so that subscribers that get the
@@ -40,13 +40,13 @@ impl<B: Backend> Shard<B> {
             let Some(session) = self.sessions.get_mut(&session_id) else {
                 return;
             };
-            if session.conn.is_none() || session.inflight.len() >= session.window(inflight_max) {
+            if session.conn.is_none() {
                 return;
             }
-            let Some(queued) = session.queue.pop_front() else {
+            let window = session.window(inflight_max);
+            let Some(queued) = session.outgoing.next_queued(window) else {
                 return;
             };
-            session.queued_bytes -= queued.message.payload.len();
             self.send_to_session(
                 session_id,
                 &queued.message,
@@ -69,22 +69,32 @@ impl<B: Backend> Shard<B> {
             .listener(session.listener)
             .mount_point
             .as_deref();
-        let mut packets = Vec::with_capacity(session.inflight.len());
-        for f in &session.inflight {
+        let in_flight = session.outgoing.in_flight();
+        let mut packets = Vec::with_capacity(in_flight.len());
+        for f in in_flight {
             if f.released {
                 // [MQTT-4.4.0-1] (3.1.1): after PUBREC, the PUBREL is what gets resent.
-                packets.push(Packet::PubRel(PubResponse::new(f.packet_id)));
+                packets.push((f.packet_id, Packet::PubRel(PubResponse::new(f.packet_id))));
             } else {
                 let strip = mount_strip(mount, &f.message.topic).unwrap_or(0);
                 let mut publish =
                     build_publish(&f.message, f.qos, f.retain, &f.identifiers, v5, strip);
                 publish.dup = true;
                 publish.packet_id = f.packet_id;
-                packets.push(Packet::Publish(publish));
+                packets.push((f.packet_id, Packet::Publish(publish)));
             }
         }
-        for packet in &packets {
-            self.send_packet(conn, packet);
+        for (packet_id, packet) in &packets {
+            if !self.send_packet(conn, packet) {
+                // It no longer encodes for this client (it came back with another protocol
+                // version): dropped and counted rather than holding its slot for ever.
+                self.stats()
+                    .dropped_too_large
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(session) = self.sessions.get_mut(&session_id) {
+                    session.outgoing.abandon(*packet_id);
+                }
+            }
         }
         self.fill_window(session_id);
     }
@@ -105,9 +115,9 @@ impl<B: Backend> Shard<B> {
         // full. Members on other shards are taken as able (their state is theirs).
         let cannot_accept = |session: &SessionId, sub: &crate::topic::Subscription| {
             usize::from(sub.shard) == here
-                && sessions
-                    .get(session)
-                    .is_none_or(|s| s.conn.is_none() || s.inflight.len() >= s.window(inflight_max))
+                && sessions.get(session).is_none_or(|s| {
+                    s.conn.is_none() || s.outgoing.window_full(s.window(inflight_max))
+                })
         };
         snapshot.for_each_match(&message.topic, &mut |m| {
             let (session, sub) = match m {
@@ -245,43 +255,25 @@ impl<B: Backend> Shard<B> {
                 return;
             }
         }
-        let online = session.conn.is_some();
-        if target.qos == QoS::AtMostOnce {
-            if online {
-                self.send_to_session(target.session, message, target, variants);
-            }
-            return;
-        }
-        if online
-            && session.inflight.len() < session.window(inflight_max)
-            && session.queue.is_empty()
+        let limits = session.limits(inflight_max, queued_max, self.config.queued_bytes_max);
+        match session
+            .outgoing
+            .offer(message, target, session.conn.is_some(), limits)
         {
-            self.send_to_session(target.session, message, target, variants);
-            return;
-        }
-        let bytes_max = self.config.queued_bytes_max;
-        let size = message.payload.len();
-        // max_queued_messages and max_queued_bytes (0: no byte limit).
-        if session.queue.len() >= queued_max
-            || (bytes_max > 0 && session.queued_bytes + size > bytes_max)
-        {
-            session.dropped += 1;
-            self.shared.stats[self.id]
-                .dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed);
-            if session.dropped.is_power_of_two() {
-                log::info!(
-                    "Outgoing messages are being dropped for client {}.",
-                    session.client_id
-                );
+            Offer::Send => self.send_to_session(target.session, message, target, variants),
+            Offer::Queued | Offer::Dropped(DropReason::Offline) => {}
+            Offer::Dropped(DropReason::QueueFull) => {
+                self.shared.stats[self.id]
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                if session.outgoing.dropped().is_power_of_two() {
+                    log::info!(
+                        "Outgoing messages are being dropped for client {}.",
+                        session.client_id
+                    );
+                }
             }
-            return;
         }
-        session.queued_bytes += size;
-        session.queue.push_back(Queued {
-            message: message.clone(),
-            target: target.clone(),
-        });
     }
 
     /// Encodes the PUBLISH for `target` into its connection's buffer; QoS 1/2 enters the
@@ -399,16 +391,7 @@ impl<B: Backend> Shard<B> {
         let packet_id = if target.qos == QoS::AtMostOnce {
             0
         } else {
-            let id = session.next_packet_id();
-            session.inflight.push_back(InFlight {
-                packet_id: id,
-                message: message.clone(),
-                qos: target.qos,
-                retain: target.retain,
-                identifiers: target.identifiers.clone(),
-                released: false,
-            });
-            id
+            session.outgoing.start(message, target)
         };
         let was_empty = c.out.is_empty();
         let start = c.out.len();
@@ -444,8 +427,8 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        let room = OWED_MAX.saturating_sub(session.owed.len());
-        let dropped = messages.len().saturating_sub(room);
+        let was_idle = !session.outgoing.owes();
+        let dropped = session.outgoing.owe(messages, qos, identifier);
         if dropped > 0 {
             log::info!(
                 "Client {} is owed too many retained messages; {dropped} dropped.",
@@ -455,15 +438,7 @@ impl<B: Backend> Shard<B> {
                 .dropped_queue_full
                 .fetch_add(dropped as u64, Ordering::Relaxed);
         }
-        let was_idle = session.owed.is_empty();
-        session
-            .owed
-            .extend(messages.into_iter().take(room).map(|message| Owed {
-                message,
-                qos,
-                identifier,
-            }));
-        if was_idle && !session.owed.is_empty() {
+        if was_idle && session.outgoing.owes() {
             self.owing.push(session_id);
         }
         self.send_owed(session_id);
@@ -479,14 +454,12 @@ impl<B: Backend> Shard<B> {
                 return false;
             };
             let Some(conn) = session.conn else {
-                return !session.owed.is_empty();
+                return session.outgoing.owes();
             };
-            let Some(next) = session.owed.front() else {
+            let Some(qos) = session.outgoing.next_owed_qos() else {
                 return false;
             };
-            let qos = next.message.qos.min(next.qos);
-            let window_full =
-                session.inflight.len() >= session.window(inflight_max) || !session.queue.is_empty();
+            let window_full = !session.outgoing.has_room(session.window(inflight_max));
             let unsent = self.backend.queued_bytes(conn);
             let waiting = self.conn(conn).map_or(0, |c| c.out.len()) + unsent;
             if qos != QoS::AtMostOnce && window_full {
@@ -502,7 +475,7 @@ impl<B: Backend> Shard<B> {
             let owed = self
                 .sessions
                 .get_mut(&session_id)
-                .and_then(|s| s.owed.pop_front())
+                .and_then(|s| s.outgoing.take_owed())
                 .expect("just seen");
             // Variants are per message: each retained message is encoded on its own.
             let target = Target {

@@ -549,17 +549,22 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Encodes `packet` into the connection's turn buffer.
-    fn send_packet(&mut self, conn: ConnId, packet: &Packet) {
-        let Some(c) = self.conn_mut(conn) else { return };
+    /// False if it could not be encoded (logged) or the connection is gone.
+    fn send_packet(&mut self, conn: ConnId, packet: &Packet) -> bool {
+        let Some(c) = self.conn_mut(conn) else {
+            return false;
+        };
         let version = c.version.unwrap_or(ProtocolVersion::V311);
         let was_empty = c.out.is_empty();
+        let start = c.out.len();
         if let Err(e) = packet.encode(version, &mut c.out) {
+            c.out.truncate(start);
             log::error!(
                 "Error: cannot encode {} for {}: {e}",
                 packet.name(),
                 c.name()
             );
-            return;
+            return false;
         }
         self.shared.stats[self.id]
             .packets_sent
@@ -567,6 +572,7 @@ impl<B: Backend> Shard<B> {
         if was_empty {
             self.dirty.push(conn);
         }
+        true
     }
 
     /// Whether the bytes waiting for clients over all shards are past `memory_limit`.

@@ -11,6 +11,7 @@ use super::Shard;
 use crate::auth::acl::Access;
 use crate::codec::{MqttStr, Packet, PubResponse, Publish, QoS, ReasonCode, Will};
 use crate::router::Message;
+use crate::session::Qos2Publish;
 use crate::topic::SessionId;
 
 /// Why a payload marked UTF-8 was refused.
@@ -70,8 +71,12 @@ impl<B: Backend> Shard<B> {
                 QoS::AtMostOnce => {
                     self.disconnect_with(conn, ReasonCode::PayloadFormatInvalid, NOT_UTF8)
                 }
-                QoS::AtLeastOnce => self.send_packet(conn, &Packet::PubAck(refusal)),
-                QoS::ExactlyOnce => self.send_packet(conn, &Packet::PubRec(refusal)),
+                QoS::AtLeastOnce => {
+                    self.send_packet(conn, &Packet::PubAck(refusal));
+                }
+                QoS::ExactlyOnce => {
+                    self.send_packet(conn, &Packet::PubRec(refusal));
+                }
             }
             return;
         }
@@ -94,21 +99,18 @@ impl<B: Backend> Shard<B> {
                 return;
             }
         }
-        let duplicate = qos == QoS::ExactlyOnce
-            && self
-                .sessions
+        // Method B of §4.3.3: delivered on PUBLISH, its id remembered until PUBREL.
+        let receive_max = self.config.inflight_max;
+        let qos2 = (qos == QoS::ExactlyOnce).then(|| {
+            self.sessions
                 .get(&session_id)
-                .is_some_and(|s| s.incoming_qos2.contains(&packet_id));
+                .map_or(Qos2Publish::New, |s| {
+                    s.incoming.publish(packet_id, receive_max)
+                })
+        });
         // [MQTT-3.3.4-7] more unacknowledged QoS 2 PUBLISHes than the Receive Maximum the
         // broker gave: Receive Maximum exceeded. (QoS 1 is acknowledged at once.)
-        let receive_max = self.config.inflight_max;
-        if qos == QoS::ExactlyOnce
-            && !duplicate
-            && self
-                .sessions
-                .get(&session_id)
-                .is_some_and(|s| s.incoming_qos2.len() >= receive_max)
-        {
+        if qos2 == Some(Qos2Publish::OverReceiveMaximum) {
             log::info!("Client {name} exceeded the receive maximum {receive_max}, disconnecting.");
             self.disconnect_with(
                 conn,
@@ -117,6 +119,7 @@ impl<B: Backend> Shard<B> {
             );
             return;
         }
+        let duplicate = qos2 == Some(Qos2Publish::Duplicate);
         if !duplicate && authorised {
             let mut properties = publish.properties;
             // Properties the broker answers itself are not forwarded.
@@ -163,7 +166,7 @@ impl<B: Backend> Shard<B> {
             }
             QoS::ExactlyOnce => {
                 if let Some(session) = self.sessions.get_mut(&session_id) {
-                    session.incoming_qos2.insert(packet_id);
+                    session.incoming.record(packet_id);
                 }
                 log::debug!("Sending PUBREC to {name} (Mid: {packet_id})");
                 self.send_packet(conn, &Packet::PubRec(PubResponse::new(packet_id)));
@@ -220,7 +223,7 @@ impl<B: Backend> Shard<B> {
         let known = self
             .sessions
             .get_mut(&session_id)
-            .is_some_and(|s| s.incoming_qos2.remove(&packet_id));
+            .is_some_and(|s| s.incoming.pubrel(packet_id));
         let mut comp = PubResponse::new(packet_id);
         if !known {
             comp.reason = ReasonCode::PacketIdentifierNotFound;
@@ -244,11 +247,8 @@ impl<B: Backend> Shard<B> {
             return;
         };
         let mut rel = PubResponse::new(packet_id);
-        match session.inflight_position(packet_id) {
-            Some(at) if session.inflight[at].qos == QoS::ExactlyOnce => {
-                session.inflight[at].released = true
-            }
-            _ => rel.reason = ReasonCode::PacketIdentifierNotFound,
+        if !session.outgoing.pubrec(packet_id) {
+            rel.reason = ReasonCode::PacketIdentifierNotFound;
         }
         log::debug!("Sending PUBREL to {name} (Mid: {packet_id})");
         self.send_packet(conn, &Packet::PubRel(rel));
@@ -267,14 +267,13 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        let Some(at) = session.inflight_position(packet_id) else {
-            return;
+        let finished = match qos {
+            QoS::AtLeastOnce => session.outgoing.puback(packet_id),
+            _ => session.outgoing.pubcomp(packet_id),
         };
-        if session.inflight[at].qos != qos {
-            return;
+        if finished {
+            self.fill_window(session_id);
         }
-        session.inflight.remove(at);
-        self.fill_window(session_id);
     }
 
     /// Publishes a will as if its client had sent it. [MQTT-3.1.2-8]

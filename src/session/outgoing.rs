@@ -1,0 +1,397 @@
+//! What a session owes its client, as a state machine with no I/O: the inflight window of
+//! QoS 1/2 messages sent and not yet acknowledged, the queue behind it, and the retained
+//! messages owed to new subscriptions. The shard asks it what to do with a message
+//! (`offer`), tells it what the client acknowledged (`puback`, `pubrec`, `pubcomp`), and
+//! encodes what it says to send.
+
+use hashbrown::HashMap;
+use smallvec::SmallVec;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::codec::QoS;
+use crate::types::{Message, Target};
+
+/// A QoS 1/2 message sent to the client and not yet fully acknowledged.
+#[derive(Debug)]
+pub struct InFlight {
+    pub packet_id: u16,
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub identifiers: SmallVec<[u32; 1]>,
+    /// QoS 2: PUBREC came back and PUBREL was sent; waiting for PUBCOMP.
+    pub released: bool,
+    /// Order of sending, so that a resumed session resends in order [MQTT-4.4.0-1].
+    sent: u64,
+}
+
+/// A message waiting for room in the inflight window (or for the client to come back).
+#[derive(Debug)]
+pub struct Queued {
+    pub message: Arc<Message>,
+    pub target: Target,
+}
+
+/// A retained message owed to a new subscription, sent as the client reads (never all at
+/// once: a filter may match a hundred thousand of them).
+#[derive(Debug)]
+pub struct Owed {
+    pub message: Arc<Message>,
+    /// The subscription's QoS and identifier.
+    pub qos: QoS,
+    pub identifier: Option<u32>,
+}
+
+/// Most retained messages one session may be owed at once; past it, more are dropped and
+/// counted (a client subscribing to `#` again and again cannot make the broker hold the
+/// retained set once per SUBSCRIBE).
+pub const OWED_MAX: usize = 1 << 20;
+
+/// The limits a delivery is held to (from the configuration and the client's CONNECT).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Messages in flight at once: the broker's limit or the client's Receive Maximum,
+    /// whichever is lower. [MQTT-3.3.4-9]
+    pub window: usize,
+    /// `max_queued_messages` (usize::MAX: none).
+    pub queued_max: usize,
+    /// `max_queued_bytes` of payload (0: none).
+    pub queued_bytes_max: usize,
+}
+
+/// What to do with a message offered to a session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Send it now (QoS 1/2: call `start` once it is encoded).
+    Send,
+    /// Queued behind the window (or until the client comes back).
+    Queued,
+    /// Not kept: QoS 0 for an offline client, or the queue is full.
+    Dropped(DropReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// QoS 0 to a client that is not connected (not queued, as Mosquitto by default).
+    Offline,
+    /// `max_queued_messages` or `max_queued_bytes` reached.
+    QueueFull,
+}
+
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    inflight: HashMap<u16, InFlight>,
+    /// The last packet id given out.
+    last_id: u16,
+    sent: u64,
+    queue: VecDeque<Queued>,
+    /// Payload bytes in `queue` (for `max_queued_bytes`).
+    queued_bytes: usize,
+    owed: VecDeque<Owed>,
+    /// Messages dropped because the queue was full, since the session began.
+    dropped: u64,
+}
+
+impl Outgoing {
+    /// What to do with `message` for `target`: send now, queue, or drop.
+    pub fn offer(
+        &mut self,
+        message: &Arc<Message>,
+        target: &Target,
+        online: bool,
+        limits: Limits,
+    ) -> Offer {
+        if target.qos == QoS::AtMostOnce {
+            return if online {
+                Offer::Send
+            } else {
+                Offer::Dropped(DropReason::Offline)
+            };
+        }
+        if online && self.has_room(limits.window) {
+            return Offer::Send;
+        }
+        let size = message.payload.len();
+        if self.queue.len() >= limits.queued_max
+            || (limits.queued_bytes_max > 0 && self.queued_bytes + size > limits.queued_bytes_max)
+        {
+            self.dropped += 1;
+            return Offer::Dropped(DropReason::QueueFull);
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(Queued {
+            message: message.clone(),
+            target: target.clone(),
+        });
+        Offer::Queued
+    }
+
+    /// Whether a QoS 1/2 message may go out now: room in the window, and nothing queued
+    /// ahead of it (messages go out in order [MQTT-4.6.0-6]).
+    pub fn has_room(&self, window: usize) -> bool {
+        self.inflight.len() < window && self.queue.is_empty()
+    }
+
+    /// Whether the window is full (a shared subscription passes over such a member).
+    pub fn window_full(&self, window: usize) -> bool {
+        self.inflight.len() >= window
+    }
+
+    /// A QoS 1/2 message enters the window; returns its packet identifier: non-zero
+    /// [MQTT-2.2.1-3] and not in use by another unfinished exchange [MQTT-2.2.1-4].
+    pub fn start(&mut self, message: &Arc<Message>, target: &Target) -> u16 {
+        debug_assert!(target.qos != QoS::AtMostOnce);
+        debug_assert!(self.inflight.len() < usize::from(u16::MAX));
+        let id = loop {
+            self.last_id = self.last_id.wrapping_add(1);
+            if self.last_id != 0 && !self.inflight.contains_key(&self.last_id) {
+                break self.last_id;
+            }
+        };
+        self.sent += 1;
+        self.inflight.insert(
+            id,
+            InFlight {
+                packet_id: id,
+                message: message.clone(),
+                qos: target.qos,
+                retain: target.retain,
+                identifiers: target.identifiers.clone(),
+                released: false,
+                sent: self.sent,
+            },
+        );
+        id
+    }
+
+    /// The next queued message, if the window has room for it.
+    pub fn next_queued(&mut self, window: usize) -> Option<Queued> {
+        if self.inflight.len() >= window {
+            return None;
+        }
+        let queued = self.queue.pop_front()?;
+        self.queued_bytes -= queued.message.payload.len();
+        Some(queued)
+    }
+
+    /// PUBACK: ends a QoS 1 exchange. False if no QoS 1 message has this id.
+    pub fn puback(&mut self, packet_id: u16) -> bool {
+        self.finish(packet_id, QoS::AtLeastOnce)
+    }
+
+    /// PUBCOMP: ends a QoS 2 exchange. False if no QoS 2 message has this id.
+    pub fn pubcomp(&mut self, packet_id: u16) -> bool {
+        self.finish(packet_id, QoS::ExactlyOnce)
+    }
+
+    fn finish(&mut self, packet_id: u16, qos: QoS) -> bool {
+        match self.inflight.get(&packet_id) {
+            Some(f) if f.qos == qos => {
+                self.inflight.remove(&packet_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC: a QoS 2 message was received; PUBREL is to be sent (and resent on resume
+    /// instead of the PUBLISH [MQTT-4.4.0-1]). False if no QoS 2 message has this id.
+    pub fn pubrec(&mut self, packet_id: u16) -> bool {
+        match self.inflight.get_mut(&packet_id) {
+            Some(f) if f.qos == QoS::ExactlyOnce => {
+                f.released = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets a message in flight that cannot be sent again (it no longer encodes for the
+    /// client's protocol version, say).
+    pub fn abandon(&mut self, packet_id: u16) {
+        self.inflight.remove(&packet_id);
+    }
+
+    /// The messages in flight, in the order they were sent (to resend on resume).
+    pub fn in_flight(&self) -> Vec<&InFlight> {
+        let mut all: Vec<&InFlight> = self.inflight.values().collect();
+        all.sort_unstable_by_key(|f| f.sent);
+        all
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Owes retained messages to a new subscription; returns how many did not fit
+    /// (`OWED_MAX`).
+    pub fn owe(&mut self, messages: Vec<Arc<Message>>, qos: QoS, identifier: Option<u32>) -> usize {
+        let room = OWED_MAX.saturating_sub(self.owed.len());
+        let dropped = messages.len().saturating_sub(room);
+        self.owed
+            .extend(messages.into_iter().take(room).map(|message| Owed {
+                message,
+                qos,
+                identifier,
+            }));
+        dropped
+    }
+
+    pub fn owes(&self) -> bool {
+        !self.owed.is_empty()
+    }
+
+    /// The next owed message's QoS (the lower of the message's and the subscription's).
+    pub fn next_owed_qos(&self) -> Option<QoS> {
+        self.owed.front().map(|o| o.message.qos.min(o.qos))
+    }
+
+    pub fn take_owed(&mut self) -> Option<Owed> {
+        self.owed.pop_front()
+    }
+
+    /// What must hold after every change.
+    pub fn check_invariants(&self, who: &str) {
+        let queued: usize = self.queue.iter().map(|q| q.message.payload.len()).sum();
+        assert_eq!(self.queued_bytes, queued, "queued_bytes of {who}");
+        for (&id, f) in &self.inflight {
+            assert_ne!(id, 0, "packet id 0 in flight to {who} [MQTT-2.2.1-3]");
+            assert_eq!(id, f.packet_id, "in-flight entry of {who} under another id");
+            assert!(f.qos != QoS::AtMostOnce, "QoS 0 in flight to {who}");
+            assert!(!f.released || f.qos == QoS::ExactlyOnce);
+        }
+        assert!(self.queue.iter().all(|q| q.target.qos != QoS::AtMostOnce));
+        assert!(self.owed.len() <= OWED_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::SessionId;
+
+    fn message(n: u8, qos: QoS) -> Arc<Message> {
+        Arc::new(Message {
+            topic: crate::codec::MqttStr::from_static("t"),
+            payload: bytes::Bytes::from(vec![n; 10]),
+            qos,
+            retain: false,
+            properties: Default::default(),
+            origin: None,
+            expires_at: None,
+        })
+    }
+
+    fn target(qos: QoS) -> Target {
+        Target {
+            session: SessionId(1),
+            qos,
+            retain: false,
+            identifiers: SmallVec::new(),
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        window: 2,
+        queued_max: 3,
+        queued_bytes_max: 0,
+    };
+
+    #[test]
+    fn the_window_then_the_queue_then_drops() {
+        let mut out = Outgoing::default();
+        let t = target(QoS::AtLeastOnce);
+        let mut ids = Vec::new();
+        for n in 0..2 {
+            let m = message(n, QoS::AtLeastOnce);
+            assert_eq!(out.offer(&m, &t, true, LIMITS), Offer::Send);
+            ids.push(out.start(&m, &t));
+        }
+        for n in 2..5 {
+            let m = message(n, QoS::AtLeastOnce);
+            assert_eq!(out.offer(&m, &t, true, LIMITS), Offer::Queued);
+        }
+        let m = message(5, QoS::AtLeastOnce);
+        assert_eq!(
+            out.offer(&m, &t, true, LIMITS),
+            Offer::Dropped(DropReason::QueueFull)
+        );
+        assert_eq!(
+            (out.queue_len(), out.queued_bytes(), out.dropped()),
+            (3, 30, 1)
+        );
+        out.check_invariants("t");
+        // An acknowledgement lets the oldest queued message in.
+        assert!(out.puback(ids[0]));
+        assert!(!out.puback(ids[0]), "acknowledged once");
+        let next = out.next_queued(LIMITS.window).unwrap();
+        assert_eq!(next.message.payload[0], 2);
+        out.start(&next.message, &next.target);
+        assert!(
+            out.next_queued(LIMITS.window).is_none(),
+            "the window is full"
+        );
+        out.check_invariants("t");
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_use() {
+        let mut out = Outgoing::default();
+        let t = target(QoS::ExactlyOnce);
+        let m = message(0, QoS::ExactlyOnce);
+        let first = out.start(&m, &t);
+        assert_eq!(first, 1);
+        // Go round all 65,535 ids once: the one still in flight is never given again.
+        for _ in 0..70_000 {
+            let id = out.start(&m, &t);
+            assert_ne!(id, 0);
+            assert_ne!(id, first);
+            assert!(out.pubrec(id));
+            assert!(out.pubcomp(id));
+        }
+        assert_eq!(out.inflight_len(), 1);
+        assert!(!out.puback(first), "a QoS 2 message is not ended by PUBACK");
+    }
+
+    #[test]
+    fn resume_order_is_send_order() {
+        let mut out = Outgoing::default();
+        let t = target(QoS::AtLeastOnce);
+        let ids: Vec<u16> = (0..5)
+            .map(|n| out.start(&message(n, QoS::AtLeastOnce), &t))
+            .collect();
+        out.puback(ids[1]);
+        let order: Vec<u8> = out
+            .in_flight()
+            .iter()
+            .map(|f| f.message.payload[0])
+            .collect();
+        assert_eq!(order, vec![0, 2, 3, 4]);
+    }
+
+    #[test]
+    fn qos0_is_never_queued() {
+        let mut out = Outgoing::default();
+        let m = message(0, QoS::AtMostOnce);
+        let t = target(QoS::AtMostOnce);
+        assert_eq!(out.offer(&m, &t, true, LIMITS), Offer::Send);
+        assert_eq!(
+            out.offer(&m, &t, false, LIMITS),
+            Offer::Dropped(DropReason::Offline)
+        );
+        assert_eq!(out.queue_len(), 0);
+    }
+}
