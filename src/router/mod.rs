@@ -17,6 +17,8 @@ pub enum ShardMsg {
     Deliver {
         message: Arc<Message>,
         targets: Vec<Target>,
+        /// Passed on by a shard the sessions moved away from (see `shard/handover.rs`).
+        forwarded: bool,
     },
     /// A client connected on shard `to` with an id whose session this shard holds: close
     /// the old connection and hand the session over.
@@ -24,11 +26,31 @@ pub enum ShardMsg {
         client_id: Arc<str>,
         to: usize,
         clean_start: bool,
+        /// The asking connection's claim number: a request older than a claim the holder
+        /// knows of has lost (`shard/handover.rs`).
+        claim: u64,
     },
-    /// The answer to `TakeSession`: the session, if there was one to hand over.
+    /// The answer to `TakeSession`: the session, if there was one to hand over, and the
+    /// shard it was taken from.
     Handoff {
         client_id: Arc<str>,
         session: Option<SessionBox>,
+        origin: usize,
+        /// The claim this answers.
+        claim: u64,
+        /// The request lost to this later claim: its connection is closed if that claim is
+        /// later than the one waiting now.
+        superseded_by: Option<u64>,
+    },
+    /// The shard settling `session` asks for this shard's marker, sent through `via` (the
+    /// shard the session was taken from).
+    Flush { session: SessionId, via: usize },
+    /// A shard's marker: everything it routed to `session` the old way is ahead of it.
+    Flushed {
+        session: SessionId,
+        /// Passed on by the settling shard itself, through the moved entry it still had
+        /// from an earlier pass of the session (`shard/handover.rs`).
+        around: bool,
     },
 }
 
@@ -203,6 +225,7 @@ mod tests {
                 expires_at: None,
             }),
             targets: Vec::new(),
+            forwarded: false,
         }
     }
 

@@ -30,6 +30,8 @@ pub struct Conn {
     pub accepted_at: Instant,
     /// CONNECT received; the session is being handed over from another shard.
     pub waiting_handoff: Option<Box<Connect>>,
+    /// The number of this connection's claim on its client id (`Shared::registry`).
+    pub claim: u64,
     /// How many topic aliases the client allows on the broker's sends (5.0).
     pub out_alias_max: u16,
     /// 5.0 Request Problem Information (default yes): Reason Strings on acknowledgements.
@@ -77,6 +79,7 @@ impl Conn {
             last_rx: now,
             accepted_at: now,
             waiting_handoff: None,
+            claim: 0,
             out_alias_max: 0,
             problem_information: true,
             extras: None,

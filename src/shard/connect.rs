@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::io::{Backend, ConnId};
-use super::subscribe::TrieOp;
-use super::Shard;
+use super::{Claim, Shard};
 use crate::codec::{
     ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will,
 };
@@ -120,13 +119,24 @@ impl<B: Backend> Shard<B> {
         client_id: Arc<str>,
         assigned: bool,
     ) {
-        let previous_owner = self
-            .shared
-            .registry
-            .lock()
-            .expect("registry lock")
-            .insert(client_id.clone(), self.id);
-        let elsewhere = previous_owner.filter(|&owner| owner != self.id);
+        let (previous, claim) = {
+            let mut registry = self.shared.registry.lock().expect("registry lock");
+            let previous = registry.get(&client_id).copied();
+            let claim = Claim {
+                shard: self.id,
+                number: previous.map_or(0, |p| p.number + 1),
+            };
+            registry.insert(client_id.clone(), claim);
+            (previous, claim.number)
+        };
+        if let Some(c) = self.conn_mut(conn) {
+            c.claim = claim;
+        }
+        log::debug!(
+            "{client_id} claimed by shard {} (claim {claim}, previous {previous:?}).",
+            self.id
+        );
+        let elsewhere = previous.map(|p| p.shard).filter(|&owner| owner != self.id);
         if elsewhere.is_some() || self.awaiting.contains_key(&client_id) {
             // The session lives on another shard, or is already on its way here for an
             // earlier connection of this client: this connection waits for it, and CONNECT
@@ -135,7 +145,7 @@ impl<B: Backend> Shard<B> {
             if let Some(c) = self.conn_mut(conn) {
                 c.waiting_handoff = Some(connect);
             }
-            if let Some(earlier) = self.awaiting.insert(client_id.clone(), conn) {
+            if let Some((earlier, _)) = self.awaiting.insert(client_id.clone(), (conn, claim)) {
                 self.close_waiting(earlier, &client_id);
             }
             if let Some(owner) = elsewhere {
@@ -143,6 +153,7 @@ impl<B: Backend> Shard<B> {
                     client_id,
                     to: self.id,
                     clean_start,
+                    claim,
                 };
                 // Never dropped, and never refused for a full mailbox: the registry already
                 // names this shard, so the request must reach the owner.
@@ -156,7 +167,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Closes a connection that was waiting for its session, taken over by a newer one.
-    fn close_waiting(&mut self, conn: ConnId, client_id: &str) {
+    pub(super) fn close_waiting(&mut self, conn: ConnId, client_id: &str) {
         if let Some(c) = self.take_conn(conn) {
             if self.config.connection_messages {
                 log::info!("Client {client_id} already connected, closing old connection.");
@@ -167,7 +178,11 @@ impl<B: Backend> Shard<B> {
 
     /// Takes this shard's session `id` for a new connection, closing its old connection.
     /// Returns it if it carries on (not clean on either side), `None` if it ended.
-    fn take_local_session(&mut self, id: SessionId, clean_start: bool) -> Option<SessionBox> {
+    pub(super) fn take_local_session(
+        &mut self,
+        id: SessionId,
+        clean_start: bool,
+    ) -> Option<SessionBox> {
         let session = self.sessions.get(&id)?;
         if let Some(old) = session.conn {
             if self.config.connection_messages {
@@ -270,7 +285,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Completes a CONNECT with the session it resumes (`Some`) or a new one.
-    fn accept_connect(
+    pub(super) fn accept_connect(
         &mut self,
         conn: ConnId,
         connect: Connect,
@@ -436,106 +451,6 @@ impl<B: Backend> Shard<B> {
         self.send_packet(conn, &Packet::ConnAck(ack));
         if session_present {
             self.resume_outgoing(session_id);
-        }
-    }
-
-    /// Another shard asks for the session of `client_id` for its connection `conn`.
-    pub(super) fn on_take_session(&mut self, client_id: Arc<str>, to: usize, clean_start: bool) {
-        log::debug!(
-            "Handing the session of {client_id} from shard {} to shard {to}.",
-            self.id
-        );
-        // A connection here is itself waiting for this session from a third shard: close it,
-        // and pass the session on when it comes.
-        if let Some(waiting) = self.awaiting.remove(&client_id) {
-            self.close_waiting(waiting, &client_id);
-            self.forward_handoff.insert(client_id, to);
-            return;
-        }
-        let session = match self.by_client.get(&client_id).copied() {
-            Some(id) => {
-                let session = self.take_local_session(id, clean_start);
-                if let Some(s) = &session {
-                    self.moved.insert(s.id, (to, Instant::now()));
-                }
-                session
-            }
-            None => None,
-        };
-        let msg = ShardMsg::Handoff { client_id, session };
-        // Never dropped: a handoff carries a session.
-        self.outbox.send(&self.shared.mailboxes, to, msg, true);
-    }
-
-    /// The session asked for in `on_connect` arrived (or `None`: there was none to take).
-    pub(super) fn on_handoff(&mut self, client_id: Arc<str>, session: Option<SessionBox>) {
-        if let Some(to) = self.forward_handoff.remove(&client_id) {
-            if let Some(s) = &session {
-                self.moved.insert(s.id, (to, Instant::now()));
-            }
-            let msg = ShardMsg::Handoff { client_id, session };
-            self.outbox.send(&self.shared.mailboxes, to, msg, true);
-            return;
-        }
-        // The connection waiting for it now: the one that asked, or a newer connection of
-        // the same client that took its place meanwhile.
-        let waiting = self.awaiting.remove(&client_id);
-        let connect = waiting.and_then(|conn| {
-            let c = self.conn_mut(conn)?;
-            let connect = c.waiting_handoff.take()?;
-            Some((conn, connect))
-        });
-        match connect {
-            Some((conn, connect)) => {
-                let session = match session {
-                    Some(session) if connect.clean_start => {
-                        self.end_session(session, false);
-                        None
-                    }
-                    other => other,
-                };
-                self.accept_connect(conn, *connect, client_id, false, session);
-                self.process_input(conn);
-            }
-            // The connection went away meanwhile: keep a persistent session here, offline.
-            // (No other session of this client can be here: a connection made meanwhile
-            // waited for this one.)
-            None => match session {
-                Some(mut session) => {
-                    debug_assert!(!self.by_client.contains_key(&client_id));
-                    session.conn = None;
-                    self.adopt_subscriptions(&mut session);
-                    let id = session.id;
-                    self.by_client.insert(client_id, id);
-                    self.sessions.insert(id, session);
-                    self.schedule_expiry(id);
-                }
-                // No session either: the client id is no longer this shard's.
-                None => {
-                    if !self.by_client.contains_key(&client_id) {
-                        let mut registry = self.shared.registry.lock().expect("registry lock");
-                        if registry.get(&client_id) == Some(&self.id) {
-                            registry.remove(&client_id);
-                        }
-                    }
-                }
-            },
-        }
-    }
-
-    /// Points the subscriptions of a session that came from another shard at this one.
-    fn adopt_subscriptions(&mut self, session: &mut Session) {
-        let here = self.id as u16;
-        for (filter, sub) in &mut session.subscriptions {
-            if sub.shard != here {
-                sub.shard = here;
-                let op = TrieOp::Subscribe {
-                    filter: filter.clone(),
-                    session: session.id,
-                    sub: *sub,
-                };
-                self.trie_ops.push(op);
-            }
         }
     }
 }

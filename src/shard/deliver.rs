@@ -166,12 +166,13 @@ impl<B: Backend> Shard<B> {
             merge_overlapping(list);
             if shard == self.id {
                 let local = std::mem::take(list);
-                self.deliver_here(message, local);
+                self.deliver_here(message, local, false);
                 continue;
             }
             let msg = ShardMsg::Deliver {
                 message: message.clone(),
                 targets: std::mem::take(list),
+                forwarded: false,
             };
             self.send_to_shard(shard, msg, message.qos, from);
         }
@@ -210,21 +211,31 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// Delivers to sessions owned here (or forwards those that moved away).
-    pub(super) fn deliver_here(&mut self, message: &Arc<Message>, targets: Vec<Target>) {
+    /// Delivers to sessions owned here (or forwards those that moved away). What comes
+    /// straight here (not `forwarded`) for a session still settling waits for the old
+    /// route to drain (`handover.rs`).
+    pub(super) fn deliver_here(
+        &mut self,
+        message: &Arc<Message>,
+        targets: Vec<Target>,
+        forwarded: bool,
+    ) {
         let mut variants = Variants::default();
         let mut moved: Vec<(usize, Target)> = Vec::new();
         for target in &targets {
             if self.sessions.contains_key(&target.session) {
-                self.deliver_to_session(message, target, &mut variants);
-            } else if let Some(&(shard, _)) = self.moved.get(&target.session) {
-                moved.push((shard, target.clone()));
+                if forwarded || !self.hold(message, target) {
+                    self.deliver_to_session(message, target, &mut variants);
+                }
+            } else if let Some(m) = self.moved.get(&target.session) {
+                moved.push((m.to, target.clone()));
             }
         }
         for (shard, target) in moved {
             let msg = ShardMsg::Deliver {
                 message: message.clone(),
                 targets: vec![target],
+                forwarded: true,
             };
             self.send_to_shard(shard, msg, message.qos, None);
         }

@@ -9,6 +9,7 @@ mod close;
 pub mod conn;
 mod connect;
 mod deliver;
+mod handover;
 pub mod io;
 mod publish;
 mod reload;
@@ -43,8 +44,6 @@ use subscribe::{AfterTrie, TrieOp};
 const MAILBOX_PER_TURN: usize = 4096;
 /// Cross-shard messages held while a target mailbox is full (QoS 1/2 only).
 const OVERFLOW_MAX: usize = 65_536;
-/// How long a shard forwards deliveries for a session that moved to another shard.
-const MOVED_FORWARD_TIME: Duration = Duration::from_secs(10);
 /// How often keepalives and CONNECT deadlines are checked.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 
@@ -62,8 +61,10 @@ pub struct Shared {
     pub trie: Arc<SubscriptionTree>,
     pub trie_writer: Mutex<TreeWriter>,
     pub retained: Mutex<RetainStore>,
-    /// Which shard owns each client id's session.
-    pub registry: Mutex<HashMap<Arc<str>, usize>>,
+    /// Each client id's latest claim: the shard of the connection that connected last with
+    /// it (where the session is or is going), and the claim's number (increasing per client
+    /// id), which orders racing connections: the latest claim wins (`shard/handover.rs`).
+    pub registry: Mutex<HashMap<Arc<str>, Claim>>,
     pub mailboxes: Arc<Mailboxes>,
     pub next_session: AtomicU64,
     /// Connections open now, over all shards.
@@ -79,6 +80,13 @@ pub struct Shared {
     /// Bytes each shard's connections have waiting to be written (for `memory_limit`),
     /// published by the shard at the end of each turn.
     pub write_queued: Box<[CachePadded<std::sync::atomic::AtomicUsize>]>,
+}
+
+/// A client id's latest claim (see `Shared::registry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub shard: usize,
+    pub number: u64,
 }
 
 /// Messages one shard's mailbox holds before senders must hold or drop.
@@ -160,13 +168,23 @@ pub struct Shard<B: Backend> {
     /// until they are through.
     outbox: Outbox,
     paused: Vec<ConnId>,
-    /// Sessions handed to another shard, and until when to forward their deliveries.
-    moved: HashMap<SessionId, (usize, Instant)>,
+    /// Sessions handed to another shard, whose deliveries are forwarded there until their
+    /// move has settled (`handover.rs`).
+    moved: HashMap<SessionId, handover::Moved>,
+    /// Sessions that arrived from another shard and wait for the old route to drain.
+    settling: HashMap<SessionId, handover::Settling>,
+    /// Sessions that began settling this turn: their marker requests go out once the
+    /// turn's trie changes are published.
+    pending_flush: Vec<(SessionId, usize)>,
     /// Client ids whose session must go on to another shard when it arrives here.
-    forward_handoff: HashMap<Arc<str>, usize>,
+    /// Answers to requests for a session that this shard made for a connection that has
+    /// since lost to a later claim elsewhere: by (client id, the claim asked for), the shard
+    /// and claim to pass the answer on to.
+    forward_handoff: HashMap<Arc<str>, Vec<handover::Forward>>,
     /// Client ids whose session this shard asked for and has not received, with the
-    /// connection waiting for it (the newest, if the client connected again meanwhile).
-    awaiting: HashMap<Arc<str>, ConnId>,
+    /// connection waiting for it (the newest, if the client connected again meanwhile) and
+    /// its claim number.
+    awaiting: HashMap<Arc<str>, (ConnId, u64)>,
     /// Sessions owed retained messages (each once), continued every turn.
     owing: Vec<SessionId>,
     /// Some of them can go on as soon as this turn's writes are out: do not sleep.
@@ -214,6 +232,8 @@ impl<B: Backend> Shard<B> {
             outbox: Outbox::new(shards, OVERFLOW_MAX),
             paused: Vec::new(),
             moved: HashMap::new(),
+            settling: HashMap::new(),
+            pending_flush: Vec::new(),
             forward_handoff: HashMap::new(),
             awaiting: HashMap::new(),
             owing: Vec::new(),
@@ -281,6 +301,7 @@ impl<B: Backend> Shard<B> {
         }
         self.retry_overflow();
         self.apply_trie_ops();
+        self.request_markers();
         self.send_all_owed();
         if Instant::now() >= *next_tick {
             self.check_timers();
@@ -326,8 +347,8 @@ impl<B: Backend> Shard<B> {
                     .as_ref()
                     .expect("a waiting connection has a client id");
                 assert_eq!(
-                    self.awaiting.get(client),
-                    Some(&c.id),
+                    self.awaiting.get(client).map(|a| a.0),
+                    Some(c.id),
                     "{client} waits unrecorded"
                 );
             }
@@ -349,6 +370,20 @@ impl<B: Backend> Shard<B> {
             session.check_invariants();
         }
         assert_eq!(self.by_client.len(), self.sessions.len());
+        for (id, settling) in &self.settling {
+            // A settling session never moves on; it may have come back to a shard it
+            // passed before, whose forwarding then drains first.
+            assert!(
+                !self.moved.contains_key(id) || settling.came_around(),
+                "session {id:?} settling and moved"
+            );
+        }
+        for id in self.moved.keys() {
+            assert!(
+                !self.sessions.contains_key(id) || self.settling.contains_key(id),
+                "session {id:?} moved but still here"
+            );
+        }
     }
 
     fn on_event(&mut self, event: Event) {
@@ -609,13 +644,26 @@ impl<B: Backend> Shard<B> {
                 return;
             };
             match msg {
-                ShardMsg::Deliver { message, targets } => self.deliver_here(&message, targets),
+                ShardMsg::Deliver {
+                    message,
+                    targets,
+                    forwarded,
+                } => self.deliver_here(&message, targets, forwarded),
                 ShardMsg::TakeSession {
                     client_id,
                     to,
                     clean_start,
-                } => self.on_take_session(client_id, to, clean_start),
-                ShardMsg::Handoff { client_id, session } => self.on_handoff(client_id, session),
+                    claim,
+                } => self.on_take_session(client_id, to, clean_start, claim),
+                ShardMsg::Handoff {
+                    client_id,
+                    session,
+                    origin,
+                    claim,
+                    superseded_by,
+                } => self.on_handoff(client_id, session, origin, claim, superseded_by),
+                ShardMsg::Flush { session, via } => self.on_flush(session, via),
+                ShardMsg::Flushed { session, around } => self.on_flushed(session, around),
             }
         }
     }
@@ -675,8 +723,6 @@ impl<B: Backend> Shard<B> {
                 self.connection_lost(conn, close::CloseReason::ConnectTimeout);
             }
         }
-        self.moved
-            .retain(|_, (_, since)| now.duration_since(*since) < MOVED_FORWARD_TIME);
         #[cfg(debug_assertions)]
         self.check_invariants();
         self.publish_due_wills(now);

@@ -1,0 +1,514 @@
+//! A session moving between shards (a client reconnecting on another shard), and keeping
+//! its messages in order while it moves.
+//!
+//! The shard holding the session (A) hands it to the shard that asked (B) and from then on
+//! forwards what is delivered to it there. B points the session's subscriptions at itself;
+//! but a message routed before that (with the old trie snapshot) goes to A and reaches B
+//! only through A, later than one routed after it straight to B. So B *settles* the
+//! session: it holds what comes straight to it for that session, and asks every shard X to
+//! send a `Flushed` marker to A, behind whatever X sent A before it; A passes the markers on
+//! behind its forwards. When B has the markers of every shard, every message routed the old
+//! way has reached it: it releases what it held, in order [MQTT-4.6.0-6], and A stops
+//! forwarding. A session that is settling is not handed on until it has settled, so moves
+//! never overlap.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::io::Backend;
+use super::subscribe::TrieOp;
+use super::Shard;
+use crate::router::{SessionBox, ShardMsg};
+use crate::session::Session;
+use crate::types::{Message, SessionId, Target};
+
+/// Messages one settling session may hold; past it, more are dropped and counted (a move
+/// takes a few mailbox hops, so this is never reached but under a flood).
+const HELD_MAX: usize = 65_536;
+
+/// A session that arrived here and waits for the old route to drain.
+#[derive(Default)]
+pub struct Settling {
+    /// `Flushed` markers still to come (one per shard).
+    markers_missing: usize,
+    /// What came straight here meanwhile, in arrival order.
+    held: VecDeque<(Arc<Message>, Target)>,
+    /// The session came back here while this shard still forwarded for it (an earlier pass):
+    /// markers count only once they have gone around that forwarding too.
+    around: bool,
+    /// The latest request for the session that came meanwhile (client id, asking shard,
+    /// clean start, claim): answered once settled.
+    deferred_take: Option<(Arc<str>, usize, bool, u64)>,
+}
+
+/// An answer this shard waits for, for a connection that lost to a later claim elsewhere:
+/// it goes on to that claim.
+#[derive(Clone, Copy, Debug)]
+pub struct Forward {
+    /// The claim this shard asked for.
+    pub asked: u64,
+    /// Where the answer goes, as the answer to which claim.
+    pub to: usize,
+    pub claim: u64,
+}
+
+impl Settling {
+    pub fn came_around(&self) -> bool {
+        self.around
+    }
+}
+
+/// A session handed to another shard: deliveries for it are forwarded there until every
+/// shard's `Flushed` marker has passed through.
+pub struct Moved {
+    pub to: usize,
+    markers_passed: usize,
+}
+
+impl<B: Backend> Shard<B> {
+    /// Another shard (`to`) asks for the session of `client_id` for a connection whose claim
+    /// is number `claim`. The latest claim wins: a request older than a claim this shard
+    /// knows of (a connection of its own, connected or waiting) is answered `superseded_by`
+    /// that claim.
+    pub(super) fn on_take_session(
+        &mut self,
+        client_id: Arc<str>,
+        to: usize,
+        clean_start: bool,
+        claim: u64,
+    ) {
+        let held = self.by_client.get(&client_id).copied();
+        let waiting = self.awaiting.get(&client_id).copied();
+        log::debug!(
+            "Shard {to} asks shard {} for the session of {client_id} (claim {claim}); here: session {:?}, waiting {:?}.",
+            self.id,
+            held.map(|id| id.0),
+            waiting.map(|w| w.1)
+        );
+        let Some(id) = held else {
+            match waiting {
+                // This shard waits for the session with a later claim: the request has lost.
+                Some((_, mine)) if mine > claim => {
+                    self.answer(client_id, to, claim, None, Some(mine));
+                }
+                // This shard waits for the session too, with an earlier claim: its
+                // connection has lost, and the answer it waits for goes on to `to`.
+                Some((conn, mine)) => {
+                    self.awaiting.remove(&client_id);
+                    self.close_waiting(conn, &client_id);
+                    self.forward_handoff
+                        .entry(client_id)
+                        .or_default()
+                        .push(Forward {
+                            asked: mine,
+                            to,
+                            claim,
+                        });
+                }
+                // No session here: a new one there.
+                None => self.answer(client_id, to, claim, None, None),
+            }
+            return;
+        };
+        if let Some(settling) = self.settling.get_mut(&id) {
+            // Still arriving here: answered once settled (moves never overlap). Of two
+            // requests meanwhile, the later claim is kept and the other has lost.
+            let request = (client_id, to, clean_start, claim);
+            let lost = match settling.deferred_take.take() {
+                Some(kept) if kept.3 > claim => {
+                    let by = kept.3;
+                    settling.deferred_take = Some(kept);
+                    Some((request, by))
+                }
+                earlier => {
+                    settling.deferred_take = Some(request);
+                    earlier.map(|e| (e, claim))
+                }
+            };
+            if let Some(((client_id, to, _, lost_claim), by)) = lost {
+                self.answer(client_id, to, lost_claim, None, Some(by));
+            }
+            return;
+        }
+        // A connection here with a later claim keeps the session: a waiting one takes it
+        // now, a connected one has it.
+        if let Some((conn, mine)) = waiting.filter(|&(_, mine)| mine > claim) {
+            self.awaiting.remove(&client_id);
+            self.give_waiting_connection(conn, id, &client_id);
+            self.answer(client_id, to, claim, None, Some(mine));
+            return;
+        }
+        let connected_claim = self
+            .sessions
+            .get(&id)
+            .and_then(|s| s.conn)
+            .and_then(|conn| self.conn(conn))
+            .map(|c| c.claim)
+            .filter(|&mine| mine > claim);
+        if let Some(mine) = connected_claim {
+            self.answer(client_id, to, claim, None, Some(mine));
+            return;
+        }
+        // The request is the latest: a connection here still waiting has lost.
+        if let Some((conn, _)) = waiting {
+            self.awaiting.remove(&client_id);
+            self.close_waiting(conn, &client_id);
+        }
+        log::debug!(
+            "Handing the session of {client_id} ({}) from shard {} to shard {to}.",
+            id.0,
+            self.id
+        );
+        let session = self.take_local_session(id, clean_start);
+        if let Some(s) = &session {
+            self.moved.insert(
+                s.id,
+                Moved {
+                    to,
+                    markers_passed: 0,
+                },
+            );
+        }
+        self.answer(client_id, to, claim, session, None);
+    }
+
+    /// Answers `to`'s request (claim `claim`) for the session of `client_id`. Never dropped:
+    /// it may carry a session.
+    fn answer(
+        &mut self,
+        client_id: Arc<str>,
+        to: usize,
+        claim: u64,
+        session: Option<SessionBox>,
+        superseded_by: Option<u64>,
+    ) {
+        let origin = self.id;
+        self.send_answer(client_id, to, claim, session, origin, superseded_by);
+    }
+
+    /// A connection here that waited for the session of `client_id`, which turned out to be
+    /// here (`id`), takes it.
+    fn give_waiting_connection(
+        &mut self,
+        conn: crate::types::ConnId,
+        id: SessionId,
+        client_id: &Arc<str>,
+    ) {
+        let Some(connect) = self.conn_mut(conn).and_then(|c| c.waiting_handoff.take()) else {
+            return; // It went away: the session stays here as it is.
+        };
+        let session = self.take_local_session(id, connect.clean_start);
+        self.accept_connect(conn, *connect, client_id.clone(), false, session);
+        self.process_input(conn);
+    }
+
+    /// The answer to this shard's request (claim `claim`) for the session of `client_id`:
+    /// the session, taken from shard `origin`, or none (there was none), or `superseded_by`
+    /// a later claim.
+    pub(super) fn on_handoff(
+        &mut self,
+        client_id: Arc<str>,
+        session: Option<SessionBox>,
+        origin: usize,
+        claim: u64,
+        superseded_by: Option<u64>,
+    ) {
+        log::debug!(
+            "Shard {origin} answers shard {} for {client_id} (claim {claim}): session {:?}, superseded by {superseded_by:?}; waiting here {:?}.",
+            self.id,
+            session.as_ref().map(|s| s.id.0),
+            self.awaiting.get(&client_id).map(|w| w.1),
+        );
+        // The answer to a request whose connection lost to a later claim elsewhere.
+        let forward = self.take_forward(&client_id, claim);
+        let Some(session) = session else {
+            if let Some(f) = forward {
+                // Passed on as it is: the later claim judges it.
+                self.send_answer(client_id, f.to, f.claim, None, origin, superseded_by);
+                return;
+            }
+            let waiting = self.awaiting.get(&client_id).copied();
+            match (waiting, superseded_by) {
+                // The waiting connection lost to a later claim.
+                (Some((conn, mine)), Some(by)) if by > mine => {
+                    self.awaiting.remove(&client_id);
+                    self.close_waiting(conn, &client_id);
+                }
+                // There is no session: the waiting connection starts one.
+                (Some((conn, mine)), None) if mine == claim => {
+                    self.awaiting.remove(&client_id);
+                    self.accept_waiting(conn, &client_id, None);
+                }
+                // An answer to an earlier request of a connection since replaced here:
+                // the newest waits for its own.
+                (Some(_), _) => {}
+                (None, _) => {
+                    // Nobody waits: the client id is no longer this shard's, unless a
+                    // session of it is here.
+                    if !self.by_client.contains_key(&client_id) {
+                        let mut registry = self.shared.registry.lock().expect("registry lock");
+                        if registry.get(&client_id).map(|c| c.shard) == Some(self.id) {
+                            registry.remove(&client_id);
+                        }
+                    }
+                }
+            }
+            return;
+        };
+        // A session goes to the latest claim this shard knows of: its own waiting
+        // connection, or one of the later claims it owes an answer (so that a session never
+        // passes through the same shard twice on its way).
+        let waiting = self
+            .awaiting
+            .get(&client_id)
+            .map(|&(conn, mine)| (mine, conn));
+        let latest_forward = self
+            .forward_handoff
+            .get(&client_id)
+            .and_then(|list| list.iter().max_by_key(|f| f.claim).copied());
+        let best_forward = match (forward, latest_forward) {
+            (Some(a), Some(b)) => Some(if b.claim > a.claim { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let local_wins = match (waiting, best_forward) {
+            (Some((mine, _)), Some(f)) => mine > f.claim,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let winner = if local_wins {
+            waiting.map(|(mine, _)| mine)
+        } else {
+            best_forward.map(|f| f.claim)
+        };
+        // The request this answers, if its answer was owed elsewhere and the session goes
+        // to a later claim instead: that claim lost.
+        if let (Some(f), Some(by)) = (forward, winner) {
+            if f.claim != by {
+                self.send_answer(client_id.clone(), f.to, f.claim, None, origin, Some(by));
+            }
+        }
+        match (local_wins, best_forward, waiting) {
+            (true, _, Some((_, conn))) => {
+                self.awaiting.remove(&client_id);
+                self.begin_settling(session.id, origin);
+                self.accept_waiting(conn, &client_id, Some(session));
+            }
+            (false, Some(f), _) => {
+                if Some(f.asked) != forward.map(|g| g.asked) {
+                    self.take_forward(&client_id, f.asked);
+                }
+                self.moved.insert(
+                    session.id,
+                    Moved {
+                        to: f.to,
+                        markers_passed: 0,
+                    },
+                );
+                self.send_answer(client_id, f.to, f.claim, Some(session), origin, None);
+            }
+            // Nobody waits for it here or through here: it stays here, offline.
+            _ => {
+                self.begin_settling(session.id, origin);
+                self.accept_waiting_gone(&client_id, session);
+            }
+        }
+    }
+
+    /// Removes and returns the answer this shard owes for its request `asked`.
+    fn take_forward(&mut self, client_id: &Arc<str>, asked: u64) -> Option<Forward> {
+        let list = self.forward_handoff.get_mut(client_id)?;
+        let at = list.iter().position(|f| f.asked == asked)?;
+        let forward = list.swap_remove(at);
+        if list.is_empty() {
+            self.forward_handoff.remove(client_id);
+        }
+        Some(forward)
+    }
+
+    /// Passes an answer on (the session, if any, keeps `origin`: where it was taken from).
+    fn send_answer(
+        &mut self,
+        client_id: Arc<str>,
+        to: usize,
+        claim: u64,
+        session: Option<SessionBox>,
+        origin: usize,
+        superseded_by: Option<u64>,
+    ) {
+        let msg = ShardMsg::Handoff {
+            client_id,
+            session,
+            origin,
+            claim,
+            superseded_by,
+        };
+        self.outbox.send(&self.shared.mailboxes, to, msg, true);
+    }
+
+    /// A session that arrived with nobody waiting for it: it stays here, offline.
+    fn accept_waiting_gone(&mut self, client_id: &Arc<str>, mut session: SessionBox) {
+        debug_assert!(!self.by_client.contains_key(client_id));
+        session.conn = None;
+        self.adopt_subscriptions(&mut session);
+        let id = session.id;
+        self.by_client.insert(client_id.clone(), id);
+        self.sessions.insert(id, session);
+        self.schedule_expiry(id);
+    }
+
+    /// A connection that waited for its session gets it (or a new one). If it went away
+    /// meanwhile, a persistent session stays here offline.
+    fn accept_waiting(
+        &mut self,
+        conn: crate::types::ConnId,
+        client_id: &Arc<str>,
+        session: Option<SessionBox>,
+    ) {
+        match self.conn_mut(conn).and_then(|c| c.waiting_handoff.take()) {
+            Some(connect) => {
+                let session = match session {
+                    Some(session) if connect.clean_start => {
+                        self.end_session(session, false);
+                        None
+                    }
+                    other => other,
+                };
+                self.accept_connect(conn, *connect, client_id.clone(), false, session);
+                self.process_input(conn);
+            }
+            None => {
+                if let Some(session) = session {
+                    self.accept_waiting_gone(client_id, session);
+                }
+            }
+        }
+    }
+
+    /// Points the subscriptions of a session that came from another shard at this one.
+    pub(super) fn adopt_subscriptions(&mut self, session: &mut Session) {
+        let here = self.id as u16;
+        for (filter, sub) in &mut session.subscriptions {
+            if sub.shard != here {
+                sub.shard = here;
+                let op = TrieOp::Subscribe {
+                    filter: filter.clone(),
+                    session: session.id,
+                    sub: *sub,
+                };
+                self.trie_ops.push(op);
+            }
+        }
+    }
+
+    /// A session arrived from `origin`: hold what comes straight here for it until every
+    /// shard's marker has come through `origin`.
+    fn begin_settling(&mut self, session: SessionId, origin: usize) {
+        log::debug!(
+            "Session {} arrived on shard {} from shard {origin}; settling.",
+            session.0,
+            self.id
+        );
+        let shards = self.shared.mailboxes.shards();
+        let around = self.moved.contains_key(&session);
+        self.settling.insert(
+            session,
+            Settling {
+                markers_missing: shards,
+                around,
+                ..Default::default()
+            },
+        );
+        // The trie change pointing the session here is published before any shard reads
+        // the request, so that what a shard routes after its marker comes here.
+        self.pending_flush.push((session, origin));
+    }
+
+    /// Sends the marker requests of the sessions that began settling this turn (after the
+    /// turn's trie changes are published).
+    pub(super) fn request_markers(&mut self) {
+        for (session, origin) in std::mem::take(&mut self.pending_flush) {
+            for shard in 0..self.shared.mailboxes.shards() {
+                let msg = ShardMsg::Flush {
+                    session,
+                    via: origin,
+                };
+                self.outbox.send(&self.shared.mailboxes, shard, msg, true);
+            }
+        }
+    }
+
+    /// A shard that settles `session` asks for this shard's marker, sent through `via`
+    /// behind everything this shard sent there before.
+    pub(super) fn on_flush(&mut self, session: SessionId, via: usize) {
+        self.outbox.send(
+            &self.shared.mailboxes,
+            via,
+            ShardMsg::Flushed {
+                session,
+                around: false,
+            },
+            true,
+        );
+    }
+
+    /// A shard's marker for `session`: counted here if it is settling here, passed on if it
+    /// moved on.
+    pub(super) fn on_flushed(&mut self, session: SessionId, around: bool) {
+        let settling_here = self.settling.get(&session).map(|s| s.around);
+        if let Some(settling) = self.settling.get_mut(&session) {
+            if !settling.around || around {
+                settling.markers_missing -= 1;
+                if settling.markers_missing == 0 {
+                    self.settled(session);
+                }
+                return;
+            }
+        }
+        let shards = self.shared.mailboxes.shards();
+        let Some(moved) = self.moved.get_mut(&session) else {
+            log::debug!("A marker for session {session:?}, which is neither here nor moved.");
+            return;
+        };
+        let to = moved.to;
+        moved.markers_passed += 1;
+        if moved.markers_passed == shards {
+            // Every shard's old route has drained through here: nothing more to forward.
+            self.moved.remove(&session);
+        }
+        // The settling shard sends a marker around its own earlier forwarding.
+        let around = around || settling_here.is_some();
+        let msg = ShardMsg::Flushed { session, around };
+        self.outbox.send(&self.shared.mailboxes, to, msg, true);
+    }
+
+    /// Whether a delivery that came straight here must wait: its session is settling.
+    /// Returns the delivery back if not.
+    pub(super) fn hold(&mut self, message: &Arc<Message>, target: &Target) -> bool {
+        let Some(settling) = self.settling.get_mut(&target.session) else {
+            return false;
+        };
+        if settling.held.len() >= HELD_MAX {
+            self.shared.stats[self.id]
+                .dropped_overflow_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            settling.held.push_back((message.clone(), target.clone()));
+        }
+        true
+    }
+
+    /// Every old route has drained: deliver what was held, in order, and answer a request
+    /// for the session that came meanwhile.
+    fn settled(&mut self, session: SessionId) {
+        let Some(settling) = self.settling.remove(&session) else {
+            return;
+        };
+        log::debug!("Session {} settled on shard {}.", session.0, self.id);
+        for (message, target) in settling.held {
+            self.deliver_here(&message, vec![target], true);
+        }
+        if let Some((client_id, to, clean_start, claim)) = settling.deferred_take {
+            self.on_take_session(client_id, to, clean_start, claim);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The simulation harness: shards on the simulated backend, stepped one turn at a time on
+//! one thread, with the broker's invariants checked after every step.
+#![allow(dead_code)]
+
+pub mod model;
+
+use bytes::BytesMut;
+use midge::codec::*;
+use midge::config::Config;
+use midge::shard::io::sim::{SimBackend, SimNet};
+use midge::shard::{Shard, Shared};
+use midge::types::ConnId;
+use std::time::Instant;
+
+pub struct Sim {
+    pub shards: Vec<Shard<SimBackend>>,
+    pub nets: Vec<SimNet>,
+    ticks: Vec<Instant>,
+    /// Bytes each client has received and not yet decoded.
+    inbox: hashbrown::HashMap<(usize, ConnId), BytesMut>,
+}
+
+impl Sim {
+    pub fn new(shards: usize) -> Sim {
+        let mut config = Config::default();
+        config.listeners_with_ports(&[1883]);
+        Sim::with_config(shards, config)
+    }
+
+    pub fn with_config(shards: usize, config: Config) -> Sim {
+        let nets: Vec<SimNet> = (0..shards).map(|_| SimNet::new()).collect();
+        let wakers = (0..shards).map(|_| SimNet::waker()).collect();
+        let (shared, receivers) = Shared::new(config, wakers, vec![0], Vec::new());
+        let shards = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(id, rx)| Shard::new(id, shared.clone(), nets[id].backend(), rx))
+            .collect();
+        let ticks = vec![Instant::now(); nets.len()];
+        Sim {
+            shards,
+            nets,
+            ticks,
+            inbox: Default::default(),
+        }
+    }
+
+    /// One turn of shard `i`, then the invariants of every shard.
+    pub fn step(&mut self, i: usize) {
+        assert!(self.shards[i].turn(&mut self.ticks[i]));
+        for shard in &self.shards {
+            shard.check_invariants();
+        }
+    }
+
+    /// Turns every shard until nothing is left to do; then every session is held by the
+    /// shard the registry names, and by that shard alone.
+    pub fn settle(&mut self) {
+        for _ in 0..1000 {
+            for i in 0..self.shards.len() {
+                self.step(i);
+            }
+            let busy = self.nets.iter().any(SimNet::busy);
+            if !busy && self.shards.iter().all(Shard::is_idle) {
+                self.check_locations();
+                return;
+            }
+        }
+        panic!("the simulation does not settle");
+    }
+
+    pub fn check_locations(&self) {
+        let registry = self.shards[0].shared().registry.lock().unwrap().clone();
+        let mut held = hashbrown::HashMap::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            for client in shard.client_ids() {
+                assert!(
+                    held.insert(client.clone(), i).is_none(),
+                    "{client} has sessions on two shards"
+                );
+                assert_eq!(
+                    registry.get(client).map(|c| c.shard),
+                    Some(i),
+                    "{client} is on shard {i}"
+                );
+            }
+        }
+    }
+
+    pub fn send(&mut self, shard: usize, conn: ConnId, packet: &Packet, version: ProtocolVersion) {
+        self.nets[shard].send(conn, &packet.to_bytes(version).unwrap());
+    }
+
+    /// The packets shard `shard` has sent to `conn` since the last call.
+    pub fn received(
+        &mut self,
+        shard: usize,
+        conn: ConnId,
+        version: ProtocolVersion,
+    ) -> Vec<Packet> {
+        let buf = self.inbox.entry((shard, conn)).or_default();
+        buf.extend_from_slice(&self.nets[shard].take(conn));
+        let decoder = Decoder::client(version, 1 << 24);
+        let mut packets = Vec::new();
+        while let Some(p) = decoder.decode_from(buf).unwrap() {
+            packets.push(p);
+        }
+        packets
+    }
+}
+
+pub fn connect(client_id: &str, clean: bool) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        version: ProtocolVersion::V311,
+        bridge: false,
+        clean_start: clean,
+        keep_alive: 60,
+        properties: Properties::default(),
+        client_id: MqttStr::new(client_id).unwrap(),
+        will: None,
+        username: None,
+        password: None,
+    }))
+}
+
+pub const V311: ProtocolVersion = ProtocolVersion::V311;
+
+pub fn connack(packets: &[Packet]) -> &ConnAck {
+    match packets.first() {
+        Some(Packet::ConnAck(ack)) => ack,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}

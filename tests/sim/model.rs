@@ -1,0 +1,668 @@
+//! A random workload over the simulated broker, and a model of what its clients must see.
+//!
+//! Clients connect (on any shard, so sessions move), subscribe, publish at QoS 0, 1 and 2,
+//! acknowledge like real client libraries (resending unacknowledged messages with DUP when a
+//! session resumes), stop reading for a while, disconnect, drop their connection, or take
+//! their own session over from another connection. The model checks, against what the
+//! clients received:
+//! - no QoS 1/2 message is lost: a message the broker acknowledged to its publisher reaches
+//!   every persistent session that had a matching subscription (SUBACK received) before it
+//!   was published;
+//! - no QoS 2 message is delivered twice to a session;
+//! - messages of one publisher reach a subscriber in the order published [MQTT-4.6.0-6];
+//! - a persistent session, once made, is always present again [MQTT-3.2.2-2];
+//!
+//! and, after every shard turn, the shards' own invariants (`Shard::check_invariants`).
+
+use bytes::{Bytes, BytesMut};
+use hashbrown::{HashMap, HashSet};
+use midge::codec::*;
+use midge::types::ConnId;
+
+use super::Sim;
+
+/// SplitMix64: small, seeded, the same on every machine.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    fn qos(&mut self) -> QoS {
+        [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][self.below(3)]
+    }
+}
+
+const TOPICS: [&str; 3] = ["a", "b", "c/d"];
+const FILTERS: [&str; 4] = ["a", "b", "c/+", "#"];
+
+/// Who published a message: the publishing client, its connection, and a sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    publisher: u32,
+    incarnation: u32,
+    seq: u32,
+}
+
+impl Key {
+    fn payload(self) -> Bytes {
+        let mut b = Vec::with_capacity(12);
+        b.extend_from_slice(&self.publisher.to_be_bytes());
+        b.extend_from_slice(&self.incarnation.to_be_bytes());
+        b.extend_from_slice(&self.seq.to_be_bytes());
+        Bytes::from(b)
+    }
+
+    fn read(payload: &[u8]) -> Key {
+        let n = |i: usize| u32::from_be_bytes(payload[i..i + 4].try_into().unwrap());
+        Key {
+            publisher: n(0),
+            incarnation: n(4),
+            seq: n(8),
+        }
+    }
+}
+
+struct Outgoing {
+    key: Key,
+    qos: QoS,
+    topic: &'static str,
+    /// Persistent sessions with a matching confirmed subscription at QoS 1/2 when it was
+    /// sent (with their SUBSCRIBE count then): they must get it once the broker has
+    /// acknowledged it, if they sent no SUBSCRIBE meanwhile.
+    owed_to: Vec<(u32, u64)>,
+    /// QoS 2: PUBREC received (the broker has it; PUBREL sent).
+    released: bool,
+}
+
+struct Client {
+    index: u32,
+    id: String,
+    version: ProtocolVersion,
+    /// Always resumes its session (clean session 0, or 5.0 expiry "never").
+    persistent: bool,
+    /// The current connection, and connections it left for the broker to close.
+    conn: Option<(usize, ConnId)>,
+    connacked: bool,
+    inbox: BytesMut,
+    incarnation: u32,
+    next_pid: u16,
+    seq: u32,
+    /// Its QoS 1/2 PUBLISHes not yet done with, by packet id.
+    publishing: HashMap<u16, Outgoing>,
+    /// QoS 2 received, awaiting PUBREL.
+    awaiting_pubrel: HashSet<u16>,
+    reading: bool,
+    /// SUBSCRIBEs awaiting SUBACK: filter and the client's SUBSCRIBE count when sent.
+    subscribing: HashMap<u16, (&'static str, u64)>,
+    /// Has a session at the broker (persistent clients, once connected).
+    has_session: bool,
+}
+
+pub struct World {
+    pub sim: Sim,
+    rng: Rng,
+    clients: Vec<Client>,
+    /// Confirmed subscriptions of persistent clients: filter -> granted QoS.
+    confirmed: HashMap<u32, HashMap<&'static str, QoS>>,
+    /// How many SUBSCRIBEs each client has sent: a message is owed to a subscriber only if
+    /// its subscriptions did not change between the PUBLISH and its acknowledgement (the
+    /// broker may have routed it under either).
+    sub_changes: HashMap<u32, u64>,
+    /// (subscriber, message) pairs that must be delivered.
+    owed: HashSet<(u32, Key)>,
+    /// (subscriber, message) pairs delivered at QoS 1/2 (subscriber: persistent clients'
+    /// index; others are keyed by incarnation too, below).
+    delivered: HashSet<(u32, u32, Key)>,
+    /// Last sequence number delivered at QoS 1/2, per subscriber session and publisher
+    /// connection and topic.
+    last_seq: HashMap<(u32, u32, u32, u32, String), u32>,
+    /// Messages their publisher sent again (DUP, after a reconnect): the copy the broker
+    /// takes may be the resent one, which may come after later messages (allowed).
+    resent: HashSet<Key>,
+    pub steps: u64,
+    /// MIDGE_SIM_TRACE: print every action and packet.
+    trace: bool,
+}
+
+fn matches(filter: &str, topic: &str) -> bool {
+    midge::topic::matches(filter, topic)
+}
+
+impl World {
+    pub fn new(seed: u64, shards: usize, clients: usize) -> World {
+        let mut config = midge::config::Config::default();
+        config.listeners_with_ports(&[1883]);
+        // No limit on queued messages: nothing may be dropped for a full queue here.
+        config.queued_max = usize::MAX;
+        let mut rng = Rng::new(seed);
+        let clients = (0..clients as u32)
+            .map(|index| {
+                let version = if rng.chance(50) {
+                    ProtocolVersion::V5
+                } else {
+                    ProtocolVersion::V311
+                };
+                Client {
+                    index,
+                    id: format!("c{index}"),
+                    version,
+                    persistent: rng.chance(60),
+                    conn: None,
+                    connacked: false,
+                    inbox: BytesMut::new(),
+                    incarnation: 0,
+                    next_pid: 0,
+                    seq: 0,
+                    publishing: HashMap::new(),
+                    awaiting_pubrel: HashSet::new(),
+                    reading: true,
+                    subscribing: HashMap::new(),
+                    has_session: false,
+                }
+            })
+            .collect();
+        World {
+            sim: Sim::with_config(shards, config),
+            rng,
+            clients,
+            confirmed: HashMap::new(),
+            sub_changes: HashMap::new(),
+            owed: HashSet::new(),
+            delivered: HashSet::new(),
+            last_seq: HashMap::new(),
+            resent: HashSet::new(),
+            steps: 0,
+            trace: {
+                let trace = std::env::var_os("MIDGE_SIM_TRACE").is_some();
+                if trace {
+                    midge::logging::init(true);
+                }
+                trace
+            },
+        }
+    }
+
+    /// One random action by one client, then one turn of one shard, then every client
+    /// that reads handles what it received.
+    pub fn step(&mut self) {
+        self.steps += 1;
+        let c = self.rng.below(self.clients.len());
+        let connected = self.clients[c].conn.is_some() && self.clients[c].connacked;
+        match self.rng.below(100) {
+            0..=9 if self.clients[c].conn.is_none() => self.connect(c),
+            0..=39 if connected => {
+                let topic = TOPICS[self.rng.below(TOPICS.len())];
+                let qos = self.rng.qos();
+                self.publish(c, topic, qos);
+            }
+            40..=47 if connected => {
+                let filter = FILTERS[self.rng.below(FILTERS.len())];
+                let qos = self.rng.qos();
+                self.subscribe(c, filter, qos);
+            }
+            48..=50 if connected => self.disconnect(c),
+            51..=53 if self.clients[c].conn.is_some() => self.drop_connection(c),
+            54..=55 if self.clients[c].conn.is_some() => self.connect(c), // takeover
+            56..=58 => self.clients[c].reading = !self.clients[c].reading,
+            _ => {}
+        }
+        let shard = self.rng.below(self.sim.shards.len());
+        self.sim.step(shard);
+        for c in 0..self.clients.len() {
+            if self.clients[c].reading {
+                self.read(c);
+            }
+        }
+    }
+
+    fn send(&mut self, c: usize, packet: &Packet) {
+        let client = &self.clients[c];
+        if self.trace {
+            eprintln!(
+                "{} {:?} -> {}",
+                self.steps,
+                client.conn,
+                brief(packet, &client.id)
+            );
+        }
+        let Some((shard, conn)) = client.conn else {
+            return;
+        };
+        self.sim.nets[shard].send(conn, &packet.to_bytes(client.version).unwrap());
+    }
+
+    fn next_pid(&mut self, c: usize) -> u16 {
+        let client = &mut self.clients[c];
+        loop {
+            client.next_pid = client.next_pid.wrapping_add(1);
+            let id = client.next_pid;
+            if id != 0
+                && !client.publishing.contains_key(&id)
+                && !client.subscribing.contains_key(&id)
+            {
+                return id;
+            }
+        }
+    }
+
+    fn connect(&mut self, c: usize) {
+        let shard = self.rng.below(self.sim.shards.len());
+        let conn = self.sim.nets[shard].connect();
+        let client = &mut self.clients[c];
+        // A connection it leaves behind is the broker's to close (a takeover).
+        client.conn = Some((shard, conn));
+        client.connacked = false;
+        client.inbox.clear();
+        client.incarnation += 1;
+        client.awaiting_pubrel.retain(|_| client.persistent);
+        let mut properties = Properties::default();
+        if client.persistent && client.version == ProtocolVersion::V5 {
+            properties.session_expiry_interval = Some(u32::MAX);
+        }
+        let connect = Packet::Connect(Box::new(Connect {
+            version: client.version,
+            bridge: false,
+            clean_start: !client.persistent,
+            keep_alive: 0,
+            properties,
+            client_id: MqttStr::new(&client.id).unwrap(),
+            will: None,
+            username: None,
+            password: None,
+        }));
+        self.send(c, &connect);
+    }
+
+    fn publish(&mut self, c: usize, topic: &'static str, qos: QoS) {
+        let pid = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.next_pid(c)
+        };
+        let client = &mut self.clients[c];
+        client.seq += 1;
+        let key = Key {
+            publisher: client.index,
+            incarnation: client.incarnation,
+            seq: client.seq,
+        };
+        if qos != QoS::AtMostOnce {
+            let owed_to = self
+                .confirmed
+                .iter()
+                .filter(|(_, subs)| {
+                    subs.iter()
+                        .any(|(f, &granted)| granted != QoS::AtMostOnce && matches(f, topic))
+                })
+                .map(|(&s, _)| (s, self.sub_changes.get(&s).copied().unwrap_or(0)))
+                .collect();
+            client.publishing.insert(
+                pid,
+                Outgoing {
+                    key,
+                    qos,
+                    topic,
+                    owed_to,
+                    released: false,
+                },
+            );
+        }
+        let packet = publish_packet(topic, qos, pid, false, key);
+        self.send(c, &packet);
+    }
+
+    fn subscribe(&mut self, c: usize, filter: &'static str, qos: QoS) {
+        let pid = self.next_pid(c);
+        // Until its SUBACK, what the filter is subscribed at is uncertain (a lower QoS may
+        // already be in force): nothing published meanwhile is owed through it.
+        let index = self.clients[c].index;
+        let changes = self.sub_changes.entry(index).or_default();
+        *changes += 1;
+        let sent = *changes;
+        self.clients[c].subscribing.insert(pid, (filter, sent));
+        if let Some(subs) = self.confirmed.get_mut(&index) {
+            subs.remove(filter);
+        }
+        let packet = Packet::Subscribe(Subscribe {
+            packet_id: pid,
+            properties: Properties::default(),
+            filters: vec![(
+                MqttStr::new(filter).unwrap(),
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+        });
+        self.send(c, &packet);
+    }
+
+    fn disconnect(&mut self, c: usize) {
+        self.send(c, &Packet::Disconnect(Disconnect::default()));
+        self.drop_connection(c);
+    }
+
+    fn drop_connection(&mut self, c: usize) {
+        if self.trace {
+            eprintln!(
+                "{} {:?} {} drops",
+                self.steps, self.clients[c].conn, self.clients[c].id
+            );
+        }
+        let client = &mut self.clients[c];
+        if let Some((shard, conn)) = client.conn.take() {
+            self.sim.nets[shard].close(conn);
+        }
+        client.connacked = false;
+        if !client.persistent {
+            // Its session ends with the connection: what it had in flight is gone.
+            client.publishing.clear();
+            client.awaiting_pubrel.clear();
+        }
+        client.subscribing.clear();
+    }
+
+    /// Handles what the client's connection received.
+    fn read(&mut self, c: usize) {
+        let Some((shard, conn)) = self.clients[c].conn else {
+            return;
+        };
+        let bytes = self.sim.nets[shard].take(conn);
+        let client = &mut self.clients[c];
+        client.inbox.extend_from_slice(&bytes);
+        let decoder = Decoder::client(client.version, 1 << 24);
+        let mut packets = Vec::new();
+        while let Some(p) = decoder
+            .decode_from(&mut client.inbox)
+            .expect("a valid packet")
+        {
+            packets.push(p);
+        }
+        for packet in packets {
+            self.on_packet(c, packet);
+        }
+        if self.sim.nets[shard].closed_by_shard(conn) && self.clients[c].conn == Some((shard, conn))
+        {
+            // The broker closed it (a DISCONNECT, a takeover): gone.
+            self.clients[c].conn = None;
+            self.clients[c].connacked = false;
+            self.clients[c].subscribing.clear();
+            if !self.clients[c].persistent {
+                self.clients[c].publishing.clear();
+                self.clients[c].awaiting_pubrel.clear();
+            }
+        }
+    }
+
+    fn on_packet(&mut self, c: usize, packet: Packet) {
+        if self.trace {
+            eprintln!(
+                "{} {:?} <- {}",
+                self.steps,
+                self.clients[c].conn,
+                brief(&packet, &self.clients[c].id)
+            );
+        }
+        let client = &mut self.clients[c];
+        let index = client.index;
+        match packet {
+            Packet::ConnAck(ack) => {
+                assert_eq!(ack.reason, ReasonCode::Success, "{} refused", client.id);
+                if client.persistent && client.has_session {
+                    assert!(
+                        ack.session_present,
+                        "{}: persistent session lost",
+                        client.id
+                    );
+                }
+                client.has_session = client.persistent;
+                client.connacked = true;
+                if client.persistent && ack.session_present {
+                    // Resend what is unfinished, as a client library does [MQTT-4.4.0-1].
+                    let mut resend: Vec<Packet> = Vec::new();
+                    let mut pids: Vec<u16> = client.publishing.keys().copied().collect();
+                    pids.sort_unstable_by_key(|p| client.publishing[p].key.seq);
+                    for pid in pids {
+                        let o = &client.publishing[&pid];
+                        self.resent.insert(o.key);
+                        resend.push(if o.released {
+                            Packet::PubRel(PubResponse::new(pid))
+                        } else {
+                            publish_packet(o.topic, o.qos, pid, true, o.key)
+                        });
+                    }
+                    for p in resend {
+                        self.send(c, &p);
+                    }
+                } else {
+                    client.publishing.clear();
+                    client.awaiting_pubrel.clear();
+                }
+            }
+            Packet::SubAck(ack) => {
+                if let Some((filter, sent)) = client.subscribing.remove(&ack.packet_id) {
+                    // A later SUBSCRIBE to the same filter, still unanswered, decides it.
+                    let later = client
+                        .subscribing
+                        .values()
+                        .any(|&(f, other)| f == filter && other > sent);
+                    if later {
+                        return;
+                    }
+                    let granted = match ack.reasons.first() {
+                        Some(ReasonCode::GrantedQos1) => Some(QoS::AtLeastOnce),
+                        Some(ReasonCode::GrantedQos2) => Some(QoS::ExactlyOnce),
+                        Some(r) if *r == ReasonCode::GRANTED_QOS_0 => Some(QoS::AtMostOnce),
+                        _ => None,
+                    };
+                    if let (true, Some(granted)) = (client.persistent, granted) {
+                        self.confirmed
+                            .entry(index)
+                            .or_default()
+                            .insert(filter, granted);
+                    }
+                }
+            }
+            Packet::Publish(p) => {
+                let key = Key::read(&p.payload);
+                match p.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => {
+                        self.delivery(c, key, &p.topic);
+                        self.send(c, &Packet::PubAck(PubResponse::new(p.packet_id)));
+                    }
+                    QoS::ExactlyOnce => {
+                        if self.clients[c].awaiting_pubrel.insert(p.packet_id) {
+                            let session = self.session_key(c);
+                            assert!(
+                                !self.delivered.contains(&(session.0, session.1, key)),
+                                "{key:?} delivered twice at QoS 2 to {}",
+                                self.clients[c].id
+                            );
+                            self.delivery(c, key, &p.topic);
+                        } else {
+                            assert!(
+                                p.dup || self.clients[c].persistent,
+                                "a resent QoS 2 PUBLISH without DUP"
+                            );
+                        }
+                        self.send(c, &Packet::PubRec(PubResponse::new(p.packet_id)));
+                    }
+                }
+            }
+            Packet::PubRel(rel) => {
+                client.awaiting_pubrel.remove(&rel.packet_id);
+                self.send(c, &Packet::PubComp(PubResponse::new(rel.packet_id)));
+            }
+            Packet::PubAck(ack) => {
+                if let Some(o) = client.publishing.remove(&ack.packet_id) {
+                    assert_eq!(o.qos, QoS::AtLeastOnce);
+                    self.owe(&o);
+                }
+            }
+            Packet::PubRec(rec) => {
+                let newly_released = client
+                    .publishing
+                    .get_mut(&rec.packet_id)
+                    .is_some_and(|o| !std::mem::replace(&mut o.released, true));
+                if newly_released {
+                    let o = &self.clients[c].publishing[&rec.packet_id];
+                    let owed: Vec<_> = self.still_owed(o).collect();
+                    self.owed.extend(owed);
+                }
+                self.send(c, &Packet::PubRel(PubResponse::new(rec.packet_id)));
+            }
+            Packet::PubComp(comp) => {
+                client.publishing.remove(&comp.packet_id);
+            }
+            Packet::Disconnect(_) | Packet::PingResp | Packet::UnsubAck(_) => {}
+            other => panic!("{} got {other:?}", client.id),
+        }
+    }
+
+    /// The broker acknowledged `o`: it is owed to the subscribers whose subscriptions did
+    /// not change since it was sent.
+    fn owe(&mut self, o: &Outgoing) {
+        let owed: Vec<_> = self.still_owed(o).collect();
+        self.owed.extend(owed);
+    }
+
+    fn still_owed<'a>(&'a self, o: &'a Outgoing) -> impl Iterator<Item = (u32, Key)> + 'a {
+        o.owed_to
+            .iter()
+            .filter(|(s, changes)| self.sub_changes.get(s).copied().unwrap_or(0) == *changes)
+            .map(|&(s, _)| (s, o.key))
+    }
+
+    /// A session's identity in the model: persistent clients have one for the whole run;
+    /// other clients one per connection.
+    fn session_key(&self, c: usize) -> (u32, u32) {
+        let client = &self.clients[c];
+        (
+            client.index,
+            if client.persistent {
+                0
+            } else {
+                client.incarnation
+            },
+        )
+    }
+
+    fn delivery(&mut self, c: usize, key: Key, topic: &str) {
+        let session = self.session_key(c);
+        if !self.delivered.insert((session.0, session.1, key)) {
+            return; // A QoS 1 message again (allowed).
+        }
+        if self.resent.contains(&key) {
+            return;
+        }
+        let order = (
+            session.0,
+            session.1,
+            key.publisher,
+            key.incarnation,
+            topic.to_string(),
+        );
+        if let Some(&last) = self.last_seq.get(&order) {
+            assert!(
+                key.seq > last,
+                "{}: {key:?} on {topic} after seq {last} [MQTT-4.6.0-6]",
+                self.clients[c].id
+            );
+        }
+        self.last_seq.insert(order, key.seq);
+    }
+
+    /// Every persistent client comes back and reads everything; then nothing owed may be
+    /// missing.
+    pub fn drain_and_check(&mut self) {
+        for c in 0..self.clients.len() {
+            self.clients[c].reading = true;
+            if self.clients[c].persistent && self.clients[c].conn.is_none() {
+                self.connect(c);
+            }
+        }
+        for _ in 0..200 {
+            for shard in 0..self.sim.shards.len() {
+                self.sim.step(shard);
+            }
+            for c in 0..self.clients.len() {
+                self.read(c);
+                // Closed by the broker meanwhile (a connection of its own won): back again.
+                if self.clients[c].persistent && self.clients[c].conn.is_none() {
+                    self.connect(c);
+                }
+            }
+            let quiet = !self.sim.nets.iter().any(|n| n.busy())
+                && self.sim.shards.iter().all(|s| s.is_idle());
+            if quiet {
+                break;
+            }
+        }
+        self.sim.settle();
+        for c in 0..self.clients.len() {
+            self.read(c);
+        }
+        for &(s, key) in &self.owed {
+            assert!(
+                self.delivered.contains(&(s, 0, key)),
+                "{key:?} never reached c{s}"
+            );
+        }
+    }
+
+    pub fn owed_count(&self) -> usize {
+        self.owed.len()
+    }
+}
+
+fn publish_packet(topic: &str, qos: QoS, pid: u16, dup: bool, key: Key) -> Packet {
+    Packet::Publish(Publish {
+        dup,
+        qos,
+        retain: false,
+        topic: MqttStr::new(topic).unwrap(),
+        packet_id: pid,
+        properties: Properties::default(),
+        payload: key.payload(),
+    })
+}
+
+fn brief(packet: &Packet, who: &str) -> String {
+    match packet {
+        Packet::Publish(p) => {
+            let key = if p.payload.len() == 12 {
+                format!("{:?}", Key::read(&p.payload))
+            } else {
+                String::new()
+            };
+            format!(
+                "{who} PUBLISH q{} d{} m{} {} {key}",
+                p.qos as u8,
+                u8::from(p.dup),
+                p.packet_id,
+                p.topic
+            )
+        }
+        Packet::Connect(c) => format!("{who} CONNECT clean={}", c.clean_start),
+        other => format!("{who} {other:?}"),
+    }
+}
