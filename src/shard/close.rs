@@ -197,7 +197,7 @@ impl<B: Backend> Shard<B> {
             if delay == 0 || session.clean {
                 self.publish_will(id, *will);
             } else {
-                let due = Instant::now() + std::time::Duration::from_secs(delay.into());
+                let due = self.now + std::time::Duration::from_secs(delay.into());
                 session.delayed_will = Some(Box::new((due, *will)));
                 self.will_timers.push(std::cmp::Reverse((due, id)));
             }
@@ -227,7 +227,7 @@ impl<B: Backend> Shard<B> {
             (true, Some(limit)) => limit,
             (true, None) => return,
         };
-        let at = Instant::now() + after;
+        let at = self.now + after;
         session.expires_at = Some(at);
         self.expiries.push(std::cmp::Reverse((at, id)));
     }

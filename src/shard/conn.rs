@@ -62,8 +62,8 @@ impl Conn {
         local_port: u16,
         listener: usize,
         packet_size_max: usize,
+        now: Instant,
     ) -> Self {
-        let now = Instant::now();
         Conn {
             id,
             peer,

@@ -2,7 +2,6 @@
 //! connections end is in `close.rs`, enhanced authentication in `auth.rs`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::io::{Backend, ConnId};
 use super::{Claim, Shard};
@@ -378,6 +377,7 @@ impl<B: Backend> Shard<B> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
         let keepalive = connect.keep_alive.min(self.config.keepalive_max_s);
+        let now = self.now;
         let Some(c) = self.conn_mut(conn) else { return };
         c.session = Some(session_id);
         c.client_id = Some(client_id.clone());
@@ -387,7 +387,7 @@ impl<B: Backend> Shard<B> {
             .properties
             .request_problem_information
             .unwrap_or(true);
-        c.last_rx = Instant::now();
+        c.last_rx = now;
         let (ip, port) = (c.peer.ip(), c.peer.port());
         if self.config.connection_messages {
             let user = connect

@@ -70,6 +70,7 @@ impl<B: Backend> Shard<B> {
             .mount_point
             .as_deref();
         let in_flight = session.outgoing.in_flight();
+        let now = self.now;
         let mut packets = Vec::with_capacity(in_flight.len());
         for f in in_flight {
             if f.released {
@@ -78,7 +79,7 @@ impl<B: Backend> Shard<B> {
             } else {
                 let strip = mount_strip(mount, &f.message.topic).unwrap_or(0);
                 let mut publish =
-                    build_publish(&f.message, f.qos, f.retain, &f.identifiers, v5, strip);
+                    build_publish(&f.message, f.qos, f.retain, &f.identifiers, v5, strip, now);
                 publish.dup = true;
                 publish.packet_id = f.packet_id;
                 packets.push((f.packet_id, Packet::Publish(publish)));
@@ -224,7 +225,8 @@ impl<B: Backend> Shard<B> {
         let mut moved: Vec<(usize, Target)> = Vec::new();
         for target in &targets {
             if self.sessions.contains_key(&target.session) {
-                if forwarded || !self.hold(message, target) {
+                // (`settling` is almost always empty: no lookup on the usual path.)
+                if forwarded || self.settling.is_empty() || !self.hold(message, target) {
                     self.deliver_to_session(message, target, &mut variants);
                 }
             } else if let Some(m) = self.moved.get(&target.session) {
@@ -299,6 +301,7 @@ impl<B: Backend> Shard<B> {
     ) {
         let write_max = self.config.client_write_max;
         let over_memory_limit = self.over_memory_limit();
+        let now = self.now;
         let stats = &self.shared.stats[self.id];
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
@@ -308,7 +311,7 @@ impl<B: Backend> Shard<B> {
             return;
         };
         // [MQTT-3.3.2-5] an expired message is not delivered.
-        if message.expires_at.is_some_and(|at| at <= Instant::now()) {
+        if message.expires_at.is_some_and(|at| at <= now) {
             stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -353,6 +356,7 @@ impl<B: Backend> Shard<B> {
                 &target.identifiers,
                 v5,
                 strip,
+                now,
             );
             publish.packet_id = u16::from(target.qos != QoS::AtMostOnce);
             if alias_max > 0 {
@@ -376,7 +380,7 @@ impl<B: Backend> Shard<B> {
             own = encode_with_id_offset(Packet::Publish(publish), ProtocolVersion::V5, &topic);
             own.as_ref().map(|(bytes, id_at)| (&bytes[..], *id_at))
         } else {
-            variants.get(key, message)
+            variants.get(key, message, now)
         };
         let Some((bytes, id_at)) = encoded else {
             stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
@@ -522,12 +526,12 @@ impl Variants {
     /// The encoded variant for `key` (packet id 0 as a placeholder) and the offset of its
     /// packet id.
     /// `None` if the message cannot be encoded in that variant (see `encode_with_id_offset`).
-    fn get(&mut self, key: VariantKey, message: &Message) -> Option<(&[u8], usize)> {
+    fn get(&mut self, key: VariantKey, message: &Message, now: Instant) -> Option<(&[u8], usize)> {
         let index = match self.entries.iter().position(|(k, _, _)| *k == key) {
             Some(i) => i,
             None => {
                 let mut publish =
-                    build_publish(message, key.qos, key.retain, &[], key.v5, key.strip);
+                    build_publish(message, key.qos, key.retain, &[], key.v5, key.strip, now);
                 publish.dup = key.dup;
                 // A placeholder id (patched per copy) so that the field is there.
                 publish.packet_id = u16::from(key.qos != QoS::AtMostOnce);
@@ -582,6 +586,7 @@ fn build_publish(
     identifiers: &[u32],
     v5: bool,
     strip: usize,
+    now: Instant,
 ) -> Publish {
     let mut properties = if v5 {
         message.properties.clone()
@@ -590,7 +595,7 @@ fn build_publish(
     };
     if let (true, Some(at)) = (v5, message.expires_at) {
         // [MQTT-3.3.2-6] the interval still to run, not the one received.
-        let left = at.saturating_duration_since(Instant::now());
+        let left = at.saturating_duration_since(now);
         properties.message_expiry_interval =
             Some(left.as_secs() as u32 + u32::from(left.subsec_nanos() > 0));
     }

@@ -5,6 +5,7 @@
 //! retained store for retained messages).
 
 mod auth;
+pub mod clock;
 mod close;
 pub mod conn;
 mod connect;
@@ -77,6 +78,8 @@ pub struct Shared {
     /// One set of counters per shard, each on its own cache line: a shard counts without
     /// contending with the others; readers add them up (`total_stats`).
     pub stats: Box<[CachePadded<Stats>]>,
+    /// Where time comes from (the system's clock, or a simulation's).
+    pub clock: Arc<dyn clock::Clock>,
     /// Bytes each shard's connections have waiting to be written (for `memory_limit`),
     /// published by the shard at the end of each turn.
     pub write_queued: Box<[CachePadded<std::sync::atomic::AtomicUsize>]>,
@@ -101,6 +104,23 @@ impl Shared {
         listener_of_socket: Vec<usize>,
         auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
     ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
+        Shared::with_clock(
+            config,
+            wakers,
+            listener_of_socket,
+            auth_methods,
+            Arc::new(clock::SystemClock),
+        )
+    }
+
+    /// As `new`, with time from `clock`.
+    pub fn with_clock(
+        config: Config,
+        wakers: Vec<Arc<dyn io::Waker>>,
+        listener_of_socket: Vec<usize>,
+        auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
+        clock: Arc<dyn clock::Clock>,
+    ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
         let shards = wakers.len();
         let (mailboxes, receivers) = Mailboxes::new(MAILBOX_CAPACITY, wakers);
         let trie = SubscriptionTree::new();
@@ -114,7 +134,8 @@ impl Shared {
             connections: Default::default(),
             auth_methods,
             shutdown: AtomicBool::new(false),
-            started: Instant::now(),
+            started: clock.now(),
+            clock,
             stats: (0..shards).map(|_| Default::default()).collect(),
             write_queued: (0..shards).map(|_| Default::default()).collect(),
             listener_of_socket,
@@ -203,6 +224,8 @@ pub struct Shard<B: Backend> {
     will_timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     /// `$SYS`: when this shard next refreshes its gauges (and shard 0 publishes).
     sys: sys::SysState,
+    /// The time of this loop turn (read from `Shared::clock` once per turn).
+    now: Instant,
     /// Debug builds only, for the test of what a shard panic does: a PUBLISH to this topic
     /// (from `MIDGE_FAULT_PANIC_TOPIC`) panics the shard that reads it.
     #[cfg(debug_assertions)]
@@ -213,6 +236,7 @@ impl<B: Backend> Shard<B> {
     pub fn new(id: usize, shared: Arc<Shared>, backend: B, mailbox: Receiver<ShardMsg>) -> Self {
         let shards = shared.mailboxes.shards();
         let config = shared.config.load_full();
+        let now = shared.clock.now();
         Shard {
             id,
             write_bytes_max: config.write_bytes_max(),
@@ -244,6 +268,7 @@ impl<B: Backend> Shard<B> {
             expiries: BinaryHeap::new(),
             will_timers: BinaryHeap::new(),
             sys: sys::SysState::default(),
+            now,
             #[cfg(debug_assertions)]
             fault_panic_topic: std::env::var("MIDGE_FAULT_PANIC_TOPIC").ok(),
         }
@@ -251,7 +276,7 @@ impl<B: Backend> Shard<B> {
 
     /// Runs the event loop until shutdown.
     pub fn run(mut self) {
-        let mut next_tick = Instant::now() + TIMER_TICK;
+        let mut next_tick = self.shared.clock.now() + TIMER_TICK;
         while self.turn(&mut next_tick) {}
     }
 
@@ -263,8 +288,7 @@ impl<B: Backend> Shard<B> {
             self.shut_down();
             return false;
         }
-        let now = Instant::now();
-        let mut timeout = next_tick.saturating_duration_since(now);
+        let mut timeout = next_tick.saturating_duration_since(self.shared.clock.now());
         self.shared.mailboxes.going_to_sleep(self.id);
         if !self.mailbox.is_empty() || !self.outbox.is_empty() || self.owed_next_turn {
             timeout = Duration::ZERO;
@@ -274,6 +298,7 @@ impl<B: Backend> Shard<B> {
             log::error!("Error: shard {} event loop: {e}", self.id);
         }
         self.shared.mailboxes.awake(self.id);
+        self.now = self.shared.clock.now();
         // New settings (a reload) apply from here on, to what this wait brought in too:
         // a client that connects after a reload is judged by the new settings.
         let generation = self.shared.config_generation.load(Ordering::Acquire);
@@ -303,9 +328,9 @@ impl<B: Backend> Shard<B> {
         self.apply_trie_ops();
         self.request_markers();
         self.send_all_owed();
-        if Instant::now() >= *next_tick {
+        if self.now >= *next_tick {
             self.check_timers();
-            *next_tick = Instant::now() + TIMER_TICK;
+            *next_tick = self.now + TIMER_TICK;
         }
         self.flush();
         self.shared.write_queued[self.id]
@@ -429,6 +454,7 @@ impl<B: Backend> Shard<B> {
                     local.port(),
                     listener,
                     self.config.packet_size_max,
+                    self.now,
                 )));
                 if self.config.connection_messages {
                     log::info!(
@@ -449,8 +475,9 @@ impl<B: Backend> Shard<B> {
                 self.shared.stats[self.id]
                     .bytes_received
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let now = self.now;
                 let Some(c) = self.conn_mut(conn) else { return };
-                c.last_rx = Instant::now();
+                c.last_rx = now;
                 if c.inbuf.is_empty() {
                     c.inbuf = data;
                 } else {
@@ -693,14 +720,14 @@ impl<B: Backend> Shard<B> {
                 retain: false,
                 properties: Default::default(),
                 origin: None,
-                expires_at: Some(Instant::now() + Duration::from_secs(20)),
+                expires_at: Some(self.now + Duration::from_secs(20)),
             });
             self.route(&message, None);
         }
     }
 
     fn check_timers(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         let connect_timeout = Duration::from_secs(self.config.connect_timeout_s);
         let mut expired = Vec::new();
         for c in self.conns.iter().flatten() {

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::io::{Backend, ConnId};
 use super::Shard;
@@ -139,7 +139,7 @@ impl<B: Backend> Shard<B> {
             };
             let expires_at = properties
                 .message_expiry_interval
-                .map(|s| Instant::now() + Duration::from_secs(s.into()));
+                .map(|s| self.now + Duration::from_secs(s.into()));
             let message = Arc::new(Message {
                 topic,
                 payload,
@@ -287,7 +287,7 @@ impl<B: Backend> Shard<B> {
         properties.retain_allowed(crate::codec::PropertyContext::Publish);
         let expires_at = properties
             .message_expiry_interval
-            .map(|s| Instant::now() + Duration::from_secs(s.into()));
+            .map(|s| self.now + Duration::from_secs(s.into()));
         let message = Arc::new(Message {
             expires_at,
             topic: will.topic,

@@ -201,7 +201,7 @@ impl<B: Backend> Shard<B> {
     /// Moves the load averages on by the time since their last update, with the counts
     /// now, and returns them as `$SYS` values (two decimals, as Mosquitto).
     fn update_loads(&mut self, counts: [u64; LOADS.len()]) -> Vec<(&'static str, String)> {
-        let now = Instant::now();
+        let now = self.now;
         let elapsed_s = self
             .sys
             .load_at

@@ -7,6 +7,7 @@ pub mod model;
 use bytes::BytesMut;
 use midge::codec::*;
 use midge::config::Config;
+use midge::shard::clock::ManualClock;
 use midge::shard::io::sim::{SimBackend, SimNet};
 use midge::shard::{Shard, Shared};
 use midge::types::ConnId;
@@ -15,6 +16,8 @@ use std::time::Instant;
 pub struct Sim {
     pub shards: Vec<Shard<SimBackend>>,
     pub nets: Vec<SimNet>,
+    /// The shards' time: moves only when the test says.
+    pub clock: std::sync::Arc<ManualClock>,
     ticks: Vec<Instant>,
     /// Bytes each client has received and not yet decoded.
     inbox: hashbrown::HashMap<(usize, ConnId), BytesMut>,
@@ -30,7 +33,9 @@ impl Sim {
     pub fn with_config(shards: usize, config: Config) -> Sim {
         let nets: Vec<SimNet> = (0..shards).map(|_| SimNet::new()).collect();
         let wakers = (0..shards).map(|_| SimNet::waker()).collect();
-        let (shared, receivers) = Shared::new(config, wakers, vec![0], Vec::new());
+        let clock = std::sync::Arc::new(ManualClock::new());
+        let (shared, receivers) =
+            Shared::with_clock(config, wakers, vec![0], Vec::new(), clock.clone());
         let shards = receivers
             .into_iter()
             .enumerate()
@@ -40,6 +45,7 @@ impl Sim {
         Sim {
             shards,
             nets,
+            clock,
             ticks,
             inbox: Default::default(),
         }

@@ -114,6 +114,8 @@ struct Client {
     subscribing: HashMap<u16, (&'static str, u64)>,
     /// Has a session at the broker (persistent clients, once connected).
     has_session: bool,
+    /// Keep alive in seconds (0: none); such a client pings when time passes, mostly.
+    keep_alive: u16,
 }
 
 pub struct World {
@@ -176,6 +178,7 @@ impl World {
                     reading: true,
                     subscribing: HashMap::new(),
                     has_session: false,
+                    keep_alive: if rng.chance(30) { 3 } else { 0 },
                 }
             })
             .collect();
@@ -222,6 +225,7 @@ impl World {
             51..=53 if self.clients[c].conn.is_some() => self.drop_connection(c),
             54..=55 if self.clients[c].conn.is_some() => self.connect(c), // takeover
             56..=58 => self.clients[c].reading = !self.clients[c].reading,
+            59 => self.pass_time(),
             _ => {}
         }
         let shard = self.rng.below(self.sim.shards.len());
@@ -229,6 +233,22 @@ impl World {
         for c in 0..self.clients.len() {
             if self.clients[c].reading {
                 self.read(c);
+            }
+        }
+    }
+
+    /// Time passes (up to 3 s): keepalives are checked; clients with a keep alive ping
+    /// first, as libraries do, but now and then one is late (and the broker may drop it).
+    fn pass_time(&mut self) {
+        let by = std::time::Duration::from_millis(self.rng.below(3000) as u64);
+        if self.trace {
+            eprintln!("{} time passes: {by:?}", self.steps);
+        }
+        self.sim.clock.advance(by);
+        for c in 0..self.clients.len() {
+            let client = &self.clients[c];
+            if client.keep_alive > 0 && client.connacked && self.rng.chance(75) {
+                self.send(c, &Packet::PingReq);
             }
         }
     }
@@ -281,7 +301,7 @@ impl World {
             version: client.version,
             bridge: false,
             clean_start: !client.persistent,
-            keep_alive: 0,
+            keep_alive: client.keep_alive,
             properties,
             client_id: MqttStr::new(&client.id).unwrap(),
             will: None,
