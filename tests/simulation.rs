@@ -154,3 +154,41 @@ fn random_workloads_for_a_while() {
     }
     eprintln!("simulation: {seeds} seeds, {steps} steps, no violation");
 }
+
+/// Two clients on one shard: a SUBSCRIBE from one and a PUBLISH from the other, read in the
+/// same loop turn, meet (packets act in the order the shard reads them), as in Mosquitto.
+#[test]
+fn a_subscribe_and_a_publish_read_in_one_turn_meet() {
+    let mut sim = Sim::new(1);
+    let a = sim.nets[0].connect();
+    let b = sim.nets[0].connect();
+    sim.send(0, a, &connect("subscriber", true), V311);
+    sim.send(0, b, &connect("publisher", true), V311);
+    sim.settle();
+    sim.received(0, a, V311);
+    sim.received(0, b, V311);
+    // Both packets wait for the same turn.
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(MqttStr::new("t").unwrap(), SubscriptionOptions::default())],
+    });
+    sim.send(0, a, &subscribe, V311);
+    let publish = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: MqttStr::new("t").unwrap(),
+        packet_id: 0,
+        properties: Properties::default(),
+        payload: bytes::Bytes::from_static(b"met"),
+    });
+    sim.send(0, b, &publish, V311);
+    sim.step(0);
+    let got = sim.received(0, a, V311);
+    assert!(matches!(got.first(), Some(Packet::SubAck(_))), "{got:?}");
+    assert!(
+        matches!(got.get(1), Some(Packet::Publish(p)) if &p.payload[..] == b"met"),
+        "{got:?}"
+    );
+}

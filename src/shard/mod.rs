@@ -11,31 +11,33 @@ pub mod conn;
 mod connect;
 mod deliver;
 mod handover;
+mod invariants;
 pub mod io;
+mod owed;
 mod publish;
 mod reload;
+mod shared;
 mod stats;
 mod subscribe;
 mod sys;
 
+pub use shared::{Claim, Shared, MAILBOX_CAPACITY};
 pub use stats::{Stats, StatsSnapshot};
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
-use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::{Packet, ProtocolVersion};
 use crate::config::Config;
-use crate::retain::RetainStore;
-use crate::router::{Mailboxes, Outbox, ShardMsg};
+use crate::router::{Outbox, ShardMsg};
 use crate::session::Session;
-use crate::topic::{SessionId, SubscriptionTree, TreeWriter};
+use crate::topic::SessionId;
 use conn::Conn;
 use io::{Backend, ConnId, Event};
 use subscribe::{AfterTrie, TrieOp};
@@ -47,123 +49,6 @@ const MAILBOX_PER_TURN: usize = 4096;
 const OVERFLOW_MAX: usize = 65_536;
 /// How often keepalives and CONNECT deadlines are checked.
 const TIMER_TICK: Duration = Duration::from_millis(250);
-
-/// What every shard shares.
-pub struct Shared {
-    /// The settings now; replaced on reload (SIGHUP), when `config_generation` moves on and
-    /// each shard takes the new one at the start of its next turn.
-    pub config: arc_swap::ArcSwap<Config>,
-    pub config_generation: AtomicU64,
-    /// The configured listener of each listening socket (a listener may have several
-    /// addresses), by the socket's index in the backend.
-    pub listener_of_socket: Vec<usize>,
-    /// Connections open now, per configured listener (for its max_connections).
-    pub listener_connections: Box<[std::sync::atomic::AtomicUsize]>,
-    pub trie: Arc<SubscriptionTree>,
-    pub trie_writer: Mutex<TreeWriter>,
-    pub retained: Mutex<RetainStore>,
-    /// Each client id's latest claim: the shard of the connection that connected last with
-    /// it (where the session is or is going), and the claim's number (increasing per client
-    /// id), which orders racing connections: the latest claim wins (`shard/handover.rs`).
-    pub registry: Mutex<HashMap<Arc<str>, Claim>>,
-    pub mailboxes: Arc<Mailboxes>,
-    pub next_session: AtomicU64,
-    /// Connections open now, over all shards.
-    pub connections: std::sync::atomic::AtomicUsize,
-    /// Enhanced authentication methods (MQTT 5.0), by name.
-    pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
-    pub shutdown: AtomicBool,
-    /// When the broker started (`$SYS/broker/uptime`).
-    pub started: Instant,
-    /// One set of counters per shard, each on its own cache line: a shard counts without
-    /// contending with the others; readers add them up (`total_stats`).
-    pub stats: Box<[CachePadded<Stats>]>,
-    /// Where time comes from (the system's clock, or a simulation's).
-    pub clock: Arc<dyn clock::Clock>,
-    /// Bytes each shard's connections have waiting to be written (for `memory_limit`),
-    /// published by the shard at the end of each turn.
-    pub write_queued: Box<[CachePadded<std::sync::atomic::AtomicUsize>]>,
-}
-
-/// A client id's latest claim (see `Shared::registry`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Claim {
-    pub shard: usize,
-    pub number: u64,
-}
-
-/// Messages one shard's mailbox holds before senders must hold or drop.
-pub const MAILBOX_CAPACITY: usize = 16 * 1024;
-
-impl Shared {
-    /// The state of a broker of one shard per waker, whose listening sockets belong to the
-    /// configured listeners `listener_of_socket`; returns each shard's mailbox receiver.
-    pub fn new(
-        config: Config,
-        wakers: Vec<Arc<dyn io::Waker>>,
-        listener_of_socket: Vec<usize>,
-        auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
-    ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
-        Shared::with_clock(
-            config,
-            wakers,
-            listener_of_socket,
-            auth_methods,
-            Arc::new(clock::SystemClock),
-        )
-    }
-
-    /// As `new`, with time from `clock`.
-    pub fn with_clock(
-        config: Config,
-        wakers: Vec<Arc<dyn io::Waker>>,
-        listener_of_socket: Vec<usize>,
-        auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
-        clock: Arc<dyn clock::Clock>,
-    ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
-        let shards = wakers.len();
-        let (mailboxes, receivers) = Mailboxes::new(MAILBOX_CAPACITY, wakers);
-        let trie = SubscriptionTree::new();
-        let shared = Arc::new(Shared {
-            trie_writer: Mutex::new(TreeWriter::new(trie.clone())),
-            trie,
-            retained: Mutex::new(RetainStore::default()),
-            registry: Mutex::new(Default::default()),
-            mailboxes,
-            next_session: AtomicU64::new(1),
-            connections: Default::default(),
-            auth_methods,
-            shutdown: AtomicBool::new(false),
-            started: clock.now(),
-            clock,
-            stats: (0..shards).map(|_| Default::default()).collect(),
-            write_queued: (0..shards).map(|_| Default::default()).collect(),
-            listener_of_socket,
-            listener_connections: config
-                .listeners
-                .iter()
-                .map(|_| Default::default())
-                .collect(),
-            config_generation: AtomicU64::new(0),
-            config: arc_swap::ArcSwap::from_pointee(config),
-        });
-        (shared, receivers)
-    }
-
-    /// Replaces the settings; every shard takes them at its next turn and checks its
-    /// clients against the new security settings.
-    pub fn reload(&self, config: Config) {
-        self.config.store(Arc::new(config));
-        self.config_generation.fetch_add(1, Ordering::AcqRel);
-        for shard in 0..self.mailboxes.shards() {
-            self.mailboxes.wake(shard);
-        }
-    }
-
-    pub fn new_session_id(&self) -> SessionId {
-        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
-    }
-}
 
 pub struct Shard<B: Backend> {
     pub id: usize,
@@ -351,64 +236,6 @@ impl<B: Backend> Shard<B> {
     /// The sessions this shard holds, by client id (for a simulation's checks).
     pub fn client_ids(&self) -> impl Iterator<Item = &Arc<str>> {
         self.by_client.keys()
-    }
-
-    /// What must hold between turns: every connection and session, and the links between
-    /// them, agree. Checked on every timer tick in debug builds, and after every step of the
-    /// simulation. Panics naming what is wrong.
-    pub fn check_invariants(&self) {
-        for c in self.conns.iter().flatten() {
-            if let Some(id) = c.session {
-                let session = self.sessions.get(&id);
-                assert!(
-                    session.is_some_and(|s| s.conn == Some(c.id)),
-                    "connection {} names session {id:?}, which does not name it back",
-                    c.id
-                );
-            }
-            if c.waiting_handoff.is_some() {
-                let client = c
-                    .client_id
-                    .as_ref()
-                    .expect("a waiting connection has a client id");
-                assert_eq!(
-                    self.awaiting.get(client).map(|a| a.0),
-                    Some(c.id),
-                    "{client} waits unrecorded"
-                );
-            }
-        }
-        for (id, session) in &self.sessions {
-            assert_eq!(session.id, *id);
-            assert_eq!(
-                self.by_client.get(&session.client_id),
-                Some(id),
-                "session {id:?} of {} is not the one its client id names",
-                session.client_id
-            );
-            if let Some(conn) = session.conn {
-                assert!(
-                    self.conn(conn).is_some_and(|c| c.session == Some(*id)),
-                    "session {id:?} names connection {conn}, which does not name it back"
-                );
-            }
-            session.check_invariants();
-        }
-        assert_eq!(self.by_client.len(), self.sessions.len());
-        for (id, settling) in &self.settling {
-            // A settling session never moves on; it may have come back to a shard it
-            // passed before, whose forwarding then drains first.
-            assert!(
-                !self.moved.contains_key(id) || settling.came_around(),
-                "session {id:?} settling and moved"
-            );
-        }
-        for id in self.moved.keys() {
-            assert!(
-                !self.sessions.contains_key(id) || self.settling.contains_key(id),
-                "session {id:?} moved but still here"
-            );
-        }
     }
 
     fn on_event(&mut self, event: Event) {

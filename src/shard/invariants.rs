@@ -1,0 +1,65 @@
+//! What must hold between a shard's loop turns, checked on every timer tick in debug builds
+//! and after every step of the simulation.
+
+use super::io::Backend;
+use super::Shard;
+
+impl<B: Backend> Shard<B> {
+    /// What must hold between turns: every connection and session, and the links between
+    /// them, agree. Checked on every timer tick in debug builds, and after every step of the
+    /// simulation. Panics naming what is wrong.
+    pub fn check_invariants(&self) {
+        for c in self.conns.iter().flatten() {
+            if let Some(id) = c.session {
+                let session = self.sessions.get(&id);
+                assert!(
+                    session.is_some_and(|s| s.conn == Some(c.id)),
+                    "connection {} names session {id:?}, which does not name it back",
+                    c.id
+                );
+            }
+            if c.waiting_handoff.is_some() {
+                let client = c
+                    .client_id
+                    .as_ref()
+                    .expect("a waiting connection has a client id");
+                assert_eq!(
+                    self.awaiting.get(client).map(|a| a.0),
+                    Some(c.id),
+                    "{client} waits unrecorded"
+                );
+            }
+        }
+        for (id, session) in &self.sessions {
+            assert_eq!(session.id, *id);
+            assert_eq!(
+                self.by_client.get(&session.client_id),
+                Some(id),
+                "session {id:?} of {} is not the one its client id names",
+                session.client_id
+            );
+            if let Some(conn) = session.conn {
+                assert!(
+                    self.conn(conn).is_some_and(|c| c.session == Some(*id)),
+                    "session {id:?} names connection {conn}, which does not name it back"
+                );
+            }
+            session.check_invariants();
+        }
+        assert_eq!(self.by_client.len(), self.sessions.len());
+        for (id, settling) in &self.settling {
+            // A settling session never moves on; it may have come back to a shard it
+            // passed before, whose forwarding then drains first.
+            assert!(
+                !self.moved.contains_key(id) || settling.came_around(),
+                "session {id:?} settling and moved"
+            );
+        }
+        for id in self.moved.keys() {
+            assert!(
+                !self.sessions.contains_key(id) || self.settling.contains_key(id),
+                "session {id:?} moved but still here"
+            );
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What every shard shares: the settings, the subscription trie, the retained store, the
+//! client id registry, the mailboxes, the clock and the counters.
+
+use crossbeam_channel::Receiver;
+use crossbeam_utils::CachePadded;
+use hashbrown::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::{clock, io, Stats};
+use crate::config::Config;
+use crate::retain::RetainStore;
+use crate::router::{Mailboxes, ShardMsg};
+use crate::topic::{SessionId, SubscriptionTree, TreeWriter};
+
+/// What every shard shares.
+pub struct Shared {
+    /// The settings now; replaced on reload (SIGHUP), when `config_generation` moves on and
+    /// each shard takes the new one at the start of its next turn.
+    pub config: arc_swap::ArcSwap<Config>,
+    pub config_generation: AtomicU64,
+    /// The configured listener of each listening socket (a listener may have several
+    /// addresses), by the socket's index in the backend.
+    pub listener_of_socket: Vec<usize>,
+    /// Connections open now, per configured listener (for its max_connections).
+    pub listener_connections: Box<[std::sync::atomic::AtomicUsize]>,
+    pub trie: Arc<SubscriptionTree>,
+    pub trie_writer: Mutex<TreeWriter>,
+    pub retained: Mutex<RetainStore>,
+    /// Each client id's latest claim: the shard of the connection that connected last with
+    /// it (where the session is or is going), and the claim's number (increasing per client
+    /// id), which orders racing connections: the latest claim wins (`shard/handover.rs`).
+    pub registry: Mutex<HashMap<Arc<str>, Claim>>,
+    pub mailboxes: Arc<Mailboxes>,
+    pub next_session: AtomicU64,
+    /// Connections open now, over all shards.
+    pub connections: std::sync::atomic::AtomicUsize,
+    /// Enhanced authentication methods (MQTT 5.0), by name.
+    pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
+    pub shutdown: AtomicBool,
+    /// When the broker started (`$SYS/broker/uptime`).
+    pub started: Instant,
+    /// One set of counters per shard, each on its own cache line: a shard counts without
+    /// contending with the others; readers add them up (`total_stats`).
+    pub stats: Box<[CachePadded<Stats>]>,
+    /// Where time comes from (the system's clock, or a simulation's).
+    pub clock: Arc<dyn clock::Clock>,
+    /// Bytes each shard's connections have waiting to be written (for `memory_limit`),
+    /// published by the shard at the end of each turn.
+    pub write_queued: Box<[CachePadded<std::sync::atomic::AtomicUsize>]>,
+}
+
+/// A client id's latest claim (see `Shared::registry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub shard: usize,
+    pub number: u64,
+}
+
+/// Messages one shard's mailbox holds before senders must hold or drop.
+pub const MAILBOX_CAPACITY: usize = 16 * 1024;
+
+impl Shared {
+    /// The state of a broker of one shard per waker, whose listening sockets belong to the
+    /// configured listeners `listener_of_socket`; returns each shard's mailbox receiver.
+    pub fn new(
+        config: Config,
+        wakers: Vec<Arc<dyn io::Waker>>,
+        listener_of_socket: Vec<usize>,
+        auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
+    ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
+        Shared::with_clock(
+            config,
+            wakers,
+            listener_of_socket,
+            auth_methods,
+            Arc::new(clock::SystemClock),
+        )
+    }
+
+    /// As `new`, with time from `clock`.
+    pub fn with_clock(
+        config: Config,
+        wakers: Vec<Arc<dyn io::Waker>>,
+        listener_of_socket: Vec<usize>,
+        auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
+        clock: Arc<dyn clock::Clock>,
+    ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
+        let shards = wakers.len();
+        let (mailboxes, receivers) = Mailboxes::new(MAILBOX_CAPACITY, wakers);
+        let trie = SubscriptionTree::new();
+        let shared = Arc::new(Shared {
+            trie_writer: Mutex::new(TreeWriter::new(trie.clone())),
+            trie,
+            retained: Mutex::new(RetainStore::default()),
+            registry: Mutex::new(Default::default()),
+            mailboxes,
+            next_session: AtomicU64::new(1),
+            connections: Default::default(),
+            auth_methods,
+            shutdown: AtomicBool::new(false),
+            started: clock.now(),
+            clock,
+            stats: (0..shards).map(|_| Default::default()).collect(),
+            write_queued: (0..shards).map(|_| Default::default()).collect(),
+            listener_of_socket,
+            listener_connections: config
+                .listeners
+                .iter()
+                .map(|_| Default::default())
+                .collect(),
+            config_generation: AtomicU64::new(0),
+            config: arc_swap::ArcSwap::from_pointee(config),
+        });
+        (shared, receivers)
+    }
+
+    /// Replaces the settings; every shard takes them at its next turn and checks its
+    /// clients against the new security settings.
+    pub fn reload(&self, config: Config) {
+        self.config.store(Arc::new(config));
+        self.config_generation.fetch_add(1, Ordering::AcqRel);
+        for shard in 0..self.mailboxes.shards() {
+            self.mailboxes.wake(shard);
+        }
+    }
+
+    pub fn new_session_id(&self) -> SessionId {
+        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
+    }
+}
