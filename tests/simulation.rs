@@ -101,9 +101,9 @@ fn a_session_request_to_a_full_mailbox_waits_and_arrives() {
     assert!(ack.session_present, "{got:?}");
 }
 
-/// Runs the random workload for `seed` and checks the model.
-fn run_seed(seed: u64, steps: u64) -> usize {
-    let shards = std::env::var("MIDGE_SIM_SHARDS").map_or(2, |s| s.parse().unwrap());
+/// Runs the random workload for `seed` on `shards` shards and checks the model; returns how
+/// many deliveries the model checked.
+fn run_seed(seed: u64, shards: usize, steps: u64) -> usize {
     let mut world = model::World::new(seed, shards, 12);
     for _ in 0..steps {
         world.step();
@@ -112,16 +112,29 @@ fn run_seed(seed: u64, steps: u64) -> usize {
     world.owed_count()
 }
 
-/// A fixed set of seeds, every CI run; `scripts/simulate.sh` runs random seeds for longer.
-#[test]
-fn random_workloads_keep_every_promise() {
+fn run_seeds(seeds: std::ops::Range<u64>, shards: usize) -> usize {
     let mut owed = 0;
-    for seed in 0..40 {
-        owed += std::panic::catch_unwind(|| run_seed(seed, 3_000))
-            .unwrap_or_else(|_| panic!("seed {seed} failed (replay: MIDGE_SIM_SEED={seed})"));
+    for seed in seeds {
+        owed += std::panic::catch_unwind(|| run_seed(seed, shards, 3_000)).unwrap_or_else(|_| {
+            panic!("seed {seed} failed (replay: MIDGE_SIM_SEED={seed} MIDGE_SIM_SHARDS={shards})")
+        });
     }
+    owed
+}
+
+/// A fixed set of seeds, every CI run (a few seconds); `scripts/simulate.sh` runs random
+/// seeds for longer.
+#[test]
+fn random_workloads_keep_every_promise_on_two_shards() {
+    let owed = run_seeds(0..200, 2);
     // The model did check deliveries (the workload is not empty).
-    assert!(owed > 1000, "only {owed} deliveries checked");
+    assert!(owed > 10_000, "only {owed} deliveries checked");
+}
+
+#[test]
+fn random_workloads_keep_every_promise_on_three_shards() {
+    let owed = run_seeds(1000..1100, 3);
+    assert!(owed > 5_000, "only {owed} deliveries checked");
 }
 
 /// Random seeds for a while (`scripts/simulate.sh`): MIDGE_SIM_SECONDS (default 60),
@@ -129,9 +142,11 @@ fn random_workloads_keep_every_promise() {
 #[test]
 #[ignore]
 fn random_workloads_for_a_while() {
+    let shards =
+        std::env::var("MIDGE_SIM_SHARDS").map_or(2, |s| s.parse().expect("MIDGE_SIM_SHARDS"));
     if let Ok(seed) = std::env::var("MIDGE_SIM_SEED") {
         let seed = seed.parse().expect("MIDGE_SIM_SEED is a number");
-        run_seed(seed, 3_000);
+        run_seed(seed, shards, 3_000);
         return;
     }
     let seconds: u64 = std::env::var("MIDGE_SIM_SECONDS")
@@ -146,13 +161,13 @@ fn random_workloads_for_a_while() {
     let (mut seeds, mut steps) = (0u64, 0u64);
     while std::time::Instant::now() < until {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        if std::panic::catch_unwind(|| run_seed(seed, 3_000)).is_err() {
-            panic!("seed {seed} failed (replay: MIDGE_SIM_SEED={seed})");
+        if std::panic::catch_unwind(|| run_seed(seed, shards, 3_000)).is_err() {
+            panic!("seed {seed} failed (replay: MIDGE_SIM_SEED={seed} MIDGE_SIM_SHARDS={shards})");
         }
         seeds += 1;
         steps += 3_000;
     }
-    eprintln!("simulation: {seeds} seeds, {steps} steps, no violation");
+    eprintln!("simulation: {shards} shards, {seeds} seeds, {steps} steps, no violation");
 }
 
 /// Two clients on one shard: a SUBSCRIBE from one and a PUBLISH from the other, read in the

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod model;
+mod rng;
+mod wire;
 
 use bytes::BytesMut;
 use midge::codec::*;

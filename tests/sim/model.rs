@@ -14,71 +14,18 @@
 //!
 //! and, after every shard turn, the shards' own invariants (`Shard::check_invariants`).
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use hashbrown::{HashMap, HashSet};
 use midge::codec::*;
 use midge::types::ConnId;
 
+use super::wire::{brief, publish_packet, Key};
 use super::Sim;
 
-/// SplitMix64: small, seeded, the same on every machine.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    pub fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn qos(&mut self) -> QoS {
-        [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][self.below(3)]
-    }
-}
+pub use super::rng::Rng;
 
 const TOPICS: [&str; 3] = ["a", "b", "c/d"];
 const FILTERS: [&str; 4] = ["a", "b", "c/+", "#"];
-
-/// Who published a message: the publishing client, its connection, and a sequence number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    publisher: u32,
-    incarnation: u32,
-    seq: u32,
-}
-
-impl Key {
-    fn payload(self) -> Bytes {
-        let mut b = Vec::with_capacity(12);
-        b.extend_from_slice(&self.publisher.to_be_bytes());
-        b.extend_from_slice(&self.incarnation.to_be_bytes());
-        b.extend_from_slice(&self.seq.to_be_bytes());
-        Bytes::from(b)
-    }
-
-    fn read(payload: &[u8]) -> Key {
-        let n = |i: usize| u32::from_be_bytes(payload[i..i + 4].try_into().unwrap());
-        Key {
-            publisher: n(0),
-            incarnation: n(4),
-            seq: n(8),
-        }
-    }
-}
 
 struct Outgoing {
     key: Key,
@@ -651,38 +598,5 @@ impl World {
 
     pub fn owed_count(&self) -> usize {
         self.owed.len()
-    }
-}
-
-fn publish_packet(topic: &str, qos: QoS, pid: u16, dup: bool, key: Key) -> Packet {
-    Packet::Publish(Publish {
-        dup,
-        qos,
-        retain: false,
-        topic: MqttStr::new(topic).unwrap(),
-        packet_id: pid,
-        properties: Properties::default(),
-        payload: key.payload(),
-    })
-}
-
-fn brief(packet: &Packet, who: &str) -> String {
-    match packet {
-        Packet::Publish(p) => {
-            let key = if p.payload.len() == 12 {
-                format!("{:?}", Key::read(&p.payload))
-            } else {
-                String::new()
-            };
-            format!(
-                "{who} PUBLISH q{} d{} m{} {} {key}",
-                p.qos as u8,
-                u8::from(p.dup),
-                p.packet_id,
-                p.topic
-            )
-        }
-        Packet::Connect(c) => format!("{who} CONNECT clean={}", c.clean_start),
-        other => format!("{who} {other:?}"),
     }
 }
