@@ -10,9 +10,11 @@
 //! are checked (`check_invariants`) after every step of the simulation.
 
 mod incoming;
+mod lifecycle;
 mod outgoing;
 
 pub use incoming::{IncomingQos2, Qos2Publish};
+pub use lifecycle::WillAfterClose;
 pub use outgoing::{DropReason, InFlight, Limits, Offer, Outgoing, Owed, Queued, OWED_MAX};
 
 use hashbrown::HashMap;

@@ -10,7 +10,7 @@ use super::Shard;
 use crate::codec::{
     ConnAck, DecodeError, Disconnect, MqttStr, Packet, Properties, ProtocolVersion, ReasonCode,
 };
-use crate::session::Session;
+use crate::session::{Session, WillAfterClose};
 use crate::topic::SessionId;
 
 /// Why a connection ended; decides the log line and whether the will is published.
@@ -188,19 +188,10 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        session.conn = None;
-        let will = session.will.take();
-        if let (true, Some(will)) = (reason.publishes_will(), will) {
-            // [MQTT-3.1.3-9] after the Will Delay Interval, or when the session ends if
-            // that comes first.
-            let delay = will.properties.will_delay_interval.unwrap_or(0);
-            if delay == 0 || session.clean {
-                self.publish_will(id, *will);
-            } else {
-                let due = self.now + std::time::Duration::from_secs(delay.into());
-                session.delayed_will = Some(Box::new((due, *will)));
-                self.will_timers.push(std::cmp::Reverse((due, id)));
-            }
+        match session.connection_ended(self.now, reason.publishes_will()) {
+            WillAfterClose::None => {}
+            WillAfterClose::Now(will) => self.publish_will(id, will),
+            WillAfterClose::At(due) => self.will_timers.push(std::cmp::Reverse((due, id))),
         }
         let Some(session) = self.sessions.get(&id) else {
             return;
@@ -221,15 +212,9 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        let never = session.version != ProtocolVersion::V5 || session.expiry_interval_s == u32::MAX;
-        let after = match (never, self.config.persistent_client_expiration) {
-            (false, _) => std::time::Duration::from_secs(session.expiry_interval_s.into()),
-            (true, Some(limit)) => limit,
-            (true, None) => return,
-        };
-        let at = self.now + after;
-        session.expires_at = Some(at);
-        self.expiries.push(std::cmp::Reverse((at, id)));
+        if let Some(at) = session.start_expiry(self.now, self.config.persistent_client_expiration) {
+            self.expiries.push(std::cmp::Reverse((at, id)));
+        }
     }
 
     /// Publishes wills whose delay has run out (and were not cancelled by a resume).
@@ -239,15 +224,8 @@ impl<B: Backend> Shard<B> {
                 return;
             }
             self.will_timers.pop();
-            let Some(session) = self.sessions.get_mut(&id) else {
-                continue;
-            };
-            if session
-                .delayed_will
-                .as_ref()
-                .is_some_and(|delayed| delayed.0 == at)
-            {
-                let (_, will) = *session.delayed_will.take().expect("just checked");
+            let will = self.sessions.get_mut(&id).and_then(|s| s.take_due_will(at));
+            if let Some(will) = will {
                 self.publish_will(id, will);
             }
         }
@@ -261,21 +239,17 @@ impl<B: Backend> Shard<B> {
             }
             self.expiries.pop();
             // The entry may be stale: the session resumed, moved away, or was rescheduled.
-            let due = self
-                .sessions
-                .get(&id)
-                .is_some_and(|s| s.conn.is_none() && s.expires_at == Some(at));
+            let due = self.sessions.get(&id).is_some_and(|s| s.expires_at(at));
             if !due {
                 continue;
             }
             // The session ends before its will's delay: the will goes now (while the session,
             // whose rights the will is checked against, still exists).
-            let delayed = self
+            let will = self
                 .sessions
                 .get_mut(&id)
-                .and_then(|s| s.delayed_will.take());
-            if let Some(delayed) = delayed {
-                let (_, will) = *delayed;
+                .and_then(|s| s.take_waiting_will());
+            if let Some(will) = will {
                 self.publish_will(id, will);
             }
             let session = self.sessions.remove(&id).expect("just found");

@@ -326,9 +326,8 @@ impl<B: Backend> Shard<B> {
         // 3.x: clean session 0 keeps the session. 5.0: the Session Expiry Interval decides
         // (absent or 0: the session ends with the connection, §3.1.2.11.2).
         // [MQTT-3.1.3-9] the session resumed in time: a will still waiting is not sent.
-        session.delayed_will = None;
+        session.resumed();
         session.expiry_interval_s = connect.properties.session_expiry_interval.unwrap_or(0);
-        session.expires_at = None;
         session.clean = if v5 {
             session.expiry_interval_s == 0
         } else {
