@@ -131,10 +131,6 @@ impl<B: Backend> Shard<B> {
         if let Some(c) = self.conn_mut(conn) {
             c.claim = claim;
         }
-        log::debug!(
-            "{client_id} claimed by shard {} (claim {claim}, previous {previous:?}).",
-            self.id
-        );
         let elsewhere = previous.map(|p| p.shard).filter(|&owner| owner != self.id);
         if elsewhere.is_some() || self.awaiting.contains_key(&client_id) {
             // The session lives on another shard, or is already on its way here for an

@@ -80,10 +80,8 @@ impl<B: Backend> Shard<B> {
         let held = self.by_client.get(&client_id).copied();
         let waiting = self.awaiting.get(&client_id).copied();
         log::debug!(
-            "Shard {to} asks shard {} for the session of {client_id} (claim {claim}); here: session {:?}, waiting {:?}.",
-            self.id,
-            held.map(|id| id.0),
-            waiting.map(|w| w.1)
+            "Shard {to} asks shard {} for the session of {client_id} (claim {claim}).",
+            self.id
         );
         let Some(id) = held else {
             match waiting {
@@ -214,10 +212,13 @@ impl<B: Backend> Shard<B> {
         superseded_by: Option<u64>,
     ) {
         log::debug!(
-            "Shard {origin} answers shard {} for {client_id} (claim {claim}): session {:?}, superseded by {superseded_by:?}; waiting here {:?}.",
+            "Shard {} receives the answer for {client_id} (claim {claim}): {}.",
             self.id,
-            session.as_ref().map(|s| s.id.0),
-            self.awaiting.get(&client_id).map(|w| w.1),
+            match (&session, superseded_by) {
+                (Some(_), _) => "the session".to_string(),
+                (None, Some(by)) => format!("superseded by claim {by}"),
+                (None, None) => "no session".to_string(),
+            }
         );
         // The answer to a request whose connection lost to a later claim elsewhere.
         let forward = self.take_forward(&client_id, claim);
