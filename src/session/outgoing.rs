@@ -85,12 +85,20 @@ pub struct Outgoing {
     /// The last packet id given out.
     last_id: u16,
     sent: u64,
+    /// Out of line, and only while something waits: most sessions queue nothing, and every
+    /// session would pay for the room of an empty queue.
+    backlog: Option<Box<Backlog>>,
+    /// Messages dropped because the queue was full, since the session began.
+    dropped: u64,
+}
+
+/// What waits behind the window.
+#[derive(Debug, Default)]
+struct Backlog {
     queue: VecDeque<Queued>,
     /// Payload bytes in `queue` (for `max_queued_bytes`).
     queued_bytes: usize,
     owed: VecDeque<Owed>,
-    /// Messages dropped because the queue was full, since the session began.
-    dropped: u64,
 }
 
 impl Outgoing {
@@ -113,14 +121,15 @@ impl Outgoing {
             return Offer::Send;
         }
         let size = message.payload.len();
-        if self.queue.len() >= limits.queued_max
-            || (limits.queued_bytes_max > 0 && self.queued_bytes + size > limits.queued_bytes_max)
+        if self.queue_len() >= limits.queued_max
+            || (limits.queued_bytes_max > 0 && self.queued_bytes() + size > limits.queued_bytes_max)
         {
             self.dropped += 1;
             return Offer::Dropped(DropReason::QueueFull);
         }
-        self.queued_bytes += size;
-        self.queue.push_back(Queued {
+        let backlog = self.backlog.get_or_insert_with(Default::default);
+        backlog.queued_bytes += size;
+        backlog.queue.push_back(Queued {
             message: message.clone(),
             target: target.clone(),
         });
@@ -130,7 +139,7 @@ impl Outgoing {
     /// Whether a QoS 1/2 message may go out now: room in the window, and nothing queued
     /// ahead of it (messages go out in order [MQTT-4.6.0-6]).
     pub fn has_room(&self, window: usize) -> bool {
-        self.inflight.len() < window && self.queue.is_empty()
+        self.inflight.len() < window && self.queue_len() == 0
     }
 
     /// Whether the window is full (a shared subscription passes over such a member).
@@ -170,8 +179,10 @@ impl Outgoing {
         if self.inflight.len() >= window {
             return None;
         }
-        let queued = self.queue.pop_front()?;
-        self.queued_bytes -= queued.message.payload.len();
+        let backlog = self.backlog.as_mut()?;
+        let queued = backlog.queue.pop_front()?;
+        backlog.queued_bytes -= queued.message.payload.len();
+        self.release_backlog();
         Some(queued)
     }
 
@@ -225,11 +236,22 @@ impl Outgoing {
     }
 
     pub fn queue_len(&self) -> usize {
-        self.queue.len()
+        self.backlog.as_ref().map_or(0, |b| b.queue.len())
     }
 
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.backlog.as_ref().map_or(0, |b| b.queued_bytes)
+    }
+
+    /// Frees the backlog once nothing waits in it.
+    fn release_backlog(&mut self) {
+        if self
+            .backlog
+            .as_ref()
+            .is_some_and(|b| b.queue.is_empty() && b.owed.is_empty())
+        {
+            self.backlog = None;
+        }
     }
 
     pub fn dropped(&self) -> u64 {
@@ -239,42 +261,55 @@ impl Outgoing {
     /// Owes retained messages to a new subscription; returns how many did not fit
     /// (`OWED_MAX`).
     pub fn owe(&mut self, messages: Vec<Arc<Message>>, qos: QoS, identifier: Option<u32>) -> usize {
-        let room = OWED_MAX.saturating_sub(self.owed.len());
+        let owed = &mut self.backlog.get_or_insert_with(Default::default).owed;
+        let room = OWED_MAX.saturating_sub(owed.len());
         let dropped = messages.len().saturating_sub(room);
-        self.owed
-            .extend(messages.into_iter().take(room).map(|message| Owed {
-                message,
-                qos,
-                identifier,
-            }));
+        owed.extend(messages.into_iter().take(room).map(|message| Owed {
+            message,
+            qos,
+            identifier,
+        }));
+        self.release_backlog();
         dropped
     }
 
     pub fn owes(&self) -> bool {
-        !self.owed.is_empty()
+        self.backlog.as_ref().is_some_and(|b| !b.owed.is_empty())
     }
 
     /// The next owed message's QoS (the lower of the message's and the subscription's).
     pub fn next_owed_qos(&self) -> Option<QoS> {
-        self.owed.front().map(|o| o.message.qos.min(o.qos))
+        let backlog = self.backlog.as_ref()?;
+        backlog.owed.front().map(|o| o.message.qos.min(o.qos))
     }
 
     pub fn take_owed(&mut self) -> Option<Owed> {
-        self.owed.pop_front()
+        let owed = self.backlog.as_mut()?.owed.pop_front();
+        self.release_backlog();
+        owed
     }
 
     /// What must hold after every change.
     pub fn check_invariants(&self, who: &str) {
-        let queued: usize = self.queue.iter().map(|q| q.message.payload.len()).sum();
-        assert_eq!(self.queued_bytes, queued, "queued_bytes of {who}");
+        if let Some(backlog) = &self.backlog {
+            let queued: usize = backlog.queue.iter().map(|q| q.message.payload.len()).sum();
+            assert_eq!(backlog.queued_bytes, queued, "queued_bytes of {who}");
+            assert!(backlog
+                .queue
+                .iter()
+                .all(|q| q.target.qos != QoS::AtMostOnce));
+            assert!(backlog.owed.len() <= OWED_MAX);
+            assert!(
+                !backlog.queue.is_empty() || !backlog.owed.is_empty(),
+                "an empty backlog kept for {who}"
+            );
+        }
         for (&id, f) in &self.inflight {
             assert_ne!(id, 0, "packet id 0 in flight to {who} [MQTT-2.2.1-3]");
             assert_eq!(id, f.packet_id, "in-flight entry of {who} under another id");
             assert!(f.qos != QoS::AtMostOnce, "QoS 0 in flight to {who}");
             assert!(!f.released || f.qos == QoS::ExactlyOnce);
         }
-        assert!(self.queue.iter().all(|q| q.target.qos != QoS::AtMostOnce));
-        assert!(self.owed.len() <= OWED_MAX);
     }
 }
 

@@ -49,17 +49,17 @@ struct Socket {
     /// Closing: the write side is shut (after the queue was written).
     write_shut: bool,
     /// Closing: bytes read and thrown away so far.
-    discarded: usize,
+    discarded: u32,
     /// Bytes to allocate for the next read: small for quiet connections (a CONNECT, a
     /// PINGREQ), doubled each time a read fills it, up to `READ_CHUNK_MAX`. Buffers are
     /// handed to the shard (zero-copy decoding), so a burst of new connections must not
     /// each take a large one.
-    read_chunk: usize,
+    read_chunk: u32,
 }
 
 /// Smallest and largest read allocation.
-const READ_CHUNK_MIN: usize = 1024;
-const READ_CHUNK_MAX: usize = 16 * 1024;
+const READ_CHUNK_MIN: u32 = 1024;
+const READ_CHUNK_MAX: u32 = 16 * 1024;
 
 pub struct Epoll {
     poll: Poll,
@@ -206,7 +206,7 @@ impl Epoll {
         let mut data = BytesMut::new();
         let mut closed: Option<Option<io::Error>> = None;
         while data.len() < READ_MAX_PER_TURN {
-            data.reserve(socket.read_chunk);
+            data.reserve(socket.read_chunk as usize);
             let room = READ_MAX_PER_TURN - data.len();
             let spare = data.spare_capacity_mut();
             let want = spare.len().min(room);
@@ -224,7 +224,7 @@ impl Epoll {
                     unsafe { data.set_len(data.len() + n) };
                     if n == want {
                         socket.read_chunk = (socket.read_chunk * 2).min(READ_CHUNK_MAX);
-                    } else if n < socket.read_chunk / 8 {
+                    } else if n < socket.read_chunk as usize / 8 {
                         socket.read_chunk = (socket.read_chunk / 2).max(READ_CHUNK_MIN);
                     }
                     // A short read drained the socket: the next arrival is a new edge, so
@@ -269,8 +269,8 @@ impl Epoll {
                 Ok(0) => return true,
                 Ok(n) => {
                     turn += n;
-                    socket.discarded += n;
-                    if socket.discarded > LINGER_DISCARD_MAX {
+                    socket.discarded = socket.discarded.saturating_add(n as u32);
+                    if socket.discarded as usize > LINGER_DISCARD_MAX {
                         return true;
                     }
                 }
