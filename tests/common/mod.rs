@@ -198,14 +198,7 @@ impl Broker {
     pub fn terminate(mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on the PID of the child this test started and has not reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < until, "midge did not exit on SIGTERM");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.wait_exit()
     }
 }
 

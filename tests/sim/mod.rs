@@ -2,6 +2,7 @@
 //! one thread, with the broker's invariants checked after every step.
 #![allow(dead_code)]
 
+mod client;
 pub mod model;
 mod rng;
 mod wire;

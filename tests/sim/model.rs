@@ -17,8 +17,8 @@
 use bytes::BytesMut;
 use hashbrown::{HashMap, HashSet};
 use midge::codec::*;
-use midge::types::ConnId;
 
+use super::client::{Client, Outgoing};
 use super::wire::{brief, publish_packet, Key};
 use super::Sim;
 
@@ -26,44 +26,6 @@ pub use super::rng::Rng;
 
 const TOPICS: [&str; 3] = ["a", "b", "c/d"];
 const FILTERS: [&str; 4] = ["a", "b", "c/+", "#"];
-
-struct Outgoing {
-    key: Key,
-    qos: QoS,
-    topic: &'static str,
-    /// Persistent sessions with a matching confirmed subscription at QoS 1/2 when it was
-    /// sent (with their SUBSCRIBE count then): they must get it once the broker has
-    /// acknowledged it, if they sent no SUBSCRIBE meanwhile.
-    owed_to: Vec<(u32, u64)>,
-    /// QoS 2: PUBREC received (the broker has it; PUBREL sent).
-    released: bool,
-}
-
-struct Client {
-    index: u32,
-    id: String,
-    version: ProtocolVersion,
-    /// Always resumes its session (clean session 0, or 5.0 expiry "never").
-    persistent: bool,
-    /// The current connection, and connections it left for the broker to close.
-    conn: Option<(usize, ConnId)>,
-    connacked: bool,
-    inbox: BytesMut,
-    incarnation: u32,
-    next_pid: u16,
-    seq: u32,
-    /// Its QoS 1/2 PUBLISHes not yet done with, by packet id.
-    publishing: HashMap<u16, Outgoing>,
-    /// QoS 2 received, awaiting PUBREL.
-    awaiting_pubrel: HashSet<u16>,
-    reading: bool,
-    /// SUBSCRIBEs awaiting SUBACK: filter and the client's SUBSCRIBE count when sent.
-    subscribing: HashMap<u16, (&'static str, u64)>,
-    /// Has a session at the broker (persistent clients, once connected).
-    has_session: bool,
-    /// Keep alive in seconds (0: none); such a client pings when time passes, mostly.
-    keep_alive: u16,
-}
 
 pub struct World {
     pub sim: Sim,
