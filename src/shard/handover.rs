@@ -192,12 +192,15 @@ impl<B: Backend> Shard<B> {
         id: SessionId,
         client_id: &Arc<str>,
     ) {
-        let Some(connect) = self.conn_mut(conn).and_then(|c| c.waiting_handoff.take()) else {
+        let Some(clean_start) = self
+            .conn(conn)
+            .and_then(|c| c.waiting_handoff.as_ref())
+            .map(|connect| connect.clean_start)
+        else {
             return; // It went away: the session stays here as it is.
         };
-        let session = self.take_local_session(id, connect.clean_start);
-        self.accept_connect(conn, *connect, client_id.clone(), false, session);
-        self.process_input(conn);
+        let session = self.take_local_session(id, clean_start);
+        self.accept_waiting(conn, client_id, session);
     }
 
     /// The answer to this shard's request (claim `claim`) for the session of `client_id`:
