@@ -42,6 +42,20 @@ impl Session {
         WillAfterClose::At(due)
     }
 
+    /// A newer connection takes the session over [MQTT-3.1.4-3]; `ends`: it does not carry
+    /// on (clean on either side). The old connection's will goes out only then, as in
+    /// Mosquitto: a session that carries on is resumed at once, which cancels a will
+    /// [MQTT-3.1.3-9]. Returns the will to publish now.
+    pub fn taken_over(&mut self, ends: bool) -> Option<Will> {
+        self.conn = None;
+        let will = self.will.take();
+        if ends {
+            will.map(|w| *w)
+        } else {
+            None
+        }
+    }
+
     /// Starts the offline session's expiry clock at `now`: 5.0's Session Expiry Interval
     /// [MQTT-3.1.2-23], or `persistent_client_expiration` for a session that would never
     /// expire (3.x clean session 0, 5.0 0xFFFFFFFF). Returns when it ends, if ever.
@@ -159,5 +173,15 @@ mod tests {
         assert_eq!(v3.start_expiry(now, None), None, "never, by default");
         let limit = Duration::from_secs(3600);
         assert_eq!(v3.start_expiry(now, Some(limit)), Some(now + limit));
+    }
+
+    #[test]
+    fn a_takeover_sends_the_will_only_when_the_session_ends() {
+        let mut carries_on = session(ProtocolVersion::V5, false, None);
+        carries_on.conn = Some(crate::types::ConnId::new(1, 1));
+        assert!(carries_on.taken_over(false).is_none());
+        assert!(carries_on.will.is_none() && carries_on.conn.is_none());
+        let mut ends = session(ProtocolVersion::V311, true, None);
+        assert!(ends.taken_over(true).is_some());
     }
 }

@@ -186,10 +186,9 @@ impl<B: Backend> Shard<B> {
                     session.client_id
                 );
             }
-            // [MQTT-3.1.4-3] the existing connection is closed. Its will goes out when the
-            // session does not carry on (as Mosquitto does).
-            let publish_will = session.clean || clean_start;
-            self.close_takeover(old, publish_will);
+            // [MQTT-3.1.4-3] the existing connection is closed.
+            let session_ends = session.clean || clean_start;
+            self.close_takeover(old, session_ends);
         }
         let session = self.sessions.remove(&id)?;
         self.by_client.remove(&session.client_id);
@@ -201,24 +200,21 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Closes `conn`, whose session is being taken over.
-    fn close_takeover(&mut self, conn: ConnId, publish_will: bool) {
+    fn close_takeover(&mut self, conn: ConnId, session_ends: bool) {
         let Some(mut c) = self.take_conn(conn) else {
             return;
         };
         if let Some(id) = c.session.take() {
             if let Some(session) = self.sessions.get_mut(&id) {
-                session.conn = None;
-                let will = session.will.take();
+                let will = session.taken_over(session_ends);
                 if c.version == Some(ProtocolVersion::V5) {
                     self.send_raw(
                         &mut c,
                         &Packet::Disconnect(Disconnect::with_reason(ReasonCode::SessionTakenOver)),
                     );
                 }
-                if publish_will {
-                    if let Some(will) = will {
-                        self.publish_will(id, *will);
-                    }
+                if let Some(will) = will {
+                    self.publish_will(id, will);
                 }
             }
         }
