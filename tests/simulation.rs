@@ -101,6 +101,104 @@ fn a_session_request_to_a_full_mailbox_waits_and_arrives() {
     assert!(ack.session_present, "{got:?}");
 }
 
+/// Fills shard `shard`'s mailbox with deliveries to nobody.
+fn fill_mailbox(sim: &Sim, shard: usize) {
+    let shared = sim.shards[shard].shared().clone();
+    let message = std::sync::Arc::new(midge::types::Message {
+        topic: MqttStr::new("x").unwrap(),
+        payload: bytes::Bytes::new(),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+        origin: None,
+        expires_at: None,
+    });
+    let deliver = || midge::router::ShardMsg::Deliver {
+        message: message.clone(),
+        targets: Vec::new(),
+        forwarded: false,
+    };
+    let mut sent = 0;
+    while shared.mailboxes.send(shard, deliver()).is_ok() {
+        sent += 1;
+    }
+    assert!(sent > 0);
+}
+
+fn publish_q1(packet_id: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: MqttStr::new("t").unwrap(),
+        packet_id,
+        properties: Properties::default(),
+        payload: bytes::Bytes::from_static(payload),
+    })
+}
+
+/// A publisher's message waits on its shard for the subscriber's full mailbox; the
+/// publisher reconnects on another shard and publishes again. The second message must not
+/// pass the first [MQTT-4.6.0-6]: the session is handed over behind it.
+#[test]
+fn a_publisher_that_moves_shards_does_not_pass_its_held_message() {
+    let mut sim = Sim::new(3);
+    let s = sim.nets[1].connect();
+    sim.send(1, s, &connect("subscriber", true), V311);
+    let sub = Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(
+            MqttStr::new("t").unwrap(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )],
+    });
+    sim.send(1, s, &sub, V311);
+    let p = sim.nets[0].connect();
+    sim.send(0, p, &connect("publisher", false), V311);
+    sim.settle();
+    sim.received(1, s, V311);
+    sim.received(0, p, V311);
+
+    // The first message waits on shard 0 for room in shard 1's mailbox.
+    fill_mailbox(&sim, 1);
+    sim.send(0, p, &publish_q1(1, b"first"), V311);
+    sim.step(0);
+    // The publisher connects again on shard 2; shard 0 answers with its session.
+    let p2 = sim.nets[2].connect();
+    sim.send(2, p2, &connect("publisher", false), V311);
+    sim.step(2);
+    sim.step(0);
+    sim.step(2);
+    // Shard 1 empties its mailbox; shards 0 and 2 turn until the publisher is back.
+    for _ in 0..8 {
+        sim.step(1);
+    }
+    let mut back = Vec::new();
+    for _ in 0..20 {
+        back.extend(sim.received(2, p2, V311));
+        if !back.is_empty() {
+            break;
+        }
+        sim.step(0);
+        sim.step(2);
+    }
+    assert!(connack(&back).session_present, "{back:?}");
+    sim.send(2, p2, &publish_q1(2, b"second"), V311);
+    sim.step(2);
+    sim.settle();
+    let payloads: Vec<_> = (sim.received(1, s, V311).into_iter())
+        .filter_map(|packet| match packet {
+            Packet::Publish(p) => Some(p.payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(payloads, [&b"first"[..], &b"second"[..]]);
+}
+
 /// Runs the random workload for `seed` on `shards` shards and checks the model; returns how
 /// many deliveries the model checked.
 fn run_seed(seed: u64, shards: usize, steps: u64) -> usize {

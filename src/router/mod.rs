@@ -122,11 +122,24 @@ impl Mailboxes {
 /// its mailbox has room by now: messages from one publisher must reach a subscriber in the
 /// order they were published [MQTT-4.6.0-6], and a session handed to a shard must arrive
 /// before the deliveries forwarded to it after the handoff.
+///
+/// A session handed to another shard also waits behind what waits here for *every* shard
+/// (`send_after_all`): its client publishes from its new shard once it arrives, and those
+/// messages must not pass the ones it published here that still wait for a full mailbox.
 pub struct Outbox {
-    waiting: Vec<std::collections::VecDeque<ShardMsg>>,
+    waiting: Vec<std::collections::VecDeque<Held>>,
     /// Messages waiting, over all shards (at most `len_max`).
     len: usize,
     len_max: usize,
+    /// Numbers the messages held, in the order they were given.
+    next_seq: u64,
+}
+
+struct Held {
+    seq: u64,
+    /// Goes only once nothing older waits for any shard.
+    after_all: bool,
+    msg: ShardMsg,
 }
 
 /// What became of a message given to `Outbox::send`.
@@ -146,6 +159,7 @@ impl Outbox {
             waiting: (0..shards).map(|_| Default::default()).collect(),
             len: 0,
             len_max,
+            next_seq: 0,
         }
     }
 
@@ -183,21 +197,61 @@ impl Outbox {
         if self.len >= self.len_max && !must_keep {
             return Sent::Dropped;
         }
-        self.waiting[shard].push_back(msg);
-        self.len += 1;
+        self.hold(shard, msg, false);
         Sent::Held
+    }
+
+    /// Sends `msg` to `shard` once everything given before it, to any shard, has left
+    /// (a session handed over: see above). Never dropped.
+    pub fn send_after_all(&mut self, mailboxes: &Mailboxes, shard: usize, msg: ShardMsg) -> Sent {
+        if self.is_empty() {
+            return self.send(mailboxes, shard, msg, true);
+        }
+        self.hold(shard, msg, true);
+        Sent::Held
+    }
+
+    fn hold(&mut self, shard: usize, msg: ShardMsg, after_all: bool) {
+        self.waiting[shard].push_back(Held {
+            seq: self.next_seq,
+            after_all,
+            msg,
+        });
+        self.next_seq += 1;
+        self.len += 1;
+    }
+
+    /// The oldest message waiting for any shard but `shard`.
+    fn oldest_elsewhere(&self, shard: usize) -> Option<u64> {
+        (self.waiting.iter().enumerate())
+            .filter(|(other, _)| *other != shard)
+            .filter_map(|(_, queue)| queue.front().map(|held| held.seq))
+            .min()
     }
 
     /// Passes on what the mailboxes take now, oldest first per shard. True when nothing
     /// waits any more.
     pub fn retry(&mut self, mailboxes: &Mailboxes) -> bool {
-        for (shard, queue) in self.waiting.iter_mut().enumerate() {
-            while let Some(msg) = queue.pop_front() {
-                if let Err(msg) = mailboxes.send(shard, msg) {
-                    queue.push_front(msg);
-                    break;
+        // A message waiting on other shards' queues may be freed by a later shard's queue
+        // draining: go round again while anything moves (at most once per message).
+        let mut moved = true;
+        while moved && self.len > 0 {
+            moved = false;
+            for shard in 0..self.waiting.len() {
+                while let Some(front) = self.waiting[shard].front() {
+                    if front.after_all
+                        && self.oldest_elsewhere(shard).is_some_and(|o| o < front.seq)
+                    {
+                        break;
+                    }
+                    let held = self.waiting[shard].pop_front().expect("front exists");
+                    if let Err(msg) = mailboxes.send(shard, held.msg) {
+                        self.waiting[shard].push_front(Held { msg, ..held });
+                        break;
+                    }
+                    self.len -= 1;
+                    moved = true;
                 }
-                self.len -= 1;
             }
         }
         self.len == 0
@@ -234,6 +288,42 @@ mod tests {
             ShardMsg::Deliver { message, .. } => message.payload[0],
             _ => panic!("not a delivery"),
         }
+    }
+
+    fn handoff() -> ShardMsg {
+        ShardMsg::Handoff {
+            client_id: "c".into(),
+            session: None,
+            origin: 0,
+            claim: 1,
+            superseded_by: None,
+        }
+    }
+
+    /// A session handed to shard 2 waits until what its client published here for shard 1
+    /// (full) has left: from shard 2 it would otherwise publish past it [MQTT-4.6.0-6].
+    #[test]
+    fn a_handoff_waits_behind_everything_held_for_any_shard() {
+        let wakers: Vec<Arc<dyn Waker>> = (0..3).map(|_| Arc::new(NoWaker) as _).collect();
+        let (mailboxes, receivers) = Mailboxes::new(1, wakers);
+        let mut outbox = Outbox::new(3, 16);
+        assert_eq!(
+            outbox.send(&mailboxes, 1, deliver(1), false),
+            Sent::Delivered
+        );
+        assert_eq!(outbox.send(&mailboxes, 1, deliver(2), false), Sent::Held);
+        // Shard 2's mailbox has room, but the handoff waits for 2.
+        assert_eq!(outbox.send_after_all(&mailboxes, 2, handoff()), Sent::Held);
+        assert!(!outbox.retry(&mailboxes));
+        assert!(receivers[2].try_recv().is_err());
+        // Once 2 is in shard 1's mailbox, the handoff goes.
+        assert_eq!(payload(receivers[1].try_recv().unwrap()), 1);
+        assert!(outbox.retry(&mailboxes));
+        assert_eq!(payload(receivers[1].try_recv().unwrap()), 2);
+        assert!(matches!(
+            receivers[2].try_recv(),
+            Ok(ShardMsg::Handoff { .. })
+        ));
     }
 
     #[test]

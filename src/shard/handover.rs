@@ -346,7 +346,9 @@ impl<B: Backend> Shard<B> {
             claim,
             superseded_by,
         };
-        self.outbox.send(&self.shared.mailboxes, to, msg, true);
+        // Behind everything this shard holds for any shard: the client publishes from
+        // `to` once its session arrives, and must not pass what it published here.
+        self.outbox.send_after_all(&self.shared.mailboxes, to, msg);
     }
 
     /// A session that arrived with nobody waiting for it: it stays here, offline.
