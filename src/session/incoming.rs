@@ -43,6 +43,10 @@ impl IncomingQos2 {
         self.awaiting_pubrel.remove(&packet_id)
     }
 
+    pub fn awaiting_pubrel(&self) -> impl Iterator<Item = u16> + '_ {
+        self.awaiting_pubrel.iter().copied()
+    }
+
     pub fn len(&self) -> usize {
         self.awaiting_pubrel.len()
     }

@@ -9,9 +9,12 @@
 //! queue, drop); their fields are their own, so their invariants hold by construction and
 //! are checked (`check_invariants`) after every step of the simulation.
 
+mod changes;
 mod incoming;
 mod lifecycle;
 mod outgoing;
+
+pub use changes::{Change, Changes, Durable, What};
 
 pub use incoming::{IncomingQos2, Qos2Publish};
 pub use lifecycle::WillAfterClose;
@@ -21,9 +24,9 @@ use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::codec::{ProtocolVersion, Will};
+use crate::codec::{ProtocolVersion, QoS, Will};
 use crate::topic::Subscription;
-use crate::types::{ConnId, SessionId};
+use crate::types::{ConnId, Message, SessionId, Target};
 
 #[derive(Debug)]
 pub struct Session {
@@ -33,8 +36,9 @@ pub struct Session {
     pub version: ProtocolVersion,
     /// Clean session (3.x) or clean start with no expiry: ends with the connection.
     pub clean: bool,
-    /// By full filter text (`$share/g/f` included).
-    pub subscriptions: HashMap<String, Subscription>,
+    /// By full filter text (`$share/g/f` included). Changed only through `subscribe` and
+    /// `unsubscribe` (the shard may move `Subscription::shard`, which is not kept).
+    subscriptions: HashMap<String, Subscription>,
     /// Boxed, as `delayed_will`: most sessions have none, and every session pays for the
     /// space of an unboxed one.
     pub will: Option<Box<Will>>,
@@ -44,10 +48,11 @@ pub struct Session {
     pub password: Option<Box<[u8]>>,
     /// The listener its client connected to (security settings, mount point).
     pub listener: usize,
-    /// QoS 1/2 to the client: window, queue, owed retained messages.
-    pub outgoing: Outgoing,
+    /// QoS 1/2 to the client: window, queue, owed retained messages. Changed only through
+    /// the methods below, which record what changed.
+    outgoing: Outgoing,
     /// QoS 2 from the client: packet ids awaiting PUBREL.
-    pub incoming: IncomingQos2,
+    incoming: IncomingQos2,
     /// The client's Receive Maximum (5.0; 65535 when not given). [MQTT-3.3.4-9]
     pub receive_maximum: u16,
     /// The client's Maximum Packet Size (5.0).
@@ -81,6 +86,174 @@ impl Session {
             expires_at: None,
             delayed_will: None,
         }
+    }
+
+    /// A new session, recorded as begun.
+    pub fn begin(
+        id: SessionId,
+        client_id: Arc<str>,
+        version: ProtocolVersion,
+        clean: bool,
+        changes: &mut Changes,
+    ) -> Self {
+        changes.push(id, || What::Started {
+            client_id: client_id.clone(),
+        });
+        Session::new(id, client_id, version, clean)
+    }
+
+    /// The session ends; what it held is dropped with it.
+    pub fn end(self, changes: &mut Changes) -> HashMap<String, Subscription> {
+        changes.push(self.id, || What::Ended);
+        self.subscriptions
+    }
+
+    /// A connection sets the session's protocol version and lifetime (CONNECT, or 5.0's
+    /// DISCONNECT with a new Session Expiry Interval).
+    pub fn set_parameters(
+        &mut self,
+        version: ProtocolVersion,
+        expiry_interval_s: u32,
+        clean: bool,
+        changes: &mut Changes,
+    ) {
+        self.version = version;
+        self.expiry_interval_s = expiry_interval_s;
+        self.clean = clean;
+        changes.push(self.id, || What::Parameters {
+            version,
+            expiry_interval_s,
+        });
+    }
+
+    pub fn subscriptions(&self) -> &HashMap<String, Subscription> {
+        &self.subscriptions
+    }
+
+    /// Where the session's subscriptions say it lives (not kept across a restart).
+    pub fn subscriptions_located_mut(
+        &mut self,
+    ) -> impl Iterator<Item = (&String, &mut Subscription)> {
+        self.subscriptions.iter_mut()
+    }
+
+    /// Adds or replaces the subscription to `filter`.
+    pub fn subscribe(&mut self, filter: &str, sub: Subscription, changes: &mut Changes) {
+        self.subscriptions.insert(filter.to_string(), sub);
+        changes.push(self.id, || What::Subscribed {
+            filter: filter.to_string(),
+            options: sub.options,
+            identifier: sub.identifier.map(|i| i.get()),
+        });
+    }
+
+    /// Removes the subscription to `filter`; false if there was none.
+    pub fn unsubscribe(&mut self, filter: &str, changes: &mut Changes) -> bool {
+        let removed = self.subscriptions.remove(filter).is_some();
+        if removed {
+            changes.push(self.id, || What::Unsubscribed {
+                filter: filter.to_string(),
+            });
+        }
+        removed
+    }
+
+    pub fn outgoing(&self) -> &Outgoing {
+        &self.outgoing
+    }
+
+    pub fn incoming(&self) -> &IncomingQos2 {
+        &self.incoming
+    }
+
+    /// What to do with `message` for `target`: send now, queue (recorded), or drop.
+    pub fn offer(
+        &mut self,
+        message: &Arc<Message>,
+        target: &Target,
+        limits: Limits,
+        changes: &mut Changes,
+    ) -> Offer {
+        let offer = self
+            .outgoing
+            .offer(message, target, self.conn.is_some(), limits);
+        if offer == Offer::Queued {
+            changes.push(self.id, || What::Queued {
+                message: message.clone(),
+                target: target.clone(),
+            });
+        }
+        offer
+    }
+
+    /// A QoS 1/2 message goes in flight; returns its packet id.
+    pub fn start(&mut self, message: &Arc<Message>, target: &Target, changes: &mut Changes) -> u16 {
+        let packet_id = self.outgoing.start(message, target);
+        changes.push(self.id, || What::InFlight {
+            packet_id,
+            message: message.clone(),
+            qos: target.qos,
+        });
+        packet_id
+    }
+
+    /// The next queued message, if the window has room for it.
+    pub fn next_queued(&mut self, window: usize, changes: &mut Changes) -> Option<Queued> {
+        let queued = self.outgoing.next_queued(window)?;
+        changes.push(self.id, || What::Dequeued);
+        Some(queued)
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `packet_id`; false if no such exchange.
+    pub fn acknowledged(&mut self, packet_id: u16, qos: QoS, changes: &mut Changes) -> bool {
+        let done = match qos {
+            QoS::AtLeastOnce => self.outgoing.puback(packet_id),
+            _ => self.outgoing.pubcomp(packet_id),
+        };
+        if done {
+            changes.push(self.id, || What::Finished { packet_id });
+        }
+        done
+    }
+
+    /// PUBREC for `packet_id`; false if no QoS 2 message has it.
+    pub fn pubrec(&mut self, packet_id: u16, changes: &mut Changes) -> bool {
+        let known = self.outgoing.pubrec(packet_id);
+        if known {
+            changes.push(self.id, || What::Released { packet_id });
+        }
+        known
+    }
+
+    /// Gives up a message in flight that cannot be sent again.
+    pub fn abandon(&mut self, packet_id: u16, changes: &mut Changes) {
+        self.outgoing.abandon(packet_id);
+        changes.push(self.id, || What::Finished { packet_id });
+    }
+
+    /// Owes retained messages to a new subscription (not kept across a restart: they are
+    /// owed again when the client subscribes again); returns how many did not fit.
+    pub fn owe(&mut self, messages: Vec<Arc<Message>>, qos: QoS, identifier: Option<u32>) -> usize {
+        self.outgoing.owe(messages, qos, identifier)
+    }
+
+    pub fn take_owed(&mut self) -> Option<Owed> {
+        self.outgoing.take_owed()
+    }
+
+    /// PUBREC sent for a QoS 2 PUBLISH from the client: its id awaits PUBREL.
+    pub fn awaiting_pubrel(&mut self, packet_id: u16, changes: &mut Changes) {
+        self.incoming.record(packet_id);
+        changes.push(self.id, || What::AwaitingPubrel { packet_id });
+    }
+
+    /// PUBREL from the client; false if the id was not awaiting one.
+    pub fn pubrel(&mut self, packet_id: u16, changes: &mut Changes) -> bool {
+        let known = self.incoming.pubrel(packet_id);
+        if known {
+            changes.push(self.id, || What::PubrelReceived { packet_id });
+        }
+        known
     }
 
     /// How many QoS 1/2 messages may be unacknowledged at once: the broker's limit or the

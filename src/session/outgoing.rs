@@ -231,6 +231,11 @@ impl Outgoing {
         all
     }
 
+    /// The queue, front first.
+    pub fn queued(&self) -> impl Iterator<Item = &Queued> {
+        self.backlog.iter().flat_map(|b| b.queue.iter())
+    }
+
     pub fn inflight_len(&self) -> usize {
         self.inflight.len()
     }

@@ -65,8 +65,7 @@ impl<B: Backend> Shard<B> {
                 );
                 return;
             }
-            session.expiry_interval_s = expiry;
-            session.clean = expiry == 0;
+            session.set_parameters(session.version, expiry, expiry == 0, &mut self.changes);
         }
         // 5.0: reason 0x04 asks for the will all the same.
         let reason = if disconnect.reason == ReasonCode::DisconnectWithWillMessage {
@@ -266,17 +265,18 @@ impl<B: Backend> Shard<B> {
 
     /// Removes a session's subscriptions and, if asked, its registry entry.
     pub(super) fn end_session(&mut self, session: Box<Session>, unregister: bool) {
-        for filter in session.subscriptions.into_keys() {
+        let (id, client_id) = (session.id, session.client_id.clone());
+        for filter in session.end(&mut self.changes).into_keys() {
             self.trie_ops.push(TrieOp::Unsubscribe {
                 filter,
-                session: session.id,
+                session: id,
             });
         }
         if unregister {
             let mut registry = self.shared.registry.lock().expect("registry lock");
             // Only if no other shard has claimed the id since.
-            if registry.get(&session.client_id).map(|c| c.shard) == Some(self.id) {
-                registry.remove(&session.client_id);
+            if registry.get(&client_id).map(|c| c.shard) == Some(self.id) {
+                registry.remove(&client_id);
             }
         }
     }

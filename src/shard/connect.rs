@@ -305,26 +305,23 @@ impl<B: Backend> Shard<B> {
         let session_present = resumed.is_some();
         let mut session = resumed.unwrap_or_else(|| {
             let id = self.shared.new_session_id();
-            Box::new(Session::new(
+            Box::new(Session::begin(
                 id,
                 client_id.clone(),
                 connect.version,
                 connect.clean_start,
+                &mut self.changes,
             ))
         });
         let session_id = session.id;
         session.conn = Some(conn);
-        session.version = connect.version;
-        // 3.x: clean session 0 keeps the session. 5.0: the Session Expiry Interval decides
-        // (absent or 0: the session ends with the connection, §3.1.2.11.2).
         // [MQTT-3.1.3-9] the session resumed in time: a will still waiting is not sent.
         session.resumed();
-        session.expiry_interval_s = connect.properties.session_expiry_interval.unwrap_or(0);
-        session.clean = if v5 {
-            session.expiry_interval_s == 0
-        } else {
-            connect.clean_start
-        };
+        // 3.x: clean session 0 keeps the session. 5.0: the Session Expiry Interval decides
+        // (absent or 0: the session ends with the connection, §3.1.2.11.2).
+        let expiry = connect.properties.session_expiry_interval.unwrap_or(0);
+        let clean = if v5 { expiry == 0 } else { connect.clean_start };
+        session.set_parameters(connect.version, expiry, clean, &mut self.changes);
         // [MQTT-3.3.4-9] the client's Receive Maximum bounds what is in flight to it;
         // [MQTT-3.1.2-24] its Maximum Packet Size bounds what is sent to it.
         session.receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
@@ -357,7 +354,7 @@ impl<B: Backend> Shard<B> {
         if session_present {
             self.adopt_subscriptions(&mut session);
         }
-        if session.outgoing.owes() {
+        if session.outgoing().owes() {
             // Retained messages still owed from before (perhaps on another shard).
             self.owing.push(session_id);
         }

@@ -44,7 +44,7 @@ impl<B: Backend> Shard<B> {
                 return;
             }
             let window = session.window(inflight_max);
-            let Some(queued) = session.outgoing.next_queued(window) else {
+            let Some(queued) = session.next_queued(window, &mut self.changes) else {
                 return;
             };
             self.send_to_session(
@@ -69,7 +69,7 @@ impl<B: Backend> Shard<B> {
             .listener(session.listener)
             .mount_point
             .as_deref();
-        let in_flight = session.outgoing.in_flight();
+        let in_flight = session.outgoing().in_flight();
         let now = self.now;
         let mut packets = Vec::with_capacity(in_flight.len());
         for f in in_flight {
@@ -93,7 +93,7 @@ impl<B: Backend> Shard<B> {
                     .dropped_too_large
                     .fetch_add(1, Ordering::Relaxed);
                 if let Some(session) = self.sessions.get_mut(&session_id) {
-                    session.outgoing.abandon(*packet_id);
+                    session.abandon(*packet_id, &mut self.changes);
                 }
             }
         }
@@ -117,7 +117,7 @@ impl<B: Backend> Shard<B> {
         let cannot_accept = |session: &SessionId, sub: &crate::topic::Subscription| {
             usize::from(sub.shard) == here
                 && sessions.get(session).is_none_or(|s| {
-                    s.conn.is_none() || s.outgoing.window_full(s.window(inflight_max))
+                    s.conn.is_none() || s.outgoing().window_full(s.window(inflight_max))
                 })
         };
         snapshot.for_each_match(&message.topic, &mut |m| {
@@ -269,17 +269,14 @@ impl<B: Backend> Shard<B> {
             }
         }
         let limits = session.limits(inflight_max, queued_max, self.config.queued_bytes_max);
-        match session
-            .outgoing
-            .offer(message, target, session.conn.is_some(), limits)
-        {
+        match session.offer(message, target, limits, &mut self.changes) {
             Offer::Send => self.send_to_session(target.session, message, target, variants),
             Offer::Queued | Offer::Dropped(DropReason::Offline) => {}
             Offer::Dropped(DropReason::QueueFull) => {
                 self.shared.stats[self.id]
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
-                if session.outgoing.dropped().is_power_of_two() {
+                if session.outgoing().dropped().is_power_of_two() {
                     log::info!(
                         "Outgoing messages are being dropped for client {}.",
                         session.client_id
@@ -406,7 +403,7 @@ impl<B: Backend> Shard<B> {
         let packet_id = if target.qos == QoS::AtMostOnce {
             0
         } else {
-            session.outgoing.start(message, target)
+            session.start(message, target, &mut self.changes)
         };
         let was_empty = c.out.is_empty();
         let start = c.out.len();

@@ -392,13 +392,13 @@ impl<B: Backend> Shard<B> {
 
     /// Points the subscriptions of a session that came from another shard at this one.
     pub(super) fn adopt_subscriptions(&mut self, session: &mut Session) {
-        let here = self.id as u16;
-        for (filter, sub) in &mut session.subscriptions {
+        let (here, id) = (self.id as u16, session.id);
+        for (filter, sub) in session.subscriptions_located_mut() {
             if sub.shard != here {
                 sub.shard = here;
                 let op = TrieOp::Subscribe {
                     filter: filter.clone(),
-                    session: session.id,
+                    session: id,
                     sub: *sub,
                 };
                 self.trie_ops.push(op);

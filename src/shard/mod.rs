@@ -74,6 +74,9 @@ pub struct Shard<B: Backend> {
     /// until they are through.
     outbox: Outbox,
     paused: Vec<ConnId>,
+    /// What changed in this shard's sessions, for whoever reads the records (off until
+    /// then: see `session/changes.rs`).
+    changes: crate::session::Changes,
     /// Sessions handed to another shard, whose deliveries are forwarded there until their
     /// move has settled (`handover.rs`).
     moved: HashMap<SessionId, handover::Moved>,
@@ -140,6 +143,7 @@ impl<B: Backend> Shard<B> {
             targets: vec![Vec::new(); shards],
             outbox: Outbox::new(shards, OVERFLOW_MAX),
             paused: Vec::new(),
+            changes: Default::default(),
             moved: HashMap::new(),
             settling: HashMap::new(),
             pending_flush: Vec::new(),
@@ -236,6 +240,24 @@ impl<B: Backend> Shard<B> {
     /// The sessions this shard holds, by client id (for a simulation's checks).
     pub fn client_ids(&self) -> impl Iterator<Item = &Arc<str>> {
         self.by_client.keys()
+    }
+
+    /// Starts (or stops) recording what changes in this shard's sessions.
+    pub fn record_changes(&mut self, on: bool) {
+        self.changes.record(on);
+    }
+
+    /// The change records since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<crate::session::Change> {
+        self.changes.take()
+    }
+
+    /// What each session this shard holds must keep, read from the live session (for a
+    /// simulation to compare with the replay of the change records).
+    pub fn durable_sessions(
+        &self,
+    ) -> impl Iterator<Item = (SessionId, crate::session::Durable)> + '_ {
+        self.sessions.values().map(|s| (s.id, s.durable()))
     }
 
     fn on_event(&mut self, event: Event) {

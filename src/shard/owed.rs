@@ -23,8 +23,8 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        let was_idle = !session.outgoing.owes();
-        let dropped = session.outgoing.owe(messages, qos, identifier);
+        let was_idle = !session.outgoing().owes();
+        let dropped = session.owe(messages, qos, identifier);
         if dropped > 0 {
             log::info!(
                 "Client {} is owed too many retained messages; {dropped} dropped.",
@@ -34,7 +34,7 @@ impl<B: Backend> Shard<B> {
                 .dropped_queue_full
                 .fetch_add(dropped as u64, Ordering::Relaxed);
         }
-        if was_idle && session.outgoing.owes() {
+        if was_idle && session.outgoing().owes() {
             self.owing.push(session_id);
         }
         self.send_owed(session_id);
@@ -50,12 +50,12 @@ impl<B: Backend> Shard<B> {
                 return false;
             };
             let Some(conn) = session.conn else {
-                return session.outgoing.owes();
+                return session.outgoing().owes();
             };
-            let Some(qos) = session.outgoing.next_owed_qos() else {
+            let Some(qos) = session.outgoing().next_owed_qos() else {
                 return false;
             };
-            let window_full = !session.outgoing.has_room(session.window(inflight_max));
+            let window_full = !session.outgoing().has_room(session.window(inflight_max));
             let unsent = self.backend.queued_bytes(conn);
             let waiting = self.conn(conn).map_or(0, |c| c.out.len()) + unsent;
             if qos != QoS::AtMostOnce && window_full {
@@ -71,7 +71,7 @@ impl<B: Backend> Shard<B> {
             let owed = self
                 .sessions
                 .get_mut(&session_id)
-                .and_then(|s| s.outgoing.take_owed())
+                .and_then(|s| s.take_owed())
                 .expect("just seen");
             // Variants are per message: each retained message is encoded on its own.
             let target = Target {

@@ -105,7 +105,7 @@ impl<B: Backend> Shard<B> {
             self.sessions
                 .get(&session_id)
                 .map_or(Qos2Publish::New, |s| {
-                    s.incoming.publish(packet_id, receive_max)
+                    s.incoming().publish(packet_id, receive_max)
                 })
         });
         // [MQTT-3.3.4-7] more unacknowledged QoS 2 PUBLISHes than the Receive Maximum the
@@ -166,7 +166,7 @@ impl<B: Backend> Shard<B> {
             }
             QoS::ExactlyOnce => {
                 if let Some(session) = self.sessions.get_mut(&session_id) {
-                    session.incoming.record(packet_id);
+                    session.awaiting_pubrel(packet_id, &mut self.changes);
                 }
                 log::debug!("Sending PUBREC to {name} (Mid: {packet_id})");
                 self.send_packet(conn, &Packet::PubRec(PubResponse::new(packet_id)));
@@ -220,10 +220,8 @@ impl<B: Backend> Shard<B> {
     pub(super) fn on_pubrel(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
         let name = self.conn_name(conn);
         log::debug!("Received PUBREL from {name} (Mid: {packet_id})");
-        let known = self
-            .sessions
-            .get_mut(&session_id)
-            .is_some_and(|s| s.incoming.pubrel(packet_id));
+        let known = (self.sessions.get_mut(&session_id))
+            .is_some_and(|s| s.pubrel(packet_id, &mut self.changes));
         let mut comp = PubResponse::new(packet_id);
         if !known {
             comp.reason = ReasonCode::PacketIdentifierNotFound;
@@ -247,7 +245,7 @@ impl<B: Backend> Shard<B> {
             return;
         };
         let mut rel = PubResponse::new(packet_id);
-        if !session.outgoing.pubrec(packet_id) {
+        if !session.pubrec(packet_id, &mut self.changes) {
             rel.reason = ReasonCode::PacketIdentifierNotFound;
         }
         log::debug!("Sending PUBREL to {name} (Mid: {packet_id})");
@@ -267,11 +265,7 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        let finished = match qos {
-            QoS::AtLeastOnce => session.outgoing.puback(packet_id),
-            _ => session.outgoing.pubcomp(packet_id),
-        };
-        if finished {
+        if session.acknowledged(packet_id, qos, &mut self.changes) {
             self.fill_window(session_id);
         }
     }

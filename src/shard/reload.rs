@@ -20,9 +20,7 @@ impl<B: Backend> Shard<B> {
             // subscribed now).
             if let Some(acl) = &security.acl {
                 let (user, id) = (session.username.as_deref(), &session.client_id);
-                let revoked: Vec<String> = session
-                    .subscriptions
-                    .keys()
+                let revoked: Vec<String> = (session.subscriptions().keys())
                     .filter(|filter| {
                         crate::topic::parse_filter(filter)
                             .is_ok_and(|f| !acl.check_subscribe(user, id, f.filter()))
@@ -34,7 +32,7 @@ impl<B: Backend> Shard<B> {
                         "Subscription of {} to {filter} revoked by the reloaded ACL.",
                         session.client_id
                     );
-                    session.subscriptions.remove(&filter);
+                    session.unsubscribe(&filter, &mut self.changes);
                     self.trie_ops.push(TrieOp::Unsubscribe {
                         filter,
                         session: session.id,

@@ -112,8 +112,8 @@ impl<B: Backend> Shard<B> {
                 violation = Some("No Local on a shared subscription");
                 break;
             }
-            let is_new = !session.subscriptions.contains_key(filter.as_str());
-            if is_new && session.subscriptions.len() >= subscriptions_max {
+            let is_new = !session.subscriptions().contains_key(filter.as_str());
+            if is_new && session.subscriptions().len() >= subscriptions_max {
                 log::info!("Client {name} has reached its subscription limit; {filter:?} refused.");
                 reasons.push(if v5 {
                     ReasonCode::QuotaExceeded
@@ -127,7 +127,7 @@ impl<B: Backend> Shard<B> {
                 options: *options,
                 identifier: identifier.and_then(NonZeroU32::new),
             };
-            session.subscriptions.insert(filter.to_string(), sub);
+            session.subscribe(filter, sub, &mut self.changes);
             self.trie_ops.push(TrieOp::Subscribe {
                 filter: filter.to_string(),
                 session: session_id,
@@ -199,7 +199,7 @@ impl<B: Backend> Shard<B> {
             };
             let filter = &mounted;
             log::info!(target: "unsubscribe", "{name} {filter}");
-            if session.subscriptions.remove(filter.as_str()).is_some() {
+            if session.unsubscribe(filter, &mut self.changes) {
                 self.trie_ops.push(TrieOp::Unsubscribe {
                     filter: filter.to_string(),
                     session: session_id,

@@ -85,7 +85,11 @@ impl<B: Backend> Shard<B> {
         self.sys.next = Some(now + Duration::from_secs(interval));
         let stats = &self.shared.stats[self.id];
         let connected = self.sessions.values().filter(|s| s.conn.is_some()).count();
-        let subscriptions: usize = self.sessions.values().map(|s| s.subscriptions.len()).sum();
+        let subscriptions: usize = self
+            .sessions
+            .values()
+            .map(|s| s.subscriptions().len())
+            .sum();
         stats
             .sessions
             .store(self.sessions.len() as u64, Ordering::Relaxed);

@@ -10,10 +10,11 @@ mod wire;
 use bytes::BytesMut;
 use midge::codec::*;
 use midge::config::Config;
+use midge::session::Durable;
 use midge::shard::clock::ManualClock;
 use midge::shard::io::sim::{SimBackend, SimNet};
 use midge::shard::{Shard, Shared};
-use midge::types::ConnId;
+use midge::types::{ConnId, SessionId};
 use std::time::Instant;
 
 pub struct Sim {
@@ -24,6 +25,9 @@ pub struct Sim {
     ticks: Vec<Instant>,
     /// Bytes each client has received and not yet decoded.
     inbox: hashbrown::HashMap<(usize, ConnId), BytesMut>,
+    /// Every session as replayed from the shards' change records: what a journal would
+    /// restore. Checked against the live sessions after every step.
+    replayed: hashbrown::HashMap<SessionId, Durable>,
 }
 
 impl Sim {
@@ -42,7 +46,11 @@ impl Sim {
         let shards = receivers
             .into_iter()
             .enumerate()
-            .map(|(id, rx)| Shard::new(id, shared.clone(), nets[id].backend(), rx))
+            .map(|(id, rx)| {
+                let mut shard = Shard::new(id, shared.clone(), nets[id].backend(), rx);
+                shard.record_changes(true);
+                shard
+            })
             .collect();
         let ticks = vec![Instant::now(); nets.len()];
         Sim {
@@ -51,6 +59,7 @@ impl Sim {
             clock,
             ticks,
             inbox: Default::default(),
+            replayed: Default::default(),
         }
     }
 
@@ -59,6 +68,28 @@ impl Sim {
         assert!(self.shards[i].turn(&mut self.ticks[i]));
         for shard in &self.shards {
             shard.check_invariants();
+        }
+        self.check_replay(i);
+    }
+
+    /// Replays shard `i`'s change records; then every session, on any shard, equals its
+    /// replay (a record missing or wrong shows here, at the step that made it).
+    fn check_replay(&mut self, i: usize) {
+        for change in self.shards[i].take_changes() {
+            let replay = self.replayed.entry(change.session).or_default();
+            if !replay.apply(&change.what) {
+                self.replayed.remove(&change.session);
+            }
+        }
+        for shard in &self.shards {
+            for (id, live) in shard.durable_sessions() {
+                let replay = self.replayed.get(&id);
+                assert_eq!(
+                    replay,
+                    Some(&live),
+                    "session {id:?}: replay and live differ"
+                );
+            }
         }
     }
 
