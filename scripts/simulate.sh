@@ -4,7 +4,8 @@
 # they must see. CI runs a fixed set of seeds; this looks further.
 #
 #   scripts/simulate.sh [SECONDS] [SHARDS]     # default: 600 seconds, 2 shards
-#   MIDGE_SIM_SEED=N scripts/simulate.sh       # replay one seed (MIDGE_SIM_TRACE=1 to trace it)
+#   MIDGE_SIM_SEED=N scripts/simulate.sh       # replay one seed: prints a digest of every packet,
+#                                              # the same in every run (MIDGE_SIM_TRACE=1 to trace it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MIDGE_SIM_SECONDS="${1:-600}"

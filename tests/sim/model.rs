@@ -49,6 +49,8 @@ pub struct World {
     /// takes may be the resent one, which may come after later messages (allowed).
     resent: HashSet<Key>,
     pub steps: u64,
+    /// A digest of every packet each way, in order: two runs of one seed must agree.
+    pub digest: u64,
     /// MIDGE_SIM_TRACE: print every action and packet.
     trace: bool,
 }
@@ -102,6 +104,7 @@ impl World {
             last_seq: HashMap::new(),
             resent: HashSet::new(),
             steps: 0,
+            digest: 0,
             trace: {
                 let trace = std::env::var_os("MIDGE_SIM_TRACE").is_some();
                 if trace {
@@ -162,7 +165,16 @@ impl World {
         }
     }
 
+    /// Folds a packet into `digest` (FNV-1a: the same in every process).
+    fn fold(&mut self, c: usize, packet: &Packet, to_broker: bool) {
+        let line = format!("{to_broker} {c} {:?}", packet);
+        for byte in line.bytes() {
+            self.digest = (self.digest ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
     fn send(&mut self, c: usize, packet: &Packet) {
+        self.fold(c, packet, true);
         let client = &self.clients[c];
         if self.trace {
             eprintln!(
@@ -342,6 +354,7 @@ impl World {
     }
 
     fn on_packet(&mut self, c: usize, packet: Packet) {
+        self.fold(c, &packet, false);
         if self.trace {
             eprintln!(
                 "{} {:?} <- {}",
