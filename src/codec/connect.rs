@@ -314,7 +314,9 @@ impl ConnAck {
         buf.put_u8(u8::from(present));
         if version == ProtocolVersion::V5 {
             buf.put_u8(self.reason as u8);
-            encode_properties(&self.properties, buf);
+            let body = (self.properties.body_len()).expect("length checked by encoded_len");
+            let order = &super::properties::id::CONNACK_ORDER;
+            self.properties.encode_in_order(buf, body, order);
         } else {
             buf.put_u8(v3_return_code(self.reason));
         }

@@ -76,6 +76,71 @@ pub mod id {
     pub const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
     pub const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
     pub const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
+
+    /// Every property, in ascending identifier order: how midge writes them, so that the
+    /// same properties always encode the same.
+    pub const ASCENDING: [u8; 27] = [
+        PAYLOAD_FORMAT_INDICATOR,
+        MESSAGE_EXPIRY_INTERVAL,
+        CONTENT_TYPE,
+        RESPONSE_TOPIC,
+        CORRELATION_DATA,
+        SUBSCRIPTION_IDENTIFIER,
+        SESSION_EXPIRY_INTERVAL,
+        ASSIGNED_CLIENT_IDENTIFIER,
+        SERVER_KEEP_ALIVE,
+        AUTHENTICATION_METHOD,
+        AUTHENTICATION_DATA,
+        REQUEST_PROBLEM_INFORMATION,
+        WILL_DELAY_INTERVAL,
+        REQUEST_RESPONSE_INFORMATION,
+        RESPONSE_INFORMATION,
+        SERVER_REFERENCE,
+        REASON_STRING,
+        RECEIVE_MAXIMUM,
+        TOPIC_ALIAS_MAXIMUM,
+        TOPIC_ALIAS,
+        MAXIMUM_QOS,
+        RETAIN_AVAILABLE,
+        USER_PROPERTY,
+        MAXIMUM_PACKET_SIZE,
+        WILDCARD_SUBSCRIPTION_AVAILABLE,
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        SHARED_SUBSCRIPTION_AVAILABLE,
+    ];
+
+    /// CONNACK's properties in the order Mosquitto writes them (the order is free in the
+    /// spec; tools compare CONNACK bytes): what the connection negotiated first, then the
+    /// broker's limits. Those Mosquitto never sends come last.
+    pub const CONNACK_ORDER: [u8; 27] = [
+        TOPIC_ALIAS_MAXIMUM,
+        SERVER_KEEP_ALIVE,
+        ASSIGNED_CLIENT_IDENTIFIER,
+        AUTHENTICATION_METHOD,
+        AUTHENTICATION_DATA,
+        RETAIN_AVAILABLE,
+        MAXIMUM_PACKET_SIZE,
+        RECEIVE_MAXIMUM,
+        MAXIMUM_QOS,
+        RESPONSE_INFORMATION,
+        SERVER_REFERENCE,
+        REASON_STRING,
+        USER_PROPERTY,
+        WILDCARD_SUBSCRIPTION_AVAILABLE,
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        SHARED_SUBSCRIPTION_AVAILABLE,
+        SESSION_EXPIRY_INTERVAL,
+        PAYLOAD_FORMAT_INDICATOR,
+        MESSAGE_EXPIRY_INTERVAL,
+        CONTENT_TYPE,
+        RESPONSE_TOPIC,
+        CORRELATION_DATA,
+        SUBSCRIPTION_IDENTIFIER,
+        REQUEST_PROBLEM_INFORMATION,
+        WILL_DELAY_INTERVAL,
+        REQUEST_RESPONSE_INFORMATION,
+        TOPIC_ALIAS,
+    ];
 }
 
 /// Name and allowed packets of a property identifier; `None` for an unknown identifier.
@@ -293,9 +358,14 @@ impl Properties {
 
     /// Writes the block; `body_len` must be `self.body_len()`.
     pub fn encode<B: BufMut>(&self, buf: &mut B, body_len: usize) {
+        self.encode_in_order(buf, body_len, &id::ASCENDING);
+    }
+
+    /// Writes the block with the properties in `order` (every identifier once).
+    pub fn encode_in_order<B: BufMut>(&self, buf: &mut B, body_len: usize, order: &[u8]) {
         put_varint(buf, body_len as u32);
         if let Some(values) = &self.0 {
-            values.encode(buf);
+            values.encode(buf, order);
         }
     }
 }
@@ -368,5 +438,22 @@ impl PropertyValues {
             ok(id::SHARED_SUBSCRIPTION_AVAILABLE),
             &mut self.shared_subscription_available,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id;
+
+    /// A property missing from an order would never be written: each order names every
+    /// identifier exactly once.
+    #[test]
+    fn every_order_names_every_property_once() {
+        for order in [id::ASCENDING, id::CONNACK_ORDER] {
+            let mut sorted = order.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted, id::ASCENDING.to_vec());
+        }
     }
 }

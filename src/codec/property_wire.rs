@@ -1,7 +1,7 @@
 //! Properties on the wire (MQTT 5.0 §2.2.2): reading a property block with every check the
 //! specification makes, and writing one.
 
-use bytes::{BufMut, Bytes};
+use bytes::BufMut;
 
 use super::error::{DecodeError, EncodeError};
 use super::primitives::{
@@ -213,30 +213,38 @@ impl PropertyValues {
         Ok(len)
     }
 
-    /// Writes the properties, without the length prefix.
-    pub(super) fn encode<B: BufMut>(&self, buf: &mut B) {
-        fn put_u8<B: BufMut>(buf: &mut B, property: u8, v: Option<u8>) {
+    /// Writes the properties, without the length prefix, in `order` (each identifier
+    /// once; a property not named there is not written).
+    pub(super) fn encode<B: BufMut>(&self, buf: &mut B, order: &[u8]) {
+        for &property in order {
+            self.put(buf, property);
+        }
+    }
+
+    /// Writes property `property` if it is set (every value of a repeatable one).
+    fn put<B: BufMut>(&self, buf: &mut B, property: u8) {
+        fn u8_<B: BufMut>(buf: &mut B, property: u8, v: Option<u8>) {
             if let Some(v) = v {
                 buf.put_u8(property);
                 buf.put_u8(v);
             }
         }
-        fn put_flag<B: BufMut>(buf: &mut B, property: u8, v: Option<bool>) {
-            put_u8(buf, property, v.map(u8::from));
+        fn flag<B: BufMut>(buf: &mut B, property: u8, v: Option<bool>) {
+            u8_(buf, property, v.map(u8::from));
         }
-        fn put_u16<B: BufMut>(buf: &mut B, property: u8, v: Option<u16>) {
+        fn u16_<B: BufMut>(buf: &mut B, property: u8, v: Option<u16>) {
             if let Some(v) = v {
                 buf.put_u8(property);
                 buf.put_u16(v);
             }
         }
-        fn put_u32<B: BufMut>(buf: &mut B, property: u8, v: Option<u32>) {
+        fn u32_<B: BufMut>(buf: &mut B, property: u8, v: Option<u32>) {
             if let Some(v) = v {
                 buf.put_u8(property);
                 buf.put_u32(v);
             }
         }
-        fn put_data<B: BufMut>(buf: &mut B, property: u8, v: Option<&[u8]>) {
+        fn data<B: BufMut>(buf: &mut B, property: u8, v: Option<&[u8]>) {
             if let Some(v) = v {
                 buf.put_u8(property);
                 put_binary(buf, v);
@@ -245,83 +253,58 @@ impl PropertyValues {
         fn s(v: &Option<MqttStr>) -> Option<&[u8]> {
             v.as_ref().map(|s| &s.as_bytes()[..])
         }
-        fn b(v: &Option<Bytes>) -> Option<&[u8]> {
-            v.as_deref()
+        match property {
+            id::PAYLOAD_FORMAT_INDICATOR => u8_(buf, property, self.payload_format_indicator),
+            id::MESSAGE_EXPIRY_INTERVAL => u32_(buf, property, self.message_expiry_interval),
+            id::CONTENT_TYPE => data(buf, property, s(&self.content_type)),
+            id::RESPONSE_TOPIC => data(buf, property, s(&self.response_topic)),
+            id::CORRELATION_DATA => data(buf, property, self.correlation_data.as_deref()),
+            id::SUBSCRIPTION_IDENTIFIER => {
+                for &v in &self.subscription_identifiers {
+                    buf.put_u8(property);
+                    put_varint(buf, v);
+                }
+            }
+            id::SESSION_EXPIRY_INTERVAL => u32_(buf, property, self.session_expiry_interval),
+            id::ASSIGNED_CLIENT_IDENTIFIER => {
+                data(buf, property, s(&self.assigned_client_identifier))
+            }
+            id::SERVER_KEEP_ALIVE => u16_(buf, property, self.server_keep_alive),
+            id::AUTHENTICATION_METHOD => data(buf, property, s(&self.authentication_method)),
+            id::AUTHENTICATION_DATA => data(buf, property, self.authentication_data.as_deref()),
+            id::REQUEST_PROBLEM_INFORMATION => {
+                flag(buf, property, self.request_problem_information)
+            }
+            id::WILL_DELAY_INTERVAL => u32_(buf, property, self.will_delay_interval),
+            id::REQUEST_RESPONSE_INFORMATION => {
+                flag(buf, property, self.request_response_information)
+            }
+            id::RESPONSE_INFORMATION => data(buf, property, s(&self.response_information)),
+            id::SERVER_REFERENCE => data(buf, property, s(&self.server_reference)),
+            id::REASON_STRING => data(buf, property, s(&self.reason_string)),
+            id::RECEIVE_MAXIMUM => u16_(buf, property, self.receive_maximum),
+            id::TOPIC_ALIAS_MAXIMUM => u16_(buf, property, self.topic_alias_maximum),
+            id::TOPIC_ALIAS => u16_(buf, property, self.topic_alias),
+            id::MAXIMUM_QOS => u8_(buf, property, self.maximum_qos),
+            id::RETAIN_AVAILABLE => flag(buf, property, self.retain_available),
+            id::USER_PROPERTY => {
+                for (k, v) in &self.user_properties {
+                    buf.put_u8(property);
+                    put_binary(buf, k.as_bytes());
+                    put_binary(buf, v.as_bytes());
+                }
+            }
+            id::MAXIMUM_PACKET_SIZE => u32_(buf, property, self.maximum_packet_size),
+            id::WILDCARD_SUBSCRIPTION_AVAILABLE => {
+                flag(buf, property, self.wildcard_subscription_available)
+            }
+            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
+                flag(buf, property, self.subscription_identifier_available)
+            }
+            id::SHARED_SUBSCRIPTION_AVAILABLE => {
+                flag(buf, property, self.shared_subscription_available)
+            }
+            _ => debug_assert!(false, "no property {property:#04x}"),
         }
-        // Ascending identifier order, so that the same properties always encode the same.
-        put_u8(
-            buf,
-            id::PAYLOAD_FORMAT_INDICATOR,
-            self.payload_format_indicator,
-        );
-        put_u32(
-            buf,
-            id::MESSAGE_EXPIRY_INTERVAL,
-            self.message_expiry_interval,
-        );
-        put_data(buf, id::CONTENT_TYPE, s(&self.content_type));
-        put_data(buf, id::RESPONSE_TOPIC, s(&self.response_topic));
-        put_data(buf, id::CORRELATION_DATA, b(&self.correlation_data));
-        for &v in &self.subscription_identifiers {
-            buf.put_u8(id::SUBSCRIPTION_IDENTIFIER);
-            put_varint(buf, v);
-        }
-        put_u32(
-            buf,
-            id::SESSION_EXPIRY_INTERVAL,
-            self.session_expiry_interval,
-        );
-        put_data(
-            buf,
-            id::ASSIGNED_CLIENT_IDENTIFIER,
-            s(&self.assigned_client_identifier),
-        );
-        put_u16(buf, id::SERVER_KEEP_ALIVE, self.server_keep_alive);
-        put_data(
-            buf,
-            id::AUTHENTICATION_METHOD,
-            s(&self.authentication_method),
-        );
-        put_data(buf, id::AUTHENTICATION_DATA, b(&self.authentication_data));
-        put_flag(
-            buf,
-            id::REQUEST_PROBLEM_INFORMATION,
-            self.request_problem_information,
-        );
-        put_u32(buf, id::WILL_DELAY_INTERVAL, self.will_delay_interval);
-        put_flag(
-            buf,
-            id::REQUEST_RESPONSE_INFORMATION,
-            self.request_response_information,
-        );
-        put_data(buf, id::RESPONSE_INFORMATION, s(&self.response_information));
-        put_data(buf, id::SERVER_REFERENCE, s(&self.server_reference));
-        put_data(buf, id::REASON_STRING, s(&self.reason_string));
-        put_u16(buf, id::RECEIVE_MAXIMUM, self.receive_maximum);
-        put_u16(buf, id::TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        put_u16(buf, id::TOPIC_ALIAS, self.topic_alias);
-        put_u8(buf, id::MAXIMUM_QOS, self.maximum_qos);
-        put_flag(buf, id::RETAIN_AVAILABLE, self.retain_available);
-        for (k, v) in &self.user_properties {
-            buf.put_u8(id::USER_PROPERTY);
-            put_binary(buf, k.as_bytes());
-            put_binary(buf, v.as_bytes());
-        }
-        put_u32(buf, id::MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
-        put_flag(
-            buf,
-            id::WILDCARD_SUBSCRIPTION_AVAILABLE,
-            self.wildcard_subscription_available,
-        );
-        put_flag(
-            buf,
-            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-            self.subscription_identifier_available,
-        );
-        put_flag(
-            buf,
-            id::SHARED_SUBSCRIPTION_AVAILABLE,
-            self.shared_subscription_available,
-        );
     }
 }

@@ -385,6 +385,30 @@ impl Raw {
         }
     }
 
+    /// The next `n` bytes exactly as midge wrote them (for byte-level checks). Fails if
+    /// they do not all come within the deadline.
+    pub fn recv_bytes(&mut self, n: usize) -> Vec<u8> {
+        let until = Instant::now() + DEADLINE;
+        while self.buf.len() < n {
+            assert!(
+                Instant::now() < until,
+                "{n} bytes not sent within {DEADLINE:?}"
+            );
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("closed after {:02X?}", &self.buf[..]),
+                Ok(read) => self.buf.extend_from_slice(&chunk[..read]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        self.buf.split_to(n).to_vec()
+    }
+
     /// The next packet, or `None` if the connection closed. Fails after the deadline.
     pub fn try_recv(&mut self) -> Option<Packet> {
         match self.next_within(DEADLINE) {
