@@ -223,13 +223,11 @@ fn a_payload_that_is_not_the_utf8_it_claims_is_refused() {
     refused.reason = ReasonCode::PayloadFormatInvalid;
     assert_eq!(q.recv(), Packet::PubAck(refused));
     p.send(&bad(QoS::AtMostOnce, 0));
-    // QoS 0 has nothing to answer with: DISCONNECT, which always carries the why.
+    // QoS 0 has nothing to answer with: DISCONNECT, with no Reason String (as Mosquitto:
+    // the why is in the broker's log).
     let closing = p.expect_closed();
-    assert!(
-        matches!(&closing[..], [Packet::Disconnect(d)] if d.properties.reason_string.is_some())
-    );
     assert_eq!(
-        without_reason_strings(closing),
+        closing,
         vec![Packet::Disconnect(Disconnect::with_reason(
             ReasonCode::PayloadFormatInvalid
         ))]

@@ -35,3 +35,56 @@ fn connack_properties_in_mosquittos_order() {
     let id_len = usize::from(u16::from_be_bytes([body[10], body[11]]));
     assert_eq!(&body[12 + id_len..], &[0x21, 0x00, 0x14], "{body:02X?}");
 }
+
+fn connect5(port: u16, id: &str) -> Raw {
+    let (raw, ack) = Raw::connect_with(port, connect_packet(ProtocolVersion::V5, id, true, 60));
+    assert_eq!(ack.reason, ReasonCode::Success);
+    raw
+}
+
+/// 5.0: a QoS 1 PUBLISH that matched no subscription is acknowledged with 0x10 No matching
+/// subscribers; with one, 0x00 in the short form.
+#[test]
+fn puback_says_no_matching_subscribers() {
+    let broker = Broker::start(&[]);
+    let mut p = connect5(broker.port, "lonely");
+    p.send(&publish("nobody/listens", b"x", QoS::AtLeastOnce, 7, false));
+    assert_eq!(p.recv_bytes(5), [0x40, 0x03, 0x00, 0x07, 0x10]);
+    let mut sub = connect5(broker.port, "listener");
+    sub.subscribe(&[("nobody/listens", QoS::AtMostOnce)]);
+    p.send(&publish("nobody/listens", b"x", QoS::AtLeastOnce, 8, false));
+    assert_eq!(p.recv_bytes(4), [0x40, 0x02, 0x00, 0x08]);
+}
+
+/// A client that receives its own message gets the acknowledgement first, then the
+/// message, as Mosquitto writes them.
+#[test]
+fn the_acknowledgement_comes_before_the_message_delivered_back() {
+    let broker = Broker::start(&[]);
+    let mut c = Raw::connect(broker.port, "echo");
+    c.subscribe(&[("echo", QoS::AtLeastOnce)]);
+    c.send(&publish("echo", b"x", QoS::AtLeastOnce, 300, false));
+    // PUBACK 300, then the PUBLISH (QoS 1, packet id 1).
+    assert_eq!(c.recv_bytes(4), [0x40, 0x02, 0x01, 0x2C]);
+    assert!(matches!(c.recv(), Packet::Publish(p) if p.payload[..] == b"x"[..]));
+}
+
+/// The broker's DISCONNECT carries the reason code only (no Reason String), as Mosquitto's.
+#[test]
+fn disconnect_is_the_reason_code_alone() {
+    let broker = Broker::start(&[]);
+    let mut c = connect5(broker.port, "aliased");
+    let mut bad = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: s("t"),
+        packet_id: 0,
+        properties: Properties::default(),
+        payload: bytes::Bytes::from_static(b"x"),
+    };
+    // Topic Alias above the broker's Topic Alias Maximum (10): 0x94. [MQTT-3.3.2-9]
+    bad.properties.topic_alias = Some(11);
+    c.send(&Packet::Publish(bad));
+    assert_eq!(c.recv_bytes(3), [0xE0, 0x01, 0x94]);
+}

@@ -8,7 +8,7 @@ use super::io::{Backend, ConnId};
 use super::subscribe::TrieOp;
 use super::Shard;
 use crate::codec::{
-    ConnAck, DecodeError, Disconnect, MqttStr, Packet, Properties, ProtocolVersion, ReasonCode,
+    ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 use crate::session::{Session, WillAfterClose};
 use crate::topic::SessionId;
@@ -103,12 +103,13 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Closes a connection for something it did: 5.0 clients get a DISCONNECT with the
-    /// reason code and, as a Reason String, why (allowed on DISCONNECT whatever the client's
-    /// Request Problem Information, [MQTT-3.1.2-29]). The will is published.
+    /// reason code. Why goes to the log, not into a Reason String: Mosquitto sends none, and
+    /// tools compare the DISCONNECT's bytes. The will is published.
     pub(super) fn disconnect_with(&mut self, conn: ConnId, reason: ReasonCode, why: &str) {
         if self.conn(conn).and_then(|c| c.version) == Some(ProtocolVersion::V5) {
-            let mut disconnect = Disconnect::with_reason(reason);
-            disconnect.properties.reason_string = MqttStr::new(why).ok();
+            let name = self.conn_name(conn);
+            log::debug!("Sending DISCONNECT to {name} (rc{}): {why}", reason as u8);
+            let disconnect = Disconnect::with_reason(reason);
             self.send_packet(conn, &Packet::Disconnect(disconnect));
         }
         self.close_conn(conn, CloseReason::ProtocolError);

@@ -103,7 +103,8 @@ impl<B: Backend> Shard<B> {
     /// Routes `message` to every matching subscription: match once on the published trie,
     /// group the targets by owning shard, deliver this shard's directly and send one message
     /// to each other shard. `from` is the publishing connection (paused if its messages wait).
-    pub(super) fn route(&mut self, message: &Arc<Message>, from: Option<ConnId>) {
+    /// Returns whether any subscription matched (5.0's 0x10 No matching subscribers).
+    pub(super) fn route(&mut self, message: &Arc<Message>, from: Option<ConnId>) -> bool {
         // Subscriptions read earlier in this turn take effect first: packets act in the
         // order the shard reads them, whoever sent them.
         self.apply_trie_ops();
@@ -160,6 +161,7 @@ impl<B: Backend> Shard<B> {
         });
         self.share_turn = turn;
         drop(snapshot);
+        let matched = targets.iter().any(|list| !list.is_empty());
         for (shard, list) in targets.iter_mut().enumerate() {
             if list.is_empty() {
                 continue;
@@ -178,6 +180,7 @@ impl<B: Backend> Shard<B> {
             self.send_to_shard(shard, msg, message.qos, from);
         }
         self.targets = targets;
+        matched
     }
 
     /// Passes a message to another shard, behind what already waits for it. QoS 0 that

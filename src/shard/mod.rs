@@ -462,14 +462,28 @@ impl<B: Backend> Shard<B> {
     /// Encodes `packet` into the connection's turn buffer.
     /// False if it could not be encoded (logged) or the connection is gone.
     fn send_packet(&mut self, conn: ConnId, packet: &Packet) -> bool {
+        self.send_packet_at(conn, packet, None)
+    }
+
+    /// As `send_packet`, but written at `at` in what waits for the connection (before what
+    /// was added since `at` was its length), if given.
+    fn send_packet_at(&mut self, conn: ConnId, packet: &Packet, at: Option<usize>) -> bool {
         let Some(c) = self.conn_mut(conn) else {
             return false;
         };
         let version = c.version.unwrap_or(ProtocolVersion::V311);
         let was_empty = c.out.is_empty();
         let start = c.out.len();
-        if let Err(e) = packet.encode(version, &mut c.out) {
-            c.out.truncate(start);
+        let at = at.filter(|&at| at < start);
+        let after = at.map(|at| c.out.split_off(at));
+        let encoded = packet.encode(version, &mut c.out);
+        if encoded.is_err() {
+            c.out.truncate(at.unwrap_or(start));
+        }
+        if let Some(after) = after {
+            c.out.unsplit(after);
+        }
+        if let Err(e) = encoded {
             log::error!(
                 "Error: cannot encode {} for {}: {e}",
                 packet.name(),

@@ -120,6 +120,10 @@ impl<B: Backend> Shard<B> {
             return;
         }
         let duplicate = qos2 == Some(Qos2Publish::Duplicate);
+        // The acknowledgement goes before what this PUBLISH delivers back to its own client,
+        // as Mosquitto writes them.
+        let ack_at = self.conn(conn).map(|c| c.out.len());
+        let mut matched = true;
         if !duplicate && authorised {
             let mut properties = publish.properties;
             // Properties the broker answers itself are not forwarded.
@@ -156,20 +160,29 @@ impl<B: Backend> Shard<B> {
                     .expect("retained lock")
                     .set(message.clone());
             }
-            self.route(&message, Some(conn));
+            matched = self.route(&message, Some(conn));
         }
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
+                let mut ack = PubResponse::new(packet_id);
+                // 5.0: 0x10 No matching subscribers, as Mosquitto tells it (for QoS 1 only).
+                if !matched
+                    && self.conn(conn).and_then(|c| c.version)
+                        == Some(crate::codec::ProtocolVersion::V5)
+                {
+                    ack.reason = ReasonCode::NoMatchingSubscribers;
+                }
                 log::debug!("Sending PUBACK to {name} (Mid: {packet_id})");
-                self.send_packet(conn, &Packet::PubAck(PubResponse::new(packet_id)));
+                self.send_packet_at(conn, &Packet::PubAck(ack), ack_at);
             }
             QoS::ExactlyOnce => {
                 if let Some(session) = self.sessions.get_mut(&session_id) {
                     session.awaiting_pubrel(packet_id, &mut self.changes);
                 }
                 log::debug!("Sending PUBREC to {name} (Mid: {packet_id})");
-                self.send_packet(conn, &Packet::PubRec(PubResponse::new(packet_id)));
+                let rec = Packet::PubRec(PubResponse::new(packet_id));
+                self.send_packet_at(conn, &rec, ack_at);
             }
         }
     }
