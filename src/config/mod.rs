@@ -187,6 +187,9 @@ pub struct Config {
     /// `max_packet_size`: largest packet accepted from a client, in bytes (fixed header
     /// included). Mosquitto's default is the protocol's limit.
     pub packet_size_max: usize,
+    /// `message_size_limit`: largest payload of a PUBLISH or a will, in bytes (0: none).
+    /// A PUBLISH over it is dropped and answered; a CONNECT whose will is over it refused.
+    pub message_size_limit: usize,
     /// `max_keepalive`: longest keep alive granted, seconds.
     pub keepalive_max_s: u16,
     /// `persistent_client_expiration`: how long a session that would never expire
@@ -234,6 +237,7 @@ impl Default for Config {
             memory_limit: 0,
             queued_bytes_max: 0,
             packet_size_max: 268_435_455 + 5,
+            message_size_limit: 0,
             keepalive_max_s: 65535,
             persistent_client_expiration: None,
             client_write_max: 4 << 20,

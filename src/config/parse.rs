@@ -324,10 +324,7 @@ impl Reader {
                 config.packet_size_max = line.number(268_435_460)?.max(20) as usize
             }
             "message_size_limit" => {
-                let n = line.number(268_435_455)? as usize;
-                if n > 0 {
-                    config.packet_size_max = config.packet_size_max.min(n + 65_535 + 16);
-                }
+                config.message_size_limit = line.number(268_435_455)? as usize
             }
             "max_keepalive" => config.keepalive_max_s = line.number(65535)? as u16,
             "persistent_client_expiration" => {

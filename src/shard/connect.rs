@@ -65,6 +65,26 @@ impl<B: Backend> Shard<B> {
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
             return;
         }
+        // message_size_limit bounds a will's payload too (5.0: 0x95 Packet too large; 3.x:
+        // 5 not authorised, as Mosquitto).
+        let limit = config.message_size_limit;
+        if let Some(will) = connect
+            .will
+            .as_ref()
+            .filter(|w| limit > 0 && w.payload.len() > limit)
+        {
+            log::debug!(
+                "Client {client_id} connected with too large Will payload ({} bytes)",
+                will.payload.len()
+            );
+            let reason = if v5 {
+                ReasonCode::PacketTooLarge
+            } else {
+                ReasonCode::NotAuthorized
+            };
+            self.refuse(conn, &connect, reason);
+            return;
+        }
         // mount_point: a will topic must still be a topic under it.
         if let (Some(mount), Some(will)) = (&listener.mount_point, &connect.will) {
             if super::publish::mounted_topic(mount, &will.topic).is_none() {

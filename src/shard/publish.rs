@@ -55,6 +55,32 @@ impl<B: Backend> Shard<B> {
         }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
+        // message_size_limit: a payload over it is dropped and answered. Mosquitto answers
+        // 5.0 with 0x95 Packet too large, which PUBACK and PUBREC may not carry
+        // [MQTT-3.4.2-1] [MQTT-3.5.2-1]: midge says 0x83 Implementation specific error ("valid,
+        // but the receiver is not willing to accept it"), which also ends a QoS 2 flow.
+        let limit = self.config.message_size_limit;
+        if limit > 0 && publish.payload.len() > limit {
+            log::debug!(
+                "Dropped too large PUBLISH from {name} {}",
+                publish.summary()
+            );
+            self.stats()
+                .dropped_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            let mut refusal = PubResponse::new(packet_id);
+            refusal.reason = ReasonCode::ImplementationSpecificError;
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => {
+                    self.send_packet(conn, &Packet::PubAck(refusal));
+                }
+                QoS::ExactlyOnce => {
+                    self.send_packet(conn, &Packet::PubRec(refusal));
+                }
+            }
+            return;
+        }
         // 5.0 §3.3.2.3.2: a payload said to be UTF-8 that is not is refused with 0x99
         // (the specification lets the receiver check; midge does).
         if publish.properties.payload_format_indicator == Some(1)
