@@ -167,7 +167,10 @@ fn sighup_reloads_security_and_logging_and_keeps_the_old_settings_on_error() {
     let _ = std::fs::remove_file(&log);
     // `user root`: the test's files are written as root with whatever umask the machine
     // has; a broker that dropped to `mosquitto` might not be allowed to read them again.
-    let base = format!("user root\nlistener 0 127.0.0.1\npassword_file {pw}\nacl_file {acl}\n");
+    // acl_strict_subscribe: a SUBACK shows which ACL is in force.
+    let base = format!(
+        "user root\nlistener 0 127.0.0.1\npassword_file {pw}\nacl_file {acl}\nacl_strict_subscribe true\n"
+    );
     let conf = config_file("reload", &base);
     let broker = Broker::start_configured(&["-c", &conf, "--threads", "2"]);
     let port = broker.ports(1)[0];
@@ -487,7 +490,7 @@ fn a_reload_revokes_subscriptions_and_client_ids_the_new_settings_refuse() {
     let both = "topic read a/#\ntopic read b/#\ntopic write #\n";
     let acl = config_file("revoke-acl", both);
     let base = format!(
-        "user root\nlistener 0 127.0.0.1\nallow_anonymous true\nacl_file {acl}\nsys_interval 0\n"
+        "user root\nlistener 0 127.0.0.1\nallow_anonymous true\nacl_file {acl}\nsys_interval 0\nacl_strict_subscribe true\n"
     );
     let conf = config_file("revoke", &base);
     let broker = Broker::start_configured(&["-c", &conf, "--threads", "1"]);

@@ -37,6 +37,10 @@ pub struct Security {
     pub password_file: Option<Arc<PasswordFile>>,
     /// `acl_file`: who may read and write which topics.
     pub acl: Option<Arc<Acl>>,
+    /// `acl_strict_subscribe` (midge's own): a SUBSCRIBE is refused unless everything its
+    /// filter could match is readable. Off, as in Mosquitto: any filter is granted, and
+    /// only what the client may read is delivered.
+    pub acl_strict_subscribe: bool,
 }
 
 impl Default for Security {
@@ -47,6 +51,7 @@ impl Default for Security {
             auto_id_prefix: "auto-".to_string(),
             password_file: None,
             acl: None,
+            acl_strict_subscribe: false,
         }
     }
 }

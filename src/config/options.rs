@@ -39,6 +39,7 @@ pub const SUPPORTED: &[&str] = &[
     "use_username_as_clientid",
     "user",
     // midge's own
+    "acl_strict_subscribe",
     "connect_timeout",
     "cpu_affinity",
     "io_backend",

@@ -284,6 +284,10 @@ impl Reader {
                 let on = line.boolean()?;
                 self.security().allow_anonymous = Some(on);
             }
+            "acl_strict_subscribe" => {
+                let on = line.boolean()?;
+                self.security().acl_strict_subscribe = on;
+            }
             "allow_zero_length_clientid" => {
                 let on = line.boolean()?;
                 self.security().allow_zero_length_clientid = on;

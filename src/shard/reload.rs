@@ -15,10 +15,13 @@ impl<B: Backend> Shard<B> {
         let mut refused = Vec::new();
         for session in self.sessions.values_mut() {
             let security = self.config.security(session.listener);
-            // Subscriptions the new ACL no longer allows are revoked, online or offline
-            // (deliveries are checked anyway; this keeps nothing subscribed that could not be
-            // subscribed now).
-            if let Some(acl) = &security.acl {
+            // acl_strict_subscribe: subscriptions the new ACL no longer allows are revoked,
+            // online or offline (deliveries are checked against the new ACL anyway).
+            if let Some(acl) = security
+                .acl
+                .as_ref()
+                .filter(|_| security.acl_strict_subscribe)
+            {
                 let (user, id) = (session.username.as_deref(), &session.client_id);
                 let revoked: Vec<String> = (session.subscriptions().keys())
                     .filter(|filter| {

@@ -90,9 +90,15 @@ impl<B: Backend> Shard<B> {
                     continue;
                 }
             };
-            // acl_file: everything the filter could match must be readable. 3.x: 0x80; 5.0:
-            // Not authorized.
-            if let Some(acl) = &self.config.security(session.listener).acl {
+            // acl_file: as in Mosquitto, any filter is granted and only what the client may
+            // read is delivered (`deliver.rs`). With acl_strict_subscribe, everything the
+            // filter could match must be readable (3.x: 0x80; 5.0: Not authorized).
+            let security = self.config.security(session.listener);
+            let strict_acl = security
+                .acl
+                .as_ref()
+                .filter(|_| security.acl_strict_subscribe);
+            if let Some(acl) = strict_acl {
                 if !acl.check_subscribe(
                     session.username.as_deref(),
                     &session.client_id,
