@@ -7,9 +7,10 @@ mod common;
 use common::*;
 use midge::codec::*;
 
-fn broker() -> Broker {
+/// `name` keeps each test's file its own (tests run in parallel).
+fn broker(name: &str) -> Broker {
     let conf = config_file(
-        "message-size-limit.conf",
+        &format!("message-size-limit-{name}.conf"),
         "listener 0 127.0.0.1\nallow_anonymous true\nmessage_size_limit 4\n",
     );
     Broker::start_configured(&["-c", &conf])
@@ -23,7 +24,7 @@ fn client(port: u16, version: ProtocolVersion, id: &str) -> Raw {
 
 #[test]
 fn a_payload_over_the_limit_is_dropped_and_answered() {
-    let broker = broker();
+    let broker = broker("publish");
     let mut sub = client(broker.port, ProtocolVersion::V311, "sub");
     sub.subscribe(&[("t", QoS::ExactlyOnce)]);
     for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
@@ -51,7 +52,7 @@ fn a_payload_over_the_limit_is_dropped_and_answered() {
 
 #[test]
 fn a_will_over_the_limit_is_refused() {
-    let broker = broker();
+    let broker = broker("will");
     for (version, reason) in [
         (ProtocolVersion::V311, ReasonCode::NotAuthorized),
         (ProtocolVersion::V5, ReasonCode::PacketTooLarge),

@@ -80,9 +80,10 @@ impl DecodeError {
             UnsupportedProtocolVersion(_) => ReasonCode::UnsupportedProtocolVersion,
             // MQTT 5.0 §2.2.2.2: "It is a Protocol Error to include the same property twice"
             // and properties with a value outside their range are Protocol Errors.
+            // A packet identifier of 0 [MQTT-2.2.1-3]: the spec names no code; Mosquitto
+            // answers Malformed Packet (below), and so does midge.
             DuplicateProperty(_)
             | InvalidPropertyValue { .. }
-            | ZeroPacketId
             | NoTopicFilters
             | InvalidRetainHandling
             | PasswordWithoutUsername

@@ -81,6 +81,9 @@ pub struct Listener {
     pub mount_point: Option<String>,
     /// `max_topic_alias`: topic aliases a 5.0 client may set (its Topic Alias Maximum).
     pub topic_alias_max: u16,
+    /// `max_qos` (or `maximum_qos`): the highest QoS this listener's clients may use and
+    /// are sent (5.0 Maximum QoS in CONNACK).
+    pub max_qos: crate::codec::QoS,
     /// `use_username_as_clientid`: the user name replaces the client id.
     pub use_username_as_clientid: bool,
     /// Why this listener is not opened: a kind midge does not serve yet (`protocol
@@ -101,6 +104,7 @@ impl Default for Listener {
             connections_max: None,
             mount_point: None,
             topic_alias_max: 10,
+            max_qos: crate::codec::QoS::ExactlyOnce,
             use_username_as_clientid: false,
             not_opened: None,
             security: Security::default(),
@@ -195,6 +199,12 @@ pub struct Config {
     /// `message_size_limit`: largest payload of a PUBLISH or a will, in bytes (0: none).
     /// A PUBLISH over it is dropped and answered; a CONNECT whose will is over it refused.
     pub message_size_limit: usize,
+    /// `retain_available`: false refuses retained messages (5.0: Retain Available 0 in
+    /// CONNACK, and DISCONNECT 0x9A for a PUBLISH with RETAIN).
+    pub retain_available: bool,
+    /// `upgrade_outgoing_qos`: messages go out at the subscription's QoS, even above the
+    /// QoS they were published with (Mosquitto's option; outside the spec's rule).
+    pub upgrade_outgoing_qos: bool,
     /// `max_keepalive`: longest keep alive granted, seconds.
     pub keepalive_max_s: u16,
     /// `persistent_client_expiration`: how long a session that would never expire
@@ -243,6 +253,8 @@ impl Default for Config {
             queued_bytes_max: 0,
             packet_size_max: 268_435_455 + 5,
             message_size_limit: 0,
+            retain_available: true,
+            upgrade_outgoing_qos: false,
             keepalive_max_s: 65535,
             persistent_client_expiration: None,
             client_write_max: 4 << 20,

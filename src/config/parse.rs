@@ -264,6 +264,13 @@ impl Reader {
                 }
             },
             "max_topic_alias" => self.listener().topic_alias_max = line.number(65535)? as u16,
+            "max_qos" | "maximum_qos" => {
+                self.listener().max_qos = match line.number(2)? {
+                    0 => crate::codec::QoS::AtMostOnce,
+                    1 => crate::codec::QoS::AtLeastOnce,
+                    _ => crate::codec::QoS::ExactlyOnce,
+                }
+            }
             "use_username_as_clientid" => {
                 self.listener().use_username_as_clientid = line.boolean()?
             }
@@ -327,6 +334,8 @@ impl Reader {
             "max_packet_size" => {
                 config.packet_size_max = line.number(268_435_460)?.max(20) as usize
             }
+            "retain_available" => config.retain_available = line.boolean()?,
+            "upgrade_outgoing_qos" => config.upgrade_outgoing_qos = line.boolean()?,
             "message_size_limit" => {
                 config.message_size_limit = line.number(268_435_455)? as usize
             }

@@ -282,10 +282,18 @@ impl Outgoing {
         self.backlog.as_ref().is_some_and(|b| !b.owed.is_empty())
     }
 
-    /// The next owed message's QoS (the lower of the message's and the subscription's).
-    pub fn next_owed_qos(&self) -> Option<QoS> {
+    /// The next owed message's QoS: the lower of the message's and the subscription's, or
+    /// the subscription's with `upgrade_outgoing_qos`.
+    pub fn next_owed_qos(&self, upgrade: bool) -> Option<QoS> {
         let backlog = self.backlog.as_ref()?;
-        backlog.owed.front().map(|o| o.message.qos.min(o.qos))
+        let qos = |o: &Owed| {
+            if upgrade {
+                o.qos
+            } else {
+                o.message.qos.min(o.qos)
+            }
+        };
+        backlog.owed.front().map(qos)
     }
 
     pub fn take_owed(&mut self) -> Option<Owed> {

@@ -65,6 +65,24 @@ impl<B: Backend> Shard<B> {
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
             return;
         }
+        // A will above the listener's max_qos, or retained where retain_available is false:
+        // 5.0 refuses it with 0x9B / 0x9A [MQTT-3.2.2-12] [MQTT-3.2.2-13]; 3.x has no way
+        // to say so and is closed (a 3.x will is published unretained, as Mosquitto does).
+        if let Some(will) = &connect.will {
+            if will.qos > listener.max_qos {
+                log::info!("Client {client_id} sent a will above max_qos, disconnecting.");
+                if v5 {
+                    self.refuse(conn, &connect, ReasonCode::QosNotSupported);
+                } else if let Some(c) = self.take_conn(conn) {
+                    self.close_socket(c);
+                }
+                return;
+            }
+            if will.retain && !config.retain_available && v5 {
+                self.refuse(conn, &connect, ReasonCode::RetainNotSupported);
+                return;
+            }
+        }
         // message_size_limit bounds a will's payload too (5.0: 0x95 Packet too large; 3.x:
         // 5 not authorised, as Mosquitto).
         let limit = config.message_size_limit;
@@ -441,6 +459,15 @@ impl<B: Backend> Shard<B> {
             let size_max = self.config.packet_size_max;
             if size_max < crate::codec::VARINT_MAX as usize {
                 properties.maximum_packet_size = u32::try_from(size_max).ok();
+            }
+            // [MQTT-3.2.2-9] [MQTT-3.2.2-10] what the broker does not support: retained
+            // messages (retain_available false), QoS above the listener's max_qos.
+            if !self.config.retain_available {
+                properties.retain_available = Some(false);
+            }
+            let max_qos = self.config.listener(listener).max_qos;
+            if max_qos != crate::codec::QoS::ExactlyOnce {
+                properties.maximum_qos = Some(max_qos as u8);
             }
             // [MQTT-3.2.2-17] how many topic aliases the client may set (absent: none).
             let aliases = self.config.listener(listener).topic_alias_max;

@@ -113,6 +113,7 @@ impl<B: Backend> Shard<B> {
         let shards = targets.len();
         let mut turn = self.share_turn;
         let (here, sessions, inflight_max) = (self.id, &self.sessions, self.config.inflight_max);
+        let upgrade = self.config.upgrade_outgoing_qos;
         // A group member this shard knows cannot take a message now: offline, or its window
         // full. Members on other shards are taken as able (their state is theirs).
         let cannot_accept = |session: &SessionId, sub: &crate::topic::Subscription| {
@@ -121,7 +122,11 @@ impl<B: Backend> Shard<B> {
                     s.conn.is_none() || s.outgoing().window_full(s.window(inflight_max))
                 })
         };
+        // Mosquitto's "no matching subscribers" counts a subscription even when No Local
+        // keeps the message from it.
+        let mut matched = false;
         snapshot.for_each_match(&message.topic, &mut |m| {
+            matched = true;
             let (session, sub) = match m {
                 Match::Subscriber(session, sub) => {
                     // [MQTT-3.8.3-3] No Local: not back to the publisher.
@@ -152,8 +157,13 @@ impl<B: Backend> Shard<B> {
             let shard = usize::from(sub.shard).min(shards - 1);
             targets[shard].push(Target {
                 session,
-                // 3.1.1 and 5.0 §3.8.4: the lower of the published and the granted QoS.
-                qos: message.qos.min(sub.options.qos),
+                // 3.1.1 and 5.0 §3.8.4: the lower of the published and the granted QoS
+                // (upgrade_outgoing_qos: the granted QoS, as Mosquitto's option asks).
+                qos: if upgrade {
+                    sub.options.qos
+                } else {
+                    message.qos.min(sub.options.qos)
+                },
                 // [MQTT-3.3.1-9] (3.1.1) / Retain As Published (5.0 [MQTT-3.3.1-12]).
                 retain: message.retain && sub.options.retain_as_published,
                 identifiers: sub.identifier.map(|n| n.get()).into_iter().collect(),
@@ -161,7 +171,6 @@ impl<B: Backend> Shard<B> {
         });
         self.share_turn = turn;
         drop(snapshot);
-        let matched = targets.iter().any(|list| !list.is_empty());
         for (shard, list) in targets.iter_mut().enumerate() {
             if list.is_empty() {
                 continue;

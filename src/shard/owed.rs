@@ -52,7 +52,10 @@ impl<B: Backend> Shard<B> {
             let Some(conn) = session.conn else {
                 return session.outgoing().owes();
             };
-            let Some(qos) = session.outgoing().next_owed_qos() else {
+            let Some(qos) = session
+                .outgoing()
+                .next_owed_qos(self.config.upgrade_outgoing_qos)
+            else {
                 return false;
             };
             let window_full = !session.outgoing().has_room(session.window(inflight_max));

@@ -55,6 +55,21 @@ impl<B: Backend> Shard<B> {
         }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
+        // Above the listener's max_qos (a Protocol Error, §3.2.2.3.4 after [MQTT-3.2.2-11]),
+        // or retained where retain_available is false ([MQTT-3.2.2-14], §3.3.1.3): 5.0's
+        // DISCONNECT 0x9B / 0x9A; 3.x is closed (as Mosquitto).
+        let refused = if qos > self.config.listener(listener).max_qos {
+            Some((ReasonCode::QosNotSupported, "Too high QoS in PUBLISH"))
+        } else if publish.retain && !self.config.retain_available {
+            Some((ReasonCode::RetainNotSupported, "Retained PUBLISH"))
+        } else {
+            None
+        };
+        if let Some((reason, what)) = refused {
+            log::info!("{what} from {name}, disconnecting.");
+            self.disconnect_with(conn, reason, what);
+            return;
+        }
         // message_size_limit: a payload over it is dropped and answered. Mosquitto answers
         // 5.0 with 0x95 Packet too large, which PUBACK and PUBREC may not carry
         // [MQTT-3.4.2-1] [MQTT-3.5.2-1]: midge says 0x83 Implementation specific error ("valid,
@@ -243,8 +258,17 @@ impl<B: Backend> Shard<B> {
         Ok(())
     }
 
-    /// Whether the ACL (if any) lets this session's client publish to `topic`.
+    /// Whether this session's client may publish to `topic`: never to `$SYS` (but for a
+    /// bridge's `$SYS/broker/connection/+/state`) nor to a `$share/...` topic, as in
+    /// Mosquitto (a client cannot forge the broker's statistics); then the ACL, if any.
     fn write_allowed(&self, session_id: SessionId, topic: &str) -> bool {
+        if topic.starts_with("$SYS") {
+            if !crate::topic::matches("$SYS/broker/connection/+/state", topic) {
+                return false;
+            }
+        } else if topic.starts_with("$share") {
+            return false;
+        }
         self.sessions.get(&session_id).is_some_and(|s| {
             self.config
                 .security(s.listener)
@@ -326,7 +350,9 @@ impl<B: Backend> Shard<B> {
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
-            retain: will.retain,
+            // retain_available false: a 3.x will (which could not be refused for it) goes
+            // out unretained, as Mosquitto's.
+            retain: will.retain && self.config.retain_available,
             properties,
             origin: Some(origin),
         });

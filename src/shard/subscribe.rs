@@ -63,6 +63,7 @@ impl<B: Backend> Shard<B> {
             .copied();
         let subscriptions_max = self.config.subscriptions_per_client_max;
         let mount = self.config.listener(c.listener).mount_point.clone();
+        let max_qos = self.config.listener(c.listener).max_qos;
         let shard = self.id as u16;
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
@@ -72,6 +73,11 @@ impl<B: Backend> Shard<B> {
         let mut violation = None;
         for (filter, options) in &subscribe.filters {
             log::debug!("\t{filter} (QoS {})", options.qos as u8);
+            // Granted at most the listener's max_qos [MQTT-3.2.2-10] [MQTT-3.9.3-1].
+            let options = &crate::codec::SubscriptionOptions {
+                qos: options.qos.min(max_qos),
+                ..*options
+            };
             let mounted = match &mount {
                 Some(mount) => mounted_filter(mount, filter),
                 None => filter.to_string(),
@@ -140,7 +146,7 @@ impl<B: Backend> Shard<B> {
                 sub,
             });
             log::info!(target: "subscribe", "{name} {} {filter}", options.qos as u8);
-            // Granted QoS: what was asked; the broker supports all three. [MQTT-3.9.3-1]
+            // Granted QoS: what was asked, up to max_qos. [MQTT-3.9.3-1]
             reasons.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
                 QoS::AtLeastOnce => ReasonCode::GrantedQos1,
