@@ -80,3 +80,31 @@ fn upgrade_outgoing_qos_sends_at_the_subscriptions_qos() {
     assert_eq!((got.qos, &got.payload[..]), (QoS::AtLeastOnce, &b"up"[..]));
     assert_ne!(got.packet_id, 0);
 }
+
+/// Clients cannot forge the broker's `$SYS` topics nor publish to `$share/...`, ACL or not
+/// (Mosquitto's rule; a bridge's connection state topic is the exception). 5.0 is told
+/// 0x87; a subscriber to `$SYS/#` sees none of it.
+#[test]
+fn clients_cannot_publish_to_sys_or_share_topics() {
+    let broker = broker("sys", "sys_interval 0\n");
+    let mut watcher = Raw::connect(broker.port, "watcher");
+    watcher.subscribe(&[("$SYS/#", QoS::AtMostOnce), ("marker", QoS::AtMostOnce)]);
+    let (mut c, _) = connect(broker.port, ProtocolVersion::V5, "forger");
+    let mut answer = |topic: &str, id: u16| {
+        c.send(&publish(topic, b"forged", QoS::AtLeastOnce, id, false));
+        match c.recv() {
+            Packet::PubAck(ack) => ack.reason,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    };
+    assert_eq!(answer("$SYS/broker/uptime", 1), ReasonCode::NotAuthorized);
+    assert_eq!(answer("$share/g/t", 2), ReasonCode::NotAuthorized);
+    assert_eq!(
+        answer("$SYS/broker/connection/me/state", 3),
+        ReasonCode::Success
+    );
+    c.send(&publish("marker", b"m", QoS::AtMostOnce, 0, false));
+    let first = watcher.recv_publish();
+    assert_eq!(first.topic.as_str(), "$SYS/broker/connection/me/state");
+    assert_eq!(watcher.recv_publish().topic.as_str(), "marker");
+}

@@ -88,3 +88,24 @@ fn disconnect_is_the_reason_code_alone() {
     c.send(&Packet::Publish(bad));
     assert_eq!(c.recv_bytes(3), [0xE0, 0x01, 0x94]);
 }
+
+/// 5.0: a subscriber that answers a QoS 2 PUBLISH with a PUBREC error code ends that
+/// exchange: no PUBREL follows [MQTT-4.3.3-4], and the next message goes out.
+#[test]
+fn a_pubrec_error_ends_the_exchange() {
+    let broker = Broker::start(&[]);
+    let mut sub = connect5(broker.port, "refuser");
+    sub.subscribe(&[("q2", QoS::ExactlyOnce)]);
+    let mut p = Raw::connect(broker.port, "sender");
+    p.send(&publish("q2", b"one", QoS::ExactlyOnce, 1, false));
+    let first = sub.recv_publish();
+    let mut refusal = PubResponse::new(first.packet_id);
+    refusal.reason = ReasonCode::ImplementationSpecificError;
+    sub.send(&Packet::PubRec(refusal));
+    p.send(&publish("q2", b"two", QoS::AtMostOnce, 0, false));
+    // The next packet is the second message, not a PUBREL for the first.
+    match sub.recv() {
+        Packet::Publish(second) => assert_eq!(&second.payload[..], b"two"),
+        other => panic!("expected the second PUBLISH, got {other:?}"),
+    }
+}

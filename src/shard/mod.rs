@@ -440,7 +440,7 @@ impl<B: Backend> Shard<B> {
             Packet::Connect(_) => self.protocol_violation(conn, "second CONNECT"),
             Packet::Publish(publish) => self.on_publish(conn, session, publish),
             Packet::PubAck(ack) => self.on_puback(conn, session, ack.packet_id),
-            Packet::PubRec(rec) => self.on_pubrec(conn, session, rec.packet_id),
+            Packet::PubRec(rec) => self.on_pubrec(conn, session, rec.packet_id, rec.reason),
             Packet::PubRel(rel) => self.on_pubrel(conn, session, rel.packet_id),
             Packet::PubComp(comp) => self.on_pubcomp(conn, session, comp.packet_id),
             Packet::Subscribe(subscribe) => self.on_subscribe(conn, session, subscribe),

@@ -301,9 +301,21 @@ impl<B: Backend> Shard<B> {
         self.finish_inflight(session_id, packet_id, QoS::AtLeastOnce);
     }
 
-    pub(super) fn on_pubrec(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
+    pub(super) fn on_pubrec(
+        &mut self,
+        conn: ConnId,
+        session_id: SessionId,
+        packet_id: u16,
+        reason: ReasonCode,
+    ) {
         let name = self.conn_name(conn);
         log::debug!("Received PUBREC from {name} (Mid: {packet_id})");
+        // 5.0: PUBREL answers a PUBREC below 0x80 only [MQTT-4.3.3-4]; one of 0x80 and above
+        // ends the exchange, its packet identifier free again (§4.3.3).
+        if reason as u8 >= 0x80 {
+            self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
+            return;
+        }
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
