@@ -109,3 +109,39 @@ fn a_pubrec_error_ends_the_exchange() {
         other => panic!("expected the second PUBLISH, got {other:?}"),
     }
 }
+
+/// The wrong acknowledgement for a message in flight (PUBCOMP for QoS 1, PUBACK for
+/// QoS 2) closes the connection, as Mosquitto does; one for an unknown packet identifier
+/// is ignored.
+#[test]
+fn the_wrong_acknowledgement_closes_the_connection() {
+    let broker = Broker::start(&[]);
+    for (qos, wrong) in [
+        (QoS::AtLeastOnce, Packet::PubComp(PubResponse::new(1))),
+        (QoS::ExactlyOnce, Packet::PubAck(PubResponse::new(1))),
+    ] {
+        let mut sub = Raw::connect(broker.port, "acker");
+        sub.subscribe(&[("acks", qos)]);
+        let mut p = Raw::connect(broker.port, "acked");
+        // Unknown ids first: ignored, the connection stays.
+        sub.send(&Packet::PubAck(PubResponse::new(77)));
+        sub.send(&Packet::PubComp(PubResponse::new(78)));
+        p.send(&publish("acks", b"x", QoS::AtMostOnce, 0, false));
+        assert_eq!(&sub.recv_publish().payload[..], b"x");
+        p.send(&publish("acks", b"y", qos, 1, false));
+        let got = sub.recv_publish();
+        assert_eq!(got.packet_id, 1);
+        sub.send(&wrong);
+        assert!(sub.expect_closed().is_empty(), "{qos:?}");
+    }
+}
+
+/// A PUBREL for a packet identifier the broker no longer holds (sent again after a
+/// reconnect) is answered with a plain PUBCOMP, as Mosquitto answers it.
+#[test]
+fn a_repeated_pubrel_gets_a_plain_pubcomp() {
+    let broker = Broker::start(&[]);
+    let mut c = connect5(broker.port, "repeat");
+    c.send(&Packet::PubRel(PubResponse::new(9)));
+    assert_eq!(c.recv_bytes(4), [0x70, 0x02, 0x00, 0x09]);
+}

@@ -218,6 +218,11 @@ impl Outgoing {
         }
     }
 
+    /// The QoS of the message in flight under `packet_id`, and whether PUBREL was sent.
+    pub fn state(&self, packet_id: u16) -> Option<(QoS, bool)> {
+        self.inflight.get(&packet_id).map(|f| (f.qos, f.released))
+    }
+
     /// Forgets a message in flight that cannot be sent again (it no longer encodes for the
     /// client's protocol version, say).
     pub fn abandon(&mut self, packet_id: u16) {

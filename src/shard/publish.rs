@@ -285,12 +285,55 @@ impl<B: Backend> Shard<B> {
         log::debug!("Received PUBREL from {name} (Mid: {packet_id})");
         let known = (self.sessions.get_mut(&session_id))
             .is_some_and(|s| s.pubrel(packet_id, &mut self.changes));
-        let mut comp = PubResponse::new(packet_id);
+        // An unknown id is answered all the same, as Mosquitto does: it is a PUBREL sent
+        // again after a reconnect (0x92 would be allowed, and is not what tools expect).
         if !known {
-            comp.reason = ReasonCode::PacketIdentifierNotFound;
+            log::debug!("PUBREL from {name} for an unknown packet identifier {packet_id}.");
         }
         log::debug!("Sending PUBCOMP to {name} (Mid: {packet_id})");
-        self.send_packet(conn, &Packet::PubComp(comp));
+        self.send_packet(conn, &Packet::PubComp(PubResponse::new(packet_id)));
+    }
+
+    /// Whether an acknowledgement fits what is in flight under `packet_id`: `Some(true)` if
+    /// so, `None` if nothing is (a late or repeated acknowledgement: ignored), `Some(false)`
+    /// if it is the wrong one for that message (PUBACK for QoS 2, PUBCOMP before PUBREC,
+    /// PUBREC for QoS 1): a protocol violation, as Mosquitto treats it.
+    fn ack_fits(&self, session_id: SessionId, packet_id: u16, ack: &str) -> Option<bool> {
+        let (qos, released) = self
+            .sessions
+            .get(&session_id)?
+            .outgoing()
+            .state(packet_id)?;
+        Some(match ack {
+            "PUBACK" => qos == QoS::AtLeastOnce,
+            "PUBREC" => qos == QoS::ExactlyOnce,
+            _ => qos == QoS::ExactlyOnce && released,
+        })
+    }
+
+    /// Checks an acknowledgement of `packet_id` (see `ack_fits`); false if the connection
+    /// is closed for it or there is nothing to acknowledge.
+    fn check_ack(
+        &mut self,
+        conn: ConnId,
+        session_id: SessionId,
+        packet_id: u16,
+        ack: &str,
+    ) -> bool {
+        match self.ack_fits(session_id, packet_id, ack) {
+            Some(true) => true,
+            Some(false) => {
+                self.protocol_violation(conn, &format!("{ack} does not fit message {packet_id}"));
+                false
+            }
+            None => {
+                let name = self.conn_name(conn);
+                log::warn!(
+                    "Warning: Received {ack} from {name} for an unknown packet identifier {packet_id}."
+                );
+                false
+            }
+        }
     }
 
     pub(super) fn on_puback(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
@@ -298,7 +341,9 @@ impl<B: Backend> Shard<B> {
             "Received PUBACK from {} (Mid: {packet_id})",
             self.conn_name(conn)
         );
-        self.finish_inflight(session_id, packet_id, QoS::AtLeastOnce);
+        if self.check_ack(conn, session_id, packet_id, "PUBACK") {
+            self.finish_inflight(session_id, packet_id, QoS::AtLeastOnce);
+        }
     }
 
     pub(super) fn on_pubrec(
@@ -312,19 +357,25 @@ impl<B: Backend> Shard<B> {
         log::debug!("Received PUBREC from {name} (Mid: {packet_id})");
         // 5.0: PUBREL answers a PUBREC below 0x80 only [MQTT-4.3.3-4]; one of 0x80 and above
         // ends the exchange, its packet identifier free again (§4.3.3).
+        let fits = self.ack_fits(session_id, packet_id, "PUBREC");
+        if fits == Some(false) {
+            self.protocol_violation(conn, &format!("PUBREC does not fit message {packet_id}"));
+            return;
+        }
         if reason as u8 >= 0x80 {
             self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
             return;
         }
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return;
-        };
-        let mut rel = PubResponse::new(packet_id);
-        if !session.pubrec(packet_id, &mut self.changes) {
-            rel.reason = ReasonCode::PacketIdentifierNotFound;
+        if let Some(session) = self.sessions.get_mut(&session_id) {
+            if !session.pubrec(packet_id, &mut self.changes) {
+                // Answered all the same, as Mosquitto does (a repeat after a reconnect).
+                log::warn!(
+                    "Warning: Received PUBREC from {name} for an unknown packet identifier {packet_id}."
+                );
+            }
         }
         log::debug!("Sending PUBREL to {name} (Mid: {packet_id})");
-        self.send_packet(conn, &Packet::PubRel(rel));
+        self.send_packet(conn, &Packet::PubRel(PubResponse::new(packet_id)));
     }
 
     pub(super) fn on_pubcomp(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
@@ -332,7 +383,9 @@ impl<B: Backend> Shard<B> {
             "Received PUBCOMP from {} (Mid: {packet_id})",
             self.conn_name(conn)
         );
-        self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
+        if self.check_ack(conn, session_id, packet_id, "PUBCOMP") {
+            self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
+        }
     }
 
     /// Ends an outbound QoS 1/2 exchange and lets the next queued message in.
