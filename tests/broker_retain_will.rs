@@ -15,7 +15,7 @@ fn retained_messages_are_stored_replaced_deleted_and_sent_on_subscribe() {
         publisher.send(&publish("r/b", b"gone", QoS::AtMostOnce, 0, true));
         // [MQTT-3.3.1-10] an empty retained payload deletes.
         publisher.send(&publish("r/b", b"", QoS::AtMostOnce, 0, true));
-        publisher.send(&publish("$SYS/r", b"dollar", QoS::AtMostOnce, 0, true));
+        publisher.send(&publish("$dollar/r", b"dollar", QoS::AtMostOnce, 0, true));
         publisher.send(&Packet::PingReq);
         assert_eq!(publisher.recv(), Packet::PingResp);
 
@@ -33,13 +33,13 @@ fn retained_messages_are_stored_replaced_deleted_and_sent_on_subscribe() {
         let p = sub.recv_publish();
         assert_eq!((&p.payload[..], p.retain), (&b"live"[..], false));
 
-        // [MQTT-4.7.2-1] '#' does not see '$' topics, retained or not; "$SYS/#" does.
+        // [MQTT-4.7.2-1] '#' does not see '$' topics, retained or not; "$dollar/#" does.
         let mut all = Raw::connect(broker.port, "all");
         all.subscribe(&[("#", QoS::AtMostOnce)]);
         let p = all.recv_publish();
         assert_eq!(p.topic.as_str(), "r/a");
         let mut sys = Raw::connect(broker.port, "sys");
-        sys.subscribe(&[("$SYS/#", QoS::AtMostOnce)]);
+        sys.subscribe(&[("$dollar/#", QoS::AtMostOnce)]);
         assert_eq!(&sys.recv_publish().payload[..], b"dollar");
         publisher.send(&publish("marker", b"m", QoS::AtMostOnce, 0, false));
         assert_eq!(all.recv_publish().topic.as_str(), "marker");

@@ -282,7 +282,7 @@ fn publish() {
         client(V311),
         frame(0x32, &cat(&[&s(b"a"), &[0, 0], b"x"])),
         |e| *e == DecodeError::ZeroPacketId,
-        PROTOCOL,
+        MALFORMED,
     );
     // [MQTT-3.3.1-2] DUP at QoS 0.
     refused(
@@ -340,7 +340,7 @@ fn subscribe_and_unsubscribe() {
         client(V311),
         frame(0x82, &cat(&[&[0, 0], &s(b"a"), &[0]])),
         |e| *e == DecodeError::ZeroPacketId,
-        PROTOCOL,
+        MALFORMED,
     );
     // [MQTT-3-8.3-4] reserved bits of the requested QoS (3.1.1); QoS 3.
     refused(

@@ -116,7 +116,7 @@ fn acknowledgements() {
         client(V311),
         frame(0x40, &[0, 0]),
         |e| *e == DecodeError::ZeroPacketId,
-        PROTOCOL,
+        MALFORMED,
     );
     // 3.1.1: a SUBACK code other than 0, 1, 2, 0x80.
     refused(

@@ -33,6 +33,9 @@ fn connack_properties_in_mosquittos_order() {
     );
     assert_eq!(body[9], 0x12, "{body:02X?}");
     let id_len = usize::from(u16::from_be_bytes([body[10], body[11]]));
+    // The assigned identifier is shaped as Mosquitto's: "auto-" and a UUID's 36 characters.
+    assert_eq!(id_len, "auto-".len() + 36);
+    assert_eq!(&body[12..17], b"auto-");
     assert_eq!(&body[12 + id_len..], &[0x21, 0x00, 0x14], "{body:02X?}");
 }
 

@@ -48,8 +48,7 @@ impl<B: Backend> Shard<B> {
             }
             // [MQTT-3.1.3-6] assign a unique identifier.
             let id = self.shared.new_session_id();
-            client_id =
-                Arc::from(format!("{}{:016x}-{}", security.auto_id_prefix, id.0, self.id).as_str());
+            client_id = Arc::from(assigned_client_id(&security.auto_id_prefix, id.0).as_str());
             assigned = true;
         } else if connect.version == ProtocolVersion::V31 && client_id.len() > 23 {
             // MQTT 3.1 §3.1: the client identifier is 1 to 23 characters; Mosquitto refuses longer.
@@ -496,5 +495,43 @@ impl<B: Backend> Shard<B> {
         if session_present {
             self.resume_outgoing(session_id);
         }
+    }
+}
+
+/// A client identifier for a client that sent none [MQTT-3.1.3-6]: the prefix and 36
+/// characters shaped as a UUID, as Mosquitto's (tools compare the CONNACK's length).
+/// Unique: the last 16 hex digits are the session number, which no other session has;
+/// the first 16 are random per process, so that identifiers are not guessed across
+/// restarts.
+fn assigned_client_id(prefix: &str, unique: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static RANDOM: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let random = *RANDOM.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(u64::from(std::process::id()));
+        h.finish()
+    });
+    let hex = format!("{random:016X}{unique:016X}");
+    format!(
+        "{prefix}{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn assigned_identifiers_are_shaped_as_mosquittos_and_unique() {
+        let a = super::assigned_client_id("auto-", 1);
+        let b = super::assigned_client_id("auto-", 2);
+        assert_eq!(a.len(), "auto-".len() + 36);
+        assert_ne!(a, b);
+        let uuid = &a["auto-".len()..];
+        let dashes: Vec<usize> = uuid.match_indices('-').map(|(i, _)| i).collect();
+        assert_eq!(dashes, [8, 13, 18, 23]);
     }
 }
