@@ -148,3 +148,19 @@ fn a_repeated_pubrel_gets_a_plain_pubcomp() {
     c.send(&Packet::PubRel(PubResponse::new(9)));
     assert_eq!(c.recv_bytes(4), [0x70, 0x02, 0x00, 0x09]);
 }
+
+/// A topic name of more levels than the broker keeps (Mosquitto's limit, 200 separators)
+/// ends the connection: 5.0 with DISCONNECT 0x82, as Mosquitto; 3.1.1 closed. Neither is
+/// logged whole (a 65,535-level topic would make one log line of 64 KiB).
+#[test]
+fn a_topic_of_too_many_levels_ends_the_connection() {
+    let broker = Broker::start(&[]);
+    let deep = "/".repeat(65_535);
+    let mut c5 = connect5(broker.port, "deep5");
+    c5.send(&publish(&deep, b"x", QoS::AtLeastOnce, 1, false));
+    assert_eq!(c5.recv_bytes(3), [0xE0, 0x01, 0x82]);
+    let mut c3 = Raw::connect(broker.port, "deep3");
+    c3.send(&publish(&deep, b"x", QoS::AtLeastOnce, 1, false));
+    assert!(c3.expect_closed().is_empty());
+    assert!(broker.log_lines().iter().all(|line| line.len() < 4096));
+}

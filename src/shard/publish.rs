@@ -20,7 +20,6 @@ const NOT_UTF8: &str = "the payload is not valid UTF-8 as its Payload Format Ind
 impl<B: Backend> Shard<B> {
     pub(super) fn on_publish(&mut self, conn: ConnId, session_id: SessionId, publish: Publish) {
         let name = self.conn_name(conn);
-        log::debug!("Received PUBLISH from {name} {}", publish.summary());
         self.stats()
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
@@ -38,7 +37,9 @@ impl<B: Backend> Shard<B> {
         }
         if let Err(e) = crate::topic::validate_topic_name(&publish.topic) {
             log::info!("Client {name} sent an invalid topic name ({e}), disconnecting.");
-            self.disconnect_with(conn, ReasonCode::TopicNameInvalid, &e.to_string());
+            // 0x82 as Mosquitto answers it (the spec names no code for a topic beyond the
+            // broker's level limit).
+            self.disconnect_with(conn, ReasonCode::ProtocolError, &e.to_string());
             return;
         }
         // mount_point: the listener's clients publish inside their part of the topic space.
@@ -53,6 +54,9 @@ impl<B: Backend> Shard<B> {
             };
             publish.topic = topic;
         }
+        // Logged once the topic is known to be valid, as Mosquitto does: an invalid one may
+        // be 65,535 levels long, and a log line is written whole.
+        log::debug!("Received PUBLISH from {name} {}", publish.summary());
         let packet_id = publish.packet_id;
         let qos = publish.qos;
         // Above the listener's max_qos (a Protocol Error, §3.2.2.3.4 after [MQTT-3.2.2-11]),
