@@ -59,6 +59,10 @@ if sys.argv[1:]:
     tests = [t for t in tests if t[1] in wanted]
 
 def category(name):
+    try:
+        source = open(os.path.join(broker_dir, name)).read()
+    except OSError:
+        source = ""
     if name.startswith("14-dynsec"):
         return "dynamic-security"
     if "plugin" in name or name.startswith("09-extended-auth") or name == "09-auth-bad-method.py":
@@ -67,7 +71,7 @@ def category(name):
         return "bridges"
     if name.startswith("08-"):
         return "tls"
-    if "persist" in name:
+    if "persist" in name or "persistence true" in source:
         return "persistence"
     return "core"
 

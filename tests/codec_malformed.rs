@@ -277,12 +277,12 @@ fn publish() {
         |e| matches!(e, DecodeError::WildcardInTopicName(_)),
         ReasonCode::TopicNameInvalid,
     );
-    // [MQTT-2.3.1-1] packet identifier 0 at QoS 1.
+    // [MQTT-2.3.1-1] packet identifier 0 at QoS 1 (Protocol Error, as Mosquitto).
     refused(
         client(V311),
         frame(0x32, &cat(&[&s(b"a"), &[0, 0], b"x"])),
-        |e| *e == DecodeError::ZeroPacketId,
-        MALFORMED,
+        |e| matches!(e, DecodeError::ZeroPacketId(_)),
+        PROTOCOL,
     );
     // [MQTT-3.3.1-2] DUP at QoS 0.
     refused(
@@ -335,11 +335,11 @@ fn subscribe_and_unsubscribe() {
         |e| *e == DecodeError::NoTopicFilters,
         PROTOCOL,
     );
-    // Packet identifier 0.
+    // Packet identifier 0 (Malformed Packet in SUBSCRIBE, as Mosquitto).
     refused(
         client(V311),
         frame(0x82, &cat(&[&[0, 0], &s(b"a"), &[0]])),
-        |e| *e == DecodeError::ZeroPacketId,
+        |e| matches!(e, DecodeError::ZeroPacketId(_)),
         MALFORMED,
     );
     // [MQTT-3-8.3-4] reserved bits of the requested QoS (3.1.1); QoS 3.

@@ -115,8 +115,8 @@ fn acknowledgements() {
     refused(
         client(V311),
         frame(0x40, &[0, 0]),
-        |e| *e == DecodeError::ZeroPacketId,
-        MALFORMED,
+        |e| matches!(e, DecodeError::ZeroPacketId(_)),
+        PROTOCOL,
     );
     // 3.1.1: a SUBACK code other than 0, 1, 2, 0x80.
     refused(

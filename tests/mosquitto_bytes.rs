@@ -164,3 +164,21 @@ fn a_topic_of_too_many_levels_ends_the_connection() {
     assert!(c3.expect_closed().is_empty());
     assert!(broker.log_lines().iter().all(|line| line.len() < 4096));
 }
+
+/// A subscription filter beyond the level limit ends the connection as Mosquitto ends it
+/// (5.0: DISCONNECT 0x81; 3.1.1: closed); 200 separators are still fine.
+#[test]
+fn a_filter_of_too_many_levels_ends_the_connection() {
+    let broker = Broker::start(&[]);
+    let mut ok = Raw::connect(broker.port, "shallow");
+    let granted = ok.subscribe(&[(&"/".repeat(200), QoS::AtMostOnce)]);
+    assert_eq!(granted.reasons, vec![ReasonCode::GRANTED_QOS_0]);
+    let deep = "/".repeat(65_535);
+    let mut c5 = connect5(broker.port, "deep5");
+    c5.send(&subscribe(1, &[(&deep, QoS::AtMostOnce)]));
+    assert_eq!(c5.recv_bytes(3), [0xE0, 0x01, 0x81]);
+    let mut c3 = Raw::connect(broker.port, "deep3");
+    c3.send(&subscribe(1, &[(&deep, QoS::AtMostOnce)]));
+    assert!(c3.expect_closed().is_empty());
+    assert!(broker.log_lines().iter().all(|line| line.len() < 4096));
+}

@@ -27,8 +27,8 @@ pub enum DecodeError {
     InvalidQos,
     #[error("DUP set on a QoS 0 PUBLISH")]
     DupOnQos0,
-    #[error("packet identifier 0 where a non-zero one is required")]
-    ZeroPacketId,
+    #[error("packet identifier 0 in {0}, where a non-zero one is required")]
+    ZeroPacketId(&'static str),
     #[error("invalid protocol name {0:?}")]
     InvalidProtocolName(String),
     #[error("unsupported protocol version {0}")]
@@ -80,9 +80,11 @@ impl DecodeError {
             UnsupportedProtocolVersion(_) => ReasonCode::UnsupportedProtocolVersion,
             // MQTT 5.0 §2.2.2.2: "It is a Protocol Error to include the same property twice"
             // and properties with a value outside their range are Protocol Errors.
-            // A packet identifier of 0 [MQTT-2.2.1-3]: the spec names no code; Mosquitto
-            // answers Malformed Packet (below), and so does midge.
-            DuplicateProperty(_)
+            // A packet identifier of 0 [MQTT-2.2.1-3]: the spec names no code. Mosquitto's:
+            // Malformed Packet in SUBSCRIBE and UNSUBSCRIBE, Protocol Error elsewhere.
+            ZeroPacketId("SUBSCRIBE" | "UNSUBSCRIBE") => ReasonCode::MalformedPacket,
+            ZeroPacketId(_)
+            | DuplicateProperty(_)
             | InvalidPropertyValue { .. }
             | NoTopicFilters
             | InvalidRetainHandling

@@ -73,7 +73,7 @@ impl Publish {
             // [MQTT-2.2.1-3] (5.0), [MQTT-2.3.1-1] (3.1.1): a non-zero packet identifier.
             let id = r.u16()?;
             if id == 0 {
-                return Err(DecodeError::ZeroPacketId);
+                return Err(DecodeError::ZeroPacketId("PUBLISH"));
             }
             id
         };
@@ -153,7 +153,7 @@ impl PubResponse {
     ) -> Result<Self, DecodeError> {
         let packet_id = r.u16()?;
         if packet_id == 0 {
-            return Err(DecodeError::ZeroPacketId);
+            return Err(DecodeError::ZeroPacketId(packet));
         }
         let (reason, properties) =
             decode_reason_tail(r, version, context, properties_context, packet)?;

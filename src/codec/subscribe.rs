@@ -97,11 +97,11 @@ pub struct UnsubAck {
     pub reasons: Vec<ReasonCode>,
 }
 
-fn nonzero_packet_id(r: &mut Reader<'_>) -> Result<u16, DecodeError> {
+fn nonzero_packet_id(r: &mut Reader<'_>, packet: &'static str) -> Result<u16, DecodeError> {
     let id = r.u16()?;
     // [MQTT-2.2.1-3] (5.0), [MQTT-2.3.1-1] (3.1.1)
     if id == 0 {
-        return Err(DecodeError::ZeroPacketId);
+        return Err(DecodeError::ZeroPacketId(packet));
     }
     Ok(id)
 }
@@ -145,7 +145,7 @@ impl Subscribe {
         r: &mut Reader<'_>,
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
-        let packet_id = nonzero_packet_id(r)?;
+        let packet_id = nonzero_packet_id(r, "SUBSCRIBE")?;
         let properties = decode_properties(r, version, PropertyContext::Subscribe)?;
         let mut filters = Vec::new();
         while r.has_remaining() {
@@ -187,7 +187,7 @@ impl SubAck {
         r: &mut Reader<'_>,
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
-        let packet_id = nonzero_packet_id(r)?;
+        let packet_id = nonzero_packet_id(r, "SUBACK")?;
         let properties = decode_properties(r, version, PropertyContext::SubAck)?;
         let mut reasons = Vec::with_capacity(r.remaining());
         while r.has_remaining() {
@@ -236,7 +236,7 @@ impl Unsubscribe {
         r: &mut Reader<'_>,
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
-        let packet_id = nonzero_packet_id(r)?;
+        let packet_id = nonzero_packet_id(r, "UNSUBSCRIBE")?;
         let properties = decode_properties(r, version, PropertyContext::Unsubscribe)?;
         let mut filters = Vec::new();
         while r.has_remaining() {
@@ -275,7 +275,7 @@ impl UnsubAck {
         r: &mut Reader<'_>,
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
-        let packet_id = nonzero_packet_id(r)?;
+        let packet_id = nonzero_packet_id(r, "UNSUBACK")?;
         let properties = decode_properties(r, version, PropertyContext::UnsubAck)?;
         let mut reasons = Vec::new();
         if version == ProtocolVersion::V5 {

@@ -71,8 +71,8 @@ impl<B: Backend> Shard<B> {
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
         let mut violation = None;
+        let mut too_deep = false;
         for (filter, options) in &subscribe.filters {
-            log::debug!("\t{filter} (QoS {})", options.qos as u8);
             // Granted at most the listener's max_qos [MQTT-3.2.2-10] [MQTT-3.9.3-1].
             let options = &crate::codec::SubscriptionOptions {
                 qos: options.qos.min(max_qos),
@@ -85,6 +85,13 @@ impl<B: Backend> Shard<B> {
             let filter = &mounted;
             let parsed = match parse_filter(filter) {
                 Ok(parsed) => parsed,
+                Err(crate::topic::TopicError::TooManyLevels { levels }) => {
+                    // Beyond the broker's level limit: Mosquitto ends the connection (5.0:
+                    // Malformed Packet), and so does midge. Not logged whole.
+                    log::debug!("Subscription filter of {levels} levels from {name}.");
+                    too_deep = true;
+                    break;
+                }
                 Err(e) => {
                     log::debug!("Invalid subscription filter {filter:?} from {name}: {e}");
                     // 3.1.1: 0x80 [MQTT-3.9.3-2]; 5.0: Topic Filter invalid.
@@ -96,6 +103,7 @@ impl<B: Backend> Shard<B> {
                     continue;
                 }
             };
+            log::debug!("\t{filter} (QoS {})", options.qos as u8);
             // acl_file: as in Mosquitto, any filter is granted and only what the client may
             // read is delivered (`deliver.rs`). With acl_strict_subscribe, everything the
             // filter could match must be readable (3.x: 0x80; 5.0: Not authorized).
@@ -171,6 +179,14 @@ impl<B: Backend> Shard<B> {
             self.protocol_violation(conn, what);
             return;
         }
+        if too_deep {
+            let what = "a subscription filter beyond the level limit";
+            if self.config.connection_messages {
+                log::info!("Client {name} disconnected due to malformed packet ({what}).");
+            }
+            self.disconnect_with(conn, ReasonCode::MalformedPacket, what);
+            return;
+        }
         let ack = SubAck {
             packet_id: subscribe.packet_id,
             properties: Properties::default(),
@@ -200,11 +216,12 @@ impl<B: Backend> Shard<B> {
         };
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
-            log::debug!("\t{filter}");
             if parse_filter(filter).is_err() {
+                log::debug!("\tan invalid filter");
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
+            log::debug!("\t{filter}");
             let mounted = match &mount {
                 Some(mount) => mounted_filter(mount, filter),
                 None => filter.to_string(),
