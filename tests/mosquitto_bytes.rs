@@ -182,3 +182,31 @@ fn a_filter_of_too_many_levels_ends_the_connection() {
     assert!(c3.expect_closed().is_empty());
     assert!(broker.log_lines().iter().all(|line| line.len() < 4096));
 }
+
+/// A share group's messages go to its members in turn, in the order they subscribed, each
+/// group on its own (as Mosquitto rotates them): with groups one = [a, b, c] and
+/// two = [b, d], three messages go to a+b, b+d, c+b.
+#[test]
+fn share_groups_take_turns_in_subscription_order() {
+    let broker = Broker::start(&[]);
+    let mut a = connect5(broker.port, "a");
+    let mut b = connect5(broker.port, "b");
+    let mut c = connect5(broker.port, "c");
+    let mut d = connect5(broker.port, "d");
+    a.subscribe(&[("$share/one/t", QoS::AtMostOnce)]);
+    b.subscribe(&[("$share/one/t", QoS::AtMostOnce)]);
+    b.subscribe(&[("$share/two/t", QoS::AtMostOnce)]);
+    d.subscribe(&[("$share/two/t", QoS::AtMostOnce)]);
+    c.subscribe(&[("$share/one/t", QoS::AtMostOnce)]);
+    let mut p = connect5(broker.port, "p");
+    for n in [b"1", b"2", b"3"] {
+        p.send(&publish("t", n, QoS::AtMostOnce, 0, false));
+    }
+    let payload = |raw: &mut Raw| raw.recv_publish().payload.to_vec();
+    assert_eq!(payload(&mut a), b"1");
+    assert_eq!(payload(&mut b), b"1");
+    assert_eq!(payload(&mut b), b"2");
+    assert_eq!(payload(&mut d), b"2");
+    assert_eq!(payload(&mut c), b"3");
+    assert_eq!(payload(&mut b), b"3");
+}

@@ -33,7 +33,7 @@ fn seen_in_trie(root: &Node, topic: &str) -> Seen {
     let mut subscribers = Vec::new();
     root.for_each_match(topic, &mut |m| match m {
         Match::Subscriber(session, s) => subscribers.push((session.0, tag(s))),
-        Match::Group { name, members } => {
+        Match::Group { name, members, .. } => {
             let mut list: Vec<_> = members.iter().map(|(id, s)| (id.0, tag(s))).collect();
             list.sort();
             seen.groups.insert((name.to_string(), list));

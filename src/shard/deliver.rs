@@ -111,7 +111,6 @@ impl<B: Backend> Shard<B> {
         let snapshot = self.shared.trie.load();
         let mut targets = std::mem::take(&mut self.targets);
         let shards = targets.len();
-        let mut turn = self.share_turn;
         let (here, sessions, inflight_max) = (self.id, &self.sessions, self.config.inflight_max);
         let upgrade = self.config.upgrade_outgoing_qos;
         // A group member this shard knows cannot take a message now: offline, or its window
@@ -135,15 +134,15 @@ impl<B: Backend> Shard<B> {
                     }
                     (session, sub)
                 }
-                Match::Group { members, .. } => {
-                    // One member per group, taken in turn, passing over members that
-                    // cannot accept; if none can, the turn's member queues it.
+                Match::Group { members, turn, .. } => {
+                    // One member per group, taken in turn in the order they subscribed (as
+                    // Mosquitto rotates its list), passing over members that cannot accept;
+                    // if none can, the turn's member queues it.
                     let n = members.len();
                     if n == 0 {
                         return;
                     }
-                    turn = turn.wrapping_add(1);
-                    let start = turn % n;
+                    let start = turn.fetch_add(1, Ordering::Relaxed) % n;
                     let pick = members
                         .iter()
                         .skip(start)
@@ -169,7 +168,6 @@ impl<B: Backend> Shard<B> {
                 identifiers: sub.identifier.map(|n| n.get()).into_iter().collect(),
             });
         });
-        self.share_turn = turn;
         drop(snapshot);
         for (shard, list) in targets.iter_mut().enumerate() {
             if list.is_empty() {

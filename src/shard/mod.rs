@@ -104,8 +104,6 @@ pub struct Shard<B: Backend> {
     write_bytes_max: usize,
     write_waiting_elsewhere: usize,
     out_bytes_this_turn: usize,
-    /// Round-robin position for shared subscriptions.
-    share_turn: usize,
     /// Offline 5.0 sessions by expiry time (entries made stale by a resume are skipped).
     expiries: BinaryHeap<Reverse<(Instant, SessionId)>>,
     /// Delayed wills by due time (entries cancelled by a resume are skipped).
@@ -153,7 +151,6 @@ impl<B: Backend> Shard<B> {
             owed_next_turn: false,
             write_waiting_elsewhere: 0,
             out_bytes_this_turn: 0,
-            share_turn: id,
             expiries: BinaryHeap::new(),
             will_timers: BinaryHeap::new(),
             sys: sys::SysState::default(),

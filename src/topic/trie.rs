@@ -11,6 +11,7 @@
 use arc_swap::{ArcSwap, Guard};
 use smallvec::SmallVec;
 use std::num::NonZeroU32;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::cow_map::CowMap;
@@ -32,12 +33,22 @@ pub struct Subscription {
 /// Subscribers of one filter, or members of one share group.
 pub type Members = CowMap<SessionId, Subscription>;
 
+/// The members of one share group, in the order they subscribed, and whose turn it is.
+#[derive(Clone, Debug, Default)]
+struct Group {
+    members: Members,
+    /// Counts the group's messages: the next goes to member `turn % len`, as Mosquitto
+    /// rotates a group's list. Shared by every copy of the group, so it survives membership
+    /// changes and snapshots; atomic, since every shard's publishers advance it.
+    turn: Arc<AtomicUsize>,
+}
+
 /// Everything subscribed to one exact filter.
 #[derive(Clone, Debug, Default)]
 struct Leaf {
     subscribers: Members,
     /// `$share/{group}/{filter}` groups, by group name.
-    groups: CowMap<Arc<str>, Members>,
+    groups: CowMap<Arc<str>, Group>,
 }
 
 impl Leaf {
@@ -64,7 +75,12 @@ pub struct Node {
 #[derive(Clone, Copy, Debug)]
 pub enum Match<'a> {
     Subscriber(SessionId, &'a Subscription),
-    Group { name: &'a str, members: &'a Members },
+    Group {
+        name: &'a str,
+        members: &'a Members,
+        /// Advanced once per message to the group (see `Group`).
+        turn: &'a AtomicUsize,
+    },
 }
 
 fn split_level(topic: &str) -> (&str, Option<&str>) {
@@ -79,8 +95,12 @@ fn emit<'a, F: FnMut(Match<'a>)>(leaf: &'a Option<Arc<Leaf>>, f: &mut F) {
     for (&session, subscription) in leaf.subscribers.iter() {
         f(Match::Subscriber(session, subscription));
     }
-    for (name, members) in leaf.groups.iter() {
-        f(Match::Group { name, members });
+    for (name, group) in leaf.groups.iter() {
+        f(Match::Group {
+            name,
+            members: &group.members,
+            turn: &group.turn,
+        });
     }
 }
 
@@ -150,7 +170,7 @@ impl Node {
         let leaf = self.leaf(&levels)?.as_ref()?;
         match filter.group() {
             None => leaf.subscribers.get(&session),
-            Some(group) => leaf.groups.get(group)?.get(&session),
+            Some(group) => leaf.groups.get(group)?.members.get(&session),
         }
     }
 
@@ -158,7 +178,7 @@ impl Node {
     pub fn count(&self) -> usize {
         let leaf_count = |leaf: &Option<Arc<Leaf>>| {
             leaf.as_ref().map_or(0, |l| {
-                l.subscribers.len() + l.groups.iter().map(|(_, m)| m.len()).sum::<usize>()
+                l.subscribers.len() + l.groups.iter().map(|(_, g)| g.members.len()).sum::<usize>()
             })
         };
         leaf_count(&self.exact)
@@ -198,8 +218,10 @@ impl Node {
         let members = match group {
             None => &mut leaf.subscribers,
             Some(group) => {
-                leaf.groups
+                &mut leaf
+                    .groups
                     .get_or_insert_with(group, || Arc::from(group), Default::default)
+                    .members
             }
         };
         members.insert(session, sub)
@@ -247,7 +269,7 @@ fn remove_from_leaf(
     let removed = match group {
         None => leaf.subscribers.remove(&session),
         Some(group) => {
-            let members = leaf.groups.get_mut(group)?;
+            let members = &mut leaf.groups.get_mut(group)?.members;
             let removed = members.remove(&session);
             if members.is_empty() {
                 leaf.groups.remove(group);
