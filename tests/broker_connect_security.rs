@@ -68,3 +68,23 @@ fn a_wrong_password_is_not_authorised_even_with_anonymous_allowed() {
         ReasonCode::Success
     );
 }
+
+/// A user whose password is empty cannot log in with it, nor without a password
+/// (Mosquitto 2 refuses both, even where the file holds the hash of the empty string).
+#[test]
+fn an_empty_or_missing_password_matches_no_entry() {
+    let blank = password_file("pw-blank", &[("blank", "")]);
+    let conf = config_file(
+        "pw-blank.conf",
+        &format!("listener 0 127.0.0.1\nallow_anonymous false\npassword_file {blank}\n"),
+    );
+    let broker = Broker::start_configured(&["-c", &conf]);
+    let empty = login(broker.port, ProtocolVersion::V311, Some("blank"), "");
+    assert_eq!(empty, ReasonCode::NotAuthorized);
+    let mut c = connect_packet(ProtocolVersion::V311, "nopw", true, 60);
+    c.username = Some(s("blank"));
+    assert_eq!(
+        Raw::connect_with(broker.port, c).1.reason,
+        ReasonCode::NotAuthorized
+    );
+}

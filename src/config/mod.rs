@@ -60,6 +60,21 @@ impl Security {
     pub fn anonymous_allowed(&self) -> bool {
         self.allow_anonymous.unwrap_or(true)
     }
+
+    /// Whether a user name and password let a client in, as Mosquitto 2 decides: with a
+    /// `password_file`, a user name must be in it with this password (none, or an empty
+    /// one, matches no entry), and a client without a user name needs `allow_anonymous`;
+    /// with nothing to check a password against, only `allow_anonymous` lets anyone in,
+    /// user name or not (a client never gets in because a check had nothing to check).
+    pub fn lets_in(&self, user: Option<&str>, password: Option<&[u8]>) -> bool {
+        match (&self.password_file, user) {
+            (Some(passwords), Some(user)) => match password {
+                Some(password) if !password.is_empty() => passwords.check(user, password),
+                _ => false,
+            },
+            _ => self.anonymous_allowed(),
+        }
+    }
 }
 
 /// One `listener` (or the default listener of `port`/`bind_address`, or the loopback

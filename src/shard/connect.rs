@@ -111,7 +111,8 @@ impl<B: Backend> Shard<B> {
         }
         // 5.0 enhanced authentication decides for itself (below), as in Mosquitto.
         let enhanced = v5 && connect.properties.authentication_method.is_some();
-        if !enhanced && !self.password_accepted(&connect, security) {
+        let user = connect.username.as_ref().map(|u| u.as_str());
+        if !enhanced && !security.lets_in(user, connect.password.as_deref()) {
             // Mosquitto 2 refuses with "not authorised" (5 / 0x87), bad password or none.
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
             return;
@@ -191,20 +192,6 @@ impl<B: Backend> Shard<B> {
         let existing = self.by_client.get(&client_id).copied();
         let session = existing.and_then(|id| self.take_local_session(id, connect.clean_start));
         self.accept_connect(conn, *connect, client_id, assigned, session);
-    }
-
-    /// Whether the user name and password let the client in, as Mosquitto 2 decides: with
-    /// a `password_file`, a user name must be in it with this password, and a client
-    /// without one needs `allow_anonymous`; with nothing to check a password against, only
-    /// `allow_anonymous` lets anyone in, user name or not (a client never gets in because a
-    /// check had nothing to check against).
-    fn password_accepted(&self, connect: &Connect, security: &crate::config::Security) -> bool {
-        match (&security.password_file, &connect.username) {
-            (Some(passwords), Some(user)) => {
-                passwords.check(user, connect.password.as_deref().unwrap_or_default())
-            }
-            _ => security.anonymous_allowed(),
-        }
     }
 
     /// Closes a connection that was waiting for its session, taken over by a newer one.

@@ -49,12 +49,7 @@ impl<B: Backend> Shard<B> {
                 .as_ref()
                 .is_none_or(|p| session.client_id.starts_with(p.as_str()));
             let allowed = prefix_ok
-                && match &session.username {
-                    None => security.anonymous_allowed(),
-                    Some(user) => security.password_file.as_ref().is_none_or(|passwords| {
-                        passwords.check(user, session.password.as_deref().unwrap_or_default())
-                    }),
-                };
+                && security.lets_in(session.username.as_deref(), session.password.as_deref());
             if !allowed {
                 refused.push((conn, session.client_id.clone()));
             }
