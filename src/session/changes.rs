@@ -286,14 +286,19 @@ mod tests {
         for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce] {
             let (m, t) = (message(qos), target(qos));
             if s.offer(&m, &t, limits, &mut changes) == Offer::Send {
-                in_flight.push(s.start(&m, &t, &mut changes));
+                in_flight.push(s.start(&m, &t, None, &mut changes));
             }
         }
         assert_eq!(s.outgoing().queue_len(), 1, "the third waits");
         assert!(s.pubrec(in_flight[1], &mut changes));
         assert!(s.acknowledged(in_flight[0], QoS::AtLeastOnce, &mut changes));
         let queued = s.next_queued(2, &mut changes).expect("room now");
-        s.start(&queued.message, &queued.target, &mut changes);
+        s.start(
+            &queued.message,
+            &queued.target,
+            Some(queued.packet_id),
+            &mut changes,
+        );
         s.awaiting_pubrel(9, &mut changes);
         s.awaiting_pubrel(10, &mut changes);
         assert!(s.pubrel(9, &mut changes));

@@ -186,9 +186,16 @@ impl Session {
         offer
     }
 
-    /// A QoS 1/2 message goes in flight; returns its packet id.
-    pub fn start(&mut self, message: &Arc<Message>, target: &Target, changes: &mut Changes) -> u16 {
-        let packet_id = self.outgoing.start(message, target);
+    /// A QoS 1/2 message goes in flight; returns its packet id (`numbered`: the one it was
+    /// given when queued).
+    pub fn start(
+        &mut self,
+        message: &Arc<Message>,
+        target: &Target,
+        numbered: Option<u16>,
+        changes: &mut Changes,
+    ) -> u16 {
+        let packet_id = self.outgoing.start(message, target, numbered);
         changes.push(self.id, || What::InFlight {
             packet_id,
             message: message.clone(),

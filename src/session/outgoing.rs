@@ -31,6 +31,11 @@ pub struct InFlight {
 pub struct Queued {
     pub message: Arc<Message>,
     pub target: Target,
+    /// The packet identifier numbered for it when it was queued, used when it goes out
+    /// unless another exchange holds it by then: identifiers follow the order messages
+    /// were given to the session, as Mosquitto numbers them (a queued message that expires
+    /// leaves a gap).
+    pub packet_id: u16,
 }
 
 /// A retained message owed to a new subscription, sent as the client reads (never all at
@@ -127,11 +132,13 @@ impl Outgoing {
             self.dropped += 1;
             return Offer::Dropped(DropReason::QueueFull);
         }
+        let packet_id = self.next_number();
         let backlog = self.backlog.get_or_insert_with(Default::default);
         backlog.queued_bytes += size;
         backlog.queue.push_back(Queued {
             message: message.clone(),
             target: target.clone(),
+            packet_id,
         });
         Offer::Queued
     }
@@ -147,16 +154,26 @@ impl Outgoing {
         self.inflight.len() >= window
     }
 
+    /// The next number in the packet identifier sequence (never 0).
+    fn next_number(&mut self) -> u16 {
+        self.last_id = self.last_id.wrapping_add(1).max(1);
+        self.last_id
+    }
+
     /// A QoS 1/2 message enters the window; returns its packet identifier: non-zero
     /// [MQTT-2.2.1-3] and not in use by another unfinished exchange [MQTT-2.2.1-4].
-    pub fn start(&mut self, message: &Arc<Message>, target: &Target) -> u16 {
+    /// `numbered`: the one it was given when queued, kept if still free.
+    pub fn start(&mut self, message: &Arc<Message>, target: &Target, numbered: Option<u16>) -> u16 {
         debug_assert!(target.qos != QoS::AtMostOnce);
         debug_assert!(self.inflight.len() < usize::from(u16::MAX));
-        let id = loop {
-            self.last_id = self.last_id.wrapping_add(1);
-            if self.last_id != 0 && !self.inflight.contains_key(&self.last_id) {
-                break self.last_id;
-            }
+        let id = match numbered {
+            Some(id) if id != 0 && !self.inflight.contains_key(&id) => id,
+            _ => loop {
+                let id = self.next_number();
+                if !self.inflight.contains_key(&id) {
+                    break id;
+                }
+            },
         };
         self.sent += 1;
         self.inflight.insert(
@@ -371,7 +388,7 @@ mod tests {
         for n in 0..2 {
             let m = message(n, QoS::AtLeastOnce);
             assert_eq!(out.offer(&m, &t, true, LIMITS), Offer::Send);
-            ids.push(out.start(&m, &t));
+            ids.push(out.start(&m, &t, None));
         }
         for n in 2..5 {
             let m = message(n, QoS::AtLeastOnce);
@@ -392,7 +409,7 @@ mod tests {
         assert!(!out.puback(ids[0]), "acknowledged once");
         let next = out.next_queued(LIMITS.window).unwrap();
         assert_eq!(next.message.payload[0], 2);
-        out.start(&next.message, &next.target);
+        out.start(&next.message, &next.target, Some(next.packet_id));
         assert!(
             out.next_queued(LIMITS.window).is_none(),
             "the window is full"
@@ -405,11 +422,11 @@ mod tests {
         let mut out = Outgoing::default();
         let t = target(QoS::ExactlyOnce);
         let m = message(0, QoS::ExactlyOnce);
-        let first = out.start(&m, &t);
+        let first = out.start(&m, &t, None);
         assert_eq!(first, 1);
         // Go round all 65,535 ids once: the one still in flight is never given again.
         for _ in 0..70_000 {
-            let id = out.start(&m, &t);
+            let id = out.start(&m, &t, None);
             assert_ne!(id, 0);
             assert_ne!(id, first);
             assert!(out.pubrec(id));
@@ -424,7 +441,7 @@ mod tests {
         let mut out = Outgoing::default();
         let t = target(QoS::AtLeastOnce);
         let ids: Vec<u16> = (0..5)
-            .map(|n| out.start(&message(n, QoS::AtLeastOnce), &t))
+            .map(|n| out.start(&message(n, QoS::AtLeastOnce), &t, None))
             .collect();
         out.puback(ids[1]);
         let order: Vec<u8> = out
@@ -446,5 +463,36 @@ mod tests {
             Offer::Dropped(DropReason::Offline)
         );
         assert_eq!(out.queue_len(), 0);
+    }
+
+    /// Queued messages are numbered when queued (Mosquitto's order): one that expires in
+    /// the queue leaves a gap, and a number taken by then is not reused for it.
+    #[test]
+    fn queued_messages_keep_the_number_they_were_queued_with() {
+        let mut out = Outgoing::default();
+        let t = target(QoS::AtLeastOnce);
+        let limits = Limits {
+            window: 1,
+            queued_max: usize::MAX,
+            queued_bytes_max: 0,
+        };
+        let first = message(1, QoS::AtLeastOnce);
+        assert_eq!(out.offer(&first, &t, true, limits), Offer::Send);
+        assert_eq!(out.start(&first, &t, None), 1);
+        for n in 2..=3 {
+            let m = message(n, QoS::AtLeastOnce);
+            assert_eq!(out.offer(&m, &t, true, limits), Offer::Queued);
+        }
+        assert!(out.puback(1));
+        let expired = out.next_queued(1).unwrap();
+        assert_eq!(expired.packet_id, 2);
+        let next = out.next_queued(1).unwrap();
+        assert_eq!(
+            out.start(&next.message, &next.target, Some(next.packet_id)),
+            3
+        );
+        // A number still in flight is not given twice.
+        let m = message(4, QoS::AtLeastOnce);
+        assert_ne!(out.start(&m, &t, Some(3)), 3);
     }
 }

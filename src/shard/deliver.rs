@@ -52,6 +52,7 @@ impl<B: Backend> Shard<B> {
                 &queued.message,
                 &queued.target,
                 &mut Variants::default(),
+                Some(queued.packet_id),
             );
         }
     }
@@ -280,7 +281,7 @@ impl<B: Backend> Shard<B> {
         }
         let limits = session.limits(inflight_max, queued_max, self.config.queued_bytes_max);
         match session.offer(message, target, limits, &mut self.changes) {
-            Offer::Send => self.send_to_session(target.session, message, target, variants),
+            Offer::Send => self.send_to_session(target.session, message, target, variants, None),
             Offer::Queued | Offer::Dropped(DropReason::Offline) => {}
             Offer::Dropped(DropReason::QueueFull) => {
                 self.shared.stats[self.id]
@@ -305,6 +306,7 @@ impl<B: Backend> Shard<B> {
         message: &Arc<Message>,
         target: &Target,
         variants: &mut Variants,
+        numbered: Option<u16>,
     ) {
         let write_max = self.config.client_write_max;
         let over_memory_limit = self.over_memory_limit();
@@ -413,7 +415,7 @@ impl<B: Backend> Shard<B> {
         let packet_id = if target.qos == QoS::AtMostOnce {
             0
         } else {
-            session.start(message, target, &mut self.changes)
+            session.start(message, target, numbered, &mut self.changes)
         };
         let was_empty = c.out.is_empty();
         let start = c.out.len();
