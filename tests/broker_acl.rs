@@ -276,3 +276,54 @@ fn another_users_client_id_does_not_take_its_session() {
     mallory.expect_nothing(std::time::Duration::from_millis(200));
     broker.wait_for_log("connected as a different user");
 }
+
+/// A message queued for an offline session is checked against the ACL again when it goes
+/// out: after a reload that takes read access away, the returning client does not get it
+/// (as Mosquitto).
+#[test]
+fn queued_messages_obey_the_acl_in_force_when_they_go_out() {
+    let acl = config_file(
+        "requeue-acl",
+        "user u\ntopic readwrite one\ntopic readwrite two\n",
+    );
+    let pw = password_file("requeue", &[("u", "p")]);
+    let conf = config_file(
+        "requeue",
+        &format!("user root\nlistener 0 127.0.0.1\npassword_file {pw}\nacl_file {acl}\n"),
+    );
+    let broker = Broker::start_configured(&["-c", &conf]);
+    let port = broker.ports(1)[0];
+    let mut persistent = connect_packet(ProtocolVersion::V311, "away", false, 60);
+    persistent.username = Some(s("u"));
+    persistent.password = Some(bytes::Bytes::from_static(b"p"));
+    let (mut away, _) = Raw::connect_with(port, persistent.clone());
+    away.subscribe(&[("one", QoS::AtLeastOnce), ("two", QoS::AtLeastOnce)]);
+    away.send(&Packet::Disconnect(Disconnect::default()));
+    assert!(away.expect_closed().is_empty());
+    let mut publisher = login(port, ProtocolVersion::V311, "pub", Some(("u", "p")));
+    publisher.send(&publish("two", b"secret", QoS::AtLeastOnce, 1, false));
+    publisher.send(&publish("one", b"fine", QoS::AtLeastOnce, 2, false));
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    config_file("requeue-acl", "user u\ntopic readwrite one\n");
+    broker.signal(libc::SIGHUP);
+    // The new ACL is in force once a 5.0 probe's PUBLISH to `two` is refused.
+    let mut probe = login(port, ProtocolVersion::V5, "probe", Some(("u", "p")));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for id in 1.. {
+        probe.send(&publish("two", b"probe", QoS::AtLeastOnce, id, false));
+        match probe.recv() {
+            Packet::PubAck(ack) if ack.reason == ReasonCode::NotAuthorized => break,
+            Packet::PubAck(_) => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the ACL was not reloaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (mut back, ack) = Raw::connect_with(port, persistent);
+    assert!(ack.session_present);
+    assert_eq!(&back.recv_publish().payload[..], b"fine");
+}

@@ -47,6 +47,11 @@ impl<B: Backend> Shard<B> {
             let Some(queued) = session.next_queued(window, &mut self.changes) else {
                 return;
             };
+            // acl_file: checked again as the message leaves the queue, so that an ACL
+            // reloaded meanwhile decides what a returning client still gets (Mosquitto).
+            if !self.may_read(session_id, &queued.message.topic) {
+                continue;
+            }
             self.send_to_session(
                 session_id,
                 &queued.message,
@@ -254,6 +259,17 @@ impl<B: Backend> Shard<B> {
         }
     }
 
+    /// Whether the ACL (if any) lets this session's client read `topic`.
+    fn may_read(&self, session_id: SessionId, topic: &str) -> bool {
+        self.sessions.get(&session_id).is_some_and(|s| {
+            let acl = self.config.security(s.listener).acl.as_ref();
+            acl.is_none_or(|acl| {
+                let read = crate::auth::acl::Access::Read;
+                acl.check_topic(s.username.as_deref(), &s.client_id, topic, read)
+            })
+        })
+    }
+
     /// One message into one session: straight out, into the inflight window, or queued.
     pub(super) fn deliver_to_session(
         &mut self,
@@ -269,13 +285,8 @@ impl<B: Backend> Shard<B> {
         // acl_file: only what the client may read reaches it, whatever its filter matched
         // (a subscription to `#` leaks nothing), retained messages included.
         if let Some(acl) = &self.config.security(session.listener).acl {
-            let user = session.username.as_deref();
-            if !acl.check_topic(
-                user,
-                &session.client_id,
-                &message.topic,
-                crate::auth::acl::Access::Read,
-            ) {
+            let (user, read) = (session.username.as_deref(), crate::auth::acl::Access::Read);
+            if !acl.check_topic(user, &session.client_id, &message.topic, read) {
                 return;
             }
         }
