@@ -210,3 +210,15 @@ fn share_groups_take_turns_in_subscription_order() {
     assert_eq!(payload(&mut c), b"3");
     assert_eq!(payload(&mut b), b"3");
 }
+
+/// Not even the CONNACK may exceed the client's Maximum Packet Size [MQTT-3.1.2-24]: a
+/// client that says 2 bytes is closed without one.
+#[test]
+fn a_client_that_cannot_take_the_connack_is_closed_without_one() {
+    let broker = Broker::start(&[]);
+    let mut connect = connect_packet(ProtocolVersion::V5, "tiny", true, 60);
+    connect.properties.maximum_packet_size = Some(2);
+    let mut raw = Raw::open(broker.port, ProtocolVersion::V5);
+    raw.send(&Packet::Connect(Box::new(connect)));
+    assert!(raw.expect_closed().is_empty());
+}

@@ -474,11 +474,23 @@ impl<B: Backend> Shard<B> {
             reason: ReasonCode::Success,
             properties,
         };
+        // [MQTT-3.1.2-24] not even the CONNACK may exceed the client's Maximum Packet Size:
+        // a client that cannot take it is closed without one (as Mosquitto).
+        let ack = Packet::ConnAck(ack);
+        let size_max = connect.properties.maximum_packet_size.map(|n| n as usize);
+        let ack_len = ack.encoded_len(connect.version).unwrap_or(usize::MAX);
+        if size_max.is_some_and(|max| ack_len > max) {
+            log::info!(
+                "Client {client_id} cannot take a CONNACK of {ack_len} bytes (its Maximum Packet Size), disconnecting."
+            );
+            self.close_conn(conn, super::close::CloseReason::ProtocolError);
+            return;
+        }
         log::debug!(
             "Sending CONNACK to {client_id} ({}, 0)",
             u8::from(session_present)
         );
-        self.send_packet(conn, &Packet::ConnAck(ack));
+        self.send_packet(conn, &ack);
         if session_present {
             self.resume_outgoing(session_id);
         }
