@@ -327,3 +327,47 @@ fn queued_messages_obey_the_acl_in_force_when_they_go_out() {
     assert!(ack.session_present);
     assert_eq!(&back.recv_publish().payload[..], b"fine");
 }
+
+/// check_retain_source: a retained message goes to a new subscriber only while its
+/// publisher may still publish to its topic; a reload that takes write access away hides
+/// it (as Mosquitto).
+#[test]
+fn check_retain_source_hides_what_its_publisher_may_no_longer_write() {
+    let acl = config_file("source-acl", "topic readwrite test/#\ntopic read marker\n");
+    let conf = config_file(
+        "source",
+        &format!(
+            "user root\nlistener 0 127.0.0.1\nallow_anonymous true\nacl_file {acl}\ncheck_retain_source true\n"
+        ),
+    );
+    let broker = Broker::start_configured(&["-c", &conf]);
+    let port = broker.ports(1)[0];
+    let mut publisher = login(port, ProtocolVersion::V5, "source", None);
+    publisher.send(&publish("test/topic", b"kept", QoS::AtLeastOnce, 1, true));
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    let mut first = login(port, ProtocolVersion::V311, "first", None);
+    first.subscribe(&[("test/topic", QoS::AtMostOnce)]);
+    assert_eq!(&first.recv_publish().payload[..], b"kept");
+
+    config_file("source-acl", "topic read test/#\ntopic readwrite marker\n");
+    broker.signal(libc::SIGHUP);
+    // The new ACL is in force once a 5.0 probe's PUBLISH to test/ is refused.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for id in 2.. {
+        publisher.send(&publish("test/probe", b"p", QoS::AtLeastOnce, id, false));
+        match publisher.recv() {
+            Packet::PubAck(ack) if ack.reason == ReasonCode::NotAuthorized => break,
+            Packet::PubAck(_) => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the ACL was not reloaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut second = login(port, ProtocolVersion::V311, "second", None);
+    second.subscribe(&[("test/topic", QoS::AtMostOnce), ("marker", QoS::AtMostOnce)]);
+    publisher.send(&publish("marker", b"m", QoS::AtMostOnce, 0, false));
+    assert_eq!(second.recv_publish().topic.as_str(), "marker");
+}

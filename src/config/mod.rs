@@ -217,6 +217,9 @@ pub struct Config {
     /// `retain_available`: false refuses retained messages (5.0: Retain Available 0 in
     /// CONNACK, and DISCONNECT 0x9A for a PUBLISH with RETAIN).
     pub retain_available: bool,
+    /// `check_retain_source`: a retained message goes to a new subscriber only while the
+    /// client that published it may still publish to its topic (ACL, after reloads too).
+    pub check_retain_source: bool,
     /// `upgrade_outgoing_qos`: messages go out at the subscription's QoS, even above the
     /// QoS they were published with (Mosquitto's option; outside the spec's rule).
     pub upgrade_outgoing_qos: bool,
@@ -269,6 +272,7 @@ impl Default for Config {
             packet_size_max: 268_435_455 + 5,
             message_size_limit: 0,
             retain_available: true,
+            check_retain_source: false,
             upgrade_outgoing_qos: false,
             keepalive_max_s: 65535,
             persistent_client_expiration: None,

@@ -335,6 +335,7 @@ impl Reader {
                 config.packet_size_max = line.number(268_435_460)?.max(20) as usize
             }
             "retain_available" => config.retain_available = line.boolean()?,
+            "check_retain_source" => config.check_retain_source = line.boolean()?,
             "upgrade_outgoing_qos" => config.upgrade_outgoing_qos = line.boolean()?,
             "message_size_limit" => {
                 config.message_size_limit = line.number(268_435_455)? as usize

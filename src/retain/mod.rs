@@ -10,6 +10,17 @@ use crate::types::Message;
 struct RetainNode {
     children: HashMap<Box<str>, RetainNode>,
     message: Option<Arc<Message>>,
+    /// Who published it, kept for `check_retain_source` only.
+    source: Option<Arc<Source>>,
+}
+
+/// The client that published a retained message: `check_retain_source` sends it to a new
+/// subscriber only while this client may still publish to its topic (as Mosquitto).
+#[derive(Debug)]
+pub struct Source {
+    pub client_id: Arc<str>,
+    pub username: Option<String>,
+    pub listener: usize,
 }
 
 #[derive(Default)]
@@ -30,6 +41,11 @@ impl RetainStore {
     /// Stores `message` as the retained one for its topic, or with an empty payload removes
     /// it. [MQTT-3.3.1-5] [MQTT-3.3.1-10] [MQTT-3.3.1-11]
     pub fn set(&mut self, message: Arc<Message>) {
+        self.set_from(message, None);
+    }
+
+    /// As `set`, remembering who published it (for `check_retain_source`).
+    pub fn set_from(&mut self, message: Arc<Message>, source: Option<Arc<Source>>) {
         let topic = message.topic.to_string();
         if message.payload.is_empty() {
             if Self::remove(&mut self.root, &topic) {
@@ -41,6 +57,7 @@ impl RetainStore {
         for level in topic.split('/') {
             node = node.children.entry(level.into()).or_default();
         }
+        node.source = source;
         if node.message.replace(message).is_none() {
             self.count += 1;
         }
@@ -56,7 +73,10 @@ impl RetainStore {
             return false;
         };
         let removed = match rest {
-            None => child.message.take().is_some(),
+            None => {
+                child.source = None;
+                child.message.take().is_some()
+            }
             Some(rest) => Self::remove(child, rest),
         };
         if child.message.is_none() && child.children.is_empty() {
@@ -67,13 +87,25 @@ impl RetainStore {
 
     /// Every retained message whose topic matches `filter` (valid, not shared).
     pub fn matching(&self, filter: &str, out: &mut Vec<Arc<Message>>) {
-        let levels: Vec<&str> = filter.split('/').collect();
-        Self::collect(&self.root, &levels, true, out);
+        self.matching_from(filter, out, &|_, _| true);
     }
 
-    fn collect(node: &RetainNode, levels: &[&str], at_root: bool, out: &mut Vec<Arc<Message>>) {
+    /// As `matching`, keeping only messages whose source `keep` accepts (those stored
+    /// without one are kept).
+    pub fn matching_from(
+        &self,
+        filter: &str,
+        out: &mut Vec<Arc<Message>>,
+        keep: &dyn Fn(&Source, &Message) -> bool,
+    ) {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let mut found = Found { out, keep };
+        Self::collect(&self.root, &levels, true, &mut found);
+    }
+
+    fn collect(node: &RetainNode, levels: &[&str], at_root: bool, out: &mut Found<'_>) {
         let Some((&level, rest)) = levels.split_first() else {
-            out.extend(node.message.iter().cloned());
+            out.add(node);
             return;
         };
         // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
@@ -82,7 +114,7 @@ impl RetainStore {
             "#" => {
                 // '#' matches the parent level too.
                 if !at_root {
-                    out.extend(node.message.iter().cloned());
+                    out.add(node);
                 }
                 for (name, child) in &node.children {
                     if visible(name) {
@@ -105,10 +137,26 @@ impl RetainStore {
         }
     }
 
-    fn collect_all(node: &RetainNode, out: &mut Vec<Arc<Message>>) {
-        out.extend(node.message.iter().cloned());
+    fn collect_all(node: &RetainNode, out: &mut Found<'_>) {
+        out.add(node);
         for child in node.children.values() {
             Self::collect_all(child, out);
+        }
+    }
+}
+
+/// Where `collect` puts what it finds.
+struct Found<'a> {
+    out: &'a mut Vec<Arc<Message>>,
+    keep: &'a dyn Fn(&Source, &Message) -> bool,
+}
+
+impl Found<'_> {
+    fn add(&mut self, node: &RetainNode) {
+        if let Some(message) = &node.message {
+            if node.source.as_ref().is_none_or(|s| (self.keep)(s, message)) {
+                self.out.push(message.clone());
+            }
         }
     }
 }

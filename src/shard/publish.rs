@@ -199,11 +199,12 @@ impl<B: Backend> Shard<B> {
                 expires_at,
             });
             if message.retain {
+                let source = self.retain_source(session_id);
                 self.shared
                     .retained
                     .lock()
                     .expect("retained lock")
-                    .set(message.clone());
+                    .set_from(message.clone(), source);
             }
             matched = self.route(&message, Some(conn));
         }
@@ -260,6 +261,19 @@ impl<B: Backend> Shard<B> {
             aliases[slot] = Some(topic.detached());
         }
         Ok(())
+    }
+
+    /// Who publishes a retained message, when `check_retain_source` needs to know.
+    fn retain_source(&self, session_id: SessionId) -> Option<Arc<crate::retain::Source>> {
+        if !self.config.check_retain_source {
+            return None;
+        }
+        let s = self.sessions.get(&session_id)?;
+        Some(Arc::new(crate::retain::Source {
+            client_id: s.client_id.clone(),
+            username: s.username.clone(),
+            listener: s.listener,
+        }))
     }
 
     /// Whether this session's client may publish to `topic`: never to `$SYS` (but for a

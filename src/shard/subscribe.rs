@@ -298,11 +298,22 @@ impl<B: Backend> Shard<B> {
             self.send_packet(conn, &packet);
             for request in retained {
                 let mut messages: Vec<Arc<Message>> = Vec::new();
+                // check_retain_source: only what its publisher may still publish (the ACL
+                // in force now; sources are kept only with the option on).
+                let config = &self.config;
+                let still_allowed = |source: &crate::retain::Source, message: &Message| {
+                    let acl = config.security(source.listener).acl.as_ref();
+                    acl.is_none_or(|acl| {
+                        let (user, id) = (source.username.as_deref(), &*source.client_id);
+                        let write = crate::auth::acl::Access::Write;
+                        acl.check_topic(user, id, &message.topic, write)
+                    })
+                };
                 self.shared
                     .retained
                     .lock()
                     .expect("retained lock")
-                    .matching(&request.filter, &mut messages);
+                    .matching_from(&request.filter, &mut messages, &still_allowed);
                 if !messages.is_empty() {
                     self.owe_retained(session, messages, request.qos, request.identifier);
                 }
