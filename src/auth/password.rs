@@ -127,26 +127,43 @@ pub struct PasswordFile {
 }
 
 impl PasswordFile {
+    /// Reads a password file. Entries that cannot be used (no hash, a hash midge cannot
+    /// read) are left out and logged with their line, as Mosquitto leaves them out: those
+    /// users cannot log in, everyone else can. A file that cannot be read is an error.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|(line, e)| format!("{}:{line}: {e}", path.display()))
+        let (file, rejected) = Self::parse(&text);
+        for (line, why) in rejected {
+            log::error!(
+                "Error: {}:{line}: {why}; the entry is left out.",
+                path.display()
+            );
+        }
+        Ok(file)
     }
 
-    /// Parses a file's text; an error names its line.
-    pub fn parse(text: &str) -> Result<Self, (usize, String)> {
+    /// Parses a file's text: the users, and the entries left out (line and why).
+    pub fn parse(text: &str) -> (Self, Vec<(usize, String)>) {
         let mut users = HashMap::new();
+        let mut rejected = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (user, hash) = line
-                .split_once(':')
-                .ok_or((i + 1, "no ':' between user and hash".to_string()))?;
-            let hash = PasswordHash::parse(hash).map_err(|e| (i + 1, e))?;
-            users.insert(user.to_string(), hash);
+            let Some((user, hash)) = line.split_once(':') else {
+                rejected.push((i + 1, format!("no password hash for user {line}")));
+                continue;
+            };
+            match PasswordHash::parse(hash) {
+                Ok(hash) if !user.is_empty() => {
+                    users.insert(user.to_string(), hash);
+                }
+                Ok(_) => rejected.push((i + 1, "an empty user name".to_string())),
+                Err(e) => rejected.push((i + 1, format!("user {user}: {e}"))),
+            }
         }
-        Ok(PasswordFile { users })
+        (PasswordFile { users }, rejected)
     }
 
     /// Whether `user` exists and `password` is theirs.
@@ -173,7 +190,8 @@ mod tests {
 
     #[test]
     fn mosquitto_hashes_verify_and_reencode() {
-        let file = PasswordFile::parse(&format!("# users\nalice:{ALICE}\nbob:{BOB}\n")).unwrap();
+        let (file, rejected) = PasswordFile::parse(&format!("# users\nalice:{ALICE}\nbob:{BOB}\n"));
+        assert!(rejected.is_empty());
         assert!(file.check("alice", b"secret"));
         assert!(!file.check("alice", b"Secret"));
         assert!(file.check("bob", b"hunter2"));
@@ -184,11 +202,21 @@ mod tests {
     }
 
     #[test]
-    fn bad_lines_are_named() {
-        assert_eq!(PasswordFile::parse("alice:$7$101$abc$").unwrap_err().0, 1);
-        assert_eq!(PasswordFile::parse("\nbob").unwrap_err().0, 2);
-        assert!(PasswordFile::parse("x:$7$0$AAAA$AAAA").is_err());
-        assert!(PasswordFile::parse("x:plain").is_err());
+    fn bad_entries_are_left_out_and_named() {
+        let lines = |text: &str| -> Vec<usize> {
+            PasswordFile::parse(text)
+                .1
+                .iter()
+                .map(|(line, _)| *line)
+                .collect()
+        };
+        assert_eq!(lines("alice:$7$101$abc$"), [1]);
+        assert_eq!(lines("\nbob"), [2]);
+        assert_eq!(lines("x:$7$0$AAAA$AAAA\nx:plain"), [1, 2]);
+        let (file, rejected) = PasswordFile::parse(&format!("bad:\nbob:{BOB}\n:{BOB}\n"));
+        assert_eq!(rejected.len(), 2);
+        assert!(file.check("bob", b"hunter2"), "the good entry stays");
+        assert!(!file.check("bad", b""));
     }
 
     #[test]
