@@ -169,7 +169,7 @@ fn connect() {
         server(),
         frame(0x10, &connect_body(b"MQTT", 4, 0x06, &[], &will)),
         |e| matches!(e, DecodeError::WildcardInTopicName(_)),
-        ReasonCode::TopicNameInvalid,
+        PROTOCOL,
     );
     let will = cat(&[&s(b""), &s(b"bye")]);
     refused(
@@ -269,13 +269,13 @@ fn publish() {
         client(V311),
         frame(0x30, &cat(&[&s(b"a/#"), b"x"])),
         |e| matches!(e, DecodeError::WildcardInTopicName(_)),
-        ReasonCode::TopicNameInvalid,
+        PROTOCOL,
     );
     refused(
         client(V311),
         frame(0x30, &cat(&[&s(b"a/+/b"), b"x"])),
         |e| matches!(e, DecodeError::WildcardInTopicName(_)),
-        ReasonCode::TopicNameInvalid,
+        PROTOCOL,
     );
     // [MQTT-2.3.1-1] packet identifier 0 at QoS 1 (Protocol Error, as Mosquitto).
     refused(

@@ -222,3 +222,13 @@ fn a_client_that_cannot_take_the_connack_is_closed_without_one() {
     raw.send(&Packet::Connect(Box::new(connect)));
     assert!(raw.expect_closed().is_empty());
 }
+
+/// A wildcard in a Topic Name [MQTT-3.3.2-2] ends the connection with 0x82, Mosquitto's
+/// code (0x90 would say the name was well formed).
+#[test]
+fn a_wildcard_topic_name_is_a_protocol_error() {
+    let broker = Broker::start(&[]);
+    let mut c = connect5(broker.port, "wild");
+    c.send_bytes(&[0x30, 0x07, 0x00, 0x03, b'a', b'/', b'+', 0x00, b'x']);
+    assert_eq!(c.recv_bytes(3), [0xE0, 0x01, 0x82]);
+}

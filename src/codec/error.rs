@@ -92,7 +92,9 @@ impl DecodeError {
             | ExpectedConnect(_)
             | InvalidReasonCode { .. }
             | EmptyTopicName => ReasonCode::ProtocolError,
-            WildcardInTopicName(_) => ReasonCode::TopicNameInvalid,
+            // [MQTT-3.3.2-2] a wildcard in a Topic Name: the spec names no code; Mosquitto's
+            // Protocol Error (0x90 is for a name well formed but not accepted).
+            WildcardInTopicName(_) => ReasonCode::ProtocolError,
             _ => ReasonCode::MalformedPacket,
         }
     }
