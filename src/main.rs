@@ -162,12 +162,20 @@ fn run(config: Config, args: &Args) -> ExitCode {
         }
     };
     let stopper = server.stopper();
+    // Set in the signal handler itself, at once; cleared below when the reload is applied.
+    let reload_pending = stopper.reload_pending();
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_pending.clone())
+    {
+        log::error!("Error: cannot handle signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let handle = signals.handle();
     let signal_args = args.clone();
     let signal_thread = std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == signal_hook::consts::SIGHUP {
                 reload(&signal_args, &stopper);
+                reload_pending.store(false, std::sync::atomic::Ordering::Release);
             } else {
                 stopper.stop();
                 return;

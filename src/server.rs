@@ -196,6 +196,11 @@ impl Stopper {
         reload(&self.0, fresh)
     }
 
+    /// The flag the SIGHUP handler sets at delivery (`Shared::reload_pending`).
+    pub fn reload_pending(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.0.reload_pending.clone()
+    }
+
     pub fn stop(&self) {
         self.0.shutdown.store(true, Ordering::Release);
         for shard in 0..self.0.mailboxes.shards() {

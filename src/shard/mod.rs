@@ -185,6 +185,7 @@ impl<B: Backend> Shard<B> {
         }
         self.shared.mailboxes.awake(self.id);
         self.now = self.shared.clock.now();
+        self.wait_for_pending_reload();
         // New settings (a reload) apply from here on, to what this wait brought in too:
         // a client that connects after a reload is judged by the new settings.
         let generation = self.shared.config_generation.load(Ordering::Acquire);
@@ -237,6 +238,20 @@ impl<B: Backend> Shard<B> {
     /// The sessions this shard holds, by client id (for a simulation's checks).
     pub fn client_ids(&self) -> impl Iterator<Item = &Arc<str>> {
         self.by_client.keys()
+    }
+
+    /// A SIGHUP has arrived and its reload is still being read: hold what this turn brought
+    /// in until it is applied, at most `RELOAD_WAIT_MAX` (a reload reads a few small files).
+    fn wait_for_pending_reload(&self) {
+        const RELOAD_WAIT_MAX: Duration = Duration::from_secs(2);
+        let pending = &self.shared.reload_pending;
+        if !pending.load(Ordering::Acquire) {
+            return;
+        }
+        let until = std::time::Instant::now() + RELOAD_WAIT_MAX;
+        while pending.load(Ordering::Acquire) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Starts (or stops) recording what changes in this shard's sessions.

@@ -20,6 +20,11 @@ pub struct Shared {
     /// each shard takes the new one at the start of its next turn.
     pub config: arc_swap::ArcSwap<Config>,
     pub config_generation: AtomicU64,
+    /// Set by the SIGHUP handler itself, at delivery, and cleared once the reload is
+    /// applied (or failed): meanwhile shards hold what they read, so that a client that
+    /// connects after the signal is judged by the new settings, as in Mosquitto, whose one
+    /// loop handles the signal before reading on.
+    pub reload_pending: Arc<std::sync::atomic::AtomicBool>,
     /// The configured listener of each listening socket (a listener may have several
     /// addresses), by the socket's index in the backend.
     pub listener_of_socket: Vec<usize>,
@@ -111,6 +116,7 @@ impl Shared {
                 .map(|_| Default::default())
                 .collect(),
             config_generation: AtomicU64::new(0),
+            reload_pending: Default::default(),
             config: arc_swap::ArcSwap::from_pointee(config),
         });
         (shared, receivers)
