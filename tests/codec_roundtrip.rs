@@ -97,6 +97,7 @@ fn properties(context: PropertyContext) -> impl Strategy<Value = Properties> {
             wildcard_subscription_available: l.8,
             subscription_identifier_available: l.9,
             shared_subscription_available: l.10,
+            ..Default::default()
         }
         .into();
         p.retain_allowed(context);

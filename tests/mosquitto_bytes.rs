@@ -232,3 +232,28 @@ fn a_wildcard_topic_name_is_a_protocol_error() {
     c.send_bytes(&[0x30, 0x07, 0x00, 0x03, b'a', b'/', b'+', 0x00, b'x']);
     assert_eq!(c.recv_bytes(3), [0xE0, 0x01, 0x82]);
 }
+
+/// A message's properties are forwarded in the order its publisher wrote them (user
+/// properties interleaved with the others), as Mosquitto forwards them: a QoS 0 PUBLISH
+/// reaches a 5.0 subscriber byte for byte.
+#[test]
+fn properties_are_forwarded_in_the_publishers_order() {
+    let broker = Broker::start(&[]);
+    let mut sub = connect5(broker.port, "ordered-sub");
+    sub.subscribe(&[("o", QoS::AtMostOnce)]);
+    let mut p = connect5(broker.port, "ordered-pub");
+    let mut props = Vec::new();
+    props.extend_from_slice(&[0x26, 0, 4, b'k', b'e', b'y', b'1', 0, 2, b'v', b'1']);
+    props.extend_from_slice(&[0x08, 0, 3, b'r', b'/', b't']);
+    props.extend_from_slice(&[0x09, 0, 2, b'c', b'd']);
+    props.extend_from_slice(&[0x01, 0x01]);
+    props.extend_from_slice(&[0x03, 0, 4, b't', b'e', b'x', b't']);
+    props.extend_from_slice(&[0x26, 0, 4, b'k', b'e', b'y', b'2', 0, 2, b'v', b'2']);
+    let mut body = vec![0, 1, b'o', props.len() as u8];
+    body.extend_from_slice(&props);
+    body.extend_from_slice(b"payload");
+    let mut packet = vec![0x30, body.len() as u8];
+    packet.extend_from_slice(&body);
+    p.send_bytes(&packet);
+    assert_eq!(sub.recv_bytes(packet.len()), packet);
+}

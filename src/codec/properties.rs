@@ -280,7 +280,46 @@ pub struct PropertyValues {
     pub wildcard_subscription_available: Option<bool>,
     pub subscription_identifier_available: Option<bool>,
     pub shared_subscription_available: Option<bool>,
+    /// The order the properties were received in, to forward them in it.
+    pub received_order: ReceivedOrder,
 }
+
+/// The identifiers of received properties in the order they came (repeats included, the
+/// first `ReceivedOrder::MAX`), so that a forwarded PUBLISH or will carries its properties in
+/// its publisher's order, as Mosquitto forwards them (`encode_publish`). Not part of the
+/// value: the same properties in another order are equal.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReceivedOrder {
+    ids: [u8; ReceivedOrder::MAX],
+    len: u8,
+}
+
+impl ReceivedOrder {
+    pub const MAX: usize = 16;
+    const EMPTY: ReceivedOrder = ReceivedOrder {
+        ids: [0; ReceivedOrder::MAX],
+        len: 0,
+    };
+
+    pub(super) fn push(&mut self, id: u8) {
+        if usize::from(self.len) < Self::MAX {
+            self.ids[usize::from(self.len)] = id;
+            self.len += 1;
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.ids[..usize::from(self.len)]
+    }
+}
+
+impl PartialEq for ReceivedOrder {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ReceivedOrder {}
 
 impl PropertyValues {
     pub const EMPTY: PropertyValues = PropertyValues {
@@ -311,6 +350,7 @@ impl PropertyValues {
         wildcard_subscription_available: None,
         subscription_identifier_available: None,
         shared_subscription_available: None,
+        received_order: ReceivedOrder::EMPTY,
     };
 }
 
@@ -359,6 +399,15 @@ impl Properties {
     /// Writes the block; `body_len` must be `self.body_len()`.
     pub fn encode<B: BufMut>(&self, buf: &mut B, body_len: usize) {
         self.encode_in_order(buf, body_len, &id::ASCENDING);
+    }
+
+    /// Writes a PUBLISH's block: a forwarded message's properties in its publisher's order
+    /// (see `ReceivedOrder`), others in ascending order.
+    pub fn encode_publish<B: BufMut>(&self, buf: &mut B, body_len: usize) {
+        put_varint(buf, body_len as u32);
+        if let Some(values) = &self.0 {
+            values.encode_publish(buf);
+        }
     }
 
     /// Writes the block with the properties in `order` (every identifier once).

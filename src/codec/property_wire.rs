@@ -64,6 +64,7 @@ impl PropertyValues {
                     packet: context.name(),
                 });
             }
+            p.received_order.push(property);
             let b = &mut block;
             match property {
                 id::PAYLOAD_FORMAT_INDICATOR => {
@@ -218,6 +219,49 @@ impl PropertyValues {
     pub(super) fn encode<B: BufMut>(&self, buf: &mut B, order: &[u8]) {
         for &property in order {
             self.put(buf, property);
+        }
+    }
+
+    /// Writes a PUBLISH's properties. One that was received (and is being forwarded) keeps
+    /// its publisher's order, as Mosquitto forwards it: first what the broker sets for this
+    /// subscriber (Subscription Identifiers, a Topic Alias), then the publisher's properties
+    /// in the order received, then the Message Expiry Interval (the time left), then
+    /// anything not in that order. Others are written in ascending order.
+    pub(super) fn encode_publish<B: BufMut>(&self, buf: &mut B) {
+        let order = self.received_order.as_slice();
+        if order.is_empty() {
+            return self.encode(buf, &id::ASCENDING);
+        }
+        let apart = [
+            id::SUBSCRIPTION_IDENTIFIER,
+            id::TOPIC_ALIAS,
+            id::MESSAGE_EXPIRY_INTERVAL,
+            id::USER_PROPERTY,
+        ];
+        self.put(buf, id::SUBSCRIPTION_IDENTIFIER);
+        self.put(buf, id::TOPIC_ALIAS);
+        let mut users = self.user_properties.iter();
+        for (at, &property) in order.iter().enumerate() {
+            if property == id::USER_PROPERTY {
+                if let Some((k, v)) = users.next() {
+                    buf.put_u8(property);
+                    put_binary(buf, k.as_bytes());
+                    put_binary(buf, v.as_bytes());
+                }
+            } else if !apart.contains(&property) && !order[..at].contains(&property) {
+                self.put(buf, property);
+            }
+        }
+        for (k, v) in users {
+            buf.put_u8(id::USER_PROPERTY);
+            put_binary(buf, k.as_bytes());
+            put_binary(buf, v.as_bytes());
+        }
+        self.put(buf, id::MESSAGE_EXPIRY_INTERVAL);
+        for property in id::ASCENDING {
+            if !apart.contains(&property) && !order.contains(&property) {
+                self.put(buf, property);
+            }
         }
     }
 

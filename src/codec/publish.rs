@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes};
 
-use super::connect::{check_topic_name, encode_properties};
+use super::connect::check_topic_name;
 use super::control::{decode_reason_tail, encode_reason_tail, reason_tail_len};
 use super::error::{DecodeError, EncodeError};
 use super::primitives::{field_len, put_binary, Reader};
@@ -120,7 +120,8 @@ impl Publish {
             buf.put_u16(self.packet_id);
         }
         if version == ProtocolVersion::V5 {
-            encode_properties(&self.properties, buf);
+            let body = (self.properties.body_len()).expect("length checked by encoded_len");
+            self.properties.encode_publish(buf, body);
         }
         buf.put_slice(&self.payload);
     }
