@@ -6,6 +6,8 @@ use midge::logging::LogTypes;
 use midge::server::Server;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -142,19 +144,29 @@ fn main() -> ExitCode {
 
 fn run(config: Config, args: &Args) -> ExitCode {
     // Signals are caught before the listeners open, so that one sent as soon as the broker
-    // is reachable is handled, not fatal.
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ]) {
+    // is reachable is handled, not fatal. SIGHUP first sets `reload_pending` (registered
+    // before the iterator, so it is set before the reloading thread is woken, and that
+    // thread's clear, once the reload is applied, never comes before the set it answers).
+    let reload_pending = Arc::new(AtomicBool::new(false));
+    let registered =
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_pending.clone());
+    let signals = registered.and_then(|_| {
+        signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+        ])
+    });
+    let mut signals = match signals {
         Ok(signals) => signals,
         Err(e) => {
             log::error!("Error: cannot handle signals: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let server = match Server::start(config) {
+    // SIGHUP goes to the shard threads only (`server::leave_reload_signals_to_shards`).
+    midge::server::leave_reload_signals_to_shards();
+    let server = match Server::start_with(config, Vec::new(), reload_pending.clone()) {
         Ok(server) => server,
         Err(e) => {
             log::error!("Error: {e}");
@@ -162,20 +174,13 @@ fn run(config: Config, args: &Args) -> ExitCode {
         }
     };
     let stopper = server.stopper();
-    // Set in the signal handler itself, at once; cleared below when the reload is applied.
-    let reload_pending = stopper.reload_pending();
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_pending.clone())
-    {
-        log::error!("Error: cannot handle signals: {e}");
-        return ExitCode::FAILURE;
-    }
     let handle = signals.handle();
     let signal_args = args.clone();
     let signal_thread = std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == signal_hook::consts::SIGHUP {
                 reload(&signal_args, &stopper);
-                reload_pending.store(false, std::sync::atomic::Ordering::Release);
+                reload_pending.store(false, Ordering::Release);
             } else {
                 stopper.stop();
                 return;

@@ -47,6 +47,16 @@ impl Server {
         config: Config,
         auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
     ) -> io::Result<Server> {
+        Server::start_with(config, auth_methods, Arc::default())
+    }
+
+    /// Starts with `reload_pending`: the flag a SIGHUP handler sets at delivery and the
+    /// reloading thread clears once the reload is applied (`Shared::reload_pending`).
+    pub fn start_with(
+        config: Config,
+        auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
+        reload_pending: Arc<std::sync::atomic::AtomicBool>,
+    ) -> io::Result<Server> {
         let shards = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -120,7 +130,13 @@ impl Server {
             drop_privileges(user)?;
         }
         let wakers: Vec<Arc<dyn Waker>> = backends.iter().map(|b| b.waker()).collect();
-        let (shared, receivers) = Shared::new(config, wakers, listener_of_socket, auth_methods);
+        let (shared, receivers) = Shared::new(
+            config,
+            wakers,
+            listener_of_socket,
+            auth_methods,
+            reload_pending,
+        );
         let config = shared.config.load_full();
         let cores: Vec<core_affinity::CoreId> = match &config.cpu_affinity {
             CpuAffinity::Auto => core_affinity::get_core_ids().unwrap_or_default(),
@@ -141,6 +157,7 @@ impl Server {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
+                    take_reload_signals();
                     let run = || Shard::new(id, shared, backend, receiver).run();
                     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
                     {
@@ -196,11 +213,6 @@ impl Stopper {
         reload(&self.0, fresh)
     }
 
-    /// The flag the SIGHUP handler sets at delivery (`Shared::reload_pending`).
-    pub fn reload_pending(&self) -> Arc<std::sync::atomic::AtomicBool> {
-        self.0.reload_pending.clone()
-    }
-
     pub fn stop(&self) {
         self.0.shutdown.store(true, Ordering::Release);
         for shard in 0..self.0.mailboxes.shards() {
@@ -223,6 +235,32 @@ fn abort_on_shard_panic(shard: usize, panic: &(dyn std::any::Any + Send)) -> ! {
     log::error!("Error: shard {shard} panicked ({what}); aborting the broker.");
     log::logger().flush();
     std::process::abort();
+}
+
+/// Blocks SIGHUP in the calling thread and the threads it starts (the binary's main
+/// thread, before the shards start), so that only shard threads take it.
+pub fn leave_reload_signals_to_shards() {
+    sighup_mask(libc::SIG_BLOCK);
+}
+
+/// A shard takes SIGHUP: a signal pending for the process is delivered to a thread that
+/// does not block it as that thread returns from a system call, so a shard that wakes for
+/// a connection made after the signal runs the handler (which marks the reload pending)
+/// before it reads that connection. With the signal left to any thread, another thread
+/// could run it too late.
+fn take_reload_signals() {
+    sighup_mask(libc::SIG_UNBLOCK);
+}
+
+fn sighup_mask(how: libc::c_int) {
+    // SAFETY: `set` is a local signal set initialised by sigemptyset before use, and
+    // pthread_sigmask only changes the calling thread's mask (no old mask is read back).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
 }
 
 /// See `Server::reload`.

@@ -531,3 +531,21 @@ fn a_reload_revokes_subscriptions_and_client_ids_the_new_settings_refuse() {
     keeper.send(&Packet::PingReq);
     assert!(matches!(keeper.recv(), Packet::PingResp));
 }
+
+/// A client that connects right after SIGHUP is judged by the reloaded settings: only the
+/// shard threads take the signal, so the shard that wakes for the connection runs the
+/// handler (which marks the reload pending) first, and waits for the reload (as
+/// Mosquitto's one loop handles the signal before it reads on).
+#[test]
+fn a_client_connecting_right_after_sighup_meets_the_new_settings() {
+    let base = "user root\nlistener 0 127.0.0.1\nsys_interval 0\n";
+    let conf = config_file("sighup-at-once", &format!("{base}allow_anonymous true\n"));
+    let broker = Broker::start_configured(&["-c", &conf]);
+    let port = broker.ports(1)[0];
+    let (_, ack) = Raw::connect_with(port, connect_packet(V311, "before", true, 60));
+    assert_eq!(ack.reason, ReasonCode::Success);
+    config_file("sighup-at-once", &format!("{base}allow_anonymous false\n"));
+    broker.signal(libc::SIGHUP);
+    let (_, ack) = Raw::connect_with(port, connect_packet(V311, "after", true, 60));
+    assert_eq!(ack.reason, ReasonCode::NotAuthorized);
+}

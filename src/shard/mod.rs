@@ -185,16 +185,8 @@ impl<B: Backend> Shard<B> {
         }
         self.shared.mailboxes.awake(self.id);
         self.now = self.shared.clock.now();
-        self.wait_for_pending_reload();
-        // New settings (a reload) apply from here on, to what this wait brought in too:
-        // a client that connects after a reload is judged by the new settings.
-        let generation = self.shared.config_generation.load(Ordering::Acquire);
-        if generation != self.config_generation {
-            self.config_generation = generation;
-            self.config = self.shared.config.load_full();
-            self.write_bytes_max = self.config.write_bytes_max();
-            self.recheck_clients();
-        }
+        // New settings (a reload) apply from here on, to what this wait brought in too.
+        self.take_new_settings();
         self.write_waiting_elsewhere = self
             .shared
             .write_queued
@@ -238,6 +230,19 @@ impl<B: Backend> Shard<B> {
     /// The sessions this shard holds, by client id (for a simulation's checks).
     pub fn client_ids(&self) -> impl Iterator<Item = &Arc<str>> {
         self.by_client.keys()
+    }
+
+    /// Applies reloaded settings, waiting first for a reload a SIGHUP has just asked for: a
+    /// client that connects after a reload is judged by the new settings.
+    pub(super) fn take_new_settings(&mut self) {
+        self.wait_for_pending_reload();
+        let generation = self.shared.config_generation.load(Ordering::Acquire);
+        if generation != self.config_generation {
+            self.config_generation = generation;
+            self.config = self.shared.config.load_full();
+            self.write_bytes_max = self.config.write_bytes_max();
+            self.recheck_clients();
+        }
     }
 
     /// A SIGHUP has arrived and its reload is still being read: hold what this turn brought

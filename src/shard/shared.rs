@@ -74,13 +74,15 @@ impl Shared {
         wakers: Vec<Arc<dyn io::Waker>>,
         listener_of_socket: Vec<usize>,
         auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
+        reload_pending: Arc<std::sync::atomic::AtomicBool>,
     ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
-        Shared::with_clock(
+        Shared::build(
             config,
             wakers,
             listener_of_socket,
             auth_methods,
             Arc::new(clock::SystemClock),
+            reload_pending,
         )
     }
 
@@ -91,6 +93,25 @@ impl Shared {
         listener_of_socket: Vec<usize>,
         auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
         clock: Arc<dyn clock::Clock>,
+    ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
+        let never_signalled = Arc::default();
+        Shared::build(
+            config,
+            wakers,
+            listener_of_socket,
+            auth_methods,
+            clock,
+            never_signalled,
+        )
+    }
+
+    fn build(
+        config: Config,
+        wakers: Vec<Arc<dyn io::Waker>>,
+        listener_of_socket: Vec<usize>,
+        auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
+        clock: Arc<dyn clock::Clock>,
+        reload_pending: Arc<std::sync::atomic::AtomicBool>,
     ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
         let shards = wakers.len();
         let (mailboxes, receivers) = Mailboxes::new(MAILBOX_CAPACITY, wakers);
@@ -116,7 +137,7 @@ impl Shared {
                 .map(|_| Default::default())
                 .collect(),
             config_generation: AtomicU64::new(0),
-            reload_pending: Default::default(),
+            reload_pending,
             config: arc_swap::ArcSwap::from_pointee(config),
         });
         (shared, receivers)
