@@ -309,20 +309,7 @@ fn queued_messages_obey_the_acl_in_force_when_they_go_out() {
     broker.signal(libc::SIGHUP);
     // The new ACL is in force once a 5.0 probe's PUBLISH to `two` is refused.
     let mut probe = login(port, ProtocolVersion::V5, "probe", Some(("u", "p")));
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    for id in 1.. {
-        probe.send(&publish("two", b"probe", QoS::AtLeastOnce, id, false));
-        match probe.recv() {
-            Packet::PubAck(ack) if ack.reason == ReasonCode::NotAuthorized => break,
-            Packet::PubAck(_) => {}
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "the ACL was not reloaded"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    until_publishing_is_refused(&mut probe, "two");
     let (mut back, ack) = Raw::connect_with(port, persistent);
     assert!(ack.session_present);
     let fine = back.recv_publish();
@@ -355,11 +342,21 @@ fn check_retain_source_hides_what_its_publisher_may_no_longer_write() {
     config_file("source-acl", "topic read test/#\ntopic readwrite marker\n");
     broker.signal(libc::SIGHUP);
     // The new ACL is in force once a 5.0 probe's PUBLISH to test/ is refused.
+    until_publishing_is_refused(&mut publisher, "test/probe");
+    let mut second = login(port, ProtocolVersion::V311, "second", None);
+    second.subscribe(&[("test/topic", QoS::AtMostOnce), ("marker", QoS::AtMostOnce)]);
+    publisher.send(&publish("marker", b"m", QoS::AtMostOnce, 0, false));
+    assert_eq!(second.recv_publish().topic.as_str(), "marker");
+}
+
+/// Publishes to `topic` from a 5.0 client until the broker refuses it (0x87): a reloaded
+/// ACL that takes write access away is then in force.
+fn until_publishing_is_refused(probe: &mut Raw, topic: &str) {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    for id in 2.. {
-        publisher.send(&publish("test/probe", b"p", QoS::AtLeastOnce, id, false));
-        match publisher.recv() {
-            Packet::PubAck(ack) if ack.reason == ReasonCode::NotAuthorized => break,
+    for id in 1000.. {
+        probe.send(&publish(topic, b"probe", QoS::AtLeastOnce, id, false));
+        match probe.recv() {
+            Packet::PubAck(ack) if ack.reason == ReasonCode::NotAuthorized => return,
             Packet::PubAck(_) => {}
             other => panic!("expected PUBACK, got {other:?}"),
         }
@@ -369,8 +366,4 @@ fn check_retain_source_hides_what_its_publisher_may_no_longer_write() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let mut second = login(port, ProtocolVersion::V311, "second", None);
-    second.subscribe(&[("test/topic", QoS::AtMostOnce), ("marker", QoS::AtMostOnce)]);
-    publisher.send(&publish("marker", b"m", QoS::AtMostOnce, 0, false));
-    assert_eq!(second.recv_publish().topic.as_str(), "marker");
 }

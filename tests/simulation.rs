@@ -18,17 +18,7 @@ fn a_reconnect_while_the_session_is_on_its_way_waits_for_it() {
     // A persistent session on shard 0, with a subscription, offline.
     let a = sim.nets[0].connect();
     sim.send(0, a, &connect("mover", false), V311);
-    let sub = Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters: vec![(
-            MqttStr::new("t").unwrap(),
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            },
-        )],
-    });
+    let sub = subscribe_q1("t");
     sim.send(0, a, &sub, V311);
     sim.settle();
     assert!(!connack(&sim.received(0, a, V311)).session_present);
@@ -145,17 +135,7 @@ fn a_publisher_that_moves_shards_does_not_pass_its_held_message() {
     let mut sim = Sim::new(3);
     let s = sim.nets[1].connect();
     sim.send(1, s, &connect("subscriber", true), V311);
-    let sub = Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters: vec![(
-            MqttStr::new("t").unwrap(),
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            },
-        )],
-    });
+    let sub = subscribe_q1("t");
     sim.send(1, s, &sub, V311);
     let p = sim.nets[0].connect();
     sim.send(0, p, &connect("publisher", false), V311);

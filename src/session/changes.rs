@@ -220,30 +220,13 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::MqttStr;
+    use crate::session::outgoing::{self, tests::target};
     use crate::session::{Limits, Offer};
     use crate::topic::Subscription;
     use std::num::NonZeroU32;
 
     fn message(qos: QoS) -> Arc<Message> {
-        Arc::new(Message {
-            topic: MqttStr::from_static("t"),
-            payload: bytes::Bytes::from_static(b"p"),
-            qos,
-            retain: false,
-            properties: Default::default(),
-            origin: None,
-            expires_at: None,
-        })
-    }
-
-    fn target(qos: QoS) -> Target {
-        Target {
-            session: SessionId(7),
-            qos,
-            retain: false,
-            identifiers: Default::default(),
-        }
+        outgoing::tests::message(1, qos)
     }
 
     fn replay(changes: &mut Changes) -> Option<Durable> {

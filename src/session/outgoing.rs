@@ -349,11 +349,12 @@ impl Outgoing {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::types::SessionId;
 
-    fn message(n: u8, qos: QoS) -> Arc<Message> {
+    /// A message of ten bytes `n` (shared with the other session tests).
+    pub(in crate::session) fn message(n: u8, qos: QoS) -> Arc<Message> {
         Arc::new(Message {
             topic: crate::codec::MqttStr::from_static("t"),
             payload: bytes::Bytes::from(vec![n; 10]),
@@ -365,7 +366,7 @@ mod tests {
         })
     }
 
-    fn target(qos: QoS) -> Target {
+    pub(in crate::session) fn target(qos: QoS) -> Target {
         Target {
             session: SessionId(1),
             qos,

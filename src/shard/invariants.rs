@@ -1,10 +1,36 @@
 //! What must hold between a shard's loop turns, checked on every timer tick in debug builds
-//! and after every step of the simulation.
+//! and after every step of the simulation; and what a simulation reads of a shard (its
+//! sessions' change records and what they must keep).
 
 use super::io::Backend;
 use super::Shard;
+use crate::types::SessionId;
+use std::sync::Arc;
 
 impl<B: Backend> Shard<B> {
+    /// The sessions this shard holds, by client id (for a simulation's checks).
+    pub fn client_ids(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.by_client.keys()
+    }
+
+    /// Starts (or stops) recording what changes in this shard's sessions.
+    pub fn record_changes(&mut self, on: bool) {
+        self.changes.record(on);
+    }
+
+    /// The change records since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<crate::session::Change> {
+        self.changes.take()
+    }
+
+    /// What each session this shard holds must keep, read from the live session (for a
+    /// simulation to compare with the replay of the change records).
+    pub fn durable_sessions(
+        &self,
+    ) -> impl Iterator<Item = (SessionId, crate::session::Durable)> + '_ {
+        self.sessions.values().map(|s| (s.id, s.durable()))
+    }
+
     /// What must hold between turns: every connection and session, and the links between
     /// them, agree. Checked on every timer tick in debug builds, and after every step of the
     /// simulation. Panics naming what is wrong.

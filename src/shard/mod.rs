@@ -227,56 +227,6 @@ impl<B: Backend> Shard<B> {
         &self.shared
     }
 
-    /// The sessions this shard holds, by client id (for a simulation's checks).
-    pub fn client_ids(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.by_client.keys()
-    }
-
-    /// Applies reloaded settings, waiting first for a reload a SIGHUP has just asked for: a
-    /// client that connects after a reload is judged by the new settings.
-    pub(super) fn take_new_settings(&mut self) {
-        self.wait_for_pending_reload();
-        let generation = self.shared.config_generation.load(Ordering::Acquire);
-        if generation != self.config_generation {
-            self.config_generation = generation;
-            self.config = self.shared.config.load_full();
-            self.write_bytes_max = self.config.write_bytes_max();
-            self.recheck_clients();
-        }
-    }
-
-    /// A SIGHUP has arrived and its reload is still being read: hold what this turn brought
-    /// in until it is applied, at most `RELOAD_WAIT_MAX` (a reload reads a few small files).
-    fn wait_for_pending_reload(&self) {
-        const RELOAD_WAIT_MAX: Duration = Duration::from_secs(2);
-        let pending = &self.shared.reload_pending;
-        if !pending.load(Ordering::Acquire) {
-            return;
-        }
-        let until = std::time::Instant::now() + RELOAD_WAIT_MAX;
-        while pending.load(Ordering::Acquire) && std::time::Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Starts (or stops) recording what changes in this shard's sessions.
-    pub fn record_changes(&mut self, on: bool) {
-        self.changes.record(on);
-    }
-
-    /// The change records since the last call, oldest first.
-    pub fn take_changes(&mut self) -> Vec<crate::session::Change> {
-        self.changes.take()
-    }
-
-    /// What each session this shard holds must keep, read from the live session (for a
-    /// simulation to compare with the replay of the change records).
-    pub fn durable_sessions(
-        &self,
-    ) -> impl Iterator<Item = (SessionId, crate::session::Durable)> + '_ {
-        self.sessions.values().map(|s| (s.id, s.durable()))
-    }
-
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Accepted {

@@ -1,12 +1,42 @@
-//! Reloaded settings (SIGHUP) applied to what a shard already has: clients the new security
-//! settings refuse, and subscriptions the new ACL does not allow.
+//! Reloaded settings (SIGHUP): taken at the start of a turn (after waiting for a reload a
+//! signal has just asked for) and applied to what a shard already has: clients the new
+//! security settings refuse, and subscriptions the new ACL does not allow.
 
 use super::io::Backend;
 use super::subscribe::TrieOp;
 use super::Shard;
 use crate::codec::ReasonCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 impl<B: Backend> Shard<B> {
+    /// Applies reloaded settings, waiting first for a reload a SIGHUP has just asked for: a
+    /// client that connects after a reload is judged by the new settings.
+    pub(super) fn take_new_settings(&mut self) {
+        self.wait_for_pending_reload();
+        let generation = self.shared.config_generation.load(Ordering::Acquire);
+        if generation != self.config_generation {
+            self.config_generation = generation;
+            self.config = self.shared.config.load_full();
+            self.write_bytes_max = self.config.write_bytes_max();
+            self.recheck_clients();
+        }
+    }
+
+    /// A SIGHUP has arrived and its reload is still being read: hold what this turn brought
+    /// in until it is applied, at most `RELOAD_WAIT_MAX` (a reload reads a few small files).
+    fn wait_for_pending_reload(&self) {
+        const RELOAD_WAIT_MAX: Duration = Duration::from_secs(2);
+        let pending = &self.shared.reload_pending;
+        if !pending.load(Ordering::Acquire) {
+            return;
+        }
+        let until = std::time::Instant::now() + RELOAD_WAIT_MAX;
+        while pending.load(Ordering::Acquire) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// After a reload: clients the new security settings would not let in are disconnected
     /// (anonymous ones when anonymous access ends, users removed from the password file or
     /// whose password changed, client ids outside `clientid_prefixes`), as Mosquitto does,

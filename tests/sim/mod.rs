@@ -165,6 +165,21 @@ pub fn connect(client_id: &str, clean: bool) -> Packet {
 
 pub const V311: ProtocolVersion = ProtocolVersion::V311;
 
+/// SUBSCRIBE (packet id 1) to `filter` at QoS 1.
+pub fn subscribe_q1(filter: &str) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(
+            MqttStr::new(filter).unwrap(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )],
+    })
+}
+
 pub fn connack(packets: &[Packet]) -> &ConnAck {
     match packets.first() {
         Some(Packet::ConnAck(ack)) => ack,
