@@ -52,33 +52,7 @@ fn a_session_request_to_a_full_mailbox_waits_and_arrives() {
     sim.nets[0].close(a);
     sim.settle();
 
-    // Fill shard 0's mailbox with deliveries to nobody.
-    let shared = sim.shards[0].shared().clone();
-    let message = std::sync::Arc::new(midge::types::Message {
-        topic: MqttStr::new("x").unwrap(),
-        payload: bytes::Bytes::new(),
-        qos: QoS::AtMostOnce,
-        retain: false,
-        properties: Properties::default(),
-        origin: None,
-        expires_at: None,
-    });
-    let mut sent = 0;
-    while shared
-        .mailboxes
-        .send(
-            0,
-            midge::router::ShardMsg::Deliver {
-                message: message.clone(),
-                targets: Vec::new(),
-                forwarded: false,
-            },
-        )
-        .is_ok()
-    {
-        sent += 1;
-    }
-    assert!(sent > 0);
+    fill_mailbox(&sim, 0);
 
     let b = sim.nets[1].connect();
     sim.send(1, b, &connect("busy", false), V311);
