@@ -124,6 +124,9 @@ for entry in entries:
         for p in ("p50_us", "p99_us", "max_us"):
             row(name, p.replace("_us", " ms"), med(ms_, lat(p)), med(qs_, lat(p)), "lower")
         row(name, "deliveries/CPU-s", med(ms_, lambda r: r.get("deliveries_per_cpu_s")), med(qs_, lambda r: r.get("deliveries_per_cpu_s")), "higher")
+        # The kernel's share of the broker's CPU (on loopback it includes the receivers' TCP work).
+        share = lambda r: (r.get("broker_system_cpu_s") / r["broker_cpu_s"]) if r.get("broker_cpu_s") and r.get("broker_system_cpu_s") is not None else None
+        row(name, "system share of CPU", med(ms_, share), med(qs_, share), "lower")
     for broker, reports in (("midge", ms_), ("mosquitto", qs_)):
         behind = sum(1 for r in reports if r.get("loadgen_behind"))
         if behind:

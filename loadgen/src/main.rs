@@ -391,7 +391,7 @@ fn measure(
     while Instant::now() < window_end && !shared.failed.load(Ordering::Acquire) {
         let now = Instant::now();
         if cpu_start.is_none() && now >= window_start {
-            cpu_start = args.broker_pid.and_then(procfs::cpu_seconds);
+            cpu_start = args.broker_pid.and_then(procfs::cpu_times);
         }
         if now >= next_tick {
             if let Some(pid) = args.broker_pid {
@@ -431,7 +431,11 @@ fn measure(
         eprintln!();
     }
     if let (Some(pid), Some(start)) = (args.broker_pid, cpu_start) {
-        report.broker_cpu_s = procfs::cpu_seconds(pid).map(|end| end - start);
+        if let Some(used) = procfs::cpu_times(pid).map(|end| end.since(start)) {
+            report.broker_cpu_s = Some(used.total_s());
+            report.broker_user_cpu_s = Some(used.user_s);
+            report.broker_system_cpu_s = Some(used.system_s);
+        }
         rss_max = rss_max.max(procfs::rss_kib(pid).unwrap_or(0));
         report.broker_rss_max_kib = Some(rss_max);
     }

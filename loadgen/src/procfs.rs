@@ -1,7 +1,28 @@
 //! A broker's CPU time and memory, read from /proc (Linux).
 
-/// User + system CPU seconds the process has used.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+/// CPU seconds a process has used, in user space and in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuTimes {
+    pub user_s: f64,
+    pub system_s: f64,
+}
+
+impl CpuTimes {
+    pub fn total_s(self) -> f64 {
+        self.user_s + self.system_s
+    }
+
+    /// What was used since `start`.
+    pub fn since(self, start: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user_s: self.user_s - start.user_s,
+            system_s: self.system_s - start.system_s,
+        }
+    }
+}
+
+/// The CPU the process has used so far (utime and stime of `/proc/PID/stat`).
+pub fn cpu_times(pid: u32) -> Option<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -10,7 +31,10 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     // SAFETY: sysconf only reads a configuration value.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some((utime + stime) / ticks)
+    Some(CpuTimes {
+        user_s: utime / ticks,
+        system_s: stime / ticks,
+    })
 }
 
 /// Resident memory in KiB.
@@ -30,7 +54,8 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let pid = std::process::id();
-        assert!(super::cpu_seconds(pid).is_some());
+        let t = super::cpu_times(pid).unwrap();
+        assert!(t.user_s >= 0.0 && t.system_s >= 0.0);
         assert!(super::rss_kib(pid).unwrap() > 0);
     }
 }

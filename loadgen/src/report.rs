@@ -22,6 +22,11 @@ pub struct Report {
     pub send_lag: Percentiles,
     pub loadgen_behind: bool,
     pub broker_cpu_s: Option<f64>,
+    /// The broker's CPU in user space and in the kernel (their sum is `broker_cpu_s`). On
+    /// loopback the kernel share includes the receivers' TCP work, which a network card
+    /// would take elsewhere.
+    pub broker_user_cpu_s: Option<f64>,
+    pub broker_system_cpu_s: Option<f64>,
     pub broker_rss_max_kib: Option<u64>,
     pub deliveries_per_cpu_s: Option<f64>,
     pub connects_per_s: Option<f64>,
@@ -42,11 +47,12 @@ pub fn print(reports: &[Report], json: bool, csv: bool) {
         return;
     }
     if csv {
-        println!("scenario,mqtt,qos,payload,publishers,subscribers,offered_msgs_per_s,deliveries_per_s,expected,received,lost,duplicates,reordered,p50_us,p90_us,p99_us,p999_us,p9999_us,max_us,send_lag_p99_us,loadgen_behind,broker_cpu_s,deliveries_per_cpu_s,connects_per_s,rss_per_connection_bytes");
+        println!("scenario,mqtt,qos,payload,publishers,subscribers,offered_msgs_per_s,deliveries_per_s,expected,received,lost,duplicates,reordered,p50_us,p90_us,p99_us,p999_us,p9999_us,max_us,send_lag_p99_us,loadgen_behind,broker_cpu_s,broker_user_cpu_s,broker_system_cpu_s,deliveries_per_cpu_s,connects_per_s,rss_per_connection_bytes");
         for r in reports {
             let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.1}"));
+            let opt2 = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
             println!(
-                "{},{},{},{},{},{},{:.0},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{:.0},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 r.scenario,
                 r.mqtt,
                 r.qos,
@@ -68,7 +74,9 @@ pub fn print(reports: &[Report], json: bool, csv: bool) {
                 r.latency.max_us,
                 r.send_lag.p99_us,
                 r.loadgen_behind,
-                opt(r.broker_cpu_s),
+                opt2(r.broker_cpu_s),
+                opt2(r.broker_user_cpu_s),
+                opt2(r.broker_system_cpu_s),
                 opt(r.deliveries_per_cpu_s),
                 opt(r.connects_per_s),
                 opt(r.rss_per_connection_bytes)
@@ -105,6 +113,9 @@ pub fn print(reports: &[Report], json: bool, csv: bool) {
             println!("  latency         p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3} ms", ms(l.p50_us), ms(l.p90_us), ms(l.p99_us), ms(l.p999_us), ms(l.p9999_us), ms(l.max_us));
             if let (Some(cpu), Some(per)) = (r.broker_cpu_s, r.deliveries_per_cpu_s) {
                 println!("  broker          {:.2} CPU-s, {:.0} deliveries per CPU-second, RSS max {} KiB", cpu, per, r.broker_rss_max_kib.unwrap_or(0));
+            }
+            if let (Some(user), Some(system)) = (r.broker_user_cpu_s, r.broker_system_cpu_s) {
+                println!("  broker CPU      {user:.2} s user, {system:.2} s system (on loopback, system includes the receivers' TCP work)");
             }
             if let (Some(cycles), Some(c)) = (r.churn_cycles, &r.churn_connack) {
                 println!("  churn           {cycles} connect/disconnect cycles, CONNACK p50 {:.2} ms  p99 {:.2} ms", ms(c.p50_us), ms(c.p99_us));
