@@ -105,6 +105,10 @@ struct Args {
     /// conn-storm: CONNECTs in flight per thread.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
+    /// conn-storm: seconds after which connecting stops, whatever is left (a broker that
+    /// stops accepting, at its file-descriptor limit say, must not hang the run).
+    #[arg(long, default_value_t = 120.0)]
+    storm_deadline: f64,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -178,6 +182,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Every client is a socket (two for each client in the traffic scenarios, at most).
+    let per_client = if args.scenario == Scenario::ConnStorm {
+        1
+    } else {
+        2
+    };
+    if let Err(e) = procfs::ensure_fd_limit(u64::from(args.clients) * per_client + 64) {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
     let mut reports = Vec::new();
     if args.scenario == Scenario::ConnStorm {
         reports.push(conn_storm(&args, addr, &source_ips));
@@ -465,6 +479,7 @@ fn conn_storm(args: &Args, addr: SocketAddr, source_ips: &[IpAddr]) -> Report {
     let chunk = ids.len().div_ceil(threads).max(1);
     let rss_before = args.broker_pid.and_then(procfs::rss_kib);
     let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.storm_deadline.max(0.0));
     let handles: Vec<_> = ids
         .chunks(chunk)
         .enumerate()
@@ -474,7 +489,7 @@ fn conn_storm(args: &Args, addr: SocketAddr, source_ips: &[IpAddr]) -> Report {
             let (cpus, v5, concurrency) = (args.cpus.clone(), args.mqtt == 5, args.concurrency);
             std::thread::spawn(move || {
                 pin(&cpus, i);
-                storm::connect_all(addr, &ips, &part, v5, concurrency)
+                storm::connect_all(addr, &ips, &part, v5, concurrency, deadline)
             })
         })
         .collect();

@@ -37,6 +37,35 @@ pub fn cpu_times(pid: u32) -> Option<CpuTimes> {
     })
 }
 
+/// Makes sure this process may open `needed` file descriptors: raises the soft
+/// `RLIMIT_NOFILE` towards the hard limit if it must, and says clearly when even that is
+/// too low (instead of connections failing one by one later). Returns the limit in force.
+pub fn ensure_fd_limit(needed: u64) -> Result<u64, String> {
+    // SAFETY: getrlimit and setrlimit read and write the plain struct passed to them.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(format!(
+            "cannot read RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if limit.rlim_cur >= needed {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: needed.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 && raised.rlim_cur >= needed {
+        return Ok(raised.rlim_cur);
+    }
+    Err(format!(
+        "this run needs about {needed} file descriptors, and loadgen may open {} (hard limit {}): raise it (ulimit -n {needed}) or use fewer clients",
+        limit.rlim_cur, limit.rlim_max
+    ))
+}
+
 /// Resident memory in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -56,6 +85,9 @@ mod tests {
         let pid = std::process::id();
         let t = super::cpu_times(pid).unwrap();
         assert!(t.user_s >= 0.0 && t.system_s >= 0.0);
+        assert!(super::ensure_fd_limit(16).is_ok());
+        let impossible = super::ensure_fd_limit(u64::MAX).unwrap_err();
+        assert!(impossible.contains("file descriptors"), "{impossible}");
         assert!(super::rss_kib(pid).unwrap() > 0);
     }
 }

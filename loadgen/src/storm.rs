@@ -19,13 +19,15 @@ pub struct StormResult {
 }
 
 /// Connects `ids` (blocking sockets with a deadline: one thread runs `concurrency` at a time
-/// by sending every CONNECT first and then reading every CONNACK).
+/// by sending every CONNECT first and then reading every CONNACK). Stops at `deadline`,
+/// saying how many were not tried: a broker that stops accepting ends the run, not hangs it.
 pub fn connect_all(
     addr: SocketAddr,
     source_ips: &[IpAddr],
     ids: &[String],
     v5: bool,
     concurrency: usize,
+    deadline: Instant,
 ) -> StormResult {
     let mut result = StormResult {
         connected: 0,
@@ -33,21 +35,52 @@ pub fn connect_all(
         errors: Vec::new(),
         streams: Vec::with_capacity(ids.len()),
     };
+    let mut tried = 0;
     for (batch_no, batch) in ids.chunks(concurrency.max(1)).enumerate() {
         let mut pending = Vec::with_capacity(batch.len());
         for (i, id) in batch.iter().enumerate() {
             let started = Instant::now();
             let index = batch_no * concurrency + i;
-            match connect_one(addr, source_ips, index, id, v5) {
+            // Each attempt waits at most until the deadline.
+            let wait = deadline
+                .saturating_duration_since(started)
+                .min(CONNECT_WAIT);
+            if wait.is_zero() {
+                break;
+            }
+            tried += 1;
+            match connect_one(addr, source_ips, index, id, v5, wait) {
                 Ok(stream) => pending.push((stream, started)),
                 Err(e) => result.errors.push(format!("{id}: {e}")),
             }
         }
         for (mut stream, started) in pending {
+            // Each CONNACK is waited for at most until the deadline too.
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(CONNECT_WAIT);
+            if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
+                result.errors.push("no CONNACK before the deadline".into());
+                continue;
+            }
             if await_connack(&mut stream, started, &mut result) {
                 result.streams.push(stream);
             }
         }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    if tried < ids.len() {
+        // First, so that it survives when the caller keeps only the first few errors.
+        result.errors.insert(
+            0,
+            format!(
+                "stopped at the deadline (--storm-deadline): {} of {} clients not tried",
+                ids.len() - tried,
+                ids.len()
+            ),
+        );
     }
     result
 }
@@ -79,7 +112,7 @@ pub fn churn(
         }
         let started = Instant::now();
         let id = format!("lg-churn-{}-{n}", std::process::id());
-        match connect_one(shared.addr, source_ips, n, &id, v5) {
+        match connect_one(shared.addr, source_ips, n, &id, v5, CONNECT_WAIT) {
             Ok(mut stream) => {
                 if await_connack(&mut stream, started, &mut result) {
                     let mut bye = Vec::new();
@@ -118,12 +151,16 @@ fn await_connack(stream: &mut TcpStream, started: Instant, result: &mut StormRes
     }
 }
 
+/// Longest wait for one TCP connect or CONNACK.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
 fn connect_one(
     addr: SocketAddr,
     source_ips: &[IpAddr],
     index: usize,
     id: &str,
     v5: bool,
+    wait: Duration,
 ) -> io::Result<TcpStream> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -133,9 +170,9 @@ fn connect_one(
     if !source_ips.is_empty() {
         socket.bind(&SocketAddr::new(source_ips[index % source_ips.len()], 0).into())?;
     }
-    socket.connect_timeout(&addr.into(), Duration::from_secs(10))?;
+    socket.connect_timeout(&addr.into(), wait)?;
     let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(wait))?;
     stream.set_nodelay(true)?;
     let mut connect = Vec::with_capacity(32);
     // Keepalive 0: idle connections must not need pings during the idle phase.

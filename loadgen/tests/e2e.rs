@@ -239,3 +239,58 @@ fn a_stalled_broker_shows_as_latency_not_as_a_lower_rate() {
     assert!(n(&r, &["latency", "max_us"]) >= 900_000.0, "{r}");
     assert!(n(&r, &["latency", "p90_us"]) >= 300_000.0, "{r}");
 }
+
+/// A broker that stops accepting (here a listener that never accepts nor answers) does not
+/// hang a conn-storm: it ends at `--storm-deadline` and says how many connected and why.
+#[test]
+fn a_conn_storm_against_a_broker_that_stops_accepting_ends_at_its_deadline() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--json",
+            "--scenario",
+            "conn-storm",
+        ])
+        .args(["--clients", "300", "--storm-deadline", "2", "--idle", "0"])
+        .output()
+        .unwrap();
+    // Connections failed: loadgen says so in its exit status, and reports all the same.
+    assert!(!out.status.success());
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let report = &reports[0];
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(n(report, &["delivery", "received"]), 0.0);
+    let errors = report["errors"].to_string();
+    assert!(errors.contains("stopped at the deadline"), "{errors}");
+    drop(silent);
+}
+
+/// loadgen checks its own file-descriptor limit before it starts, with a clear message.
+#[test]
+fn too_many_clients_for_the_fd_limit_are_refused_up_front() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--port",
+            "1",
+            "--scenario",
+            "conn-storm",
+            "--clients",
+            "4000000000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("file descriptors") && err.contains("ulimit -n"),
+        "{err}"
+    );
+}
