@@ -57,14 +57,7 @@ fn a_will_over_the_limit_is_refused() {
         (ProtocolVersion::V311, ReasonCode::NotAuthorized),
         (ProtocolVersion::V5, ReasonCode::PacketTooLarge),
     ] {
-        let mut c = connect_packet(version, "willing", true, 60);
-        c.will = Some(Will {
-            qos: QoS::AtMostOnce,
-            retain: false,
-            properties: Properties::default(),
-            topic: s("w"),
-            payload: bytes::Bytes::from_static(b"12345"),
-        });
+        let c = connect_with_will(version, "willing", QoS::AtMostOnce, false, b"12345");
         assert_eq!(Raw::connect_with(broker.port, c).1.reason, reason);
     }
 }

@@ -32,14 +32,7 @@ fn retain_available_false_refuses_retained_messages() {
     c3.send(&publish("t", b"x", QoS::AtMostOnce, 0, true));
     assert!(c3.expect_closed().is_empty());
     // A 5.0 will that would be retained is refused at CONNECT. [MQTT-3.2.2-13]
-    let mut willing = connect_packet(ProtocolVersion::V5, "w5", true, 60);
-    willing.will = Some(Will {
-        qos: QoS::AtMostOnce,
-        retain: true,
-        properties: Properties::default(),
-        topic: s("w"),
-        payload: bytes::Bytes::from_static(b"bye"),
-    });
+    let willing = connect_with_will(ProtocolVersion::V5, "w5", QoS::AtMostOnce, true, b"bye");
     let (_, ack) = Raw::connect_with(broker.port, willing);
     assert_eq!(ack.reason, ReasonCode::RetainNotSupported);
 }
@@ -56,14 +49,7 @@ fn max_qos_caps_what_clients_use() {
     assert_eq!(granted.reasons, vec![ReasonCode::GrantedQos1]);
     c.send(&publish("t", b"x", QoS::ExactlyOnce, 1, false));
     assert_eq!(c.recv_bytes(3), [0xE0, 0x01, 0x9B]);
-    let mut willing = connect_packet(ProtocolVersion::V5, "w", true, 60);
-    willing.will = Some(Will {
-        qos: QoS::ExactlyOnce,
-        retain: false,
-        properties: Properties::default(),
-        topic: s("w"),
-        payload: bytes::Bytes::from_static(b"bye"),
-    });
+    let willing = connect_with_will(ProtocolVersion::V5, "w", QoS::ExactlyOnce, false, b"bye");
     let (_, ack) = Raw::connect_with(broker.port, willing);
     assert_eq!(ack.reason, ReasonCode::QosNotSupported);
 }

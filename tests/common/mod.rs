@@ -278,6 +278,25 @@ pub fn connect_packet(
     }
 }
 
+/// A clean CONNECT carrying a will on topic `w`.
+pub fn connect_with_will(
+    version: ProtocolVersion,
+    client_id: &str,
+    qos: QoS,
+    retain: bool,
+    payload: &'static [u8],
+) -> Connect {
+    let mut c = connect_packet(version, client_id, true, 60);
+    c.will = Some(Will {
+        qos,
+        retain,
+        properties: Properties::default(),
+        topic: s("w"),
+        payload: Bytes::from_static(payload),
+    });
+    c
+}
+
 pub fn s(text: &str) -> MqttStr {
     MqttStr::new(text).unwrap()
 }
