@@ -2,7 +2,10 @@
 # midge against Debian's mosquitto: the same loadgen scenarios against each, in one run, on
 # free loopback ports; prints both figures and their ratio, and keeps the raw JSON.
 #
-#   scripts/compare.sh [--quick] [--repeat N]
+#   scripts/compare.sh [--quick] [--repeat N] [--pair A B]
+#
+# --pair names the two brokers compared (default: midge mosquitto); each is one of midge
+# (its default backend), midge-uring, midge-epoll (same build, backend forced) or mosquitto.
 #
 # With --repeat N every scenario runs N times against each broker (alternating), and the
 # table shows medians.
@@ -12,13 +15,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration=8 warmup=2 repeat=1
+brokers=(midge mosquitto)
+usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B]  (A, B: midge midge-uring midge-epoll mosquitto)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3 warmup=1 ;;
     --repeat) repeat=$2; shift ;;
-    *) echo "usage: scripts/compare.sh [--quick] [--repeat N]" >&2; exit 2 ;;
+    --pair) [ $# -ge 3 ] || usage; brokers=("$2" "$3"); shift 2 ;;
+    *) usage ;;
   esac
   shift
+done
+for b in "${brokers[@]}"; do
+  case "$b" in midge|midge-uring|midge-epoll|mosquitto) ;; *) usage ;; esac
 done
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -40,6 +49,8 @@ trap stop_broker EXIT
 start_broker() { # name port
   case "$1" in
     midge) taskset -c 1 target/release/midge -p "$2" --threads 1 2>"$out/midge.log" & ;;
+    midge-uring) taskset -c 1 target/release/midge -p "$2" --threads 1 --io uring 2>"$out/midge-uring.log" & ;;
+    midge-epoll) taskset -c 1 target/release/midge -p "$2" --threads 1 --io epoll 2>"$out/midge-epoll.log" & ;;
     mosquitto) taskset -c 1 mosquitto -p "$2" >"$out/mosquitto.log" 2>&1 & ;;
   esac
   broker_pid=$!
@@ -62,7 +73,7 @@ scenarios=(
 )
 
 for round in $(seq 1 "$repeat"); do
-  for broker in midge mosquitto; do
+  for broker in "${brokers[@]}"; do
     port=$(free_port)
     start_broker "$broker" "$port"
     for entry in "${scenarios[@]}"; do
@@ -77,9 +88,9 @@ for round in $(seq 1 "$repeat"); do
   done
 done
 
-python3 - "$out" "$repeat" "${scenarios[@]}" <<'PY'
+python3 - "$out" "$repeat" "${brokers[0]}" "${brokers[1]}" "${scenarios[@]}" <<'PY'
 import json, statistics, sys
-out, repeat, entries = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, repeat, first, second, entries = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
 
 def runs(broker, name):
     """Each round's report (for a ceiling search: the highest step that held)."""
@@ -108,7 +119,7 @@ def row(name, metric, m, q, better):
     rows.append((name, metric, m, q, ratio, better))
 for entry in entries:
     name = entry.split("|")[0]
-    ms_, qs_ = runs("midge", name), runs("mosquitto", name)
+    ms_, qs_ = runs(first, name), runs(second, name)
     med = lambda reports, get: median(reports, lambda r: get(r) if "delivery" in r or "latency" in r else None)
     lat = lambda p: (lambda r: r.get("latency", {}).get(p, 0) / 1000)
     if name.endswith("-ceiling"):
@@ -127,7 +138,7 @@ for entry in entries:
         # The kernel's share of the broker's CPU (on loopback it includes the receivers' TCP work).
         share = lambda r: (r.get("broker_system_cpu_s") / r["broker_cpu_s"]) if r.get("broker_cpu_s") and r.get("broker_system_cpu_s") is not None else None
         row(name, "system share of CPU", med(ms_, share), med(qs_, share), "lower")
-    for broker, reports in (("midge", ms_), ("mosquitto", qs_)):
+    for broker, reports in ((first, ms_), (second, qs_)):
         behind = sum(1 for r in reports if r.get("loadgen_behind"))
         if behind:
             rows.append((name, f"note: loadgen fell behind in {behind} run(s) against {broker}", None, None, None, ""))
@@ -136,7 +147,7 @@ for entry in entries:
                 rows.append((name, f"error ({broker}): {e}", None, None, None, ""))
 fmt = lambda v: "" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}")
 print(f"medians of {repeat} run(s) per broker")
-print(f"{'scenario':<17} {'metric':<19} {'midge':>12} {'mosquitto':>12} {'midge/mosq':>11}  better")
+print(f"{'scenario':<17} {'metric':<19} {first:>12} {second:>12} {'ratio':>11}  better")
 for name, metric, m, q, ratio, better in rows:
     r = "" if ratio is None else f"{ratio:.2f}"
     print(f"{name:<17} {metric:<19} {fmt(m):>12} {fmt(q):>12} {r:>11}  {better}")

@@ -12,7 +12,7 @@
 # security, bridges, TLS, persistence) are run and reported apart. Logs of each test are
 # kept in the temporary directory printed at the end. Env: MIDGE_SUITE_JOBS (parallel
 # tests, default 4), MIDGE_SUITE_TIMEOUT (seconds per test, default 60),
-# MIDGE_SUITE_TAG (default v2.0.11).
+# MIDGE_SUITE_TAG (default v2.0.11), MIDGE_SUITE_IO (midge's --io backend; default: its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -37,7 +37,8 @@ fi
 
 # The broker and password tool the suite calls, at the paths it calls them by.
 mkdir -p "$work/src" "$work/apps/mosquitto_passwd"
-printf '#!/bin/sh\nexec %q "$@"\n' "$root/target/release/midge" >"$work/src/mosquitto"
+printf '#!/bin/sh\nexec %q %s "$@"\n' "$root/target/release/midge" "${MIDGE_SUITE_IO:+--io $MIDGE_SUITE_IO}" \
+  >"$work/src/mosquitto"
 printf '#!/bin/sh\nexec %q "$@"\n' "$root/target/release/midge-passwd" \
     >"$work/apps/mosquitto_passwd/mosquitto_passwd"
 chmod +x "$work/src/mosquitto" "$work/apps/mosquitto_passwd/mosquitto_passwd"

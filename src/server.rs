@@ -8,9 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::config::{Config, CpuAffinity};
+use crate::config::{Config, CpuAffinity, IoBackend};
 use crate::shard::io::epoll::Epoll;
-use crate::shard::io::Waker;
+use crate::shard::io::uring::{self, Uring};
+use crate::shard::io::{Io, Waker};
 use crate::shard::{Shard, Shared};
 
 pub struct Server {
@@ -116,16 +117,25 @@ impl Server {
         if first.is_empty() {
             return Err(io::Error::other("no listener could be opened"));
         }
+        let use_uring = choose_io_backend(config.io_backend)? == "uring";
+        let backend = |sockets| -> io::Result<Io> {
+            Ok(if use_uring {
+                Io::Uring(Uring::new(sockets)?)
+            } else {
+                Io::Epoll(Epoll::new(sockets)?)
+            })
+        };
         let mut backends = Vec::with_capacity(shards);
-        backends.push(Epoll::new(first)?);
+        backends.push(backend(first)?);
         for _ in 1..shards {
             let sockets = addrs
                 .iter()
                 .zip(&interfaces)
                 .map(|(&addr, interface)| bind(addr, *interface))
                 .collect::<io::Result<Vec<_>>>()?;
-            backends.push(Epoll::new(sockets)?);
+            backends.push(backend(sockets)?);
         }
+        log::debug!("Shards use the {} backend.", backends[0].name());
         if let Some(user) = &config.user {
             drop_privileges(user)?;
         }
@@ -260,6 +270,28 @@ fn sighup_mask(how: libc::c_int) {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// The backend the shards use, "uring" or "epoll": `auto` takes io_uring where the kernel
+/// offers all it needs and otherwise says why, once, and uses epoll; `uring` without it is
+/// an error.
+pub fn choose_io_backend(choice: IoBackend) -> io::Result<&'static str> {
+    match choice {
+        IoBackend::Epoll => Ok("epoll"),
+        IoBackend::Uring => match uring::available() {
+            Ok(()) => Ok("uring"),
+            Err(why) => Err(io::Error::other(format!(
+                "io_backend uring: {why} (io_backend epoll or auto runs without it)"
+            ))),
+        },
+        IoBackend::Auto => match uring::available() {
+            Ok(()) => Ok("uring"),
+            Err(why) => {
+                log::info!(target: "information", "io_uring is not available ({why}); using epoll.");
+                Ok("epoll")
+            }
+        },
     }
 }
 

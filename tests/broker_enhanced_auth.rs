@@ -46,6 +46,13 @@ fn server() -> Server {
         ..Config::default()
     };
     config.listeners = vec![Listener::on("127.0.0.1:0".parse().unwrap())];
+    // The backend the other black-box tests are run on (see common::io_backend_args).
+    if let Some(io) = std::env::var("MIDGE_TEST_IO")
+        .ok()
+        .and_then(|io| midge::config::IoBackend::parse(&io))
+    {
+        config.io_backend = io;
+    }
     Server::start_with_auth(config, vec![Arc::new(Challenge)]).expect("start midge in-process")
 }
 

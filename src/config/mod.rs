@@ -172,6 +172,27 @@ impl Listener {
     }
 }
 
+/// `io_backend` (midge's own) and `--io`: how shards do their I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring where the kernel offers what it needs, else epoll (logged, with why).
+    Auto,
+    /// io_uring, or the broker does not start.
+    Uring,
+    Epoll,
+}
+
+impl IoBackend {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "auto" => Some(IoBackend::Auto),
+            "uring" | "io_uring" => Some(IoBackend::Uring),
+            "epoll" => Some(IoBackend::Epoll),
+            _ => None,
+        }
+    }
+}
+
 /// `cpu_affinity` (midge's own): pin shard threads to cores.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CpuAffinity {
@@ -197,6 +218,8 @@ pub struct Config {
     /// Shards; 0 means one per core. Not reloaded.
     pub threads: usize,
     pub cpu_affinity: CpuAffinity,
+    /// Not reloaded.
+    pub io_backend: IoBackend,
     /// `max_inflight_messages`: QoS 1/2 messages sent to a client and not yet acknowledged.
     pub inflight_max: usize,
     /// `max_queued_messages`: QoS 1/2 messages waiting behind the inflight window.
@@ -265,6 +288,7 @@ impl Default for Config {
             security: Security::default(),
             threads: 0,
             cpu_affinity: CpuAffinity::Auto,
+            io_backend: IoBackend::Auto,
             inflight_max: 20,
             queued_max: 1000,
             memory_limit: 0,
@@ -386,6 +410,7 @@ impl Config {
         new.local_only = self.local_only;
         new.threads = self.threads;
         new.cpu_affinity = self.cpu_affinity.clone();
+        new.io_backend = self.io_backend;
         new.pid_file = self.pid_file.clone();
         new.user = self.user.clone();
         (new, warnings)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::options::{self, suggest};
-use super::{Config, ConfigError, CpuAffinity, Listener, Security, SocketDomain};
+use super::{Config, ConfigError, CpuAffinity, IoBackend, Listener, Security, SocketDomain};
 use crate::logging::{LogDest, LogTypes};
 
 /// `include_dir` nesting allowed (a directory including itself must not loop forever).
@@ -453,14 +453,14 @@ impl Reader {
                 }
             }
             "connect_timeout" => config.connect_timeout_s = line.number(3600)?.max(1),
-            "io_backend" => match line.one("backend")? {
-                "epoll" => {}
-                other => {
-                    return Err(line.err(format!(
-                        "io_backend: {other:?} is not available (epoll)"
-                    )))
-                }
-            },
+            "io_backend" => {
+                let value = line.one("backend")?;
+                config.io_backend = IoBackend::parse(value).ok_or_else(|| {
+                    line.err(format!(
+                        "io_backend: {value:?} is not one of auto, uring, epoll"
+                    ))
+                })?
+            }
             "response_topic_prefix" => {
                 let prefix = line.one("topic prefix")?;
                 if crate::topic::validate_topic_name(prefix).is_err() {

@@ -19,6 +19,15 @@ pub struct Broker {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// `MIDGE_TEST_IO=uring|epoll|auto` runs every broker the tests start on that backend
+/// (`scripts/test.sh` runs the black-box tests once per backend).
+pub fn io_backend_args() -> Vec<String> {
+    match std::env::var("MIDGE_TEST_IO") {
+        Ok(io) if !io.is_empty() => vec!["--io".to_string(), io],
+        _ => Vec::new(),
+    }
+}
+
 impl Broker {
     /// Starts midge with `-p 0 -v` and `args`, and waits until it listens.
     pub fn start(args: &[&str]) -> Broker {
@@ -56,6 +65,7 @@ impl Broker {
     fn spawn_with(args: &[&str], env: &[(&str, &str)], verbose: bool) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_midge"))
             .envs(env.iter().copied())
+            .args(io_backend_args())
             .args(verbose.then_some("-v"))
             .args(args)
             .stdin(Stdio::null())

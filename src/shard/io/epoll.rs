@@ -11,7 +11,10 @@ use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Backend, ConnId, Event, Waker, READ_MAX_PER_TURN};
+use super::{
+    Backend, ConnId, Event, Waker, ACCEPT_RETRY, IOVECS_MAX, LINGER, LINGER_DISCARD_MAX,
+    READ_MAX_PER_TURN,
+};
 
 const WAKER: Token = Token(usize::MAX);
 /// Listeners take the tokens just below the waker's.
@@ -20,14 +23,6 @@ const LISTENER_BASE: usize = usize::MAX - 1024;
 const ACCEPTS_PER_TURN: usize = 256;
 /// Readiness events taken per `wait`.
 const EVENTS_CAPACITY: usize = 1024;
-/// Pause before accepting again after an accept error.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// Buffers written per `writev`.
-const IOVECS_MAX: usize = 64;
-/// How long a connection the shard closed lingers to let the peer read what was sent last,
-/// and how much it may still send meanwhile (read and discarded).
-const LINGER: Duration = Duration::from_secs(2);
-const LINGER_DISCARD_MAX: usize = 256 * 1024;
 
 struct Socket {
     stream: TcpStream,
@@ -50,16 +45,7 @@ struct Socket {
     write_shut: bool,
     /// Closing: bytes read and thrown away so far.
     discarded: u32,
-    /// Bytes to allocate for the next read: small for quiet connections (a CONNECT, a
-    /// PINGREQ), doubled each time a read fills it, up to `READ_CHUNK_MAX`. Buffers are
-    /// handed to the shard (zero-copy decoding), so a burst of new connections must not
-    /// each take a large one.
-    read_chunk: u32,
 }
-
-/// Smallest and largest read allocation.
-const READ_CHUNK_MIN: u32 = 1024;
-const READ_CHUNK_MAX: u32 = 16 * 1024;
 
 pub struct Epoll {
     poll: Poll,
@@ -81,6 +67,8 @@ pub struct Epoll {
     /// The generation the next accepted connection gets: ids of closed connections are
     /// never given out again (until the counter wraps, after 2^32 connections).
     next_generation: u32,
+    /// Where reads land before their bytes are copied out (`READ_MAX_PER_TURN` bytes).
+    scratch: Box<[u8]>,
 }
 
 struct MioWaker(Arc<mio::Waker>);
@@ -119,6 +107,7 @@ impl Epoll {
             next_generation: 0,
             closing: VecDeque::new(),
             queued_total: 0,
+            scratch: vec![0; READ_MAX_PER_TURN].into_boxed_slice(),
         })
     }
 
@@ -157,7 +146,6 @@ impl Epoll {
                         closing: false,
                         write_shut: false,
                         discarded: 0,
-                        read_chunk: READ_CHUNK_MIN,
                     });
                     self.read_again.push(id);
                     out.push(Event::Accepted {
@@ -203,33 +191,24 @@ impl Epoll {
             }
             return;
         }
+        // Read into the shard's scratch buffer and copy out exactly what came: an idle
+        // connection holds no read buffer, and what the shard keeps of these bytes (a
+        // retained message, a queued payload) pins no more memory than was read.
+        let scratch = &mut self.scratch;
         let mut data = BytesMut::new();
         let mut closed: Option<Option<io::Error>> = None;
         while data.len() < READ_MAX_PER_TURN {
-            data.reserve(socket.read_chunk as usize);
             let room = READ_MAX_PER_TURN - data.len();
-            let spare = data.spare_capacity_mut();
-            let want = spare.len().min(room);
-            // SAFETY: `read` only writes into the slice; the bytes it reports written are
-            // initialised, and only those are made part of `data` by `set_len`.
-            let slice =
-                unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), want) };
-            match socket.stream.read(slice) {
+            match socket.stream.read(&mut scratch[..room]) {
                 Ok(0) => {
                     closed = Some(None);
                     break;
                 }
                 Ok(n) => {
-                    // SAFETY: `read` initialised `n` bytes of the spare capacity.
-                    unsafe { data.set_len(data.len() + n) };
-                    if n == want {
-                        socket.read_chunk = (socket.read_chunk * 2).min(READ_CHUNK_MAX);
-                    } else if n < socket.read_chunk as usize / 8 {
-                        socket.read_chunk = (socket.read_chunk / 2).max(READ_CHUNK_MIN);
-                    }
+                    data.extend_from_slice(&scratch[..n]);
                     // A short read drained the socket: the next arrival is a new edge, so
                     // the read that would only say `WouldBlock` is saved.
-                    if n < want && !socket.read_closed {
+                    if n < room && !socket.read_closed {
                         socket.readable = false;
                         break;
                     }
@@ -519,68 +498,5 @@ impl Backend for Epoll {
         socket.readable = true;
         self.read_again.push(conn.slot());
         self.closing.push_back((Instant::now() + LINGER, conn));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Waits (up to a deadline) for the backend to report an event `pick` accepts.
-    fn next_event<T>(backend: &mut Epoll, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-        let until = Instant::now() + Duration::from_secs(10);
-        let mut events = Vec::new();
-        loop {
-            backend
-                .wait(Some(Duration::from_millis(10)), &mut events)
-                .unwrap();
-            if let Some(found) = events.iter().find_map(&mut pick) {
-                return found;
-            }
-            events.clear();
-            assert!(Instant::now() < until, "no such event");
-        }
-    }
-
-    fn accepted(event: &Event) -> Option<ConnId> {
-        match event {
-            Event::Accepted { conn, .. } => Some(*conn),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn a_closed_connections_id_never_names_the_next_one_in_its_slot() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut backend = Epoll::new(vec![listener]).unwrap();
-
-        let mut first = std::net::TcpStream::connect(addr).unwrap();
-        let old = next_event(&mut backend, accepted);
-        backend.close(old);
-        // The first peer reads the end of the stream, then closes: the slot is free.
-        let mut rest = Vec::new();
-        first.read_to_end(&mut rest).unwrap();
-        drop(first);
-        let until = Instant::now() + Duration::from_secs(10);
-        while backend.sockets.contains(old.slot()) {
-            backend
-                .wait(Some(Duration::from_millis(10)), &mut Vec::new())
-                .unwrap();
-            assert!(Instant::now() < until, "the closed socket lingers on");
-        }
-
-        let mut second = std::net::TcpStream::connect(addr).unwrap();
-        let new = next_event(&mut backend, accepted);
-        assert_eq!(new.slot(), old.slot(), "the slot is reused");
-        assert_ne!(new, old);
-        // What is done with the old id does not reach the new connection.
-        backend.send(old, Bytes::from_static(b"stale"));
-        backend.close(old);
-        assert_eq!(backend.queued_bytes(old), 0);
-        backend.send(new, Bytes::from_static(b"fresh"));
-        let mut got = [0u8; 5];
-        second.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"fresh");
     }
 }

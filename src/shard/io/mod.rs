@@ -24,8 +24,13 @@
 //!   even after its slot is reused, and calls naming it do nothing.
 //! - A `Waker` lets another thread end a `wait` early.
 
+mod buffer_ring;
 pub mod epoll;
 pub mod sim;
+pub mod uring;
+
+#[cfg(test)]
+mod tests;
 
 use bytes::{Bytes, BytesMut};
 use std::io;
@@ -34,6 +39,14 @@ use std::time::Duration;
 
 /// Most bytes read from one connection in one `wait`.
 pub const READ_MAX_PER_TURN: usize = 64 * 1024;
+/// Pause before accepting again after an accept error (out of file descriptors, say).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Buffers written per `writev`.
+const IOVECS_MAX: usize = 64;
+/// How long a connection the shard closed lingers to let the peer read what was sent last,
+/// and how much it may still send meanwhile (read and discarded).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_DISCARD_MAX: usize = 256 * 1024;
 
 pub use crate::types::ConnId;
 
@@ -71,4 +84,63 @@ pub trait Backend {
 /// Ends a backend's `wait` from another thread.
 pub trait Waker: Send + Sync {
     fn wake(&self);
+}
+
+/// The backend a broker's shards run on, chosen at start (`--io`, `io_backend`). One
+/// `match` per call: cheaper than a virtual call, and the shard stays generic for the
+/// simulation's backend.
+// One per shard, made once: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Io {
+    Epoll(epoll::Epoll),
+    Uring(uring::Uring),
+}
+
+impl Io {
+    pub fn waker(&self) -> std::sync::Arc<dyn Waker> {
+        match self {
+            Io::Epoll(b) => b.waker(),
+            Io::Uring(b) => b.waker(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Io::Epoll(_) => "epoll",
+            Io::Uring(_) => "io_uring",
+        }
+    }
+}
+
+macro_rules! each_backend {
+    ($self:ident, $b:ident => $call:expr) => {
+        match $self {
+            Io::Epoll($b) => $call,
+            Io::Uring($b) => $call,
+        }
+    };
+}
+
+impl Backend for Io {
+    fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
+        each_backend!(self, b => b.wait(timeout, events))
+    }
+    fn send(&mut self, conn: ConnId, data: Bytes) {
+        each_backend!(self, b => b.send(conn, data))
+    }
+    fn queued_bytes(&self, conn: ConnId) -> usize {
+        each_backend!(self, b => b.queued_bytes(conn))
+    }
+    fn queued_bytes_total(&self) -> usize {
+        each_backend!(self, b => b.queued_bytes_total())
+    }
+    fn pause_reading(&mut self, conn: ConnId) {
+        each_backend!(self, b => b.pause_reading(conn))
+    }
+    fn resume_reading(&mut self, conn: ConnId) {
+        each_backend!(self, b => b.resume_reading(conn))
+    }
+    fn close(&mut self, conn: ConnId) {
+        each_backend!(self, b => b.close(conn))
+    }
 }

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Broker memory per idle connection, per retained message and per subscription, for midge
+(io_uring and epoll) and Debian's mosquitto, in one run. Loopback only; every broker is
+started here on a free port and stopped by its PID.
+
+    python3 scripts/memory.py [--connections N] [--retained N] [--subscriptions N]
+                              [--brokers midge-uring,midge-epoll,mosquitto]
+
+RSS is read from /proc/PID/status (VmRSS) after the broker has answered everything sent
+(a PINGREQ after the last packet on each connection); growth is divided by the count.
+Allocators take memory from the system in large steps, so small counts read coarsely:
+use the largest counts the machine allows (the file-descriptor limit bounds connections).
+"""
+import argparse
+import os
+import resource
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEADLINE = 120.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def packet(first, body):
+    return bytes([first]) + varint(len(body)) + body
+
+
+def s(text):
+    data = text.encode()
+    return struct.pack(">H", len(data)) + data
+
+
+def connect(client_id, keepalive=0):
+    return packet(0x10, s("MQTT") + bytes([4, 0x02]) + struct.pack(">H", keepalive) + s(client_id))
+
+
+PINGREQ = b"\xc0\x00"
+
+
+def read_until(sock, want_end):
+    """Reads until the stream ends with `want_end` (a PINGRESP or a CONNACK)."""
+    sock.settimeout(DEADLINE)
+    got = b""
+    while not got.endswith(want_end):
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise RuntimeError("broker closed the connection")
+        got = got[-64:] + chunk
+    return got
+
+
+def rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+class Broker:
+    def __init__(self, name):
+        self.name = name
+        self.port = free_port()
+        midge = os.path.join(ROOT, "target/release/midge")
+        if name == "mosquitto":
+            exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+            cmd = [exe, "-p", str(self.port)]
+        else:
+            cmd = [midge, "-p", str(self.port), "--threads", "1", "--io", name.split("-")[1]]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        until = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > until or self.proc.poll() is not None:
+                    raise RuntimeError(f"{name} does not listen")
+                time.sleep(0.01)
+
+    def client(self, client_id):
+        sock = socket.create_connection(("127.0.0.1", self.port), DEADLINE)
+        sock.sendall(connect(client_id))
+        read_until(sock, b"\x20\x02\x00\x00")
+        return sock
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def settle(broker, sock):
+    sock.sendall(PINGREQ)
+    read_until(sock, b"\xd0\x00")
+    time.sleep(0.2)
+    return rss(broker.proc.pid)
+
+
+def per_connection(broker, n):
+    probe = broker.client("probe")
+    before = settle(broker, probe)
+    socks = [broker.client(f"idle-{i}") for i in range(n)]
+    after = settle(broker, probe)
+    for sock in socks:
+        sock.close()
+    return (after - before) / n
+
+
+def per_retained(broker, n):
+    sock = broker.client("retainer")
+    before = settle(broker, sock)
+    payload = b"x" * 32
+    batch = bytearray()
+    for i in range(n):
+        batch += packet(0x31, s(f"memory/retained/{i // 1000}/{i}") + payload)
+        if len(batch) > 1 << 20:
+            sock.sendall(batch)
+            batch = bytearray()
+    sock.sendall(batch)
+    after = settle(broker, sock)
+    return (after - before) / n
+
+
+def per_subscription(broker, n, clients=10):
+    socks = [broker.client(f"subscriber-{c}") for c in range(clients)]
+    before = settle(broker, socks[0])
+    for c, sock in enumerate(socks):
+        batch = bytearray()
+        for i in range(c, n, clients):
+            packet_id = i % 65535 + 1
+            batch += packet(0x82, struct.pack(">H", packet_id) + s(f"memory/sub/{i // 100}/{i}") + b"\x01")
+        sock.sendall(batch)
+    for sock in socks:
+        settle(broker, sock)
+    after = rss(broker.proc.pid)
+    return (after - before) / n
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=9000)
+    parser.add_argument("--retained", type=int, default=100_000)
+    parser.add_argument("--subscriptions", type=int, default=100_000)
+    parser.add_argument("--brokers", default="midge-uring,midge-epoll,mosquitto")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and args.connections + 64 > hard:
+        sys.exit(f"memory.py: {args.connections} connections need more file descriptors than the hard limit ({hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    brokers = args.brokers.split(",")
+    rows = []
+    for what, count, measure in (
+        ("idle connection", args.connections, per_connection),
+        ("retained message", args.retained, per_retained),
+        ("subscription", args.subscriptions, per_subscription),
+    ):
+        if count <= 0:
+            continue
+        figures = []
+        for name in brokers:
+            broker = Broker(name)
+            try:
+                figures.append(measure(broker, count))
+            finally:
+                broker.stop()
+        rows.append((f"bytes per {what} ({count:,})", figures))
+    print(f"{'':<36}" + "".join(f"{b:>14}" for b in brokers))
+    for label, figures in rows:
+        print(f"{label:<36}" + "".join(f"{f:>14,.0f}" for f in figures))
+
+
+if __name__ == "__main__":
+    main()

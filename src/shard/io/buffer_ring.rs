@@ -1,0 +1,114 @@
+//! A provided-buffer ring for io_uring: one per shard, shared by all its connections. The
+//! kernel picks a free buffer when bytes arrive for any connection, so a connection that is
+//! idle holds no receive buffer at all. The backend copies what arrived out (the shard keeps
+//! slices of received bytes for as long as messages live) and gives the buffer back at once.
+
+use io_uring::types::BufRingEntry;
+use std::alloc::{self, Layout};
+use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+/// Buffers in the ring (a power of two, at most 32768).
+pub const COUNT: u16 = 256;
+/// Bytes per buffer: one receive completion carries at most this much.
+pub const SIZE: usize = 4 * 1024;
+/// The buffer group id the receives name.
+pub const GROUP: u16 = 0;
+
+pub struct BufferRing {
+    /// `COUNT` entries, page aligned, shared with the kernel (registered by the backend).
+    entries: *mut BufRingEntry,
+    entries_layout: Layout,
+    /// The buffers themselves, `COUNT * SIZE` bytes. A raw allocation, not a `Box`: the
+    /// kernel writes into the buffers it holds while the backend reads the ones it holds.
+    memory: *mut u8,
+    memory_layout: Layout,
+    /// The next entry to fill; published to the kernel by `publish`.
+    tail: u16,
+}
+
+impl BufferRing {
+    pub fn new() -> io::Result<Self> {
+        let entries_layout =
+            Layout::from_size_align(COUNT as usize * std::mem::size_of::<BufRingEntry>(), 4096)
+                .map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size.
+        let entries = unsafe { alloc::alloc_zeroed(entries_layout) }.cast::<BufRingEntry>();
+        if entries.is_null() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let memory_layout =
+            Layout::from_size_align(COUNT as usize * SIZE, 4096).map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size.
+        let memory = unsafe { alloc::alloc(memory_layout) };
+        if memory.is_null() {
+            // SAFETY: allocated just above with this layout.
+            unsafe { alloc::dealloc(entries.cast(), entries_layout) };
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let mut ring = BufferRing {
+            entries,
+            entries_layout,
+            memory,
+            memory_layout,
+            tail: 0,
+        };
+        for id in 0..COUNT {
+            ring.give_back(id);
+        }
+        ring.publish();
+        Ok(ring)
+    }
+
+    /// The address the kernel is told the entries are at.
+    pub fn entries_addr(&self) -> u64 {
+        self.entries as u64
+    }
+
+    /// The first `len` bytes of buffer `id`, as the kernel filled them.
+    pub fn filled(&self, id: u16, len: usize) -> &[u8] {
+        let id = id & (COUNT - 1);
+        // SAFETY: the range lies inside buffer `id` of the allocation. The kernel wrote it
+        // before posting the completion that named it, and does not touch it again until it
+        // is given back (which needs `&mut self`, so not while this borrow lives).
+        unsafe { std::slice::from_raw_parts(self.memory.add(id as usize * SIZE), len.min(SIZE)) }
+    }
+
+    /// Puts buffer `id` back in the ring; the kernel sees it after `publish`.
+    pub fn give_back(&mut self, id: u16) {
+        let index = (self.tail & (COUNT - 1)) as usize;
+        let id = id & (COUNT - 1);
+        // Inside the allocation: `id < COUNT`.
+        let addr = self.memory as u64 + (id as usize * SIZE) as u64;
+        // SAFETY: `index < COUNT`, inside the allocation. The kernel reads only entries
+        // between its head and the published tail; this one is past the tail until
+        // `publish`, so the kernel is not reading it now.
+        let entry = unsafe { &mut *self.entries.add(index) };
+        entry.set_addr(addr);
+        entry.set_len(SIZE as u32);
+        entry.set_bid(id);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the buffers given back visible to the kernel.
+    pub fn publish(&self) {
+        // SAFETY: `entries` is the ring's first entry, allocated and initialised in `new`;
+        // the tail field is a u16 the kernel reads with an acquire load, so it is written
+        // with a release store through an atomic of the same size and alignment.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries).cast_mut();
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufferRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout. The backend unregisters the ring (or
+        // leaks it) before this runs, so the kernel no longer uses it.
+        unsafe {
+            alloc::dealloc(self.entries.cast(), self.entries_layout);
+            alloc::dealloc(self.memory, self.memory_layout);
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The backend contract, checked on each real backend over loopback sockets.
+
+use super::epoll::Epoll;
+use super::uring::{self, Uring};
+use super::{Backend, ConnId, Event};
+use bytes::Bytes;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs `test` on a fresh backend of each kind (io_uring only where the kernel offers it;
+/// skipped with a note otherwise).
+fn each_backend(test: impl Fn(&mut dyn Backend, SocketAddr)) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    test(&mut Epoll::new(vec![listener]).unwrap(), addr);
+    match uring::available() {
+        Ok(()) => {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            test(&mut Uring::new(vec![listener]).unwrap(), addr);
+        }
+        Err(why) => eprintln!("io_uring backend not tested here: {why}"),
+    }
+}
+
+/// Waits (up to a deadline) for the backend to report an event `pick` accepts; other
+/// events are kept in `seen`.
+fn next_event<T>(
+    backend: &mut dyn Backend,
+    seen: &mut Vec<Event>,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(i) = seen.iter().position(|e| pick(e).is_some()) {
+            return pick(&seen.remove(i)).unwrap();
+        }
+        backend.wait(Some(Duration::from_millis(10)), seen).unwrap();
+        assert!(Instant::now() < until, "no such event");
+    }
+}
+
+fn accepted(event: &Event) -> Option<ConnId> {
+    match event {
+        Event::Accepted { conn, .. } => Some(*conn),
+        _ => None,
+    }
+}
+
+/// Everything received from `conn` until `want` bytes came.
+fn receive(backend: &mut dyn Backend, conn: ConnId, want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut events = Vec::new();
+    let until = Instant::now() + DEADLINE;
+    while got.len() < want {
+        backend
+            .wait(Some(Duration::from_millis(10)), &mut events)
+            .unwrap();
+        for event in events.drain(..) {
+            match event {
+                Event::Received { conn: c, data } if c == conn => got.extend_from_slice(&data),
+                Event::Closed { conn: c, .. } if c == conn => panic!("closed early"),
+                _ => {}
+            }
+        }
+        assert!(Instant::now() < until, "got {} of {want} bytes", got.len());
+    }
+    got
+}
+
+/// Turns the backend (so it writes what is queued) until `done` holds.
+fn turn_until(backend: &mut dyn Backend, mut done: impl FnMut(&mut dyn Backend) -> bool) {
+    let until = Instant::now() + DEADLINE;
+    while !done(backend) {
+        backend
+            .wait(Some(Duration::from_millis(10)), &mut Vec::new())
+            .unwrap();
+        assert!(Instant::now() < until, "not done by the deadline");
+    }
+}
+
+#[test]
+fn a_closed_connections_id_never_names_a_later_connection() {
+    each_backend(|backend, addr| {
+        let mut seen = Vec::new();
+        let mut first = TcpStream::connect(addr).unwrap();
+        let old = next_event(backend, &mut seen, accepted);
+        backend.close(old);
+        // The first peer reads the end of the stream, then closes.
+        let mut rest = Vec::new();
+        first.read_to_end(&mut rest).unwrap();
+        drop(first);
+
+        let mut second = TcpStream::connect(addr).unwrap();
+        let new = next_event(backend, &mut seen, accepted);
+        assert_ne!(new, old);
+        // What is done with the old id does not reach the new connection.
+        backend.send(old, Bytes::from_static(b"stale"));
+        backend.close(old);
+        assert_eq!(backend.queued_bytes(old), 0);
+        backend.send(new, Bytes::from_static(b"fresh"));
+        turn_until(backend, |b| b.queued_bytes(new) == 0);
+        let mut got = [0u8; 5];
+        second.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"fresh");
+    });
+}
+
+#[test]
+fn bytes_reach_a_slow_reader_whole_and_in_order() {
+    each_backend(|backend, addr| {
+        let mut seen = Vec::new();
+        let mut peer = TcpStream::connect(addr).unwrap();
+        let conn = next_event(backend, &mut seen, accepted);
+        // Far more than the socket buffers hold: most of it waits in the backend and goes
+        // out in pieces (partial writes) as the reader drains.
+        let chunks: Vec<Bytes> = (0..64u32)
+            .map(|i| Bytes::from(vec![i as u8; 100_000 + i as usize]))
+            .collect();
+        let total: usize = chunks.iter().map(|c| c.len()).sum();
+        for chunk in &chunks {
+            backend.send(conn, chunk.clone());
+        }
+        assert!(backend.queued_bytes(conn) > 0);
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 7919];
+            while all.len() < total {
+                let n = peer.read(&mut buf).unwrap();
+                assert!(n > 0, "end of stream after {} bytes", all.len());
+                all.extend_from_slice(&buf[..n]);
+            }
+            all
+        });
+        turn_until(backend, |b| b.queued_bytes(conn) == 0);
+        let all = reader.join().unwrap();
+        let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert!(all == expected, "bytes reordered or changed");
+        assert_eq!(backend.queued_bytes_total(), 0);
+    });
+}
+
+#[test]
+fn bytes_sent_while_paused_arrive_after_resume_in_order() {
+    each_backend(|backend, addr| {
+        let mut seen = Vec::new();
+        let mut peer = TcpStream::connect(addr).unwrap();
+        let conn = next_event(backend, &mut seen, accepted);
+        peer.write_all(b"one,").unwrap();
+        assert_eq!(receive(backend, conn, 4), b"one,");
+        backend.pause_reading(conn);
+        peer.write_all(b"two,three").unwrap();
+        // Paused: nothing is delivered, however long the backend turns.
+        let until = Instant::now() + Duration::from_millis(200);
+        let mut events = Vec::new();
+        while Instant::now() < until {
+            backend
+                .wait(Some(Duration::from_millis(10)), &mut events)
+                .unwrap();
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| matches!(e, Event::Received { conn: c, .. } if *c == conn)),
+                "bytes delivered while paused"
+            );
+        }
+        backend.resume_reading(conn);
+        peer.write_all(b",four").unwrap();
+        assert_eq!(receive(backend, conn, 14), b"two,three,four");
+    });
+}
+
+#[test]
+fn a_closed_connection_delivers_its_last_bytes_then_the_end() {
+    each_backend(|backend, addr| {
+        let mut seen = Vec::new();
+        let mut peer = TcpStream::connect(addr).unwrap();
+        let conn = next_event(backend, &mut seen, accepted);
+        backend.send(conn, Bytes::from_static(b"last words"));
+        backend.close(conn);
+        // Sent after the close: thrown away, and no event names the connection again.
+        backend.send(conn, Bytes::from_static(b"never"));
+        peer.write_all(b"ignored").unwrap();
+        peer.set_read_timeout(Some(DEADLINE)).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            peer.read_to_end(&mut all).unwrap();
+            all
+        });
+        let mut events = Vec::new();
+        turn_until(backend, |b| {
+            b.wait(Some(Duration::from_millis(10)), &mut events)
+                .unwrap();
+            reader.is_finished()
+        });
+        assert_eq!(reader.join().unwrap(), b"last words");
+        assert!(
+            !events.iter().any(|e| matches!(e,
+                Event::Received { conn: c, .. } | Event::Closed { conn: c, .. } if *c == conn)),
+            "an event named a closed connection: {events:?}"
+        );
+    });
+}
+
+#[test]
+fn a_peer_that_closes_is_reported_once() {
+    each_backend(|backend, addr| {
+        let mut seen = Vec::new();
+        let peer = TcpStream::connect(addr).unwrap();
+        let conn = next_event(backend, &mut seen, accepted);
+        drop(peer);
+        let error = next_event(backend, &mut seen, |e| match e {
+            Event::Closed { conn: c, error } if *c == conn => Some(error.is_some()),
+            _ => None,
+        });
+        assert!(!error, "a clean close is not an error");
+        let mut events = Vec::new();
+        backend
+            .wait(Some(Duration::from_millis(50)), &mut events)
+            .unwrap();
+        assert!(events.is_empty(), "more events: {events:?}");
+    });
+}
+
+#[test]
+fn a_waker_ends_a_wait_early() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let epoll = Epoll::new(vec![listener]).unwrap();
+    let wakers = [(epoll.waker(), Box::new(epoll) as Box<dyn Backend>)];
+    let mut all: Vec<_> = wakers.into_iter().collect();
+    if uring::available().is_ok() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let uring = Uring::new(vec![listener]).unwrap();
+        all.push((uring.waker(), Box::new(uring)));
+    }
+    for (waker, mut backend) in all {
+        // The first wait enables the ring on this thread; the second is the one woken.
+        backend.wait(Some(Duration::ZERO), &mut Vec::new()).unwrap();
+        let wake = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake();
+        });
+        let started = Instant::now();
+        backend
+            .wait(Some(Duration::from_secs(30)), &mut Vec::new())
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(20), "not woken");
+        wake.join().unwrap();
+    }
+}

@@ -1,0 +1,759 @@
+//! The io_uring backend (Linux 6.1 or later), on the `io-uring` crate.
+//!
+//! - One multishot accept per listening socket; one multishot receive per connection into
+//!   the shard's provided-buffer ring (`buffer_ring`), so an idle connection holds no
+//!   receive buffer.
+//! - Sends are queued as submissions by `send` and go to the kernel together with the next
+//!   `wait`: one `io_uring_enter` both submits a whole turn's writes and waits.
+//! - At most one send per connection is in flight, so its bytes never reorder; a partial
+//!   send continues from where it stopped.
+//! - The ring is `SINGLE_ISSUER | DEFER_TASKRUN` (completions are processed only when the
+//!   shard waits, on the shard's thread). It is created disabled and enabled by the first
+//!   `wait`, on the shard's thread, which becomes its only submitter.
+//! - A connection that ends is cancelled (every operation on its socket) and stays in the
+//!   slab, dead to the shard, until its last operation completes: the buffers a send points
+//!   at live until the kernel is done with them, and a slot is never reused while a
+//!   completion may still name it. Completions carry the connection's generation too.
+//! - Another thread wakes a `wait` through an eventfd that the ring always has a read on.
+
+use bytes::{Buf, Bytes, BytesMut};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::buffer_ring::{self, BufferRing};
+use super::{Backend, ConnId, Event, Waker, ACCEPT_RETRY, IOVECS_MAX, LINGER, LINGER_DISCARD_MAX};
+
+const SUBMISSION_ENTRIES: u32 = 1024;
+/// Completions the ring holds before the kernel keeps the rest aside (no completion is lost:
+/// `IORING_FEAT_NODROP`).
+const COMPLETION_ENTRIES: u32 = 8192;
+/// Completions handled per `wait`, so one turn stays bounded; the rest wait for the next.
+const COMPLETIONS_PER_TURN: usize = 4096;
+/// Connections per shard (slot numbers fit in 24 bits of a completion's tag).
+const SLOTS_MAX: usize = 1 << 24;
+
+/// What a submission was, kept in its tag with the slot (or listener) and generation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Op {
+    Accept = 1,
+    Receive = 2,
+    Send = 3,
+    Wake = 4,
+    Cancel = 5,
+}
+
+fn tag(op: Op, slot: usize, generation: u32) -> u64 {
+    (op as u64) << 56 | (generation as u64) << 24 | slot as u64
+}
+
+fn untag(data: u64) -> (u8, usize, u32) {
+    (
+        (data >> 56) as u8,
+        (data & (SLOTS_MAX as u64 - 1)) as usize,
+        (data >> 24) as u32,
+    )
+}
+
+struct Socket {
+    stream: TcpStream,
+    generation: u32,
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    /// A send is in flight (for the front of `queue`).
+    sending: bool,
+    /// The vector of an in-flight `writev`; untouched until it completes.
+    iov: Vec<libc::iovec>,
+    /// A multishot receive is armed (until a completion without `MORE`).
+    receiving: bool,
+    paused: bool,
+    /// Bytes that arrived while paused (before the cancelled receive stopped).
+    held: BytesMut,
+    /// Closed by the shard: the queue is written, the write side shut, and what the peer
+    /// still sends is thrown away until it closes or the linger ends (as in `epoll.rs`).
+    closing: bool,
+    write_shut: bool,
+    discarded: u32,
+    /// Gone for the shard; kept only until its operations complete.
+    dead: bool,
+}
+
+pub struct Uring {
+    // Dropped first: the ring, before the buffers it may write into.
+    ring: IoUring,
+    /// Freed only once the kernel is known to be done with it (see `Drop`).
+    buffers: ManuallyDrop<BufferRing>,
+    enabled: bool,
+    listeners: Vec<TcpListener>,
+    /// Listeners with a multishot accept armed.
+    accepting: Vec<bool>,
+    accept_retry_at: Option<Instant>,
+    sockets: Slab<Socket>,
+    /// Connections whose receive is to be armed again on the next `wait`.
+    rearm: Vec<usize>,
+    /// Connections resumed with bytes held: delivered at the start of the next `wait`.
+    resumed: Vec<usize>,
+    wake_fd: Arc<OwnedFd>,
+    /// Where the eventfd read lands; boxed so its address stays put.
+    wake_buf: Box<u64>,
+    queued_total: usize,
+    closing: VecDeque<(Instant, ConnId)>,
+    next_generation: u32,
+    completions: Vec<(u64, i32, u32)>,
+    /// Logged "accept failed" for the current retry pause.
+    accept_error_logged: bool,
+}
+
+// SAFETY: the raw pointers inside (`iovec`s of in-flight sends, the buffer ring) point into
+// memory this value owns (queued `Bytes`, the buffer ring's allocations); nothing else
+// holds them, so moving the whole backend to the shard's thread moves their owner with them.
+unsafe impl Send for Uring {}
+
+struct EventFdWaker(Arc<OwnedFd>);
+
+impl Waker for EventFdWaker {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd this value keeps open. A
+        // failed write (the counter is full) still leaves the eventfd readable: awake.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+fn ring_builder() -> io_uring::Builder {
+    let mut builder = IoUring::builder();
+    builder
+        .setup_cqsize(COMPLETION_ENTRIES)
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_submit_all();
+    builder
+}
+
+/// Whether this kernel (and its seccomp policy) gives the backend everything it needs: the
+/// ring with its flags (Linux 6.1), a provided-buffer ring, the operations used. `Err`
+/// says what is missing, for the log line of `io_backend auto`.
+pub fn available() -> Result<(), String> {
+    let ring = ring_builder()
+        .build(8)
+        .map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("io_uring probe failed: {e}"))?;
+    for (code, name) in [
+        (opcode::AcceptMulti::CODE, "accept"),
+        (opcode::RecvMulti::CODE, "recv"),
+        (opcode::Send::CODE, "send"),
+        (opcode::Writev::CODE, "writev"),
+        (opcode::Read::CODE, "read"),
+        (opcode::AsyncCancel2::CODE, "async cancel"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(format!("io_uring lacks the {name} operation"));
+        }
+    }
+    let buffers = BufferRing::new().map_err(|e| e.to_string())?;
+    // SAFETY: the entries stay allocated until after they are unregistered below.
+    unsafe {
+        ring.submitter().register_buf_ring_with_flags(
+            buffers.entries_addr(),
+            buffer_ring::COUNT,
+            buffer_ring::GROUP,
+            0,
+        )
+    }
+    .map_err(|e| format!("io_uring provided-buffer rings unavailable: {e}"))?;
+    let _ = ring.submitter().unregister_buf_ring(buffer_ring::GROUP);
+    Ok(())
+}
+
+impl Uring {
+    pub fn new(listeners: Vec<std::net::TcpListener>) -> io::Result<Self> {
+        let ring = ring_builder()
+            .setup_r_disabled()
+            .build(SUBMISSION_ENTRIES)?;
+        let buffers = BufferRing::new()?;
+        // SAFETY: the entries live in `buffers`, which the backend keeps (and unregisters
+        // before dropping, see `Drop`).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                buffers.entries_addr(),
+                buffer_ring::COUNT,
+                buffer_ring::GROUP,
+                0,
+            )?
+        };
+        for listener in &listeners {
+            // The ring waits for connections itself; a blocking socket is what it expects.
+            listener.set_nonblocking(false)?;
+        }
+        // SAFETY: eventfd has no memory arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let wake_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(Uring {
+            ring,
+            buffers: ManuallyDrop::new(buffers),
+            enabled: false,
+            accepting: vec![false; listeners.len()],
+            listeners,
+            accept_retry_at: None,
+            sockets: Slab::new(),
+            rearm: Vec::new(),
+            resumed: Vec::new(),
+            wake_fd,
+            wake_buf: Box::new(0),
+            queued_total: 0,
+            closing: VecDeque::new(),
+            next_generation: 0,
+            completions: Vec::new(),
+            accept_error_logged: false,
+        })
+    }
+
+    pub fn waker(&self) -> Arc<dyn Waker> {
+        Arc::new(EventFdWaker(self.wake_fd.clone()))
+    }
+
+    /// Queues a submission, handing the queue to the kernel first when it is full.
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry built here points only at memory that outlives the
+            // operation: the eventfd buffer (boxed, owned), a socket's queued `Bytes` and
+            // `iov` (kept until the send completes, see `Socket::dead`), or nothing.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                log::error!("Error: io_uring submit failed: {e}");
+                return;
+            }
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let fd = types::Fd(self.wake_fd.as_raw_fd());
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let entry = opcode::Read::new(fd, buf.cast(), 8)
+            .build()
+            .user_data(tag(Op::Wake, 0, 0));
+        self.push(entry);
+    }
+
+    fn arm_accept(&mut self, index: usize) {
+        let fd = types::Fd(self.listeners[index].as_raw_fd());
+        let entry = opcode::AcceptMulti::new(fd)
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(tag(Op::Accept, index, 0));
+        self.accepting[index] = true;
+        self.push(entry);
+    }
+
+    fn arm_receive(&mut self, slot: usize) {
+        let Some(socket) = self.sockets.get_mut(slot) else {
+            return;
+        };
+        if socket.receiving || socket.paused || socket.dead {
+            return;
+        }
+        socket.receiving = true;
+        let fd = types::Fd(socket.stream.as_raw_fd());
+        let entry = opcode::RecvMulti::new(fd, buffer_ring::GROUP)
+            .build()
+            .user_data(tag(Op::Receive, slot, socket.generation));
+        self.push(entry);
+    }
+
+    /// Sends the front of the queue, unless a send is in flight already.
+    fn start_send(&mut self, slot: usize) {
+        let Some(socket) = self.sockets.get_mut(slot) else {
+            return;
+        };
+        if socket.sending || socket.dead || socket.queue.is_empty() {
+            return;
+        }
+        let fd = types::Fd(socket.stream.as_raw_fd());
+        let user_data = tag(Op::Send, slot, socket.generation);
+        let entry = if socket.queue.len() == 1 {
+            let bytes = &socket.queue[0];
+            let len = bytes.len().min(u32::MAX as usize) as u32;
+            opcode::Send::new(fd, bytes.as_ptr(), len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        } else {
+            socket.iov.clear();
+            socket
+                .iov
+                .extend(socket.queue.iter().take(IOVECS_MAX).map(|b| libc::iovec {
+                    iov_base: b.as_ptr().cast_mut().cast(),
+                    iov_len: b.len(),
+                }));
+            opcode::Writev::new(fd, socket.iov.as_ptr(), socket.iov.len() as u32).build()
+        };
+        socket.sending = true;
+        self.push(entry.user_data(user_data));
+    }
+
+    /// Ends a connection for good: its operations are cancelled and its slot freed once
+    /// the last one has completed.
+    fn remove(&mut self, slot: usize) {
+        let Some(socket) = self.sockets.get_mut(slot) else {
+            return;
+        };
+        if socket.dead {
+            return;
+        }
+        socket.dead = true;
+        self.queued_total -= socket.queued;
+        socket.queued = 0;
+        socket.held = BytesMut::new();
+        if socket.receiving || socket.sending {
+            let fd = types::Fd(socket.stream.as_raw_fd());
+            let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
+                .build()
+                .user_data(tag(Op::Cancel, slot, 0));
+            self.push(entry);
+        } else {
+            self.sockets.remove(slot);
+        }
+    }
+
+    /// Frees a dead connection's slot once nothing is in flight for it.
+    fn free_if_done(&mut self, slot: usize) {
+        if self
+            .sockets
+            .get(slot)
+            .is_some_and(|s| s.dead && !s.receiving && !s.sending)
+        {
+            self.sockets.remove(slot);
+        }
+    }
+
+    fn socket_mut(&mut self, conn: ConnId) -> Option<&mut Socket> {
+        self.sockets
+            .get_mut(conn.slot())
+            .filter(|s| s.generation == conn.generation() && !s.dead)
+    }
+
+    fn shut_write_when_flushed(socket: &mut Socket) {
+        if socket.closing && !socket.write_shut && socket.queue.is_empty() {
+            let _ = socket.stream.shutdown(Shutdown::Write);
+            socket.write_shut = true;
+        }
+    }
+
+    fn on_completion(&mut self, data: u64, result: i32, flags: u32, out: &mut Vec<Event>) {
+        let (op, slot, generation) = untag(data);
+        match op {
+            x if x == Op::Wake as u8 => self.arm_wake(),
+            x if x == Op::Accept as u8 => self.on_accept(slot, result, flags, out),
+            x if x == Op::Receive as u8 => self.on_receive(slot, generation, result, flags, out),
+            x if x == Op::Send as u8 => self.on_send(slot, generation, result, out),
+            _ => {}
+        }
+    }
+
+    fn on_accept(&mut self, index: usize, result: i32, flags: u32, out: &mut Vec<Event>) {
+        if !cqueue::more(flags) {
+            self.accepting[index] = false;
+        }
+        if result < 0 {
+            let e = io::Error::from_raw_os_error(-result);
+            if matches!(-result, libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) {
+                return;
+            }
+            // Out of file descriptors and the like: retry after a pause rather than spin,
+            // and log once per pause.
+            if !self.accept_error_logged {
+                log::error!("Error accepting a connection: {e}; retrying in {ACCEPT_RETRY:?}.");
+                self.accept_error_logged = true;
+            }
+            self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+            return;
+        }
+        // SAFETY: the kernel made this descriptor for us and nothing else owns it.
+        let stream = unsafe { TcpStream::from_raw_fd(result) };
+        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+            return; // Gone already.
+        };
+        if self.sockets.vacant_key() >= SLOTS_MAX {
+            log::error!("Error: shard connection table full; refusing {peer}.");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1);
+        let slot = self.sockets.insert(Socket {
+            stream,
+            generation,
+            queue: VecDeque::new(),
+            queued: 0,
+            sending: false,
+            iov: Vec::new(),
+            receiving: false,
+            paused: false,
+            held: BytesMut::new(),
+            closing: false,
+            write_shut: false,
+            discarded: 0,
+            dead: false,
+        });
+        out.push(Event::Accepted {
+            conn: ConnId::new(slot, generation),
+            peer,
+            local,
+            socket: index,
+        });
+        self.arm_receive(slot);
+    }
+
+    fn on_receive(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        result: i32,
+        flags: u32,
+        out: &mut Vec<Event>,
+    ) {
+        let buffer = cqueue::buffer_select(flags);
+        let more = cqueue::more(flags);
+        let Some(socket) = self
+            .sockets
+            .get_mut(slot)
+            .filter(|s| s.generation == generation)
+        else {
+            if let Some(id) = buffer {
+                self.buffers.give_back(id);
+            }
+            return;
+        };
+        if !more {
+            socket.receiving = false;
+        }
+        let conn = ConnId::new(slot, generation);
+        if result > 0 {
+            let Some(id) = buffer else {
+                log::error!("Error: io_uring receive without a buffer on connection {conn}");
+                return;
+            };
+            let data = self.buffers.filled(id, result as usize);
+            if socket.dead {
+            } else if socket.closing {
+                socket.discarded = socket.discarded.saturating_add(result as u32);
+                if socket.discarded as usize > LINGER_DISCARD_MAX {
+                    self.buffers.give_back(id);
+                    self.remove(slot);
+                    return;
+                }
+            } else if socket.paused {
+                socket.held.extend_from_slice(data);
+            } else {
+                match out.last_mut() {
+                    Some(Event::Received {
+                        conn: last,
+                        data: bytes,
+                    }) if *last == conn => bytes.extend_from_slice(data),
+                    _ => out.push(Event::Received {
+                        conn,
+                        data: BytesMut::from(data),
+                    }),
+                }
+            }
+            self.buffers.give_back(id);
+            if !more {
+                self.rearm.push(slot);
+            }
+        } else if result == 0 {
+            // The peer closed its side.
+            if !socket.dead && !socket.closing {
+                out.push(Event::Closed { conn, error: None });
+            }
+            self.remove(slot);
+        } else if -result == libc::ENOBUFS || -result == libc::ECANCELED {
+            // Out of buffers (they are given back this turn), or stopped by a pause or a
+            // close: armed again on the next `wait` unless paused or gone.
+            self.rearm.push(slot);
+        } else {
+            if !socket.dead && !socket.closing {
+                let error = Some(io::Error::from_raw_os_error(-result));
+                out.push(Event::Closed { conn, error });
+            }
+            self.remove(slot);
+        }
+        self.free_if_done(slot);
+    }
+
+    fn on_send(&mut self, slot: usize, generation: u32, result: i32, out: &mut Vec<Event>) {
+        let Some(socket) = self
+            .sockets
+            .get_mut(slot)
+            .filter(|s| s.generation == generation)
+        else {
+            return;
+        };
+        socket.sending = false;
+        if socket.queue.len() <= 1 || socket.queued == 0 {
+            socket.iov = Vec::new();
+        }
+        if socket.dead {
+            self.free_if_done(slot);
+            return;
+        }
+        if result <= 0 {
+            let error = if result == 0 {
+                io::ErrorKind::WriteZero.into()
+            } else {
+                io::Error::from_raw_os_error(-result)
+            };
+            if !socket.closing {
+                let conn = ConnId::new(slot, generation);
+                out.push(Event::Closed {
+                    conn,
+                    error: Some(error),
+                });
+            }
+            self.remove(slot);
+            return;
+        }
+        let mut written = result as usize;
+        socket.queued -= written;
+        self.queued_total -= written;
+        while written > 0 {
+            let front = socket.queue.front_mut().expect("sent bytes were queued");
+            if front.len() <= written {
+                written -= front.len();
+                socket.queue.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+        if socket.queue.is_empty() {
+            Self::shut_write_when_flushed(socket);
+        } else {
+            self.start_send(slot);
+        }
+    }
+}
+
+impl Backend for Uring {
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+        if !self.enabled {
+            // On the shard's thread: it becomes the ring's only submitter.
+            self.ring.submitter().register_enable_rings()?;
+            self.enabled = true;
+            self.arm_wake();
+        }
+        let now = Instant::now();
+        if self.accept_retry_at.is_some_and(|at| now >= at) {
+            self.accept_retry_at = None;
+            self.accept_error_logged = false;
+        }
+        if self.accept_retry_at.is_none() {
+            for index in 0..self.listeners.len() {
+                if !self.accepting[index] {
+                    self.arm_accept(index);
+                }
+            }
+        }
+        // Bytes held while paused go first, before anything newer from the same peer.
+        for slot in std::mem::take(&mut self.resumed) {
+            if let Some(socket) = self.sockets.get_mut(slot).filter(|s| !s.dead && !s.paused) {
+                if !socket.held.is_empty() {
+                    let conn = ConnId::new(slot, socket.generation);
+                    let data = std::mem::take(&mut socket.held);
+                    out.push(Event::Received { conn, data });
+                }
+            }
+        }
+        let mut rearm = std::mem::take(&mut self.rearm);
+        rearm.sort_unstable();
+        rearm.dedup();
+        for slot in rearm.drain(..) {
+            self.arm_receive(slot);
+        }
+        self.rearm = rearm;
+        let wake_at = [self.accept_retry_at, self.closing.front().map(|c| c.0)]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = if !out.is_empty() {
+            Duration::ZERO
+        } else {
+            match (timeout, wake_at) {
+                (Some(t), Some(at)) => t.min(at.saturating_duration_since(now)),
+                (None, Some(at)) => at.saturating_duration_since(now),
+                (Some(t), None) => t,
+                (None, None) => Duration::from_secs(3600),
+            }
+        };
+        let timespec = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&timespec);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.extend(
+            self.ring
+                .completion()
+                .take(COMPLETIONS_PER_TURN)
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for (data, result, flags) in completions.drain(..) {
+            self.on_completion(data, result, flags, out);
+        }
+        self.completions = completions;
+        self.buffers.publish();
+        // Lingers that ran out: closed now, whatever the peer does.
+        let now = Instant::now();
+        while let Some(&(deadline, conn)) = self.closing.front() {
+            if deadline > now {
+                break;
+            }
+            self.closing.pop_front();
+            if self.socket_mut(conn).is_some_and(|s| s.closing) {
+                self.remove(conn.slot());
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, conn: ConnId, data: Bytes) {
+        let Some(socket) = self.socket_mut(conn).filter(|s| !s.closing) else {
+            return;
+        };
+        if data.is_empty() {
+            return;
+        }
+        let len = data.len();
+        socket.queued += len;
+        socket.queue.push_back(data);
+        self.queued_total += len;
+        self.start_send(conn.slot());
+    }
+
+    fn queued_bytes(&self, conn: ConnId) -> usize {
+        self.sockets
+            .get(conn.slot())
+            .filter(|s| s.generation == conn.generation() && !s.dead)
+            .map_or(0, |s| s.queued)
+    }
+
+    fn queued_bytes_total(&self) -> usize {
+        self.queued_total
+    }
+
+    fn pause_reading(&mut self, conn: ConnId) {
+        let Some(socket) = self.socket_mut(conn) else {
+            return;
+        };
+        if socket.paused || socket.closing {
+            return;
+        }
+        socket.paused = true;
+        if socket.receiving {
+            let entry = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(tag(
+                Op::Receive,
+                conn.slot(),
+                conn.generation(),
+            )))
+            .build()
+            .user_data(tag(Op::Cancel, conn.slot(), 0));
+            self.push(entry);
+        }
+    }
+
+    fn resume_reading(&mut self, conn: ConnId) {
+        let Some(socket) = self.socket_mut(conn) else {
+            return;
+        };
+        if !socket.paused {
+            return;
+        }
+        socket.paused = false;
+        if !socket.held.is_empty() {
+            self.resumed.push(conn.slot());
+        }
+        self.rearm.push(conn.slot());
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        let Some(socket) = self.socket_mut(conn) else {
+            return;
+        };
+        if socket.closing {
+            return;
+        }
+        socket.closing = true;
+        socket.paused = false;
+        socket.held = BytesMut::new();
+        Self::shut_write_when_flushed(socket);
+        // What the peer still sends is read and thrown away until it closes.
+        self.rearm.push(conn.slot());
+        self.closing.push_back((Instant::now() + LINGER, conn));
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // Sends in flight point into queued bytes that are about to be freed, and the
+        // kernel must stop picking receive buffers before their memory is freed: cancel
+        // everything and wait (bounded) for it to end, then unregister the buffers.
+        if self.enabled {
+            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(tag(Op::Cancel, 0, 0));
+            self.push(cancel);
+            let until = Instant::now() + Duration::from_secs(1);
+            let timespec = types::Timespec::from(Duration::from_millis(10));
+            while self.sockets.iter().any(|(_, s)| s.sending) && Instant::now() < until {
+                let args = types::SubmitArgs::new().timespec(&timespec);
+                let _ = self.ring.submitter().submit_with_args(1, &args);
+                for cqe in self.ring.completion() {
+                    let (op, slot, generation) = untag(cqe.user_data());
+                    if op == Op::Send as u8 {
+                        if let Some(s) = self.sockets.get_mut(slot) {
+                            s.sending &= s.generation != generation;
+                        }
+                    }
+                }
+            }
+            if self.sockets.iter().any(|(_, s)| s.sending) {
+                // Still in flight: keep the bytes rather than free them under the kernel.
+                for (_, socket) in std::mem::take(&mut self.sockets) {
+                    std::mem::forget(socket.queue);
+                }
+            }
+        }
+        if self
+            .ring
+            .submitter()
+            .unregister_buf_ring(buffer_ring::GROUP)
+            .is_ok()
+        {
+            // SAFETY: unregistered: the kernel no longer picks these buffers, and it only
+            // writes into one while completing a receive on this thread (DEFER_TASKRUN),
+            // which is not happening now. Not used again: this is the backend's drop.
+            unsafe { ManuallyDrop::drop(&mut self.buffers) };
+        }
+        // Otherwise the memory is kept (leaked) rather than risk the kernel using it.
+    }
+}
