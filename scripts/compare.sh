@@ -5,7 +5,8 @@
 #   scripts/compare.sh [--quick] [--repeat N] [--pair A B]
 #
 # --pair names the two brokers compared (default: midge mosquitto); each is one of midge
-# (its default backend), midge-uring, midge-epoll (same build, backend forced) or mosquitto.
+# (its default backend), midge-uring, midge-epoll (same build, backend forced), midge-batch
+# (io_uring with io_batch_wait_us 50) or mosquitto.
 #
 # With --repeat N every scenario runs N times against each broker (alternating), and the
 # table shows medians.
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 duration=8 warmup=2 repeat=1
 brokers=(midge mosquitto)
-usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B]  (A, B: midge midge-uring midge-epoll mosquitto)" >&2; exit 2; }
+usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B]  (A, B: midge midge-uring midge-epoll midge-batch mosquitto)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3 warmup=1 ;;
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 for b in "${brokers[@]}"; do
-  case "$b" in midge|midge-uring|midge-epoll|mosquitto) ;; *) usage ;; esac
+  case "$b" in midge|midge-uring|midge-epoll|midge-batch|mosquitto) ;; *) usage ;; esac
 done
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -51,6 +52,10 @@ start_broker() { # name port
     midge) taskset -c 1 target/release/midge -p "$2" --threads 1 2>"$out/midge.log" & ;;
     midge-uring) taskset -c 1 target/release/midge -p "$2" --threads 1 --io uring 2>"$out/midge-uring.log" & ;;
     midge-epoll) taskset -c 1 target/release/midge -p "$2" --threads 1 --io epoll 2>"$out/midge-epoll.log" & ;;
+    midge-batch)
+      printf 'io_batch_wait_us 50\n' >"$out/midge-batch.conf"
+      taskset -c 1 target/release/midge -c "$out/midge-batch.conf" -p "$2" --threads 1 --io uring \
+        2>"$out/midge-batch.log" & ;;
     mosquitto) taskset -c 1 mosquitto -p "$2" >"$out/mosquitto.log" 2>&1 & ;;
   esac
   broker_pid=$!

@@ -120,7 +120,7 @@ impl Server {
         let use_uring = choose_io_backend(config.io_backend)? == "uring";
         let backend = |sockets| -> io::Result<Io> {
             Ok(if use_uring {
-                Io::Uring(Uring::new(sockets)?)
+                Io::Uring(Uring::new(sockets, config.io_batch_wait_us)?)
             } else {
                 Io::Epoll(Epoll::new(sockets)?)
             })

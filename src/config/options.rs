@@ -48,6 +48,7 @@ pub const SUPPORTED: &[&str] = &[
     "connect_timeout",
     "cpu_affinity",
     "io_backend",
+    "io_batch_wait_us",
     "response_topic_prefix",
     "threads",
 ];

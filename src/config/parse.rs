@@ -453,6 +453,7 @@ impl Reader {
                 }
             }
             "connect_timeout" => config.connect_timeout_s = line.number(3600)?.max(1),
+            "io_batch_wait_us" => config.io_batch_wait_us = line.number(1000)? as u32,
             "io_backend" => {
                 let value = line.one("backend")?;
                 config.io_backend = IoBackend::parse(value).ok_or_else(|| {

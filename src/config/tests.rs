@@ -164,6 +164,26 @@ fn durations_and_process_options() {
 }
 
 #[test]
+fn io_backend_and_batch_wait() {
+    assert_eq!(read("").unwrap().io_backend, IoBackend::Auto);
+    for (text, backend) in [
+        ("auto", IoBackend::Auto),
+        ("uring", IoBackend::Uring),
+        ("io_uring", IoBackend::Uring),
+        ("epoll", IoBackend::Epoll),
+    ] {
+        assert_eq!(
+            read(&format!("io_backend {text}\n")).unwrap().io_backend,
+            backend
+        );
+    }
+    let e = read("io_backend kqueue\n").unwrap_err().to_string();
+    assert!(e.contains("auto, uring, epoll"), "{e}");
+    assert_eq!(read("io_batch_wait_us 50\n").unwrap().io_batch_wait_us, 50);
+    assert!(read("io_batch_wait_us 5000\n").is_err());
+}
+
+#[test]
 fn later_features_warn_and_unknown_options_fail() {
     // Mosquitto options of later features: read, not an error.
     let c =

@@ -53,17 +53,6 @@ impl RetainStore {
             }
             return;
         }
-        // Kept long after its packet: its own copies of topic and payload, not slices that
-        // would keep the whole receive buffer they arrived in alive.
-        let message = Arc::new(Message {
-            topic: message.topic.detached(),
-            payload: bytes::Bytes::copy_from_slice(&message.payload),
-            qos: message.qos,
-            retain: message.retain,
-            properties: message.properties.clone(),
-            origin: message.origin,
-            expires_at: message.expires_at,
-        });
         let mut node = &mut self.root;
         for level in topic.split('/') {
             node = node.children.entry(level.into()).or_default();

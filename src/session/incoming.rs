@@ -18,14 +18,20 @@ pub enum Qos2Publish {
 
 #[derive(Debug, Default)]
 pub struct IncomingQos2 {
-    awaiting_pubrel: HashSet<u16>,
+    /// Out of line, made on the first QoS 2 PUBLISH: most sessions never receive one, and
+    /// every idle session would pay for an empty set's space.
+    awaiting_pubrel: Option<Box<HashSet<u16>>>,
 }
 
 impl IncomingQos2 {
     pub fn publish(&self, packet_id: u16, receive_maximum: usize) -> Qos2Publish {
-        if self.awaiting_pubrel.contains(&packet_id) {
+        if self
+            .awaiting_pubrel
+            .as_ref()
+            .is_some_and(|ids| ids.contains(&packet_id))
+        {
             Qos2Publish::Duplicate
-        } else if self.awaiting_pubrel.len() >= receive_maximum {
+        } else if self.len() >= receive_maximum {
             Qos2Publish::OverReceiveMaximum
         } else {
             Qos2Publish::New
@@ -34,25 +40,31 @@ impl IncomingQos2 {
 
     /// PUBREC sent for `packet_id`: it awaits PUBREL.
     pub fn record(&mut self, packet_id: u16) {
-        self.awaiting_pubrel.insert(packet_id);
+        self.awaiting_pubrel
+            .get_or_insert_with(Default::default)
+            .insert(packet_id);
     }
 
     /// PUBREL: the exchange ends. False if the id was not awaiting one (PUBCOMP then says
     /// Packet Identifier not found).
     pub fn pubrel(&mut self, packet_id: u16) -> bool {
-        self.awaiting_pubrel.remove(&packet_id)
+        self.awaiting_pubrel
+            .as_mut()
+            .is_some_and(|ids| ids.remove(&packet_id))
     }
 
     pub fn awaiting_pubrel(&self) -> impl Iterator<Item = u16> + '_ {
-        self.awaiting_pubrel.iter().copied()
+        self.awaiting_pubrel
+            .iter()
+            .flat_map(|ids| ids.iter().copied())
     }
 
     pub fn len(&self) -> usize {
-        self.awaiting_pubrel.len()
+        self.awaiting_pubrel.as_ref().map_or(0, |ids| ids.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.awaiting_pubrel.is_empty()
+        self.len() == 0
     }
 }
 

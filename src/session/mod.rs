@@ -11,6 +11,7 @@
 
 mod changes;
 mod incoming;
+mod lazy_map;
 mod lifecycle;
 mod outgoing;
 

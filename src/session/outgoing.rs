@@ -4,11 +4,11 @@
 //! (`offer`), tells it what the client acknowledged (`puback`, `pubrec`, `pubcomp`), and
 //! encodes what it says to send.
 
-use hashbrown::HashMap;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::lazy_map::LazyMap;
 use crate::codec::QoS;
 use crate::types::{Message, Target};
 
@@ -86,7 +86,7 @@ pub enum DropReason {
 
 #[derive(Debug, Default)]
 pub struct Outgoing {
-    inflight: HashMap<u16, InFlight>,
+    inflight: LazyMap<u16, InFlight>,
     /// The last packet id given out.
     last_id: u16,
     sent: u64,
@@ -339,7 +339,7 @@ impl Outgoing {
                 "an empty backlog kept for {who}"
             );
         }
-        for (&id, f) in &self.inflight {
+        for (&id, f) in self.inflight.iter() {
             assert_ne!(id, 0, "packet id 0 in flight to {who} [MQTT-2.2.1-3]");
             assert_eq!(id, f.packet_id, "in-flight entry of {who} under another id");
             assert!(f.qos != QoS::AtMostOnce, "QoS 0 in flight to {who}");

@@ -483,11 +483,10 @@ impl<B: Backend> Shard<B> {
             if c.out.is_empty() {
                 continue;
             }
-            let data = c.out.split().freeze();
-            // Keep a small buffer rather than one sized by the largest turn so far.
-            if c.out.capacity() > 64 * 1024 {
-                c.out = BytesMut::new();
-            }
+            // The whole buffer goes: what is left of its capacity would keep the allocation
+            // alive after the bytes are written, for every connection that once had a turn's
+            // worth to send (an idle connection then holds nothing).
+            let data = std::mem::take(&mut c.out).freeze();
             self.shared.stats[self.id]
                 .bytes_sent
                 .fetch_add(data.len() as u64, Ordering::Relaxed);

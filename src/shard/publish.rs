@@ -171,9 +171,13 @@ impl<B: Backend> Shard<B> {
         let mut matched = true;
         if !duplicate && authorised {
             let mut properties = publish.properties;
-            // Properties the broker answers itself are not forwarded.
-            properties.topic_alias = None;
-            properties.subscription_identifiers.clear();
+            // Properties the broker answers itself are not forwarded. (Only written when
+            // present: the first write allocates a property set, and most messages have
+            // none.)
+            if properties.topic_alias.is_some() || !properties.subscription_identifiers.is_empty() {
+                properties.topic_alias = None;
+                properties.subscription_identifiers.clear();
+            }
             // Messages that may be kept (retained, or QoS 1/2 waiting for acknowledgement or in
             // a queue) get their own copy of topic and payload: a slice would pin the whole
             // receive buffer. QoS 0 passes through without a copy.

@@ -16,6 +16,9 @@ use crate::codec::{
 use crate::router::Message;
 use crate::topic::{parse_filter, SessionId, Subscription};
 
+/// Trie changes a shard keeps room for between turns.
+const TRIE_OPS_KEPT: usize = 1024;
+
 pub enum TrieOp {
     Subscribe {
         filter: String,
@@ -278,6 +281,10 @@ impl<B: Backend> Shard<B> {
                 }
             }
             writer.publish();
+            // A subscribe storm's batch does not stay allocated afterwards.
+            if self.trie_ops.capacity() > TRIE_OPS_KEPT {
+                self.trie_ops = Vec::new();
+            }
         }
         for after in std::mem::take(&mut self.after_trie) {
             let AfterTrie::Ack {

@@ -91,6 +91,9 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
                     return Some(std::mem::replace(old, value));
                 }
                 if v.len() < SMALL_MAX {
+                    // Grown one entry at a time (at most SMALL_MAX moves): most maps hold one
+                    // or two, and a vector's usual first growth would make room for four.
+                    v.reserve_exact(1);
                     v.push((key, value));
                     return None;
                 }

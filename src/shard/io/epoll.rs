@@ -302,6 +302,8 @@ impl Epoll {
                 Err(e) => return Err(e),
             }
         }
+        // Drained: the queue's allocation goes too (an idle connection holds none).
+        socket.queue = VecDeque::new();
         Ok(())
     }
 
@@ -318,6 +320,21 @@ impl Epoll {
             let _ = self.poll.registry().deregister(&mut socket.stream);
         }
     }
+}
+
+/// Writes what the socket takes now; `Ok(n)` with `n` short of the whole when it is full.
+fn write_now(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < data.len() {
+        match stream.write(&data[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }
 
 impl Backend for Epoll {
@@ -427,24 +444,26 @@ impl Backend for Epoll {
         if data.is_empty() {
             return;
         }
+        let mut data = data;
+        if socket.queue.is_empty() {
+            // Written at once where the socket takes it: only what it does not take is
+            // queued, so a connection whose writes keep up never allocates a queue.
+            match write_now(&mut socket.stream, &data) {
+                Ok(n) if n == data.len() => return,
+                Ok(n) => data.advance(n),
+                Err(e) => {
+                    // Reported as a close on the next read: mark readable so it is seen.
+                    log::debug!("write to connection {conn} failed: {e}");
+                    let _ = socket.stream.shutdown(std::net::Shutdown::Both);
+                    socket.readable = true;
+                    self.read_again.push(conn.slot());
+                    return;
+                }
+            }
+        }
         socket.queued += data.len();
         self.queued_total += data.len();
         socket.queue.push_back(data);
-        if socket.queue.len() == 1 {
-            let before = socket.queued;
-            let flushed = Self::flush(socket);
-            self.queued_total -= before - socket.queued;
-            if let Err(e) = flushed {
-                // Reported as a close on the next read: mark readable so it is seen.
-                log::debug!("write to connection {conn} failed: {e}");
-                let _ = socket.stream.shutdown(std::net::Shutdown::Both);
-                socket.readable = true;
-                socket.queue.clear();
-                self.queued_total -= socket.queued;
-                socket.queued = 0;
-                self.read_again.push(conn.slot());
-            }
-        }
     }
 
     fn queued_bytes(&self, conn: ConnId) -> usize {

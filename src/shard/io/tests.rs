@@ -20,7 +20,7 @@ fn each_backend(test: impl Fn(&mut dyn Backend, SocketAddr)) {
         Ok(()) => {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            test(&mut Uring::new(vec![listener]).unwrap(), addr);
+            test(&mut Uring::new(vec![listener], 0).unwrap(), addr);
         }
         Err(why) => eprintln!("io_uring backend not tested here: {why}"),
     }
@@ -233,7 +233,7 @@ fn a_waker_ends_a_wait_early() {
     let mut all: Vec<_> = wakers.into_iter().collect();
     if uring::available().is_ok() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let uring = Uring::new(vec![listener]).unwrap();
+        let uring = Uring::new(vec![listener], 0).unwrap();
         all.push((uring.waker(), Box::new(uring)));
     }
     for (waker, mut backend) in all {

@@ -70,12 +70,12 @@ struct Socket {
     /// A send is in flight (for the front of `queue`).
     sending: bool,
     /// The vector of an in-flight `writev`; untouched until it completes.
-    iov: Vec<libc::iovec>,
+    iov: Box<[libc::iovec]>,
     /// A multishot receive is armed (until a completion without `MORE`).
     receiving: bool,
     paused: bool,
     /// Bytes that arrived while paused (before the cancelled receive stopped).
-    held: BytesMut,
+    held: Option<Box<BytesMut>>,
     /// Closed by the shard: the queue is written, the write side shut, and what the peer
     /// still sends is thrown away until it closes or the linger ends (as in `epoll.rs`).
     closing: bool,
@@ -109,6 +109,8 @@ pub struct Uring {
     completions: Vec<(u64, i32, u32)>,
     /// Logged "accept failed" for the current retry pause.
     accept_error_logged: bool,
+    /// See `new`.
+    batch_wait_us: u32,
 }
 
 // SAFETY: the raw pointers inside (`iovec`s of in-flight sends, the buffer ring) point into
@@ -176,10 +178,20 @@ pub fn available() -> Result<(), String> {
 }
 
 impl Uring {
-    pub fn new(listeners: Vec<std::net::TcpListener>) -> io::Result<Self> {
+    /// `batch_wait_us` (`io_batch_wait_us`): once something has happened, how long a wait
+    /// may go on gathering more before the shard handles it (0: at once).
+    pub fn new(listeners: Vec<std::net::TcpListener>, batch_wait_us: u32) -> io::Result<Self> {
         let ring = ring_builder()
             .setup_r_disabled()
             .build(SUBMISSION_ENTRIES)?;
+        let batch_wait_us = if batch_wait_us > 0 && !ring.params().is_feature_min_timeout() {
+            log::warn!(
+                "Warning: io_batch_wait_us needs Linux 6.12 (io_uring min timeout); ignored."
+            );
+            0
+        } else {
+            batch_wait_us
+        };
         let buffers = BufferRing::new()?;
         // SAFETY: the entries live in `buffers`, which the backend keeps (and unregisters
         // before dropping, see `Drop`).
@@ -219,6 +231,7 @@ impl Uring {
             next_generation: 0,
             completions: Vec::new(),
             accept_error_logged: false,
+            batch_wait_us,
         })
     }
 
@@ -293,13 +306,12 @@ impl Uring {
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
         } else {
-            socket.iov.clear();
-            socket
-                .iov
-                .extend(socket.queue.iter().take(IOVECS_MAX).map(|b| libc::iovec {
+            socket.iov = (socket.queue.iter().take(IOVECS_MAX))
+                .map(|b| libc::iovec {
                     iov_base: b.as_ptr().cast_mut().cast(),
                     iov_len: b.len(),
-                }));
+                })
+                .collect();
             opcode::Writev::new(fd, socket.iov.as_ptr(), socket.iov.len() as u32).build()
         };
         socket.sending = true;
@@ -318,7 +330,7 @@ impl Uring {
         socket.dead = true;
         self.queued_total -= socket.queued;
         socket.queued = 0;
-        socket.held = BytesMut::new();
+        socket.held = None;
         if socket.receiving || socket.sending {
             let fd = types::Fd(socket.stream.as_raw_fd());
             let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
@@ -401,10 +413,10 @@ impl Uring {
             queue: VecDeque::new(),
             queued: 0,
             sending: false,
-            iov: Vec::new(),
+            iov: Box::default(),
             receiving: false,
             paused: false,
-            held: BytesMut::new(),
+            held: None,
             closing: false,
             write_shut: false,
             discarded: 0,
@@ -458,7 +470,10 @@ impl Uring {
                     return;
                 }
             } else if socket.paused {
-                socket.held.extend_from_slice(data);
+                socket
+                    .held
+                    .get_or_insert_with(Default::default)
+                    .extend_from_slice(data);
             } else {
                 match out.last_mut() {
                     Some(Event::Received {
@@ -505,7 +520,7 @@ impl Uring {
         };
         socket.sending = false;
         if socket.queue.len() <= 1 || socket.queued == 0 {
-            socket.iov = Vec::new();
+            socket.iov = Box::default();
         }
         if socket.dead {
             self.free_if_done(slot);
@@ -541,6 +556,8 @@ impl Uring {
             }
         }
         if socket.queue.is_empty() {
+            // Its allocation goes too: an idle connection holds none.
+            socket.queue = VecDeque::new();
             Self::shut_write_when_flushed(socket);
         } else {
             self.start_send(slot);
@@ -571,10 +588,9 @@ impl Backend for Uring {
         // Bytes held while paused go first, before anything newer from the same peer.
         for slot in std::mem::take(&mut self.resumed) {
             if let Some(socket) = self.sockets.get_mut(slot).filter(|s| !s.dead && !s.paused) {
-                if !socket.held.is_empty() {
+                if let Some(data) = socket.held.take() {
                     let conn = ConnId::new(slot, socket.generation);
-                    let data = std::mem::take(&mut socket.held);
-                    out.push(Event::Received { conn, data });
+                    out.push(Event::Received { conn, data: *data });
                 }
             }
         }
@@ -600,8 +616,13 @@ impl Backend for Uring {
             }
         };
         let timespec = types::Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&timespec);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        let mut args = types::SubmitArgs::new().timespec(&timespec);
+        let mut want = 1;
+        if self.batch_wait_us > 0 && !timeout.is_zero() {
+            want = COMPLETIONS_PER_TURN;
+            args = args.min_wait_usec(self.batch_wait_us);
+        }
+        match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
             Err(e)
                 if matches!(
@@ -689,7 +710,7 @@ impl Backend for Uring {
             return;
         }
         socket.paused = false;
-        if !socket.held.is_empty() {
+        if socket.held.is_some() {
             self.resumed.push(conn.slot());
         }
         self.rearm.push(conn.slot());
@@ -704,7 +725,7 @@ impl Backend for Uring {
         }
         socket.closing = true;
         socket.paused = false;
-        socket.held = BytesMut::new();
+        socket.held = None;
         Self::shut_write_when_flushed(socket);
         // What the peer still sends is read and thrown away until it closes.
         self.rearm.push(conn.slot());
