@@ -1,11 +1,12 @@
 //! What the broker does when something goes wrong inside it: a message it cannot encode for
-//! one subscriber, and a shard that panics.
+//! one subscriber, a shard that panics, and running out of file descriptors.
 
 mod common;
 
 use common::*;
 use midge::codec::*;
 use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
 
 /// The largest remaining length a packet may have [MQTT-2.2.3].
 const REMAINING_LENGTH_MAX: usize = 268_435_455;
@@ -57,4 +58,51 @@ fn a_shard_that_panics_aborts_the_broker() {
     // Aborted (so that systemd restarts it), not left running with a dead shard.
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
     broker.wait_for_log("panicked (fault injected by MIDGE_FAULT_PANIC_TOPIC); aborting");
+}
+
+/// CPU time (user + system, in clock ticks) the process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn running_out_of_file_descriptors_neither_spins_nor_drops_clients() {
+    let broker = Broker::start_with_fd_limit(&["--threads", "1"], 48);
+    let mut first = Raw::connect(broker.port, "first");
+    // More connections than descriptors left: the kernel completes the handshakes (its
+    // backlog), the broker cannot accept them all.
+    let mut waiting: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", broker.port)).unwrap())
+        .collect();
+    broker.wait_for_log("Error accepting a connection");
+
+    // Out of descriptors, the shard waits between attempts instead of spinning (a spinning
+    // shard would use the whole second) ...
+    let before = cpu_ticks(broker.pid());
+    first.expect_nothing(Duration::from_secs(1));
+    let used = cpu_ticks(broker.pid()) - before;
+    assert!(used < 30, "{used} ticks of CPU in one idle second");
+    // ... serves the clients it has ...
+    first.send(&Packet::PingReq);
+    assert!(matches!(first.recv(), Packet::PingResp));
+    // ... and accepts again once descriptors are free, having logged the run of failures
+    // once, not at every retry.
+    waiting.truncate(10);
+    broker.wait_for_log("Accepting connections again");
+    let mut late = Raw::connect(broker.port, "late");
+    late.send(&Packet::PingReq);
+    assert!(matches!(late.recv(), Packet::PingResp));
+    let failures = broker.count_log("Error accepting a connection");
+    let recoveries = broker.count_log("Accepting connections again");
+    assert!(
+        failures <= recoveries + 1,
+        "{failures} failure lines for {recoveries} recoveries"
+    );
 }

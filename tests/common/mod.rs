@@ -63,16 +63,50 @@ impl Broker {
     }
 
     fn spawn_with(args: &[&str], env: &[(&str, &str)], verbose: bool) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_midge"))
+        Broker::spawn_limited(args, env, verbose, None)
+    }
+
+    /// Starts midge (`-p 0 -v` and `args`) allowed at most `limit` open file descriptors.
+    pub fn start_with_fd_limit(args: &[&str], limit: u64) -> Broker {
+        let mut all = vec!["-p", "0"];
+        all.extend_from_slice(args);
+        Broker::spawn_limited(&all, &[], true, Some(limit))
+    }
+
+    fn spawn_limited(
+        args: &[&str],
+        env: &[(&str, &str)],
+        verbose: bool,
+        fd_limit: Option<u64>,
+    ) -> Broker {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_midge"));
+        command
             .envs(env.iter().copied())
             .args(io_backend_args())
             .args(verbose.then_some("-v"))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start midge");
+            .stderr(Stdio::piped());
+        if let Some(limit) = fd_limit {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: runs in the child between fork and exec, where only async-signal-safe
+            // calls are allowed; setrlimit is one, and `rlimit` is a plain copied value.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("start midge");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();

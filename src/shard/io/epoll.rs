@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    Backend, ConnId, Event, Waker, ACCEPT_RETRY, IOVECS_MAX, LINGER, LINGER_DISCARD_MAX,
-    READ_MAX_PER_TURN,
+    AcceptFailures, Backend, ConnId, Event, Waker, ACCEPT_RETRY, IOVECS_MAX, LINGER,
+    LINGER_DISCARD_MAX, READ_MAX_PER_TURN,
 };
 
 const WAKER: Token = Token(usize::MAX);
@@ -55,6 +55,7 @@ pub struct Epoll {
     accept_pending: Vec<bool>,
     /// After an accept error (out of file descriptors, say): when to try again.
     accept_retry_at: Option<Instant>,
+    accept_failures: AcceptFailures,
     sockets: Slab<Socket>,
     /// Sockets to read this turn without waiting for an event.
     read_again: Vec<usize>,
@@ -100,6 +101,7 @@ impl Epoll {
             events: Events::with_capacity(EVENTS_CAPACITY),
             accept_pending: vec![true; mio_listeners.len()],
             accept_retry_at: None,
+            accept_failures: AcceptFailures::default(),
             listeners: mio_listeners,
             sockets: Slab::new(),
             read_again: Vec::new(),
@@ -119,6 +121,7 @@ impl Epoll {
         for _ in 0..ACCEPTS_PER_TURN {
             match self.listeners[index].accept() {
                 Ok((mut stream, peer)) => {
+                    self.accept_failures.succeeded();
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().unwrap_or(peer);
                     let entry = self.sockets.vacant_entry();
@@ -161,12 +164,10 @@ impl Epoll {
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: retry after a pause rather than
-                    // spin, and log once per pause.
+                    // spin.
                     self.accept_pending[index] = false;
                     if self.accept_retry_at.is_none() {
-                        log::error!(
-                            "Error accepting a connection: {e}; retrying in {ACCEPT_RETRY:?}."
-                        );
+                        self.accept_failures.failed(&e);
                         self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
                     }
                     return;

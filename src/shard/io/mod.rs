@@ -50,6 +50,35 @@ const LINGER_DISCARD_MAX: usize = 256 * 1024;
 
 pub use crate::types::ConnId;
 
+/// Accept failures (out of file descriptors, say) are logged once per run of failures, not
+/// at every retry, and the end of the run says how many attempts failed.
+#[derive(Default)]
+struct AcceptFailures {
+    count: u64,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, e: &io::Error) {
+        if self.count == 0 {
+            log::error!(
+                "Error accepting a connection: {e}; retrying every {ACCEPT_RETRY:?} until it works."
+            );
+        }
+        self.count += 1;
+    }
+
+    fn succeeded(&mut self) {
+        if self.count > 0 {
+            log::info!(
+                target: "information",
+                "Accepting connections again ({} attempts had failed).",
+                self.count
+            );
+            self.count = 0;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Event {
     Accepted {

@@ -28,7 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::buffer_ring::{self, BufferRing};
-use super::{Backend, ConnId, Event, Waker, ACCEPT_RETRY, IOVECS_MAX, LINGER, LINGER_DISCARD_MAX};
+use super::{
+    AcceptFailures, Backend, ConnId, Event, Waker, ACCEPT_RETRY, IOVECS_MAX, LINGER,
+    LINGER_DISCARD_MAX,
+};
 
 const SUBMISSION_ENTRIES: u32 = 1024;
 /// Completions the ring holds before the kernel keeps the rest aside (no completion is lost:
@@ -107,8 +110,7 @@ pub struct Uring {
     closing: VecDeque<(Instant, ConnId)>,
     next_generation: u32,
     completions: Vec<(u64, i32, u32)>,
-    /// Logged "accept failed" for the current retry pause.
-    accept_error_logged: bool,
+    accept_failures: AcceptFailures,
     /// See `new`.
     batch_wait_us: u32,
 }
@@ -230,7 +232,7 @@ impl Uring {
             closing: VecDeque::new(),
             next_generation: 0,
             completions: Vec::new(),
-            accept_error_logged: false,
+            accept_failures: AcceptFailures::default(),
             batch_wait_us,
         })
     }
@@ -386,15 +388,14 @@ impl Uring {
             if matches!(-result, libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) {
                 return;
             }
-            // Out of file descriptors and the like: retry after a pause rather than spin,
-            // and log once per pause.
-            if !self.accept_error_logged {
-                log::error!("Error accepting a connection: {e}; retrying in {ACCEPT_RETRY:?}.");
-                self.accept_error_logged = true;
+            // Out of file descriptors and the like: retry after a pause rather than spin.
+            if self.accept_retry_at.is_none() {
+                self.accept_failures.failed(&e);
             }
             self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
             return;
         }
+        self.accept_failures.succeeded();
         // SAFETY: the kernel made this descriptor for us and nothing else owns it.
         let stream = unsafe { TcpStream::from_raw_fd(result) };
         let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
@@ -576,7 +577,6 @@ impl Backend for Uring {
         let now = Instant::now();
         if self.accept_retry_at.is_some_and(|at| now >= at) {
             self.accept_retry_at = None;
-            self.accept_error_logged = false;
         }
         if self.accept_retry_at.is_none() {
             for index in 0..self.listeners.len() {
