@@ -24,7 +24,6 @@
 //!   even after its slot is reused, and calls naming it do nothing.
 //! - A `Waker` lets another thread end a `wait` early.
 
-mod buffer_ring;
 pub mod epoll;
 pub mod sim;
 pub mod uring;

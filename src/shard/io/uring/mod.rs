@@ -16,8 +16,8 @@
 //!   completion may still name it. Completions carry the connection's generation too.
 //! - Another thread wakes a `wait` through an eventfd that the ring always has a read on.
 
-use bytes::{Buf, Bytes, BytesMut};
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use bytes::{Bytes, BytesMut};
+use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
@@ -27,11 +27,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::buffer_ring::{self, BufferRing};
-use super::{
-    AcceptFailures, Backend, ConnId, Event, Waker, ACCEPT_RETRY, IOVECS_MAX, LINGER,
-    LINGER_DISCARD_MAX,
-};
+mod buffer_ring;
+mod completions;
+mod setup;
+
+pub use setup::available;
+use setup::ring_builder;
+
+use super::{AcceptFailures, Backend, ConnId, Event, Waker, IOVECS_MAX, LINGER};
+use buffer_ring::BufferRing;
 
 const SUBMISSION_ENTRIES: u32 = 1024;
 /// Completions the ring holds before the kernel keeps the rest aside (no completion is lost:
@@ -129,54 +133,6 @@ impl Waker for EventFdWaker {
         // failed write (the counter is full) still leaves the eventfd readable: awake.
         unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
-}
-
-fn ring_builder() -> io_uring::Builder {
-    let mut builder = IoUring::builder();
-    builder
-        .setup_cqsize(COMPLETION_ENTRIES)
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_submit_all();
-    builder
-}
-
-/// Whether this kernel (and its seccomp policy) gives the backend everything it needs: the
-/// ring with its flags (Linux 6.1), a provided-buffer ring, the operations used. `Err`
-/// says what is missing, for the log line of `io_backend auto`.
-pub fn available() -> Result<(), String> {
-    let ring = ring_builder()
-        .build(8)
-        .map_err(|e| format!("io_uring_setup failed: {e}"))?;
-    let mut probe = io_uring::Probe::new();
-    ring.submitter()
-        .register_probe(&mut probe)
-        .map_err(|e| format!("io_uring probe failed: {e}"))?;
-    for (code, name) in [
-        (opcode::AcceptMulti::CODE, "accept"),
-        (opcode::RecvMulti::CODE, "recv"),
-        (opcode::Send::CODE, "send"),
-        (opcode::Writev::CODE, "writev"),
-        (opcode::Read::CODE, "read"),
-        (opcode::AsyncCancel2::CODE, "async cancel"),
-    ] {
-        if !probe.is_supported(code) {
-            return Err(format!("io_uring lacks the {name} operation"));
-        }
-    }
-    let buffers = BufferRing::new().map_err(|e| e.to_string())?;
-    // SAFETY: the entries stay allocated until after they are unregistered below.
-    unsafe {
-        ring.submitter().register_buf_ring_with_flags(
-            buffers.entries_addr(),
-            buffer_ring::COUNT,
-            buffer_ring::GROUP,
-            0,
-        )
-    }
-    .map_err(|e| format!("io_uring provided-buffer rings unavailable: {e}"))?;
-    let _ = ring.submitter().unregister_buf_ring(buffer_ring::GROUP);
-    Ok(())
 }
 
 impl Uring {
@@ -367,203 +323,6 @@ impl Uring {
             socket.write_shut = true;
         }
     }
-
-    fn on_completion(&mut self, data: u64, result: i32, flags: u32, out: &mut Vec<Event>) {
-        let (op, slot, generation) = untag(data);
-        match op {
-            x if x == Op::Wake as u8 => self.arm_wake(),
-            x if x == Op::Accept as u8 => self.on_accept(slot, result, flags, out),
-            x if x == Op::Receive as u8 => self.on_receive(slot, generation, result, flags, out),
-            x if x == Op::Send as u8 => self.on_send(slot, generation, result, out),
-            _ => {}
-        }
-    }
-
-    fn on_accept(&mut self, index: usize, result: i32, flags: u32, out: &mut Vec<Event>) {
-        if !cqueue::more(flags) {
-            self.accepting[index] = false;
-        }
-        if result < 0 {
-            let e = io::Error::from_raw_os_error(-result);
-            if matches!(-result, libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) {
-                return;
-            }
-            // Out of file descriptors and the like: retry after a pause rather than spin.
-            if self.accept_retry_at.is_none() {
-                self.accept_failures.failed(&e);
-            }
-            self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
-            return;
-        }
-        self.accept_failures.succeeded();
-        // SAFETY: the kernel made this descriptor for us and nothing else owns it.
-        let stream = unsafe { TcpStream::from_raw_fd(result) };
-        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-            return; // Gone already.
-        };
-        if self.sockets.vacant_key() >= SLOTS_MAX {
-            log::error!("Error: shard connection table full; refusing {peer}.");
-            return;
-        }
-        let _ = stream.set_nodelay(true);
-        let generation = self.next_generation;
-        self.next_generation = generation.wrapping_add(1);
-        let slot = self.sockets.insert(Socket {
-            stream,
-            generation,
-            queue: VecDeque::new(),
-            queued: 0,
-            sending: false,
-            iov: Box::default(),
-            receiving: false,
-            paused: false,
-            held: None,
-            closing: false,
-            write_shut: false,
-            discarded: 0,
-            dead: false,
-        });
-        out.push(Event::Accepted {
-            conn: ConnId::new(slot, generation),
-            peer,
-            local,
-            socket: index,
-        });
-        self.arm_receive(slot);
-    }
-
-    fn on_receive(
-        &mut self,
-        slot: usize,
-        generation: u32,
-        result: i32,
-        flags: u32,
-        out: &mut Vec<Event>,
-    ) {
-        let buffer = cqueue::buffer_select(flags);
-        let more = cqueue::more(flags);
-        let Some(socket) = self
-            .sockets
-            .get_mut(slot)
-            .filter(|s| s.generation == generation)
-        else {
-            if let Some(id) = buffer {
-                self.buffers.give_back(id);
-            }
-            return;
-        };
-        if !more {
-            socket.receiving = false;
-        }
-        let conn = ConnId::new(slot, generation);
-        if result > 0 {
-            let Some(id) = buffer else {
-                log::error!("Error: io_uring receive without a buffer on connection {conn}");
-                return;
-            };
-            let data = self.buffers.filled(id, result as usize);
-            if socket.dead {
-            } else if socket.closing {
-                socket.discarded = socket.discarded.saturating_add(result as u32);
-                if socket.discarded as usize > LINGER_DISCARD_MAX {
-                    self.buffers.give_back(id);
-                    self.remove(slot);
-                    return;
-                }
-            } else if socket.paused {
-                socket
-                    .held
-                    .get_or_insert_with(Default::default)
-                    .extend_from_slice(data);
-            } else {
-                match out.last_mut() {
-                    Some(Event::Received {
-                        conn: last,
-                        data: bytes,
-                    }) if *last == conn => bytes.extend_from_slice(data),
-                    _ => out.push(Event::Received {
-                        conn,
-                        data: BytesMut::from(data),
-                    }),
-                }
-            }
-            self.buffers.give_back(id);
-            if !more {
-                self.rearm.push(slot);
-            }
-        } else if result == 0 {
-            // The peer closed its side.
-            if !socket.dead && !socket.closing {
-                out.push(Event::Closed { conn, error: None });
-            }
-            self.remove(slot);
-        } else if -result == libc::ENOBUFS || -result == libc::ECANCELED {
-            // Out of buffers (they are given back this turn), or stopped by a pause or a
-            // close: armed again on the next `wait` unless paused or gone.
-            self.rearm.push(slot);
-        } else {
-            if !socket.dead && !socket.closing {
-                let error = Some(io::Error::from_raw_os_error(-result));
-                out.push(Event::Closed { conn, error });
-            }
-            self.remove(slot);
-        }
-        self.free_if_done(slot);
-    }
-
-    fn on_send(&mut self, slot: usize, generation: u32, result: i32, out: &mut Vec<Event>) {
-        let Some(socket) = self
-            .sockets
-            .get_mut(slot)
-            .filter(|s| s.generation == generation)
-        else {
-            return;
-        };
-        socket.sending = false;
-        if socket.queue.len() <= 1 || socket.queued == 0 {
-            socket.iov = Box::default();
-        }
-        if socket.dead {
-            self.free_if_done(slot);
-            return;
-        }
-        if result <= 0 {
-            let error = if result == 0 {
-                io::ErrorKind::WriteZero.into()
-            } else {
-                io::Error::from_raw_os_error(-result)
-            };
-            if !socket.closing {
-                let conn = ConnId::new(slot, generation);
-                out.push(Event::Closed {
-                    conn,
-                    error: Some(error),
-                });
-            }
-            self.remove(slot);
-            return;
-        }
-        let mut written = result as usize;
-        socket.queued -= written;
-        self.queued_total -= written;
-        while written > 0 {
-            let front = socket.queue.front_mut().expect("sent bytes were queued");
-            if front.len() <= written {
-                written -= front.len();
-                socket.queue.pop_front();
-            } else {
-                front.advance(written);
-                written = 0;
-            }
-        }
-        if socket.queue.is_empty() {
-            // Its allocation goes too: an idle connection holds none.
-            socket.queue = VecDeque::new();
-            Self::shut_write_when_flushed(socket);
-        } else {
-            self.start_send(slot);
-        }
-    }
 }
 
 impl Backend for Uring {
@@ -730,51 +489,5 @@ impl Backend for Uring {
         // What the peer still sends is read and thrown away until it closes.
         self.rearm.push(conn.slot());
         self.closing.push_back((Instant::now() + LINGER, conn));
-    }
-}
-
-impl Drop for Uring {
-    fn drop(&mut self) {
-        // Sends in flight point into queued bytes that are about to be freed, and the
-        // kernel must stop picking receive buffers before their memory is freed: cancel
-        // everything and wait (bounded) for it to end, then unregister the buffers.
-        if self.enabled {
-            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-                .build()
-                .user_data(tag(Op::Cancel, 0, 0));
-            self.push(cancel);
-            let until = Instant::now() + Duration::from_secs(1);
-            let timespec = types::Timespec::from(Duration::from_millis(10));
-            while self.sockets.iter().any(|(_, s)| s.sending) && Instant::now() < until {
-                let args = types::SubmitArgs::new().timespec(&timespec);
-                let _ = self.ring.submitter().submit_with_args(1, &args);
-                for cqe in self.ring.completion() {
-                    let (op, slot, generation) = untag(cqe.user_data());
-                    if op == Op::Send as u8 {
-                        if let Some(s) = self.sockets.get_mut(slot) {
-                            s.sending &= s.generation != generation;
-                        }
-                    }
-                }
-            }
-            if self.sockets.iter().any(|(_, s)| s.sending) {
-                // Still in flight: keep the bytes rather than free them under the kernel.
-                for (_, socket) in std::mem::take(&mut self.sockets) {
-                    std::mem::forget(socket.queue);
-                }
-            }
-        }
-        if self
-            .ring
-            .submitter()
-            .unregister_buf_ring(buffer_ring::GROUP)
-            .is_ok()
-        {
-            // SAFETY: unregistered: the kernel no longer picks these buffers, and it only
-            // writes into one while completing a receive on this thread (DEFER_TASKRUN),
-            // which is not happening now. Not used again: this is the backend's drop.
-            unsafe { ManuallyDrop::drop(&mut self.buffers) };
-        }
-        // Otherwise the memory is kept (leaked) rather than risk the kernel using it.
     }
 }
