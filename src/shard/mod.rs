@@ -182,6 +182,9 @@ impl<B: Backend> Shard<B> {
         let mut events = std::mem::take(&mut self.events);
         if let Err(e) = self.backend.wait(Some(timeout), &mut events) {
             log::error!("Error: shard {} event loop: {e}", self.id);
+            // Whatever failed is not retried in a hot loop (nor logged thousands of times
+            // a second).
+            std::thread::sleep(Duration::from_millis(10));
         }
         self.shared.mailboxes.awake(self.id);
         self.now = self.shared.clock.now();

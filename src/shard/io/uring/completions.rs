@@ -108,7 +108,15 @@ impl Uring {
         let conn = ConnId::new(slot, generation);
         if result > 0 {
             let Some(id) = buffer else {
+                // Not something the kernel does; if it ever did, the connection ends rather
+                // than wait for bytes that cannot arrive.
                 log::error!("Error: io_uring receive without a buffer on connection {conn}");
+                if !socket.dead && !socket.closing {
+                    let error = Some(io::Error::other("receive without a buffer"));
+                    out.push(Event::Closed { conn, error });
+                }
+                self.remove(slot);
+                self.free_if_done(slot);
                 return;
             };
             let data = self.buffers.filled(id, result as usize);
