@@ -402,8 +402,13 @@ impl Backend for Uring {
         }
         self.completions = completions;
         self.buffers.publish();
-        // Lingers that ran out: closed now, whatever the peer does.
-        let now = Instant::now();
+        // Lingers that ran out: closed now, whatever the peer does. (The clock is read
+        // only when some connection lingers.)
+        let now = if self.closing.is_empty() {
+            now
+        } else {
+            Instant::now()
+        };
         while let Some(&(deadline, conn)) = self.closing.front() {
             if deadline > now {
                 break;
