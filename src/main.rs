@@ -4,9 +4,10 @@ use clap::{Parser, ValueEnum};
 use midge::config::Config;
 use midge::logging::LogTypes;
 use midge::server::Server;
+use midge::shard::ReloadSignals;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 #[global_allocator]
@@ -194,12 +195,17 @@ fn test_config(config: &Config) -> ExitCode {
 
 fn run(config: Config, args: &Args) -> ExitCode {
     // Signals are caught before the listeners open, so that one sent as soon as the broker
-    // is reachable is handled, not fatal. SIGHUP first sets `reload_pending` (registered
-    // before the iterator, so it is set before the reloading thread is woken, and that
-    // thread's clear, once the reload is applied, never comes before the set it answers).
-    let reload_pending = Arc::new(AtomicBool::new(false));
-    let registered =
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_pending.clone());
+    // is reachable is handled, not fatal. SIGHUP is first counted by its own handler
+    // (registered before the iterator's, so the count rises before the reloading thread is
+    // woken, and that thread's record of what it applied never passes what it answers).
+    let reload_signals = Arc::new(ReloadSignals::default());
+    let counter = reload_signals.clone();
+    // SAFETY: the action only adds to an atomic counter, which is async-signal-safe.
+    let registered = unsafe {
+        signal_hook::low_level::register(signal_hook::consts::SIGHUP, move || {
+            counter.taken.fetch_add(1, Ordering::AcqRel);
+        })
+    };
     let signals = registered.and_then(|_| {
         signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGINT,
@@ -216,7 +222,7 @@ fn run(config: Config, args: &Args) -> ExitCode {
     };
     // SIGHUP goes to the shard threads only (`server::leave_reload_signals_to_shards`).
     midge::server::leave_reload_signals_to_shards();
-    let server = match Server::start_with(config, Vec::new(), reload_pending.clone()) {
+    let server = match Server::start_with(config, Vec::new(), reload_signals.clone()) {
         Ok(server) => server,
         Err(e) => {
             log::error!("Error: {e}");
@@ -229,8 +235,9 @@ fn run(config: Config, args: &Args) -> ExitCode {
     let signal_thread = std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == signal_hook::consts::SIGHUP {
+                let taken = reload_signals.taken.load(Ordering::Acquire);
                 reload(&signal_args, &stopper);
-                reload_pending.store(false, Ordering::Release);
+                reload_signals.applied.fetch_max(taken, Ordering::AcqRel);
             } else {
                 stopper.stop();
                 return;

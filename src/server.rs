@@ -12,7 +12,7 @@ use crate::config::{Config, CpuAffinity, IoBackend};
 use crate::shard::io::epoll::Epoll;
 use crate::shard::io::uring::{self, Uring};
 use crate::shard::io::{Io, Waker};
-use crate::shard::{Shard, Shared};
+use crate::shard::{ReloadSignals, Shard, Shared};
 
 pub struct Server {
     shared: Arc<Shared>,
@@ -51,12 +51,12 @@ impl Server {
         Server::start_with(config, auth_methods, Arc::default())
     }
 
-    /// Starts with `reload_pending`: the flag a SIGHUP handler sets at delivery and the
-    /// reloading thread clears once the reload is applied (`Shared::reload_pending`).
+    /// Starts with `reload_signals`: the SIGHUPs a handler counts and the reloads the
+    /// reloading thread counts once applied (`Shared::reload_signals`).
     pub fn start_with(
         config: Config,
         auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
-        reload_pending: Arc<std::sync::atomic::AtomicBool>,
+        reload_signals: Arc<ReloadSignals>,
     ) -> io::Result<Server> {
         let shards = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -145,7 +145,7 @@ impl Server {
             wakers,
             listener_of_socket,
             auth_methods,
-            reload_pending,
+            reload_signals,
         );
         let config = shared.config.load_full();
         let cores: Vec<core_affinity::CoreId> = match &config.cpu_affinity {

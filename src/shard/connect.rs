@@ -14,8 +14,9 @@ use crate::topic::SessionId;
 
 impl<B: Backend> Shard<B> {
     pub(super) fn on_connect(&mut self, conn: ConnId, connect: Box<Connect>) {
-        // A SIGHUP taken while this turn read the CONNECT: judge it by the new settings.
-        self.take_new_settings();
+        // A SIGHUP sent or taken while this turn read the CONNECT: judge it by the new
+        // settings.
+        self.take_settings_for_connect();
         let shared = self.shared.clone();
         let config = self.config.clone();
         let Some(c) = self.conn_mut(conn) else { return };

@@ -21,7 +21,7 @@ mod stats;
 mod subscribe;
 mod sys;
 
-pub use shared::{Claim, Shared, MAILBOX_CAPACITY};
+pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY};
 pub use stats::{Stats, StatsSnapshot};
 
 use bytes::BytesMut;

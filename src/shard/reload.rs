@@ -9,6 +9,33 @@ use crate::codec::ReasonCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// How long a shard holds a turn for a reload a SIGHUP asked for (a reload reads a few
+/// small files).
+const RELOAD_WAIT_MAX: Duration = Duration::from_secs(2);
+
+/// Whether a SIGHUP is pending for this process: sent, not yet taken by a handler.
+/// `sigpending` reports only signals the calling thread blocks, so SIGHUP is blocked for
+/// the check; unblocking it again lets a pending one be taken right here, its handler
+/// running on the way back from that call.
+fn sighup_pending() -> bool {
+    // SAFETY: the sigsets are plain values that these calls fill and read; the thread's
+    // mask is restored to what it was.
+    unsafe {
+        let mut hup: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut hup);
+        libc::sigaddset(&mut hup, libc::SIGHUP);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &hup, &mut old) != 0 {
+            return false;
+        }
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        let is =
+            libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, libc::SIGHUP) == 1;
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        is
+    }
+}
+
 impl<B: Backend> Shard<B> {
     /// Applies reloaded settings, waiting first for a reload a SIGHUP has just asked for: a
     /// client that connects after a reload is judged by the new settings.
@@ -24,17 +51,34 @@ impl<B: Backend> Shard<B> {
     }
 
     /// A SIGHUP has arrived and its reload is still being read: hold what this turn brought
-    /// in until it is applied, at most `RELOAD_WAIT_MAX` (a reload reads a few small files).
+    /// in until it is applied, at most `RELOAD_WAIT_MAX`.
     fn wait_for_pending_reload(&self) {
-        const RELOAD_WAIT_MAX: Duration = Duration::from_secs(2);
-        let pending = &self.shared.reload_pending;
-        if !pending.load(Ordering::Acquire) {
+        let signals = &self.shared.reload_signals;
+        if !signals.pending() {
             return;
         }
         let until = std::time::Instant::now() + RELOAD_WAIT_MAX;
-        while pending.load(Ordering::Acquire) && std::time::Instant::now() < until {
+        while signals.pending() && std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Before a CONNECT is judged: a SIGHUP already sent may not have been taken yet (its
+    /// handler runs only once the thread it went to runs, maybe after this shard read the
+    /// CONNECT). While the signal is pending, wait for its handler, then for its reload
+    /// (together at most `RELOAD_WAIT_MAX`), so that a client connecting after `kill -HUP`
+    /// returned meets the new settings. One `sigpending` per CONNECT.
+    pub(super) fn take_settings_for_connect(&mut self) {
+        let taken = self.shared.reload_signals.taken.load(Ordering::Acquire);
+        if sighup_pending() {
+            let until = std::time::Instant::now() + RELOAD_WAIT_MAX;
+            while self.shared.reload_signals.taken.load(Ordering::Acquire) == taken
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.take_new_settings();
     }
 
     /// After a reload: clients the new security settings would not let in are disconnected

@@ -14,17 +14,34 @@ use crate::retain::RetainStore;
 use crate::router::{Mailboxes, ShardMsg};
 use crate::topic::{SessionId, SubscriptionTree, TreeWriter};
 
+/// SIGHUPs counted by their handler and reloads counted by the thread that applies them.
+#[derive(Debug, Default)]
+pub struct ReloadSignals {
+    /// SIGHUPs whose handler has run (an atomic add: async-signal-safe).
+    pub taken: AtomicU64,
+    /// The value of `taken` read by the reloading thread before a reload it has since
+    /// applied (or given up on).
+    pub applied: AtomicU64,
+}
+
+impl ReloadSignals {
+    /// A taken SIGHUP's reload is not applied yet.
+    pub fn pending(&self) -> bool {
+        self.applied.load(Ordering::Acquire) < self.taken.load(Ordering::Acquire)
+    }
+}
+
 /// What every shard shares.
 pub struct Shared {
     /// The settings now; replaced on reload (SIGHUP), when `config_generation` moves on and
     /// each shard takes the new one at the start of its next turn.
     pub config: arc_swap::ArcSwap<Config>,
     pub config_generation: AtomicU64,
-    /// Set by the SIGHUP handler itself, at delivery, and cleared once the reload is
-    /// applied (or failed): meanwhile shards hold what they read, so that a client that
-    /// connects after the signal is judged by the new settings, as in Mosquitto, whose one
-    /// loop handles the signal before reading on.
-    pub reload_pending: Arc<std::sync::atomic::AtomicBool>,
+    /// SIGHUPs taken and reloads applied: while a taken signal's reload is not applied,
+    /// shards hold what they read, so that a client that connects after the signal is
+    /// judged by the new settings, as in Mosquitto, whose one loop handles the signal
+    /// before reading on.
+    pub reload_signals: Arc<ReloadSignals>,
     /// The configured listener of each listening socket (a listener may have several
     /// addresses), by the socket's index in the backend.
     pub listener_of_socket: Vec<usize>,
@@ -74,7 +91,7 @@ impl Shared {
         wakers: Vec<Arc<dyn io::Waker>>,
         listener_of_socket: Vec<usize>,
         auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
-        reload_pending: Arc<std::sync::atomic::AtomicBool>,
+        reload_signals: Arc<ReloadSignals>,
     ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
         Shared::build(
             config,
@@ -82,7 +99,7 @@ impl Shared {
             listener_of_socket,
             auth_methods,
             Arc::new(clock::SystemClock),
-            reload_pending,
+            reload_signals,
         )
     }
 
@@ -111,7 +128,7 @@ impl Shared {
         listener_of_socket: Vec<usize>,
         auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
         clock: Arc<dyn clock::Clock>,
-        reload_pending: Arc<std::sync::atomic::AtomicBool>,
+        reload_signals: Arc<ReloadSignals>,
     ) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
         let shards = wakers.len();
         let (mailboxes, receivers) = Mailboxes::new(MAILBOX_CAPACITY, wakers);
@@ -137,7 +154,7 @@ impl Shared {
                 .map(|_| Default::default())
                 .collect(),
             config_generation: AtomicU64::new(0),
-            reload_pending,
+            reload_signals,
             config: arc_swap::ArcSwap::from_pointee(config),
         });
         (shared, receivers)
