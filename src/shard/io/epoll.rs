@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    AcceptFailures, Backend, ConnId, Event, Waker, ACCEPT_RETRY, IOVECS_MAX, LINGER,
-    LINGER_DISCARD_MAX, READ_MAX_PER_TURN,
+    consume_written, lingers_ended, AcceptFailures, Backend, ConnId, Event, Waker, ACCEPT_RETRY,
+    IOVECS_MAX, LINGER, LINGER_DISCARD_MAX, READ_MAX_PER_TURN,
 };
 
 const WAKER: Token = Token(usize::MAX);
@@ -285,18 +285,9 @@ impl Epoll {
                 .collect();
             match socket.stream.write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(mut n) => {
+                Ok(n) => {
                     socket.queued -= n;
-                    while n > 0 {
-                        let front = socket.queue.front_mut().expect("written bytes were queued");
-                        if front.len() <= n {
-                            n -= front.len();
-                            socket.queue.pop_front();
-                        } else {
-                            front.advance(n);
-                            n = 0;
-                        }
-                    }
+                    consume_written(&mut socket.queue, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -407,12 +398,8 @@ impl Backend for Epoll {
             }
         }
         // Lingers that ran out: closed now, whatever the peer does.
-        let now = Instant::now();
-        while let Some(&(deadline, conn)) = self.closing.front() {
-            if deadline > now {
-                break;
-            }
-            self.closing.pop_front();
+        let ended: Vec<ConnId> = lingers_ended(&mut self.closing, Instant::now()).collect();
+        for conn in ended {
             if self.socket_mut(conn).is_some_and(|s| s.closing) {
                 self.remove(conn.slot());
             }

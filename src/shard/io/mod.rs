@@ -49,6 +49,36 @@ const LINGER_DISCARD_MAX: usize = 256 * 1024;
 
 pub use crate::types::ConnId;
 
+/// Drops the first `written` bytes of a connection's write queue (they reached the kernel).
+fn consume_written(queue: &mut std::collections::VecDeque<Bytes>, mut written: usize) {
+    use bytes::Buf;
+    while written > 0 {
+        let front = queue.front_mut().expect("written bytes were queued");
+        if front.len() <= written {
+            written -= front.len();
+            queue.pop_front();
+        } else {
+            front.advance(written);
+            written = 0;
+        }
+    }
+}
+
+/// Takes from `closing` (oldest first; every linger is as long) the connections whose
+/// linger has run out by `now`.
+fn lingers_ended(
+    closing: &mut std::collections::VecDeque<(std::time::Instant, ConnId)>,
+    now: std::time::Instant,
+) -> impl Iterator<Item = ConnId> + '_ {
+    std::iter::from_fn(move || {
+        let &(deadline, conn) = closing.front()?;
+        (deadline <= now).then(|| {
+            closing.pop_front();
+            conn
+        })
+    })
+}
+
 /// Accept failures (out of file descriptors, say) are logged once per run of failures, not
 /// at every retry, and the end of the run says how many attempts failed.
 #[derive(Default)]

@@ -1,6 +1,6 @@
 //! What each io_uring completion means for the connection it names.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use io_uring::cqueue;
 use std::collections::VecDeque;
 use std::io;
@@ -9,7 +9,7 @@ use std::os::fd::FromRawFd;
 use std::time::Instant;
 
 use super::{untag, Op, Socket, Uring, SLOTS_MAX};
-use crate::shard::io::{ConnId, Event, ACCEPT_RETRY, LINGER_DISCARD_MAX};
+use crate::shard::io::{consume_written, ConnId, Event, ACCEPT_RETRY, LINGER_DISCARD_MAX};
 
 impl Uring {
     pub(super) fn on_completion(
@@ -201,19 +201,10 @@ impl Uring {
             self.remove(slot);
             return;
         }
-        let mut written = result as usize;
+        let written = result as usize;
         socket.queued -= written;
         self.queued_total -= written;
-        while written > 0 {
-            let front = socket.queue.front_mut().expect("sent bytes were queued");
-            if front.len() <= written {
-                written -= front.len();
-                socket.queue.pop_front();
-            } else {
-                front.advance(written);
-                written = 0;
-            }
-        }
+        consume_written(&mut socket.queue, written);
         if socket.queue.is_empty() {
             // Its allocation goes too: an idle connection holds none.
             socket.queue = VecDeque::new();

@@ -34,7 +34,7 @@ mod setup;
 pub use setup::available;
 use setup::ring_builder;
 
-use super::{AcceptFailures, Backend, ConnId, Event, Waker, IOVECS_MAX, LINGER};
+use super::{lingers_ended, AcceptFailures, Backend, ConnId, Event, Waker, IOVECS_MAX, LINGER};
 use buffer_ring::BufferRing;
 
 const SUBMISSION_ENTRIES: u32 = 1024;
@@ -404,18 +404,12 @@ impl Backend for Uring {
         self.buffers.publish();
         // Lingers that ran out: closed now, whatever the peer does. (The clock is read
         // only when some connection lingers.)
-        let now = if self.closing.is_empty() {
-            now
-        } else {
-            Instant::now()
-        };
-        while let Some(&(deadline, conn)) = self.closing.front() {
-            if deadline > now {
-                break;
-            }
-            self.closing.pop_front();
-            if self.socket_mut(conn).is_some_and(|s| s.closing) {
-                self.remove(conn.slot());
+        if !self.closing.is_empty() {
+            let ended: Vec<ConnId> = lingers_ended(&mut self.closing, Instant::now()).collect();
+            for conn in ended {
+                if self.socket_mut(conn).is_some_and(|s| s.closing) {
+                    self.remove(conn.slot());
+                }
             }
         }
         Ok(())
