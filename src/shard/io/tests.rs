@@ -251,3 +251,64 @@ fn a_waker_ends_a_wait_early() {
         wake.join().unwrap();
     }
 }
+
+#[test]
+fn io_uring_loses_no_operation_when_its_submission_queue_overflows() {
+    if let Err(why) = uring::available() {
+        eprintln!("io_uring backend not tested here: {why}");
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Four submission slots for 24 connections: accepting them, arming their receives and
+    // one send to each in a single turn overflows the queue many times over.
+    let mut backend = Uring::with_submission_entries(vec![listener], 0, 4).unwrap();
+    let mut peers: Vec<TcpStream> = (0..24).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut seen = Vec::new();
+    let conns: Vec<ConnId> = (0..peers.len())
+        .map(|_| next_event(&mut backend, &mut seen, accepted))
+        .collect();
+    for (i, &conn) in conns.iter().enumerate() {
+        backend.send(conn, Bytes::from(format!("to {i:02}")));
+    }
+    turn_until(&mut backend, |b| b.queued_bytes_total() == 0);
+    let mut got: Vec<String> = peers
+        .iter_mut()
+        .map(|peer| {
+            peer.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut buf = [0u8; 5];
+            peer.read_exact(&mut buf).unwrap();
+            String::from_utf8(buf.to_vec()).unwrap()
+        })
+        .collect();
+    got.sort();
+    let expected: Vec<String> = (0..24).map(|i| format!("to {i:02}")).collect();
+    assert_eq!(got, expected);
+    // And every receive was armed: each peer's bytes arrive.
+    for (i, peer) in peers.iter_mut().enumerate() {
+        peer.write_all(format!("from {i:02}").as_bytes()).unwrap();
+    }
+    let mut by_conn: std::collections::HashMap<ConnId, Vec<u8>> = Default::default();
+    let until = Instant::now() + DEADLINE;
+    while by_conn.values().filter(|b| b.len() == 7).count() < conns.len() {
+        let mut events = Vec::new();
+        backend
+            .wait(Some(Duration::from_millis(10)), &mut events)
+            .unwrap();
+        for event in events {
+            if let Event::Received { conn, data } = event {
+                by_conn.entry(conn).or_default().extend_from_slice(&data);
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "bytes from some peers never arrived"
+        );
+    }
+    let mut from: Vec<String> = (by_conn.into_values())
+        .map(|b| String::from_utf8(b).unwrap())
+        .collect();
+    from.sort();
+    let expected: Vec<String> = (0..24).map(|i| format!("from {i:02}")).collect();
+    assert_eq!(from, expected);
+}

@@ -117,6 +117,8 @@ pub struct Uring {
     accept_failures: AcceptFailures,
     /// See `new`.
     batch_wait_us: u32,
+    /// Submissions the kernel did not take yet (see `push`); at most a few per connection.
+    unsubmitted: Vec<squeue::Entry>,
 }
 
 // SAFETY: the raw pointers inside (`iovec`s of in-flight sends, the buffer ring) point into
@@ -139,9 +141,17 @@ impl Uring {
     /// `batch_wait_us` (`io_batch_wait_us`): once something has happened, how long a wait
     /// may go on gathering more before the shard handles it (0: at once).
     pub fn new(listeners: Vec<std::net::TcpListener>, batch_wait_us: u32) -> io::Result<Self> {
-        let ring = ring_builder()
-            .setup_r_disabled()
-            .build(SUBMISSION_ENTRIES)?;
+        Self::with_submission_entries(listeners, batch_wait_us, SUBMISSION_ENTRIES)
+    }
+
+    /// As `new`, with a submission queue of `entries` (tests use a small one to make it
+    /// overflow).
+    pub(super) fn with_submission_entries(
+        listeners: Vec<std::net::TcpListener>,
+        batch_wait_us: u32,
+        entries: u32,
+    ) -> io::Result<Self> {
+        let ring = ring_builder().setup_r_disabled().build(entries)?;
         let batch_wait_us = if batch_wait_us > 0 && !ring.params().is_feature_min_timeout() {
             log::warn!(
                 "Warning: io_batch_wait_us needs Linux 6.12 (io_uring min timeout); ignored."
@@ -190,6 +200,7 @@ impl Uring {
             completions: Vec::new(),
             accept_failures: AcceptFailures::default(),
             batch_wait_us,
+            unsubmitted: Vec::new(),
         })
     }
 
@@ -197,20 +208,43 @@ impl Uring {
         Arc::new(EventFdWaker(self.wake_fd.clone()))
     }
 
-    /// Queues a submission, handing the queue to the kernel first when it is full.
+    /// Queues a submission, handing the queue to the kernel first when it is full. If the
+    /// kernel takes none just now, the entry waits in `unsubmitted` (in order) for the next
+    /// `wait`: an operation is never dropped, or its connection would hang.
     fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: every entry built here points only at memory that outlives the
-            // operation: the eventfd buffer (boxed, owned), a socket's queued `Bytes` and
-            // `iov` (kept until the send completes, see `Socket::dead`), or nothing.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return;
-            }
-            if let Err(e) = self.ring.submit() {
-                log::error!("Error: io_uring submit failed: {e}");
-                return;
+        if !self.unsubmitted.is_empty() || !self.try_push(&entry) {
+            self.unsubmitted.push(entry);
+        }
+    }
+
+    fn try_push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: every entry built here points only at memory that outlives the operation:
+        // the eventfd buffer (boxed, owned), a socket's queued `Bytes` and `iov` (kept until
+        // the send completes, see `Socket::dead`), or nothing.
+        if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            return true;
+        }
+        match self.ring.submit() {
+            // SAFETY: as above.
+            Ok(_) => unsafe { self.ring.submission().push(entry) }.is_ok(),
+            Err(e) => {
+                log::debug!("io_uring submit deferred: {e}");
+                false
             }
         }
+    }
+
+    /// Moves entries the kernel could not take earlier into the submission queue.
+    fn push_unsubmitted(&mut self) {
+        let waiting = std::mem::take(&mut self.unsubmitted);
+        let mut rest = waiting.into_iter();
+        for entry in rest.by_ref() {
+            if !self.try_push(&entry) {
+                self.unsubmitted.push(entry);
+                break;
+            }
+        }
+        self.unsubmitted.extend(rest);
     }
 
     fn arm_wake(&mut self) {
@@ -374,6 +408,14 @@ impl Backend for Uring {
                 (None, None) => Duration::from_secs(3600),
             }
         };
+        let mut timeout = timeout;
+        if !self.unsubmitted.is_empty() {
+            self.push_unsubmitted();
+            // What the kernel still refuses is tried again soon, not after a long sleep.
+            if !self.unsubmitted.is_empty() {
+                timeout = timeout.min(Duration::from_millis(1));
+            }
+        }
         let timespec = types::Timespec::from(timeout);
         let mut args = types::SubmitArgs::new().timespec(&timespec);
         let mut want = 1;
