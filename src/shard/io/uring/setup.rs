@@ -68,6 +68,7 @@ impl Drop for Uring {
             let until = Instant::now() + Duration::from_secs(1);
             let timespec = types::Timespec::from(Duration::from_millis(10));
             while self.sockets.iter().any(|(_, s)| s.sending) && Instant::now() < until {
+                self.push_unsubmitted();
                 let args = types::SubmitArgs::new().timespec(&timespec);
                 let _ = self.ring.submitter().submit_with_args(1, &args);
                 for cqe in self.ring.completion() {
@@ -82,7 +83,7 @@ impl Drop for Uring {
             if self.sockets.iter().any(|(_, s)| s.sending) {
                 // Still in flight: keep the bytes rather than free them under the kernel.
                 for (_, socket) in std::mem::take(&mut self.sockets) {
-                    std::mem::forget(socket.queue);
+                    std::mem::forget((socket.queue, socket.iov));
                 }
             }
         }
