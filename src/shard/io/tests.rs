@@ -43,6 +43,16 @@ fn next_event<T>(
     }
 }
 
+/// A peer connected to the backend, and the id the backend gave its connection.
+fn connect(
+    backend: &mut dyn Backend,
+    addr: SocketAddr,
+    seen: &mut Vec<Event>,
+) -> (TcpStream, ConnId) {
+    let peer = TcpStream::connect(addr).unwrap();
+    (peer, next_event(backend, seen, accepted))
+}
+
 fn accepted(event: &Event) -> Option<ConnId> {
     match event {
         Event::Accepted { conn, .. } => Some(*conn),
@@ -86,16 +96,14 @@ fn turn_until(backend: &mut dyn Backend, mut done: impl FnMut(&mut dyn Backend) 
 fn a_closed_connections_id_never_names_a_later_connection() {
     each_backend(|backend, addr| {
         let mut seen = Vec::new();
-        let mut first = TcpStream::connect(addr).unwrap();
-        let old = next_event(backend, &mut seen, accepted);
+        let (mut first, old) = connect(backend, addr, &mut seen);
         backend.close(old);
         // The first peer reads the end of the stream, then closes.
         let mut rest = Vec::new();
         first.read_to_end(&mut rest).unwrap();
         drop(first);
 
-        let mut second = TcpStream::connect(addr).unwrap();
-        let new = next_event(backend, &mut seen, accepted);
+        let (mut second, new) = connect(backend, addr, &mut seen);
         assert_ne!(new, old);
         // What is done with the old id does not reach the new connection.
         backend.send(old, Bytes::from_static(b"stale"));
@@ -113,8 +121,7 @@ fn a_closed_connections_id_never_names_a_later_connection() {
 fn bytes_reach_a_slow_reader_whole_and_in_order() {
     each_backend(|backend, addr| {
         let mut seen = Vec::new();
-        let mut peer = TcpStream::connect(addr).unwrap();
-        let conn = next_event(backend, &mut seen, accepted);
+        let (mut peer, conn) = connect(backend, addr, &mut seen);
         // Far more than the socket buffers hold: most of it waits in the backend and goes
         // out in pieces (partial writes) as the reader drains.
         let chunks: Vec<Bytes> = (0..64u32)
@@ -147,8 +154,7 @@ fn bytes_reach_a_slow_reader_whole_and_in_order() {
 fn bytes_sent_while_paused_arrive_after_resume_in_order() {
     each_backend(|backend, addr| {
         let mut seen = Vec::new();
-        let mut peer = TcpStream::connect(addr).unwrap();
-        let conn = next_event(backend, &mut seen, accepted);
+        let (mut peer, conn) = connect(backend, addr, &mut seen);
         peer.write_all(b"one,").unwrap();
         assert_eq!(receive(backend, conn, 4), b"one,");
         backend.pause_reading(conn);
@@ -177,8 +183,7 @@ fn bytes_sent_while_paused_arrive_after_resume_in_order() {
 fn a_closed_connection_delivers_its_last_bytes_then_the_end() {
     each_backend(|backend, addr| {
         let mut seen = Vec::new();
-        let mut peer = TcpStream::connect(addr).unwrap();
-        let conn = next_event(backend, &mut seen, accepted);
+        let (mut peer, conn) = connect(backend, addr, &mut seen);
         backend.send(conn, Bytes::from_static(b"last words"));
         backend.close(conn);
         // Sent after the close: thrown away, and no event names the connection again.
@@ -209,8 +214,7 @@ fn a_closed_connection_delivers_its_last_bytes_then_the_end() {
 fn a_peer_that_closes_is_reported_once() {
     each_backend(|backend, addr| {
         let mut seen = Vec::new();
-        let peer = TcpStream::connect(addr).unwrap();
-        let conn = next_event(backend, &mut seen, accepted);
+        let (peer, conn) = connect(backend, addr, &mut seen);
         drop(peer);
         let error = next_event(backend, &mut seen, |e| match e {
             Event::Closed { conn: c, error } if *c == conn => Some(error.is_some()),
