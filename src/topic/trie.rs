@@ -7,14 +7,22 @@
 //! `cow_map`), and nodes cloned earlier in the same batch are changed in place. `publish`
 //! makes the batch visible at once; a superseded snapshot is freed when its last reader drops
 //! it.
+//!
+//! A node is laid out for the common case, a level with one child or one subscriber: its
+//! name inline, one child or one subscriber without an allocation of its own, and what few
+//! nodes have (a `+` child, a `#` filter, share groups) behind one optional box. A filter
+//! with one subscriber costs one node (112 bytes with its reference count) and its slot in
+//! the parent.
 
 use arc_swap::{ArcSwap, Guard};
+use compact_str::CompactString;
 use smallvec::SmallVec;
 use std::num::NonZeroU32;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use super::cow_map::CowMap;
+use super::cow_map::{CowMap, CowSet};
+use super::hamt::Keyed;
 use super::validate::{FilterRef, TOPIC_LEVELS_MAX};
 use crate::codec::SubscriptionOptions;
 
@@ -43,30 +51,90 @@ struct Group {
     turn: Arc<AtomicUsize>,
 }
 
+/// Share groups of one filter, by group name.
+type Groups = CowMap<Arc<str>, Group>;
+
 /// Everything subscribed to one exact filter.
 #[derive(Clone, Debug, Default)]
 struct Leaf {
     subscribers: Members,
-    /// `$share/{group}/{filter}` groups, by group name.
-    groups: CowMap<Arc<str>, Group>,
+    /// `$share/{group}/{filter}` groups; boxed, as few filters have any.
+    groups: Option<Box<Groups>>,
 }
 
 impl Leaf {
     fn is_empty(&self) -> bool {
-        self.subscribers.is_empty() && self.groups.is_empty()
+        self.subscribers.is_empty() && self.groups.is_none()
     }
+
+    fn members_mut(&mut self, group: Option<&str>) -> &mut Members {
+        let Some(group) = group else {
+            return &mut self.subscribers;
+        };
+        let groups = self.groups.get_or_insert_with(Default::default);
+        &mut groups
+            .get_or_insert_with(group, || (Arc::from(group), Group::default()))
+            .1
+            .members
+    }
+
+    fn members(&self, group: Option<&str>) -> Option<&Members> {
+        match group {
+            None => Some(&self.subscribers),
+            Some(group) => Some(&self.groups.as_ref()?.get(group)?.1.members),
+        }
+    }
+
+    fn remove(&mut self, group: Option<&str>, session: SessionId) -> Option<Subscription> {
+        let Some(group) = group else {
+            return self.subscribers.remove(&session).map(|(_, s)| s);
+        };
+        let groups = self.groups.as_mut()?;
+        let members = &mut groups.get_mut(group)?.1.members;
+        let removed = members.remove(&session).map(|(_, s)| s);
+        if members.is_empty() {
+            groups.remove(group);
+            if groups.is_empty() {
+                self.groups = None;
+            }
+        }
+        removed
+    }
+
+    fn count(&self) -> usize {
+        self.subscribers.len()
+            + (self.groups.iter())
+                .flat_map(|groups| groups.iter())
+                .map(|(_, g)| g.members.len())
+                .sum::<usize>()
+    }
+}
+
+/// What few nodes have.
+#[derive(Clone, Debug, Default)]
+struct Rare {
+    /// The `+` child.
+    plus: Option<Arc<Node>>,
+    /// Filters that end with `#` just below this level (`a/#` lives in node `a`).
+    multi: Leaf,
 }
 
 /// A level of the trie. The root is the level above the first.
 #[derive(Clone, Debug, Default)]
 pub struct Node {
-    children: CowMap<Arc<str>, Arc<Node>>,
-    /// The `+` child.
-    plus: Option<Arc<Node>>,
+    /// The level this node matches (in its parent's `children`).
+    name: CompactString,
+    children: CowSet<Arc<Node>>,
     /// Filters that end at this level.
-    exact: Option<Arc<Leaf>>,
-    /// Filters that end with `#` just below this level (`a/#` lives in node `a`).
-    multi: Option<Arc<Leaf>>,
+    exact: Leaf,
+    rare: Option<Box<Rare>>,
+}
+
+impl Keyed for Arc<Node> {
+    type Key = str;
+    fn key(&self) -> &str {
+        &self.name
+    }
 }
 
 /// One thing a topic matched: a plain subscriber, or a share group of which the router picks
@@ -90,12 +158,11 @@ fn split_level(topic: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn emit<'a, F: FnMut(Match<'a>)>(leaf: &'a Option<Arc<Leaf>>, f: &mut F) {
-    let Some(leaf) = leaf else { return };
-    for (&session, subscription) in leaf.subscribers.iter() {
-        f(Match::Subscriber(session, subscription));
-    }
-    for (name, group) in leaf.groups.iter() {
+fn emit<'a, F: FnMut(Match<'a>)>(leaf: &'a Leaf, f: &mut F) {
+    leaf.subscribers.for_each(|(session, subscription)| {
+        f(Match::Subscriber(*session, subscription));
+    });
+    for (name, group) in leaf.groups.iter().flat_map(|groups| groups.iter()) {
         f(Match::Group {
             name,
             members: &group.members,
@@ -105,11 +172,23 @@ fn emit<'a, F: FnMut(Match<'a>)>(leaf: &'a Option<Arc<Leaf>>, f: &mut F) {
 }
 
 impl Node {
+    fn named(name: &str) -> Self {
+        Node {
+            name: CompactString::from(name),
+            ..Node::default()
+        }
+    }
+
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.plus.is_none()
-            && self.exact.is_none()
-            && self.multi.is_none()
+        self.children.is_empty() && self.exact.is_empty() && self.rare.is_none()
+    }
+
+    fn plus(&self) -> Option<&Arc<Node>> {
+        self.rare.as_ref()?.plus.as_ref()
+    }
+
+    fn child(&self, level: &str) -> Option<&Arc<Node>> {
+        self.children.get(level)
     }
 
     /// Calls `f` for every subscription whose filter matches the topic name `topic`.
@@ -119,12 +198,14 @@ impl Node {
         // [MQTT-4.7.2-1] a filter starting with a wildcard does not match a topic name
         // starting with '$'.
         if !first.starts_with('$') {
-            emit(&self.multi, f);
-            if let Some(plus) = &self.plus {
-                plus.descend(rest, f);
+            if let Some(rare) = &self.rare {
+                emit(&rare.multi, f);
+                if let Some(plus) = &rare.plus {
+                    plus.descend(rest, f);
+                }
             }
         }
-        if let Some(child) = self.children.get(first) {
+        if let Some(child) = self.child(first) {
             child.descend(rest, f);
         }
     }
@@ -132,30 +213,32 @@ impl Node {
     /// Matches `rest` of the topic below this node, which matched the level before it.
     fn descend<'a, F: FnMut(Match<'a>)>(&'a self, rest: Option<&str>, f: &mut F) {
         // `#` matches its parent level too (§4.7.1.2: "sport/#" matches "sport").
-        emit(&self.multi, f);
+        if let Some(rare) = &self.rare {
+            emit(&rare.multi, f);
+        }
         let Some(rest) = rest else {
             emit(&self.exact, f);
             return;
         };
         let (level, rest) = split_level(rest);
-        if let Some(child) = self.children.get(level) {
+        if let Some(child) = self.child(level) {
             child.descend(rest, f);
         }
-        if let Some(plus) = &self.plus {
+        if let Some(plus) = self.plus() {
             plus.descend(rest, f);
         }
     }
 
-    /// The leaf slot for `filter`'s last level, if the path exists.
-    fn leaf(&self, levels: &[&str]) -> Option<&Option<Arc<Leaf>>> {
+    /// The leaf of `filter`'s last level, if the path exists.
+    fn leaf(&self, levels: &[&str]) -> Option<&Leaf> {
         let (&level, rest) = levels.split_first()?;
         if level == "#" {
-            return Some(&self.multi);
+            return Some(&self.rare.as_ref()?.multi);
         }
         let child = if level == "+" {
-            self.plus.as_ref()?
+            self.plus()?
         } else {
-            self.children.get(level)?
+            self.child(level)?
         };
         if rest.is_empty() {
             Some(&child.exact)
@@ -167,24 +250,17 @@ impl Node {
     /// The subscription `session` holds on `filter`, if any.
     pub fn get(&self, filter: FilterRef<'_>, session: SessionId) -> Option<&Subscription> {
         let levels = split_levels(filter.filter());
-        let leaf = self.leaf(&levels)?.as_ref()?;
-        match filter.group() {
-            None => leaf.subscribers.get(&session),
-            Some(group) => leaf.groups.get(group)?.members.get(&session),
-        }
+        let members = self.leaf(&levels)?.members(filter.group())?;
+        members.get(&session).map(|(_, s)| s)
     }
 
     /// Counts the subscriptions in the trie (a walk of all of it: for tests and tools).
     pub fn count(&self) -> usize {
-        let leaf_count = |leaf: &Option<Arc<Leaf>>| {
-            leaf.as_ref().map_or(0, |l| {
-                l.subscribers.len() + l.groups.iter().map(|(_, g)| g.members.len()).sum::<usize>()
+        self.exact.count()
+            + self.rare.as_ref().map_or(0, |rare| {
+                rare.multi.count() + rare.plus.as_ref().map_or(0, |p| p.count())
             })
-        };
-        leaf_count(&self.exact)
-            + leaf_count(&self.multi)
-            + self.plus.as_ref().map_or(0, |p| p.count())
-            + self.children.iter().map(|(_, c)| c.count()).sum::<usize>()
+            + self.children.iter().map(|c| c.count()).sum::<usize>()
     }
 
     /// Inserts or replaces `session`'s subscription, cloning shared nodes on the way.
@@ -197,34 +273,26 @@ impl Node {
     ) -> Option<Subscription> {
         let mut node = Arc::make_mut(self);
         let mut at = 0;
-        let slot = loop {
+        let leaf = loop {
             let level = levels[at];
             at += 1;
             if level == "#" {
-                break &mut node.multi;
+                break &mut node.rare.get_or_insert_with(Default::default).multi;
             }
             let child = if level == "+" {
-                node.plus.get_or_insert_with(Default::default)
+                (node.rare.get_or_insert_with(Default::default).plus)
+                    .get_or_insert_with(|| Arc::new(Node::named(level)))
             } else {
-                node.children
-                    .get_or_insert_with(level, || Arc::from(level), Default::default)
+                (node.children).get_or_insert_with(level, || Arc::new(Node::named(level)))
             };
             node = Arc::make_mut(child);
             if at == levels.len() {
                 break &mut node.exact;
             }
         };
-        let leaf = Arc::make_mut(slot.get_or_insert_with(Default::default));
-        let members = match group {
-            None => &mut leaf.subscribers,
-            Some(group) => {
-                &mut leaf
-                    .groups
-                    .get_or_insert_with(group, || Arc::from(group), Default::default)
-                    .members
-            }
-        };
-        members.insert(session, sub)
+        leaf.members_mut(group)
+            .insert((session, sub))
+            .map(|(_, old)| old)
     }
 
     /// Removes `session`'s subscription, which must exist, and every node left empty.
@@ -236,51 +304,40 @@ impl Node {
     ) -> Option<Subscription> {
         let (&level, rest) = levels.split_first()?;
         if level == "#" {
-            return remove_from_leaf(&mut self.multi, group, session);
+            let rare = self.rare.as_mut()?;
+            let removed = rare.multi.remove(group, session);
+            self.drop_rare_if_empty();
+            return removed;
         }
         let child_slot = if level == "+" {
-            self.plus.as_mut()?
+            self.rare.as_mut()?.plus.as_mut()?
         } else {
             self.children.get_mut(level)?
         };
         let child = Arc::make_mut(child_slot);
         let removed = if rest.is_empty() {
-            remove_from_leaf(&mut child.exact, group, session)
+            child.exact.remove(group, session)
         } else {
             child.remove(rest, group, session)
         };
         if child.is_empty() {
             if level == "+" {
-                self.plus = None;
+                if let Some(rare) = &mut self.rare {
+                    rare.plus = None;
+                }
+                self.drop_rare_if_empty();
             } else {
                 self.children.remove(level);
             }
         }
         removed
     }
-}
 
-fn remove_from_leaf(
-    slot: &mut Option<Arc<Leaf>>,
-    group: Option<&str>,
-    session: SessionId,
-) -> Option<Subscription> {
-    let leaf = Arc::make_mut(slot.as_mut()?);
-    let removed = match group {
-        None => leaf.subscribers.remove(&session),
-        Some(group) => {
-            let members = &mut leaf.groups.get_mut(group)?.members;
-            let removed = members.remove(&session);
-            if members.is_empty() {
-                leaf.groups.remove(group);
-            }
-            removed
+    fn drop_rare_if_empty(&mut self) {
+        if (self.rare.as_ref()).is_some_and(|rare| rare.plus.is_none() && rare.multi.is_empty()) {
+            self.rare = None;
         }
-    };
-    if leaf.is_empty() {
-        *slot = None;
     }
-    removed
 }
 
 fn split_levels(filter: &str) -> SmallVec<[&str; 8]> {
