@@ -203,7 +203,7 @@ impl Session {
             subscriptions: (self.subscriptions.iter())
                 .map(|(filter, sub)| {
                     let identifier = sub.identifier.map(|i| i.get());
-                    (filter.clone(), (sub.options, identifier))
+                    (filter.to_string(), (sub.options, identifier))
                 })
                 .collect(),
             queue: (self.outgoing.queued())

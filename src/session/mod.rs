@@ -21,6 +21,7 @@ pub use incoming::{IncomingQos2, Qos2Publish};
 pub use lifecycle::WillAfterClose;
 pub use outgoing::{DropReason, InFlight, Limits, Offer, Outgoing, Owed, Queued, OWED_MAX};
 
+use compact_str::CompactString;
 use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,7 +40,8 @@ pub struct Session {
     pub clean: bool,
     /// By full filter text (`$share/g/f` included). Changed only through `subscribe` and
     /// `unsubscribe` (the shard may move `Subscription::shard`, which is not kept).
-    subscriptions: HashMap<String, Subscription>,
+    /// Filters are kept inline up to 24 bytes (most are shorter): no allocation of their own.
+    subscriptions: HashMap<CompactString, Subscription>,
     /// Boxed, as `delayed_will`: most sessions have none, and every session pays for the
     /// space of an unboxed one.
     pub will: Option<Box<Will>>,
@@ -104,7 +106,7 @@ impl Session {
     }
 
     /// The session ends; what it held is dropped with it.
-    pub fn end(self, changes: &mut Changes) -> HashMap<String, Subscription> {
+    pub fn end(self, changes: &mut Changes) -> HashMap<CompactString, Subscription> {
         changes.push(self.id, || What::Ended);
         self.subscriptions
     }
@@ -127,20 +129,20 @@ impl Session {
         });
     }
 
-    pub fn subscriptions(&self) -> &HashMap<String, Subscription> {
+    pub fn subscriptions(&self) -> &HashMap<CompactString, Subscription> {
         &self.subscriptions
     }
 
     /// Where the session's subscriptions say it lives (not kept across a restart).
     pub fn subscriptions_located_mut(
         &mut self,
-    ) -> impl Iterator<Item = (&String, &mut Subscription)> {
+    ) -> impl Iterator<Item = (&CompactString, &mut Subscription)> {
         self.subscriptions.iter_mut()
     }
 
     /// Adds or replaces the subscription to `filter`.
     pub fn subscribe(&mut self, filter: &str, sub: Subscription, changes: &mut Changes) {
-        self.subscriptions.insert(filter.to_string(), sub);
+        self.subscriptions.insert(CompactString::from(filter), sub);
         changes.push(self.id, || What::Subscribed {
             filter: filter.to_string(),
             options: sub.options,

@@ -20,6 +20,7 @@ mod shared;
 mod stats;
 mod subscribe;
 mod sys;
+mod timers;
 
 pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY};
 pub use stats::{Stats, StatsSnapshot};
@@ -98,6 +99,9 @@ pub struct Shard<B: Backend> {
     owing: Vec<SessionId>,
     /// Some of them can go on as soon as this turn's writes are out: do not sleep.
     owed_next_turn: bool,
+    /// Whether this shard worked since its last timer tick, and since it last gave freed
+    /// memory back (`timers.rs`).
+    quiet: timers::Quiet,
     /// `memory_limit` in force; the bytes other shards had waiting for their clients at
     /// this turn's start, and the bytes this shard encoded for its clients this turn (not
     /// yet handed to the backend).
@@ -149,6 +153,7 @@ impl<B: Backend> Shard<B> {
             awaiting: HashMap::new(),
             owing: Vec::new(),
             owed_next_turn: false,
+            quiet: timers::Quiet::default(),
             write_waiting_elsewhere: 0,
             out_bytes_this_turn: 0,
             expiries: BinaryHeap::new(),
@@ -198,6 +203,9 @@ impl<B: Backend> Shard<B> {
             .filter(|&(shard, _)| shard != self.id)
             .map(|(_, q)| q.load(Ordering::Relaxed))
             .sum();
+        if !events.is_empty() || !self.mailbox.is_empty() {
+            self.quiet.worked();
+        }
         for event in events.drain(..) {
             self.on_event(event);
         }
@@ -556,37 +564,6 @@ impl<B: Backend> Shard<B> {
             });
             self.route(&message, None);
         }
-    }
-
-    fn check_timers(&mut self) {
-        let now = self.now;
-        let connect_timeout = Duration::from_secs(self.config.connect_timeout_s);
-        let mut expired = Vec::new();
-        for c in self.conns.iter().flatten() {
-            if c.session.is_none() && c.waiting_handoff.is_none() {
-                if now.duration_since(c.accepted_at) > connect_timeout {
-                    expired.push((c.id, false));
-                }
-            } else if c.keepalive_s > 0 {
-                // [MQTT-3.1.2-24] one and a half keep alive periods of silence.
-                let limit = Duration::from_millis(u64::from(c.keepalive_s) * 1500);
-                if now.duration_since(c.last_rx) > limit {
-                    expired.push((c.id, true));
-                }
-            }
-        }
-        for (conn, connected) in expired {
-            if connected {
-                self.keepalive_expired(conn);
-            } else {
-                self.connection_lost(conn, close::CloseReason::ConnectTimeout);
-            }
-        }
-        #[cfg(debug_assertions)]
-        self.check_invariants();
-        self.publish_due_wills(now);
-        self.expire_sessions(now);
-        self.sys_tick(now);
     }
 
     fn shut_down(&mut self) {

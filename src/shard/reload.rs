@@ -97,7 +97,7 @@ impl<B: Backend> Shard<B> {
                 .filter(|_| security.acl_strict_subscribe)
             {
                 let (user, id) = (session.username.as_deref(), &session.client_id);
-                let revoked: Vec<String> = (session.subscriptions().keys())
+                let revoked: Vec<compact_str::CompactString> = (session.subscriptions().keys())
                     .filter(|filter| {
                         crate::topic::parse_filter(filter)
                             .is_ok_and(|f| !acl.check_subscribe(user, id, f.filter()))

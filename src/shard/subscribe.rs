@@ -15,18 +15,19 @@ use crate::codec::{
 };
 use crate::router::Message;
 use crate::topic::{parse_filter, SessionId, Subscription};
+use compact_str::CompactString;
 
 /// Trie changes a shard keeps room for between turns.
 const TRIE_OPS_KEPT: usize = 1024;
 
 pub enum TrieOp {
     Subscribe {
-        filter: String,
+        filter: CompactString,
         session: SessionId,
         sub: Subscription,
     },
     Unsubscribe {
-        filter: String,
+        filter: CompactString,
         session: SessionId,
     },
 }
@@ -152,7 +153,7 @@ impl<B: Backend> Shard<B> {
             };
             session.subscribe(filter, sub, &mut self.changes);
             self.trie_ops.push(TrieOp::Subscribe {
-                filter: filter.to_string(),
+                filter: CompactString::from(filter.as_str()),
                 session: session_id,
                 sub,
             });
@@ -233,7 +234,7 @@ impl<B: Backend> Shard<B> {
             log::info!(target: "unsubscribe", "{name} {filter}");
             if session.unsubscribe(filter, &mut self.changes) {
                 self.trie_ops.push(TrieOp::Unsubscribe {
-                    filter: filter.to_string(),
+                    filter: CompactString::from(filter.as_str()),
                     session: session_id,
                 });
                 reasons.push(ReasonCode::Success);

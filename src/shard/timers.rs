@@ -1,0 +1,98 @@
+//! What a shard does on its timer tick: connect timeouts and keepalives, due wills, session
+//! expiry, `$SYS`, and giving freed memory back once the shard goes quiet.
+
+use std::time::Duration;
+
+use super::io::Backend;
+use super::{close, Shard};
+
+/// Tracks when a shard goes quiet after working: mimalloc gives freed pages back to the
+/// system only when the thread that freed them allocates again, so a shard gone quiet after
+/// a burst (a subscribe storm, a flood of retained messages) would hold that memory until
+/// its next client speaks.
+#[derive(Debug, Default)]
+pub(super) struct Quiet {
+    worked_this_tick: bool,
+    worked_since_release: bool,
+}
+
+impl Quiet {
+    pub(super) fn worked(&mut self) {
+        self.worked_this_tick = true;
+    }
+
+    /// At a tick: true when the shard worked since the last release but not during the tick
+    /// just ended, so a busy shard never pays for a release, and a quiet one pays once.
+    pub(super) fn tick(&mut self) -> bool {
+        let release = !self.worked_this_tick && self.worked_since_release;
+        self.worked_since_release =
+            (self.worked_since_release || self.worked_this_tick) && !release;
+        self.worked_this_tick = false;
+        release
+    }
+}
+
+/// Gives the pages this thread's freed memory sits on back to the system (those past
+/// mimalloc's purge delay). A no-op for memory not allocated by mimalloc.
+fn release_freed_memory() {
+    // SAFETY: mi_collect takes no arguments to get wrong; mimalloc allows it on any
+    // thread at any time, and it frees nothing still in use.
+    unsafe { libmimalloc_sys::mi_collect(false) }
+}
+
+impl<B: Backend> Shard<B> {
+    pub(super) fn check_timers(&mut self) {
+        let now = self.now;
+        let connect_timeout = Duration::from_secs(self.config.connect_timeout_s);
+        let mut expired = Vec::new();
+        for c in self.conns.iter().flatten() {
+            if c.session.is_none() && c.waiting_handoff.is_none() {
+                if now.duration_since(c.accepted_at) > connect_timeout {
+                    expired.push((c.id, false));
+                }
+            } else if c.keepalive_s > 0 {
+                // [MQTT-3.1.2-24] one and a half keep alive periods of silence.
+                let limit = Duration::from_millis(u64::from(c.keepalive_s) * 1500);
+                if now.duration_since(c.last_rx) > limit {
+                    expired.push((c.id, true));
+                }
+            }
+        }
+        for (conn, connected) in expired {
+            if connected {
+                self.keepalive_expired(conn);
+            } else {
+                self.connection_lost(conn, close::CloseReason::ConnectTimeout);
+            }
+        }
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        self.publish_due_wills(now);
+        self.expire_sessions(now);
+        self.sys_tick(now);
+        if self.quiet.tick() {
+            release_freed_memory();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Quiet;
+
+    #[test]
+    fn releases_once_per_quiet_spell_after_work() {
+        let mut quiet = Quiet::default();
+        assert!(!quiet.tick(), "nothing done yet");
+        quiet.worked();
+        assert!(!quiet.tick(), "busy during the tick");
+        assert!(quiet.tick(), "a quiet tick after work");
+        assert!(!quiet.tick(), "released already");
+        quiet.worked();
+        quiet.worked();
+        assert!(!quiet.tick());
+        quiet.worked();
+        assert!(!quiet.tick(), "still busy");
+        assert!(quiet.tick());
+    }
+}
