@@ -10,5 +10,6 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod tls;
 pub mod topic;
 pub mod types;

@@ -32,6 +32,10 @@ pub struct Common {
     pub will_qos: QoS,
     pub will_retain: bool,
     pub properties: PropertySets,
+    /// `-p` was given (TLS changes the default port to 8883 otherwise).
+    pub port_given: bool,
+    /// `-L mqtts://...`: TLS, with the system's CAs unless a CA is given.
+    pub url_tls: bool,
 }
 
 /// The value after option `args[*i]`, moving past it.
@@ -72,7 +76,10 @@ impl Default for Common {
                 properties: Properties::default(),
                 nodelay: false,
                 debug: false,
+                tls: Default::default(),
             },
+            port_given: false,
+            url_tls: false,
             id_prefix: None,
             qos: QoS::AtMostOnce,
             topics: Vec::new(),
@@ -115,6 +122,7 @@ impl Common {
             }
             "-L" | "--url" => self.url(value(args, i, "URL")?)?,
             "-p" | "--port" => {
+                self.port_given = true;
                 let text = value(args, i, "port")?;
                 c.port = number::<u16>(text, "port")
                     .ok()
@@ -152,21 +160,29 @@ impl Common {
             }
             "--will-qos" => self.will_qos = qos(value(args, i, "will QoS")?)?,
             "--will-retain" => self.will_retain = true,
-            "--cafile"
-            | "--capath"
-            | "--cert"
-            | "--key"
-            | "--ciphers"
-            | "--insecure"
-            | "--tls-version"
+            "--cafile" => c.tls.cafile = Some(value(args, i, "cafile")?.into()),
+            "--capath" => c.tls.capath = Some(value(args, i, "capath")?.into()),
+            "--cert" => c.tls.cert = Some(value(args, i, "certificate file")?.into()),
+            "--key" => c.tls.key = Some(value(args, i, "key file")?.into()),
+            "--insecure" => c.tls.insecure = true,
+            "--tls-use-os-certs" => c.tls.os_certs = true,
+            "--tls-version" => {
+                let version = value(args, i, "TLS version")?;
+                c.tls.version = Some(
+                    crate::tls::TlsVersion::parse(version).map_err(|e| format!("Error: {e}."))?,
+                );
+            }
+            "--ciphers"
             | "--tls-alpn"
             | "--tls-engine"
             | "--keyform"
             | "--tls-engine-kpass-sha1"
-            | "--tls-use-os-certs"
             | "--psk"
             | "--psk-identity" => {
-                return Err(format!("Error: {} is not supported yet (TLS).", args[*i]))
+                return Err(format!(
+                    "Error: {} is not supported by midge's tools.",
+                    args[*i]
+                ))
             }
             "--unix" | "--proxy" => {
                 return Err(format!("Error: {} is not supported yet.", args[*i]))
@@ -182,8 +198,9 @@ impl Common {
         let bad = || format!("Error: Invalid URL for -L argument specified - {url}.");
         let rest = match url.split_once("://") {
             Some(("mqtt", rest)) => rest,
-            Some(("mqtts", _)) => {
-                return Err("Error: mqtts:// URLs are not supported yet (TLS).".into())
+            Some(("mqtts", rest)) => {
+                self.url_tls = true;
+                rest
             }
             _ => return Err(bad()),
         };
@@ -204,6 +221,7 @@ impl Common {
             Some((host, port)) if !host.ends_with(']') || port.parse::<u16>().is_ok() => {
                 self.connect.host = host.trim_matches(['[', ']']).to_string();
                 self.connect.port = port.parse().map_err(|_| bad())?;
+                self.port_given = true;
             }
             _ => self.connect.host = hostport.trim_matches(['[', ']']).to_string(),
         }
@@ -319,6 +337,18 @@ impl Common {
     /// Checks the options together and completes the CONNECT settings.
     pub fn finish(&mut self, tool: &str) -> Result<(), String> {
         let v5 = self.connect.version == ProtocolVersion::V5;
+        let tls = &mut self.connect.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(
+                "Error: Both certfile and keyfile must be provided if one of them is set.".into(),
+            );
+        }
+        if self.url_tls && !tls.enabled() {
+            tls.os_certs = true;
+        }
+        if tls.enabled() && !self.port_given {
+            self.connect.port = 8883;
+        }
         if let Some(prefix) = &self.id_prefix {
             self.connect.client_id = format!("{prefix}{}", std::process::id());
         }
@@ -382,6 +412,15 @@ pub fn connect_failure(error: &ClientError) -> (u8, String) {
         ClientError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             (1, "Error: Connection refused".into())
         }
+        ClientError::Tls(_) => (1, format!("Unable to connect ({error}).")),
+        // Closed before CONNACK (a TLS broker refusing the certificate, say): libmosquitto's
+        // MOSQ_ERR_CONN_LOST.
+        ClientError::Closed(None) => (7, "Error: The connection was lost.".into()),
+        // Not MQTT from the other side (a plain client on a TLS port): MOSQ_ERR_PROTOCOL.
+        ClientError::Protocol(_) => (
+            2,
+            "Error: A network protocol error occurred when communicating with the broker.".into(),
+        ),
         other => (1, format!("Error: {other}")),
     }
 }

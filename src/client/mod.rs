@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod format;
+pub mod tls;
 
 use bytes::{Bytes, BytesMut};
 use std::io::{self, Read, Write};
@@ -29,6 +30,10 @@ pub enum ClientError {
     Protocol(String),
     /// The broker closed the connection (with a 5.0 DISCONNECT reason, if it sent one).
     Closed(Option<ReasonCode>),
+    /// The TLS handshake failed on this side (the broker's certificate, say).
+    Tls(String),
+    /// A TLS option could not be used (a file that is not there).
+    TlsOptions(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -41,6 +46,8 @@ impl std::fmt::Display for ClientError {
                 write!(f, "disconnected by the broker: {reason:?}")
             }
             ClientError::Closed(None) => write!(f, "the connection was lost"),
+            ClientError::Tls(_) => write!(f, "A TLS error occurred."),
+            ClientError::TlsOptions(what) => write!(f, "Problem setting TLS options: {what}."),
         }
     }
 }
@@ -86,10 +93,11 @@ pub struct ConnectOptions {
     pub nodelay: bool,
     /// `-d`: print each packet sent and received, as Mosquitto's clients do.
     pub debug: bool,
+    pub tls: tls::ClientTls,
 }
 
 pub struct Client {
-    stream: TcpStream,
+    stream: tls::Stream,
     pub version: ProtocolVersion,
     decoder: Decoder,
     inbuf: BytesMut,
@@ -139,8 +147,20 @@ fn connect_stream(options: &ConnectOptions) -> io::Result<TcpStream> {
 impl Client {
     /// Connects and waits for CONNACK; a refusal is an error carrying its reason.
     pub fn connect(options: &ConnectOptions) -> Result<(Client, ConnAck), ClientError> {
-        let stream = connect_stream(options)?;
-        stream.set_nodelay(options.nodelay)?;
+        let tcp = connect_stream(options)?;
+        tcp.set_nodelay(options.nodelay)?;
+        let stream = if options.tls.enabled() {
+            let config = options.tls.config()?;
+            tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+            tls::Stream::tls(tcp, config, &options.host).map_err(|e| {
+                if options.debug {
+                    eprintln!("TLS: {e}");
+                }
+                ClientError::Tls(e.to_string())
+            })?
+        } else {
+            tls::Stream::Plain(tcp)
+        };
         let name = if options.client_id.is_empty() {
             "null".to_string()
         } else {
@@ -281,7 +301,7 @@ impl Client {
                 .min()
                 .unwrap_or(Duration::from_secs(3600))
                 .max(Duration::from_millis(1));
-            self.stream.set_read_timeout(Some(wait))?;
+            self.stream.tcp().set_read_timeout(Some(wait))?;
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(ClientError::Closed(None)),
@@ -293,6 +313,17 @@ impl Client {
                             | io::ErrorKind::TimedOut
                             | io::ErrorKind::Interrupted
                     ) => {}
+                // TLS: the broker's alert (a refused certificate) or a close without
+                // close_notify: the connection is gone, as Mosquitto's clients say.
+                Err(e)
+                    if matches!(self.stream, tls::Stream::Tls(_))
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                        ) =>
+                {
+                    return Err(ClientError::Closed(None))
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -517,9 +548,12 @@ impl Client {
         let mut disconnect = Disconnect::with_reason(ReasonCode::Success);
         disconnect.properties = properties;
         self.send(&Packet::Disconnect(disconnect))?;
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.stream.shutdown_write();
         // Wait briefly for the broker to close, so nothing sent is cut off by a reset.
-        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = self
+            .stream
+            .tcp()
+            .set_read_timeout(Some(Duration::from_secs(1)));
         let mut sink = [0u8; 512];
         while matches!(self.stream.read(&mut sink), Ok(n) if n > 0) {}
         Ok(())

@@ -106,6 +106,10 @@ pub struct Listener {
     pub not_opened: Option<&'static str>,
     /// Used when `per_listener_settings` is true.
     pub security: Security,
+    /// TLS options as given (`certfile`, `keyfile`, `cafile`, ...).
+    pub tls_settings: crate::tls::TlsSettings,
+    /// Made from `tls_settings` once the file is read: a TLS listener.
+    pub tls: Option<crate::tls::TlsListener>,
 }
 
 impl Default for Listener {
@@ -123,6 +127,8 @@ impl Default for Listener {
             use_username_as_clientid: false,
             not_opened: None,
             security: Security::default(),
+            tls_settings: Default::default(),
+            tls: None,
         }
     }
 }
@@ -329,6 +335,10 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            // Not one line's fault (a listener's files, checked once the file is read).
+            return write!(f, "{}: {}", self.file.display(), self.message);
+        }
         write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
     }
 }

@@ -22,14 +22,14 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let mut reader = Reader::default();
         reader.file(path, 0)?;
-        Ok(reader.finish())
+        reader.finish(path)
     }
 
     /// Reads configuration text (as if from `path`) on top of the defaults.
     pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut reader = Reader::default();
         reader.text(path, text, 0)?;
-        Ok(reader.finish())
+        reader.finish(path)
     }
 }
 
@@ -87,6 +87,11 @@ impl Line<'_> {
             return Err(self.err(format!("{} takes a {what}", self.option)));
         }
         Ok(self.rest)
+    }
+
+    /// A file or directory: the rest of the line (paths may hold spaces).
+    fn path(&self) -> Result<std::path::PathBuf, ConfigError> {
+        Ok(std::path::PathBuf::from(self.text("path")?))
     }
 
     fn number(&self, max: u64) -> Result<u64, ConfigError> {
@@ -169,6 +174,26 @@ impl Reader {
         } else {
             &mut self.config.security
         }
+    }
+
+    fn tls_option(&mut self, line: &Line) -> Result<(), ConfigError> {
+        let tls = &mut self.listener().tls_settings;
+        match line.option {
+            "cafile" => tls.cafile = Some(line.path()?),
+            "capath" => tls.capath = Some(line.path()?),
+            "certfile" => tls.certfile = Some(line.path()?),
+            "keyfile" => tls.keyfile = Some(line.path()?),
+            "crlfile" => tls.crlfile = Some(line.path()?),
+            "require_certificate" => tls.require_certificate = line.boolean()?,
+            "use_identity_as_username" => tls.use_identity_as_username = line.boolean()?,
+            "use_subject_as_username" => tls.use_subject_as_username = line.boolean()?,
+            _ => {
+                let version = crate::tls::TlsVersion::parse(line.one("version")?);
+                tls.tls_version = Some(version.map_err(|e| line.err(e))?);
+            }
+        }
+        tls.origin = Some((line.file.to_path_buf(), line.number));
+        Ok(())
     }
 
     fn text(&mut self, file: &Path, text: &str, depth: usize) -> Result<(), ConfigError> {
@@ -472,6 +497,28 @@ impl Reader {
                 config.response_topic_prefix = Some(prefix.to_string());
             }
 
+            // TLS, per listener (tls/mod.rs).
+            "cafile" | "capath" | "certfile" | "keyfile" | "crlfile" | "require_certificate"
+            | "use_identity_as_username" | "use_subject_as_username" | "tls_version" => {
+                self.tls_option(line)?
+            }
+            "psk_hint" | "psk_file" => {
+                return Err(line.err(format!(
+                    "{}: TLS-PSK is not available in midge (its TLS library, rustls, has no PSK); use certificates",
+                    line.option
+                )))
+            }
+            "ciphers" | "ciphers_tls1.3" | "tls_engine" | "tls_keyform" | "tls_engine_kpass_sha1"
+            | "ocsp_stapling" => {
+                return Err(line.err(format!(
+                    "{} is not supported by midge yet; remove it to use midge's TLS defaults (TLS 1.2 and 1.3, forward-secret AEAD suites only)",
+                    line.option
+                )))
+            }
+            "dhparamfile" => line.warn(
+                "dhparamfile is not used: midge's TLS has no DHE suites (ECDHE only); ignored.",
+            ),
+
             option if options::not_yet(option) => {
                 line.warn(&format!("{option} is not supported by midge yet; ignored."));
             }
@@ -485,7 +532,7 @@ impl Reader {
         Ok(())
     }
 
-    fn finish(mut self) -> Config {
+    fn finish(mut self, path: &Path) -> Result<Config, ConfigError> {
         let mut config = self.config;
         if self.default_listener {
             config.listeners.insert(0, self.top.clone());
@@ -503,6 +550,40 @@ impl Reader {
         for listener in &mut config.listeners {
             listener.security.allow_anonymous.get_or_insert(anonymous);
         }
-        config
+        // Certificates and keys are read now, so that a bad one stops the start (and
+        // `--test-config`) with its name, never a listener opened without TLS.
+        for listener in &mut config.listeners {
+            if listener.tls_settings.any_given() {
+                let (file, line) = (listener.tls_settings.origin.clone())
+                    .unwrap_or_else(|| (path.to_path_buf(), 0));
+                let tls = listener
+                    .tls_settings
+                    .load()
+                    .map_err(|message| ConfigError {
+                        file,
+                        line,
+                        message: format!(
+                            "listener {}{}: {message}",
+                            listener.port,
+                            listener
+                                .bind
+                                .as_ref()
+                                .map(|b| format!(" {b}"))
+                                .unwrap_or_default()
+                        ),
+                    })?;
+                listener.tls = Some(tls);
+            }
+        }
+        if config.local_only && config.listener_defaults.tls_settings.any_given() {
+            let (file, line) = (config.listener_defaults.tls_settings.origin.clone())
+                .unwrap_or_else(|| (path.to_path_buf(), 0));
+            return Err(ConfigError {
+                file,
+                line,
+                message: "TLS options need a listener (local only mode has none)".into(),
+            });
+        }
+        Ok(config)
     }
 }

@@ -187,9 +187,19 @@ fn io_backend_and_batch_wait() {
 fn later_features_warn_and_unknown_options_fail() {
     // Mosquitto options of later features: read, not an error.
     let c =
-        read("persistence true\ncafile /x\nconnection bridge1\naddress 10.0.0.1\nplugin_opt_x 1\n")
+        read("persistence true\nbridge_cafile /x\nconnection bridge1\naddress 10.0.0.1\nplugin_opt_x 1\n")
             .unwrap();
     assert!(c.local_only);
+    // TLS options are acted on: without a listener (local only mode), or without the
+    // files they name, they are errors with the line that gave them.
+    let e = read("allow_anonymous true\ncafile /x\n").unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+    let e = read("listener 8883\ncertfile /nonexistent/cert.pem\nkeyfile /nonexistent/key.pem\n")
+        .unwrap_err();
+    assert!(
+        e.line == 3 && e.message.contains("/nonexistent/cert.pem"),
+        "{e}"
+    );
     // protocol websockets: a listener that is not opened (with a warning).
     let c = read("listener 9001\nprotocol websockets\n").unwrap();
     assert!(c.listeners[0].not_opened.is_some());

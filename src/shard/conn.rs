@@ -39,6 +39,8 @@ pub struct Conn {
     /// Topic aliases and enhanced authentication, out of line: most connections use
     /// neither, and every idle connection would pay for their space.
     pub extras: Option<Box<ConnExtras>>,
+    /// A TLS listener's connection: its records are opened and sealed here (`shard/tls.rs`).
+    pub tls: Option<Box<crate::tls::link::TlsLink>>,
 }
 
 #[derive(Default)]
@@ -83,6 +85,7 @@ impl Conn {
             out_alias_max: 0,
             problem_information: true,
             extras: None,
+            tls: None,
         }
     }
 

@@ -13,7 +13,7 @@ use crate::session::Session;
 use crate::topic::SessionId;
 
 impl<B: Backend> Shard<B> {
-    pub(super) fn on_connect(&mut self, conn: ConnId, connect: Box<Connect>) {
+    pub(super) fn on_connect(&mut self, conn: ConnId, mut connect: Box<Connect>) {
         // A SIGHUP sent or taken while this turn read the CONNECT: judge it by the new
         // settings.
         self.take_settings_for_connect();
@@ -25,6 +25,26 @@ impl<B: Backend> Shard<B> {
         let listener = config.listener(c.listener);
         let security = config.security(c.listener);
         let v5 = connect.version == ProtocolVersion::V5;
+        // use_identity_as_username / use_subject_as_username: the client certificate names
+        // the user, and no password is asked for (as in Mosquitto).
+        let certified = match self.certificate_username(conn, listener) {
+            Ok(Some(name)) => match crate::codec::MqttStr::new(&name) {
+                Ok(name) => {
+                    connect.username = Some(name);
+                    connect.password = None;
+                    true
+                }
+                Err(_) => {
+                    self.refuse(conn, &connect, ReasonCode::NotAuthorized);
+                    return;
+                }
+            },
+            Ok(None) => false,
+            Err(()) => {
+                self.refuse(conn, &connect, ReasonCode::NotAuthorized);
+                return;
+            }
+        };
 
         let mut client_id: Arc<str> = Arc::from(connect.client_id.as_str());
         if listener.use_username_as_clientid {
@@ -115,7 +135,7 @@ impl<B: Backend> Shard<B> {
         // 5.0 enhanced authentication decides for itself (below), as in Mosquitto.
         let enhanced = v5 && connect.properties.authentication_method.is_some();
         let user = connect.username.as_ref().map(|u| u.as_str());
-        if !enhanced && !security.lets_in(user, connect.password.as_deref()) {
+        if !enhanced && !certified && !security.lets_in(user, connect.password.as_deref()) {
             // Mosquitto 2 refuses with "not authorised" (5 / 0x87), bad password or none.
             self.refuse(conn, &connect, ReasonCode::NotAuthorized);
             return;
@@ -268,8 +288,11 @@ impl<B: Backend> Shard<B> {
     }
 
     pub(super) fn close_socket(&mut self, mut c: Box<super::conn::Conn>) {
-        if !c.out.is_empty() {
-            self.backend.send(c.id, c.out.split().freeze());
+        // A TLS connection's last records end with close_notify.
+        let last = c.out.split().freeze();
+        let last = super::tls::seal(&mut c, last, true);
+        if !last.is_empty() {
+            self.backend.send(c.id, last);
         }
         self.backend.close(c.id);
     }

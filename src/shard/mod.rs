@@ -21,6 +21,7 @@ mod stats;
 mod subscribe;
 mod sys;
 mod timers;
+mod tls;
 
 pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY};
 pub use stats::{Stats, StatsSnapshot};
@@ -275,14 +276,27 @@ impl<B: Backend> Shard<B> {
                 if self.conns.len() <= index {
                     self.conns.resize_with(index + 1, || None);
                 }
-                self.conns[index] = Some(Box::new(Conn::new(
+                let mut c = Box::new(Conn::new(
                     conn,
                     peer,
                     local.port(),
                     listener,
                     self.config.packet_size_max,
                     self.now,
-                )));
+                ));
+                if let Some(tls) = &self.config.listener(listener).tls {
+                    match crate::tls::link::TlsLink::new(tls.server.clone()) {
+                        Ok(link) => c.tls = Some(Box::new(link)),
+                        Err(e) => {
+                            log::error!("Client connection from {} failed: TLS: {e}.", peer.ip());
+                            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+                            count.fetch_sub(1, Ordering::AcqRel);
+                            self.backend.close(conn);
+                            return;
+                        }
+                    }
+                }
+                self.conns[index] = Some(c);
                 if self.config.connection_messages {
                     log::info!(
                         "New connection from {}:{} on port {}.",
@@ -305,7 +319,11 @@ impl<B: Backend> Shard<B> {
                 let now = self.now;
                 let Some(c) = self.conn_mut(conn) else { return };
                 c.last_rx = now;
-                if c.inbuf.is_empty() {
+                if c.tls.is_some() {
+                    if !self.tls_received(conn, &data) {
+                        return;
+                    }
+                } else if c.inbuf.is_empty() {
                     c.inbuf = data;
                 } else {
                     c.inbuf.extend_from_slice(&data);
@@ -497,7 +515,8 @@ impl<B: Backend> Shard<B> {
             // The whole buffer goes: what is left of its capacity would keep the allocation
             // alive after the bytes are written, for every connection that once had a turn's
             // worth to send (an idle connection then holds nothing).
-            let data = std::mem::take(&mut c.out).freeze();
+            let plain = std::mem::take(&mut c.out).freeze();
+            let data = tls::seal(c, plain, false);
             self.shared.stats[self.id]
                 .bytes_sent
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
