@@ -664,3 +664,33 @@ fn midge_tools_over_tls_to_mosquitto_and_to_midge() {
         assert_eq!(String::from_utf8_lossy(&got.stdout), "hello\n");
     }
 }
+
+#[test]
+fn paho_mqtt_over_tls_with_a_client_certificate() {
+    let pki = Pki::new("paho");
+    let broker = pki.broker(
+        "tls-paho",
+        &format!(
+            "cafile {}\nrequire_certificate true\nuse_identity_as_username true\n",
+            pki.path("ca.pem")
+        ),
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_client.py");
+    let out = Command::new("timeout")
+        .args(["60", "python3", script, &broker.port.to_string()])
+        .args([
+            pki.path("ca.pem"),
+            pki.path("alice.pem"),
+            pki.path("alice.key"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "paho script over TLS failed: {}{}\nbroker log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        broker.log_lines().join("\n")
+    );
+    broker.wait_for_log("as paho-pub5 (p5, c1, k60, u'alice')");
+}

@@ -1,6 +1,11 @@
 """Interop with paho-mqtt (PyPI): QoS 0/1/2 publish and subscribe, retained messages and a
 will, against the broker on 127.0.0.1:PORT. Exits non-zero with a message on any failure.
-Every wait has a deadline."""
+Every wait has a deadline.
+
+    paho_client.py PORT [CAFILE [CERTFILE KEYFILE]]
+
+With CAFILE, every client connects over TLS to localhost:PORT, checking the broker's
+certificate against CAFILE and presenting CERTFILE/KEYFILE if given."""
 
 import queue
 import sys
@@ -9,14 +14,24 @@ import time
 import paho.mqtt.client as mqtt
 
 PORT = int(sys.argv[1])
+CAFILE = sys.argv[2] if len(sys.argv) > 2 else None
+IDENTITY = sys.argv[3:5] if len(sys.argv) > 4 else [None, None]
+HOST = "localhost" if CAFILE else "127.0.0.1"
 DEADLINE = 10.0
 
 
-def client(client_id, **kwargs):
+def make(client_id, **kwargs):
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
+    if CAFILE:
+        c.tls_set(ca_certs=CAFILE, certfile=IDENTITY[0], keyfile=IDENTITY[1])
+    return c
+
+
+def client(client_id, **kwargs):
+    c = make(client_id, **kwargs)
     got = queue.Queue()
     c.on_message = lambda _c, _u, m: got.put((m.topic, m.payload, m.qos, m.retain))
-    c.connect("127.0.0.1", PORT, keepalive=60)
+    c.connect(HOST, PORT, keepalive=60)
     c.loop_start()
     return c, got
 
@@ -60,9 +75,9 @@ late, late_got = client("paho-late")
 subscribe(late, "paho/retained", 1)
 expect(late_got, "paho/retained", b"kept", 1, True)
 
-doomed = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-doomed")
+doomed = make("paho-doomed")
 doomed.will_set("paho/will", b"bye", qos=1)
-doomed.connect("127.0.0.1", PORT, keepalive=60)
+doomed.connect(HOST, PORT, keepalive=60)
 doomed.loop(timeout=1.0)
 doomed.socket().close()  # no DISCONNECT: the broker must publish the will
 expect(got, "paho/will", b"bye", 1, False)
@@ -72,13 +87,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 got5 = queue.Queue()
-sub5 = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-sub5", protocol=mqtt.MQTTv5)
+sub5 = make("paho-sub5", protocol=mqtt.MQTTv5)
 sub5.on_message = lambda _c, _u, m: got5.put(m)
-sub5.connect("127.0.0.1", PORT, keepalive=60)
+sub5.connect(HOST, PORT, keepalive=60)
 sub5.loop_start()
 subscribe(sub5, "paho5/#", 1)
-pub5 = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-pub5", protocol=mqtt.MQTTv5)
-pub5.connect("127.0.0.1", PORT, keepalive=60)
+pub5 = make("paho-pub5", protocol=mqtt.MQTTv5)
+pub5.connect(HOST, PORT, keepalive=60)
 pub5.loop_start()
 props = Properties(PacketTypes.PUBLISH)
 props.UserProperty = [("a", "1"), ("b", "2")]
