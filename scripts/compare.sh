@@ -2,7 +2,7 @@
 # midge against Debian's mosquitto: the same loadgen scenarios against each, in one run, on
 # free loopback ports; prints both figures and their ratio, and keeps the raw JSON.
 #
-#   scripts/compare.sh [--quick] [--repeat N] [--pair A B]
+#   scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls]
 #
 # --pair names the two brokers compared (default: midge mosquitto); each is one of midge
 # (its default backend), midge-uring, midge-epoll (same build, backend forced), midge-batch
@@ -10,19 +10,23 @@
 #
 # With --repeat N every scenario runs N times against each broker (alternating), and the
 # table shows medians.
+# With --tls both brokers serve one TLS listener with the same certificate and key (an EC
+# P-256 CA and server certificate made here with openssl), and the scenarios are p2p QoS 0
+# and 1 and a conn-storm (TLS handshakes per second, RSS per idle TLS connection).
 # Pinning (2-core machines): each broker on core 1 (midge with one shard), loadgen on core 0.
 # Figures move from run to run on a shared machine: compare the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=8 warmup=2 repeat=1
+duration=8 warmup=2 repeat=1 tls=0
 brokers=(midge mosquitto)
-usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B]  (A, B: midge midge-uring midge-epoll midge-batch mosquitto)" >&2; exit 2; }
+usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls]  (A, B: midge midge-uring midge-epoll midge-batch mosquitto)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3 warmup=1 ;;
     --repeat) repeat=$2; shift ;;
     --pair) [ $# -ge 3 ] || usage; brokers=("$2" "$3"); shift 2 ;;
+    --tls) tls=1 ;;
     *) usage ;;
   esac
   shift
@@ -47,7 +51,46 @@ broker_pid=""
 stop_broker() { if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; broker_pid=""; fi; }
 trap stop_broker EXIT
 
+if [ "$tls" = 1 ]; then
+  # Readable by mosquitto once it drops root for its own user.
+  pki=$(mktemp -d /tmp/midge-compare-pki.XXXXXX)
+  chmod 755 "$pki"
+  trap 'stop_broker; rm -rf "$pki"' EXIT
+  (
+    cd "$pki"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+      -out ca.pem -subj "/CN=compare CA" -days 2
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key \
+      -out server.csr -subj "/CN=localhost"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+      -out server.pem -days 2 -extfile ext
+    chmod 644 ./*
+  ) 2>/dev/null
+  tls_conf() { # port
+    printf 'listener %s 127.0.0.1\ncertfile %s\nkeyfile %s\nallow_anonymous true\n' \
+      "$1" "$pki/server.pem" "$pki/server.key"
+  }
+fi
+
 start_broker() { # name port
+  if [ "$tls" = 1 ]; then
+    tls_conf "$2" >"$out/$1-tls.conf"
+    [ "$1" = midge-batch ] && printf 'io_batch_wait_us 50\n' >>"$out/$1-tls.conf"
+    case "$1" in
+      midge|midge-batch) taskset -c 1 target/release/midge -c "$out/$1-tls.conf" --threads 1 2>"$out/$1.log" & ;;
+      midge-uring) taskset -c 1 target/release/midge -c "$out/$1-tls.conf" --threads 1 --io uring 2>"$out/$1.log" & ;;
+      midge-epoll) taskset -c 1 target/release/midge -c "$out/$1-tls.conf" --threads 1 --io epoll 2>"$out/$1.log" & ;;
+      mosquitto) taskset -c 1 mosquitto -c "$out/$1-tls.conf" >"$out/mosquitto.log" 2>&1 & ;;
+    esac
+    broker_pid=$!
+    for _ in $(seq 1 500); do
+      if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$2),0.1)" 2>/dev/null; then return; fi
+      sleep 0.01
+    done
+    echo "compare: $1 does not listen on $2" >&2
+    exit 1
+  fi
   case "$1" in
     midge) taskset -c 1 target/release/midge -p "$2" --threads 1 2>"$out/midge.log" & ;;
     midge-uring) taskset -c 1 target/release/midge -p "$2" --threads 1 --io uring 2>"$out/midge-uring.log" & ;;
@@ -76,6 +119,15 @@ scenarios=(
   "fan-out-1000|--scenario fan-out --clients 1000 --publishers 1 --rate 50 --qos 0"
   "conn-storm|--scenario conn-storm --clients 5000 --idle 2"
 )
+tls_args=()
+if [ "$tls" = 1 ]; then
+  scenarios=(
+    "p2p-qos0|--scenario p2p --clients 10 --rate 2000 --qos 0"
+    "p2p-qos1|--scenario p2p --clients 10 --rate 1000 --qos 1"
+    "conn-storm|--scenario conn-storm --clients 2000 --idle 2"
+  )
+  tls_args=(--tls --cafile "$pki/ca.pem")
+fi
 
 for round in $(seq 1 "$repeat"); do
   for broker in "${brokers[@]}"; do
@@ -87,7 +139,7 @@ for round in $(seq 1 "$repeat"); do
       echo "compare: round $round, $broker, $name" >&2
       # shellcheck disable=SC2086
       target/release/loadgen --port "$port" --cpus 0 --warmup "$warmup" --duration "$duration" \
-        --broker-pid "$broker_pid" --json $args >"$out/$broker-$name-$round.json" || true
+        --broker-pid "$broker_pid" --json "${tls_args[@]}" $args >"$out/$broker-$name-$round.json" || true
     done
     stop_broker
   done

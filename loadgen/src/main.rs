@@ -11,6 +11,7 @@ mod procfs;
 mod report;
 mod stats;
 mod storm;
+mod tls;
 mod worker;
 
 use clap::Parser;
@@ -109,6 +110,15 @@ struct Args {
     /// stops accepting, at its file-descriptor limit say, must not hang the run).
     #[arg(long, default_value_t = 120.0)]
     storm_deadline: f64,
+    /// Connect over TLS (with --cafile, or --insecure).
+    #[arg(long)]
+    tls: bool,
+    /// --tls: the CA (PEM) the broker's certificate must chain to; checked against --host.
+    #[arg(long)]
+    cafile: Option<String>,
+    /// --tls: take any broker certificate (the handshake still costs what it costs).
+    #[arg(long)]
+    insecure: bool,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -175,6 +185,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match args
+        .tls
+        .then(|| tls::Tls::new(&args.host, args.cafile.as_deref(), args.insecure))
+        .transpose()
+    {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let source_ips = match args.source_ips.as_deref().map(parse_source_ips).transpose() {
         Ok(ips) => ips.unwrap_or_default(),
         Err(e) => {
@@ -194,12 +215,12 @@ fn main() -> ExitCode {
     }
     let mut reports = Vec::new();
     if args.scenario == Scenario::ConnStorm {
-        reports.push(conn_storm(&args, addr, &source_ips));
+        reports.push(conn_storm(&args, addr, &source_ips, &tls));
     } else if args.ceiling {
         let mut rate = args.rate;
         let mut best: Option<Report> = None;
         for _ in 0..30 {
-            let report = run_once(&args, addr, &source_ips, rate);
+            let report = run_once(&args, addr, &source_ips, rate, &tls);
             let held = report.errors.is_empty()
                 && report.delivery.lost == 0
                 && (report.latency.p99_us as f64) <= args.p99_max * 1000.0
@@ -226,7 +247,7 @@ fn main() -> ExitCode {
             None => eprintln!("loadgen: not even the first rate held"),
         }
     } else {
-        reports.push(run_once(&args, addr, &source_ips, args.rate));
+        reports.push(run_once(&args, addr, &source_ips, args.rate, &tls));
     }
     report::print(&reports, args.json, args.csv);
     let failed = reports.iter().any(|r| !r.errors.is_empty());
@@ -237,7 +258,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_once(args: &Args, addr: SocketAddr, source_ips: &[IpAddr], rate: f64) -> Report {
+fn run_once(
+    args: &Args,
+    addr: SocketAddr,
+    source_ips: &[IpAddr],
+    rate: f64,
+    tls: &Option<tls::Tls>,
+) -> Report {
     let qos = args.qos.parse::<u8>().ok();
     let run_id = format!(
         "{}-{}",
@@ -257,6 +284,7 @@ fn run_once(args: &Args, addr: SocketAddr, source_ips: &[IpAddr], rate: f64) -> 
     let window_start_seq = (args.warmup * rate).ceil() as u64;
     let shared = Arc::new(worker::Shared {
         addr,
+        tls: tls.clone(),
         source_ips: source_ips.to_vec(),
         v5: args.mqtt == 5,
         persistent: args.persistent,
@@ -464,7 +492,12 @@ fn measure(
     }
 }
 
-fn conn_storm(args: &Args, addr: SocketAddr, source_ips: &[IpAddr]) -> Report {
+fn conn_storm(
+    args: &Args,
+    addr: SocketAddr,
+    source_ips: &[IpAddr],
+    tls: &Option<tls::Tls>,
+) -> Report {
     let shape = Shape {
         scenario: Scenario::ConnStorm,
         clients: args.clients,
@@ -487,9 +520,10 @@ fn conn_storm(args: &Args, addr: SocketAddr, source_ips: &[IpAddr]) -> Report {
             let part = part.to_vec();
             let ips = source_ips.to_vec();
             let (cpus, v5, concurrency) = (args.cpus.clone(), args.mqtt == 5, args.concurrency);
+            let tls = tls.clone();
             std::thread::spawn(move || {
                 pin(&cpus, i);
-                storm::connect_all(addr, &ips, &part, v5, concurrency, deadline)
+                storm::connect_all(addr, &ips, &part, v5, concurrency, deadline, tls.as_ref())
             })
         })
         .collect();

@@ -1,6 +1,7 @@
 //! The conn-storm scenario: N clients connect as fast as the broker accepts them (a bounded
 //! number in flight per thread), CONNACK latency is measured from the start of each TCP
-//! connect, and then the connections idle so that the broker's memory per connection shows.
+//! connect (and its TLS handshake with `--tls`), and then the connections idle so that the
+//! broker's memory per connection shows.
 
 use hdrhistogram::Histogram;
 use std::io::{self, Read, Write};
@@ -9,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use crate::mqtt;
 use crate::stats::latency_histogram;
+use crate::tls::{BlockingStream, Tls};
 
 pub struct StormResult {
     pub connected: u64,
     pub latency: Histogram<u64>,
     pub errors: Vec<String>,
     /// Kept open until the caller drops them (the idle phase).
-    pub streams: Vec<TcpStream>,
+    pub streams: Vec<BlockingStream>,
 }
 
 /// Connects `ids` (blocking sockets with a deadline: one thread runs `concurrency` at a time
@@ -28,6 +30,7 @@ pub fn connect_all(
     v5: bool,
     concurrency: usize,
     deadline: Instant,
+    tls: Option<&Tls>,
 ) -> StormResult {
     let mut result = StormResult {
         connected: 0,
@@ -49,7 +52,7 @@ pub fn connect_all(
                 break;
             }
             tried += 1;
-            match connect_one(addr, source_ips, index, id, v5, wait) {
+            match connect_one(addr, source_ips, index, id, v5, wait, tls) {
                 Ok(stream) => pending.push((stream, started)),
                 Err(e) => result.errors.push(format!("{id}: {e}")),
             }
@@ -59,7 +62,7 @@ pub fn connect_all(
             let wait = deadline
                 .saturating_duration_since(Instant::now())
                 .min(CONNECT_WAIT);
-            if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
+            if wait.is_zero() || stream.tcp().set_read_timeout(Some(wait)).is_err() {
                 result.errors.push("no CONNACK before the deadline".into());
                 continue;
             }
@@ -112,7 +115,15 @@ pub fn churn(
         }
         let started = Instant::now();
         let id = format!("lg-churn-{}-{n}", std::process::id());
-        match connect_one(shared.addr, source_ips, n, &id, v5, CONNECT_WAIT) {
+        match connect_one(
+            shared.addr,
+            source_ips,
+            n,
+            &id,
+            v5,
+            CONNECT_WAIT,
+            shared.tls.as_ref(),
+        ) {
             Ok(mut stream) => {
                 if await_connack(&mut stream, started, &mut result) {
                     let mut bye = Vec::new();
@@ -130,7 +141,7 @@ pub fn churn(
 
 /// Reads the CONNACK (its first four bytes carry the type and, in 3.1.1 and 5.0 alike, the
 /// return code at offset 3); on success counts the connection and its latency since `started`.
-fn await_connack(stream: &mut TcpStream, started: Instant, result: &mut StormResult) -> bool {
+fn await_connack(stream: &mut BlockingStream, started: Instant, result: &mut StormResult) -> bool {
     let mut ack = [0u8; 4];
     match stream.read_exact(&mut ack) {
         Ok(()) if ack[0] == 0x20 && ack[3] == 0 => {
@@ -161,7 +172,8 @@ fn connect_one(
     id: &str,
     v5: bool,
     wait: Duration,
-) -> io::Result<TcpStream> {
+    tls: Option<&Tls>,
+) -> io::Result<BlockingStream> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -171,9 +183,14 @@ fn connect_one(
         socket.bind(&SocketAddr::new(source_ips[index % source_ips.len()], 0).into())?;
     }
     socket.connect_timeout(&addr.into(), wait)?;
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(wait))?;
-    stream.set_nodelay(true)?;
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(wait))?;
+    tcp.set_nodelay(true)?;
+    // Over TLS the handshake happens in this first write, so CONNACK latency includes it.
+    let mut stream = match tls {
+        Some(tls) => tls.blocking(tcp)?,
+        None => BlockingStream::Plain(tcp),
+    };
     let mut connect = Vec::with_capacity(32);
     // Keepalive 0: idle connections must not need pings during the idle phase.
     mqtt::connect(&mut connect, id, v5, true, 0, 0);

@@ -5,8 +5,10 @@
 
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
+
+use crate::tls::Transport;
 use mio::{Events, Interest, Poll, Token};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -78,6 +80,8 @@ impl Drop for Timer {
 /// State shared by the load threads and the main thread.
 pub struct Shared {
     pub addr: SocketAddr,
+    /// `--tls`: every connection speaks TLS.
+    pub tls: Option<crate::tls::Tls>,
     pub source_ips: Vec<IpAddr>,
     pub v5: bool,
     pub persistent: bool,
@@ -120,7 +124,7 @@ enum State {
 
 struct Client {
     plan: ClientPlan,
-    stream: TcpStream,
+    stream: Transport,
     state: State,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
@@ -144,7 +148,7 @@ impl Client {
     }
 }
 
-fn open(shared: &Shared, index: usize) -> io::Result<TcpStream> {
+fn open(shared: &Shared, index: usize) -> io::Result<Transport> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(shared.addr),
         socket2::Type::STREAM,
@@ -161,7 +165,11 @@ fn open(shared: &Shared, index: usize) -> io::Result<TcpStream> {
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    Ok(TcpStream::from_std(socket.into()))
+    let tcp = TcpStream::from_std(socket.into());
+    match &shared.tls {
+        Some(tls) => tls.non_blocking(tcp),
+        None => Ok(Transport::Plain(tcp)),
+    }
 }
 
 pub fn run(shared: Arc<Shared>, plans: Vec<(usize, ClientPlan)>) -> WorkerResult {
@@ -194,10 +202,11 @@ pub fn run(shared: Arc<Shared>, plans: Vec<(usize, ClientPlan)>) -> WorkerResult
             }
         };
         let token = Token(clients.len());
-        if let Err(e) =
-            poll.registry()
-                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(e) = poll.registry().register(
+            stream.socket(),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             result.errors.push(format!("register: {e}"));
             shared.failed.store(true, Ordering::Release);
             return result;
@@ -396,6 +405,8 @@ fn send_due(
 }
 
 fn flush(c: &mut Client) -> io::Result<()> {
+    // TLS records taken earlier but not yet written go first.
+    c.stream.push()?;
     while c.written < c.wbuf.len() {
         match c.stream.write(&c.wbuf[c.written..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -423,20 +434,15 @@ fn read(
     result: &mut WorkerResult,
     live: &mut Histogram<u64>,
 ) -> Result<(), String> {
-    let mut chunk = [0u8; 64 * 1024];
-    loop {
-        match c.stream.read(&mut chunk) {
-            Ok(0) => {
-                if shared.stop.load(Ordering::Acquire) {
-                    return Ok(());
-                }
-                return Err("the broker closed the connection".into());
-            }
-            Ok(n) => c.rbuf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("read: {e}")),
+    let closed = c
+        .stream
+        .read_into(&mut c.rbuf)
+        .map_err(|e| format!("read: {e}"))?;
+    if closed {
+        if shared.stop.load(Ordering::Acquire) {
+            return Ok(());
         }
+        return Err("the broker closed the connection".into());
     }
     let mut at = 0;
     while let Some(f) = mqtt::frame(&c.rbuf[at..])? {
