@@ -694,3 +694,55 @@ fn paho_mqtt_over_tls_with_a_client_certificate() {
     );
     broker.wait_for_log("as paho-pub5 (p5, c1, k60, u'alice')");
 }
+
+#[test]
+fn sighup_reloads_certificates_and_keeps_connected_clients() {
+    let (first, second) = (Pki::new("reload-1"), Pki::new("reload-2"));
+    let live = std::env::temp_dir().join(format!("midge-tls-{}-reload-live", std::process::id()));
+    std::fs::create_dir_all(&live).unwrap();
+    let install = |pki: &Pki| {
+        for file in ["server.pem", "server.key"] {
+            std::fs::copy(pki.path(file), live.join(file)).unwrap();
+        }
+    };
+    install(&first);
+    let conf = config_file(
+        "tls-reload",
+        &format!(
+            "listener 0 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous true\n",
+            live.join("server.pem").display(),
+            live.join("server.key").display()
+        ),
+    );
+    let broker = Broker::start_configured(&["-c", &conf]);
+    let mut connected = tls_connect(broker.port, &first.path("ca.pem"), None).expect("handshake");
+    assert_eq!(
+        connect(&mut connected, "kept").unwrap().reason,
+        ReasonCode::Success
+    );
+
+    // The server certificate changes to one from another CA.
+    install(&second);
+    broker.signal(libc::SIGHUP);
+    let until = Instant::now() + DEADLINE;
+    while tls_connect(broker.port, &second.path("ca.pem"), None).is_err() {
+        assert!(Instant::now() < until, "the new certificate was not taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(tls_connect(broker.port, &first.path("ca.pem"), None).is_err());
+    match exchange(&mut connected, Some(&Packet::PingReq)) {
+        Some(Packet::PingResp) => {}
+        other => panic!("the connected client was dropped by the reload: {other:?}"),
+    }
+
+    // A broken certificate: the reload fails, says why, and the current one stays.
+    std::fs::write(live.join("server.pem"), "not a certificate").unwrap();
+    broker.signal(libc::SIGHUP);
+    broker.wait_for_log("keeping the current settings");
+    let mut after = tls_connect(broker.port, &second.path("ca.pem"), None).expect("handshake");
+    assert_eq!(
+        connect(&mut after, "after").unwrap().reason,
+        ReasonCode::Success
+    );
+    let _ = std::fs::remove_dir_all(&live);
+}

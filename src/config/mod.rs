@@ -415,6 +415,18 @@ impl Config {
         if same_listeners {
             for (old, fresh) in listeners.iter_mut().zip(&new.listeners) {
                 old.security = fresh.security.clone();
+                // Certificates, keys, CAs and CRLs are read again: new connections get the
+                // new ones, connected clients keep their sessions. (A file that fails to
+                // load failed the whole reload before this point.)
+                if old.tls.is_some() == fresh.tls.is_some() {
+                    old.tls_settings = fresh.tls_settings.clone();
+                    old.tls = fresh.tls.clone();
+                } else {
+                    warnings.push(format!(
+                        "turning TLS on or off for listener {} takes effect on restart",
+                        old.port
+                    ));
+                }
             }
         }
         if new.per_listener_settings != self.per_listener_settings {
