@@ -39,6 +39,7 @@ impl Pki {
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         write("ca.pem", &ca.self_signed(&ca_key).unwrap().pem());
+        write("ca.key", &ca_key.serialize_pem());
         let issuer = Issuer::new(ca, ca_key);
 
         let leaf = |file: &str, cn: &str, server: bool, serial: u64, expired: bool| {
@@ -745,4 +746,74 @@ fn sighup_reloads_certificates_and_keeps_connected_clients() {
         ReasonCode::Success
     );
     let _ = std::fs::remove_dir_all(&live);
+}
+
+#[test]
+fn a_storm_of_slow_handshakes_is_spread_over_loop_turns_and_every_one_completes() {
+    // RSA-3072 signatures take milliseconds: a few handshakes use up a turn's handshake
+    // time, and the rest wait for the next turns instead of stalling the shard.
+    let pki = Pki::new("rsa");
+    let (key, cert) = (pki.path("rsa.key"), pki.path("rsa.pem"));
+    let ext = pki.dir.join("ext");
+    std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("Debian's openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let csr = pki.path("rsa.csr");
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:3072",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &pki.path("ca.pem"),
+        "-CAkey",
+        &pki.path("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext.to_string_lossy(),
+    ]);
+    let conf = config_file(
+        "tls-rsa-storm",
+        &format!("listener 0 127.0.0.1\ncertfile {cert}\nkeyfile {key}\nallow_anonymous true\n"),
+    );
+    let broker = Broker::start_configured(&["-c", &conf, "--threads", "1"]);
+    let ca = pki.path("ca.pem");
+    let clients: Vec<_> = (0..24)
+        .map(|i| {
+            let (ca, port) = (ca.clone(), broker.port);
+            std::thread::spawn(move || {
+                let mut stream = tls_connect(port, &ca, None).expect("handshake");
+                connect(&mut stream, &format!("storm-{i}")).map(|ack| ack.reason)
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.join().unwrap(), Some(ReasonCode::Success));
+    }
+    broker.wait_for_log("TLS handshake time of this loop turn used up");
 }

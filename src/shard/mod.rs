@@ -100,6 +100,8 @@ pub struct Shard<B: Backend> {
     owing: Vec<SessionId>,
     /// Some of them can go on as soon as this turn's writes are out: do not sleep.
     owed_next_turn: bool,
+    /// TLS handshake time this turn, and handshakes held to the next (`tls.rs`).
+    handshakes: tls::Handshakes,
     /// Whether this shard worked since its last timer tick, and since it last gave freed
     /// memory back (`timers.rs`).
     quiet: timers::Quiet,
@@ -154,6 +156,7 @@ impl<B: Backend> Shard<B> {
             awaiting: HashMap::new(),
             owing: Vec::new(),
             owed_next_turn: false,
+            handshakes: Default::default(),
             quiet: timers::Quiet::default(),
             write_waiting_elsewhere: 0,
             out_bytes_this_turn: 0,
@@ -182,7 +185,11 @@ impl<B: Backend> Shard<B> {
         }
         let mut timeout = next_tick.saturating_duration_since(self.shared.clock.now());
         self.shared.mailboxes.going_to_sleep(self.id);
-        if !self.mailbox.is_empty() || !self.outbox.is_empty() || self.owed_next_turn {
+        if !self.mailbox.is_empty()
+            || !self.outbox.is_empty()
+            || self.owed_next_turn
+            || self.handshakes.pending()
+        {
             timeout = Duration::ZERO;
         }
         let mut events = std::mem::take(&mut self.events);
@@ -207,6 +214,7 @@ impl<B: Backend> Shard<B> {
         if !events.is_empty() || !self.mailbox.is_empty() {
             self.quiet.worked();
         }
+        self.resume_handshakes();
         for event in events.drain(..) {
             self.on_event(event);
         }
@@ -284,17 +292,11 @@ impl<B: Backend> Shard<B> {
                     self.config.packet_size_max,
                     self.now,
                 ));
-                if let Some(tls) = &self.config.listener(listener).tls {
-                    match crate::tls::link::TlsLink::new(tls.server.clone()) {
-                        Ok(link) => c.tls = Some(Box::new(link)),
-                        Err(e) => {
-                            log::error!("Client connection from {} failed: TLS: {e}.", peer.ip());
-                            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-                            count.fetch_sub(1, Ordering::AcqRel);
-                            self.backend.close(conn);
-                            return;
-                        }
-                    }
+                if !self.start_tls(&mut c) {
+                    self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+                    count.fetch_sub(1, Ordering::AcqRel);
+                    self.backend.close(conn);
+                    return;
                 }
                 self.conns[index] = Some(c);
                 if self.config.connection_messages {

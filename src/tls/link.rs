@@ -12,6 +12,9 @@ const BUFFER_LIMIT: usize = 64 * 1024;
 
 pub struct TlsLink {
     session: ServerConnection,
+    /// Records received while the shard had no handshake time left this turn, in order;
+    /// opened first on the next turn (see `shard/tls.rs`). At most one turn's read.
+    pub held: BytesMut,
 }
 
 /// What came of received records.
@@ -25,7 +28,10 @@ impl TlsLink {
     pub fn new(config: Arc<ServerConfig>) -> Result<TlsLink, rustls::Error> {
         let mut session = ServerConnection::new(config)?;
         session.set_buffer_limit(Some(BUFFER_LIMIT));
-        Ok(TlsLink { session })
+        Ok(TlsLink {
+            session,
+            held: BytesMut::new(),
+        })
     }
 
     pub fn is_handshaking(&self) -> bool {
