@@ -141,13 +141,27 @@ type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A TLS client trusting `ca`, presenting `identity` (certificate and key files) if given.
 fn tls_connect(port: u16, ca: &str, identity: Option<(&str, &str)>) -> std::io::Result<TlsStream> {
+    tls_connect_with(
+        port,
+        ca,
+        identity,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    )
+}
+
+fn tls_connect_with(
+    port: u16,
+    ca: &str,
+    identity: Option<(&str, &str)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<TlsStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in pem_certs(ca) {
         roots.add(cert).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots);
     let config = match identity {
@@ -415,7 +429,18 @@ fn tls_configuration_errors_stop_the_start_with_the_reason() {
         (format!("{ok}certfile {key}\n"), "certfile"),
         (format!("{ok}psk_hint hint\n"), "TLS-PSK is not available"),
         (format!("{ok}tls_version tlsv1.1\n"), "TLS before 1.2"),
-        (format!("{ok}ciphers HIGH\n"), "ciphers is not supported"),
+        (
+            format!("{ok}ciphers ECDHE-RSA-AES256-SHA384\n"),
+            "ECDHE-RSA-AES256-SHA384 is not offered",
+        ),
+        (
+            format!("{ok}ciphers_tls1.3 TLS_AES_128_CCM_SHA256\n"),
+            "TLS_AES_128_CCM_SHA256 is not offered",
+        ),
+        (
+            format!("{ok}tls_engine pkcs11\n"),
+            "tls_engine is not supported",
+        ),
         (
             format!("{ok}require_certificate true\n"),
             "needs cafile or capath",
@@ -816,4 +841,51 @@ fn a_storm_of_slow_handshakes_is_spread_over_loop_turns_and_every_one_completes(
         assert_eq!(client.join().unwrap(), Some(ReasonCode::Success));
     }
     broker.wait_for_log("TLS handshake time of this loop turn used up");
+}
+
+#[test]
+fn cipher_lists_choose_the_suites() {
+    let pki = Pki::new("ciphers");
+    let ca = pki.path("ca.pem");
+    let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    let any: &[&'static rustls::SupportedProtocolVersion] =
+        &[&rustls::version::TLS13, &rustls::version::TLS12];
+    for (options, client, expected) in [
+        (
+            "ciphers DEFAULT:!aNULL:!AESGCM\n",
+            tls12,
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        ),
+        (
+            "ciphers_tls1.3 TLS_AES_128_GCM_SHA256\n",
+            any,
+            "TLS13_AES_128_GCM_SHA256",
+        ),
+    ] {
+        let broker = pki.broker("tls-ciphers", &format!("allow_anonymous true\n{options}"));
+        let mut stream = tls_connect_with(broker.port, &ca, None, client).expect("handshake");
+        let suite = stream.conn.negotiated_cipher_suite().expect("negotiated");
+        assert_eq!(format!("{:?}", suite.suite()), expected, "{options}");
+        assert_eq!(
+            connect(&mut stream, "c").unwrap().reason,
+            ReasonCode::Success
+        );
+    }
+}
+
+#[test]
+fn tls_version_sets_the_lowest_version() {
+    let pki = Pki::new("versions");
+    let ca = pki.path("ca.pem");
+    let broker = pki.broker(
+        "tls-versions",
+        "allow_anonymous true\ntls_version tlsv1.3\n",
+    );
+    let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    assert!(tls_connect_with(broker.port, &ca, None, tls12).is_err());
+    let stream = tls_connect(broker.port, &ca, None).expect("handshake");
+    assert_eq!(
+        stream.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
 }

@@ -187,6 +187,8 @@ impl Reader {
             "require_certificate" => tls.require_certificate = line.boolean()?,
             "use_identity_as_username" => tls.use_identity_as_username = line.boolean()?,
             "use_subject_as_username" => tls.use_subject_as_username = line.boolean()?,
+            "ciphers" => tls.ciphers = Some(line.one("cipher list")?.to_string()),
+            "ciphers_tls1.3" => tls.ciphers_tls13 = Some(line.one("cipher list")?.to_string()),
             _ => {
                 let version = crate::tls::TlsVersion::parse(line.one("version")?);
                 tls.tls_version = Some(version.map_err(|e| line.err(e))?);
@@ -499,7 +501,8 @@ impl Reader {
 
             // TLS, per listener (tls/mod.rs).
             "cafile" | "capath" | "certfile" | "keyfile" | "crlfile" | "require_certificate"
-            | "use_identity_as_username" | "use_subject_as_username" | "tls_version" => {
+            | "use_identity_as_username" | "use_subject_as_username" | "tls_version"
+            | "ciphers" | "ciphers_tls1.3" => {
                 self.tls_option(line)?
             }
             "psk_hint" | "psk_file" => {
@@ -508,8 +511,7 @@ impl Reader {
                     line.option
                 )))
             }
-            "ciphers" | "ciphers_tls1.3" | "tls_engine" | "tls_keyform" | "tls_engine_kpass_sha1"
-            | "ocsp_stapling" => {
+            "tls_engine" | "tls_keyform" | "tls_engine_kpass_sha1" | "ocsp_stapling" => {
                 return Err(line.err(format!(
                     "{} is not supported by midge yet; remove it to use midge's TLS defaults (TLS 1.2 and 1.3, forward-secret AEAD suites only)",
                     line.option

@@ -6,6 +6,7 @@
 //! asks for a client certificate signed by `cafile`/`capath` (checked against `crlfile`);
 //! without it no client certificate is asked for, as in Mosquitto.
 
+pub mod ciphers;
 pub mod identity;
 pub mod link;
 
@@ -55,6 +56,9 @@ pub struct TlsSettings {
     /// The client certificate's whole subject (RFC 2253) is the user name.
     pub use_subject_as_username: bool,
     pub tls_version: Option<TlsVersion>,
+    /// `ciphers` (TLS 1.2) and `ciphers_tls1.3`: OpenSSL cipher lists (`ciphers.rs`).
+    pub ciphers: Option<String>,
+    pub ciphers_tls13: Option<String>,
     /// Where the last of these options was read (file, line), for errors found later.
     pub origin: Option<(PathBuf, usize)>,
 }
@@ -78,6 +82,8 @@ impl TlsSettings {
             || self.use_identity_as_username
             || self.use_subject_as_username
             || self.tls_version.is_some()
+            || self.ciphers.is_some()
+            || self.ciphers_tls13.is_some()
     }
 
     /// Reads the certificates and key and makes the listener's rustls configuration.
@@ -100,7 +106,7 @@ impl TlsSettings {
             Some(TlsVersion::V13) => &[&rustls::version::TLS13],
             _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
         };
-        let provider = Arc::new(provider::default_provider());
+        let provider = Arc::new(self.provider()?);
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| format!("TLS versions: {e}"))?;
@@ -128,6 +134,28 @@ impl TlsSettings {
             settings: self.clone(),
             server: Arc::new(server),
         })
+    }
+
+    /// rustls's ring provider with the suites `ciphers` and `ciphers_tls1.3` choose (each
+    /// version keeps all of its suites when its list is not given).
+    fn provider(&self) -> Result<rustls::crypto::CryptoProvider, String> {
+        let mut provider = provider::default_provider();
+        let of = |version: &rustls::SupportedProtocolVersion| {
+            (provider.cipher_suites.iter())
+                .filter(|s| s.version() == version)
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        let tls13 = match &self.ciphers_tls13 {
+            Some(list) => ciphers::tls13(list)?,
+            None => of(&rustls::version::TLS13),
+        };
+        let tls12 = match &self.ciphers {
+            Some(list) => ciphers::tls12(list)?,
+            None => of(&rustls::version::TLS12),
+        };
+        provider.cipher_suites = tls13.into_iter().chain(tls12).collect();
+        Ok(provider)
     }
 
     /// The CAs client certificates must chain to: `cafile`, and every certificate file in
