@@ -13,3 +13,4 @@ pub mod shard;
 pub mod tls;
 pub mod topic;
 pub mod types;
+pub mod ws;

@@ -889,3 +889,39 @@ fn tls_version_sets_the_lowest_version() {
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
 }
+
+#[test]
+fn paho_mqtt_over_secure_websockets() {
+    let pki = Pki::new("wss");
+    let broker = pki.broker(
+        "tls-wss",
+        &format!(
+            "protocol websockets\ncafile {}\nrequire_certificate true\nuse_identity_as_username true\n",
+            pki.path("ca.pem")
+        ),
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_client.py");
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "python3",
+            script,
+            &broker.port.to_string(),
+            "--websockets",
+        ])
+        .args([
+            pki.path("ca.pem"),
+            pki.path("alice.pem"),
+            pki.path("alice.key"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "paho over wss:// failed: {}{}\nbroker log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        broker.log_lines().join("\n")
+    );
+    broker.wait_for_log("as paho-pub5 (p5, c1, k60, u'alice')");
+}

@@ -77,6 +77,7 @@ impl Default for Common {
                 nodelay: false,
                 debug: false,
                 tls: Default::default(),
+                websocket: false,
             },
             port_given: false,
             url_tls: false,
@@ -199,6 +200,16 @@ impl Common {
         let rest = match url.split_once("://") {
             Some(("mqtt", rest)) => rest,
             Some(("mqtts", rest)) => {
+                self.url_tls = true;
+                rest
+            }
+            // midge's tools speak WebSockets too (Mosquitto's do not).
+            Some(("ws", rest)) => {
+                self.connect.websocket = true;
+                rest
+            }
+            Some(("wss", rest)) => {
+                self.connect.websocket = true;
                 self.url_tls = true;
                 rest
             }
@@ -346,8 +357,13 @@ impl Common {
         if self.url_tls && !tls.enabled() {
             tls.os_certs = true;
         }
-        if tls.enabled() && !self.port_given {
-            self.connect.port = 8883;
+        if !self.port_given {
+            self.connect.port = match (self.connect.websocket, tls.enabled()) {
+                (true, true) => 443,
+                (true, false) => 80,
+                (false, true) => 8883,
+                (false, false) => self.connect.port,
+            };
         }
         if let Some(prefix) = &self.id_prefix {
             self.connect.client_id = format!("{prefix}{}", std::process::id());

@@ -94,6 +94,8 @@ pub struct ConnectOptions {
     /// `-d`: print each packet sent and received, as Mosquitto's clients do.
     pub debug: bool,
     pub tls: tls::ClientTls,
+    /// `-L ws://` or `wss://`: MQTT over WebSockets (path `/mqtt`).
+    pub websocket: bool,
 }
 
 pub struct Client {
@@ -160,6 +162,22 @@ impl Client {
             })?
         } else {
             tls::Stream::Plain(tcp)
+        };
+        let stream = if options.websocket {
+            let scheme = if options.tls.enabled() { "wss" } else { "ws" };
+            let host = match options.host.parse::<std::net::Ipv6Addr>() {
+                Ok(_) => format!("[{}]", options.host),
+                Err(_) => options.host.clone(),
+            };
+            let url = format!("{scheme}://{host}:{}/mqtt", options.port);
+            stream
+                .tcp()
+                .set_read_timeout(Some(Duration::from_secs(30)))?;
+            stream.websocket(&url).map_err(|e| {
+                ClientError::Protocol(format!("WebSocket upgrade to {url} failed: {e}"))
+            })?
+        } else {
+            stream
         };
         let name = if options.client_id.is_empty() {
             "null".to_string()
@@ -316,7 +334,7 @@ impl Client {
                 // TLS: the broker's alert (a refused certificate) or a close without
                 // close_notify: the connection is gone, as Mosquitto's clients say.
                 Err(e)
-                    if matches!(self.stream, tls::Stream::Tls(_))
+                    if self.stream.layered()
                         && matches!(
                             e.kind(),
                             io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof

@@ -1,4 +1,4 @@
-//! TLS for `midge-pub` and `midge-sub`, with `mosquitto_pub`'s options: `--cafile`,
+//! TLS and WebSockets for `midge-pub` and `midge-sub`. TLS with `mosquitto_pub`'s options: `--cafile`,
 //! `--capath`, `--tls-use-os-certs` (any of them turns TLS on, as in Mosquitto), `--cert` and
 //! `--key`, `--insecure` (the chain is still checked; only the host name is not), and
 //! `--tls-version` (exactly that version, as libmosquitto does).
@@ -166,10 +166,41 @@ impl ServerCertVerifier for AnyName {
     }
 }
 
-/// The connection to the broker: plain TCP or TLS over it.
+/// The connection to the broker: plain TCP, TLS over it, WebSockets over either.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<ClientConnection, TcpStream>>),
+    Ws(Box<WsStream>),
+}
+
+/// MQTT bytes in binary WebSocket messages (`-L ws://`, `wss://`): written as one message
+/// per write, read as the bytes of the messages in order.
+pub struct WsStream {
+    ws: tungstenite::WebSocket<Stream>,
+    /// What is left of the last message read.
+    pending: bytes::Bytes,
+}
+
+impl Stream {
+    /// The WebSocket upgrade to `url` (path `/mqtt`, subprotocol `mqtt`) over `self`.
+    pub fn websocket(self, url: &str) -> io::Result<Stream> {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().map_err(io::Error::other)?;
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "mqtt".parse().expect("a valid header value"),
+        );
+        let (ws, _) = tungstenite::client(request, self).map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => io::Error::other(e),
+            tungstenite::HandshakeError::Interrupted(_) => {
+                io::Error::new(io::ErrorKind::TimedOut, "WebSocket upgrade timed out")
+            }
+        })?;
+        Ok(Stream::Ws(Box::new(WsStream {
+            ws,
+            pending: bytes::Bytes::new(),
+        })))
+    }
 }
 
 impl Stream {
@@ -189,14 +220,27 @@ impl Stream {
         match self {
             Stream::Plain(tcp) => tcp,
             Stream::Tls(tls) => &tls.sock,
+            Stream::Ws(ws) => ws.ws.get_ref().tcp(),
         }
+    }
+
+    /// Whether the broker is behind TLS or WebSockets (their errors mean it went away).
+    pub fn layered(&self) -> bool {
+        !matches!(self, Stream::Plain(_))
     }
 
     /// Ends the sending side: close_notify first on TLS.
     pub fn shutdown_write(&mut self) {
-        if let Stream::Tls(tls) = self {
-            tls.conn.send_close_notify();
-            let _ = tls.flush();
+        match self {
+            Stream::Tls(tls) => {
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+            Stream::Ws(ws) => {
+                let _ = ws.ws.close(None);
+                let _ = ws.ws.flush();
+            }
+            Stream::Plain(_) => {}
         }
         let _ = self.tcp().shutdown(std::net::Shutdown::Write);
     }
@@ -207,7 +251,33 @@ impl Read for Stream {
         match self {
             Stream::Plain(tcp) => tcp.read(buf),
             Stream::Tls(tls) => tls.read(buf),
+            Stream::Ws(ws) => ws.read(buf),
         }
+    }
+}
+
+impl Read for WsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use tungstenite::{Error, Message};
+        while self.pending.is_empty() {
+            match self.ws.read() {
+                Ok(Message::Binary(bytes)) => self.pending = bytes,
+                Ok(Message::Close(_)) => return Ok(0),
+                Ok(Message::Text(_)) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "a text frame"))
+                }
+                // Pings: tungstenite queued the pong; it goes out now.
+                Ok(_) => {
+                    let _ = self.ws.flush();
+                }
+                Err(Error::Io(e)) => return Err(e),
+                Err(Error::ConnectionClosed | Error::AlreadyClosed) => return Ok(0),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
     }
 }
 
@@ -216,6 +286,11 @@ impl Write for Stream {
         match self {
             Stream::Plain(tcp) => tcp.write(buf),
             Stream::Tls(tls) => tls.write(buf),
+            Stream::Ws(ws) => {
+                let message = tungstenite::Message::Binary(bytes::Bytes::copy_from_slice(buf));
+                ws.ws.send(message).map_err(io::Error::other)?;
+                Ok(buf.len())
+            }
         }
     }
 
@@ -223,6 +298,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(tcp) => tcp.flush(),
             Stream::Tls(tls) => tls.flush(),
+            Stream::Ws(ws) => ws.ws.flush().map_err(io::Error::other),
         }
     }
 }

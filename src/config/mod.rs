@@ -106,6 +106,8 @@ pub struct Listener {
     pub not_opened: Option<&'static str>,
     /// Used when `per_listener_settings` is true.
     pub security: Security,
+    /// `protocol websockets`: MQTT over WebSockets (`ws.rs`), over TLS too with `certfile`.
+    pub websockets: bool,
     /// TLS options as given (`certfile`, `keyfile`, `cafile`, ...).
     pub tls_settings: crate::tls::TlsSettings,
     /// Made from `tls_settings` once the file is read: a TLS listener.
@@ -127,6 +129,7 @@ impl Default for Listener {
             use_username_as_clientid: false,
             not_opened: None,
             security: Security::default(),
+            websockets: false,
             tls_settings: Default::default(),
             tls: None,
         }
@@ -269,6 +272,9 @@ pub struct Config {
     pub log: LogSettings,
     /// Seconds a new connection has to send CONNECT before it is closed.
     pub connect_timeout_s: u64,
+    /// `websockets_headers_size`: the largest WebSocket upgrade request, bytes (Mosquitto:
+    /// 0 or unset means 1024).
+    pub websockets_headers_size: usize,
     /// midge's `response_topic_prefix`: a 5.0 client that asks for Response Information is
     /// told `{prefix}/{client id}` as the base of its response topics. Unset: none is given.
     pub response_topic_prefix: Option<String>,
@@ -315,6 +321,7 @@ impl Default for Config {
             connection_messages: true,
             log: LogSettings::default(),
             connect_timeout_s: 10,
+            websockets_headers_size: 1024,
             subscriptions_per_client_max: 100_000,
             response_topic_prefix: None,
             clientid_prefixes: None,

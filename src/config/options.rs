@@ -62,6 +62,7 @@ pub const SUPPORTED: &[&str] = &[
     "tls_version",
     "use_identity_as_username",
     "use_subject_as_username",
+    "websockets_headers_size",
     // midge's own
     "acl_strict_subscribe",
     "connect_timeout",
@@ -73,7 +74,7 @@ pub const SUPPORTED: &[&str] = &[
 ];
 
 /// Mosquitto 2.0 options that midge reads but does not act on yet: a warning, not an error.
-/// (Persistence, TLS, WebSockets, bridges, plugins and a few tuning knobs.)
+/// (Persistence, bridges, plugins, `http_dir` and a few tuning knobs.)
 pub const NOT_YET: &[&str] = &[
     "accept_protocol_versions",
     "address",
@@ -132,7 +133,6 @@ pub const NOT_YET: &[&str] = &[
     "threshold",
     "topic",
     "try_private",
-    "websockets_headers_size",
     "websockets_log_level",
 ];
 

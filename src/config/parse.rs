@@ -280,10 +280,7 @@ impl Reader {
             }
             "protocol" => match line.one("protocol")? {
                 "mqtt" => {}
-                "websockets" => {
-                    line.warn("protocol websockets is not supported by midge yet; this listener will not be opened.");
-                    self.listener().not_opened = Some("websockets are not supported yet");
-                }
+                "websockets" => self.listener().websockets = true,
                 other => {
                     return Err(line.err(format!(
                         "protocol: {other:?} is neither mqtt nor websockets"
@@ -480,6 +477,12 @@ impl Reader {
                 }
             }
             "connect_timeout" => config.connect_timeout_s = line.number(3600)?.max(1),
+            "websockets_headers_size" => {
+                config.websockets_headers_size = match line.number(1 << 20)? {
+                    0 => 1024,
+                    n => n as usize,
+                }
+            }
             "io_batch_wait_us" => config.io_batch_wait_us = line.number(1000)? as u32,
             "io_backend" => {
                 let value = line.one("backend")?;

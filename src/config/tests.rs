@@ -200,9 +200,10 @@ fn later_features_warn_and_unknown_options_fail() {
         e.line == 3 && e.message.contains("/nonexistent/cert.pem"),
         "{e}"
     );
-    // protocol websockets: a listener that is not opened (with a warning).
-    let c = read("listener 9001\nprotocol websockets\n").unwrap();
-    assert!(c.listeners[0].not_opened.is_some());
+    // protocol websockets: a WebSocket listener.
+    let c = read("listener 9001\nprotocol websockets\nwebsockets_headers_size 0\n").unwrap();
+    assert!(c.listeners[0].websockets && c.listeners[0].not_opened.is_none());
+    assert_eq!(c.websockets_headers_size, 1024);
     let c = read("listener 0 /tmp/mosquitto.sock\nlistener 1883\n").unwrap();
     assert!(c.listeners[0].not_opened.is_some() && c.listeners[1].not_opened.is_none());
     assert!(read("listener 9001\nprotocol http\n").is_err());

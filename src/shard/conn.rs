@@ -39,8 +39,10 @@ pub struct Conn {
     /// Topic aliases and enhanced authentication, out of line: most connections use
     /// neither, and every idle connection would pay for their space.
     pub extras: Option<Box<ConnExtras>>,
-    /// A TLS listener's connection: its records are opened and sealed here (`shard/tls.rs`).
+    /// A TLS listener's connection: its records are opened and sealed (`shard/transport.rs`).
     pub tls: Option<Box<crate::tls::link::TlsLink>>,
+    /// A WebSocket listener's connection: its frames, inside TLS if it has that too.
+    pub ws: Option<Box<crate::ws::WsLink>>,
 }
 
 #[derive(Default)]
@@ -86,6 +88,7 @@ impl Conn {
             problem_information: true,
             extras: None,
             tls: None,
+            ws: None,
         }
     }
 

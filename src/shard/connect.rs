@@ -288,9 +288,9 @@ impl<B: Backend> Shard<B> {
     }
 
     pub(super) fn close_socket(&mut self, mut c: Box<super::conn::Conn>) {
-        // A TLS connection's last records end with close_notify.
+        // A TLS or WebSocket connection's last bytes end with its close.
         let last = c.out.split().freeze();
-        let last = super::tls::seal(&mut c, last, true);
+        let last = super::transport::seal(&mut c, last, true);
         if !last.is_empty() {
             self.backend.send(c.id, last);
         }

@@ -21,7 +21,7 @@ mod stats;
 mod subscribe;
 mod sys;
 mod timers;
-mod tls;
+mod transport;
 
 pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY};
 pub use stats::{Stats, StatsSnapshot};
@@ -101,7 +101,7 @@ pub struct Shard<B: Backend> {
     /// Some of them can go on as soon as this turn's writes are out: do not sleep.
     owed_next_turn: bool,
     /// TLS handshake time this turn, and handshakes held to the next (`tls.rs`).
-    handshakes: tls::Handshakes,
+    handshakes: transport::Handshakes,
     /// Whether this shard worked since its last timer tick, and since it last gave freed
     /// memory back (`timers.rs`).
     quiet: timers::Quiet,
@@ -292,7 +292,7 @@ impl<B: Backend> Shard<B> {
                     self.config.packet_size_max,
                     self.now,
                 ));
-                if !self.start_tls(&mut c) {
+                if !self.start_transport(&mut c) {
                     self.shared.connections.fetch_sub(1, Ordering::AcqRel);
                     count.fetch_sub(1, Ordering::AcqRel);
                     self.backend.close(conn);
@@ -321,8 +321,8 @@ impl<B: Backend> Shard<B> {
                 let now = self.now;
                 let Some(c) = self.conn_mut(conn) else { return };
                 c.last_rx = now;
-                if c.tls.is_some() {
-                    if !self.tls_received(conn, &data) {
+                if c.tls.is_some() || c.ws.is_some() {
+                    if !self.transport_received(conn, &data) {
                         return;
                     }
                 } else if c.inbuf.is_empty() {
@@ -518,7 +518,7 @@ impl<B: Backend> Shard<B> {
             // alive after the bytes are written, for every connection that once had a turn's
             // worth to send (an idle connection then holds nothing).
             let plain = std::mem::take(&mut c.out).freeze();
-            let data = tls::seal(c, plain, false);
+            let data = transport::seal(c, plain, false);
             self.shared.stats[self.id]
                 .bytes_sent
                 .fetch_add(data.len() as u64, Ordering::Relaxed);

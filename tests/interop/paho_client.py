@@ -2,10 +2,11 @@
 will, against the broker on 127.0.0.1:PORT. Exits non-zero with a message on any failure.
 Every wait has a deadline.
 
-    paho_client.py PORT [CAFILE [CERTFILE KEYFILE]]
+    paho_client.py PORT [--websockets] [CAFILE [CERTFILE KEYFILE]]
 
 With CAFILE, every client connects over TLS to localhost:PORT, checking the broker's
-certificate against CAFILE and presenting CERTFILE/KEYFILE if given."""
+certificate against CAFILE and presenting CERTFILE/KEYFILE if given; with --websockets,
+over WebSockets (inside TLS with CAFILE)."""
 
 import queue
 import sys
@@ -13,15 +14,19 @@ import time
 
 import paho.mqtt.client as mqtt
 
-PORT = int(sys.argv[1])
-CAFILE = sys.argv[2] if len(sys.argv) > 2 else None
-IDENTITY = sys.argv[3:5] if len(sys.argv) > 4 else [None, None]
+ARGS = [a for a in sys.argv[1:] if a != "--websockets"]
+TRANSPORT = "websockets" if "--websockets" in sys.argv else "tcp"
+PORT = int(ARGS[0])
+CAFILE = ARGS[1] if len(ARGS) > 1 else None
+IDENTITY = ARGS[2:4] if len(ARGS) > 3 else [None, None]
 HOST = "localhost" if CAFILE else "127.0.0.1"
 DEADLINE = 10.0
 
 
 def make(client_id, **kwargs):
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
+    c = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport=TRANSPORT, **kwargs
+    )
     if CAFILE:
         c.tls_set(ca_certs=CAFILE, certfile=IDENTITY[0], keyfile=IDENTITY[1])
     return c

@@ -1,6 +1,8 @@
-//! TLS connections on the shard: received records are opened into the connection's input,
-//! what the codec encodes is sealed before the backend sends it (`tls/link.rs`), and a client
-//! certificate can name the user (`use_identity_as_username`, `use_subject_as_username`).
+//! The layers between a connection's socket and its codec, on the shard: TLS (`tls/link.rs`)
+//! and WebSockets (`ws.rs`), either or both (`wss://`: WebSockets inside TLS). Received bytes
+//! go up through them into the connection's input; what the codec encodes goes down through
+//! them before the backend sends it. A client certificate can name the user
+//! (`use_identity_as_username`, `use_subject_as_username`).
 
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -36,32 +38,83 @@ impl Handshakes {
     }
 }
 
-/// Plaintext for the peer, sealed into records if the connection is TLS.
-pub(super) fn seal(c: &mut Conn, plain: Bytes, close_notify: bool) -> Bytes {
+/// MQTT bytes for the peer, framed (WebSockets) and sealed (TLS) as the connection needs;
+/// `closing`: its last bytes, with a close frame and close_notify.
+pub(super) fn seal(c: &mut Conn, plain: Bytes, closing: bool) -> Bytes {
+    let framed = match c.ws.as_mut() {
+        Some(ws) => {
+            let mut out = Vec::with_capacity(plain.len() + 16);
+            if !plain.is_empty() {
+                ws.frame(plain, &mut out);
+            }
+            if closing {
+                ws.close(&mut out);
+            }
+            Bytes::from(out)
+        }
+        None => plain,
+    };
     let Some(link) = c.tls.as_mut() else {
-        return plain;
+        return framed;
     };
     // Records add at most ~22 bytes per 16 KiB record (TLS 1.3 AEAD tag, header, type).
-    let mut sealed = Vec::with_capacity(plain.len() + 64 + plain.len() / 512);
-    link.seal(&plain, &mut sealed);
-    if close_notify {
+    let mut sealed = Vec::with_capacity(framed.len() + 64 + framed.len() / 512);
+    link.seal(&framed, &mut sealed);
+    if closing {
         link.close_notify(&mut sealed);
     }
     Bytes::from(sealed)
 }
 
+/// Bytes from the peer up through the connection's layers into its input; what the layers
+/// answer (handshakes, pongs, close handshakes, alerts, an HTTP error) goes to `reply`,
+/// ready to send. `Ok(true)` when the peer closed.
+fn open(c: &mut Conn, data: &[u8], reply: &mut Vec<u8>) -> Result<bool, String> {
+    let mut peer_closed = false;
+    let mut plain = BytesMut::new();
+    let (tls, ws, inbuf) = (&mut c.tls, &mut c.ws, &mut c.inbuf);
+    let above_tls: &[u8] = match tls.as_mut() {
+        Some(link) => {
+            // Without WebSockets the plaintext is the input itself.
+            let into = if ws.is_some() {
+                &mut plain
+            } else {
+                &mut *inbuf
+            };
+            let opened = link
+                .open(data, into, reply)
+                .map_err(|e| format!("TLS error: {e}"))?;
+            peer_closed |= opened.peer_closed;
+            &plain
+        }
+        None => data,
+    };
+    if let Some(ws) = ws.as_mut() {
+        let mut answer = Vec::new();
+        let result = ws.received(above_tls, inbuf, &mut answer);
+        // The WebSocket layer's answer goes out through TLS, if the connection has it.
+        match tls.as_mut() {
+            Some(link) => link.seal(&answer, reply),
+            None => reply.append(&mut answer),
+        }
+        peer_closed |= result?.peer_closed;
+    }
+    Ok(peer_closed)
+}
+
 impl<B: Backend> Shard<B> {
-    /// Bytes received on a TLS connection: their plaintext joins the connection's input
-    /// (decoded by the caller); handshake answers go straight back. False if nothing is to
-    /// be decoded now: the connection ended (a failed handshake, bad records, the peer's
-    /// close_notify after its last packets), or its handshake waits for the next turn.
-    pub(super) fn tls_received(&mut self, conn: ConnId, data: &BytesMut) -> bool {
+    /// Bytes received on a connection with layers: what they carry joins the connection's
+    /// input (decoded by the caller); the layers' answers go straight back. False if
+    /// nothing is to be decoded now: the connection ended (a failed handshake, bad records
+    /// or frames, the peer's close after its last packets), or its TLS handshake waits for
+    /// the next turn.
+    pub(super) fn transport_received(&mut self, conn: ConnId, data: &BytesMut) -> bool {
         let over_budget = self.handshakes.spent >= HANDSHAKE_TIME_PER_TURN;
         let Some(c) = self.conn_mut(conn) else {
             return false;
         };
         let Some(link) = c.tls.as_mut() else {
-            return true;
+            return self.open_records(conn, data);
         };
         // Bytes after held ones wait behind them, so records stay in order.
         let waiting = !link.held.is_empty();
@@ -108,13 +161,10 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conn_mut(conn) else {
             return false;
         };
-        let Some(link) = c.tls.as_mut() else {
-            return true;
-        };
-        let handshaking = link.is_handshaking();
+        let handshaking = c.tls.as_ref().is_some_and(|link| link.is_handshaking());
         let started = handshaking.then(Instant::now);
         let mut reply = Vec::new();
-        let result = link.open(records, &mut c.inbuf, &mut reply);
+        let result = open(c, records, &mut reply);
         let peer = c.peer;
         if let Some(started) = started {
             self.handshakes.spent += started.elapsed();
@@ -126,28 +176,34 @@ impl<B: Backend> Shard<B> {
             self.backend.send(conn, Bytes::from(reply));
         }
         match result {
-            Ok(opened) if opened.peer_closed => {
-                // What came before the close_notify is still read.
+            Ok(true) => {
+                // What came before the close is still read.
                 self.process_input(conn);
                 self.connection_lost(conn, CloseReason::PeerClosed);
                 false
             }
-            Ok(_) => true,
+            Ok(false) => true,
             Err(e) => {
-                // Mosquitto logs OpenSSL's reason and closes; so does midge, with rustls's.
-                log::info!(
-                    "Client connection from {} failed: TLS error: {e}.",
-                    peer.ip()
-                );
+                // Mosquitto logs OpenSSL's (or libwebsockets') reason and closes; so does
+                // midge, with rustls's or its own.
+                log::info!("Client connection from {} failed: {e}.", peer.ip());
                 self.connection_lost(conn, CloseReason::SocketError);
                 false
             }
         }
     }
 
-    /// A new connection on a TLS listener gets its TLS session; false if none could be made.
-    pub(super) fn start_tls(&self, c: &mut Conn) -> bool {
-        let Some(tls) = &self.config.listener(c.listener).tls else {
+    /// A new connection gets the layers of its listener: a WebSocket upgrade to wait for,
+    /// a TLS session; false if none could be made.
+    pub(super) fn start_transport(&self, c: &mut Conn) -> bool {
+        let listener = self.config.listener(c.listener);
+        if listener.websockets {
+            c.ws = Some(Box::new(crate::ws::WsLink::new(
+                self.config.websockets_headers_size,
+                self.config.packet_size_max.max(64 * 1024),
+            )));
+        }
+        let Some(tls) = &listener.tls else {
             return true;
         };
         match crate::tls::link::TlsLink::new(tls.server.clone()) {

@@ -1,0 +1,278 @@
+//! WebSocket listeners (`protocol websockets`): the upgrade with the `mqtt` subprotocol,
+//! MQTT packets split across frames and several in one frame, ping/pong, close frames, text
+//! frames and oversized upgrade requests refused, paho-mqtt over `ws://` (`wss://`, with a
+//! certificate, is in `broker_tls.rs`).
+
+mod common;
+
+use common::*;
+use midge::codec::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Instant;
+use tungstenite::{client::IntoClientRequest, Message, WebSocket};
+
+type Ws = WebSocket<TcpStream>;
+
+fn broker(name: &str, extra: &str) -> Broker {
+    let conf = config_file(
+        name,
+        &format!("listener 0 127.0.0.1\nprotocol websockets\nallow_anonymous true\n{extra}"),
+    );
+    Broker::start_configured(&["-c", &conf])
+}
+
+/// A WebSocket client asking for `subprotocol`.
+fn ws_connect(port: u16, subprotocol: &str) -> Result<Ws, tungstenite::Error> {
+    let mut request = format!("ws://127.0.0.1:{port}/mqtt").into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", subprotocol.parse().unwrap());
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (ws, response) = tungstenite::client(request, tcp).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => e,
+        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
+    })?;
+    assert_eq!(
+        response.headers()["Sec-WebSocket-Protocol"],
+        subprotocol,
+        "the broker answers with the subprotocol asked for"
+    );
+    Ok(ws)
+}
+
+/// The second listener of the configuration: plain MQTT.
+fn plain_port(broker: &Broker) -> u16 {
+    broker.ports(2)[1]
+}
+
+fn bytes(packet: &Packet) -> Vec<u8> {
+    packet.to_bytes(ProtocolVersion::V311).unwrap().to_vec()
+}
+
+/// Reads messages until `n` packets decoded (frames may hold parts or several).
+fn recv_packets(ws: &mut Ws, buf: &mut bytes::BytesMut, n: usize) -> Vec<Packet> {
+    let decoder = Decoder::client(ProtocolVersion::V311, 1 << 20);
+    let mut packets = Vec::new();
+    let until = Instant::now() + DEADLINE;
+    while packets.len() < n {
+        while let Some(p) = decoder.decode_from(buf).unwrap() {
+            packets.push(p);
+        }
+        if packets.len() >= n {
+            break;
+        }
+        assert!(Instant::now() < until, "only {} packets", packets.len());
+        match ws.read().expect("a message") {
+            Message::Binary(b) => buf.extend_from_slice(&b),
+            Message::Pong(_) | Message::Ping(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    packets
+}
+
+#[test]
+fn mqtt_over_websockets_with_frames_split_and_joined() {
+    let broker = broker("ws-frames", "listener 0 127.0.0.1\n");
+    let mut sub = ws_connect(broker.port, "mqtt").unwrap();
+    let connect = bytes(&Packet::Connect(Box::new(connect_packet(
+        ProtocolVersion::V311,
+        "ws-sub",
+        true,
+        60,
+    ))));
+    // CONNECT split over two frames, then SUBSCRIBE and PINGREQ together in one.
+    let (a, b) = connect.split_at(5);
+    sub.send(Message::Binary(a.to_vec().into())).unwrap();
+    sub.send(Message::Binary(b.to_vec().into())).unwrap();
+    let mut joined = bytes(&subscribe(1, &[("ws/#", QoS::AtLeastOnce)]));
+    joined.extend(bytes(&Packet::PingReq));
+    sub.send(Message::Binary(joined.into())).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let got = recv_packets(&mut sub, &mut buf, 3);
+    assert!(matches!(got[0], Packet::ConnAck(ref a) if a.reason == ReasonCode::Success));
+    assert!(matches!(got[1], Packet::SubAck(_)));
+    assert!(matches!(got[2], Packet::PingResp));
+
+    // A plain TCP client publishes; the WebSocket subscriber receives.
+    let mut publisher = Raw::connect(plain_port(&broker), "tcp-pub");
+    publisher.send(&publish("ws/t", b"through", QoS::AtLeastOnce, 1, false));
+    match recv_packets(&mut sub, &mut buf, 1).remove(0) {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"through"),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+
+    // A WebSocket ping is answered with a pong carrying the same data.
+    sub.send(Message::Ping(b"hi".to_vec().into())).unwrap();
+    let until = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < until, "no pong");
+        if let Message::Pong(data) = sub.read().unwrap() {
+            assert_eq!(&data[..], b"hi");
+            break;
+        }
+    }
+    broker.wait_for_log("as ws-sub (p4, c1, k60)");
+}
+
+#[test]
+fn a_close_frame_ends_the_connection_and_publishes_the_will() {
+    let broker = broker("ws-close", "listener 0 127.0.0.1\n");
+    let mut watcher = Raw::connect(plain_port(&broker), "watcher");
+    watcher.subscribe(&[("will/#", QoS::AtMostOnce)]);
+    let mut ws = ws_connect(broker.port, "mqttv3.1").unwrap();
+    let mut connect = connect_with_will(
+        ProtocolVersion::V311,
+        "ws-will",
+        QoS::AtMostOnce,
+        false,
+        b"gone",
+    );
+    connect.will.as_mut().unwrap().topic = s("will/ws");
+    ws.send(Message::Binary(
+        bytes(&Packet::Connect(Box::new(connect))).into(),
+    ))
+    .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    assert!(matches!(
+        recv_packets(&mut ws, &mut buf, 1)[0],
+        Packet::ConnAck(_)
+    ));
+    // Closing the WebSocket without DISCONNECT: the broker answers the close, the
+    // connection ends, and the will goes out.
+    ws.close(None).unwrap();
+    let until = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < until, "the close was not answered");
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(&watcher.recv_publish().payload[..], b"gone");
+}
+
+#[test]
+fn text_frames_oversized_upgrades_and_other_subprotocols_are_refused() {
+    let broker = broker(
+        "ws-bad",
+        "listener 0 127.0.0.1\nwebsockets_headers_size 2048\n",
+    );
+    let mut bystander = Raw::connect(plain_port(&broker), "bystander");
+
+    // [MQTT-6.0.0-1] a text frame closes the connection.
+    let mut ws = ws_connect(broker.port, "mqtt").unwrap();
+    ws.send(Message::Text("CONNECT".into())).unwrap();
+    let until = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < until, "not closed");
+        if ws.read().is_err() {
+            break;
+        }
+    }
+    broker.wait_for_log("text frame");
+
+    // An upgrade request larger than websockets_headers_size: 431 and closed.
+    let mut raw = TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
+    let cookie = "c".repeat(4000);
+    write!(
+        raw,
+        "GET /mqtt HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    raw.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = String::new();
+    let _ = raw.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    broker.wait_for_log("larger than websockets_headers_size");
+
+    // A client that wants another subprotocol is refused.
+    let mut request = format!("ws://127.0.0.1:{}/", broker.port)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "chat".parse().unwrap());
+    let tcp = TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert!(tungstenite::client(request, tcp).is_err());
+
+    // Plain MQTT on the WebSocket port is not an upgrade request: 400 and closed.
+    let mut plain = TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
+    plain
+        .write_all(&bytes(&Packet::Connect(Box::new(connect_packet(
+            ProtocolVersion::V311,
+            "plain",
+            true,
+            60,
+        )))))
+        .unwrap();
+    plain.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
+
+    // Nobody else noticed.
+    bystander.send(&Packet::PingReq);
+    assert!(matches!(bystander.recv(), Packet::PingResp));
+}
+
+#[test]
+fn paho_mqtt_over_websockets() {
+    let broker = broker("ws-paho", "");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_client.py");
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "python3",
+            script,
+            &broker.port.to_string(),
+            "--websockets",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "paho over WebSockets failed: {}{}\nbroker log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        broker.log_lines().join("\n")
+    );
+}
+
+#[test]
+fn midge_tools_over_websockets() {
+    let broker = broker("ws-tools", "");
+    let url = format!("ws://127.0.0.1:{}/tools/ws", broker.port);
+    let sub = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_midge-sub"))
+                .args(["-L", &url, "-C", "1", "-W", "10", "-i", "ws-tool-sub"])
+                .output()
+                .unwrap()
+        })
+    };
+    // Subscribed (the broker logs each subscription) before the message goes.
+    broker.wait_for_log("ws-tool-sub 0 tools/ws");
+    let out = Command::new(env!("CARGO_BIN_EXE_midge-pub"))
+        .args(["-L", &url, "-m", "framed", "-q", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = sub.join().unwrap();
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "framed\n");
+}
