@@ -2,7 +2,7 @@
 # midge against Debian's mosquitto: the same loadgen scenarios against each, in one run, on
 # free loopback ports; prints both figures and their ratio, and keeps the raw JSON.
 #
-#   scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls]
+#   scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws]
 #
 # --pair names the two brokers compared (default: midge mosquitto); each is one of midge
 # (its default backend), midge-uring, midge-epoll (same build, backend forced), midge-batch
@@ -13,20 +13,23 @@
 # With --tls both brokers serve one TLS listener with the same certificate and key (an EC
 # P-256 CA and server certificate made here with openssl), and the scenarios are p2p QoS 0
 # and 1 and a conn-storm (TLS handshakes per second, RSS per idle TLS connection).
+# With --ws both serve MQTT over WebSockets (`protocol websockets`; with --tls too: wss),
+# and the scenarios are p2p QoS 0 and 1.
 # Pinning (2-core machines): each broker on core 1 (midge with one shard), loadgen on core 0.
 # Figures move from run to run on a shared machine: compare the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=8 warmup=2 repeat=1 tls=0
+duration=8 warmup=2 repeat=1 tls=0 ws=0
 brokers=(midge mosquitto)
-usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls]  (A, B: midge midge-uring midge-epoll midge-batch mosquitto)" >&2; exit 2; }
+usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws]  (A, B: midge midge-uring midge-epoll midge-batch mosquitto)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3 warmup=1 ;;
     --repeat) repeat=$2; shift ;;
     --pair) [ $# -ge 3 ] || usage; brokers=("$2" "$3"); shift 2 ;;
     --tls) tls=1 ;;
+    --ws) ws=1 ;;
     *) usage ;;
   esac
   shift
@@ -67,21 +70,25 @@ if [ "$tls" = 1 ]; then
       -out server.pem -days 2 -extfile ext
     chmod 644 ./*
   ) 2>/dev/null
-  tls_conf() { # port
-    printf 'listener %s 127.0.0.1\ncertfile %s\nkeyfile %s\nallow_anonymous true\n' \
-      "$1" "$pki/server.pem" "$pki/server.key"
-  }
 fi
+layered_conf() { # port: one listener with the run's layers
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$1"
+  if [ "$ws" = 1 ]; then printf 'protocol websockets\n'; fi
+  if [ "$tls" = 1 ]; then printf 'certfile %s\nkeyfile %s\n' "$pki/server.pem" "$pki/server.key"; fi
+  # Debian's Mosquitto 2.0.11 exits ("Unable to start any listening sockets") when its only
+  # listener is a WebSocket one: both brokers get an idle plain listener as well.
+  if [ "$ws" = 1 ]; then printf 'listener %s 127.0.0.1\n' "$(free_port)"; fi
+}
 
 start_broker() { # name port
-  if [ "$tls" = 1 ]; then
-    tls_conf "$2" >"$out/$1-tls.conf"
-    [ "$1" = midge-batch ] && printf 'io_batch_wait_us 50\n' >>"$out/$1-tls.conf"
+  if [ "$tls" = 1 ] || [ "$ws" = 1 ]; then
+    layered_conf "$2" >"$out/$1-layered.conf"
+    [ "$1" = midge-batch ] && printf 'io_batch_wait_us 50\n' >>"$out/$1-layered.conf"
     case "$1" in
-      midge|midge-batch) taskset -c 1 target/release/midge -c "$out/$1-tls.conf" --threads 1 2>"$out/$1.log" & ;;
-      midge-uring) taskset -c 1 target/release/midge -c "$out/$1-tls.conf" --threads 1 --io uring 2>"$out/$1.log" & ;;
-      midge-epoll) taskset -c 1 target/release/midge -c "$out/$1-tls.conf" --threads 1 --io epoll 2>"$out/$1.log" & ;;
-      mosquitto) taskset -c 1 mosquitto -c "$out/$1-tls.conf" >"$out/mosquitto.log" 2>&1 & ;;
+      midge|midge-batch) taskset -c 1 target/release/midge -c "$out/$1-layered.conf" --threads 1 2>"$out/$1.log" & ;;
+      midge-uring) taskset -c 1 target/release/midge -c "$out/$1-layered.conf" --threads 1 --io uring 2>"$out/$1.log" & ;;
+      midge-epoll) taskset -c 1 target/release/midge -c "$out/$1-layered.conf" --threads 1 --io epoll 2>"$out/$1.log" & ;;
+      mosquitto) taskset -c 1 mosquitto -c "$out/$1-layered.conf" >"$out/mosquitto.log" 2>&1 & ;;
     esac
     broker_pid=$!
     for _ in $(seq 1 500); do
@@ -127,6 +134,13 @@ if [ "$tls" = 1 ]; then
     "conn-storm|--scenario conn-storm --clients 2000 --idle 2"
   )
   tls_args=(--tls --cafile "$pki/ca.pem")
+fi
+if [ "$ws" = 1 ]; then
+  scenarios=(
+    "p2p-qos0|--scenario p2p --clients 10 --rate 2000 --qos 0"
+    "p2p-qos1|--scenario p2p --clients 10 --rate 1000 --qos 1"
+  )
+  tls_args+=(--ws)
 fi
 
 for round in $(seq 1 "$repeat"); do

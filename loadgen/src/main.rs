@@ -119,6 +119,9 @@ struct Args {
     /// --tls: take any broker certificate (the handshake still costs what it costs).
     #[arg(long)]
     insecure: bool,
+    /// Connect over WebSockets (path /mqtt, subprotocol mqtt; inside TLS with --tls).
+    #[arg(long)]
+    ws: bool,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -213,6 +216,10 @@ fn main() -> ExitCode {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);
     }
+    if args.ws && matches!(args.scenario, Scenario::ConnStorm | Scenario::Churn) {
+        eprintln!("loadgen: --ws is for the traffic scenarios (p2p, fan-in, fan-out, wildcard)");
+        return ExitCode::from(2);
+    }
     let mut reports = Vec::new();
     if args.scenario == Scenario::ConnStorm {
         reports.push(conn_storm(&args, addr, &source_ips, &tls));
@@ -285,6 +292,7 @@ fn run_once(
     let shared = Arc::new(worker::Shared {
         addr,
         tls: tls.clone(),
+        ws_host: args.ws.then(|| args.host.clone()),
         source_ips: source_ips.to_vec(),
         v5: args.mqtt == 5,
         persistent: args.persistent,

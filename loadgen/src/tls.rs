@@ -1,7 +1,8 @@
-//! TLS for loadgen's connections (`--tls`, with `--cafile` or `--insecure`), so brokers can
-//! be measured over TLS: rustls driven by hand on the non-blocking sockets of the load
-//! threads, and as a blocking stream for conn-storm (where the handshake is part of each
-//! connection's CONNACK latency).
+//! TLS and WebSockets for loadgen's connections (`--tls`, with `--cafile` or `--insecure`;
+//! `--ws`), so brokers can be measured over them: rustls and tungstenite's protocol layer
+//! driven by hand on the non-blocking sockets of the load threads, and TLS as a blocking
+//! stream for conn-storm (where the handshake is part of each connection's CONNACK
+//! latency).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream as StdTcpStream;
@@ -71,99 +72,283 @@ impl Tls {
             tcp,
         ))))
     }
+}
 
-    pub fn non_blocking(&self, tcp: TcpStream) -> io::Result<Transport> {
-        Ok(Transport::Tls(tcp, Box::new(self.session()?)))
+/// A load thread's connection: MQTT bytes in and out, over TCP, TLS (`--tls`) and/or
+/// WebSockets (`--ws`).
+pub struct Transport {
+    tcp: TcpStream,
+    tls: Option<Box<ClientConnection>>,
+    ws: Option<Box<WsClient>>,
+    /// Bytes for the socket it has not taken yet (without TLS, which buffers its own).
+    raw_out: Vec<u8>,
+}
+
+/// The client side of a WebSocket: the upgrade, then tungstenite's framing (masked, as a
+/// client must) over an in-memory pipe.
+struct WsClient {
+    context: tungstenite::protocol::WebSocketContext,
+    pipe: Pipe,
+    /// The upgrade's answer, until it is complete.
+    answer: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Pipe {
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.input.drain(..n);
+        Ok(n)
     }
 }
 
-/// A load thread's connection: plaintext in and out, whatever is under it.
-pub enum Transport {
-    Plain(TcpStream),
-    Tls(TcpStream, Box<ClientConnection>),
+impl Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Transport {
-    pub fn socket(&mut self) -> &mut TcpStream {
-        match self {
-            Transport::Plain(tcp) | Transport::Tls(tcp, _) => tcp,
+    pub fn new(tcp: TcpStream, tls: Option<&Tls>, ws_host: Option<&str>) -> io::Result<Transport> {
+        let mut transport = Transport {
+            tcp,
+            tls: tls.map(|t| t.session().map(Box::new)).transpose()?,
+            ws: None,
+            raw_out: Vec::new(),
+        };
+        if let Some(host) = ws_host {
+            let key = tungstenite::handshake::client::generate_key();
+            let request = format!(
+                "GET /mqtt HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+            );
+            transport.lower_write(request.as_bytes())?;
+            let config = tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(64 * 1024)
+                .write_buffer_size(0);
+            transport.ws = Some(Box::new(WsClient {
+                context: tungstenite::protocol::WebSocketContext::new(
+                    tungstenite::protocol::Role::Client,
+                    Some(config),
+                ),
+                pipe: Pipe::default(),
+                answer: Some(Vec::new()),
+            }));
         }
+        Ok(transport)
     }
 
-    /// Appends what can be read now to `rbuf`; `Ok(true)` once the broker closed.
+    pub fn socket(&mut self) -> &mut TcpStream {
+        &mut self.tcp
+    }
+
+    /// Appends the MQTT bytes that can be read now to `rbuf`; `Ok(true)` once the broker
+    /// closed.
     pub fn read_into(&mut self, rbuf: &mut Vec<u8>) -> io::Result<bool> {
-        let mut chunk = [0u8; 64 * 1024];
-        match self {
-            Transport::Plain(tcp) => loop {
-                match tcp.read(&mut chunk) {
-                    Ok(0) => return Ok(true),
-                    Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            },
-            Transport::Tls(tcp, session) => {
-                let closed = loop {
-                    match session.read_tls(tcp) {
-                        Ok(0) => break true,
-                        Ok(_) => {
-                            let state = session.process_new_packets().map_err(io::Error::other)?;
-                            let n = state.plaintext_bytes_to_read();
-                            let start = rbuf.len();
-                            rbuf.resize(start + n, 0);
-                            session.reader().read_exact(&mut rbuf[start..])?;
-                            if state.peer_has_closed() {
-                                break true;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                };
-                // The handshake answers what it read.
-                self.push()?;
-                Ok(closed)
-            }
+        let mut lower = Vec::new();
+        let target = if self.ws.is_some() {
+            &mut lower
+        } else {
+            &mut *rbuf
+        };
+        let closed = match &mut self.tls {
+            None => read_plain(&mut self.tcp, target)?,
+            Some(session) => read_tls(&mut self.tcp, session, target)?,
+        };
+        let mut answer = Vec::new();
+        let mut result = Ok(closed);
+        if let Some(ws) = &mut self.ws {
+            result = ws
+                .received(&lower, rbuf, &mut answer)
+                .map(|peer_closed| closed || peer_closed);
         }
+        if !answer.is_empty() {
+            self.lower_write(&answer)?;
+        }
+        // The handshake, or the WebSocket layer, may have something to send back.
+        self.push()?;
+        result
     }
 
     /// Takes some of `data`; `WouldBlock` when nothing could be taken.
     pub fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(tcp) => tcp.write(data),
-            Transport::Tls(_, _) => {
-                self.push()?;
-                let Transport::Tls(_, session) = self else {
-                    unreachable!("matched above")
-                };
-                let taken = session.writer().write(data)?;
-                self.push()?;
-                if taken == 0 {
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(taken)
-            }
+        self.push()?;
+        if self.raw_out.len() > BUFFER_LIMIT {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
+        if let Some(ws) = &mut self.ws {
+            // [RFC 6455 §4.1] nothing but the request before the upgrade's answer.
+            if ws.answer.is_some() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let message = tungstenite::Message::Binary(bytes::Bytes::copy_from_slice(data));
+            ws.context
+                .write(&mut ws.pipe, message)
+                .map_err(io::Error::other)?;
+            let _ = ws.context.flush(&mut ws.pipe);
+            let framed = std::mem::take(&mut ws.pipe.output);
+            self.lower_write(&framed)?;
+            self.push()?;
+            return Ok(data.len());
+        }
+        let taken = match &mut self.tls {
+            None => return self.tcp.write(data),
+            Some(session) => session.writer().write(data)?,
+        };
+        self.push()?;
+        if taken == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
     }
 
-    /// Writes the records rustls holds, as far as the socket takes them.
+    /// Bytes below the WebSocket layer: into TLS, or queued for the socket.
+    fn lower_write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.tls {
+            // The WebSocket layer's frames are whole: TLS takes them all (past its limit
+            // if it must; the caller's backlog check holds the next ones back).
+            Some(session) => {
+                session.set_buffer_limit(None);
+                session.writer().write_all(bytes)?;
+                session.set_buffer_limit(Some(BUFFER_LIMIT));
+            }
+            None => self.raw_out.extend_from_slice(bytes),
+        }
+        Ok(())
+    }
+
+    /// Writes what is waiting for the socket, as far as it takes it.
     pub fn push(&mut self) -> io::Result<()> {
-        let Transport::Tls(tcp, session) = self else {
+        if let Some(session) = &mut self.tls {
+            while session.wants_write() {
+                match session.write_tls(&mut self.tcp) {
+                    Ok(_) => {}
+                    Err(e) if would_wait(&e) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
             return Ok(());
-        };
-        while session.wants_write() {
-            match session.write_tls(tcp) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                // Not connected yet: the write readiness event will come.
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+        }
+        while !self.raw_out.is_empty() {
+            match self.tcp.write(&self.raw_out) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.raw_out.drain(..n);
+                }
+                Err(e) if would_wait(&e) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+}
+
+/// Not yet: the socket is full, or (just opened) not connected yet.
+fn would_wait(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+    )
+}
+
+fn read_plain(tcp: &mut TcpStream, into: &mut Vec<u8>) -> io::Result<bool> {
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match tcp.read(&mut chunk) {
+            Ok(0) => return Ok(true),
+            Ok(n) => into.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn read_tls(
+    tcp: &mut TcpStream,
+    session: &mut ClientConnection,
+    into: &mut Vec<u8>,
+) -> io::Result<bool> {
+    loop {
+        match session.read_tls(tcp) {
+            Ok(0) => return Ok(true),
+            Ok(_) => {
+                let state = session.process_new_packets().map_err(io::Error::other)?;
+                let n = state.plaintext_bytes_to_read();
+                let start = into.len();
+                into.resize(start + n, 0);
+                session.reader().read_exact(&mut into[start..])?;
+                if state.peer_has_closed() {
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl WsClient {
+    /// Bytes from below: the upgrade's answer first, then frames whose MQTT bytes go to
+    /// `mqtt`; what the layer answers (pongs, the close) to `answer`. True once closed.
+    fn received(
+        &mut self,
+        bytes: &[u8],
+        mqtt: &mut Vec<u8>,
+        answer: &mut Vec<u8>,
+    ) -> io::Result<bool> {
+        let mut bytes = bytes.to_vec();
+        if let Some(head) = &mut self.answer {
+            head.extend_from_slice(&bytes);
+            let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return Ok(false);
+            };
+            if !head.starts_with(b"HTTP/1.1 101") {
+                let status = String::from_utf8_lossy(&head[..head.len().min(40)]).into_owned();
+                return Err(io::Error::other(format!(
+                    "WebSocket upgrade refused: {status:?}"
+                )));
+            }
+            bytes = head.split_off(end + 4);
+            self.answer = None;
+        }
+        self.pipe.input.extend_from_slice(&bytes);
+        let mut closed = false;
+        loop {
+            match self.context.read(&mut self.pipe) {
+                Ok(tungstenite::Message::Binary(data)) => mqtt.extend_from_slice(&data),
+                Ok(tungstenite::Message::Close(_)) => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    closed = true;
+                    break;
+                }
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+        let _ = self.context.flush(&mut self.pipe);
+        answer.append(&mut self.pipe.output);
+        Ok(closed)
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Shared {
     pub addr: SocketAddr,
     /// `--tls`: every connection speaks TLS.
     pub tls: Option<crate::tls::Tls>,
+    /// `--ws`: every connection is a WebSocket, upgraded with this Host.
+    pub ws_host: Option<String>,
     pub source_ips: Vec<IpAddr>,
     pub v5: bool,
     pub persistent: bool,
@@ -166,10 +168,7 @@ fn open(shared: &Shared, index: usize) -> io::Result<Transport> {
         Err(e) => return Err(e),
     }
     let tcp = TcpStream::from_std(socket.into());
-    match &shared.tls {
-        Some(tls) => tls.non_blocking(tcp),
-        None => Ok(Transport::Plain(tcp)),
-    }
+    Transport::new(tcp, shared.tls.as_ref(), shared.ws_host.as_deref())
 }
 
 pub fn run(shared: Arc<Shared>, plans: Vec<(usize, ClientPlan)>) -> WorkerResult {
