@@ -224,24 +224,7 @@ fn text_frames_oversized_upgrades_and_other_subprotocols_are_refused() {
 #[test]
 fn paho_mqtt_over_websockets() {
     let broker = broker("ws-paho", "");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_client.py");
-    let out = Command::new("timeout")
-        .args([
-            "60",
-            "python3",
-            script,
-            &broker.port.to_string(),
-            "--websockets",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "paho over WebSockets failed: {}{}\nbroker log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        broker.log_lines().join("\n")
-    );
+    paho_passes(&broker, &["--websockets"]);
 }
 
 #[test]
