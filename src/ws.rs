@@ -23,6 +23,19 @@ struct Pipe {
     output: Vec<u8>,
 }
 
+impl Pipe {
+    /// Hands what was written over to `out`, allocation and all when `out` is empty, so the
+    /// pipe keeps no buffer between turns.
+    fn drain_output(&mut self, out: &mut Vec<u8>) {
+        let output = std::mem::take(&mut self.output);
+        if out.is_empty() {
+            *out = output;
+        } else {
+            out.extend_from_slice(&output);
+        }
+    }
+}
+
 impl Read for Pipe {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.input.is_empty() {
@@ -131,7 +144,11 @@ impl WsLink {
             }
         };
         let _ = context.flush(&mut self.pipe);
-        reply.append(&mut self.pipe.output);
+        self.pipe.drain_output(reply);
+        // An idle connection keeps no buffer of a burst it once received.
+        if self.pipe.input.is_empty() {
+            self.pipe.input = BytesMut::new();
+        }
         result.map(|()| received)
     }
 
@@ -145,7 +162,7 @@ impl WsLink {
             log::debug!("WebSocket: a message could not be framed: {e}");
         }
         let _ = context.flush(&mut self.pipe);
-        out.append(&mut self.pipe.output);
+        self.pipe.drain_output(out);
     }
 
     /// A close frame, the last bytes of a connection midge closes.
@@ -153,7 +170,7 @@ impl WsLink {
         if let State::Open(context) = &mut self.state {
             let _ = context.close(&mut self.pipe, None);
             let _ = context.flush(&mut self.pipe);
-            out.append(&mut self.pipe.output);
+            self.pipe.drain_output(out);
         }
     }
 }
