@@ -100,7 +100,7 @@ pub struct Shard<B: Backend> {
     owing: Vec<SessionId>,
     /// Some of them can go on as soon as this turn's writes are out: do not sleep.
     owed_next_turn: bool,
-    /// TLS handshake time this turn, and handshakes held to the next (`tls.rs`).
+    /// TLS handshake time this turn, and handshakes held to the next (`transport.rs`).
     handshakes: transport::Handshakes,
     /// Whether this shard worked since its last timer tick, and since it last gave freed
     /// memory back (`timers.rs`).
