@@ -156,8 +156,9 @@ impl FixedHeader {
 pub struct Decoder {
     pub version: Option<ProtocolVersion>,
     /// The largest packet accepted, fixed header included. Checked as soon as the remaining
-    /// length is read, before the rest of the packet is waited for or stored.
-    pub packet_size_max: usize,
+    /// length is read, before the rest of the packet is waited for or stored. (u32: MQTT's
+    /// largest packet fits, and every connection holds a decoder.)
+    packet_size_max: u32,
 }
 
 impl Decoder {
@@ -165,7 +166,7 @@ impl Decoder {
     pub fn server(packet_size_max: usize) -> Self {
         Decoder {
             version: None,
-            packet_size_max,
+            packet_size_max: u32::try_from(packet_size_max).unwrap_or(u32::MAX),
         }
     }
 
@@ -173,7 +174,7 @@ impl Decoder {
     pub fn client(version: ProtocolVersion, packet_size_max: usize) -> Self {
         Decoder {
             version: Some(version),
-            packet_size_max,
+            packet_size_max: u32::try_from(packet_size_max).unwrap_or(u32::MAX),
         }
     }
 
@@ -194,10 +195,11 @@ impl Decoder {
             remaining_len: remaining_len as usize,
             header_len: 1 + used,
         };
-        if header.packet_len() > self.packet_size_max {
+        let packet_size_max = self.packet_size_max as usize;
+        if header.packet_len() > packet_size_max {
             return Err(DecodeError::PacketTooLarge {
                 size: header.packet_len(),
-                max: self.packet_size_max,
+                max: packet_size_max,
             });
         }
         Ok(Some(header))

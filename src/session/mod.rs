@@ -45,7 +45,7 @@ pub struct Session {
     /// Boxed, as `delayed_will`: most sessions have none, and every session pays for the
     /// space of an unboxed one.
     pub will: Option<Box<Will>>,
-    pub username: Option<String>,
+    pub username: Option<Box<str>>,
     /// The password its client connected with, to check again when the password file is
     /// reloaded (as Mosquitto does).
     pub password: Option<Box<[u8]>>,

@@ -404,7 +404,7 @@ impl<B: Backend> Shard<B> {
                 payload: bytes::Bytes::copy_from_slice(&w.payload),
             }))
         });
-        session.username = connect.username.as_ref().map(|u| u.to_string());
+        session.username = connect.username.as_ref().map(|u| Box::from(u.as_str()));
         session.password = connect
             .password
             .as_ref()

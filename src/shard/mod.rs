@@ -321,7 +321,7 @@ impl<B: Backend> Shard<B> {
                 let now = self.now;
                 let Some(c) = self.conn_mut(conn) else { return };
                 c.last_rx = now;
-                if c.tls.is_some() || c.ws.is_some() {
+                if c.layers.is_some() {
                     if !self.transport_received(conn, &data) {
                         return;
                     }

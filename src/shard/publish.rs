@@ -275,7 +275,7 @@ impl<B: Backend> Shard<B> {
         let s = self.sessions.get(&session_id)?;
         Some(Arc::new(crate::retain::Source {
             client_id: s.client_id.clone(),
-            username: s.username.clone(),
+            username: s.username.as_deref().map(str::to_string),
             listener: s.listener,
         }))
     }

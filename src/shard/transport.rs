@@ -41,7 +41,10 @@ impl Handshakes {
 /// MQTT bytes for the peer, framed (WebSockets) and sealed (TLS) as the connection needs;
 /// `closing`: its last bytes, with a close frame and close_notify.
 pub(super) fn seal(c: &mut Conn, plain: Bytes, closing: bool) -> Bytes {
-    let framed = match c.ws.as_mut() {
+    let Some(layers) = c.layers.as_deref_mut() else {
+        return plain;
+    };
+    let framed = match layers.ws.as_mut() {
         Some(ws) => {
             let mut out = Vec::with_capacity(plain.len() + 16);
             if !plain.is_empty() {
@@ -54,7 +57,7 @@ pub(super) fn seal(c: &mut Conn, plain: Bytes, closing: bool) -> Bytes {
         }
         None => plain,
     };
-    let Some(link) = c.tls.as_mut() else {
+    let Some(link) = layers.tls.as_mut() else {
         return framed;
     };
     // Records add at most ~22 bytes per 16 KiB record (TLS 1.3 AEAD tag, header, type).
@@ -72,7 +75,10 @@ pub(super) fn seal(c: &mut Conn, plain: Bytes, closing: bool) -> Bytes {
 fn open(c: &mut Conn, data: &[u8], reply: &mut Vec<u8>) -> Result<bool, String> {
     let mut peer_closed = false;
     let mut plain = BytesMut::new();
-    let (tls, ws, inbuf) = (&mut c.tls, &mut c.ws, &mut c.inbuf);
+    let Some(layers) = c.layers.as_deref_mut() else {
+        return Ok(false);
+    };
+    let (tls, ws, inbuf) = (&mut layers.tls, &mut layers.ws, &mut c.inbuf);
     let above_tls: &[u8] = match tls.as_mut() {
         Some(link) => {
             // Without WebSockets the plaintext is the input itself.
@@ -113,7 +119,7 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conn_mut(conn) else {
             return false;
         };
-        let Some(link) = c.tls.as_mut() else {
+        let Some(link) = c.layers.as_deref_mut().and_then(|l| l.tls.as_mut()) else {
             return self.open_records(conn, data);
         };
         // Bytes after held ones wait behind them, so records stay in order.
@@ -147,7 +153,8 @@ impl<B: Backend> Shard<B> {
             let Some(conn) = self.handshakes.waiting.pop_front() else {
                 return;
             };
-            let Some(link) = self.conn_mut(conn).and_then(|c| c.tls.as_mut()) else {
+            let link = self.conn_mut(conn).and_then(|c| c.layers.as_deref_mut());
+            let Some(link) = link.and_then(|l| l.tls.as_mut()) else {
                 continue; // Closed meanwhile.
             };
             let held = std::mem::take(&mut link.held);
@@ -161,7 +168,9 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conn_mut(conn) else {
             return false;
         };
-        let handshaking = c.tls.as_ref().is_some_and(|link| link.is_handshaking());
+        let handshaking = (c.layers.as_ref())
+            .and_then(|l| l.tls.as_ref())
+            .is_some_and(|link| link.is_handshaking());
         let started = handshaking.then(Instant::now);
         let mut reply = Vec::new();
         let result = open(c, records, &mut reply);
@@ -197,18 +206,22 @@ impl<B: Backend> Shard<B> {
     /// a TLS session; false if none could be made.
     pub(super) fn start_transport(&self, c: &mut Conn) -> bool {
         let listener = self.config.listener(c.listener);
+        if !listener.websockets && listener.tls.is_none() {
+            return true;
+        }
+        let layers = c.layers.get_or_insert_with(Default::default);
         if listener.websockets {
-            c.ws = Some(Box::new(crate::ws::WsLink::new(
+            layers.ws = Some(crate::ws::WsLink::new(
                 self.config.websockets_headers_size,
                 self.config.packet_size_max.max(64 * 1024),
-            )));
+            ));
         }
         let Some(tls) = &listener.tls else {
             return true;
         };
         match crate::tls::link::TlsLink::new(tls.server.clone()) {
             Ok(link) => {
-                c.tls = Some(Box::new(link));
+                layers.tls = Some(link);
                 true
             }
             Err(e) => {
@@ -234,7 +247,7 @@ impl<B: Backend> Shard<B> {
         }
         let certificate = self
             .conn(conn)
-            .and_then(|c| c.tls.as_ref())
+            .and_then(|c| c.layers.as_ref()?.tls.as_ref())
             .and_then(|link| link.peer_certificate());
         let name = certificate.and_then(|der| {
             if settings.use_subject_as_username {
