@@ -35,6 +35,14 @@ else
     exit 2
 fi
 
+# The tag's test certificates expire (v2.0.11's in February 2025): made again, under the same
+# names, with the tag's own script, when the server's has (needs Debian's openssl).
+ssl="$work/test/ssl"
+if [ -f "$ssl/gen.sh" ] && ! openssl x509 -checkend 0 -noout -in "$ssl/server.crt" >/dev/null 2>&1; then
+  echo "the suite's test certificates have expired: making them again with its test/ssl/gen.sh" >&2
+  (cd "$ssl" && sh gen.sh >"$work/ssl-gen.log" 2>&1) || { echo "gen.sh failed: $work/ssl-gen.log" >&2; exit 2; }
+fi
+
 # The broker and password tool the suite calls, at the paths it calls them by.
 mkdir -p "$work/src" "$work/apps/mosquitto_passwd"
 printf '#!/bin/sh\nexec %q %s "$@"\n' "$root/target/release/midge" "${MIDGE_SUITE_IO:+--io $MIDGE_SUITE_IO}" \

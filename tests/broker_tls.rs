@@ -208,10 +208,6 @@ fn tls_configuration_errors_stop_the_start_with_the_reason() {
             "needs cafile or capath",
         ),
         (
-            format!("{ok}use_identity_as_username true\n"),
-            "need require_certificate",
-        ),
-        (
             format!(
                 "{ok}cafile {}\nrequire_certificate true\ncrlfile {cert}\n",
                 pki.path("ca.pem")
@@ -392,4 +388,19 @@ fn tls_version_sets_the_lowest_version() {
         stream.conn.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
+}
+
+#[test]
+fn use_identity_as_username_without_a_client_certificate_is_a_bad_user_name() {
+    // As Mosquitto: without require_certificate no certificate is asked for, and a client
+    // that has none has no user name: CONNACK 4 (bad user name or password).
+    let pki = Pki::new("no-identity");
+    let broker = pki.broker("tls-no-identity", "use_identity_as_username true\n");
+    let mut stream = tls_connect(broker.port, &pki.path("ca.pem"), None).expect("handshake");
+    let ack = connect(&mut stream, "no-identity").expect("a CONNACK");
+    assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
+    let bytes = Packet::ConnAck(ack)
+        .to_bytes(ProtocolVersion::V311)
+        .unwrap();
+    assert_eq!(&bytes[..], &[0x20, 0x02, 0x00, 0x04]);
 }

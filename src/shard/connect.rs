@@ -40,8 +40,10 @@ impl<B: Backend> Shard<B> {
                 }
             },
             Ok(None) => false,
+            // No certificate (require_certificate false): bad user name or password, as
+            // Mosquitto answers (3.1.1 return code 4).
             Err(()) => {
-                self.refuse(conn, &connect, ReasonCode::NotAuthorized);
+                self.refuse(conn, &connect, ReasonCode::BadUserNameOrPassword);
                 return;
             }
         };

@@ -2,8 +2,42 @@
 //! Common Name; `use_subject_as_username`: its whole subject as OpenSSL prints it in RFC 2253
 //! form, which is what Mosquitto compares with its ACL and password files).
 
+use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::x509::{AttributeTypeAndValue, X509Name};
+
+/// `chain` (a server's certificate, maybe with some of its issuers) followed by the issuers
+/// it lacks found in `cas`, up to but not including a self-signed root: the chain OpenSSL
+/// sends when certfile holds the leaf alone and cafile the intermediates.
+pub fn complete_chain(
+    mut chain: Vec<CertificateDer<'static>>,
+    cas: &[CertificateDer<'static>],
+) -> Vec<CertificateDer<'static>> {
+    // (subject, issuer) of each CA, as raw DER names.
+    let names = |der: &[u8]| {
+        X509Certificate::from_der(der)
+            .ok()
+            .map(|(_, c)| (c.subject().as_raw().to_vec(), c.issuer().as_raw().to_vec()))
+    };
+    let ca_names: Vec<_> = cas.iter().map(|ca| names(ca)).collect();
+    // A chain is short; the bound only guards against a loop in odd CA files.
+    for _ in 0..8 {
+        let Some((subject, issuer)) = chain.last().and_then(|last| names(last)) else {
+            break;
+        };
+        if subject == issuer {
+            break; // Self-signed: the root, which the client has.
+        }
+        let next = (cas.iter().zip(&ca_names)).find(|(ca, names)| {
+            names.as_ref().is_some_and(|(s, i)| *s == issuer && s != i) && !chain.contains(ca)
+        });
+        match next {
+            Some((ca, _)) => chain.push(ca.clone()),
+            None => break,
+        }
+    }
+    chain
+}
 
 /// The subject's (first) Common Name.
 pub fn common_name(certificate_der: &[u8]) -> Option<String> {

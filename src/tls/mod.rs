@@ -91,15 +91,10 @@ impl TlsSettings {
         let (Some(certfile), Some(keyfile)) = (&self.certfile, &self.keyfile) else {
             return Err("a TLS listener needs both certfile and keyfile".into());
         };
-        if (self.use_identity_as_username || self.use_subject_as_username)
-            && !self.require_certificate
-        {
-            return Err(
-                "use_identity_as_username and use_subject_as_username need require_certificate true"
-                    .into(),
-            );
-        }
         let chain = certificates(certfile).map_err(|e| format!("certfile {e}"))?;
+        // As OpenSSL does for Mosquitto: intermediates missing from certfile are sent from
+        // cafile/capath, so a leaf-only certfile signed by an intermediate still verifies.
+        let chain = identity::complete_chain(chain, &self.ca_certificates()?);
         let key = PrivateKeyDer::from_pem_file(keyfile)
             .map_err(|e| format!("keyfile {}: {}", keyfile.display(), pem_error(e)))?;
         let versions: &[&'static rustls::SupportedProtocolVersion] = match self.tls_version {
@@ -158,10 +153,8 @@ impl TlsSettings {
         Ok(provider)
     }
 
-    /// The CAs client certificates must chain to: `cafile`, and every certificate file in
-    /// `capath`.
-    fn roots(&self) -> Result<RootCertStore, String> {
-        let mut roots = RootCertStore::empty();
+    /// The certificates of `cafile` and of every certificate file in `capath`.
+    fn ca_certificates(&self) -> Result<Vec<CertificateDer<'static>>, String> {
         let mut files: Vec<PathBuf> = self.cafile.iter().cloned().collect();
         if let Some(dir) = &self.capath {
             let entries =
@@ -173,20 +166,26 @@ impl TlsSettings {
             found.sort();
             files.extend(found);
         }
+        let mut all = Vec::new();
         for file in &files {
             // capath holds other files too (OpenSSL's hash links point at the same ones):
             // only files that fail in cafile are errors.
             match certificates(file).map_err(|e| format!("cafile {e}")) {
-                Ok(certs) => {
-                    for cert in certs {
-                        roots
-                            .add(cert)
-                            .map_err(|e| format!("CA certificate in {}: {e}", file.display()))?;
-                    }
-                }
+                Ok(certs) => all.extend(certs),
                 Err(e) if Some(file) == self.cafile.as_ref() => return Err(e),
                 Err(_) => {}
             }
+        }
+        Ok(all)
+    }
+
+    /// The CAs client certificates must chain to: `cafile` and `capath`.
+    fn roots(&self) -> Result<RootCertStore, String> {
+        let mut roots = RootCertStore::empty();
+        for cert in self.ca_certificates()? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("a CA certificate of cafile/capath: {e}"))?;
         }
         if roots.is_empty() {
             return Err(
