@@ -2,7 +2,11 @@
 //! over real sockets, with raw packets where the wire matters.
 #![allow(dead_code)]
 
+mod paho;
 pub mod tls;
+
+#[allow(unused_imports)] // Used by the tests that run paho, not by every test binary.
+pub use paho::paho_passes;
 
 use bytes::{Bytes, BytesMut};
 use midge::codec::*;
@@ -528,25 +532,6 @@ impl Raw {
             other => panic!("expected PUBLISH, got {other:?}"),
         }
     }
-}
-
-/// Runs tests/interop/paho_client.py (paho-mqtt's QoS 0/1/2, retained, will and MQTT 5
-/// checks) against `broker` with `args` after the port (`--websockets`, a CA, a client
-/// certificate and key), and fails with the script's output and the broker's log.
-pub fn paho_passes(broker: &Broker, args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_client.py");
-    let out = Command::new("timeout")
-        .args(["60", "python3", script, &broker.port.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "paho script ({args:?}) failed: {}{}\nbroker log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        broker.log_lines().join("\n")
-    );
 }
 
 /// A program from Debian's packages (mosquitto is in /usr/sbin, which a PATH may lack).
