@@ -97,7 +97,12 @@ impl Server {
                     Ok(socket) => {
                         let bound = socket.local_addr()?;
                         chosen_port = Some(bound.port());
-                        let family = if bound.is_ipv4() { "ipv4" } else { "ipv6" };
+                        // Mosquitto names a WebSocket listener's sockets "websockets".
+                        let family = match (listener.websockets, bound.is_ipv4()) {
+                            (true, _) => "websockets",
+                            (false, true) => "ipv4",
+                            (false, false) => "ipv6",
+                        };
                         log::info!(target: "information", "Opening {family} listen socket on port {}.", bound.port());
                         addrs.push(bound);
                         first.push(socket);

@@ -116,6 +116,25 @@ fn mqtt_over_websockets_with_frames_split_and_joined() {
         }
     }
     broker.wait_for_log("as ws-sub (p4, c1, k60)");
+    // Mosquitto's lines: its WebSocket listener is "websockets", and a WebSocket client
+    // gets no "New connection from" line (a plain one does).
+    broker.wait_for_log(&format!(
+        "Opening websockets listen socket on port {}.",
+        broker.port
+    ));
+    let new_connection_on = |port: u16| {
+        let tail = format!("on port {port}.");
+        (broker.log_lines().iter()).any(|l| l.contains("New connection from") && l.ends_with(&tail))
+    };
+    // The plain client connected after the WebSocket one: once its line is in, a line for
+    // the WebSocket client would be too (the log is one ordered stream).
+    let line = broker.wait_for_log("New connection from 127.0.0.1:");
+    assert!(new_connection_on(plain_port(&broker)));
+    assert!(
+        line.ends_with(&format!("on port {}.", plain_port(&broker))),
+        "{line}"
+    );
+    assert!(!new_connection_on(broker.port));
 }
 
 #[test]

@@ -299,7 +299,9 @@ impl<B: Backend> Shard<B> {
                     return;
                 }
                 self.conns[index] = Some(c);
-                if self.config.connection_messages {
+                // Mosquitto logs no such line for a WebSocket client (its WebSocket
+                // library accepts the connection); midge neither.
+                if self.config.connection_messages && !self.config.listener(listener).websockets {
                     log::info!(
                         "New connection from {}:{} on port {}.",
                         peer.ip(),
