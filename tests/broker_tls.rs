@@ -286,11 +286,7 @@ fn a_storm_of_slow_handshakes_is_spread_over_loop_turns_and_every_one_completes(
             .args(args)
             .output()
             .expect("Debian's openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
     };
     let csr = pki.path("rsa.csr");
     openssl(&[

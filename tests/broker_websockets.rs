@@ -265,16 +265,7 @@ fn midge_tools_over_websockets() {
         .args(["-L", &url, "-m", "framed", "-q", "1"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let got = sub.join().unwrap();
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&got.stdout), "framed\n");
+    assert_eq!(succeeded(&got), "framed\n");
 }

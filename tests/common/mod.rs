@@ -534,6 +534,17 @@ impl Raw {
     }
 }
 
+/// What a tool printed, once it is known to have succeeded (otherwise its stderr fails
+/// the test).
+pub fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A program from Debian's packages (mosquitto is in /usr/sbin, which a PATH may lack).
 pub fn program(name: &str) -> String {
     let found = Command::new("which")
