@@ -4,6 +4,7 @@ pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod listen;
 pub mod logging;
 pub mod retain;
 pub mod router;

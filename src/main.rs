@@ -176,6 +176,10 @@ fn test_config(config: &Config) -> ExitCode {
         }
     };
     for listener in &config.listeners {
+        if let Some(path) = &listener.unix_socket {
+            println!("listener unix {path}");
+            continue;
+        }
         match listener.addrs() {
             Ok(addrs) => {
                 for addr in addrs {

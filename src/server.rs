@@ -1,41 +1,26 @@
 //! Starting and stopping the broker: listening sockets for every shard, the shared state,
 //! one pinned thread per shard.
 
-use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::{Config, CpuAffinity, IoBackend};
+use crate::listen::{self, SocketFile};
 use crate::shard::io::epoll::Epoll;
 use crate::shard::io::uring::{self, Uring};
-use crate::shard::io::{Io, Waker};
+use crate::shard::io::{Io, ListenSocket, Waker};
 use crate::shard::{ReloadSignals, Shard, Shared};
 
 pub struct Server {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-    /// The addresses actually bound (port 0 resolved).
+    /// The TCP addresses actually bound (port 0 resolved).
     pub addrs: Vec<SocketAddr>,
-}
-
-/// A listening socket that other shards may bind too (`SO_REUSEPORT`: the kernel spreads
-/// new connections across them); `interface` is `bind_interface`.
-fn bind(addr: SocketAddr, interface: Option<&str>) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    if let Some(interface) = interface {
-        socket.bind_device(Some(interface.as_bytes()))?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+    /// Unix socket listeners' files, removed when the server is dropped.
+    pub unix_sockets: Vec<SocketFile>,
 }
 
 impl Server {
@@ -71,17 +56,33 @@ impl Server {
         }
         // Bind the first shard's sockets, resolving port 0 (one free port per listener,
         // shared by its addresses).
-        let mut first = Vec::new();
+        let mut first: Vec<ListenSocket> = Vec::new();
         let mut addrs = Vec::new();
-        // Per socket: its configured listener and bind_interface.
+        let mut unix_sockets = Vec::new();
+        // Per socket: its configured listener, and how other shards get theirs (a TCP
+        // address and bind_interface to bind again; a Unix socket is shared).
         let mut listener_of_socket = Vec::new();
-        let mut interfaces = Vec::new();
+        let mut rebind = Vec::new();
         for (index, listener) in config.listeners.iter().enumerate() {
             if let Some(why) = listener.not_opened {
                 log::warn!(
                     "Warning: not opening the listener on port {}: {why}.",
                     listener.port
                 );
+                continue;
+            }
+            if let Some(path) = &listener.unix_socket {
+                log::info!(target: "information", "Opening unix listen socket on path {path}.");
+                let (socket, file) = listen::unix(path.as_ref()).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on unix socket {path}: {e}"),
+                    )
+                })?;
+                first.push(ListenSocket::Unix(socket));
+                unix_sockets.push(file);
+                listener_of_socket.push(index);
+                rebind.push(None);
                 continue;
             }
             let interface = listener.bind_interface.as_deref();
@@ -93,7 +94,7 @@ impl Server {
                 if let (0, Some(port)) = (addr.port(), chosen_port) {
                     addr.set_port(port);
                 }
-                match bind(addr, interface) {
+                match listen::tcp(addr, interface) {
                     Ok(socket) => {
                         let bound = socket.local_addr()?;
                         chosen_port = Some(bound.port());
@@ -105,9 +106,9 @@ impl Server {
                         };
                         log::info!(target: "information", "Opening {family} listen socket on port {}.", bound.port());
                         addrs.push(bound);
-                        first.push(socket);
+                        first.push(socket.into());
                         listener_of_socket.push(index);
-                        interfaces.push(interface);
+                        rebind.push(Some((bound, interface)));
                     }
                     Err(e) if addr.is_ipv6() && (listener.loopback || listener.bind.is_none()) => {
                         log::warn!("Warning: no IPv6 listener on {addr}: {e}");
@@ -131,18 +132,19 @@ impl Server {
             })
         };
         let mut backends = Vec::with_capacity(shards);
-        backends.push(backend(first)?);
         for _ in 1..shards {
-            let sockets = addrs
-                .iter()
-                .zip(&interfaces)
-                .map(|(&addr, interface)| bind(addr, *interface))
+            let sockets = (first.iter().zip(&rebind))
+                .map(|(socket, rebind)| match rebind {
+                    Some((addr, interface)) => listen::tcp(*addr, *interface).map(Into::into),
+                    None => socket.try_clone(),
+                })
                 .collect::<io::Result<Vec<_>>>()?;
             backends.push(backend(sockets)?);
         }
+        backends.insert(0, backend(first)?);
         log::debug!("Shards use the {} backend.", backends[0].name());
         if let Some(user) = &config.user {
-            drop_privileges(user)?;
+            drop_privileges(user, &unix_sockets)?;
         }
         let wakers: Vec<Arc<dyn Waker>> = backends.iter().map(|b| b.waker()).collect();
         let (shared, receivers) = Shared::new(
@@ -185,6 +187,7 @@ impl Server {
             shared,
             threads,
             addrs,
+            unix_sockets,
         })
     }
 
@@ -335,8 +338,9 @@ fn lookup_user(user: &str) -> io::Result<Option<(libc::uid_t, libc::gid_t)>> {
 /// `user`: when running as root, become this user (and its primary group) once the
 /// listeners are open, as Mosquitto does: `root` stays root; the default `mosquitto`, if
 /// there is no such user, falls back to `nobody`; any other missing user is an error. Not
-/// root: nothing to do.
-fn drop_privileges(user: &str) -> io::Result<()> {
+/// root: nothing to do. Unix socket files go to that user and group first, so that they
+/// end as Mosquitto's do (it binds them after dropping privileges).
+fn drop_privileges(user: &str, unix_sockets: &[SocketFile]) -> io::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || user == "root" {
         return Ok(());
@@ -356,6 +360,9 @@ fn drop_privileges(user: &str) -> io::Result<()> {
             )))
         }
     };
+    for file in unix_sockets {
+        std::os::unix::fs::chown(file.path(), Some(uid), Some(gid))?;
+    }
     let name = std::ffi::CString::new(user).map_err(io::Error::other)?;
     // SAFETY: initgroups reads the NUL-terminated name; setgid/setuid take plain ids. Order
     // matters: groups and gid while still root, then uid.

@@ -1,12 +1,15 @@
 //! TLS and secure WebSockets with other clients and tools: Debian's `mosquitto_pub` and
 //! `mosquitto_sub` with client certificates, midge's tools failing as `mosquitto_pub` does,
-//! midge's tools against Debian's `mosquitto` over TLS, paho-mqtt over TLS and `wss://`.
+//! midge's tools against Debian's `mosquitto` over TLS, `--ciphers` chosen as
+//! `mosquitto_pub` chooses them, paho-mqtt over TLS and `wss://`.
 
 mod common;
 
 use common::tls::*;
 use common::*;
+use std::io::{Read, Write};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn run(program_name: &str, args: &[&str]) -> std::process::Output {
@@ -258,4 +261,94 @@ fn paho_mqtt_over_secure_websockets() {
     let [ca, cert, key] = identity.each_ref().map(String::as_str);
     paho_passes(&broker, &["--websockets", ca, cert, key]);
     broker.wait_for_log("as paho-pub5 (p5, c1, k60, u'alice')");
+}
+
+/// A TLS server that speaks only TLS 1.2 with one suite (neither broker can be made to:
+/// their `tls_version` is the lowest version): it completes handshakes, answers CONNECT
+/// with a CONNACK and reads to the end, for `connections` connections. Returns its port.
+fn tls12_only_server(pki: &Pki, suite: rustls::SupportedCipherSuite, connections: usize) -> u16 {
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![suite];
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            pem_certs(&pki.path("server.pem")),
+            PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap(),
+        )
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().take(connections) {
+            let mut tcp = tcp.unwrap();
+            tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut session = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::Stream::new(&mut session, &mut tcp);
+            let mut byte = [0u8; 1];
+            // The first byte of CONNECT ends the handshake; a failed handshake ends here.
+            if tls.read_exact(&mut byte).is_err() {
+                continue;
+            }
+            let _ = tls.write_all(&[0x20, 2, 0, 0]);
+            while matches!(tls.read(&mut [0u8; 256]), Ok(n) if n > 0) {}
+        }
+    });
+    port
+}
+
+#[test]
+fn midge_tools_choose_tls12_ciphers_as_mosquittos_do() {
+    let pki = Pki::new("tool-ciphers");
+    let ca = pki.path("ca.pem");
+    let base = ["-h", "localhost", "-t", "x", "-m", "m", "--cafile", &ca];
+    let unable = (
+        Some(1),
+        "Unable to connect (A TLS error occurred.).".to_string(),
+    );
+    let suite = rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384;
+    let cases = [
+        ("the server's suite", "ECDHE-ECDSA-AES256-GCM-SHA384", true),
+        (
+            "a list holding it",
+            "ECDHE-ECDSA-AES128-GCM-SHA256:AES256",
+            true,
+        ),
+        ("no suite in common", "ECDHE-ECDSA-AES128-GCM-SHA256", false),
+        ("a list naming nothing known", "NO-SUCH-CIPHER", false),
+    ];
+    for (what, ciphers, connects) in cases {
+        // One server per case, one connection for each tool.
+        let port = tls12_only_server(&pki, suite, 2).to_string();
+        let args = [&base[..], &["-p", &port, "--ciphers", ciphers][..]].concat();
+        let ours = outcome(&run(&tool("midge-pub"), &args));
+        let theirs = outcome(&run(&tool("mosquitto_pub"), &args));
+        assert_eq!(ours, theirs, "{what}");
+        let expected = if connects {
+            (Some(0), String::new())
+        } else {
+            unable.clone()
+        };
+        assert_eq!(ours, expected, "{what}");
+    }
+    // `--ciphers` names TLS 1.2 suites; over TLS 1.3 (a broker's default) it changes
+    // nothing, in libmosquitto as in midge's tools.
+    let broker = pki.broker("tls-tool-ciphers", "allow_anonymous true\n");
+    let port = broker.port.to_string();
+    let args = [
+        &base[..],
+        &["-p", &port, "--ciphers", "ECDHE-RSA-CHACHA20-POLY1305"][..],
+    ]
+    .concat();
+    assert_eq!(
+        outcome(&run(&tool("midge-pub"), &args)),
+        (Some(0), String::new())
+    );
+    assert_eq!(
+        outcome(&run(&tool("mosquitto_pub"), &args)),
+        (Some(0), String::new())
+    );
 }

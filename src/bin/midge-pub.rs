@@ -12,12 +12,14 @@ use midge::client::Client;
 const USAGE: &str = "\
 midge-pub publishes a message on a topic and exits (mosquitto_pub's options).
 
-Usage: midge-pub {[-h host] [-p port] [-u username] [-P password] -t topic | -L URL}
+Usage: midge-pub {[-h host] [--unix path] [-p port] [-u username] [-P password] -t topic | -L URL}
                  {-f file | -l | -n | -m message | -s}
                  [-c] [-k keepalive] [-q qos] [-r] [--repeat N] [--repeat-delay time]
                  [-x session-expiry] [-A bind_address] [--nodelay] [-i id] [-I id_prefix]
                  [-d] [--quiet] [-V mqttv5|mqttv311|mqttv31] [-D command identifier value]
                  [--will-topic topic [--will-payload payload] [--will-qos qos] [--will-retain]]
+                 [{--cafile file | --capath dir | --tls-use-os-certs} [--cert file --key file]
+                  [--insecure] [--tls-version tlsv1.3|tlsv1.2] [--ciphers list]]
        midge-pub --help
 ";
 

@@ -13,13 +13,15 @@ use midge::codec::{Properties, Publish, QoS, RetainHandling, SubscriptionOptions
 const USAGE: &str = "\
 midge-sub subscribes to topics and prints the messages it receives (mosquitto_sub's options).
 
-Usage: midge-sub {[-h host] [-p port] [-u username] [-P password] -t topic | -L URL [-t topic]}
+Usage: midge-sub {[-h host] [--unix path] [-p port] [-u username] [-P password] -t topic | -L URL [-t topic]}
                  [-c] [-k keepalive] [-q qos] [-x session-expiry-interval]
                  [-C msg_count] [-E] [-R] [--retained-only] [--remove-retained] [-T filter_out]
                  [-U topic ...] [-F format] [-W timeout_secs] [-A bind_address] [--nodelay]
                  [-i id] [-I id_prefix] [-d] [-N] [--quiet] [-v] [-V mqttv5|mqttv311|mqttv31]
                  [--will-topic topic [--will-payload payload] [--will-qos qos] [--will-retain]]
                  [-D command identifier value]
+                 [{--cafile file | --capath dir | --tls-use-os-certs} [--cert file --key file]
+                  [--insecure] [--tls-version tlsv1.3|tlsv1.2] [--ciphers list]]
        midge-sub --help
 ";
 

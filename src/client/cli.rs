@@ -78,6 +78,7 @@ impl Default for Common {
                 debug: false,
                 tls: Default::default(),
                 websocket: false,
+                unix: None,
             },
             port_given: false,
             url_tls: false,
@@ -173,8 +174,8 @@ impl Common {
                     crate::tls::TlsVersion::parse(version).map_err(|e| format!("Error: {e}."))?,
                 );
             }
-            "--ciphers"
-            | "--tls-alpn"
+            "--ciphers" => c.tls.ciphers = Some(value(args, i, "cipher list")?.to_string()),
+            "--tls-alpn"
             | "--tls-engine"
             | "--keyform"
             | "--tls-engine-kpass-sha1"
@@ -185,9 +186,8 @@ impl Common {
                     args[*i]
                 ))
             }
-            "--unix" | "--proxy" => {
-                return Err(format!("Error: {} is not supported yet.", args[*i]))
-            }
+            "--unix" => c.unix = Some(value(args, i, "unix socket path")?.into()),
+            "--proxy" => return Err(format!("Error: {} is not supported yet.", args[*i])),
             _ => return Ok(false),
         }
         *i += 1;

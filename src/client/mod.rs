@@ -9,6 +9,7 @@ pub mod tls;
 use bytes::{Bytes, BytesMut};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::codec::{
@@ -96,6 +97,8 @@ pub struct ConnectOptions {
     pub tls: tls::ClientTls,
     /// `-L ws://` or `wss://`: MQTT over WebSockets (path `/mqtt`).
     pub websocket: bool,
+    /// `--unix PATH`: a Unix socket instead of `host` and `port`.
+    pub unix: Option<PathBuf>,
 }
 
 pub struct Client {
@@ -116,7 +119,17 @@ pub struct Client {
     name: String,
 }
 
-fn connect_stream(options: &ConnectOptions) -> io::Result<TcpStream> {
+/// The connection to the broker: its Unix socket (`--unix`), or TCP to `host` and `port`.
+fn connect_socket(options: &ConnectOptions) -> io::Result<socket2::Socket> {
+    if let Some(path) = &options.unix {
+        return Ok(std::os::unix::net::UnixStream::connect(path)?.into());
+    }
+    let tcp = connect_tcp(options)?;
+    tcp.set_nodelay(options.nodelay)?;
+    Ok(tcp.into())
+}
+
+fn connect_tcp(options: &ConnectOptions) -> io::Result<TcpStream> {
     let addrs: Vec<SocketAddr> = (options.host.as_str(), options.port)
         .to_socket_addrs()?
         .collect();
@@ -149,19 +162,22 @@ fn connect_stream(options: &ConnectOptions) -> io::Result<TcpStream> {
 impl Client {
     /// Connects and waits for CONNACK; a refusal is an error carrying its reason.
     pub fn connect(options: &ConnectOptions) -> Result<(Client, ConnAck), ClientError> {
-        let tcp = connect_stream(options)?;
-        tcp.set_nodelay(options.nodelay)?;
+        let socket = connect_socket(options)?;
         let stream = if options.tls.enabled() {
-            let config = options.tls.config()?;
-            tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-            tls::Stream::tls(tcp, config, &options.host).map_err(|e| {
+            let config = options.tls.config().inspect_err(|e| {
+                if let (true, ClientError::Tls(why)) = (options.debug, e) {
+                    eprintln!("Error: {why}");
+                }
+            })?;
+            socket.set_read_timeout(Some(Duration::from_secs(30)))?;
+            tls::Stream::tls(socket, config, &options.host).map_err(|e| {
                 if options.debug {
                     eprintln!("TLS: {e}");
                 }
                 ClientError::Tls(e.to_string())
             })?
         } else {
-            tls::Stream::Plain(tcp)
+            tls::Stream::Plain(socket)
         };
         let stream = if options.websocket {
             let scheme = if options.tls.enabled() { "wss" } else { "ws" };
@@ -171,7 +187,7 @@ impl Client {
             };
             let url = format!("{scheme}://{host}:{}/mqtt", options.port);
             stream
-                .tcp()
+                .socket()
                 .set_read_timeout(Some(Duration::from_secs(30)))?;
             stream.websocket(&url).map_err(|e| {
                 ClientError::Protocol(format!("WebSocket upgrade to {url} failed: {e}"))
@@ -319,7 +335,7 @@ impl Client {
                 .min()
                 .unwrap_or(Duration::from_secs(3600))
                 .max(Duration::from_millis(1));
-            self.stream.tcp().set_read_timeout(Some(wait))?;
+            self.stream.socket().set_read_timeout(Some(wait))?;
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(ClientError::Closed(None)),
@@ -570,7 +586,7 @@ impl Client {
         // Wait briefly for the broker to close, so nothing sent is cut off by a reset.
         let _ = self
             .stream
-            .tcp()
+            .socket()
             .set_read_timeout(Some(Duration::from_secs(1)));
         let mut sink = [0u8; 512];
         while matches!(self.stream.read(&mut sink), Ok(n) if n > 0) {}

@@ -1,16 +1,16 @@
 //! TLS and WebSockets for `midge-pub` and `midge-sub`. TLS with `mosquitto_pub`'s options: `--cafile`,
 //! `--capath`, `--tls-use-os-certs` (any of them turns TLS on, as in Mosquitto), `--cert` and
-//! `--key`, `--insecure` (the chain is still checked; only the host name is not), and
-//! `--tls-version` (exactly that version, as libmosquitto does).
+//! `--key`, `--insecure` (the chain is still checked; only the host name is not),
+//! `--tls-version` (the lowest version allowed, as in libmosquitto) and `--ciphers` (TLS 1.2
+//! suites, OpenSSL's names).
 
+use socket2::Socket;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::ring as provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore};
@@ -27,6 +27,9 @@ pub struct ClientTls {
     pub key: Option<PathBuf>,
     pub insecure: bool,
     pub version: Option<TlsVersion>,
+    /// `--ciphers`: an OpenSSL list of TLS 1.2 suites, as libmosquitto's `tls_ciphers`
+    /// (TLS 1.3 keeps its suites).
+    pub ciphers: Option<String>,
 }
 
 impl ClientTls {
@@ -72,12 +75,15 @@ impl ClientTls {
         if roots.is_empty() {
             return Err(problem("no CA certificate found".into()));
         }
+        // The lowest version, as libmosquitto's tls_version: tlsv1.2 allows 1.3 too.
         let versions: &[&'static rustls::SupportedProtocolVersion] = match self.version {
             Some(TlsVersion::V13) => &[&rustls::version::TLS13],
-            Some(TlsVersion::V12) => &[&rustls::version::TLS12],
-            None => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            Some(TlsVersion::V12) | None => &[&rustls::version::TLS13, &rustls::version::TLS12],
         };
-        let provider = Arc::new(provider::default_provider());
+        // A list OpenSSL would refuse fails as libmosquitto's connect does.
+        let provider = crate::tls::ciphers::provider(self.ciphers.as_deref(), None)
+            .map_err(|e| problem(format!("Unable to set TLS ciphers: {e}")))?;
+        let provider = Arc::new(provider);
         let roots = Arc::new(roots);
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
@@ -168,8 +174,9 @@ impl ServerCertVerifier for AnyName {
 
 /// The connection to the broker: plain TCP, TLS over it, WebSockets over either.
 pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<ClientConnection, TcpStream>>),
+    /// A TCP or Unix socket.
+    Plain(Socket),
+    Tls(Box<rustls::StreamOwned<ClientConnection, Socket>>),
     Ws(Box<WsStream>),
 }
 
@@ -204,23 +211,24 @@ impl Stream {
 }
 
 impl Stream {
-    /// Wraps `tcp` in TLS for `host` and completes the handshake.
-    pub fn tls(tcp: TcpStream, config: Arc<ClientConfig>, host: &str) -> io::Result<Stream> {
+    /// Wraps `socket` in TLS for `host` and completes the handshake.
+    pub fn tls(socket: Socket, config: Arc<ClientConfig>, host: &str) -> io::Result<Stream> {
         let name = ServerName::try_from(host.to_string())
             .map_err(|_| io::Error::other(format!("bad host name {host:?}")))?;
         let session = ClientConnection::new(config, name).map_err(io::Error::other)?;
-        let mut stream = rustls::StreamOwned::new(session, tcp);
+        let mut stream = rustls::StreamOwned::new(session, socket);
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
         }
         Ok(Stream::Tls(Box::new(stream)))
     }
 
-    pub fn tcp(&self) -> &TcpStream {
+    /// The socket under the layers.
+    pub fn socket(&self) -> &Socket {
         match self {
-            Stream::Plain(tcp) => tcp,
+            Stream::Plain(socket) => socket,
             Stream::Tls(tls) => &tls.sock,
-            Stream::Ws(ws) => ws.ws.get_ref().tcp(),
+            Stream::Ws(ws) => ws.ws.get_ref().socket(),
         }
     }
 
@@ -242,14 +250,14 @@ impl Stream {
             }
             Stream::Plain(_) => {}
         }
-        let _ = self.tcp().shutdown(std::net::Shutdown::Write);
+        let _ = self.socket().shutdown(std::net::Shutdown::Write);
     }
 }
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Plain(socket) => socket.read(buf),
             Stream::Tls(tls) => tls.read(buf),
             Stream::Ws(ws) => ws.read(buf),
         }
@@ -284,7 +292,7 @@ impl Read for WsStream {
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Plain(socket) => socket.write(buf),
             Stream::Tls(tls) => tls.write(buf),
             Stream::Ws(ws) => {
                 let message = tungstenite::Message::Binary(bytes::Bytes::copy_from_slice(buf));
@@ -296,7 +304,7 @@ impl Write for Stream {
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Plain(socket) => socket.flush(),
             Stream::Tls(tls) => tls.flush(),
             Stream::Ws(ws) => ws.ws.flush().map_err(io::Error::other),
         }

@@ -101,9 +101,11 @@ pub struct Listener {
     pub max_qos: crate::codec::QoS,
     /// `use_username_as_clientid`: the user name replaces the client id.
     pub use_username_as_clientid: bool,
-    /// Why this listener is not opened: a kind midge does not serve yet (`protocol
-    /// websockets`, a unix socket), with a warning rather than a refusal to start.
+    /// Why this listener is not opened: a kind midge does not serve, with a warning rather
+    /// than a refusal to start.
     pub not_opened: Option<&'static str>,
+    /// `listener 0 PATH`: a Unix socket at PATH instead of a TCP port.
+    pub unix_socket: Option<String>,
     /// Used when `per_listener_settings` is true.
     pub security: Security,
     /// `protocol websockets`: MQTT over WebSockets (`ws.rs`), over TLS too with `certfile`.
@@ -128,6 +130,7 @@ impl Default for Listener {
             max_qos: crate::codec::QoS::ExactlyOnce,
             use_username_as_clientid: false,
             not_opened: None,
+            unix_socket: None,
             security: Security::default(),
             websockets: false,
             tls_settings: Default::default(),
@@ -410,11 +413,9 @@ impl Config {
     pub fn reloaded(&self, mut new: Config) -> (Config, Vec<String>) {
         let mut warnings = Vec::new();
         let same_listeners = new.listeners.len() == self.listeners.len()
-            && new
-                .listeners
-                .iter()
-                .zip(&self.listeners)
-                .all(|(a, b)| a.port == b.port && a.bind == b.bind);
+            && new.listeners.iter().zip(&self.listeners).all(|(a, b)| {
+                a.port == b.port && a.bind == b.bind && a.unix_socket == b.unix_socket
+            });
         if !same_listeners && !self.local_only {
             warnings.push("listener changes take effect on restart".to_string());
         }

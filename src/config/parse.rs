@@ -237,12 +237,24 @@ impl Reader {
                 } else {
                     self.top.clone()
                 };
-                if bind.as_deref().is_some_and(|b| b.starts_with('/')) {
-                    line.warn("unix socket listeners are not supported by midge yet; this listener will not be opened.");
-                    listener.not_opened = Some("unix sockets are not supported yet");
-                }
                 listener.port = port;
-                listener.bind = bind;
+                listener.unix_socket = None;
+                match bind {
+                    // Port 0 with a path is a Unix socket, as in Mosquitto (any argument
+                    // that is not an IP address; with an IP address or none, port 0 is a
+                    // free port, midge's own).
+                    Some(path) if port == 0 && path.parse::<std::net::IpAddr>().is_err() => {
+                        // sockaddr_un's sun_path: 108 bytes with the terminating NUL.
+                        if path.len() > 107 {
+                            return Err(line.err(format!(
+                                "Path to unix socket is too long \"{path}\" (at most 107 bytes)"
+                            )));
+                        }
+                        listener.unix_socket = Some(path);
+                        listener.bind = None;
+                    }
+                    bind => listener.bind = bind,
+                }
                 config.listeners.push(listener);
                 self.in_listener = true;
             }

@@ -204,8 +204,15 @@ fn later_features_warn_and_unknown_options_fail() {
     let c = read("listener 9001\nprotocol websockets\nwebsockets_headers_size 0\n").unwrap();
     assert!(c.listeners[0].websockets && c.listeners[0].not_opened.is_none());
     assert_eq!(c.websockets_headers_size, 1024);
-    let c = read("listener 0 /tmp/mosquitto.sock\nlistener 1883\n").unwrap();
-    assert!(c.listeners[0].not_opened.is_some() && c.listeners[1].not_opened.is_none());
+    let c = read("listener 0 /tmp/mosquitto.sock\nlistener 0 127.0.0.1\nlistener 1883\n").unwrap();
+    assert_eq!(
+        c.listeners[0].unix_socket.as_deref(),
+        Some("/tmp/mosquitto.sock")
+    );
+    assert!(c.listeners[0].bind.is_none() && c.listeners[0].not_opened.is_none());
+    assert!(c.listeners[1].unix_socket.is_none() && c.listeners[2].unix_socket.is_none());
+    let long = format!("listener 0 /{}\n", "a".repeat(107));
+    assert!(read(&long).unwrap_err().to_string().contains("too long"));
     assert!(read("listener 9001\nprotocol http\n").is_err());
     assert!(read("mount_point a/#\n").is_err());
 }

@@ -11,7 +11,8 @@ use crate::topic::SessionId;
 
 pub struct Conn {
     pub id: ConnId,
-    pub peer: SocketAddr,
+    /// `None` on a Unix socket (see `peer_host`).
+    pub peer: Option<SocketAddr>,
     pub local_port: u16,
     /// The configured listener it arrived on (index into `Config::listeners`).
     pub listener: usize,
@@ -68,9 +69,20 @@ pub struct ConnExtras {
 }
 
 impl Conn {
+    /// The peer as Mosquitto's log lines name it: its IP address, or on a Unix socket the
+    /// socket's path.
+    pub fn peer_host(&self, config: &crate::config::Config) -> String {
+        peer_host(self.peer, config.listener(self.listener))
+    }
+
+    /// The peer's port (0 on a Unix socket, as Mosquitto logs it).
+    pub fn peer_port(&self) -> u16 {
+        self.peer.map_or(0, |p| p.port())
+    }
+
     pub fn new(
         id: ConnId,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
         local_port: u16,
         listener: usize,
         packet_size_max: usize,
@@ -122,6 +134,15 @@ pub fn live_mut(conns: &mut [Option<Box<Conn>>], conn: ConnId) -> Option<&mut Co
         .get_mut(conn.slot())
         .and_then(Option::as_deref_mut)
         .filter(|c| c.id == conn)
+}
+
+/// See `Conn::peer_host`.
+pub fn peer_host(peer: Option<SocketAddr>, listener: &crate::config::Listener) -> String {
+    match (peer, &listener.unix_socket) {
+        (Some(peer), _) => peer.ip().to_string(),
+        (None, Some(path)) => path.clone(),
+        (None, None) => "unix-socket".into(),
+    }
 }
 
 #[cfg(test)]

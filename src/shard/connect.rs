@@ -427,7 +427,9 @@ impl<B: Backend> Shard<B> {
 
         let keepalive = connect.keep_alive.min(self.config.keepalive_max_s);
         let now = self.now;
-        let Some(c) = self.conn_mut(conn) else { return };
+        let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
+            return;
+        };
         c.session = Some(session_id);
         c.client_id = Some(client_id.clone());
         c.keepalive_s = keepalive;
@@ -437,8 +439,8 @@ impl<B: Backend> Shard<B> {
             .request_problem_information
             .unwrap_or(true);
         c.last_rx = now;
-        let (ip, port) = (c.peer.ip(), c.peer.port());
         if self.config.connection_messages {
+            let (ip, port) = (c.peer_host(&self.config), c.peer_port());
             let user = connect
                 .username
                 .as_ref()

@@ -252,7 +252,7 @@ impl<B: Backend> Shard<B> {
             Event::Accepted {
                 conn,
                 peer,
-                local,
+                local_port,
                 socket,
             } => {
                 let listener = self
@@ -274,7 +274,7 @@ impl<B: Backend> Shard<B> {
                     count.fetch_sub(1, Ordering::AcqRel);
                     log::info!(
                         "Client connection from {} denied: max_connections exceeded.",
-                        peer.ip()
+                        conn::peer_host(peer, self.config.listener(listener))
                     );
                     self.backend.close(conn);
                     return;
@@ -287,7 +287,7 @@ impl<B: Backend> Shard<B> {
                 let mut c = Box::new(Conn::new(
                     conn,
                     peer,
-                    local.port(),
+                    local_port,
                     listener,
                     self.config.packet_size_max,
                     self.now,
@@ -298,23 +298,22 @@ impl<B: Backend> Shard<B> {
                     self.backend.close(conn);
                     return;
                 }
-                self.conns[index] = Some(c);
                 // Mosquitto logs no such line for a WebSocket client (its WebSocket
                 // library accepts the connection); midge neither.
                 if self.config.connection_messages && !self.config.listener(listener).websockets {
                     log::info!(
-                        "New connection from {}:{} on port {}.",
-                        peer.ip(),
-                        peer.port(),
-                        local.port()
+                        "New connection from {}:{} on port {local_port}.",
+                        c.peer_host(&self.config),
+                        c.peer_port(),
                     );
                 }
                 log::debug!(
                     "Connection from {}:{} is served by shard {}.",
-                    peer.ip(),
-                    peer.port(),
+                    c.peer_host(&self.config),
+                    c.peer_port(),
                     self.id
                 );
+                self.conns[index] = Some(c);
             }
             Event::Received { conn, data } => {
                 self.shared.stats[self.id]

@@ -116,7 +116,7 @@ impl<B: Backend> Shard<B> {
     /// the next turn.
     pub(super) fn transport_received(&mut self, conn: ConnId, data: &BytesMut) -> bool {
         let over_budget = self.handshakes.spent >= HANDSHAKE_TIME_PER_TURN;
-        let Some(c) = self.conn_mut(conn) else {
+        let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
             return false;
         };
         let Some(link) = c.layers.as_deref_mut().and_then(|l| l.tls.as_mut()) else {
@@ -128,7 +128,7 @@ impl<B: Backend> Shard<B> {
             if link.held.len() + data.len() > HELD_MAX {
                 log::info!(
                     "Client connection from {} failed: more than {HELD_MAX} bytes sent during its TLS handshake.",
-                    c.peer.ip()
+                    c.peer_host(&self.config)
                 );
                 self.connection_lost(conn, CloseReason::SocketError);
                 return false;
@@ -174,7 +174,7 @@ impl<B: Backend> Shard<B> {
         let started = handshaking.then(Instant::now);
         let mut reply = Vec::new();
         let result = open(c, records, &mut reply);
-        let peer = c.peer;
+        let (peer, listener) = (c.peer, c.listener);
         if let Some(started) = started {
             self.handshakes.spent += started.elapsed();
         }
@@ -195,7 +195,8 @@ impl<B: Backend> Shard<B> {
             Err(e) => {
                 // Mosquitto logs OpenSSL's (or libwebsockets') reason and closes; so does
                 // midge, with rustls's or its own.
-                log::info!("Client connection from {} failed: {e}.", peer.ip());
+                let host = super::conn::peer_host(peer, self.config.listener(listener));
+                log::info!("Client connection from {host} failed: {e}.");
                 self.connection_lost(conn, CloseReason::SocketError);
                 false
             }
@@ -225,7 +226,10 @@ impl<B: Backend> Shard<B> {
                 true
             }
             Err(e) => {
-                log::error!("Client connection from {} failed: TLS: {e}.", c.peer.ip());
+                log::error!(
+                    "Client connection from {} failed: TLS: {e}.",
+                    c.peer_host(&self.config)
+                );
                 false
             }
         }

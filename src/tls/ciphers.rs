@@ -80,6 +80,31 @@ const NEVER_OFFERED: &[&str] = &[
     "AESCCM", "AESCCM8", "CCM",
 ];
 
+/// rustls's ring provider with the suites that an OpenSSL `ciphers` list (TLS 1.2) and a
+/// `ciphers_tls1.3` list choose; a version whose list is not given keeps all its suites.
+pub fn provider(
+    tls12_list: Option<&str>,
+    tls13_list: Option<&str>,
+) -> Result<rustls::crypto::CryptoProvider, String> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let of = |version: &rustls::SupportedProtocolVersion| {
+        (provider.cipher_suites.iter())
+            .filter(|s| s.version() == version)
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    let tls13 = match tls13_list {
+        Some(list) => tls13(list)?,
+        None => of(&rustls::version::TLS13),
+    };
+    let tls12 = match tls12_list {
+        Some(list) => tls12(list)?,
+        None => of(&rustls::version::TLS12),
+    };
+    provider.cipher_suites = tls13.into_iter().chain(tls12).collect();
+    Ok(provider)
+}
+
 /// The TLS 1.2 suites an OpenSSL `ciphers` list selects, in the list's order.
 pub fn tls12(list: &str) -> Result<Vec<SupportedCipherSuite>, String> {
     let mut chosen: Vec<SupportedCipherSuite> = Vec::new();

@@ -13,7 +13,6 @@ pub mod link;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::crypto::ring as provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -131,26 +130,9 @@ impl TlsSettings {
         })
     }
 
-    /// rustls's ring provider with the suites `ciphers` and `ciphers_tls1.3` choose (each
-    /// version keeps all of its suites when its list is not given).
+    /// rustls's ring provider with the suites `ciphers` and `ciphers_tls1.3` choose.
     fn provider(&self) -> Result<rustls::crypto::CryptoProvider, String> {
-        let mut provider = provider::default_provider();
-        let of = |version: &rustls::SupportedProtocolVersion| {
-            (provider.cipher_suites.iter())
-                .filter(|s| s.version() == version)
-                .copied()
-                .collect::<Vec<_>>()
-        };
-        let tls13 = match &self.ciphers_tls13 {
-            Some(list) => ciphers::tls13(list)?,
-            None => of(&rustls::version::TLS13),
-        };
-        let tls12 = match &self.ciphers {
-            Some(list) => ciphers::tls12(list)?,
-            None => of(&rustls::version::TLS12),
-        };
-        provider.cipher_suites = tls13.into_iter().chain(tls12).collect();
-        Ok(provider)
+        ciphers::provider(self.ciphers.as_deref(), self.ciphers_tls13.as_deref())
     }
 
     /// The certificates of `cafile` and of every certificate file in `capath`.

@@ -2,11 +2,12 @@
 will, against the broker on 127.0.0.1:PORT. Exits non-zero with a message on any failure.
 Every wait has a deadline.
 
-    paho_client.py PORT [--websockets] [CAFILE [CERTFILE KEYFILE]]
+    paho_client.py PORT [--websockets | --unix PATH] [CAFILE [CERTFILE KEYFILE]]
 
 With CAFILE, every client connects over TLS to localhost:PORT, checking the broker's
 certificate against CAFILE and presenting CERTFILE/KEYFILE if given; with --websockets,
-over WebSockets (inside TLS with CAFILE)."""
+over WebSockets (inside TLS with CAFILE); with --unix, to the Unix socket at PATH instead
+of the port."""
 
 import queue
 import sys
@@ -16,10 +17,16 @@ import paho.mqtt.client as mqtt
 
 ARGS = [a for a in sys.argv[1:] if a != "--websockets"]
 TRANSPORT = "websockets" if "--websockets" in sys.argv else "tcp"
+UNIX_PATH = None
+if "--unix" in ARGS:
+    at = ARGS.index("--unix")
+    UNIX_PATH = ARGS[at + 1]
+    del ARGS[at : at + 2]
+    TRANSPORT = "unix"
 PORT = int(ARGS[0])
 CAFILE = ARGS[1] if len(ARGS) > 1 else None
 IDENTITY = ARGS[2:4] if len(ARGS) > 3 else [None, None]
-HOST = "localhost" if CAFILE else "127.0.0.1"
+HOST = UNIX_PATH or ("localhost" if CAFILE else "127.0.0.1")
 DEADLINE = 10.0
 
 

@@ -3,8 +3,8 @@
 //! per-turn read limit) are kept on a list and read again on the next turn without waiting.
 
 use bytes::{Buf, Bytes, BytesMut};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{event::Source, Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    consume_written, lingers_ended, AcceptFailures, Backend, ConnId, Event, Waker, ACCEPT_RETRY,
-    IOVECS_MAX, LINGER, LINGER_DISCARD_MAX, READ_MAX_PER_TURN,
+    consume_written, lingers_ended, AcceptFailures, Backend, ConnId, Event, ListenSocket, Waker,
+    ACCEPT_RETRY, IOVECS_MAX, LINGER, LINGER_DISCARD_MAX, READ_MAX_PER_TURN,
 };
 
 const WAKER: Token = Token(usize::MAX);
@@ -24,8 +24,86 @@ const ACCEPTS_PER_TURN: usize = 256;
 /// Readiness events taken per `wait`.
 const EVENTS_CAPACITY: usize = 1024;
 
+/// A listening socket, registered with the poll.
+enum Listening {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listening {
+    /// A connection, its peer's address (`None` on a Unix socket) and the port it came in on.
+    fn accept(&self) -> io::Result<(Stream, Option<std::net::SocketAddr>, u16)> {
+        match self {
+            Listening::Tcp(listener) => {
+                let (stream, peer) = listener.accept()?;
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().map_or(0, |a| a.port());
+                Ok((Stream::Tcp(stream), Some(peer), local))
+            }
+            Listening::Unix(listener) => {
+                let (stream, _) = listener.accept()?;
+                Ok((Stream::Unix(stream), None, 0))
+            }
+        }
+    }
+
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Listening::Tcp(l) => l,
+            Listening::Unix(l) => l,
+        }
+    }
+}
+
+/// A connection's socket: TCP or Unix, read and written alike.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Unix(s) => s,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+}
+
+fn register(registry: &Registry, source: &mut dyn Source, token: Token) -> io::Result<()> {
+    registry.register(source, token, Interest::READABLE | Interest::WRITABLE)
+}
+
 struct Socket {
-    stream: TcpStream,
+    stream: Stream,
     /// The generation of the `ConnId` given out for this socket.
     generation: u32,
     queue: VecDeque<Bytes>,
@@ -50,7 +128,7 @@ struct Socket {
 pub struct Epoll {
     poll: Poll,
     events: Events,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listening>,
     /// Listeners whose accept queue may still hold connections.
     accept_pending: Vec<bool>,
     /// After an accept error (out of file descriptors, say): when to try again.
@@ -82,15 +160,18 @@ impl Waker for MioWaker {
 }
 
 impl Epoll {
-    pub fn new(listeners: Vec<std::net::TcpListener>) -> io::Result<Self> {
+    pub fn new(listeners: Vec<ListenSocket>) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let mut mio_listeners = Vec::with_capacity(listeners.len());
         for (i, listener) in listeners.into_iter().enumerate() {
             listener.set_nonblocking(true)?;
-            let mut listener = TcpListener::from_std(listener);
+            let mut listener = match listener {
+                ListenSocket::Tcp(l) => Listening::Tcp(TcpListener::from_std(l)),
+                ListenSocket::Unix(l) => Listening::Unix(UnixListener::from_std(l)),
+            };
             poll.registry().register(
-                &mut listener,
+                listener.source(),
                 Token(LISTENER_BASE + i),
                 Interest::READABLE,
             )?;
@@ -120,19 +201,12 @@ impl Epoll {
     fn accept(&mut self, index: usize, out: &mut Vec<Event>) {
         for _ in 0..ACCEPTS_PER_TURN {
             match self.listeners[index].accept() {
-                Ok((mut stream, peer)) => {
+                Ok((mut stream, peer, local_port)) => {
                     self.accept_failures.succeeded();
-                    let _ = stream.set_nodelay(true);
-                    let local = stream.local_addr().unwrap_or(peer);
                     let entry = self.sockets.vacant_entry();
                     let id = entry.key();
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    if let Err(e) = self
-                        .poll
-                        .registry()
-                        .register(&mut stream, Token(id), interest)
-                    {
-                        log::error!("Error: cannot register a connection from {peer}: {e}");
+                    if let Err(e) = register(self.poll.registry(), stream.source(), Token(id)) {
+                        log::error!("Error: cannot register a new connection: {e}");
                         continue;
                     }
                     // Read at once: data may have arrived before registration.
@@ -154,7 +228,7 @@ impl Epoll {
                     out.push(Event::Accepted {
                         conn: ConnId::new(id, generation),
                         peer,
-                        local,
+                        local_port,
                         socket: index,
                     });
                 }
@@ -309,13 +383,13 @@ impl Epoll {
     fn remove(&mut self, id: usize) {
         if let Some(mut socket) = self.sockets.try_remove(id) {
             self.queued_total -= socket.queued;
-            let _ = self.poll.registry().deregister(&mut socket.stream);
+            let _ = self.poll.registry().deregister(socket.stream.source());
         }
     }
 }
 
 /// Writes what the socket takes now; `Ok(n)` with `n` short of the whole when it is full.
-fn write_now(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+fn write_now(stream: &mut Stream, data: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < data.len() {
         match stream.write(&data[written..]) {

@@ -108,12 +108,54 @@ impl AcceptFailures {
     }
 }
 
+/// A listening socket handed to a backend: TCP, or a Unix socket (`listener 0 PATH`).
+#[derive(Debug)]
+pub enum ListenSocket {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl From<std::net::TcpListener> for ListenSocket {
+    fn from(listener: std::net::TcpListener) -> Self {
+        ListenSocket::Tcp(listener)
+    }
+}
+
+impl ListenSocket {
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            ListenSocket::Tcp(l) => l.set_nonblocking(nonblocking),
+            ListenSocket::Unix(l) => l.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// Another handle on the same socket, for another shard: the shards' accepts take
+    /// turns on one queue (a Unix socket cannot be bound once per shard as TCP's can).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            ListenSocket::Tcp(l) => ListenSocket::Tcp(l.try_clone()?),
+            ListenSocket::Unix(l) => ListenSocket::Unix(l.try_clone()?),
+        })
+    }
+}
+
+impl std::os::fd::AsRawFd for ListenSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            ListenSocket::Tcp(l) => l.as_raw_fd(),
+            ListenSocket::Unix(l) => l.as_raw_fd(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Event {
     Accepted {
         conn: ConnId,
-        peer: SocketAddr,
-        local: SocketAddr,
+        /// `None` on a Unix socket (its peers have no address).
+        peer: Option<SocketAddr>,
+        /// The port it arrived on (0 on a Unix socket, as Mosquitto logs it).
+        local_port: u16,
         /// Index of the listening socket it came in on (in the order given to the backend).
         socket: usize,
     },

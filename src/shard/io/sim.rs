@@ -78,8 +78,8 @@ impl SimNet {
         let peer = SocketAddr::from(([127, 0, 0, 1], 10_000 + (slot % 50_000) as u16));
         state.events.push_back(Event::Accepted {
             conn,
-            peer,
-            local: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            peer: Some(peer),
+            local_port: 1883,
             socket: 0,
         });
         conn

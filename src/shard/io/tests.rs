@@ -2,7 +2,7 @@
 
 use super::epoll::Epoll;
 use super::uring::{self, Uring};
-use super::{Backend, ConnId, Event};
+use super::{Backend, ConnId, Event, ListenSocket};
 use bytes::Bytes;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,12 +15,12 @@ const DEADLINE: Duration = Duration::from_secs(10);
 fn each_backend(test: impl Fn(&mut dyn Backend, SocketAddr)) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    test(&mut Epoll::new(vec![listener]).unwrap(), addr);
+    test(&mut Epoll::new(vec![listener.into()]).unwrap(), addr);
     match uring::available() {
         Ok(()) => {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            test(&mut Uring::new(vec![listener], 0).unwrap(), addr);
+            test(&mut Uring::new(vec![listener.into()], 0).unwrap(), addr);
         }
         Err(why) => eprintln!("io_uring backend not tested here: {why}"),
     }
@@ -232,12 +232,12 @@ fn a_peer_that_closes_is_reported_once() {
 #[test]
 fn a_waker_ends_a_wait_early() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let epoll = Epoll::new(vec![listener]).unwrap();
+    let epoll = Epoll::new(vec![listener.into()]).unwrap();
     let wakers = [(epoll.waker(), Box::new(epoll) as Box<dyn Backend>)];
     let mut all: Vec<_> = wakers.into_iter().collect();
     if uring::available().is_ok() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let uring = Uring::new(vec![listener], 0).unwrap();
+        let uring = Uring::new(vec![listener.into()], 0).unwrap();
         all.push((uring.waker(), Box::new(uring)));
     }
     for (waker, mut backend) in all {
@@ -266,7 +266,7 @@ fn io_uring_loses_no_operation_when_its_submission_queue_overflows() {
     let addr = listener.local_addr().unwrap();
     // Four submission slots for 24 connections: accepting them, arming their receives and
     // one send to each in a single turn overflows the queue many times over.
-    let mut backend = Uring::with_submission_entries(vec![listener], 0, 4).unwrap();
+    let mut backend = Uring::with_submission_entries(vec![listener.into()], 0, 4).unwrap();
     let mut peers: Vec<TcpStream> = (0..24).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let mut seen = Vec::new();
     let conns: Vec<ConnId> = (0..peers.len())
@@ -315,4 +315,47 @@ fn io_uring_loses_no_operation_when_its_submission_queue_overflows() {
     from.sort();
     let expected: Vec<String> = (0..24).map(|i| format!("from {i:02}")).collect();
     assert_eq!(from, expected);
+}
+
+#[test]
+fn a_unix_socket_connection_is_accepted_read_and_written_like_a_tcp_one() {
+    let dir = std::env::temp_dir().join(format!("midge-io-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut backends: Vec<(Box<dyn Backend>, std::path::PathBuf)> = Vec::new();
+    let path = dir.join("epoll.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    backends.push((
+        Box::new(Epoll::new(vec![ListenSocket::Unix(listener)]).unwrap()),
+        path,
+    ));
+    if uring::available().is_ok() {
+        let path = dir.join("uring.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let uring = Uring::new(vec![ListenSocket::Unix(listener)], 0).unwrap();
+        backends.push((Box::new(uring), path));
+    }
+    for (mut backend, path) in backends {
+        let backend = backend.as_mut();
+        let mut peer = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let mut seen = Vec::new();
+        let (conn, peer_addr, local_port) = next_event(backend, &mut seen, |e| match e {
+            Event::Accepted {
+                conn,
+                peer,
+                local_port,
+                ..
+            } => Some((*conn, *peer, *local_port)),
+            _ => None,
+        });
+        // A Unix socket's peer has no address; its port is 0, as Mosquitto logs it.
+        assert_eq!((peer_addr, local_port), (None, 0));
+        peer.write_all(b"ping").unwrap();
+        assert_eq!(receive(backend, conn, 4), b"ping");
+        backend.send(conn, Bytes::from_static(b"pong"));
+        turn_until(backend, |b| b.queued_bytes(conn) == 0);
+        let mut reply = [0u8; 4];
+        peer.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"pong");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,9 +2,9 @@
 
 use bytes::BytesMut;
 use io_uring::cqueue;
+use socket2::Socket as Socket2;
 use std::collections::VecDeque;
 use std::io;
-use std::net::TcpStream;
 use std::os::fd::FromRawFd;
 use std::time::Instant;
 
@@ -47,15 +47,19 @@ impl Uring {
         }
         self.accept_failures.succeeded();
         // SAFETY: the kernel made this descriptor for us and nothing else owns it.
-        let stream = unsafe { TcpStream::from_raw_fd(result) };
+        let stream = unsafe { Socket2::from_raw_fd(result) };
         let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
             return; // Gone already.
         };
+        // A Unix socket's peers have no address (`None`), and its port is 0.
+        let (peer, local_port) = (peer.as_socket(), local.as_socket().map_or(0, |a| a.port()));
         if self.sockets.vacant_key() >= SLOTS_MAX {
-            log::error!("Error: shard connection table full; refusing {peer}.");
+            log::error!("Error: shard connection table full; refusing a new connection.");
             return;
         }
-        let _ = stream.set_nodelay(true);
+        if peer.is_some() {
+            let _ = stream.set_tcp_nodelay(true);
+        }
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
         let slot = self.sockets.insert(Socket {
@@ -76,7 +80,7 @@ impl Uring {
         out.push(Event::Accepted {
             conn: ConnId::new(slot, generation),
             peer,
-            local,
+            local_port,
             socket: index,
         });
         self.arm_receive(slot);

@@ -22,7 +22,7 @@ use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +34,9 @@ mod setup;
 pub use setup::available;
 use setup::ring_builder;
 
-use super::{lingers_ended, AcceptFailures, Backend, ConnId, Event, Waker, IOVECS_MAX, LINGER};
+use super::{
+    lingers_ended, AcceptFailures, Backend, ConnId, Event, ListenSocket, Waker, IOVECS_MAX, LINGER,
+};
 use buffer_ring::BufferRing;
 
 const SUBMISSION_ENTRIES: u32 = 1024;
@@ -70,7 +72,8 @@ fn untag(data: u64) -> (u8, usize, u32) {
 }
 
 struct Socket {
-    stream: TcpStream,
+    /// TCP or Unix: the ring reads and writes either alike.
+    stream: socket2::Socket,
     generation: u32,
     queue: VecDeque<Bytes>,
     queued: usize,
@@ -98,7 +101,7 @@ pub struct Uring {
     /// Freed only once the kernel is known to be done with it (see `Drop`).
     buffers: ManuallyDrop<BufferRing>,
     enabled: bool,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<ListenSocket>,
     /// Listeners with a multishot accept armed.
     accepting: Vec<bool>,
     accept_retry_at: Option<Instant>,
@@ -140,14 +143,14 @@ impl Waker for EventFdWaker {
 impl Uring {
     /// `batch_wait_us` (`io_batch_wait_us`): once something has happened, how long a wait
     /// may go on gathering more before the shard handles it (0: at once).
-    pub fn new(listeners: Vec<std::net::TcpListener>, batch_wait_us: u32) -> io::Result<Self> {
+    pub fn new(listeners: Vec<ListenSocket>, batch_wait_us: u32) -> io::Result<Self> {
         Self::with_submission_entries(listeners, batch_wait_us, SUBMISSION_ENTRIES)
     }
 
     /// As `new`, with a submission queue of `entries` (tests use a small one to make it
     /// overflow).
     pub(super) fn with_submission_entries(
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<ListenSocket>,
         batch_wait_us: u32,
         entries: u32,
     ) -> io::Result<Self> {
@@ -257,11 +260,23 @@ impl Uring {
     }
 
     fn arm_accept(&mut self, index: usize) {
-        let fd = types::Fd(self.listeners[index].as_raw_fd());
-        let entry = opcode::AcceptMulti::new(fd)
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(tag(Op::Accept, index, 0));
+        let listener = &self.listeners[index];
+        let fd = types::Fd(listener.as_raw_fd());
+        let entry = match listener {
+            ListenSocket::Tcp(_) => opcode::AcceptMulti::new(fd)
+                .flags(libc::SOCK_CLOEXEC)
+                .build(),
+            // Every shard accepts from the same Unix socket, and the kernel wakes the first
+            // accept waiting on it: a multishot accept keeps its place at the front, so one
+            // shard would take every connection. A single accept, armed again after each
+            // connection, goes to the back, and the shards take turns.
+            ListenSocket::Unix(_) => {
+                opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+            }
+        }
+        .user_data(tag(Op::Accept, index, 0));
         self.accepting[index] = true;
         self.push(entry);
     }
