@@ -133,6 +133,7 @@ if [ "$ws" = 1 ]; then
   scenarios=(
     "p2p-qos0|--scenario p2p --clients 10 --rate 2000 --qos 0"
     "p2p-qos1|--scenario p2p --clients 10 --rate 1000 --qos 1"
+    "conn-storm|--scenario conn-storm --clients 2000 --idle 2"
   )
   tls_args+=(--ws)
 fi

@@ -216,10 +216,6 @@ fn main() -> ExitCode {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);
     }
-    if args.ws && matches!(args.scenario, Scenario::ConnStorm | Scenario::Churn) {
-        eprintln!("loadgen: --ws is for the traffic scenarios (p2p, fan-in, fan-out, wildcard)");
-        return ExitCode::from(2);
-    }
     let mut reports = Vec::new();
     if args.scenario == Scenario::ConnStorm {
         reports.push(conn_storm(&args, addr, &source_ips, &tls));
@@ -529,9 +525,11 @@ fn conn_storm(
             let ips = source_ips.to_vec();
             let (cpus, v5, concurrency) = (args.cpus.clone(), args.mqtt == 5, args.concurrency);
             let tls = tls.clone();
+            let ws_host = args.ws.then(|| args.host.clone());
             std::thread::spawn(move || {
                 pin(&cpus, i);
-                storm::connect_all(addr, &ips, &part, v5, concurrency, deadline, tls.as_ref())
+                let (tls, ws_host) = (tls.as_ref(), ws_host.as_deref());
+                storm::connect_all(addr, &ips, &part, v5, concurrency, deadline, tls, ws_host)
             })
         })
         .collect();

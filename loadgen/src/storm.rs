@@ -1,7 +1,7 @@
 //! The conn-storm scenario: N clients connect as fast as the broker accepts them (a bounded
 //! number in flight per thread), CONNACK latency is measured from the start of each TCP
-//! connect (and its TLS handshake with `--tls`), and then the connections idle so that the
-//! broker's memory per connection shows.
+//! connect (with its TLS handshake with `--tls`, its WebSocket upgrade with `--ws`), and
+//! then the connections idle so that the broker's memory per connection shows.
 
 use hdrhistogram::Histogram;
 use std::io::{self, Read, Write};
@@ -31,6 +31,7 @@ pub fn connect_all(
     concurrency: usize,
     deadline: Instant,
     tls: Option<&Tls>,
+    ws_host: Option<&str>,
 ) -> StormResult {
     let mut result = StormResult {
         connected: 0,
@@ -52,12 +53,38 @@ pub fn connect_all(
                 break;
             }
             tried += 1;
-            match connect_one(addr, source_ips, index, id, v5, wait, tls) {
-                Ok(stream) => pending.push((stream, started)),
+            // Without WebSockets the CONNECT goes at once; with them, after the upgrade's
+            // answer (below), every upgrade request of the batch being sent first.
+            let opened = connect_one(addr, source_ips, index, wait, tls).and_then(|mut s| {
+                match ws_host {
+                    Some(host) => s.request_upgrade(host)?,
+                    None => send_connect(&mut s, id, v5)?,
+                }
+                Ok(s)
+            });
+            match opened {
+                Ok(stream) => pending.push((stream, started, id)),
                 Err(e) => result.errors.push(format!("{id}: {e}")),
             }
         }
-        for (mut stream, started) in pending {
+        if ws_host.is_some() {
+            pending = (pending.into_iter())
+                .filter_map(|(stream, started, id)| {
+                    let upgraded = stream.upgraded().and_then(|mut s| {
+                        send_connect(&mut s, id, v5)?;
+                        Ok(s)
+                    });
+                    match upgraded {
+                        Ok(s) => Some((s, started, id)),
+                        Err(e) => {
+                            result.errors.push(format!("{id}: {e}"));
+                            None
+                        }
+                    }
+                })
+                .collect();
+        }
+        for (mut stream, started, _) in pending {
             // Each CONNACK is waited for at most until the deadline too.
             let wait = deadline
                 .saturating_duration_since(Instant::now())
@@ -115,15 +142,26 @@ pub fn churn(
         }
         let started = Instant::now();
         let id = format!("lg-churn-{}-{n}", std::process::id());
-        match connect_one(
+        let opened = (connect_one(
             shared.addr,
             source_ips,
             n,
-            &id,
-            v5,
             CONNECT_WAIT,
             shared.tls.as_ref(),
-        ) {
+        ))
+        .and_then(|stream| match &shared.ws_host {
+            Some(host) => {
+                let mut stream = stream;
+                stream.request_upgrade(host)?;
+                stream.upgraded()
+            }
+            None => Ok(stream),
+        })
+        .and_then(|mut stream| {
+            send_connect(&mut stream, &id, v5)?;
+            Ok(stream)
+        });
+        match opened {
             Ok(mut stream) => {
                 if await_connack(&mut stream, started, &mut result) {
                     let mut bye = Vec::new();
@@ -165,12 +203,12 @@ fn await_connack(stream: &mut BlockingStream, started: Instant, result: &mut Sto
 /// Longest wait for one TCP connect or CONNACK.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
+/// A TCP connection to the broker (TLS with `tls`: the handshake happens with the first
+/// write, so CONNACK latency includes it).
 fn connect_one(
     addr: SocketAddr,
     source_ips: &[IpAddr],
     index: usize,
-    id: &str,
-    v5: bool,
     wait: Duration,
     tls: Option<&Tls>,
 ) -> io::Result<BlockingStream> {
@@ -186,14 +224,15 @@ fn connect_one(
     let tcp: TcpStream = socket.into();
     tcp.set_read_timeout(Some(wait))?;
     tcp.set_nodelay(true)?;
-    // Over TLS the handshake happens in this first write, so CONNACK latency includes it.
-    let mut stream = match tls {
-        Some(tls) => tls.blocking(tcp)?,
-        None => BlockingStream::Plain(tcp),
-    };
+    match tls {
+        Some(tls) => tls.blocking(tcp),
+        None => Ok(BlockingStream::Plain(tcp)),
+    }
+}
+
+fn send_connect(stream: &mut BlockingStream, id: &str, v5: bool) -> io::Result<()> {
     let mut connect = Vec::with_capacity(32);
     // Keepalive 0: idle connections must not need pings during the idle phase.
     mqtt::connect(&mut connect, id, v5, true, 0, 0);
-    stream.write_all(&connect)?;
-    Ok(stream)
+    stream.write_all(&connect)
 }

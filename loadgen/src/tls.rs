@@ -131,18 +131,11 @@ impl Transport {
             raw_out: Vec::new(),
         };
         if let Some(host) = ws_host {
-            let key = tungstenite::handshake::client::generate_key();
-            let request = format!(
-                "GET /mqtt HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
-            );
-            transport.lower_write(request.as_bytes())?;
-            let config = tungstenite::protocol::WebSocketConfig::default()
-                .read_buffer_size(64 * 1024)
-                .write_buffer_size(0);
+            transport.lower_write(upgrade_request(host).as_bytes())?;
             transport.ws = Some(Box::new(WsClient {
                 context: tungstenite::protocol::WebSocketContext::new(
                     tungstenite::protocol::Role::Client,
-                    Some(config),
+                    Some(ws_config()),
                 ),
                 pipe: Pipe::default(),
                 answer: Some(Vec::new()),
@@ -304,6 +297,35 @@ fn read_tls(
     }
 }
 
+/// The WebSocket upgrade request: path `/mqtt`, subprotocol `mqtt`.
+fn upgrade_request(host: &str) -> String {
+    let key = tungstenite::handshake::client::generate_key();
+    format!(
+        "GET /mqtt HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    )
+}
+
+/// Where the upgrade's answer in `head` ends, once it is all there; an error if the broker
+/// refused the upgrade.
+fn upgrade_answer_end(head: &[u8]) -> io::Result<Option<usize>> {
+    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    if !head.starts_with(b"HTTP/1.1 101") {
+        let status = String::from_utf8_lossy(&head[..head.len().min(40)]).into_owned();
+        return Err(io::Error::other(format!(
+            "WebSocket upgrade refused: {status:?}"
+        )));
+    }
+    Ok(Some(end + 4))
+}
+
+fn ws_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(64 * 1024)
+        .write_buffer_size(0)
+}
+
 impl WsClient {
     /// Bytes from below: the upgrade's answer first, then frames whose MQTT bytes go to
     /// `mqtt`; what the layer answers (pongs, the close) to `answer`. True once closed.
@@ -316,16 +338,10 @@ impl WsClient {
         let mut bytes = bytes.to_vec();
         if let Some(head) = &mut self.answer {
             head.extend_from_slice(&bytes);
-            let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+            let Some(end) = upgrade_answer_end(head)? else {
                 return Ok(false);
             };
-            if !head.starts_with(b"HTTP/1.1 101") {
-                let status = String::from_utf8_lossy(&head[..head.len().min(40)]).into_owned();
-                return Err(io::Error::other(format!(
-                    "WebSocket upgrade refused: {status:?}"
-                )));
-            }
-            bytes = head.split_off(end + 4);
+            bytes = head.split_off(end);
             self.answer = None;
         }
         self.pipe.input.extend_from_slice(&bytes);
@@ -352,10 +368,18 @@ impl WsClient {
     }
 }
 
-/// conn-storm's connections.
+/// conn-storm's and churn's connections.
 pub enum BlockingStream {
     Plain(StdTcpStream),
     Tls(Box<rustls::StreamOwned<ClientConnection, StdTcpStream>>),
+    /// MQTT in binary WebSocket messages, after `upgraded`.
+    Ws(Box<BlockingWs>),
+}
+
+pub struct BlockingWs {
+    ws: tungstenite::WebSocket<BlockingStream>,
+    /// What is left of the last message read.
+    pending: bytes::Bytes,
 }
 
 impl BlockingStream {
@@ -363,7 +387,43 @@ impl BlockingStream {
         match self {
             BlockingStream::Plain(tcp) => tcp,
             BlockingStream::Tls(tls) => &tls.sock,
+            BlockingStream::Ws(ws) => ws.ws.get_ref().tcp(),
         }
+    }
+
+    /// Sends the WebSocket upgrade request; `upgraded` reads the answer. (A client sends
+    /// nothing more until the answer [RFC 6455 §4.1], so a storm sends every request of a
+    /// batch first.)
+    pub fn request_upgrade(&mut self, host: &str) -> io::Result<()> {
+        self.write_all(upgrade_request(host).as_bytes())
+    }
+
+    /// Reads the upgrade's answer: the stream then carries MQTT in binary messages.
+    pub fn upgraded(mut self) -> io::Result<BlockingStream> {
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 512];
+        let end = loop {
+            if let Some(end) = upgrade_answer_end(&head)? {
+                break end;
+            }
+            if head.len() > 16 * 1024 {
+                return Err(io::Error::other("WebSocket upgrade answer too long"));
+            }
+            match self.read(&mut chunk)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => head.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let ws = tungstenite::WebSocket::from_partially_read(
+            self,
+            head.split_off(end),
+            tungstenite::protocol::Role::Client,
+            Some(ws_config()),
+        );
+        Ok(BlockingStream::Ws(Box::new(BlockingWs {
+            ws,
+            pending: bytes::Bytes::new(),
+        })))
     }
 }
 
@@ -372,6 +432,7 @@ impl Read for BlockingStream {
         match self {
             BlockingStream::Plain(tcp) => tcp.read(buf),
             BlockingStream::Tls(tls) => tls.read(buf),
+            BlockingStream::Ws(ws) => ws.read(buf),
         }
     }
 }
@@ -381,6 +442,11 @@ impl Write for BlockingStream {
         match self {
             BlockingStream::Plain(tcp) => tcp.write(buf),
             BlockingStream::Tls(tls) => tls.write(buf),
+            BlockingStream::Ws(ws) => {
+                let message = tungstenite::Message::Binary(bytes::Bytes::copy_from_slice(buf));
+                ws.ws.send(message).map_err(io::Error::other)?;
+                Ok(buf.len())
+            }
         }
     }
 
@@ -388,7 +454,28 @@ impl Write for BlockingStream {
         match self {
             BlockingStream::Plain(tcp) => tcp.flush(),
             BlockingStream::Tls(tls) => tls.flush(),
+            BlockingStream::Ws(ws) => ws.ws.flush().map_err(io::Error::other),
         }
+    }
+}
+
+impl Read for BlockingWs {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use tungstenite::{Error, Message};
+        while self.pending.is_empty() {
+            match self.ws.read() {
+                Ok(Message::Binary(bytes)) => self.pending = bytes,
+                Ok(Message::Close(_)) => return Ok(0),
+                // Pings: tungstenite queued the pong; it goes with the next write.
+                Ok(_) => {}
+                Err(Error::Io(e)) => return Err(e),
+                Err(Error::ConnectionClosed | Error::AlreadyClosed) => return Ok(0),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
     }
 }
 

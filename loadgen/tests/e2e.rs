@@ -18,8 +18,36 @@ struct Mosquitto {
     port: u16,
 }
 
+/// A port free a moment ago (bound here and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Mosquitto {
     fn start() -> Mosquitto {
+        let port = free_port();
+        Mosquitto::start_with(&["-p", &port.to_string()], port)
+    }
+
+    /// With a WebSocket listener on the port it returns (and a plain one beside it:
+    /// Mosquitto 2.0.11 exits with only a WebSocket listener).
+    fn start_websockets() -> Mosquitto {
+        let (plain, ws) = (free_port(), free_port());
+        let conf = std::env::temp_dir().join(format!("loadgen-e2e-ws-{}.conf", std::process::id()));
+        std::fs::write(
+            &conf,
+            format!("listener {plain} 127.0.0.1\nlistener {ws} 127.0.0.1\nprotocol websockets\nallow_anonymous true\n"),
+        )
+        .unwrap();
+        Mosquitto::start_with(&["-c", conf.to_str().unwrap()], ws)
+    }
+
+    /// mosquitto with `args`, once `port` answers.
+    fn start_with(args: &[&str], port: u16) -> Mosquitto {
         // Debian puts the broker in /usr/sbin, which a user's PATH may lack.
         let which = Command::new("which").arg("mosquitto").output();
         let program = if which.is_ok_and(|o| o.status.success()) {
@@ -31,14 +59,9 @@ impl Mosquitto {
             program == "mosquitto" || std::path::Path::new(program).exists(),
             "mosquitto is missing: scripts/test.sh installs Debian's mosquitto"
         );
-        // A free port: bound here, released, then given to mosquitto (which binds it at once).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A free port, given to mosquitto (which binds it at once).
         let mut child = Command::new(program)
-            .args(["-p", &port.to_string()])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -193,6 +216,63 @@ fn counts_add_up() {
     );
     assert_eq!(n(&r, &["delivery", "received"]), 200.0);
     assert!(n(&r, &["connects_per_s"]) > 0.0);
+}
+
+/// Over WebSockets (`--ws`): traffic and a conn-storm (each connection's upgrade, then its
+/// CONNECT), against Mosquitto's WebSocket listener.
+#[test]
+fn traffic_and_conn_storm_over_websockets() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let broker = Mosquitto::start_websockets();
+    let r = loadgen(
+        broker.port,
+        &[
+            "--ws",
+            "--scenario",
+            "p2p",
+            "--clients",
+            "2",
+            "--qos",
+            "1",
+            "--rate",
+            "200",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(n(&r, &["delivery", "received"]), 2.0 * 200.0, "{r}");
+    assert_eq!(n(&r, &["delivery", "lost"]), 0.0);
+    let r = loadgen(
+        broker.port,
+        &[
+            "--ws",
+            "--scenario",
+            "conn-storm",
+            "--clients",
+            "100",
+            "--concurrency",
+            "20",
+            "--idle",
+            "0",
+        ],
+    );
+    assert_eq!(n(&r, &["delivery", "received"]), 100.0, "{r}");
+    // The same storm without --ws on a WebSocket port: the CONNECTs are not upgrades, so
+    // none is acknowledged, and loadgen says so rather than hanging.
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--port",
+            &broker.port.to_string(),
+            "--json",
+            "--scenario",
+            "conn-storm",
+        ])
+        .args(["--clients", "5", "--idle", "0", "--storm-deadline", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }
 
 #[test]
