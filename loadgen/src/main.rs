@@ -528,8 +528,11 @@ fn conn_storm(
             let ws_host = args.ws.then(|| args.host.clone());
             std::thread::spawn(move || {
                 pin(&cpus, i);
-                let (tls, ws_host) = (tls.as_ref(), ws_host.as_deref());
-                storm::connect_all(addr, &ips, &part, v5, concurrency, deadline, tls, ws_host)
+                let layers = storm::Layers {
+                    tls: tls.as_ref(),
+                    ws_host: ws_host.as_deref(),
+                };
+                storm::connect_all(addr, &ips, &part, v5, concurrency, deadline, layers)
             })
         })
         .collect();

@@ -20,6 +20,14 @@ pub struct StormResult {
     pub streams: Vec<BlockingStream>,
 }
 
+/// What the connections go over besides TCP: TLS (`--tls`), WebSockets (`--ws`, with the
+/// Host header's value).
+#[derive(Clone, Copy)]
+pub struct Layers<'a> {
+    pub tls: Option<&'a Tls>,
+    pub ws_host: Option<&'a str>,
+}
+
 /// Connects `ids` (blocking sockets with a deadline: one thread runs `concurrency` at a time
 /// by sending every CONNECT first and then reading every CONNACK). Stops at `deadline`,
 /// saying how many were not tried: a broker that stops accepting ends the run, not hangs it.
@@ -30,9 +38,9 @@ pub fn connect_all(
     v5: bool,
     concurrency: usize,
     deadline: Instant,
-    tls: Option<&Tls>,
-    ws_host: Option<&str>,
+    layers: Layers,
 ) -> StormResult {
+    let Layers { tls, ws_host } = layers;
     let mut result = StormResult {
         connected: 0,
         latency: latency_histogram(),
