@@ -149,7 +149,7 @@ fn paho_over_a_unix_socket() {
 }
 
 #[test]
-fn every_shard_accepts_from_one_unix_socket() {
+fn shards_share_one_unix_socket() {
     let dir = socket_dir("shards");
     let path = dir.join("shards.sock");
     let broker = broker("unix-shards", &path, &["--threads", "2"]);
@@ -160,13 +160,17 @@ fn every_shard_accepts_from_one_unix_socket() {
         );
     }
     broker.wait_for_log_count("New client connected from ", 40);
-    // Both shards took some: each accepts from the same socket, and they take turns.
-    for shard in 0..2 {
-        assert!(
-            broker.has_log(&format!("is served by shard {shard}")),
-            "shard {shard} accepted nothing; log:\n{}",
-            broker.log_lines().join("\n")
-        );
+    // On io_uring the shards take turns (each accept is armed again at the back of the
+    // socket's queue); on epoll whichever shard is free first takes the connection, so
+    // under load one may take them all.
+    if broker.has_log("Shards use the io_uring backend") {
+        for shard in 0..2 {
+            assert!(
+                broker.has_log(&format!("is served by shard {shard}")),
+                "shard {shard} accepted nothing; log:\n{}",
+                broker.log_lines().join("\n")
+            );
+        }
     }
     drop(broker);
     std::fs::remove_dir_all(&dir).unwrap();
