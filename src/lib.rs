@@ -6,6 +6,7 @@ pub mod codec;
 pub mod config;
 pub mod listen;
 pub mod logging;
+pub mod persist;
 pub mod retain;
 pub mod router;
 pub mod server;

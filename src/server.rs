@@ -146,6 +146,8 @@ impl Server {
         if let Some(user) = &config.user {
             drop_privileges(user, &unix_sockets)?;
         }
+        // Read as the user the broker runs as, who must be able to write it too.
+        let mut store = crate::persist::start::open(&config, shards)?;
         let wakers: Vec<Arc<dyn Waker>> = backends.iter().map(|b| b.waker()).collect();
         let (shared, receivers) = Shared::new(
             config,
@@ -154,6 +156,12 @@ impl Server {
             auth_methods,
             reload_signals,
         );
+        if let Some(store) = &store {
+            let mut retained = shared.retained.lock().expect("retained lock");
+            retained.restore(store.retained.clone(), store.last_retained_change);
+            shared.next_claim.store(store.next_claim, Ordering::Relaxed);
+        }
+        let (restored, restored_all) = std::sync::mpsc::channel();
         let config = shared.config.load_full();
         let cores: Vec<core_affinity::CoreId> = match &config.cpu_affinity {
             CpuAffinity::Auto => core_affinity::get_core_ids().unwrap_or_default(),
@@ -167,6 +175,8 @@ impl Server {
         for (id, (backend, receiver)) in backends.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
             let core = cores.get(id % cores.len().max(1)).copied();
+            let part = store.as_mut().and_then(|s| s.take_shard(id));
+            let restored = restored.clone();
             // cpu_affinity: shards pinned to their cores unless turned off.
             let thread = std::thread::Builder::new()
                 .name(format!("midge-shard-{id}"))
@@ -175,13 +185,28 @@ impl Server {
                         core_affinity::set_for_current(core);
                     }
                     take_reload_signals();
-                    let run = || Shard::new(id, shared, backend, receiver).run();
+                    let run = || {
+                        let mut shard = Shard::new(id, shared, backend, receiver);
+                        if let Some(part) = part {
+                            shard.attach_journal(part.journal);
+                            shard.restore(part.sessions, part.retained);
+                        }
+                        let _ = restored.send(());
+                        shard.run()
+                    };
                     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
                     {
                         abort_on_shard_panic(id, panic.as_ref());
                     }
                 })?;
             threads.push(thread);
+        }
+        // Sessions are back on their shards before the broker counts as started.
+        for _ in 0..shards {
+            let _ = restored_all.recv();
+        }
+        if let Some(store) = store {
+            store.finish();
         }
         Ok(Server {
             shared,

@@ -250,7 +250,7 @@ fn log_types_destinations_and_timestamp_format() {
         &format!(
             "log_dest stderr\nlog_dest file {log}\nlog_type information\nlog_type subscribe\n\
              log_type unsubscribe\nlog_timestamp_format [%Y]\n\
-             listener 0 127.0.0.1\nallow_anonymous true\npersistence true\n"
+             listener 0 127.0.0.1\nallow_anonymous true\nqueue_qos0_messages true\n"
         ),
     );
     let broker = Broker::start_quiet(&["-c", &conf]);
@@ -266,7 +266,7 @@ fn log_types_destinations_and_timestamp_format() {
     assert!(opening.starts_with("[20"), "{opening}");
     // Warnings are not among the types asked for: the not-yet-supported option is quiet.
     let content = std::fs::read_to_string(&log).unwrap();
-    assert!(!content.contains("persistence"), "{content}");
+    assert!(!content.contains("queue_qos0_messages"), "{content}");
     // Notice (connections) and debug (packets) lines are not among the types asked for.
     assert!(!content.contains("New client connected"), "{content}");
     assert!(!content.contains("Received SUBSCRIBE"), "{content}");
@@ -389,9 +389,9 @@ fn a_bad_configuration_names_file_line_and_the_likely_option() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(":1: include_dir: cannot read"));
     // A Mosquitto option of a later feature is a warning, and the broker runs.
-    let conf = config_file("later", "persistence true\nautosave_interval 60\n");
+    let conf = config_file("later", "queue_qos0_messages true\nmax_inflight_bytes 100\n");
     let broker = Broker::start(&["-c", &conf]);
-    broker.wait_for_log("persistence is not supported by midge yet; ignored.");
+    broker.wait_for_log("queue_qos0_messages is not supported by midge yet; ignored.");
     let _c = Raw::connect(broker.port, "fine");
 }
 

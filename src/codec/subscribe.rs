@@ -55,6 +55,11 @@ impl SubscriptionOptions {
         })
     }
 
+    /// The options of a 5.0 subscription options byte, if it is a valid one.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        Self::decode(byte, ProtocolVersion::V5).ok()
+    }
+
     fn encode(&self, version: ProtocolVersion) -> u8 {
         let mut byte = self.qos as u8;
         if version == ProtocolVersion::V5 {

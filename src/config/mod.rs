@@ -292,6 +292,17 @@ pub struct Config {
     pub user: Option<String>,
     /// `sys_interval`: seconds between `$SYS` updates.
     pub sys_interval_s: u64,
+    /// `persistence`: retained messages and persistent sessions survive a restart.
+    pub persistence: bool,
+    /// `persistence_location` (a directory) and `persistence_file`: the store is the
+    /// directory `<location>/<file>.d` (`persist::directory`).
+    pub persistence_location: Option<PathBuf>,
+    pub persistence_file: String,
+    /// `persistence_sync` (midge's own): when journal writes reach the disk.
+    pub persistence_sync: crate::persist::SyncPolicy,
+    /// `autosave_interval` and `autosave_on_changes`: read for Mosquitto's files; midge
+    /// journals every change at once, so they change nothing (README).
+    pub autosave_interval_s: u64,
 }
 
 impl Default for Config {
@@ -328,6 +339,11 @@ impl Default for Config {
             subscriptions_per_client_max: 100_000,
             response_topic_prefix: None,
             clientid_prefixes: None,
+            persistence: false,
+            persistence_location: None,
+            persistence_file: "mosquitto.db".to_string(),
+            persistence_sync: crate::persist::SyncPolicy::Always,
+            autosave_interval_s: 1800,
             pid_file: None,
             user: None,
             sys_interval_s: 10,
@@ -405,6 +421,13 @@ impl Config {
                 ..self.listener_defaults.clone()
             });
         }
+    }
+
+    /// The persistence store's directory, if persistence is on.
+    pub fn persistence_dir(&self) -> Option<PathBuf> {
+        self.persistence.then(|| {
+            crate::persist::directory(self.persistence_location.as_ref(), &self.persistence_file)
+        })
     }
 
     /// Takes what SIGHUP may change from `new` (a fresh read of the same file): security,

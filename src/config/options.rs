@@ -7,6 +7,8 @@ pub const SUPPORTED: &[&str] = &[
     "allow_anonymous",
     "allow_zero_length_clientid",
     "auto_id_prefix",
+    "autosave_interval",
+    "autosave_on_changes",
     "bind_address",
     "bind_interface",
     "check_retain_source",
@@ -33,6 +35,9 @@ pub const SUPPORTED: &[&str] = &[
     "mount_point",
     "password_file",
     "per_listener_settings",
+    "persistence",
+    "persistence_file",
+    "persistence_location",
     "persistent_client_expiration",
     "pid_file",
     "port",
@@ -69,12 +74,13 @@ pub const SUPPORTED: &[&str] = &[
     "cpu_affinity",
     "io_backend",
     "io_batch_wait_us",
+    "persistence_sync",
     "response_topic_prefix",
     "threads",
 ];
 
 /// Mosquitto 2.0 options that midge reads but does not act on yet: a warning, not an error.
-/// (Persistence, bridges, plugins, `http_dir` and a few tuning knobs.)
+/// (Bridges, plugins, `http_dir` and a few tuning knobs.)
 pub const NOT_YET: &[&str] = &[
     "accept_protocol_versions",
     "address",
@@ -82,8 +88,6 @@ pub const NOT_YET: &[&str] = &[
     "allow_duplicate_messages",
     "auth_plugin",
     "auth_plugin_deny_special_chars",
-    "autosave_interval",
-    "autosave_on_changes",
     "bridge_alpn",
     "bridge_attempt_unsubscribe",
     "bridge_bind_address",
@@ -116,9 +120,6 @@ pub const NOT_YET: &[&str] = &[
     "notification_topic",
     "notifications",
     "notifications_local_only",
-    "persistence",
-    "persistence_file",
-    "persistence_location",
     "plugin",
     "queue_qos0_messages",
     "remote_clientid",

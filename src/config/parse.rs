@@ -452,6 +452,33 @@ impl Reader {
             "pid_file" => config.pid_file = Some(line.text("path")?.into()),
             "user" => config.user = Some(line.one("user name")?.to_string()),
             "sys_interval" => config.sys_interval_s = line.number(u32::MAX.into())?,
+
+            // Persistence (persist/).
+            "persistence" => config.persistence = line.boolean()?,
+            "persistence_location" => {
+                config.persistence_location = Some(line.text("directory")?.into())
+            }
+            "persistence_file" => {
+                let name = line.text("file name")?;
+                if name.contains('/') {
+                    return Err(line.err(format!(
+                        "persistence_file: {name:?} is a file name, not a path (persistence_location gives the directory)"
+                    )));
+                }
+                config.persistence_file = name.to_string();
+            }
+            "persistence_sync" => {
+                let value = line.one("policy")?;
+                config.persistence_sync = crate::persist::SyncPolicy::parse(value).ok_or_else(|| {
+                    line.err(format!(
+                        "persistence_sync: {value:?} is not always, never, interval or a number of milliseconds"
+                    ))
+                })?
+            }
+            "autosave_interval" => config.autosave_interval_s = line.number(u32::MAX.into())?,
+            "autosave_on_changes" => {
+                line.boolean()?;
+            }
             "include_dir" => {
                 let dir = line.text("directory")?;
                 if depth >= INCLUDE_DEPTH_MAX {

@@ -187,8 +187,7 @@ fn io_backend_and_batch_wait() {
 fn later_features_warn_and_unknown_options_fail() {
     // Mosquitto options of later features: read, not an error.
     let c =
-        read("persistence true\nbridge_cafile /x\nconnection bridge1\naddress 10.0.0.1\nplugin_opt_x 1\n")
-            .unwrap();
+        read("bridge_cafile /x\nconnection bridge1\naddress 10.0.0.1\nplugin_opt_x 1\n").unwrap();
     assert!(c.local_only);
     // TLS options are acted on: without a listener (local only mode), or without the
     // files they name, they are errors with the line that gave them.
@@ -310,4 +309,23 @@ mod never_panics {
             }
         }
     }
+}
+
+#[test]
+fn persistence_options() {
+    let c = read("persistence true\npersistence_location /var/lib/midge/\npersistence_file m.db\nautosave_interval 60\nautosave_on_changes false\npersistence_sync 250\n").unwrap();
+    assert!(c.persistence);
+    assert_eq!(
+        c.persistence_dir(),
+        Some(std::path::PathBuf::from("/var/lib/midge/m.db.d"))
+    );
+    assert_eq!(
+        c.persistence_sync,
+        crate::persist::SyncPolicy::Interval(std::time::Duration::from_millis(250))
+    );
+    let c = read("persistence false\n").unwrap();
+    assert_eq!(c.persistence_dir(), None);
+    assert_eq!(c.persistence_sync, crate::persist::SyncPolicy::Always);
+    assert!(read("persistence_sync sometimes\n").is_err());
+    assert!(read("persistence_file a/b.db\n").is_err());
 }

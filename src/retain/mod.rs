@@ -27,6 +27,9 @@ pub struct Source {
 pub struct RetainStore {
     root: RetainNode,
     count: usize,
+    /// Changes made so far (and restored ones): orders changes journaled by different
+    /// shards (`persist`).
+    changes: u64,
 }
 
 impl RetainStore {
@@ -40,18 +43,20 @@ impl RetainStore {
 
     /// Stores `message` as the retained one for its topic, or with an empty payload removes
     /// it. [MQTT-3.3.1-5] [MQTT-3.3.1-10] [MQTT-3.3.1-11]
-    pub fn set(&mut self, message: Arc<Message>) {
-        self.set_from(message, None);
+    pub fn set(&mut self, message: Arc<Message>) -> u64 {
+        self.set_from(message, None)
     }
 
-    /// As `set`, remembering who published it (for `check_retain_source`).
-    pub fn set_from(&mut self, message: Arc<Message>, source: Option<Arc<Source>>) {
+    /// As `set`, remembering who published it (for `check_retain_source`). Returns the
+    /// change's number (increasing).
+    pub fn set_from(&mut self, message: Arc<Message>, source: Option<Arc<Source>>) -> u64 {
+        self.changes += 1;
         let topic = message.topic.to_string();
         if message.payload.is_empty() {
             if Self::remove(&mut self.root, &topic) {
                 self.count -= 1;
             }
-            return;
+            return self.changes;
         }
         let mut node = &mut self.root;
         for level in topic.split('/') {
@@ -60,6 +65,31 @@ impl RetainStore {
         node.source = source;
         if node.message.replace(message).is_none() {
             self.count += 1;
+        }
+        self.changes
+    }
+
+    /// The number of the last change.
+    pub fn last_change(&self) -> u64 {
+        self.changes
+    }
+
+    /// Messages restored at start (`persist`); later changes are numbered after `changes`.
+    pub fn restore(&mut self, messages: Vec<Arc<Message>>, changes: u64) {
+        for message in messages {
+            self.set_from(message, None);
+        }
+        self.changes = self.changes.max(changes);
+    }
+
+    /// Every retained message but the broker's own `$SYS` ones (what persistence keeps).
+    pub fn all_but_sys(&self, out: &mut Vec<Arc<Message>>) {
+        let keep = |_: &Source, _: &Message| true;
+        let mut found = Found { out, keep: &keep };
+        for (name, child) in &self.root.children {
+            if &**name != "$SYS" {
+                Self::collect_all(child, &mut found);
+            }
         }
     }
 

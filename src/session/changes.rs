@@ -48,11 +48,12 @@ pub enum What {
     },
     /// The front of the queue leaves it (to go in flight, recorded next).
     Dequeued,
-    /// A QoS 1/2 message is sent with this packet id.
+    /// A QoS 1/2 message is sent with this packet id (to `target`: its QoS, RETAIN flag
+    /// and subscription identifiers).
     InFlight {
         packet_id: u16,
         message: Arc<Message>,
-        qos: QoS,
+        target: Target,
     },
     /// PUBREC came back: PUBREL is what is resent from now on.
     Released {
@@ -168,10 +169,10 @@ impl Durable {
             What::InFlight {
                 packet_id,
                 message,
-                qos,
+                target,
             } => {
                 self.inflight
-                    .insert(*packet_id, (address(message), *qos, false));
+                    .insert(*packet_id, (address(message), target.qos, false));
             }
             What::Released { packet_id } => {
                 if let Some(f) = self.inflight.get_mut(packet_id) {

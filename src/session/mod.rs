@@ -202,7 +202,7 @@ impl Session {
         changes.push(self.id, || What::InFlight {
             packet_id,
             message: message.clone(),
-            qos: target.qos,
+            target: target.clone(),
         });
         packet_id
     }

@@ -215,6 +215,7 @@ impl<B: Backend> Shard<B> {
         if let Some(at) = session.start_expiry(self.now, self.config.persistent_client_expiration) {
             self.expiries.push(std::cmp::Reverse((at, id)));
         }
+        self.journal_disconnected(id);
     }
 
     /// Publishes wills whose delay has run out (and were not cancelled by a resume).

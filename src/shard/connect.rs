@@ -179,9 +179,11 @@ impl<B: Backend> Shard<B> {
         let (previous, claim) = {
             let mut registry = self.shared.registry.lock().expect("registry lock");
             let previous = registry.get(&client_id).copied();
+            // Claim numbers increase over all client ids and across restarts (persistence
+            // orders a client's sessions in different journals by them).
             let claim = Claim {
                 shard: self.id,
-                number: previous.map_or(0, |p| p.number + 1),
+                number: (self.shared.next_claim).fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             };
             registry.insert(client_id.clone(), claim);
             (previous, claim.number)
@@ -421,6 +423,8 @@ impl<B: Backend> Shard<B> {
         }
         self.by_client.insert(client_id.clone(), session_id);
         self.sessions.insert(session_id, session);
+        let claim = self.conn(conn).map_or(0, |c| c.claim);
+        self.journal_session(session_id, claim);
         self.shared.stats[self.id]
             .connects
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

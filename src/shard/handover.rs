@@ -159,6 +159,7 @@ impl<B: Backend> Shard<B> {
         );
         let session = self.take_local_session(id, clean_start);
         if let Some(s) = &session {
+            self.journal_forget(s.id);
             self.moved.insert(
                 s.id,
                 Moved {
@@ -199,8 +200,9 @@ impl<B: Backend> Shard<B> {
         else {
             return; // It went away: the session stays here as it is.
         };
+        let claim = self.conn(conn).map_or(0, |c| c.claim);
         let session = self.take_local_session(id, clean_start);
-        self.accept_waiting(conn, client_id, session);
+        self.accept_waiting(conn, client_id, session, claim);
     }
 
     /// The answer to this shard's request (claim `claim`) for the session of `client_id`:
@@ -241,7 +243,7 @@ impl<B: Backend> Shard<B> {
                 // There is no session: the waiting connection starts one.
                 (Some((conn, mine)), None) if mine == claim => {
                     self.awaiting.remove(&client_id);
-                    self.accept_waiting(conn, &client_id, None);
+                    self.accept_waiting(conn, &client_id, None, mine);
                 }
                 // An answer to an earlier request of a connection since replaced here:
                 // the newest waits for its own.
@@ -292,10 +294,10 @@ impl<B: Backend> Shard<B> {
             }
         }
         match (local_wins, best_forward, waiting) {
-            (true, _, Some((_, conn))) => {
+            (true, _, Some((mine, conn))) => {
                 self.awaiting.remove(&client_id);
                 self.begin_settling(session.id, origin);
-                self.accept_waiting(conn, &client_id, Some(session));
+                self.accept_waiting(conn, &client_id, Some(session), mine);
             }
             (false, Some(f), _) => {
                 if Some(f.asked) != forward.map(|g| g.asked) {
@@ -313,7 +315,7 @@ impl<B: Backend> Shard<B> {
             // Nobody waits for it here or through here: it stays here, offline.
             _ => {
                 self.begin_settling(session.id, origin);
-                self.accept_waiting_gone(&client_id, session);
+                self.accept_waiting_gone(&client_id, session, claim);
             }
         }
     }
@@ -351,24 +353,27 @@ impl<B: Backend> Shard<B> {
         self.outbox.send_after_all(&self.shared.mailboxes, to, msg);
     }
 
-    /// A session that arrived with nobody waiting for it: it stays here, offline.
-    fn accept_waiting_gone(&mut self, client_id: &Arc<str>, mut session: SessionBox) {
+    /// A session that arrived with nobody waiting for it (under claim `claim`): it stays
+    /// here, offline.
+    fn accept_waiting_gone(&mut self, client_id: &Arc<str>, mut session: SessionBox, claim: u64) {
         debug_assert!(!self.by_client.contains_key(client_id));
         session.conn = None;
         self.adopt_subscriptions(&mut session);
         let id = session.id;
         self.by_client.insert(client_id.clone(), id);
         self.sessions.insert(id, session);
+        self.journal_session(id, claim);
         self.schedule_expiry(id);
     }
 
-    /// A connection that waited for its session gets it (or a new one). If it went away
-    /// meanwhile, a persistent session stays here offline.
+    /// A connection (claim `claim`) that waited for its session gets it (or a new one). If
+    /// it went away meanwhile, a persistent session stays here offline.
     fn accept_waiting(
         &mut self,
         conn: crate::types::ConnId,
         client_id: &Arc<str>,
         session: Option<SessionBox>,
+        claim: u64,
     ) {
         match self.conn_mut(conn).and_then(|c| c.waiting_handoff.take()) {
             Some(connect) => {
@@ -384,7 +389,7 @@ impl<B: Backend> Shard<B> {
             }
             None => {
                 if let Some(session) = session {
-                    self.accept_waiting_gone(client_id, session);
+                    self.accept_waiting_gone(client_id, session, claim);
                 }
             }
         }

@@ -13,6 +13,7 @@ mod deliver;
 mod handover;
 mod invariants;
 pub mod io;
+mod journaling;
 mod owed;
 mod publish;
 mod reload;
@@ -119,6 +120,8 @@ pub struct Shard<B: Backend> {
     sys: sys::SysState,
     /// The time of this loop turn (read from `Shared::clock` once per turn).
     now: Instant,
+    /// `persistence true`: this shard's journal (`journaling.rs`).
+    journal: Option<Box<crate::persist::journal::Journal>>,
     /// Debug builds only, for the test of what a shard panic does: a PUBLISH to this topic
     /// (from `MIDGE_FAULT_PANIC_TOPIC`) panics the shard that reads it.
     #[cfg(debug_assertions)]
@@ -164,6 +167,7 @@ impl<B: Backend> Shard<B> {
             will_timers: BinaryHeap::new(),
             sys: sys::SysState::default(),
             now,
+            journal: None,
             #[cfg(debug_assertions)]
             fault_panic_topic: std::env::var("MIDGE_FAULT_PANIC_TOPIC").ok(),
         }
@@ -231,6 +235,9 @@ impl<B: Backend> Shard<B> {
             self.check_timers();
             *next_tick = self.now + TIMER_TICK;
         }
+        // Before the turn's packets go out: an acknowledgement follows what it acknowledges
+        // to disk.
+        self.journal_turn();
         self.flush();
         self.shared.write_queued[self.id]
             .store(self.backend.queued_bytes_total(), Ordering::Relaxed);
@@ -594,6 +601,31 @@ impl<B: Backend> Shard<B> {
         for conn in ids {
             self.connection_lost(conn, close::CloseReason::Shutdown);
         }
+        if self.journal.is_some() {
+            self.deliver_in_transit();
+        }
+        self.journal_close();
         self.flush();
+    }
+
+    /// At shutdown with persistence: what was acknowledged to its publishers and is still
+    /// on its way between shards reaches its sessions (and so the journals) before they
+    /// close. Every shard has stopped reading clients (first barrier); each passes on its
+    /// held messages while taking in its own mailbox, so none waits on another forever;
+    /// the second barrier comes once every shard has passed everything on.
+    fn deliver_in_transit(&mut self) {
+        self.shared.shutdown_barrier.wait();
+        loop {
+            self.drain_mailbox();
+            self.retry_overflow();
+            if self.outbox.is_empty() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        self.shared.shutdown_barrier.wait();
+        while !self.mailbox.is_empty() {
+            self.drain_mailbox();
+        }
     }
 }

@@ -204,11 +204,13 @@ impl<B: Backend> Shard<B> {
             });
             if message.retain {
                 let source = self.retain_source(session_id);
-                self.shared
+                let seq = self
+                    .shared
                     .retained
                     .lock()
                     .expect("retained lock")
                     .set_from(message.clone(), source);
+                self.journal_retained(seq, &message);
             }
             matched = self.route(&message, Some(conn));
         }
@@ -444,11 +446,10 @@ impl<B: Backend> Shard<B> {
             origin: Some(origin),
         });
         if message.retain {
-            self.shared
-                .retained
-                .lock()
+            let seq = (self.shared.retained.lock())
                 .expect("retained lock")
                 .set(message.clone());
+            self.journal_retained(seq, &message);
         }
         self.route(&message, None);
     }

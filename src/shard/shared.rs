@@ -56,11 +56,16 @@ pub struct Shared {
     pub registry: Mutex<HashMap<Arc<str>, Claim>>,
     pub mailboxes: Arc<Mailboxes>,
     pub next_session: AtomicU64,
+    /// The next claim number (`Claim`): increasing over every client id, and continued
+    /// from the persisted sessions' after a restart.
+    pub next_claim: AtomicU64,
     /// Connections open now, over all shards.
     pub connections: std::sync::atomic::AtomicUsize,
     /// Enhanced authentication methods (MQTT 5.0), by name.
     pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
     pub shutdown: AtomicBool,
+    /// Where shards meet at shutdown with persistence (`Shard::deliver_in_transit`).
+    pub shutdown_barrier: std::sync::Barrier,
     /// When the broker started (`$SYS/broker/uptime`).
     pub started: Instant,
     /// One set of counters per shard, each on its own cache line: a shard counts without
@@ -140,9 +145,11 @@ impl Shared {
             registry: Mutex::new(Default::default()),
             mailboxes,
             next_session: AtomicU64::new(1),
+            next_claim: AtomicU64::new(0),
             connections: Default::default(),
             auth_methods,
             shutdown: AtomicBool::new(false),
+            shutdown_barrier: std::sync::Barrier::new(shards),
             started: clock.now(),
             clock,
             stats: (0..shards).map(|_| Default::default()).collect(),

@@ -1,0 +1,359 @@
+//! Reading the store at start: every journal in the directory (of any shard count and
+//! generation), merged into the retained messages and the sessions to give back.
+//!
+//! - A client id's session is the one written under its highest claim, in whichever
+//!   journal: a client that moved between shards was written whole by the shard it moved
+//!   to, under a later claim. If that latest record ended the session, it has none.
+//! - Retained messages: the latest `RetainedBaseline` over all journals holds them all as
+//!   of its change number; changes with a higher number, in any journal, apply after it.
+
+use bytes::{Bytes, BytesMut};
+use hashbrown::HashMap;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::format::{self, Delivery, Record};
+use super::WallClock;
+use crate::codec::{Decoder, Packet, ProtocolVersion, QoS};
+use crate::types::Message;
+
+/// A session as the journals left it.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveredSession {
+    pub client_id: String,
+    pub claim: u64,
+    pub version: u8,
+    pub expiry_interval_s: u32,
+    /// Filter, the 5.0 options byte, the subscription identifier (0: none).
+    pub subscriptions: Vec<(String, u8, u32)>,
+    /// In the order they were sent: packet id, message, delivery, PUBREL sent.
+    pub in_flight: Vec<(u16, Arc<Message>, Delivery, bool)>,
+    pub queued: VecDeque<(Arc<Message>, Delivery)>,
+    pub awaiting_pubrel: Vec<u16>,
+    /// When its client went away (Unix milliseconds); `None`: it was connected when the
+    /// broker stopped.
+    pub offline_since_ms: Option<u64>,
+    ended: bool,
+}
+
+impl RecoveredSession {
+    pub fn version(&self) -> ProtocolVersion {
+        match self.version {
+            3 => ProtocolVersion::V31,
+            5 => ProtocolVersion::V5,
+            _ => ProtocolVersion::V311,
+        }
+    }
+}
+
+/// What the store held.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub retained: Vec<Arc<Message>>,
+    /// The number the next retained change takes (past every one read).
+    pub next_retained_seq: u64,
+    pub sessions: Vec<RecoveredSession>,
+    /// The journal files read (removed once the shards have written new ones).
+    pub files: Vec<PathBuf>,
+    /// The generation new journals take (past every one read).
+    pub next_generation: u64,
+    /// The first claim number past every one read (ended sessions' too).
+    pub next_claim: u64,
+    /// What was left out, for the log: torn last records.
+    pub notes: Vec<String>,
+}
+
+impl Recovered {
+    pub fn queued_messages(&self) -> usize {
+        self.sessions
+            .iter()
+            .map(|s| s.queued.len() + s.in_flight.len())
+            .sum()
+    }
+}
+
+/// One retained change read.
+struct RetainedChange {
+    seq: u64,
+    topic: String,
+    message: Option<Arc<Message>>,
+}
+
+/// Reads every journal in `dir` (none, or no directory: an empty store). An unreadable or
+/// damaged journal is an error naming it.
+pub fn recover(dir: &Path, clock: &WallClock) -> Result<Recovered, String> {
+    let mut recovered = Recovered {
+        next_generation: 1,
+        ..Default::default()
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(recovered),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    files.sort();
+    let mut sessions: HashMap<String, RecoveredSession> = HashMap::new();
+    let mut retained = Vec::new();
+    let mut baseline = 0;
+    for path in &files {
+        if let Some(generation) = generation_of(path) {
+            recovered.next_generation = recovered.next_generation.max(generation + 1);
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let read = format::read_all(&Bytes::from(bytes))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if read.torn_bytes > 0 {
+            recovered.notes.push(format!(
+                "left out a torn last record ({} bytes) of {}",
+                read.torn_bytes,
+                path.display()
+            ));
+        }
+        let file = replay(read.records, clock).map_err(|e| format!("{}: {e}", path.display()))?;
+        recovered.next_claim = recovered.next_claim.max(file.max_claim + 1);
+        for session in file.sessions.into_values() {
+            let newer = sessions
+                .get(&session.client_id)
+                .is_none_or(|known| session.claim > known.claim);
+            if newer {
+                sessions.insert(session.client_id.clone(), session);
+            }
+        }
+        baseline = baseline.max(file.baseline);
+        retained.extend(file.retained);
+    }
+    // Retained: from the latest baseline on, the highest change number of each topic.
+    retained.retain(|c: &RetainedChange| c.seq >= baseline);
+    retained.sort_by_key(|c| c.seq);
+    recovered.next_retained_seq = retained.last().map_or(baseline, |c| c.seq) + 1;
+    let mut by_topic: HashMap<String, Option<Arc<Message>>> = HashMap::new();
+    for change in retained {
+        by_topic.insert(change.topic, change.message);
+    }
+    let now = std::time::Instant::now();
+    recovered.retained = by_topic
+        .into_values()
+        .flatten()
+        .filter(|m| m.expires_at.is_none_or(|at| at > now))
+        .collect();
+    recovered.sessions = sessions.into_values().filter(|s| !s.ended).collect();
+    recovered.files = files;
+    Ok(recovered)
+}
+
+/// `shard-<n>-<generation>.journal`'s generation.
+fn generation_of(path: &Path) -> Option<u64> {
+    let stem = path.file_stem()?.to_str()?;
+    stem.rsplit('-').next()?.parse().ok()
+}
+
+/// One journal's records, applied in order.
+#[derive(Default)]
+struct FileState {
+    /// By client id: the latest session of each (ended ones included, to outrank an older
+    /// copy in another journal).
+    sessions: HashMap<String, RecoveredSession>,
+    baseline: u64,
+    retained: Vec<RetainedChange>,
+    max_claim: u64,
+}
+
+fn replay(records: Vec<Record>, clock: &WallClock) -> Result<FileState, String> {
+    let mut state = FileState::default();
+    let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+    // The journal's session numbers, to client ids.
+    let mut keys: HashMap<u64, String> = HashMap::new();
+    let message = |messages: &HashMap<u64, Arc<Message>>, id: u64| {
+        messages
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("a record names message {id}, which was never written"))
+    };
+    for record in records {
+        match record {
+            Record::Message {
+                id,
+                expires_at_ms,
+                publish,
+            } => {
+                messages.insert(id, Arc::new(decode_message(publish, expires_at_ms, clock)?));
+            }
+            Record::Retained { seq, message: id } => {
+                let m = message(&messages, id)?;
+                state.retained.push(RetainedChange {
+                    seq,
+                    topic: m.topic.to_string(),
+                    message: Some(m),
+                });
+            }
+            Record::RetainedCleared { seq, topic } => state.retained.push(RetainedChange {
+                seq,
+                topic,
+                message: None,
+            }),
+            Record::RetainedBaseline { seq } => state.baseline = state.baseline.max(seq),
+            Record::Started {
+                session: key,
+                client_id,
+                claim,
+            } => {
+                state.max_claim = state.max_claim.max(claim);
+                keys.insert(key, client_id.clone());
+                state.sessions.insert(
+                    client_id.clone(),
+                    RecoveredSession {
+                        client_id,
+                        claim,
+                        ..Default::default()
+                    },
+                );
+            }
+            Record::Parameters {
+                session: key,
+                version,
+                expiry_interval_s,
+            } => {
+                let s = session_mut(&keys, &mut state.sessions, key)?;
+                s.version = version;
+                s.expiry_interval_s = expiry_interval_s;
+            }
+            Record::Subscribed {
+                session: key,
+                filter,
+                options,
+                identifier,
+            } => {
+                let s = session_mut(&keys, &mut state.sessions, key)?;
+                s.subscriptions.retain(|(f, _, _)| *f != filter);
+                s.subscriptions.push((filter, options, identifier));
+            }
+            Record::Unsubscribed {
+                session: key,
+                filter,
+            } => session_mut(&keys, &mut state.sessions, key)?
+                .subscriptions
+                .retain(|(f, _, _)| *f != filter),
+            Record::Queued {
+                session: key,
+                message: id,
+                delivery,
+            } => {
+                let m = message(&messages, id)?;
+                session_mut(&keys, &mut state.sessions, key)?
+                    .queued
+                    .push_back((m, delivery));
+            }
+            Record::Dequeued { session: key } => {
+                session_mut(&keys, &mut state.sessions, key)?
+                    .queued
+                    .pop_front();
+            }
+            Record::InFlight {
+                session: key,
+                packet_id,
+                message: id,
+                delivery,
+            } => {
+                let m = message(&messages, id)?;
+                let s = session_mut(&keys, &mut state.sessions, key)?;
+                s.in_flight.retain(|f| f.0 != packet_id);
+                s.in_flight.push((packet_id, m, delivery, false));
+            }
+            Record::Released {
+                session: key,
+                packet_id,
+            } => {
+                for f in session_mut(&keys, &mut state.sessions, key)?
+                    .in_flight
+                    .iter_mut()
+                {
+                    if f.0 == packet_id {
+                        f.3 = true;
+                    }
+                }
+            }
+            Record::Finished {
+                session: key,
+                packet_id,
+            } => session_mut(&keys, &mut state.sessions, key)?
+                .in_flight
+                .retain(|f| f.0 != packet_id),
+            Record::AwaitingPubrel {
+                session: key,
+                packet_id,
+            } => {
+                let s = session_mut(&keys, &mut state.sessions, key)?;
+                if !s.awaiting_pubrel.contains(&packet_id) {
+                    s.awaiting_pubrel.push(packet_id);
+                }
+            }
+            Record::PubrelReceived {
+                session: key,
+                packet_id,
+            } => session_mut(&keys, &mut state.sessions, key)?
+                .awaiting_pubrel
+                .retain(|&p| p != packet_id),
+            Record::Disconnected {
+                session: key,
+                at_ms,
+            } => session_mut(&keys, &mut state.sessions, key)?.offline_since_ms = Some(at_ms),
+            Record::Ended { session: key } => {
+                let s = session_mut(&keys, &mut state.sessions, key)?;
+                let (client_id, claim) = (std::mem::take(&mut s.client_id), s.claim);
+                *s = RecoveredSession {
+                    client_id,
+                    claim,
+                    ended: true,
+                    ..Default::default()
+                };
+                keys.remove(&key);
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// The session a record is about (`Started` made it).
+fn session_mut<'a>(
+    keys: &HashMap<u64, String>,
+    sessions: &'a mut HashMap<String, RecoveredSession>,
+    key: u64,
+) -> Result<&'a mut RecoveredSession, String> {
+    let client = keys
+        .get(&key)
+        .ok_or_else(|| format!("a record names session {key}, which never started"))?;
+    Ok(sessions.get_mut(client).expect("started sessions are kept"))
+}
+
+/// A message from its 5.0 PUBLISH bytes.
+fn decode_message(
+    publish: Bytes,
+    expires_at_ms: u64,
+    clock: &WallClock,
+) -> Result<Message, String> {
+    let mut buf = BytesMut::from(&publish[..]);
+    let decoder = Decoder::client(ProtocolVersion::V5, format::RECORD_MAX);
+    match decoder.decode_from(&mut buf) {
+        Ok(Some(Packet::Publish(p))) if buf.is_empty() => Ok(Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            origin: None,
+            expires_at: (expires_at_ms != 0).then(|| clock.instant(expires_at_ms)),
+        }),
+        Ok(_) => Err("a message record that is not one PUBLISH".into()),
+        Err(e) => Err(format!("a message record that does not decode: {e}")),
+    }
+}
+
+/// QoS from a delivery's byte.
+pub fn qos(byte: u8) -> QoS {
+    QoS::from_u8(byte).unwrap_or(QoS::AtLeastOnce)
+}

@@ -1,0 +1,122 @@
+//! Opening the store at start: recovery reads it, each shard gets a new journal (of the
+//! next generation) and its share of the sessions to write into it, and once every shard
+//! has written and synced its journal the files read are removed. Until then the old
+//! files stay: a crash in between reads both, which hold the same state.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::journal::Journal;
+use super::recover::{self, RecoveredSession};
+use super::WallClock;
+use crate::config::Config;
+use crate::types::Message;
+
+/// What one shard starts with: its journal, its sessions, and (one shard) every retained
+/// message with the number of the last retained change, to write into its journal.
+pub struct ShardStore {
+    pub journal: Journal,
+    pub sessions: Vec<RecoveredSession>,
+    pub retained: Option<(u64, Vec<Arc<Message>>)>,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    shards: Vec<Option<ShardStore>>,
+    /// The retained messages, for the shared store; the number of the last change.
+    pub retained: Vec<Arc<Message>>,
+    pub last_retained_change: u64,
+    /// The first claim number not used by any session read.
+    pub next_claim: u64,
+    old_files: Vec<PathBuf>,
+    counts: (usize, usize, usize),
+    started: Instant,
+}
+
+/// Reads the store (`persistence true`) and makes each shard's new journal. `Ok(None)`
+/// without persistence; an error names the file that could not be read or written.
+pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
+    let Some(dir) = config.persistence_dir() else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let recovered = recover::recover(&dir, &WallClock::now()).map_err(|e| {
+        io::Error::other(format!(
+            "persistence: {e}. The store was left as it is; move the damaged file aside to start without it."
+        ))
+    })?;
+    for note in &recovered.notes {
+        log::warn!("Warning: persistence: {note}.");
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| io::Error::other(format!("persistence: {}: {e}", dir.display())))?;
+    let counts = (
+        recovered.retained.len(),
+        recovered.sessions.len(),
+        recovered.queued_messages(),
+    );
+    let mut parts: Vec<Vec<RecoveredSession>> = (0..shards).map(|_| Vec::new()).collect();
+    for session in recovered.sessions {
+        let mut hasher = DefaultHasher::new();
+        session.client_id.hash(&mut hasher);
+        parts[hasher.finish() as usize % shards].push(session);
+    }
+    let last_retained_change = recovered.next_retained_seq.saturating_sub(1);
+    let mut store = Store {
+        shards: Vec::with_capacity(shards),
+        retained: recovered.retained,
+        last_retained_change,
+        next_claim: recovered.next_claim,
+        old_files: recovered.files,
+        counts,
+        started,
+        dir: dir.clone(),
+    };
+    for (shard, sessions) in parts.into_iter().enumerate() {
+        let journal = Journal::create(
+            &dir,
+            shard,
+            recovered.next_generation,
+            config.persistence_sync,
+        )
+        .map_err(|e| io::Error::other(format!("persistence: {}: {e}", dir.display())))?;
+        let retained = (shard == 0).then(|| (last_retained_change, store.retained.clone()));
+        store.shards.push(Some(ShardStore {
+            journal,
+            sessions,
+            retained,
+        }));
+    }
+    Ok(Some(store))
+}
+
+impl Store {
+    /// Shard `shard`'s part (once).
+    pub fn take_shard(&mut self, shard: usize) -> Option<ShardStore> {
+        self.shards.get_mut(shard)?.take()
+    }
+
+    /// Every shard has written its journal: the files read go, and the log says what came
+    /// back.
+    pub fn finish(self) {
+        for file in &self.old_files {
+            if let Err(e) = std::fs::remove_file(file) {
+                log::warn!(
+                    "Warning: persistence: could not remove {} (already restored): {e}.",
+                    file.display()
+                );
+            }
+        }
+        let (retained, sessions, queued) = self.counts;
+        log::info!(
+            target: "information",
+            "Restored {retained} retained messages, {sessions} sessions, {queued} queued messages from {} in {} ms.",
+            self.dir.display(),
+            self.started.elapsed().as_millis()
+        );
+    }
+}

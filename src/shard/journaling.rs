@@ -1,0 +1,247 @@
+//! The shard's side of persistence (`persist/`): its journal gets the turn's session
+//! changes and retained changes before the turn's packets go out, sessions written whole
+//! when they arrive here, and the shard's live state when it is compacted; at start the
+//! shard takes back the sessions recovery gives it.
+
+use compact_str::CompactString;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::io::Backend;
+use super::subscribe::TrieOp;
+use super::Shard;
+use crate::persist::journal::Journal;
+use crate::persist::recover::{self, RecoveredSession};
+use crate::persist::WallClock;
+use crate::session::{Changes, Limits, Session};
+use crate::topic::Subscription;
+use crate::types::{Message, SessionId, Target};
+
+impl<B: Backend> Shard<B> {
+    /// Journals from now on: every change of this shard's sessions is recorded.
+    pub fn attach_journal(&mut self, journal: Journal) {
+        self.changes.record(true);
+        self.journal = Some(Box::new(journal));
+    }
+
+    /// The journal with the changes recorded so far written into it (so that what is
+    /// written next comes after them).
+    fn journal_up_to_date(&mut self) -> Option<(&mut Journal, WallClock)> {
+        let journal = self.journal.as_deref_mut()?;
+        let clock = drain(journal, &mut self.changes);
+        Some((journal, clock))
+    }
+
+    /// End of a turn, before its packets go out: the turn's changes are written (and
+    /// synced, with `persistence_sync always`, so that no acknowledgement leaves before
+    /// what it acknowledges is on disk).
+    pub(super) fn journal_turn(&mut self) {
+        let now = self.now;
+        let Some((journal, _)) = self.journal_up_to_date() else {
+            return;
+        };
+        journal.commit(now);
+        if journal.wants_compaction() {
+            self.compact_journal();
+        }
+    }
+
+    /// At shutdown: everything written and synced.
+    pub(super) fn journal_close(&mut self) {
+        let now = self.now;
+        if let Some((journal, _)) = self.journal_up_to_date() {
+            journal.commit(now);
+            journal.sync_now();
+        }
+    }
+
+    /// A persistent session arrived on this shard under its client's claim `claim` (its
+    /// client connected, or it was handed over): written whole.
+    pub(super) fn journal_session(&mut self, id: SessionId, claim: u64) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        if session.clean || self.journal.is_none() {
+            return;
+        }
+        let offline_since = self.offline_since(session);
+        let Some(journal) = self.journal.as_deref_mut() else {
+            return;
+        };
+        let clock = drain(journal, &mut self.changes);
+        journal.session(session, claim, offline_since, &clock);
+    }
+
+    /// A journaled session's client went away.
+    pub(super) fn journal_disconnected(&mut self, id: SessionId) {
+        if let Some((journal, clock)) = self.journal_up_to_date() {
+            journal.disconnected(id, clock.current_unix_ms());
+        }
+    }
+
+    /// A session left for another shard: no longer this journal's.
+    pub(super) fn journal_forget(&mut self, id: SessionId) {
+        if let Some((journal, _)) = self.journal_up_to_date() {
+            journal.forget(id);
+        }
+    }
+
+    /// A client changed a topic's retained message (change number `seq`).
+    pub(super) fn journal_retained(&mut self, seq: u64, message: &Arc<Message>) {
+        if let Some((journal, clock)) = self.journal_up_to_date() {
+            journal.retained(seq, message, &clock);
+        }
+    }
+
+    /// When an offline session's client went away, worked out from its expiry deadline
+    /// (what the journal needs to keep the expiry running across a restart).
+    fn offline_since(&self, session: &Session) -> Option<Instant> {
+        let at = session.expires_at?;
+        let never = session.version != crate::codec::ProtocolVersion::V5
+            || session.expiry_interval_s == u32::MAX;
+        let after = if never {
+            self.config.persistent_client_expiration?
+        } else {
+            Duration::from_secs(session.expiry_interval_s.into())
+        };
+        Some(at.checked_sub(after).unwrap_or(at))
+    }
+
+    /// Rewrites the journal from the live state: every retained message, every persistent
+    /// session. (On the shard, for now: the time it takes grows with the live state.)
+    fn compact_journal(&mut self) {
+        let now = self.now;
+        let mut retained = Vec::new();
+        let seq = {
+            let store = self.shared.retained.lock().expect("retained lock");
+            store.all_but_sys(&mut retained);
+            store.last_change()
+        };
+        let Some((journal, clock)) = self.journal_up_to_date() else {
+            return;
+        };
+        journal.begin_compaction(now);
+        journal.all_retained(seq, &retained, &clock);
+        let persistent: Vec<SessionId> = (self.sessions.values())
+            .filter(|s| !s.clean)
+            .map(|s| s.id)
+            .collect();
+        for id in persistent {
+            let claim = self.claim_of(id);
+            self.journal_session(id, claim);
+        }
+        if let Some(journal) = self.journal.as_deref_mut() {
+            journal.finish_compaction();
+        }
+    }
+
+    /// The claim a session here is held under (its client's latest, from the registry).
+    fn claim_of(&self, id: SessionId) -> u64 {
+        let Some(session) = self.sessions.get(&id) else {
+            return 0;
+        };
+        let registry = self.shared.registry.lock().expect("registry lock");
+        registry.get(&session.client_id).map_or(0, |c| c.number)
+    }
+
+    /// At start, before the first turn: the sessions recovery gives this shard, registered
+    /// (client ids, subscriptions) and written to its new journal; `retained`: the retained
+    /// messages to write too (one shard writes them).
+    pub fn restore(
+        &mut self,
+        sessions: Vec<RecoveredSession>,
+        retained: Option<(u64, Vec<Arc<Message>>)>,
+    ) {
+        let clock = WallClock::now();
+        let mut quiet = Changes::default();
+        if let (Some((seq, messages)), Some(journal)) = (retained, self.journal.as_deref_mut()) {
+            journal.all_retained(seq, &messages, &clock);
+        }
+        for recovered in sessions {
+            let id = self.shared.new_session_id();
+            let client_id: Arc<str> = recovered.client_id.as_str().into();
+            let version = recovered.version();
+            let mut session = Session::new(id, client_id.clone(), version, false);
+            session.set_parameters(version, recovered.expiry_interval_s, false, &mut quiet);
+            for (filter, options, identifier) in &recovered.subscriptions {
+                let Some(options) = crate::codec::SubscriptionOptions::from_byte(*options) else {
+                    log::warn!("Warning: a stored subscription of {client_id} to {filter} has bad options; left out.");
+                    continue;
+                };
+                if crate::topic::parse_filter(filter).is_err() {
+                    log::warn!("Warning: a stored subscription of {client_id} to {filter:?} is not a valid filter; left out.");
+                    continue;
+                }
+                let sub = Subscription {
+                    shard: self.id as u16,
+                    options,
+                    identifier: NonZeroU32::new(*identifier),
+                };
+                session.subscribe(filter, sub, &mut quiet);
+                self.trie_ops.push(TrieOp::Subscribe {
+                    filter: CompactString::from(filter.as_str()),
+                    session: id,
+                    sub,
+                });
+            }
+            let target = |d: &crate::persist::format::Delivery| Target {
+                session: id,
+                qos: recover::qos(d.qos),
+                retain: d.retain,
+                identifiers: d.identifiers.iter().copied().collect(),
+            };
+            for (packet_id, message, delivery, released) in &recovered.in_flight {
+                let packet_id =
+                    session.start(message, &target(delivery), Some(*packet_id), &mut quiet);
+                if *released {
+                    session.pubrec(packet_id, &mut quiet);
+                }
+            }
+            let unbounded = Limits {
+                window: 0,
+                queued_max: usize::MAX,
+                queued_bytes_max: 0,
+            };
+            for (message, delivery) in &recovered.queued {
+                session.offer(message, &target(delivery), unbounded, &mut quiet);
+            }
+            for packet_id in &recovered.awaiting_pubrel {
+                session.awaiting_pubrel(*packet_id, &mut quiet);
+            }
+            // Offline since its client went away (or since now, if it was connected when
+            // the broker stopped): its expiry runs from then.
+            let since = recovered
+                .offline_since_ms
+                .map_or(self.now, |ms| clock.instant(ms).min(self.now));
+            if let Some(at) = session.start_expiry(since, self.config.persistent_client_expiration)
+            {
+                self.expiries.push(std::cmp::Reverse((at, id)));
+            }
+            self.shared.registry.lock().expect("registry lock").insert(
+                client_id.clone(),
+                super::shared::Claim {
+                    shard: self.id,
+                    number: recovered.claim,
+                },
+            );
+            self.by_client.insert(client_id, id);
+            self.sessions.insert(id, Box::new(session));
+            self.journal_session(id, recovered.claim);
+        }
+        self.apply_trie_ops();
+        if let Some(journal) = self.journal.as_deref_mut() {
+            journal.commit(self.now);
+            journal.sync_now();
+        }
+    }
+}
+
+/// Writes the change records so far into `journal`; the clock to write what follows with.
+fn drain(journal: &mut Journal, changes: &mut Changes) -> WallClock {
+    let clock = WallClock::now();
+    for change in changes.take() {
+        journal.change(&change, &clock);
+    }
+    clock
+}

@@ -1,0 +1,332 @@
+//! Persistence (`persistence true`): retained messages, persistent sessions with their
+//! subscriptions, queued messages and QoS state both ways survive a restart (SIGTERM) and a
+//! crash (`kill -9`), at one and two shards, for 3.1.1 and 5.0 clients; a torn journal is
+//! read up to its last whole record, a damaged one stops the start naming the file.
+
+mod common;
+
+use common::*;
+use midge::codec::*;
+use std::path::{Path, PathBuf};
+
+/// A fresh store directory for one test.
+fn store(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("midge-persist-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// midge with persistence in `dir` (as root, so the store stays this test's).
+fn broker(name: &str, dir: &Path, extra: &str, threads: &str) -> Broker {
+    let conf = config_file(
+        name,
+        &format!(
+            "user root\nlistener 0 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}\n{extra}",
+            dir.display()
+        ),
+    );
+    Broker::start_configured(&["-c", &conf, "--threads", threads])
+}
+
+fn persistent(port: u16, version: ProtocolVersion, id: &str) -> (Raw, ConnAck) {
+    let mut connect = connect_packet(version, id, false, 60);
+    if version == ProtocolVersion::V5 {
+        connect.properties.session_expiry_interval = Some(3600);
+    }
+    Raw::connect_with(port, connect)
+}
+
+fn disconnect(mut c: Raw) {
+    c.send(&Packet::Disconnect(Disconnect::default()));
+    c.expect_closed();
+}
+
+/// Publishes QoS 1 and waits for its PUBACK.
+fn publish_acked(c: &mut Raw, topic: &str, payload: &[u8], packet_id: u16, retain: bool) {
+    c.send(&publish(
+        topic,
+        payload,
+        QoS::AtLeastOnce,
+        packet_id,
+        retain,
+    ));
+    assert!(matches!(c.recv(), Packet::PubAck(_)));
+}
+
+#[test]
+fn retained_messages_and_sessions_survive_a_restart() {
+    for threads in ["1", "2"] {
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            let dir = store(&format!("restart-{threads}-{version:?}"));
+            let name = format!("persist-restart-{threads}-{version:?}");
+            let b = broker(&name, &dir, "", threads);
+            let (mut sub, ack) = persistent(b.port, version, "keeper");
+            assert!(!ack.session_present);
+            let mut subscribe = subscribe(
+                1,
+                &[("news/#", QoS::ExactlyOnce), ("one/+", QoS::AtLeastOnce)],
+            );
+            if let (Packet::Subscribe(s), ProtocolVersion::V5) = (&mut subscribe, version) {
+                s.properties.subscription_identifiers.push(7);
+            }
+            sub.send(&subscribe);
+            assert!(matches!(sub.recv(), Packet::SubAck(_)));
+            disconnect(sub);
+            let mut publisher = Raw::connect(b.port, "publisher");
+            publish_acked(&mut publisher, "keep/a", b"retained", 1, true);
+            publish_acked(&mut publisher, "keep/gone", b"soon cleared", 2, true);
+            publish_acked(&mut publisher, "keep/gone", b"", 3, true);
+            for i in 0..3u8 {
+                publish_acked(&mut publisher, "news/x", &[i], 10 + u16::from(i), false);
+            }
+            publish_acked(&mut publisher, "one/y", b"one", 20, false);
+            drop(publisher);
+            assert!(b.terminate().success());
+
+            let b = broker(&name, &dir, "", threads);
+            b.wait_for_log("Restored 1 retained messages, 1 sessions, 4 queued messages");
+            let (mut sub, ack) = persistent(b.port, version, "keeper");
+            // [MQTT-3.2.2-2] the session is still there.
+            assert!(ack.session_present, "{version:?} at {threads} shards");
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                let p = sub.recv_publish();
+                if version == ProtocolVersion::V5 && p.topic.as_str() == "news/x" {
+                    assert_eq!(p.properties.subscription_identifiers.to_vec(), vec![7]);
+                }
+                match p.qos {
+                    QoS::ExactlyOnce => {
+                        sub.send(&Packet::PubRec(PubResponse::new(p.packet_id)));
+                        assert_eq!(sub.recv(), Packet::PubRel(PubResponse::new(p.packet_id)));
+                        sub.send(&Packet::PubComp(PubResponse::new(p.packet_id)));
+                    }
+                    _ => sub.send(&Packet::PubAck(PubResponse::new(p.packet_id))),
+                }
+                got.push((p.topic.to_string(), p.payload.to_vec(), p.qos));
+            }
+            assert_eq!(
+                got,
+                vec![
+                    ("news/x".into(), vec![0], QoS::AtLeastOnce),
+                    ("news/x".into(), vec![1], QoS::AtLeastOnce),
+                    ("news/x".into(), vec![2], QoS::AtLeastOnce),
+                    ("one/y".into(), b"one".to_vec(), QoS::AtLeastOnce),
+                ]
+            );
+            // The subscriptions came back too: live messages flow.
+            let mut publisher = Raw::connect(b.port, "publisher");
+            publisher.send(&publish("news/live", b"live", QoS::AtMostOnce, 0, false));
+            assert_eq!(&sub.recv_publish().payload[..], b"live");
+            // The retained message, and not the cleared one.
+            let mut late = Raw::connect(b.port, "late");
+            late.subscribe(&[("keep/#", QoS::AtMostOnce)]);
+            let p = late.recv_publish();
+            assert_eq!(
+                (p.topic.as_str(), &p.payload[..], p.retain),
+                ("keep/a", &b"retained"[..], true)
+            );
+            late.expect_nothing(std::time::Duration::from_millis(200));
+            drop(b);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
+
+#[test]
+fn qos2_state_both_ways_survives_a_restart() {
+    let dir = store("qos2");
+    let b = broker("persist-qos2", &dir, "", "1");
+    // Outgoing: PUBREC came back and PUBREL went out; PUBCOMP never did.
+    let (mut sub, _) = persistent(b.port, ProtocolVersion::V311, "receiver");
+    sub.subscribe(&[("q", QoS::ExactlyOnce)]);
+    // Incoming: a QoS 2 PUBLISH answered with PUBREC; its PUBREL never sent.
+    let (mut publisher, _) = persistent(b.port, ProtocolVersion::V311, "sender");
+    publisher.send(&publish("q", b"once", QoS::ExactlyOnce, 42, false));
+    assert_eq!(publisher.recv(), Packet::PubRec(PubResponse::new(42)));
+    let p = sub.recv_publish();
+    sub.send(&Packet::PubRec(PubResponse::new(p.packet_id)));
+    assert_eq!(sub.recv(), Packet::PubRel(PubResponse::new(p.packet_id)));
+    drop((sub, publisher));
+    assert!(b.terminate().success());
+
+    let b = broker("persist-qos2", &dir, "", "1");
+    let (mut sub, ack) = persistent(b.port, ProtocolVersion::V311, "receiver");
+    assert!(ack.session_present);
+    // [MQTT-4.4.0-1] PUBREL is what is resent, not the PUBLISH.
+    assert_eq!(sub.recv(), Packet::PubRel(PubResponse::new(p.packet_id)));
+    sub.send(&Packet::PubComp(PubResponse::new(p.packet_id)));
+    let (mut publisher, ack) = persistent(b.port, ProtocolVersion::V311, "sender");
+    assert!(ack.session_present);
+    // The publisher resends its PUBLISH (DUP): packet id 42 still awaits PUBREL, so it is
+    // not delivered again [MQTT-4.3.3-9]; PUBREL completes it.
+    let mut again = publish("q", b"once", QoS::ExactlyOnce, 42, false);
+    if let Packet::Publish(p) = &mut again {
+        p.dup = true;
+    }
+    publisher.send(&again);
+    assert_eq!(publisher.recv(), Packet::PubRec(PubResponse::new(42)));
+    publisher.send(&Packet::PubRel(PubResponse::new(42)));
+    assert_eq!(publisher.recv(), Packet::PubComp(PubResponse::new(42)));
+    sub.expect_nothing(std::time::Duration::from_millis(300));
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `persistence_sync always`, then `kill -9` in the middle of a QoS 1 and QoS 2 stream:
+/// every message whose PUBACK or PUBREC the publisher had reaches the persistent
+/// subscriber after the restart, QoS 2 once, in order.
+#[test]
+fn acknowledged_messages_survive_a_crash() {
+    let dir = store("crash");
+    let b = broker(
+        "persist-crash",
+        &dir,
+        "persistence_sync always\nmax_queued_messages 0\n",
+        "1",
+    );
+    let (sub, _) = persistent(b.port, ProtocolVersion::V311, "victim");
+    let mut sub = sub;
+    sub.subscribe(&[("crash/#", QoS::ExactlyOnce)]);
+    disconnect(sub);
+    let mut publisher = Raw::connect(b.port, "publisher");
+    // Publish without waiting, reading acknowledgements as they come; the broker is
+    // killed part way.
+    let mut acked = Vec::new();
+    let mut next = 1u16;
+    let collect = |publisher: &mut Raw, acked: &mut Vec<u16>, wait_ms| {
+        while let Some(packet) = publisher.poll_packet(std::time::Duration::from_millis(wait_ms)) {
+            match packet {
+                Packet::PubAck(r) => acked.push(r.packet_id),
+                Packet::PubRec(r) => {
+                    acked.push(r.packet_id);
+                    publisher.send(&Packet::PubRel(r));
+                }
+                Packet::PubComp(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    // Batches of 10 (at most 20 unacknowledged: the broker's Receive Maximum for QoS 2),
+    // acknowledgements read between them; the kill comes once 200 are acknowledged, with
+    // more on their way.
+    let until = std::time::Instant::now() + DEADLINE;
+    while acked.len() < 200 {
+        assert!(
+            std::time::Instant::now() < until,
+            "too few acknowledgements: {} of {}; log: {:?}",
+            acked.len(),
+            next - 1,
+            b.log_lines().iter().rev().take(8).collect::<Vec<_>>()
+        );
+        if usize::from(next) - 1 - acked.len() <= 10 {
+            for _ in 0..10 {
+                let qos = if next % 2 == 0 {
+                    QoS::ExactlyOnce
+                } else {
+                    QoS::AtLeastOnce
+                };
+                publisher.send(&publish("crash/x", &next.to_be_bytes(), qos, next, false));
+                next += 1;
+            }
+        }
+        collect(&mut publisher, &mut acked, 10);
+    }
+    // SAFETY: kill(2) on the PID of the broker this test started.
+    unsafe { libc::kill(b.pid() as i32, libc::SIGKILL) };
+    collect(&mut publisher, &mut acked, 500);
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged before the kill"
+    );
+    drop(b);
+
+    let b = broker("persist-crash", &dir, "max_queued_messages 0\n", "1");
+    let (mut sub, ack) = persistent(b.port, ProtocolVersion::V311, "victim");
+    assert!(ack.session_present);
+    let mut got: Vec<u16> = Vec::new();
+    while let Some(packet) = sub.poll_packet(std::time::Duration::from_millis(500)) {
+        let p = match packet {
+            Packet::Publish(p) => p,
+            Packet::PubRel(r) => {
+                sub.send(&Packet::PubComp(r));
+                continue;
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        got.push(u16::from_be_bytes([p.payload[0], p.payload[1]]));
+        match p.qos {
+            QoS::ExactlyOnce => sub.send(&Packet::PubRec(PubResponse::new(p.packet_id))),
+            _ => sub.send(&Packet::PubAck(PubResponse::new(p.packet_id))),
+        }
+    }
+    // Every acknowledged message, each once, in publishing order.
+    for id in &acked {
+        assert!(got.contains(id), "message {id} was acknowledged and lost");
+    }
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), got.len(), "a message came twice");
+    assert_eq!(sorted, got, "out of order");
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn journal_files(dir: &Path) -> Vec<PathBuf> {
+    let store = dir.join("mosquitto.db.d");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_torn_journal_is_read_to_its_last_record_and_a_damaged_one_stops_the_start() {
+    let dir = store("damage");
+    let b = broker("persist-damage", &dir, "", "1");
+    let mut publisher = Raw::connect(b.port, "publisher");
+    publish_acked(&mut publisher, "keep/1", b"first", 1, true);
+    publish_acked(&mut publisher, "keep/2", b"second", 2, true);
+    drop(publisher);
+    assert!(b.terminate().success());
+
+    // A crash cut the last write short: the last record is left out, with a warning.
+    let file = journal_files(&dir).pop().unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 3]).unwrap();
+    let b = broker("persist-damage", &dir, "", "1");
+    b.wait_for_log("left out a torn last record");
+    b.wait_for_log("Restored 1 retained messages");
+    assert!(b.terminate().success());
+
+    // A flipped byte inside: the broker does not start, and says which file.
+    let file = journal_files(&dir).pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[20] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let conf = config_file(
+        "persist-damaged",
+        &format!(
+            "user root\nlistener 0 127.0.0.1\npersistence true\npersistence_location {}\n",
+            dir.display()
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_midge"))
+        .args(io_backend_args())
+        .args(["-c", &conf])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(&file.display().to_string()) && log.contains("record at byte"),
+        "{log}"
+    );
+    // Nothing was removed or rewritten.
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
