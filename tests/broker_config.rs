@@ -389,7 +389,10 @@ fn a_bad_configuration_names_file_line_and_the_likely_option() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(":1: include_dir: cannot read"));
     // A Mosquitto option of a later feature is a warning, and the broker runs.
-    let conf = config_file("later", "queue_qos0_messages true\nmax_inflight_bytes 100\n");
+    let conf = config_file(
+        "later",
+        "queue_qos0_messages true\nmax_inflight_bytes 100\n",
+    );
     let broker = Broker::start(&["-c", &conf]);
     broker.wait_for_log("queue_qos0_messages is not supported by midge yet; ignored.");
     let _c = Raw::connect(broker.port, "fine");
