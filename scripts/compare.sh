@@ -2,7 +2,7 @@
 # midge against Debian's mosquitto: the same loadgen scenarios against each, in one run, on
 # free loopback ports; prints both figures and their ratio, and keeps the raw JSON.
 #
-#   scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws]
+#   scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC]
 #
 # --pair names the two brokers compared (default: midge mosquitto); each is one of midge
 # (its default backend), midge-uring, midge-epoll (same build, backend forced), midge-batch
@@ -15,14 +15,20 @@
 # and 1 and a conn-storm (TLS handshakes per second, RSS per idle TLS connection).
 # With --ws both serve MQTT over WebSockets (`protocol websockets`; with --tls too: wss),
 # and the scenarios are p2p QoS 0 and 1.
+# With --persist SYNC both keep persistent sessions on disk: midge with `persistence true`
+# and `persistence_sync SYNC` (always, interval, a number of ms, never), Mosquitto with
+# `persistence true`, `autosave_interval 1` and `autosave_on_changes true` (its database
+# saved after every change: its nearest to acknowledged-means-on-disk), each in a fresh
+# directory; the scenarios are p2p QoS 1 with persistent sessions (loadgen --persistent),
+# at a fixed rate and as a ceiling search.
 # Pinning (2-core machines): each broker on core 1 (midge with one shard), loadgen on core 0.
 # Figures move from run to run on a shared machine: compare the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=8 warmup=2 repeat=1 tls=0 ws=0
+duration=8 warmup=2 repeat=1 tls=0 ws=0 persist=""
 brokers=(midge mosquitto)
-usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws]  (A, B: midge midge-uring midge-epoll midge-batch mosquitto)" >&2; exit 2; }
+usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC]  (A, B: midge midge-uring midge-epoll midge-batch mosquitto)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3 warmup=1 ;;
@@ -30,6 +36,7 @@ while [ $# -gt 0 ]; do
     --pair) [ $# -ge 3 ] || usage; brokers=("$2" "$3"); shift 2 ;;
     --tls) tls=1 ;;
     --ws) ws=1 ;;
+    --persist) [ $# -ge 2 ] || usage; persist=$2; shift ;;
     *) usage ;;
   esac
   shift
@@ -71,8 +78,18 @@ if [ "$tls" = 1 ]; then
     chmod 644 ./*
   ) 2>/dev/null
 fi
-layered_conf() { # port: one listener with the run's layers
+layered_conf() { # port broker: one listener with the run's layers (and persistence)
   printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$1"
+  if [ -n "$persist" ]; then
+    # A fresh store for each start, writable by mosquitto once it drops root.
+    store=$(mktemp -d "$out/store-$2.XXXXXX")
+    chmod 777 "$store"
+    printf 'persistence true\npersistence_location %s/\n' "$store"
+    case "$2" in
+      mosquitto) printf 'autosave_interval 1\nautosave_on_changes true\n' ;;
+      *) printf 'persistence_sync %s\n' "$persist" ;;
+    esac
+  fi
   if [ "$ws" = 1 ]; then printf 'protocol websockets\n'; fi
   if [ "$tls" = 1 ]; then printf 'certfile %s\nkeyfile %s\n' "$pki/server.pem" "$pki/server.key"; fi
   # Debian's Mosquitto 2.0.11 exits ("Unable to start any listening sockets") when its only
@@ -81,8 +98,8 @@ layered_conf() { # port: one listener with the run's layers
 }
 
 start_broker() { # name port
-  if [ "$tls" = 1 ] || [ "$ws" = 1 ]; then
-    layered_conf "$2" >"$out/$1-layered.conf"
+  if [ "$tls" = 1 ] || [ "$ws" = 1 ] || [ -n "$persist" ]; then
+    layered_conf "$2" "$1" >"$out/$1-layered.conf"
     [ "$1" = midge-batch ] && printf 'io_batch_wait_us 50\n' >>"$out/$1-layered.conf"
     case "$1" in
       midge|midge-batch) taskset -c 1 target/release/midge -c "$out/$1-layered.conf" --threads 1 2>"$out/$1.log" & ;;
@@ -136,6 +153,13 @@ if [ "$ws" = 1 ]; then
     "conn-storm|--scenario conn-storm --clients 2000 --idle 2"
   )
   tls_args+=(--ws)
+fi
+if [ -n "$persist" ]; then
+  scenarios=(
+    "p2p-qos1-ceiling|--scenario p2p --clients 10 --rate 500 --qos 1 --ceiling --step 1.5 --p99-max 10"
+    "p2p-qos1|--scenario p2p --clients 10 --rate 1000 --qos 1"
+  )
+  tls_args+=(--persistent)
 fi
 
 for round in $(seq 1 "$repeat"); do
