@@ -215,6 +215,7 @@ fn run(config: Config, args: &Args) -> ExitCode {
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGHUP,
+            signal_hook::consts::SIGUSR1,
         ])
     });
     let mut signals = match signals {
@@ -242,6 +243,8 @@ fn run(config: Config, args: &Args) -> ExitCode {
                 let taken = reload_signals.taken.load(Ordering::Acquire);
                 reload(&signal_args, &stopper);
                 reload_signals.applied.fetch_max(taken, Ordering::AcqRel);
+            } else if signal == signal_hook::consts::SIGUSR1 {
+                stopper.compact();
             } else {
                 stopper.stop();
                 return;

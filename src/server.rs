@@ -256,6 +256,15 @@ impl Stopper {
         reload(&self.0, fresh)
     }
 
+    /// SIGUSR1, as in Mosquitto ("save the database now"): every shard rewrites its
+    /// journal from its live state on its next turn.
+    pub fn compact(&self) {
+        self.0.compactions_asked.fetch_add(1, Ordering::AcqRel);
+        for shard in 0..self.0.mailboxes.shards() {
+            self.0.mailboxes.wake(shard);
+        }
+    }
+
     pub fn stop(&self) {
         self.0.shutdown.store(true, Ordering::Release);
         for shard in 0..self.0.mailboxes.shards() {

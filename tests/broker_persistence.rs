@@ -330,3 +330,105 @@ fn a_torn_journal_is_read_to_its_last_record_and_a_damaged_one_stops_the_start()
     assert_eq!(std::fs::read(&file).unwrap(), bytes);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `persistence_on_damage set_aside`: the damaged journal is renamed aside (kept), the
+/// broker starts without what it held, and says so.
+#[test]
+fn a_damaged_journal_can_be_set_aside() {
+    let dir = store("aside");
+    let b = broker("persist-aside", &dir, "", "1");
+    let mut publisher = Raw::connect(b.port, "publisher");
+    publish_acked(&mut publisher, "keep/1", b"first", 1, true);
+    drop(publisher);
+    assert!(b.terminate().success());
+    let file = journal_files(&dir).pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[20] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let b = broker(
+        "persist-aside",
+        &dir,
+        "persistence_on_damage set_aside\n",
+        "1",
+    );
+    b.wait_for_log("set aside as");
+    b.wait_for_log("Restored 0 retained messages");
+    let aside = file.with_extension("journal.damaged");
+    assert_eq!(std::fs::read(&aside).unwrap(), bytes, "kept as it was");
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// SIGUSR1 (Mosquitto's "save now"): each shard rewrites its journal from the live state;
+/// what was superseded goes, what is live stays.
+#[test]
+fn sigusr1_compacts_the_journals() {
+    let dir = store("compact");
+    let b = broker("persist-compact", &dir, "", "1");
+    let mut publisher = Raw::connect(b.port, "publisher");
+    for i in 0..200u16 {
+        let payload = vec![b'x'; 1000];
+        publish_acked(&mut publisher, "keep/churn", &payload, i + 1, true);
+    }
+    publish_acked(&mut publisher, "keep/last", b"last", 500, true);
+    let size = |dir: &Path| -> u64 {
+        journal_files(dir)
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum()
+    };
+    let before = size(&dir);
+    assert!(before > 200_000, "{before}");
+    b.signal(libc::SIGUSR1);
+    b.wait_for_log("Compacted ");
+    let after = size(&dir);
+    assert!(after < 10_000, "{before} -> {after}");
+    drop(publisher);
+    assert!(b.terminate().success());
+    let b = broker("persist-compact", &dir, "", "1");
+    b.wait_for_log("Restored 2 retained messages");
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Expiry runs on while the broker is down: a 5.0 session expiring 1 s after its client
+/// left, and a retained message expiring 1 s after it was published, are gone when the
+/// broker comes back 1.5 s later; a session expiring in an hour is still there.
+#[test]
+fn expiry_runs_on_while_the_broker_is_down() {
+    let dir = store("expiry");
+    let b = broker("persist-expiry", &dir, "", "1");
+    let mut short = connect_packet(ProtocolVersion::V5, "short", false, 60);
+    short.properties.session_expiry_interval = Some(1);
+    let (c, _) = Raw::connect_with(b.port, short.clone());
+    disconnect(c);
+    let (c, _) = persistent(b.port, ProtocolVersion::V5, "long");
+    disconnect(c);
+    let mut publisher = Raw::connect_with(
+        b.port,
+        connect_packet(ProtocolVersion::V5, "publisher", true, 60),
+    )
+    .0;
+    let mut expiring = publish("keep/brief", b"brief", QoS::AtLeastOnce, 1, true);
+    if let Packet::Publish(p) = &mut expiring {
+        p.properties.message_expiry_interval = Some(1);
+    }
+    publisher.send(&expiring);
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    let left_at = std::time::Instant::now();
+    drop(publisher);
+    assert!(b.terminate().success());
+    // The downtime outlasts both expiries.
+    std::thread::sleep(std::time::Duration::from_millis(1500).saturating_sub(left_at.elapsed()));
+    let b = broker("persist-expiry", &dir, "", "1");
+    b.wait_for_log("Restored 0 retained messages");
+    let (_c, ack) = Raw::connect_with(b.port, short);
+    assert!(
+        !ack.session_present,
+        "the 1 s session expired while the broker was down"
+    );
+    let (_c, ack) = persistent(b.port, ProtocolVersion::V5, "long");
+    assert!(ack.session_present);
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

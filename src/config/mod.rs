@@ -298,6 +298,9 @@ pub struct Config {
     /// directory `<location>/<file>.d` (`persist::directory`).
     pub persistence_location: Option<PathBuf>,
     pub persistence_file: String,
+    /// `persistence_on_damage stop|set_aside` (midge's own): a damaged journal stops the
+    /// start (the default), or is renamed aside and the broker starts without it.
+    pub persistence_on_damage_set_aside: bool,
     /// `persistence_sync` (midge's own): when journal writes reach the disk.
     pub persistence_sync: crate::persist::SyncPolicy,
     /// `autosave_interval` and `autosave_on_changes`: read for Mosquitto's files; midge
@@ -343,6 +346,7 @@ impl Default for Config {
             persistence_location: None,
             persistence_file: "mosquitto.db".to_string(),
             persistence_sync: crate::persist::SyncPolicy::Always,
+            persistence_on_damage_set_aside: false,
             autosave_interval_s: 1800,
             pid_file: None,
             user: None,

@@ -475,6 +475,17 @@ impl Reader {
                     ))
                 })?
             }
+            "persistence_on_damage" => {
+                config.persistence_on_damage_set_aside = match line.one("stop or set_aside")? {
+                    "stop" => false,
+                    "set_aside" => true,
+                    other => {
+                        return Err(line.err(format!(
+                            "persistence_on_damage: {other:?} is neither stop nor set_aside"
+                        )))
+                    }
+                }
+            }
             "autosave_interval" => config.autosave_interval_s = line.number(u32::MAX.into())?,
             "autosave_on_changes" => {
                 line.boolean()?;

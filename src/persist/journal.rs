@@ -42,6 +42,8 @@ pub struct Journal {
     sessions: HashSet<SessionId>,
     /// Writes that failed since the last one that worked (logged once per run of them).
     failures: u64,
+    /// Compactions asked for (SIGUSR1) that this journal has done.
+    pub compactions_done: u64,
 }
 
 /// A journal file's name in the store directory: `shard-<shard>-<generation>.journal`.
@@ -98,6 +100,7 @@ impl Journal {
             next_message: 1,
             sessions: HashSet::new(),
             failures: 0,
+            compactions_done: 0,
         })
     }
 

@@ -38,6 +38,28 @@ pub struct RecoveredSession {
 }
 
 impl RecoveredSession {
+    /// Whether its expiry ran out by `now_ms` (5.0's Session Expiry Interval, or
+    /// `persistent_client_expiration` for one that would never expire), counted from when
+    /// its client went away.
+    pub fn expired(
+        &self,
+        now_ms: u64,
+        persistent_client_expiration: Option<std::time::Duration>,
+    ) -> bool {
+        let Some(since) = self.offline_since_ms else {
+            return false;
+        };
+        let never = self.version() != ProtocolVersion::V5 || self.expiry_interval_s == u32::MAX;
+        let after = if never {
+            persistent_client_expiration
+        } else {
+            Some(std::time::Duration::from_secs(
+                self.expiry_interval_s.into(),
+            ))
+        };
+        after.is_some_and(|after| since.saturating_add(after.as_millis() as u64) <= now_ms)
+    }
+
     pub fn version(&self) -> ProtocolVersion {
         match self.version {
             3 => ProtocolVersion::V31,
@@ -81,8 +103,9 @@ struct RetainedChange {
 }
 
 /// Reads every journal in `dir` (none, or no directory: an empty store). An unreadable or
-/// damaged journal is an error naming it.
-pub fn recover(dir: &Path, clock: &WallClock) -> Result<Recovered, String> {
+/// damaged journal is an error naming it, unless `set_aside`: then it is renamed to
+/// `<name>.damaged` (kept, never read again) and the others are read.
+pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recovered, String> {
     let mut recovered = Recovered {
         next_generation: 1,
         ..Default::default()
@@ -99,14 +122,23 @@ pub fn recover(dir: &Path, clock: &WallClock) -> Result<Recovered, String> {
     files.sort();
     let mut sessions: HashMap<String, RecoveredSession> = HashMap::new();
     let mut retained = Vec::new();
+    let mut read_files = Vec::new();
     let mut baseline = 0;
     for path in &files {
         if let Some(generation) = generation_of(path) {
             recovered.next_generation = recovered.next_generation.max(generation + 1);
         }
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let read = format::read_all(&Bytes::from(bytes))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let read = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| format::read_all(&Bytes::from(bytes)));
+        let read = match read {
+            Ok(read) => read,
+            Err(e) if set_aside => {
+                set_aside_damaged(path, &e)?;
+                continue;
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
         if read.torn_bytes > 0 {
             recovered.notes.push(format!(
                 "left out a torn last record ({} bytes) of {}",
@@ -114,7 +146,15 @@ pub fn recover(dir: &Path, clock: &WallClock) -> Result<Recovered, String> {
                 path.display()
             ));
         }
-        let file = replay(read.records, clock).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = match replay(read.records, clock) {
+            Ok(file) => file,
+            Err(e) if set_aside => {
+                set_aside_damaged(path, &e)?;
+                continue;
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        read_files.push(path.clone());
         recovered.next_claim = recovered.next_claim.max(file.max_claim + 1);
         for session in file.sessions.into_values() {
             let newer = sessions
@@ -142,8 +182,22 @@ pub fn recover(dir: &Path, clock: &WallClock) -> Result<Recovered, String> {
         .filter(|m| m.expires_at.is_none_or(|at| at > now))
         .collect();
     recovered.sessions = sessions.into_values().filter(|s| !s.ended).collect();
-    recovered.files = files;
+    recovered.files = read_files;
     Ok(recovered)
+}
+
+/// `persistence_on_damage set_aside`: the damaged journal is renamed `<name>.damaged`, kept
+/// for whoever looks into it, and never read again.
+fn set_aside_damaged(path: &Path, e: &str) -> Result<(), String> {
+    let aside = path.with_extension("journal.damaged");
+    std::fs::rename(path, &aside)
+        .map_err(|r| format!("{}: {e}; setting it aside failed: {r}", path.display()))?;
+    log::error!(
+        "Error: persistence: {}: {e}; set aside as {}, starting without what it held.",
+        path.display(),
+        aside.display()
+    );
+    Ok(())
 }
 
 /// `shard-<n>-<generation>.journal`'s generation.

@@ -44,9 +44,10 @@ pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
         return Ok(None);
     };
     let started = Instant::now();
-    let recovered = recover::recover(&dir, &WallClock::now()).map_err(|e| {
+    let set_aside = config.persistence_on_damage_set_aside;
+    let mut recovered = recover::recover(&dir, &WallClock::now(), set_aside).map_err(|e| {
         io::Error::other(format!(
-            "persistence: {e}. The store was left as it is; move the damaged file aside to start without it."
+            "persistence: {e}. The store was left as it is; `persistence_on_damage set_aside` starts without the damaged file (kept beside it)."
         ))
     })?;
     for note in &recovered.notes {
@@ -54,6 +55,18 @@ pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
     }
     std::fs::create_dir_all(&dir)
         .map_err(|e| io::Error::other(format!("persistence: {}: {e}", dir.display())))?;
+    // Sessions whose expiry ran out while the broker was down end here.
+    let now_ms = WallClock::now().current_unix_ms();
+    let expiry = config.persistent_client_expiration;
+    let before = recovered.sessions.len();
+    recovered.sessions.retain(|s| !s.expired(now_ms, expiry));
+    if recovered.sessions.len() < before {
+        log::info!(
+            target: "information",
+            "{} stored sessions expired while the broker was down.",
+            before - recovered.sessions.len()
+        );
+    }
     let counts = (
         recovered.retained.len(),
         recovered.sessions.len(),

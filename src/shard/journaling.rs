@@ -5,6 +5,7 @@
 
 use compact_str::CompactString;
 use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,13 @@ impl<B: Backend> Shard<B> {
     /// what it acknowledges is on disk).
     pub(super) fn journal_turn(&mut self) {
         let now = self.now;
+        let asked = self.shared.compactions_asked.load(Ordering::Acquire);
         let Some((journal, _)) = self.journal_up_to_date() else {
             return;
         };
         journal.commit(now);
-        if journal.wants_compaction() {
+        if journal.wants_compaction() || journal.compactions_done < asked {
+            journal.compactions_done = asked;
             self.compact_journal();
         }
     }

@@ -64,6 +64,8 @@ pub struct Shared {
     /// Enhanced authentication methods (MQTT 5.0), by name.
     pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
     pub shutdown: AtomicBool,
+    /// Journal compactions asked for (SIGUSR1): a shard that has done fewer does one.
+    pub compactions_asked: AtomicU64,
     /// Where shards meet at shutdown with persistence (`Shard::deliver_in_transit`).
     pub shutdown_barrier: std::sync::Barrier,
     /// When the broker started (`$SYS/broker/uptime`).
@@ -150,6 +152,7 @@ impl Shared {
             auth_methods,
             shutdown: AtomicBool::new(false),
             shutdown_barrier: std::sync::Barrier::new(shards),
+            compactions_asked: AtomicU64::new(0),
             started: clock.now(),
             clock,
             stats: (0..shards).map(|_| Default::default()).collect(),
