@@ -51,6 +51,12 @@ printf '#!/bin/sh\nexec %q "$@"\n' "$root/target/release/midge-passwd" \
     >"$work/apps/mosquitto_passwd/mosquitto_passwd"
 chmod +x "$work/src/mosquitto" "$work/apps/mosquitto_passwd/mosquitto_passwd"
 
+# Run as root, the broker drops to the user `mosquitto` (as Mosquitto would); the tests
+# keep their persistence files in the test directory, so that user may write there (the
+# suite expects to run as an ordinary user, who owns it).
+chmod 755 "$work" "$work/test"
+chmod 1777 "$work/test/broker"
+
 export MIDGE_SUITE_DIR="$work/test/broker"
 python3 - "$@" <<'EOF'
 import os, re, subprocess, sys, time

@@ -434,6 +434,13 @@ impl Config {
         })
     }
 
+    /// The persistence store's marker file (`persist::marker`), if persistence is on.
+    pub fn persistence_marker(&self) -> Option<PathBuf> {
+        self.persistence.then(|| {
+            crate::persist::marker(self.persistence_location.as_ref(), &self.persistence_file)
+        })
+    }
+
     /// Takes what SIGHUP may change from `new` (a fresh read of the same file): security,
     /// limits, logging. Listeners' addresses and the threads stay; a change to them is named
     /// in the returned warnings.

@@ -36,10 +36,11 @@ pub enum Record {
         publish: Bytes,
     },
     /// The retained message of its topic from this change on (`seq` orders the changes of
-    /// every journal: the highest wins).
+    /// every journal: the highest wins), and who published it (for `check_retain_source`).
     Retained {
         seq: u64,
         message: u64,
+        source: Option<Publisher>,
     },
     RetainedCleared {
         seq: u64,
@@ -56,6 +57,8 @@ pub enum Record {
         session: u64,
         client_id: String,
         claim: u64,
+        /// The last packet identifier it numbered (numbering goes on from it).
+        last_packet_id: u16,
     },
     Parameters {
         session: u64,
@@ -76,6 +79,8 @@ pub enum Record {
     },
     Queued {
         session: u64,
+        /// The identifier it was numbered with when queued.
+        packet_id: u16,
         message: u64,
         delivery: Delivery,
     },
@@ -112,6 +117,14 @@ pub enum Record {
     Ended {
         session: u64,
     },
+}
+
+/// The client that published a retained message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publisher {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub listener: u32,
 }
 
 /// How a message goes to one session: its QoS, RETAIN flag and subscription identifiers.
@@ -186,10 +199,25 @@ impl Record {
                 out.put_u64_le(*expires_at_ms);
                 put_str(out, publish);
             }
-            Record::Retained { seq, message } => {
+            Record::Retained {
+                seq,
+                message,
+                source,
+            } => {
                 out.put_u8(kind::RETAINED);
                 out.put_u64_le(*seq);
                 out.put_u64_le(*message);
+                match source {
+                    None => out.put_u8(0),
+                    Some(p) => {
+                        out.put_u8(if p.username.is_some() { 2 } else { 1 });
+                        put_str(out, p.client_id.as_bytes());
+                        if let Some(username) = &p.username {
+                            put_str(out, username.as_bytes());
+                        }
+                        out.put_u32_le(p.listener);
+                    }
+                }
             }
             Record::RetainedCleared { seq, topic } => {
                 out.put_u8(kind::RETAINED_CLEARED);
@@ -204,11 +232,13 @@ impl Record {
                 session,
                 client_id,
                 claim,
+                last_packet_id,
             } => {
                 out.put_u8(kind::STARTED);
                 out.put_u64_le(*session);
                 put_str(out, client_id.as_bytes());
                 out.put_u64_le(*claim);
+                out.put_u16_le(*last_packet_id);
             }
             Record::Parameters {
                 session,
@@ -239,11 +269,13 @@ impl Record {
             }
             Record::Queued {
                 session,
+                packet_id,
                 message,
                 delivery,
             } => {
                 out.put_u8(kind::QUEUED);
                 out.put_u64_le(*session);
+                out.put_u16_le(*packet_id);
                 out.put_u64_le(*message);
                 delivery.encode(out);
             }
@@ -309,6 +341,15 @@ impl Record {
             kind::RETAINED => Record::Retained {
                 seq: r.u64()?,
                 message: r.u64()?,
+                source: match r.u8()? {
+                    0 => None,
+                    flag @ (1 | 2) => Some(Publisher {
+                        client_id: r.string()?,
+                        username: if flag == 2 { Some(r.string()?) } else { None },
+                        listener: r.u32()?,
+                    }),
+                    other => return Err(format!("bad publisher flag {other}")),
+                },
             },
             kind::RETAINED_CLEARED => Record::RetainedCleared {
                 seq: r.u64()?,
@@ -319,6 +360,7 @@ impl Record {
                 session: r.u64()?,
                 client_id: r.string()?,
                 claim: r.u64()?,
+                last_packet_id: r.u16()?,
             },
             kind::PARAMETERS => Record::Parameters {
                 session: r.u64()?,
@@ -337,6 +379,7 @@ impl Record {
             },
             kind::QUEUED => Record::Queued {
                 session: r.u64()?,
+                packet_id: r.u16()?,
                 message: r.u64()?,
                 delivery: Delivery::decode(&mut r)?,
             },
@@ -521,16 +564,31 @@ mod tests {
                     expires_at_ms,
                     publish: publish.into()
                 }),
-            (any::<u64>(), any::<u64>())
-                .prop_map(|(seq, message)| Record::Retained { seq, message }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::option::of((".{0,10}", proptest::option::of(".{0,10}"), any::<u32>()))
+            )
+                .prop_map(|(seq, message, source)| Record::Retained {
+                    seq,
+                    message,
+                    source: source.map(|(client_id, username, listener)| Publisher {
+                        client_id,
+                        username,
+                        listener
+                    })
+                }),
             (any::<u64>(), ".{0,20}")
                 .prop_map(|(seq, topic)| Record::RetainedCleared { seq, topic }),
             any::<u64>().prop_map(|seq| Record::RetainedBaseline { seq }),
-            (s, ".{0,20}", any::<u64>()).prop_map(|(session, client_id, claim)| Record::Started {
-                session,
-                client_id,
-                claim
-            }),
+            (s, ".{0,20}", any::<u64>(), any::<u16>()).prop_map(
+                |(session, client_id, claim, last_packet_id)| Record::Started {
+                    session,
+                    client_id,
+                    claim,
+                    last_packet_id
+                }
+            ),
             (s, any::<u8>(), any::<u32>()).prop_map(|(session, version, expiry_interval_s)| {
                 Record::Parameters {
                     session,
@@ -547,13 +605,14 @@ mod tests {
                 }
             ),
             (s, ".{0,20}").prop_map(|(session, filter)| Record::Unsubscribed { session, filter }),
-            (s, any::<u64>(), delivery()).prop_map(|(session, message, delivery)| {
-                Record::Queued {
+            (s, any::<u16>(), any::<u64>(), delivery()).prop_map(
+                |(session, packet_id, message, delivery)| Record::Queued {
                     session,
+                    packet_id,
                     message,
                     delivery,
                 }
-            }),
+            ),
             s.prop_map(|session| Record::Dequeued { session }),
             (s, any::<u16>(), any::<u64>(), delivery()).prop_map(
                 |(session, packet_id, message, delivery)| Record::InFlight {

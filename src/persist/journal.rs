@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use super::format::{self, Delivery, Record};
+use super::format::{self, Delivery, Publisher, Record};
 use super::{SyncPolicy, WallClock};
 use crate::codec::{Packet, ProtocolVersion, Publish, QoS};
+use crate::retain::{Retained, Source};
 use crate::session::{Change, Session, What};
 use crate::types::{Message, SessionId, Target};
 
@@ -164,8 +165,13 @@ impl Journal {
                 session,
                 filter: filter.clone(),
             },
-            What::Queued { message, target } => Record::Queued {
+            What::Queued {
+                message,
+                target,
+                packet_id,
+            } => Record::Queued {
                 session,
+                packet_id: *packet_id,
                 message: self.message(message, clock),
                 delivery: delivery(target),
             },
@@ -219,6 +225,7 @@ impl Journal {
             session: id,
             client_id: session.client_id.to_string(),
             claim,
+            last_packet_id: session.outgoing().last_id(),
         }
         .encode(&mut self.pending);
         Record::Parameters {
@@ -260,12 +267,13 @@ impl Journal {
         let queued: Vec<_> = session
             .outgoing()
             .queued()
-            .map(|q| (q.message.clone(), delivery(&q.target)))
+            .map(|q| (q.message.clone(), delivery(&q.target), q.packet_id))
             .collect();
-        for (message, delivery) in queued {
+        for (message, delivery, packet_id) in queued {
             let message = self.message(&message, clock);
             Record::Queued {
                 session: id,
+                packet_id,
                 message,
                 delivery,
             }
@@ -299,8 +307,15 @@ impl Journal {
         self.sessions.remove(&session);
     }
 
-    /// The retained message of a topic changed (`seq`: its order among all such changes).
-    pub fn retained(&mut self, seq: u64, message: &Arc<Message>, clock: &WallClock) {
+    /// The retained message of a topic changed (`seq`: its order among all such changes;
+    /// `source`: who published it, for `check_retain_source`).
+    pub fn retained(
+        &mut self,
+        seq: u64,
+        message: &Arc<Message>,
+        source: Option<&Source>,
+        clock: &WallClock,
+    ) {
         if message.payload.is_empty() {
             Record::RetainedCleared {
                 seq,
@@ -309,15 +324,25 @@ impl Journal {
             .encode(&mut self.pending);
         } else {
             let message = self.message(message, clock);
-            Record::Retained { seq, message }.encode(&mut self.pending);
+            let source = source.map(|s| Publisher {
+                client_id: s.client_id.to_string(),
+                username: s.username.clone(),
+                listener: s.listener as u32,
+            });
+            Record::Retained {
+                seq,
+                message,
+                source,
+            }
+            .encode(&mut self.pending);
         }
     }
 
-    /// Every retained message, as of change `seq`.
-    pub fn all_retained(&mut self, seq: u64, messages: &[Arc<Message>], clock: &WallClock) {
+    /// Every retained message (with who published it), as of change `seq`.
+    pub fn all_retained(&mut self, seq: u64, retained: &[Retained], clock: &WallClock) {
         Record::RetainedBaseline { seq }.encode(&mut self.pending);
-        for message in messages {
-            self.retained(seq, message, clock);
+        for (message, source) in retained {
+            self.retained(seq, message, source.as_deref(), clock);
         }
     }
 

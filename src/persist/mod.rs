@@ -51,11 +51,22 @@ impl SyncPolicy {
 }
 
 /// Where the journals live: `persistence_location` + `persistence_file` + `.d`, a directory
-/// beside where Mosquitto's `mosquitto.db` would be.
+/// beside the store's marker file (`marker`).
 pub fn directory(location: Option<&PathBuf>, file: &str) -> PathBuf {
     let location = location.cloned().unwrap_or_default();
     location.join(format!("{file}.d"))
 }
+
+/// The store's marker: a small file at `persistence_location` + `persistence_file`, where
+/// Mosquitto keeps its database, saying where the journals are. Removing it removes the
+/// store, as removing `mosquitto.db` does for Mosquitto: a journal directory without its
+/// marker is set aside at start, not read.
+pub fn marker(location: Option<&PathBuf>, file: &str) -> PathBuf {
+    location.cloned().unwrap_or_default().join(file)
+}
+
+/// What the marker file says (its first bytes identify it).
+pub const MARKER_TEXT: &str = "MIDGE persistence store: the journals are in the directory beside this file, named as this file with .d added (format: midge's src/persist/FORMAT.md). Removing this file removes the store.\n";
 
 /// Instants as Unix milliseconds and back, so that expiry deadlines outlive the process.
 #[derive(Clone, Copy, Debug)]

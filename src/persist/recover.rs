@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::format::{self, Delivery, Record};
+use super::format::{self, Delivery, Publisher, Record};
 use super::WallClock;
 use crate::codec::{Decoder, Packet, ProtocolVersion, QoS};
 use crate::types::Message;
@@ -31,6 +31,10 @@ pub struct RecoveredSession {
     pub in_flight: Vec<(u16, Arc<Message>, Delivery, bool)>,
     pub queued: VecDeque<(Arc<Message>, Delivery)>,
     pub awaiting_pubrel: Vec<u16>,
+    /// The last packet identifier it numbered.
+    pub last_packet_id: u16,
+    /// The identifier its first queued message was numbered with.
+    pub first_queued_id: Option<u16>,
     /// When its client went away (Unix milliseconds); `None`: it was connected when the
     /// broker stopped.
     pub offline_since_ms: Option<u64>,
@@ -72,7 +76,8 @@ impl RecoveredSession {
 /// What the store held.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub retained: Vec<Arc<Message>>,
+    /// Retained messages, with who published them.
+    pub retained: Vec<Published>,
     /// The number the next retained change takes (past every one read).
     pub next_retained_seq: u64,
     pub sessions: Vec<RecoveredSession>,
@@ -95,11 +100,14 @@ impl Recovered {
     }
 }
 
+/// A retained message and who published it.
+type Published = (Arc<Message>, Option<Publisher>);
+
 /// One retained change read.
 struct RetainedChange {
     seq: u64,
     topic: String,
-    message: Option<Arc<Message>>,
+    message: Option<Published>,
 }
 
 /// Reads every journal in `dir` (none, or no directory: an empty store). An unreadable or
@@ -171,7 +179,7 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
     retained.retain(|c: &RetainedChange| c.seq >= baseline);
     retained.sort_by_key(|c| c.seq);
     recovered.next_retained_seq = retained.last().map_or(baseline, |c| c.seq) + 1;
-    let mut by_topic: HashMap<String, Option<Arc<Message>>> = HashMap::new();
+    let mut by_topic: HashMap<String, Option<Published>> = HashMap::new();
     for change in retained {
         by_topic.insert(change.topic, change.message);
     }
@@ -179,7 +187,7 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
     recovered.retained = by_topic
         .into_values()
         .flatten()
-        .filter(|m| m.expires_at.is_none_or(|at| at > now))
+        .filter(|(m, _)| m.expires_at.is_none_or(|at| at > now))
         .collect();
     recovered.sessions = sessions.into_values().filter(|s| !s.ended).collect();
     recovered.files = read_files;
@@ -237,12 +245,16 @@ fn replay(records: Vec<Record>, clock: &WallClock) -> Result<FileState, String> 
             } => {
                 messages.insert(id, Arc::new(decode_message(publish, expires_at_ms, clock)?));
             }
-            Record::Retained { seq, message: id } => {
+            Record::Retained {
+                seq,
+                message: id,
+                source,
+            } => {
                 let m = message(&messages, id)?;
                 state.retained.push(RetainedChange {
                     seq,
                     topic: m.topic.to_string(),
-                    message: Some(m),
+                    message: Some((m, source)),
                 });
             }
             Record::RetainedCleared { seq, topic } => state.retained.push(RetainedChange {
@@ -255,6 +267,7 @@ fn replay(records: Vec<Record>, clock: &WallClock) -> Result<FileState, String> 
                 session: key,
                 client_id,
                 claim,
+                last_packet_id,
             } => {
                 state.max_claim = state.max_claim.max(claim);
                 keys.insert(key, client_id.clone());
@@ -263,6 +276,7 @@ fn replay(records: Vec<Record>, clock: &WallClock) -> Result<FileState, String> 
                     RecoveredSession {
                         client_id,
                         claim,
+                        last_packet_id,
                         ..Default::default()
                     },
                 );
@@ -294,18 +308,27 @@ fn replay(records: Vec<Record>, clock: &WallClock) -> Result<FileState, String> 
                 .retain(|(f, _, _)| *f != filter),
             Record::Queued {
                 session: key,
+                packet_id,
                 message: id,
                 delivery,
             } => {
                 let m = message(&messages, id)?;
-                session_mut(&keys, &mut state.sessions, key)?
-                    .queued
-                    .push_back((m, delivery));
+                let s = session_mut(&keys, &mut state.sessions, key)?;
+                if s.queued.is_empty() {
+                    s.first_queued_id = Some(packet_id);
+                }
+                s.queued.push_back((m, delivery));
+                // Numbered when queued: the latest number given out.
+                s.last_packet_id = packet_id;
             }
             Record::Dequeued { session: key } => {
-                session_mut(&keys, &mut state.sessions, key)?
-                    .queued
-                    .pop_front();
+                let s = session_mut(&keys, &mut state.sessions, key)?;
+                s.queued.pop_front();
+                // The next in the queue was numbered one after (gaps aside).
+                s.first_queued_id = s
+                    .first_queued_id
+                    .map(|id| id.wrapping_add(1).max(1))
+                    .filter(|_| !s.queued.is_empty());
             }
             Record::InFlight {
                 session: key,
@@ -317,6 +340,11 @@ fn replay(records: Vec<Record>, clock: &WallClock) -> Result<FileState, String> 
                 let s = session_mut(&keys, &mut state.sessions, key)?;
                 s.in_flight.retain(|f| f.0 != packet_id);
                 s.in_flight.push((packet_id, m, delivery, false));
+                // Sent straight away, it was numbered now; from the queue, earlier (and the
+                // queue's back holds the latest number).
+                if s.queued.is_empty() {
+                    s.last_packet_id = packet_id;
+                }
             }
             Record::Released {
                 session: key,

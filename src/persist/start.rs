@@ -6,7 +6,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,36 +14,38 @@ use super::journal::Journal;
 use super::recover::{self, RecoveredSession};
 use super::WallClock;
 use crate::config::Config;
-use crate::types::Message;
+use crate::retain::{Retained, Source};
 
 /// What one shard starts with: its journal, its sessions, and (one shard) every retained
 /// message with the number of the last retained change, to write into its journal.
 pub struct ShardStore {
     pub journal: Journal,
     pub sessions: Vec<RecoveredSession>,
-    pub retained: Option<(u64, Vec<Arc<Message>>)>,
+    pub retained: Option<(u64, Vec<Retained>)>,
 }
 
 pub struct Store {
     dir: PathBuf,
     shards: Vec<Option<ShardStore>>,
     /// The retained messages, for the shared store; the number of the last change.
-    pub retained: Vec<Arc<Message>>,
+    pub retained: Vec<Retained>,
     pub last_retained_change: u64,
     /// The first claim number not used by any session read.
     pub next_claim: u64,
     old_files: Vec<PathBuf>,
     counts: (usize, usize, usize),
     started: Instant,
+    marker: PathBuf,
 }
 
 /// Reads the store (`persistence true`) and makes each shard's new journal. `Ok(None)`
 /// without persistence; an error names the file that could not be read or written.
 pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
-    let Some(dir) = config.persistence_dir() else {
+    let (Some(dir), Some(marker)) = (config.persistence_dir(), config.persistence_marker()) else {
         return Ok(None);
     };
     let started = Instant::now();
+    check_marker(&marker, &dir)?;
     let set_aside = config.persistence_on_damage_set_aside;
     let mut recovered = recover::recover(&dir, &WallClock::now(), set_aside).map_err(|e| {
         io::Error::other(format!(
@@ -79,15 +81,28 @@ pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
         parts[hasher.finish() as usize % shards].push(session);
     }
     let last_retained_change = recovered.next_retained_seq.saturating_sub(1);
+    let retained: Vec<Retained> = (recovered.retained.into_iter())
+        .map(|(message, publisher)| {
+            let source = publisher.map(|p| {
+                Arc::new(Source {
+                    client_id: p.client_id.into(),
+                    username: p.username,
+                    listener: p.listener as usize,
+                })
+            });
+            (message, source)
+        })
+        .collect();
     let mut store = Store {
         shards: Vec::with_capacity(shards),
-        retained: recovered.retained,
+        retained,
         last_retained_change,
         next_claim: recovered.next_claim,
         old_files: recovered.files,
         counts,
         started,
         dir: dir.clone(),
+        marker,
     };
     for (shard, sessions) in parts.into_iter().enumerate() {
         let journal = Journal::create(
@@ -113,9 +128,18 @@ impl Store {
         self.shards.get_mut(shard)?.take()
     }
 
-    /// Every shard has written its journal: the files read go, and the log says what came
-    /// back.
+    /// Every shard has written its journal: the marker is written (if it was not there),
+    /// the files read go, and the log says what came back.
     pub fn finish(self) {
+        if !self.marker.exists() {
+            if let Err(e) = write_marker(&self.marker) {
+                log::error!(
+                    "Error: persistence: cannot write {}: {e}; without it the journals in {} will be set aside at the next start.",
+                    self.marker.display(),
+                    self.dir.display()
+                );
+            }
+        }
         for file in &self.old_files {
             if let Err(e) = std::fs::remove_file(file) {
                 log::warn!(
@@ -132,4 +156,44 @@ impl Store {
             self.started.elapsed().as_millis()
         );
     }
+}
+
+/// The marker says whether the journal directory is the store: present and midge's, it is;
+/// absent, a directory left there is from a store that was removed (set aside, not read);
+/// present and not midge's (a Mosquitto database, say), it is an error.
+fn check_marker(marker: &Path, dir: &Path) -> io::Result<()> {
+    match std::fs::read(marker) {
+        Ok(bytes) if bytes.starts_with(b"MIDGE") => Ok(()),
+        Ok(_) => Err(io::Error::other(format!(
+            "persistence: {} is not midge's store (a Mosquitto database? midge cannot read one yet); move it aside, or set persistence_file to another name",
+            marker.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if dir.exists() {
+                let unix_ms = WallClock::now().current_unix_ms();
+                let aside = dir.with_extension(format!("d.removed-{unix_ms}"));
+                std::fs::rename(dir, &aside)?;
+                log::warn!(
+                    "Warning: persistence: {} was removed, so the journals in {} are not read; set aside as {}.",
+                    marker.display(),
+                    dir.display(),
+                    aside.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(io::Error::other(format!(
+            "persistence: {}: {e}",
+            marker.display()
+        ))),
+    }
+}
+
+fn write_marker(marker: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = marker.with_extension("midge-new");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(super::MARKER_TEXT.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, marker)
 }

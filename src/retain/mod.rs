@@ -14,6 +14,9 @@ struct RetainNode {
     source: Option<Arc<Source>>,
 }
 
+/// A retained message and who published it.
+pub type Retained = (Arc<Message>, Option<Arc<Source>>);
+
 /// The client that published a retained message: `check_retain_source` sends it to a new
 /// subscriber only while this client may still publish to its topic (as Mosquitto).
 #[derive(Debug)]
@@ -75,20 +78,27 @@ impl RetainStore {
     }
 
     /// Messages restored at start (`persist`); later changes are numbered after `changes`.
-    pub fn restore(&mut self, messages: Vec<Arc<Message>>, changes: u64) {
-        for message in messages {
-            self.set_from(message, None);
+    pub fn restore(&mut self, retained: Vec<Retained>, changes: u64) {
+        for (message, source) in retained {
+            self.set_from(message, source);
         }
         self.changes = self.changes.max(changes);
     }
 
-    /// Every retained message but the broker's own `$SYS` ones (what persistence keeps).
-    pub fn all_but_sys(&self, out: &mut Vec<Arc<Message>>) {
-        let keep = |_: &Source, _: &Message| true;
-        let mut found = Found { out, keep: &keep };
+    /// Every retained message, with who published it, but the broker's own `$SYS` ones
+    /// (what persistence keeps).
+    pub fn all_but_sys(&self, out: &mut Vec<Retained>) {
+        fn walk(node: &RetainNode, out: &mut Vec<Retained>) {
+            if let Some(message) = &node.message {
+                out.push((message.clone(), node.source.clone()));
+            }
+            for child in node.children.values() {
+                walk(child, out);
+            }
+        }
         for (name, child) in &self.root.children {
             if &**name != "$SYS" {
-                Self::collect_all(child, &mut found);
+                walk(child, out);
             }
         }
     }

@@ -41,10 +41,11 @@ pub enum What {
     Unsubscribed {
         filter: String,
     },
-    /// A QoS 1/2 message joins the back of the queue.
+    /// A QoS 1/2 message joins the back of the queue, numbered `packet_id`.
     Queued {
         message: Arc<Message>,
         target: Target,
+        packet_id: u16,
     },
     /// The front of the queue leaves it (to go in flight, recorded next).
     Dequeued,
@@ -160,7 +161,9 @@ impl Durable {
             What::Unsubscribed { filter } => {
                 self.subscriptions.remove(filter);
             }
-            What::Queued { message, target } => {
+            What::Queued {
+                message, target, ..
+            } => {
                 self.queue.push_back((address(message), target.qos));
             }
             What::Dequeued => {

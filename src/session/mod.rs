@@ -165,6 +165,11 @@ impl Session {
         &self.outgoing
     }
 
+    /// Numbers packets on after `id` (a session restored from disk).
+    pub fn continue_ids_after(&mut self, id: u16) {
+        self.outgoing.continue_ids_after(id);
+    }
+
     pub fn incoming(&self) -> &IncomingQos2 {
         &self.incoming
     }
@@ -181,9 +186,11 @@ impl Session {
             .outgoing
             .offer(message, target, self.conn.is_some(), limits);
         if offer == Offer::Queued {
+            let packet_id = self.outgoing.last_id();
             changes.push(self.id, || What::Queued {
                 message: message.clone(),
                 target: target.clone(),
+                packet_id,
             });
         }
         offer

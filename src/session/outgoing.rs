@@ -154,6 +154,17 @@ impl Outgoing {
         self.inflight.len() >= window
     }
 
+    /// The last number given out in the packet identifier sequence.
+    pub fn last_id(&self) -> u16 {
+        self.last_id
+    }
+
+    /// Continues the packet identifier sequence after `id` (a session restored from disk
+    /// numbers on where it stopped, as Mosquitto's does).
+    pub fn continue_ids_after(&mut self, id: u16) {
+        self.last_id = id;
+    }
+
     /// The next number in the packet identifier sequence (never 0).
     fn next_number(&mut self) -> u16 {
         self.last_id = self.last_id.wrapping_add(1).max(1);

@@ -90,10 +90,15 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// A client changed a topic's retained message (change number `seq`).
-    pub(super) fn journal_retained(&mut self, seq: u64, message: &Arc<Message>) {
+    /// A client changed a topic's retained message (change number `seq`; `source`: who).
+    pub(super) fn journal_retained(
+        &mut self,
+        seq: u64,
+        message: &Arc<Message>,
+        source: Option<&crate::retain::Source>,
+    ) {
         if let Some((journal, clock)) = self.journal_up_to_date() {
-            journal.retained(seq, message, &clock);
+            journal.retained(seq, message, source, &clock);
         }
     }
 
@@ -154,7 +159,7 @@ impl<B: Backend> Shard<B> {
     pub fn restore(
         &mut self,
         sessions: Vec<RecoveredSession>,
-        retained: Option<(u64, Vec<Arc<Message>>)>,
+        retained: Option<(u64, Vec<crate::retain::Retained>)>,
     ) {
         let clock = WallClock::now();
         let mut quiet = Changes::default();
@@ -206,9 +211,15 @@ impl<B: Backend> Shard<B> {
                 queued_max: usize::MAX,
                 queued_bytes_max: 0,
             };
+            // Queued messages keep the numbers they had (numbered on from the first), and
+            // numbering goes on from where it stopped.
+            if let Some(first) = recovered.first_queued_id {
+                session.continue_ids_after(first.wrapping_sub(1));
+            }
             for (message, delivery) in &recovered.queued {
                 session.offer(message, &target(delivery), unbounded, &mut quiet);
             }
+            session.continue_ids_after(recovered.last_packet_id);
             for packet_id in &recovered.awaiting_pubrel {
                 session.awaiting_pubrel(*packet_id, &mut quiet);
             }

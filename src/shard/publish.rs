@@ -209,8 +209,8 @@ impl<B: Backend> Shard<B> {
                     .retained
                     .lock()
                     .expect("retained lock")
-                    .set_from(message.clone(), source);
-                self.journal_retained(seq, &message);
+                    .set_from(message.clone(), source.clone());
+                self.journal_retained(seq, &message, source.as_deref());
             }
             matched = self.route(&message, Some(conn));
         }
@@ -449,7 +449,7 @@ impl<B: Backend> Shard<B> {
             let seq = (self.shared.retained.lock())
                 .expect("retained lock")
                 .set(message.clone());
-            self.journal_retained(seq, &message);
+            self.journal_retained(seq, &message, None);
         }
         self.route(&message, None);
     }
