@@ -496,17 +496,20 @@ pub struct Read {
     pub torn_bytes: usize,
 }
 
-/// Reads every record of a journal file's bytes (header included). A torn last record is
-/// left out and counted; damage anywhere else is an error saying where.
-pub fn read_all(file: &Bytes) -> Result<Read, String> {
+/// Reads every record of a journal file's bytes (header included), handing each to
+/// `apply` as it is read (a store of millions of records is never all decoded at once).
+/// Returns the bytes of a torn last record, left out; damage anywhere else, or an error
+/// from `apply`, is an error saying where.
+pub fn read_each(
+    file: &Bytes,
+    mut apply: impl FnMut(Record) -> Result<(), String>,
+) -> Result<usize, String> {
     check_header(file)?;
-    let mut read = Read::default();
     let mut pos = HEADER_LEN;
     while pos < file.len() {
         let rest = file.len() - pos;
         if rest < RECORD_HEADER_LEN {
-            read.torn_bytes = rest;
-            break;
+            return Ok(rest);
         }
         let len = u32::from_le_bytes(file[pos..pos + 4].try_into().expect("4")) as usize;
         let crc = u32::from_le_bytes(file[pos + 4..pos + 8].try_into().expect("4"));
@@ -515,22 +518,33 @@ pub fn read_all(file: &Bytes) -> Result<Read, String> {
         }
         let end = pos + RECORD_HEADER_LEN + len;
         if end > file.len() {
-            read.torn_bytes = rest;
-            break;
+            return Ok(rest);
         }
         let body = file.slice(pos + RECORD_HEADER_LEN..end);
         if crc32c::crc32c(&body) != crc {
             if end == file.len() {
-                read.torn_bytes = rest;
-                break;
+                return Ok(rest);
             }
             return Err(format!("record at byte {pos}: checksum mismatch"));
         }
         let record = Record::decode(&body).map_err(|e| format!("record at byte {pos}: {e}"))?;
-        read.records.push(record);
+        apply(record).map_err(|e| format!("record at byte {pos}: {e}"))?;
         pos = end;
     }
-    Ok(read)
+    Ok(0)
+}
+
+/// Every record at once (`read_each`), and the torn tail's length.
+pub fn read_all(file: &Bytes) -> Result<Read, String> {
+    let mut records = Vec::new();
+    let torn_bytes = read_each(file, |record| {
+        records.push(record);
+        Ok(())
+    })?;
+    Ok(Read {
+        records,
+        torn_bytes,
+    })
 }
 
 #[cfg(test)]

@@ -136,32 +136,23 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
         if let Some(generation) = generation_of(path) {
             recovered.next_generation = recovered.next_generation.max(generation + 1);
         }
-        let read = std::fs::read(path)
+        let replayed = std::fs::read(path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| format::read_all(&Bytes::from(bytes)));
-        let read = match read {
-            Ok(read) => read,
+            .and_then(|bytes| replay(&Bytes::from(bytes), clock));
+        let (file, torn_bytes) = match replayed {
+            Ok(replayed) => replayed,
             Err(e) if set_aside => {
                 set_aside_damaged(path, &e)?;
                 continue;
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        if read.torn_bytes > 0 {
+        if torn_bytes > 0 {
             recovered.notes.push(format!(
-                "left out a torn last record ({} bytes) of {}",
-                read.torn_bytes,
+                "left out a torn last record ({torn_bytes} bytes) of {}",
                 path.display()
             ));
         }
-        let file = match replay(read.records, clock) {
-            Ok(file) => file,
-            Err(e) if set_aside => {
-                set_aside_damaged(path, &e)?;
-                continue;
-            }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        };
         read_files.push(path.clone());
         recovered.next_claim = recovered.next_claim.max(file.max_claim + 1);
         for session in file.sessions.into_values() {
@@ -225,7 +216,8 @@ struct FileState {
     max_claim: u64,
 }
 
-fn replay(records: Vec<Record>, clock: &WallClock) -> Result<FileState, String> {
+/// One journal's records, applied as they are read; and its torn tail's length.
+fn replay(file: &Bytes, clock: &WallClock) -> Result<(FileState, usize), String> {
     let mut state = FileState::default();
     let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
     // The journal's session numbers, to client ids.
@@ -236,7 +228,7 @@ fn replay(records: Vec<Record>, clock: &WallClock) -> Result<FileState, String> 
             .cloned()
             .ok_or_else(|| format!("a record names message {id}, which was never written"))
     };
-    for record in records {
+    let torn_bytes = format::read_each(file, |record| {
         match record {
             Record::Message {
                 id,
@@ -396,8 +388,9 @@ fn replay(records: Vec<Record>, clock: &WallClock) -> Result<FileState, String> 
                 keys.remove(&key);
             }
         }
-    }
-    Ok(state)
+        Ok(())
+    })?;
+    Ok((state, torn_bytes))
 }
 
 /// The session a record is about (`Started` made it).

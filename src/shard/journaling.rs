@@ -166,7 +166,7 @@ impl<B: Backend> Shard<B> {
         if let (Some((seq, messages)), Some(journal)) = (retained, self.journal.as_deref_mut()) {
             journal.all_retained(seq, &messages, &clock);
         }
-        for recovered in sessions {
+        for mut recovered in sessions {
             let id = self.shared.new_session_id();
             let client_id: Arc<str> = recovered.client_id.as_str().into();
             let version = recovered.version();
@@ -216,8 +216,9 @@ impl<B: Backend> Shard<B> {
             if let Some(first) = recovered.first_queued_id {
                 session.continue_ids_after(first.wrapping_sub(1));
             }
-            for (message, delivery) in &recovered.queued {
-                session.offer(message, &target(delivery), unbounded, &mut quiet);
+            // Taken one by one, so the recovered copy shrinks as the session's grows.
+            while let Some((message, delivery)) = recovered.queued.pop_front() {
+                session.offer(&message, &target(&delivery), unbounded, &mut quiet);
             }
             session.continue_ids_after(recovered.last_packet_id);
             for packet_id in &recovered.awaiting_pubrel {

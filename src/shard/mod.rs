@@ -22,6 +22,7 @@ mod stats;
 mod subscribe;
 mod sys;
 mod timers;
+pub(crate) use timers::release_freed_memory;
 mod transport;
 
 pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY};

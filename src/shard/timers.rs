@@ -33,11 +33,12 @@ impl Quiet {
 }
 
 /// Gives the pages this thread's freed memory sits on back to the system (those past
-/// mimalloc's purge delay). A no-op for memory not allocated by mimalloc.
-fn release_freed_memory() {
-    // SAFETY: mi_collect takes no arguments to get wrong; mimalloc allows it on any
-    // thread at any time, and it frees nothing still in use.
-    unsafe { libmimalloc_sys::mi_collect(false) }
+/// mimalloc's purge delay; `now`: all of them). A no-op for memory not allocated by
+/// mimalloc.
+pub(crate) fn release_freed_memory(now: bool) {
+    // SAFETY: mi_collect takes no pointers; mimalloc allows it on any thread at any time,
+    // and it frees nothing still in use.
+    unsafe { libmimalloc_sys::mi_collect(now) }
 }
 
 impl<B: Backend> Shard<B> {
@@ -71,7 +72,7 @@ impl<B: Backend> Shard<B> {
         self.expire_sessions(now);
         self.sys_tick(now);
         if self.quiet.tick() {
-            release_freed_memory();
+            release_freed_memory(false);
         }
     }
 }
