@@ -432,3 +432,26 @@ fn expiry_runs_on_while_the_broker_is_down() {
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A shared subscription's membership survives a restart: messages for the group reach
+/// its persistent member, queued while it was away.
+#[test]
+fn shared_subscription_membership_survives_a_restart() {
+    let dir = store("shared");
+    let b = broker("persist-shared", &dir, "", "2");
+    let (mut member, _) = persistent(b.port, ProtocolVersion::V5, "member");
+    member.subscribe(&[("$share/group/jobs/#", QoS::AtLeastOnce)]);
+    disconnect(member);
+    assert!(b.terminate().success());
+
+    let b = broker("persist-shared", &dir, "", "2");
+    b.wait_for_log("Restored 0 retained messages, 1 sessions");
+    let mut publisher = Raw::connect(b.port, "publisher");
+    publish_acked(&mut publisher, "jobs/1", b"job", 1, false);
+    let (mut member, ack) = persistent(b.port, ProtocolVersion::V5, "member");
+    assert!(ack.session_present);
+    let p = member.recv_publish();
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("jobs/1", &b"job"[..]));
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
