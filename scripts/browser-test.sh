@@ -36,16 +36,7 @@ cleanup() {
   rm -rf "$pki"
 }
 trap cleanup EXIT
-(
-  cd "$pki"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
-    -out ca.pem -subj "/CN=browser test CA" -days 2
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key \
-    -out server.csr -subj "/CN=localhost"
-  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >ext
-  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-    -out server.pem -days 2 -extfile ext
-) 2>/dev/null
+scripts/test-pki.sh "$pki" "browser test CA"
 spki=$(openssl x509 -in "$pki/server.pem" -pubkey -noout | openssl pkey -pubin -outform der |
   openssl dgst -sha256 -binary | base64)
 

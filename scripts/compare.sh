@@ -66,17 +66,7 @@ if [ "$tls" = 1 ]; then
   pki=$(mktemp -d /tmp/midge-compare-pki.XXXXXX)
   chmod 755 "$pki"
   trap 'stop_broker; rm -rf "$pki"' EXIT
-  (
-    cd "$pki"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
-      -out ca.pem -subj "/CN=compare CA" -days 2
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key \
-      -out server.csr -subj "/CN=localhost"
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >ext
-    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-      -out server.pem -days 2 -extfile ext
-    chmod 644 ./*
-  ) 2>/dev/null
+  scripts/test-pki.sh "$pki" "compare CA"
 fi
 layered_conf() { # port broker: one listener with the run's layers (and persistence)
   printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$1"

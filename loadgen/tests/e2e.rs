@@ -224,52 +224,21 @@ fn counts_add_up() {
 fn traffic_and_conn_storm_over_websockets() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let broker = Mosquitto::start_websockets();
-    let r = loadgen(
-        broker.port,
-        &[
-            "--ws",
-            "--scenario",
-            "p2p",
-            "--clients",
-            "2",
-            "--qos",
-            "1",
-            "--rate",
-            "200",
-            "--warmup",
-            "0.5",
-            "--duration",
-            "1",
-        ],
-    );
+    let args = |line: &'static str| line.split(' ').collect::<Vec<_>>();
+    let p2p = "--ws --scenario p2p --clients 2 --qos 1 --rate 200 --warmup 0.5 --duration 1";
+    let r = loadgen(broker.port, &args(p2p));
     assert_eq!(n(&r, &["delivery", "received"]), 2.0 * 200.0, "{r}");
     assert_eq!(n(&r, &["delivery", "lost"]), 0.0);
-    let r = loadgen(
-        broker.port,
-        &[
-            "--ws",
-            "--scenario",
-            "conn-storm",
-            "--clients",
-            "100",
-            "--concurrency",
-            "20",
-            "--idle",
-            "0",
-        ],
-    );
+    let storm = "--ws --scenario conn-storm --clients 100 --concurrency 20 --idle 0";
+    let r = loadgen(broker.port, &args(storm));
     assert_eq!(n(&r, &["delivery", "received"]), 100.0, "{r}");
     // The same storm without --ws on a WebSocket port: the CONNECTs are not upgrades, so
     // none is acknowledged, and loadgen says so rather than hanging.
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--port",
-            &broker.port.to_string(),
-            "--json",
-            "--scenario",
-            "conn-storm",
-        ])
-        .args(["--clients", "5", "--idle", "0", "--storm-deadline", "5"])
+        .args(["--port", &broker.port.to_string(), "--json"])
+        .args(args(
+            "--scenario conn-storm --clients 5 --idle 0 --storm-deadline 5",
+        ))
         .output()
         .unwrap();
     assert!(!out.status.success());
