@@ -282,4 +282,19 @@ impl<B: Backend> Shard<B> {
             }
         }
     }
+
+    /// The broker stops: every connection closes (its session going offline), what the
+    /// journal has is synced, and the last packets go out.
+    pub(super) fn shut_down(&mut self) {
+        self.apply_trie_ops();
+        let ids: Vec<ConnId> = self.conns.iter().flatten().map(|c| c.id).collect();
+        for conn in ids {
+            self.connection_lost(conn, CloseReason::Shutdown);
+        }
+        if self.journal.is_some() {
+            self.deliver_in_transit();
+        }
+        self.journal_close();
+        self.flush();
+    }
 }

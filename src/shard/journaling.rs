@@ -250,6 +250,27 @@ impl<B: Backend> Shard<B> {
             journal.sync_now();
         }
     }
+
+    /// At shutdown with persistence: what was acknowledged to its publishers and is still
+    /// on its way between shards reaches its sessions (and so the journals) before they
+    /// close. Every shard has stopped reading clients (first barrier); each passes on its
+    /// held messages while taking in its own mailbox, so none waits on another forever;
+    /// the second barrier comes once every shard has passed everything on.
+    pub(super) fn deliver_in_transit(&mut self) {
+        self.shared.shutdown_barrier.wait();
+        loop {
+            self.drain_mailbox();
+            self.retry_overflow();
+            if self.outbox.is_empty() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        self.shared.shutdown_barrier.wait();
+        while !self.mailbox.is_empty() {
+            self.drain_mailbox();
+        }
+    }
 }
 
 /// Writes the change records so far into `journal`; the clock to write what follows with.

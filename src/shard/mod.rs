@@ -595,38 +595,4 @@ impl<B: Backend> Shard<B> {
             self.route(&message, None);
         }
     }
-
-    fn shut_down(&mut self) {
-        self.apply_trie_ops();
-        let ids: Vec<ConnId> = self.conns.iter().flatten().map(|c| c.id).collect();
-        for conn in ids {
-            self.connection_lost(conn, close::CloseReason::Shutdown);
-        }
-        if self.journal.is_some() {
-            self.deliver_in_transit();
-        }
-        self.journal_close();
-        self.flush();
-    }
-
-    /// At shutdown with persistence: what was acknowledged to its publishers and is still
-    /// on its way between shards reaches its sessions (and so the journals) before they
-    /// close. Every shard has stopped reading clients (first barrier); each passes on its
-    /// held messages while taking in its own mailbox, so none waits on another forever;
-    /// the second barrier comes once every shard has passed everything on.
-    fn deliver_in_transit(&mut self) {
-        self.shared.shutdown_barrier.wait();
-        loop {
-            self.drain_mailbox();
-            self.retry_overflow();
-            if self.outbox.is_empty() {
-                break;
-            }
-            std::thread::yield_now();
-        }
-        self.shared.shutdown_barrier.wait();
-        while !self.mailbox.is_empty() {
-            self.drain_mailbox();
-        }
-    }
 }

@@ -6,6 +6,9 @@
 //! listener that follows. Security options are global unless `per_listener_settings true`,
 //! which must come before any listener or security option, as Mosquitto requires.
 
+mod persistence;
+mod tls;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,28 +177,6 @@ impl Reader {
         } else {
             &mut self.config.security
         }
-    }
-
-    fn tls_option(&mut self, line: &Line) -> Result<(), ConfigError> {
-        let tls = &mut self.listener().tls_settings;
-        match line.option {
-            "cafile" => tls.cafile = Some(line.path()?),
-            "capath" => tls.capath = Some(line.path()?),
-            "certfile" => tls.certfile = Some(line.path()?),
-            "keyfile" => tls.keyfile = Some(line.path()?),
-            "crlfile" => tls.crlfile = Some(line.path()?),
-            "require_certificate" => tls.require_certificate = line.boolean()?,
-            "use_identity_as_username" => tls.use_identity_as_username = line.boolean()?,
-            "use_subject_as_username" => tls.use_subject_as_username = line.boolean()?,
-            "ciphers" => tls.ciphers = Some(line.one("cipher list")?.to_string()),
-            "ciphers_tls1.3" => tls.ciphers_tls13 = Some(line.one("cipher list")?.to_string()),
-            _ => {
-                let version = crate::tls::TlsVersion::parse(line.one("version")?);
-                tls.tls_version = Some(version.map_err(|e| line.err(e))?);
-            }
-        }
-        tls.origin = Some((line.file.to_path_buf(), line.number));
-        Ok(())
     }
 
     fn text(&mut self, file: &Path, text: &str, depth: usize) -> Result<(), ConfigError> {
@@ -454,41 +435,9 @@ impl Reader {
             "sys_interval" => config.sys_interval_s = line.number(u32::MAX.into())?,
 
             // Persistence (persist/).
-            "persistence" => config.persistence = line.boolean()?,
-            "persistence_location" => {
-                config.persistence_location = Some(line.text("directory")?.into())
-            }
-            "persistence_file" => {
-                let name = line.text("file name")?;
-                if name.contains('/') {
-                    return Err(line.err(format!(
-                        "persistence_file: {name:?} is a file name, not a path (persistence_location gives the directory)"
-                    )));
-                }
-                config.persistence_file = name.to_string();
-            }
-            "persistence_sync" => {
-                let value = line.one("policy")?;
-                config.persistence_sync = crate::persist::SyncPolicy::parse(value).ok_or_else(|| {
-                    line.err(format!(
-                        "persistence_sync: {value:?} is not always, never, interval or a number of milliseconds"
-                    ))
-                })?
-            }
-            "persistence_on_damage" => {
-                config.persistence_on_damage_set_aside = match line.one("stop or set_aside")? {
-                    "stop" => false,
-                    "set_aside" => true,
-                    other => {
-                        return Err(line.err(format!(
-                            "persistence_on_damage: {other:?} is neither stop nor set_aside"
-                        )))
-                    }
-                }
-            }
-            "autosave_interval" => config.autosave_interval_s = line.number(u32::MAX.into())?,
-            "autosave_on_changes" => {
-                line.boolean()?;
+            "persistence" | "persistence_location" | "persistence_file" | "persistence_sync"
+            | "persistence_on_damage" | "autosave_interval" | "autosave_on_changes" => {
+                persistence::option(config, line)?
             }
             "include_dir" => {
                 let dir = line.text("directory")?;
@@ -555,24 +504,10 @@ impl Reader {
             // TLS, per listener (tls/mod.rs).
             "cafile" | "capath" | "certfile" | "keyfile" | "crlfile" | "require_certificate"
             | "use_identity_as_username" | "use_subject_as_username" | "tls_version"
-            | "ciphers" | "ciphers_tls1.3" => {
+            | "ciphers" | "ciphers_tls1.3" | "psk_hint" | "psk_file" | "tls_engine"
+            | "tls_keyform" | "tls_engine_kpass_sha1" | "ocsp_stapling" | "dhparamfile" => {
                 self.tls_option(line)?
             }
-            "psk_hint" | "psk_file" => {
-                return Err(line.err(format!(
-                    "{}: TLS-PSK is not available in midge (its TLS library, rustls, has no PSK); use certificates",
-                    line.option
-                )))
-            }
-            "tls_engine" | "tls_keyform" | "tls_engine_kpass_sha1" | "ocsp_stapling" => {
-                return Err(line.err(format!(
-                    "{} is not supported by midge yet; remove it to use midge's TLS defaults (TLS 1.2 and 1.3, forward-secret AEAD suites only)",
-                    line.option
-                )))
-            }
-            "dhparamfile" => line.warn(
-                "dhparamfile is not used: midge's TLS has no DHE suites (ECDHE only); ignored.",
-            ),
 
             option if options::not_yet(option) => {
                 line.warn(&format!("{option} is not supported by midge yet; ignored."));
