@@ -1,6 +1,7 @@
 //! CONNECT and CONNACK, and session takeover (also across shards, by handoff). How
 //! connections end is in `close.rs`, enhanced authentication in `auth.rs`.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::io::{Backend, ConnId};
@@ -183,7 +184,7 @@ impl<B: Backend> Shard<B> {
             // orders a client's sessions in different journals by them).
             let claim = Claim {
                 shard: self.id,
-                number: (self.shared.next_claim).fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                number: self.shared.next_claim.fetch_add(1, Relaxed),
             };
             registry.insert(client_id.clone(), claim);
             (previous, claim.number)
