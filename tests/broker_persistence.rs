@@ -175,31 +175,61 @@ fn qos2_state_both_ways_survives_a_restart() {
 
 /// `persistence_sync always`, then `kill -9` in the middle of a QoS 1 and QoS 2 stream:
 /// every message whose PUBACK or PUBREC the publisher had reaches the persistent
-/// subscriber after the restart, QoS 2 once, in order.
+/// subscriber after the restart, QoS 2 once, in order. Three rounds on the same store,
+/// killed after different numbers of acknowledgements, one just after SIGUSR1 asked for a
+/// compaction.
 #[test]
 fn acknowledged_messages_survive_a_crash() {
     let dir = store("crash");
-    let b = broker(
-        "persist-crash",
-        &dir,
-        "persistence_sync always\nmax_queued_messages 0\n",
-        "1",
-    );
-    let (sub, _) = persistent(b.port, ProtocolVersion::V311, "victim");
-    let mut sub = sub;
+    let config = "persistence_sync always\nmax_queued_messages 0\n";
+    let mut b = broker("persist-crash", &dir, config, "1");
+    let (mut sub, _) = persistent(b.port, ProtocolVersion::V311, "victim");
     sub.subscribe(&[("crash/#", QoS::ExactlyOnce)]);
     disconnect(sub);
+    for (round, (kill_after, compacting)) in [(37, false), (200, true), (411, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let acked = publish_until_killed(&b, round as u32, kill_after, compacting);
+        drop(b);
+        b = broker("persist-crash", &dir, config, "1");
+        let got = receive_all(b.port);
+        // Every acknowledged message, each once, in publishing order.
+        for id in &acked {
+            assert!(
+                got.contains(id),
+                "round {round}: message {id} was acknowledged and lost"
+            );
+        }
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            got.len(),
+            "round {round}: a message came twice"
+        );
+        assert_eq!(sorted, got, "round {round}: out of order");
+    }
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Publishes QoS 1 and 2 (alternately) in batches of 10, at most 20 unacknowledged (the
+/// broker's Receive Maximum for QoS 2), reading acknowledgements between batches, and kills
+/// the broker once `kill_after` are acknowledged (with more on their way; `compacting`:
+/// just after SIGUSR1). Returns what was acknowledged (`round` * 100,000 + number).
+fn publish_until_killed(b: &Broker, round: u32, kill_after: usize, compacting: bool) -> Vec<u32> {
     let mut publisher = Raw::connect(b.port, "publisher");
-    // Publish without waiting, reading acknowledgements as they come; the broker is
-    // killed part way.
     let mut acked = Vec::new();
     let mut next = 1u16;
-    let collect = |publisher: &mut Raw, acked: &mut Vec<u16>, wait_ms| {
+    let id = |packet_id: u16| round * 100_000 + u32::from(packet_id);
+    let collect = |publisher: &mut Raw, acked: &mut Vec<u32>, wait_ms| {
         while let Some(packet) = publisher.poll_packet(std::time::Duration::from_millis(wait_ms)) {
             match packet {
-                Packet::PubAck(r) => acked.push(r.packet_id),
+                Packet::PubAck(r) => acked.push(id(r.packet_id)),
                 Packet::PubRec(r) => {
-                    acked.push(r.packet_id);
+                    acked.push(id(r.packet_id));
                     publisher.send(&Packet::PubRel(r));
                 }
                 Packet::PubComp(_) => {}
@@ -207,17 +237,13 @@ fn acknowledged_messages_survive_a_crash() {
             }
         }
     };
-    // Batches of 10 (at most 20 unacknowledged: the broker's Receive Maximum for QoS 2),
-    // acknowledgements read between them; the kill comes once 200 are acknowledged, with
-    // more on their way.
     let until = std::time::Instant::now() + DEADLINE;
-    while acked.len() < 200 {
+    while acked.len() < kill_after {
         assert!(
             std::time::Instant::now() < until,
-            "too few acknowledgements: {} of {}; log: {:?}",
+            "too few acknowledgements: {} of {}",
             acked.len(),
-            next - 1,
-            b.log_lines().iter().rev().take(8).collect::<Vec<_>>()
+            next - 1
         );
         if usize::from(next) - 1 - acked.len() <= 10 {
             for _ in 0..10 {
@@ -226,25 +252,28 @@ fn acknowledged_messages_survive_a_crash() {
                 } else {
                     QoS::AtLeastOnce
                 };
-                publisher.send(&publish("crash/x", &next.to_be_bytes(), qos, next, false));
+                let payload = id(next).to_be_bytes();
+                publisher.send(&publish("crash/x", &payload, qos, next, false));
                 next += 1;
             }
         }
         collect(&mut publisher, &mut acked, 10);
     }
+    if compacting {
+        b.signal(libc::SIGUSR1);
+    }
     // SAFETY: kill(2) on the PID of the broker this test started.
     unsafe { libc::kill(b.pid() as i32, libc::SIGKILL) };
     collect(&mut publisher, &mut acked, 500);
-    assert!(
-        !acked.is_empty(),
-        "nothing was acknowledged before the kill"
-    );
-    drop(b);
+    acked
+}
 
-    let b = broker("persist-crash", &dir, "max_queued_messages 0\n", "1");
-    let (mut sub, ack) = persistent(b.port, ProtocolVersion::V311, "victim");
+/// The persistent subscriber reads what is queued for it, acknowledging each, and leaves
+/// (its session stays); returns the message numbers in the order they came.
+fn receive_all(port: u16) -> Vec<u32> {
+    let (mut sub, ack) = persistent(port, ProtocolVersion::V311, "victim");
     assert!(ack.session_present);
-    let mut got: Vec<u16> = Vec::new();
+    let mut got = Vec::new();
     while let Some(packet) = sub.poll_packet(std::time::Duration::from_millis(500)) {
         let p = match packet {
             Packet::Publish(p) => p,
@@ -254,23 +283,14 @@ fn acknowledged_messages_survive_a_crash() {
             }
             other => panic!("unexpected {other:?}"),
         };
-        got.push(u16::from_be_bytes([p.payload[0], p.payload[1]]));
+        got.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
         match p.qos {
             QoS::ExactlyOnce => sub.send(&Packet::PubRec(PubResponse::new(p.packet_id))),
             _ => sub.send(&Packet::PubAck(PubResponse::new(p.packet_id))),
         }
     }
-    // Every acknowledged message, each once, in publishing order.
-    for id in &acked {
-        assert!(got.contains(id), "message {id} was acknowledged and lost");
-    }
-    let mut sorted = got.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    assert_eq!(sorted.len(), got.len(), "a message came twice");
-    assert_eq!(sorted, got, "out of order");
-    drop(b);
-    std::fs::remove_dir_all(&dir).unwrap();
+    disconnect(sub);
+    got
 }
 
 fn journal_files(dir: &Path) -> Vec<PathBuf> {
