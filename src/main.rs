@@ -7,7 +7,6 @@ use midge::server::Server;
 use midge::shard::ReloadSignals;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 #[global_allocator]
@@ -199,25 +198,16 @@ fn test_config(config: &Config) -> ExitCode {
 
 fn run(config: Config, args: &Args) -> ExitCode {
     // Signals are caught before the listeners open, so that one sent as soon as the broker
-    // is reachable is handled, not fatal. SIGHUP is first counted by its own handler
-    // (registered before the iterator's, so the count rises before the reloading thread is
-    // woken, and that thread's record of what it applied never passes what it answers).
+    // is reachable is handled, not fatal. SIGHUP is blocked in every thread and read by the
+    // reloading thread from a signalfd (`server::watch_reload_signals`): it is counted
+    // before it leaves the pending set, which shards judging a CONNECT look at.
+    midge::server::block_reload_signals();
     let reload_signals = Arc::new(ReloadSignals::default());
-    let counter = reload_signals.clone();
-    // SAFETY: the action only adds to an atomic counter, which is async-signal-safe.
-    let registered = unsafe {
-        signal_hook::low_level::register(signal_hook::consts::SIGHUP, move || {
-            counter.taken.fetch_add(1, Ordering::AcqRel);
-        })
-    };
-    let signals = registered.and_then(|_| {
-        signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGHUP,
-            signal_hook::consts::SIGUSR1,
-        ])
-    });
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
+    ]);
     let mut signals = match signals {
         Ok(signals) => signals,
         Err(e) => {
@@ -225,8 +215,6 @@ fn run(config: Config, args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // SIGHUP goes to the shard threads only (`server::leave_reload_signals_to_shards`).
-    midge::server::leave_reload_signals_to_shards();
     let server = match Server::start_with(config, Vec::new(), reload_signals.clone()) {
         Ok(server) => server,
         Err(e) => {
@@ -236,14 +224,17 @@ fn run(config: Config, args: &Args) -> ExitCode {
     };
     let stopper = server.stopper();
     let handle = signals.handle();
-    let signal_args = args.clone();
+    let (reload_args, reload_stopper) = (args.clone(), stopper.clone());
+    // Ends with the process.
+    std::thread::spawn(move || {
+        let reload = || reload(&reload_args, &reload_stopper);
+        if let Err(e) = midge::server::watch_reload_signals(reload_signals, reload) {
+            log::error!("Error: SIGHUP (reload) cannot be taken: {e}");
+        }
+    });
     let signal_thread = std::thread::spawn(move || {
         for signal in signals.forever() {
-            if signal == signal_hook::consts::SIGHUP {
-                let taken = reload_signals.taken.load(Ordering::Acquire);
-                reload(&signal_args, &stopper);
-                reload_signals.applied.fetch_max(taken, Ordering::AcqRel);
-            } else if signal == signal_hook::consts::SIGUSR1 {
+            if signal == signal_hook::consts::SIGUSR1 {
                 stopper.compact();
             } else {
                 stopper.stop();

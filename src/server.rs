@@ -184,7 +184,6 @@ impl Server {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    take_reload_signals();
                     let run = || {
                         let mut shard = Shard::new(id, shared, backend, receiver);
                         if let Some(part) = part {
@@ -289,19 +288,59 @@ fn abort_on_shard_panic(shard: usize, panic: &(dyn std::any::Any + Send)) -> ! {
     std::process::abort();
 }
 
-/// Blocks SIGHUP in the calling thread and the threads it starts (the binary's main
-/// thread, before the shards start), so that only shard threads take it.
-pub fn leave_reload_signals_to_shards() {
+/// Blocks SIGHUP in the calling thread and every thread it starts (the binary's main
+/// thread, before any other): no thread takes it with a handler. It stays pending until
+/// the reloading thread has counted it (`ReloadSignals::taken`) and only then reads it
+/// from a signalfd (`watch_reload_signals`), so at every moment a SIGHUP already sent is
+/// either pending (`sigpending`) or counted: a shard about to judge a CONNECT sees one or
+/// the other (`shard/reload.rs`), whichever core runs what.
+pub fn block_reload_signals() {
     sighup_mask(libc::SIG_BLOCK);
 }
 
-/// A shard takes SIGHUP: a signal pending for the process is delivered to a thread that
-/// does not block it as that thread returns from a system call, so a shard that wakes for
-/// a connection made after the signal runs the handler (which marks the reload pending)
-/// before it reads that connection. With the signal left to any thread, another thread
-/// could run it too late.
-fn take_reload_signals() {
-    sighup_mask(libc::SIG_UNBLOCK);
+/// The reloading thread's loop, on a thread started after `block_reload_signals`: waits
+/// for SIGHUP on a signalfd, counts it in `signals.taken` *before* reading it (taking it
+/// off the pending set), then calls `reload` and records it applied. Runs until the
+/// process ends.
+pub fn watch_reload_signals(
+    signals: Arc<ReloadSignals>,
+    mut reload: impl FnMut(),
+) -> io::Result<()> {
+    // SAFETY: `set` is a local signal set initialised by sigemptyset; signalfd returns a
+    // new descriptor (checked) that `fd` owns from here.
+    let fd = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    loop {
+        let mut poll = libc::pollfd {
+            fd: raw,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, alive for the call.
+        if unsafe { libc::poll(&mut poll, 1, -1) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let taken = signals.taken.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut info = [0u8; 128];
+        // SAFETY: reads at most 128 bytes (one signalfd_siginfo) into `info`. Several
+        // SIGHUPs sent meanwhile are one pending signal: one reload covers them.
+        unsafe { libc::read(raw, info.as_mut_ptr().cast(), info.len()) };
+        reload();
+        signals.applied.fetch_max(taken, Ordering::AcqRel);
+    }
 }
 
 fn sighup_mask(how: libc::c_int) {

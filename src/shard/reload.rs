@@ -13,10 +13,10 @@ use std::time::Duration;
 /// small files).
 const RELOAD_WAIT_MAX: Duration = Duration::from_secs(2);
 
-/// Whether a SIGHUP is pending for this process: sent, not yet taken by a handler.
-/// `sigpending` reports only signals the calling thread blocks, so SIGHUP is blocked for
-/// the check; unblocking it again lets a pending one be taken right here, its handler
-/// running on the way back from that call.
+/// Whether a SIGHUP is pending for this process: sent, and not yet read by the reloading
+/// thread (which counts it first: `server::watch_reload_signals`). `sigpending` reports
+/// only signals the calling thread blocks; every thread blocks SIGHUP, and the mask is
+/// blocked for the check anyway and put back as it was.
 fn sighup_pending() -> bool {
     // SAFETY: the sigsets are plain values that these calls fill and read; the thread's
     // mask is restored to what it was.
@@ -63,18 +63,15 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// Before a CONNECT is judged: a SIGHUP already sent may not have been taken yet (its
-    /// handler runs only once the thread it went to runs, maybe after this shard read the
-    /// CONNECT). While the signal is pending, wait for its handler, then for its reload
-    /// (together at most `RELOAD_WAIT_MAX`), so that a client connecting after `kill -HUP`
-    /// returned meets the new settings. One `sigpending` per CONNECT.
+    /// Before a CONNECT is judged: a SIGHUP already sent is either still pending or already
+    /// counted (the reloading thread counts it before it reads it). While it is pending,
+    /// wait for it to be read; then wait for its reload (together at most
+    /// `RELOAD_WAIT_MAX`), so that a client connecting after `kill -HUP` returned meets the
+    /// new settings. One `sigpending` per CONNECT.
     pub(super) fn take_settings_for_connect(&mut self) {
-        let taken = self.shared.reload_signals.taken.load(Ordering::Acquire);
         if sighup_pending() {
             let until = std::time::Instant::now() + RELOAD_WAIT_MAX;
-            while self.shared.reload_signals.taken.load(Ordering::Acquire) == taken
-                && std::time::Instant::now() < until
-            {
+            while sighup_pending() && std::time::Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
