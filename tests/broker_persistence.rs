@@ -177,50 +177,107 @@ fn qos2_state_both_ways_survives_a_restart() {
 /// every message whose PUBACK or PUBREC the publisher had reaches the persistent
 /// subscriber after the restart, QoS 2 once, in order. Three rounds on the same store,
 /// killed after different numbers of acknowledgements, one just after SIGUSR1 asked for a
-/// compaction.
+/// compaction; at one shard, and at two with the publisher on the other shard than the
+/// subscriber's session (its acknowledgements wait for that shard's disk).
 #[test]
 fn acknowledged_messages_survive_a_crash() {
-    let dir = store("crash");
-    let config = "persistence_sync always\nmax_queued_messages 0\n";
-    let mut b = broker("persist-crash", &dir, config, "1");
-    let (mut sub, _) = persistent(b.port, ProtocolVersion::V311, "victim");
-    sub.subscribe(&[("crash/#", QoS::ExactlyOnce)]);
-    disconnect(sub);
-    for (round, (kill_after, compacting)) in [(37, false), (200, true), (411, false)]
-        .into_iter()
-        .enumerate()
-    {
-        let acked = publish_until_killed(&b, round as u32, kill_after, compacting);
-        drop(b);
-        b = broker("persist-crash", &dir, config, "1");
-        let got = receive_all(b.port);
-        // Every acknowledged message, each once, in publishing order.
-        for id in &acked {
-            assert!(
-                got.contains(id),
-                "round {round}: message {id} was acknowledged and lost"
+    for threads in ["1", "2"] {
+        let dir = store(&format!("crash-{threads}"));
+        let config = "persistence_sync always\nmax_queued_messages 0\n";
+        let name = format!("persist-crash-{threads}");
+        // A turn that took messages from another shard waits 30 ms before its journal write
+        // (debug builds' fault injection, a slow disk): the subscriber's shard writes a
+        // message well after the publisher's shard wrote its own records.
+        let slow_disk = [("MIDGE_FAULT_COMMIT_DELAY_MS", "30")];
+        let start = |dir: &Path| {
+            let conf = config_file(
+                &name,
+                &format!(
+                    "user root\nlistener 0 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}\n{config}",
+                    dir.display()
+                ),
             );
+            Broker::spawn_env(&["-c", &conf, "--threads", threads], &slow_disk)
+        };
+        let mut b = start(&dir);
+        let (mut sub, _) = persistent(b.port, ProtocolVersion::V311, "victim");
+        sub.subscribe(&[("crash/#", QoS::ExactlyOnce)]);
+        let mut victim_shard = shard_of(&b, &sub);
+        disconnect(sub);
+        for (round, (kill_after, compacting)) in [(37, false), (200, true), (411, false)]
+            .into_iter()
+            .enumerate()
+        {
+            let shards = threads.parse().unwrap();
+            let acked = publish_until_killed(
+                &b,
+                round as u32,
+                kill_after,
+                compacting,
+                (shards, victim_shard),
+            );
+            drop(b);
+            b = start(&dir);
+            let (got, shard) = receive_all(&b);
+            victim_shard = shard;
+            // Every acknowledged message, each once, in publishing order.
+            for id in &acked {
+                assert!(
+                    got.contains(id),
+                    "{threads} shards, round {round}: message {id} was acknowledged and lost"
+                );
+            }
+            let mut sorted = got.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(
+                sorted.len(),
+                got.len(),
+                "round {round}: a message came twice"
+            );
+            assert_eq!(sorted, got, "round {round}: out of order");
         }
-        let mut sorted = got.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(
-            sorted.len(),
-            got.len(),
-            "round {round}: a message came twice"
-        );
-        assert_eq!(sorted, got, "round {round}: out of order");
+        drop(b);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
-    drop(b);
-    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The shard serving `client`'s connection (from the broker's debug log).
+fn shard_of(b: &Broker, client: &Raw) -> usize {
+    let port = client.stream.local_addr().unwrap().port();
+    let line = b.wait_for_log(&format!(
+        "Connection from 127.0.0.1:{port} is served by shard"
+    ));
+    line.trim_end_matches('.')
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Publishes QoS 1 and 2 (alternately) in batches of 10, at most 20 unacknowledged (the
 /// broker's Receive Maximum for QoS 2), reading acknowledgements between batches, and kills
 /// the broker once `kill_after` are acknowledged (with more on their way; `compacting`:
 /// just after SIGUSR1). Returns what was acknowledged (`round` * 100,000 + number).
-fn publish_until_killed(b: &Broker, round: u32, kill_after: usize, compacting: bool) -> Vec<u32> {
+fn publish_until_killed(
+    b: &Broker,
+    round: u32,
+    kill_after: usize,
+    compacting: bool,
+    (shards, victim_shard): (usize, usize),
+) -> Vec<u32> {
+    // With two shards, on the other one than the subscriber's session.
     let mut publisher = Raw::connect(b.port, "publisher");
+    let mut tries = 0;
+    while shards > 1 && shard_of(b, &publisher) == victim_shard {
+        tries += 1;
+        assert!(
+            tries < 50,
+            "every connection landed on shard {victim_shard}"
+        );
+        publisher = Raw::connect(b.port, "publisher");
+    }
     let mut acked = Vec::new();
     let mut next = 1u16;
     let id = |packet_id: u16| round * 100_000 + u32::from(packet_id);
@@ -269,9 +326,11 @@ fn publish_until_killed(b: &Broker, round: u32, kill_after: usize, compacting: b
 }
 
 /// The persistent subscriber reads what is queued for it, acknowledging each, and leaves
-/// (its session stays); returns the message numbers in the order they came.
-fn receive_all(port: u16) -> Vec<u32> {
-    let (mut sub, ack) = persistent(port, ProtocolVersion::V311, "victim");
+/// (its session stays); returns the message numbers in the order they came, and the shard
+/// its session is on now.
+fn receive_all(b: &Broker) -> (Vec<u32>, usize) {
+    let (mut sub, ack) = persistent(b.port, ProtocolVersion::V311, "victim");
+    let shard = shard_of(b, &sub);
     assert!(ack.session_present);
     let mut got = Vec::new();
     while let Some(packet) = sub.poll_packet(std::time::Duration::from_millis(500)) {
@@ -290,7 +349,7 @@ fn receive_all(port: u16) -> Vec<u32> {
         }
     }
     disconnect(sub);
-    got
+    (got, shard)
 }
 
 fn journal_files(dir: &Path) -> Vec<PathBuf> {

@@ -81,6 +81,7 @@ fn fill_mailbox(sim: &Sim, shard: usize) {
         message: message.clone(),
         targets: Vec::new(),
         forwarded: false,
+        receipt: None,
     };
     let mut sent = 0;
     while shared.mailboxes.send(shard, deliver()).is_ok() {

@@ -19,6 +19,10 @@ pub enum ShardMsg {
         targets: Vec<Target>,
         /// Passed on by a shard the sessions moved away from (see `shard/handover.rs`).
         forwarded: bool,
+        /// With `persistence_sync always`: the sending shard and this message's number among
+        /// those it sent here, for the receipt the publisher's acknowledgement waits on
+        /// (`shard/journaling.rs`).
+        receipt: Option<(u16, u64)>,
     },
     /// A client connected on shard `to` with an id whose session this shard holds: close
     /// the old connection and hand the session over.
@@ -280,6 +284,7 @@ mod tests {
             }),
             targets: Vec::new(),
             forwarded: false,
+            receipt: None,
         }
     }
 

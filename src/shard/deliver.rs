@@ -189,6 +189,7 @@ impl<B: Backend> Shard<B> {
                 message: message.clone(),
                 targets: std::mem::take(list),
                 forwarded: false,
+                receipt: self.receipt_for(shard, message.qos),
             };
             self.send_to_shard(shard, msg, message.qos, from);
         }
@@ -254,6 +255,7 @@ impl<B: Backend> Shard<B> {
                 message: message.clone(),
                 targets: vec![target],
                 forwarded: true,
+                receipt: None,
             };
             self.send_to_shard(shard, msg, message.qos, None);
         }

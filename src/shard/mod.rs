@@ -14,6 +14,7 @@ mod handover;
 mod invariants;
 pub mod io;
 mod journaling;
+mod output;
 mod owed;
 mod publish;
 mod reload;
@@ -37,7 +38,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::codec::{Packet, ProtocolVersion};
+use crate::codec::Packet;
 use crate::config::Config;
 use crate::router::{Outbox, ShardMsg};
 use crate::session::Session;
@@ -123,10 +124,18 @@ pub struct Shard<B: Backend> {
     now: Instant,
     /// `persistence true`: this shard's journal (`journaling.rs`).
     journal: Option<Box<crate::persist::journal::Journal>>,
+    /// `persistence_sync always` over several shards: acknowledgements waiting for other
+    /// shards' disks (`journaling.rs`).
+    ack_hold: Option<Box<journaling::AckHold>>,
     /// Debug builds only, for the test of what a shard panic does: a PUBLISH to this topic
     /// (from `MIDGE_FAULT_PANIC_TOPIC`) panics the shard that reads it.
     #[cfg(debug_assertions)]
     fault_panic_topic: Option<String>,
+    /// Debug builds only, for the test of acknowledgements across shards: a turn that took
+    /// messages from other shards waits this long before its journal write, as a slow disk
+    /// would (`MIDGE_FAULT_COMMIT_DELAY_MS`), and whether this turn took any.
+    #[cfg(debug_assertions)]
+    fault_commit_delay: Option<(Duration, bool)>,
 }
 
 impl<B: Backend> Shard<B> {
@@ -169,8 +178,14 @@ impl<B: Backend> Shard<B> {
             sys: sys::SysState::default(),
             now,
             journal: None,
+            ack_hold: None,
             #[cfg(debug_assertions)]
             fault_panic_topic: std::env::var("MIDGE_FAULT_PANIC_TOPIC").ok(),
+            #[cfg(debug_assertions)]
+            fault_commit_delay: std::env::var("MIDGE_FAULT_COMMIT_DELAY_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(|ms| (Duration::from_millis(ms), false)),
         }
     }
 
@@ -466,75 +481,6 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// Encodes `packet` into the connection's turn buffer.
-    /// False if it could not be encoded (logged) or the connection is gone.
-    fn send_packet(&mut self, conn: ConnId, packet: &Packet) -> bool {
-        self.send_packet_at(conn, packet, None)
-    }
-
-    /// As `send_packet`, but written at `at` in what waits for the connection (before what
-    /// was added since `at` was its length), if given.
-    fn send_packet_at(&mut self, conn: ConnId, packet: &Packet, at: Option<usize>) -> bool {
-        let Some(c) = self.conn_mut(conn) else {
-            return false;
-        };
-        let version = c.version.unwrap_or(ProtocolVersion::V311);
-        let was_empty = c.out.is_empty();
-        let start = c.out.len();
-        let at = at.filter(|&at| at < start);
-        let after = at.map(|at| c.out.split_off(at));
-        let encoded = packet.encode(version, &mut c.out);
-        if encoded.is_err() {
-            c.out.truncate(at.unwrap_or(start));
-        }
-        if let Some(after) = after {
-            c.out.unsplit(after);
-        }
-        if let Err(e) = encoded {
-            log::error!(
-                "Error: cannot encode {} for {}: {e}",
-                packet.name(),
-                c.name()
-            );
-            return false;
-        }
-        self.shared.stats[self.id]
-            .packets_sent
-            .fetch_add(1, Ordering::Relaxed);
-        if was_empty {
-            self.dirty.push(conn);
-        }
-        true
-    }
-
-    /// Whether the bytes waiting for clients over all shards are past `memory_limit`.
-    fn over_memory_limit(&self) -> bool {
-        self.write_waiting_elsewhere + self.backend.queued_bytes_total() + self.out_bytes_this_turn
-            > self.write_bytes_max
-    }
-
-    /// Sends each connection's turn buffer in one piece.
-    fn flush(&mut self) {
-        self.out_bytes_this_turn = 0;
-        for conn in std::mem::take(&mut self.dirty) {
-            let Some(c) = conn::live_mut(&mut self.conns, conn) else {
-                continue;
-            };
-            if c.out.is_empty() {
-                continue;
-            }
-            // The whole buffer goes: what is left of its capacity would keep the allocation
-            // alive after the bytes are written, for every connection that once had a turn's
-            // worth to send (an idle connection then holds nothing).
-            let plain = std::mem::take(&mut c.out).freeze();
-            let data = transport::seal(c, plain, false);
-            self.shared.stats[self.id]
-                .bytes_sent
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            self.backend.send(conn, data);
-        }
-    }
-
     fn drain_mailbox(&mut self) {
         for _ in 0..MAILBOX_PER_TURN {
             let Ok(msg) = self.mailbox.try_recv() else {
@@ -545,7 +491,17 @@ impl<B: Backend> Shard<B> {
                     message,
                     targets,
                     forwarded,
-                } => self.deliver_here(&message, targets, forwarded),
+                    receipt,
+                } => {
+                    self.deliver_here(&message, targets, forwarded);
+                    #[cfg(debug_assertions)]
+                    if let Some((_, took)) = &mut self.fault_commit_delay {
+                        *took = true;
+                    }
+                    if let Some((from, number)) = receipt {
+                        self.took_from(usize::from(from), number);
+                    }
+                }
                 ShardMsg::TakeSession {
                     client_id,
                     to,

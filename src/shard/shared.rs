@@ -64,6 +64,9 @@ pub struct Shared {
     /// Enhanced authentication methods (MQTT 5.0), by name.
     pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
     pub shutdown: AtomicBool,
+    /// With `persistence_sync always`, by (shard, sending shard): the number of the last
+    /// message from the sender that the shard has on disk (`shard/journaling.rs`).
+    pub durable_from: Box<[AtomicU64]>,
     /// Journal compactions asked for (SIGUSR1): a shard that has done fewer does one.
     pub compactions_asked: AtomicU64,
     /// Where shards meet at shutdown with persistence (`Shard::deliver_in_transit`).
@@ -153,6 +156,7 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             shutdown_barrier: std::sync::Barrier::new(shards),
             compactions_asked: AtomicU64::new(0),
+            durable_from: (0..shards * shards).map(|_| AtomicU64::new(0)).collect(),
             started: clock.now(),
             clock,
             stats: (0..shards).map(|_| Default::default()).collect(),

@@ -1,0 +1,84 @@
+//! What a shard sends its clients: packets encoded into each connection's turn buffer,
+//! and the buffers handed to the backend, one piece per connection, at the end of the turn.
+
+use std::sync::atomic::Ordering;
+
+use super::io::{Backend, ConnId};
+use super::{conn, transport, Shard};
+use crate::codec::{Packet, ProtocolVersion};
+
+impl<B: Backend> Shard<B> {
+    /// Encodes `packet` into the connection's turn buffer.
+    /// False if it could not be encoded (logged) or the connection is gone.
+    pub(super) fn send_packet(&mut self, conn: ConnId, packet: &Packet) -> bool {
+        self.send_packet_at(conn, packet, None)
+    }
+
+    /// As `send_packet`, but written at `at` in what waits for the connection (before what
+    /// was added since `at` was its length), if given.
+    pub(super) fn send_packet_at(
+        &mut self,
+        conn: ConnId,
+        packet: &Packet,
+        at: Option<usize>,
+    ) -> bool {
+        let Some(c) = self.conn_mut(conn) else {
+            return false;
+        };
+        let version = c.version.unwrap_or(ProtocolVersion::V311);
+        let was_empty = c.out.is_empty();
+        let start = c.out.len();
+        let at = at.filter(|&at| at < start);
+        let after = at.map(|at| c.out.split_off(at));
+        let encoded = packet.encode(version, &mut c.out);
+        if encoded.is_err() {
+            c.out.truncate(at.unwrap_or(start));
+        }
+        if let Some(after) = after {
+            c.out.unsplit(after);
+        }
+        if let Err(e) = encoded {
+            log::error!(
+                "Error: cannot encode {} for {}: {e}",
+                packet.name(),
+                c.name()
+            );
+            return false;
+        }
+        self.shared.stats[self.id]
+            .packets_sent
+            .fetch_add(1, Ordering::Relaxed);
+        if was_empty {
+            self.dirty.push(conn);
+        }
+        true
+    }
+
+    /// Whether the bytes waiting for clients over all shards are past `memory_limit`.
+    pub(super) fn over_memory_limit(&self) -> bool {
+        self.write_waiting_elsewhere + self.backend.queued_bytes_total() + self.out_bytes_this_turn
+            > self.write_bytes_max
+    }
+
+    /// Sends each connection's turn buffer in one piece.
+    pub(super) fn flush(&mut self) {
+        self.out_bytes_this_turn = 0;
+        for conn in std::mem::take(&mut self.dirty) {
+            let Some(c) = conn::live_mut(&mut self.conns, conn) else {
+                continue;
+            };
+            if c.out.is_empty() {
+                continue;
+            }
+            // The whole buffer goes: what is left of its capacity would keep the allocation
+            // alive after the bytes are written, for every connection that once had a turn's
+            // worth to send (an idle connection then holds nothing).
+            let plain = std::mem::take(&mut c.out).freeze();
+            let data = transport::seal(c, plain, false);
+            self.shared.stats[self.id]
+                .bytes_sent
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.backend.send(conn, data);
+        }
+    }
+}
