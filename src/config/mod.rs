@@ -303,9 +303,6 @@ pub struct Config {
     pub persistence_on_damage_set_aside: bool,
     /// `persistence_sync` (midge's own): when journal writes reach the disk.
     pub persistence_sync: crate::persist::SyncPolicy,
-    /// `autosave_interval` and `autosave_on_changes`: read for Mosquitto's files; midge
-    /// journals every change at once, so they change nothing (README).
-    pub autosave_interval_s: u64,
 }
 
 impl Default for Config {
@@ -347,7 +344,6 @@ impl Default for Config {
             persistence_file: "mosquitto.db".to_string(),
             persistence_sync: crate::persist::SyncPolicy::Always,
             persistence_on_damage_set_aside: false,
-            autosave_interval_s: 1800,
             pid_file: None,
             user: None,
             sys_interval_s: 10,

@@ -105,10 +105,6 @@ impl Journal {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The number `message` is written under, writing it first if this journal has not.
     fn message(&mut self, message: &Arc<Message>, clock: &WallClock) -> u64 {
         let address = Arc::as_ptr(message) as usize;

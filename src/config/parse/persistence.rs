@@ -38,7 +38,11 @@ pub(super) fn option(config: &mut Config, line: &Line) -> Result<(), ConfigError
                 }
             }
         }
-        "autosave_interval" => config.autosave_interval_s = line.number(u32::MAX.into())?,
+        // Read (and checked) for Mosquitto's files: midge journals every change at once,
+        // so they change nothing (README).
+        "autosave_interval" => {
+            line.number(u32::MAX.into())?;
+        }
         "autosave_on_changes" => {
             line.boolean()?;
         }

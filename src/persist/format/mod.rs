@@ -488,14 +488,6 @@ impl Fields<'_> {
     }
 }
 
-/// What reading a journal's records came to.
-#[derive(Debug, Default)]
-pub struct Read {
-    pub records: Vec<Record>,
-    /// Bytes of a torn last record, left out (a crash cut its write short).
-    pub torn_bytes: usize,
-}
-
 /// Reads every record of a journal file's bytes (header included), handing each to
 /// `apply` as it is read (a store of millions of records is never all decoded at once).
 /// Returns the bytes of a torn last record, left out; damage anywhere else, or an error
@@ -532,19 +524,6 @@ pub fn read_each(
         pos = end;
     }
     Ok(0)
-}
-
-/// Every record at once (`read_each`), and the torn tail's length.
-pub fn read_all(file: &Bytes) -> Result<Read, String> {
-    let mut records = Vec::new();
-    let torn_bytes = read_each(file, |record| {
-        records.push(record);
-        Ok(())
-    })?;
-    Ok(Read {
-        records,
-        torn_bytes,
-    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,26 @@
 use super::*;
 use proptest::prelude::*;
 
+/// What reading a journal's records came to.
+#[derive(Debug)]
+struct Read {
+    records: Vec<Record>,
+    torn_bytes: usize,
+}
+
+/// Every record at once (`read_each`), and the torn tail's length.
+fn read_all(file: &Bytes) -> Result<Read, String> {
+    let mut records = Vec::new();
+    let torn_bytes = read_each(file, |record| {
+        records.push(record);
+        Ok(())
+    })?;
+    Ok(Read {
+        records,
+        torn_bytes,
+    })
+}
+
 fn delivery() -> impl Strategy<Value = Delivery> {
     (
         0u8..3,
