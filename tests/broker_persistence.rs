@@ -534,3 +534,56 @@ fn shared_subscription_membership_survives_a_restart() {
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A 5.0 will waiting out its Will Delay Interval survives a restart: it is published when
+/// due [MQTT-3.1.3-9], once, and not again after a second restart.
+#[test]
+fn a_delayed_will_waits_across_a_restart() {
+    let dir = store("will");
+    let b = broker("persist-will", &dir, "", "1");
+    let (mut watcher, _) = persistent(b.port, ProtocolVersion::V5, "watcher");
+    watcher.subscribe(&[("w", QoS::AtLeastOnce)]);
+    disconnect(watcher);
+    let mut dying = connect_with_will(
+        ProtocolVersion::V5,
+        "dying",
+        QoS::AtLeastOnce,
+        false,
+        b"gone",
+    );
+    dying.clean_start = false;
+    dying.properties.session_expiry_interval = Some(3600);
+    if let Some(will) = &mut dying.will {
+        will.properties.will_delay_interval = Some(2);
+    }
+    let (c, _) = Raw::connect_with(b.port, dying);
+    let closed_at = std::time::Instant::now();
+    drop(c);
+    b.wait_for_log("Client dying closed its connection.");
+    assert!(b.terminate().success());
+
+    let b = broker("persist-will", &dir, "", "1");
+    b.wait_for_log("Restored 0 retained messages, 2 sessions");
+    let (mut watcher, ack) = persistent(b.port, ProtocolVersion::V5, "watcher");
+    assert!(ack.session_present);
+    let p = watcher.recv_publish();
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("w", &b"gone"[..]));
+    assert!(
+        closed_at.elapsed() >= std::time::Duration::from_secs(2),
+        "not before its delay"
+    );
+    watcher.send(&Packet::PubAck(PubResponse::new(p.packet_id)));
+    // A ping answered: the PUBACK was handled before the stop.
+    watcher.send(&Packet::PingReq);
+    assert_eq!(watcher.recv(), Packet::PingResp);
+    drop(watcher);
+    assert!(b.terminate().success());
+
+    let b = broker("persist-will", &dir, "", "1");
+    b.wait_for_log("Restored 0 retained messages, 2 sessions");
+    let (mut watcher, ack) = persistent(b.port, ProtocolVersion::V5, "watcher");
+    assert!(ack.session_present);
+    watcher.expect_nothing(std::time::Duration::from_millis(300));
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::format::{self, Delivery, Publisher, Record};
 use super::{SyncPolicy, WallClock};
-use crate::codec::{Packet, ProtocolVersion, Publish, QoS};
+use crate::codec::{Packet, ProtocolVersion, Publish, QoS, Will};
 use crate::retain::{Retained, Source};
 use crate::session::{Change, Session, What};
 use crate::types::{Message, SessionId, Target};
@@ -284,6 +284,48 @@ impl Journal {
         }
         if let Some(at) = offline_since {
             self.disconnected(session.id, clock.unix_ms(at));
+        }
+        if let Some(waiting) = &session.delayed_will {
+            self.will_waiting(session.id, waiting.0, &waiting.1, clock);
+        }
+    }
+
+    /// A journaled session's will waits until `due` (its Will Delay Interval).
+    pub fn will_waiting(
+        &mut self,
+        session: SessionId,
+        due: Instant,
+        will: &Will,
+        clock: &WallClock,
+    ) {
+        if !self.sessions.contains(&session) {
+            return;
+        }
+        let mut properties = will.properties.clone();
+        // Kept as `due`; not a PUBLISH property.
+        properties.will_delay_interval = None;
+        let message = Arc::new(Message {
+            topic: will.topic.clone(),
+            payload: will.payload.clone(),
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            origin: None,
+            expires_at: None,
+        });
+        let message = self.message(&message, clock);
+        Record::WillWaiting {
+            session: session.0,
+            due_ms: clock.unix_ms(due),
+            message,
+        }
+        .encode(&mut self.pending);
+    }
+
+    /// A journaled session's waiting will was published.
+    pub fn will_gone(&mut self, session: SessionId) {
+        if self.sessions.contains(&session) {
+            Record::WillGone { session: session.0 }.encode(&mut self.pending);
         }
     }
 

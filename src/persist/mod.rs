@@ -15,6 +15,7 @@
 
 pub mod format;
 pub mod journal;
+pub mod mosquitto_db;
 pub mod recover;
 pub mod start;
 

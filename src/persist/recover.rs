@@ -38,7 +38,10 @@ pub struct RecoveredSession {
     /// When its client went away (Unix milliseconds); `None`: it was connected when the
     /// broker stopped.
     pub offline_since_ms: Option<u64>,
-    ended: bool,
+    /// Its will waiting for its Will Delay Interval: when it is due (Unix milliseconds),
+    /// and the will as a message.
+    pub delayed_will: Option<(u64, Arc<Message>)>,
+    pub(super) ended: bool,
 }
 
 impl RecoveredSession {
@@ -376,6 +379,17 @@ fn replay(file: &Bytes, clock: &WallClock) -> Result<(FileState, usize), String>
                 session: key,
                 at_ms,
             } => session_mut(&keys, &mut state.sessions, key)?.offline_since_ms = Some(at_ms),
+            Record::WillWaiting {
+                session: key,
+                due_ms,
+                message: id,
+            } => {
+                let m = message(&messages, id)?;
+                session_mut(&keys, &mut state.sessions, key)?.delayed_will = Some((due_ms, m));
+            }
+            Record::WillGone { session: key } => {
+                session_mut(&keys, &mut state.sessions, key)?.delayed_will = None
+            }
             Record::Ended { session: key } => {
                 let s = session_mut(&keys, &mut state.sessions, key)?;
                 let (client_id, claim) = (std::mem::take(&mut s.client_id), s.claim);
@@ -406,7 +420,7 @@ fn session_mut<'a>(
 }
 
 /// A message from its 5.0 PUBLISH bytes.
-fn decode_message(
+pub(super) fn decode_message(
     publish: Bytes,
     expires_at_ms: u64,
     clock: &WallClock,

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::journal::Journal;
-use super::recover::{self, RecoveredSession};
+use super::mosquitto_db;
+use super::recover::{self, Recovered, RecoveredSession};
 use super::WallClock;
 use crate::config::Config;
 use crate::retain::{Retained, Source};
@@ -36,6 +37,9 @@ pub struct Store {
     counts: (usize, usize, usize),
     started: Instant,
     marker: PathBuf,
+    /// The store was a Mosquitto database, read into the new journals: kept beside them
+    /// once they are written, and the marker takes its place.
+    imported: bool,
 }
 
 /// Reads the store (`persistence true`) and makes each shard's new journal. `Ok(None)`
@@ -45,13 +49,17 @@ pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
         return Ok(None);
     };
     let started = Instant::now();
-    check_marker(&marker, &dir)?;
     let set_aside = config.persistence_on_damage_set_aside;
-    let mut recovered = recover::recover(&dir, &WallClock::now(), set_aside).map_err(|e| {
-        io::Error::other(format!(
-            "persistence: {e}. The store was left as it is; `persistence_on_damage set_aside` starts without the damaged file (kept beside it)."
-        ))
-    })?;
+    let found = check_marker(&marker, &dir)?;
+    let imported = matches!(found, Found::Mosquitto(_));
+    let mut recovered = match found {
+        Found::Mosquitto(bytes) => import_mosquitto(config, &marker, &bytes, set_aside)?,
+        Found::Midge => recover::recover(&dir, &WallClock::now(), set_aside).map_err(|e| {
+            io::Error::other(format!(
+                "persistence: {e}. The store was left as it is; `persistence_on_damage set_aside` starts without the damaged file (kept beside it)."
+            ))
+        })?,
+    };
     for note in &recovered.notes {
         log::warn!("Warning: persistence: {note}.");
     }
@@ -61,7 +69,10 @@ pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
     let now_ms = WallClock::now().current_unix_ms();
     let expiry = config.persistent_client_expiration;
     let before = recovered.sessions.len();
-    recovered.sessions.retain(|s| !s.expired(now_ms, expiry));
+    // (One whose will still waits is kept: it ends at the first turn, its will going then.)
+    recovered
+        .sessions
+        .retain(|s| !s.expired(now_ms, expiry) || s.delayed_will.is_some());
     if recovered.sessions.len() < before {
         log::info!(
             target: "information",
@@ -103,6 +114,7 @@ pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
         started,
         dir: dir.clone(),
         marker,
+        imported,
     };
     for (shard, sessions) in parts.into_iter().enumerate() {
         let journal = Journal::create(
@@ -131,7 +143,17 @@ impl Store {
     /// Every shard has written its journal: the marker is written (if it was not there),
     /// the files read go, and the log says what came back.
     pub fn finish(self) {
-        if !self.marker.exists() {
+        let mut kept = None;
+        if self.imported {
+            match keep_imported(&self.marker) {
+                Ok(copy) => kept = Some(copy),
+                Err(e) => log::error!(
+                    "Error: persistence: cannot keep a copy of the Mosquitto database {}: {e}; it stays where it is and will be read again at the next start.",
+                    self.marker.display()
+                ),
+            }
+        }
+        if kept.is_some() || !self.marker.exists() {
             if let Err(e) = write_marker(&self.marker) {
                 log::error!(
                     "Error: persistence: cannot write {}: {e}; without it the journals in {} will be set aside at the next start.",
@@ -153,44 +175,115 @@ impl Store {
         drop(self.shards);
         crate::shard::release_freed_memory(true);
         let (retained, sessions, queued) = self.counts;
+        let from = match &kept {
+            Some(copy) => format!(
+                "the Mosquitto database {} (kept as {}; midge's store is now in {})",
+                self.marker.display(),
+                copy.display(),
+                self.dir.display()
+            ),
+            None => self.dir.display().to_string(),
+        };
         log::info!(
             target: "information",
-            "Restored {retained} retained messages, {sessions} sessions, {queued} queued messages from {} in {} ms.",
-            self.dir.display(),
+            "Restored {retained} retained messages, {sessions} sessions, {queued} queued messages from {from} in {} ms.",
             self.started.elapsed().as_millis()
         );
     }
 }
 
-/// The marker says whether the journal directory is the store: present and midge's, it is;
-/// absent, a directory left there is from a store that was removed (set aside, not read);
-/// present and not midge's (a Mosquitto database, say), it is an error.
-fn check_marker(marker: &Path, dir: &Path) -> io::Result<()> {
-    match std::fs::read(marker) {
-        Ok(bytes) if bytes.starts_with(b"MIDGE") => Ok(()),
-        Ok(_) => Err(io::Error::other(format!(
-            "persistence: {} is not midge's store (a Mosquitto database? midge cannot read one yet); move it aside, or set persistence_file to another name",
-            marker.display()
-        ))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if dir.exists() {
-                let unix_ms = WallClock::now().current_unix_ms();
-                let aside = dir.with_extension(format!("d.removed-{unix_ms}"));
-                std::fs::rename(dir, &aside)?;
-                log::warn!(
-                    "Warning: persistence: {} was removed, so the journals in {} are not read; set aside as {}.",
-                    marker.display(),
-                    dir.display(),
-                    aside.display()
-                );
-            }
-            Ok(())
+/// Reads the Mosquitto database found where the store's marker goes. Damaged, it stops the
+/// start, or with `set_aside` is renamed `<name>.damaged` and the broker starts empty.
+fn import_mosquitto(
+    config: &Config,
+    path: &Path,
+    bytes: &[u8],
+    set_aside: bool,
+) -> io::Result<Recovered> {
+    let ports: Vec<u16> = config.listeners.iter().map(|l| l.port).collect();
+    match mosquitto_db::read(bytes, &ports, &WallClock::now()) {
+        Ok(recovered) => Ok(recovered),
+        Err(e) if set_aside => {
+            let aside = path.with_extension("db.damaged");
+            std::fs::rename(path, &aside)?;
+            log::error!(
+                "Error: persistence: the Mosquitto database {}: {e}; set aside as {}, starting without what it held.",
+                path.display(),
+                aside.display()
+            );
+            Ok(Recovered {
+                next_generation: 1,
+                ..Default::default()
+            })
         }
         Err(e) => Err(io::Error::other(format!(
-            "persistence: {}: {e}",
-            marker.display()
+            "persistence: the Mosquitto database {}: {e}. It was left as it is; `persistence_on_damage set_aside` starts without it (kept beside it).",
+            path.display()
         ))),
     }
+}
+
+/// Keeps the imported Mosquitto database as `<name>.imported` (another name if that is
+/// taken) before the marker replaces it: linked, so both names hold it until the marker's
+/// rename, and a crash in between imports it again at the next start.
+fn keep_imported(db: &Path) -> io::Result<PathBuf> {
+    let mut copy = db.with_extension("db.imported");
+    if copy.exists() {
+        let unix_ms = WallClock::now().current_unix_ms();
+        copy = db.with_extension(format!("db.imported-{unix_ms}"));
+    }
+    if std::fs::hard_link(db, &copy).is_err() {
+        std::fs::copy(db, &copy)?;
+        std::fs::File::open(&copy)?.sync_all()?;
+    }
+    Ok(copy)
+}
+
+/// What the file at the marker's place says the store is.
+enum Found {
+    /// midge's journals (or none yet).
+    Midge,
+    /// A Mosquitto database (its bytes), to take over.
+    Mosquitto(Vec<u8>),
+}
+
+/// The marker says whether the journal directory is the store: present and midge's, it is;
+/// absent, or replaced by a Mosquitto database, a directory left there is from a store that
+/// was removed (set aside, not read); anything else there is an error.
+fn check_marker(marker: &Path, dir: &Path) -> io::Result<Found> {
+    let found = match std::fs::read(marker) {
+        Ok(bytes) if bytes.starts_with(b"MIDGE") => return Ok(Found::Midge),
+        Ok(bytes) if mosquitto_db::is_mosquitto_db(&bytes) => Found::Mosquitto(bytes),
+        Ok(_) => {
+            return Err(io::Error::other(format!(
+                "persistence: {} is neither midge's store nor a Mosquitto database; move it aside, or set persistence_file to another name",
+                marker.display()
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Found::Midge,
+        Err(e) => {
+            return Err(io::Error::other(format!(
+                "persistence: {}: {e}",
+                marker.display()
+            )))
+        }
+    };
+    if dir.exists() {
+        let unix_ms = WallClock::now().current_unix_ms();
+        let aside = dir.with_extension(format!("d.removed-{unix_ms}"));
+        std::fs::rename(dir, &aside)?;
+        let why = match found {
+            Found::Midge => "was removed",
+            Found::Mosquitto(_) => "is a Mosquitto database now",
+        };
+        log::warn!(
+            "Warning: persistence: {} {why}, so the journals in {} are not read; set aside as {}.",
+            marker.display(),
+            dir.display(),
+            aside.display()
+        );
+    }
+    Ok(found)
 }
 
 fn write_marker(marker: &Path) -> io::Result<()> {
@@ -199,5 +292,8 @@ fn write_marker(marker: &Path) -> io::Result<()> {
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(super::MARKER_TEXT.as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, marker)
+    std::fs::rename(&tmp, marker)?;
+    // The rename itself reaches the disk with the directory.
+    let parent = marker.parent().filter(|p| !p.as_os_str().is_empty());
+    std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
 }

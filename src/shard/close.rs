@@ -228,6 +228,7 @@ impl<B: Backend> Shard<B> {
             let will = self.sessions.get_mut(&id).and_then(|s| s.take_due_will(at));
             if let Some(will) = will {
                 self.publish_will(id, will);
+                self.journal_will_gone(id);
             }
         }
     }

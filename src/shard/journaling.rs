@@ -201,8 +201,19 @@ impl<B: Backend> Shard<B> {
 
     /// A journaled session's client went away.
     pub(super) fn journal_disconnected(&mut self, id: SessionId) {
+        let waiting = (self.sessions.get(&id)).and_then(|s| s.delayed_will.clone());
         if let Some((journal, clock)) = self.journal_up_to_date() {
             journal.disconnected(id, clock.current_unix_ms());
+            if let Some(waiting) = waiting {
+                journal.will_waiting(id, waiting.0, &waiting.1, &clock);
+            }
+        }
+    }
+
+    /// An offline session's waiting will was published.
+    pub(super) fn journal_will_gone(&mut self, id: SessionId) {
+        if let Some((journal, _)) = self.journal_up_to_date() {
+            journal.will_gone(id);
         }
     }
 
@@ -346,6 +357,22 @@ impl<B: Backend> Shard<B> {
             session.continue_ids_after(recovered.last_packet_id);
             for packet_id in &recovered.awaiting_pubrel {
                 session.awaiting_pubrel(*packet_id, &mut quiet);
+            }
+            // A will still waiting goes when it is due (at once if that passed while the
+            // broker was down), or when the session ends if that is first [MQTT-3.1.3-9].
+            if let Some((due_ms, will)) = recovered.delayed_will.take() {
+                let due = clock.instant(due_ms);
+                session.delayed_will = Some(Box::new((
+                    due,
+                    crate::codec::Will {
+                        qos: will.qos,
+                        retain: will.retain,
+                        properties: will.properties.clone(),
+                        topic: will.topic.clone(),
+                        payload: will.payload.clone(),
+                    },
+                )));
+                self.will_timers.push(std::cmp::Reverse((due, id)));
             }
             // Offline since its client went away (or since now, if it was connected when
             // the broker stopped): its expiry runs from then.

@@ -117,6 +117,17 @@ pub enum Record {
     Ended {
         session: u64,
     },
+    /// The offline session's will waits for its Will Delay Interval until `due_ms` (Unix
+    /// milliseconds); `message`: the will as a message (without its delay).
+    WillWaiting {
+        session: u64,
+        due_ms: u64,
+        message: u64,
+    },
+    /// The waiting will was published.
+    WillGone {
+        session: u64,
+    },
 }
 
 /// The client that published a retained message.
@@ -153,6 +164,8 @@ mod kind {
     pub const PUBREL_RECEIVED: u8 = 20;
     pub const DISCONNECTED: u8 = 21;
     pub const ENDED: u8 = 22;
+    pub const WILL_WAITING: u8 = 23;
+    pub const WILL_GONE: u8 = 24;
 }
 
 /// The file header.
@@ -316,6 +329,20 @@ impl Record {
                 out.put_u8(kind::ENDED);
                 out.put_u64_le(*session);
             }
+            Record::WillWaiting {
+                session,
+                due_ms,
+                message,
+            } => {
+                out.put_u8(kind::WILL_WAITING);
+                out.put_u64_le(*session);
+                out.put_u64_le(*due_ms);
+                out.put_u64_le(*message);
+            }
+            Record::WillGone { session } => {
+                out.put_u8(kind::WILL_GONE);
+                out.put_u64_le(*session);
+            }
         }
         let body_len = out.len() - body_start;
         let crc = crc32c::crc32c(&out[body_start..]);
@@ -411,6 +438,12 @@ impl Record {
                 at_ms: r.u64()?,
             },
             kind::ENDED => Record::Ended { session: r.u64()? },
+            kind::WILL_WAITING => Record::WillWaiting {
+                session: r.u64()?,
+                due_ms: r.u64()?,
+                message: r.u64()?,
+            },
+            kind::WILL_GONE => Record::WillGone { session: r.u64()? },
             other => return Err(format!("unknown record kind {other}")),
         };
         if r.pos != body.len() {

@@ -114,6 +114,14 @@ fn record() -> impl Strategy<Value = Record> {
             .prop_map(|(session, packet_id)| Record::PubrelReceived { session, packet_id }),
         (s, any::<u64>()).prop_map(|(session, at_ms)| Record::Disconnected { session, at_ms }),
         s.prop_map(|session| Record::Ended { session }),
+        (s, any::<u64>(), any::<u64>()).prop_map(|(session, due_ms, message)| {
+            Record::WillWaiting {
+                session,
+                due_ms,
+                message,
+            }
+        }),
+        s.prop_map(|session| Record::WillGone { session }),
     ]
 }
 
