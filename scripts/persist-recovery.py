@@ -3,7 +3,9 @@
 0) subscribed to one topic, MESSAGES QoS 1 messages published to it (each queued for every
 session: SESSIONS x MESSAGES queued deliveries, each message written once per journal), then
 SIGTERM and a restart. Prints the store's size on disk, the broker's recovery line (how long
-it took) and its RSS before the stop and after the restart.
+it took) and its RSS before the stop and after the restart; then asks for a compaction
+(SIGUSR1) and prints how long it took, and the longest a client's PINGREQ waited for its
+PINGRESP meanwhile (what the compaction costs the shards' clients).
 
     python3 scripts/persist-recovery.py [--sessions 10000] [--messages 100] [--threads 1]
 
@@ -14,6 +16,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -94,6 +97,27 @@ def wait_for_line(log_path, text):
     sys.exit(f"no log line with {text!r} in {log_path}")
 
 
+def compaction_stall(broker, port, log, shards):
+    """SIGUSR1, then pings until every shard has logged its compaction: the compaction
+    lines, and the longest round trip of a ping meanwhile (seconds)."""
+    pinger = connect(port, "pinger", clean=True)
+    longest = 0.0
+    broker.send_signal(signal.SIGUSR1)
+    until = time.time() + DEADLINE
+    while time.time() < until:
+        sent = time.perf_counter()
+        pinger.sendall(b"\xc0\x00")
+        recv_exactly(pinger, 2)
+        longest = max(longest, time.perf_counter() - sent)
+        with open(log) as f:
+            lines = [l.strip() for l in f if "Compacted" in l]
+        if len(lines) >= shards:
+            pinger.close()
+            return lines, longest
+        time.sleep(0.001)
+    raise SystemExit("no compaction logged")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=10000)
@@ -143,6 +167,7 @@ def main():
         rss_after = rss_kib(broker.pid)
         time.sleep(3)  # a quiet shard gives freed memory back at its next timer tick
         rss_settled = rss_kib(broker.pid)
+        compacted, longest_ping = compaction_stall(broker, port, second, args.threads)
         queued = args.sessions * args.messages
         print(f"{args.sessions} sessions x {args.messages} messages = {queued:,} queued deliveries")
         print(f"store on disk: {size / 1e6:.1f} MB ({size / queued:.1f} bytes per queued delivery)")
@@ -152,6 +177,9 @@ def main():
             f"RSS before the stop: {rss_before / 1024:.0f} MiB; after the restart: "
             f"{rss_after / 1024:.0f} MiB, 3 s later: {rss_settled / 1024:.0f} MiB"
         )
+        for line in compacted:
+            print(f"SIGUSR1: {line}")
+        print(f"longest PINGREQ to PINGRESP while compacting: {longest_ping * 1000:.1f} ms")
     finally:
         broker.terminate()
         broker.wait(timeout=DEADLINE)

@@ -126,14 +126,19 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(recovered),
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
+    let all: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    // A compaction's unfinished file (`*.journal.new`, a crash cut it short) is never read:
+    // its journal holds everything. It goes with the files read.
+    let mut read_files: Vec<PathBuf> = (all.iter())
+        .filter(|p| p.to_string_lossy().ends_with(".journal.new"))
+        .cloned()
+        .collect();
+    let mut files: Vec<PathBuf> = (all.into_iter())
         .filter(|p| p.extension().is_some_and(|x| x == "journal"))
         .collect();
     files.sort();
     let mut sessions: HashMap<String, RecoveredSession> = HashMap::new();
     let mut retained = Vec::new();
-    let mut read_files = Vec::new();
     let mut baseline = 0;
     for path in &files {
         if let Some(generation) = generation_of(path) {

@@ -166,10 +166,12 @@ impl<B: Backend> Shard<B> {
             return;
         };
         journal.commit(now);
-        if journal.wants_compaction() || journal.compactions_done < asked {
+        let due = journal.wants_compaction() || journal.compactions_done < asked;
+        if due && !journal.compacting() {
             journal.compactions_done = asked;
-            self.compact_journal();
+            self.start_compaction();
         }
+        self.compaction_slice();
         self.release_acks();
     }
 
@@ -178,6 +180,7 @@ impl<B: Backend> Shard<B> {
         let now = self.now;
         if let Some((journal, _)) = self.journal_up_to_date() {
             journal.commit(now);
+            journal.give_up_compaction();
             journal.sync_now();
         }
     }
@@ -250,9 +253,10 @@ impl<B: Backend> Shard<B> {
         Some(at.checked_sub(after).unwrap_or(at))
     }
 
-    /// Rewrites the journal from the live state: every retained message, every persistent
-    /// session. (On the shard, for now: the time it takes grows with the live state.)
-    fn compact_journal(&mut self) {
+    /// Starts rewriting the journal from the live state: every retained message, every
+    /// persistent session, a slice per turn (`compaction_slice`), the file written and
+    /// synced beside the journal, which it replaces at the end (`persist::journal`).
+    fn start_compaction(&mut self) {
         let now = self.now;
         let mut retained = Vec::new();
         let seq = {
@@ -260,22 +264,49 @@ impl<B: Backend> Shard<B> {
             store.all_but_sys(&mut retained);
             store.last_change()
         };
-        let Some((journal, clock)) = self.journal_up_to_date() else {
-            return;
-        };
-        journal.begin_compaction(now);
-        journal.all_retained(seq, &retained, &clock);
         let persistent: Vec<SessionId> = (self.sessions.values())
             .filter(|s| !s.clean)
             .map(|s| s.id)
             .collect();
-        for id in persistent {
+        if let Some((journal, _)) = self.journal_up_to_date() {
+            journal.begin_compaction(now, persistent, retained, seq);
+        }
+    }
+
+    /// A compaction's slice for this turn: sessions written into the new file for up to
+    /// `COMPACTION_SLICE`, so that a large live state never holds the shard's clients up
+    /// for long (Mosquitto's whole-database save stalls every client: its issue #840).
+    fn compaction_slice(&mut self) {
+        if !self.journal.as_deref().is_some_and(|j| j.compacting()) {
+            return;
+        }
+        let started = Instant::now();
+        let clock = WallClock::now();
+        while started.elapsed() < COMPACTION_SLICE {
+            let Some(journal) = self.journal.as_deref_mut() else {
+                return;
+            };
+            let Some(id) = journal.next_to_compact(&clock) else {
+                break;
+            };
             let claim = self.claim_of(id);
-            self.journal_session(id, claim);
+            let Some(session) = self.sessions.get(&id) else {
+                continue;
+            };
+            let offline_since = self.offline_since(session);
+            if let Some(journal) = self.journal.as_deref_mut() {
+                journal.compact_session(session, claim, offline_since, &clock);
+            }
         }
         if let Some(journal) = self.journal.as_deref_mut() {
-            journal.finish_compaction();
+            journal.compaction_slice_took(started.elapsed());
+            journal.advance_compaction();
         }
+    }
+
+    /// How long the loop may wait for events while a compaction is under way.
+    pub(super) fn compaction_wait_limit(&self) -> Option<Duration> {
+        self.journal.as_deref()?.compaction_wants_turn()
     }
 
     /// The claim a session here is held under (its client's latest, from the registry).
@@ -422,6 +453,9 @@ impl<B: Backend> Shard<B> {
         }
     }
 }
+
+/// The most a turn spends on a compaction's slice.
+const COMPACTION_SLICE: Duration = Duration::from_millis(2);
 
 /// With `persistence_sync always` and more than one shard: a publisher's acknowledgement
 /// (PUBACK, PUBREC) waits until every other shard its message went to has it on disk, so

@@ -212,6 +212,9 @@ impl<B: Backend> Shard<B> {
         {
             timeout = Duration::ZERO;
         }
+        if let Some(limit) = self.compaction_wait_limit() {
+            timeout = timeout.min(limit);
+        }
         let mut events = std::mem::take(&mut self.events);
         if let Err(e) = self.backend.wait(Some(timeout), &mut events) {
             log::error!("Error: shard {} event loop: {e}", self.id);

@@ -10,16 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
+mod compaction;
+
 use super::format::{self, Delivery, Publisher, Record};
 use super::{SyncPolicy, WallClock};
 use crate::codec::{Packet, ProtocolVersion, Publish, QoS, Will};
 use crate::retain::{Retained, Source};
 use crate::session::{Change, Session, What};
 use crate::types::{Message, SessionId, Target};
-
-/// A journal is compacted once it is this large and four times its size after the last
-/// compaction: the disk holds at most a few times the live state.
-const COMPACT_MIN: u64 = 64 << 20;
+use compaction::{replace_file, Compaction};
 
 pub struct Journal {
     path: PathBuf,
@@ -45,6 +44,7 @@ pub struct Journal {
     failures: u64,
     /// Compactions asked for (SIGUSR1) that this journal has done.
     pub compactions_done: u64,
+    compaction: Compaction,
 }
 
 /// A journal file's name in the store directory: `shard-<shard>-<generation>.journal`.
@@ -66,6 +66,13 @@ fn publish_bytes(message: &Message) -> bytes::Bytes {
     Packet::Publish(publish)
         .to_bytes(ProtocolVersion::V5)
         .unwrap_or_default()
+}
+
+/// Which files records go to: the journal, and (during a compaction) the new file.
+#[derive(Clone, Copy)]
+struct To {
+    old: bool,
+    new: bool,
 }
 
 fn delivery(target: &Target) -> Delivery {
@@ -102,37 +109,85 @@ impl Journal {
             sessions: HashSet::new(),
             failures: 0,
             compactions_done: 0,
+            compaction: Compaction::None,
         })
     }
 
-    /// The number `message` is written under, writing it first if this journal has not.
-    fn message(&mut self, message: &Arc<Message>, clock: &WallClock) -> u64 {
+    /// The number `message` is written under, writing it first into whichever of the
+    /// files in `to` lacks it. A message has the same number in the journal and in a
+    /// compaction's new file.
+    fn message(&mut self, message: &Arc<Message>, to: To, clock: &WallClock) -> u64 {
         let address = Arc::as_ptr(message) as usize;
-        if let Some((id, weak)) = self.messages.get(&address) {
-            if weak.upgrade().is_some_and(|m| Arc::ptr_eq(&m, message)) {
-                return *id;
-            }
+        let known = |map: &HashMap<usize, (u64, Weak<Message>)>| {
+            let (id, weak) = map.get(&address)?;
+            weak.upgrade()
+                .is_some_and(|m| Arc::ptr_eq(&m, message))
+                .then_some(*id)
+        };
+        let in_old = known(&self.messages);
+        let in_new = self.compaction.fresh().and_then(known);
+        let lacking = To {
+            old: to.old && in_old.is_none(),
+            new: to.new && in_new.is_none(),
+        };
+        let id = in_old.or(in_new).unwrap_or_else(|| {
+            self.next_message += 1;
+            self.next_message - 1
+        });
+        if !lacking.old && !lacking.new {
+            return id;
         }
-        let id = self.next_message;
-        self.next_message += 1;
-        Record::Message {
+        let record = Record::Message {
             id,
             expires_at_ms: message.expires_at.map_or(0, |at| clock.unix_ms(at).max(1)),
             publish: publish_bytes(message),
+        };
+        self.emit(&record, lacking);
+        let entry = (id, Arc::downgrade(message));
+        if lacking.new {
+            if let Some(fresh) = self.compaction.fresh_mut() {
+                fresh.insert(address, entry.clone());
+            }
         }
-        .encode(&mut self.pending);
-        self.messages.insert(address, (id, Arc::downgrade(message)));
-        if self.messages.len() > 2 * self.messages_swept + 1024 {
-            self.messages.retain(|_, (_, weak)| weak.strong_count() > 0);
-            self.messages_swept = self.messages.len();
+        if lacking.old {
+            self.messages.insert(address, entry);
+            if self.messages.len() > 2 * self.messages_swept + 1024 {
+                self.messages.retain(|_, (_, weak)| weak.strong_count() > 0);
+                self.messages_swept = self.messages.len();
+            }
         }
         id
+    }
+
+    /// Appends `record` to this turn's records for the files in `to`.
+    fn emit(&mut self, record: &Record, to: To) {
+        let start = self.pending.len();
+        if to.old {
+            record.encode(&mut self.pending);
+        }
+        if let (true, Some(new)) = (to.new, self.compaction.pending_mut()) {
+            if to.old {
+                new.extend_from_slice(&self.pending[start..]);
+            } else {
+                record.encode(new);
+            }
+        }
+    }
+
+    /// Where a session's records go: the journal if the session is journaled here, the
+    /// compaction's new file if it has been written there already.
+    fn session_to(&self, session: SessionId) -> To {
+        To {
+            old: self.sessions.contains(&session),
+            new: self.compaction.has_session(session),
+        }
     }
 
     /// A session's change, if the session is journaled here.
     pub fn change(&mut self, change: &Change, clock: &WallClock) {
         let s = change.session;
-        if !self.sessions.contains(&s) {
+        let to = self.session_to(s);
+        if !to.old && !to.new {
             return;
         }
         let session = s.0;
@@ -168,7 +223,7 @@ impl Journal {
             } => Record::Queued {
                 session,
                 packet_id: *packet_id,
-                message: self.message(message, clock),
+                message: self.message(message, to, clock),
                 delivery: delivery(target),
             },
             What::Dequeued => Record::Dequeued { session },
@@ -179,7 +234,7 @@ impl Journal {
             } => Record::InFlight {
                 session,
                 packet_id: *packet_id,
-                message: self.message(message, clock),
+                message: self.message(message, to, clock),
                 delivery: delivery(target),
             },
             What::Released { packet_id } => Record::Released {
@@ -199,11 +254,12 @@ impl Journal {
                 packet_id: *packet_id,
             },
             What::Ended => {
-                self.sessions.remove(&s);
-                Record::Ended { session }
+                self.emit(&Record::Ended { session }, to);
+                self.forget(s);
+                return;
             }
         };
-        record.encode(&mut self.pending);
+        self.emit(&record, to);
     }
 
     /// Writes `session` whole, as of its client's claim `claim`; its changes are journaled
@@ -215,33 +271,49 @@ impl Journal {
         offline_since: Option<Instant>,
         clock: &WallClock,
     ) {
-        let id = session.id.0;
         self.sessions.insert(session.id);
-        Record::Started {
+        let to = To {
+            old: true,
+            new: self.compaction.add_session(session.id),
+        };
+        self.write_session(session, claim, offline_since, clock, to);
+    }
+
+    /// `session` whole, into the files in `to`.
+    fn write_session(
+        &mut self,
+        session: &Session,
+        claim: u64,
+        offline_since: Option<Instant>,
+        clock: &WallClock,
+        to: To,
+    ) {
+        let id = session.id.0;
+        let record = Record::Started {
             session: id,
             client_id: session.client_id.to_string(),
             claim,
             last_packet_id: session.outgoing().last_id(),
-        }
-        .encode(&mut self.pending);
-        Record::Parameters {
+        };
+        self.emit(&record, to);
+        let record = Record::Parameters {
             session: id,
             version: session.version as u8,
             expiry_interval_s: session.expiry_interval_s,
-        }
-        .encode(&mut self.pending);
+        };
+        self.emit(&record, to);
         for (filter, sub) in session.subscriptions() {
-            Record::Subscribed {
+            let record = Record::Subscribed {
                 session: id,
                 filter: filter.to_string(),
                 options: options_byte(&sub.options),
                 identifier: sub.identifier.map_or(0, |i| i.get()),
-            }
-            .encode(&mut self.pending);
+            };
+            self.emit(&record, to);
         }
         for f in session.outgoing().in_flight() {
-            let message = self.message(&f.message, clock);
-            Record::InFlight {
+            let message = self.message(&f.message, to, clock);
+            let record = Record::InFlight {
                 session: id,
                 packet_id: f.packet_id,
                 message,
@@ -250,43 +322,39 @@ impl Journal {
                     retain: f.retain,
                     identifiers: f.identifiers.to_vec(),
                 },
-            }
-            .encode(&mut self.pending);
+            };
+            self.emit(&record, to);
             if f.released {
-                Record::Released {
+                let record = Record::Released {
                     session: id,
                     packet_id: f.packet_id,
-                }
-                .encode(&mut self.pending);
+                };
+                self.emit(&record, to);
             }
         }
-        let queued: Vec<_> = session
-            .outgoing()
-            .queued()
-            .map(|q| (q.message.clone(), delivery(&q.target), q.packet_id))
-            .collect();
-        for (message, delivery, packet_id) in queued {
-            let message = self.message(&message, clock);
-            Record::Queued {
+        for q in session.outgoing().queued() {
+            let message = self.message(&q.message, to, clock);
+            let record = Record::Queued {
                 session: id,
-                packet_id,
+                packet_id: q.packet_id,
                 message,
-                delivery,
-            }
-            .encode(&mut self.pending);
+                delivery: delivery(&q.target),
+            };
+            self.emit(&record, to);
         }
         for packet_id in session.incoming().awaiting_pubrel() {
-            Record::AwaitingPubrel {
+            let record = Record::AwaitingPubrel {
                 session: id,
                 packet_id,
-            }
-            .encode(&mut self.pending);
+            };
+            self.emit(&record, to);
         }
         if let Some(at) = offline_since {
-            self.disconnected(session.id, clock.unix_ms(at));
+            let at_ms = clock.unix_ms(at);
+            self.emit(&Record::Disconnected { session: id, at_ms }, to);
         }
         if let Some(waiting) = &session.delayed_will {
-            self.will_waiting(session.id, waiting.0, &waiting.1, clock);
+            self.will_waiting_to(session.id, waiting.0, &waiting.1, clock, to);
         }
     }
 
@@ -298,7 +366,19 @@ impl Journal {
         will: &Will,
         clock: &WallClock,
     ) {
-        if !self.sessions.contains(&session) {
+        let to = self.session_to(session);
+        self.will_waiting_to(session, due, will, clock, to);
+    }
+
+    fn will_waiting_to(
+        &mut self,
+        session: SessionId,
+        due: Instant,
+        will: &Will,
+        clock: &WallClock,
+        to: To,
+    ) {
+        if !to.old && !to.new {
             return;
         }
         let mut properties = will.properties.clone();
@@ -313,36 +393,35 @@ impl Journal {
             origin: None,
             expires_at: None,
         });
-        let message = self.message(&message, clock);
-        Record::WillWaiting {
+        let message = self.message(&message, to, clock);
+        let record = Record::WillWaiting {
             session: session.0,
             due_ms: clock.unix_ms(due),
             message,
-        }
-        .encode(&mut self.pending);
+        };
+        self.emit(&record, to);
     }
 
     /// A journaled session's waiting will was published.
     pub fn will_gone(&mut self, session: SessionId) {
-        if self.sessions.contains(&session) {
-            Record::WillGone { session: session.0 }.encode(&mut self.pending);
-        }
+        let to = self.session_to(session);
+        self.emit(&Record::WillGone { session: session.0 }, to);
     }
 
     /// A journaled session's client went away at `at_ms`.
     pub fn disconnected(&mut self, session: SessionId, at_ms: u64) {
-        if self.sessions.contains(&session) {
-            Record::Disconnected {
-                session: session.0,
-                at_ms,
-            }
-            .encode(&mut self.pending);
-        }
+        let to = self.session_to(session);
+        let record = Record::Disconnected {
+            session: session.0,
+            at_ms,
+        };
+        self.emit(&record, to);
     }
 
-    /// A session that left this shard (handed to another): no longer journaled here.
+    /// A session that left this shard (handed to another), or ended: no longer journaled.
     pub fn forget(&mut self, session: SessionId) {
         self.sessions.remove(&session);
+        self.compaction.remove_session(session);
     }
 
     /// The retained message of a topic changed (`seq`: its order among all such changes;
@@ -354,33 +433,52 @@ impl Journal {
         source: Option<&Source>,
         clock: &WallClock,
     ) {
+        let to = To {
+            old: true,
+            new: self.compaction.fresh().is_some(),
+        };
+        self.retained_to(seq, message, source, clock, to);
+    }
+
+    fn retained_to(
+        &mut self,
+        seq: u64,
+        message: &Arc<Message>,
+        source: Option<&Source>,
+        clock: &WallClock,
+        to: To,
+    ) {
         if message.payload.is_empty() {
-            Record::RetainedCleared {
+            let record = Record::RetainedCleared {
                 seq,
                 topic: message.topic.to_string(),
-            }
-            .encode(&mut self.pending);
+            };
+            self.emit(&record, to);
         } else {
-            let message = self.message(message, clock);
+            let message = self.message(message, to, clock);
             let source = source.map(|s| Publisher {
                 client_id: s.client_id.to_string(),
                 username: s.username.clone(),
                 listener: s.listener as u32,
             });
-            Record::Retained {
+            let record = Record::Retained {
                 seq,
                 message,
                 source,
-            }
-            .encode(&mut self.pending);
+            };
+            self.emit(&record, to);
         }
     }
 
-    /// Every retained message (with who published it), as of change `seq`.
+    /// Every retained message (with who published it), as of change `seq` (at start).
     pub fn all_retained(&mut self, seq: u64, retained: &[Retained], clock: &WallClock) {
-        Record::RetainedBaseline { seq }.encode(&mut self.pending);
+        let to = To {
+            old: true,
+            new: false,
+        };
+        self.emit(&Record::RetainedBaseline { seq }, to);
         for (message, source) in retained {
-            self.retained(seq, message, source.as_deref(), clock);
+            self.retained_to(seq, message, source.as_deref(), clock, to);
         }
     }
 
@@ -393,6 +491,7 @@ impl Journal {
     /// logged (once per run of failures) and the records are dropped: the broker goes on,
     /// without them on disk.
     pub fn commit(&mut self, now: Instant) {
+        self.write_compaction_records();
         if !self.pending.is_empty() {
             let written = self.file.write_all(&self.pending);
             match written {
@@ -450,46 +549,6 @@ impl Journal {
             self.failures = 0;
         }
     }
-
-    /// Whether the journal has grown enough past its live state to be rewritten.
-    pub fn wants_compaction(&self) -> bool {
-        self.size >= COMPACT_MIN && self.size >= 4 * self.compacted_size
-    }
-
-    /// Starts the journal again with nothing in it but what follows (the caller writes the
-    /// live state next, and `finish_compaction` puts the result in place). Records of this
-    /// turn not yet committed go to the old file first.
-    pub fn begin_compaction(&mut self, now: Instant) {
-        self.commit(now);
-        self.sessions.clear();
-        self.messages.clear();
-        self.messages_swept = 0;
-    }
-
-    /// Replaces the file with the live state written since `begin_compaction`, synced, then
-    /// goes on appending to it.
-    pub fn finish_compaction(&mut self) {
-        let mut fresh = BytesMut::from(&format::header()[..]);
-        fresh.extend_from_slice(&self.pending);
-        self.pending.clear();
-        match replace_file(&self.path, &fresh)
-            .and_then(|_| OpenOptions::new().append(true).open(&self.path))
-        {
-            Ok(file) => {
-                self.file = file;
-                self.size = fresh.len() as u64;
-                self.compacted_size = self.size;
-                self.unsynced_since = None;
-                log::info!(
-                    target: "information",
-                    "Compacted {} to {} bytes.",
-                    self.path.display(),
-                    self.size
-                );
-            }
-            Err(e) => self.failed("compaction", &e),
-        }
-    }
 }
 
 /// The 5.0 subscription options byte.
@@ -500,16 +559,5 @@ fn options_byte(options: &crate::codec::SubscriptionOptions) -> u8 {
         | (options.retain_handling as u8) << 4
 }
 
-/// Writes `contents` to `path` through a temporary file, synced and renamed over it, the
-/// directory synced too: the file is either the old one or the new one, whole.
-fn replace_file(path: &Path, contents: &[u8]) -> io::Result<File> {
-    let tmp = path.with_extension("journal.new");
-    let mut file = File::create(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(file)
-}
+#[cfg(test)]
+mod tests;
