@@ -471,13 +471,21 @@ fn sigusr1_compacts_the_journals() {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
     };
-    assert!(names().iter().all(|n| n.ends_with(".journal")), "{:?}", names());
+    assert!(
+        names().iter().all(|n| n.ends_with(".journal")),
+        "{:?}",
+        names()
+    );
     // What a crash in the middle of a compaction leaves: its unfinished file, not read,
     // removed at the next start.
     std::fs::write(store.join("shard-0-1.journal.new"), b"MIDGEJNL cut short").unwrap();
     let b = broker("persist-compact", &dir, "", "1");
     b.wait_for_log("Restored 2 retained messages");
-    assert!(names().iter().all(|n| n.ends_with(".journal")), "{:?}", names());
+    assert!(
+        names().iter().all(|n| n.ends_with(".journal")),
+        "{:?}",
+        names()
+    );
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -395,6 +395,8 @@ fn replay(file: &Bytes, clock: &WallClock) -> Result<(FileState, usize), String>
             Record::WillGone { session: key } => {
                 session_mut(&keys, &mut state.sessions, key)?.delayed_will = None
             }
+            // Turns are put together by the reader.
+            Record::TurnEnd => {}
             Record::Ended { session: key } => {
                 let s = session_mut(&keys, &mut state.sessions, key)?;
                 let (client_id, claim) = (std::mem::take(&mut s.client_id), s.claim);

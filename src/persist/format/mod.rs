@@ -15,7 +15,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub const MAGIC: &[u8; 8] = b"MIDGEJNL";
-pub const VERSION: u32 = 1;
+/// 2: records come in turns, each ended by a `TurnEnd` record (1 had no turns).
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 12;
 /// The largest record body read: a message of MQTT's largest packet, with room to spare. A
 /// length past it is damage, not a record.
@@ -128,6 +129,9 @@ pub enum Record {
     WillGone {
         session: u64,
     },
+    /// The end of one loop turn's records: a turn counts whole or not at all (a write a
+    /// crash cut short ends without it).
+    TurnEnd,
 }
 
 /// The client that published a retained message.
@@ -166,6 +170,7 @@ mod kind {
     pub const ENDED: u8 = 22;
     pub const WILL_WAITING: u8 = 23;
     pub const WILL_GONE: u8 = 24;
+    pub const TURN_END: u8 = 30;
 }
 
 /// The file header.
@@ -182,9 +187,9 @@ pub fn check_header(bytes: &[u8]) -> Result<u32, String> {
         return Err("not a midge journal (no MIDGEJNL header)".into());
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(format!(
-            "journal format version {version}; this midge reads version {VERSION}"
+            "journal format version {version}; this midge reads versions 1 to {VERSION}"
         ));
     }
     Ok(version)
@@ -343,6 +348,7 @@ impl Record {
                 out.put_u8(kind::WILL_GONE);
                 out.put_u64_le(*session);
             }
+            Record::TurnEnd => out.put_u8(kind::TURN_END),
         }
         let body_len = out.len() - body_start;
         let crc = crc32c::crc32c(&out[body_start..]);
@@ -444,6 +450,7 @@ impl Record {
                 message: r.u64()?,
             },
             kind::WILL_GONE => Record::WillGone { session: r.u64()? },
+            kind::TURN_END => Record::TurnEnd,
             other => return Err(format!("unknown record kind {other}")),
         };
         if r.pos != body.len() {
@@ -529,12 +536,17 @@ pub fn read_each(
     file: &Bytes,
     mut apply: impl FnMut(Record) -> Result<(), String>,
 ) -> Result<usize, String> {
-    check_header(file)?;
+    let in_turns = check_header(file)? >= 2;
+    // The records of the turn being read, with where each began: applied at its end.
+    let mut turn: Vec<(usize, Record)> = Vec::new();
     let mut pos = HEADER_LEN;
-    while pos < file.len() {
+    let torn_from = loop {
+        if pos >= file.len() {
+            break None;
+        }
         let rest = file.len() - pos;
         if rest < RECORD_HEADER_LEN {
-            return Ok(rest);
+            break Some(pos);
         }
         let len = u32::from_le_bytes(file[pos..pos + 4].try_into().expect("4")) as usize;
         let crc = u32::from_le_bytes(file[pos + 4..pos + 8].try_into().expect("4"));
@@ -543,20 +555,30 @@ pub fn read_each(
         }
         let end = pos + RECORD_HEADER_LEN + len;
         if end > file.len() {
-            return Ok(rest);
+            break Some(pos);
         }
         let body = file.slice(pos + RECORD_HEADER_LEN..end);
         if crc32c::crc32c(&body) != crc {
             if end == file.len() {
-                return Ok(rest);
+                break Some(pos);
             }
             return Err(format!("record at byte {pos}: checksum mismatch"));
         }
         let record = Record::decode(&body).map_err(|e| format!("record at byte {pos}: {e}"))?;
-        apply(record).map_err(|e| format!("record at byte {pos}: {e}"))?;
+        match record {
+            Record::TurnEnd => {
+                for (at, record) in turn.drain(..) {
+                    apply(record).map_err(|e| format!("record at byte {at}: {e}"))?;
+                }
+            }
+            record if in_turns => turn.push((pos, record)),
+            record => apply(record).map_err(|e| format!("record at byte {pos}: {e}"))?,
+        }
         pos = end;
-    }
-    Ok(0)
+    };
+    // A turn without its end is the torn tail, from its first record.
+    let torn_from = turn.first().map(|(at, _)| *at).or(torn_from);
+    Ok(torn_from.map_or(0, |at| file.len() - at))
 }
 
 #[cfg(test)]

@@ -125,10 +125,12 @@ fn record() -> impl Strategy<Value = Record> {
     ]
 }
 
+/// A journal of `records`, each a turn of its own.
 fn file(records: &[Record]) -> BytesMut {
     let mut out = BytesMut::from(&header()[..]);
     for r in records {
         r.encode(&mut out);
+        Record::TurnEnd.encode(&mut out);
     }
     out
 }
@@ -174,6 +176,41 @@ proptest! {
             Err(e) => prop_assert!(e.contains("record at byte"), "{}", e),
         }
     }
+}
+
+/// A turn counts whole or not at all: one cut before its end leaves all of it out.
+#[test]
+fn a_turn_cut_short_is_left_out_whole() {
+    let records = [
+        Record::Ended { session: 1 },
+        Record::Ended { session: 2 },
+        Record::Ended { session: 3 },
+    ];
+    let mut bytes = BytesMut::from(&header()[..]);
+    records[0].encode(&mut bytes);
+    Record::TurnEnd.encode(&mut bytes);
+    let first_turn = bytes.len();
+    records[1].encode(&mut bytes);
+    records[2].encode(&mut bytes);
+    let whole = bytes.len();
+    Record::TurnEnd.encode(&mut bytes);
+    let read = read_all(&bytes.clone().freeze()).unwrap();
+    assert_eq!(read.records, records);
+    let read = read_all(&bytes.freeze().slice(..whole)).unwrap();
+    assert_eq!(
+        (read.records, read.torn_bytes),
+        (vec![records[0].clone()], whole - first_turn)
+    );
+}
+
+/// Format 1 had no turns: its records count one by one.
+#[test]
+fn a_format_1_journal_is_read_record_by_record() {
+    let mut bytes = BytesMut::from(&header()[..]);
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    Record::Ended { session: 1 }.encode(&mut bytes);
+    let read = read_all(&bytes.freeze()).unwrap();
+    assert_eq!(read.records, vec![Record::Ended { session: 1 }]);
 }
 
 #[test]

@@ -228,6 +228,7 @@ impl Journal {
         if b.pending.is_empty() {
             return;
         }
+        Record::TurnEnd.encode(&mut b.pending);
         let written = b.file.write_all(&b.pending);
         b.size += b.pending.len() as u64;
         b.pending = BytesMut::new();

@@ -493,6 +493,7 @@ impl Journal {
     pub fn commit(&mut self, now: Instant) {
         self.write_compaction_records();
         if !self.pending.is_empty() {
+            Record::TurnEnd.encode(&mut self.pending);
             let written = self.file.write_all(&self.pending);
             match written {
                 Ok(()) => {
