@@ -5,18 +5,11 @@
 
 mod common;
 
+use common::persist::persistent;
 use common::*;
 use midge::codec::*;
 use std::path::Path;
 use std::time::Duration;
-
-fn persistent(port: u16, version: ProtocolVersion, id: &str) -> (Raw, ConnAck) {
-    let mut connect = connect_packet(version, id, false, 60);
-    if version == ProtocolVersion::V5 {
-        connect.properties.session_expiry_interval = Some(3600);
-    }
-    Raw::connect_with(port, connect)
-}
 
 fn midge(dir: &Path) -> Broker {
     let conf = config_file(
@@ -57,7 +50,7 @@ fn take(c: &mut Raw, n: usize) -> Vec<(String, Vec<u8>, QoS, bool)> {
     got
 }
 
-fn publish_acked(c: &mut Raw, topic: &str, payload: &[u8], qos: QoS, id: u16, retain: bool) {
+fn publish_completed(c: &mut Raw, topic: &str, payload: &[u8], qos: QoS, id: u16, retain: bool) {
     c.send(&publish(topic, payload, qos, id, retain));
     if qos == QoS::ExactlyOnce {
         assert_eq!(c.recv(), Packet::PubRec(PubResponse::new(id)));
@@ -94,7 +87,7 @@ fn a_mosquitto_database_is_taken_over_once() {
     new.send(&Packet::Disconnect(Disconnect::default()));
     new.expect_closed();
     let mut publisher = Raw::connect(m.port, "publisher");
-    publish_acked(
+    publish_completed(
         &mut publisher,
         "keep/a",
         b"retained",
@@ -103,7 +96,7 @@ fn a_mosquitto_database_is_taken_over_once() {
         true,
     );
     // keeper311 gets news/3 and never acknowledges it: in flight.
-    publish_acked(
+    publish_completed(
         &mut publisher,
         "news/3",
         b"three",
@@ -116,8 +109,8 @@ fn a_mosquitto_database_is_taken_over_once() {
     let in_flight_id = p.packet_id;
     drop(old);
     // Then two more for both, while both are away: queued.
-    publish_acked(&mut publisher, "news/1", b"one", QoS::AtLeastOnce, 3, false);
-    publish_acked(&mut publisher, "news/2", b"two", QoS::ExactlyOnce, 4, false);
+    publish_completed(&mut publisher, "news/1", b"one", QoS::AtLeastOnce, 3, false);
+    publish_completed(&mut publisher, "news/2", b"two", QoS::ExactlyOnce, 4, false);
     // An incoming QoS 2 message acknowledged with PUBREC, its PUBREL still to come.
     let (mut sender, _) = persistent(m.port, ProtocolVersion::V311, "sender");
     sender.send(&publish("news/4", b"four", QoS::ExactlyOnce, 77, false));

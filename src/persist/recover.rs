@@ -139,6 +139,7 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
     files.sort();
     let mut sessions: HashMap<String, RecoveredSession> = HashMap::new();
     let mut retained = Vec::new();
+    let mut transit = Transit::default();
     let mut baseline = 0;
     for path in &files {
         if let Some(generation) = generation_of(path) {
@@ -147,7 +148,7 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
         let replayed = std::fs::read(path)
             .map_err(|e| e.to_string())
             .and_then(|bytes| replay(&Bytes::from(bytes), clock));
-        let (file, torn_bytes) = match replayed {
+        let (mut file, torn_bytes) = match replayed {
             Ok(replayed) => replayed,
             Err(e) if set_aside => {
                 set_aside_damaged(path, &e)?;
@@ -163,6 +164,7 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
         }
         read_files.push(path.clone());
         recovered.next_claim = recovered.next_claim.max(file.max_claim + 1);
+        transit.add(path, &mut file);
         for session in file.sessions.into_values() {
             let newer = sessions
                 .get(&session.client_id)
@@ -188,6 +190,12 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
         .flatten()
         .filter(|(m, _)| m.expires_at.is_none_or(|at| at > now))
         .collect();
+    let handed_on = transit.hand_on(&mut sessions);
+    if handed_on > 0 {
+        recovered.notes.push(format!(
+            "handed on {handed_on} deliveries that one shard had passed to another and the other had not written yet"
+        ));
+    }
     recovered.sessions = sessions.into_values().filter(|s| !s.ended).collect();
     recovered.files = read_files;
     Ok(recovered)
@@ -207,6 +215,85 @@ fn set_aside_damaged(path: &Path, e: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What shards passed each other, from every journal: a message one shard journaled as
+/// passed to another that the other's journal does not show taken (a crash came between
+/// the two writes) is handed on here. The sender's record and its publisher's
+/// acknowledgement (and a QoS 2 packet id awaiting PUBREL) went to disk in the same turn,
+/// and the receiver took the message only once that turn was on disk: so each
+/// acknowledged message reaches its sessions once.
+#[derive(Default)]
+struct Transit {
+    /// (generation, from shard): what it passed on.
+    forwards: Vec<((u64, u16), Vec<PassedOn>)>,
+    /// (generation, to shard, from shard): the highest number taken.
+    received: HashMap<(u64, u16, u16), u64>,
+    /// (generation, session number): its client id and claim (the latest).
+    keys: HashMap<(u64, u64), (String, u64)>,
+}
+
+impl Transit {
+    fn add(&mut self, path: &Path, file: &mut FileState) {
+        let (Some(shard), Some(generation)) = (shard_of(path), generation_of(path)) else {
+            return;
+        };
+        for (from, number) in file.received.drain() {
+            let n = self.received.entry((generation, shard, from)).or_default();
+            *n = (*n).max(number);
+        }
+        for (key, (client_id, claim)) in file.keys.drain() {
+            let known = self.keys.entry((generation, key)).or_default();
+            if claim >= known.1 {
+                *known = (client_id, claim);
+            }
+        }
+        self.forwards
+            .push(((generation, shard), std::mem::take(&mut file.forwards)));
+    }
+
+    /// Hands on what was passed and not taken, in the order it was passed; returns how
+    /// many deliveries.
+    fn hand_on(self, sessions: &mut HashMap<String, RecoveredSession>) -> usize {
+        let mut count = 0;
+        for ((generation, from), mut forwards) in self.forwards {
+            forwards.sort_by_key(|f| (f.0, f.1));
+            for (to, number, message, targets) in forwards {
+                let taken = self.received.get(&(generation, to, from)).copied();
+                if taken.is_some_and(|taken| number <= taken) {
+                    continue;
+                }
+                for (key, delivery) in targets {
+                    let Some((client_id, claim)) = self.keys.get(&(generation, key)) else {
+                        continue;
+                    };
+                    // The session it was for, or the same one moved on (a later claim).
+                    let Some(session) = sessions.get_mut(client_id) else {
+                        continue;
+                    };
+                    if session.ended || session.claim < *claim {
+                        continue;
+                    }
+                    session.last_packet_id = session.last_packet_id.wrapping_add(1).max(1);
+                    if session.queued.is_empty() {
+                        session.first_queued_id = Some(session.last_packet_id);
+                    }
+                    session.queued.push_back((message.clone(), delivery));
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+}
+
+/// A message passed to another shard: to which, its number, the message, its targets.
+type PassedOn = (u16, u64, Arc<Message>, Vec<(u64, Delivery)>);
+
+/// `shard-<n>-<generation>.journal`'s shard.
+fn shard_of(path: &Path) -> Option<u16> {
+    let stem = path.file_stem()?.to_str()?;
+    stem.strip_prefix("shard-")?.split('-').next()?.parse().ok()
+}
+
 /// `shard-<n>-<generation>.journal`'s generation.
 fn generation_of(path: &Path) -> Option<u64> {
     let stem = path.file_stem()?.to_str()?;
@@ -216,6 +303,12 @@ fn generation_of(path: &Path) -> Option<u64> {
 /// One journal's records, applied in order.
 #[derive(Default)]
 struct FileState {
+    /// What this shard passed to other shards: (to shard, number, message, targets).
+    forwards: Vec<PassedOn>,
+    /// Per shard that passed messages here: the highest number taken.
+    received: HashMap<u16, u64>,
+    /// Every session number this journal started, with its client id and claim.
+    keys: HashMap<u64, (String, u64)>,
     /// By client id: the latest session of each (ended ones included, to outrank an older
     /// copy in another journal).
     sessions: HashMap<String, RecoveredSession>,
@@ -271,6 +364,7 @@ fn replay(file: &Bytes, clock: &WallClock) -> Result<(FileState, usize), String>
             } => {
                 state.max_claim = state.max_claim.max(claim);
                 keys.insert(key, client_id.clone());
+                state.keys.insert(key, (client_id.clone(), claim));
                 state.sessions.insert(
                     client_id.clone(),
                     RecoveredSession {
@@ -394,6 +488,19 @@ fn replay(file: &Bytes, clock: &WallClock) -> Result<(FileState, usize), String>
             }
             Record::WillGone { session: key } => {
                 session_mut(&keys, &mut state.sessions, key)?.delayed_will = None
+            }
+            Record::Forwarded {
+                to_shard,
+                number,
+                message: id,
+                targets,
+            } => {
+                let m = message(&messages, id)?;
+                state.forwards.push((to_shard, number, m, targets));
+            }
+            Record::Received { from_shard, number } => {
+                let n = state.received.entry(from_shard).or_default();
+                *n = (*n).max(number);
             }
             // Turns are put together by the reader.
             Record::TurnEnd => {}

@@ -185,22 +185,47 @@ impl<B: Backend> Shard<B> {
                 self.deliver_here(message, local, false);
                 continue;
             }
-            let msg = ShardMsg::Deliver {
-                message: message.clone(),
-                targets: std::mem::take(list),
-                forwarded: false,
-                receipt: self.receipt_for(shard, message.qos),
-            };
-            self.send_to_shard(shard, msg, message.qos, from);
+            let targets = std::mem::take(list);
+            self.pass_to_shard(shard, message, targets, false, from);
         }
         self.targets = targets;
         matched
     }
 
+    /// Passes `message` to `shard` for its sessions `targets` (`forwarded`: they moved
+    /// there from here). With persistence it is numbered and journaled (`transit.rs`).
+    fn pass_to_shard(
+        &mut self,
+        shard: usize,
+        message: &Arc<Message>,
+        targets: Vec<Target>,
+        forwarded: bool,
+        from: Option<ConnId>,
+    ) {
+        let receipt = self.transit_number(shard, message.qos);
+        let journaled = receipt.map(|(_, number)| (number, targets.clone()));
+        let msg = ShardMsg::Deliver {
+            message: message.clone(),
+            targets,
+            forwarded,
+            receipt,
+        };
+        let kept = self.send_to_shard(shard, msg, message.qos, from);
+        if let (true, Some((number, targets))) = (kept, journaled) {
+            self.journal_forward(shard, number, message, &targets);
+        }
+    }
+
     /// Passes a message to another shard, behind what already waits for it. QoS 0 that
     /// cannot go at once is dropped (counted); QoS 1/2 waits in the outbox, and its
-    /// publisher is paused until the outbox is empty.
-    fn send_to_shard(&mut self, shard: usize, msg: ShardMsg, qos: QoS, from: Option<ConnId>) {
+    /// publisher is paused until the outbox is empty. False if it was dropped.
+    fn send_to_shard(
+        &mut self,
+        shard: usize,
+        msg: ShardMsg,
+        qos: QoS,
+        from: Option<ConnId>,
+    ) -> bool {
         if qos == QoS::AtMostOnce {
             let sent =
                 !self.outbox.is_held(shard) && self.shared.mailboxes.send(shard, msg).is_ok();
@@ -209,7 +234,7 @@ impl<B: Backend> Shard<B> {
                     .dropped_mailbox_full
                     .fetch_add(1, Ordering::Relaxed);
             }
-            return;
+            return sent;
         }
         match self.outbox.send(&self.shared.mailboxes, shard, msg, false) {
             Sent::Delivered => {}
@@ -217,6 +242,7 @@ impl<B: Backend> Shard<B> {
                 self.stats()
                     .dropped_overflow_full
                     .fetch_add(1, Ordering::Relaxed);
+                return false;
             }
             Sent::Held => {
                 if let Some(conn) = from {
@@ -227,6 +253,7 @@ impl<B: Backend> Shard<B> {
                 }
             }
         }
+        true
     }
 
     /// Delivers to sessions owned here (or forwards those that moved away). What comes
@@ -251,13 +278,7 @@ impl<B: Backend> Shard<B> {
             }
         }
         for (shard, target) in moved {
-            let msg = ShardMsg::Deliver {
-                message: message.clone(),
-                targets: vec![target],
-                forwarded: true,
-                receipt: None,
-            };
-            self.send_to_shard(shard, msg, message.qos, None);
+            self.pass_to_shard(shard, message, vec![target], true, None);
         }
     }
 

@@ -12,140 +12,24 @@ use std::time::{Duration, Instant};
 use super::io::Backend;
 use super::subscribe::TrieOp;
 use super::Shard;
-use crate::codec::{Packet, QoS};
 use crate::persist::journal::Journal;
 use crate::persist::recover::{self, RecoveredSession};
 use crate::persist::WallClock;
 use crate::session::{Changes, Limits, Session};
 use crate::topic::Subscription;
-use crate::types::{ConnId, Message, SessionId, Target};
-use hashbrown::HashMap;
-use std::collections::VecDeque;
+use crate::types::{Message, SessionId, Target};
 
 impl<B: Backend> Shard<B> {
     /// Journals from now on: every change of this shard's sessions is recorded.
     pub fn attach_journal(&mut self, journal: Journal) {
         self.changes.record(true);
         self.journal = Some(Box::new(journal));
-        let shards = self.shared.mailboxes.shards();
-        if self.config.persistence_sync == crate::persist::SyncPolicy::Always && shards > 1 {
-            self.ack_hold = Some(Box::new(AckHold {
-                sent: vec![0; shards],
-                taken: vec![0; shards],
-                published: vec![0; shards],
-                ..AckHold::default()
-            }));
-        }
-    }
-
-    /// The receipt a message sent to `shard` carries, when acknowledgements wait for them
-    /// (QoS 1 and 2 only); the PUBLISH being handled waits on it.
-    pub(super) fn receipt_for(&mut self, shard: usize, qos: QoS) -> Option<(u16, u64)> {
-        let hold = self
-            .ack_hold
-            .as_deref_mut()
-            .filter(|_| qos != QoS::AtMostOnce)?;
-        hold.sent[shard] += 1;
-        hold.waits.push((shard, hold.sent[shard]));
-        Some((self.id as u16, hold.sent[shard]))
-    }
-
-    /// A message numbered `number` by shard `from` was taken here (it reaches the disk with
-    /// this turn's journal).
-    pub(super) fn took_from(&mut self, from: usize, number: u64) {
-        if let Some(hold) = self.ack_hold.as_deref_mut() {
-            hold.taken[from] = hold.taken[from].max(number);
-        }
-    }
-
-    /// A PUBLISH is about to be routed: it waits on no receipt yet.
-    pub(super) fn begin_publish(&mut self) {
-        if let Some(hold) = self.ack_hold.as_deref_mut() {
-            hold.waits.clear();
-        }
-    }
-
-    /// Whether the acknowledgement of the PUBLISH being handled will wait (`send_ack`).
-    pub(super) fn ack_held(&self, conn: ConnId) -> bool {
-        self.ack_hold
-            .as_deref()
-            .is_some_and(|hold| !hold.waits.is_empty() || hold.held.contains_key(&conn))
-    }
-
-    /// Sends a PUBLISH's acknowledgement (at `at` in what waits for the connection), or
-    /// holds it until the shards its message went to have it on disk, behind any other
-    /// held for the connection.
-    pub(super) fn send_ack(&mut self, conn: ConnId, packet: Packet, at: Option<usize>) {
-        let Some(hold) = self.ack_hold.as_deref_mut() else {
-            self.send_packet_at(conn, &packet, at);
-            return;
-        };
-        let waits = std::mem::take(&mut hold.waits);
-        if waits.is_empty() && !hold.held.contains_key(&conn) {
-            self.send_packet_at(conn, &packet, at);
-            return;
-        }
-        hold.held
-            .entry(conn)
-            .or_default()
-            .push_back((packet, waits));
-    }
-
-    /// After this turn's journal commit: what was taken from other shards is on disk (their
-    /// held acknowledgements may go: they are told, and woken), and acknowledgements held
-    /// here whose receipts have all come back go out.
-    fn release_acks(&mut self) {
-        let Some(hold) = self.ack_hold.as_deref_mut() else {
-            return;
-        };
-        let shards = hold.taken.len();
-        for from in 0..shards {
-            if hold.taken[from] > hold.published[from] {
-                hold.published[from] = hold.taken[from];
-                self.shared.durable_from[self.id * shards + from]
-                    .store(hold.taken[from], Ordering::Release);
-                self.shared.mailboxes.wake(from);
-            }
-        }
-        if hold.held.is_empty() {
-            return;
-        }
-        let durable = |shard: usize| {
-            self.shared.durable_from[shard * shards + self.id].load(Ordering::Acquire)
-        };
-        let mut ready = Vec::new();
-        hold.held.retain(|&conn, queue| {
-            while let Some((_, waits)) = queue.front() {
-                if !waits
-                    .iter()
-                    .all(|&(shard, number)| durable(shard) >= number)
-                {
-                    break;
-                }
-                let (packet, _) = queue.pop_front().expect("front checked");
-                ready.push((conn, packet));
-            }
-            !queue.is_empty()
-        });
-        for (conn, packet) in ready {
-            // A held PUBREC's id awaits PUBREL on disk from now on (journaled next turn,
-            // after the PUBREC has gone: a PUBREL for an id not known is answered anyway).
-            let session = self.conn(conn).and_then(|c| c.session);
-            // (A refusal, 0x80 and up, leaves no id awaiting.)
-            if let (Packet::PubRec(rec), Some(session)) = (&packet, session) {
-                if (rec.reason as u8) < 0x80 {
-                    let packet_id = rec.packet_id;
-                    let what = || crate::session::What::AwaitingPubrel { packet_id };
-                    self.changes.push(session, what);
-                }
-            }
-            self.send_packet(conn, &packet);
-        }
+        self.start_transit();
     }
 
     /// The journal with the changes recorded so far written into it (so that what is
     /// written next comes after them).
-    fn journal_up_to_date(&mut self) -> Option<(&mut Journal, WallClock)> {
+    pub(super) fn journal_up_to_date(&mut self) -> Option<(&mut Journal, WallClock)> {
         let journal = self.journal.as_deref_mut()?;
         let clock = drain(journal, &mut self.changes);
         Some((journal, clock))
@@ -172,7 +56,7 @@ impl<B: Backend> Shard<B> {
             self.start_compaction();
         }
         self.compaction_slice();
-        self.release_acks();
+        self.publish_transit();
     }
 
     /// At shutdown: everything written and synced.
@@ -438,6 +322,7 @@ impl<B: Backend> Shard<B> {
     /// held messages while taking in its own mailbox, so none waits on another forever;
     /// the second barrier comes once every shard has passed everything on.
     pub(super) fn deliver_in_transit(&mut self) {
+        self.close_transit();
         self.shared.shutdown_barrier.wait();
         loop {
             self.drain_mailbox();
@@ -448,7 +333,7 @@ impl<B: Backend> Shard<B> {
             std::thread::yield_now();
         }
         self.shared.shutdown_barrier.wait();
-        while !self.mailbox.is_empty() {
+        while !self.mailbox.is_empty() || self.has_parked() {
             self.drain_mailbox();
         }
     }
@@ -456,28 +341,6 @@ impl<B: Backend> Shard<B> {
 
 /// The most a turn spends on a compaction's slice.
 const COMPACTION_SLICE: Duration = Duration::from_millis(2);
-
-/// With `persistence_sync always` and more than one shard: a publisher's acknowledgement
-/// (PUBACK, PUBREC) waits until every other shard its message went to has it on disk, so
-/// that acknowledged means on disk whichever shard the subscriber's session is on. A
-/// connection's acknowledgements leave in the order of its PUBLISHes [MQTT-4.6.0-2]
-/// [MQTT-4.6.0-3]: behind one that waits, the others wait too.
-#[derive(Default)]
-pub(super) struct AckHold {
-    /// Per target shard: the number of the last message sent there.
-    sent: Vec<u64>,
-    /// Per sending shard: the number of the last message taken from it, and the last one
-    /// published as on disk (`Shared::durable_from`).
-    taken: Vec<u64>,
-    published: Vec<u64>,
-    /// The receipts (shard, number) the PUBLISH being handled waits on.
-    waits: Vec<(usize, u64)>,
-    /// Per connection, acknowledgements waiting, oldest first.
-    held: HashMap<ConnId, VecDeque<HeldAck>>,
-}
-
-/// An acknowledgement, and the receipts (shard, number) it waits for.
-type HeldAck = (Packet, Vec<(usize, u64)>);
 
 /// Writes the change records so far into `journal`; the clock to write what follows with.
 fn drain(journal: &mut Journal, changes: &mut Changes) -> WallClock {

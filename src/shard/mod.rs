@@ -23,6 +23,7 @@ mod stats;
 mod subscribe;
 mod sys;
 mod timers;
+mod transit;
 pub(crate) use timers::release_freed_memory;
 mod transport;
 
@@ -126,7 +127,7 @@ pub struct Shard<B: Backend> {
     journal: Option<Box<crate::persist::journal::Journal>>,
     /// `persistence_sync always` over several shards: acknowledgements waiting for other
     /// shards' disks (`journaling.rs`).
-    ack_hold: Option<Box<journaling::AckHold>>,
+    transit: Option<Box<transit::Transit>>,
     /// Debug builds only, for the test of what a shard panic does: a PUBLISH to this topic
     /// (from `MIDGE_FAULT_PANIC_TOPIC`) panics the shard that reads it.
     #[cfg(debug_assertions)]
@@ -178,7 +179,7 @@ impl<B: Backend> Shard<B> {
             sys: sys::SysState::default(),
             now,
             journal: None,
-            ack_hold: None,
+            transit: None,
             #[cfg(debug_assertions)]
             fault_panic_topic: std::env::var("MIDGE_FAULT_PANIC_TOPIC").ok(),
             #[cfg(debug_assertions)]
@@ -205,7 +206,7 @@ impl<B: Backend> Shard<B> {
         }
         let mut timeout = next_tick.saturating_duration_since(self.shared.clock.now());
         self.shared.mailboxes.going_to_sleep(self.id);
-        if !self.mailbox.is_empty()
+        if self.mailbox_ready()
             || !self.outbox.is_empty()
             || self.owed_next_turn
             || self.handshakes.pending()
@@ -234,7 +235,7 @@ impl<B: Backend> Shard<B> {
             .filter(|&(shard, _)| shard != self.id)
             .map(|(_, q)| q.load(Ordering::Relaxed))
             .sum();
-        if !events.is_empty() || !self.mailbox.is_empty() {
+        if !events.is_empty() || self.mailbox_ready() {
             self.quiet.worked();
         }
         self.resume_handshakes();
@@ -266,7 +267,7 @@ impl<B: Backend> Shard<B> {
     /// Nothing from or for other shards waits on this one (its mailbox and outbox are
     /// empty): with every shard idle and no client traffic, a simulation has settled.
     pub fn is_idle(&self) -> bool {
-        self.mailbox.is_empty() && self.outbox.is_empty()
+        self.mailbox.is_empty() && self.outbox.is_empty() && !self.has_parked()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -486,7 +487,7 @@ impl<B: Backend> Shard<B> {
 
     fn drain_mailbox(&mut self) {
         for _ in 0..MAILBOX_PER_TURN {
-            let Ok(msg) = self.mailbox.try_recv() else {
+            let Some(msg) = self.next_from_mailbox() else {
                 return;
             };
             match msg {

@@ -20,7 +20,6 @@ const NOT_UTF8: &str = "the payload is not valid UTF-8 as its Payload Format Ind
 impl<B: Backend> Shard<B> {
     pub(super) fn on_publish(&mut self, conn: ConnId, session_id: SessionId, publish: Publish) {
         // Receipts left by a will routed since the last PUBLISH are no one's.
-        self.begin_publish();
         let name = self.conn_name(conn);
         self.stats()
             .messages_received
@@ -93,8 +92,12 @@ impl<B: Backend> Shard<B> {
             refusal.reason = ReasonCode::ImplementationSpecificError;
             match qos {
                 QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.send_ack(conn, Packet::PubAck(refusal), None),
-                QoS::ExactlyOnce => self.send_ack(conn, Packet::PubRec(refusal), None),
+                QoS::AtLeastOnce => {
+                    self.send_packet(conn, &Packet::PubAck(refusal));
+                }
+                QoS::ExactlyOnce => {
+                    self.send_packet(conn, &Packet::PubRec(refusal));
+                }
             }
             return;
         }
@@ -114,8 +117,12 @@ impl<B: Backend> Shard<B> {
                 QoS::AtMostOnce => {
                     self.disconnect_with(conn, ReasonCode::PayloadFormatInvalid, NOT_UTF8)
                 }
-                QoS::AtLeastOnce => self.send_ack(conn, Packet::PubAck(refusal), None),
-                QoS::ExactlyOnce => self.send_ack(conn, Packet::PubRec(refusal), None),
+                QoS::AtLeastOnce => {
+                    self.send_packet(conn, &Packet::PubAck(refusal));
+                }
+                QoS::ExactlyOnce => {
+                    self.send_packet(conn, &Packet::PubRec(refusal));
+                }
             }
             return;
         }
@@ -134,7 +141,7 @@ impl<B: Backend> Shard<B> {
                 } else {
                     Packet::PubRec(refusal)
                 };
-                self.send_ack(conn, packet, None);
+                self.send_packet(conn, &packet);
                 return;
             }
         }
@@ -220,23 +227,17 @@ impl<B: Backend> Shard<B> {
                     ack.reason = ReasonCode::NoMatchingSubscribers;
                 }
                 log::debug!("Sending PUBACK to {name} (Mid: {packet_id})");
-                self.send_ack(conn, Packet::PubAck(ack), ack_at);
+                self.send_packet_at(conn, &Packet::PubAck(ack), ack_at);
             }
             QoS::ExactlyOnce => {
-                // A PUBREC held for other shards' disks is journaled when it goes (see
-                // `send_ack`): a crash before then must not leave the id awaiting PUBREL on
-                // disk, or the publisher's resend would be taken for one already delivered.
-                let held = self.ack_held(conn);
+                // Journaled in this turn, with the delivery (or the record of the message
+                // passed to another shard, `transit.rs`): a resend after a crash is known.
                 if let Some(session) = self.sessions.get_mut(&session_id) {
-                    if held {
-                        session.awaiting_pubrel(packet_id, &mut crate::session::Changes::default());
-                    } else {
-                        session.awaiting_pubrel(packet_id, &mut self.changes);
-                    }
+                    session.awaiting_pubrel(packet_id, &mut self.changes);
                 }
                 log::debug!("Sending PUBREC to {name} (Mid: {packet_id})");
                 let rec = Packet::PubRec(PubResponse::new(packet_id));
-                self.send_ack(conn, rec, ack_at);
+                self.send_packet_at(conn, &rec, ack_at);
             }
         }
     }

@@ -64,9 +64,12 @@ pub struct Shared {
     /// Enhanced authentication methods (MQTT 5.0), by name.
     pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
     pub shutdown: AtomicBool,
-    /// With `persistence_sync always`, by (shard, sending shard): the number of the last
-    /// message from the sender that the shard has on disk (`shard/journaling.rs`).
+    /// With persistence, by (shard, sending shard): the number of the last message from
+    /// the sender that the shard has on disk (`shard/transit.rs`).
     pub durable_from: Box<[AtomicU64]>,
+    /// With persistence, by (shard, receiving shard): the number of the last message the
+    /// shard passed to the receiver whose record is on its disk (`shard/transit.rs`).
+    pub forwards_committed: Box<[AtomicU64]>,
     /// Journal compactions asked for (SIGUSR1): a shard that has done fewer does one.
     pub compactions_asked: AtomicU64,
     /// Where shards meet at shutdown with persistence (`Shard::deliver_in_transit`).
@@ -157,6 +160,7 @@ impl Shared {
             shutdown_barrier: std::sync::Barrier::new(shards),
             compactions_asked: AtomicU64::new(0),
             durable_from: (0..shards * shards).map(|_| AtomicU64::new(0)).collect(),
+            forwards_committed: (0..shards * shards).map(|_| AtomicU64::new(0)).collect(),
             started: clock.now(),
             clock,
             stats: (0..shards).map(|_| Default::default()).collect(),

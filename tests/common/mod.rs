@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod paho;
+pub mod persist;
 pub mod tls;
 
 #[allow(unused_imports)] // Used by the tests that run paho, not by every test binary.

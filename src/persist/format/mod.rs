@@ -129,6 +129,22 @@ pub enum Record {
     WillGone {
         session: u64,
     },
+    /// A message this shard passed to shard `to_shard` for its sessions (`targets`: the
+    /// session numbers, of that shard's journal, with how each gets it), number `number`
+    /// among those it passed there. Recovery hands it on itself if that shard's journal
+    /// has not `Received` it (`recover.rs`).
+    Forwarded {
+        to_shard: u16,
+        number: u64,
+        message: u64,
+        targets: Vec<(u64, Delivery)>,
+    },
+    /// Everything shard `from_shard` passed here up to `number` was taken (its deliveries
+    /// are in this turn's records or before).
+    Received {
+        from_shard: u16,
+        number: u64,
+    },
     /// The end of one loop turn's records: a turn counts whole or not at all (a write a
     /// crash cut short ends without it).
     TurnEnd,
@@ -170,6 +186,8 @@ mod kind {
     pub const ENDED: u8 = 22;
     pub const WILL_WAITING: u8 = 23;
     pub const WILL_GONE: u8 = 24;
+    pub const FORWARDED: u8 = 25;
+    pub const RECEIVED: u8 = 26;
     pub const TURN_END: u8 = 30;
 }
 
@@ -348,6 +366,27 @@ impl Record {
                 out.put_u8(kind::WILL_GONE);
                 out.put_u64_le(*session);
             }
+            Record::Forwarded {
+                to_shard,
+                number,
+                message,
+                targets,
+            } => {
+                out.put_u8(kind::FORWARDED);
+                out.put_u16_le(*to_shard);
+                out.put_u64_le(*number);
+                out.put_u64_le(*message);
+                out.put_u32_le(targets.len() as u32);
+                for (session, delivery) in targets {
+                    out.put_u64_le(*session);
+                    delivery.encode(out);
+                }
+            }
+            Record::Received { from_shard, number } => {
+                out.put_u8(kind::RECEIVED);
+                out.put_u16_le(*from_shard);
+                out.put_u64_le(*number);
+            }
             Record::TurnEnd => out.put_u8(kind::TURN_END),
         }
         let body_len = out.len() - body_start;
@@ -450,6 +489,31 @@ impl Record {
                 message: r.u64()?,
             },
             kind::WILL_GONE => Record::WillGone { session: r.u64()? },
+            kind::FORWARDED => {
+                let (to_shard, number, message) = (r.u16()?, r.u64()?, r.u64()?);
+                let count = r.u32()? as usize;
+                // Each target takes at least 10 bytes: a count past what is left is damage.
+                if count > body.len() / 10 {
+                    return Err(format!(
+                        "{count} targets in a record of {} bytes",
+                        body.len()
+                    ));
+                }
+                let mut targets = Vec::with_capacity(count);
+                for _ in 0..count {
+                    targets.push((r.u64()?, Delivery::decode(&mut r)?));
+                }
+                Record::Forwarded {
+                    to_shard,
+                    number,
+                    message,
+                    targets,
+                }
+            }
+            kind::RECEIVED => Record::Received {
+                from_shard: r.u16()?,
+                number: r.u64()?,
+            },
             kind::TURN_END => Record::TurnEnd,
             other => return Err(format!("unknown record kind {other}")),
         };

@@ -122,6 +122,20 @@ fn record() -> impl Strategy<Value = Record> {
             }
         }),
         s.prop_map(|session| Record::WillGone { session }),
+        (
+            any::<u16>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), delivery()), 0..4)
+        )
+            .prop_map(|(to_shard, number, message, targets)| Record::Forwarded {
+                to_shard,
+                number,
+                message,
+                targets
+            }),
+        (any::<u16>(), any::<u64>())
+            .prop_map(|(from_shard, number)| Record::Received { from_shard, number }),
     ]
 }
 

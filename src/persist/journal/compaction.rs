@@ -151,6 +151,13 @@ impl Journal {
         }
         let mut pending = BytesMut::new();
         Record::RetainedBaseline { seq: retained_seq }.encode(&mut pending);
+        for (from, (number, _)) in self.received.iter().enumerate() {
+            let record = Record::Received {
+                from_shard: from as u16,
+                number: *number,
+            };
+            record.encode(&mut pending);
+        }
         self.compaction = Compaction::Building(Box::new(Building {
             file,
             size: format::HEADER_LEN as u64,
@@ -165,6 +172,20 @@ impl Journal {
             on_shard: Duration::ZERO,
             longest_slice: Duration::ZERO,
         }));
+        // What other shards have not shown taken yet goes into the new file too (few: what
+        // is between two shards' turns).
+        let clock = WallClock::now();
+        let new_only = To {
+            old: false,
+            new: true,
+        };
+        let unsettled = std::mem::take(&mut self.unsettled);
+        for (to, list) in unsettled.iter().enumerate() {
+            for (number, message, targets) in list {
+                self.write_forward(to, *number, message, targets, &clock, new_only);
+            }
+        }
+        self.unsettled = unsettled;
     }
 
     /// The next session to write into the new file (one that is still journaled here and

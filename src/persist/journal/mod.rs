@@ -4,6 +4,7 @@
 
 use bytes::BytesMut;
 use hashbrown::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 mod compaction;
+mod transit;
 
 use super::format::{self, Delivery, Publisher, Record};
 use super::{SyncPolicy, WallClock};
@@ -45,7 +47,15 @@ pub struct Journal {
     /// Compactions asked for (SIGUSR1) that this journal has done.
     pub compactions_done: u64,
     compaction: Compaction,
+    /// Per shard: messages passed to it that it has not shown taken on its disk yet (kept
+    /// for a compaction to write again).
+    unsettled: Vec<VecDeque<Forward>>,
+    /// Per shard: the highest number taken from it, and whether that changed this turn.
+    received: Vec<(u64, bool)>,
 }
+
+/// A message passed to another shard: its number, the message, and its targets there.
+type Forward = (u64, Arc<Message>, Vec<(u64, Delivery)>);
 
 /// A journal file's name in the store directory: `shard-<shard>-<generation>.journal`.
 pub fn file_name(shard: usize, generation: u64) -> String {
@@ -110,6 +120,8 @@ impl Journal {
             failures: 0,
             compactions_done: 0,
             compaction: Compaction::None,
+            unsettled: Vec::new(),
+            received: Vec::new(),
         })
     }
 
@@ -491,6 +503,7 @@ impl Journal {
     /// logged (once per run of failures) and the records are dropped: the broker goes on,
     /// without them on disk.
     pub fn commit(&mut self, now: Instant) {
+        self.write_received();
         self.write_compaction_records();
         if !self.pending.is_empty() {
             Record::TurnEnd.encode(&mut self.pending);

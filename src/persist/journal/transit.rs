@@ -1,0 +1,99 @@
+//! What a shard passes to other shards, in its journal (`Forwarded`), and what it took
+//! from them (`Received`): see `shard/transit.rs` and `recover.rs`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::{delivery, Journal, To};
+use crate::codec::QoS;
+use crate::persist::format::{Delivery, Record};
+use crate::persist::WallClock;
+use crate::types::{Message, Target};
+
+impl Journal {
+    /// `message` passed to shard `to` as its `number`, for `targets` there (those that get
+    /// it at QoS 1 or 2: the others are not owed it after a crash).
+    pub fn forwarded(
+        &mut self,
+        to: usize,
+        number: u64,
+        message: &Arc<Message>,
+        targets: &[Target],
+        clock: &WallClock,
+    ) {
+        let targets: Vec<(u64, Delivery)> = (targets.iter())
+            .filter(|t| t.qos != QoS::AtMostOnce)
+            .map(|t| (t.session.0, delivery(t)))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let to_both = To {
+            old: true,
+            new: self.compaction.fresh().is_some(),
+        };
+        self.write_forward(to, number, message, &targets, clock, to_both);
+        if self.unsettled.len() <= to {
+            self.unsettled.resize_with(to + 1, VecDeque::new);
+        }
+        self.unsettled[to].push_back((number, message.clone(), targets));
+    }
+
+    pub(super) fn write_forward(
+        &mut self,
+        to: usize,
+        number: u64,
+        message: &Arc<Message>,
+        targets: &[(u64, Delivery)],
+        clock: &WallClock,
+        files: To,
+    ) {
+        let message = self.message(message, files, clock);
+        let record = Record::Forwarded {
+            to_shard: to as u16,
+            number,
+            message,
+            targets: targets.to_vec(),
+        };
+        self.emit(&record, files);
+    }
+
+    /// Shard `to` has everything passed to it up to `number` on its disk.
+    pub fn settled(&mut self, to: usize, number: u64) {
+        if let Some(list) = self.unsettled.get_mut(to) {
+            while list.front().is_some_and(|f| f.0 <= number) {
+                list.pop_front();
+            }
+        }
+    }
+
+    /// What shard `from` passed here up to `number` is taken: written with this turn.
+    pub fn received(&mut self, from: usize, number: u64) {
+        if self.received.len() <= from {
+            self.received.resize(from + 1, (0, false));
+        }
+        let r = &mut self.received[from];
+        if number > r.0 {
+            *r = (number, true);
+        }
+    }
+
+    /// The highest number taken from each shard that changed this turn, into its records.
+    pub(super) fn write_received(&mut self) {
+        let to = To {
+            old: true,
+            new: self.compaction.fresh().is_some(),
+        };
+        for from in 0..self.received.len() {
+            let (number, changed) = self.received[from];
+            if changed {
+                self.received[from].1 = false;
+                let record = Record::Received {
+                    from_shard: from as u16,
+                    number,
+                };
+                self.emit(&record, to);
+            }
+        }
+    }
+}

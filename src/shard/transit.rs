@@ -1,0 +1,171 @@
+//! Messages passed between shards, with persistence and more than one shard: each one
+//! reaches its sessions exactly once across a crash, and a publisher's acknowledgement
+//! waits only for its own shard's disk.
+//!
+//! The sending shard numbers what it passes to each other shard and journals it
+//! (`Forwarded`) in the same turn as the publisher's acknowledgement and, for QoS 2, the
+//! packet id awaiting PUBREL; after its commit it publishes the highest number on its disk
+//! (`Shared::forwards_committed`). The receiving shard takes a message only once its
+//! number is published so (until then it waits, with everything behind it in the mailbox),
+//! and journals the highest number taken (`Received`) with the deliveries. So whatever a
+//! receiving shard's journal holds, the sender's journal holds its record too; what the
+//! sender journaled and the receiver did not is handed on by recovery. Each shard also
+//! publishes what it has taken on its disk (`Shared::durable_from`), so that the sender
+//! can forget what no crash can lose any more.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::io::Backend;
+use super::Shard;
+use crate::codec::QoS;
+use crate::router::ShardMsg;
+use crate::types::{Message, Target};
+
+#[derive(Default)]
+pub(super) struct Transit {
+    /// Per target shard: the number of the last message passed there, and the last one
+    /// published as on disk.
+    sent: Vec<u64>,
+    published_sent: Vec<u64>,
+    /// Per sending shard: the number of the last message taken from it, and the last one
+    /// published as on disk.
+    taken: Vec<u64>,
+    published_taken: Vec<u64>,
+    /// A message taken from the mailbox before its sender's record of it was on disk.
+    parked: Option<ShardMsg>,
+    /// Shutting down: every shard has stopped taking new messages from clients, and every
+    /// journal is synced at the end; messages are taken without waiting.
+    closing: bool,
+}
+
+impl<B: Backend> Shard<B> {
+    /// With a journal and more than one shard: messages between shards are numbered.
+    pub(super) fn start_transit(&mut self) {
+        let shards = self.shared.mailboxes.shards();
+        if shards > 1 {
+            self.transit = Some(Box::new(Transit {
+                sent: vec![0; shards],
+                published_sent: vec![0; shards],
+                taken: vec![0; shards],
+                published_taken: vec![0; shards],
+                ..Transit::default()
+            }));
+        }
+    }
+
+    /// The number of a message of `qos` passed to `shard` now (QoS 1 and 2 only).
+    pub(super) fn transit_number(&mut self, shard: usize, qos: QoS) -> Option<(u16, u64)> {
+        let transit = (self.transit.as_deref_mut()).filter(|_| qos != QoS::AtMostOnce)?;
+        transit.sent[shard] += 1;
+        Some((self.id as u16, transit.sent[shard]))
+    }
+
+    /// Journals `message` passed to `shard` as `number` for `targets` there.
+    pub(super) fn journal_forward(
+        &mut self,
+        shard: usize,
+        number: u64,
+        message: &Arc<Message>,
+        targets: &[Target],
+    ) {
+        if let Some((journal, clock)) = self.journal_up_to_date() {
+            journal.forwarded(shard, number, message, targets, &clock);
+        }
+    }
+
+    /// The next message to take: one parked whose sender's record is now on disk, else the
+    /// mailbox's next; `None` when there is none, or the parked one still waits.
+    pub(super) fn next_from_mailbox(&mut self) -> Option<ShardMsg> {
+        let parked = self.transit.as_deref_mut().and_then(|t| t.parked.take());
+        let msg = match parked {
+            Some(msg) => msg,
+            None => self.mailbox.try_recv().ok()?,
+        };
+        if self.may_take(&msg) {
+            return Some(msg);
+        }
+        if let Some(transit) = self.transit.as_deref_mut() {
+            transit.parked = Some(msg);
+        }
+        None
+    }
+
+    /// Whether `msg` may be taken now: a message passed by another shard once that
+    /// shard's record of it is on disk.
+    fn may_take(&self, msg: &ShardMsg) -> bool {
+        let (Some(transit), ShardMsg::Deliver { receipt, .. }) = (self.transit.as_deref(), msg)
+        else {
+            return true;
+        };
+        let Some((from, number)) = *receipt else {
+            return true;
+        };
+        let shards = transit.sent.len();
+        transit.closing
+            || self.shared.forwards_committed[usize::from(from) * shards + self.id]
+                .load(Ordering::Acquire)
+                >= number
+    }
+
+    /// Whether the mailbox has something to take now (a parked message waits for its
+    /// sender, which wakes this shard).
+    pub(super) fn mailbox_ready(&self) -> bool {
+        match self.transit.as_deref().and_then(|t| t.parked.as_ref()) {
+            Some(parked) => self.may_take(parked),
+            None => !self.mailbox.is_empty(),
+        }
+    }
+
+    pub(super) fn has_parked(&self) -> bool {
+        self.transit.as_deref().is_some_and(|t| t.parked.is_some())
+    }
+
+    /// A message numbered `number` by shard `from` was taken here: journaled with the turn.
+    pub(super) fn took_from(&mut self, from: usize, number: u64) {
+        if let Some(transit) = self.transit.as_deref_mut() {
+            transit.taken[from] = transit.taken[from].max(number);
+        }
+        if let Some(journal) = self.journal.as_deref_mut() {
+            journal.received(from, number);
+        }
+    }
+
+    /// After this turn's journal commit: what was passed to other shards is on disk (they
+    /// may take it: they are told, and woken); what was taken from them is on disk (they
+    /// may forget it); and what this shard passed that the others have on disk is
+    /// forgotten.
+    pub(super) fn publish_transit(&mut self) {
+        let Some(transit) = self.transit.as_deref_mut() else {
+            return;
+        };
+        let shards = transit.sent.len();
+        for other in 0..shards {
+            if transit.sent[other] > transit.published_sent[other] {
+                transit.published_sent[other] = transit.sent[other];
+                self.shared.forwards_committed[self.id * shards + other]
+                    .store(transit.sent[other], Ordering::Release);
+                self.shared.mailboxes.wake(other);
+            }
+            if transit.taken[other] > transit.published_taken[other] {
+                transit.published_taken[other] = transit.taken[other];
+                self.shared.durable_from[self.id * shards + other]
+                    .store(transit.taken[other], Ordering::Release);
+            }
+        }
+        if let Some(journal) = self.journal.as_deref_mut() {
+            for other in (0..shards).filter(|&o| o != self.id) {
+                let settled =
+                    self.shared.durable_from[other * shards + self.id].load(Ordering::Acquire);
+                journal.settled(other, settled);
+            }
+        }
+    }
+
+    /// Shutting down: messages are taken without waiting for their senders' disks.
+    pub(super) fn close_transit(&mut self) {
+        if let Some(transit) = self.transit.as_deref_mut() {
+            transit.closing = true;
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Helpers of the persistence tests: a store directory, midge on it, persistent clients.
+
+use super::*;
+use std::path::{Path, PathBuf};
+
+/// A fresh store directory for one test.
+pub fn store(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("midge-persist-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// midge with persistence in `dir` (as root, so the store stays this test's).
+pub fn broker(name: &str, dir: &Path, extra: &str, threads: &str) -> Broker {
+    let conf = config_file(
+        name,
+        &format!(
+            "user root\nlistener 0 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}\n{extra}",
+            dir.display()
+        ),
+    );
+    Broker::start_configured(&["-c", &conf, "--threads", threads])
+}
+
+pub fn persistent(port: u16, version: ProtocolVersion, id: &str) -> (Raw, ConnAck) {
+    let mut connect = connect_packet(version, id, false, 60);
+    if version == ProtocolVersion::V5 {
+        connect.properties.session_expiry_interval = Some(3600);
+    }
+    Raw::connect_with(port, connect)
+}
+
+pub fn disconnect(mut c: Raw) {
+    c.send(&Packet::Disconnect(Disconnect::default()));
+    c.expect_closed();
+}
+
+/// Publishes QoS 1 and waits for its PUBACK.
+pub fn publish_acked(c: &mut Raw, topic: &str, payload: &[u8], packet_id: u16, retain: bool) {
+    c.send(&publish(
+        topic,
+        payload,
+        QoS::AtLeastOnce,
+        packet_id,
+        retain,
+    ));
+    assert!(matches!(c.recv(), Packet::PubAck(_)));
+}
