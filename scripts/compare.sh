@@ -20,7 +20,8 @@
 # `persistence true`, `autosave_interval 1` and `autosave_on_changes true` (its database
 # saved after every change: its nearest to acknowledged-means-on-disk), each in a fresh
 # directory; the scenarios are p2p QoS 1 with persistent sessions (loadgen --persistent),
-# at a fixed rate and as a ceiling search.
+# at a fixed rate and as a ceiling search. --persist off runs the same scenarios with
+# persistence off on both sides (the baseline).
 # Pinning (2-core machines): each broker on core 1 (midge with one shard), loadgen on core 0.
 # Figures move from run to run on a shared machine: compare the ratios.
 set -euo pipefail
@@ -70,7 +71,7 @@ if [ "$tls" = 1 ]; then
 fi
 layered_conf() { # port broker: one listener with the run's layers (and persistence)
   printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$1"
-  if [ -n "$persist" ]; then
+  if [ -n "$persist" ] && [ "$persist" != off ]; then
     # A fresh store for each start, writable by mosquitto once it drops root.
     store=$(mktemp -d "$out/store-$2.XXXXXX")
     chmod 777 "$store"
