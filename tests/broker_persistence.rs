@@ -164,20 +164,7 @@ fn a_torn_journal_is_read_to_its_last_record_and_a_damaged_one_stops_the_start()
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[20] ^= 0x40;
     std::fs::write(&file, &bytes).unwrap();
-    let conf = config_file(
-        "persist-damaged",
-        &format!(
-            "user root\nlistener 0 127.0.0.1\npersistence true\npersistence_location {}\n",
-            dir.display()
-        ),
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_midge"))
-        .args(io_backend_args())
-        .args(["-c", &conf])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = refused_start("persist-damaged", &dir);
     assert!(
         log.contains(&file.display().to_string()) && log.contains("record at byte"),
         "{log}"

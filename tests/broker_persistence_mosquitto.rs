@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::persist::persistent;
+use common::persist::{persistent, refused_start};
 use common::*;
 use midge::codec::*;
 use std::path::Path;
@@ -207,21 +207,7 @@ fn a_damaged_mosquitto_database_stops_the_start() {
     let mut bytes = b"\x00\xb5\x00mosquitto db".to_vec();
     bytes.extend([0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 2, 0, 0, 1, 0, 1, 2, 3]);
     std::fs::write(&db, &bytes).unwrap();
-    let conf = config_file(
-        "persist-bad-mosquitto",
-        &format!(
-            "user root\nlistener 0 127.0.0.1\npersistence true\npersistence_location {}/\n",
-            dir.display()
-        ),
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_midge"))
-        .args(["-c", &conf])
-        .args(io_backend_args())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let log =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let log = refused_start("persist-bad-mosquitto", &dir);
     assert!(
         log.contains(&format!("the Mosquitto database {}", db.display()))
             && log.contains("chunk of kind 2 at byte 23 runs past the end of the file"),

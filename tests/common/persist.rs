@@ -47,3 +47,22 @@ pub fn publish_acked(c: &mut Raw, topic: &str, payload: &[u8], packet_id: u16, r
     ));
     assert!(matches!(c.recv(), Packet::PubAck(_)));
 }
+
+/// Starts midge with persistence in `dir` expecting it to refuse (a store it cannot read):
+/// what it logged.
+pub fn refused_start(name: &str, dir: &Path) -> String {
+    let conf = config_file(
+        name,
+        &format!(
+            "user root\nlistener 0 127.0.0.1\npersistence true\npersistence_location {}/\n",
+            dir.display()
+        ),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_midge"))
+        .args(io_backend_args())
+        .args(["-c", &conf])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "midge started");
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
