@@ -2,6 +2,7 @@
 //! `mosquitto.conf` file by `parse.rs`. What SIGHUP may change is marked on each field;
 //! listeners and threads stay as started.
 
+pub mod bridge;
 mod options;
 mod parse;
 
@@ -281,6 +282,8 @@ pub struct Config {
     /// midge's `response_topic_prefix`: a 5.0 client that asks for Response Information is
     /// told `{prefix}/{client id}` as the base of its response topics. Unset: none is given.
     pub response_topic_prefix: Option<String>,
+    /// The bridges (`connection` sections), read and checked.
+    pub bridges: Vec<bridge::Bridge>,
     /// `clientid_prefixes`: only client ids starting with this may connect.
     pub clientid_prefixes: Option<String>,
     /// Subscriptions one session may hold; more are refused (SUBACK failure, counted).
@@ -338,6 +341,7 @@ impl Default for Config {
             websockets_headers_size: 1024,
             subscriptions_per_client_max: 100_000,
             response_topic_prefix: None,
+            bridges: Vec::new(),
             clientid_prefixes: None,
             persistence: false,
             persistence_location: None,

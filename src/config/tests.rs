@@ -186,8 +186,7 @@ fn io_backend_and_batch_wait() {
 #[test]
 fn later_features_warn_and_unknown_options_fail() {
     // Mosquitto options of later features: read, not an error.
-    let c =
-        read("bridge_cafile /x\nconnection bridge1\naddress 10.0.0.1\nplugin_opt_x 1\n").unwrap();
+    let c = read("plugin_opt_x 1\nhttp_dir /x\n").unwrap();
     assert!(c.local_only);
     // TLS options are acted on: without a listener (local only mode), or without the
     // files they name, they are errors with the line that gave them.

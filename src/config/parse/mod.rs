@@ -6,6 +6,7 @@
 //! listener that follows. Security options are global unless `per_listener_settings true`,
 //! which must come before any listener or security option, as Mosquitto requires.
 
+mod bridge;
 mod persistence;
 mod tls;
 
@@ -509,6 +510,9 @@ impl Reader {
                 self.tls_option(line)?
             }
 
+            // Bridges (parse/bridge.rs).
+            option if bridge::is_bridge_option(option) => bridge::option(config, line)?,
+
             option if options::not_yet(option) => {
                 line.warn(&format!("{option} is not supported by midge yet; ignored."));
             }
@@ -524,6 +528,15 @@ impl Reader {
 
     fn finish(mut self, path: &Path) -> Result<Config, ConfigError> {
         let mut config = self.config;
+        bridge::check(&config, path)?;
+        for b in &config.bridges {
+            log::warn!(
+                "Warning: {}:{}: bridge {:?} is read and checked, but midge does not run bridges yet: it is not started.",
+                path.display(),
+                b.line,
+                b.name
+            );
+        }
         if self.default_listener {
             config.listeners.insert(0, self.top.clone());
         }

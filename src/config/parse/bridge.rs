@@ -1,0 +1,456 @@
+//! The bridge options of `mosquitto.conf` (`config/bridge.rs`): each applies to the bridge
+//! of the last `connection` line above it.
+
+use std::time::Duration;
+
+use super::Line;
+use crate::codec::{ProtocolVersion, QoS};
+use crate::config::bridge::{Bridge, BridgeTopic, Direction, RestartTimeout, StartType};
+use crate::config::{Config, ConfigError};
+use crate::topic;
+
+pub(super) fn option(config: &mut Config, line: &Line) -> Result<(), ConfigError> {
+    if line.option == "connection" {
+        let name = line.one("name")?;
+        if config.bridges.iter().any(|b| b.name == name) {
+            return Err(line.err(format!(
+                "connection {name:?}: a bridge of that name is already configured"
+            )));
+        }
+        config.bridges.push(Bridge::new(name, line.number));
+        return Ok(());
+    }
+    let Some(bridge) = config.bridges.last_mut() else {
+        return Err(line.err(format!(
+            "{} is a bridge option: it must follow a connection line",
+            line.option
+        )));
+    };
+    let text = |what: &str| line.one(what).map(str::to_string);
+    match line.option {
+        "address" | "addresses" => {
+            if line.args.is_empty() {
+                return Err(line.err(format!("{} takes one or more host[:port]", line.option)));
+            }
+            for value in &line.args {
+                bridge.addresses.push(address(value).ok_or_else(|| {
+                    line.err(format!(
+                        "{}: {value:?} is not host[:port] (an IPv6 address needs its port)",
+                        line.option
+                    ))
+                })?);
+            }
+        }
+        "round_robin" => bridge.round_robin = line.boolean()?,
+        "topic" => bridge.topics.push(bridge_topic(line)?),
+        "bridge_protocol_version" => {
+            bridge.protocol = match line.one("version")? {
+                "mqttv31" => ProtocolVersion::V31,
+                "mqttv311" => ProtocolVersion::V311,
+                "mqttv50" => ProtocolVersion::V5,
+                other => {
+                    return Err(line.err(format!(
+                        "bridge_protocol_version: {other:?} is not mqttv31, mqttv311 or mqttv50"
+                    )))
+                }
+            }
+        }
+        "cleansession" => bridge.clean_session = line.boolean()?,
+        "local_cleansession" => bridge.local_clean_session = Some(line.boolean()?),
+        "remote_clientid" | "clientid" => bridge.remote_client_id = Some(text("client id")?),
+        "local_clientid" => bridge.local_client_id = Some(text("client id")?),
+        "remote_username" | "username" => bridge.remote_username = Some(text("username")?),
+        "remote_password" | "password" => bridge.remote_password = Some(text("password")?),
+        "local_username" => bridge.local_username = Some(text("username")?),
+        "local_password" => bridge.local_password = Some(text("password")?),
+        "keepalive_interval" => {
+            let seconds = line.number(u16::MAX.into())?;
+            if seconds < 5 {
+                return Err(line.err("keepalive_interval: at least 5 seconds"));
+            }
+            bridge.keepalive = seconds as u16;
+        }
+        "start_type" => {
+            bridge.start_type = match line.one("start type")? {
+                "automatic" => StartType::Automatic,
+                "lazy" => StartType::Lazy,
+                "once" => StartType::Once,
+                "manual" => StartType::Manual,
+                other => {
+                    return Err(line.err(format!(
+                        "start_type: {other:?} is not automatic, lazy, once or manual"
+                    )))
+                }
+            }
+        }
+        "restart_timeout" => {
+            let seconds = |value: &str| value.parse::<u64>().ok().map(Duration::from_secs);
+            bridge.restart_timeout = match line.args.as_slice() {
+                [constant] => seconds(constant).map(RestartTimeout::Constant),
+                [base, cap] => match (seconds(base), seconds(cap)) {
+                    (Some(base), Some(cap)) if base <= cap => {
+                        Some(RestartTimeout::Backoff { base, cap })
+                    }
+                    _ => None,
+                },
+                _ => None,
+            }
+            .ok_or_else(|| {
+                line.err(
+                    "restart_timeout takes seconds, or a base and a cap in seconds (base <= cap)",
+                )
+            })?;
+        }
+        "idle_timeout" => bridge.idle_timeout = Duration::from_secs(line.number(u32::MAX.into())?),
+        "threshold" => bridge.threshold = line.number(u32::MAX.into())?.max(1) as u32,
+        "notifications" => bridge.notifications = line.boolean()?,
+        "notifications_local_only" => bridge.notifications_local_only = line.boolean()?,
+        "notification_topic" => {
+            let topic = line.one("topic")?;
+            if topic::validate_topic_name(topic).is_err() {
+                return Err(line.err(format!(
+                    "notification_topic: {topic:?} is not a valid topic name"
+                )));
+            }
+            bridge.notification_topic = Some(topic.to_string());
+        }
+        "try_private" => bridge.try_private = line.boolean()?,
+        "bridge_attempt_unsubscribe" => bridge.attempt_unsubscribe = line.boolean()?,
+        "bridge_outgoing_retain" => bridge.outgoing_retain = line.boolean()?,
+        "bridge_max_packet_size" => bridge.max_packet_size = line.number(268_435_460)? as u32,
+        "bridge_bind_address" => {
+            let address = line.one("address")?;
+            if address.parse::<std::net::IpAddr>().is_err() {
+                return Err(line.err(format!(
+                    "bridge_bind_address: {address:?} is not an IP address"
+                )));
+            }
+            bridge.bind_address = Some(address.to_string());
+        }
+        "bridge_receive_maximum" => {
+            let n = line.number(u16::MAX.into())?;
+            if n == 0 {
+                return Err(line.err("bridge_receive_maximum: from 1 to 65535"));
+            }
+            bridge.receive_maximum = Some(n as u16);
+        }
+        "bridge_session_expiry_interval" => {
+            bridge.session_expiry_interval = Some(line.number(u32::MAX.into())? as u32)
+        }
+        "bridge_cafile" => bridge.tls.cafile = Some(line.text("file")?.to_string()),
+        "bridge_capath" => bridge.tls.capath = Some(line.text("directory")?.to_string()),
+        "bridge_certfile" => bridge.tls.certfile = Some(line.text("file")?.to_string()),
+        "bridge_keyfile" => bridge.tls.keyfile = Some(line.text("file")?.to_string()),
+        "bridge_insecure" => bridge.tls.insecure = line.boolean()?,
+        "bridge_tls_version" => {
+            let version = line.one("version")?;
+            if !matches!(version, "tlsv1.2" | "tlsv1.3") {
+                return Err(line.err(format!(
+                    "bridge_tls_version: {version:?}: midge speaks tlsv1.2 and tlsv1.3"
+                )));
+            }
+            bridge.tls.tls_version = Some(version.to_string());
+        }
+        "bridge_alpn" => bridge.tls.alpn = Some(text("protocol")?),
+        "bridge_require_ocsp" => bridge.tls.require_ocsp = line.boolean()?,
+        "bridge_identity" | "bridge_psk" => {
+            return Err(line.err(format!(
+                "{}: TLS-PSK is not supported (midge's TLS, rustls, has no PSK); use certificates",
+                line.option
+            )))
+        }
+        other => return Err(line.err(format!("{other} is not a bridge option"))),
+    }
+    Ok(())
+}
+
+/// The options this module reads.
+pub(super) fn is_bridge_option(option: &str) -> bool {
+    crate::config::options::BRIDGE.contains(&option)
+}
+
+/// Checks at the end of the file: every bridge has somewhere to connect and something to
+/// carry.
+pub(super) fn check(config: &Config, file: &std::path::Path) -> Result<(), ConfigError> {
+    for bridge in &config.bridges {
+        let missing = if bridge.addresses.is_empty() {
+            Some("no address")
+        } else if bridge.topics.is_empty() {
+            Some("no topic")
+        } else if bridge.remote_password.is_some() && bridge.remote_username.is_none() {
+            Some("a remote_password without a remote_username")
+        } else if bridge.tls.certfile.is_some() != bridge.tls.keyfile.is_some() {
+            Some("bridge_certfile and bridge_keyfile must be given together")
+        } else {
+            None
+        };
+        if let Some(what) = missing {
+            return Err(ConfigError {
+                file: file.to_path_buf(),
+                line: bridge.line,
+                message: format!("bridge {:?}: {what}", bridge.name),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `host[:port]` (1883 unless given); an IPv6 address needs its port (`::1:1883`), or
+/// brackets (`[::1]:1883`).
+fn address(value: &str) -> Option<(String, u16)> {
+    if let Some(rest) = value.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:")?;
+        return Some((host.to_string(), port.parse().ok()?));
+    }
+    match value.rsplit_once(':') {
+        None if !value.is_empty() => Some((value.to_string(), 1883)),
+        Some((host, port)) if !host.is_empty() => Some((host.to_string(), port.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// `topic pattern [[[out | in | both] qos] local-prefix remote-prefix]`, `""` standing for
+/// an empty pattern or prefix.
+fn bridge_topic(line: &Line) -> Result<BridgeTopic, ConfigError> {
+    let empty = |s: &str| {
+        if s == "\"\"" {
+            String::new()
+        } else {
+            s.to_string()
+        }
+    };
+    let (pattern, direction, qos, prefixes) = match line.args.as_slice() {
+        [pattern] => (*pattern, "out", "0", None),
+        [pattern, direction] => (*pattern, *direction, "0", None),
+        [pattern, direction, qos] => (*pattern, *direction, *qos, None),
+        [pattern, direction, qos, local, remote] => {
+            (*pattern, *direction, *qos, Some((empty(local), empty(remote))))
+        }
+        _ => {
+            return Err(line.err(
+                "topic takes a pattern, then optionally out|in|both, a QoS, and a local and a remote prefix (both)",
+            ))
+        }
+    };
+    let direction = match direction {
+        "out" => Direction::Out,
+        "in" => Direction::In,
+        "both" => Direction::Both,
+        other => return Err(line.err(format!("topic: {other:?} is not out, in or both"))),
+    };
+    let qos = qos
+        .parse::<u8>()
+        .ok()
+        .and_then(QoS::from_u8)
+        .ok_or_else(|| line.err(format!("topic: QoS {qos:?} is not 0, 1 or 2")))?;
+    let pattern = empty(pattern);
+    let (local_prefix, remote_prefix) = prefixes.unwrap_or_default();
+    // Mosquitto's table: an empty pattern needs both prefixes, which are then the topics.
+    if pattern.is_empty() && (local_prefix.is_empty() || remote_prefix.is_empty()) {
+        return Err(
+            line.err("topic: an empty pattern (\"\") needs both a local and a remote prefix")
+        );
+    }
+    for prefix in [&local_prefix, &remote_prefix] {
+        if prefix.contains(['+', '#']) {
+            return Err(line.err(format!("topic: the prefix {prefix:?} has a wildcard")));
+        }
+    }
+    let topic = BridgeTopic {
+        pattern,
+        direction,
+        qos,
+        local_prefix,
+        remote_prefix,
+    };
+    for filter in [topic.local_filter(), topic.remote_filter()] {
+        if topic::validate_filter(&filter).is_err() {
+            return Err(line.err(format!("topic: {filter:?} is not a valid topic filter")));
+        }
+    }
+    Ok(topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::codec::{ProtocolVersion, QoS};
+    use crate::config::bridge::{Direction, RestartTimeout, StartType};
+    use crate::config::{Config, ConfigError};
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn read(text: &str) -> Result<Config, ConfigError> {
+        Config::from_text(Path::new("m.conf"), text)
+    }
+
+    /// The error for `text`, which must be refused.
+    fn refused(text: &str) -> ConfigError {
+        read(text).expect_err(text)
+    }
+
+    const BASE: &str = "connection edge\naddress 127.0.0.1\n";
+
+    #[test]
+    fn a_bridge_section_is_read_whole() {
+        let c = read(
+            "listener 1883\n\
+             connection central\n\
+             address broker-a:8883 [::1]:1884 10.0.0.2\n\
+             round_robin true\n\
+             topic sensors/# out 1 local/ remote/\n\
+             topic cmd/+ in 2\n\
+             topic \"\" both 0 here/one there/one\n\
+             topic all\n\
+             bridge_protocol_version mqttv50\n\
+             cleansession true\n\
+             local_cleansession false\n\
+             remote_clientid edge-1\n\
+             remote_username u\n\
+             remote_password p\n\
+             keepalive_interval 30\n\
+             start_type lazy\n\
+             threshold 5\n\
+             idle_timeout 90\n\
+             restart_timeout 3 60\n\
+             notification_topic bridges/central\n\
+             try_private false\n\
+             bridge_cafile /etc/ca.pem\n\
+             bridge_insecure true\n\
+             connection second\n\
+             address 127.0.0.1\n\
+             topic x/# out\n\
+             restart_timeout 20\n",
+        )
+        .unwrap();
+        let [b, second] = &c.bridges[..] else {
+            panic!("{:?}", c.bridges)
+        };
+        assert_eq!(b.name, "central");
+        assert_eq!(
+            b.addresses,
+            vec![
+                ("broker-a".to_string(), 8883),
+                ("::1".to_string(), 1884),
+                ("10.0.0.2".to_string(), 1883)
+            ]
+        );
+        assert!(b.round_robin && b.clean_session && !b.try_private && b.tls.insecure);
+        assert_eq!(b.local_clean_session, Some(false));
+        assert_eq!(b.protocol, ProtocolVersion::V5);
+        assert_eq!(b.topics.len(), 4);
+        let t = &b.topics[0];
+        assert_eq!((t.direction, t.qos), (Direction::Out, QoS::AtLeastOnce));
+        assert_eq!(
+            (t.local_filter(), t.remote_filter()),
+            ("local/sensors/#".into(), "remote/sensors/#".into())
+        );
+        assert_eq!(
+            (b.topics[1].direction, b.topics[1].qos),
+            (Direction::In, QoS::ExactlyOnce)
+        );
+        assert_eq!(b.topics[2].local_filter(), "here/one");
+        assert_eq!(b.topics[2].remote_filter(), "there/one");
+        assert_eq!(
+            (b.topics[3].direction, b.topics[3].qos),
+            (Direction::Out, QoS::AtMostOnce)
+        );
+        assert_eq!(b.remote_client_id.as_deref(), Some("edge-1"));
+        assert_eq!(
+            (b.keepalive, b.start_type, b.threshold),
+            (30, StartType::Lazy, 5)
+        );
+        assert_eq!(b.idle_timeout, Duration::from_secs(90));
+        assert_eq!(
+            b.restart_timeout,
+            RestartTimeout::Backoff {
+                base: Duration::from_secs(3),
+                cap: Duration::from_secs(60)
+            }
+        );
+        assert!(b.tls.enabled());
+        // Defaults, and options that belong to the last connection only.
+        assert_eq!(
+            second.restart_timeout,
+            RestartTimeout::Constant(Duration::from_secs(20))
+        );
+        assert_eq!(
+            (second.protocol, second.keepalive),
+            (ProtocolVersion::V311, 60)
+        );
+        assert!(second.notifications && second.try_private && second.attempt_unsubscribe);
+        assert!(!second.tls.enabled());
+    }
+
+    #[test]
+    fn bad_bridge_lines_are_errors_naming_them() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("address 10.0.0.1\n", 1, "must follow a connection line"),
+            ("topic a/# out\n", 1, "must follow a connection line"),
+            (
+                "connection edge\nconnection edge\n",
+                2,
+                "already configured",
+            ),
+            ("connection edge\naddress host:port\n", 2, "not host[:port]"),
+            ("connection edge\naddress\n", 2, "one or more host[:port]"),
+            (
+                "connection edge\ntopic a/# sideways\n",
+                2,
+                "not out, in or both",
+            ),
+            ("connection edge\ntopic a/# out 3\n", 2, "not 0, 1 or 2"),
+            ("connection edge\ntopic a/# out 1 local/\n", 2, "both"),
+            (
+                "connection edge\ntopic \"\" out 1 local/ \"\"\n",
+                2,
+                "needs both",
+            ),
+            ("connection edge\ntopic a out 1 lo+cal/ r/\n", 2, "wildcard"),
+            (
+                "connection edge\ntopic a/#/b\n",
+                2,
+                "not a valid topic filter",
+            ),
+            ("connection edge\nkeepalive_interval 3\n", 2, "at least 5"),
+            ("connection edge\nrestart_timeout 30 10\n", 2, "base <= cap"),
+            (
+                "connection edge\nstart_type sometimes\n",
+                2,
+                "automatic, lazy, once or manual",
+            ),
+            (
+                "connection edge\nbridge_protocol_version mqttv4\n",
+                2,
+                "mqttv31, mqttv311 or mqttv50",
+            ),
+            ("connection edge\nbridge_psk 00ff\n", 2, "TLS-PSK"),
+            (
+                "connection edge\nbridge_tls_version tlsv1.1\n",
+                2,
+                "tlsv1.2 and tlsv1.3",
+            ),
+            (
+                "connection edge\nbridge_bind_address eth0\n",
+                2,
+                "not an IP address",
+            ),
+            // Checked at the end of the file, naming the connection line.
+            ("\nconnection edge\ntopic a/#\n", 2, "no address"),
+            (BASE, 1, "no topic"),
+        ];
+        for (text, line, says) in cases {
+            let e = refused(text);
+            assert!(e.line == *line && e.message.contains(says), "{text:?}: {e}");
+        }
+        let e = refused(&format!("{BASE}topic a\nremote_password p\n"));
+        assert!(e.message.contains("without a remote_username"), "{e}");
+        let e = refused(&format!("{BASE}topic a\nbridge_certfile /c.pem\n"));
+        assert!(e.message.contains("together"), "{e}");
+        // Misspelt bridge options get a suggestion.
+        let e = refused(&format!("{BASE}topic a\nkeepalive_intreval 30\n"));
+        assert!(
+            e.message.contains("did you mean keepalive_interval?"),
+            "{e}"
+        );
+    }
+}
