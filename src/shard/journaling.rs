@@ -322,7 +322,7 @@ impl<B: Backend> Shard<B> {
     /// held messages while taking in its own mailbox, so none waits on another forever;
     /// the second barrier comes once every shard has passed everything on.
     pub(super) fn deliver_in_transit(&mut self) {
-        self.close_transit();
+        self.stop_parking();
         self.shared.shutdown_barrier.wait();
         loop {
             self.drain_mailbox();

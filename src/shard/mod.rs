@@ -16,6 +16,7 @@ pub mod io;
 mod journaling;
 mod output;
 mod owed;
+mod parking;
 mod publish;
 mod reload;
 mod shared;
@@ -128,6 +129,11 @@ pub struct Shard<B: Backend> {
     /// `persistence_sync always` over several shards: acknowledgements waiting for other
     /// shards' disks (`journaling.rs`).
     transit: Option<Box<transit::Transit>>,
+    /// A message taken from the mailbox that waits (`parking.rs`), and the turn count.
+    parked: Option<parking::Parked>,
+    turns: u64,
+    /// Shutting down: parked messages go at once.
+    closing: bool,
     /// Debug builds only, for the test of what a shard panic does: a PUBLISH to this topic
     /// (from `MIDGE_FAULT_PANIC_TOPIC`) panics the shard that reads it.
     #[cfg(debug_assertions)]
@@ -180,6 +186,9 @@ impl<B: Backend> Shard<B> {
             now,
             journal: None,
             transit: None,
+            parked: None,
+            turns: 0,
+            closing: false,
             #[cfg(debug_assertions)]
             fault_panic_topic: std::env::var("MIDGE_FAULT_PANIC_TOPIC").ok(),
             #[cfg(debug_assertions)]
@@ -224,6 +233,7 @@ impl<B: Backend> Shard<B> {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.shared.mailboxes.awake(self.id);
+        self.turns += 1;
         self.now = self.shared.clock.now();
         // New settings (a reload) apply from here on, to what this wait brought in too.
         self.take_new_settings();

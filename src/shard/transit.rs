@@ -6,7 +6,8 @@
 //! (`Forwarded`) in the same turn as the publisher's acknowledgement and, for QoS 2, the
 //! packet id awaiting PUBREL; after its commit it publishes the highest number on its disk
 //! (`Shared::forwards_committed`). The receiving shard takes a message only once its
-//! number is published so (until then it waits, with everything behind it in the mailbox),
+//! number is published so (until then it waits, with everything behind it in the mailbox:
+//! `parking.rs`),
 //! and journals the highest number taken (`Received`) with the deliveries. So whatever a
 //! receiving shard's journal holds, the sender's journal holds its record too; what the
 //! sender journaled and the receiver did not is handed on by recovery. Each shard also
@@ -19,10 +20,8 @@ use std::sync::Arc;
 use super::io::Backend;
 use super::Shard;
 use crate::codec::QoS;
-use crate::router::ShardMsg;
 use crate::types::{Message, Target};
 
-#[derive(Default)]
 pub(super) struct Transit {
     /// Per target shard: the number of the last message passed there, and the last one
     /// published as on disk.
@@ -32,11 +31,6 @@ pub(super) struct Transit {
     /// published as on disk.
     taken: Vec<u64>,
     published_taken: Vec<u64>,
-    /// A message taken from the mailbox before its sender's record of it was on disk.
-    parked: Option<ShardMsg>,
-    /// Shutting down: every shard has stopped taking new messages from clients, and every
-    /// journal is synced at the end; messages are taken without waiting.
-    closing: bool,
 }
 
 impl<B: Backend> Shard<B> {
@@ -49,7 +43,6 @@ impl<B: Backend> Shard<B> {
                 published_sent: vec![0; shards],
                 taken: vec![0; shards],
                 published_taken: vec![0; shards],
-                ..Transit::default()
             }));
         }
     }
@@ -74,51 +67,14 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// The next message to take: one parked whose sender's record is now on disk, else the
-    /// mailbox's next; `None` when there is none, or the parked one still waits.
-    pub(super) fn next_from_mailbox(&mut self) -> Option<ShardMsg> {
-        let parked = self.transit.as_deref_mut().and_then(|t| t.parked.take());
-        let msg = match parked {
-            Some(msg) => msg,
-            None => self.mailbox.try_recv().ok()?,
-        };
-        if self.may_take(&msg) {
-            return Some(msg);
-        }
-        if let Some(transit) = self.transit.as_deref_mut() {
-            transit.parked = Some(msg);
-        }
-        None
-    }
-
-    /// Whether `msg` may be taken now: a message passed by another shard once that
+    /// Whether a message passed by shard `from` as `number` may be taken now: once that
     /// shard's record of it is on disk.
-    fn may_take(&self, msg: &ShardMsg) -> bool {
-        let (Some(transit), ShardMsg::Deliver { receipt, .. }) = (self.transit.as_deref(), msg)
-        else {
-            return true;
-        };
-        let Some((from, number)) = *receipt else {
+    pub(super) fn forward_committed(&self, from: usize, number: u64) -> bool {
+        let Some(transit) = self.transit.as_deref() else {
             return true;
         };
         let shards = transit.sent.len();
-        transit.closing
-            || self.shared.forwards_committed[usize::from(from) * shards + self.id]
-                .load(Ordering::Acquire)
-                >= number
-    }
-
-    /// Whether the mailbox has something to take now (a parked message waits for its
-    /// sender, which wakes this shard).
-    pub(super) fn mailbox_ready(&self) -> bool {
-        match self.transit.as_deref().and_then(|t| t.parked.as_ref()) {
-            Some(parked) => self.may_take(parked),
-            None => !self.mailbox.is_empty(),
-        }
-    }
-
-    pub(super) fn has_parked(&self) -> bool {
-        self.transit.as_deref().is_some_and(|t| t.parked.is_some())
+        self.shared.forwards_committed[from * shards + self.id].load(Ordering::Acquire) >= number
     }
 
     /// A message numbered `number` by shard `from` was taken here: journaled with the turn.
@@ -159,13 +115,6 @@ impl<B: Backend> Shard<B> {
                     self.shared.durable_from[other * shards + self.id].load(Ordering::Acquire);
                 journal.settled(other, settled);
             }
-        }
-    }
-
-    /// Shutting down: messages are taken without waiting for their senders' disks.
-    pub(super) fn close_transit(&mut self) {
-        if let Some(transit) = self.transit.as_deref_mut() {
-            transit.closing = true;
         }
     }
 }

@@ -478,20 +478,26 @@ impl Backend for Epoll {
                 self.remove(conn.slot());
             }
         }
-        for index in 0..self.listeners.len() {
-            if self.accept_pending[index] {
-                self.accept(index, out);
-            }
-        }
+        // Read in the order the sockets became readable (epoll reports them so), and before
+        // accepting new connections (read from the next wait on): what a client sent on
+        // its old connection before it opened a new one is handled first, as a
+        // single-threaded broker would (a reconnect right after a PUBLISH and a close).
         let mut to_read = std::mem::take(&mut self.read_again);
-        to_read.sort_unstable();
-        to_read.dedup();
+        if to_read.len() > 1 {
+            let mut seen = hashbrown::HashSet::with_capacity(to_read.len());
+            to_read.retain(|id| seen.insert(*id));
+        }
         for id in to_read.drain(..) {
             self.read(id, out);
         }
         // Keep the allocation for next turn (read() pushed into the fresh one).
         to_read.append(&mut self.read_again);
         self.read_again = to_read;
+        for index in 0..self.listeners.len() {
+            if self.accept_pending[index] {
+                self.accept(index, out);
+            }
+        }
         Ok(())
     }
 

@@ -1,0 +1,67 @@
+//! Messages taken from the mailbox that must wait before they are handled, holding up
+//! everything behind them (the mailbox keeps its order):
+//! - a message another shard passed before that shard's record of it is on disk
+//!   (`transit.rs`, with persistence);
+//! - a request for a session held here (`TakeSession`): it waits for one more look at this
+//!   shard's sockets, so that what the session's old connection sent before the new
+//!   connection arrived (a PUBLISH, then a close) is read first, as a broker with one
+//!   thread would. The client sent it before it opened the new connection, so it is in the
+//!   old socket by the time the request comes.
+
+use super::io::Backend;
+use super::Shard;
+use crate::router::ShardMsg;
+
+/// A message waiting, and the turn it was taken in.
+pub(super) type Parked = (ShardMsg, u64);
+
+impl<B: Backend> Shard<B> {
+    /// The next message to handle: the parked one once it may go, else the mailbox's next;
+    /// `None` when there is none, or the parked one still waits.
+    pub(super) fn next_from_mailbox(&mut self) -> Option<ShardMsg> {
+        let (msg, turn) = match self.parked.take() {
+            Some(parked) => parked,
+            None => (self.mailbox.try_recv().ok()?, self.turns),
+        };
+        if self.may_take(&msg, turn) {
+            return Some(msg);
+        }
+        self.parked = Some((msg, turn));
+        None
+    }
+
+    /// Whether `msg`, taken in `turn`, may be handled now.
+    fn may_take(&self, msg: &ShardMsg, turn: u64) -> bool {
+        if self.closing {
+            return true;
+        }
+        match msg {
+            ShardMsg::Deliver {
+                receipt: Some((from, number)),
+                ..
+            } => self.forward_committed(usize::from(*from), *number),
+            ShardMsg::TakeSession { .. } => self.turns > turn,
+            _ => true,
+        }
+    }
+
+    /// Whether the mailbox has something to handle now (a parked message waiting for its
+    /// sender's disk is woken by that shard; one waiting for a look at the sockets may go
+    /// next turn).
+    pub(super) fn mailbox_ready(&self) -> bool {
+        match &self.parked {
+            Some((ShardMsg::TakeSession { .. }, _)) => true,
+            Some((msg, turn)) => self.may_take(msg, *turn),
+            None => !self.mailbox.is_empty(),
+        }
+    }
+
+    pub(super) fn has_parked(&self) -> bool {
+        self.parked.is_some()
+    }
+
+    /// Shutting down: messages are handled without waiting.
+    pub(super) fn stop_parking(&mut self) {
+        self.closing = true;
+    }
+}
