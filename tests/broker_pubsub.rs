@@ -242,3 +242,54 @@ fn subscribe_then_publish_in_one_write_delivers_in_order() {
         }
     });
 }
+
+/// A Mosquitto bridge (protocol level with bit 7, `try_private`) on 3.1 or 3.1.1 is not sent
+/// back what it publishes (Mosquitto's rule, which keeps two brokers bridged both ways from
+/// echoing messages forever), and gets RETAIN as published; an ordinary 3.1.1 client is sent
+/// its own messages, as MQTT 3.1.1 has it.
+#[test]
+fn a_bridge_is_not_sent_back_what_it_publishes() {
+    let broker = Broker::start(&[]);
+    for (round, (bridge, version)) in [
+        (true, ProtocolVersion::V31),
+        (true, ProtocolVersion::V311),
+        (false, ProtocolVersion::V311),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let topic = |leaf: &str| format!("loop{round}/{leaf}");
+        let mut connect = connect_packet(version, "bridge-test", true, 60);
+        connect.bridge = bridge;
+        let (mut c, _) = Raw::connect_with(broker.port, connect);
+        c.subscribe(&[(topic("test").as_str(), QoS::AtMostOnce)]);
+        c.send(&publish(
+            &topic("test"),
+            b"message",
+            QoS::AtMostOnce,
+            0,
+            true,
+        ));
+        c.send(&Packet::PingReq);
+        if bridge {
+            assert_eq!(c.recv(), Packet::PingResp, "{version:?}");
+            // Retained messages keep their flag for a bridge.
+            let mut late = connect_packet(version, "bridge-late", true, 60);
+            late.bridge = true;
+            let (mut late, _) = Raw::connect_with(broker.port, late);
+            late.subscribe(&[(topic("#").as_str(), QoS::AtMostOnce)]);
+            let mut other = Raw::connect(broker.port, "other");
+            other.send(&publish(&topic("live"), b"x", QoS::AtMostOnce, 0, true));
+            let mut retained = Vec::new();
+            for _ in 0..2 {
+                let p = late.recv_publish();
+                retained.push((p.topic.to_string(), p.retain));
+            }
+            retained.sort();
+            assert_eq!(retained, vec![(topic("live"), true), (topic("test"), true)]);
+        } else {
+            assert_eq!(c.recv_publish().payload.as_ref(), b"message");
+            assert_eq!(c.recv(), Packet::PingResp);
+        }
+    }
+}

@@ -37,6 +37,8 @@ pub struct Conn {
     pub out_alias_max: u16,
     /// 5.0 Request Problem Information (default yes): Reason Strings on acknowledgements.
     pub problem_information: bool,
+    /// The CONNECT set the bridge bit (a Mosquitto bridge with `try_private`).
+    pub bridge: bool,
     /// Topic aliases and enhanced authentication, out of line: most connections use
     /// neither, and every idle connection would pay for their space.
     pub extras: Option<Box<ConnExtras>>,
@@ -106,6 +108,7 @@ impl Conn {
             claim: 0,
             out_alias_max: 0,
             problem_information: true,
+            bridge: false,
             extras: None,
             layers: None,
         }

@@ -59,6 +59,11 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conn(conn) else { return };
         let name = c.name().to_string();
         let v5 = c.version == Some(ProtocolVersion::V5);
+        // A 3.x bridge that says so (`try_private`) is not sent back what it publishes, and
+        // gets RETAIN as published, as Mosquitto does: two brokers bridged both ways do not
+        // echo messages forever, and retained messages stay retained across the bridge.
+        // (3.x has no subscription options to ask for either; a 5.0 bridge asks.)
+        let bridge = c.bridge && !v5;
         log::debug!("Received SUBSCRIBE from {name}");
         let identifier = subscribe
             .properties
@@ -80,6 +85,8 @@ impl<B: Backend> Shard<B> {
             // Granted at most the listener's max_qos [MQTT-3.2.2-10] [MQTT-3.9.3-1].
             let options = &crate::codec::SubscriptionOptions {
                 qos: options.qos.min(max_qos),
+                no_local: options.no_local || bridge,
+                retain_as_published: options.retain_as_published || bridge,
                 ..*options
             };
             let mounted = match &mount {
