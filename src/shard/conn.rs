@@ -37,8 +37,6 @@ pub struct Conn {
     pub out_alias_max: u16,
     /// 5.0 Request Problem Information (default yes): Reason Strings on acknowledgements.
     pub problem_information: bool,
-    /// The CONNECT set the bridge bit (a Mosquitto bridge with `try_private`).
-    pub bridge: bool,
     /// Topic aliases and enhanced authentication, out of line: most connections use
     /// neither, and every idle connection would pay for their space.
     pub extras: Option<Box<ConnExtras>>,
@@ -68,6 +66,8 @@ pub struct ConnExtras {
     pub auth_exchange: Option<Box<dyn crate::auth::AuthExchange>>,
     pub auth_pending: Option<(Box<Connect>, Arc<str>, bool)>,
     pub auth_reply: Option<bytes::Bytes>,
+    /// The CONNECT set the bridge bit (a Mosquitto bridge with `try_private`).
+    pub bridge: bool,
 }
 
 impl Conn {
@@ -108,13 +108,17 @@ impl Conn {
             claim: 0,
             out_alias_max: 0,
             problem_information: true,
-            bridge: false,
             extras: None,
             layers: None,
         }
     }
 
     /// The out-of-line part, made on first use.
+    /// Whether the client said it is a bridge (`try_private`).
+    pub fn is_bridge(&self) -> bool {
+        self.extras.as_ref().is_some_and(|e| e.bridge)
+    }
+
     pub fn extras(&mut self) -> &mut ConnExtras {
         self.extras.get_or_insert_with(Default::default)
     }

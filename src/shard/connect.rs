@@ -23,7 +23,9 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conn_mut(conn) else { return };
         c.version = Some(connect.version);
         c.decoder.version = Some(connect.version);
-        c.bridge = connect.bridge;
+        if connect.bridge {
+            c.extras().bridge = true;
+        }
         let listener = config.listener(c.listener);
         let security = config.security(c.listener);
         let v5 = connect.version == ProtocolVersion::V5;

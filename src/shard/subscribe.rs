@@ -63,7 +63,7 @@ impl<B: Backend> Shard<B> {
         // gets RETAIN as published, as Mosquitto does: two brokers bridged both ways do not
         // echo messages forever, and retained messages stay retained across the bridge.
         // (3.x has no subscription options to ask for either; a 5.0 bridge asks.)
-        let bridge = c.bridge && !v5;
+        let bridge = c.is_bridge() && !v5;
         log::debug!("Received SUBSCRIBE from {name}");
         let identifier = subscribe
             .properties
