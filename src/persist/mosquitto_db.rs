@@ -439,12 +439,7 @@ impl Import<'_> {
                 }
             }
             if let Some(delivery) = delivery {
-                // Numbered after the last number Mosquitto gave out, as it would have.
-                session.last_packet_id = session.last_packet_id.wrapping_add(1).max(1);
-                if session.queued.is_empty() {
-                    session.first_queued_id = Some(session.last_packet_id);
-                }
-                session.queued.push_back((message.clone(), delivery));
+                session.queue_next(message.clone(), delivery);
             }
         }
     }

@@ -67,6 +67,16 @@ impl RecoveredSession {
         after.is_some_and(|after| since.saturating_add(after.as_millis() as u64) <= now_ms)
     }
 
+    /// Queues `message` behind what it holds, numbered after the last number it gave out
+    /// (as the broker it came from would have numbered it).
+    pub(super) fn queue_next(&mut self, message: Arc<Message>, delivery: Delivery) {
+        self.last_packet_id = self.last_packet_id.wrapping_add(1).max(1);
+        if self.queued.is_empty() {
+            self.first_queued_id = Some(self.last_packet_id);
+        }
+        self.queued.push_back((message, delivery));
+    }
+
     pub fn version(&self) -> ProtocolVersion {
         match self.version {
             3 => ProtocolVersion::V31,
@@ -272,11 +282,7 @@ impl Transit {
                     if session.ended || session.claim < *claim {
                         continue;
                     }
-                    session.last_packet_id = session.last_packet_id.wrapping_add(1).max(1);
-                    if session.queued.is_empty() {
-                        session.first_queued_id = Some(session.last_packet_id);
-                    }
-                    session.queued.push_back((message.clone(), delivery));
+                    session.queue_next(message.clone(), delivery);
                     count += 1;
                 }
             }

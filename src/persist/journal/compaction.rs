@@ -175,14 +175,10 @@ impl Journal {
         // What other shards have not shown taken yet goes into the new file too (few: what
         // is between two shards' turns).
         let clock = WallClock::now();
-        let new_only = To {
-            old: false,
-            new: true,
-        };
         let unsettled = std::mem::take(&mut self.unsettled);
         for (to, list) in unsettled.iter().enumerate() {
             for (number, message, targets) in list {
-                self.write_forward(to, *number, message, targets, &clock, new_only);
+                self.write_forward(to, *number, message, targets, &clock, To::NEW);
             }
         }
         self.unsettled = unsettled;
@@ -199,12 +195,8 @@ impl Journal {
             let cut = b.retained.len().saturating_sub(RETAINED_SLICE);
             let slice: Vec<Retained> = b.retained.drain(cut..).collect();
             let seq = b.retained_seq;
-            let to = To {
-                old: false,
-                new: true,
-            };
             for (message, source) in slice {
-                self.retained_to(seq, &message, source.as_deref(), clock, to);
+                self.retained_to(seq, &message, source.as_deref(), clock, To::NEW);
             }
             return self.next_to_compact(clock);
         }
@@ -225,11 +217,7 @@ impl Journal {
         clock: &WallClock,
     ) {
         if self.compaction.add_session(session.id) {
-            let to = To {
-                old: false,
-                new: true,
-            };
-            self.write_session(session, claim, offline_since, clock, to);
+            self.write_session(session, claim, offline_since, clock, To::NEW);
         }
     }
 

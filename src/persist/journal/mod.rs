@@ -85,6 +85,19 @@ struct To {
     new: bool,
 }
 
+impl To {
+    /// The journal only.
+    const OLD: To = To {
+        old: true,
+        new: false,
+    };
+    /// A compaction's new file only.
+    const NEW: To = To {
+        old: false,
+        new: true,
+    };
+}
+
 fn delivery(target: &Target) -> Delivery {
     Delivery {
         qos: target.qos as u8,
@@ -188,6 +201,15 @@ impl Journal {
 
     /// Where a session's records go: the journal if the session is journaled here, the
     /// compaction's new file if it has been written there already.
+    /// Where records that are no session's go: the journal, and the new file of a
+    /// compaction under way.
+    fn everywhere(&self) -> To {
+        To {
+            old: true,
+            new: self.compacting(),
+        }
+    }
+
     fn session_to(&self, session: SessionId) -> To {
         To {
             old: self.sessions.contains(&session),
@@ -445,11 +467,7 @@ impl Journal {
         source: Option<&Source>,
         clock: &WallClock,
     ) {
-        let to = To {
-            old: true,
-            new: self.compaction.fresh().is_some(),
-        };
-        self.retained_to(seq, message, source, clock, to);
+        self.retained_to(seq, message, source, clock, self.everywhere());
     }
 
     fn retained_to(
@@ -484,13 +502,9 @@ impl Journal {
 
     /// Every retained message (with who published it), as of change `seq` (at start).
     pub fn all_retained(&mut self, seq: u64, retained: &[Retained], clock: &WallClock) {
-        let to = To {
-            old: true,
-            new: false,
-        };
-        self.emit(&Record::RetainedBaseline { seq }, to);
+        self.emit(&Record::RetainedBaseline { seq }, To::OLD);
         for (message, source) in retained {
-            self.retained_to(seq, message, source.as_deref(), clock, to);
+            self.retained_to(seq, message, source.as_deref(), clock, To::OLD);
         }
     }
 

@@ -28,11 +28,8 @@ impl Journal {
         if targets.is_empty() {
             return;
         }
-        let to_both = To {
-            old: true,
-            new: self.compaction.fresh().is_some(),
-        };
-        self.write_forward(to, number, message, &targets, clock, to_both);
+        let files = self.everywhere();
+        self.write_forward(to, number, message, &targets, clock, files);
         if self.unsettled.len() <= to {
             self.unsettled.resize_with(to + 1, VecDeque::new);
         }
@@ -80,10 +77,7 @@ impl Journal {
 
     /// The highest number taken from each shard that changed this turn, into its records.
     pub(super) fn write_received(&mut self) {
-        let to = To {
-            old: true,
-            new: self.compaction.fresh().is_some(),
-        };
+        let to = self.everywhere();
         for from in 0..self.received.len() {
             let (number, changed) = self.received[from];
             if changed {
