@@ -137,6 +137,8 @@ pub struct Epoll {
     sockets: Slab<Socket>,
     /// Sockets to read this turn without waiting for an event.
     read_again: Vec<usize>,
+    /// Sockets already in this wait's reading order (kept between waits for its memory).
+    read_seen: hashbrown::HashSet<usize>,
     waker: Arc<mio::Waker>,
     /// Bytes queued over all sockets.
     queued_total: usize,
@@ -186,6 +188,7 @@ impl Epoll {
             listeners: mio_listeners,
             sockets: Slab::new(),
             read_again: Vec::new(),
+            read_seen: hashbrown::HashSet::new(),
             waker,
             next_generation: 0,
             closing: VecDeque::new(),
@@ -484,7 +487,8 @@ impl Backend for Epoll {
         // single-threaded broker would (a reconnect right after a PUBLISH and a close).
         let mut to_read = std::mem::take(&mut self.read_again);
         if to_read.len() > 1 {
-            let mut seen = hashbrown::HashSet::with_capacity(to_read.len());
+            let seen = &mut self.read_seen;
+            seen.clear();
             to_read.retain(|id| seen.insert(*id));
         }
         for id in to_read.drain(..) {
