@@ -27,9 +27,8 @@ pub(super) struct Transit {
     /// published as on disk.
     sent: Vec<u64>,
     published_sent: Vec<u64>,
-    /// Per sending shard: the number of the last message taken from it, and the last one
-    /// published as on disk.
-    taken: Vec<u64>,
+    /// Per sending shard: the number of the last message taken from it published as on
+    /// disk (the last taken is the journal's `received_from`).
     published_taken: Vec<u64>,
 }
 
@@ -41,7 +40,6 @@ impl<B: Backend> Shard<B> {
             self.transit = Some(Box::new(Transit {
                 sent: vec![0; shards],
                 published_sent: vec![0; shards],
-                taken: vec![0; shards],
                 published_taken: vec![0; shards],
             }));
         }
@@ -79,9 +77,6 @@ impl<B: Backend> Shard<B> {
 
     /// A message numbered `number` by shard `from` was taken here: journaled with the turn.
     pub(super) fn took_from(&mut self, from: usize, number: u64) {
-        if let Some(transit) = self.transit.as_deref_mut() {
-            transit.taken[from] = transit.taken[from].max(number);
-        }
         if let Some(journal) = self.journal.as_deref_mut() {
             journal.received(from, number);
         }
@@ -92,7 +87,9 @@ impl<B: Backend> Shard<B> {
     /// may forget it); and what this shard passed that the others have on disk is
     /// forgotten.
     pub(super) fn publish_transit(&mut self) {
-        let Some(transit) = self.transit.as_deref_mut() else {
+        let (Some(transit), Some(journal)) =
+            (self.transit.as_deref_mut(), self.journal.as_deref_mut())
+        else {
             return;
         };
         let shards = transit.sent.len();
@@ -103,14 +100,12 @@ impl<B: Backend> Shard<B> {
                     .store(transit.sent[other], Ordering::Release);
                 self.shared.mailboxes.wake(other);
             }
-            if transit.taken[other] > transit.published_taken[other] {
-                transit.published_taken[other] = transit.taken[other];
-                self.shared.durable_from[self.id * shards + other]
-                    .store(transit.taken[other], Ordering::Release);
+            let taken = journal.received_from(other);
+            if taken > transit.published_taken[other] {
+                transit.published_taken[other] = taken;
+                self.shared.durable_from[self.id * shards + other].store(taken, Ordering::Release);
             }
-        }
-        if let Some(journal) = self.journal.as_deref_mut() {
-            for other in (0..shards).filter(|&o| o != self.id) {
+            if other != self.id {
                 let settled =
                     self.shared.durable_from[other * shards + self.id].load(Ordering::Acquire);
                 journal.settled(other, settled);

@@ -75,6 +75,11 @@ impl Journal {
         }
     }
 
+    /// The highest number taken from shard `from`.
+    pub fn received_from(&self, from: usize) -> u64 {
+        self.received.get(from).map_or(0, |r| r.0)
+    }
+
     /// The highest number taken from each shard that changed this turn, into its records.
     pub(super) fn write_received(&mut self) {
         let to = self.everywhere();
