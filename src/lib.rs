@@ -1,6 +1,7 @@
 //! midge: a thread-per-core MQTT broker. See `DESIGN.md` in the shared folder for the shape.
 
 pub mod auth;
+pub mod bridge;
 pub mod client;
 pub mod codec;
 pub mod config;

@@ -171,12 +171,20 @@ impl Server {
                 .map(|&id| core_affinity::CoreId { id })
                 .collect(),
         };
+        // Each bridge runs on one shard: the one its stored local session is on, or in turn.
+        let mut bridges_of: Vec<Vec<usize>> = vec![Vec::new(); shards];
+        for (index, bridge) in config.bridges.iter().enumerate() {
+            let (_, local_id) = crate::bridge::client_ids(bridge);
+            let held = store.as_ref().and_then(|s| s.holder_of(&local_id));
+            bridges_of[held.unwrap_or(index % shards)].push(index);
+        }
         let mut threads = Vec::with_capacity(shards);
         for (id, (backend, receiver)) in backends.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
             let core = cores.get(id % cores.len().max(1)).copied();
             let part = store.as_mut().and_then(|s| s.take_shard(id));
             let restored = restored.clone();
+            let bridges = std::mem::take(&mut bridges_of[id]);
             // cpu_affinity: shards pinned to their cores unless turned off.
             let thread = std::thread::Builder::new()
                 .name(format!("midge-shard-{id}"))
@@ -190,6 +198,7 @@ impl Server {
                             shard.attach_journal(part.journal);
                             shard.restore(part.sessions, part.retained);
                         }
+                        shard.start_bridges(&bridges);
                         let _ = restored.send(());
                         shard.run()
                     };

@@ -1,6 +1,6 @@
 //! Bridges as `mosquitto.conf` describes them (`connection` and the options after it): an
 //! outgoing MQTT connection to another broker per bridge, with the topics it carries each
-//! way. Read and checked here; what runs them is issue 15's work.
+//! way. Read and checked here; `bridge/` runs them.
 
 use std::time::Duration;
 
@@ -63,8 +63,6 @@ pub enum StartType {
     Lazy,
     /// At start, never again.
     Once,
-    /// Only when asked (RSMB's; Mosquitto does not have it).
-    Manual,
 }
 
 /// `restart_timeout`: a constant delay, or backoff with jitter from `base` up to `cap`.

@@ -136,6 +136,14 @@ pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
 
 impl Store {
     /// Shard `shard`'s part (once).
+    /// The shard whose part holds the session of `client_id`, if any.
+    pub fn holder_of(&self, client_id: &str) -> Option<usize> {
+        self.shards.iter().position(|part| {
+            part.as_ref()
+                .is_some_and(|p| p.sessions.iter().any(|s| s.client_id == client_id))
+        })
+    }
+
     pub fn take_shard(&mut self, shard: usize) -> Option<ShardStore> {
         self.shards.get_mut(shard)?.take()
     }

@@ -170,6 +170,22 @@ impl Session {
         self.outgoing.continue_ids_after(id);
     }
 
+    /// A packet identifier for an exchange that is not a delivery (a bridge's SUBSCRIBE).
+    pub fn take_packet_id(&mut self) -> u16 {
+        self.outgoing.take_id()
+    }
+
+    /// Drops every message held for the client and every QoS 2 id awaiting PUBREL (a
+    /// bridge's clean local session when its connection ends). Only for a clean session:
+    /// nothing of it is recorded.
+    pub fn forget_messages(&mut self) {
+        debug_assert!(self.clean);
+        let last_id = self.outgoing.last_id();
+        self.outgoing = Outgoing::default();
+        self.outgoing.continue_ids_after(last_id);
+        self.incoming = IncomingQos2::default();
+    }
+
     pub fn incoming(&self) -> &IncomingQos2 {
         &self.incoming
     }

@@ -171,6 +171,17 @@ impl Outgoing {
         self.last_id
     }
 
+    /// A packet identifier for another exchange (a bridge's SUBSCRIBE): the next in the
+    /// sequence not in use by a message in flight [MQTT-2.2.1-4].
+    pub fn take_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_number();
+            if !self.inflight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
     /// A QoS 1/2 message enters the window; returns its packet identifier: non-zero
     /// [MQTT-2.2.1-3] and not in use by another unfinished exchange [MQTT-2.2.1-4].
     /// `numbered`: the one it was given when queued, kept if still free.

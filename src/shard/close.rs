@@ -153,6 +153,11 @@ impl<B: Backend> Shard<B> {
     /// The peer went away or failed.
     pub(super) fn connection_lost(&mut self, conn: ConnId, reason: CloseReason) {
         let Some(c) = self.conn(conn) else { return };
+        if c.link().is_some() {
+            // A bridge's connection: `link_closed` says what happened.
+            self.close_conn(conn, reason);
+            return;
+        }
         if self.config.connection_messages && c.session.is_some() {
             match reason {
                 CloseReason::PeerClosed => log::info!("Client {} closed its connection.", c.name()),
@@ -182,6 +187,10 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.take_conn(conn) else {
             return;
         };
+        if let Some(link) = c.link() {
+            self.link_closed(c, link, reason);
+            return;
+        }
         let session_id = c.session;
         self.close_socket(c);
         let Some(id) = session_id else { return };

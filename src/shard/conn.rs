@@ -68,6 +68,9 @@ pub struct ConnExtras {
     pub auth_reply: Option<bytes::Bytes>,
     /// The CONNECT set the bridge bit (a Mosquitto bridge with `try_private`).
     pub bridge: bool,
+    /// This shard's own bridge to another broker (`shard/bridges.rs`): the index of its
+    /// link. The connection is outgoing; the peer is the server.
+    pub link: Option<usize>,
 }
 
 impl Conn {
@@ -117,6 +120,11 @@ impl Conn {
     /// Whether the client said it is a bridge (`try_private`).
     pub fn is_bridge(&self) -> bool {
         self.extras.as_ref().is_some_and(|e| e.bridge)
+    }
+
+    /// The link of a bridge this broker runs, if this is its outgoing connection.
+    pub fn link(&self) -> Option<usize> {
+        self.extras.as_ref().and_then(|e| e.link)
     }
 
     pub fn extras(&mut self) -> &mut ConnExtras {

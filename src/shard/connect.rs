@@ -84,6 +84,17 @@ impl<B: Backend> Shard<B> {
             self.refuse(conn, &connect, ReasonCode::ClientIdentifierNotValid);
             return;
         }
+        // A bridge's local client id is the bridge's: a client taking it would take the
+        // bridge's session over.
+        if config
+            .bridges
+            .iter()
+            .any(|b| *crate::bridge::client_ids(b).1 == *client_id)
+        {
+            log::info!("Client {client_id} uses the client id of a bridge; refused.");
+            self.refuse(conn, &connect, ReasonCode::ClientIdentifierNotValid);
+            return;
+        }
         // clientid_prefixes: other client ids are not authorised (as Mosquitto).
         if config
             .clientid_prefixes

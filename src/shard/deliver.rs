@@ -77,6 +77,7 @@ impl<B: Backend> Shard<B> {
             .as_deref();
         let in_flight = session.outgoing().in_flight();
         let now = self.now;
+        let link = self.link_of_session(session_id);
         let mut packets = Vec::with_capacity(in_flight.len());
         for f in in_flight {
             if f.released {
@@ -88,6 +89,9 @@ impl<B: Backend> Shard<B> {
                     build_publish(&f.message, f.qos, f.retain, &f.identifiers, v5, strip, now);
                 publish.dup = true;
                 publish.packet_id = f.packet_id;
+                if let Some(i) = link {
+                    super::bridges::outgoing(&mut self.links[i], now, &mut publish);
+                }
                 packets.push((f.packet_id, Packet::Publish(publish)));
             }
         }
@@ -284,6 +288,10 @@ impl<B: Backend> Shard<B> {
 
     /// Whether the ACL (if any) lets this session's client read `topic`.
     fn may_read(&self, session_id: SessionId, topic: &str) -> bool {
+        // A bridge's local session is the broker's own: no ACL applies (as Mosquitto).
+        if self.link_of_session(session_id).is_some() {
+            return true;
+        }
         self.sessions.get(&session_id).is_some_and(|s| {
             let acl = self.config.security(s.listener).acl.as_ref();
             acl.is_none_or(|acl| {
@@ -302,12 +310,26 @@ impl<B: Backend> Shard<B> {
     ) {
         let inflight_max = self.config.inflight_max;
         let queued_max = self.config.queued_max;
+        let link = self.link_of_session(target.session);
+        // [MQTT-3.2.2-11] never above the Maximum QoS a bridge's remote broker gave.
+        let capped;
+        let target = match link.map(|i| self.links[i].remote_max_qos) {
+            Some(max) if target.qos > max => {
+                capped = Target {
+                    qos: max,
+                    ..target.clone()
+                };
+                &capped
+            }
+            _ => target,
+        };
         let Some(session) = self.sessions.get_mut(&target.session) else {
             return;
         };
         // acl_file: only what the client may read reaches it, whatever its filter matched
         // (a subscription to `#` leaks nothing), retained messages included.
-        if let Some(acl) = &self.config.security(session.listener).acl {
+        let acl = self.config.security(session.listener).acl.as_ref();
+        if let Some(acl) = acl.filter(|_| link.is_none()) {
             let (user, read) = (session.username.as_deref(), crate::auth::acl::Access::Read);
             if !acl.check_topic(user, &session.client_id, &message.topic, read) {
                 return;
@@ -343,6 +365,7 @@ impl<B: Backend> Shard<B> {
         numbered: Option<u16>,
     ) {
         let write_max = self.config.client_write_max;
+        let link = self.link_of_session(session_id);
         let over_memory_limit = self.over_memory_limit();
         let now = self.now;
         let stats = &self.shared.stats[self.id];
@@ -389,9 +412,10 @@ impl<B: Backend> Shard<B> {
         let own;
         let alias_max = usize::from(c.out_alias_max);
         let mut new_alias = None;
-        let encoded = if v5 && (alias_max > 0 || !target.identifiers.is_empty()) {
+        let encoded = if link.is_some() || (v5 && (alias_max > 0 || !target.identifiers.is_empty()))
+        {
             // Encoded for this subscriber alone: its subscription identifiers, or its
-            // topic aliases, are its own.
+            // topic aliases, or (a bridge) its remapped topic, are its own.
             let mut publish = build_publish(
                 message,
                 target.qos,
@@ -402,6 +426,9 @@ impl<B: Backend> Shard<B> {
                 now,
             );
             publish.packet_id = u16::from(target.qos != QoS::AtMostOnce);
+            if let Some(i) = link {
+                super::bridges::outgoing(&mut self.links[i], now, &mut publish);
+            }
             if alias_max > 0 {
                 // Topic aliases on the broker's sends (§3.3.2.3.4), up to the client's Topic
                 // Alias Maximum [MQTT-3.3.2-8]: a topic seen again goes as its alias alone.
@@ -420,7 +447,12 @@ impl<B: Backend> Shard<B> {
                 }
             }
             let topic = publish.topic.clone();
-            own = encode_with_id_offset(Packet::Publish(publish), ProtocolVersion::V5, &topic);
+            let version = if v5 {
+                ProtocolVersion::V5
+            } else {
+                ProtocolVersion::V311
+            };
+            own = encode_with_id_offset(Packet::Publish(publish), version, &topic);
             own.as_ref().map(|(bytes, id_at)| (&bytes[..], *id_at))
         } else {
             variants.get(key, message, now)

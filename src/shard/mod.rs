@@ -5,6 +5,7 @@
 //! retained store for retained messages).
 
 mod auth;
+mod bridges;
 pub mod clock;
 mod close;
 pub mod conn;
@@ -129,6 +130,8 @@ pub struct Shard<B: Backend> {
     /// `persistence_sync always` over several shards: acknowledgements waiting for other
     /// shards' disks (`journaling.rs`).
     transit: Option<Box<transit::Transit>>,
+    /// The bridges this shard runs (`bridges.rs`); usually none.
+    links: Vec<crate::bridge::Link>,
     /// A message taken from the mailbox that waits (`parking.rs`), and the turn count.
     parked: Option<parking::Parked>,
     turns: u64,
@@ -186,6 +189,7 @@ impl<B: Backend> Shard<B> {
             now,
             journal: None,
             transit: None,
+            links: Vec::new(),
             parked: None,
             turns: 0,
             closing: false,
@@ -370,7 +374,13 @@ impl<B: Backend> Shard<B> {
                 }
                 self.process_input(conn);
             }
+            Event::Connected { conn } => {
+                self.on_connected(conn);
+            }
             Event::Closed { conn, error } => {
+                if !self.links.is_empty() && self.on_probe_closed(conn) {
+                    return;
+                }
                 let reason = match error {
                     None => close::CloseReason::PeerClosed,
                     Some(_) => close::CloseReason::SocketError,
@@ -406,7 +416,10 @@ impl<B: Backend> Shard<B> {
         let taken = slot.take();
         if let Some(c) = &taken {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-            self.shared.listener_connections[c.listener].fetch_sub(1, Ordering::AcqRel);
+            // A bridge's own connection came in on no listener.
+            if c.link().is_none() {
+                self.shared.listener_connections[c.listener].fetch_sub(1, Ordering::AcqRel);
+            }
         }
         taken
     }
@@ -452,6 +465,10 @@ impl<B: Backend> Shard<B> {
 
     fn on_packet(&mut self, conn: ConnId, packet: Packet) {
         let Some(c) = self.conn(conn) else { return };
+        if let Some(link) = c.link() {
+            self.on_link_packet(conn, link, packet);
+            return;
+        }
         let Some(session) = c.session else {
             // The decoder lets nothing but CONNECT through first [MQTT-3.1.0-1]; then, until
             // CONNACK, only the AUTH of an authentication exchange (§4.12).

@@ -43,9 +43,14 @@ impl<B: Backend> Shard<B> {
             self.disconnect_with(conn, ReasonCode::ProtocolError, &e.to_string());
             return;
         }
+        // A bridge's: the topic its `in` lines give it here.
+        let (listener, link) = self.conn(conn).map_or((0, None), |c| (c.listener, c.link()));
+        if let Some(topic) = link.and_then(|i| self.bridge_incoming_topic(i, &publish.topic)) {
+            publish.topic = topic;
+        }
         // mount_point: the listener's clients publish inside their part of the topic space.
-        let listener = self.conn(conn).map_or(0, |c| c.listener);
-        if let Some(mount) = &self.config.listener(listener).mount_point {
+        let mount = self.config.listener(listener).mount_point.as_ref();
+        if let Some(mount) = mount.filter(|_| link.is_none()) {
             let Some(topic) = mounted_topic(mount, &publish.topic) else {
                 log::info!(
                     "Client {name} sent a topic too long for its mount point, disconnecting."
@@ -289,6 +294,10 @@ impl<B: Backend> Shard<B> {
     /// bridge's `$SYS/broker/connection/+/state`) nor to a `$share/...` topic, as in
     /// Mosquitto (a client cannot forge the broker's statistics); then the ACL, if any.
     fn write_allowed(&self, session_id: SessionId, topic: &str) -> bool {
+        // A bridge's local session is the broker's own, as in Mosquitto: no ACL applies.
+        if self.link_of_session(session_id).is_some() {
+            return true;
+        }
         if topic.starts_with("$SYS") {
             if !crate::topic::matches("$SYS/broker/connection/+/state", topic) {
                 return false;

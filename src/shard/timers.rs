@@ -47,6 +47,10 @@ impl<B: Backend> Shard<B> {
         let connect_timeout = Duration::from_secs(self.config.connect_timeout_s);
         let mut expired = Vec::new();
         for c in self.conns.iter().flatten() {
+            if c.link().is_some() {
+                // A bridge keeps its own deadlines (`bridges.rs`).
+                continue;
+            }
             if c.session.is_none() && c.waiting_handoff.is_none() {
                 if now.duration_since(c.accepted_at) > connect_timeout {
                     expired.push((c.id, false));
@@ -65,6 +69,9 @@ impl<B: Backend> Shard<B> {
             } else {
                 self.connection_lost(conn, close::CloseReason::ConnectTimeout);
             }
+        }
+        if !self.links.is_empty() {
+            self.check_bridges();
         }
         #[cfg(debug_assertions)]
         self.check_invariants();

@@ -2,7 +2,7 @@
 //! codec; plaintext from the codec in, records out to the backend. No I/O of its own.
 
 use bytes::BytesMut;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 use std::io::{Read, Write};
 use std::sync::Arc;
 
@@ -11,7 +11,8 @@ use std::sync::Arc;
 const BUFFER_LIMIT: usize = 64 * 1024;
 
 pub struct TlsLink {
-    session: ServerConnection,
+    /// The server side for a TLS listener's clients, the client side for a bridge.
+    session: Connection,
     /// Records received while the shard had no handshake time left this turn, in order;
     /// opened first on the next turn (see `shard/tls.rs`). At most one turn's read.
     pub held: BytesMut,
@@ -26,12 +27,24 @@ pub struct Opened {
 
 impl TlsLink {
     pub fn new(config: Arc<ServerConfig>) -> Result<TlsLink, rustls::Error> {
-        let mut session = ServerConnection::new(config)?;
+        Ok(Self::with(ServerConnection::new(config)?.into()))
+    }
+
+    /// The client side of a connection to `server` (a bridge's): the ClientHello waits in
+    /// it, sealed out with the first bytes sent.
+    pub fn client(
+        config: Arc<ClientConfig>,
+        server: rustls::pki_types::ServerName<'static>,
+    ) -> Result<TlsLink, rustls::Error> {
+        Ok(Self::with(ClientConnection::new(config, server)?.into()))
+    }
+
+    fn with(mut session: Connection) -> TlsLink {
         session.set_buffer_limit(Some(BUFFER_LIMIT));
-        Ok(TlsLink {
+        TlsLink {
             session,
             held: BytesMut::new(),
-        })
+        }
     }
 
     pub fn is_handshaking(&self) -> bool {

@@ -75,10 +75,15 @@ pub(super) fn option(config: &mut Config, line: &Line) -> Result<(), ConfigError
                 "automatic" => StartType::Automatic,
                 "lazy" => StartType::Lazy,
                 "once" => StartType::Once,
-                "manual" => StartType::Manual,
+                // RSMB's: started by a command, which Mosquitto (and midge) does not have.
+                "manual" => {
+                    return Err(line.err(
+                        "start_type manual is not supported (as in Mosquitto): a manual bridge would wait for a start command that does not exist; use automatic, lazy or once",
+                    ))
+                }
                 other => {
                     return Err(line.err(format!(
-                        "start_type: {other:?} is not automatic, lazy, once or manual"
+                        "start_type: {other:?} is not automatic, lazy or once"
                     )))
                 }
             }
@@ -174,15 +179,16 @@ pub(super) fn is_bridge_option(option: &str) -> bool {
 pub(super) fn check(config: &Config, file: &std::path::Path) -> Result<(), ConfigError> {
     for bridge in &config.bridges {
         let missing = if bridge.addresses.is_empty() {
-            Some("no address")
+            Some("no address".to_string())
         } else if bridge.topics.is_empty() {
-            Some("no topic")
+            Some("no topic".to_string())
         } else if bridge.remote_password.is_some() && bridge.remote_username.is_none() {
-            Some("a remote_password without a remote_username")
+            Some("a remote_password without a remote_username".to_string())
         } else if bridge.tls.certfile.is_some() != bridge.tls.keyfile.is_some() {
-            Some("bridge_certfile and bridge_keyfile must be given together")
+            Some("bridge_certfile and bridge_keyfile must be given together".to_string())
         } else {
-            None
+            // Certificates and keys are read now: a bad file stops the start.
+            crate::bridge::tls_config(bridge).err()
         };
         if let Some(what) = missing {
             return Err(ConfigError {
@@ -416,7 +422,12 @@ mod tests {
             (
                 "connection edge\nstart_type sometimes\n",
                 2,
-                "automatic, lazy, once or manual",
+                "automatic, lazy or once",
+            ),
+            (
+                "connection edge\nstart_type manual\n",
+                2,
+                "start_type manual is not supported",
             ),
             (
                 "connection edge\nbridge_protocol_version mqttv4\n",

@@ -529,14 +529,6 @@ impl Reader {
     fn finish(mut self, path: &Path) -> Result<Config, ConfigError> {
         let mut config = self.config;
         bridge::check(&config, path)?;
-        for b in &config.bridges {
-            log::warn!(
-                "Warning: {}:{}: bridge {:?} is read and checked, but midge does not run bridges yet: it is not started.",
-                path.display(),
-                b.line,
-                b.name
-            );
-        }
         if self.default_listener {
             config.listeners.insert(0, self.top.clone());
         }

@@ -8,6 +8,7 @@ use mio::{event::Source, Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,6 +124,9 @@ struct Socket {
     write_shut: bool,
     /// Closing: bytes read and thrown away so far.
     discarded: u32,
+    /// An outgoing connection not yet established: nothing is read or written until it
+    /// is (its first writable event says how it went).
+    connecting: bool,
 }
 
 pub struct Epoll {
@@ -226,6 +230,7 @@ impl Epoll {
                         closing: false,
                         write_shut: false,
                         discarded: 0,
+                        connecting: false,
                     });
                     self.read_again.push(id);
                     out.push(Event::Accepted {
@@ -391,6 +396,22 @@ impl Epoll {
     }
 }
 
+/// How an outgoing connect went, once its socket reports an event: `Ok(true)` connected,
+/// `Ok(false)` still under way.
+fn connect_outcome(stream: &Stream) -> io::Result<bool> {
+    let Stream::Tcp(stream) = stream else {
+        return Ok(true);
+    };
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes what the socket takes now; `Ok(n)` with `n` short of the whole when it is full.
 fn write_now(stream: &mut Stream, data: &[u8]) -> io::Result<usize> {
     let mut written = 0;
@@ -446,6 +467,20 @@ impl Backend for Epoll {
             let Some(socket) = self.sockets.get_mut(token.0) else {
                 continue;
             };
+            if socket.connecting {
+                let conn = ConnId::new(token.0, socket.generation);
+                match connect_outcome(&socket.stream) {
+                    Ok(false) => continue,
+                    Ok(true) => {
+                        socket.connecting = false;
+                        out.push(Event::Connected { conn });
+                    }
+                    Err(e) => {
+                        failed.push((conn, e));
+                        continue;
+                    }
+                }
+            }
             if event.is_read_closed() || event.is_error() {
                 socket.read_closed = true;
             }
@@ -517,7 +552,7 @@ impl Backend for Epoll {
             return;
         }
         let mut data = data;
-        if socket.queue.is_empty() {
+        if socket.queue.is_empty() && !socket.connecting {
             // Written at once where the socket takes it: only what it does not take is
             // queued, so a connection whose writes keep up never allocates a queue.
             match write_now(&mut socket.stream, &data) {
@@ -564,6 +599,30 @@ impl Backend for Epoll {
         }
     }
 
+    fn connect(&mut self, to: SocketAddr, bind: Option<SocketAddr>) -> io::Result<ConnId> {
+        let socket = super::start_connect(to, bind)?;
+        let mut stream = Stream::Tcp(TcpStream::from_std(socket.into()));
+        let entry = self.sockets.vacant_entry();
+        let id = entry.key();
+        register(self.poll.registry(), stream.source(), Token(id))?;
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1);
+        entry.insert(Socket {
+            stream,
+            generation,
+            queue: VecDeque::new(),
+            queued: 0,
+            readable: false,
+            read_closed: false,
+            paused: false,
+            closing: false,
+            write_shut: false,
+            discarded: 0,
+            connecting: true,
+        });
+        Ok(ConnId::new(id, generation))
+    }
+
     fn close(&mut self, conn: ConnId) {
         let Some(socket) = self
             .sockets
@@ -573,6 +632,11 @@ impl Backend for Epoll {
             return;
         };
         if socket.closing {
+            return;
+        }
+        if socket.connecting {
+            // Nothing was sent on it: there is nothing to linger for.
+            self.remove(conn.slot());
             return;
         }
         socket.closing = true;

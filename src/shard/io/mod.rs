@@ -22,6 +22,9 @@
 //!   the last packet (a DISCONNECT with its reason) instead of a reset.
 //! - Connection ids carry a generation: an id stays invalid once its connection is closed,
 //!   even after its slot is reused, and calls naming it do nothing.
+//! - `connect` starts an outgoing TCP connection (a bridge) without blocking: it returns
+//!   the connection's id at once, and a later `wait` reports `Connected` once the peer
+//!   accepted it, or `Closed` with the error if it failed. `send` before then queues.
 //! - A `Waker` lets another thread end a `wait` early.
 
 pub mod epoll;
@@ -163,6 +166,10 @@ pub enum Event {
         conn: ConnId,
         data: BytesMut,
     },
+    /// An outgoing connection (`Backend::connect`) is established.
+    Connected {
+        conn: ConnId,
+    },
     /// The peer closed the connection (`error` is `None`) or it failed. The id is free.
     Closed {
         conn: ConnId,
@@ -179,6 +186,26 @@ pub trait Backend {
     fn pause_reading(&mut self, conn: ConnId);
     fn resume_reading(&mut self, conn: ConnId);
     fn close(&mut self, conn: ConnId);
+    /// Starts connecting to `to` (from `bind`, if given); see the contract above.
+    fn connect(&mut self, to: SocketAddr, bind: Option<SocketAddr>) -> io::Result<ConnId>;
+}
+
+/// A non-blocking TCP socket with a connect to `to` under way (or done).
+fn start_connect(to: SocketAddr, bind: Option<SocketAddr>) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    // (socket2 opens it close-on-exec.)
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    let _ = socket.set_tcp_nodelay(true);
+    if let Some(bind) = bind {
+        socket.bind(&bind.into())?;
+    }
+    match socket.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket)
 }
 
 /// Ends a backend's `wait` from another thread.
@@ -242,5 +269,8 @@ impl Backend for Io {
     }
     fn close(&mut self, conn: ConnId) {
         each_backend!(self, b => b.close(conn))
+    }
+    fn connect(&mut self, to: SocketAddr, bind: Option<SocketAddr>) -> io::Result<ConnId> {
+        each_backend!(self, b => b.connect(to, bind))
     }
 }

@@ -192,4 +192,12 @@ impl Backend for SimBackend {
             c.closed_by_shard = true;
         }
     }
+
+    /// The simulation has no outgoing connections (no bridges) yet.
+    fn connect(&mut self, _to: SocketAddr, _bind: Option<SocketAddr>) -> io::Result<ConnId> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the simulated network has no outgoing connections",
+        ))
+    }
 }

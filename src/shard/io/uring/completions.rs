@@ -25,6 +25,7 @@ impl Uring {
             x if x == Op::Accept as u8 => self.on_accept(slot, result, flags, out),
             x if x == Op::Receive as u8 => self.on_receive(slot, generation, result, flags, out),
             x if x == Op::Send as u8 => self.on_send(slot, generation, result, out),
+            x if x == Op::Connect as u8 => self.on_connect(slot, generation, result, out),
             _ => {}
         }
     }
@@ -76,6 +77,7 @@ impl Uring {
             write_shut: false,
             discarded: 0,
             dead: false,
+            connecting: None,
         });
         out.push(Event::Accepted {
             conn: ConnId::new(slot, generation),
@@ -171,6 +173,31 @@ impl Uring {
             self.remove(slot);
         }
         self.free_if_done(slot);
+    }
+
+    fn on_connect(&mut self, slot: usize, generation: u32, result: i32, out: &mut Vec<Event>) {
+        let Some(socket) = self
+            .sockets
+            .get_mut(slot)
+            .filter(|s| s.generation == generation)
+        else {
+            return;
+        };
+        socket.connecting = None;
+        if socket.dead {
+            self.free_if_done(slot);
+            return;
+        }
+        let conn = ConnId::new(slot, generation);
+        if result < 0 {
+            let error = Some(io::Error::from_raw_os_error(-result));
+            out.push(Event::Closed { conn, error });
+            self.remove(slot);
+            return;
+        }
+        out.push(Event::Connected { conn });
+        self.arm_receive(slot);
+        self.start_send(slot);
     }
 
     fn on_send(&mut self, slot: usize, generation: u32, result: i32, out: &mut Vec<Event>) {

@@ -22,7 +22,7 @@ use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +57,7 @@ enum Op {
     Send = 3,
     Wake = 4,
     Cancel = 5,
+    Connect = 6,
 }
 
 fn tag(op: Op, slot: usize, generation: u32) -> u64 {
@@ -93,6 +94,9 @@ struct Socket {
     discarded: u32,
     /// Gone for the shard; kept only until its operations complete.
     dead: bool,
+    /// An outgoing connect in flight, and the address it points the kernel at (kept
+    /// until it completes). Sends wait in the queue until it has.
+    connecting: Option<Box<socket2::SockAddr>>,
 }
 
 pub struct Uring {
@@ -124,8 +128,9 @@ pub struct Uring {
     unsubmitted: Vec<squeue::Entry>,
 }
 
-// SAFETY: the raw pointers inside (`iovec`s of in-flight sends, the buffer ring) point into
-// memory this value owns (queued `Bytes`, the buffer ring's allocations); nothing else
+// SAFETY: the raw pointers inside (`iovec`s of in-flight sends, the buffer ring, the
+// address of a connect) point into memory this value owns (queued `Bytes`, the buffer
+// ring's allocations, the boxed address); nothing else
 // holds them, so moving the whole backend to the shard's thread moves their owner with them.
 unsafe impl Send for Uring {}
 
@@ -223,7 +228,8 @@ impl Uring {
     fn try_push(&mut self, entry: &squeue::Entry) -> bool {
         // SAFETY: every entry built here points only at memory that outlives the operation:
         // the eventfd buffer (boxed, owned), a socket's queued `Bytes` and `iov` (kept until
-        // the send completes, see `Socket::dead`), or nothing.
+        // the send completes, see `Socket::dead`), a connect's boxed address (kept until it
+        // completes, `Socket::connecting`), or nothing.
         if unsafe { self.ring.submission().push(entry) }.is_ok() {
             return true;
         }
@@ -301,7 +307,8 @@ impl Uring {
         let Some(socket) = self.sockets.get_mut(slot) else {
             return;
         };
-        if socket.sending || socket.dead || socket.queue.is_empty() {
+        if socket.sending || socket.dead || socket.queue.is_empty() || socket.connecting.is_some()
+        {
             return;
         }
         let fd = types::Fd(socket.stream.as_raw_fd());
@@ -338,7 +345,7 @@ impl Uring {
         self.queued_total -= socket.queued;
         socket.queued = 0;
         socket.held = None;
-        if socket.receiving || socket.sending {
+        if socket.receiving || socket.sending || socket.connecting.is_some() {
             let fd = types::Fd(socket.stream.as_raw_fd());
             let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
                 .build()
@@ -354,7 +361,7 @@ impl Uring {
         if self
             .sockets
             .get(slot)
-            .is_some_and(|s| s.dead && !s.receiving && !s.sending)
+            .is_some_and(|s| s.dead && !s.receiving && !s.sending && s.connecting.is_none())
         {
             self.sockets.remove(slot);
         }
@@ -531,11 +538,53 @@ impl Backend for Uring {
         self.rearm.push(conn.slot());
     }
 
+    fn connect(&mut self, to: SocketAddr, bind: Option<SocketAddr>) -> io::Result<ConnId> {
+        use socket2::{Domain, Protocol, SockAddr, Type};
+        if self.sockets.vacant_key() >= SLOTS_MAX {
+            return Err(io::Error::other("shard connection table full"));
+        }
+        // Blocking, as the ring expects of its sockets (it waits itself).
+        let stream =
+            socket2::Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+        let _ = stream.set_tcp_nodelay(true);
+        if let Some(bind) = bind {
+            stream.bind(&bind.into())?;
+        }
+        let address = Box::new(SockAddr::from(to));
+        let fd = types::Fd(stream.as_raw_fd());
+        let entry = opcode::Connect::new(fd, address.as_ptr().cast(), address.len()).build();
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1);
+        let slot = self.sockets.insert(Socket {
+            stream,
+            generation,
+            queue: VecDeque::new(),
+            queued: 0,
+            sending: false,
+            iov: Box::default(),
+            receiving: false,
+            paused: false,
+            held: None,
+            closing: false,
+            write_shut: false,
+            discarded: 0,
+            dead: false,
+            connecting: Some(address),
+        });
+        self.push(entry.user_data(tag(Op::Connect, slot, generation)));
+        Ok(ConnId::new(slot, generation))
+    }
+
     fn close(&mut self, conn: ConnId) {
         let Some(socket) = self.socket_mut(conn) else {
             return;
         };
         if socket.closing {
+            return;
+        }
+        if socket.connecting.is_some() {
+            // Nothing was sent on it: there is nothing to linger for.
+            self.remove(conn.slot());
             return;
         }
         socket.closing = true;
