@@ -52,6 +52,21 @@ impl<B: Backend> Shard<B> {
             // As Mosquitto: "0" (retained) on the notification topic until it is up.
             self.notify_locally(self.links.len() - 1, false);
         }
+        // The first attempts start now, before any client is served (as Mosquitto's).
+        if !self.links.is_empty() {
+            self.check_bridges();
+        }
+    }
+
+    /// Whether a bridge with a clean local session drops what comes for it now: while it
+    /// has no connection at all (Mosquitto queues for it only once a connection is being
+    /// made).
+    pub(super) fn bridge_drops(&self, i: usize) -> bool {
+        let link = &self.links[i];
+        matches!(link.state, State::Down { .. } | State::Resolving { .. })
+            && (link.session)
+                .and_then(|id| self.sessions.get(&id))
+                .is_some_and(|s| s.clean)
     }
 
     /// The bridge's local session: the one restored from disk (its queue kept, when the
@@ -428,11 +443,15 @@ impl<B: Backend> Shard<B> {
                 );
                 self.close_conn(conn, CloseReason::PeerClosed);
             }
+            // Not the server's to send, but harmless, and Mosquitto's bridges answer it.
+            Packet::PingReq => {
+                log::debug!("Received PINGREQ from {name}");
+                self.send_packet(conn, &Packet::PingResp);
+            }
             Packet::Connect(_)
             | Packet::ConnAck(_)
             | Packet::Subscribe(_)
             | Packet::Unsubscribe(_)
-            | Packet::PingReq
             | Packet::Auth(_) => self.protocol_violation(conn, "a packet a broker does not send"),
         }
     }
@@ -527,8 +546,10 @@ impl<B: Backend> Shard<B> {
             );
             self.send_packet(conn, &packet);
         }
-        self.owe_bridge_retained(i, session_id);
+        // What was in flight goes again first (with DUP), then what waited, then the
+        // retained messages (owed: they follow as the window allows).
         self.resume_outgoing(session_id);
+        self.owe_bridge_retained(i, session_id);
     }
 
     /// The remote learns the bridge is up: "1", retained, on the notification topic (not

@@ -311,6 +311,9 @@ impl<B: Backend> Shard<B> {
         let inflight_max = self.config.inflight_max;
         let queued_max = self.config.queued_max;
         let link = self.link_of_session(target.session);
+        if link.is_some_and(|i| self.bridge_drops(i)) {
+            return;
+        }
         // [MQTT-3.2.2-11] never above the Maximum QoS a bridge's remote broker gave.
         let capped;
         let target = match link.map(|i| self.links[i].remote_max_qos) {
