@@ -101,7 +101,8 @@ impl Link {
             RestartTimeout::Backoff { base, .. } => base,
         };
         let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        let seed = clock.map_or(0, |d| d.as_nanos() as u64) ^ (index as u64).wrapping_mul(0x9E37_79B9);
+        let seed =
+            clock.map_or(0, |d| d.as_nanos() as u64) ^ (index as u64).wrapping_mul(0x9E37_79B9);
         Link {
             index,
             remote_client_id,
@@ -288,9 +289,7 @@ pub enum RemoteRequest {
 }
 
 /// The rustls configuration of a bridge with TLS (`bridge_cafile`/`bridge_capath` given).
-pub fn tls_config(
-    bridge: &Bridge,
-) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+pub fn tls_config(bridge: &Bridge) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
     if !bridge.tls.enabled() {
         return Ok(None);
     }

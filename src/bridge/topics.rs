@@ -65,16 +65,30 @@ mod tests {
     fn outgoing_topics_are_remapped_as_mosquitto_does() {
         let topics = [
             topic("#", Direction::Out, "local/topic/", "remote/topic/"),
-            topic("prefix/#", Direction::Out, "local2/topic/", "remote2/topic/"),
+            topic(
+                "prefix/#",
+                Direction::Out,
+                "local2/topic/",
+                "remote2/topic/",
+            ),
             topic("+/value", Direction::Out, "local3/topic/", "remote3/topic/"),
             topic("ic/+", Direction::Out, "local4/top", "remote4/tip"),
         ];
         let cases = [
             ("local/topic/something", Some("remote/topic/something")),
-            ("local/topic/some/t/h/i/n/g", Some("remote/topic/some/t/h/i/n/g")),
+            (
+                "local/topic/some/t/h/i/n/g",
+                Some("remote/topic/some/t/h/i/n/g"),
+            ),
             ("local2/topic/something", None),
-            ("local2/topic/prefix/something", Some("remote2/topic/prefix/something")),
-            ("local3/topic/something/value", Some("remote3/topic/something/value")),
+            (
+                "local2/topic/prefix/something",
+                Some("remote2/topic/prefix/something"),
+            ),
+            (
+                "local3/topic/something/value",
+                Some("remote3/topic/something/value"),
+            ),
             ("local4/topic/something", Some("remote4/tipic/something")),
             ("local5/topic/something", None),
         ];
@@ -91,18 +105,30 @@ mod tests {
             topic("b/#", Direction::Out, "x/", "y/"),
         ];
         assert_eq!(local_topic(&topics, "remote/t").as_deref(), Some("t"));
-        assert_eq!(local_topic(&topics, "central/a/1").as_deref(), Some("site1/a/1"));
+        assert_eq!(
+            local_topic(&topics, "central/a/1").as_deref(),
+            Some("site1/a/1")
+        );
         // An `out` line does not remap what comes in, nor an `in` line what goes out.
         assert_eq!(local_topic(&topics, "y/b/1"), None);
         assert_eq!(remote_topic(&topics, "t"), None);
-        assert_eq!(remote_topic(&topics, "site1/a/1").as_deref(), Some("central/a/1"));
+        assert_eq!(
+            remote_topic(&topics, "site1/a/1").as_deref(),
+            Some("central/a/1")
+        );
     }
 
     #[test]
     fn an_empty_pattern_maps_one_topic_to_another() {
         let topics = [topic("", Direction::Both, "here/topic", "there/topic")];
-        assert_eq!(remote_topic(&topics, "here/topic").as_deref(), Some("there/topic"));
-        assert_eq!(local_topic(&topics, "there/topic").as_deref(), Some("here/topic"));
+        assert_eq!(
+            remote_topic(&topics, "here/topic").as_deref(),
+            Some("there/topic")
+        );
+        assert_eq!(
+            local_topic(&topics, "there/topic").as_deref(),
+            Some("here/topic")
+        );
         assert_eq!(remote_topic(&topics, "here/topic/x"), None);
     }
 }

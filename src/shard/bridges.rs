@@ -18,8 +18,7 @@ use super::subscribe::TrieOp;
 use super::{Claim, Shard};
 use crate::bridge::{Link, RemoteRequest, State};
 use crate::codec::{
-    ConnAck, Decoder, Packet, ProtocolVersion, Publish, QoS, ReasonCode, SubscriptionOptions,
-    Will,
+    ConnAck, Decoder, Packet, ProtocolVersion, Publish, QoS, ReasonCode, SubscriptionOptions, Will,
 };
 use crate::config::bridge::{Direction, StartType};
 use crate::topic::{SessionId, Subscription};
@@ -639,7 +638,9 @@ impl<B: Backend> Shard<B> {
         let name = link.local_client_id.clone();
         if reason != CloseReason::Shutdown && reason != CloseReason::Refused {
             match (was_up, reason) {
-                (true, CloseReason::PeerClosed) => log::info!("Client {name} closed its connection."),
+                (true, CloseReason::PeerClosed) => {
+                    log::info!("Client {name} closed its connection.")
+                }
                 (true, CloseReason::SocketError) => {
                     log::info!("Socket error on client {name}, disconnecting.")
                 }
@@ -679,7 +680,11 @@ impl<B: Backend> Shard<B> {
     }
 
     /// The local topic of a message a bridge received (remapped by its `in` topics).
-    pub(super) fn bridge_incoming_topic(&self, i: usize, topic: &crate::codec::MqttStr) -> Option<crate::codec::MqttStr> {
+    pub(super) fn bridge_incoming_topic(
+        &self,
+        i: usize,
+        topic: &crate::codec::MqttStr,
+    ) -> Option<crate::codec::MqttStr> {
         let remapped = crate::bridge::topics::local_topic(&self.links[i].config.topics, topic)?;
         crate::codec::MqttStr::new(&remapped).ok()
     }
@@ -703,7 +708,9 @@ fn literal_address(host: &str, port: u16) -> Option<SocketAddr> {
     if host == "localhost" {
         return Some(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port))
+    host.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port))
 }
 
 /// `bridge_bind_address`: the local address to connect from (any port).

@@ -44,7 +44,9 @@ impl<B: Backend> Shard<B> {
             return;
         }
         // A bridge's: the topic its `in` lines give it here.
-        let (listener, link) = self.conn(conn).map_or((0, None), |c| (c.listener, c.link()));
+        let (listener, link) = self
+            .conn(conn)
+            .map_or((0, None), |c| (c.listener, c.link()));
         if let Some(topic) = link.and_then(|i| self.bridge_incoming_topic(i, &publish.topic)) {
             publish.topic = topic;
         }

@@ -2,6 +2,7 @@
 //! over real sockets, with raw packets where the wire matters.
 #![allow(dead_code)]
 
+pub mod bridge;
 mod mosquitto;
 mod paho;
 pub mod persist;
@@ -564,9 +565,27 @@ pub fn program(name: &str) -> String {
 }
 
 /// A free port below Linux's ephemeral range, so no broker started with `-p 0` takes it.
+/// Each call starts its search further on, so that tests running at once in one process
+/// do not pick the same port before either binds it.
 pub fn quiet_port() -> u16 {
-    (0..1000u16)
-        .map(|i| 30_000 + (std::process::id() as u16 % 2_000 + i) % 2_700)
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("a free port")
+    quiet_ports(1)[0]
+}
+
+/// `n` different free ports below Linux's ephemeral range (see `quiet_port`).
+pub fn quiet_ports(n: usize) -> Vec<u16> {
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = (std::process::id() as u16 % 2_000).wrapping_add(call.wrapping_mul(37));
+    let mut held = Vec::new();
+    for i in 0..2_700u16 {
+        let port = 30_000 + start.wrapping_add(i) % 2_700;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push((port, listener));
+            if held.len() == n {
+                break;
+            }
+        }
+    }
+    assert_eq!(held.len(), n, "free ports");
+    held.into_iter().map(|(port, _)| port).collect()
 }

@@ -10,7 +10,11 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(name: &str, config: &str) -> Mosquitto {
-        let port = quiet_port();
+        Mosquitto::start_on(name, config, quiet_port())
+    }
+
+    /// As `start`, on `port` (a restart on the port it had).
+    pub fn start_on(name: &str, config: &str, port: u16) -> Mosquitto {
         let conf = config_file(name, &format!("listener {port} 127.0.0.1\n{config}"));
         let child = Command::new(program("mosquitto"))
             .args(["-c", &conf])

@@ -307,8 +307,7 @@ impl Uring {
         let Some(socket) = self.sockets.get_mut(slot) else {
             return;
         };
-        if socket.sending || socket.dead || socket.queue.is_empty() || socket.connecting.is_some()
-        {
+        if socket.sending || socket.dead || socket.queue.is_empty() || socket.connecting.is_some() {
             return;
         }
         let fd = types::Fd(socket.stream.as_raw_fd());
