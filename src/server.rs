@@ -178,6 +178,9 @@ impl Server {
             let held = store.as_ref().and_then(|s| s.holder_of(&local_id));
             bridges_of[held.unwrap_or(index % shards)].push(index);
         }
+        // No shard serves a client before every shard has its sessions and bridges (whose
+        // subscriptions a first PUBLISH must find).
+        let ready = Arc::new(std::sync::Barrier::new(shards));
         let mut threads = Vec::with_capacity(shards);
         for (id, (backend, receiver)) in backends.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
@@ -185,6 +188,7 @@ impl Server {
             let part = store.as_mut().and_then(|s| s.take_shard(id));
             let restored = restored.clone();
             let bridges = std::mem::take(&mut bridges_of[id]);
+            let ready = ready.clone();
             // cpu_affinity: shards pinned to their cores unless turned off.
             let thread = std::thread::Builder::new()
                 .name(format!("midge-shard-{id}"))
@@ -200,6 +204,7 @@ impl Server {
                         }
                         shard.start_bridges(&bridges);
                         let _ = restored.send(());
+                        ready.wait();
                         shard.run()
                     };
                     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))

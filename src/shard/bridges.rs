@@ -51,8 +51,10 @@ impl<B: Backend> Shard<B> {
             // As Mosquitto: "0" (retained) on the notification topic until it is up.
             self.notify_locally(self.links.len() - 1, false);
         }
-        // The first attempts start now, before any client is served (as Mosquitto's).
+        // The subscriptions are live, and the first attempts start, before any client is
+        // served (as Mosquitto's).
         if !self.links.is_empty() {
+            self.apply_trie_ops();
             self.check_bridges();
         }
     }
