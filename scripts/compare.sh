@@ -2,7 +2,7 @@
 # midge against Debian's mosquitto: the same loadgen scenarios against each, in one run, on
 # free loopback ports; prints both figures and their ratio, and keeps the raw JSON.
 #
-#   scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC]
+#   scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge]
 #
 # --pair names the two brokers compared (default: midge mosquitto); each is one of midge
 # (its default backend), midge-uring, midge-epoll (same build, backend forced), midge-batch
@@ -22,14 +22,19 @@
 # directory; the scenarios are p2p QoS 1 with persistent sessions (loadgen --persistent),
 # at a fixed rate and as a ceiling search. --persist off runs the same scenarios with
 # persistence off on both sides (the baseline).
+# With --bridge each broker is an edge bridged (`topic # out 1`, clean session) to one
+# Debian mosquitto started for the run on core 0: loadgen publishes to the edge and
+# subscribes on the remote (`--sub-port`), so the figures are throughput through a bridge,
+# midge -> mosquitto against mosquitto -> mosquitto; scenarios p2p QoS 0 and 1, fixed rate
+# and ceiling. The edge's CPU is what --broker-pid reports.
 # Pinning (2-core machines): each broker on core 1 (midge with one shard), loadgen on core 0.
 # Figures move from run to run on a shared machine: compare the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=8 warmup=2 repeat=1 tls=0 ws=0 persist=""
+duration=8 warmup=2 repeat=1 tls=0 ws=0 persist="" bridge=0
 brokers=(midge mosquitto)
-usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC]  (A, B: midge midge-uring midge-epoll midge-batch mosquitto)" >&2; exit 2; }
+usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge]  (A, B: midge midge-uring midge-epoll midge-batch mosquitto)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3 warmup=1 ;;
@@ -38,6 +43,7 @@ while [ $# -gt 0 ]; do
     --tls) tls=1 ;;
     --ws) ws=1 ;;
     --persist) [ $# -ge 2 ] || usage; persist=$2; shift ;;
+    --bridge) bridge=1 ;;
     *) usage ;;
   esac
   shift
@@ -58,9 +64,10 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 out=target/compare/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-broker_pid=""
+broker_pid="" remote_pid=""
 stop_broker() { if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; broker_pid=""; fi; }
-trap stop_broker EXIT
+stop_remote() { if [ -n "$remote_pid" ]; then kill "$remote_pid" 2>/dev/null || true; wait "$remote_pid" 2>/dev/null || true; remote_pid=""; fi; }
+trap 'stop_broker; stop_remote' EXIT
 
 if [ "$tls" = 1 ]; then
   # Readable by mosquitto once it drops root for its own user.
@@ -86,10 +93,41 @@ layered_conf() { # port broker: one listener with the run's layers (and persiste
   # Debian's Mosquitto 2.0.11 exits ("Unable to start any listening sockets") when its only
   # listener is a WebSocket one: both brokers get an idle plain listener as well.
   if [ "$ws" = 1 ]; then printf 'listener %s 127.0.0.1\n' "$(free_port)"; fi
+  if [ "$bridge" = 1 ]; then
+    printf 'connection bench\naddress 127.0.0.1:%s\ntopic # out 1\ncleansession true\n' "$remote_port"
+    printf 'notifications false\nrestart_timeout 1\n'
+  fi
+}
+
+# --bridge: the edge forwards to the remote (a probe published on the edge arrives there).
+wait_bridged() { # edge port
+  python3 - "$1" "$remote_port" <<'PY'
+import socket, sys, time
+edge, remote = int(sys.argv[1]), int(sys.argv[2])
+def connect(port, cid):
+    s = socket.create_connection(("127.0.0.1", port), 5)
+    s.sendall(bytes([0x10, 12 + len(cid)]) + b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid)
+    s.recv(4)
+    return s
+sub = connect(remote, b"bridge-probe-sub")
+sub.sendall(b"\x82\x0c\x00\x01\x00\x07probe/#\x00")
+sub.recv(5)
+sub.settimeout(0.2)
+pub = connect(edge, b"bridge-probe-pub")
+until = time.time() + 20
+while time.time() < until:
+    pub.sendall(b"\x30\x09\x00\x07probe/x")
+    try:
+        if sub.recv(64):
+            sys.exit(0)
+    except socket.timeout:
+        pass
+sys.exit("compare: the edge's bridge never carried a message to the remote")
+PY
 }
 
 start_broker() { # name port
-  if [ "$tls" = 1 ] || [ "$ws" = 1 ] || [ -n "$persist" ]; then
+  if [ "$tls" = 1 ] || [ "$ws" = 1 ] || [ -n "$persist" ] || [ "$bridge" = 1 ]; then
     layered_conf "$2" "$1" >"$out/$1-layered.conf"
     [ "$1" = midge-batch ] && printf 'io_batch_wait_us 50\n' >>"$out/$1-layered.conf"
     case "$1" in
@@ -112,7 +150,10 @@ start_broker() { # name port
   fi
   broker_pid=$!
   for _ in $(seq 1 500); do
-    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$2),0.1)" 2>/dev/null; then return; fi
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$2),0.1)" 2>/dev/null; then
+      if [ "$bridge" = 1 ]; then wait_bridged "$2"; fi
+      return
+    fi
     sleep 0.01
   done
   echo "compare: $1 does not listen on $2" >&2
@@ -144,6 +185,18 @@ if [ "$ws" = 1 ]; then
     "conn-storm|--scenario conn-storm --clients 2000 --idle 2"
   )
   tls_args+=(--ws)
+fi
+if [ "$bridge" = 1 ]; then
+  remote_port=$(free_port)
+  taskset -c 0 mosquitto -p "$remote_port" >"$out/remote-mosquitto.log" 2>&1 &
+  remote_pid=$!
+  scenarios=(
+    "p2p-qos0-ceiling|--scenario p2p --clients 10 --rate 2000 --qos 0 --ceiling --step 1.5 --p99-max 10"
+    "p2p-qos0|--scenario p2p --clients 10 --rate 2000 --qos 0"
+    "p2p-qos1-ceiling|--scenario p2p --clients 10 --rate 1000 --qos 1 --ceiling --step 1.5 --p99-max 10"
+    "p2p-qos1|--scenario p2p --clients 10 --rate 1000 --qos 1"
+  )
+  tls_args+=(--sub-port "$remote_port")
 fi
 if [ -n "$persist" ]; then
   scenarios=(

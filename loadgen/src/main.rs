@@ -34,6 +34,12 @@ struct Args {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
+
+    /// Subscribers connect to this port instead (on --host): another broker, bridged from
+    /// the one publishers use, to measure throughput through a bridge.
+    #[arg(long)]
+    sub_port: Option<u16>,
+
     #[arg(long, value_enum, default_value = "p2p")]
     scenario: Scenario,
     /// Pairs (p2p), publishers (fan-in), subscribers (fan-out, wildcard), connections (conn-storm).
@@ -287,6 +293,7 @@ fn run_once(
     let window_start_seq = (args.warmup * rate).ceil() as u64;
     let shared = Arc::new(worker::Shared {
         addr,
+        sub_addr: SocketAddr::new(addr.ip(), args.sub_port.unwrap_or(addr.port())),
         tls: tls.clone(),
         ws_host: args.ws.then(|| args.host.clone()),
         source_ips: source_ips.to_vec(),

@@ -80,6 +80,8 @@ impl Drop for Timer {
 /// State shared by the load threads and the main thread.
 pub struct Shared {
     pub addr: SocketAddr,
+    /// `--sub-port`: where subscribers connect (another broker, bridged from `addr`).
+    pub sub_addr: SocketAddr,
     /// `--tls`: every connection speaks TLS.
     pub tls: Option<crate::tls::Tls>,
     /// `--ws`: every connection is a WebSocket, upgraded with this Host.
@@ -150,9 +152,14 @@ impl Client {
     }
 }
 
-fn open(shared: &Shared, index: usize) -> io::Result<Transport> {
+fn open(shared: &Shared, index: usize, subscriber_only: bool) -> io::Result<Transport> {
+    let addr = if subscriber_only {
+        shared.sub_addr
+    } else {
+        shared.addr
+    };
     let socket = socket2::Socket::new(
-        socket2::Domain::for_address(shared.addr),
+        socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
@@ -162,7 +169,7 @@ fn open(shared: &Shared, index: usize) -> io::Result<Transport> {
     }
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
-    match socket.connect(&shared.addr.into()) {
+    match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
@@ -190,7 +197,8 @@ pub fn run(shared: Arc<Shared>, plans: Vec<(usize, ClientPlan)>) -> WorkerResult
     let publishers = f64::from(shared.publishers.max(1));
     let mut clients: Vec<Client> = Vec::with_capacity(plans.len());
     for (index, plan) in plans {
-        let mut stream = match open(&shared, index) {
+        let subscriber_only = plan.publish.is_none();
+        let mut stream = match open(&shared, index, subscriber_only) {
             Ok(s) => s,
             Err(e) => {
                 result
