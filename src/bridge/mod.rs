@@ -293,6 +293,16 @@ pub fn tls_config(bridge: &Bridge) -> Result<Option<Arc<rustls::ClientConfig>>, 
     if !bridge.tls.enabled() {
         return Ok(None);
     }
+    let files = [
+        ("bridge_cafile", &bridge.tls.cafile),
+        ("bridge_certfile", &bridge.tls.certfile),
+        ("bridge_keyfile", &bridge.tls.keyfile),
+    ];
+    for (option, path) in files {
+        if let Some(path) = path {
+            std::fs::metadata(path).map_err(|e| format!("{option} {path}: {e}"))?;
+        }
+    }
     let settings = crate::client::tls::ClientTls {
         cafile: bridge.tls.cafile.as_ref().map(Into::into),
         capath: bridge.tls.capath.as_ref().map(Into::into),

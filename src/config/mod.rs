@@ -475,6 +475,11 @@ impl Config {
             warnings.push("per_listener_settings changes take effect on restart".to_string());
             new.per_listener_settings = self.per_listener_settings;
         }
+        if new.bridges != self.bridges {
+            // As Mosquitto: bridges are made at start.
+            warnings.push("bridge changes take effect on restart".to_string());
+            new.bridges = self.bridges.clone();
+        }
         new.listeners = listeners;
         new.local_only = self.local_only;
         new.threads = self.threads;

@@ -289,6 +289,15 @@ mod tests {
         Config::from_text(Path::new("m.conf"), text)
     }
 
+    /// A CA certificate file (a bridge's TLS files are read with the configuration).
+    fn ca_file() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["ca".to_string()]).unwrap();
+        let path = std::env::temp_dir().join(format!("midge-bridge-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
+        path.display().to_string()
+    }
+
     /// The error for `text`, which must be refused.
     fn refused(text: &str) -> ConfigError {
         read(text).expect_err(text)
@@ -298,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_bridge_section_is_read_whole() {
-        let c = read(
+        let c = read(&format!(
             "listener 1883\n\
              connection central\n\
              address broker-a:8883 [::1]:1884 10.0.0.2\n\
@@ -320,13 +329,14 @@ mod tests {
              restart_timeout 3 60\n\
              notification_topic bridges/central\n\
              try_private false\n\
-             bridge_cafile /etc/ca.pem\n\
+             bridge_cafile {}\n\
              bridge_insecure true\n\
              connection second\n\
              address 127.0.0.1\n\
              topic x/# out\n\
              restart_timeout 20\n",
-        )
+            ca_file()
+        ))
         .unwrap();
         let [b, second] = &c.bridges[..] else {
             panic!("{:?}", c.bridges)
@@ -418,6 +428,11 @@ mod tests {
                 "not a valid topic filter",
             ),
             ("connection edge\nkeepalive_interval 3\n", 2, "at least 5"),
+            (
+                "connection edge\naddress h\ntopic t\nbridge_cafile /nonexistent/ca.pem\n",
+                1,
+                "bridge \"edge\": bridge_cafile /nonexistent/ca.pem: No such file",
+            ),
             ("connection edge\nrestart_timeout 30 10\n", 2, "base <= cap"),
             (
                 "connection edge\nstart_type sometimes\n",
