@@ -286,3 +286,36 @@ fn messages_queued_for_the_remote_survive_a_restart_of_the_local_broker() {
     assert_eq!(got, [1, 2, 3, 4, 5], "{:#?}", local.log_lines());
     drop(local);
 }
+
+#[test]
+fn a_5_0_bridge_falls_back_to_3_1_1_when_the_remote_does_not_speak_5_0() {
+    // A 3.1.1-only remote: a 5.0 CONNECT gets the 3.x CONNACK "unacceptable protocol
+    // version"; a 3.1.1 one is accepted. The test records each CONNECT's protocol level.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let local = midge_bridged(
+        "bridge-fallback",
+        port,
+        "topic t/# out 1\nbridge_protocol_version mqttv50\nnotifications false",
+    );
+    let mut levels = Vec::new();
+    for _ in 0..2 {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut connect = [0u8; 64];
+        let n = s.read(&mut connect).unwrap();
+        assert!(n >= 9, "a CONNECT");
+        // Fixed header (2), protocol name (6), then the level.
+        levels.push(connect[8]);
+        let answer: &[u8] = if connect[8] == 5 {
+            &[0x20, 0x02, 0x00, 0x01]
+        } else {
+            &[0x20, 0x02, 0x00, 0x00]
+        };
+        s.write_all(answer).unwrap();
+    }
+    // 3.1.1 with the bridge bit, the second time.
+    assert_eq!(levels, [5, 0x84]);
+    local.wait_for_log("does not support MQTT v5.0, reconnecting using MQTT v3.1.1.");
+    local.wait_for_log("Received CONNACK on connection");
+}

@@ -457,6 +457,35 @@ impl<B: Backend> Shard<B> {
         }
     }
 
+    /// A 5.0 bridge's remote that answers with a 3.x CONNACK (remaining length 2; a 5.0
+    /// CONNACK has at least 3) does not speak 5.0: as Mosquitto, the next attempt speaks
+    /// 3.1.1 if it said "unacceptable protocol version". True if that is what came.
+    pub(super) fn old_connack(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conn(conn) else {
+            return false;
+        };
+        let Some(i) = c.link() else { return false };
+        let old = c.version == Some(ProtocolVersion::V5)
+            && c.inbuf.len() >= 4
+            && c.inbuf[..2] == [0x20, 0x02];
+        if !old {
+            return false;
+        }
+        let code = c.inbuf[3];
+        let link = &mut self.links[i];
+        if code == 0x01 {
+            log::info!(
+                "Warning: Remote bridge {} does not support MQTT v5.0, reconnecting using MQTT v3.1.1.",
+                link.config.name
+            );
+            link.version = ProtocolVersion::V311;
+        } else {
+            log::error!("Connection Refused: return code {code} (a 3.x CONNACK to a 5.0 CONNECT)");
+        }
+        self.close_conn(conn, CloseReason::Refused);
+        true
+    }
+
     /// CONNACK: refused (the reason logged as Mosquitto words it; the next attempt drops
     /// what the remote could not take), or accepted: the local session goes online, the
     /// notification, the remote subscriptions, retained messages for the `out` topics, and
@@ -517,6 +546,11 @@ impl<B: Backend> Shard<B> {
             // [MQTT-3.1.2-24] its Maximum Packet Size what is sent.
             session.receive_maximum = ack.properties.receive_maximum.unwrap_or(u16::MAX);
             session.packet_size_max = (ack.properties.maximum_packet_size).map(|n| n as usize);
+        }
+        if session.version != link.version {
+            // It fell back to 3.1.1: the messages it sends are encoded so.
+            let (expiry, clean) = (session.expiry_interval_s, session.clean);
+            session.set_parameters(link.version, expiry, clean, &mut self.changes);
         }
         session.conn = Some(conn);
         session.resumed();

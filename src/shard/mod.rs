@@ -363,6 +363,7 @@ impl<B: Backend> Shard<B> {
                 let now = self.now;
                 let Some(c) = self.conn_mut(conn) else { return };
                 c.last_rx = now;
+                let bridge_connecting = c.link().is_some() && c.session.is_none();
                 if c.layers.is_some() {
                     if !self.transport_received(conn, &data) {
                         return;
@@ -371,6 +372,9 @@ impl<B: Backend> Shard<B> {
                     c.inbuf = data;
                 } else {
                     c.inbuf.extend_from_slice(&data);
+                }
+                if bridge_connecting && self.old_connack(conn) {
+                    return;
                 }
                 self.process_input(conn);
             }
