@@ -91,7 +91,7 @@ fn mosquitto_bridges_to_midge_and_midge_does_not_echo_to_it() {
     on_mosquitto.subscribe(&[("m/t/#", QoS::ExactlyOnce)]);
     let mut pub_midge = Raw::connect(local.port, "pub-midge");
     let mut pub_mosquitto = Raw::connect(remote.port, "pub-mosquitto");
-    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         publish_qos(&mut pub_mosquitto, "m/t/1", b"a", qos, 1);
         assert_eq!(recv_topic(&mut on_mosquitto, "m/t/1").qos, qos);
         assert_eq!(recv_topic(&mut on_midge, "n/t/1").qos, qos);

@@ -83,7 +83,6 @@ pub struct BridgeTls {
     pub insecure: bool,
     pub tls_version: Option<String>,
     pub alpn: Option<String>,
-    pub require_ocsp: bool,
 }
 
 impl BridgeTls {

@@ -157,7 +157,15 @@ pub(super) fn option(config: &mut Config, line: &Line) -> Result<(), ConfigError
             bridge.tls.tls_version = Some(version.to_string());
         }
         "bridge_alpn" => bridge.tls.alpn = Some(text("protocol")?),
-        "bridge_require_ocsp" => bridge.tls.require_ocsp = line.boolean()?,
+        "bridge_require_ocsp" => {
+            // Refused rather than ignored: a bridge told to insist on a stapled OCSP
+            // response must not connect without the check.
+            if line.boolean()? {
+                return Err(line.err(
+                    "bridge_require_ocsp true is not supported: midge's TLS (rustls) does not check stapled OCSP responses",
+                ));
+            }
+        }
         "bridge_identity" | "bridge_psk" => {
             return Err(line.err(format!(
                 "{}: TLS-PSK is not supported (midge's TLS, rustls, has no PSK); use certificates",
@@ -428,6 +436,11 @@ mod tests {
                 "not a valid topic filter",
             ),
             ("connection edge\nkeepalive_interval 3\n", 2, "at least 5"),
+            (
+                "connection edge\nbridge_require_ocsp true\n",
+                2,
+                "does not check stapled OCSP",
+            ),
             (
                 "connection edge\naddress h\ntopic t\nbridge_cafile /nonexistent/ca.pem\n",
                 1,
