@@ -129,6 +129,26 @@ struct Socket {
     connecting: bool,
 }
 
+impl Socket {
+    /// A new connection's socket; `connecting`: an outgoing one not yet established.
+    fn new(stream: Stream, generation: u32, connecting: bool) -> Socket {
+        Socket {
+            stream,
+            generation,
+            queue: VecDeque::new(),
+            queued: 0,
+            // An accepted one is read at once: data may have come before registration.
+            readable: !connecting,
+            read_closed: false,
+            paused: false,
+            closing: false,
+            write_shut: false,
+            discarded: 0,
+            connecting,
+        }
+    }
+}
+
 pub struct Epoll {
     poll: Poll,
     events: Events,
@@ -210,28 +230,14 @@ impl Epoll {
             match self.listeners[index].accept() {
                 Ok((mut stream, peer, local_port)) => {
                     self.accept_failures.succeeded();
+                    let generation = self.take_generation();
                     let entry = self.sockets.vacant_entry();
                     let id = entry.key();
                     if let Err(e) = register(self.poll.registry(), stream.source(), Token(id)) {
                         log::error!("Error: cannot register a new connection: {e}");
                         continue;
                     }
-                    // Read at once: data may have arrived before registration.
-                    let generation = self.next_generation;
-                    self.next_generation = generation.wrapping_add(1);
-                    entry.insert(Socket {
-                        stream,
-                        generation,
-                        queue: VecDeque::new(),
-                        queued: 0,
-                        readable: true,
-                        read_closed: false,
-                        paused: false,
-                        closing: false,
-                        write_shut: false,
-                        discarded: 0,
-                        connecting: false,
-                    });
+                    entry.insert(Socket::new(stream, generation, false));
                     self.read_again.push(id);
                     out.push(Event::Accepted {
                         conn: ConnId::new(id, generation),
@@ -379,6 +385,14 @@ impl Epoll {
         // Drained: the queue's allocation goes too (an idle connection holds none).
         socket.queue = VecDeque::new();
         Ok(())
+    }
+
+    /// The generation the next connection gets: ids of closed connections are not given
+    /// out again (until the counter wraps, after 2^32 connections).
+    fn take_generation(&mut self) -> u32 {
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1);
+        generation
     }
 
     /// The socket of `conn`, if it is still open (not a later connection in its slot).
@@ -602,24 +616,11 @@ impl Backend for Epoll {
     fn connect(&mut self, to: SocketAddr, bind: Option<SocketAddr>) -> io::Result<ConnId> {
         let socket = super::start_connect(to, bind)?;
         let mut stream = Stream::Tcp(TcpStream::from_std(socket.into()));
+        let generation = self.take_generation();
         let entry = self.sockets.vacant_entry();
         let id = entry.key();
         register(self.poll.registry(), stream.source(), Token(id))?;
-        let generation = self.next_generation;
-        self.next_generation = generation.wrapping_add(1);
-        entry.insert(Socket {
-            stream,
-            generation,
-            queue: VecDeque::new(),
-            queued: 0,
-            readable: false,
-            read_closed: false,
-            paused: false,
-            closing: false,
-            write_shut: false,
-            discarded: 0,
-            connecting: true,
-        });
+        entry.insert(Socket::new(stream, generation, true));
         Ok(ConnId::new(id, generation))
     }
 

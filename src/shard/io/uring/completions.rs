@@ -61,24 +61,8 @@ impl Uring {
         if peer.is_some() {
             let _ = stream.set_tcp_nodelay(true);
         }
-        let generation = self.next_generation;
-        self.next_generation = generation.wrapping_add(1);
-        let slot = self.sockets.insert(Socket {
-            stream,
-            generation,
-            queue: VecDeque::new(),
-            queued: 0,
-            sending: false,
-            iov: Box::default(),
-            receiving: false,
-            paused: false,
-            held: None,
-            closing: false,
-            write_shut: false,
-            discarded: 0,
-            dead: false,
-            connecting: None,
-        });
+        let generation = self.take_generation();
+        let slot = self.sockets.insert(Socket::new(stream, generation, None));
         out.push(Event::Accepted {
             conn: ConnId::new(slot, generation),
             peer,
@@ -176,11 +160,7 @@ impl Uring {
     }
 
     fn on_connect(&mut self, slot: usize, generation: u32, result: i32, out: &mut Vec<Event>) {
-        let Some(socket) = self
-            .sockets
-            .get_mut(slot)
-            .filter(|s| s.generation == generation)
-        else {
+        let Some(socket) = self.socket_of(slot, generation) else {
             return;
         };
         socket.connecting = None;
@@ -201,6 +181,7 @@ impl Uring {
     }
 
     fn on_send(&mut self, slot: usize, generation: u32, result: i32, out: &mut Vec<Event>) {
+        // (Not `socket_of`: `queued_total` is changed below while the socket is held.)
         let Some(socket) = self
             .sockets
             .get_mut(slot)

@@ -99,6 +99,32 @@ struct Socket {
     connecting: Option<Box<socket2::SockAddr>>,
 }
 
+impl Socket {
+    /// A new connection's socket (`connecting`: the address of its connect in flight).
+    fn new(
+        stream: socket2::Socket,
+        generation: u32,
+        connecting: Option<Box<socket2::SockAddr>>,
+    ) -> Socket {
+        Socket {
+            stream,
+            generation,
+            queue: VecDeque::new(),
+            queued: 0,
+            sending: false,
+            iov: Box::default(),
+            receiving: false,
+            paused: false,
+            held: None,
+            closing: false,
+            write_shut: false,
+            discarded: 0,
+            dead: false,
+            connecting,
+        }
+    }
+}
+
 pub struct Uring {
     // Dropped first: the ring, before the buffers it may write into.
     ring: IoUring,
@@ -366,6 +392,19 @@ impl Uring {
         }
     }
 
+    /// The generation the next connection gets: ids of closed connections are not given
+    /// out again (until the counter wraps).
+    fn take_generation(&mut self) -> u32 {
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1);
+        generation
+    }
+
+    /// The socket a completion names, if its slot still holds that connection.
+    fn socket_of(&mut self, slot: usize, generation: u32) -> Option<&mut Socket> {
+        (self.sockets.get_mut(slot)).filter(|s| s.generation == generation)
+    }
+
     fn socket_mut(&mut self, conn: ConnId) -> Option<&mut Socket> {
         self.sockets
             .get_mut(conn.slot())
@@ -552,24 +591,8 @@ impl Backend for Uring {
         let address = Box::new(SockAddr::from(to));
         let fd = types::Fd(stream.as_raw_fd());
         let entry = opcode::Connect::new(fd, address.as_ptr().cast(), address.len()).build();
-        let generation = self.next_generation;
-        self.next_generation = generation.wrapping_add(1);
-        let slot = self.sockets.insert(Socket {
-            stream,
-            generation,
-            queue: VecDeque::new(),
-            queued: 0,
-            sending: false,
-            iov: Box::default(),
-            receiving: false,
-            paused: false,
-            held: None,
-            closing: false,
-            write_shut: false,
-            discarded: 0,
-            dead: false,
-            connecting: Some(address),
-        });
+        let generation = self.take_generation();
+        let slot = (self.sockets).insert(Socket::new(stream, generation, Some(address)));
         self.push(entry.user_data(tag(Op::Connect, slot, generation)));
         Ok(ConnId::new(slot, generation))
     }
