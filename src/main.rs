@@ -5,6 +5,7 @@ use midge::config::Config;
 use midge::logging::LogTypes;
 use midge::server::Server;
 use midge::shard::ReloadSignals;
+use midge::systemd::Notifier;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -77,7 +78,17 @@ fn read_config(args: &Args) -> Result<Config, String> {
 
 /// SIGHUP: read the file again and apply what may change; on any error keep everything as
 /// it is and say why.
-fn reload(args: &Args, stopper: &midge::server::Stopper) {
+fn reload(args: &Args, stopper: &midge::server::Stopper, systemd: Option<&Notifier>) {
+    if let Some(systemd) = systemd {
+        systemd.reloading();
+    }
+    reload_file(args, stopper);
+    if let Some(systemd) = systemd {
+        systemd.ready();
+    }
+}
+
+fn reload_file(args: &Args, stopper: &midge::server::Stopper) {
     let Some(path) = &args.config_file else {
         log::info!(target: "information", "Reload requested, but no configuration file was given.");
         return;
@@ -158,6 +169,7 @@ fn main() -> ExitCode {
     } else {
         log::info!(target: "information", "Using default config.");
     }
+    raise_file_limit();
     let code = run(config, &args);
     if let Some(pid_file) = pid_file {
         let _ = std::fs::remove_file(pid_file);
@@ -191,6 +203,17 @@ fn test_config(config: &Config) -> ExitCode {
             }
         }
     }
+    for bridge in &config.bridges {
+        let (remote, local) = midge::bridge::client_ids(bridge);
+        let addresses: Vec<String> = (bridge.addresses.iter())
+            .map(|(host, port)| format!("{host}:{port}"))
+            .collect();
+        println!(
+            "bridge {} to {} as {remote} (locally {local})",
+            bridge.name,
+            addresses.join(" ")
+        );
+    }
     println!("io_backend {backend}");
     println!("Configuration OK.");
     ExitCode::SUCCESS
@@ -223,11 +246,21 @@ fn run(config: Config, args: &Args) -> ExitCode {
         }
     };
     let stopper = server.stopper();
+    // Started by systemd (Type=notify): the listeners are open and persisted state is in.
+    let systemd = Notifier::from_env().map(Arc::new);
+    if let Some(systemd) = &systemd {
+        systemd.ready();
+        if let Some(every) = midge::systemd::watchdog_interval() {
+            let (systemd, stopper) = (systemd.clone(), stopper.clone());
+            std::thread::spawn(move || watchdog(&systemd, &stopper, every));
+        }
+    }
     let handle = signals.handle();
     let (reload_args, reload_stopper) = (args.clone(), stopper.clone());
+    let reload_systemd = systemd.clone();
     // Ends with the process.
     std::thread::spawn(move || {
-        let reload = || reload(&reload_args, &reload_stopper);
+        let reload = || reload(&reload_args, &reload_stopper, reload_systemd.as_deref());
         if let Err(e) = midge::server::watch_reload_signals(reload_signals, reload) {
             log::error!("Error: SIGHUP (reload) cannot be taken: {e}");
         }
@@ -237,6 +270,9 @@ fn run(config: Config, args: &Args) -> ExitCode {
             if signal == signal_hook::consts::SIGUSR1 {
                 stopper.compact();
             } else {
+                if let Some(systemd) = &systemd {
+                    systemd.stopping();
+                }
                 stopper.stop();
                 return;
             }
@@ -247,4 +283,61 @@ fn run(config: Config, args: &Args) -> ExitCode {
     let _ = signal_thread.join();
     log::info!(target: "information", "midge version {} terminating", env!("CARGO_PKG_VERSION"));
     ExitCode::SUCCESS
+}
+
+/// systemd's watchdog (`WatchdogSec`): `WATCHDOG=1` every `every` while every shard has
+/// turned since the last ping (a shard turns at least every timer tick, 250 ms); a shard
+/// that stops turning stops the pings, said once, and systemd restarts the broker.
+fn watchdog(systemd: &Notifier, stopper: &midge::server::Stopper, every: std::time::Duration) {
+    // A shard is judged stuck only after this long without a turn (an idle one turns only
+    // at its timer tick).
+    let grace = std::time::Duration::from_secs(1).max(every);
+    let (mut last, mut moved_at) = (stopper.loop_turns(), std::time::Instant::now());
+    let mut stalled = false;
+    while !stopper.stopping() {
+        std::thread::sleep(every);
+        let now = stopper.loop_turns();
+        let stuck: Vec<usize> = (0..now.len()).filter(|&i| now[i] == last[i]).collect();
+        if stuck.is_empty() {
+            (last, moved_at, stalled) = (now, std::time::Instant::now(), false);
+            systemd.notify("WATCHDOG=1");
+        } else if moved_at.elapsed() < grace {
+            systemd.notify("WATCHDOG=1");
+        } else if !stalled {
+            log::error!(
+                "Error: shard(s) {stuck:?} have not turned for {grace:?}; the systemd watchdog is no longer pinged."
+            );
+            stalled = true;
+        }
+    }
+}
+
+/// Every connection takes a file descriptor: the soft `RLIMIT_NOFILE` (often 1024) is
+/// raised to the hard limit at start, and said.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit, a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let soft = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        log::info!(
+            "Raised the open file limit from {soft} to {} (one per connection).",
+            limit.rlim_max
+        );
+    } else {
+        log::warn!(
+            "Warning: cannot raise the open file limit from {soft}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }

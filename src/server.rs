@@ -278,6 +278,16 @@ impl Stopper {
         }
     }
 
+    /// Whether the broker is stopping.
+    pub fn stopping(&self) -> bool {
+        self.0.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Each shard's loop turns so far (see `Shared::loop_turns`).
+    pub fn loop_turns(&self) -> Vec<u64> {
+        self.0.loop_turns()
+    }
+
     pub fn stop(&self) {
         self.0.shutdown.store(true, Ordering::Release);
         for shard in 0..self.0.mailboxes.shards() {

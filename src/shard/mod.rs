@@ -238,6 +238,7 @@ impl<B: Backend> Shard<B> {
         }
         self.shared.mailboxes.awake(self.id);
         self.turns += 1;
+        self.stats().loop_turns.store(self.turns, Ordering::Relaxed);
         self.now = self.shared.clock.now();
         // New settings (a reload) apply from here on, to what this wait brought in too.
         self.take_new_settings();

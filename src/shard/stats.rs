@@ -37,6 +37,9 @@ pub struct Stats {
     pub sessions: AtomicU64,
     pub clients_connected: AtomicU64,
     pub subscriptions: AtomicU64,
+    /// Loop turns the shard has taken (it turns at least every timer tick): the systemd
+    /// watchdog pings only while every shard's count moves.
+    pub loop_turns: AtomicU64,
 }
 
 /// A sum of `Stats` at one moment.
@@ -62,6 +65,13 @@ pub struct StatsSnapshot {
 }
 
 impl Shared {
+    /// Each shard's loop turns so far.
+    pub fn loop_turns(&self) -> Vec<u64> {
+        (self.stats.iter())
+            .map(|s| s.loop_turns.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// The sum of every shard's counters.
     pub fn total_stats(&self) -> StatsSnapshot {
         let mut total = StatsSnapshot::default();
