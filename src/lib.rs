@@ -13,6 +13,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod sys;
 pub mod systemd;
 pub mod tls;
 pub mod topic;

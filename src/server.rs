@@ -221,6 +221,11 @@ impl Server {
         if let Some(store) = store {
             store.finish();
         }
+        if let Some(addr) = config.metrics_listener {
+            let bound = crate::sys::metrics::serve(addr, shared.clone())
+                .map_err(|e| io::Error::new(e.kind(), format!("metrics_listener {addr}: {e}")))?;
+            log::info!("Serving metrics on http://{bound}/metrics.");
+        }
         Ok(Server {
             shared,
             threads,

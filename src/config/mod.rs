@@ -295,6 +295,9 @@ pub struct Config {
     pub user: Option<String>,
     /// `sys_interval`: seconds between `$SYS` updates.
     pub sys_interval_s: u64,
+    /// `metrics_listener ADDRESS:PORT` (midge's own): where Prometheus metrics are served
+    /// over HTTP (`/metrics`); off unless set.
+    pub metrics_listener: Option<std::net::SocketAddr>,
     /// `persistence`: retained messages and persistent sessions survive a restart.
     pub persistence: bool,
     /// `persistence_location` (a directory) and `persistence_file`: the store is the
@@ -351,6 +354,7 @@ impl Default for Config {
             pid_file: None,
             user: None,
             sys_interval_s: 10,
+            metrics_listener: None,
         }
     }
 }
@@ -486,6 +490,10 @@ impl Config {
         new.cpu_affinity = self.cpu_affinity.clone();
         new.io_backend = self.io_backend;
         new.io_batch_wait_us = self.io_batch_wait_us;
+        if new.metrics_listener != self.metrics_listener {
+            warnings.push("metrics_listener changes take effect on restart".to_string());
+            new.metrics_listener = self.metrics_listener;
+        }
         new.pid_file = self.pid_file.clone();
         new.user = self.user.clone();
         (new, warnings)

@@ -74,6 +74,7 @@ pub const SUPPORTED: &[&str] = &[
     "cpu_affinity",
     "io_backend",
     "io_batch_wait_us",
+    "metrics_listener",
     "persistence_on_damage",
     "persistence_sync",
     "response_topic_prefix",

@@ -90,6 +90,11 @@ impl Mailboxes {
         self.senders.len()
     }
 
+    /// Messages waiting in `shard`'s mailbox.
+    pub fn depth(&self, shard: usize) -> usize {
+        self.senders[shard].len()
+    }
+
     /// Queues `msg` for `shard`, waking it if it sleeps. A full mailbox gives the message
     /// back: the caller decides (drop and count QoS 0, hold QoS 1/2).
     pub fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), ShardMsg> {

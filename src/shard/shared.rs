@@ -84,6 +84,9 @@ pub struct Shared {
     /// Bytes each shard's connections have waiting to be written (for `memory_limit`),
     /// published by the shard at the end of each turn.
     pub write_queued: Box<[CachePadded<std::sync::atomic::AtomicUsize>]>,
+    /// Per configured bridge (`Config::bridges`), whether its connection is up: set by the
+    /// shard that runs it, read by the metrics.
+    pub bridges_up: Box<[AtomicBool]>,
 }
 
 /// A client id's latest claim (see `Shared::registry`).
@@ -166,6 +169,11 @@ impl Shared {
             stats: (0..shards).map(|_| Default::default()).collect(),
             write_queued: (0..shards).map(|_| Default::default()).collect(),
             listener_of_socket,
+            bridges_up: config
+                .bridges
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             listener_connections: config
                 .listeners
                 .iter()

@@ -40,6 +40,25 @@ pub struct Stats {
     /// Loop turns the shard has taken (it turns at least every timer tick): the systemd
     /// watchdog pings only while every shard's count moves.
     pub loop_turns: AtomicU64,
+    /// How long the shard's loop turns took (the wait excluded), by `TURN_BUCKETS_US`
+    /// (the last: longer), and their sum in microseconds: the metrics' histogram.
+    pub turn_buckets: [AtomicU64; TURN_BUCKETS_US.len() + 1],
+    pub turn_us_sum: AtomicU64,
+}
+
+/// Upper bounds (microseconds) of the loop-turn duration histogram.
+pub const TURN_BUCKETS_US: [u64; 11] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+];
+
+impl Stats {
+    /// A turn of `us` microseconds (only the shard writes its own: no read-modify-write).
+    pub fn turn_took(&self, us: u64) {
+        let bucket = TURN_BUCKETS_US.partition_point(|&bound| bound < us);
+        let add = |c: &AtomicU64, n: u64| c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        add(&self.turn_buckets[bucket], 1);
+        add(&self.turn_us_sum, us);
+    }
 }
 
 /// A sum of `Stats` at one moment.

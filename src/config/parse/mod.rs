@@ -434,6 +434,15 @@ impl Reader {
             "pid_file" => config.pid_file = Some(line.text("path")?.into()),
             "user" => config.user = Some(line.one("user name")?.to_string()),
             "sys_interval" => config.sys_interval_s = line.number(u32::MAX.into())?,
+            "metrics_listener" => {
+                let value = line.one("address:port")?;
+                let addr = value.parse::<std::net::SocketAddr>().map_err(|_| {
+                    line.err(format!(
+                        "metrics_listener: {value:?} is not an address and port (127.0.0.1:9883, [::1]:9883)"
+                    ))
+                })?;
+                config.metrics_listener = Some(addr);
+            }
 
             // Persistence (persist/).
             "persistence" | "persistence_location" | "persistence_file" | "persistence_sync"

@@ -127,6 +127,9 @@ impl<B: Backend> Shard<B> {
             }
         }
         link.connected(conn, now);
+        if let Some(up) = self.shared.bridges_up.get(link.index) {
+            up.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
@@ -284,6 +287,9 @@ impl<B: Backend> Shard<B> {
             }
         }
         link.went_down(self.now, true);
+        if let Some(up) = self.shared.bridges_up.get(link.index) {
+            up.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(probe) = link.probe.take() {
             self.backend.close(probe);
         }

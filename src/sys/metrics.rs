@@ -1,0 +1,305 @@
+//! `metrics_listener ADDRESS:PORT`: Prometheus metrics, `GET /metrics` over HTTP, in the
+//! OpenMetrics text format (encoded by `prometheus-client`). A thread of its own serves one
+//! scrape at a time and reads what the shards already keep (counters each shard writes on
+//! its own cache line, gauges, queue depths): a scrape adds nothing to the shards' work but
+//! one short lock of the retained store to count it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::shard::{Shared, Stats};
+
+/// The most a request may send before its blank line (a scraper sends a few hundred bytes).
+const REQUEST_MAX: usize = 8 * 1024;
+/// How long one client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves the metrics on `addr` from a thread of its own, until the broker stops. The
+/// listening socket is bound here: an address that cannot be had stops the start.
+pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(BrokerMetrics(shared.clone())));
+    std::thread::Builder::new()
+        .name("midge-metrics".into())
+        .spawn(move || {
+            while !shared.shutdown.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((stream, _)) => answer(stream, &registry),
+                    // Polled: the thread notices shutdown within this long.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    Err(e) => {
+                        log::warn!("Warning: metrics_listener: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+/// One HTTP/1.x exchange: `GET /metrics` gets the metrics, anything else 404 or 405; the
+/// connection closes after the answer.
+fn answer(mut stream: TcpStream, registry: &Registry) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+    let mut request = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&chunk[..n]),
+        }
+        if request.len() > REQUEST_MAX {
+            let _ = stream.write_all(&response("431 Request Header Fields Too Large", "", ""));
+            return;
+        }
+    }
+    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    let reply = match (method, path) {
+        (b"GET", b"/metrics") => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, registry) {
+                Ok(()) => response(
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    &body,
+                ),
+                Err(_) => response("500 Internal Server Error", "", ""),
+            }
+        }
+        (_, b"/metrics") => response("405 Method Not Allowed", "", ""),
+        _ => response("404 Not Found", "text/plain", "midge serves /metrics\n"),
+    };
+    let _ = stream.write_all(&reply);
+}
+
+fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if !content_type.is_empty() {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// The broker's figures, read at each scrape.
+struct BrokerMetrics(Arc<Shared>);
+
+impl std::fmt::Debug for BrokerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BrokerMetrics")
+    }
+}
+
+/// A shard's counter, by name, help and the field it is read from.
+type ShardCounter = (&'static str, &'static str, fn(&Stats) -> u64);
+
+const SHARD_COUNTERS: &[ShardCounter] = &[
+    (
+        "midge_messages_received",
+        "PUBLISH packets received from clients (and bridges)",
+        |s| s.messages_received.load(Ordering::Relaxed),
+    ),
+    (
+        "midge_messages_sent",
+        "PUBLISH packets sent to clients (and bridges)",
+        |s| s.messages_sent.load(Ordering::Relaxed),
+    ),
+    (
+        "midge_packets_received",
+        "MQTT packets of every type received",
+        |s| s.packets_received.load(Ordering::Relaxed),
+    ),
+    (
+        "midge_packets_sent",
+        "MQTT packets of every type sent",
+        |s| s.packets_sent.load(Ordering::Relaxed),
+    ),
+    (
+        "midge_bytes_received",
+        "Bytes read from client sockets",
+        |s| s.bytes_received.load(Ordering::Relaxed),
+    ),
+    ("midge_bytes_sent", "Bytes handed to client sockets", |s| {
+        s.bytes_sent.load(Ordering::Relaxed)
+    }),
+    ("midge_connects", "CONNECTs accepted", |s| {
+        s.connects.load(Ordering::Relaxed)
+    }),
+    (
+        "midge_sessions_expired",
+        "Offline sessions ended by their expiry",
+        |s| s.clients_expired.load(Ordering::Relaxed),
+    ),
+    (
+        "midge_shard_loop_turns",
+        "Event loop turns the shard has taken",
+        |s| s.loop_turns.load(Ordering::Relaxed),
+    ),
+];
+
+/// Messages dropped, by the label `reason`.
+const DROPS: &[(&str, fn(&Stats) -> u64)] = &[
+    ("slow_client", |s| {
+        s.dropped_slow_client.load(Ordering::Relaxed)
+    }),
+    ("queue_full", |s| {
+        s.dropped_queue_full.load(Ordering::Relaxed)
+    }),
+    ("mailbox_full", |s| {
+        s.dropped_mailbox_full.load(Ordering::Relaxed)
+    }),
+    ("overflow_full", |s| {
+        s.dropped_overflow_full.load(Ordering::Relaxed)
+    }),
+    ("expired", |s| s.dropped_expired.load(Ordering::Relaxed)),
+    ("too_large", |s| s.dropped_too_large.load(Ordering::Relaxed)),
+];
+
+/// Gauges each shard refreshes every `sys_interval`, as for `$SYS`.
+const SHARD_GAUGES: &[ShardCounter] = &[
+    (
+        "midge_sessions",
+        "Sessions held (refreshed every sys_interval)",
+        |s| s.sessions.load(Ordering::Relaxed),
+    ),
+    (
+        "midge_clients_connected",
+        "Sessions with a connected client (refreshed every sys_interval)",
+        |s| s.clients_connected.load(Ordering::Relaxed),
+    ),
+    (
+        "midge_subscriptions",
+        "Subscriptions (refreshed every sys_interval)",
+        |s| s.subscriptions.load(Ordering::Relaxed),
+    ),
+];
+
+impl Collector for BrokerMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let shared = &self.0;
+        let shards: Vec<(String, &Stats)> = (shared.stats.iter().enumerate())
+            .map(|(i, s)| (i.to_string(), &**s))
+            .collect();
+        let gauge = |encoder: &mut DescriptorEncoder, name, help, value: i64| {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+        };
+        gauge(
+            &mut encoder,
+            "midge_connections",
+            "Open connections (a bridge's outgoing one included)",
+            shared.connections.load(Ordering::Relaxed) as i64,
+        )?;
+        let retained = shared.retained.lock().map_or(0, |r| r.len());
+        gauge(
+            &mut encoder,
+            "midge_retained_messages",
+            "Retained messages",
+            retained as i64,
+        )?;
+        for (name, help, read) in SHARD_COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (shard, stats) in &shards {
+                let labels = [("shard", shard.as_str())];
+                ConstCounter::new(read(stats)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let help = "Messages not delivered, by reason (nothing is dropped silently)";
+        let mut family =
+            encoder.encode_descriptor("midge_messages_dropped", help, None, MetricType::Counter)?;
+        for (shard, stats) in &shards {
+            for (reason, read) in DROPS {
+                let labels = [("shard", shard.as_str()), ("reason", reason)];
+                ConstCounter::new(read(stats)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, read) in SHARD_GAUGES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (shard, stats) in &shards {
+                let labels = [("shard", shard.as_str())];
+                ConstGauge::new(read(stats) as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "midge_shard_mailbox_depth",
+            "Messages from other shards waiting in the shard's mailbox",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, (shard, _)) in shards.iter().enumerate() {
+            let depth = shared.mailboxes.depth(i) as i64;
+            ConstGauge::new(depth).encode(family.encode_family(&[("shard", shard.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "midge_shard_write_queued_bytes",
+            "Bytes the shard's sockets have not taken yet",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, (shard, _)) in shards.iter().enumerate() {
+            let queued = shared.write_queued[i].load(Ordering::Relaxed) as i64;
+            ConstGauge::new(queued).encode(family.encode_family(&[("shard", shard.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "midge_shard_loop_turn_seconds",
+            "How long the shard's event loop turns take (waiting excluded)",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (shard, stats) in &shards {
+            let bounds = crate::shard::TURN_BUCKETS_US
+                .iter()
+                .map(|&us| us as f64 / 1e6);
+            let counts = stats.turn_buckets.iter().map(|c| c.load(Ordering::Relaxed));
+            let buckets: Vec<(f64, u64)> = bounds.chain([f64::MAX]).zip(counts).collect();
+            let count = buckets.iter().map(|(_, n)| n).sum();
+            let sum = stats.turn_us_sum.load(Ordering::Relaxed) as f64 / 1e6;
+            let labels = [("shard", shard.as_str())];
+            let mut metric = family.encode_family(&labels)?;
+            metric.encode_histogram::<[(&str, &str); 0]>(sum, count, &buckets, None)?;
+        }
+        let config = shared.config.load();
+        if !config.bridges.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "midge_bridge_up",
+                "Whether the bridge's connection is up (1) or not (0)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (bridge, up) in config.bridges.iter().zip(shared.bridges_up.iter()) {
+                let up = i64::from(up.load(Ordering::Relaxed));
+                let labels = [("bridge", bridge.name.as_str())];
+                ConstGauge::new(up).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! `metrics_listener`: Prometheus metrics over HTTP (issue 16).
+
+mod common;
+
+use common::*;
+use midge::codec::*;
+use std::io::{Read, Write};
+use std::time::Instant;
+
+/// `GET path` on the metrics port: the status line and the body.
+fn get(port: u16, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+fn metrics_port(broker: &Broker) -> u16 {
+    let line = broker.wait_for_log("Serving metrics on http://");
+    let addr = line.rsplit("http://").next().unwrap();
+    addr.split(['/', ':']).nth(1).unwrap().parse().unwrap()
+}
+
+/// The value of the sample `name{labels}` (exactly as written).
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_count_traffic_and_drops_per_shard_in_the_openmetrics_format() {
+    let conf = config_file(
+        "metrics",
+        "metrics_listener 127.0.0.1:0\nallow_anonymous true\n",
+    );
+    let broker = Broker::start(&["-c", &conf, "--threads", "1"]);
+    let port = metrics_port(&broker);
+    let mut sub = Raw::connect(broker.port, "sub");
+    sub.subscribe(&[("t", QoS::AtLeastOnce)]);
+    let mut publisher = Raw::connect(broker.port, "pub");
+    for i in 1..=3u16 {
+        publisher.send(&publish("t", b"x", QoS::AtLeastOnce, i, false));
+        assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+        sub.recv_publish();
+    }
+    let (status, body) = get(port, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert_eq!(sample(&body, "midge_connections"), Some(2.0), "{body}");
+    assert_eq!(
+        sample(&body, "midge_messages_received_total{shard=\"0\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&body, "midge_messages_sent_total{shard=\"0\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "midge_messages_dropped_total{shard=\"0\",reason=\"queue_full\"}"
+        ),
+        Some(0.0)
+    );
+    assert!(sample(&body, "midge_shard_loop_turns_total{shard=\"0\"}").unwrap() > 0.0);
+    let turns = sample(&body, "midge_shard_loop_turn_seconds_count{shard=\"0\"}").unwrap();
+    assert!(turns > 0.0);
+    assert_eq!(
+        sample(
+            &body,
+            "midge_shard_loop_turn_seconds_bucket{le=\"+Inf\",shard=\"0\"}"
+        )
+        .or_else(|| sample(
+            &body,
+            "midge_shard_loop_turn_seconds_bucket{shard=\"0\",le=\"+Inf\"}"
+        )),
+        Some(turns),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "midge_retained_messages"), Some(0.0));
+    assert!(body.contains("# TYPE midge_messages_dropped counter"));
+    // Anything else is not found; another method on /metrics is not allowed.
+    assert_eq!(get(port, "/").0, "HTTP/1.1 404 Not Found");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "POST /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+}
+
+#[test]
+fn metrics_say_whether_each_bridge_is_up() {
+    let remote = Broker::start(&[]);
+    let conf = config_file(
+        "metrics-bridge",
+        &format!(
+            "metrics_listener 127.0.0.1:0\nlistener 0 127.0.0.1\nallow_anonymous true\n\
+             connection up\naddress 127.0.0.1:{}\ntopic t out\n\
+             connection down\naddress 127.0.0.1:{}\ntopic t out\n",
+            remote.port,
+            quiet_port()
+        ),
+    );
+    let local = Broker::start_configured(&["-c", &conf]);
+    let port = metrics_port(&local);
+    local.wait_for_log("Received CONNACK on connection");
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = get(port, "/metrics");
+        let up = sample(&body, "midge_bridge_up{bridge=\"up\"}");
+        let down = sample(&body, "midge_bridge_up{bridge=\"down\"}");
+        if up == Some(1.0) && down == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < until, "{body}");
+    }
+}
+
+#[test]
+fn a_metrics_address_that_cannot_be_had_stops_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let conf = config_file(
+        "metrics-taken",
+        &format!("metrics_listener {}\n", taken.local_addr().unwrap()),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_midge"))
+        .args(["-c", &conf, "-p", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metrics_listener 127.0.0.1:"));
+}
+
+/// Every series the Grafana dashboard in `contrib/` queries is one midge serves.
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_midge_serves() {
+    let conf = config_file(
+        "metrics-dashboard",
+        &format!(
+            "metrics_listener 127.0.0.1:0\nlistener 0 127.0.0.1\n\
+             connection b\naddress 127.0.0.1:{}\ntopic t out\n",
+            quiet_port()
+        ),
+    );
+    let broker = Broker::start_configured(&["-c", &conf]);
+    let (_, body) = get(metrics_port(&broker), "/metrics");
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/midge-grafana.json"
+    ))
+    .unwrap();
+    let mut names: Vec<&str> = dashboard
+        .match_indices("midge_")
+        .map(|(at, _)| {
+            let rest = &dashboard[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|name| !name.starts_with("midge-"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let served = body.lines().any(|l| {
+            !l.starts_with('#')
+                && (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        });
+        assert!(
+            served,
+            "the dashboard asks for {name}, which midge does not serve"
+        );
+    }
+}
