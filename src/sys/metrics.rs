@@ -118,8 +118,11 @@ impl std::fmt::Debug for BrokerMetrics {
     }
 }
 
+/// How a figure is read from a shard's `Stats`.
+type Read = fn(&Stats) -> u64;
+
 /// A shard's counter, by name, help and the field it is read from.
-type ShardCounter = (&'static str, &'static str, fn(&Stats) -> u64);
+type ShardCounter = (&'static str, &'static str, Read);
 
 const SHARD_COUNTERS: &[ShardCounter] = &[
     (
@@ -166,7 +169,7 @@ const SHARD_COUNTERS: &[ShardCounter] = &[
 ];
 
 /// Messages dropped, by the label `reason`.
-const DROPS: &[(&str, fn(&Stats) -> u64)] = &[
+const DROPS: &[(&str, Read)] = &[
     ("slow_client", |s| {
         s.dropped_slow_client.load(Ordering::Relaxed)
     }),
