@@ -119,10 +119,10 @@ impl std::fmt::Debug for BrokerMetrics {
 }
 
 /// How a figure is read from a shard's `Stats`.
-type Read = fn(&Stats) -> u64;
+type Reader = fn(&Stats) -> u64;
 
 /// A shard's counter, by name, help and the field it is read from.
-type ShardCounter = (&'static str, &'static str, Read);
+type ShardCounter = (&'static str, &'static str, Reader);
 
 const SHARD_COUNTERS: &[ShardCounter] = &[
     (
@@ -169,7 +169,7 @@ const SHARD_COUNTERS: &[ShardCounter] = &[
 ];
 
 /// Messages dropped, by the label `reason`.
-const DROPS: &[(&str, Read)] = &[
+const DROPS: &[(&str, Reader)] = &[
     ("slow_client", |s| {
         s.dropped_slow_client.load(Ordering::Relaxed)
     }),
