@@ -6,7 +6,9 @@
 #
 # --pair names the two brokers compared (default: midge mosquitto); each is one of midge
 # (its default backend), midge-uring, midge-epoll (same build, backend forced), midge-batch
-# (io_uring with io_batch_wait_us 50) or mosquitto.
+# (io_uring with io_batch_wait_us 50), midge-metrics (with `metrics_listener`, scraped every
+# second during the run), midge-base (the binary $MIDGE_BASELINE, another build: before and
+# after a change) or mosquitto.
 #
 # With --repeat N every scenario runs N times against each broker (alternating), and the
 # table shows medians.
@@ -35,7 +37,7 @@ cd "$(dirname "$0")/.."
 
 duration=8 warmup=2 repeat=1 tls=0 ws=0 persist="" bridge=0
 brokers=(midge mosquitto)
-usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge]  (A, B: midge midge-uring midge-epoll midge-batch mosquitto)" >&2; exit 2; }
+usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge]  (A, B: midge midge-uring midge-epoll midge-batch midge-metrics midge-base mosquitto)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3 warmup=1 ;;
@@ -50,7 +52,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 for b in "${brokers[@]}"; do
-  case "$b" in midge|midge-uring|midge-epoll|midge-batch|mosquitto) ;; *) usage ;; esac
+  case "$b" in midge|midge-uring|midge-epoll|midge-batch|midge-metrics|midge-base|mosquitto) ;; *) usage ;; esac
+  if [ "$b" = midge-base ] && [ ! -x "${MIDGE_BASELINE:-}" ]; then
+    echo "compare: midge-base needs MIDGE_BASELINE=path/to/another/midge" >&2; exit 2
+  fi
 done
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -65,8 +70,11 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 out=target/compare/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-broker_pid="" remote_pid=""
-stop_broker() { if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; broker_pid=""; fi; }
+broker_pid="" remote_pid="" scraper_pid=""
+stop_broker() {
+  if [ -n "$scraper_pid" ]; then kill "$scraper_pid" 2>/dev/null || true; wait "$scraper_pid" 2>/dev/null || true; scraper_pid=""; fi
+  if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; broker_pid=""; fi
+}
 stop_remote() { if [ -n "$remote_pid" ]; then kill "$remote_pid" 2>/dev/null || true; wait "$remote_pid" 2>/dev/null || true; remote_pid=""; fi; }
 trap 'stop_broker; stop_remote' EXIT
 
@@ -146,10 +154,25 @@ start_broker() { # name port
         printf 'io_batch_wait_us 50\n' >"$out/midge-batch.conf"
         taskset -c 1 target/release/midge -c "$out/midge-batch.conf" -p "$2" --threads 1 --io uring \
           2>"$out/midge-batch.log" & ;;
+      midge-metrics)
+        metrics_port=$(free_port)
+        printf 'metrics_listener 127.0.0.1:%s\n' "$metrics_port" >"$out/midge-metrics.conf"
+        taskset -c 1 target/release/midge -c "$out/midge-metrics.conf" -p "$2" --threads 1 \
+          2>"$out/midge-metrics.log" & ;;
+      midge-base) taskset -c 1 "$MIDGE_BASELINE" -p "$2" --threads 1 2>"$out/midge-base.log" & ;;
       mosquitto) taskset -c 1 mosquitto -p "$2" >"$out/mosquitto.log" 2>&1 & ;;
     esac
   fi
   broker_pid=$!
+  if [ "$1" = midge-metrics ]; then
+    # A Prometheus scraping every second (on loadgen's core), for the whole run.
+    (while kill -0 "$broker_pid" 2>/dev/null; do
+       taskset -c 0 python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2).read()" \
+         "http://127.0.0.1:$metrics_port/metrics" 2>/dev/null || true
+       sleep 1
+     done) &
+    scraper_pid=$!
+  fi
   for _ in $(seq 1 500); do
     if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$2),0.1)" 2>/dev/null; then
       if [ "$bridge" = 1 ]; then wait_bridged "$2"; fi
