@@ -106,3 +106,23 @@ fn running_out_of_file_descriptors_neither_spins_nor_drops_clients() {
         "{failures} failure lines for {recoveries} recoveries"
     );
 }
+
+/// `client_idle_timeout` (midge's own): a client with keepalive 0 is not held for ever when
+/// its peer vanishes without a FIN; clients with a keepalive keep theirs (issue 16).
+#[test]
+fn client_idle_timeout_closes_silent_clients_without_keepalive() {
+    let conf = config_file("idle-timeout", "client_idle_timeout 1\n");
+    let broker = Broker::start(&["-c", &conf]);
+    let started = std::time::Instant::now();
+    let (mut silent, _) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V311, "silent", true, 0),
+    );
+    let mut alive = Raw::connect(broker.port, "alive");
+    silent.expect_closed();
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    broker.wait_for_log("Client silent has exceeded timeout, disconnecting.");
+    // The one with a keepalive of 60 s is still served.
+    alive.send(&Packet::PingReq);
+    assert!(matches!(alive.recv(), Packet::PingResp));
+}

@@ -276,6 +276,10 @@ pub struct Config {
     pub log: LogSettings,
     /// Seconds a new connection has to send CONNECT before it is closed.
     pub connect_timeout_s: u64,
+    /// `client_idle_timeout` (midge's own; 0: off): a client that asked for no keepalive
+    /// (0) is closed after this many seconds without sending anything, so that one whose
+    /// peer vanished without a FIN does not hold its connection for ever.
+    pub client_idle_timeout_s: u64,
     /// `websockets_headers_size`: the largest WebSocket upgrade request, bytes (Mosquitto:
     /// 0 or unset means 1024).
     pub websockets_headers_size: usize,
@@ -341,6 +345,7 @@ impl Default for Config {
             connection_messages: true,
             log: LogSettings::default(),
             connect_timeout_s: 10,
+            client_idle_timeout_s: 0,
             websockets_headers_size: 1024,
             subscriptions_per_client_max: 100_000,
             response_topic_prefix: None,

@@ -70,6 +70,7 @@ pub const SUPPORTED: &[&str] = &[
     "websockets_headers_size",
     // midge's own
     "acl_strict_subscribe",
+    "client_idle_timeout",
     "connect_timeout",
     "cpu_affinity",
     "io_backend",

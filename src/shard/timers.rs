@@ -45,6 +45,9 @@ impl<B: Backend> Shard<B> {
     pub(super) fn check_timers(&mut self) {
         let now = self.now;
         let connect_timeout = Duration::from_secs(self.config.connect_timeout_s);
+        let idle_max = Some(self.config.client_idle_timeout_s)
+            .filter(|&s| s > 0)
+            .map(Duration::from_secs);
         let mut expired = Vec::new();
         for c in self.conns.iter().flatten() {
             if c.link().is_some() {
@@ -61,6 +64,9 @@ impl<B: Backend> Shard<B> {
                 if now.duration_since(c.last_rx) > limit {
                     expired.push((c.id, true));
                 }
+            } else if idle_max.is_some_and(|max| now.duration_since(c.last_rx) > max) {
+                // client_idle_timeout: keepalive 0 says nothing about a vanished peer.
+                expired.push((c.id, true));
             }
         }
         for (conn, connected) in expired {

@@ -486,6 +486,7 @@ impl Reader {
                 }
             }
             "connect_timeout" => config.connect_timeout_s = line.number(3600)?.max(1),
+            "client_idle_timeout" => config.client_idle_timeout_s = line.number(u32::MAX.into())?,
             "websockets_headers_size" => {
                 config.websockets_headers_size = match line.number(1 << 20)? {
                     0 => 1024,
