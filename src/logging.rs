@@ -5,13 +5,19 @@
 //! `subscribe` and `unsubscribe` targets are those types, any other info line is a notice
 //! (connection lines). Settings can be replaced while running (SIGHUP); a file destination
 //! is reopened then, so that log rotation works as with Mosquitto.
+//!
+//! No thread waits on a log destination: a line is formatted where it is logged and put in
+//! a bounded queue (lock-free), and a writer thread of its own writes it out. A shard never
+//! blocks on another shard's logging nor on a slow file or a full pipe; when the queue is
+//! full the line is dropped, counted, and the writer says how many were lost.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A set of Mosquitto log types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,7 +167,7 @@ impl Default for LogSettings {
     }
 }
 
-/// The open destinations of the current settings.
+/// The open destinations of the current settings (the writer thread's, and `apply`'s).
 struct Sinks {
     settings: LogSettings,
     file: Option<File>,
@@ -169,12 +175,167 @@ struct Sinks {
 }
 
 struct Logger {
+    /// What `log` reads to filter and format a line: no lock on the logging path.
+    settings: arc_swap::ArcSwapOption<LogSettings>,
     sinks: Mutex<Option<Sinks>>,
 }
 
 static LOGGER: Logger = Logger {
+    settings: arc_swap::ArcSwapOption::const_empty(),
     sinks: Mutex::new(None),
 };
+
+/// Lines waiting for the writer thread; past this many, lines are dropped and counted.
+const PENDING_MAX: usize = 16 * 1024;
+/// How long `flush` waits for the writer to catch up.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+enum Pending {
+    Line {
+        kind: LogTypes,
+        message: String,
+        line: String,
+    },
+    /// Everything before this is written: say so.
+    Flush(crossbeam_channel::Sender<()>),
+}
+
+type PendingQueue = (
+    crossbeam_channel::Sender<Pending>,
+    crossbeam_channel::Receiver<Pending>,
+);
+
+fn pending() -> &'static PendingQueue {
+    static QUEUE: std::sync::OnceLock<PendingQueue> = std::sync::OnceLock::new();
+    QUEUE.get_or_init(|| crossbeam_channel::bounded(PENDING_MAX))
+}
+
+/// Lines dropped because the writer could not keep up.
+static LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+/// The process whose writer thread is running (a fork, `-d`, starts its own).
+static WRITER_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Log lines dropped since start because the log destinations could not keep up.
+pub fn lines_dropped() -> u64 {
+    LINES_DROPPED.load(Ordering::Relaxed)
+}
+
+/// Starts the writer thread of this process, once.
+fn ensure_writer() {
+    let pid = std::process::id();
+    if WRITER_PID.load(Ordering::Acquire) == pid {
+        return;
+    }
+    static STARTING: Mutex<()> = Mutex::new(());
+    let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    if WRITER_PID.load(Ordering::Acquire) == pid {
+        return;
+    }
+    let queue = pending().1.clone();
+    // The writer takes no signal (SIGHUP is read from a signalfd, and a thread that left it
+    // unblocked would be where it lands): it starts with every signal blocked.
+    // SAFETY: sigset_t is plain data that sigfillset initialises; pthread_sigmask reads
+    // and writes live locals, and the old mask is put back on this thread right after.
+    let spawned = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let spawned = std::thread::Builder::new()
+            .name("midge-log".into())
+            .spawn(move || write_lines(queue));
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        spawned
+    };
+    if spawned.is_ok() {
+        WRITER_PID.store(pid, Ordering::Release);
+    }
+}
+
+/// The writer thread: writes queued lines to every destination, in order.
+fn write_lines(queue: crossbeam_channel::Receiver<Pending>) {
+    let mut reported = 0;
+    for item in queue.iter() {
+        match item {
+            Pending::Line {
+                kind,
+                message,
+                line,
+            } => {
+                let dropped = LINES_DROPPED.load(Ordering::Relaxed);
+                if dropped > reported {
+                    let note = format!(
+                        "Warning: {} log lines were dropped: the log could not keep up.",
+                        dropped - reported
+                    );
+                    let stamp = line.split_once(": ").map_or("", |(time, _)| time);
+                    write_out(LogTypes::WARNING, &note, &format!("{stamp}: {note}\n"));
+                    reported = dropped;
+                }
+                write_out(kind, &message, &line);
+            }
+            Pending::Flush(done) => {
+                LOGGER.flush_sinks();
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Writes one line to every destination of the current settings.
+fn write_out(kind: LogTypes, message: &str, line: &str) {
+    let mut guard = LOGGER.sinks.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(sinks) = guard.as_mut() else { return };
+    for dest in &sinks.settings.dests {
+        // A log line that cannot be written is lost: there is nowhere left to say so.
+        let _ = match dest {
+            LogDest::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+            LogDest::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+            LogDest::File(_) => match sinks.file.as_mut() {
+                Some(file) => file.write_all(line.as_bytes()),
+                None => Ok(()),
+            },
+            LogDest::Syslog => match sinks.syslog.as_ref() {
+                Some(socket) => {
+                    let facility = match sinks.settings.facility {
+                        u8::MAX => 3,        // daemon
+                        local => 16 + local, // local0..local7
+                    };
+                    let priority = u16::from(facility) * 8 + u16::from(severity(kind));
+                    let text = format!("<{priority}>midge[{}]: {message}", std::process::id());
+                    socket.send(text.as_bytes()).map(|_| ())
+                }
+                None => Ok(()),
+            },
+            LogDest::Topic if kind != LogTypes::DEBUG => {
+                let queued = topic_queue()
+                    .0
+                    .try_send((log_topic(kind), line.trim_end().to_string()));
+                if queued.is_err() {
+                    TOPIC_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            LogDest::Topic => Ok(()),
+        };
+    }
+}
+
+impl Logger {
+    fn flush_sinks(&self) {
+        let mut guard = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = guard.as_mut().and_then(|s| s.file.as_mut()) {
+            let _ = file.flush();
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Waits (a bounded time) until every line logged so far is written: before the process
+/// exits or aborts.
+pub fn flush() {
+    log::logger().flush();
+}
 
 /// Starts logging to stderr with Mosquitto's default types (all of them if `verbose`), until
 /// `apply` gives the configured settings. Safe to call more than once.
@@ -222,6 +383,7 @@ pub fn apply(settings: &LogSettings) -> Result<(), String> {
         file,
         syslog,
     });
+    LOGGER.settings.store(Some(Arc::new(settings.clone())));
     log::set_max_level(level);
     Ok(())
 }
@@ -275,59 +437,45 @@ impl log::Log for Logger {
             return;
         }
         let kind = LogTypes::of(record.metadata());
-        let mut guard = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(sinks) = guard.as_mut() else { return };
-        if !sinks.settings.types.contains(kind) {
+        let settings = self.settings.load();
+        let Some(settings) = settings.as_deref() else {
+            return;
+        };
+        if !settings.types.contains(kind) {
             return;
         }
         let message = record.args().to_string();
-        let line = if sinks.settings.timestamp {
-            let time = timestamp(sinks.settings.timestamp_format.as_deref());
+        let line = if settings.timestamp {
+            let time = timestamp(settings.timestamp_format.as_deref());
             format!("{time}: {message}\n")
         } else {
             format!("{message}\n")
         };
-        for dest in &sinks.settings.dests {
-            // A log line that cannot be written is lost: there is nowhere left to say so.
-            let _ = match dest {
-                LogDest::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-                LogDest::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
-                LogDest::File(_) => match sinks.file.as_mut() {
-                    Some(file) => file.write_all(line.as_bytes()),
-                    None => Ok(()),
-                },
-                LogDest::Syslog => match sinks.syslog.as_ref() {
-                    Some(socket) => {
-                        let facility = match sinks.settings.facility {
-                            u8::MAX => 3,        // daemon
-                            local => 16 + local, // local0..local7
-                        };
-                        let priority = u16::from(facility) * 8 + u16::from(severity(kind));
-                        let text = format!("<{priority}>midge[{}]: {message}", std::process::id());
-                        socket.send(text.as_bytes()).map(|_| ())
-                    }
-                    None => Ok(()),
-                },
-                LogDest::Topic if kind != LogTypes::DEBUG => {
-                    let queued = topic_queue()
-                        .0
-                        .try_send((log_topic(kind), line.trim_end().to_string()));
-                    if queued.is_err() {
-                        TOPIC_LINES_DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Ok(())
-                }
-                LogDest::Topic => Ok(()),
-            };
+        ensure_writer();
+        let item = Pending::Line {
+            kind,
+            message,
+            line,
+        };
+        if pending().0.try_send(item).is_err() {
+            LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn flush(&self) {
-        let mut guard = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(file) = guard.as_mut().and_then(|s| s.file.as_mut()) {
-            let _ = file.flush();
+        if WRITER_PID.load(Ordering::Acquire) != std::process::id() {
+            self.flush_sinks();
+            return;
         }
-        let _ = std::io::stdout().flush();
+        let (done, written) = crossbeam_channel::bounded(1);
+        // Behind every line already queued (it waits for room, a bounded time).
+        if pending()
+            .0
+            .send_timeout(Pending::Flush(done), FLUSH_WAIT)
+            .is_ok()
+        {
+            let _ = written.recv_timeout(FLUSH_WAIT);
+        }
     }
 }
 

@@ -125,6 +125,8 @@ fn main() -> ExitCode {
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     let args = Args::parse();
     midge::logging::init(args.verbose);
+    // Whichever way main returns, what is still queued for the log is written first.
+    let _flush = FlushLog;
     let mut config = match read_config(&args) {
         Ok(config) => config,
         Err(e) => {
@@ -339,5 +341,14 @@ fn raise_file_limit() {
             "Warning: cannot raise the open file limit from {soft}: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+/// Writes the log's queued lines when dropped (`logging.rs` writes from a thread).
+struct FlushLog;
+
+impl Drop for FlushLog {
+    fn drop(&mut self) {
+        midge::logging::flush();
     }
 }

@@ -126,3 +126,42 @@ fn client_idle_timeout_closes_silent_clients_without_keepalive() {
     alive.send(&Packet::PingReq);
     assert!(matches!(alive.recv(), Packet::PingResp));
 }
+
+/// A log nobody reads (stderr a full pipe) never stops the broker: lines wait in a bounded
+/// queue for the logging thread, and past it they are dropped and counted (issue 16).
+#[test]
+fn a_log_nobody_reads_never_stops_the_broker() {
+    let port = quiet_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_midge"))
+        .args(io_backend_args())
+        .args(["-v", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < until, "midge does not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut sub = Raw::connect(port, "sub");
+    sub.subscribe(&[("t", QoS::AtLeastOnce)]);
+    let mut publisher = Raw::connect(port, "pub");
+    // Four debug lines a message: far more than the pipe and the queue hold.
+    for i in 0..6000u32 {
+        let id = (i % 60_000 + 1) as u16;
+        publisher.send(&publish("t", &i.to_be_bytes(), QoS::AtLeastOnce, id, false));
+        assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+        let p = sub.recv_publish();
+        sub.send(&Packet::PubAck(PubResponse::new(p.packet_id)));
+    }
+    // SAFETY: kill(2) on the PID of the child this test started and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("log lines were dropped"),
+        "{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+}

@@ -28,7 +28,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// listening socket is bound here: an address that cannot be had stops the start.
 pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BrokerMetrics(shared.clone())));
@@ -36,12 +35,11 @@ pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
         .name("midge-metrics".into())
         .spawn(move || {
             while !shared.shutdown.load(Ordering::Acquire) {
+                if !readable(&listener, SHUTDOWN_CHECK) {
+                    continue;
+                }
                 match listener.accept() {
                     Ok((stream, _)) => answer(stream, &registry),
-                    // Polled: the thread notices shutdown within this long.
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(50))
-                    }
                     Err(e) => {
                         log::warn!("Warning: metrics_listener: {e}");
                         std::thread::sleep(Duration::from_millis(100));
@@ -50,6 +48,22 @@ pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
             }
         })?;
     Ok(bound)
+}
+
+/// How often the metrics thread looks whether the broker is stopping.
+const SHUTDOWN_CHECK: Duration = Duration::from_millis(250);
+
+/// Whether a connection waits on `listener`, waiting at most `wait` for one.
+fn readable(listener: &TcpListener, wait: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes one pollfd, a live local, for the duration of the call.
+    let ready = unsafe { libc::poll(&mut fd, 1, wait.as_millis() as libc::c_int) };
+    ready > 0
 }
 
 /// One HTTP/1.x exchange: `GET /metrics` gets the metrics, anything else 404 or 405; the
