@@ -377,6 +377,8 @@ pub fn apply(settings: &LogSettings) -> Result<(), String> {
     } else {
         settings.types.level()
     };
+    // Lines logged under the settings being replaced go where those settings said.
+    flush();
     let mut sinks = LOGGER.sinks.lock().unwrap_or_else(|e| e.into_inner());
     *sinks = Some(Sinks {
         settings: settings.clone(),

@@ -11,6 +11,7 @@ mod close;
 pub mod conn;
 mod connect;
 mod deliver;
+mod encode;
 mod handover;
 mod invariants;
 pub mod io;

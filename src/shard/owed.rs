@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::deliver::Variants;
+use super::encode::Variants;
 use super::io::Backend;
 use super::Shard;
 use crate::codec::QoS;

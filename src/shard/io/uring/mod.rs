@@ -16,7 +16,7 @@
 //!   completion may still name it. Completions carry the connection's generation too.
 //! - Another thread wakes a `wait` through an eventfd that the ring always has a read on.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
 use std::collections::VecDeque;
@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 mod buffer_ring;
 mod completions;
 mod setup;
+mod socket;
 
 pub use setup::available;
 use setup::ring_builder;
@@ -38,6 +39,7 @@ use super::{
     lingers_ended, AcceptFailures, Backend, ConnId, Event, ListenSocket, Waker, IOVECS_MAX, LINGER,
 };
 use buffer_ring::BufferRing;
+use socket::Socket;
 
 const SUBMISSION_ENTRIES: u32 = 1024;
 /// Completions the ring holds before the kernel keeps the rest aside (no completion is lost:
@@ -70,59 +72,6 @@ fn untag(data: u64) -> (u8, usize, u32) {
         (data & (SLOTS_MAX as u64 - 1)) as usize,
         (data >> 24) as u32,
     )
-}
-
-struct Socket {
-    /// TCP or Unix: the ring reads and writes either alike.
-    stream: socket2::Socket,
-    generation: u32,
-    queue: VecDeque<Bytes>,
-    queued: usize,
-    /// A send is in flight (for the front of `queue`).
-    sending: bool,
-    /// The vector of an in-flight `writev`; untouched until it completes.
-    iov: Box<[libc::iovec]>,
-    /// A multishot receive is armed (until a completion without `MORE`).
-    receiving: bool,
-    paused: bool,
-    /// Bytes that arrived while paused (before the cancelled receive stopped).
-    held: Option<Box<BytesMut>>,
-    /// Closed by the shard: the queue is written, the write side shut, and what the peer
-    /// still sends is thrown away until it closes or the linger ends (as in `epoll.rs`).
-    closing: bool,
-    write_shut: bool,
-    discarded: u32,
-    /// Gone for the shard; kept only until its operations complete.
-    dead: bool,
-    /// An outgoing connect in flight, and the address it points the kernel at (kept
-    /// until it completes). Sends wait in the queue until it has.
-    connecting: Option<Box<socket2::SockAddr>>,
-}
-
-impl Socket {
-    /// A new connection's socket (`connecting`: the address of its connect in flight).
-    fn new(
-        stream: socket2::Socket,
-        generation: u32,
-        connecting: Option<Box<socket2::SockAddr>>,
-    ) -> Socket {
-        Socket {
-            stream,
-            generation,
-            queue: VecDeque::new(),
-            queued: 0,
-            sending: false,
-            iov: Box::default(),
-            receiving: false,
-            paused: false,
-            held: None,
-            closing: false,
-            write_shut: false,
-            discarded: 0,
-            dead: false,
-            connecting,
-        }
-    }
 }
 
 pub struct Uring {

@@ -1,0 +1,127 @@
+//! Encoding a PUBLISH for its subscribers: once per variant (protocol version, QoS, flags,
+//! mount point) of the message being delivered, with the packet id patched in per copy,
+//! and the PUBLISH a subscriber gets (its 5.0 properties, its topic past a mount point).
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+use std::time::Instant;
+
+use crate::codec::{MqttStr, Packet, ProtocolVersion, Publish, QoS};
+use crate::router::Message;
+
+/// Encoded PUBLISH variants of the message being delivered, so that subscribers that get the
+/// same bytes share one encoding; QoS 1/2 copies get their packet id patched in.
+#[derive(Default)]
+pub(super) struct Variants {
+    entries: SmallVec<[(VariantKey, Bytes, usize); 4]>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct VariantKey {
+    pub(super) v5: bool,
+    pub(super) qos: QoS,
+    pub(super) retain: bool,
+    pub(super) dup: bool,
+    /// Bytes of `mount_point` taken off the front of the topic.
+    pub(super) strip: usize,
+}
+
+impl Variants {
+    /// The encoded variant for `key` (packet id 0 as a placeholder) and the offset of its
+    /// packet id.
+    /// `None` if the message cannot be encoded in that variant (see `encode_with_id_offset`).
+    pub(super) fn get(
+        &mut self,
+        key: VariantKey,
+        message: &Message,
+        now: Instant,
+    ) -> Option<(&[u8], usize)> {
+        let index = match self.entries.iter().position(|(k, _, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let mut publish =
+                    build_publish(message, key.qos, key.retain, &[], key.v5, key.strip, now);
+                publish.dup = key.dup;
+                // A placeholder id (patched per copy) so that the field is there.
+                publish.packet_id = u16::from(key.qos != QoS::AtMostOnce);
+                let version = if key.v5 {
+                    ProtocolVersion::V5
+                } else {
+                    ProtocolVersion::V311
+                };
+                let topic = publish.topic.clone();
+                let (bytes, id_at) =
+                    encode_with_id_offset(Packet::Publish(publish), version, &topic)?;
+                self.entries.push((key, bytes, id_at));
+                self.entries.len() - 1
+            }
+        };
+        let (_, bytes, id_at) = &self.entries[index];
+        Some((bytes, *id_at))
+    }
+}
+
+/// Encodes a PUBLISH and returns it with the offset of its packet id: the fixed header, then
+/// the topic (two bytes of length and the topic).
+/// `None` if it cannot be encoded: a message received from a 3.1.1 client close to the
+/// largest remaining length [MQTT-2.2.3] grows past it by the property length byte a 5.0
+/// subscriber's copy needs.
+pub(super) fn encode_with_id_offset(
+    packet: Packet,
+    version: ProtocolVersion,
+    topic: &MqttStr,
+) -> Option<(Bytes, usize)> {
+    let bytes = packet.to_bytes(version).ok()?;
+    let (_, varint) = crate::codec::decode_varint(&bytes[1..]).ok().flatten()?;
+    Some((bytes, 1 + varint + 2 + topic.len()))
+}
+
+/// How much of `topic` a client behind `mount` does not see, or `None` if the topic is
+/// outside its mount point.
+pub(super) fn mount_strip(mount: Option<&str>, topic: &str) -> Option<usize> {
+    match mount {
+        None => Some(0),
+        Some(mount) if topic.len() > mount.len() && topic.starts_with(mount) => Some(mount.len()),
+        Some(_) => None,
+    }
+}
+
+/// The PUBLISH a subscriber gets: the message's properties for 5.0 (none before), with its
+/// subscription identifiers, and the topic past its mount point (`strip` bytes).
+pub(super) fn build_publish(
+    message: &Message,
+    qos: QoS,
+    retain: bool,
+    identifiers: &[u32],
+    v5: bool,
+    strip: usize,
+    now: Instant,
+) -> Publish {
+    let mut properties = if v5 {
+        message.properties.clone()
+    } else {
+        Default::default()
+    };
+    if let (true, Some(at)) = (v5, message.expires_at) {
+        // [MQTT-3.3.2-6] the interval still to run, not the one received.
+        let left = at.saturating_duration_since(now);
+        properties.message_expiry_interval =
+            Some(left.as_secs() as u32 + u32::from(left.subsec_nanos() > 0));
+    }
+    if v5 && !identifiers.is_empty() {
+        properties.subscription_identifiers = identifiers.iter().copied().collect();
+    }
+    Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: if strip == 0 {
+            MqttStr::clone(&message.topic)
+        } else {
+            message.topic.tail(strip)
+        },
+        packet_id: 0,
+        properties,
+        payload: message.payload.clone(),
+    }
+}
