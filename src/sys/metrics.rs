@@ -182,6 +182,27 @@ const SHARD_COUNTERS: &[ShardCounter] = &[
     ),
 ];
 
+/// One sample per shard (label `shard`), a counter or a gauge.
+fn per_shard(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: &[u64],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (shard, &value) in values.iter().enumerate() {
+        let shard = shard.to_string();
+        let labels = [("shard", shard.as_str())];
+        let sample = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(sample)?,
+            _ => ConstGauge::new(value as i64).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
 /// Messages dropped, by the label `reason`.
 const DROPS: &[(&str, Reader)] = &[
     ("slow_client", |s| {
@@ -243,11 +264,8 @@ impl Collector for BrokerMetrics {
             retained as i64,
         )?;
         for (name, help, read) in SHARD_COUNTERS {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (shard, stats) in &shards {
-                let labels = [("shard", shard.as_str())];
-                ConstCounter::new(read(stats)).encode(family.encode_family(&labels)?)?;
-            }
+            let values: Vec<u64> = shards.iter().map(|(_, stats)| read(stats)).collect();
+            per_shard(&mut encoder, name, help, MetricType::Counter, &values)?;
         }
         let help = "Messages not delivered, by reason (nothing is dropped silently)";
         let mut family =
@@ -259,32 +277,31 @@ impl Collector for BrokerMetrics {
             }
         }
         for (name, help, read) in SHARD_GAUGES {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (shard, stats) in &shards {
-                let labels = [("shard", shard.as_str())];
-                ConstGauge::new(read(stats) as i64).encode(family.encode_family(&labels)?)?;
-            }
+            let values: Vec<u64> = shards.iter().map(|(_, stats)| read(stats)).collect();
+            per_shard(&mut encoder, name, help, MetricType::Gauge, &values)?;
         }
-        let mut family = encoder.encode_descriptor(
+        let depths: Vec<u64> = (0..shards.len())
+            .map(|i| shared.mailboxes.depth(i) as u64)
+            .collect();
+        let help = "Messages from other shards waiting in the shard's mailbox";
+        per_shard(
+            &mut encoder,
             "midge_shard_mailbox_depth",
-            "Messages from other shards waiting in the shard's mailbox",
-            None,
+            help,
             MetricType::Gauge,
+            &depths,
         )?;
-        for (i, (shard, _)) in shards.iter().enumerate() {
-            let depth = shared.mailboxes.depth(i) as i64;
-            ConstGauge::new(depth).encode(family.encode_family(&[("shard", shard.as_str())])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        let queued: Vec<u64> = (shared.write_queued.iter())
+            .map(|q| q.load(Ordering::Relaxed) as u64)
+            .collect();
+        let help = "Bytes the shard's sockets have not taken yet";
+        per_shard(
+            &mut encoder,
             "midge_shard_write_queued_bytes",
-            "Bytes the shard's sockets have not taken yet",
-            None,
+            help,
             MetricType::Gauge,
+            &queued,
         )?;
-        for (i, (shard, _)) in shards.iter().enumerate() {
-            let queued = shared.write_queued[i].load(Ordering::Relaxed) as i64;
-            ConstGauge::new(queued).encode(family.encode_family(&[("shard", shard.as_str())])?)?;
-        }
         let mut family = encoder.encode_descriptor(
             "midge_shard_loop_turn_seconds",
             "How long the shard's event loop turns take (waiting excluded)",
