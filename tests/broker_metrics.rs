@@ -46,17 +46,41 @@ fn metrics_count_traffic_and_drops_per_shard_in_the_openmetrics_format() {
         assert!(matches!(publisher.recv(), Packet::PubAck(_)));
         sub.recv_publish();
     }
+    // Refused: an empty client id without clean session [MQTT-3.1.3-8].
+    let (_refused, ack) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V311, "", false, 60),
+    );
+    assert_ne!(ack.reason, ReasonCode::Success);
     let (status, body) = get(port, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(body.ends_with("# EOF\n"), "{body}");
     assert_eq!(sample(&body, "midge_connections"), Some(2.0), "{body}");
     assert_eq!(
-        sample(&body, "midge_messages_received_total{shard=\"0\"}"),
+        sample(
+            &body,
+            "midge_messages_received_total{shard=\"0\",qos=\"1\"}"
+        ),
         Some(3.0)
     );
     assert_eq!(
-        sample(&body, "midge_messages_sent_total{shard=\"0\"}"),
+        sample(
+            &body,
+            "midge_messages_received_total{shard=\"0\",qos=\"0\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&body, "midge_messages_sent_total{shard=\"0\",qos=\"1\"}"),
         Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "midge_connections_refused_total{shard=\"0\",reason=\"client_id\"}"
+        ),
+        Some(1.0),
+        "{body}"
     );
     assert_eq!(
         sample(

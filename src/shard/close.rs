@@ -120,6 +120,10 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conn_mut(conn) else { return };
         let connected = c.session.is_some();
         let name = c.name().to_string();
+        if !connected {
+            // A CONNECT the broker cannot take (or anything else before one).
+            self.stats().refused(super::stats::Refused::Protocol);
+        }
         if let DecodeError::UnsupportedProtocolVersion(level) = error {
             // [MQTT-3.1.2-2] CONNACK 0x01 (in the 3.1.1 form: the client's form is unknown).
             if messages {

@@ -321,6 +321,13 @@ impl<B: Backend> Shard<B> {
         let Some(mut c) = self.take_conn(conn) else {
             return;
         };
+        use super::stats::Refused;
+        self.stats().refused(match reason {
+            ReasonCode::NotAuthorized | ReasonCode::BadUserNameOrPassword => Refused::NotAuthorised,
+            ReasonCode::ClientIdentifierNotValid => Refused::ClientId,
+            ReasonCode::UnsupportedProtocolVersion | ReasonCode::ProtocolError => Refused::Protocol,
+            _ => Refused::Other,
+        });
         let id = connect.client_id.as_str();
         let ack = ConnAck {
             session_present: false,

@@ -484,7 +484,7 @@ impl<B: Backend> Shard<B> {
             message.topic,
             message.payload.len()
         );
-        stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        stats.messages_sent[target.qos as usize].fetch_add(1, Ordering::Relaxed);
         stats.packets_sent.fetch_add(1, Ordering::Relaxed);
         if was_empty {
             self.dirty.push(conn);

@@ -31,7 +31,7 @@ pub(crate) use timers::release_freed_memory;
 mod transport;
 
 pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY};
-pub use stats::{Stats, StatsSnapshot, TURN_BUCKETS_US};
+pub use stats::{Refused, Stats, StatsSnapshot, TURN_BUCKETS_US};
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
@@ -317,6 +317,7 @@ impl<B: Backend> Shard<B> {
                     .is_some_and(|max| open > max)
                 {
                     count.fetch_sub(1, Ordering::AcqRel);
+                    self.stats().refused(stats::Refused::MaxConnections);
                     log::info!(
                         "Client connection from {} denied: max_connections exceeded.",
                         conn::peer_host(peer, self.config.listener(listener))

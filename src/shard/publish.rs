@@ -21,9 +21,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn on_publish(&mut self, conn: ConnId, session_id: SessionId, publish: Publish) {
         // Receipts left by a will routed since the last PUBLISH are no one's.
         let name = self.conn_name(conn);
-        self.stats()
-            .messages_received
-            .fetch_add(1, Ordering::Relaxed);
+        self.stats().messages_received[publish.qos as usize].fetch_add(1, Ordering::Relaxed);
         #[cfg(debug_assertions)]
         if self.fault_panic_topic.as_deref() == Some(&*publish.topic) {
             panic!("fault injected by MIDGE_FAULT_PANIC_TOPIC");

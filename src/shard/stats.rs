@@ -16,8 +16,11 @@ pub struct Stats {
     pub dropped_mailbox_full: AtomicU64,
     /// QoS 1/2 messages dropped because the overflow list was full too.
     pub dropped_overflow_full: AtomicU64,
-    pub messages_received: AtomicU64,
-    pub messages_sent: AtomicU64,
+    /// PUBLISH packets received and sent, by QoS (index 0, 1, 2).
+    pub messages_received: [AtomicU64; 3],
+    pub messages_sent: [AtomicU64; 3],
+    /// CONNECTs refused and connections denied, by `Refused` (its index).
+    pub refused: [AtomicU64; Refused::ALL.len()],
     /// 5.0 messages whose Message Expiry Interval ran out before delivery.
     pub dropped_expired: AtomicU64,
     /// Messages larger than the receiving client's Maximum Packet Size.
@@ -46,12 +49,52 @@ pub struct Stats {
     pub turn_us_sum: AtomicU64,
 }
 
+/// Why a connection was refused (the metrics' label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Bad user name or password, no certificate where one names the user, not allowed.
+    NotAuthorised,
+    /// An empty, too long or otherwise unacceptable client id (a bridge's included).
+    ClientId,
+    /// An unsupported protocol version, or a CONNECT the broker cannot take.
+    Protocol,
+    /// `max_connections` on its listener.
+    MaxConnections,
+    /// Anything else (an unsupported authentication method, a will above `max_qos`...).
+    Other,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 5] = [
+        Refused::NotAuthorised,
+        Refused::ClientId,
+        Refused::Protocol,
+        Refused::MaxConnections,
+        Refused::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::NotAuthorised => "not_authorised",
+            Refused::ClientId => "client_id",
+            Refused::Protocol => "protocol",
+            Refused::MaxConnections => "max_connections",
+            Refused::Other => "other",
+        }
+    }
+}
+
 /// Upper bounds (microseconds) of the loop-turn duration histogram.
 pub const TURN_BUCKETS_US: [u64; 11] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
 ];
 
 impl Stats {
+    /// One more connection refused for `why`.
+    pub fn refused(&self, why: Refused) {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A turn of `us` microseconds (only the shard writes its own: no read-modify-write).
     pub fn turn_took(&self, us: u64) {
         let bucket = TURN_BUCKETS_US.partition_point(|&bound| bound < us);
@@ -100,8 +143,8 @@ impl Shared {
             total.dropped_queue_full += get(&s.dropped_queue_full);
             total.dropped_mailbox_full += get(&s.dropped_mailbox_full);
             total.dropped_overflow_full += get(&s.dropped_overflow_full);
-            total.messages_received += get(&s.messages_received);
-            total.messages_sent += get(&s.messages_sent);
+            total.messages_received += s.messages_received.iter().map(get).sum::<u64>();
+            total.messages_sent += s.messages_sent.iter().map(get).sum::<u64>();
             total.dropped_expired += get(&s.dropped_expired);
             total.dropped_too_large += get(&s.dropped_too_large);
             total.packets_received += get(&s.packets_received);

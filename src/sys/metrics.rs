@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::shard::{Shared, Stats};
+use crate::shard::{Refused, Shared, Stats};
 
 /// The most a request may send before its blank line (a scraper sends a few hundred bytes).
 const REQUEST_MAX: usize = 8 * 1024;
@@ -140,16 +140,6 @@ type ShardCounter = (&'static str, &'static str, Reader);
 
 const SHARD_COUNTERS: &[ShardCounter] = &[
     (
-        "midge_messages_received",
-        "PUBLISH packets received from clients (and bridges)",
-        |s| s.messages_received.load(Ordering::Relaxed),
-    ),
-    (
-        "midge_messages_sent",
-        "PUBLISH packets sent to clients (and bridges)",
-        |s| s.messages_sent.load(Ordering::Relaxed),
-    ),
-    (
         "midge_packets_received",
         "MQTT packets of every type received",
         |s| s.packets_received.load(Ordering::Relaxed),
@@ -198,6 +188,26 @@ fn per_shard(
         match kind {
             MetricType::Counter => ConstCounter::new(value).encode(sample)?,
             _ => ConstGauge::new(value as i64).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+/// A counter per shard (`shards`) and per value of one more label (`label`, its
+/// `values`), read as `read(stats, index of the value)`.
+fn per_shard_by(
+    encoder: &mut DescriptorEncoder,
+    shards: &[(String, &Stats)],
+    metric: &str,
+    help: &str,
+    (label, values): (&str, &[&str]),
+    read: impl Fn(&Stats, usize) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+    for (shard, stats) in shards {
+        for (index, value) in values.iter().enumerate() {
+            let labels = [("shard", shard.as_str()), (label, value)];
+            ConstCounter::new(read(stats, index)).encode(family.encode_family(&labels)?)?;
         }
     }
     Ok(())
@@ -267,15 +277,45 @@ impl Collector for BrokerMetrics {
             let values: Vec<u64> = shards.iter().map(|(_, stats)| read(stats)).collect();
             per_shard(&mut encoder, name, help, MetricType::Counter, &values)?;
         }
+        let qos = ["0", "1", "2"];
+        let help = "PUBLISH packets received from clients (and bridges), by QoS";
+        per_shard_by(
+            &mut encoder,
+            &shards,
+            "midge_messages_received",
+            help,
+            ("qos", &qos),
+            |s, q| s.messages_received[q].load(Ordering::Relaxed),
+        )?;
+        let help = "PUBLISH packets sent to clients (and bridges), by QoS";
+        per_shard_by(
+            &mut encoder,
+            &shards,
+            "midge_messages_sent",
+            help,
+            ("qos", &qos),
+            |s, q| s.messages_sent[q].load(Ordering::Relaxed),
+        )?;
+        let reasons: Vec<&str> = DROPS.iter().map(|(reason, _)| *reason).collect();
         let help = "Messages not delivered, by reason (nothing is dropped silently)";
-        let mut family =
-            encoder.encode_descriptor("midge_messages_dropped", help, None, MetricType::Counter)?;
-        for (shard, stats) in &shards {
-            for (reason, read) in DROPS {
-                let labels = [("shard", shard.as_str()), ("reason", reason)];
-                ConstCounter::new(read(stats)).encode(family.encode_family(&labels)?)?;
-            }
-        }
+        per_shard_by(
+            &mut encoder,
+            &shards,
+            "midge_messages_dropped",
+            help,
+            ("reason", &reasons),
+            |s, r| DROPS[r].1(s),
+        )?;
+        let reasons: Vec<&str> = Refused::ALL.iter().map(|r| r.label()).collect();
+        let help = "Connections refused (at CONNECT, or at accept for max_connections), by reason";
+        per_shard_by(
+            &mut encoder,
+            &shards,
+            "midge_connections_refused",
+            help,
+            ("reason", &reasons),
+            |s, r| s.refused[r].load(Ordering::Relaxed),
+        )?;
         for (name, help, read) in SHARD_GAUGES {
             let values: Vec<u64> = shards.iter().map(|(_, stats)| read(stats)).collect();
             per_shard(&mut encoder, name, help, MetricType::Gauge, &values)?;
