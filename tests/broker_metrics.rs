@@ -201,3 +201,40 @@ fn the_grafana_dashboard_queries_only_metrics_midge_serves() {
         );
     }
 }
+
+/// Messages queued for an offline session show in the queue depth (refreshed every
+/// `sys_interval`).
+#[test]
+fn metrics_show_what_waits_in_queues() {
+    let conf = config_file(
+        "metrics-queues",
+        "metrics_listener 127.0.0.1:0\nsys_interval 1\nallow_anonymous true\n",
+    );
+    let broker = Broker::start(&["-c", &conf, "--threads", "1"]);
+    let port = metrics_port(&broker);
+    let (mut away, _) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V311, "away", false, 60),
+    );
+    away.subscribe(&[("q", QoS::AtLeastOnce)]);
+    away.send(&Packet::Disconnect(Disconnect::default()));
+    away.expect_closed();
+    let mut publisher = Raw::connect(broker.port, "pub");
+    for i in 1..=3u16 {
+        publisher.send(&publish("q", b"x", QoS::AtLeastOnce, i, false));
+        assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    }
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = get(port, "/metrics");
+        if sample(&body, "midge_queued_messages{shard=\"0\"}") == Some(3.0) {
+            assert_eq!(
+                sample(&body, "midge_inflight_messages{shard=\"0\"}"),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -40,6 +40,10 @@ pub struct Stats {
     pub sessions: AtomicU64,
     pub clients_connected: AtomicU64,
     pub subscriptions: AtomicU64,
+    /// QoS 1/2 messages sent and not yet acknowledged, and messages queued, over the
+    /// shard's sessions (refreshed with the gauges above).
+    pub inflight_messages: AtomicU64,
+    pub queued_messages: AtomicU64,
     /// Loop turns the shard has taken (it turns at least every timer tick): the systemd
     /// watchdog pings only while every shard's count moves.
     pub loop_turns: AtomicU64,

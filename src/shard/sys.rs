@@ -84,12 +84,19 @@ impl<B: Backend> Shard<B> {
         }
         self.sys.next = Some(now + Duration::from_secs(interval));
         let stats = &self.shared.stats[self.id];
-        let connected = self.sessions.values().filter(|s| s.conn.is_some()).count();
-        let subscriptions: usize = self
-            .sessions
-            .values()
-            .map(|s| s.subscriptions().len())
-            .sum();
+        let (mut connected, mut subscriptions, mut inflight, mut queued) = (0, 0, 0, 0);
+        for s in self.sessions.values() {
+            connected += usize::from(s.conn.is_some());
+            subscriptions += s.subscriptions().len();
+            inflight += s.outgoing().inflight_len();
+            queued += s.outgoing().queue_len();
+        }
+        stats
+            .inflight_messages
+            .store(inflight as u64, Ordering::Relaxed);
+        stats
+            .queued_messages
+            .store(queued as u64, Ordering::Relaxed);
         stats
             .sessions
             .store(self.sessions.len() as u64, Ordering::Relaxed);

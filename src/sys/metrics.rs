@@ -248,6 +248,16 @@ const SHARD_GAUGES: &[ShardCounter] = &[
         "Subscriptions (refreshed every sys_interval)",
         |s| s.subscriptions.load(Ordering::Relaxed),
     ),
+    (
+        "midge_inflight_messages",
+        "QoS 1/2 messages sent and not acknowledged yet (refreshed every sys_interval)",
+        |s| s.inflight_messages.load(Ordering::Relaxed),
+    ),
+    (
+        "midge_queued_messages",
+        "Messages queued for sessions, offline or past their window (refreshed every sys_interval)",
+        |s| s.queued_messages.load(Ordering::Relaxed),
+    ),
 ];
 
 impl Collector for BrokerMetrics {
