@@ -161,11 +161,14 @@ fn a_metrics_address_that_cannot_be_had_stops_the_start() {
 /// Every series the Grafana dashboard in `contrib/` queries is one midge serves.
 #[test]
 fn the_grafana_dashboard_queries_only_metrics_midge_serves() {
+    let dir = common::persist::store("metrics-dashboard");
     let conf = config_file(
         "metrics-dashboard",
         &format!(
-            "metrics_listener 127.0.0.1:0\nlistener 0 127.0.0.1\n\
+            "metrics_listener 127.0.0.1:0\nlistener 0 127.0.0.1\nuser root\n\
+             persistence true\npersistence_location {}\n\
              connection b\naddress 127.0.0.1:{}\ntopic t out\n",
+            dir.display(),
             quiet_port()
         ),
     );
@@ -237,4 +240,36 @@ fn metrics_show_what_waits_in_queues() {
         assert!(Instant::now() < until, "{body}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// With persistence, each shard's journal syncs show in a histogram; without it the
+/// family is not served at all.
+#[test]
+fn metrics_time_the_persistence_syncs() {
+    let (_, body) = {
+        let conf = config_file(
+            "metrics-no-persist",
+            "metrics_listener 127.0.0.1:0\nallow_anonymous true\n",
+        );
+        let broker = Broker::start(&["-c", &conf, "--threads", "1"]);
+        get(metrics_port(&broker), "/metrics")
+    };
+    assert!(!body.contains("midge_persistence_sync_seconds"), "{body}");
+
+    let dir = common::persist::store("metrics-sync");
+    let broker =
+        common::persist::broker("metrics-sync", &dir, "metrics_listener 127.0.0.1:0\n", "1");
+    let port = metrics_port(&broker);
+    let mut publisher = Raw::connect(broker.port, "pub");
+    for i in 1..=3u16 {
+        // A retained message changes the store: the turn's journal write is synced
+        // (`persistence_sync always`, the default) before the PUBACK.
+        publisher.send(&publish("kept", b"x", QoS::AtLeastOnce, i, true));
+        assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    }
+    let (_, body) = get(port, "/metrics");
+    assert!(body.contains("# TYPE midge_persistence_sync_seconds histogram"));
+    let syncs = sample(&body, "midge_persistence_sync_seconds_count{shard=\"0\"}").unwrap();
+    assert!(syncs >= 3.0, "{body}");
+    assert!(sample(&body, "midge_persistence_sync_seconds_sum{shard=\"0\"}").is_some());
 }

@@ -49,10 +49,16 @@ impl<B: Backend> Shard<B> {
         let Some((journal, _)) = self.journal_up_to_date() else {
             return;
         };
-        journal.commit(now);
+        let synced = journal.commit(now);
         let due = journal.wants_compaction() || journal.compactions_done < asked;
-        if due && !journal.compacting() {
+        let compact = due && !journal.compacting();
+        if compact {
             journal.compactions_done = asked;
+        }
+        if let Some(took) = synced {
+            self.stats().persist_syncs.record(took.as_micros() as u64);
+        }
+        if compact {
             self.start_compaction();
         }
         self.compaction_slice();

@@ -31,7 +31,7 @@ pub(crate) use timers::release_freed_memory;
 mod transport;
 
 pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY};
-pub use stats::{Refused, Stats, StatsSnapshot, TURN_BUCKETS_US};
+pub use stats::{Durations, Refused, Stats, StatsSnapshot, DURATION_BUCKETS_US};
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
@@ -278,7 +278,7 @@ impl<B: Backend> Shard<B> {
         self.shared.write_queued[self.id]
             .store(self.backend.queued_bytes_total(), Ordering::Relaxed);
         let took = self.shared.clock.now().saturating_duration_since(self.now);
-        self.stats().turn_took(took.as_micros() as u64);
+        self.stats().turn_durations.record(took.as_micros() as u64);
         true
     }
 

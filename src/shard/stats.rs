@@ -47,10 +47,29 @@ pub struct Stats {
     /// Loop turns the shard has taken (it turns at least every timer tick): the systemd
     /// watchdog pings only while every shard's count moves.
     pub loop_turns: AtomicU64,
-    /// How long the shard's loop turns took (the wait excluded), by `TURN_BUCKETS_US`
-    /// (the last: longer), and their sum in microseconds: the metrics' histogram.
-    pub turn_buckets: [AtomicU64; TURN_BUCKETS_US.len() + 1],
-    pub turn_us_sum: AtomicU64,
+    /// How long the shard's loop turns took (the wait excluded).
+    pub turn_durations: Durations,
+    /// With `persistence true`: how long each sync of the shard's journal to its disk took
+    /// (`fdatasync`; none with `autosave_interval` 0 and `autosave_on_changes false`).
+    pub persist_syncs: Durations,
+}
+
+/// A histogram of durations by `DURATION_BUCKETS_US` (the last bucket: longer), and their
+/// sum in microseconds. One thread records (only the shard writes its own: no
+/// read-modify-write); the metrics thread reads.
+#[derive(Debug, Default)]
+pub struct Durations {
+    pub buckets: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
+    pub us_sum: AtomicU64,
+}
+
+impl Durations {
+    pub fn record(&self, us: u64) {
+        let bucket = DURATION_BUCKETS_US.partition_point(|&bound| bound < us);
+        let add = |c: &AtomicU64, n: u64| c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        add(&self.buckets[bucket], 1);
+        add(&self.us_sum, us);
+    }
 }
 
 /// Why a connection was refused (the metrics' label).
@@ -88,23 +107,15 @@ impl Refused {
     }
 }
 
-/// Upper bounds (microseconds) of the loop-turn duration histogram.
-pub const TURN_BUCKETS_US: [u64; 11] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+/// Upper bounds (microseconds) of the duration histograms.
+pub const DURATION_BUCKETS_US: [u64; 13] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
 ];
 
 impl Stats {
     /// One more connection refused for `why`.
     pub fn refused(&self, why: Refused) {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A turn of `us` microseconds (only the shard writes its own: no read-modify-write).
-    pub fn turn_took(&self, us: u64) {
-        let bucket = TURN_BUCKETS_US.partition_point(|&bound| bound < us);
-        let add = |c: &AtomicU64, n: u64| c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
-        add(&self.turn_buckets[bucket], 1);
-        add(&self.turn_us_sum, us);
     }
 }
 

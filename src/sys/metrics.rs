@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::shard::{Refused, Shared, Stats};
+use crate::shard::{Durations, Refused, Shared, Stats, DURATION_BUCKETS_US};
 
 /// The most a request may send before its blank line (a scraper sends a few hundred bytes).
 const REQUEST_MAX: usize = 8 * 1024;
@@ -213,6 +213,29 @@ fn per_shard_by(
     Ok(())
 }
 
+/// A histogram per shard of the durations `pick` chooses.
+fn durations(
+    encoder: &mut DescriptorEncoder,
+    shards: &[(String, &Stats)],
+    metric: &str,
+    help: &str,
+    pick: impl Fn(&Stats) -> &Durations,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Histogram)?;
+    let bounds = DURATION_BUCKETS_US.iter().map(|&us| us as f64 / 1e6);
+    for (shard, stats) in shards {
+        let durations = pick(stats);
+        let counts = durations.buckets.iter().map(|c| c.load(Ordering::Relaxed));
+        let buckets: Vec<(f64, u64)> = bounds.clone().chain([f64::MAX]).zip(counts).collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = durations.us_sum.load(Ordering::Relaxed) as f64 / 1e6;
+        let labels = [("shard", shard.as_str())];
+        let mut metric = family.encode_family(&labels)?;
+        metric.encode_histogram::<[(&str, &str); 0]>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
 /// Messages dropped, by the label `reason`.
 const DROPS: &[(&str, Reader)] = &[
     ("slow_client", |s| {
@@ -352,25 +375,23 @@ impl Collector for BrokerMetrics {
             MetricType::Gauge,
             &queued,
         )?;
-        let mut family = encoder.encode_descriptor(
+        durations(
+            &mut encoder,
+            &shards,
             "midge_shard_loop_turn_seconds",
             "How long the shard's event loop turns take (waiting excluded)",
-            None,
-            MetricType::Histogram,
+            |s| &s.turn_durations,
         )?;
-        for (shard, stats) in &shards {
-            let bounds = crate::shard::TURN_BUCKETS_US
-                .iter()
-                .map(|&us| us as f64 / 1e6);
-            let counts = stats.turn_buckets.iter().map(|c| c.load(Ordering::Relaxed));
-            let buckets: Vec<(f64, u64)> = bounds.chain([f64::MAX]).zip(counts).collect();
-            let count = buckets.iter().map(|(_, n)| n).sum();
-            let sum = stats.turn_us_sum.load(Ordering::Relaxed) as f64 / 1e6;
-            let labels = [("shard", shard.as_str())];
-            let mut metric = family.encode_family(&labels)?;
-            metric.encode_histogram::<[(&str, &str); 0]>(sum, count, &buckets, None)?;
-        }
         let config = shared.config.load();
+        if config.persistence {
+            durations(
+                &mut encoder,
+                &shards,
+                "midge_persistence_sync_seconds",
+                "How long syncing the shard's journal to disk takes (fdatasync)",
+                |s| &s.persist_syncs,
+            )?;
+        }
         if !config.bridges.is_empty() {
             let mut family = encoder.encode_descriptor(
                 "midge_bridge_up",

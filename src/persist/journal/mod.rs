@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 mod compaction;
 mod transit;
@@ -513,10 +513,10 @@ impl Journal {
         !self.pending.is_empty()
     }
 
-    /// Writes this turn's records, and syncs them if the policy says so now. An error is
-    /// logged (once per run of failures) and the records are dropped: the broker goes on,
-    /// without them on disk.
-    pub fn commit(&mut self, now: Instant) {
+    /// Writes this turn's records, and syncs them if the policy says so now; returns how
+    /// long a sync took (for the metrics). An error is logged (once per run of failures)
+    /// and the records are dropped: the broker goes on, without them on disk.
+    pub fn commit(&mut self, now: Instant) -> Option<Duration> {
         self.write_received();
         self.write_compaction_records();
         if !self.pending.is_empty() {
@@ -540,12 +540,15 @@ impl Journal {
             (SyncPolicy::Always, Some(_)) => true,
             (SyncPolicy::Interval(every), Some(since)) => now.duration_since(since) >= every,
         };
-        if due {
-            match self.file.sync_data() {
-                Ok(()) => self.unsynced_since = None,
-                Err(e) => self.failed("sync", &e),
-            }
+        if !due {
+            return None;
         }
+        let started = Instant::now();
+        match self.file.sync_data() {
+            Ok(()) => self.unsynced_since = None,
+            Err(e) => self.failed("sync", &e),
+        }
+        Some(started.elapsed())
     }
 
     /// Syncs what was written, whatever the policy (at shutdown).
