@@ -56,6 +56,10 @@ MIDGE_TEST_IO=epoll cargo test -p midge --locked --tests 2>&1 | tee -a "$log"
 second=${PIPESTATUS[0]}
 set -e
 [ "$status" -eq 0 ] && status=$second
+# The Debian package: built, installed on this machine, checked to answer, purged.
+step "Debian package (scripts/deb.sh --check)"
+if bash scripts/deb.sh --check; then deb=passed; else deb=FAILED; [ "$status" -eq 0 ] && status=1; fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ntests: %d passed, %d failed (both passes)\n", p, f }' "$log"
+echo "Debian package check: $deb"
 exit "$status"
