@@ -3,6 +3,7 @@
 # free loopback ports; prints both figures and their ratio, and keeps the raw JSON.
 #
 #   scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge]
+#                      [--report DIR]
 #
 # --pair names the two brokers compared (default: midge mosquitto); each is one of midge
 # (its default backend), midge-uring, midge-epoll (same build, backend forced), midge-batch
@@ -30,14 +31,18 @@
 # midge -> mosquitto against mosquitto -> mosquitto; scenarios p2p QoS 0 and 1, fixed rate
 # and ceiling. The edge's CPU is what --broker-pid reports. The remote shares core 1 with
 # the edge, so that loadgen has core 0 to itself.
+# With --report DIR every loadgen run also writes its page and interval log into DIR
+# (loadgen --report: BROKER-SCENARIO-ROUND.html/.hlog), and DIR/index.html shows each
+# scenario's runs of both brokers on the same axes under the ratios table (loadgen
+# --compare). scripts/report-check.sh opens such pages in headless Chromium.
 # Pinning (2-core machines): each broker on core 1 (midge with one shard), loadgen on core 0.
 # Figures move from run to run on a shared machine: compare the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=8 warmup=2 repeat=1 tls=0 ws=0 persist="" bridge=0
+duration=8 warmup=2 repeat=1 tls=0 ws=0 persist="" bridge=0 report=""
 brokers=(midge mosquitto)
-usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge]  (A, B: midge midge-uring midge-epoll midge-batch midge-metrics midge-base mosquitto)" >&2; exit 2; }
+usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge] [--report DIR]  (A, B: midge midge-uring midge-epoll midge-batch midge-metrics midge-base mosquitto)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3 warmup=1 ;;
@@ -47,6 +52,7 @@ while [ $# -gt 0 ]; do
     --ws) ws=1 ;;
     --persist) [ $# -ge 2 ] || usage; persist=$2; shift ;;
     --bridge) bridge=1 ;;
+    --report) [ $# -ge 2 ] || usage; report=$2; shift ;;
     *) usage ;;
   esac
   shift
@@ -69,6 +75,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 out=target/compare/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
+if [ -n "$report" ]; then mkdir -p "$report"; fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 broker_pid="" remote_pid="" scraper_pid=""
 stop_broker() {
@@ -249,15 +256,20 @@ for round in $(seq 1 "$repeat"); do
       name=${entry%%|*}
       args=${entry#*|}
       echo "compare: round $round, $broker, $name" >&2
+      report_args=()
+      if [ -n "$report" ]; then
+        report_args=(--report "$report/$broker-$name-$round.html" --label "$broker" --title "$name")
+      fi
       # shellcheck disable=SC2086
       target/release/loadgen --port "$port" --cpus 0 --warmup "$warmup" --duration "$duration" \
-        --broker-pid "$broker_pid" --json "${tls_args[@]}" $args >"$out/$broker-$name-$round.json" || true
+        --broker-pid "$broker_pid" --json "${tls_args[@]}" "${report_args[@]}" $args \
+        >"$out/$broker-$name-$round.json" || true
     done
     stop_broker
   done
 done
 
-python3 - "$out" "$repeat" "${brokers[0]}" "${brokers[1]}" "${scenarios[@]}" <<'PY'
+python3 - "$out" "$repeat" "${brokers[0]}" "${brokers[1]}" "${scenarios[@]}" <<'PY' | tee "$out/ratios.txt"
 import json, statistics, sys
 out, repeat, first, second, entries = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
 
@@ -322,3 +334,20 @@ for name, metric, m, q, ratio, better in rows:
     print(f"{name:<17} {metric:<19} {fmt(m):>12} {fmt(q):>12} {r:>11}  {better}")
 print(f"\nraw JSON: {out}/")
 PY
+
+if [ -n "$report" ]; then
+  # One page: the ratios, then each scenario's runs of both brokers on the same axes (in
+  # the order the scenarios ran).
+  logs=()
+  for entry in "${scenarios[@]}"; do
+    for round in $(seq 1 "$repeat"); do
+      for broker in "${brokers[@]}"; do
+        log="$report/$broker-${entry%%|*}-$round.hlog"
+        if [ -f "$log" ]; then logs+=("$log"); fi
+      done
+    done
+  done
+  grep -v '^raw JSON' "$out/ratios.txt" >"$report/ratios.txt"
+  target/release/loadgen --compare "$report/index.html" --notes "$report/ratios.txt" "${logs[@]}"
+  echo "report: $report/index.html"
+fi

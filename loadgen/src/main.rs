@@ -5,8 +5,13 @@
 //! loss/duplicates/reordering come from the sequence numbers, and loadgen reports when it
 //! fell behind its own schedule instead of passing that off as a broker figure.
 
+mod cli;
+mod compare;
+mod hlog;
+mod html;
 mod mqtt;
 mod plan;
+mod plots;
 mod procfs;
 mod report;
 mod stats;
@@ -15,142 +20,17 @@ mod tls;
 mod worker;
 
 use clap::Parser;
+use cli::Args;
 use std::io::IsTerminal;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use plan::{Scenario, Shape};
-use report::Report;
+use report::{Report, RunHistograms};
 use stats::{latency_histogram, Delivery, Percentiles};
-
-/// Measures an MQTT broker: messages per second and latency percentiles, open loop.
-#[derive(Clone, Debug, Parser)]
-#[command(name = "loadgen", version)]
-struct Args {
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long, default_value_t = 1883)]
-    port: u16,
-
-    /// Subscribers connect to this port instead (on --host): another broker, bridged from
-    /// the one publishers use, to measure throughput through a bridge.
-    #[arg(long)]
-    sub_port: Option<u16>,
-
-    #[arg(long, value_enum, default_value = "p2p")]
-    scenario: Scenario,
-    /// Pairs (p2p), publishers (fan-in), subscribers (fan-out, wildcard), connections (conn-storm).
-    #[arg(long, default_value_t = 10)]
-    clients: u32,
-    /// Publishers for fan-out and wildcard.
-    #[arg(long, default_value_t = 1)]
-    publishers: u32,
-    /// fan-in: a `$share` group of this many members instead of one wildcard subscriber.
-    #[arg(long, default_value_t = 0)]
-    share: u32,
-    /// Messages per second per publisher.
-    #[arg(long, default_value_t = 1000.0)]
-    rate: f64,
-    /// 0, 1, 2, or `mix` (publishers take 0, 1, 2 in turn).
-    #[arg(long, default_value = "0")]
-    qos: String,
-    /// Payload bytes (at least 20: loadgen's header).
-    #[arg(long, default_value_t = 64)]
-    payload: usize,
-    /// QoS 1/2 messages a publisher may have unacknowledged.
-    #[arg(long, default_value_t = 20)]
-    inflight: usize,
-    /// MQTT version: 3 (3.1.1) or 5.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=5))]
-    mqtt: u8,
-    /// Persistent sessions (clean session 0 / session expiry 300 s) instead of clean ones.
-    #[arg(long)]
-    persistent: bool,
-    /// Seconds of load before the measured window.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
-    /// Seconds of the measured window.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Most seconds to wait after the window for messages still on their way.
-    #[arg(long, default_value_t = 5.0)]
-    drain: f64,
-    /// Load threads (each pinned to a core of --cpus).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Cores to pin load threads to, e.g. `0` or `0,2` (default: not pinned).
-    #[arg(long, value_delimiter = ',')]
-    cpus: Vec<usize>,
-    /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.20 (more than
-    /// 64 k connections need several).
-    #[arg(long)]
-    source_ips: Option<String>,
-    /// The broker's PID: report its CPU time, RSS and deliveries per CPU-second.
-    #[arg(long)]
-    broker_pid: Option<u32>,
-    /// Step the rate up until loss appears or p99 passes --p99-max; report the highest that held.
-    #[arg(long)]
-    ceiling: bool,
-    /// Rate factor between ceiling steps.
-    #[arg(long, default_value_t = 1.5)]
-    step: f64,
-    /// The p99 bound for --ceiling, milliseconds.
-    #[arg(long, default_value_t = 10.0)]
-    p99_max: f64,
-    /// loadgen's own send lag (p99, milliseconds) above which it reports itself behind.
-    #[arg(long, default_value_t = 1.0)]
-    lag_max: f64,
-    /// conn-storm: seconds to hold the connections idle before measuring memory.
-    #[arg(long, default_value_t = 2.0)]
-    idle: f64,
-    /// churn: connections opened (and closed again) per second while traffic flows.
-    #[arg(long, default_value_t = 100.0)]
-    churn_rate: f64,
-    /// conn-storm: CONNECTs in flight per thread.
-    #[arg(long, default_value_t = 256)]
-    concurrency: usize,
-    /// conn-storm: seconds after which connecting stops, whatever is left (a broker that
-    /// stops accepting, at its file-descriptor limit say, must not hang the run).
-    #[arg(long, default_value_t = 120.0)]
-    storm_deadline: f64,
-    /// Connect over TLS (with --cafile, or --insecure).
-    #[arg(long)]
-    tls: bool,
-    /// --tls: the CA (PEM) the broker's certificate must chain to; checked against --host.
-    #[arg(long)]
-    cafile: Option<String>,
-    /// --tls: take any broker certificate (the handshake still costs what it costs).
-    #[arg(long)]
-    insecure: bool,
-    /// Connect over WebSockets (path /mqtt, subprotocol mqtt; inside TLS with --tls).
-    #[arg(long)]
-    ws: bool,
-    /// Print the results as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Print the results as CSV.
-    #[arg(long)]
-    csv: bool,
-}
-
-fn parse_source_ips(text: &str) -> Result<Vec<IpAddr>, String> {
-    let (a, b) = text.split_once('-').unwrap_or((text, text));
-    let a: Ipv4Addr = a.trim().parse().map_err(|_| format!("bad address {a:?}"))?;
-    let b: Ipv4Addr = b.trim().parse().map_err(|_| format!("bad address {b:?}"))?;
-    let (a, b) = (u32::from(a), u32::from(b));
-    if b < a || b - a > 65_536 {
-        return Err("the range must run upwards, at most 65536 addresses".into());
-    }
-    let ips: Vec<IpAddr> = (a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))).collect();
-    // Load is sent to this machine only.
-    if ips.iter().any(|ip| !ip.is_loopback()) {
-        return Err("source addresses must be loopback (127.0.0.0/8)".into());
-    }
-    Ok(ips)
-}
 
 fn pin(cpus: &[usize], index: usize) {
     if cpus.is_empty() {
@@ -168,6 +48,18 @@ fn pin(cpus: &[usize], index: usize) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(out) = &args.compare {
+        return match compare::write(out, &args.logs, args.notes.as_deref()) {
+            Ok(()) => {
+                eprintln!("loadgen: wrote {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadgen: --compare: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if args.payload < stats::HEADER_LEN {
         eprintln!(
             "loadgen: --payload must be at least {} bytes",
@@ -205,7 +97,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let source_ips = match args.source_ips.as_deref().map(parse_source_ips).transpose() {
+    let source_ips = match args
+        .source_ips
+        .as_deref()
+        .map(cli::parse_source_ips)
+        .transpose()
+    {
         Ok(ips) => ips.unwrap_or_default(),
         Err(e) => {
             eprintln!("loadgen: --source-ips: {e}");
@@ -241,6 +138,8 @@ fn main() -> ExitCode {
                 report.latency.p99_us as f64 / 1000.0,
                 report.delivery.lost
             );
+            let mut report = report;
+            report.held = Some(held);
             reports.push(report.clone());
             if !held {
                 break;
@@ -258,7 +157,27 @@ fn main() -> ExitCode {
     } else {
         reports.push(run_once(&args, addr, &source_ips, args.rate, &tls));
     }
+    for r in &mut reports {
+        r.title.clone_from(&args.title);
+    }
     report::print(&reports, args.json, args.csv);
+    if let Some(path) = &args.report {
+        let command: Vec<String> = std::env::args().collect();
+        let written = std::fs::write(path, html::page(&reports, &command.join(" ")))
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|()| hlog::write(&path.with_extension("hlog"), &reports));
+        match written {
+            Ok(()) => eprintln!(
+                "loadgen: report in {} (histograms in {})",
+                path.display(),
+                path.with_extension("hlog").display()
+            ),
+            Err(e) => {
+                eprintln!("loadgen: --report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let failed = reports.iter().any(|r| !r.errors.is_empty());
     if failed {
         ExitCode::FAILURE
@@ -312,6 +231,12 @@ fn run_once(
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
         live: Mutex::new(latency_histogram()),
+        // Per second over the whole run and its drain, with --report.
+        timeline_s: if args.report.is_some() {
+            (args.warmup + args.duration + args.drain).ceil() as usize + 2
+        } else {
+            0
+        },
     });
     let threads = args.threads.max(1);
     let mut per_thread: Vec<Vec<(usize, plan::ClientPlan)>> = vec![Vec::new(); threads];
@@ -338,7 +263,7 @@ fn run_once(
 
     let mut report = Report {
         scenario: format!("{:?}", args.scenario).to_lowercase(),
-        broker: addr.to_string(),
+        broker: args.label.clone().unwrap_or_else(|| addr.to_string()),
         mqtt: if args.mqtt == 5 {
             "5".into()
         } else {
@@ -351,6 +276,7 @@ fn run_once(
         rate_per_publisher: rate,
         offered_msgs_per_s: rate * f64::from(plan.publishers),
         duration_s: args.duration,
+        warmup_s: args.warmup,
         ..Report::default()
     };
     // Everyone connected and subscribed (bounded wait), then the schedules start together.
@@ -398,12 +324,16 @@ fn run_once(
     let mut streams = stats::Streams::new();
     let mut latency = latency_histogram();
     let mut send_lag = latency_histogram();
+    let mut timeline = stats::Timeline::default();
     for handle in handles {
         match handle.join() {
             Ok(r) => {
                 stats::merge_streams(&mut streams, r.streams);
                 let _ = latency.add(&r.latency);
                 let _ = send_lag.add(&r.send_lag);
+                if let Some(t) = &r.timeline {
+                    timeline.merge(t);
+                }
                 report.sent += r.sent_in_window;
                 report.errors.extend(r.errors);
             }
@@ -415,6 +345,13 @@ fn run_once(
     report.latency = Percentiles::of(&latency);
     report.send_lag = Percentiles::of(&send_lag);
     report.loadgen_behind = (report.send_lag.p99_us as f64) > args.lag_max * 1000.0;
+    if args.report.is_some() {
+        report.histograms = Some(Box::new(RunHistograms {
+            latency,
+            send_lag,
+            timeline,
+        }));
+    }
     if let Some(cpu) = report.broker_cpu_s {
         if cpu > 0.0 {
             report.deliveries_per_cpu_s = Some(report.delivery.received as f64 / cpu);
@@ -564,7 +501,7 @@ fn conn_storm(
     drop(streams);
     Report {
         scenario: "conn-storm".into(),
-        broker: addr.to_string(),
+        broker: args.label.clone().unwrap_or_else(|| addr.to_string()),
         mqtt: if args.mqtt == 5 {
             "5".into()
         } else {
@@ -579,6 +516,13 @@ fn conn_storm(
             ..Delivery::default()
         },
         latency: Percentiles::of(&latency),
+        histograms: args.report.is_some().then(|| {
+            Box::new(RunHistograms {
+                latency,
+                send_lag: latency_histogram(),
+                timeline: stats::Timeline::default(),
+            })
+        }),
         connects_per_s: Some(connected as f64 / elapsed),
         broker_rss_max_kib: rss_after,
         rss_per_connection_bytes: match (rss_before, rss_after) {

@@ -1,10 +1,15 @@
 //! A run's results, and their table, JSON and CSV forms.
 
-use crate::stats::{Delivery, Percentiles};
+use crate::stats::{Delivery, Percentiles, Timeline};
+use hdrhistogram::Histogram;
 
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Report {
+    /// `--title`: what the run is called in a report or a comparison.
+    pub title: Option<String>,
     pub scenario: String,
+    /// The broker's `--label`, or its address.
     pub broker: String,
     pub mqtt: String,
     pub qos: String,
@@ -14,6 +19,8 @@ pub struct Report {
     pub rate_per_publisher: f64,
     pub offered_msgs_per_s: f64,
     pub duration_s: f64,
+    /// Seconds of warm-up before the measured window.
+    pub warmup_s: f64,
     pub sent: u64,
     pub delivery: Delivery,
     pub deliveries_per_s: f64,
@@ -34,7 +41,21 @@ pub struct Report {
     /// churn: connect/disconnect cycles done during the window, and their CONNACK latency.
     pub churn_cycles: Option<u64>,
     pub churn_connack: Option<Percentiles>,
+    /// A `--ceiling` step: whether it held (nothing lost, p99 within `--p99-max`, loadgen on
+    /// its schedule).
+    pub held: Option<bool>,
     pub errors: Vec<String>,
+    /// `--report`: the measured window's latencies and send lag, and the run per second.
+    #[serde(skip)]
+    pub histograms: Option<Box<RunHistograms>>,
+}
+
+/// The raw data behind a report's percentiles, kept for `--report`.
+#[derive(Clone, Debug)]
+pub struct RunHistograms {
+    pub latency: Histogram<u64>,
+    pub send_lag: Histogram<u64>,
+    pub timeline: Timeline,
 }
 
 /// Prints the reports as a table, or as JSON or CSV.

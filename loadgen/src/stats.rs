@@ -9,6 +9,62 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// Per-second histograms over a run (`--report`): latencies by the second they arrived in,
+/// loadgen's send lag by the second it sent, counted from the run's epoch. Bounded: seconds
+/// past `limit` are not kept (the run's length plus its drain).
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    pub latency: Vec<Histogram<u64>>,
+    pub send_lag: Vec<Histogram<u64>>,
+    limit: usize,
+}
+
+impl Timeline {
+    pub fn new(limit_s: usize) -> Self {
+        Timeline {
+            limit: limit_s,
+            ..Timeline::default()
+        }
+    }
+
+    /// A latency of `us` for a message received `at_ns` after the epoch.
+    pub fn latency(&mut self, at_ns: u64, us: u64) {
+        Self::record(&mut self.latency, self.limit, at_ns, us);
+    }
+
+    /// A send `us` late, `at_ns` after the epoch.
+    pub fn send_lag(&mut self, at_ns: u64, us: u64) {
+        Self::record(&mut self.send_lag, self.limit, at_ns, us);
+    }
+
+    fn record(seconds: &mut Vec<Histogram<u64>>, limit: usize, at_ns: u64, us: u64) {
+        let second = (at_ns / 1_000_000_000) as usize;
+        if second >= limit {
+            return;
+        }
+        if seconds.len() <= second {
+            // Auto-resizing: a quiet second costs a few hundred bytes, not a full range.
+            seconds.resize_with(second + 1, || Histogram::new(3).expect("3 digits"));
+        }
+        let _ = seconds[second].record(us);
+    }
+
+    pub fn merge(&mut self, other: &Timeline) {
+        self.limit = self.limit.max(other.limit);
+        for (mine, theirs) in [
+            (&mut self.latency, &other.latency),
+            (&mut self.send_lag, &other.send_lag),
+        ] {
+            if mine.len() < theirs.len() {
+                mine.resize_with(theirs.len(), || Histogram::new(3).expect("3 digits"));
+            }
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                let _ = m.add(t);
+            }
+        }
+    }
+}
+
 /// The header loadgen puts at the front of every payload: which publisher, which message of
 /// its stream, and when it was meant to be sent (nanoseconds after the run's epoch).
 pub const HEADER_LEN: usize = 20;
@@ -93,7 +149,7 @@ pub fn merge_streams(into: &mut Streams, from: Streams) {
 }
 
 /// Loss and duplicates over the measured window.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Delivery {
     pub expected: u64,
     pub received: u64,
@@ -127,7 +183,7 @@ pub fn account(
 }
 
 /// Percentiles of a latency histogram, in microseconds.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub count: u64,
     pub p50_us: u64,
@@ -175,6 +231,23 @@ mod tests {
         assert!(near(p.p999_us, 9_990), "{p:?}");
         assert!(near(p.max_us, 10_000), "{p:?}");
         assert_eq!(Percentiles::of(&latency_histogram()).count, 0);
+    }
+
+    #[test]
+    fn a_timeline_keeps_each_second_apart_and_merges_by_second() {
+        let mut a = Timeline::new(3);
+        a.latency(100, 5);
+        a.latency(1_500_000_000, 7);
+        a.latency(9_000_000_000, 1); // past the limit: not kept
+        a.send_lag(2_000_000_000, 3);
+        let mut b = Timeline::new(3);
+        b.latency(1_000_000_000, 9);
+        a.merge(&b);
+        let counts: Vec<u64> = a.latency.iter().map(|h| h.len()).collect();
+        assert_eq!(counts, [1, 2]);
+        assert_eq!(a.latency[1].max(), 9);
+        assert_eq!(a.send_lag.len(), 3);
+        assert_eq!(a.send_lag[2].len(), 1);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::mqtt;
 use crate::plan::ClientPlan;
-use crate::stats::{self, latency_histogram, Streams};
+use crate::stats::{self, latency_histogram, Streams, Timeline};
 
 /// Bytes waiting to be written to one connection before its publisher stops sending (the
 /// broker is not reading): the delay then shows as latency.
@@ -107,6 +107,8 @@ pub struct Shared {
     pub received: AtomicU64,
     /// Latencies of the current second, for the progress line.
     pub live: Mutex<Histogram<u64>>,
+    /// `--report`: keep per-second histograms over this many seconds (0: none).
+    pub timeline_s: usize,
 }
 
 pub struct WorkerResult {
@@ -115,6 +117,8 @@ pub struct WorkerResult {
     /// How late the loop was in sending a message it was free to send (microseconds).
     pub send_lag: Histogram<u64>,
     pub sent_in_window: u64,
+    /// Per-second histograms, with `--report`.
+    pub timeline: Option<Timeline>,
     pub errors: Vec<String>,
 }
 
@@ -184,6 +188,7 @@ pub fn run(shared: Arc<Shared>, plans: Vec<(usize, ClientPlan)>) -> WorkerResult
         latency: latency_histogram(),
         send_lag: latency_histogram(),
         sent_in_window: 0,
+        timeline: (shared.timeline_s > 0).then(|| Timeline::new(shared.timeline_s)),
         errors: Vec::new(),
     };
     let mut poll = match Poll::new() {
@@ -402,11 +407,13 @@ fn send_due(
         }
         c.next_seq += 1;
         shared.sent.fetch_add(1, Ordering::Relaxed);
+        let lag_us = ((now_ns - intended_ns) / 1000).max(1);
         if seq >= shared.window_start_seq {
             result.sent_in_window += 1;
-            let _ = result
-                .send_lag
-                .record(((now_ns - intended_ns) / 1000).max(1));
+            let _ = result.send_lag.record(lag_us);
+        }
+        if let Some(timeline) = &mut result.timeline {
+            timeline.send_lag(now_ns, lag_us);
         }
     }
 }
@@ -513,6 +520,9 @@ fn handle(
                 let latency_us = (now_ns.saturating_sub(intended_ns) / 1000).max(1);
                 if seq >= shared.window_start_seq {
                     let _ = result.latency.record(latency_us);
+                }
+                if let Some(timeline) = &mut result.timeline {
+                    timeline.latency(now_ns, latency_us);
                 }
                 let _ = live.record(latency_us);
             }

@@ -343,3 +343,129 @@ fn too_many_clients_for_the_fd_limit_are_refused_up_front() {
         "{err}"
     );
 }
+
+/// The histograms of an interval log written by `--report`, by tag: (second, count, max).
+fn intervals(log: &std::path::Path) -> Vec<(String, u64, u64, u64)> {
+    use base64::Engine;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    let text = std::fs::read_to_string(log).unwrap();
+    let mut deserializer = hdrhistogram::serialization::Deserializer::new();
+    IntervalLogIterator::new(text.as_bytes())
+        .filter_map(|e| match e.unwrap() {
+            LogEntry::Interval(i) => Some(i),
+            _ => None,
+        })
+        .map(|i| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(i.encoded_histogram())
+                .unwrap();
+            let h: hdrhistogram::Histogram<u64> =
+                deserializer.deserialize(&mut bytes.as_slice()).unwrap();
+            let tag = i.tag().unwrap().as_str().to_string();
+            (tag, i.start_timestamp().as_secs(), h.len(), h.max())
+        })
+        .collect()
+}
+
+/// `--report` writes a page with its plots and an interval log that holds every latency
+/// loadgen measured; `--compare` draws two such runs on one page.
+#[test]
+fn a_report_page_its_interval_log_and_a_comparison() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let broker = Mosquitto::start();
+    let dir = std::env::temp_dir().join(format!("loadgen-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = |name: &str| dir.join(format!("{name}.html"));
+    for (label, file) in [("first", "a"), ("second <b>", "b")] {
+        let path = page(file);
+        // p2p, 2 pairs at 500/s: 0.5 s warm-up then a 2 s window.
+        let r = loadgen(
+            broker.port,
+            &[
+                "--scenario",
+                "p2p",
+                "--clients",
+                "2",
+                "--rate",
+                "500",
+                "--warmup",
+                "0.5",
+                "--duration",
+                "2",
+                "--label",
+                label,
+                "--title",
+                "p2p-qos0",
+                "--report",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r["broker"], label);
+        assert_eq!(n(&r, &["delivery", "lost"]), 0.0);
+    }
+    let html = std::fs::read_to_string(page("a")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    // Four plots (percentiles, deliveries, latency and send lag per second), drawn lines.
+    assert_eq!(html.matches("<svg").count(), 4, "{html}");
+    assert!(html.contains("<polyline"), "plots with lines");
+    assert!(html.contains("p2p-qos0 against first"));
+    assert!(!html.contains("<script"), "self-contained, nothing to run");
+
+    // Every latency measured is in the log: the window's in `r0-window`, and all of them
+    // (warm-up and window: 2 pairs x 1250 messages) spread over the per-second intervals.
+    let logged = intervals(&dir.join("a.hlog"));
+    let window: Vec<_> = logged.iter().filter(|i| i.0 == "r0-window").collect();
+    assert_eq!(window.len(), 1);
+    assert_eq!(window[0].2, 2 * 1000, "{logged:?}");
+    let per_second: Vec<_> = logged.iter().filter(|i| i.0 == "r0-latency").collect();
+    assert!(per_second.len() >= 3, "{logged:?}");
+    assert_eq!(per_second.iter().map(|i| i.2).sum::<u64>(), 2 * 1250);
+    let lag: u64 = (logged.iter().filter(|i| i.0 == "r0-send-lag"))
+        .map(|i| i.2)
+        .sum();
+    assert_eq!(lag, 2 * 1250, "one send lag per message sent");
+
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "scenario  ratio\np2p-qos0  1.00 <x>\n").unwrap();
+    let index = dir.join("index.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("--compare")
+        .arg(&index)
+        .arg("--notes")
+        .arg(&notes)
+        .arg(dir.join("a.hlog"))
+        .arg(dir.join("b.hlog"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&index).unwrap();
+    assert!(html.contains("first vs second &lt;b&gt;"), "{html}");
+    assert!(html.contains("1.00 &lt;x&gt;"), "the notes, escaped");
+    assert_eq!(html.matches("<svg").count(), 3);
+    assert!(
+        html.contains("href=\"a.html\""),
+        "a link to each run's own page"
+    );
+
+    // Bad input: a clear error naming the file, and nothing written.
+    let bad = dir.join("bad.hlog");
+    std::fs::write(&bad, "not a log\n").unwrap();
+    for input in [bad, dir.join("missing.hlog")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .arg("--compare")
+            .arg(dir.join("never.html"))
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(input.to_str().unwrap()), "{err}");
+    }
+    assert!(!dir.join("never.html").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
