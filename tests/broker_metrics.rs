@@ -273,3 +273,42 @@ fn metrics_time_the_persistence_syncs() {
     assert!(syncs >= 3.0, "{body}");
     assert!(sample(&body, "midge_persistence_sync_seconds_sum{shard=\"0\"}").is_some());
 }
+
+/// What the ACL keeps back is counted: a PUBLISH its client may not write, and a delivery
+/// its subscriber may not read.
+#[test]
+fn metrics_count_what_the_acl_keeps_back() {
+    let acl = std::env::temp_dir().join(format!("midge-test-{}-metrics-acl", std::process::id()));
+    std::fs::write(&acl, "topic write w/#\ntopic readwrite rw/#\n").unwrap();
+    let conf = config_file(
+        "metrics-acl",
+        &format!(
+            "metrics_listener 127.0.0.1:0\nallow_anonymous true\nacl_file {}\n",
+            acl.display()
+        ),
+    );
+    let broker = Broker::start(&["-c", &conf, "--threads", "1"]);
+    let port = metrics_port(&broker);
+    let mut sub = Raw::connect(broker.port, "sub");
+    sub.subscribe(&[("#", QoS::AtLeastOnce)]);
+    let mut publisher = Raw::connect(broker.port, "pub");
+    // Not writable: acknowledged (3.1.1 has no refusal) and dropped.
+    publisher.send(&publish("x", b"no", QoS::AtLeastOnce, 1, false));
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    // Writable but not readable by the subscriber of `#`.
+    publisher.send(&publish("w/1", b"no", QoS::AtLeastOnce, 2, false));
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    // Both ways allowed: delivered, and after the two above (one shard, in order).
+    publisher.send(&publish("rw/1", b"yes", QoS::AtLeastOnce, 3, false));
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    assert_eq!(&sub.recv_publish().payload[..], b"yes");
+    let (_, body) = get(port, "/metrics");
+    assert_eq!(
+        sample(
+            &body,
+            "midge_messages_dropped_total{shard=\"0\",reason=\"acl\"}"
+        ),
+        Some(2.0),
+        "{body}"
+    );
+}

@@ -33,6 +33,7 @@ impl<B: Backend> Shard<B> {
             // acl_file: checked again as the message leaves the queue, so that an ACL
             // reloaded meanwhile decides what a returning client still gets (Mosquitto).
             if !self.may_read(session_id, &queued.message.topic) {
+                self.stats().dropped_acl.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             self.send_to_session(
@@ -318,6 +319,9 @@ impl<B: Backend> Shard<B> {
         if let Some(acl) = acl.filter(|_| link.is_none()) {
             let (user, read) = (session.username.as_deref(), crate::auth::acl::Access::Read);
             if !acl.check_topic(user, &session.client_id, &message.topic, read) {
+                self.shared.stats[self.id]
+                    .dropped_acl
+                    .fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }

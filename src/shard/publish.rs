@@ -135,6 +135,7 @@ impl<B: Backend> Shard<B> {
         // way to say so and is acknowledged as usual; 5.0 is told 0x87 (QoS 1/2).
         let authorised = self.write_allowed(session_id, &publish.topic);
         if !authorised {
+            self.stats().dropped_acl.fetch_add(1, Ordering::Relaxed);
             log::debug!("Denied PUBLISH from {name} to '{}'.", publish.topic);
             let v5 =
                 self.conn(conn).and_then(|c| c.version) == Some(crate::codec::ProtocolVersion::V5);
@@ -438,6 +439,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn publish_will(&mut self, origin: SessionId, will: Will) {
         // acl_file: a will is published only where its client may write.
         if !self.write_allowed(origin, &will.topic) {
+            self.stats().dropped_acl.fetch_add(1, Ordering::Relaxed);
             log::debug!("Will to '{}' not published: not authorised.", will.topic);
             return;
         }

@@ -25,6 +25,9 @@ pub struct Stats {
     pub dropped_expired: AtomicU64,
     /// Messages larger than the receiving client's Maximum Packet Size.
     pub dropped_too_large: AtomicU64,
+    /// Messages the ACL kept from a topic (a PUBLISH or will its client may not write) or
+    /// from a client (a delivery it may not read).
+    pub dropped_acl: AtomicU64,
     /// MQTT packets of any type received and sent (PUBLISH included).
     pub packets_received: AtomicU64,
     pub packets_sent: AtomicU64,

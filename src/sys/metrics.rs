@@ -252,6 +252,7 @@ const DROPS: &[(&str, Reader)] = &[
     }),
     ("expired", |s| s.dropped_expired.load(Ordering::Relaxed)),
     ("too_large", |s| s.dropped_too_large.load(Ordering::Relaxed)),
+    ("acl", |s| s.dropped_acl.load(Ordering::Relaxed)),
 ];
 
 /// Gauges each shard refreshes every `sys_interval`, as for `$SYS`.
