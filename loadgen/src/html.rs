@@ -37,15 +37,14 @@ pub fn page(reports: &[Report], command: &str) -> String {
         escape(command)
     );
     for (i, r) in reports.iter().enumerate() {
+        let load = match r.connects_per_s {
+            Some(_) => format!("{} connections", r.delivery.expected),
+            None => format!("{} msgs/s offered", format_value(r.offered_msgs_per_s)),
+        };
         let heading = if reports.len() > 1 {
-            format!(
-                "Run {} of {}: {:.0} msgs/s offered",
-                i + 1,
-                reports.len(),
-                r.offered_msgs_per_s
-            )
+            format!("Run {} of {}: {load}", i + 1, reports.len())
         } else {
-            format!("{:.0} msgs/s offered", r.offered_msgs_per_s)
+            load
         };
         let _ = write!(html, "<h2>{}</h2>", escape(&heading));
         html.push_str(&parameters(r));
@@ -63,6 +62,8 @@ pub fn name(r: &Report) -> &str {
 }
 
 fn parameters(r: &Report) -> String {
+    let ms = |us: u64| format_value(us as f64 / 1000.0);
+    let d = &r.delivery;
     let mut rows: Vec<(&str, String)> = vec![
         ("scenario", r.scenario.clone()),
         ("broker", r.broker.clone()),
@@ -70,39 +71,52 @@ fn parameters(r: &Report) -> String {
             "MQTT, QoS, payload",
             format!("{}, QoS {}, {} bytes", r.mqtt, r.qos, r.payload_bytes),
         ),
-        (
+    ];
+    let storm = r.connects_per_s.is_some();
+    if storm {
+        // A conn-storm's "deliveries" are its connections.
+        let connected = format!(
+            "{} of {} (refused or not done: {})",
+            d.received, d.expected, d.lost
+        );
+        rows.push(("connections", connected));
+    } else {
+        rows.push((
             "publishers, subscribers",
             format!("{}, {}", r.publishers, r.subscribers),
-        ),
-        (
+        ));
+        rows.push((
             "offered",
             format!(
                 "{} msgs/s ({} per publisher)",
                 format_value(r.offered_msgs_per_s),
                 format_value(r.rate_per_publisher)
             ),
-        ),
-        (
+        ));
+        rows.push((
             "warm-up, window",
             format!("{} s, {} s", r.warmup_s, r.duration_s),
-        ),
-        (
+        ));
+        rows.push((
             "deliveries",
             format!(
                 "{}/s: {} of {} expected; lost {}, duplicates {}, reordered {}",
                 format_value(r.deliveries_per_s),
-                r.delivery.received,
-                r.delivery.expected,
-                r.delivery.lost,
-                r.delivery.duplicates,
-                r.delivery.reordered
+                d.received,
+                d.expected,
+                d.lost,
+                d.duplicates,
+                d.reordered
             ),
-        ),
-    ];
+        ));
+    }
     let l = &r.latency;
-    let ms = |us: u64| format_value(us as f64 / 1000.0);
     rows.push((
-        "latency (ms)",
+        if storm {
+            "CONNACK latency (ms)"
+        } else {
+            "latency (ms)"
+        },
         format!(
             "p50 {}, p90 {}, p99 {}, p99.9 {}, p99.99 {}, max {}",
             ms(l.p50_us),
@@ -113,14 +127,16 @@ fn parameters(r: &Report) -> String {
             ms(l.max_us)
         ),
     ));
-    rows.push((
-        "loadgen send lag (ms)",
-        format!(
-            "p99 {}, max {}",
-            ms(r.send_lag.p99_us),
-            ms(r.send_lag.max_us)
-        ),
-    ));
+    if !storm {
+        rows.push((
+            "loadgen send lag (ms)",
+            format!(
+                "p99 {}, max {}",
+                ms(r.send_lag.p99_us),
+                ms(r.send_lag.max_us)
+            ),
+        ));
+    }
     if let (Some(cpu), Some(user), Some(system)) =
         (r.broker_cpu_s, r.broker_user_cpu_s, r.broker_system_cpu_s)
     {

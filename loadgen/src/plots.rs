@@ -117,6 +117,7 @@ fn draw(
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 17))
             .margin(12)
+            .margin_right(40)
             .x_label_area_size(42)
             .y_label_area_size(64)
             .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
@@ -144,9 +145,12 @@ fn draw(
             } else {
                 chart.draw_series(LineSeries::new(s.points.iter().copied(), style))?
             };
-            line.label(s.name.as_str()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-            });
+            // Unnamed lines (a broker's further rounds) stay out of the legend.
+            if !s.name.is_empty() {
+                line.label(s.name.as_str()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+            }
         }
         if series.iter().any(|s| !s.name.is_empty()) {
             chart
