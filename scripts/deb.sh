@@ -52,6 +52,11 @@ if dpkg-query -W -f='${Status}' midge 2>/dev/null | grep -q 'ok installed'; then
 fi
 trap cleanup EXIT
 
+# The package depends on adduser (for its postinst); dpkg alone does not fetch it.
+if ! dpkg-query -W -f='${Status}' adduser 2>/dev/null | grep -q 'ok installed'; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq adduser
+fi
 as_root env DEBIAN_FRONTEND=noninteractive dpkg -i "$deb"
 
 for f in /usr/bin/midge /usr/bin/midge-pub /usr/bin/midge-sub /usr/bin/midge-passwd; do
@@ -105,9 +110,11 @@ start_broker
   || fail "publishing to the installed broker"
 got=$(/usr/bin/midge-sub -p "$port" -t deb/check -C 1 -W 10) || fail "subscribing"
 [ "$got" = "kept across restarts" ] || fail "got '$got'"
-broker=$(pgrep -P "$pid" -x midge || echo "$pid") # sudo's child, or midge itself
-user=$(ps -o user= -p "$broker" | tr -d ' ')
-[ "$user" = midge ] || fail "the broker runs as '$user', not as midge"
+# midge itself, or sudo's child (read from /proc: minimal machines have no ps).
+broker=$pid
+if [ "$(id -u)" -ne 0 ]; then read -r broker _ <"/proc/$pid/task/$pid/children"; fi
+uid=$(awk '/^Uid:/ { print $2 }' "/proc/$broker/status")
+[ "$uid" = "$(id -u midge)" ] || fail "the broker runs as uid $uid, not as midge"
 stop_broker
 grep -q 'midge version .* terminating' "$log" || { cat "$log"; fail "no clean stop"; }
 [ -n "$(find /var/lib/midge -type f -user midge)" ] \
