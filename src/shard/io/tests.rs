@@ -359,3 +359,40 @@ fn a_unix_socket_connection_is_accepted_read_and_written_like_a_tcp_one() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Many connections' bytes arriving at once all arrive whole: on io_uring more than the
+/// receive ring's first buffers are needed in one turn (the kernel reports ENOBUFS, the
+/// ring grows and the receives are armed again).
+#[test]
+fn bytes_from_many_connections_at_once_all_arrive_whole() {
+    each_backend(|backend, addr| {
+        let mut seen = Vec::new();
+        let peers: Vec<(TcpStream, ConnId)> = (0..100)
+            .map(|_| connect(backend, addr, &mut seen))
+            .collect();
+        const EACH: usize = 3 * 4096;
+        for (i, (peer, _)) in peers.iter().enumerate() {
+            (&*peer).write_all(&vec![i as u8; EACH]).unwrap();
+        }
+        let mut got: std::collections::HashMap<ConnId, Vec<u8>> = Default::default();
+        let until = Instant::now() + DEADLINE;
+        while got.values().map(Vec::len).sum::<usize>() < peers.len() * EACH {
+            for event in seen.drain(..) {
+                match event {
+                    Event::Received { conn, data } => {
+                        got.entry(conn).or_default().extend_from_slice(&data)
+                    }
+                    Event::Closed { conn, .. } => panic!("{conn} closed"),
+                    _ => {}
+                }
+            }
+            backend
+                .wait(Some(Duration::from_millis(10)), &mut seen)
+                .unwrap();
+            assert!(Instant::now() < until, "not all bytes arrived");
+        }
+        for (i, (_, conn)) in peers.iter().enumerate() {
+            assert_eq!(got[conn], vec![i as u8; EACH], "connection {i}");
+        }
+    });
+}

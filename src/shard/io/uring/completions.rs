@@ -146,8 +146,12 @@ impl Uring {
             }
             self.remove(slot);
         } else if -result == libc::ENOBUFS || -result == libc::ECANCELED {
-            // Out of buffers (they are given back this turn), or stopped by a pause or a
-            // close: armed again on the next `wait` unless paused or gone.
+            // Out of buffers (they are given back this turn, and the ring grows if it
+            // can), or stopped by a pause or a close: armed again on the next `wait`
+            // unless paused or gone.
+            if -result == libc::ENOBUFS {
+                self.buffers.grow();
+            }
             self.rearm.push(slot);
         } else {
             if !socket.dead && !socket.closing {
