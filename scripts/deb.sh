@@ -24,6 +24,12 @@ esac
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# dpkg-shlibdeps (Debian's dpkg-dev) works out the package's library dependencies
+# ("$auto": libc6 at the version the binaries need).
+if ! command -v dpkg-shlibdeps >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev
+fi
 # cargo-deb: installed where cargo installs tools, pinned so a new release cannot change
 # the package under us.
 if ! cargo deb --version >/dev/null 2>&1; then
@@ -62,6 +68,8 @@ as_root env DEBIAN_FRONTEND=noninteractive dpkg -i "$deb"
 for f in /usr/bin/midge /usr/bin/midge-pub /usr/bin/midge-sub /usr/bin/midge-passwd; do
   [ -x "$f" ] || fail "$f is not installed"
 done
+dpkg-deb -f "$deb" Depends | grep -q 'libc6' \
+  || fail "the package does not name its libc6 dependency (dpkg-shlibdeps?)"
 [ -f /etc/midge/midge.conf ] || fail "/etc/midge/midge.conf is missing"
 [ -d /etc/midge/conf.d ] || fail "/etc/midge/conf.d is missing"
 dpkg-query -W -f='${Conffiles}\n' midge | grep -q ' /etc/midge/midge.conf ' \
