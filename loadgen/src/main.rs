@@ -60,6 +60,19 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(path) = &args.report {
+        // Checked before any load: a long run should not end unable to write its report.
+        if path.extension().is_some_and(|e| e == "hlog") {
+            eprintln!("loadgen: --report names the HTML page; the .hlog goes beside it");
+            return ExitCode::from(2);
+        }
+        let writable = std::fs::File::create(path)
+            .and_then(|_| std::fs::File::create(path.with_extension("hlog")));
+        if let Err(e) = writable {
+            eprintln!("loadgen: --report {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
     if args.payload < stats::HEADER_LEN {
         eprintln!(
             "loadgen: --payload must be at least {} bytes",

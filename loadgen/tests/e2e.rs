@@ -467,5 +467,19 @@ fn a_report_page_its_interval_log_and_a_comparison() {
         assert!(err.contains(input.to_str().unwrap()), "{err}");
     }
     assert!(!dir.join("never.html").exists());
+    // A report that could not be written is refused before any load is offered.
+    for report in ["/nonexistent-dir/r.html", "r.hlog"] {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(["--port", &broker.port.to_string(), "--report", report])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--report"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "no load was run"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
