@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::report::{Report, RunHistograms};
-use crate::stats::Timeline;
+use crate::stats::{second_of, Timeline};
 
 const REPORT_COMMENT: &str = "loadgen-report ";
 
@@ -117,16 +117,10 @@ pub fn read(path: &Path) -> Result<Vec<Report>, String> {
             .deserialize(&mut bytes.as_slice())
             .map_err(|e| fail(format!("{e:?}")))?;
         let second = interval.start_timestamp().as_secs() as usize;
-        let at = |seconds: &mut Vec<Histogram<u64>>| {
-            if seconds.len() <= second {
-                seconds.resize_with(second + 1, || Histogram::new(3).expect("3 digits"));
-            }
-            seconds[second] = histogram.clone();
-        };
         match kind {
             "window" => h.latency = histogram,
-            "latency" => at(&mut h.timeline.latency),
-            "send-lag" => at(&mut h.timeline.send_lag),
+            "latency" => *second_of(&mut h.timeline.latency, second) = histogram,
+            "send-lag" => *second_of(&mut h.timeline.send_lag, second) = histogram,
             _ => {}
         }
     }

@@ -39,14 +39,9 @@ impl Timeline {
 
     fn record(seconds: &mut Vec<Histogram<u64>>, limit: usize, at_ns: u64, us: u64) {
         let second = (at_ns / 1_000_000_000) as usize;
-        if second >= limit {
-            return;
+        if second < limit {
+            let _ = second_of(seconds, second).record(us);
         }
-        if seconds.len() <= second {
-            // Auto-resizing: a quiet second costs a few hundred bytes, not a full range.
-            seconds.resize_with(second + 1, || Histogram::new(3).expect("3 digits"));
-        }
-        let _ = seconds[second].record(us);
     }
 
     pub fn merge(&mut self, other: &Timeline) {
@@ -55,14 +50,20 @@ impl Timeline {
             (&mut self.latency, &other.latency),
             (&mut self.send_lag, &other.send_lag),
         ] {
-            if mine.len() < theirs.len() {
-                mine.resize_with(theirs.len(), || Histogram::new(3).expect("3 digits"));
-            }
-            for (m, t) in mine.iter_mut().zip(theirs) {
-                let _ = m.add(t);
+            for (second, t) in theirs.iter().enumerate() {
+                let _ = second_of(mine, second).add(t);
             }
         }
     }
+}
+
+/// The histogram of `second` in a per-second series, made (with any before it) if new.
+pub fn second_of(seconds: &mut Vec<Histogram<u64>>, second: usize) -> &mut Histogram<u64> {
+    if seconds.len() <= second {
+        // Auto-resizing: a quiet second costs a few hundred bytes, not a full range.
+        seconds.resize_with(second + 1, || Histogram::new(3).expect("3 digits"));
+    }
+    &mut seconds[second]
 }
 
 /// The header loadgen puts at the front of every payload: which publisher, which message of
