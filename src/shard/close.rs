@@ -211,7 +211,6 @@ impl<B: Backend> Shard<B> {
         };
         if session.clean && reason != CloseReason::Shutdown {
             let session = self.sessions.remove(&id).expect("just found");
-            self.by_client.remove(&session.client_id);
             self.end_session(session, true);
         } else {
             self.schedule_expiry(id);
@@ -274,7 +273,6 @@ impl<B: Backend> Shard<B> {
             self.shared.stats[self.id]
                 .clients_expired
                 .fetch_add(1, Ordering::Relaxed);
-            self.by_client.remove(&session.client_id);
             self.end_session(session, true);
         }
     }

@@ -231,7 +231,7 @@ impl<B: Backend> Shard<B> {
             }
             return;
         }
-        let existing = self.by_client.get(&client_id).copied();
+        let existing = self.sessions.id_of(&client_id);
         let session = existing.and_then(|id| self.take_local_session(id, connect.clean_start));
         self.accept_connect(conn, *connect, client_id, assigned, session);
     }
@@ -266,7 +266,6 @@ impl<B: Backend> Shard<B> {
             self.close_takeover(old, session_ends);
         }
         let session = self.sessions.remove(&id)?;
-        self.by_client.remove(&session.client_id);
         if session.clean || clean_start {
             self.end_session(session, false);
             return None;
@@ -443,8 +442,7 @@ impl<B: Backend> Shard<B> {
             // Retained messages still owed from before (perhaps on another shard).
             self.owing.push(session_id);
         }
-        self.by_client.insert(client_id.clone(), session_id);
-        self.sessions.insert(session_id, session);
+        self.sessions.insert(session);
         let claim = self.conn(conn).map_or(0, |c| c.claim);
         self.journal_session(session_id, claim);
         self.shared.stats[self.id]

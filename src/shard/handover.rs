@@ -77,7 +77,7 @@ impl<B: Backend> Shard<B> {
         clean_start: bool,
         claim: u64,
     ) {
-        let held = self.by_client.get(&client_id).copied();
+        let held = self.sessions.id_of(&client_id);
         let waiting = self.awaiting.get(&client_id).copied();
         log::debug!(
             "Shard {to} asks shard {} for the session of {client_id} (claim {claim}).",
@@ -251,7 +251,7 @@ impl<B: Backend> Shard<B> {
                 (None, _) => {
                     // Nobody waits: the client id is no longer this shard's, unless a
                     // session of it is here.
-                    if !self.by_client.contains_key(&client_id) {
+                    if self.sessions.id_of(&client_id).is_none() {
                         let mut registry = self.shared.registry.lock().expect("registry lock");
                         if registry.get(&client_id).map(|c| c.shard) == Some(self.id) {
                             registry.remove(&client_id);
@@ -315,7 +315,7 @@ impl<B: Backend> Shard<B> {
             // Nobody waits for it here or through here: it stays here, offline.
             _ => {
                 self.begin_settling(session.id, origin);
-                self.accept_waiting_gone(&client_id, session, claim);
+                self.accept_waiting_gone(session, claim);
             }
         }
     }
@@ -355,13 +355,11 @@ impl<B: Backend> Shard<B> {
 
     /// A session that arrived with nobody waiting for it (under claim `claim`): it stays
     /// here, offline.
-    fn accept_waiting_gone(&mut self, client_id: &Arc<str>, mut session: SessionBox, claim: u64) {
-        debug_assert!(!self.by_client.contains_key(client_id));
+    fn accept_waiting_gone(&mut self, mut session: SessionBox, claim: u64) {
         session.conn = None;
         self.adopt_subscriptions(&mut session);
         let id = session.id;
-        self.by_client.insert(client_id.clone(), id);
-        self.sessions.insert(id, session);
+        self.sessions.insert(session);
         self.journal_session(id, claim);
         self.schedule_expiry(id);
     }
@@ -389,7 +387,7 @@ impl<B: Backend> Shard<B> {
             }
             None => {
                 if let Some(session) = session {
-                    self.accept_waiting_gone(client_id, session, claim);
+                    self.accept_waiting_gone(session, claim);
                 }
             }
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 impl<B: Backend> Shard<B> {
     /// The sessions this shard holds, by client id (for a simulation's checks).
     pub fn client_ids(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.by_client.keys()
+        self.sessions.client_ids()
     }
 
     /// Starts (or stops) recording what changes in this shard's sessions.
@@ -56,14 +56,9 @@ impl<B: Backend> Shard<B> {
                 );
             }
         }
-        for (id, session) in &self.sessions {
-            assert_eq!(session.id, *id);
-            assert_eq!(
-                self.by_client.get(&session.client_id),
-                Some(id),
-                "session {id:?} of {} is not the one its client id names",
-                session.client_id
-            );
+        self.sessions.check_index();
+        for session in self.sessions.values() {
+            let id = &session.id;
             if let Some(conn) = session.conn {
                 assert!(
                     self.conn(conn).is_some_and(|c| c.session == Some(*id)),
@@ -72,7 +67,6 @@ impl<B: Backend> Shard<B> {
             }
             session.check_invariants();
         }
-        assert_eq!(self.by_client.len(), self.sessions.len());
         for (id, settling) in &self.settling {
             // A settling session never moves on; it may have come back to a shard it
             // passed before, whose forwarding then drains first.

@@ -311,8 +311,7 @@ impl<B: Backend> Shard<B> {
                     number: recovered.claim,
                 },
             );
-            self.by_client.insert(client_id, id);
-            self.sessions.insert(id, Box::new(session));
+            self.sessions.insert(Box::new(session));
             self.journal_session(id, recovered.claim);
         }
         self.apply_trie_ops();

@@ -21,6 +21,7 @@ mod owed;
 mod parking;
 mod publish;
 mod reload;
+mod sessions;
 mod shared;
 mod stats;
 mod subscribe;
@@ -45,7 +46,6 @@ use std::time::{Duration, Instant};
 use crate::codec::Packet;
 use crate::config::Config;
 use crate::router::{Outbox, ShardMsg};
-use crate::session::Session;
 use crate::topic::SessionId;
 use conn::Conn;
 use io::{Backend, ConnId, Event};
@@ -70,8 +70,8 @@ pub struct Shard<B: Backend> {
     /// Boxed, so that the slot table and the session map stay small (8 bytes a slot) and
     /// their growth does not copy or strand large entries.
     conns: Vec<Option<Box<Conn>>>,
-    sessions: HashMap<SessionId, Box<Session>>,
-    by_client: HashMap<Arc<str>, SessionId>,
+    /// By id and by client id (`sessions.rs`).
+    sessions: sessions::Sessions,
     events: Vec<Event>,
     /// Connections with bytes in `out`, to send at the end of the turn.
     dirty: Vec<ConnId>,
@@ -163,8 +163,7 @@ impl<B: Backend> Shard<B> {
             backend,
             mailbox,
             conns: Vec::new(),
-            sessions: HashMap::new(),
-            by_client: HashMap::new(),
+            sessions: Default::default(),
             events: Vec::new(),
             dirty: Vec::new(),
             trie_ops: Vec::new(),

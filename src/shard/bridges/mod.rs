@@ -72,7 +72,7 @@ impl<B: Backend> Shard<B> {
         let config = &link.config;
         let local_clean = config.local_clean_session.unwrap_or(config.clean_session);
         let client_id = link.local_client_id.clone();
-        let mut session = match self.by_client.remove(&client_id) {
+        let mut session = match self.sessions.id_of(&client_id) {
             Some(old) if local_clean => {
                 if let Some(old) = self.sessions.remove(&old) {
                     self.end_session(old, false);
@@ -139,8 +139,7 @@ impl<B: Backend> Shard<B> {
                 number: claim,
             },
         );
-        self.by_client.insert(client_id, id);
-        self.sessions.insert(id, session);
+        self.sessions.insert(session);
         self.journal_session(id, claim);
         id
     }
