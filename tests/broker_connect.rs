@@ -134,6 +134,48 @@ fn a_connection_without_connect_or_with_half_a_packet_is_closed() {
     assert_eq!(fine.recv(), Packet::PingResp);
 }
 
+/// The connect timeout counts from the accept, not from the last byte: a client that sends
+/// its CONNECT a byte at a time, never pausing as long as the timeout, is still closed.
+#[test]
+fn a_connect_sent_a_byte_at_a_time_does_not_hold_off_the_connect_timeout() {
+    use std::io::{ErrorKind, Read, Write};
+    let conf = config_file("connect-trickle", "connect_timeout 1\n");
+    let broker = Broker::start(&["-c", &conf]);
+    let mut bytes = bytes::BytesMut::new();
+    let connect = connect_packet(ProtocolVersion::V311, &"t".repeat(200), true, 60);
+    (Packet::Connect(Box::new(connect)))
+        .encode(ProtocolVersion::V311, &mut bytes)
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed_after = None;
+    // 200 ms apart, the whole CONNECT would take 40 s; the timeout is 1 s.
+    for byte in &bytes[..bytes.len() - 1] {
+        if stream.write_all(&[*byte]).is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        match stream.read(&mut [0; 16]) {
+            Ok(0) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(n) => panic!("{n} bytes before CONNECT was whole"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never closed");
+    }
+    let closed_after = closed_after.expect("closed before the CONNECT was whole");
+    assert!(closed_after < Duration::from_secs(4), "{closed_after:?}");
+}
+
 #[test]
 fn keepalive_timeout_closes_and_pings_keep_alive() {
     let broker = Broker::start(&[]);

@@ -47,7 +47,7 @@ fn a_payload_over_the_limit_is_dropped_and_answered() {
         let got = sub.recv_publish();
         assert_eq!(&got.payload[..], b"1234", "{version:?}");
     }
-    assert!(broker.has_log("Dropped too large PUBLISH from pub"));
+    broker.wait_for_log("Dropped too large PUBLISH from pub");
 }
 
 #[test]

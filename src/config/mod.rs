@@ -217,6 +217,10 @@ pub enum CpuAffinity {
     Cores(Vec<usize>),
 }
 
+/// Listeners one configuration may define: a connection records its listener's index in
+/// two bytes.
+pub const LISTENERS_MAX: usize = u16::MAX as usize;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listeners: Vec<Listener>,

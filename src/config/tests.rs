@@ -328,3 +328,24 @@ fn persistence_options() {
     assert!(read("persistence_sync sometimes\n").is_err());
     assert!(read("persistence_file a/b.db\n").is_err());
 }
+
+/// A connection keeps its listener's index in two bytes: a configuration with more
+/// listeners than that is refused, naming the line, not served wrongly.
+#[test]
+fn more_listeners_than_a_connection_can_name_are_refused() {
+    let lines = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("listener {} 127.0.0.1\n", 1024 + i % 60_000))
+            .collect()
+    };
+    assert_eq!(
+        read(&lines(LISTENERS_MAX)).unwrap().listeners.len(),
+        LISTENERS_MAX
+    );
+    let e = read(&lines(LISTENERS_MAX + 1)).unwrap_err();
+    assert_eq!(e.line, LISTENERS_MAX + 1);
+    assert!(
+        e.message.contains("too many listeners (at most 65535)"),
+        "{e}"
+    );
+}

@@ -45,10 +45,8 @@ pub struct Session {
     /// Boxed, as `delayed_will`: most sessions have none, and every session pays for the
     /// space of an unboxed one.
     pub will: Option<Box<Will>>,
-    pub username: Option<Box<str>>,
-    /// The password its client connected with, to check again when the password file is
-    /// reloaded (as Mosquitto does).
-    pub password: Option<Box<[u8]>>,
+    /// The username and password its client connected with (`username()`, `password()`).
+    credentials: Option<Box<Credentials>>,
     /// The listener its client connected to (security settings, mount point).
     pub listener: usize,
     /// QoS 1/2 to the client: window, queue, owed retained messages. Changed only through
@@ -59,7 +57,7 @@ pub struct Session {
     /// The client's Receive Maximum (5.0; 65535 when not given). [MQTT-3.3.4-9]
     pub receive_maximum: u16,
     /// The client's Maximum Packet Size (5.0).
-    pub packet_size_max: Option<usize>,
+    pub packet_size_max: Option<u32>,
     /// 5.0 Session Expiry Interval in seconds (u32::MAX: never).
     pub expiry_interval_s: u32,
     /// When an offline session ends (5.0 session expiry).
@@ -68,7 +66,34 @@ pub struct Session {
     pub delayed_will: Option<Box<(Instant, Will)>>,
 }
 
+/// A session's username and password, behind one pointer: a session without them pays 8
+/// bytes instead of 32, which keeps every session in a smaller allocation class (192 bytes,
+/// not 224), and one with them pays a 32-byte box besides.
+#[derive(Debug, Default)]
+struct Credentials {
+    username: Option<Box<str>>,
+    /// Checked again when the password file is reloaded (as Mosquitto does).
+    password: Option<Box<[u8]>>,
+}
+
 impl Session {
+    pub fn username(&self) -> Option<&str> {
+        self.credentials.as_ref()?.username.as_deref()
+    }
+
+    pub fn password(&self) -> Option<&[u8]> {
+        self.credentials.as_ref()?.password.as_deref()
+    }
+
+    pub fn set_credentials(&mut self, username: Option<&str>, password: Option<&[u8]>) {
+        self.credentials = (username.is_some() || password.is_some()).then(|| {
+            Box::new(Credentials {
+                username: username.map(Box::from),
+                password: password.map(Box::from),
+            })
+        });
+    }
+
     pub fn new(id: SessionId, client_id: Arc<str>, version: ProtocolVersion, clean: bool) -> Self {
         Session {
             id,
@@ -78,8 +103,7 @@ impl Session {
             clean,
             subscriptions: HashMap::new(),
             will: None,
-            username: None,
-            password: None,
+            credentials: None,
             listener: 0,
             outgoing: Outgoing::default(),
             incoming: IncomingQos2::default(),

@@ -278,6 +278,10 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Removes a session's subscriptions and, if asked, its registry entry.
+    #[allow(
+        clippy::boxed_local,
+        reason = "sessions live boxed (the table, the handoffs); the box is freed here"
+    )]
     pub(super) fn end_session(&mut self, session: Box<Session>, unregister: bool) {
         let (id, client_id) = (session.id, session.client_id.clone());
         for filter in session.end(&mut self.changes).into_keys() {

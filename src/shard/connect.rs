@@ -26,8 +26,8 @@ impl<B: Backend> Shard<B> {
         if connect.bridge {
             c.extras().bridge = true;
         }
-        let listener = config.listener(c.listener);
-        let security = config.security(c.listener);
+        let listener = config.listener(c.listener());
+        let security = config.security(c.listener());
         let v5 = connect.version == ProtocolVersion::V5;
         // use_identity_as_username / use_subject_as_username: the client certificate names
         // the user, and no password is asked for (as in Mosquitto).
@@ -212,8 +212,10 @@ impl<B: Backend> Shard<B> {
             // earlier connection of this client: this connection waits for it, and CONNECT
             // is answered when it arrives (`on_handoff`).
             let clean_start = connect.clean_start;
+            let now = self.now;
             if let Some(c) = self.conn_mut(conn) {
                 c.waiting_handoff = Some(connect);
+                c.last_rx = now;
             }
             if let Some((earlier, _)) = self.awaiting.insert(client_id.clone(), (conn, claim)) {
                 self.close_waiting(earlier, &client_id);
@@ -370,14 +372,14 @@ impl<B: Backend> Shard<B> {
     ) {
         let v5 = connect.version == ProtocolVersion::V5;
         let user = connect.username.as_ref().map(|u| u.as_str());
-        let listener = self.conn(conn).map_or(0, |c| c.listener);
+        let listener = self.conn(conn).map_or(0, |c| c.listener());
         // With per-listener security, the same name on another listener is another user.
         let other_realm =
             |old: &Session| self.config.per_listener_settings && old.listener != listener;
         let resumed = match resumed {
             // A session is resumed only by its own user: another user's client taking the
             // id gets a new session, not the messages queued for the first.
-            Some(old) if old.username.as_deref() != user || other_realm(&old) => {
+            Some(old) if old.username() != user || other_realm(&old) => {
                 log::info!(
                     "Client {client_id} connected as a different user; its previous session is discarded."
                 );
@@ -409,7 +411,7 @@ impl<B: Backend> Shard<B> {
         // [MQTT-3.3.4-9] the client's Receive Maximum bounds what is in flight to it;
         // [MQTT-3.1.2-24] its Maximum Packet Size bounds what is sent to it.
         session.receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-        session.packet_size_max = connect.properties.maximum_packet_size.map(|n| n as usize);
+        session.packet_size_max = connect.properties.maximum_packet_size;
         // The will lives as long as the connection: its own copy, not a slice of CONNECT's
         // receive buffer.
         // mount_point: the will goes to the listener's part of the topic space. (A will
@@ -429,11 +431,10 @@ impl<B: Backend> Shard<B> {
                 payload: bytes::Bytes::copy_from_slice(&w.payload),
             }))
         });
-        session.username = connect.username.as_ref().map(|u| Box::from(u.as_str()));
-        session.password = connect
-            .password
-            .as_ref()
-            .map(|p| p.to_vec().into_boxed_slice());
+        session.set_credentials(
+            connect.username.as_ref().map(|u| u.as_str()),
+            connect.password.as_deref(),
+        );
         session.listener = listener;
         if session_present {
             self.adopt_subscriptions(&mut session);

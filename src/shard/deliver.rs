@@ -280,7 +280,7 @@ impl<B: Backend> Shard<B> {
             let acl = self.config.security(s.listener).acl.as_ref();
             acl.is_none_or(|acl| {
                 let read = crate::auth::acl::Access::Read;
-                acl.check_topic(s.username.as_deref(), &s.client_id, topic, read)
+                acl.check_topic(s.username(), &s.client_id, topic, read)
             })
         })
     }
@@ -317,7 +317,7 @@ impl<B: Backend> Shard<B> {
         // (a subscription to `#` leaks nothing), retained messages included.
         let acl = self.config.security(session.listener).acl.as_ref();
         if let Some(acl) = acl.filter(|_| link.is_none()) {
-            let (user, read) = (session.username.as_deref(), crate::auth::acl::Access::Read);
+            let (user, read) = (session.username(), crate::auth::acl::Access::Read);
             if !acl.check_topic(user, &session.client_id, &message.topic, read) {
                 self.shared.stats[self.id]
                     .dropped_acl
@@ -459,7 +459,7 @@ impl<B: Backend> Shard<B> {
         };
         // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: discarded as if
         // delivered.
-        if session.packet_size_max.is_some_and(|max| bytes.len() > max) {
+        if (session.packet_size_max).is_some_and(|max| bytes.len() > max as usize) {
             stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
             return;
         }

@@ -319,7 +319,7 @@ impl<B: Backend> Shard<B> {
                     self.stats().refused(stats::Refused::MaxConnections);
                     log::info!(
                         "Client connection from {} denied: max_connections exceeded.",
-                        conn::peer_host(peer, self.config.listener(listener))
+                        conn::peer_host(peer.map(|p| p.ip()), self.config.listener(listener))
                     );
                     self.backend.close(conn);
                     return;
@@ -366,7 +366,7 @@ impl<B: Backend> Shard<B> {
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 let now = self.now;
                 let Some(c) = self.conn_mut(conn) else { return };
-                c.last_rx = now;
+                c.heard_from(now);
                 let bridge_connecting = c.link().is_some() && c.session.is_none();
                 if c.layers.is_some() {
                     if !self.transport_received(conn, &data) {
@@ -426,7 +426,7 @@ impl<B: Backend> Shard<B> {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
             // A bridge's own connection came in on no listener.
             if c.link().is_none() {
-                self.shared.listener_connections[c.listener].fetch_sub(1, Ordering::AcqRel);
+                self.shared.listener_connections[c.listener()].fetch_sub(1, Ordering::AcqRel);
             }
         }
         taken

@@ -44,7 +44,7 @@ impl<B: Backend> Shard<B> {
         // A bridge's: the topic its `in` lines give it here.
         let (listener, link) = self
             .conn(conn)
-            .map_or((0, None), |c| (c.listener, c.link()));
+            .map_or((0, None), |c| (c.listener(), c.link()));
         if let Some(topic) = link.and_then(|i| self.bridge_incoming_topic(i, &publish.topic)) {
             publish.topic = topic;
         }
@@ -259,7 +259,7 @@ impl<B: Backend> Shard<B> {
         let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
             return Ok(());
         };
-        let alias_max = self.config.listener(c.listener).topic_alias_max;
+        let alias_max = self.config.listener(c.listener()).topic_alias_max;
         // [MQTT-3.3.2-9] no alias above the Topic Alias Maximum the broker sent (0: none).
         if alias > alias_max {
             return Err(ReasonCode::TopicAliasInvalid);
@@ -286,7 +286,7 @@ impl<B: Backend> Shard<B> {
         let s = self.sessions.get(&session_id)?;
         Some(Arc::new(crate::retain::Source {
             client_id: s.client_id.clone(),
-            username: s.username.as_deref().map(str::to_string),
+            username: s.username().map(str::to_string),
             listener: s.listener,
         }))
     }
@@ -311,9 +311,7 @@ impl<B: Backend> Shard<B> {
                 .security(s.listener)
                 .acl
                 .as_ref()
-                .is_none_or(|acl| {
-                    acl.check_topic(s.username.as_deref(), &s.client_id, topic, Access::Write)
-                })
+                .is_none_or(|acl| acl.check_topic(s.username(), &s.client_id, topic, Access::Write))
         })
     }
 

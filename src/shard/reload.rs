@@ -93,7 +93,7 @@ impl<B: Backend> Shard<B> {
                 .as_ref()
                 .filter(|_| security.acl_strict_subscribe)
             {
-                let (user, id) = (session.username.as_deref(), &session.client_id);
+                let (user, id) = (session.username(), &session.client_id);
                 let revoked: Vec<compact_str::CompactString> = (session.subscriptions().keys())
                     .filter(|filter| {
                         crate::topic::parse_filter(filter)
@@ -119,8 +119,7 @@ impl<B: Backend> Shard<B> {
                 .clientid_prefixes
                 .as_ref()
                 .is_none_or(|p| session.client_id.starts_with(p.as_str()));
-            let allowed = prefix_ok
-                && security.lets_in(session.username.as_deref(), session.password.as_deref());
+            let allowed = prefix_ok && security.lets_in(session.username(), session.password());
             if !allowed {
                 refused.push((conn, session.client_id.clone()));
             }

@@ -71,8 +71,8 @@ impl<B: Backend> Shard<B> {
             .first()
             .copied();
         let subscriptions_max = self.config.subscriptions_per_client_max;
-        let mount = self.config.listener(c.listener).mount_point.clone();
-        let max_qos = self.config.listener(c.listener).max_qos;
+        let mount = self.config.listener(c.listener()).mount_point.clone();
+        let max_qos = self.config.listener(c.listener()).max_qos;
         let shard = self.id as u16;
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
@@ -124,11 +124,7 @@ impl<B: Backend> Shard<B> {
                 .as_ref()
                 .filter(|_| security.acl_strict_subscribe);
             if let Some(acl) = strict_acl {
-                if !acl.check_subscribe(
-                    session.username.as_deref(),
-                    &session.client_id,
-                    parsed.filter(),
-                ) {
+                if !acl.check_subscribe(session.username(), &session.client_id, parsed.filter()) {
                     log::debug!("Denied SUBSCRIBE from {name} to {filter:?}.");
                     reasons.push(if v5 {
                         ReasonCode::NotAuthorized
@@ -221,7 +217,7 @@ impl<B: Backend> Shard<B> {
         let name = c.name().to_string();
         let v5 = c.version == Some(ProtocolVersion::V5);
         log::debug!("Received UNSUBSCRIBE from {name}");
-        let mount = self.config.listener(c.listener).mount_point.clone();
+        let mount = self.config.listener(c.listener()).mount_point.clone();
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };

@@ -55,7 +55,7 @@ impl<B: Backend> Shard<B> {
                 continue;
             }
             if c.session.is_none() && c.waiting_handoff.is_none() {
-                if now.duration_since(c.accepted_at) > connect_timeout {
+                if now.duration_since(c.last_rx) > connect_timeout {
                     expired.push((c.id, false));
                 }
             } else if c.keepalive_s > 0 {

@@ -174,7 +174,7 @@ impl<B: Backend> Shard<B> {
         let started = handshaking.then(Instant::now);
         let mut reply = Vec::new();
         let result = open(c, records, &mut reply);
-        let (peer, listener) = (c.peer, c.listener);
+        let (peer, listener) = (c.peer_ip, c.listener());
         if let Some(started) = started {
             self.handshakes.spent += started.elapsed();
         }
@@ -206,7 +206,7 @@ impl<B: Backend> Shard<B> {
     /// A new connection gets the layers of its listener: a WebSocket upgrade to wait for,
     /// a TLS session; false if none could be made.
     pub(super) fn start_transport(&self, c: &mut Conn) -> bool {
-        let listener = self.config.listener(c.listener);
+        let listener = self.config.listener(c.listener());
         if !listener.websockets && listener.tls.is_none() {
             return true;
         }

@@ -206,6 +206,12 @@ impl Reader {
         match line.option {
             // Listeners.
             "listener" => {
+                if config.listeners.len() >= crate::config::LISTENERS_MAX {
+                    return Err(line.err(format!(
+                        "too many listeners (at most {})",
+                        crate::config::LISTENERS_MAX
+                    )));
+                }
                 let (port, bind) = match line.args.as_slice() {
                     [port] => (*port, None),
                     [port, bind] => (*port, Some(bind.to_string())),
