@@ -112,17 +112,13 @@ impl Uring {
             let data = self.buffers.filled(id, result as usize);
             if socket.dead {
             } else if socket.closing {
-                socket.discarded = socket.discarded.saturating_add(result as u32);
-                if socket.discarded as usize > LINGER_DISCARD_MAX {
+                if socket.discard(result as u32) as usize > LINGER_DISCARD_MAX {
                     self.buffers.give_back(id);
                     self.remove(slot);
                     return;
                 }
             } else if socket.paused {
-                socket
-                    .held
-                    .get_or_insert_with(Default::default)
-                    .extend_from_slice(data);
+                socket.hold(data);
             } else {
                 match out.last_mut() {
                     Some(Event::Received {
@@ -167,7 +163,7 @@ impl Uring {
         let Some(socket) = self.socket_of(slot, generation) else {
             return;
         };
-        socket.connecting = None;
+        socket.connected();
         if socket.dead {
             self.free_if_done(slot);
             return;

@@ -204,7 +204,7 @@ impl Uring {
         // SAFETY: every entry built here points only at memory that outlives the operation:
         // the eventfd buffer (boxed, owned), a socket's queued `Bytes` and `iov` (kept until
         // the send completes, see `Socket::dead`), a connect's boxed address (kept until it
-        // completes, `Socket::connecting`), or nothing.
+        // completes, `Socket::aside`), or nothing.
         if unsafe { self.ring.submission().push(entry) }.is_ok() {
             return true;
         }
@@ -282,7 +282,7 @@ impl Uring {
         let Some(socket) = self.sockets.get_mut(slot) else {
             return;
         };
-        if socket.sending || socket.dead || socket.queue.is_empty() || socket.connecting.is_some() {
+        if socket.sending || socket.dead || socket.queue.is_empty() || socket.connecting() {
             return;
         }
         let fd = types::Fd(socket.stream.as_raw_fd());
@@ -318,8 +318,8 @@ impl Uring {
         socket.dead = true;
         self.queued_total -= socket.queued;
         socket.queued = 0;
-        socket.held = None;
-        if socket.receiving || socket.sending || socket.connecting.is_some() {
+        socket.drop_held();
+        if socket.receiving || socket.sending || socket.connecting() {
             let fd = types::Fd(socket.stream.as_raw_fd());
             let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
                 .build()
@@ -335,7 +335,7 @@ impl Uring {
         if self
             .sockets
             .get(slot)
-            .is_some_and(|s| s.dead && !s.receiving && !s.sending && s.connecting.is_none())
+            .is_some_and(|s| s.dead && !s.receiving && !s.sending && !s.connecting())
         {
             self.sockets.remove(slot);
         }
@@ -390,9 +390,9 @@ impl Backend for Uring {
         // Bytes held while paused go first, before anything newer from the same peer.
         for slot in std::mem::take(&mut self.resumed) {
             if let Some(socket) = self.sockets.get_mut(slot).filter(|s| !s.dead && !s.paused) {
-                if let Some(data) = socket.held.take() {
+                if let Some(data) = socket.take_held() {
                     let conn = ConnId::new(slot, socket.generation);
-                    out.push(Event::Received { conn, data: *data });
+                    out.push(Event::Received { conn, data });
                 }
             }
         }
@@ -519,7 +519,7 @@ impl Backend for Uring {
             return;
         }
         socket.paused = false;
-        if socket.held.is_some() {
+        if socket.holds() {
             self.resumed.push(conn.slot());
         }
         self.rearm.push(conn.slot());
@@ -537,11 +537,15 @@ impl Backend for Uring {
         if let Some(bind) = bind {
             stream.bind(&bind.into())?;
         }
-        let address = Box::new(SockAddr::from(to));
         let fd = types::Fd(stream.as_raw_fd());
-        let entry = opcode::Connect::new(fd, address.as_ptr().cast(), address.len()).build();
         let generation = self.take_generation();
-        let slot = (self.sockets).insert(Socket::new(stream, generation, Some(address)));
+        let slot = (self.sockets).insert(Socket::new(stream, generation, Some(SockAddr::from(to))));
+        // The address is boxed in the socket (`Socket::aside`), where it stays until the
+        // connect completes.
+        let address = self.sockets[slot]
+            .connect_address()
+            .expect("a connecting socket keeps its address");
+        let entry = opcode::Connect::new(fd, address.as_ptr().cast(), address.len()).build();
         self.push(entry.user_data(tag(Op::Connect, slot, generation)));
         Ok(ConnId::new(slot, generation))
     }
@@ -553,14 +557,14 @@ impl Backend for Uring {
         if socket.closing {
             return;
         }
-        if socket.connecting.is_some() {
+        if socket.connecting() {
             // Nothing was sent on it: there is nothing to linger for.
             self.remove(conn.slot());
             return;
         }
         socket.closing = true;
         socket.paused = false;
-        socket.held = None;
+        socket.drop_held();
         Self::shut_write_when_flushed(socket);
         // What the peer still sends is read and thrown away until it closes.
         self.rearm.push(conn.slot());
