@@ -12,6 +12,7 @@ use crate::listen::{self, SocketFile};
 use crate::shard::io::epoll::Epoll;
 use crate::shard::io::uring::{self, Uring};
 use crate::shard::io::{Io, ListenSocket, Waker};
+use crate::shard::SHARDS_MAX;
 use crate::shard::{ReloadSignals, Shard, Shared};
 
 pub struct Server {
@@ -44,7 +45,7 @@ impl Server {
         reload_signals: Arc<ReloadSignals>,
     ) -> io::Result<Server> {
         let shards = match config.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(SHARDS_MAX)),
             n => n,
         };
         if config.local_only {

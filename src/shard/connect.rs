@@ -196,17 +196,14 @@ impl<B: Backend> Shard<B> {
             let previous = registry.get(&client_id).copied();
             // Claim numbers increase over all client ids and across restarts (persistence
             // orders a client's sessions in different journals by them).
-            let claim = Claim {
-                shard: self.id,
-                number: self.shared.next_claim.fetch_add(1, Relaxed),
-            };
+            let claim = Claim::new(self.id, self.shared.next_claim.fetch_add(1, Relaxed));
             registry.insert(client_id.clone(), claim);
-            (previous, claim.number)
+            (previous, claim.number())
         };
         if let Some(c) = self.conn_mut(conn) {
             c.claim = claim;
         }
-        let elsewhere = previous.map(|p| p.shard).filter(|&owner| owner != self.id);
+        let elsewhere = previous.map(Claim::shard).filter(|&owner| owner != self.id);
         if elsewhere.is_some() || self.awaiting.contains_key(&client_id) {
             // The session lives on another shard, or is already on its way here for an
             // earlier connection of this client: this connection waits for it, and CONNECT

@@ -253,7 +253,7 @@ impl<B: Backend> Shard<B> {
                     // session of it is here.
                     if self.sessions.id_of(&client_id).is_none() {
                         let mut registry = self.shared.registry.lock().expect("registry lock");
-                        if registry.get(&client_id).map(|c| c.shard) == Some(self.id) {
+                        if registry.get(&client_id).map(|c| c.shard()) == Some(self.id) {
                             registry.remove(&client_id);
                         }
                     }

@@ -205,7 +205,7 @@ impl<B: Backend> Shard<B> {
             return 0;
         };
         let registry = self.shared.registry.lock().expect("registry lock");
-        registry.get(&session.client_id).map_or(0, |c| c.number)
+        registry.get(&session.client_id).map_or(0, |c| c.number())
     }
 
     /// At start, before the first turn: the sessions recovery gives this shard, registered
@@ -306,10 +306,7 @@ impl<B: Backend> Shard<B> {
             }
             self.shared.registry.lock().expect("registry lock").insert(
                 client_id.clone(),
-                super::shared::Claim {
-                    shard: self.id,
-                    number: recovered.claim,
-                },
+                super::shared::Claim::new(self.id, recovered.claim),
             );
             self.sessions.insert(Box::new(session));
             self.journal_session(id, recovered.claim);

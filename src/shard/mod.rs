@@ -31,7 +31,7 @@ mod transit;
 pub(crate) use timers::release_freed_memory;
 mod transport;
 
-pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY};
+pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY, SHARDS_MAX};
 pub use stats::{Durations, Refused, Stats, StatsSnapshot, DURATION_BUCKETS_US};
 
 use bytes::BytesMut;

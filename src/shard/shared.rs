@@ -89,11 +89,41 @@ pub struct Shared {
     pub bridges_up: Box<[AtomicBool]>,
 }
 
-/// A client id's latest claim (see `Shared::registry`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Claim {
-    pub shard: usize,
-    pub number: u64,
+/// A client id's latest claim (see `Shared::registry`): the shard of the connection that
+/// made it, and its number. One word, so that a registry entry takes 24 bytes, not 32: the
+/// shard in the low 16 bits (shards are at most `SHARDS_MAX`), the number in the high 48
+/// (2.8 x 10^14 connects: about nine years at a million a second, beyond what the registry's
+/// lock lets through).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Claim(u64);
+
+/// The most shards (threads) a broker runs: the `threads` option's bound, and `Claim`'s.
+pub const SHARDS_MAX: usize = 1024;
+
+impl Claim {
+    const SHARD_BITS: u32 = 16;
+
+    pub fn new(shard: usize, number: u64) -> Claim {
+        debug_assert!(shard < 1 << Self::SHARD_BITS && number < 1 << (64 - Self::SHARD_BITS));
+        Claim(number << Self::SHARD_BITS | shard as u64)
+    }
+
+    pub fn shard(self) -> usize {
+        (self.0 & ((1 << Self::SHARD_BITS) - 1)) as usize
+    }
+
+    pub fn number(self) -> u64 {
+        self.0 >> Self::SHARD_BITS
+    }
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (f.debug_struct("Claim"))
+            .field("shard", &self.shard())
+            .field("number", &self.number())
+            .finish()
+    }
 }
 
 /// Messages one shard's mailbox holds before senders must hold or drop.
@@ -198,5 +228,21 @@ impl Shared {
 
     pub fn new_session_id(&self) -> SessionId {
         SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Claim, SHARDS_MAX};
+
+    #[test]
+    fn a_claim_keeps_its_shard_and_number_in_one_word() {
+        assert_eq!(std::mem::size_of::<Claim>(), 8);
+        let largest = (1 << 48) - 1;
+        for (shard, number) in [(0, 0), (SHARDS_MAX - 1, 7), (3, largest), (65_535, 1 << 40)] {
+            let claim = Claim::new(shard, number);
+            assert_eq!((claim.shard(), claim.number()), (shard, number));
+        }
+        assert_ne!(Claim::new(1, 2), Claim::new(2, 1));
     }
 }

@@ -119,7 +119,7 @@ impl Sim {
                     "{client} has sessions on two shards"
                 );
                 assert_eq!(
-                    registry.get(client).map(|c| c.shard),
+                    registry.get(client).map(|c| c.shard()),
                     Some(i),
                     "{client} is on shard {i}"
                 );

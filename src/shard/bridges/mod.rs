@@ -132,13 +132,8 @@ impl<B: Backend> Shard<B> {
             });
         }
         let claim = self.shared.next_claim.fetch_add(1, Ordering::Relaxed);
-        (self.shared.registry.lock().expect("registry lock")).insert(
-            client_id.clone(),
-            Claim {
-                shard: self.id,
-                number: claim,
-            },
-        );
+        (self.shared.registry.lock().expect("registry lock"))
+            .insert(client_id.clone(), Claim::new(self.id, claim));
         self.sessions.insert(session);
         self.journal_session(id, claim);
         id
