@@ -3,7 +3,7 @@
 # free loopback ports; prints both figures and their ratio, and keeps the raw JSON.
 #
 #   scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge]
-#                      [--report DIR]
+#                      [--report DIR] [--only NAME,...]
 #
 # --pair names the two brokers compared (default: midge mosquitto); each is one of midge
 # (its default backend), midge-uring, midge-epoll (same build, backend forced), midge-batch
@@ -35,14 +35,17 @@
 # (loadgen --report: BROKER-SCENARIO-ROUND.html/.hlog), and DIR/index.html shows each
 # scenario's runs of both brokers on the same axes under the ratios table (loadgen
 # --compare). scripts/report-check.sh opens such pages in headless Chromium.
+# With --only NAME,... only the scenarios named run (names as in the table, e.g. p2p-qos0):
+# one scenario then gets a freshly started broker for every run, nothing run before it in
+# the same process (a ceiling search leaves a broker's buffers grown).
 # Pinning (2-core machines): each broker on core 1 (midge with one shard), loadgen on core 0.
 # Figures move from run to run on a shared machine: compare the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=8 warmup=2 repeat=1 tls=0 ws=0 persist="" bridge=0 report=""
+duration=8 warmup=2 repeat=1 tls=0 ws=0 persist="" bridge=0 report="" only=""
 brokers=(midge mosquitto)
-usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge] [--report DIR]  (A, B: midge midge-uring midge-epoll midge-batch midge-metrics midge-base mosquitto)" >&2; exit 2; }
+usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge] [--report DIR] [--only NAME,...]  (A, B: midge midge-uring midge-epoll midge-batch midge-metrics midge-base mosquitto)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3 warmup=1 ;;
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
     --persist) [ $# -ge 2 ] || usage; persist=$2; shift ;;
     --bridge) bridge=1 ;;
     --report) [ $# -ge 2 ] || usage; report=$2; shift ;;
+    --only) [ $# -ge 2 ] || usage; only=$2; shift ;;
     *) usage ;;
   esac
   shift
@@ -246,6 +250,21 @@ if [ -n "$persist" ]; then
     "p2p-qos1|--scenario p2p --clients 10 --rate 1000 --qos 1"
   )
   tls_args+=(--persistent)
+fi
+if [ -n "$only" ]; then
+  chosen=()
+  IFS=, read -ra names <<<"$only"
+  for name in "${names[@]}"; do
+    found=0
+    for entry in "${scenarios[@]}"; do
+      if [ "${entry%%|*}" = "$name" ]; then chosen+=("$entry"); found=1; fi
+    done
+    if [ "$found" = 0 ]; then
+      echo "compare: no scenario $name here (these: $(printf '%s ' "${scenarios[@]%%|*}"))" >&2
+      exit 2
+    fi
+  done
+  scenarios=("${chosen[@]}")
 fi
 
 for round in $(seq 1 "$repeat"); do
