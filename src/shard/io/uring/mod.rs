@@ -376,8 +376,8 @@ impl Backend for Uring {
             self.enabled = true;
             self.arm_wake();
         }
-        let now = Instant::now();
-        if self.accept_retry_at.is_some_and(|at| now >= at) {
+        // The clock is read only while accepting is held off.
+        if self.accept_retry_at.is_some_and(|at| Instant::now() >= at) {
             self.accept_retry_at = None;
         }
         if self.accept_retry_at.is_none() {
@@ -411,8 +411,8 @@ impl Backend for Uring {
             Duration::ZERO
         } else {
             match (timeout, wake_at) {
-                (Some(t), Some(at)) => t.min(at.saturating_duration_since(now)),
-                (None, Some(at)) => at.saturating_duration_since(now),
+                (Some(t), Some(at)) => t.min(at.saturating_duration_since(Instant::now())),
+                (None, Some(at)) => at.saturating_duration_since(Instant::now()),
                 (Some(t), None) => t,
                 (None, None) => Duration::from_secs(3600),
             }
