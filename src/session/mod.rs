@@ -23,6 +23,7 @@ pub use outgoing::{DropReason, InFlight, Limits, Offer, Outgoing, Owed, Queued, 
 
 use compact_str::CompactString;
 use hashbrown::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,14 +42,15 @@ pub struct Session {
     /// By full filter text (`$share/g/f` included). Changed only through `subscribe` and
     /// `unsubscribe` (the shard may move `Subscription::shard`, which is not kept).
     /// Filters are kept inline up to 24 bytes (most are shorter): no allocation of their own.
-    subscriptions: HashMap<CompactString, Subscription>,
+    subscriptions: Subscriptions,
     /// Boxed, as `delayed_will`: most sessions have none, and every session pays for the
     /// space of an unboxed one.
     pub will: Option<Box<Will>>,
     /// The username and password its client connected with (`username()`, `password()`).
     credentials: Option<Box<Credentials>>,
-    /// The listener its client connected to (security settings, mount point).
-    pub listener: usize,
+    /// The listener its client connected to (security settings, mount point; `listener()`):
+    /// two bytes, as in the connection (`LISTENERS_MAX`).
+    listener: u16,
     /// QoS 1/2 to the client: window, queue, owed retained messages. Changed only through
     /// the methods below, which record what changed.
     outgoing: Outgoing,
@@ -57,13 +59,32 @@ pub struct Session {
     /// The client's Receive Maximum (5.0; 65535 when not given). [MQTT-3.3.4-9]
     pub receive_maximum: u16,
     /// The client's Maximum Packet Size (5.0).
-    pub packet_size_max: Option<u32>,
+    pub packet_size_max: Option<NonZeroU32>,
     /// 5.0 Session Expiry Interval in seconds (u32::MAX: never).
     pub expiry_interval_s: u32,
     /// When an offline session ends (5.0 session expiry).
     pub expires_at: Option<Instant>,
     /// A will waiting out its 5.0 Will Delay Interval, and when it is due.
     pub delayed_will: Option<Box<(Instant, Will)>>,
+}
+
+/// A session's subscriptions by filter. Its hasher takes no room in the session: the
+/// process's random seed, not one per map (8 bytes less in every session).
+pub type Subscriptions = HashMap<CompactString, Subscription, ProcessSeeded>;
+
+/// A `BuildHasher` of no size: foldhash seeded by the process's random seed (as foldhash's
+/// own `RandomState` is, less its per-map seed), so that a client cannot choose filters
+/// that collide in every broker.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessSeeded;
+
+impl std::hash::BuildHasher for ProcessSeeded {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        foldhash::fast::SeedableRandomState::with_seed(0, foldhash::SharedSeed::global_random())
+            .build_hasher()
+    }
 }
 
 /// A session's username and password, behind one pointer: a session without them pays 8
@@ -77,6 +98,16 @@ struct Credentials {
 }
 
 impl Session {
+    /// The index of its client's listener in `Config::listeners`.
+    pub fn listener(&self) -> usize {
+        usize::from(self.listener)
+    }
+
+    pub fn set_listener(&mut self, listener: usize) {
+        // Bounded by the configuration (`LISTENERS_MAX`).
+        self.listener = u16::try_from(listener).unwrap_or(u16::MAX);
+    }
+
     pub fn username(&self) -> Option<&str> {
         self.credentials.as_ref()?.username.as_deref()
     }
@@ -101,7 +132,7 @@ impl Session {
             conn: None,
             version,
             clean,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             will: None,
             credentials: None,
             listener: 0,
@@ -130,7 +161,7 @@ impl Session {
     }
 
     /// The session ends; what it held is dropped with it.
-    pub fn end(self, changes: &mut Changes) -> HashMap<CompactString, Subscription> {
+    pub fn end(self, changes: &mut Changes) -> Subscriptions {
         changes.push(self.id, || What::Ended);
         self.subscriptions
     }
@@ -153,7 +184,7 @@ impl Session {
         });
     }
 
-    pub fn subscriptions(&self) -> &HashMap<CompactString, Subscription> {
+    pub fn subscriptions(&self) -> &Subscriptions {
         &self.subscriptions
     }
 

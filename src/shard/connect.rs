@@ -372,7 +372,7 @@ impl<B: Backend> Shard<B> {
         let listener = self.conn(conn).map_or(0, |c| c.listener());
         // With per-listener security, the same name on another listener is another user.
         let other_realm =
-            |old: &Session| self.config.per_listener_settings && old.listener != listener;
+            |old: &Session| self.config.per_listener_settings && old.listener() != listener;
         let resumed = match resumed {
             // A session is resumed only by its own user: another user's client taking the
             // id gets a new session, not the messages queued for the first.
@@ -408,7 +408,8 @@ impl<B: Backend> Shard<B> {
         // [MQTT-3.3.4-9] the client's Receive Maximum bounds what is in flight to it;
         // [MQTT-3.1.2-24] its Maximum Packet Size bounds what is sent to it.
         session.receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-        session.packet_size_max = connect.properties.maximum_packet_size;
+        session.packet_size_max =
+            (connect.properties.maximum_packet_size).and_then(std::num::NonZeroU32::new);
         // The will lives as long as the connection: its own copy, not a slice of CONNECT's
         // receive buffer.
         // mount_point: the will goes to the listener's part of the topic space. (A will
@@ -432,7 +433,7 @@ impl<B: Backend> Shard<B> {
             connect.username.as_ref().map(|u| u.as_str()),
             connect.password.as_deref(),
         );
-        session.listener = listener;
+        session.set_listener(listener);
         if session_present {
             self.adopt_subscriptions(&mut session);
         }

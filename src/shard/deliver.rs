@@ -56,7 +56,7 @@ impl<B: Backend> Shard<B> {
         let v5 = session.version == ProtocolVersion::V5;
         let mount = self
             .config
-            .listener(session.listener)
+            .listener(session.listener())
             .mount_point
             .as_deref();
         let in_flight = session.outgoing().in_flight();
@@ -277,7 +277,7 @@ impl<B: Backend> Shard<B> {
             return true;
         }
         self.sessions.get(&session_id).is_some_and(|s| {
-            let acl = self.config.security(s.listener).acl.as_ref();
+            let acl = self.config.security(s.listener()).acl.as_ref();
             acl.is_none_or(|acl| {
                 let read = crate::auth::acl::Access::Read;
                 acl.check_topic(s.username(), &s.client_id, topic, read)
@@ -315,7 +315,7 @@ impl<B: Backend> Shard<B> {
         };
         // acl_file: only what the client may read reaches it, whatever its filter matched
         // (a subscription to `#` leaks nothing), retained messages included.
-        let acl = self.config.security(session.listener).acl.as_ref();
+        let acl = self.config.security(session.listener()).acl.as_ref();
         if let Some(acl) = acl.filter(|_| link.is_none()) {
             let (user, read) = (session.username(), crate::auth::acl::Access::Read);
             if !acl.check_topic(user, &session.client_id, &message.topic, read) {
@@ -386,7 +386,7 @@ impl<B: Backend> Shard<B> {
         // topics under it).
         let mount = self
             .config
-            .listener(session.listener)
+            .listener(session.listener())
             .mount_point
             .as_deref();
         let Some(strip) = mount_strip(mount, &message.topic) else {
@@ -459,7 +459,7 @@ impl<B: Backend> Shard<B> {
         };
         // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: discarded as if
         // delivered.
-        if (session.packet_size_max).is_some_and(|max| bytes.len() > max as usize) {
+        if (session.packet_size_max).is_some_and(|max| bytes.len() > max.get() as usize) {
             stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
             return;
         }

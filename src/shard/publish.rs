@@ -287,7 +287,7 @@ impl<B: Backend> Shard<B> {
         Some(Arc::new(crate::retain::Source {
             client_id: s.client_id.clone(),
             username: s.username().map(str::to_string),
-            listener: s.listener,
+            listener: s.listener(),
         }))
     }
 
@@ -308,7 +308,7 @@ impl<B: Backend> Shard<B> {
         }
         self.sessions.get(&session_id).is_some_and(|s| {
             self.config
-                .security(s.listener)
+                .security(s.listener())
                 .acl
                 .as_ref()
                 .is_none_or(|acl| acl.check_topic(s.username(), &s.client_id, topic, Access::Write))

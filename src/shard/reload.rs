@@ -85,7 +85,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn recheck_clients(&mut self) {
         let mut refused = Vec::new();
         for session in self.sessions.values_mut() {
-            let security = self.config.security(session.listener);
+            let security = self.config.security(session.listener());
             // acl_strict_subscribe: subscriptions the new ACL no longer allows are revoked,
             // online or offline (deliveries are checked against the new ACL anyway).
             if let Some(acl) = security

@@ -176,8 +176,14 @@ mod tests {
         // A client id comes back under a new session id.
         sessions.insert(session(5000, "client-0"));
         assert_eq!(sessions.id_of("client-0"), Some(SessionId(5000)));
-        sessions.get_mut(&SessionId(5000)).expect("held").listener = 3;
-        assert_eq!(sessions.get(&SessionId(5000)).map(|s| s.listener), Some(3));
+        sessions
+            .get_mut(&SessionId(5000))
+            .expect("held")
+            .set_listener(3);
+        assert_eq!(
+            sessions.get(&SessionId(5000)).map(|s| s.listener()),
+            Some(3)
+        );
         sessions.check_index();
     }
 

@@ -118,7 +118,7 @@ impl<B: Backend> Shard<B> {
             // acl_file: as in Mosquitto, any filter is granted and only what the client may
             // read is delivered (`deliver.rs`). With acl_strict_subscribe, everything the
             // filter could match must be readable (3.x: 0x80; 5.0: Not authorized).
-            let security = self.config.security(session.listener);
+            let security = self.config.security(session.listener());
             let strict_acl = security
                 .acl
                 .as_ref()

@@ -137,7 +137,8 @@ impl<B: Backend> Shard<B> {
             // [MQTT-3.3.4-9] the remote's Receive Maximum bounds what is in flight to it;
             // [MQTT-3.1.2-24] its Maximum Packet Size what is sent.
             session.receive_maximum = ack.properties.receive_maximum.unwrap_or(u16::MAX);
-            session.packet_size_max = ack.properties.maximum_packet_size;
+            session.packet_size_max =
+                (ack.properties.maximum_packet_size).and_then(std::num::NonZeroU32::new);
         }
         if session.version != link.version {
             // It fell back to 3.1.1: the messages it sends are encoded so.

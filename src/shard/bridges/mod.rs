@@ -95,7 +95,7 @@ impl<B: Backend> Shard<B> {
         let expiry = if local_clean { 0 } else { u32::MAX };
         session.set_parameters(link.version, expiry, local_clean, &mut self.changes);
         session.set_credentials(config.local_username.as_deref(), None);
-        session.listener = 0;
+        session.set_listener(0);
         let id = session.id;
         let wanted: Vec<(String, QoS)> = (config.topics.iter())
             .filter(|t| t.direction != Direction::In)

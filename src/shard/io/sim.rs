@@ -35,7 +35,8 @@ struct State {
     conns: HashMap<ConnId, Conn>,
     free_slots: Vec<usize>,
     slots: usize,
-    next_generation: u32,
+    /// The last generation given out (0 before the first).
+    last_generation: u32,
 }
 
 /// The test's side of a simulated backend.
@@ -72,8 +73,8 @@ impl SimNet {
             state.slots += 1;
             state.slots - 1
         });
-        let conn = ConnId::new(slot, state.next_generation);
-        state.next_generation += 1;
+        state.last_generation = ConnId::next_generation(state.last_generation);
+        let conn = ConnId::new(slot, state.last_generation);
         state.conns.insert(conn, Conn::default());
         let peer = SocketAddr::from(([127, 0, 0, 1], 10_000 + (slot % 50_000) as u16));
         state.events.push_back(Event::Accepted {

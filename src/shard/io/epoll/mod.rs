@@ -94,7 +94,7 @@ impl Epoll {
             read_again: Vec::new(),
             read_seen: hashbrown::HashSet::new(),
             waker,
-            next_generation: 0,
+            next_generation: 1,
             closing: VecDeque::new(),
             queued_total: 0,
             scratch: vec![0; READ_MAX_PER_TURN].into_boxed_slice(),
@@ -271,7 +271,7 @@ impl Epoll {
     /// out again (until the counter wraps, after 2^32 connections).
     fn take_generation(&mut self) -> u32 {
         let generation = self.next_generation;
-        self.next_generation = generation.wrapping_add(1);
+        self.next_generation = ConnId::next_generation(generation);
         generation
     }
 

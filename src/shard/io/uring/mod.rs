@@ -179,7 +179,7 @@ impl Uring {
             wake_buf: Box::new(0),
             queued_total: 0,
             closing: VecDeque::new(),
-            next_generation: 0,
+            next_generation: 1,
             completions: Vec::new(),
             accept_failures: AcceptFailures::default(),
             batch_wait_us,
@@ -345,7 +345,7 @@ impl Uring {
     /// out again (until the counter wraps).
     fn take_generation(&mut self) -> u32 {
         let generation = self.next_generation;
-        self.next_generation = generation.wrapping_add(1);
+        self.next_generation = ConnId::next_generation(generation);
         generation
     }
 
