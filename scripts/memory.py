@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Broker memory per idle connection, per retained message and per subscription, for midge
+"""Broker memory per idle connection, per offline session, per retained message and per
+subscription, for midge
 (io_uring and epoll) and Debian's mosquitto, in one run. Loopback only; every broker is
 started here on a free port and stopped by its PID.
 
-    python3 scripts/memory.py [--connections N] [--retained N] [--subscriptions N]
+    python3 scripts/memory.py [--connections N] [--sessions N] [--retained N] [--subscriptions N]
                               [--brokers midge-uring,midge-epoll,mosquitto]
+
+midge-base in --brokers is the binary $MIDGE_BASELINE (another build: before and after a
+change), with its default backend.
 
 RSS is read from /proc/PID/status (VmRSS) after the broker has answered everything sent
 (a PINGREQ after the last packet on each connection); growth is divided by the count.
@@ -49,8 +53,9 @@ def s(text):
     return struct.pack(">H", len(data)) + data
 
 
-def connect(client_id, keepalive=0):
-    return packet(0x10, s("MQTT") + bytes([4, 0x02]) + struct.pack(">H", keepalive) + s(client_id))
+def connect(client_id, keepalive=0, clean=True):
+    flags = 0x02 if clean else 0x00
+    return packet(0x10, s("MQTT") + bytes([4, flags]) + struct.pack(">H", keepalive) + s(client_id))
 
 
 PINGREQ = b"\xc0\x00"
@@ -84,6 +89,9 @@ class Broker:
         if name == "mosquitto":
             exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
             cmd = [exe, "-p", str(self.port)]
+        elif name == "midge-base":
+            # Another build (before a change), with its default backend.
+            cmd = [os.environ["MIDGE_BASELINE"], "-p", str(self.port), "--threads", "1"]
         else:
             cmd = [midge, "-p", str(self.port), "--threads", "1", "--io", name.split("-")[1]]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -97,9 +105,9 @@ class Broker:
                     raise RuntimeError(f"{name} does not listen")
                 time.sleep(0.01)
 
-    def client(self, client_id):
+    def client(self, client_id, clean=True):
         sock = socket.create_connection(("127.0.0.1", self.port), DEADLINE)
-        sock.sendall(connect(client_id))
+        sock.sendall(connect(client_id, clean=clean))
         read_until(sock, b"\x20\x02\x00\x00")
         return sock
 
@@ -128,6 +136,19 @@ def per_connection(broker, n):
     after = settle(broker, probe)
     for sock in socks:
         sock.close()
+    return (after - before) / n
+
+
+def per_offline_session(broker, n):
+    """Persistent sessions (clean session 0) whose clients connected and went away (a
+    DISCONNECT, then the socket closed): what a broker keeps for a client that is not there."""
+    probe = broker.client("probe")
+    before = settle(broker, probe)
+    for i in range(n):
+        sock = broker.client(f"away-{i}", clean=False)
+        sock.sendall(b"\xe0\x00")
+        sock.close()
+    after = settle(broker, probe)
     return (after - before) / n
 
 
@@ -164,6 +185,7 @@ def per_subscription(broker, n, clients=10):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=9000)
+    parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--retained", type=int, default=100_000)
     parser.add_argument("--subscriptions", type=int, default=100_000)
     parser.add_argument("--brokers", default="midge-uring,midge-epoll,mosquitto")
@@ -173,9 +195,15 @@ def main():
         sys.exit(f"memory.py: {args.connections} connections need more file descriptors than the hard limit ({hard})")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     brokers = args.brokers.split(",")
+    for name in brokers:
+        if name not in ("midge-uring", "midge-epoll", "midge-base", "mosquitto"):
+            sys.exit(f"memory.py: no broker {name!r} (midge-uring, midge-epoll, midge-base, mosquitto)")
+    if "midge-base" in brokers and not os.access(os.environ.get("MIDGE_BASELINE", ""), os.X_OK):
+        sys.exit("memory.py: midge-base needs MIDGE_BASELINE=path/to/another/midge")
     rows = []
     for what, count, measure in (
         ("idle connection", args.connections, per_connection),
+        ("offline session", args.sessions, per_offline_session),
         ("retained message", args.retained, per_retained),
         ("subscription", args.subscriptions, per_subscription),
     ):
