@@ -221,6 +221,12 @@ pub enum CpuAffinity {
 /// two bytes.
 pub const LISTENERS_MAX: usize = u16::MAX as usize;
 
+/// A listener's index as connections and sessions keep it (two bytes). The configuration
+/// has at most `LISTENERS_MAX`, so every index fits.
+pub fn listener_index(listener: usize) -> u16 {
+    u16::try_from(listener).unwrap_or(u16::MAX)
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listeners: Vec<Listener>,

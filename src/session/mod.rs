@@ -104,8 +104,7 @@ impl Session {
     }
 
     pub fn set_listener(&mut self, listener: usize) {
-        // Bounded by the configuration (`LISTENERS_MAX`).
-        self.listener = u16::try_from(listener).unwrap_or(u16::MAX);
+        self.listener = crate::config::listener_index(listener);
     }
 
     pub fn username(&self) -> Option<&str> {

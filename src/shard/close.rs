@@ -291,11 +291,7 @@ impl<B: Backend> Shard<B> {
             });
         }
         if unregister {
-            let mut registry = self.shared.registry.lock().expect("registry lock");
-            // Only if no other shard has claimed the id since.
-            if registry.get(&client_id).map(|c| c.shard()) == Some(self.id) {
-                registry.remove(&client_id);
-            }
+            self.shared.release_claim(&client_id, self.id);
         }
     }
 

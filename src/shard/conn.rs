@@ -116,8 +116,7 @@ impl Conn {
             peer_ip: peer.map(|p| p.ip()),
             peer_port: peer.map_or(0, |p| p.port()),
             local_port,
-            // Bounded by the configuration (`LISTENERS_MAX`).
-            listener: u16::try_from(listener).unwrap_or(u16::MAX),
+            listener: crate::config::listener_index(listener),
             decoder: Decoder::server(packet_size_max),
             inbuf: BytesMut::new(),
             out: BytesMut::new(),

@@ -252,10 +252,7 @@ impl<B: Backend> Shard<B> {
                     // Nobody waits: the client id is no longer this shard's, unless a
                     // session of it is here.
                     if self.sessions.id_of(&client_id).is_none() {
-                        let mut registry = self.shared.registry.lock().expect("registry lock");
-                        if registry.get(&client_id).map(|c| c.shard()) == Some(self.id) {
-                            registry.remove(&client_id);
-                        }
+                        self.shared.release_claim(&client_id, self.id);
                     }
                 }
             }

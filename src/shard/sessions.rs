@@ -22,11 +22,19 @@ pub struct Sessions {
     hasher: DefaultHashBuilder,
 }
 
-impl Sessions {
-    fn id_hash(&self, id: SessionId) -> u64 {
-        self.hasher.hash_one(id)
-    }
+/// Session `id` in `by_id` (a free function, so that the index's closures can call it while
+/// the index is borrowed).
+fn find<'a>(
+    by_id: &'a HashTable<Box<Session>>,
+    hasher: &DefaultHashBuilder,
+    id: SessionId,
+) -> Option<&'a Session> {
+    by_id
+        .find(hasher.hash_one(id), |s| s.id == id)
+        .map(|s| &**s)
+}
 
+impl Sessions {
     fn client_hash(&self, client_id: &str) -> u64 {
         self.hasher.hash_one(client_id)
     }
@@ -36,13 +44,11 @@ impl Sessions {
     }
 
     pub fn get(&self, id: &SessionId) -> Option<&Session> {
-        self.by_id
-            .find(self.id_hash(*id), |s| s.id == *id)
-            .map(|s| &**s)
+        find(&self.by_id, &self.hasher, *id)
     }
 
     pub fn get_mut(&mut self, id: &SessionId) -> Option<&mut Session> {
-        let hash = self.id_hash(*id);
+        let hash = self.hasher.hash_one(*id);
         self.by_id.find_mut(hash, |s| s.id == *id).map(|s| &mut **s)
     }
 
@@ -52,13 +58,10 @@ impl Sessions {
 
     /// The session of `client_id` held here, if any.
     pub fn id_of(&self, client_id: &str) -> Option<SessionId> {
-        let by_id = &self.by_id;
-        let hasher = &self.hasher;
+        let (by_id, hasher) = (&self.by_id, &self.hasher);
         self.by_client
             .find(self.client_hash(client_id), |id| {
-                by_id
-                    .find(hasher.hash_one(*id), |s| s.id == *id)
-                    .is_some_and(|s| &*s.client_id == client_id)
+                find(by_id, hasher, *id).is_some_and(|s| &*s.client_id == client_id)
             })
             .copied()
     }
@@ -74,7 +77,7 @@ impl Sessions {
         );
         debug_assert!(!self.contains_key(&session.id), "session inserted twice");
         let id = session.id;
-        let id_hash = self.id_hash(id);
+        let id_hash = self.hasher.hash_one(id);
         let client_hash = self.client_hash(&session.client_id);
         let hasher = &self.hasher;
         self.by_id
@@ -83,16 +86,14 @@ impl Sessions {
         self.by_client.insert_unique(client_hash, id, |other| {
             // Growing rehashes each entry by its session's client id: every id here names
             // a session in `by_id` (both are changed together, `by_id` first on insert).
-            let session = by_id
-                .find(hasher.hash_one(*other), |s| s.id == *other)
-                .expect("every indexed id names a session");
+            let session = find(by_id, hasher, *other).expect("every indexed id names a session");
             hasher.hash_one(&*session.client_id)
         });
     }
 
     /// Takes session `id` out of both.
     pub fn remove(&mut self, id: &SessionId) -> Option<Box<Session>> {
-        let hash = self.id_hash(*id);
+        let hash = self.hasher.hash_one(*id);
         let session = self
             .by_id
             .find_entry(hash, |s| s.id == *id)

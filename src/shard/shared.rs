@@ -226,6 +226,15 @@ impl Shared {
         }
     }
 
+    /// Forgets `client_id`'s claim if `shard` still holds it (no other shard has claimed the
+    /// id since).
+    pub fn release_claim(&self, client_id: &str, shard: usize) {
+        let mut registry = self.registry.lock().expect("registry lock");
+        if registry.get(client_id).map(|c| c.shard()) == Some(shard) {
+            registry.remove(client_id);
+        }
+    }
+
     pub fn new_session_id(&self) -> SessionId {
         SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
     }
