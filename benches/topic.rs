@@ -27,7 +27,7 @@ fn build(n: u64) -> Arc<Node> {
     let mut add = |filter: String, session: u64| {
         w.subscribe(
             parse_filter(&filter).unwrap(),
-            SessionId(session),
+            SessionId::new(session + 1),
             sub(session),
         );
     };
@@ -83,7 +83,7 @@ fn matching(c: &mut Criterion) {
     for session in 0..10_000 {
         w.subscribe(
             parse_filter("dashboards/telemetry").unwrap(),
-            SessionId(session),
+            SessionId::new(session + 1),
             sub(session),
         );
     }
@@ -122,7 +122,7 @@ fn subscribing(c: &mut Criterion) {
                     for (i, filter) in filters.iter().enumerate() {
                         w.subscribe(
                             parse_filter(filter).unwrap(),
-                            SessionId(n + i as u64),
+                            SessionId::new(n + i as u64 + 1),
                             sub(i as u64),
                         );
                         if (i as u64 + 1) % BATCH == 0 {

@@ -41,7 +41,7 @@ fn bytes_per_subscription(filters: &[String], sessions: u64) -> f64 {
     let mut writer = TreeWriter::new(tree.clone());
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     for (i, filter) in filters.iter().enumerate() {
-        let session = SessionId(i as u64 % sessions);
+        let session = SessionId::new(i as u64 % sessions + 1);
         writer.subscribe(parse_filter(filter).unwrap(), session, sub);
         if i % 1000 == 999 {
             writer.publish();

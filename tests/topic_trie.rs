@@ -32,9 +32,9 @@ fn seen_in_trie(root: &Node, topic: &str) -> Seen {
     let mut seen = Seen::default();
     let mut subscribers = Vec::new();
     root.for_each_match(topic, &mut |m| match m {
-        Match::Subscriber(session, s) => subscribers.push((session.0, tag(s))),
+        Match::Subscriber(session, s) => subscribers.push((session.get(), tag(s))),
         Match::Group { name, members, .. } => {
-            let mut list: Vec<_> = members.iter().map(|(id, s)| (id.0, tag(s))).collect();
+            let mut list: Vec<_> = members.iter().map(|(id, s)| (id.get(), tag(s))).collect();
             list.sort();
             seen.groups.insert((name.to_string(), list));
         }
@@ -108,8 +108,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (filter(), 0..6u64).prop_map(|(f, s)| Op::Subscribe(f, s)),
-        3 => (filter(), 0..6u64).prop_map(|(f, s)| Op::Unsubscribe(f, s)),
+        5 => (filter(), 1..7u64).prop_map(|(f, s)| Op::Subscribe(f, s)),
+        3 => (filter(), 1..7u64).prop_map(|(f, s)| Op::Unsubscribe(f, s)),
         1 => Just(Op::Publish),
     ]
 }
@@ -126,12 +126,12 @@ proptest! {
         for (i, op) in ops.iter().enumerate() {
             match op {
                 Op::Subscribe(f, s) => {
-                    let old = writer.subscribe(parse_filter(f).unwrap(), SessionId(*s), sub(0, i as u32 + 1));
+                    let old = writer.subscribe(parse_filter(f).unwrap(), SessionId::new(*s), sub(0, i as u32 + 1));
                     let model_old = model.insert((f.clone(), *s), i as u32 + 1);
                     prop_assert_eq!(old.map(|o| tag(&o)), model_old);
                 }
                 Op::Unsubscribe(f, s) => {
-                    let old = writer.unsubscribe(parse_filter(f).unwrap(), SessionId(*s));
+                    let old = writer.unsubscribe(parse_filter(f).unwrap(), SessionId::new(*s));
                     prop_assert_eq!(old.map(|o| tag(&o)), model.remove(&(f.clone(), *s)));
                 }
                 Op::Publish => {
@@ -156,7 +156,7 @@ proptest! {
         }
         // Removing everything leaves an empty trie.
         for (f, s) in model.keys() {
-            prop_assert!(writer.unsubscribe(parse_filter(f).unwrap(), SessionId(*s)).is_some());
+            prop_assert!(writer.unsubscribe(parse_filter(f).unwrap(), SessionId::new(*s)).is_some());
         }
         prop_assert_eq!(writer.working().count(), 0);
     }
@@ -179,7 +179,7 @@ fn dollar_topics_and_parent_levels() {
     {
         w.subscribe(
             parse_filter(f).unwrap(),
-            SessionId(i as u64),
+            SessionId::new(i as u64 + 1),
             sub(0, i as u32 + 1),
         );
     }
@@ -194,21 +194,21 @@ fn dollar_topics_and_parent_levels() {
         v
     };
     // [MQTT-4.7.2-1] wildcard-first filters never match '$' topics.
-    assert_eq!(ids("$SYS/monitor/Clients"), vec![2, 3]);
+    assert_eq!(ids("$SYS/monitor/Clients"), vec![3, 4]);
     // "sport/#" matches "sport" itself; "sport/+" does not.
-    assert_eq!(ids("sport"), vec![0, 4]);
-    assert_eq!(ids("sport/"), vec![0, 4, 5]);
+    assert_eq!(ids("sport"), vec![1, 5]);
+    assert_eq!(ids("sport/"), vec![1, 5, 6]);
 }
 
 #[test]
 fn superseded_snapshots_are_freed() {
     let tree = SubscriptionTree::new();
     let mut w = TreeWriter::new(tree.clone());
-    w.subscribe(parse_filter("a/b").unwrap(), SessionId(1), sub(0, 1));
+    w.subscribe(parse_filter("a/b").unwrap(), SessionId::new(1), sub(0, 1));
     w.publish();
     let old = Arc::downgrade(&tree.load_full());
     assert!(old.upgrade().is_some());
-    w.subscribe(parse_filter("a/c").unwrap(), SessionId(1), sub(0, 2));
+    w.subscribe(parse_filter("a/c").unwrap(), SessionId::new(1), sub(0, 2));
     w.publish();
     assert!(
         old.upgrade().is_none(),
@@ -220,19 +220,23 @@ fn superseded_snapshots_are_freed() {
 fn a_change_copies_only_its_path() {
     let tree = SubscriptionTree::new();
     let mut w = TreeWriter::new(tree.clone());
-    for i in 0..1000u64 {
+    for i in 1..=1000u64 {
         w.subscribe(
             parse_filter(&format!("devices/{i}/telemetry")).unwrap(),
-            SessionId(i),
+            SessionId::new(i),
             sub(0, 1),
         );
     }
-    w.subscribe(parse_filter("other/x").unwrap(), SessionId(1), sub(0, 1));
+    w.subscribe(
+        parse_filter("other/x").unwrap(),
+        SessionId::new(1),
+        sub(0, 1),
+    );
     w.publish();
     let before = tree.load_full();
     w.subscribe(
         parse_filter("devices/5/telemetry").unwrap(),
-        SessionId(77),
+        SessionId::new(77),
         sub(0, 1),
     );
     w.publish();
@@ -307,7 +311,7 @@ fn readers_see_whole_batches_while_the_writer_publishes() {
         for i in 0..BATCH {
             w.subscribe(
                 parse_filter("load/#").unwrap(),
-                SessionId(b * BATCH + i),
+                SessionId::new(b * BATCH + i + 1),
                 sub(1, 1),
             );
         }
@@ -317,7 +321,10 @@ fn readers_see_whole_batches_while_the_writer_publishes() {
     for b in 0..BATCHES {
         for i in 0..BATCH {
             assert!(w
-                .unsubscribe(parse_filter("load/#").unwrap(), SessionId(b * BATCH + i))
+                .unsubscribe(
+                    parse_filter("load/#").unwrap(),
+                    SessionId::new(b * BATCH + i + 1)
+                )
                 .is_some());
         }
         w.publish();

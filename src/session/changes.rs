@@ -248,7 +248,7 @@ mod tests {
         let mut changes = Changes::default();
         changes.record(true);
         let mut s = Session::begin(
-            SessionId(7),
+            SessionId::new(7),
             "c".into(),
             ProtocolVersion::V5,
             false,
@@ -303,7 +303,7 @@ mod tests {
     fn nothing_is_recorded_unless_asked() {
         let mut changes = Changes::default();
         let mut s = Session::begin(
-            SessionId(1),
+            SessionId::new(1),
             "c".into(),
             ProtocolVersion::V311,
             true,

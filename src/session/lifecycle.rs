@@ -108,7 +108,7 @@ mod tests {
     use crate::types::SessionId;
 
     fn session(version: ProtocolVersion, clean: bool, delay: Option<u32>) -> Session {
-        let mut s = Session::new(SessionId(1), "c".into(), version, clean);
+        let mut s = Session::new(SessionId::new(1), "c".into(), version, clean);
         let mut properties = Properties::default();
         properties.will_delay_interval = delay;
         s.will = Some(Box::new(Will {

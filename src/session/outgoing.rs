@@ -391,7 +391,7 @@ pub(super) mod tests {
 
     pub(in crate::session) fn target(qos: QoS) -> Target {
         Target {
-            session: SessionId(1),
+            session: SessionId::new(1),
             qos,
             retain: false,
             identifiers: SmallVec::new(),

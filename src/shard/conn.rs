@@ -3,8 +3,8 @@
 use bytes::BytesMut;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
+use super::clock::Stamp;
 use super::io::ConnId;
 use crate::codec::{Connect, Decoder, ProtocolVersion};
 use crate::topic::SessionId;
@@ -15,7 +15,6 @@ pub struct Conn {
     /// `SocketAddr`: 20 bytes instead of 32 (no IPv6 flow and scope, which nothing reads).
     pub peer_ip: Option<IpAddr>,
     peer_port: u16,
-    pub local_port: u16,
     /// The configured listener it arrived on (index into `Config::listeners`; at most
     /// `LISTENERS_MAX`).
     listener: u16,
@@ -32,18 +31,17 @@ pub struct Conn {
     pub keepalive_s: u16,
     /// When the connection was accepted, until its CONNECT is (the connect timeout counts
     /// from it); from then on, when bytes last arrived (keep alive). One field for both,
-    /// as each is read only in its half of the connection's life.
-    pub last_rx: Instant,
-    /// CONNECT received; the session is being handed over from another shard.
-    pub waiting_handoff: Option<Box<Connect>>,
+    /// as each is read only in its half of the connection's life; four bytes.
+    pub last_rx: Stamp,
     /// The number of this connection's claim on its client id (`Shared::registry`).
     pub claim: u64,
     /// How many topic aliases the client allows on the broker's sends (5.0).
     pub out_alias_max: u16,
     /// 5.0 Request Problem Information (default yes): Reason Strings on acknowledgements.
     pub problem_information: bool,
-    /// Topic aliases and enhanced authentication, out of line: most connections use
-    /// neither, and every idle connection would pay for their space.
+    /// Topic aliases, enhanced authentication and a CONNECT waiting for its session, out of
+    /// line: most connections have none, and every idle connection would pay for their
+    /// space.
     pub extras: Option<Box<ConnExtras>>,
     /// TLS and WebSocket layers (`shard/transport.rs`), behind one box: most connections
     /// have neither.
@@ -76,6 +74,23 @@ pub struct ConnExtras {
     /// This shard's own bridge to another broker (`shard/bridges.rs`): the index of its
     /// link. The connection is outgoing; the peer is the server.
     pub link: Option<usize>,
+    /// CONNECT received; the session is being handed over from another shard.
+    waiting_handoff: Option<Box<Connect>>,
+}
+
+impl ConnExtras {
+    /// Nothing in it: the box can go.
+    fn is_unused(&self) -> bool {
+        self.topic_aliases.is_empty()
+            && self.out_aliases.is_empty()
+            && self.auth_method.is_none()
+            && self.auth_exchange.is_none()
+            && self.auth_pending.is_none()
+            && self.auth_reply.is_none()
+            && !self.bridge
+            && self.link.is_none()
+            && self.waiting_handoff.is_none()
+    }
 }
 
 impl Conn {
@@ -97,25 +112,45 @@ impl Conn {
 
     /// Bytes arrived: the keep alive counts from now, once CONNECT is accepted (until then
     /// the connect timeout counts from the accept).
-    pub fn heard_from(&mut self, now: Instant) {
-        if self.session.is_some() || self.waiting_handoff.is_some() {
+    pub fn heard_from(&mut self, now: Stamp) {
+        if self.session.is_some() || self.waiting_handoff().is_some() {
             self.last_rx = now;
         }
+    }
+
+    /// The CONNECT of a connection whose session is on its way from another shard.
+    pub fn waiting_handoff(&self) -> Option<&Connect> {
+        self.extras.as_ref()?.waiting_handoff.as_deref()
+    }
+
+    /// Holds `connect` until the session arrives; the keep alive counts from `now`.
+    pub fn wait_for_handoff(&mut self, connect: Box<Connect>, now: Stamp) {
+        self.extras().waiting_handoff = Some(connect);
+        self.last_rx = now;
+    }
+
+    /// The CONNECT held for a handoff, taken to be answered. The out-of-line part goes too
+    /// if that was all it held (a reconnect that waited should not keep it for its life).
+    pub fn take_waiting_handoff(&mut self) -> Option<Box<Connect>> {
+        let extras = self.extras.as_mut()?;
+        let connect = extras.waiting_handoff.take();
+        if extras.is_unused() {
+            self.extras = None;
+        }
+        connect
     }
 
     pub fn new(
         id: ConnId,
         peer: Option<SocketAddr>,
-        local_port: u16,
         listener: usize,
         packet_size_max: usize,
-        now: Instant,
+        now: Stamp,
     ) -> Self {
         Conn {
             id,
             peer_ip: peer.map(|p| p.ip()),
             peer_port: peer.map_or(0, |p| p.port()),
-            local_port,
             listener: crate::config::listener_index(listener),
             decoder: Decoder::server(packet_size_max),
             inbuf: BytesMut::new(),
@@ -125,7 +160,6 @@ impl Conn {
             version: None,
             keepalive_s: 0,
             last_rx: now,
-            waiting_handoff: None,
             claim: 0,
             out_alias_max: 0,
             problem_information: true,
@@ -134,7 +168,6 @@ impl Conn {
         }
     }
 
-    /// The out-of-line part, made on first use.
     /// Whether the client said it is a bridge (`try_private`).
     pub fn is_bridge(&self) -> bool {
         self.extras.as_ref().is_some_and(|e| e.bridge)
@@ -145,6 +178,7 @@ impl Conn {
         self.extras.as_ref().and_then(|e| e.link)
     }
 
+    /// The out-of-line part, made on first use.
     pub fn extras(&mut self) -> &mut ConnExtras {
         self.extras.get_or_insert_with(Default::default)
     }
@@ -180,14 +214,14 @@ pub fn peer_host(peer: Option<IpAddr>, listener: &crate::config::Listener) -> St
 
 #[cfg(test)]
 mod tests {
-    /// Every connection holds one of each, boxed: the connection in mimalloc's 192-byte
-    /// size class, the session in its 160-byte class (an offline session is nothing else);
-    /// past them they take 224 and 192. When the TLS and WebSocket fields first pushed the
-    /// connection from 224 to 240 bytes, `scripts/memory.py --connections 18000` measured 842
-    /// bytes per idle connection on io_uring instead of 806; bringing both to 192 saved 64.
+    /// Every connection holds one of each, boxed: both in mimalloc's 160-byte size class
+    /// (an offline session is nothing else); past it they take 192. When the TLS and
+    /// WebSocket fields first pushed the connection from 224 to 240 bytes,
+    /// `scripts/memory.py --connections 18000` measured 842 bytes per idle connection on
+    /// io_uring instead of 806; bringing both to 192 saved 64.
     #[test]
     fn a_connection_and_its_session_fit_their_size_classes() {
-        assert!(std::mem::size_of::<super::Conn>() <= 192);
+        assert!(std::mem::size_of::<super::Conn>() <= 160);
         assert!(std::mem::size_of::<crate::session::Session>() <= 160);
     }
 }

@@ -77,7 +77,7 @@ impl<B: Backend> Shard<B> {
             }
             // [MQTT-3.1.3-6] assign a unique identifier.
             let id = self.shared.new_session_id();
-            client_id = Arc::from(assigned_client_id(&security.auto_id_prefix, id.0).as_str());
+            client_id = Arc::from(assigned_client_id(&security.auto_id_prefix, id.get()).as_str());
             assigned = true;
         } else if connect.version == ProtocolVersion::V31 && client_id.len() > 23 {
             // MQTT 3.1 §3.1: the client identifier is 1 to 23 characters; Mosquitto refuses longer.
@@ -209,10 +209,9 @@ impl<B: Backend> Shard<B> {
             // earlier connection of this client: this connection waits for it, and CONNECT
             // is answered when it arrives (`on_handoff`).
             let clean_start = connect.clean_start;
-            let now = self.now;
+            let now = self.stamp();
             if let Some(c) = self.conn_mut(conn) {
-                c.waiting_handoff = Some(connect);
-                c.last_rx = now;
+                c.wait_for_handoff(connect, now);
             }
             if let Some((earlier, _)) = self.awaiting.insert(client_id.clone(), (conn, claim)) {
                 self.close_waiting(earlier, &client_id);
@@ -449,7 +448,7 @@ impl<B: Backend> Shard<B> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
         let keepalive = connect.keep_alive.min(self.config.keepalive_max_s);
-        let now = self.now;
+        let now = self.stamp();
         let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
             return;
         };

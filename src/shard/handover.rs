@@ -154,7 +154,7 @@ impl<B: Backend> Shard<B> {
         }
         log::debug!(
             "Handing the session of {client_id} ({}) from shard {} to shard {to}.",
-            id.0,
+            id.get(),
             self.id
         );
         let session = self.take_local_session(id, clean_start);
@@ -195,7 +195,7 @@ impl<B: Backend> Shard<B> {
     ) {
         let Some(clean_start) = self
             .conn(conn)
-            .and_then(|c| c.waiting_handoff.as_ref())
+            .and_then(|c| c.waiting_handoff())
             .map(|connect| connect.clean_start)
         else {
             return; // It went away: the session stays here as it is.
@@ -370,7 +370,7 @@ impl<B: Backend> Shard<B> {
         session: Option<SessionBox>,
         claim: u64,
     ) {
-        match self.conn_mut(conn).and_then(|c| c.waiting_handoff.take()) {
+        match self.conn_mut(conn).and_then(|c| c.take_waiting_handoff()) {
             Some(connect) => {
                 let session = match session {
                     Some(session) if connect.clean_start => {
@@ -411,7 +411,7 @@ impl<B: Backend> Shard<B> {
     fn begin_settling(&mut self, session: SessionId, origin: usize) {
         log::debug!(
             "Session {} arrived on shard {} from shard {origin}; settling.",
-            session.0,
+            session.get(),
             self.id
         );
         let shards = self.shared.mailboxes.shards();
@@ -509,7 +509,7 @@ impl<B: Backend> Shard<B> {
         let Some(settling) = self.settling.remove(&session) else {
             return;
         };
-        log::debug!("Session {} settled on shard {}.", session.0, self.id);
+        log::debug!("Session {} settled on shard {}.", session.get(), self.id);
         for (message, target) in settling.held {
             self.deliver_here(&message, vec![target], true);
         }

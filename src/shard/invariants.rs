@@ -44,7 +44,7 @@ impl<B: Backend> Shard<B> {
                     c.id
                 );
             }
-            if c.waiting_handoff.is_some() {
+            if c.waiting_handoff().is_some() {
                 let client = c
                     .client_id
                     .as_ref()

@@ -126,6 +126,8 @@ pub struct Shard<B: Backend> {
     sys: sys::SysState,
     /// The time of this loop turn (read from `Shared::clock` once per turn).
     now: Instant,
+    /// When the shard started: what connections' `Stamp`s count from.
+    epoch: Instant,
     /// `persistence true`: this shard's journal (`journaling.rs`).
     journal: Option<Box<crate::persist::journal::Journal>>,
     /// `persistence_sync always` over several shards: acknowledgements waiting for other
@@ -187,6 +189,7 @@ impl<B: Backend> Shard<B> {
             will_timers: BinaryHeap::new(),
             sys: sys::SysState::default(),
             now,
+            epoch: now,
             journal: None,
             transit: None,
             links: Vec::new(),
@@ -337,10 +340,9 @@ impl<B: Backend> Shard<B> {
                 let mut c = Box::new(Conn::new(
                     conn,
                     peer,
-                    local_port,
                     listener,
                     self.config.packet_size_max,
-                    self.now,
+                    self.stamp(),
                 ));
                 if !self.start_transport(&mut c) {
                     self.shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -369,7 +371,7 @@ impl<B: Backend> Shard<B> {
                 self.shared.stats[self.id]
                     .bytes_received
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
-                let now = self.now;
+                let now = self.stamp();
                 let Some(c) = self.conn_mut(conn) else { return };
                 c.heard_from(now);
                 let bridge_connecting = c.link().is_some() && c.session.is_none();
@@ -401,6 +403,11 @@ impl<B: Backend> Shard<B> {
                 self.connection_lost(conn, reason);
             }
         }
+    }
+
+    /// This turn's time as a connection record keeps it.
+    fn stamp(&self) -> clock::Stamp {
+        clock::Stamp::at(self.now, self.epoch)
     }
 
     /// This shard's counters.
@@ -448,7 +455,7 @@ impl<B: Backend> Shard<B> {
     fn process_input(&mut self, conn: ConnId) {
         loop {
             let Some(c) = self.conn_mut(conn) else { return };
-            if c.waiting_handoff.is_some() {
+            if c.waiting_handoff().is_some() {
                 return;
             }
             match c.decoder.decode_from(&mut c.inbuf) {

@@ -146,7 +146,7 @@ mod tests {
 
     fn session(id: u64, client_id: &str) -> Box<Session> {
         Box::new(Session::new(
-            SessionId(id),
+            SessionId::new(id),
             Arc::from(client_id),
             ProtocolVersion::V311,
             false,
@@ -156,33 +156,33 @@ mod tests {
     #[test]
     fn sessions_are_found_by_id_and_by_client_id_through_growth_and_removal() {
         let mut sessions = Sessions::default();
-        for i in 0..1000 {
+        for i in 1..=1000 {
             sessions.insert(session(i, &format!("client-{i}")));
         }
         assert_eq!(sessions.len(), 1000);
-        for i in (0..1000).step_by(2) {
-            let removed = sessions.remove(&SessionId(i)).expect("held");
+        for i in (1..=1000).step_by(2) {
+            let removed = sessions.remove(&SessionId::new(i)).expect("held");
             assert_eq!(&*removed.client_id, format!("client-{i}"));
         }
         assert_eq!(sessions.len(), 500);
-        for i in 0..1000 {
-            let held = i % 2 == 1;
-            assert_eq!(sessions.contains_key(&SessionId(i)), held);
+        for i in 1..=1000 {
+            let held = i % 2 == 0;
+            assert_eq!(sessions.contains_key(&SessionId::new(i)), held);
             assert_eq!(
                 sessions.id_of(&format!("client-{i}")),
-                held.then_some(SessionId(i))
+                held.then_some(SessionId::new(i))
             );
         }
-        assert!(sessions.remove(&SessionId(0)).is_none());
+        assert!(sessions.remove(&SessionId::new(1)).is_none());
         // A client id comes back under a new session id.
-        sessions.insert(session(5000, "client-0"));
-        assert_eq!(sessions.id_of("client-0"), Some(SessionId(5000)));
+        sessions.insert(session(5000, "client-1"));
+        assert_eq!(sessions.id_of("client-1"), Some(SessionId::new(5000)));
         sessions
-            .get_mut(&SessionId(5000))
+            .get_mut(&SessionId::new(5000))
             .expect("held")
             .set_listener(3);
         assert_eq!(
-            sessions.get(&SessionId(5000)).map(|s| s.listener()),
+            sessions.get(&SessionId::new(5000)).map(|s| s.listener()),
             Some(3)
         );
         sessions.check_index();

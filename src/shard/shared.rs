@@ -236,7 +236,7 @@ impl Shared {
     }
 
     pub fn new_session_id(&self) -> SessionId {
-        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
+        SessionId::new(self.next_session.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -44,6 +44,7 @@ pub(crate) fn release_freed_memory(now: bool) {
 impl<B: Backend> Shard<B> {
     pub(super) fn check_timers(&mut self) {
         let now = self.now;
+        let stamp = self.stamp();
         let connect_timeout = Duration::from_secs(self.config.connect_timeout_s);
         let idle_max = Some(self.config.client_idle_timeout_s)
             .filter(|&s| s > 0)
@@ -54,17 +55,17 @@ impl<B: Backend> Shard<B> {
                 // A bridge keeps its own deadlines (`bridges.rs`).
                 continue;
             }
-            if c.session.is_none() && c.waiting_handoff.is_none() {
-                if now.duration_since(c.last_rx) > connect_timeout {
+            if c.session.is_none() && c.waiting_handoff().is_none() {
+                if c.last_rx.older_than(connect_timeout, stamp) {
                     expired.push((c.id, false));
                 }
             } else if c.keepalive_s > 0 {
                 // [MQTT-3.1.2-24] one and a half keep alive periods of silence.
                 let limit = Duration::from_millis(u64::from(c.keepalive_s) * 1500);
-                if now.duration_since(c.last_rx) > limit {
+                if c.last_rx.older_than(limit, stamp) {
                     expired.push((c.id, true));
                 }
-            } else if idle_max.is_some_and(|max| now.duration_since(c.last_rx) > max) {
+            } else if idle_max.is_some_and(|max| c.last_rx.older_than(max, stamp)) {
                 // client_idle_timeout: keepalive 0 says nothing about a vanished peer.
                 expired.push((c.id, true));
             }

@@ -224,7 +224,7 @@ impl Journal {
         if !to.old && !to.new {
             return;
         }
-        let session = s.0;
+        let session = s.get();
         let record = match &change.what {
             // Sessions are written whole when they arrive (`session`).
             What::Started { .. } => return,
@@ -322,7 +322,7 @@ impl Journal {
         clock: &WallClock,
         to: To,
     ) {
-        let id = session.id.0;
+        let id = session.id.get();
         let record = Record::Started {
             session: id,
             client_id: session.client_id.to_string(),
@@ -429,7 +429,7 @@ impl Journal {
         });
         let message = self.message(&message, to, clock);
         let record = Record::WillWaiting {
-            session: session.0,
+            session: session.get(),
             due_ms: clock.unix_ms(due),
             message,
         };
@@ -439,14 +439,19 @@ impl Journal {
     /// A journaled session's waiting will was published.
     pub fn will_gone(&mut self, session: SessionId) {
         let to = self.session_to(session);
-        self.emit(&Record::WillGone { session: session.0 }, to);
+        self.emit(
+            &Record::WillGone {
+                session: session.get(),
+            },
+            to,
+        );
     }
 
     /// A journaled session's client went away at `at_ms`.
     pub fn disconnected(&mut self, session: SessionId, at_ms: u64) {
         let to = self.session_to(session);
         let record = Record::Disconnected {
-            session: session.0,
+            session: session.get(),
             at_ms,
         };
         self.emit(&record, to);

@@ -76,8 +76,18 @@ fn changes_during_a_compaction_reach_the_new_file_once() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut journal = Journal::create(&dir, 0, 1, SyncPolicy::Never).unwrap();
     let clock = WallClock::now();
-    let mut one = Session::new(SessionId(1), "one".into(), ProtocolVersion::V311, false);
-    let mut two = Session::new(SessionId(2), "two".into(), ProtocolVersion::V311, false);
+    let mut one = Session::new(
+        SessionId::new(1),
+        "one".into(),
+        ProtocolVersion::V311,
+        false,
+    );
+    let mut two = Session::new(
+        SessionId::new(2),
+        "two".into(),
+        ProtocolVersion::V311,
+        false,
+    );
     journal.session(&one, 1, None, &clock);
     journal.session(&two, 2, None, &clock);
     let [a, b, c, d, e] = [b"a", b"b", b"c", b"d", b"e"].map(|p| message(p));

@@ -23,7 +23,7 @@ impl Journal {
     ) {
         let targets: Vec<(u64, Delivery)> = (targets.iter())
             .filter(|t| t.qos != QoS::AtMostOnce)
-            .map(|t| (t.session.0, delivery(t)))
+            .map(|t| (t.session.get(), delivery(t)))
             .collect();
         if targets.is_empty() {
             return;

@@ -168,7 +168,7 @@ impl<B: Backend> Shard<B> {
             0 => self.config.packet_size_max,
             n => n as usize,
         };
-        let mut c = Box::new(Conn::new(conn, Some(to), 0, 0, packet_size_max, self.now));
+        let mut c = Box::new(Conn::new(conn, Some(to), 0, packet_size_max, self.stamp()));
         c.decoder = Decoder::client(link.version, packet_size_max);
         c.version = Some(link.version);
         c.client_id = Some(link.local_client_id.clone());
