@@ -169,8 +169,12 @@ impl<B: Backend> Shard<B> {
             }
             merge_overlapping(list);
             if shard == self.id {
-                let local = std::mem::take(list);
-                self.deliver_here(message, local, false);
+                // Borrowed and cleared, not taken: the list keeps its allocation for the
+                // next message (it was one allocation per message routed), up to a size
+                // that a large fan-out does not leave behind.
+                self.deliver_here(message, list, false);
+                list.clear();
+                list.shrink_to(KEPT_CAPACITY);
                 continue;
             }
             let targets = std::mem::take(list);
@@ -250,12 +254,12 @@ impl<B: Backend> Shard<B> {
     pub(super) fn deliver_here(
         &mut self,
         message: &Arc<Message>,
-        targets: Vec<Target>,
+        targets: &[Target],
         forwarded: bool,
     ) {
-        let mut variants = Variants::default();
+        let mut variants = std::mem::take(&mut self.variants);
         let mut moved: Vec<(usize, Target)> = Vec::new();
-        for target in &targets {
+        for target in targets {
             if self.sessions.contains_key(&target.session) {
                 // (`settling` is almost always empty: no lookup on the usual path.)
                 if forwarded || self.settling.is_empty() || !self.hold(message, target) {
@@ -265,6 +269,8 @@ impl<B: Backend> Shard<B> {
                 moved.push((m.to, target.clone()));
             }
         }
+        variants.clear();
+        self.variants = variants;
         for (shard, target) in moved {
             self.pass_to_shard(shard, message, vec![target], true, None);
         }
@@ -495,6 +501,10 @@ impl<B: Backend> Shard<B> {
         }
     }
 }
+
+/// Entries a reused list keeps room for between messages or turns (the local targets of a
+/// message, the connections written in a turn).
+pub(super) const KEPT_CAPACITY: usize = 256;
 
 /// A backlog that marks a client as not keeping up while the broker is over memory_limit.
 const SLOW_BACKLOG: usize = 64 * 1024;

@@ -10,11 +10,18 @@ use crate::codec::{MqttStr, Packet, ProtocolVersion, Publish, QoS};
 use crate::router::Message;
 
 /// Encoded PUBLISH variants of the message being delivered, so that subscribers that get the
-/// same bytes share one encoding; QoS 1/2 copies get their packet id patched in.
+/// same bytes share one encoding; QoS 1/2 copies get their packet id patched in. The
+/// encodings are ranges of one buffer that the shard keeps from message to message
+/// (`Shard::variants`, `clear`), not an allocation each.
 #[derive(Default)]
 pub(super) struct Variants {
-    entries: SmallVec<[(VariantKey, Bytes, usize); 4]>,
+    /// Key, where its encoding starts and ends in `encoded`, and the offset of its packet id.
+    entries: SmallVec<[(VariantKey, usize, usize, usize); 4]>,
+    encoded: Vec<u8>,
 }
+
+/// Bytes of encodings `Variants` keeps room for between messages.
+const VARIANTS_KEPT_BYTES: usize = 16 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) struct VariantKey {
@@ -36,7 +43,7 @@ impl Variants {
         message: &Message,
         now: Instant,
     ) -> Option<(&[u8], usize)> {
-        let index = match self.entries.iter().position(|(k, _, _)| *k == key) {
+        let index = match self.entries.iter().position(|(k, ..)| *k == key) {
             Some(i) => i,
             None => {
                 let mut publish =
@@ -49,16 +56,35 @@ impl Variants {
                 } else {
                     ProtocolVersion::V311
                 };
-                let topic = publish.topic.clone();
-                let (bytes, id_at) =
-                    encode_with_id_offset(Packet::Publish(publish), version, &topic)?;
-                self.entries.push((key, bytes, id_at));
+                let topic_len = publish.topic.len();
+                let start = self.encoded.len();
+                Packet::Publish(publish)
+                    .encode(version, &mut self.encoded)
+                    .ok()?;
+                let id_at = id_offset(&self.encoded[start..], topic_len)?;
+                self.entries.push((key, start, self.encoded.len(), id_at));
                 self.entries.len() - 1
             }
         };
-        let (_, bytes, id_at) = &self.entries[index];
-        Some((bytes, *id_at))
+        let (_, start, end, id_at) = self.entries[index];
+        Some((&self.encoded[start..end], id_at))
     }
+
+    /// Forgets the last message's encodings, keeping (bounded) room for the next one's.
+    pub(super) fn clear(&mut self) {
+        self.entries.clear();
+        self.encoded.clear();
+        self.encoded.shrink_to(VARIANTS_KEPT_BYTES);
+    }
+}
+
+/// Where the packet id of an encoded PUBLISH starts: past the fixed header, the topic's
+/// two length bytes and the topic.
+fn id_offset(encoded: &[u8], topic_len: usize) -> Option<usize> {
+    let (_, varint) = crate::codec::decode_varint(encoded.get(1..)?)
+        .ok()
+        .flatten()?;
+    Some(1 + varint + 2 + topic_len)
 }
 
 /// Encodes a PUBLISH and returns it with the offset of its packet id: the fixed header, then
@@ -72,8 +98,8 @@ pub(super) fn encode_with_id_offset(
     topic: &MqttStr,
 ) -> Option<(Bytes, usize)> {
     let bytes = packet.to_bytes(version).ok()?;
-    let (_, varint) = crate::codec::decode_varint(&bytes[1..]).ok().flatten()?;
-    Some((bytes, 1 + varint + 2 + topic.len()))
+    let id_at = id_offset(&bytes, topic.len())?;
+    Some((bytes, id_at))
 }
 
 /// How much of `topic` a client behind `mount` does not see, or `None` if the topic is

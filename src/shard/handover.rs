@@ -511,7 +511,7 @@ impl<B: Backend> Shard<B> {
         };
         log::debug!("Session {} settled on shard {}.", session.get(), self.id);
         for (message, target) in settling.held {
-            self.deliver_here(&message, vec![target], true);
+            self.deliver_here(&message, &[target], true);
         }
         if let Some((client_id, to, clean_start, claim)) = settling.deferred_take {
             self.on_take_session(client_id, to, clean_start, claim);

@@ -79,6 +79,8 @@ pub struct Shard<B: Backend> {
     after_trie: Vec<AfterTrie>,
     /// Per target shard, the targets of the message being routed (reused).
     targets: Vec<Vec<crate::router::Target>>,
+    /// The encodings of the message being delivered (reused, `encode.rs`).
+    variants: encode::Variants,
     /// Cross-shard messages waiting for room in a full mailbox, and the publishers paused
     /// until they are through.
     outbox: Outbox,
@@ -171,6 +173,7 @@ impl<B: Backend> Shard<B> {
             trie_ops: Vec::new(),
             after_trie: Vec::new(),
             targets: vec![Vec::new(); shards],
+            variants: Default::default(),
             outbox: Outbox::new(shards, OVERFLOW_MAX),
             paused: Vec::new(),
             changes: Default::default(),
@@ -544,7 +547,7 @@ impl<B: Backend> Shard<B> {
                     forwarded,
                     receipt,
                 } => {
-                    self.deliver_here(&message, targets, forwarded);
+                    self.deliver_here(&message, &targets, forwarded);
                     #[cfg(debug_assertions)]
                     if let Some((_, took)) = &mut self.fault_commit_delay {
                         *took = true;

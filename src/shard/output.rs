@@ -63,7 +63,9 @@ impl<B: Backend> Shard<B> {
     /// Sends each connection's turn buffer in one piece.
     pub(super) fn flush(&mut self) {
         self.out_bytes_this_turn = 0;
-        for conn in std::mem::take(&mut self.dirty) {
+        // Drained and put back: the list keeps its allocation from turn to turn.
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for conn in dirty.drain(..) {
             let Some(c) = conn::live_mut(&mut self.conns, conn) else {
                 continue;
             };
@@ -80,5 +82,7 @@ impl<B: Backend> Shard<B> {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             self.backend.send(conn, data);
         }
+        dirty.shrink_to(super::deliver::KEPT_CAPACITY);
+        self.dirty = dirty;
     }
 }
