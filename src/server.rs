@@ -204,6 +204,7 @@ impl Server {
                             shard.restore(part.sessions, part.retained);
                         }
                         shard.start_bridges(&bridges);
+                        shard.start_backend();
                         let _ = restored.send(());
                         ready.wait();
                         shard.run()

@@ -160,18 +160,19 @@ fn shards_share_one_unix_socket() {
         );
     }
     broker.wait_for_log_count("New client connected from ", 40);
-    // On io_uring the shards take turns (each accept is armed again at the back of the
-    // socket's queue); on epoll whichever shard is free first takes the connection, so
-    // under load one may take them all.
-    if broker.has_log("Shards use the io_uring backend") {
-        for shard in 0..2 {
-            assert!(
-                broker.has_log(&format!("is served by shard {shard}")),
-                "shard {shard} accepted nothing; log:\n{}",
-                broker.log_lines().join("\n")
-            );
-        }
-    }
+    // Every connection was taken by one of the two shards. Which one is the kernel's
+    // choice: on io_uring the shards take turns while both are free (each accept is armed
+    // again at the back of the socket's queue), but a shard that is slow to run leaves the
+    // connection to the other, so on a loaded machine one may take them all (it did, in
+    // one run in ten under a CPU hog); on epoll whichever is free first takes it.
+    let served = broker
+        .log_lines()
+        .iter()
+        .filter(|line| {
+            line.contains("is served by shard 0") || line.contains("is served by shard 1")
+        })
+        .count();
+    assert_eq!(served, 40, "{}", broker.log_lines().join("\n"));
     drop(broker);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -202,6 +203,16 @@ fn a_stale_socket_is_replaced_and_a_path_in_use_or_not_a_socket_is_refused() {
     let stale = dir.join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
+    // A broker another test spawns meanwhile is forked holding a copy of the listener
+    // until it execs: the socket is stale once a connect is refused.
+    let until = std::time::Instant::now() + DEADLINE;
+    while UnixStream::connect(&stale).is_ok() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the stale socket still listens"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let broker = broker("unix-stale", &stale, &[]);
     assert_eq!(connect_over(&stale, "after-stale"), ReasonCode::Success);
     drop(broker);

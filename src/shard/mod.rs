@@ -209,6 +209,14 @@ impl<B: Backend> Shard<B> {
         }
     }
 
+    /// Arms the backend in the kernel (`Backend::start`), before the shards start serving
+    /// together. What fails is logged and tried again by the first turn's wait.
+    pub fn start_backend(&mut self) {
+        if let Err(e) = self.backend.start() {
+            log::error!("Error: shard {} event loop: {e}", self.id);
+        }
+    }
+
     /// Runs the event loop until shutdown.
     pub fn run(mut self) {
         let mut next_tick = self.shared.clock.now() + TIMER_TICK;

@@ -178,6 +178,13 @@ pub enum Event {
 }
 
 pub trait Backend {
+    /// On the shard's thread, before its first turn: arms in the kernel what the backend
+    /// waits on (its listening sockets above all), so that when shards start together every
+    /// one of them is accepting before any serves a client. (Shards sharing one Unix socket
+    /// take its connections in turn only if all of them wait on it.)
+    fn start(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()>;
     fn send(&mut self, conn: ConnId, data: Bytes);
     fn queued_bytes(&self, conn: ConnId) -> usize;
@@ -249,6 +256,9 @@ macro_rules! each_backend {
 }
 
 impl Backend for Io {
+    fn start(&mut self) -> io::Result<()> {
+        each_backend!(self, b => b.start())
+    }
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
         each_backend!(self, b => b.wait(timeout, events))
     }

@@ -368,8 +368,10 @@ impl Uring {
     }
 }
 
-impl Backend for Uring {
-    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+impl Uring {
+    /// Enables the ring on this thread, once, and arms what is not armed: the wake-up read,
+    /// and an accept on every listening socket unless accepting is held off.
+    fn enable_and_arm(&mut self) -> io::Result<()> {
         if !self.enabled {
             // On the shard's thread: it becomes the ring's only submitter.
             self.ring.submitter().register_enable_rings()?;
@@ -387,6 +389,21 @@ impl Backend for Uring {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+impl Backend for Uring {
+    fn start(&mut self) -> io::Result<()> {
+        self.enable_and_arm()?;
+        // Submitted now, without waiting: the accepts wait on their sockets from here on.
+        self.push_unsubmitted();
+        self.ring.submit()?;
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+        self.enable_and_arm()?;
         // Bytes held while paused go first, before anything newer from the same peer.
         for slot in std::mem::take(&mut self.resumed) {
             if let Some(socket) = self.sockets.get_mut(slot).filter(|s| !s.dead && !s.paused) {
