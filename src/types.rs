@@ -103,7 +103,14 @@ pub struct Target {
 
 #[cfg(test)]
 mod tests {
-    use super::ConnId;
+    use super::{ConnId, SessionId};
+
+    #[test]
+    fn session_ids_are_never_zero_so_an_absent_session_takes_no_room() {
+        assert_eq!(SessionId::new(7).get(), 7);
+        assert!(std::panic::catch_unwind(|| SessionId::new(0)).is_err());
+        assert_eq!(std::mem::size_of::<Option<SessionId>>(), 8);
+    }
 
     #[test]
     fn connection_generations_skip_zero_so_an_absent_connection_takes_no_room() {

@@ -58,10 +58,14 @@ impl Variants {
                 };
                 let topic_len = publish.topic.len();
                 let start = self.encoded.len();
-                Packet::Publish(publish)
-                    .encode(version, &mut self.encoded)
-                    .ok()?;
-                let id_at = id_offset(&self.encoded[start..], topic_len)?;
+                let encoded = Packet::Publish(publish).encode(version, &mut self.encoded);
+                let id_at = encoded
+                    .ok()
+                    .and_then(|_| id_offset(&self.encoded[start..], topic_len));
+                let Some(id_at) = id_at else {
+                    self.encoded.truncate(start);
+                    return None;
+                };
                 self.entries.push((key, start, self.encoded.len(), id_at));
                 self.entries.len() - 1
             }

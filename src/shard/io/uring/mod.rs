@@ -366,9 +366,7 @@ impl Uring {
             socket.write_shut = true;
         }
     }
-}
 
-impl Uring {
     /// Enables the ring on this thread, once, and arms what is not armed: the wake-up read,
     /// and an accept on every listening socket unless accepting is held off.
     fn enable_and_arm(&mut self) -> io::Result<()> {
