@@ -87,6 +87,7 @@ impl<B: Backend> Shard<B> {
         self.sys_tick(now);
         if self.quiet.tick() {
             release_freed_memory(false);
+            self.backend.release_idle_memory();
         }
     }
 }

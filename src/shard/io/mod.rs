@@ -185,6 +185,9 @@ pub trait Backend {
     fn start(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// The shard went quiet: memory the backend keeps for bursts (io_uring's receive
+    /// buffers) goes back to the system until it is needed again. Called between waits.
+    fn release_idle_memory(&mut self) {}
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()>;
     fn send(&mut self, conn: ConnId, data: Bytes);
     fn queued_bytes(&self, conn: ConnId) -> usize;
@@ -258,6 +261,9 @@ macro_rules! each_backend {
 impl Backend for Io {
     fn start(&mut self) -> io::Result<()> {
         each_backend!(self, b => b.start())
+    }
+    fn release_idle_memory(&mut self) {
+        each_backend!(self, b => b.release_idle_memory())
     }
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
         each_backend!(self, b => b.wait(timeout, events))

@@ -118,6 +118,30 @@ impl BufferRing {
         self.tail = self.tail.wrapping_add(1);
     }
 
+    /// Gives the buffers' memory back to the system, for a shard gone quiet: the kernel
+    /// takes the ring's buffers in turn, so after a burst every buffer it was ever given is
+    /// resident, however few the shard needs from then on. A buffer reads as zeroes until
+    /// it is next filled.
+    ///
+    /// Only while no buffer's contents matter: on the ring's thread between waits (with
+    /// DEFER_TASKRUN the kernel fills buffers only while this thread is in
+    /// `io_uring_enter`), and the backend holds none (each is given back as soon as its
+    /// bytes are copied out).
+    pub fn release_memory(&mut self) {
+        let len = self.provided as usize * SIZE;
+        // SAFETY: `memory` is page aligned (its layout) and `len` a whole number of pages
+        // inside the allocation, which is private anonymous memory no one else maps.
+        // MADV_DONTNEED drops the pages' contents, which nothing needs (see above), and the
+        // range stays mapped: the next write by the kernel, or read here, finds zero pages.
+        let failed = unsafe { libc::madvise(self.memory.cast(), len, libc::MADV_DONTNEED) };
+        if failed != 0 {
+            log::debug!(
+                "io_uring receive buffers kept: madvise failed: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+
     /// Makes the buffers given back visible to the kernel.
     pub fn publish(&self) {
         // SAFETY: `entries` is the ring's first entry, allocated and initialised in `new`;
@@ -163,5 +187,23 @@ mod tests {
             assert_eq!(entry.bid(), index as u16);
         }
         assert!(!ring.grow());
+    }
+
+    #[test]
+    fn released_buffers_read_as_zeroes_and_stay_usable() {
+        let mut ring = BufferRing::new().unwrap();
+        let last = INITIAL - 1;
+        for id in [0, last] {
+            // SAFETY: buffer `id` lies inside the allocation (`id < provided`), and the
+            // kernel has no part in this test.
+            unsafe { std::ptr::write_bytes(ring.memory.add(id as usize * SIZE), 0xA5, SIZE) };
+            assert_eq!(ring.filled(id, 4), [0xA5; 4]);
+        }
+        ring.release_memory();
+        assert_eq!(ring.filled(0, 4), [0; 4]);
+        assert_eq!(ring.filled(last, SIZE), [0; SIZE]);
+        // SAFETY: as above.
+        unsafe { std::ptr::write_bytes(ring.memory, 7, 2) };
+        assert_eq!(ring.filled(0, 3), [7, 7, 0]);
     }
 }
