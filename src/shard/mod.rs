@@ -4,6 +4,7 @@
 //! publish path (client id registry on CONNECT, trie writer once per turn with changes,
 //! retained store for retained messages).
 
+mod accept;
 mod auth;
 mod bridges;
 pub mod clock;
@@ -317,67 +318,7 @@ impl<B: Backend> Shard<B> {
                 peer,
                 local_port,
                 socket,
-            } => {
-                let listener = self
-                    .shared
-                    .listener_of_socket
-                    .get(socket)
-                    .copied()
-                    .unwrap_or(0);
-                // max_connections (per listener): over the limit, the new connection is
-                // closed at once.
-                let count = &self.shared.listener_connections[listener];
-                let open = count.fetch_add(1, Ordering::AcqRel) + 1;
-                if self
-                    .config
-                    .listener(listener)
-                    .connections_max
-                    .is_some_and(|max| open > max)
-                {
-                    count.fetch_sub(1, Ordering::AcqRel);
-                    self.stats().refused(stats::Refused::MaxConnections);
-                    log::info!(
-                        "Client connection from {} denied: max_connections exceeded.",
-                        conn::peer_host(peer.map(|p| p.ip()), self.config.listener(listener))
-                    );
-                    self.backend.close(conn);
-                    return;
-                }
-                self.shared.connections.fetch_add(1, Ordering::AcqRel);
-                let index = conn.slot();
-                if self.conns.len() <= index {
-                    self.conns.resize_with(index + 1, || None);
-                }
-                let mut c = Box::new(Conn::new(
-                    conn,
-                    peer,
-                    listener,
-                    self.config.packet_size_max,
-                    self.stamp(),
-                ));
-                if !self.start_transport(&mut c) {
-                    self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-                    count.fetch_sub(1, Ordering::AcqRel);
-                    self.backend.close(conn);
-                    return;
-                }
-                // Mosquitto logs no such line for a WebSocket client (its WebSocket
-                // library accepts the connection); midge neither.
-                if self.config.connection_messages && !self.config.listener(listener).websockets {
-                    log::info!(
-                        "New connection from {}:{} on port {local_port}.",
-                        c.peer_host(&self.config),
-                        c.peer_port(),
-                    );
-                }
-                log::debug!(
-                    "Connection from {}:{} is served by shard {}.",
-                    c.peer_host(&self.config),
-                    c.peer_port(),
-                    self.id
-                );
-                self.conns[index] = Some(c);
-            }
+            } => self.on_accepted(conn, peer, local_port, socket),
             Event::Received { conn, data } => {
                 self.shared.stats[self.id]
                     .bytes_received
