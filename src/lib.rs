@@ -5,6 +5,7 @@ pub mod bridge;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod limits;
 pub mod listen;
 pub mod logging;
 pub mod persist;

@@ -2,33 +2,11 @@
 
 mod common;
 
+use common::metrics::*;
 use common::*;
 use midge::codec::*;
 use std::io::{Read, Write};
 use std::time::Instant;
-
-/// `GET path` on the metrics port: the status line and the body.
-fn get(port: u16, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
-fn metrics_port(broker: &Broker) -> u16 {
-    let line = broker.wait_for_log("Serving metrics on http://");
-    let addr = line.rsplit("http://").next().unwrap();
-    addr.split(['/', ':']).nth(1).unwrap().parse().unwrap()
-}
-
-/// The value of the sample `name{labels}` (exactly as written).
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 #[test]
 fn metrics_count_traffic_and_drops_per_shard_in_the_openmetrics_format() {

@@ -9,12 +9,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Waits (up to the deadline) until the reader, at `received`, is at most `ahead` messages
 /// behind message `sent`.
 fn stay_ahead_by_at_most(received: &AtomicU32, sent: u32, ahead: u32) {

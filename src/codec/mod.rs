@@ -178,6 +178,11 @@ impl Decoder {
         }
     }
 
+    /// The largest packet accepted from now on.
+    pub fn set_packet_size_max(&mut self, packet_size_max: usize) {
+        self.packet_size_max = u32::try_from(packet_size_max).unwrap_or(u32::MAX);
+    }
+
     /// Reads and checks the fixed header at the front of `buf`. `Ok(None)` if incomplete.
     pub fn fixed_header(&self, buf: &[u8]) -> Result<Option<FixedHeader>, DecodeError> {
         let Some(&first) = buf.first() else {

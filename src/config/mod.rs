@@ -252,8 +252,10 @@ pub struct Config {
     /// `max_queued_messages`: QoS 1/2 messages waiting behind the inflight window.
     pub queued_max: usize,
     /// `memory_limit`: bytes waiting to be written to clients, over all of them. Past it,
-    /// QoS 0 messages to clients that are not keeping up are dropped (counted). Unset or 0
-    /// (Mosquitto: no limit) is a quarter of the machine's memory: midge bounds it anyway.
+    /// QoS 0 messages to clients that are not keeping up are dropped (counted), and those
+    /// clients are not read until they drain. A quarter of it (at most
+    /// `limits::PRECONNECT_BYTES_MAX`) bounds what connections hold before CONNECT. Unset or
+    /// 0 (Mosquitto: no limit) is a quarter of the machine's memory: midge bounds it anyway.
     pub memory_limit: usize,
     /// `max_queued_bytes`: payload bytes waiting behind the inflight window (0: no limit
     /// beyond `max_queued_messages`).
@@ -279,7 +281,7 @@ pub struct Config {
     /// (3.1.1 clean session false, 5.0 expiry 0xFFFFFFFF) is kept while its client is away.
     pub persistent_client_expiration: Option<Duration>,
     /// Bytes of encoded packets waiting for one client's socket before QoS 0 messages to it
-    /// are dropped (and counted).
+    /// are dropped (and counted) and it is not read until they drain (`shard/holding.rs`).
     pub client_write_max: usize,
     pub connection_messages: bool,
     /// Logging: destinations, types, timestamps. Reloaded on SIGHUP.

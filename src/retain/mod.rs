@@ -1,14 +1,18 @@
 //! Retained messages: one per topic name, in a trie by level so that a wildcard subscription
-//! finds its matches without scanning every topic.
+//! finds its matches without scanning every topic. Each level's names are kept in order, so
+//! that a scan can stop anywhere and go on later from where it stopped (`scan`): what a new
+//! subscription is owed is found a slice at a time, never under the lock for long.
 
-use hashbrown::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
 
 use crate::types::Message;
 
 #[derive(Default)]
 struct RetainNode {
-    children: HashMap<Box<str>, RetainNode>,
+    children: BTreeMap<Box<str>, RetainNode>,
     message: Option<Arc<Message>>,
     /// Who published it, kept for `check_retain_source` only.
     source: Option<Arc<Source>>,
@@ -143,6 +147,33 @@ impl RetainStore {
         Self::collect(&self.root, &levels, true, &mut found);
     }
 
+    /// Goes on with a scan for the retained messages matching `filter` (valid, not shared)
+    /// from `cursor`, putting those `keep` accepts in `out`, until it has looked at
+    /// `visits_max` topic levels or found `found_max` messages. Returns how many levels it
+    /// looked at; `cursor` is where the next slice goes on, or `None` once it is done.
+    pub fn scan(
+        &self,
+        filter: &str,
+        cursor: &mut Option<ScanCursor>,
+        (visits_max, found_max): (usize, usize),
+        out: &mut Vec<Arc<Message>>,
+        keep: &dyn Fn(&Source, &Message) -> bool,
+    ) -> usize {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let mut walk = Walk {
+            found: Found { out, keep },
+            visits_left: visits_max.max(1),
+            found_left: found_max.max(1),
+            path: Vec::new(),
+            stopped_at: None,
+        };
+        let after = cursor.as_ref().map(|c| &c.0[..]);
+        let _ = walk.walk(&self.root, &levels, true, after);
+        let visits = visits_max.max(1) - walk.visits_left;
+        *cursor = walk.stopped_at.map(ScanCursor);
+        visits
+    }
+
     fn collect(node: &RetainNode, levels: &[&str], at_root: bool, out: &mut Found<'_>) {
         let Some((&level, rest)) = levels.split_first() else {
             out.add(node);
@@ -192,13 +223,148 @@ struct Found<'a> {
 }
 
 impl Found<'_> {
-    fn add(&mut self, node: &RetainNode) {
-        if let Some(message) = &node.message {
-            if node.source.as_ref().is_none_or(|s| (self.keep)(s, message)) {
-                self.out.push(message.clone());
+    /// Takes the node's message, if it has one that `keep` accepts. True if it did.
+    fn add(&mut self, node: &RetainNode) -> bool {
+        let Some(message) = &node.message else {
+            return false;
+        };
+        if !node.source.as_ref().is_none_or(|s| (self.keep)(s, message)) {
+            return false;
+        }
+        self.out.push(message.clone());
+        true
+    }
+}
+
+/// Where a scan of the retained messages stopped: the levels of the last topic it looked at.
+/// The next slice goes on after it in the store's order, whatever changed in between: a
+/// message set behind it is not sent by the scan (the subscription, live by then, gets it
+/// as it is published), one removed ahead of it is not sent either. Plain data, so it moves
+/// with its session to another shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanCursor(Vec<Box<str>>);
+
+/// One slice of a scan (`RetainStore::scan`): a walk of the store in order that stops once
+/// it has looked at enough levels or found enough messages, remembering where.
+struct Walk<'s, 'o> {
+    found: Found<'o>,
+    visits_left: usize,
+    found_left: usize,
+    /// The levels from the root to the node being looked at.
+    path: Vec<&'s str>,
+    stopped_at: Option<Vec<Box<str>>>,
+}
+
+impl<'s> Walk<'s, '_> {
+    /// Looks at the node at `path` (its message, if the filter matches it): Break once the
+    /// slice is used up, with that node as where the next goes on.
+    fn visit(&mut self, node: &RetainNode, matches: bool) -> ControlFlow<()> {
+        if matches && self.found.add(node) {
+            self.found_left -= 1;
+        }
+        self.visits_left -= 1;
+        if self.visits_left == 0 || self.found_left == 0 {
+            self.stopped_at = Some(self.path.iter().map(|&level| level.into()).collect());
+            return Break(());
+        }
+        Continue(())
+    }
+
+    /// The nodes under `node` that `levels` match (`node` itself too where the filter ends
+    /// there, or with `#` past the root), in order. `after`: the rest of the cursor's path
+    /// below `node`, whose nodes an earlier slice looked at.
+    fn walk(
+        &mut self,
+        node: &'s RetainNode,
+        levels: &[&str],
+        at_root: bool,
+        after: Option<&[Box<str>]>,
+    ) -> ControlFlow<()> {
+        if after.is_none() && !at_root {
+            let matches = levels.is_empty() || (levels == ["#"]);
+            self.visit(node, matches)?;
+        }
+        let Some((&level, rest)) = levels.split_first() else {
+            return Continue(());
+        };
+        // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
+        let hidden = |name: &str| at_root && name.starts_with('$');
+        match level {
+            "#" => each_child(node, after, None, |name, child, after| {
+                if hidden(name) {
+                    return Continue(());
+                }
+                self.path.push(name);
+                let flow = self.walk_all(child, after);
+                self.path.pop();
+                flow
+            }),
+            "+" => each_child(node, after, None, |name, child, after| {
+                if hidden(name) {
+                    return Continue(());
+                }
+                self.path.push(name);
+                let flow = self.walk(child, rest, false, after);
+                self.path.pop();
+                flow
+            }),
+            name => each_child(node, after, Some(name), |name, child, after| {
+                self.path.push(name);
+                let flow = self.walk(child, rest, false, after);
+                self.path.pop();
+                flow
+            }),
+        }
+    }
+
+    /// `node` and everything under it (under a `#`), in order.
+    fn walk_all(&mut self, node: &'s RetainNode, after: Option<&[Box<str>]>) -> ControlFlow<()> {
+        if after.is_none() {
+            self.visit(node, true)?;
+        }
+        each_child(node, after, None, |name, child, after| {
+            self.path.push(name);
+            let flow = self.walk_all(child, after);
+            self.path.pop();
+            flow
+        })
+    }
+}
+
+/// Calls `f` for the children of `node` (only the one named `only`, if given) still to walk
+/// after the cursor path `after`: the child on that path again (with the rest of the path:
+/// the nodes below it that come later), then those after it in order.
+fn each_child<'s>(
+    node: &'s RetainNode,
+    after: Option<&[Box<str>]>,
+    only: Option<&str>,
+    mut f: impl FnMut(&'s str, &'s RetainNode, Option<&[Box<str>]>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    let (on_path, below) = match after {
+        Some([first, below @ ..]) => (Some(&**first), below),
+        _ => (None, &[][..]),
+    };
+    if let Some(first) = on_path.filter(|&first| only.is_none_or(|name| name == first)) {
+        if let Some((name, child)) = node.children.get_key_value(first) {
+            f(name, child, Some(below))?;
+        }
+    }
+    match only {
+        Some(name) => {
+            if on_path.is_none_or(|first| name > first) {
+                if let Some((name, child)) = node.children.get_key_value(name) {
+                    f(name, child, None)?;
+                }
+            }
+        }
+        None => {
+            let from = on_path.map_or(Unbounded, Excluded);
+            for (name, child) in node.children.range::<str, _>((from, Unbounded)) {
+                f(name, child, None)?;
             }
         }
     }
+    Continue(())
 }
 
 #[cfg(test)]
@@ -246,8 +412,124 @@ mod tests {
         s.set(msg("a", b""));
         assert_eq!(topics(&s, "#"), ["b/c"]);
         assert!(
-            s.root.children.get("a").is_none(),
+            !s.root.children.contains_key("a"),
             "empty branches are pruned"
         );
+    }
+
+    /// Every topic of `store` that `filter` matches, found in slices of `visits` levels and
+    /// `found` messages, with `between` applied to the store between slices.
+    fn scanned(
+        store: &mut RetainStore,
+        filter: &str,
+        (visits, found): (usize, usize),
+        mut between: impl FnMut(&mut RetainStore, usize),
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        let mut slices = 0;
+        loop {
+            let looked = store.scan(filter, &mut cursor, (visits, found), &mut out, &|_, _| true);
+            assert!(looked <= visits.max(1));
+            slices += 1;
+            assert!(slices < 100_000, "the scan goes on forever");
+            if cursor.is_none() {
+                return out.iter().map(|m| m.topic.to_string()).collect();
+            }
+            between(store, slices);
+        }
+    }
+
+    /// A store of topics from a few level names, deep and wide enough for every filter
+    /// shape, `$` topics among them.
+    fn varied_store(seed: u64) -> (RetainStore, Vec<String>) {
+        let names = ["a", "b", "$x", "c", "+x", "d"];
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let mut store = RetainStore::default();
+        let mut topics = Vec::new();
+        for _ in 0..200 {
+            let depth = 1 + next(4);
+            let levels: Vec<&str> = (0..depth)
+                .map(|i| {
+                    if i > 0 && names[next(6)] == "$x" {
+                        "e"
+                    } else {
+                        names[next(6)]
+                    }
+                })
+                .collect();
+            let topic = levels.join("/").replace('+', "p");
+            store.set(msg(&topic, b"1"));
+            topics.push(topic);
+        }
+        topics.sort();
+        topics.dedup();
+        (store, topics)
+    }
+
+    const FILTERS: [&str; 12] = [
+        "#", "a/#", "+", "+/+", "+/b/#", "a/+/c", "$x/#", "$x/+", "b", "a/b/c/d", "+/+/+/+", "d/#",
+    ];
+
+    #[test]
+    fn a_scan_in_slices_finds_what_matching_does_once_each() {
+        for seed in 0..40 {
+            let (mut store, _) = varied_store(seed);
+            for filter in FILTERS {
+                let expected = topics(&store, filter);
+                for slice in [(1, 1), (1, 1000), (2, 1), (3, 2), (7, 3), (1000, 1000)] {
+                    let mut got = scanned(&mut store, filter, slice, |_, _| {});
+                    let in_order = got.clone();
+                    got.sort();
+                    assert_eq!(
+                        got, expected,
+                        "{filter} in slices of {slice:?}, seed {seed}"
+                    );
+                    got.dedup();
+                    assert_eq!(got.len(), in_order.len(), "duplicates for {filter}");
+                }
+            }
+        }
+    }
+
+    /// Between slices the store changes: a message there all along is found once, one
+    /// removed before the scan reaches it is not found, nothing is found twice.
+    #[test]
+    fn a_scan_survives_changes_between_slices() {
+        for seed in 0..40 {
+            let (_, topics_before) = varied_store(seed);
+            for filter in FILTERS {
+                let (mut s, _) = varied_store(seed);
+                let all = topics(&s, filter);
+                // Removes every third topic and adds new ones as the scan goes.
+                let mut removed = Vec::new();
+                let got = scanned(&mut s, filter, (3, 2), |store, slice| {
+                    if slice % 3 == 0 {
+                        let victim = &topics_before[(slice * 7) % topics_before.len()];
+                        store.set(msg(victim, b""));
+                        removed.push(victim.clone());
+                    }
+                    store.set(msg(&format!("a/new{slice}"), b"1"));
+                });
+                let mut sorted = got.clone();
+                sorted.sort();
+                sorted.dedup();
+                assert_eq!(sorted.len(), got.len(), "duplicates for {filter}");
+                for topic in &all {
+                    if !removed.contains(topic) {
+                        assert!(
+                            got.contains(topic),
+                            "{topic} missed by {filter}, seed {seed}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

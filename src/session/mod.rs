@@ -19,7 +19,9 @@ pub use changes::{Change, Changes, Durable, What};
 
 pub use incoming::{IncomingQos2, Qos2Publish};
 pub use lifecycle::WillAfterClose;
-pub use outgoing::{DropReason, InFlight, Limits, Offer, Outgoing, Owed, Queued, OWED_MAX};
+pub use outgoing::{
+    DropReason, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan, OWED_MAX, SCANS_MAX,
+};
 
 use compact_str::CompactString;
 use hashbrown::HashMap;
@@ -326,6 +328,19 @@ impl Session {
 
     pub fn take_owed(&mut self) -> Option<Owed> {
         self.outgoing.take_owed()
+    }
+
+    /// Owes the retained messages matching `filter` to a new subscription (`Outgoing::owe_scan`).
+    pub fn owe_scan(&mut self, filter: &str, qos: QoS, identifier: Option<u32>) -> bool {
+        self.outgoing.owe_scan(filter, qos, identifier)
+    }
+
+    pub fn take_scan(&mut self) -> Option<RetainedScan> {
+        self.outgoing.take_scan()
+    }
+
+    pub fn put_back_scan(&mut self, scan: RetainedScan) {
+        self.outgoing.put_back_scan(scan)
     }
 
     /// PUBREC sent for a QoS 2 PUBLISH from the client: its id awaits PUBREL.

@@ -48,10 +48,28 @@ pub struct Owed {
     pub identifier: Option<u32>,
 }
 
-/// Most retained messages one session may be owed at once; past it, more are dropped and
-/// counted (a client subscribing to `#` again and again cannot make the broker hold the
-/// retained set once per SUBSCRIBE).
+/// Most retained messages one session may be owed at once (found by its scans a slice at a
+/// time, or owed to a bridge); past it, more are dropped and counted.
 pub const OWED_MAX: usize = 1 << 20;
+
+/// A scan of the retained messages matching a new subscription, not finished yet: it goes
+/// on a slice at a time as the client reads (`shard/owed.rs`), so that what a SUBSCRIBE
+/// makes the broker owe is a filter and a place in the store, never the matches themselves.
+#[derive(Clone, Debug)]
+pub struct RetainedScan {
+    pub filter: Box<str>,
+    /// The subscription's QoS and identifier.
+    pub qos: QoS,
+    pub identifier: Option<u32>,
+    /// Where it goes on; `None`: from the start.
+    pub cursor: Option<crate::retain::ScanCursor>,
+}
+
+/// Most scans of retained messages one session may have under way: one per filter (a
+/// subscription made again restarts its scan rather than adding one), and no more than
+/// this, so that a client with many subscriptions cannot make the broker keep a scan for
+/// each; past it a new subscription's retained messages are not sent, and that is counted.
+pub const SCANS_MAX: usize = 1024;
 
 /// The limits a delivery is held to (from the configuration and the client's CONNECT).
 #[derive(Clone, Copy, Debug)]
@@ -105,6 +123,8 @@ struct Backlog {
     /// Payload bytes in `queue` (for `max_queued_bytes`).
     queued_bytes: usize,
     owed: VecDeque<Owed>,
+    /// Retained messages still to find for new subscriptions, oldest first.
+    scans: VecDeque<RetainedScan>,
 }
 
 impl Outgoing {
@@ -298,7 +318,7 @@ impl Outgoing {
         if self
             .backlog
             .as_ref()
-            .is_some_and(|b| b.queue.is_empty() && b.owed.is_empty())
+            .is_some_and(|b| b.queue.is_empty() && b.owed.is_empty() && b.scans.is_empty())
         {
             self.backlog = None;
         }
@@ -323,8 +343,55 @@ impl Outgoing {
         dropped
     }
 
+    /// Whether retained messages are owed: found and not sent, or still to find.
     pub fn owes(&self) -> bool {
+        (self.backlog.as_ref()).is_some_and(|b| !b.owed.is_empty() || !b.scans.is_empty())
+    }
+
+    /// Owes the retained messages matching `filter` to a subscription: a scan of the store,
+    /// done later a slice at a time. A scan already under way for the same filter starts
+    /// again instead (the subscription was made again, and its retained messages are sent
+    /// again [MQTT-3.8.4-3]), so repeating a filter, in one SUBSCRIBE or many, never adds
+    /// work. False if `SCANS_MAX` scans are under way (nothing owed).
+    pub fn owe_scan(&mut self, filter: &str, qos: QoS, identifier: Option<u32>) -> bool {
+        let scans = &mut self.backlog.get_or_insert_with(Default::default).scans;
+        let scan = RetainedScan {
+            filter: filter.into(),
+            qos,
+            identifier,
+            cursor: None,
+        };
+        if let Some(same) = scans.iter_mut().find(|s| *s.filter == *filter) {
+            *same = scan;
+            return true;
+        }
+        let room = scans.len() < SCANS_MAX;
+        if room {
+            scans.push_back(scan);
+        }
+        self.release_backlog();
+        room
+    }
+
+    /// Whether found messages are waiting to be sent (no scan needed before the next).
+    pub fn has_owed_found(&self) -> bool {
         self.backlog.as_ref().is_some_and(|b| !b.owed.is_empty())
+    }
+
+    /// The oldest scan under way, taken out to go on with (`put_back_scan` if not done).
+    pub fn take_scan(&mut self) -> Option<RetainedScan> {
+        let scan = self.backlog.as_mut()?.scans.pop_front();
+        self.release_backlog();
+        scan
+    }
+
+    /// A scan taken out and not finished goes back in front, unless a subscription made
+    /// since restarted the scan of its filter.
+    pub fn put_back_scan(&mut self, scan: RetainedScan) {
+        let scans = &mut self.backlog.get_or_insert_with(Default::default).scans;
+        if !scans.iter().any(|s| s.filter == scan.filter) {
+            scans.push_front(scan);
+        }
     }
 
     /// The next owed message's QoS: the lower of the message's and the subscription's, or
@@ -357,8 +424,9 @@ impl Outgoing {
                 .iter()
                 .all(|q| q.target.qos != QoS::AtMostOnce));
             assert!(backlog.owed.len() <= OWED_MAX);
+            assert!(backlog.scans.len() <= SCANS_MAX);
             assert!(
-                !backlog.queue.is_empty() || !backlog.owed.is_empty(),
+                !backlog.queue.is_empty() || !backlog.owed.is_empty() || !backlog.scans.is_empty(),
                 "an empty backlog kept for {who}"
             );
         }

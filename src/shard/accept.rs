@@ -51,7 +51,8 @@ impl<B: Backend> Shard<B> {
             conn,
             peer,
             listener,
-            self.config.packet_size_max,
+            // Until CONNECT is accepted, a packet may be only as large as a CONNECT needs.
+            (self.config.packet_size_max).min(crate::limits::CONNECT_PACKET_BYTES_MAX),
             self.stamp(),
         ));
         if !self.start_transport(&mut c) {

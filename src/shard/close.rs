@@ -82,7 +82,7 @@ impl<B: Backend> Shard<B> {
         if messages {
             log::info!("Client {} has exceeded timeout, disconnecting.", c.name());
         }
-        if c.version == Some(ProtocolVersion::V5) {
+        if c.version() == Some(ProtocolVersion::V5) {
             let packet = Packet::Disconnect(Disconnect::with_reason(ReasonCode::KeepAliveTimeout));
             self.send_packet(conn, &packet);
         }
@@ -106,7 +106,7 @@ impl<B: Backend> Shard<B> {
     /// reason code. Why goes to the log, not into a Reason String: Mosquitto sends none, and
     /// tools compare the DISCONNECT's bytes. The will is published.
     pub(super) fn disconnect_with(&mut self, conn: ConnId, reason: ReasonCode, why: &str) {
-        if self.conn(conn).and_then(|c| c.version) == Some(ProtocolVersion::V5) {
+        if self.conn(conn).and_then(|c| c.version()) == Some(ProtocolVersion::V5) {
             let name = self.conn_name(conn);
             log::debug!("Sending DISCONNECT to {name} (rc{}): {why}", reason as u8);
             let disconnect = Disconnect::with_reason(reason);
@@ -175,7 +175,7 @@ impl<B: Backend> Shard<B> {
             }
         }
         if reason == CloseReason::Shutdown
-            && c.version == Some(ProtocolVersion::V5)
+            && c.version() == Some(ProtocolVersion::V5)
             && c.session.is_some()
         {
             self.send_packet(

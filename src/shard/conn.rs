@@ -27,7 +27,6 @@ pub struct Conn {
     pub session: Option<SessionId>,
     /// For log lines: the client id once known.
     pub client_id: Option<Arc<str>>,
-    pub version: Option<ProtocolVersion>,
     pub keepalive_s: u16,
     /// When the connection was accepted, until its CONNECT is (the connect timeout counts
     /// from it); from then on, when bytes last arrived (keep alive). One field for both,
@@ -39,6 +38,13 @@ pub struct Conn {
     pub out_alias_max: u16,
     /// 5.0 Request Problem Information (default yes): Reason Strings on acknowledgements.
     pub problem_information: bool,
+    /// Why reading from it is held, if it is (`Hold` bits): it is read again once no
+    /// reason is left.
+    pub held: Hold,
+    /// What it holds before its CONNECT is accepted, as counted in
+    /// `Shared::preconnect_bytes`, in `holding::PRECONNECT_UNIT`s (one byte: the record
+    /// stays in its size class).
+    pub preconnect_held: u8,
     /// Topic aliases, enhanced authentication and a CONNECT waiting for its session, out of
     /// line: most connections have none, and every idle connection would pay for their
     /// space.
@@ -46,6 +52,32 @@ pub struct Conn {
     /// TLS and WebSocket layers (`shard/transport.rs`), behind one box: most connections
     /// have neither.
     pub layers: Option<Box<Layers>>,
+}
+
+/// The reasons reading from a connection is held (a bit each): the backend is paused at
+/// the first and resumed when the last is gone, so that one reason's end does not undo
+/// another's hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold(u8);
+
+impl Hold {
+    pub const NONE: Hold = Hold(0);
+    /// Its messages wait for a full mailbox of another shard (`deliver.rs`).
+    pub const OUTBOX: Hold = Hold(1);
+    /// What waits to be written to it passed its bound (`holding.rs`).
+    pub const OUTPUT: Hold = Hold(2);
+
+    pub fn contains(self, other: Hold) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn with(self, other: Hold) -> Hold {
+        Hold(self.0 | other.0)
+    }
+
+    pub fn without(self, other: Hold) -> Hold {
+        Hold(self.0 & !other.0)
+    }
 }
 
 /// A connection's layers between its socket and its codec.
@@ -157,15 +189,22 @@ impl Conn {
             out: BytesMut::new(),
             session: None,
             client_id: None,
-            version: None,
             keepalive_s: 0,
             last_rx: now,
             claim: 0,
             out_alias_max: 0,
             problem_information: true,
+            held: Hold::NONE,
+            preconnect_held: 0,
             extras: None,
             layers: None,
         }
+    }
+
+    /// Its protocol version, once its CONNECT (or a bridge's own) has said it: the
+    /// decoder's, kept once.
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        self.decoder.version
     }
 
     /// Whether the client said it is a bridge (`try_private`).

@@ -21,7 +21,6 @@ impl<B: Backend> Shard<B> {
         let shared = self.shared.clone();
         let config = self.config.clone();
         let Some(c) = self.conn_mut(conn) else { return };
-        c.version = Some(connect.version);
         c.decoder.version = Some(connect.version);
         if connect.bridge {
             c.extras().bridge = true;
@@ -279,7 +278,7 @@ impl<B: Backend> Shard<B> {
         if let Some(id) = c.session.take() {
             if let Some(session) = self.sessions.get_mut(&id) {
                 let will = session.taken_over(session_ends);
-                if c.version == Some(ProtocolVersion::V5) {
+                if c.version() == Some(ProtocolVersion::V5) {
                     self.send_raw(
                         &mut c,
                         &Packet::Disconnect(Disconnect::with_reason(ReasonCode::SessionTakenOver)),
@@ -295,7 +294,7 @@ impl<B: Backend> Shard<B> {
 
     /// Encodes a last packet straight into a connection being closed.
     fn send_raw(&mut self, c: &mut super::conn::Conn, packet: &Packet) {
-        let version = c.version.unwrap_or(ProtocolVersion::V311);
+        let version = c.version().unwrap_or(ProtocolVersion::V311);
         if packet.encode(version, &mut c.out).is_ok() {
             self.shared.stats[self.id]
                 .packets_sent
@@ -352,7 +351,7 @@ impl<B: Backend> Shard<B> {
                 if id.is_empty() { "<unknown>" } else { id }
             );
         }
-        c.version = Some(connect.version);
+        c.decoder.version = Some(connect.version);
         self.send_raw(&mut c, &Packet::ConnAck(ack));
         self.close_socket(c);
     }
@@ -453,6 +452,7 @@ impl<B: Backend> Shard<B> {
             return;
         };
         c.session = Some(session_id);
+        c.decoder.set_packet_size_max(self.config.packet_size_max);
         c.client_id = Some(client_id.clone());
         c.keepalive_s = keepalive;
         c.out_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);

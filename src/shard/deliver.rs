@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, QoS};
+use crate::limits::SLOW_BACKLOG_BYTES;
 use crate::router::{Message, Sent, ShardMsg, Target};
 use crate::session::{DropReason, Offer};
 use crate::topic::{Match, SessionId};
@@ -238,8 +239,7 @@ impl<B: Backend> Shard<B> {
             }
             Sent::Held => {
                 if let Some(conn) = from {
-                    if !self.paused.contains(&conn) {
-                        self.backend.pause_reading(conn);
+                    if self.hold_reading(conn, super::conn::Hold::OUTBOX) {
                         self.paused.push(conn);
                     }
                 }
@@ -382,7 +382,7 @@ impl<B: Backend> Shard<B> {
         // memory_limit for its clients. Clients that read keep getting everything.
         if target.qos == QoS::AtMostOnce {
             let backlog = c.out.len() + self.backend.queued_bytes(conn);
-            if backlog > write_max || (over_memory_limit && backlog > SLOW_BACKLOG) {
+            if backlog > write_max || (over_memory_limit && backlog > SLOW_BACKLOG_BYTES) {
                 stats.dropped_slow_client.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -505,9 +505,6 @@ impl<B: Backend> Shard<B> {
 /// Entries a reused list keeps room for between messages or turns (the local targets of a
 /// message, the connections written in a turn).
 pub(super) const KEPT_CAPACITY: usize = 256;
-
-/// A backlog that marks a client as not keeping up while the broker is over memory_limit.
-const SLOW_BACKLOG: usize = 64 * 1024;
 
 /// Several subscriptions of one session matching one topic: deliver once, at the highest
 /// QoS, with every subscription identifier (MQTT 5.0 §4.7.3 allows this; Mosquitto sends

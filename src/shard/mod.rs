@@ -14,6 +14,7 @@ mod connect;
 mod deliver;
 mod encode;
 mod handover;
+mod holding;
 mod invariants;
 pub mod io;
 mod journaling;
@@ -86,6 +87,10 @@ pub struct Shard<B: Backend> {
     /// until they are through.
     outbox: Outbox,
     paused: Vec<ConnId>,
+    /// Connections not read until their output drains, and when each bound was last
+    /// logged (`holding.rs`).
+    output_held: Vec<ConnId>,
+    limit_logs: holding::LimitLogs,
     /// What changed in this shard's sessions, for whoever reads the records (off until
     /// then: see `session/changes.rs`).
     changes: crate::session::Changes,
@@ -110,6 +115,8 @@ pub struct Shard<B: Backend> {
     owing: Vec<SessionId>,
     /// Some of them can go on as soon as this turn's writes are out: do not sleep.
     owed_next_turn: bool,
+    /// Topic levels their scans of the retained store may still look at this turn.
+    scan_visits_left: usize,
     /// TLS handshake time this turn, and handshakes held to the next (`transport.rs`).
     handshakes: transport::Handshakes,
     /// Whether this shard worked since its last timer tick, and since it last gave freed
@@ -177,6 +184,8 @@ impl<B: Backend> Shard<B> {
             variants: Default::default(),
             outbox: Outbox::new(shards, OVERFLOW_MAX),
             paused: Vec::new(),
+            output_held: Vec::new(),
+            limit_logs: Default::default(),
             changes: Default::default(),
             moved: HashMap::new(),
             settling: HashMap::new(),
@@ -185,6 +194,7 @@ impl<B: Backend> Shard<B> {
             awaiting: HashMap::new(),
             owing: Vec::new(),
             owed_next_turn: false,
+            scan_visits_left: crate::limits::SCAN_VISITS_PER_TURN,
             handshakes: Default::default(),
             quiet: timers::Quiet::default(),
             write_waiting_elsewhere: 0,
@@ -271,6 +281,8 @@ impl<B: Backend> Shard<B> {
         if !events.is_empty() || self.mailbox_ready() {
             self.quiet.worked();
         }
+        self.release_drained();
+        self.renew_scan_budget();
         self.resume_handshakes();
         for event in events.drain(..) {
             self.on_event(event);
@@ -387,6 +399,7 @@ impl<B: Backend> Shard<B> {
         }
         let taken = slot.take();
         if let Some(c) = &taken {
+            self.forget_preconnect(c.preconnect_held);
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
             // A bridge's own connection came in on no listener.
             if c.link().is_none() {
@@ -403,8 +416,14 @@ impl<B: Backend> Shard<B> {
             .filter(|c| c.id == conn)
     }
 
-    /// Decodes and handles every whole packet received on `conn`.
+    /// Decodes and handles every whole packet received on `conn`; what it still holds
+    /// before its CONNECT is accepted is counted (`holding.rs`).
     fn process_input(&mut self, conn: ConnId) {
+        self.decode_input(conn);
+        self.count_preconnect(conn);
+    }
+
+    fn decode_input(&mut self, conn: ConnId) {
         loop {
             let Some(c) = self.conn_mut(conn) else { return };
             if c.waiting_handoff().is_some() {
@@ -445,7 +464,7 @@ impl<B: Backend> Shard<B> {
             // The decoder lets nothing but CONNECT through first [MQTT-3.1.0-1]; then, until
             // CONNACK, only the AUTH of an authentication exchange (§4.12).
             match packet {
-                Packet::Connect(connect) if c.version.is_none() => self.on_connect(conn, connect),
+                Packet::Connect(connect) if c.version().is_none() => self.on_connect(conn, connect),
                 Packet::Auth(auth)
                     if c.extras.as_ref().is_some_and(|e| e.auth_exchange.is_some()) =>
                 {
@@ -531,7 +550,7 @@ impl<B: Backend> Shard<B> {
             return;
         }
         for conn in std::mem::take(&mut self.paused) {
-            self.backend.resume_reading(conn);
+            self.release_reading(conn, conn::Hold::OUTBOX);
         }
     }
 

@@ -25,7 +25,7 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conn_mut(conn) else {
             return false;
         };
-        let version = c.version.unwrap_or(ProtocolVersion::V311);
+        let version = c.version().unwrap_or(ProtocolVersion::V311);
         let was_empty = c.out.is_empty();
         let start = c.out.len();
         let at = at.filter(|&at| at < start);
@@ -81,6 +81,7 @@ impl<B: Backend> Shard<B> {
                 .bytes_sent
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             self.backend.send(conn, data);
+            self.hold_if_backed_up(conn);
         }
         dirty.shrink_to(super::deliver::KEPT_CAPACITY);
         self.dirty = dirty;

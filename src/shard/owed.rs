@@ -1,5 +1,7 @@
-//! Retained messages owed to new subscriptions, sent at the pace the client reads: never
-//! all at once (a filter may match a hundred thousand of them), never dropped.
+//! Retained messages owed to new subscriptions, found a slice at a time and sent at the pace
+//! the client reads: never all at once (a filter may match a hundred thousand of them),
+//! never under the retained store's lock for long, never dropped. What a SUBSCRIBE makes
+//! the broker owe a client is a scan (a filter and a place in the store), not the messages.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,15 +10,16 @@ use super::encode::Variants;
 use super::io::Backend;
 use super::Shard;
 use crate::codec::QoS;
+use crate::limits::{Limit, SCAN_FOUND_PER_SLICE, SCAN_VISITS_PER_SLICE, SCAN_VISITS_PER_TURN};
 use crate::types::{Message, SessionId, Target};
 
 impl<B: Backend> Shard<B> {
-    /// Owes `messages` (retained, matching a new subscription) to a session; they go out as
-    /// its client reads (`send_owed`).
+    /// Owes a session the retained messages matching `filter` (a new subscription's, or a
+    /// bridge's `out` topic): found and sent as its client reads (`send_owed`).
     pub(super) fn owe_retained(
         &mut self,
         session_id: SessionId,
-        messages: Vec<Arc<Message>>,
+        filter: &str,
         qos: QoS,
         identifier: Option<u32>,
     ) {
@@ -24,25 +27,30 @@ impl<B: Backend> Shard<B> {
             return;
         };
         let was_idle = !session.outgoing().owes();
-        let dropped = session.owe(messages, qos, identifier);
-        if dropped > 0 {
-            log::info!(
-                "Client {} is owed too many retained messages; {dropped} dropped.",
-                session.client_id
-            );
-            self.shared.stats[self.id]
-                .dropped_queue_full
-                .fetch_add(dropped as u64, Ordering::Relaxed);
+        if !session.owe_scan(filter, qos, identifier) {
+            let name = session.client_id.clone();
+            self.limit_reached(Limit::RetainedScans, || {
+                format!(
+                    "client {name} has {} scans of retained messages under way; those of \
+                     its subscription to {filter:?} are not sent.",
+                    crate::session::SCANS_MAX
+                )
+            });
         }
-        if was_idle && session.outgoing().owes() {
+        let owes = self
+            .sessions
+            .get(&session_id)
+            .is_some_and(|s| s.outgoing().owes());
+        if was_idle && owes {
             self.owing.push(session_id);
         }
         self.send_owed(session_id);
     }
 
     /// Sends what a session is owed while its client keeps up: until its connection has
-    /// `OWED_WRITE_MAX` bytes waiting, or (QoS 1/2) its inflight window is full. Returns
-    /// false once nothing is owed any more (or the session is gone).
+    /// `OWED_WRITE_MAX` bytes waiting, or (QoS 1/2) its inflight window is full, finding
+    /// more with its scans as it goes while this turn's scan budget lasts. Returns false
+    /// once nothing is owed any more (or the session is gone).
     pub(super) fn send_owed(&mut self, session_id: SessionId) -> bool {
         let inflight_max = self.config.inflight_max;
         loop {
@@ -52,24 +60,32 @@ impl<B: Backend> Shard<B> {
             let Some(conn) = session.conn else {
                 return session.outgoing().owes();
             };
-            let Some(qos) = session
-                .outgoing()
-                .next_owed_qos(self.config.upgrade_outgoing_qos)
-            else {
+            if !session.outgoing().owes() {
                 return false;
-            };
-            let window_full = !session.outgoing().has_room(session.window(inflight_max));
+            }
             let unsent = self.backend.queued_bytes(conn);
             let waiting = self.conn(conn).map_or(0, |c| c.out.len()) + unsent;
-            if qos != QoS::AtMostOnce && window_full {
-                return true; // An acknowledgement makes room.
-            }
             if waiting >= OWED_WRITE_MAX {
                 // The socket drains what it holds (and says so when it was full); what is
                 // only in this turn's buffer goes out at the end of the turn, and the next
                 // turn must come at once to go on.
                 self.owed_next_turn |= unsent < OWED_WRITE_MAX;
                 return true;
+            }
+            if !session.outgoing().has_owed_found() {
+                if self.scan_visits_left == 0 {
+                    self.owed_next_turn = true;
+                    return true;
+                }
+                self.scan_retained(session_id);
+                continue;
+            }
+            let qos = (session.outgoing())
+                .next_owed_qos(self.config.upgrade_outgoing_qos)
+                .expect("a message was found");
+            let window_full = !session.outgoing().has_room(session.window(inflight_max));
+            if qos != QoS::AtMostOnce && window_full {
+                return true; // An acknowledgement makes room.
             }
             let owed = self
                 .sessions
@@ -89,13 +105,87 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// Goes on with every session owed retained messages (once per turn).
+    /// One slice of the session's oldest scan: the retained store's lock is held for at
+    /// most `SCAN_VISITS_PER_SLICE` topic levels, and what it finds waits in the session.
+    fn scan_retained(&mut self, session_id: SessionId) {
+        let Some(mut scan) = self
+            .sessions
+            .get_mut(&session_id)
+            .and_then(|s| s.take_scan())
+        else {
+            return;
+        };
+        // check_retain_source: only what its publisher may still publish (the ACL in force
+        // now; sources are kept only with the option on).
+        let config = &self.config;
+        let still_allowed = |source: &crate::retain::Source, message: &Message| {
+            let acl = config.security(source.listener).acl.as_ref();
+            acl.is_none_or(|acl| {
+                let (user, id) = (source.username.as_deref(), &*source.client_id);
+                let write = crate::auth::acl::Access::Write;
+                acl.check_topic(user, id, &message.topic, write)
+            })
+        };
+        let mut found: Vec<Arc<Message>> = Vec::new();
+        let slice = (
+            SCAN_VISITS_PER_SLICE.min(self.scan_visits_left),
+            SCAN_FOUND_PER_SLICE,
+        );
+        let visits = (self.shared.retained.lock().expect("retained lock")).scan(
+            &scan.filter,
+            &mut scan.cursor,
+            slice,
+            &mut found,
+            &still_allowed,
+        );
+        self.scan_visits_left = self.scan_visits_left.saturating_sub(visits);
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let dropped = session.owe(found, scan.qos, scan.identifier);
+        if dropped > 0 {
+            log::info!(
+                "Client {} is owed too many retained messages; {dropped} dropped.",
+                session.client_id
+            );
+            self.shared.stats[self.id]
+                .dropped_queue_full
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        if scan.cursor.is_some() {
+            session.put_back_scan(scan);
+        }
+    }
+
+    /// Goes on with every session owed retained messages (once per turn). When the turn's
+    /// scan budget runs out, the sessions that did not get to scan go first next turn.
     pub(super) fn send_all_owed(&mut self) {
         self.owed_next_turn = false;
         let mut owing = std::mem::take(&mut self.owing);
-        owing.retain(|&id| self.send_owed(id));
+        let mut starved_from = None;
+        let mut kept = 0;
+        for i in 0..owing.len() {
+            let id = owing[i];
+            if starved_from.is_none() && self.scan_visits_left == 0 {
+                starved_from = Some(kept);
+            }
+            if self.send_owed(id) {
+                owing[kept] = id;
+                kept += 1;
+            }
+        }
+        owing.truncate(kept);
+        if let Some(first) = starved_from {
+            owing.rotate_left(first);
+        }
         owing.append(&mut self.owing);
         self.owing = owing;
+    }
+
+    /// A new loop turn: the scans of retained messages may look at `SCAN_VISITS_PER_TURN`
+    /// topic levels again.
+    pub(super) fn renew_scan_budget(&mut self) {
+        self.scan_visits_left = SCAN_VISITS_PER_TURN;
     }
 }
 

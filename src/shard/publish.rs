@@ -137,8 +137,8 @@ impl<B: Backend> Shard<B> {
         if !authorised {
             self.stats().dropped_acl.fetch_add(1, Ordering::Relaxed);
             log::debug!("Denied PUBLISH from {name} to '{}'.", publish.topic);
-            let v5 =
-                self.conn(conn).and_then(|c| c.version) == Some(crate::codec::ProtocolVersion::V5);
+            let v5 = self.conn(conn).and_then(|c| c.version())
+                == Some(crate::codec::ProtocolVersion::V5);
             if v5 && qos != QoS::AtMostOnce {
                 let mut refusal = PubResponse::new(packet_id);
                 refusal.reason = ReasonCode::NotAuthorized;
@@ -227,7 +227,7 @@ impl<B: Backend> Shard<B> {
                 let mut ack = PubResponse::new(packet_id);
                 // 5.0: 0x10 No matching subscribers, as Mosquitto tells it (for QoS 1 only).
                 if !matched
-                    && self.conn(conn).and_then(|c| c.version)
+                    && self.conn(conn).and_then(|c| c.version())
                         == Some(crate::codec::ProtocolVersion::V5)
                 {
                     ack.reason = ReasonCode::NoMatchingSubscribers;

@@ -84,6 +84,9 @@ pub struct Shared {
     /// Bytes each shard's connections have waiting to be written (for `memory_limit`),
     /// published by the shard at the end of each turn.
     pub write_queued: Box<[CachePadded<std::sync::atomic::AtomicUsize>]>,
+    /// Bytes held by connections whose CONNECT is not accepted yet, over all shards (bounded
+    /// by `limits::preconnect_bytes_max`; `shard/holding.rs`).
+    pub preconnect_bytes: CachePadded<std::sync::atomic::AtomicUsize>,
     /// Per configured bridge (`Config::bridges`), whether its connection is up: set by the
     /// shard that runs it, read by the metrics.
     pub bridges_up: Box<[AtomicBool]>,
@@ -198,6 +201,7 @@ impl Shared {
             clock,
             stats: (0..shards).map(|_| Default::default()).collect(),
             write_queued: (0..shards).map(|_| Default::default()).collect(),
+            preconnect_bytes: Default::default(),
             listener_of_socket,
             bridges_up: config
                 .bridges

@@ -19,6 +19,8 @@ pub struct Stats {
     /// PUBLISH packets received and sent, by QoS (index 0, 1, 2).
     pub messages_received: [AtomicU64; 3],
     pub messages_sent: [AtomicU64; 3],
+    /// Bounds a client reached, by `Limit` (its index).
+    pub limits_hit: [AtomicU64; crate::limits::Limit::ALL.len()],
     /// CONNECTs refused and connections denied, by `Refused` (its index).
     pub refused: [AtomicU64; Refused::ALL.len()],
     /// 5.0 messages whose Message Expiry Interval ran out before delivery.
@@ -119,6 +121,10 @@ impl Stats {
     /// One more connection refused for `why`.
     pub fn refused(&self, why: Refused) {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn limit_hit(&self, limit: crate::limits::Limit) {
+        self.limits_hit[limit as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -5,7 +5,6 @@
 //! the retained messages it is owed follow as the client reads.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 
 use super::io::{Backend, ConnId};
 use super::Shard;
@@ -13,7 +12,6 @@ use crate::codec::{
     Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
 };
-use crate::router::Message;
 use crate::topic::{parse_filter, SessionId, Subscription};
 use compact_str::CompactString;
 
@@ -58,7 +56,7 @@ impl<B: Backend> Shard<B> {
     ) {
         let Some(c) = self.conn(conn) else { return };
         let name = c.name().to_string();
-        let v5 = c.version == Some(ProtocolVersion::V5);
+        let v5 = c.version() == Some(ProtocolVersion::V5);
         // A 3.x bridge that says so (`try_private`) is not sent back what it publishes, and
         // gets RETAIN as published, as Mosquitto does: two brokers bridged both ways do not
         // echo messages forever, and retained messages stay retained across the bridge.
@@ -203,7 +201,7 @@ impl<B: Backend> Shard<B> {
             conn,
             session: session_id,
             packet: Packet::SubAck(ack),
-            retained,
+            retained: last_of_each_filter(retained),
         });
     }
 
@@ -215,7 +213,7 @@ impl<B: Backend> Shard<B> {
     ) {
         let Some(c) = self.conn(conn) else { return };
         let name = c.name().to_string();
-        let v5 = c.version == Some(ProtocolVersion::V5);
+        let v5 = c.version() == Some(ProtocolVersion::V5);
         log::debug!("Received UNSUBSCRIBE from {name}");
         let mount = self.config.listener(c.listener()).mount_point.clone();
         let Some(session) = self.sessions.get_mut(&session_id) else {
@@ -308,29 +306,32 @@ impl<B: Backend> Shard<B> {
             log::debug!("Sending {kind} to {}", self.conn_name(conn));
             self.send_packet(conn, &packet);
             for request in retained {
-                let mut messages: Vec<Arc<Message>> = Vec::new();
-                // check_retain_source: only what its publisher may still publish (the ACL
-                // in force now; sources are kept only with the option on).
-                let config = &self.config;
-                let still_allowed = |source: &crate::retain::Source, message: &Message| {
-                    let acl = config.security(source.listener).acl.as_ref();
-                    acl.is_none_or(|acl| {
-                        let (user, id) = (source.username.as_deref(), &*source.client_id);
-                        let write = crate::auth::acl::Access::Write;
-                        acl.check_topic(user, id, &message.topic, write)
-                    })
-                };
-                self.shared
-                    .retained
-                    .lock()
-                    .expect("retained lock")
-                    .matching_from(&request.filter, &mut messages, &still_allowed);
-                if !messages.is_empty() {
-                    self.owe_retained(session, messages, request.qos, request.identifier);
-                }
+                self.owe_retained(session, &request.filter, request.qos, request.identifier);
             }
         }
     }
+}
+
+/// A filter repeated in one SUBSCRIBE is subscribed at each repeat, each replacing the
+/// last [MQTT-3.8.4-3]; its retained messages are owed once, as the last repeat asks for
+/// them, not once per repeat (a packet listing `#` thousands of times would otherwise owe
+/// the whole store thousands of times over). The client sees one SUBACK for them all
+/// [MQTT-3.8.4-5], and the subscription they leave.
+fn last_of_each_filter(mut requests: Vec<RetainedRequest>) -> Vec<RetainedRequest> {
+    if requests.len() < 2 {
+        return requests;
+    }
+    let keep: Vec<bool> = {
+        let last: hashbrown::HashMap<&str, usize> = (requests.iter().enumerate())
+            .map(|(i, r)| (r.filter.as_str(), i))
+            .collect();
+        (requests.iter().enumerate())
+            .map(|(i, r)| last[r.filter.as_str()] == i)
+            .collect()
+    };
+    let mut keep = keep.into_iter();
+    requests.retain(|_| keep.next().expect("one flag per request"));
+    requests
 }
 
 /// `mount_point`: a filter of a listener's client, inside the listener's part of the topic

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::limits::Limit;
 use crate::shard::{Durations, Refused, Shared, Stats, DURATION_BUCKETS_US};
 
 /// The most a request may send before its blank line (a scraper sends a few hundred bytes).
@@ -350,6 +351,16 @@ impl Collector for BrokerMetrics {
             ("reason", &reasons),
             |s, r| s.refused[r].load(Ordering::Relaxed),
         )?;
+        let limits: Vec<&str> = Limit::ALL.iter().map(|l| l.label()).collect();
+        let help = "Bounds clients reached (a connection closed, its reading held, something refused or dropped), by bound";
+        per_shard_by(
+            &mut encoder,
+            &shards,
+            "midge_limits_hit",
+            help,
+            ("limit", &limits),
+            |s, l| s.limits_hit[l].load(Ordering::Relaxed),
+        )?;
         for (name, help, read) in SHARD_GAUGES {
             let values: Vec<u64> = shards.iter().map(|(_, stats)| read(stats)).collect();
             per_shard(&mut encoder, name, help, MetricType::Gauge, &values)?;
@@ -368,6 +379,12 @@ impl Collector for BrokerMetrics {
         let queued: Vec<u64> = (shared.write_queued.iter())
             .map(|q| q.load(Ordering::Relaxed) as u64)
             .collect();
+        gauge(
+            &mut encoder,
+            "midge_preconnect_bytes",
+            "Bytes held by connections whose CONNECT is not accepted yet",
+            shared.preconnect_bytes.load(Ordering::Relaxed) as i64,
+        )?;
         let help = "Bytes the shard's sockets have not taken yet";
         per_shard(
             &mut encoder,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod metrics;
 mod mosquitto;
 mod paho;
 pub mod persist;
@@ -538,6 +539,13 @@ impl Raw {
             other => panic!("expected PUBLISH, got {other:?}"),
         }
     }
+}
+
+/// A process's resident memory, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// What a tool printed, once it is known to have succeeded (otherwise its stderr fails

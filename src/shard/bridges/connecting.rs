@@ -170,7 +170,6 @@ impl<B: Backend> Shard<B> {
         };
         let mut c = Box::new(Conn::new(conn, Some(to), 0, packet_size_max, self.stamp()));
         c.decoder = Decoder::client(link.version, packet_size_max);
-        c.version = Some(link.version);
         c.client_id = Some(link.local_client_id.clone());
         c.extras().link = Some(i);
         if let Some(tls) = &link.tls {
@@ -265,7 +264,7 @@ impl<B: Backend> Shard<B> {
             return false;
         };
         let Some(i) = c.link() else { return false };
-        let old = c.version == Some(ProtocolVersion::V5)
+        let old = c.version() == Some(ProtocolVersion::V5)
             && c.inbuf.len() >= 4
             && c.inbuf[..2] == [0x20, 0x02];
         if !old {

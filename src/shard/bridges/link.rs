@@ -241,13 +241,7 @@ impl<B: Backend> Shard<B> {
             .map(|t| (t.local_filter(), t.qos))
             .collect();
         for (filter, qos) in topics {
-            let mut messages = Vec::new();
-            (self.shared.retained.lock())
-                .expect("retained lock")
-                .matching_from(&filter, &mut messages, &|_, _| true);
-            if !messages.is_empty() {
-                self.owe_retained(session_id, messages, qos, None);
-            }
+            self.owe_retained(session_id, &filter, qos, None);
         }
     }
 

@@ -1,0 +1,74 @@
+//! The bounds midge keeps on what one client can make it hold or do, in one place, with the
+//! relations between them checked at compile time. Those a user sets are options (`config`);
+//! these are midge's own. README's table "Bounds" lists both, with what happens at each.
+
+/// Largest packet taken from a connection before its CONNECT is accepted: every field of a
+/// CONNECT at its longest (client id, will topic and payload, user name, password,
+/// authentication method and data: 64 KiB each) fits, with room for properties. A larger
+/// one is refused as too large before its bytes are stored (`max_packet_size`, if lower,
+/// applies instead). Once CONNECT is accepted, `max_packet_size` applies.
+pub const CONNECT_PACKET_BYTES_MAX: usize = 512 * 1024;
+
+/// Bytes all connections that have not had their CONNECT accepted may hold together (a
+/// partial CONNECT waiting for the rest), at most: past it, the connection whose bytes
+/// would go beyond it is closed (counted as `preconnect_bytes`). Also at most a quarter of
+/// `memory_limit` (`preconnect_bytes_max`).
+pub const PRECONNECT_BYTES_MAX: usize = 32 << 20;
+
+/// Bytes waiting for a client that reads slowly, past which QoS 0 messages to it are
+/// dropped while the broker as a whole is over `memory_limit`, and its reading is held.
+pub const SLOW_BACKLOG_BYTES: usize = 64 * 1024;
+
+/// A client whose reading was held because its unsent output passed its bound is read
+/// again once what waits for it is down to this.
+pub const OUTPUT_RESUME_BYTES: usize = SLOW_BACKLOG_BYTES / 2;
+
+/// Topic levels a scan of the retained messages looks at in one slice (one hold of the
+/// retained store's lock), and messages it finds at most: about a hundred microseconds.
+pub const SCAN_VISITS_PER_SLICE: usize = 1024;
+pub const SCAN_FOUND_PER_SLICE: usize = 256;
+
+/// Topic levels the scans of all sessions on a shard look at in one loop turn: a SUBSCRIBE
+/// of `#` over a million retained messages goes on over many turns, the shard's other
+/// clients served in between.
+pub const SCAN_VISITS_PER_TURN: usize = 16 * SCAN_VISITS_PER_SLICE;
+
+/// The broker-wide bound on bytes held by connections before CONNECT, for a `memory_limit`.
+pub fn preconnect_bytes_max(memory_limit: usize) -> usize {
+    PRECONNECT_BYTES_MAX.min(memory_limit / 4)
+}
+
+// A connection's partial CONNECT alone never passes the broker-wide bound at its default.
+const _: () = assert!(CONNECT_PACKET_BYTES_MAX < PRECONNECT_BYTES_MAX);
+// Holding and releasing have room between them (no pause and resume every turn).
+const _: () = assert!(OUTPUT_RESUME_BYTES < SLOW_BACKLOG_BYTES);
+
+/// Each bound a client can reach, as counted (`Stats::limits_hit`) and named in metrics
+/// (`midge_limits_hit{limit=...}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// A connection closed because the bytes connections hold before CONNECT passed
+    /// `preconnect_bytes_max`.
+    PreconnectBytes,
+    /// A client's reading held because its unsent output passed its bound.
+    OutputBacklog,
+    /// A subscription's retained messages not sent: its session had `SCANS_MAX` scans of
+    /// the retained store under way.
+    RetainedScans,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 3] = [
+        Limit::PreconnectBytes,
+        Limit::OutputBacklog,
+        Limit::RetainedScans,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::PreconnectBytes => "preconnect_bytes",
+            Limit::OutputBacklog => "output_backlog",
+            Limit::RetainedScans => "retained_scans",
+        }
+    }
+}
