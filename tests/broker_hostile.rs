@@ -276,3 +276,67 @@ fn a_subscribe_repeating_a_wildcard_does_not_stall_the_shard() {
         );
     }
 }
+
+/// A 5.0 PUBLISH of `size` bytes, QoS 1, retained, on `topic`: a one-byte payload behind
+/// nothing but empty User Properties (five bytes each on the wire).
+fn publish_of_empty_user_properties(topic: &str, size: usize) -> Vec<u8> {
+    let pairs = (size - 16 - topic.len()) / 5;
+    let props_len = pairs * 5;
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&1u16.to_be_bytes());
+    put_varint(&mut body, props_len as u32);
+    for _ in 0..pairs {
+        body.extend_from_slice(&[0x26, 0, 0, 0, 0]);
+    }
+    body.push(b'x');
+    let mut packet = vec![0x33];
+    put_varint(&mut packet, body.len() as u32);
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// Issue 28, finding 2: 5.0 PUBLISHes of 20 MB of empty User Properties, retained (before:
+/// +240 MB each, as each 5-byte pair was kept as two 32-byte strings). A packet costs at
+/// most a small multiple of its size: User Properties are kept as their bytes.
+#[test]
+fn user_properties_cost_what_they_weigh() {
+    const SIZE: usize = 20 << 20;
+    for threads in ["1", "2"] {
+        let broker = Broker::start_with_env(&["--threads", threads], &[PURGE_AT_ONCE]);
+        let (mut publisher, ack) = Raw::connect_with(
+            broker.port,
+            connect_packet(ProtocolVersion::V5, "heavy", true, 60),
+        );
+        assert_eq!(ack.reason, ReasonCode::Success);
+        let before = rss_kib(broker.pid());
+        for i in 0..3 {
+            publisher.send_bytes(&publish_of_empty_user_properties(
+                &format!("heavy/{i}"),
+                SIZE,
+            ));
+            assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+        }
+        let grown_kib = rss_kib(broker.pid()).saturating_sub(before);
+        let sent_kib = 3 * SIZE as u64 / 1024;
+        assert!(
+            grown_kib < 2 * sent_kib,
+            "RSS grew by {grown_kib} KiB for {sent_kib} KiB of retained messages"
+        );
+        // They are delivered whole, every pair in its place.
+        let (mut subscriber, _) = Raw::connect_with(
+            broker.port,
+            connect_packet(ProtocolVersion::V5, "reader", true, 60),
+        );
+        subscriber.send(&subscribe(1, &[("heavy/0", QoS::AtMostOnce)]));
+        assert!(matches!(subscriber.recv(), Packet::SubAck(_)));
+        let p = subscriber.recv_publish();
+        assert_eq!(p.properties.user_properties.len(), (SIZE - 16 - 7) / 5);
+        assert!(p
+            .properties
+            .user_properties
+            .iter()
+            .all(|(k, v)| k.is_empty() && v.is_empty()));
+    }
+}

@@ -167,7 +167,9 @@ fn properties_are_forwarded_in_order_and_dropped_for_3_1_1() {
         payload_format_indicator: Some(1),
         ..Default::default()
     };
-    properties.user_properties = vec![(s("b"), s("2")), (s("a"), s("1")), (s("b"), s("3"))];
+    properties.user_properties = [(s("b"), s("2")), (s("a"), s("1")), (s("b"), s("3"))]
+        .into_iter()
+        .collect();
     let sent: Properties = properties.clone().into();
     p.send(&Packet::Publish(Publish {
         dup: false,

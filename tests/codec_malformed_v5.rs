@@ -65,11 +65,11 @@ fn properties() {
     .unwrap() else {
         panic!()
     };
-    let values: Vec<&str> = p
+    let values: Vec<String> = p
         .properties
         .user_properties
         .iter()
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.as_str().to_string())
         .collect();
     assert_eq!(values, ["2", "1"]);
     // Several Subscription Identifiers in a PUBLISH, but one only in SUBSCRIBE, never 0.

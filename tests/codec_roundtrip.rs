@@ -92,7 +92,7 @@ fn properties(context: PropertyContext) -> impl Strategy<Value = Properties> {
             topic_alias: l.3,
             maximum_qos: l.4,
             retain_available: l.5,
-            user_properties: l.6,
+            user_properties: l.6.into_iter().collect(),
             maximum_packet_size: l.7,
             wildcard_subscription_available: l.8,
             subscription_identifier_available: l.9,

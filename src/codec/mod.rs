@@ -14,6 +14,7 @@ mod property_wire;
 mod publish;
 mod reason;
 mod subscribe;
+mod user_properties;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;
@@ -28,6 +29,7 @@ pub use reason::{ReasonCode, ReasonContext};
 pub use subscribe::{
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
+pub use user_properties::UserProperties;
 
 use primitives::Reader;
 

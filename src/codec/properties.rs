@@ -274,8 +274,9 @@ pub struct PropertyValues {
     pub topic_alias: Option<u16>,
     pub maximum_qos: Option<u8>,
     pub retain_available: Option<bool>,
-    /// In the order received, which must be kept when forwarding. [MQTT-3.3.2-18]
-    pub user_properties: Vec<(MqttStr, MqttStr)>,
+    /// In the order received, which must be kept when forwarding [MQTT-3.3.2-18]; kept as
+    /// the bytes they came in.
+    pub user_properties: super::UserProperties,
     pub maximum_packet_size: Option<u32>,
     pub wildcard_subscription_available: Option<bool>,
     pub subscription_identifier_available: Option<bool>,
@@ -345,7 +346,7 @@ impl PropertyValues {
         topic_alias: None,
         maximum_qos: None,
         retain_available: None,
-        user_properties: Vec::new(),
+        user_properties: super::user_properties::EMPTY,
         maximum_packet_size: None,
         wildcard_subscription_available: None,
         subscription_identifier_available: None,

@@ -8,6 +8,7 @@ use super::primitives::{
     field_len, put_binary, put_varint, varint_len, MqttStr, Reader, VARINT_MAX,
 };
 use super::properties::{describe, id, PropertyContext, PropertyValues};
+use super::UserProperties;
 
 fn set_once<T>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), DecodeError> {
     if slot.is_some() {
@@ -50,6 +51,7 @@ impl PropertyValues {
         context: PropertyContext,
     ) -> Result<Self, DecodeError> {
         let mut p = PropertyValues::default();
+        let mut users = super::user_properties::Builder::default();
         while block.has_remaining() {
             // The identifier is a variable byte integer (§2.2.2.2); all defined ones fit one byte.
             let property = block.varint()?;
@@ -137,7 +139,7 @@ impl PropertyValues {
                 id::USER_PROPERTY => {
                     let key = b.string()?;
                     let value = b.string()?;
-                    p.user_properties.push((key, value));
+                    users.push(&key, &value);
                 }
                 // §3.1.2.11.4: Maximum Packet Size 0 is a Protocol Error.
                 id::MAXIMUM_PACKET_SIZE => {
@@ -157,6 +159,7 @@ impl PropertyValues {
                 _ => unreachable!("describe() knows only the identifiers matched here"),
             }
         }
+        p.user_properties = users.finish();
         Ok(p)
     }
 
@@ -208,9 +211,8 @@ impl PropertyValues {
             }
             len += 1 + varint_len(v);
         }
-        for (k, v) in &self.user_properties {
-            len += 1 + field_len(k.len())? + field_len(v.len())?;
-        }
+        // Each string was checked for its length when it was added.
+        len += self.user_properties.wire_len();
         Ok(len)
     }
 
@@ -244,18 +246,14 @@ impl PropertyValues {
         for (at, &property) in order.iter().enumerate() {
             if property == id::USER_PROPERTY {
                 if let Some((k, v)) = users.next() {
-                    buf.put_u8(property);
-                    put_binary(buf, k.as_bytes());
-                    put_binary(buf, v.as_bytes());
+                    UserProperties::put_pair(buf, property, &k, &v);
                 }
             } else if !apart.contains(&property) && !order[..at].contains(&property) {
                 self.put(buf, property);
             }
         }
         for (k, v) in users {
-            buf.put_u8(id::USER_PROPERTY);
-            put_binary(buf, k.as_bytes());
-            put_binary(buf, v.as_bytes());
+            UserProperties::put_pair(buf, id::USER_PROPERTY, &k, &v);
         }
         self.put(buf, id::MESSAGE_EXPIRY_INTERVAL);
         for property in id::ASCENDING {
@@ -331,13 +329,7 @@ impl PropertyValues {
             id::TOPIC_ALIAS => u16_(buf, property, self.topic_alias),
             id::MAXIMUM_QOS => u8_(buf, property, self.maximum_qos),
             id::RETAIN_AVAILABLE => flag(buf, property, self.retain_available),
-            id::USER_PROPERTY => {
-                for (k, v) in &self.user_properties {
-                    buf.put_u8(property);
-                    put_binary(buf, k.as_bytes());
-                    put_binary(buf, v.as_bytes());
-                }
-            }
+            id::USER_PROPERTY => self.user_properties.put(buf, property),
             id::MAXIMUM_PACKET_SIZE => u32_(buf, property, self.maximum_packet_size),
             id::WILDCARD_SUBSCRIPTION_AVAILABLE => {
                 flag(buf, property, self.wildcard_subscription_available)
