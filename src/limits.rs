@@ -33,6 +33,10 @@ pub const SCAN_FOUND_PER_SLICE: usize = 256;
 /// clients served in between.
 pub const SCAN_VISITS_PER_TURN: usize = 16 * SCAN_VISITS_PER_SLICE;
 
+/// Bytes of topics one connection's table of outgoing topic aliases may hold (each topic
+/// with its entry): past it, the oldest aliases are given to new topics.
+pub const OUT_ALIAS_BYTES_MAX: usize = 64 * 1024;
+
 /// The broker-wide bound on bytes held by connections before CONNECT, for a `memory_limit`.
 pub fn preconnect_bytes_max(memory_limit: usize) -> usize {
     PRECONNECT_BYTES_MAX.min(memory_limit / 4)

@@ -340,3 +340,75 @@ fn user_properties_cost_what_they_weigh() {
             .all(|(k, v)| k.is_empty() && v.is_empty()));
     }
 }
+
+/// Issue 28, finding 5: ten 5.0 subscribers allowing 65,535 topic aliases, sent messages on
+/// 300 distinct topics of 60 KB, twice (before: every subscriber's connection kept a copy
+/// of every topic, +195 MB for 500). A connection's alias table holds at most 64 KiB of
+/// topics; past it the oldest aliases go to new topics, and each subscriber still reads
+/// every topic right.
+#[test]
+fn outgoing_topic_aliases_hold_bounded_bytes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const SUBSCRIBERS: usize = 10;
+    const TOPICS: usize = 300;
+    let topic = |i: usize| format!("t/{i}/{}", "x".repeat(60_000));
+    for threads in ["1", "2"] {
+        let broker = Broker::start_with_env(&["--threads", threads], &[PURGE_AT_ONCE]);
+        let received = Arc::new(AtomicUsize::new(0));
+        let readers: Vec<_> = (0..SUBSCRIBERS)
+            .map(|n| {
+                let mut connect = connect_packet(ProtocolVersion::V5, &format!("s{n}"), true, 60);
+                connect.properties.topic_alias_maximum = Some(65_535);
+                let (mut c, _) = Raw::connect_with(broker.port, connect);
+                c.send(&subscribe(1, &[("t/#", QoS::AtMostOnce)]));
+                assert!(matches!(c.recv(), Packet::SubAck(_)));
+                let received = received.clone();
+                std::thread::spawn(move || {
+                    let mut aliases = std::collections::HashMap::<u16, String>::new();
+                    for i in 0..2 * TOPICS {
+                        let p = c.recv_publish();
+                        let name = match p.properties.topic_alias {
+                            Some(alias) if p.topic.is_empty() => aliases[&alias].clone(),
+                            Some(alias) => {
+                                aliases.insert(alias, p.topic.to_string());
+                                p.topic.to_string()
+                            }
+                            None => p.topic.to_string(),
+                        };
+                        assert!(
+                            name == topic(i % TOPICS),
+                            "message {i} read on another topic"
+                        );
+                        received.fetch_add(1, Ordering::AcqRel);
+                    }
+                })
+            })
+            .collect();
+        let before = rss_kib(broker.pid());
+        let mut publisher = Raw::connect(broker.port, "publisher");
+        for i in 0..2 * TOPICS {
+            publisher.send(&publish(
+                &topic(i % TOPICS),
+                b"x",
+                QoS::AtMostOnce,
+                0,
+                false,
+            ));
+            // Each message reaches every subscriber before the next goes: none is slow.
+            let until = Instant::now() + DEADLINE;
+            while received.load(Ordering::Acquire) < (i + 1) * SUBSCRIBERS {
+                assert!(Instant::now() < until, "message {i} not delivered");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let after = rss_kib(broker.pid());
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert!(
+            after < before + 24 * 1024,
+            "RSS grew from {before} KiB to {after} KiB"
+        );
+    }
+}

@@ -93,8 +93,8 @@ pub struct Layers {
 pub struct ConnExtras {
     /// 5.0 topic aliases the client set, alias 1 at index 0 (a connection's, not a session's).
     pub topic_aliases: Vec<Option<crate::codec::MqttStr>>,
-    /// Topic aliases the broker set on its sends.
-    pub out_aliases: hashbrown::HashMap<crate::codec::MqttStr, u16>,
+    /// Topic aliases the broker set on its sends (`aliases.rs`).
+    pub out_aliases: super::aliases::OutAliases,
     /// 5.0 enhanced authentication: the method this connection uses, an exchange in
     /// progress, the CONNECT waiting for it to finish, and data for the CONNACK.
     pub auth_method: Option<Arc<dyn crate::auth::AuthMethod>>,

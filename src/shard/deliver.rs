@@ -6,6 +6,7 @@ use bytes::BufMut;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::aliases::Alias;
 use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, QoS};
@@ -428,18 +429,16 @@ impl<B: Backend> Shard<B> {
             if alias_max > 0 {
                 // Topic aliases on the broker's sends (§3.3.2.3.4), up to the client's Topic
                 // Alias Maximum [MQTT-3.3.2-8]: a topic seen again goes as its alias alone.
-                let out_aliases = &c.extras().out_aliases;
-                match out_aliases.get(&message.topic) {
-                    Some(&alias) => {
+                match c.extras().out_aliases.choose(&message.topic, alias_max) {
+                    Alias::Known(alias) => {
                         publish.topic = MqttStr::default();
                         publish.properties.topic_alias = Some(alias);
                     }
-                    None if out_aliases.len() < alias_max => {
-                        let alias = out_aliases.len() as u16 + 1;
+                    Alias::New(alias) => {
                         publish.properties.topic_alias = Some(alias);
                         new_alias = Some(alias);
                     }
-                    None => {}
+                    Alias::None => {}
                 }
             }
             let topic = publish.topic.clone();
@@ -470,9 +469,7 @@ impl<B: Backend> Shard<B> {
             return;
         }
         if let Some(alias) = new_alias {
-            c.extras()
-                .out_aliases
-                .insert(message.topic.detached(), alias);
+            c.extras().out_aliases.set(&message.topic, alias);
         }
         let packet_id = if target.qos == QoS::AtMostOnce {
             0

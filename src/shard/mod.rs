@@ -5,6 +5,7 @@
 //! retained store for retained messages).
 
 mod accept;
+mod aliases;
 mod auth;
 mod bridges;
 pub mod clock;
