@@ -37,6 +37,16 @@ pub const SCAN_VISITS_PER_TURN: usize = 16 * SCAN_VISITS_PER_SLICE;
 /// with its entry): past it, the oldest aliases are given to new topics.
 pub const OUT_ALIAS_BYTES_MAX: usize = 64 * 1024;
 
+/// Bytes of subscription filters one client may hold, counting those too long to be kept
+/// inline (`session::filter_cost`; the count of subscriptions bounds the others): past it a
+/// new subscription is refused (3.x 0x80, 5.0 0x97 Quota exceeded).
+pub const SUBSCRIPTION_BYTES_MAX: usize = 16 << 20;
+
+/// Bytes of such filters all clients may hold together, for a `memory_limit`.
+pub fn subscription_bytes_max_total(memory_limit: usize) -> usize {
+    memory_limit / 2
+}
+
 /// The broker-wide bound on bytes held by connections before CONNECT, for a `memory_limit`.
 pub fn preconnect_bytes_max(memory_limit: usize) -> usize {
     PRECONNECT_BYTES_MAX.min(memory_limit / 4)
@@ -59,13 +69,17 @@ pub enum Limit {
     /// A subscription's retained messages not sent: its session had `SCANS_MAX` scans of
     /// the retained store under way.
     RetainedScans,
+    /// A subscription refused: its client's filters, or all clients', would hold more than
+    /// their bound.
+    SubscriptionBytes,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 3] = [
+    pub const ALL: [Limit; 4] = [
         Limit::PreconnectBytes,
         Limit::OutputBacklog,
         Limit::RetainedScans,
+        Limit::SubscriptionBytes,
     ];
 
     pub fn label(self) -> &'static str {
@@ -73,6 +87,7 @@ impl Limit {
             Limit::PreconnectBytes => "preconnect_bytes",
             Limit::OutputBacklog => "output_backlog",
             Limit::RetainedScans => "retained_scans",
+            Limit::SubscriptionBytes => "subscription_bytes",
         }
     }
 }

@@ -412,3 +412,56 @@ fn outgoing_topic_aliases_hold_bounded_bytes() {
         );
     }
 }
+
+/// Issue 28, finding 7: 2,000 subscriptions with 60 KB filters (before: +249 MB, still held
+/// after the client went). A client's filters may hold 16 MiB: past it, SUBSCRIBE gets
+/// 0x80 for each filter that does not fit. When the client and its session go, the memory
+/// goes back to the system within seconds.
+#[test]
+fn subscription_filters_are_bounded_by_bytes_and_given_back() {
+    const FILTER: usize = 60_000;
+    for threads in ["1", "2"] {
+        let broker = Broker::start_with_env(&["--threads", threads], &[PURGE_AT_ONCE]);
+        let before = rss_kib(broker.pid());
+        let mut c = Raw::connect(broker.port, "filters");
+        let (mut granted, mut refused) = (0, 0);
+        for batch in 0..200 {
+            let filters: Vec<String> = (0..10)
+                .map(|i| format!("f/{}/{}", batch * 10 + i, "x".repeat(FILTER)))
+                .collect();
+            let wanted: Vec<(&str, QoS)> = filters
+                .iter()
+                .map(|f| (f.as_str(), QoS::AtMostOnce))
+                .collect();
+            c.send(&subscribe(1, &wanted));
+            let Packet::SubAck(ack) = c.recv() else {
+                panic!("expected SUBACK")
+            };
+            for reason in ack.reasons {
+                match reason {
+                    ReasonCode::UnspecifiedError => refused += 1,
+                    _ => granted += 1,
+                }
+            }
+        }
+        // 16 MiB holds 279 filters of 60 KB.
+        assert_eq!((granted, refused), (279, 2_000 - 279));
+        let during = rss_kib(broker.pid());
+        assert!(
+            during < before + 64 * 1024,
+            "RSS grew from {before} KiB to {during} KiB"
+        );
+        broker.wait_for_log("would hold more than 16777216 bytes of subscription filters");
+        c.send(&Packet::Disconnect(Default::default()));
+        assert!(c.expect_closed().is_empty());
+        let until = Instant::now() + DEADLINE;
+        while rss_kib(broker.pid()) > before + 8 * 1024 {
+            assert!(
+                Instant::now() < until,
+                "RSS still {} KiB after the client went ({before} KiB before)",
+                rss_kib(broker.pid())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -261,8 +261,9 @@ mod tests {
             options: SubscriptionOptions::default(),
             identifier: NonZeroU32::new(3),
         };
-        s.subscribe("a/#", sub, &mut changes);
-        s.subscribe("b", sub, &mut changes);
+        let total = Default::default();
+        s.subscribe("a/#", sub, &mut changes, &total);
+        s.subscribe("b", sub, &mut changes, &total);
         assert!(s.unsubscribe("b", &mut changes));
         let limits = Limits {
             window: 2,

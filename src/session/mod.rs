@@ -26,6 +26,7 @@ pub use outgoing::{
 use compact_str::CompactString;
 use hashbrown::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,8 +49,9 @@ pub struct Session {
     /// Boxed, as `delayed_will`: most sessions have none, and every session pays for the
     /// space of an unboxed one.
     pub will: Option<Box<Will>>,
-    /// The username and password its client connected with (`username()`, `password()`).
-    credentials: Option<Box<Credentials>>,
+    /// The username and password its client connected with (`username()`, `password()`),
+    /// and what its long filters hold (`filter_bytes()`).
+    extras: Option<Box<Extras>>,
     /// The listener its client connected to (security settings, mount point; `listener()`):
     /// two bytes, as in the connection (`LISTENERS_MAX`).
     listener: u16,
@@ -89,14 +91,43 @@ impl std::hash::BuildHasher for ProcessSeeded {
     }
 }
 
-/// A session's username and password, behind one pointer: a session without them pays 8
-/// bytes instead of 32, which keeps every session in a smaller allocation class (192 bytes,
-/// not 224), and one with them pays a 32-byte box besides.
+/// A session's username and password and the bytes of its long filters, behind one
+/// pointer: a session without them pays 8 bytes instead of 40, which keeps every session in
+/// a smaller allocation class (160 bytes), and one with them pays a box besides.
 #[derive(Debug, Default)]
-struct Credentials {
+struct Extras {
     username: Option<Box<str>>,
     /// Checked again when the password file is reloaded (as Mosquitto does).
     password: Option<Box<[u8]>>,
+    filters: Option<FilterCharge>,
+}
+
+/// Filters up to this many bytes are kept inside the subscription map's entry (the count of
+/// subscriptions bounds what they hold); longer ones are allocated, and counted by bytes.
+pub const FILTER_INLINE_MAX: usize = std::mem::size_of::<CompactString>();
+
+/// The bytes of a session's long filters, charged to the broker's total (`total`) and given
+/// back when the session goes, however it goes.
+#[derive(Debug)]
+struct FilterCharge {
+    bytes: usize,
+    total: Arc<AtomicUsize>,
+}
+
+impl Drop for FilterCharge {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Relaxed);
+    }
+}
+
+/// What a subscription to `filter` holds beyond its entry in the session and its place in
+/// the trie: its text, if too long to be kept inline.
+pub fn filter_cost(filter: &str) -> usize {
+    if filter.len() > FILTER_INLINE_MAX {
+        filter.len()
+    } else {
+        0
+    }
 }
 
 impl Session {
@@ -110,20 +141,56 @@ impl Session {
     }
 
     pub fn username(&self) -> Option<&str> {
-        self.credentials.as_ref()?.username.as_deref()
+        self.extras.as_ref()?.username.as_deref()
     }
 
     pub fn password(&self) -> Option<&[u8]> {
-        self.credentials.as_ref()?.password.as_deref()
+        self.extras.as_ref()?.password.as_deref()
     }
 
     pub fn set_credentials(&mut self, username: Option<&str>, password: Option<&[u8]>) {
-        self.credentials = (username.is_some() || password.is_some()).then(|| {
-            Box::new(Credentials {
-                username: username.map(Box::from),
-                password: password.map(Box::from),
-            })
+        let filters = self.extras.take().and_then(|e| e.filters);
+        self.set_extras(Extras {
+            username: username.map(Box::from),
+            password: password.map(Box::from),
+            filters,
         });
+    }
+
+    /// Bytes its long filters hold (`filter_cost` of each).
+    pub fn filter_bytes(&self) -> usize {
+        self.extras
+            .as_ref()
+            .and_then(|e| e.filters.as_ref())
+            .map_or(0, |f| f.bytes)
+    }
+
+    /// Keeps `extras`, or nothing if it holds nothing.
+    fn set_extras(&mut self, extras: Extras) {
+        let used = extras.username.is_some() || extras.password.is_some();
+        let used = used || extras.filters.as_ref().is_some_and(|f| f.bytes > 0);
+        self.extras = used.then(|| Box::new(extras));
+    }
+
+    /// Adds `cost` (negative: gives it back) to what its long filters hold, here and in
+    /// the broker's `total`.
+    fn charge_filters(&mut self, cost: isize, total: Option<&Arc<AtomicUsize>>) {
+        let mut extras = self.extras.take().map(|e| *e).unwrap_or_default();
+        let charge = match (&mut extras.filters, total) {
+            (Some(charge), _) => charge,
+            (None, Some(total)) => extras.filters.insert(FilterCharge {
+                bytes: 0,
+                total: total.clone(),
+            }),
+            (None, None) => return self.set_extras(extras),
+        };
+        charge.bytes = charge.bytes.saturating_add_signed(cost);
+        if cost >= 0 {
+            charge.total.fetch_add(cost.unsigned_abs(), Relaxed);
+        } else {
+            charge.total.fetch_sub(cost.unsigned_abs(), Relaxed);
+        }
+        self.set_extras(extras);
     }
 
     pub fn new(id: SessionId, client_id: Arc<str>, version: ProtocolVersion, clean: bool) -> Self {
@@ -135,7 +202,7 @@ impl Session {
             clean,
             subscriptions: Subscriptions::default(),
             will: None,
-            credentials: None,
+            extras: None,
             listener: 0,
             outgoing: Outgoing::default(),
             incoming: IncomingQos2::default(),
@@ -196,9 +263,22 @@ impl Session {
         self.subscriptions.iter_mut()
     }
 
-    /// Adds or replaces the subscription to `filter`.
-    pub fn subscribe(&mut self, filter: &str, sub: Subscription, changes: &mut Changes) {
-        self.subscriptions.insert(CompactString::from(filter), sub);
+    /// Adds or replaces the subscription to `filter`; the bytes a new one holds are counted
+    /// here and in the broker's `filter_total` (`filter_bytes`).
+    pub fn subscribe(
+        &mut self,
+        filter: &str,
+        sub: Subscription,
+        changes: &mut Changes,
+        filter_total: &Arc<AtomicUsize>,
+    ) {
+        let new = (self.subscriptions)
+            .insert(CompactString::from(filter), sub)
+            .is_none();
+        let cost = filter_cost(filter);
+        if new && cost > 0 {
+            self.charge_filters(cost as isize, Some(filter_total));
+        }
         changes.push(self.id, || What::Subscribed {
             filter: filter.to_string(),
             options: sub.options,
@@ -209,6 +289,10 @@ impl Session {
     /// Removes the subscription to `filter`; false if there was none.
     pub fn unsubscribe(&mut self, filter: &str, changes: &mut Changes) -> bool {
         let removed = self.subscriptions.remove(filter).is_some();
+        let cost = filter_cost(filter);
+        if removed && cost > 0 {
+            self.charge_filters(-(cost as isize), None);
+        }
         if removed {
             changes.push(self.id, || What::Unsubscribed {
                 filter: filter.to_string(),
@@ -382,5 +466,44 @@ impl Session {
     /// every step of the simulation).
     pub fn check_invariants(&self) {
         self.outgoing.check_invariants(&self.client_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes of long filters are counted in the session and the broker's total, once
+    /// per filter, and all given back, by unsubscribing or by the session going.
+    #[test]
+    fn long_filters_are_charged_once_and_given_back() {
+        let total: Arc<AtomicUsize> = Default::default();
+        let mut changes = Changes::default();
+        let sub = Subscription {
+            shard: 0,
+            options: Default::default(),
+            identifier: None,
+        };
+        let long = "a/".repeat(20);
+        let mut s = Session::new(SessionId::new(1), "c".into(), ProtocolVersion::V5, false);
+        s.subscribe("short/#", sub, &mut changes, &total);
+        assert_eq!((s.filter_bytes(), total.load(Relaxed)), (0, 0));
+        s.subscribe(&long, sub, &mut changes, &total);
+        s.subscribe(&long, sub, &mut changes, &total);
+        assert_eq!((s.filter_bytes(), total.load(Relaxed)), (40, 40));
+        s.set_credentials(Some("user"), None);
+        s.set_credentials(None, None);
+        assert_eq!(
+            s.filter_bytes(),
+            40,
+            "kept across a new connection's credentials"
+        );
+        s.unsubscribe(&long, &mut changes);
+        assert_eq!((s.filter_bytes(), total.load(Relaxed)), (0, 0));
+        assert!(s.extras.is_none(), "the box goes once it holds nothing");
+        s.subscribe(&format!("{long}/x"), sub, &mut changes, &total);
+        assert_eq!(total.load(Relaxed), 42);
+        drop(s);
+        assert_eq!(total.load(Relaxed), 0);
     }
 }

@@ -241,7 +241,7 @@ impl<B: Backend> Shard<B> {
                     options,
                     identifier: NonZeroU32::new(*identifier),
                 };
-                session.subscribe(filter, sub, &mut quiet);
+                session.subscribe(filter, sub, &mut quiet, &self.shared.filter_bytes);
                 self.trie_ops.push(TrieOp::Subscribe {
                     filter: CompactString::from(filter.as_str()),
                     session: id,

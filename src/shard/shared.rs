@@ -87,6 +87,9 @@ pub struct Shared {
     /// Bytes held by connections whose CONNECT is not accepted yet, over all shards (bounded
     /// by `limits::preconnect_bytes_max`; `shard/holding.rs`).
     pub preconnect_bytes: CachePadded<std::sync::atomic::AtomicUsize>,
+    /// Bytes of the subscription filters too long to be kept inline, over every session
+    /// (each session's share goes back when it ends; `session::filter_cost`).
+    pub filter_bytes: Arc<std::sync::atomic::AtomicUsize>,
     /// Per configured bridge (`Config::bridges`), whether its connection is up: set by the
     /// shard that runs it, read by the metrics.
     pub bridges_up: Box<[AtomicBool]>,
@@ -202,6 +205,7 @@ impl Shared {
             stats: (0..shards).map(|_| Default::default()).collect(),
             write_queued: (0..shards).map(|_| Default::default()).collect(),
             preconnect_bytes: Default::default(),
+            filter_bytes: Default::default(),
             listener_of_socket,
             bridges_up: config
                 .bridges

@@ -12,8 +12,10 @@ use crate::codec::{
     Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
 };
+use crate::limits::{Limit, SUBSCRIPTION_BYTES_MAX};
 use crate::topic::{parse_filter, SessionId, Subscription};
 use compact_str::CompactString;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Trie changes a shard keeps room for between turns.
 const TRIE_OPS_KEPT: usize = 1024;
@@ -79,6 +81,8 @@ impl<B: Backend> Shard<B> {
         let mut retained = Vec::new();
         let mut violation = None;
         let mut too_deep = false;
+        let mut refused_for_bytes = 0;
+        let filter_total_max = crate::limits::subscription_bytes_max_total(self.write_bytes_max);
         for (filter, options) in &subscribe.filters {
             // Granted at most the listener's max_qos [MQTT-3.2.2-10] [MQTT-3.9.3-1].
             let options = &crate::codec::SubscriptionOptions {
@@ -147,12 +151,27 @@ impl<B: Backend> Shard<B> {
                 });
                 continue;
             }
+            // What long filters hold, the client's and everyone's, is bounded by bytes.
+            let cost = crate::session::filter_cost(filter);
+            if is_new
+                && cost > 0
+                && (session.filter_bytes() + cost > SUBSCRIPTION_BYTES_MAX
+                    || self.shared.filter_bytes.load(Relaxed) + cost > filter_total_max)
+            {
+                refused_for_bytes += 1;
+                reasons.push(if v5 {
+                    ReasonCode::QuotaExceeded
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
             let sub = Subscription {
                 shard,
                 options: *options,
                 identifier: identifier.and_then(NonZeroU32::new),
             };
-            session.subscribe(filter, sub, &mut self.changes);
+            session.subscribe(filter, sub, &mut self.changes, &self.shared.filter_bytes);
             self.trie_ops.push(TrieOp::Subscribe {
                 filter: CompactString::from(filter.as_str()),
                 session: session_id,
@@ -179,6 +198,15 @@ impl<B: Backend> Shard<B> {
                     identifier,
                 });
             }
+        }
+        if refused_for_bytes > 0 {
+            self.limit_reached(Limit::SubscriptionBytes, || {
+                format!(
+                    "client {name} would hold more than {SUBSCRIPTION_BYTES_MAX} bytes of \
+                     subscription filters (or all clients more than {filter_total_max}); \
+                     {refused_for_bytes} filters refused."
+                )
+            });
         }
         if let Some(what) = violation {
             self.protocol_violation(conn, what);

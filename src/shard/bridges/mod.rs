@@ -124,7 +124,7 @@ impl<B: Backend> Shard<B> {
                 identifier: None,
             };
             log::debug!("Bridge {client_id} doing local SUBSCRIBE on topic {filter}");
-            session.subscribe(&filter, sub, &mut self.changes);
+            session.subscribe(&filter, sub, &mut self.changes, &self.shared.filter_bytes);
             self.trie_ops.push(TrieOp::Subscribe {
                 filter: CompactString::from(filter),
                 session: id,
