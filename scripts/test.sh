@@ -56,10 +56,20 @@ MIDGE_TEST_IO=epoll cargo test -p midge --locked --tests 2>&1 | tee -a "$log"
 second=${PIPESTATUS[0]}
 set -e
 [ "$status" -eq 0 ] && status=$second
+# Hostile clients, all at once, against midge with memory_limit set (short form; the
+# long one and Mosquitto beside it: BENCHMARKS.md), on each backend.
+step "hostile-clients soak (scripts/hostile-soak.py --quick)"
+soak=passed
+for io in $(printf "%s\n" "$first" epoll | sort -u); do
+  python3 scripts/hostile-soak.py --brokers midge --quick --check --io "$io" \
+    --midge target/debug/midge || soak=FAILED
+done
+if [ "$soak" != passed ] && [ "$status" -eq 0 ]; then status=1; fi
 # The Debian package: built, installed on this machine, checked to answer, purged.
 step "Debian package (scripts/deb.sh --check)"
 if bash scripts/deb.sh --check; then deb=passed; else deb=FAILED; [ "$status" -eq 0 ] && status=1; fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ntests: %d passed, %d failed (both passes)\n", p, f }' "$log"
 echo "Debian package check: $deb"
+echo "Hostile-clients soak: $soak"
 exit "$status"

@@ -15,6 +15,14 @@ use std::time::{Duration, Instant};
 /// RSS show what the broker holds, not what its allocator caches.
 const PURGE_AT_ONCE: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "0");
 
+/// These tests measure the broker's memory and another client's round trip: one at a time,
+/// so that what one measures is not another's load (two cores run the whole suite).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A PINGREQ's round trip on an ordinary client, which must stay short.
 fn ping_round_trip(client: &mut Raw) -> Duration {
     let started = Instant::now();
@@ -70,6 +78,7 @@ fn closed_by_broker(stream: &mut TcpStream) -> bool {
 /// (before: +277 MB for 40 MB sent).
 #[test]
 fn a_client_that_never_reads_its_replies_stops_being_read() {
+    let _serial = one_at_a_time();
     // 5.0 PUBLISH, QoS 1, topic "t", packet id 1, Payload Format Indicator 1, payload FF FF.
     let publish: [u8; 12] = [0x32, 10, 0, 1, b't', 0, 1, 2, 0x01, 1, 0xFF, 0xFF];
     let chunk: Vec<u8> = publish
@@ -123,6 +132,7 @@ fn a_client_that_never_reads_its_replies_stops_being_read() {
 /// for three such connections).
 #[test]
 fn an_oversized_connect_is_refused_from_its_length() {
+    let _serial = one_at_a_time();
     for threads in ["1", "2"] {
         let broker = Broker::start_with_env(&["--threads", threads], &[PURGE_AT_ONCE]);
         let before = rss_kib(broker.pid());
@@ -173,6 +183,7 @@ fn an_oversized_connect_is_refused_from_its_length() {
 /// closed, an ordinary client still connects, and what the closed ones held is given back.
 #[test]
 fn partial_connects_together_hold_at_most_their_bound() {
+    let _serial = one_at_a_time();
     let conf = config_file(
         "preconnect-bound",
         "listener 0 127.0.0.1\nallow_anonymous true\nmemory_limit 16000000\n\
@@ -234,6 +245,7 @@ fn partial_connects_together_hold_at_most_their_bound() {
 /// The subscriber gets every retained message once, and another client's pings go on.
 #[test]
 fn a_subscribe_repeating_a_wildcard_does_not_stall_the_shard() {
+    let _serial = one_at_a_time();
     const RETAINED: usize = 50_000;
     for threads in ["1", "2"] {
         let broker = Broker::start(&["--threads", threads]);
@@ -302,6 +314,7 @@ fn publish_of_empty_user_properties(topic: &str, size: usize) -> Vec<u8> {
 /// most a small multiple of its size: User Properties are kept as their bytes.
 #[test]
 fn user_properties_cost_what_they_weigh() {
+    let _serial = one_at_a_time();
     const SIZE: usize = 20 << 20;
     for threads in ["1", "2"] {
         let broker = Broker::start_with_env(&["--threads", threads], &[PURGE_AT_ONCE]);
@@ -348,6 +361,7 @@ fn user_properties_cost_what_they_weigh() {
 /// every topic right.
 #[test]
 fn outgoing_topic_aliases_hold_bounded_bytes() {
+    let _serial = one_at_a_time();
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     const SUBSCRIBERS: usize = 10;
@@ -419,6 +433,7 @@ fn outgoing_topic_aliases_hold_bounded_bytes() {
 /// goes back to the system within seconds.
 #[test]
 fn subscription_filters_are_bounded_by_bytes_and_given_back() {
+    let _serial = one_at_a_time();
     const FILTER: usize = 60_000;
     for threads in ["1", "2"] {
         let broker = Broker::start_with_env(&["--threads", threads], &[PURGE_AT_ONCE]);
@@ -464,4 +479,77 @@ fn subscription_filters_are_bounded_by_bytes_and_given_back() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Issue 28, finding 4: ten subscribers that never read, and four 8 MiB QoS 1 messages, with
+/// `memory_limit 64 MiB` (before: RSS 12 -> 367 MB, each subscriber's socket holding its own
+/// copy of every message). A QoS 1/2 message for a client whose output is past its bound
+/// waits in its session's queue as a reference to the one message; the subscriber that
+/// reads gets everything.
+#[test]
+fn qos1_copies_for_stalled_subscribers_stay_inside_memory_limit() {
+    let _serial = one_at_a_time();
+    const SIZE: usize = 8 << 20;
+    let conf = config_file(
+        "qos1-memory-limit",
+        "listener 0 127.0.0.1\nallow_anonymous true\nmemory_limit 67108864\n",
+    );
+    for threads in ["1", "2"] {
+        let broker = Broker::spawn_env(&["-c", &conf, "--threads", threads], &[PURGE_AT_ONCE]);
+        let before = rss_kib(broker.pid());
+        let stalled: Vec<Raw> = (0..10)
+            .map(|i| {
+                let mut c = Raw::connect(broker.port, &format!("stalled-{i}"));
+                c.subscribe(&[("big", QoS::AtLeastOnce)]);
+                c
+            })
+            .collect();
+        let mut reader = Raw::connect(broker.port, "reader");
+        reader.subscribe(&[("big", QoS::AtLeastOnce)]);
+        let mut publisher = Raw::connect(broker.port, "publisher");
+        let payload = vec![0x42; SIZE];
+        for id in 1..=4 {
+            publisher.send(&publish("big", &payload, QoS::AtLeastOnce, id, false));
+            assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+            let p = reader.recv_publish();
+            assert_eq!(p.payload.len(), SIZE);
+            reader.send(&Packet::PubAck(PubResponse::new(p.packet_id)));
+        }
+        let after = rss_kib(broker.pid());
+        assert!(
+            after < before + 64 * 1024,
+            "RSS grew from {before} KiB to {after} KiB"
+        );
+        drop(stalled);
+    }
+}
+
+/// A SUBSCRIBE may carry at most 16,384 filters (each costs about 40 bytes decoded, for 4 on
+/// the wire: a packet of the largest size would otherwise make the broker hold gigabytes).
+/// One more is refused: 5.0 DISCONNECT 0x97 Quota exceeded; 3.1.1 closed.
+#[test]
+fn a_subscribe_of_too_many_filters_is_refused() {
+    let _serial = one_at_a_time();
+    let broker = Broker::start(&[]);
+    let filters = vec![("a", QoS::AtMostOnce); TOPIC_FILTERS_MAX];
+    let (mut c, _) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V5, "many", true, 60),
+    );
+    c.send(&subscribe(1, &filters));
+    let Packet::SubAck(ack) = c.recv() else {
+        panic!("expected SUBACK")
+    };
+    assert_eq!(ack.reasons.len(), TOPIC_FILTERS_MAX);
+    let one_more = vec![("a", QoS::AtMostOnce); TOPIC_FILTERS_MAX + 1];
+    c.send(&subscribe(2, &one_more));
+    let seen = c.expect_closed();
+    assert!(
+        matches!(&seen[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::QuotaExceeded),
+        "{seen:?}"
+    );
+    let mut old = Raw::connect(broker.port, "many-3");
+    old.send(&subscribe(1, &one_more));
+    assert!(old.expect_closed().is_empty());
+    broker.wait_for_log("more than 16384 topic filters");
 }

@@ -26,6 +26,12 @@ fuzz_target!(|data: &[u8]| {
     config.packet_size_max = 2048;
     config.inflight_max = 4;
     config.queued_max = 16;
+    // Every client bound within reach: what waits for a client (QoS 0 dropped, QoS 1/2
+    // queued, reading held), the broker's memory_limit (a quarter of it bounds partial
+    // CONNECTs), subscriptions by count.
+    config.client_write_max = 4096;
+    config.memory_limit = 16 * 1024;
+    config.subscriptions_per_client_max = 8;
     let nets: Vec<SimNet> = (0..SHARDS).map(|_| SimNet::new()).collect();
     let wakers = (0..SHARDS).map(|_| SimNet::waker()).collect();
     let clock = Arc::new(ManualClock::new());

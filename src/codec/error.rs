@@ -47,6 +47,8 @@ pub enum DecodeError {
     EmptyTopicName,
     #[error("SUBSCRIBE or UNSUBSCRIBE with no topic filter")]
     NoTopicFilters,
+    #[error("SUBSCRIBE or UNSUBSCRIBE with more than {max} topic filters")]
+    TooManyTopicFilters { max: usize },
     #[error("retain handling 3 is not a valid value")]
     InvalidRetainHandling,
     #[error("reason code 0x{code:02X} is not valid in {packet}")]
@@ -95,6 +97,8 @@ impl DecodeError {
             // [MQTT-3.3.2-2] a wildcard in a Topic Name: the spec names no code; Mosquitto's
             // Protocol Error (0x90 is for a name well formed but not accepted).
             WildcardInTopicName(_) => ReasonCode::ProtocolError,
+            // A bound of midge's own, not a rule of the specification's.
+            TooManyTopicFilters { .. } => ReasonCode::QuotaExceeded,
             _ => ReasonCode::MalformedPacket,
         }
     }

@@ -28,6 +28,7 @@ pub use publish::{PubResponse, Publish, PublishSummary};
 pub use reason::{ReasonCode, ReasonContext};
 pub use subscribe::{
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    TOPIC_FILTERS_MAX,
 };
 pub use user_properties::UserProperties;
 

@@ -145,6 +145,13 @@ fn v3_suback_code(reason: ReasonCode) -> u8 {
     }
 }
 
+/// Most topic filters one SUBSCRIBE or UNSUBSCRIBE may carry: each costs about 40 bytes
+/// decoded (for as few as 3 or 4 on the wire) and its share of the packet's handling, so a
+/// packet of the largest size must not carry tens of millions. A client with more sends
+/// more packets; a packet with more is refused (5.0: DISCONNECT 0x97 Quota exceeded).
+/// The specification sets no such bound.
+pub const TOPIC_FILTERS_MAX: usize = 16 * 1024;
+
 impl Subscribe {
     pub(super) fn decode(
         r: &mut Reader<'_>,
@@ -154,6 +161,11 @@ impl Subscribe {
         let properties = decode_properties(r, version, PropertyContext::Subscribe)?;
         let mut filters = Vec::new();
         while r.has_remaining() {
+            if filters.len() == TOPIC_FILTERS_MAX {
+                return Err(DecodeError::TooManyTopicFilters {
+                    max: TOPIC_FILTERS_MAX,
+                });
+            }
             let filter = r.string()?;
             let options = SubscriptionOptions::decode(r.u8()?, version)?;
             filters.push((filter, options));
@@ -245,6 +257,11 @@ impl Unsubscribe {
         let properties = decode_properties(r, version, PropertyContext::Unsubscribe)?;
         let mut filters = Vec::new();
         while r.has_remaining() {
+            if filters.len() == TOPIC_FILTERS_MAX {
+                return Err(DecodeError::TooManyTopicFilters {
+                    max: TOPIC_FILTERS_MAX,
+                });
+            }
             filters.push(r.string()?);
         }
         // [MQTT-3.10.3-2] at least one topic filter.

@@ -266,6 +266,7 @@ mod tests {
         s.subscribe("b", sub, &mut changes, &total);
         assert!(s.unsubscribe("b", &mut changes));
         let limits = Limits {
+            writable: true,
             window: 2,
             queued_max: usize::MAX,
             queued_bytes_max: 0,

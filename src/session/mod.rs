@@ -456,6 +456,7 @@ impl Session {
         queued_bytes_max: usize,
     ) -> Limits {
         Limits {
+            writable: true,
             window: self.window(inflight_max),
             queued_max,
             queued_bytes_max,

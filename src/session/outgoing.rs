@@ -81,6 +81,10 @@ pub struct Limits {
     pub queued_max: usize,
     /// `max_queued_bytes` of payload (0: none).
     pub queued_bytes_max: usize,
+    /// Whether the client's connection can take the message now (what waits to be written
+    /// to it is within its bound): if not, a message that could go is queued, as a
+    /// reference to the one message all its subscribers share, not a copy.
+    pub writable: bool,
 }
 
 /// What to do with a message offered to a session.
@@ -143,7 +147,7 @@ impl Outgoing {
                 Offer::Dropped(DropReason::Offline)
             };
         }
-        if online && self.has_room(limits.window) {
+        if online && limits.writable && self.has_room(limits.window) {
             return Offer::Send;
         }
         let size = message.payload.len();
@@ -467,6 +471,7 @@ pub(super) mod tests {
     }
 
     const LIMITS: Limits = Limits {
+        writable: true,
         window: 2,
         queued_max: 3,
         queued_bytes_max: 0,
@@ -564,6 +569,7 @@ pub(super) mod tests {
         let mut out = Outgoing::default();
         let t = target(QoS::AtLeastOnce);
         let limits = Limits {
+            writable: true,
             window: 1,
             queued_max: usize::MAX,
             queued_bytes_max: 0,

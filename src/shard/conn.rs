@@ -108,6 +108,9 @@ pub struct ConnExtras {
     pub link: Option<usize>,
     /// CONNECT received; the session is being handed over from another shard.
     waiting_handoff: Option<Box<Connect>>,
+    /// What goes out this turn before `Conn::out`: large payloads shared with the message
+    /// (`Conn::put_publish`), and the bytes before each.
+    pub out_chunks: Vec<bytes::Bytes>,
 }
 
 impl ConnExtras {
@@ -122,6 +125,7 @@ impl ConnExtras {
             && !self.bridge
             && self.link.is_none()
             && self.waiting_handoff.is_none()
+            && self.out_chunks.is_empty()
     }
 }
 
@@ -201,6 +205,85 @@ impl Conn {
         }
     }
 
+    /// Bytes waiting to go out this turn (not yet handed to the backend).
+    pub fn out_len(&self) -> usize {
+        let chunks = self.extras.as_ref().map_or(0, |e| {
+            e.out_chunks.iter().map(bytes::Bytes::len).sum::<usize>()
+        });
+        chunks + self.out.len()
+    }
+
+    /// Appends an encoded PUBLISH to what goes out this turn, `packet_id` (if not 0) written
+    /// at `id_at`. A payload of `SHARED_PAYLOAD_MIN` bytes or more on a connection without
+    /// TLS or WebSocket layers is not copied: the bytes before it are, and the payload
+    /// follows as the message's own buffer, so that every subscriber holds the one payload
+    /// (issue 28: ten subscribers that do not read held ten copies of every message).
+    pub fn put_publish(
+        &mut self,
+        encoded: &[u8],
+        id_at: usize,
+        packet_id: u16,
+        payload: &bytes::Bytes,
+    ) {
+        let shared = payload.len() >= SHARED_PAYLOAD_MIN && self.layers.is_none();
+        let copied = if shared {
+            debug_assert!(encoded.ends_with(payload));
+            &encoded[..encoded.len() - payload.len()]
+        } else {
+            encoded
+        };
+        let start = self.out.len();
+        self.out.extend_from_slice(copied);
+        if packet_id != 0 {
+            self.out[start + id_at..start + id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
+        }
+        if shared {
+            let before = self.out.split().freeze();
+            let chunks = &mut self.extras().out_chunks;
+            chunks.push(before);
+            chunks.push(payload.clone());
+        }
+    }
+
+    /// What goes out this turn, in order, leaving nothing behind.
+    pub fn take_out(&mut self) -> impl Iterator<Item = bytes::Bytes> {
+        let chunks = match self.extras.as_mut() {
+            Some(e) if !e.out_chunks.is_empty() => std::mem::take(&mut e.out_chunks),
+            _ => Vec::new(),
+        };
+        if self.extras.as_ref().is_some_and(|e| e.is_unused()) {
+            self.extras = None;
+        }
+        // The whole buffer goes: what is left of its capacity would keep the allocation
+        // alive after the bytes are written (an idle connection then holds nothing).
+        let last = std::mem::take(&mut self.out).freeze();
+        chunks.into_iter().chain((!last.is_empty()).then_some(last))
+    }
+
+    /// Writes `packet` (encoded) at position `at` of what goes out this turn (as
+    /// `out_len()` counted it when `at` was taken), or at the end if `at` is past it.
+    pub fn insert_out(&mut self, at: usize, packet: &[u8]) {
+        let chunks_len = self.out_len() - self.out.len();
+        if at >= chunks_len {
+            let after = self.out.split_off((at - chunks_len).min(self.out.len()));
+            self.out.extend_from_slice(packet);
+            self.out.unsplit(after);
+            return;
+        }
+        let chunks = &mut self.extras().out_chunks;
+        let mut pos = 0;
+        for i in 0..chunks.len() {
+            let len = chunks[i].len();
+            if at < pos + len {
+                let tail = chunks[i].split_off(at - pos);
+                chunks.insert(i + 1, bytes::Bytes::copy_from_slice(packet));
+                chunks.insert(i + 2, tail);
+                return;
+            }
+            pos += len;
+        }
+    }
+
     /// Its protocol version, once its CONNECT (or a bridge's own) has said it: the
     /// decoder's, kept once.
     pub fn version(&self) -> Option<ProtocolVersion> {
@@ -232,6 +315,10 @@ impl Conn {
         self.client_id.as_deref().unwrap_or("<unknown>")
     }
 }
+
+/// Payloads at least this large are not copied into each subscriber's output but shared
+/// (`Conn::put_publish`): below it a copy costs less than a buffer of its own.
+pub const SHARED_PAYLOAD_MIN: usize = 16 * 1024;
 
 /// The connection `conn` names in a shard's table, if it is still open (not a later one in
 /// its slot). A free function, so that a caller can hold it beside other parts of the shard.

@@ -303,8 +303,13 @@ impl<B: Backend> Shard<B> {
     }
 
     pub(super) fn close_socket(&mut self, mut c: Box<super::conn::Conn>) {
-        // A TLS or WebSocket connection's last bytes end with its close.
-        let last = c.out.split().freeze();
+        // A TLS or WebSocket connection's last bytes end with its close (such a connection
+        // has no shared chunks: everything it sends is in `out`).
+        let mut pieces: Vec<bytes::Bytes> = c.take_out().collect();
+        let last = pieces.pop().unwrap_or_default();
+        for piece in pieces {
+            self.backend.send(c.id, piece);
+        }
         let last = super::transport::seal(&mut c, last, true);
         if !last.is_empty() {
             self.backend.send(c.id, last);

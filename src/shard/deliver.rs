@@ -2,7 +2,6 @@
 //! shard), putting it into sessions (encoded once per variant: `encode.rs`), and the
 //! outbound QoS 1/2 window and queue.
 
-use bytes::BufMut;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -28,6 +27,20 @@ impl<B: Backend> Shard<B> {
             if session.conn.is_none() {
                 return;
             }
+            let Some(conn) = session.conn else { return };
+            let next_size = session
+                .outgoing()
+                .queued()
+                .next()
+                .map(|q| q.message.payload.len());
+            if next_size.is_some_and(|size| !self.can_write(conn, size)) {
+                // Sent once its client has read what waits for it (`holding.rs`).
+                self.output_waiting.insert(session_id);
+                return;
+            }
+            let Some(session) = self.sessions.get_mut(&session_id) else {
+                return;
+            };
             let window = session.window(inflight_max);
             let Some(queued) = session.next_queued(window, &mut self.changes) else {
                 return;
@@ -332,9 +345,20 @@ impl<B: Backend> Shard<B> {
                 return;
             }
         }
-        let limits = session.limits(inflight_max, queued_max, self.config.queued_bytes_max);
+        let mut limits = session.limits(inflight_max, queued_max, self.config.queued_bytes_max);
+        let conn = session.conn;
+        if target.qos != QoS::AtMostOnce {
+            limits.writable = conn.is_some_and(|c| self.can_write(c, message.payload.len()));
+        }
+        let Some(session) = self.sessions.get_mut(&target.session) else {
+            return;
+        };
         match session.offer(message, target, limits, &mut self.changes) {
             Offer::Send => self.send_to_session(target.session, message, target, variants, None),
+            Offer::Queued if conn.is_some() && !limits.writable => {
+                // Sent once its client has read what waits for it (`holding.rs`).
+                self.output_waiting.insert(target.session);
+            }
             Offer::Queued | Offer::Dropped(DropReason::Offline) => {}
             Offer::Dropped(DropReason::QueueFull) => {
                 self.shared.stats[self.id]
@@ -382,7 +406,7 @@ impl<B: Backend> Shard<B> {
         // limit, or past a small backlog while the broker as a whole holds more than
         // memory_limit for its clients. Clients that read keep getting everything.
         if target.qos == QoS::AtMostOnce {
-            let backlog = c.out.len() + self.backend.queued_bytes(conn);
+            let backlog = c.out_len() + self.backend.queued_bytes(conn);
             if backlog > write_max || (over_memory_limit && backlog > SLOW_BACKLOG_BYTES) {
                 stats.dropped_slow_client.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -476,13 +500,9 @@ impl<B: Backend> Shard<B> {
         } else {
             session.start(message, target, numbered, &mut self.changes)
         };
-        let was_empty = c.out.is_empty();
-        let start = c.out.len();
-        c.out.put_slice(bytes);
+        let was_empty = c.out_len() == 0;
+        c.put_publish(bytes, id_at, packet_id, &message.payload);
         self.out_bytes_this_turn += bytes.len();
-        if packet_id != 0 {
-            c.out[start + id_at..start + id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
-        }
         log::debug!(
             "Sending PUBLISH to {} (d0, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
             session.client_id,

@@ -12,6 +12,7 @@ use super::conn::Hold;
 use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::limits::{self, Limit, OUTPUT_RESUME_BYTES, SLOW_BACKLOG_BYTES};
+use crate::topic::SessionId;
 
 /// The shortest time between two log lines about the same bound from one shard.
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -109,9 +110,41 @@ impl<B: Backend> Shard<B> {
         });
     }
 
+    /// Whether a message of `size` bytes may be written to `conn` now: nothing waits for it,
+    /// or what waits and the message stay within its bound (`client_write_max`, or
+    /// `SLOW_BACKLOG_BYTES` while the broker is over `memory_limit`). A QoS 1/2 message
+    /// that may not waits in its session's queue, as a reference to the one message.
+    pub(super) fn can_write(&self, conn: ConnId, size: usize) -> bool {
+        let Some(c) = self.conn(conn) else {
+            return false;
+        };
+        let backlog = c.out_len() + self.backend.queued_bytes(conn);
+        let bound = if self.over_memory_limit() {
+            SLOW_BACKLOG_BYTES
+        } else {
+            self.config.client_write_max
+        };
+        backlog == 0 || backlog + size <= bound
+    }
+
+    /// Goes on with sessions whose queued messages waited for their connection to drain
+    /// (`can_write`), once per turn.
+    fn send_to_drained(&mut self) {
+        if self.output_waiting.is_empty() {
+            return;
+        }
+        let waiting: Vec<SessionId> = self.output_waiting.drain().collect();
+        for session in waiting {
+            // Puts it back if it still may not write.
+            self.fill_window(session);
+        }
+    }
+
     /// Reads again from connections held for their output once it has drained to
-    /// `OUTPUT_RESUME_BYTES` (once per turn, after the wait that wrote it).
+    /// `OUTPUT_RESUME_BYTES`, and sends what waited for them to drain (once per turn, after
+    /// the wait that wrote it).
     pub(super) fn release_drained(&mut self) {
+        self.send_to_drained();
         if self.output_held.is_empty() {
             return;
         }

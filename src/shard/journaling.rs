@@ -262,6 +262,7 @@ impl<B: Backend> Shard<B> {
                 }
             }
             let unbounded = Limits {
+                writable: true,
                 window: 0,
                 queued_max: usize::MAX,
                 queued_bytes_max: 0,

@@ -92,6 +92,8 @@ pub struct Shard<B: Backend> {
     /// logged (`holding.rs`).
     output_held: Vec<ConnId>,
     limit_logs: holding::LimitLogs,
+    /// Sessions whose QoS 1/2 messages wait in their queue for their connection to drain.
+    output_waiting: hashbrown::HashSet<SessionId>,
     /// What changed in this shard's sessions, for whoever reads the records (off until
     /// then: see `session/changes.rs`).
     changes: crate::session::Changes,
@@ -186,6 +188,7 @@ impl<B: Backend> Shard<B> {
             outbox: Outbox::new(shards, OVERFLOW_MAX),
             paused: Vec::new(),
             output_held: Vec::new(),
+            output_waiting: Default::default(),
             limit_logs: Default::default(),
             changes: Default::default(),
             moved: HashMap::new(),

@@ -14,8 +14,8 @@ impl<B: Backend> Shard<B> {
         self.send_packet_at(conn, packet, None)
     }
 
-    /// As `send_packet`, but written at `at` in what waits for the connection (before what
-    /// was added since `at` was its length), if given.
+    /// As `send_packet`, but written at `at` in what goes out this turn (before what was
+    /// added since `at` was its `out_len()`), if given.
     pub(super) fn send_packet_at(
         &mut self,
         conn: ConnId,
@@ -26,17 +26,20 @@ impl<B: Backend> Shard<B> {
             return false;
         };
         let version = c.version().unwrap_or(ProtocolVersion::V311);
-        let was_empty = c.out.is_empty();
-        let start = c.out.len();
-        let at = at.filter(|&at| at < start);
-        let after = at.map(|at| c.out.split_off(at));
-        let encoded = packet.encode(version, &mut c.out);
-        if encoded.is_err() {
-            c.out.truncate(at.unwrap_or(start));
-        }
-        if let Some(after) = after {
-            c.out.unsplit(after);
-        }
+        let was_empty = c.out_len() == 0;
+        let encoded = match at.filter(|&at| at < c.out_len()) {
+            None => {
+                let start = c.out.len();
+                let encoded = packet.encode(version, &mut c.out).map(|_| ());
+                if encoded.is_err() {
+                    c.out.truncate(start);
+                }
+                encoded
+            }
+            Some(at) => packet
+                .to_bytes(version)
+                .map(|bytes| c.insert_out(at, &bytes)),
+        };
         if let Err(e) = encoded {
             log::error!(
                 "Error: cannot encode {} for {}: {e}",
@@ -69,18 +72,17 @@ impl<B: Backend> Shard<B> {
             let Some(c) = conn::live_mut(&mut self.conns, conn) else {
                 continue;
             };
-            if c.out.is_empty() {
+            if c.out_len() == 0 {
                 continue;
             }
-            // The whole buffer goes: what is left of its capacity would keep the allocation
-            // alive after the bytes are written, for every connection that once had a turn's
-            // worth to send (an idle connection then holds nothing).
-            let plain = std::mem::take(&mut c.out).freeze();
-            let data = transport::seal(c, plain, false);
-            self.shared.stats[self.id]
-                .bytes_sent
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            self.backend.send(conn, data);
+            let pieces: smallvec::SmallVec<[bytes::Bytes; 1]> = c.take_out().collect();
+            for plain in pieces {
+                let data = transport::seal(c, plain, false);
+                self.shared.stats[self.id]
+                    .bytes_sent
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.backend.send(conn, data);
+            }
             self.hold_if_backed_up(conn);
         }
         dirty.shrink_to(super::deliver::KEPT_CAPACITY);

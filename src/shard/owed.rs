@@ -64,7 +64,7 @@ impl<B: Backend> Shard<B> {
                 return false;
             }
             let unsent = self.backend.queued_bytes(conn);
-            let waiting = self.conn(conn).map_or(0, |c| c.out.len()) + unsent;
+            let waiting = self.conn(conn).map_or(0, |c| c.out_len()) + unsent;
             if waiting >= OWED_WRITE_MAX {
                 // The socket drains what it holds (and says so when it was full); what is
                 // only in this turn's buffer goes out at the end of the turn, and the next

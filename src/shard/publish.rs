@@ -174,7 +174,7 @@ impl<B: Backend> Shard<B> {
         let duplicate = qos2 == Some(Qos2Publish::Duplicate);
         // The acknowledgement goes before what this PUBLISH delivers back to its own client,
         // as Mosquitto writes them.
-        let ack_at = self.conn(conn).map(|c| c.out.len());
+        let ack_at = self.conn(conn).map(|c| c.out_len());
         let mut matched = true;
         if !duplicate && authorised {
             let mut properties = publish.properties;

@@ -31,6 +31,7 @@ fn queue(journal: &mut Journal, session: &mut Session, message: &Arc<Message>) {
         identifiers: smallvec![],
     };
     let limits = Limits {
+        writable: true,
         window: 10,
         queued_max: usize::MAX,
         queued_bytes_max: 0,
