@@ -40,6 +40,8 @@ import tempfile
 import threading
 import time
 
+from mqttwire import free_port, packet, rss, s, varint
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What memory_limit does not cover (yet; issue 28): the retained messages the attack leaves
 # (3 x 20 MB of User Properties, 50,000 small ones), the four 8 MiB messages queued for the
@@ -52,24 +54,6 @@ RETURN_WITHIN = 15.0  # seconds
 
 
 # --- MQTT on the wire -------------------------------------------------------------------
-
-def varint(n):
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def packet(first, body):
-    return bytes([first]) + varint(len(body)) + body
-
-
-def s(text):
-    data = text if isinstance(text, bytes) else text.encode()
-    return struct.pack(">H", len(data)) + data
-
 
 def connect(client_id, v5=False, keepalive=60, props=b""):
     if v5:
@@ -156,20 +140,6 @@ def write_until_pushed_back(sock, chunk, total, stall=2.0):
 
 
 # --- The broker -------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
 
 class Broker:
     def __init__(self, name, memory_limit, threads, midge, io=None):

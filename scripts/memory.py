@@ -25,32 +25,10 @@ import subprocess
 import sys
 import time
 
+from mqttwire import free_port, packet, rss, s
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE = 120.0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def varint(n):
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def packet(first, body):
-    return bytes([first]) + varint(len(body)) + body
-
-
-def s(text):
-    data = text.encode()
-    return struct.pack(">H", len(data)) + data
 
 
 def connect(client_id, keepalive=0, clean=True):
@@ -71,14 +49,6 @@ def read_until(sock, want_end):
             raise RuntimeError("broker closed the connection")
         got = got[-64:] + chunk
     return got
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 class Broker:

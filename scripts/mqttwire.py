@@ -1,0 +1,38 @@
+"""MQTT on the wire for the measurement scripts (memory.py, hostile-soak.py): the few
+encoders they need, a free loopback port, and a process's resident memory. Loopback only."""
+import socket
+import struct
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def packet(first, body):
+    return bytes([first]) + varint(len(body)) + body
+
+
+def s(text):
+    """An MQTT string (or binary data): two bytes of length, then the bytes."""
+    data = text if isinstance(text, bytes) else text.encode()
+    return struct.pack(">H", len(data)) + data
+
+
+def rss(pid):
+    """Resident memory of process `pid`, bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
