@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -107,6 +107,9 @@ pub enum LogDest {
 /// Log lines waiting to be published on `$SYS/broker/log/...`; beyond this many, lines are
 /// dropped and counted (`topic_lines_dropped`).
 const TOPIC_QUEUE_MAX: usize = 1024;
+/// And beyond this many bytes (a line can carry a 64 KB topic).
+const TOPIC_QUEUE_BYTES_MAX: usize = 4 << 20;
+static TOPIC_PENDING_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 type TopicQueue = (
     crossbeam_channel::Sender<(&'static str, String)>,
@@ -122,7 +125,9 @@ static TOPIC_LINES_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::At
 
 /// Log lines for `log_dest topic`: (topic, line), at most `max` of them.
 pub fn take_topic_lines(max: usize) -> impl Iterator<Item = (&'static str, String)> {
-    topic_queue().1.try_iter().take(max)
+    topic_queue().1.try_iter().take(max).inspect(|(_, line)| {
+        TOPIC_PENDING_BYTES.fetch_sub(line.len(), Ordering::Relaxed);
+    })
 }
 
 /// Log lines not published on `$SYS/broker/log` because too many were waiting.
@@ -185,8 +190,27 @@ static LOGGER: Logger = Logger {
     sinks: Mutex::new(None),
 };
 
-/// Lines waiting for the writer thread; past this many, lines are dropped and counted.
+/// Lines waiting for the writer thread; past this many, or this many bytes (a debug line
+/// can carry a 64 KB topic: a client must not make the broker hold a gigabyte of log lines
+/// while the log is slow), lines are dropped and counted.
 const PENDING_MAX: usize = 16 * 1024;
+const PENDING_BYTES_MAX: usize = 16 << 20;
+static PENDING_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes `size` bytes of `pending` if that stays within `max`; false (nothing taken) if not.
+fn reserve(pending: &AtomicUsize, size: usize, max: usize) -> bool {
+    if pending.fetch_add(size, Ordering::Relaxed) + size > max {
+        pending.fetch_sub(size, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// Gives back `size` bytes of `pending`. False, so that it can end a `||` of a failed send.
+fn release(pending: &AtomicUsize, size: usize) -> bool {
+    pending.fetch_sub(size, Ordering::Relaxed);
+    false
+}
 /// How long `flush` waits for the writer to catch up.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
@@ -273,6 +297,7 @@ fn write_lines(queue: crossbeam_channel::Receiver<Pending>) {
                     reported = dropped;
                 }
                 write_out(kind, &message, &line);
+                PENDING_BYTES.fetch_sub(message.len() + line.len(), Ordering::Relaxed);
             }
             Pending::Flush(done) => {
                 LOGGER.flush_sinks();
@@ -308,10 +333,12 @@ fn write_out(kind: LogTypes, message: &str, line: &str) {
                 None => Ok(()),
             },
             LogDest::Topic if kind != LogTypes::DEBUG => {
-                let queued = topic_queue()
-                    .0
-                    .try_send((log_topic(kind), line.trim_end().to_string()));
-                if queued.is_err() {
+                let text = line.trim_end().to_string();
+                let size = text.len();
+                let queued = reserve(&TOPIC_PENDING_BYTES, size, TOPIC_QUEUE_BYTES_MAX)
+                    && (topic_queue().0.try_send((log_topic(kind), text)).is_ok()
+                        || release(&TOPIC_PENDING_BYTES, size));
+                if !queued {
                     TOPIC_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
@@ -454,12 +481,15 @@ impl log::Log for Logger {
             format!("{message}\n")
         };
         ensure_writer();
+        let size = message.len() + line.len();
         let item = Pending::Line {
             kind,
             message,
             line,
         };
-        if pending().0.try_send(item).is_err() {
+        let queued = reserve(&PENDING_BYTES, size, PENDING_BYTES_MAX)
+            && (pending().0.try_send(item).is_ok() || release(&PENDING_BYTES, size));
+        if !queued {
             LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }

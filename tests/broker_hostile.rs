@@ -358,7 +358,9 @@ fn user_properties_cost_what_they_weigh() {
 /// 300 distinct topics of 60 KB, twice (before: every subscriber's connection kept a copy
 /// of every topic, +195 MB for 500; 180 MB of copies for these 300). A connection's alias
 /// table holds at most 64 KiB of topics; past it the oldest aliases go to new topics, and
-/// each subscriber still reads every topic right.
+/// each subscriber still reads every topic right. (The broker runs with `-v`: each delivery's
+/// debug line carries its 60 KB topic, and the log's queue is bounded by bytes too; it was
+/// by count alone, and held 190 MB of lines here.)
 #[test]
 fn outgoing_topic_aliases_hold_bounded_bytes() {
     let _serial = one_at_a_time();
@@ -421,7 +423,7 @@ fn outgoing_topic_aliases_hold_bounded_bytes() {
             r.join().unwrap();
         }
         assert!(
-            after < before + 64 * 1024,
+            after < before + 24 * 1024,
             "RSS grew from {before} KiB to {after} KiB"
         );
     }

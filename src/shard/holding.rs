@@ -27,11 +27,27 @@ const PRECONNECT_HELD_MAX: usize = u8::MAX as usize * PRECONNECT_UNIT;
 const _: () =
     assert!(limits::CONNECT_PACKET_BYTES_MAX + super::io::READ_MAX_PER_TURN < PRECONNECT_HELD_MAX);
 
-/// When each bound was last logged, and how many times it was reached since.
-#[derive(Default)]
-pub(super) struct LimitLogs {
+/// Clients waiting for their output to drain that are checked every turn; past it, every
+/// `DRAIN_CHECK_INTERVAL`.
+const DRAIN_CHECK_EVERY_TURN_MAX: usize = 256;
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// When each bound was last logged, and how many times it was reached since; when the
+/// clients waiting to drain were last checked.
+pub(super) struct Holding {
     last: [Option<Instant>; Limit::ALL.len()],
     unlogged: [u64; Limit::ALL.len()],
+    drain_checked: Instant,
+}
+
+impl Holding {
+    pub(super) fn new(now: Instant) -> Self {
+        Holding {
+            last: Default::default(),
+            unlogged: Default::default(),
+            drain_checked: now,
+        }
+    }
 }
 
 impl<B: Backend> Shard<B> {
@@ -39,7 +55,7 @@ impl<B: Backend> Shard<B> {
     /// `LIMIT_LOG_INTERVAL` ago (the next line says how many went unlogged).
     pub(super) fn limit_reached(&mut self, limit: Limit, line: impl FnOnce() -> String) {
         self.stats().limit_hit(limit);
-        let logs = &mut self.limit_logs;
+        let logs = &mut self.holding;
         let i = limit as usize;
         if logs.last[i].is_some_and(|at| self.now < at + LIMIT_LOG_INTERVAL) {
             logs.unlogged[i] += 1;
@@ -141,9 +157,17 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Reads again from connections held for their output once it has drained to
-    /// `OUTPUT_RESUME_BYTES`, and sends what waited for them to drain (once per turn, after
-    /// the wait that wrote it).
+    /// `OUTPUT_RESUME_BYTES`, and sends what waited for them to drain: every turn (after
+    /// the wait that wrote it) while few wait, at most every `DRAIN_CHECK_INTERVAL` when
+    /// many do (ten thousand stalled clients must not cost every turn a pass over them).
     pub(super) fn release_drained(&mut self) {
+        let waiting = self.output_waiting.len() + self.output_held.len();
+        if waiting > DRAIN_CHECK_EVERY_TURN_MAX {
+            if self.now < self.holding.drain_checked + DRAIN_CHECK_INTERVAL {
+                return;
+            }
+            self.holding.drain_checked = self.now;
+        }
         self.send_to_drained();
         if self.output_held.is_empty() {
             return;

@@ -91,7 +91,7 @@ pub struct Shard<B: Backend> {
     /// Connections not read until their output drains, and when each bound was last
     /// logged (`holding.rs`).
     output_held: Vec<ConnId>,
-    limit_logs: holding::LimitLogs,
+    holding: holding::Holding,
     /// Sessions whose QoS 1/2 messages wait in their queue for their connection to drain.
     output_waiting: hashbrown::HashSet<SessionId>,
     /// What changed in this shard's sessions, for whoever reads the records (off until
@@ -189,7 +189,7 @@ impl<B: Backend> Shard<B> {
             paused: Vec::new(),
             output_held: Vec::new(),
             output_waiting: Default::default(),
-            limit_logs: Default::default(),
+            holding: holding::Holding::new(now),
             changes: Default::default(),
             moved: HashMap::new(),
             settling: HashMap::new(),
