@@ -91,6 +91,18 @@ impl WsLink {
         }
     }
 
+    /// The largest frame or message from now on (raised once CONNECT is accepted: before,
+    /// a frame may be only as large as a CONNECT).
+    pub fn set_frame_max(&mut self, frame_max: usize) {
+        self.frame_max = frame_max;
+        if let State::Open(context) = &mut self.state {
+            context.set_config(|config| {
+                config.max_frame_size = Some(frame_max);
+                config.max_message_size = Some(frame_max);
+            });
+        }
+    }
+
     /// Takes bytes from the peer: the MQTT bytes they carry are appended to `mqtt`, what
     /// must go back (the upgrade's answer, pongs, the close handshake) to `reply`. An error
     /// is a reason to close, with `reply` holding the answer to send first (an HTTP error).

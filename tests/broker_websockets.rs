@@ -269,3 +269,67 @@ fn midge_tools_over_websockets() {
     let got = sub.join().unwrap();
     assert_eq!(succeeded(&got), "framed\n");
 }
+
+/// Before its CONNECT is accepted, a WebSocket client's frame may be only as large as a
+/// CONNECT may be (512 KiB): a larger one closes the connection before it is stored (issue
+/// 28: the frame limit was max_packet_size, 256 MiB, for a client with no credentials).
+/// Once connected, frames up to max_packet_size are taken.
+#[test]
+fn frames_before_connect_are_bounded_like_a_connect() {
+    let broker = broker("ws-preconnect", "listener 0 127.0.0.1\n");
+    let mut early = ws_connect(broker.port, "mqtt").unwrap();
+    // The header of a masked binary frame of 100 MB, and its first megabyte: the broker
+    // would buffer it all waiting for the rest.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(100u64 << 20).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    let tcp = early.get_mut();
+    tcp.write_all(&frame).unwrap();
+    let _ = tcp.write_all(&vec![0u8; 1 << 20]);
+    tcp.set_read_timeout(Some(std::time::Duration::from_millis(50)))
+        .unwrap();
+    // Closed at once, not at the connect timeout (10 s).
+    let until = Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        assert!(
+            Instant::now() < until,
+            "a 100 MB frame before CONNECT was waited for"
+        );
+        match early.read() {
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let mut ws = ws_connect(broker.port, "mqtt").unwrap();
+    let connect = connect_packet(ProtocolVersion::V311, "ws-big", true, 60);
+    ws.send(Message::Binary(
+        bytes(&Packet::Connect(Box::new(connect))).into(),
+    ))
+    .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    assert!(matches!(
+        recv_packets(&mut ws, &mut buf, 1)[0],
+        Packet::ConnAck(_)
+    ));
+    ws.send(Message::Binary(
+        bytes(&subscribe(1, &[("big", QoS::AtMostOnce)])).into(),
+    ))
+    .unwrap();
+    assert!(matches!(
+        recv_packets(&mut ws, &mut buf, 1)[0],
+        Packet::SubAck(_)
+    ));
+    let payload = vec![7u8; 600 * 1024];
+    let publish = publish("big", &payload, QoS::AtMostOnce, 0, false);
+    ws.send(Message::Binary(bytes(&publish).into())).unwrap();
+    let got = recv_packets(&mut ws, &mut buf, 1);
+    let Packet::Publish(p) = &got[0] else {
+        panic!("expected the PUBLISH back, got {got:?}")
+    };
+    assert_eq!(p.payload.len(), payload.len());
+}

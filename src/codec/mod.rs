@@ -153,6 +153,10 @@ impl FixedHeader {
     }
 }
 
+/// How much larger than twice a packet the buffer it arrived in may be for the packet to
+/// share it rather than be copied out (`Decoder::decode_from`).
+const FRAME_SHARE_SLACK: usize = 64 * 1024;
+
 /// Decodes packets for one connection. `version` is `None` until CONNECT has been read; then
 /// it is the connection's protocol version, which the caller sets.
 #[derive(Clone, Copy, Debug)]
@@ -276,7 +280,17 @@ impl Decoder {
         if buf.len() < header.packet_len() {
             return Ok(None);
         }
-        let frame = buf.split_to(header.packet_len()).freeze();
+        let len = header.packet_len();
+        // What the packet keeps (a retained or queued payload, a topic) pins the buffer it
+        // is a slice of: a small packet behind a large one in a buffer grown for the large
+        // one is copied out, so that it does not keep that whole buffer alive.
+        let frame = if buf.capacity() > 2 * len + FRAME_SHARE_SLACK {
+            let frame = Bytes::copy_from_slice(&buf[..len]);
+            bytes::Buf::advance(buf, len);
+            frame
+        } else {
+            buf.split_to(len).freeze()
+        };
         self.decode_body(&frame, &header).map(Some)
     }
 

@@ -129,6 +129,25 @@ impl RetainStore {
         removed
     }
 
+    /// The retained message of `topic` (a filter without wildcards), if `keep` accepts it.
+    pub fn get(
+        &self,
+        topic: &str,
+        keep: &dyn Fn(&Source, &Message) -> bool,
+    ) -> Option<Arc<Message>> {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            node = node.children.get(level)?;
+        }
+        let mut out = Vec::new();
+        Found {
+            out: &mut out,
+            keep,
+        }
+        .add(node);
+        out.pop()
+    }
+
     /// Every retained message whose topic matches `filter` (valid, not shared).
     pub fn matching(&self, filter: &str, out: &mut Vec<Arc<Message>>) {
         self.matching_from(filter, out, &|_, _| true);
@@ -262,6 +281,23 @@ impl<'s> Walk<'s, '_> {
         if matches && self.found.add(node) {
             self.found_left -= 1;
         }
+        self.count_visit()
+    }
+
+    /// Passes over `name` under the root (a `$` topic a wildcard does not match): it costs
+    /// a visit like any other, so that a million `$` topics cannot make one slice long.
+    /// Not again when the cursor stopped there (`after` is `Some`).
+    fn skip(&mut self, name: &'s str, after: Option<&[Box<str>]>) -> ControlFlow<()> {
+        if after.is_some() {
+            return Continue(());
+        }
+        self.path.push(name);
+        let flow = self.count_visit();
+        self.path.pop();
+        flow
+    }
+
+    fn count_visit(&mut self) -> ControlFlow<()> {
         self.visits_left -= 1;
         if self.visits_left == 0 || self.found_left == 0 {
             self.stopped_at = Some(self.path.iter().map(|&level| level.into()).collect());
@@ -292,7 +328,7 @@ impl<'s> Walk<'s, '_> {
         match level {
             "#" => each_child(node, after, None, |name, child, after| {
                 if hidden(name) {
-                    return Continue(());
+                    return self.skip(name, after);
                 }
                 self.path.push(name);
                 let flow = self.walk_all(child, after);
@@ -301,7 +337,7 @@ impl<'s> Walk<'s, '_> {
             }),
             "+" => each_child(node, after, None, |name, child, after| {
                 if hidden(name) {
-                    return Continue(());
+                    return self.skip(name, after);
                 }
                 self.path.push(name);
                 let flow = self.walk(child, rest, false, after);

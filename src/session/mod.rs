@@ -21,6 +21,7 @@ pub use incoming::{IncomingQos2, Qos2Publish};
 pub use lifecycle::WillAfterClose;
 pub use outgoing::{
     DropReason, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan, OWED_MAX, SCANS_MAX,
+    SCAN_FILTER_BYTES_MAX,
 };
 
 use compact_str::CompactString;
@@ -417,6 +418,11 @@ impl Session {
     /// Owes the retained messages matching `filter` to a new subscription (`Outgoing::owe_scan`).
     pub fn owe_scan(&mut self, filter: &str, qos: QoS, identifier: Option<u32>) -> bool {
         self.outgoing.owe_scan(filter, qos, identifier)
+    }
+
+    /// Ends the scan of retained messages for `filter` (its subscription went).
+    pub fn cancel_scan(&mut self, filter: &str) {
+        self.outgoing.cancel_scan(filter)
     }
 
     pub fn take_scan(&mut self) -> Option<RetainedScan> {

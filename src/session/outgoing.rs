@@ -58,6 +58,9 @@ pub const OWED_MAX: usize = 1 << 20;
 #[derive(Clone, Debug)]
 pub struct RetainedScan {
     pub filter: Box<str>,
+    /// The filter's hash, so that looking for a scan of the same filter compares strings
+    /// only where the hashes agree.
+    filter_hash: u64,
     /// The subscription's QoS and identifier.
     pub qos: QoS,
     pub identifier: Option<u32>,
@@ -65,11 +68,19 @@ pub struct RetainedScan {
     pub cursor: Option<crate::retain::ScanCursor>,
 }
 
-/// Most scans of retained messages one session may have under way: one per filter (a
-/// subscription made again restarts its scan rather than adding one), and no more than
-/// this, so that a client with many subscriptions cannot make the broker keep a scan for
-/// each; past it a new subscription's retained messages are not sent, and that is counted.
-pub const SCANS_MAX: usize = 1024;
+fn filter_hash(filter: &str) -> u64 {
+    use std::hash::BuildHasher;
+    super::ProcessSeeded.hash_one(filter)
+}
+
+/// Most scans of retained messages one session may have under way, and most bytes of
+/// filters among them: one per filter (a subscription made again restarts its scan rather
+/// than adding one, an UNSUBSCRIBE ends it, and a filter without wildcards needs none), so
+/// that a client cannot make the broker keep a scan for each of its many subscriptions
+/// while it does not read; past either, a new subscription's retained messages are not
+/// sent, and that is counted (`retained_scans`).
+pub const SCANS_MAX: usize = 4096;
+pub const SCAN_FILTER_BYTES_MAX: usize = 1 << 20;
 
 /// The limits a delivery is held to (from the configuration and the client's CONNECT).
 #[derive(Clone, Copy, Debug)]
@@ -358,23 +369,41 @@ impl Outgoing {
     /// again [MQTT-3.8.4-3]), so repeating a filter, in one SUBSCRIBE or many, never adds
     /// work. False if `SCANS_MAX` scans are under way (nothing owed).
     pub fn owe_scan(&mut self, filter: &str, qos: QoS, identifier: Option<u32>) -> bool {
+        let filter_hash = filter_hash(filter);
         let scans = &mut self.backlog.get_or_insert_with(Default::default).scans;
         let scan = RetainedScan {
             filter: filter.into(),
+            filter_hash,
             qos,
             identifier,
             cursor: None,
         };
-        if let Some(same) = scans.iter_mut().find(|s| *s.filter == *filter) {
-            *same = scan;
-            return true;
+        let mut filter_bytes = 0;
+        for same in scans.iter_mut() {
+            if same.filter_hash == filter_hash && *same.filter == *filter {
+                *same = scan;
+                return true;
+            }
+            filter_bytes += same.filter.len();
         }
-        let room = scans.len() < SCANS_MAX;
+        let room = scans.len() < SCANS_MAX && filter_bytes + filter.len() <= SCAN_FILTER_BYTES_MAX;
         if room {
             scans.push_back(scan);
         }
         self.release_backlog();
         room
+    }
+
+    /// Ends the scan of `filter`, if one is under way (its subscription went).
+    pub fn cancel_scan(&mut self, filter: &str) {
+        let Some(backlog) = self.backlog.as_mut() else {
+            return;
+        };
+        let hash = filter_hash(filter);
+        backlog
+            .scans
+            .retain(|s| s.filter_hash != hash || *s.filter != *filter);
+        self.release_backlog();
     }
 
     /// Whether found messages are waiting to be sent (no scan needed before the next).
@@ -393,9 +422,11 @@ impl Outgoing {
     /// since restarted the scan of its filter.
     pub fn put_back_scan(&mut self, scan: RetainedScan) {
         let scans = &mut self.backlog.get_or_insert_with(Default::default).scans;
-        if !scans.iter().any(|s| s.filter == scan.filter) {
+        let same = |s: &RetainedScan| s.filter_hash == scan.filter_hash && s.filter == scan.filter;
+        if !scans.iter().any(same) {
             scans.push_front(scan);
         }
+        self.release_backlog();
     }
 
     /// The next owed message's QoS: the lower of the message's and the subscription's, or

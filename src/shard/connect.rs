@@ -458,6 +458,12 @@ impl<B: Backend> Shard<B> {
         };
         c.session = Some(session_id);
         c.decoder.set_packet_size_max(self.config.packet_size_max);
+        if let Some(ws) = c.layers.as_mut().and_then(|l| l.ws.as_mut()) {
+            ws.set_frame_max(super::transport::ws_frame_max(
+                self.config.packet_size_max,
+                true,
+            ));
+        }
         c.client_id = Some(client_id.clone());
         c.keepalive_s = keepalive;
         c.out_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);

@@ -17,13 +17,14 @@ use crate::topic::SessionId;
 /// The shortest time between two log lines about the same bound from one shard.
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What a connection holds before CONNECT is counted in units of this many bytes (rounded
-/// up), so that its share fits in one byte of its record (`Conn::preconnect_held`).
+/// What a connection holds before CONNECT, beyond its first unit, is counted in units of
+/// this many bytes (rounded up), so that its share fits in one byte of its record
+/// (`Conn::preconnect_held`).
 const PRECONNECT_UNIT: usize = 4096;
-/// The most one connection may hold before its CONNECT is accepted: 255 units. A CONNECT
-/// and a turn's read fit; more comes only from a client that sends on while its CONNECT is
+/// The most one connection may hold before its CONNECT is accepted: 256 units (one free,
+/// 255 counted). A CONNECT and a turn's read fit; more comes only from a client that sends on while its CONNECT is
 /// judged (an authentication exchange, a session on its way from another shard).
-const PRECONNECT_HELD_MAX: usize = u8::MAX as usize * PRECONNECT_UNIT;
+const PRECONNECT_HELD_MAX: usize = (u8::MAX as usize + 1) * PRECONNECT_UNIT;
 const _: () =
     assert!(limits::CONNECT_PACKET_BYTES_MAX + super::io::READ_MAX_PER_TURN < PRECONNECT_HELD_MAX);
 
@@ -198,7 +199,12 @@ impl<B: Backend> Shard<B> {
         };
         let accepted = c.session.is_some() || c.link().is_some();
         let bytes = if accepted { 0 } else { c.inbuf.len() };
-        let units = bytes.div_ceil(PRECONNECT_UNIT);
+        // The first unit is free: a CONNECT in pieces, a connection that sent a few bytes,
+        // cost what any connection costs (and their count is bounded elsewhere), so that
+        // thousands of them cannot fill the broker-wide bound with a byte each.
+        let units = bytes
+            .saturating_sub(PRECONNECT_UNIT)
+            .div_ceil(PRECONNECT_UNIT);
         let held = u8::try_from(units).unwrap_or(u8::MAX);
         let before = std::mem::replace(&mut c.preconnect_held, held);
         let total = &self.shared.preconnect_bytes;

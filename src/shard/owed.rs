@@ -23,19 +23,36 @@ impl<B: Backend> Shard<B> {
         qos: QoS,
         identifier: Option<u32>,
     ) {
+        let exact = !filter.contains(['+', '#']);
+        // A filter without wildcards names one topic: its retained message, if any, is
+        // owed at once (no scan to keep).
+        let found = exact.then(|| {
+            let store = self.shared.retained.lock().expect("retained lock");
+            store.get(filter, &|source, message| {
+                self.still_allowed(source, message)
+            })
+        });
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
         let was_idle = !session.outgoing().owes();
-        if !session.owe_scan(filter, qos, identifier) {
-            let name = session.client_id.clone();
-            self.limit_reached(Limit::RetainedScans, || {
-                format!(
-                    "client {name} has {} scans of retained messages under way; those of \
-                     its subscription to {filter:?} are not sent.",
-                    crate::session::SCANS_MAX
-                )
-            });
+        match found {
+            Some(found) => {
+                // At most one message: within OWED_MAX but at its very edge.
+                let _ = session.owe(found.into_iter().collect(), qos, identifier);
+            }
+            None if !session.owe_scan(filter, qos, identifier) => {
+                let name = session.client_id.clone();
+                self.limit_reached(Limit::RetainedScans, || {
+                    format!(
+                        "client {name} has {} scans of retained messages (or {} bytes of their \
+                         filters) under way; those of its subscription to {filter:?} are not sent.",
+                        crate::session::SCANS_MAX,
+                        crate::session::SCAN_FILTER_BYTES_MAX,
+                    )
+                });
+            }
+            None => {}
         }
         let owes = self
             .sessions
@@ -115,17 +132,8 @@ impl<B: Backend> Shard<B> {
         else {
             return;
         };
-        // check_retain_source: only what its publisher may still publish (the ACL in force
-        // now; sources are kept only with the option on).
-        let config = &self.config;
-        let still_allowed = |source: &crate::retain::Source, message: &Message| {
-            let acl = config.security(source.listener).acl.as_ref();
-            acl.is_none_or(|acl| {
-                let (user, id) = (source.username.as_deref(), &*source.client_id);
-                let write = crate::auth::acl::Access::Write;
-                acl.check_topic(user, id, &message.topic, write)
-            })
-        };
+        let still_allowed =
+            |source: &crate::retain::Source, message: &Message| self.still_allowed(source, message);
         let mut found: Vec<Arc<Message>> = Vec::new();
         let slice = (
             SCAN_VISITS_PER_SLICE.min(self.scan_visits_left),
@@ -180,6 +188,17 @@ impl<B: Backend> Shard<B> {
         }
         owing.append(&mut self.owing);
         self.owing = owing;
+    }
+
+    /// check_retain_source: a retained message goes only while its publisher may still
+    /// publish it (the ACL in force now; sources are kept only with the option on).
+    fn still_allowed(&self, source: &crate::retain::Source, message: &Message) -> bool {
+        let acl = self.config.security(source.listener).acl.as_ref();
+        acl.is_none_or(|acl| {
+            let (user, id) = (source.username.as_deref(), &*source.client_id);
+            let write = crate::auth::acl::Access::Write;
+            acl.check_topic(user, id, &message.topic, write)
+        })
     }
 
     /// A new loop turn: the scans of retained messages may look at `SCAN_VISITS_PER_TURN`

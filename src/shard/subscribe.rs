@@ -262,6 +262,8 @@ impl<B: Backend> Shard<B> {
             let filter = &mounted;
             log::info!(target: "unsubscribe", "{name} {filter}");
             if session.unsubscribe(filter, &mut self.changes) {
+                // Its retained messages are owed no more. [MQTT-3.10.4-2]
+                session.cancel_scan(filter);
                 self.trie_ops.push(TrieOp::Unsubscribe {
                     filter: CompactString::from(filter.as_str()),
                     session: session_id,

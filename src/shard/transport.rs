@@ -212,9 +212,11 @@ impl<B: Backend> Shard<B> {
         }
         let layers = c.layers.get_or_insert_with(Default::default);
         if listener.websockets {
+            // Until CONNECT is accepted, a frame may be only as large as a CONNECT
+            // (`connect.rs` raises it to max_packet_size then).
             layers.ws = Some(crate::ws::WsLink::new(
                 self.config.websockets_headers_size,
-                self.config.packet_size_max.max(64 * 1024),
+                ws_frame_max(self.config.packet_size_max, false),
             ));
         }
         let Some(tls) = &listener.tls else {
@@ -262,4 +264,15 @@ impl<B: Backend> Shard<B> {
         });
         name.map(Some).ok_or(())
     }
+}
+
+/// The largest WebSocket frame a connection takes: what its packet limit allows (at least
+/// 64 KiB), and before its CONNECT is accepted no more than a CONNECT may be.
+pub(super) fn ws_frame_max(packet_size_max: usize, accepted: bool) -> usize {
+    let packet_max = if accepted {
+        packet_size_max
+    } else {
+        packet_size_max.min(crate::limits::CONNECT_PACKET_BYTES_MAX)
+    };
+    packet_max.max(64 * 1024)
 }
