@@ -590,3 +590,41 @@ fn every_subscription_gets_its_retained_message() {
         }
     }
 }
+
+/// What a large message holds is shared by its subscribers, properties included: ten 5.0
+/// subscribers that never read, and one message of 8 MB of User Properties and a one-byte
+/// payload (before: each subscriber's output held its own copy, 80 MB).
+#[test]
+fn a_large_encoding_is_shared_by_its_subscribers() {
+    let _serial = one_at_a_time();
+    const SIZE: usize = 8 << 20;
+    for threads in ["1", "2"] {
+        let broker = Broker::start_with_env(&["--threads", threads], &[PURGE_AT_ONCE]);
+        let stalled: Vec<Raw> = (0..10)
+            .map(|i| {
+                let (mut c, _) = Raw::connect_with(
+                    broker.port,
+                    connect_packet(ProtocolVersion::V5, &format!("props-{i}"), true, 60),
+                );
+                c.send(&subscribe(1, &[("heavy/#", QoS::AtMostOnce)]));
+                assert!(matches!(c.recv(), Packet::SubAck(_)));
+                c
+            })
+            .collect();
+        let (mut publisher, _) = Raw::connect_with(
+            broker.port,
+            connect_packet(ProtocolVersion::V5, "props-pub", true, 60),
+        );
+        let before = rss_kib(broker.pid());
+        let mut packet = publish_of_empty_user_properties("heavy/0", SIZE);
+        packet[0] = 0x32; // QoS 1, not retained: the PUBACK says it was routed.
+        publisher.send_bytes(&packet);
+        assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+        let after = rss_kib(broker.pid());
+        assert!(
+            after < before + 3 * (SIZE as u64 / 1024),
+            "RSS grew from {before} KiB to {after} KiB"
+        );
+        drop(stalled);
+    }
+}

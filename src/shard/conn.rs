@@ -214,21 +214,22 @@ impl Conn {
     }
 
     /// Appends an encoded PUBLISH to what goes out this turn, `packet_id` (if not 0) written
-    /// at `id_at`. A payload of `SHARED_PAYLOAD_MIN` bytes or more on a connection without
-    /// TLS or WebSocket layers is not copied: the bytes before it are, and the payload
-    /// follows as the message's own buffer, so that every subscriber holds the one payload
-    /// (issue 28: ten subscribers that do not read held ten copies of every message).
+    /// at `id_at`. When the encoding is given as a shared buffer too (a large one, see
+    /// `encode::SHARED_ENCODING_MIN`) and the connection has no TLS or WebSocket layers, only
+    /// the bytes up to the packet id are copied: the rest (properties and payload) follows
+    /// as a slice of that buffer, so that every subscriber holds the one encoding (issue 28:
+    /// ten subscribers that did not read held ten copies of every message).
     pub fn put_publish(
         &mut self,
         encoded: &[u8],
         id_at: usize,
         packet_id: u16,
-        payload: &bytes::Bytes,
+        shared: Option<&bytes::Bytes>,
     ) {
-        let shared = payload.len() >= SHARED_PAYLOAD_MIN && self.layers.is_none();
-        let copied = if shared {
-            debug_assert!(encoded.ends_with(payload));
-            &encoded[..encoded.len() - payload.len()]
+        let head_len = id_at + if packet_id != 0 { 2 } else { 0 };
+        let shared = shared.filter(|_| self.layers.is_none());
+        let copied = if shared.is_some() {
+            &encoded[..head_len]
         } else {
             encoded
         };
@@ -237,11 +238,11 @@ impl Conn {
         if packet_id != 0 {
             self.out[start + id_at..start + id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
         }
-        if shared {
+        if let Some(shared) = shared {
             let before = self.out.split().freeze();
             let chunks = &mut self.extras().out_chunks;
             chunks.push(before);
-            chunks.push(payload.clone());
+            chunks.push(shared.slice(head_len..));
         }
     }
 
@@ -315,10 +316,6 @@ impl Conn {
         self.client_id.as_deref().unwrap_or("<unknown>")
     }
 }
-
-/// Payloads at least this large are not copied into each subscriber's output but shared
-/// (`Conn::put_publish`): below it a copy costs less than a buffer of its own.
-pub const SHARED_PAYLOAD_MIN: usize = 16 * 1024;
 
 /// The connection `conn` names in a shard's table, if it is still open (not a later one in
 /// its slot). A free function, so that a caller can hold it beside other parts of the shard.

@@ -14,7 +14,10 @@ use crate::router::{Message, Sent, ShardMsg, Target};
 use crate::session::{DropReason, Offer};
 use crate::topic::{Match, SessionId};
 
-use super::encode::{build_publish, encode_with_id_offset, mount_strip, VariantKey, Variants};
+use super::encode::{
+    build_publish, encode_with_id_offset, mount_strip, Encoded, VariantKey, Variants,
+    SHARED_ENCODING_MIN,
+};
 
 impl<B: Backend> Shard<B> {
     /// Moves queued messages into the inflight window while there is room.
@@ -472,11 +475,20 @@ impl<B: Backend> Shard<B> {
                 ProtocolVersion::V311
             };
             own = encode_with_id_offset(Packet::Publish(publish), version, &topic);
-            own.as_ref().map(|(bytes, id_at)| (&bytes[..], *id_at))
+            own.as_ref().map(|(bytes, id_at)| Encoded {
+                bytes,
+                id_at: *id_at,
+                shared: (bytes.len() >= SHARED_ENCODING_MIN).then_some(bytes),
+            })
         } else {
             variants.get(key, message, now)
         };
-        let Some((bytes, id_at)) = encoded else {
+        let Some(Encoded {
+            bytes,
+            id_at,
+            shared,
+        }) = encoded
+        else {
             stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
             log::warn!(
                 "Warning: a message to '{}' ({} bytes) is too large to send to {} in its protocol version; dropped for that client.",
@@ -501,7 +513,7 @@ impl<B: Backend> Shard<B> {
             session.start(message, target, numbered, &mut self.changes)
         };
         let was_empty = c.out_len() == 0;
-        c.put_publish(bytes, id_at, packet_id, &message.payload);
+        c.put_publish(bytes, id_at, packet_id, shared);
         self.out_bytes_this_turn += bytes.len();
         log::debug!(
             "Sending PUBLISH to {} (d0, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",

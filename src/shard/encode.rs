@@ -15,10 +15,25 @@ use crate::router::Message;
 /// (`Shard::variants`, `clear`), not an allocation each.
 #[derive(Default)]
 pub(super) struct Variants {
-    /// Key, where its encoding starts and ends in `encoded`, and the offset of its packet id.
+    /// Key, where its encoding starts and ends in `encoded`, and the offset of its packet id;
+    /// a large encoding in a buffer of its own instead (`large`), so that subscribers'
+    /// outputs can share it (`Conn::put_publish`).
     entries: SmallVec<[(VariantKey, usize, usize, usize); 4]>,
     encoded: Vec<u8>,
+    large: SmallVec<[(VariantKey, Bytes, usize); 1]>,
 }
+
+/// An encoded PUBLISH for one subscriber: its bytes, where its packet id goes, and the same
+/// bytes as a shareable buffer where it is large (`SHARED_ENCODING_MIN`).
+pub(super) struct Encoded<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) id_at: usize,
+    pub(super) shared: Option<&'a Bytes>,
+}
+
+/// Encodings at least this large go to subscribers as one shared buffer (the part after
+/// the packet id: properties and payload), not a copy each (`Conn::put_publish`).
+pub(super) const SHARED_ENCODING_MIN: usize = 16 * 1024;
 
 /// Bytes of encodings `Variants` keeps room for between messages.
 const VARIANTS_KEPT_BYTES: usize = 16 * 1024;
@@ -42,7 +57,15 @@ impl Variants {
         key: VariantKey,
         message: &Message,
         now: Instant,
-    ) -> Option<(&[u8], usize)> {
+    ) -> Option<Encoded<'_>> {
+        if let Some(i) = self.large.iter().position(|(k, ..)| *k == key) {
+            let (_, bytes, id_at) = &self.large[i];
+            return Some(Encoded {
+                bytes,
+                id_at: *id_at,
+                shared: Some(bytes),
+            });
+        }
         let index = match self.entries.iter().position(|(k, ..)| *k == key) {
             Some(i) => i,
             None => {
@@ -57,6 +80,15 @@ impl Variants {
                     ProtocolVersion::V311
                 };
                 let topic_len = publish.topic.len();
+                let properties_len = publish.properties.encoded_len().unwrap_or(0);
+                if publish.payload.len() + properties_len + topic_len >= SHARED_ENCODING_MIN {
+                    // In a buffer of its own, to be shared by the subscribers' outputs.
+                    let topic = publish.topic.clone();
+                    let (bytes, id_at) =
+                        encode_with_id_offset(Packet::Publish(publish), version, &topic)?;
+                    self.large.push((key, bytes, id_at));
+                    return self.get(key, message, now);
+                }
                 let start = self.encoded.len();
                 let encoded = Packet::Publish(publish).encode(version, &mut self.encoded);
                 let id_at = encoded
@@ -71,12 +103,17 @@ impl Variants {
             }
         };
         let (_, start, end, id_at) = self.entries[index];
-        Some((&self.encoded[start..end], id_at))
+        Some(Encoded {
+            bytes: &self.encoded[start..end],
+            id_at,
+            shared: None,
+        })
     }
 
     /// Forgets the last message's encodings, keeping (bounded) room for the next one's.
     pub(super) fn clear(&mut self) {
         self.entries.clear();
+        self.large.clear();
         self.encoded.clear();
         self.encoded.shrink_to(VARIANTS_KEPT_BYTES);
     }
