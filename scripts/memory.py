@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from mqttwire import free_port, packet, rss, s
+from mqttwire import free_port, packet, rss, s, wait_listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE = 120.0
@@ -65,15 +65,7 @@ class Broker:
         else:
             cmd = [midge, "-p", str(self.port), "--threads", "1", "--io", name.split("-")[1]]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        until = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > until or self.proc.poll() is not None:
-                    raise RuntimeError(f"{name} does not listen")
-                time.sleep(0.01)
+        wait_listening(self.port, self.proc, name)
 
     def client(self, client_id, clean=True):
         sock = socket.create_connection(("127.0.0.1", self.port), DEADLINE)

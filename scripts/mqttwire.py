@@ -2,6 +2,7 @@
 encoders they need, a free loopback port, and a process's resident memory. Loopback only."""
 import socket
 import struct
+import time
 
 
 def free_port():
@@ -36,3 +37,17 @@ def rss(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def wait_listening(port, proc, what, seconds=10.0):
+    """Waits until something accepts connections on `port`; fails with `what` if process
+    `proc` exits first or `seconds` pass."""
+    until = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > until or proc.poll() is not None:
+                raise RuntimeError(f"{what} does not listen")
+            time.sleep(0.01)

@@ -9,8 +9,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::lazy_map::LazyMap;
+
+mod owed;
 use crate::codec::QoS;
 use crate::types::{Message, Target};
+pub use owed::{Owed, RetainedScan, OWED_MAX, SCANS_MAX, SCAN_FILTER_BYTES_MAX};
 
 /// A QoS 1/2 message sent to the client and not yet fully acknowledged.
 #[derive(Debug)]
@@ -37,50 +40,6 @@ pub struct Queued {
     /// leaves a gap).
     pub packet_id: u16,
 }
-
-/// A retained message owed to a new subscription, sent as the client reads (never all at
-/// once: a filter may match a hundred thousand of them).
-#[derive(Debug)]
-pub struct Owed {
-    pub message: Arc<Message>,
-    /// The subscription's QoS and identifier.
-    pub qos: QoS,
-    pub identifier: Option<u32>,
-}
-
-/// Most retained messages one session may be owed at once (found by its scans a slice at a
-/// time, or owed to a bridge); past it, more are dropped and counted.
-pub const OWED_MAX: usize = 1 << 20;
-
-/// A scan of the retained messages matching a new subscription, not finished yet: it goes
-/// on a slice at a time as the client reads (`shard/owed.rs`), so that what a SUBSCRIBE
-/// makes the broker owe is a filter and a place in the store, never the matches themselves.
-#[derive(Clone, Debug)]
-pub struct RetainedScan {
-    pub filter: Box<str>,
-    /// The filter's hash, so that looking for a scan of the same filter compares strings
-    /// only where the hashes agree.
-    filter_hash: u64,
-    /// The subscription's QoS and identifier.
-    pub qos: QoS,
-    pub identifier: Option<u32>,
-    /// Where it goes on; `None`: from the start.
-    pub cursor: Option<crate::retain::ScanCursor>,
-}
-
-fn filter_hash(filter: &str) -> u64 {
-    use std::hash::BuildHasher;
-    super::ProcessSeeded.hash_one(filter)
-}
-
-/// Most scans of retained messages one session may have under way, and most bytes of
-/// filters among them: one per filter (a subscription made again restarts its scan rather
-/// than adding one, an UNSUBSCRIBE ends it, and a filter without wildcards needs none), so
-/// that a client cannot make the broker keep a scan for each of its many subscriptions
-/// while it does not read; past either, a new subscription's retained messages are not
-/// sent, and that is counted (`retained_scans`).
-pub const SCANS_MAX: usize = 4096;
-pub const SCAN_FILTER_BYTES_MAX: usize = 1 << 20;
 
 /// The limits a delivery is held to (from the configuration and the client's CONNECT).
 #[derive(Clone, Copy, Debug)]
@@ -341,112 +300,6 @@ impl Outgoing {
 
     pub fn dropped(&self) -> u64 {
         u64::from(self.dropped)
-    }
-
-    /// Owes retained messages to a new subscription; returns how many did not fit
-    /// (`OWED_MAX`).
-    pub fn owe(&mut self, messages: Vec<Arc<Message>>, qos: QoS, identifier: Option<u32>) -> usize {
-        let owed = &mut self.backlog.get_or_insert_with(Default::default).owed;
-        let room = OWED_MAX.saturating_sub(owed.len());
-        let dropped = messages.len().saturating_sub(room);
-        owed.extend(messages.into_iter().take(room).map(|message| Owed {
-            message,
-            qos,
-            identifier,
-        }));
-        self.release_backlog();
-        dropped
-    }
-
-    /// Whether retained messages are owed: found and not sent, or still to find.
-    pub fn owes(&self) -> bool {
-        (self.backlog.as_ref()).is_some_and(|b| !b.owed.is_empty() || !b.scans.is_empty())
-    }
-
-    /// Owes the retained messages matching `filter` to a subscription: a scan of the store,
-    /// done later a slice at a time. A scan already under way for the same filter starts
-    /// again instead (the subscription was made again, and its retained messages are sent
-    /// again [MQTT-3.8.4-3]), so repeating a filter, in one SUBSCRIBE or many, never adds
-    /// work. False if `SCANS_MAX` scans are under way (nothing owed).
-    pub fn owe_scan(&mut self, filter: &str, qos: QoS, identifier: Option<u32>) -> bool {
-        let filter_hash = filter_hash(filter);
-        let scans = &mut self.backlog.get_or_insert_with(Default::default).scans;
-        let scan = RetainedScan {
-            filter: filter.into(),
-            filter_hash,
-            qos,
-            identifier,
-            cursor: None,
-        };
-        let mut filter_bytes = 0;
-        for same in scans.iter_mut() {
-            if same.filter_hash == filter_hash && *same.filter == *filter {
-                *same = scan;
-                return true;
-            }
-            filter_bytes += same.filter.len();
-        }
-        let room = scans.len() < SCANS_MAX && filter_bytes + filter.len() <= SCAN_FILTER_BYTES_MAX;
-        if room {
-            scans.push_back(scan);
-        }
-        self.release_backlog();
-        room
-    }
-
-    /// Ends the scan of `filter`, if one is under way (its subscription went).
-    pub fn cancel_scan(&mut self, filter: &str) {
-        let Some(backlog) = self.backlog.as_mut() else {
-            return;
-        };
-        let hash = filter_hash(filter);
-        backlog
-            .scans
-            .retain(|s| s.filter_hash != hash || *s.filter != *filter);
-        self.release_backlog();
-    }
-
-    /// Whether found messages are waiting to be sent (no scan needed before the next).
-    pub fn has_owed_found(&self) -> bool {
-        self.backlog.as_ref().is_some_and(|b| !b.owed.is_empty())
-    }
-
-    /// The oldest scan under way, taken out to go on with (`put_back_scan` if not done).
-    pub fn take_scan(&mut self) -> Option<RetainedScan> {
-        let scan = self.backlog.as_mut()?.scans.pop_front();
-        self.release_backlog();
-        scan
-    }
-
-    /// A scan taken out and not finished goes back in front, unless a subscription made
-    /// since restarted the scan of its filter.
-    pub fn put_back_scan(&mut self, scan: RetainedScan) {
-        let scans = &mut self.backlog.get_or_insert_with(Default::default).scans;
-        let same = |s: &RetainedScan| s.filter_hash == scan.filter_hash && s.filter == scan.filter;
-        if !scans.iter().any(same) {
-            scans.push_front(scan);
-        }
-        self.release_backlog();
-    }
-
-    /// The next owed message's QoS: the lower of the message's and the subscription's, or
-    /// the subscription's with `upgrade_outgoing_qos`.
-    pub fn next_owed_qos(&self, upgrade: bool) -> Option<QoS> {
-        let backlog = self.backlog.as_ref()?;
-        let qos = |o: &Owed| {
-            if upgrade {
-                o.qos
-            } else {
-                o.message.qos.min(o.qos)
-            }
-        };
-        backlog.owed.front().map(qos)
-    }
-
-    pub fn take_owed(&mut self) -> Option<Owed> {
-        let owed = self.backlog.as_mut()?.owed.pop_front();
-        self.release_backlog();
-        owed
     }
 
     /// What must hold after every change.
