@@ -33,15 +33,16 @@ fn ping_round_trip(client: &mut Raw) -> Duration {
     }
 }
 
-/// Writes `chunk` over and over, up to `total` bytes, until a write makes no progress for
-/// `stalled`. Returns the bytes written.
+/// Writes `chunk` over and over (each write going on where the last stopped, so that the
+/// stream stays a run of whole chunks), up to `total` bytes, until a write makes no progress
+/// for two seconds. Returns the bytes written.
 fn write_until_pushed_back(stream: &mut TcpStream, chunk: &[u8], total: usize) -> usize {
     stream
         .set_write_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     let mut written = 0;
     while written < total {
-        match stream.write(chunk) {
+        match stream.write(&chunk[written % chunk.len()..]) {
             Ok(0) | Err(_) => break,
             Ok(n) => written += n,
         }
@@ -627,4 +628,55 @@ fn a_large_encoding_is_shared_by_its_subscribers() {
         );
         drop(stalled);
     }
+}
+
+/// A client held for its unread output is not timed out by its keep alive meanwhile: the
+/// broker is the one not reading it. Once it reads, it is served as before (keep alive 1 s,
+/// three seconds without reading).
+#[test]
+fn a_client_held_for_its_output_keeps_its_connection() {
+    let _serial = one_at_a_time();
+    let publish: [u8; 12] = [0x32, 10, 0, 1, b't', 0, 1, 2, 0x01, 1, 0xFF, 0xFF];
+    let chunk: Vec<u8> = publish
+        .iter()
+        .copied()
+        .cycle()
+        .take(publish.len() * 8192)
+        .collect();
+    let broker = Broker::start(&[]);
+    let (slow, _) = Raw::connect_with(
+        broker.port,
+        connect_packet(ProtocolVersion::V5, "slow", true, 1),
+    );
+    let mut stream = slow.stream;
+    let written = write_until_pushed_back(&mut stream, &chunk, 40 << 20);
+    broker.wait_for_log("client slow is not reading what it is sent");
+    // Three keep alive periods of 1 s, reading nothing (the point of the test is the time).
+    std::thread::sleep(Duration::from_secs(3));
+    let mut reader = stream.try_clone().unwrap();
+    reader.set_read_timeout(Some(DEADLINE)).unwrap();
+    let draining = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut tail = Vec::new();
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            let keep = tail.len().saturating_sub(2);
+            tail.drain(..keep);
+            if tail == [0xD0, 0x00] {
+                return true; // PINGRESP: still connected and served.
+            }
+        }
+        false
+    });
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    // The rest of the PUBLISH the last write left half sent, then a PINGREQ.
+    stream
+        .write_all(&publish[written % publish.len()..])
+        .unwrap();
+    stream.write_all(&[0xC0, 0x00]).unwrap();
+    assert!(draining.join().unwrap(), "closed instead of served");
+    assert!(!broker.has_log("Client slow has exceeded timeout"));
 }

@@ -87,11 +87,17 @@ impl<B: Backend> Shard<B> {
 
     /// Ends the hold for `why`; reading goes on once no reason is left.
     pub(super) fn release_reading(&mut self, conn: ConnId, why: Hold) {
+        let now = self.stamp();
         let Some(c) = self.conn_mut(conn) else {
             return;
         };
         if !c.held.contains(why) {
             return;
+        }
+        if why == Hold::OUTPUT {
+            // It read what waited for it: alive. Its keep alive counts from here (it was
+            // not read meanwhile, `timers.rs`).
+            c.heard_from(now);
         }
         c.held = c.held.without(why);
         if c.held == Hold::NONE {
