@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 
-from mqttwire import free_port, packet, rss, s, varint, wait_listening
+from mqttwire import free_port, packet, rss, s, stop_process, varint, wait_listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What memory_limit does not cover (yet; issue 28): the retained messages the attack leaves
@@ -166,12 +166,7 @@ class Broker:
         return rss(self.proc.pid)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

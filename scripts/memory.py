@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from mqttwire import free_port, packet, rss, s, wait_listening
+from mqttwire import free_port, packet, rss, s, stop_process, wait_listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE = 120.0
@@ -74,12 +74,7 @@ class Broker:
         return sock
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def settle(broker, sock):

@@ -1,6 +1,7 @@
 """MQTT on the wire for the measurement scripts (memory.py, hostile-soak.py): the few
 encoders they need, a free loopback port, and a process's resident memory. Loopback only."""
 import socket
+import subprocess
 import struct
 import time
 
@@ -51,3 +52,13 @@ def wait_listening(port, proc, what, seconds=10.0):
             if time.monotonic() > until or proc.poll() is not None:
                 raise RuntimeError(f"{what} does not listen")
             time.sleep(0.01)
+
+
+def stop_process(proc):
+    """Ends `proc` (a broker started by the script): SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -52,6 +52,21 @@ fn bytes(packet: &Packet) -> Vec<u8> {
     packet.to_bytes(ProtocolVersion::V311).unwrap().to_vec()
 }
 
+/// Sends `connect` in one binary message and expects CONNACK; returns the buffer of what
+/// came after it.
+fn send_connect(ws: &mut Ws, connect: Connect) -> bytes::BytesMut {
+    ws.send(Message::Binary(
+        bytes(&Packet::Connect(Box::new(connect))).into(),
+    ))
+    .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    assert!(matches!(
+        recv_packets(ws, &mut buf, 1)[0],
+        Packet::ConnAck(_)
+    ));
+    buf
+}
+
 /// Reads messages until `n` packets decoded (frames may hold parts or several).
 fn recv_packets(ws: &mut Ws, buf: &mut bytes::BytesMut, n: usize) -> Vec<Packet> {
     let decoder = Decoder::client(ProtocolVersion::V311, 1 << 20);
@@ -151,15 +166,7 @@ fn a_close_frame_ends_the_connection_and_publishes_the_will() {
         b"gone",
     );
     connect.will.as_mut().unwrap().topic = s("will/ws");
-    ws.send(Message::Binary(
-        bytes(&Packet::Connect(Box::new(connect))).into(),
-    ))
-    .unwrap();
-    let mut buf = bytes::BytesMut::new();
-    assert!(matches!(
-        recv_packets(&mut ws, &mut buf, 1)[0],
-        Packet::ConnAck(_)
-    ));
+    send_connect(&mut ws, connect);
     // Closing the WebSocket without DISCONNECT: the broker answers the close, the
     // connection ends, and the will goes out.
     ws.close(None).unwrap();
@@ -307,15 +314,7 @@ fn frames_before_connect_are_bounded_like_a_connect() {
     }
     let mut ws = ws_connect(broker.port, "mqtt").unwrap();
     let connect = connect_packet(ProtocolVersion::V311, "ws-big", true, 60);
-    ws.send(Message::Binary(
-        bytes(&Packet::Connect(Box::new(connect))).into(),
-    ))
-    .unwrap();
-    let mut buf = bytes::BytesMut::new();
-    assert!(matches!(
-        recv_packets(&mut ws, &mut buf, 1)[0],
-        Packet::ConnAck(_)
-    ));
+    let mut buf = send_connect(&mut ws, connect);
     ws.send(Message::Binary(
         bytes(&subscribe(1, &[("big", QoS::AtMostOnce)])).into(),
     ))

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod hostile;
 pub mod metrics;
 mod mosquitto;
 mod paho;

@@ -1,0 +1,28 @@
+//! What the hostile-client tests share (`broker_hostile*.rs`): they measure the broker's
+//! memory and another client's round trip.
+
+use super::Raw;
+use midge::codec::Packet;
+use std::time::{Duration, Instant};
+
+/// mimalloc keeps freed pages for a while before giving them back; purging at once makes
+/// RSS show what the broker holds, not what its allocator caches.
+pub const PURGE_AT_ONCE: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "0");
+
+/// The tests of one file measure the broker's memory and another client's round trip: one at a time,
+/// so that what one measures is not another's load (two cores run the whole suite).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A PINGREQ's round trip on an ordinary client, which must stay short.
+pub fn ping_round_trip(client: &mut Raw) -> Duration {
+    let started = Instant::now();
+    client.send(&Packet::PingReq);
+    match client.recv() {
+        Packet::PingResp => started.elapsed(),
+        other => panic!("expected PINGRESP, got {other:?}"),
+    }
+}
