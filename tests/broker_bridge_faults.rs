@@ -303,7 +303,7 @@ fn a_5_0_bridge_falls_back_to_3_1_1_when_the_remote_does_not_speak_5_0() {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(DEADLINE)).unwrap();
         let mut connect = [0u8; 64];
-        let n = s.read(&mut connect).unwrap();
+        let n = read_retrying(&mut s, &mut connect).unwrap();
         assert!(n >= 9, "a CONNECT");
         // Fixed header (2), protocol name (6), then the level.
         levels.push(connect[8]);

@@ -48,14 +48,7 @@ fn closed_by_broker(stream: &mut TcpStream) -> bool {
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false
-            }
+            Err(e) if read_again(&e) => return false,
             Err(_) => return true,
         }
     }
@@ -99,7 +92,7 @@ fn a_client_that_never_reads_its_replies_stops_being_read() {
         let mut reader = stream.try_clone().unwrap();
         let draining = std::thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 16];
-            while reader.read(&mut buf).is_ok_and(|n| n > 0) {}
+            while read_retrying(&mut reader, &mut buf).is_ok_and(|n| n > 0) {}
         });
         stream.set_write_timeout(Some(DEADLINE)).unwrap();
         stream.write_all(&chunk).expect("read again once it reads");
@@ -463,7 +456,7 @@ fn a_client_held_for_its_output_keeps_its_connection() {
     let draining = std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
         let mut tail = Vec::new();
-        while let Ok(n) = reader.read(&mut buf) {
+        while let Ok(n) = read_retrying(&mut reader, &mut buf) {
             if n == 0 {
                 break;
             }

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use midge::codec::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -55,9 +55,7 @@ fn connect_over(path: &Path, client_id: &str) -> ReasonCode {
             }
         }
         let mut chunk = [0u8; 64];
-        let n = stream
-            .read(&mut chunk)
-            .expect("CONNACK before the deadline");
+        let n = read_retrying(&mut stream, &mut chunk).expect("CONNACK before the deadline");
         assert!(n > 0, "closed before CONNACK");
         buf.extend_from_slice(&chunk[..n]);
     }

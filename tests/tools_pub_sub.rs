@@ -386,7 +386,6 @@ fn a_killed_subscriber_leaves_its_will() {
 #[test]
 fn a_broker_that_stops_answering_pings_ends_the_subscriber() {
     use midge::codec::{ConnAck, Decoder, Packet, Properties, ProtocolVersion, ReasonCode, SubAck};
-    use std::io::Read;
     // A fake broker: CONNACK and SUBACK, then silence (no PINGRESP).
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -400,7 +399,7 @@ fn a_broker_that_stops_answering_pings_ends_the_subscriber() {
         stream
             .set_read_timeout(Some(Duration::from_secs(15)))
             .unwrap();
-        while let Ok(n) = stream.read(&mut chunk) {
+        while let Ok(n) = read_retrying(&mut stream, &mut chunk) {
             if n == 0 {
                 break;
             }

@@ -262,10 +262,45 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // A failed test shows the end of what the broker said: a failure in CI is read once.
+        if std::thread::panicking() {
+            let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(LOG_TAIL_ON_FAILURE)..];
+            eprintln!(
+                "-- the broker's last {} log lines:\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
+
+/// Whether a read that failed with `e` is simply to be tried again: its timeout passed, or
+/// a signal or a stop of the test process interrupted it (a socket with a read timeout
+/// gives EINTR then even without a signal handler; seen in CI as a connection "closed").
+pub fn read_again(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
+/// `read`, tried again when interrupted (see `read_again`); its timeout still ends it.
+pub fn read_retrying(from: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match from.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            done => return done,
+        }
+    }
+}
+
+/// How many of its last log lines a broker prints when its test fails.
+const LOG_TAIL_ON_FAILURE: usize = 60;
 
 /// Packets with the Reason Strings of DISCONNECTs taken out (free text, checked elsewhere),
 /// so that the reason codes can be compared exactly.
@@ -452,11 +487,7 @@ impl Raw {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Next::Closed,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if read_again(&e) => {}
                 Err(_) => return Next::Closed,
             }
         }
@@ -475,11 +506,7 @@ impl Raw {
             match self.stream.read(&mut chunk) {
                 Ok(0) => panic!("closed after {:02X?}", &self.buf[..]),
                 Ok(read) => self.buf.extend_from_slice(&chunk[..read]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if read_again(&e) => {}
                 Err(e) => panic!("read: {e}"),
             }
         }

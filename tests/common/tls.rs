@@ -184,7 +184,7 @@ pub fn tls_connect_with(
     while stream.conn.is_handshaking() {
         match stream.conn.complete_io(&mut stream.sock) {
             Ok(_) => {}
-            Err(e) if is_timeout(&e) && Instant::now() < until => {}
+            Err(e) if read_again(&e) && Instant::now() < until => {}
             Err(e) => return Err(e),
         }
     }
@@ -197,13 +197,6 @@ pub fn pem_certs(path: &str) -> Vec<CertificateDer<'static>> {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
-}
-
-pub fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    )
 }
 
 /// Sends `packet` and returns the next packet from the broker, or `None` if the connection
@@ -234,7 +227,7 @@ pub fn exchange(stream: &mut TlsStream, packet: Option<&Packet>) -> Option<Packe
         match stream.read(&mut chunk) {
             Ok(0) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if is_timeout(&e) => {}
+            Err(e) if read_again(&e) => {}
             Err(_) => return None,
         }
     }
