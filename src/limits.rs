@@ -37,13 +37,23 @@ pub const SCAN_VISITS_PER_TURN: usize = 16 * SCAN_VISITS_PER_SLICE;
 /// with its entry): past it, the oldest aliases are given to new topics.
 pub const OUT_ALIAS_BYTES_MAX: usize = 64 * 1024;
 
-/// Bytes of subscription filters one client may hold, counting those too long to be kept
-/// inline (`session::filter_cost`; the count of subscriptions bounds the others): past it a
-/// new subscription is refused (3.x 0x80, 5.0 0x97 Quota exceeded).
-pub const SUBSCRIPTION_BYTES_MAX: usize = 16 << 20;
+/// Bytes one client's subscriptions may hold beyond what their count bounds: filter text
+/// too long to be kept inline, and trie levels past each filter's first
+/// (`session::filter_cost`): past it a new subscription is refused (3.x 0x80, 5.0 0x97
+/// Quota exceeded). 100,000 filters of three levels fit.
+pub const SUBSCRIPTION_BYTES_MAX: usize = 32 << 20;
 
 /// Bytes of such filters all clients may hold together, for a `memory_limit`.
 pub fn subscription_bytes_max_total(memory_limit: usize) -> usize {
+    memory_limit / 4
+}
+
+/// Bytes the retained messages may hold together (`RetainStore::bytes`: their levels and
+/// messages), for a `memory_limit`: past it a new retained message, or one that grows the
+/// store, is refused (5.0 QoS 1/2: 0x97 Quota exceeded; QoS 0 dropped; a 3.x QoS 1/2
+/// publisher is disconnected unacknowledged, so it sends again later), counted as
+/// `retained_bytes`. Removing or replacing one with no larger is always taken.
+pub fn retained_bytes_max(memory_limit: usize) -> usize {
     memory_limit / 2
 }
 
@@ -72,14 +82,17 @@ pub enum Limit {
     /// A subscription refused: its client's filters, or all clients', would hold more than
     /// their bound.
     SubscriptionBytes,
+    /// A retained message refused: the retained messages would hold more than their bound.
+    RetainedBytes,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 4] = [
+    pub const ALL: [Limit; 5] = [
         Limit::PreconnectBytes,
         Limit::OutputBacklog,
         Limit::RetainedScans,
         Limit::SubscriptionBytes,
+        Limit::RetainedBytes,
     ];
 
     pub fn label(self) -> &'static str {
@@ -88,6 +101,7 @@ impl Limit {
             Limit::OutputBacklog => "output_backlog",
             Limit::RetainedScans => "retained_scans",
             Limit::SubscriptionBytes => "subscription_bytes",
+            Limit::RetainedBytes => "retained_bytes",
         }
     }
 }

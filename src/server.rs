@@ -159,7 +159,11 @@ impl Server {
         );
         if let Some(store) = &store {
             let mut retained = shared.retained.lock().expect("retained lock");
+            // What was acknowledged before comes back whatever the bound (which counts it).
             retained.restore(store.retained.clone(), store.last_retained_change);
+            shared
+                .retained_bytes
+                .store(retained.bytes(), Ordering::Relaxed);
             shared.next_claim.store(store.next_claim, Ordering::Relaxed);
         }
         let (restored, restored_all) = std::sync::mpsc::channel();

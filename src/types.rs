@@ -91,6 +91,18 @@ pub struct Message {
     pub expires_at: Option<Instant>,
 }
 
+impl Message {
+    /// What keeping it costs: the message with its reference counts, its topic, payload and
+    /// properties (as they go on the wire: User Properties are kept so).
+    pub fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Message>()
+            + 2 * std::mem::size_of::<usize>()
+            + self.topic.len()
+            + self.payload.len()
+            + self.properties.encoded_len().unwrap_or(0)
+    }
+}
+
 /// One session to deliver a message to, with what its matching subscriptions ask for.
 #[derive(Clone, Debug)]
 pub struct Target {

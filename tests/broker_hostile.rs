@@ -478,3 +478,85 @@ fn a_client_held_for_its_output_keeps_its_connection() {
     assert!(draining.join().unwrap(), "closed instead of served");
     assert!(!broker.has_log("Client slow has exceeded timeout"));
 }
+
+/// A retained message on `topic`, QoS 1, sent by `c`; the reason of its PUBACK.
+fn retain_qos1(c: &mut Raw, topic: &str, payload: &[u8], packet_id: u16) -> ReasonCode {
+    c.send(&publish(topic, payload, QoS::AtLeastOnce, packet_id, true));
+    match c.recv() {
+        Packet::PubAck(ack) => ack.reason,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+/// Retained messages on topics of 200 empty levels (`0//////...`): 200 bytes on the wire
+/// each, and every level a node of the store (before: 20,000 of them, 4 MB sent, held 2.4
+/// GB). The store counts its levels and messages; with `memory_limit 64 MiB` it holds at
+/// most 32 MiB: a 5.0 publisher is told 0x97 Quota exceeded past it, a 3.1.1 one is
+/// disconnected unacknowledged (it has no other way to be told, and sends again later).
+/// Replacing or removing a retained message is always taken.
+#[test]
+fn retained_messages_are_counted_by_level_and_bounded() {
+    let _serial = one_at_a_time();
+    let conf = config_file(
+        "retained-bound",
+        "listener 0 127.0.0.1\nallow_anonymous true\nmemory_limit 67108864\n",
+    );
+    for threads in ["1", "2"] {
+        let broker = Broker::start_configured(&["-c", &conf, "--threads", threads]);
+        let before = rss_kib(broker.pid());
+        let (mut v5, _) = Raw::connect_with(
+            broker.port,
+            connect_packet(ProtocolVersion::V5, "deep-v5", true, 60),
+        );
+        let deep = |i: usize| format!("{i}{}", "/".repeat(200));
+        // Deep topics from `from` on until refused; how many were taken.
+        let fill = |v5: &mut Raw, from: usize| {
+            let mut taken = 0;
+            loop {
+                match retain_qos1(v5, &deep(from + taken), b"x", 1) {
+                    ReasonCode::QuotaExceeded => return taken,
+                    ReasonCode::Success | ReasonCode::NoMatchingSubscribers => taken += 1,
+                    other => panic!("PUBACK {other:?}"),
+                }
+                assert!(taken < 5_000, "no bound on retained levels");
+            }
+        };
+        let mut stored = fill(&mut v5, 0);
+        assert!(
+            stored > 1_000,
+            "only {stored} retained messages fit in 32 MiB"
+        );
+        broker.wait_for_log("the retained messages would hold more than 33554432 bytes");
+        let during = rss_kib(broker.pid());
+        assert!(
+            during < before + 48 * 1024,
+            "RSS grew from {before} KiB to {during} KiB"
+        );
+        // At the bound: a replacement no larger and a removal are taken, and the removal
+        // makes room for others.
+        let none = ReasonCode::NoMatchingSubscribers;
+        assert_eq!(retain_qos1(&mut v5, &deep(0), b"y", 2), none);
+        assert_eq!(retain_qos1(&mut v5, &deep(1), b"", 3), none);
+        assert_eq!(retain_qos1(&mut v5, "new", b"z", 4), none);
+        let refilled = fill(&mut v5, stored);
+        assert!(refilled < 2, "{refilled} taken in the room of one");
+        stored += refilled;
+        // 3.1.1 has no reason codes: no PUBACK, and the connection ends.
+        let mut v311 = Raw::connect(broker.port, "deep-v311");
+        v311.send(&publish(&deep(stored + 1), b"x", QoS::AtLeastOnce, 1, true));
+        assert!(v311.expect_closed().is_empty(), "closed, unacknowledged");
+        // What was taken is there, each once.
+        let mut reader = Raw::connect(broker.port, "reader");
+        reader.subscribe(&[("#", QoS::AtMostOnce)]);
+        let mut topics = std::collections::HashSet::new();
+        while let Some(Packet::Publish(p)) = reader.poll_packet(Duration::from_secs(1)) {
+            assert!(topics.insert(p.topic.to_string()), "{} twice", p.topic);
+        }
+        assert_eq!(
+            topics.len(),
+            stored,
+            "all kept but one removed, and one new"
+        );
+        assert!(topics.contains("new") && !topics.contains(&deep(1)));
+    }
+}

@@ -3,16 +3,24 @@
 //! that a scan can stop anywhere and go on later from where it stopped (`scan`): what a new
 //! subscription is owed is found a slice at a time, never under the lock for long.
 
-use std::collections::BTreeMap;
-use std::ops::Bound::{Excluded, Unbounded};
-use std::ops::ControlFlow::{self, Break, Continue};
+mod levels;
+mod scan;
+
 use std::sync::Arc;
 
 use crate::types::Message;
+use levels::Levels;
+pub use scan::ScanCursor;
+use scan::Walk;
+
+/// What one level of a topic holds in the store, counted against `retained_bytes_max`: its
+/// entry in its parent (name, node) with room for a short name, measured (a chain of 200
+/// empty levels: 15 MB for 200 topics).
+pub const LEVEL_BYTES: usize = 96;
 
 #[derive(Default)]
 struct RetainNode {
-    children: BTreeMap<Box<str>, RetainNode>,
+    children: Levels<RetainNode>,
     message: Option<Arc<Message>>,
     /// Who published it, kept for `check_retain_source` only.
     source: Option<Arc<Source>>,
@@ -30,10 +38,18 @@ pub struct Source {
     pub listener: usize,
 }
 
+/// A retained message would take the store past its bound (`RetainStore::try_set_from`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
+
 #[derive(Default)]
 pub struct RetainStore {
     root: RetainNode,
     count: usize,
+    /// What the store holds: its levels (`LEVEL_BYTES` each) and messages
+    /// (`Message::held_bytes`).
+    levels: usize,
+    message_bytes: usize,
     /// Changes made so far (and restored ones): orders changes journaled by different
     /// shards (`persist`).
     changes: u64,
@@ -48,6 +64,44 @@ impl RetainStore {
         self.count == 0
     }
 
+    /// Bytes the store holds, as counted against `retained_bytes_max`.
+    pub fn bytes(&self) -> usize {
+        self.levels * LEVEL_BYTES + self.message_bytes
+    }
+
+    /// As `set_from`, unless storing `message` would grow the store past `bytes_max`: a
+    /// removal, a replacement by a message no larger, or one that fits are stored.
+    pub fn try_set_from(
+        &mut self,
+        message: Arc<Message>,
+        source: Option<Arc<Source>>,
+        bytes_max: usize,
+    ) -> Result<u64, Full> {
+        if !message.payload.is_empty() {
+            let (new_levels, old_bytes) = self.room_for(&message.topic);
+            let growth =
+                (new_levels * LEVEL_BYTES + message.held_bytes()).saturating_sub(old_bytes);
+            if growth > 0 && self.bytes() + growth > bytes_max {
+                return Err(Full);
+            }
+        }
+        Ok(self.set_from(message, source))
+    }
+
+    /// For `topic`: how many of its levels the store lacks, and what the message it has
+    /// there holds.
+    fn room_for(&self, topic: &str) -> (usize, usize) {
+        let mut node = &self.root;
+        let mut levels = topic.split('/');
+        for (depth, level) in levels.by_ref().enumerate() {
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return (topic.split('/').count() - depth, 0),
+            }
+        }
+        (0, node.message.as_ref().map_or(0, |m| m.held_bytes()))
+    }
+
     /// Stores `message` as the retained one for its topic, or with an empty payload removes
     /// it. [MQTT-3.3.1-5] [MQTT-3.3.1-10] [MQTT-3.3.1-11]
     pub fn set(&mut self, message: Arc<Message>) -> u64 {
@@ -60,18 +114,23 @@ impl RetainStore {
         self.changes += 1;
         let topic = message.topic.to_string();
         if message.payload.is_empty() {
-            if Self::remove(&mut self.root, &topic) {
+            if let Some(removed) = self.remove(&topic) {
                 self.count -= 1;
+                self.message_bytes -= removed.held_bytes();
             }
             return self.changes;
         }
         let mut node = &mut self.root;
         for level in topic.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            let (child, made) = node.children.get_or_insert(level);
+            self.levels += usize::from(made);
+            node = child;
         }
         node.source = source;
-        if node.message.replace(message).is_none() {
-            self.count += 1;
+        self.message_bytes += message.held_bytes();
+        match node.message.replace(message) {
+            Some(old) => self.message_bytes -= old.held_bytes(),
+            None => self.count += 1,
         }
         self.changes
     }
@@ -96,37 +155,43 @@ impl RetainStore {
             if let Some(message) = &node.message {
                 out.push((message.clone(), node.source.clone()));
             }
-            for child in node.children.values() {
+            for (_, child) in node.children.iter() {
                 walk(child, out);
             }
         }
-        for (name, child) in &self.root.children {
-            if &**name != "$SYS" {
+        for (name, child) in self.root.children.iter() {
+            if name != "$SYS" {
                 walk(child, out);
             }
         }
     }
 
-    /// Removes the message at `topic` and prunes empty nodes; true if there was one.
-    fn remove(node: &mut RetainNode, topic: &str) -> bool {
-        let (level, rest) = match topic.split_once('/') {
-            Some((level, rest)) => (level, Some(rest)),
-            None => (topic, None),
-        };
-        let Some(child) = node.children.get_mut(level) else {
-            return false;
-        };
-        let removed = match rest {
-            None => {
-                child.source = None;
-                child.message.take().is_some()
+    /// Removes the message at `topic`, if there is one, and the levels left empty.
+    fn remove(&mut self, topic: &str) -> Option<Arc<Message>> {
+        fn remove_below(
+            node: &mut RetainNode,
+            topic: &str,
+            levels: &mut usize,
+        ) -> Option<Arc<Message>> {
+            let (level, rest) = match topic.split_once('/') {
+                Some((level, rest)) => (level, Some(rest)),
+                None => (topic, None),
+            };
+            let child = node.children.get_mut(level)?;
+            let removed = match rest {
+                None => {
+                    child.source = None;
+                    child.message.take()
+                }
+                Some(rest) => remove_below(child, rest, levels),
+            };
+            if child.message.is_none() && child.children.is_empty() {
+                node.children.remove(level);
+                *levels -= 1;
             }
-            Some(rest) => Self::remove(child, rest),
-        };
-        if child.message.is_none() && child.children.is_empty() {
-            node.children.remove(level);
+            removed
         }
-        removed
+        remove_below(&mut self.root, topic, &mut self.levels)
     }
 
     /// The retained message of `topic` (a filter without wildcards), if `keep` accepts it.
@@ -206,14 +271,14 @@ impl RetainStore {
                 if !at_root {
                     out.add(node);
                 }
-                for (name, child) in &node.children {
+                for (name, child) in node.children.iter() {
                     if visible(name) {
                         Self::collect_all(child, out);
                     }
                 }
             }
             "+" => {
-                for (name, child) in &node.children {
+                for (name, child) in node.children.iter() {
                     if visible(name) {
                         Self::collect(child, rest, false, out);
                     }
@@ -229,7 +294,7 @@ impl RetainStore {
 
     fn collect_all(node: &RetainNode, out: &mut Found<'_>) {
         out.add(node);
-        for child in node.children.values() {
+        for (_, child) in node.children.iter() {
             Self::collect_all(child, out);
         }
     }
@@ -253,154 +318,6 @@ impl Found<'_> {
         self.out.push(message.clone());
         true
     }
-}
-
-/// Where a scan of the retained messages stopped: the levels of the last topic it looked at.
-/// The next slice goes on after it in the store's order, whatever changed in between: a
-/// message set behind it is not sent by the scan (the subscription, live by then, gets it
-/// as it is published), one removed ahead of it is not sent either. Plain data, so it moves
-/// with its session to another shard.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScanCursor(Vec<Box<str>>);
-
-/// One slice of a scan (`RetainStore::scan`): a walk of the store in order that stops once
-/// it has looked at enough levels or found enough messages, remembering where.
-struct Walk<'s, 'o> {
-    found: Found<'o>,
-    visits_left: usize,
-    found_left: usize,
-    /// The levels from the root to the node being looked at.
-    path: Vec<&'s str>,
-    stopped_at: Option<Vec<Box<str>>>,
-}
-
-impl<'s> Walk<'s, '_> {
-    /// Looks at the node at `path` (its message, if the filter matches it): Break once the
-    /// slice is used up, with that node as where the next goes on.
-    fn visit(&mut self, node: &RetainNode, matches: bool) -> ControlFlow<()> {
-        if matches && self.found.add(node) {
-            self.found_left -= 1;
-        }
-        self.count_visit()
-    }
-
-    /// Passes over `name` under the root (a `$` topic a wildcard does not match): it costs
-    /// a visit like any other, so that a million `$` topics cannot make one slice long.
-    /// Not again when the cursor stopped there (`after` is `Some`).
-    fn skip(&mut self, name: &'s str, after: Option<&[Box<str>]>) -> ControlFlow<()> {
-        if after.is_some() {
-            return Continue(());
-        }
-        self.path.push(name);
-        let flow = self.count_visit();
-        self.path.pop();
-        flow
-    }
-
-    fn count_visit(&mut self) -> ControlFlow<()> {
-        self.visits_left -= 1;
-        if self.visits_left == 0 || self.found_left == 0 {
-            self.stopped_at = Some(self.path.iter().map(|&level| level.into()).collect());
-            return Break(());
-        }
-        Continue(())
-    }
-
-    /// The nodes under `node` that `levels` match (`node` itself too where the filter ends
-    /// there, or with `#` past the root), in order. `after`: the rest of the cursor's path
-    /// below `node`, whose nodes an earlier slice looked at.
-    fn walk(
-        &mut self,
-        node: &'s RetainNode,
-        levels: &[&str],
-        at_root: bool,
-        after: Option<&[Box<str>]>,
-    ) -> ControlFlow<()> {
-        if after.is_none() && !at_root {
-            let matches = levels.is_empty() || (levels == ["#"]);
-            self.visit(node, matches)?;
-        }
-        let Some((&level, rest)) = levels.split_first() else {
-            return Continue(());
-        };
-        // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
-        let hidden = |name: &str| at_root && name.starts_with('$');
-        match level {
-            "#" => each_child(node, after, None, |name, child, after| {
-                if hidden(name) {
-                    return self.skip(name, after);
-                }
-                self.path.push(name);
-                let flow = self.walk_all(child, after);
-                self.path.pop();
-                flow
-            }),
-            "+" => each_child(node, after, None, |name, child, after| {
-                if hidden(name) {
-                    return self.skip(name, after);
-                }
-                self.path.push(name);
-                let flow = self.walk(child, rest, false, after);
-                self.path.pop();
-                flow
-            }),
-            name => each_child(node, after, Some(name), |name, child, after| {
-                self.path.push(name);
-                let flow = self.walk(child, rest, false, after);
-                self.path.pop();
-                flow
-            }),
-        }
-    }
-
-    /// `node` and everything under it (under a `#`), in order.
-    fn walk_all(&mut self, node: &'s RetainNode, after: Option<&[Box<str>]>) -> ControlFlow<()> {
-        if after.is_none() {
-            self.visit(node, true)?;
-        }
-        each_child(node, after, None, |name, child, after| {
-            self.path.push(name);
-            let flow = self.walk_all(child, after);
-            self.path.pop();
-            flow
-        })
-    }
-}
-
-/// Calls `f` for the children of `node` (only the one named `only`, if given) still to walk
-/// after the cursor path `after`: the child on that path again (with the rest of the path:
-/// the nodes below it that come later), then those after it in order.
-fn each_child<'s>(
-    node: &'s RetainNode,
-    after: Option<&[Box<str>]>,
-    only: Option<&str>,
-    mut f: impl FnMut(&'s str, &'s RetainNode, Option<&[Box<str>]>) -> ControlFlow<()>,
-) -> ControlFlow<()> {
-    let (on_path, below) = match after {
-        Some([first, below @ ..]) => (Some(&**first), below),
-        _ => (None, &[][..]),
-    };
-    if let Some(first) = on_path.filter(|&first| only.is_none_or(|name| name == first)) {
-        if let Some((name, child)) = node.children.get_key_value(first) {
-            f(name, child, Some(below))?;
-        }
-    }
-    match only {
-        Some(name) => {
-            if on_path.is_none_or(|first| name > first) {
-                if let Some((name, child)) = node.children.get_key_value(name) {
-                    f(name, child, None)?;
-                }
-            }
-        }
-        None => {
-            let from = on_path.map_or(Unbounded, Excluded);
-            for (name, child) in node.children.range::<str, _>((from, Unbounded)) {
-                f(name, child, None)?;
-            }
-        }
-    }
-    Continue(())
 }
 
 #[cfg(test)]
@@ -448,9 +365,33 @@ mod tests {
         s.set(msg("a", b""));
         assert_eq!(topics(&s, "#"), ["b/c"]);
         assert!(
-            !s.root.children.contains_key("a"),
+            s.root.children.get("a").is_none(),
             "empty branches are pruned"
         );
+    }
+
+    /// The store counts each level and message it holds and gives it all back; past its
+    /// bound it takes removals and replacements that do not grow it, and nothing else.
+    #[test]
+    fn what_the_store_holds_is_counted_and_bounded() {
+        let mut s = RetainStore::default();
+        let held = |m: &Arc<Message>| m.held_bytes();
+        let deep = msg("x/////", b"1");
+        assert_eq!(s.try_set_from(deep.clone(), None, usize::MAX), Ok(1));
+        assert_eq!(s.bytes(), 6 * LEVEL_BYTES + held(&deep));
+        let bound = s.bytes();
+        let sibling = msg("x/y", b"1");
+        assert_eq!(s.try_set_from(sibling.clone(), None, bound), Err(Full));
+        assert_eq!(s.try_set_from(msg("x/////", b"2"), None, bound), Ok(2));
+        assert_eq!(s.try_set_from(msg("x/////", b"22"), None, bound), Err(Full));
+        assert_eq!(s.len(), 1);
+        assert!(s.try_set_from(msg("x/////", b""), None, 0).is_ok());
+        assert_eq!((s.len(), s.bytes()), (0, 0));
+        assert!(s.try_set_from(sibling.clone(), None, usize::MAX).is_ok());
+        s.set(msg("x/y/z", b"1"));
+        s.set(msg("x/y", b""));
+        s.set(msg("x/y/z", b""));
+        assert_eq!(s.bytes(), 0, "every level and message given back");
     }
 
     /// Every topic of `store` that `filter` matches, found in slices of `visits` levels and

@@ -121,14 +121,24 @@ impl Drop for FilterCharge {
     }
 }
 
-/// What a subscription to `filter` holds beyond its entry in the session and its place in
-/// the trie: its text, if too long to be kept inline.
+/// What one level of a filter past its first holds in the subscription trie at most: a node
+/// (112 bytes with its reference count) and its slot in its parent. Measured: 100,000
+/// filters of 8 levels held 110 MB, of one level 23 MB.
+pub const TRIE_LEVEL_BYTES: usize = 128;
+
+/// What a subscription to `filter` holds beyond its entry in the session and its first
+/// level in the trie (which the count of subscriptions bounds): its text, if too long to be
+/// kept inline (twice: the session's copy, and the trie's levels), and its further levels
+/// in the trie, as if no other filter shared them (a filter of 200 empty levels is 200
+/// bytes on the wire and 25 KB in the trie).
 pub fn filter_cost(filter: &str) -> usize {
-    if filter.len() > FILTER_INLINE_MAX {
-        filter.len()
+    let text = if filter.len() > FILTER_INLINE_MAX {
+        2 * filter.len()
     } else {
         0
-    }
+    };
+    let further_levels = filter.bytes().filter(|&b| b == b'/').count();
+    text + further_levels * TRIE_LEVEL_BYTES
 }
 
 impl Session {
@@ -483,7 +493,7 @@ mod tests {
     /// The bytes of long filters are counted in the session and the broker's total, once
     /// per filter, and all given back, by unsubscribing or by the session going.
     #[test]
-    fn long_filters_are_charged_once_and_given_back() {
+    fn long_and_deep_filters_are_charged_once_and_given_back() {
         let total: Arc<AtomicUsize> = Default::default();
         let mut changes = Changes::default();
         let sub = Subscription {
@@ -491,25 +501,37 @@ mod tests {
             options: Default::default(),
             identifier: None,
         };
+        // 40 bytes of text (kept twice) and 20 levels past the first.
         let long = "a/".repeat(20);
+        let long_cost = 2 * 40 + 20 * TRIE_LEVEL_BYTES;
         let mut s = Session::new(SessionId::new(1), "c".into(), ProtocolVersion::V5, false);
-        s.subscribe("short/#", sub, &mut changes, &total);
+        s.subscribe("short", sub, &mut changes, &total);
         assert_eq!((s.filter_bytes(), total.load(Relaxed)), (0, 0));
+        s.subscribe("short/#", sub, &mut changes, &total);
+        assert_eq!(
+            s.filter_bytes(),
+            TRIE_LEVEL_BYTES,
+            "one level past the first"
+        );
+        s.unsubscribe("short/#", &mut changes);
         s.subscribe(&long, sub, &mut changes, &total);
         s.subscribe(&long, sub, &mut changes, &total);
-        assert_eq!((s.filter_bytes(), total.load(Relaxed)), (40, 40));
+        assert_eq!(
+            (s.filter_bytes(), total.load(Relaxed)),
+            (long_cost, long_cost)
+        );
         s.set_credentials(Some("user"), None);
         s.set_credentials(None, None);
         assert_eq!(
             s.filter_bytes(),
-            40,
+            long_cost,
             "kept across a new connection's credentials"
         );
         s.unsubscribe(&long, &mut changes);
         assert_eq!((s.filter_bytes(), total.load(Relaxed)), (0, 0));
         assert!(s.extras.is_none(), "the box goes once it holds nothing");
         s.subscribe(&format!("{long}/x"), sub, &mut changes, &total);
-        assert_eq!(total.load(Relaxed), 42);
+        assert_eq!(total.load(Relaxed), 2 * 42 + 21 * TRIE_LEVEL_BYTES);
         drop(s);
         assert_eq!(total.load(Relaxed), 0);
     }

@@ -57,9 +57,13 @@ impl<B: Backend> Shard<B> {
         true
     }
 
-    /// Whether the bytes waiting for clients over all shards are past `memory_limit`.
+    /// Whether the bytes waiting for clients over all shards, with what is kept for them
+    /// (`Shared::kept_bytes`), are past `memory_limit`.
     pub(super) fn over_memory_limit(&self) -> bool {
-        self.write_waiting_elsewhere + self.backend.queued_bytes_total() + self.out_bytes_this_turn
+        self.write_waiting_elsewhere
+            + self.backend.queued_bytes_total()
+            + self.out_bytes_this_turn
+            + self.shared.kept_bytes()
             > self.write_bytes_max
     }
 

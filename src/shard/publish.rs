@@ -9,7 +9,9 @@ use std::time::Duration;
 use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::auth::acl::Access;
-use crate::codec::{MqttStr, Packet, PubResponse, Publish, QoS, ReasonCode, Will};
+use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Will};
+use crate::limits::{self, Limit};
+use crate::retain::{Full, Source};
 use crate::router::Message;
 use crate::session::Qos2Publish;
 use crate::topic::SessionId;
@@ -95,15 +97,7 @@ impl<B: Backend> Shard<B> {
                 .fetch_add(1, Ordering::Relaxed);
             let mut refusal = PubResponse::new(packet_id);
             refusal.reason = ReasonCode::ImplementationSpecificError;
-            match qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => {
-                    self.send_packet(conn, &Packet::PubAck(refusal));
-                }
-                QoS::ExactlyOnce => {
-                    self.send_packet(conn, &Packet::PubRec(refusal));
-                }
-            }
+            self.send_refusal(conn, qos, refusal);
             return;
         }
         // 5.0 §3.3.2.3.2: a payload said to be UTF-8 that is not is refused with 0x99
@@ -122,12 +116,7 @@ impl<B: Backend> Shard<B> {
                 QoS::AtMostOnce => {
                     self.disconnect_with(conn, ReasonCode::PayloadFormatInvalid, NOT_UTF8)
                 }
-                QoS::AtLeastOnce => {
-                    self.send_packet(conn, &Packet::PubAck(refusal));
-                }
-                QoS::ExactlyOnce => {
-                    self.send_packet(conn, &Packet::PubRec(refusal));
-                }
+                _ => self.send_refusal(conn, qos, refusal),
             }
             return;
         }
@@ -142,12 +131,7 @@ impl<B: Backend> Shard<B> {
             if v5 && qos != QoS::AtMostOnce {
                 let mut refusal = PubResponse::new(packet_id);
                 refusal.reason = ReasonCode::NotAuthorized;
-                let packet = if qos == QoS::AtLeastOnce {
-                    Packet::PubAck(refusal)
-                } else {
-                    Packet::PubRec(refusal)
-                };
-                self.send_packet(conn, &packet);
+                self.send_refusal(conn, qos, refusal);
                 return;
             }
         }
@@ -211,13 +195,10 @@ impl<B: Backend> Shard<B> {
             });
             if message.retain {
                 let source = self.retain_source(session_id);
-                let seq = self
-                    .shared
-                    .retained
-                    .lock()
-                    .expect("retained lock")
-                    .set_from(message.clone(), source.clone());
-                self.journal_retained(seq, &message, source.as_deref());
+                if !self.keep_retained(&message, source) {
+                    self.refuse_retained(conn, &name, packet_id, qos);
+                    return;
+                }
             }
             matched = self.route(&message, Some(conn));
         }
@@ -457,13 +438,86 @@ impl<B: Backend> Shard<B> {
             properties,
             origin: Some(origin),
         });
-        if message.retain {
-            let seq = (self.shared.retained.lock())
-                .expect("retained lock")
-                .set(message.clone());
-            self.journal_retained(seq, &message, None);
+        // A will the retained messages have no room for goes out, unretained (its client is
+        // gone: there is no one to refuse).
+        if message.retain && !self.keep_retained(&message, None) {
+            let unretained = match Arc::try_unwrap(message) {
+                Ok(mut message) => {
+                    message.retain = false;
+                    Arc::new(message)
+                }
+                Err(shared) => shared,
+            };
+            self.route(&unretained, None);
+            return;
         }
         self.route(&message, None);
+    }
+
+    /// Stores (or with an empty payload removes) a retained message, and journals it,
+    /// unless the retained messages would pass `limits::retained_bytes_max`: false then
+    /// (counted, logged).
+    fn keep_retained(&mut self, message: &Arc<Message>, source: Option<Arc<Source>>) -> bool {
+        let bytes_max = limits::retained_bytes_max(self.write_bytes_max);
+        let mut store = self.shared.retained.lock().expect("retained lock");
+        let stored = store.try_set_from(message.clone(), source.clone(), bytes_max);
+        self.shared
+            .retained_bytes
+            .store(store.bytes(), Ordering::Relaxed);
+        drop(store);
+        match stored {
+            Ok(seq) => {
+                self.journal_retained(seq, message, source.as_deref());
+                true
+            }
+            Err(Full) => {
+                self.limit_reached(Limit::RetainedBytes, || {
+                    format!(
+                        "the retained messages would hold more than {bytes_max} bytes; \
+                         a retained message to '{}' refused.",
+                        message.topic
+                    )
+                });
+                false
+            }
+        }
+    }
+
+    /// A retained PUBLISH the retained messages have no room for is not published: 5.0 QoS
+    /// 1/2 is told 0x97 Quota exceeded; a 3.x QoS 1/2 publisher, which has no way to be
+    /// told, is disconnected unacknowledged, so that it sends the message again later (as
+    /// Mosquitto does past its memory_limit); QoS 0 is dropped.
+    fn refuse_retained(&mut self, conn: ConnId, name: &str, packet_id: u16, qos: QoS) {
+        let v5 = self.conn(conn).and_then(|c| c.version()) == Some(ProtocolVersion::V5);
+        match qos {
+            QoS::AtMostOnce => {}
+            _ if v5 => {
+                let mut refusal = PubResponse::new(packet_id);
+                refusal.reason = ReasonCode::QuotaExceeded;
+                self.send_refusal(conn, qos, refusal);
+            }
+            _ => {
+                log::info!(
+                    "Client {name} sent a retained message with no room for it, disconnecting."
+                );
+                self.disconnect_with(
+                    conn,
+                    ReasonCode::QuotaExceeded,
+                    "no room for retained messages",
+                );
+            }
+        }
+    }
+
+    /// Answers a QoS 1/2 PUBLISH that is not published (a PUBREC with a failure code ends
+    /// its QoS 2 exchange); nothing for QoS 0.
+    fn send_refusal(&mut self, conn: ConnId, qos: QoS, refusal: PubResponse) {
+        let packet = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(refusal),
+            QoS::ExactlyOnce => Packet::PubRec(refusal),
+        };
+        self.send_packet(conn, &packet);
     }
 }
 

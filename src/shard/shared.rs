@@ -87,9 +87,11 @@ pub struct Shared {
     /// Bytes held by connections whose CONNECT is not accepted yet, over all shards (bounded
     /// by `limits::preconnect_bytes_max`; `shard/holding.rs`).
     pub preconnect_bytes: CachePadded<std::sync::atomic::AtomicUsize>,
-    /// Bytes of the subscription filters too long to be kept inline, over every session
-    /// (each session's share goes back when it ends; `session::filter_cost`).
+    /// What subscriptions hold beyond what their count bounds, over every session (each
+    /// session's share goes back when it ends; `session::filter_cost`).
     pub filter_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// What the retained messages hold (`RetainStore::bytes`), as of its last change.
+    pub retained_bytes: std::sync::atomic::AtomicUsize,
     /// Per configured bridge (`Config::bridges`), whether its connection is up: set by the
     /// shard that runs it, read by the metrics.
     pub bridges_up: Box<[AtomicBool]>,
@@ -136,6 +138,14 @@ impl std::fmt::Debug for Claim {
 pub const MAILBOX_CAPACITY: usize = 16 * 1024;
 
 impl Shared {
+    /// Bytes kept for clients beyond what waits to be written to them: subscriptions,
+    /// retained messages, partial CONNECTs. Within `memory_limit` with what waits.
+    pub fn kept_bytes(&self) -> usize {
+        self.filter_bytes.load(Ordering::Relaxed)
+            + self.retained_bytes.load(Ordering::Relaxed)
+            + self.preconnect_bytes.load(Ordering::Relaxed)
+    }
+
     /// The state of a broker of one shard per waker, whose listening sockets belong to the
     /// configured listeners `listener_of_socket`; returns each shard's mailbox receiver.
     pub fn new(
@@ -206,6 +216,7 @@ impl Shared {
             write_queued: (0..shards).map(|_| Default::default()).collect(),
             preconnect_bytes: Default::default(),
             filter_bytes: Default::default(),
+            retained_bytes: Default::default(),
             listener_of_socket,
             bridges_up: config
                 .bridges

@@ -203,7 +203,7 @@ impl<B: Backend> Shard<B> {
             self.limit_reached(Limit::SubscriptionBytes, || {
                 format!(
                     "client {name} would hold more than {SUBSCRIPTION_BYTES_MAX} bytes of \
-                     subscription filters (or all clients more than {filter_total_max}); \
+                     subscriptions (or all clients more than {filter_total_max}); \
                      {refused_for_bytes} filters refused."
                 )
             });

@@ -200,11 +200,13 @@ impl<B: Backend> Shard<B> {
                 origin: None,
                 expires_at: None,
             });
+            // The broker's own: not bounded, but counted with the others.
+            let mut store = self.shared.retained.lock().expect("retained lock");
+            store.set(message.clone());
             self.shared
-                .retained
-                .lock()
-                .expect("retained lock")
-                .set(message.clone());
+                .retained_bytes
+                .store(store.bytes(), Ordering::Relaxed);
+            drop(store);
             self.route(&message, None);
         }
     }
