@@ -285,10 +285,11 @@ class Hostiles:
 
     def user_properties(self):
         sock, reader = self.client("h-userprops", v5=True)
+        # As many pairs as a packet may carry (65,536), each as long as makes the size.
         size = self.n(20 << 20, 4 << 20)
+        value = size // 65_536 - 5
         for i in range(3):
-            pairs = size // 5
-            props = b"\x26\x00\x00\x00\x00" * pairs
+            props = (b"\x26\x00\x00" + struct.pack(">H", value) + b"v" * value) * 65_536
             sock.sendall(publish(f"heavy/{i}", b"x", qos=1, pid=1, retain=True, v5=True, props=props))
             reader.packet()
 

@@ -213,18 +213,20 @@ fn partial_connects_together_hold_at_most_their_bound() {
     }
 }
 
-/// A 5.0 PUBLISH of `size` bytes, QoS 1, retained, on `topic`: a one-byte payload behind
-/// nothing but empty User Properties (five bytes each on the wire).
-fn publish_of_empty_user_properties(topic: &str, size: usize) -> Vec<u8> {
-    let pairs = (size - 16 - topic.len()) / 5;
-    let props_len = pairs * 5;
-    let mut body = Vec::with_capacity(size);
+/// A 5.0 PUBLISH, QoS 1, retained, on `topic`: a one-byte payload behind `pairs` User
+/// Properties, each an empty key and a value of `value_len` bytes `v`.
+fn publish_of_user_properties(topic: &str, pairs: usize, value_len: usize) -> Vec<u8> {
+    let pair_len = 5 + value_len;
+    let mut body = Vec::with_capacity(16 + topic.len() + pairs * pair_len);
     body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
     body.extend_from_slice(topic.as_bytes());
     body.extend_from_slice(&1u16.to_be_bytes());
-    put_varint(&mut body, props_len as u32);
+    put_varint(&mut body, (pairs * pair_len) as u32);
+    let mut pair = vec![0x26, 0, 0];
+    pair.extend_from_slice(&(value_len as u16).to_be_bytes());
+    pair.resize(pair_len, b'v');
     for _ in 0..pairs {
-        body.extend_from_slice(&[0x26, 0, 0, 0, 0]);
+        body.extend_from_slice(&pair);
     }
     body.push(b'x');
     let mut packet = vec![0x33];
@@ -235,11 +237,14 @@ fn publish_of_empty_user_properties(topic: &str, size: usize) -> Vec<u8> {
 
 /// Issue 28, finding 2: 5.0 PUBLISHes of 20 MB of empty User Properties, retained (before:
 /// +240 MB each, as each 5-byte pair was kept as two 32-byte strings). A packet costs at
-/// most a small multiple of its size: User Properties are kept as their bytes.
+/// most a small multiple of its size: User Properties are kept as their bytes. (A packet
+/// carries at most `USER_PROPERTIES_MAX` of them, so these are 65,536 pairs of 320 bytes.)
 #[test]
 fn user_properties_cost_what_they_weigh() {
     let _serial = one_at_a_time();
-    const SIZE: usize = 20 << 20;
+    const PAIRS: usize = USER_PROPERTIES_MAX;
+    const VALUE: usize = 315;
+    const SIZE: usize = PAIRS * (5 + VALUE);
     for threads in ["1", "2"] {
         let broker = Broker::start_with_env(&["--threads", threads], &[PURGE_AT_ONCE]);
         let (mut publisher, ack) = Raw::connect_with(
@@ -249,9 +254,10 @@ fn user_properties_cost_what_they_weigh() {
         assert_eq!(ack.reason, ReasonCode::Success);
         let before = rss_kib(broker.pid());
         for i in 0..3 {
-            publisher.send_bytes(&publish_of_empty_user_properties(
+            publisher.send_bytes(&publish_of_user_properties(
                 &format!("heavy/{i}"),
-                SIZE,
+                PAIRS,
+                VALUE,
             ));
             assert!(matches!(publisher.recv(), Packet::PubAck(_)));
         }
@@ -269,13 +275,39 @@ fn user_properties_cost_what_they_weigh() {
         subscriber.send(&subscribe(1, &[("heavy/0", QoS::AtMostOnce)]));
         assert!(matches!(subscriber.recv(), Packet::SubAck(_)));
         let p = subscriber.recv_publish();
-        assert_eq!(p.properties.user_properties.len(), (SIZE - 16 - 7) / 5);
+        assert_eq!(p.properties.user_properties.len(), PAIRS);
         assert!(p
             .properties
             .user_properties
             .iter()
-            .all(|(k, v)| k.is_empty() && v.is_empty()));
+            .all(|(k, v)| k.is_empty() && v.len() == VALUE));
     }
+}
+
+/// A packet of millions of User Properties (empty pairs, five bytes each) took a shard's
+/// turn for 250 ms per 20 MB to decode, other clients waiting. One packet may carry
+/// `USER_PROPERTIES_MAX` (65,536); one more is refused with DISCONNECT 0x97 Quota exceeded
+/// [MQTT-4.13.2-1], a bound of midge's own. Another client's ping stays short meanwhile.
+#[test]
+fn user_properties_past_their_bound_are_refused() {
+    let _serial = one_at_a_time();
+    Broker::each_threads(&[], |broker| {
+        let mut bystander = Raw::connect(broker.port, "bystander");
+        let (mut publisher, _) = Raw::connect_with(
+            broker.port,
+            connect_packet(ProtocolVersion::V5, "many-props", true, 60),
+        );
+        publisher.send_bytes(&publish_of_user_properties("t", USER_PROPERTIES_MAX, 0));
+        assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+        // Refused as a packet, before it is a message: no PUBACK.
+        publisher.send_bytes(&publish_of_user_properties("t", USER_PROPERTIES_MAX + 1, 0));
+        let last = publisher.expect_closed();
+        let Some(Packet::Disconnect(d)) = last.last() else {
+            panic!("expected DISCONNECT, got {last:?}")
+        };
+        assert_eq!(d.reason, ReasonCode::QuotaExceeded);
+        assert!(ping_round_trip(&mut bystander) < Duration::from_millis(250));
+    });
 }
 
 /// Issue 28, finding 5: ten 5.0 subscribers allowing 65,535 topic aliases, sent messages on
@@ -402,7 +434,9 @@ fn qos1_copies_for_stalled_subscribers_stay_inside_memory_limit() {
 #[test]
 fn a_large_encoding_is_shared_by_its_subscribers() {
     let _serial = one_at_a_time();
-    const SIZE: usize = 8 << 20;
+    const PAIRS: usize = 32 * 1024;
+    const VALUE: usize = 251;
+    const SIZE: usize = PAIRS * (5 + VALUE);
     for threads in ["1", "2"] {
         let broker = Broker::start_with_env(&["--threads", threads], &[PURGE_AT_ONCE]);
         let stalled: Vec<Raw> = (0..10)
@@ -421,7 +455,7 @@ fn a_large_encoding_is_shared_by_its_subscribers() {
             connect_packet(ProtocolVersion::V5, "props-pub", true, 60),
         );
         let before = rss_kib(broker.pid());
-        let mut packet = publish_of_empty_user_properties("heavy/0", SIZE);
+        let mut packet = publish_of_user_properties("heavy/0", PAIRS, VALUE);
         packet[0] = 0x32; // QoS 1, not retained: the PUBACK says it was routed.
         publisher.send_bytes(&packet);
         assert!(matches!(publisher.recv(), Packet::PubAck(_)));

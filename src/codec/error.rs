@@ -49,6 +49,8 @@ pub enum DecodeError {
     NoTopicFilters,
     #[error("SUBSCRIBE or UNSUBSCRIBE with more than {max} topic filters")]
     TooManyTopicFilters { max: usize },
+    #[error("more than {max} User Properties in one packet")]
+    TooManyUserProperties { max: usize },
     #[error("retain handling 3 is not a valid value")]
     InvalidRetainHandling,
     #[error("reason code 0x{code:02X} is not valid in {packet}")]
@@ -98,7 +100,7 @@ impl DecodeError {
             // Protocol Error (0x90 is for a name well formed but not accepted).
             WildcardInTopicName(_) => ReasonCode::ProtocolError,
             // A bound of midge's own, not a rule of the specification's.
-            TooManyTopicFilters { .. } => ReasonCode::QuotaExceeded,
+            TooManyTopicFilters { .. } | TooManyUserProperties { .. } => ReasonCode::QuotaExceeded,
             _ => ReasonCode::MalformedPacket,
         }
     }

@@ -21,16 +21,7 @@ pub struct MqttStr(Bytes);
 impl MqttStr {
     /// Checks `bytes` against the MQTT string rules and wraps it without copying.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, DecodeError> {
-        if bytes.len() > FIELD_LEN_MAX {
-            return Err(DecodeError::StringTooLong { len: bytes.len() });
-        }
-        // [MQTT-1.5.4-1] well-formed UTF-8; Rust's check also refuses encoded surrogates
-        // (U+D800..U+DFFF), which the same rule forbids.
-        let text = std::str::from_utf8(&bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-        // [MQTT-1.5.4-2] no null character.
-        if text.as_bytes().contains(&0) {
-            return Err(DecodeError::NullCharacter);
-        }
+        check_mqtt_str(&bytes)?;
         Ok(MqttStr(bytes))
     }
 
@@ -112,6 +103,21 @@ impl PartialEq<&str> for MqttStr {
     }
 }
 
+/// Checks `bytes` against the rules of an MQTT string.
+fn check_mqtt_str(bytes: &[u8]) -> Result<(), DecodeError> {
+    if bytes.len() > FIELD_LEN_MAX {
+        return Err(DecodeError::StringTooLong { len: bytes.len() });
+    }
+    // [MQTT-1.5.4-1] well-formed UTF-8; Rust's check also refuses encoded surrogates
+    // (U+D800..U+DFFF), which the same rule forbids.
+    let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+    // [MQTT-1.5.4-2] no null character.
+    if text.as_bytes().contains(&0) {
+        return Err(DecodeError::NullCharacter);
+    }
+    Ok(())
+}
+
 /// A cursor over one packet's bytes. Every read checks the bounds first, so a short packet is
 /// an error, never a panic.
 pub struct Reader<'a> {
@@ -184,6 +190,17 @@ impl<'a> Reader<'a> {
 
     pub fn string(&mut self) -> Result<MqttStr, DecodeError> {
         MqttStr::from_bytes(self.binary()?)
+    }
+
+    /// A string, checked, as the bytes of the frame it is in (no shared handle: for what is
+    /// copied at once, such as User Properties).
+    pub fn string_bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.u16()? as usize;
+        let at = self.take(len)?;
+        let frame: &'a Bytes = self.frame;
+        let bytes = &frame[at..at + len];
+        check_mqtt_str(bytes)?;
+        Ok(bytes)
     }
 
     /// Everything left, as a shared slice.

@@ -118,9 +118,18 @@ pub(super) struct Builder {
 
 impl Builder {
     pub(super) fn push(&mut self, key: &MqttStr, value: &MqttStr) {
-        put_binary(&mut self.bytes, key.as_bytes());
-        put_binary(&mut self.bytes, value.as_bytes());
+        self.push_bytes(key.as_bytes(), value.as_bytes());
+    }
+
+    /// Adds a pair from the bytes of two strings already checked as MQTT strings.
+    pub(super) fn push_bytes(&mut self, key: &[u8], value: &[u8]) {
+        put_binary(&mut self.bytes, key);
+        put_binary(&mut self.bytes, value);
         self.count += 1;
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.count as usize
     }
 
     pub(super) fn finish(mut self) -> UserProperties {
