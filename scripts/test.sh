@@ -49,10 +49,10 @@ fi
 # would read as a run with no tests.
 step "cargo test, I/O backend $first"
 set +e
-MIDGE_TEST_IO=$first cargo test --workspace --locked --lib --bins --tests 2>&1 | tee "$log"
+MIDGE_TEST_IO=$first cargo test --workspace --locked --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 step "cargo test, I/O backend epoll (the broker's black-box tests)"
-MIDGE_TEST_IO=epoll cargo test -p midge --locked --tests 2>&1 | tee -a "$log"
+MIDGE_TEST_IO=epoll cargo test -p midge --locked --no-fail-fast --tests 2>&1 | tee -a "$log"
 second=${PIPESTATUS[0]}
 set -e
 [ "$status" -eq 0 ] && status=$second
@@ -70,6 +70,12 @@ step "Debian package (scripts/deb.sh --check)"
 if bash scripts/deb.sh --check; then deb=passed; else deb=FAILED; [ "$status" -eq 0 ] && status=1; fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ntests: %d passed, %d failed (both passes)\n", p, f }' "$log"
+# What each failed test printed (its panic, the broker's last log lines), again at the end
+# where a CI summary that keeps only the tail shows it.
+if grep -q '^---- .* stdout ----$' "$log"; then
+  printf '\nfailed tests, what they printed:\n'
+  awk '/^---- .* stdout ----$/ { on = 1 } /^failures:$/ { on = 0 } on' "$log" | tail -n 150
+fi
 echo "Debian package check: $deb"
 echo "Hostile-clients soak: $soak"
 exit "$status"
