@@ -53,7 +53,7 @@ def deep(i):
     return f"{i}" + "/" * 200
 
 
-def run(kind, amount, port):
+def run(kind, amount, port, big=None):
     if kind == "deep-retained":
         c = connect(port, "deep-retainer")
         for start in range(0, amount, 500):
@@ -68,16 +68,22 @@ def run(kind, amount, port):
             c.recv(1 << 16)  # SUBACK
     else:
         c = connect(port, "big", v5=True)
-        size = amount << 20
-        if kind == "props":
-            props = b"\x26\x00\x00\x00\x00" * (size // 5)
-            payload = b"x"
-        else:
-            props = b"\x01\x01" if kind == "utf8" else b""
-            payload = b"x" * size
-        c.sendall(packet(0x30, s("t") + varint(len(props)) + props + payload))
+        c.sendall(big)
         ping_sync(c)
     return c
+
+
+def big_publish(kind, megabytes):
+    """The one large PUBLISH of `props`, `utf8` and `plain`, built before the pinger starts
+    (building it holds Python's lock for as long as a stall worth measuring)."""
+    size = megabytes << 20
+    if kind == "props":
+        props = b"\x26\x00\x00\x00\x00" * (size // 5)
+        payload = b"x"
+    else:
+        props = b"\x01\x01" if kind == "utf8" else b""
+        payload = b"x" * size
+    return packet(0x30, s("t") + varint(len(props)) + props + payload)
 
 
 def main():
@@ -107,10 +113,13 @@ def main():
                 worst[0] = max(worst[0], time.monotonic() - started)
                 time.sleep(0.001)
 
+        big = None
+        if args.kind in ("props", "utf8", "plain"):
+            big = big_publish(args.kind, args.amount)
         before = rss(broker.pid)
         thread = threading.Thread(target=ping, daemon=True)
         thread.start()
-        client = run(args.kind, args.amount, port)
+        client = run(args.kind, args.amount, port, big)
         time.sleep(0.5)
         stop.set()
         thread.join()

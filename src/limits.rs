@@ -15,6 +15,20 @@ pub const CONNECT_PACKET_BYTES_MAX: usize = 512 * 1024;
 /// `memory_limit` (`preconnect_bytes_max`).
 pub const PRECONNECT_BYTES_MAX: usize = 32 << 20;
 
+/// Bytes of a partly received packet that are not counted in `memory_limit` (those of every
+/// connection are bounded by their count); past them, the packet is counted as it arrives
+/// (`Shared::receiving_bytes`), and refused if, whole, it would take the broker past
+/// `memory_limit` (`shard/receiving.rs`).
+pub const PARTIAL_PACKET_UNCOUNTED_BYTES: usize = 64 * 1024;
+
+/// A packet's buffer is sized for the whole packet at once when the packet is at most this
+/// large, or once this fraction of it (one in 16) has arrived: until then it grows by
+/// doubling. The largest copy a growing packet costs is a sixteenth of it (16 MiB for the
+/// largest MQTT allows, a few milliseconds), and what is set aside ahead of the bytes that
+/// arrived is at most 16 times them.
+pub const PACKET_SIZED_AT_ONCE_BYTES: usize = 64 * 1024;
+pub const PACKET_SIZED_AFTER_PART: usize = 16;
+
 /// Bytes waiting for a client that reads slowly, past which QoS 0 messages to it are
 /// dropped while the broker as a whole is over `memory_limit`, and its reading is held.
 pub const SLOW_BACKLOG_BYTES: usize = 64 * 1024;
@@ -84,15 +98,19 @@ pub enum Limit {
     SubscriptionBytes,
     /// A retained message refused: the retained messages would hold more than their bound.
     RetainedBytes,
+    /// A client disconnected: the packet it was sending would, whole, take the broker past
+    /// `memory_limit`.
+    ReceivingBytes,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 5] = [
+    pub const ALL: [Limit; 6] = [
         Limit::PreconnectBytes,
         Limit::OutputBacklog,
         Limit::RetainedScans,
         Limit::SubscriptionBytes,
         Limit::RetainedBytes,
+        Limit::ReceivingBytes,
     ];
 
     pub fn label(self) -> &'static str {
@@ -102,6 +120,7 @@ impl Limit {
             Limit::RetainedScans => "retained_scans",
             Limit::SubscriptionBytes => "subscription_bytes",
             Limit::RetainedBytes => "retained_bytes",
+            Limit::ReceivingBytes => "receiving_bytes",
         }
     }
 }

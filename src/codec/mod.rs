@@ -290,7 +290,13 @@ impl Decoder {
             bytes::Buf::advance(buf, len);
             frame
         } else {
-            buf.split_to(len).freeze()
+            let frame = buf.split_to(len).freeze();
+            // What follows a large packet in a buffer sized for it (`shard/receiving.rs`)
+            // would share its allocation, and pin it: moved to one of its own.
+            if len > FRAME_SHARE_SLACK && !buf.is_empty() {
+                *buf = BytesMut::from(&buf[..]);
+            }
+            frame
         };
         self.decode_body(&frame, &header).map(Some)
     }

@@ -111,6 +111,28 @@ impl Publish {
     }
 
     pub(super) fn encode_body<B: BufMut>(&self, version: ProtocolVersion, buf: &mut B) {
+        self.encode_head_body(version, buf);
+        buf.put_slice(&self.payload);
+    }
+
+    /// The packet up to its payload: the fixed header (its remaining length counting the
+    /// payload), topic, packet id and properties. With the payload after it, the whole
+    /// packet: for a sender that writes a large payload from where it is, not a copy.
+    pub fn head_bytes(&self, version: ProtocolVersion) -> Result<Bytes, EncodeError> {
+        let body = self.body_len(version)?;
+        if body > super::VARINT_MAX as usize {
+            return Err(EncodeError::PacketTooLarge { len: body });
+        }
+        let head_len = 1 + super::varint_len(body as u32) + body - self.payload.len();
+        let mut buf = bytes::BytesMut::with_capacity(head_len);
+        buf.put_u8((super::packet_type::PUBLISH << 4) | self.flags());
+        super::put_varint(&mut buf, body as u32);
+        self.encode_head_body(version, &mut buf);
+        debug_assert_eq!(buf.len(), head_len);
+        Ok(buf.freeze())
+    }
+
+    fn encode_head_body<B: BufMut>(&self, version: ProtocolVersion, buf: &mut B) {
         put_binary(buf, self.topic.as_bytes());
         if self.qos != QoS::AtMostOnce {
             debug_assert_ne!(
@@ -123,7 +145,6 @@ impl Publish {
             let body = (self.properties.body_len()).expect("length checked by encoded_len");
             self.properties.encode_publish(buf, body);
         }
-        buf.put_slice(&self.payload);
     }
 }
 

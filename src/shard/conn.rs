@@ -34,17 +34,15 @@ pub struct Conn {
     pub last_rx: Stamp,
     /// The number of this connection's claim on its client id (`Shared::registry`).
     pub claim: u64,
-    /// How many topic aliases the client allows on the broker's sends (5.0).
-    pub out_alias_max: u16,
     /// 5.0 Request Problem Information (default yes): Reason Strings on acknowledgements.
     pub problem_information: bool,
     /// Why reading from it is held, if it is (`Hold` bits): it is read again once no
     /// reason is left.
     pub held: Hold,
-    /// What it holds before its CONNECT is accepted, as counted in
-    /// `Shared::preconnect_bytes`, in `holding::PRECONNECT_UNIT`s (one byte: the record
-    /// stays in its size class).
-    pub preconnect_held: u8,
+    /// What its partial packet holds, as counted in `Shared::preconnect_bytes` until its
+    /// CONNECT is accepted and in `Shared::receiving_bytes` after, in
+    /// `receiving::INPUT_UNIT`s (`receiving.rs`).
+    pub input_held: u16,
     /// Topic aliases, enhanced authentication and a CONNECT waiting for its session, out of
     /// line: most connections have none, and every idle connection would pay for their
     /// space.
@@ -93,8 +91,11 @@ pub struct Layers {
 pub struct ConnExtras {
     /// 5.0 topic aliases the client set, alias 1 at index 0 (a connection's, not a session's).
     pub topic_aliases: Vec<Option<crate::codec::MqttStr>>,
-    /// Topic aliases the broker set on its sends (`aliases.rs`).
+    /// Topic aliases the broker set on its sends (`aliases.rs`), and how many the client
+    /// allows (5.0 Topic Alias Maximum; here rather than in `Conn`, which would pass its
+    /// size class, as a client that allows them gets them on its first message).
     pub out_aliases: super::aliases::OutAliases,
+    pub out_alias_max: u16,
     /// 5.0 enhanced authentication: the method this connection uses, an exchange in
     /// progress, the CONNECT waiting for it to finish, and data for the CONNACK.
     pub auth_method: Option<Arc<dyn crate::auth::AuthMethod>>,
@@ -118,6 +119,7 @@ impl ConnExtras {
     fn is_unused(&self) -> bool {
         self.topic_aliases.is_empty()
             && self.out_aliases.is_empty()
+            && self.out_alias_max == 0
             && self.auth_method.is_none()
             && self.auth_exchange.is_none()
             && self.auth_pending.is_none()
@@ -196,10 +198,9 @@ impl Conn {
             keepalive_s: 0,
             last_rx: now,
             claim: 0,
-            out_alias_max: 0,
             problem_information: true,
             held: Hold::NONE,
-            preconnect_held: 0,
+            input_held: 0,
             extras: None,
             layers: None,
         }
@@ -213,36 +214,37 @@ impl Conn {
         chunks + self.out.len()
     }
 
-    /// Appends an encoded PUBLISH to what goes out this turn, `packet_id` (if not 0) written
-    /// at `id_at`. When the encoding is given as a shared buffer too (a large one, see
-    /// `encode::SHARED_ENCODING_MIN`) and the connection has no TLS or WebSocket layers, only
-    /// the bytes up to the packet id are copied: the rest (properties and payload) follows
-    /// as a slice of that buffer, so that every subscriber holds the one encoding (issue 28:
-    /// ten subscribers that did not read held ten copies of every message).
-    pub fn put_publish(
-        &mut self,
-        encoded: &[u8],
-        id_at: usize,
-        packet_id: u16,
-        shared: Option<&bytes::Bytes>,
-    ) {
+    /// Appends an encoded PUBLISH (`encode::Encoded`) with `packet_id` (0 for QoS 0) patched
+    /// in at its `id_at`. A large one on a connection without TLS or WebSocket layers is
+    /// not copied past its packet id: the rest of its head, and the message's payload,
+    /// follow as the shared buffers they are, so that every subscriber holds the one
+    /// encoding and the one payload (issue 28: ten subscribers that did not read held ten
+    /// copies of every message, and each message was held twice, as itself and encoded).
+    pub(super) fn put_publish(&mut self, encoded: &super::encode::Encoded<'_>, packet_id: u16) {
+        let id_at = encoded.id_at;
         let head_len = id_at + if packet_id != 0 { 2 } else { 0 };
-        let shared = shared.filter(|_| self.layers.is_none());
-        let copied = if shared.is_some() {
-            &encoded[..head_len]
-        } else {
-            encoded
-        };
         let start = self.out.len();
-        self.out.extend_from_slice(copied);
-        if packet_id != 0 {
-            self.out[start + id_at..start + id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
-        }
-        if let Some(shared) = shared {
-            let before = self.out.split().freeze();
-            let chunks = &mut self.extras().out_chunks;
-            chunks.push(before);
-            chunks.push(shared.slice(head_len..));
+        match encoded.large {
+            Some((head, payload)) if self.layers.is_none() => {
+                self.out.extend_from_slice(&head[..head_len]);
+                patch_id(&mut self.out[start..], id_at, packet_id);
+                let before = self.out.split().freeze();
+                let chunks = &mut self.extras().out_chunks;
+                chunks.push(before);
+                if head.len() > head_len {
+                    chunks.push(head.slice(head_len..));
+                }
+                if !payload.is_empty() {
+                    chunks.push(payload.clone());
+                }
+            }
+            large => {
+                self.out.extend_from_slice(encoded.head);
+                if let Some((_, payload)) = large {
+                    self.out.extend_from_slice(payload);
+                }
+                patch_id(&mut self.out[start..], id_at, packet_id);
+            }
         }
     }
 
@@ -306,6 +308,11 @@ impl Conn {
         self.extras.get_or_insert_with(Default::default)
     }
 
+    /// How many topic aliases the client allows on the broker's sends (5.0).
+    pub fn out_alias_max(&self) -> u16 {
+        self.extras.as_ref().map_or(0, |e| e.out_alias_max)
+    }
+
     /// The enhanced authentication method this connection uses, if any.
     pub fn auth_method(&self) -> Option<&Arc<dyn crate::auth::AuthMethod>> {
         self.extras.as_ref()?.auth_method.as_ref()
@@ -332,6 +339,13 @@ pub fn peer_host(peer: Option<IpAddr>, listener: &crate::config::Listener) -> St
         (Some(ip), _) => ip.to_string(),
         (None, Some(path)) => path.clone(),
         (None, None) => "unix-socket".into(),
+    }
+}
+
+/// Writes `packet_id` at `id_at` of an encoded PUBLISH (nothing for QoS 0, id 0).
+fn patch_id(packet: &mut [u8], id_at: usize, packet_id: u16) {
+    if packet_id != 0 {
+        packet[id_at..id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
     }
 }
 

@@ -456,6 +456,7 @@ impl<B: Backend> Shard<B> {
         let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
             return;
         };
+        super::receiving::forget_input(&self.shared, c);
         c.session = Some(session_id);
         c.decoder.set_packet_size_max(self.config.packet_size_max);
         if let Some(ws) = c.layers.as_mut().and_then(|l| l.ws.as_mut()) {
@@ -466,7 +467,9 @@ impl<B: Backend> Shard<B> {
         }
         c.client_id = Some(client_id.clone());
         c.keepalive_s = keepalive;
-        c.out_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+        if let Some(max) = connect.properties.topic_alias_maximum.filter(|&m| m > 0) {
+            c.extras().out_alias_max = max;
+        }
         c.problem_information = connect
             .properties
             .request_problem_information

@@ -14,10 +14,7 @@ use crate::router::{Message, Sent, ShardMsg, Target};
 use crate::session::{DropReason, Offer};
 use crate::topic::{Match, SessionId};
 
-use super::encode::{
-    build_publish, encode_with_id_offset, mount_strip, Encoded, VariantKey, Variants,
-    SHARED_ENCODING_MIN,
-};
+use super::encode::{build_publish, encode_publish, mount_strip, VariantKey, Variants};
 
 impl<B: Backend> Shard<B> {
     /// Moves queued messages into the inflight window while there is room.
@@ -434,7 +431,7 @@ impl<B: Backend> Shard<B> {
             strip,
         };
         let own;
-        let alias_max = usize::from(c.out_alias_max);
+        let alias_max = usize::from(c.out_alias_max());
         let mut new_alias = None;
         let encoded = if link.is_some() || (v5 && (alias_max > 0 || !target.identifiers.is_empty()))
         {
@@ -468,27 +465,17 @@ impl<B: Backend> Shard<B> {
                     Alias::None => {}
                 }
             }
-            let topic = publish.topic.clone();
             let version = if v5 {
                 ProtocolVersion::V5
             } else {
                 ProtocolVersion::V311
             };
-            own = encode_with_id_offset(Packet::Publish(publish), version, &topic);
-            own.as_ref().map(|(bytes, id_at)| Encoded {
-                bytes,
-                id_at: *id_at,
-                shared: (bytes.len() >= SHARED_ENCODING_MIN).then_some(bytes),
-            })
+            own = encode_publish(publish, version);
+            own.as_ref().map(|own| own.encoded())
         } else {
             variants.get(key, message, now)
         };
-        let Some(Encoded {
-            bytes,
-            id_at,
-            shared,
-        }) = encoded
-        else {
+        let Some(encoded) = encoded else {
             stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
             log::warn!(
                 "Warning: a message to '{}' ({} bytes) is too large to send to {} in its protocol version; dropped for that client.",
@@ -500,7 +487,7 @@ impl<B: Backend> Shard<B> {
         };
         // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: discarded as if
         // delivered.
-        if (session.packet_size_max).is_some_and(|max| bytes.len() > max.get() as usize) {
+        if (session.packet_size_max).is_some_and(|max| encoded.len() > max.get() as usize) {
             stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -513,8 +500,8 @@ impl<B: Backend> Shard<B> {
             session.start(message, target, numbered, &mut self.changes)
         };
         let was_empty = c.out_len() == 0;
-        c.put_publish(bytes, id_at, packet_id, shared);
-        self.out_bytes_this_turn += bytes.len();
+        c.put_publish(&encoded, packet_id);
+        self.out_bytes_this_turn += encoded.len();
         log::debug!(
             "Sending PUBLISH to {} (d0, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
             session.client_id,

@@ -20,19 +20,47 @@ pub(super) struct Variants {
     /// outputs can share it (`Conn::put_publish`).
     entries: SmallVec<[(VariantKey, usize, usize, usize); 4]>,
     encoded: Vec<u8>,
-    large: SmallVec<[(VariantKey, Bytes, usize); 1]>,
+    large: SmallVec<[(VariantKey, Encoding); 1]>,
 }
 
-/// An encoded PUBLISH for one subscriber: its bytes, where its packet id goes, and the same
-/// bytes as a shareable buffer where it is large (`SHARED_ENCODING_MIN`).
+/// An encoded PUBLISH for one subscriber: the packet, or for a large one its head, with
+/// where its packet id goes.
 pub(super) struct Encoded<'a> {
-    pub(super) bytes: &'a [u8],
+    /// The whole packet; for a large one, the packet up to its payload.
+    pub(super) head: &'a [u8],
     pub(super) id_at: usize,
-    pub(super) shared: Option<&'a Bytes>,
+    /// A large packet (`SHARED_ENCODING_MIN`): its head as a shareable buffer, and the
+    /// message's payload that follows it.
+    pub(super) large: Option<(&'a Bytes, &'a Bytes)>,
 }
 
-/// Encodings at least this large go to subscribers as one shared buffer (the part after
-/// the packet id: properties and payload), not a copy each (`Conn::put_publish`).
+impl Encoded<'_> {
+    /// The bytes of the whole packet.
+    pub(super) fn len(&self) -> usize {
+        self.head.len() + self.large.map_or(0, |(_, payload)| payload.len())
+    }
+}
+
+/// A PUBLISH encoded for subscribers: its bytes (for a large one its head alone, the
+/// message's payload following it from where it is), and where its packet id goes.
+pub(super) struct Encoding {
+    bytes: Bytes,
+    id_at: usize,
+    payload: Option<Bytes>,
+}
+
+impl Encoding {
+    pub(super) fn encoded(&self) -> Encoded<'_> {
+        Encoded {
+            head: &self.bytes,
+            id_at: self.id_at,
+            large: self.payload.as_ref().map(|p| (&self.bytes, p)),
+        }
+    }
+}
+
+/// Encodings at least this large go to subscribers as shared buffers (the head after the
+/// packet id, and the message's payload), not a copy each (`Conn::put_publish`).
 pub(super) const SHARED_ENCODING_MIN: usize = 16 * 1024;
 
 /// Bytes of encodings `Variants` keeps room for between messages.
@@ -58,13 +86,8 @@ impl Variants {
         message: &Message,
         now: Instant,
     ) -> Option<Encoded<'_>> {
-        if let Some(i) = self.large.iter().position(|(k, ..)| *k == key) {
-            let (_, bytes, id_at) = &self.large[i];
-            return Some(Encoded {
-                bytes,
-                id_at: *id_at,
-                shared: Some(bytes),
-            });
+        if let Some(i) = self.large.iter().position(|(k, _)| *k == key) {
+            return Some(self.large[i].1.encoded());
         }
         let index = match self.entries.iter().position(|(k, ..)| *k == key) {
             Some(i) => i,
@@ -83,10 +106,7 @@ impl Variants {
                 let properties_len = publish.properties.encoded_len().unwrap_or(0);
                 if publish.payload.len() + properties_len + topic_len >= SHARED_ENCODING_MIN {
                     // In a buffer of its own, to be shared by the subscribers' outputs.
-                    let topic = publish.topic.clone();
-                    let (bytes, id_at) =
-                        encode_with_id_offset(Packet::Publish(publish), version, &topic)?;
-                    self.large.push((key, bytes, id_at));
+                    self.large.push((key, encode_publish(publish, version)?));
                     return self.get(key, message, now);
                 }
                 let start = self.encoded.len();
@@ -104,9 +124,9 @@ impl Variants {
         };
         let (_, start, end, id_at) = self.entries[index];
         Some(Encoded {
-            bytes: &self.encoded[start..end],
+            head: &self.encoded[start..end],
             id_at,
-            shared: None,
+            large: None,
         })
     }
 
@@ -128,19 +148,30 @@ fn id_offset(encoded: &[u8], topic_len: usize) -> Option<usize> {
     Some(1 + varint + 2 + topic_len)
 }
 
-/// Encodes a PUBLISH and returns it with the offset of its packet id: the fixed header, then
-/// the topic (two bytes of length and the topic).
+/// Encodes a PUBLISH for subscribers: whole, or past `SHARED_ENCODING_MIN` its head alone
+/// (the payload is sent from the message, not copied), with the offset of its packet id:
+/// past the fixed header, the topic's two length bytes and the topic.
 /// `None` if it cannot be encoded: a message received from a 3.1.1 client close to the
 /// largest remaining length [MQTT-2.2.3] grows past it by the property length byte a 5.0
 /// subscriber's copy needs.
-pub(super) fn encode_with_id_offset(
-    packet: Packet,
-    version: ProtocolVersion,
-    topic: &MqttStr,
-) -> Option<(Bytes, usize)> {
-    let bytes = packet.to_bytes(version).ok()?;
-    let id_at = id_offset(&bytes, topic.len())?;
-    Some((bytes, id_at))
+pub(super) fn encode_publish(publish: Publish, version: ProtocolVersion) -> Option<Encoding> {
+    let topic_len = publish.topic.len();
+    let packet = Packet::Publish(publish);
+    let len = packet.encoded_len(version).ok()?;
+    let Packet::Publish(publish) = packet else {
+        unreachable!("built as a PUBLISH")
+    };
+    let (bytes, payload) = if len >= SHARED_ENCODING_MIN {
+        (publish.head_bytes(version).ok()?, Some(publish.payload))
+    } else {
+        (Packet::Publish(publish).to_bytes(version).ok()?, None)
+    };
+    let id_at = id_offset(&bytes, topic_len)?;
+    Some(Encoding {
+        bytes,
+        id_at,
+        payload,
+    })
 }
 
 /// How much of `topic` a client behind `mount` does not see, or `None` if the topic is

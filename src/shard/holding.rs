@@ -1,32 +1,19 @@
-//! What clients make a shard hold, kept inside its bounds (`limits.rs`): the bytes of
-//! connections whose CONNECT is not accepted yet (bounded broker-wide), and what waits to be
+//! What clients make a shard hold, kept inside its bounds (`limits.rs`): what waits to be
 //! written to a client (one whose output backs up is not read until it drains, whatever
-//! the packets are: replies to its own packets as much as deliveries). Reaching a bound is
-//! counted (`Stats::limits_hit`) and logged at most once a second per bound and shard.
+//! the packets are: replies to its own packets as much as deliveries); what it sends is
+//! counted in `receiving.rs`. Reaching a bound is counted (`Stats::limits_hit`) and logged
+//! at most once a second per bound and shard.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use super::close::CloseReason;
 use super::conn::Hold;
 use super::io::{Backend, ConnId};
 use super::Shard;
-use crate::limits::{self, Limit, OUTPUT_RESUME_BYTES, SLOW_BACKLOG_BYTES};
+use crate::limits::{Limit, OUTPUT_RESUME_BYTES, SLOW_BACKLOG_BYTES};
 use crate::topic::SessionId;
 
 /// The shortest time between two log lines about the same bound from one shard.
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What a connection holds before CONNECT, beyond its first unit, is counted in units of
-/// this many bytes (rounded up), so that its share fits in one byte of its record
-/// (`Conn::preconnect_held`).
-const PRECONNECT_UNIT: usize = 4096;
-/// The most one connection may hold before its CONNECT is accepted: 256 units (one free,
-/// 255 counted). A CONNECT and a turn's read fit; more comes only from a client that sends on while its CONNECT is
-/// judged (an authentication exchange, a session on its way from another shard).
-const PRECONNECT_HELD_MAX: usize = (u8::MAX as usize + 1) * PRECONNECT_UNIT;
-const _: () =
-    assert!(limits::CONNECT_PACKET_BYTES_MAX + super::io::READ_MAX_PER_TURN < PRECONNECT_HELD_MAX);
 
 /// Clients waiting for their output to drain that are checked every turn; past it, every
 /// `DRAIN_CHECK_INTERVAL`.
@@ -192,57 +179,5 @@ impl<B: Backend> Shard<B> {
         });
         held.append(&mut self.output_held);
         self.output_held = held;
-    }
-
-    /// Brings the broker-wide count of bytes held before CONNECT up to date with what
-    /// `conn` holds now (its partial CONNECT, or the packets behind a CONNECT still being
-    /// judged); a connection that takes the count past `limits::preconnect_bytes_max`, or
-    /// holds more than `PRECONNECT_HELD_MAX` itself, is closed. Called after each receive,
-    /// and (with nothing held) when it closes.
-    pub(super) fn count_preconnect(&mut self, conn: ConnId) {
-        let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
-            return;
-        };
-        let accepted = c.session.is_some() || c.link().is_some();
-        let bytes = if accepted { 0 } else { c.inbuf.len() };
-        // The first unit is free: a CONNECT in pieces, a connection that sent a few bytes,
-        // cost what any connection costs (and their count is bounded elsewhere), so that
-        // thousands of them cannot fill the broker-wide bound with a byte each.
-        let units = bytes
-            .saturating_sub(PRECONNECT_UNIT)
-            .div_ceil(PRECONNECT_UNIT);
-        let held = u8::try_from(units).unwrap_or(u8::MAX);
-        let before = std::mem::replace(&mut c.preconnect_held, held);
-        let total = &self.shared.preconnect_bytes;
-        if held <= before {
-            total.fetch_sub(usize::from(before - held) * PRECONNECT_UNIT, Relaxed);
-            return;
-        }
-        let added = usize::from(held - before) * PRECONNECT_UNIT;
-        let now = total.fetch_add(added, Relaxed) + added;
-        let max = limits::preconnect_bytes_max(self.write_bytes_max);
-        if now <= max && units < usize::from(u8::MAX) {
-            return;
-        }
-        let peer = format!("{}:{}", c.peer_host(&self.config), c.peer_port());
-        self.limit_reached(Limit::PreconnectBytes, || {
-            if now > max {
-                format!(
-                    "connections that have not sent a whole CONNECT hold more than {max} \
-                     bytes; closing the one from {peer} (it held {bytes})."
-                )
-            } else {
-                format!("closing the connection from {peer}: it held {bytes} bytes before its CONNECT was accepted.")
-            }
-        });
-        self.close_conn(conn, CloseReason::ProtocolError);
-    }
-
-    /// What a closing connection held before CONNECT leaves the broker-wide count.
-    pub(super) fn forget_preconnect(&self, held: u8) {
-        if held > 0 {
-            let bytes = usize::from(held) * PRECONNECT_UNIT;
-            self.shared.preconnect_bytes.fetch_sub(bytes, Relaxed);
-        }
     }
 }

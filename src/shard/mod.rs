@@ -23,6 +23,7 @@ mod output;
 mod owed;
 mod parking;
 mod publish;
+mod receiving;
 mod reload;
 mod sessions;
 mod shared;
@@ -37,7 +38,6 @@ mod transport;
 pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY, SHARDS_MAX};
 pub use stats::{Durations, Refused, Stats, StatsSnapshot, DURATION_BUCKETS_US};
 
-use bytes::BytesMut;
 use crossbeam_channel::Receiver;
 use hashbrown::HashMap;
 use std::cmp::Reverse;
@@ -401,9 +401,9 @@ impl<B: Backend> Shard<B> {
         if slot.as_ref().is_none_or(|c| c.id != conn) {
             return None;
         }
-        let taken = slot.take();
-        if let Some(c) = &taken {
-            self.forget_preconnect(c.preconnect_held);
+        let mut taken = slot.take();
+        if let Some(c) = &mut taken {
+            receiving::forget_input(&self.shared, c);
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
             // A bridge's own connection came in on no listener.
             if c.link().is_none() {
@@ -420,11 +420,11 @@ impl<B: Backend> Shard<B> {
             .filter(|c| c.id == conn)
     }
 
-    /// Decodes and handles every whole packet received on `conn`; what it still holds
-    /// before its CONNECT is accepted is counted (`holding.rs`).
+    /// Decodes and handles every whole packet received on `conn`; what it still holds is
+    /// counted (`receiving.rs`).
     fn process_input(&mut self, conn: ConnId) {
         self.decode_input(conn);
-        self.count_preconnect(conn);
+        self.count_input(conn);
     }
 
     fn decode_input(&mut self, conn: ConnId) {
@@ -441,13 +441,7 @@ impl<B: Backend> Shard<B> {
                     self.on_packet(conn, packet)
                 }
                 Ok(None) => {
-                    // Between packets, keep no more buffer than the partial packet needs:
-                    // an idle connection should not hold a whole read buffer.
-                    if c.inbuf.is_empty() {
-                        c.inbuf = BytesMut::new();
-                    } else if c.inbuf.capacity() > 4 * c.inbuf.len().max(1024) {
-                        c.inbuf = BytesMut::from(&c.inbuf[..]);
-                    }
+                    self.partial_packet(conn);
                     return;
                 }
                 Err(error) => {

@@ -60,11 +60,17 @@ impl<B: Backend> Shard<B> {
     /// Whether the bytes waiting for clients over all shards, with what is kept for them
     /// (`Shared::kept_bytes`), are past `memory_limit`.
     pub(super) fn over_memory_limit(&self) -> bool {
+        self.memory_held() > self.write_bytes_max
+    }
+
+    /// What the broker holds for clients as `memory_limit` counts it: what waits to be
+    /// written (this shard's as of now, the others' as of their last turn) and what is kept
+    /// (`Shared::kept_bytes`).
+    pub(super) fn memory_held(&self) -> usize {
         self.write_waiting_elsewhere
             + self.backend.queued_bytes_total()
             + self.out_bytes_this_turn
             + self.shared.kept_bytes()
-            > self.write_bytes_max
     }
 
     /// Sends each connection's turn buffer in one piece.

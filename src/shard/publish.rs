@@ -19,6 +19,10 @@ use crate::topic::SessionId;
 /// Why a payload marked UTF-8 was refused.
 const NOT_UTF8: &str = "the payload is not valid UTF-8 as its Payload Format Indicator says";
 
+/// A kept message's payload larger than this keeps the buffer its packet came in rather
+/// than a copy (64 KiB: past it, the packet's buffer is its own).
+const PAYLOAD_SHARED_FROM: usize = 64 * 1024;
+
 impl<B: Backend> Shard<B> {
     pub(super) fn on_publish(&mut self, conn: ConnId, session_id: SessionId, publish: Publish) {
         // Receipts left by a will routed since the last PUBLISH are no one's.
@@ -171,13 +175,18 @@ impl<B: Backend> Shard<B> {
             }
             // Messages that may be kept (retained, or QoS 1/2 waiting for acknowledgement or in
             // a queue) get their own copy of topic and payload: a slice would pin the whole
-            // receive buffer. QoS 0 passes through without a copy.
+            // receive buffer. Not a large payload: its packet has a buffer sized for it
+            // (`receiving.rs`; `Decoder::decode_from` copies a packet out of a buffer much
+            // larger), so what it pins is what was sent, and a copy would hold it twice.
+            // QoS 0 passes through without a copy.
             let keep = publish.retain || qos != QoS::AtMostOnce;
             let (topic, payload) = if keep {
-                (
-                    publish.topic.detached(),
-                    Bytes::copy_from_slice(&publish.payload),
-                )
+                let payload = if publish.payload.len() > PAYLOAD_SHARED_FROM {
+                    publish.payload
+                } else {
+                    Bytes::copy_from_slice(&publish.payload)
+                };
+                (publish.topic.detached(), payload)
             } else {
                 (publish.topic, publish.payload)
             };

@@ -87,6 +87,9 @@ pub struct Shared {
     /// Bytes held by connections whose CONNECT is not accepted yet, over all shards (bounded
     /// by `limits::preconnect_bytes_max`; `shard/holding.rs`).
     pub preconnect_bytes: CachePadded<std::sync::atomic::AtomicUsize>,
+    /// Bytes of packets partly received from connected clients, over all shards (each
+    /// past its first `limits::PARTIAL_PACKET_UNCOUNTED_BYTES`; `shard/receiving.rs`).
+    pub receiving_bytes: CachePadded<std::sync::atomic::AtomicUsize>,
     /// What subscriptions hold beyond what their count bounds, over every session (each
     /// session's share goes back when it ends; `session::filter_cost`).
     pub filter_bytes: Arc<std::sync::atomic::AtomicUsize>,
@@ -139,11 +142,12 @@ pub const MAILBOX_CAPACITY: usize = 16 * 1024;
 
 impl Shared {
     /// Bytes kept for clients beyond what waits to be written to them: subscriptions,
-    /// retained messages, partial CONNECTs. Within `memory_limit` with what waits.
+    /// retained messages, partial CONNECTs and other partial packets. Within `memory_limit` with what waits.
     pub fn kept_bytes(&self) -> usize {
         self.filter_bytes.load(Ordering::Relaxed)
             + self.retained_bytes.load(Ordering::Relaxed)
             + self.preconnect_bytes.load(Ordering::Relaxed)
+            + self.receiving_bytes.load(Ordering::Relaxed)
     }
 
     /// The state of a broker of one shard per waker, whose listening sockets belong to the
@@ -215,6 +219,7 @@ impl Shared {
             stats: (0..shards).map(|_| Default::default()).collect(),
             write_queued: (0..shards).map(|_| Default::default()).collect(),
             preconnect_bytes: Default::default(),
+            receiving_bytes: Default::default(),
             filter_bytes: Default::default(),
             retained_bytes: Default::default(),
             listener_of_socket,

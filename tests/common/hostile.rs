@@ -26,3 +26,10 @@ pub fn ping_round_trip(client: &mut Raw) -> Duration {
         other => panic!("expected PINGRESP, got {other:?}"),
     }
 }
+
+/// The most memory process `pid` has held resident since it started (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

@@ -1,0 +1,248 @@
+//! A packet on its way in: what a connection holds of it is counted, and bounded, and its
+//! buffer is sized for it.
+//!
+//! - Before its CONNECT is accepted, a connection may hold only what a CONNECT needs
+//!   (`PRECONNECT_HELD_MAX`), and all such connections together `preconnect_bytes_max`
+//!   (`Shared::preconnect_bytes`): past either, it is closed.
+//! - After, its partial packet is counted in `memory_limit` as it arrives
+//!   (`Shared::receiving_bytes`), and a packet that, whole, would take the broker past
+//!   `memory_limit` is refused as soon as that is known, from its header on: the client is
+//!   disconnected (5.0: 0x97 Quota exceeded), as Mosquitto disconnects a client whose packet
+//!   it cannot allocate within its `memory_limit`.
+//! - The buffer is sized for the whole packet once enough of it has arrived, not doubled
+//!   again and again as it comes: a 200 MB PUBLISH was copied 128 MB at once (a 60 ms turn)
+//!   and held 2.4 times its size.
+
+use bytes::BytesMut;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::close::CloseReason;
+use super::conn::{self, Conn};
+use super::io::{Backend, ConnId, READ_MAX_PER_TURN};
+use super::{Shard, Shared};
+use crate::codec::ReasonCode;
+use crate::limits::{
+    self, Limit, PACKET_SIZED_AFTER_PART, PACKET_SIZED_AT_ONCE_BYTES,
+    PARTIAL_PACKET_UNCOUNTED_BYTES,
+};
+
+/// What a connection holds of a packet is counted in units of this many bytes, rounded up,
+/// so that its count fits in two bytes of its record (`Conn::input_held`).
+pub(super) const INPUT_UNIT: usize = 8 * 1024;
+const _: () = assert!(
+    (crate::codec::VARINT_MAX as usize + 5 + READ_MAX_PER_TURN).div_ceil(INPUT_UNIT)
+        <= u16::MAX as usize
+);
+
+/// The most one connection may hold before its CONNECT is accepted: a CONNECT and a turn's
+/// read fit; more comes only from a client that sends on while its CONNECT is judged (an
+/// authentication exchange, a session on its way from another shard). Its first unit is
+/// not counted: a CONNECT in pieces, a connection that sent a few bytes, cost what any
+/// connection costs (and their number is bounded elsewhere), so that thousands of them
+/// cannot fill the broker-wide bound with a byte each.
+const PRECONNECT_HELD_MAX: usize = 128 * INPUT_UNIT;
+const _: () = assert!(limits::CONNECT_PACKET_BYTES_MAX + READ_MAX_PER_TURN < PRECONNECT_HELD_MAX);
+
+/// Which count a connection's partial packet is in.
+enum Counted {
+    /// Its CONNECT is not accepted yet: `Shared::preconnect_bytes`.
+    Preconnect,
+    /// It is connected: `Shared::receiving_bytes`.
+    Receiving,
+    /// A bridge's own connection before its CONNACK: not counted (the broker started it).
+    Not,
+}
+
+fn counted_in(c: &Conn) -> Counted {
+    if c.session.is_some() {
+        Counted::Receiving
+    } else if c.link().is_some() {
+        Counted::Not
+    } else {
+        Counted::Preconnect
+    }
+}
+
+impl<B: Backend> Shard<B> {
+    /// After the whole packets a receive brought were taken: `conn`'s buffer holds the start
+    /// of one more, or nothing. A client's packet that would not fit in `memory_limit` is
+    /// refused; the buffer is sized for what is still to come.
+    pub(super) fn partial_packet(&mut self, conn: ConnId) {
+        let Some(c) = conn::live_mut(&mut self.conns, conn) else {
+            return;
+        };
+        // decode_from found no error, so a complete header is a valid one.
+        let total = match c.decoder.fixed_header(&c.inbuf) {
+            Ok(Some(header)) => Some(header.packet_len()),
+            _ => None,
+        };
+        if let Some(total) = total.filter(|&t| t > PARTIAL_PACKET_UNCOUNTED_BYTES) {
+            let counted = usize::from(c.input_held) * INPUT_UNIT;
+            if c.session.is_some()
+                && c.link().is_none()
+                && self.memory_held().saturating_sub(counted) + total > self.write_bytes_max
+            {
+                self.refuse_packet(conn, total);
+                return;
+            }
+        }
+        if let Some(c) = conn::live_mut(&mut self.conns, conn) {
+            size_for_packet(&mut c.inbuf, total);
+        }
+    }
+
+    /// Disconnects a client whose packet of `size` bytes would take the broker past
+    /// `memory_limit`.
+    fn refuse_packet(&mut self, conn: ConnId, size: usize) {
+        let name = self.conn_name(conn);
+        let max = self.write_bytes_max;
+        self.limit_reached(Limit::ReceivingBytes, || {
+            format!(
+                "client {name} is sending a packet of {size} bytes, more than memory_limit \
+                 ({max} bytes) has room for; disconnecting it."
+            )
+        });
+        self.disconnect_with(conn, ReasonCode::QuotaExceeded, "no room for its packet");
+    }
+
+    /// Brings the broker-wide counts up to date with what `conn` holds of a packet now;
+    /// before CONNECT, closes it past its bounds. Called after each receive.
+    pub(super) fn count_input(&mut self, conn: ConnId) {
+        let Some(c) = conn::live_mut(&mut self.conns, conn) else {
+            return;
+        };
+        let bytes = c.inbuf.len();
+        let (total, free) = match counted_in(c) {
+            Counted::Preconnect => (&self.shared.preconnect_bytes, INPUT_UNIT),
+            Counted::Receiving => (&self.shared.receiving_bytes, PARTIAL_PACKET_UNCOUNTED_BYTES),
+            Counted::Not => return,
+        };
+        let units = if bytes > free {
+            bytes.div_ceil(INPUT_UNIT)
+        } else {
+            0
+        };
+        let held = u16::try_from(units).unwrap_or(u16::MAX);
+        let before = std::mem::replace(&mut c.input_held, held);
+        if held <= before {
+            total.fetch_sub(usize::from(before - held) * INPUT_UNIT, Relaxed);
+            return;
+        }
+        let added = usize::from(held - before) * INPUT_UNIT;
+        let now = total.fetch_add(added, Relaxed) + added;
+        if c.session.is_some() {
+            return;
+        }
+        let max = limits::preconnect_bytes_max(self.write_bytes_max);
+        if now <= max && bytes <= PRECONNECT_HELD_MAX {
+            return;
+        }
+        let peer = format!("{}:{}", c.peer_host(&self.config), c.peer_port());
+        self.limit_reached(Limit::PreconnectBytes, || {
+            if now > max {
+                format!(
+                    "connections that have not sent a whole CONNECT hold more than {max} \
+                     bytes; closing the one from {peer} (it held {bytes})."
+                )
+            } else {
+                format!("closing the connection from {peer}: it held {bytes} bytes before its CONNECT was accepted.")
+            }
+        });
+        self.close_conn(conn, CloseReason::ProtocolError);
+    }
+}
+
+/// What `c` held of a packet leaves its count: when it closes, and when its CONNECT is
+/// accepted (what it holds then is counted again as a connected client's).
+pub(super) fn forget_input(shared: &Shared, c: &mut Conn) {
+    let held = std::mem::take(&mut c.input_held);
+    if held == 0 {
+        return;
+    }
+    let bytes = usize::from(held) * INPUT_UNIT;
+    match counted_in(c) {
+        Counted::Preconnect => shared.preconnect_bytes.fetch_sub(bytes, Relaxed),
+        Counted::Receiving => shared.receiving_bytes.fetch_sub(bytes, Relaxed),
+        Counted::Not => 0,
+    };
+}
+
+/// Sizes a connection's input buffer, holding `inbuf.len()` bytes of a packet of `total`
+/// bytes (`None`: its header is not all here yet), for the rest of it: for the whole packet
+/// once it is small or a sixteenth of it has arrived (`PACKET_SIZED_AFTER_PART`), with room
+/// for one more read behind it so that the read that ends it does not grow it again; to
+/// what it holds when it is much larger than the packet needs (grown for an earlier one).
+/// Otherwise it is left to grow as bytes arrive.
+fn size_for_packet(inbuf: &mut BytesMut, total: Option<usize>) {
+    let len = inbuf.len();
+    if len == 0 {
+        *inbuf = BytesMut::new();
+        return;
+    }
+    let need = total.unwrap_or(len).max(len);
+    let capacity = inbuf.capacity();
+    let resize = if capacity >= need {
+        capacity > 4 * need.max(1024)
+    } else {
+        need <= PACKET_SIZED_AT_ONCE_BYTES || len >= need / PACKET_SIZED_AFTER_PART
+    };
+    if resize {
+        let behind = if need > READ_MAX_PER_TURN {
+            READ_MAX_PER_TURN
+        } else {
+            0
+        };
+        let mut sized = BytesMut::with_capacity(need + behind);
+        sized.extend_from_slice(inbuf);
+        *inbuf = sized;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holding(len: usize, capacity: usize) -> BytesMut {
+        let mut b = BytesMut::with_capacity(capacity);
+        b.resize(len, 7);
+        b
+    }
+
+    #[test]
+    fn a_small_packet_gets_its_whole_buffer_from_its_header() {
+        let mut b = holding(5, 8);
+        size_for_packet(&mut b, Some(1000));
+        assert!(b.capacity() >= 1000 && b.capacity() < 4096);
+        assert_eq!(&b[..], &[7; 5]);
+    }
+
+    #[test]
+    fn a_large_packet_is_sized_once_a_sixteenth_has_arrived() {
+        let total = 64 << 20;
+        let mut b = holding(1 << 20, 2 << 20);
+        size_for_packet(&mut b, Some(total));
+        assert_eq!(
+            b.capacity(),
+            2 << 20,
+            "sized ahead of 16 times what arrived"
+        );
+        let mut b = holding(total / 16, total / 8);
+        size_for_packet(&mut b, Some(total));
+        assert!(b.capacity() >= total + READ_MAX_PER_TURN);
+        assert!(b.capacity() < total + 2 * READ_MAX_PER_TURN);
+        assert_eq!(b.len(), total / 16);
+    }
+
+    #[test]
+    fn a_buffer_grown_for_an_earlier_packet_is_given_back() {
+        let mut b = holding(100, 1 << 20);
+        size_for_packet(&mut b, Some(200));
+        assert!(b.capacity() < 4096);
+        let mut b = holding(3, 1 << 20);
+        size_for_packet(&mut b, None);
+        assert!(b.capacity() < 4096);
+        let mut b = holding(0, 1 << 20);
+        size_for_packet(&mut b, None);
+        assert_eq!(b.capacity(), 0);
+    }
+}
