@@ -8,6 +8,9 @@ round trip while it runs). The probes behind issue 28's later findings:
   props MB          one 5.0 PUBLISH of MB megabytes of empty User Properties
   utf8 MB           one 5.0 PUBLISH of MB megabytes said to be UTF-8
   plain MB          one 5.0 PUBLISH of MB megabytes
+  deliver-tcp MB    one QoS 0 PUBLISH of MB megabytes to four subscribers that read it, on
+  deliver-tls MB    a plain, TLS (a certificate made by openssl for the run) or WebSocket
+  deliver-ws MB     listener; prints the broker's peak RSS growth instead of what it held
 
 Usage: python3 scripts/hostile-probe.py deep-retained 20000 [--midge PATH] [--memory-limit B]
 Loopback only; the broker is stopped at the end.
@@ -15,6 +18,7 @@ Loopback only; the broker is stopped at the end.
 import argparse
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -73,6 +77,78 @@ def run(kind, amount, port, big=None):
     return c
 
 
+SUBSCRIBERS = 4
+
+
+def second_listener(kind, directory):
+    """The configuration of the listener the subscribers of a deliver-* probe use."""
+    if kind == "deliver-tls":
+        cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True)
+        return f"certfile {cert}\nkeyfile {key}\n"
+    if kind == "deliver-ws":
+        return "protocol websockets\n"
+    return ""
+
+
+def subscriber(kind, port, client_id):
+    """A 3.1.1 subscriber to `big` on the second listener; returns a function that reads
+    what comes (bytes; empty once closed)."""
+    c = socket.create_connection(("127.0.0.1", port), 10)
+    send, recv = c.sendall, c.recv
+    if kind == "deliver-tls":
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        c = context.wrap_socket(c, server_hostname="localhost")
+        send, recv = c.sendall, c.recv
+    elif kind == "deliver-ws":
+        c.sendall(b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += c.recv(4096)
+
+        def send(data):  # one masked binary frame (a zero mask), small packets only
+            c.sendall(bytes([0x82, 0x80 | len(data)]) + bytes(4) + data)
+    send(packet(0x10, s("MQTT") + bytes([4, 2, 0, 60]) + s(client_id)))
+    recv(64)  # CONNACK
+    send(packet(0x82, struct.pack(">H", 1) + s("big") + b"\x00"))
+    recv(64)  # SUBACK
+    return lambda: recv(1 << 20)
+
+
+def peak_rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def deliver(kind, megabytes, port, second_port, big):
+    """Subscribers read a large message as it comes; the publisher sends it. Returns the
+    publisher once every subscriber has it all."""
+    readers = []
+    for i in range(SUBSCRIBERS):
+        read = subscriber(kind, second_port, f"reader-{i}")
+
+        def drain(read=read):
+            got = 0
+            while got < megabytes << 20:
+                chunk = read()
+                if not chunk:
+                    return
+                got += len(chunk)
+        readers.append(threading.Thread(target=drain, daemon=True))
+    for r in readers:
+        r.start()
+    c = connect(port, "publisher")
+    c.sendall(big)
+    for r in readers:
+        r.join(60)
+    return c
+
+
 def big_publish(kind, megabytes):
     """The one large PUBLISH of `props`, `utf8` and `plain`, built before the pinger starts
     (building it holds Python's lock for as long as a stall worth measuring)."""
@@ -88,15 +164,20 @@ def big_publish(kind, megabytes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["deep-retained", "deep-filters", "props", "utf8", "plain"])
+    parser.add_argument("kind", choices=["deep-retained", "deep-filters", "props", "utf8", "plain",
+                                         "deliver-tcp", "deliver-tls", "deliver-ws"])
     parser.add_argument("amount", type=int)
     parser.add_argument("--midge", default=os.path.join(ROOT, "target/release/midge"))
     parser.add_argument("--memory-limit", type=int, default=0)
     args = parser.parse_args()
-    port = free_port()
-    conf = os.path.join(tempfile.mkdtemp(prefix="hostile-probe-"), "midge.conf")
+    port, second_port = free_port(), free_port()
+    directory = tempfile.mkdtemp(prefix="hostile-probe-")
+    conf = os.path.join(directory, "midge.conf")
+    delivering = args.kind.startswith("deliver-")
     with open(conf, "w") as f:
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        if delivering:
+            f.write(f"listener {second_port} 127.0.0.1\n" + second_listener(args.kind, directory))
         if args.memory_limit:
             f.write(f"memory_limit {args.memory_limit}\n")
     broker = subprocess.Popen([args.midge, "-c", conf, "--threads", "1"],
@@ -114,18 +195,28 @@ def main():
                 time.sleep(0.001)
 
         big = None
-        if args.kind in ("props", "utf8", "plain"):
+        if delivering:
+            big = packet(0x30, s("big") + b"x" * (args.amount << 20))
+        elif args.kind in ("props", "utf8", "plain"):
             big = big_publish(args.kind, args.amount)
-        before = rss(broker.pid)
+        before, peak_before = rss(broker.pid), peak_rss(broker.pid)
         thread = threading.Thread(target=ping, daemon=True)
         thread.start()
-        client = run(args.kind, args.amount, port, big)
+        if delivering:
+            client = deliver(args.kind, args.amount, port, second_port, big)
+        else:
+            client = run(args.kind, args.amount, port, big)
         time.sleep(0.5)
         stop.set()
         thread.join()
         held = rss(broker.pid)
         client.close()
         time.sleep(1.5)
+        if delivering:
+            grown = (peak_rss(broker.pid) - peak_before) / 1048576
+            print(f"{args.kind} {args.amount} to {SUBSCRIBERS}: peak RSS +{grown:.0f} MiB, "
+                  f"worst ping {worst[0] * 1000:.1f} ms")
+            return
         print(f"{args.kind} {args.amount}: RSS +{(held - before) / 1048576:.0f} MiB "
               f"(+{(rss(broker.pid) - before) / 1048576:.0f} MiB 1.5 s after it left), "
               f"worst ping {worst[0] * 1000:.1f} ms")

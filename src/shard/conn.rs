@@ -85,6 +85,12 @@ pub struct Layers {
     pub tls: Option<crate::tls::link::TlsLink>,
     /// A WebSocket listener's connection: its frames, inside TLS if it has that too.
     pub ws: Option<crate::ws::WsLink>,
+    /// What waits to be framed and sealed, a slice at a time as the socket drains
+    /// (`sealing.rs`), and its bytes; whether the connection is on the shard's list of
+    /// those with some.
+    pub unsealed: std::collections::VecDeque<bytes::Bytes>,
+    pub unsealed_len: usize,
+    pub sealing_listed: bool,
 }
 
 #[derive(Default)]
@@ -207,6 +213,11 @@ impl Conn {
     }
 
     /// Bytes waiting to go out this turn (not yet handed to the backend).
+    /// Bytes waiting to be framed and sealed (`sealing.rs`).
+    pub fn unsealed_len(&self) -> usize {
+        self.layers.as_ref().map_or(0, |l| l.unsealed_len)
+    }
+
     pub fn out_len(&self) -> usize {
         let chunks = self.extras.as_ref().map_or(0, |e| {
             e.out_chunks.iter().map(bytes::Bytes::len).sum::<usize>()
@@ -215,17 +226,18 @@ impl Conn {
     }
 
     /// Appends an encoded PUBLISH (`encode::Encoded`) with `packet_id` (0 for QoS 0) patched
-    /// in at its `id_at`. A large one on a connection without TLS or WebSocket layers is
-    /// not copied past its packet id: the rest of its head, and the message's payload,
-    /// follow as the shared buffers they are, so that every subscriber holds the one
-    /// encoding and the one payload (issue 28: ten subscribers that did not read held ten
-    /// copies of every message, and each message was held twice, as itself and encoded).
+    /// in at its `id_at`. A large one is not copied past its packet id: the rest of its
+    /// head, and the message's payload, follow as the shared buffers they are, so that
+    /// every subscriber holds the one encoding and the one payload (issue 28: ten
+    /// subscribers that did not read held ten copies of every message, and each message was
+    /// held twice, as itself and encoded); a TLS or WebSocket connection seals them a slice
+    /// at a time (`sealing.rs`).
     pub(super) fn put_publish(&mut self, encoded: &super::encode::Encoded<'_>, packet_id: u16) {
         let id_at = encoded.id_at;
         let head_len = id_at + if packet_id != 0 { 2 } else { 0 };
         let start = self.out.len();
         match encoded.large {
-            Some((head, payload)) if self.layers.is_none() => {
+            Some((head, payload)) => {
                 self.out.extend_from_slice(&head[..head_len]);
                 patch_id(&mut self.out[start..], id_at, packet_id);
                 let before = self.out.split().freeze();
@@ -238,11 +250,8 @@ impl Conn {
                     chunks.push(payload.clone());
                 }
             }
-            large => {
+            None => {
                 self.out.extend_from_slice(encoded.head);
-                if let Some((_, payload)) = large {
-                    self.out.extend_from_slice(payload);
-                }
                 patch_id(&mut self.out[start..], id_at, packet_id);
             }
         }

@@ -303,12 +303,23 @@ impl<B: Backend> Shard<B> {
     }
 
     pub(super) fn close_socket(&mut self, mut c: Box<super::conn::Conn>) {
-        // A TLS or WebSocket connection's last bytes end with its close (such a connection
-        // has no shared chunks: everything it sends is in `out`).
-        let mut pieces: Vec<bytes::Bytes> = c.take_out().collect();
+        let pieces: Vec<bytes::Bytes> = c.take_out().collect();
+        let Some(layers) = c.layers.as_ref() else {
+            for piece in pieces {
+                self.backend.send(c.id, piece);
+            }
+            self.backend.close(c.id);
+            return;
+        };
+        // A TLS or WebSocket connection's last bytes end with its close. Bytes still
+        // waiting to be sealed are not sent (`sealing.rs`), nor what would follow them, cut
+        // short: only the close.
+        let cut_short = !layers.unsealed.is_empty();
+        let mut pieces = if cut_short { Vec::new() } else { pieces };
         let last = pieces.pop().unwrap_or_default();
         for piece in pieces {
-            self.backend.send(c.id, piece);
+            let sealed = super::transport::seal(&mut c, piece, false);
+            self.backend.send(c.id, sealed);
         }
         let last = super::transport::seal(&mut c, last, true);
         if !last.is_empty() {

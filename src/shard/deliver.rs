@@ -406,7 +406,7 @@ impl<B: Backend> Shard<B> {
         // limit, or past a small backlog while the broker as a whole holds more than
         // memory_limit for its clients. Clients that read keep getting everything.
         if target.qos == QoS::AtMostOnce {
-            let backlog = c.out_len() + self.backend.queued_bytes(conn);
+            let backlog = c.out_len() + c.unsealed_len() + self.backend.queued_bytes(conn);
             if backlog > write_max || (over_memory_limit && backlog > SLOW_BACKLOG_BYTES) {
                 stats.dropped_slow_client.fetch_add(1, Ordering::Relaxed);
                 return;

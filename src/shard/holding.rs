@@ -98,7 +98,7 @@ impl<B: Backend> Shard<B> {
     /// never reads cannot make the broker hold its replies without end: TCP pushes back on
     /// it instead.
     pub(super) fn hold_if_backed_up(&mut self, conn: ConnId) {
-        let backlog = self.backend.queued_bytes(conn);
+        let backlog = self.unsent_bytes(conn);
         if backlog <= SLOW_BACKLOG_BYTES {
             return;
         }
@@ -128,7 +128,7 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conn(conn) else {
             return false;
         };
-        let backlog = c.out_len() + self.backend.queued_bytes(conn);
+        let backlog = c.out_len() + self.unsent_bytes(conn);
         let bound = if self.over_memory_limit() {
             SLOW_BACKLOG_BYTES
         } else {
@@ -171,7 +171,7 @@ impl<B: Backend> Shard<B> {
             if self.conn(conn).is_none() {
                 return false;
             }
-            if self.backend.queued_bytes(conn) > OUTPUT_RESUME_BYTES {
+            if self.unsent_bytes(conn) > OUTPUT_RESUME_BYTES {
                 return true;
             }
             self.release_reading(conn, Hold::OUTPUT);

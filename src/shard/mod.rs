@@ -25,6 +25,7 @@ mod parking;
 mod publish;
 mod receiving;
 mod reload;
+mod sealing;
 mod sessions;
 mod shared;
 mod stats;
@@ -122,6 +123,8 @@ pub struct Shard<B: Backend> {
     scan_visits_left: usize,
     /// TLS handshake time this turn, and handshakes held to the next (`transport.rs`).
     handshakes: transport::Handshakes,
+    /// Output of TLS and WebSocket connections waiting to be sealed (`sealing.rs`).
+    sealing: sealing::Sealing,
     /// Whether this shard worked since its last timer tick, and since it last gave freed
     /// memory back (`timers.rs`).
     quiet: timers::Quiet,
@@ -200,6 +203,7 @@ impl<B: Backend> Shard<B> {
             owed_next_turn: false,
             scan_visits_left: crate::limits::SCAN_VISITS_PER_TURN,
             handshakes: Default::default(),
+            sealing: Default::default(),
             quiet: timers::Quiet::default(),
             write_waiting_elsewhere: 0,
             out_bytes_this_turn: 0,
@@ -255,6 +259,7 @@ impl<B: Backend> Shard<B> {
             || !self.outbox.is_empty()
             || self.owed_next_turn
             || self.handshakes.pending()
+            || self.sealing.pending()
         {
             timeout = Duration::ZERO;
         }
@@ -286,6 +291,7 @@ impl<B: Backend> Shard<B> {
             self.quiet.worked();
         }
         self.release_drained();
+        self.seal_waiting();
         self.renew_scan_budget();
         self.resume_handshakes();
         for event in events.drain(..) {
@@ -308,8 +314,10 @@ impl<B: Backend> Shard<B> {
         // to disk.
         self.journal_turn();
         self.flush();
-        self.shared.write_queued[self.id]
-            .store(self.backend.queued_bytes_total(), Ordering::Relaxed);
+        self.shared.write_queued[self.id].store(
+            self.backend.queued_bytes_total() + self.sealing.unsealed_bytes,
+            Ordering::Relaxed,
+        );
         let ended = self.shared.clock.now();
         let took = ended.saturating_duration_since(self.now);
         self.stats().turn_durations.record(took.as_micros() as u64);
@@ -404,6 +412,7 @@ impl<B: Backend> Shard<B> {
         let mut taken = slot.take();
         if let Some(c) = &mut taken {
             receiving::forget_input(&self.shared, c);
+            self.forget_unsealed(c);
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
             // A bridge's own connection came in on no listener.
             if c.link().is_none() {

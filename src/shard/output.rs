@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::io::{Backend, ConnId};
-use super::{conn, transport, Shard};
+use super::{conn, Shard};
 use crate::codec::{Packet, ProtocolVersion};
 
 impl<B: Backend> Shard<B> {
@@ -69,6 +69,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn memory_held(&self) -> usize {
         self.write_waiting_elsewhere
             + self.backend.queued_bytes_total()
+            + self.sealing.unsealed_bytes
             + self.out_bytes_this_turn
             + self.shared.kept_bytes()
     }
@@ -86,13 +87,7 @@ impl<B: Backend> Shard<B> {
                 continue;
             }
             let pieces: smallvec::SmallVec<[bytes::Bytes; 1]> = c.take_out().collect();
-            for plain in pieces {
-                let data = transport::seal(c, plain, false);
-                self.shared.stats[self.id]
-                    .bytes_sent
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                self.backend.send(conn, data);
-            }
+            self.send_out(conn, pieces.into_iter());
             self.hold_if_backed_up(conn);
         }
         dirty.shrink_to(super::deliver::KEPT_CAPACITY);

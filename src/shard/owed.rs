@@ -80,7 +80,7 @@ impl<B: Backend> Shard<B> {
             if !session.outgoing().owes() {
                 return false;
             }
-            let unsent = self.backend.queued_bytes(conn);
+            let unsent = self.unsent_bytes(conn);
             let waiting = self.conn(conn).map_or(0, |c| c.out_len()) + unsent;
             if waiting >= OWED_WRITE_MAX {
                 // The socket drains what it holds (and says so when it was full); what is
