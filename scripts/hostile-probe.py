@@ -11,11 +11,14 @@ round trip while it runs). The probes behind issue 28's later findings:
   deliver-tcp MB    one QoS 0 PUBLISH of MB megabytes to four subscribers that read it, on
   deliver-tls MB    a plain, TLS (a certificate made by openssl for the run) or WebSocket
   deliver-ws MB     listener; prints the broker's peak RSS growth instead of what it held
+  ws-publish MB     one PUBLISH of MB megabytes in one WebSocket frame
 
 Usage: python3 scripts/hostile-probe.py deep-retained 20000 [--midge PATH] [--memory-limit B]
+       [--io uring|epoll]
 Loopback only; the broker is stopped at the end.
 """
 import argparse
+import multiprocessing
 import os
 import socket
 import ssl
@@ -53,11 +56,23 @@ def ping_sync(c):
         return
 
 
+def ping(port, worst, ready, stop):
+    """Another client's PINGREQ round trips until `stop`, the worst in `worst`: in a process
+    of its own, so that the probe's readers and writers do not hold it up."""
+    pinger = connect(port, "pinger")
+    ready.set()
+    while not stop.is_set():
+        started = time.monotonic()
+        ping_sync(pinger)
+        worst.value = max(worst.value, time.monotonic() - started)
+        time.sleep(0.001)
+
+
 def deep(i):
     return f"{i}" + "/" * 200
 
 
-def run(kind, amount, port, big=None):
+def run(kind, amount, port, big=None, second_port=None):
     if kind == "deep-retained":
         c = connect(port, "deep-retainer")
         for start in range(0, amount, 500):
@@ -70,6 +85,15 @@ def run(kind, amount, port, big=None):
                                                    for i in range(start, start + 100))
             c.sendall(packet(0x82, body))
             c.recv(1 << 16)  # SUBACK
+    elif kind == "ws-publish":
+        c = socket.create_connection(("127.0.0.1", second_port), 10)
+        ws_upgrade(c)
+        c.sendall(ws_frame(packet(0x10, s("MQTT") + bytes([4, 2, 0, 60]) + s("big"))))
+        c.recv(64)  # CONNACK
+        c.sendall(big + ws_frame(b"\xc0\x00"))
+        answer = b""
+        while not answer.endswith(b"\xd0\x00"):
+            answer += c.recv(64)
     else:
         c = connect(port, "big", v5=True)
         c.sendall(big)
@@ -88,9 +112,30 @@ def second_listener(kind, directory):
                         "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
                        check=True, capture_output=True)
         return f"certfile {cert}\nkeyfile {key}\n"
-    if kind == "deliver-ws":
+    if kind in ("deliver-ws", "ws-publish"):
         return "protocol websockets\n"
     return ""
+
+
+def ws_upgrade(c):
+    c.sendall(b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += c.recv(4096)
+
+
+def ws_frame(data):
+    """One binary frame from a client, masked with a zero key (so the bytes are as they are)."""
+    n = len(data)
+    if n < 126:
+        length = bytes([0x80 | n])
+    elif n < 65536:
+        length = bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        length = bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return b"\x82" + length + bytes(4) + data
 
 
 def subscriber(kind, port, client_id):
@@ -104,20 +149,38 @@ def subscriber(kind, port, client_id):
         c = context.wrap_socket(c, server_hostname="localhost")
         send, recv = c.sendall, c.recv
     elif kind == "deliver-ws":
-        c.sendall(b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                  b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            answer += c.recv(4096)
+        ws_upgrade(c)
 
-        def send(data):  # one masked binary frame (a zero mask), small packets only
-            c.sendall(bytes([0x82, 0x80 | len(data)]) + bytes(4) + data)
+        def send(data):
+            c.sendall(ws_frame(data))
     send(packet(0x10, s("MQTT") + bytes([4, 2, 0, 60]) + s(client_id)))
     recv(64)  # CONNACK
     send(packet(0x82, struct.pack(">H", 1) + s("big") + b"\x00"))
     recv(64)  # SUBACK
     return lambda: recv(1 << 20)
+
+
+def longest_turn(metrics_port):
+    """The bucket of the broker's longest loop turn, from its metrics (the shard's own
+    measure of a stall, without the probe's scheduling in it)."""
+    with socket.create_connection(("127.0.0.1", metrics_port), 10) as c:
+        c.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        body = b""
+        while chunk := c.recv(1 << 16):
+            body += chunk
+    buckets = []
+    for line in body.decode().splitlines():
+        if line.startswith("midge_shard_loop_turn_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+    buckets.sort()
+    total = buckets[-1][1]
+    below = 0.0
+    for le, count in buckets:
+        if count >= total:
+            return f"{below * 1000:g}-{le * 1000:g} ms"
+        below = le
+    return "?"
 
 
 def peak_rss(pid):
@@ -165,61 +228,63 @@ def big_publish(kind, megabytes):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=["deep-retained", "deep-filters", "props", "utf8", "plain",
-                                         "deliver-tcp", "deliver-tls", "deliver-ws"])
+                                         "deliver-tcp", "deliver-tls", "deliver-ws",
+                                         "ws-publish"])
     parser.add_argument("amount", type=int)
     parser.add_argument("--midge", default=os.path.join(ROOT, "target/release/midge"))
     parser.add_argument("--memory-limit", type=int, default=0)
+    parser.add_argument("--io", choices=["uring", "epoll"], help="midge's I/O backend")
     args = parser.parse_args()
-    port, second_port = free_port(), free_port()
+    port, second_port, metrics_port = free_port(), free_port(), free_port()
     directory = tempfile.mkdtemp(prefix="hostile-probe-")
     conf = os.path.join(directory, "midge.conf")
     delivering = args.kind.startswith("deliver-")
     with open(conf, "w") as f:
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        if delivering:
+        f.write(f"metrics_listener 127.0.0.1:{metrics_port}\n")
+        if delivering or args.kind == "ws-publish":
             f.write(f"listener {second_port} 127.0.0.1\n" + second_listener(args.kind, directory))
         if args.memory_limit:
             f.write(f"memory_limit {args.memory_limit}\n")
-    broker = subprocess.Popen([args.midge, "-c", conf, "--threads", "1"],
+    io = ["--io", args.io] if args.io else []
+    broker = subprocess.Popen([args.midge, "-c", conf, "--threads", "1"] + io,
                               stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, broker, "midge")
-        pinger = connect(port, "pinger")
-        worst, stop = [0.0], threading.Event()
-
-        def ping():
-            while not stop.is_set():
-                started = time.monotonic()
-                ping_sync(pinger)
-                worst[0] = max(worst[0], time.monotonic() - started)
-                time.sleep(0.001)
+        worst, stop = multiprocessing.Value("d", 0.0), multiprocessing.Event()
+        ready = multiprocessing.Event()
+        pinger = multiprocessing.Process(target=ping, args=(port, worst, ready, stop),
+                                         daemon=True)
 
         big = None
         if delivering:
             big = packet(0x30, s("big") + b"x" * (args.amount << 20))
         elif args.kind in ("props", "utf8", "plain"):
             big = big_publish(args.kind, args.amount)
+        elif args.kind == "ws-publish":
+            big = ws_frame(big_publish("plain", args.amount))
         before, peak_before = rss(broker.pid), peak_rss(broker.pid)
-        thread = threading.Thread(target=ping, daemon=True)
-        thread.start()
+        pinger.start()
+        ready.wait(10)
         if delivering:
             client = deliver(args.kind, args.amount, port, second_port, big)
         else:
-            client = run(args.kind, args.amount, port, big)
+            client = run(args.kind, args.amount, port, big, second_port)
         time.sleep(0.5)
         stop.set()
-        thread.join()
+        pinger.join()
         held = rss(broker.pid)
         client.close()
         time.sleep(1.5)
+        turn = f"longest turn {longest_turn(metrics_port)}"
         if delivering:
             grown = (peak_rss(broker.pid) - peak_before) / 1048576
             print(f"{args.kind} {args.amount} to {SUBSCRIBERS}: peak RSS +{grown:.0f} MiB, "
-                  f"worst ping {worst[0] * 1000:.1f} ms")
+                  f"worst ping {worst.value * 1000:.1f} ms, {turn}")
             return
         print(f"{args.kind} {args.amount}: RSS +{(held - before) / 1048576:.0f} MiB "
               f"(+{(rss(broker.pid) - before) / 1048576:.0f} MiB 1.5 s after it left), "
-              f"worst ping {worst[0] * 1000:.1f} ms")
+              f"worst ping {worst.value * 1000:.1f} ms, {turn}")
     finally:
         stop_process(broker)
 

@@ -1,73 +1,30 @@
 //! WebSocket listeners (`protocol websockets`): MQTT in binary WebSocket messages, for
 //! browsers. The HTTP upgrade is parsed with `httparse` within `websockets_headers_size`
-//! bytes and answered with tungstenite's accept key; after it, tungstenite's protocol layer
-//! (`WebSocketContext`: framing, masking, ping/pong, close) runs over an in-memory pipe, so
-//! like TLS it sits per connection on the shard between the backend and the codec, and
-//! under TLS for `wss://`.
+//! bytes and answered with tungstenite's accept key; after it, frames are read and written
+//! here (`frames.rs`: a binary frame's payload goes to the connection's input as it
+//! arrives, unmasked, never gathered whole), so like TLS the layer sits per connection on
+//! the shard between the backend and the codec, and under TLS for `wss://`.
 //!
 //! MQTT packets may be split across messages and messages may hold several packets: the
 //! bytes go to the connection's input as one stream (MQTT 5.0 §6.0, 3.1.1 §6).
 
-use bytes::{Buf, Bytes, BytesMut};
-use std::io::{self, Read, Write};
-use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
+mod frames;
+
+use bytes::{Bytes, BytesMut};
+
+use frames::FrameReader;
 
 /// Subprotocols a client may ask for, in the order midge prefers them.
 const SUBPROTOCOLS: &[&str] = &["mqtt", "mqttv3.1"];
 
-/// What the WebSocket layer reads and writes: filled from the connection's bytes, drained
-/// into what goes back. Never blocks: reading past its end is `WouldBlock`.
-#[derive(Default)]
-struct Pipe {
-    input: BytesMut,
-    output: Vec<u8>,
-}
-
-impl Pipe {
-    /// Hands what was written over to `out`, allocation and all when `out` is empty, so the
-    /// pipe keeps no buffer between turns.
-    fn drain_output(&mut self, out: &mut Vec<u8>) {
-        let output = std::mem::take(&mut self.output);
-        if out.is_empty() {
-            *out = output;
-        } else {
-            out.extend_from_slice(&output);
-        }
-    }
-}
-
-impl Read for Pipe {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.input.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = buf.len().min(self.input.len());
-        buf[..n].copy_from_slice(&self.input[..n]);
-        self.input.advance(n);
-        Ok(n)
-    }
-}
-
-impl Write for Pipe {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 enum State {
     /// The HTTP upgrade request, until it is complete.
     Upgrading(BytesMut),
-    Open(Box<WebSocketContext>),
+    Open(FrameReader),
 }
 
 pub struct WsLink {
     state: State,
-    pipe: Pipe,
     headers_max: usize,
     frame_max: usize,
 }
@@ -80,27 +37,20 @@ pub struct Received {
 }
 
 impl WsLink {
-    /// `headers_max`: the largest upgrade request taken; `frame_max`: the largest frame or
-    /// message (what the connection's packet limit allows).
+    /// `headers_max`: the largest upgrade request taken; `frame_max`: the largest frame
+    /// (what the connection's packet limit allows).
     pub fn new(headers_max: usize, frame_max: usize) -> WsLink {
         WsLink {
             state: State::Upgrading(BytesMut::new()),
-            pipe: Pipe::default(),
             headers_max,
             frame_max,
         }
     }
 
-    /// The largest frame or message from now on (raised once CONNECT is accepted: before,
-    /// a frame may be only as large as a CONNECT).
+    /// The largest frame from now on (raised once CONNECT is accepted: before, a frame may
+    /// be only as large as a CONNECT).
     pub fn set_frame_max(&mut self, frame_max: usize) {
         self.frame_max = frame_max;
-        if let State::Open(context) = &mut self.state {
-            context.set_config(|config| {
-                config.max_frame_size = Some(frame_max);
-                config.max_message_size = Some(frame_max);
-            });
-        }
     }
 
     /// Takes bytes from the peer: the MQTT bytes they carry are appended to `mqtt`, what
@@ -112,77 +62,40 @@ impl WsLink {
         mqtt: &mut BytesMut,
         reply: &mut Vec<u8>,
     ) -> Result<Received, String> {
-        if let State::Upgrading(request) = &mut self.state {
-            request.extend_from_slice(data);
-            let Some((answer, rest)) = upgrade(request, self.headers_max, reply)? else {
-                return Ok(Received::default());
-            };
-            reply.extend_from_slice(answer.as_bytes());
-            let config = WebSocketConfig::default()
-                .read_buffer_size(4096)
-                .write_buffer_size(0)
-                .max_frame_size(Some(self.frame_max))
-                .max_message_size(Some(self.frame_max));
-            let context = WebSocketContext::from_partially_read(rest, Role::Server, Some(config));
-            self.state = State::Open(Box::new(context));
-        } else {
-            self.pipe.input.extend_from_slice(data);
-        }
-        let State::Open(context) = &mut self.state else {
-            unreachable!("opened above")
-        };
-        let mut received = Received::default();
-        let result = loop {
-            match context.read(&mut self.pipe) {
-                Ok(Message::Binary(bytes)) => mqtt.extend_from_slice(&bytes),
-                // [MQTT-6.0.0-1] MQTT travels in binary frames; anything else closes.
-                Ok(Message::Text(_)) => {
-                    break Err("a text frame (MQTT over WebSockets is binary only)".to_string())
-                }
-                Ok(Message::Close(_)) => {
-                    received.peer_closed = true;
-                    break Ok(());
-                }
-                // Pings are answered by tungstenite (the pong goes out with the flush).
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    break Ok(())
-                }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    received.peer_closed = true;
-                    break Ok(());
-                }
-                Err(e) => break Err(format!("WebSocket: {e}")),
+        let peer_closed = match &mut self.state {
+            State::Upgrading(request) => {
+                request.extend_from_slice(data);
+                let Some((answer, rest)) = upgrade(request, self.headers_max, reply)? else {
+                    return Ok(Received::default());
+                };
+                reply.extend_from_slice(answer.as_bytes());
+                let mut frames = FrameReader::new();
+                let closed = frames.read(&rest, mqtt, reply, self.frame_max)?;
+                self.state = State::Open(frames);
+                closed
             }
+            State::Open(frames) => frames.read(data, mqtt, reply, self.frame_max)?,
         };
-        let _ = context.flush(&mut self.pipe);
-        self.pipe.drain_output(reply);
-        // An idle connection keeps no buffer of a burst it once received.
-        if self.pipe.input.is_empty() {
-            self.pipe.input = BytesMut::new();
-        }
-        result.map(|()| received)
+        Ok(Received { peer_closed })
     }
 
-    /// MQTT bytes for the peer, as one binary message appended to `out`. Nothing before the
-    /// upgrade is done (no MQTT can be sent then).
+    /// MQTT bytes for the peer, as one binary frame appended to `out`. Nothing before the
+    /// upgrade is done (no MQTT can be sent then), nor after the peer's close.
     pub fn frame(&mut self, mqtt: Bytes, out: &mut Vec<u8>) {
-        let State::Open(context) = &mut self.state else {
-            return;
-        };
-        if let Err(e) = context.write(&mut self.pipe, Message::Binary(mqtt)) {
-            log::debug!("WebSocket: a message could not be framed: {e}");
+        if let State::Open(frames) = &self.state {
+            if !frames.is_closed() {
+                frames::put_binary(out, &mqtt);
+            }
         }
-        let _ = context.flush(&mut self.pipe);
-        self.pipe.drain_output(out);
     }
 
-    /// A close frame, the last bytes of a connection midge closes.
+    /// A close frame, the last bytes of a connection midge closes (none if the peer's close
+    /// was answered already).
     pub fn close(&mut self, out: &mut Vec<u8>) {
-        if let State::Open(context) = &mut self.state {
-            let _ = context.close(&mut self.pipe, None);
-            let _ = context.flush(&mut self.pipe);
-            self.pipe.drain_output(out);
+        if let State::Open(frames) = &self.state {
+            if !frames.is_closed() {
+                frames::put_close(out);
+            }
         }
     }
 }
