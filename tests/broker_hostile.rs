@@ -46,15 +46,6 @@ fn write_until_held(
     written
 }
 
-/// A 5.0 PUBLISH, QoS 1, topic "t", packet id 1, Payload Format Indicator 1, payload FF FF:
-/// answered with PUBACK 0x99 and a Reason String, larger than itself.
-const NOT_UTF8_PUBLISH: [u8; 12] = [0x32, 10, 0, 1, b't', 0, 1, 2, 0x01, 1, 0xFF, 0xFF];
-
-/// 8,192 of them, to write over and over.
-fn not_utf8_publishes() -> Vec<u8> {
-    NOT_UTF8_PUBLISH.repeat(8192)
-}
-
 /// Issue 28, finding 3: QoS 1 PUBLISHes whose payload is not the UTF-8 their Payload Format
 /// Indicator says each get PUBACK 0x99 with a Reason String, larger than the PUBLISH; the
 /// client reads none of them. The broker stops reading from it once its replies back up

@@ -64,6 +64,8 @@ impl Hold {
     pub const OUTBOX: Hold = Hold(1);
     /// What waits to be written to it passed its bound (`holding.rs`).
     pub const OUTPUT: Hold = Hold(2);
+    /// Whole packets it sent wait for the next turn (`limits::PACKETS_PER_TURN`).
+    pub const DECODE: Hold = Hold(4);
 
     pub fn contains(self, other: Hold) -> bool {
         self.0 & other.0 == other.0

@@ -20,19 +20,40 @@ const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 const DRAIN_CHECK_EVERY_TURN_MAX: usize = 256;
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(5);
 
-/// When each bound was last logged, and how many times it was reached since; when the
-/// clients waiting to drain were last checked.
+/// The log lines about each bound, and about payloads refused as not the UTF-8 they said
+/// they were (a client can send thousands a read); when the clients waiting to drain were
+/// last checked.
 pub(super) struct Holding {
-    last: [Option<Instant>; Limit::ALL.len()],
-    unlogged: [u64; Limit::ALL.len()],
+    limits: [RateLimited; Limit::ALL.len()],
+    pub(super) not_utf8: RateLimited,
     drain_checked: Instant,
+}
+
+/// A log line written at most once every `LIMIT_LOG_INTERVAL`.
+#[derive(Default)]
+pub(super) struct RateLimited {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RateLimited {
+    /// `None` if the line is not to be written now (it is counted); otherwise how many went
+    /// unwritten since the last.
+    pub(super) fn due(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|at| now < at + LIMIT_LOG_INTERVAL) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl Holding {
     pub(super) fn new(now: Instant) -> Self {
         Holding {
-            last: Default::default(),
-            unlogged: Default::default(),
+            limits: Default::default(),
+            not_utf8: RateLimited::default(),
             drain_checked: now,
         }
     }
@@ -43,16 +64,12 @@ impl<B: Backend> Shard<B> {
     /// `LIMIT_LOG_INTERVAL` ago (the next line says how many went unlogged).
     pub(super) fn limit_reached(&mut self, limit: Limit, line: impl FnOnce() -> String) {
         self.stats().limit_hit(limit);
-        let logs = &mut self.holding;
-        let i = limit as usize;
-        if logs.last[i].is_some_and(|at| self.now < at + LIMIT_LOG_INTERVAL) {
-            logs.unlogged[i] += 1;
-            return;
-        }
-        logs.last[i] = Some(self.now);
-        match std::mem::take(&mut logs.unlogged[i]) {
-            0 => log::warn!("Warning: {}", line()),
-            more => log::warn!("Warning: {} ({more} more since the last such line)", line()),
+        match self.holding.limits[limit as usize].due(self.now) {
+            None => {}
+            Some(0) => log::warn!("Warning: {}", line()),
+            Some(more) => {
+                log::warn!("Warning: {} ({more} more since the last such line)", line())
+            }
         }
     }
 

@@ -125,6 +125,8 @@ pub struct Shard<B: Backend> {
     handshakes: transport::Handshakes,
     /// Output of TLS and WebSocket connections waiting to be sealed (`sealing.rs`).
     sealing: sealing::Sealing,
+    /// Connections whose whole packets wait for the next turn (`limits::PACKETS_PER_TURN`).
+    decoding: Vec<ConnId>,
     /// Whether this shard worked since its last timer tick, and since it last gave freed
     /// memory back (`timers.rs`).
     quiet: timers::Quiet,
@@ -204,6 +206,7 @@ impl<B: Backend> Shard<B> {
             scan_visits_left: crate::limits::SCAN_VISITS_PER_TURN,
             handshakes: Default::default(),
             sealing: Default::default(),
+            decoding: Vec::new(),
             quiet: timers::Quiet::default(),
             write_waiting_elsewhere: 0,
             out_bytes_this_turn: 0,
@@ -260,6 +263,7 @@ impl<B: Backend> Shard<B> {
             || self.owed_next_turn
             || self.handshakes.pending()
             || self.sealing.pending()
+            || !self.decoding.is_empty()
         {
             timeout = Duration::ZERO;
         }
@@ -291,6 +295,7 @@ impl<B: Backend> Shard<B> {
             self.quiet.worked();
         }
         self.release_drained();
+        self.resume_decoding();
         self.seal_waiting();
         self.renew_scan_budget();
         self.resume_handshakes();
@@ -429,18 +434,38 @@ impl<B: Backend> Shard<B> {
             .filter(|c| c.id == conn)
     }
 
-    /// Decodes and handles every whole packet received on `conn`; what it still holds is
-    /// counted (`receiving.rs`).
+    /// Decodes and handles the whole packets received on `conn`, up to
+    /// `PACKETS_PER_TURN` (the rest wait for the next turn, `resume_decoding`); what it
+    /// still holds is counted (`receiving.rs`).
     fn process_input(&mut self, conn: ConnId) {
-        self.decode_input(conn);
+        if self.decode_input(conn) && self.hold_reading(conn, conn::Hold::DECODE) {
+            self.stats().limit_hit(crate::limits::Limit::PacketsPerTurn);
+            self.decoding.push(conn);
+        }
         self.count_input(conn);
     }
 
-    fn decode_input(&mut self, conn: ConnId) {
-        loop {
-            let Some(c) = self.conn_mut(conn) else { return };
+    /// At the start of a turn: goes on with the packets left from the last one.
+    fn resume_decoding(&mut self) {
+        for conn in std::mem::take(&mut self.decoding) {
+            if self.decode_input(conn) {
+                self.stats().limit_hit(crate::limits::Limit::PacketsPerTurn);
+                self.decoding.push(conn);
+            } else {
+                self.release_reading(conn, conn::Hold::DECODE);
+            }
+            self.count_input(conn);
+        }
+    }
+
+    /// True if whole packets are left for the next turn.
+    fn decode_input(&mut self, conn: ConnId) -> bool {
+        for _ in 0..crate::limits::PACKETS_PER_TURN {
+            let Some(c) = self.conn_mut(conn) else {
+                return false;
+            };
             if c.waiting_handoff().is_some() {
-                return;
+                return false;
             }
             match c.decoder.decode_from(&mut c.inbuf) {
                 Ok(Some(packet)) => {
@@ -451,14 +476,15 @@ impl<B: Backend> Shard<B> {
                 }
                 Ok(None) => {
                     self.partial_packet(conn);
-                    return;
+                    return false;
                 }
                 Err(error) => {
                     self.decode_failed(conn, error);
-                    return;
+                    return false;
                 }
             }
         }
+        self.conn(conn).is_some_and(|c| !c.inbuf.is_empty())
     }
 
     fn on_packet(&mut self, conn: ConnId, packet: Packet) {

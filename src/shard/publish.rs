@@ -109,7 +109,15 @@ impl<B: Backend> Shard<B> {
         if publish.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&publish.payload).is_err()
         {
-            log::info!("Client {name} sent a payload that is not the UTF-8 it said it was.");
+            match self.holding.not_utf8.due(self.now) {
+                None => {}
+                Some(0) => {
+                    log::info!("Client {name} sent a payload that is not the UTF-8 it said it was.")
+                }
+                Some(more) => log::info!(
+                    "Client {name} sent a payload that is not the UTF-8 it said it was ({more} more such payloads since the last such line)."
+                ),
+            }
             let mut refusal = PubResponse::new(packet_id);
             refusal.reason = ReasonCode::PayloadFormatInvalid;
             // [MQTT-3.1.2-29] a Reason String only for a client that wants problem details.

@@ -33,3 +33,12 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// A 5.0 PUBLISH, QoS 1, topic "t", packet id 1, Payload Format Indicator 1, payload FF FF:
+/// answered with PUBACK 0x99 and a Reason String, larger than itself.
+pub const NOT_UTF8_PUBLISH: [u8; 12] = [0x32, 10, 0, 1, b't', 0, 1, 2, 0x01, 1, 0xFF, 0xFF];
+
+/// 8,192 of them, to write over and over.
+pub fn not_utf8_publishes() -> Vec<u8> {
+    NOT_UTF8_PUBLISH.repeat(8192)
+}
