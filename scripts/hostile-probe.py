@@ -12,6 +12,8 @@ round trip while it runs). The probes behind issue 28's later findings:
   deliver-tls MB    a plain, TLS (a certificate made by openssl for the run) or WebSocket
   deliver-ws MB     listener; prints the broker's peak RSS growth instead of what it held
   ws-publish MB     one PUBLISH of MB megabytes in one WebSocket frame
+  not-utf8 N        N QoS 1 PUBLISHes of 12 bytes sent at once, each refused with PUBACK
+                    0x99 and a Reason String (read as they come)
 
 Usage: python3 scripts/hostile-probe.py deep-retained 20000 [--midge PATH] [--memory-limit B]
        [--io uring|epoll]
@@ -85,6 +87,19 @@ def run(kind, amount, port, big=None, second_port=None):
                                                    for i in range(start, start + 100))
             c.sendall(packet(0x82, body))
             c.recv(1 << 16)  # SUBACK
+    elif kind == "not-utf8":
+        c = connect(port, "not-utf8", v5=True)
+        # Sent from a thread while this one reads the answers (the broker stops reading a
+        # client that does not read its own), a PINGREQ last: its PINGRESP comes last.
+        sender = threading.Thread(target=c.sendall, args=(big + b"\xc0\x00",), daemon=True)
+        sender.start()
+        tail = b""
+        while not tail.endswith(b"\xd0\x00"):
+            chunk = c.recv(1 << 16)
+            if not chunk:
+                break
+            tail = (tail + chunk)[-2:]
+        sender.join()
     elif kind == "ws-publish":
         c = socket.create_connection(("127.0.0.1", second_port), 10)
         ws_upgrade(c)
@@ -229,7 +244,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=["deep-retained", "deep-filters", "props", "utf8", "plain",
                                          "deliver-tcp", "deliver-tls", "deliver-ws",
-                                         "ws-publish"])
+                                         "ws-publish", "not-utf8"])
     parser.add_argument("amount", type=int)
     parser.add_argument("--midge", default=os.path.join(ROOT, "target/release/midge"))
     parser.add_argument("--memory-limit", type=int, default=0)
@@ -263,6 +278,8 @@ def main():
             big = big_publish(args.kind, args.amount)
         elif args.kind == "ws-publish":
             big = ws_frame(big_publish("plain", args.amount))
+        elif args.kind == "not-utf8":
+            big = bytes([0x32, 10, 0, 1, ord("t"), 0, 1, 2, 0x01, 1, 0xFF, 0xFF]) * args.amount
         before, peak_before = rss(broker.pid), peak_rss(broker.pid)
         pinger.start()
         ready.wait(10)
