@@ -25,7 +25,7 @@ pub use error::{DecodeError, EncodeError};
 pub use primitives::{decode_varint, put_varint, varint_len, MqttStr, FIELD_LEN_MAX, VARINT_MAX};
 pub use properties::{Properties, PropertyContext, PropertyValues};
 pub use property_wire::USER_PROPERTIES_MAX;
-pub use publish::{PubResponse, Publish, PublishSummary};
+pub use publish::{peek_payload, PubResponse, Publish, PublishSummary};
 pub use reason::{ReasonCode, ReasonContext};
 pub use subscribe::{
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,

@@ -148,6 +148,59 @@ impl Publish {
     }
 }
 
+/// Properties larger than this are not looked into before their packet is whole
+/// (`peek_payload`).
+const PEEK_PROPERTIES_MAX: usize = 64 * 1024;
+
+/// Where a 5.0 PUBLISH's payload starts in `buf`, which holds the packet from its fixed
+/// header on (`header_len` bytes of it, then perhaps not all of the rest), and whether its
+/// Payload Format Indicator says UTF-8: once its topic, packet id and properties are all in
+/// `buf`, and the properties are at most `PEEK_PROPERTIES_MAX` bytes; `None` otherwise, or
+/// if they are not as they should be (the packet's own decoding says what is wrong). For a
+/// receiver that checks a large payload as it arrives.
+pub fn peek_payload(buf: &[u8], header_len: usize, qos: QoS) -> Option<(usize, bool)> {
+    let topic_len = usize::from(u16::from_be_bytes([
+        *buf.get(header_len)?,
+        *buf.get(header_len + 1)?,
+    ]));
+    let mut at = header_len + 2 + topic_len + if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let (props_len, used) = super::decode_varint(buf.get(at..)?).ok()??;
+    at += used;
+    let props_len = props_len as usize;
+    if props_len > PEEK_PROPERTIES_MAX {
+        return None;
+    }
+    let props = buf.get(at..at + props_len)?;
+    Some((at + props_len, payload_format(props)? == 1))
+}
+
+/// The Payload Format Indicator among `props` (0 if absent), walking them by their types
+/// (MQTT 5.0 §2.2.2.2); `None` if they cannot be walked.
+fn payload_format(mut props: &[u8]) -> Option<u8> {
+    use super::properties::id;
+    let mut format = 0;
+    while let Some((&property, rest)) = props.split_first() {
+        let field = |rest: &[u8], at: usize| -> Option<usize> {
+            let len = u16::from_be_bytes([*rest.get(at)?, *rest.get(at + 1)?]);
+            Some(at + 2 + usize::from(len))
+        };
+        let skip = match property {
+            id::PAYLOAD_FORMAT_INDICATOR => {
+                format = *rest.first()?;
+                1
+            }
+            id::MESSAGE_EXPIRY_INTERVAL => 4,
+            id::TOPIC_ALIAS => 2,
+            id::SUBSCRIPTION_IDENTIFIER => super::decode_varint(rest).ok()??.1,
+            id::CONTENT_TYPE | id::RESPONSE_TOPIC | id::CORRELATION_DATA => field(rest, 0)?,
+            id::USER_PROPERTY => field(rest, field(rest, 0)?)?,
+            _ => return None,
+        };
+        props = rest.get(skip..)?;
+    }
+    Some(format)
+}
+
 /// PUBACK, PUBREC, PUBREL or PUBCOMP: a packet identifier, and in 5.0 a reason code and
 /// properties.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,5 +246,61 @@ impl PubResponse {
     pub(super) fn encode_body<B: BufMut>(&self, version: ProtocolVersion, buf: &mut B) {
         buf.put_u16(self.packet_id);
         encode_reason_tail(self.reason, &self.properties, version, buf);
+    }
+}
+
+#[cfg(test)]
+mod peek_tests {
+    use super::*;
+    use crate::codec::Packet;
+
+    fn encoded(qos: QoS, properties: Properties, payload: &[u8]) -> Vec<u8> {
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: MqttStr::from_static("a/b"),
+            packet_id: u16::from(qos != QoS::AtMostOnce),
+            properties,
+            payload: Bytes::copy_from_slice(payload),
+        };
+        Packet::Publish(publish)
+            .to_bytes(ProtocolVersion::V5)
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_payload_is_found_past_every_property_a_publish_may_carry() {
+        let mut properties = Properties::default();
+        properties.message_expiry_interval = Some(60);
+        properties.content_type = Some(MqttStr::from_static("text/plain"));
+        properties.response_topic = Some(MqttStr::from_static("r"));
+        properties.correlation_data = Some(Bytes::from_static(b"id"));
+        properties.topic_alias = Some(3);
+        properties
+            .user_properties
+            .push((MqttStr::from_static("k"), MqttStr::from_static("v")));
+        for (format, qos) in [
+            (None, QoS::AtMostOnce),
+            (Some(1), QoS::AtLeastOnce),
+            (Some(0), QoS::ExactlyOnce),
+        ] {
+            let mut properties = properties.clone();
+            properties.payload_format_indicator = format;
+            let packet = encoded(qos, properties, b"payload");
+            let start = packet.len() - b"payload".len();
+            // The fixed header of a short packet is two bytes.
+            assert_eq!(
+                peek_payload(&packet, 2, qos),
+                Some((start, format == Some(1)))
+            );
+            // Not before the properties are all in.
+            assert_eq!(peek_payload(&packet[..start - 1], 2, qos), None);
+            assert_eq!(
+                peek_payload(&packet[..start], 2, qos),
+                Some((start, format == Some(1)))
+            );
+        }
     }
 }

@@ -120,6 +120,9 @@ pub struct ConnExtras {
     /// What goes out this turn before `Conn::out`: large payloads shared with the message
     /// (`Conn::put_publish`), and the bytes before each.
     pub out_chunks: Vec<bytes::Bytes>,
+    /// How far the payload of a large PUBLISH still arriving was checked for UTF-8
+    /// (`receiving.rs`).
+    pub(super) payload_check: Option<super::receiving::PayloadCheck>,
 }
 
 impl ConnExtras {
@@ -136,6 +139,7 @@ impl ConnExtras {
             && self.link.is_none()
             && self.waiting_handoff.is_none()
             && self.out_chunks.is_empty()
+            && self.payload_check.is_none()
     }
 }
 

@@ -127,6 +127,8 @@ pub struct Shard<B: Backend> {
     sealing: sealing::Sealing,
     /// Connections whose whole packets wait for the next turn (`limits::PACKETS_PER_TURN`).
     decoding: Vec<ConnId>,
+    /// The packet being handled: how far its payload was checked for UTF-8 as it arrived.
+    payload_check: Option<receiving::PayloadCheck>,
     /// Whether this shard worked since its last timer tick, and since it last gave freed
     /// memory back (`timers.rs`).
     quiet: timers::Quiet,
@@ -207,6 +209,7 @@ impl<B: Backend> Shard<B> {
             handshakes: Default::default(),
             sealing: Default::default(),
             decoding: Vec::new(),
+            payload_check: None,
             quiet: timers::Quiet::default(),
             write_waiting_elsewhere: 0,
             out_bytes_this_turn: 0,
@@ -469,10 +472,14 @@ impl<B: Backend> Shard<B> {
             }
             match c.decoder.decode_from(&mut c.inbuf) {
                 Ok(Some(packet)) => {
+                    // How far its payload was checked as it came, if it was (`receiving.rs`).
+                    let checked = c.extras.as_mut().and_then(|e| e.payload_check.take());
+                    self.payload_check = checked;
                     self.shared.stats[self.id]
                         .packets_received
                         .fetch_add(1, Ordering::Relaxed);
-                    self.on_packet(conn, packet)
+                    self.on_packet(conn, packet);
+                    self.payload_check = None;
                 }
                 Ok(None) => {
                     self.partial_packet(conn);

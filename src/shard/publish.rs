@@ -24,6 +24,15 @@ const NOT_UTF8: &str = "the payload is not valid UTF-8 as its Payload Format Ind
 const PAYLOAD_SHARED_FROM: usize = 64 * 1024;
 
 impl<B: Backend> Shard<B> {
+    /// Whether a payload said to be UTF-8 is: the part checked as it arrived
+    /// (`receiving.rs`) is not checked again.
+    fn payload_is_utf8(&mut self, payload: &[u8]) -> bool {
+        let checked = self.payload_check.take();
+        checked
+            .and_then(|check| check.payload_is_utf8(payload))
+            .unwrap_or_else(|| std::str::from_utf8(payload).is_ok())
+    }
+
     pub(super) fn on_publish(&mut self, conn: ConnId, session_id: SessionId, publish: Publish) {
         // Receipts left by a will routed since the last PUBLISH are no one's.
         let name = self.conn_name(conn);
@@ -107,7 +116,7 @@ impl<B: Backend> Shard<B> {
         // 5.0 §3.3.2.3.2: a payload said to be UTF-8 that is not is refused with 0x99
         // (the specification lets the receiver check; midge does).
         if publish.properties.payload_format_indicator == Some(1)
-            && std::str::from_utf8(&publish.payload).is_err()
+            && !self.payload_is_utf8(&publish.payload)
         {
             match self.holding.not_utf8.due(self.now) {
                 None => {}
