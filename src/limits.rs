@@ -15,18 +15,18 @@ pub const CONNECT_PACKET_BYTES_MAX: usize = 512 * 1024;
 /// `memory_limit` (`preconnect_bytes_max`).
 pub const PRECONNECT_BYTES_MAX: usize = 32 << 20;
 
-/// Bytes of a partly received packet that are not counted in `memory_limit` (those of every
-/// connection are bounded by their count); past them, the packet is counted as it arrives
-/// (`Shared::receiving_bytes`), and refused if, whole, it would take the broker past
-/// `memory_limit` (`shard/receiving.rs`).
+/// A buffer holding a partly received packet this large or smaller is not counted in
+/// `memory_limit` (those of every connection are bounded by their count); a larger one is,
+/// all of it, as it grows (`Shared::receiving_bytes`), and its packet refused if, whole, it
+/// would take the broker past `memory_limit` (`shard/receiving.rs`).
 pub const PARTIAL_PACKET_UNCOUNTED_BYTES: usize = 64 * 1024;
 
 /// A packet's buffer is sized for the whole packet at once when the packet is at most this
 /// large, or once this fraction of it (one in 16) has arrived: until then it grows by
 /// doubling. The largest copy a growing packet costs is a sixteenth of it (16 MiB for the
 /// largest MQTT allows, a few milliseconds), and what is set aside ahead of the bytes that
-/// arrived is at most 16 times them.
-pub const PACKET_SIZED_AT_ONCE_BYTES: usize = 64 * 1024;
+/// arrived is at most 16 times them (and counted, `receiving.rs`).
+pub const PACKET_SIZED_AT_ONCE_BYTES: usize = 4 * 1024;
 pub const PACKET_SIZED_AFTER_PART: usize = 16;
 
 /// Packets of one connection decoded and handled in one loop turn: past them, the rest of

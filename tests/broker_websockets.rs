@@ -419,3 +419,32 @@ fn a_large_frame_is_read_as_it_arrives() {
         "peak RSS grew by {grown} KiB for a packet of {size_kib} KiB"
     );
 }
+
+/// A client that sends pings and never reads their pongs, without a CONNECT, backs up like
+/// any output: past 64 KiB waiting for it, it is no longer read (before: every pong was
+/// queued, as fast as the client sent pings, until its connect timeout).
+#[test]
+fn pings_never_read_back_up_and_stop_being_read() {
+    let broker = broker("ws-ping-flood", "");
+    let mut ws = ws_connect(broker.port, "mqtt").unwrap();
+    let stream = ws.get_mut();
+    stream
+        .set_write_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    // Masked (with a zero key) pings of 125 bytes.
+    let ping: Vec<u8> = [&[0x89, 0x80 | 125, 0, 0, 0, 0][..], &[b'p'; 125]].concat();
+    let pings = ping.repeat(8 * 1024);
+    let mut written = 0usize;
+    while written < 64 << 20 {
+        match stream.write(&pings) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        written < 64 << 20,
+        "the broker kept reading: {written} bytes"
+    );
+    broker.wait_for_log("client <unknown> is not reading what it is sent");
+}

@@ -218,12 +218,12 @@ impl Conn {
         }
     }
 
-    /// Bytes waiting to go out this turn (not yet handed to the backend).
     /// Bytes waiting to be framed and sealed (`sealing.rs`).
     pub fn unsealed_len(&self) -> usize {
         self.layers.as_ref().map_or(0, |l| l.unsealed_len)
     }
 
+    /// Bytes waiting to go out this turn (not yet handed to the backend).
     pub fn out_len(&self) -> usize {
         let chunks = self.extras.as_ref().map_or(0, |e| {
             e.out_chunks.iter().map(bytes::Bytes::len).sum::<usize>()

@@ -313,8 +313,10 @@ impl<B: Backend> Shard<B> {
         };
         // A TLS or WebSocket connection's last bytes end with its close. Bytes still
         // waiting to be sealed are not sent (`sealing.rs`), nor what would follow them, cut
-        // short: only the close.
-        let cut_short = !layers.unsealed.is_empty();
+        // short: only the close; nor is a last turn's output larger than what is sealed
+        // ahead of a socket (a large message), which would be sealed in this turn at once.
+        let last_turn: usize = pieces.iter().map(bytes::Bytes::len).sum();
+        let cut_short = !layers.unsealed.is_empty() || last_turn > super::sealing::SEAL_AHEAD_BYTES;
         let mut pieces = if cut_short { Vec::new() } else { pieces };
         let last = pieces.pop().unwrap_or_default();
         for piece in pieces {

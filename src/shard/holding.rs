@@ -119,7 +119,13 @@ impl<B: Backend> Shard<B> {
         if backlog <= SLOW_BACKLOG_BYTES {
             return;
         }
-        let bound = if self.over_memory_limit() {
+        // Before its CONNECT is accepted a connection is owed little (a CONNACK, a TLS
+        // handshake, WebSocket pongs): past SLOW_BACKLOG_BYTES it is sending to make the
+        // broker hold, and is held itself.
+        let connected = self
+            .conn(conn)
+            .is_some_and(|c| c.session.is_some() || c.link().is_some());
+        let bound = if self.over_memory_limit() || !connected {
             SLOW_BACKLOG_BYTES
         } else {
             self.config.client_write_max

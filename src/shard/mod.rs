@@ -384,6 +384,7 @@ impl<B: Backend> Shard<B> {
                     None => close::CloseReason::PeerClosed,
                     Some(_) => close::CloseReason::SocketError,
                 };
+                self.drain_input(conn);
                 self.connection_lost(conn, reason);
             }
         }
@@ -448,6 +449,14 @@ impl<B: Backend> Shard<B> {
         self.count_input(conn);
     }
 
+    /// Handles every whole packet left of what `conn` sent, whatever the turn's budget: its
+    /// peer has closed, and there is no later turn for them (a DISCONNECT among them means
+    /// no will [MQTT-3.1.2-10]). Bounded by what was read.
+    fn drain_input(&mut self, conn: ConnId) {
+        while self.decode_input(conn) {}
+        self.count_input(conn);
+    }
+
     /// At the start of a turn: goes on with the packets left from the last one.
     fn resume_decoding(&mut self) {
         for conn in std::mem::take(&mut self.decoding) {
@@ -491,7 +500,18 @@ impl<B: Backend> Shard<B> {
                 }
             }
         }
-        self.conn(conn).is_some_and(|c| !c.inbuf.is_empty())
+        // The budget is spent: whole packets left wait for the next turn; what is left of
+        // one is sized for as ever; nothing left keeps nothing (an empty view would keep
+        // the allocation of the packet it was split from).
+        let Some(c) = self.conn_mut(conn) else {
+            return false;
+        };
+        let whole = (c.decoder.fixed_header(&c.inbuf).ok().flatten())
+            .is_some_and(|h| h.packet_len() <= c.inbuf.len());
+        if !whole {
+            self.partial_packet(conn);
+        }
+        whole
     }
 
     fn on_packet(&mut self, conn: ConnId, packet: Packet) {

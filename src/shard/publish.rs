@@ -20,7 +20,8 @@ use crate::topic::SessionId;
 const NOT_UTF8: &str = "the payload is not valid UTF-8 as its Payload Format Indicator says";
 
 /// A kept message's payload larger than this keeps the buffer its packet came in rather
-/// than a copy (64 KiB: past it, the packet's buffer is its own).
+/// than a copy (64 KiB: past it, the packet's buffer was sized for it, and a packet in a
+/// buffer more than about twice its size is copied out of it, `Decoder::decode_from`).
 const PAYLOAD_SHARED_FROM: usize = 64 * 1024;
 
 impl<B: Backend> Shard<B> {
@@ -194,7 +195,8 @@ impl<B: Backend> Shard<B> {
             // a queue) get their own copy of topic and payload: a slice would pin the whole
             // receive buffer. Not a large payload: its packet has a buffer sized for it
             // (`receiving.rs`; `Decoder::decode_from` copies a packet out of a buffer much
-            // larger), so what it pins is what was sent, and a copy would hold it twice.
+            // larger), so what it pins is about what was sent (at most about twice), and a
+            // copy would hold it twice.
             // QoS 0 passes through without a copy.
             let keep = publish.retain || qos != QoS::AtMostOnce;
             let (topic, payload) = if keep {

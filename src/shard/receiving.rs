@@ -36,10 +36,11 @@ const _: () = assert!(
 
 /// The most one connection may hold before its CONNECT is accepted: a CONNECT and a turn's
 /// read fit; more comes only from a client that sends on while its CONNECT is judged (an
-/// authentication exchange, a session on its way from another shard). Its first unit is
-/// not counted: a CONNECT in pieces, a connection that sent a few bytes, cost what any
-/// connection costs (and their number is bounded elsewhere), so that thousands of them
-/// cannot fill the broker-wide bound with a byte each.
+/// authentication exchange, a session on its way from another shard). A buffer of one
+/// unit or less is not counted: a CONNECT in pieces, a connection that sent a few bytes,
+/// cost what any connection costs (and their number is bounded elsewhere), so that
+/// thousands of them cannot fill the broker-wide bound with a byte each; past it, all of
+/// the buffer is.
 const PRECONNECT_HELD_MAX: usize = 128 * INPUT_UNIT;
 const _: () = assert!(limits::CONNECT_PACKET_BYTES_MAX + READ_MAX_PER_TURN < PRECONNECT_HELD_MAX);
 
@@ -112,7 +113,9 @@ impl<B: Backend> Shard<B> {
         let Some(c) = conn::live_mut(&mut self.conns, conn) else {
             return;
         };
-        let bytes = c.inbuf.len();
+        // What its buffer holds as allocated: sized for its packet, it may be ahead of the
+        // bytes that came (at most 16 times them, `size_for_packet`).
+        let bytes = c.inbuf.capacity();
         let (total, free) = match counted_in(c) {
             Counted::Preconnect => (&self.shared.preconnect_bytes, INPUT_UNIT),
             Counted::Receiving => (&self.shared.receiving_bytes, PARTIAL_PACKET_UNCOUNTED_BYTES),
@@ -248,11 +251,12 @@ fn check_payload_so_far(c: &mut Conn, header: &crate::codec::FixedHeader) {
 }
 
 /// Sizes a connection's input buffer, holding `inbuf.len()` bytes of a packet of `total`
-/// bytes (`None`: its header is not all here yet), for the rest of it: for the whole packet
-/// once it is small or a sixteenth of it has arrived (`PACKET_SIZED_AFTER_PART`), with room
-/// for one more read behind it so that the read that ends it does not grow it again; to
-/// what it holds when it is much larger than the packet needs (grown for an earlier one).
-/// Otherwise it is left to grow as bytes arrive.
+/// bytes (`None`: its header is not all here yet), for the rest of it. Once the packet is
+/// small or a sixteenth of it has arrived (`PACKET_SIZED_AFTER_PART`), the buffer is sized
+/// for the whole packet, with room for one more read behind it so that the read that ends
+/// it does not grow it again; before that it grows as bytes arrive, and keeps at most four
+/// times what it holds (a header announcing a large packet reserves nothing for it: what is
+/// set aside is never more than 16 times what arrived).
 fn size_for_packet(inbuf: &mut BytesMut, total: Option<usize>) {
     let len = inbuf.len();
     if len == 0 {
@@ -261,18 +265,20 @@ fn size_for_packet(inbuf: &mut BytesMut, total: Option<usize>) {
     }
     let need = total.unwrap_or(len).max(len);
     let capacity = inbuf.capacity();
-    let resize = if capacity >= need {
-        capacity > 4 * need.max(1024)
-    } else {
-        need <= PACKET_SIZED_AT_ONCE_BYTES || len >= need / PACKET_SIZED_AFTER_PART
-    };
-    if resize {
+    let whole = need <= PACKET_SIZED_AT_ONCE_BYTES || len >= need / PACKET_SIZED_AFTER_PART;
+    let size = if whole {
         let behind = if need > READ_MAX_PER_TURN {
             READ_MAX_PER_TURN
         } else {
             0
         };
-        let mut sized = BytesMut::with_capacity(need + behind);
+        need + behind
+    } else {
+        len
+    };
+    let keep = if whole { size } else { 4 * len.max(1024) };
+    if capacity < size || capacity > keep.max(4 * 1024) {
+        let mut sized = BytesMut::with_capacity(size);
         sized.extend_from_slice(inbuf);
         *inbuf = sized;
     }

@@ -14,7 +14,7 @@ use super::{conn, transport, Shard};
 /// Bytes sealed at once: four TLS records of 16 KiB (and one WebSocket frame).
 const SEAL_SLICE_BYTES: usize = 64 * 1024;
 /// A connection gets more sealed once the backend holds less than this for it.
-const SEAL_AHEAD_BYTES: usize = 256 * 1024;
+pub(super) const SEAL_AHEAD_BYTES: usize = 256 * 1024;
 /// Bytes a shard seals in one loop turn over all its connections (about a millisecond of
 /// AES-GCM); past it, the rest waits for the next turn, which comes at once.
 const SEAL_PER_TURN_BYTES: usize = 4 << 20;
@@ -112,7 +112,8 @@ impl<B: Backend> Shard<B> {
             let Some(front) = layers.unsealed.front_mut() else {
                 return;
             };
-            let take = front.len().min(SEAL_SLICE_BYTES).min(self.sealing.budget);
+            // The last slice of a turn may go past its budget (no tiny records or frames).
+            let take = front.len().min(SEAL_SLICE_BYTES);
             let slice = if take == front.len() {
                 layers.unsealed.pop_front().unwrap_or_default()
             } else {
@@ -120,7 +121,7 @@ impl<B: Backend> Shard<B> {
             };
             layers.unsealed_len -= take;
             self.sealing.unsealed_bytes -= take;
-            self.sealing.budget -= take;
+            self.sealing.budget = self.sealing.budget.saturating_sub(take);
             let sealed = transport::seal(c, slice, false);
             self.count_sent(sealed.len());
             self.backend.send(conn, sealed);

@@ -87,8 +87,9 @@ pub struct Shared {
     /// Bytes held by connections whose CONNECT is not accepted yet, over all shards (bounded
     /// by `limits::preconnect_bytes_max`; `shard/holding.rs`).
     pub preconnect_bytes: CachePadded<std::sync::atomic::AtomicUsize>,
-    /// Bytes of packets partly received from connected clients, over all shards (each
-    /// past its first `limits::PARTIAL_PACKET_UNCOUNTED_BYTES`; `shard/receiving.rs`).
+    /// Bytes of buffers holding packets partly received from connected clients, over all
+    /// shards (a buffer of `limits::PARTIAL_PACKET_UNCOUNTED_BYTES` or less is not counted,
+    /// a larger one is, all of it; `shard/receiving.rs`).
     pub receiving_bytes: CachePadded<std::sync::atomic::AtomicUsize>,
     /// What subscriptions hold beyond what their count bounds, over every session (each
     /// session's share goes back when it ends; `session::filter_cost`).

@@ -183,11 +183,13 @@ impl<B: Backend> Shard<B> {
                 .bytes_sent
                 .fetch_add(reply.len() as u64, Ordering::Relaxed);
             self.backend.send(conn, Bytes::from(reply));
+            // Pongs to a client that sends pings and never reads back up like any output.
+            self.hold_if_backed_up(conn);
         }
         match result {
             Ok(true) => {
-                // What came before the close is still read.
-                self.process_input(conn);
+                // What came before the close is still read, all of it.
+                self.drain_input(conn);
                 self.connection_lost(conn, CloseReason::PeerClosed);
                 false
             }

@@ -231,13 +231,27 @@ impl FrameReader {
                 if payload.len() == 1 {
                     return Err("WebSocket: a close frame of one byte".into());
                 }
-                // Its status code, echoed [RFC 6455 §5.5.1]; the reason is not.
-                put_frame(reply, CLOSE, &payload[..payload.len().min(2)]);
+                // Its status code, echoed [RFC 6455 §5.5.1] (the reason is not), if it is one
+                // a close frame may carry (§7.4); 1002 Protocol error if not.
+                let status = payload.get(..2).map(|s| u16::from_be_bytes([s[0], s[1]]));
+                match status {
+                    None => put_frame(reply, CLOSE, &[]),
+                    Some(code) if sendable_status(code) => {
+                        put_frame(reply, CLOSE, &code.to_be_bytes())
+                    }
+                    Some(_) => put_frame(reply, CLOSE, &1002u16.to_be_bytes()),
+                }
                 Ok(true)
             }
             _ => Ok(false),
         }
     }
+}
+
+/// Whether a close frame may carry status `code` [RFC 6455 §7.4]: the defined ones but
+/// those reserved for the endpoint's own use (1004, 1005, 1006, 1015), and 3000-4999.
+fn sendable_status(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// A binary frame holding `payload`, from the server (unmasked).
@@ -405,6 +419,9 @@ mod tests {
             read_in_pieces(&masked(FIN | CLOSE, &[0x03, 0xE8, b'b', b'y']), 2).unwrap();
         assert!(closed);
         assert_eq!(reply, [FIN | CLOSE, 2, 0x03, 0xE8]);
+        // 1005 may not be sent in a close frame: answered with 1002 Protocol error.
+        let (_, reply, _) = read_in_pieces(&masked(FIN | CLOSE, &[0x03, 0xED]), 64).unwrap();
+        assert_eq!(reply, [FIN | CLOSE, 2, 0x03, 0xEA]);
     }
 
     #[test]

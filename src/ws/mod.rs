@@ -69,10 +69,13 @@ impl WsLink {
                     return Ok(Received::default());
                 };
                 reply.extend_from_slice(answer.as_bytes());
-                let mut frames = FrameReader::new();
-                let closed = frames.read(&rest, mqtt, reply, self.frame_max)?;
-                self.state = State::Open(frames);
-                closed
+                // Open before the frames after the request are read: an error in them is
+                // answered with a close frame like any other.
+                self.state = State::Open(FrameReader::new());
+                let State::Open(frames) = &mut self.state else {
+                    unreachable!("opened above")
+                };
+                frames.read(&rest, mqtt, reply, self.frame_max)?
             }
             State::Open(frames) => frames.read(data, mqtt, reply, self.frame_max)?,
         };
