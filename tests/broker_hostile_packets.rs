@@ -366,12 +366,7 @@ fn a_large_packet_is_held_once() {
         publisher.send(&publish("big", &payload, QoS::AtLeastOnce, 1, false));
         assert!(matches!(publisher.recv(), Packet::PubAck(_)));
         assert!(subscriber.recv_publish().payload == payload);
-        let grown = peak_rss_kib(broker.pid()) - before;
-        let size_kib = SIZE as u64 / 1024;
-        assert!(
-            grown < size_kib * 3 / 2,
-            "peak RSS grew by {grown} KiB for a packet of {size_kib} KiB"
-        );
+        assert_peak_grew_under(broker.pid(), before, SIZE, 1.5);
     }
 }
 

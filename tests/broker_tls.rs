@@ -469,10 +469,5 @@ fn a_large_message_is_sealed_as_tls_subscribers_read() {
     for reader in readers {
         assert!(reader.join().unwrap().expect("delivered") == payload);
     }
-    let grown = common::hostile::peak_rss_kib(broker.pid()) - before;
-    let size_kib = SIZE as u64 / 1024;
-    assert!(
-        grown < 2 * size_kib,
-        "peak RSS grew by {grown} KiB for a message of {size_kib} KiB"
-    );
+    common::hostile::assert_peak_grew_under(broker.pid(), before, SIZE, 2.0);
 }

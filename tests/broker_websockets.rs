@@ -67,9 +67,28 @@ fn send_connect(ws: &mut Ws, connect: Connect) -> bytes::BytesMut {
     buf
 }
 
+/// Subscribes to `filter` (QoS 0) in one binary message and expects SUBACK.
+fn ws_subscribe(ws: &mut Ws, buf: &mut bytes::BytesMut, filter: &str) {
+    ws.send(Message::Binary(
+        bytes(&subscribe(1, &[(filter, QoS::AtMostOnce)])).into(),
+    ))
+    .unwrap();
+    assert!(matches!(recv_packets(ws, buf, 1)[0], Packet::SubAck(_)));
+}
+
 /// Reads messages until `n` packets decoded (frames may hold parts or several).
 fn recv_packets(ws: &mut Ws, buf: &mut bytes::BytesMut, n: usize) -> Vec<Packet> {
-    let decoder = Decoder::client(ProtocolVersion::V311, 1 << 20);
+    recv_packets_of(ws, buf, n, 1 << 20)
+}
+
+/// The same, for packets of up to `size_max` bytes.
+fn recv_packets_of(
+    ws: &mut Ws,
+    buf: &mut bytes::BytesMut,
+    n: usize,
+    size_max: usize,
+) -> Vec<Packet> {
+    let decoder = Decoder::client(ProtocolVersion::V311, size_max);
     let mut packets = Vec::new();
     let until = Instant::now() + DEADLINE;
     while packets.len() < n {
@@ -311,14 +330,7 @@ fn frames_before_connect_are_bounded_like_a_connect() {
     let mut ws = ws_connect(broker.port, "mqtt").unwrap();
     let connect = connect_packet(ProtocolVersion::V311, "ws-big", true, 60);
     let mut buf = send_connect(&mut ws, connect);
-    ws.send(Message::Binary(
-        bytes(&subscribe(1, &[("big", QoS::AtMostOnce)])).into(),
-    ))
-    .unwrap();
-    assert!(matches!(
-        recv_packets(&mut ws, &mut buf, 1)[0],
-        Packet::SubAck(_)
-    ));
+    ws_subscribe(&mut ws, &mut buf, "big");
     let payload = vec![7u8; 600 * 1024];
     let publish = publish("big", &payload, QoS::AtMostOnce, 0, false);
     ws.send(Message::Binary(bytes(&publish).into())).unwrap();
@@ -346,28 +358,11 @@ fn a_large_message_is_framed_as_websocket_subscribers_read() {
                 &mut ws,
                 connect_packet(ProtocolVersion::V311, &format!("sub-{i}"), true, 60),
             );
-            ws.send(Message::Binary(
-                bytes(&subscribe(1, &[("big", QoS::AtMostOnce)])).into(),
-            ))
-            .unwrap();
-            assert!(matches!(
-                recv_packets(&mut ws, &mut buf, 1)[0],
-                Packet::SubAck(_)
-            ));
+            ws_subscribe(&mut ws, &mut buf, "big");
             std::thread::spawn(move || {
-                let decoder = Decoder::client(ProtocolVersion::V311, 32 << 20);
-                loop {
-                    if let Some(p) = decoder.decode_from(&mut buf).unwrap() {
-                        let Packet::Publish(p) = p else {
-                            panic!("expected PUBLISH, got {p:?}")
-                        };
-                        return p.payload;
-                    }
-                    match ws.read().expect("a message") {
-                        Message::Binary(b) => buf.extend_from_slice(&b),
-                        Message::Pong(_) | Message::Ping(_) => {}
-                        other => panic!("unexpected {other:?}"),
-                    }
+                match recv_packets_of(&mut ws, &mut buf, 1, 32 << 20).remove(0) {
+                    Packet::Publish(p) => p.payload,
+                    other => panic!("expected PUBLISH, got {other:?}"),
                 }
             })
         })
@@ -380,12 +375,7 @@ fn a_large_message_is_framed_as_websocket_subscribers_read() {
     for reader in readers {
         assert!(reader.join().unwrap() == payload);
     }
-    let grown = common::hostile::peak_rss_kib(broker.pid()) - before;
-    let size_kib = SIZE as u64 / 1024;
-    assert!(
-        grown < 2 * size_kib,
-        "peak RSS grew by {grown} KiB for a message of {size_kib} KiB"
-    );
+    common::hostile::assert_peak_grew_under(broker.pid(), before, SIZE, 2.0);
 }
 
 /// A large packet in one WebSocket frame goes to the connection's input as it arrives,
@@ -412,12 +402,7 @@ fn a_large_frame_is_read_as_it_arrives() {
         ))
         .unwrap();
     assert!(subscriber.recv_publish().payload == payload);
-    let grown = common::hostile::peak_rss_kib(broker.pid()) - before;
-    let size_kib = SIZE as u64 / 1024;
-    assert!(
-        grown < size_kib * 3 / 2,
-        "peak RSS grew by {grown} KiB for a packet of {size_kib} KiB"
-    );
+    common::hostile::assert_peak_grew_under(broker.pid(), before, SIZE, 1.5);
 }
 
 /// A client that sends pings and never reads their pongs, without a CONNECT, backs up like

@@ -302,34 +302,6 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    pub(super) fn close_socket(&mut self, mut c: Box<super::conn::Conn>) {
-        let pieces: Vec<bytes::Bytes> = c.take_out().collect();
-        let Some(layers) = c.layers.as_ref() else {
-            for piece in pieces {
-                self.backend.send(c.id, piece);
-            }
-            self.backend.close(c.id);
-            return;
-        };
-        // A TLS or WebSocket connection's last bytes end with its close. Bytes still
-        // waiting to be sealed are not sent (`sealing.rs`), nor what would follow them, cut
-        // short: only the close; nor is a last turn's output larger than what is sealed
-        // ahead of a socket (a large message), which would be sealed in this turn at once.
-        let last_turn: usize = pieces.iter().map(bytes::Bytes::len).sum();
-        let cut_short = !layers.unsealed.is_empty() || last_turn > super::sealing::SEAL_AHEAD_BYTES;
-        let mut pieces = if cut_short { Vec::new() } else { pieces };
-        let last = pieces.pop().unwrap_or_default();
-        for piece in pieces {
-            let sealed = super::transport::seal(&mut c, piece, false);
-            self.backend.send(c.id, sealed);
-        }
-        let last = super::transport::seal(&mut c, last, true);
-        if !last.is_empty() {
-            self.backend.send(c.id, last);
-        }
-        self.backend.close(c.id);
-    }
-
     /// Sends CONNACK with `reason` and closes. [MQTT-3.2.2-7] (5.0: [MQTT-3.2.2-8])
     pub(super) fn refuse(&mut self, conn: ConnId, connect: &Connect, reason: ReasonCode) {
         let Some(mut c) = self.take_conn(conn) else {

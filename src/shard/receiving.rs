@@ -1,5 +1,8 @@
-//! A packet on its way in: what a connection holds of it is counted, and bounded, and its
-//! buffer is sized for it.
+//! Packets on their way in: decoded and handled a thousand a turn per connection
+//! (`PACKETS_PER_TURN`: the rest wait for the next turn, the connection not read
+//! meanwhile; all of them when the peer has closed); what a connection holds of a partial
+//! packet counted, and bounded, and its buffer sized for it; a large payload said to be
+//! UTF-8 checked as it arrives.
 //!
 //! - Before its CONNECT is accepted, a connection may hold only what a CONNECT needs
 //!   (`PRECONNECT_HELD_MAX`), and all such connections together `preconnect_bytes_max`
@@ -65,6 +68,82 @@ fn counted_in(c: &Conn) -> Counted {
 }
 
 impl<B: Backend> Shard<B> {
+    /// Decodes and handles the whole packets received on `conn`, up to
+    /// `PACKETS_PER_TURN` (the rest wait for the next turn, `resume_decoding`); what it
+    /// still holds is counted (`receiving.rs`).
+    pub(super) fn process_input(&mut self, conn: ConnId) {
+        if self.decode_input(conn) && self.hold_reading(conn, conn::Hold::DECODE) {
+            self.stats().limit_hit(crate::limits::Limit::PacketsPerTurn);
+            self.decoding.push(conn);
+        }
+        self.count_input(conn);
+    }
+
+    /// Handles every whole packet left of what `conn` sent, whatever the turn's budget: its
+    /// peer has closed, and there is no later turn for them (a DISCONNECT among them means
+    /// no will [MQTT-3.1.2-10]). Bounded by what was read.
+    pub(super) fn drain_input(&mut self, conn: ConnId) {
+        while self.decode_input(conn) {}
+        self.count_input(conn);
+    }
+
+    /// At the start of a turn: goes on with the packets left from the last one.
+    pub(super) fn resume_decoding(&mut self) {
+        for conn in std::mem::take(&mut self.decoding) {
+            if self.decode_input(conn) {
+                self.stats().limit_hit(crate::limits::Limit::PacketsPerTurn);
+                self.decoding.push(conn);
+            } else {
+                self.release_reading(conn, conn::Hold::DECODE);
+            }
+            self.count_input(conn);
+        }
+    }
+
+    /// True if whole packets are left for the next turn.
+    fn decode_input(&mut self, conn: ConnId) -> bool {
+        for _ in 0..crate::limits::PACKETS_PER_TURN {
+            let Some(c) = self.conn_mut(conn) else {
+                return false;
+            };
+            if c.waiting_handoff().is_some() {
+                return false;
+            }
+            match c.decoder.decode_from(&mut c.inbuf) {
+                Ok(Some(packet)) => {
+                    // How far its payload was checked as it came, if it was (`receiving.rs`).
+                    let checked = c.extras.as_mut().and_then(|e| e.payload_check.take());
+                    self.payload_check = checked;
+                    self.shared.stats[self.id]
+                        .packets_received
+                        .fetch_add(1, Relaxed);
+                    self.on_packet(conn, packet);
+                    self.payload_check = None;
+                }
+                Ok(None) => {
+                    self.partial_packet(conn);
+                    return false;
+                }
+                Err(error) => {
+                    self.decode_failed(conn, error);
+                    return false;
+                }
+            }
+        }
+        // The budget is spent: whole packets left wait for the next turn; what is left of
+        // one is sized for as ever; nothing left keeps nothing (an empty view would keep
+        // the allocation of the packet it was split from).
+        let Some(c) = self.conn_mut(conn) else {
+            return false;
+        };
+        let whole = (c.decoder.fixed_header(&c.inbuf).ok().flatten())
+            .is_some_and(|h| h.packet_len() <= c.inbuf.len());
+        if !whole {
+            self.partial_packet(conn);
+        }
+        whole
+    }
+
     /// After the whole packets a receive brought were taken: `conn`'s buffer holds the start
     /// of one more, or nothing. A client's packet that would not fit in `memory_limit` is
     /// refused; the buffer is sized for what is still to come.

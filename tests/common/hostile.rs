@@ -27,6 +27,17 @@ pub fn ping_round_trip(client: &mut Raw) -> Duration {
     }
 }
 
+/// Asserts that process `pid`'s peak resident memory grew by less than `times` the `size`
+/// bytes of what it was given, since it was `before_kib` (`peak_rss_kib`).
+pub fn assert_peak_grew_under(pid: u32, before_kib: u64, size: usize, times: f64) {
+    let grown = peak_rss_kib(pid) - before_kib;
+    let size_kib = size as u64 / 1024;
+    assert!(
+        (grown as f64) < times * size_kib as f64,
+        "peak RSS grew by {grown} KiB for {size_kib} KiB (bound: {times} times)"
+    );
+}
+
 /// The most memory process `pid` has held resident since it started (VmHWM), in KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
