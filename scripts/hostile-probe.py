@@ -12,7 +12,8 @@ round trip while it runs). The probes behind issue 28's later findings:
   deliver-tls MB    a plain, TLS (a certificate made by openssl for the run) or WebSocket
   deliver-ws MB     listener; prints the broker's peak RSS growth instead of what it held
   ws-publish MB     one PUBLISH of MB megabytes in one WebSocket frame
-  filters N         one SUBSCRIBE of N distinct filters (at most 16,384 in a packet)
+  filters N         N distinct filters in SUBSCRIBEs of at most 16,384 (a packet's most)
+  filters-leave N   the same, then the client leaves (its subscriptions go)
   not-utf8 N        N QoS 1 PUBLISHes of 12 bytes sent at once, each refused with PUBACK
                     0x99 and a Reason String (read as they come)
 
@@ -90,14 +91,18 @@ def run(kind, amount, port, big=None, second_port=None):
             c.recv(1 << 16)  # SUBACK
     elif kind == "filters":
         c = connect(port, "filters")
-        body = struct.pack(">H", 1) + b"".join(s(f"f/{i}/+/x") + b"\x00" for i in range(amount))
-        c.sendall(packet(0x82, body))
-        answer = b""
-        while len(answer) < 4 + amount:
-            chunk = c.recv(1 << 16)
-            if not chunk:
-                break
-            answer += chunk
+        for start in range(0, amount, 16384):
+            count = min(16384, amount - start)
+            body = struct.pack(">H", 1) + b"".join(s(f"f/{i}/+/x") + b"\x00"
+                                                   for i in range(start, start + count))
+            c.sendall(packet(0x82, body))
+            ping_sync(c)  # the SUBACK, then the PINGRESP
+    elif kind == "filters-leave":
+        # The same subscriptions, then the client goes: each filter leaves the trie.
+        c = run("filters", amount, port)
+        c.close()
+        c = connect(port, "after")
+        time.sleep(0.5)
     elif kind == "not-utf8":
         c = connect(port, "not-utf8", v5=True)
         # Sent from a thread while this one reads the answers (the broker stops reading a
@@ -255,7 +260,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=["deep-retained", "deep-filters", "props", "utf8", "plain",
                                          "deliver-tcp", "deliver-tls", "deliver-ws",
-                                         "ws-publish", "not-utf8", "filters"])
+                                         "ws-publish", "not-utf8", "filters",
+                                         "filters-leave"])
     parser.add_argument("amount", type=int)
     parser.add_argument("--midge", default=os.path.join(ROOT, "target/release/midge"))
     parser.add_argument("--memory-limit", type=int, default=0)

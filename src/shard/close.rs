@@ -285,10 +285,19 @@ impl<B: Backend> Shard<B> {
     pub(super) fn end_session(&mut self, session: Box<Session>, unregister: bool) {
         let (id, client_id) = (session.id, session.client_id.clone());
         for filter in session.end(&mut self.changes).into_keys() {
-            self.trie_ops.push(TrieOp::Unsubscribe {
+            let op = TrieOp::Unsubscribe {
                 filter,
                 session: id,
-            });
+            };
+            // A shared subscription leaves its group at once (a message must not be given
+            // to a member that is gone); the others go a slice a turn (`sweep_trie`): an
+            // ended session's id is never used again, and what reaches it meanwhile is
+            // passed over.
+            if op.filter().starts_with(crate::topic::SHARE_PREFIX) {
+                self.trie_ops.push(op);
+            } else {
+                self.trie_sweep.push_back(op);
+            }
         }
         if unregister {
             self.shared.release_claim(&client_id, self.id);
@@ -299,6 +308,7 @@ impl<B: Backend> Shard<B> {
     /// journal has is synced, and the last packets go out.
     pub(super) fn shut_down(&mut self) {
         self.apply_trie_ops();
+        self.sweep_trie(true);
         let ids: Vec<ConnId> = self.conns.iter().flatten().map(|c| c.id).collect();
         for conn in ids {
             self.connection_lost(conn, CloseReason::Shutdown);

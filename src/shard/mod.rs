@@ -81,6 +81,9 @@ pub struct Shard<B: Backend> {
     dirty: Vec<ConnId>,
     trie_ops: Vec<TrieOp>,
     after_trie: Vec<AfterTrie>,
+    /// Ended sessions' subscriptions, taken out of the trie a slice a turn
+    /// (`subscribe::sweep_trie`).
+    trie_sweep: std::collections::VecDeque<TrieOp>,
     /// Per target shard, the targets of the message being routed (reused).
     targets: Vec<Vec<crate::router::Target>>,
     /// The encodings of the message being delivered (reused, `encode.rs`).
@@ -190,6 +193,7 @@ impl<B: Backend> Shard<B> {
             dirty: Vec::new(),
             trie_ops: Vec::new(),
             after_trie: Vec::new(),
+            trie_sweep: Default::default(),
             targets: vec![Vec::new(); shards],
             variants: Default::default(),
             outbox: Outbox::new(shards, OVERFLOW_MAX),
@@ -267,6 +271,7 @@ impl<B: Backend> Shard<B> {
             || self.handshakes.pending()
             || self.sealing.pending()
             || !self.decoding.is_empty()
+            || !self.trie_sweep.is_empty()
         {
             timeout = Duration::ZERO;
         }
@@ -312,6 +317,7 @@ impl<B: Backend> Shard<B> {
         }
         self.retry_overflow();
         self.apply_trie_ops();
+        self.sweep_trie(false);
         self.request_markers();
         self.send_all_owed();
         if self.now >= *next_tick {
@@ -336,7 +342,10 @@ impl<B: Backend> Shard<B> {
     /// Nothing from or for other shards waits on this one (its mailbox and outbox are
     /// empty): with every shard idle and no client traffic, a simulation has settled.
     pub fn is_idle(&self) -> bool {
-        self.mailbox.is_empty() && self.outbox.is_empty() && !self.has_parked()
+        self.mailbox.is_empty()
+            && self.outbox.is_empty()
+            && !self.has_parked()
+            && self.trie_sweep.is_empty()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
