@@ -209,16 +209,21 @@ fn text_frames_oversized_upgrades_and_other_subprotocols_are_refused() {
     );
     let mut bystander = Raw::connect(plain_port(&broker), "bystander");
 
-    // [MQTT-6.0.0-1] a text frame closes the connection.
+    // [MQTT-6.0.0-1] a text frame closes the connection, with a close frame saying 1003
+    // (data it cannot take, RFC 6455 §7.4.1).
     let mut ws = ws_connect(broker.port, "mqtt").unwrap();
     ws.send(Message::Text("CONNECT".into())).unwrap();
     let until = Instant::now() + DEADLINE;
+    let mut status = None;
     loop {
         assert!(Instant::now() < until, "not closed");
-        if ws.read().is_err() {
-            break;
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => status = Some(u16::from(frame.code)),
+            Ok(_) => {}
+            Err(_) => break,
         }
     }
+    assert_eq!(status, Some(1003));
     broker.wait_for_log("text frame");
 
     // An upgrade request larger than websockets_headers_size: 431 and closed.

@@ -29,6 +29,9 @@ pub(super) struct FrameReader {
     state: Reading,
     /// A binary message was begun in a frame without FIN: continuation frames follow.
     in_message: bool,
+    /// Why reading stopped, as a close frame's status (§7.4.1): 1002 Protocol error, 1003
+    /// a text frame, 1009 a frame too large.
+    failed: Option<u16>,
 }
 
 enum Reading {
@@ -58,7 +61,19 @@ impl FrameReader {
             header_len: 0,
             state: Reading::Header,
             in_message: false,
+            failed: None,
         }
+    }
+
+    /// The status of the close frame that ends a connection whose frames were refused.
+    pub(super) fn failed(&self) -> Option<u16> {
+        self.failed
+    }
+
+    /// Records why reading stops (`failed`) and says it.
+    fn fail(&mut self, status: u16, why: impl Into<String>) -> String {
+        self.failed = Some(status);
+        why.into()
     }
 
     /// Whether the peer's close came (and was answered): nothing more goes either way.
@@ -157,11 +172,14 @@ impl FrameReader {
         self.header_len = 0;
         let (fin, opcode) = (h[0] & FIN != 0, h[0] & 0x0F);
         if h[0] & RSV != 0 {
-            return Err("WebSocket: reserved bits set (no extension was agreed)".into());
+            return Err(self.fail(
+                1002,
+                "WebSocket: reserved bits set (no extension was agreed)",
+            ));
         }
         // [RFC 6455 §5.1] a client masks every frame.
         if h[1] & MASKED == 0 {
-            return Err("WebSocket: an unmasked frame from the client".into());
+            return Err(self.fail(1002, "WebSocket: an unmasked frame from the client"));
         }
         let (len, rest) = match h[1] & 0x7F {
             126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), &h[4..]),
@@ -175,15 +193,16 @@ impl FrameReader {
         match opcode {
             BINARY | CONTINUATION => {
                 if opcode == CONTINUATION && !self.in_message {
-                    return Err("WebSocket: a continuation frame with no message begun".into());
+                    let why = "WebSocket: a continuation frame with no message begun";
+                    return Err(self.fail(1002, why));
                 }
                 if opcode == BINARY && self.in_message {
-                    return Err("WebSocket: a new message before the last one ended".into());
+                    let why = "WebSocket: a new message before the last one ended";
+                    return Err(self.fail(1002, why));
                 }
                 if len > frame_max as u64 {
-                    return Err(format!(
-                        "WebSocket: a frame of {len} bytes, more than {frame_max}"
-                    ));
+                    let why = format!("WebSocket: a frame of {len} bytes, more than {frame_max}");
+                    return Err(self.fail(1009, why));
                 }
                 self.in_message = !fin;
                 if len > 0 {
@@ -195,11 +214,14 @@ impl FrameReader {
                 }
             }
             // [MQTT-6.0.0-1] MQTT travels in binary frames; anything else closes.
-            TEXT => return Err("a text frame (MQTT over WebSockets is binary only)".into()),
+            TEXT => {
+                let why = "a text frame (MQTT over WebSockets is binary only)";
+                return Err(self.fail(1003, why));
+            }
             CLOSE | PING | PONG => {
                 // [RFC 6455 §5.5] control frames are short and not fragmented.
                 if !fin || len > CONTROL_MAX as u64 {
-                    return Err("WebSocket: a fragmented or long control frame".into());
+                    return Err(self.fail(1002, "WebSocket: a fragmented or long control frame"));
                 }
                 self.state = Reading::Control {
                     opcode,
@@ -214,7 +236,10 @@ impl FrameReader {
                     }
                 }
             }
-            other => return Err(format!("WebSocket: reserved opcode {other:#x}")),
+            other => {
+                let why = format!("WebSocket: reserved opcode {other:#x}");
+                return Err(self.fail(1002, why));
+            }
         }
         Ok(used)
     }
@@ -229,7 +254,7 @@ impl FrameReader {
             }
             CLOSE => {
                 if payload.len() == 1 {
-                    return Err("WebSocket: a close frame of one byte".into());
+                    return Err(self.fail(1002, "WebSocket: a close frame of one byte"));
                 }
                 // Its status code, echoed [RFC 6455 §5.5.1] (the reason is not), if it is one
                 // a close frame may carry (§7.4); 1002 Protocol error if not.
@@ -259,9 +284,9 @@ pub(super) fn put_binary(out: &mut Vec<u8>, payload: &[u8]) {
     put_frame(out, BINARY, payload);
 }
 
-/// A close frame with status 1000 (normal closure), from the server.
-pub(super) fn put_close(out: &mut Vec<u8>) {
-    put_frame(out, CLOSE, &1000u16.to_be_bytes());
+/// A close frame with `status` (1000: normal closure), from the server.
+pub(super) fn put_close(out: &mut Vec<u8>, status: u16) {
+    put_frame(out, CLOSE, &status.to_be_bytes());
 }
 
 fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
@@ -448,6 +473,24 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.contains("more than 99"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_frame_names_its_status_for_the_close() {
+        for (wire, max, status) in [
+            (masked(FIN | TEXT, b"hi"), 64, 1003),
+            (masked(FIN | BINARY, &[0; 100]), 99, 1009),
+            (vec![FIN | BINARY, 1, b'x'], 64, 1002),
+        ] {
+            let mut reader = FrameReader::new();
+            let read = reader.read(&wire, &mut BytesMut::new(), &mut Vec::new(), max);
+            assert!(read.is_err());
+            assert_eq!(reader.failed(), Some(status));
+            let mut close = Vec::new();
+            put_close(&mut close, reader.failed().unwrap());
+            assert_eq!(close, [FIN | CLOSE, 2, (status >> 8) as u8, status as u8]);
+        }
+        assert_eq!(FrameReader::new().failed(), None);
     }
 
     #[test]

@@ -93,11 +93,11 @@ impl WsLink {
     }
 
     /// A close frame, the last bytes of a connection midge closes (none if the peer's close
-    /// was answered already).
+    /// was answered already): 1000 Normal closure, or why its frames were refused.
     pub fn close(&mut self, out: &mut Vec<u8>) {
         if let State::Open(frames) = &self.state {
             if !frames.is_closed() {
-                frames::put_close(out);
+                frames::put_close(out, frames.failed().unwrap_or(1000));
             }
         }
     }
