@@ -70,10 +70,10 @@ fn counted_in(c: &Conn) -> Counted {
 impl<B: Backend> Shard<B> {
     /// Decodes and handles the whole packets received on `conn`, up to
     /// `PACKETS_PER_TURN` (the rest wait for the next turn, `resume_decoding`); what it
-    /// still holds is counted (`receiving.rs`).
+    /// still holds is counted (`count_input`).
     pub(super) fn process_input(&mut self, conn: ConnId) {
         if self.decode_input(conn) && self.hold_reading(conn, conn::Hold::DECODE) {
-            self.stats().limit_hit(crate::limits::Limit::PacketsPerTurn);
+            self.stats().limit_hit(Limit::PacketsPerTurn);
             self.decoding.push(conn);
         }
         self.count_input(conn);
@@ -91,7 +91,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn resume_decoding(&mut self) {
         for conn in std::mem::take(&mut self.decoding) {
             if self.decode_input(conn) {
-                self.stats().limit_hit(crate::limits::Limit::PacketsPerTurn);
+                self.stats().limit_hit(Limit::PacketsPerTurn);
                 self.decoding.push(conn);
             } else {
                 self.release_reading(conn, conn::Hold::DECODE);
@@ -102,7 +102,7 @@ impl<B: Backend> Shard<B> {
 
     /// True if whole packets are left for the next turn.
     fn decode_input(&mut self, conn: ConnId) -> bool {
-        for _ in 0..crate::limits::PACKETS_PER_TURN {
+        for _ in 0..limits::PACKETS_PER_TURN {
             let Some(c) = self.conn_mut(conn) else {
                 return false;
             };
@@ -111,7 +111,7 @@ impl<B: Backend> Shard<B> {
             }
             match c.decoder.decode_from(&mut c.inbuf) {
                 Ok(Some(packet)) => {
-                    // How far its payload was checked as it came, if it was (`receiving.rs`).
+                    // How far its payload was checked as it came, if it was (`PayloadCheck`).
                     let checked = c.extras.as_mut().and_then(|e| e.payload_check.take());
                     self.payload_check = checked;
                     self.shared.stats[self.id]
