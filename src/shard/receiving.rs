@@ -305,28 +305,27 @@ fn check_payload_so_far(c: &mut Conn, header: &crate::codec::FixedHeader) {
         return;
     }
     let total = header.packet_len();
-    let extras = c.extras.get_or_insert_with(Default::default);
-    let check = match &mut extras.payload_check {
-        Some(check) if check.total == total => check,
-        slot => {
-            let qos = QoS::from_u8((header.flags >> 1) & 3).unwrap_or(QoS::AtMostOnce);
-            // Not all its properties here yet, or not to be looked into: checked whole
-            // when it is (if it says UTF-8).
-            let Some((start, said_utf8)) =
-                crate::codec::peek_payload(&c.inbuf, header.header_len, qos)
-            else {
-                return;
-            };
-            slot.insert(PayloadCheck {
-                total,
-                start,
-                checked: start,
-                invalid: false,
-                said_utf8,
-            })
-        }
-    };
-    check.advance(&c.inbuf);
+    let known =
+        (c.extras.as_ref().and_then(|e| e.payload_check)).is_some_and(|ch| ch.total == total);
+    if !known {
+        let qos = QoS::from_u8((header.flags >> 1) & 3).unwrap_or(QoS::AtMostOnce);
+        // Not all its properties here yet, or not to be looked into: checked whole when it
+        // is (if it says UTF-8).
+        let Some((start, said_utf8)) = crate::codec::peek_payload(&c.inbuf, header.header_len, qos)
+        else {
+            return;
+        };
+        c.extras().payload_check = Some(PayloadCheck {
+            total,
+            start,
+            checked: start,
+            invalid: false,
+            said_utf8,
+        });
+    }
+    if let Some(check) = c.extras.as_mut().and_then(|e| e.payload_check.as_mut()) {
+        check.advance(&c.inbuf);
+    }
 }
 
 /// Sizes a connection's input buffer, holding `inbuf.len()` bytes of a packet of `total`

@@ -136,7 +136,8 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    fn count_sent(&self, bytes: usize) {
+    /// Counts bytes handed to the backend for a client (`$SYS/broker/bytes/sent`).
+    pub(super) fn count_sent(&self, bytes: usize) {
         self.stats()
             .bytes_sent
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);

@@ -6,7 +6,6 @@
 
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::close::CloseReason;
@@ -179,9 +178,7 @@ impl<B: Backend> Shard<B> {
             self.handshakes.spent += started.elapsed();
         }
         if !reply.is_empty() {
-            self.stats()
-                .bytes_sent
-                .fetch_add(reply.len() as u64, Ordering::Relaxed);
+            self.count_sent(reply.len());
             self.backend.send(conn, Bytes::from(reply));
             // Pongs to a client that sends pings and never reads back up like any output.
             self.hold_if_backed_up(conn);
