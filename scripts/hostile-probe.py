@@ -14,6 +14,8 @@ round trip while it runs). The probes behind issue 28's later findings:
   ws-publish MB     one PUBLISH of MB megabytes in one WebSocket frame
   filters N         N distinct filters in SUBSCRIBEs of at most 16,384 (a packet's most)
   filters-leave N   the same, then the client leaves (its subscriptions go)
+  scans N           a client that never reads, owed 20 MB of retained messages (its scans
+                    wait), subscribes to N wildcard filters in SUBSCRIBEs of 16,384
   not-utf8 N        N QoS 1 PUBLISHes of 12 bytes sent at once, each refused with PUBACK
                     0x99 and a Reason String (read as they come)
 
@@ -97,6 +99,21 @@ def run(kind, amount, port, big=None, second_port=None):
                                                    for i in range(start, start + count))
             c.sendall(packet(0x82, body))
             ping_sync(c)  # the SUBACK, then the PINGRESP
+    elif kind == "scans":
+        retainer = connect(port, "retainer")
+        for i in range(40):
+            retainer.sendall(packet(0x31, s(f"big/{i}") + b"x" * 500_000))
+        ping_sync(retainer)
+        c = connect(port, "scans")
+        c.sendall(packet(0x82, struct.pack(">H", 1) + s("big/#") + b"\x00"))
+        for start in range(0, amount, 16384):
+            count = min(16384, amount - start)
+            body = struct.pack(">H", 2) + b"".join(s(f"f/{i}/+") + b"\x00"
+                                                   for i in range(start, start + count))
+            c.sendall(packet(0x82, body))
+        # Not read: wait until the broker has handled them all (the shard's longest turn
+        # and the pinger say what it cost).
+        time.sleep(1.0)
     elif kind == "filters-leave":
         # The same subscriptions, then the client goes: each filter leaves the trie.
         c = run("filters", amount, port)
@@ -261,7 +278,7 @@ def main():
     parser.add_argument("kind", choices=["deep-retained", "deep-filters", "props", "utf8", "plain",
                                          "deliver-tcp", "deliver-tls", "deliver-ws",
                                          "ws-publish", "not-utf8", "filters",
-                                         "filters-leave"])
+                                         "filters-leave", "scans"])
     parser.add_argument("amount", type=int)
     parser.add_argument("--midge", default=os.path.join(ROOT, "target/release/midge"))
     parser.add_argument("--memory-limit", type=int, default=0)

@@ -110,10 +110,13 @@ pub enum Limit {
     /// A connection's packets left for the next loop turn (`PACKETS_PER_TURN`); counted,
     /// not logged (a busy client of small packets meets it too).
     PacketsPerTurn,
+    /// A SUBSCRIBE's or UNSUBSCRIBE's filters left for the next loop turn
+    /// (`shard::subscribe::FILTERS_PER_TURN`); counted, not logged.
+    FiltersPerTurn,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 8] = [
         Limit::PreconnectBytes,
         Limit::OutputBacklog,
         Limit::RetainedScans,
@@ -121,6 +124,7 @@ impl Limit {
         Limit::RetainedBytes,
         Limit::ReceivingBytes,
         Limit::PacketsPerTurn,
+        Limit::FiltersPerTurn,
     ];
 
     pub fn label(self) -> &'static str {
@@ -132,6 +136,7 @@ impl Limit {
             Limit::RetainedBytes => "retained_bytes",
             Limit::ReceivingBytes => "receiving_bytes",
             Limit::PacketsPerTurn => "packets_per_turn",
+            Limit::FiltersPerTurn => "filters_per_turn",
         }
     }
 }

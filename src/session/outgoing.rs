@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::lazy_map::LazyMap;
 
 mod owed;
+mod scans;
 use crate::codec::QoS;
 use crate::types::{Message, Target};
 pub use owed::{Owed, RetainedScan, OWED_MAX, SCANS_MAX, SCAN_FILTER_BYTES_MAX};
@@ -98,7 +99,7 @@ struct Backlog {
     queued_bytes: usize,
     owed: VecDeque<Owed>,
     /// Retained messages still to find for new subscriptions, oldest first.
-    scans: VecDeque<RetainedScan>,
+    scans: scans::Scans,
 }
 
 impl Outgoing {

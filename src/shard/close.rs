@@ -11,7 +11,7 @@ use crate::codec::{
     ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 use crate::session::{Session, WillAfterClose};
-use crate::topic::SessionId;
+use crate::topic::{SessionId, SHARE_PREFIX};
 
 /// Why a connection ended; decides the log line and whether the will is published.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,20 +284,20 @@ impl<B: Backend> Shard<B> {
     )]
     pub(super) fn end_session(&mut self, session: Box<Session>, unregister: bool) {
         let (id, client_id) = (session.id, session.client_id.clone());
-        for filter in session.end(&mut self.changes).into_keys() {
-            let op = TrieOp::Unsubscribe {
+        let subscriptions = session.end(&mut self.changes);
+        // A shared subscription leaves its group at once (a message must not be given to a
+        // member that is gone); the rest go a slice a turn (`sweep_trie`): an ended
+        // session's id is never used again, and what reaches it meanwhile is passed over.
+        let shared = subscriptions.keys().filter(|f| f.starts_with(SHARE_PREFIX));
+        for filter in shared {
+            let filter = filter.clone();
+            self.trie_ops.push(TrieOp::Unsubscribe {
                 filter,
                 session: id,
-            };
-            // A shared subscription leaves its group at once (a message must not be given
-            // to a member that is gone); the others go a slice a turn (`sweep_trie`): an
-            // ended session's id is never used again, and what reaches it meanwhile is
-            // passed over.
-            if op.filter().starts_with(crate::topic::SHARE_PREFIX) {
-                self.trie_ops.push(op);
-            } else {
-                self.trie_sweep.push_back(op);
-            }
+            });
+        }
+        if !subscriptions.is_empty() {
+            self.trie_sweep.push_back((id, subscriptions.into_keys()));
         }
         if unregister {
             self.shared.release_claim(&client_id, self.id);

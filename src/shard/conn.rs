@@ -66,9 +66,18 @@ impl Hold {
     pub const OUTPUT: Hold = Hold(2);
     /// Whole packets it sent wait for the next turn (`limits::PACKETS_PER_TURN`).
     pub const DECODE: Hold = Hold(4);
+    /// Its SUBSCRIBE or UNSUBSCRIBE goes on a slice of filters a turn
+    /// (`subscribe::FILTERS_PER_TURN`); its later packets wait for it.
+    pub const SUBSCRIBING: Hold = Hold(8);
 
     pub fn contains(self, other: Hold) -> bool {
         self.0 & other.0 == other.0
+    }
+
+    /// Whether it waits for the broker (its output to drain, its SUBSCRIBE to be
+    /// handled): its silence meanwhile is not its own.
+    pub fn waits_for_broker(self) -> bool {
+        self.contains(Hold::OUTPUT) || self.contains(Hold::SUBSCRIBING)
     }
 
     pub fn with(self, other: Hold) -> Hold {

@@ -98,9 +98,9 @@ impl<B: Backend> Shard<B> {
         if !c.held.contains(why) {
             return;
         }
-        if why == Hold::OUTPUT {
-            // It read what waited for it: alive. Its keep alive counts from here (it was
-            // not read meanwhile, `timers.rs`).
+        if why.waits_for_broker() {
+            // It was not read while it waited for the broker (`timers.rs`): its keep alive
+            // counts from here.
             c.heard_from(now);
         }
         c.held = c.held.without(why);

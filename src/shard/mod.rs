@@ -83,7 +83,15 @@ pub struct Shard<B: Backend> {
     after_trie: Vec<AfterTrie>,
     /// Ended sessions' subscriptions, taken out of the trie a slice a turn
     /// (`subscribe::sweep_trie`).
-    trie_sweep: std::collections::VecDeque<TrieOp>,
+    trie_sweep: subscribe::TrieSweep,
+    /// SUBSCRIBEs and UNSUBSCRIBEs handled a slice of filters a turn, and what is left of
+    /// this turn's budget of filters (`subscribe::FILTERS_PER_TURN`).
+    subscribing: std::collections::VecDeque<subscribe::Subscribing>,
+    filters_left: usize,
+    /// New subscriptions' requests for their retained messages, owed a slice a turn, and
+    /// what is left of this turn's budget (`owed.rs`).
+    retained_requests: owed::RetainedRequests,
+    requests_left: usize,
     /// Per target shard, the targets of the message being routed (reused).
     targets: Vec<Vec<crate::router::Target>>,
     /// The encodings of the message being delivered (reused, `encode.rs`).
@@ -194,6 +202,10 @@ impl<B: Backend> Shard<B> {
             trie_ops: Vec::new(),
             after_trie: Vec::new(),
             trie_sweep: Default::default(),
+            subscribing: Default::default(),
+            filters_left: subscribe::FILTERS_PER_TURN,
+            retained_requests: Default::default(),
+            requests_left: 0,
             targets: vec![Vec::new(); shards],
             variants: Default::default(),
             outbox: Outbox::new(shards, OVERFLOW_MAX),
@@ -272,6 +284,8 @@ impl<B: Backend> Shard<B> {
             || self.sealing.pending()
             || !self.decoding.is_empty()
             || !self.trie_sweep.is_empty()
+            || !self.subscribing.is_empty()
+            || !self.retained_requests.is_empty()
         {
             timeout = Duration::ZERO;
         }
@@ -303,6 +317,9 @@ impl<B: Backend> Shard<B> {
             self.quiet.worked();
         }
         self.release_drained();
+        // Before decoding: a client whose SUBSCRIBE ends now has what it sent meanwhile
+        // read this turn.
+        self.resume_subscribing();
         self.resume_decoding();
         self.seal_waiting();
         self.renew_scan_budget();
@@ -346,6 +363,8 @@ impl<B: Backend> Shard<B> {
             && self.outbox.is_empty()
             && !self.has_parked()
             && self.trie_sweep.is_empty()
+            && self.subscribing.is_empty()
+            && self.retained_requests.is_empty()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::encode::Variants;
 use super::io::Backend;
+use super::subscribe::RetainedRequest;
 use super::Shard;
 use crate::codec::QoS;
 use crate::limits::{Limit, SCAN_FOUND_PER_SLICE, SCAN_VISITS_PER_SLICE, SCAN_VISITS_PER_TURN};
@@ -201,12 +202,61 @@ impl<B: Backend> Shard<B> {
         })
     }
 
+    /// Owes a session the retained messages of its new subscriptions (after their SUBACK),
+    /// behind those of earlier ones, as the turn's budget allows.
+    pub(super) fn owe_requested(&mut self, session: SessionId, requests: Vec<RetainedRequest>) {
+        if !requests.is_empty() {
+            self.retained_requests
+                .push_back((session, requests.into_iter()));
+            self.owe_requested_retained();
+        }
+    }
+
+    /// A new loop turn: `RETAINED_REQUESTS_PER_TURN` more requests are owed, and those
+    /// left from the last turn go first.
+    pub(super) fn renew_requests_budget(&mut self) {
+        self.requests_left = RETAINED_REQUESTS_PER_TURN;
+        self.owe_requested_retained();
+    }
+
+    /// Owes the retained messages of new subscriptions, oldest first, while the turn's
+    /// budget lasts. A subscription that went in the meantime (an UNSUBSCRIBE, the end of
+    /// its session) is owed nothing [MQTT-3.10.4-2].
+    fn owe_requested_retained(&mut self) {
+        while self.requests_left > 0 {
+            let Some((session, requests)) = self.retained_requests.front_mut() else {
+                break;
+            };
+            let session = *session;
+            let Some(request) = requests.next() else {
+                self.retained_requests.pop_front();
+                continue;
+            };
+            self.requests_left -= 1;
+            let subscribed = (self.sessions.get(&session))
+                .is_some_and(|s| s.subscriptions().contains_key(request.filter.as_str()));
+            if subscribed {
+                self.owe_retained(session, &request.filter, request.qos, request.identifier);
+            }
+        }
+    }
+
     /// A new loop turn: the scans of retained messages may look at `SCAN_VISITS_PER_TURN`
     /// topic levels again.
     pub(super) fn renew_scan_budget(&mut self) {
         self.scan_visits_left = SCAN_VISITS_PER_TURN;
     }
 }
+
+/// New subscriptions' requests for their retained messages (a filter each) owed in one
+/// loop turn, at most: each is looked up or scanned at once, and a SUBSCRIBE's 16,384 held
+/// a shard for 3.5 ms (release build).
+const RETAINED_REQUESTS_PER_TURN: usize = 2048;
+
+/// Requests of new subscriptions for their retained messages, by session, in the order
+/// they were made (`Shard::retained_requests`).
+pub(super) type RetainedRequests =
+    std::collections::VecDeque<(SessionId, std::vec::IntoIter<RetainedRequest>)>;
 
 /// Bytes a connection may have waiting to be written before owed retained messages wait
 /// for it to drain.

@@ -83,7 +83,8 @@ impl<B: Backend> Shard<B> {
     /// peer has closed, and there is no later turn for them (a DISCONNECT among them means
     /// no will [MQTT-3.1.2-10]). Bounded by what was read.
     pub(super) fn drain_input(&mut self, conn: ConnId) {
-        while self.decode_input(conn) {}
+        // A SUBSCRIBE that would have gone on a slice a turn is handled whole.
+        while self.decode_input(conn) | self.finish_subscribing(conn) {}
         self.count_input(conn);
     }
 
@@ -106,7 +107,7 @@ impl<B: Backend> Shard<B> {
             let Some(c) = self.conn_mut(conn) else {
                 return false;
             };
-            if c.waiting_handoff().is_some() {
+            if c.waiting_handoff().is_some() || c.held.contains(conn::Hold::SUBSCRIBING) {
                 return false;
             }
             match c.decoder.decode_from(&mut c.inbuf) {
@@ -136,6 +137,9 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conn_mut(conn) else {
             return false;
         };
+        if c.held.contains(conn::Hold::SUBSCRIBING) {
+            return false; // Its later packets wait for its SUBSCRIBE.
+        }
         let whole = (c.decoder.fixed_header(&c.inbuf).ok().flatten())
             .is_some_and(|h| h.packet_len() <= c.inbuf.len());
         if !whole {

@@ -59,10 +59,11 @@ impl<B: Backend> Shard<B> {
                 if c.last_rx.older_than(connect_timeout, stamp) {
                     expired.push((c.id, false));
                 }
-            } else if c.held.contains(super::conn::Hold::OUTPUT) {
-                // Not read until it reads what waits for it: its silence is the broker's
-                // doing, not the client's (the keep alive counts again once it is read;
-                // a peer that is gone fails the socket's writes instead).
+            } else if c.held.waits_for_broker() {
+                // Not read until it reads what waits for it, or until its SUBSCRIBE is
+                // handled: its silence is the broker's doing, not the client's (the keep
+                // alive counts again once it is read; a peer that is gone fails the
+                // socket's writes instead).
             } else if c.keepalive_s > 0 {
                 // [MQTT-3.1.2-24] one and a half keep alive periods of silence.
                 let limit = Duration::from_millis(u64::from(c.keepalive_s) * 1500);

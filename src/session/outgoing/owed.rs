@@ -29,9 +29,8 @@ pub const OWED_MAX: usize = 1 << 20;
 #[derive(Clone, Debug)]
 pub struct RetainedScan {
     pub filter: Box<str>,
-    /// The filter's hash, so that looking for a scan of the same filter compares strings
-    /// only where the hashes agree.
-    filter_hash: u64,
+    /// The filter's hash, to find the scan of a filter (`scans.rs`).
+    pub(super) filter_hash: u64,
     /// The subscription's QoS and identifier.
     pub qos: QoS,
     pub identifier: Option<u32>,
@@ -39,7 +38,20 @@ pub struct RetainedScan {
     pub cursor: Option<crate::retain::ScanCursor>,
 }
 
-fn filter_hash(filter: &str) -> u64 {
+impl RetainedScan {
+    /// A scan of the retained messages matching `filter`, from the start.
+    pub fn new(filter: &str, qos: QoS, identifier: Option<u32>) -> Self {
+        RetainedScan {
+            filter: filter.into(),
+            filter_hash: filter_hash(filter),
+            qos,
+            identifier,
+            cursor: None,
+        }
+    }
+}
+
+pub(super) fn filter_hash(filter: &str) -> u64 {
     use std::hash::BuildHasher;
     crate::session::ProcessSeeded.hash_one(filter)
 }
@@ -80,27 +92,18 @@ impl Outgoing {
     /// again [MQTT-3.8.4-3]), so repeating a filter, in one SUBSCRIBE or many, never adds
     /// work. False if `SCANS_MAX` scans are under way (nothing owed).
     pub fn owe_scan(&mut self, filter: &str, qos: QoS, identifier: Option<u32>) -> bool {
-        let filter_hash = filter_hash(filter);
         let scans = &mut self.backlog.get_or_insert_with(Default::default).scans;
-        let scan = RetainedScan {
-            filter: filter.into(),
-            filter_hash,
-            qos,
-            identifier,
-            cursor: None,
-        };
-        let mut filter_bytes = 0;
-        for same in scans.iter_mut() {
-            if same.filter_hash == filter_hash && *same.filter == *filter {
-                *same = scan;
-                return true;
+        let room = match scans.restart(RetainedScan::new(filter, qos, identifier)) {
+            Ok(()) => true,
+            Err(scan) => {
+                let room = scans.len() < SCANS_MAX
+                    && scans.filter_bytes() + filter.len() <= SCAN_FILTER_BYTES_MAX;
+                if room {
+                    scans.push_back(scan);
+                }
+                room
             }
-            filter_bytes += same.filter.len();
-        }
-        let room = scans.len() < SCANS_MAX && filter_bytes + filter.len() <= SCAN_FILTER_BYTES_MAX;
-        if room {
-            scans.push_back(scan);
-        }
+        };
         self.release_backlog();
         room
     }
@@ -110,10 +113,7 @@ impl Outgoing {
         let Some(backlog) = self.backlog.as_mut() else {
             return;
         };
-        let hash = filter_hash(filter);
-        backlog
-            .scans
-            .retain(|s| s.filter_hash != hash || *s.filter != *filter);
+        backlog.scans.remove(filter);
         self.release_backlog();
     }
 
@@ -133,8 +133,7 @@ impl Outgoing {
     /// since restarted the scan of its filter.
     pub fn put_back_scan(&mut self, scan: RetainedScan) {
         let scans = &mut self.backlog.get_or_insert_with(Default::default).scans;
-        let same = |s: &RetainedScan| s.filter_hash == scan.filter_hash && s.filter == scan.filter;
-        if !scans.iter().any(same) {
+        if !scans.contains(&scan.filter) {
             scans.push_front(scan);
         }
         self.release_backlog();
