@@ -111,7 +111,7 @@ pub enum Limit {
     /// not logged (a busy client of small packets meets it too).
     PacketsPerTurn,
     /// A SUBSCRIBE's or UNSUBSCRIBE's filters left for the next loop turn
-    /// (`shard::subscribe::FILTERS_PER_TURN`); counted, not logged.
+    /// (`shard::subscribing::FILTERS_PER_TURN`); counted, not logged.
     FiltersPerTurn,
 }
 

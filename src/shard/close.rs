@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::io::{Backend, ConnId};
-use super::subscribe::TrieOp;
+use super::trie_ops::TrieOp;
 use super::Shard;
 use crate::codec::{
     ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,

@@ -67,7 +67,7 @@ impl Hold {
     /// Whole packets it sent wait for the next turn (`limits::PACKETS_PER_TURN`).
     pub const DECODE: Hold = Hold(4);
     /// Its SUBSCRIBE or UNSUBSCRIBE goes on a slice of filters a turn
-    /// (`subscribe::FILTERS_PER_TURN`); its later packets wait for it.
+    /// (`subscribing::FILTERS_PER_TURN`); its later packets wait for it.
     pub const SUBSCRIBING: Hold = Hold(8);
 
     pub fn contains(self, other: Hold) -> bool {

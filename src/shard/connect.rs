@@ -250,6 +250,9 @@ impl<B: Backend> Shard<B> {
         id: SessionId,
         clean_start: bool,
     ) -> Option<SessionBox> {
+        // Its subscriptions' changes so far point at this shard in the trie before it goes
+        // (a later batch here would undo the new shard's).
+        self.apply_trie_ops();
         let session = self.sessions.get(&id)?;
         if let Some(old) = session.conn {
             if self.config.connection_messages {
@@ -262,6 +265,7 @@ impl<B: Backend> Shard<B> {
             let session_ends = session.clean || clean_start;
             self.close_takeover(old, session_ends);
         }
+        self.settle_subscribing(id);
         let session = self.sessions.remove(&id)?;
         if session.clean || clean_start {
             self.end_session(session, false);

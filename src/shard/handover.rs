@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::io::Backend;
-use super::subscribe::TrieOp;
+use super::trie_ops::TrieOp;
 use super::Shard;
 use crate::router::{SessionBox, ShardMsg};
 use crate::session::Session;

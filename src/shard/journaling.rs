@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::io::Backend;
-use super::subscribe::TrieOp;
+use super::trie_ops::TrieOp;
 use super::Shard;
 use crate::persist::journal::Journal;
 use crate::persist::recover::{self, RecoveredSession};

@@ -30,9 +30,11 @@ mod sessions;
 mod shared;
 mod stats;
 mod subscribe;
+mod subscribing;
 mod sys;
 mod timers;
 mod transit;
+mod trie_ops;
 pub(crate) use timers::release_freed_memory;
 mod transport;
 
@@ -53,7 +55,7 @@ use crate::router::{Outbox, ShardMsg};
 use crate::topic::SessionId;
 use conn::Conn;
 use io::{Backend, ConnId, Event};
-use subscribe::{AfterTrie, TrieOp};
+use trie_ops::{AfterTrie, TrieOp};
 
 /// Mailbox messages handled per loop turn, so a flood from other shards cannot starve this
 /// shard's own sockets.
@@ -82,11 +84,11 @@ pub struct Shard<B: Backend> {
     trie_ops: Vec<TrieOp>,
     after_trie: Vec<AfterTrie>,
     /// Ended sessions' subscriptions, taken out of the trie a slice a turn
-    /// (`subscribe::sweep_trie`).
-    trie_sweep: subscribe::TrieSweep,
+    /// (`trie_ops::sweep_trie`).
+    trie_sweep: trie_ops::TrieSweep,
     /// SUBSCRIBEs and UNSUBSCRIBEs handled a slice of filters a turn, and what is left of
-    /// this turn's budget of filters (`subscribe::FILTERS_PER_TURN`).
-    subscribing: std::collections::VecDeque<subscribe::Subscribing>,
+    /// this turn's budget of filters (`subscribing::FILTERS_PER_TURN`).
+    subscribing: std::collections::VecDeque<subscribing::Subscribing>,
     filters_left: usize,
     /// New subscriptions' requests for their retained messages, owed a slice a turn, and
     /// what is left of this turn's budget (`owed.rs`).
@@ -203,7 +205,7 @@ impl<B: Backend> Shard<B> {
             after_trie: Vec::new(),
             trie_sweep: Default::default(),
             subscribing: Default::default(),
-            filters_left: subscribe::FILTERS_PER_TURN,
+            filters_left: subscribing::FILTERS_PER_TURN,
             retained_requests: Default::default(),
             requests_left: 0,
             targets: vec![Vec::new(); shards],
@@ -412,8 +414,7 @@ impl<B: Backend> Shard<B> {
                     None => close::CloseReason::PeerClosed,
                     Some(_) => close::CloseReason::SocketError,
                 };
-                self.drain_input(conn);
-                self.connection_lost(conn, reason);
+                self.input_ended(conn, reason);
             }
         }
     }

@@ -220,8 +220,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Owes the retained messages of new subscriptions, oldest first, while the turn's
-    /// budget lasts. A subscription that went in the meantime (an UNSUBSCRIBE, the end of
-    /// its session) is owed nothing [MQTT-3.10.4-2].
+    /// budget lasts.
     fn owe_requested_retained(&mut self) {
         while self.requests_left > 0 {
             let Some((session, requests)) = self.retained_requests.front_mut() else {
@@ -233,11 +232,19 @@ impl<B: Backend> Shard<B> {
                 continue;
             };
             self.requests_left -= 1;
-            let subscribed = (self.sessions.get(&session))
-                .is_some_and(|s| s.subscriptions().contains_key(request.filter.as_str()));
-            if subscribed {
-                self.owe_retained(session, &request.filter, request.qos, request.identifier);
-            }
+            self.owe_if_subscribed(session, request);
+        }
+    }
+
+    /// Owes what `request` asks for if its subscription is still as it was made: not
+    /// unsubscribed since [MQTT-3.10.4-2], nor made again (which owes its own, if its
+    /// Retain Handling asks for them [MQTT-3.3.1-11]).
+    pub(super) fn owe_if_subscribed(&mut self, session: SessionId, request: RetainedRequest) {
+        let current = (self.sessions.get(&session))
+            .and_then(|s| s.subscriptions().get(request.filter.as_str()));
+        if current == Some(&request.sub) {
+            let (qos, identifier) = (request.sub.options.qos, request.sub.identifier);
+            self.owe_retained(session, &request.filter, qos, identifier.map(|i| i.get()));
         }
     }
 

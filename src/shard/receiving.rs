@@ -83,8 +83,7 @@ impl<B: Backend> Shard<B> {
     /// peer has closed, and there is no later turn for them (a DISCONNECT among them means
     /// no will [MQTT-3.1.2-10]). Bounded by what was read.
     pub(super) fn drain_input(&mut self, conn: ConnId) {
-        // A SUBSCRIBE that would have gone on a slice a turn is handled whole.
-        while self.decode_input(conn) | self.finish_subscribing(conn) {}
+        while self.decode_input(conn) {}
         self.count_input(conn);
     }
 

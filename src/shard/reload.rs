@@ -3,7 +3,7 @@
 //! security settings refuse, and subscriptions the new ACL does not allow.
 
 use super::io::Backend;
-use super::subscribe::TrieOp;
+use super::trie_ops::TrieOp;
 use super::Shard;
 use crate::codec::ReasonCode;
 use std::sync::atomic::Ordering;

@@ -89,7 +89,8 @@ pub struct Shared {
     pub preconnect_bytes: CachePadded<std::sync::atomic::AtomicUsize>,
     /// Bytes of buffers holding packets partly received from connected clients, over all
     /// shards (a buffer of `limits::PARTIAL_PACKET_UNCOUNTED_BYTES` or less is not counted,
-    /// a larger one is, all of it; `shard/receiving.rs`).
+    /// a larger one is, all of it; `shard/receiving.rs`), and of SUBSCRIBEs and
+    /// UNSUBSCRIBEs waiting for later turns (`shard/subscribing.rs`).
     pub receiving_bytes: CachePadded<std::sync::atomic::AtomicUsize>,
     /// What subscriptions hold beyond what their count bounds, over every session (each
     /// session's share goes back when it ends; `session::filter_cost`).

@@ -1,211 +1,32 @@
-//! SUBSCRIBE and UNSUBSCRIBE. A packet's filters are handled `FILTERS_PER_TURN` a loop turn
-//! at most: one of more goes on in the next turns, its client not read meanwhile, as the
-//! sequence of packets the spec says it is [MQTT-3.8.4-4]. Changes to the shared trie are
-//! collected and applied as one batch (one lock, one new snapshot) at the end of the loop
-//! turn, or sooner when a later packet needs them (a PUBLISH to route, any reply that must
-//! follow the SUBACK); SUBACK and UNSUBACK go out after that, so a subscription is live by
-//! the time its SUBACK is sent, and the retained messages it is owed follow as the client
-//! reads.
+//! SUBSCRIBE and UNSUBSCRIBE filters: each checked, granted or refused, and changed in the
+//! session and (`trie_ops.rs`) the trie, a slice of a packet's filters at a time
+//! (`subscribing.rs`); the SUBACK or UNSUBACK once the packet's changes are in the trie,
+//! then the retained messages its new subscriptions are owed, as the client reads.
 
 use std::num::NonZeroU32;
 
-use super::conn::Hold;
-use super::io::{Backend, ConnId};
+use super::io::Backend;
+use super::subscribing::{Filters, Slice, Subscribing};
+use super::trie_ops::{AfterTrie, TrieOp};
 use super::Shard;
 use crate::codec::{
-    Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, UnsubAck,
 };
 use crate::limits::{Limit, SUBSCRIPTION_BYTES_MAX};
-use crate::topic::{parse_filter, SessionId, Subscription};
+use crate::topic::{parse_filter, Subscription};
 use compact_str::CompactString;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Trie changes a shard keeps room for between turns.
-const TRIE_OPS_KEPT: usize = 1024;
-
-/// Filters of SUBSCRIBEs and UNSUBSCRIBEs a shard handles in one loop turn, at most (a
-/// packet may list 16,384): one SUBSCRIBE of 16,384 new filters held a shard for 24-41 ms
-/// (release build), about 1 µs a filter to handle and 2 µs to change the trie.
-pub(super) const FILTERS_PER_TURN: usize = 512;
-
-pub enum TrieOp {
-    Subscribe {
-        filter: CompactString,
-        session: SessionId,
-        sub: Subscription,
-    },
-    Unsubscribe {
-        filter: CompactString,
-        session: SessionId,
-    },
-}
-
-/// Subscriptions of ended sessions taken out of the trie in one loop turn, at most: a
-/// client with 100,000 subscriptions leaving held its shard for 200 ms (release build); a
-/// thousand trie changes are 2-3 ms.
-const SWEPT_PER_TURN: usize = 512;
-
-/// Ended sessions' subscriptions still to take out of the trie, oldest first.
-pub(super) type TrieSweep = std::collections::VecDeque<(
-    SessionId,
-    hashbrown::hash_map::IntoKeys<CompactString, Subscription>,
-)>;
-
-/// What to send once the turn's trie changes are published.
-pub enum AfterTrie {
-    Ack {
-        conn: ConnId,
-        session: SessionId,
-        packet: Packet,
-        retained: Vec<RetainedRequest>,
-    },
-}
-
-/// Retained messages owed to a new subscription.
+/// Retained messages owed to a new subscription: its filter, and the subscription as it
+/// was made (one made again since owes its own).
 pub struct RetainedRequest {
     pub(super) filter: String,
-    pub(super) qos: QoS,
-    pub(super) identifier: Option<u32>,
-}
-
-/// A SUBSCRIBE or UNSUBSCRIBE whose filters are handled a slice a turn.
-pub(super) struct Subscribing {
-    conn: ConnId,
-    session: SessionId,
-    /// Filters handled so far, and what each got.
-    done: usize,
-    reasons: Vec<ReasonCode>,
-    packet: Filters,
-}
-
-enum Filters {
-    Subscribe {
-        packet: Subscribe,
-        /// Retained messages owed once the SUBACK is out.
-        retained: Vec<RetainedRequest>,
-    },
-    Unsubscribe(Unsubscribe),
-}
-
-impl Filters {
-    fn len(&self) -> usize {
-        match self {
-            Filters::Subscribe { packet, .. } => packet.filters.len(),
-            Filters::Unsubscribe(packet) => packet.filters.len(),
-        }
-    }
-}
-
-/// Where a slice of a packet's filters left it.
-enum Slice {
-    Done,
-    /// Filters are left for a later turn.
-    More,
-    /// Its connection is gone, or was closed for a filter that broke a rule.
-    Closed,
+    pub(super) sub: Subscription,
 }
 
 impl<B: Backend> Shard<B> {
-    pub(super) fn on_subscribe(&mut self, conn: ConnId, session: SessionId, subscribe: Subscribe) {
-        log::debug!("Received SUBSCRIBE from {}", self.conn_name(conn));
-        let job = Subscribing {
-            conn,
-            session,
-            done: 0,
-            reasons: Vec::with_capacity(subscribe.filters.len()),
-            packet: Filters::Subscribe {
-                packet: subscribe,
-                retained: Vec::new(),
-            },
-        };
-        self.go_on_subscribing(job, false);
-    }
-
-    pub(super) fn on_unsubscribe(
-        &mut self,
-        conn: ConnId,
-        session: SessionId,
-        unsubscribe: Unsubscribe,
-    ) {
-        log::debug!("Received UNSUBSCRIBE from {}", self.conn_name(conn));
-        let job = Subscribing {
-            conn,
-            session,
-            done: 0,
-            reasons: Vec::with_capacity(unsubscribe.filters.len()),
-            packet: Filters::Unsubscribe(unsubscribe),
-        };
-        self.go_on_subscribing(job, false);
-    }
-
-    /// At the start of a turn: renews the turn's budgets of filters and of retained
-    /// messages' requests, and goes on with what is left of both from the last turn, in
-    /// the order it came.
-    pub(super) fn resume_subscribing(&mut self) {
-        self.filters_left = FILTERS_PER_TURN;
-        self.renew_requests_budget();
-        for _ in 0..self.subscribing.len() {
-            let Some(job) = self.subscribing.pop_front() else {
-                break;
-            };
-            self.go_on_subscribing(job, false);
-        }
-    }
-
-    /// Handles the rest of `conn`'s SUBSCRIBE or UNSUBSCRIBE whatever the turn's budget,
-    /// if one is under way: its peer has closed, and there is no later turn for it.
-    pub(super) fn finish_subscribing(&mut self, conn: ConnId) -> bool {
-        let Some(at) = self.subscribing.iter().position(|job| job.conn == conn) else {
-            return false;
-        };
-        let job = self.subscribing.remove(at).expect("found just before");
-        self.go_on_subscribing(job, true);
-        true
-    }
-
-    /// Handles as many of `job`'s filters as the turn's budget allows (all of them if
-    /// `all`); a packet with filters left waits for the next turn, and its client with it.
-    fn go_on_subscribing(&mut self, mut job: Subscribing, all: bool) {
-        let left = job.packet.len() - job.done;
-        let count = if all {
-            left
-        } else {
-            left.min(self.filters_left)
-        };
-        self.filters_left = self.filters_left.saturating_sub(count);
-        let slice = match job.packet {
-            Filters::Subscribe { .. } => self.subscribe_slice(&mut job, count),
-            Filters::Unsubscribe(_) => self.unsubscribe_slice(&mut job, count),
-        };
-        match slice {
-            Slice::Closed => {}
-            Slice::More => {
-                // Counted, not logged: a client that subscribes to many filters at once
-                // meets it too.
-                self.stats().limit_hit(Limit::FiltersPerTurn);
-                self.hold_reading(job.conn, Hold::SUBSCRIBING);
-                self.subscribing.push_back(job);
-            }
-            Slice::Done => {
-                let conn = job.conn;
-                self.answer_filters(job);
-                if self
-                    .conn(conn)
-                    .is_some_and(|c| c.held.contains(Hold::SUBSCRIBING))
-                {
-                    // What it sent meanwhile is read from the next turn's start.
-                    if self.hold_reading(conn, Hold::DECODE) {
-                        self.decoding.push(conn);
-                    }
-                    self.release_reading(conn, Hold::SUBSCRIBING);
-                }
-            }
-        }
-    }
-
     /// Handles the next `count` filters of a SUBSCRIBE.
-    fn subscribe_slice(&mut self, job: &mut Subscribing, count: usize) -> Slice {
+    pub(super) fn subscribe_slice(&mut self, job: &mut Subscribing, count: usize) -> Slice {
         let conn = job.conn;
         let Some(c) = self.conn(conn).filter(|c| c.session == Some(job.session)) else {
             return Slice::Closed;
@@ -343,8 +164,7 @@ impl<B: Backend> Shard<B> {
             if parsed.group().is_none() && wanted {
                 retained.push(RetainedRequest {
                     filter: parsed.filter().to_string(),
-                    qos: options.qos,
-                    identifier,
+                    sub,
                 });
             }
         }
@@ -378,7 +198,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Handles the next `count` filters of an UNSUBSCRIBE.
-    fn unsubscribe_slice(&mut self, job: &mut Subscribing, count: usize) -> Slice {
+    pub(super) fn unsubscribe_slice(&mut self, job: &mut Subscribing, count: usize) -> Slice {
         let Some(c) = self
             .conn(job.conn)
             .filter(|c| c.session == Some(job.session))
@@ -428,7 +248,7 @@ impl<B: Backend> Shard<B> {
 
     /// A packet's filters are all handled: its SUBACK or UNSUBACK goes out once the trie
     /// has them, then the retained messages they are owed.
-    fn answer_filters(&mut self, job: Subscribing) {
+    pub(super) fn answer_filters(&mut self, job: Subscribing) {
         let Subscribing {
             conn,
             session,
@@ -465,81 +285,6 @@ impl<B: Backend> Shard<B> {
             retained,
         });
     }
-
-    /// Takes the next slice of ended sessions' subscriptions out of the trie (all of them
-    /// when `all`).
-    pub(super) fn sweep_trie(&mut self, all: bool) {
-        if self.trie_sweep.is_empty() {
-            return;
-        }
-        let mut left = if all { usize::MAX } else { SWEPT_PER_TURN };
-        let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
-        while left > 0 {
-            let Some((session, filters)) = self.trie_sweep.front_mut() else {
-                break;
-            };
-            let session = *session;
-            let Some(filter) = filters.next() else {
-                self.trie_sweep.pop_front();
-                continue;
-            };
-            left -= 1;
-            // A shared subscription has left already (`end_session`): not found again.
-            let parsed = parse_filter(&filter).expect("checked before it was subscribed");
-            writer.unsubscribe(parsed, session);
-        }
-        writer.publish();
-    }
-
-    /// Applies this turn's subscription changes as one batch, then sends what waited on it.
-    pub(super) fn apply_trie_ops(&mut self) {
-        if self.trie_ops.is_empty() && self.after_trie.is_empty() {
-            return;
-        }
-        if !self.trie_ops.is_empty() {
-            let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
-            for op in self.trie_ops.drain(..) {
-                match op {
-                    TrieOp::Subscribe {
-                        filter,
-                        session,
-                        sub,
-                    } => {
-                        let parsed = parse_filter(&filter).expect("checked before it was queued");
-                        writer.subscribe(parsed, session, sub);
-                    }
-                    TrieOp::Unsubscribe { filter, session } => {
-                        let parsed = parse_filter(&filter).expect("checked before it was queued");
-                        writer.unsubscribe(parsed, session);
-                    }
-                }
-            }
-            writer.publish();
-            // A subscribe storm's batch does not stay allocated afterwards.
-            if self.trie_ops.capacity() > TRIE_OPS_KEPT {
-                self.trie_ops = Vec::new();
-            }
-        }
-        for after in std::mem::take(&mut self.after_trie) {
-            let AfterTrie::Ack {
-                conn,
-                session,
-                packet,
-                retained,
-            } = after;
-            if self.conn(conn).and_then(|c| c.session) != Some(session) {
-                continue; // The connection closed in the meantime.
-            }
-            let kind = if matches!(packet, Packet::SubAck(_)) {
-                "SUBACK"
-            } else {
-                "UNSUBACK"
-            };
-            log::debug!("Sending {kind} to {}", self.conn_name(conn));
-            self.send_packet(conn, &packet);
-            self.owe_requested(session, retained);
-        }
-    }
 }
 
 /// A filter repeated in one SUBSCRIBE is subscribed at each repeat, each replacing the
@@ -547,7 +292,7 @@ impl<B: Backend> Shard<B> {
 /// them, not once per repeat (a packet listing `#` thousands of times would otherwise owe
 /// the whole store thousands of times over). The client sees one SUBACK for them all
 /// [MQTT-3.8.4-5], and the subscription they leave.
-fn last_of_each_filter(mut requests: Vec<RetainedRequest>) -> Vec<RetainedRequest> {
+pub(super) fn last_of_each_filter(mut requests: Vec<RetainedRequest>) -> Vec<RetainedRequest> {
     if requests.len() < 2 {
         return requests;
     }

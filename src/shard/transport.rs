@@ -186,8 +186,7 @@ impl<B: Backend> Shard<B> {
         match result {
             Ok(true) => {
                 // What came before the close is still read, all of it.
-                self.drain_input(conn);
-                self.connection_lost(conn, CloseReason::PeerClosed);
+                self.input_ended(conn, CloseReason::PeerClosed);
                 false
             }
             Ok(false) => true,

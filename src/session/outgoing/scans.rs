@@ -102,15 +102,12 @@ impl Scans {
 
     /// Takes out the oldest scan.
     pub(super) fn pop_front(&mut self) -> Option<RetainedScan> {
-        while let Some(front) = self.queue.pop_front() {
-            let seq = self.base;
-            self.base = self.base.wrapping_add(1);
-            if let Some(scan) = front {
-                self.forget(&scan, seq);
-                return Some(scan);
-            }
-        }
-        None
+        let scan = self.queue.pop_front()?.expect("the front is never a hole");
+        let seq = self.base;
+        self.base = self.base.wrapping_add(1);
+        self.forget(&scan, seq);
+        self.trim();
+        Some(scan)
     }
 
     /// Ends the scan of `filter`, if one is under way.
@@ -121,6 +118,12 @@ impl Scans {
         let at = self.index(seq);
         let scan = self.queue[at].take().expect("found just before");
         self.forget(&scan, seq);
+        self.trim();
+    }
+
+    /// Drops the holes at either end (neither end is ever a hole), and all of them once
+    /// they outnumber the scans (a cost of one per hole made).
+    fn trim(&mut self) {
         while self.queue.front().is_some_and(Option::is_none) {
             self.queue.pop_front();
             self.base = self.base.wrapping_add(1);
@@ -128,7 +131,6 @@ impl Scans {
         while self.queue.back().is_some_and(Option::is_none) {
             self.queue.pop_back();
         }
-        // Holes that outnumber the scans go at once (a cost of one per hole made).
         if self.queue.len() > 2 * self.len() + 16 {
             let scans: Vec<RetainedScan> = self.queue.drain(..).flatten().collect();
             self.by_filter.clear();

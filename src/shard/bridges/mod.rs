@@ -13,7 +13,7 @@ use compact_str::CompactString;
 use std::sync::atomic::Ordering;
 
 use super::io::Backend;
-use super::subscribe::TrieOp;
+use super::trie_ops::TrieOp;
 use super::{Claim, Shard};
 use crate::bridge::{Link, State};
 use crate::codec::{Publish, QoS, SubscriptionOptions};
