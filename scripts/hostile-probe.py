@@ -14,6 +14,7 @@ round trip while it runs). The probes behind issue 28's later findings:
   ws-publish MB     one PUBLISH of MB megabytes in one WebSocket frame
   filters N         N distinct filters in SUBSCRIBEs of at most 16,384 (a packet's most)
   filters-leave N   the same, then the client leaves (its subscriptions go)
+  shared-leave N    the same with shared subscriptions ($share/g/...)
   scans N           a client that never reads, owed 20 MB of retained messages (its scans
                     wait), subscribes to N wildcard filters in SUBSCRIBEs of 16,384
   not-utf8 N        N QoS 1 PUBLISHes of 12 bytes sent at once, each refused with PUBACK
@@ -91,11 +92,12 @@ def run(kind, amount, port, big=None, second_port=None):
                                                    for i in range(start, start + 100))
             c.sendall(packet(0x82, body))
             c.recv(1 << 16)  # SUBACK
-    elif kind == "filters":
-        c = connect(port, "filters")
+    elif kind in ("filters", "shared"):
+        c = connect(port, kind)
+        share = "$share/g/" if kind == "shared" else ""
         for start in range(0, amount, 16384):
             count = min(16384, amount - start)
-            body = struct.pack(">H", 1) + b"".join(s(f"f/{i}/+/x") + b"\x00"
+            body = struct.pack(">H", 1) + b"".join(s(f"{share}f/{i}/+/x") + b"\x00"
                                                    for i in range(start, start + count))
             c.sendall(packet(0x82, body))
             ping_sync(c)  # the SUBACK, then the PINGRESP
@@ -114,9 +116,9 @@ def run(kind, amount, port, big=None, second_port=None):
         # Not read: wait until the broker has handled them all (the shard's longest turn
         # and the pinger say what it cost).
         time.sleep(1.0)
-    elif kind == "filters-leave":
+    elif kind in ("filters-leave", "shared-leave"):
         # The same subscriptions, then the client goes: each filter leaves the trie.
-        c = run("filters", amount, port)
+        c = run(kind.removesuffix("-leave"), amount, port)
         c.close()
         c = connect(port, "after")
         time.sleep(0.5)
@@ -278,7 +280,7 @@ def main():
     parser.add_argument("kind", choices=["deep-retained", "deep-filters", "props", "utf8", "plain",
                                          "deliver-tcp", "deliver-tls", "deliver-ws",
                                          "ws-publish", "not-utf8", "filters",
-                                         "filters-leave", "scans"])
+                                         "filters-leave", "shared-leave", "scans"])
     parser.add_argument("amount", type=int)
     parser.add_argument("--midge", default=os.path.join(ROOT, "target/release/midge"))
     parser.add_argument("--memory-limit", type=int, default=0)

@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::io::{Backend, ConnId};
-use super::trie_ops::TrieOp;
 use super::Shard;
 use crate::codec::{
     ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
@@ -285,19 +284,21 @@ impl<B: Backend> Shard<B> {
     pub(super) fn end_session(&mut self, session: Box<Session>, unregister: bool) {
         let (id, client_id) = (session.id, session.client_id.clone());
         let subscriptions = session.end(&mut self.changes);
-        // A shared subscription leaves its group at once (a message must not be given to a
-        // member that is gone); the rest go a slice a turn (`sweep_trie`): an ended
-        // session's id is never used again, and what reaches it meanwhile is passed over.
-        let shared = subscriptions.keys().filter(|f| f.starts_with(SHARE_PREFIX));
-        for filter in shared {
-            let filter = filter.clone();
-            self.trie_ops.push(TrieOp::Unsubscribe {
-                filter,
-                session: id,
+        // Its subscriptions leave the trie a slice a turn (`sweep_trie`): an ended session's
+        // id is never used again, and what reaches it meanwhile is passed over. A share
+        // group passes it over from now on (a message must not be given to a member that
+        // is gone while another could take it).
+        let in_groups = subscriptions.keys().any(|f| f.starts_with(SHARE_PREFIX));
+        if in_groups {
+            self.shared.leaving_groups.rcu(|leaving| {
+                let mut leaving = (**leaving).clone();
+                leaving.insert(id);
+                leaving
             });
         }
         if !subscriptions.is_empty() {
-            self.trie_sweep.push_back((id, subscriptions.into_keys()));
+            self.trie_sweep
+                .push_back((id, subscriptions.into_keys(), in_groups));
         }
         if unregister {
             self.shared.release_claim(&client_id, self.id);

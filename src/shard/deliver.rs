@@ -123,7 +123,9 @@ impl<B: Backend> Shard<B> {
         let (here, sessions, inflight_max) = (self.id, &self.sessions, self.config.inflight_max);
         let upgrade = self.config.upgrade_outgoing_qos;
         // A group member this shard knows cannot take a message now: offline, or its window
-        // full. Members on other shards are taken as able (their state is theirs).
+        // full. Members on other shards are taken as able (their state is theirs), unless
+        // their session ended and its subscriptions are still leaving the trie.
+        let leaving_groups = &self.shared.leaving_groups;
         let cannot_accept = |session: &SessionId, sub: &crate::topic::Subscription| {
             usize::from(sub.shard) == here
                 && sessions.get(session).is_none_or(|s| {
@@ -146,18 +148,18 @@ impl<B: Backend> Shard<B> {
                 Match::Group { members, turn, .. } => {
                     // One member per group, taken in turn in the order they subscribed (as
                     // Mosquitto rotates its list), passing over members that cannot accept;
-                    // if none can, the turn's member queues it.
+                    // if none can, the first in turn whose session lives queues it.
                     let n = members.len();
                     if n == 0 {
                         return;
                     }
                     let start = turn.fetch_add(1, Ordering::Relaxed) % n;
-                    let pick = members
-                        .iter()
-                        .skip(start)
-                        .chain(members.iter().take(start))
-                        .find(|(session, sub)| !cannot_accept(session, sub))
-                        .or_else(|| members.iter().nth(start));
+                    let leaving = leaving_groups.load();
+                    let gone = |session: &SessionId| leaving.contains(session);
+                    let in_turn = || members.iter().skip(start).chain(members.iter().take(start));
+                    let pick = in_turn()
+                        .find(|(session, sub)| !gone(session) && !cannot_accept(session, sub))
+                        .or_else(|| in_turn().find(|(session, _)| !gone(session)));
                     let Some((session, sub)) = pick else { return };
                     (*session, sub)
                 }

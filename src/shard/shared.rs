@@ -49,6 +49,10 @@ pub struct Shared {
     pub listener_connections: Box<[std::sync::atomic::AtomicUsize]>,
     pub trie: Arc<SubscriptionTree>,
     pub trie_writer: Mutex<TreeWriter>,
+    /// Ended sessions whose shared subscriptions are still leaving the trie, a slice a
+    /// turn (`trie_ops::sweep_trie`): a share group's pick passes them over, as a member
+    /// gone at once would be. Empty but for those few turns; read once a routed message.
+    pub leaving_groups: arc_swap::ArcSwap<hashbrown::HashSet<SessionId>>,
     pub retained: Mutex<RetainStore>,
     /// Each client id's latest claim: the shard of the connection that connected last with
     /// it (where the session is or is going), and the claim's number (increasing per client
@@ -203,6 +207,7 @@ impl Shared {
         let trie = SubscriptionTree::new();
         let shared = Arc::new(Shared {
             trie_writer: Mutex::new(TreeWriter::new(trie.clone())),
+            leaving_groups: Default::default(),
             trie,
             retained: Mutex::new(RetainStore::default()),
             registry: Mutex::new(Default::default()),

@@ -31,10 +31,12 @@ pub enum TrieOp {
 /// thousand trie changes are 2-3 ms.
 const SWEPT_PER_TURN: usize = 512;
 
-/// Ended sessions' subscriptions still to take out of the trie, oldest first.
+/// Ended sessions' subscriptions still to take out of the trie, oldest first, and whether
+/// the session is in `Shared::leaving_groups` until they are out.
 pub(super) type TrieSweep = std::collections::VecDeque<(
     SessionId,
     hashbrown::hash_map::IntoKeys<CompactString, Subscription>,
+    bool,
 )>;
 
 /// What to send once the turn's trie changes are published.
@@ -55,22 +57,36 @@ impl<B: Backend> Shard<B> {
             return;
         }
         let mut left = if all { usize::MAX } else { SWEPT_PER_TURN };
+        let mut gone_from_groups = Vec::new();
         let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
         while left > 0 {
-            let Some((session, filters)) = self.trie_sweep.front_mut() else {
+            let Some((session, filters, in_groups)) = self.trie_sweep.front_mut() else {
                 break;
             };
-            let session = *session;
+            let (session, in_groups) = (*session, *in_groups);
             let Some(filter) = filters.next() else {
                 self.trie_sweep.pop_front();
+                if in_groups {
+                    gone_from_groups.push(session);
+                }
                 continue;
             };
             left -= 1;
-            // A shared subscription has left already (`end_session`): not found again.
             let parsed = parse_filter(&filter).expect("checked before it was subscribed");
             writer.unsubscribe(parsed, session);
         }
         writer.publish();
+        drop(writer);
+        // Out of the published trie: no group passes over them any more.
+        if !gone_from_groups.is_empty() {
+            self.shared.leaving_groups.rcu(|leaving| {
+                let mut leaving = (**leaving).clone();
+                for session in &gone_from_groups {
+                    leaving.remove(session);
+                }
+                leaving
+            });
+        }
     }
 
     /// Applies this turn's subscription changes as one batch, then sends what waited on it.
