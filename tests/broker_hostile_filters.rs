@@ -249,7 +249,7 @@ fn a_subscription_gone_before_its_retained_messages_are_owed_gets_none() {
 /// sockets: their packets go a slice a turn as ever (four closing at once do not pile
 /// them into one turn: another client's pings wait under 50 ms), and the DISCONNECT after
 /// each is read before its connection goes (no will [MQTT-3.1.2-10]). Their sessions, kept,
-/// have every subscription.
+/// have every subscription, and are owed the retained message of one.
 #[test]
 fn a_subscribe_before_the_peer_closes_is_handled_before_it_goes() {
     let _serial = one_at_a_time();
@@ -257,14 +257,17 @@ fn a_subscribe_before_the_peer_closes_is_handled_before_it_goes() {
     let broker = Broker::start(&["--threads", "1"]);
     let mut watcher = Raw::connect(broker.port, "watcher");
     watcher.subscribe(&[("w", QoS::AtMostOnce)]);
+    watcher.send(&publish("g/0", b"kept", QoS::AtLeastOnce, 1, true));
+    assert!(matches!(watcher.recv(), Packet::PubAck(_)));
     let filters: Vec<String> = (0..TOPIC_FILTERS_MAX).map(|i| format!("g/{i}")).collect();
     let wanted: Vec<(&str, QoS)> = filters
         .iter()
-        .map(|f| (f.as_str(), QoS::AtMostOnce))
+        .map(|f| (f.as_str(), QoS::AtLeastOnce))
         .collect();
+    let v3 = ProtocolVersion::V311;
     let mut leaving = Vec::new();
     for i in 0..LEAVING {
-        let (v3, id) = (ProtocolVersion::V311, format!("leaving-{i}"));
+        let id = format!("leaving-{i}");
         let mut connect = connect_with_will(v3, &id, QoS::AtMostOnce, false, b"gone");
         connect.clean_start = false;
         let (client, _) = Raw::connect_with(broker.port, connect);
@@ -278,6 +281,7 @@ fn a_subscribe_before_the_peer_closes_is_handled_before_it_goes() {
         client.send_bytes(bytes);
         client.stream.shutdown(std::net::Shutdown::Write).unwrap();
     }
+    let again = |i: usize| connect_packet(v3, &format!("leaving-{i}"), false, 60);
     let mut longest = Duration::ZERO;
     let until = Instant::now() + DEADLINE;
     while broker.count_log("disconnected.") < LEAVING {
@@ -286,12 +290,20 @@ fn a_subscribe_before_the_peer_closes_is_handled_before_it_goes() {
     }
     for i in 0..LEAVING {
         broker.wait_for_log(&format!("Client leaving-{i} disconnected."));
-        let again = connect_packet(ProtocolVersion::V311, &format!("leaving-{i}"), false, 60);
-        let (mut back, ack) = Raw::connect_with(broker.port, again);
+        let (mut back, ack) = Raw::connect_with(broker.port, again(i));
         assert!(ack.session_present);
         let last = &filters[TOPIC_FILTERS_MAX - 1];
         watcher.send(&publish(last, b"last", QoS::AtMostOnce, 0, false));
-        assert_eq!(back.recv_publish().payload[..], b"last"[..]);
+        let mut payloads = Vec::new();
+        for _ in 0..2 {
+            let p = back.recv_publish();
+            if p.qos != QoS::AtMostOnce {
+                back.send(&Packet::PubAck(PubResponse::new(p.packet_id)));
+            }
+            payloads.push(p.payload.to_vec());
+        }
+        payloads.sort();
+        assert_eq!(payloads, [b"kept".to_vec(), b"last".to_vec()]);
     }
     watcher.expect_nothing(Duration::from_millis(100));
     assert!(
@@ -406,4 +418,33 @@ fn a_client_with_many_shared_subscriptions_leaves_a_slice_at_a_time() {
         longest < Duration::from_millis(100),
         "another client waited {longest:?}"
     );
+}
+
+/// A share group whose only member's session ended is no match while that session's
+/// subscriptions are still leaving the trie: a 5.0 publisher's QoS 1 PUBLISH to it gets
+/// PUBACK 0x10 No matching subscribers, as when the group is gone.
+#[test]
+fn a_share_group_whose_members_are_leaving_is_no_match() {
+    let _serial = one_at_a_time();
+    let broker = Broker::start(&["--threads", "1"]);
+    let mut member = Raw::connect(broker.port, "member");
+    let mut filters: Vec<String> = (1..20_000).map(|i| format!("$share/g/f/{i}")).collect();
+    filters.push("$share/g/t".to_string());
+    for batch in filters.chunks(TOPIC_FILTERS_MAX) {
+        let wanted: Vec<(&str, QoS)> = batch
+            .iter()
+            .map(|f| (f.as_str(), QoS::AtLeastOnce))
+            .collect();
+        member.send(&subscribe(1, &wanted));
+        assert!(matches!(member.recv(), Packet::SubAck(_)));
+    }
+    let v5 = ProtocolVersion::V5;
+    let mut publisher = Raw::connect_with(broker.port, connect_packet(v5, "publisher", true, 60)).0;
+    member.send(&Packet::Disconnect(Default::default()));
+    broker.wait_for_log("Client member disconnected.");
+    publisher.send(&publish("t", b"m", QoS::AtLeastOnce, 1, false));
+    let Packet::PubAck(ack) = publisher.recv() else {
+        panic!("expected PUBACK")
+    };
+    assert_eq!(ack.reason, ReasonCode::NoMatchingSubscribers);
 }

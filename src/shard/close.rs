@@ -288,13 +288,10 @@ impl<B: Backend> Shard<B> {
         // id is never used again, and what reaches it meanwhile is passed over. A share
         // group passes it over from now on (a message must not be given to a member that
         // is gone while another could take it).
+        // (Published once a turn for all of them, before the sweep: `sweep_trie`.)
         let in_groups = subscriptions.keys().any(|f| f.starts_with(SHARE_PREFIX));
         if in_groups {
-            self.shared.leaving_groups.rcu(|leaving| {
-                let mut leaving = (**leaving).clone();
-                leaving.insert(id);
-                leaving
-            });
+            self.leaving_groups.insert(id);
         }
         if !subscriptions.is_empty() {
             self.trie_sweep

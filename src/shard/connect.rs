@@ -253,6 +253,9 @@ impl<B: Backend> Shard<B> {
         // Its subscriptions' changes so far point at this shard in the trie before it goes
         // (a later batch here would undo the new shard's).
         self.apply_trie_ops();
+        if let Some(old) = self.sessions.get(&id)?.conn {
+            self.cut_short_subscribing(old);
+        }
         let session = self.sessions.get(&id)?;
         if let Some(old) = session.conn {
             if self.config.connection_messages {
@@ -265,9 +268,10 @@ impl<B: Backend> Shard<B> {
             let session_ends = session.clean || clean_start;
             self.close_takeover(old, session_ends);
         }
-        self.settle_subscribing(id);
+        let ends = self.sessions.get(&id)?.clean || clean_start;
+        self.settle_subscribing(id, ends);
         let session = self.sessions.remove(&id)?;
-        if session.clean || clean_start {
+        if ends {
             self.end_session(session, false);
             return None;
         }

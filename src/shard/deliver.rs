@@ -117,15 +117,19 @@ impl<B: Backend> Shard<B> {
         // Subscriptions read earlier in this turn take effect first: packets act in the
         // order the shard reads them, whoever sent them.
         self.apply_trie_ops();
+        // Read before the trie: an ended session leaves this set only once a trie without
+        // its subscriptions is published, so a snapshot that has them is read with a set
+        // that has it.
+        let leaving = self.shared.leaving_groups.load();
         let snapshot = self.shared.trie.load();
         let mut targets = std::mem::take(&mut self.targets);
         let shards = targets.len();
         let (here, sessions, inflight_max) = (self.id, &self.sessions, self.config.inflight_max);
+        let ended_here = &self.leaving_groups;
         let upgrade = self.config.upgrade_outgoing_qos;
         // A group member this shard knows cannot take a message now: offline, or its window
         // full. Members on other shards are taken as able (their state is theirs), unless
-        // their session ended and its subscriptions are still leaving the trie.
-        let leaving_groups = &self.shared.leaving_groups;
+        // their session ended and its subscriptions are still leaving the trie (`leaving`).
         let cannot_accept = |session: &SessionId, sub: &crate::topic::Subscription| {
             usize::from(sub.shard) == here
                 && sessions.get(session).is_none_or(|s| {
@@ -136,9 +140,9 @@ impl<B: Backend> Shard<B> {
         // keeps the message from it.
         let mut matched = false;
         snapshot.for_each_match(&message.topic, &mut |m| {
-            matched = true;
             let (session, sub) = match m {
                 Match::Subscriber(session, sub) => {
+                    matched = true;
                     // [MQTT-3.8.3-3] No Local: not back to the publisher.
                     if sub.options.no_local && Some(session) == message.origin {
                         return;
@@ -154,13 +158,16 @@ impl<B: Backend> Shard<B> {
                         return;
                     }
                     let start = turn.fetch_add(1, Ordering::Relaxed) % n;
-                    let leaving = leaving_groups.load();
-                    let gone = |session: &SessionId| leaving.contains(session);
+                    let gone = |session: &SessionId| {
+                        leaving.contains(session) || ended_here.contains(session)
+                    };
                     let in_turn = || members.iter().skip(start).chain(members.iter().take(start));
                     let pick = in_turn()
                         .find(|(session, sub)| !gone(session) && !cannot_accept(session, sub))
                         .or_else(|| in_turn().find(|(session, _)| !gone(session)));
+                    // A group whose members are all gone is no match.
                     let Some((session, sub)) = pick else { return };
+                    matched = true;
                     (*session, sub)
                 }
             };

@@ -93,6 +93,9 @@ pub struct Shard<B: Backend> {
     /// New subscriptions' requests for their retained messages, owed a slice a turn, and
     /// what is left of this turn's budget (`owed.rs`).
     retained_requests: owed::RetainedRequests,
+    /// Sessions ended this turn with shared subscriptions, for `Shared::leaving_groups`
+    /// (which this shard's group picks pass over already).
+    leaving_groups: hashbrown::HashSet<SessionId>,
     requests_left: usize,
     /// Per target shard, the targets of the message being routed (reused).
     targets: Vec<Vec<crate::router::Target>>,
@@ -207,6 +210,7 @@ impl<B: Backend> Shard<B> {
             subscribing: Default::default(),
             filters_left: subscribing::FILTERS_PER_TURN,
             retained_requests: Default::default(),
+            leaving_groups: Default::default(),
             requests_left: 0,
             targets: vec![Vec::new(); shards],
             variants: Default::default(),

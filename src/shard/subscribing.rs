@@ -219,8 +219,8 @@ impl<B: Backend> Shard<B> {
 
     /// Session `id` leaves this shard's table (taken over, or handed to another shard): the
     /// retained messages that its SUBSCRIBEs under way (their connection is closed) and its
-    /// waiting requests are owed are owed to it now, and go with it.
-    pub(super) fn settle_subscribing(&mut self, id: SessionId) {
+    /// waiting requests are owed are owed to it now, and go with it; unless it `ends`.
+    pub(super) fn settle_subscribing(&mut self, id: SessionId, ends: bool) {
         let mut requests = Vec::new();
         self.retained_requests.retain_mut(|(session, waiting)| {
             if *session == id {
@@ -239,8 +239,36 @@ impl<B: Backend> Shard<B> {
                 requests.extend(last_of_each_filter(retained));
             }
         }
+        if ends {
+            return;
+        }
         for request in requests {
             self.owe_if_subscribed(id, request);
+        }
+    }
+
+    /// `conn`'s session is taken over while a SUBSCRIBE of its goes a slice a turn: what it
+    /// sent after that packet and was read is handled now, the remaining filters of its
+    /// SUBSCRIBEs dropped (it had no SUBACK for them), so that a DISCONNECT among it still
+    /// means no will [MQTT-3.1.2-10]. (The filters handled so far stay, and their retained
+    /// messages are owed.) If its peer had closed, the connection is lost.
+    pub(super) fn cut_short_subscribing(&mut self, conn: ConnId) {
+        let Some(at) = self.subscribing.iter().position(|job| job.conn == conn) else {
+            return;
+        };
+        let mut job = self.subscribing.remove(at).expect("found just before");
+        let closing = job.closing;
+        loop {
+            self.abandon_subscribing(job);
+            self.release_reading(conn, Hold::SUBSCRIBING);
+            self.drain_input(conn);
+            let Some(at) = self.subscribing.iter().position(|job| job.conn == conn) else {
+                break;
+            };
+            job = self.subscribing.remove(at).expect("found just before");
+        }
+        if let Some(reason) = closing {
+            self.connection_lost(conn, reason);
         }
     }
 }

@@ -53,6 +53,16 @@ impl<B: Backend> Shard<B> {
     /// Takes the next slice of ended sessions' subscriptions out of the trie (all of them
     /// when `all`).
     pub(super) fn sweep_trie(&mut self, all: bool) {
+        // This turn's ended sessions are passed over by share groups from now on, before
+        // any of their subscriptions leave (one copy of the set a turn, however many).
+        let ended = std::mem::take(&mut self.leaving_groups);
+        if !ended.is_empty() {
+            self.shared.leaving_groups.rcu(|leaving| {
+                let mut leaving = (**leaving).clone();
+                leaving.extend(ended.iter().copied());
+                leaving
+            });
+        }
         if self.trie_sweep.is_empty() {
             return;
         }
@@ -126,7 +136,12 @@ impl<B: Backend> Shard<B> {
                 retained,
             } = after;
             if self.conn(conn).and_then(|c| c.session) != Some(session) {
-                continue; // The connection closed in the meantime.
+                // The connection closed in the meantime: no answer, but a session that
+                // lives on is still owed its new subscriptions' retained messages.
+                if self.sessions.get(&session).is_some() {
+                    self.owe_requested(session, retained);
+                }
+                continue;
             }
             let kind = if matches!(packet, Packet::SubAck(_)) {
                 "SUBACK"
