@@ -95,7 +95,9 @@ impl Server {
                 if let (0, Some(port)) = (addr.port(), chosen_port) {
                     addr.set_port(port);
                 }
-                match listen::tcp(addr, interface) {
+                let opened = listen::wait_for_port(addr, interface)
+                    .and_then(|()| listen::tcp(addr, interface));
+                match opened {
                     Ok(socket) => {
                         let bound = socket.local_addr()?;
                         chosen_port = Some(bound.port());
@@ -110,6 +112,11 @@ impl Server {
                         first.push(socket.into());
                         listener_of_socket.push(index);
                         rebind.push(Some((bound, interface)));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                        // Said as Mosquitto says it ("Error: Address already in use"), with
+                        // a non-zero exit.
+                        return Err(io::Error::new(e.kind(), "Address already in use"));
                     }
                     Err(e) if addr.is_ipv6() && (listener.loopback || listener.bind.is_none()) => {
                         log::warn!("Warning: no IPv6 listener on {addr}: {e}");
