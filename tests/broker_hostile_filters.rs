@@ -11,6 +11,19 @@ use common::*;
 use midge::codec::*;
 use std::time::{Duration, Instant};
 
+/// Publishes a retained message on `topic` from `c` and waits for its PUBACK (it is
+/// stored by then).
+fn retain(c: &mut Raw, topic: &str, payload: &[u8]) {
+    c.send(&publish(topic, payload, QoS::AtLeastOnce, 1, true));
+    assert!(matches!(c.recv(), Packet::PubAck(_)));
+}
+
+/// A SUBSCRIBE of every one of `filters`, at `qos`.
+fn subscribe_to(packet_id: u16, filters: &[String], qos: QoS) -> Packet {
+    let wanted: Vec<(&str, QoS)> = filters.iter().map(|f| (f.as_str(), qos)).collect();
+    subscribe(packet_id, &wanted)
+}
+
 /// `filters` as packets of at most `TOPIC_FILTERS_MAX` each (`packet` makes one from its
 /// id and filters), then a QoS 0 PUBLISH on `topic` and a PINGREQ, as one write's bytes.
 fn in_packets(
@@ -76,13 +89,7 @@ fn the_filters_of_a_subscribe_go_a_slice_a_turn_in_the_order_sent() {
             .map(|i| format!("f/{i}/+/x"))
             .collect();
         let topic = format!("f/{}/y/x", filters.len() - 1);
-        let subscribing = |id: u16, batch: &[String]| {
-            let wanted: Vec<(&str, QoS)> = batch
-                .iter()
-                .map(|f| (f.as_str(), QoS::AtMostOnce))
-                .collect();
-            subscribe(id, &wanted)
-        };
+        let subscribing = |id: u16, batch: &[String]| subscribe_to(id, batch, QoS::AtMostOnce);
         let bytes = in_packets(&filters, subscribing, &topic, v5);
         let (many, answers, subscribing_wait) = answered_while_pinging(many, bytes, &mut bystander);
         assert_eq!(answers.len(), PACKETS + 2, "{:?}", answers.last());
@@ -147,8 +154,7 @@ fn the_scans_owed_to_a_client_that_does_not_read_are_found_at_once() {
             true,
         ));
     }
-    retainer.send(&publish("big/last", b"x", QoS::AtLeastOnce, 1, true));
-    assert!(matches!(retainer.recv(), Packet::PubAck(_)));
+    retain(&mut retainer, "big/last", b"x");
     let mut bystander = Raw::connect(broker.port, "bystander");
     let mut slow = Raw::connect(broker.port, "slow");
     // Owed 20 MB it never reads, more than its socket takes: its scan of `big/#` and the
@@ -159,11 +165,11 @@ fn the_scans_owed_to_a_client_that_does_not_read_are_found_at_once() {
         let filters: Vec<String> = (0..TOPIC_FILTERS_MAX)
             .map(|i| format!("f/{k}/{i}/+"))
             .collect();
-        let wanted: Vec<(&str, QoS)> = filters
-            .iter()
-            .map(|f| (f.as_str(), QoS::AtMostOnce))
-            .collect();
-        bytes.extend_from_slice(&subscribe(k + 2, &wanted).to_bytes(slow.version).unwrap());
+        bytes.extend_from_slice(
+            &subscribe_to(k + 2, &filters, QoS::AtMostOnce)
+                .to_bytes(slow.version)
+                .unwrap(),
+        );
     }
     bytes.extend_from_slice(&Packet::PingReq.to_bytes(slow.version).unwrap());
     slow.send_bytes(&bytes);
@@ -191,17 +197,12 @@ fn a_subscription_gone_before_its_retained_messages_are_owed_gets_none() {
     let _serial = one_at_a_time();
     let broker = Broker::start(&["--threads", "1"]);
     let mut retainer = Raw::connect(broker.port, "retainer");
-    retainer.send(&publish("kept", b"x", QoS::AtLeastOnce, 1, true));
-    assert!(matches!(retainer.recv(), Packet::PubAck(_)));
+    retain(&mut retainer, "kept", b"x");
     let mut many = Raw::connect(broker.port, "many");
     let v5 = ProtocolVersion::V5;
     let mut brief = Raw::connect_with(broker.port, connect_packet(v5, "brief", true, 60)).0;
     let filters: Vec<String> = (0..TOPIC_FILTERS_MAX).map(|i| format!("e/{i}")).collect();
-    let wanted: Vec<(&str, QoS)> = filters
-        .iter()
-        .map(|f| (f.as_str(), QoS::AtMostOnce))
-        .collect();
-    many.send(&subscribe(1, &wanted));
+    many.send(&subscribe_to(1, &filters, QoS::AtMostOnce));
     let again = Packet::Subscribe(Subscribe {
         packet_id: 3,
         properties: Properties::default(),
@@ -257,13 +258,8 @@ fn a_subscribe_before_the_peer_closes_is_handled_before_it_goes() {
     let broker = Broker::start(&["--threads", "1"]);
     let mut watcher = Raw::connect(broker.port, "watcher");
     watcher.subscribe(&[("w", QoS::AtMostOnce)]);
-    watcher.send(&publish("g/0", b"kept", QoS::AtLeastOnce, 1, true));
-    assert!(matches!(watcher.recv(), Packet::PubAck(_)));
+    retain(&mut watcher, "g/0", b"kept");
     let filters: Vec<String> = (0..TOPIC_FILTERS_MAX).map(|i| format!("g/{i}")).collect();
-    let wanted: Vec<(&str, QoS)> = filters
-        .iter()
-        .map(|f| (f.as_str(), QoS::AtLeastOnce))
-        .collect();
     let v3 = ProtocolVersion::V311;
     let mut leaving = Vec::new();
     for i in 0..LEAVING {
@@ -271,7 +267,10 @@ fn a_subscribe_before_the_peer_closes_is_handled_before_it_goes() {
         let mut connect = connect_with_will(v3, &id, QoS::AtMostOnce, false, b"gone");
         connect.clean_start = false;
         let (client, _) = Raw::connect_with(broker.port, connect);
-        let mut bytes = subscribe(1, &wanted).to_bytes(v3).unwrap().to_vec();
+        let mut bytes = subscribe_to(1, &filters, QoS::AtLeastOnce)
+            .to_bytes(v3)
+            .unwrap()
+            .to_vec();
         let disconnect = Packet::Disconnect(Default::default());
         bytes.extend_from_slice(&disconnect.to_bytes(v3).unwrap());
         leaving.push((client, bytes));
@@ -321,29 +320,20 @@ fn a_session_taken_over_during_its_subscribe_keeps_what_it_was_owed() {
     let _serial = one_at_a_time();
     let broker = Broker::start(&["--threads", "1"]);
     let mut retainer = Raw::connect(broker.port, "retainer");
-    retainer.send(&publish("r/0", b"first", QoS::AtLeastOnce, 1, true));
-    assert!(matches!(retainer.recv(), Packet::PubAck(_)));
+    retain(&mut retainer, "r/0", b"first");
     let mut busy = Vec::new();
     for k in 0..4 {
         let mut c = Raw::connect(broker.port, &format!("busy-{k}"));
         let filters: Vec<String> = (0..TOPIC_FILTERS_MAX)
             .map(|i| format!("b{k}/{i}"))
             .collect();
-        let wanted: Vec<(&str, QoS)> = filters
-            .iter()
-            .map(|f| (f.as_str(), QoS::AtMostOnce))
-            .collect();
-        c.send(&subscribe(1, &wanted));
+        c.send(&subscribe_to(1, &filters, QoS::AtMostOnce));
         busy.push(c);
     }
     let v3 = ProtocolVersion::V311;
     let (mut old, _) = Raw::connect_with(broker.port, connect_packet(v3, "taken", false, 60));
     let filters: Vec<String> = (0..TOPIC_FILTERS_MAX).map(|i| format!("r/{i}")).collect();
-    let wanted: Vec<(&str, QoS)> = filters
-        .iter()
-        .map(|f| (f.as_str(), QoS::AtLeastOnce))
-        .collect();
-    old.send(&subscribe(1, &wanted));
+    old.send(&subscribe_to(1, &filters, QoS::AtLeastOnce));
     broker.wait_for_log("taken 1 r/0");
     let (mut new, ack) = Raw::connect_with(broker.port, connect_packet(v3, "taken", false, 60));
     assert!(ack.session_present);
@@ -373,11 +363,7 @@ fn a_client_with_many_shared_subscriptions_leaves_a_slice_at_a_time() {
     let mut filters: Vec<String> = (1..FILTERS).map(|i| format!("$share/g/f/{i}")).collect();
     filters.push("$share/g/t".to_string());
     for batch in filters.chunks(TOPIC_FILTERS_MAX) {
-        let wanted: Vec<(&str, QoS)> = batch
-            .iter()
-            .map(|f| (f.as_str(), QoS::AtLeastOnce))
-            .collect();
-        many.send(&subscribe(1, &wanted));
+        many.send(&subscribe_to(1, batch, QoS::AtLeastOnce));
         assert!(matches!(many.recv(), Packet::SubAck(_)));
     }
     // One on each shard, pinging all along.
@@ -431,11 +417,7 @@ fn a_share_group_whose_members_are_leaving_is_no_match() {
     let mut filters: Vec<String> = (1..20_000).map(|i| format!("$share/g/f/{i}")).collect();
     filters.push("$share/g/t".to_string());
     for batch in filters.chunks(TOPIC_FILTERS_MAX) {
-        let wanted: Vec<(&str, QoS)> = batch
-            .iter()
-            .map(|f| (f.as_str(), QoS::AtLeastOnce))
-            .collect();
-        member.send(&subscribe(1, &wanted));
+        member.send(&subscribe_to(1, batch, QoS::AtLeastOnce));
         assert!(matches!(member.recv(), Packet::SubAck(_)));
     }
     let v5 = ProtocolVersion::V5;
