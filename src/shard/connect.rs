@@ -257,6 +257,7 @@ impl<B: Backend> Shard<B> {
             self.cut_short_subscribing(old);
         }
         let session = self.sessions.get(&id)?;
+        let ends = session.clean || clean_start;
         if let Some(old) = session.conn {
             if self.config.connection_messages {
                 log::info!(
@@ -265,10 +266,8 @@ impl<B: Backend> Shard<B> {
                 );
             }
             // [MQTT-3.1.4-3] the existing connection is closed.
-            let session_ends = session.clean || clean_start;
-            self.close_takeover(old, session_ends);
+            self.close_takeover(old, ends);
         }
-        let ends = self.sessions.get(&id)?.clean || clean_start;
         self.settle_subscribing(id, ends);
         let session = self.sessions.remove(&id)?;
         if ends {
