@@ -120,7 +120,8 @@ impl<B: Backend> Shard<B> {
         // Read before the trie: an ended session leaves this set only once a trie without
         // its subscriptions is published, so a snapshot that has them is read with a set
         // that has it.
-        let leaving = self.shared.leaving_groups.load();
+        let leaving = (self.shared.leaving_count.load(Ordering::SeqCst) > 0)
+            .then(|| self.shared.leaving_groups.load());
         let snapshot = self.shared.trie.load();
         let mut targets = std::mem::take(&mut self.targets);
         let shards = targets.len();
@@ -159,7 +160,8 @@ impl<B: Backend> Shard<B> {
                     }
                     let start = turn.fetch_add(1, Ordering::Relaxed) % n;
                     let gone = |session: &SessionId| {
-                        leaving.contains(session) || ended_here.contains(session)
+                        leaving.as_ref().is_some_and(|l| l.contains(session))
+                            || ended_here.contains(session)
                     };
                     let in_turn = || members.iter().skip(start).chain(members.iter().take(start));
                     let pick = in_turn()

@@ -4,7 +4,7 @@
 use crossbeam_channel::Receiver;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -53,6 +53,10 @@ pub struct Shared {
     /// turn (`trie_ops::sweep_trie`): a share group's pick passes them over, as a member
     /// gone at once would be. Empty but for those few turns; read once a routed message.
     pub leaving_groups: arc_swap::ArcSwap<hashbrown::HashSet<SessionId>>,
+    /// At least the number of sessions in `leaving_groups` (raised before they go in,
+    /// lowered after they are out), so that routing reads the set only when it may hold
+    /// one: most of the time it is empty, and routing is the hot path.
+    pub leaving_count: CachePadded<AtomicUsize>,
     pub retained: Mutex<RetainStore>,
     /// Each client id's latest claim: the shard of the connection that connected last with
     /// it (where the session is or is going), and the claim's number (increasing per client
@@ -208,6 +212,7 @@ impl Shared {
         let shared = Arc::new(Shared {
             trie_writer: Mutex::new(TreeWriter::new(trie.clone())),
             leaving_groups: Default::default(),
+            leaving_count: CachePadded::new(AtomicUsize::new(0)),
             trie,
             retained: Mutex::new(RetainStore::default()),
             registry: Mutex::new(Default::default()),

@@ -10,6 +10,7 @@ use super::Shard;
 use crate::codec::Packet;
 use crate::topic::{parse_filter, SessionId, Subscription};
 use compact_str::CompactString;
+use std::sync::atomic::Ordering;
 
 /// Trie changes a shard keeps room for between turns.
 const TRIE_OPS_KEPT: usize = 1024;
@@ -57,6 +58,7 @@ impl<B: Backend> Shard<B> {
         // any of their subscriptions leave (one copy of the set a turn, however many).
         let ended = std::mem::take(&mut self.leaving_groups);
         if !ended.is_empty() {
+            (self.shared.leaving_count).fetch_add(ended.len(), Ordering::SeqCst);
             self.shared.leaving_groups.rcu(|leaving| {
                 let mut leaving = (**leaving).clone();
                 leaving.extend(ended.iter().copied());
@@ -96,6 +98,7 @@ impl<B: Backend> Shard<B> {
                 }
                 leaving
             });
+            (self.shared.leaving_count).fetch_sub(gone_from_groups.len(), Ordering::SeqCst);
         }
     }
 
