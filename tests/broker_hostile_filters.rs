@@ -18,12 +18,6 @@ fn retain(c: &mut Raw, topic: &str, payload: &[u8]) {
     assert!(matches!(c.recv(), Packet::PubAck(_)));
 }
 
-/// A SUBSCRIBE of every one of `filters`, at `qos`.
-fn subscribe_to(packet_id: u16, filters: &[String], qos: QoS) -> Packet {
-    let wanted: Vec<(&str, QoS)> = filters.iter().map(|f| (f.as_str(), qos)).collect();
-    subscribe(packet_id, &wanted)
-}
-
 /// `filters` as packets of at most `TOPIC_FILTERS_MAX` each (`packet` makes one from its
 /// id and filters), then a QoS 0 PUBLISH on `topic` and a PINGREQ, as one write's bytes.
 fn in_packets(

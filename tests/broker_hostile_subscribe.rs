@@ -65,11 +65,7 @@ fn a_subscribe_repeating_a_wildcard_does_not_stall_the_shard() {
 fn subscribe_all(c: &mut Raw, filters: &[String]) -> (usize, usize) {
     let (mut granted, mut refused) = (0, 0);
     for batch in filters.chunks(10) {
-        let wanted: Vec<(&str, QoS)> = batch
-            .iter()
-            .map(|f| (f.as_str(), QoS::AtMostOnce))
-            .collect();
-        c.send(&subscribe(1, &wanted));
+        c.send(&subscribe_to(1, batch, QoS::AtMostOnce));
         let Packet::SubAck(ack) = c.recv() else {
             panic!("expected SUBACK")
         };
@@ -212,11 +208,7 @@ fn every_subscription_gets_its_retained_message() {
     assert!(matches!(publisher.recv(), Packet::PubAck(_)));
     let mut c = Raw::connect(broker.port, "many-exact");
     let filters: Vec<String> = (0..TOPICS).map(|i| format!("e/{i}")).collect();
-    let wanted: Vec<(&str, QoS)> = filters
-        .iter()
-        .map(|f| (f.as_str(), QoS::AtLeastOnce))
-        .collect();
-    c.send(&subscribe(1, &wanted));
+    c.send(&subscribe_to(1, &filters, QoS::AtLeastOnce));
     let mut seen = std::collections::HashSet::new();
     while seen.len() < TOPICS {
         match c.recv() {
@@ -243,11 +235,7 @@ fn a_client_with_many_subscriptions_leaves_a_slice_at_a_time() {
     let mut many = Raw::connect(broker.port, "many");
     let filters: Vec<String> = (0..FILTERS).map(|i| format!("f/{i}/+/x")).collect();
     for batch in filters.chunks(16_384) {
-        let wanted: Vec<(&str, QoS)> = batch
-            .iter()
-            .map(|f| (f.as_str(), QoS::AtMostOnce))
-            .collect();
-        many.send(&subscribe(1, &wanted));
+        many.send(&subscribe_to(1, batch, QoS::AtMostOnce));
         assert!(matches!(many.recv(), Packet::SubAck(_)));
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -394,6 +394,12 @@ pub fn publish(topic: &str, payload: &[u8], qos: QoS, packet_id: u16, retain: bo
     })
 }
 
+/// A SUBSCRIBE of every one of `filters`, at `qos`.
+pub fn subscribe_to(packet_id: u16, filters: &[String], qos: QoS) -> Packet {
+    let wanted: Vec<(&str, QoS)> = filters.iter().map(|f| (f.as_str(), qos)).collect();
+    subscribe(packet_id, &wanted)
+}
+
 pub fn subscribe(packet_id: u16, filters: &[(&str, QoS)]) -> Packet {
     Packet::Subscribe(Subscribe {
         packet_id,
