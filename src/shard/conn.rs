@@ -69,15 +69,23 @@ impl Hold {
     /// Its SUBSCRIBE or UNSUBSCRIBE goes on a slice of filters a turn
     /// (`subscribing::FILTERS_PER_TURN`); its later packets wait for it.
     pub const SUBSCRIBING: Hold = Hold(8);
+    /// What it is sent waits for the journal to be durable again (`disk_wait.rs`).
+    pub const DISK: Hold = Hold(16);
 
     pub fn contains(self, other: Hold) -> bool {
         self.0 & other.0 == other.0
     }
 
     /// Whether it waits for the broker (its output to drain, its SUBSCRIBE to be
-    /// handled): its silence meanwhile is not its own.
+    /// handled, the disk): its silence meanwhile is not its own.
     pub fn waits_for_broker(self) -> bool {
-        self.contains(Hold::OUTPUT) || self.contains(Hold::SUBSCRIBING)
+        self.contains(Hold::OUTPUT) || self.contains(Hold::SUBSCRIBING) || self.contains(Hold::DISK)
+    }
+
+    /// Whether the packets it sent wait: for its SUBSCRIBE, or for the disk unless its
+    /// peer is gone (`ended`: what it sent is handled then, the answers dropped).
+    pub fn stops_decoding(self, ended: bool) -> bool {
+        self.contains(Hold::SUBSCRIBING) || (self.contains(Hold::DISK) && !ended)
     }
 
     pub fn with(self, other: Hold) -> Hold {

@@ -50,7 +50,9 @@ impl<B: Backend> Shard<B> {
             return;
         };
         let synced = journal.commit(now);
-        let due = journal.wants_compaction() || journal.compactions_done < asked;
+        let due = journal.wants_compaction()
+            || journal.compactions_done < asked
+            || journal.rewrite_due(now);
         let compact = due && !journal.compacting();
         if compact {
             journal.compactions_done = asked;
@@ -62,7 +64,11 @@ impl<B: Backend> Shard<B> {
             self.start_compaction();
         }
         self.compaction_slice();
-        self.publish_transit();
+        // What this turn acknowledges goes out only with what it acknowledges on disk, and
+        // other shards are told what they may take only then.
+        if self.wait_for_disk() {
+            self.publish_transit();
+        }
     }
 
     /// At shutdown: everything written and synced.
@@ -196,7 +202,7 @@ impl<B: Backend> Shard<B> {
 
     /// How long the loop may wait for events while a compaction is under way.
     pub(super) fn compaction_wait_limit(&self) -> Option<Duration> {
-        self.journal.as_deref()?.compaction_wants_turn()
+        self.journal.as_deref()?.compaction_wants_turn(self.now)
     }
 
     /// The claim a session here is held under (its client's latest, from the registry).

@@ -13,6 +13,7 @@ mod close;
 pub mod conn;
 mod connect;
 mod deliver;
+mod disk_wait;
 mod encode;
 mod handover;
 mod holding;
@@ -81,6 +82,8 @@ pub struct Shard<B: Backend> {
     events: Vec<Event>,
     /// Connections with bytes in `out`, to send at the end of the turn.
     dirty: Vec<ConnId>,
+    /// Clients held while the journal is not durable.
+    disk_wait: disk_wait::DiskWait,
     trie_ops: Vec<TrieOp>,
     after_trie: Vec<AfterTrie>,
     /// Ended sessions' subscriptions, taken out of the trie a slice a turn
@@ -204,6 +207,7 @@ impl<B: Backend> Shard<B> {
             sessions: Default::default(),
             events: Vec::new(),
             dirty: Vec::new(),
+            disk_wait: Default::default(),
             trie_ops: Vec::new(),
             after_trie: Vec::new(),
             trie_sweep: Default::default(),

@@ -54,6 +54,7 @@ impl<B: Backend> Shard<B> {
         if was_empty {
             self.dirty.push(conn);
         }
+        self.acknowledging(conn, packet);
         true
     }
 
@@ -71,6 +72,7 @@ impl<B: Backend> Shard<B> {
             + self.backend.queued_bytes_total()
             + self.sealing.unsealed_bytes
             + self.out_bytes_this_turn
+            + self.disk_wait.held_bytes
             + self.shared.kept_bytes()
     }
 
@@ -83,7 +85,8 @@ impl<B: Backend> Shard<B> {
             let Some(c) = conn::live_mut(&mut self.conns, conn) else {
                 continue;
             };
-            if c.out_len() == 0 {
+            // A client held for the disk keeps what it is sent until then (`disk_wait.rs`).
+            if c.out_len() == 0 || c.held.contains(conn::Hold::DISK) {
                 continue;
             }
             let pieces: smallvec::SmallVec<[bytes::Bytes; 1]> = c.take_out().collect();

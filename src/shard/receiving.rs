@@ -72,7 +72,7 @@ impl<B: Backend> Shard<B> {
     /// `PACKETS_PER_TURN` (the rest wait for the next turn, `resume_decoding`); what it
     /// still holds is counted (`count_input`).
     pub(super) fn process_input(&mut self, conn: ConnId) {
-        if self.decode_input(conn) && self.hold_reading(conn, conn::Hold::DECODE) {
+        if self.decode_input(conn, false) && self.hold_reading(conn, conn::Hold::DECODE) {
             self.stats().limit_hit(Limit::PacketsPerTurn);
             self.decoding.push(conn);
         }
@@ -83,14 +83,14 @@ impl<B: Backend> Shard<B> {
     /// peer has closed, and there is no later turn for them (a DISCONNECT among them means
     /// no will [MQTT-3.1.2-10]). Bounded by what was read.
     pub(super) fn drain_input(&mut self, conn: ConnId) {
-        while self.decode_input(conn) {}
+        while self.decode_input(conn, true) {}
         self.count_input(conn);
     }
 
     /// At the start of a turn: goes on with the packets left from the last one.
     pub(super) fn resume_decoding(&mut self) {
         for conn in std::mem::take(&mut self.decoding) {
-            if self.decode_input(conn) {
+            if self.decode_input(conn, false) {
                 self.stats().limit_hit(Limit::PacketsPerTurn);
                 self.decoding.push(conn);
             } else {
@@ -100,13 +100,15 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// True if whole packets are left for the next turn.
-    fn decode_input(&mut self, conn: ConnId) -> bool {
+    /// True if whole packets are left for the next turn. `ended`: its peer is gone, and a
+    /// client held for the disk has what it sent handled all the same (its DISCONNECT
+    /// means no will), the answers dropped with what was held (`close_socket`).
+    fn decode_input(&mut self, conn: ConnId, ended: bool) -> bool {
         for _ in 0..limits::PACKETS_PER_TURN {
             let Some(c) = self.conn_mut(conn) else {
                 return false;
             };
-            if c.waiting_handoff().is_some() || c.held.contains(conn::Hold::SUBSCRIBING) {
+            if c.waiting_handoff().is_some() || c.held.stops_decoding(ended) {
                 return false;
             }
             match c.decoder.decode_from(&mut c.inbuf) {
@@ -136,8 +138,8 @@ impl<B: Backend> Shard<B> {
         let Some(c) = self.conn_mut(conn) else {
             return false;
         };
-        if c.held.contains(conn::Hold::SUBSCRIBING) {
-            return false; // Its later packets wait for its SUBSCRIBE.
+        if c.held.stops_decoding(ended) {
+            return false; // Its later packets wait for its SUBSCRIBE, or the disk.
         }
         let whole = (c.decoder.fixed_header(&c.inbuf).ok().flatten())
             .is_some_and(|h| h.packet_len() <= c.inbuf.len());

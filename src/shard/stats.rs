@@ -57,6 +57,10 @@ pub struct Stats {
     /// With `persistence true`: how long each sync of the shard's journal to its disk took
     /// (`fdatasync`; none with `autosave_interval` 0 and `autosave_on_changes false`).
     pub persist_syncs: Durations,
+    /// Writes, syncs and rewrites of the shard's journal that failed.
+    pub persist_failures: AtomicU64,
+    /// Clients held while the shard's journal is not durable (`disk_wait.rs`).
+    pub persist_held_clients: AtomicU64,
 }
 
 /// A histogram of durations by `DURATION_BUCKETS_US` (the last bucket: longer), and their

@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -408,6 +408,25 @@ impl Collector for BrokerMetrics {
                 "midge_persistence_sync_seconds",
                 "How long syncing the shard's journal to disk takes (fdatasync)",
                 |s| &s.persist_syncs,
+            )?;
+            let read = |f: fn(&Stats) -> &AtomicU64| -> Vec<u64> {
+                (shards.iter())
+                    .map(|(_, s)| f(s).load(Ordering::Relaxed))
+                    .collect()
+            };
+            per_shard(
+                &mut encoder,
+                "midge_persistence_failures",
+                "Writes, syncs and rewrites of the shard's journal that failed (the disk full or failing)",
+                MetricType::Counter,
+                &read(|s| &s.persist_failures),
+            )?;
+            per_shard(
+                &mut encoder,
+                "midge_persistence_held_clients",
+                "Clients whose acknowledgements wait until the shard's journal is on disk again",
+                MetricType::Gauge,
+                &read(|s| &s.persist_held_clients),
             )?;
         }
         if !config.bridges.is_empty() {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use super::{Journal, To};
+use super::{sync_data, Journal, To};
 use crate::persist::format::{self, Record};
 use crate::persist::WallClock;
 use crate::retain::Retained;
@@ -122,11 +122,12 @@ impl Journal {
 
     /// Whether the compaction has work for the next turn: a slice to write (the loop
     /// should not wait), or a sync to see finish (it should look again soon).
-    pub fn compaction_wants_turn(&self) -> Option<Duration> {
+    /// Or a rewrite after a failure is due then (`failing.rs`).
+    pub fn compaction_wants_turn(&self, now: Instant) -> Option<Duration> {
         match &self.compaction {
             Compaction::Building(b) if b.syncing.is_none() => Some(Duration::ZERO),
             Compaction::Building(_) => Some(Duration::from_millis(1)),
-            Compaction::None => None,
+            Compaction::None => self.rewrite_wait(now),
         }
     }
 
@@ -141,13 +142,15 @@ impl Journal {
         retained_seq: u64,
     ) {
         self.commit(now);
-        let file = File::create(compaction_path(&self.path));
+        let path = compaction_path(&self.path);
+        let file = File::create(&path);
         let mut file = match file {
             Ok(file) => file,
-            Err(e) => return self.failed("compaction", &e),
+            Err(e) => return self.compaction_failed(&e),
         };
         if let Err(e) = file.write_all(&format::header()) {
-            return self.failed("compaction", &e);
+            let _ = std::fs::remove_file(&path);
+            return self.compaction_failed(&e);
         }
         let mut pending = BytesMut::new();
         Record::RetainedBaseline { seq: retained_seq }.encode(&mut pending);
@@ -243,7 +246,7 @@ impl Journal {
         b.pending = BytesMut::new();
         if let Err(e) = written {
             self.give_up_compaction();
-            self.failed("compaction", &e);
+            self.compaction_failed(&e);
         }
     }
 
@@ -266,13 +269,13 @@ impl Journal {
             let spawned = file.and_then(|file| {
                 std::thread::Builder::new()
                     .name("midge-compact".into())
-                    .spawn(move || file.sync_data())
+                    .spawn(move || sync_data(&file))
             });
             match spawned {
                 Ok(handle) => b.syncing = Some(handle),
                 Err(e) => {
                     self.give_up_compaction();
-                    self.failed("compaction", &e);
+                    self.compaction_failed(&e);
                 }
             }
             return;
@@ -288,7 +291,7 @@ impl Journal {
             .unwrap_or_else(|_| Err(io::Error::other("the compaction thread panicked")));
         let tmp = compaction_path(&self.path);
         let placed = synced.and_then(|()| {
-            b.file.sync_data()?;
+            sync_data(&b.file)?;
             std::fs::rename(&tmp, &self.path)?;
             sync_directory(&self.path)?;
             OpenOptions::new().append(true).open(&self.path)
@@ -310,10 +313,11 @@ impl Journal {
                     b.on_shard.as_millis(),
                     b.longest_slice.as_millis()
                 );
+                self.rewritten();
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                self.failed("compaction", &e);
+                self.compaction_failed(&e);
             }
         }
     }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 mod compaction;
+mod failing;
 mod transit;
 
 use super::format::{self, Delivery, Publisher, Record};
@@ -42,8 +43,9 @@ pub struct Journal {
     next_message: u64,
     /// Sessions written whole here (since the file began): their changes are journaled.
     sessions: HashSet<SessionId>,
-    /// Writes that failed since the last one that worked (logged once per run of them).
-    failures: u64,
+    /// Set from a failed write or sync until the live state is written again.
+    failing: Option<failing::Failing>,
+    failures_total: u64,
     /// Compactions asked for (SIGUSR1) that this journal has done.
     pub compactions_done: u64,
     compaction: Compaction,
@@ -130,7 +132,8 @@ impl Journal {
             messages_swept: 0,
             next_message: 1,
             sessions: HashSet::new(),
-            failures: 0,
+            failing: None,
+            failures_total: 0,
             compactions_done: 0,
             compaction: Compaction::None,
             unsettled: Vec::new(),
@@ -210,11 +213,15 @@ impl Journal {
         }
     }
 
-    fn session_to(&self, session: SessionId) -> To {
-        To {
+    fn session_to(&mut self, session: SessionId) -> To {
+        let to = To {
             old: self.sessions.contains(&session),
             new: self.compaction.has_session(session),
+        };
+        if to.old || to.new {
+            self.touch(session);
         }
+        to
     }
 
     /// A session's change, if the session is journaled here.
@@ -306,6 +313,7 @@ impl Journal {
         clock: &WallClock,
     ) {
         self.sessions.insert(session.id);
+        self.touch(session.id);
         let to = To {
             old: true,
             new: self.compaction.add_session(session.id),
@@ -519,25 +527,30 @@ impl Journal {
     }
 
     /// Writes this turn's records, and syncs them if the policy says so now; returns how
-    /// long a sync took (for the metrics). An error is logged (once per run of failures)
-    /// and the records are dropped: the broker goes on, without them on disk.
+    /// long a sync took (for the metrics). A failed write or sync makes the journal not
+    /// durable (`failing.rs`): from then on records go only to the file that replaces it.
     pub fn commit(&mut self, now: Instant) -> Option<Duration> {
         self.write_received();
         self.write_compaction_records();
+        if self.failing.is_some() {
+            self.pending.clear();
+            return None;
+        }
         if !self.pending.is_empty() {
             Record::TurnEnd.encode(&mut self.pending);
-            let written = self.file.write_all(&self.pending);
-            match written {
+            match self.file.write_all(&self.pending) {
                 Ok(()) => {
                     self.size += self.pending.len() as u64;
                     self.unsynced_since.get_or_insert(now);
-                    self.succeeded();
                 }
-                Err(e) => self.failed("write", &e),
+                Err(e) => self.disk_failed("write", &e, now),
             }
             self.pending.clear();
             if self.pending.capacity() > 1 << 20 {
                 self.pending = BytesMut::new();
+            }
+            if self.failing.is_some() {
+                return None;
             }
         }
         let due = match (self.sync, self.unsynced_since) {
@@ -549,42 +562,33 @@ impl Journal {
             return None;
         }
         let started = Instant::now();
-        match self.file.sync_data() {
+        match sync_data(&self.file) {
             Ok(()) => self.unsynced_since = None,
-            Err(e) => self.failed("sync", &e),
+            Err(e) => self.disk_failed("sync", &e, now),
         }
         Some(started.elapsed())
     }
 
     /// Syncs what was written, whatever the policy (at shutdown).
     pub fn sync_now(&mut self) {
-        if let Err(e) = self.file.sync_data() {
-            self.failed("sync", &e);
+        if self.failing.is_none() {
+            if let Err(e) = sync_data(&self.file) {
+                self.disk_failed("sync", &e, Instant::now());
+            }
         }
+        self.lost_at_shutdown();
         self.unsynced_since = None;
     }
+}
 
-    fn failed(&mut self, what: &str, e: &io::Error) {
-        if self.failures == 0 {
-            log::error!(
-                "Error: persistence {what} to {} failed: {e}; changes from now on may be lost.",
-                self.path.display()
-            );
-        }
-        self.failures += 1;
+/// `fdatasync` of a journal or its replacement; in debug builds it fails while the file
+/// that `MIDGE_FAULT_SYNC_FAILS_WHILE` names exists (the tests' failing disk).
+fn sync_data(file: &File) -> io::Result<()> {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("MIDGE_FAULT_SYNC_FAILS_WHILE").is_some_and(|p| Path::new(&p).exists()) {
+        return Err(io::Error::from_raw_os_error(5)); // EIO
     }
-
-    fn succeeded(&mut self) {
-        if self.failures > 0 {
-            log::info!(
-                target: "information",
-                "Persistence writes to {} work again ({} failed).",
-                self.path.display(),
-                self.failures
-            );
-            self.failures = 0;
-        }
-    }
+    file.sync_data()
 }
 
 /// The 5.0 subscription options byte.
