@@ -129,17 +129,6 @@ fn qos2_state_both_ways_survives_a_restart() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn journal_files(dir: &Path) -> Vec<PathBuf> {
-    let store = dir.join("mosquitto.db.d");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(store)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn a_torn_journal_is_read_to_its_last_record_and_a_damaged_one_stops_the_start() {
     let dir = store("damage");

@@ -268,3 +268,65 @@ fn failed_syncs_hold_acknowledgements_and_deliveries_until_the_state_is_written_
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Where the record holding `needle` begins in a journal (`src/persist/FORMAT.md`: a
+/// 12-byte header, then records of a 4-byte length, a 4-byte checksum and the body).
+fn record_holding(journal: &[u8], needle: &[u8]) -> usize {
+    let mut pos = 12;
+    while pos + 8 <= journal.len() {
+        let len = u32::from_le_bytes(journal[pos..pos + 4].try_into().unwrap()) as usize;
+        let body = &journal[pos + 8..pos + 8 + len];
+        if body.windows(needle.len()).any(|w| w == needle) {
+            return pos;
+        }
+        pos += 8 + len;
+    }
+    panic!("no record holds {needle:?}");
+}
+
+/// A flipped bit in the middle of a journal (bit 16 of a record's length, which then runs
+/// past the end of the file) is damage, not a torn tail: the start stops naming the file
+/// and the byte, changing nothing; with `persistence_on_damage set_aside` the file is kept
+/// aside, the log says what was not read, and the broker starts with what came before it.
+#[test]
+fn a_flipped_bit_mid_journal_stops_the_start_or_is_set_aside_keeping_what_came_before() {
+    let dir = store("bit-flip");
+    let b = broker("persist-bit-flip", &dir, "", "1");
+    let mut publisher = Raw::connect(b.port, "publisher");
+    for i in 0..20u16 {
+        let topic = format!("keep/{i:02}");
+        publish_acked(&mut publisher, &topic, &[b'x'; 1000], i + 1, true);
+    }
+    drop(publisher);
+    drop(b); // kill -9: the journal stays as the turns wrote it.
+    let file = journal_files(&dir).pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = record_holding(&bytes, b"keep/10");
+    bytes[at + 2] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let log = refused_start("persist-bit-flip-refused", &dir);
+    let said = format!("{}: record at byte {at}: length", file.display());
+    assert!(log.contains(&said), "{log}");
+    assert_eq!(std::fs::read(&file).unwrap(), bytes, "left as it was");
+
+    let b = broker(
+        "persist-bit-flip",
+        &dir,
+        "persistence_on_damage set_aside\n",
+        "1",
+    );
+    b.wait_for_log("starting with what it held before that byte");
+    b.wait_for_log("were not read");
+    b.wait_for_log("Restored 10 retained messages");
+    assert_eq!(retained(b.port), topics(0..10, 1000));
+    let aside = file.with_extension("journal.damaged");
+    assert_eq!(std::fs::read(&aside).unwrap(), bytes, "kept as it was");
+    assert!(b.terminate().success());
+    // It stays where it was put, through the next start too.
+    let b = broker("persist-bit-flip", &dir, "", "1");
+    b.wait_for_log("Restored 10 retained messages");
+    assert_eq!(std::fs::read(&aside).unwrap(), bytes);
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

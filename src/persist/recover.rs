@@ -155,24 +155,36 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
         if let Some(generation) = generation_of(path) {
             recovered.next_generation = recovered.next_generation.max(generation + 1);
         }
-        let replayed = std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| replay(&Bytes::from(bytes), clock));
-        let (mut file, torn_bytes) = match replayed {
-            Ok(replayed) => replayed,
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => Bytes::from(bytes),
             Err(e) if set_aside => {
-                set_aside_damaged(path, &e)?;
+                set_aside_damaged(path, &e.to_string(), "starting without what it held")?;
                 continue;
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        if torn_bytes > 0 {
-            recovered.notes.push(format!(
-                "left out a torn last record ({torn_bytes} bytes) of {}",
-                path.display()
-            ));
+        let (mut file, read) = replay(&bytes, clock);
+        match read {
+            Ok(0) => read_files.push(path.clone()),
+            Ok(torn_bytes) => {
+                recovered.notes.push(format!(
+                    "left out a torn last record ({torn_bytes} bytes) of {}",
+                    path.display()
+                ));
+                read_files.push(path.clone());
+            }
+            // What it held before the damage is kept (written into the new journals); the
+            // file stays aside, never removed.
+            Err(damage) if set_aside => {
+                let kept = format!(
+                    "starting with what it held before that byte; the {} bytes from there on (about {} turns) were not read",
+                    bytes.len() - damage.at,
+                    damage.turns_after
+                );
+                set_aside_damaged(path, &damage.to_string(), &kept)?;
+            }
+            Err(damage) => return Err(format!("{}: {damage}", path.display())),
         }
-        read_files.push(path.clone());
         recovered.next_claim = recovered.next_claim.max(file.max_claim + 1);
         transit.add(path, &mut file);
         for session in file.sessions.into_values() {
@@ -213,12 +225,17 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
 
 /// `persistence_on_damage set_aside`: the damaged journal is renamed `<name>.damaged`, kept
 /// for whoever looks into it, and never read again.
-fn set_aside_damaged(path: &Path, e: &str) -> Result<(), String> {
-    let aside = path.with_extension("journal.damaged");
+fn set_aside_damaged(path: &Path, e: &str, kept: &str) -> Result<(), String> {
+    let mut aside = path.with_extension("journal.damaged");
+    if aside.exists() {
+        // One set aside before is kept too.
+        let unix_ms = WallClock::now().current_unix_ms();
+        aside = path.with_extension(format!("journal.damaged-{unix_ms}"));
+    }
     std::fs::rename(path, &aside)
         .map_err(|r| format!("{}: {e}; setting it aside failed: {r}", path.display()))?;
     log::error!(
-        "Error: persistence: {}: {e}; set aside as {}, starting without what it held.",
+        "Error: persistence: {}: {e}; set aside as {}, {kept}.",
         path.display(),
         aside.display()
     );
@@ -323,8 +340,9 @@ struct FileState {
     max_claim: u64,
 }
 
-/// One journal's records, applied as they are read; and its torn tail's length.
-fn replay(file: &Bytes, clock: &WallClock) -> Result<(FileState, usize), String> {
+/// One journal's records, applied as they are read: its state, and its torn tail's length
+/// or where it is damaged (the state then holds the turns before the damage).
+fn replay(file: &Bytes, clock: &WallClock) -> (FileState, Result<usize, format::Damage>) {
     let mut state = FileState::default();
     let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
     // The journal's session numbers, to client ids.
@@ -335,7 +353,7 @@ fn replay(file: &Bytes, clock: &WallClock) -> Result<(FileState, usize), String>
             .cloned()
             .ok_or_else(|| format!("a record names message {id}, which was never written"))
     };
-    let torn_bytes = format::read_each(file, |record| {
+    let read = format::read_each(file, |record| {
         match record {
             Record::Message {
                 id,
@@ -523,8 +541,8 @@ fn replay(file: &Bytes, clock: &WallClock) -> Result<(FileState, usize), String>
             }
         }
         Ok(())
-    })?;
-    Ok((state, torn_bytes))
+    });
+    (state, read)
 }
 
 /// The session a record is about (`Started` made it).

@@ -66,3 +66,15 @@ pub fn refused_start(name: &str, dir: &Path) -> String {
     assert!(!out.status.success(), "midge started");
     String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
 }
+
+/// The store's journal files (`*.journal`), sorted.
+pub fn journal_files(dir: &Path) -> Vec<PathBuf> {
+    let store = dir.join("mosquitto.db.d");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    files.sort();
+    files
+}

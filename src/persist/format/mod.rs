@@ -414,7 +414,7 @@ impl Delivery {
 
 mod read;
 
-pub use read::read_each;
+pub use read::{read_each, Damage};
 
 #[cfg(test)]
 mod tests;

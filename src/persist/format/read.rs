@@ -189,55 +189,169 @@ impl Fields<'_> {
     }
 }
 
+/// Where and why a journal could not be read on: its records before `at` were read (the
+/// turns they make applied), those from `at` on were not; `turns_after`: how many turn ends
+/// lie beyond it (what was not read, for the log).
+#[derive(Debug)]
+pub struct Damage {
+    pub at: usize,
+    pub what: String,
+    pub turns_after: usize,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.at < HEADER_LEN {
+            write!(f, "{}", self.what)
+        } else {
+            write!(f, "record at byte {}: {}", self.at, self.what)
+        }
+    }
+}
+
 /// Reads every record of a journal file's bytes (header included), handing each to
-/// `apply` as it is read (a store of millions of records is never all decoded at once).
-/// Returns the bytes of a torn last record, left out; damage anywhere else, or an error
-/// from `apply`, is an error saying where.
+/// `apply` as it is read (a store of millions of records is never all decoded at once),
+/// a turn at a time at its end. Returns the bytes of a torn tail, left out.
+///
+/// A torn tail is what a crash cut off the last write: the journal writes a turn at a
+/// time and never appends after a write that failed (`journal/failing.rs`). A bad record
+/// with valid data after it is damage: a whole turn's end with more written after it, or
+/// records that read cleanly from the bad one's end to the file's, ending a turn (a bit
+/// flipped in a record whose length is intact). Damage is an error saying where, as is an
+/// error from `apply`. (Read as torn, though it may be damage: a bad length in the last turn,
+/// with nothing readable after it but that turn's end.)
 pub fn read_each(
     file: &Bytes,
     mut apply: impl FnMut(Record) -> Result<(), String>,
-) -> Result<usize, String> {
-    let in_turns = check_header(file)? >= 2;
+) -> Result<usize, Damage> {
+    let in_turns = check_header(file).map_err(|what| Damage {
+        at: 0,
+        what,
+        turns_after: 0,
+    })? >= 2;
     // The records of the turn being read, with where each began: applied at its end.
     let mut turn: Vec<(usize, Record)> = Vec::new();
     let mut pos = HEADER_LEN;
+    let damage = |at: usize, what: String| Damage {
+        at,
+        what,
+        turns_after: turn_ends(file, at).count(),
+    };
     let torn_from = loop {
         if pos >= file.len() {
             break None;
         }
-        let rest = file.len() - pos;
-        if rest < RECORD_HEADER_LEN {
-            break Some(pos);
-        }
-        let len = u32::from_le_bytes(file[pos..pos + 4].try_into().expect("4")) as usize;
-        let crc = u32::from_le_bytes(file[pos + 4..pos + 8].try_into().expect("4"));
-        if len > RECORD_MAX {
-            return Err(format!("record at byte {pos}: length {len} is damage"));
-        }
-        let end = pos + RECORD_HEADER_LEN + len;
-        if end > file.len() {
-            break Some(pos);
-        }
-        let body = file.slice(pos + RECORD_HEADER_LEN..end);
-        if crc32c::crc32c(&body) != crc {
-            if end == file.len() {
+        let (record, end) = match next_record(file, pos) {
+            Ok(read) => read,
+            Err(Bad { what, shape }) => {
+                let written_after = match shape {
+                    Shape::Impossible => true,
+                    // Format 1 had no turns: only the file's last record may be torn.
+                    Shape::Cut => in_turns && turn_ends(file, pos).any(|end| end < file.len()),
+                    Shape::Whole { end } if !in_turns => end < file.len(),
+                    Shape::Whole { end } => {
+                        turn_ends(file, pos).any(|end| end < file.len())
+                            || (end < file.len() && reads_to_the_end(file, end))
+                    }
+                };
+                if written_after {
+                    return Err(damage(pos, what));
+                }
                 break Some(pos);
             }
-            return Err(format!("record at byte {pos}: checksum mismatch"));
-        }
-        let record = Record::decode(&body).map_err(|e| format!("record at byte {pos}: {e}"))?;
+        };
         match record {
             Record::TurnEnd => {
                 for (at, record) in turn.drain(..) {
-                    apply(record).map_err(|e| format!("record at byte {at}: {e}"))?;
+                    apply(record).map_err(|what| damage(at, what))?;
                 }
             }
             record if in_turns => turn.push((pos, record)),
-            record => apply(record).map_err(|e| format!("record at byte {pos}: {e}"))?,
+            record => apply(record).map_err(|what| damage(pos, what))?,
         }
         pos = end;
     };
     // A turn without its end is the torn tail, from its first record.
     let torn_from = turn.first().map(|(at, _)| *at).or(torn_from);
     Ok(torn_from.map_or(0, |at| file.len() - at))
+}
+
+/// A record that could not be read: why, and its shape.
+struct Bad {
+    what: String,
+    shape: Shape,
+}
+
+enum Shape {
+    /// It runs past the end of the file (a write cut short, or a bad length).
+    Cut,
+    /// Its length fits the file, and it ends at `end` (a bad checksum or body).
+    Whole { end: usize },
+    /// Its length is past any record's.
+    Impossible,
+}
+
+/// The record at `pos` and where the next one begins.
+fn next_record(file: &Bytes, pos: usize) -> Result<(Record, usize), Bad> {
+    let rest = file.len() - pos;
+    if rest < RECORD_HEADER_LEN {
+        return Err(Bad {
+            what: format!("{rest} bytes, too few for a record"),
+            shape: Shape::Cut,
+        });
+    }
+    let len = u32::from_le_bytes(file[pos..pos + 4].try_into().expect("4")) as usize;
+    let crc = u32::from_le_bytes(file[pos + 4..pos + 8].try_into().expect("4"));
+    let end = pos + RECORD_HEADER_LEN + len;
+    if len > RECORD_MAX {
+        return Err(Bad {
+            what: format!("length {len} is past any record's"),
+            shape: Shape::Impossible,
+        });
+    }
+    if end > file.len() {
+        return Err(Bad {
+            what: format!("length {len} runs past the end of the file"),
+            shape: Shape::Cut,
+        });
+    }
+    let body = file.slice(pos + RECORD_HEADER_LEN..end);
+    if crc32c::crc32c(&body) != crc {
+        return Err(Bad {
+            what: "checksum mismatch".into(),
+            shape: Shape::Whole { end },
+        });
+    }
+    let record = Record::decode(&body).map_err(|what| Bad {
+        what,
+        shape: Shape::Whole { end },
+    })?;
+    Ok((record, end))
+}
+
+/// Whether the records from `pos` read cleanly to the end of the file, the last one a
+/// turn's end.
+fn reads_to_the_end(file: &Bytes, mut pos: usize) -> bool {
+    let mut last = None;
+    while pos < file.len() {
+        match next_record(file, pos) {
+            Ok((record, end)) => (last, pos) = (Some(record), end),
+            Err(_) => return false,
+        }
+    }
+    matches!(last, Some(Record::TurnEnd))
+}
+
+/// Where each whole turn-end record after `pos` ends (found by its bytes, which are always
+/// the same: an empty turn end has a fixed length and checksum).
+fn turn_ends(file: &[u8], pos: usize) -> impl Iterator<Item = usize> + '_ {
+    let mut mark = BytesMut::new();
+    Record::TurnEnd.encode(&mut mark);
+    let from = (pos + 1).min(file.len());
+    let found: Vec<usize> = (file[from..].windows(mark.len()))
+        .enumerate()
+        .filter(|(_, w)| *w == &mark[..])
+        .map(|(i, _)| from + i + mark.len())
+        .collect();
+    found.into_iter()
 }
