@@ -8,7 +8,7 @@ mod common;
 use common::persist::*;
 use common::*;
 use midge::codec::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[test]
 fn retained_messages_and_sessions_survive_a_restart() {
