@@ -210,13 +210,17 @@ impl Server {
                     }
                     let run = || {
                         let mut shard = Shard::new(id, shared, backend, receiver);
+                        let mut written = true;
                         if let Some(part) = part {
                             shard.attach_journal(part.journal);
-                            shard.restore(part.sessions, part.retained);
+                            written = shard.restore(part.sessions, part.retained);
+                        }
+                        let _ = restored.send(written);
+                        if !written {
+                            return; // The broker does not start (below).
                         }
                         shard.start_bridges(&bridges);
                         shard.start_backend();
-                        let _ = restored.send(());
                         ready.wait();
                         shard.run()
                     };
@@ -228,8 +232,16 @@ impl Server {
             threads.push(thread);
         }
         // Sessions are back on their shards before the broker counts as started.
+        let mut written = true;
         for _ in 0..shards {
-            let _ = restored_all.recv();
+            written &= restored_all.recv().unwrap_or(false);
+        }
+        if !written {
+            // The files read hold the store until the new journals do: they stay.
+            return Err(io::Error::other(format!(
+                "persistence: cannot write the new journals in {} (the line above says why); the store was left as it is",
+                config.persistence_dir().map_or_else(String::new, |d| d.display().to_string())
+            )));
         }
         if let Some(store) = store {
             store.finish();

@@ -193,6 +193,27 @@ fn a_full_disk_holds_acknowledgements_until_it_takes_them_and_a_crash_loses_none
         b.wait_for_log_count("Error: persistence write to", 2);
         drop(publisher);
         drop(b);
+        // Starting again with too little room for the new journals: a clear error, and the
+        // journals read stay as they were (they alone hold the store).
+        let journals = journal_files(&disk.dir);
+        let before: Vec<Vec<u8>> = journals.iter().map(|j| std::fs::read(j).unwrap()).collect();
+        let filled = std::fs::metadata(&filler).unwrap().len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .unwrap();
+        file.set_len(filled - (8 << 10)).unwrap();
+        drop(file);
+        let log = refused_start(&format!("{name}-refused"), &disk.dir);
+        assert!(log.contains("cannot write the new journals"), "{log}");
+        for (journal, bytes) in journals.iter().zip(&before) {
+            assert_eq!(
+                &std::fs::read(journal).unwrap(),
+                bytes,
+                "{}",
+                journal.display()
+            );
+        }
         std::fs::remove_file(&filler).unwrap();
         let b = disk_broker(&name, &disk.dir, threads, &[]);
         let mut expected = topics(0..7, SIZE);

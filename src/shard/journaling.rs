@@ -78,6 +78,7 @@ impl<B: Backend> Shard<B> {
             journal.commit(now);
             journal.give_up_compaction();
             journal.sync_now();
+            journal.lost_at_shutdown();
         }
     }
 
@@ -216,12 +217,14 @@ impl<B: Backend> Shard<B> {
 
     /// At start, before the first turn: the sessions recovery gives this shard, registered
     /// (client ids, subscriptions) and written to its new journal; `retained`: the retained
-    /// messages to write too (one shard writes them).
+    /// messages to write too (one shard writes them). False if the new journal could not be
+    /// written (the disk full or failing): the store read must not be removed then, and
+    /// the broker does not start.
     pub fn restore(
         &mut self,
         sessions: Vec<RecoveredSession>,
         retained: Option<(u64, Vec<crate::retain::Retained>)>,
-    ) {
+    ) -> bool {
         let clock = WallClock::now();
         let mut quiet = Changes::default();
         if let (Some((seq, messages)), Some(journal)) = (retained, self.journal.as_deref_mut()) {
@@ -319,10 +322,12 @@ impl<B: Backend> Shard<B> {
             self.journal_session(id, recovered.claim);
         }
         self.apply_trie_ops();
-        if let Some(journal) = self.journal.as_deref_mut() {
-            journal.commit(self.now);
-            journal.sync_now();
-        }
+        let Some(journal) = self.journal.as_deref_mut() else {
+            return true;
+        };
+        journal.commit(self.now);
+        journal.sync_now();
+        journal.durable()
     }
 
     /// At shutdown with persistence: what was acknowledged to its publishers and is still

@@ -134,7 +134,7 @@ impl Journal {
     }
 
     /// At shutdown while the disk fails: what could not be written is said.
-    pub(super) fn lost_at_shutdown(&self) {
+    pub fn lost_at_shutdown(&self) {
         if let Some(failing) = &self.failing {
             log::error!(
                 "Error: persistence: the changes of the last {} ms were not written to {} (the disk kept failing); none of them was acknowledged.",

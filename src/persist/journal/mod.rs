@@ -576,7 +576,6 @@ impl Journal {
                 self.disk_failed("sync", &e, Instant::now());
             }
         }
-        self.lost_at_shutdown();
         self.unsynced_since = None;
     }
 }
