@@ -292,11 +292,18 @@ impl Journal {
         let tmp = compaction_path(&self.path);
         let placed = synced.and_then(|()| {
             sync_data(&b.file)?;
-            std::fs::rename(&tmp, &self.path)?;
-            sync_directory(&self.path)?;
-            OpenOptions::new().append(true).open(&self.path)
+            std::fs::rename(&tmp, &self.path)
         });
-        match placed {
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return self.compaction_failed(&e);
+        }
+        // Renamed: the new file is the journal, whatever happens next. Until the directory
+        // is synced the rename may not survive a crash, which would bring back the old file
+        // without what is written from now on: a failure there is the journal's.
+        let reopened = sync_directory(&self.path)
+            .and_then(|()| OpenOptions::new().append(true).open(&self.path));
+        match reopened {
             Ok(file) => {
                 self.file = file;
                 self.messages = b.fresh;
@@ -316,8 +323,9 @@ impl Journal {
                 self.rewritten();
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                self.compaction_failed(&e);
+                self.file = b.file;
+                self.size = b.size;
+                self.disk_failed("sync", &e, Instant::now());
             }
         }
     }

@@ -32,6 +32,15 @@ pub(super) struct Failing {
     touched: Vec<SessionId>,
 }
 
+impl Failing {
+    /// Another failure in the episode: the next rewrite waits a while, longer each time.
+    fn failed_again(&mut self) {
+        self.failures += 1;
+        self.next_rewrite = Instant::now() + self.pause;
+        self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
 impl Journal {
     /// Whether everything the shard has told the journal is on disk as the sync policy
     /// says (false from a failed write or sync until the live state is written again).
@@ -84,7 +93,7 @@ impl Journal {
         // too: nothing is appended after it).
         let _ = self.file.set_len(self.size);
         if let Some(failing) = &mut self.failing {
-            failing.failures += 1;
+            failing.failed_again();
             return;
         }
         log::error!(
@@ -114,9 +123,7 @@ impl Journal {
             );
             return;
         };
-        failing.failures += 1;
-        failing.next_rewrite = Instant::now() + failing.pause;
-        failing.pause = (failing.pause * 2).min(LONGEST_PAUSE);
+        failing.failed_again();
     }
 
     /// A compaction put the live state on disk in place of the journal: if the journal
