@@ -244,6 +244,7 @@ fn failed_syncs_hold_acknowledgements_and_deliveries_until_the_state_is_written_
         sub.subscribe(&[("q/#", QoS::ExactlyOnce)]);
         let mut publisher = Raw::connect(b.port, "publisher");
         let (mut other, _) = persistent(b.port, ProtocolVersion::V311, "other");
+        let (mut quitter, _) = persistent(b.port, ProtocolVersion::V311, "quitter");
 
         std::fs::write(&fault, b"").unwrap();
         publisher.send(&publish("q/x", b"once", QoS::ExactlyOnce, 7, false));
@@ -255,6 +256,20 @@ fn failed_syncs_hold_acknowledgements_and_deliveries_until_the_state_is_written_
         sub.expect_nothing(Duration::from_millis(1));
         other.expect_nothing(Duration::from_millis(1));
         no_disk_clients_go_on(b.port);
+        // A PUBLISH and a DISCONNECT read together: the connection closes without the
+        // PUBACK (a closing connection's last bytes wait for the turn's commit too).
+        let v = ProtocolVersion::V311;
+        let mut bytes = publish("elsewhere", b"bye", QoS::AtLeastOnce, 9, false)
+            .to_bytes(v)
+            .unwrap()
+            .to_vec();
+        bytes.extend_from_slice(
+            &Packet::Disconnect(Disconnect::default())
+                .to_bytes(v)
+                .unwrap(),
+        );
+        quitter.send_bytes(&bytes);
+        assert_eq!(quitter.expect_closed(), Vec::new());
 
         std::fs::remove_file(&fault).unwrap();
         assert!(matches!(publisher.recv(), Packet::PubRec(r) if r.packet_id == 7));
@@ -270,7 +285,7 @@ fn failed_syncs_hold_acknowledgements_and_deliveries_until_the_state_is_written_
 
         // A crash before the subscriber answers: the delivery comes again, the same one
         // (its packet id kept on disk), and only once.
-        drop((sub, publisher, other));
+        drop((sub, publisher, other, quitter));
         drop(b);
         let b = disk_broker(&name, &dir, threads, &env);
         let (mut sub, ack) = persistent(b.port, ProtocolVersion::V5, "keeper");

@@ -318,12 +318,34 @@ impl<B: Backend> Shard<B> {
         self.flush();
     }
 
-    /// Hands a closing connection's last bytes to the backend and closes its socket.
-    pub(super) fn close_socket(&mut self, mut c: Box<super::conn::Conn>) {
+    /// Hands a closing connection's last bytes to the backend and closes its socket; with
+    /// a journal, at the end of the turn (`close_sockets`), once the turn is on disk: its
+    /// last bytes may acknowledge what the turn changed (a PUBLISH and a DISCONNECT read
+    /// together).
+    pub(super) fn close_socket(&mut self, c: Box<super::conn::Conn>) {
+        if self.journal.is_some() {
+            self.closing_sockets.push(c);
+        } else {
+            self.close_socket_now(c, true);
+        }
+    }
+
+    /// The sockets closed this turn, after its journal commit: their last bytes go if the
+    /// journal is durable, and are dropped if not (the client resends what was not
+    /// acknowledged when it connects again).
+    pub(super) fn close_sockets(&mut self) {
+        if self.closing_sockets.is_empty() {
+            return;
+        }
+        let durable = self.journal.as_deref().is_none_or(|j| j.durable());
+        for c in std::mem::take(&mut self.closing_sockets) {
+            self.close_socket_now(c, durable);
+        }
+    }
+
+    fn close_socket_now(&mut self, mut c: Box<super::conn::Conn>, durable: bool) {
         let mut pieces: Vec<bytes::Bytes> = c.take_out().collect();
-        if c.held.contains(super::conn::Hold::DISK) {
-            // What waited for the disk is not sent: the client resends what was not
-            // acknowledged when it connects again.
+        if !durable || c.held.contains(super::conn::Hold::DISK) {
             pieces.clear();
         }
         let Some(layers) = c.layers.as_ref() else {

@@ -82,6 +82,8 @@ pub struct Shard<B: Backend> {
     events: Vec<Event>,
     /// Connections with bytes in `out`, to send at the end of the turn.
     dirty: Vec<ConnId>,
+    /// Connections closed this turn, closed at its end (`close::close_sockets`).
+    closing_sockets: Vec<Box<Conn>>,
     /// Clients held while the journal is not durable.
     disk_wait: disk_wait::DiskWait,
     trie_ops: Vec<TrieOp>,
@@ -207,6 +209,7 @@ impl<B: Backend> Shard<B> {
             sessions: Default::default(),
             events: Vec::new(),
             dirty: Vec::new(),
+            closing_sockets: Vec::new(),
             disk_wait: Default::default(),
             trie_ops: Vec::new(),
             after_trie: Vec::new(),

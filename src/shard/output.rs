@@ -78,6 +78,7 @@ impl<B: Backend> Shard<B> {
 
     /// Sends each connection's turn buffer in one piece.
     pub(super) fn flush(&mut self) {
+        self.close_sockets();
         self.out_bytes_this_turn = 0;
         // Drained and put back: the list keeps its allocation from turn to turn.
         let mut dirty = std::mem::take(&mut self.dirty);
@@ -95,5 +96,7 @@ impl<B: Backend> Shard<B> {
         }
         dirty.shrink_to(super::deliver::KEPT_CAPACITY);
         self.dirty = dirty;
+        // Closed while being written to.
+        self.close_sockets();
     }
 }
