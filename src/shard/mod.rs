@@ -82,7 +82,9 @@ pub struct Shard<B: Backend> {
     events: Vec<Event>,
     /// Connections with bytes in `out`, to send at the end of the turn.
     dirty: Vec<ConnId>,
-    /// Connections closed this turn, closed at its end (`close::close_sockets`).
+    /// Connections closed this turn, closed at its end (`close::close_sockets`). Boxed as
+    /// the slab keeps them: they move in and out without being copied.
+    #[allow(clippy::vec_box)]
     closing_sockets: Vec<Box<Conn>>,
     /// Clients held while the journal is not durable.
     disk_wait: disk_wait::DiskWait,
