@@ -135,8 +135,18 @@ impl Mailboxes {
 /// A session handed to another shard also waits behind what waits here for *every* shard
 /// (`send_after_all`): its client publishes from its new shard once it arrives, and those
 /// messages must not pass the ones it published here that still wait for a full mailbox.
+///
+/// With persistence and several shards (`defer`), every message waits here until the end
+/// of the turn that made it, once that turn is on disk (`retry` then): another shard never
+/// sees what the journal may not keep, and a shard whose disk fails keeps what it would
+/// pass on (up to `len_max`) instead of holding up the others' mailboxes.
 pub struct Outbox {
     waiting: Vec<std::collections::VecDeque<Held>>,
+    /// Messages wait for `retry` even when their mailbox has room.
+    defer: bool,
+    /// Per shard: `retry` found its mailbox full; what is given for it meanwhile is held
+    /// (its publisher paused) or dropped as without `defer`.
+    full: Vec<bool>,
     /// Messages waiting, over all shards (at most `len_max`).
     len: usize,
     len_max: usize,
@@ -166,6 +176,8 @@ impl Outbox {
     pub fn new(shards: usize, len_max: usize) -> Outbox {
         Outbox {
             waiting: (0..shards).map(|_| Default::default()).collect(),
+            defer: false,
+            full: vec![false; shards],
             len: 0,
             len_max,
             next_seq: 0,
@@ -185,6 +197,39 @@ impl Outbox {
         !self.waiting[shard].is_empty()
     }
 
+    /// From now on messages wait for `retry` (see above).
+    pub fn defer(&mut self) {
+        self.defer = true;
+    }
+
+    pub fn defers(&self) -> bool {
+        self.defer
+    }
+
+    /// A message that may be dropped (QoS 0) to `shard`: sent or deferred if that needs
+    /// no waiting for room; false if it is dropped.
+    pub fn send_or_drop(&mut self, mailboxes: &Mailboxes, shard: usize, msg: ShardMsg) -> bool {
+        if !self.defer {
+            return !self.is_held(shard) && mailboxes.send(shard, msg).is_ok();
+        }
+        if self.full[shard] || self.len >= self.len_max {
+            return false;
+        }
+        self.hold(shard, msg, false);
+        true
+    }
+
+    /// Drops everything waiting (a shard whose disk failed stops: none of it was
+    /// acknowledged, and other shards must not take it). How many were dropped.
+    pub fn clear(&mut self) -> usize {
+        let dropped = self.len;
+        for queue in &mut self.waiting {
+            queue.clear();
+        }
+        self.len = 0;
+        dropped
+    }
+
     /// Sends `msg` to `shard` now if nothing to it waits and its mailbox has room; holds it
     /// otherwise. `must_keep` messages (a session, a request for one) are held even past
     /// `len_max`: dropping them would lose a session.
@@ -195,6 +240,14 @@ impl Outbox {
         msg: ShardMsg,
         must_keep: bool,
     ) -> Sent {
+        if self.defer && !self.full[shard] {
+            if self.len >= self.len_max && !must_keep {
+                return Sent::Dropped;
+            }
+            // Waits for the end of the turn only: not held up as for a full mailbox.
+            self.hold(shard, msg, false);
+            return Sent::Delivered;
+        }
         let msg = if self.waiting[shard].is_empty() {
             match mailboxes.send(shard, msg) {
                 Ok(()) => return Sent::Delivered,
@@ -262,6 +315,9 @@ impl Outbox {
                     moved = true;
                 }
             }
+        }
+        for (full, queue) in self.full.iter_mut().zip(&self.waiting) {
+            *full = !queue.is_empty();
         }
         self.len == 0
     }
@@ -355,6 +411,40 @@ mod tests {
         assert!(outbox.retry(&mailboxes));
         assert_eq!(payload(receivers[1].try_recv().unwrap()), 3);
         assert!(outbox.is_empty());
+    }
+
+    /// With persistence, nothing leaves before `retry` (the turn on disk), in the order
+    /// given; a mailbox found full then holds what follows as ever; `clear` drops all.
+    #[test]
+    fn a_deferring_outbox_passes_on_only_at_retry() {
+        let wakers: Vec<Arc<dyn Waker>> = vec![Arc::new(NoWaker), Arc::new(NoWaker)];
+        let (mailboxes, receivers) = Mailboxes::new(2, wakers);
+        let mut outbox = Outbox::new(2, 16);
+        outbox.defer();
+        assert_eq!(
+            outbox.send(&mailboxes, 1, deliver(1), false),
+            Sent::Delivered
+        );
+        assert!(outbox.send_or_drop(&mailboxes, 1, deliver(2)));
+        assert_eq!(
+            outbox.send(&mailboxes, 1, deliver(3), false),
+            Sent::Delivered
+        );
+        assert!(receivers[1].try_recv().is_err(), "nothing before retry");
+        assert!(!outbox.retry(&mailboxes)); // Room for two.
+        assert_eq!(payload(receivers[1].try_recv().unwrap()), 1);
+        assert_eq!(payload(receivers[1].try_recv().unwrap()), 2);
+        // Found full: a QoS 0 message is dropped, others wait as behind a full mailbox.
+        assert!(!outbox.send_or_drop(&mailboxes, 1, deliver(4)));
+        assert_eq!(outbox.send(&mailboxes, 1, deliver(5), false), Sent::Held);
+        assert!(outbox.retry(&mailboxes));
+        assert_eq!(payload(receivers[1].try_recv().unwrap()), 3);
+        assert_eq!(payload(receivers[1].try_recv().unwrap()), 5);
+        // A shard whose disk fails drops what waits.
+        outbox.send(&mailboxes, 1, deliver(6), false);
+        assert_eq!(outbox.clear(), 1);
+        assert!(outbox.retry(&mailboxes));
+        assert!(receivers[1].try_recv().is_err());
     }
 
     #[test]

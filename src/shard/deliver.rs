@@ -245,8 +245,7 @@ impl<B: Backend> Shard<B> {
         from: Option<ConnId>,
     ) -> bool {
         if qos == QoS::AtMostOnce {
-            let sent =
-                !self.outbox.is_held(shard) && self.shared.mailboxes.send(shard, msg).is_ok();
+            let sent = self.outbox.send_or_drop(&self.shared.mailboxes, shard, msg);
             if !sent {
                 self.stats()
                     .dropped_mailbox_full

@@ -39,6 +39,13 @@ pub(super) struct DiskWait {
     pub(super) held_bytes: usize,
 }
 
+impl DiskWait {
+    /// Whether the journal is not durable.
+    pub(super) fn failing(&self) -> bool {
+        self.failing
+    }
+}
+
 impl<B: Backend> Shard<B> {
     /// `packet` was written for `conn`: while the disk fails, an acknowledgement that
     /// stands for what is on disk holds its client.

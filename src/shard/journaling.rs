@@ -65,9 +65,11 @@ impl<B: Backend> Shard<B> {
         }
         self.compaction_slice();
         // What this turn acknowledges goes out only with what it acknowledges on disk, and
-        // other shards are told what they may take only then.
+        // other shards are told what they may take, and given what it passes them, only
+        // then.
         if self.wait_for_disk() {
             self.publish_transit();
+            self.retry_overflow();
         }
     }
 
@@ -335,11 +337,16 @@ impl<B: Backend> Shard<B> {
     /// close. Every shard has stopped reading clients (first barrier); each passes on its
     /// held messages while taking in its own mailbox, so none waits on another forever;
     /// the second barrier comes once every shard has passed everything on.
+    /// (A shard whose journal is not durable passes nothing on: none of it was
+    /// acknowledged, and other shards must not take what its journal may not keep.)
     pub(super) fn deliver_in_transit(&mut self) {
         self.stop_parking();
         self.shared.shutdown_barrier.wait();
         loop {
             self.drain_mailbox();
+            if self.journal.as_deref().is_some_and(|j| !j.durable()) {
+                self.outbox.clear();
+            }
             self.retry_overflow();
             if self.outbox.is_empty() {
                 break;

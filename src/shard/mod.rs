@@ -293,7 +293,8 @@ impl<B: Backend> Shard<B> {
         let mut timeout = next_tick.saturating_duration_since(self.now);
         self.shared.mailboxes.going_to_sleep(self.id);
         if self.mailbox_ready()
-            || !self.outbox.is_empty()
+            // (What waits for the disk to take this shard's turns does not spin the loop.)
+            || (!self.outbox.is_empty() && !self.disk_wait.failing())
             || self.owed_next_turn
             || self.handshakes.pending()
             || self.sealing.pending()
@@ -347,7 +348,9 @@ impl<B: Backend> Shard<B> {
         if self.id == 0 {
             self.publish_log_lines();
         }
-        self.retry_overflow();
+        if !self.outbox.defers() {
+            self.retry_overflow(); // Else once the turn is on disk (`journal_turn`).
+        }
         self.apply_trie_ops();
         self.sweep_trie(false);
         self.request_markers();
@@ -571,7 +574,7 @@ impl<B: Backend> Shard<B> {
 
     /// Sends what waits for full mailboxes, oldest first; resumes paused publishers once
     /// nothing waits.
-    fn retry_overflow(&mut self) {
+    pub(super) fn retry_overflow(&mut self) {
         if !self.outbox.retry(&self.shared.mailboxes) {
             return;
         }

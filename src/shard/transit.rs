@@ -5,9 +5,10 @@
 //! The sending shard numbers what it passes to each other shard and journals it
 //! (`Forwarded`) in the same turn as the publisher's acknowledgement and, for QoS 2, the
 //! packet id awaiting PUBREL; after its commit it publishes the highest number on its disk
-//! (`Shared::forwards_committed`). The receiving shard takes a message only once its
-//! number is published so (until then it waits, with everything behind it in the mailbox:
-//! `parking.rs`),
+//! (`Shared::forwards_committed`), and only then passes the turn's messages on (its outbox
+//! defers them to that moment: a shard whose disk fails passes nothing on until its
+//! journal is durable again, and holds up no other shard). The receiving shard takes a
+//! message only once its number is published so (checked all the same: `parking.rs`),
 //! and journals the highest number taken (`Received`) with the deliveries. So whatever a
 //! receiving shard's journal holds, the sender's journal holds its record too; what the
 //! sender journaled and the receiver did not is handed on by recovery. Each shard also
@@ -37,6 +38,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn start_transit(&mut self) {
         let shards = self.shared.mailboxes.shards();
         if shards > 1 {
+            self.outbox.defer();
             self.transit = Some(Box::new(Transit {
                 sent: vec![0; shards],
                 published_sent: vec![0; shards],
