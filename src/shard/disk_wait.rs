@@ -6,9 +6,10 @@
 //! Then everything it was sent goes out at once.
 //!
 //! Held: a client sent an acknowledgement (PUBACK, PUBREC, PUBCOMP; the CONNACK, SUBACK and
-//! UNSUBACK of a persistent session), and a client whose persistent session changed (a QoS
-//! 1 or 2 delivery to it is journaled: sent before it is on disk, a crash would let the
-//! publisher's resend deliver it twice). In the turn the failure is found every client
+//! UNSUBACK of a persistent session), and a persistent session's client that is sent
+//! anything or whose session changed (a QoS 1 or 2 delivery to it is journaled: sent
+//! before it is on disk, a crash would let the publisher's resend deliver it twice; one
+//! resent when it connects again may not be on disk yet). In the turn the failure is found every client
 //! written to is held: that turn's changes were made before anyone knew. Clients that need
 //! no disk go on: QoS 0 among clean sessions, pings, connections and subscriptions of
 //! clean sessions.
@@ -91,9 +92,16 @@ impl<B: Backend> Shard<B> {
         let first = !self.disk_wait.failing;
         self.disk_wait.failing = true;
         let mut conns = std::mem::take(&mut self.disk_wait.acked);
-        if first {
-            conns.extend(self.dirty.iter().copied());
-        }
+        // In the first turn, whoever was written to; after it, whoever has a persistent
+        // session and was written to: what it is sent may stand for state not on disk (a
+        // delivery resent after its client, or a bridge, connected again).
+        let persistent = |c: &&ConnId| {
+            let session = self.conn(**c).and_then(|c| c.session);
+            session
+                .and_then(|s| self.sessions.get(&s))
+                .is_some_and(|s| !s.clean)
+        };
+        conns.extend(self.dirty.iter().filter(|c| first || persistent(c)));
         conns.extend(touched.iter().filter_map(|s| self.sessions.get(s)?.conn));
         for conn in conns {
             if self.hold_reading(conn, Hold::DISK) {
