@@ -77,9 +77,11 @@ impl Hold {
     }
 
     /// Whether it waits for the broker (its output to drain, its SUBSCRIBE to be
-    /// handled, the disk): its silence meanwhile is not its own.
+    /// handled): its silence meanwhile is not its own. (One held for the disk is not: its
+    /// keep alive runs, so that the connections of clients that gave up waiting do not
+    /// pile up while the disk fails: `disk_wait.rs`.)
     pub fn waits_for_broker(self) -> bool {
-        self.contains(Hold::OUTPUT) || self.contains(Hold::SUBSCRIBING) || self.contains(Hold::DISK)
+        self.contains(Hold::OUTPUT) || self.contains(Hold::SUBSCRIBING)
     }
 
     /// Whether the packets it sent wait: for its SUBSCRIBE, or for the disk unless its

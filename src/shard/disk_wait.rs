@@ -2,8 +2,11 @@
 //! durable (a write or a sync failed: `persist/journal/failing.rs`), a client that would be
 //! told that something is safe is held instead: what it is sent stays in its connection, in
 //! order; it is not read (what it sends waits in its socket, so what it can make the broker
-//! hold stays bounded) and its keep alive is paused, until the live state is on disk again.
-//! Then everything it was sent goes out at once.
+//! hold stays bounded), until the live state is on disk again. Then everything it was sent
+//! goes out at once. Its keep alive runs meanwhile: a client held past one and a half keep
+//! alive periods (or `client_idle_timeout`) has given up waiting for its PINGRESP, and its
+//! connection is closed as a silent one's (the held bytes dropped), so that connections of
+//! clients that went away cannot pile up (and use up the descriptors a rewrite needs).
 //!
 //! Held: a client sent an acknowledgement (PUBACK, PUBREC, PUBCOMP; the CONNACK, SUBACK and
 //! UNSUBACK of a persistent session), and a persistent session's client that is sent
