@@ -154,6 +154,7 @@ start_broker() { # name port
       midge|midge-batch) taskset -c 1 target/release/midge -c "$out/$1-layered.conf" --threads 1 2>"$out/$1.log" & ;;
       midge-uring) taskset -c 1 target/release/midge -c "$out/$1-layered.conf" --threads 1 --io uring 2>"$out/$1.log" & ;;
       midge-epoll) taskset -c 1 target/release/midge -c "$out/$1-layered.conf" --threads 1 --io epoll 2>"$out/$1.log" & ;;
+      midge-base) taskset -c 1 "$MIDGE_BASELINE" -c "$out/$1-layered.conf" --threads 1 2>"$out/$1.log" & ;;
       mosquitto) taskset -c 1 mosquitto -c "$out/$1-layered.conf" >"$out/mosquitto.log" 2>&1 & ;;
     esac
   else
