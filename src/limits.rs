@@ -113,10 +113,20 @@ pub enum Limit {
     /// A SUBSCRIBE's or UNSUBSCRIBE's filters left for the next loop turn
     /// (`shard::subscribing::FILTERS_PER_TURN`); counted, not logged.
     FiltersPerTurn,
+    /// Messages for another shard's sessions kept waiting here: that shard had not shown
+    /// `UNSETTLED_MAX` of the messages passed to it on its disk (its disk failing).
+    UnsettledMessages,
 }
 
+/// Messages one shard may have passed to another, with persistence, that the other has not
+/// shown taken on its disk: past it, what it would pass there waits in its outbox (the
+/// publishers paused, QoS 0 dropped) until that shard's disk takes them. A healthy shard
+/// has at most a mailbox and a turn's worth (well under this); one whose disk fails takes
+/// them in and shows nothing, and they are kept here until it does (`persist::journal`).
+pub const UNSETTLED_MAX: usize = 256 * 1024;
+
 impl Limit {
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 9] = [
         Limit::PreconnectBytes,
         Limit::OutputBacklog,
         Limit::RetainedScans,
@@ -125,6 +135,7 @@ impl Limit {
         Limit::ReceivingBytes,
         Limit::PacketsPerTurn,
         Limit::FiltersPerTurn,
+        Limit::UnsettledMessages,
     ];
 
     pub fn label(self) -> &'static str {
@@ -137,6 +148,7 @@ impl Limit {
             Limit::ReceivingBytes => "receiving_bytes",
             Limit::PacketsPerTurn => "packets_per_turn",
             Limit::FiltersPerTurn => "filters_per_turn",
+            Limit::UnsettledMessages => "unsettled_messages",
         }
     }
 }

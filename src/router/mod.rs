@@ -147,6 +147,8 @@ pub struct Outbox {
     /// Per shard: `retry` found its mailbox full; what is given for it meanwhile is held
     /// (its publisher paused) or dropped as without `defer`.
     full: Vec<bool>,
+    /// Per shard: nothing is passed there for now (`block`); held as for a full mailbox.
+    blocked: Vec<bool>,
     /// Messages waiting, over all shards (at most `len_max`).
     len: usize,
     len_max: usize,
@@ -178,6 +180,7 @@ impl Outbox {
             waiting: (0..shards).map(|_| Default::default()).collect(),
             defer: false,
             full: vec![false; shards],
+            blocked: vec![false; shards],
             len: 0,
             len_max,
             next_seq: 0,
@@ -206,13 +209,27 @@ impl Outbox {
         self.defer
     }
 
+    /// Whether something waits that `retry` may pass on (not only for blocked shards).
+    pub fn has_sendable(&self) -> bool {
+        (self.waiting.iter().zip(&self.blocked))
+            .any(|(queue, &blocked)| !blocked && !queue.is_empty())
+    }
+
+    /// Passes nothing to `shard` while `blocked`: what is given for it waits (as for a
+    /// full mailbox). True if that changed.
+    pub fn block(&mut self, shard: usize, blocked: bool) -> bool {
+        std::mem::replace(&mut self.blocked[shard], blocked) != blocked
+    }
+
     /// A message that may be dropped (QoS 0) to `shard`: sent or deferred if that needs
     /// no waiting for room; false if it is dropped.
     pub fn send_or_drop(&mut self, mailboxes: &Mailboxes, shard: usize, msg: ShardMsg) -> bool {
         if !self.defer {
-            return !self.is_held(shard) && mailboxes.send(shard, msg).is_ok();
+            return !self.is_held(shard)
+                && !self.blocked[shard]
+                && mailboxes.send(shard, msg).is_ok();
         }
-        if self.full[shard] || self.len >= self.len_max {
+        if self.full[shard] || self.blocked[shard] || self.len >= self.len_max {
             return false;
         }
         self.hold(shard, msg, false);
@@ -240,7 +257,8 @@ impl Outbox {
         msg: ShardMsg,
         must_keep: bool,
     ) -> Sent {
-        if self.defer && !self.full[shard] {
+        let blocked = self.blocked[shard];
+        if self.defer && !self.full[shard] && !blocked {
             if self.len >= self.len_max && !must_keep {
                 return Sent::Dropped;
             }
@@ -248,7 +266,7 @@ impl Outbox {
             self.hold(shard, msg, false);
             return Sent::Delivered;
         }
-        let msg = if self.waiting[shard].is_empty() {
+        let msg = if self.waiting[shard].is_empty() && !blocked {
             match mailboxes.send(shard, msg) {
                 Ok(()) => return Sent::Delivered,
                 Err(msg) => msg,
@@ -300,6 +318,9 @@ impl Outbox {
         while moved && self.len > 0 {
             moved = false;
             for shard in 0..self.waiting.len() {
+                if self.blocked[shard] {
+                    continue;
+                }
                 while let Some(front) = self.waiting[shard].front() {
                     if front.after_all
                         && self.oldest_elsewhere(shard).is_some_and(|o| o < front.seq)
@@ -445,6 +466,34 @@ mod tests {
         assert_eq!(outbox.clear(), 1);
         assert!(outbox.retry(&mailboxes));
         assert!(receivers[1].try_recv().is_err());
+    }
+
+    /// A shard that shows nothing on its disk is passed nothing while blocked: what is for
+    /// it waits (its publishers paused), QoS 0 is dropped, the others go on.
+    #[test]
+    fn a_blocked_shard_is_passed_nothing_until_unblocked() {
+        let wakers: Vec<Arc<dyn Waker>> = (0..3).map(|_| Arc::new(NoWaker) as _).collect();
+        let (mailboxes, receivers) = Mailboxes::new(4, wakers);
+        let mut outbox = Outbox::new(3, 16);
+        outbox.defer();
+        assert!(outbox.block(1, true));
+        assert_eq!(outbox.send(&mailboxes, 1, deliver(1), false), Sent::Held);
+        assert!(!outbox.send_or_drop(&mailboxes, 1, deliver(2)));
+        assert_eq!(
+            outbox.send(&mailboxes, 2, deliver(3), false),
+            Sent::Delivered
+        );
+        assert!(!outbox.retry(&mailboxes));
+        assert!(!outbox.has_sendable(), "only what is blocked waits");
+        assert!(receivers[1].try_recv().is_err());
+        assert_eq!(payload(receivers[2].try_recv().unwrap()), 3);
+        assert!(outbox.block(1, false));
+        assert!(outbox.retry(&mailboxes));
+        assert_eq!(payload(receivers[1].try_recv().unwrap()), 1);
+        assert!(
+            receivers[1].try_recv().is_err(),
+            "the QoS 0 one was dropped"
+        );
     }
 
     #[test]

@@ -293,8 +293,9 @@ impl<B: Backend> Shard<B> {
         let mut timeout = next_tick.saturating_duration_since(self.now);
         self.shared.mailboxes.going_to_sleep(self.id);
         if self.mailbox_ready()
-            // (What waits for the disk to take this shard's turns does not spin the loop.)
-            || (!self.outbox.is_empty() && !self.disk_wait.failing())
+            // (What waits for a disk, this shard's or the one a blocked shard's, does not
+            // spin the loop.)
+            || (self.outbox.has_sendable() && !self.disk_wait.failing())
             || self.owed_next_turn
             || self.handshakes.pending()
             || self.sealing.pending()

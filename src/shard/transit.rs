@@ -21,6 +21,7 @@ use std::sync::Arc;
 use super::io::Backend;
 use super::Shard;
 use crate::codec::QoS;
+use crate::limits::{Limit, UNSETTLED_MAX};
 use crate::types::{Message, Target};
 
 pub(super) struct Transit {
@@ -95,6 +96,7 @@ impl<B: Backend> Shard<B> {
             return;
         };
         let shards = transit.sent.len();
+        let mut blocked = Vec::new();
         for other in 0..shards {
             if transit.sent[other] > transit.published_sent[other] {
                 transit.published_sent[other] = transit.sent[other];
@@ -111,6 +113,21 @@ impl<B: Backend> Shard<B> {
                 let settled =
                     self.shared.durable_from[other * shards + self.id].load(Ordering::Acquire);
                 journal.settled(other, settled);
+                // A shard that shows nothing on its disk (its disk failing) is passed
+                // nothing more past the bound: its messages wait here.
+                let unsettled = journal.unsettled_to(other);
+                if self.outbox.block(other, unsettled > UNSETTLED_MAX) && unsettled > 0 {
+                    blocked.push((other, unsettled));
+                }
+            }
+        }
+        for (other, unsettled) in blocked {
+            if unsettled > UNSETTLED_MAX {
+                self.limit_reached(Limit::UnsettledMessages, || {
+                    format!(
+                        "shard {other} has not shown {unsettled} messages passed to it on its disk; what is for its sessions waits here until it does."
+                    )
+                });
             }
         }
     }

@@ -64,6 +64,11 @@ impl Journal {
         }
     }
 
+    /// Messages passed to shard `to` that it has not shown on its disk.
+    pub fn unsettled_to(&self, to: usize) -> usize {
+        self.unsettled.get(to).map_or(0, VecDeque::len)
+    }
+
     /// What shard `from` passed here up to `number` is taken: written with this turn.
     pub fn received(&mut self, from: usize, number: u64) {
         if self.received.len() <= from {
