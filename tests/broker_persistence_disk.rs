@@ -366,3 +366,34 @@ fn a_flipped_bit_mid_journal_stops_the_start_or_is_set_aside_keeping_what_came_b
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A client held for the disk past one and a half keep alive periods has given up waiting
+/// (it had no PINGRESP either): its connection is closed as a silent client's, what was held
+/// for it dropped, so that the connections of clients that went away do not pile up while
+/// the disk fails. Nothing it was not acknowledged is lost: it resends when it connects
+/// again, and that waits for the disk as ever.
+#[test]
+fn a_client_held_past_its_keep_alive_is_closed_unacknowledged() {
+    let dir = store("held-keepalive");
+    let fault = dir.with_extension("fault");
+    let env = [("MIDGE_FAULT_SYNC_FAILS_WHILE", fault.to_str().unwrap())];
+    let b = disk_broker("persist-held-keepalive", &dir, "1", &env);
+    let (mut brief, _) = Raw::connect_with(
+        b.port,
+        connect_packet(ProtocolVersion::V311, "brief", false, 1),
+    );
+    std::fs::write(&fault, b"").unwrap();
+    brief.send(&publish("t", b"x", QoS::AtLeastOnce, 1, true));
+    assert_eq!(brief.expect_closed(), Vec::new());
+    b.wait_for_log("Client brief has exceeded timeout, disconnecting.");
+    std::fs::remove_file(&fault).unwrap();
+    // It connects again and resends: acknowledged once the disk takes it.
+    let (mut again, ack) = Raw::connect_with(
+        b.port,
+        connect_packet(ProtocolVersion::V311, "brief", false, 60),
+    );
+    assert!(ack.session_present);
+    publish_acked(&mut again, "t", b"x", 1, true);
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
