@@ -397,3 +397,41 @@ fn a_client_held_past_its_keep_alive_is_closed_unacknowledged() {
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A compaction the disk has no room for is given up (its file removed) while the journal
+/// goes on: what is acknowledged after it is on disk, and a crash loses none of it.
+#[test]
+fn a_compaction_without_room_is_given_up_and_the_journal_goes_on() {
+    const SIZE: usize = 4 << 10;
+    let Some(disk) = SmallDisk::mount("compaction-full", "2m") else {
+        return;
+    };
+    let name = "persist-compaction-full";
+    let b = disk_broker(name, &disk.dir, "1", &[]);
+    let mut publisher = Raw::connect(b.port, "publisher");
+    send_retained(&mut publisher, 0, 60, SIZE);
+    expect_pubacks(&mut publisher, 0, 60);
+    // Room for a few more turns, not for a second copy of the live state.
+    let filler = disk.fill();
+    let filled = std::fs::metadata(&filler).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    file.set_len(filled - (64 << 10)).unwrap();
+    drop(file);
+    b.signal(libc::SIGUSR1);
+    b.wait_for_log("Warning: persistence: compacting");
+    send_retained(&mut publisher, 60, 4, SIZE);
+    expect_pubacks(&mut publisher, 60, 4);
+    assert!(
+        !b.has_log("Error: persistence write"),
+        "the journal itself kept working"
+    );
+    drop(publisher);
+    drop(b); // kill -9
+    std::fs::remove_file(&filler).unwrap();
+    let b = disk_broker(name, &disk.dir, "1", &[]);
+    assert_eq!(retained(b.port), topics(0..64, SIZE));
+    drop(b);
+}
