@@ -3,7 +3,7 @@
 # free loopback ports; prints both figures and their ratio, and keeps the raw JSON.
 #
 #   scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge]
-#                      [--report DIR] [--only NAME,...]
+#                      [--report DIR] [--only NAME,...] [--threads N]
 #
 # --pair names the two brokers compared (default: midge mosquitto); each is one of midge
 # (its default backend), midge-uring, midge-epoll (same build, backend forced), midge-batch
@@ -35,6 +35,8 @@
 # (loadgen --report: BROKER-SCENARIO-ROUND.html/.hlog), and DIR/index.html shows each
 # scenario's runs of both brokers on the same axes under the ratios table (loadgen
 # --compare). scripts/report-check.sh opens such pages in headless Chromium.
+# With --threads N midge (and midge-base) run N shards, and no broker is pinned to a core
+# (the default, 1, pins each broker to core 1 with one shard).
 # With --only NAME,... only the scenarios named run (names as in the table, e.g. p2p-qos0):
 # one scenario then gets a freshly started broker for every run, nothing run before it in
 # the same process (a ceiling search leaves a broker's buffers grown).
@@ -43,9 +45,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=8 warmup=2 repeat=1 tls=0 ws=0 persist="" bridge=0 report="" only=""
+duration=8 warmup=2 repeat=1 tls=0 ws=0 persist="" bridge=0 report="" only="" threads=1
 brokers=(midge mosquitto)
-usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge] [--report DIR] [--only NAME,...]  (A, B: midge midge-uring midge-epoll midge-batch midge-metrics midge-base mosquitto)" >&2; exit 2; }
+usage() { echo "usage: scripts/compare.sh [--quick] [--repeat N] [--pair A B] [--tls] [--ws] [--persist SYNC] [--bridge] [--report DIR] [--only NAME,...] [--threads N]  (A, B: midge midge-uring midge-epoll midge-batch midge-metrics midge-base mosquitto)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) duration=3 warmup=1 ;;
@@ -57,6 +59,7 @@ while [ $# -gt 0 ]; do
     --bridge) bridge=1 ;;
     --report) [ $# -ge 2 ] || usage; report=$2; shift ;;
     --only) [ $# -ge 2 ] || usage; only=$2; shift ;;
+    --threads) [ $# -ge 2 ] || usage; threads=$2; shift ;;
     *) usage ;;
   esac
   shift
@@ -75,6 +78,8 @@ if ! command -v mosquitto >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto
 fi
 cargo build --release -q -p midge -p loadgen
+pin="taskset -c 1"
+[ "$threads" = 1 ] || pin=""
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 out=target/compare/$(date +%Y%m%d-%H%M%S)
@@ -151,28 +156,28 @@ start_broker() { # name port
     layered_conf "$2" "$1" >"$out/$1-layered.conf"
     [ "$1" = midge-batch ] && printf 'io_batch_wait_us 50\n' >>"$out/$1-layered.conf"
     case "$1" in
-      midge|midge-batch) taskset -c 1 target/release/midge -c "$out/$1-layered.conf" --threads 1 2>"$out/$1.log" & ;;
-      midge-uring) taskset -c 1 target/release/midge -c "$out/$1-layered.conf" --threads 1 --io uring 2>"$out/$1.log" & ;;
-      midge-epoll) taskset -c 1 target/release/midge -c "$out/$1-layered.conf" --threads 1 --io epoll 2>"$out/$1.log" & ;;
-      midge-base) taskset -c 1 "$MIDGE_BASELINE" -c "$out/$1-layered.conf" --threads 1 2>"$out/$1.log" & ;;
-      mosquitto) taskset -c 1 mosquitto -c "$out/$1-layered.conf" >"$out/mosquitto.log" 2>&1 & ;;
+      midge|midge-batch) $pin target/release/midge -c "$out/$1-layered.conf" --threads "$threads" 2>"$out/$1.log" & ;;
+      midge-uring) $pin target/release/midge -c "$out/$1-layered.conf" --threads "$threads" --io uring 2>"$out/$1.log" & ;;
+      midge-epoll) $pin target/release/midge -c "$out/$1-layered.conf" --threads "$threads" --io epoll 2>"$out/$1.log" & ;;
+      midge-base) $pin "$MIDGE_BASELINE" -c "$out/$1-layered.conf" --threads "$threads" 2>"$out/$1.log" & ;;
+      mosquitto) $pin mosquitto -c "$out/$1-layered.conf" >"$out/mosquitto.log" 2>&1 & ;;
     esac
   else
     case "$1" in
-      midge) taskset -c 1 target/release/midge -p "$2" --threads 1 2>"$out/midge.log" & ;;
-      midge-uring) taskset -c 1 target/release/midge -p "$2" --threads 1 --io uring 2>"$out/midge-uring.log" & ;;
-      midge-epoll) taskset -c 1 target/release/midge -p "$2" --threads 1 --io epoll 2>"$out/midge-epoll.log" & ;;
+      midge) $pin target/release/midge -p "$2" --threads "$threads" 2>"$out/midge.log" & ;;
+      midge-uring) $pin target/release/midge -p "$2" --threads "$threads" --io uring 2>"$out/midge-uring.log" & ;;
+      midge-epoll) $pin target/release/midge -p "$2" --threads "$threads" --io epoll 2>"$out/midge-epoll.log" & ;;
       midge-batch)
         printf 'io_batch_wait_us 50\n' >"$out/midge-batch.conf"
-        taskset -c 1 target/release/midge -c "$out/midge-batch.conf" -p "$2" --threads 1 --io uring \
+        $pin target/release/midge -c "$out/midge-batch.conf" -p "$2" --threads "$threads" --io uring \
           2>"$out/midge-batch.log" & ;;
       midge-metrics)
         metrics_port=$(free_port)
         printf 'metrics_listener 127.0.0.1:%s\n' "$metrics_port" >"$out/midge-metrics.conf"
-        taskset -c 1 target/release/midge -c "$out/midge-metrics.conf" -p "$2" --threads 1 \
+        $pin target/release/midge -c "$out/midge-metrics.conf" -p "$2" --threads "$threads" \
           2>"$out/midge-metrics.log" & ;;
-      midge-base) taskset -c 1 "$MIDGE_BASELINE" -p "$2" --threads 1 2>"$out/midge-base.log" & ;;
-      mosquitto) taskset -c 1 mosquitto -p "$2" >"$out/mosquitto.log" 2>&1 & ;;
+      midge-base) $pin "$MIDGE_BASELINE" -p "$2" --threads "$threads" 2>"$out/midge-base.log" & ;;
+      mosquitto) $pin mosquitto -p "$2" >"$out/mosquitto.log" 2>&1 & ;;
     esac
   fi
   broker_pid=$!

@@ -12,8 +12,8 @@
 //! UNSUBACK of a persistent session), and a persistent session's client that is sent
 //! anything or whose session changed (a QoS 1 or 2 delivery to it is journaled: sent
 //! before it is on disk, a crash would let the publisher's resend deliver it twice; one
-//! resent when it connects again may not be on disk yet). In the turn the failure is found every client
-//! written to is held: that turn's changes were made before anyone knew. Clients that need
+//! resent when it connects again may not be on disk yet). In the turn the failure is found
+//! every client written to is held: that turn's changes were made before anyone knew. Clients that need
 //! no disk go on: QoS 0 among clean sessions, pings, connections and subscriptions of
 //! clean sessions.
 //!
@@ -61,10 +61,7 @@ impl<B: Backend> Shard<B> {
         let needs_disk = match packet {
             Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => true,
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) => {
-                let session = self.conn(conn).and_then(|c| c.session);
-                session
-                    .and_then(|s| self.sessions.get(&s))
-                    .is_some_and(|s| !s.clean)
+                self.has_persistent_session(conn)
             }
             _ => false,
         };
@@ -98,13 +95,8 @@ impl<B: Backend> Shard<B> {
         // In the first turn, whoever was written to; after it, whoever has a persistent
         // session and was written to: what it is sent may stand for state not on disk (a
         // delivery resent after its client, or a bridge, connected again).
-        let persistent = |c: &&ConnId| {
-            let session = self.conn(**c).and_then(|c| c.session);
-            session
-                .and_then(|s| self.sessions.get(&s))
-                .is_some_and(|s| !s.clean)
-        };
-        conns.extend(self.dirty.iter().filter(|c| first || persistent(c)));
+        let written = self.dirty.iter();
+        conns.extend(written.filter(|&&c| first || self.has_persistent_session(c)));
         conns.extend(touched.iter().filter_map(|s| self.sessions.get(s)?.conn));
         for conn in conns {
             if self.hold_reading(conn, Hold::DISK) {
@@ -122,6 +114,13 @@ impl<B: Backend> Shard<B> {
             .store(held.len() as u64, Ordering::Relaxed);
         self.disk_wait.held = held;
         false
+    }
+
+    fn has_persistent_session(&self, conn: ConnId) -> bool {
+        let session = self.conn(conn).and_then(|c| c.session);
+        session
+            .and_then(|s| self.sessions.get(&s))
+            .is_some_and(|s| !s.clean)
     }
 
     /// The journal is durable again: the held clients get what they were sent, and are

@@ -100,9 +100,10 @@ impl<B: Backend> Shard<B> {
         for other in 0..shards {
             if transit.sent[other] > transit.published_sent[other] {
                 transit.published_sent[other] = transit.sent[other];
+                // The messages follow (the outbox defers them to now): their sending wakes
+                // the other shard once they are there, not before.
                 self.shared.forwards_committed[self.id * shards + other]
                     .store(transit.sent[other], Ordering::Release);
-                self.shared.mailboxes.wake(other);
             }
             let taken = journal.received_from(other);
             if taken > transit.published_taken[other] {
