@@ -583,24 +583,4 @@ impl<B: Backend> Shard<B> {
             self.release_reading(conn, conn::Hold::OUTBOX);
         }
     }
-
-    /// `log_dest topic`: shard 0 publishes waiting log lines on `$SYS/broker/log/...`, a
-    /// bounded number per turn.
-    fn publish_log_lines(&mut self) {
-        const LINES_PER_TURN: usize = 256;
-        let lines: Vec<_> = crate::logging::take_topic_lines(LINES_PER_TURN).collect();
-        for (topic, line) in lines {
-            // As Mosquitto: QoS 2, not retained, expiring after 20 seconds.
-            let message = Arc::new(crate::router::Message {
-                topic: crate::codec::MqttStr::from_static(topic),
-                payload: bytes::Bytes::from(line),
-                qos: crate::codec::QoS::ExactlyOnce,
-                retain: false,
-                properties: Default::default(),
-                origin: None,
-                expires_at: Some(self.now + Duration::from_secs(20)),
-            });
-            self.route(&message, None);
-        }
-    }
 }

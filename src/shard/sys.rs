@@ -77,6 +77,26 @@ const LOADS: [[&str; 3]; 7] = [
 ];
 
 impl<B: Backend> Shard<B> {
+    /// `log_dest topic`: shard 0 publishes waiting log lines on `$SYS/broker/log/...`, a
+    /// bounded number per turn.
+    pub(super) fn publish_log_lines(&mut self) {
+        const LINES_PER_TURN: usize = 256;
+        let lines: Vec<_> = crate::logging::take_topic_lines(LINES_PER_TURN).collect();
+        for (topic, line) in lines {
+            // As Mosquitto: QoS 2, not retained, expiring after 20 seconds.
+            let message = Arc::new(Message {
+                topic: MqttStr::from_static(topic),
+                payload: bytes::Bytes::from(line),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                properties: Default::default(),
+                origin: None,
+                expires_at: Some(self.now + Duration::from_secs(20)),
+            });
+            self.route(&message, None);
+        }
+    }
+
     pub(super) fn sys_tick(&mut self, now: Instant) {
         let interval = self.config.sys_interval_s;
         if interval == 0 || self.sys.next.is_some_and(|at| now < at) {
