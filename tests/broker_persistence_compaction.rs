@@ -6,23 +6,8 @@ mod common;
 
 use common::persist::*;
 use common::*;
-use midge::codec::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// The retained messages under `keep/` a new subscriber gets: topic to payload.
-fn retained(port: u16) -> BTreeMap<String, Vec<u8>> {
-    let mut late = Raw::connect(port, "late");
-    late.subscribe(&[("keep/#", QoS::AtMostOnce)]);
-    let mut got = BTreeMap::new();
-    while let Some(packet) = late.poll_packet(Duration::from_millis(500)) {
-        let Packet::Publish(p) = packet else {
-            panic!("{packet:?}");
-        };
-        got.insert(p.topic.to_string(), p.payload.to_vec());
-    }
-    got
-}
 
 /// A pseudo-random number from a seed (the test's moments vary from round to round and
 /// from run to run, and a failing round names its seed).
@@ -49,7 +34,7 @@ fn a_crash_at_any_moment_of_a_compaction_loses_nothing_acknowledged() {
         let mut acked: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for round in 0..4u16 {
             let b = broker(&name, &dir, "", threads);
-            let got = retained(b.port);
+            let got = retained_under_keep(b.port);
             assert_eq!(
                 got, acked,
                 "round {round} at {threads} shards (seed {seed})"
@@ -76,7 +61,11 @@ fn a_crash_at_any_moment_of_a_compaction_loses_nothing_acknowledged() {
             drop(b); // kill -9
         }
         let b = broker(&name, &dir, "", threads);
-        assert_eq!(retained(b.port), acked, "at {threads} shards (seed {seed})");
+        assert_eq!(
+            retained_under_keep(b.port),
+            acked,
+            "at {threads} shards (seed {seed})"
+        );
         drop(b);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -57,6 +57,16 @@ impl SmallDisk {
     }
 }
 
+/// Shortens the file that fills a disk by `bytes`: that much room is left.
+fn leave_room(filler: &Path, bytes: u64) {
+    let filled = std::fs::metadata(filler).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(filler)
+        .unwrap();
+    file.set_len(filled - bytes).unwrap();
+}
+
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
@@ -80,17 +90,8 @@ fn disk_broker(name: &str, dir: &Path, threads: &str, env: &[(&str, &str)]) -> B
 
 /// The retained messages under `keep/` a new subscriber gets: (topic, payload length).
 fn retained(port: u16) -> Vec<(String, usize)> {
-    let mut late = Raw::connect(port, "late");
-    late.subscribe(&[("keep/#", QoS::AtMostOnce)]);
-    let mut got = Vec::new();
-    while let Some(packet) = late.poll_packet(Duration::from_millis(500)) {
-        let Packet::Publish(p) = packet else {
-            panic!("{packet:?}");
-        };
-        got.push((p.topic.to_string(), p.payload.len()));
-    }
-    got.sort();
-    got
+    let got = retained_under_keep(port).into_iter();
+    got.map(|(topic, payload)| (topic, payload.len())).collect()
 }
 
 fn topics(range: std::ops::Range<usize>, size: usize) -> Vec<(String, usize)> {
@@ -197,13 +198,7 @@ fn a_full_disk_holds_acknowledgements_until_it_takes_them_and_a_crash_loses_none
         // journals read stay as they were (they alone hold the store).
         let journals = journal_files(&disk.dir);
         let before: Vec<Vec<u8>> = journals.iter().map(|j| std::fs::read(j).unwrap()).collect();
-        let filled = std::fs::metadata(&filler).unwrap().len();
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&filler)
-            .unwrap();
-        file.set_len(filled - (8 << 10)).unwrap();
-        drop(file);
+        leave_room(&filler, 8 << 10);
         let log = refused_start(&format!("{name}-refused"), &disk.dir);
         assert!(log.contains("cannot write the new journals"), "{log}");
         for (journal, bytes) in journals.iter().zip(&before) {
@@ -413,13 +408,7 @@ fn a_compaction_without_room_is_given_up_and_the_journal_goes_on() {
     expect_pubacks(&mut publisher, 0, 60);
     // Room for a few more turns, not for a second copy of the live state.
     let filler = disk.fill();
-    let filled = std::fs::metadata(&filler).unwrap().len();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap();
-    file.set_len(filled - (64 << 10)).unwrap();
-    drop(file);
+    leave_room(&filler, 64 << 10);
     b.signal(libc::SIGUSR1);
     b.wait_for_log("Warning: persistence: compacting");
     send_retained(&mut publisher, 60, 4, SIZE);

@@ -78,3 +78,18 @@ pub fn journal_files(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// The retained messages under `keep/` a new subscriber gets, topic to payload: all that
+/// come until none has for half a second.
+pub fn retained_under_keep(port: u16) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut late = Raw::connect(port, "late");
+    late.subscribe(&[("keep/#", QoS::AtMostOnce)]);
+    let mut got = std::collections::BTreeMap::new();
+    while let Some(packet) = late.poll_packet(std::time::Duration::from_millis(500)) {
+        let Packet::Publish(p) = packet else {
+            panic!("{packet:?}");
+        };
+        got.insert(p.topic.to_string(), p.payload.to_vec());
+    }
+    got
+}
