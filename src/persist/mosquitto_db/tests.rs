@@ -97,9 +97,8 @@ fn session<'a>(r: &'a Recovered, id: &str) -> &'a RecoveredSession {
         .expect("the session")
 }
 
-#[test]
-fn a_database_comes_over_whole() {
-    let now_s = WallClock::now().current_unix_ms() / 1000;
+/// A database of every kind of chunk midge reads (and one it does not know), as of `now_s`.
+fn whole_database(now_s: u64) -> Vec<u8> {
     let mut file = header(6);
     chunk(&mut file, chunk::CONFIG, &config());
     // Content type "t/p", after the properties' length.
@@ -162,7 +161,13 @@ fn a_database_comes_over_whole() {
     );
     chunk(&mut file, chunk::RETAIN, &1u64.to_le_bytes());
     chunk(&mut file, 77, b"a kind Mosquitto may add one day");
+    file
+}
 
+#[test]
+fn a_database_comes_over_whole() {
+    let now_s = WallClock::now().current_unix_ms() / 1000;
+    let file = whole_database(now_s);
     let r = read_it(&file).unwrap();
     assert_eq!(r.retained.len(), 1);
     let (retained, publisher) = &r.retained[0];
@@ -307,4 +312,53 @@ fn mosquitto_1_6_clients_have_no_port_or_username() {
     chunk(&mut file, chunk::CLIENT, &body);
     let r = read_it(&file).unwrap();
     assert_eq!(session(&r, "five").last_packet_id, 4);
+}
+
+mod hostile {
+    //! A hostile or damaged database is a clear error, never a panic or an allocation its
+    //! bytes ask for: any cut, any flipped bit, any bytes after a valid header.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_cut_database_reads_or_says_where(cut in any::<prop::sample::Index>()) {
+            let file = whole_database(WallClock::now().current_unix_ms() / 1000);
+            let at = cut.index(file.len());
+            if let Err(e) = read_it(&file[..at]) {
+                // Where, or that it is no database at all.
+                prop_assert!(e.contains("at byte") || e.contains("not a Mosquitto"), "{}", e);
+            }
+        }
+
+        #[test]
+        fn a_changed_byte_is_read_or_refused(
+            at in any::<prop::sample::Index>(),
+            value in any::<u8>(),
+        ) {
+            let mut file = whole_database(WallClock::now().current_unix_ms() / 1000);
+            let i = at.index(file.len());
+            file[i] = value;
+            let _ = read_it(&file);
+        }
+
+        #[test]
+        fn any_bytes_after_a_header_are_read_or_refused(
+            version in 5u32..=6,
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut file = header(version);
+            file.extend(body);
+            let _ = read_it(&file);
+        }
+    }
+
+    /// A chunk that says it is 4 GiB long, with nothing after it: refused at once.
+    #[test]
+    fn a_chunk_longer_than_the_file_is_refused() {
+        let mut file = header(6);
+        file.extend(chunk::MESSAGE.to_be_bytes());
+        file.extend(u32::MAX.to_be_bytes());
+        assert!(read_it(&file).unwrap_err().contains("runs past the end"));
+    }
 }
