@@ -211,8 +211,10 @@ impl Outbox {
 
     /// Whether something waits that `retry` may pass on (not only for blocked shards).
     pub fn has_sendable(&self) -> bool {
-        (self.waiting.iter().zip(&self.blocked))
-            .any(|(queue, &blocked)| !blocked && !queue.is_empty())
+        // Asked every loop turn: nothing waiting is the common answer, found at once.
+        self.len > 0
+            && (self.waiting.iter().zip(&self.blocked))
+                .any(|(queue, &blocked)| !blocked && !queue.is_empty())
     }
 
     /// Passes nothing to `shard` while `blocked`: what is given for it waits (as for a
