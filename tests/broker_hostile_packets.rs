@@ -292,8 +292,11 @@ fn a_large_encoding_is_shared_by_its_subscribers() {
         publisher.send_bytes(&packet);
         assert!(matches!(publisher.recv(), Packet::PubAck(_)));
         let after = rss_kib(broker.pid());
+        // What it holds is the packet as read, its decoded properties and the one encoding
+        // the ten subscribers share: three sizes, and the allocator's slack on top (25 MB of
+        // a 24 MB bound in 2 of 8 full runs). Ten copies would be 80 MB.
         assert!(
-            after < before + 3 * (SIZE as u64 / 1024),
+            after < before + 4 * (SIZE as u64 / 1024),
             "RSS grew from {before} KiB to {after} KiB"
         );
         drop(stalled);
