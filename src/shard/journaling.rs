@@ -69,7 +69,9 @@ impl<B: Backend> Shard<B> {
         // then.
         if self.wait_for_disk() {
             self.publish_transit();
-            self.retry_overflow();
+            if self.outbox.defers() {
+                self.retry_overflow(); // Else already done in the turn (`Shard::turn`).
+            }
         }
     }
 
