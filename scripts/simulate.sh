@@ -4,6 +4,9 @@
 # they must see. CI runs a fixed set of seeds; this looks further.
 #
 #   scripts/simulate.sh [SECONDS] [SHARDS]     # default: 600 seconds, 2 shards
+#   MIDGE_SIM_DISK=1 scripts/simulate.sh ...   # the broker persists to a simulated disk that
+#                                              # crashes, fills up, fails writes and syncs and
+#                                              # flips bits (tests/sim/model/disk.rs)
 #   MIDGE_SIM_SEED=N scripts/simulate.sh       # replay one seed: prints a digest of every packet,
 #                                              # the same in every run (MIDGE_SIM_TRACE=1 to trace it)
 set -euo pipefail

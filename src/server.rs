@@ -155,7 +155,8 @@ impl Server {
             drop_privileges(user, &unix_sockets)?;
         }
         // Read as the user the broker runs as, who must be able to write it too.
-        let mut store = crate::persist::start::open(&config, shards)?;
+        let storage = Arc::new(crate::persist::storage::Os);
+        let mut store = crate::persist::start::open(&config, shards, storage)?;
         let wakers: Vec<Arc<dyn Waker>> = backends.iter().map(|b| b.waker()).collect();
         let (shared, receivers) = Shared::new(
             config,
@@ -165,13 +166,7 @@ impl Server {
             reload_signals,
         );
         if let Some(store) = &store {
-            let mut retained = shared.retained.lock().expect("retained lock");
-            // What was acknowledged before comes back whatever the bound (which counts it).
-            retained.restore(store.retained.clone(), store.last_retained_change);
-            shared
-                .retained_bytes
-                .store(retained.bytes(), Ordering::Relaxed);
-            shared.next_claim.store(store.next_claim, Ordering::Relaxed);
+            store.share(&shared);
         }
         let (restored, restored_all) = std::sync::mpsc::channel();
         let config = shared.config.load_full();
@@ -212,8 +207,7 @@ impl Server {
                         let mut shard = Shard::new(id, shared, backend, receiver);
                         let mut written = true;
                         if let Some(part) = part {
-                            shard.attach_journal(part.journal);
-                            written = shard.restore(part.sessions, part.retained);
+                            written = shard.restore_from(part);
                         }
                         let _ = restored.send(written);
                         if !written {

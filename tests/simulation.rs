@@ -190,6 +190,43 @@ fn random_workloads_keep_every_promise_on_three_shards() {
     assert!(owed > 5_000, "only {owed} deliveries checked");
 }
 
+/// Runs the random workload for `seed` on a broker persisting to a simulated disk that
+/// crashes and fails (`sim/model/disk.rs`); returns the deliveries checked and what the
+/// disk injected.
+fn run_disk_seed(
+    seed: u64,
+    shards: usize,
+    steps: u64,
+) -> (usize, midge::persist::storage::sim::Injected) {
+    let mut world = model::World::with_disk(seed, shards, 12);
+    for _ in 0..steps {
+        world.step();
+    }
+    world.drain_and_check();
+    let disk = world.disk.as_ref().expect("a disk");
+    (world.owed_count(), disk.storage.injected())
+}
+
+#[test]
+fn random_workloads_keep_every_promise_across_crashes_and_disk_faults() {
+    let (mut owed, mut crashes, mut faults) = (0, 0, 0);
+    for seed in 0..60 {
+        let (o, injected) = std::panic::catch_unwind(|| run_disk_seed(seed, 2, 3_000))
+            .unwrap_or_else(|_| {
+                panic!("seed {seed} failed (replay: MIDGE_SIM_DISK=1 MIDGE_SIM_SEED={seed} MIDGE_SIM_SHARDS=2)")
+            });
+        owed += o;
+        crashes += injected.crashes;
+        faults += injected.write_failures + injected.sync_failures + injected.full_disk;
+    }
+    eprintln!("{owed} deliveries, {crashes} crashes, {faults} failed writes and syncs");
+    assert!(owed > 1_000, "only {owed} deliveries checked");
+    assert!(
+        crashes > 100 && faults > 100,
+        "{crashes} crashes, {faults} faults"
+    );
+}
+
 /// A seed replays exactly: the same packets each way, in the same order (so a failing
 /// seed can be traced with MIDGE_SIM_TRACE). Across processes too: the broker's hash
 /// maps' iteration order never decides what it sends (traces of seeds compared).
@@ -216,9 +253,14 @@ fn a_seed_replays_exactly() {
 fn random_workloads_for_a_while() {
     let shards =
         std::env::var("MIDGE_SIM_SHARDS").map_or(2, |s| s.parse().expect("MIDGE_SIM_SHARDS"));
+    let disk = std::env::var_os("MIDGE_SIM_DISK").is_some();
     if let Ok(seed) = std::env::var("MIDGE_SIM_SEED") {
         let seed = seed.parse().expect("MIDGE_SIM_SEED is a number");
-        let mut world = model::World::new(seed, shards, 12);
+        let mut world = if disk {
+            model::World::with_disk(seed, shards, 12)
+        } else {
+            model::World::new(seed, shards, 12)
+        };
         for _ in 0..3_000 {
             world.step();
         }
@@ -235,16 +277,30 @@ fn random_workloads_for_a_while() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let (mut seeds, mut steps) = (0u64, 0u64);
+    let (mut seeds, mut steps, mut crashes) = (0u64, 0u64, 0u64);
     while std::time::Instant::now() < until {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        if std::panic::catch_unwind(|| run_seed(seed, shards, 3_000)).is_err() {
-            panic!("seed {seed} failed (replay: MIDGE_SIM_SEED={seed} MIDGE_SIM_SHARDS={shards})");
+        let run = || {
+            if disk {
+                run_disk_seed(seed, shards, 3_000).1.crashes
+            } else {
+                run_seed(seed, shards, 3_000);
+                0
+            }
+        };
+        match std::panic::catch_unwind(run) {
+            Ok(c) => crashes += c,
+            Err(_) => panic!(
+                "seed {seed} failed (replay: {}MIDGE_SIM_SEED={seed} MIDGE_SIM_SHARDS={shards})",
+                if disk { "MIDGE_SIM_DISK=1 " } else { "" }
+            ),
         }
         seeds += 1;
         steps += 3_000;
     }
-    eprintln!("simulation: {shards} shards, {seeds} seeds, {steps} steps, no violation");
+    eprintln!(
+        "simulation: {shards} shards, {seeds} seeds, {steps} steps, {crashes} simulated crashes, no violation"
+    );
 }
 
 /// Two clients on one shard: a SUBSCRIBE from one and a PUBLISH from the other, read in the

@@ -18,6 +18,7 @@ pub mod journal;
 pub mod mosquitto_db;
 pub mod recover;
 pub mod start;
+pub mod storage;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

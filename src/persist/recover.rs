@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{self, Delivery, Publisher, Record};
+use super::storage::{sync_parent, Storage};
 use super::WallClock;
 use crate::codec::{Decoder, Packet, ProtocolVersion, QoS};
 use crate::types::Message;
@@ -123,42 +124,56 @@ struct RetainedChange {
     message: Option<Published>,
 }
 
-/// Reads every journal in `dir` (none, or no directory: an empty store). An unreadable or
-/// damaged journal is an error naming it, unless `set_aside`: then it is renamed to
+/// Reads every journal in `dir` (none, or no directory: an empty store) of generation
+/// `current` (what the store's marker names) or later; older ones are leftovers of a start
+/// whose removals a crash cut short, removed with the files read. An unreadable or damaged
+/// journal is an error naming it, unless `set_aside`: then it is renamed to
 /// `<name>.damaged` (kept, never read again) and the others are read.
-pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recovered, String> {
+pub fn recover(
+    storage: &dyn Storage,
+    dir: &Path,
+    clock: &WallClock,
+    set_aside: bool,
+    current: Option<u64>,
+) -> Result<Recovered, String> {
     let mut recovered = Recovered {
         next_generation: 1,
         ..Default::default()
     };
-    let entries = match std::fs::read_dir(dir) {
+    let all = match storage.list(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(recovered),
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
-    let all: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     // A compaction's unfinished file (`*.journal.new`, a crash cut it short) is never read:
     // its journal holds everything. It goes with the files read.
     let mut read_files: Vec<PathBuf> = (all.iter())
         .filter(|p| p.to_string_lossy().ends_with(".journal.new"))
         .cloned()
         .collect();
-    let mut files: Vec<PathBuf> = (all.into_iter())
+    let (mut files, left_over): (Vec<PathBuf>, Vec<PathBuf>) = (all.into_iter())
         .filter(|p| p.extension().is_some_and(|x| x == "journal"))
-        .collect();
+        .partition(|p| generation_of(p).is_none_or(|g| g >= current.unwrap_or(0)));
+    // New journals are numbered past every generation seen or named: never below the
+    // marker's, whatever was removed.
+    for path in left_over.iter().chain(&files) {
+        if let Some(generation) = generation_of(path) {
+            recovered.next_generation = recovered.next_generation.max(generation + 1);
+        }
+    }
+    recovered.next_generation = recovered.next_generation.max(current.unwrap_or(0) + 1);
+    read_files.extend(left_over);
     files.sort();
     let mut sessions: HashMap<String, RecoveredSession> = HashMap::new();
     let mut retained = Vec::new();
     let mut transit = Transit::default();
     let mut baseline = 0;
     for path in &files {
-        if let Some(generation) = generation_of(path) {
-            recovered.next_generation = recovered.next_generation.max(generation + 1);
-        }
-        let bytes = match std::fs::read(path) {
+        let bytes = match storage.read(path) {
             Ok(bytes) => Bytes::from(bytes),
             Err(e) if set_aside => {
-                set_aside_damaged(path, &e.to_string(), "starting without what it held")?;
+                let e = e.to_string();
+                set_aside_damaged(storage, path, &e, "starting without what it held")?;
                 continue;
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),
@@ -181,7 +196,7 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
                     bytes.len() - damage.at,
                     damage.turns_after
                 );
-                set_aside_damaged(path, &damage.to_string(), &kept)?;
+                set_aside_damaged(storage, path, &damage.to_string(), &kept)?;
             }
             Err(damage) => return Err(format!("{}: {damage}", path.display())),
         }
@@ -219,20 +234,31 @@ pub fn recover(dir: &Path, clock: &WallClock, set_aside: bool) -> Result<Recover
         ));
     }
     recovered.sessions = sessions.into_values().filter(|s| !s.ended).collect();
+    // In an order of their own (not the hash map's): a start is the same every time.
+    recovered
+        .sessions
+        .sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    (recovered.retained).sort_by(|a, b| a.0.topic.as_str().cmp(b.0.topic.as_str()));
     recovered.files = read_files;
     Ok(recovered)
 }
 
 /// `persistence_on_damage set_aside`: the damaged journal is renamed `<name>.damaged`, kept
 /// for whoever looks into it, and never read again.
-fn set_aside_damaged(path: &Path, e: &str, kept: &str) -> Result<(), String> {
+fn set_aside_damaged(
+    storage: &dyn Storage,
+    path: &Path,
+    e: &str,
+    kept: &str,
+) -> Result<(), String> {
     let mut aside = path.with_extension("journal.damaged");
-    if aside.exists() {
+    if storage.exists(&aside) {
         // One set aside before is kept too.
         let unix_ms = WallClock::now().current_unix_ms();
         aside = path.with_extension(format!("journal.damaged-{unix_ms}"));
     }
-    std::fs::rename(path, &aside)
+    (storage.rename(path, &aside))
+        .and_then(|()| sync_parent(storage, &aside))
         .map_err(|r| format!("{}: {e}; setting it aside failed: {r}", path.display()))?;
     log::error!(
         "Error: persistence: {}: {e}; set aside as {}, {kept}.",

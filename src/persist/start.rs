@@ -7,15 +7,18 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::journal::Journal;
 use super::mosquitto_db;
 use super::recover::{self, Recovered, RecoveredSession};
+use super::storage::{sync_parent, Storage};
 use super::WallClock;
 use crate::config::Config;
 use crate::retain::{Retained, Source};
+use crate::shard::Shared;
 
 /// What one shard starts with: its journal, its sessions, and (one shard) every retained
 /// message with the number of the last retained change, to write into its journal.
@@ -26,6 +29,7 @@ pub struct ShardStore {
 }
 
 pub struct Store {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     shards: Vec<Option<ShardStore>>,
     /// The retained messages, for the shared store; the number of the last change.
@@ -33,6 +37,8 @@ pub struct Store {
     pub last_retained_change: u64,
     /// The first claim number not used by any session read.
     pub next_claim: u64,
+    /// The generation of the new journals (the marker names it once they are written).
+    generation: u64,
     old_files: Vec<PathBuf>,
     counts: (usize, usize, usize),
     started: Instant,
@@ -42,19 +48,26 @@ pub struct Store {
     imported: bool,
 }
 
-/// Reads the store (`persistence true`) and makes each shard's new journal. `Ok(None)`
-/// without persistence; an error names the file that could not be read or written.
-pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
+/// Reads the store (`persistence true`) from `storage` and makes each shard's new journal.
+/// `Ok(None)` without persistence; an error names the file that could not be read or
+/// written.
+pub fn open(
+    config: &Config,
+    shards: usize,
+    storage: Arc<dyn Storage>,
+) -> io::Result<Option<Store>> {
     let (Some(dir), Some(marker)) = (config.persistence_dir(), config.persistence_marker()) else {
         return Ok(None);
     };
     let started = Instant::now();
     let set_aside = config.persistence_on_damage_set_aside;
-    let found = check_marker(&marker, &dir)?;
+    let found = check_marker(&*storage, &marker, &dir)?;
     let imported = matches!(found, Found::Mosquitto(_));
     let mut recovered = match found {
-        Found::Mosquitto(bytes) => import_mosquitto(config, &marker, &bytes, set_aside)?,
-        Found::Midge => recover::recover(&dir, &WallClock::now(), set_aside).map_err(|e| {
+        Found::Mosquitto(bytes) => {
+            import_mosquitto(&*storage, config, &marker, &bytes, set_aside)?
+        }
+        Found::Midge { current } => recover::recover(&*storage, &dir, &WallClock::now(), set_aside, current).map_err(|e| {
             io::Error::other(format!(
                 "persistence: {e}. The store was left as it is; `persistence_on_damage set_aside` starts without the damaged file (kept beside it)."
             ))
@@ -63,7 +76,7 @@ pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
     for note in &recovered.notes {
         log::warn!("Warning: persistence: {note}.");
     }
-    std::fs::create_dir_all(&dir)
+    (storage.create_dir_all(&dir))
         .map_err(|e| io::Error::other(format!("persistence: {}: {e}", dir.display())))?;
     // Sessions whose expiry ran out while the broker was down end here.
     let now_ms = WallClock::now().current_unix_ms();
@@ -105,10 +118,12 @@ pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
         })
         .collect();
     let mut store = Store {
+        storage: storage.clone(),
         shards: Vec::with_capacity(shards),
         retained,
         last_retained_change,
         next_claim: recovered.next_claim,
+        generation: recovered.next_generation,
         old_files: recovered.files,
         counts,
         started,
@@ -118,6 +133,7 @@ pub fn open(config: &Config, shards: usize) -> io::Result<Option<Store>> {
     };
     for (shard, sessions) in parts.into_iter().enumerate() {
         let journal = Journal::create(
+            storage.clone(),
             &dir,
             shard,
             recovered.next_generation,
@@ -144,16 +160,25 @@ impl Store {
         })
     }
 
+    /// What every shard shares: the retained messages (whatever the bound, which counts
+    /// them: they were acknowledged) and the claim numbers to go on from.
+    pub fn share(&self, shared: &Shared) {
+        let mut retained = shared.retained.lock().expect("retained lock");
+        retained.restore(self.retained.clone(), self.last_retained_change);
+        (shared.retained_bytes).store(retained.bytes(), Ordering::Relaxed);
+        (shared.next_claim).store(self.next_claim, Ordering::Relaxed);
+    }
+
     pub fn take_shard(&mut self, shard: usize) -> Option<ShardStore> {
         self.shards.get_mut(shard)?.take()
     }
 
     /// Every shard has written its journal: the marker is written (if it was not there),
     /// the files read go, and the log says what came back.
-    pub fn finish(self) {
+    pub fn finish(mut self) {
         let mut kept = None;
         if self.imported {
-            match keep_imported(&self.marker) {
+            match keep_imported(&*self.storage, &self.marker) {
                 Ok(copy) => kept = Some(copy),
                 Err(e) => log::error!(
                     "Error: persistence: cannot keep a copy of the Mosquitto database {}: {e}; it stays where it is and will be read again at the next start.",
@@ -161,17 +186,25 @@ impl Store {
                 ),
             }
         }
-        if kept.is_some() || !self.marker.exists() {
-            if let Err(e) = write_marker(&self.marker) {
-                log::error!(
-                    "Error: persistence: cannot write {}: {e}; without it the journals in {} will be set aside at the next start.",
-                    self.marker.display(),
-                    self.dir.display()
-                );
-            }
+        // The marker names the new generation before the files read go: if a crash lets only
+        // some of the removals reach the disk, what is left of an older generation is not
+        // read again (its shards' records of what they passed each other would no longer
+        // match, and a message one took would be handed on to it again).
+        if let Err(e) = write_marker(&*self.storage, &self.marker, self.generation) {
+            log::error!(
+                "Error: persistence: cannot write {}: {e}; the journals read stay in {} beside the new ones (read together, they hold the same state){}.",
+                self.marker.display(),
+                self.dir.display(),
+                if self.storage.exists(&self.marker) {
+                    ""
+                } else {
+                    "; without the marker they will be set aside at the next start"
+                }
+            );
+            self.old_files.clear();
         }
         for file in &self.old_files {
-            if let Err(e) = std::fs::remove_file(file) {
+            if let Err(e) = self.storage.remove(file) {
                 log::warn!(
                     "Warning: persistence: could not remove {} (already restored): {e}.",
                     file.display()
@@ -203,6 +236,7 @@ impl Store {
 /// Reads the Mosquitto database found where the store's marker goes. Damaged, it stops the
 /// start, or with `set_aside` is renamed `<name>.damaged` and the broker starts empty.
 fn import_mosquitto(
+    storage: &dyn Storage,
     config: &Config,
     path: &Path,
     bytes: &[u8],
@@ -213,7 +247,8 @@ fn import_mosquitto(
         Ok(recovered) => Ok(recovered),
         Err(e) if set_aside => {
             let aside = path.with_extension("db.damaged");
-            std::fs::rename(path, &aside)?;
+            storage.rename(path, &aside)?;
+            sync_parent(storage, &aside)?;
             log::error!(
                 "Error: persistence: the Mosquitto database {}: {e}; set aside as {}, starting without what it held.",
                 path.display(),
@@ -234,23 +269,21 @@ fn import_mosquitto(
 /// Keeps the imported Mosquitto database as `<name>.imported` (another name if that is
 /// taken) before the marker replaces it: linked, so both names hold it until the marker's
 /// rename, and a crash in between imports it again at the next start.
-fn keep_imported(db: &Path) -> io::Result<PathBuf> {
+fn keep_imported(storage: &dyn Storage, db: &Path) -> io::Result<PathBuf> {
     let mut copy = db.with_extension("db.imported");
-    if copy.exists() {
+    if storage.exists(&copy) {
         let unix_ms = WallClock::now().current_unix_ms();
         copy = db.with_extension(format!("db.imported-{unix_ms}"));
     }
-    if std::fs::hard_link(db, &copy).is_err() {
-        std::fs::copy(db, &copy)?;
-        std::fs::File::open(&copy)?.sync_all()?;
-    }
+    storage.link_or_copy(db, &copy)?;
     Ok(copy)
 }
 
 /// What the file at the marker's place says the store is.
 enum Found {
-    /// midge's journals (or none yet).
-    Midge,
+    /// midge's journals (or none yet); `current`: the generation the marker names (older
+    /// journals are leftovers, not read).
+    Midge { current: Option<u64> },
     /// A Mosquitto database (its bytes), to take over.
     Mosquitto(Vec<u8>),
 }
@@ -258,9 +291,18 @@ enum Found {
 /// The marker says whether the journal directory is the store: present and midge's, it is;
 /// absent, or replaced by a Mosquitto database, a directory left there is from a store that
 /// was removed (set aside, not read); anything else there is an error.
-fn check_marker(marker: &Path, dir: &Path) -> io::Result<Found> {
-    let found = match std::fs::read(marker) {
-        Ok(bytes) if bytes.starts_with(b"MIDGE") => return Ok(Found::Midge),
+fn check_marker(storage: &dyn Storage, marker: &Path, dir: &Path) -> io::Result<Found> {
+    let found = match storage.read(marker) {
+        Ok(bytes) if bytes.starts_with(b"MIDGE") => {
+            let current = marked_generation(&bytes).map_err(|what| {
+                io::Error::other(format!(
+                    "persistence: {}: {what}; it was left as it is (with a line `generation: N` naming the newest journals in {}, or without the line to read them all, it can be written again)",
+                    marker.display(),
+                    dir.display()
+                ))
+            })?;
+            return Ok(Found::Midge { current });
+        }
         Ok(bytes) if mosquitto_db::is_mosquitto_db(&bytes) => Found::Mosquitto(bytes),
         Ok(_) => {
             return Err(io::Error::other(format!(
@@ -268,7 +310,7 @@ fn check_marker(marker: &Path, dir: &Path) -> io::Result<Found> {
                 marker.display()
             )))
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Found::Midge,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Found::Midge { current: None },
         Err(e) => {
             return Err(io::Error::other(format!(
                 "persistence: {}: {e}",
@@ -276,12 +318,12 @@ fn check_marker(marker: &Path, dir: &Path) -> io::Result<Found> {
             )))
         }
     };
-    if dir.exists() {
+    if storage.exists(dir) {
         let unix_ms = WallClock::now().current_unix_ms();
         let aside = dir.with_extension(format!("d.removed-{unix_ms}"));
-        std::fs::rename(dir, &aside)?;
+        storage.rename(dir, &aside)?;
         let why = match found {
-            Found::Midge => "was removed",
+            Found::Midge { .. } => "was removed",
             Found::Mosquitto(_) => "is a Mosquitto database now",
         };
         log::warn!(
@@ -294,14 +336,32 @@ fn check_marker(marker: &Path, dir: &Path) -> io::Result<Found> {
     Ok(found)
 }
 
-fn write_marker(marker: &Path) -> io::Result<()> {
-    use std::io::Write;
+/// The marker's text: what it is, and the generation of the journals that hold the store
+/// with a checksum of the number (a bit flipped in it must not make the journals look like
+/// leftovers).
+fn write_marker(storage: &dyn Storage, marker: &Path, generation: u64) -> io::Result<()> {
     let tmp = marker.with_extension("midge-new");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(super::MARKER_TEXT.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, marker)?;
-    // The rename itself reaches the disk with the directory.
-    let parent = marker.parent().filter(|p| !p.as_os_str().is_empty());
-    std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
+    let number = generation.to_string();
+    let check = crc32c::crc32c(number.as_bytes());
+    let text = format!("{}{GENERATION}{number} {check:08x}\n", super::MARKER_TEXT);
+    super::storage::replace_file(storage, marker, &tmp, text.as_bytes())?;
+    Ok(())
+}
+
+const GENERATION: &str = "generation: ";
+
+/// The generation a marker names (none in a marker written before midge named them, or
+/// without the line); an error if the line is damaged.
+fn marked_generation(marker: &[u8]) -> Result<Option<u64>, String> {
+    let text = String::from_utf8_lossy(marker);
+    let Some(line) = text.lines().find_map(|l| l.strip_prefix(GENERATION)) else {
+        return Ok(None);
+    };
+    let damaged = || format!("the line `{GENERATION}{line}` is damaged");
+    let (number, check) = line.trim().split_once(' ').ok_or_else(damaged)?;
+    let check = u32::from_str_radix(check, 16).map_err(|_| damaged())?;
+    if crc32c::crc32c(number.as_bytes()) != check {
+        return Err(damaged());
+    }
+    number.parse().map(Some).map_err(|_| damaged())
 }

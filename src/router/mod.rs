@@ -45,6 +45,9 @@ pub enum ShardMsg {
         /// The request lost to this later claim: its connection is closed if that claim is
         /// later than the one waiting now.
         superseded_by: Option<u64>,
+        /// With persistence: the sending shard and the number it passed the session under
+        /// (`shard/transit.rs`), as for a message.
+        receipt: Option<(u16, u64)>,
     },
     /// The shard settling `session` asks for this shard's marker, sent through `via` (the
     /// shard the session was taken from).
@@ -386,6 +389,7 @@ mod tests {
             origin: 0,
             claim: 1,
             superseded_by: None,
+            receipt: None,
         }
     }
 

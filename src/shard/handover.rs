@@ -31,8 +31,9 @@ const HELD_MAX: usize = 65_536;
 pub struct Settling {
     /// `Flushed` markers still to come (one per shard).
     markers_missing: usize,
-    /// What came straight here meanwhile, in arrival order.
-    held: VecDeque<(Arc<Message>, Target)>,
+    /// What came straight here meanwhile, in arrival order; with persistence, with the
+    /// number it was journaled under as passed to this shard itself (see `hold`).
+    held: VecDeque<(Arc<Message>, Target, Option<u64>)>,
     /// The session came back here while this shard still forwarded for it (an earlier pass):
     /// markers count only once they have gone around that forwarding too.
     around: bool,
@@ -158,6 +159,9 @@ impl<B: Backend> Shard<B> {
             self.id
         );
         let session = self.take_local_session(id, clean_start);
+        let receipt = session
+            .as_ref()
+            .and_then(|s| self.journal_handed_off(to, s, None));
         if let Some(s) = &session {
             self.journal_forget(s.id);
             self.moved.insert(
@@ -168,7 +172,9 @@ impl<B: Backend> Shard<B> {
                 },
             );
         }
-        self.answer(client_id, to, claim, session, None);
+        let origin = self.id;
+        let session = session.map(|s| (s, receipt));
+        self.send_answer(client_id, to, claim, session, origin, None);
     }
 
     /// Answers `to`'s request (claim `claim`) for the session of `client_id`. Never dropped:
@@ -182,6 +188,7 @@ impl<B: Backend> Shard<B> {
         superseded_by: Option<u64>,
     ) {
         let origin = self.id;
+        let session = session.map(|s| (s, None));
         self.send_answer(client_id, to, claim, session, origin, superseded_by);
     }
 
@@ -287,7 +294,8 @@ impl<B: Backend> Shard<B> {
         // to a later claim instead: that claim lost.
         if let (Some(f), Some(by)) = (forward, winner) {
             if f.claim != by {
-                self.send_answer(client_id.clone(), f.to, f.claim, None, origin, Some(by));
+                let (to, lost) = (f.to, f.claim);
+                self.send_answer(client_id.clone(), to, lost, None, origin, Some(by));
             }
         }
         match (local_wins, best_forward, waiting) {
@@ -307,7 +315,11 @@ impl<B: Backend> Shard<B> {
                         markers_passed: 0,
                     },
                 );
-                self.send_answer(client_id, f.to, f.claim, Some(session), origin, None);
+                // Passed on without being held here: written here (under the claim that
+                // asked for it) until the next shard shows it on its disk.
+                let receipt = self.journal_handed_off(f.to, &session, Some(claim));
+                let session = Some((session, receipt));
+                self.send_answer(client_id, f.to, f.claim, session, origin, None);
             }
             // Nobody waits for it here or through here: it stays here, offline.
             _ => {
@@ -328,22 +340,25 @@ impl<B: Backend> Shard<B> {
         Some(forward)
     }
 
-    /// Passes an answer on (the session, if any, keeps `origin`: where it was taken from).
+    /// Passes an answer on (the session, if any, keeps `origin`: where it was taken from;
+    /// with persistence it comes with the number it was passed under).
     fn send_answer(
         &mut self,
         client_id: Arc<str>,
         to: usize,
         claim: u64,
-        session: Option<SessionBox>,
+        session: Option<(SessionBox, Option<(u16, u64)>)>,
         origin: usize,
         superseded_by: Option<u64>,
     ) {
+        let (session, receipt) = session.map_or((None, None), |(s, r)| (Some(s), r));
         let msg = ShardMsg::Handoff {
             client_id,
             session,
             origin,
             claim,
             superseded_by,
+            receipt,
         };
         // Behind everything this shard holds for any shard: the client publishes from
         // `to` once its session arrives, and must not pass what it published here.
@@ -489,16 +504,26 @@ impl<B: Backend> Shard<B> {
 
     /// Whether a delivery that came straight here must wait: its session is settling.
     /// Returns the delivery back if not.
+    ///
+    /// With persistence a held message is journaled as one passed to this shard itself,
+    /// in the turn its publisher is acknowledged, and taken (`Received`) when it is
+    /// delivered: a crash meanwhile hands it on at recovery, as one between two shards.
     pub(super) fn hold(&mut self, message: &Arc<Message>, target: &Target) -> bool {
-        let Some(settling) = self.settling.get_mut(&target.session) else {
+        let Some(settling) = self.settling.get(&target.session) else {
             return false;
         };
         if settling.held.len() >= HELD_MAX {
             self.shared.stats[self.id]
                 .dropped_overflow_full
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            settling.held.push_back((message.clone(), target.clone()));
+            return true;
+        }
+        let number = self.transit_number(self.id, message.qos).map(|r| r.1);
+        if let Some(number) = number {
+            self.journal_forward(self.id, number, message, std::slice::from_ref(target));
+        }
+        if let Some(settling) = self.settling.get_mut(&target.session) {
+            (settling.held).push_back((message.clone(), target.clone(), number));
         }
         true
     }
@@ -510,8 +535,11 @@ impl<B: Backend> Shard<B> {
             return;
         };
         log::debug!("Session {} settled on shard {}.", session.get(), self.id);
-        for (message, target) in settling.held {
+        for (message, target, number) in settling.held {
             self.deliver_here(&message, &[target], true);
+            if let Some(number) = number {
+                self.took_from(self.id, number);
+            }
         }
         if let Some((client_id, to, clean_start, claim)) = settling.deferred_take {
             self.on_take_session(client_id, to, clean_start, claim);

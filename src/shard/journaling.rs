@@ -121,6 +121,29 @@ impl<B: Backend> Shard<B> {
         }
     }
 
+    /// A persistent session passed to shard `to` (held here under the claim it was written
+    /// under, or passed on under `claim`): numbered as a message, and kept whole for a
+    /// rewrite here until that shard shows it on its disk. Its receipt.
+    pub(super) fn journal_handed_off(
+        &mut self,
+        to: usize,
+        session: &Session,
+        claim: Option<u64>,
+    ) -> Option<(u16, u64)> {
+        if session.clean {
+            return None;
+        }
+        let offline_since = self.offline_since(session);
+        let held = self.journal.as_deref()?.claim_of(session.id);
+        let write_now = claim.is_some();
+        let claim = claim.or(held)?;
+        let receipt = self.transit_number(to, crate::codec::QoS::AtLeastOnce)?;
+        let (journal, clock) = self.journal_up_to_date()?;
+        let whole = journal.session_alone(session, claim, offline_since, &clock);
+        journal.handed_off(to, receipt.1, whole, write_now);
+        Some(receipt)
+    }
+
     /// A session left for another shard: no longer this journal's.
     pub(super) fn journal_forget(&mut self, id: SessionId) {
         if let Some((journal, _)) = self.journal_up_to_date() {
@@ -190,18 +213,17 @@ impl<B: Backend> Shard<B> {
             let Some(id) = journal.next_to_compact(&clock) else {
                 break;
             };
-            let claim = self.claim_of(id);
             let Some(session) = self.sessions.get(&id) else {
                 continue;
             };
             let offline_since = self.offline_since(session);
             if let Some(journal) = self.journal.as_deref_mut() {
-                journal.compact_session(session, claim, offline_since, &clock);
+                journal.compact_session(session, offline_since, &clock);
             }
         }
         if let Some(journal) = self.journal.as_deref_mut() {
             journal.compaction_slice_took(started.elapsed());
-            journal.advance_compaction();
+            journal.advance_compaction(self.now);
         }
     }
 
@@ -210,13 +232,11 @@ impl<B: Backend> Shard<B> {
         self.journal.as_deref()?.compaction_wants_turn(self.now)
     }
 
-    /// The claim a session here is held under (its client's latest, from the registry).
-    fn claim_of(&self, id: SessionId) -> u64 {
-        let Some(session) = self.sessions.get(&id) else {
-            return 0;
-        };
-        let registry = self.shared.registry.lock().expect("registry lock");
-        registry.get(&session.client_id).map_or(0, |c| c.number())
+    /// At start, before the first turn: the shard's part of the store read (its new
+    /// journal, its sessions); false if the journal could not be written (`restore`).
+    pub fn restore_from(&mut self, part: crate::persist::start::ShardStore) -> bool {
+        self.attach_journal(part.journal);
+        self.restore(part.sessions, part.retained)
     }
 
     /// At start, before the first turn: the sessions recovery gives this shard, registered

@@ -566,7 +566,13 @@ impl<B: Backend> Shard<B> {
                     origin,
                     claim,
                     superseded_by,
-                } => self.on_handoff(client_id, session, origin, claim, superseded_by),
+                    receipt,
+                } => {
+                    if let (Some((from, number)), Some(_)) = (receipt, &session) {
+                        self.took_from(usize::from(from), number);
+                    }
+                    self.on_handoff(client_id, session, origin, claim, superseded_by)
+                }
                 ShardMsg::Flush { session, via } => self.on_flush(session, via),
                 ShardMsg::Flushed { session, around } => self.on_flushed(session, around),
             }

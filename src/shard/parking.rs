@@ -39,6 +39,10 @@ impl<B: Backend> Shard<B> {
             ShardMsg::Deliver {
                 receipt: Some((from, number)),
                 ..
+            }
+            | ShardMsg::Handoff {
+                receipt: Some((from, number)),
+                ..
             } => self.forward_committed(usize::from(*from), *number),
             ShardMsg::TakeSession { .. } => self.turns > turn,
             _ => true,

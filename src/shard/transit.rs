@@ -110,10 +110,11 @@ impl<B: Backend> Shard<B> {
                 transit.published_taken[other] = taken;
                 self.shared.durable_from[self.id * shards + other].store(taken, Ordering::Release);
             }
+            // (What this shard held for its own settling sessions settles too.)
+            let settled =
+                self.shared.durable_from[other * shards + self.id].load(Ordering::Acquire);
+            journal.settled(other, settled);
             if other != self.id {
-                let settled =
-                    self.shared.durable_from[other * shards + self.id].load(Ordering::Acquire);
-                journal.settled(other, settled);
                 // A shard that shows nothing on its disk (its disk failing) is passed
                 // nothing more past the bound: its messages wait here.
                 let unsettled = journal.unsettled_to(other);

@@ -10,6 +10,7 @@ mod wire;
 use bytes::BytesMut;
 use midge::codec::*;
 use midge::config::Config;
+use midge::persist::storage::sim::SimStorage;
 use midge::session::Durable;
 use midge::shard::clock::ManualClock;
 use midge::shard::io::sim::{SimBackend, SimNet};
@@ -26,8 +27,11 @@ pub struct Sim {
     /// Bytes each client has received and not yet decoded.
     inbox: hashbrown::HashMap<(usize, ConnId), BytesMut>,
     /// Every session as replayed from the shards' change records: what a journal would
-    /// restore. Checked against the live sessions after every step.
+    /// restore. Checked against the live sessions after every step (without a store: with
+    /// one, the journals take the records, and recovery is what is checked).
     replayed: hashbrown::HashMap<SessionId, Durable>,
+    /// The simulated disk the shards' journals are on (`with_store`).
+    pub storage: Option<SimStorage>,
 }
 
 impl Sim {
@@ -60,7 +64,53 @@ impl Sim {
             ticks,
             inbox: Default::default(),
             replayed: Default::default(),
+            storage: None,
         }
+    }
+
+    /// Shards that persist (`config` says where) on the simulated disk `storage`, started
+    /// as the broker starts: the store read by the real recovery, each shard given its part
+    /// and a new journal. An error is the start's (a damaged store, a disk that fails).
+    pub fn with_store(
+        shards: usize,
+        config: Config,
+        storage: &SimStorage,
+        clock: std::sync::Arc<ManualClock>,
+    ) -> Result<Sim, String> {
+        let nets: Vec<SimNet> = (0..shards).map(|_| SimNet::new()).collect();
+        let wakers = (0..shards).map(|_| SimNet::waker()).collect();
+        let disk = std::sync::Arc::new(storage.clone());
+        let mut store = midge::persist::start::open(&config, shards, disk)
+            .map_err(|e| e.to_string())?
+            .expect("persistence is on");
+        let (shared, receivers) =
+            Shared::with_clock(config, wakers, vec![0], Vec::new(), clock.clone());
+        store.share(&shared);
+        let mut written = true;
+        let shards = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(id, rx)| {
+                let mut shard = Shard::new(id, shared.clone(), nets[id].backend(), rx);
+                let part = store.take_shard(id).expect("a part per shard");
+                written &= shard.restore_from(part);
+                shard
+            })
+            .collect();
+        if !written {
+            return Err("cannot write the new journals".into());
+        }
+        store.finish();
+        let ticks = vec![Instant::now(); nets.len()];
+        Ok(Sim {
+            shards,
+            nets,
+            clock,
+            ticks,
+            inbox: Default::default(),
+            replayed: Default::default(),
+            storage: Some(storage.clone()),
+        })
     }
 
     /// One turn of shard `i`, then the invariants of every shard.
@@ -75,6 +125,9 @@ impl Sim {
     /// Replays shard `i`'s change records; then every session, on any shard, equals its
     /// replay (a record missing or wrong shows here, at the step that made it).
     fn check_replay(&mut self, i: usize) {
+        if self.storage.is_some() {
+            return;
+        }
         for change in self.shards[i].take_changes() {
             let replay = self.replayed.entry(change.session).or_default();
             if !replay.apply(&change.what) {

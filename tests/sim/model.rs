@@ -18,6 +18,8 @@ use bytes::BytesMut;
 use hashbrown::{HashMap, HashSet};
 use midge::codec::*;
 
+mod disk;
+
 use super::client::{Client, Outgoing};
 use super::wire::{brief, publish_packet, Key};
 use super::Sim;
@@ -53,6 +55,8 @@ pub struct World {
     pub digest: u64,
     /// MIDGE_SIM_TRACE: print every action and packet.
     trace: bool,
+    /// The simulated disk and its faults, when the broker persists (`with_disk`).
+    pub disk: Option<disk::Disk>,
 }
 
 fn matches(filter: &str, topic: &str) -> bool {
@@ -61,6 +65,16 @@ fn matches(filter: &str, topic: &str) -> bool {
 
 impl World {
     pub fn new(seed: u64, shards: usize, clients: usize) -> World {
+        World::build(seed, shards, clients, false)
+    }
+
+    /// A broker that persists to a simulated disk that crashes and fails (`disk.rs`):
+    /// every promise must hold across crashes too.
+    pub fn with_disk(seed: u64, shards: usize, clients: usize) -> World {
+        World::build(seed, shards, clients, true)
+    }
+
+    fn build(seed: u64, shards: usize, clients: usize, persist: bool) -> World {
         let mut config = midge::config::Config::default();
         config.listeners_with_ports(&[1883]);
         // No limit on queued messages: nothing may be dropped for a full queue here.
@@ -93,8 +107,15 @@ impl World {
                 }
             })
             .collect();
+        let (sim, disk) = if persist {
+            let (sim, disk) = disk::Disk::start(seed, shards, config);
+            (sim, Some(disk))
+        } else {
+            (Sim::with_config(shards, config), None)
+        };
         World {
-            sim: Sim::with_config(shards, config),
+            sim,
+            disk,
             rng,
             clients,
             confirmed: HashMap::new(),
@@ -142,6 +163,9 @@ impl World {
         }
         let shard = self.rng.below(self.sim.shards.len());
         self.sim.step(shard);
+        if self.disk.is_some() && self.disk_step() {
+            return; // The machine crashed in this step: what it sent is lost.
+        }
         for c in 0..self.clients.len() {
             if self.clients[c].reading {
                 self.read(c);
@@ -536,6 +560,7 @@ impl World {
     /// Every persistent client comes back and reads everything; then nothing owed may be
     /// missing.
     pub fn drain_and_check(&mut self) {
+        self.disk_heals();
         for c in 0..self.clients.len() {
             self.clients[c].reading = true;
             if self.clients[c].persistent && self.clients[c].conn.is_none() {
@@ -569,6 +594,7 @@ impl World {
                 "{key:?} never reached c{s}"
             );
         }
+        self.restart_and_check_sessions();
     }
 
     pub fn owed_count(&self) -> usize {

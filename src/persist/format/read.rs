@@ -246,6 +246,10 @@ pub fn read_each(
             Err(Bad { what, shape }) => {
                 let written_after = match shape {
                     Shape::Impossible => true,
+                    // The file ends with its last turn's end (a bit flipped at most): the
+                    // last write was whole, so the bad record is damage (a crash cuts a
+                    // write short, or leaves zeros where it did not land).
+                    _ if in_turns && ends_with_turn_end(file, pos) => true,
                     // Format 1 had no turns: only the file's last record may be torn.
                     Shape::Cut => in_turns && turn_ends(file, pos).any(|end| end < file.len()),
                     Shape::Whole { end } if !in_turns => end < file.len(),
@@ -327,6 +331,19 @@ fn next_record(file: &Bytes, pos: usize) -> Result<(Record, usize), Bad> {
         shape: Shape::Whole { end },
     })?;
     Ok((record, end))
+}
+
+/// Whether the file ends, after `pos`, with a `TurnEnd` record or one a bit away from it.
+fn ends_with_turn_end(file: &[u8], pos: usize) -> bool {
+    let mut mark = BytesMut::new();
+    Record::TurnEnd.encode(&mut mark);
+    let Some(tail) = file.len().checked_sub(mark.len()).filter(|&at| at >= pos) else {
+        return false;
+    };
+    let bits: u32 = (file[tail..].iter().zip(&mark[..]))
+        .map(|(a, b)| (a ^ b).count_ones())
+        .sum();
+    bits <= 1
 }
 
 /// Whether the records from `pos` read cleanly to the end of the file, the last one a

@@ -13,14 +13,13 @@
 
 use bytes::BytesMut;
 use hashbrown::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use super::{sync_data, Journal, To};
+use super::{Journal, To};
 use crate::persist::format::{self, Record};
+use crate::persist::storage::{sync_parent, BackgroundSync, StoredFile};
 use crate::persist::WallClock;
 use crate::retain::Retained;
 use crate::session::Session;
@@ -42,7 +41,7 @@ pub(super) enum Compaction {
 }
 
 pub(super) struct Building {
-    file: File,
+    file: Box<dyn StoredFile>,
     /// Bytes in the new file, with what `pending` holds once written.
     size: u64,
     /// Records for the new file, written at the end of the turn.
@@ -57,7 +56,7 @@ pub(super) struct Building {
     retained: Vec<Retained>,
     retained_seq: u64,
     /// Syncing the new file, once everything is in it.
-    syncing: Option<std::thread::JoinHandle<io::Result<()>>>,
+    syncing: Option<BackgroundSync>,
     started: Instant,
     /// The time the shard spent on it, and its longest slice.
     on_shard: Duration,
@@ -143,14 +142,13 @@ impl Journal {
     ) {
         self.commit(now);
         let path = compaction_path(&self.path);
-        let file = File::create(&path);
-        let mut file = match file {
+        let mut file = match self.storage.create(&path) {
             Ok(file) => file,
-            Err(e) => return self.compaction_failed(&e),
+            Err(e) => return self.compaction_failed(&e, now),
         };
         if let Err(e) = file.write_all(&format::header()) {
-            let _ = std::fs::remove_file(&path);
-            return self.compaction_failed(&e);
+            let _ = self.storage.remove(&path);
+            return self.compaction_failed(&e, now);
         }
         let mut pending = BytesMut::new();
         Record::RetainedBaseline { seq: retained_seq }.encode(&mut pending);
@@ -185,6 +183,12 @@ impl Journal {
             }
         }
         self.unsettled = unsettled;
+        // And the sessions passed to other shards that they have not shown on disk.
+        let handed = std::mem::take(&mut self.handed);
+        for (_, whole) in handed.iter().flatten() {
+            self.emit_bytes(whole, To::NEW);
+        }
+        self.handed = handed;
     }
 
     /// The next session to write into the new file (one that is still journaled here and
@@ -204,21 +208,25 @@ impl Journal {
             return self.next_to_compact(clock);
         }
         while let Some(id) = b.to_write.pop() {
-            if self.sessions.contains(&id) && !b.sessions.contains(&id) {
+            if self.sessions.contains_key(&id) && !b.sessions.contains(&id) {
                 return Some(id);
             }
         }
         None
     }
 
-    /// Writes `session` whole into the new file.
+    /// Writes `session` whole into the new file, under the claim it was written under
+    /// here (not its client's latest, which may be another shard's that is asking for it:
+    /// that one's record must win at recovery once written).
     pub fn compact_session(
         &mut self,
         session: &Session,
-        claim: u64,
         offline_since: Option<Instant>,
         clock: &WallClock,
     ) {
+        let Some(&claim) = self.sessions.get(&session.id) else {
+            return;
+        };
         if self.compaction.add_session(session.id) {
             self.write_session(session, claim, offline_since, clock, To::NEW);
         }
@@ -233,7 +241,7 @@ impl Journal {
     }
 
     /// End of a turn: the new file's records of the turn are written to it (not synced).
-    pub(super) fn write_compaction_records(&mut self) {
+    pub(super) fn write_compaction_records(&mut self, now: Instant) {
         let Compaction::Building(b) = &mut self.compaction else {
             return;
         };
@@ -246,36 +254,30 @@ impl Journal {
         b.pending = BytesMut::new();
         if let Err(e) = written {
             self.give_up_compaction();
-            self.compaction_failed(&e);
+            self.compaction_failed(&e, now);
         }
     }
 
     /// After a slice: once everything is in the new file, a thread syncs it; once that is
     /// done, what came since is synced by the shard and the new file takes the journal's
     /// place.
-    pub fn advance_compaction(&mut self) {
+    pub fn advance_compaction(&mut self, now: Instant) {
         let Compaction::Building(b) = &mut self.compaction else {
             return;
         };
         if !b.retained.is_empty() || !b.to_write.is_empty() {
             return;
         }
-        self.write_compaction_records();
+        self.write_compaction_records(now);
         let Compaction::Building(b) = &mut self.compaction else {
             return;
         };
         let Some(syncing) = &b.syncing else {
-            let file = b.file.try_clone();
-            let spawned = file.and_then(|file| {
-                std::thread::Builder::new()
-                    .name("midge-compact".into())
-                    .spawn(move || sync_data(&file))
-            });
-            match spawned {
-                Ok(handle) => b.syncing = Some(handle),
+            match b.file.sync_in_background() {
+                Ok(syncing) => b.syncing = Some(syncing),
                 Err(e) => {
                     self.give_up_compaction();
-                    self.compaction_failed(&e);
+                    self.compaction_failed(&e, now);
                 }
             }
             return;
@@ -286,26 +288,23 @@ impl Journal {
         let Compaction::Building(b) = std::mem::take(&mut self.compaction) else {
             unreachable!("matched above");
         };
-        let b = *b;
-        let synced = (b.syncing.expect("checked").join())
-            .unwrap_or_else(|_| Err(io::Error::other("the compaction thread panicked")));
+        let mut b = *b;
+        let synced = b.syncing.take().expect("checked").join();
         let tmp = compaction_path(&self.path);
         let placed = synced.and_then(|()| {
-            sync_data(&b.file)?;
-            std::fs::rename(&tmp, &self.path)
+            b.file.sync()?;
+            self.storage.rename(&tmp, &self.path)
         });
         if let Err(e) = placed {
-            let _ = std::fs::remove_file(&tmp);
-            return self.compaction_failed(&e);
+            let _ = self.storage.remove(&tmp);
+            return self.compaction_failed(&e, now);
         }
         // Renamed: the new file is the journal, whatever happens next. Until the directory
         // is synced the rename may not survive a crash, which would bring back the old file
         // without what is written from now on: a failure there is the journal's.
-        let reopened = sync_directory(&self.path)
-            .and_then(|()| OpenOptions::new().append(true).open(&self.path));
-        match reopened {
-            Ok(file) => {
-                self.file = file;
+        self.file = b.file;
+        match sync_parent(&*self.storage, &self.path) {
+            Ok(()) => {
                 self.messages = b.fresh;
                 self.messages_swept = self.messages.len();
                 self.size = b.size;
@@ -323,9 +322,8 @@ impl Journal {
                 self.rewritten();
             }
             Err(e) => {
-                self.file = b.file;
                 self.size = b.size;
-                self.disk_failed("sync", &e, Instant::now());
+                self.disk_failed("sync", &e, now);
             }
         }
     }
@@ -337,32 +335,12 @@ impl Journal {
             if let Some(syncing) = b.syncing {
                 let _ = syncing.join();
             }
-            let _ = std::fs::remove_file(compaction_path(&self.path));
+            let _ = self.storage.remove(&compaction_path(&self.path));
         }
     }
 }
 
-/// Writes `contents` to `path` through a temporary file, synced and renamed over it, the
-/// directory synced too: the file is either the old one or the new one, whole.
-pub(super) fn replace_file(path: &Path, contents: &[u8]) -> io::Result<File> {
-    let tmp = compaction_path(path);
-    let mut file = File::create(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_directory(path)?;
-    Ok(file)
-}
-
 /// Where a journal's replacement is written (not read at recovery: not `*.journal`).
-fn compaction_path(path: &Path) -> PathBuf {
+pub(super) fn compaction_path(path: &Path) -> PathBuf {
     path.with_extension("journal.new")
-}
-
-/// A rename or a new name in `path`'s directory reaches the disk.
-fn sync_directory(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
 }

@@ -1,7 +1,5 @@
 //! The journal's writes and syncs: where it meets the disk.
 
-use std::fs::File;
-use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -16,7 +14,7 @@ impl Journal {
     /// durable (`failing.rs`): from then on records go only to the file that replaces it.
     pub fn commit(&mut self, now: Instant) -> Option<Duration> {
         self.write_received();
-        self.write_compaction_records();
+        self.write_compaction_records(now);
         if self.failing.is_some() {
             self.pending.clear();
             return None;
@@ -47,7 +45,7 @@ impl Journal {
             return None;
         }
         let started = Instant::now();
-        match sync_data(&self.file) {
+        match self.file.sync() {
             Ok(()) => self.unsynced_since = None,
             Err(e) => self.disk_failed("sync", &e, now),
         }
@@ -57,22 +55,10 @@ impl Journal {
     /// Syncs what was written, whatever the policy (at shutdown).
     pub fn sync_now(&mut self) {
         if self.failing.is_none() {
-            if let Err(e) = sync_data(&self.file) {
+            if let Err(e) = self.file.sync() {
                 self.disk_failed("sync", &e, Instant::now());
             }
         }
         self.unsynced_since = None;
     }
-}
-
-/// `fdatasync` of a journal or its replacement; in debug builds it fails while the file
-/// that `MIDGE_FAULT_SYNC_FAILS_WHILE` names exists (the tests' failing disk).
-pub(super) fn sync_data(file: &File) -> io::Result<()> {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("MIDGE_FAULT_SYNC_FAILS_WHILE")
-        .is_some_and(|p| std::path::Path::new(&p).exists())
-    {
-        return Err(io::Error::from_raw_os_error(5)); // EIO
-    }
-    file.sync_data()
 }

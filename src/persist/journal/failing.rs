@@ -34,9 +34,9 @@ pub(super) struct Failing {
 
 impl Failing {
     /// Another failure in the episode: the next rewrite waits a while, longer each time.
-    fn failed_again(&mut self) {
+    fn failed_again(&mut self, now: Instant) {
         self.failures += 1;
-        self.next_rewrite = Instant::now() + self.pause;
+        self.next_rewrite = now + self.pause;
         self.pause = (self.pause * 2).min(LONGEST_PAUSE);
     }
 }
@@ -93,7 +93,7 @@ impl Journal {
         // too: nothing is appended after it).
         let _ = self.file.set_len(self.size);
         if let Some(failing) = &mut self.failing {
-            failing.failed_again();
+            failing.failed_again(now);
             return;
         }
         log::error!(
@@ -114,7 +114,7 @@ impl Journal {
 
     /// A compaction failed: the journal goes on as it is, or, if it is not durable, the
     /// rewrite is tried again after a pause.
-    pub(super) fn compaction_failed(&mut self, e: &io::Error) {
+    pub(super) fn compaction_failed(&mut self, e: &io::Error, now: Instant) {
         self.failures_total += 1;
         let Some(failing) = &mut self.failing else {
             log::warn!(
@@ -123,7 +123,7 @@ impl Journal {
             );
             return;
         };
-        failing.failed_again();
+        failing.failed_again(now);
     }
 
     /// A compaction put the live state on disk in place of the journal: if the journal

@@ -3,9 +3,8 @@
 //! compactly from the shard's live state when it has grown well past it.
 
 use bytes::BytesMut;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -17,17 +16,18 @@ mod failing;
 mod transit;
 
 use super::format::{self, Delivery, Publisher, Record};
+use super::storage::{replace_file, Storage, StoredFile};
 use super::{SyncPolicy, WallClock};
 use crate::codec::{Packet, ProtocolVersion, Publish, QoS, Will};
 use crate::retain::{Retained, Source};
 use crate::session::{Change, Session, What};
 use crate::types::{Message, SessionId, Target};
-use compaction::{replace_file, Compaction};
-use disk::sync_data;
+use compaction::{compaction_path, Compaction};
 
 pub struct Journal {
+    storage: Arc<dyn Storage>,
     path: PathBuf,
-    file: File,
+    file: Box<dyn StoredFile>,
     /// This turn's records, written by `commit`.
     pending: BytesMut,
     /// Bytes in the file.
@@ -43,8 +43,9 @@ pub struct Journal {
     /// The size of `messages` after its last sweep of dead entries.
     messages_swept: usize,
     next_message: u64,
-    /// Sessions written whole here (since the file began): their changes are journaled.
-    sessions: HashSet<SessionId>,
+    /// Sessions written whole here (since the file began), with the claim they were
+    /// written under (a rewrite writes them under it again): their changes are journaled.
+    sessions: HashMap<SessionId, u64>,
     /// Set from a failed write or sync until the live state is written again.
     failing: Option<failing::Failing>,
     failures_total: u64,
@@ -56,6 +57,9 @@ pub struct Journal {
     unsettled: Vec<VecDeque<Forward>>,
     /// Per shard: the highest number taken from it, and whether that changed this turn.
     received: Vec<(u64, bool)>,
+    /// Per shard: sessions passed to it that it has not shown on its disk, each whole
+    /// (`transit.rs`), with its number.
+    handed: Vec<VecDeque<(u64, bytes::Bytes)>>,
 }
 
 /// A message passed to another shard: its number, the message, and its targets there.
@@ -114,16 +118,19 @@ impl Journal {
     /// A new, empty journal for `shard` in `dir`, of the store's `generation` (the files
     /// of earlier generations are removed once every shard has written its new one).
     pub fn create(
+        storage: Arc<dyn Storage>,
         dir: &Path,
         shard: usize,
         generation: u64,
         sync: SyncPolicy,
     ) -> io::Result<Journal> {
         let path = dir.join(file_name(shard, generation));
-        replace_file(&path, &format::header())?;
+        let tmp = compaction_path(&path);
+        let file = replace_file(&*storage, &path, &tmp, &format::header())?;
         let size = format::HEADER_LEN as u64;
         Ok(Journal {
-            file: OpenOptions::new().append(true).open(&path)?,
+            storage,
+            file,
             path,
             pending: BytesMut::new(),
             size,
@@ -133,13 +140,14 @@ impl Journal {
             messages: HashMap::new(),
             messages_swept: 0,
             next_message: 1,
-            sessions: HashSet::new(),
+            sessions: HashMap::new(),
             failing: None,
             failures_total: 0,
             compactions_done: 0,
             compaction: Compaction::None,
             unsettled: Vec::new(),
             received: Vec::new(),
+            handed: Vec::new(),
         })
     }
 
@@ -218,7 +226,7 @@ impl Journal {
     /// journal is not durable marks the session: `failing.rs`).
     fn session_to(&mut self, session: SessionId) -> To {
         let to = To {
-            old: self.sessions.contains(&session),
+            old: self.sessions.contains_key(&session),
             new: self.compaction.has_session(session),
         };
         if to.old || to.new {
@@ -315,7 +323,7 @@ impl Journal {
         offline_since: Option<Instant>,
         clock: &WallClock,
     ) {
-        self.sessions.insert(session.id);
+        self.sessions.insert(session.id, claim);
         self.touch(session.id);
         let to = To {
             old: true,
@@ -522,6 +530,11 @@ impl Journal {
         for (message, source) in retained {
             self.retained_to(seq, message, source.as_deref(), clock, To::OLD);
         }
+    }
+
+    /// The claim a session journaled here was written under.
+    pub fn claim_of(&self, session: SessionId) -> Option<u64> {
+        self.sessions.get(&session).copied()
     }
 
     /// Whether this turn changed anything.

@@ -46,7 +46,14 @@ fn queue(journal: &mut Journal, session: &mut Session, message: &Arc<Message>) {
 
 /// The queued payloads the store in `dir` holds for `client`.
 fn queued(dir: &Path, client: &str) -> Vec<Vec<u8>> {
-    let r = recover::recover(dir, &WallClock::now(), false).unwrap();
+    let r = recover::recover(
+        &crate::persist::storage::Os,
+        dir,
+        &WallClock::now(),
+        false,
+        None,
+    )
+    .unwrap();
     let session = r.sessions.iter().find(|s| s.client_id == client).unwrap();
     session
         .queued
@@ -75,7 +82,14 @@ fn changes_during_a_compaction_reach_the_new_file_once() {
     let dir = std::env::temp_dir().join(format!("midge-compaction-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut journal = Journal::create(&dir, 0, 1, SyncPolicy::Never).unwrap();
+    let mut journal = Journal::create(
+        Arc::new(crate::persist::storage::Os),
+        &dir,
+        0,
+        1,
+        SyncPolicy::Never,
+    )
+    .unwrap();
     let clock = WallClock::now();
     let mut one = Session::new(
         SessionId::new(1),
@@ -100,15 +114,15 @@ fn changes_during_a_compaction_reach_the_new_file_once() {
     queue(&mut journal, &mut one, &b);
     // The last one given is written first.
     assert_eq!(journal.next_to_compact(&clock), Some(two.id));
-    journal.compact_session(&two, 2, None, &clock);
+    journal.compact_session(&two, None, &clock);
     // two is in the new file: to both; one still is not.
     queue(&mut journal, &mut two, &c);
     queue(&mut journal, &mut one, &d);
     assert_eq!(journal.next_to_compact(&clock), Some(one.id));
-    journal.compact_session(&one, 1, None, &clock);
+    journal.compact_session(&one, None, &clock);
     assert_eq!(journal.next_to_compact(&clock), None);
     queue(&mut journal, &mut one, &e);
-    journal.advance_compaction();
+    journal.advance_compaction(Instant::now());
     assert!(journal.compacting(), "synced in the background first");
     // A crash now: the journal has everything.
     let before = copy_of(&dir, "before-switch");
@@ -118,7 +132,7 @@ fn changes_during_a_compaction_reach_the_new_file_once() {
     let until = Instant::now() + std::time::Duration::from_secs(10);
     while journal.compacting() {
         assert!(Instant::now() < until, "the compaction does not finish");
-        journal.advance_compaction();
+        journal.advance_compaction(Instant::now());
         std::thread::yield_now();
     }
     assert_eq!(queued(&dir, "one"), payloads(&[b"a", b"b", b"d", b"e"]));

@@ -1,13 +1,16 @@
 //! What a shard passes to other shards, in its journal (`Forwarded`), and what it took
 //! from them (`Received`): see `shard/transit.rs` and `recover.rs`.
 
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{delivery, Journal, To};
 use crate::codec::QoS;
 use crate::persist::format::{Delivery, Record};
 use crate::persist::WallClock;
+use crate::session::Session;
 use crate::types::{Message, Target};
 
 impl Journal {
@@ -55,6 +58,53 @@ impl Journal {
         self.emit(&record, files);
     }
 
+    /// `session`, passed to shard `to` as its `number`, whole as of now under `claim`:
+    /// until that shard shows it on its disk, a compaction here writes it again (this
+    /// journal's file is then the only one on disk that has it, and a rewrite must not
+    /// leave it out). `write_now`: written into the journal too (a shard passing on a
+    /// session it never held; the shard it came from holds it in its file already).
+    /// (`whole`: from `session_alone`.)
+    pub fn handed_off(&mut self, to: usize, number: u64, whole: Bytes, write_now: bool) {
+        if write_now {
+            self.emit_bytes(&whole, self.everywhere());
+        }
+        if self.handed.len() <= to {
+            self.handed.resize_with(to + 1, VecDeque::new);
+        }
+        self.handed[to].push_back((number, whole));
+    }
+
+    /// The records of `session` whole with the messages it names, readable on their own
+    /// wherever they are put (its messages under fresh numbers).
+    pub fn session_alone(
+        &mut self,
+        session: &Session,
+        claim: u64,
+        offline_since: Option<Instant>,
+        clock: &WallClock,
+    ) -> Bytes {
+        // Written as into a journal that has none of its messages, nothing of this turn,
+        // and no compaction under way; then the journal's own are put back.
+        let pending = std::mem::take(&mut self.pending);
+        let messages = std::mem::take(&mut self.messages);
+        let compaction = std::mem::take(&mut self.compaction);
+        self.write_session(session, claim, offline_since, clock, To::OLD);
+        let whole = std::mem::replace(&mut self.pending, pending).freeze();
+        self.messages = messages;
+        self.compaction = compaction;
+        whole
+    }
+
+    /// Records already encoded, into the files in `to`.
+    pub(super) fn emit_bytes(&mut self, records: &[u8], to: To) {
+        if to.old {
+            self.pending.extend_from_slice(records);
+        }
+        if let (true, Some(new)) = (to.new, self.compaction.pending_mut()) {
+            new.extend_from_slice(records);
+        }
+    }
+
     /// Shard `to` has everything passed to it up to `number` on its disk.
     pub fn settled(&mut self, to: usize, number: u64) {
         if let Some(list) = self.unsettled.get_mut(to) {
@@ -62,11 +112,17 @@ impl Journal {
                 list.pop_front();
             }
         }
+        if let Some(list) = self.handed.get_mut(to) {
+            while list.front().is_some_and(|h| h.0 <= number) {
+                list.pop_front();
+            }
+        }
     }
 
-    /// Messages passed to shard `to` that it has not shown on its disk.
+    /// Messages and sessions passed to shard `to` that it has not shown on its disk.
     pub fn unsettled_to(&self, to: usize) -> usize {
         self.unsettled.get(to).map_or(0, VecDeque::len)
+            + self.handed.get(to).map_or(0, VecDeque::len)
     }
 
     /// What shard `from` passed here up to `number` is taken: written with this turn.
