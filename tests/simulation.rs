@@ -210,10 +210,13 @@ fn run_disk_seed(
 #[test]
 fn random_workloads_keep_every_promise_across_crashes_and_disk_faults() {
     let (mut owed, mut crashes, mut faults) = (0, 0, 0);
-    for seed in 0..60 {
-        let (o, injected) = std::panic::catch_unwind(|| run_disk_seed(seed, 2, 3_000))
+    let seeds = (0..60)
+        .map(|seed| (seed, 2))
+        .chain((1000..1020).map(|seed| (seed, 3)));
+    for (seed, shards) in seeds {
+        let (o, injected) = std::panic::catch_unwind(|| run_disk_seed(seed, shards, 3_000))
             .unwrap_or_else(|_| {
-                panic!("seed {seed} failed (replay: MIDGE_SIM_DISK=1 MIDGE_SIM_SEED={seed} MIDGE_SIM_SHARDS=2)")
+                panic!("seed {seed} failed (replay: MIDGE_SIM_DISK=1 MIDGE_SIM_SEED={seed} MIDGE_SIM_SHARDS={shards})")
             });
         owed += o;
         crashes += injected.crashes;

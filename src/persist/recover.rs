@@ -280,6 +280,8 @@ struct Transit {
     forwards: Vec<((u64, u16), Vec<PassedOn>)>,
     /// (generation, to shard, from shard): the highest number taken.
     received: HashMap<(u64, u16, u16), u64>,
+    /// (generation, shard): what it held for its settling sessions and delivered.
+    held_delivered: HashMap<(u64, u16), hashbrown::HashSet<u64>>,
     /// (generation, session number): its client id and claim (the latest).
     keys: HashMap<(u64, u64), (String, u64)>,
 }
@@ -293,6 +295,8 @@ impl Transit {
             let n = self.received.entry((generation, shard, from)).or_default();
             *n = (*n).max(number);
         }
+        (self.held_delivered.entry((generation, shard)).or_default())
+            .extend(file.held_delivered.drain());
         for (key, (client_id, claim)) in file.keys.drain() {
             let known = self.keys.entry((generation, key)).or_default();
             if claim >= known.1 {
@@ -312,6 +316,13 @@ impl Transit {
             for (to, number, message, targets) in forwards {
                 let taken = self.received.get(&(generation, to, from)).copied();
                 if taken.is_some_and(|taken| number <= taken) {
+                    continue;
+                }
+                let delivered = (to == from)
+                    .then(|| self.held_delivered.get(&(generation, from)))
+                    .flatten()
+                    .is_some_and(|set| set.contains(&number));
+                if delivered {
                     continue;
                 }
                 for (key, delivery) in targets {
@@ -356,6 +367,8 @@ struct FileState {
     forwards: Vec<PassedOn>,
     /// Per shard that passed messages here: the highest number taken.
     received: HashMap<u16, u64>,
+    /// Messages this shard held for its settling sessions that it delivered (by number).
+    held_delivered: hashbrown::HashSet<u64>,
     /// Every session number this journal started, with its client id and claim.
     keys: HashMap<u64, (String, u64)>,
     /// By client id: the latest session of each (ended ones included, to outrank an older
@@ -551,6 +564,9 @@ fn replay(file: &Bytes, clock: &WallClock) -> (FileState, Result<usize, format::
             Record::Received { from_shard, number } => {
                 let n = state.received.entry(from_shard).or_default();
                 *n = (*n).max(number);
+            }
+            Record::HeldDelivered { number } => {
+                state.held_delivered.insert(number);
             }
             // Turns are put together by the reader.
             Record::TurnEnd => {}

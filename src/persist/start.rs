@@ -296,7 +296,7 @@ fn check_marker(storage: &dyn Storage, marker: &Path, dir: &Path) -> io::Result<
         Ok(bytes) if bytes.starts_with(b"MIDGE") => {
             let current = marked_generation(&bytes).map_err(|what| {
                 io::Error::other(format!(
-                    "persistence: {}: {what}; it was left as it is (with a line `generation: N` naming the newest journals in {}, or without the line to read them all, it can be written again)",
+                    "persistence: {}: {what}; it was left as it is (the text midge writes there, with a line `generation: N CRC` naming the newest journals in {}, or without the line to read them all)",
                     marker.display(),
                     dir.display()
                 ))
@@ -350,17 +350,21 @@ fn write_marker(storage: &dyn Storage, marker: &Path, generation: u64) -> io::Re
 
 const GENERATION: &str = "generation: ";
 
-/// The generation a marker names (none in a marker written before midge named them, or
-/// without the line); an error if the line is damaged.
+/// The generation a marker names (none in a marker written before midge named them); an
+/// error if the marker is not exactly what midge writes (a bit flipped anywhere in it).
 fn marked_generation(marker: &[u8]) -> Result<Option<u64>, String> {
-    let text = String::from_utf8_lossy(marker);
-    let Some(line) = text.lines().find_map(|l| l.strip_prefix(GENERATION)) else {
+    let damaged = || "it is not the marker midge writes (damaged?)".to_string();
+    let rest = (marker.strip_prefix(super::MARKER_TEXT.as_bytes())).ok_or_else(damaged)?;
+    if rest.is_empty() {
         return Ok(None);
-    };
-    let damaged = || format!("the line `{GENERATION}{line}` is damaged");
-    let (number, check) = line.trim().split_once(' ').ok_or_else(damaged)?;
+    }
+    let line = std::str::from_utf8(rest).map_err(|_| damaged())?;
+    let line = line.strip_prefix(GENERATION).ok_or_else(damaged)?;
+    let (number, check) = (line.strip_suffix('\n'))
+        .and_then(|l| l.split_once(' '))
+        .ok_or_else(damaged)?;
     let check = u32::from_str_radix(check, 16).map_err(|_| damaged())?;
-    if crc32c::crc32c(number.as_bytes()) != check {
+    if check != crc32c::crc32c(number.as_bytes()) {
         return Err(damaged());
     }
     number.parse().map(Some).map_err(|_| damaged())

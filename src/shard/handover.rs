@@ -538,7 +538,7 @@ impl<B: Backend> Shard<B> {
         for (message, target, number) in settling.held {
             self.deliver_here(&message, &[target], true);
             if let Some(number) = number {
-                self.took_from(self.id, number);
+                self.journal_held_delivered(number);
             }
         }
         if let Some((client_id, to, clean_start, claim)) = settling.deferred_take {

@@ -13,6 +13,20 @@ impl<B: Backend> Shard<B> {
         self.sessions.client_ids()
     }
 
+    /// What keeps this shard from being idle (for a simulation that does not settle).
+    pub fn busy_with(&self) -> String {
+        format!(
+            "mailbox {} outbox empty {} parked {:?} trie_sweep {} subscribing {} retained_requests {} journal durable {:?}",
+            self.mailbox.len(),
+            self.outbox.is_empty(),
+            self.parked.as_ref().map(|(m, turn)| (std::mem::discriminant(m), turn)),
+            self.trie_sweep.is_empty(),
+            self.subscribing.is_empty(),
+            self.retained_requests.is_empty(),
+            self.journal.as_deref().map(|j| j.durable()),
+        )
+    }
+
     /// Starts (or stops) recording what changes in this shard's sessions.
     pub fn record_changes(&mut self, on: bool) {
         self.changes.record(on);

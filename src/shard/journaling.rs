@@ -144,6 +144,15 @@ impl<B: Backend> Shard<B> {
         Some(receipt)
     }
 
+    /// A message held for a settling session (passed to this shard itself as `number`)
+    /// was delivered.
+    pub(super) fn journal_held_delivered(&mut self, number: u64) {
+        let me = self.id;
+        if let Some((journal, _)) = self.journal_up_to_date() {
+            journal.held_delivered(me, number);
+        }
+    }
+
     /// A session left for another shard: no longer this journal's.
     pub(super) fn journal_forget(&mut self, id: SessionId) {
         if let Some((journal, _)) = self.journal_up_to_date() {

@@ -159,7 +159,8 @@ impl Sim {
                 return;
             }
         }
-        panic!("the simulation does not settle");
+        let busy: Vec<String> = self.shards.iter().map(|s| s.busy_with()).collect();
+        panic!("the simulation does not settle: {busy:#?}");
     }
 
     pub fn check_locations(&self) {

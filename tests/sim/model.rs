@@ -578,10 +578,16 @@ impl World {
                     self.connect(c);
                 }
             }
-            let quiet = !self.sim.nets.iter().any(|n| n.busy())
-                && self.sim.shards.iter().all(|s| s.is_idle());
+            let traffic = self.sim.nets.iter().any(|n| n.busy());
+            let quiet = !traffic && self.sim.shards.iter().all(|s| s.is_idle());
             if quiet {
                 break;
+            }
+            if !traffic && self.disk.is_some() {
+                // Only a timer is left (a rewrite after a failed disk waits for its pause).
+                self.sim
+                    .clock
+                    .advance(std::time::Duration::from_millis(300));
             }
         }
         self.sim.settle();

@@ -145,6 +145,12 @@ pub enum Record {
         from_shard: u16,
         number: u64,
     },
+    /// A message this shard held for a session settling here, `Forwarded` to itself as
+    /// `number`, was delivered (held messages are delivered out of their numbers' order:
+    /// sessions settle in any order).
+    HeldDelivered {
+        number: u64,
+    },
     /// The end of one loop turn's records: a turn counts whole or not at all (a write a
     /// crash cut short ends without it).
     TurnEnd,
@@ -188,6 +194,7 @@ mod kind {
     pub const WILL_GONE: u8 = 24;
     pub const FORWARDED: u8 = 25;
     pub const RECEIVED: u8 = 26;
+    pub const HELD_DELIVERED: u8 = 27;
     pub const TURN_END: u8 = 30;
 }
 
@@ -385,6 +392,10 @@ impl Record {
             Record::Received { from_shard, number } => {
                 out.put_u8(kind::RECEIVED);
                 out.put_u16_le(*from_shard);
+                out.put_u64_le(*number);
+            }
+            Record::HeldDelivered { number } => {
+                out.put_u8(kind::HELD_DELIVERED);
                 out.put_u64_le(*number);
             }
             Record::TurnEnd => out.put_u8(kind::TURN_END),

@@ -119,6 +119,7 @@ impl Record {
                 from_shard: r.u16()?,
                 number: r.u64()?,
             },
+            kind::HELD_DELIVERED => Record::HeldDelivered { number: r.u64()? },
             kind::TURN_END => Record::TurnEnd,
             other => return Err(format!("unknown record kind {other}")),
         };
@@ -253,9 +254,13 @@ pub fn read_each(
                     // Format 1 had no turns: only the file's last record may be torn.
                     Shape::Cut => in_turns && turn_ends(file, pos).any(|end| end < file.len()),
                     Shape::Whole { end } if !in_turns => end < file.len(),
+                    // A whole record is cut by a crash only where the zeros of a write that
+                    // did not land begin (the file ends in them): one wholly before them
+                    // was written whole, and is damaged.
                     Shape::Whole { end } => {
                         turn_ends(file, pos).any(|end| end < file.len())
                             || (end < file.len() && reads_to_the_end(file, end))
+                            || zeros_from(file) >= end
                     }
                 };
                 if written_after {
@@ -331,6 +336,13 @@ fn next_record(file: &Bytes, pos: usize) -> Result<(Record, usize), Bad> {
         shape: Shape::Whole { end },
     })?;
     Ok((record, end))
+}
+
+/// Where the zeros the file ends in begin (its length if its last byte is not zero).
+fn zeros_from(file: &[u8]) -> usize {
+    file.iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1)
 }
 
 /// Whether the file ends, after `pos`, with a `TurnEnd` record or one a bit away from it.

@@ -137,6 +137,7 @@ fn record() -> impl Strategy<Value = Record> {
             }),
         (any::<u16>(), any::<u64>())
             .prop_map(|(from_shard, number)| Record::Received { from_shard, number }),
+        any::<u64>().prop_map(|number| Record::HeldDelivered { number }),
     ]
 }
 

@@ -119,6 +119,16 @@ impl Journal {
         }
     }
 
+    /// A message this shard (`me`) held for a settling session, passed to itself as
+    /// `number`, was delivered: written with the turn, and no longer written again by a
+    /// compaction.
+    pub fn held_delivered(&mut self, me: usize, number: u64) {
+        self.emit(&Record::HeldDelivered { number }, self.everywhere());
+        if let Some(list) = self.unsettled.get_mut(me) {
+            list.retain(|f| f.0 != number);
+        }
+    }
+
     /// Messages and sessions passed to shard `to` that it has not shown on its disk.
     pub fn unsettled_to(&self, to: usize) -> usize {
         self.unsettled.get(to).map_or(0, VecDeque::len)
