@@ -341,9 +341,7 @@ fn check_marker(storage: &dyn Storage, marker: &Path, dir: &Path) -> io::Result<
 /// leftovers).
 fn write_marker(storage: &dyn Storage, marker: &Path, generation: u64) -> io::Result<()> {
     let tmp = marker.with_extension("midge-new");
-    let number = generation.to_string();
-    let check = crc32c::crc32c(number.as_bytes());
-    let text = format!("{}{GENERATION}{number} {check:08x}\n", super::MARKER_TEXT);
+    let text = format!("{}{}", super::MARKER_TEXT, generation_line(generation));
     super::storage::replace_file(storage, marker, &tmp, text.as_bytes())?;
     Ok(())
 }
@@ -359,13 +357,47 @@ fn marked_generation(marker: &[u8]) -> Result<Option<u64>, String> {
         return Ok(None);
     }
     let line = std::str::from_utf8(rest).map_err(|_| damaged())?;
-    let line = line.strip_prefix(GENERATION).ok_or_else(damaged)?;
-    let (number, check) = (line.strip_suffix('\n'))
+    let number = (line.strip_prefix(GENERATION))
         .and_then(|l| l.split_once(' '))
+        .and_then(|(number, _)| number.parse::<u64>().ok())
         .ok_or_else(damaged)?;
-    let check = u32::from_str_radix(check, 16).map_err(|_| damaged())?;
-    if check != crc32c::crc32c(number.as_bytes()) {
+    // Exactly the line midge writes for that number (its checksum in lower-case hex).
+    if line != generation_line(number) {
         return Err(damaged());
     }
-    number.parse().map(Some).map_err(|_| damaged())
+    Ok(Some(number))
+}
+
+/// The marker's last line, naming generation `number` with its checksum.
+fn generation_line(number: u64) -> String {
+    let text = number.to_string();
+    let check = crc32c::crc32c(text.as_bytes());
+    format!("{GENERATION}{text} {check:08x}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persist::storage::sim::SimStorage;
+
+    /// The marker names the generation it was written with; a marker of an older midge
+    /// (its text alone) names none; any bit flipped in it is damage, not another number.
+    #[test]
+    fn the_marker_names_its_generation_and_any_flipped_bit_is_damage() {
+        let storage = SimStorage::new(1);
+        storage.create_dir_all(Path::new("/s")).unwrap();
+        let marker = Path::new("/s/mosquitto.db");
+        write_marker(&storage, marker, 12).unwrap();
+        let bytes = storage.read(marker).unwrap();
+        assert_eq!(marked_generation(&bytes), Ok(Some(12)));
+        assert_eq!(
+            marked_generation(crate::persist::MARKER_TEXT.as_bytes()),
+            Ok(None)
+        );
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(marked_generation(&flipped).is_err(), "bit {bit}");
+        }
+    }
 }

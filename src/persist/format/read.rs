@@ -247,9 +247,10 @@ pub fn read_each(
             Err(Bad { what, shape }) => {
                 let written_after = match shape {
                     Shape::Impossible => true,
-                    // The file ends with its last turn's end (a bit flipped at most): the
-                    // last write was whole, so the bad record is damage (a crash cuts a
-                    // write short, or leaves zeros where it did not land).
+                    // The file ends with its last turn's end (a bit flipped at most), or
+                    // ends so before zeros: that write was whole, so the bad record is
+                    // damage (a crash cuts a write short, or leaves zeros where it did not
+                    // land).
                     _ if in_turns && ends_with_turn_end(file, pos) => true,
                     // Format 1 had no turns: only the file's last record may be torn.
                     Shape::Cut => in_turns && turn_ends(file, pos).any(|end| end < file.len()),
@@ -345,8 +346,10 @@ fn zeros_from(file: &[u8]) -> usize {
         .map_or(0, |last| last + 1)
 }
 
-/// Whether the file ends, after `pos`, with a `TurnEnd` record or one a bit away from it.
+/// Whether the file ends, after `pos` and before any zeros it ends in, with a `TurnEnd`
+/// record or one a bit away from it.
 fn ends_with_turn_end(file: &[u8], pos: usize) -> bool {
+    let file = &file[..zeros_from(file)];
     let mut mark = BytesMut::new();
     Record::TurnEnd.encode(&mut mark);
     let Some(tail) = file.len().checked_sub(mark.len()).filter(|&at| at >= pos) else {

@@ -216,6 +216,45 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A journal written whole (it ends with its last turn's end): a flipped bit anywhere
+    /// after the header is damage, said with where it is. A crash cuts a write short or
+    /// leaves zeros where it did not land; it never leaves a whole turn with a bad record.
+    #[test]
+    fn a_flipped_bit_in_a_whole_journal_is_damage(
+        records in proptest::collection::vec(record(), 1..10),
+        at in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let mut bytes = file(&records);
+        let i = HEADER_LEN + at.index(bytes.len() - HEADER_LEN);
+        bytes[i] ^= 1 << bit;
+        let e = read_all(&bytes.freeze()).unwrap_err();
+        prop_assert!(e.contains("record at byte"), "{}", e);
+    }
+
+    /// A write a crash left as zeros after whole turns is a torn tail, left out; a flipped
+    /// bit in the whole turns before the zeros is damage all the same.
+    #[test]
+    fn zeros_after_whole_turns_are_torn_and_a_flip_before_them_is_damage(
+        records in proptest::collection::vec(record(), 1..10),
+        zeros in 1usize..200,
+        at in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let whole = file(&records);
+        let mut bytes = whole.clone();
+        bytes.resize(whole.len() + zeros, 0);
+        let read = read_all(&bytes.clone().freeze()).unwrap();
+        prop_assert_eq!(read.records, records);
+        prop_assert_eq!(read.torn_bytes, zeros);
+        let i = HEADER_LEN + at.index(whole.len() - HEADER_LEN);
+        bytes[i] ^= 1 << bit;
+        let e = read_all(&bytes.freeze()).unwrap_err();
+        prop_assert!(e.contains("record at byte"), "{}", e);
+    }
+}
+
 /// The bytes of a turn end.
 const TURN_END_LEN: usize = RECORD_HEADER_LEN + 1;
 
