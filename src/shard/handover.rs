@@ -506,7 +506,7 @@ impl<B: Backend> Shard<B> {
     /// Returns the delivery back if not.
     ///
     /// With persistence a held message is journaled as one passed to this shard itself,
-    /// in the turn its publisher is acknowledged, and taken (`Received`) when it is
+    /// in the turn its publisher is acknowledged, and taken (`HeldDelivered`) when it is
     /// delivered: a crash meanwhile hands it on at recovery, as one between two shards.
     pub(super) fn hold(&mut self, message: &Arc<Message>, target: &Target) -> bool {
         let Some(settling) = self.settling.get(&target.session) else {
