@@ -380,6 +380,46 @@ mod tests {
     use super::*;
     use crate::persist::storage::sim::SimStorage;
 
+    /// Journals older than the generation the marker names are leftovers, not read, when
+    /// journals of that generation are there; when none is (journals put back from a
+    /// copy), every journal is read, and the log says so.
+    #[test]
+    fn older_journals_are_leftovers_only_beside_the_marked_generation() {
+        let storage = Arc::new(SimStorage::new(1));
+        let dir = Path::new("/s/mosquitto.db.d");
+        storage.create_dir_all(dir).unwrap();
+        let message = Arc::new(crate::types::Message {
+            topic: crate::codec::MqttStr::from_static("t"),
+            payload: bytes::Bytes::from_static(b"kept"),
+            qos: crate::codec::QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            origin: None,
+            expires_at: None,
+        });
+        let sync = crate::persist::SyncPolicy::Always;
+        let mut old = Journal::create(storage.clone(), dir, 0, 3, sync).unwrap();
+        old.all_retained(1, &[(message, None)], &WallClock::now());
+        old.commit(Instant::now());
+        let read = |current| recover::recover(&*storage, dir, &WallClock::now(), false, current);
+        let all = read(Some(9)).unwrap();
+        assert_eq!(all.retained.len(), 1);
+        assert!(
+            all.notes.iter().any(|n| n.contains("every journal")),
+            "{:?}",
+            all.notes
+        );
+        Journal::create(storage.clone(), dir, 0, 9, sync).unwrap();
+        let current = read(Some(9)).unwrap();
+        assert!(current.retained.is_empty());
+        assert!(current.notes.is_empty(), "{:?}", current.notes);
+        assert_eq!(
+            current.files.len(),
+            2,
+            "the leftover goes with the files read"
+        );
+    }
+
     /// The marker names the generation it was written with; a marker of an older midge
     /// (its text alone) names none; any bit flipped in it is damage, not another number.
     #[test]

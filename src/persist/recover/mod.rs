@@ -154,8 +154,22 @@ pub fn recover(
         .filter(|p| p.to_string_lossy().ends_with(".journal.new"))
         .cloned()
         .collect();
-    let (mut files, left_over): (Vec<PathBuf>, Vec<PathBuf>) = (all.into_iter())
+    let journals: Vec<PathBuf> = (all.into_iter())
         .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    // Older journals are leftovers only beside those of the generation the marker names;
+    // without any of those (journals put back from a copy, say), every one is read.
+    let current = current.filter(|&marked| {
+        let present = journals.iter().any(|p| generation_of(p) >= Some(marked));
+        if !present && !journals.is_empty() {
+            recovered.notes.push(format!(
+                "the store's marker names journals of generation {marked}, and {} has none: every journal there is read",
+                dir.display()
+            ));
+        }
+        present
+    });
+    let (mut files, left_over): (Vec<PathBuf>, Vec<PathBuf>) = (journals.into_iter())
         .partition(|p| generation_of(p).is_none_or(|g| g >= current.unwrap_or(0)));
     // New journals are numbered past every generation seen or named: never below the
     // marker's, whatever was removed.
