@@ -89,6 +89,19 @@ pub struct Message {
     pub origin: Option<SessionId>,
     /// From the 5.0 Message Expiry Interval: not delivered after this.
     pub expires_at: Option<Instant>,
+    /// Its place among the messages its shard published (with persistence and more than
+    /// one shard; else the default).
+    pub order: PublishOrder,
+}
+
+/// Where a message was published: the shard, and its number among the messages that shard
+/// published since the start. A publisher's messages can reach a session by different
+/// routes between shards (straight, through the shard a session moved from, held while it
+/// settles); recovery puts what it hands on back in this order [MQTT-4.6.0-6].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublishOrder {
+    pub shard: u16,
+    pub number: u64,
 }
 
 impl Message {

@@ -76,6 +76,7 @@ fn fill_mailbox(sim: &Sim, shard: usize) {
         properties: Properties::default(),
         origin: None,
         expires_at: None,
+        order: Default::default(),
     });
     let deliver = || midge::router::ShardMsg::Deliver {
         message: message.clone(),

@@ -396,6 +396,7 @@ mod tests {
             properties: Default::default(),
             origin: None,
             expires_at: None,
+            order: Default::default(),
         });
         let sync = crate::persist::SyncPolicy::Always;
         let mut old = Journal::create(storage.clone(), dir, 0, 3, sync).unwrap();

@@ -334,6 +334,7 @@ mod tests {
             properties: Default::default(),
             origin: None,
             expires_at: None,
+            order: Default::default(),
         })
     }
 

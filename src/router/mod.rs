@@ -368,6 +368,7 @@ mod tests {
                 properties: Default::default(),
                 origin: None,
                 expires_at: None,
+                order: Default::default(),
             }),
             targets: Vec::new(),
             forwarded: false,

@@ -343,6 +343,7 @@ pub(super) mod tests {
             properties: Default::default(),
             origin: None,
             expires_at: None,
+            order: Default::default(),
         })
     }
 

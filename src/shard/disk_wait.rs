@@ -48,6 +48,11 @@ impl DiskWait {
     pub(super) fn failing(&self) -> bool {
         self.failing
     }
+
+    /// Whether `conn` is held until the journal is durable.
+    pub(super) fn is_held(&self, conn: ConnId) -> bool {
+        self.held.contains(&conn)
+    }
 }
 
 impl<B: Backend> Shard<B> {

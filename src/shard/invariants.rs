@@ -16,10 +16,12 @@ impl<B: Backend> Shard<B> {
     /// What keeps this shard from being idle (for a simulation that does not settle).
     pub fn busy_with(&self) -> String {
         format!(
-            "mailbox {} outbox empty {} parked {:?} trie_sweep {} subscribing {} retained_requests {} journal durable {:?}",
+            "mailbox {} outbox empty {} parked {:?} work now {} decoding {} trie_sweep {} subscribing {} retained_requests {} journal durable {:?}",
             self.mailbox.len(),
             self.outbox.is_empty(),
             self.parked.as_ref().map(|(m, turn)| (std::mem::discriminant(m), turn)),
+            self.has_work_now(),
+            self.decoding.len(),
             self.trie_sweep.is_empty(),
             self.subscribing.is_empty(),
             self.retained_requests.is_empty(),
@@ -50,6 +52,26 @@ impl<B: Backend> Shard<B> {
     /// simulation. Panics naming what is wrong.
     pub fn check_invariants(&self) {
         for c in self.conns.iter().flatten() {
+            // A connection held for a reason is on the list that ends the hold.
+            if c.held.contains(super::conn::Hold::DISK) {
+                assert!(
+                    self.disk_wait.failing() && self.disk_wait.is_held(c.id),
+                    "connection {} held for the disk, which {}",
+                    c.id,
+                    if self.disk_wait.failing() {
+                        "does not list it"
+                    } else {
+                        "is not failing"
+                    }
+                );
+            }
+            if c.held.contains(super::conn::Hold::DECODE) {
+                assert!(
+                    self.decoding.contains(&c.id),
+                    "connection {} held for decoding, not listed",
+                    c.id
+                );
+            }
             if let Some(id) = c.session {
                 let session = self.sessions.get(&id);
                 assert!(

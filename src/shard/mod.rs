@@ -292,18 +292,7 @@ impl<B: Backend> Shard<B> {
         // profiles).
         let mut timeout = next_tick.saturating_duration_since(self.now);
         self.shared.mailboxes.going_to_sleep(self.id);
-        if self.mailbox_ready()
-            // (What waits for a disk, this shard's or the one a blocked shard's, does not
-            // spin the loop.)
-            || (self.outbox.has_sendable() && !self.disk_wait.failing())
-            || self.owed_next_turn
-            || self.handshakes.pending()
-            || self.sealing.pending()
-            || !self.decoding.is_empty()
-            || !self.trie_sweep.is_empty()
-            || !self.subscribing.is_empty()
-            || !self.retained_requests.is_empty()
-        {
+        if self.has_work_now() {
             timeout = Duration::ZERO;
         }
         if let Some(limit) = self.compaction_wait_limit() {
@@ -375,15 +364,30 @@ impl<B: Backend> Shard<B> {
         true
     }
 
-    /// Nothing from or for other shards waits on this one (its mailbox and outbox are
-    /// empty): with every shard idle and no client traffic, a simulation has settled.
+    /// Whether the next turn has work without waiting for an event: the loop does not
+    /// sleep then.
+    fn has_work_now(&self) -> bool {
+        self.mailbox_ready()
+            // (What waits for a disk, this shard's or the one a blocked shard's, does not
+            // spin the loop.)
+            || (self.outbox.has_sendable() && !self.disk_wait.failing())
+            || self.owed_next_turn
+            || self.handshakes.pending()
+            || self.sealing.pending()
+            || !self.decoding.is_empty()
+            || !self.trie_sweep.is_empty()
+            || !self.subscribing.is_empty()
+            || !self.retained_requests.is_empty()
+    }
+
+    /// The shard has no work of its own for its next turn, and nothing from or for other
+    /// shards waits on it (its mailbox and outbox are empty): with every shard idle and no
+    /// client traffic, a simulation has settled.
     pub fn is_idle(&self) -> bool {
-        self.mailbox.is_empty()
+        !self.has_work_now()
+            && self.mailbox.is_empty()
             && self.outbox.is_empty()
             && !self.has_parked()
-            && self.trie_sweep.is_empty()
-            && self.subscribing.is_empty()
-            && self.retained_requests.is_empty()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

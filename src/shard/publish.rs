@@ -220,6 +220,7 @@ impl<B: Backend> Shard<B> {
                 properties,
                 origin: Some(session_id),
                 expires_at,
+                order: self.publish_order(),
             });
             if message.retain {
                 let source = self.retain_source(session_id);
@@ -457,6 +458,7 @@ impl<B: Backend> Shard<B> {
             .map(|s| self.now + Duration::from_secs(s.into()));
         let message = Arc::new(Message {
             expires_at,
+            order: self.publish_order(),
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,

@@ -92,6 +92,7 @@ impl<B: Backend> Shard<B> {
                 properties: Default::default(),
                 origin: None,
                 expires_at: Some(self.now + Duration::from_secs(20)),
+                order: self.publish_order(),
             });
             self.route(&message, None);
         }
@@ -219,6 +220,7 @@ impl<B: Backend> Shard<B> {
                 properties: Default::default(),
                 origin: None,
                 expires_at: None,
+                order: self.publish_order(),
             });
             // The broker's own: not bounded, but counted with the others.
             let mut store = self.shared.retained.lock().expect("retained lock");

@@ -22,7 +22,7 @@ use super::io::Backend;
 use super::Shard;
 use crate::codec::QoS;
 use crate::limits::{Limit, UNSETTLED_MAX};
-use crate::types::{Message, Target};
+use crate::types::{Message, PublishOrder, Target};
 
 pub(super) struct Transit {
     /// Per target shard: the number of the last message passed there, and the last one
@@ -32,6 +32,8 @@ pub(super) struct Transit {
     /// Per sending shard: the number of the last message taken from it published as on
     /// disk (the last taken is the journal's `received_from`).
     published_taken: Vec<u64>,
+    /// The number of the last message published here (`PublishOrder`).
+    published: u64,
 }
 
 impl<B: Backend> Shard<B> {
@@ -44,7 +46,21 @@ impl<B: Backend> Shard<B> {
                 sent: vec![0; shards],
                 published_sent: vec![0; shards],
                 published_taken: vec![0; shards],
+                published: 0,
             }));
+        }
+    }
+
+    /// The place of a message published here now among those this shard published: with
+    /// messages passed between shards, recovery keeps each publisher's order by it.
+    pub(super) fn publish_order(&mut self) -> PublishOrder {
+        let Some(transit) = self.transit.as_deref_mut() else {
+            return PublishOrder::default();
+        };
+        transit.published += 1;
+        PublishOrder {
+            shard: self.id as u16,
+            number: transit.published,
         }
     }
 

@@ -594,6 +594,11 @@ impl World {
         for c in 0..self.clients.len() {
             self.read(c);
         }
+        // With every client reading and the disk well, no connection may be left unread.
+        for (i, net) in self.sim.nets.iter().enumerate() {
+            let stalled = net.paused_with_input();
+            assert!(stalled.is_empty(), "shard {i} does not read {stalled:?}");
+        }
         for &(s, key) in &self.owed {
             assert!(
                 self.delivered.contains(&(s, 0, key)),

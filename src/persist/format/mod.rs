@@ -14,6 +14,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::types::PublishOrder;
+
 pub const MAGIC: &[u8; 8] = b"MIDGEJNL";
 /// 2: records come in turns, each ended by a `TurnEnd` record (1 had no turns).
 pub const VERSION: u32 = 2;
@@ -132,10 +134,12 @@ pub enum Record {
     /// A message this shard passed to shard `to_shard` for its sessions (`targets`: the
     /// session numbers, of that shard's journal, with how each gets it), number `number`
     /// among those it passed there. Recovery hands it on itself if that shard's journal
-    /// has not `Received` it (`recover.rs`).
+    /// has not `Received` it (`recover.rs`), in each publisher's order by `order`: where
+    /// it was published (none in a journal of a midge before it was written: kind 25).
     Forwarded {
         to_shard: u16,
         number: u64,
+        order: Option<PublishOrder>,
         message: u64,
         targets: Vec<(u64, Delivery)>,
     },
@@ -192,9 +196,11 @@ mod kind {
     pub const ENDED: u8 = 22;
     pub const WILL_WAITING: u8 = 23;
     pub const WILL_GONE: u8 = 24;
-    pub const FORWARDED: u8 = 25;
+    /// `Forwarded` as written before it carried where its message was published.
+    pub const FORWARDED_WITHOUT_ORDER: u8 = 25;
     pub const RECEIVED: u8 = 26;
     pub const HELD_DELIVERED: u8 = 27;
+    pub const FORWARDED: u8 = 28;
     pub const TURN_END: u8 = 30;
 }
 
@@ -376,12 +382,20 @@ impl Record {
             Record::Forwarded {
                 to_shard,
                 number,
+                order,
                 message,
                 targets,
             } => {
-                out.put_u8(kind::FORWARDED);
+                out.put_u8(match order {
+                    Some(_) => kind::FORWARDED,
+                    None => kind::FORWARDED_WITHOUT_ORDER,
+                });
                 out.put_u16_le(*to_shard);
                 out.put_u64_le(*number);
+                if let Some(order) = order {
+                    out.put_u16_le(order.shard);
+                    out.put_u64_le(order.number);
+                }
                 out.put_u64_le(*message);
                 out.put_u32_le(targets.len() as u32);
                 for (session, delivery) in targets {

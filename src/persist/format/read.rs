@@ -94,8 +94,17 @@ impl Record {
                 message: r.u64()?,
             },
             kind::WILL_GONE => Record::WillGone { session: r.u64()? },
-            kind::FORWARDED => {
-                let (to_shard, number, message) = (r.u16()?, r.u64()?, r.u64()?);
+            which @ (kind::FORWARDED | kind::FORWARDED_WITHOUT_ORDER) => {
+                let (to_shard, number) = (r.u16()?, r.u64()?);
+                let order = if which == kind::FORWARDED {
+                    Some(PublishOrder {
+                        shard: r.u16()?,
+                        number: r.u64()?,
+                    })
+                } else {
+                    None
+                };
+                let message = r.u64()?;
                 let count = r.u32()? as usize;
                 // Each target takes at least 10 bytes: a count past what is left is damage.
                 if count > body.len() / 10 {
@@ -111,6 +120,7 @@ impl Record {
                 Record::Forwarded {
                     to_shard,
                     number,
+                    order,
                     message,
                     targets,
                 }

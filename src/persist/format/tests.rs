@@ -126,15 +126,19 @@ fn record() -> impl Strategy<Value = Record> {
         (
             any::<u16>(),
             any::<u64>(),
+            proptest::option::of((any::<u16>(), any::<u64>())),
             any::<u64>(),
             proptest::collection::vec((any::<u64>(), delivery()), 0..4)
         )
-            .prop_map(|(to_shard, number, message, targets)| Record::Forwarded {
-                to_shard,
-                number,
-                message,
-                targets
-            }),
+            .prop_map(
+                |(to_shard, number, order, message, targets)| Record::Forwarded {
+                    to_shard,
+                    number,
+                    order: order.map(|(shard, number)| PublishOrder { shard, number }),
+                    message,
+                    targets
+                }
+            ),
         (any::<u16>(), any::<u64>())
             .prop_map(|(from_shard, number)| Record::Received { from_shard, number }),
         any::<u64>().prop_map(|number| Record::HeldDelivered { number }),

@@ -445,6 +445,7 @@ impl Journal {
             properties,
             origin: None,
             expires_at: None,
+            order: Default::default(),
         });
         let message = self.message(&message, to, clock);
         let record = Record::WillWaiting {

@@ -17,6 +17,7 @@ fn message(payload: &'static [u8]) -> Arc<Message> {
         properties: Properties::default(),
         origin: None,
         expires_at: None,
+        order: Default::default(),
     })
 }
 

@@ -48,10 +48,12 @@ impl Journal {
         clock: &WallClock,
         files: To,
     ) {
+        let order = Some(message.order);
         let message = self.message(message, files, clock);
         let record = Record::Forwarded {
             to_shard: to as u16,
             number,
+            order,
             message,
             targets: targets.to_vec(),
         };

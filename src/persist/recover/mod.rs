@@ -13,6 +13,8 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+#[cfg(test)]
+mod tests;
 mod transit;
 
 use super::format::{self, Delivery, Publisher, Record};
@@ -300,7 +302,7 @@ fn generation_of(path: &Path) -> Option<u64> {
 /// One journal's records, applied in order.
 #[derive(Default)]
 struct FileState {
-    /// What this shard passed to other shards: (to shard, number, message, targets).
+    /// What this shard passed to other shards.
     forwards: Vec<PassedOn>,
     /// Per shard that passed messages here: the highest number taken.
     received: HashMap<u16, u64>,
@@ -492,11 +494,18 @@ fn replay(file: &Bytes, clock: &WallClock) -> (FileState, Result<usize, format::
             Record::Forwarded {
                 to_shard,
                 number,
+                order,
                 message: id,
                 targets,
             } => {
-                let m = message(&messages, id)?;
-                state.forwards.push((to_shard, number, m, targets));
+                let message = message(&messages, id)?;
+                state.forwards.push(PassedOn {
+                    to: to_shard,
+                    number,
+                    order,
+                    message,
+                    targets,
+                });
             }
             Record::Received { from_shard, number } => {
                 let n = state.received.entry(from_shard).or_default();
@@ -553,6 +562,7 @@ pub(super) fn decode_message(
             properties: p.properties,
             origin: None,
             expires_at: (expires_at_ms != 0).then(|| clock.instant(expires_at_ms)),
+            order: Default::default(),
         }),
         Ok(_) => Err("a message record that is not one PUBLISH".into()),
         Err(e) => Err(format!("a message record that does not decode: {e}")),

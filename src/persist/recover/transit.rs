@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{generation_of, shard_of, FileState, RecoveredSession};
 use crate::persist::format::Delivery;
-use crate::types::Message;
+use crate::types::{Message, PublishOrder};
 
 /// What shards passed each other, from every journal: a message one shard journaled as
 /// passed to another that the other's journal does not show taken (a crash came between
@@ -48,43 +48,80 @@ impl Transit {
             .push(((generation, shard), std::mem::take(&mut file.forwards)));
     }
 
-    /// Hands on what was passed and not taken, in the order it was passed; returns how
-    /// many deliveries.
+    /// Hands on what was passed and not taken, to the end of each session's queue in its
+    /// publishers' order; returns how many deliveries.
+    ///
+    /// A publisher's messages may have come by different routes (straight from its shard,
+    /// through the shard its subscriber's session moved from, held where it settled), each
+    /// taken up to a different point before the crash: the order of the routes is not
+    /// theirs, so they are put back in the order they were published [MQTT-4.6.0-6]. (What
+    /// a session had taken is older than what it had not, on every route.)
     pub(super) fn hand_on(self, sessions: &mut HashMap<String, RecoveredSession>) -> usize {
-        let mut count = 0;
-        for ((generation, from), mut forwards) in self.forwards {
-            forwards.sort_by_key(|f| (f.0, f.1));
-            for (to, number, message, targets) in forwards {
-                let taken = self.received.get(&(generation, to, from)).copied();
-                if taken.is_some_and(|taken| number <= taken) {
+        let mut owed: HashMap<&str, Vec<Owed>> = HashMap::new();
+        for ((generation, from), forwards) in &self.forwards {
+            for passed in forwards {
+                let taken = self.received.get(&(*generation, passed.to, *from)).copied();
+                if taken.is_some_and(|taken| passed.number <= taken) {
                     continue;
                 }
-                let delivered = (to == from)
-                    .then(|| self.held_delivered.get(&(generation, from)))
+                let delivered = (passed.to == *from)
+                    .then(|| self.held_delivered.get(&(*generation, *from)))
                     .flatten()
-                    .is_some_and(|set| set.contains(&number));
+                    .is_some_and(|set| set.contains(&passed.number));
                 if delivered {
                     continue;
                 }
-                for (key, delivery) in targets {
-                    let Some((client_id, claim)) = self.keys.get(&(generation, key)) else {
+                // (A journal written before messages carried their order: by number.)
+                let order = passed.order.unwrap_or(PublishOrder {
+                    shard: *from,
+                    number: passed.number,
+                });
+                for (key, delivery) in &passed.targets {
+                    let Some((client_id, claim)) = self.keys.get(&(*generation, *key)) else {
                         continue;
                     };
                     // The session it was for, or the same one moved on (a later claim).
-                    let Some(session) = sessions.get_mut(client_id) else {
+                    let Some(session) = sessions.get(client_id) else {
                         continue;
                     };
                     if session.ended || session.claim < *claim {
                         continue;
                     }
-                    session.queue_next(message.clone(), delivery);
-                    count += 1;
+                    (owed.entry(client_id).or_default()).push(Owed {
+                        order: (*generation, order),
+                        passed,
+                        delivery: delivery.clone(),
+                    });
                 }
+            }
+        }
+        let mut count = 0;
+        for (client_id, mut messages) in owed {
+            messages.sort_by_key(|m| m.order);
+            let session = sessions.get_mut(client_id).expect("looked up above");
+            for m in messages {
+                session.queue_next(m.passed.message.clone(), m.delivery);
+                count += 1;
             }
         }
         count
     }
 }
 
-/// A message passed to another shard: to which, its number, the message, its targets.
-pub(super) type PassedOn = (u16, u64, Arc<Message>, Vec<(u64, Delivery)>);
+/// A message owed to a session: handed on in the order it was published (in its
+/// generation).
+struct Owed<'a> {
+    order: (u64, PublishOrder),
+    passed: &'a PassedOn,
+    delivery: Delivery,
+}
+
+/// A message a shard passed to another (`to`; to itself: held for a session settling
+/// there) as its `number`, published where `order` says, for `targets` there.
+pub(super) struct PassedOn {
+    pub to: u16,
+    pub number: u64,
+    pub order: Option<PublishOrder>,
+    pub message: Arc<Message>,
+    pub targets: Vec<(u64, Delivery)>,
+}

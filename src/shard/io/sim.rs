@@ -133,6 +133,18 @@ impl SimNet {
         }
     }
 
+    /// Connections the shard paused reading, and has not closed, with the client's bytes
+    /// waiting.
+    pub fn paused_with_input(&self) -> Vec<ConnId> {
+        let state = self.0.borrow();
+        let mut conns: Vec<ConnId> = (state.conns.iter())
+            .filter(|(_, c)| c.paused && !c.held.is_empty() && !c.closed_by_shard)
+            .map(|(id, _)| *id)
+            .collect();
+        conns.sort_by_key(|c| (c.slot(), c.generation()));
+        conns
+    }
+
     /// Whether the shard has something to handle on its next turn.
     pub fn busy(&self) -> bool {
         !self.0.borrow().events.is_empty()
