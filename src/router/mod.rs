@@ -53,12 +53,7 @@ pub enum ShardMsg {
     /// shard the session was taken from).
     Flush { session: SessionId, via: usize },
     /// A shard's marker: everything it routed to `session` the old way is ahead of it.
-    Flushed {
-        session: SessionId,
-        /// Passed on by the settling shard itself, through the moved entry it still had
-        /// from an earlier pass of the session (`shard/handover.rs`).
-        around: bool,
-    },
+    Flushed { session: SessionId },
 }
 
 /// Every shard's mailbox, for sending. Cloned into each shard.

@@ -10,7 +10,9 @@
 //! behind its forwards. When B has the markers of every shard, every message routed the old
 //! way has reached it: it releases what it held, in order [MQTT-4.6.0-6], and A stops
 //! forwarding. A session that is settling is not handed on until it has settled, so moves
-//! never overlap.
+//! never overlap; and a session that reaches a shard whose own connection has meanwhile
+//! lost to a later claim elsewhere settles there too before it goes on to that claim (it
+//! never passes through a shard, so no shard forwards for it twice at once).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,29 +36,23 @@ pub struct Settling {
     /// What came straight here meanwhile, in arrival order; with persistence, with the
     /// number it was journaled under as passed to this shard itself (see `hold`).
     held: VecDeque<(Arc<Message>, Target, Option<u64>)>,
-    /// The session came back here while this shard still forwarded for it (an earlier pass):
-    /// markers count only once they have gone around that forwarding too.
-    around: bool,
     /// The latest request for the session that came meanwhile (client id, asking shard,
     /// clean start, claim): answered once settled.
     deferred_take: Option<(Arc<str>, usize, bool, u64)>,
 }
 
 /// An answer this shard waits for, for a connection that lost to a later claim elsewhere:
-/// it goes on to that claim.
+/// it goes on to that claim (a session in it settles here first, then is handed on as any
+/// other: see `on_handoff`).
 #[derive(Clone, Copy, Debug)]
 pub struct Forward {
     /// The claim this shard asked for.
     pub asked: u64,
-    /// Where the answer goes, as the answer to which claim.
+    /// Where the answer goes, as the answer to which claim, and whether that claim's
+    /// connection starts clean.
     pub to: usize,
     pub claim: u64,
-}
-
-impl Settling {
-    pub fn came_around(&self) -> bool {
-        self.around
-    }
+    pub clean_start: bool,
 }
 
 /// A session handed to another shard: deliveries for it are forwarded there until every
@@ -102,6 +98,7 @@ impl<B: Backend> Shard<B> {
                             asked: mine,
                             to,
                             claim,
+                            clean_start,
                         });
                 }
                 // No session here: a new one there.
@@ -148,6 +145,15 @@ impl<B: Backend> Shard<B> {
             self.answer(client_id, to, claim, None, Some(mine));
             return;
         }
+        // A later connection here took the session over: the request has lost even if that
+        // connection has gone since (the session stays here for its claim, the latest,
+        // where the client's next connection looks for it). (A later claim elsewhere
+        // comes after the asking shard's: it asked that shard, and its answer goes on.)
+        let latest = self.shared.latest_claim(&client_id);
+        if let Some(latest) = latest.filter(|l| l.number() > claim && l.shard() == self.id) {
+            self.answer(client_id, to, claim, None, Some(latest.number()));
+            return;
+        }
         // The request is the latest: a connection here still waiting has lost.
         if let Some((conn, _)) = waiting {
             self.awaiting.remove(&client_id);
@@ -161,7 +167,7 @@ impl<B: Backend> Shard<B> {
         let session = self.take_local_session(id, clean_start);
         let receipt = session
             .as_ref()
-            .and_then(|s| self.journal_handed_off(to, s, None));
+            .and_then(|s| self.journal_handed_off(to, s));
         if let Some(s) = &session {
             self.journal_forget(s.id);
             self.moved.insert(
@@ -308,18 +314,17 @@ impl<B: Backend> Shard<B> {
                 if Some(f.asked) != forward.map(|g| g.asked) {
                     self.take_forward(&client_id, f.asked);
                 }
-                self.moved.insert(
-                    session.id,
-                    Moved {
-                        to: f.to,
-                        markers_passed: 0,
-                    },
-                );
-                // Passed on without being held here: written here (under the claim that
-                // asked for it) until the next shard shows it on its disk.
-                let receipt = self.journal_handed_off(f.to, &session, Some(claim));
-                let session = Some((session, receipt));
-                self.send_answer(client_id, f.to, f.claim, session, origin, None);
+                // Not passed straight on: it settles here and then moves as any session.
+                // Passed on while its old routes still carried messages, a session could
+                // come round to a shard that had forwarded some of them, and they would
+                // come after later ones, or find nobody to take them there (the markers
+                // that end a forwarding count one pass through each shard).
+                let id = session.id;
+                self.begin_settling(id, origin);
+                self.accept_waiting_gone(session, claim);
+                if let Some(settling) = self.settling.get_mut(&id) {
+                    settling.deferred_take = Some((client_id, f.to, f.clean_start, f.claim));
+                }
             }
             // Nobody waits for it here or through here: it stays here, offline.
             _ => {
@@ -430,12 +435,10 @@ impl<B: Backend> Shard<B> {
             self.id
         );
         let shards = self.shared.mailboxes.shards();
-        let around = self.moved.contains_key(&session);
         self.settling.insert(
             session,
             Settling {
                 markers_missing: shards,
-                around,
                 ..Default::default()
             },
         );
@@ -464,26 +467,20 @@ impl<B: Backend> Shard<B> {
         self.outbox.send(
             &self.shared.mailboxes,
             via,
-            ShardMsg::Flushed {
-                session,
-                around: false,
-            },
+            ShardMsg::Flushed { session },
             true,
         );
     }
 
     /// A shard's marker for `session`: counted here if it is settling here, passed on if it
     /// moved on.
-    pub(super) fn on_flushed(&mut self, session: SessionId, around: bool) {
-        let settling_here = self.settling.get(&session).map(|s| s.around);
+    pub(super) fn on_flushed(&mut self, session: SessionId) {
         if let Some(settling) = self.settling.get_mut(&session) {
-            if !settling.around || around {
-                settling.markers_missing -= 1;
-                if settling.markers_missing == 0 {
-                    self.settled(session);
-                }
-                return;
+            settling.markers_missing -= 1;
+            if settling.markers_missing == 0 {
+                self.settled(session);
             }
+            return;
         }
         let shards = self.shared.mailboxes.shards();
         let Some(moved) = self.moved.get_mut(&session) else {
@@ -496,9 +493,7 @@ impl<B: Backend> Shard<B> {
             // Every shard's old route has drained through here: nothing more to forward.
             self.moved.remove(&session);
         }
-        // The settling shard sends a marker around its own earlier forwarding.
-        let around = around || settling_here.is_some();
-        let msg = ShardMsg::Flushed { session, around };
+        let msg = ShardMsg::Flushed { session };
         self.outbox.send(&self.shared.mailboxes, to, msg, true);
     }
 

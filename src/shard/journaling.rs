@@ -121,26 +121,23 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// A persistent session passed to shard `to` (held here under the claim it was written
-    /// under, or passed on under `claim`): numbered as a message, and kept whole for a
-    /// rewrite here until that shard shows it on its disk. Its receipt.
+    /// A persistent session passed to shard `to` (under the claim it was written here
+    /// under): numbered as a message, and kept whole for a rewrite here until that shard
+    /// shows it on its disk. Its receipt.
     pub(super) fn journal_handed_off(
         &mut self,
         to: usize,
         session: &Session,
-        claim: Option<u64>,
     ) -> Option<(u16, u64)> {
         if session.clean {
             return None;
         }
         let offline_since = self.offline_since(session);
-        let held = self.journal.as_deref()?.claim_of(session.id);
-        let write_now = claim.is_some();
-        let claim = claim.or(held)?;
+        let claim = self.journal.as_deref()?.claim_of(session.id)?;
         let receipt = self.transit_number(to, crate::codec::QoS::AtLeastOnce)?;
         let (journal, clock) = self.journal_up_to_date()?;
         let whole = journal.session_alone(session, claim, offline_since, &clock);
-        journal.handed_off(to, receipt.1, whole, write_now);
+        journal.handed_off(to, receipt.1, whole);
         Some(receipt)
     }
 

@@ -578,7 +578,7 @@ impl<B: Backend> Shard<B> {
                     self.on_handoff(client_id, session, origin, claim, superseded_by)
                 }
                 ShardMsg::Flush { session, via } => self.on_flush(session, via),
-                ShardMsg::Flushed { session, around } => self.on_flushed(session, around),
+                ShardMsg::Flushed { session } => self.on_flushed(session),
             }
         }
     }

@@ -262,6 +262,12 @@ impl Shared {
         }
     }
 
+    /// `client_id`'s latest claim (its latest connection, on any shard).
+    pub fn latest_claim(&self, client_id: &str) -> Option<Claim> {
+        let registry = self.registry.lock().expect("registry lock");
+        registry.get(client_id).copied()
+    }
+
     /// Forgets `client_id`'s claim if `shard` still holds it (no other shard has claimed the
     /// id since).
     pub fn release_claim(&self, client_id: &str, shard: usize) {

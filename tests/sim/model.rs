@@ -579,7 +579,10 @@ impl World {
                 }
             }
             let traffic = self.sim.nets.iter().any(|n| n.busy());
-            let quiet = !traffic && self.sim.shards.iter().all(|s| s.is_idle());
+            // (Clients held while a journal is written again wait for the rewrite.)
+            let held = (self.sim.shards.iter()).any(|s| s.waits_for_disk())
+                || (self.sim.nets.iter()).any(|n| !n.paused_with_input().is_empty());
+            let quiet = !traffic && !held && self.sim.shards.iter().all(|s| s.is_idle());
             if quiet {
                 break;
             }

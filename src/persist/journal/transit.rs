@@ -63,13 +63,8 @@ impl Journal {
     /// `session`, passed to shard `to` as its `number`, whole as of now under `claim`:
     /// until that shard shows it on its disk, a compaction here writes it again (this
     /// journal's file is then the only one on disk that has it, and a rewrite must not
-    /// leave it out). `write_now`: written into the journal too (a shard passing on a
-    /// session it never held; the shard it came from holds it in its file already).
-    /// (`whole`: from `session_alone`.)
-    pub fn handed_off(&mut self, to: usize, number: u64, whole: Bytes, write_now: bool) {
-        if write_now {
-            self.emit_bytes(&whole, self.everywhere());
-        }
+    /// leave it out). (`whole`: from `session_alone`.)
+    pub fn handed_off(&mut self, to: usize, number: u64, whole: Bytes) {
         if self.handed.len() <= to {
             self.handed.resize_with(to + 1, VecDeque::new);
         }
