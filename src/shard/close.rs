@@ -297,7 +297,9 @@ impl<B: Backend> Shard<B> {
             self.trie_sweep
                 .push_back((id, subscriptions.into_keys(), in_groups));
         }
-        if unregister {
+        // (Not while a later connection here waits for a session of the client: the claim
+        // named here is its own.)
+        if unregister && !self.awaiting.contains_key(&client_id) {
             self.shared.release_claim(&client_id, self.id);
         }
     }

@@ -216,6 +216,7 @@ impl<B: Backend> Shard<B> {
                 self.close_waiting(earlier, &client_id);
             }
             if let Some(owner) = elsewhere {
+                self.asked.entry(client_id.clone()).or_default().push(claim);
                 let msg = ShardMsg::TakeSession {
                     client_id,
                     to: self.id,

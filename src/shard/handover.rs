@@ -240,8 +240,16 @@ impl<B: Backend> Shard<B> {
         );
         // The answer to a request whose connection lost to a later claim elsewhere.
         let forward = self.take_forward(&client_id, claim);
+        // Another request of this shard still unanswered may yet bring the session.
+        let still_asked = self.answered(&client_id, claim);
         let Some(session) = session else {
             if let Some(f) = forward {
+                if let Some(other) = still_asked {
+                    // What is owed waits for that answer instead.
+                    let f = Forward { asked: other, ..f };
+                    self.forward_handoff.entry(client_id).or_default().push(f);
+                    return;
+                }
                 // Passed on as it is: the later claim judges it.
                 self.send_answer(client_id, f.to, f.claim, None, origin, superseded_by);
                 return;
@@ -253,14 +261,17 @@ impl<B: Backend> Shard<B> {
                     self.awaiting.remove(&client_id);
                     self.close_waiting(conn, &client_id);
                 }
-                // There is no session: the waiting connection starts one.
-                (Some((conn, mine)), None) if mine == claim => {
+                // The session may still come with another answer.
+                _ if still_asked.is_some() => {}
+                // No other answer is coming: the waiting connection (the newest, whichever
+                // request this answers) takes the session held here, or starts one.
+                (Some((conn, mine)), _) => {
                     self.awaiting.remove(&client_id);
-                    self.accept_waiting(conn, &client_id, None, mine);
+                    match self.sessions.id_of(&client_id) {
+                        Some(id) => self.give_waiting_connection(conn, id, &client_id),
+                        None => self.accept_waiting(conn, &client_id, None, mine),
+                    }
                 }
-                // An answer to an earlier request of a connection since replaced here:
-                // the newest waits for its own.
-                (Some(_), _) => {}
                 (None, _) => {
                     // Nobody waits: the client id is no longer this shard's, unless a
                     // session of it is here.
@@ -272,20 +283,15 @@ impl<B: Backend> Shard<B> {
             return;
         };
         // A session goes to the latest claim this shard knows of: its own waiting
-        // connection, or one of the later claims it owes an answer (so that a session never
-        // passes through the same shard twice on its way).
+        // connection, or one of the later claims it owes an answer; every other claim owed
+        // one here has lost to it.
         let waiting = self
             .awaiting
             .get(&client_id)
             .map(|&(conn, mine)| (mine, conn));
-        let latest_forward = self
-            .forward_handoff
-            .get(&client_id)
-            .and_then(|list| list.iter().max_by_key(|f| f.claim).copied());
-        let best_forward = match (forward, latest_forward) {
-            (Some(a), Some(b)) => Some(if b.claim > a.claim { b } else { a }),
-            (a, b) => a.or(b),
-        };
+        let mut owed = self.forward_handoff.remove(&client_id).unwrap_or_default();
+        owed.extend(forward);
+        let best_forward = owed.iter().max_by_key(|f| f.claim).copied();
         let local_wins = match (waiting, best_forward) {
             (Some((mine, _)), Some(f)) => mine > f.claim,
             (Some(_), None) => true,
@@ -296,13 +302,9 @@ impl<B: Backend> Shard<B> {
         } else {
             best_forward.map(|f| f.claim)
         };
-        // The request this answers, if its answer was owed elsewhere and the session goes
-        // to a later claim instead: that claim lost.
-        if let (Some(f), Some(by)) = (forward, winner) {
-            if f.claim != by {
-                let (to, lost) = (f.to, f.claim);
-                self.send_answer(client_id.clone(), to, lost, None, origin, Some(by));
-            }
+        for f in owed.iter().filter(|f| Some(f.claim) != winner) {
+            let by = winner.expect("a claim is owed");
+            self.send_answer(client_id.clone(), f.to, f.claim, None, origin, Some(by));
         }
         match (local_wins, best_forward, waiting) {
             (true, _, Some((mine, conn))) => {
@@ -311,9 +313,6 @@ impl<B: Backend> Shard<B> {
                 self.accept_waiting(conn, &client_id, Some(session), mine);
             }
             (false, Some(f), _) => {
-                if Some(f.asked) != forward.map(|g| g.asked) {
-                    self.take_forward(&client_id, f.asked);
-                }
                 // Not passed straight on: it settles here and then moves as any session.
                 // Passed on while its old routes still carried messages, a session could
                 // come round to a shard that had forwarded some of them, and they would
@@ -332,6 +331,17 @@ impl<B: Backend> Shard<B> {
                 self.accept_waiting_gone(session, claim);
             }
         }
+    }
+
+    /// This shard's request under `claim` is answered; another still out, if any.
+    fn answered(&mut self, client_id: &Arc<str>, claim: u64) -> Option<u64> {
+        let list = self.asked.get_mut(client_id)?;
+        list.retain(|&mut c| c != claim);
+        let other = list.last().copied();
+        if other.is_none() {
+            self.asked.remove(client_id);
+        }
+        other
     }
 
     /// Removes and returns the answer this shard owes for its request `asked`.

@@ -138,6 +138,10 @@ pub struct Shard<B: Backend> {
     /// connection waiting for it (the newest, if the client connected again meanwhile) and
     /// its claim number.
     awaiting: HashMap<Arc<str>, (ConnId, u64)>,
+    /// Client ids whose session this shard asked for, with the claims it asked under that
+    /// have no answer yet (each request is answered: requests and answers are never
+    /// dropped). While one is out, the session may still come here.
+    asked: HashMap<Arc<str>, smallvec::SmallVec<[u64; 2]>>,
     /// Sessions owed retained messages (each once), continued every turn.
     owing: Vec<SessionId>,
     /// Some of them can go on as soon as this turn's writes are out: do not sleep.
@@ -234,6 +238,7 @@ impl<B: Backend> Shard<B> {
             pending_flush: Vec::new(),
             forward_handoff: HashMap::new(),
             awaiting: HashMap::new(),
+            asked: HashMap::new(),
             owing: Vec::new(),
             owed_next_turn: false,
             scan_visits_left: crate::limits::SCAN_VISITS_PER_TURN,

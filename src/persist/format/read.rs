@@ -262,6 +262,8 @@ pub fn read_each(
                     // damage (a crash cuts a write short, or leaves zeros where it did not
                     // land).
                     _ if in_turns && ends_with_turn_end(file, pos) => true,
+                    // It is a turn's end, a bit flipped (its length, say): written whole.
+                    _ if in_turns && is_turn_end(&file[pos..]) => true,
                     // Format 1 had no turns: only the file's last record may be torn.
                     Shape::Cut => in_turns && turn_ends(file, pos).any(|end| end < file.len()),
                     Shape::Whole { end } if !in_turns => end < file.len(),
@@ -360,12 +362,26 @@ fn zeros_from(file: &[u8]) -> usize {
 /// record or one a bit away from it.
 fn ends_with_turn_end(file: &[u8], pos: usize) -> bool {
     let file = &file[..zeros_from(file)];
-    let mut mark = BytesMut::new();
-    Record::TurnEnd.encode(&mut mark);
-    let Some(tail) = file.len().checked_sub(mark.len()).filter(|&at| at >= pos) else {
+    let Some(tail) = file.len().checked_sub(TURN_END_LEN).filter(|&at| at >= pos) else {
         return false;
     };
-    let bits: u32 = (file[tail..].iter().zip(&mark[..]))
+    is_turn_end(&file[tail..])
+}
+
+/// A `TurnEnd` record's length, header included.
+const TURN_END_LEN: usize = RECORD_HEADER_LEN + 1;
+
+/// Whether `bytes` begin with a whole `TurnEnd` record, or one a bit away from it (its
+/// bytes are always the same; a write cut short leaves a part of them, or zeros, many bits
+/// away).
+fn is_turn_end(bytes: &[u8]) -> bool {
+    let mut mark = BytesMut::new();
+    Record::TurnEnd.encode(&mut mark);
+    debug_assert_eq!(mark.len(), TURN_END_LEN);
+    let Some(bytes) = bytes.get(..mark.len()) else {
+        return false;
+    };
+    let bits: u32 = (bytes.iter().zip(&mark[..]))
         .map(|(a, b)| (a ^ b).count_ones())
         .sum();
     bits <= 1
