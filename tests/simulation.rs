@@ -39,6 +39,37 @@ fn a_reconnect_while_the_session_is_on_its_way_waits_for_it() {
     assert!(connack(&got).session_present, "{got:?}");
 }
 
+/// Two shards each wait for the session and each owe the other the answer: the client
+/// connects on shard 1 (asking shard 0, which holds a clean session), then on shard 2
+/// (asking shard 1, whose connection loses), then on shard 1 again (asking shard 2, whose
+/// connection loses). Shard 1's new connection makes what it owes shard 2 go at once (it
+/// lost); held for shard 1's other request, the two shards waited for each other for ever.
+#[test]
+fn two_shards_that_owe_each_other_an_answer_do_not_wait_for_ever() {
+    let mut sim = Sim::new(3);
+    let a = sim.nets[0].connect();
+    sim.send(0, a, &connect("ring", true), V311);
+    sim.settle();
+    let y1 = sim.nets[1].connect();
+    sim.send(1, y1, &connect("ring", false), V311);
+    sim.step(1);
+    let x = sim.nets[2].connect();
+    sim.send(2, x, &connect("ring", false), V311);
+    sim.step(2);
+    sim.step(1);
+    sim.step(1);
+    let y2 = sim.nets[1].connect();
+    sim.send(1, y2, &connect("ring", false), V311);
+    sim.step(1);
+    sim.step(2);
+    sim.step(2);
+    sim.settle();
+    let got = sim.received(1, y2, V311);
+    let ack = connack(&got);
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present, "{got:?}");
+}
+
 /// The shard that holds a session has a full mailbox when another shard asks for it: the
 /// request waits for room (it is never dropped, and the client is not refused), and the
 /// session arrives.

@@ -203,10 +203,12 @@ impl<B: Backend> Shard<B> {
             c.claim = claim;
         }
         let elsewhere = previous.map(Claim::shard).filter(|&owner| owner != self.id);
-        if elsewhere.is_some() || self.awaiting.contains_key(&client_id) {
-            // The session lives on another shard, or is already on its way here for an
-            // earlier connection of this client: this connection waits for it, and CONNECT
-            // is answered when it arrives (`on_handoff`).
+        let on_its_way =
+            self.awaiting.contains_key(&client_id) || self.asked.contains_key(&client_id);
+        if elsewhere.is_some() || on_its_way {
+            // The session lives on another shard, or may be on its way here for an earlier
+            // connection of this client: this connection waits for it, and CONNECT is
+            // answered when it arrives (`on_handoff`).
             let clean_start = connect.clean_start;
             let now = self.stamp();
             if let Some(c) = self.conn_mut(conn) {
@@ -215,6 +217,7 @@ impl<B: Backend> Shard<B> {
             if let Some((earlier, _)) = self.awaiting.insert(client_id.clone(), (conn, claim)) {
                 self.close_waiting(earlier, &client_id);
             }
+            self.supersede_owed(&client_id, claim);
             if let Some(owner) = elsewhere {
                 self.asked.entry(client_id.clone()).or_default().push(claim);
                 let msg = ShardMsg::TakeSession {

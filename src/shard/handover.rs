@@ -81,28 +81,36 @@ impl<B: Backend> Shard<B> {
             self.id
         );
         let Some(id) = held else {
-            match waiting {
+            // The request of this shard still out (the session may come with its answer).
+            let out = self.asked.get(&client_id).and_then(|a| a.last().copied());
+            match (waiting, out) {
                 // This shard waits for the session with a later claim: the request has lost.
-                Some((_, mine)) if mine > claim => {
+                (Some((_, mine)), _) if mine > claim => {
                     self.answer(client_id, to, claim, None, Some(mine));
                 }
-                // This shard waits for the session too, with an earlier claim: its
-                // connection has lost, and the answer it waits for goes on to `to`.
-                Some((conn, mine)) => {
-                    self.awaiting.remove(&client_id);
-                    self.close_waiting(conn, &client_id);
-                    self.forward_handoff
-                        .entry(client_id)
-                        .or_default()
-                        .push(Forward {
-                            asked: mine,
-                            to,
-                            claim,
-                            clean_start,
-                        });
+                // This shard waits for the session too (a connection with an earlier claim,
+                // which has lost, or none): the answer it waits for goes on to `to`.
+                (waiting, Some(asked)) => {
+                    if let Some((conn, _)) = waiting {
+                        self.awaiting.remove(&client_id);
+                        self.close_waiting(conn, &client_id);
+                    }
+                    let f = Forward {
+                        asked,
+                        to,
+                        claim,
+                        clean_start,
+                    };
+                    self.forward_handoff.entry(client_id).or_default().push(f);
                 }
-                // No session here: a new one there.
-                None => self.answer(client_id, to, claim, None, None),
+                // No session here, none coming: a new one there.
+                (waiting, None) => {
+                    if let Some((conn, _)) = waiting {
+                        self.awaiting.remove(&client_id);
+                        self.close_waiting(conn, &client_id);
+                    }
+                    self.answer(client_id, to, claim, None, None);
+                }
             }
             return;
         };
@@ -330,6 +338,25 @@ impl<B: Backend> Shard<B> {
                 self.begin_settling(session.id, origin);
                 self.accept_waiting_gone(session, claim);
             }
+        }
+    }
+
+    /// A connection here claims `claim` and waits: answers owed here to earlier claims have
+    /// lost to it, and go now (held for this shard's requests, two shards that owed each
+    /// other an answer would wait for ever).
+    pub(super) fn supersede_owed(&mut self, client_id: &Arc<str>, claim: u64) {
+        let Some(list) = self.forward_handoff.get_mut(client_id) else {
+            return;
+        };
+        let (lost, kept): (Vec<Forward>, Vec<Forward>) =
+            list.drain(..).partition(|f| f.claim < claim);
+        if kept.is_empty() {
+            self.forward_handoff.remove(client_id);
+        } else {
+            *list = kept;
+        }
+        for f in lost {
+            self.send_answer(client_id.clone(), f.to, f.claim, None, self.id, Some(claim));
         }
     }
 

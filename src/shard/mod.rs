@@ -385,9 +385,8 @@ impl<B: Backend> Shard<B> {
             || !self.retained_requests.is_empty()
     }
 
-    /// The shard has no work of its own for its next turn, and nothing from or for other
-    /// shards waits on it (its mailbox and outbox are empty): with every shard idle and no
-    /// client traffic, a simulation has settled.
+    /// No work for its next turn, nor from or for other shards (mailbox and outbox empty):
+    /// with every shard idle and no client traffic, a simulation has settled.
     pub fn is_idle(&self) -> bool {
         !self.has_work_now()
             && self.mailbox.is_empty()
