@@ -255,6 +255,9 @@ const FOUND_DEFECTS: &[(u64, usize)] = &[
     (7936354477867597104, 3),
     // A flipped bit in the last turn's end read as a torn tail.
     (15687373441592633558, 3),
+    // A session kept for a later claim was handed to an earlier one: the copy journaled
+    // under the later claim won at recovery, and what came after was lost.
+    (2186939087874752258, 4),
 ];
 
 #[test]

@@ -162,6 +162,14 @@ impl<B: Backend> Shard<B> {
             self.answer(client_id, to, claim, None, Some(latest.number()));
             return;
         }
+        // Likewise a session kept here for a later claim (journaled under it): handed to an
+        // earlier one, it would be journaled there under that claim, and the copy here,
+        // under the later one, would win at recovery.
+        let kept_for = self.journal.as_deref().and_then(|j| j.claim_of(id));
+        if let Some(kept_for) = kept_for.filter(|&c| c > claim) {
+            self.answer(client_id, to, claim, None, Some(kept_for));
+            return;
+        }
         // The request is the latest: a connection here still waiting has lost.
         if let Some((conn, _)) = waiting {
             self.awaiting.remove(&client_id);
