@@ -94,14 +94,18 @@ pub struct Message {
     pub order: PublishOrder,
 }
 
-/// Where a message was published: the shard, and its number among the messages that shard
-/// published since the start. A publisher's messages can reach a session by different
-/// routes between shards (straight, through the shard a session moved from, held while it
+/// Where a message was published: its number among the messages its shard published since
+/// the start, and the shard. A publisher's messages can reach a session by different routes
+/// between shards (straight, through the shard a session moved from, held while it
 /// settles); recovery puts what it hands on back in this order [MQTT-4.6.0-6].
+///
+/// Ordered by number, then shard. A shard accepting a connection numbers on from past every
+/// message of connections closed before (`Shared::published_mark`), so a client's messages
+/// are in order even when its connections were on different shards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublishOrder {
-    pub shard: u16,
     pub number: u64,
+    pub shard: u16,
 }
 
 impl Message {

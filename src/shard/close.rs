@@ -325,6 +325,7 @@ impl<B: Backend> Shard<B> {
     /// last bytes may acknowledge what the turn changed (a PUBLISH and a DISCONNECT read
     /// together).
     pub(super) fn close_socket(&mut self, c: Box<super::conn::Conn>) {
+        self.mark_published();
         if self.journal.is_some() {
             self.closing_sockets.push(c);
         } else {

@@ -385,6 +385,8 @@ impl<B: Backend> Shard<B> {
             other => other,
         };
         let session_present = resumed.is_some();
+        // [MQTT-4.6.0-6] numbered after what the client published on earlier connections.
+        self.catch_up_published();
         let mut session = resumed.unwrap_or_else(|| {
             let id = self.shared.new_session_id();
             Box::new(Session::begin(

@@ -80,6 +80,12 @@ pub struct Shared {
     pub forwards_committed: Box<[AtomicU64]>,
     /// Journal compactions asked for (SIGUSR1): a shard that has done fewer does one.
     pub compactions_asked: AtomicU64,
+    /// With persistence and more than one shard: at least the `PublishOrder` number of every
+    /// message published on a connection that has closed. A shard raised it before it
+    /// lets another shard have the client (`Shard::mark_published`); a shard accepting a
+    /// connection counts on from past it, so a client's messages are numbered in the order
+    /// it sent them whichever shards its connections landed on.
+    pub published_mark: AtomicU64,
     /// Where shards meet at shutdown with persistence (`Shard::deliver_in_transit`).
     pub shutdown_barrier: std::sync::Barrier,
     /// When the broker started (`$SYS/broker/uptime`).
@@ -224,6 +230,7 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             shutdown_barrier: std::sync::Barrier::new(shards),
             compactions_asked: AtomicU64::new(0),
+            published_mark: AtomicU64::new(0),
             durable_from: (0..shards * shards).map(|_| AtomicU64::new(0)).collect(),
             forwards_committed: (0..shards * shards).map(|_| AtomicU64::new(0)).collect(),
             started: clock.now(),

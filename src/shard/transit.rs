@@ -64,6 +64,25 @@ impl<B: Backend> Shard<B> {
         }
     }
 
+    /// A connection closes: every message published here so far is numbered below what a
+    /// shard that the client connects to next numbers on from (`catch_up_published`).
+    /// Raised before this shard answers for the client or lets its claim go, which is how
+    /// the next shard learns of the close.
+    pub(super) fn mark_published(&self) {
+        if let Some(transit) = self.transit.as_deref() {
+            (self.shared.published_mark).fetch_max(transit.published, Ordering::Relaxed);
+        }
+    }
+
+    /// A connection is accepted here: its messages are numbered after those of every
+    /// connection closed before (on any shard), its client's earlier ones among them.
+    pub(super) fn catch_up_published(&mut self) {
+        if let Some(transit) = self.transit.as_deref_mut() {
+            let mark = self.shared.published_mark.load(Ordering::Relaxed);
+            transit.published = transit.published.max(mark);
+        }
+    }
+
     /// The number of a message of `qos` passed to `shard` now (QoS 1 and 2 only).
     pub(super) fn transit_number(&mut self, shard: usize, qos: QoS) -> Option<(u16, u64)> {
         let transit = (self.transit.as_deref_mut()).filter(|_| qos != QoS::AtMostOnce)?;
