@@ -123,15 +123,7 @@ fn fill_mailbox(sim: &Sim, shard: usize) {
 }
 
 fn publish_q1(packet_id: u16, payload: &'static [u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: MqttStr::new("t").unwrap(),
-        packet_id,
-        properties: Properties::default(),
-        payload: bytes::Bytes::from_static(payload),
-    })
+    publish_to("t", packet_id, payload)
 }
 
 /// A publisher's message waits on its shard for the subscriber's full mailbox; the
@@ -195,11 +187,7 @@ fn a_publisher_that_moves_shards_does_not_pass_its_held_message() {
 #[test]
 fn after_a_crash_a_publisher_that_moved_shards_keeps_its_order() {
     let storage = midge::persist::storage::sim::SimStorage::new(1);
-    let mut config = midge::config::Config::default();
-    config.listeners_with_ports(&[1883]);
-    config.persistence = true;
-    config.persistence_location = Some("/sim".into());
-    config.persistence_sync = midge::persist::SyncPolicy::Always;
+    let config = persisting_config();
     let clock = std::sync::Arc::new(midge::shard::clock::ManualClock::new());
     let start = || Sim::with_store(3, config.clone(), &storage, clock.clone()).unwrap();
     let mut sim = start();

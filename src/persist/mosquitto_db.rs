@@ -38,7 +38,7 @@ pub fn is_mosquitto_db(bytes: &[u8]) -> bool {
     bytes.starts_with(&MAGIC)
 }
 
-mod chunk {
+pub mod chunk {
     pub const CONFIG: u32 = 1;
     pub const MESSAGE: u32 = 2;
     pub const CLIENT_MESSAGE: u32 = 3;
@@ -48,7 +48,7 @@ mod chunk {
 }
 
 /// Mosquitto's message states (`enum mosquitto_msg_state`) that midge takes over.
-mod state {
+pub mod state {
     pub const PUBLISH_QOS0: u8 = 1;
     pub const PUBLISH_QOS1: u8 = 2;
     pub const WAIT_FOR_PUBACK: u8 = 3;
@@ -492,5 +492,6 @@ fn publish_bytes(
     Ok(buf.freeze())
 }
 
+pub mod layout;
 #[cfg(test)]
 mod tests;

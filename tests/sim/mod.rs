@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod client;
+mod import;
 pub mod model;
 mod rng;
 mod wire;
@@ -218,6 +219,30 @@ pub fn connect(client_id: &str, clean: bool) -> Packet {
 }
 
 pub const V311: ProtocolVersion = ProtocolVersion::V311;
+
+/// A broker persisting under `/sim` (the default `mosquitto.db` and its store beside it),
+/// each turn synced.
+pub fn persisting_config() -> Config {
+    let mut config = Config::default();
+    config.listeners_with_ports(&[1883]);
+    config.persistence = true;
+    config.persistence_location = Some("/sim".into());
+    config.persistence_sync = midge::persist::SyncPolicy::Always;
+    config
+}
+
+/// A QoS 1 PUBLISH of `payload` to `topic` as packet `packet_id`.
+pub fn publish_to(topic: &str, packet_id: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: MqttStr::new(topic).unwrap(),
+        packet_id,
+        properties: Properties::default(),
+        payload: bytes::Bytes::from_static(payload),
+    })
+}
 
 /// SUBSCRIBE (packet id 1) to `filter` at QoS 1.
 pub fn subscribe_q1(filter: &str) -> Packet {
