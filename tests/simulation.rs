@@ -70,6 +70,53 @@ fn two_shards_that_owe_each_other_an_answer_do_not_wait_for_ever() {
     assert!(!ack.session_present, "{got:?}");
 }
 
+/// A request that reaches a shard after a later claim of the client was made there loses at
+/// once, even when that claim's connection has gone. The client connects on shard 1 (claim
+/// a, asking shard 2, which holds its session), on shard 0 (b, asking shard 1; the request
+/// waits for room in shard 1's mailbox), on shard 1 again (c, asking shard 0), and on shard
+/// 2 (d, asking shard 1; the session stays there for it). Shard 1 gets d's request, then b's:
+/// kept for its own answer from shard 0, b's answer waited on shard 0, which waited on shard
+/// 1 for b's; d's answer never came, and the client's next connection on shard 2 waited for
+/// it for ever.
+#[test]
+fn a_request_older_than_a_claim_made_where_it_arrives_loses_at_once() {
+    let mut sim = Sim::new(3);
+    let s = sim.nets[2].connect();
+    sim.send(2, s, &connect("cycle", false), V311);
+    sim.settle();
+    sim.nets[2].close(s);
+    sim.settle();
+
+    let claim_on = |sim: &mut Sim, shard: usize| {
+        let conn = sim.nets[shard].connect();
+        sim.send(shard, conn, &connect("cycle", false), V311);
+        sim.step(shard);
+        conn
+    };
+    claim_on(&mut sim, 1); // a
+    fill_mailbox(&sim, 1);
+    claim_on(&mut sim, 0); // b, held in shard 0's outbox
+    claim_on(&mut sim, 1); // c
+    let z = claim_on(&mut sim, 2); // d, which takes the session on shard 2
+    for _ in 0..10_000 {
+        if sim.shards[1].shared().mailboxes.depth(1) == 0 {
+            break;
+        }
+        sim.step(1);
+    }
+    assert_eq!(sim.shards[1].shared().mailboxes.depth(1), 0);
+    sim.step(2); // d's request reaches shard 1 first ...
+    sim.step(0); // ... then b's.
+    sim.settle();
+    assert!(connack(&sim.received(2, z, V311)).session_present);
+    sim.nets[2].close(z);
+    let again = sim.nets[2].connect();
+    sim.send(2, again, &connect("cycle", false), V311);
+    sim.settle();
+    let got = sim.received(2, again, V311);
+    assert!(connack(&got).session_present, "{got:?}");
+}
+
 /// The shard that holds a session has a full mailbox when another shard asks for it: the
 /// request waits for room (it is never dropped, and the client is not refused), and the
 /// session arrives.
@@ -317,6 +364,8 @@ const FOUND_DEFECTS: &[(u64, usize)] = &[
     // A session kept for a later claim was handed to an earlier one: the copy journaled
     // under the later claim won at recovery, and what came after was lost.
     (2186939087874752258, 4),
+    // Two shards each kept an older claim's request for their own answer from the other.
+    (7293405397985879679, 4),
 ];
 
 #[test]

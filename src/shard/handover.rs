@@ -81,20 +81,26 @@ impl<B: Backend> Shard<B> {
             self.id
         );
         let Some(id) = held else {
+            // A later claim this shard knows of has beaten the request: a connection waiting
+            // here, a request of this shard's own, or one it owes an answer. (Held for
+            // this shard's own answer, it could wait on a shard that waits on this one.)
+            let later = self.later_claims_known(&client_id).filter(|&c| c > claim);
+            if let Some(by) = later {
+                self.answer(client_id, to, claim, None, Some(by));
+                return;
+            }
             // The request of this shard still out (the session may come with its answer).
             let out = self.asked.get(&client_id).and_then(|a| a.last().copied());
             match (waiting, out) {
-                // This shard waits for the session with a later claim: the request has lost.
-                (Some((_, mine)), _) if mine > claim => {
-                    self.answer(client_id, to, claim, None, Some(mine));
-                }
                 // This shard waits for the session too (a connection with an earlier claim,
-                // which has lost, or none): the answer it waits for goes on to `to`.
+                // which has lost, or none): the answer it waits for goes on to `to`, the
+                // latest claim, which every other claim owed an answer here has lost to.
                 (waiting, Some(asked)) => {
                     if let Some((conn, _)) = waiting {
                         self.awaiting.remove(&client_id);
                         self.close_waiting(conn, &client_id);
                     }
+                    self.supersede_owed(&client_id, claim);
                     let f = Forward {
                         asked,
                         to,
@@ -366,6 +372,16 @@ impl<B: Backend> Shard<B> {
         for f in lost {
             self.send_answer(client_id.clone(), f.to, f.claim, None, self.id, Some(claim));
         }
+    }
+
+    /// The latest claim for `client_id` this shard knows of without holding its session: of
+    /// a connection waiting here, of a request of its own, or of one it owes an answer.
+    fn later_claims_known(&self, client_id: &Arc<str>) -> Option<u64> {
+        let waiting = self.awaiting.get(client_id).map(|&(_, mine)| mine);
+        let asked = (self.asked.get(client_id)).and_then(|a| a.iter().max().copied());
+        let owed = (self.forward_handoff.get(client_id))
+            .and_then(|owed| owed.iter().map(|f| f.claim).max());
+        waiting.max(asked).max(owed)
     }
 
     /// This shard's request under `claim` is answered; another still out, if any.
