@@ -374,6 +374,7 @@ fn random_workloads_keep_every_promise_across_crashes_and_disk_faults() {
     let seeds = (0..60)
         .map(|seed| (seed, 2))
         .chain((1000..1020).map(|seed| (seed, 3)))
+        .chain((2000..2020).map(|seed| (seed, 4)))
         .chain(FOUND_DEFECTS.iter().copied());
     for (seed, shards) in seeds {
         let (o, injected) = std::panic::catch_unwind(|| run_disk_seed(seed, shards, 3_000))
