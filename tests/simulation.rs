@@ -225,12 +225,13 @@ fn a_publisher_that_moves_shards_does_not_pass_its_held_message() {
     assert_eq!(payloads, [&b"first"[..], &b"second"[..]]);
 }
 
-/// A publisher sends a QoS 1 message on shard 2, then, on a new connection on shard 0, a
-/// second; both wait in the subscriber's shard's mailbox when the machine crashes. Recovery
-/// hands them on from two journals; shard 0 numbered its message after shard 2's (it
-/// counts on past every closed connection's), so they come back in the order they were sent
-/// [MQTT-4.6.0-6]. (Shard 2 has published more than shard 0: by their own counts alone,
-/// the second would come first.)
+/// A publisher sends a QoS 1 message on shard 2 and its connection drops (its will goes),
+/// then, on a new connection on shard 0, it sends a second; all three wait in the
+/// subscriber's shard's mailbox when the machine crashes. Recovery hands them on from two
+/// journals; shard 0 numbered its message after shard 2's and the will (it counts on past
+/// every closed connection's and every will), so they come back in the order they were
+/// sent [MQTT-4.6.0-6]. (Shard 2 has published more than shard 0: by their own counts
+/// alone, the second would come first.)
 #[test]
 fn after_a_crash_a_publisher_that_moved_shards_keeps_its_order() {
     let storage = midge::persist::storage::sim::SimStorage::new(1);
@@ -245,7 +246,17 @@ fn after_a_crash_a_publisher_that_moved_shards_keeps_its_order() {
     sim.received(1, s, V311);
     sim.nets[1].close(s);
     let p = sim.nets[2].connect();
-    sim.send(2, p, &connect("publisher", true), V311);
+    let mut with_will = connect("publisher", true);
+    if let Packet::Connect(c) = &mut with_will {
+        c.will = Some(Will {
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+            topic: MqttStr::new("t").unwrap(),
+            payload: bytes::Bytes::from_static(b"will"),
+        });
+    }
+    sim.send(2, p, &with_will, V311);
     for id in 1..=3 {
         sim.send(2, p, &publish_q1(id, b"early"), V311);
     }
@@ -276,7 +287,14 @@ fn after_a_crash_a_publisher_that_moved_shards_keeps_its_order() {
         .collect();
     assert_eq!(
         payloads,
-        [&b"early"[..], b"early", b"early", b"first", b"second"]
+        [
+            &b"early"[..],
+            b"early",
+            b"early",
+            b"first",
+            b"will",
+            b"second"
+        ]
     );
 }
 

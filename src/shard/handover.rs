@@ -92,8 +92,8 @@ impl<B: Backend> Shard<B> {
             // The request of this shard still out (the session may come with its answer).
             let out = self.asked.get(&client_id).and_then(|a| a.last().copied());
             match (waiting, out) {
-                // This shard waits for the session too (a connection with an earlier claim,
-                // which has lost, or none): the answer it waits for goes on to `to`, the
+                // This shard waits for the session too (for no connection, or one whose
+                // claim lost to this request): the answer it waits for goes on to `to`, the
                 // latest claim, which every other claim owed an answer here has lost to.
                 (waiting, Some(asked)) => {
                     if let Some((conn, _)) = waiting {

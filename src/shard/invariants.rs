@@ -108,6 +108,18 @@ impl<B: Backend> Shard<B> {
             }
             session.check_invariants();
         }
+        // What a shard owes for a client waits on a request of its own still out, and it
+        // owes one answer at most (a later request makes the others go).
+        for (client, owed) in &self.forward_handoff {
+            assert!(owed.len() <= 1, "{client}: {} answers owed", owed.len());
+            for f in owed {
+                assert!(
+                    self.asked.get(client).is_some_and(|a| a.contains(&f.asked)),
+                    "{client}: an answer owed on request {}, which is not out",
+                    f.asked
+                );
+            }
+        }
         // A session moves on only once settled, and only from where it is held: it never
         // comes back to a shard still forwarding for it (each marker passes each shard once).
         for id in self.moved.keys() {

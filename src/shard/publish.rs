@@ -468,6 +468,9 @@ impl<B: Backend> Shard<B> {
             properties,
             origin: Some(origin),
         });
+        // The client's last message: a later connection of its client, on any shard,
+        // numbers past it (published after the socket closed, it is not under that mark).
+        self.mark_published();
         // A will the retained messages have no room for goes out, unretained (its client is
         // gone: there is no one to refuse).
         if message.retain && !self.keep_retained(&message, None) {

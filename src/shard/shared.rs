@@ -81,10 +81,11 @@ pub struct Shared {
     /// Journal compactions asked for (SIGUSR1): a shard that has done fewer does one.
     pub compactions_asked: AtomicU64,
     /// With persistence and more than one shard: at least the `PublishOrder` number of every
-    /// message published on a connection that has closed. A shard raised it before it
-    /// lets another shard have the client (`Shard::mark_published`); a shard accepting a
-    /// connection counts on from past it, so a client's messages are numbered in the order
-    /// it sent them whichever shards its connections landed on.
+    /// message published on a connection that has closed, and of every will. A shard
+    /// raises it before it lets another shard have the client (`Shard::mark_published`,
+    /// when a socket closes and when a will goes); a shard accepting a connection counts on
+    /// from past it, so a client's messages are numbered in the order it sent them
+    /// whichever shards its connections landed on.
     pub published_mark: AtomicU64,
     /// Where shards meet at shutdown with persistence (`Shard::deliver_in_transit`).
     pub shutdown_barrier: std::sync::Barrier,

@@ -64,8 +64,9 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// A connection closes: every message published here so far is numbered below what a
-    /// shard that the client connects to next numbers on from (`catch_up_published`).
+    /// A connection closes, or a will goes: every message published here so far is
+    /// numbered below what a shard that the client connects to next numbers on from
+    /// (`catch_up_published`).
     /// Raised before this shard answers for the client or lets its claim go, which is how
     /// the next shard learns of the close.
     pub(super) fn mark_published(&self) {
