@@ -17,7 +17,7 @@ pub enum ShardMsg {
     Deliver {
         message: Arc<Message>,
         targets: Vec<Target>,
-        /// Passed on by a shard the sessions moved away from (see `shard/handover.rs`).
+        /// Passed on by a shard the sessions moved away from (see `shard/handover/`).
         forwarded: bool,
         /// With `persistence_sync always`: the sending shard and this message's number among
         /// those it sent here, for the receipt the publisher's acknowledgement waits on
@@ -31,7 +31,7 @@ pub enum ShardMsg {
         to: usize,
         clean_start: bool,
         /// The asking connection's claim number: a request older than a claim the holder
-        /// knows of has lost (`shard/handover.rs`).
+        /// knows of has lost (`shard/handover/`).
         claim: u64,
     },
     /// The answer to `TakeSession`: the session, if there was one to hand over, and the

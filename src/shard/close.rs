@@ -299,7 +299,7 @@ impl<B: Backend> Shard<B> {
         }
         // (Not while a later connection here waits for a session of the client: the claim
         // named here is its own.)
-        if unregister && !self.awaiting.contains_key(&client_id) {
+        if unregister && self.claims.waiting(&client_id).is_none() {
             self.shared.release_claim(&client_id, self.id);
         }
     }

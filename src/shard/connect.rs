@@ -203,8 +203,7 @@ impl<B: Backend> Shard<B> {
             c.claim = claim;
         }
         let elsewhere = previous.map(Claim::shard).filter(|&owner| owner != self.id);
-        let on_its_way =
-            self.awaiting.contains_key(&client_id) || self.asked.contains_key(&client_id);
+        let on_its_way = self.claims.on_its_way(&client_id);
         if elsewhere.is_some() || on_its_way {
             // The session lives on another shard, or may be on its way here for an earlier
             // connection of this client: this connection waits for it, and CONNECT is
@@ -214,12 +213,15 @@ impl<B: Backend> Shard<B> {
             if let Some(c) = self.conn_mut(conn) {
                 c.wait_for_handoff(connect, now);
             }
-            if let Some((earlier, _)) = self.awaiting.insert(client_id.clone(), (conn, claim)) {
+            let (earlier, lost) = self.claims.wait(&client_id, conn, claim);
+            if let Some(earlier) = earlier {
                 self.close_waiting(earlier, &client_id);
             }
-            self.supersede_owed(&client_id, claim);
+            if let Some(f) = lost {
+                self.answer_lost(client_id.clone(), f, claim);
+            }
             if let Some(owner) = elsewhere {
-                self.asked.entry(client_id.clone()).or_default().push(claim);
+                self.claims.ask(&client_id, claim);
                 let msg = ShardMsg::TakeSession {
                     client_id,
                     to: self.id,

@@ -274,7 +274,7 @@ impl<B: Backend> Shard<B> {
 
     /// Delivers to sessions owned here (or forwards those that moved away). What comes
     /// straight here (not `forwarded`) for a session still settling waits for the old
-    /// route to drain (`handover.rs`).
+    /// route to drain (`handover/settling.rs`).
     pub(super) fn deliver_here(
         &mut self,
         message: &Arc<Message>,
@@ -286,11 +286,11 @@ impl<B: Backend> Shard<B> {
         for target in targets {
             if self.sessions.contains_key(&target.session) {
                 // (`settling` is almost always empty: no lookup on the usual path.)
-                if forwarded || self.settling.is_empty() || !self.hold(message, target) {
+                if forwarded || !self.moves.any_settling() || !self.hold(message, target) {
                     self.deliver_to_session(message, target, &mut variants);
                 }
-            } else if let Some(m) = self.moved.get(&target.session) {
-                moved.push((m.to, target.clone()));
+            } else if let Some(to) = self.moves.moved_to(target.session) {
+                moved.push((to, target.clone()));
             }
         }
         variants.clear();

@@ -91,7 +91,7 @@ impl<B: Backend> Shard<B> {
                     .as_ref()
                     .expect("a waiting connection has a client id");
                 assert_eq!(
-                    self.awaiting.get(client).map(|a| a.0),
+                    self.claims.waiting(client).map(|a| a.0),
                     Some(c.id),
                     "{client} waits unrecorded"
                 );
@@ -108,25 +108,7 @@ impl<B: Backend> Shard<B> {
             }
             session.check_invariants();
         }
-        // What a shard owes for a client waits on a request of its own still out, and it
-        // owes one answer at most (a later request makes the others go).
-        for (client, owed) in &self.forward_handoff {
-            assert!(owed.len() <= 1, "{client}: {} answers owed", owed.len());
-            for f in owed {
-                assert!(
-                    self.asked.get(client).is_some_and(|a| a.contains(&f.asked)),
-                    "{client}: an answer owed on request {}, which is not out",
-                    f.asked
-                );
-            }
-        }
-        // A session moves on only once settled, and only from where it is held: it never
-        // comes back to a shard still forwarding for it (each marker passes each shard once).
-        for id in self.moved.keys() {
-            assert!(
-                !self.sessions.contains_key(id),
-                "session {id:?} moved but still here"
-            );
-        }
+        self.claims.check_invariants();
+        (self.moves).check_invariants(|id| self.sessions.contains_key(id));
     }
 }

@@ -43,7 +43,6 @@ pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY, SHARDS_MAX};
 pub use stats::{Durations, Refused, Stats, StatsSnapshot, DURATION_BUCKETS_US};
 
 use crossbeam_channel::Receiver;
-use hashbrown::HashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
@@ -121,27 +120,12 @@ pub struct Shard<B: Backend> {
     /// What changed in this shard's sessions, for whoever reads the records (off until
     /// then: see `session/changes.rs`).
     changes: crate::session::Changes,
-    /// Sessions handed to another shard, whose deliveries are forwarded there until their
-    /// move has settled (`handover.rs`).
-    moved: HashMap<SessionId, handover::Moved>,
-    /// Sessions that arrived from another shard and wait for the old route to drain.
-    settling: HashMap<SessionId, handover::Settling>,
-    /// Sessions that began settling this turn: their marker requests go out once the
-    /// turn's trie changes are published.
-    pending_flush: Vec<(SessionId, usize)>,
-    /// Client ids whose session must go on to another shard when it arrives here.
-    /// Answers to requests for a session that this shard made for a connection that has
-    /// since lost to a later claim elsewhere: by (client id, the claim asked for), the shard
-    /// and claim to pass the answer on to.
-    forward_handoff: HashMap<Arc<str>, Vec<handover::Forward>>,
-    /// Client ids whose session this shard asked for and has not received, with the
-    /// connection waiting for it (the newest, if the client connected again meanwhile) and
-    /// its claim number.
-    awaiting: HashMap<Arc<str>, (ConnId, u64)>,
-    /// Client ids whose session this shard asked for, with the claims it asked under that
-    /// have no answer yet (each request is answered: requests and answers are never
-    /// dropped). While one is out, the session may still come here.
-    asked: HashMap<Arc<str>, smallvec::SmallVec<[u64; 2]>>,
+    /// Sessions moving through this shard: handed on and forwarded for, or arrived and
+    /// settling (`handover/moves.rs`).
+    moves: handover::Moves,
+    /// The claims on client ids whose sessions are on their way: connections waiting here,
+    /// requests out, answers owed (`handover/claims.rs`).
+    claims: handover::Claims,
     /// Sessions owed retained messages (each once), continued every turn.
     owing: Vec<SessionId>,
     /// Some of them can go on as soon as this turn's writes are out: do not sleep.
@@ -233,12 +217,8 @@ impl<B: Backend> Shard<B> {
             output_waiting: Default::default(),
             holding: holding::Holding::new(now),
             changes: Default::default(),
-            moved: HashMap::new(),
-            settling: HashMap::new(),
-            pending_flush: Vec::new(),
-            forward_handoff: HashMap::new(),
-            awaiting: HashMap::new(),
-            asked: HashMap::new(),
+            moves: handover::Moves::default(),
+            claims: handover::Claims::default(),
             owing: Vec::new(),
             owed_next_turn: false,
             scan_visits_left: crate::limits::SCAN_VISITS_PER_TURN,

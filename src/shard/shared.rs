@@ -60,7 +60,7 @@ pub struct Shared {
     pub retained: Mutex<RetainStore>,
     /// Each client id's latest claim: the shard of the connection that connected last with
     /// it (where the session is or is going), and the claim's number (increasing per client
-    /// id), which orders racing connections: the latest claim wins (`shard/handover.rs`).
+    /// id), which orders racing connections: the latest claim wins (`shard/handover/`).
     pub registry: Mutex<HashMap<Arc<str>, Claim>>,
     pub mailboxes: Arc<Mailboxes>,
     pub next_session: AtomicU64,

@@ -14,53 +14,22 @@
 //! lost to a later claim elsewhere settles there too before it goes on to that claim (it
 //! never passes through a shard, so no shard forwards for it twice at once).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
+
+mod claims;
+mod moves;
+mod settling;
+
+pub use claims::{Claims, Forward};
+pub use moves::Moves;
+use moves::Request;
 
 use super::io::Backend;
 use super::trie_ops::TrieOp;
 use super::Shard;
 use crate::router::{SessionBox, ShardMsg};
 use crate::session::Session;
-use crate::types::{Message, SessionId, Target};
-
-/// Messages one settling session may hold; past it, more are dropped and counted (a move
-/// takes a few mailbox hops, so this is never reached but under a flood).
-const HELD_MAX: usize = 65_536;
-
-/// A session that arrived here and waits for the old route to drain.
-#[derive(Default)]
-pub struct Settling {
-    /// `Flushed` markers still to come (one per shard).
-    markers_missing: usize,
-    /// What came straight here meanwhile, in arrival order; with persistence, with the
-    /// number it was journaled under as passed to this shard itself (see `hold`).
-    held: VecDeque<(Arc<Message>, Target, Option<u64>)>,
-    /// The latest request for the session that came meanwhile (client id, asking shard,
-    /// clean start, claim): answered once settled.
-    deferred_take: Option<(Arc<str>, usize, bool, u64)>,
-}
-
-/// An answer this shard waits for, for a connection that lost to a later claim elsewhere:
-/// it goes on to that claim (a session in it settles here first, then is handed on as any
-/// other: see `on_handoff`).
-#[derive(Clone, Copy, Debug)]
-pub struct Forward {
-    /// The claim this shard asked for.
-    pub asked: u64,
-    /// Where the answer goes, as the answer to which claim, and whether that claim's
-    /// connection starts clean.
-    pub to: usize,
-    pub claim: u64,
-    pub clean_start: bool,
-}
-
-/// A session handed to another shard: deliveries for it are forwarded there until every
-/// shard's `Flushed` marker has passed through.
-pub struct Moved {
-    pub to: usize,
-    markers_passed: usize,
-}
+use crate::types::SessionId;
 
 impl<B: Backend> Shard<B> {
     /// Another shard (`to`) asks for the session of `client_id` for a connection whose claim
@@ -75,7 +44,7 @@ impl<B: Backend> Shard<B> {
         claim: u64,
     ) {
         let held = self.sessions.id_of(&client_id);
-        let waiting = self.awaiting.get(&client_id).copied();
+        let waiting = self.claims.waiting(&client_id);
         log::debug!(
             "Shard {to} asks shard {} for the session of {client_id} (claim {claim}).",
             self.id
@@ -84,35 +53,36 @@ impl<B: Backend> Shard<B> {
             // A later claim this shard knows of has beaten the request: a connection waiting
             // here, a request of this shard's own, or one it owes an answer. (Held for
             // this shard's own answer, it could wait on a shard that waits on this one.)
-            let later = self.later_claims_known(&client_id).filter(|&c| c > claim);
+            let later = self.claims.latest(&client_id).filter(|&c| c > claim);
             if let Some(by) = later {
                 self.answer(client_id, to, claim, None, Some(by));
                 return;
             }
             // The request of this shard still out (the session may come with its answer).
-            let out = self.asked.get(&client_id).and_then(|a| a.last().copied());
+            let out = self.claims.asking(&client_id);
             match (waiting, out) {
                 // This shard waits for the session too (for no connection, or one whose
                 // claim lost to this request): the answer it waits for goes on to `to`, the
                 // latest claim, which every other claim owed an answer here has lost to.
                 (waiting, Some(asked)) => {
                     if let Some((conn, _)) = waiting {
-                        self.awaiting.remove(&client_id);
+                        self.claims.stop_waiting(&client_id);
                         self.close_waiting(conn, &client_id);
                     }
-                    self.supersede_owed(&client_id, claim);
                     let f = Forward {
                         asked,
                         to,
                         claim,
                         clean_start,
                     };
-                    self.forward_handoff.entry(client_id).or_default().push(f);
+                    if let Some(lost) = self.claims.owe(client_id.clone(), f) {
+                        self.answer_lost(client_id, lost, claim);
+                    }
                 }
                 // No session here, none coming: a new one there.
                 (waiting, None) => {
                     if let Some((conn, _)) = waiting {
-                        self.awaiting.remove(&client_id);
+                        self.claims.stop_waiting(&client_id);
                         self.close_waiting(conn, &client_id);
                     }
                     self.answer(client_id, to, claim, None, None);
@@ -120,30 +90,24 @@ impl<B: Backend> Shard<B> {
             }
             return;
         };
-        if let Some(settling) = self.settling.get_mut(&id) {
+        if self.moves.is_settling(id) {
             // Still arriving here: answered once settled (moves never overlap). Of two
             // requests meanwhile, the later claim is kept and the other has lost.
-            let request = (client_id, to, clean_start, claim);
-            let lost = match settling.deferred_take.take() {
-                Some(kept) if kept.3 > claim => {
-                    let by = kept.3;
-                    settling.deferred_take = Some(kept);
-                    Some((request, by))
-                }
-                earlier => {
-                    settling.deferred_take = Some(request);
-                    earlier.map(|e| (e, claim))
-                }
+            let request = Request {
+                client_id,
+                to,
+                clean_start,
+                claim,
             };
-            if let Some(((client_id, to, _, lost_claim), by)) = lost {
-                self.answer(client_id, to, lost_claim, None, Some(by));
+            if let Some((lost, by)) = self.moves.defer(id, request) {
+                self.answer(lost.client_id, lost.to, lost.claim, None, Some(by));
             }
             return;
         }
         // A connection here with a later claim keeps the session: a waiting one takes it
         // now, a connected one has it.
         if let Some((conn, mine)) = waiting.filter(|&(_, mine)| mine > claim) {
-            self.awaiting.remove(&client_id);
+            self.claims.stop_waiting(&client_id);
             self.give_waiting_connection(conn, id, &client_id);
             self.answer(client_id, to, claim, None, Some(mine));
             return;
@@ -178,7 +142,7 @@ impl<B: Backend> Shard<B> {
         }
         // The request is the latest: a connection here still waiting has lost.
         if let Some((conn, _)) = waiting {
-            self.awaiting.remove(&client_id);
+            self.claims.stop_waiting(&client_id);
             self.close_waiting(conn, &client_id);
         }
         log::debug!(
@@ -192,13 +156,7 @@ impl<B: Backend> Shard<B> {
             .and_then(|s| self.journal_handed_off(to, s));
         if let Some(s) = &session {
             self.journal_forget(s.id);
-            self.moved.insert(
-                s.id,
-                Moved {
-                    to,
-                    markers_passed: 0,
-                },
-            );
+            self.moves.handed_on(s.id, to);
         }
         let origin = self.id;
         let session = session.map(|s| (s, receipt));
@@ -261,26 +219,25 @@ impl<B: Backend> Shard<B> {
             }
         );
         // The answer to a request whose connection lost to a later claim elsewhere.
-        let forward = self.take_forward(&client_id, claim);
+        let forward = self.claims.take_owed_on(&client_id, claim);
         // Another request of this shard still unanswered may yet bring the session.
-        let still_asked = self.answered(&client_id, claim);
+        let still_asked = self.claims.answered(&client_id, claim);
         let Some(session) = session else {
             if let Some(f) = forward {
                 if let Some(other) = still_asked {
                     // What is owed waits for that answer instead.
-                    let f = Forward { asked: other, ..f };
-                    self.forward_handoff.entry(client_id).or_default().push(f);
+                    self.claims.owe(client_id, Forward { asked: other, ..f });
                     return;
                 }
                 // Passed on as it is: the later claim judges it.
                 self.send_answer(client_id, f.to, f.claim, None, origin, superseded_by);
                 return;
             }
-            let waiting = self.awaiting.get(&client_id).copied();
+            let waiting = self.claims.waiting(&client_id);
             match (waiting, superseded_by) {
                 // The waiting connection lost to a later claim.
                 (Some((conn, mine)), Some(by)) if by > mine => {
-                    self.awaiting.remove(&client_id);
+                    self.claims.stop_waiting(&client_id);
                     self.close_waiting(conn, &client_id);
                 }
                 // The session may still come with another answer.
@@ -288,7 +245,7 @@ impl<B: Backend> Shard<B> {
                 // No other answer is coming: the waiting connection (the newest, whichever
                 // request this answers) takes the session held here, or starts one.
                 (Some((conn, mine)), _) => {
-                    self.awaiting.remove(&client_id);
+                    self.claims.stop_waiting(&client_id);
                     match self.sessions.id_of(&client_id) {
                         Some(id) => self.give_waiting_connection(conn, id, &client_id),
                         None => self.accept_waiting(conn, &client_id, None, mine),
@@ -305,36 +262,19 @@ impl<B: Backend> Shard<B> {
             return;
         };
         // A session goes to the latest claim this shard knows of: its own waiting
-        // connection, or one of the later claims it owes an answer; every other claim owed
-        // one here has lost to it.
-        let waiting = self
-            .awaiting
-            .get(&client_id)
-            .map(|&(conn, mine)| (mine, conn));
-        let mut owed = self.forward_handoff.remove(&client_id).unwrap_or_default();
-        owed.extend(forward);
-        let best_forward = owed.iter().max_by_key(|f| f.claim).copied();
-        let local_wins = match (waiting, best_forward) {
-            (Some((mine, _)), Some(f)) => mine > f.claim,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        let winner = if local_wins {
-            waiting.map(|(mine, _)| mine)
-        } else {
-            best_forward.map(|f| f.claim)
-        };
-        for f in owed.iter().filter(|f| Some(f.claim) != winner) {
-            let by = winner.expect("a claim is owed");
-            self.send_answer(client_id.clone(), f.to, f.claim, None, origin, Some(by));
-        }
-        match (local_wins, best_forward, waiting) {
-            (true, _, Some((mine, conn))) => {
-                self.awaiting.remove(&client_id);
+        // connection, or the later claim it owes an answer (which waits on this answer or
+        // on another request of this shard's: either way, the session is here now).
+        let owed = forward.or_else(|| self.claims.take_owed(&client_id));
+        match (self.claims.waiting(&client_id), owed) {
+            (Some((conn, mine)), owed) if owed.is_none_or(|f| mine > f.claim) => {
+                if let Some(f) = owed {
+                    self.send_answer(client_id.clone(), f.to, f.claim, None, origin, Some(mine));
+                }
+                self.claims.stop_waiting(&client_id);
                 self.begin_settling(session.id, origin);
                 self.accept_waiting(conn, &client_id, Some(session), mine);
             }
-            (false, Some(f), _) => {
+            (_, Some(f)) => {
                 // Not passed straight on: it settles here and then moves as any session.
                 // Passed on while its old routes still carried messages, a session could
                 // come round to a shard that had forwarded some of them, and they would
@@ -343,67 +283,25 @@ impl<B: Backend> Shard<B> {
                 let id = session.id;
                 self.begin_settling(id, origin);
                 self.accept_waiting_gone(session, claim);
-                if let Some(settling) = self.settling.get_mut(&id) {
-                    settling.deferred_take = Some((client_id, f.to, f.clean_start, f.claim));
-                }
+                let request = Request {
+                    client_id,
+                    to: f.to,
+                    clean_start: f.clean_start,
+                    claim: f.claim,
+                };
+                self.moves.defer(id, request);
             }
             // Nobody waits for it here or through here: it stays here, offline.
-            _ => {
+            (_, None) => {
                 self.begin_settling(session.id, origin);
                 self.accept_waiting_gone(session, claim);
             }
         }
     }
 
-    /// A connection here claims `claim` and waits: answers owed here to earlier claims have
-    /// lost to it, and go now (held for this shard's requests, two shards that owed each
-    /// other an answer would wait for ever).
-    pub(super) fn supersede_owed(&mut self, client_id: &Arc<str>, claim: u64) {
-        let Some(list) = self.forward_handoff.get_mut(client_id) else {
-            return;
-        };
-        let (lost, kept): (Vec<Forward>, Vec<Forward>) =
-            list.drain(..).partition(|f| f.claim < claim);
-        if kept.is_empty() {
-            self.forward_handoff.remove(client_id);
-        } else {
-            *list = kept;
-        }
-        for f in lost {
-            self.send_answer(client_id.clone(), f.to, f.claim, None, self.id, Some(claim));
-        }
-    }
-
-    /// The latest claim for `client_id` this shard knows of without holding its session: of
-    /// a connection waiting here, of a request of its own, or of one it owes an answer.
-    fn later_claims_known(&self, client_id: &Arc<str>) -> Option<u64> {
-        let waiting = self.awaiting.get(client_id).map(|&(_, mine)| mine);
-        let asked = (self.asked.get(client_id)).and_then(|a| a.iter().max().copied());
-        let owed = (self.forward_handoff.get(client_id))
-            .and_then(|owed| owed.iter().map(|f| f.claim).max());
-        waiting.max(asked).max(owed)
-    }
-
-    /// This shard's request under `claim` is answered; another still out, if any.
-    fn answered(&mut self, client_id: &Arc<str>, claim: u64) -> Option<u64> {
-        let list = self.asked.get_mut(client_id)?;
-        list.retain(|&mut c| c != claim);
-        let other = list.last().copied();
-        if other.is_none() {
-            self.asked.remove(client_id);
-        }
-        other
-    }
-
-    /// Removes and returns the answer this shard owes for its request `asked`.
-    fn take_forward(&mut self, client_id: &Arc<str>, asked: u64) -> Option<Forward> {
-        let list = self.forward_handoff.get_mut(client_id)?;
-        let at = list.iter().position(|f| f.asked == asked)?;
-        let forward = list.swap_remove(at);
-        if list.is_empty() {
-            self.forward_handoff.remove(client_id);
-        }
-        Some(forward)
+    /// Answers `f`, owed here, which has lost to `claim`.
+    pub(super) fn answer_lost(&mut self, client_id: Arc<str>, f: Forward, claim: u64) {
+        self.send_answer(client_id, f.to, f.claim, None, self.id, Some(claim));
     }
 
     /// Passes an answer on (the session, if any, keeps `origin`: where it was taken from;
@@ -484,121 +382,6 @@ impl<B: Backend> Shard<B> {
                 };
                 self.trie_ops.push(op);
             }
-        }
-    }
-
-    /// A session arrived from `origin`: hold what comes straight here for it until every
-    /// shard's marker has come through `origin`.
-    fn begin_settling(&mut self, session: SessionId, origin: usize) {
-        log::debug!(
-            "Session {} arrived on shard {} from shard {origin}; settling.",
-            session.get(),
-            self.id
-        );
-        let shards = self.shared.mailboxes.shards();
-        self.settling.insert(
-            session,
-            Settling {
-                markers_missing: shards,
-                ..Default::default()
-            },
-        );
-        // The trie change pointing the session here is published before any shard reads
-        // the request, so that what a shard routes after its marker comes here.
-        self.pending_flush.push((session, origin));
-    }
-
-    /// Sends the marker requests of the sessions that began settling this turn (after the
-    /// turn's trie changes are published).
-    pub(super) fn request_markers(&mut self) {
-        for (session, origin) in std::mem::take(&mut self.pending_flush) {
-            for shard in 0..self.shared.mailboxes.shards() {
-                let msg = ShardMsg::Flush {
-                    session,
-                    via: origin,
-                };
-                self.outbox.send(&self.shared.mailboxes, shard, msg, true);
-            }
-        }
-    }
-
-    /// A shard that settles `session` asks for this shard's marker, sent through `via`
-    /// behind everything this shard sent there before.
-    pub(super) fn on_flush(&mut self, session: SessionId, via: usize) {
-        self.outbox.send(
-            &self.shared.mailboxes,
-            via,
-            ShardMsg::Flushed { session },
-            true,
-        );
-    }
-
-    /// A shard's marker for `session`: counted here if it is settling here, passed on if it
-    /// moved on.
-    pub(super) fn on_flushed(&mut self, session: SessionId) {
-        if let Some(settling) = self.settling.get_mut(&session) {
-            settling.markers_missing -= 1;
-            if settling.markers_missing == 0 {
-                self.settled(session);
-            }
-            return;
-        }
-        let shards = self.shared.mailboxes.shards();
-        let Some(moved) = self.moved.get_mut(&session) else {
-            log::debug!("A marker for session {session:?}, which is neither here nor moved.");
-            return;
-        };
-        let to = moved.to;
-        moved.markers_passed += 1;
-        if moved.markers_passed == shards {
-            // Every shard's old route has drained through here: nothing more to forward.
-            self.moved.remove(&session);
-        }
-        let msg = ShardMsg::Flushed { session };
-        self.outbox.send(&self.shared.mailboxes, to, msg, true);
-    }
-
-    /// Whether a delivery that came straight here must wait: its session is settling.
-    /// Returns the delivery back if not.
-    ///
-    /// With persistence a held message is journaled as one passed to this shard itself,
-    /// in the turn its publisher is acknowledged, and taken (`HeldDelivered`) when it is
-    /// delivered: a crash meanwhile hands it on at recovery, as one between two shards.
-    pub(super) fn hold(&mut self, message: &Arc<Message>, target: &Target) -> bool {
-        let Some(settling) = self.settling.get(&target.session) else {
-            return false;
-        };
-        if settling.held.len() >= HELD_MAX {
-            self.shared.stats[self.id]
-                .dropped_overflow_full
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return true;
-        }
-        let number = self.transit_number(self.id, message.qos).map(|r| r.1);
-        if let Some(number) = number {
-            self.journal_forward(self.id, number, message, std::slice::from_ref(target));
-        }
-        if let Some(settling) = self.settling.get_mut(&target.session) {
-            (settling.held).push_back((message.clone(), target.clone(), number));
-        }
-        true
-    }
-
-    /// Every old route has drained: deliver what was held, in order, and answer a request
-    /// for the session that came meanwhile.
-    fn settled(&mut self, session: SessionId) {
-        let Some(settling) = self.settling.remove(&session) else {
-            return;
-        };
-        log::debug!("Session {} settled on shard {}.", session.get(), self.id);
-        for (message, target, number) in settling.held {
-            self.deliver_here(&message, &[target], true);
-            if let Some(number) = number {
-                self.journal_held_delivered(number);
-            }
-        }
-        if let Some((client_id, to, clean_start, claim)) = settling.deferred_take {
-            self.on_take_session(client_id, to, clean_start, claim);
         }
     }
 }
