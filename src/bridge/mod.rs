@@ -6,7 +6,7 @@
 //! are the same both ways in MQTT, so the shard's own QoS 1/2 machinery (`session/`) carries
 //! them; this module holds what is a bridge's own: when and where to connect, the packets
 //! only a client sends, and topic remapping (`topics.rs`). No I/O here: the shard's glue is
-//! `shard/bridges.rs`.
+//! `shard/bridges/`.
 
 pub mod topics;
 

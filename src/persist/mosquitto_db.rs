@@ -24,7 +24,7 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 
 use super::format::{Delivery, Publisher};
-use super::recover::{self, Recovered, RecoveredSession};
+use super::recover::{self, InFlight, Recovered, RecoveredSession};
 use super::WallClock;
 use crate::codec::put_varint;
 use crate::topic;
@@ -303,10 +303,20 @@ impl Import<'_> {
                 session.queued.push_back((message, delivery));
             }
             (true, state::WAIT_FOR_PUBACK | state::WAIT_FOR_PUBREC) => {
-                session.in_flight.push((packet_id, message, delivery, false))
+                session.in_flight.push(InFlight {
+                    packet_id,
+                    message,
+                    delivery,
+                    released: false,
+                })
             }
             (true, state::RESEND_PUBREL | state::WAIT_FOR_PUBCOMP) => {
-                session.in_flight.push((packet_id, message, delivery, true))
+                session.in_flight.push(InFlight {
+                    packet_id,
+                    message,
+                    delivery,
+                    released: true,
+                })
             }
             // PUBREC sent, PUBREL to come: midge hands the message on now.
             (false, state::WAIT_FOR_PUBREL) => {

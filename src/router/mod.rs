@@ -19,9 +19,10 @@ pub enum ShardMsg {
         targets: Vec<Target>,
         /// Passed on by a shard the sessions moved away from (see `shard/handover/`).
         forwarded: bool,
-        /// With `persistence_sync always`: the sending shard and this message's number among
-        /// those it sent here, for the receipt the publisher's acknowledgement waits on
-        /// (`shard/journaling.rs`).
+        /// With persistence and more than one shard (QoS 1 and 2): the sending shard and this
+        /// message's number among those it passed here, journaled by the sender; the
+        /// receiver takes it once the sender's disk has it, and journals the highest number
+        /// taken (`shard/transit.rs`).
         receipt: Option<(u16, u64)>,
     },
     /// A client connected on shard `to` with an id whose session this shard holds: close

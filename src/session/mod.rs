@@ -20,8 +20,8 @@ pub use changes::{Change, Changes, Durable, What};
 pub use incoming::{IncomingQos2, Qos2Publish};
 pub use lifecycle::WillAfterClose;
 pub use outgoing::{
-    DropReason, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan, OWED_MAX, SCANS_MAX,
-    SCAN_FILTER_BYTES_MAX,
+    Ack, DropReason, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan, OWED_MAX,
+    SCANS_MAX, SCAN_FILTER_BYTES_MAX,
 };
 
 use compact_str::CompactString;

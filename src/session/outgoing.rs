@@ -77,6 +77,25 @@ pub enum DropReason {
     QueueFull,
 }
 
+/// An acknowledgement of a message the session sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    PubAck,
+    PubRec,
+    PubComp,
+}
+
+impl Ack {
+    /// The packet's name, as the log says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ack::PubAck => "PUBACK",
+            Ack::PubRec => "PUBREC",
+            Ack::PubComp => "PUBCOMP",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Outgoing {
     inflight: LazyMap<u16, InFlight>,
@@ -253,9 +272,18 @@ impl Outgoing {
         }
     }
 
-    /// The QoS of the message in flight under `packet_id`, and whether PUBREL was sent.
-    pub fn state(&self, packet_id: u16) -> Option<(QoS, bool)> {
-        self.inflight.get(&packet_id).map(|f| (f.qos, f.released))
+    /// Whether `ack` fits the message in flight under `packet_id`: `None` if nothing is in
+    /// flight under it, `Some(false)` if it is the wrong acknowledgement for that message:
+    /// a QoS 1 message is unacknowledged until its PUBACK [MQTT-4.3.2-3], a QoS 2 message
+    /// until its PUBREC [MQTT-4.3.3-3], and the PUBREL sent then until its PUBCOMP
+    /// [MQTT-4.3.3-5].
+    pub fn fits(&self, packet_id: u16, ack: Ack) -> Option<bool> {
+        let f = self.inflight.get(&packet_id)?;
+        Some(match ack {
+            Ack::PubAck => f.qos == QoS::AtLeastOnce,
+            Ack::PubRec => f.qos == QoS::ExactlyOnce,
+            Ack::PubComp => f.qos == QoS::ExactlyOnce && f.released,
+        })
     }
 
     /// Forgets a message in flight that cannot be sent again (it no longer encodes for the
@@ -398,6 +426,29 @@ pub(super) mod tests {
             "the window is full"
         );
         out.check_invariants("t");
+    }
+
+    #[test]
+    fn an_acknowledgement_fits_its_message_and_its_step() {
+        let mut out = Outgoing::default();
+        let one = out.start(
+            &message(1, QoS::AtLeastOnce),
+            &target(QoS::AtLeastOnce),
+            None,
+        );
+        let two = out.start(
+            &message(2, QoS::ExactlyOnce),
+            &target(QoS::ExactlyOnce),
+            None,
+        );
+        assert_eq!(out.fits(one, Ack::PubAck), Some(true));
+        assert_eq!(out.fits(one, Ack::PubRec), Some(false));
+        assert_eq!(out.fits(two, Ack::PubAck), Some(false));
+        assert_eq!(out.fits(two, Ack::PubComp), Some(false), "before PUBREC");
+        assert_eq!(out.fits(two, Ack::PubRec), Some(true));
+        assert!(out.pubrec(two));
+        assert_eq!(out.fits(two, Ack::PubComp), Some(true));
+        assert_eq!(out.fits(99, Ack::PubAck), None);
     }
 
     #[test]

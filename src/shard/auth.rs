@@ -36,17 +36,17 @@ impl<B: Backend> Shard<B> {
                 self.send_packet(conn, &auth(ReasonCode::ContinueAuthentication, data));
             }
             AuthStep::Success(data) if connecting => {
-                let (connect, client_id, assigned) =
-                    extras.auth_pending.take().expect("connecting");
+                let pending = extras.auth_pending.take().expect("connecting");
                 extras.auth_reply = data;
-                self.connect_authenticated(conn, connect, client_id, assigned);
+                let (connect, client_id) = (pending.connect, pending.client_id);
+                self.connect_authenticated(conn, connect, client_id, pending.assigned);
             }
             AuthStep::Success(data) => {
                 self.send_packet(conn, &auth(ReasonCode::Success, data));
             }
             AuthStep::Failure(reason) if connecting => {
-                let (connect, _, _) = extras.auth_pending.take().expect("connecting");
-                self.refuse(conn, &connect, reason);
+                let pending = extras.auth_pending.take().expect("connecting");
+                self.refuse(conn, &pending.connect, reason);
             }
             AuthStep::Failure(reason) => {
                 self.disconnect_with(conn, reason, "re-authentication failed")

@@ -127,11 +127,11 @@ pub struct ConnExtras {
     /// progress, the CONNECT waiting for it to finish, and data for the CONNACK.
     pub auth_method: Option<Arc<dyn crate::auth::AuthMethod>>,
     pub auth_exchange: Option<Box<dyn crate::auth::AuthExchange>>,
-    pub auth_pending: Option<(Box<Connect>, Arc<str>, bool)>,
+    pub auth_pending: Option<PendingConnect>,
     pub auth_reply: Option<bytes::Bytes>,
     /// The CONNECT set the bridge bit (a Mosquitto bridge with `try_private`).
     pub bridge: bool,
-    /// This shard's own bridge to another broker (`shard/bridges.rs`): the index of its
+    /// This shard's own bridge to another broker (`shard/bridges/`): the index of its
     /// link. The connection is outgoing; the peer is the server.
     pub link: Option<usize>,
     /// CONNECT received; the session is being handed over from another shard.
@@ -381,6 +381,14 @@ fn patch_id(packet: &mut [u8], id_at: usize, packet_id: u16) {
     if packet_id != 0 {
         packet[id_at..id_at + 2].copy_from_slice(&packet_id.to_be_bytes());
     }
+}
+
+/// A CONNECT waiting for its enhanced authentication to finish: with its client id, and
+/// whether the broker assigned that id.
+pub struct PendingConnect {
+    pub connect: Box<Connect>,
+    pub client_id: Arc<str>,
+    pub assigned: bool,
 }
 
 #[cfg(test)]

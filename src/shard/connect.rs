@@ -174,7 +174,11 @@ impl<B: Backend> Shard<B> {
             if let Some(c) = self.conn_mut(conn) {
                 let extras = c.extras();
                 extras.auth_method = Some(method);
-                extras.auth_pending = Some((connect, client_id, assigned));
+                extras.auth_pending = Some(super::conn::PendingConnect {
+                    connect,
+                    client_id,
+                    assigned,
+                });
             }
             self.auth_step(conn, exchange, step);
             return;

@@ -293,10 +293,10 @@ impl<B: Backend> Shard<B> {
                 retain: d.retain,
                 identifiers: d.identifiers.iter().copied().collect(),
             };
-            for (packet_id, message, delivery, released) in &recovered.in_flight {
-                let packet_id =
-                    session.start(message, &target(delivery), Some(*packet_id), &mut quiet);
-                if *released {
+            for f in &recovered.in_flight {
+                let target = target(&f.delivery);
+                let packet_id = session.start(&f.message, &target, Some(f.packet_id), &mut quiet);
+                if f.released {
                     session.pubrec(packet_id, &mut quiet);
                 }
             }

@@ -161,10 +161,11 @@ pub struct Shard<B: Backend> {
     epoch: Instant,
     /// `persistence true`: this shard's journal (`journaling.rs`).
     journal: Option<Box<crate::persist::journal::Journal>>,
-    /// `persistence_sync always` over several shards: acknowledgements waiting for other
-    /// shards' disks (`journaling.rs`).
+    /// With persistence over several shards: the numbers of what this shard passed to and
+    /// took from each other shard, so that each message reaches its sessions exactly once
+    /// across a crash (`transit.rs`), and of what it published (`PublishOrder`).
     transit: Option<Box<transit::Transit>>,
-    /// The bridges this shard runs (`bridges.rs`); usually none.
+    /// The bridges this shard runs (`shard/bridges/`); usually none.
     links: Vec<crate::bridge::Link>,
     /// A message taken from the mailbox that waits (`parking.rs`), and the turn count.
     parked: Option<parking::Parked>,

@@ -13,7 +13,7 @@ use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS, 
 use crate::limits::{self, Limit};
 use crate::retain::{Full, Source};
 use crate::router::Message;
-use crate::session::Qos2Publish;
+use crate::session::{Ack, Qos2Publish};
 use crate::topic::SessionId;
 
 /// Why a payload marked UTF-8 was refused.
@@ -343,38 +343,26 @@ impl<B: Backend> Shard<B> {
     /// so, `None` if nothing is (a late or repeated acknowledgement: ignored), `Some(false)`
     /// if it is the wrong one for that message (PUBACK for QoS 2, PUBCOMP before PUBREC,
     /// PUBREC for QoS 1): a protocol violation, as Mosquitto treats it.
-    fn ack_fits(&self, session_id: SessionId, packet_id: u16, ack: &str) -> Option<bool> {
-        let (qos, released) = self
-            .sessions
-            .get(&session_id)?
-            .outgoing()
-            .state(packet_id)?;
-        Some(match ack {
-            "PUBACK" => qos == QoS::AtLeastOnce,
-            "PUBREC" => qos == QoS::ExactlyOnce,
-            _ => qos == QoS::ExactlyOnce && released,
-        })
+    fn ack_fits(&self, session_id: SessionId, packet_id: u16, ack: Ack) -> Option<bool> {
+        let session = self.sessions.get(&session_id)?;
+        session.outgoing().fits(packet_id, ack)
     }
 
     /// Checks an acknowledgement of `packet_id` (see `ack_fits`); false if the connection
     /// is closed for it or there is nothing to acknowledge.
-    fn check_ack(
-        &mut self,
-        conn: ConnId,
-        session_id: SessionId,
-        packet_id: u16,
-        ack: &str,
-    ) -> bool {
+    fn check_ack(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16, ack: Ack) -> bool {
+        let ack_name = ack.name();
         match self.ack_fits(session_id, packet_id, ack) {
             Some(true) => true,
             Some(false) => {
-                self.protocol_violation(conn, &format!("{ack} does not fit message {packet_id}"));
+                let what = format!("{ack_name} does not fit message {packet_id}");
+                self.protocol_violation(conn, &what);
                 false
             }
             None => {
                 let name = self.conn_name(conn);
                 log::warn!(
-                    "Warning: Received {ack} from {name} for an unknown packet identifier {packet_id}."
+                    "Warning: Received {ack_name} from {name} for an unknown packet identifier {packet_id}."
                 );
                 false
             }
@@ -386,7 +374,7 @@ impl<B: Backend> Shard<B> {
             "Received PUBACK from {} (Mid: {packet_id})",
             self.conn_name(conn)
         );
-        if self.check_ack(conn, session_id, packet_id, "PUBACK") {
+        if self.check_ack(conn, session_id, packet_id, Ack::PubAck) {
             self.finish_inflight(session_id, packet_id, QoS::AtLeastOnce);
         }
     }
@@ -402,7 +390,7 @@ impl<B: Backend> Shard<B> {
         log::debug!("Received PUBREC from {name} (Mid: {packet_id})");
         // 5.0: PUBREL answers a PUBREC below 0x80 only [MQTT-4.3.3-4]; one of 0x80 and above
         // ends the exchange, its packet identifier free again (§4.3.3).
-        let fits = self.ack_fits(session_id, packet_id, "PUBREC");
+        let fits = self.ack_fits(session_id, packet_id, Ack::PubRec);
         if fits == Some(false) {
             self.protocol_violation(conn, &format!("PUBREC does not fit message {packet_id}"));
             return;
@@ -428,7 +416,7 @@ impl<B: Backend> Shard<B> {
             "Received PUBCOMP from {} (Mid: {packet_id})",
             self.conn_name(conn)
         );
-        if self.check_ack(conn, session_id, packet_id, "PUBCOMP") {
+        if self.check_ack(conn, session_id, packet_id, Ack::PubComp) {
             self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
         }
     }

@@ -52,7 +52,7 @@ impl<B: Backend> Shard<B> {
         let mut expired = Vec::new();
         for c in self.conns.iter().flatten() {
             if c.link().is_some() {
-                // A bridge keeps its own deadlines (`bridges.rs`).
+                // A bridge keeps its own deadlines (`shard/bridges/`).
                 continue;
             }
             if c.session.is_none() && c.waiting_handoff().is_none() {

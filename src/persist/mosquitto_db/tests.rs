@@ -105,8 +105,11 @@ fn a_database_comes_over_whole() {
     // Went away 600 s ago: expiry at now + 3000 less the hour.
     assert_eq!(v5.offline_since_ms, Some((now_s + 3000 - 3600) * 1000));
     assert_eq!(v5.in_flight.len(), 1);
-    assert_eq!((v5.in_flight[0].0, v5.in_flight[0].3), (8, false));
-    assert_eq!(v5.in_flight[0].2.identifiers, vec![5]);
+    assert_eq!(
+        (v5.in_flight[0].packet_id, v5.in_flight[0].released),
+        (8, false)
+    );
+    assert_eq!(v5.in_flight[0].delivery.identifiers, vec![5]);
     // The expired message is left out of the queue, the other one keeps its number.
     assert_eq!(v5.queued.len(), 2);
     assert_eq!(v5.first_queued_id, Some(9));
@@ -116,7 +119,10 @@ fn a_database_comes_over_whole() {
 
     let v311 = session(&r, "v311");
     assert_eq!((v311.version, v311.offline_since_ms), (4, None));
-    assert_eq!((v311.in_flight[0].0, v311.in_flight[0].3), (2, true));
+    assert_eq!(
+        (v311.in_flight[0].packet_id, v311.in_flight[0].released),
+        (2, true)
+    );
     assert_eq!(v311.awaiting_pubrel, vec![3]);
     assert_eq!(v311.subscriptions, vec![("a/+".to_string(), 0x01, 0)]);
     assert!(

@@ -24,6 +24,16 @@ use crate::codec::{Decoder, Packet, ProtocolVersion, QoS};
 use crate::types::Message;
 use transit::{PassedOn, Transit};
 
+/// A message in flight to a recovered session's client.
+#[derive(Clone, Debug)]
+pub struct InFlight {
+    pub packet_id: u16,
+    pub message: Arc<Message>,
+    pub delivery: Delivery,
+    /// Its PUBREL was sent (QoS 2).
+    pub released: bool,
+}
+
 /// A session as the journals left it.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveredSession {
@@ -33,8 +43,8 @@ pub struct RecoveredSession {
     pub expiry_interval_s: u32,
     /// Filter, the 5.0 options byte, the subscription identifier (0: none).
     pub subscriptions: Vec<(String, u8, u32)>,
-    /// In the order they were sent: packet id, message, delivery, PUBREL sent.
-    pub in_flight: Vec<(u16, Arc<Message>, Delivery, bool)>,
+    /// In the order they were sent.
+    pub in_flight: Vec<InFlight>,
     pub queued: VecDeque<(Arc<Message>, Delivery)>,
     pub awaiting_pubrel: Vec<u16>,
     /// The last packet identifier it numbered.
@@ -434,8 +444,13 @@ fn replay(file: &Bytes, clock: &WallClock) -> (FileState, Result<usize, format::
             } => {
                 let m = message(&messages, id)?;
                 let s = session_mut(&keys, &mut state.sessions, key)?;
-                s.in_flight.retain(|f| f.0 != packet_id);
-                s.in_flight.push((packet_id, m, delivery, false));
+                s.in_flight.retain(|f| f.packet_id != packet_id);
+                s.in_flight.push(InFlight {
+                    packet_id,
+                    message: m,
+                    delivery,
+                    released: false,
+                });
                 // Sent straight away, it was numbered now; from the queue, earlier (and the
                 // queue's back holds the latest number).
                 if s.queued.is_empty() {
@@ -450,8 +465,8 @@ fn replay(file: &Bytes, clock: &WallClock) -> (FileState, Result<usize, format::
                     .in_flight
                     .iter_mut()
                 {
-                    if f.0 == packet_id {
-                        f.3 = true;
+                    if f.packet_id == packet_id {
+                        f.released = true;
                     }
                 }
             }
@@ -460,7 +475,7 @@ fn replay(file: &Bytes, clock: &WallClock) -> (FileState, Result<usize, format::
                 packet_id,
             } => session_mut(&keys, &mut state.sessions, key)?
                 .in_flight
-                .retain(|f| f.0 != packet_id),
+                .retain(|f| f.packet_id != packet_id),
             Record::AwaitingPubrel {
                 session: key,
                 packet_id,

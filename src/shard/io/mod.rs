@@ -1,4 +1,5 @@
-//! The I/O backend contract: what every backend (epoll now, io_uring later) must provide.
+//! The I/O backend contract: what every backend (epoll through mio, io_uring, and the
+//! simulation's) must provide.
 //!
 //! The interface is completion-shaped and passes owned buffers both ways, so that a
 //! completion backend (io_uring with provided buffers) fits without copies and the readiness

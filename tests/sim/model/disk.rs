@@ -167,7 +167,7 @@ impl World {
                     midge::persist::recover::recover(&disk.storage, &dir, &clock, false, None)
                 {
                     for s in r.sessions {
-                        let ids: Vec<u16> = s.in_flight.iter().map(|f| f.0).collect();
+                        let ids: Vec<u16> = s.in_flight.iter().map(|f| f.packet_id).collect();
                         eprintln!(
                             "disk: {} claim {} in flight {ids:?} queued {}",
                             s.client_id,
