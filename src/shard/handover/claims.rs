@@ -205,15 +205,32 @@ mod tests {
     }
 
     #[test]
-    fn what_is_owed_is_taken_by_the_answer_it_waits_on() {
+    fn a_later_request_owed_here_makes_the_earlier_lose() {
         let mut claims = Claims::default();
         let id: Arc<str> = "c".into();
         claims.ask(&id, 3);
+        assert_eq!(claims.owe(id.clone(), forward(3, 6)), None);
+        assert_eq!(claims.owe(id.clone(), forward(3, 8)), Some(forward(3, 6)));
+        claims.check_invariants();
+        assert_eq!(claims.latest(&id), Some(8));
+        assert_eq!(claims.superseded(&id, 8), None);
+        assert_eq!(claims.take_owed_on(&id, 4), None, "waits on request 3");
+        assert_eq!(claims.superseded(&id, 9), Some(forward(3, 8)));
+        assert_eq!(claims.take_owed(&id), None);
+    }
+
+    #[test]
+    fn what_is_owed_is_taken_by_the_answer_it_waits_on() {
+        let mut claims = Claims::default();
+        let id: Arc<str> = "c".into();
+        // Two connections here asked (the second where a later claim was made meanwhile);
+        // a request with a later claim still waits on the latest of them.
+        claims.ask(&id, 3);
         claims.ask(&id, 4);
-        claims.owe(id.clone(), forward(3, 6));
-        assert_eq!(claims.take_owed_on(&id, 4), None);
-        assert_eq!(claims.superseded(&id, 6), None);
-        assert_eq!(claims.take_owed_on(&id, 3), Some(forward(3, 6)));
+        let asked = claims.asking(&id).unwrap();
+        assert_eq!(claims.owe(id.clone(), forward(asked, 6)), None);
+        assert_eq!(claims.take_owed_on(&id, 3), None);
+        assert_eq!(claims.take_owed_on(&id, 4), Some(forward(4, 6)));
         assert_eq!(claims.take_owed(&id), None);
     }
 }

@@ -226,7 +226,8 @@ impl<B: Backend> Shard<B> {
             if let Some(f) = forward {
                 if let Some(other) = still_asked {
                     // What is owed waits for that answer instead.
-                    self.claims.owe(client_id, Forward { asked: other, ..f });
+                    let before = self.claims.owe(client_id, Forward { asked: other, ..f });
+                    debug_assert!(before.is_none(), "the one answer owed was just taken");
                     return;
                 }
                 // Passed on as it is: the later claim judges it.
@@ -289,7 +290,8 @@ impl<B: Backend> Shard<B> {
                     clean_start: f.clean_start,
                     claim: f.claim,
                 };
-                self.moves.defer(id, request);
+                let lost = self.moves.defer(id, request);
+                debug_assert!(lost.is_none(), "the session has just begun settling");
             }
             // Nobody waits for it here or through here: it stays here, offline.
             (_, None) => {
