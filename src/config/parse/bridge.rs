@@ -297,7 +297,8 @@ mod tests {
         Config::from_text(Path::new("m.conf"), text)
     }
 
-    /// A CA certificate file (a bridge's TLS files are read with the configuration).
+    /// A CA certificate file (a bridge's TLS files are read with the configuration; the
+    /// caller removes it once read).
     fn ca_file() -> String {
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec!["ca".to_string()]).unwrap();
@@ -315,6 +316,7 @@ mod tests {
 
     #[test]
     fn a_bridge_section_is_read_whole() {
+        let ca = ca_file();
         let c = read(&format!(
             "listener 1883\n\
              connection central\n\
@@ -343,9 +345,10 @@ mod tests {
              address 127.0.0.1\n\
              topic x/# out\n\
              restart_timeout 20\n",
-            ca_file()
+            ca
         ))
         .unwrap();
+        let _ = std::fs::remove_file(&ca);
         let [b, second] = &c.bridges[..] else {
             panic!("{:?}", c.bridges)
         };
