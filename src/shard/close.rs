@@ -203,7 +203,7 @@ impl<B: Backend> Shard<B> {
         match session.connection_ended(self.now, reason.publishes_will()) {
             WillAfterClose::None => {}
             WillAfterClose::Now(will) => self.publish_will(id, will),
-            WillAfterClose::At(due) => self.will_timers.push(std::cmp::Reverse((due, id))),
+            WillAfterClose::At(due) => self.schedule_will(id, due),
         }
         let Some(session) = self.sessions.get(&id) else {
             return;
@@ -227,21 +227,6 @@ impl<B: Backend> Shard<B> {
             self.expiries.push(std::cmp::Reverse((at, id)));
         }
         self.journal_disconnected(id);
-    }
-
-    /// Publishes wills whose delay has run out (and were not cancelled by a resume).
-    pub(super) fn publish_due_wills(&mut self, now: Instant) {
-        while let Some(std::cmp::Reverse((at, id))) = self.will_timers.peek().copied() {
-            if at > now {
-                return;
-            }
-            self.will_timers.pop();
-            let will = self.sessions.get_mut(&id).and_then(|s| s.take_due_will(at));
-            if let Some(will) = will {
-                self.publish_will(id, will);
-                self.journal_will_gone(id);
-            }
-        }
     }
 
     /// Ends offline sessions whose expiry interval has run out.

@@ -333,7 +333,7 @@ impl<B: Backend> Shard<B> {
                         payload: will.payload.clone(),
                     },
                 )));
-                self.will_timers.push(std::cmp::Reverse((due, id)));
+                self.schedule_will(id, due);
             }
             // Offline since its client went away (or since now, if it was connected when
             // the broker stopped): its expiry runs from then.

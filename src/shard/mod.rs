@@ -38,6 +38,7 @@ mod transit;
 mod trie_ops;
 pub(crate) use timers::release_freed_memory;
 mod transport;
+mod wills;
 
 pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY, SHARDS_MAX};
 pub use stats::{Durations, Refused, Stats, StatsSnapshot, DURATION_BUCKETS_US};

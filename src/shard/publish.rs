@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::auth::acl::Access;
-use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Will};
+use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode};
 use crate::limits::{self, Limit};
 use crate::retain::{Full, Source};
 use crate::router::Message;
@@ -304,7 +304,7 @@ impl<B: Backend> Shard<B> {
     /// Whether this session's client may publish to `topic`: never to `$SYS` (but for a
     /// bridge's `$SYS/broker/connection/+/state`) nor to a `$share/...` topic, as in
     /// Mosquitto (a client cannot forge the broker's statistics); then the ACL, if any.
-    fn write_allowed(&self, session_id: SessionId, topic: &str) -> bool {
+    pub(super) fn write_allowed(&self, session_id: SessionId, topic: &str) -> bool {
         // A bridge's local session is the broker's own, as in Mosquitto: no ACL applies.
         if self.link_of_session(session_id).is_some() {
             return true;
@@ -431,54 +431,14 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// Publishes a will as if its client had sent it. [MQTT-3.1.2-8]
-    pub(super) fn publish_will(&mut self, origin: SessionId, will: Will) {
-        // acl_file: a will is published only where its client may write.
-        if !self.write_allowed(origin, &will.topic) {
-            self.stats().dropped_acl.fetch_add(1, Ordering::Relaxed);
-            log::debug!("Will to '{}' not published: not authorised.", will.topic);
-            return;
-        }
-        let mut properties = will.properties;
-        properties.retain_allowed(crate::codec::PropertyContext::Publish);
-        let expires_at = properties
-            .message_expiry_interval
-            .map(|s| self.now + Duration::from_secs(s.into()));
-        let message = Arc::new(Message {
-            expires_at,
-            order: self.publish_order(),
-            topic: will.topic,
-            payload: will.payload,
-            qos: will.qos,
-            // retain_available false: a 3.x will (which could not be refused for it) goes
-            // out unretained, as Mosquitto's.
-            retain: will.retain && self.config.retain_available,
-            properties,
-            origin: Some(origin),
-        });
-        // The client's last message: a later connection of its client, on any shard,
-        // numbers past it (published after the socket closed, it is not under that mark).
-        self.mark_published();
-        // A will the retained messages have no room for goes out, unretained (its client is
-        // gone: there is no one to refuse).
-        if message.retain && !self.keep_retained(&message, None) {
-            let unretained = match Arc::try_unwrap(message) {
-                Ok(mut message) => {
-                    message.retain = false;
-                    Arc::new(message)
-                }
-                Err(shared) => shared,
-            };
-            self.route(&unretained, None);
-            return;
-        }
-        self.route(&message, None);
-    }
-
     /// Stores (or with an empty payload removes) a retained message, and journals it,
     /// unless the retained messages would pass `limits::retained_bytes_max`: false then
     /// (counted, logged).
-    fn keep_retained(&mut self, message: &Arc<Message>, source: Option<Arc<Source>>) -> bool {
+    pub(super) fn keep_retained(
+        &mut self,
+        message: &Arc<Message>,
+        source: Option<Arc<Source>>,
+    ) -> bool {
         let bytes_max = limits::retained_bytes_max(self.write_bytes_max);
         let mut store = self.shared.retained.lock().expect("retained lock");
         let stored = store.try_set_from(message.clone(), source.clone(), bytes_max);
