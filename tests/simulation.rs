@@ -216,12 +216,7 @@ fn a_publisher_that_moves_shards_does_not_pass_its_held_message() {
     sim.send(2, p2, &publish_q1(2, b"second"), V311);
     sim.step(2);
     sim.settle();
-    let payloads: Vec<_> = (sim.received(1, s, V311).into_iter())
-        .filter_map(|packet| match packet {
-            Packet::Publish(p) => Some(p.payload),
-            _ => None,
-        })
-        .collect();
+    let payloads = payloads(sim.received(1, s, V311));
     assert_eq!(payloads, [&b"first"[..], &b"second"[..]]);
 }
 
@@ -279,12 +274,7 @@ fn after_a_crash_a_publisher_that_moved_shards_keeps_its_order() {
     let s = sim.nets[1].connect();
     sim.send(1, s, &connect("subscriber", false), V311);
     sim.settle();
-    let payloads: Vec<_> = (sim.received(1, s, V311).into_iter())
-        .filter_map(|packet| match packet {
-            Packet::Publish(p) => Some(p.payload),
-            _ => None,
-        })
-        .collect();
+    let payloads = payloads(sim.received(1, s, V311));
     assert_eq!(
         payloads,
         [

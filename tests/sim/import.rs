@@ -91,12 +91,7 @@ fn check_everything_came_over(sim: &mut Sim) {
             (false, b"three")
         ]
     );
-    let retained: Vec<_> = (sim.received(1, reader, V311).into_iter())
-        .filter_map(|packet| match packet {
-            Packet::Publish(p) => Some(p.payload),
-            _ => None,
-        })
-        .collect();
+    let retained = payloads(sim.received(1, reader, V311));
     assert_eq!(retained, [&b"kept"[..]]);
 }
 

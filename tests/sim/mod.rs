@@ -259,6 +259,16 @@ pub fn subscribe_q1(filter: &str) -> Packet {
     })
 }
 
+/// The payloads of the PUBLISH packets among `packets`, in order.
+pub fn payloads(packets: Vec<Packet>) -> Vec<bytes::Bytes> {
+    (packets.into_iter())
+        .filter_map(|packet| match packet {
+            Packet::Publish(p) => Some(p.payload),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn connack(packets: &[Packet]) -> &ConnAck {
     match packets.first() {
         Some(Packet::ConnAck(ack)) => ack,
