@@ -217,13 +217,7 @@ impl<B: Backend> Shard<B> {
             if let Some(c) = self.conn_mut(conn) {
                 c.wait_for_handoff(connect, now);
             }
-            let (earlier, lost) = self.claims.wait(&client_id, conn, claim);
-            if let Some(earlier) = earlier {
-                self.close_waiting(earlier, &client_id);
-            }
-            if let Some(f) = lost {
-                self.answer_lost(client_id.clone(), f, claim);
-            }
+            self.wait_for_session(conn, &client_id, claim);
             if let Some(owner) = elsewhere {
                 self.claims.ask(&client_id, claim);
                 let msg = ShardMsg::TakeSession {

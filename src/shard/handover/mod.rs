@@ -29,7 +29,7 @@ use super::trie_ops::TrieOp;
 use super::Shard;
 use crate::router::{SessionBox, ShardMsg};
 use crate::session::Session;
-use crate::types::SessionId;
+use crate::types::{ConnId, SessionId};
 
 impl<B: Backend> Shard<B> {
     /// Another shard (`to`) asks for the session of `client_id` for a connection whose claim
@@ -301,8 +301,22 @@ impl<B: Backend> Shard<B> {
         }
     }
 
+    /// Connection `conn` here (claim `claim`) waits for the session of `client_id`: a
+    /// connection that waited for it before has lost, and so has an answer owed here to an
+    /// earlier claim (held for this shard's requests, two shards that owed each other an
+    /// answer would wait for ever).
+    pub(super) fn wait_for_session(&mut self, conn: ConnId, client_id: &Arc<str>, claim: u64) {
+        let (earlier, lost) = self.claims.wait(client_id, conn, claim);
+        if let Some(earlier) = earlier {
+            self.close_waiting(earlier, client_id);
+        }
+        if let Some(f) = lost {
+            self.answer_lost(client_id.clone(), f, claim);
+        }
+    }
+
     /// Answers `f`, owed here, which has lost to `claim`.
-    pub(super) fn answer_lost(&mut self, client_id: Arc<str>, f: Forward, claim: u64) {
+    fn answer_lost(&mut self, client_id: Arc<str>, f: Forward, claim: u64) {
         self.send_answer(client_id, f.to, f.claim, None, self.id, Some(claim));
     }
 
