@@ -10,18 +10,20 @@
 //! are checked (`check_invariants`) after every step of the simulation.
 
 mod changes;
+mod delivery;
 mod incoming;
 mod lazy_map;
 mod lifecycle;
 mod outgoing;
 
 pub use changes::{Change, Changes, Durable, What};
+pub use delivery::{capped, Backlog, Decision, DropReason, Rules};
 
 pub use incoming::{IncomingQos2, Qos2Publish};
 pub use lifecycle::WillAfterClose;
 pub use outgoing::{
-    Ack, DropReason, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan, OWED_MAX,
-    SCANS_MAX, SCAN_FILTER_BYTES_MAX,
+    Ack, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan, OWED_MAX, SCANS_MAX,
+    SCAN_FILTER_BYTES_MAX,
 };
 
 use compact_str::CompactString;

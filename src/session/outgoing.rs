@@ -8,6 +8,7 @@ use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::delivery::DropReason;
 use super::lazy_map::LazyMap;
 
 mod owed;
@@ -67,14 +68,6 @@ pub enum Offer {
     Queued,
     /// Not kept: QoS 0 for an offline client, or the queue is full.
     Dropped(DropReason),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// QoS 0 to a client that is not connected (not queued, as Mosquitto by default).
-    Offline,
-    /// `max_queued_messages` or `max_queued_bytes` reached.
-    QueueFull,
 }
 
 /// An acknowledgement of a message the session sent.

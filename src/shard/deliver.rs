@@ -9,9 +9,10 @@ use super::aliases::Alias;
 use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, QoS};
+use crate::config::Config;
 use crate::limits::SLOW_BACKLOG_BYTES;
 use crate::router::{Message, Sent, ShardMsg, Target};
-use crate::session::{DropReason, Offer};
+use crate::session::{capped, Backlog, Decision, DropReason, Limits, Rules};
 use crate::topic::{Match, SessionId};
 
 use super::encode::{build_publish, encode_publish, mount_strip, VariantKey, Variants};
@@ -48,7 +49,7 @@ impl<B: Backend> Shard<B> {
             // acl_file: checked again as the message leaves the queue, so that an ACL
             // reloaded meanwhile decides what a returning client still gets (Mosquitto).
             if !self.may_read(session_id, &queued.message.topic) {
-                self.stats().dropped_acl.fetch_add(1, Ordering::Relaxed);
+                self.stats().dropped(DropReason::Acl, 1);
                 continue;
             }
             self.send_to_session(
@@ -98,9 +99,7 @@ impl<B: Backend> Shard<B> {
             if !self.send_packet(conn, packet) {
                 // It no longer encodes for this client (it came back with another protocol
                 // version): dropped and counted rather than holding its slot for ever.
-                self.stats()
-                    .dropped_too_large
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats().dropped(DropReason::TooLarge, 1);
                 if let Some(session) = self.sessions.get_mut(&session_id) {
                     session.abandon(*packet_id, &mut self.changes);
                 }
@@ -300,84 +299,66 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// Whether the ACL (if any) lets this session's client read `topic`.
+    /// Whether this session's client may read `topic` (`Session::may_read`).
     fn may_read(&self, session_id: SessionId, topic: &str) -> bool {
-        // A bridge's local session is the broker's own: no ACL applies (as Mosquitto).
-        if self.link_of_session(session_id).is_some() {
-            return true;
-        }
-        self.sessions.get(&session_id).is_some_and(|s| {
-            let acl = self.config.security(s.listener()).acl.as_ref();
-            acl.is_none_or(|acl| {
-                let read = crate::auth::acl::Access::Read;
-                acl.check_topic(s.username(), &s.client_id, topic, read)
-            })
-        })
+        let bridged = self.link_of_session(session_id).is_some();
+        self.sessions
+            .get(&session_id)
+            .is_some_and(|s| s.may_read(read_acl(&self.config, s.listener(), bridged), topic))
     }
 
-    /// One message into one session: straight out, into the inflight window, or queued.
+    /// One message into one session: what the session decides (`session/delivery.rs`),
+    /// carried out.
     pub(super) fn deliver_to_session(
         &mut self,
         message: &Arc<Message>,
         target: &Target,
         variants: &mut Variants,
     ) {
-        let inflight_max = self.config.inflight_max;
-        let queued_max = self.config.queued_max;
         let link = self.link_of_session(target.session);
-        if link.is_some_and(|i| self.bridge_drops(i)) {
+        let link_down = link.is_some_and(|i| self.bridge_drops(i));
+        let target = capped(target, link.map(|i| self.links[i].remote_max_qos));
+        let Some(conn) = self.sessions.get(&target.session).map(|s| s.conn) else {
             return;
-        }
-        // [MQTT-3.2.2-11] never above the Maximum QoS a bridge's remote broker gave.
-        let capped;
-        let target = match link.map(|i| self.links[i].remote_max_qos) {
-            Some(max) if target.qos > max => {
-                capped = Target {
-                    qos: max,
-                    ..target.clone()
-                };
-                &capped
-            }
-            _ => target,
         };
+        let writable = target.qos == QoS::AtMostOnce
+            || conn.is_some_and(|c| self.can_write(c, message.payload.len()));
+        let config = &self.config;
         let Some(session) = self.sessions.get_mut(&target.session) else {
             return;
         };
-        // acl_file: only what the client may read reaches it, whatever its filter matched
-        // (a subscription to `#` leaks nothing), retained messages included.
-        let acl = self.config.security(session.listener()).acl.as_ref();
-        if let Some(acl) = acl.filter(|_| link.is_none()) {
-            let (user, read) = (session.username(), crate::auth::acl::Access::Read);
-            if !acl.check_topic(user, &session.client_id, &message.topic, read) {
-                self.shared.stats[self.id]
-                    .dropped_acl
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        let mut limits = session.limits(inflight_max, queued_max, self.config.queued_bytes_max);
-        let conn = session.conn;
-        if target.qos != QoS::AtMostOnce {
-            limits.writable = conn.is_some_and(|c| self.can_write(c, message.payload.len()));
-        }
-        let Some(session) = self.sessions.get_mut(&target.session) else {
-            return;
+        let rules = Rules {
+            acl: read_acl(config, session.listener(), link.is_some()),
+            link_down,
+            limits: Limits {
+                writable,
+                ..session.limits(
+                    config.inflight_max,
+                    config.queued_max,
+                    config.queued_bytes_max,
+                )
+            },
         };
-        match session.offer(message, target, limits, &mut self.changes) {
-            Offer::Send => self.send_to_session(target.session, message, target, variants, None),
-            Offer::Queued if conn.is_some() && !limits.writable => {
+        match session.decide(message, &target, &rules, &mut self.changes) {
+            Decision::Send => {
+                self.send_to_session(target.session, message, &target, variants, None)
+            }
+            Decision::Queued {
+                waits_for_reader: true,
+            } => {
                 // Sent once its client has read what waits for it (`holding.rs`).
                 self.output_waiting.insert(target.session);
             }
-            Offer::Queued | Offer::Dropped(DropReason::Offline) => {}
-            Offer::Dropped(DropReason::QueueFull) => {
-                self.shared.stats[self.id]
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-                if session.outgoing().dropped().is_power_of_two() {
+            Decision::Queued { .. } => {}
+            Decision::Dropped(why) => {
+                self.stats().dropped(why, 1);
+                let session = self.sessions.get(&target.session);
+                if why == DropReason::QueueFull
+                    && session.is_some_and(|s| s.outgoing().dropped().is_power_of_two())
+                {
                     log::info!(
                         "Outgoing messages are being dropped for client {}.",
-                        session.client_id
+                        session.map_or("", |s| &s.client_id)
                     );
                 }
             }
@@ -407,20 +388,16 @@ impl<B: Backend> Shard<B> {
         let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
             return;
         };
-        // [MQTT-3.3.2-5] an expired message is not delivered.
-        if message.expires_at.is_some_and(|at| at <= now) {
-            stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
+        let backend = &self.backend;
+        let backlog = || Backlog {
+            bytes: c.out_len() + c.unsealed_len() + backend.queued_bytes(conn),
+            write_max,
+            over_memory_limit,
+            slow_max: SLOW_BACKLOG_BYTES,
+        };
+        if let Err(why) = session.worth_sending(message, target.qos, now, backlog) {
+            stats.dropped(why, 1);
             return;
-        }
-        // QoS 0 to a client that is not keeping up is dropped (counted): past its own write
-        // limit, or past a small backlog while the broker as a whole holds more than
-        // memory_limit for its clients. Clients that read keep getting everything.
-        if target.qos == QoS::AtMostOnce {
-            let backlog = c.out_len() + c.unsealed_len() + self.backend.queued_bytes(conn);
-            if backlog > write_max || (over_memory_limit && backlog > SLOW_BACKLOG_BYTES) {
-                stats.dropped_slow_client.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
         }
         let v5 = session.version == ProtocolVersion::V5;
         // mount_point: the client sees topics without its listener's prefix (and only
@@ -486,7 +463,7 @@ impl<B: Backend> Shard<B> {
             variants.get(key, message, now)
         };
         let Some(encoded) = encoded else {
-            stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+            stats.dropped(DropReason::TooLarge, 1);
             log::warn!(
                 "Warning: a message to '{}' ({} bytes) is too large to send to {} in its protocol version; dropped for that client.",
                 message.topic,
@@ -495,10 +472,8 @@ impl<B: Backend> Shard<B> {
             );
             return;
         };
-        // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: discarded as if
-        // delivered.
-        if (session.packet_size_max).is_some_and(|max| encoded.len() > max.get() as usize) {
-            stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+        if let Err(why) = session.fits(encoded.len()) {
+            stats.dropped(why, 1);
             return;
         }
         if let Some(alias) = new_alias {
@@ -526,6 +501,13 @@ impl<B: Backend> Shard<B> {
             self.dirty.push(conn);
         }
     }
+}
+
+/// The ACL a session's client reads under: none for a bridge's own session (the broker's,
+/// as Mosquitto).
+fn read_acl(config: &Config, listener: usize, bridged: bool) -> Option<&crate::auth::acl::Acl> {
+    let acl = config.security(listener).acl.as_deref();
+    acl.filter(|_| !bridged)
 }
 
 /// Entries a reused list keeps room for between messages or turns (the local targets of a

@@ -3,7 +3,6 @@
 //! never under the retained store's lock for long, never dropped. What a SUBSCRIBE makes
 //! the broker owe a client is a scan (a filter and a place in the store), not the messages.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::encode::Variants;
@@ -12,6 +11,7 @@ use super::subscribe::RetainedRequest;
 use super::Shard;
 use crate::codec::QoS;
 use crate::limits::{Limit, SCAN_FOUND_PER_SLICE, SCAN_VISITS_PER_SLICE, SCAN_VISITS_PER_TURN};
+use crate::session::DropReason;
 use crate::types::{Message, SessionId, Target};
 
 impl<B: Backend> Shard<B> {
@@ -157,9 +157,7 @@ impl<B: Backend> Shard<B> {
                 "Client {} is owed too many retained messages; {dropped} dropped.",
                 session.client_id
             );
-            self.shared.stats[self.id]
-                .dropped_queue_full
-                .fetch_add(dropped as u64, Ordering::Relaxed);
+            self.shared.stats[self.id].dropped(DropReason::QueueFull, dropped as u64);
         }
         if scan.cursor.is_some() {
             session.put_back_scan(scan);

@@ -122,6 +122,21 @@ pub const DURATION_BUCKETS_US: [u64; 13] = [
 ];
 
 impl Stats {
+    /// `count` more messages that did not reach a client for `why` (QoS 0 for a client
+    /// that is away is not counted: nothing waits for it, as MQTT says).
+    pub fn dropped(&self, why: crate::session::DropReason, count: u64) {
+        use crate::session::DropReason;
+        let counter = match why {
+            DropReason::Offline => return,
+            DropReason::QueueFull => &self.dropped_queue_full,
+            DropReason::Acl => &self.dropped_acl,
+            DropReason::Expired => &self.dropped_expired,
+            DropReason::SlowClient => &self.dropped_slow_client,
+            DropReason::TooLarge => &self.dropped_too_large,
+        };
+        counter.fetch_add(count, Ordering::Relaxed);
+    }
+
     /// One more connection refused for `why`.
     pub fn refused(&self, why: Refused) {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
