@@ -15,6 +15,7 @@ mod incoming;
 mod lazy_map;
 mod lifecycle;
 mod outgoing;
+mod table;
 
 pub use changes::{Change, Changes, Durable, What};
 pub use delivery::{capped, Backlog, Decision, DropReason, Rules};
@@ -25,6 +26,7 @@ pub use outgoing::{
     Ack, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan, OWED_MAX, SCANS_MAX,
     SCAN_FILTER_BYTES_MAX,
 };
+pub use table::Table;
 
 use compact_str::CompactString;
 use hashbrown::HashMap;

@@ -51,9 +51,9 @@ impl<B: Backend> Shard<B> {
     ) {
         let name = self.conn_name(conn);
         log::debug!("Received DISCONNECT from {name}");
-        if let (Some(expiry), Some(session)) = (
+        if let (Some(expiry), Some((session, changes))) = (
             disconnect.properties.session_expiry_interval,
-            self.sessions.get_mut(&session_id),
+            self.sessions.recording(&session_id),
         ) {
             // [MQTT-3.14.2-2] a session that was to end with the connection cannot be given
             // an expiry at DISCONNECT.
@@ -64,7 +64,7 @@ impl<B: Backend> Shard<B> {
                 );
                 return;
             }
-            session.set_parameters(session.version, expiry, expiry == 0, &mut self.changes);
+            session.set_parameters(session.version, expiry, expiry == 0, changes);
         }
         // 5.0: reason 0x04 asks for the will all the same.
         let reason = if disconnect.reason == ReasonCode::DisconnectWithWillMessage {
@@ -220,27 +220,15 @@ impl<B: Backend> Shard<B> {
     /// [MQTT-3.1.2-23], or `persistent_client_expiration` for a session that would never
     /// expire (3.x clean session 0, 5.0 0xFFFFFFFF).
     pub(super) fn schedule_expiry(&mut self, id: SessionId) {
-        let Some(session) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        if let Some(at) = session.start_expiry(self.now, self.config.persistent_client_expiration) {
-            self.expiries.push(std::cmp::Reverse((at, id)));
-        }
+        let persistent_expiration = self.config.persistent_client_expiration;
+        self.sessions
+            .start_expiry(id, self.now, persistent_expiration);
         self.journal_disconnected(id);
     }
 
     /// Ends offline sessions whose expiry interval has run out.
     pub(super) fn expire_sessions(&mut self, now: Instant) {
-        while let Some(std::cmp::Reverse((at, id))) = self.expiries.peek().copied() {
-            if at > now {
-                return;
-            }
-            self.expiries.pop();
-            // The entry may be stale: the session resumed, moved away, or was rescheduled.
-            let due = self.sessions.get(&id).is_some_and(|s| s.expires_at(at));
-            if !due {
-                continue;
-            }
+        while let Some(id) = self.sessions.next_expired(now) {
             // The session ends before its will's delay: the will goes now (while the session,
             // whose rights the will is checked against, still exists).
             let will = self
@@ -268,7 +256,7 @@ impl<B: Backend> Shard<B> {
     )]
     pub(super) fn end_session(&mut self, session: Box<Session>, unregister: bool) {
         let (id, client_id) = (session.id, session.client_id.clone());
-        let subscriptions = session.end(&mut self.changes);
+        let subscriptions = session.end(self.sessions.changes());
         // Its subscriptions leave the trie a slice a turn (`sweep_trie`): an ended session's
         // id is never used again, and what reaches it meanwhile is passed over. A share
         // group passes it over from now on (a message must not be given to a member that

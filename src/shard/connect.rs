@@ -394,7 +394,7 @@ impl<B: Backend> Shard<B> {
                 client_id.clone(),
                 connect.version,
                 connect.clean_start,
-                &mut self.changes,
+                self.sessions.changes(),
             ))
         });
         let session_id = session.id;
@@ -405,7 +405,7 @@ impl<B: Backend> Shard<B> {
         // (absent or 0: the session ends with the connection, §3.1.2.11.2).
         let expiry = connect.properties.session_expiry_interval.unwrap_or(0);
         let clean = if v5 { expiry == 0 } else { connect.clean_start };
-        session.set_parameters(connect.version, expiry, clean, &mut self.changes);
+        session.set_parameters(connect.version, expiry, clean, self.sessions.changes());
         // [MQTT-3.3.4-9] the client's Receive Maximum bounds what is in flight to it;
         // [MQTT-3.1.2-24] its Maximum Packet Size bounds what is sent to it.
         session.receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);

@@ -39,11 +39,11 @@ impl<B: Backend> Shard<B> {
                 self.output_waiting.insert(session_id);
                 return;
             }
-            let Some(session) = self.sessions.get_mut(&session_id) else {
+            let Some((session, changes)) = self.sessions.recording(&session_id) else {
                 return;
             };
             let window = session.window(inflight_max);
-            let Some(queued) = session.next_queued(window, &mut self.changes) else {
+            let Some(queued) = session.next_queued(window, changes) else {
                 return;
             };
             // acl_file: checked again as the message leaves the queue, so that an ACL
@@ -100,8 +100,8 @@ impl<B: Backend> Shard<B> {
                 // It no longer encodes for this client (it came back with another protocol
                 // version): dropped and counted rather than holding its slot for ever.
                 self.stats().dropped(DropReason::TooLarge, 1);
-                if let Some(session) = self.sessions.get_mut(&session_id) {
-                    session.abandon(*packet_id, &mut self.changes);
+                if let Some((session, changes)) = self.sessions.recording(&session_id) {
+                    session.abandon(*packet_id, changes);
                 }
             }
         }
@@ -324,7 +324,7 @@ impl<B: Backend> Shard<B> {
         let writable = target.qos == QoS::AtMostOnce
             || conn.is_some_and(|c| self.can_write(c, message.payload.len()));
         let config = &self.config;
-        let Some(session) = self.sessions.get_mut(&target.session) else {
+        let Some((session, changes)) = self.sessions.recording(&target.session) else {
             return;
         };
         let rules = Rules {
@@ -339,7 +339,7 @@ impl<B: Backend> Shard<B> {
                 )
             },
         };
-        match session.decide(message, &target, &rules, &mut self.changes) {
+        match session.decide(message, &target, &rules, changes) {
             Decision::Send => {
                 self.send_to_session(target.session, message, &target, variants, None)
             }
@@ -381,7 +381,7 @@ impl<B: Backend> Shard<B> {
         let over_memory_limit = self.over_memory_limit();
         let now = self.now;
         let stats = &self.shared.stats[self.id];
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some((session, changes)) = self.sessions.recording(&session_id) else {
             return;
         };
         let Some(conn) = session.conn else { return };
@@ -482,7 +482,7 @@ impl<B: Backend> Shard<B> {
         let packet_id = if target.qos == QoS::AtMostOnce {
             0
         } else {
-            session.start(message, target, numbered, &mut self.changes)
+            session.start(message, target, numbered, changes)
         };
         let was_empty = c.out_len() == 0;
         c.put_publish(&encoded, packet_id);

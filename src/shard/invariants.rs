@@ -36,12 +36,12 @@ impl<B: Backend> Shard<B> {
 
     /// Starts (or stops) recording what changes in this shard's sessions.
     pub fn record_changes(&mut self, on: bool) {
-        self.changes.record(on);
+        self.sessions.changes().record(on);
     }
 
     /// The change records since the last call, oldest first.
     pub fn take_changes(&mut self) -> Vec<crate::session::Change> {
-        self.changes.take()
+        self.sessions.changes().take()
     }
 
     /// What each session this shard holds must keep, read from the live session (for a

@@ -22,7 +22,7 @@ use crate::types::{Message, SessionId, Target};
 impl<B: Backend> Shard<B> {
     /// Journals from now on: every change of this shard's sessions is recorded.
     pub fn attach_journal(&mut self, journal: Journal) {
-        self.changes.record(true);
+        self.sessions.changes().record(true);
         self.journal = Some(Box::new(journal));
         self.start_transit();
     }
@@ -31,7 +31,7 @@ impl<B: Backend> Shard<B> {
     /// written next comes after them).
     pub(super) fn journal_up_to_date(&mut self) -> Option<(&mut Journal, WallClock)> {
         let journal = self.journal.as_deref_mut()?;
-        let clock = drain(journal, &mut self.changes);
+        let clock = drain(journal, self.sessions.changes());
         Some((journal, clock))
     }
 
@@ -96,10 +96,12 @@ impl<B: Backend> Shard<B> {
             return;
         }
         let offline_since = self.offline_since(session);
-        let Some(journal) = self.journal.as_deref_mut() else {
+        let (Some(journal), Some((session, changes))) =
+            (self.journal.as_deref_mut(), self.sessions.recording(&id))
+        else {
             return;
         };
-        let clock = drain(journal, &mut self.changes);
+        let clock = drain(journal, changes);
         journal.session(session, claim, offline_since, &clock);
     }
 
@@ -340,15 +342,13 @@ impl<B: Backend> Shard<B> {
             let since = recovered
                 .offline_since_ms
                 .map_or(self.now, |ms| clock.instant(ms).min(self.now));
-            if let Some(at) = session.start_expiry(since, self.config.persistent_client_expiration)
-            {
-                self.expiries.push(std::cmp::Reverse((at, id)));
-            }
             self.shared.registry.lock().expect("registry lock").insert(
                 client_id.clone(),
                 super::shared::Claim::new(self.id, recovered.claim),
             );
             self.sessions.insert(Box::new(session));
+            let persistent_expiration = self.config.persistent_client_expiration;
+            self.sessions.start_expiry(id, since, persistent_expiration);
             self.journal_session(id, recovered.claim);
         }
         self.apply_trie_ops();

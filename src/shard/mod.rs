@@ -27,7 +27,6 @@ mod publish;
 mod receiving;
 mod reload;
 mod sealing;
-mod sessions;
 mod shared;
 mod stats;
 mod subscribe;
@@ -44,8 +43,6 @@ pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY, SHARDS_MAX};
 pub use stats::{Durations, Refused, Stats, StatsSnapshot, DURATION_BUCKETS_US};
 
 use crossbeam_channel::Receiver;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,7 +75,7 @@ pub struct Shard<B: Backend> {
     /// their growth does not copy or strand large entries.
     conns: Vec<Option<Box<Conn>>>,
     /// By id and by client id (`sessions.rs`).
-    sessions: sessions::Sessions,
+    sessions: crate::session::Table,
     events: Vec<Event>,
     /// Connections with bytes in `out`, to send at the end of the turn.
     dirty: Vec<ConnId>,
@@ -118,9 +115,6 @@ pub struct Shard<B: Backend> {
     holding: holding::Holding,
     /// Sessions whose QoS 1/2 messages wait in their queue for their connection to drain.
     output_waiting: hashbrown::HashSet<SessionId>,
-    /// What changed in this shard's sessions, for whoever reads the records (off until
-    /// then: see `session/changes.rs`).
-    changes: crate::session::Changes,
     /// Sessions moving through this shard: handed on and forwarded for, or arrived and
     /// settling (`handover/moves.rs`).
     moves: handover::Moves,
@@ -150,10 +144,6 @@ pub struct Shard<B: Backend> {
     write_bytes_max: usize,
     write_waiting_elsewhere: usize,
     out_bytes_this_turn: usize,
-    /// Offline 5.0 sessions by expiry time (entries made stale by a resume are skipped).
-    expiries: BinaryHeap<Reverse<(Instant, SessionId)>>,
-    /// Delayed wills by due time (entries cancelled by a resume are skipped).
-    will_timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     /// `$SYS`: when this shard next refreshes its gauges (and shard 0 publishes).
     sys: sys::SysState,
     /// The time of this loop turn (read from `Shared::clock` once per turn).
@@ -218,7 +208,6 @@ impl<B: Backend> Shard<B> {
             output_held: Vec::new(),
             output_waiting: Default::default(),
             holding: holding::Holding::new(now),
-            changes: Default::default(),
             moves: handover::Moves::default(),
             claims: handover::Claims::default(),
             owing: Vec::new(),
@@ -231,8 +220,6 @@ impl<B: Backend> Shard<B> {
             quiet: timers::Quiet::default(),
             write_waiting_elsewhere: 0,
             out_bytes_this_turn: 0,
-            expiries: BinaryHeap::new(),
-            will_timers: BinaryHeap::new(),
             sys: sys::SysState::default(),
             now,
             epoch: now,

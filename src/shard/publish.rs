@@ -248,8 +248,8 @@ impl<B: Backend> Shard<B> {
             QoS::ExactlyOnce => {
                 // Journaled in this turn, with the delivery (or the record of the message
                 // passed to another shard, `transit.rs`): a resend after a crash is known.
-                if let Some(session) = self.sessions.get_mut(&session_id) {
-                    session.awaiting_pubrel(packet_id, &mut self.changes);
+                if let Some((session, changes)) = self.sessions.recording(&session_id) {
+                    session.awaiting_pubrel(packet_id, changes);
                 }
                 log::debug!("Sending PUBREC to {name} (Mid: {packet_id})");
                 let rec = Packet::PubRec(PubResponse::new(packet_id));
@@ -328,8 +328,8 @@ impl<B: Backend> Shard<B> {
     pub(super) fn on_pubrel(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
         let name = self.conn_name(conn);
         log::debug!("Received PUBREL from {name} (Mid: {packet_id})");
-        let known = (self.sessions.get_mut(&session_id))
-            .is_some_and(|s| s.pubrel(packet_id, &mut self.changes));
+        let known = (self.sessions.recording(&session_id))
+            .is_some_and(|(s, changes)| s.pubrel(packet_id, changes));
         // An unknown id is answered all the same, as Mosquitto does: it is a PUBREL sent
         // again after a reconnect (0x92 would be allowed, and is not what tools expect).
         if !known {
@@ -399,8 +399,8 @@ impl<B: Backend> Shard<B> {
             self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
             return;
         }
-        if let Some(session) = self.sessions.get_mut(&session_id) {
-            if !session.pubrec(packet_id, &mut self.changes) {
+        if let Some((session, changes)) = self.sessions.recording(&session_id) {
+            if !session.pubrec(packet_id, changes) {
                 // Answered all the same, as Mosquitto does (a repeat after a reconnect).
                 log::warn!(
                     "Warning: Received PUBREC from {name} for an unknown packet identifier {packet_id}."
@@ -423,10 +423,10 @@ impl<B: Backend> Shard<B> {
 
     /// Ends an outbound QoS 1/2 exchange and lets the next queued message in.
     fn finish_inflight(&mut self, session_id: SessionId, packet_id: u16, qos: QoS) {
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some((session, changes)) = self.sessions.recording(&session_id) else {
             return;
         };
-        if session.acknowledged(packet_id, qos, &mut self.changes) {
+        if session.acknowledged(packet_id, qos, changes) {
             self.fill_window(session_id);
         }
     }

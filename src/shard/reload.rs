@@ -84,7 +84,8 @@ impl<B: Backend> Shard<B> {
     /// and subscriptions the new ACL does not allow are revoked. The others carry on.
     pub(super) fn recheck_clients(&mut self) {
         let mut refused = Vec::new();
-        for session in self.sessions.values_mut() {
+        let (sessions, changes) = self.sessions.values_recording();
+        for session in sessions {
             let security = self.config.security(session.listener());
             // acl_strict_subscribe: subscriptions the new ACL no longer allows are revoked,
             // online or offline (deliveries are checked against the new ACL anyway).
@@ -106,7 +107,7 @@ impl<B: Backend> Shard<B> {
                         "Subscription of {} to {filter} revoked by the reloaded ACL.",
                         session.client_id
                     );
-                    session.unsubscribe(&filter, &mut self.changes);
+                    session.unsubscribe(&filter, changes);
                     self.trie_ops.push(TrieOp::Unsubscribe {
                         filter,
                         session: session.id,

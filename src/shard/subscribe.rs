@@ -42,7 +42,7 @@ impl<B: Backend> Shard<B> {
         let mount = self.config.listener(c.listener()).mount_point.clone();
         let max_qos = self.config.listener(c.listener()).max_qos;
         let shard = self.id as u16;
-        let Some(session) = self.sessions.get_mut(&job.session) else {
+        let Some((session, changes)) = self.sessions.recording(&job.session) else {
             return Slice::Closed;
         };
         let Filters::Subscribe { packet, retained } = &mut job.packet else {
@@ -141,7 +141,7 @@ impl<B: Backend> Shard<B> {
                 options: *options,
                 identifier: identifier.and_then(NonZeroU32::new),
             };
-            session.subscribe(filter, sub, &mut self.changes, &self.shared.filter_bytes);
+            session.subscribe(filter, sub, changes, &self.shared.filter_bytes);
             self.trie_ops.push(TrieOp::Subscribe {
                 filter: CompactString::from(filter.as_str()),
                 session: job.session,
@@ -207,7 +207,7 @@ impl<B: Backend> Shard<B> {
         };
         let name = c.name().to_string();
         let mount = self.config.listener(c.listener()).mount_point.clone();
-        let Some(session) = self.sessions.get_mut(&job.session) else {
+        let Some((session, changes)) = self.sessions.recording(&job.session) else {
             return Slice::Closed;
         };
         let Filters::Unsubscribe(packet) = &job.packet else {
@@ -226,7 +226,7 @@ impl<B: Backend> Shard<B> {
             };
             let filter = &mounted;
             log::info!(target: "unsubscribe", "{name} {filter}");
-            if session.unsubscribe(filter, &mut self.changes) {
+            if session.unsubscribe(filter, changes) {
                 // Its retained messages are owed no more. [MQTT-3.10.4-2]
                 session.cancel_scan(filter);
                 self.trie_ops.push(TrieOp::Unsubscribe {

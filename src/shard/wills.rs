@@ -4,7 +4,6 @@
 //! (`session/lifecycle.rs`: its connection ended, it was taken over, it expired); the shard
 //! publishes it here, and keeps delayed wills on a timer.
 
-use std::cmp::Reverse;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,21 +17,14 @@ use crate::topic::SessionId;
 impl<B: Backend> Shard<B> {
     /// The will of session `id` is due at `due`, unless its client comes back first.
     pub(super) fn schedule_will(&mut self, id: SessionId, due: Instant) {
-        self.will_timers.push(Reverse((due, id)));
+        self.sessions.schedule_will(id, due);
     }
 
     /// Publishes wills whose delay has run out (and were not cancelled by a resume).
     pub(super) fn publish_due_wills(&mut self, now: Instant) {
-        while let Some(Reverse((at, id))) = self.will_timers.peek().copied() {
-            if at > now {
-                return;
-            }
-            self.will_timers.pop();
-            let will = self.sessions.get_mut(&id).and_then(|s| s.take_due_will(at));
-            if let Some(will) = will {
-                self.publish_will(id, will);
-                self.journal_will_gone(id);
-            }
+        while let Some((id, will)) = self.sessions.next_due_will(now) {
+            self.publish_will(id, will);
+            self.journal_will_gone(id);
         }
     }
 

@@ -130,7 +130,7 @@ impl<B: Backend> Shard<B> {
         if let Some(up) = self.shared.bridges_up.get(link.index) {
             up.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some((session, changes)) = self.sessions.recording(&session_id) else {
             return;
         };
         if v5 {
@@ -143,7 +143,7 @@ impl<B: Backend> Shard<B> {
         if session.version != link.version {
             // It fell back to 3.1.1: the messages it sends are encoded so.
             let (expiry, clean) = (session.expiry_interval_s, session.clean);
-            session.set_parameters(link.version, expiry, clean, &mut self.changes);
+            session.set_parameters(link.version, expiry, clean, changes);
         }
         session.conn = Some(conn);
         session.resumed();

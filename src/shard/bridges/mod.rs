@@ -89,11 +89,11 @@ impl<B: Backend> Shard<B> {
                 client_id.clone(),
                 link.version,
                 local_clean,
-                &mut self.changes,
+                self.sessions.changes(),
             ))
         });
         let expiry = if local_clean { 0 } else { u32::MAX };
-        session.set_parameters(link.version, expiry, local_clean, &mut self.changes);
+        session.set_parameters(link.version, expiry, local_clean, self.sessions.changes());
         session.set_credentials(config.local_username.as_deref(), None);
         session.set_listener(0);
         let id = session.id;
@@ -106,7 +106,7 @@ impl<B: Backend> Shard<B> {
             .cloned()
             .collect();
         for filter in stale {
-            session.unsubscribe(&filter, &mut self.changes);
+            session.unsubscribe(&filter, self.sessions.changes());
             self.trie_ops.push(TrieOp::Unsubscribe {
                 filter,
                 session: id,
@@ -124,7 +124,12 @@ impl<B: Backend> Shard<B> {
                 identifier: None,
             };
             log::debug!("Bridge {client_id} doing local SUBSCRIBE on topic {filter}");
-            session.subscribe(&filter, sub, &mut self.changes, &self.shared.filter_bytes);
+            session.subscribe(
+                &filter,
+                sub,
+                self.sessions.changes(),
+                &self.shared.filter_bytes,
+            );
             self.trie_ops.push(TrieOp::Subscribe {
                 filter: CompactString::from(filter),
                 session: id,
