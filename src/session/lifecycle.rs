@@ -20,7 +20,35 @@ pub enum WillAfterClose {
     At(Instant),
 }
 
+/// How long an offline session lasts: its 5.0 Session Expiry Interval [MQTT-3.1.2-23], or
+/// `persistent_client_expiration` for one that would never expire (3.x clean session 0,
+/// 5.0 0xFFFFFFFF); `None`: for ever. The one rule, for live sessions and recovered ones.
+pub fn expires_after(
+    version: ProtocolVersion,
+    expiry_interval_s: u32,
+    persistent_client_expiration: Option<Duration>,
+) -> Option<Duration> {
+    let never = version != ProtocolVersion::V5 || expiry_interval_s == u32::MAX;
+    if never {
+        persistent_client_expiration
+    } else {
+        Some(Duration::from_secs(expiry_interval_s.into()))
+    }
+}
+
 impl Session {
+    /// How long this session lasts once offline (`expires_after`).
+    pub fn expires_after(
+        &self,
+        persistent_client_expiration: Option<Duration>,
+    ) -> Option<Duration> {
+        expires_after(
+            self.version,
+            self.expiry_interval_s,
+            persistent_client_expiration,
+        )
+    }
+
     /// The session's connection ended at `now`; `sends_will`: the way it ended publishes the
     /// will (not a DISCONNECT [MQTT-3.14.4-3]).
     pub fn connection_ended(&mut self, now: Instant, sends_will: bool) -> WillAfterClose {
@@ -64,12 +92,7 @@ impl Session {
         now: Instant,
         persistent_client_expiration: Option<Duration>,
     ) -> Option<Instant> {
-        let never = self.version != ProtocolVersion::V5 || self.expiry_interval_s == u32::MAX;
-        let after = match (never, persistent_client_expiration) {
-            (false, _) => Duration::from_secs(self.expiry_interval_s.into()),
-            (true, Some(limit)) => limit,
-            (true, None) => return None,
-        };
+        let after = self.expires_after(persistent_client_expiration)?;
         self.expires_at = Some(now + after);
         self.expires_at
     }

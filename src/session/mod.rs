@@ -21,7 +21,7 @@ pub use changes::{Change, Changes, Durable, What};
 pub use delivery::{capped, Backlog, Decision, DropReason, Rules};
 
 pub use incoming::{IncomingQos2, Qos2Publish};
-pub use lifecycle::WillAfterClose;
+pub use lifecycle::{expires_after, WillAfterClose};
 pub use outgoing::{
     Ack, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan, OWED_MAX, SCANS_MAX,
     SCAN_FILTER_BYTES_MAX,

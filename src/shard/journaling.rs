@@ -175,13 +175,7 @@ impl<B: Backend> Shard<B> {
     /// (what the journal needs to keep the expiry running across a restart).
     fn offline_since(&self, session: &Session) -> Option<Instant> {
         let at = session.expires_at?;
-        let never = session.version != crate::codec::ProtocolVersion::V5
-            || session.expiry_interval_s == u32::MAX;
-        let after = if never {
-            self.config.persistent_client_expiration?
-        } else {
-            Duration::from_secs(session.expiry_interval_s.into())
-        };
+        let after = session.expires_after(self.config.persistent_client_expiration)?;
         Some(at.checked_sub(after).unwrap_or(at))
     }
 

@@ -72,14 +72,11 @@ impl RecoveredSession {
         let Some(since) = self.offline_since_ms else {
             return false;
         };
-        let never = self.version() != ProtocolVersion::V5 || self.expiry_interval_s == u32::MAX;
-        let after = if never {
-            persistent_client_expiration
-        } else {
-            Some(std::time::Duration::from_secs(
-                self.expiry_interval_s.into(),
-            ))
-        };
+        let after = crate::session::expires_after(
+            self.version(),
+            self.expiry_interval_s,
+            persistent_client_expiration,
+        );
         after.is_some_and(|after| since.saturating_add(after.as_millis() as u64) <= now_ms)
     }
 
