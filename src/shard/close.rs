@@ -264,15 +264,16 @@ impl<B: Backend> Shard<B> {
         // (Published once a turn for all of them, before the sweep: `sweep_trie`.)
         let in_groups = subscriptions.keys().any(|f| f.starts_with(SHARE_PREFIX));
         if in_groups {
-            self.leaving_groups.insert(id);
+            self.trie.leaving_groups.insert(id);
         }
         if !subscriptions.is_empty() {
-            self.trie_sweep
+            self.trie
+                .sweep
                 .push_back((id, subscriptions.into_keys(), in_groups));
         }
         // (Not while a later connection here waits for a session of the client: the claim
         // named here is its own.)
-        if unregister && self.claims.waiting(&client_id).is_none() {
+        if unregister && self.handover.claims.waiting(&client_id).is_none() {
             self.shared.release_claim(&client_id, self.id);
         }
     }

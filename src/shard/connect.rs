@@ -207,7 +207,7 @@ impl<B: Backend> Shard<B> {
             c.claim = claim;
         }
         let elsewhere = previous.map(Claim::shard).filter(|&owner| owner != self.id);
-        let on_its_way = self.claims.on_its_way(&client_id);
+        let on_its_way = self.handover.claims.on_its_way(&client_id);
         if elsewhere.is_some() || on_its_way {
             // The session lives on another shard, or may be on its way here for an earlier
             // connection of this client: this connection waits for it, and CONNECT is
@@ -219,7 +219,7 @@ impl<B: Backend> Shard<B> {
             }
             self.wait_for_session(conn, &client_id, claim);
             if let Some(owner) = elsewhere {
-                self.claims.ask(&client_id, claim);
+                self.handover.claims.ask(&client_id, claim);
                 let msg = ShardMsg::TakeSession {
                     client_id,
                     to: self.id,
@@ -440,7 +440,7 @@ impl<B: Backend> Shard<B> {
         }
         if session.outgoing().owes() {
             // Retained messages still owed from before (perhaps on another shard).
-            self.owing.push(session_id);
+            self.owed.owing.push(session_id);
         }
         self.sessions.insert(session);
         let claim = self.conn(conn).map_or(0, |c| c.claim);

@@ -36,7 +36,7 @@ impl<B: Backend> Shard<B> {
                 .map(|q| q.message.payload.len());
             if next_size.is_some_and(|size| !self.can_write(conn, size)) {
                 // Sent once its client has read what waits for it (`holding.rs`).
-                self.output_waiting.insert(session_id);
+                self.holding.waiting.insert(session_id);
                 return;
             }
             let Some((session, changes)) = self.sessions.recording(&session_id) else {
@@ -122,10 +122,10 @@ impl<B: Backend> Shard<B> {
         let leaving = (self.shared.leaving_count.load(Ordering::SeqCst) > 0)
             .then(|| self.shared.leaving_groups.load());
         let snapshot = self.shared.trie.load();
-        let mut targets = std::mem::take(&mut self.targets);
+        let mut targets = std::mem::take(&mut self.routing.targets);
         let shards = targets.len();
         let (here, sessions, inflight_max) = (self.id, &self.sessions, self.config.inflight_max);
-        let ended_here = &self.leaving_groups;
+        let ended_here = &self.trie.leaving_groups;
         let upgrade = self.config.upgrade_outgoing_qos;
         // A group member this shard knows cannot take a message now: offline, or its window
         // full. Members on other shards are taken as able (their state is theirs), unless
@@ -205,7 +205,7 @@ impl<B: Backend> Shard<B> {
             let targets = std::mem::take(list);
             self.pass_to_shard(shard, message, targets, false, from);
         }
-        self.targets = targets;
+        self.routing.targets = targets;
         matched
     }
 
@@ -280,20 +280,20 @@ impl<B: Backend> Shard<B> {
         targets: &[Target],
         forwarded: bool,
     ) {
-        let mut variants = std::mem::take(&mut self.variants);
+        let mut variants = std::mem::take(&mut self.routing.variants);
         let mut moved: Vec<(usize, Target)> = Vec::new();
         for target in targets {
             if self.sessions.contains_key(&target.session) {
                 // (`settling` is almost always empty: no lookup on the usual path.)
-                if forwarded || !self.moves.any_settling() || !self.hold(message, target) {
+                if forwarded || !self.handover.moves.any_settling() || !self.hold(message, target) {
                     self.deliver_to_session(message, target, &mut variants);
                 }
-            } else if let Some(to) = self.moves.moved_to(target.session) {
+            } else if let Some(to) = self.handover.moves.moved_to(target.session) {
                 moved.push((to, target.clone()));
             }
         }
         variants.clear();
-        self.variants = variants;
+        self.routing.variants = variants;
         for (shard, target) in moved {
             self.pass_to_shard(shard, message, vec![target], true, None);
         }
@@ -347,7 +347,7 @@ impl<B: Backend> Shard<B> {
                 waits_for_reader: true,
             } => {
                 // Sent once its client has read what waits for it (`holding.rs`).
-                self.output_waiting.insert(target.session);
+                self.holding.waiting.insert(target.session);
             }
             Decision::Queued { .. } => {}
             Decision::Dropped(why) => {
@@ -486,7 +486,7 @@ impl<B: Backend> Shard<B> {
         };
         let was_empty = c.out_len() == 0;
         c.put_publish(&encoded, packet_id);
-        self.out_bytes_this_turn += encoded.len();
+        self.memory.encoded_this_turn += encoded.len();
         log::debug!(
             "Sending PUBLISH to {} (d0, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
             session.client_id,
@@ -508,6 +508,23 @@ impl<B: Backend> Shard<B> {
 fn read_acl(config: &Config, listener: usize, bridged: bool) -> Option<&crate::auth::acl::Acl> {
     let acl = config.security(listener).acl.as_deref();
     acl.filter(|_| !bridged)
+}
+
+/// What routing a message reuses from one message to the next.
+pub(super) struct Routing {
+    /// Per target shard, the targets of the message being routed.
+    pub(super) targets: Vec<Vec<Target>>,
+    /// The encodings of the message being delivered (`encode.rs`).
+    pub(super) variants: Variants,
+}
+
+impl Routing {
+    pub(super) fn new(shards: usize) -> Routing {
+        Routing {
+            targets: vec![Vec::new(); shards],
+            variants: Variants::default(),
+        }
+    }
 }
 
 /// Entries a reused list keeps room for between messages or turns (the local targets of a

@@ -148,7 +148,7 @@ impl<B: Backend> Shard<B> {
                 self.dirty.push(conn);
             }
             if self.hold_reading(conn, Hold::DECODE) {
-                self.decoding.push(conn);
+                self.receiving.waiting.push(conn);
             }
             self.release_reading(conn, Hold::DISK);
         }

@@ -24,6 +24,10 @@ const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(5);
 /// they were (a client can send thousands a read); when the clients waiting to drain were
 /// last checked.
 pub(super) struct Holding {
+    /// Connections not read until their output drains.
+    pub(super) held: Vec<ConnId>,
+    /// Sessions whose QoS 1/2 messages wait in their queue for their connection to drain.
+    pub(super) waiting: hashbrown::HashSet<SessionId>,
     limits: [RateLimited; Limit::ALL.len()],
     pub(super) not_utf8: RateLimited,
     drain_checked: Instant,
@@ -52,6 +56,8 @@ impl RateLimited {
 impl Holding {
     pub(super) fn new(now: Instant) -> Self {
         Holding {
+            held: Vec::new(),
+            waiting: Default::default(),
             limits: Default::default(),
             not_utf8: RateLimited::default(),
             drain_checked: now,
@@ -133,7 +139,7 @@ impl<B: Backend> Shard<B> {
         if backlog <= bound || !self.hold_reading(conn, Hold::OUTPUT) {
             return;
         }
-        self.output_held.push(conn);
+        self.holding.held.push(conn);
         let name = self.conn_name(conn);
         self.limit_reached(Limit::OutputBacklog, || {
             format!(
@@ -163,10 +169,10 @@ impl<B: Backend> Shard<B> {
     /// Goes on with sessions whose queued messages waited for their connection to drain
     /// (`can_write`), once per turn.
     fn send_to_drained(&mut self) {
-        if self.output_waiting.is_empty() {
+        if self.holding.waiting.is_empty() {
             return;
         }
-        let waiting: Vec<SessionId> = self.output_waiting.drain().collect();
+        let waiting: Vec<SessionId> = self.holding.waiting.drain().collect();
         for session in waiting {
             // Puts it back if it still may not write.
             self.fill_window(session);
@@ -178,7 +184,7 @@ impl<B: Backend> Shard<B> {
     /// the wait that wrote it) while few wait, at most every `DRAIN_CHECK_INTERVAL` when
     /// many do (ten thousand stalled clients must not cost every turn a pass over them).
     pub(super) fn release_drained(&mut self) {
-        let waiting = self.output_waiting.len() + self.output_held.len();
+        let waiting = self.holding.waiting.len() + self.holding.held.len();
         if waiting > DRAIN_CHECK_EVERY_TURN_MAX {
             if self.now < self.holding.drain_checked + DRAIN_CHECK_INTERVAL {
                 return;
@@ -186,10 +192,10 @@ impl<B: Backend> Shard<B> {
             self.holding.drain_checked = self.now;
         }
         self.send_to_drained();
-        if self.output_held.is_empty() {
+        if self.holding.held.is_empty() {
             return;
         }
-        let mut held = std::mem::take(&mut self.output_held);
+        let mut held = std::mem::take(&mut self.holding.held);
         held.retain(|&conn| {
             if self.conn(conn).is_none() {
                 return false;
@@ -200,7 +206,7 @@ impl<B: Backend> Shard<B> {
             self.release_reading(conn, Hold::OUTPUT);
             false
         });
-        held.append(&mut self.output_held);
-        self.output_held = held;
+        held.append(&mut self.holding.held);
+        self.holding.held = held;
     }
 }

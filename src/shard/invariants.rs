@@ -26,10 +26,10 @@ impl<B: Backend> Shard<B> {
             self.outbox.is_empty(),
             self.parked.as_ref().map(|(m, turn)| (std::mem::discriminant(m), turn)),
             self.has_work_now(),
-            self.decoding.len(),
-            self.trie_sweep.is_empty(),
+            self.receiving.waiting.len(),
+            self.trie.sweep.is_empty(),
             self.subscribing.is_empty(),
-            self.retained_requests.is_empty(),
+            self.owed.requests.is_empty(),
             self.journal.as_deref().map(|j| j.durable()),
         )
     }
@@ -72,7 +72,7 @@ impl<B: Backend> Shard<B> {
             }
             if c.held.contains(super::conn::Hold::DECODE) {
                 assert!(
-                    self.decoding.contains(&c.id),
+                    self.receiving.waiting.contains(&c.id),
                     "connection {} held for decoding, not listed",
                     c.id
                 );
@@ -91,7 +91,7 @@ impl<B: Backend> Shard<B> {
                     .as_ref()
                     .expect("a waiting connection has a client id");
                 assert_eq!(
-                    self.claims.waiting(client).map(|a| a.0),
+                    self.handover.claims.waiting(client).map(|a| a.0),
                     Some(c.id),
                     "{client} waits unrecorded"
                 );
@@ -108,7 +108,7 @@ impl<B: Backend> Shard<B> {
             }
             session.check_invariants();
         }
-        self.claims.check_invariants();
-        (self.moves).check_invariants(|id| self.sessions.contains_key(id));
+        self.handover.claims.check_invariants();
+        (self.handover.moves).check_invariants(|id| self.sessions.contains_key(id));
     }
 }

@@ -40,7 +40,7 @@ impl<B: Backend> Shard<B> {
     /// what it acknowledges is on disk).
     pub(super) fn journal_turn(&mut self) {
         #[cfg(debug_assertions)]
-        if let Some((delay, took @ true)) = &mut self.fault_commit_delay {
+        if let Some((delay, took @ true)) = &mut self.faults.commit_delay {
             *took = false;
             std::thread::sleep(*delay);
         }
@@ -277,7 +277,7 @@ impl<B: Backend> Shard<B> {
                     identifier: NonZeroU32::new(*identifier),
                 };
                 session.subscribe(filter, sub, &mut quiet, &self.shared.filter_bytes);
-                self.trie_ops.push(TrieOp::Subscribe {
+                self.trie.ops.push(TrieOp::Subscribe {
                     filter: CompactString::from(filter.as_str()),
                     session: id,
                     sub,

@@ -50,10 +50,8 @@ use std::time::{Duration, Instant};
 use crate::codec::Packet;
 use crate::config::Config;
 use crate::router::{Outbox, ShardMsg};
-use crate::topic::SessionId;
 use conn::Conn;
 use io::{Backend, ConnId, Event};
-use trie_ops::{AfterTrie, TrieOp};
 
 /// Mailbox messages handled per loop turn, so a flood from other shards cannot starve this
 /// shard's own sockets.
@@ -85,65 +83,39 @@ pub struct Shard<B: Backend> {
     closing_sockets: Vec<Box<Conn>>,
     /// Clients held while the journal is not durable.
     disk_wait: disk_wait::DiskWait,
-    trie_ops: Vec<TrieOp>,
-    after_trie: Vec<AfterTrie>,
-    /// Ended sessions' subscriptions, taken out of the trie a slice a turn
-    /// (`trie_ops::sweep_trie`).
-    trie_sweep: trie_ops::TrieSweep,
-    /// SUBSCRIBEs and UNSUBSCRIBEs handled a slice of filters a turn, and what is left of
-    /// this turn's budget of filters (`subscribing::FILTERS_PER_TURN`).
+    /// Changes to the subscription trie waiting for the end of the turn, and ended sessions'
+    /// subscriptions leaving it a slice a turn (`trie_ops.rs`).
+    trie: trie_ops::TrieWork,
+    /// SUBSCRIBEs and UNSUBSCRIBEs handled a slice of filters a turn (`subscribing.rs`).
     subscribing: std::collections::VecDeque<subscribing::Subscribing>,
-    filters_left: usize,
-    /// New subscriptions' requests for their retained messages, owed a slice a turn, and
-    /// what is left of this turn's budget (`owed.rs`).
-    retained_requests: owed::RetainedRequests,
-    /// Sessions ended this turn with shared subscriptions, for `Shared::leaving_groups`
-    /// (which this shard's group picks pass over already).
-    leaving_groups: hashbrown::HashSet<SessionId>,
-    requests_left: usize,
-    /// Per target shard, the targets of the message being routed (reused).
-    targets: Vec<Vec<crate::router::Target>>,
-    /// The encodings of the message being delivered (reused, `encode.rs`).
-    variants: encode::Variants,
+    /// Retained messages owed to new subscriptions, a slice a turn (`owed.rs`).
+    owed: owed::OwedWork,
+    /// What is left of this turn's budgets of work that could otherwise hold the shard.
+    budget: Budget,
+    /// The targets and encodings of the message being routed (reused, `deliver.rs`).
+    routing: deliver::Routing,
     /// Cross-shard messages waiting for room in a full mailbox, and the publishers paused
     /// until they are through.
     outbox: Outbox,
     paused: Vec<ConnId>,
-    /// Connections not read until their output drains, and when each bound was last
-    /// logged (`holding.rs`).
-    output_held: Vec<ConnId>,
+    /// Connections not read and sessions not written to until their output drains, and
+    /// when each bound was last logged (`holding.rs`).
     holding: holding::Holding,
-    /// Sessions whose QoS 1/2 messages wait in their queue for their connection to drain.
-    output_waiting: hashbrown::HashSet<SessionId>,
-    /// Sessions moving through this shard: handed on and forwarded for, or arrived and
-    /// settling (`handover/moves.rs`).
-    moves: handover::Moves,
-    /// The claims on client ids whose sessions are on their way: connections waiting here,
-    /// requests out, answers owed (`handover/claims.rs`).
-    claims: handover::Claims,
-    /// Sessions owed retained messages (each once), continued every turn.
-    owing: Vec<SessionId>,
-    /// Some of them can go on as soon as this turn's writes are out: do not sleep.
-    owed_next_turn: bool,
-    /// Topic levels their scans of the retained store may still look at this turn.
-    scan_visits_left: usize,
+    /// Sessions moving through this shard, and the claims on client ids whose sessions are
+    /// on their way (`handover/`).
+    handover: handover::Handover,
     /// TLS handshake time this turn, and handshakes held to the next (`transport.rs`).
     handshakes: transport::Handshakes,
     /// Output of TLS and WebSocket connections waiting to be sealed (`sealing.rs`).
     sealing: sealing::Sealing,
-    /// Connections whose whole packets wait for the next turn (`limits::PACKETS_PER_TURN`).
-    decoding: Vec<ConnId>,
-    /// The packet being handled: how far its payload was checked for UTF-8 as it arrived.
-    payload_check: Option<receiving::PayloadCheck>,
+    /// Connections whose packets wait for the next turn, and the payload being checked as
+    /// it arrives (`receiving.rs`).
+    receiving: receiving::Receiving,
     /// Whether this shard worked since its last timer tick, and since it last gave freed
     /// memory back (`timers.rs`).
     quiet: timers::Quiet,
-    /// `memory_limit` in force; the bytes other shards had waiting for their clients at
-    /// this turn's start, and the bytes this shard encoded for its clients this turn (not
-    /// yet handed to the backend).
-    write_bytes_max: usize,
-    write_waiting_elsewhere: usize,
-    out_bytes_this_turn: usize,
+    /// What `memory_limit` counts of this shard's and the others' output (`output.rs`).
+    memory: output::WriteMemory,
     /// `$SYS`: when this shard next refreshes its gauges (and shard 0 publishes).
     sys: sys::SysState,
     /// The time of this loop turn (read from `Shared::clock` once per turn).
@@ -163,15 +135,45 @@ pub struct Shard<B: Backend> {
     turns: u64,
     /// Shutting down: parked messages go at once.
     closing: bool,
-    /// Debug builds only, for the test of what a shard panic does: a PUBLISH to this topic
-    /// (from `MIDGE_FAULT_PANIC_TOPIC`) panics the shard that reads it.
+    /// Debug builds only: faults the tests inject.
     #[cfg(debug_assertions)]
-    fault_panic_topic: Option<String>,
-    /// Debug builds only, for the test of acknowledgements across shards: a turn that took
-    /// messages from other shards waits this long before its journal write, as a slow disk
-    /// would (`MIDGE_FAULT_COMMIT_DELAY_MS`), and whether this turn took any.
-    #[cfg(debug_assertions)]
-    fault_commit_delay: Option<(Duration, bool)>,
+    faults: Faults,
+}
+
+/// What is left of a loop turn's budgets of work that could otherwise hold the shard: each
+/// is refilled where its work starts over for the turn.
+struct Budget {
+    /// Filters of SUBSCRIBEs and UNSUBSCRIBEs (`subscribing::FILTERS_PER_TURN`).
+    filters: usize,
+    /// New subscriptions' requests for retained messages (`owed.rs`).
+    retained_requests: usize,
+    /// Topic levels scans of the retained store may look at (`limits::SCAN_VISITS_PER_TURN`).
+    scan_visits: usize,
+}
+
+/// Faults injected for tests, in debug builds only.
+#[cfg(debug_assertions)]
+struct Faults {
+    /// For the test of what a shard panic does: a PUBLISH to this topic (from
+    /// `MIDGE_FAULT_PANIC_TOPIC`) panics the shard that reads it.
+    panic_topic: Option<String>,
+    /// For the test of acknowledgements across shards: a turn that took messages from other
+    /// shards waits this long before its journal write, as a slow disk would
+    /// (`MIDGE_FAULT_COMMIT_DELAY_MS`), and whether this turn took any.
+    commit_delay: Option<(Duration, bool)>,
+}
+
+#[cfg(debug_assertions)]
+impl Faults {
+    fn from_env() -> Faults {
+        Faults {
+            panic_topic: std::env::var("MIDGE_FAULT_PANIC_TOPIC").ok(),
+            commit_delay: std::env::var("MIDGE_FAULT_COMMIT_DELAY_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(|ms| (Duration::from_millis(ms), false)),
+        }
+    }
 }
 
 impl<B: Backend> Shard<B> {
@@ -181,7 +183,7 @@ impl<B: Backend> Shard<B> {
         let now = shared.clock.now();
         Shard {
             id,
-            write_bytes_max: config.write_bytes_max(),
+            memory: output::WriteMemory::new(config.write_bytes_max()),
             config,
             config_generation: shared.config_generation.load(Ordering::Acquire),
             shared,
@@ -193,33 +195,23 @@ impl<B: Backend> Shard<B> {
             dirty: Vec::new(),
             closing_sockets: Vec::new(),
             disk_wait: Default::default(),
-            trie_ops: Vec::new(),
-            after_trie: Vec::new(),
-            trie_sweep: Default::default(),
+            trie: Default::default(),
             subscribing: Default::default(),
-            filters_left: subscribing::FILTERS_PER_TURN,
-            retained_requests: Default::default(),
-            leaving_groups: Default::default(),
-            requests_left: 0,
-            targets: vec![Vec::new(); shards],
-            variants: Default::default(),
+            owed: Default::default(),
+            budget: Budget {
+                filters: subscribing::FILTERS_PER_TURN,
+                retained_requests: 0,
+                scan_visits: crate::limits::SCAN_VISITS_PER_TURN,
+            },
+            routing: deliver::Routing::new(shards),
             outbox: Outbox::new(shards, OVERFLOW_MAX),
             paused: Vec::new(),
-            output_held: Vec::new(),
-            output_waiting: Default::default(),
             holding: holding::Holding::new(now),
-            moves: handover::Moves::default(),
-            claims: handover::Claims::default(),
-            owing: Vec::new(),
-            owed_next_turn: false,
-            scan_visits_left: crate::limits::SCAN_VISITS_PER_TURN,
+            handover: Default::default(),
             handshakes: Default::default(),
             sealing: Default::default(),
-            decoding: Vec::new(),
-            payload_check: None,
+            receiving: Default::default(),
             quiet: timers::Quiet::default(),
-            write_waiting_elsewhere: 0,
-            out_bytes_this_turn: 0,
             sys: sys::SysState::default(),
             now,
             epoch: now,
@@ -230,12 +222,7 @@ impl<B: Backend> Shard<B> {
             turns: 0,
             closing: false,
             #[cfg(debug_assertions)]
-            fault_panic_topic: std::env::var("MIDGE_FAULT_PANIC_TOPIC").ok(),
-            #[cfg(debug_assertions)]
-            fault_commit_delay: std::env::var("MIDGE_FAULT_COMMIT_DELAY_MS")
-                .ok()
-                .and_then(|ms| ms.parse().ok())
-                .map(|ms| (Duration::from_millis(ms), false)),
+            faults: Faults::from_env(),
         }
     }
 
@@ -285,7 +272,7 @@ impl<B: Backend> Shard<B> {
         self.now = self.shared.clock.now();
         // New settings (a reload) apply from here on, to what this wait brought in too.
         self.take_new_settings();
-        self.write_waiting_elsewhere = self
+        self.memory.waiting_elsewhere = self
             .shared
             .write_queued
             .iter()
@@ -345,13 +332,13 @@ impl<B: Backend> Shard<B> {
             // (What waits for a disk, this shard's or the one a blocked shard's, does not
             // spin the loop.)
             || (self.outbox.has_sendable() && !self.disk_wait.failing())
-            || self.owed_next_turn
+            || self.owed.next_turn
             || self.handshakes.pending()
             || self.sealing.pending()
-            || !self.decoding.is_empty()
-            || !self.trie_sweep.is_empty()
+            || !self.receiving.waiting.is_empty()
+            || !self.trie.sweep.is_empty()
             || !self.subscribing.is_empty()
-            || !self.retained_requests.is_empty()
+            || !self.owed.requests.is_empty()
     }
 
     /// No work for its next turn, nor from or for other shards (mailbox and outbox empty):
@@ -524,7 +511,7 @@ impl<B: Backend> Shard<B> {
                 } => {
                     self.deliver_here(&message, &targets, forwarded);
                     #[cfg(debug_assertions)]
-                    if let Some((_, took)) = &mut self.fault_commit_delay {
+                    if let Some((_, took)) = &mut self.faults.commit_delay {
                         *took = true;
                     }
                     if let Some((from, number)) = receipt {

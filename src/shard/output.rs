@@ -7,6 +7,28 @@ use super::io::{Backend, ConnId};
 use super::{conn, Shard};
 use crate::codec::{Packet, ProtocolVersion};
 
+/// What `memory_limit` counts of the bytes waiting for clients, beside the backend's own
+/// count and what is kept for them (`Shared::kept_bytes`).
+pub(super) struct WriteMemory {
+    /// `memory_limit` in force.
+    pub(super) limit: usize,
+    /// The bytes other shards had waiting for their clients at this turn's start.
+    pub(super) waiting_elsewhere: usize,
+    /// The bytes this shard encoded for its clients this turn, not yet handed to the
+    /// backend.
+    pub(super) encoded_this_turn: usize,
+}
+
+impl WriteMemory {
+    pub(super) fn new(limit: usize) -> WriteMemory {
+        WriteMemory {
+            limit,
+            waiting_elsewhere: 0,
+            encoded_this_turn: 0,
+        }
+    }
+}
+
 impl<B: Backend> Shard<B> {
     /// Encodes `packet` into the connection's turn buffer.
     /// False if it could not be encoded (logged) or the connection is gone.
@@ -61,17 +83,17 @@ impl<B: Backend> Shard<B> {
     /// Whether the bytes waiting for clients over all shards, with what is kept for them
     /// (`Shared::kept_bytes`), are past `memory_limit`.
     pub(super) fn over_memory_limit(&self) -> bool {
-        self.memory_held() > self.write_bytes_max
+        self.memory_held() > self.memory.limit
     }
 
     /// What the broker holds for clients as `memory_limit` counts it: what waits to be
     /// written (this shard's as of now, the others' as of their last turn) and what is kept
     /// (`Shared::kept_bytes`).
     pub(super) fn memory_held(&self) -> usize {
-        self.write_waiting_elsewhere
+        self.memory.waiting_elsewhere
             + self.backend.queued_bytes_total()
             + self.sealing.unsealed_bytes
-            + self.out_bytes_this_turn
+            + self.memory.encoded_this_turn
             + self.disk_wait.held_bytes
             + self.shared.kept_bytes()
     }
@@ -79,7 +101,7 @@ impl<B: Backend> Shard<B> {
     /// Sends each connection's turn buffer in one piece.
     pub(super) fn flush(&mut self) {
         self.close_sockets();
-        self.out_bytes_this_turn = 0;
+        self.memory.encoded_this_turn = 0;
         // Drained and put back: the list keeps its allocation from turn to turn.
         let mut dirty = std::mem::take(&mut self.dirty);
         for conn in dirty.drain(..) {

@@ -60,7 +60,7 @@ impl<B: Backend> Shard<B> {
             .get(&session_id)
             .is_some_and(|s| s.outgoing().owes());
         if was_idle && owes {
-            self.owing.push(session_id);
+            self.owed.owing.push(session_id);
         }
         self.send_owed(session_id);
     }
@@ -87,12 +87,12 @@ impl<B: Backend> Shard<B> {
                 // The socket drains what it holds (and says so when it was full); what is
                 // only in this turn's buffer goes out at the end of the turn, and the next
                 // turn must come at once to go on.
-                self.owed_next_turn |= unsent < OWED_WRITE_MAX;
+                self.owed.next_turn |= unsent < OWED_WRITE_MAX;
                 return true;
             }
             if !session.outgoing().has_owed_found() {
-                if self.scan_visits_left == 0 {
-                    self.owed_next_turn = true;
+                if self.budget.scan_visits == 0 {
+                    self.owed.next_turn = true;
                     return true;
                 }
                 self.scan_retained(session_id);
@@ -137,7 +137,7 @@ impl<B: Backend> Shard<B> {
             |source: &crate::retain::Source, message: &Message| self.still_allowed(source, message);
         let mut found: Vec<Arc<Message>> = Vec::new();
         let slice = (
-            SCAN_VISITS_PER_SLICE.min(self.scan_visits_left),
+            SCAN_VISITS_PER_SLICE.min(self.budget.scan_visits),
             SCAN_FOUND_PER_SLICE,
         );
         let visits = (self.shared.retained.lock().expect("retained lock")).scan(
@@ -147,7 +147,7 @@ impl<B: Backend> Shard<B> {
             &mut found,
             &still_allowed,
         );
-        self.scan_visits_left = self.scan_visits_left.saturating_sub(visits);
+        self.budget.scan_visits = self.budget.scan_visits.saturating_sub(visits);
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
@@ -167,13 +167,13 @@ impl<B: Backend> Shard<B> {
     /// Goes on with every session owed retained messages (once per turn). When the turn's
     /// scan budget runs out, the sessions that did not get to scan go first next turn.
     pub(super) fn send_all_owed(&mut self) {
-        self.owed_next_turn = false;
-        let mut owing = std::mem::take(&mut self.owing);
+        self.owed.next_turn = false;
+        let mut owing = std::mem::take(&mut self.owed.owing);
         let mut starved_from = None;
         let mut kept = 0;
         for i in 0..owing.len() {
             let id = owing[i];
-            if starved_from.is_none() && self.scan_visits_left == 0 {
+            if starved_from.is_none() && self.budget.scan_visits == 0 {
                 starved_from = Some(kept);
             }
             if self.send_owed(id) {
@@ -185,8 +185,8 @@ impl<B: Backend> Shard<B> {
         if let Some(first) = starved_from {
             owing.rotate_left(first);
         }
-        owing.append(&mut self.owing);
-        self.owing = owing;
+        owing.append(&mut self.owed.owing);
+        self.owed.owing = owing;
     }
 
     /// check_retain_source: a retained message goes only while its publisher may still
@@ -204,7 +204,8 @@ impl<B: Backend> Shard<B> {
     /// behind those of earlier ones, as the turn's budget allows.
     pub(super) fn owe_requested(&mut self, session: SessionId, requests: Vec<RetainedRequest>) {
         if !requests.is_empty() {
-            self.retained_requests
+            self.owed
+                .requests
                 .push_back((session, requests.into_iter()));
             self.owe_requested_retained();
         }
@@ -213,23 +214,23 @@ impl<B: Backend> Shard<B> {
     /// A new loop turn: `RETAINED_REQUESTS_PER_TURN` more requests are owed, and those
     /// left from the last turn go first.
     pub(super) fn renew_requests_budget(&mut self) {
-        self.requests_left = RETAINED_REQUESTS_PER_TURN;
+        self.budget.retained_requests = RETAINED_REQUESTS_PER_TURN;
         self.owe_requested_retained();
     }
 
     /// Owes the retained messages of new subscriptions, oldest first, while the turn's
     /// budget lasts.
     fn owe_requested_retained(&mut self) {
-        while self.requests_left > 0 {
-            let Some((session, requests)) = self.retained_requests.front_mut() else {
+        while self.budget.retained_requests > 0 {
+            let Some((session, requests)) = self.owed.requests.front_mut() else {
                 break;
             };
             let session = *session;
             let Some(request) = requests.next() else {
-                self.retained_requests.pop_front();
+                self.owed.requests.pop_front();
                 continue;
             };
-            self.requests_left -= 1;
+            self.budget.retained_requests -= 1;
             self.owe_if_subscribed(session, request);
         }
     }
@@ -249,7 +250,7 @@ impl<B: Backend> Shard<B> {
     /// A new loop turn: the scans of retained messages may look at `SCAN_VISITS_PER_TURN`
     /// topic levels again.
     pub(super) fn renew_scan_budget(&mut self) {
-        self.scan_visits_left = SCAN_VISITS_PER_TURN;
+        self.budget.scan_visits = SCAN_VISITS_PER_TURN;
     }
 }
 
@@ -260,6 +261,17 @@ const RETAINED_REQUESTS_PER_TURN: usize = 2048;
 
 /// Requests of new subscriptions for their retained messages, by session, in the order
 /// they were made (`Shard::retained_requests`).
+/// Retained messages owed to new subscriptions (`owed.rs`).
+#[derive(Default)]
+pub(super) struct OwedWork {
+    /// New subscriptions' requests for their retained messages, a slice a turn.
+    pub(super) requests: RetainedRequests,
+    /// Sessions owed retained messages (each once), continued every turn.
+    pub(super) owing: Vec<SessionId>,
+    /// Some of them can go on as soon as this turn's writes are out: do not sleep.
+    pub(super) next_turn: bool,
+}
+
 pub(super) type RetainedRequests =
     std::collections::VecDeque<(SessionId, std::vec::IntoIter<RetainedRequest>)>;
 

@@ -28,7 +28,7 @@ impl<B: Backend> Shard<B> {
     /// Whether a payload said to be UTF-8 is: the part checked as it arrived
     /// (`receiving.rs`) is not checked again.
     fn payload_is_utf8(&mut self, payload: &[u8]) -> bool {
-        let checked = self.payload_check.take();
+        let checked = self.receiving.payload_check.take();
         checked
             .and_then(|check| check.payload_is_utf8(payload))
             .unwrap_or_else(|| std::str::from_utf8(payload).is_ok())
@@ -39,7 +39,7 @@ impl<B: Backend> Shard<B> {
         let name = self.conn_name(conn);
         self.stats().messages_received[publish.qos as usize].fetch_add(1, Ordering::Relaxed);
         #[cfg(debug_assertions)]
-        if self.fault_panic_topic.as_deref() == Some(&*publish.topic) {
+        if self.faults.panic_topic.as_deref() == Some(&*publish.topic) {
             panic!("fault injected by MIDGE_FAULT_PANIC_TOPIC");
         }
         let mut publish = publish;
@@ -439,7 +439,7 @@ impl<B: Backend> Shard<B> {
         message: &Arc<Message>,
         source: Option<Arc<Source>>,
     ) -> bool {
-        let bytes_max = limits::retained_bytes_max(self.write_bytes_max);
+        let bytes_max = limits::retained_bytes_max(self.memory.limit);
         let mut store = self.shared.retained.lock().expect("retained lock");
         let stored = store.try_set_from(message.clone(), source.clone(), bytes_max);
         self.shared

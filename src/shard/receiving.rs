@@ -74,7 +74,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn process_input(&mut self, conn: ConnId) {
         if self.decode_input(conn, false) && self.hold_reading(conn, conn::Hold::DECODE) {
             self.stats().limit_hit(Limit::PacketsPerTurn);
-            self.decoding.push(conn);
+            self.receiving.waiting.push(conn);
         }
         self.count_input(conn);
     }
@@ -89,10 +89,10 @@ impl<B: Backend> Shard<B> {
 
     /// At the start of a turn: goes on with the packets left from the last one.
     pub(super) fn resume_decoding(&mut self) {
-        for conn in std::mem::take(&mut self.decoding) {
+        for conn in std::mem::take(&mut self.receiving.waiting) {
             if self.decode_input(conn, false) {
                 self.stats().limit_hit(Limit::PacketsPerTurn);
-                self.decoding.push(conn);
+                self.receiving.waiting.push(conn);
             } else {
                 self.release_reading(conn, conn::Hold::DECODE);
             }
@@ -115,12 +115,12 @@ impl<B: Backend> Shard<B> {
                 Ok(Some(packet)) => {
                     // How far its payload was checked as it came, if it was (`PayloadCheck`).
                     let checked = c.extras.as_mut().and_then(|e| e.payload_check.take());
-                    self.payload_check = checked;
+                    self.receiving.payload_check = checked;
                     self.shared.stats[self.id]
                         .packets_received
                         .fetch_add(1, Relaxed);
                     self.on_packet(conn, packet);
-                    self.payload_check = None;
+                    self.receiving.payload_check = None;
                 }
                 Ok(None) => {
                     self.partial_packet(conn);
@@ -163,7 +163,7 @@ impl<B: Backend> Shard<B> {
             let counted = usize::from(c.input_held) * INPUT_UNIT;
             if c.session.is_some()
                 && c.link().is_none()
-                && self.memory_held().saturating_sub(counted) + total > self.write_bytes_max
+                && self.memory_held().saturating_sub(counted) + total > self.memory.limit
             {
                 self.refuse_packet(conn, total);
                 return;
@@ -181,7 +181,7 @@ impl<B: Backend> Shard<B> {
     /// `memory_limit`.
     fn refuse_packet(&mut self, conn: ConnId, size: usize) {
         let name = self.conn_name(conn);
-        let max = self.write_bytes_max;
+        let max = self.memory.limit;
         self.limit_reached(Limit::ReceivingBytes, || {
             format!(
                 "client {name} is sending a packet of {size} bytes, more than memory_limit \
@@ -221,7 +221,7 @@ impl<B: Backend> Shard<B> {
         if c.session.is_some() {
             return;
         }
-        let max = limits::preconnect_bytes_max(self.write_bytes_max);
+        let max = limits::preconnect_bytes_max(self.memory.limit);
         if now <= max && bytes <= PRECONNECT_HELD_MAX {
             return;
         }
@@ -253,6 +253,15 @@ pub(super) fn forget_input(shared: &Shared, c: &mut Conn) {
         Counted::Receiving => shared.receiving_bytes.fetch_sub(bytes, Relaxed),
         Counted::Not => 0,
     };
+}
+
+/// What reading packets carries from one turn to the next.
+#[derive(Default)]
+pub(super) struct Receiving {
+    /// Connections whose whole packets wait for the next turn (`limits::PACKETS_PER_TURN`).
+    pub(super) waiting: Vec<ConnId>,
+    /// The packet being handled: how far its payload was checked for UTF-8 as it arrived.
+    pub(super) payload_check: Option<PayloadCheck>,
 }
 
 /// A 5.0 PUBLISH larger than this whose payload is said to be UTF-8 has it checked as it

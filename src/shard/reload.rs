@@ -45,7 +45,7 @@ impl<B: Backend> Shard<B> {
         if generation != self.config_generation {
             self.config_generation = generation;
             self.config = self.shared.config.load_full();
-            self.write_bytes_max = self.config.write_bytes_max();
+            self.memory.limit = self.config.write_bytes_max();
             self.recheck_clients();
         }
     }
@@ -108,7 +108,7 @@ impl<B: Backend> Shard<B> {
                         session.client_id
                     );
                     session.unsubscribe(&filter, changes);
-                    self.trie_ops.push(TrieOp::Unsubscribe {
+                    self.trie.ops.push(TrieOp::Unsubscribe {
                         filter,
                         session: session.id,
                     });

@@ -52,7 +52,7 @@ impl<B: Backend> Shard<B> {
         let mut violation = None;
         let mut too_deep = false;
         let mut refused_for_bytes = 0;
-        let filter_total_max = crate::limits::subscription_bytes_max_total(self.write_bytes_max);
+        let filter_total_max = crate::limits::subscription_bytes_max_total(self.memory.limit);
         for (filter, options) in &packet.filters[job.done..job.done + count] {
             // Granted at most the listener's max_qos [MQTT-3.2.2-10] [MQTT-3.9.3-1].
             let options = &crate::codec::SubscriptionOptions {
@@ -142,7 +142,7 @@ impl<B: Backend> Shard<B> {
                 identifier: identifier.and_then(NonZeroU32::new),
             };
             session.subscribe(filter, sub, changes, &self.shared.filter_bytes);
-            self.trie_ops.push(TrieOp::Subscribe {
+            self.trie.ops.push(TrieOp::Subscribe {
                 filter: CompactString::from(filter.as_str()),
                 session: job.session,
                 sub,
@@ -229,7 +229,7 @@ impl<B: Backend> Shard<B> {
             if session.unsubscribe(filter, changes) {
                 // Its retained messages are owed no more. [MQTT-3.10.4-2]
                 session.cancel_scan(filter);
-                self.trie_ops.push(TrieOp::Unsubscribe {
+                self.trie.ops.push(TrieOp::Unsubscribe {
                     filter: CompactString::from(filter.as_str()),
                     session: job.session,
                 });
@@ -278,7 +278,7 @@ impl<B: Backend> Shard<B> {
                 (Packet::UnsubAck(ack), Vec::new())
             }
         };
-        self.after_trie.push(AfterTrie::Ack {
+        self.trie.after.push(AfterTrie::Ack {
             conn,
             session,
             packet,

@@ -127,7 +127,7 @@ impl<B: Backend> Shard<B> {
     /// messages' requests, and goes on with what is left of both from the last turn,
     /// packets in turn.
     pub(super) fn resume_subscribing(&mut self) {
-        self.filters_left = FILTERS_PER_TURN;
+        self.budget.filters = FILTERS_PER_TURN;
         self.renew_requests_budget();
         let waiting = self.subscribing.len();
         let share = if waiting > 1 {
@@ -137,7 +137,7 @@ impl<B: Backend> Shard<B> {
         };
         // Those not reached stay in front for the next turn.
         for _ in 0..waiting {
-            if self.filters_left == 0 {
+            if self.budget.filters == 0 {
                 break;
             }
             let Some(job) = self.subscribing.pop_front() else {
@@ -151,8 +151,8 @@ impl<B: Backend> Shard<B> {
     /// packet with filters left waits for a later turn, and its client with it.
     fn go_on_subscribing(&mut self, mut job: Subscribing, share: usize) {
         let left = job.packet.len() - job.done;
-        let count = left.min(self.filters_left).min(share);
-        self.filters_left -= count;
+        let count = left.min(self.budget.filters).min(share);
+        self.budget.filters -= count;
         let slice = match job.packet {
             _ if count == 0 => Slice::More,
             Filters::Subscribe { .. } => self.subscribe_slice(&mut job, count),
@@ -182,7 +182,7 @@ impl<B: Backend> Shard<B> {
                 {
                     // What it sent meanwhile is read from the next turn's start.
                     if closing.is_none() && self.hold_reading(conn, Hold::DECODE) {
-                        self.decoding.push(conn);
+                        self.receiving.waiting.push(conn);
                     }
                     self.release_reading(conn, Hold::SUBSCRIBING);
                 }
@@ -222,7 +222,7 @@ impl<B: Backend> Shard<B> {
     /// waiting requests are owed are owed to it now, and go with it; unless it `ends`.
     pub(super) fn settle_subscribing(&mut self, id: SessionId, ends: bool) {
         let mut requests = Vec::new();
-        self.retained_requests.retain_mut(|(session, waiting)| {
+        self.owed.requests.retain_mut(|(session, waiting)| {
             if *session == id {
                 requests.extend(waiting);
             }

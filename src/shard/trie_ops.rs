@@ -27,6 +27,20 @@ pub enum TrieOp {
     },
 }
 
+/// Changes to the trie waiting for the end of the turn (or for a packet that needs them),
+/// what waits for them to be applied, and ended sessions' subscriptions leaving a slice a
+/// turn.
+#[derive(Default)]
+pub(super) struct TrieWork {
+    pub(super) ops: Vec<TrieOp>,
+    pub(super) after: Vec<AfterTrie>,
+    /// Ended sessions' subscriptions, taken out a slice a turn (`sweep_trie`).
+    pub(super) sweep: TrieSweep,
+    /// Sessions ended this turn with shared subscriptions, for `Shared::leaving_groups`
+    /// (which this shard's group picks pass over already).
+    pub(super) leaving_groups: hashbrown::HashSet<SessionId>,
+}
+
 /// Subscriptions of ended sessions taken out of the trie in one loop turn, at most: a
 /// client with 100,000 subscriptions leaving held its shard for 200 ms (release build); a
 /// thousand trie changes are 2-3 ms.
@@ -56,7 +70,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn sweep_trie(&mut self, all: bool) {
         // This turn's ended sessions are passed over by share groups from now on, before
         // any of their subscriptions leave (one copy of the set a turn, however many).
-        let ended = std::mem::take(&mut self.leaving_groups);
+        let ended = std::mem::take(&mut self.trie.leaving_groups);
         if !ended.is_empty() {
             (self.shared.leaving_count).fetch_add(ended.len(), Ordering::SeqCst);
             self.shared.leaving_groups.rcu(|leaving| {
@@ -65,19 +79,19 @@ impl<B: Backend> Shard<B> {
                 leaving
             });
         }
-        if self.trie_sweep.is_empty() {
+        if self.trie.sweep.is_empty() {
             return;
         }
         let mut left = if all { usize::MAX } else { SWEPT_PER_TURN };
         let mut gone_from_groups = Vec::new();
         let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
         while left > 0 {
-            let Some((session, filters, in_groups)) = self.trie_sweep.front_mut() else {
+            let Some((session, filters, in_groups)) = self.trie.sweep.front_mut() else {
                 break;
             };
             let (session, in_groups) = (*session, *in_groups);
             let Some(filter) = filters.next() else {
-                self.trie_sweep.pop_front();
+                self.trie.sweep.pop_front();
                 if in_groups {
                     gone_from_groups.push(session);
                 }
@@ -104,12 +118,12 @@ impl<B: Backend> Shard<B> {
 
     /// Applies this turn's subscription changes as one batch, then sends what waited on it.
     pub(super) fn apply_trie_ops(&mut self) {
-        if self.trie_ops.is_empty() && self.after_trie.is_empty() {
+        if self.trie.ops.is_empty() && self.trie.after.is_empty() {
             return;
         }
-        if !self.trie_ops.is_empty() {
+        if !self.trie.ops.is_empty() {
             let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
-            for op in self.trie_ops.drain(..) {
+            for op in self.trie.ops.drain(..) {
                 match op {
                     TrieOp::Subscribe {
                         filter,
@@ -127,11 +141,11 @@ impl<B: Backend> Shard<B> {
             }
             writer.publish();
             // A subscribe storm's batch does not stay allocated afterwards.
-            if self.trie_ops.capacity() > TRIE_OPS_KEPT {
-                self.trie_ops = Vec::new();
+            if self.trie.ops.capacity() > TRIE_OPS_KEPT {
+                self.trie.ops = Vec::new();
             }
         }
-        for after in std::mem::take(&mut self.after_trie) {
+        for after in std::mem::take(&mut self.trie.after) {
             let AfterTrie::Ack {
                 conn,
                 session,

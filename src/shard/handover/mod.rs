@@ -24,6 +24,17 @@ pub use claims::{Claims, Forward};
 pub use moves::Moves;
 use moves::Request;
 
+/// A shard's part in moving sessions between shards.
+#[derive(Default)]
+pub struct Handover {
+    /// Sessions moving through this shard: handed on and forwarded for, or arrived and
+    /// settling (`moves.rs`).
+    pub moves: Moves,
+    /// The claims on client ids whose sessions are on their way: connections waiting here,
+    /// requests out, answers owed (`claims.rs`).
+    pub claims: Claims,
+}
+
 use super::io::Backend;
 use super::trie_ops::TrieOp;
 use super::Shard;
@@ -44,7 +55,7 @@ impl<B: Backend> Shard<B> {
         claim: u64,
     ) {
         let held = self.sessions.id_of(&client_id);
-        let waiting = self.claims.waiting(&client_id);
+        let waiting = self.handover.claims.waiting(&client_id);
         log::debug!(
             "Shard {to} asks shard {} for the session of {client_id} (claim {claim}).",
             self.id
@@ -53,20 +64,24 @@ impl<B: Backend> Shard<B> {
             // A later claim this shard knows of has beaten the request: a connection waiting
             // here, a request of this shard's own, or one it owes an answer. (Held for
             // this shard's own answer, it could wait on a shard that waits on this one.)
-            let later = self.claims.latest(&client_id).filter(|&c| c > claim);
+            let later = self
+                .handover
+                .claims
+                .latest(&client_id)
+                .filter(|&c| c > claim);
             if let Some(by) = later {
                 self.answer(client_id, to, claim, None, Some(by));
                 return;
             }
             // The request of this shard still out (the session may come with its answer).
-            let out = self.claims.asking(&client_id);
+            let out = self.handover.claims.asking(&client_id);
             match (waiting, out) {
                 // This shard waits for the session too (for no connection, or one whose
                 // claim lost to this request): the answer it waits for goes on to `to`, the
                 // latest claim, which every other claim owed an answer here has lost to.
                 (waiting, Some(asked)) => {
                     if let Some((conn, _)) = waiting {
-                        self.claims.stop_waiting(&client_id);
+                        self.handover.claims.stop_waiting(&client_id);
                         self.close_waiting(conn, &client_id);
                     }
                     let f = Forward {
@@ -75,14 +90,14 @@ impl<B: Backend> Shard<B> {
                         claim,
                         clean_start,
                     };
-                    if let Some(lost) = self.claims.owe(client_id.clone(), f) {
+                    if let Some(lost) = self.handover.claims.owe(client_id.clone(), f) {
                         self.answer_lost(client_id, lost, claim);
                     }
                 }
                 // No session here, none coming: a new one there.
                 (waiting, None) => {
                     if let Some((conn, _)) = waiting {
-                        self.claims.stop_waiting(&client_id);
+                        self.handover.claims.stop_waiting(&client_id);
                         self.close_waiting(conn, &client_id);
                     }
                     self.answer(client_id, to, claim, None, None);
@@ -90,7 +105,7 @@ impl<B: Backend> Shard<B> {
             }
             return;
         };
-        if self.moves.is_settling(id) {
+        if self.handover.moves.is_settling(id) {
             // Still arriving here: answered once settled (moves never overlap). Of two
             // requests meanwhile, the later claim is kept and the other has lost.
             let request = Request {
@@ -99,7 +114,7 @@ impl<B: Backend> Shard<B> {
                 clean_start,
                 claim,
             };
-            if let Some((lost, by)) = self.moves.defer(id, request) {
+            if let Some((lost, by)) = self.handover.moves.defer(id, request) {
                 self.answer(lost.client_id, lost.to, lost.claim, None, Some(by));
             }
             return;
@@ -107,7 +122,7 @@ impl<B: Backend> Shard<B> {
         // A connection here with a later claim keeps the session: a waiting one takes it
         // now, a connected one has it.
         if let Some((conn, mine)) = waiting.filter(|&(_, mine)| mine > claim) {
-            self.claims.stop_waiting(&client_id);
+            self.handover.claims.stop_waiting(&client_id);
             self.give_waiting_connection(conn, id, &client_id);
             self.answer(client_id, to, claim, None, Some(mine));
             return;
@@ -142,7 +157,7 @@ impl<B: Backend> Shard<B> {
         }
         // The request is the latest: a connection here still waiting has lost.
         if let Some((conn, _)) = waiting {
-            self.claims.stop_waiting(&client_id);
+            self.handover.claims.stop_waiting(&client_id);
             self.close_waiting(conn, &client_id);
         }
         log::debug!(
@@ -156,7 +171,7 @@ impl<B: Backend> Shard<B> {
             .and_then(|s| self.journal_handed_off(to, s));
         if let Some(s) = &session {
             self.journal_forget(s.id);
-            self.moves.handed_on(s.id, to);
+            self.handover.moves.handed_on(s.id, to);
         }
         let origin = self.id;
         let session = session.map(|s| (s, receipt));
@@ -219,14 +234,17 @@ impl<B: Backend> Shard<B> {
             }
         );
         // The answer to a request whose connection lost to a later claim elsewhere.
-        let forward = self.claims.take_owed_on(&client_id, claim);
+        let forward = self.handover.claims.take_owed_on(&client_id, claim);
         // Another request of this shard still unanswered may yet bring the session.
-        let still_asked = self.claims.answered(&client_id, claim);
+        let still_asked = self.handover.claims.answered(&client_id, claim);
         let Some(session) = session else {
             if let Some(f) = forward {
                 if let Some(other) = still_asked {
                     // What is owed waits for that answer instead.
-                    let before = self.claims.owe(client_id, Forward { asked: other, ..f });
+                    let before = self
+                        .handover
+                        .claims
+                        .owe(client_id, Forward { asked: other, ..f });
                     debug_assert!(before.is_none(), "the one answer owed was just taken");
                     return;
                 }
@@ -234,11 +252,11 @@ impl<B: Backend> Shard<B> {
                 self.send_answer(client_id, f.to, f.claim, None, origin, superseded_by);
                 return;
             }
-            let waiting = self.claims.waiting(&client_id);
+            let waiting = self.handover.claims.waiting(&client_id);
             match (waiting, superseded_by) {
                 // The waiting connection lost to a later claim.
                 (Some((conn, mine)), Some(by)) if by > mine => {
-                    self.claims.stop_waiting(&client_id);
+                    self.handover.claims.stop_waiting(&client_id);
                     self.close_waiting(conn, &client_id);
                 }
                 // The session may still come with another answer.
@@ -246,7 +264,7 @@ impl<B: Backend> Shard<B> {
                 // No other answer is coming: the waiting connection (the newest, whichever
                 // request this answers) takes the session held here, or starts one.
                 (Some((conn, mine)), _) => {
-                    self.claims.stop_waiting(&client_id);
+                    self.handover.claims.stop_waiting(&client_id);
                     match self.sessions.id_of(&client_id) {
                         Some(id) => self.give_waiting_connection(conn, id, &client_id),
                         None => self.accept_waiting(conn, &client_id, None, mine),
@@ -265,13 +283,13 @@ impl<B: Backend> Shard<B> {
         // A session goes to the latest claim this shard knows of: its own waiting
         // connection, or the later claim it owes an answer (which waits on this answer or
         // on another request of this shard's: either way, the session is here now).
-        let owed = forward.or_else(|| self.claims.take_owed(&client_id));
-        match (self.claims.waiting(&client_id), owed) {
+        let owed = forward.or_else(|| self.handover.claims.take_owed(&client_id));
+        match (self.handover.claims.waiting(&client_id), owed) {
             (Some((conn, mine)), owed) if owed.is_none_or(|f| mine > f.claim) => {
                 if let Some(f) = owed {
                     self.send_answer(client_id.clone(), f.to, f.claim, None, origin, Some(mine));
                 }
-                self.claims.stop_waiting(&client_id);
+                self.handover.claims.stop_waiting(&client_id);
                 self.begin_settling(session.id, origin);
                 self.accept_waiting(conn, &client_id, Some(session), mine);
             }
@@ -290,7 +308,7 @@ impl<B: Backend> Shard<B> {
                     clean_start: f.clean_start,
                     claim: f.claim,
                 };
-                let lost = self.moves.defer(id, request);
+                let lost = self.handover.moves.defer(id, request);
                 debug_assert!(lost.is_none(), "the session has just begun settling");
             }
             // Nobody waits for it here or through here: it stays here, offline.
@@ -306,7 +324,7 @@ impl<B: Backend> Shard<B> {
     /// earlier claim (held for this shard's requests, two shards that owed each other an
     /// answer would wait for ever).
     pub(super) fn wait_for_session(&mut self, conn: ConnId, client_id: &Arc<str>, claim: u64) {
-        let (earlier, lost) = self.claims.wait(client_id, conn, claim);
+        let (earlier, lost) = self.handover.claims.wait(client_id, conn, claim);
         if let Some(earlier) = earlier {
             self.close_waiting(earlier, client_id);
         }
@@ -396,7 +414,7 @@ impl<B: Backend> Shard<B> {
                     session: id,
                     sub: *sub,
                 };
-                self.trie_ops.push(op);
+                self.trie.ops.push(op);
             }
         }
     }

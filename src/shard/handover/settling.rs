@@ -24,13 +24,13 @@ impl<B: Backend> Shard<B> {
         // the request (`request_markers`), so that what a shard routes after its marker
         // comes here.
         let shards = self.shared.mailboxes.shards();
-        self.moves.begin_settling(session, origin, shards);
+        self.handover.moves.begin_settling(session, origin, shards);
     }
 
     /// Sends the marker requests of the sessions that began settling this turn (after the
     /// turn's trie changes are published).
     pub(in crate::shard) fn request_markers(&mut self) {
-        for (session, origin) in self.moves.take_began() {
+        for (session, origin) in self.handover.moves.take_began() {
             for shard in 0..self.shared.mailboxes.shards() {
                 let msg = ShardMsg::Flush {
                     session,
@@ -56,7 +56,7 @@ impl<B: Backend> Shard<B> {
     /// moved on.
     pub(in crate::shard) fn on_flushed(&mut self, session: SessionId) {
         let shards = self.shared.mailboxes.shards();
-        match self.moves.marker(session, shards) {
+        match self.handover.moves.marker(session, shards) {
             Marker::Settled(settling) => self.settled(session, settling),
             Marker::Counted => {}
             Marker::PassOn(to) => {
@@ -76,7 +76,7 @@ impl<B: Backend> Shard<B> {
     /// in the turn its publisher is acknowledged, and taken (`HeldDelivered`) when it is
     /// delivered: a crash meanwhile hands it on at recovery, as one between two shards.
     pub(in crate::shard) fn hold(&mut self, message: &Arc<Message>, target: &Target) -> bool {
-        match self.moves.room_to_hold(target.session) {
+        match self.handover.moves.room_to_hold(target.session) {
             None => return false,
             Some(false) => {
                 self.stats()
@@ -95,7 +95,7 @@ impl<B: Backend> Shard<B> {
             target: target.clone(),
             number,
         };
-        self.moves.hold(target.session, held);
+        self.handover.moves.hold(target.session, held);
         true
     }
 
