@@ -22,9 +22,9 @@ impl<B: Backend> Shard<B> {
     pub fn busy_with(&self) -> String {
         format!(
             "mailbox {} outbox empty {} parked {:?} work now {} decoding {} trie_sweep {} subscribing {} retained_requests {} journal durable {:?}",
-            self.mailbox.len(),
+            self.mailbox.receiver.len(),
             self.outbox.is_empty(),
-            self.parked.as_ref().map(|(m, turn)| (std::mem::discriminant(m), turn)),
+            self.mailbox.parked.as_ref().map(|(m, turn)| (std::mem::discriminant(m), turn)),
             self.has_work_now(),
             self.receiving.waiting.len(),
             self.trie.sweep.is_empty(),

@@ -376,7 +376,7 @@ impl<B: Backend> Shard<B> {
             std::thread::yield_now();
         }
         self.shared.shutdown_barrier.wait();
-        while !self.mailbox.is_empty() || self.has_parked() {
+        while !self.mailbox.receiver.is_empty() || self.has_parked() {
             self.drain_mailbox();
         }
     }

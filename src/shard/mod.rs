@@ -68,11 +68,12 @@ pub struct Shard<B: Backend> {
     config: Arc<Config>,
     config_generation: u64,
     backend: B,
-    mailbox: Receiver<ShardMsg>,
+    /// What other shards send here, and the message parked at its head (`parking.rs`).
+    mailbox: parking::Mailbox,
     /// Boxed, so that the slot table and the session map stay small (8 bytes a slot) and
     /// their growth does not copy or strand large entries.
     conns: Vec<Option<Box<Conn>>>,
-    /// By id and by client id (`sessions.rs`).
+    /// The sessions held here, with their change record and timers (`session/table.rs`).
     sessions: crate::session::Table,
     events: Vec<Event>,
     /// Connections with bytes in `out`, to send at the end of the turn.
@@ -104,10 +105,8 @@ pub struct Shard<B: Backend> {
     /// Sessions moving through this shard, and the claims on client ids whose sessions are
     /// on their way (`handover/`).
     handover: handover::Handover,
-    /// TLS handshake time this turn, and handshakes held to the next (`transport.rs`).
-    handshakes: transport::Handshakes,
-    /// Output of TLS and WebSocket connections waiting to be sealed (`sealing.rs`).
-    sealing: sealing::Sealing,
+    /// TLS handshakes and the sealing of TLS and WebSocket output (`transport.rs`).
+    transport: transport::Transport,
     /// Connections whose packets wait for the next turn, and the payload being checked as
     /// it arrives (`receiving.rs`).
     receiving: receiving::Receiving,
@@ -130,11 +129,8 @@ pub struct Shard<B: Backend> {
     transit: Option<Box<transit::Transit>>,
     /// The bridges this shard runs (`shard/bridges/`); usually none.
     links: Vec<crate::bridge::Link>,
-    /// A message taken from the mailbox that waits (`parking.rs`), and the turn count.
-    parked: Option<parking::Parked>,
+    /// Loop turns taken.
     turns: u64,
-    /// Shutting down: parked messages go at once.
-    closing: bool,
     /// Debug builds only: faults the tests inject.
     #[cfg(debug_assertions)]
     faults: Faults,
@@ -188,7 +184,7 @@ impl<B: Backend> Shard<B> {
             config_generation: shared.config_generation.load(Ordering::Acquire),
             shared,
             backend,
-            mailbox,
+            mailbox: parking::Mailbox::new(mailbox),
             conns: Vec::new(),
             sessions: Default::default(),
             events: Vec::new(),
@@ -208,8 +204,7 @@ impl<B: Backend> Shard<B> {
             paused: Vec::new(),
             holding: holding::Holding::new(now),
             handover: Default::default(),
-            handshakes: Default::default(),
-            sealing: Default::default(),
+            transport: Default::default(),
             receiving: Default::default(),
             quiet: timers::Quiet::default(),
             sys: sys::SysState::default(),
@@ -218,9 +213,7 @@ impl<B: Backend> Shard<B> {
             journal: None,
             transit: None,
             links: Vec::new(),
-            parked: None,
             turns: 0,
-            closing: false,
             #[cfg(debug_assertions)]
             faults: Faults::from_env(),
         }
@@ -315,7 +308,7 @@ impl<B: Backend> Shard<B> {
         self.journal_turn();
         self.flush();
         self.shared.write_queued[self.id].store(
-            self.backend.queued_bytes_total() + self.sealing.unsealed_bytes,
+            self.backend.queued_bytes_total() + self.transport.sealing.unsealed_bytes,
             Ordering::Relaxed,
         );
         let ended = self.shared.clock.now();
@@ -333,8 +326,8 @@ impl<B: Backend> Shard<B> {
             // spin the loop.)
             || (self.outbox.has_sendable() && !self.disk_wait.failing())
             || self.owed.next_turn
-            || self.handshakes.pending()
-            || self.sealing.pending()
+            || self.transport.handshakes.pending()
+            || self.transport.sealing.pending()
             || !self.receiving.waiting.is_empty()
             || !self.trie.sweep.is_empty()
             || !self.subscribing.is_empty()
@@ -345,7 +338,7 @@ impl<B: Backend> Shard<B> {
     /// with every shard idle and no client traffic, a simulation has settled.
     pub fn is_idle(&self) -> bool {
         !self.has_work_now()
-            && self.mailbox.is_empty()
+            && self.mailbox.receiver.is_empty()
             && self.outbox.is_empty()
             && !self.has_parked()
     }

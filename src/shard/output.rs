@@ -92,7 +92,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn memory_held(&self) -> usize {
         self.memory.waiting_elsewhere
             + self.backend.queued_bytes_total()
-            + self.sealing.unsealed_bytes
+            + self.transport.sealing.unsealed_bytes
             + self.memory.encoded_this_turn
             + self.disk_wait.held_bytes
             + self.shared.kept_bytes()

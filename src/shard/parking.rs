@@ -15,24 +15,42 @@ use crate::router::ShardMsg;
 /// A message waiting, and the turn it was taken in.
 pub(super) type Parked = (ShardMsg, u64);
 
+/// A shard's mailbox, with the message parked at its head.
+pub(super) struct Mailbox {
+    pub(super) receiver: crossbeam_channel::Receiver<ShardMsg>,
+    pub(super) parked: Option<Parked>,
+    /// Shutting down: parked messages go at once.
+    pub(super) shutting_down: bool,
+}
+
+impl Mailbox {
+    pub(super) fn new(receiver: crossbeam_channel::Receiver<ShardMsg>) -> Mailbox {
+        Mailbox {
+            receiver,
+            parked: None,
+            shutting_down: false,
+        }
+    }
+}
+
 impl<B: Backend> Shard<B> {
     /// The next message to handle: the parked one once it may go, else the mailbox's next;
     /// `None` when there is none, or the parked one still waits.
     pub(super) fn next_from_mailbox(&mut self) -> Option<ShardMsg> {
-        let (msg, turn) = match self.parked.take() {
+        let (msg, turn) = match self.mailbox.parked.take() {
             Some(parked) => parked,
-            None => (self.mailbox.try_recv().ok()?, self.turns),
+            None => (self.mailbox.receiver.try_recv().ok()?, self.turns),
         };
         if self.may_take(&msg, turn) {
             return Some(msg);
         }
-        self.parked = Some((msg, turn));
+        self.mailbox.parked = Some((msg, turn));
         None
     }
 
     /// Whether `msg`, taken in `turn`, may be handled now.
     fn may_take(&self, msg: &ShardMsg, turn: u64) -> bool {
-        if self.closing {
+        if self.mailbox.shutting_down {
             return true;
         }
         match msg {
@@ -53,19 +71,19 @@ impl<B: Backend> Shard<B> {
     /// sender's disk is woken by that shard; one waiting for a look at the sockets may go
     /// next turn).
     pub(super) fn mailbox_ready(&self) -> bool {
-        match &self.parked {
+        match &self.mailbox.parked {
             Some((ShardMsg::TakeSession { .. }, _)) => true,
             Some((msg, turn)) => self.may_take(msg, *turn),
-            None => !self.mailbox.is_empty(),
+            None => !self.mailbox.receiver.is_empty(),
         }
     }
 
     pub(super) fn has_parked(&self) -> bool {
-        self.parked.is_some()
+        self.mailbox.parked.is_some()
     }
 
     /// Shutting down: messages are handled without waiting.
     pub(super) fn stop_parking(&mut self) {
-        self.closing = true;
+        self.mailbox.shutting_down = true;
     }
 }

@@ -65,14 +65,14 @@ impl<B: Backend> Shard<B> {
         };
         for piece in pieces.filter(|p| !p.is_empty()) {
             layers.unsealed_len += piece.len();
-            self.sealing.unsealed_bytes += piece.len();
+            self.transport.sealing.unsealed_bytes += piece.len();
             layers.unsealed.push_back(piece);
         }
         self.seal_some(conn);
         if let Some(layers) = self.conn_mut(conn).and_then(|c| c.layers.as_deref_mut()) {
             if layers.unsealed_len > 0 && !layers.sealing_listed {
                 layers.sealing_listed = true;
-                self.sealing.waiting.push_back(conn);
+                self.transport.sealing.waiting.push_back(conn);
             }
         }
     }
@@ -80,18 +80,18 @@ impl<B: Backend> Shard<B> {
     /// At the start of a turn: seals more for the connections waiting, in turn, as far as
     /// their sockets drain and the turn's budget goes.
     pub(super) fn seal_waiting(&mut self) {
-        self.sealing.budget = SEAL_PER_TURN_BYTES;
-        for _ in 0..self.sealing.waiting.len() {
-            if self.sealing.budget == 0 {
+        self.transport.sealing.budget = SEAL_PER_TURN_BYTES;
+        for _ in 0..self.transport.sealing.waiting.len() {
+            if self.transport.sealing.budget == 0 {
                 return;
             }
-            let Some(conn) = self.sealing.waiting.pop_front() else {
+            let Some(conn) = self.transport.sealing.waiting.pop_front() else {
                 return;
             };
             self.seal_some(conn);
             if let Some(layers) = self.conn_mut(conn).and_then(|c| c.layers.as_deref_mut()) {
                 if layers.unsealed_len > 0 {
-                    self.sealing.waiting.push_back(conn);
+                    self.transport.sealing.waiting.push_back(conn);
                 } else {
                     layers.sealing_listed = false;
                 }
@@ -102,7 +102,9 @@ impl<B: Backend> Shard<B> {
     /// Seals slices of what waits for `conn` while the backend holds little for it and the
     /// turn's budget lasts.
     fn seal_some(&mut self, conn: ConnId) {
-        while self.sealing.budget > 0 && self.backend.queued_bytes(conn) < SEAL_AHEAD_BYTES {
+        while self.transport.sealing.budget > 0
+            && self.backend.queued_bytes(conn) < SEAL_AHEAD_BYTES
+        {
             let Some(c) = conn::live_mut(&mut self.conns, conn) else {
                 return;
             };
@@ -120,8 +122,8 @@ impl<B: Backend> Shard<B> {
                 front.split_to(take)
             };
             layers.unsealed_len -= take;
-            self.sealing.unsealed_bytes -= take;
-            self.sealing.budget = self.sealing.budget.saturating_sub(take);
+            self.transport.sealing.unsealed_bytes -= take;
+            self.transport.sealing.budget = self.transport.sealing.budget.saturating_sub(take);
             let sealed = transport::seal(c, slice, false);
             self.count_sent(sealed.len());
             self.backend.send(conn, sealed);
@@ -132,7 +134,7 @@ impl<B: Backend> Shard<B> {
     /// (the bytes themselves go with it, unsent, `close_socket`).
     pub(super) fn forget_unsealed(&mut self, c: &mut conn::Conn) {
         if let Some(layers) = c.layers.as_deref_mut() {
-            self.sealing.unsealed_bytes -= std::mem::take(&mut layers.unsealed_len);
+            self.transport.sealing.unsealed_bytes -= std::mem::take(&mut layers.unsealed_len);
         }
     }
 

@@ -22,6 +22,15 @@ const HANDSHAKE_TIME_PER_TURN: Duration = Duration::from_millis(2);
 /// (certificate chains included); more is a client flooding a broker that is busy.
 const HELD_MAX: usize = 256 * 1024;
 
+/// What TLS and WebSocket connections leave for the shard to carry on with.
+#[derive(Default)]
+pub(super) struct Transport {
+    /// TLS handshake time this turn, and handshakes held to the next.
+    pub(super) handshakes: Handshakes,
+    /// Output waiting to be sealed (`sealing.rs`).
+    pub(super) sealing: super::sealing::Sealing,
+}
+
 /// This turn's handshake time, and the connections whose handshake records wait for the
 /// next turn (oldest first).
 #[derive(Default)]
@@ -114,7 +123,7 @@ impl<B: Backend> Shard<B> {
     /// or frames, the peer's close after its last packets), or its TLS handshake waits for
     /// the next turn.
     pub(super) fn transport_received(&mut self, conn: ConnId, data: &BytesMut) -> bool {
-        let over_budget = self.handshakes.spent >= HANDSHAKE_TIME_PER_TURN;
+        let over_budget = self.transport.handshakes.spent >= HANDSHAKE_TIME_PER_TURN;
         let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
             return false;
         };
@@ -134,8 +143,8 @@ impl<B: Backend> Shard<B> {
             }
             link.held.extend_from_slice(data);
             if !waiting {
-                self.handshakes.waiting.push_back(conn);
-                if self.handshakes.waiting.len() == 1 {
+                self.transport.handshakes.waiting.push_back(conn);
+                if self.transport.handshakes.waiting.len() == 1 {
                     log::debug!("TLS handshake time of this loop turn used up; handshakes wait for the next.");
                 }
             }
@@ -147,9 +156,9 @@ impl<B: Backend> Shard<B> {
     /// At the start of a turn: the handshakes held from the last one, oldest first, as far
     /// as this turn's handshake time goes.
     pub(super) fn resume_handshakes(&mut self) {
-        self.handshakes.spent = Duration::ZERO;
-        while self.handshakes.spent < HANDSHAKE_TIME_PER_TURN {
-            let Some(conn) = self.handshakes.waiting.pop_front() else {
+        self.transport.handshakes.spent = Duration::ZERO;
+        while self.transport.handshakes.spent < HANDSHAKE_TIME_PER_TURN {
+            let Some(conn) = self.transport.handshakes.waiting.pop_front() else {
                 return;
             };
             let link = self.conn_mut(conn).and_then(|c| c.layers.as_deref_mut());
@@ -175,7 +184,7 @@ impl<B: Backend> Shard<B> {
         let result = open(c, records, &mut reply);
         let (peer, listener) = (c.peer_ip, c.listener());
         if let Some(started) = started {
-            self.handshakes.spent += started.elapsed();
+            self.transport.handshakes.spent += started.elapsed();
         }
         if !reply.is_empty() {
             self.count_sent(reply.len());
