@@ -8,6 +8,7 @@ pub mod config;
 pub mod limits;
 pub mod listen;
 pub mod logging;
+pub mod os;
 pub mod persist;
 pub mod retain;
 pub mod router;

@@ -258,19 +258,11 @@ fn ensure_writer() {
     let queue = pending().1.clone();
     // The writer takes no signal (SIGHUP is read from a signalfd, and a thread that left it
     // unblocked would be where it lands): it starts with every signal blocked.
-    // SAFETY: sigset_t is plain data that sigfillset initialises; pthread_sigmask reads
-    // and writes live locals, and the old mask is put back on this thread right after.
-    let spawned = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let spawned = std::thread::Builder::new()
+    let spawned = crate::os::with_signals_blocked(|| {
+        std::thread::Builder::new()
             .name("midge-log".into())
-            .spawn(move || write_lines(queue));
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        spawned
-    };
+            .spawn(move || write_lines(queue))
+    });
     if spawned.is_ok() {
         WRITER_PID.store(pid, Ordering::Release);
     }
@@ -430,19 +422,7 @@ fn timestamp(format: Option<&str>) -> String {
 
 /// `strftime(3)` of `secs` in local time, as Mosquitto's `log_timestamp_format`.
 pub fn strftime_local(format: &str, secs: u64) -> Option<String> {
-    let format = std::ffi::CString::new(format).ok()?;
-    let time = libc::time_t::try_from(secs).ok()?;
-    // SAFETY: `tm` is plain data that localtime_r fills; both pointers are valid for the call.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; localtime_r is the thread-safe form (no shared static result).
-    if unsafe { libc::localtime_r(&time, &mut tm) }.is_null() {
-        return None;
-    }
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is writable for its length, format is NUL-terminated and tm initialised;
-    // strftime writes at most buf.len() bytes and returns how many (0 if it did not fit).
-    let n = unsafe { libc::strftime(buf.as_mut_ptr().cast(), buf.len(), format.as_ptr(), &tm) };
-    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    crate::os::strftime_local(format, secs)
 }
 
 /// syslog's severity for a line of this type.

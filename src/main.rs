@@ -121,8 +121,7 @@ fn main() -> ExitCode {
     // touched 2 MiB counts whole in RSS: idle connections cost three times their bytes
     // (measured with scripts/memory.py). The broker's hot data is small; TLB misses are
     // not where its time goes.
-    // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this process.
-    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    midge::os::disable_transparent_huge_pages();
     let args = Args::parse();
     midge::logging::init(args.verbose);
     // Whichever way main returns, what is still queued for the log is written first.
@@ -147,13 +146,11 @@ fn main() -> ExitCode {
     }
 
     if args.daemon {
-        // SAFETY: called before any thread is started, as daemon(3) (a fork) requires.
-        // nochdir = 1 keeps relative paths in the configuration working.
-        if unsafe { libc::daemon(1, 0) } != 0 {
-            log::error!(
-                "Error: cannot run in the background: {}",
-                std::io::Error::last_os_error()
-            );
+        // SAFETY: no shard, listener or other thread of the broker runs yet; the log's
+        // writer thread is started again by the child (`logging`: one per process), and
+        // holds nothing the child takes over.
+        if let Err(e) = unsafe { midge::os::daemonize() } {
+            log::error!("Error: cannot run in the background: {e}");
             return ExitCode::FAILURE;
         }
     }
@@ -317,30 +314,17 @@ fn watchdog(systemd: &Notifier, stopper: &midge::server::Stopper, every: std::ti
 /// Every connection takes a file descriptor: the soft `RLIMIT_NOFILE` (often 1024) is
 /// raised to the hard limit at start, and said.
 fn raise_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Ok((soft, hard)) = midge::os::open_files_limit() else {
+        return;
     };
-    // SAFETY: getrlimit/setrlimit read and write one rlimit, a live local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    if soft >= hard {
         return;
     }
-    if limit.rlim_cur >= limit.rlim_max {
-        return;
-    }
-    let soft = limit.rlim_cur;
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
-        log::info!(
-            "Raised the open file limit from {soft} to {} (one per connection).",
-            limit.rlim_max
-        );
-    } else {
-        log::warn!(
-            "Warning: cannot raise the open file limit from {soft}: {}",
-            std::io::Error::last_os_error()
-        );
+    match midge::os::set_open_files_limit(hard, hard) {
+        Ok(()) => {
+            log::info!("Raised the open file limit from {soft} to {hard} (one per connection).")
+        }
+        Err(e) => log::warn!("Warning: cannot raise the open file limit from {soft}: {e}"),
     }
 }
 

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use crate::config::{Config, CpuAffinity, IoBackend};
 use crate::listen::{self, SocketFile};
+use crate::os;
 use crate::shard::io::epoll::Epoll;
 use crate::shard::io::uring::{self, Uring};
 use crate::shard::io::{Io, ListenSocket, Waker};
@@ -343,7 +344,8 @@ fn abort_on_shard_panic(shard: usize, panic: &(dyn std::any::Any + Send)) -> ! {
 /// either pending (`sigpending`) or counted: a shard about to judge a CONNECT sees one or
 /// the other (`shard/reload.rs`), whichever core runs what.
 pub fn block_reload_signals() {
-    sighup_mask(libc::SIG_BLOCK);
+    let hup = os::SignalSet::empty().with(libc::SIGHUP);
+    let _ = os::thread_signal_mask(os::MaskChange::Block, &hup);
 }
 
 /// The reloading thread's loop, on a thread started after `block_reload_signals`: waits
@@ -354,51 +356,20 @@ pub fn watch_reload_signals(
     signals: Arc<ReloadSignals>,
     mut reload: impl FnMut(),
 ) -> io::Result<()> {
-    // SAFETY: `set` is a local signal set initialised by sigemptyset; signalfd returns a
-    // new descriptor (checked) that `fd` owns from here.
-    let fd = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
-    };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let fd = os::signalfd(&os::SignalSet::empty().with(libc::SIGHUP))?;
     loop {
-        let mut poll = libc::pollfd {
-            fd: raw,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd, alive for the call.
-        if unsafe { libc::poll(&mut poll, 1, -1) } < 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = os::wait_readable(&fd, None) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             return Err(e);
         }
         let taken = signals.taken.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut info = [0u8; 128];
-        // SAFETY: reads at most 128 bytes (one signalfd_siginfo) into `info`. Several
-        // SIGHUPs sent meanwhile are one pending signal: one reload covers them.
-        unsafe { libc::read(raw, info.as_mut_ptr().cast(), info.len()) };
+        // One signalfd_siginfo: several SIGHUPs sent meanwhile are one pending signal, and
+        // one reload covers them.
+        let _ = os::read(&fd, &mut [0u8; 128]);
         reload();
         signals.applied.fetch_max(taken, Ordering::AcqRel);
-    }
-}
-
-fn sighup_mask(how: libc::c_int) {
-    // SAFETY: `set` is a local signal set initialised by sigemptyset before use, and
-    // pthread_sigmask only changes the calling thread's mask (no old mask is read back).
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 
@@ -432,47 +403,22 @@ fn reload(shared: &Shared, fresh: Config) -> Vec<String> {
     warnings
 }
 
-/// The uid and primary gid of `user`, if it exists.
-fn lookup_user(user: &str) -> io::Result<Option<(libc::uid_t, libc::gid_t)>> {
-    let name = std::ffi::CString::new(user).map_err(io::Error::other)?;
-    // SAFETY: passwd is plain data filled by getpwnam_r into `buf`, which outlives its use;
-    // all pointers are valid for the call.
-    let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut passwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return Ok(None);
-    }
-    Ok(Some((passwd.pw_uid, passwd.pw_gid)))
-}
-
 /// `user`: when running as root, become this user (and its primary group) once the
 /// listeners are open, as Mosquitto does: `root` stays root; the default `mosquitto`, if
 /// there is no such user, falls back to `nobody`; any other missing user is an error. Not
 /// root: nothing to do. Unix socket files go to that user and group first, so that they
 /// end as Mosquitto's do (it binds them after dropping privileges).
 fn drop_privileges(user: &str, unix_sockets: &[SocketFile]) -> io::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || user == "root" {
+    if !os::is_root() || user == "root" {
         return Ok(());
     }
     let mut user = user;
-    let (uid, gid) = match lookup_user(user)? {
+    let (uid, gid) = match os::user_ids(user)? {
         Some(ids) => ids,
         None if user == "mosquitto" => {
             log::warn!("Warning: Unable to drop privileges to 'mosquitto' because this user does not exist. Trying 'nobody' instead.");
             user = "nobody";
-            lookup_user(user)?
+            os::user_ids(user)?
                 .ok_or_else(|| io::Error::other("Unable to drop privileges to 'nobody' either"))?
         }
         None => {
@@ -484,17 +430,7 @@ fn drop_privileges(user: &str, unix_sockets: &[SocketFile]) -> io::Result<()> {
     for file in unix_sockets {
         std::os::unix::fs::chown(file.path(), Some(uid), Some(gid))?;
     }
-    let name = std::ffi::CString::new(user).map_err(io::Error::other)?;
-    // SAFETY: initgroups reads the NUL-terminated name; setgid/setuid take plain ids. Order
-    // matters: groups and gid while still root, then uid.
-    unsafe {
-        if libc::initgroups(name.as_ptr(), gid) != 0
-            || libc::setgid(gid) != 0
-            || libc::setuid(uid) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    os::become_user(user, uid, gid)?;
     log::info!(target: "information", "Running as user {user} (uid {uid}).");
     Ok(())
 }

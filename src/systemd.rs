@@ -54,13 +54,7 @@ impl Notifier {
 
     /// A reload begins (`MONOTONIC_USEC`, as `Type=notify-reload` wants it).
     pub fn reloading(&self) {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec into the live local.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-        let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+        let usec = crate::os::monotonic_micros();
         self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
     }
 

@@ -41,8 +41,11 @@ pub fn cpu_times(pid: u32) -> Option<CpuTimes> {
 /// `RLIMIT_NOFILE` towards the hard limit if it must, and says clearly when even that is
 /// too low (instead of connections failing one by one later). Returns the limit in force.
 pub fn ensure_fd_limit(needed: u64) -> Result<u64, String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit and setrlimit read and write the plain struct passed to them.
-    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(format!(
             "cannot read RLIMIT_NOFILE: {}",

@@ -257,6 +257,7 @@ fn a_stalled_broker_shows_as_latency_not_as_a_lower_rate() {
             // SAFETY: SIGSTOP/SIGCONT to the mosquitto this test started.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
             std::thread::sleep(stall);
+            // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGCONT) };
         })
     };

@@ -131,32 +131,22 @@ fn prompt_password() -> Result<String, String> {
 }
 
 /// Turns terminal echo off while it lives.
-struct EchoOff(Option<libc::termios>);
+struct EchoOff(Option<midge::os::Terminal>);
 
 impl EchoOff {
     fn new(tty: bool) -> Self {
-        if !tty {
-            return EchoOff(None);
-        }
-        // SAFETY: termios is plain data, filled in by tcgetattr on stdin before use.
-        let mut term: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: stdin is a terminal (checked); `term` is a valid termios to fill.
-        if unsafe { libc::tcgetattr(0, &mut term) } != 0 {
-            return EchoOff(None);
-        }
-        let saved = term;
-        term.c_lflag &= !libc::ECHO;
-        // SAFETY: sets the terminal attributes just read, with echo cleared.
-        unsafe { libc::tcsetattr(0, libc::TCSANOW, &term) };
-        EchoOff(Some(saved))
+        EchoOff(if tty {
+            midge::os::stdin_echo_off()
+        } else {
+            None
+        })
     }
 }
 
 impl Drop for EchoOff {
     fn drop(&mut self) {
         if let Some(saved) = &self.0 {
-            // SAFETY: restores the attributes saved from the same terminal.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, saved) };
+            midge::os::restore_terminal(saved);
         }
     }
 }

@@ -412,17 +412,7 @@ impl Config {
         if self.memory_limit > 0 {
             return self.memory_limit;
         }
-        // SAFETY: sysconf has no preconditions.
-        let (pages, page) = unsafe {
-            (
-                libc::sysconf(libc::_SC_PHYS_PAGES),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
-        };
-        match (usize::try_from(pages), usize::try_from(page)) {
-            (Ok(pages), Ok(page)) if pages > 0 && page > 0 => pages.saturating_mul(page) / 4,
-            _ => 1 << 30,
-        }
+        crate::os::physical_memory().map_or(1 << 30, |bytes| bytes / 4)
     }
 
     pub fn listener(&self, listener: usize) -> &Listener {

@@ -18,22 +18,14 @@ const RELOAD_WAIT_MAX: Duration = Duration::from_secs(2);
 /// only signals the calling thread blocks; every thread blocks SIGHUP, and the mask is
 /// blocked for the check anyway and put back as it was.
 fn sighup_pending() -> bool {
-    // SAFETY: the sigsets are plain values that these calls fill and read; the thread's
-    // mask is restored to what it was.
-    unsafe {
-        let mut hup: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut hup);
-        libc::sigaddset(&mut hup, libc::SIGHUP);
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &hup, &mut old) != 0 {
-            return false;
-        }
-        let mut pending: libc::sigset_t = std::mem::zeroed();
-        let is =
-            libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, libc::SIGHUP) == 1;
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        is
-    }
+    use crate::os::{pending_signals, thread_signal_mask, MaskChange, SignalSet};
+    let hup = SignalSet::empty().with(libc::SIGHUP);
+    let Ok(old) = thread_signal_mask(MaskChange::Block, &hup) else {
+        return false;
+    };
+    let is = pending_signals().is_ok_and(|p| p.contains(libc::SIGHUP));
+    let _ = thread_signal_mask(MaskChange::Set, &old);
+    is
 }
 
 impl<B: Backend> Shard<B> {

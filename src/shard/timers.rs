@@ -36,9 +36,7 @@ impl Quiet {
 /// mimalloc's purge delay; `now`: all of them). A no-op for memory not allocated by
 /// mimalloc.
 pub(crate) fn release_freed_memory(now: bool) {
-    // SAFETY: mi_collect takes no pointers; mimalloc allows it on any thread at any time,
-    // and it frees nothing still in use.
-    unsafe { libmimalloc_sys::mi_collect(now) }
+    crate::os::release_freed_memory(now)
 }
 
 impl<B: Backend> Shard<B> {

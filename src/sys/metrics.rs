@@ -56,15 +56,7 @@ const SHUTDOWN_CHECK: Duration = Duration::from_millis(250);
 
 /// Whether a connection waits on `listener`, waiting at most `wait` for one.
 fn readable(listener: &TcpListener, wait: Duration) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll reads and writes one pollfd, a live local, for the duration of the call.
-    let ready = unsafe { libc::poll(&mut fd, 1, wait.as_millis() as libc::c_int) };
-    ready > 0
+    crate::os::wait_readable(listener, Some(wait)).unwrap_or(false)
 }
 
 /// One HTTP/1.x exchange: `GET /metrics` gets the metrics, anything else 404 or 405; the
