@@ -2,6 +2,8 @@
 //! relations between them checked at compile time. Those a user sets are options (`config`);
 //! these are midge's own. README's table "Bounds" lists both, with what happens at each.
 
+use std::time::Duration;
+
 /// Largest packet taken from a connection before its CONNECT is accepted: every field of a
 /// CONNECT at its longest (client id, will topic and payload, user name, password,
 /// authentication method and data: 64 KiB each) fits, with room for properties. A larger
@@ -87,6 +89,104 @@ const _: () = assert!(CONNECT_PACKET_BYTES_MAX < PRECONNECT_BYTES_MAX);
 // Holding and releasing have room between them (no pause and resume every turn).
 const _: () = assert!(OUTPUT_RESUME_BYTES < SLOW_BACKLOG_BYTES);
 
+// What one loop turn of a shard does, at most (the rest waits for the next turn, which comes
+// at once): a shard's other clients are served in between.
+
+/// Most bytes read from one connection in one `wait`.
+pub const READ_MAX_PER_TURN: usize = 64 * 1024;
+
+/// Mailbox messages handled per loop turn, so a flood from other shards cannot starve this
+/// shard's own sockets.
+pub const MAILBOX_PER_TURN: usize = 4096;
+
+/// Filters of SUBSCRIBEs and UNSUBSCRIBEs a shard handles in one loop turn, at most (a
+/// packet may list 16,384): one SUBSCRIBE of 16,384 new filters held a shard for 24-41 ms
+/// (release build), about 1 µs a filter to handle and 2 µs to change the trie.
+pub const FILTERS_PER_TURN: usize = 512;
+
+/// A share of the turn's filters for each of several packets waiting, so that a small one
+/// is not held behind large ones for long.
+pub const FILTERS_PER_TURN_SHARED: usize = FILTERS_PER_TURN / 8;
+
+/// New subscriptions' requests for their retained messages (a filter each) owed in one
+/// loop turn, at most: each is looked up or scanned at once, and a SUBSCRIBE's 16,384 held
+/// a shard for 3.5 ms (release build).
+pub const RETAINED_REQUESTS_PER_TURN: usize = 2048;
+
+/// Subscriptions of ended sessions taken out of the trie in one loop turn, at most: a
+/// client with 100,000 subscriptions leaving held its shard for 200 ms (release build); a
+/// thousand trie changes are 2-3 ms.
+pub const SWEPT_PER_TURN: usize = 512;
+
+/// Bytes sealed at once: four TLS records of 16 KiB (and one WebSocket frame).
+pub const SEAL_SLICE_BYTES: usize = 64 * 1024;
+
+/// Bytes a shard seals in one loop turn over all its connections (about a millisecond of
+/// AES-GCM); past it, the rest waits for the next turn, which comes at once.
+pub const SEAL_PER_TURN_BYTES: usize = 4 << 20;
+
+/// CPU time a shard spends on TLS handshakes per loop turn before it holds the rest of them
+/// to the next turn: a handshake signs (an RSA-2048 signature takes about a millisecond), and
+/// a storm of them must not stall the shard's connected clients for longer than this.
+pub const HANDSHAKE_TIME_PER_TURN: Duration = Duration::from_millis(2);
+
+/// Clients waiting for their output to drain that are checked every turn; past it, every
+/// `DRAIN_CHECK_INTERVAL` (`shard/holding.rs`).
+pub const DRAIN_CHECK_EVERY_TURN_MAX: usize = 256;
+
+// What one client can make midge hold or send, beside those above.
+
+/// Most retained messages one session may be owed at once (found by its scans a slice at a
+/// time, or owed to a bridge); past it, more are dropped and counted.
+pub const OWED_MAX: usize = 1 << 20;
+
+/// Most scans of retained messages one session may have under way, and most bytes of
+/// filters among them: one per filter (a subscription made again restarts its scan rather
+/// than adding one, an UNSUBSCRIBE ends it, and a filter without wildcards needs none), so
+/// that a client cannot make the broker keep a scan for each of its many subscriptions
+/// while it does not read; past either, a new subscription's retained messages are not
+/// sent, and that is counted (`retained_scans`).
+pub const SCANS_MAX: usize = 4096;
+pub const SCAN_FILTER_BYTES_MAX: usize = 1 << 20;
+
+/// Bytes a connection may have waiting to be written before owed retained messages wait
+/// for it to drain.
+pub const OWED_WRITE_MAX: usize = 256 * 1024;
+
+/// A connection gets more sealed once the backend holds less than this for it.
+pub const SEAL_AHEAD_BYTES: usize = 256 * 1024;
+
+// Between shards.
+
+/// The most shards (threads) a broker runs: the `threads` option's bound, and `Claim`'s.
+pub const SHARDS_MAX: usize = 1024;
+
+/// Messages one shard's mailbox holds before senders must hold or drop.
+pub const MAILBOX_CAPACITY: usize = 16 * 1024;
+
+/// Cross-shard messages held while a target mailbox is full (QoS 1/2 only).
+pub const OVERFLOW_MAX: usize = 65_536;
+
+// How the bounds relate, checked when midge is built.
+// A session's one slice of a scan fits what it may be owed.
+const _: () = assert!(SCAN_FOUND_PER_SLICE <= OWED_MAX);
+// A turn's scanning is whole slices.
+const _: () = assert!(SCAN_VISITS_PER_TURN % SCAN_VISITS_PER_SLICE == 0);
+// Each of several SUBSCRIBEs waiting gets some of the turn's filters.
+const _: () = assert!(0 < FILTERS_PER_TURN_SHARED && FILTERS_PER_TURN_SHARED <= FILTERS_PER_TURN);
+// A SUBSCRIBE's longest list of filters is handled in a bounded number of turns.
+const _: () = assert!(crate::codec::TOPIC_FILTERS_MAX.div_ceil(FILTERS_PER_TURN) <= 64);
+// Sealing: a slice fits what a connection may have sealed ahead, which fits a turn.
+const _: () =
+    assert!(SEAL_SLICE_BYTES <= SEAL_AHEAD_BYTES && SEAL_AHEAD_BYTES <= SEAL_PER_TURN_BYTES);
+// A shard numbers itself in 16 bits (`PublishOrder::shard`, `Subscription::shard`, `Claim`).
+const _: () = assert!(SHARDS_MAX <= u16::MAX as usize + 1);
+// A healthy shard has at most a mailbox and a turn's worth passed to it and not yet on its
+// disk: well under what marks a shard whose disk fails.
+const _: () = assert!(MAILBOX_CAPACITY + MAILBOX_PER_TURN < UNSETTLED_MAX / 4);
+// A turn takes at most a mailbox's worth.
+const _: () = assert!(MAILBOX_PER_TURN <= MAILBOX_CAPACITY);
+
 /// Each bound a client can reach, as counted (`Stats::limits_hit`) and named in metrics
 /// (`midge_limits_hit{limit=...}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +211,7 @@ pub enum Limit {
     /// not logged (a busy client of small packets meets it too).
     PacketsPerTurn,
     /// A SUBSCRIBE's or UNSUBSCRIBE's filters left for the next loop turn
-    /// (`shard::subscribing::FILTERS_PER_TURN`); counted, not logged.
+    /// (`FILTERS_PER_TURN`); counted, not logged.
     FiltersPerTurn,
     /// Messages for another shard's sessions kept waiting here: that shard had not shown
     /// `UNSETTLED_MAX` of the messages passed to it on its disk (its disk failing).

@@ -40,7 +40,7 @@ struct Args {
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
     /// Shards (threads, one per core); default: the number of cores.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=midge::shard::SHARDS_MAX as i64))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=midge::limits::SHARDS_MAX as i64))]
     threads: Option<u16>,
     /// The I/O backend (wins over the file's io_backend; default: the file's, else auto).
     #[arg(long = "io", value_enum)]

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::{Config, CpuAffinity, IoBackend};
+use crate::limits::SHARDS_MAX;
 use crate::listen::{self, SocketFile};
 use crate::os;
 use crate::shard::io::epoll::Epoll;
 use crate::shard::io::uring::{self, Uring};
 use crate::shard::io::{Io, ListenSocket, Waker};
-use crate::shard::SHARDS_MAX;
 use crate::shard::{ReloadSignals, Shard, Shared};
 
 pub struct Server {

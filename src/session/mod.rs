@@ -22,10 +22,7 @@ pub use delivery::{capped, Backlog, Decision, DropReason, Rules};
 
 pub use incoming::{IncomingQos2, Qos2Publish};
 pub use lifecycle::{expires_after, WillAfterClose};
-pub use outgoing::{
-    Ack, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan, OWED_MAX, SCANS_MAX,
-    SCAN_FILTER_BYTES_MAX,
-};
+pub use outgoing::{Ack, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan};
 pub use table::Table;
 
 use compact_str::CompactString;

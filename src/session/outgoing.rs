@@ -15,7 +15,7 @@ mod owed;
 mod scans;
 use crate::codec::QoS;
 use crate::types::{Message, Target};
-pub use owed::{Owed, RetainedScan, OWED_MAX, SCANS_MAX, SCAN_FILTER_BYTES_MAX};
+pub use owed::{Owed, RetainedScan};
 
 /// A QoS 1/2 message sent to the client and not yet fully acknowledged.
 #[derive(Debug)]
@@ -333,8 +333,8 @@ impl Outgoing {
                 .queue
                 .iter()
                 .all(|q| q.target.qos != QoS::AtMostOnce));
-            assert!(backlog.owed.len() <= OWED_MAX);
-            assert!(backlog.scans.len() <= SCANS_MAX);
+            assert!(backlog.owed.len() <= crate::limits::OWED_MAX);
+            assert!(backlog.scans.len() <= crate::limits::SCANS_MAX);
             assert!(
                 !backlog.queue.is_empty() || !backlog.owed.is_empty() || !backlog.scans.is_empty(),
                 "an empty backlog kept for {who}"

@@ -337,7 +337,7 @@ impl<B: Backend> Shard<B> {
         // short: only the close; nor is a last turn's output larger than what is sealed
         // ahead of a socket (a large message), which would be sealed in this turn at once.
         let last_turn: usize = pieces.iter().map(bytes::Bytes::len).sum();
-        let cut_short = !layers.unsealed.is_empty() || last_turn > super::sealing::SEAL_AHEAD_BYTES;
+        let cut_short = !layers.unsealed.is_empty() || last_turn > crate::limits::SEAL_AHEAD_BYTES;
         let mut pieces = if cut_short { Vec::new() } else { pieces };
         let last = pieces.pop().unwrap_or_default();
         for piece in pieces {

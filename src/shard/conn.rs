@@ -67,7 +67,7 @@ impl Hold {
     /// Whole packets it sent wait for the next turn (`limits::PACKETS_PER_TURN`).
     pub const DECODE: Hold = Hold(4);
     /// Its SUBSCRIBE or UNSUBSCRIBE goes on a slice of filters a turn
-    /// (`subscribing::FILTERS_PER_TURN`); its later packets wait for it.
+    /// (`limits::FILTERS_PER_TURN`); its later packets wait for it.
     pub const SUBSCRIBING: Hold = Hold(8);
     /// What it is sent waits for the journal to be durable again (`disk_wait.rs`).
     pub const DISK: Hold = Hold(16);

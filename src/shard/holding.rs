@@ -4,6 +4,7 @@
 //! counted in `receiving.rs`. Reaching a bound is counted (`Stats::limits_hit`) and logged
 //! at most once a second per bound and shard.
 
+use crate::limits::DRAIN_CHECK_EVERY_TURN_MAX;
 use std::time::{Duration, Instant};
 
 use super::conn::Hold;
@@ -15,9 +16,6 @@ use crate::topic::SessionId;
 /// The shortest time between two log lines about the same bound from one shard.
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Clients waiting for their output to drain that are checked every turn; past it, every
-/// `DRAIN_CHECK_INTERVAL`.
-const DRAIN_CHECK_EVERY_TURN_MAX: usize = 256;
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(5);
 
 /// The log lines about each bound, and about payloads refused as not the UTF-8 they said

@@ -39,7 +39,7 @@ pub(crate) use timers::release_freed_memory;
 mod transport;
 mod wills;
 
-pub use shared::{Claim, ReloadSignals, Shared, MAILBOX_CAPACITY, SHARDS_MAX};
+pub use shared::{Claim, ReloadSignals, Shared};
 pub use stats::{Durations, Refused, Stats, StatsSnapshot, DURATION_BUCKETS_US};
 
 use crossbeam_channel::Receiver;
@@ -53,11 +53,6 @@ use crate::router::{Outbox, ShardMsg};
 use conn::Conn;
 use io::{Backend, ConnId, Event};
 
-/// Mailbox messages handled per loop turn, so a flood from other shards cannot starve this
-/// shard's own sockets.
-const MAILBOX_PER_TURN: usize = 4096;
-/// Cross-shard messages held while a target mailbox is full (QoS 1/2 only).
-const OVERFLOW_MAX: usize = 65_536;
 /// How often keepalives and CONNECT deadlines are checked.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 
@@ -139,7 +134,7 @@ pub struct Shard<B: Backend> {
 /// What is left of a loop turn's budgets of work that could otherwise hold the shard: each
 /// is refilled where its work starts over for the turn.
 struct Budget {
-    /// Filters of SUBSCRIBEs and UNSUBSCRIBEs (`subscribing::FILTERS_PER_TURN`).
+    /// Filters of SUBSCRIBEs and UNSUBSCRIBEs (`crate::limits::FILTERS_PER_TURN`).
     filters: usize,
     /// New subscriptions' requests for retained messages (`owed.rs`).
     retained_requests: usize,
@@ -195,12 +190,12 @@ impl<B: Backend> Shard<B> {
             subscribing: Default::default(),
             owed: Default::default(),
             budget: Budget {
-                filters: subscribing::FILTERS_PER_TURN,
+                filters: crate::limits::FILTERS_PER_TURN,
                 retained_requests: 0,
                 scan_visits: crate::limits::SCAN_VISITS_PER_TURN,
             },
             routing: deliver::Routing::new(shards),
-            outbox: Outbox::new(shards, OVERFLOW_MAX),
+            outbox: Outbox::new(shards, crate::limits::OVERFLOW_MAX),
             paused: Vec::new(),
             holding: holding::Holding::new(now),
             handover: Default::default(),
@@ -491,7 +486,7 @@ impl<B: Backend> Shard<B> {
     }
 
     fn drain_mailbox(&mut self) {
-        for _ in 0..MAILBOX_PER_TURN {
+        for _ in 0..crate::limits::MAILBOX_PER_TURN {
             let Some(msg) = self.next_from_mailbox() else {
                 return;
             };

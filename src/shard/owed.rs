@@ -3,6 +3,7 @@
 //! never under the retained store's lock for long, never dropped. What a SUBSCRIBE makes
 //! the broker owe a client is a scan (a filter and a place in the store), not the messages.
 
+use crate::limits::{OWED_WRITE_MAX, RETAINED_REQUESTS_PER_TURN};
 use std::sync::Arc;
 
 use super::encode::Variants;
@@ -48,8 +49,8 @@ impl<B: Backend> Shard<B> {
                     format!(
                         "client {name} has {} scans of retained messages (or {} bytes of their \
                          filters) under way; those of its subscription to {filter:?} are not sent.",
-                        crate::session::SCANS_MAX,
-                        crate::session::SCAN_FILTER_BYTES_MAX,
+                        crate::limits::SCANS_MAX,
+                        crate::limits::SCAN_FILTER_BYTES_MAX,
                     )
                 });
             }
@@ -254,11 +255,6 @@ impl<B: Backend> Shard<B> {
     }
 }
 
-/// New subscriptions' requests for their retained messages (a filter each) owed in one
-/// loop turn, at most: each is looked up or scanned at once, and a SUBSCRIBE's 16,384 held
-/// a shard for 3.5 ms (release build).
-const RETAINED_REQUESTS_PER_TURN: usize = 2048;
-
 /// Requests of new subscriptions for their retained messages, by session, in the order
 /// they were made (`Shard::retained_requests`).
 /// Retained messages owed to new subscriptions (`owed.rs`).
@@ -274,7 +270,3 @@ pub(super) struct OwedWork {
 
 pub(super) type RetainedRequests =
     std::collections::VecDeque<(SessionId, std::vec::IntoIter<RetainedRequest>)>;
-
-/// Bytes a connection may have waiting to be written before owed retained messages wait
-/// for it to drain.
-const OWED_WRITE_MAX: usize = 256 * 1024;

@@ -21,9 +21,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::close::CloseReason;
 use super::conn::{self, Conn};
-use super::io::{Backend, ConnId, READ_MAX_PER_TURN};
+use super::io::{Backend, ConnId};
 use super::{Shard, Shared};
 use crate::codec::ReasonCode;
+use crate::limits::READ_MAX_PER_TURN;
 use crate::limits::{
     self, Limit, PACKET_SIZED_AFTER_PART, PACKET_SIZED_AT_ONCE_BYTES,
     PARTIAL_PACKET_UNCOUNTED_BYTES,

@@ -6,18 +6,11 @@
 //! (`Shard::unsent_bytes`, `memory_limit`), and each turn seals at most
 //! `SEAL_PER_TURN_BYTES` of it over all connections, taking them in turn.
 
+use crate::limits::{SEAL_AHEAD_BYTES, SEAL_PER_TURN_BYTES, SEAL_SLICE_BYTES};
 use bytes::Bytes;
 
 use super::io::{Backend, ConnId};
 use super::{conn, transport, Shard};
-
-/// Bytes sealed at once: four TLS records of 16 KiB (and one WebSocket frame).
-const SEAL_SLICE_BYTES: usize = 64 * 1024;
-/// A connection gets more sealed once the backend holds less than this for it.
-pub(super) const SEAL_AHEAD_BYTES: usize = 256 * 1024;
-/// Bytes a shard seals in one loop turn over all its connections (about a millisecond of
-/// AES-GCM); past it, the rest waits for the next turn, which comes at once.
-const SEAL_PER_TURN_BYTES: usize = 4 << 20;
 
 /// The connections with bytes waiting to be sealed, taken in turn; how many bytes wait over
 /// all of them; what this turn may still seal.

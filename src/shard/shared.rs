@@ -1,6 +1,7 @@
 //! What every shard shares: the settings, the subscription trie, the retained store, the
 //! client id registry, the mailboxes, the clock and the counters.
 
+use crate::limits::MAILBOX_CAPACITY;
 use crossbeam_channel::Receiver;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
@@ -125,9 +126,6 @@ pub struct Shared {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Claim(u64);
 
-/// The most shards (threads) a broker runs: the `threads` option's bound, and `Claim`'s.
-pub const SHARDS_MAX: usize = 1024;
-
 impl Claim {
     const SHARD_BITS: u32 = 16;
 
@@ -153,9 +151,6 @@ impl std::fmt::Debug for Claim {
             .finish()
     }
 }
-
-/// Messages one shard's mailbox holds before senders must hold or drop.
-pub const MAILBOX_CAPACITY: usize = 16 * 1024;
 
 impl Shared {
     /// Bytes kept for clients beyond what waits to be written to them: subscriptions,
@@ -292,7 +287,8 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use super::{Claim, SHARDS_MAX};
+    use super::Claim;
+    use crate::limits::SHARDS_MAX;
 
     #[test]
     fn a_claim_keeps_its_shard_and_number_in_one_word() {

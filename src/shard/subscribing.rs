@@ -4,6 +4,7 @@
 //! is [MQTT-3.8.4-4]. One packet lists up to 16,384 filters; the filters themselves are
 //! handled in `subscribe.rs`.
 
+use crate::limits::{FILTERS_PER_TURN, FILTERS_PER_TURN_SHARED};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -16,15 +17,6 @@ use super::Shard;
 use crate::codec::{ReasonCode, Subscribe, Unsubscribe};
 use crate::limits::Limit;
 use crate::topic::SessionId;
-
-/// Filters of SUBSCRIBEs and UNSUBSCRIBEs a shard handles in one loop turn, at most (a
-/// packet may list 16,384): one SUBSCRIBE of 16,384 new filters held a shard for 24-41 ms
-/// (release build), about 1 µs a filter to handle and 2 µs to change the trie.
-pub(super) const FILTERS_PER_TURN: usize = 512;
-
-/// A share of the turn's filters for each of several packets waiting, so that a small one
-/// is not held behind large ones for long.
-const FILTERS_PER_TURN_SHARED: usize = FILTERS_PER_TURN / 8;
 
 /// A SUBSCRIBE or UNSUBSCRIBE whose filters are handled a slice a turn.
 pub(super) struct Subscribing {

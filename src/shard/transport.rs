@@ -4,6 +4,7 @@
 //! them before the backend sends it. A client certificate can name the user
 //! (`use_identity_as_username`, `use_subject_as_username`).
 
+use crate::limits::HANDSHAKE_TIME_PER_TURN;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -14,10 +15,6 @@ use super::io::{Backend, ConnId};
 use super::Shard;
 use crate::config::Listener;
 
-/// CPU time a shard spends on TLS handshakes per loop turn before it holds the rest of them
-/// to the next turn: a handshake signs (an RSA-2048 signature takes about a millisecond), and
-/// a storm of them must not stall the shard's connected clients for longer than this.
-const HANDSHAKE_TIME_PER_TURN: Duration = Duration::from_millis(2);
 /// Records a connection may have waiting for its turn. A handshake needs a few kilobytes
 /// (certificate chains included); more is a client flooding a broker that is busy.
 const HELD_MAX: usize = 256 * 1024;

@@ -8,6 +8,7 @@ use super::io::{Backend, ConnId};
 use super::subscribe::RetainedRequest;
 use super::Shard;
 use crate::codec::Packet;
+use crate::limits::SWEPT_PER_TURN;
 use crate::topic::{parse_filter, SessionId, Subscription};
 use compact_str::CompactString;
 use std::sync::atomic::Ordering;
@@ -40,11 +41,6 @@ pub(super) struct TrieWork {
     /// (which this shard's group picks pass over already).
     pub(super) leaving_groups: hashbrown::HashSet<SessionId>,
 }
-
-/// Subscriptions of ended sessions taken out of the trie in one loop turn, at most: a
-/// client with 100,000 subscriptions leaving held its shard for 200 ms (release build); a
-/// thousand trie changes are 2-3 ms.
-const SWEPT_PER_TURN: usize = 512;
 
 /// Ended sessions' subscriptions still to take out of the trie, oldest first, and whether
 /// the session is in `Shared::leaving_groups` until they are out.

@@ -474,7 +474,7 @@ impl Reader {
             }
 
             // midge's own.
-            "threads" => config.threads = line.number(crate::shard::SHARDS_MAX as u64)? as usize,
+            "threads" => config.threads = line.number(crate::limits::SHARDS_MAX as u64)? as usize,
             "cpu_affinity" => {
                 config.cpu_affinity = match line.one("value")? {
                     "true" => CpuAffinity::Auto,

@@ -3,6 +3,7 @@
 //! store, never the matches themselves), and the messages they found, sent as the client
 //! reads (`shard/owed.rs` does the scanning and the sending).
 
+use crate::limits::{OWED_MAX, SCANS_MAX, SCAN_FILTER_BYTES_MAX};
 use std::sync::Arc;
 
 use super::Outgoing;
@@ -18,10 +19,6 @@ pub struct Owed {
     pub qos: QoS,
     pub identifier: Option<u32>,
 }
-
-/// Most retained messages one session may be owed at once (found by its scans a slice at a
-/// time, or owed to a bridge); past it, more are dropped and counted.
-pub const OWED_MAX: usize = 1 << 20;
 
 /// A scan of the retained messages matching a new subscription, not finished yet: it goes
 /// on a slice at a time as the client reads (`shard/owed.rs`), so that what a SUBSCRIBE
@@ -55,15 +52,6 @@ pub(super) fn filter_hash(filter: &str) -> u64 {
     use std::hash::BuildHasher;
     crate::session::ProcessSeeded.hash_one(filter)
 }
-
-/// Most scans of retained messages one session may have under way, and most bytes of
-/// filters among them: one per filter (a subscription made again restarts its scan rather
-/// than adding one, an UNSUBSCRIBE ends it, and a filter without wildcards needs none), so
-/// that a client cannot make the broker keep a scan for each of its many subscriptions
-/// while it does not read; past either, a new subscription's retained messages are not
-/// sent, and that is counted (`retained_scans`).
-pub const SCANS_MAX: usize = 4096;
-pub const SCAN_FILTER_BYTES_MAX: usize = 1 << 20;
 
 impl Outgoing {
     /// Owes retained messages to a new subscription; returns how many did not fit

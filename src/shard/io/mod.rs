@@ -40,8 +40,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Most bytes read from one connection in one `wait`.
-pub const READ_MAX_PER_TURN: usize = 64 * 1024;
 /// Pause before accepting again after an accept error (out of file descriptors, say).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Buffers written per `writev`.

@@ -2,6 +2,7 @@
 //! readable until a read returns `WouldBlock`, so sockets left with unread data (the
 //! per-turn read limit) are kept on a list and read again on the next turn without waiting.
 
+use crate::limits::READ_MAX_PER_TURN;
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::{TcpListener, TcpStream, UnixListener};
 use mio::{Events, Interest, Poll, Token};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     consume_written, lingers_ended, AcceptFailures, Backend, ConnId, Event, ListenSocket, Waker,
-    ACCEPT_RETRY, IOVECS_MAX, LINGER, LINGER_DISCARD_MAX, READ_MAX_PER_TURN,
+    ACCEPT_RETRY, IOVECS_MAX, LINGER, LINGER_DISCARD_MAX,
 };
 
 const WAKER: Token = Token(usize::MAX);
