@@ -1,9 +1,10 @@
 //! What changed in a session, as the session itself reports it: the records a persistence
 //! journal writes and replays. Every change to what a session must keep across a restart
 //! (its parameters, subscriptions, queue, inflight window and incoming QoS 2 state) goes
-//! through a `Session` method that records it here, so a journal cannot miss one; `Durable`
-//! replays the records, and the simulation checks after every step that the replay of
-//! every session equals the live session (`Session::durable`).
+//! through a `Session` method that records it here, so a journal cannot miss one; recovery
+//! replays them (`persist::recover::RecoveredSession::apply`, the journal's records and
+//! these alike), and the simulation checks after every step that the replay of every
+//! session equals the live session (`Durable`).
 //!
 //! Recording is off unless something reads the records (the journal, the simulation):
 //! then the cost of a change is one branch.
@@ -113,8 +114,8 @@ impl Changes {
     }
 }
 
-/// What a session keeps across a restart, rebuilt from its records (or read from a live
-/// session, to compare). Messages are compared by identity: the records carry the same
+/// What a session keeps across a restart, to compare: read from a live session
+/// (`Session::durable`) or from the replay of its records (`RecoveredSession::durable`). Messages are compared by identity: the records carry the same
 /// `Arc`s the session holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Durable {
@@ -129,71 +130,10 @@ pub struct Durable {
     pub awaiting_pubrel: BTreeSet<u16>,
 }
 
-fn address(message: &Arc<Message>) -> usize {
-    Arc::as_ptr(message) as usize
-}
-
 impl Durable {
-    /// Applies one record. Returns false if the session ended.
-    pub fn apply(&mut self, what: &What) -> bool {
-        match what {
-            What::Started { client_id } => {
-                *self = Durable {
-                    client_id: Some(client_id.clone()),
-                    ..Durable::default()
-                }
-            }
-            What::Parameters {
-                version,
-                expiry_interval_s,
-            } => {
-                self.version = Some(*version);
-                self.expiry_interval_s = *expiry_interval_s;
-            }
-            What::Subscribed {
-                filter,
-                options,
-                identifier,
-            } => {
-                self.subscriptions
-                    .insert(filter.clone(), (*options, *identifier));
-            }
-            What::Unsubscribed { filter } => {
-                self.subscriptions.remove(filter);
-            }
-            What::Queued {
-                message, target, ..
-            } => {
-                self.queue.push_back((address(message), target.qos));
-            }
-            What::Dequeued => {
-                self.queue.pop_front();
-            }
-            What::InFlight {
-                packet_id,
-                message,
-                target,
-            } => {
-                self.inflight
-                    .insert(*packet_id, (address(message), target.qos, false));
-            }
-            What::Released { packet_id } => {
-                if let Some(f) = self.inflight.get_mut(packet_id) {
-                    f.2 = true;
-                }
-            }
-            What::Finished { packet_id } => {
-                self.inflight.remove(packet_id);
-            }
-            What::AwaitingPubrel { packet_id } => {
-                self.awaiting_pubrel.insert(*packet_id);
-            }
-            What::PubrelReceived { packet_id } => {
-                self.awaiting_pubrel.remove(packet_id);
-            }
-            What::Ended => return false,
-        }
-        true
+    /// A message by identity: the records carry the `Arc`s the session holds.
+    pub fn address(message: &Arc<Message>) -> usize {
+        Arc::as_ptr(message) as usize
     }
 }
 
@@ -211,10 +151,15 @@ impl Session {
                 })
                 .collect(),
             queue: (self.outgoing.queued())
-                .map(|q| (address(&q.message), q.target.qos))
+                .map(|q| (Durable::address(&q.message), q.target.qos))
                 .collect(),
             inflight: (self.outgoing.in_flight().into_iter())
-                .map(|f| (f.packet_id, (address(&f.message), f.qos, f.released)))
+                .map(|f| {
+                    (
+                        f.packet_id,
+                        (Durable::address(&f.message), f.qos, f.released),
+                    )
+                })
                 .collect(),
             awaiting_pubrel: self.incoming.awaiting_pubrel().collect(),
         }
@@ -233,14 +178,13 @@ mod tests {
         outgoing::tests::message(1, qos)
     }
 
+    /// The records replayed the way recovery replays a journal's.
     fn replay(changes: &mut Changes) -> Option<Durable> {
-        let mut durable = Durable::default();
+        let mut replayed = crate::persist::recover::RecoveredSession::default();
         for change in changes.take() {
-            if !durable.apply(&change.what) {
-                return None;
-            }
+            replayed.apply(&change.what);
         }
-        Some(durable)
+        (!replayed.has_ended()).then(|| replayed.durable())
     }
 
     #[test]

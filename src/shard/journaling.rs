@@ -3,8 +3,6 @@
 //! when they arrive here, and the shard's live state when it is compacted; at start the
 //! shard takes back the sessions recovery gives it.
 
-use compact_str::CompactString;
-use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +11,10 @@ use super::io::Backend;
 use super::trie_ops::TrieOp;
 use super::Shard;
 use crate::persist::journal::Journal;
-use crate::persist::recover::{self, RecoveredSession};
+use crate::persist::recover::RecoveredSession;
 use crate::persist::WallClock;
-use crate::session::{Changes, Limits, Session};
-use crate::topic::Subscription;
-use crate::types::{Message, SessionId, Target};
+use crate::session::{Changes, Session};
+use crate::types::{Message, SessionId};
 
 impl<B: Backend> Shard<B> {
     /// Journals from now on: every change of this shard's sessions is recorded.
@@ -252,98 +249,37 @@ impl<B: Backend> Shard<B> {
         retained: Option<(u64, Vec<crate::retain::Retained>)>,
     ) -> bool {
         let clock = WallClock::now();
-        let mut quiet = Changes::default();
         if let (Some((seq, messages)), Some(journal)) = (retained, self.journal.as_deref_mut()) {
             journal.all_retained(seq, &messages, &clock);
         }
-        for mut recovered in sessions {
+        for recovered in sessions {
             let id = self.shared.new_session_id();
-            let client_id: Arc<str> = recovered.client_id.as_str().into();
-            let version = recovered.version();
-            let mut session = Session::new(id, client_id.clone(), version, false);
-            session.set_parameters(version, recovered.expiry_interval_s, false, &mut quiet);
-            for (filter, options, identifier) in &recovered.subscriptions {
-                let Some(options) = crate::codec::SubscriptionOptions::from_byte(*options) else {
-                    log::warn!("Warning: a stored subscription of {client_id} to {filter} has bad options; left out.");
-                    continue;
-                };
-                if crate::topic::parse_filter(filter).is_err() {
-                    log::warn!("Warning: a stored subscription of {client_id} to {filter:?} is not a valid filter; left out.");
-                    continue;
-                }
-                let sub = Subscription {
-                    shard: self.id as u16,
-                    options,
-                    identifier: NonZeroU32::new(*identifier),
-                };
-                session.subscribe(filter, sub, &mut quiet, &self.shared.filter_bytes);
-                self.trie.ops.push(TrieOp::Subscribe {
-                    filter: CompactString::from(filter.as_str()),
-                    session: id,
+            let claim = recovered.claim;
+            let filter_bytes = &self.shared.filter_bytes;
+            let revived = recovered.revive(id, self.id as u16, filter_bytes, &clock, self.now);
+            let session = revived.session;
+            let client_id = session.client_id.clone();
+            for (filter, sub) in revived.subscriptions {
+                let session = id;
+                (self.trie.ops).push(TrieOp::Subscribe {
+                    filter,
+                    session,
                     sub,
                 });
             }
-            let target = |d: &crate::persist::format::Delivery| Target {
-                session: id,
-                qos: recover::qos(d.qos),
-                retain: d.retain,
-                identifiers: d.identifiers.iter().copied().collect(),
-            };
-            for f in &recovered.in_flight {
-                let target = target(&f.delivery);
-                let packet_id = session.start(&f.message, &target, Some(f.packet_id), &mut quiet);
-                if f.released {
-                    session.pubrec(packet_id, &mut quiet);
-                }
-            }
-            let unbounded = Limits {
-                writable: true,
-                window: 0,
-                queued_max: usize::MAX,
-                queued_bytes_max: 0,
-            };
-            // Queued messages keep the numbers they had (numbered on from the first), and
-            // numbering goes on from where it stopped.
-            if let Some(first) = recovered.first_queued_id {
-                session.continue_ids_after(first.wrapping_sub(1));
-            }
-            // Taken one by one, so the recovered copy shrinks as the session's grows.
-            while let Some((message, delivery)) = recovered.queued.pop_front() {
-                session.offer(&message, &target(&delivery), unbounded, &mut quiet);
-            }
-            session.continue_ids_after(recovered.last_packet_id);
-            for packet_id in &recovered.awaiting_pubrel {
-                session.awaiting_pubrel(*packet_id, &mut quiet);
-            }
-            // A will still waiting goes when it is due (at once if that passed while the
-            // broker was down), or when the session ends if that is first [MQTT-3.1.3-9].
-            if let Some((due_ms, will)) = recovered.delayed_will.take() {
-                let due = clock.instant(due_ms);
-                session.delayed_will = Some(Box::new((
-                    due,
-                    crate::codec::Will {
-                        qos: will.qos,
-                        retain: will.retain,
-                        properties: will.properties.clone(),
-                        topic: will.topic.clone(),
-                        payload: will.payload.clone(),
-                    },
-                )));
+            if let Some(due) = revived.will_due {
                 self.schedule_will(id, due);
             }
-            // Offline since its client went away (or since now, if it was connected when
-            // the broker stopped): its expiry runs from then.
-            let since = recovered
-                .offline_since_ms
-                .map_or(self.now, |ms| clock.instant(ms).min(self.now));
-            self.shared.registry.lock().expect("registry lock").insert(
-                client_id.clone(),
-                super::shared::Claim::new(self.id, recovered.claim),
-            );
-            self.sessions.insert(Box::new(session));
+            let since = revived.offline_since;
+            self.shared
+                .registry
+                .lock()
+                .expect("registry lock")
+                .insert(client_id.clone(), super::shared::Claim::new(self.id, claim));
+            self.sessions.insert(session);
             let persistent_expiration = self.config.persistent_client_expiration;
             self.sessions.start_expiry(id, since, persistent_expiration);
-            self.journal_session(id, recovered.claim);
+            self.journal_session(id, claim);
         }
         self.apply_trie_ops();
         let Some(journal) = self.journal.as_deref_mut() else {

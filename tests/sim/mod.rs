@@ -11,8 +11,8 @@ mod wire;
 use bytes::BytesMut;
 use midge::codec::*;
 use midge::config::Config;
+use midge::persist::recover::RecoveredSession;
 use midge::persist::storage::sim::SimStorage;
-use midge::session::Durable;
 use midge::shard::clock::ManualClock;
 use midge::shard::io::sim::{SimBackend, SimNet};
 use midge::shard::{Shard, Shared};
@@ -30,7 +30,7 @@ pub struct Sim {
     /// Every session as replayed from the shards' change records: what a journal would
     /// restore. Checked against the live sessions after every step (without a store: with
     /// one, the journals take the records, and recovery is what is checked).
-    replayed: hashbrown::HashMap<SessionId, Durable>,
+    replayed: hashbrown::HashMap<SessionId, RecoveredSession>,
     /// The simulated disk the shards' journals are on (`with_store`).
     pub storage: Option<SimStorage>,
 }
@@ -131,18 +131,15 @@ impl Sim {
         }
         for change in self.shards[i].take_changes() {
             let replay = self.replayed.entry(change.session).or_default();
-            if !replay.apply(&change.what) {
+            replay.apply(&change.what);
+            if replay.has_ended() {
                 self.replayed.remove(&change.session);
             }
         }
         for shard in &self.shards {
             for (id, live) in shard.durable_sessions() {
-                let replay = self.replayed.get(&id);
-                assert_eq!(
-                    replay,
-                    Some(&live),
-                    "session {id:?}: replay and live differ"
-                );
+                let replay = self.replayed.get(&id).map(RecoveredSession::durable);
+                assert_eq!(replay, Some(live), "session {id:?}: replay and live differ");
             }
         }
     }

@@ -176,6 +176,25 @@ pub struct Delivery {
     pub identifiers: Vec<u32>,
 }
 
+impl Delivery {
+    /// How a message goes to `target`.
+    pub fn of(target: &crate::types::Target) -> Delivery {
+        Delivery {
+            qos: target.qos as u8,
+            retain: target.retain,
+            identifiers: target.identifiers.to_vec(),
+        }
+    }
+}
+
+/// Subscription options as a SUBSCRIBE's options byte (MQTT 5.0 §3.8.3.1).
+pub fn options_byte(options: &crate::codec::SubscriptionOptions) -> u8 {
+    options.qos as u8
+        | u8::from(options.no_local) << 2
+        | u8::from(options.retain_as_published) << 3
+        | (options.retain_handling as u8) << 4
+}
+
 mod kind {
     pub const MESSAGE: u8 = 1;
     pub const RETAINED: u8 = 2;

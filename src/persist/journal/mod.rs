@@ -15,13 +15,13 @@ mod disk;
 mod failing;
 mod transit;
 
-use super::format::{self, Delivery, Publisher, Record};
+use super::format::{self, options_byte, Delivery, Publisher, Record};
 use super::storage::{replace_file, Storage, StoredFile};
 use super::{SyncPolicy, WallClock};
 use crate::codec::{Packet, ProtocolVersion, Publish, QoS, Will};
 use crate::retain::{Retained, Source};
 use crate::session::{Change, Session, What};
-use crate::types::{Message, SessionId, Target};
+use crate::types::{Message, SessionId};
 use compaction::{compaction_path, Compaction};
 
 pub struct Journal {
@@ -104,14 +104,6 @@ impl To {
         old: false,
         new: true,
     };
-}
-
-fn delivery(target: &Target) -> Delivery {
-    Delivery {
-        qos: target.qos as u8,
-        retain: target.retain,
-        identifiers: target.identifiers.to_vec(),
-    }
 }
 
 impl Journal {
@@ -276,7 +268,7 @@ impl Journal {
                 session,
                 packet_id: *packet_id,
                 message: self.message(message, to, clock),
-                delivery: delivery(target),
+                delivery: Delivery::of(target),
             },
             What::Dequeued => Record::Dequeued { session },
             What::InFlight {
@@ -287,7 +279,7 @@ impl Journal {
                 session,
                 packet_id: *packet_id,
                 message: self.message(message, to, clock),
-                delivery: delivery(target),
+                delivery: Delivery::of(target),
             },
             What::Released { packet_id } => Record::Released {
                 session,
@@ -391,7 +383,7 @@ impl Journal {
                 session: id,
                 packet_id: q.packet_id,
                 message,
-                delivery: delivery(&q.target),
+                delivery: Delivery::of(&q.target),
             };
             self.emit(&record, to);
         }
@@ -545,12 +537,5 @@ impl Journal {
 }
 
 /// The 5.0 subscription options byte.
-fn options_byte(options: &crate::codec::SubscriptionOptions) -> u8 {
-    options.qos as u8
-        | u8::from(options.no_local) << 2
-        | u8::from(options.retain_as_published) << 3
-        | (options.retain_handling as u8) << 4
-}
-
 #[cfg(test)]
 mod tests;

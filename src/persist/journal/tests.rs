@@ -6,6 +6,7 @@ use super::*;
 use crate::codec::{MqttStr, Properties};
 use crate::persist::recover;
 use crate::session::{Changes, Limits};
+use crate::types::Target;
 use smallvec::smallvec;
 
 fn message(payload: &'static [u8]) -> Arc<Message> {

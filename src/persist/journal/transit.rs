@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{delivery, Journal, To};
+use super::{Journal, To};
 use crate::codec::QoS;
 use crate::persist::format::{Delivery, Record};
 use crate::persist::WallClock;
@@ -26,7 +26,7 @@ impl Journal {
     ) {
         let targets: Vec<(u64, Delivery)> = (targets.iter())
             .filter(|t| t.qos != QoS::AtMostOnce)
-            .map(|t| (t.session.get(), delivery(t)))
+            .map(|t| (t.session.get(), super::Delivery::of(t)))
             .collect();
         if targets.is_empty() {
             return;

@@ -9,95 +9,22 @@
 
 use bytes::{Bytes, BytesMut};
 use hashbrown::HashMap;
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod session;
 #[cfg(test)]
 mod tests;
 mod transit;
 
-use super::format::{self, Delivery, Publisher, Record};
+pub use session::{InFlight, RecoveredSession};
+
+use super::format::{self, Publisher, Record};
 use super::storage::{sync_parent, Storage};
 use super::WallClock;
 use crate::codec::{Decoder, Packet, ProtocolVersion, QoS};
 use crate::types::Message;
 use transit::{PassedOn, Transit};
-
-/// A message in flight to a recovered session's client.
-#[derive(Clone, Debug)]
-pub struct InFlight {
-    pub packet_id: u16,
-    pub message: Arc<Message>,
-    pub delivery: Delivery,
-    /// Its PUBREL was sent (QoS 2).
-    pub released: bool,
-}
-
-/// A session as the journals left it.
-#[derive(Debug, Clone, Default)]
-pub struct RecoveredSession {
-    pub client_id: String,
-    pub claim: u64,
-    pub version: u8,
-    pub expiry_interval_s: u32,
-    /// Filter, the 5.0 options byte, the subscription identifier (0: none).
-    pub subscriptions: Vec<(String, u8, u32)>,
-    /// In the order they were sent.
-    pub in_flight: Vec<InFlight>,
-    pub queued: VecDeque<(Arc<Message>, Delivery)>,
-    pub awaiting_pubrel: Vec<u16>,
-    /// The last packet identifier it numbered.
-    pub last_packet_id: u16,
-    /// The identifier its first queued message was numbered with.
-    pub first_queued_id: Option<u16>,
-    /// When its client went away (Unix milliseconds); `None`: it was connected when the
-    /// broker stopped.
-    pub offline_since_ms: Option<u64>,
-    /// Its will waiting for its Will Delay Interval: when it is due (Unix milliseconds),
-    /// and the will as a message.
-    pub delayed_will: Option<(u64, Arc<Message>)>,
-    pub(super) ended: bool,
-}
-
-impl RecoveredSession {
-    /// Whether its expiry ran out by `now_ms` (5.0's Session Expiry Interval, or
-    /// `persistent_client_expiration` for one that would never expire), counted from when
-    /// its client went away.
-    pub fn expired(
-        &self,
-        now_ms: u64,
-        persistent_client_expiration: Option<std::time::Duration>,
-    ) -> bool {
-        let Some(since) = self.offline_since_ms else {
-            return false;
-        };
-        let after = crate::session::expires_after(
-            self.version(),
-            self.expiry_interval_s,
-            persistent_client_expiration,
-        );
-        after.is_some_and(|after| since.saturating_add(after.as_millis() as u64) <= now_ms)
-    }
-
-    /// Queues `message` behind what it holds, numbered after the last number it gave out
-    /// (as the broker it came from would have numbered it).
-    pub(super) fn queue_next(&mut self, message: Arc<Message>, delivery: Delivery) {
-        self.last_packet_id = self.last_packet_id.wrapping_add(1).max(1);
-        if self.queued.is_empty() {
-            self.first_queued_id = Some(self.last_packet_id);
-        }
-        self.queued.push_back((message, delivery));
-    }
-
-    pub fn version(&self) -> ProtocolVersion {
-        match self.version {
-            3 => ProtocolVersion::V31,
-            5 => ProtocolVersion::V5,
-            _ => ProtocolVersion::V311,
-        }
-    }
-}
 
 /// What the store held.
 #[derive(Debug, Default)]
@@ -374,41 +301,27 @@ fn replay(file: &Bytes, clock: &WallClock) -> (FileState, Result<usize, format::
                 state.max_claim = state.max_claim.max(claim);
                 keys.insert(key, client_id.clone());
                 state.keys.insert(key, (client_id.clone(), claim));
-                state.sessions.insert(
-                    client_id.clone(),
-                    RecoveredSession {
-                        client_id,
-                        claim,
-                        last_packet_id,
-                        ..Default::default()
-                    },
-                );
+                let started = RecoveredSession::started(client_id.clone(), claim, last_packet_id);
+                state.sessions.insert(client_id, started);
             }
             Record::Parameters {
                 session: key,
                 version,
                 expiry_interval_s,
             } => {
-                let s = session_mut(&keys, &mut state.sessions, key)?;
-                s.version = version;
-                s.expiry_interval_s = expiry_interval_s;
+                session_mut(&keys, &mut state.sessions, key)?.parameters(version, expiry_interval_s)
             }
             Record::Subscribed {
                 session: key,
                 filter,
                 options,
                 identifier,
-            } => {
-                let s = session_mut(&keys, &mut state.sessions, key)?;
-                s.subscriptions.retain(|(f, _, _)| *f != filter);
-                s.subscriptions.push((filter, options, identifier));
-            }
+            } => session_mut(&keys, &mut state.sessions, key)?
+                .subscribed(filter, options, identifier),
             Record::Unsubscribed {
                 session: key,
                 filter,
-            } => session_mut(&keys, &mut state.sessions, key)?
-                .subscriptions
-                .retain(|(f, _, _)| *f != filter),
+            } => session_mut(&keys, &mut state.sessions, key)?.unsubscribed(&filter),
             Record::Queued {
                 session: key,
                 packet_id,
@@ -416,22 +329,10 @@ fn replay(file: &Bytes, clock: &WallClock) -> (FileState, Result<usize, format::
                 delivery,
             } => {
                 let m = message(&messages, id)?;
-                let s = session_mut(&keys, &mut state.sessions, key)?;
-                if s.queued.is_empty() {
-                    s.first_queued_id = Some(packet_id);
-                }
-                s.queued.push_back((m, delivery));
-                // Numbered when queued: the latest number given out.
-                s.last_packet_id = packet_id;
+                session_mut(&keys, &mut state.sessions, key)?.queued(m, delivery, packet_id);
             }
             Record::Dequeued { session: key } => {
-                let s = session_mut(&keys, &mut state.sessions, key)?;
-                s.queued.pop_front();
-                // The next in the queue was numbered one after (gaps aside).
-                s.first_queued_id = s
-                    .first_queued_id
-                    .map(|id| id.wrapping_add(1).max(1))
-                    .filter(|_| !s.queued.is_empty());
+                session_mut(&keys, &mut state.sessions, key)?.dequeued()
             }
             Record::InFlight {
                 session: key,
@@ -440,54 +341,24 @@ fn replay(file: &Bytes, clock: &WallClock) -> (FileState, Result<usize, format::
                 delivery,
             } => {
                 let m = message(&messages, id)?;
-                let s = session_mut(&keys, &mut state.sessions, key)?;
-                s.in_flight.retain(|f| f.packet_id != packet_id);
-                s.in_flight.push(InFlight {
-                    packet_id,
-                    message: m,
-                    delivery,
-                    released: false,
-                });
-                // Sent straight away, it was numbered now; from the queue, earlier (and the
-                // queue's back holds the latest number).
-                if s.queued.is_empty() {
-                    s.last_packet_id = packet_id;
-                }
+                session_mut(&keys, &mut state.sessions, key)?.in_flight(packet_id, m, delivery);
             }
             Record::Released {
                 session: key,
                 packet_id,
-            } => {
-                for f in session_mut(&keys, &mut state.sessions, key)?
-                    .in_flight
-                    .iter_mut()
-                {
-                    if f.packet_id == packet_id {
-                        f.released = true;
-                    }
-                }
-            }
+            } => session_mut(&keys, &mut state.sessions, key)?.released(packet_id),
             Record::Finished {
                 session: key,
                 packet_id,
-            } => session_mut(&keys, &mut state.sessions, key)?
-                .in_flight
-                .retain(|f| f.packet_id != packet_id),
+            } => session_mut(&keys, &mut state.sessions, key)?.finished(packet_id),
             Record::AwaitingPubrel {
                 session: key,
                 packet_id,
-            } => {
-                let s = session_mut(&keys, &mut state.sessions, key)?;
-                if !s.awaiting_pubrel.contains(&packet_id) {
-                    s.awaiting_pubrel.push(packet_id);
-                }
-            }
+            } => session_mut(&keys, &mut state.sessions, key)?.awaiting_pubrel(packet_id),
             Record::PubrelReceived {
                 session: key,
                 packet_id,
-            } => session_mut(&keys, &mut state.sessions, key)?
-                .awaiting_pubrel
-                .retain(|&p| p != packet_id),
+            } => session_mut(&keys, &mut state.sessions, key)?.pubrel_received(packet_id),
             Record::Disconnected {
                 session: key,
                 at_ms,
@@ -529,14 +400,7 @@ fn replay(file: &Bytes, clock: &WallClock) -> (FileState, Result<usize, format::
             // Turns are put together by the reader.
             Record::TurnEnd => {}
             Record::Ended { session: key } => {
-                let s = session_mut(&keys, &mut state.sessions, key)?;
-                let (client_id, claim) = (std::mem::take(&mut s.client_id), s.claim);
-                *s = RecoveredSession {
-                    client_id,
-                    claim,
-                    ended: true,
-                    ..Default::default()
-                };
+                session_mut(&keys, &mut state.sessions, key)?.end();
                 keys.remove(&key);
             }
         }
