@@ -170,20 +170,22 @@ pub const OVERFLOW_MAX: usize = 65_536;
 // How the bounds relate, checked when midge is built.
 // A session's one slice of a scan fits what it may be owed.
 const _: () = assert!(SCAN_FOUND_PER_SLICE <= OWED_MAX);
-// A turn's scanning is whole slices.
+// A turn's scan budget is a number of full slices.
 const _: () = assert!(SCAN_VISITS_PER_TURN % SCAN_VISITS_PER_SLICE == 0);
 // Each of several SUBSCRIBEs waiting gets some of the turn's filters.
 const _: () = assert!(0 < FILTERS_PER_TURN_SHARED && FILTERS_PER_TURN_SHARED <= FILTERS_PER_TURN);
-// A SUBSCRIBE's longest list of filters is handled in a bounded number of turns.
-const _: () = assert!(crate::codec::TOPIC_FILTERS_MAX.div_ceil(FILTERS_PER_TURN) <= 64);
+// A SUBSCRIBE's longest list of filters is handled in a bounded number of turns, even at
+// its share when several wait.
+const _: () = assert!(crate::codec::TOPIC_FILTERS_MAX.div_ceil(FILTERS_PER_TURN_SHARED) <= 256);
 // Sealing: a slice fits what a connection may have sealed ahead, which fits a turn.
 const _: () =
     assert!(SEAL_SLICE_BYTES <= SEAL_AHEAD_BYTES && SEAL_AHEAD_BYTES <= SEAL_PER_TURN_BYTES);
 // A shard numbers itself in 16 bits (`PublishOrder::shard`, `Subscription::shard`, `Claim`).
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize + 1);
-// A healthy shard has at most a mailbox and a turn's worth passed to it and not yet on its
-// disk: well under what marks a shard whose disk fails.
-const _: () = assert!(MAILBOX_CAPACITY + MAILBOX_PER_TURN < UNSETTLED_MAX / 4);
+// What a healthy shard has passed to another and not yet seen on its disk (numbered as it
+// goes into the outbox): the other's mailbox and a turn's worth, and a full overflow list.
+// Under what marks a shard whose disk fails.
+const _: () = assert!(MAILBOX_CAPACITY + MAILBOX_PER_TURN + OVERFLOW_MAX < UNSETTLED_MAX);
 // A turn takes at most a mailbox's worth.
 const _: () = assert!(MAILBOX_PER_TURN <= MAILBOX_CAPACITY);
 

@@ -146,9 +146,14 @@ fn main() -> ExitCode {
     }
 
     if args.daemon {
-        // SAFETY: no shard, listener or other thread of the broker runs yet; the log's
-        // writer thread is started again by the child (`logging`: one per process), and
-        // holds nothing the child takes over.
+        // The log's writer thread (the only other thread now) writes out what is queued and
+        // releases the log's destinations before the fork; nothing logs between here and
+        // the fork, so it is idle then, and the child starts a writer of its own (`logging`:
+        // one per process). (Left: the instant the idle writer takes the queue's lock to wait
+        // on it; a fork exactly then would leave the child's log stuck.)
+        midge::logging::flush();
+        // SAFETY: no shard, listener or other thread of the broker runs yet, and the log's
+        // writer holds nothing the child uses (above).
         if let Err(e) = unsafe { midge::os::daemonize() } {
             log::error!("Error: cannot run in the background: {e}");
             return ExitCode::FAILURE;

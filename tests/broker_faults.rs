@@ -139,6 +139,8 @@ fn a_log_nobody_reads_never_stops_the_broker() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Ended if the test fails before it stops the broker itself.
+    let mut child = KillOnDrop(Some(child));
     let until = std::time::Instant::now() + DEADLINE;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(std::time::Instant::now() < until, "midge does not listen");
@@ -155,6 +157,7 @@ fn a_log_nobody_reads_never_stops_the_broker() {
         let p = sub.recv_publish();
         sub.send(&Packet::PubAck(PubResponse::new(p.packet_id)));
     }
+    let child = child.0.take().expect("the broker");
     // SAFETY: kill(2) on the PID of the child this test started and has not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
@@ -164,4 +167,16 @@ fn a_log_nobody_reads_never_stops_the_broker() {
         "{}",
         &log[log.len().saturating_sub(2000)..]
     );
+}
+
+/// A broker this test started, killed and reaped if the test ends without stopping it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

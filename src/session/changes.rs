@@ -1,10 +1,10 @@
 //! What changed in a session, as the session itself reports it: the records a persistence
 //! journal writes and replays. Every change to what a session must keep across a restart
 //! (its parameters, subscriptions, queue, inflight window and incoming QoS 2 state) goes
-//! through a `Session` method that records it here, so a journal cannot miss one; recovery
-//! replays them (`persist::recover::RecoveredSession::apply`, the journal's records and
-//! these alike), and the simulation checks after every step that the replay of every
-//! session equals the live session (`Durable`).
+//! through a `Session` method that records it here, so a journal cannot miss one. Recovery
+//! gives each record its meaning in one place (`persist/recover/session.rs`: its `replay`
+//! of a journal and `RecoveredSession::apply` of these), and the simulation checks after
+//! every step that the replay of every session equals the live session (`Durable`).
 //!
 //! Recording is off unless something reads the records (the journal, the simulation):
 //! then the cost of a change is one branch.
@@ -115,8 +115,8 @@ impl Changes {
 }
 
 /// What a session keeps across a restart, to compare: read from a live session
-/// (`Session::durable`) or from the replay of its records (`RecoveredSession::durable`). Messages are compared by identity: the records carry the same
-/// `Arc`s the session holds.
+/// (`Session::durable`) or from the replay of its records (`RecoveredSession::durable`).
+/// Messages are compared by identity: the records carry the same `Arc`s the session holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Durable {
     pub client_id: Option<Arc<str>>,

@@ -220,6 +220,9 @@ impl<B: Backend> Shard<B> {
     /// [MQTT-3.1.2-23], or `persistent_client_expiration` for a session that would never
     /// expire (3.x clean session 0, 5.0 0xFFFFFFFF).
     pub(super) fn schedule_expiry(&mut self, id: SessionId) {
+        if !self.sessions.contains_key(&id) {
+            return;
+        }
         let persistent_expiration = self.config.persistent_client_expiration;
         self.sessions
             .start_expiry(id, self.now, persistent_expiration);

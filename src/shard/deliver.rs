@@ -301,10 +301,13 @@ impl<B: Backend> Shard<B> {
 
     /// Whether this session's client may read `topic` (`Session::may_read`).
     fn may_read(&self, session_id: SessionId, topic: &str) -> bool {
-        let bridged = self.link_of_session(session_id).is_some();
+        // A bridge's own session reads everything (its ACL is none: `read_acl`).
+        if self.link_of_session(session_id).is_some() {
+            return true;
+        }
         self.sessions
             .get(&session_id)
-            .is_some_and(|s| s.may_read(read_acl(&self.config, s.listener(), bridged), topic))
+            .is_some_and(|s| s.may_read(read_acl(&self.config, s.listener(), false), topic))
     }
 
     /// One message into one session: what the session decides (`session/delivery.rs`),

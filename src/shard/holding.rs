@@ -16,11 +16,14 @@ use crate::topic::SessionId;
 /// The shortest time between two log lines about the same bound from one shard.
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the clients waiting for their output to drain are checked, when there are
+/// more than `limits::DRAIN_CHECK_EVERY_TURN_MAX`.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(5);
 
-/// The log lines about each bound, and about payloads refused as not the UTF-8 they said
-/// they were (a client can send thousands a read); when the clients waiting to drain were
-/// last checked.
+/// What is held back by its output: connections not read, and sessions not written to,
+/// until what waits for them drains; when they were last checked; and the log lines about
+/// each bound and about payloads refused as not the UTF-8 they said they were (a client can
+/// send thousands a read), a line at most every `LIMIT_LOG_INTERVAL`.
 pub(super) struct Holding {
     /// Connections not read until their output drains.
     pub(super) held: Vec<ConnId>,

@@ -255,8 +255,6 @@ impl<B: Backend> Shard<B> {
     }
 }
 
-/// Requests of new subscriptions for their retained messages, by session, in the order
-/// they were made (`Shard::retained_requests`).
 /// Retained messages owed to new subscriptions (`owed.rs`).
 #[derive(Default)]
 pub(super) struct OwedWork {
@@ -268,5 +266,7 @@ pub(super) struct OwedWork {
     pub(super) next_turn: bool,
 }
 
+/// Requests of new subscriptions for their retained messages, by session, in the order
+/// they were made.
 pub(super) type RetainedRequests =
     std::collections::VecDeque<(SessionId, std::vec::IntoIter<RetainedRequest>)>;

@@ -122,8 +122,9 @@ pub const DURATION_BUCKETS_US: [u64; 13] = [
 ];
 
 impl Stats {
-    /// `count` more messages that did not reach a client for `why` (QoS 0 for a client
-    /// that is away is not counted: nothing waits for it, as MQTT says).
+    /// `count` more messages that did not reach a client for `why` (not counted: QoS 0 for
+    /// a client that is away, and anything for a clean bridge whose link is down: nothing
+    /// waits for them, as MQTT says).
     pub fn dropped(&self, why: crate::session::DropReason, count: u64) {
         use crate::session::DropReason;
         let counter = match why {

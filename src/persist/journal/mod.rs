@@ -536,6 +536,5 @@ impl Journal {
     }
 }
 
-/// The 5.0 subscription options byte.
 #[cfg(test)]
 mod tests;
