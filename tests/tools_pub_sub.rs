@@ -52,16 +52,20 @@ fn wait_within(child: &mut Child, deadline: Duration) {
 
 /// Starts a subscriber and waits until the broker has acknowledged its subscription
 /// (midge's log says so; for mosquitto, a retained marker published first comes back).
+/// The subscriber gets a client id of its own, so that the SUBACK waited for is its own:
+/// a count of SUBACKs taken just before could miss one the log does not show yet.
 fn subscriber(name: &str, broker: &Broker, args: &[&str]) -> Child {
-    let before = broker.count_log("Sending SUBACK to");
+    static SUBSCRIBERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SUBSCRIBERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("subscriber-{n}-");
     let child = tool(name)
-        .args(["-p", &broker.port.to_string()])
+        .args(["-p", &broker.port.to_string(), "-i", &id])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    broker.wait_for_log_count("Sending SUBACK to", before + 1);
+    broker.wait_for_log(&format!("Sending SUBACK to {id}"));
     child
 }
 
