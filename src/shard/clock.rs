@@ -10,6 +10,17 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> Instant;
 }
 
+/// A shard's time: read once per loop turn, so that everything in a turn happens at the
+/// same instant.
+pub(super) struct TurnClock {
+    /// The time of this loop turn (read from `Shared::clock` once per turn).
+    pub(super) now: Instant,
+    /// When the shard started: what connections' `Stamp`s count from.
+    pub(super) epoch: Instant,
+    /// Loop turns taken.
+    pub(super) turns: u64,
+}
+
 /// The system's monotonic clock.
 pub struct SystemClock;
 

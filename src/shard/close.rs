@@ -200,7 +200,7 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        match session.connection_ended(self.now, reason.publishes_will()) {
+        match session.connection_ended(self.clock.now, reason.publishes_will()) {
             WillAfterClose::None => {}
             WillAfterClose::Now(will) => self.publish_will(id, will),
             WillAfterClose::At(due) => self.schedule_will(id, due),
@@ -225,7 +225,7 @@ impl<B: Backend> Shard<B> {
         }
         let persistent_expiration = self.config.persistent_client_expiration;
         self.sessions
-            .start_expiry(id, self.now, persistent_expiration);
+            .start_expiry(id, self.clock.now, persistent_expiration);
         self.journal_disconnected(id);
     }
 
@@ -304,7 +304,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn close_socket(&mut self, c: Box<super::conn::Conn>) {
         self.mark_published();
         if self.journal.is_some() {
-            self.closing_sockets.push(c);
+            self.turn_end.to_close.push(c);
         } else {
             self.close_socket_now(c, true);
         }
@@ -314,11 +314,11 @@ impl<B: Backend> Shard<B> {
     /// journal is durable, and are dropped if not (the client resends what was not
     /// acknowledged when it connects again).
     pub(super) fn close_sockets(&mut self) {
-        if self.closing_sockets.is_empty() {
+        if self.turn_end.to_close.is_empty() {
             return;
         }
         let durable = self.journal.as_deref().is_none_or(|j| j.durable());
-        for c in std::mem::take(&mut self.closing_sockets) {
+        for c in std::mem::take(&mut self.turn_end.to_close) {
             self.close_socket_now(c, durable);
         }
     }

@@ -228,7 +228,9 @@ impl<B: Backend> Shard<B> {
                 };
                 // Never dropped, and never refused for a full mailbox: the registry already
                 // names this shard, so the request must reach the owner.
-                self.outbox.send(&self.shared.mailboxes, owner, msg, true);
+                self.crossing
+                    .outbox
+                    .send(&self.shared.mailboxes, owner, msg, true);
             }
             return;
         }

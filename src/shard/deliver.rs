@@ -76,7 +76,7 @@ impl<B: Backend> Shard<B> {
             .mount_point
             .as_deref();
         let in_flight = session.outgoing().in_flight();
-        let now = self.now;
+        let now = self.clock.now;
         let link = self.link_of_session(session_id);
         let mut packets = Vec::with_capacity(in_flight.len());
         for f in in_flight {
@@ -244,7 +244,10 @@ impl<B: Backend> Shard<B> {
         from: Option<ConnId>,
     ) -> bool {
         if qos == QoS::AtMostOnce {
-            let sent = self.outbox.send_or_drop(&self.shared.mailboxes, shard, msg);
+            let sent = self
+                .crossing
+                .outbox
+                .send_or_drop(&self.shared.mailboxes, shard, msg);
             if !sent {
                 self.stats()
                     .dropped_mailbox_full
@@ -252,7 +255,11 @@ impl<B: Backend> Shard<B> {
             }
             return sent;
         }
-        match self.outbox.send(&self.shared.mailboxes, shard, msg, false) {
+        match self
+            .crossing
+            .outbox
+            .send(&self.shared.mailboxes, shard, msg, false)
+        {
             Sent::Delivered => {}
             Sent::Dropped => {
                 self.stats()
@@ -263,7 +270,7 @@ impl<B: Backend> Shard<B> {
             Sent::Held => {
                 if let Some(conn) = from {
                     if self.hold_reading(conn, super::conn::Hold::OUTBOX) {
-                        self.paused.push(conn);
+                        self.crossing.paused.push(conn);
                     }
                 }
             }
@@ -382,7 +389,7 @@ impl<B: Backend> Shard<B> {
         let write_max = self.config.client_write_max;
         let link = self.link_of_session(session_id);
         let over_memory_limit = self.over_memory_limit();
-        let now = self.now;
+        let now = self.clock.now;
         let stats = &self.shared.stats[self.id];
         let Some((session, changes)) = self.sessions.recording(&session_id) else {
             return;
@@ -501,7 +508,7 @@ impl<B: Backend> Shard<B> {
         stats.messages_sent[target.qos as usize].fetch_add(1, Ordering::Relaxed);
         stats.packets_sent.fetch_add(1, Ordering::Relaxed);
         if was_empty {
-            self.dirty.push(conn);
+            self.turn_end.to_flush.push(conn);
         }
     }
 }
@@ -511,6 +518,13 @@ impl<B: Backend> Shard<B> {
 fn read_acl(config: &Config, listener: usize, bridged: bool) -> Option<&crate::auth::acl::Acl> {
     let acl = config.security(listener).acl.as_deref();
     acl.filter(|_| !bridged)
+}
+
+/// Messages for other shards waiting for room in a full mailbox, and the publishers paused
+/// until they are through.
+pub(super) struct Crossing {
+    pub(super) outbox: crate::router::Outbox,
+    pub(super) paused: Vec<ConnId>,
 }
 
 /// What routing a message reuses from one message to the next.

@@ -100,7 +100,7 @@ impl<B: Backend> Shard<B> {
         // In the first turn, whoever was written to; after it, whoever has a persistent
         // session and was written to: what it is sent may stand for state not on disk (a
         // delivery resent after its client, or a bridge, connected again).
-        let written = self.dirty.iter();
+        let written = self.turn_end.to_flush.iter();
         conns.extend(written.filter(|&&c| first || self.has_persistent_session(c)));
         conns.extend(touched.iter().filter_map(|s| self.sessions.get(s)?.conn));
         for conn in conns {
@@ -145,7 +145,7 @@ impl<B: Backend> Shard<B> {
                 continue;
             }
             if c.out_len() > 0 {
-                self.dirty.push(conn);
+                self.turn_end.to_flush.push(conn);
             }
             if self.hold_reading(conn, Hold::DECODE) {
                 self.receiving.waiting.push(conn);

@@ -71,7 +71,7 @@ impl<B: Backend> Shard<B> {
     /// `LIMIT_LOG_INTERVAL` ago (the next line says how many went unlogged).
     pub(super) fn limit_reached(&mut self, limit: Limit, line: impl FnOnce() -> String) {
         self.stats().limit_hit(limit);
-        match self.holding.limits[limit as usize].due(self.now) {
+        match self.holding.limits[limit as usize].due(self.clock.now) {
             None => {}
             Some(0) => log::warn!("Warning: {}", line()),
             Some(more) => {
@@ -187,10 +187,10 @@ impl<B: Backend> Shard<B> {
     pub(super) fn release_drained(&mut self) {
         let waiting = self.holding.waiting.len() + self.holding.held.len();
         if waiting > DRAIN_CHECK_EVERY_TURN_MAX {
-            if self.now < self.holding.drain_checked + DRAIN_CHECK_INTERVAL {
+            if self.clock.now < self.holding.drain_checked + DRAIN_CHECK_INTERVAL {
                 return;
             }
-            self.holding.drain_checked = self.now;
+            self.holding.drain_checked = self.clock.now;
         }
         self.send_to_drained();
         if self.holding.held.is_empty() {

@@ -23,7 +23,7 @@ impl<B: Backend> Shard<B> {
         format!(
             "mailbox {} outbox empty {} parked {:?} work now {} decoding {} trie_sweep {} subscribing {} retained_requests {} journal durable {:?}",
             self.mailbox.receiver.len(),
-            self.outbox.is_empty(),
+            self.crossing.outbox.is_empty(),
             self.mailbox.parked.as_ref().map(|(m, turn)| (std::mem::discriminant(m), turn)),
             self.has_work_now(),
             self.receiving.waiting.len(),

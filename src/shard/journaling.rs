@@ -41,7 +41,7 @@ impl<B: Backend> Shard<B> {
             *took = false;
             std::thread::sleep(*delay);
         }
-        let now = self.now;
+        let now = self.clock.now;
         let asked = self.shared.compactions_asked.load(Ordering::Acquire);
         let Some((journal, _)) = self.journal_up_to_date() else {
             return;
@@ -66,7 +66,7 @@ impl<B: Backend> Shard<B> {
         // then.
         if self.wait_for_disk() {
             self.publish_transit();
-            if self.outbox.defers() {
+            if self.crossing.outbox.defers() {
                 self.retry_overflow(); // Else already done in the turn (`Shard::turn`).
             }
         }
@@ -74,7 +74,7 @@ impl<B: Backend> Shard<B> {
 
     /// At shutdown: everything written and synced.
     pub(super) fn journal_close(&mut self) {
-        let now = self.now;
+        let now = self.clock.now;
         if let Some((journal, _)) = self.journal_up_to_date() {
             journal.commit(now);
             journal.give_up_compaction();
@@ -180,7 +180,7 @@ impl<B: Backend> Shard<B> {
     /// persistent session, a slice per turn (`compaction_slice`), the file written and
     /// synced beside the journal, which it replaces at the end (`persist::journal`).
     fn start_compaction(&mut self) {
-        let now = self.now;
+        let now = self.clock.now;
         let mut retained = Vec::new();
         let seq = {
             let store = self.shared.retained.lock().expect("retained lock");
@@ -222,13 +222,15 @@ impl<B: Backend> Shard<B> {
         }
         if let Some(journal) = self.journal.as_deref_mut() {
             journal.compaction_slice_took(started.elapsed());
-            journal.advance_compaction(self.now);
+            journal.advance_compaction(self.clock.now);
         }
     }
 
     /// How long the loop may wait for events while a compaction is under way.
     pub(super) fn compaction_wait_limit(&self) -> Option<Duration> {
-        self.journal.as_deref()?.compaction_wants_turn(self.now)
+        self.journal
+            .as_deref()?
+            .compaction_wants_turn(self.clock.now)
     }
 
     /// At start, before the first turn: the shard's part of the store read (its new
@@ -256,7 +258,8 @@ impl<B: Backend> Shard<B> {
             let id = self.shared.new_session_id();
             let claim = recovered.claim;
             let filter_bytes = &self.shared.filter_bytes;
-            let revived = recovered.revive(id, self.id as u16, filter_bytes, &clock, self.now);
+            let revived =
+                recovered.revive(id, self.id as u16, filter_bytes, &clock, self.clock.now);
             let session = revived.session;
             let client_id = session.client_id.clone();
             for (filter, sub) in revived.subscriptions {
@@ -285,7 +288,7 @@ impl<B: Backend> Shard<B> {
         let Some(journal) = self.journal.as_deref_mut() else {
             return true;
         };
-        journal.commit(self.now);
+        journal.commit(self.clock.now);
         journal.sync_now();
         journal.durable()
     }
@@ -303,10 +306,10 @@ impl<B: Backend> Shard<B> {
         loop {
             self.drain_mailbox();
             if self.journal.as_deref().is_some_and(|j| !j.durable()) {
-                self.outbox.clear();
+                self.crossing.outbox.clear();
             }
             self.retry_overflow();
-            if self.outbox.is_empty() {
+            if self.crossing.outbox.is_empty() {
                 break;
             }
             std::thread::yield_now();

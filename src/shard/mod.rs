@@ -71,12 +71,8 @@ pub struct Shard<B: Backend> {
     /// The sessions held here, with their change record and timers (`session/table.rs`).
     sessions: crate::session::Table,
     events: Vec<Event>,
-    /// Connections with bytes in `out`, to send at the end of the turn.
-    dirty: Vec<ConnId>,
-    /// Connections closed this turn, closed at its end (`close::close_sockets`). Boxed as
-    /// the slab keeps them: they move in and out without being copied.
-    #[allow(clippy::vec_box)]
-    closing_sockets: Vec<Box<Conn>>,
+    /// Connections to write to and to close at the end of the turn (`output.rs`).
+    turn_end: output::TurnEnd,
     /// Clients held while the journal is not durable.
     disk_wait: disk_wait::DiskWait,
     /// Changes to the subscription trie waiting for the end of the turn, and ended sessions'
@@ -90,10 +86,9 @@ pub struct Shard<B: Backend> {
     budget: Budget,
     /// The targets and encodings of the message being routed (reused, `deliver.rs`).
     routing: deliver::Routing,
-    /// Cross-shard messages waiting for room in a full mailbox, and the publishers paused
-    /// until they are through.
-    outbox: Outbox,
-    paused: Vec<ConnId>,
+    /// Messages for other shards waiting for room in a full mailbox, and the publishers
+    /// paused until they are through (`deliver.rs`).
+    crossing: deliver::Crossing,
     /// Connections not read and sessions not written to until their output drains, and
     /// when each bound was last logged (`holding.rs`).
     holding: holding::Holding,
@@ -112,10 +107,9 @@ pub struct Shard<B: Backend> {
     memory: output::WriteMemory,
     /// `$SYS`: when this shard next refreshes its gauges (and shard 0 publishes).
     sys: sys::SysState,
-    /// The time of this loop turn (read from `Shared::clock` once per turn).
-    now: Instant,
-    /// When the shard started: what connections' `Stamp`s count from.
-    epoch: Instant,
+    /// The time of this loop turn, when the shard started, and the turns taken
+    /// (`clock.rs`).
+    clock: clock::TurnClock,
     /// `persistence true`: this shard's journal (`journaling.rs`).
     journal: Option<Box<crate::persist::journal::Journal>>,
     /// With persistence over several shards: the numbers of what this shard passed to and
@@ -124,8 +118,6 @@ pub struct Shard<B: Backend> {
     transit: Option<Box<transit::Transit>>,
     /// The bridges this shard runs (`shard/bridges/`); usually none.
     links: Vec<crate::bridge::Link>,
-    /// Loop turns taken.
-    turns: u64,
     /// Debug builds only: faults the tests inject.
     #[cfg(debug_assertions)]
     faults: Faults,
@@ -183,8 +175,7 @@ impl<B: Backend> Shard<B> {
             conns: Vec::new(),
             sessions: Default::default(),
             events: Vec::new(),
-            dirty: Vec::new(),
-            closing_sockets: Vec::new(),
+            turn_end: Default::default(),
             disk_wait: Default::default(),
             trie: Default::default(),
             subscribing: Default::default(),
@@ -195,20 +186,24 @@ impl<B: Backend> Shard<B> {
                 scan_visits: crate::limits::SCAN_VISITS_PER_TURN,
             },
             routing: deliver::Routing::new(shards),
-            outbox: Outbox::new(shards, crate::limits::OVERFLOW_MAX),
-            paused: Vec::new(),
+            crossing: deliver::Crossing {
+                outbox: Outbox::new(shards, crate::limits::OVERFLOW_MAX),
+                paused: Vec::new(),
+            },
             holding: holding::Holding::new(now),
             handover: Default::default(),
             transport: Default::default(),
             receiving: Default::default(),
             quiet: timers::Quiet::default(),
             sys: sys::SysState::default(),
-            now,
-            epoch: now,
+            clock: clock::TurnClock {
+                now,
+                epoch: now,
+                turns: 0,
+            },
             journal: None,
             transit: None,
             links: Vec::new(),
-            turns: 0,
             #[cfg(debug_assertions)]
             faults: Faults::from_env(),
         }
@@ -239,7 +234,7 @@ impl<B: Backend> Shard<B> {
         // `now` is when the last turn ended (read there for its duration): the clock is read
         // twice a turn, not four times (at tens of thousands of turns a second it showed in
         // profiles).
-        let mut timeout = next_tick.saturating_duration_since(self.now);
+        let mut timeout = next_tick.saturating_duration_since(self.clock.now);
         self.shared.mailboxes.going_to_sleep(self.id);
         if self.has_work_now() {
             timeout = Duration::ZERO;
@@ -255,9 +250,11 @@ impl<B: Backend> Shard<B> {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.shared.mailboxes.awake(self.id);
-        self.turns += 1;
-        self.stats().loop_turns.store(self.turns, Ordering::Relaxed);
-        self.now = self.shared.clock.now();
+        self.clock.turns += 1;
+        self.stats()
+            .loop_turns
+            .store(self.clock.turns, Ordering::Relaxed);
+        self.clock.now = self.shared.clock.now();
         // New settings (a reload) apply from here on, to what this wait brought in too.
         self.take_new_settings();
         self.memory.waiting_elsewhere = self
@@ -287,16 +284,16 @@ impl<B: Backend> Shard<B> {
         if self.id == 0 {
             self.publish_log_lines();
         }
-        if !self.outbox.defers() {
+        if !self.crossing.outbox.defers() {
             self.retry_overflow(); // Else once the turn is on disk (`journal_turn`).
         }
         self.apply_trie_ops();
         self.sweep_trie(false);
         self.request_markers();
         self.send_all_owed();
-        if self.now >= *next_tick {
+        if self.clock.now >= *next_tick {
             self.check_timers();
-            *next_tick = self.now + TIMER_TICK;
+            *next_tick = self.clock.now + TIMER_TICK;
         }
         // Before the turn's packets go out: an acknowledgement follows what it acknowledges
         // to disk.
@@ -307,9 +304,9 @@ impl<B: Backend> Shard<B> {
             Ordering::Relaxed,
         );
         let ended = self.shared.clock.now();
-        let took = ended.saturating_duration_since(self.now);
+        let took = ended.saturating_duration_since(self.clock.now);
         self.stats().turn_durations.record(took.as_micros() as u64);
-        self.now = ended;
+        self.clock.now = ended;
         true
     }
 
@@ -319,7 +316,7 @@ impl<B: Backend> Shard<B> {
         self.mailbox_ready()
             // (What waits for a disk, this shard's or the one a blocked shard's, does not
             // spin the loop.)
-            || (self.outbox.has_sendable() && !self.disk_wait.failing())
+            || (self.crossing.outbox.has_sendable() && !self.disk_wait.failing())
             || self.owed.next_turn
             || self.transport.handshakes.pending()
             || self.transport.sealing.pending()
@@ -334,7 +331,7 @@ impl<B: Backend> Shard<B> {
     pub fn is_idle(&self) -> bool {
         !self.has_work_now()
             && self.mailbox.receiver.is_empty()
-            && self.outbox.is_empty()
+            && self.crossing.outbox.is_empty()
             && !self.has_parked()
     }
 
@@ -390,7 +387,7 @@ impl<B: Backend> Shard<B> {
 
     /// This turn's time as a connection record keeps it.
     fn stamp(&self) -> clock::Stamp {
-        clock::Stamp::at(self.now, self.epoch)
+        clock::Stamp::at(self.clock.now, self.clock.epoch)
     }
 
     /// This shard's counters.
@@ -534,10 +531,10 @@ impl<B: Backend> Shard<B> {
     /// Sends what waits for full mailboxes, oldest first; resumes paused publishers once
     /// nothing waits.
     pub(super) fn retry_overflow(&mut self) {
-        if !self.outbox.retry(&self.shared.mailboxes) {
+        if !self.crossing.outbox.retry(&self.shared.mailboxes) {
             return;
         }
-        for conn in std::mem::take(&mut self.paused) {
+        for conn in std::mem::take(&mut self.crossing.paused) {
             self.release_reading(conn, conn::Hold::OUTBOX);
         }
     }

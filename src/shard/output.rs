@@ -7,6 +7,17 @@ use super::io::{Backend, ConnId};
 use super::{conn, Shard};
 use crate::codec::{Packet, ProtocolVersion};
 
+/// The connections a loop turn deals with at its end.
+#[derive(Default)]
+pub(super) struct TurnEnd {
+    /// Connections with bytes in their `out`, to hand to the backend (`flush`).
+    pub(super) to_flush: Vec<ConnId>,
+    /// Connections closed this turn, closed at its end (`close::close_sockets`). Boxed as
+    /// the slab keeps them: they move in and out without being copied.
+    #[allow(clippy::vec_box)]
+    pub(super) to_close: Vec<Box<conn::Conn>>,
+}
+
 /// What `memory_limit` counts of the bytes waiting for clients, beside the backend's own
 /// count and what is kept for them (`Shared::kept_bytes`).
 pub(super) struct WriteMemory {
@@ -74,7 +85,7 @@ impl<B: Backend> Shard<B> {
             .packets_sent
             .fetch_add(1, Ordering::Relaxed);
         if was_empty {
-            self.dirty.push(conn);
+            self.turn_end.to_flush.push(conn);
         }
         self.acknowledging(conn, packet);
         true
@@ -103,7 +114,7 @@ impl<B: Backend> Shard<B> {
         self.close_sockets();
         self.memory.encoded_this_turn = 0;
         // Drained and put back: the list keeps its allocation from turn to turn.
-        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.turn_end.to_flush);
         for conn in dirty.drain(..) {
             let Some(c) = conn::live_mut(&mut self.conns, conn) else {
                 continue;
@@ -117,7 +128,7 @@ impl<B: Backend> Shard<B> {
             self.hold_if_backed_up(conn);
         }
         dirty.shrink_to(super::deliver::KEPT_CAPACITY);
-        self.dirty = dirty;
+        self.turn_end.to_flush = dirty;
         // Closed while being written to.
         self.close_sockets();
     }

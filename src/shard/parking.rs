@@ -39,7 +39,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn next_from_mailbox(&mut self) -> Option<ShardMsg> {
         let (msg, turn) = match self.mailbox.parked.take() {
             Some(parked) => parked,
-            None => (self.mailbox.receiver.try_recv().ok()?, self.turns),
+            None => (self.mailbox.receiver.try_recv().ok()?, self.clock.turns),
         };
         if self.may_take(&msg, turn) {
             return Some(msg);
@@ -62,7 +62,7 @@ impl<B: Backend> Shard<B> {
                 receipt: Some((from, number)),
                 ..
             } => self.forward_committed(usize::from(*from), *number),
-            ShardMsg::TakeSession { .. } => self.turns > turn,
+            ShardMsg::TakeSession { .. } => self.clock.turns > turn,
             _ => true,
         }
     }

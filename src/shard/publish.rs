@@ -119,7 +119,7 @@ impl<B: Backend> Shard<B> {
         if publish.properties.payload_format_indicator == Some(1)
             && !self.payload_is_utf8(&publish.payload)
         {
-            match self.holding.not_utf8.due(self.now) {
+            match self.holding.not_utf8.due(self.clock.now) {
                 None => {}
                 Some(0) => {
                     log::info!("Client {name} sent a payload that is not the UTF-8 it said it was.")
@@ -211,7 +211,7 @@ impl<B: Backend> Shard<B> {
             };
             let expires_at = properties
                 .message_expiry_interval
-                .map(|s| self.now + Duration::from_secs(s.into()));
+                .map(|s| self.clock.now + Duration::from_secs(s.into()));
             let message = Arc::new(Message {
                 topic,
                 payload,

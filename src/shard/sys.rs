@@ -91,7 +91,7 @@ impl<B: Backend> Shard<B> {
                 retain: false,
                 properties: Default::default(),
                 origin: None,
-                expires_at: Some(self.now + Duration::from_secs(20)),
+                expires_at: Some(self.clock.now + Duration::from_secs(20)),
                 order: self.publish_order(),
             });
             self.route(&message, None);
@@ -236,7 +236,7 @@ impl<B: Backend> Shard<B> {
     /// Moves the load averages on by the time since their last update, with the counts
     /// now, and returns them as `$SYS` values (two decimals, as Mosquitto).
     fn update_loads(&mut self, counts: [u64; LOADS.len()]) -> Vec<(&'static str, String)> {
-        let now = self.now;
+        let now = self.clock.now;
         let elapsed_s = self
             .sys
             .load_at

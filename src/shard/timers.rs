@@ -41,7 +41,7 @@ pub(crate) fn release_freed_memory(now: bool) {
 
 impl<B: Backend> Shard<B> {
     pub(super) fn check_timers(&mut self) {
-        let now = self.now;
+        let now = self.clock.now;
         let stamp = self.stamp();
         let connect_timeout = Duration::from_secs(self.config.connect_timeout_s);
         let idle_max = Some(self.config.client_idle_timeout_s)

@@ -41,7 +41,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn start_transit(&mut self) {
         let shards = self.shared.mailboxes.shards();
         if shards > 1 {
-            self.outbox.defer();
+            self.crossing.outbox.defer();
             self.transit = Some(Box::new(Transit {
                 sent: vec![0; shards],
                 published_sent: vec![0; shards],
@@ -154,7 +154,7 @@ impl<B: Backend> Shard<B> {
                 // A shard that shows nothing on its disk (its disk failing) is passed
                 // nothing more past the bound: its messages wait here.
                 let unsettled = journal.unsettled_to(other);
-                if self.outbox.block(other, unsettled > UNSETTLED_MAX) && unsettled > 0 {
+                if self.crossing.outbox.block(other, unsettled > UNSETTLED_MAX) && unsettled > 0 {
                     blocked.push((other, unsettled));
                 }
             }

@@ -40,7 +40,7 @@ impl<B: Backend> Shard<B> {
         properties.retain_allowed(crate::codec::PropertyContext::Publish);
         let expires_at = properties
             .message_expiry_interval
-            .map(|s| self.now + Duration::from_secs(s.into()));
+            .map(|s| self.clock.now + Duration::from_secs(s.into()));
         let message = Arc::new(Message {
             expires_at,
             order: self.publish_order(),

@@ -23,7 +23,7 @@ impl<B: Backend> Shard<B> {
     /// On the timer tick: attempts that are due, lookups that finished, deadlines,
     /// keepalive, a lazy bridge's threshold and idle timeout, probes of the first address.
     pub(in crate::shard) fn check_bridges(&mut self) {
-        let now = self.now;
+        let now = self.clock.now;
         for i in 0..self.links.len() {
             let link = &mut self.links[i];
             match &link.state {
@@ -82,7 +82,7 @@ impl<B: Backend> Shard<B> {
     /// sending, the connection closed if the PINGRESP has not come by the next; a lazy
     /// bridge idle for `idle_timeout` is stopped; a probe of the first address.
     fn bridge_keepalive(&mut self, i: usize, conn: ConnId) {
-        let now = self.now;
+        let now = self.clock.now;
         let link = &mut self.links[i];
         let keepalive = Duration::from_secs(link.config.keepalive.into());
         if link.config.start_type == StartType::Lazy
@@ -145,7 +145,7 @@ impl<B: Backend> Shard<B> {
             Ok(_) => {
                 self.links[i].state = State::Resolving {
                     lookup,
-                    deadline: self.now + LOOKUP_TIMEOUT,
+                    deadline: self.clock.now + LOOKUP_TIMEOUT,
                 }
             }
             Err(e) => self.bridge_failed(i, &format!("cannot look up its address: {e}")),
@@ -188,7 +188,7 @@ impl<B: Backend> Shard<B> {
                 }
             }
         }
-        let deadline = self.now + Duration::from_secs(link.config.keepalive.max(5).into());
+        let deadline = self.clock.now + Duration::from_secs(link.config.keepalive.max(5).into());
         let index = conn.slot();
         if self.conns.len() <= index {
             self.conns.resize_with(index + 1, || None);
@@ -206,7 +206,7 @@ impl<B: Backend> Shard<B> {
             link.config.name,
             show_address(link.current_address())
         );
-        link.went_down(self.now, true);
+        link.went_down(self.clock.now, true);
     }
 
     /// `Event::Connected`: a bridge's connection is made (send CONNECT), or a probe of a
@@ -227,7 +227,7 @@ impl<B: Backend> Shard<B> {
             let link = &mut self.links[i];
             link.address = 0;
             link.state = State::Down {
-                retry_at: Some(self.now),
+                retry_at: Some(self.clock.now),
             };
             return true;
         }
@@ -235,7 +235,7 @@ impl<B: Backend> Shard<B> {
             return false;
         };
         let connect = self.links[i].connect_packet();
-        self.links[i].last_sent = self.now;
+        self.links[i].last_sent = self.clock.now;
         log::debug!(
             "Sending CONNECT to {} as {}",
             show_address(self.links[i].current_address()),

@@ -29,7 +29,7 @@ impl<B: Backend> Shard<B> {
         let name = self.links[i].local_client_id.clone();
         match packet {
             Packet::Publish(publish) => {
-                self.links[i].last_message = self.now;
+                self.links[i].last_message = self.clock.now;
                 self.on_publish(conn, session, publish)
             }
             Packet::PubAck(ack) if self.links[i].notification_id == Some(ack.packet_id) => {
@@ -80,7 +80,7 @@ impl<B: Backend> Shard<B> {
     /// notification, the remote subscriptions, retained messages for the `out` topics, and
     /// what waited (unacknowledged first, with DUP) go out.
     fn on_link_connack(&mut self, conn: ConnId, i: usize, session_id: SessionId, ack: ConnAck) {
-        let now = self.now;
+        let now = self.clock.now;
         let link = &mut self.links[i];
         log::debug!("Received CONNACK on connection {}.", link.local_client_id);
         let v5 = link.version == ProtocolVersion::V5;
@@ -281,7 +281,7 @@ impl<B: Backend> Shard<B> {
                 _ => {}
             }
         }
-        link.went_down(self.now, true);
+        link.went_down(self.clock.now, true);
         if let Some(up) = self.shared.bridges_up.get(link.index) {
             up.store(false, std::sync::atomic::Ordering::Relaxed);
         }
@@ -293,7 +293,7 @@ impl<B: Backend> Shard<B> {
         };
         if let Some(session) = self.sessions.get_mut(&session_id) {
             if session.conn == Some(conn) {
-                session.connection_ended(self.now, false);
+                session.connection_ended(self.clock.now, false);
                 if session.clean {
                     // local_cleansession: nothing waits for the next connection.
                     session.forget_messages();

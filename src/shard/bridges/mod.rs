@@ -36,10 +36,10 @@ impl<B: Backend> Shard<B> {
                     continue;
                 }
             };
-            let mut link = Link::new(index, bridge, self.now, tls);
+            let mut link = Link::new(index, bridge, self.clock.now, tls);
             link.session = Some(self.bridge_session(&link));
             link.state = State::Down {
-                retry_at: link.first_attempt(self.now),
+                retry_at: link.first_attempt(self.clock.now),
             };
             self.links.push(link);
             // As Mosquitto: "0" (retained) on the notification topic until it is up.

@@ -360,7 +360,9 @@ impl<B: Backend> Shard<B> {
         };
         // Behind everything this shard holds for any shard: the client publishes from
         // `to` once its session arrives, and must not pass what it published here.
-        self.outbox.send_after_all(&self.shared.mailboxes, to, msg);
+        self.crossing
+            .outbox
+            .send_after_all(&self.shared.mailboxes, to, msg);
     }
 
     /// A session that arrived with nobody waiting for it (under claim `claim`): it stays

@@ -36,7 +36,9 @@ impl<B: Backend> Shard<B> {
                     session,
                     via: origin,
                 };
-                self.outbox.send(&self.shared.mailboxes, shard, msg, true);
+                self.crossing
+                    .outbox
+                    .send(&self.shared.mailboxes, shard, msg, true);
             }
         }
     }
@@ -44,7 +46,7 @@ impl<B: Backend> Shard<B> {
     /// A shard that settles `session` asks for this shard's marker, sent through `via`
     /// behind everything this shard sent there before.
     pub(in crate::shard) fn on_flush(&mut self, session: SessionId, via: usize) {
-        self.outbox.send(
+        self.crossing.outbox.send(
             &self.shared.mailboxes,
             via,
             ShardMsg::Flushed { session },
@@ -61,7 +63,9 @@ impl<B: Backend> Shard<B> {
             Marker::Counted => {}
             Marker::PassOn(to) => {
                 let msg = ShardMsg::Flushed { session };
-                self.outbox.send(&self.shared.mailboxes, to, msg, true);
+                self.crossing
+                    .outbox
+                    .send(&self.shared.mailboxes, to, msg, true);
             }
             Marker::Stray => {
                 log::debug!("A marker for session {session:?}, which is neither here nor moved.");
