@@ -416,13 +416,9 @@ fn timestamp(format: Option<&str>) -> String {
         .map_or(0, |d| d.as_secs());
     match format {
         None => now.to_string(),
-        Some(format) => strftime_local(format, now).unwrap_or_else(|| now.to_string()),
+        // As Mosquitto's `log_timestamp_format`.
+        Some(format) => crate::os::strftime_local(format, now).unwrap_or_else(|| now.to_string()),
     }
-}
-
-/// `strftime(3)` of `secs` in local time, as Mosquitto's `log_timestamp_format`.
-pub fn strftime_local(format: &str, secs: u64) -> Option<String> {
-    crate::os::strftime_local(format, secs)
 }
 
 /// syslog's severity for a line of this type.
@@ -508,8 +504,9 @@ mod tests {
 
     #[test]
     fn strftime_formats_local_time() {
-        let year = strftime_local("%Y", 0).unwrap();
+        let year = crate::os::strftime_local("%Y", 0).unwrap();
         assert!(year == "1970" || year == "1969", "{year}");
-        assert_eq!(strftime_local("literal", 0).as_deref(), Some("literal"));
+        let literal = crate::os::strftime_local("literal", 0);
+        assert_eq!(literal.as_deref(), Some("literal"));
     }
 }

@@ -7,7 +7,7 @@ use crate::codec::Publish;
 
 /// A time as `strftime` in local time.
 fn local_time(format: &str, secs: u64) -> String {
-    crate::logging::strftime_local(format, secs).unwrap_or_default()
+    crate::os::strftime_local(format, secs).unwrap_or_default()
 }
 
 /// Validates a `-F` format; an unknown specifier is an error, as with mosquitto_sub.

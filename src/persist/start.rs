@@ -214,7 +214,7 @@ impl Store {
         // What recovery read was allocated on this thread, which allocates little from now
         // on: its freed pages go back to the system now rather than never.
         drop(self.shards);
-        crate::shard::release_freed_memory(true);
+        crate::os::release_freed_memory(true);
         let (retained, sessions, queued) = self.counts;
         let from = match &kept {
             Some(copy) => format!(

@@ -34,9 +34,8 @@ mod subscribing;
 mod sys;
 mod timers;
 mod transit;
-mod trie_ops;
-pub(crate) use timers::release_freed_memory;
 mod transport;
+mod trie_ops;
 mod wills;
 
 pub use shared::{Claim, ReloadSignals, Shared};

@@ -32,13 +32,6 @@ impl Quiet {
     }
 }
 
-/// Gives the pages this thread's freed memory sits on back to the system (those past
-/// mimalloc's purge delay; `now`: all of them). A no-op for memory not allocated by
-/// mimalloc.
-pub(crate) fn release_freed_memory(now: bool) {
-    crate::os::release_freed_memory(now)
-}
-
 impl<B: Backend> Shard<B> {
     pub(super) fn check_timers(&mut self) {
         let now = self.clock.now;
@@ -92,7 +85,7 @@ impl<B: Backend> Shard<B> {
             // All of it, not only pages past mimalloc's purge delay: its arenas wait ten
             // times that (100 ms), and a shard that stays quiet gets no later chance (a
             // session of 100,000 subscriptions ending kept 117 MB until the next burst).
-            release_freed_memory(true);
+            crate::os::release_freed_memory(true);
             self.backend.release_idle_memory();
         }
     }
