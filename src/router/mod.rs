@@ -19,11 +19,9 @@ pub enum ShardMsg {
         targets: Vec<Target>,
         /// Passed on by a shard the sessions moved away from (see `shard/handover/`).
         forwarded: bool,
-        /// With persistence and more than one shard (QoS 1 and 2): the sending shard and this
-        /// message's number among those it passed here, journaled by the sender; the
-        /// receiver takes it once the sender's disk has it, and journals the highest number
-        /// taken (`shard/transit.rs`).
-        receipt: Option<(u16, u64)>,
+        /// With persistence and more than one shard (QoS 1 and 2): the message's number
+        /// (`shard/crossing/transit.rs`).
+        receipt: Option<Receipt>,
     },
     /// A client connected on shard `to` with an id whose session this shard holds: close
     /// the old connection and hand the session over.
@@ -46,15 +44,24 @@ pub enum ShardMsg {
         /// The request lost to this later claim: its connection is closed if that claim is
         /// later than the one waiting now.
         superseded_by: Option<u64>,
-        /// With persistence: the sending shard and the number it passed the session under
-        /// (`shard/transit.rs`), as for a message.
-        receipt: Option<(u16, u64)>,
+        /// With persistence: the number the session was passed under, as for a message.
+        receipt: Option<Receipt>,
     },
     /// The shard settling `session` asks for this shard's marker, sent through `via` (the
     /// shard the session was taken from).
     Flush { session: SessionId, via: usize },
     /// A shard's marker: everything it routed to `session` the old way is ahead of it.
     Flushed { session: SessionId },
+}
+
+/// With persistence and more than one shard: a message's (or a session's) number among
+/// those the sending shard passed to the receiving one, journaled by the sender. The
+/// receiver takes it once the sender's disk has it, and journals the highest number taken
+/// (`shard/crossing/transit.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub from: u16,
+    pub number: u64,
 }
 
 /// Every shard's mailbox, for sending. Cloned into each shard.

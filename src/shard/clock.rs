@@ -19,6 +19,9 @@ pub(super) struct TurnClock {
     pub(super) epoch: Instant,
     /// Loop turns taken.
     pub(super) turns: u64,
+    /// Whether the shard worked since its last timer tick, and since it last gave freed
+    /// memory back (`timers.rs`).
+    pub(super) quiet: super::timers::Quiet,
 }
 
 /// The system's monotonic clock.

@@ -290,7 +290,7 @@ impl<B: Backend> Shard<B> {
         for conn in ids {
             self.connection_lost(conn, CloseReason::Shutdown);
         }
-        if self.journal.is_some() {
+        if self.disk.journal.is_some() {
             self.deliver_in_transit();
         }
         self.journal_close();
@@ -303,8 +303,8 @@ impl<B: Backend> Shard<B> {
     /// together).
     pub(super) fn close_socket(&mut self, c: Box<super::conn::Conn>) {
         self.mark_published();
-        if self.journal.is_some() {
-            self.turn_end.to_close.push(c);
+        if self.disk.journal.is_some() {
+            self.output.to_close.push(c);
         } else {
             self.close_socket_now(c, true);
         }
@@ -314,11 +314,11 @@ impl<B: Backend> Shard<B> {
     /// journal is durable, and are dropped if not (the client resends what was not
     /// acknowledged when it connects again).
     pub(super) fn close_sockets(&mut self) {
-        if self.turn_end.to_close.is_empty() {
+        if self.output.to_close.is_empty() {
             return;
         }
-        let durable = self.journal.as_deref().is_none_or(|j| j.durable());
-        for c in std::mem::take(&mut self.turn_end.to_close) {
+        let durable = self.disk.journal.as_deref().is_none_or(|j| j.durable());
+        for c in std::mem::take(&mut self.output.to_close) {
             self.close_socket_now(c, durable);
         }
     }

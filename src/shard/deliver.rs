@@ -210,7 +210,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Passes `message` to `shard` for its sessions `targets` (`forwarded`: they moved
-    /// there from here). With persistence it is numbered and journaled (`transit.rs`).
+    /// there from here). With persistence it is numbered and journaled (`crossing/transit.rs`).
     fn pass_to_shard(
         &mut self,
         shard: usize,
@@ -220,7 +220,7 @@ impl<B: Backend> Shard<B> {
         from: Option<ConnId>,
     ) {
         let receipt = self.transit_number(shard, message.qos);
-        let journaled = receipt.map(|(_, number)| (number, targets.clone()));
+        let journaled = receipt.map(|r| (r.number, targets.clone()));
         let msg = ShardMsg::Deliver {
             message: message.clone(),
             targets,
@@ -496,7 +496,7 @@ impl<B: Backend> Shard<B> {
         };
         let was_empty = c.out_len() == 0;
         c.put_publish(&encoded, packet_id);
-        self.memory.encoded_this_turn += encoded.len();
+        self.output.memory.encoded_this_turn += encoded.len();
         log::debug!(
             "Sending PUBLISH to {} (d0, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
             session.client_id,
@@ -508,7 +508,7 @@ impl<B: Backend> Shard<B> {
         stats.messages_sent[target.qos as usize].fetch_add(1, Ordering::Relaxed);
         stats.packets_sent.fetch_add(1, Ordering::Relaxed);
         if was_empty {
-            self.turn_end.to_flush.push(conn);
+            self.output.to_flush.push(conn);
         }
     }
 }
@@ -518,13 +518,6 @@ impl<B: Backend> Shard<B> {
 fn read_acl(config: &Config, listener: usize, bridged: bool) -> Option<&crate::auth::acl::Acl> {
     let acl = config.security(listener).acl.as_deref();
     acl.filter(|_| !bridged)
-}
-
-/// Messages for other shards waiting for room in a full mailbox, and the publishers paused
-/// until they are through.
-pub(super) struct Crossing {
-    pub(super) outbox: crate::router::Outbox,
-    pub(super) paused: Vec<ConnId>,
 }
 
 /// What routing a message reuses from one message to the next.

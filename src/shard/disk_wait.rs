@@ -60,7 +60,7 @@ impl<B: Backend> Shard<B> {
     /// stands for what is on disk holds its client.
     #[inline]
     pub(super) fn acknowledging(&mut self, conn: ConnId, packet: &Packet) {
-        if !self.disk_wait.failing {
+        if !self.disk.wait.failing {
             return;
         }
         let needs_disk = match packet {
@@ -71,7 +71,7 @@ impl<B: Backend> Shard<B> {
             _ => false,
         };
         if needs_disk {
-            self.disk_wait.acked.push(conn);
+            self.disk.wait.acked.push(conn);
         }
     }
 
@@ -79,7 +79,7 @@ impl<B: Backend> Shard<B> {
     /// (every client held for it is released); otherwise the clients this turn's changes
     /// concern are held.
     pub(super) fn wait_for_disk(&mut self) -> bool {
-        let Some(journal) = self.journal.as_deref_mut() else {
+        let Some(journal) = self.disk.journal.as_deref_mut() else {
             return true;
         };
         let failures = journal.failures_total();
@@ -89,35 +89,35 @@ impl<B: Backend> Shard<B> {
             .persist_failures
             .store(failures, Ordering::Relaxed);
         if durable {
-            if self.disk_wait.failing {
+            if self.disk.wait.failing {
                 self.release_disk_held();
             }
             return true;
         }
-        let first = !self.disk_wait.failing;
-        self.disk_wait.failing = true;
-        let mut conns = std::mem::take(&mut self.disk_wait.acked);
+        let first = !self.disk.wait.failing;
+        self.disk.wait.failing = true;
+        let mut conns = std::mem::take(&mut self.disk.wait.acked);
         // In the first turn, whoever was written to; after it, whoever has a persistent
         // session and was written to: what it is sent may stand for state not on disk (a
         // delivery resent after its client, or a bridge, connected again).
-        let written = self.turn_end.to_flush.iter();
+        let written = self.output.to_flush.iter();
         conns.extend(written.filter(|&&c| first || self.has_persistent_session(c)));
         conns.extend(touched.iter().filter_map(|s| self.sessions.get(s)?.conn));
         for conn in conns {
             if self.hold_reading(conn, Hold::DISK) {
-                self.disk_wait.held.push(conn);
+                self.disk.wait.held.push(conn);
             }
         }
-        let mut held = std::mem::take(&mut self.disk_wait.held);
+        let mut held = std::mem::take(&mut self.disk.wait.held);
         held.retain(|&conn| self.conn(conn).is_some_and(|c| c.held.contains(Hold::DISK)));
-        self.disk_wait.held_bytes = (held.iter())
+        self.disk.wait.held_bytes = (held.iter())
             .filter_map(|&conn| self.conn(conn))
             .map(|c| c.out_len())
             .sum();
         self.stats()
             .persist_held_clients
             .store(held.len() as u64, Ordering::Relaxed);
-        self.disk_wait.held = held;
+        self.disk.wait.held = held;
         false
     }
 
@@ -131,13 +131,13 @@ impl<B: Backend> Shard<B> {
     /// The journal is durable again: the held clients get what they were sent, and are
     /// read again (what they sent meanwhile from the next turn's start).
     fn release_disk_held(&mut self) {
-        self.disk_wait.failing = false;
-        self.disk_wait.acked.clear();
-        self.disk_wait.held_bytes = 0;
+        self.disk.wait.failing = false;
+        self.disk.wait.acked.clear();
+        self.disk.wait.held_bytes = 0;
         self.stats()
             .persist_held_clients
             .store(0, Ordering::Relaxed);
-        for conn in std::mem::take(&mut self.disk_wait.held) {
+        for conn in std::mem::take(&mut self.disk.wait.held) {
             let Some(c) = self.conn(conn) else {
                 continue;
             };
@@ -145,7 +145,7 @@ impl<B: Backend> Shard<B> {
                 continue;
             }
             if c.out_len() > 0 {
-                self.turn_end.to_flush.push(conn);
+                self.output.to_flush.push(conn);
             }
             if self.hold_reading(conn, Hold::DECODE) {
                 self.receiving.waiting.push(conn);

@@ -15,22 +15,22 @@ impl<B: Backend> Shard<B> {
 
     /// Whether clients wait for this shard's journal to be durable again.
     pub fn waits_for_disk(&self) -> bool {
-        self.disk_wait.failing()
+        self.disk.wait.failing()
     }
 
     /// What keeps this shard from being idle (for a simulation that does not settle).
     pub fn busy_with(&self) -> String {
         format!(
             "mailbox {} outbox empty {} parked {:?} work now {} decoding {} trie_sweep {} subscribing {} retained_requests {} journal durable {:?}",
-            self.mailbox.receiver.len(),
+            self.crossing.mailbox.receiver.len(),
             self.crossing.outbox.is_empty(),
-            self.mailbox.parked.as_ref().map(|(m, turn)| (std::mem::discriminant(m), turn)),
+            self.crossing.mailbox.parked.as_ref().map(|(m, turn)| (std::mem::discriminant(m), turn)),
             self.has_work_now(),
             self.receiving.waiting.len(),
             self.trie.sweep.is_empty(),
-            self.subscribing.is_empty(),
+            self.subscribing.packets.is_empty(),
             self.owed.requests.is_empty(),
-            self.journal.as_deref().map(|j| j.durable()),
+            self.disk.journal.as_deref().map(|j| j.durable()),
         )
     }
 
@@ -60,10 +60,10 @@ impl<B: Backend> Shard<B> {
             // A connection held for a reason is on the list that ends the hold.
             if c.held.contains(super::conn::Hold::DISK) {
                 assert!(
-                    self.disk_wait.failing() && self.disk_wait.is_held(c.id),
+                    self.disk.wait.failing() && self.disk.wait.is_held(c.id),
                     "connection {} held for the disk, which {}",
                     c.id,
-                    if self.disk_wait.failing() {
+                    if self.disk.wait.failing() {
                         "does not list it"
                     } else {
                         "is not failing"

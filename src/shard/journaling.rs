@@ -14,20 +14,27 @@ use crate::persist::journal::Journal;
 use crate::persist::recover::RecoveredSession;
 use crate::persist::WallClock;
 use crate::session::{Changes, Session};
+
+/// `persistence true`: a shard's journal, and the clients held while it is not durable.
+#[derive(Default)]
+pub(super) struct Disk {
+    pub(super) journal: Option<Box<Journal>>,
+    pub(super) wait: super::disk_wait::DiskWait,
+}
 use crate::types::{Message, SessionId};
 
 impl<B: Backend> Shard<B> {
     /// Journals from now on: every change of this shard's sessions is recorded.
     pub fn attach_journal(&mut self, journal: Journal) {
         self.sessions.changes().record(true);
-        self.journal = Some(Box::new(journal));
+        self.disk.journal = Some(Box::new(journal));
         self.start_transit();
     }
 
     /// The journal with the changes recorded so far written into it (so that what is
     /// written next comes after them).
     pub(super) fn journal_up_to_date(&mut self) -> Option<(&mut Journal, WallClock)> {
-        let journal = self.journal.as_deref_mut()?;
+        let journal = self.disk.journal.as_deref_mut()?;
         let clock = drain(journal, self.sessions.changes());
         Some((journal, clock))
     }
@@ -89,13 +96,14 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get(&id) else {
             return;
         };
-        if session.clean || self.journal.is_none() {
+        if session.clean || self.disk.journal.is_none() {
             return;
         }
         let offline_since = self.offline_since(session);
-        let (Some(journal), Some((session, changes))) =
-            (self.journal.as_deref_mut(), self.sessions.recording(&id))
-        else {
+        let (Some(journal), Some((session, changes))) = (
+            self.disk.journal.as_deref_mut(),
+            self.sessions.recording(&id),
+        ) else {
             return;
         };
         let clock = drain(journal, changes);
@@ -127,16 +135,16 @@ impl<B: Backend> Shard<B> {
         &mut self,
         to: usize,
         session: &Session,
-    ) -> Option<(u16, u64)> {
+    ) -> Option<crate::router::Receipt> {
         if session.clean {
             return None;
         }
         let offline_since = self.offline_since(session);
-        let claim = self.journal.as_deref()?.claim_of(session.id)?;
+        let claim = self.disk.journal.as_deref()?.claim_of(session.id)?;
         let receipt = self.transit_number(to, crate::codec::QoS::AtLeastOnce)?;
         let (journal, clock) = self.journal_up_to_date()?;
         let whole = journal.session_alone(session, claim, offline_since, &clock);
-        journal.handed_off(to, receipt.1, whole);
+        journal.handed_off(to, receipt.number, whole);
         Some(receipt)
     }
 
@@ -200,13 +208,13 @@ impl<B: Backend> Shard<B> {
     /// `COMPACTION_SLICE`, so that a large live state never holds the shard's clients up
     /// for long (Mosquitto's whole-database save stalls every client: its issue #840).
     fn compaction_slice(&mut self) {
-        if !self.journal.as_deref().is_some_and(|j| j.compacting()) {
+        if !self.disk.journal.as_deref().is_some_and(|j| j.compacting()) {
             return;
         }
         let started = Instant::now();
         let clock = WallClock::now();
         while started.elapsed() < COMPACTION_SLICE {
-            let Some(journal) = self.journal.as_deref_mut() else {
+            let Some(journal) = self.disk.journal.as_deref_mut() else {
                 return;
             };
             let Some(id) = journal.next_to_compact(&clock) else {
@@ -216,11 +224,11 @@ impl<B: Backend> Shard<B> {
                 continue;
             };
             let offline_since = self.offline_since(session);
-            if let Some(journal) = self.journal.as_deref_mut() {
+            if let Some(journal) = self.disk.journal.as_deref_mut() {
                 journal.compact_session(session, offline_since, &clock);
             }
         }
-        if let Some(journal) = self.journal.as_deref_mut() {
+        if let Some(journal) = self.disk.journal.as_deref_mut() {
             journal.compaction_slice_took(started.elapsed());
             journal.advance_compaction(self.clock.now);
         }
@@ -228,7 +236,8 @@ impl<B: Backend> Shard<B> {
 
     /// How long the loop may wait for events while a compaction is under way.
     pub(super) fn compaction_wait_limit(&self) -> Option<Duration> {
-        self.journal
+        self.disk
+            .journal
             .as_deref()?
             .compaction_wants_turn(self.clock.now)
     }
@@ -251,7 +260,8 @@ impl<B: Backend> Shard<B> {
         retained: Option<(u64, Vec<crate::retain::Retained>)>,
     ) -> bool {
         let clock = WallClock::now();
-        if let (Some((seq, messages)), Some(journal)) = (retained, self.journal.as_deref_mut()) {
+        if let (Some((seq, messages)), Some(journal)) = (retained, self.disk.journal.as_deref_mut())
+        {
             journal.all_retained(seq, &messages, &clock);
         }
         for recovered in sessions {
@@ -285,7 +295,7 @@ impl<B: Backend> Shard<B> {
             self.journal_session(id, claim);
         }
         self.apply_trie_ops();
-        let Some(journal) = self.journal.as_deref_mut() else {
+        let Some(journal) = self.disk.journal.as_deref_mut() else {
             return true;
         };
         journal.commit(self.clock.now);
@@ -305,7 +315,7 @@ impl<B: Backend> Shard<B> {
         self.shared.shutdown_barrier.wait();
         loop {
             self.drain_mailbox();
-            if self.journal.as_deref().is_some_and(|j| !j.durable()) {
+            if self.disk.journal.as_deref().is_some_and(|j| !j.durable()) {
                 self.crossing.outbox.clear();
             }
             self.retry_overflow();
@@ -315,7 +325,7 @@ impl<B: Backend> Shard<B> {
             std::thread::yield_now();
         }
         self.shared.shutdown_barrier.wait();
-        while !self.mailbox.receiver.is_empty() || self.has_parked() {
+        while !self.crossing.mailbox.receiver.is_empty() || self.has_parked() {
             self.drain_mailbox();
         }
     }

@@ -12,6 +12,7 @@ pub mod clock;
 mod close;
 pub mod conn;
 mod connect;
+mod crossing;
 mod deliver;
 mod disk_wait;
 mod encode;
@@ -22,7 +23,6 @@ pub mod io;
 mod journaling;
 mod output;
 mod owed;
-mod parking;
 mod publish;
 mod receiving;
 mod reload;
@@ -33,7 +33,6 @@ mod subscribe;
 mod subscribing;
 mod sys;
 mod timers;
-mod transit;
 mod transport;
 mod trie_ops;
 mod wills;
@@ -48,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::Packet;
 use crate::config::Config;
-use crate::router::{Outbox, ShardMsg};
+use crate::router::ShardMsg;
 use conn::Conn;
 use io::{Backend, ConnId, Event};
 
@@ -60,34 +59,29 @@ pub struct Shard<B: Backend> {
     shared: Arc<Shared>,
     /// This shard's copy of the settings, taken from `shared` when they change.
     config: Arc<Config>,
-    config_generation: u64,
     backend: B,
-    /// What other shards send here, and the message parked at its head (`parking.rs`).
-    mailbox: parking::Mailbox,
     /// Boxed, so that the slot table and the session map stay small (8 bytes a slot) and
     /// their growth does not copy or strand large entries.
     conns: Vec<Option<Box<Conn>>>,
     /// The sessions held here, with their change record and timers (`session/table.rs`).
     sessions: crate::session::Table,
     events: Vec<Event>,
-    /// Connections to write to and to close at the end of the turn (`output.rs`).
-    turn_end: output::TurnEnd,
-    /// Clients held while the journal is not durable.
-    disk_wait: disk_wait::DiskWait,
+    /// Connections to write to and to close at the end of the turn, and what
+    /// `memory_limit` counts of this shard's and the others' output (`output.rs`).
+    output: output::Output,
     /// Changes to the subscription trie waiting for the end of the turn, and ended sessions'
     /// subscriptions leaving it a slice a turn (`trie_ops.rs`).
     trie: trie_ops::TrieWork,
     /// SUBSCRIBEs and UNSUBSCRIBEs handled a slice of filters a turn (`subscribing.rs`).
-    subscribing: std::collections::VecDeque<subscribing::Subscribing>,
+    subscribing: subscribing::Queue,
     /// Retained messages owed to new subscriptions, a slice a turn (`owed.rs`).
     owed: owed::OwedWork,
-    /// What is left of this turn's budgets of work that could otherwise hold the shard.
-    budget: Budget,
     /// The targets and encodings of the message being routed (reused, `deliver.rs`).
     routing: deliver::Routing,
-    /// Messages for other shards waiting for room in a full mailbox, and the publishers
-    /// paused until they are through (`deliver.rs`).
-    crossing: deliver::Crossing,
+    /// What this shard passes to other shards and takes from them: outbox, mailbox, and
+    /// with persistence their numbering, so that each message arrives exactly once across
+    /// a crash (`crossing/`).
+    crossing: crossing::Crossing,
     /// Connections not read and sessions not written to until their output drains, and
     /// when each bound was last logged (`holding.rs`).
     holding: holding::Holding,
@@ -99,38 +93,19 @@ pub struct Shard<B: Backend> {
     /// Connections whose packets wait for the next turn, and the payload being checked as
     /// it arrives (`receiving.rs`).
     receiving: receiving::Receiving,
-    /// Whether this shard worked since its last timer tick, and since it last gave freed
-    /// memory back (`timers.rs`).
-    quiet: timers::Quiet,
-    /// What `memory_limit` counts of this shard's and the others' output (`output.rs`).
-    memory: output::WriteMemory,
     /// `$SYS`: when this shard next refreshes its gauges (and shard 0 publishes).
     sys: sys::SysState,
-    /// The time of this loop turn, when the shard started, and the turns taken
-    /// (`clock.rs`).
+    /// The time of this loop turn, when the shard started, the turns taken, and whether it
+    /// worked since its last timer tick (`clock.rs`).
     clock: clock::TurnClock,
-    /// `persistence true`: this shard's journal (`journaling.rs`).
-    journal: Option<Box<crate::persist::journal::Journal>>,
-    /// With persistence over several shards: the numbers of what this shard passed to and
-    /// took from each other shard, so that each message reaches its sessions exactly once
-    /// across a crash (`transit.rs`), and of what it published (`PublishOrder`).
-    transit: Option<Box<transit::Transit>>,
+    /// `persistence true`: this shard's journal, and the clients held while it is not
+    /// durable (`journaling.rs`, `disk_wait.rs`).
+    disk: journaling::Disk,
     /// The bridges this shard runs (`shard/bridges/`); usually none.
     links: Vec<crate::bridge::Link>,
     /// Debug builds only: faults the tests inject.
     #[cfg(debug_assertions)]
     faults: Faults,
-}
-
-/// What is left of a loop turn's budgets of work that could otherwise hold the shard: each
-/// is refilled where its work starts over for the turn.
-struct Budget {
-    /// Filters of SUBSCRIBEs and UNSUBSCRIBEs (`crate::limits::FILTERS_PER_TURN`).
-    filters: usize,
-    /// New subscriptions' requests for retained messages (`owed.rs`).
-    retained_requests: usize,
-    /// Topic levels scans of the retained store may look at (`limits::SCAN_VISITS_PER_TURN`).
-    scan_visits: usize,
 }
 
 /// Faults injected for tests, in debug builds only.
@@ -165,43 +140,30 @@ impl<B: Backend> Shard<B> {
         let now = shared.clock.now();
         Shard {
             id,
-            memory: output::WriteMemory::new(config.write_bytes_max()),
+            output: output::Output::new(config.write_bytes_max()),
             config,
-            config_generation: shared.config_generation.load(Ordering::Acquire),
             shared,
             backend,
-            mailbox: parking::Mailbox::new(mailbox),
             conns: Vec::new(),
             sessions: Default::default(),
             events: Vec::new(),
-            turn_end: Default::default(),
-            disk_wait: Default::default(),
             trie: Default::default(),
             subscribing: Default::default(),
             owed: Default::default(),
-            budget: Budget {
-                filters: crate::limits::FILTERS_PER_TURN,
-                retained_requests: 0,
-                scan_visits: crate::limits::SCAN_VISITS_PER_TURN,
-            },
             routing: deliver::Routing::new(shards),
-            crossing: deliver::Crossing {
-                outbox: Outbox::new(shards, crate::limits::OVERFLOW_MAX),
-                paused: Vec::new(),
-            },
+            crossing: crossing::Crossing::new(shards, mailbox),
             holding: holding::Holding::new(now),
             handover: Default::default(),
             transport: Default::default(),
             receiving: Default::default(),
-            quiet: timers::Quiet::default(),
             sys: sys::SysState::default(),
             clock: clock::TurnClock {
                 now,
                 epoch: now,
                 turns: 0,
+                quiet: Default::default(),
             },
-            journal: None,
-            transit: None,
+            disk: Default::default(),
             links: Vec::new(),
             #[cfg(debug_assertions)]
             faults: Faults::from_env(),
@@ -256,7 +218,7 @@ impl<B: Backend> Shard<B> {
         self.clock.now = self.shared.clock.now();
         // New settings (a reload) apply from here on, to what this wait brought in too.
         self.take_new_settings();
-        self.memory.waiting_elsewhere = self
+        self.output.memory.waiting_elsewhere = self
             .shared
             .write_queued
             .iter()
@@ -265,7 +227,7 @@ impl<B: Backend> Shard<B> {
             .map(|(_, q)| q.load(Ordering::Relaxed))
             .sum();
         if !events.is_empty() || self.mailbox_ready() {
-            self.quiet.worked();
+            self.clock.quiet.worked();
         }
         self.release_drained();
         // Before decoding: a client whose SUBSCRIBE ends now has what it sent meanwhile
@@ -315,13 +277,13 @@ impl<B: Backend> Shard<B> {
         self.mailbox_ready()
             // (What waits for a disk, this shard's or the one a blocked shard's, does not
             // spin the loop.)
-            || (self.crossing.outbox.has_sendable() && !self.disk_wait.failing())
+            || (self.crossing.outbox.has_sendable() && !self.disk.wait.failing())
             || self.owed.next_turn
             || self.transport.handshakes.pending()
             || self.transport.sealing.pending()
             || !self.receiving.waiting.is_empty()
             || !self.trie.sweep.is_empty()
-            || !self.subscribing.is_empty()
+            || !self.subscribing.packets.is_empty()
             || !self.owed.requests.is_empty()
     }
 
@@ -329,7 +291,7 @@ impl<B: Backend> Shard<B> {
     /// with every shard idle and no client traffic, a simulation has settled.
     pub fn is_idle(&self) -> bool {
         !self.has_work_now()
-            && self.mailbox.receiver.is_empty()
+            && self.crossing.mailbox.receiver.is_empty()
             && self.crossing.outbox.is_empty()
             && !self.has_parked()
     }
@@ -478,63 +440,6 @@ impl<B: Backend> Shard<B> {
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 self.protocol_violation(conn, "a packet only a server sends")
             }
-        }
-    }
-
-    fn drain_mailbox(&mut self) {
-        for _ in 0..crate::limits::MAILBOX_PER_TURN {
-            let Some(msg) = self.next_from_mailbox() else {
-                return;
-            };
-            match msg {
-                ShardMsg::Deliver {
-                    message,
-                    targets,
-                    forwarded,
-                    receipt,
-                } => {
-                    self.deliver_here(&message, &targets, forwarded);
-                    #[cfg(debug_assertions)]
-                    if let Some((_, took)) = &mut self.faults.commit_delay {
-                        *took = true;
-                    }
-                    if let Some((from, number)) = receipt {
-                        self.took_from(usize::from(from), number);
-                    }
-                }
-                ShardMsg::TakeSession {
-                    client_id,
-                    to,
-                    clean_start,
-                    claim,
-                } => self.on_take_session(client_id, to, clean_start, claim),
-                ShardMsg::Handoff {
-                    client_id,
-                    session,
-                    origin,
-                    claim,
-                    superseded_by,
-                    receipt,
-                } => {
-                    if let (Some((from, number)), Some(_)) = (receipt, &session) {
-                        self.took_from(usize::from(from), number);
-                    }
-                    self.on_handoff(client_id, session, origin, claim, superseded_by)
-                }
-                ShardMsg::Flush { session, via } => self.on_flush(session, via),
-                ShardMsg::Flushed { session } => self.on_flushed(session),
-            }
-        }
-    }
-
-    /// Sends what waits for full mailboxes, oldest first; resumes paused publishers once
-    /// nothing waits.
-    pub(super) fn retry_overflow(&mut self) {
-        if !self.crossing.outbox.retry(&self.shared.mailboxes) {
-            return;
-        }
-        for conn in std::mem::take(&mut self.crossing.paused) {
-            self.release_reading(conn, conn::Hold::OUTBOX);
         }
     }
 }

@@ -7,15 +7,26 @@ use super::io::{Backend, ConnId};
 use super::{conn, Shard};
 use crate::codec::{Packet, ProtocolVersion};
 
-/// The connections a loop turn deals with at its end.
-#[derive(Default)]
-pub(super) struct TurnEnd {
+/// What a loop turn sends: the connections it deals with at its end, and what
+/// `memory_limit` counts of the bytes waiting for clients.
+pub(super) struct Output {
     /// Connections with bytes in their `out`, to hand to the backend (`flush`).
     pub(super) to_flush: Vec<ConnId>,
     /// Connections closed this turn, closed at its end (`close::close_sockets`). Boxed as
     /// the slab keeps them: they move in and out without being copied.
     #[allow(clippy::vec_box)]
     pub(super) to_close: Vec<Box<conn::Conn>>,
+    pub(super) memory: WriteMemory,
+}
+
+impl Output {
+    pub(super) fn new(memory_limit: usize) -> Output {
+        Output {
+            to_flush: Vec::new(),
+            to_close: Vec::new(),
+            memory: WriteMemory::new(memory_limit),
+        }
+    }
 }
 
 /// What `memory_limit` counts of the bytes waiting for clients, beside the backend's own
@@ -31,7 +42,7 @@ pub(super) struct WriteMemory {
 }
 
 impl WriteMemory {
-    pub(super) fn new(limit: usize) -> WriteMemory {
+    fn new(limit: usize) -> WriteMemory {
         WriteMemory {
             limit,
             waiting_elsewhere: 0,
@@ -85,7 +96,7 @@ impl<B: Backend> Shard<B> {
             .packets_sent
             .fetch_add(1, Ordering::Relaxed);
         if was_empty {
-            self.turn_end.to_flush.push(conn);
+            self.output.to_flush.push(conn);
         }
         self.acknowledging(conn, packet);
         true
@@ -94,27 +105,27 @@ impl<B: Backend> Shard<B> {
     /// Whether the bytes waiting for clients over all shards, with what is kept for them
     /// (`Shared::kept_bytes`), are past `memory_limit`.
     pub(super) fn over_memory_limit(&self) -> bool {
-        self.memory_held() > self.memory.limit
+        self.memory_held() > self.output.memory.limit
     }
 
     /// What the broker holds for clients as `memory_limit` counts it: what waits to be
     /// written (this shard's as of now, the others' as of their last turn) and what is kept
     /// (`Shared::kept_bytes`).
     pub(super) fn memory_held(&self) -> usize {
-        self.memory.waiting_elsewhere
+        self.output.memory.waiting_elsewhere
             + self.backend.queued_bytes_total()
             + self.transport.sealing.unsealed_bytes
-            + self.memory.encoded_this_turn
-            + self.disk_wait.held_bytes
+            + self.output.memory.encoded_this_turn
+            + self.disk.wait.held_bytes
             + self.shared.kept_bytes()
     }
 
     /// Sends each connection's turn buffer in one piece.
     pub(super) fn flush(&mut self) {
         self.close_sockets();
-        self.memory.encoded_this_turn = 0;
+        self.output.memory.encoded_this_turn = 0;
         // Drained and put back: the list keeps its allocation from turn to turn.
-        let mut dirty = std::mem::take(&mut self.turn_end.to_flush);
+        let mut dirty = std::mem::take(&mut self.output.to_flush);
         for conn in dirty.drain(..) {
             let Some(c) = conn::live_mut(&mut self.conns, conn) else {
                 continue;
@@ -128,7 +139,7 @@ impl<B: Backend> Shard<B> {
             self.hold_if_backed_up(conn);
         }
         dirty.shrink_to(super::deliver::KEPT_CAPACITY);
-        self.turn_end.to_flush = dirty;
+        self.output.to_flush = dirty;
         // Closed while being written to.
         self.close_sockets();
     }

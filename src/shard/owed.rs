@@ -92,7 +92,7 @@ impl<B: Backend> Shard<B> {
                 return true;
             }
             if !session.outgoing().has_owed_found() {
-                if self.budget.scan_visits == 0 {
+                if self.owed.scan_visits_left == 0 {
                     self.owed.next_turn = true;
                     return true;
                 }
@@ -138,7 +138,7 @@ impl<B: Backend> Shard<B> {
             |source: &crate::retain::Source, message: &Message| self.still_allowed(source, message);
         let mut found: Vec<Arc<Message>> = Vec::new();
         let slice = (
-            SCAN_VISITS_PER_SLICE.min(self.budget.scan_visits),
+            SCAN_VISITS_PER_SLICE.min(self.owed.scan_visits_left),
             SCAN_FOUND_PER_SLICE,
         );
         let visits = (self.shared.retained.lock().expect("retained lock")).scan(
@@ -148,7 +148,7 @@ impl<B: Backend> Shard<B> {
             &mut found,
             &still_allowed,
         );
-        self.budget.scan_visits = self.budget.scan_visits.saturating_sub(visits);
+        self.owed.scan_visits_left = self.owed.scan_visits_left.saturating_sub(visits);
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
@@ -174,7 +174,7 @@ impl<B: Backend> Shard<B> {
         let mut kept = 0;
         for i in 0..owing.len() {
             let id = owing[i];
-            if starved_from.is_none() && self.budget.scan_visits == 0 {
+            if starved_from.is_none() && self.owed.scan_visits_left == 0 {
                 starved_from = Some(kept);
             }
             if self.send_owed(id) {
@@ -215,14 +215,14 @@ impl<B: Backend> Shard<B> {
     /// A new loop turn: `RETAINED_REQUESTS_PER_TURN` more requests are owed, and those
     /// left from the last turn go first.
     pub(super) fn renew_requests_budget(&mut self) {
-        self.budget.retained_requests = RETAINED_REQUESTS_PER_TURN;
+        self.owed.requests_left = RETAINED_REQUESTS_PER_TURN;
         self.owe_requested_retained();
     }
 
     /// Owes the retained messages of new subscriptions, oldest first, while the turn's
     /// budget lasts.
     fn owe_requested_retained(&mut self) {
-        while self.budget.retained_requests > 0 {
+        while self.owed.requests_left > 0 {
             let Some((session, requests)) = self.owed.requests.front_mut() else {
                 break;
             };
@@ -231,7 +231,7 @@ impl<B: Backend> Shard<B> {
                 self.owed.requests.pop_front();
                 continue;
             };
-            self.budget.retained_requests -= 1;
+            self.owed.requests_left -= 1;
             self.owe_if_subscribed(session, request);
         }
     }
@@ -251,12 +251,11 @@ impl<B: Backend> Shard<B> {
     /// A new loop turn: the scans of retained messages may look at `SCAN_VISITS_PER_TURN`
     /// topic levels again.
     pub(super) fn renew_scan_budget(&mut self) {
-        self.budget.scan_visits = SCAN_VISITS_PER_TURN;
+        self.owed.scan_visits_left = SCAN_VISITS_PER_TURN;
     }
 }
 
 /// Retained messages owed to new subscriptions (`owed.rs`).
-#[derive(Default)]
 pub(super) struct OwedWork {
     /// New subscriptions' requests for their retained messages, a slice a turn.
     pub(super) requests: RetainedRequests,
@@ -264,6 +263,23 @@ pub(super) struct OwedWork {
     pub(super) owing: Vec<SessionId>,
     /// Some of them can go on as soon as this turn's writes are out: do not sleep.
     pub(super) next_turn: bool,
+    /// What is left of this turn's budgets: requests to take on (`RETAINED_REQUESTS_PER_TURN`),
+    /// and topic levels the scans of the retained store may look at
+    /// (`SCAN_VISITS_PER_TURN`).
+    requests_left: usize,
+    scan_visits_left: usize,
+}
+
+impl Default for OwedWork {
+    fn default() -> OwedWork {
+        OwedWork {
+            requests: Default::default(),
+            owing: Vec::new(),
+            next_turn: false,
+            requests_left: 0,
+            scan_visits_left: SCAN_VISITS_PER_TURN,
+        }
+    }
 }
 
 /// Requests of new subscriptions for their retained messages, by session, in the order

@@ -247,7 +247,7 @@ impl<B: Backend> Shard<B> {
             }
             QoS::ExactlyOnce => {
                 // Journaled in this turn, with the delivery (or the record of the message
-                // passed to another shard, `transit.rs`): a resend after a crash is known.
+                // passed to another shard, `crossing/transit.rs`): a resend after a crash is known.
                 if let Some((session, changes)) = self.sessions.recording(&session_id) {
                     session.awaiting_pubrel(packet_id, changes);
                 }
@@ -439,7 +439,7 @@ impl<B: Backend> Shard<B> {
         message: &Arc<Message>,
         source: Option<Arc<Source>>,
     ) -> bool {
-        let bytes_max = limits::retained_bytes_max(self.memory.limit);
+        let bytes_max = limits::retained_bytes_max(self.output.memory.limit);
         let mut store = self.shared.retained.lock().expect("retained lock");
         let stored = store.try_set_from(message.clone(), source.clone(), bytes_max);
         self.shared

@@ -164,7 +164,7 @@ impl<B: Backend> Shard<B> {
             let counted = usize::from(c.input_held) * INPUT_UNIT;
             if c.session.is_some()
                 && c.link().is_none()
-                && self.memory_held().saturating_sub(counted) + total > self.memory.limit
+                && self.memory_held().saturating_sub(counted) + total > self.output.memory.limit
             {
                 self.refuse_packet(conn, total);
                 return;
@@ -182,7 +182,7 @@ impl<B: Backend> Shard<B> {
     /// `memory_limit`.
     fn refuse_packet(&mut self, conn: ConnId, size: usize) {
         let name = self.conn_name(conn);
-        let max = self.memory.limit;
+        let max = self.output.memory.limit;
         self.limit_reached(Limit::ReceivingBytes, || {
             format!(
                 "client {name} is sending a packet of {size} bytes, more than memory_limit \
@@ -222,7 +222,7 @@ impl<B: Backend> Shard<B> {
         if c.session.is_some() {
             return;
         }
-        let max = limits::preconnect_bytes_max(self.memory.limit);
+        let max = limits::preconnect_bytes_max(self.output.memory.limit);
         if now <= max && bytes <= PRECONNECT_HELD_MAX {
             return;
         }

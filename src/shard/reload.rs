@@ -6,7 +6,6 @@ use super::io::Backend;
 use super::trie_ops::TrieOp;
 use super::Shard;
 use crate::codec::ReasonCode;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How long a shard holds a turn for a reload a SIGHUP asked for (a reload reads a few
@@ -33,11 +32,9 @@ impl<B: Backend> Shard<B> {
     /// client that connects after a reload is judged by the new settings.
     pub(super) fn take_new_settings(&mut self) {
         self.wait_for_pending_reload();
-        let generation = self.shared.config_generation.load(Ordering::Acquire);
-        if generation != self.config_generation {
-            self.config_generation = generation;
-            self.config = self.shared.config.load_full();
-            self.memory.limit = self.config.write_bytes_max();
+        if let Some(config) = self.shared.new_config(self.id) {
+            self.config = config;
+            self.output.memory.limit = self.config.write_bytes_max();
             self.recheck_clients();
         }
     }

@@ -34,10 +34,11 @@ impl ReloadSignals {
 
 /// What every shard shares.
 pub struct Shared {
-    /// The settings now; replaced on reload (SIGHUP), when `config_generation` moves on and
-    /// each shard takes the new one at the start of its next turn.
+    /// The settings now; replaced on reload (SIGHUP), when each shard is told and takes the
+    /// new ones at the start of its next turn (`new_config`).
     pub config: arc_swap::ArcSwap<Config>,
-    pub config_generation: AtomicU64,
+    /// Per shard: whether the settings changed since it last took them.
+    config_changed: Box<[AtomicBool]>,
     /// SIGHUPs taken and reloads applied: while a taken signal's reload is not applied,
     /// shards hold what they read, so that a client that connects after the signal is
     /// judged by the new settings, as in Mosquitto, whose one loop handles the signal
@@ -73,12 +74,13 @@ pub struct Shared {
     /// Enhanced authentication methods (MQTT 5.0), by name.
     pub auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
     pub shutdown: AtomicBool,
-    /// With persistence, by (shard, sending shard): the number of the last message from
-    /// the sender that the shard has on disk (`shard/transit.rs`).
-    pub durable_from: Box<[AtomicU64]>,
-    /// With persistence, by (shard, receiving shard): the number of the last message the
-    /// shard passed to the receiver whose record is on its disk (`shard/transit.rs`).
-    pub forwards_committed: Box<[AtomicU64]>,
+    /// With persistence, by (receiving shard, sending shard): the number of the last
+    /// message from the sender that the receiver has on disk (`shard/crossing/transit.rs`).
+    pub durable_from: PairNumbers,
+    /// With persistence, by (sending shard, receiving shard): the number of the last
+    /// message the sender passed to the receiver whose record is on the sender's disk
+    /// (`shard/crossing/transit.rs`).
+    pub forwards_committed: PairNumbers,
     /// Journal compactions asked for (SIGUSR1): a shard that has done fewer does one.
     pub compactions_asked: AtomicU64,
     /// With persistence and more than one shard: at least the `PublishOrder` number of every
@@ -227,8 +229,8 @@ impl Shared {
             shutdown_barrier: std::sync::Barrier::new(shards),
             compactions_asked: AtomicU64::new(0),
             published_mark: AtomicU64::new(0),
-            durable_from: (0..shards * shards).map(|_| AtomicU64::new(0)).collect(),
-            forwards_committed: (0..shards * shards).map(|_| AtomicU64::new(0)).collect(),
+            durable_from: PairNumbers::new(shards),
+            forwards_committed: PairNumbers::new(shards),
             started: clock.now(),
             clock,
             stats: (0..shards).map(|_| Default::default()).collect(),
@@ -248,7 +250,7 @@ impl Shared {
                 .iter()
                 .map(|_| Default::default())
                 .collect(),
-            config_generation: AtomicU64::new(0),
+            config_changed: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             reload_signals,
             config: arc_swap::ArcSwap::from_pointee(config),
         });
@@ -259,10 +261,19 @@ impl Shared {
     /// clients against the new security settings.
     pub fn reload(&self, config: Config) {
         self.config.store(Arc::new(config));
-        self.config_generation.fetch_add(1, Ordering::AcqRel);
         for shard in 0..self.mailboxes.shards() {
+            self.config_changed[shard].store(true, Ordering::Release);
             self.mailboxes.wake(shard);
         }
+    }
+
+    /// The settings, if they changed since `shard` last took them (read every turn: one
+    /// load of a flag that changes only on a reload).
+    pub fn new_config(&self, shard: usize) -> Option<Arc<Config>> {
+        let changed = &self.config_changed[shard];
+        // Cleared before the load: a reload after it is seen next turn.
+        (changed.load(Ordering::Acquire) && changed.swap(false, Ordering::AcqRel))
+            .then(|| self.config.load_full())
     }
 
     /// `client_id`'s latest claim (its latest connection, on any shard).
@@ -285,9 +296,47 @@ impl Shared {
     }
 }
 
+/// A number per ordered pair of shards, each pair's on its own, named by the pair rather
+/// than by an index computed at every use.
+pub struct PairNumbers {
+    shards: usize,
+    numbers: Box<[AtomicU64]>,
+}
+
+impl PairNumbers {
+    fn new(shards: usize) -> PairNumbers {
+        PairNumbers {
+            shards,
+            numbers: (0..shards * shards).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The number of the pair (`first`, `second`); what the two mean is the field's.
+    pub fn of(&self, first: usize, second: usize) -> &AtomicU64 {
+        assert!(first < self.shards && second < self.shards);
+        &self.numbers[first * self.shards + second]
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Claim;
+    use super::{Claim, PairNumbers};
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn each_ordered_pair_of_shards_has_its_own_number() {
+        let pairs = PairNumbers::new(3);
+        for a in 0..3 {
+            for b in 0..3 {
+                pairs.of(a, b).store((a * 10 + b) as u64, Ordering::Relaxed);
+            }
+        }
+        for a in 0..3 {
+            for b in 0..3 {
+                assert_eq!(pairs.of(a, b).load(Ordering::Relaxed), (a * 10 + b) as u64);
+            }
+        }
+    }
     use crate::limits::SHARDS_MAX;
 
     #[test]

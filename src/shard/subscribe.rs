@@ -52,7 +52,8 @@ impl<B: Backend> Shard<B> {
         let mut violation = None;
         let mut too_deep = false;
         let mut refused_for_bytes = 0;
-        let filter_total_max = crate::limits::subscription_bytes_max_total(self.memory.limit);
+        let filter_total_max =
+            crate::limits::subscription_bytes_max_total(self.output.memory.limit);
         for (filter, options) in &packet.filters[job.done..job.done + count] {
             // Granted at most the listener's max_qos [MQTT-3.2.2-10] [MQTT-3.9.3-1].
             let options = &crate::codec::SubscriptionOptions {

@@ -18,6 +18,22 @@ use crate::codec::{ReasonCode, Subscribe, Unsubscribe};
 use crate::limits::Limit;
 use crate::topic::SessionId;
 
+/// The SUBSCRIBEs and UNSUBSCRIBEs that wait for later turns, and what is left of this
+/// turn's budget of filters (`FILTERS_PER_TURN`).
+pub(super) struct Queue {
+    pub(super) packets: std::collections::VecDeque<Subscribing>,
+    filters_left: usize,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue {
+            packets: Default::default(),
+            filters_left: FILTERS_PER_TURN,
+        }
+    }
+}
+
 /// A SUBSCRIBE or UNSUBSCRIBE whose filters are handled a slice a turn.
 pub(super) struct Subscribing {
     pub(super) conn: ConnId,
@@ -119,9 +135,9 @@ impl<B: Backend> Shard<B> {
     /// messages' requests, and goes on with what is left of both from the last turn,
     /// packets in turn.
     pub(super) fn resume_subscribing(&mut self) {
-        self.budget.filters = FILTERS_PER_TURN;
+        self.subscribing.filters_left = FILTERS_PER_TURN;
         self.renew_requests_budget();
-        let waiting = self.subscribing.len();
+        let waiting = self.subscribing.packets.len();
         let share = if waiting > 1 {
             FILTERS_PER_TURN_SHARED
         } else {
@@ -129,10 +145,10 @@ impl<B: Backend> Shard<B> {
         };
         // Those not reached stay in front for the next turn.
         for _ in 0..waiting {
-            if self.budget.filters == 0 {
+            if self.subscribing.filters_left == 0 {
                 break;
             }
-            let Some(job) = self.subscribing.pop_front() else {
+            let Some(job) = self.subscribing.packets.pop_front() else {
                 break;
             };
             self.go_on_subscribing(job, share);
@@ -143,8 +159,8 @@ impl<B: Backend> Shard<B> {
     /// packet with filters left waits for a later turn, and its client with it.
     fn go_on_subscribing(&mut self, mut job: Subscribing, share: usize) {
         let left = job.packet.len() - job.done;
-        let count = left.min(self.budget.filters).min(share);
-        self.budget.filters -= count;
+        let count = left.min(self.subscribing.filters_left).min(share);
+        self.subscribing.filters_left -= count;
         let slice = match job.packet {
             _ if count == 0 => Slice::More,
             Filters::Subscribe { .. } => self.subscribe_slice(&mut job, count),
@@ -163,7 +179,7 @@ impl<B: Backend> Shard<B> {
                     job.held = Some(HeldBytes { shared, bytes });
                     self.hold_reading(job.conn, Hold::SUBSCRIBING);
                 }
-                self.subscribing.push_back(job);
+                self.subscribing.packets.push_back(job);
             }
             Slice::Done => {
                 let (conn, closing) = (job.conn, job.closing);
@@ -192,7 +208,12 @@ impl<B: Backend> Shard<B> {
     /// connection.
     pub(super) fn input_ended(&mut self, conn: ConnId, reason: CloseReason) {
         self.drain_input(conn);
-        if let Some(job) = self.subscribing.iter_mut().find(|job| job.conn == conn) {
+        if let Some(job) = self
+            .subscribing
+            .packets
+            .iter_mut()
+            .find(|job| job.conn == conn)
+        {
             job.closing = Some(reason);
             return;
         }
@@ -221,12 +242,16 @@ impl<B: Backend> Shard<B> {
             *session != id
         });
         let mut at = 0;
-        while at < self.subscribing.len() {
-            if self.subscribing[at].session != id {
+        while at < self.subscribing.packets.len() {
+            if self.subscribing.packets[at].session != id {
                 at += 1;
                 continue;
             }
-            let job = self.subscribing.remove(at).expect("within the queue");
+            let job = self
+                .subscribing
+                .packets
+                .remove(at)
+                .expect("within the queue");
             if let Filters::Subscribe { retained, .. } = job.packet {
                 requests.extend(last_of_each_filter(retained));
             }
@@ -245,19 +270,37 @@ impl<B: Backend> Shard<B> {
     /// means no will [MQTT-3.1.2-10]. (The filters handled so far stay, and their retained
     /// messages are owed.) If its peer had closed, the connection is lost.
     pub(super) fn cut_short_subscribing(&mut self, conn: ConnId) {
-        let Some(at) = self.subscribing.iter().position(|job| job.conn == conn) else {
+        let Some(at) = self
+            .subscribing
+            .packets
+            .iter()
+            .position(|job| job.conn == conn)
+        else {
             return;
         };
-        let mut job = self.subscribing.remove(at).expect("found just before");
+        let mut job = self
+            .subscribing
+            .packets
+            .remove(at)
+            .expect("found just before");
         let closing = job.closing;
         loop {
             self.abandon_subscribing(job);
             self.release_reading(conn, Hold::SUBSCRIBING);
             self.drain_input(conn);
-            let Some(at) = self.subscribing.iter().position(|job| job.conn == conn) else {
+            let Some(at) = self
+                .subscribing
+                .packets
+                .iter()
+                .position(|job| job.conn == conn)
+            else {
                 break;
             };
-            job = self.subscribing.remove(at).expect("found just before");
+            job = self
+                .subscribing
+                .packets
+                .remove(at)
+                .expect("found just before");
         }
         if let Some(reason) = closing {
             self.connection_lost(conn, reason);

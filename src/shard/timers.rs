@@ -11,7 +11,7 @@ use super::{close, Shard};
 /// a burst (a subscribe storm, a flood of retained messages) would hold that memory until
 /// its next client speaks.
 #[derive(Debug, Default)]
-pub(super) struct Quiet {
+pub(in crate::shard) struct Quiet {
     worked_this_tick: bool,
     worked_since_release: bool,
 }
@@ -81,7 +81,7 @@ impl<B: Backend> Shard<B> {
         self.publish_due_wills(now);
         self.expire_sessions(now);
         self.sys_tick(now);
-        if self.quiet.tick() {
+        if self.clock.quiet.tick() {
             // All of it, not only pages past mimalloc's purge delay: its arenas wait ten
             // times that (100 ms), and a shard that stays quiet gets no later chance (a
             // session of 100,000 subscriptions ending kept 117 MB until the next burst).

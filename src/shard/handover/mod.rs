@@ -38,7 +38,7 @@ pub struct Handover {
 use super::io::Backend;
 use super::trie_ops::TrieOp;
 use super::Shard;
-use crate::router::{SessionBox, ShardMsg};
+use crate::router::{Receipt, SessionBox, ShardMsg};
 use crate::session::Session;
 use crate::types::{ConnId, SessionId};
 
@@ -150,7 +150,7 @@ impl<B: Backend> Shard<B> {
         // Likewise a session kept here for a later claim (journaled under it): handed to an
         // earlier one, it would be journaled there under that claim, and the copy here,
         // under the later one, would win at recovery.
-        let kept_for = self.journal.as_deref().and_then(|j| j.claim_of(id));
+        let kept_for = self.disk.journal.as_deref().and_then(|j| j.claim_of(id));
         if let Some(kept_for) = kept_for.filter(|&c| c > claim) {
             self.answer(client_id, to, claim, None, Some(kept_for));
             return;
@@ -345,7 +345,7 @@ impl<B: Backend> Shard<B> {
         client_id: Arc<str>,
         to: usize,
         claim: u64,
-        session: Option<(SessionBox, Option<(u16, u64)>)>,
+        session: Option<(SessionBox, Option<Receipt>)>,
         origin: usize,
         superseded_by: Option<u64>,
     ) {

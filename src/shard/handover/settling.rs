@@ -90,7 +90,7 @@ impl<B: Backend> Shard<B> {
             }
             Some(true) => {}
         }
-        let number = self.transit_number(self.id, message.qos).map(|r| r.1);
+        let number = self.transit_number(self.id, message.qos).map(|r| r.number);
         if let Some(number) = number {
             self.journal_forward(self.id, number, message, std::slice::from_ref(target));
         }

@@ -8,23 +8,23 @@
 //!   thread would. The client sent it before it opened the new connection, so it is in the
 //!   old socket by the time the request comes.
 
-use super::io::Backend;
-use super::Shard;
-use crate::router::ShardMsg;
+use crate::router::{Receipt, ShardMsg};
+use crate::shard::io::Backend;
+use crate::shard::Shard;
 
 /// A message waiting, and the turn it was taken in.
-pub(super) type Parked = (ShardMsg, u64);
+pub(in crate::shard) type Parked = (ShardMsg, u64);
 
 /// A shard's mailbox, with the message parked at its head.
-pub(super) struct Mailbox {
-    pub(super) receiver: crossbeam_channel::Receiver<ShardMsg>,
-    pub(super) parked: Option<Parked>,
+pub(in crate::shard) struct Mailbox {
+    pub(in crate::shard) receiver: crossbeam_channel::Receiver<ShardMsg>,
+    pub(in crate::shard) parked: Option<Parked>,
     /// Shutting down: parked messages go at once.
-    pub(super) shutting_down: bool,
+    pub(in crate::shard) shutting_down: bool,
 }
 
 impl Mailbox {
-    pub(super) fn new(receiver: crossbeam_channel::Receiver<ShardMsg>) -> Mailbox {
+    pub(in crate::shard) fn new(receiver: crossbeam_channel::Receiver<ShardMsg>) -> Mailbox {
         Mailbox {
             receiver,
             parked: None,
@@ -36,30 +36,33 @@ impl Mailbox {
 impl<B: Backend> Shard<B> {
     /// The next message to handle: the parked one once it may go, else the mailbox's next;
     /// `None` when there is none, or the parked one still waits.
-    pub(super) fn next_from_mailbox(&mut self) -> Option<ShardMsg> {
-        let (msg, turn) = match self.mailbox.parked.take() {
+    pub(in crate::shard) fn next_from_mailbox(&mut self) -> Option<ShardMsg> {
+        let (msg, turn) = match self.crossing.mailbox.parked.take() {
             Some(parked) => parked,
-            None => (self.mailbox.receiver.try_recv().ok()?, self.clock.turns),
+            None => (
+                self.crossing.mailbox.receiver.try_recv().ok()?,
+                self.clock.turns,
+            ),
         };
         if self.may_take(&msg, turn) {
             return Some(msg);
         }
-        self.mailbox.parked = Some((msg, turn));
+        self.crossing.mailbox.parked = Some((msg, turn));
         None
     }
 
     /// Whether `msg`, taken in `turn`, may be handled now.
     fn may_take(&self, msg: &ShardMsg, turn: u64) -> bool {
-        if self.mailbox.shutting_down {
+        if self.crossing.mailbox.shutting_down {
             return true;
         }
         match msg {
             ShardMsg::Deliver {
-                receipt: Some((from, number)),
+                receipt: Some(Receipt { from, number }),
                 ..
             }
             | ShardMsg::Handoff {
-                receipt: Some((from, number)),
+                receipt: Some(Receipt { from, number }),
                 ..
             } => self.forward_committed(usize::from(*from), *number),
             ShardMsg::TakeSession { .. } => self.clock.turns > turn,
@@ -70,20 +73,20 @@ impl<B: Backend> Shard<B> {
     /// Whether the mailbox has something to handle now (a parked message waiting for its
     /// sender's disk is woken by that shard; one waiting for a look at the sockets may go
     /// next turn).
-    pub(super) fn mailbox_ready(&self) -> bool {
-        match &self.mailbox.parked {
+    pub(in crate::shard) fn mailbox_ready(&self) -> bool {
+        match &self.crossing.mailbox.parked {
             Some((ShardMsg::TakeSession { .. }, _)) => true,
             Some((msg, turn)) => self.may_take(msg, *turn),
-            None => !self.mailbox.receiver.is_empty(),
+            None => !self.crossing.mailbox.receiver.is_empty(),
         }
     }
 
-    pub(super) fn has_parked(&self) -> bool {
-        self.mailbox.parked.is_some()
+    pub(in crate::shard) fn has_parked(&self) -> bool {
+        self.crossing.mailbox.parked.is_some()
     }
 
     /// Shutting down: messages are handled without waiting.
-    pub(super) fn stop_parking(&mut self) {
-        self.mailbox.shutting_down = true;
+    pub(in crate::shard) fn stop_parking(&mut self) {
+        self.crossing.mailbox.shutting_down = true;
     }
 }

@@ -8,7 +8,7 @@
 //! (`Shared::forwards_committed`), and only then passes the turn's messages on (its outbox
 //! defers them to that moment: a shard whose disk fails passes nothing on until its
 //! journal is durable again, and holds up no other shard). The receiving shard takes a
-//! message only once its number is published so (checked all the same: `parking.rs`),
+//! message only once its number is published so (checked all the same: `mailbox.rs`),
 //! and journals the highest number taken (`Received`) with the deliveries. So whatever a
 //! receiving shard's journal holds, the sender's journal holds its record too; what the
 //! sender journaled and the receiver did not is handed on by recovery. Each shard also
@@ -18,13 +18,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::io::Backend;
-use super::Shard;
 use crate::codec::QoS;
 use crate::limits::{Limit, UNSETTLED_MAX};
+use crate::router::Receipt;
+use crate::shard::io::Backend;
+use crate::shard::Shard;
 use crate::types::{Message, PublishOrder, Target};
 
-pub(super) struct Transit {
+pub(in crate::shard) struct Transit {
     /// Per target shard: the number of the last message passed there, and the last one
     /// published as on disk.
     sent: Vec<u64>,
@@ -38,11 +39,11 @@ pub(super) struct Transit {
 
 impl<B: Backend> Shard<B> {
     /// With a journal and more than one shard: messages between shards are numbered.
-    pub(super) fn start_transit(&mut self) {
+    pub(in crate::shard) fn start_transit(&mut self) {
         let shards = self.shared.mailboxes.shards();
         if shards > 1 {
             self.crossing.outbox.defer();
-            self.transit = Some(Box::new(Transit {
+            self.crossing.transit = Some(Box::new(Transit {
                 sent: vec![0; shards],
                 published_sent: vec![0; shards],
                 published_taken: vec![0; shards],
@@ -53,8 +54,8 @@ impl<B: Backend> Shard<B> {
 
     /// The place of a message published here now among those this shard published: with
     /// messages passed between shards, recovery keeps each publisher's order by it.
-    pub(super) fn publish_order(&mut self) -> PublishOrder {
-        let Some(transit) = self.transit.as_deref_mut() else {
+    pub(in crate::shard) fn publish_order(&mut self) -> PublishOrder {
+        let Some(transit) = self.crossing.transit.as_deref_mut() else {
             return PublishOrder::default();
         };
         transit.published += 1;
@@ -69,30 +70,33 @@ impl<B: Backend> Shard<B> {
     /// (`catch_up_published`).
     /// Raised before this shard answers for the client or lets its claim go, which is how
     /// the next shard learns of the close.
-    pub(super) fn mark_published(&self) {
-        if let Some(transit) = self.transit.as_deref() {
+    pub(in crate::shard) fn mark_published(&self) {
+        if let Some(transit) = self.crossing.transit.as_deref() {
             (self.shared.published_mark).fetch_max(transit.published, Ordering::Relaxed);
         }
     }
 
     /// A connection is accepted here: its messages are numbered after those of every
     /// connection closed before (on any shard), its client's earlier ones among them.
-    pub(super) fn catch_up_published(&mut self) {
-        if let Some(transit) = self.transit.as_deref_mut() {
+    pub(in crate::shard) fn catch_up_published(&mut self) {
+        if let Some(transit) = self.crossing.transit.as_deref_mut() {
             let mark = self.shared.published_mark.load(Ordering::Relaxed);
             transit.published = transit.published.max(mark);
         }
     }
 
     /// The number of a message of `qos` passed to `shard` now (QoS 1 and 2 only).
-    pub(super) fn transit_number(&mut self, shard: usize, qos: QoS) -> Option<(u16, u64)> {
-        let transit = (self.transit.as_deref_mut()).filter(|_| qos != QoS::AtMostOnce)?;
+    pub(in crate::shard) fn transit_number(&mut self, shard: usize, qos: QoS) -> Option<Receipt> {
+        let transit = (self.crossing.transit.as_deref_mut()).filter(|_| qos != QoS::AtMostOnce)?;
         transit.sent[shard] += 1;
-        Some((self.id as u16, transit.sent[shard]))
+        Some(Receipt {
+            from: self.id as u16,
+            number: transit.sent[shard],
+        })
     }
 
     /// Journals `message` passed to `shard` as `number` for `targets` there.
-    pub(super) fn journal_forward(
+    pub(in crate::shard) fn journal_forward(
         &mut self,
         shard: usize,
         number: u64,
@@ -106,18 +110,17 @@ impl<B: Backend> Shard<B> {
 
     /// Whether a message passed by shard `from` as `number` may be taken now: once that
     /// shard's record of it is on disk.
-    pub(super) fn forward_committed(&self, from: usize, number: u64) -> bool {
-        let Some(transit) = self.transit.as_deref() else {
+    pub(in crate::shard) fn forward_committed(&self, from: usize, number: u64) -> bool {
+        if self.crossing.transit.is_none() {
             return true;
-        };
-        let shards = transit.sent.len();
-        self.shared.forwards_committed[from * shards + self.id].load(Ordering::Acquire) >= number
+        }
+        (self.shared.forwards_committed.of(from, self.id)).load(Ordering::Acquire) >= number
     }
 
     /// A message numbered `number` by shard `from` was taken here: journaled with the turn.
-    pub(super) fn took_from(&mut self, from: usize, number: u64) {
-        if let Some(journal) = self.journal.as_deref_mut() {
-            journal.received(from, number);
+    pub(in crate::shard) fn took_from(&mut self, receipt: Receipt) {
+        if let Some(journal) = self.disk.journal.as_deref_mut() {
+            journal.received(usize::from(receipt.from), receipt.number);
         }
     }
 
@@ -125,10 +128,11 @@ impl<B: Backend> Shard<B> {
     /// may take it: they are told, and woken); what was taken from them is on disk (they
     /// may forget it); and what this shard passed that the others have on disk is
     /// forgotten.
-    pub(super) fn publish_transit(&mut self) {
-        let (Some(transit), Some(journal)) =
-            (self.transit.as_deref_mut(), self.journal.as_deref_mut())
-        else {
+    pub(in crate::shard) fn publish_transit(&mut self) {
+        let (Some(transit), Some(journal)) = (
+            self.crossing.transit.as_deref_mut(),
+            self.disk.journal.as_deref_mut(),
+        ) else {
             return;
         };
         let shards = transit.sent.len();
@@ -138,17 +142,16 @@ impl<B: Backend> Shard<B> {
                 transit.published_sent[other] = transit.sent[other];
                 // The messages follow (the outbox defers them to now): their sending wakes
                 // the other shard once they are there, not before.
-                self.shared.forwards_committed[self.id * shards + other]
+                (self.shared.forwards_committed.of(self.id, other))
                     .store(transit.sent[other], Ordering::Release);
             }
             let taken = journal.received_from(other);
             if taken > transit.published_taken[other] {
                 transit.published_taken[other] = taken;
-                self.shared.durable_from[self.id * shards + other].store(taken, Ordering::Release);
+                (self.shared.durable_from.of(self.id, other)).store(taken, Ordering::Release);
             }
             // (What this shard held for its own settling sessions settles too.)
-            let settled =
-                self.shared.durable_from[other * shards + self.id].load(Ordering::Acquire);
+            let settled = (self.shared.durable_from.of(other, self.id)).load(Ordering::Acquire);
             journal.settled(other, settled);
             if other != self.id {
                 // A shard that shows nothing on its disk (its disk failing) is passed
