@@ -130,6 +130,11 @@ pub const SEAL_PER_TURN_BYTES: usize = 4 << 20;
 /// a storm of them must not stall the shard's connected clients for longer than this.
 pub const HANDSHAKE_TIME_PER_TURN: Duration = Duration::from_millis(2);
 
+/// Entries a list reused from one message or turn to the next keeps room for (the local
+/// targets of a message, the connections written in a turn): what a burst grew it to past
+/// this is given back.
+pub const KEPT_CAPACITY: usize = 256;
+
 /// Clients waiting for their output to drain that are checked every turn; past it, every
 /// `DRAIN_CHECK_INTERVAL` (`shard/holding.rs`).
 pub const DRAIN_CHECK_EVERY_TURN_MAX: usize = 256;

@@ -60,7 +60,7 @@ pub struct Hold(u8);
 
 impl Hold {
     pub const NONE: Hold = Hold(0);
-    /// Its messages wait for a full mailbox of another shard (`deliver.rs`).
+    /// Its messages wait for a full mailbox of another shard (`route.rs`).
     pub const OUTBOX: Hold = Hold(1);
     /// What waits to be written to it passed its bound (`holding.rs`).
     pub const OUTPUT: Hold = Hold(2);

@@ -12,7 +12,7 @@ use crate::router::Message;
 /// Encoded PUBLISH variants of the message being delivered, so that subscribers that get the
 /// same bytes share one encoding; QoS 1/2 copies get their packet id patched in. The
 /// encodings are ranges of one buffer that the shard keeps from message to message
-/// (`deliver::Routing::variants`, `clear`), not an allocation each.
+/// (`route::Routing::variants`, `clear`), not an allocation each.
 #[derive(Default)]
 pub(super) struct Variants {
     /// Key, where its encoding starts and ends in `encoded`, and the offset of its packet id;

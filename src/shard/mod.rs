@@ -21,11 +21,13 @@ mod holding;
 mod invariants;
 pub mod io;
 mod journaling;
+mod outgoing;
 mod output;
 mod owed;
 mod publish;
 mod receiving;
 mod reload;
+mod route;
 mod sealing;
 mod shared;
 mod stats;
@@ -76,8 +78,8 @@ pub struct Shard<B: Backend> {
     subscribing: subscribing::Queue,
     /// Retained messages owed to new subscriptions, a slice a turn (`owed.rs`).
     owed: owed::OwedWork,
-    /// The targets and encodings of the message being routed (reused, `deliver.rs`).
-    routing: deliver::Routing,
+    /// The targets and encodings of the message being routed (reused, `route.rs`).
+    routing: route::Routing,
     /// What this shard passes to other shards and takes from them: outbox, mailbox, and
     /// with persistence their numbering, so that each message arrives exactly once across
     /// a crash (`crossing/`).
@@ -150,7 +152,7 @@ impl<B: Backend> Shard<B> {
             trie: Default::default(),
             subscribing: Default::default(),
             owed: Default::default(),
-            routing: deliver::Routing::new(shards),
+            routing: route::Routing::new(shards),
             crossing: crossing::Crossing::new(shards, mailbox),
             holding: holding::Holding::new(now),
             handover: Default::default(),

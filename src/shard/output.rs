@@ -138,7 +138,7 @@ impl<B: Backend> Shard<B> {
             self.send_out(conn, pieces.into_iter());
             self.hold_if_backed_up(conn);
         }
-        dirty.shrink_to(super::deliver::KEPT_CAPACITY);
+        dirty.shrink_to(crate::limits::KEPT_CAPACITY);
         self.output.to_flush = dirty;
         // Closed while being written to.
         self.close_sockets();

@@ -1,5 +1,6 @@
-//! PUBLISH from clients: QoS 0/1/2 in, topic aliases, the acknowledgements of what the broker
-//! sent, and wills. Delivering is in `deliver.rs`.
+//! PUBLISH and PUBREL from clients: QoS 0/1/2 in, topic aliases, retained messages, and
+//! the publisher's acknowledgement. The message goes on to `route.rs`; the acknowledgements
+//! of what the broker sends are in `outgoing.rs`, wills in `wills.rs`.
 
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -13,7 +14,7 @@ use crate::codec::{MqttStr, Packet, ProtocolVersion, PubResponse, Publish, QoS, 
 use crate::limits::{self, Limit};
 use crate::retain::{Full, Source};
 use crate::router::Message;
-use crate::session::{Ack, Qos2Publish};
+use crate::session::Qos2Publish;
 use crate::topic::SessionId;
 
 /// Why a payload marked UTF-8 was refused.
@@ -34,20 +35,67 @@ impl<B: Backend> Shard<B> {
             .unwrap_or_else(|| std::str::from_utf8(payload).is_ok())
     }
 
+    /// A PUBLISH from a client, in the order its checks go: the topic it names, whether it
+    /// is refused, whether the client may write it, a QoS 2 resend; then the message is
+    /// kept (retained) and routed, and the publisher acknowledged.
     pub(super) fn on_publish(&mut self, conn: ConnId, session_id: SessionId, publish: Publish) {
-        // Receipts left by a will routed since the last PUBLISH are no one's.
         let name = self.conn_name(conn);
         self.stats().messages_received[publish.qos as usize].fetch_add(1, Ordering::Relaxed);
         #[cfg(debug_assertions)]
         if self.faults.panic_topic.as_deref() == Some(&*publish.topic) {
             panic!("fault injected by MIDGE_FAULT_PANIC_TOPIC");
         }
+        let Some(publish) = self.with_full_topic(conn, &name, publish) else {
+            return;
+        };
+        // Logged once the topic is known to be valid, as Mosquitto does: an invalid one may
+        // be 65,535 levels long, and a log line is written whole.
+        log::debug!("Received PUBLISH from {name} {}", publish.summary());
+        let (packet_id, qos) = (publish.packet_id, publish.qos);
+        if self.refused(conn, &name, &publish) {
+            return;
+        }
+        let Some(authorised) = self.authorised(conn, session_id, &name, &publish) else {
+            return;
+        };
+        let Some(duplicate) = self.qos2_resent(conn, session_id, &name, packet_id, qos) else {
+            return;
+        };
+        // The acknowledgement goes before what this PUBLISH delivers back to its own client,
+        // as Mosquitto writes them.
+        let ack_at = self.conn(conn).map(|c| c.out_len());
+        let mut matched = true;
+        if !duplicate && authorised {
+            let message = self.message_of(session_id, publish);
+            if message.retain {
+                let source = self.retain_source(session_id);
+                if !self.keep_retained(&message, source) {
+                    self.refuse_retained(conn, &name, packet_id, qos);
+                    return;
+                }
+            }
+            matched = self.route(&message, Some(conn));
+        }
+        if qos == QoS::ExactlyOnce {
+            // Journaled in this turn, with the delivery (or the record of the message passed
+            // to another shard, `crossing/transit.rs`): a resend after a crash is known.
+            if let Some((session, changes)) = self.sessions.recording(&session_id) {
+                session.awaiting_pubrel(packet_id, changes);
+            }
+        }
+        self.acknowledge_publish(conn, &name, packet_id, qos, matched, ack_at);
+    }
+
+    /// The PUBLISH with the topic it names in full: its topic alias resolved, checked, and
+    /// placed where a bridge's `in` line or the listener's mount point puts it. `None` if
+    /// the client was disconnected for it.
+    fn with_full_topic(&mut self, conn: ConnId, name: &str, publish: Publish) -> Option<Publish> {
         let mut publish = publish;
         if let Some(alias) = publish.properties.topic_alias {
             if let Err(reason) = self.resolve_topic_alias(conn, alias, &mut publish.topic) {
                 log::info!("Client {name} sent an invalid topic alias {alias}, disconnecting.");
                 self.disconnect_with(conn, reason, "invalid topic alias");
-                return;
+                return None;
             }
         }
         if let Err(e) = crate::topic::validate_topic_name(&publish.topic) {
@@ -55,7 +103,7 @@ impl<B: Backend> Shard<B> {
             // 0x82 as Mosquitto answers it (the spec names no code for a topic beyond the
             // broker's level limit).
             self.disconnect_with(conn, ReasonCode::ProtocolError, &e.to_string());
-            return;
+            return None;
         }
         // A bridge's: the topic its `in` lines give it here.
         let (listener, link) = self
@@ -72,29 +120,33 @@ impl<B: Backend> Shard<B> {
                     "Client {name} sent a topic too long for its mount point, disconnecting."
                 );
                 self.disconnect_with(conn, ReasonCode::TopicNameInvalid, TOO_LONG_MOUNTED);
-                return;
+                return None;
             };
             publish.topic = topic;
         }
-        // Logged once the topic is known to be valid, as Mosquitto does: an invalid one may
-        // be 65,535 levels long, and a log line is written whole.
-        log::debug!("Received PUBLISH from {name} {}", publish.summary());
-        let packet_id = publish.packet_id;
-        let qos = publish.qos;
+        Some(publish)
+    }
+
+    /// Whether the PUBLISH is refused (answered, or its client disconnected): a QoS or a
+    /// retain flag the listener does not allow, a payload over `message_size_limit`, or a
+    /// payload that is not the UTF-8 it says it is.
+    fn refused(&mut self, conn: ConnId, name: &str, publish: &Publish) -> bool {
+        let (packet_id, qos) = (publish.packet_id, publish.qos);
+        let listener = self.conn(conn).map_or(0, |c| c.listener());
         // Above the listener's max_qos (a Protocol Error, §3.2.2.3.4 after [MQTT-3.2.2-11]),
         // or retained where retain_available is false ([MQTT-3.2.2-14], §3.3.1.3): 5.0's
         // DISCONNECT 0x9B / 0x9A; 3.x is closed (as Mosquitto).
-        let refused = if qos > self.config.listener(listener).max_qos {
+        let not_allowed = if qos > self.config.listener(listener).max_qos {
             Some((ReasonCode::QosNotSupported, "Too high QoS in PUBLISH"))
         } else if publish.retain && !self.config.retain_available {
             Some((ReasonCode::RetainNotSupported, "Retained PUBLISH"))
         } else {
             None
         };
-        if let Some((reason, what)) = refused {
+        if let Some((reason, what)) = not_allowed {
             log::info!("{what} from {name}, disconnecting.");
             self.disconnect_with(conn, reason, what);
-            return;
+            return true;
         }
         // message_size_limit: a payload over it is dropped and answered. Mosquitto answers
         // 5.0 with 0x95 Packet too large, which PUBACK and PUBREC may not carry
@@ -112,133 +164,166 @@ impl<B: Backend> Shard<B> {
             let mut refusal = PubResponse::new(packet_id);
             refusal.reason = ReasonCode::ImplementationSpecificError;
             self.send_refusal(conn, qos, refusal);
-            return;
+            return true;
         }
         // 5.0 §3.3.2.3.2: a payload said to be UTF-8 that is not is refused with 0x99
         // (the specification lets the receiver check; midge does).
         if publish.properties.payload_format_indicator == Some(1)
             && !self.payload_is_utf8(&publish.payload)
         {
-            match self.holding.not_utf8.due(self.clock.now) {
-                None => {}
-                Some(0) => {
-                    log::info!("Client {name} sent a payload that is not the UTF-8 it said it was.")
-                }
-                Some(more) => log::info!(
-                    "Client {name} sent a payload that is not the UTF-8 it said it was ({more} more such payloads since the last such line)."
-                ),
-            }
-            let mut refusal = PubResponse::new(packet_id);
-            refusal.reason = ReasonCode::PayloadFormatInvalid;
-            // [MQTT-3.1.2-29] a Reason String only for a client that wants problem details.
-            if self.conn(conn).is_some_and(|c| c.problem_information) {
-                refusal.properties.reason_string = Some(MqttStr::from_static(NOT_UTF8));
-            }
-            match qos {
-                QoS::AtMostOnce => {
-                    self.disconnect_with(conn, ReasonCode::PayloadFormatInvalid, NOT_UTF8)
-                }
-                _ => self.send_refusal(conn, qos, refusal),
-            }
-            return;
+            self.refuse_not_utf8(conn, name, packet_id, qos);
+            return true;
         }
-        // acl_file: a PUBLISH to a topic the client may not write is not delivered. 3.x has no
-        // way to say so and is acknowledged as usual; 5.0 is told 0x87 (QoS 1/2).
-        let authorised = self.write_allowed(session_id, &publish.topic);
-        if !authorised {
-            self.stats().dropped_acl.fetch_add(1, Ordering::Relaxed);
-            log::debug!("Denied PUBLISH from {name} to '{}'.", publish.topic);
-            let v5 = self.conn(conn).and_then(|c| c.version())
-                == Some(crate::codec::ProtocolVersion::V5);
-            if v5 && qos != QoS::AtMostOnce {
-                let mut refusal = PubResponse::new(packet_id);
-                refusal.reason = ReasonCode::NotAuthorized;
-                self.send_refusal(conn, qos, refusal);
-                return;
+        false
+    }
+
+    /// A payload that is not the UTF-8 its Payload Format Indicator says: 0x99 for QoS 1/2,
+    /// DISCONNECT for QoS 0 (which has no answer). Logged at most every
+    /// `LIMIT_LOG_INTERVAL` (a client can send thousands a read).
+    fn refuse_not_utf8(&mut self, conn: ConnId, name: &str, packet_id: u16, qos: QoS) {
+        match self.holding.not_utf8.due(self.clock.now) {
+            None => {}
+            Some(0) => {
+                log::info!("Client {name} sent a payload that is not the UTF-8 it said it was.")
             }
+            Some(more) => log::info!(
+                "Client {name} sent a payload that is not the UTF-8 it said it was ({more} more such payloads since the last such line)."
+            ),
         }
-        // Method B of §4.3.3: delivered on PUBLISH, its id remembered until PUBREL.
+        let mut refusal = PubResponse::new(packet_id);
+        refusal.reason = ReasonCode::PayloadFormatInvalid;
+        // [MQTT-3.1.2-29] a Reason String only for a client that wants problem details.
+        if self.conn(conn).is_some_and(|c| c.problem_information) {
+            refusal.properties.reason_string = Some(MqttStr::from_static(NOT_UTF8));
+        }
+        match qos {
+            QoS::AtMostOnce => {
+                self.disconnect_with(conn, ReasonCode::PayloadFormatInvalid, NOT_UTF8)
+            }
+            _ => self.send_refusal(conn, qos, refusal),
+        }
+    }
+
+    /// acl_file: whether the client may write the PUBLISH's topic. One it may not is not
+    /// delivered: 3.x has no way to be told and is acknowledged as usual; 5.0 QoS 1/2 is
+    /// told 0x87 (`None`: answered, nothing more to do).
+    fn authorised(
+        &mut self,
+        conn: ConnId,
+        session_id: SessionId,
+        name: &str,
+        publish: &Publish,
+    ) -> Option<bool> {
+        if self.write_allowed(session_id, &publish.topic) {
+            return Some(true);
+        }
+        self.stats().dropped_acl.fetch_add(1, Ordering::Relaxed);
+        log::debug!("Denied PUBLISH from {name} to '{}'.", publish.topic);
+        let v5 = self.conn(conn).and_then(|c| c.version()) == Some(ProtocolVersion::V5);
+        if v5 && publish.qos != QoS::AtMostOnce {
+            let mut refusal = PubResponse::new(publish.packet_id);
+            refusal.reason = ReasonCode::NotAuthorized;
+            self.send_refusal(conn, publish.qos, refusal);
+            return None;
+        }
+        Some(false)
+    }
+
+    /// QoS 2, method B of §4.3.3: delivered on PUBLISH, its id remembered until PUBREL, so
+    /// that a resend (true) is acknowledged and not delivered again. `None` if the client
+    /// was disconnected: more unacknowledged than the Receive Maximum the broker gave.
+    fn qos2_resent(
+        &mut self,
+        conn: ConnId,
+        session_id: SessionId,
+        name: &str,
+        packet_id: u16,
+        qos: QoS,
+    ) -> Option<bool> {
+        if qos != QoS::ExactlyOnce {
+            return Some(false);
+        }
         let receive_max = self.config.inflight_max;
-        let qos2 = (qos == QoS::ExactlyOnce).then(|| {
-            self.sessions
-                .get(&session_id)
-                .map_or(Qos2Publish::New, |s| {
-                    s.incoming().publish(packet_id, receive_max)
-                })
+        let arrival = (self.sessions.get(&session_id)).map_or(Qos2Publish::New, |s| {
+            s.incoming().publish(packet_id, receive_max)
         });
-        // [MQTT-3.3.4-7] more unacknowledged QoS 2 PUBLISHes than the Receive Maximum the
-        // broker gave: Receive Maximum exceeded. (QoS 1 is acknowledged at once.)
-        if qos2 == Some(Qos2Publish::OverReceiveMaximum) {
-            log::info!("Client {name} exceeded the receive maximum {receive_max}, disconnecting.");
-            self.disconnect_with(
-                conn,
-                ReasonCode::ReceiveMaximumExceeded,
-                "too many QoS 2 messages awaiting PUBREL",
-            );
-            return;
-        }
-        let duplicate = qos2 == Some(Qos2Publish::Duplicate);
-        // The acknowledgement goes before what this PUBLISH delivers back to its own client,
-        // as Mosquitto writes them.
-        let ack_at = self.conn(conn).map(|c| c.out_len());
-        let mut matched = true;
-        if !duplicate && authorised {
-            let mut properties = publish.properties;
-            // Properties the broker answers itself are not forwarded. (Only written when
-            // present: the first write allocates a property set, and most messages have
-            // none.)
-            if properties.topic_alias.is_some() || !properties.subscription_identifiers.is_empty() {
-                properties.topic_alias = None;
-                properties.subscription_identifiers.clear();
+        match arrival {
+            Qos2Publish::New => Some(false),
+            Qos2Publish::Duplicate => Some(true),
+            // [MQTT-3.3.4-7] Receive Maximum exceeded. (QoS 1 is acknowledged at once.)
+            Qos2Publish::OverReceiveMaximum => {
+                log::info!(
+                    "Client {name} exceeded the receive maximum {receive_max}, disconnecting."
+                );
+                self.disconnect_with(
+                    conn,
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "too many QoS 2 messages awaiting PUBREL",
+                );
+                None
             }
-            // Messages that may be kept (retained, or QoS 1/2 waiting for acknowledgement or in
-            // a queue) get their own copy of topic and payload: a slice would pin the whole
-            // receive buffer. Not a large payload: its packet has a buffer sized for it
-            // (`receiving.rs`; `Decoder::decode_from` copies a packet out of a buffer much
-            // larger), so what it pins is about what was sent (at most about twice), and a
-            // copy would hold it twice.
-            // QoS 0 passes through without a copy.
-            let keep = publish.retain || qos != QoS::AtMostOnce;
-            let (topic, payload) = if keep {
-                let payload = if publish.payload.len() > PAYLOAD_SHARED_FROM {
-                    publish.payload
-                } else {
-                    Bytes::copy_from_slice(&publish.payload)
-                };
-                (publish.topic.detached(), payload)
+        }
+    }
+
+    /// The message a PUBLISH becomes, as routing and sessions keep it.
+    fn message_of(&mut self, session_id: SessionId, publish: Publish) -> Arc<Message> {
+        let qos = publish.qos;
+        let mut properties = publish.properties;
+        // Properties the broker answers itself are not forwarded. (Only written when
+        // present: the first write allocates a property set, and most messages have none.)
+        if properties.topic_alias.is_some() || !properties.subscription_identifiers.is_empty() {
+            properties.topic_alias = None;
+            properties.subscription_identifiers.clear();
+        }
+        // Messages that may be kept (retained, or QoS 1/2 waiting for acknowledgement or in
+        // a queue) get their own copy of topic and payload: a slice would pin the whole
+        // receive buffer. Not a large payload: its packet has a buffer sized for it
+        // (`receiving.rs`; `Decoder::decode_from` copies a packet out of a buffer much
+        // larger), so what it pins is about what was sent (at most about twice), and a copy
+        // would hold it twice. QoS 0 passes through without a copy.
+        let keep = publish.retain || qos != QoS::AtMostOnce;
+        let (topic, payload) = if keep {
+            let payload = if publish.payload.len() > PAYLOAD_SHARED_FROM {
+                publish.payload
             } else {
-                (publish.topic, publish.payload)
+                Bytes::copy_from_slice(&publish.payload)
             };
-            let expires_at = properties
-                .message_expiry_interval
-                .map(|s| self.clock.now + Duration::from_secs(s.into()));
-            let message = Arc::new(Message {
-                topic,
-                payload,
-                qos,
-                retain: publish.retain,
-                properties,
-                origin: Some(session_id),
-                expires_at,
-                order: self.publish_order(),
-            });
-            if message.retain {
-                let source = self.retain_source(session_id);
-                if !self.keep_retained(&message, source) {
-                    self.refuse_retained(conn, &name, packet_id, qos);
-                    return;
-                }
-            }
-            matched = self.route(&message, Some(conn));
-        }
+            (publish.topic.detached(), payload)
+        } else {
+            (publish.topic, publish.payload)
+        };
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|s| self.clock.now + Duration::from_secs(s.into()));
+        Arc::new(Message {
+            topic,
+            payload,
+            qos,
+            retain: publish.retain,
+            properties,
+            origin: Some(session_id),
+            expires_at,
+            order: self.publish_order(),
+        })
+    }
+
+    /// PUBACK or PUBREC to the publisher, at `ack_at` in what goes out this turn.
+    fn acknowledge_publish(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        packet_id: u16,
+        qos: QoS,
+        matched: bool,
+        ack_at: Option<usize>,
+    ) {
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 let mut ack = PubResponse::new(packet_id);
                 // 5.0: 0x10 No matching subscribers, as Mosquitto tells it (for QoS 1 only).
                 if !matched
-                    && self.conn(conn).and_then(|c| c.version())
-                        == Some(crate::codec::ProtocolVersion::V5)
+                    && self.conn(conn).and_then(|c| c.version()) == Some(ProtocolVersion::V5)
                 {
                     ack.reason = ReasonCode::NoMatchingSubscribers;
                 }
@@ -246,11 +331,6 @@ impl<B: Backend> Shard<B> {
                 self.send_packet_at(conn, &Packet::PubAck(ack), ack_at);
             }
             QoS::ExactlyOnce => {
-                // Journaled in this turn, with the delivery (or the record of the message
-                // passed to another shard, `crossing/transit.rs`): a resend after a crash is known.
-                if let Some((session, changes)) = self.sessions.recording(&session_id) {
-                    session.awaiting_pubrel(packet_id, changes);
-                }
                 log::debug!("Sending PUBREC to {name} (Mid: {packet_id})");
                 let rec = Packet::PubRec(PubResponse::new(packet_id));
                 self.send_packet_at(conn, &rec, ack_at);
@@ -337,98 +417,6 @@ impl<B: Backend> Shard<B> {
         }
         log::debug!("Sending PUBCOMP to {name} (Mid: {packet_id})");
         self.send_packet(conn, &Packet::PubComp(PubResponse::new(packet_id)));
-    }
-
-    /// Whether an acknowledgement fits what is in flight under `packet_id`: `Some(true)` if
-    /// so, `None` if nothing is (a late or repeated acknowledgement: ignored), `Some(false)`
-    /// if it is the wrong one for that message (PUBACK for QoS 2, PUBCOMP before PUBREC,
-    /// PUBREC for QoS 1): a protocol violation, as Mosquitto treats it.
-    fn ack_fits(&self, session_id: SessionId, packet_id: u16, ack: Ack) -> Option<bool> {
-        let session = self.sessions.get(&session_id)?;
-        session.outgoing().fits(packet_id, ack)
-    }
-
-    /// Checks an acknowledgement of `packet_id` (see `ack_fits`); false if the connection
-    /// is closed for it or there is nothing to acknowledge.
-    fn check_ack(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16, ack: Ack) -> bool {
-        let ack_name = ack.name();
-        match self.ack_fits(session_id, packet_id, ack) {
-            Some(true) => true,
-            Some(false) => {
-                let what = format!("{ack_name} does not fit message {packet_id}");
-                self.protocol_violation(conn, &what);
-                false
-            }
-            None => {
-                let name = self.conn_name(conn);
-                log::warn!(
-                    "Warning: Received {ack_name} from {name} for an unknown packet identifier {packet_id}."
-                );
-                false
-            }
-        }
-    }
-
-    pub(super) fn on_puback(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
-        log::debug!(
-            "Received PUBACK from {} (Mid: {packet_id})",
-            self.conn_name(conn)
-        );
-        if self.check_ack(conn, session_id, packet_id, Ack::PubAck) {
-            self.finish_inflight(session_id, packet_id, QoS::AtLeastOnce);
-        }
-    }
-
-    pub(super) fn on_pubrec(
-        &mut self,
-        conn: ConnId,
-        session_id: SessionId,
-        packet_id: u16,
-        reason: ReasonCode,
-    ) {
-        let name = self.conn_name(conn);
-        log::debug!("Received PUBREC from {name} (Mid: {packet_id})");
-        // 5.0: PUBREL answers a PUBREC below 0x80 only [MQTT-4.3.3-4]; one of 0x80 and above
-        // ends the exchange, its packet identifier free again (§4.3.3).
-        let fits = self.ack_fits(session_id, packet_id, Ack::PubRec);
-        if fits == Some(false) {
-            self.protocol_violation(conn, &format!("PUBREC does not fit message {packet_id}"));
-            return;
-        }
-        if reason as u8 >= 0x80 {
-            self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
-            return;
-        }
-        if let Some((session, changes)) = self.sessions.recording(&session_id) {
-            if !session.pubrec(packet_id, changes) {
-                // Answered all the same, as Mosquitto does (a repeat after a reconnect).
-                log::warn!(
-                    "Warning: Received PUBREC from {name} for an unknown packet identifier {packet_id}."
-                );
-            }
-        }
-        log::debug!("Sending PUBREL to {name} (Mid: {packet_id})");
-        self.send_packet(conn, &Packet::PubRel(PubResponse::new(packet_id)));
-    }
-
-    pub(super) fn on_pubcomp(&mut self, conn: ConnId, session_id: SessionId, packet_id: u16) {
-        log::debug!(
-            "Received PUBCOMP from {} (Mid: {packet_id})",
-            self.conn_name(conn)
-        );
-        if self.check_ack(conn, session_id, packet_id, Ack::PubComp) {
-            self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
-        }
-    }
-
-    /// Ends an outbound QoS 1/2 exchange and lets the next queued message in.
-    fn finish_inflight(&mut self, session_id: SessionId, packet_id: u16, qos: QoS) {
-        let Some((session, changes)) = self.sessions.recording(&session_id) else {
-            return;
-        };
-        if session.acknowledged(packet_id, qos, changes) {
-            self.fill_window(session_id);
-        }
     }
 
     /// Stores (or with an empty payload removes) a retained message, and journals it,

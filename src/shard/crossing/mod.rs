@@ -1,7 +1,7 @@
 //! Everything that crosses from one shard to another, in one place, in the order a message
 //! takes:
 //! 1. the sending shard routes a message to sessions another shard holds
-//!    (`deliver.rs` `pass_to_shard`); with persistence it numbers and journals it
+//!    (`route.rs` `pass_to_shard`); with persistence it numbers and journals it
 //!    (`transit.rs`);
 //! 2. it puts it in that shard's mailbox (`router::Mailboxes`, a bounded lock-free queue
 //!    and a waker rung only when the shard sleeps), or, if the mailbox is full or the

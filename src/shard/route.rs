@@ -1,0 +1,225 @@
+//! Routing a message: match it once on the published subscription trie, group the
+//! targets by the shard that holds their sessions, deliver this shard's (`deliver.rs`) and
+//! pass one message to each other shard (`crossing/`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::encode::Variants;
+use super::io::{Backend, ConnId};
+use super::Shard;
+use crate::codec::QoS;
+use crate::limits::KEPT_CAPACITY;
+use crate::router::{Message, Sent, ShardMsg, Target};
+use crate::topic::{Match, SessionId};
+
+impl<B: Backend> Shard<B> {
+    /// Routes `message` to every matching subscription: match once on the published trie,
+    /// group the targets by owning shard, deliver this shard's directly and send one message
+    /// to each other shard. `from` is the publishing connection (paused if its messages wait).
+    /// Returns whether any subscription matched (5.0's 0x10 No matching subscribers).
+    pub(super) fn route(&mut self, message: &Arc<Message>, from: Option<ConnId>) -> bool {
+        // Subscriptions read earlier in this turn take effect first: packets act in the
+        // order the shard reads them, whoever sent them.
+        self.apply_trie_ops();
+        // Read before the trie: an ended session leaves this set only once a trie without
+        // its subscriptions is published, so a snapshot that has them is read with a set
+        // that has it.
+        let leaving = (self.shared.leaving_count.load(Ordering::SeqCst) > 0)
+            .then(|| self.shared.leaving_groups.load());
+        let snapshot = self.shared.trie.load();
+        let mut targets = std::mem::take(&mut self.routing.targets);
+        let shards = targets.len();
+        let (here, sessions, inflight_max) = (self.id, &self.sessions, self.config.inflight_max);
+        let ended_here = &self.trie.leaving_groups;
+        let upgrade = self.config.upgrade_outgoing_qos;
+        // A group member this shard knows cannot take a message now: offline, or its window
+        // full. Members on other shards are taken as able (their state is theirs), unless
+        // their session ended and its subscriptions are still leaving the trie (`leaving`).
+        let cannot_accept = |session: &SessionId, sub: &crate::topic::Subscription| {
+            usize::from(sub.shard) == here
+                && sessions.get(session).is_none_or(|s| {
+                    s.conn.is_none() || s.outgoing().window_full(s.window(inflight_max))
+                })
+        };
+        // Mosquitto's "no matching subscribers" counts a subscription even when No Local
+        // keeps the message from it.
+        let mut matched = false;
+        snapshot.for_each_match(&message.topic, &mut |m| {
+            let (session, sub) = match m {
+                Match::Subscriber(session, sub) => {
+                    matched = true;
+                    // [MQTT-3.8.3-3] No Local: not back to the publisher.
+                    if sub.options.no_local && Some(session) == message.origin {
+                        return;
+                    }
+                    (session, sub)
+                }
+                Match::Group { members, turn, .. } => {
+                    // One member per group, taken in turn in the order they subscribed (as
+                    // Mosquitto rotates its list), passing over members that cannot accept;
+                    // if none can, the first in turn whose session lives queues it.
+                    let n = members.len();
+                    if n == 0 {
+                        return;
+                    }
+                    let start = turn.fetch_add(1, Ordering::Relaxed) % n;
+                    let gone = |session: &SessionId| {
+                        leaving.as_ref().is_some_and(|l| l.contains(session))
+                            || ended_here.contains(session)
+                    };
+                    let in_turn = || members.iter().skip(start).chain(members.iter().take(start));
+                    let pick = in_turn()
+                        .find(|(session, sub)| !gone(session) && !cannot_accept(session, sub))
+                        .or_else(|| in_turn().find(|(session, _)| !gone(session)));
+                    // A group whose members are all gone is no match.
+                    let Some((session, sub)) = pick else { return };
+                    matched = true;
+                    (*session, sub)
+                }
+            };
+            let shard = usize::from(sub.shard).min(shards - 1);
+            targets[shard].push(Target {
+                session,
+                // 3.1.1 and 5.0 §3.8.4: the lower of the published and the granted QoS
+                // (upgrade_outgoing_qos: the granted QoS, as Mosquitto's option asks).
+                qos: if upgrade {
+                    sub.options.qos
+                } else {
+                    message.qos.min(sub.options.qos)
+                },
+                // [MQTT-3.3.1-9] (3.1.1) / Retain As Published (5.0 [MQTT-3.3.1-12]).
+                retain: message.retain && sub.options.retain_as_published,
+                identifiers: sub.identifier.map(|n| n.get()).into_iter().collect(),
+            });
+        });
+        drop(snapshot);
+        for (shard, list) in targets.iter_mut().enumerate() {
+            if list.is_empty() {
+                continue;
+            }
+            merge_overlapping(list);
+            if shard == self.id {
+                // Borrowed and cleared, not taken: the list keeps its allocation for the
+                // next message (it was one allocation per message routed), up to a size
+                // that a large fan-out does not leave behind.
+                self.deliver_here(message, list, false);
+                list.clear();
+                list.shrink_to(KEPT_CAPACITY);
+                continue;
+            }
+            let targets = std::mem::take(list);
+            self.pass_to_shard(shard, message, targets, false, from);
+        }
+        self.routing.targets = targets;
+        matched
+    }
+
+    /// Passes `message` to `shard` for its sessions `targets` (`forwarded`: they moved
+    /// there from here). With persistence it is numbered and journaled (`crossing/transit.rs`).
+    pub(super) fn pass_to_shard(
+        &mut self,
+        shard: usize,
+        message: &Arc<Message>,
+        targets: Vec<Target>,
+        forwarded: bool,
+        from: Option<ConnId>,
+    ) {
+        let receipt = self.transit_number(shard, message.qos);
+        let journaled = receipt.map(|r| (r.number, targets.clone()));
+        let msg = ShardMsg::Deliver {
+            message: message.clone(),
+            targets,
+            forwarded,
+            receipt,
+        };
+        let kept = self.send_to_shard(shard, msg, message.qos, from);
+        if let (true, Some((number, targets))) = (kept, journaled) {
+            self.journal_forward(shard, number, message, &targets);
+        }
+    }
+
+    /// Passes a message to another shard, behind what already waits for it. QoS 0 that
+    /// cannot go at once is dropped (counted); QoS 1/2 waits in the outbox, and its
+    /// publisher is paused until the outbox is empty. False if it was dropped.
+    fn send_to_shard(
+        &mut self,
+        shard: usize,
+        msg: ShardMsg,
+        qos: QoS,
+        from: Option<ConnId>,
+    ) -> bool {
+        if qos == QoS::AtMostOnce {
+            let sent = self
+                .crossing
+                .outbox
+                .send_or_drop(&self.shared.mailboxes, shard, msg);
+            if !sent {
+                self.stats()
+                    .dropped_mailbox_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return sent;
+        }
+        match self
+            .crossing
+            .outbox
+            .send(&self.shared.mailboxes, shard, msg, false)
+        {
+            Sent::Delivered => {}
+            Sent::Dropped => {
+                self.stats()
+                    .dropped_overflow_full
+                    .fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            Sent::Held => {
+                if let Some(conn) = from {
+                    if self.hold_reading(conn, super::conn::Hold::OUTBOX) {
+                        self.crossing.paused.push(conn);
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// What routing a message reuses from one message to the next.
+pub(super) struct Routing {
+    /// Per target shard, the targets of the message being routed.
+    pub(super) targets: Vec<Vec<Target>>,
+    /// The encodings of the message being delivered (`encode.rs`).
+    pub(super) variants: Variants,
+}
+
+impl Routing {
+    pub(super) fn new(shards: usize) -> Routing {
+        Routing {
+            targets: vec![Vec::new(); shards],
+            variants: Variants::default(),
+        }
+    }
+}
+
+/// Several subscriptions of one session matching one topic: deliver once, at the highest
+/// QoS, with every subscription identifier (MQTT 5.0 §4.7.3 allows this; Mosquitto sends
+/// one copy per subscription, midge sends one).
+fn merge_overlapping(targets: &mut Vec<Target>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_unstable_by_key(|t| t.session);
+    let mut out: Vec<Target> = Vec::with_capacity(targets.len());
+    for t in targets.drain(..) {
+        match out.last_mut() {
+            Some(last) if last.session == t.session => {
+                last.qos = last.qos.max(t.qos);
+                last.retain |= t.retain;
+                last.identifiers.extend(t.identifiers);
+            }
+            _ => out.push(t),
+        }
+    }
+    *targets = out;
+}
