@@ -48,6 +48,9 @@ struct Args {
     /// Check the configuration and the I/O backend, say what would run, and exit (0: fine).
     #[arg(long = "test-config")]
     test_config: bool,
+    /// List every mosquitto.conf option midge reads, with what it does, and exit.
+    #[arg(long = "list-options")]
+    list_options: bool,
 }
 
 /// Command-line settings that win over the file's (also after a reload).
@@ -123,6 +126,9 @@ fn main() -> ExitCode {
     // not where its time goes.
     midge::os::disable_transparent_huge_pages();
     let args = Args::parse();
+    if args.list_options {
+        return list_options();
+    }
     midge::logging::init(args.verbose);
     // Whichever way main returns, what is still queued for the log is written first.
     let _flush = FlushLog;
@@ -182,6 +188,24 @@ fn main() -> ExitCode {
 }
 
 /// `--test-config`: what the broker would run with, or the error it would stop on.
+/// `--list-options`: one line per option, its name and what it does; those read without
+/// being acted on yet say so.
+fn list_options() -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for (name, about, acted_on) in midge::config::option_listing() {
+        let not_yet = if acted_on {
+            ""
+        } else {
+            " (read, not acted on yet)"
+        };
+        if writeln!(out, "{name:<32} {about}{not_yet}").is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn test_config(config: &Config) -> ExitCode {
     let backend = match midge::server::choose_io_backend(config.io_backend) {
         Ok(backend) => backend,

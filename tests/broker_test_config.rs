@@ -49,3 +49,45 @@ fn test_config_checks_every_referenced_file_and_says_what_would_run() {
         assert!(!ok && said.contains(reason), "{text}: {said}");
     }
 }
+
+/// `midge --list-options`: every option the broker reads, one line each with what it does,
+/// those read without being acted on marked so; the broker does not start.
+#[test]
+fn list_options_names_every_option_with_what_it_does() {
+    let out = Command::new(env!("CARGO_BIN_EXE_midge"))
+        .arg("--list-options")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let line_of = |name: &str| {
+        listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} is not listed:\n{listing}"))
+            .to_string()
+    };
+    for name in [
+        "listener",
+        "max_inflight_messages",
+        "persistence",
+        "cafile",
+        "connection",
+        "bridge_cafile",
+    ] {
+        let line = line_of(name);
+        assert!(line.len() > name.len() + 10, "{line}");
+        assert!(!line.contains("not acted on"), "{line}");
+    }
+    assert!(line_of("plugin").contains("(read, not acted on yet)"));
+    // One line per option, none twice.
+    let mut names: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let count = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), count);
+    assert!(count > 100, "{count} options");
+}

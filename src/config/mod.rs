@@ -3,8 +3,8 @@
 //! listeners and threads stay as started.
 
 pub mod bridge;
-mod options;
 mod parse;
+pub use parse::option_listing;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
@@ -15,8 +15,6 @@ use std::time::Duration;
 use crate::auth::acl::Acl;
 use crate::auth::password::PasswordFile;
 use crate::logging::LogSettings;
-
-pub use options::suggest;
 
 /// Which IP family a listener without a bind address uses (`socket_domain`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -259,10 +259,8 @@ mod never_panics {
 
     /// Lines built from real option names (and a few misspellings) with odd values.
     fn line() -> impl Strategy<Value = String> {
-        let names: Vec<&'static str> = crate::config::options::SUPPORTED
-            .iter()
-            .chain(crate::config::options::NOT_YET)
-            .copied()
+        let names: Vec<&'static str> = crate::config::option_listing()
+            .map(|(name, _, _)| name)
             .filter(|n| {
                 !matches!(
                     *n,
