@@ -201,8 +201,16 @@ impl Backend for SimBackend {
     }
 
     fn close(&mut self, conn: ConnId) {
-        if let Some(c) = self.0.borrow_mut().conns.get_mut(&conn) {
+        let mut state = self.0.borrow_mut();
+        if let Some(c) = state.conns.get_mut(&conn) {
             c.closed_by_shard = true;
+            c.held.clear();
+            // As on a real backend, no event names the connection once the shard closed
+            // it: what the client sent and the shard has not been told of is lost.
+            state.events.retain(|e| match e {
+                Event::Received { conn: c, .. } | Event::Closed { conn: c, .. } => *c != conn,
+                _ => true,
+            });
         }
     }
 
