@@ -4,7 +4,10 @@
 //! that stops reading, bytes split anywhere.
 //!
 //! The test holds a `SimNet` (a handle to the same state as the shard's `SimBackend`): it
-//! connects clients, writes their bytes, reads what the shard sent, and closes them.
+//! connects clients, writes their bytes, reads what the shard sent, and closes them. It can
+//! also stand for the servers the shard connects out to (a bridge's remote broker):
+//! `listen` on an address, then `accept` what the shard's `connect`s to it; a connect to an
+//! address nobody listens on is refused.
 
 use bytes::{Bytes, BytesMut};
 use hashbrown::HashMap;
@@ -37,6 +40,9 @@ struct State {
     slots: usize,
     /// The last generation given out (0 before the first).
     last_generation: u32,
+    /// Addresses the test listens on, with the shard's connections to each that the test
+    /// has not accepted yet.
+    listening: HashMap<SocketAddr, VecDeque<ConnId>>,
 }
 
 /// The test's side of a simulated backend.
@@ -69,13 +75,8 @@ impl SimNet {
     /// A client connects (to the first listening socket); the shard sees it on its next turn.
     pub fn connect(&self) -> ConnId {
         let mut state = self.0.borrow_mut();
-        let slot = state.free_slots.pop().unwrap_or_else(|| {
-            state.slots += 1;
-            state.slots - 1
-        });
-        state.last_generation = ConnId::next_generation(state.last_generation);
-        let conn = ConnId::new(slot, state.last_generation);
-        state.conns.insert(conn, Conn::default());
+        let conn = state.new_conn();
+        let slot = conn.slot();
         let peer = SocketAddr::from(([127, 0, 0, 1], 10_000 + (slot % 50_000) as u16));
         state.events.push_back(Event::Accepted {
             conn,
@@ -145,9 +146,33 @@ impl SimNet {
         conns
     }
 
+    /// The test stands for a server at `addr`: the shard's connects to it succeed.
+    pub fn listen(&self, addr: SocketAddr) {
+        self.0.borrow_mut().listening.entry(addr).or_default();
+    }
+
+    /// The oldest connection the shard made to `addr` that the test has not taken yet: the
+    /// test is its far end (`send`, `take`, `close`).
+    pub fn accept(&self, addr: SocketAddr) -> Option<ConnId> {
+        self.0.borrow_mut().listening.get_mut(&addr)?.pop_front()
+    }
+
     /// Whether the shard has something to handle on its next turn.
     pub fn busy(&self) -> bool {
         !self.0.borrow().events.is_empty()
+    }
+}
+
+impl State {
+    fn new_conn(&mut self) -> ConnId {
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots += 1;
+            self.slots - 1
+        });
+        self.last_generation = ConnId::next_generation(self.last_generation);
+        let conn = ConnId::new(slot, self.last_generation);
+        self.conns.insert(conn, Conn::default());
+        conn
     }
 }
 
@@ -214,11 +239,27 @@ impl Backend for SimBackend {
         }
     }
 
-    /// The simulation has no outgoing connections (no bridges) yet.
-    fn connect(&mut self, _to: SocketAddr, _bind: Option<SocketAddr>) -> io::Result<ConnId> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the simulated network has no outgoing connections",
-        ))
+    /// Connected at once if the test listens on `to` (the test takes the far end with
+    /// `accept`), refused otherwise; the shard hears which on its next turn.
+    fn connect(&mut self, to: SocketAddr, _bind: Option<SocketAddr>) -> io::Result<ConnId> {
+        let mut state = self.0.borrow_mut();
+        let conn = state.new_conn();
+        let event = match state.listening.get_mut(&to) {
+            Some(waiting) => {
+                waiting.push_back(conn);
+                Event::Connected { conn }
+            }
+            None => {
+                state.conns.remove(&conn);
+                state.free_slots.push(conn.slot());
+                let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+                Event::Closed {
+                    conn,
+                    error: Some(refused),
+                }
+            }
+        };
+        state.events.push_back(event);
+        Ok(conn)
     }
 }

@@ -23,11 +23,58 @@ trait Peer {
     fn at_end(&mut self) -> bool;
 }
 
-/// A backend under test, and how a client connects to it.
+/// A server the backend under test connects out to (as a bridge connects to its remote).
+trait Remote {
+    fn addr(&self) -> SocketAddr;
+    /// The far end of the backend's oldest connection to it not taken yet, if any came.
+    fn accept(&mut self) -> Option<Box<dyn Peer>>;
+}
+
+/// A backend under test, how a client connects to it, and how a server it connects to is
+/// set up (with an address where none is, to be refused).
 struct Rig {
     name: &'static str,
     backend: Box<dyn Backend>,
     dial: Box<dyn FnMut() -> Box<dyn Peer>>,
+    serve: Box<dyn FnMut() -> Box<dyn Remote>>,
+    nobody: SocketAddr,
+}
+
+struct TcpRemote(TcpListener);
+
+impl Remote for TcpRemote {
+    fn addr(&self) -> SocketAddr {
+        self.0.local_addr().unwrap()
+    }
+
+    fn accept(&mut self) -> Option<Box<dyn Peer>> {
+        let (stream, _) = self.0.accept().ok()?;
+        stream.set_nonblocking(true).unwrap();
+        Some(Box::new(TcpPeer {
+            stream,
+            ended: false,
+        }))
+    }
+}
+
+struct SimRemote {
+    net: SimNet,
+    addr: SocketAddr,
+}
+
+impl Remote for SimRemote {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn accept(&mut self) -> Option<Box<dyn Peer>> {
+        let conn = self.net.accept(self.addr)?;
+        Some(Box::new(SimPeer {
+            net: self.net.clone(),
+            conn,
+            unread: Vec::new(),
+        }))
+    }
 }
 
 struct TcpPeer {
@@ -99,7 +146,18 @@ impl Drop for SimPeer {
 fn tcp_rig(name: &'static str, backend: impl FnOnce(TcpListener) -> Box<dyn Backend>) -> Rig {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
+    // A port just free again: nothing listens there.
+    let nobody = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     Rig {
+        serve: Box::new(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            Box::new(TcpRemote(listener))
+        }),
+        nobody,
         name,
         backend: backend(listener),
         dial: Box::new(move || {
@@ -127,8 +185,20 @@ fn each_backend(test: impl Fn(&mut Rig)) {
     }
     let net = SimNet::new();
     let dialing = net.clone();
+    let serving = net.clone();
+    let mut servers = 0u8;
     test(&mut Rig {
         name: "simulated",
+        serve: Box::new(move || {
+            servers += 1;
+            let addr = SocketAddr::from(([10, 0, 0, servers], 1883));
+            serving.listen(addr);
+            Box::new(SimRemote {
+                net: serving.clone(),
+                addr,
+            })
+        }),
+        nobody: SocketAddr::from(([10, 0, 1, 1], 1883)),
         backend: Box::new(net.backend()),
         dial: Box::new(move || {
             let conn = dialing.connect();
@@ -389,6 +459,57 @@ fn bytes_from_many_connections_at_once_all_arrive_whole() {
                 rig.name
             );
         }
+    });
+}
+
+#[test]
+fn an_outgoing_connection_is_reported_connected_and_carries_bytes_both_ways() {
+    each_backend(|rig| {
+        let mut remote = (rig.serve)();
+        let conn = rig.backend.connect(remote.addr(), None).unwrap();
+        // Sent before the connection is up: queued, and written first.
+        rig.backend.send(conn, Bytes::from_static(b"early,"));
+        let mut seen = Vec::new();
+        rig.next_event(&mut seen, |e| {
+            matches!(e, Event::Connected { conn: c } if *c == conn).then_some(())
+        });
+        let until = Instant::now() + DEADLINE;
+        let mut far = loop {
+            if let Some(far) = remote.accept() {
+                break far;
+            }
+            rig.turn(&mut seen);
+            assert!(Instant::now() < until, "{}: never accepted", rig.name);
+        };
+        rig.backend.send(conn, Bytes::from_static(b"late"));
+        let got = rig.read_all(far.as_mut(), 10, 4096, &mut seen);
+        assert_eq!(got, b"early,late", "{}", rig.name);
+        far.write(b"reply");
+        assert_eq!(rig.receive(conn, 5), b"reply", "{}", rig.name);
+        drop(far);
+        let error = rig.next_event(&mut seen, |e| match e {
+            Event::Closed { conn: c, error } if *c == conn => Some(error.is_some()),
+            _ => None,
+        });
+        assert!(!error, "{}: a clean close is not an error", rig.name);
+    });
+}
+
+#[test]
+fn an_outgoing_connection_nobody_takes_is_reported_closed_with_its_error() {
+    each_backend(|rig| {
+        let to = rig.nobody;
+        // Refused at once, or (as a connect under way) reported closed with the error.
+        let Ok(conn) = rig.backend.connect(to, None) else {
+            return;
+        };
+        let mut seen = Vec::new();
+        let error = rig.next_event(&mut seen, |e| match e {
+            Event::Closed { conn: c, error } if *c == conn => Some(error.is_some()),
+            Event::Connected { conn: c } if *c == conn => Some(false),
+            _ => None,
+        });
+        assert!(error, "{}: a refused connect is an error", rig.name);
     });
 }
 
