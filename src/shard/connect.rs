@@ -1,78 +1,150 @@
-//! CONNECT and CONNACK, and session takeover (also across shards, by handoff). How
-//! connections end is in `close.rs`, enhanced authentication in `auth.rs`.
+//! CONNECT: the checks a client passes (its certificate, its client id, its will, its
+//! credentials), then its session found (here, on another shard, or new) and the connection
+//! accepted. CONNACK is made in `connack.rs`, an old connection taken over in
+//! `takeover.rs`; enhanced authentication is in `auth.rs`, how connections end in
+//! `close.rs`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::io::{Backend, ConnId};
 use super::{Claim, Shard};
-use crate::codec::{
-    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will,
-};
+use crate::codec::{Connect, ProtocolVersion, ReasonCode, Will};
+use crate::config::Listener;
 use crate::router::{SessionBox, ShardMsg};
 use crate::session::Session;
 use crate::topic::SessionId;
+
+/// Why a CONNECT is not accepted.
+enum Refusal {
+    /// CONNACK with this reason, then close.
+    Answer(ReasonCode),
+    /// Closed without a CONNACK: 3.x has no code for what is wrong.
+    Close,
+}
+
+/// What the checks of a CONNECT found.
+struct Admitted {
+    client_id: Arc<str>,
+    /// The broker gave the client id (the client sent none).
+    assigned: bool,
+}
 
 impl<B: Backend> Shard<B> {
     pub(super) fn on_connect(&mut self, conn: ConnId, mut connect: Box<Connect>) {
         // A SIGHUP sent or taken while this turn read the CONNECT: judge it by the new
         // settings.
         self.take_settings_for_connect();
-        let shared = self.shared.clone();
-        let config = self.config.clone();
         let Some(c) = self.conn_mut(conn) else { return };
         c.decoder.version = Some(connect.version);
         if connect.bridge {
             c.extras().bridge = true;
         }
-        let listener = config.listener(c.listener());
-        let security = config.security(c.listener());
-        let v5 = connect.version == ProtocolVersion::V5;
-        // use_identity_as_username / use_subject_as_username: the client certificate names
-        // the user, and no password is asked for (as in Mosquitto).
-        let certified = match self.certificate_username(conn, listener) {
-            Ok(Some(name)) => match crate::codec::MqttStr::new(&name) {
-                Ok(name) => {
-                    connect.username = Some(name);
-                    connect.password = None;
-                    true
+        let listener = c.listener();
+        let admitted = match self.admit(conn, listener, &mut connect) {
+            Ok(admitted) => admitted,
+            Err(Refusal::Answer(reason)) => return self.refuse(conn, &connect, reason),
+            Err(Refusal::Close) => {
+                if let Some(c) = self.take_conn(conn) {
+                    self.close_socket(c);
                 }
-                Err(_) => {
-                    self.refuse(conn, &connect, ReasonCode::NotAuthorized);
-                    return;
-                }
-            },
-            Ok(None) => false,
-            // No certificate (require_certificate false): bad user name or password, as
-            // Mosquitto answers (3.1.1 return code 4).
-            Err(()) => {
-                self.refuse(conn, &connect, ReasonCode::BadUserNameOrPassword);
                 return;
             }
         };
+        let Admitted {
+            client_id,
+            assigned,
+        } = admitted;
+        let Some(c) = self.conn_mut(conn) else { return };
+        c.client_id = Some(client_id.clone());
+        let v5 = connect.version == ProtocolVersion::V5;
+        if let (true, Some(name)) = (v5, connect.properties.authentication_method.clone()) {
+            self.begin_enhanced_auth(conn, connect, client_id, assigned, name.as_str());
+            return;
+        }
+        self.connect_authenticated(conn, connect, client_id, assigned);
+    }
 
+    /// The checks of a CONNECT on `listener`, in Mosquitto's order: the client
+    /// certificate's user, the client id, the will, the credentials.
+    fn admit(
+        &mut self,
+        conn: ConnId,
+        listener: usize,
+        connect: &mut Connect,
+    ) -> Result<Admitted, Refusal> {
+        let config = self.config.clone();
+        let on = config.listener(listener);
+        let certified = self.certificate_user(conn, on, connect)?;
+        let (client_id, assigned) = self.client_id_for(listener, connect)?;
+        check_will(&config, on, &client_id, connect)?;
+        // 5.0 enhanced authentication decides for itself (`auth.rs`), as in Mosquitto.
+        let v5 = connect.version == ProtocolVersion::V5;
+        let enhanced = v5 && connect.properties.authentication_method.is_some();
+        let user = connect.username.as_ref().map(|u| u.as_str());
+        let security = config.security(listener);
+        if !enhanced && !certified && !security.lets_in(user, connect.password.as_deref()) {
+            // Mosquitto 2 refuses with "not authorised" (5 / 0x87), bad password or none.
+            return Err(Refusal::Answer(ReasonCode::NotAuthorized));
+        }
+        Ok(Admitted {
+            client_id,
+            assigned,
+        })
+    }
+
+    /// use_identity_as_username / use_subject_as_username: the client certificate names
+    /// the user, and no password is asked for (as in Mosquitto). True if it did.
+    fn certificate_user(
+        &self,
+        conn: ConnId,
+        listener: &Listener,
+        connect: &mut Connect,
+    ) -> Result<bool, Refusal> {
+        match self.certificate_username(conn, listener) {
+            Ok(Some(name)) => {
+                let name = crate::codec::MqttStr::new(&name)
+                    .map_err(|_| Refusal::Answer(ReasonCode::NotAuthorized))?;
+                connect.username = Some(name);
+                connect.password = None;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            // No certificate (require_certificate false): bad user name or password, as
+            // Mosquitto answers (3.1.1 return code 4).
+            Err(()) => Err(Refusal::Answer(ReasonCode::BadUserNameOrPassword)),
+        }
+    }
+
+    /// The client's id (the user name with `use_username_as_clientid`, one the broker
+    /// gives for an empty one), and whether the broker gave it.
+    fn client_id_for(
+        &self,
+        listener: usize,
+        connect: &Connect,
+    ) -> Result<(Arc<str>, bool), Refusal> {
+        let config = &self.config;
+        let refused = |reason| Err(Refusal::Answer(reason));
         let mut client_id: Arc<str> = Arc::from(connect.client_id.as_str());
-        if listener.use_username_as_clientid {
+        if config.listener(listener).use_username_as_clientid {
             // use_username_as_clientid: the user name is the client id; without one the
             // client is not authorised (as Mosquitto).
             match &connect.username {
                 Some(user) => client_id = Arc::from(user.as_str()),
-                None => {
-                    self.refuse(conn, &connect, ReasonCode::NotAuthorized);
-                    return;
-                }
+                None => return refused(ReasonCode::NotAuthorized),
             }
         }
         let mut assigned = false;
         if client_id.is_empty() {
             // [MQTT-3.1.3-8] (3.1.1) an empty id needs clean session; 3.1 needs an id;
             // `allow_zero_length_clientid false` refuses it as Mosquitto does.
+            let security = config.security(listener);
+            let v5 = connect.version == ProtocolVersion::V5;
             let allowed = security.allow_zero_length_clientid
                 && connect.version != ProtocolVersion::V31
                 && (connect.clean_start || v5);
             if !allowed {
-                self.refuse(conn, &connect, ReasonCode::ClientIdentifierNotValid);
-                return;
+                return refused(ReasonCode::ClientIdentifierNotValid);
             }
             // [MQTT-3.1.3-6] assign a unique identifier.
             let id = self.shared.new_session_id();
@@ -80,110 +152,52 @@ impl<B: Backend> Shard<B> {
             assigned = true;
         } else if connect.version == ProtocolVersion::V31 && client_id.len() > 23 {
             // MQTT 3.1 §3.1: the client identifier is 1 to 23 characters; Mosquitto refuses longer.
-            self.refuse(conn, &connect, ReasonCode::ClientIdentifierNotValid);
-            return;
+            return refused(ReasonCode::ClientIdentifierNotValid);
         }
         // A bridge's local client id is the bridge's: a client taking it would take the
         // bridge's session over.
-        if config
-            .bridges
-            .iter()
-            .any(|b| *crate::bridge::client_ids(b).1 == *client_id)
+        let bridges = config.bridges.iter();
+        if bridges
+            .map(crate::bridge::client_ids)
+            .any(|ids| *ids.1 == *client_id)
         {
             log::info!("Client {client_id} uses the client id of a bridge; refused.");
-            self.refuse(conn, &connect, ReasonCode::ClientIdentifierNotValid);
-            return;
+            return refused(ReasonCode::ClientIdentifierNotValid);
         }
         // clientid_prefixes: other client ids are not authorised (as Mosquitto).
-        if config
-            .clientid_prefixes
-            .as_ref()
-            .is_some_and(|p| !client_id.starts_with(p.as_str()))
-        {
-            self.refuse(conn, &connect, ReasonCode::NotAuthorized);
+        let prefixes = config.clientid_prefixes.as_ref();
+        if prefixes.is_some_and(|p| !client_id.starts_with(p.as_str())) {
+            return refused(ReasonCode::NotAuthorized);
+        }
+        Ok((client_id, assigned))
+    }
+
+    /// MQTT 5.0 §4.12: enhanced authentication runs before the session is touched.
+    fn begin_enhanced_auth(
+        &mut self,
+        conn: ConnId,
+        connect: Box<Connect>,
+        client_id: Arc<str>,
+        assigned: bool,
+        name: &str,
+    ) {
+        let methods = self.shared.auth_methods.iter();
+        let Some(method) = methods.into_iter().find(|m| m.name() == name).cloned() else {
+            self.refuse(conn, &connect, ReasonCode::BadAuthenticationMethod);
             return;
+        };
+        let data = connect.properties.authentication_data.clone();
+        let (exchange, step) = method.begin(&client_id, data.as_deref());
+        if let Some(c) = self.conn_mut(conn) {
+            let extras = c.extras();
+            extras.auth_method = Some(method);
+            extras.auth_pending = Some(super::conn::PendingConnect {
+                connect,
+                client_id,
+                assigned,
+            });
         }
-        // A will above the listener's max_qos, or retained where retain_available is false:
-        // 5.0 refuses it with 0x9B / 0x9A [MQTT-3.2.2-12] [MQTT-3.2.2-13]; 3.x has no way
-        // to say so and is closed (a 3.x will is published unretained, as Mosquitto does).
-        if let Some(will) = &connect.will {
-            if will.qos > listener.max_qos {
-                log::info!("Client {client_id} sent a will above max_qos, disconnecting.");
-                if v5 {
-                    self.refuse(conn, &connect, ReasonCode::QosNotSupported);
-                } else if let Some(c) = self.take_conn(conn) {
-                    self.close_socket(c);
-                }
-                return;
-            }
-            if will.retain && !config.retain_available && v5 {
-                self.refuse(conn, &connect, ReasonCode::RetainNotSupported);
-                return;
-            }
-        }
-        // message_size_limit bounds a will's payload too (5.0: 0x95 Packet too large; 3.x:
-        // 5 not authorised, as Mosquitto).
-        let limit = config.message_size_limit;
-        if let Some(will) = connect
-            .will
-            .as_ref()
-            .filter(|w| limit > 0 && w.payload.len() > limit)
-        {
-            log::debug!(
-                "Client {client_id} connected with too large Will payload ({} bytes)",
-                will.payload.len()
-            );
-            let reason = if v5 {
-                ReasonCode::PacketTooLarge
-            } else {
-                ReasonCode::NotAuthorized
-            };
-            self.refuse(conn, &connect, reason);
-            return;
-        }
-        // mount_point: a will topic must still be a topic under it.
-        if let (Some(mount), Some(will)) = (&listener.mount_point, &connect.will) {
-            if super::publish::mounted_topic(mount, &will.topic).is_none() {
-                self.refuse(conn, &connect, ReasonCode::TopicNameInvalid);
-                return;
-            }
-        }
-        // 5.0 enhanced authentication decides for itself (below), as in Mosquitto.
-        let enhanced = v5 && connect.properties.authentication_method.is_some();
-        let user = connect.username.as_ref().map(|u| u.as_str());
-        if !enhanced && !certified && !security.lets_in(user, connect.password.as_deref()) {
-            // Mosquitto 2 refuses with "not authorised" (5 / 0x87), bad password or none.
-            self.refuse(conn, &connect, ReasonCode::NotAuthorized);
-            return;
-        }
-        let Some(c) = self.conn_mut(conn) else { return };
-        c.client_id = Some(client_id.clone());
-        if let (true, Some(name)) = (v5, connect.properties.authentication_method.clone()) {
-            // MQTT 5.0 §4.12: enhanced authentication runs before the session is touched.
-            let method = shared
-                .auth_methods
-                .iter()
-                .find(|m| m.name() == name.as_str())
-                .cloned();
-            let Some(method) = method else {
-                self.refuse(conn, &connect, ReasonCode::BadAuthenticationMethod);
-                return;
-            };
-            let data = connect.properties.authentication_data.clone();
-            let (exchange, step) = method.begin(&client_id, data.as_deref());
-            if let Some(c) = self.conn_mut(conn) {
-                let extras = c.extras();
-                extras.auth_method = Some(method);
-                extras.auth_pending = Some(super::conn::PendingConnect {
-                    connect,
-                    client_id,
-                    assigned,
-                });
-            }
-            self.auth_step(conn, exchange, step);
-            return;
-        }
-        self.connect_authenticated(conn, connect, client_id, assigned);
+        self.auth_step(conn, exchange, step);
     }
 
     /// CONNECT, once its client is known: find its session (here, on another shard, or new).
@@ -239,127 +253,8 @@ impl<B: Backend> Shard<B> {
         self.accept_connect(conn, *connect, client_id, assigned, session);
     }
 
-    /// Closes a connection that was waiting for its session, taken over by a newer one.
-    pub(super) fn close_waiting(&mut self, conn: ConnId, client_id: &str) {
-        if let Some(c) = self.take_conn(conn) {
-            if self.config.connection_messages {
-                log::info!("Client {client_id} already connected, closing old connection.");
-            }
-            self.close_socket(c);
-        }
-    }
-
-    /// Takes this shard's session `id` for a new connection, closing its old connection.
-    /// Returns it if it carries on (not clean on either side), `None` if it ended.
-    pub(super) fn take_local_session(
-        &mut self,
-        id: SessionId,
-        clean_start: bool,
-    ) -> Option<SessionBox> {
-        // Its subscriptions' changes so far point at this shard in the trie before it goes
-        // (a later batch here would undo the new shard's).
-        self.apply_trie_ops();
-        if let Some(old) = self.sessions.get(&id)?.conn {
-            self.cut_short_subscribing(old);
-        }
-        let session = self.sessions.get(&id)?;
-        let ends = session.clean || clean_start;
-        if let Some(old) = session.conn {
-            if self.config.connection_messages {
-                log::info!(
-                    "Client {} already connected, closing old connection.",
-                    session.client_id
-                );
-            }
-            // [MQTT-3.1.4-3] the existing connection is closed.
-            self.close_takeover(old, ends);
-        }
-        self.settle_subscribing(id, ends);
-        let session = self.sessions.remove(&id)?;
-        if ends {
-            self.end_session(session, false);
-            return None;
-        }
-        Some(session)
-    }
-
-    /// Closes `conn`, whose session is being taken over.
-    fn close_takeover(&mut self, conn: ConnId, session_ends: bool) {
-        let Some(mut c) = self.take_conn(conn) else {
-            return;
-        };
-        if let Some(id) = c.session.take() {
-            if let Some(session) = self.sessions.get_mut(&id) {
-                let will = session.taken_over(session_ends);
-                if c.version() == Some(ProtocolVersion::V5) {
-                    self.send_raw(
-                        &mut c,
-                        &Packet::Disconnect(Disconnect::with_reason(ReasonCode::SessionTakenOver)),
-                    );
-                }
-                if let Some(will) = will {
-                    self.publish_will(id, will);
-                }
-            }
-        }
-        self.close_socket(c);
-    }
-
-    /// Encodes a last packet straight into a connection being closed.
-    fn send_raw(&mut self, c: &mut super::conn::Conn, packet: &Packet) {
-        let version = c.version().unwrap_or(ProtocolVersion::V311);
-        if packet.encode(version, &mut c.out).is_ok() {
-            self.shared.stats[self.id]
-                .packets_sent
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// Sends CONNACK with `reason` and closes. [MQTT-3.2.2-7] (5.0: [MQTT-3.2.2-8])
-    pub(super) fn refuse(&mut self, conn: ConnId, connect: &Connect, reason: ReasonCode) {
-        let Some(mut c) = self.take_conn(conn) else {
-            return;
-        };
-        use super::stats::Refused;
-        self.stats().refused(match reason {
-            ReasonCode::NotAuthorized | ReasonCode::BadUserNameOrPassword => Refused::NotAuthorised,
-            ReasonCode::ClientIdentifierNotValid => Refused::ClientId,
-            ReasonCode::UnsupportedProtocolVersion | ReasonCode::ProtocolError => Refused::Protocol,
-            _ => Refused::Other,
-        });
-        let id = connect.client_id.as_str();
-        let ack = ConnAck {
-            session_present: false,
-            reason,
-            properties: Properties::default(),
-        };
-        let code = if connect.version == ProtocolVersion::V5 {
-            reason as u8
-        } else {
-            crate::codec::v3_return_code(reason)
-        };
-        log::debug!(
-            "Sending CONNACK to {} (0, {code})",
-            if id.is_empty() { "<unknown>" } else { id }
-        );
-        if self.config.connection_messages {
-            let why = match reason {
-                ReasonCode::NotAuthorized | ReasonCode::BadUserNameOrPassword => "not authorised",
-                ReasonCode::ClientIdentifierNotValid => "invalid client id",
-                ReasonCode::BadAuthenticationMethod => "unsupported authentication method",
-                _ => "refused",
-            };
-            log::info!(
-                "Client {} disconnected, {why}.",
-                if id.is_empty() { "<unknown>" } else { id }
-            );
-        }
-        c.decoder.version = Some(connect.version);
-        self.send_raw(&mut c, &Packet::ConnAck(ack));
-        self.close_socket(c);
-    }
-
-    /// Completes a CONNECT with the session it resumes (`Some`) or a new one.
+    /// Completes a CONNECT with the session it resumes (`Some`) or a new one: the session
+    /// takes the connection's parameters, the connection its session, and CONNACK goes.
     pub(super) fn accept_connect(
         &mut self,
         conn: ConnId,
@@ -368,24 +263,8 @@ impl<B: Backend> Shard<B> {
         assigned: bool,
         resumed: Option<SessionBox>,
     ) {
-        let v5 = connect.version == ProtocolVersion::V5;
-        let user = connect.username.as_ref().map(|u| u.as_str());
         let listener = self.conn(conn).map_or(0, |c| c.listener());
-        // With per-listener security, the same name on another listener is another user.
-        let other_realm =
-            |old: &Session| self.config.per_listener_settings && old.listener() != listener;
-        let resumed = match resumed {
-            // A session is resumed only by its own user: another user's client taking the
-            // id gets a new session, not the messages queued for the first.
-            Some(old) if old.username() != user || other_realm(&old) => {
-                log::info!(
-                    "Client {client_id} connected as a different user; its previous session is discarded."
-                );
-                self.end_session(old, false);
-                None
-            }
-            other => other,
-        };
+        let resumed = self.resumable(resumed, &connect, &client_id, listener);
         let session_present = resumed.is_some();
         // [MQTT-4.6.0-6] numbered after what the client published on earlier connections.
         self.catch_up_published();
@@ -401,10 +280,65 @@ impl<B: Backend> Shard<B> {
         });
         let session_id = session.id;
         session.conn = Some(conn);
+        self.take_parameters(&mut session, &connect, listener);
+        if session_present {
+            self.adopt_subscriptions(&mut session);
+        }
+        if session.outgoing().owes() {
+            // Retained messages still owed from before (perhaps on another shard).
+            self.owed.owing.push(session_id);
+        }
+        self.sessions.insert(session);
+        let claim = self.conn(conn).map_or(0, |c| c.claim);
+        self.journal_session(session_id, claim);
+        self.stats().connects.fetch_add(1, Relaxed);
+        let keepalive = connect.keep_alive.min(self.config.keepalive_max_s);
+        if !self.connection_accepted(conn, &connect, &client_id, session_id, keepalive) {
+            return;
+        }
+        let connack = super::connack::Connack {
+            session_present,
+            client_id: &client_id,
+            assigned,
+            keepalive,
+            listener,
+        };
+        if self.send_connack(conn, &connect, connack) && session_present {
+            self.resume_outgoing(session_id);
+        }
+    }
+
+    /// The session found for a CONNECT, if its client may resume it: a session is resumed
+    /// only by its own user (with per-listener security, the same name on another listener
+    /// is another user); another user's client taking the id gets a new session, not the
+    /// messages queued for the first.
+    fn resumable(
+        &mut self,
+        resumed: Option<SessionBox>,
+        connect: &Connect,
+        client_id: &str,
+        listener: usize,
+    ) -> Option<SessionBox> {
+        let user = connect.username.as_ref().map(|u| u.as_str());
+        let per_listener = self.config.per_listener_settings;
+        let old = resumed?;
+        if old.username() == user && !(per_listener && old.listener() != listener) {
+            return Some(old);
+        }
+        log::info!(
+            "Client {client_id} connected as a different user; its previous session is discarded."
+        );
+        self.end_session(old, false);
+        None
+    }
+
+    /// What a session takes from the CONNECT that resumes or begins it.
+    fn take_parameters(&mut self, session: &mut Session, connect: &Connect, listener: usize) {
         // [MQTT-3.1.3-9] the session resumed in time: a will still waiting is not sent.
         session.resumed();
         // 3.x: clean session 0 keeps the session. 5.0: the Session Expiry Interval decides
         // (absent or 0: the session ends with the connection, §3.1.2.11.2).
+        let v5 = connect.version == ProtocolVersion::V5;
         let expiry = connect.properties.session_expiry_interval.unwrap_or(0);
         let clean = if v5 { expiry == 0 } else { connect.clean_start };
         session.set_parameters(connect.version, expiry, clean, self.sessions.changes());
@@ -418,9 +352,9 @@ impl<B: Backend> Shard<B> {
         // mount_point: the will goes to the listener's part of the topic space. (A will
         // whose topic does not fit there was refused in on_connect; were one to get here,
         // no will is better than one outside the mount point.)
-        let mount = self.config.listener(listener).mount_point.clone();
+        let mount = self.config.listener(listener).mount_point.as_deref();
         session.will = connect.will.as_ref().and_then(|w| {
-            let topic = match &mount {
+            let topic = match mount {
                 Some(m) => super::publish::mounted_topic(m, &w.topic)?,
                 None => w.topic.detached(),
             };
@@ -437,24 +371,21 @@ impl<B: Backend> Shard<B> {
             connect.password.as_deref(),
         );
         session.set_listener(listener);
-        if session_present {
-            self.adopt_subscriptions(&mut session);
-        }
-        if session.outgoing().owes() {
-            // Retained messages still owed from before (perhaps on another shard).
-            self.owed.owing.push(session_id);
-        }
-        self.sessions.insert(session);
-        let claim = self.conn(conn).map_or(0, |c| c.claim);
-        self.journal_session(session_id, claim);
-        self.shared.stats[self.id]
-            .connects
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 
-        let keepalive = connect.keep_alive.min(self.config.keepalive_max_s);
+    /// The connection takes its session and the CONNECT's parameters, and is logged as
+    /// Mosquitto logs a new client. False if it is gone.
+    fn connection_accepted(
+        &mut self,
+        conn: ConnId,
+        connect: &Connect,
+        client_id: &Arc<str>,
+        session_id: SessionId,
+        keepalive: u16,
+    ) -> bool {
         let now = self.stamp();
         let Some(c) = super::conn::live_mut(&mut self.conns, conn) else {
-            return;
+            return false;
         };
         super::receiving::forget_input(&self.shared, c);
         c.session = Some(session_id);
@@ -489,78 +420,52 @@ impl<B: Backend> Shard<B> {
                 connect.keep_alive
             );
         }
-        let mut properties = Properties::default();
-        if v5 {
-            if assigned {
-                properties.assigned_client_identifier = crate::codec::MqttStr::new(&client_id).ok();
-            }
-            if keepalive != connect.keep_alive {
-                properties.server_keep_alive = Some(keepalive);
-            }
-            properties.receive_maximum = u16::try_from(self.config.inflight_max)
-                .ok()
-                .filter(|&n| n < 65535);
-            // [MQTT-3.1.2-28] Response Information only when asked for (and configured).
-            if connect.properties.request_response_information == Some(true) {
-                if let Some(prefix) = &self.config.response_topic_prefix {
-                    properties.response_information =
-                        crate::codec::MqttStr::new(&format!("{prefix}/{client_id}")).ok();
-                }
-            }
-            // The largest packet the broker accepts, when a limit below the protocol's is set.
-            let size_max = self.config.packet_size_max;
-            if size_max < crate::codec::VARINT_MAX as usize {
-                properties.maximum_packet_size = u32::try_from(size_max).ok();
-            }
-            // [MQTT-3.2.2-9] [MQTT-3.2.2-10] what the broker does not support: retained
-            // messages (retain_available false), QoS above the listener's max_qos.
-            if !self.config.retain_available {
-                properties.retain_available = Some(false);
-            }
-            let max_qos = self.config.listener(listener).max_qos;
-            if max_qos != crate::codec::QoS::ExactlyOnce {
-                properties.maximum_qos = Some(max_qos as u8);
-            }
-            // [MQTT-3.2.2-17] how many topic aliases the client may set (absent: none).
-            let aliases = self.config.listener(listener).topic_alias_max;
-            properties.topic_alias_maximum = (aliases > 0).then_some(aliases);
-        }
-        if let Some(c) = self.conn_mut(conn) {
-            if let Some(extras) = c.extras.as_mut() {
-                if let Some(method) = &extras.auth_method {
-                    // 5.0 §3.2.2.3.17: the method the client authenticated with.
-                    properties.authentication_method =
-                        crate::codec::MqttStr::new(method.name()).ok();
-                    properties.authentication_data = extras.auth_reply.take();
-                }
-            }
-        }
-        let ack = ConnAck {
-            session_present,
-            reason: ReasonCode::Success,
-            properties,
-        };
-        // [MQTT-3.1.2-24] not even the CONNACK may exceed the client's Maximum Packet Size:
-        // a client that cannot take it is closed without one (as Mosquitto).
-        let ack = Packet::ConnAck(ack);
-        let size_max = connect.properties.maximum_packet_size.map(|n| n as usize);
-        let ack_len = ack.encoded_len(connect.version).unwrap_or(usize::MAX);
-        if size_max.is_some_and(|max| ack_len > max) {
-            log::info!(
-                "Client {client_id} cannot take a CONNACK of {ack_len} bytes (its Maximum Packet Size), disconnecting."
-            );
-            self.close_conn(conn, super::close::CloseReason::ProtocolError);
-            return;
-        }
+        true
+    }
+}
+
+/// A will above the listener's max_qos, or retained where retain_available is false: 5.0
+/// refuses it with 0x9B / 0x9A [MQTT-3.2.2-12] [MQTT-3.2.2-13]; 3.x has no way to say so and
+/// is closed (a 3.x will is published unretained, as Mosquitto does). `message_size_limit`
+/// bounds its payload too (5.0: 0x95 Packet too large; 3.x: 5 not authorised, as
+/// Mosquitto); with a `mount_point` its topic must still be a topic under it.
+fn check_will(
+    config: &crate::config::Config,
+    listener: &Listener,
+    client_id: &str,
+    connect: &Connect,
+) -> Result<(), Refusal> {
+    let Some(will) = &connect.will else {
+        return Ok(());
+    };
+    let v5 = connect.version == ProtocolVersion::V5;
+    if will.qos > listener.max_qos {
+        log::info!("Client {client_id} sent a will above max_qos, disconnecting.");
+        return Err(match v5 {
+            true => Refusal::Answer(ReasonCode::QosNotSupported),
+            false => Refusal::Close,
+        });
+    }
+    if will.retain && !config.retain_available && v5 {
+        return Err(Refusal::Answer(ReasonCode::RetainNotSupported));
+    }
+    let limit = config.message_size_limit;
+    if limit > 0 && will.payload.len() > limit {
         log::debug!(
-            "Sending CONNACK to {client_id} ({}, 0)",
-            u8::from(session_present)
+            "Client {client_id} connected with too large Will payload ({} bytes)",
+            will.payload.len()
         );
-        self.send_packet(conn, &ack);
-        if session_present {
-            self.resume_outgoing(session_id);
+        return Err(Refusal::Answer(match v5 {
+            true => ReasonCode::PacketTooLarge,
+            false => ReasonCode::NotAuthorized,
+        }));
+    }
+    if let Some(mount) = &listener.mount_point {
+        if super::publish::mounted_topic(mount, &will.topic).is_none() {
+            return Err(Refusal::Answer(ReasonCode::TopicNameInvalid));
         }
     }
+    Ok(())
 }
 
 /// A client identifier for a client that sent none [MQTT-3.1.3-6]: the prefix and 36
@@ -586,7 +491,6 @@ fn assigned_client_id(prefix: &str, unique: u64) -> String {
         &hex[20..]
     )
 }
-
 #[cfg(test)]
 mod tests {
     #[test]
