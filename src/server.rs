@@ -56,101 +56,14 @@ impl Server {
                 "Create a configuration file which defines a listener to allow remote access."
             );
         }
-        // Bind the first shard's sockets, resolving port 0 (one free port per listener,
-        // shared by its addresses).
-        let mut first: Vec<ListenSocket> = Vec::new();
-        let mut addrs = Vec::new();
-        let mut unix_sockets = Vec::new();
-        // Per socket: its configured listener, and how other shards get theirs (a TCP
-        // address and bind_interface to bind again; a Unix socket is shared).
-        let mut listener_of_socket = Vec::new();
-        let mut rebind = Vec::new();
-        for (index, listener) in config.listeners.iter().enumerate() {
-            if let Some(why) = listener.not_opened {
-                log::warn!(
-                    "Warning: not opening the listener on port {}: {why}.",
-                    listener.port
-                );
-                continue;
-            }
-            if let Some(path) = &listener.unix_socket {
-                log::info!(target: "information", "Opening unix listen socket on path {path}.");
-                let (socket, file) = listen::unix(path.as_ref()).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot listen on unix socket {path}: {e}"),
-                    )
-                })?;
-                first.push(ListenSocket::Unix(socket));
-                unix_sockets.push(file);
-                listener_of_socket.push(index);
-                rebind.push(None);
-                continue;
-            }
-            let interface = listener.bind_interface.as_deref();
-            let mut chosen_port = None;
-            let listener_addrs = listener.addrs().inspect_err(|e| {
-                log::error!("Error: listener on port {}: {e}", listener.port);
-            })?;
-            for mut addr in listener_addrs {
-                if let (0, Some(port)) = (addr.port(), chosen_port) {
-                    addr.set_port(port);
-                }
-                let opened = listen::wait_for_port(addr, interface)
-                    .and_then(|()| listen::tcp(addr, interface));
-                match opened {
-                    Ok(socket) => {
-                        let bound = socket.local_addr()?;
-                        chosen_port = Some(bound.port());
-                        // Mosquitto names a WebSocket listener's sockets "websockets".
-                        let family = match (listener.websockets, bound.is_ipv4()) {
-                            (true, _) => "websockets",
-                            (false, true) => "ipv4",
-                            (false, false) => "ipv6",
-                        };
-                        log::info!(target: "information", "Opening {family} listen socket on port {}.", bound.port());
-                        addrs.push(bound);
-                        first.push(socket.into());
-                        listener_of_socket.push(index);
-                        rebind.push(Some((bound, interface)));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                        // Said as Mosquitto says it ("Error: Address already in use"), with
-                        // a non-zero exit.
-                        return Err(io::Error::new(e.kind(), "Address already in use"));
-                    }
-                    Err(e) if addr.is_ipv6() && (listener.loopback || listener.bind.is_none()) => {
-                        log::warn!("Warning: no IPv6 listener on {addr}: {e}");
-                    }
-                    Err(e) => {
-                        log::error!("Error: cannot listen on {addr}: {e}");
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        if first.is_empty() {
-            return Err(io::Error::other("no listener could be opened"));
-        }
-        let use_uring = choose_io_backend(config.io_backend)? == "uring";
-        let backend = |sockets| -> io::Result<Io> {
-            Ok(if use_uring {
-                Io::Uring(Uring::new(sockets, config.io_batch_wait_us)?)
-            } else {
-                Io::Epoll(Epoll::new(sockets)?)
-            })
-        };
-        let mut backends = Vec::with_capacity(shards);
-        for _ in 1..shards {
-            let sockets = (first.iter().zip(&rebind))
-                .map(|(socket, rebind)| match rebind {
-                    Some((addr, interface)) => listen::tcp(*addr, *interface).map(Into::into),
-                    None => socket.try_clone(),
-                })
-                .collect::<io::Result<Vec<_>>>()?;
-            backends.push(backend(sockets)?);
-        }
-        backends.insert(0, backend(first)?);
+        let Listening {
+            first,
+            addrs,
+            unix_sockets,
+            listener_of_socket,
+            rebind,
+        } = Listening::open(&config)?;
+        let backends = shard_backends(&config, first, &rebind, shards)?;
         log::debug!("Shards use the {} backend.", backends[0].name());
         if let Some(user) = &config.user {
             drop_privileges(user, &unix_sockets)?;
@@ -171,60 +84,25 @@ impl Server {
         }
         let (restored, restored_all) = std::sync::mpsc::channel();
         let config = shared.config.load_full();
-        let cores: Vec<core_affinity::CoreId> = match &config.cpu_affinity {
-            CpuAffinity::Auto => core_affinity::get_core_ids().unwrap_or_default(),
-            CpuAffinity::Off => Vec::new(),
-            CpuAffinity::Cores(list) => list
-                .iter()
-                .map(|&id| core_affinity::CoreId { id })
-                .collect(),
-        };
-        // Each bridge runs on one shard: the one its stored local session is on, or in turn.
-        let mut bridges_of: Vec<Vec<usize>> = vec![Vec::new(); shards];
-        for (index, bridge) in config.bridges.iter().enumerate() {
-            let (_, local_id) = crate::bridge::client_ids(bridge);
-            let held = store.as_ref().and_then(|s| s.holder_of(&local_id));
-            bridges_of[held.unwrap_or(index % shards)].push(index);
-        }
+        let cores = pinned_cores(&config.cpu_affinity);
+        let mut bridges_of = bridges_by_shard(&config, store.as_ref(), shards);
         // No shard serves a client before every shard has its sessions and bridges (whose
         // subscriptions a first PUBLISH must find).
         let ready = Arc::new(std::sync::Barrier::new(shards));
         let mut threads = Vec::with_capacity(shards);
         for (id, (backend, receiver)) in backends.into_iter().zip(receivers).enumerate() {
-            let shared = shared.clone();
-            let core = cores.get(id % cores.len().max(1)).copied();
-            let part = store.as_mut().and_then(|s| s.take_shard(id));
-            let restored = restored.clone();
-            let bridges = std::mem::take(&mut bridges_of[id]);
-            let ready = ready.clone();
-            // cpu_affinity: shards pinned to their cores unless turned off.
-            let thread = std::thread::Builder::new()
-                .name(format!("midge-shard-{id}"))
-                .spawn(move || {
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core);
-                    }
-                    let run = || {
-                        let mut shard = Shard::new(id, shared, backend, receiver);
-                        let mut written = true;
-                        if let Some(part) = part {
-                            written = shard.restore_from(part);
-                        }
-                        let _ = restored.send(written);
-                        if !written {
-                            return; // The broker does not start (below).
-                        }
-                        shard.start_bridges(&bridges);
-                        shard.start_backend();
-                        ready.wait();
-                        shard.run()
-                    };
-                    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
-                    {
-                        abort_on_shard_panic(id, panic.as_ref());
-                    }
-                })?;
-            threads.push(thread);
+            let start = ShardStart {
+                id,
+                shared: shared.clone(),
+                backend,
+                receiver,
+                core: cores.get(id % cores.len().max(1)).copied(),
+                part: store.as_mut().and_then(|s| s.take_shard(id)),
+                bridges: std::mem::take(&mut bridges_of[id]),
+                restored: restored.clone(),
+                ready: ready.clone(),
+            };
+            threads.push(start.spawn()?);
         }
         // Sessions are back on their shards before the broker counts as started.
         let mut written = true;
@@ -318,6 +196,216 @@ impl Stopper {
         for shard in 0..self.0.mailboxes.shards() {
             self.0.mailboxes.wake(shard);
         }
+    }
+}
+
+/// The first shard's listening sockets, with what the others need to have theirs.
+struct Listening {
+    first: Vec<ListenSocket>,
+    /// The TCP addresses bound (port 0 resolved: one free port per listener, shared by its
+    /// addresses).
+    addrs: Vec<SocketAddr>,
+    unix_sockets: Vec<SocketFile>,
+    /// Per socket: its configured listener.
+    listener_of_socket: Vec<usize>,
+    /// Per socket: how another shard gets its own (a TCP address and `bind_interface` to
+    /// bind again; `None`: a Unix socket, shared).
+    rebind: Vec<Option<(SocketAddr, Option<String>)>>,
+}
+
+impl Listening {
+    fn open(config: &Config) -> io::Result<Listening> {
+        let mut listening = Listening {
+            first: Vec::new(),
+            addrs: Vec::new(),
+            unix_sockets: Vec::new(),
+            listener_of_socket: Vec::new(),
+            rebind: Vec::new(),
+        };
+        for (index, listener) in config.listeners.iter().enumerate() {
+            if let Some(why) = listener.not_opened {
+                log::warn!(
+                    "Warning: not opening the listener on port {}: {why}.",
+                    listener.port
+                );
+                continue;
+            }
+            match &listener.unix_socket {
+                Some(path) => listening.open_unix(index, path)?,
+                None => listening.open_tcp(index, listener)?,
+            }
+        }
+        if listening.first.is_empty() {
+            return Err(io::Error::other("no listener could be opened"));
+        }
+        Ok(listening)
+    }
+
+    fn open_unix(&mut self, index: usize, path: &str) -> io::Result<()> {
+        log::info!(target: "information", "Opening unix listen socket on path {path}.");
+        let (socket, file) = listen::unix(path.as_ref()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on unix socket {path}: {e}"),
+            )
+        })?;
+        self.first.push(ListenSocket::Unix(socket));
+        self.unix_sockets.push(file);
+        self.listener_of_socket.push(index);
+        self.rebind.push(None);
+        Ok(())
+    }
+
+    fn open_tcp(&mut self, index: usize, listener: &crate::config::Listener) -> io::Result<()> {
+        let interface = listener.bind_interface.as_deref();
+        let mut chosen_port = None;
+        let listener_addrs = listener.addrs().inspect_err(|e| {
+            log::error!("Error: listener on port {}: {e}", listener.port);
+        })?;
+        for mut addr in listener_addrs {
+            if let (0, Some(port)) = (addr.port(), chosen_port) {
+                addr.set_port(port);
+            }
+            let opened =
+                listen::wait_for_port(addr, interface).and_then(|()| listen::tcp(addr, interface));
+            match opened {
+                Ok(socket) => {
+                    let bound = socket.local_addr()?;
+                    chosen_port = Some(bound.port());
+                    // Mosquitto names a WebSocket listener's sockets "websockets".
+                    let family = match (listener.websockets, bound.is_ipv4()) {
+                        (true, _) => "websockets",
+                        (false, true) => "ipv4",
+                        (false, false) => "ipv6",
+                    };
+                    log::info!(target: "information", "Opening {family} listen socket on port {}.", bound.port());
+                    self.addrs.push(bound);
+                    self.first.push(socket.into());
+                    self.listener_of_socket.push(index);
+                    self.rebind
+                        .push(Some((bound, interface.map(str::to_string))));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    // Said as Mosquitto says it ("Error: Address already in use"), with a
+                    // non-zero exit.
+                    return Err(io::Error::new(e.kind(), "Address already in use"));
+                }
+                Err(e) if addr.is_ipv6() && (listener.loopback || listener.bind.is_none()) => {
+                    log::warn!("Warning: no IPv6 listener on {addr}: {e}");
+                }
+                Err(e) => {
+                    log::error!("Error: cannot listen on {addr}: {e}");
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One backend per shard, each with its own listening sockets: the first shard's are the
+/// ones opened (`first`); the others bind their TCP addresses again (`SO_REUSEPORT`) and
+/// share the Unix sockets.
+fn shard_backends(
+    config: &Config,
+    first: Vec<ListenSocket>,
+    rebind: &[Option<(SocketAddr, Option<String>)>],
+    shards: usize,
+) -> io::Result<Vec<Io>> {
+    let use_uring = choose_io_backend(config.io_backend)? == "uring";
+    let backend = |sockets| -> io::Result<Io> {
+        Ok(if use_uring {
+            Io::Uring(Uring::new(sockets, config.io_batch_wait_us)?)
+        } else {
+            Io::Epoll(Epoll::new(sockets)?)
+        })
+    };
+    let mut backends = Vec::with_capacity(shards);
+    for _ in 1..shards {
+        let sockets = (first.iter().zip(rebind))
+            .map(|(socket, rebind)| match rebind {
+                Some((addr, interface)) => listen::tcp(*addr, interface.as_deref()).map(Into::into),
+                None => socket.try_clone(),
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        backends.push(backend(sockets)?);
+    }
+    backends.insert(0, backend(first)?);
+    Ok(backends)
+}
+
+/// The cores shards are pinned to (`cpu_affinity`): none when it is off.
+fn pinned_cores(affinity: &CpuAffinity) -> Vec<core_affinity::CoreId> {
+    match affinity {
+        CpuAffinity::Auto => core_affinity::get_core_ids().unwrap_or_default(),
+        CpuAffinity::Off => Vec::new(),
+        CpuAffinity::Cores(list) => list
+            .iter()
+            .map(|&id| core_affinity::CoreId { id })
+            .collect(),
+    }
+}
+
+/// Each bridge runs on one shard: the one its stored local session is on, or in turn.
+fn bridges_by_shard(
+    config: &Config,
+    store: Option<&crate::persist::start::Store>,
+    shards: usize,
+) -> Vec<Vec<usize>> {
+    let mut bridges_of: Vec<Vec<usize>> = vec![Vec::new(); shards];
+    for (index, bridge) in config.bridges.iter().enumerate() {
+        let (_, local_id) = crate::bridge::client_ids(bridge);
+        let held = store.and_then(|s| s.holder_of(&local_id));
+        bridges_of[held.unwrap_or(index % shards)].push(index);
+    }
+    bridges_of
+}
+
+/// What a shard's thread starts with.
+struct ShardStart {
+    id: usize,
+    shared: Arc<Shared>,
+    backend: Io,
+    receiver: crossbeam_channel::Receiver<crate::router::ShardMsg>,
+    /// `cpu_affinity`: the core it is pinned to, unless turned off.
+    core: Option<core_affinity::CoreId>,
+    /// Its part of the persisted state.
+    part: Option<crate::persist::start::ShardStore>,
+    bridges: Vec<usize>,
+    /// Told whether the shard's new journal was written.
+    restored: std::sync::mpsc::Sender<bool>,
+    /// Where every shard waits until all have their sessions and bridges.
+    ready: Arc<std::sync::Barrier>,
+}
+
+impl ShardStart {
+    fn spawn(self) -> io::Result<JoinHandle<()>> {
+        let id = self.id;
+        std::thread::Builder::new()
+            .name(format!("midge-shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = self.core {
+                    core_affinity::set_for_current(core);
+                }
+                let run = || {
+                    let mut shard = Shard::new(id, self.shared, self.backend, self.receiver);
+                    let mut written = true;
+                    if let Some(part) = self.part {
+                        written = shard.restore_from(part);
+                    }
+                    let _ = self.restored.send(written);
+                    if !written {
+                        return; // The broker does not start (`start_with`).
+                    }
+                    shard.start_bridges(&self.bridges);
+                    shard.start_backend();
+                    self.ready.wait();
+                    shard.run()
+                };
+                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                    abort_on_shard_panic(id, panic.as_ref());
+                }
+            })
     }
 }
 
