@@ -5,12 +5,13 @@
 
 use std::num::NonZeroU32;
 
-use super::io::Backend;
+use super::io::{Backend, ConnId};
 use super::subscribing::{Filters, Slice, Subscribing};
 use super::trie_ops::{AfterTrie, TrieOp};
 use super::Shard;
 use crate::codec::{
-    Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, UnsubAck,
+    Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck,
+    SubscriptionOptions, UnsubAck,
 };
 use crate::limits::{Limit, SUBSCRIPTION_BYTES_MAX};
 use crate::topic::{parse_filter, Subscription};
@@ -33,116 +34,63 @@ impl<B: Backend> Shard<B> {
         };
         let name = c.name().to_string();
         let v5 = c.version() == Some(ProtocolVersion::V5);
-        // A 3.x bridge that says so (`try_private`) is not sent back what it publishes, and
-        // gets RETAIN as published, as Mosquitto does: two brokers bridged both ways do not
-        // echo messages forever, and retained messages stay retained across the bridge.
-        // (3.x has no subscription options to ask for either; a 5.0 bridge asks.)
-        let bridge = c.is_bridge() && !v5;
-        let subscriptions_max = self.config.subscriptions_per_client_max;
-        let mount = self.config.listener(c.listener()).mount_point.clone();
-        let max_qos = self.config.listener(c.listener()).max_qos;
-        let shard = self.id as u16;
+        let listener = self.config.listener(c.listener());
+        let rules = FilterRules {
+            v5,
+            // A 3.x bridge that says so (`try_private`) is not sent back what it publishes,
+            // and gets RETAIN as published, as Mosquitto does: two brokers bridged both
+            // ways do not echo messages forever, and retained messages stay retained across
+            // the bridge. (3.x has no subscription options to ask for either; a 5.0 bridge
+            // asks.)
+            bridge: c.is_bridge() && !v5,
+            max_qos: listener.max_qos,
+            mount: listener.mount_point.as_deref(),
+            subscriptions_max: self.config.subscriptions_per_client_max,
+            filter_total_max: crate::limits::subscription_bytes_max_total(self.output.memory.limit),
+            filter_total: &self.shared.filter_bytes,
+            name: &name,
+        };
         let Some((session, changes)) = self.sessions.recording(&job.session) else {
             return Slice::Closed;
         };
+        let security = self.config.security(session.listener());
+        let strict_acl = (security.acl.as_ref()).filter(|_| security.acl_strict_subscribe);
         let Filters::Subscribe { packet, retained } = &mut job.packet else {
             unreachable!("a SUBSCRIBE's job");
         };
         let identifier = packet.properties.subscription_identifiers.first().copied();
-        let mut violation = None;
-        let mut too_deep = false;
+        let identifier = identifier.and_then(NonZeroU32::new);
         let mut refused_for_bytes = 0;
-        let filter_total_max =
-            crate::limits::subscription_bytes_max_total(self.output.memory.limit);
+        let mut closing = None;
         for (filter, options) in &packet.filters[job.done..job.done + count] {
-            // Granted at most the listener's max_qos [MQTT-3.2.2-10] [MQTT-3.9.3-1].
-            let options = &crate::codec::SubscriptionOptions {
-                qos: options.qos.min(max_qos),
-                no_local: options.no_local || bridge,
-                retain_as_published: options.retain_as_published || bridge,
-                ..*options
-            };
-            let mounted = match &mount {
-                Some(mount) => mounted_filter(mount, filter),
-                None => filter.to_string(),
-            };
-            let filter = &mounted;
-            let parsed = match parse_filter(filter) {
-                Ok(parsed) => parsed,
-                Err(crate::topic::TopicError::TooManyLevels { levels }) => {
-                    // Beyond the broker's level limit: Mosquitto ends the connection (5.0:
-                    // Malformed Packet), and so does midge. Not logged whole.
-                    log::debug!("Subscription filter of {levels} levels from {name}.");
-                    too_deep = true;
+            let checked = rules.check(session, strict_acl, filter, options);
+            let (filter, shared, options, is_new) = match checked {
+                Checked::Fits {
+                    filter,
+                    shared,
+                    options,
+                    is_new,
+                } => (filter, shared, options, is_new),
+                Checked::Refused(reason) => {
+                    job.reasons.push(reason);
+                    continue;
+                }
+                Checked::OverBytes(reason) => {
+                    refused_for_bytes += 1;
+                    job.reasons.push(reason);
+                    continue;
+                }
+                Checked::Closes(end) => {
+                    closing = Some(end);
                     break;
                 }
-                Err(e) => {
-                    log::debug!("Invalid subscription filter {filter:?} from {name}: {e}");
-                    // 3.1.1: 0x80 [MQTT-3.9.3-2]; 5.0: Topic Filter invalid.
-                    job.reasons.push(if v5 {
-                        ReasonCode::TopicFilterInvalid
-                    } else {
-                        ReasonCode::UnspecifiedError
-                    });
-                    continue;
-                }
             };
-            log::debug!("\t{filter} (QoS {})", options.qos as u8);
-            // acl_file: as in Mosquitto, any filter is granted and only what the client may
-            // read is delivered (`deliver.rs`). With acl_strict_subscribe, everything the
-            // filter could match must be readable (3.x: 0x80; 5.0: Not authorized).
-            let security = self.config.security(session.listener());
-            let strict_acl = security
-                .acl
-                .as_ref()
-                .filter(|_| security.acl_strict_subscribe);
-            if let Some(acl) = strict_acl {
-                if !acl.check_subscribe(session.username(), &session.client_id, parsed.filter()) {
-                    log::debug!("Denied SUBSCRIBE from {name} to {filter:?}.");
-                    job.reasons.push(if v5 {
-                        ReasonCode::NotAuthorized
-                    } else {
-                        ReasonCode::UnspecifiedError
-                    });
-                    continue;
-                }
-            }
-            // [MQTT-3.8.3-4] No Local on a shared subscription is a Protocol Error.
-            if v5 && parsed.group().is_some() && options.no_local {
-                violation = Some("No Local on a shared subscription");
-                break;
-            }
-            let is_new = !session.subscriptions().contains_key(filter.as_str());
-            if is_new && session.subscriptions().len() >= subscriptions_max {
-                log::info!("Client {name} has reached its subscription limit; {filter:?} refused.");
-                job.reasons.push(if v5 {
-                    ReasonCode::QuotaExceeded
-                } else {
-                    ReasonCode::UnspecifiedError
-                });
-                continue;
-            }
-            // What long filters hold, the client's and everyone's, is bounded by bytes.
-            let cost = crate::session::filter_cost(filter);
-            if is_new
-                && cost > 0
-                && (session.filter_bytes() + cost > SUBSCRIPTION_BYTES_MAX
-                    || self.shared.filter_bytes.load(Relaxed) + cost > filter_total_max)
-            {
-                refused_for_bytes += 1;
-                job.reasons.push(if v5 {
-                    ReasonCode::QuotaExceeded
-                } else {
-                    ReasonCode::UnspecifiedError
-                });
-                continue;
-            }
             let sub = Subscription {
-                shard,
-                options: *options,
-                identifier: identifier.and_then(NonZeroU32::new),
+                shard: self.id as u16,
+                options,
+                identifier,
             };
-            session.subscribe(filter, sub, changes, &self.shared.filter_bytes);
+            session.subscribe(&filter, sub, changes, &self.shared.filter_bytes);
             self.trie.ops.push(TrieOp::Subscribe {
                 filter: CompactString::from(filter.as_str()),
                 session: job.session,
@@ -162,14 +110,34 @@ impl<B: Backend> Shard<B> {
                 RetainHandling::SendAtNewSubscribe => is_new,
                 RetainHandling::DoNotSend => false,
             };
-            if parsed.group().is_none() && wanted {
-                retained.push(RetainedRequest {
-                    filter: parsed.filter().to_string(),
-                    sub,
-                });
+            if !shared && wanted {
+                retained.push(RetainedRequest { filter, sub });
             }
         }
         job.done += count;
+        let more = job.done < job.packet.len();
+        let filter_total_max = rules.filter_total_max;
+        self.slice_done(
+            conn,
+            &name,
+            refused_for_bytes,
+            filter_total_max,
+            closing,
+            more,
+        )
+    }
+
+    /// After a slice of a SUBSCRIBE: the filters refused for their bytes logged, and the
+    /// connection ended if a filter ends it.
+    fn slice_done(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        refused_for_bytes: usize,
+        filter_total_max: usize,
+        closing: Option<Ending>,
+        more: bool,
+    ) -> Slice {
         if refused_for_bytes > 0 {
             self.limit_reached(Limit::SubscriptionBytes, || {
                 format!(
@@ -179,22 +147,21 @@ impl<B: Backend> Shard<B> {
                 )
             });
         }
-        if let Some(what) = violation {
-            self.protocol_violation(conn, what);
-            return Slice::Closed;
-        }
-        if too_deep {
-            let what = "a subscription filter beyond the level limit";
-            if self.config.connection_messages {
-                log::info!("Client {name} disconnected due to malformed packet ({what}).");
+        match closing {
+            Some(Ending::Violation(what)) => {
+                self.protocol_violation(conn, what);
+                Slice::Closed
             }
-            self.disconnect_with(conn, ReasonCode::MalformedPacket, what);
-            return Slice::Closed;
-        }
-        if job.done < job.packet.len() {
-            Slice::More
-        } else {
-            Slice::Done
+            Some(Ending::TooDeep) => {
+                let what = "a subscription filter beyond the level limit";
+                if self.config.connection_messages {
+                    log::info!("Client {name} disconnected due to malformed packet ({what}).");
+                }
+                self.disconnect_with(conn, ReasonCode::MalformedPacket, what);
+                Slice::Closed
+            }
+            None if more => Slice::More,
+            None => Slice::Done,
         }
     }
 
@@ -319,4 +286,122 @@ fn mounted_filter(mount: &str, filter: &str) -> String {
         }
     }
     format!("{mount}{filter}")
+}
+
+/// What a SUBSCRIBE's filters are checked against: its client's and listener's.
+struct FilterRules<'a> {
+    v5: bool,
+    bridge: bool,
+    max_qos: QoS,
+    mount: Option<&'a str>,
+    subscriptions_max: usize,
+    /// What the filters of every client may hold, and hold now (`limits`).
+    filter_total_max: usize,
+    filter_total: &'a std::sync::atomic::AtomicUsize,
+    /// The client's name, for log lines.
+    name: &'a str,
+}
+
+/// What the checks of one filter found.
+enum Checked {
+    /// It may be subscribed: the filter (under the mount point), whether it is a shared
+    /// subscription's, the options granted, and whether the session did not have it.
+    Fits {
+        filter: String,
+        shared: bool,
+        options: SubscriptionOptions,
+        is_new: bool,
+    },
+    /// Refused with this reason code; the others go on.
+    Refused(ReasonCode),
+    /// Refused for the bytes the client's (or every client's) filters would hold.
+    OverBytes(ReasonCode),
+    /// The connection ends, and the rest of the packet with it.
+    Closes(Ending),
+}
+
+enum Ending {
+    Violation(&'static str),
+    /// A filter beyond the broker's level limit.
+    TooDeep,
+}
+
+impl FilterRules<'_> {
+    /// 3.1.1: 0x80 [MQTT-3.9.3-2]; 5.0: `reason`.
+    fn refused(&self, reason: ReasonCode) -> ReasonCode {
+        if self.v5 {
+            reason
+        } else {
+            ReasonCode::UnspecifiedError
+        }
+    }
+
+    fn check(
+        &self,
+        session: &crate::session::Session,
+        strict_acl: Option<&std::sync::Arc<crate::auth::acl::Acl>>,
+        filter: &str,
+        options: &SubscriptionOptions,
+    ) -> Checked {
+        let name = self.name;
+        // Granted at most the listener's max_qos [MQTT-3.2.2-10] [MQTT-3.9.3-1].
+        let options = SubscriptionOptions {
+            qos: options.qos.min(self.max_qos),
+            no_local: options.no_local || self.bridge,
+            retain_as_published: options.retain_as_published || self.bridge,
+            ..*options
+        };
+        let filter = match self.mount {
+            Some(mount) => mounted_filter(mount, filter),
+            None => filter.to_string(),
+        };
+        let parsed = match parse_filter(&filter) {
+            Ok(parsed) => parsed,
+            Err(crate::topic::TopicError::TooManyLevels { levels }) => {
+                // Beyond the broker's level limit: Mosquitto ends the connection (5.0:
+                // Malformed Packet), and so does midge. Not logged whole.
+                log::debug!("Subscription filter of {levels} levels from {name}.");
+                return Checked::Closes(Ending::TooDeep);
+            }
+            Err(e) => {
+                log::debug!("Invalid subscription filter {filter:?} from {name}: {e}");
+                return Checked::Refused(self.refused(ReasonCode::TopicFilterInvalid));
+            }
+        };
+        log::debug!("\t{filter} (QoS {})", options.qos as u8);
+        // acl_file: as in Mosquitto, any filter is granted and only what the client may
+        // read is delivered (`deliver.rs`). With acl_strict_subscribe, everything the
+        // filter could match must be readable (3.x: 0x80; 5.0: Not authorized).
+        if let Some(acl) = strict_acl {
+            if !acl.check_subscribe(session.username(), &session.client_id, parsed.filter()) {
+                log::debug!("Denied SUBSCRIBE from {name} to {filter:?}.");
+                return Checked::Refused(self.refused(ReasonCode::NotAuthorized));
+            }
+        }
+        // [MQTT-3.8.3-4] No Local on a shared subscription is a Protocol Error.
+        if self.v5 && parsed.group().is_some() && options.no_local {
+            return Checked::Closes(Ending::Violation("No Local on a shared subscription"));
+        }
+        let is_new = !session.subscriptions().contains_key(filter.as_str());
+        if is_new && session.subscriptions().len() >= self.subscriptions_max {
+            log::info!("Client {name} has reached its subscription limit; {filter:?} refused.");
+            return Checked::Refused(self.refused(ReasonCode::QuotaExceeded));
+        }
+        // What long filters hold, the client's and everyone's, is bounded by bytes.
+        let cost = crate::session::filter_cost(&filter);
+        if is_new
+            && cost > 0
+            && (session.filter_bytes() + cost > SUBSCRIPTION_BYTES_MAX
+                || self.filter_total.load(Relaxed) + cost > self.filter_total_max)
+        {
+            return Checked::OverBytes(self.refused(ReasonCode::QuotaExceeded));
+        }
+        let shared = parsed.group().is_some();
+        Checked::Fits {
+            filter,
+            shared,
+            options,
+            is_new,
+        }
+    }
 }
