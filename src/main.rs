@@ -187,7 +187,6 @@ fn main() -> ExitCode {
     code
 }
 
-/// `--test-config`: what the broker would run with, or the error it would stop on.
 /// `--list-options`: one line per option, its name and what it does; those read without
 /// being acted on yet say so.
 fn list_options() -> ExitCode {
@@ -206,6 +205,7 @@ fn list_options() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `--test-config`: what the broker would run with, or the error it would stop on.
 fn test_config(config: &Config) -> ExitCode {
     let backend = match midge::server::choose_io_backend(config.io_backend) {
         Ok(backend) => backend,
