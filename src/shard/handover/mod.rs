@@ -54,55 +54,19 @@ impl<B: Backend> Shard<B> {
         clean_start: bool,
         claim: u64,
     ) {
-        let held = self.sessions.id_of(&client_id);
-        let waiting = self.handover.claims.waiting(&client_id);
         log::debug!(
             "Shard {to} asks shard {} for the session of {client_id} (claim {claim}).",
             self.id
         );
-        let Some(id) = held else {
-            // A later claim this shard knows of has beaten the request: a connection waiting
-            // here, a request of this shard's own, or one it owes an answer. (Held for
-            // this shard's own answer, it could wait on a shard that waits on this one.)
-            let later = self
-                .handover
-                .claims
-                .latest(&client_id)
-                .filter(|&c| c > claim);
-            if let Some(by) = later {
-                self.answer(client_id, to, claim, None, Some(by));
-                return;
-            }
-            // The request of this shard still out (the session may come with its answer).
-            let out = self.handover.claims.asking(&client_id);
-            match (waiting, out) {
-                // This shard waits for the session too (for no connection, or one whose
-                // claim lost to this request): the answer it waits for goes on to `to`, the
-                // latest claim, which every other claim owed an answer here has lost to.
-                (waiting, Some(asked)) => {
-                    if let Some((conn, _)) = waiting {
-                        self.handover.claims.stop_waiting(&client_id);
-                        self.close_waiting(conn, &client_id);
-                    }
-                    let f = Forward {
-                        asked,
-                        to,
-                        claim,
-                        clean_start,
-                    };
-                    if let Some(lost) = self.handover.claims.owe(client_id.clone(), f) {
-                        self.answer_lost(client_id, lost, claim);
-                    }
-                }
-                // No session here, none coming: a new one there.
-                (waiting, None) => {
-                    if let Some((conn, _)) = waiting {
-                        self.handover.claims.stop_waiting(&client_id);
-                        self.close_waiting(conn, &client_id);
-                    }
-                    self.answer(client_id, to, claim, None, None);
-                }
-            }
+        let waiting = self.handover.claims.waiting(&client_id);
+        let Some(id) = self.sessions.id_of(&client_id) else {
+            let request = Request {
+                client_id,
+                to,
+                clean_start,
+                claim,
+            };
+            self.request_without_session(request, waiting);
             return;
         };
         if self.handover.moves.is_settling(id) {
@@ -127,32 +91,8 @@ impl<B: Backend> Shard<B> {
             self.answer(client_id, to, claim, None, Some(mine));
             return;
         }
-        let connected_claim = self
-            .sessions
-            .get(&id)
-            .and_then(|s| s.conn)
-            .and_then(|conn| self.conn(conn))
-            .map(|c| c.claim)
-            .filter(|&mine| mine > claim);
-        if let Some(mine) = connected_claim {
-            self.answer(client_id, to, claim, None, Some(mine));
-            return;
-        }
-        // A later connection here took the session over: the request has lost even if that
-        // connection has gone since (the session stays here for its claim, the latest,
-        // where the client's next connection looks for it). (A later claim elsewhere
-        // comes after the asking shard's: it asked that shard, and its answer goes on.)
-        let latest = self.shared.latest_claim(&client_id);
-        if let Some(latest) = latest.filter(|l| l.number() > claim && l.shard() == self.id) {
-            self.answer(client_id, to, claim, None, Some(latest.number()));
-            return;
-        }
-        // Likewise a session kept here for a later claim (journaled under it): handed to an
-        // earlier one, it would be journaled there under that claim, and the copy here,
-        // under the later one, would win at recovery.
-        let kept_for = self.disk.journal.as_deref().and_then(|j| j.claim_of(id));
-        if let Some(kept_for) = kept_for.filter(|&c| c > claim) {
-            self.answer(client_id, to, claim, None, Some(kept_for));
+        if let Some(later) = self.later_claim_on(id, &client_id, claim) {
+            self.answer(client_id, to, claim, None, Some(later));
             return;
         }
         // The request is the latest: a connection here still waiting has lost.
@@ -160,6 +100,82 @@ impl<B: Backend> Shard<B> {
             self.handover.claims.stop_waiting(&client_id);
             self.close_waiting(conn, &client_id);
         }
+        self.hand_on(id, client_id, to, clean_start, claim);
+    }
+
+    /// A request for a session this shard does not hold.
+    fn request_without_session(&mut self, request: Request, waiting: Option<(ConnId, u64)>) {
+        let Request {
+            client_id,
+            to,
+            clean_start,
+            claim,
+        } = request;
+        // A later claim this shard knows of has beaten the request: a connection waiting
+        // here, a request of this shard's own, or one it owes an answer. (Held for this
+        // shard's own answer, it could wait on a shard that waits on this one.)
+        let claims = &self.handover.claims;
+        if let Some(by) = claims.latest(&client_id).filter(|&c| c > claim) {
+            self.answer(client_id, to, claim, None, Some(by));
+            return;
+        }
+        // A connection here waiting for the session has lost to this request.
+        if let Some((conn, _)) = waiting {
+            self.handover.claims.stop_waiting(&client_id);
+            self.close_waiting(conn, &client_id);
+        }
+        // The request of this shard still out (the session may come with its answer).
+        let Some(asked) = self.handover.claims.asking(&client_id) else {
+            // No session here, none coming: a new one there.
+            self.answer(client_id, to, claim, None, None);
+            return;
+        };
+        // This shard waits for the session too (for no connection, or one whose claim lost
+        // to this request): the answer it waits for goes on to `to`, the latest claim,
+        // which every other claim owed an answer here has lost to.
+        let f = Forward {
+            asked,
+            to,
+            claim,
+            clean_start,
+        };
+        if let Some(lost) = self.handover.claims.owe(client_id.clone(), f) {
+            self.answer_lost(client_id, lost, claim);
+        }
+    }
+
+    /// A claim later than `claim` that keeps session `id` here: its connection's, or the
+    /// latest on `client_id` if this shard made it (the request has lost even if that
+    /// connection has gone since: the session stays here for its claim, where the client's
+    /// next connection looks for it), or the one it is journaled under (handed to an
+    /// earlier claim, it would be journaled there under that claim, and the copy here,
+    /// under the later one, would win at recovery). (A later claim elsewhere comes after
+    /// the asking shard's: it asked that shard, and its answer goes on.)
+    fn later_claim_on(&self, id: SessionId, client_id: &str, claim: u64) -> Option<u64> {
+        let connected = (self.sessions.get(&id))
+            .and_then(|s| s.conn)
+            .and_then(|conn| self.conn(conn))
+            .map(|c| c.claim);
+        let latest = (self.shared.latest_claim(client_id))
+            .filter(|l| l.shard() == self.id)
+            .map(|l| l.number());
+        let kept_for = self.disk.journal.as_deref().and_then(|j| j.claim_of(id));
+        [connected, latest, kept_for]
+            .into_iter()
+            .flatten()
+            .find(|&later| later > claim)
+    }
+
+    /// Hands session `id` to the shard that asked: taken from its connection here, journaled
+    /// as passed on, and forwarded for until it settles there.
+    fn hand_on(
+        &mut self,
+        id: SessionId,
+        client_id: Arc<str>,
+        to: usize,
+        clean_start: bool,
+        claim: u64,
+    ) {
         log::debug!(
             "Handing the session of {client_id} ({}) from shard {} to shard {to}.",
             id.get(),
