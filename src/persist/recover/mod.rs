@@ -84,75 +84,15 @@ pub fn recover(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(recovered),
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
-    // A compaction's unfinished file (`*.journal.new`, a crash cut it short) is never read:
-    // its journal holds everything. It goes with the files read.
-    let mut read_files: Vec<PathBuf> = (all.iter())
-        .filter(|p| p.to_string_lossy().ends_with(".journal.new"))
-        .cloned()
-        .collect();
-    let journals: Vec<PathBuf> = (all.into_iter())
-        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
-        .collect();
-    // Older journals are leftovers only beside those of the generation the marker names;
-    // without any of those (journals put back from a copy, say), every one is read.
-    let current = current.filter(|&marked| {
-        let present = journals.iter().any(|p| generation_of(p) >= Some(marked));
-        if !present && !journals.is_empty() {
-            recovered.notes.push(format!(
-                "the store's marker names journals of generation {marked}, and {} has none: every journal there is read",
-                dir.display()
-            ));
-        }
-        present
-    });
-    let (mut files, left_over): (Vec<PathBuf>, Vec<PathBuf>) = (journals.into_iter())
-        .partition(|p| generation_of(p).is_none_or(|g| g >= current.unwrap_or(0)));
-    // New journals are numbered past every generation seen or named: never below the
-    // marker's, whatever was removed.
-    for path in left_over.iter().chain(&files) {
-        if let Some(generation) = generation_of(path) {
-            recovered.next_generation = recovered.next_generation.max(generation + 1);
-        }
-    }
-    recovered.next_generation = recovered.next_generation.max(current.unwrap_or(0) + 1);
-    read_files.extend(left_over);
-    files.sort();
+    let files = recovered.journals_to_read(all, current, dir);
     let mut sessions: HashMap<String, RecoveredSession> = HashMap::new();
     let mut retained = Vec::new();
     let mut transit = Transit::default();
     let mut baseline = 0;
     for path in &files {
-        let bytes = match storage.read(path) {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(e) if set_aside => {
-                let e = e.to_string();
-                set_aside_damaged(storage, path, &e, "starting without what it held")?;
-                continue;
-            }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+        let Some(mut file) = recovered.read_journal(storage, path, clock, set_aside)? else {
+            continue;
         };
-        let (mut file, read) = replay(&bytes, clock);
-        match read {
-            Ok(0) => read_files.push(path.clone()),
-            Ok(torn_bytes) => {
-                recovered.notes.push(format!(
-                    "left out a torn last record ({torn_bytes} bytes) of {}",
-                    path.display()
-                ));
-                read_files.push(path.clone());
-            }
-            // What it held before the damage is kept (written into the new journals); the
-            // file stays aside, never removed.
-            Err(damage) if set_aside => {
-                let kept = format!(
-                    "starting with what it held before that byte; the {} bytes from there on (about {} turns) were not read",
-                    bytes.len() - damage.at,
-                    damage.turns_after
-                );
-                set_aside_damaged(storage, path, &damage.to_string(), &kept)?;
-            }
-            Err(damage) => return Err(format!("{}: {damage}", path.display())),
-        }
         recovered.next_claim = recovered.next_claim.max(file.max_claim + 1);
         transit.add(path, &mut file);
         for session in file.sessions.into_values() {
@@ -166,20 +106,7 @@ pub fn recover(
         baseline = baseline.max(file.baseline);
         retained.extend(file.retained);
     }
-    // Retained: from the latest baseline on, the highest change number of each topic.
-    retained.retain(|c: &RetainedChange| c.seq >= baseline);
-    retained.sort_by_key(|c| c.seq);
-    recovered.next_retained_seq = retained.last().map_or(baseline, |c| c.seq) + 1;
-    let mut by_topic: HashMap<String, Option<Published>> = HashMap::new();
-    for change in retained {
-        by_topic.insert(change.topic, change.message);
-    }
-    let now = std::time::Instant::now();
-    recovered.retained = by_topic
-        .into_values()
-        .flatten()
-        .filter(|(m, _)| m.expires_at.is_none_or(|at| at > now))
-        .collect();
+    recovered.keep_latest_retained(retained, baseline);
     let handed_on = transit.hand_on(&mut sessions);
     if handed_on > 0 {
         recovered.notes.push(format!(
@@ -192,8 +119,117 @@ pub fn recover(
         .sessions
         .sort_by(|a, b| a.client_id.cmp(&b.client_id));
     (recovered.retained).sort_by(|a, b| a.0.topic.as_str().cmp(b.0.topic.as_str()));
-    recovered.files = read_files;
     Ok(recovered)
+}
+
+impl Recovered {
+    /// Of the files in the store's directory, the journals to read, in order; the others
+    /// to remove once the new journals are written go to `files` (a compaction's
+    /// unfinished `*.journal.new`, journals older than the marker's generation), and
+    /// `next_generation` moves past every generation seen or named.
+    fn journals_to_read(
+        &mut self,
+        all: Vec<PathBuf>,
+        current: Option<u64>,
+        dir: &Path,
+    ) -> Vec<PathBuf> {
+        // A compaction's unfinished file (`*.journal.new`, a crash cut it short) is never
+        // read: its journal holds everything. It goes with the files read.
+        self.files = (all.iter())
+            .filter(|p| p.to_string_lossy().ends_with(".journal.new"))
+            .cloned()
+            .collect();
+        let journals: Vec<PathBuf> = (all.into_iter())
+            .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+            .collect();
+        // Older journals are leftovers only beside those of the generation the marker
+        // names; without any of those (journals put back from a copy, say), every one is
+        // read.
+        let current = current.filter(|&marked| {
+            let present = journals.iter().any(|p| generation_of(p) >= Some(marked));
+            if !present && !journals.is_empty() {
+                self.notes.push(format!(
+                    "the store's marker names journals of generation {marked}, and {} has none: every journal there is read",
+                    dir.display()
+                ));
+            }
+            present
+        });
+        let (mut files, left_over): (Vec<PathBuf>, Vec<PathBuf>) = (journals.into_iter())
+            .partition(|p| generation_of(p).is_none_or(|g| g >= current.unwrap_or(0)));
+        // New journals are numbered past every generation seen or named: never below the
+        // marker's, whatever was removed.
+        for path in left_over.iter().chain(&files) {
+            if let Some(generation) = generation_of(path) {
+                self.next_generation = self.next_generation.max(generation + 1);
+            }
+        }
+        self.next_generation = self.next_generation.max(current.unwrap_or(0) + 1);
+        self.files.extend(left_over);
+        files.sort();
+        files
+    }
+
+    /// One journal replayed, noted in `files` (removed once the new journals are written);
+    /// `None` if it could not be read and was set aside.
+    fn read_journal(
+        &mut self,
+        storage: &dyn Storage,
+        path: &Path,
+        clock: &WallClock,
+        set_aside: bool,
+    ) -> Result<Option<FileState>, String> {
+        let bytes = match storage.read(path) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) if set_aside => {
+                let e = e.to_string();
+                set_aside_damaged(storage, path, &e, "starting without what it held")?;
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let (file, read) = replay(&bytes, clock);
+        match read {
+            Ok(0) => self.files.push(path.to_path_buf()),
+            Ok(torn_bytes) => {
+                self.notes.push(format!(
+                    "left out a torn last record ({torn_bytes} bytes) of {}",
+                    path.display()
+                ));
+                self.files.push(path.to_path_buf());
+            }
+            // What it held before the damage is kept (written into the new journals); the
+            // file stays aside, never removed.
+            Err(damage) if set_aside => {
+                let kept = format!(
+                    "starting with what it held before that byte; the {} bytes from there on (about {} turns) were not read",
+                    bytes.len() - damage.at,
+                    damage.turns_after
+                );
+                set_aside_damaged(storage, path, &damage.to_string(), &kept)?;
+            }
+            Err(damage) => return Err(format!("{}: {damage}", path.display())),
+        }
+        Ok(Some(file))
+    }
+
+    /// Retained: from the latest baseline on, the highest change number of each topic,
+    /// unexpired.
+    fn keep_latest_retained(&mut self, mut retained: Vec<RetainedChange>, baseline: u64) {
+        retained.retain(|c: &RetainedChange| c.seq >= baseline);
+        retained.sort_by_key(|c| c.seq);
+        self.next_retained_seq = retained.last().map_or(baseline, |c| c.seq) + 1;
+        let mut by_topic: HashMap<String, Option<Published>> = HashMap::new();
+        for change in retained {
+            by_topic.insert(change.topic, change.message);
+        }
+        let now = std::time::Instant::now();
+        self.retained = by_topic
+            .into_values()
+            .flatten()
+            .filter(|(m, _)| m.expires_at.is_none_or(|at| at > now))
+            .collect();
+    }
 }
 
 /// `persistence_on_damage set_aside`: the damaged journal is renamed `<name>.damaged`, kept
