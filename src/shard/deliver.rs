@@ -16,7 +16,8 @@ use crate::router::{Message, Target};
 use crate::session::{capped, Backlog, Decision, DropReason, Limits, Rules};
 use crate::topic::SessionId;
 
-use super::encode::{build_publish, encode_publish, mount_strip, VariantKey, Variants};
+use super::conn::Conn;
+use super::encode::{build_publish, encode_publish, mount_strip, Encoding, VariantKey, Variants};
 
 impl<B: Backend> Shard<B> {
     /// Delivers to sessions owned here (or forwards those that moved away). What comes
@@ -168,47 +169,16 @@ impl<B: Backend> Shard<B> {
             dup: false,
             strip,
         };
-        let own;
         let alias_max = usize::from(c.out_alias_max());
+        let own_encoding =
+            link.is_some() || (v5 && (alias_max > 0 || !target.identifiers.is_empty()));
         let mut new_alias = None;
-        let encoded = if link.is_some() || (v5 && (alias_max > 0 || !target.identifiers.is_empty()))
-        {
+        let own;
+        let encoded = if own_encoding {
             // Encoded for this subscriber alone: its subscription identifiers, or its
             // topic aliases, or (a bridge) its remapped topic, are its own.
-            let mut publish = build_publish(
-                message,
-                target.qos,
-                target.retain,
-                &target.identifiers,
-                v5,
-                strip,
-                now,
-            );
-            publish.packet_id = u16::from(target.qos != QoS::AtMostOnce);
-            if let Some(i) = link {
-                super::bridges::outgoing(&mut self.links[i], now, &mut publish);
-            }
-            if alias_max > 0 {
-                // Topic aliases on the broker's sends (§3.3.2.3.4), up to the client's Topic
-                // Alias Maximum [MQTT-3.3.2-8]: a topic seen again goes as its alias alone.
-                match c.extras().out_aliases.choose(&message.topic, alias_max) {
-                    Alias::Known(alias) => {
-                        publish.topic = MqttStr::default();
-                        publish.properties.topic_alias = Some(alias);
-                    }
-                    Alias::New(alias) => {
-                        publish.properties.topic_alias = Some(alias);
-                        new_alias = Some(alias);
-                    }
-                    Alias::None => {}
-                }
-            }
-            let version = if v5 {
-                ProtocolVersion::V5
-            } else {
-                ProtocolVersion::V311
-            };
-            own = encode_publish(publish, version);
+            let link = link.map(|i| &mut self.links[i]);
+            (own, new_alias) = encode_for(c, link, message, target, v5, strip, now);
             own.as_ref().map(|own| own.encoded())
         } else {
             variants.get(key, message, now)
@@ -252,6 +222,56 @@ impl<B: Backend> Shard<B> {
             self.output.to_flush.push(conn);
         }
     }
+}
+
+/// A PUBLISH encoded for one subscriber alone (`c`): with its subscription identifiers,
+/// its topic aliases, or (a bridge, `link`) its remapped topic. With the alias to remember
+/// for the topic if the PUBLISH sets a new one (remembered once it is sent).
+fn encode_for(
+    c: &mut Conn,
+    link: Option<&mut crate::bridge::Link>,
+    message: &Message,
+    target: &Target,
+    v5: bool,
+    strip: usize,
+    now: std::time::Instant,
+) -> (Option<Encoding>, Option<u16>) {
+    let mut publish = build_publish(
+        message,
+        target.qos,
+        target.retain,
+        &target.identifiers,
+        v5,
+        strip,
+        now,
+    );
+    publish.packet_id = u16::from(target.qos != QoS::AtMostOnce);
+    if let Some(link) = link {
+        super::bridges::outgoing(link, now, &mut publish);
+    }
+    let mut new_alias = None;
+    let alias_max = usize::from(c.out_alias_max());
+    if alias_max > 0 {
+        // Topic aliases on the broker's sends (§3.3.2.3.4), up to the client's Topic Alias
+        // Maximum [MQTT-3.3.2-8]: a topic seen again goes as its alias alone.
+        match c.extras().out_aliases.choose(&message.topic, alias_max) {
+            Alias::Known(alias) => {
+                publish.topic = MqttStr::default();
+                publish.properties.topic_alias = Some(alias);
+            }
+            Alias::New(alias) => {
+                publish.properties.topic_alias = Some(alias);
+                new_alias = Some(alias);
+            }
+            Alias::None => {}
+        }
+    }
+    let version = if v5 {
+        ProtocolVersion::V5
+    } else {
+        ProtocolVersion::V311
+    };
+    (encode_publish(publish, version), new_alias)
 }
 
 /// The ACL a session's client reads under: none for a bridge's own session (the broker's,
