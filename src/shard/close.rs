@@ -267,10 +267,11 @@ impl<B: Backend> Shard<B> {
         // (Published once a turn for all of them, before the sweep: `sweep_trie`.)
         let in_groups = subscriptions.keys().any(|f| f.starts_with(SHARE_PREFIX));
         if in_groups {
-            self.trie.leaving_groups.insert(id);
+            self.subs.trie.leaving_groups.insert(id);
         }
         if !subscriptions.is_empty() {
-            self.trie
+            self.subs
+                .trie
                 .sweep
                 .push_back((id, subscriptions.into_keys(), in_groups));
         }

@@ -286,7 +286,7 @@ impl<B: Backend> Shard<B> {
         }
         if session.outgoing().owes() {
             // Retained messages still owed from before (perhaps on another shard).
-            self.owed.owing.push(session_id);
+            self.subs.owed.owing.push(session_id);
         }
         self.sessions.insert(session);
         let claim = self.conn(conn).map_or(0, |c| c.claim);

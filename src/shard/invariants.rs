@@ -27,9 +27,9 @@ impl<B: Backend> Shard<B> {
             self.crossing.mailbox.parked.as_ref().map(|(m, turn)| (std::mem::discriminant(m), turn)),
             self.has_work_now(),
             self.receiving.waiting.len(),
-            self.trie.sweep.is_empty(),
-            self.subscribing.packets.is_empty(),
-            self.owed.requests.is_empty(),
+            self.subs.trie.sweep.is_empty(),
+            self.subs.queue.packets.is_empty(),
+            self.subs.owed.requests.is_empty(),
             self.disk.journal.as_deref().map(|j| j.durable()),
         )
     }

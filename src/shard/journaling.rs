@@ -274,7 +274,7 @@ impl<B: Backend> Shard<B> {
             let client_id = session.client_id.clone();
             for (filter, sub) in revived.subscriptions {
                 let session = id;
-                (self.trie.ops).push(TrieOp::Subscribe {
+                (self.subs.trie.ops).push(TrieOp::Subscribe {
                     filter,
                     session,
                     sub,

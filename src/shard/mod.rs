@@ -73,13 +73,11 @@ pub struct Shard<B: Backend> {
     /// Connections to write to and to close at the end of the turn, and what
     /// `memory_limit` counts of this shard's and the others' output (`output.rs`).
     output: output::Output,
-    /// Changes to the subscription trie waiting for the end of the turn, and ended sessions'
-    /// subscriptions leaving it a slice a turn (`trie_ops.rs`).
-    trie: trie_ops::TrieWork,
-    /// SUBSCRIBEs and UNSUBSCRIBEs handled a slice of filters a turn (`subscribing.rs`).
-    subscribing: subscribing::Queue,
-    /// Retained messages owed to new subscriptions, a slice a turn (`owed.rs`).
-    owed: owed::OwedWork,
+    /// What this shard's subscriptions have under way: changes to the trie waiting for
+    /// the end of the turn, ended sessions' subscriptions leaving it (`trie_ops.rs`),
+    /// SUBSCRIBEs and UNSUBSCRIBEs handled a slice of filters a turn (`subscribing.rs`),
+    /// and retained messages owed to new subscriptions (`owed.rs`).
+    subs: SubscriptionWork,
     /// The targets and encodings of the message being routed (reused, `route.rs`).
     routing: route::Routing,
     /// What this shard passes to other shards and takes from them: outbox, mailbox, and
@@ -110,6 +108,14 @@ pub struct Shard<B: Backend> {
     /// Debug builds only: faults the tests inject.
     #[cfg(debug_assertions)]
     faults: Faults,
+}
+
+/// What a shard's subscriptions have under way, paced a slice a turn.
+#[derive(Default)]
+struct SubscriptionWork {
+    trie: trie_ops::TrieWork,
+    queue: subscribing::Queue,
+    owed: owed::OwedWork,
 }
 
 /// Faults injected for tests, in debug builds only.
@@ -151,9 +157,7 @@ impl<B: Backend> Shard<B> {
             conns: Vec::new(),
             sessions: Default::default(),
             events: Vec::new(),
-            trie: Default::default(),
-            subscribing: Default::default(),
-            owed: Default::default(),
+            subs: Default::default(),
             routing: route::Routing::new(shards),
             crossing: crossing::Crossing::new(shards, mailbox),
             holding: holding::Holding::new(now),
@@ -282,13 +286,13 @@ impl<B: Backend> Shard<B> {
             // (What waits for a disk, this shard's or the one a blocked shard's, does not
             // spin the loop.)
             || (self.crossing.outbox.has_sendable() && !self.disk.wait.failing())
-            || self.owed.next_turn
+            || self.subs.owed.next_turn
             || self.transport.handshakes.pending()
             || self.transport.sealing.pending()
             || !self.receiving.waiting.is_empty()
-            || !self.trie.sweep.is_empty()
-            || !self.subscribing.packets.is_empty()
-            || !self.owed.requests.is_empty()
+            || !self.subs.trie.sweep.is_empty()
+            || !self.subs.queue.packets.is_empty()
+            || !self.subs.owed.requests.is_empty()
     }
 
     /// No work for its next turn, nor from or for other shards (mailbox and outbox empty):

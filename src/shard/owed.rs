@@ -61,7 +61,7 @@ impl<B: Backend> Shard<B> {
             .get(&session_id)
             .is_some_and(|s| s.outgoing().owes());
         if was_idle && owes {
-            self.owed.owing.push(session_id);
+            self.subs.owed.owing.push(session_id);
         }
         self.send_owed(session_id);
     }
@@ -88,12 +88,12 @@ impl<B: Backend> Shard<B> {
                 // The socket drains what it holds (and says so when it was full); what is
                 // only in this turn's buffer goes out at the end of the turn, and the next
                 // turn must come at once to go on.
-                self.owed.next_turn |= unsent < OWED_WRITE_MAX;
+                self.subs.owed.next_turn |= unsent < OWED_WRITE_MAX;
                 return true;
             }
             if !session.outgoing().has_owed_found() {
-                if self.owed.scan_visits_left == 0 {
-                    self.owed.next_turn = true;
+                if self.subs.owed.scan_visits_left == 0 {
+                    self.subs.owed.next_turn = true;
                     return true;
                 }
                 self.scan_retained(session_id);
@@ -138,7 +138,7 @@ impl<B: Backend> Shard<B> {
             |source: &crate::retain::Source, message: &Message| self.still_allowed(source, message);
         let mut found: Vec<Arc<Message>> = Vec::new();
         let slice = (
-            SCAN_VISITS_PER_SLICE.min(self.owed.scan_visits_left),
+            SCAN_VISITS_PER_SLICE.min(self.subs.owed.scan_visits_left),
             SCAN_FOUND_PER_SLICE,
         );
         let visits = (self.shared.retained.lock().expect("retained lock")).scan(
@@ -148,7 +148,7 @@ impl<B: Backend> Shard<B> {
             &mut found,
             &still_allowed,
         );
-        self.owed.scan_visits_left = self.owed.scan_visits_left.saturating_sub(visits);
+        self.subs.owed.scan_visits_left = self.subs.owed.scan_visits_left.saturating_sub(visits);
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
@@ -168,13 +168,13 @@ impl<B: Backend> Shard<B> {
     /// Goes on with every session owed retained messages (once per turn). When the turn's
     /// scan budget runs out, the sessions that did not get to scan go first next turn.
     pub(super) fn send_all_owed(&mut self) {
-        self.owed.next_turn = false;
-        let mut owing = std::mem::take(&mut self.owed.owing);
+        self.subs.owed.next_turn = false;
+        let mut owing = std::mem::take(&mut self.subs.owed.owing);
         let mut starved_from = None;
         let mut kept = 0;
         for i in 0..owing.len() {
             let id = owing[i];
-            if starved_from.is_none() && self.owed.scan_visits_left == 0 {
+            if starved_from.is_none() && self.subs.owed.scan_visits_left == 0 {
                 starved_from = Some(kept);
             }
             if self.send_owed(id) {
@@ -186,8 +186,8 @@ impl<B: Backend> Shard<B> {
         if let Some(first) = starved_from {
             owing.rotate_left(first);
         }
-        owing.append(&mut self.owed.owing);
-        self.owed.owing = owing;
+        owing.append(&mut self.subs.owed.owing);
+        self.subs.owed.owing = owing;
     }
 
     /// check_retain_source: a retained message goes only while its publisher may still
@@ -205,7 +205,8 @@ impl<B: Backend> Shard<B> {
     /// behind those of earlier ones, as the turn's budget allows.
     pub(super) fn owe_requested(&mut self, session: SessionId, requests: Vec<RetainedRequest>) {
         if !requests.is_empty() {
-            self.owed
+            self.subs
+                .owed
                 .requests
                 .push_back((session, requests.into_iter()));
             self.owe_requested_retained();
@@ -215,23 +216,23 @@ impl<B: Backend> Shard<B> {
     /// A new loop turn: `RETAINED_REQUESTS_PER_TURN` more requests are owed, and those
     /// left from the last turn go first.
     pub(super) fn renew_requests_budget(&mut self) {
-        self.owed.requests_left = RETAINED_REQUESTS_PER_TURN;
+        self.subs.owed.requests_left = RETAINED_REQUESTS_PER_TURN;
         self.owe_requested_retained();
     }
 
     /// Owes the retained messages of new subscriptions, oldest first, while the turn's
     /// budget lasts.
     fn owe_requested_retained(&mut self) {
-        while self.owed.requests_left > 0 {
-            let Some((session, requests)) = self.owed.requests.front_mut() else {
+        while self.subs.owed.requests_left > 0 {
+            let Some((session, requests)) = self.subs.owed.requests.front_mut() else {
                 break;
             };
             let session = *session;
             let Some(request) = requests.next() else {
-                self.owed.requests.pop_front();
+                self.subs.owed.requests.pop_front();
                 continue;
             };
-            self.owed.requests_left -= 1;
+            self.subs.owed.requests_left -= 1;
             self.owe_if_subscribed(session, request);
         }
     }
@@ -251,7 +252,7 @@ impl<B: Backend> Shard<B> {
     /// A new loop turn: the scans of retained messages may look at `SCAN_VISITS_PER_TURN`
     /// topic levels again.
     pub(super) fn renew_scan_budget(&mut self) {
-        self.owed.scan_visits_left = SCAN_VISITS_PER_TURN;
+        self.subs.owed.scan_visits_left = SCAN_VISITS_PER_TURN;
     }
 }
 

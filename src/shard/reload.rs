@@ -97,7 +97,7 @@ impl<B: Backend> Shard<B> {
                         session.client_id
                     );
                     session.unsubscribe(&filter, changes);
-                    self.trie.ops.push(TrieOp::Unsubscribe {
+                    self.subs.trie.ops.push(TrieOp::Unsubscribe {
                         filter,
                         session: session.id,
                     });

@@ -31,7 +31,7 @@ impl<B: Backend> Shard<B> {
         let mut targets = std::mem::take(&mut self.routing.targets);
         let shards = targets.len();
         let (here, sessions, inflight_max) = (self.id, &self.sessions, self.config.inflight_max);
-        let ended_here = &self.trie.leaving_groups;
+        let ended_here = &self.subs.trie.leaving_groups;
         let upgrade = self.config.upgrade_outgoing_qos;
         // A group member this shard knows cannot take a message now: offline, or its window
         // full. Members on other shards are taken as able (their state is theirs), unless

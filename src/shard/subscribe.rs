@@ -91,7 +91,7 @@ impl<B: Backend> Shard<B> {
                 identifier,
             };
             session.subscribe(&filter, sub, changes, &self.shared.filter_bytes);
-            self.trie.ops.push(TrieOp::Subscribe {
+            self.subs.trie.ops.push(TrieOp::Subscribe {
                 filter: CompactString::from(filter.as_str()),
                 session: job.session,
                 sub,
@@ -197,7 +197,7 @@ impl<B: Backend> Shard<B> {
             if session.unsubscribe(filter, changes) {
                 // Its retained messages are owed no more. [MQTT-3.10.4-2]
                 session.cancel_scan(filter);
-                self.trie.ops.push(TrieOp::Unsubscribe {
+                self.subs.trie.ops.push(TrieOp::Unsubscribe {
                     filter: CompactString::from(filter.as_str()),
                     session: job.session,
                 });
@@ -246,7 +246,7 @@ impl<B: Backend> Shard<B> {
                 (Packet::UnsubAck(ack), Vec::new())
             }
         };
-        self.trie.after.push(AfterTrie::Ack {
+        self.subs.trie.after.push(AfterTrie::Ack {
             conn,
             session,
             packet,

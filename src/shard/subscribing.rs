@@ -135,9 +135,9 @@ impl<B: Backend> Shard<B> {
     /// messages' requests, and goes on with what is left of both from the last turn,
     /// packets in turn.
     pub(super) fn resume_subscribing(&mut self) {
-        self.subscribing.filters_left = FILTERS_PER_TURN;
+        self.subs.queue.filters_left = FILTERS_PER_TURN;
         self.renew_requests_budget();
-        let waiting = self.subscribing.packets.len();
+        let waiting = self.subs.queue.packets.len();
         let share = if waiting > 1 {
             FILTERS_PER_TURN_SHARED
         } else {
@@ -145,10 +145,10 @@ impl<B: Backend> Shard<B> {
         };
         // Those not reached stay in front for the next turn.
         for _ in 0..waiting {
-            if self.subscribing.filters_left == 0 {
+            if self.subs.queue.filters_left == 0 {
                 break;
             }
-            let Some(job) = self.subscribing.packets.pop_front() else {
+            let Some(job) = self.subs.queue.packets.pop_front() else {
                 break;
             };
             self.go_on_subscribing(job, share);
@@ -159,8 +159,8 @@ impl<B: Backend> Shard<B> {
     /// packet with filters left waits for a later turn, and its client with it.
     fn go_on_subscribing(&mut self, mut job: Subscribing, share: usize) {
         let left = job.packet.len() - job.done;
-        let count = left.min(self.subscribing.filters_left).min(share);
-        self.subscribing.filters_left -= count;
+        let count = left.min(self.subs.queue.filters_left).min(share);
+        self.subs.queue.filters_left -= count;
         let slice = match job.packet {
             _ if count == 0 => Slice::More,
             Filters::Subscribe { .. } => self.subscribe_slice(&mut job, count),
@@ -179,7 +179,7 @@ impl<B: Backend> Shard<B> {
                     job.held = Some(HeldBytes { shared, bytes });
                     self.hold_reading(job.conn, Hold::SUBSCRIBING);
                 }
-                self.subscribing.packets.push_back(job);
+                self.subs.queue.packets.push_back(job);
             }
             Slice::Done => {
                 let (conn, closing) = (job.conn, job.closing);
@@ -209,7 +209,8 @@ impl<B: Backend> Shard<B> {
     pub(super) fn input_ended(&mut self, conn: ConnId, reason: CloseReason) {
         self.drain_input(conn);
         if let Some(job) = self
-            .subscribing
+            .subs
+            .queue
             .packets
             .iter_mut()
             .find(|job| job.conn == conn)
@@ -235,20 +236,21 @@ impl<B: Backend> Shard<B> {
     /// waiting requests are owed are owed to it now, and go with it; unless it `ends`.
     pub(super) fn settle_subscribing(&mut self, id: SessionId, ends: bool) {
         let mut requests = Vec::new();
-        self.owed.requests.retain_mut(|(session, waiting)| {
+        self.subs.owed.requests.retain_mut(|(session, waiting)| {
             if *session == id {
                 requests.extend(waiting);
             }
             *session != id
         });
         let mut at = 0;
-        while at < self.subscribing.packets.len() {
-            if self.subscribing.packets[at].session != id {
+        while at < self.subs.queue.packets.len() {
+            if self.subs.queue.packets[at].session != id {
                 at += 1;
                 continue;
             }
             let job = self
-                .subscribing
+                .subs
+                .queue
                 .packets
                 .remove(at)
                 .expect("within the queue");
@@ -271,7 +273,8 @@ impl<B: Backend> Shard<B> {
     /// messages are owed.) If its peer had closed, the connection is lost.
     pub(super) fn cut_short_subscribing(&mut self, conn: ConnId) {
         let Some(at) = self
-            .subscribing
+            .subs
+            .queue
             .packets
             .iter()
             .position(|job| job.conn == conn)
@@ -279,7 +282,8 @@ impl<B: Backend> Shard<B> {
             return;
         };
         let mut job = self
-            .subscribing
+            .subs
+            .queue
             .packets
             .remove(at)
             .expect("found just before");
@@ -289,7 +293,8 @@ impl<B: Backend> Shard<B> {
             self.release_reading(conn, Hold::SUBSCRIBING);
             self.drain_input(conn);
             let Some(at) = self
-                .subscribing
+                .subs
+                .queue
                 .packets
                 .iter()
                 .position(|job| job.conn == conn)
@@ -297,7 +302,8 @@ impl<B: Backend> Shard<B> {
                 break;
             };
             job = self
-                .subscribing
+                .subs
+                .queue
                 .packets
                 .remove(at)
                 .expect("found just before");

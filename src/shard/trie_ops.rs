@@ -66,7 +66,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn sweep_trie(&mut self, all: bool) {
         // This turn's ended sessions are passed over by share groups from now on, before
         // any of their subscriptions leave (one copy of the set a turn, however many).
-        let ended = std::mem::take(&mut self.trie.leaving_groups);
+        let ended = std::mem::take(&mut self.subs.trie.leaving_groups);
         if !ended.is_empty() {
             (self.shared.leaving_count).fetch_add(ended.len(), Ordering::SeqCst);
             self.shared.leaving_groups.rcu(|leaving| {
@@ -75,19 +75,19 @@ impl<B: Backend> Shard<B> {
                 leaving
             });
         }
-        if self.trie.sweep.is_empty() {
+        if self.subs.trie.sweep.is_empty() {
             return;
         }
         let mut left = if all { usize::MAX } else { SWEPT_PER_TURN };
         let mut gone_from_groups = Vec::new();
         let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
         while left > 0 {
-            let Some((session, filters, in_groups)) = self.trie.sweep.front_mut() else {
+            let Some((session, filters, in_groups)) = self.subs.trie.sweep.front_mut() else {
                 break;
             };
             let (session, in_groups) = (*session, *in_groups);
             let Some(filter) = filters.next() else {
-                self.trie.sweep.pop_front();
+                self.subs.trie.sweep.pop_front();
                 if in_groups {
                     gone_from_groups.push(session);
                 }
@@ -114,12 +114,12 @@ impl<B: Backend> Shard<B> {
 
     /// Applies this turn's subscription changes as one batch, then sends what waited on it.
     pub(super) fn apply_trie_ops(&mut self) {
-        if self.trie.ops.is_empty() && self.trie.after.is_empty() {
+        if self.subs.trie.ops.is_empty() && self.subs.trie.after.is_empty() {
             return;
         }
-        if !self.trie.ops.is_empty() {
+        if !self.subs.trie.ops.is_empty() {
             let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
-            for op in self.trie.ops.drain(..) {
+            for op in self.subs.trie.ops.drain(..) {
                 match op {
                     TrieOp::Subscribe {
                         filter,
@@ -137,11 +137,11 @@ impl<B: Backend> Shard<B> {
             }
             writer.publish();
             // A subscribe storm's batch does not stay allocated afterwards.
-            if self.trie.ops.capacity() > TRIE_OPS_KEPT {
-                self.trie.ops = Vec::new();
+            if self.subs.trie.ops.capacity() > TRIE_OPS_KEPT {
+                self.subs.trie.ops = Vec::new();
             }
         }
-        for after in std::mem::take(&mut self.trie.after) {
+        for after in std::mem::take(&mut self.subs.trie.after) {
             let AfterTrie::Ack {
                 conn,
                 session,

@@ -107,7 +107,7 @@ impl<B: Backend> Shard<B> {
             .collect();
         for filter in stale {
             session.unsubscribe(&filter, self.sessions.changes());
-            self.trie.ops.push(TrieOp::Unsubscribe {
+            self.subs.trie.ops.push(TrieOp::Unsubscribe {
                 filter,
                 session: id,
             });
@@ -130,7 +130,7 @@ impl<B: Backend> Shard<B> {
                 self.sessions.changes(),
                 &self.shared.filter_bytes,
             );
-            self.trie.ops.push(TrieOp::Subscribe {
+            self.subs.trie.ops.push(TrieOp::Subscribe {
                 filter: CompactString::from(filter),
                 session: id,
                 sub,

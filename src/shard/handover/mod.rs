@@ -432,7 +432,7 @@ impl<B: Backend> Shard<B> {
                     session: id,
                     sub: *sub,
                 };
-                self.trie.ops.push(op);
+                self.subs.trie.ops.push(op);
             }
         }
     }
