@@ -253,52 +253,83 @@ impl<B: Backend> Shard<B> {
         let forward = self.handover.claims.take_owed_on(&client_id, claim);
         // Another request of this shard still unanswered may yet bring the session.
         let still_asked = self.handover.claims.answered(&client_id, claim);
-        let Some(session) = session else {
-            if let Some(f) = forward {
-                if let Some(other) = still_asked {
-                    // What is owed waits for that answer instead.
-                    let before = self
-                        .handover
-                        .claims
-                        .owe(client_id, Forward { asked: other, ..f });
-                    debug_assert!(before.is_none(), "the one answer owed was just taken");
-                    return;
-                }
-                // Passed on as it is: the later claim judges it.
-                self.send_answer(client_id, f.to, f.claim, None, origin, superseded_by);
+        match session {
+            None => self.answered_without_session(
+                client_id,
+                origin,
+                superseded_by,
+                forward,
+                still_asked,
+            ),
+            Some(session) => self.session_arrived(client_id, session, origin, claim, forward),
+        }
+    }
+
+    /// An answer without the session: passed on to the later claim it is owed to, or the
+    /// connection waiting here has lost, or (no other answer coming) takes the session held
+    /// here or a new one.
+    fn answered_without_session(
+        &mut self,
+        client_id: Arc<str>,
+        origin: usize,
+        superseded_by: Option<u64>,
+        forward: Option<Forward>,
+        still_asked: Option<u64>,
+    ) {
+        if let Some(f) = forward {
+            if let Some(other) = still_asked {
+                // What is owed waits for that answer instead.
+                let before = self
+                    .handover
+                    .claims
+                    .owe(client_id, Forward { asked: other, ..f });
+                debug_assert!(before.is_none(), "the one answer owed was just taken");
                 return;
             }
-            let waiting = self.handover.claims.waiting(&client_id);
-            match (waiting, superseded_by) {
-                // The waiting connection lost to a later claim.
-                (Some((conn, mine)), Some(by)) if by > mine => {
-                    self.handover.claims.stop_waiting(&client_id);
-                    self.close_waiting(conn, &client_id);
-                }
-                // The session may still come with another answer.
-                _ if still_asked.is_some() => {}
-                // No other answer is coming: the waiting connection (the newest, whichever
-                // request this answers) takes the session held here, or starts one.
-                (Some((conn, mine)), _) => {
-                    self.handover.claims.stop_waiting(&client_id);
-                    match self.sessions.id_of(&client_id) {
-                        Some(id) => self.give_waiting_connection(conn, id, &client_id),
-                        None => self.accept_waiting(conn, &client_id, None, mine),
-                    }
-                }
-                (None, _) => {
-                    // Nobody waits: the client id is no longer this shard's, unless a
-                    // session of it is here.
-                    if self.sessions.id_of(&client_id).is_none() {
-                        self.shared.release_claim(&client_id, self.id);
-                    }
+            // Passed on as it is: the later claim judges it.
+            self.send_answer(client_id, f.to, f.claim, None, origin, superseded_by);
+            return;
+        }
+        let waiting = self.handover.claims.waiting(&client_id);
+        match (waiting, superseded_by) {
+            // The waiting connection lost to a later claim.
+            (Some((conn, mine)), Some(by)) if by > mine => {
+                self.handover.claims.stop_waiting(&client_id);
+                self.close_waiting(conn, &client_id);
+            }
+            // The session may still come with another answer.
+            _ if still_asked.is_some() => {}
+            // No other answer is coming: the waiting connection (the newest, whichever
+            // request this answers) takes the session held here, or starts one.
+            (Some((conn, mine)), _) => {
+                self.handover.claims.stop_waiting(&client_id);
+                match self.sessions.id_of(&client_id) {
+                    Some(id) => self.give_waiting_connection(conn, id, &client_id),
+                    None => self.accept_waiting(conn, &client_id, None, mine),
                 }
             }
-            return;
-        };
-        // A session goes to the latest claim this shard knows of: its own waiting
-        // connection, or the later claim it owes an answer (which waits on this answer or
-        // on another request of this shard's: either way, the session is here now).
+            (None, _) => {
+                // Nobody waits: the client id is no longer this shard's, unless a session
+                // of it is here.
+                if self.sessions.id_of(&client_id).is_none() {
+                    self.shared.release_claim(&client_id, self.id);
+                }
+            }
+        }
+    }
+
+    /// The session arrived (from `origin`, answering claim `claim`): it goes to the latest
+    /// claim this shard knows of, its own waiting connection or the later claim it owes an
+    /// answer (which waits on this answer or on another request of this shard's: either
+    /// way, the session is here now); it settles here first in every case.
+    fn session_arrived(
+        &mut self,
+        client_id: Arc<str>,
+        session: SessionBox,
+        origin: usize,
+        claim: u64,
+        forward: Option<Forward>,
+    ) {
         let owed = forward.or_else(|| self.handover.claims.take_owed(&client_id));
         match (self.handover.claims.waiting(&client_id), owed) {
             (Some((conn, mine)), owed) if owed.is_none_or(|f| mine > f.claim) => {
