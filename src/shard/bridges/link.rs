@@ -85,31 +85,7 @@ impl<B: Backend> Shard<B> {
         log::debug!("Received CONNACK on connection {}.", link.local_client_id);
         let v5 = link.version == ProtocolVersion::V5;
         if ack.reason != ReasonCode::Success {
-            let why = match (v5, ack.reason) {
-                (false, ReasonCode::UnsupportedProtocolVersion) => {
-                    // Perhaps the bridge bit: the next attempt goes without it.
-                    link.try_private = false;
-                    "unacceptable protocol version".to_string()
-                }
-                (false, ReasonCode::ClientIdentifierNotValid) => "identifier rejected".into(),
-                (false, ReasonCode::ServerUnavailable) => "broker unavailable".into(),
-                (false, ReasonCode::BadUserNameOrPassword) => "bad user name or password".into(),
-                (false, ReasonCode::NotAuthorized) => "not authorised".into(),
-                (false, _) => "unknown reason".into(),
-                (true, ReasonCode::RetainNotSupported) => {
-                    link.remote_retain = false;
-                    "retain not available (will retry)".into()
-                }
-                (true, ReasonCode::QosNotSupported) => {
-                    link.remote_max_qos = match ack.properties.maximum_qos {
-                        Some(q) => QoS::from_u8(q).unwrap_or(QoS::AtMostOnce),
-                        None => QoS::from_u8((link.remote_max_qos as u8).saturating_sub(1))
-                            .unwrap_or(QoS::AtMostOnce),
-                    };
-                    "QoS not supported (will retry)".into()
-                }
-                (true, reason) => format!("{reason:?}"),
-            };
+            let why = refused_because(link, v5, &ack);
             log::error!("Connection Refused: {why}");
             self.close_conn(conn, CloseReason::Refused);
             return;
@@ -152,9 +128,21 @@ impl<B: Backend> Shard<B> {
         }
         self.notify_remote(i, conn, session_id);
         self.notify_locally(i, true);
+        self.send_remote_subscriptions(i, conn, session_id);
+        // What was in flight goes again first (with DUP), then what waited, then the
+        // retained messages (owed: they follow as the window allows).
+        self.resume_outgoing(session_id);
+        self.owe_bridge_retained(i, session_id);
+    }
+
+    /// The bridge's SUBSCRIBEs (and, with `bridge_attempt_unsubscribe`, UNSUBSCRIBEs) to
+    /// the remote, for its `in` and `both` topics.
+    fn send_remote_subscriptions(&mut self, i: usize, conn: ConnId, session_id: SessionId) {
         let requests = {
             let link = &self.links[i];
-            let session = self.sessions.get_mut(&session_id).expect("found above");
+            let Some(session) = self.sessions.get_mut(&session_id) else {
+                return;
+            };
             link.remote_subscriptions(|| session.take_packet_id())
         };
         for request in requests {
@@ -174,10 +162,6 @@ impl<B: Backend> Shard<B> {
             );
             self.send_packet(conn, &packet);
         }
-        // What was in flight goes again first (with DUP), then what waited, then the
-        // retained messages (owed: they follow as the window allows).
-        self.resume_outgoing(session_id);
-        self.owe_bridge_retained(i, session_id);
     }
 
     /// The remote learns the bridge is up: "1", retained, on the notification topic (not
@@ -303,5 +287,36 @@ impl<B: Backend> Shard<B> {
         if was_up && reason != CloseReason::Shutdown {
             self.notify_locally(i, false);
         }
+    }
+}
+
+/// Why the remote refused the bridge's CONNECT, as Mosquitto logs it; what it says the
+/// remote cannot take (the bridge bit, retained messages, a QoS) the next attempt leaves
+/// out.
+fn refused_because(link: &mut crate::bridge::Link, v5: bool, ack: &ConnAck) -> String {
+    match (v5, ack.reason) {
+        (false, ReasonCode::UnsupportedProtocolVersion) => {
+            // Perhaps the bridge bit: the next attempt goes without it.
+            link.try_private = false;
+            "unacceptable protocol version".to_string()
+        }
+        (false, ReasonCode::ClientIdentifierNotValid) => "identifier rejected".into(),
+        (false, ReasonCode::ServerUnavailable) => "broker unavailable".into(),
+        (false, ReasonCode::BadUserNameOrPassword) => "bad user name or password".into(),
+        (false, ReasonCode::NotAuthorized) => "not authorised".into(),
+        (false, _) => "unknown reason".into(),
+        (true, ReasonCode::RetainNotSupported) => {
+            link.remote_retain = false;
+            "retain not available (will retry)".into()
+        }
+        (true, ReasonCode::QosNotSupported) => {
+            link.remote_max_qos = match ack.properties.maximum_qos {
+                Some(q) => QoS::from_u8(q).unwrap_or(QoS::AtMostOnce),
+                None => QoS::from_u8((link.remote_max_qos as u8).saturating_sub(1))
+                    .unwrap_or(QoS::AtMostOnce),
+            };
+            "QoS not supported (will retry)".into()
+        }
+        (true, reason) => format!("{reason:?}"),
     }
 }
