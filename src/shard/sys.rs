@@ -136,56 +136,8 @@ impl<B: Backend> Shard<B> {
         let total = self.shared.total_stats();
         let retained = self.shared.retained.lock().expect("retained lock").len();
         self.sys.clients_max = self.sys.clients_max.max(total.clients_connected);
-        let dropped = total.dropped_slow_client
-            + total.dropped_queue_full
-            + total.dropped_mailbox_full
-            + total.dropped_overflow_full
-            + total.dropped_expired
-            + total.dropped_too_large;
         let uptime = self.shared.started.elapsed().as_secs();
-        let values: [(&'static str, String); 14] = [
-            (
-                "$SYS/broker/version",
-                format!("midge version {}", env!("CARGO_PKG_VERSION")),
-            ),
-            ("$SYS/broker/uptime", format!("{uptime} seconds")),
-            (
-                "$SYS/broker/clients/connected",
-                total.clients_connected.to_string(),
-            ),
-            (
-                "$SYS/broker/clients/disconnected",
-                (total.sessions.saturating_sub(total.clients_connected)).to_string(),
-            ),
-            ("$SYS/broker/clients/total", total.sessions.to_string()),
-            (
-                "$SYS/broker/clients/maximum",
-                self.sys.clients_max.to_string(),
-            ),
-            (
-                "$SYS/broker/clients/expired",
-                total.clients_expired.to_string(),
-            ),
-            (
-                "$SYS/broker/subscriptions/count",
-                total.subscriptions.to_string(),
-            ),
-            ("$SYS/broker/retained messages/count", retained.to_string()),
-            (
-                "$SYS/broker/publish/messages/received",
-                total.messages_received.to_string(),
-            ),
-            (
-                "$SYS/broker/publish/messages/sent",
-                total.messages_sent.to_string(),
-            ),
-            ("$SYS/broker/publish/messages/dropped", dropped.to_string()),
-            (
-                "$SYS/broker/bytes/received",
-                total.bytes_received.to_string(),
-            ),
-            ("$SYS/broker/bytes/sent", total.bytes_sent.to_string()),
-        ];
+        let values = gauges(&total, retained, self.sys.clients_max, uptime);
         let counts = [
             total.packets_received,
             total.packets_sent,
@@ -208,29 +160,33 @@ impl<B: Backend> Shard<B> {
             .chain(loads),
         );
         for (topic, value) in values {
-            if self.sys.published.get(topic) == Some(&value) {
-                continue;
+            if self.sys.published.get(topic) != Some(&value) {
+                self.sys.published.insert(topic, value.clone());
+                self.publish_sys_value(topic, value);
             }
-            self.sys.published.insert(topic, value.clone());
-            let message = Arc::new(Message {
-                topic: MqttStr::from_static(topic),
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: Default::default(),
-                origin: None,
-                expires_at: None,
-                order: self.publish_order(),
-            });
-            // The broker's own: not bounded, but counted with the others.
-            let mut store = self.shared.retained.lock().expect("retained lock");
-            store.set(message.clone());
-            self.shared
-                .retained_bytes
-                .store(store.bytes(), Ordering::Relaxed);
-            drop(store);
-            self.route(&message, None);
         }
+    }
+
+    /// One `$SYS` value that changed: retained, and routed to its subscribers.
+    fn publish_sys_value(&mut self, topic: &'static str, value: String) {
+        let message = Arc::new(Message {
+            topic: MqttStr::from_static(topic),
+            payload: Bytes::from(value),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            origin: None,
+            expires_at: None,
+            order: self.publish_order(),
+        });
+        // The broker's own: not bounded, but counted with the others.
+        let mut store = self.shared.retained.lock().expect("retained lock");
+        store.set(message.clone());
+        self.shared
+            .retained_bytes
+            .store(store.bytes(), Ordering::Relaxed);
+        drop(store);
+        self.route(&message, None);
     }
 
     /// Moves the load averages on by the time since their last update, with the counts
@@ -258,4 +214,59 @@ impl<B: Backend> Shard<B> {
         }
         out
     }
+}
+
+/// Mosquitto's `$SYS/broker/...` gauges and counters, from the shards' counters summed.
+fn gauges(
+    total: &super::StatsSnapshot,
+    retained: usize,
+    clients_max: u64,
+    uptime: u64,
+) -> [(&'static str, String); 14] {
+    let dropped = total.dropped_slow_client
+        + total.dropped_queue_full
+        + total.dropped_mailbox_full
+        + total.dropped_overflow_full
+        + total.dropped_expired
+        + total.dropped_too_large;
+    [
+        (
+            "$SYS/broker/version",
+            format!("midge version {}", env!("CARGO_PKG_VERSION")),
+        ),
+        ("$SYS/broker/uptime", format!("{uptime} seconds")),
+        (
+            "$SYS/broker/clients/connected",
+            total.clients_connected.to_string(),
+        ),
+        (
+            "$SYS/broker/clients/disconnected",
+            (total.sessions.saturating_sub(total.clients_connected)).to_string(),
+        ),
+        ("$SYS/broker/clients/total", total.sessions.to_string()),
+        ("$SYS/broker/clients/maximum", clients_max.to_string()),
+        (
+            "$SYS/broker/clients/expired",
+            total.clients_expired.to_string(),
+        ),
+        (
+            "$SYS/broker/subscriptions/count",
+            total.subscriptions.to_string(),
+        ),
+        ("$SYS/broker/retained messages/count", retained.to_string()),
+        (
+            "$SYS/broker/publish/messages/received",
+            total.messages_received.to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/sent",
+            total.messages_sent.to_string(),
+        ),
+        ("$SYS/broker/publish/messages/dropped", dropped.to_string()),
+        (
+            "$SYS/broker/bytes/received",
+            total.bytes_received.to_string(),
+        ),
+        ("$SYS/broker/bytes/sent", total.bytes_sent.to_string()),
+    ]
 }
