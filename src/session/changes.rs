@@ -170,7 +170,7 @@ impl Session {
 mod tests {
     use super::*;
     use crate::session::outgoing::{self, tests::target};
-    use crate::session::{Limits, Offer};
+    use crate::session::{Ack, Acknowledged, Limits, Offer};
     use crate::topic::Subscription;
     use std::num::NonZeroU32;
 
@@ -223,8 +223,11 @@ mod tests {
             }
         }
         assert_eq!(s.outgoing().queue_len(), 1, "the third waits");
-        assert!(s.pubrec(in_flight[1], &mut changes));
-        assert!(s.acknowledged(in_flight[0], QoS::AtLeastOnce, &mut changes));
+        let success = crate::codec::ReasonCode::Success;
+        let released = s.acknowledged(in_flight[1], Ack::PubRec, success, &mut changes);
+        assert_eq!(released, Acknowledged::Released);
+        let finished = s.acknowledged(in_flight[0], Ack::PubAck, success, &mut changes);
+        assert_eq!(finished, Acknowledged::Finished);
         let queued = s.next_queued(2, &mut changes).expect("room now");
         s.start(
             &queued.message,

@@ -352,4 +352,53 @@ mod tests {
         assert_eq!(s.fits(100), Ok(()));
         assert_eq!(s.fits(101), Err(DropReason::TooLarge));
     }
+
+    /// Every acknowledgement through one call: PUBACK ends QoS 1, PUBREC releases QoS 2
+    /// (or ends it with a refusing reason code, §4.3.3), PUBCOMP ends it; an id with no
+    /// exchange is unknown, and a repeat finds nothing.
+    #[test]
+    fn acknowledgements_end_or_release_their_exchange() {
+        use crate::codec::ReasonCode;
+        use crate::session::{Ack, Acknowledged};
+        let mut s = session(true);
+        let mut changes = Changes::default();
+        let rules = rules(true, 10);
+        let mut start = |s: &mut Session, qos| {
+            let (m, t) = (message("a"), target(qos));
+            assert_eq!(s.decide(&m, &t, &rules, &mut changes), Decision::Send);
+            s.start(&m, &t, None, &mut changes)
+        };
+        let q1 = start(&mut s, QoS::AtLeastOnce);
+        let q2 = start(&mut s, QoS::ExactlyOnce);
+        let mut changes = Changes::default();
+        let ok = ReasonCode::Success;
+        assert_eq!(
+            s.acknowledged(q1, Ack::PubAck, ok, &mut changes),
+            Acknowledged::Finished
+        );
+        assert_eq!(
+            s.acknowledged(q1, Ack::PubAck, ok, &mut changes),
+            Acknowledged::Unknown
+        );
+        assert_eq!(
+            s.acknowledged(q2, Ack::PubRec, ok, &mut changes),
+            Acknowledged::Released
+        );
+        assert_eq!(
+            s.acknowledged(q2, Ack::PubComp, ok, &mut changes),
+            Acknowledged::Finished
+        );
+        assert_eq!(
+            s.acknowledged(999, Ack::PubRec, ok, &mut changes),
+            Acknowledged::Unknown
+        );
+        // A 5.0 PUBREC that refuses the message ends its exchange without PUBREL.
+        let refused = start(&mut s, QoS::ExactlyOnce);
+        let quota = ReasonCode::QuotaExceeded;
+        assert_eq!(
+            s.acknowledged(refused, Ack::PubRec, quota, &mut changes),
+            Acknowledged::Finished
+        );
+        assert_eq!(s.outgoing().in_flight().len(), 0);
+    }
 }

@@ -18,6 +18,17 @@ mod outgoing;
 mod table;
 
 pub use changes::{Change, Changes, Durable, What};
+
+/// What a client's acknowledgement did to the exchange of a message it was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acknowledged {
+    /// It ended: the packet id and the window's slot are free again.
+    Finished,
+    /// A QoS 2 message was released: PUBREL answers.
+    Released,
+    /// No exchange took it (a late or repeated acknowledgement).
+    Unknown,
+}
 pub use delivery::{capped, Backlog, Decision, DropReason, Rules};
 
 pub use incoming::{IncomingQos2, Qos2Publish};
@@ -32,7 +43,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::codec::{ProtocolVersion, QoS, Will};
+use crate::codec::{ProtocolVersion, QoS, ReasonCode, Will};
 use crate::topic::Subscription;
 use crate::types::{ConnId, Message, SessionId, Target};
 
@@ -389,25 +400,35 @@ impl Session {
         Some(queued)
     }
 
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `packet_id`; false if no such exchange.
-    pub fn acknowledged(&mut self, packet_id: u16, qos: QoS, changes: &mut Changes) -> bool {
-        let done = match qos {
-            QoS::AtLeastOnce => self.outgoing.puback(packet_id),
-            _ => self.outgoing.pubcomp(packet_id),
+    /// The client's acknowledgement `ack` (with its reason code) of the message it was
+    /// sent as `packet_id`: PUBACK ends a QoS 1 exchange, PUBCOMP a QoS 2 one; PUBREC
+    /// releases a QoS 2 message (PUBREL answers it), or, with a reason of 0x80 or above
+    /// (5.0), ends its exchange (§4.3.3, [MQTT-4.3.3-4]). Whether it fits the message is
+    /// the shard's to check first (`Outgoing::fits`).
+    pub fn acknowledged(
+        &mut self,
+        packet_id: u16,
+        ack: Ack,
+        reason: ReasonCode,
+        changes: &mut Changes,
+    ) -> Acknowledged {
+        let done = match ack {
+            Ack::PubAck => self.outgoing.puback(packet_id),
+            Ack::PubComp => self.outgoing.pubcomp(packet_id),
+            Ack::PubRec if reason as u8 >= 0x80 => self.outgoing.pubcomp(packet_id),
+            Ack::PubRec => {
+                if !self.outgoing.pubrec(packet_id) {
+                    return Acknowledged::Unknown;
+                }
+                changes.push(self.id, || What::Released { packet_id });
+                return Acknowledged::Released;
+            }
         };
-        if done {
-            changes.push(self.id, || What::Finished { packet_id });
+        if !done {
+            return Acknowledged::Unknown;
         }
-        done
-    }
-
-    /// PUBREC for `packet_id`; false if no QoS 2 message has it.
-    pub fn pubrec(&mut self, packet_id: u16, changes: &mut Changes) -> bool {
-        let known = self.outgoing.pubrec(packet_id);
-        if known {
-            changes.push(self.id, || What::Released { packet_id });
-        }
-        known
+        changes.push(self.id, || What::Finished { packet_id });
+        Acknowledged::Finished
     }
 
     /// Gives up a message in flight that cannot be sent again.

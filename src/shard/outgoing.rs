@@ -5,8 +5,8 @@
 use super::encode::{build_publish, mount_strip, Variants};
 use super::io::{Backend, ConnId};
 use super::Shard;
-use crate::codec::{Packet, ProtocolVersion, PubResponse, QoS, ReasonCode};
-use crate::session::{Ack, DropReason};
+use crate::codec::{Packet, ProtocolVersion, PubResponse, ReasonCode};
+use crate::session::{Ack, Acknowledged, DropReason};
 use crate::topic::SessionId;
 
 impl<B: Backend> Shard<B> {
@@ -46,7 +46,7 @@ impl<B: Backend> Shard<B> {
             self.conn_name(conn)
         );
         if self.check_ack(conn, session_id, packet_id, Ack::PubAck) {
-            self.finish_inflight(session_id, packet_id, QoS::AtLeastOnce);
+            self.acknowledged(session_id, packet_id, Ack::PubAck, ReasonCode::Success);
         }
     }
 
@@ -59,24 +59,20 @@ impl<B: Backend> Shard<B> {
     ) {
         let name = self.conn_name(conn);
         log::debug!("Received PUBREC from {name} (Mid: {packet_id})");
-        // 5.0: PUBREL answers a PUBREC below 0x80 only [MQTT-4.3.3-4]; one of 0x80 and above
-        // ends the exchange, its packet identifier free again (§4.3.3).
         let fits = self.ack_fits(session_id, packet_id, Ack::PubRec);
         if fits == Some(false) {
             self.protocol_violation(conn, &format!("PUBREC does not fit message {packet_id}"));
             return;
         }
-        if reason as u8 >= 0x80 {
-            self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
-            return;
-        }
-        if let Some((session, changes)) = self.sessions.recording(&session_id) {
-            if !session.pubrec(packet_id, changes) {
-                // Answered all the same, as Mosquitto does (a repeat after a reconnect).
-                log::warn!(
-                    "Warning: Received PUBREC from {name} for an unknown packet identifier {packet_id}."
-                );
-            }
+        // 5.0: PUBREL answers a PUBREC below 0x80 only [MQTT-4.3.3-4]; one of 0x80 and above
+        // ends the exchange, its packet identifier free again (§4.3.3).
+        match self.acknowledged(session_id, packet_id, Ack::PubRec, reason) {
+            Acknowledged::Finished => return,
+            Acknowledged::Released => {}
+            // Answered all the same, as Mosquitto does (a repeat after a reconnect).
+            Acknowledged::Unknown => log::warn!(
+                "Warning: Received PUBREC from {name} for an unknown packet identifier {packet_id}."
+            ),
         }
         log::debug!("Sending PUBREL to {name} (Mid: {packet_id})");
         self.send_packet(conn, &Packet::PubRel(PubResponse::new(packet_id)));
@@ -88,18 +84,27 @@ impl<B: Backend> Shard<B> {
             self.conn_name(conn)
         );
         if self.check_ack(conn, session_id, packet_id, Ack::PubComp) {
-            self.finish_inflight(session_id, packet_id, QoS::ExactlyOnce);
+            self.acknowledged(session_id, packet_id, Ack::PubComp, ReasonCode::Success);
         }
     }
 
-    /// Ends an outbound QoS 1/2 exchange and lets the next queued message in.
-    fn finish_inflight(&mut self, session_id: SessionId, packet_id: u16, qos: QoS) {
+    /// The session takes the acknowledgement (`Session::acknowledged`); an exchange that
+    /// ended lets the next queued message in.
+    fn acknowledged(
+        &mut self,
+        session_id: SessionId,
+        packet_id: u16,
+        ack: Ack,
+        reason: ReasonCode,
+    ) -> Acknowledged {
         let Some((session, changes)) = self.sessions.recording(&session_id) else {
-            return;
+            return Acknowledged::Unknown;
         };
-        if session.acknowledged(packet_id, qos, changes) {
+        let done = session.acknowledged(packet_id, ack, reason, changes);
+        if done == Acknowledged::Finished {
             self.fill_window(session_id);
         }
+        done
     }
 
     /// Moves queued messages into the inflight window while there is room.

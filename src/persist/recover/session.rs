@@ -326,7 +326,8 @@ impl RecoveredSession {
                 &mut quiet,
             );
             if f.released {
-                session.pubrec(packet_id, &mut quiet);
+                let success = crate::codec::ReasonCode::Success;
+                session.acknowledged(packet_id, crate::session::Ack::PubRec, success, &mut quiet);
             }
         }
         let unbounded = Limits {
