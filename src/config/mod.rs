@@ -107,7 +107,7 @@ pub struct Listener {
     pub unix_socket: Option<String>,
     /// Used when `per_listener_settings` is true.
     pub security: Security,
-    /// `protocol websockets`: MQTT over WebSockets (`ws.rs`), over TLS too with `certfile`.
+    /// `protocol websockets`: MQTT over WebSockets (`ws/`), over TLS too with `certfile`.
     pub websockets: bool,
     /// TLS options as given (`certfile`, `keyfile`, `cafile`, ...).
     pub tls_settings: crate::tls::TlsSettings,

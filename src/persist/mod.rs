@@ -2,14 +2,14 @@
 //! subscriptions, queued messages, the inflight window and incoming QoS 2 state) survive a
 //! restart and a crash.
 //!
-//! Each shard appends what changed to its own journal (`journal.rs`), written at the end of
+//! Each shard appends what changed to its own journal (`journal/`), written at the end of
 //! every loop turn that changed something, before the turn's packets go out; with
 //! `persistence_sync always` the write is synced first, so an acknowledgement (PUBACK,
 //! PUBREC, SUBACK) leaves only once what it acknowledges is on disk, one sync covering the
 //! whole turn (group commit). Sessions come from the session state machine's change records
 //! (`session::Changes`); a session that arrives on a shard (a client reconnecting, perhaps
 //! from another shard) is written whole, under its client's claim number, so that the
-//! journal of the shard that last held it wins at recovery (`recover.rs`). At start the
+//! journal of the shard that last held it wins at recovery (`recover/`). At start the
 //! journals are read, what they hold is given back to the shards, and each journal is
 //! written again compactly. The format is in `FORMAT.md`.
 

@@ -1,5 +1,5 @@
 //! The layers between a connection's socket and its codec, on the shard: TLS (`tls/link.rs`)
-//! and WebSockets (`ws.rs`), either or both (`wss://`: WebSockets inside TLS). Received bytes
+//! and WebSockets (`ws/`), either or both (`wss://`: WebSockets inside TLS). Received bytes
 //! go up through them into the connection's input; what the codec encodes goes down through
 //! them before the backend sends it. A client certificate can name the user
 //! (`use_identity_as_username`, `use_subject_as_username`).

@@ -134,7 +134,7 @@ pub enum Record {
     /// A message this shard passed to shard `to_shard` for its sessions (`targets`: the
     /// session numbers, of that shard's journal, with how each gets it), number `number`
     /// among those it passed there. Recovery hands it on itself if that shard's journal
-    /// has not `Received` it (`recover.rs`), in each publisher's order by `order`: where
+    /// has not `Received` it (`recover/transit.rs`), in each publisher's order by `order`: where
     /// it was published (none in a journal of a midge before it was written: kind 25).
     Forwarded {
         to_shard: u16,

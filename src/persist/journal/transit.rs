@@ -1,5 +1,5 @@
 //! What a shard passes to other shards, in its journal (`Forwarded`), and what it took
-//! from them (`Received`): see `shard/crossing/transit.rs` and `recover.rs`.
+//! from them (`Received`): see `shard/crossing/transit.rs` and `persist/recover/transit.rs`.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
