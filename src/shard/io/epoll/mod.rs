@@ -67,6 +67,101 @@ impl Waker for MioWaker {
 }
 
 impl Epoll {
+    /// How long the next poll may wait: not at all with reads or accepts left from the last
+    /// turn; otherwise at most until the next accept retry or the end of the oldest linger.
+    fn poll_timeout(&mut self, timeout: Option<Duration>) -> Option<Duration> {
+        if let Some(at) = self.accept_retry_at {
+            if Instant::now() >= at {
+                self.accept_retry_at = None;
+                self.accept_pending.iter_mut().for_each(|p| *p = true);
+            }
+        }
+        let busy = !self.read_again.is_empty() || self.accept_pending.iter().any(|&p| p);
+        if busy {
+            return Some(Duration::ZERO);
+        }
+        let wake_at = [self.accept_retry_at, self.closing.front().map(|c| c.0)]
+            .into_iter()
+            .flatten()
+            .min();
+        match (timeout, wake_at) {
+            (Some(t), Some(at)) => Some(t.min(at.saturating_duration_since(Instant::now()))),
+            (None, Some(at)) => Some(at.saturating_duration_since(Instant::now())),
+            (t, None) => t,
+        }
+    }
+
+    /// What the poll reported: listeners to accept on, outgoing connects done, sockets
+    /// readable (queued for `read_ready`), queued writes flushed. Returns the connections
+    /// that failed.
+    fn take_readiness(&mut self, out: &mut Vec<Event>) -> Vec<(ConnId, io::Error)> {
+        let mut failed = Vec::new();
+        for event in self.events.iter() {
+            let token = event.token();
+            if token == WAKER {
+                continue;
+            }
+            if token.0 >= LISTENER_BASE {
+                self.accept_pending[token.0 - LISTENER_BASE] = true;
+                continue;
+            }
+            let Some(socket) = self.sockets.get_mut(token.0) else {
+                continue;
+            };
+            if socket.connecting {
+                let conn = ConnId::new(token.0, socket.generation);
+                match connect_outcome(&socket.stream) {
+                    Ok(false) => continue,
+                    Ok(true) => {
+                        socket.connecting = false;
+                        out.push(Event::Connected { conn });
+                    }
+                    Err(e) => {
+                        failed.push((conn, e));
+                        continue;
+                    }
+                }
+            }
+            if event.is_read_closed() || event.is_error() {
+                socket.read_closed = true;
+            }
+            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+            if readable && !socket.readable {
+                socket.readable = true;
+                self.read_again.push(token.0);
+            }
+            if event.is_writable() && !socket.queue.is_empty() {
+                let before = socket.queued;
+                let flushed = Self::flush(socket);
+                self.queued_total -= before - socket.queued;
+                match flushed {
+                    Ok(()) => Self::shut_write_when_flushed(socket),
+                    Err(e) => failed.push((ConnId::new(token.0, socket.generation), e)),
+                }
+            }
+        }
+        failed
+    }
+
+    /// Reads the readable sockets in the order they became readable (epoll reports them
+    /// so), and before accepting new connections (read from the next wait on): what a
+    /// client sent on its old connection before it opened a new one is handled first, as a
+    /// single-threaded broker would (a reconnect right after a PUBLISH and a close).
+    fn read_ready(&mut self, out: &mut Vec<Event>) {
+        let mut to_read = std::mem::take(&mut self.read_again);
+        if to_read.len() > 1 {
+            let seen = &mut self.read_seen;
+            seen.clear();
+            to_read.retain(|id| seen.insert(*id));
+        }
+        for id in to_read.drain(..) {
+            self.read(id, out);
+        }
+        // Keep the allocation for next turn (read() pushed into the fresh one).
+        to_read.append(&mut self.read_again);
+        self.read_again = to_read;
+    }
+
     pub fn new(listeners: Vec<ListenSocket>) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
@@ -293,76 +388,13 @@ impl Epoll {
 
 impl Backend for Epoll {
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
-        if let Some(at) = self.accept_retry_at {
-            if Instant::now() >= at {
-                self.accept_retry_at = None;
-                self.accept_pending.iter_mut().for_each(|p| *p = true);
-            }
-        }
-        let busy = !self.read_again.is_empty() || self.accept_pending.iter().any(|&p| p);
-        let timeout = if busy {
-            Some(Duration::ZERO)
-        } else {
-            let wake_at = [self.accept_retry_at, self.closing.front().map(|c| c.0)]
-                .into_iter()
-                .flatten()
-                .min();
-            match (timeout, wake_at) {
-                (Some(t), Some(at)) => Some(t.min(at.saturating_duration_since(Instant::now()))),
-                (None, Some(at)) => Some(at.saturating_duration_since(Instant::now())),
-                (t, None) => t,
-            }
-        };
+        let timeout = self.poll_timeout(timeout);
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        let mut failed = Vec::new();
-        for event in self.events.iter() {
-            let token = event.token();
-            if token == WAKER {
-                continue;
-            }
-            if token.0 >= LISTENER_BASE {
-                self.accept_pending[token.0 - LISTENER_BASE] = true;
-                continue;
-            }
-            let Some(socket) = self.sockets.get_mut(token.0) else {
-                continue;
-            };
-            if socket.connecting {
-                let conn = ConnId::new(token.0, socket.generation);
-                match connect_outcome(&socket.stream) {
-                    Ok(false) => continue,
-                    Ok(true) => {
-                        socket.connecting = false;
-                        out.push(Event::Connected { conn });
-                    }
-                    Err(e) => {
-                        failed.push((conn, e));
-                        continue;
-                    }
-                }
-            }
-            if event.is_read_closed() || event.is_error() {
-                socket.read_closed = true;
-            }
-            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-            if readable && !socket.readable {
-                socket.readable = true;
-                self.read_again.push(token.0);
-            }
-            if event.is_writable() && !socket.queue.is_empty() {
-                let before = socket.queued;
-                let flushed = Self::flush(socket);
-                self.queued_total -= before - socket.queued;
-                match flushed {
-                    Ok(()) => Self::shut_write_when_flushed(socket),
-                    Err(e) => failed.push((ConnId::new(token.0, socket.generation), e)),
-                }
-            }
-        }
+        let failed = self.take_readiness(out);
         for (conn, e) in failed {
             let closing = self.sockets[conn.slot()].closing;
             self.remove(conn.slot());
@@ -380,22 +412,7 @@ impl Backend for Epoll {
                 self.remove(conn.slot());
             }
         }
-        // Read in the order the sockets became readable (epoll reports them so), and before
-        // accepting new connections (read from the next wait on): what a client sent on
-        // its old connection before it opened a new one is handled first, as a
-        // single-threaded broker would (a reconnect right after a PUBLISH and a close).
-        let mut to_read = std::mem::take(&mut self.read_again);
-        if to_read.len() > 1 {
-            let seen = &mut self.read_seen;
-            seen.clear();
-            to_read.retain(|id| seen.insert(*id));
-        }
-        for id in to_read.drain(..) {
-            self.read(id, out);
-        }
-        // Keep the allocation for next turn (read() pushed into the fresh one).
-        to_read.append(&mut self.read_again);
-        self.read_again = to_read;
+        self.read_ready(out);
         for index in 0..self.listeners.len() {
             if self.accept_pending[index] {
                 self.accept(index, out);
