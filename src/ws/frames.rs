@@ -190,6 +190,21 @@ impl FrameReader {
             n => (u64::from(n), &h[2..]),
         };
         let mask: [u8; 4] = rest[..4].try_into().expect("four bytes");
+        self.begin_frame(fin, opcode, len, mask, frame_max, reply)?;
+        Ok(used)
+    }
+
+    /// A frame's header is whole: what follows is its data (a binary message's, in one
+    /// frame or continued) or a control frame's payload; any other frame closes.
+    fn begin_frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        len: u64,
+        mask: [u8; 4],
+        frame_max: usize,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), String> {
         match opcode {
             BINARY | CONTINUATION => {
                 if opcode == CONTINUATION && !self.in_message {
@@ -241,7 +256,7 @@ impl FrameReader {
                 return Err(self.fail(1002, why));
             }
         }
-        Ok(used)
+        Ok(())
     }
 
     /// Answers a whole control frame. True if it was the peer's close (answered with a
