@@ -514,3 +514,47 @@ fn a_subscribe_and_a_publish_read_in_one_turn_meet() {
         "{got:?}"
     );
 }
+
+/// A client sends a SUBSCRIBE of many filters (handled a slice a turn) and a DISCONNECT,
+/// and closes its socket: the backend reports the connection closed and gives its slot to
+/// the next connection while the SUBSCRIBE is still under way. The next connection, in
+/// that slot, does not overwrite the closing one: what the closing one sent is handled
+/// first (its DISCONNECT: no will), its session goes offline, and both clients are served
+/// (the invariants, checked every step, see any session naming a connection that is not
+/// its own).
+#[test]
+fn a_connection_reusing_the_slot_of_one_still_closing_waits_for_it_to_finish() {
+    let mut sim = Sim::new(1);
+    let leaving = sim.nets[0].connect();
+    sim.send(0, leaving, &connect("leaving", false), V311);
+    sim.settle();
+    sim.received(0, leaving, V311);
+    let filters = (0..3 * midge::limits::FILTERS_PER_TURN)
+        .map(|i| {
+            let options = SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            };
+            (MqttStr::new(&format!("f/{i}")).unwrap(), options)
+        })
+        .collect();
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters,
+    });
+    sim.send(0, leaving, &subscribe, V311);
+    sim.send(0, leaving, &Packet::Disconnect(Default::default()), V311);
+    sim.step(0);
+    sim.nets[0].close(leaving);
+    let next = sim.nets[0].connect();
+    assert_eq!(next.slot(), leaving.slot(), "the slot is given out again");
+    sim.send(0, next, &connect("next", true), V311);
+    sim.settle();
+    assert!(connack(&sim.received(0, next, V311)).reason == ReasonCode::Success);
+    // The closed client's session is offline, and a new connection resumes it.
+    let back = sim.nets[0].connect();
+    sim.send(0, back, &connect("leaving", false), V311);
+    sim.settle();
+    assert!(connack(&sim.received(0, back, V311)).session_present);
+}

@@ -17,6 +17,14 @@ impl<B: Backend> Shard<B> {
         local_port: u16,
         socket: usize,
     ) {
+        // A connection whose peer closed may still be in the slot the backend gives out
+        // again (`finish_closed`): it goes first.
+        if let Some(closed) = (self.conns.get(conn.slot()))
+            .and_then(Option::as_ref)
+            .map(|c| c.id)
+        {
+            self.finish_closed(closed);
+        }
         let listener = self
             .shared
             .listener_of_socket
@@ -42,8 +50,8 @@ impl<B: Backend> Shard<B> {
             self.backend.close(conn);
             return;
         }
-        self.shared.connections.fetch_add(1, Ordering::AcqRel);
         let index = conn.slot();
+        self.shared.connections.fetch_add(1, Ordering::AcqRel);
         if self.conns.len() <= index {
             self.conns.resize_with(index + 1, || None);
         }

@@ -221,6 +221,18 @@ impl<B: Backend> Shard<B> {
         self.connection_lost(conn, reason);
     }
 
+    /// The backend gives a connection's slot to a new one once it reported the old one
+    /// closed; a connection whose peer closed while its SUBSCRIBE goes a slice a turn is
+    /// still in that slot. Before the slot is reused, what it sent is handled now, as when
+    /// its session is taken over (`cut_short_subscribing`: its remaining filters are dropped;
+    /// it had no SUBACK, and its socket is gone), and the connection is lost.
+    pub(super) fn finish_closed(&mut self, conn: ConnId) {
+        self.cut_short_subscribing(conn);
+        if self.conn(conn).is_some() {
+            self.connection_lost(conn, CloseReason::PeerClosed);
+        }
+    }
+
     /// A packet whose connection went before its filters were all handled: the retained
     /// messages of those it handled are still owed to its session, if it lives on.
     fn abandon_subscribing(&mut self, job: Subscribing) {
