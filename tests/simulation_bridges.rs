@@ -213,3 +213,64 @@ fn carry_across_cuts(qos: QoS) -> Vec<String> {
     }
     got
 }
+
+/// A client of the edge broker sends a SUBSCRIBE of many filters (handled a slice a turn)
+/// and a DISCONNECT, and closes its socket while the wire is down; the bridge's next
+/// connection gets that client's slot from the backend. It does not overwrite the closing
+/// connection: that one's packets are handled first (its session offline, resumable), and
+/// the bridge connects and carries messages as before (both brokers' invariants are
+/// checked every step).
+#[test]
+fn a_bridge_connecting_into_the_slot_of_a_closing_client_waits_for_it() {
+    let mut pair = Pair::new("topic t/# out 1\ncleansession false\nrestart_timeout 1\n");
+    let subscriber = client(&mut pair.central, "subscriber", false);
+    pair.central.send(0, subscriber, &subscribe_q1("t/#"), V311);
+    let leaving = client(&mut pair.edge, "leaving", false);
+    pair.steps(20);
+    assert!(pair.wire.is_some(), "the bridge did not connect");
+    pair.edge.received(0, leaving, V311);
+    pair.central.received(0, subscriber, V311);
+
+    let filters = (0..16 * midge::limits::FILTERS_PER_TURN)
+        .map(|i| {
+            let options = SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            };
+            (MqttStr::new(&format!("f/{i}")).unwrap(), options)
+        })
+        .collect();
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters,
+    });
+    pair.cut();
+    pair.edge.send(0, leaving, &subscribe, V311);
+    pair.edge
+        .send(0, leaving, &Packet::Disconnect(Default::default()), V311);
+    pair.edge.step(0);
+    // Freed last, its slot is the next the simulated backend gives out: the bridge's.
+    pair.edge.nets[0].close(leaving);
+    pair.wait(Duration::from_secs(2));
+    assert!(pair.wire.is_some(), "the bridge did not connect again");
+    let far_end = pair.wire.as_ref().unwrap().far_end;
+    assert_eq!(far_end.slot(), leaving.slot(), "the bridge took the slot");
+
+    let publisher = client(&mut pair.edge, "publisher", true);
+    pair.steps(5);
+    pair.edge
+        .send(0, publisher, &publish_to("t/x", 1, b"after"), V311);
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        pair.step();
+        got.extend(payloads(pair.central.received(0, subscriber, V311)));
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got, [&b"after"[..]]);
+    let back = client(&mut pair.edge, "leaving", false);
+    pair.steps(5);
+    assert!(connack(&pair.edge.received(0, back, V311)).session_present);
+}

@@ -17,14 +17,7 @@ impl<B: Backend> Shard<B> {
         local_port: u16,
         socket: usize,
     ) {
-        // A connection whose peer closed may still be in the slot the backend gives out
-        // again (`finish_closed`): it goes first.
-        if let Some(closed) = (self.conns.get(conn.slot()))
-            .and_then(Option::as_ref)
-            .map(|c| c.id)
-        {
-            self.finish_closed(closed);
-        }
+        self.free_slot(conn);
         let listener = self
             .shared
             .listener_of_socket

@@ -221,12 +221,25 @@ impl<B: Backend> Shard<B> {
         self.connection_lost(conn, reason);
     }
 
-    /// The backend gives a connection's slot to a new one once it reported the old one
-    /// closed; a connection whose peer closed while its SUBSCRIBE goes a slice a turn is
-    /// still in that slot. Before the slot is reused, what it sent is handled now, as when
-    /// its session is taken over (`cut_short_subscribing`: its remaining filters are dropped;
-    /// it had no SUBACK, and its socket is gone), and the connection is lost.
-    pub(super) fn finish_closed(&mut self, conn: ConnId) {
+    /// The backend has given out `conn` (accepted, or a bridge's connect): the slot it
+    /// names is made free in the shard's table first. The backend gives a slot out again
+    /// once it reported its connection closed, and a connection whose peer closed while its
+    /// SUBSCRIBE goes a slice a turn is still in it (`finish_closed`).
+    pub(super) fn free_slot(&mut self, conn: ConnId) {
+        let closing = (self.conns.get(conn.slot()))
+            .and_then(Option::as_ref)
+            .map(|c| c.id);
+        if let Some(closing) = closing.filter(|&closing| closing != conn) {
+            self.finish_closed(closing);
+        }
+    }
+
+    /// A connection closed by its peer, still in its slot because its SUBSCRIBE goes a
+    /// slice a turn: what it sent is handled now, as when its session is taken over
+    /// (`cut_short_subscribing`: its remaining filters are dropped; it had no SUBACK, and
+    /// its socket is gone, so a persistent session keeps the filters handled so far), and
+    /// the connection is lost.
+    fn finish_closed(&mut self, conn: ConnId) {
         self.cut_short_subscribing(conn);
         if self.conn(conn).is_some() {
             self.connection_lost(conn, CloseReason::PeerClosed);

@@ -164,6 +164,8 @@ impl<B: Backend> Shard<B> {
                 return;
             }
         };
+        self.free_slot(conn);
+        let link = &self.links[i];
         let packet_size_max = match link.config.max_packet_size {
             0 => self.config.packet_size_max,
             n => n as usize,
