@@ -529,20 +529,7 @@ fn a_connection_reusing_the_slot_of_one_still_closing_waits_for_it_to_finish() {
     sim.send(0, leaving, &connect("leaving", false), V311);
     sim.settle();
     sim.received(0, leaving, V311);
-    let filters = (0..3 * midge::limits::FILTERS_PER_TURN)
-        .map(|i| {
-            let options = SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            };
-            (MqttStr::new(&format!("f/{i}")).unwrap(), options)
-        })
-        .collect();
-    let subscribe = Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters,
-    });
+    let subscribe = subscribe_many(3 * midge::limits::FILTERS_PER_TURN);
     sim.send(0, leaving, &subscribe, V311);
     sim.send(0, leaving, &Packet::Disconnect(Default::default()), V311);
     sim.step(0);

@@ -231,20 +231,7 @@ fn a_bridge_connecting_into_the_slot_of_a_closing_client_waits_for_it() {
     pair.edge.received(0, leaving, V311);
     pair.central.received(0, subscriber, V311);
 
-    let filters = (0..16 * midge::limits::FILTERS_PER_TURN)
-        .map(|i| {
-            let options = SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            };
-            (MqttStr::new(&format!("f/{i}")).unwrap(), options)
-        })
-        .collect();
-    let subscribe = Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters,
-    });
+    let subscribe = subscribe_many(16 * midge::limits::FILTERS_PER_TURN);
     pair.cut();
     pair.edge.send(0, leaving, &subscribe, V311);
     pair.edge

@@ -34,6 +34,14 @@ impl Default for Queue {
     }
 }
 
+impl Queue {
+    /// The first packet of `conn` waiting, taken out of the queue.
+    fn take_of(&mut self, conn: ConnId) -> Option<Subscribing> {
+        let at = self.packets.iter().position(|job| job.conn == conn)?;
+        self.packets.remove(at)
+    }
+}
+
 /// A SUBSCRIBE or UNSUBSCRIBE whose filters are handled a slice a turn.
 pub(super) struct Subscribing {
     pub(super) conn: ConnId,
@@ -297,41 +305,18 @@ impl<B: Backend> Shard<B> {
     /// means no will [MQTT-3.1.2-10]. (The filters handled so far stay, and their retained
     /// messages are owed.) If its peer had closed, the connection is lost.
     pub(super) fn cut_short_subscribing(&mut self, conn: ConnId) {
-        let Some(at) = self
-            .subs
-            .queue
-            .packets
-            .iter()
-            .position(|job| job.conn == conn)
-        else {
+        let Some(mut job) = self.subs.queue.take_of(conn) else {
             return;
         };
-        let mut job = self
-            .subs
-            .queue
-            .packets
-            .remove(at)
-            .expect("found just before");
         let closing = job.closing;
         loop {
             self.abandon_subscribing(job);
             self.release_reading(conn, Hold::SUBSCRIBING);
             self.drain_input(conn);
-            let Some(at) = self
-                .subs
-                .queue
-                .packets
-                .iter()
-                .position(|job| job.conn == conn)
-            else {
+            let Some(next) = self.subs.queue.take_of(conn) else {
                 break;
             };
-            job = self
-                .subs
-                .queue
-                .packets
-                .remove(at)
-                .expect("found just before");
+            job = next;
         }
         if let Some(reason) = closing {
             self.connection_lost(conn, reason);

@@ -256,6 +256,23 @@ pub fn subscribe_q1(filter: &str) -> Packet {
     })
 }
 
+/// SUBSCRIBE (packet id 1) to `n` filters `f/0`, `f/1`, ... at QoS 1: with more than
+/// `FILTERS_PER_TURN`, handled over several turns.
+pub fn subscribe_many(n: usize) -> Packet {
+    let options = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
+    let filters = (0..n)
+        .map(|i| (MqttStr::new(&format!("f/{i}")).unwrap(), options))
+        .collect();
+    Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters,
+    })
+}
+
 /// The payloads of the PUBLISH packets among `packets`, in order.
 pub fn payloads(packets: Vec<Packet>) -> Vec<bytes::Bytes> {
     (packets.into_iter())
