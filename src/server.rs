@@ -45,16 +45,9 @@ impl Server {
         auth_methods: Vec<Arc<dyn crate::auth::AuthMethod>>,
         reload_signals: Arc<ReloadSignals>,
     ) -> io::Result<Server> {
-        let shards = match config.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(SHARDS_MAX)),
-            n => n,
-        };
+        let shards = shard_count(&config);
         if config.local_only {
-            log::info!(target: "information", "Starting in local only mode. Connections will only be possible from clients running on this machine.");
-            log::info!(
-                target: "information",
-                "Create a configuration file which defines a listener to allow remote access."
-            );
+            log_local_only();
         }
         let Listening {
             first,
@@ -105,17 +98,7 @@ impl Server {
             threads.push(start.spawn()?);
         }
         // Sessions are back on their shards before the broker counts as started.
-        let mut written = true;
-        for _ in 0..shards {
-            written &= restored_all.recv().unwrap_or(false);
-        }
-        if !written {
-            // The files read hold the store until the new journals do: they stay.
-            return Err(io::Error::other(format!(
-                "persistence: cannot write the new journals in {} (the line above says why); the store was left as it is",
-                config.persistence_dir().map_or_else(String::new, |d| d.display().to_string())
-            )));
-        }
+        all_restored(&restored_all, shards, &config)?;
         if let Some(store) = store {
             store.finish();
         }
@@ -521,4 +504,42 @@ fn drop_privileges(user: &str, unix_sockets: &[SocketFile]) -> io::Result<()> {
     os::become_user(user, uid, gid)?;
     log::info!(target: "information", "Running as user {user} (uid {uid}).");
     Ok(())
+}
+
+/// The number of shards: `threads`, or one per core (up to `SHARDS_MAX`).
+fn shard_count(config: &Config) -> usize {
+    match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(SHARDS_MAX)),
+        n => n,
+    }
+}
+
+/// Mosquitto's lines for a broker started without a configuration.
+fn log_local_only() {
+    log::info!(target: "information", "Starting in local only mode. Connections will only be possible from clients running on this machine.");
+    log::info!(
+        target: "information",
+        "Create a configuration file which defines a listener to allow remote access."
+    );
+}
+
+/// Waits until each of the `shards` has its sessions back and its new journal written; an
+/// error if one could not write it.
+fn all_restored(
+    restored: &std::sync::mpsc::Receiver<bool>,
+    shards: usize,
+    config: &Config,
+) -> io::Result<()> {
+    let mut written = true;
+    for _ in 0..shards {
+        written &= restored.recv().unwrap_or(false);
+    }
+    if written {
+        return Ok(());
+    }
+    // The files read hold the store until the new journals do: they stay.
+    Err(io::Error::other(format!(
+        "persistence: cannot write the new journals in {} (the line above says why); the store was left as it is",
+        config.persistence_dir().map_or_else(String::new, |d| d.display().to_string())
+    )))
 }

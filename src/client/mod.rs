@@ -159,42 +159,68 @@ fn connect_tcp(options: &ConnectOptions) -> io::Result<TcpStream> {
     Err(last)
 }
 
+/// The connection to the broker `options` name: TCP, with TLS and WebSocket if asked.
+fn open_stream(options: &ConnectOptions) -> Result<tls::Stream, ClientError> {
+    let socket = connect_socket(options)?;
+    let stream = if options.tls.enabled() {
+        let config = options.tls.config().inspect_err(|e| {
+            if let (true, ClientError::Tls(why)) = (options.debug, e) {
+                eprintln!("Error: {why}");
+            }
+        })?;
+        socket.set_read_timeout(Some(Duration::from_secs(30)))?;
+        tls::Stream::tls(socket, config, &options.host).map_err(|e| {
+            if options.debug {
+                eprintln!("TLS: {e}");
+            }
+            ClientError::Tls(e.to_string())
+        })?
+    } else {
+        tls::Stream::Plain(socket)
+    };
+    if !options.websocket {
+        return Ok(stream);
+    }
+    let scheme = if options.tls.enabled() { "wss" } else { "ws" };
+    let host = match options.host.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{}]", options.host),
+        Err(_) => options.host.clone(),
+    };
+    let url = format!("{scheme}://{host}:{}/mqtt", options.port);
+    stream
+        .socket()
+        .set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream
+        .websocket(&url)
+        .map_err(|e| ClientError::Protocol(format!("WebSocket upgrade to {url} failed: {e}")))
+}
+
+/// The CONNECT `options` ask for; an error if a string in them is not a valid MQTT string.
+fn connect_packet(options: &ConnectOptions) -> Result<Connect, ClientError> {
+    Ok(Connect {
+        version: options.version,
+        bridge: false,
+        clean_start: options.clean,
+        keep_alive: options.keepalive_s,
+        properties: options.properties.clone(),
+        client_id: mqtt_str("client id", &options.client_id)?,
+        will: options.will.clone(),
+        username: options
+            .username
+            .as_deref()
+            .map(|u| mqtt_str("user name", u))
+            .transpose()?,
+        password: options
+            .password
+            .as_ref()
+            .map(|p| Bytes::copy_from_slice(p.as_bytes())),
+    })
+}
+
 impl Client {
     /// Connects and waits for CONNACK; a refusal is an error carrying its reason.
     pub fn connect(options: &ConnectOptions) -> Result<(Client, ConnAck), ClientError> {
-        let socket = connect_socket(options)?;
-        let stream = if options.tls.enabled() {
-            let config = options.tls.config().inspect_err(|e| {
-                if let (true, ClientError::Tls(why)) = (options.debug, e) {
-                    eprintln!("Error: {why}");
-                }
-            })?;
-            socket.set_read_timeout(Some(Duration::from_secs(30)))?;
-            tls::Stream::tls(socket, config, &options.host).map_err(|e| {
-                if options.debug {
-                    eprintln!("TLS: {e}");
-                }
-                ClientError::Tls(e.to_string())
-            })?
-        } else {
-            tls::Stream::Plain(socket)
-        };
-        let stream = if options.websocket {
-            let scheme = if options.tls.enabled() { "wss" } else { "ws" };
-            let host = match options.host.parse::<std::net::Ipv6Addr>() {
-                Ok(_) => format!("[{}]", options.host),
-                Err(_) => options.host.clone(),
-            };
-            let url = format!("{scheme}://{host}:{}/mqtt", options.port);
-            stream
-                .socket()
-                .set_read_timeout(Some(Duration::from_secs(30)))?;
-            stream.websocket(&url).map_err(|e| {
-                ClientError::Protocol(format!("WebSocket upgrade to {url} failed: {e}"))
-            })?
-        } else {
-            stream
-        };
+        let stream = open_stream(options)?;
         let name = if options.client_id.is_empty() {
             "null".to_string()
         } else {
@@ -214,25 +240,7 @@ impl Client {
             debug: options.debug,
             name,
         };
-        let connect = Connect {
-            version: options.version,
-            bridge: false,
-            clean_start: options.clean,
-            keep_alive: options.keepalive_s,
-            properties: options.properties.clone(),
-            client_id: mqtt_str("client id", &options.client_id)?,
-            will: options.will.clone(),
-            username: options
-                .username
-                .as_deref()
-                .map(|u| mqtt_str("user name", u))
-                .transpose()?,
-            password: options
-                .password
-                .as_ref()
-                .map(|p| Bytes::copy_from_slice(p.as_bytes())),
-        };
-        client.send(&Packet::Connect(Box::new(connect)))?;
+        client.send(&Packet::Connect(Box::new(connect_packet(options)?)))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         match client.next_packet(Some(deadline))? {
             Some(Packet::ConnAck(ack)) => {

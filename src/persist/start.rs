@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::journal::Journal;
 use super::mosquitto_db;
-use super::recover::{self, Recovered, RecoveredSession};
+use super::recover::{self, Published, Recovered, RecoveredSession};
 use super::storage::{sync_parent, Storage};
 use super::WallClock;
 use crate::config::Config;
@@ -60,63 +60,18 @@ pub fn open(
         return Ok(None);
     };
     let started = Instant::now();
-    let set_aside = config.persistence_on_damage_set_aside;
-    let found = check_marker(&*storage, &marker, &dir)?;
-    let imported = matches!(found, Found::Mosquitto(_));
-    let mut recovered = match found {
-        Found::Mosquitto(bytes) => {
-            import_mosquitto(&*storage, config, &marker, &bytes, set_aside)?
-        }
-        Found::Midge { current } => recover::recover(&*storage, &dir, &WallClock::now(), set_aside, current).map_err(|e| {
-            io::Error::other(format!(
-                "persistence: {e}. The store was left as it is; `persistence_on_damage set_aside` starts without the damaged file (kept beside it)."
-            ))
-        })?,
-    };
-    for note in &recovered.notes {
-        log::warn!("Warning: persistence: {note}.");
-    }
+    let (mut recovered, imported) = read_store(&*storage, config, &dir, &marker)?;
     (storage.create_dir_all(&dir))
         .map_err(|e| io::Error::other(format!("persistence: {}: {e}", dir.display())))?;
-    // Sessions whose expiry ran out while the broker was down end here.
-    let now_ms = WallClock::now().current_unix_ms();
-    let expiry = config.persistent_client_expiration;
-    let before = recovered.sessions.len();
-    // (One whose will still waits is kept: it ends at the first turn, its will going then.)
-    recovered
-        .sessions
-        .retain(|s| !s.expired(now_ms, expiry) || s.delayed_will.is_some());
-    if recovered.sessions.len() < before {
-        log::info!(
-            target: "information",
-            "{} stored sessions expired while the broker was down.",
-            before - recovered.sessions.len()
-        );
-    }
+    drop_expired(&mut recovered.sessions, config);
     let counts = (
         recovered.retained.len(),
         recovered.sessions.len(),
         recovered.queued_messages(),
     );
-    let mut parts: Vec<Vec<RecoveredSession>> = (0..shards).map(|_| Vec::new()).collect();
-    for session in recovered.sessions {
-        let mut hasher = DefaultHasher::new();
-        session.client_id.hash(&mut hasher);
-        parts[hasher.finish() as usize % shards].push(session);
-    }
+    let parts = by_shard(recovered.sessions, shards);
     let last_retained_change = recovered.next_retained_seq.saturating_sub(1);
-    let retained: Vec<Retained> = (recovered.retained.into_iter())
-        .map(|(message, publisher)| {
-            let source = publisher.map(|p| {
-                Arc::new(Source {
-                    client_id: p.client_id.into(),
-                    username: p.username,
-                    listener: p.listener as usize,
-                })
-            });
-            (message, source)
-        })
-        .collect();
+    let retained = with_sources(recovered.retained);
     let mut store = Store {
         storage: storage.clone(),
         shards: Vec::with_capacity(shards),
@@ -148,6 +103,74 @@ pub fn open(
         }));
     }
     Ok(Some(store))
+}
+
+/// What the store at `dir` (or a Mosquitto database at `marker`) holds, and whether it
+/// was Mosquitto's; damage noted is logged.
+fn read_store(
+    storage: &dyn Storage,
+    config: &Config,
+    dir: &Path,
+    marker: &Path,
+) -> io::Result<(Recovered, bool)> {
+    let set_aside = config.persistence_on_damage_set_aside;
+    let found = check_marker(storage, marker, dir)?;
+    let imported = matches!(found, Found::Mosquitto(_));
+    let recovered = match found {
+        Found::Mosquitto(bytes) => import_mosquitto(storage, config, marker, &bytes, set_aside)?,
+        Found::Midge { current } => recover::recover(storage, dir, &WallClock::now(), set_aside, current).map_err(|e| {
+            io::Error::other(format!(
+                "persistence: {e}. The store was left as it is; `persistence_on_damage set_aside` starts without the damaged file (kept beside it)."
+            ))
+        })?,
+    };
+    for note in &recovered.notes {
+        log::warn!("Warning: persistence: {note}.");
+    }
+    Ok((recovered, imported))
+}
+
+/// Sessions whose expiry ran out while the broker was down end here. (One whose will
+/// still waits is kept: it ends at the first turn, its will going then.)
+fn drop_expired(sessions: &mut Vec<RecoveredSession>, config: &Config) {
+    let now_ms = WallClock::now().current_unix_ms();
+    let expiry = config.persistent_client_expiration;
+    let before = sessions.len();
+    sessions.retain(|s| !s.expired(now_ms, expiry) || s.delayed_will.is_some());
+    if sessions.len() < before {
+        log::info!(
+            target: "information",
+            "{} stored sessions expired while the broker was down.",
+            before - sessions.len()
+        );
+    }
+}
+
+/// Each session to the shard its client id hashes to.
+fn by_shard(sessions: Vec<RecoveredSession>, shards: usize) -> Vec<Vec<RecoveredSession>> {
+    let mut parts: Vec<Vec<RecoveredSession>> = (0..shards).map(|_| Vec::new()).collect();
+    for session in sessions {
+        let mut hasher = DefaultHasher::new();
+        session.client_id.hash(&mut hasher);
+        parts[hasher.finish() as usize % shards].push(session);
+    }
+    parts
+}
+
+/// The retained messages read, each with its publisher as the shared store keeps it.
+fn with_sources(retained: Vec<Published>) -> Vec<Retained> {
+    (retained.into_iter())
+        .map(|(message, publisher)| {
+            let source = publisher.map(|p| {
+                Arc::new(Source {
+                    client_id: p.client_id.into(),
+                    username: p.username,
+                    listener: p.listener as usize,
+                })
+            });
+            (message, source)
+        })
+        .collect()
 }
 
 impl Store {

@@ -3,7 +3,6 @@
 //! variant (`encode.rs`) into the connection's turn buffer (`output.rs`). What follows a
 //! QoS 1/2 send (acknowledgements, the window, resending) is in `outgoing.rs`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::aliases::Alias;
@@ -17,7 +16,7 @@ use crate::session::{capped, Backlog, Decision, DropReason, Limits, Rules};
 use crate::topic::SessionId;
 
 use super::conn::Conn;
-use super::encode::{build_publish, encode_publish, mount_strip, Encoding, VariantKey, Variants};
+use super::encode::{build_publish, encode_publish, mount_strip, Encoded, VariantKey, Variants};
 
 impl<B: Backend> Shard<B> {
     /// Delivers to sessions owned here (or forwards those that moved away). What comes
@@ -151,46 +150,24 @@ impl<B: Backend> Shard<B> {
             stats.dropped(why, 1);
             return;
         }
-        let v5 = session.version == ProtocolVersion::V5;
         // mount_point: the client sees topics without its listener's prefix (and only
         // topics under it).
-        let mount = self
-            .config
-            .listener(session.listener())
-            .mount_point
-            .as_deref();
-        let Some(strip) = mount_strip(mount, &message.topic) else {
+        let listener = self.config.listener(session.listener());
+        let Some(strip) = mount_strip(listener.mount_point.as_deref(), &message.topic) else {
             return;
         };
         let key = VariantKey {
-            v5,
+            v5: session.version == ProtocolVersion::V5,
             qos: target.qos,
             retain: target.retain,
             dup: false,
             strip,
         };
-        let alias_max = usize::from(c.out_alias_max());
-        let own_encoding =
-            link.is_some() || (v5 && (alias_max > 0 || !target.identifiers.is_empty()));
-        let mut new_alias = None;
-        let own;
-        let encoded = if own_encoding {
-            // Encoded for this subscriber alone: its subscription identifiers, or its
-            // topic aliases, or (a bridge) its remapped topic, are its own.
-            let link = link.map(|i| &mut self.links[i]);
-            (own, new_alias) = encode_for(c, link, message, target, v5, strip, now);
-            own.as_ref().map(|own| own.encoded())
-        } else {
-            variants.get(key, message, now)
-        };
+        let link = link.map(|i| &mut self.links[i]);
+        let (encoded, new_alias) = encode(c, link, variants, message, target, key, now);
         let Some(encoded) = encoded else {
             stats.dropped(DropReason::TooLarge, 1);
-            log::warn!(
-                "Warning: a message to '{}' ({} bytes) is too large to send to {} in its protocol version; dropped for that client.",
-                message.topic,
-                message.payload.len(),
-                session.client_id
-            );
+            warn_too_large(message, &session.client_id);
             return;
         };
         if let Err(why) = session.fits(encoded.len()) {
@@ -208,41 +185,58 @@ impl<B: Backend> Shard<B> {
         let was_empty = c.out_len() == 0;
         c.put_publish(&encoded, packet_id);
         self.output.memory.encoded_this_turn += encoded.len();
-        log::debug!(
-            "Sending PUBLISH to {} (d0, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
-            session.client_id,
-            target.qos as u8,
-            u8::from(target.retain),
-            message.topic,
-            message.payload.len()
-        );
-        stats.messages_sent[target.qos as usize].fetch_add(1, Ordering::Relaxed);
-        stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+        log_sent(&session.client_id, message, target, packet_id);
+        stats.publish_sent(target.qos);
         if was_empty {
             self.output.to_flush.push(conn);
         }
     }
 }
 
-/// A PUBLISH encoded for one subscriber alone (`c`): with its subscription identifiers,
-/// its topic aliases, or (a bridge, `link`) its remapped topic. With the alias to remember
-/// for the topic if the PUBLISH sets a new one (remembered once it is sent).
-fn encode_for(
+fn warn_too_large(message: &Message, client_id: &str) {
+    log::warn!(
+        "Warning: a message to '{}' ({} bytes) is too large to send to {client_id} in its protocol version; dropped for that client.",
+        message.topic,
+        message.payload.len(),
+    );
+}
+
+fn log_sent(client_id: &str, message: &Message, target: &Target, packet_id: u16) {
+    log::debug!(
+        "Sending PUBLISH to {client_id} (d0, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
+        target.qos as u8,
+        u8::from(target.retain),
+        message.topic,
+        message.payload.len()
+    );
+}
+
+/// The PUBLISH of `message` for the subscriber of `c` (`target`): the variant `key` shared
+/// with others, or one encoded for it alone (kept in `variants` until the next): with its
+/// subscription identifiers, its topic aliases, or (a bridge, `link`) its remapped topic.
+/// With the alias to remember for the topic if the PUBLISH sets a new one (remembered once
+/// it is sent). `None`: too large to encode in its protocol version.
+fn encode<'v>(
     c: &mut Conn,
     link: Option<&mut crate::bridge::Link>,
+    variants: &'v mut Variants,
     message: &Message,
     target: &Target,
-    v5: bool,
-    strip: usize,
+    key: VariantKey,
     now: std::time::Instant,
-) -> (Option<Encoding>, Option<u16>) {
+) -> (Option<Encoded<'v>>, Option<u16>) {
+    let alias_max = usize::from(c.out_alias_max());
+    let own = link.is_some() || (key.v5 && (alias_max > 0 || !target.identifiers.is_empty()));
+    if !own {
+        return (variants.get(key, message, now), None);
+    }
     let mut publish = build_publish(
         message,
         target.qos,
         target.retain,
         &target.identifiers,
-        v5,
-        strip,
+        key.v5,
+        key.strip,
         now,
     );
     publish.packet_id = u16::from(target.qos != QoS::AtMostOnce);
@@ -250,7 +244,6 @@ fn encode_for(
         super::bridges::outgoing(link, now, &mut publish);
     }
     let mut new_alias = None;
-    let alias_max = usize::from(c.out_alias_max());
     if alias_max > 0 {
         // Topic aliases on the broker's sends (§3.3.2.3.4), up to the client's Topic Alias
         // Maximum [MQTT-3.3.2-8]: a topic seen again goes as its alias alone.
@@ -266,12 +259,15 @@ fn encode_for(
             Alias::None => {}
         }
     }
-    let version = if v5 {
+    let version = if key.v5 {
         ProtocolVersion::V5
     } else {
         ProtocolVersion::V311
     };
-    (encode_publish(publish, version), new_alias)
+    (
+        variants.keep_own(encode_publish(publish, version)),
+        new_alias,
+    )
 }
 
 /// The ACL a session's client reads under: none for a bridge's own session (the broker's,

@@ -21,6 +21,8 @@ pub(super) struct Variants {
     entries: SmallVec<[(VariantKey, usize, usize, usize); 4]>,
     encoded: Vec<u8>,
     large: SmallVec<[(VariantKey, Encoding); 1]>,
+    /// The last encoding made for one subscriber alone (`keep_own`).
+    own: Option<Encoding>,
 }
 
 /// An encoded PUBLISH for one subscriber: the packet, or for a large one its head, with
@@ -131,7 +133,15 @@ impl Variants {
     }
 
     /// Forgets the last message's encodings, keeping (bounded) room for the next one's.
+    /// Keeps `encoding`, made for one subscriber alone, until the next one (or `clear`),
+    /// and lends it.
+    pub(super) fn keep_own(&mut self, encoding: Option<Encoding>) -> Option<Encoded<'_>> {
+        self.own = encoding;
+        self.own.as_ref().map(Encoding::encoded)
+    }
+
     pub(super) fn clear(&mut self) {
+        self.own = None;
         self.entries.clear();
         self.large.clear();
         self.encoded.clear();

@@ -200,40 +200,10 @@ impl<B: Backend> Shard<B> {
             self.shut_down();
             return false;
         }
-        // `now` is when the last turn ended (read there for its duration): the clock is read
-        // twice a turn, not four times (at tens of thousands of turns a second it showed in
-        // profiles).
-        let mut timeout = next_tick.saturating_duration_since(self.clock.now);
-        self.shared.mailboxes.going_to_sleep(self.id);
-        if self.has_work_now() {
-            timeout = Duration::ZERO;
-        }
-        if let Some(limit) = self.compaction_wait_limit() {
-            timeout = timeout.min(limit);
-        }
-        let mut events = std::mem::take(&mut self.events);
-        if let Err(e) = self.backend.wait(Some(timeout), &mut events) {
-            log::error!("Error: shard {} event loop: {e}", self.id);
-            // Whatever failed is not retried in a hot loop (nor logged thousands of times
-            // a second).
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.shared.mailboxes.awake(self.id);
-        self.clock.turns += 1;
-        self.stats()
-            .loop_turns
-            .store(self.clock.turns, Ordering::Relaxed);
-        self.clock.now = self.shared.clock.now();
+        let mut events = self.wait_for_events(*next_tick);
         // New settings (a reload) apply from here on, to what this wait brought in too.
         self.take_new_settings();
-        self.output.memory.waiting_elsewhere = self
-            .shared
-            .write_queued
-            .iter()
-            .enumerate()
-            .filter(|&(shard, _)| shard != self.id)
-            .map(|(_, q)| q.load(Ordering::Relaxed))
-            .sum();
+        self.output.memory.waiting_elsewhere = self.written_elsewhere();
         if !events.is_empty() || self.mailbox_ready() {
             self.clock.quiet.worked();
         }
@@ -268,6 +238,50 @@ impl<B: Backend> Shard<B> {
         // to disk.
         self.journal_turn();
         self.flush();
+        self.end_turn();
+        true
+    }
+
+    /// Waits for events until `next_tick` at the latest (not at all if there is work now).
+    fn wait_for_events(&mut self, next_tick: Instant) -> Vec<Event> {
+        // `now` is when the last turn ended (read there for its duration): the clock is read
+        // twice a turn, not four times (at tens of thousands of turns a second it showed in
+        // profiles).
+        let mut timeout = next_tick.saturating_duration_since(self.clock.now);
+        self.shared.mailboxes.going_to_sleep(self.id);
+        if self.has_work_now() {
+            timeout = Duration::ZERO;
+        }
+        if let Some(limit) = self.compaction_wait_limit() {
+            timeout = timeout.min(limit);
+        }
+        let mut events = std::mem::take(&mut self.events);
+        if let Err(e) = self.backend.wait(Some(timeout), &mut events) {
+            log::error!("Error: shard {} event loop: {e}", self.id);
+            // Whatever failed is not retried in a hot loop (nor logged thousands of times
+            // a second).
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.shared.mailboxes.awake(self.id);
+        self.clock.turns += 1;
+        self.stats()
+            .loop_turns
+            .store(self.clock.turns, Ordering::Relaxed);
+        self.clock.now = self.shared.clock.now();
+        events
+    }
+
+    /// What the other shards have written and their clients not yet read (for the memory
+    /// limit).
+    fn written_elsewhere(&self) -> usize {
+        (self.shared.write_queued.iter().enumerate())
+            .filter(|&(shard, _)| shard != self.id)
+            .map(|(_, q)| q.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// What this shard holds written told the others; the turn's duration counted.
+    fn end_turn(&mut self) {
         self.shared.write_queued[self.id].store(
             self.backend.queued_bytes_total() + self.transport.sealing.unsealed_bytes,
             Ordering::Relaxed,
@@ -276,7 +290,6 @@ impl<B: Backend> Shard<B> {
         let took = ended.saturating_duration_since(self.clock.now);
         self.stats().turn_durations.record(took.as_micros() as u64);
         self.clock.now = ended;
-        true
     }
 
     /// Whether the next turn has work without waiting for an event: the loop does not

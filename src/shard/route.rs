@@ -2,7 +2,7 @@
 //! targets by the shard that holds their sessions, deliver this shard's (`deliver.rs`) and
 //! pass one message to each other shard (`crossing/`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::encode::Variants;
@@ -11,7 +11,7 @@ use super::Shard;
 use crate::codec::QoS;
 use crate::limits::KEPT_CAPACITY;
 use crate::router::{Message, Sent, ShardMsg, Target};
-use crate::topic::{Match, SessionId};
+use crate::topic::{Match, Members, SessionId, Subscription};
 
 impl<B: Backend> Shard<B> {
     /// Routes `message` to every matching subscription: match once on the published trie,
@@ -36,7 +36,7 @@ impl<B: Backend> Shard<B> {
         // A group member this shard knows cannot take a message now: offline, or its window
         // full. Members on other shards are taken as able (their state is theirs), unless
         // their session ended and its subscriptions are still leaving the trie (`leaving`).
-        let cannot_accept = |session: &SessionId, sub: &crate::topic::Subscription| {
+        let cannot_accept = |session: &SessionId, sub: &Subscription| {
             usize::from(sub.shard) == here
                 && sessions.get(session).is_none_or(|s| {
                     s.conn.is_none() || s.outgoing().window_full(s.window(inflight_max))
@@ -56,44 +56,34 @@ impl<B: Backend> Shard<B> {
                     (session, sub)
                 }
                 Match::Group { members, turn, .. } => {
-                    // One member per group, taken in turn in the order they subscribed (as
-                    // Mosquitto rotates its list), passing over members that cannot accept;
-                    // if none can, the first in turn whose session lives queues it.
-                    let n = members.len();
-                    if n == 0 {
-                        return;
-                    }
-                    let start = turn.fetch_add(1, Ordering::Relaxed) % n;
                     let gone = |session: &SessionId| {
                         leaving.as_ref().is_some_and(|l| l.contains(session))
                             || ended_here.contains(session)
                     };
-                    let in_turn = || members.iter().skip(start).chain(members.iter().take(start));
-                    let pick = in_turn()
-                        .find(|(session, sub)| !gone(session) && !cannot_accept(session, sub))
-                        .or_else(|| in_turn().find(|(session, _)| !gone(session)));
                     // A group whose members are all gone is no match.
-                    let Some((session, sub)) = pick else { return };
+                    let Some(pick) = pick_member(members, turn, gone, cannot_accept) else {
+                        return;
+                    };
                     matched = true;
-                    (*session, sub)
+                    pick
                 }
             };
             let shard = usize::from(sub.shard).min(shards - 1);
-            targets[shard].push(Target {
-                session,
-                // 3.1.1 and 5.0 §3.8.4: the lower of the published and the granted QoS
-                // (upgrade_outgoing_qos: the granted QoS, as Mosquitto's option asks).
-                qos: if upgrade {
-                    sub.options.qos
-                } else {
-                    message.qos.min(sub.options.qos)
-                },
-                // [MQTT-3.3.1-9] (3.1.1) / Retain As Published (5.0 [MQTT-3.3.1-12]).
-                retain: message.retain && sub.options.retain_as_published,
-                identifiers: sub.identifier.map(|n| n.get()).into_iter().collect(),
-            });
+            targets[shard].push(target_for(message, session, sub, upgrade));
         });
         drop(snapshot);
+        self.dispatch(message, &mut targets, from);
+        self.routing.targets = targets;
+        matched
+    }
+
+    /// Each shard's targets of `message`: this shard's delivered, the others' passed.
+    fn dispatch(
+        &mut self,
+        message: &Arc<Message>,
+        targets: &mut [Vec<Target>],
+        from: Option<ConnId>,
+    ) {
         for (shard, list) in targets.iter_mut().enumerate() {
             if list.is_empty() {
                 continue;
@@ -111,8 +101,6 @@ impl<B: Backend> Shard<B> {
             let targets = std::mem::take(list);
             self.pass_to_shard(shard, message, targets, false, from);
         }
-        self.routing.targets = targets;
-        matched
     }
 
     /// Passes `message` to `shard` for its sessions `targets` (`forwarded`: they moved
@@ -222,4 +210,42 @@ fn merge_overlapping(targets: &mut Vec<Target>) {
         }
     }
     *targets = out;
+}
+
+/// One member of a share group, taken in turn in the order they subscribed (as Mosquitto
+/// rotates its list), passing over members that are `gone` or `cannot_accept`; if none
+/// can, the first in turn that is not gone (its session queues the message).
+fn pick_member<'m>(
+    members: &'m Members,
+    turn: &AtomicUsize,
+    gone: impl Fn(&SessionId) -> bool,
+    cannot_accept: impl Fn(&SessionId, &Subscription) -> bool,
+) -> Option<(SessionId, &'m Subscription)> {
+    let n = members.len();
+    if n == 0 {
+        return None;
+    }
+    let start = turn.fetch_add(1, Ordering::Relaxed) % n;
+    let in_turn = || members.iter().skip(start).chain(members.iter().take(start));
+    let pick = in_turn()
+        .find(|(session, sub)| !gone(session) && !cannot_accept(session, sub))
+        .or_else(|| in_turn().find(|(session, _)| !gone(session)));
+    pick.map(|(session, sub)| (*session, sub))
+}
+
+/// What one matching subscription is sent of `message`.
+fn target_for(message: &Message, session: SessionId, sub: &Subscription, upgrade: bool) -> Target {
+    Target {
+        session,
+        // 3.1.1 and 5.0 §3.8.4: the lower of the published and the granted QoS
+        // (upgrade_outgoing_qos: the granted QoS, as Mosquitto's option asks).
+        qos: if upgrade {
+            sub.options.qos
+        } else {
+            message.qos.min(sub.options.qos)
+        },
+        // [MQTT-3.3.1-9] (3.1.1) / Retain As Published (5.0 [MQTT-3.3.1-12]).
+        retain: message.retain && sub.options.retain_as_published,
+        identifiers: sub.identifier.map(|n| n.get()).into_iter().collect(),
+    }
 }

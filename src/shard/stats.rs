@@ -138,6 +138,12 @@ impl Stats {
         counter.fetch_add(count, Ordering::Relaxed);
     }
 
+    /// One more PUBLISH of `qos` written to a client.
+    pub fn publish_sent(&self, qos: crate::codec::QoS) {
+        self.messages_sent[qos as usize].fetch_add(1, Ordering::Relaxed);
+        self.packets_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// One more connection refused for `why`.
     pub fn refused(&self, why: Refused) {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);

@@ -5,7 +5,9 @@
 
 use std::num::NonZeroU32;
 
+use super::conn::Conn;
 use super::io::{Backend, ConnId};
+use super::shared::Shared;
 use super::subscribing::{Filters, Slice, Subscribing};
 use super::trie_ops::{AfterTrie, TrieOp};
 use super::Shard;
@@ -13,6 +15,7 @@ use crate::codec::{
     Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck,
     SubscriptionOptions, UnsubAck,
 };
+use crate::config::Config;
 use crate::limits::{Limit, SUBSCRIPTION_BYTES_MAX};
 use crate::topic::{parse_filter, Subscription};
 use compact_str::CompactString;
@@ -33,23 +36,8 @@ impl<B: Backend> Shard<B> {
             return Slice::Closed;
         };
         let name = c.name().to_string();
-        let v5 = c.version() == Some(ProtocolVersion::V5);
-        let listener = self.config.listener(c.listener());
-        let rules = FilterRules {
-            v5,
-            // A 3.x bridge that says so (`try_private`) is not sent back what it publishes,
-            // and gets RETAIN as published, as Mosquitto does: two brokers bridged both
-            // ways do not echo messages forever, and retained messages stay retained across
-            // the bridge. (3.x has no subscription options to ask for either; a 5.0 bridge
-            // asks.)
-            bridge: c.is_bridge() && !v5,
-            max_qos: listener.max_qos,
-            mount: listener.mount_point.as_deref(),
-            subscriptions_max: self.config.subscriptions_per_client_max,
-            filter_total_max: crate::limits::subscription_bytes_max_total(self.output.memory.limit),
-            filter_total: &self.shared.filter_bytes,
-            name: &name,
-        };
+        let memory_limit = self.output.memory.limit;
+        let rules = FilterRules::of(&self.config, &self.shared, memory_limit, c, &name);
         let Some((session, changes)) = self.sessions.recording(&job.session) else {
             return Slice::Closed;
         };
@@ -97,19 +85,9 @@ impl<B: Backend> Shard<B> {
                 sub,
             });
             log::info!(target: "subscribe", "{name} {} {filter}", options.qos as u8);
-            // Granted QoS: what was asked, up to max_qos. [MQTT-3.9.3-1]
-            job.reasons.push(match options.qos {
-                QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
-                QoS::AtLeastOnce => ReasonCode::GrantedQos1,
-                QoS::ExactlyOnce => ReasonCode::GrantedQos2,
-            });
-            // Retained messages: never for shared subscriptions (5.0 §4.8.2); Retain
-            // Handling 1 only for a new subscription, 2 never. [MQTT-3.3.1-9] [MQTT-3.3.1-10]
-            let wanted = match options.retain_handling {
-                RetainHandling::SendAtSubscribe => true,
-                RetainHandling::SendAtNewSubscribe => is_new,
-                RetainHandling::DoNotSend => false,
-            };
+            job.reasons.push(granted(options.qos));
+            let wanted = retained_wanted(&options, is_new);
+            // Never for shared subscriptions (5.0 §4.8.2).
             if !shared && wanted {
                 retained.push(RetainedRequest { filter, sub });
             }
@@ -288,6 +266,26 @@ fn mounted_filter(mount: &str, filter: &str) -> String {
     format!("{mount}{filter}")
 }
 
+/// The reason code granting `qos`: what was asked, up to max_qos. [MQTT-3.9.3-1]
+fn granted(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
+        QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+    }
+}
+
+/// Whether a subscription is sent the retained messages it matches: Retain Handling 1
+/// only for a new subscription, 2 never [MQTT-3.3.1-9] [MQTT-3.3.1-10] (and never a shared
+/// subscription, 5.0 §4.8.2: the caller's).
+fn retained_wanted(options: &SubscriptionOptions, is_new: bool) -> bool {
+    match options.retain_handling {
+        RetainHandling::SendAtSubscribe => true,
+        RetainHandling::SendAtNewSubscribe => is_new,
+        RetainHandling::DoNotSend => false,
+    }
+}
+
 /// What a SUBSCRIBE's filters are checked against: its client's and listener's.
 struct FilterRules<'a> {
     v5: bool,
@@ -326,7 +324,34 @@ enum Ending {
     TooDeep,
 }
 
-impl FilterRules<'_> {
+impl<'a> FilterRules<'a> {
+    /// The rules for a SUBSCRIBE of `c`, named `name` in log lines.
+    fn of(
+        config: &'a Config,
+        shared: &'a Shared,
+        memory_limit: usize,
+        c: &Conn,
+        name: &'a str,
+    ) -> Self {
+        let v5 = c.version() == Some(ProtocolVersion::V5);
+        let listener = config.listener(c.listener());
+        FilterRules {
+            v5,
+            // A 3.x bridge that says so (`try_private`) is not sent back what it publishes,
+            // and gets RETAIN as published, as Mosquitto does: two brokers bridged both
+            // ways do not echo messages forever, and retained messages stay retained across
+            // the bridge. (3.x has no subscription options to ask for either; a 5.0 bridge
+            // asks.)
+            bridge: c.is_bridge() && !v5,
+            max_qos: listener.max_qos,
+            mount: listener.mount_point.as_deref(),
+            subscriptions_max: config.subscriptions_per_client_max,
+            filter_total_max: crate::limits::subscription_bytes_max_total(memory_limit),
+            filter_total: &shared.filter_bytes,
+            name,
+        }
+    }
+
     /// 3.1.1: 0x80 [MQTT-3.9.3-2]; 5.0: `reason`.
     fn refused(&self, reason: ReasonCode) -> ReasonCode {
         if self.v5 {

@@ -54,7 +54,7 @@ impl Recovered {
 }
 
 /// A retained message and who published it.
-type Published = (Arc<Message>, Option<Publisher>);
+pub type Published = (Arc<Message>, Option<Publisher>);
 
 /// One retained change read.
 struct RetainedChange {

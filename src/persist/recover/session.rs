@@ -293,8 +293,43 @@ impl RecoveredSession {
         let client_id: Arc<str> = self.client_id.as_str().into();
         let version = self.version();
         let mut session = Box::new(Session::new(id, client_id.clone(), version, false));
-        let mut subscriptions = Vec::with_capacity(self.subscriptions.len());
         session.set_parameters(version, self.expiry_interval_s, false, &mut quiet);
+        let subscriptions = self.revive_subscriptions(&mut session, shard, filter_bytes);
+        self.revive_outgoing(&mut session, id);
+        // A will still waiting goes when it is due, or when the session ends if that is
+        // first [MQTT-3.1.3-9].
+        let will_due = self.delayed_will.take().map(|(due_ms, will)| {
+            let due = clock.instant(due_ms);
+            let will = Will {
+                qos: will.qos,
+                retain: will.retain,
+                properties: will.properties.clone(),
+                topic: will.topic.clone(),
+                payload: will.payload.clone(),
+            };
+            session.delayed_will = Some(Box::new((due, will)));
+            due
+        });
+        let offline_since = (self.offline_since_ms).map_or(now, |ms| clock.instant(ms).min(now));
+        Revived {
+            session,
+            subscriptions,
+            will_due,
+            offline_since,
+        }
+    }
+
+    /// Its stored subscriptions, made again in `session` (on shard `shard`), and the list of
+    /// them for the trie. One with bad options or filter is left out, and said.
+    fn revive_subscriptions(
+        &self,
+        session: &mut Session,
+        shard: u16,
+        filter_bytes: &Arc<AtomicUsize>,
+    ) -> Vec<(CompactString, Subscription)> {
+        let mut quiet = Changes::default();
+        let client_id = &self.client_id;
+        let mut subscriptions = Vec::with_capacity(self.subscriptions.len());
         for (filter, options, identifier) in &self.subscriptions {
             let Some(options) = SubscriptionOptions::from_byte(*options) else {
                 log::warn!("Warning: a stored subscription of {client_id} to {filter} has bad options; left out.");
@@ -312,6 +347,14 @@ impl RecoveredSession {
             session.subscribe(filter, sub, &mut quiet, filter_bytes);
             subscriptions.push((CompactString::from(filter.as_str()), sub));
         }
+        subscriptions
+    }
+
+    /// What it owed its client, into `session` (session `id`): the messages in flight
+    /// (released or not), the queue with the packet ids it had, the QoS 2 PUBLISHes received
+    /// and not yet released.
+    fn revive_outgoing(&mut self, session: &mut Session, id: SessionId) {
+        let mut quiet = Changes::default();
         let target = |d: &Delivery| Target {
             session: id,
             qos: super::qos(d.qos),
@@ -348,27 +391,6 @@ impl RecoveredSession {
         session.continue_ids_after(self.last_packet_id);
         for packet_id in &self.awaiting_pubrel {
             session.awaiting_pubrel(*packet_id, &mut quiet);
-        }
-        // A will still waiting goes when it is due, or when the session ends if that is
-        // first [MQTT-3.1.3-9].
-        let will_due = self.delayed_will.take().map(|(due_ms, will)| {
-            let due = clock.instant(due_ms);
-            let will = Will {
-                qos: will.qos,
-                retain: will.retain,
-                properties: will.properties.clone(),
-                topic: will.topic.clone(),
-                payload: will.payload.clone(),
-            };
-            session.delayed_will = Some(Box::new((due, will)));
-            due
-        });
-        let offline_since = (self.offline_since_ms).map_or(now, |ms| clock.instant(ms).min(now));
-        Revived {
-            session,
-            subscriptions,
-            will_due,
-            offline_since,
         }
     }
 }

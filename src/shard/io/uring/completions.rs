@@ -97,43 +97,8 @@ impl Uring {
         }
         let conn = ConnId::new(slot, generation);
         if result > 0 {
-            let Some(id) = buffer else {
-                // Not something the kernel does; if it ever did, the connection ends rather
-                // than wait for bytes that cannot arrive.
-                log::error!("Error: io_uring receive without a buffer on connection {conn}");
-                if !socket.dead && !socket.closing {
-                    let error = Some(io::Error::other("receive without a buffer"));
-                    out.push(Event::Closed { conn, error });
-                }
-                self.remove(slot);
-                self.free_if_done(slot);
+            if !self.on_bytes(slot, conn, buffer, result as usize, more, out) {
                 return;
-            };
-            let data = self.buffers.filled(id, result as usize);
-            if socket.dead {
-            } else if socket.closing {
-                if socket.discard(result as u32) as usize > LINGER_DISCARD_MAX {
-                    self.buffers.give_back(id);
-                    self.remove(slot);
-                    return;
-                }
-            } else if socket.paused {
-                socket.hold(data);
-            } else {
-                match out.last_mut() {
-                    Some(Event::Received {
-                        conn: last,
-                        data: bytes,
-                    }) if *last == conn => bytes.extend_from_slice(data),
-                    _ => out.push(Event::Received {
-                        conn,
-                        data: BytesMut::from(data),
-                    }),
-                }
-            }
-            self.buffers.give_back(id);
-            if !more {
-                self.rearm.push(slot);
             }
         } else if result == 0 {
             // The peer closed its side.
@@ -157,6 +122,60 @@ impl Uring {
             self.remove(slot);
         }
         self.free_if_done(slot);
+    }
+
+    /// `len` bytes received in `buffer` on the socket in `slot`: passed on as an event,
+    /// held while it is paused, or discarded while it closes. False if the caller must not
+    /// go on to free the slot.
+    fn on_bytes(
+        &mut self,
+        slot: usize,
+        conn: ConnId,
+        buffer: Option<u16>,
+        len: usize,
+        more: bool,
+        out: &mut Vec<Event>,
+    ) -> bool {
+        let socket = &mut self.sockets[slot];
+        let Some(id) = buffer else {
+            // Not something the kernel does; if it ever did, the connection ends rather
+            // than wait for bytes that cannot arrive.
+            log::error!("Error: io_uring receive without a buffer on connection {conn}");
+            if !socket.dead && !socket.closing {
+                let error = Some(io::Error::other("receive without a buffer"));
+                out.push(Event::Closed { conn, error });
+            }
+            self.remove(slot);
+            self.free_if_done(slot);
+            return false;
+        };
+        let data = self.buffers.filled(id, len);
+        if socket.dead {
+        } else if socket.closing {
+            if socket.discard(len as u32) as usize > LINGER_DISCARD_MAX {
+                self.buffers.give_back(id);
+                self.remove(slot);
+                return false;
+            }
+        } else if socket.paused {
+            socket.hold(data);
+        } else {
+            match out.last_mut() {
+                Some(Event::Received {
+                    conn: last,
+                    data: bytes,
+                }) if *last == conn => bytes.extend_from_slice(data),
+                _ => out.push(Event::Received {
+                    conn,
+                    data: BytesMut::from(data),
+                }),
+            }
+        }
+        self.buffers.give_back(id);
+        if !more {
+            self.rearm.push(slot);
+        }
+        true
     }
 
     fn on_connect(&mut self, slot: usize, generation: u32, result: i32, out: &mut Vec<Event>) {

@@ -262,6 +262,50 @@ impl Uring {
         self.push(entry);
     }
 
+    /// Before a wait: bytes held while paused passed on, receives armed again, what the
+    /// kernel refused submitted again; how long the wait may be (not at all if `out` has
+    /// events already; until the next linger or accept retry at the latest).
+    fn prepare_wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> Duration {
+        // Bytes held while paused go first, before anything newer from the same peer.
+        for slot in std::mem::take(&mut self.resumed) {
+            if let Some(socket) = self.sockets.get_mut(slot).filter(|s| !s.dead && !s.paused) {
+                if let Some(data) = socket.take_held() {
+                    let conn = ConnId::new(slot, socket.generation);
+                    out.push(Event::Received { conn, data });
+                }
+            }
+        }
+        let mut rearm = std::mem::take(&mut self.rearm);
+        rearm.sort_unstable();
+        rearm.dedup();
+        for slot in rearm.drain(..) {
+            self.arm_receive(slot);
+        }
+        self.rearm = rearm;
+        let wake_at = [self.accept_retry_at, self.closing.front().map(|c| c.0)]
+            .into_iter()
+            .flatten()
+            .min();
+        let mut timeout = if !out.is_empty() {
+            Duration::ZERO
+        } else {
+            match (timeout, wake_at) {
+                (Some(t), Some(at)) => t.min(at.saturating_duration_since(Instant::now())),
+                (None, Some(at)) => at.saturating_duration_since(Instant::now()),
+                (Some(t), None) => t,
+                (None, None) => Duration::from_secs(3600),
+            }
+        };
+        if !self.unsubmitted.is_empty() {
+            self.push_unsubmitted();
+            // What the kernel still refuses is tried again soon, not after a long sleep.
+            if !self.unsubmitted.is_empty() {
+                timeout = timeout.min(Duration::from_millis(1));
+            }
+        }
+        timeout
+    }
+
     fn arm_receive(&mut self, slot: usize) {
         let Some(socket) = self.sockets.get_mut(slot) else {
             return;
@@ -409,44 +453,7 @@ impl Backend for Uring {
 
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
         self.enable_and_arm()?;
-        // Bytes held while paused go first, before anything newer from the same peer.
-        for slot in std::mem::take(&mut self.resumed) {
-            if let Some(socket) = self.sockets.get_mut(slot).filter(|s| !s.dead && !s.paused) {
-                if let Some(data) = socket.take_held() {
-                    let conn = ConnId::new(slot, socket.generation);
-                    out.push(Event::Received { conn, data });
-                }
-            }
-        }
-        let mut rearm = std::mem::take(&mut self.rearm);
-        rearm.sort_unstable();
-        rearm.dedup();
-        for slot in rearm.drain(..) {
-            self.arm_receive(slot);
-        }
-        self.rearm = rearm;
-        let wake_at = [self.accept_retry_at, self.closing.front().map(|c| c.0)]
-            .into_iter()
-            .flatten()
-            .min();
-        let timeout = if !out.is_empty() {
-            Duration::ZERO
-        } else {
-            match (timeout, wake_at) {
-                (Some(t), Some(at)) => t.min(at.saturating_duration_since(Instant::now())),
-                (None, Some(at)) => at.saturating_duration_since(Instant::now()),
-                (Some(t), None) => t,
-                (None, None) => Duration::from_secs(3600),
-            }
-        };
-        let mut timeout = timeout;
-        if !self.unsubmitted.is_empty() {
-            self.push_unsubmitted();
-            // What the kernel still refuses is tried again soon, not after a long sleep.
-            if !self.unsubmitted.is_empty() {
-                timeout = timeout.min(Duration::from_millis(1));
-            }
-        }
+        let timeout = self.prepare_wait(timeout, out);
         let timespec = types::Timespec::from(timeout);
         let mut args = types::SubmitArgs::new().timespec(&timespec);
         let mut want = 1;
