@@ -60,135 +60,28 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(path) = &args.report {
-        // Checked before any load: a long run should not end unable to write its report.
-        if path.extension().is_some_and(|e| e == "hlog") {
-            eprintln!("loadgen: --report names the HTML page; the .hlog goes beside it");
-            return ExitCode::from(2);
-        }
-        let writable = std::fs::File::create(path)
-            .and_then(|_| std::fs::File::create(path.with_extension("hlog")));
-        if let Err(e) = writable {
-            eprintln!("loadgen: --report {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    }
-    if args.payload < stats::HEADER_LEN {
-        eprintln!(
-            "loadgen: --payload must be at least {} bytes",
-            stats::HEADER_LEN
-        );
-        return ExitCode::from(2);
-    }
-    if !(args.rate > 0.0 && args.duration > 0.0 && args.warmup >= 0.0) {
-        eprintln!("loadgen: --rate and --duration must be positive, --warmup not negative");
-        return ExitCode::from(2);
-    }
-    if !matches!(args.qos.as_str(), "0" | "1" | "2" | "mix") {
-        eprintln!("loadgen: --qos takes 0, 1, 2 or mix");
-        return ExitCode::from(2);
-    }
-    let addr = match (args.host.as_str(), args.port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-    {
-        Some(addr) => addr,
-        None => {
-            eprintln!("loadgen: cannot resolve {}", args.host);
-            return ExitCode::from(2);
-        }
-    };
-    let tls = match args
-        .tls
-        .then(|| tls::Tls::new(&args.host, args.cafile.as_deref(), args.insecure))
-        .transpose()
-    {
-        Ok(tls) => tls,
+    let (addr, tls, source_ips) = match check_args(&args).and_then(|()| connection_setup(&args)) {
+        Ok(setup) => setup,
         Err(e) => {
             eprintln!("loadgen: {e}");
             return ExitCode::from(2);
         }
     };
-    let source_ips = match args
-        .source_ips
-        .as_deref()
-        .map(cli::parse_source_ips)
-        .transpose()
-    {
-        Ok(ips) => ips.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("loadgen: --source-ips: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // Every client is a socket (two for each client in the traffic scenarios, at most).
-    let per_client = if args.scenario == Scenario::ConnStorm {
-        1
-    } else {
-        2
-    };
-    if let Err(e) = procfs::ensure_fd_limit(u64::from(args.clients) * per_client + 64) {
-        eprintln!("loadgen: {e}");
-        return ExitCode::from(2);
-    }
-    let mut reports = Vec::new();
-    if args.scenario == Scenario::ConnStorm {
-        reports.push(conn_storm(&args, addr, &source_ips, &tls));
+    let mut reports = if args.scenario == Scenario::ConnStorm {
+        vec![conn_storm(&args, addr, &source_ips, &tls)]
     } else if args.ceiling {
-        let mut rate = args.rate;
-        let mut best: Option<Report> = None;
-        for _ in 0..30 {
-            let report = run_once(&args, addr, &source_ips, rate, &tls);
-            let held = report.errors.is_empty()
-                && report.delivery.lost == 0
-                && (report.latency.p99_us as f64) <= args.p99_max * 1000.0
-                && !report.loadgen_behind;
-            eprintln!(
-                "loadgen: {:.0} msgs/s offered: {} (p99 {:.2} ms, lost {})",
-                report.offered_msgs_per_s,
-                if held { "held" } else { "did not hold" },
-                report.latency.p99_us as f64 / 1000.0,
-                report.delivery.lost
-            );
-            let mut report = report;
-            report.held = Some(held);
-            reports.push(report.clone());
-            if !held {
-                break;
-            }
-            best = Some(report);
-            rate *= args.step;
-        }
-        match &best {
-            Some(b) => eprintln!(
-                "loadgen: sustainable throughput: {:.0} msgs/s offered, {:.0} deliveries/s",
-                b.offered_msgs_per_s, b.deliveries_per_s
-            ),
-            None => eprintln!("loadgen: not even the first rate held"),
-        }
+        find_ceiling(&args, addr, &source_ips, &tls)
     } else {
-        reports.push(run_once(&args, addr, &source_ips, args.rate, &tls));
-    }
+        vec![run_once(&args, addr, &source_ips, args.rate, &tls)]
+    };
     for r in &mut reports {
         r.title.clone_from(&args.title);
     }
     report::print(&reports, args.json, args.csv);
     if let Some(path) = &args.report {
-        let command: Vec<String> = std::env::args().collect();
-        let written = std::fs::write(path, html::page(&reports, &command.join(" ")))
-            .map_err(|e| format!("{}: {e}", path.display()))
-            .and_then(|()| hlog::write(&path.with_extension("hlog"), &reports));
-        match written {
-            Ok(()) => eprintln!(
-                "loadgen: report in {} (histograms in {})",
-                path.display(),
-                path.with_extension("hlog").display()
-            ),
-            Err(e) => {
-                eprintln!("loadgen: --report: {e}");
-                return ExitCode::from(2);
-            }
+        if let Err(e) = write_report(path, &reports) {
+            eprintln!("loadgen: --report: {e}");
+            return ExitCode::from(2);
         }
     }
     let failed = reports.iter().any(|r| !r.errors.is_empty());
@@ -197,6 +90,119 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The options checked before any load (a long run should not end unable to write its
+/// report).
+fn check_args(args: &Args) -> Result<(), String> {
+    if let Some(path) = &args.report {
+        if path.extension().is_some_and(|e| e == "hlog") {
+            return Err("--report names the HTML page; the .hlog goes beside it".into());
+        }
+        std::fs::File::create(path)
+            .and_then(|_| std::fs::File::create(path.with_extension("hlog")))
+            .map_err(|e| format!("--report {}: {e}", path.display()))?;
+    }
+    if args.payload < stats::HEADER_LEN {
+        return Err(format!(
+            "--payload must be at least {} bytes",
+            stats::HEADER_LEN
+        ));
+    }
+    if !(args.rate > 0.0 && args.duration > 0.0 && args.warmup >= 0.0) {
+        return Err("--rate and --duration must be positive, --warmup not negative".into());
+    }
+    if !matches!(args.qos.as_str(), "0" | "1" | "2" | "mix") {
+        return Err("--qos takes 0, 1, 2 or mix".into());
+    }
+    Ok(())
+}
+
+/// The broker's address, TLS to it if asked, the source addresses to connect from; and
+/// enough file descriptors for every client.
+fn connection_setup(args: &Args) -> Result<(SocketAddr, Option<tls::Tls>, Vec<IpAddr>), String> {
+    let addr = (args.host.as_str(), args.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("cannot resolve {}", args.host))?;
+    let tls = args
+        .tls
+        .then(|| tls::Tls::new(&args.host, args.cafile.as_deref(), args.insecure))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let source_ips = args
+        .source_ips
+        .as_deref()
+        .map(cli::parse_source_ips)
+        .transpose()
+        .map_err(|e| format!("--source-ips: {e}"))?
+        .unwrap_or_default();
+    // Every client is a socket (two for each client in the traffic scenarios, at most).
+    let per_client = if args.scenario == Scenario::ConnStorm {
+        1
+    } else {
+        2
+    };
+    procfs::ensure_fd_limit(u64::from(args.clients) * per_client + 64)
+        .map_err(|e| e.to_string())?;
+    Ok((addr, tls, source_ips))
+}
+
+/// --ceiling: the rate raised by --step until a run does not hold (errors, losses, p99
+/// over --p99-max, or loadgen behind); every run's report.
+fn find_ceiling(
+    args: &Args,
+    addr: SocketAddr,
+    source_ips: &[IpAddr],
+    tls: &Option<tls::Tls>,
+) -> Vec<Report> {
+    let mut reports = Vec::new();
+    let mut rate = args.rate;
+    let mut best: Option<Report> = None;
+    for _ in 0..30 {
+        let mut report = run_once(args, addr, source_ips, rate, tls);
+        let held = report.errors.is_empty()
+            && report.delivery.lost == 0
+            && (report.latency.p99_us as f64) <= args.p99_max * 1000.0
+            && !report.loadgen_behind;
+        eprintln!(
+            "loadgen: {:.0} msgs/s offered: {} (p99 {:.2} ms, lost {})",
+            report.offered_msgs_per_s,
+            if held { "held" } else { "did not hold" },
+            report.latency.p99_us as f64 / 1000.0,
+            report.delivery.lost
+        );
+        report.held = Some(held);
+        reports.push(report.clone());
+        if !held {
+            break;
+        }
+        best = Some(report);
+        rate *= args.step;
+    }
+    match &best {
+        Some(b) => eprintln!(
+            "loadgen: sustainable throughput: {:.0} msgs/s offered, {:.0} deliveries/s",
+            b.offered_msgs_per_s, b.deliveries_per_s
+        ),
+        None => eprintln!("loadgen: not even the first rate held"),
+    }
+    reports
+}
+
+/// The HTML page at `path`, the histograms beside it (.hlog).
+fn write_report(path: &std::path::Path, reports: &[Report]) -> Result<(), String> {
+    let command: Vec<String> = std::env::args().collect();
+    std::fs::write(path, html::page(reports, &command.join(" ")))
+        .map_err(|e| format!("{}: {e}", path.display()))
+        .and_then(|()| hlog::write(&path.with_extension("hlog"), reports))?;
+    eprintln!(
+        "loadgen: report in {} (histograms in {})",
+        path.display(),
+        path.with_extension("hlog").display()
+    );
+    Ok(())
 }
 
 fn run_once(
@@ -223,7 +229,53 @@ fn run_once(
     let plan = plan::plan(&shape);
     let total_seq = ((args.warmup + args.duration) * rate).ceil() as u64;
     let window_start_seq = (args.warmup * rate).ceil() as u64;
-    let shared = Arc::new(worker::Shared {
+    let shared = shared_state(
+        args,
+        addr,
+        source_ips,
+        rate,
+        tls,
+        &plan,
+        (total_seq, window_start_seq),
+    );
+    let handles = spawn_workers(args, &plan, &shared);
+    let subscribers = plan
+        .clients
+        .iter()
+        .filter(|c| c.subscribe.is_some())
+        .count() as u32;
+    let mut report = report_heading(args, addr, rate, plan.publishers, subscribers);
+    start_and_measure(args, &shared, &plan, source_ips, &mut report);
+    shared.stop.store(true, Ordering::Release);
+    let (streams, histograms) = join_workers(handles, &mut report);
+    report.delivery = stats::account(&streams, &plan.expected, window_start_seq..total_seq);
+    report.deliveries_per_s = report.delivery.received as f64 / args.duration;
+    report.latency = Percentiles::of(&histograms.latency);
+    report.send_lag = Percentiles::of(&histograms.send_lag);
+    report.loadgen_behind = (report.send_lag.p99_us as f64) > args.lag_max * 1000.0;
+    if args.report.is_some() {
+        report.histograms = Some(Box::new(histograms));
+    }
+    if let Some(cpu) = report.broker_cpu_s {
+        if cpu > 0.0 {
+            report.deliveries_per_cpu_s = Some(report.delivery.received as f64 / cpu);
+        }
+    }
+    report
+}
+
+/// What every worker thread of one run shares: where to connect, the schedule (messages
+/// `seqs.0` in all, measured from `seqs.1`), and the counters.
+fn shared_state(
+    args: &Args,
+    addr: SocketAddr,
+    source_ips: &[IpAddr],
+    rate: f64,
+    tls: &Option<tls::Tls>,
+    plan: &plan::Plan,
+    (total_seq, window_start_seq): (u64, u64),
+) -> Arc<worker::Shared> {
+    Arc::new(worker::Shared {
         addr,
         sub_addr: SocketAddr::new(addr.ip(), args.sub_port.unwrap_or(addr.port())),
         tls: tls.clone(),
@@ -250,18 +302,21 @@ fn run_once(
         } else {
             0
         },
-    });
+    })
+}
+
+/// The worker threads, each with its share of the clients.
+fn spawn_workers(
+    args: &Args,
+    plan: &plan::Plan,
+    shared: &Arc<worker::Shared>,
+) -> Vec<std::thread::JoinHandle<worker::WorkerResult>> {
     let threads = args.threads.max(1);
     let mut per_thread: Vec<Vec<(usize, plan::ClientPlan)>> = vec![Vec::new(); threads];
     for (i, client) in plan.clients.iter().enumerate() {
         per_thread[i % threads].push((i, client.clone()));
     }
-    let subscribers = plan
-        .clients
-        .iter()
-        .filter(|c| c.subscribe.is_some())
-        .count() as u32;
-    let handles: Vec<_> = per_thread
+    per_thread
         .into_iter()
         .enumerate()
         .map(|(i, clients)| {
@@ -272,9 +327,18 @@ fn run_once(
                 worker::run(shared, clients)
             })
         })
-        .collect();
+        .collect()
+}
 
-    let mut report = Report {
+/// The report's description of the run, before it is measured.
+fn report_heading(
+    args: &Args,
+    addr: SocketAddr,
+    rate: f64,
+    publishers: u32,
+    subscribers: u32,
+) -> Report {
+    Report {
         scenario: format!("{:?}", args.scenario).to_lowercase(),
         broker: args.label.clone().unwrap_or_else(|| addr.to_string()),
         mqtt: if args.mqtt == 5 {
@@ -284,15 +348,25 @@ fn run_once(
         },
         qos: args.qos.clone(),
         payload_bytes: args.payload,
-        publishers: plan.publishers,
+        publishers,
         subscribers,
         rate_per_publisher: rate,
-        offered_msgs_per_s: rate * f64::from(plan.publishers),
+        offered_msgs_per_s: rate * f64::from(publishers),
         duration_s: args.duration,
         warmup_s: args.warmup,
         ..Report::default()
-    };
-    // Everyone connected and subscribed (bounded wait), then the schedules start together.
+    }
+}
+
+/// Waits (bounded) until every client is connected and subscribed, then starts the
+/// schedules together (and the churn, for that scenario) and measures.
+fn start_and_measure(
+    args: &Args,
+    shared: &Arc<worker::Shared>,
+    plan: &plan::Plan,
+    source_ips: &[IpAddr],
+    report: &mut Report,
+) {
     let until = Instant::now() + Duration::from_secs(60);
     while shared.ready.load(Ordering::Acquire) < plan.clients.len()
         && !shared.failed.load(Ordering::Acquire)
@@ -321,7 +395,7 @@ fn run_once(
                 storm::churn(&shared, &ips, rate, v5, window.0, window.1)
             })
         });
-        measure(args, &shared, &plan, epoch, &mut report);
+        measure(args, shared, plan, epoch, report);
         if let Some(churn) = churn {
             match churn.join() {
                 Ok(c) => {
@@ -333,7 +407,14 @@ fn run_once(
             }
         }
     }
-    shared.stop.store(true, Ordering::Release);
+}
+
+/// Joins the worker threads: their streams, latencies, send lags and timelines merged,
+/// their sent counts and errors into `report`.
+fn join_workers(
+    handles: Vec<std::thread::JoinHandle<worker::WorkerResult>>,
+    report: &mut Report,
+) -> (stats::Streams, RunHistograms) {
     let mut streams = stats::Streams::new();
     let mut latency = latency_histogram();
     let mut send_lag = latency_histogram();
@@ -353,24 +434,12 @@ fn run_once(
             Err(_) => report.errors.push("a load thread panicked".into()),
         }
     }
-    report.delivery = stats::account(&streams, &plan.expected, window_start_seq..total_seq);
-    report.deliveries_per_s = report.delivery.received as f64 / args.duration;
-    report.latency = Percentiles::of(&latency);
-    report.send_lag = Percentiles::of(&send_lag);
-    report.loadgen_behind = (report.send_lag.p99_us as f64) > args.lag_max * 1000.0;
-    if args.report.is_some() {
-        report.histograms = Some(Box::new(RunHistograms {
-            latency,
-            send_lag,
-            timeline,
-        }));
-    }
-    if let Some(cpu) = report.broker_cpu_s {
-        if cpu > 0.0 {
-            report.deliveries_per_cpu_s = Some(report.delivery.received as f64 / cpu);
-        }
-    }
-    report
+    let histograms = RunHistograms {
+        latency,
+        send_lag,
+        timeline,
+    };
+    (streams, histograms)
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);

@@ -191,86 +191,21 @@ pub fn run(shared: Arc<Shared>, plans: Vec<(usize, ClientPlan)>) -> WorkerResult
         timeline: (shared.timeline_s > 0).then(|| Timeline::new(shared.timeline_s)),
         errors: Vec::new(),
     };
-    let mut poll = match Poll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            result.errors.push(format!("poll: {e}"));
-            shared.failed.store(true, Ordering::Release);
-            return result;
-        }
-    };
-    let publishers = f64::from(shared.publishers.max(1));
-    let mut clients: Vec<Client> = Vec::with_capacity(plans.len());
-    for (index, plan) in plans {
-        let subscriber_only = plan.publish.is_none();
-        let mut stream = match open(&shared, index, subscriber_only) {
-            Ok(s) => s,
-            Err(e) => {
-                result
-                    .errors
-                    .push(format!("connect {}: {e}", plan.client_id));
-                shared.failed.store(true, Ordering::Release);
-                return result;
-            }
-        };
-        let token = Token(clients.len());
-        if let Err(e) = poll.registry().register(
-            stream.socket(),
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            result.errors.push(format!("register: {e}"));
-            shared.failed.store(true, Ordering::Release);
-            return result;
-        }
-        let mut wbuf = Vec::new();
-        let expiry = if shared.persistent { 300 } else { 0 };
-        mqtt::connect(
-            &mut wbuf,
-            &plan.client_id,
-            shared.v5,
-            !shared.persistent,
-            KEEPALIVE_S,
-            expiry,
-        );
-        let offset = plan
-            .publish
-            .as_ref()
-            .map_or(0.0, |(_, p, _)| f64::from(*p) / publishers);
-        clients.push(Client {
-            plan,
-            stream,
-            state: State::Connecting,
-            rbuf: Vec::with_capacity(16 * 1024),
-            wbuf,
-            written: 0,
-            next_seq: 0,
-            offset,
-            inflight: 0,
-            next_packet_id: 0,
-            last_ping: Instant::now(),
+    let setup = Poll::new()
+        .map_err(|e| format!("poll: {e}"))
+        .and_then(|poll| {
+            let clients = connect_clients(&shared, plans, &poll)?;
+            let timer = timer_on(&poll)?;
+            Ok((poll, clients, timer))
         });
-    }
-    // epoll's own timeout is in milliseconds: too coarse for schedules of thousands of
-    // messages a second. A timerfd wakes the loop when the next message is due, to the
-    // microsecond.
-    let timer = match Timer::new() {
-        Ok(t) => t,
+    let (mut poll, mut clients, timer) = match setup {
+        Ok(setup) => setup,
         Err(e) => {
-            result.errors.push(format!("timerfd: {e}"));
+            result.errors.push(e);
             shared.failed.store(true, Ordering::Release);
             return result;
         }
     };
-    if let Err(e) = poll.registry().register(
-        &mut mio::unix::SourceFd(&timer.fd),
-        TIMER,
-        Interest::READABLE,
-    ) {
-        result.errors.push(format!("register timerfd: {e}"));
-        shared.failed.store(true, Ordering::Release);
-        return result;
-    }
     let mut events = Events::with_capacity(1024);
     let mut payload = vec![0u8; shared.payload];
     let mut ready_reported = false;
@@ -281,24 +216,7 @@ pub fn run(shared: Arc<Shared>, plans: Vec<(usize, ClientPlan)>) -> WorkerResult
         if shared.stop.load(Ordering::Acquire) || shared.failed.load(Ordering::Acquire) {
             break;
         }
-        // Until the next message is due (or 5 ms, to notice the start and the stop).
-        let mut timeout = Duration::from_millis(5);
-        let now = Instant::now();
-        if let Some(&epoch) = shared.epoch.get() {
-            for c in &clients {
-                if c.state == State::Ready
-                    && c.plan.publish.is_some()
-                    && c.next_seq < shared.total_seq
-                {
-                    let due = epoch
-                        + Duration::from_nanos(
-                            ((c.next_seq as f64 + c.offset) * interval_ns) as u64,
-                        );
-                    timeout = timeout.min(due.saturating_duration_since(now));
-                }
-            }
-        }
-        timer.arm(timeout);
+        timer.arm(until_next_due(&shared, &clients, interval_ns));
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(5))) {
             if e.kind() != io::ErrorKind::Interrupted {
                 result.errors.push(format!("poll: {e}"));
@@ -338,21 +256,7 @@ pub fn run(shared: Arc<Shared>, plans: Vec<(usize, ClientPlan)>) -> WorkerResult
             }
         }
         let now = Instant::now();
-        for c in clients.iter_mut() {
-            if c.state != State::Closed
-                && now.duration_since(c.last_ping) > Duration::from_secs(u64::from(KEEPALIVE_S) / 2)
-            {
-                mqtt::pingreq(&mut c.wbuf);
-                c.last_ping = now;
-            }
-            if let Err(e) = flush(c) {
-                result
-                    .errors
-                    .push(format!("{}: write: {e}", c.plan.client_id));
-                c.state = State::Closed;
-                shared.failed.store(true, Ordering::Release);
-            }
-        }
+        ping_and_flush(&shared, &mut clients, now, &mut result);
         if now.duration_since(last_live) > Duration::from_millis(100) {
             if let Ok(mut shared_live) = shared.live.lock() {
                 let _ = shared_live.add(&live);
@@ -366,6 +270,116 @@ pub fn run(shared: Arc<Shared>, plans: Vec<(usize, ClientPlan)>) -> WorkerResult
         let _ = flush(c);
     }
     result
+}
+
+/// Connects every client of `plans` (without waiting for CONNACK: its CONNECT is in its
+/// write buffer) and registers it with `poll`.
+fn connect_clients(
+    shared: &Shared,
+    plans: Vec<(usize, ClientPlan)>,
+    poll: &Poll,
+) -> Result<Vec<Client>, String> {
+    let publishers = f64::from(shared.publishers.max(1));
+    let mut clients: Vec<Client> = Vec::with_capacity(plans.len());
+    for (index, plan) in plans {
+        let subscriber_only = plan.publish.is_none();
+        let mut stream = open(shared, index, subscriber_only)
+            .map_err(|e| format!("connect {}: {e}", plan.client_id))?;
+        let token = Token(clients.len());
+        (poll.registry())
+            .register(
+                stream.socket(),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("register: {e}"))?;
+        let mut wbuf = Vec::new();
+        let expiry = if shared.persistent { 300 } else { 0 };
+        mqtt::connect(
+            &mut wbuf,
+            &plan.client_id,
+            shared.v5,
+            !shared.persistent,
+            KEEPALIVE_S,
+            expiry,
+        );
+        let offset = plan
+            .publish
+            .as_ref()
+            .map_or(0.0, |(_, p, _)| f64::from(*p) / publishers);
+        clients.push(Client {
+            plan,
+            stream,
+            state: State::Connecting,
+            rbuf: Vec::with_capacity(16 * 1024),
+            wbuf,
+            written: 0,
+            next_seq: 0,
+            offset,
+            inflight: 0,
+            next_packet_id: 0,
+            last_ping: Instant::now(),
+        });
+    }
+    Ok(clients)
+}
+
+/// epoll's own timeout is in milliseconds: too coarse for schedules of thousands of
+/// messages a second. A timerfd, registered with `poll`, wakes the loop when the next
+/// message is due, to the microsecond.
+fn timer_on(poll: &Poll) -> Result<Timer, String> {
+    let timer = Timer::new().map_err(|e| format!("timerfd: {e}"))?;
+    (poll.registry())
+        .register(
+            &mut mio::unix::SourceFd(&timer.fd),
+            TIMER,
+            Interest::READABLE,
+        )
+        .map_err(|e| format!("register timerfd: {e}"))?;
+    Ok(timer)
+}
+
+/// Until the next message of any publisher is due (at most 5 ms, to notice the start and
+/// the stop).
+fn until_next_due(shared: &Shared, clients: &[Client], interval_ns: f64) -> Duration {
+    let mut timeout = Duration::from_millis(5);
+    let now = Instant::now();
+    if let Some(&epoch) = shared.epoch.get() {
+        for c in clients {
+            if c.state == State::Ready && c.plan.publish.is_some() && c.next_seq < shared.total_seq
+            {
+                let due = epoch
+                    + Duration::from_nanos(((c.next_seq as f64 + c.offset) * interval_ns) as u64);
+                timeout = timeout.min(due.saturating_duration_since(now));
+            }
+        }
+    }
+    timeout
+}
+
+/// A PINGREQ from each client quiet for half its keepalive, and what each has to write
+/// written; a client that cannot write fails the run.
+fn ping_and_flush(
+    shared: &Shared,
+    clients: &mut [Client],
+    now: Instant,
+    result: &mut WorkerResult,
+) {
+    for c in clients.iter_mut() {
+        if c.state != State::Closed
+            && now.duration_since(c.last_ping) > Duration::from_secs(u64::from(KEEPALIVE_S) / 2)
+        {
+            mqtt::pingreq(&mut c.wbuf);
+            c.last_ping = now;
+        }
+        if let Err(e) = flush(c) {
+            result
+                .errors
+                .push(format!("{}: write: {e}", c.plan.client_id));
+            c.state = State::Closed;
+            shared.failed.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// Sends what is due for a publisher: every message whose time has come, unless the inflight

@@ -152,32 +152,80 @@ fn print(o: &Options, publish: &Publish, out: &mut impl Write) -> Result<(), Str
         .map_err(|e| format!("Error: writing output: {e}"))
 }
 
+/// Subscribes to the topics asked for; messages that arrive meanwhile go to `held`. An
+/// error if every subscription was refused; a warning for each refused.
+fn subscribe(
+    client: &mut Client,
+    common: &cli::Common,
+    held: &mut Vec<midge::codec::Publish>,
+) -> Result<(), (u8, String)> {
+    if common.topics.is_empty() {
+        return Ok(());
+    }
+    let options = SubscriptionOptions {
+        qos: common.qos,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: RetainHandling::SendAtSubscribe,
+    };
+    let filters: Vec<(String, SubscriptionOptions)> =
+        common.topics.iter().map(|t| (t.clone(), options)).collect();
+    let ack = client
+        .subscribe(&filters, common.properties.subscribe.clone(), held)
+        .map_err(|e| (1, format!("Error: {e}")))?;
+    if ack.reasons.iter().all(|r| *r as u8 >= 0x80) {
+        return Err((1, "All subscription requests were denied.".into()));
+    }
+    for (reason, (topic, _)) in ack.reasons.iter().zip(&filters) {
+        if *reason as u8 >= 0x80 {
+            common.error(&format!("Warning: Subscription to {topic} denied."));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `publish` is shown, as -T, -N, -R and --random-filter say; with
+/// --remove-retained, a retained one is cleared from the broker (an empty retained
+/// message on its topic).
+fn shown_at_all(
+    o: &Options,
+    client: &mut Client,
+    publish: &midge::codec::Publish,
+    random: &mut Random,
+) -> Result<bool, (u8, String)> {
+    if o.filter_out
+        .iter()
+        .any(|f| midge::topic::matches(f, &publish.topic))
+    {
+        return Ok(false);
+    }
+    if o.remove_retained && publish.retain {
+        let topic = publish.topic.to_string();
+        client
+            .publish(
+                &topic,
+                bytes::Bytes::new(),
+                QoS::AtMostOnce,
+                true,
+                Properties::default(),
+                &mut Vec::new(),
+            )
+            .map_err(|e| (1, format!("Error: {e}")))?;
+    }
+    if o.no_retained && publish.retain {
+        return Ok(false);
+    }
+    Ok(!o
+        .random_filter
+        .is_some_and(|share| random.percent() >= share))
+}
+
 fn run(o: &Options) -> Result<u8, (u8, String)> {
     let common = &o.common;
     let (mut client, _) = Client::connect(&common.connect).map_err(|e| cli::connect_failure(&e))?;
     let failed = |e: ClientError| (1, format!("Error: {e}"));
     let mut held = Vec::new();
-    if !common.topics.is_empty() {
-        let options = SubscriptionOptions {
-            qos: common.qos,
-            no_local: false,
-            retain_as_published: false,
-            retain_handling: RetainHandling::SendAtSubscribe,
-        };
-        let filters: Vec<(String, SubscriptionOptions)> =
-            common.topics.iter().map(|t| (t.clone(), options)).collect();
-        let ack = client
-            .subscribe(&filters, common.properties.subscribe.clone(), &mut held)
-            .map_err(failed)?;
-        if ack.reasons.iter().all(|r| *r as u8 >= 0x80) {
-            return Err((1, "All subscription requests were denied.".into()));
-        }
-        for (reason, (topic, _)) in ack.reasons.iter().zip(&filters) {
-            if *reason as u8 >= 0x80 {
-                common.error(&format!("Warning: Subscription to {topic} denied."));
-            }
-        }
-    }
+    subscribe(&mut client, common, &mut held)?;
     if !o.unsubscribe.is_empty() {
         client
             .unsubscribe(
@@ -213,32 +261,7 @@ fn run(o: &Options) -> Result<u8, (u8, String)> {
         if o.retained_only && !publish.retain {
             break;
         }
-        if o.filter_out
-            .iter()
-            .any(|f| midge::topic::matches(f, &publish.topic))
-        {
-            continue;
-        }
-        if o.remove_retained && publish.retain {
-            // Clear it: an empty retained message on its topic.
-            let topic = publish.topic.to_string();
-            client
-                .publish(
-                    &topic,
-                    bytes::Bytes::new(),
-                    QoS::AtMostOnce,
-                    true,
-                    Properties::default(),
-                    &mut Vec::new(),
-                )
-                .map_err(failed)?;
-        }
-        if o.no_retained && publish.retain {
-            continue;
-        }
-        if o.random_filter
-            .is_some_and(|share| random.percent() >= share)
-        {
+        if !shown_at_all(o, &mut client, &publish, &mut random)? {
             continue;
         }
         print(o, &publish, &mut out).map_err(|e| (1, e))?;

@@ -57,21 +57,7 @@ pub(super) fn check_topic_name(topic: &MqttStr) -> Result<(), DecodeError> {
 
 impl Connect {
     pub(super) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let name = r.string()?;
-        let level = r.u8()?;
-        let bridge = level & BRIDGE_BIT != 0;
-        let version = match (name.as_str(), level & !BRIDGE_BIT) {
-            ("MQIsdp", 3) => ProtocolVersion::V31,
-            ("MQTT", 4) => ProtocolVersion::V311,
-            ("MQTT", 5) => ProtocolVersion::V5,
-            // [MQTT-3.1.2-2] an unsupported level is answered with CONNACK 0x01 (3.1.1) or
-            // 0x84 (5.0), then the connection is closed.
-            ("MQIsdp", _) | ("MQTT", _) => {
-                return Err(DecodeError::UnsupportedProtocolVersion(level));
-            }
-            // [MQTT-3.1.2-1] a wrong protocol name: the server may close without CONNACK.
-            (other, _) => return Err(DecodeError::InvalidProtocolName(other.to_string())),
-        };
+        let (version, bridge) = decode_protocol(r)?;
         let connect_flags = r.u8()?;
         // [MQTT-3.1.2-3] the reserved flag must be zero.
         if connect_flags & flags::RESERVED != 0 {
@@ -87,38 +73,7 @@ impl Connect {
         // accepted is the broker's decision ([MQTT-3.1.3-6], [MQTT-3.1.3-8]).
         let client_id = r.string()?;
 
-        let will_qos_bits = (connect_flags & flags::WILL_QOS) >> flags::WILL_QOS_SHIFT;
-        let will_retain = connect_flags & flags::WILL_RETAIN != 0;
-        let will = if connect_flags & flags::WILL != 0 {
-            // [MQTT-3.1.2-14] will QoS 3 is invalid.
-            let qos = QoS::from_u8(will_qos_bits).ok_or(DecodeError::InvalidQos)?;
-            let properties = if version == ProtocolVersion::V5 {
-                Properties::decode(r, PropertyContext::Will)?
-            } else {
-                Properties::default()
-            };
-            let topic = r.string()?;
-            check_topic_name(&topic)?;
-            // [MQTT-4.7.3-1] a topic name is at least one character long.
-            if topic.is_empty() {
-                return Err(DecodeError::EmptyTopicName);
-            }
-            let payload = r.binary()?;
-            Some(Will {
-                qos,
-                retain: will_retain,
-                properties,
-                topic,
-                payload,
-            })
-        } else {
-            // [MQTT-3.1.2-11] [MQTT-3.1.2-13] [MQTT-3.1.2-15] without a will, will QoS and
-            // will retain are zero.
-            if will_qos_bits != 0 || will_retain {
-                return Err(DecodeError::WillFlagsWithoutWill);
-            }
-            None
-        };
+        let will = decode_will(r, connect_flags, version)?;
         let has_username = connect_flags & flags::USERNAME != 0;
         let has_password = connect_flags & flags::PASSWORD != 0;
         // [MQTT-3.1.2-22] in 3.1.1 (and 3.1) a password needs a user name; 5.0 allows a
@@ -321,4 +276,65 @@ impl ConnAck {
             buf.put_u8(v3_return_code(self.reason));
         }
     }
+}
+
+/// The protocol name and level: the version, and whether the client is a bridge (the
+/// level's top bit, as Mosquitto's bridges set it).
+fn decode_protocol(r: &mut Reader<'_>) -> Result<(ProtocolVersion, bool), DecodeError> {
+    let name = r.string()?;
+    let level = r.u8()?;
+    let bridge = level & BRIDGE_BIT != 0;
+    let version = match (name.as_str(), level & !BRIDGE_BIT) {
+        ("MQIsdp", 3) => ProtocolVersion::V31,
+        ("MQTT", 4) => ProtocolVersion::V311,
+        ("MQTT", 5) => ProtocolVersion::V5,
+        // [MQTT-3.1.2-2] an unsupported level is answered with CONNACK 0x01 (3.1.1) or
+        // 0x84 (5.0), then the connection is closed.
+        ("MQIsdp", _) | ("MQTT", _) => {
+            return Err(DecodeError::UnsupportedProtocolVersion(level));
+        }
+        // [MQTT-3.1.2-1] a wrong protocol name: the server may close without CONNACK.
+        (other, _) => return Err(DecodeError::InvalidProtocolName(other.to_string())),
+    };
+    Ok((version, bridge))
+}
+
+/// The will, if the connect flags say there is one.
+fn decode_will(
+    r: &mut Reader<'_>,
+    connect_flags: u8,
+    version: ProtocolVersion,
+) -> Result<Option<Will>, DecodeError> {
+    let will_qos_bits = (connect_flags & flags::WILL_QOS) >> flags::WILL_QOS_SHIFT;
+    let will_retain = connect_flags & flags::WILL_RETAIN != 0;
+    Ok(if connect_flags & flags::WILL != 0 {
+        // [MQTT-3.1.2-14] will QoS 3 is invalid.
+        let qos = QoS::from_u8(will_qos_bits).ok_or(DecodeError::InvalidQos)?;
+        let properties = if version == ProtocolVersion::V5 {
+            Properties::decode(r, PropertyContext::Will)?
+        } else {
+            Properties::default()
+        };
+        let topic = r.string()?;
+        check_topic_name(&topic)?;
+        // [MQTT-4.7.3-1] a topic name is at least one character long.
+        if topic.is_empty() {
+            return Err(DecodeError::EmptyTopicName);
+        }
+        let payload = r.binary()?;
+        Some(Will {
+            qos,
+            retain: will_retain,
+            properties,
+            topic,
+            payload,
+        })
+    } else {
+        // [MQTT-3.1.2-11] [MQTT-3.1.2-13] [MQTT-3.1.2-15] without a will, will QoS and
+        // will retain are zero.
+        if will_qos_bits != 0 || will_retain {
+            return Err(DecodeError::WillFlagsWithoutWill);
+        }
+        None
+    })
 }

@@ -137,6 +137,17 @@ fn upgrade(
             format!("WebSocket upgrade request larger than websockets_headers_size ({headers_max} bytes)"),
         );
     }
+    match check_upgrade(&parsed) {
+        Ok((key, protocol)) => Ok(Some((answer(&key, protocol), request[end..].to_vec()))),
+        Err((status, why)) => refuse(status, why),
+    }
+}
+
+/// A WebSocket upgrade for MQTT checked: its key and the subprotocol chosen (none if the
+/// client named none), or the HTTP status refusing it and why.
+fn check_upgrade(
+    parsed: &httparse::Request<'_, '_>,
+) -> Result<(String, Option<&'static str>), (&'static str, String)> {
     let header = |name: &str| {
         (parsed.headers.iter())
             .filter(|h| h.name.eq_ignore_ascii_case(name))
@@ -151,17 +162,17 @@ fn upgrade(
     };
     if parsed.method != Some("GET") || !has("Upgrade", "websocket") || !has("Connection", "upgrade")
     {
-        return refuse("400 Bad Request", "not a WebSocket upgrade request".into());
+        return Err(("400 Bad Request", "not a WebSocket upgrade request".into()));
     }
     if header("Sec-WebSocket-Version").trim() != "13" {
-        return refuse(
+        return Err((
             "426 Upgrade Required\r\nSec-WebSocket-Version: 13",
             "WebSocket version other than 13".into(),
-        );
+        ));
     }
     let key = header("Sec-WebSocket-Key");
     if key.trim().is_empty() {
-        return refuse("400 Bad Request", "no Sec-WebSocket-Key".into());
+        return Err(("400 Bad Request", "no Sec-WebSocket-Key".into()));
     }
     // A client that names subprotocols must name MQTT's; one that names none gets MQTT.
     let offered = header("Sec-WebSocket-Protocol");
@@ -174,13 +185,18 @@ fn upgrade(
         {
             Some(p) => Some(*p),
             None => {
-                return refuse(
+                return Err((
                     "400 Bad Request",
                     format!("WebSocket subprotocols {offered:?} do not include mqtt"),
-                )
+                ))
             }
         }
     };
+    Ok((key, protocol))
+}
+
+/// The 101 answer to an upgrade with `key`, naming `protocol`.
+fn answer(key: &str, protocol: Option<&str>) -> String {
     let mut answer = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
         tungstenite::handshake::derive_accept_key(key.trim().as_bytes())
@@ -189,7 +205,7 @@ fn upgrade(
         answer.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
     }
     answer.push_str("\r\n");
-    Ok(Some((answer, request[end..].to_vec())))
+    answer
 }
 
 #[cfg(test)]
