@@ -195,6 +195,11 @@ static LOGGER: Logger = Logger {
 /// while the log is slow), lines are dropped and counted.
 const PENDING_MAX: usize = 16 * 1024;
 const PENDING_BYTES_MAX: usize = 16 << 20;
+
+/// What debug lines may take of the queue: the rest stays for the other kinds, so that a
+/// flood of debug lines (`-v`, a client sending thousands of packets a second) never costs
+/// a warning or a notice.
+const DEBUG_SHARE: (usize, usize) = (PENDING_MAX * 3 / 4, PENDING_BYTES_MAX * 3 / 4);
 static PENDING_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Takes `size` bytes of `pending` if that stays within `max`; false (nothing taken) if not.
@@ -463,7 +468,13 @@ impl log::Log for Logger {
             message,
             line,
         };
-        let queued = reserve(&PENDING_BYTES, size, PENDING_BYTES_MAX)
+        let (len_max, bytes_max) = if kind == LogTypes::DEBUG {
+            DEBUG_SHARE
+        } else {
+            (PENDING_MAX, PENDING_BYTES_MAX)
+        };
+        let queued = pending().0.len() < len_max
+            && reserve(&PENDING_BYTES, size, bytes_max)
             && (pending().0.try_send(item).is_ok() || release(&PENDING_BYTES, size));
         if !queued {
             LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
