@@ -125,7 +125,7 @@ fn subscribing(c: &mut Criterion) {
                             SessionId::new(n + i as u64 + 1),
                             sub(i as u64),
                         );
-                        if (i as u64 + 1) % BATCH == 0 {
+                        if (i as u64 + 1).is_multiple_of(BATCH) {
                             w.publish();
                         }
                     }

@@ -14,13 +14,15 @@ fi
 
 step "test dependencies"
 # Interop tests use Debian's mosquitto clients and paho-mqtt from PyPI; loadgen's end-to-end
-# tests measure Debian's mosquitto broker; a TLS test makes an RSA key with Debian's openssl.
+# tests measure Debian's mosquitto broker; a TLS test makes an RSA key with Debian's openssl;
+# the cluster tests run nodes on Debian's nats-server.
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1 \
   || ! { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } \
-  || ! command -v openssl >/dev/null 2>&1; then
+  || ! command -v openssl >/dev/null 2>&1 || ! command -v nats-server >/dev/null 2>&1; then
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients mosquitto openssl
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients mosquitto openssl \
+    nats-server
 fi
 if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2.0,<3'

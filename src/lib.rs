@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod bridge;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod limits;

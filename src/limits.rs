@@ -176,7 +176,7 @@ pub const OVERFLOW_MAX: usize = 65_536;
 // A session's one slice of a scan fits what it may be owed.
 const _: () = assert!(SCAN_FOUND_PER_SLICE <= OWED_MAX);
 // A turn's scan budget is a number of full slices.
-const _: () = assert!(SCAN_VISITS_PER_TURN % SCAN_VISITS_PER_SLICE == 0);
+const _: () = assert!(SCAN_VISITS_PER_TURN.is_multiple_of(SCAN_VISITS_PER_SLICE));
 // Each of several SUBSCRIBEs waiting gets some of the turn's filters.
 const _: () = assert!(0 < FILTERS_PER_TURN_SHARED && FILTERS_PER_TURN_SHARED <= FILTERS_PER_TURN);
 // A SUBSCRIBE's longest list of filters is handled in a bounded number of turns, even at

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::cluster::Cluster;
 use crate::config::{Config, CpuAffinity, IoBackend};
 use crate::limits::SHARDS_MAX;
 use crate::listen::{self, SocketFile};
@@ -77,6 +78,12 @@ impl Server {
         }
         let (restored, restored_all) = std::sync::mpsc::channel();
         let config = shared.config.load_full();
+        if config.cluster.enabled() {
+            let packet_max = config.packet_size_max;
+            let cluster =
+                Cluster::start(config.cluster.clone(), shared.mailboxes.clone(), packet_max)?;
+            let _ = shared.cluster.set(cluster);
+        }
         let cores = pinned_cores(&config.cpu_affinity);
         let mut bridges_of = bridges_by_shard(&config, store.as_ref(), shards);
         // No shard serves a client before every shard has its sessions and bridges (whose
@@ -133,15 +140,16 @@ impl Server {
     /// Asks every shard to stop, and waits for them.
     pub fn shutdown(self) {
         self.stopper().stop();
-        for thread in self.threads {
-            let _ = thread.join();
-        }
+        self.join();
     }
 
-    /// Waits for the shards to stop (after `Stopper::stop`).
+    /// Waits for the shards to stop (after `Stopper::stop`), then stops the cluster's link.
     pub fn join(self) {
         for thread in self.threads {
             let _ = thread.join();
+        }
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.shut_down();
         }
     }
 }

@@ -175,7 +175,7 @@ impl Publisher {
             );
             if self.unacked.len() <= 10 {
                 for _ in 0..10 {
-                    let qos = if self.next % 2 == 0 {
+                    let qos = if self.next.is_multiple_of(2) {
                         QoS::ExactlyOnce
                     } else {
                         QoS::AtLeastOnce

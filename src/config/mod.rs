@@ -3,6 +3,7 @@
 //! listeners and threads stay as started.
 
 pub mod bridge;
+pub mod cluster;
 mod parse;
 pub use parse::option_listing;
 
@@ -298,6 +299,8 @@ pub struct Config {
     pub response_topic_prefix: Option<String>,
     /// The bridges (`connection` sections), read and checked.
     pub bridges: Vec<bridge::Bridge>,
+    /// midge's `cluster_*` options: a node of a cluster on NATS (`cluster/`).
+    pub cluster: cluster::ClusterSettings,
     /// `clientid_prefixes`: only client ids starting with this may connect.
     pub clientid_prefixes: Option<String>,
     /// Subscriptions one session may hold; more are refused (SUBACK failure, counted).
@@ -360,6 +363,7 @@ impl Default for Config {
             subscriptions_per_client_max: 100_000,
             response_topic_prefix: None,
             bridges: Vec::new(),
+            cluster: cluster::ClusterSettings::default(),
             clientid_prefixes: None,
             persistence: false,
             persistence_location: None,
@@ -489,6 +493,10 @@ impl Config {
             warnings.push("bridge changes take effect on restart".to_string());
             new.bridges = self.bridges.clone();
         }
+        if !new.cluster.same_as(&self.cluster) {
+            warnings.push("cluster changes take effect on restart".to_string());
+        }
+        new.cluster = self.cluster.clone();
         new.listeners = listeners;
         new.local_only = self.local_only;
         new.threads = self.threads;

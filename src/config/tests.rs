@@ -347,3 +347,80 @@ fn more_listeners_than_a_connection_can_name_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn cluster_options_are_read_and_checked_together() {
+    let c = read(
+        "cluster_nats_url nats://10.0.0.1:4222,nats://10.0.0.2:4222\ncluster_nats_url tls://n3:4222\ncluster_name plant-1\ncluster_node_id edge_7\ncluster_nats_user u\ncluster_nats_password p\ncluster_nats_cafile /etc/ca.pem\n",
+    )
+    .unwrap();
+    let cluster = &c.cluster;
+    assert!(cluster.enabled());
+    assert_eq!(
+        cluster.urls,
+        [
+            "nats://10.0.0.1:4222",
+            "nats://10.0.0.2:4222",
+            "tls://n3:4222"
+        ]
+    );
+    assert_eq!(
+        (cluster.name.as_str(), cluster.node_id()),
+        ("plant-1", "edge_7".into())
+    );
+    assert_eq!(
+        cluster.auth(),
+        crate::config::cluster::ClusterAuth::UserPassword("u".into(), "p".into())
+    );
+    assert!(
+        !read("").unwrap().cluster.enabled(),
+        "no cluster unless asked"
+    );
+    // Each error names the line that is wrong, or the last cluster line for settings that
+    // do not go together.
+    for (text, line, says) in [
+        ("cluster_name c\n", 1, "without cluster_nats_url"),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_name a.b\n",
+            2,
+            "letters, digits",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_node_id *\n",
+            2,
+            "letters, digits",
+        ),
+        ("cluster_nats_url\n", 1, "takes one or more URLs"),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_nats_user u\n",
+            2,
+            "go together",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_nats_token t\ncluster_nats_creds /c\n",
+            3,
+            "at most",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_nats_keyfile /k\n",
+            2,
+            "go together",
+        ),
+    ] {
+        let e = read(text).expect_err(text);
+        assert_eq!(e.line, line, "{text}: {e}");
+        assert!(e.message.contains(says), "{text}: {e}");
+    }
+}
+
+#[test]
+fn a_reload_keeps_the_cluster_settings_and_says_so() {
+    let old = read("cluster_nats_url nats://a:4222\n").unwrap();
+    let moved = read("\n\ncluster_nats_url nats://a:4222\n").unwrap();
+    let (kept, warnings) = old.reloaded(moved);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(kept.cluster.urls, ["nats://a:4222"]);
+    let (kept, warnings) = old.reloaded(read("cluster_nats_url nats://b:4222\n").unwrap());
+    assert_eq!(warnings, ["cluster changes take effect on restart"]);
+    assert_eq!(kept.cluster.urls, ["nats://a:4222"]);
+}

@@ -52,6 +52,9 @@ pub enum ShardMsg {
     Flush { session: SessionId, via: usize },
     /// A shard's marker: everything it routed to `session` the old way is ahead of it.
     Flushed { session: SessionId },
+    /// A message published on another node of the cluster: routed to this node's
+    /// subscribers, never sent on to NATS (`cluster/`).
+    FromCluster { message: Box<Message> },
 }
 
 /// With persistence and more than one shard: a message's (or a session's) number among

@@ -14,11 +14,31 @@ use crate::router::{Message, Sent, ShardMsg, Target};
 use crate::topic::{Match, Members, SessionId, Subscription};
 
 impl<B: Backend> Shard<B> {
-    /// Routes `message` to every matching subscription: match once on the published trie,
-    /// group the targets by owning shard, deliver this shard's directly and send one message
-    /// to each other shard. `from` is the publishing connection (paused if its messages wait).
-    /// Returns whether any subscription matched (5.0's 0x10 No matching subscribers).
+    /// Routes a message published on this node: to the other nodes of a cluster, and to
+    /// every matching subscription here (`route_here`). Returns whether any subscription
+    /// matched (5.0's 0x10 No matching subscribers): in a cluster, any other node's may.
     pub(super) fn route(&mut self, message: &Arc<Message>, from: Option<ConnId>) -> bool {
+        let clustered = if let Some(cluster) = self.shared.cluster.get() {
+            cluster.forward(self.id, message, self.clock.now);
+            true
+        } else {
+            false
+        };
+        self.route_here(message, from) || clustered
+    }
+
+    /// A message from another node of the cluster: routed here as one of this node's, in
+    /// the order it came, never sent on to NATS.
+    pub(super) fn route_from_cluster(&mut self, mut message: crate::router::Message) {
+        message.order = self.publish_order();
+        self.route_here(&Arc::new(message), None);
+    }
+
+    /// Routes `message` to every matching subscription on this node: match once on the
+    /// published trie, group the targets by owning shard, deliver this shard's directly
+    /// and send one message to each other shard. `from` is the publishing connection
+    /// (paused if its messages wait). Returns whether any subscription matched.
+    fn route_here(&mut self, message: &Arc<Message>, from: Option<ConnId>) -> bool {
         // Subscriptions read earlier in this turn take effect first: packets act in the
         // order the shard reads them, whoever sent them.
         self.apply_trie_ops();

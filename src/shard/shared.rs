@@ -118,6 +118,8 @@ pub struct Shared {
     /// Per configured bridge (`Config::bridges`), whether its connection is up: set by the
     /// shard that runs it, read by the metrics.
     pub bridges_up: Box<[AtomicBool]>,
+    /// The node's part of a cluster on NATS (`cluster_nats_url`), once it is started.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// A client id's latest claim (see `Shared::registry`): the shard of the connection that
@@ -240,6 +242,7 @@ impl Shared {
             filter_bytes: Default::default(),
             retained_bytes: Default::default(),
             listener_of_socket,
+            cluster: std::sync::OnceLock::new(),
             bridges_up: config
                 .bridges
                 .iter()

@@ -148,17 +148,24 @@ impl<B: Backend> Shard<B> {
             total.connects,
         ];
         let loads = self.update_loads(counts);
-        let values = values.into_iter().chain(
-            [
-                (
-                    "$SYS/broker/messages/received",
-                    total.packets_received.to_string(),
-                ),
-                ("$SYS/broker/messages/sent", total.packets_sent.to_string()),
-            ]
+        let cluster = (self.shared.cluster.get().cloned()).map(|cluster| {
+            (crate::cluster::COUNTS.iter())
+                .map(move |(topic, _, _, _, read)| (*topic, read(&cluster.stats).to_string()))
+        });
+        let values = values
             .into_iter()
-            .chain(loads),
-        );
+            .chain(cluster.into_iter().flatten())
+            .chain(
+                [
+                    (
+                        "$SYS/broker/messages/received",
+                        total.packets_received.to_string(),
+                    ),
+                    ("$SYS/broker/messages/sent", total.packets_sent.to_string()),
+                ]
+                .into_iter()
+                .chain(loads),
+            );
         for (topic, value) in values {
             if self.sys.published.get(topic) != Some(&value) {
                 self.sys.published.insert(topic, value.clone());

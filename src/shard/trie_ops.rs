@@ -7,11 +7,13 @@
 use super::io::{Backend, ConnId};
 use super::subscribe::RetainedRequest;
 use super::Shard;
+use crate::cluster::Cluster;
 use crate::codec::Packet;
 use crate::limits::SWEPT_PER_TURN;
-use crate::topic::{parse_filter, SessionId, Subscription};
+use crate::topic::{parse_filter, FilterRef, SessionId, Subscription, TreeWriter};
 use compact_str::CompactString;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Trie changes a shard keeps room for between turns.
 const TRIE_OPS_KEPT: usize = 1024;
@@ -80,6 +82,7 @@ impl<B: Backend> Shard<B> {
         }
         let mut left = if all { usize::MAX } else { SWEPT_PER_TURN };
         let mut gone_from_groups = Vec::new();
+        let cluster = self.shared.cluster.get().map(Arc::as_ref);
         let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
         while left > 0 {
             let Some((session, filters, in_groups)) = self.subs.trie.sweep.front_mut() else {
@@ -95,7 +98,7 @@ impl<B: Backend> Shard<B> {
             };
             left -= 1;
             let parsed = parse_filter(&filter).expect("checked before it was subscribed");
-            writer.unsubscribe(parsed, session);
+            unsubscribe_in(&mut writer, cluster, parsed, session);
         }
         writer.publish();
         drop(writer);
@@ -119,6 +122,7 @@ impl<B: Backend> Shard<B> {
         }
         if !self.subs.trie.ops.is_empty() {
             let mut writer = self.shared.trie_writer.lock().expect("trie writer lock");
+            let cluster = self.shared.cluster.get().map(Arc::as_ref);
             for op in self.subs.trie.ops.drain(..) {
                 match op {
                     TrieOp::Subscribe {
@@ -127,11 +131,11 @@ impl<B: Backend> Shard<B> {
                         sub,
                     } => {
                         let parsed = parse_filter(&filter).expect("checked before it was queued");
-                        writer.subscribe(parsed, session, sub);
+                        subscribe_in(&mut writer, cluster, parsed, session, sub);
                     }
                     TrieOp::Unsubscribe { filter, session } => {
                         let parsed = parse_filter(&filter).expect("checked before it was queued");
-                        writer.unsubscribe(parsed, session);
+                        unsubscribe_in(&mut writer, cluster, parsed, session);
                     }
                 }
             }
@@ -165,5 +169,33 @@ impl<B: Backend> Shard<B> {
             self.send_packet(conn, &packet);
             self.owe_requested(session, retained);
         }
+    }
+}
+
+/// Subscribes in the trie; a cluster is told of each new subscription (its interest), in
+/// the trie's order (the writer is locked).
+fn subscribe_in(
+    writer: &mut TreeWriter,
+    cluster: Option<&Cluster>,
+    filter: FilterRef<'_>,
+    session: SessionId,
+    sub: Subscription,
+) {
+    let replaced = writer.subscribe(filter, session, sub);
+    if let (Some(cluster), None, None) = (cluster, replaced, filter.group()) {
+        cluster.interest(filter.filter(), true);
+    }
+}
+
+/// Unsubscribes in the trie; a cluster is told of each subscription gone.
+fn unsubscribe_in(
+    writer: &mut TreeWriter,
+    cluster: Option<&Cluster>,
+    filter: FilterRef<'_>,
+    session: SessionId,
+) {
+    let removed = writer.unsubscribe(filter, session);
+    if let (Some(cluster), Some(_), None) = (cluster, removed, filter.group()) {
+        cluster.interest(filter.filter(), false);
     }
 }

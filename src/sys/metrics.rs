@@ -421,6 +421,17 @@ impl Collector for BrokerMetrics {
                 &read(|s| &s.persist_held_clients),
             )?;
         }
+        if let Some(cluster) = shared.cluster.get() {
+            for (_, name, help, counter, read) in crate::cluster::COUNTS {
+                let value = read(&cluster.stats);
+                if *counter {
+                    let c = ConstCounter::new(value);
+                    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+                } else {
+                    gauge(&mut encoder, name, help, value as i64)?;
+                }
+            }
+        }
         if !config.bridges.is_empty() {
             let mut family = encoder.encode_descriptor(
                 "midge_bridge_up",

@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod hostile;
 pub mod metrics;
 mod mosquitto;
+pub mod nats;
 mod paho;
 pub mod persist;
 mod raw;

@@ -7,6 +7,7 @@
 //! which must come before any listener or security option, as Mosquitto requires.
 
 mod bridge;
+mod cluster;
 mod general;
 mod listeners;
 mod persistence;
@@ -246,6 +247,15 @@ impl Reader {
     fn finish(mut self, path: &Path) -> Result<Config, ConfigError> {
         let mut config = self.config;
         bridge::check(&config, path)?;
+        config.cluster.check().map_err(|message| {
+            let (file, line) =
+                (config.cluster.origin.clone()).unwrap_or_else(|| (path.to_path_buf(), 0));
+            ConfigError {
+                file,
+                line,
+                message,
+            }
+        })?;
         if self.default_listener {
             config.listeners.insert(0, self.top.clone());
         }

@@ -1,7 +1,7 @@
 //! Every option midge reads, as one table: an option is one entry, with its name, what it
 //! is for, and how its line is read into the settings (the `Read` variant also says where
 //! it applies). The entries live beside the settings they fill (`listeners.rs`,
-//! `security.rs`, `general.rs`, `persistence.rs`, `tls.rs`, `bridge.rs`); this module puts
+//! `security.rs`, `general.rs`, `persistence.rs`, `tls.rs`, `bridge/`, `cluster.rs`); this module puts
 //! them together, finds an option by name, and suggests the nearest for a misspelling.
 
 use super::{Line, Reader};
@@ -51,6 +51,7 @@ const TABLES: &[&[Known]] = &[
     super::persistence::OPTIONS,
     super::tls::OPTIONS,
     super::bridge::OPTIONS,
+    super::cluster::OPTIONS,
     NOT_YET,
 ];
 

@@ -1,0 +1,293 @@
+//! A cluster of midge nodes on NATS (`cluster_nats_url`): one topic space across machines.
+//!
+//! Each node publishes what its clients publish to NATS once, on the subject its topic maps
+//! to (`subject.rs`), and subscribes to the subjects its clients' filters cover (reference
+//! counted: one NATS subscription per distinct filter), so NATS brings it only what its
+//! clients want, never its own messages (`no_echo`). What arrives is routed on the node's
+//! own trie, as a message its own client published, but never sent on to NATS again.
+//!
+//! The NATS client runs on a thread of its own (`link.rs`); shards never wait for it.
+//!
+//! What this step does not do yet (issue 31): shared subscriptions and retained messages
+//! stay per node, sessions do not move between nodes, and between nodes a message is
+//! delivered at most once (core NATS: a node or NATS server that goes down loses what it
+//! had on the way).
+
+mod connect;
+pub mod dedup;
+mod link;
+pub mod patterns;
+pub mod subject;
+pub mod wire;
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_utils::CachePadded;
+use hashbrown::{HashMap, HashSet};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::cluster::ClusterSettings;
+use crate::router::{Mailboxes, Message};
+pub use connect::servers;
+use dedup::Origin;
+
+/// Messages the shards may have waiting for the link to publish; past this they are
+/// dropped and counted.
+const OUTGOING_MAX: usize = 65_536;
+
+/// A message on its way to NATS.
+pub(crate) struct Outgoing {
+    subject: String,
+    bytes: Bytes,
+}
+
+/// The filters the node's clients hold, each with how many subscriptions hold it, and the
+/// filters whose count went to or from zero since the link last looked.
+#[derive(Default)]
+struct Interest {
+    counts: HashMap<String, usize>,
+    changed: HashSet<String>,
+}
+
+/// What the cluster counts (`$SYS/broker/cluster/...`, the metrics).
+#[derive(Default)]
+pub struct ClusterStats {
+    pub connected: AtomicBool,
+    pub forwarded: AtomicU64,
+    pub forwarded_bytes: AtomicU64,
+    pub received: AtomicU64,
+    pub received_bytes: AtomicU64,
+    /// Not published: the queue to the link was full.
+    pub dropped_outgoing: AtomicU64,
+    /// Not delivered: the shard's mailbox stayed full.
+    pub dropped_incoming: AtomicU64,
+    /// Copies of a message taken already (overlapping subscriptions).
+    pub duplicates: AtomicU64,
+    /// Bytes on midge's subjects that are not a message of this format.
+    pub undecodable: AtomicU64,
+    /// Times the NATS client dropped messages for a subscription the link did not read in time.
+    pub slow_consumer: AtomicU64,
+    /// NATS subscriptions held now.
+    pub subscriptions: AtomicUsize,
+}
+
+/// Each count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or
+/// gauge), and how it is read.
+pub type ClusterCount = (
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    fn(&ClusterStats) -> u64,
+);
+
+/// Every count, for `$SYS/broker/cluster/...` and the metrics alike.
+pub const COUNTS: &[ClusterCount] = &[
+    (
+        "$SYS/broker/cluster/connected",
+        "midge_cluster_nats_connected",
+        "Whether the node is connected to NATS (1) or not (0)",
+        false,
+        |s| u64::from(s.connected.load(Ordering::Relaxed)),
+    ),
+    (
+        "$SYS/broker/cluster/subscriptions",
+        "midge_cluster_nats_subscriptions",
+        "NATS subscriptions the node holds for its clients' filters",
+        false,
+        |s| s.subscriptions.load(Ordering::Relaxed) as u64,
+    ),
+    (
+        "$SYS/broker/cluster/messages/forwarded",
+        "midge_cluster_messages_forwarded",
+        "Messages published to NATS for the other nodes",
+        true,
+        |s| s.forwarded.load(Ordering::Relaxed),
+    ),
+    (
+        "$SYS/broker/cluster/bytes/forwarded",
+        "midge_cluster_bytes_forwarded",
+        "Bytes published to NATS",
+        true,
+        |s| s.forwarded_bytes.load(Ordering::Relaxed),
+    ),
+    (
+        "$SYS/broker/cluster/messages/received",
+        "midge_cluster_messages_received",
+        "Messages from other nodes routed here",
+        true,
+        |s| s.received.load(Ordering::Relaxed),
+    ),
+    (
+        "$SYS/broker/cluster/bytes/received",
+        "midge_cluster_bytes_received",
+        "Bytes of messages from other nodes",
+        true,
+        |s| s.received_bytes.load(Ordering::Relaxed),
+    ),
+    (
+        "$SYS/broker/cluster/messages/dropped/outgoing",
+        "midge_cluster_dropped_outgoing",
+        "Messages not published to NATS: the queue to the NATS client was full",
+        true,
+        |s| s.dropped_outgoing.load(Ordering::Relaxed),
+    ),
+    (
+        "$SYS/broker/cluster/messages/dropped/incoming",
+        "midge_cluster_dropped_incoming",
+        "Messages from NATS not routed: the shard's mailbox stayed full",
+        true,
+        |s| s.dropped_incoming.load(Ordering::Relaxed),
+    ),
+    (
+        "$SYS/broker/cluster/messages/dropped/slow",
+        "midge_cluster_slow_consumer",
+        "Times the NATS client dropped messages the link did not read in time",
+        true,
+        |s| s.slow_consumer.load(Ordering::Relaxed),
+    ),
+    (
+        "$SYS/broker/cluster/messages/duplicates",
+        "midge_cluster_duplicates",
+        "Copies of a message already taken (overlapping NATS subscriptions), not routed again",
+        true,
+        |s| s.duplicates.load(Ordering::Relaxed),
+    ),
+    (
+        "$SYS/broker/cluster/messages/undecodable",
+        "midge_cluster_undecodable",
+        "Messages on the cluster's subjects that are not midge's",
+        true,
+        |s| s.undecodable.load(Ordering::Relaxed),
+    ),
+];
+
+/// The node's part of the cluster, shared by its shards and the link.
+pub struct Cluster {
+    settings: ClusterSettings,
+    /// Every subject of this cluster starts with it: `midge.<cluster_name>`.
+    root: String,
+    node_id: String,
+    /// New at each start: tells this run's messages from an earlier run's (`dedup.rs`).
+    incarnation: u64,
+    /// Per shard: the number of the next message it publishes to NATS.
+    numbers: Box<[CachePadded<AtomicU64>]>,
+    outgoing: mpsc::Sender<Outgoing>,
+    interest: Mutex<Interest>,
+    interest_changed: Notify,
+    stop: Notify,
+    packet_max: usize,
+    shards: usize,
+    pub stats: ClusterStats,
+}
+
+impl Cluster {
+    /// Starts the link to NATS for a node of `shards` shards; messages from other nodes go
+    /// into `mailboxes`.
+    pub fn start(
+        settings: ClusterSettings,
+        mailboxes: Arc<Mailboxes>,
+        packet_max: usize,
+    ) -> io::Result<Arc<Cluster>> {
+        servers(&settings).map_err(io::Error::other)?;
+        let shards = mailboxes.shards();
+        let (outgoing, receiver) = mpsc::channel(OUTGOING_MAX);
+        let node_id = settings.node_id();
+        let cluster = Arc::new(Cluster {
+            root: format!("midge.{}", settings.name),
+            node_id,
+            incarnation: incarnation(),
+            numbers: (0..shards)
+                .map(|_| CachePadded::new(AtomicU64::new(1)))
+                .collect(),
+            outgoing,
+            interest: Mutex::default(),
+            interest_changed: Notify::new(),
+            stop: Notify::new(),
+            packet_max,
+            shards,
+            settings,
+            stats: ClusterStats::default(),
+        });
+        let link = cluster.clone();
+        std::thread::Builder::new()
+            .name("midge-cluster".into())
+            .spawn(move || link::run(link, receiver, mailboxes))?;
+        Ok(cluster)
+    }
+
+    /// Stops the link (the broker is shutting down).
+    pub fn shut_down(&self) {
+        self.stop.notify_one();
+    }
+
+    /// Hands `message`, published on this node by `shard`, to the link for NATS. `$SYS`
+    /// topics are each node's own and stay here.
+    pub fn forward(&self, shard: usize, message: &Message, now: Instant) {
+        if message.topic.starts_with("$SYS") {
+            return;
+        }
+        let number = self.numbers[shard].fetch_add(1, Ordering::Relaxed);
+        let origin = Origin {
+            incarnation: self.incarnation,
+            shard: shard as u16,
+        };
+        let subject = subject::topic_subject(&self.root, &message.topic)
+            .unwrap_or_else(|| subject::long_subject(&self.root));
+        let sent = wire::encode(message, origin, number, now)
+            .is_some_and(|bytes| self.outgoing.try_send(Outgoing { subject, bytes }).is_ok());
+        if !sent {
+            self.stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A subscription to `filter` was added (`true`) or removed on this node. Called with
+    /// the trie's writer locked, so that the link sees the changes in the trie's order.
+    /// Shared subscriptions and `$SYS` filters stay this node's own.
+    pub fn interest(&self, filter: &str, added: bool) {
+        if filter.starts_with("$SYS") || filter.starts_with("$share/") {
+            return;
+        }
+        let mut interest = self.interest.lock().expect("interest lock");
+        let count = interest.counts.entry_ref(filter).or_insert(0);
+        let was = *count;
+        *count = if added {
+            was + 1
+        } else {
+            was.saturating_sub(1)
+        };
+        let now = *count;
+        if now == 0 {
+            interest.counts.remove(filter);
+        }
+        if (was == 0) != (now == 0) {
+            interest.changed.insert(filter.to_string());
+            drop(interest);
+            self.interest_changed.notify_one();
+        }
+    }
+
+    /// The shard that routes messages of `topic` from other nodes: always the same one,
+    /// so that they are routed in the order they came.
+    fn shard_of(&self, topic: &str) -> usize {
+        let hash = foldhash::fast::FixedState::default().hash_one(topic);
+        (hash % self.shards as u64) as usize
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+/// A number unlikely to repeat across this node's starts, or to be another node's.
+fn incarnation() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    std::process::id().hash(&mut hasher);
+    std::time::SystemTime::now().hash(&mut hasher);
+    hasher.finish()
+}

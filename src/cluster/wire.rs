@@ -1,0 +1,167 @@
+//! A message as it travels between nodes: a small header (format, origin, number, what is
+//! left of its expiry), then the message as a 5.0 PUBLISH (topic, QoS, retain, properties,
+//! payload), as the journal keeps messages. The topic travels whole in the PUBLISH: the
+//! subject only routes it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::time::{Duration, Instant};
+
+use super::dedup::Origin;
+use crate::codec::{Decoder, Packet, ProtocolVersion, Publish, QoS};
+use crate::router::Message;
+
+/// The format's first byte; another is refused (a node of a later midge speaking a format
+/// this one does not know).
+const FORMAT: u8 = 1;
+
+/// Header: format, flags, incarnation, shard, number, expiry left (ms).
+const HEADER_LEN: usize = 1 + 1 + 8 + 2 + 8 + 8;
+
+/// Flag: the message expires (`expiry_ms` counts).
+const EXPIRES: u8 = 1;
+
+/// A message from another node.
+pub struct Arrived {
+    pub origin: Origin,
+    pub number: u64,
+    pub message: Message,
+}
+
+/// `message`'s bytes for NATS, published from `origin` as its `number`th, at `now`. `None`
+/// if it cannot be encoded (never for a message a client could publish).
+pub fn encode(message: &Message, origin: Origin, number: u64, now: Instant) -> Option<Bytes> {
+    let publish = Publish {
+        dup: false,
+        qos: message.qos,
+        retain: message.retain,
+        topic: message.topic.clone(),
+        packet_id: u16::from(message.qos != QoS::AtMostOnce),
+        properties: message.properties.clone(),
+        payload: message.payload.clone(),
+    };
+    let packet = Packet::Publish(publish)
+        .to_bytes(ProtocolVersion::V5)
+        .ok()?;
+    let mut out = BytesMut::with_capacity(HEADER_LEN + packet.len());
+    out.put_u8(FORMAT);
+    out.put_u8(if message.expires_at.is_some() {
+        EXPIRES
+    } else {
+        0
+    });
+    out.put_u64(origin.incarnation);
+    out.put_u16(origin.shard);
+    out.put_u64(number);
+    // What is left of the expiry: the clocks of two machines need not agree, the time on
+    // the way is not counted.
+    let left = message
+        .expires_at
+        .map_or(0, |at| at.saturating_duration_since(now).as_millis());
+    out.put_u64(u64::try_from(left).unwrap_or(u64::MAX));
+    out.extend_from_slice(&packet);
+    Some(out.freeze())
+}
+
+/// The message in `bytes`, arrived at `now`; an error says what is wrong with them.
+pub fn decode(bytes: &[u8], now: Instant, packet_max: usize) -> Result<Arrived, String> {
+    if bytes.len() < HEADER_LEN {
+        return Err(format!("{} bytes, shorter than a header", bytes.len()));
+    }
+    if bytes[0] != FORMAT {
+        return Err(format!("format {} (this node reads {FORMAT})", bytes[0]));
+    }
+    let flags = bytes[1];
+    let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let origin = Origin {
+        incarnation: u64_at(2),
+        shard: u16::from_be_bytes([bytes[10], bytes[11]]),
+    };
+    let number = u64_at(12);
+    let left_ms = u64_at(20);
+    let mut packet = BytesMut::from(&bytes[HEADER_LEN..]);
+    let decoder = Decoder::client(ProtocolVersion::V5, packet_max);
+    let publish = match decoder.decode_from(&mut packet) {
+        Ok(Some(Packet::Publish(p))) if packet.is_empty() => p,
+        Ok(_) => return Err("not one PUBLISH".into()),
+        Err(e) => return Err(format!("a PUBLISH that does not decode: {e}")),
+    };
+    let message = Message {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        properties: publish.properties,
+        origin: None,
+        expires_at: (flags & EXPIRES != 0).then(|| now + Duration::from_millis(left_ms)),
+        order: Default::default(),
+    };
+    Ok(Arrived {
+        origin,
+        number,
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::MqttStr;
+
+    fn message(expires_in: Option<Duration>, now: Instant) -> Message {
+        Message {
+            topic: MqttStr::from_static("a/b"),
+            payload: Bytes::from_static(b"payload"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: Default::default(),
+            origin: None,
+            expires_at: expires_in.map(|d| now + d),
+            order: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_message_arrives_as_it_left_with_what_is_left_of_its_expiry() {
+        let now = Instant::now();
+        let origin = Origin {
+            incarnation: 7,
+            shard: 3,
+        };
+        let sent = message(Some(Duration::from_secs(10)), now);
+        let bytes = encode(&sent, origin, 42, now).unwrap();
+        let later = now + Duration::from_secs(1);
+        let arrived = decode(&bytes, later, 1 << 20).unwrap();
+        assert_eq!(arrived.origin, origin);
+        assert_eq!(arrived.number, 42);
+        let m = arrived.message;
+        assert_eq!((m.topic.as_str(), &m.payload[..]), ("a/b", &b"payload"[..]));
+        assert_eq!((m.qos, m.retain), (QoS::ExactlyOnce, true));
+        assert_eq!(m.expires_at, Some(later + Duration::from_secs(10)));
+        let never = decode(
+            &encode(&message(None, now), origin, 1, now).unwrap(),
+            now,
+            1 << 20,
+        );
+        assert_eq!(never.unwrap().message.expires_at, None);
+    }
+
+    #[test]
+    fn bad_bytes_are_an_error_not_a_message() {
+        let now = Instant::now();
+        let origin = Origin {
+            incarnation: 1,
+            shard: 0,
+        };
+        let good = encode(&message(None, now), origin, 1, now).unwrap();
+        assert!(decode(&good[..10], now, 1 << 20).is_err());
+        let mut other_format = good.to_vec();
+        other_format[0] = 9;
+        assert!(decode(&other_format, now, 1 << 20).is_err());
+        let mut torn = good.to_vec();
+        torn.pop();
+        assert!(decode(&torn, now, 1 << 20).is_err());
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        assert!(decode(&trailing, now, 1 << 20).is_err());
+    }
+}

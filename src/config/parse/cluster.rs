@@ -1,0 +1,123 @@
+//! midge's own options for a cluster of nodes on NATS (`cluster/`).
+
+use super::table::{known, Known, Read};
+use super::Line;
+use crate::config::ConfigError;
+
+/// A name that goes into NATS subjects as one token: letters, digits, `-` and `_`.
+fn token<'a>(line: &'a Line, what: &str) -> Result<&'a str, ConfigError> {
+    let value = line.one(what)?;
+    let fits = !value.is_empty()
+        && value.len() <= 64
+        && (value.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !fits {
+        return Err(line.err(format!(
+            "{}: {value:?} must be 1 to 64 letters, digits, - or _",
+            line.option
+        )));
+    }
+    Ok(value)
+}
+
+pub(super) const OPTIONS: &[Known] = &[
+    known(
+        "cluster_nats_url",
+        "a NATS server of the cluster (nats://host:port, tls://...); several, on one line or more, for failover",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            if line.args.is_empty() {
+                return Err(line.err("cluster_nats_url takes one or more URLs"));
+            }
+            for url in &line.args {
+                for url in url.split(',').filter(|u| !u.is_empty()) {
+                    url.parse::<async_nats::ServerAddr>()
+                        .map_err(|e| line.err(format!("cluster_nats_url {url}: {e}")))?;
+                    c.cluster.urls.push(url.to_string());
+                }
+            }
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_name",
+        "the cluster this node joins (default midge): nodes with the same name on one NATS are one broker",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.name = token(line, "name")?.to_string();
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_node_id",
+        "this node's name in the cluster (default: the host name)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.node_id = Some(token(line, "name")?.to_string());
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_nats_user",
+        "the user name the node gives NATS (with cluster_nats_password)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.user = Some(line.one("user name")?.to_string());
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_nats_password",
+        "the password the node gives NATS (with cluster_nats_user; the rest of the line)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            // The rest of the line: a password may hold spaces.
+            c.cluster.password = Some(line.text("password")?.to_string());
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_nats_token",
+        "a token the node gives NATS",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.token = Some(line.one("token")?.to_string());
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_nats_creds",
+        "a NATS .creds file (user JWT and NKey seed) the node authenticates with",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.creds = Some(line.path()?);
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_nats_cafile",
+        "TLS to NATS: the CA certificate the servers' certificates are checked against",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.cafile = Some(line.path()?);
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_nats_certfile",
+        "TLS to NATS: this node's certificate (with cluster_nats_keyfile)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.certfile = Some(line.path()?);
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_nats_keyfile",
+        "TLS to NATS: this node's private key (with cluster_nats_certfile)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.keyfile = Some(line.path()?);
+            Ok(())
+        }),
+    ),
+];

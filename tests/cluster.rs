@@ -1,0 +1,371 @@
+//! A cluster of midge nodes on one NATS server (Debian's `nats-server`): what a client
+//! publishes on one node reaches the subscribers of every node, with MQTT's rules kept
+//! across the hop, each message once, in order; NATS restarted, the nodes come back.
+
+mod common;
+
+use bytes::Bytes;
+use common::nats::Nats;
+use common::{config_file, Broker, DEADLINE};
+use midge::client::{Client, ConnectOptions};
+use midge::codec::*;
+use std::time::{Duration, Instant};
+
+/// `n` nodes of one cluster (a name of their own, so that tests running at once on other
+/// NATS servers or this one never meet), with two shards each.
+fn nodes(nats: &Nats, n: usize, extra: &str) -> Vec<Broker> {
+    let cluster = format!("t{}x{}", std::process::id(), nats.port);
+    (0..n)
+        .map(|i| {
+            let conf = config_file(
+                &format!("cluster-{}-{i}", nats.port),
+                &format!(
+                    "cluster_nats_url {}\ncluster_name {cluster}\ncluster_node_id node{i}\n{extra}",
+                    nats.url()
+                ),
+            );
+            let broker = Broker::start(&["-c", &conf, "--threads", "2"]);
+            broker.wait_for_log(&format!("Cluster: connected to NATS as node node{i}."));
+            broker
+        })
+        .collect()
+}
+
+fn options(port: u16, id: &str, version: ProtocolVersion) -> ConnectOptions {
+    ConnectOptions {
+        host: "127.0.0.1".into(),
+        port,
+        bind: None,
+        version,
+        client_id: id.into(),
+        keepalive_s: 60,
+        clean: true,
+        username: None,
+        password: None,
+        will: None,
+        properties: Properties::default(),
+        nodelay: true,
+        debug: false,
+        tls: Default::default(),
+        websocket: false,
+        unix: None,
+    }
+}
+
+fn client(broker: &Broker, id: &str, version: ProtocolVersion) -> Client {
+    Client::connect(&options(broker.port, id, version))
+        .expect("connect")
+        .0
+}
+
+fn subscribe(client: &mut Client, filters: &[(&str, QoS)]) {
+    subscribe_with(client, filters, false);
+}
+
+fn subscribe_with(client: &mut Client, filters: &[(&str, QoS)], retain_as_published: bool) {
+    let filters: Vec<(String, SubscriptionOptions)> = filters
+        .iter()
+        .map(|(f, qos)| {
+            let options = SubscriptionOptions {
+                qos: *qos,
+                no_local: false,
+                retain_as_published,
+                retain_handling: RetainHandling::SendAtSubscribe,
+            };
+            (f.to_string(), options)
+        })
+        .collect();
+    let ack =
+        (client.subscribe(&filters, Properties::default(), &mut Vec::new())).expect("subscribe");
+    assert!(ack.reasons.iter().all(|r| (*r as u8) < 0x80), "{ack:?}");
+}
+
+fn publish(client: &mut Client, topic: &str, payload: &str, qos: QoS) {
+    let payload = Bytes::from(payload.to_string());
+    (client.publish(
+        topic,
+        payload,
+        qos,
+        false,
+        Properties::default(),
+        &mut Vec::new(),
+    ))
+    .expect("publish");
+}
+
+/// The next PUBLISH within the deadline that is not a probe (`wait_for_interest`).
+fn next(client: &mut Client) -> Publish {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        match client.recv(Some(until)).expect("receive") {
+            Some(p) if p.topic.ends_with("/probe") => continue,
+            Some(p) => return p,
+            None => panic!("no message within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// Nothing but probes for `quiet`.
+fn nothing_more(client: &mut Client, quiet: Duration) {
+    let until = Instant::now() + quiet;
+    while let Some(p) = client.recv(Some(until)).expect("receive") {
+        assert!(p.topic.ends_with("/probe"), "unexpected {:?}", p.topic);
+    }
+}
+
+/// Publishes probes on `topic` (ending in `/probe`) from `publisher` until `subscriber`
+/// gets one: the subscriber's node has its NATS subscription in place (the node
+/// subscribes on NATS as its clients subscribe, and SUBACK does not wait for NATS).
+fn wait_for_interest(publisher: &mut Client, subscribers: &mut [&mut Client], topic: &str) {
+    let before = wait_for_interest_after(publisher, subscribers, topic);
+    assert!(before.is_empty(), "messages before any probe: {before:?}");
+}
+
+/// As `wait_for_interest`, giving back the payloads of other messages that came first.
+fn wait_for_interest_after(
+    publisher: &mut Client,
+    subscribers: &mut [&mut Client],
+    topic: &str,
+) -> Vec<Bytes> {
+    assert!(topic.ends_with("/probe"));
+    let mut before = Vec::new();
+    for subscriber in subscribers.iter_mut() {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            publish(publisher, topic, "probe", QoS::AtMostOnce);
+            let wait = Instant::now() + Duration::from_millis(100);
+            if let Some(p) = subscriber.recv(Some(wait)).expect("receive") {
+                if p.topic.ends_with("/probe") {
+                    break;
+                }
+                before.push(p.payload);
+            }
+            assert!(Instant::now() < until, "{topic} never crossed the cluster");
+        }
+    }
+    before
+}
+
+#[test]
+fn messages_cross_nodes_at_every_qos_in_order_once_each() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 3, "");
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V5);
+    let mut on_b = client(&nodes[1], "sub-b", ProtocolVersion::V5);
+    let mut on_c = client(&nodes[2], "sub-c", ProtocolVersion::V311);
+    // Overlapping filters of one client, and of its node: each message still once.
+    subscribe(
+        &mut on_b,
+        &[("a/#", QoS::ExactlyOnce), ("a/+", QoS::AtLeastOnce)],
+    );
+    subscribe(
+        &mut on_c,
+        &[("a/+", QoS::AtLeastOnce), ("+/b", QoS::AtMostOnce)],
+    );
+    wait_for_interest(&mut publisher, &mut [&mut on_b, &mut on_c], "a/probe");
+    const N: usize = 30;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        for i in 0..N {
+            publish(&mut publisher, "a/b", &format!("{}-{i}", qos as u8), qos);
+        }
+    }
+    for (subscriber, granted) in [(&mut on_b, QoS::ExactlyOnce), (&mut on_c, QoS::AtLeastOnce)] {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for i in 0..N {
+                let p = next(subscriber);
+                assert_eq!(&p.payload[..], format!("{}-{i}", qos as u8).as_bytes());
+                // The lower of the published and the granted QoS (its highest over the
+                // client's overlapping subscriptions).
+                assert_eq!(p.qos, qos.min(granted), "{:?}", p.payload);
+            }
+        }
+        nothing_more(subscriber, Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_node_gets_nothing_back_of_what_it_published() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 2, "");
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
+    let mut beside = client(&nodes[0], "beside", ProtocolVersion::V311);
+    let mut remote = client(&nodes[1], "remote", ProtocolVersion::V311);
+    subscribe(&mut beside, &[("e/#", QoS::AtLeastOnce)]);
+    subscribe(&mut remote, &[("e/#", QoS::AtLeastOnce)]);
+    wait_for_interest(&mut publisher, &mut [&mut remote], "e/probe");
+    for i in 0..20 {
+        publish(&mut publisher, "e/x", &i.to_string(), QoS::AtLeastOnce);
+    }
+    for subscriber in [&mut beside, &mut remote] {
+        for i in 0..20 {
+            assert_eq!(&next(subscriber).payload[..], i.to_string().as_bytes());
+        }
+        nothing_more(subscriber, Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn five_properties_expiry_and_retain_as_published_cross_nodes() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 2, "");
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V5);
+    let mut remote = client(&nodes[1], "remote", ProtocolVersion::V5);
+    subscribe_with(&mut remote, &[("p/#", QoS::AtLeastOnce)], true);
+    wait_for_interest(&mut publisher, &mut [&mut remote], "p/probe");
+    let mut properties = Properties::default();
+    properties.content_type = Some(MqttStr::new("text/plain").unwrap());
+    properties.response_topic = Some(MqttStr::new("p/reply").unwrap());
+    properties.correlation_data = Some(Bytes::from_static(b"corr"));
+    properties.payload_format_indicator = Some(1);
+    properties.message_expiry_interval = Some(60);
+    properties
+        .user_properties
+        .push((MqttStr::new("k").unwrap(), MqttStr::new("v").unwrap()));
+    (publisher.publish(
+        "p/x",
+        Bytes::from_static(b"hello"),
+        QoS::AtLeastOnce,
+        true,
+        properties,
+        &mut Vec::new(),
+    ))
+    .expect("publish");
+    let p = next(&mut remote);
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("p/x", &b"hello"[..]));
+    assert!(
+        p.retain,
+        "Retain As Published keeps the flag across the hop"
+    );
+    let got = &p.properties;
+    assert_eq!(got.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got.response_topic.as_deref(), Some("p/reply"));
+    assert_eq!(got.correlation_data.as_deref(), Some(&b"corr"[..]));
+    assert_eq!(got.payload_format_indicator, Some(1));
+    let expiry = got.message_expiry_interval.expect("expiry carried");
+    assert!((55..=60).contains(&expiry), "{expiry}");
+    let users: Vec<(String, String)> = (got.user_properties.iter())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(users, [("k".to_string(), "v".to_string())]);
+}
+
+#[test]
+fn debian_clients_through_two_nodes() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 2, "");
+    let mut probe_pub = client(&nodes[0], "probe-pub", ProtocolVersion::V311);
+    let mut probe_sub = client(&nodes[1], "probe-sub", ProtocolVersion::V311);
+    subscribe(&mut probe_sub, &[("d/#", QoS::AtMostOnce)]);
+    wait_for_interest(&mut probe_pub, &mut [&mut probe_sub], "d/probe");
+    // The same filter on the same node: NATS has it already.
+    let sub = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &nodes[1].port.to_string(),
+            "-t",
+            "d/#",
+            "-C",
+            "3",
+            "-q",
+            "1",
+            "-v",
+        ])
+        .args(["-W", "10", "-d"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (Debian's mosquitto-clients)");
+    let until = Instant::now() + DEADLINE;
+    while nodes[1].count_log("Received SUBSCRIBE from") < 2 {
+        assert!(Instant::now() < until, "mosquitto_sub never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nodes[1].wait_for_log_count("Sending SUBACK to", 2);
+    for i in 1..=3 {
+        let status = std::process::Command::new("mosquitto_pub")
+            .args(["-p", &nodes[0].port.to_string(), "-t", "d/x", "-q", "1"])
+            .args(["-m", &format!("m{i}")])
+            .status()
+            .expect("mosquitto_pub");
+        assert!(status.success());
+    }
+    let out = sub.wait_with_output().expect("mosquitto_sub ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("d/x ")).collect();
+    assert_eq!(lines, ["d/x m1", "d/x m2", "d/x m3"], "{text}");
+}
+
+/// NATS goes away and comes back: each node keeps serving its own clients meanwhile, then
+/// reconnects and subscribes again by itself.
+#[test]
+fn nats_restarted_the_nodes_come_back() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 2, "");
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
+    let mut beside = client(&nodes[0], "beside", ProtocolVersion::V311);
+    let mut remote = client(&nodes[1], "remote", ProtocolVersion::V311);
+    subscribe(&mut beside, &[("r/#", QoS::AtLeastOnce)]);
+    subscribe(&mut remote, &[("r/#", QoS::AtLeastOnce)]);
+    wait_for_interest(&mut publisher, &mut [&mut remote], "r/probe");
+    let port = nats.stop();
+    nodes[0].wait_for_log("cluster: disconnected from NATS");
+    publish(&mut publisher, "r/x", "while away", QoS::AtLeastOnce);
+    assert_eq!(&next(&mut beside).payload[..], b"while away");
+    let _nats = Nats::start_on(port);
+    nodes[0].wait_for_log_count("Cluster: connected to NATS as node node0.", 2);
+    nodes[1].wait_for_log_count("Cluster: connected to NATS as node node1.", 2);
+    // What was published while NATS was away may come after all: the NATS client keeps
+    // what it could not send (within its bound) for the next connection.
+    let before = wait_for_interest_after(&mut publisher, &mut [&mut remote], "r/probe");
+    assert!(before.iter().all(|p| &p[..] == b"while away"), "{before:?}");
+    publish(&mut publisher, "r/x", "back", QoS::AtLeastOnce);
+    let mut got = next(&mut remote).payload;
+    if before.is_empty() && &got[..] == b"while away" {
+        got = next(&mut remote).payload;
+    }
+    assert_eq!(&got[..], b"back");
+}
+
+/// The value of `$SYS` topic `topic` on the node `sys` reads, once it satisfies `wanted`.
+fn wait_for_sys(sys: &mut Client, topic: &str, wanted: impl Fn(u64) -> bool) -> u64 {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let p = (sys.recv(Some(until)).expect("receive"))
+            .unwrap_or_else(|| panic!("{topic} never as wanted"));
+        if p.topic.as_str() == topic {
+            let value: u64 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+            if wanted(value) {
+                return value;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cluster_is_seen_in_sys_and_the_last_unsubscribe_ends_the_interest() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 2, "sys_interval 1\n");
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
+    let mut remote = client(&nodes[1], "remote", ProtocolVersion::V311);
+    let mut other = client(&nodes[1], "other", ProtocolVersion::V311);
+    let mut sys = client(&nodes[1], "sys", ProtocolVersion::V311);
+    subscribe(&mut sys, &[("$SYS/broker/cluster/#", QoS::AtMostOnce)]);
+    wait_for_sys(&mut sys, "$SYS/broker/cluster/connected", |v| v == 1);
+    // Two clients, one filter: one NATS subscription for each of its two subjects (`u`
+    // and `u.>`), besides the one for topics too long for a subject.
+    subscribe(&mut remote, &[("u/#", QoS::AtMostOnce)]);
+    subscribe(&mut other, &[("u/#", QoS::AtMostOnce)]);
+    wait_for_interest(&mut publisher, &mut [&mut remote, &mut other], "u/probe");
+    wait_for_sys(&mut sys, "$SYS/broker/cluster/subscriptions", |v| v == 3);
+    wait_for_sys(&mut sys, "$SYS/broker/cluster/messages/received", |v| {
+        v >= 2
+    });
+    let unsubscribe = |c: &mut Client| {
+        (c.unsubscribe(&["u/#".to_string()], Properties::default(), &mut Vec::new()))
+            .expect("unsubscribe")
+    };
+    // One client left with the filter: the node keeps its interest.
+    unsubscribe(&mut remote);
+    wait_for_interest(&mut publisher, &mut [&mut other], "u/probe");
+    unsubscribe(&mut other);
+    wait_for_sys(&mut sys, "$SYS/broker/cluster/subscriptions", |v| v == 1);
+}

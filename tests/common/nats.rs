@@ -1,0 +1,59 @@
+//! A NATS server for the cluster tests: Debian's `nats-server`, on a free loopback port,
+//! ended when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use super::DEADLINE;
+
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+}
+
+impl Nats {
+    /// Starts `nats-server` on a free loopback port and waits until it takes connections.
+    pub fn start() -> Nats {
+        Nats::start_on(super::quiet_port())
+    }
+
+    /// Starts `nats-server` on `port` (again, after `stop`).
+    pub fn start_on(port: u16) -> Nats {
+        let child = Command::new(super::program("nats-server"))
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "start nats-server (Debian's nats-server package; scripts/test.sh installs it)",
+            );
+        let until = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "nats-server never listened on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Nats { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Ends the server (SIGKILL) and waits for it.
+    pub fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
