@@ -79,9 +79,7 @@ impl Server {
         let (restored, restored_all) = std::sync::mpsc::channel();
         let config = shared.config.load_full();
         if config.cluster.enabled() {
-            let packet_max = config.packet_size_max;
-            let cluster =
-                Cluster::start(config.cluster.clone(), shared.mailboxes.clone(), packet_max)?;
+            let cluster = Cluster::start(config.cluster.clone(), shared.mailboxes.clone())?;
             let _ = shared.cluster.set(cluster);
         }
         let cores = pinned_cores(&config.cpu_affinity);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// `n` nodes of one cluster (a name of their own, so that tests running at once on other
 /// NATS servers or this one never meet), with two shards each.
 fn nodes(nats: &Nats, n: usize, extra: &str) -> Vec<Broker> {
-    let cluster = format!("t{}x{}", std::process::id(), nats.port);
+    let cluster = cluster_name(nats);
     (0..n)
         .map(|i| {
             let conf = config_file(
@@ -29,6 +29,10 @@ fn nodes(nats: &Nats, n: usize, extra: &str) -> Vec<Broker> {
             broker
         })
         .collect()
+}
+
+fn cluster_name(nats: &Nats) -> String {
+    format!("t{}x{}", std::process::id(), nats.port)
 }
 
 fn options(port: u16, id: &str, version: ProtocolVersion) -> ConnectOptions {
@@ -368,4 +372,213 @@ fn the_cluster_is_seen_in_sys_and_the_last_unsubscribe_ends_the_interest() {
     wait_for_interest(&mut publisher, &mut [&mut other], "u/probe");
     unsubscribe(&mut other);
     wait_for_sys(&mut sys, "$SYS/broker/cluster/subscriptions", |v| v == 1);
+}
+
+/// Publishes `n` numbered QoS 0 messages on `topic` from a thread of its own, one every
+/// 200 µs, so that they are on their way while a test changes subscriptions.
+fn stream(port: u16, topic: &'static str, n: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let options = options(port, "streamer", ProtocolVersion::V311);
+        let mut publisher = Client::connect(&options).expect("connect").0;
+        for i in 0..n {
+            publish(&mut publisher, topic, &i.to_string(), QoS::AtMostOnce);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    })
+}
+
+/// The numbers of the messages `client` gets on `topic` until `last` or the deadline.
+fn numbers_until(client: &mut Client, topic: &str, last: usize) -> Vec<usize> {
+    let mut got = Vec::new();
+    while got.last() != Some(&last) {
+        let p = next(client);
+        if p.topic.as_str() == topic {
+            got.push(std::str::from_utf8(&p.payload).unwrap().parse().unwrap());
+        }
+    }
+    got
+}
+
+/// `got` is every number from its first to `n - 1`, once each, in order (said briefly if
+/// not: what is missing, repeated or out of place).
+fn assert_each_once_in_order(got: Vec<usize>, n: usize) {
+    let start = got[0];
+    let missing: Vec<usize> = (start..n).filter(|i| !got.contains(i)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<usize> = got.iter().copied().filter(|i| !seen.insert(*i)).collect();
+    let out_of_order = got.windows(2).filter(|w| w[0] >= w[1]).count();
+    assert!(
+        missing.is_empty() && repeated.is_empty() && out_of_order == 0,
+        "from {start}: missing {missing:?}, repeated {repeated:?}, {out_of_order} out of order"
+    );
+}
+
+/// The node's oldest NATS subscription for a subject goes while messages flow: the next
+/// one takes its subjects over, and a client subscribed through it gets every message
+/// once, in order (what the old one gave is known among the new one's copies).
+#[test]
+fn an_overlapping_subscription_going_under_traffic_loses_and_repeats_nothing() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 2, "");
+    let mut probe = client(&nodes[0], "probe", ProtocolVersion::V311);
+    let mut wide = client(&nodes[1], "wide", ProtocolVersion::V311);
+    let mut narrow = client(&nodes[1], "narrow", ProtocolVersion::V311);
+    subscribe(&mut wide, &[("o/#", QoS::AtMostOnce)]);
+    subscribe(&mut narrow, &[("o/+", QoS::AtMostOnce)]);
+    wait_for_interest(&mut probe, &mut [&mut wide, &mut narrow], "o/probe");
+    const N: usize = 3000;
+    let streamer = stream(nodes[0].port, "o/x", N);
+    let first = numbers_until(&mut narrow, "o/x", 500);
+    (wide.unsubscribe(&["o/#".to_string()], Properties::default(), &mut Vec::new()))
+        .expect("unsubscribe");
+    let rest = numbers_until(&mut narrow, "o/x", N - 1);
+    streamer.join().unwrap();
+    assert_each_once_in_order(first.into_iter().chain(rest).collect(), N);
+    nothing_more(&mut narrow, Duration::from_millis(300));
+}
+
+/// A client narrows its subscription (SUBSCRIBE `w/x`, UNSUBSCRIBE `w/#`, one after the
+/// other at once) while messages flow: its node subscribes the new subject before it lets
+/// the old one go, so no message falls in between.
+#[test]
+fn narrowing_a_subscription_under_traffic_leaves_no_gap() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 2, "");
+    let mut probe = client(&nodes[0], "probe", ProtocolVersion::V311);
+    let mut subscriber = client(&nodes[1], "narrowing", ProtocolVersion::V311);
+    subscribe(&mut subscriber, &[("w/#", QoS::AtMostOnce)]);
+    wait_for_interest(&mut probe, &mut [&mut subscriber], "w/probe");
+    const N: usize = 3000;
+    let streamer = stream(nodes[0].port, "w/x", N);
+    let first = numbers_until(&mut subscriber, "w/x", 500);
+    let options = SubscriptionOptions {
+        qos: QoS::AtMostOnce,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: RetainHandling::SendAtSubscribe,
+    };
+    subscriber
+        .send(&Packet::Subscribe(Subscribe {
+            packet_id: 100,
+            properties: Properties::default(),
+            filters: vec![(MqttStr::new("w/x").unwrap(), options)],
+        }))
+        .unwrap();
+    subscriber
+        .send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 101,
+            properties: Properties::default(),
+            filters: vec![MqttStr::new("w/#").unwrap()],
+        }))
+        .unwrap();
+    let rest = numbers_until(&mut subscriber, "w/x", N - 1);
+    streamer.join().unwrap();
+    assert_each_once_in_order(first.into_iter().chain(rest).collect(), N);
+}
+
+/// Publishes `payload` on `subject` as a bare NATS client would (NATS's text protocol).
+fn nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut info = String::new();
+    reader.read_line(&mut info).unwrap();
+    assert!(info.starts_with("INFO"), "{info}");
+    let mut out = format!(
+        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\nPING\r\n");
+    stream.write_all(&out).unwrap();
+    let mut pong = String::new();
+    reader.read_line(&mut pong).unwrap();
+    assert_eq!(pong.trim(), "PONG");
+}
+
+/// Whoever else publishes on the cluster's subjects cannot crash a node or slip a message
+/// past it: bytes that are not a node's message, a topic that is not its subject's, a
+/// `$SYS` topic, are each dropped and counted; a well-formed message still goes through.
+#[test]
+fn what_is_not_a_nodes_message_is_dropped_and_counted() {
+    use midge::cluster::{dedup::Origin, wire};
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 1, "sys_interval 1\n");
+    let root = format!("midge.{}", cluster_name(&nats));
+    let mut subscriber = client(&nodes[0], "sub", ProtocolVersion::V5);
+    subscribe(
+        &mut subscriber,
+        &[
+            ("#", QoS::AtMostOnce),
+            ("$SYS/broker/cluster/messages/undecodable", QoS::AtMostOnce),
+        ],
+    );
+    let message = |topic: &'static str| midge::router::Message {
+        topic: MqttStr::from_static(topic),
+        payload: Bytes::from_static(b"x"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+        origin: None,
+        expires_at: None,
+        order: Default::default(),
+    };
+    let origin = Origin {
+        incarnation: 42,
+        shard: 0,
+    };
+    let now = Instant::now();
+    let subject = format!("{root}.m.h.x");
+    let until = Instant::now() + DEADLINE;
+    // Until the node's subscription is in place, a well-formed message at a time.
+    let mut number = 1;
+    loop {
+        nats_publish(
+            &nats,
+            &subject,
+            &wire::encode(&message("h/x"), origin, number, now).unwrap(),
+        );
+        number += 1;
+        match subscriber
+            .recv(Some(Instant::now() + Duration::from_millis(100)))
+            .unwrap()
+        {
+            Some(p) if p.topic.as_str() == "h/x" => break,
+            _ => assert!(Instant::now() < until, "never delivered"),
+        }
+    }
+    nats_publish(&nats, &subject, b"not a message");
+    nats_publish(
+        &nats,
+        &subject,
+        &wire::encode(&message("h/y"), origin, number, now).unwrap(),
+    );
+    nats_publish(
+        &nats,
+        &format!("{root}.m.$SYS.x"),
+        &wire::encode(&message("$SYS/x"), origin, number + 1, now).unwrap(),
+    );
+    nats_publish(
+        &nats,
+        &subject,
+        &wire::encode(&message("h/x"), origin, number + 2, now).unwrap(),
+    );
+    let until = Instant::now() + DEADLINE;
+    let mut delivered = Vec::new();
+    loop {
+        let p = subscriber
+            .recv(Some(until))
+            .unwrap()
+            .expect("undecodable counted");
+        if p.topic.starts_with("$SYS/") {
+            if &p.payload[..] == b"3" && delivered.len() == 1 {
+                break;
+            }
+        } else {
+            delivered.push(p.topic.to_string());
+        }
+    }
+    assert_eq!(delivered, ["h/x"], "only the well-formed message");
 }

@@ -25,8 +25,9 @@ pub fn servers(settings: &ClusterSettings) -> Result<Vec<ServerAddr>, String> {
         .collect()
 }
 
-/// Connects (in the background: the first connection is retried, as every later one).
-pub(super) async fn connect(cluster: &Arc<Cluster>) -> Result<async_nats::Client, String> {
+/// The client's options as the settings say; an error names what cannot be used (a
+/// credentials file that cannot be read or parsed).
+pub(super) fn options(cluster: &Arc<Cluster>) -> Result<ConnectOptions, String> {
     let settings = &cluster.settings;
     let mut options = match settings.auth() {
         ClusterAuth::None => ConnectOptions::new(),
@@ -34,8 +35,8 @@ pub(super) async fn connect(cluster: &Arc<Cluster>) -> Result<async_nats::Client
             ConnectOptions::with_user_and_password(user, password)
         }
         ClusterAuth::Token(token) => ConnectOptions::with_token(token),
-        ClusterAuth::Creds(path) => ConnectOptions::with_credentials_file(&path)
-            .await
+        ClusterAuth::Creds(path) => std::fs::read_to_string(&path)
+            .and_then(|creds| ConnectOptions::with_credentials(&creds))
             .map_err(|e| format!("cluster_nats_creds {}: {e}", path.display()))?,
     };
     if let Some(ca) = &settings.cafile {
@@ -45,7 +46,7 @@ pub(super) async fn connect(cluster: &Arc<Cluster>) -> Result<async_nats::Client
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
     let events = cluster.clone();
-    options = options
+    Ok(options
         .name(format!("midge {}", cluster.node_id))
         // A node never gets back what it published.
         .no_echo()
@@ -57,12 +58,7 @@ pub(super) async fn connect(cluster: &Arc<Cluster>) -> Result<async_nats::Client
         .event_callback(move |event| {
             let cluster = events.clone();
             async move { cluster.on_event(&event) }
-        });
-    let servers = servers(settings)?;
-    options
-        .connect(servers)
-        .await
-        .map_err(|e| format!("cannot connect to NATS: {e}"))
+        }))
 }
 
 impl Cluster {

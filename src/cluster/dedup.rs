@@ -1,19 +1,33 @@
-//! Each message reaches a node once, whatever overlapping NATS subscriptions deliver it.
+//! Copies of a message already taken, known exactly.
 //!
-//! A node publishes every message with its origin (the node's incarnation and the shard
-//! that published it) and a number counting up per origin. A receiver keeps, per origin,
-//! which of the latest `WINDOW` numbers it has taken; a number seen again, or older than
-//! the window, is a copy.
+//! The link takes a message only from the oldest of its NATS subscriptions matching its
+//! subject (`patterns.rs`), so a copy that another subscription brings is passed over,
+//! with one exception: when the oldest goes away, the next one takes its subjects over,
+//! and its channel may still hold copies of what the old one delivered. A node publishes
+//! every message with its origin (the node's incarnation and the shard that published it)
+//! and a number counting up per origin, and NATS delivers an origin's messages on the
+//! connection in that order. The old subscription got every message matching its pattern
+//! up to the point it was removed, and nothing after; so a message that matches its pattern
+//! and is numbered at most the highest number it gave from that origin is one it gave: a
+//! copy. Exactly, with no window to guess.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
-/// Numbers remembered per origin. A copy arrives at most a subscription channel's length
-/// after the first (`link::SUBSCRIPTION_CAPACITY`), so it is always inside the window.
-pub const WINDOW: u64 = 64 * 64;
+use super::subject::nats_matches;
 
-/// Origins remembered (nodes × shards, and the incarnations of nodes that restarted); the
-/// one heard from longest ago makes room.
-pub const ORIGINS_MAX: usize = 4096;
+/// Origins remembered per subscription (nodes × shards, and the incarnations of nodes
+/// that restarted); past this the one heard from least recently is forgotten (a copy of
+/// its messages could then be taken twice: counted as an origin forgotten).
+pub const ORIGINS_PER_SUBSCRIPTION_MAX: usize = 1024;
+
+/// Subscriptions gone whose copies are still looked for. Copies sit in the newer
+/// subscriptions' channels at the time of the removal, and the link reads them within
+/// moments: after `DRAINED_KEPT` (or past `DRAINED_MAX` removals) they are forgotten.
+pub const DRAINED_MAX: usize = 256;
+pub const DRAINED_KEPT: Duration = Duration::from_secs(30);
 
 /// Where a message was published: the node's incarnation (new at each start) and shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,75 +36,65 @@ pub struct Origin {
     pub shard: u16,
 }
 
-struct Window {
-    /// The highest number taken.
-    highest: u64,
-    /// Bit `n % WINDOW` set: number `n` (within `WINDOW` of `highest`) was taken.
-    taken: [u64; (WINDOW / 64) as usize],
-    /// When this origin was last heard from (a count of messages, for eviction).
-    last_heard: u64,
-}
+/// The highest number taken from each origin.
+type Marks = HashMap<Origin, u64>;
 
-impl Window {
-    fn bit(number: u64) -> (usize, u64) {
-        let at = number % WINDOW;
-        ((at / 64) as usize, 1 << (at % 64))
-    }
-
-    fn clear(&mut self, number: u64) {
-        let (word, mask) = Window::bit(number);
-        self.taken[word] &= !mask;
-    }
+/// A subscription gone: its pattern, what it gave, and when it went.
+struct Drained {
+    pattern: String,
+    marks: Marks,
+    at: Instant,
 }
 
 #[derive(Default)]
-pub struct Dedup {
-    windows: HashMap<Origin, Window>,
-    heard: u64,
+pub struct Copies {
+    /// By live subscription.
+    taken: HashMap<u64, Marks>,
+    drained: VecDeque<Drained>,
 }
 
-impl Dedup {
-    /// Whether message `number` of `origin` is new (and now taken); false for a copy.
-    pub fn first_time(&mut self, origin: Origin, number: u64) -> bool {
-        self.heard += 1;
-        let heard = self.heard;
-        if !self.windows.contains_key(&origin) && self.windows.len() >= ORIGINS_MAX {
-            let oldest = self
-                .windows
-                .iter()
-                .min_by_key(|(_, w)| w.last_heard)
-                .map(|(o, _)| *o);
-            if let Some(oldest) = oldest {
-                self.windows.remove(&oldest);
-            }
+impl Copies {
+    /// Whether a message on `subject`, numbered `number` from `origin`, was taken already
+    /// from a subscription that has gone since.
+    pub fn is_copy(&mut self, subject: &str, origin: Origin, number: u64, now: Instant) -> bool {
+        while (self.drained.front()).is_some_and(|d| now.duration_since(d.at) > DRAINED_KEPT) {
+            self.drained.pop_front();
         }
-        let window = self.windows.entry(origin).or_insert_with(|| Window {
-            highest: number,
-            taken: [0; (WINDOW / 64) as usize],
-            last_heard: heard,
-        });
-        window.last_heard = heard;
-        if number > window.highest {
-            // The numbers that leave the window are forgotten; those now inside it are
-            // not taken yet.
-            let skipped = (number - window.highest).min(WINDOW);
-            for n in (number - skipped + 1)..=number {
-                window.clear(n);
-            }
-            window.highest = number;
-        } else if window.highest - number >= WINDOW {
-            return false;
-        }
-        let (word, mask) = Window::bit(number);
-        if window.taken[word] & mask != 0 {
-            return false;
-        }
-        window.taken[word] |= mask;
-        true
+        (self.drained.iter()).any(|d| {
+            nats_matches(&d.pattern, subject) && d.marks.get(&origin).is_some_and(|&m| number <= m)
+        })
     }
 
-    pub fn origins(&self) -> usize {
-        self.windows.len()
+    /// A message numbered `number` from `origin` was taken from subscription `id`.
+    pub fn took(&mut self, id: u64, origin: Origin, number: u64) {
+        let marks = self.taken.entry(id).or_default();
+        if let Some(mark) = marks.get_mut(&origin) {
+            *mark = (*mark).max(number);
+            return;
+        }
+        if marks.len() >= ORIGINS_PER_SUBSCRIPTION_MAX {
+            let lowest = marks.iter().min_by_key(|(_, n)| **n).map(|(o, _)| *o);
+            if let Some(lowest) = lowest {
+                marks.remove(&lowest);
+            }
+        }
+        marks.insert(origin, number);
+    }
+
+    /// Subscription `id`, for `pattern`, has gone and given everything it had.
+    pub fn drained(&mut self, id: u64, pattern: String, now: Instant) {
+        let marks = self.taken.remove(&id).unwrap_or_default();
+        if marks.is_empty() {
+            return;
+        }
+        if self.drained.len() >= DRAINED_MAX {
+            self.drained.pop_front();
+        }
+        self.drained.push_back(Drained {
+            pattern,
+            marks,
+            at: now,
+        });
     }
 }
 
@@ -108,40 +112,40 @@ mod tests {
     };
 
     #[test]
-    fn a_copy_is_seen_once_in_any_order() {
-        let mut d = Dedup::default();
-        assert!(d.first_time(A, 5));
-        assert!(d.first_time(A, 7));
-        assert!(d.first_time(A, 6));
-        assert!(!d.first_time(A, 6));
-        assert!(!d.first_time(A, 5));
-        assert!(d.first_time(B, 5), "another origin counts its own");
-        assert!(d.first_time(A, 8));
-        assert!(!d.first_time(A, 7));
+    fn what_a_gone_subscription_gave_is_a_copy_and_nothing_else() {
+        let now = Instant::now();
+        let mut c = Copies::default();
+        // Sparse numbers: the origin published much in between that this node never saw.
+        c.took(1, A, 5);
+        c.took(1, A, 9000);
+        c.took(2, A, 9001);
+        assert!(!c.is_copy("m.a.b", A, 5, now), "no subscription gone yet");
+        c.drained(1, "m.a.>".into(), now);
+        assert!(c.is_copy("m.a.b", A, 5, now));
+        assert!(c.is_copy("m.a.b", A, 9000, now));
+        assert!(!c.is_copy("m.a.b", A, 9001, now), "after what it gave");
+        assert!(!c.is_copy("m.x", A, 5, now), "not its pattern");
+        assert!(!c.is_copy("m.a.b", B, 5, now), "not an origin it gave");
+        let later = now + DRAINED_KEPT + Duration::from_secs(1);
+        assert!(!c.is_copy("m.a.b", A, 5, later), "forgotten after a while");
     }
 
     #[test]
-    fn a_number_older_than_the_window_is_a_copy() {
-        let mut d = Dedup::default();
-        assert!(d.first_time(A, 1));
-        assert!(d.first_time(A, 1 + WINDOW));
-        assert!(!d.first_time(A, 1));
-        assert!(d.first_time(A, 2), "inside the window, not yet taken");
-        assert!(d.first_time(A, 10 * WINDOW));
-        assert!(d.first_time(A, 10 * WINDOW - 1));
-        assert!(!d.first_time(A, 1 + WINDOW));
-    }
-
-    #[test]
-    fn origins_are_bounded() {
-        let mut d = Dedup::default();
-        for i in 0..(ORIGINS_MAX as u64 + 10) {
+    fn what_is_remembered_is_bounded() {
+        let now = Instant::now();
+        let mut c = Copies::default();
+        for i in 0..(ORIGINS_PER_SUBSCRIPTION_MAX as u64 + 10) {
             let origin = Origin {
                 incarnation: i,
                 shard: 0,
             };
-            assert!(d.first_time(origin, 1));
+            c.took(1, origin, i);
         }
-        assert_eq!(d.origins(), ORIGINS_MAX);
+        assert_eq!(c.taken[&1].len(), ORIGINS_PER_SUBSCRIPTION_MAX);
+        for id in 0..(DRAINED_MAX as u64 + 10) {
+            c.took(id + 10, A, 1);
+            c.drained(id + 10, "m.>".into(), now);
+        }
+        assert_eq!(c.drained.len(), DRAINED_MAX);
     }
 }

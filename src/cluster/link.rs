@@ -6,6 +6,13 @@
 //! one NATS subscription per subject pattern the node's filters need (reference counted),
 //! and passes what arrives to a shard's mailbox (full: held here within a bound, then
 //! dropped and counted). NATS away: the client reconnects by itself and subscribes again.
+//!
+//! Each subscription is read by a task of its own that passes its messages, in order, to
+//! one channel the link reads: the link is woken for what arrives, never polls every
+//! subscription. A message is taken from the oldest subscription matching its subject
+//! (`patterns.rs`); while that one is going away (unsubscribed, what it holds still coming)
+//! the others' messages for its subjects wait, then the copies among them are known
+//! (`dedup.rs`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -13,59 +20,94 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hashbrown::HashMap;
-use tokio::sync::mpsc;
-use tokio_stream::StreamMap;
+use hashbrown::{HashMap, HashSet};
+use tokio::sync::{mpsc, oneshot};
 
-use super::dedup::Dedup;
+use super::dedup::Copies;
 use super::patterns::Patterns;
 use super::subject::{filter_subjects, long_subject};
 use super::{wire, Cluster, Outgoing};
 use crate::router::{Mailboxes, ShardMsg};
 
-/// Messages a NATS subscription holds for the link before the client drops them (a slow
-/// consumer, counted). Well inside the dedup window (`dedup::WINDOW`).
+/// Messages a NATS subscription holds for its task before the client drops them (a slow
+/// consumer, counted).
 pub const SUBSCRIPTION_CAPACITY: usize = 2048;
 
-/// Messages from NATS held per shard while its mailbox is full; past this they are dropped
-/// and counted.
-const HELD_PER_SHARD: usize = 4096;
+/// Messages the subscriptions' tasks may have waiting for the link.
+const ARRIVING_MAX: usize = 4096;
 
-/// Outgoing messages taken from the shards' queue in one go.
+/// Messages from NATS held while their shard's mailbox is full, over all shards, and their
+/// bytes; past either, dropped and counted.
+const HELD_MAX: usize = 16_384;
+const HELD_BYTES_MAX: usize = 64 << 20;
+
+/// Messages of other subscriptions waiting while the oldest for their subject goes away
+/// (moments); past this, dropped and counted.
+const WAITING_FOR_DRAIN_MAX: usize = 16_384;
+
+/// Outgoing messages taken from the shards' queue in one go, and arriving ones handled
+/// between two such batches.
 const PUBLISH_BATCH: usize = 256;
+const ARRIVING_BATCH: usize = 256;
 
 /// How often held messages are tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(1);
 
+/// How long a subscription going away waits for NATS to confirm the subscriptions made
+/// since (NATS away: it goes without, and what NATS held for it may be lost, as
+/// anything on the way is then), and how much longer it stays (`retire`).
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
+const RETIRE_GRACE: Duration = Duration::from_millis(100);
+
+/// How long the link waits for NATS to take what it published, at shutdown.
+const FLUSH_AT_STOP: Duration = Duration::from_secs(2);
+
+/// What a subscription's task passes to the link.
+enum Arriving {
+    Message(u64, async_nats::Message),
+    /// The subscription is about to go: what comes after this from the others for its
+    /// subjects waits until it is drained.
+    Leaving(u64),
+    /// The subscription is gone and everything it had is passed.
+    Drained(u64),
+}
+
 /// One NATS subscription: its id (increasing: older is lower), how many of the node's
-/// filters need it.
+/// filters need it, and how its task is told to unsubscribe.
 struct Subscribed {
     id: u64,
     needed_by: usize,
+    stop: oneshot::Sender<()>,
 }
 
 struct Link {
     cluster: Arc<Cluster>,
     client: async_nats::Client,
     mailboxes: Arc<Mailboxes>,
-    subscribers: StreamMap<u64, async_nats::Subscriber>,
+    arriving_tx: mpsc::Sender<Arriving>,
     /// Subject pattern of each subscription, and the reverse.
     by_pattern: HashMap<String, Subscribed>,
     pattern_of: HashMap<u64, String>,
     /// For each subject, the oldest subscription matching it: the one messages are taken
     /// from (`patterns.rs`).
     patterns: Patterns,
+    /// Subscriptions going away, and the other subscriptions' messages for their subjects.
+    draining: HashSet<u64>,
+    waiting_for_drain: Vec<(u64, async_nats::Message)>,
     /// The patterns each filter subscribed to.
     filters: HashMap<String, Vec<String>>,
     next_id: u64,
-    dedup: Dedup,
-    /// Per shard: messages whose mailbox was full, in order.
-    held: Vec<VecDeque<ShardMsg>>,
+    copies: Copies,
+    /// Per shard: messages whose mailbox was full, in order; their count and bytes.
+    held: Vec<VecDeque<(ShardMsg, usize)>>,
+    held_count: usize,
+    held_bytes: usize,
 }
 
 /// Runs the link until the broker shuts down (`Cluster::shut_down`).
 pub(super) fn run(
     cluster: Arc<Cluster>,
+    options: async_nats::ConnectOptions,
     outgoing: mpsc::Receiver<Outgoing>,
     mailboxes: Arc<Mailboxes>,
 ) {
@@ -76,37 +118,47 @@ pub(super) fn run(
         Ok(runtime) => runtime,
         Err(e) => {
             log::error!("Error: cluster: cannot start the NATS client's runtime: {e}");
+            cluster.link_gone();
             return;
         }
     };
-    runtime.block_on(serve(cluster, outgoing, mailboxes));
+    runtime.block_on(serve(cluster, options, outgoing, mailboxes));
 }
 
 async fn serve(
     cluster: Arc<Cluster>,
+    options: async_nats::ConnectOptions,
     mut outgoing: mpsc::Receiver<Outgoing>,
     mailboxes: Arc<Mailboxes>,
 ) {
-    let client = match super::connect::connect(&cluster).await {
+    let servers = super::servers(&cluster.settings).unwrap_or_default();
+    // Returns at once: the first connection is made, and every later one, in the background.
+    let client = match options.connect(servers).await {
         Ok(client) => client,
         Err(e) => {
-            log::error!("Error: cluster: {e}");
+            log::error!("Error: cluster: cannot connect to NATS: {e}");
+            cluster.link_gone();
             return;
         }
     };
     let shards = mailboxes.shards();
+    let (arriving_tx, mut arriving) = mpsc::channel(ARRIVING_MAX);
     let mut link = Link {
         cluster: cluster.clone(),
         client,
         mailboxes,
-        subscribers: StreamMap::new(),
+        arriving_tx,
         by_pattern: HashMap::new(),
         pattern_of: HashMap::new(),
         patterns: Patterns::default(),
+        draining: HashSet::new(),
+        waiting_for_drain: Vec::new(),
         filters: HashMap::new(),
         next_id: 0,
-        dedup: Dedup::default(),
+        copies: Copies::default(),
         held: (0..shards).map(|_| VecDeque::new()).collect(),
+        held_count: 0,
+        held_bytes: 0,
     };
     // Topics too long for a subject come on one subject every node takes.
     link.add_pattern(long_subject(&cluster.root)).await;
@@ -114,9 +166,11 @@ async fn serve(
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    let mut arrived = Vec::with_capacity(ARRIVING_BATCH);
+    // Not biased: a steady stream of publishes must not starve what arrives, nor the
+    // reverse.
     loop {
         tokio::select! {
-            biased;
             () = cluster.stop.notified() => break,
             () = cluster.interest_changed.notified() => link.reconcile().await,
             n = outgoing.recv_many(&mut batch, PUBLISH_BATCH) => {
@@ -125,88 +179,127 @@ async fn serve(
                 }
                 link.publish(&mut batch).await;
             }
-            Some((id, message)) = link.subscribers.next() => link.arrived(id, message),
-            _ = retry.tick(), if link.holds() => link.retry_held(),
+            n = arriving.recv_many(&mut arrived, ARRIVING_BATCH) => {
+                for one in arrived.drain(..n) {
+                    link.arrived(one);
+                }
+            }
+            _ = retry.tick(), if link.held_count > 0 => link.retry_held(),
         }
     }
-    let _ = link.client.flush().await;
+    let _ = tokio::time::timeout(FLUSH_AT_STOP, link.client.flush()).await;
 }
 
 impl Link {
     async fn publish(&mut self, batch: &mut Vec<Outgoing>) {
-        let stats = &self.cluster.stats;
+        let cluster = self.cluster.clone();
+        let stats = &cluster.stats;
+        let max_payload = self.client.server_info().max_payload;
+        let now = Instant::now();
         for out in batch.drain(..) {
-            let len = out.bytes.len() as u64;
+            cluster.taken_from_queue(&out);
+            // Encoded here, not on the shard: the expiry left is counted up to now.
+            let Some(bytes) = wire::encode(&out.message, out.origin, out.number, now) else {
+                stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if max_payload > 0 && bytes.len() > max_payload {
+                // NATS refuses it (max_payload, 1 MB by default): said, counted.
+                let seen = stats.too_large.fetch_add(1, Ordering::Relaxed) + 1;
+                if seen.is_power_of_two() {
+                    log::warn!(
+                        "Warning: cluster: a message to '{}' ({} bytes) is larger than NATS takes ({max_payload} bytes, its max_payload); not sent to the other nodes ({seen} so far).",
+                        out.message.topic,
+                        bytes.len()
+                    );
+                }
+                continue;
+            }
+            let len = bytes.len() as u64;
             // Waits only while the client's own queue is full (NATS away): the shards'
             // queue fills meanwhile, and they drop and count.
-            match self.client.publish(out.subject, out.bytes).await {
+            match self.client.publish(out.subject, bytes).await {
                 Ok(()) => {
                     stats.forwarded.fetch_add(1, Ordering::Relaxed);
                     stats.forwarded_bytes.fetch_add(len, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("cluster: publish failed: {e}");
+                    let seen = stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed) + 1;
+                    if seen.is_power_of_two() {
+                        log::warn!("Warning: cluster: a publish to NATS failed: {e} ({seen} dropped so far).");
+                    }
                 }
             }
         }
     }
 
-    /// Brings the subscriptions in line with the filters the node's clients hold now.
+    /// Brings the subscriptions in line with the filters the node's clients hold now:
+    /// every addition before any removal, so that a filter replaced by another (SUBSCRIBE
+    /// `a/b`, UNSUBSCRIBE `a/#`) is never uncovered in between.
     async fn reconcile(&mut self) {
-        let changed = {
+        let (added, removed) = {
             let mut interest = self.cluster.interest.lock().expect("interest lock");
             let changed = std::mem::take(&mut interest.changed);
-            (changed.into_iter())
-                .map(|filter| {
-                    let wanted = interest.counts.contains_key(&filter);
-                    (filter, wanted)
-                })
-                .collect::<Vec<_>>()
+            let (added, removed): (Vec<String>, Vec<String>) = changed
+                .into_iter()
+                .partition(|f| interest.counts.contains_key(f));
+            (added, removed)
         };
-        for (filter, wanted) in changed {
-            let have = self.filters.contains_key(&filter);
-            if wanted && !have {
-                let patterns = filter_subjects(&self.cluster.root, &filter);
-                for pattern in &patterns {
-                    self.add_pattern(pattern.clone()).await;
+        for filter in added {
+            if self.filters.contains_key(&filter) {
+                continue;
+            }
+            let mut subscribed = Vec::new();
+            for pattern in filter_subjects(&self.cluster.root, &filter) {
+                if self.add_pattern(pattern.clone()).await {
+                    subscribed.push(pattern);
                 }
-                self.filters.insert(filter, patterns);
-            } else if !wanted && have {
-                for pattern in self.filters.remove(&filter).unwrap_or_default() {
-                    self.drop_pattern(&pattern).await;
-                }
+            }
+            self.filters.insert(filter, subscribed);
+        }
+        for filter in removed {
+            for pattern in self.filters.remove(&filter).unwrap_or_default() {
+                self.drop_pattern(&pattern);
             }
         }
         (self.cluster.stats.subscriptions).store(self.by_pattern.len(), Ordering::Relaxed);
     }
 
-    async fn add_pattern(&mut self, pattern: String) {
+    /// One more filter needs `pattern`; the first subscribes it. False if NATS could not
+    /// be asked (the client is closing).
+    async fn add_pattern(&mut self, pattern: String) -> bool {
         if let Some(sub) = self.by_pattern.get_mut(&pattern) {
             sub.needed_by += 1;
-            return;
+            return true;
         }
         let subscriber = match self.client.subscribe(pattern.clone()).await {
             Ok(s) => s,
             Err(e) => {
-                // Only when the client is closing.
                 log::warn!("Warning: cluster: cannot subscribe to {pattern}: {e}");
-                return;
+                return false;
             }
         };
         let id = self.next_id;
         self.next_id += 1;
-        self.subscribers.insert(id, subscriber);
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(pass_on(id, subscriber, stopped, self.arriving_tx.clone()));
         self.patterns.insert(&pattern, id);
         self.pattern_of.insert(id, pattern.clone());
-        self.by_pattern
-            .insert(pattern, Subscribed { id, needed_by: 1 });
+        let needed_by = 1;
+        (self.by_pattern).insert(
+            pattern,
+            Subscribed {
+                id,
+                needed_by,
+                stop,
+            },
+        );
+        true
     }
 
-    /// One filter fewer needs `pattern`; the last one unsubscribes it. What the
-    /// subscription still holds is taken first (it is the oldest for its subjects until
-    /// it goes); the copies a newer one holds of the same messages are found as copies.
-    async fn drop_pattern(&mut self, pattern: &str) {
+    /// One filter fewer needs `pattern`; the last one lets it go (`retire`). It stays the
+    /// oldest for its subjects until its task says it is drained (`Arriving::Drained`).
+    fn drop_pattern(&mut self, pattern: &str) {
         let Some(sub) = self.by_pattern.get_mut(pattern) else {
             return;
         };
@@ -214,27 +307,63 @@ impl Link {
         if sub.needed_by > 0 {
             return;
         }
-        let id = sub.id;
-        self.by_pattern.remove(pattern);
-        if let Some(mut subscriber) = self.subscribers.remove(&id) {
-            let _ = subscriber.unsubscribe().await;
-            while let Some(message) = subscriber.next().await {
-                self.arrived(id, message);
+        let sub = self.by_pattern.remove(pattern).expect("just found");
+        tokio::spawn(retire(
+            sub.id,
+            sub.stop,
+            self.client.clone(),
+            self.arriving_tx.clone(),
+        ));
+    }
+
+    fn arrived(&mut self, arriving: Arriving) {
+        match arriving {
+            Arriving::Message(id, message) => self.consider(id, message),
+            Arriving::Leaving(id) => {
+                self.draining.insert(id);
+            }
+            Arriving::Drained(id) => {
+                self.draining.remove(&id);
+                if let Some(pattern) = self.pattern_of.remove(&id) {
+                    // Not asked to go (the client is closing): gone all the same.
+                    if self.by_pattern.get(&pattern).is_some_and(|s| s.id == id) {
+                        self.by_pattern.remove(&pattern);
+                    }
+                    self.patterns.remove(&pattern);
+                    self.copies.drained(id, pattern, Instant::now());
+                }
+                // What waited for it is looked at again (it may wait for another still).
+                for (id, message) in std::mem::take(&mut self.waiting_for_drain) {
+                    self.consider(id, message);
+                }
             }
         }
-        self.patterns.remove(pattern);
-        self.pattern_of.remove(&id);
     }
 
     /// A message from NATS on subscription `id`: taken if that subscription is the oldest
-    /// for its subject and it is not a copy, then passed to the shard its topic hashes to.
-    fn arrived(&mut self, id: u64, nats: async_nats::Message) {
-        let stats = &self.cluster.stats;
-        if self.patterns.oldest_match(nats.subject.as_str()) != Some(id) {
-            return;
+    /// for its subject; kept waiting if the oldest is going away.
+    fn consider(&mut self, id: u64, nats: async_nats::Message) {
+        match self.patterns.oldest_match(nats.subject.as_str()) {
+            Some(oldest) if oldest == id => self.take(id, nats),
+            Some(oldest) if self.draining.contains(&oldest) => {
+                if self.waiting_for_drain.len() < WAITING_FOR_DRAIN_MAX {
+                    self.waiting_for_drain.push((id, nats));
+                } else {
+                    (self.cluster.stats.dropped_incoming).fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Another subscription brings it (or brought it): a copy.
+            _ => {}
         }
+    }
+
+    /// Decoded, checked, known as new, and passed to the shard its topic hashes to.
+    fn take(&mut self, id: u64, nats: async_nats::Message) {
+        let stats = &self.cluster.stats;
         let now = Instant::now();
-        let arrived = match wire::decode(&nats.payload, now, self.cluster.packet_max) {
+        let arrived = match wire::decode(&nats.payload, now)
+            .and_then(|a| self.cluster.check_arrived(&nats.subject, a))
+        {
             Ok(arrived) => arrived,
             Err(e) => {
                 // Logged at the 1st, 2nd, 4th, 8th...: whoever else publishes on the
@@ -249,50 +378,101 @@ impl Link {
                 return;
             }
         };
-        if !self.dedup.first_time(arrived.origin, arrived.number) {
+        if (self.copies).is_copy(&nats.subject, arrived.origin, arrived.number, now) {
             stats.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        self.copies.took(id, arrived.origin, arrived.number);
         stats.received.fetch_add(1, Ordering::Relaxed);
-        stats
-            .received_bytes
-            .fetch_add(nats.payload.len() as u64, Ordering::Relaxed);
+        (stats.received_bytes).fetch_add(nats.payload.len() as u64, Ordering::Relaxed);
         let shard = self.cluster.shard_of(&arrived.message.topic);
+        let size = arrived.message.held_bytes();
         let msg = ShardMsg::FromCluster {
             message: Box::new(arrived.message),
         };
-        self.hand(shard, msg);
+        self.hand(shard, msg, size);
     }
 
     /// Into `shard`'s mailbox, behind what is held for it already.
-    fn hand(&mut self, shard: usize, msg: ShardMsg) {
-        let held = &mut self.held[shard];
-        if held.is_empty() {
-            if let Err(msg) = self.mailboxes.send(shard, msg) {
-                held.push_back(msg);
+    fn hand(&mut self, shard: usize, msg: ShardMsg, size: usize) {
+        let msg = if self.held[shard].is_empty() {
+            match self.mailboxes.send(shard, msg) {
+                Ok(()) => return,
+                Err(msg) => msg,
             }
-        } else if held.len() < HELD_PER_SHARD {
-            held.push_back(msg);
         } else {
-            self.cluster
-                .stats
-                .dropped_incoming
-                .fetch_add(1, Ordering::Relaxed);
+            msg
+        };
+        if self.held_count >= HELD_MAX || self.held_bytes + size > HELD_BYTES_MAX {
+            (self.cluster.stats.dropped_incoming).fetch_add(1, Ordering::Relaxed);
+            return;
         }
-    }
-
-    fn holds(&self) -> bool {
-        self.held.iter().any(|h| !h.is_empty())
+        self.held_count += 1;
+        self.held_bytes += size;
+        self.held[shard].push_back((msg, size));
     }
 
     fn retry_held(&mut self) {
         for (shard, held) in self.held.iter_mut().enumerate() {
-            while let Some(msg) = held.pop_front() {
+            while let Some((msg, size)) = held.pop_front() {
                 if let Err(msg) = self.mailboxes.send(shard, msg) {
-                    held.push_front(msg);
+                    held.push_front((msg, size));
                     break;
                 }
+                self.held_count -= 1;
+                self.held_bytes -= size;
             }
         }
     }
+}
+
+/// Lets subscription `id` go once NATS surely routes to the subscriptions made since: they
+/// are confirmed (a round trip), then `RETIRE_GRACE` more. The client forgets a
+/// subscription as soon as it is told to go and drops what is still on the way for it; a
+/// message NATS routed before a newer subscription existed went to this one alone, and
+/// must be in by then. Until it goes it stays the oldest for its subjects, so the newer
+/// ones' copies are passed over; from `Leaving` on they wait for it to be drained.
+async fn retire(
+    id: u64,
+    stop: oneshot::Sender<()>,
+    client: async_nats::Client,
+    link: mpsc::Sender<Arriving>,
+) {
+    let _ = tokio::time::timeout(CONFIRM_WAIT, client.flush()).await;
+    tokio::time::sleep(RETIRE_GRACE).await;
+    if link.send(Arriving::Leaving(id)).await.is_ok() {
+        let _ = stop.send(());
+    }
+}
+
+/// A subscription's task: passes what it brings to the link, in order; told to stop, it
+/// unsubscribes, passes what it still holds, and says it is drained.
+async fn pass_on(
+    id: u64,
+    mut subscriber: async_nats::Subscriber,
+    mut stop: oneshot::Receiver<()>,
+    link: mpsc::Sender<Arriving>,
+) {
+    loop {
+        tokio::select! {
+            message = subscriber.next() => match message {
+                Some(message) => {
+                    if link.send(Arriving::Message(id, message)).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            _ = &mut stop => {
+                let _ = subscriber.unsubscribe().await;
+                while let Some(message) = subscriber.next().await {
+                    if link.send(Arriving::Message(id, message)).await.is_err() {
+                        return;
+                    }
+                }
+                break;
+            }
+        }
+    }
+    let _ = link.send(Arriving::Drained(id)).await;
 }

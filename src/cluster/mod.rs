@@ -24,9 +24,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 use hashbrown::{HashMap, HashSet};
 use tokio::sync::{mpsc, Notify};
@@ -36,14 +34,17 @@ use crate::router::{Mailboxes, Message};
 pub use connect::servers;
 use dedup::Origin;
 
-/// Messages the shards may have waiting for the link to publish; past this they are
-/// dropped and counted.
+/// Messages the shards may have waiting for the link to publish, and their bytes
+/// (`Message::held_bytes`); past either they are dropped and counted.
 const OUTGOING_MAX: usize = 65_536;
+const OUTGOING_BYTES_MAX: usize = 64 << 20;
 
-/// A message on its way to NATS.
+/// A message on its way to NATS: its subject, and what the link encodes it from.
 pub(crate) struct Outgoing {
     subject: String,
-    bytes: Bytes,
+    message: Arc<Message>,
+    origin: Origin,
+    number: u64,
 }
 
 /// The filters the node's clients hold, each with how many subscriptions hold it, and the
@@ -62,13 +63,16 @@ pub struct ClusterStats {
     pub forwarded_bytes: AtomicU64,
     pub received: AtomicU64,
     pub received_bytes: AtomicU64,
-    /// Not published: the queue to the link was full.
+    /// Not published: the queue to the link was full, or NATS refused it.
     pub dropped_outgoing: AtomicU64,
+    /// Not published: larger than the NATS server's max_payload.
+    pub too_large: AtomicU64,
     /// Not delivered: the shard's mailbox stayed full.
     pub dropped_incoming: AtomicU64,
     /// Copies of a message taken already (overlapping subscriptions).
     pub duplicates: AtomicU64,
-    /// Bytes on midge's subjects that are not a message of this format.
+    /// Messages on midge's subjects that are not a message of this format, or not what a
+    /// node sends.
     pub undecodable: AtomicU64,
     /// Times the NATS client dropped messages for a subscription the link did not read in time.
     pub slow_consumer: AtomicU64,
@@ -76,94 +80,121 @@ pub struct ClusterStats {
     pub subscriptions: AtomicUsize,
 }
 
-/// Each count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or
-/// gauge), and how it is read.
-pub type ClusterCount = (
-    &'static str,
-    &'static str,
-    &'static str,
-    bool,
-    fn(&ClusterStats) -> u64,
-);
+/// A count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or gauge),
+/// and how it is read.
+pub struct ClusterCount {
+    pub topic: &'static str,
+    pub metric: &'static str,
+    pub help: &'static str,
+    pub counter: bool,
+    pub read: fn(&ClusterStats) -> u64,
+}
+
+const fn count(
+    topic: &'static str,
+    metric: &'static str,
+    help: &'static str,
+    counter: bool,
+    read: fn(&ClusterStats) -> u64,
+) -> ClusterCount {
+    ClusterCount {
+        topic,
+        metric,
+        help,
+        counter,
+        read,
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
 
 /// Every count, for `$SYS/broker/cluster/...` and the metrics alike.
 pub const COUNTS: &[ClusterCount] = &[
-    (
+    count(
         "$SYS/broker/cluster/connected",
         "midge_cluster_nats_connected",
         "Whether the node is connected to NATS (1) or not (0)",
         false,
         |s| u64::from(s.connected.load(Ordering::Relaxed)),
     ),
-    (
+    count(
         "$SYS/broker/cluster/subscriptions",
         "midge_cluster_nats_subscriptions",
         "NATS subscriptions the node holds for its clients' filters",
         false,
         |s| s.subscriptions.load(Ordering::Relaxed) as u64,
     ),
-    (
+    count(
         "$SYS/broker/cluster/messages/forwarded",
         "midge_cluster_messages_forwarded",
         "Messages published to NATS for the other nodes",
         true,
-        |s| s.forwarded.load(Ordering::Relaxed),
+        |s| load(&s.forwarded),
     ),
-    (
+    count(
         "$SYS/broker/cluster/bytes/forwarded",
         "midge_cluster_bytes_forwarded",
         "Bytes published to NATS",
         true,
-        |s| s.forwarded_bytes.load(Ordering::Relaxed),
+        |s| load(&s.forwarded_bytes),
     ),
-    (
+    count(
         "$SYS/broker/cluster/messages/received",
         "midge_cluster_messages_received",
         "Messages from other nodes routed here",
         true,
-        |s| s.received.load(Ordering::Relaxed),
+        |s| load(&s.received),
     ),
-    (
+    count(
         "$SYS/broker/cluster/bytes/received",
         "midge_cluster_bytes_received",
         "Bytes of messages from other nodes",
         true,
-        |s| s.received_bytes.load(Ordering::Relaxed),
+        |s| load(&s.received_bytes),
     ),
-    (
+    count(
         "$SYS/broker/cluster/messages/dropped/outgoing",
         "midge_cluster_dropped_outgoing",
-        "Messages not published to NATS: the queue to the NATS client was full",
+        "Messages not published to NATS: the queue to the NATS client was full, or NATS refused them",
         true,
-        |s| s.dropped_outgoing.load(Ordering::Relaxed),
+        |s| load(&s.dropped_outgoing),
     ),
-    (
+    count(
+        "$SYS/broker/cluster/messages/dropped/too_large",
+        "midge_cluster_too_large",
+        "Messages not published to NATS: larger than its max_payload",
+        true,
+        |s| load(&s.too_large),
+    ),
+    count(
         "$SYS/broker/cluster/messages/dropped/incoming",
         "midge_cluster_dropped_incoming",
         "Messages from NATS not routed: the shard's mailbox stayed full",
         true,
-        |s| s.dropped_incoming.load(Ordering::Relaxed),
+        |s| load(&s.dropped_incoming),
     ),
-    (
+    count(
         "$SYS/broker/cluster/messages/dropped/slow",
         "midge_cluster_slow_consumer",
         "Times the NATS client dropped messages the link did not read in time",
         true,
-        |s| s.slow_consumer.load(Ordering::Relaxed),
+        |s| load(&s.slow_consumer),
     ),
-    (
+    count(
         "$SYS/broker/cluster/messages/duplicates",
         "midge_cluster_duplicates",
         "Copies of a message already taken (overlapping NATS subscriptions), not routed again",
         true,
-        |s| s.duplicates.load(Ordering::Relaxed),
+        |s| load(&s.duplicates),
     ),
-    (
+    count(
         "$SYS/broker/cluster/messages/undecodable",
         "midge_cluster_undecodable",
-        "Messages on the cluster's subjects that are not midge's",
+        "Messages on the cluster's subjects that are not a node's",
         true,
-        |s| s.undecodable.load(Ordering::Relaxed),
+        |s| load(&s.undecodable),
     ),
 ];
 
@@ -178,58 +209,79 @@ pub struct Cluster {
     /// Per shard: the number of the next message it publishes to NATS.
     numbers: Box<[CachePadded<AtomicU64>]>,
     outgoing: mpsc::Sender<Outgoing>,
+    outgoing_bytes: AtomicUsize,
+    /// False once the link has ended for good (it could not start): nothing is queued for
+    /// it then, and interest is not kept.
+    alive: AtomicBool,
+    link: Mutex<Option<std::thread::JoinHandle<()>>>,
     interest: Mutex<Interest>,
     interest_changed: Notify,
     stop: Notify,
-    packet_max: usize,
     shards: usize,
     pub stats: ClusterStats,
 }
 
 impl Cluster {
     /// Starts the link to NATS for a node of `shards` shards; messages from other nodes go
-    /// into `mailboxes`.
-    pub fn start(
-        settings: ClusterSettings,
-        mailboxes: Arc<Mailboxes>,
-        packet_max: usize,
-    ) -> io::Result<Arc<Cluster>> {
+    /// into `mailboxes`. An error (a server URL, a credentials file that cannot be read)
+    /// stops the start.
+    pub fn start(settings: ClusterSettings, mailboxes: Arc<Mailboxes>) -> io::Result<Arc<Cluster>> {
         servers(&settings).map_err(io::Error::other)?;
         let shards = mailboxes.shards();
         let (outgoing, receiver) = mpsc::channel(OUTGOING_MAX);
-        let node_id = settings.node_id();
         let cluster = Arc::new(Cluster {
             root: format!("midge.{}", settings.name),
-            node_id,
+            node_id: settings.node_id(),
             incarnation: incarnation(),
             numbers: (0..shards)
                 .map(|_| CachePadded::new(AtomicU64::new(1)))
                 .collect(),
             outgoing,
+            outgoing_bytes: AtomicUsize::new(0),
+            alive: AtomicBool::new(true),
+            link: Mutex::new(None),
             interest: Mutex::default(),
             interest_changed: Notify::new(),
             stop: Notify::new(),
-            packet_max,
             shards,
             settings,
             stats: ClusterStats::default(),
         });
+        let options = connect::options(&cluster).map_err(io::Error::other)?;
         let link = cluster.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("midge-cluster".into())
-            .spawn(move || link::run(link, receiver, mailboxes))?;
+            .spawn(move || link::run(link, options, receiver, mailboxes))?;
+        *cluster.link.lock().expect("link lock") = Some(thread);
         Ok(cluster)
     }
 
-    /// Stops the link (the broker is shutting down).
+    /// Stops the link (the broker is shutting down) and waits for it: a bounded time, as it
+    /// gives NATS what it has (`link::FLUSH_AT_STOP`).
     pub fn shut_down(&self) {
         self.stop.notify_one();
+        let thread = self.link.lock().expect("link lock").take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+
+    /// The link has ended for good: what would go to it is dropped from now on.
+    fn link_gone(&self) {
+        self.alive.store(false, Ordering::Release);
     }
 
     /// Hands `message`, published on this node by `shard`, to the link for NATS. `$SYS`
     /// topics are each node's own and stay here.
-    pub fn forward(&self, shard: usize, message: &Message, now: Instant) {
-        if message.topic.starts_with("$SYS") {
+    pub fn forward(&self, shard: usize, message: &Arc<Message>) {
+        if is_sys(&message.topic) || !self.alive.load(Ordering::Relaxed) {
+            return;
+        }
+        let size = message.held_bytes();
+        let queued = self.outgoing_bytes.fetch_add(size, Ordering::Relaxed);
+        if queued + size > OUTGOING_BYTES_MAX {
+            self.outgoing_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let number = self.numbers[shard].fetch_add(1, Ordering::Relaxed);
@@ -239,18 +291,54 @@ impl Cluster {
         };
         let subject = subject::topic_subject(&self.root, &message.topic)
             .unwrap_or_else(|| subject::long_subject(&self.root));
-        let sent = wire::encode(message, origin, number, now)
-            .is_some_and(|bytes| self.outgoing.try_send(Outgoing { subject, bytes }).is_ok());
-        if !sent {
+        let out = Outgoing {
+            subject,
+            message: message.clone(),
+            origin,
+            number,
+        };
+        if self.outgoing.try_send(out).is_err() {
+            self.outgoing_bytes.fetch_sub(size, Ordering::Relaxed);
             self.stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// The link took `out` from the queue.
+    fn taken_from_queue(&self, out: &Outgoing) {
+        (self.outgoing_bytes).fetch_sub(out.message.held_bytes(), Ordering::Relaxed);
+    }
+
+    /// What another node sent on `subject`, checked before it is routed here. Whoever may
+    /// publish on the cluster's subjects is trusted as a node (README), but what comes must
+    /// still be what a node sends: the topic its subject says, no `$SYS` topic, none of the
+    /// properties a client's hop sets.
+    fn check_arrived(
+        &self,
+        subject: &str,
+        mut arrived: wire::Arrived,
+    ) -> Result<wire::Arrived, String> {
+        let topic = &arrived.message.topic;
+        let expected = subject::topic_subject(&self.root, topic)
+            .unwrap_or_else(|| subject::long_subject(&self.root));
+        if expected != subject {
+            return Err(format!("its topic '{topic}' is not its subject's"));
+        }
+        if is_sys(topic) {
+            return Err("a $SYS topic".into());
+        }
+        let properties = &mut arrived.message.properties;
+        if properties.topic_alias.is_some() || !properties.subscription_identifiers.is_empty() {
+            properties.topic_alias = None;
+            properties.subscription_identifiers.clear();
+        }
+        Ok(arrived)
+    }
+
     /// A subscription to `filter` was added (`true`) or removed on this node. Called with
-    /// the trie's writer locked, so that the link sees the changes in the trie's order.
-    /// Shared subscriptions and `$SYS` filters stay this node's own.
+    /// the trie's writer locked. Shared subscriptions and `$SYS` filters stay this node's
+    /// own.
     pub fn interest(&self, filter: &str, added: bool) {
-        if filter.starts_with("$SYS") || filter.starts_with("$share/") {
+        if is_sys(filter) || filter.starts_with("$share/") || !self.alive.load(Ordering::Relaxed) {
             return;
         }
         let mut interest = self.interest.lock().expect("interest lock");
@@ -282,6 +370,11 @@ impl Cluster {
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
+}
+
+/// Whether `topic` (or a filter) is under `$SYS`, which each node keeps to itself.
+fn is_sys(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
 }
 
 /// A number unlikely to repeat across this node's starts, or to be another node's.

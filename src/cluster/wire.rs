@@ -20,6 +20,13 @@ const HEADER_LEN: usize = 1 + 1 + 8 + 2 + 8 + 8;
 /// Flag: the message expires (`expiry_ms` counts).
 const EXPIRES: u8 = 1;
 
+/// The largest PUBLISH read from another node: MQTT's largest packet. (Each subscriber's
+/// own Maximum Packet Size still applies to what it is sent.)
+const PACKET_MAX: usize = 268_435_460;
+
+/// The longest expiry taken: MQTT's Message Expiry Interval is at most 2^32 - 1 seconds.
+const EXPIRY_MAX_MS: u64 = u32::MAX as u64 * 1000;
+
 /// A message from another node.
 pub struct Arrived {
     pub origin: Origin,
@@ -63,7 +70,7 @@ pub fn encode(message: &Message, origin: Origin, number: u64, now: Instant) -> O
 }
 
 /// The message in `bytes`, arrived at `now`; an error says what is wrong with them.
-pub fn decode(bytes: &[u8], now: Instant, packet_max: usize) -> Result<Arrived, String> {
+pub fn decode(bytes: &[u8], now: Instant) -> Result<Arrived, String> {
     if bytes.len() < HEADER_LEN {
         return Err(format!("{} bytes, shorter than a header", bytes.len()));
     }
@@ -77,9 +84,9 @@ pub fn decode(bytes: &[u8], now: Instant, packet_max: usize) -> Result<Arrived, 
         shard: u16::from_be_bytes([bytes[10], bytes[11]]),
     };
     let number = u64_at(12);
-    let left_ms = u64_at(20);
+    let left_ms = u64_at(20).min(EXPIRY_MAX_MS);
     let mut packet = BytesMut::from(&bytes[HEADER_LEN..]);
-    let decoder = Decoder::client(ProtocolVersion::V5, packet_max);
+    let decoder = Decoder::client(ProtocolVersion::V5, PACKET_MAX);
     let publish = match decoder.decode_from(&mut packet) {
         Ok(Some(Packet::Publish(p))) if packet.is_empty() => p,
         Ok(_) => return Err("not one PUBLISH".into()),
@@ -130,19 +137,33 @@ mod tests {
         let sent = message(Some(Duration::from_secs(10)), now);
         let bytes = encode(&sent, origin, 42, now).unwrap();
         let later = now + Duration::from_secs(1);
-        let arrived = decode(&bytes, later, 1 << 20).unwrap();
+        let arrived = decode(&bytes, later).unwrap();
         assert_eq!(arrived.origin, origin);
         assert_eq!(arrived.number, 42);
         let m = arrived.message;
         assert_eq!((m.topic.as_str(), &m.payload[..]), ("a/b", &b"payload"[..]));
         assert_eq!((m.qos, m.retain), (QoS::ExactlyOnce, true));
         assert_eq!(m.expires_at, Some(later + Duration::from_secs(10)));
-        let never = decode(
-            &encode(&message(None, now), origin, 1, now).unwrap(),
-            now,
-            1 << 20,
-        );
+        let never = decode(&encode(&message(None, now), origin, 1, now).unwrap(), now);
         assert_eq!(never.unwrap().message.expires_at, None);
+    }
+
+    #[test]
+    fn an_expiry_past_mqtts_longest_is_cut_to_it() {
+        let now = Instant::now();
+        let origin = Origin {
+            incarnation: 1,
+            shard: 0,
+        };
+        let mut bytes = encode(&message(Some(Duration::from_secs(1)), now), origin, 1, now)
+            .unwrap()
+            .to_vec();
+        bytes[20..28].copy_from_slice(&u64::MAX.to_be_bytes());
+        let arrived = decode(&bytes, now).unwrap();
+        assert_eq!(
+            arrived.message.expires_at,
+            Some(now + Duration::from_millis(EXPIRY_MAX_MS))
+        );
     }
 
     #[test]
@@ -153,15 +174,15 @@ mod tests {
             shard: 0,
         };
         let good = encode(&message(None, now), origin, 1, now).unwrap();
-        assert!(decode(&good[..10], now, 1 << 20).is_err());
+        assert!(decode(&good[..10], now).is_err());
         let mut other_format = good.to_vec();
         other_format[0] = 9;
-        assert!(decode(&other_format, now, 1 << 20).is_err());
+        assert!(decode(&other_format, now).is_err());
         let mut torn = good.to_vec();
         torn.pop();
-        assert!(decode(&torn, now, 1 << 20).is_err());
+        assert!(decode(&torn, now).is_err());
         let mut trailing = good.to_vec();
         trailing.push(0);
-        assert!(decode(&trailing, now, 1 << 20).is_err());
+        assert!(decode(&trailing, now).is_err());
     }
 }

@@ -19,7 +19,7 @@ impl<B: Backend> Shard<B> {
     /// matched (5.0's 0x10 No matching subscribers): in a cluster, any other node's may.
     pub(super) fn route(&mut self, message: &Arc<Message>, from: Option<ConnId>) -> bool {
         let clustered = if let Some(cluster) = self.shared.cluster.get() {
-            cluster.forward(self.id, message, self.clock.now);
+            cluster.forward(self.id, message);
             true
         } else {
             false

@@ -150,7 +150,7 @@ impl<B: Backend> Shard<B> {
         let loads = self.update_loads(counts);
         let cluster = (self.shared.cluster.get().cloned()).map(|cluster| {
             (crate::cluster::COUNTS.iter())
-                .map(move |(topic, _, _, _, read)| (*topic, read(&cluster.stats).to_string()))
+                .map(move |count| (count.topic, (count.read)(&cluster.stats).to_string()))
         });
         let values = values
             .into_iter()

@@ -422,9 +422,10 @@ impl Collector for BrokerMetrics {
             )?;
         }
         if let Some(cluster) = shared.cluster.get() {
-            for (_, name, help, counter, read) in crate::cluster::COUNTS {
-                let value = read(&cluster.stats);
-                if *counter {
+            for count in crate::cluster::COUNTS {
+                let (name, help) = (count.metric, count.help);
+                let value = (count.read)(&cluster.stats);
+                if count.counter {
                     let c = ConstCounter::new(value);
                     c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
                 } else {
