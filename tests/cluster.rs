@@ -582,3 +582,45 @@ fn what_is_not_a_nodes_message_is_dropped_and_counted() {
     }
     assert_eq!(delivered, ["h/x"], "only the well-formed message");
 }
+
+/// A three-server NATS cluster loses the server a node is connected to: the node goes on
+/// through another (one it was given, or one NATS told it of), subscribes again, and what
+/// is published on one node reaches the other again.
+#[test]
+fn a_nats_server_of_three_killed_the_nodes_go_on_through_another() {
+    let mut servers = Nats::start_cluster(3);
+    let cluster = format!("t{}y{}", std::process::id(), servers[0].port);
+    let node = |i: usize, urls: String| {
+        let conf = config_file(
+            &format!("nats-cluster-{}-{i}", servers_port(&urls)),
+            &format!("cluster_nats_url {urls}\ncluster_name {cluster}\ncluster_node_id node{i}\n"),
+        );
+        let broker = Broker::start(&["-c", &conf, "--threads", "2"]);
+        broker.wait_for_log(&format!("Cluster: connected to NATS as node node{i}."));
+        broker
+    };
+    // Node 0 knows the first and the third server; node 1 only the second.
+    let urls0 = format!("{} {}", servers[0].url(), servers[2].url());
+    let nodes = [node(0, urls0), node(1, servers[1].url())];
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
+    let mut remote = client(&nodes[1], "remote", ProtocolVersion::V311);
+    subscribe(&mut remote, &[("k/#", QoS::AtLeastOnce)]);
+    wait_for_interest(&mut publisher, &mut [&mut remote], "k/probe");
+    // Whichever of its two servers node 0 is on, both go: it must find the last one.
+    servers.remove(2).stop();
+    servers.remove(0).stop();
+    nodes[0].wait_for_log("cluster: disconnected from NATS");
+    let until = Instant::now() + DEADLINE;
+    while nodes[0].count_log("Cluster: connected to NATS as node node0.") < 2 {
+        assert!(Instant::now() < until, "node 0 never reconnected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = wait_for_interest_after(&mut publisher, &mut [&mut remote], "k/probe");
+    assert!(before.is_empty(), "{before:?}");
+    publish(&mut publisher, "k/x", "through another", QoS::AtLeastOnce);
+    assert_eq!(&next(&mut remote).payload[..], b"through another");
+}
+
+fn servers_port(urls: &str) -> &str {
+    urls.rsplit(':').next().unwrap_or("0")
+}

@@ -19,8 +19,42 @@ impl Nats {
 
     /// Starts `nats-server` on `port` (again, after `stop`).
     pub fn start_on(port: u16) -> Nats {
+        Nats::spawn(port, &[])
+    }
+
+    /// `n` NATS servers joined as one NATS cluster (routes between them all).
+    pub fn start_cluster(n: usize) -> Vec<Nats> {
+        let ports = super::quiet_ports(2 * n);
+        let (client_ports, route_ports) = ports.split_at(n);
+        let routes: Vec<String> = (route_ports.iter())
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let name = format!("c{}x{}", std::process::id(), client_ports[0]);
+        (0..n)
+            .map(|i| {
+                let others: Vec<&str> = (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| routes[j].as_str())
+                    .collect();
+                Nats::spawn(
+                    client_ports[i],
+                    &[
+                        "--cluster_name",
+                        &name,
+                        "--cluster",
+                        &routes[i],
+                        "--routes",
+                        &others.join(","),
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    fn spawn(port: u16, extra: &[&str]) -> Nats {
         let child = Command::new(super::program("nats-server"))
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
