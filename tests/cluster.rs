@@ -624,3 +624,28 @@ fn a_nats_server_of_three_killed_the_nodes_go_on_through_another() {
 fn servers_port(urls: &str) -> &str {
     urls.rsplit(':').next().unwrap_or("0")
 }
+
+/// A filter whose last subscription goes and comes back at once (UNSUBSCRIBE then
+/// SUBSCRIBE, a clean-start reconnect): the node's old NATS subscription for it is still
+/// going when the new one is made. Both are kept apart, the old stays the oldest until it
+/// is drained, and the client gets every message after its new SUBACK, once, in order.
+#[test]
+fn a_filter_gone_and_back_at_once_keeps_its_messages() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 2, "");
+    let mut probe = client(&nodes[0], "probe", ProtocolVersion::V311);
+    let mut toggling = client(&nodes[1], "toggling", ProtocolVersion::V311);
+    subscribe(&mut toggling, &[("q/#", QoS::AtMostOnce)]);
+    wait_for_interest(&mut probe, &mut [&mut toggling], "q/probe");
+    for _ in 0..3 {
+        (toggling.unsubscribe(&["q/#".to_string()], Properties::default(), &mut Vec::new()))
+            .expect("unsubscribe");
+        subscribe(&mut toggling, &[("q/#", QoS::AtMostOnce)]);
+    }
+    // Past every retirement (a round trip and RETIRE_GRACE each), messages still come.
+    const N: usize = 2000;
+    let streamer = stream(nodes[0].port, "q/z", N);
+    let got = numbers_until(&mut toggling, "q/z", N - 1);
+    streamer.join().unwrap();
+    assert_each_once_in_order(got, N);
+}

@@ -26,8 +26,8 @@ pub const ORIGINS_PER_SUBSCRIPTION_MAX: usize = 1024;
 /// Subscriptions gone whose copies are still looked for. Copies sit in the newer
 /// subscriptions' channels at the time of the removal, and the link reads them within
 /// moments: after `DRAINED_KEPT` (or past `DRAINED_MAX` removals) they are forgotten.
-pub const DRAINED_MAX: usize = 256;
-pub const DRAINED_KEPT: Duration = Duration::from_secs(30);
+pub const DRAINED_MAX: usize = 64;
+pub const DRAINED_KEPT: Duration = Duration::from_secs(10);
 
 /// Where a message was published: the node's incarnation (new at each start) and shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -59,6 +59,9 @@ const RETRY_EVERY: Duration = Duration::from_millis(1);
 const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 const RETIRE_GRACE: Duration = Duration::from_millis(100);
 
+/// How long a batch of publishes may wait for the NATS client's queue (NATS away).
+const PUBLISH_WAIT: Duration = Duration::from_millis(50);
+
 /// How long the link waits for NATS to take what it published, at shutdown.
 const FLUSH_AT_STOP: Duration = Duration::from_secs(2);
 
@@ -91,8 +94,11 @@ struct Link {
     /// For each subject, the oldest subscription matching it: the one messages are taken
     /// from (`patterns.rs`).
     patterns: Patterns,
-    /// Subscriptions going away, and the other subscriptions' messages for their subjects.
+    /// Subscriptions going away, those of them drained already (taken out in the order
+    /// they were made: one made later may have brought what an older one still draining
+    /// did not), and the other subscriptions' messages for their subjects.
     draining: HashSet<u64>,
+    drained: std::collections::BTreeSet<u64>,
     waiting_for_drain: Vec<(u64, async_nats::Message)>,
     /// The patterns each filter subscribed to.
     filters: HashMap<String, Vec<String>>,
@@ -152,6 +158,7 @@ async fn serve(
         pattern_of: HashMap::new(),
         patterns: Patterns::default(),
         draining: HashSet::new(),
+        drained: Default::default(),
         waiting_for_drain: Vec::new(),
         filters: HashMap::new(),
         next_id: 0,
@@ -196,6 +203,9 @@ impl Link {
         let stats = &cluster.stats;
         let max_payload = self.client.server_info().max_payload;
         let now = Instant::now();
+        // NATS away and the client's own queue full: what is not taken by then is dropped
+        // and counted, so that the link goes on (and stops when asked).
+        let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
         for out in batch.drain(..) {
             cluster.taken_from_queue(&out);
             // Encoded here, not on the shard: the expiry left is counted up to now.
@@ -216,14 +226,16 @@ impl Link {
                 continue;
             }
             let len = bytes.len() as u64;
-            // Waits only while the client's own queue is full (NATS away): the shards'
-            // queue fills meanwhile, and they drop and count.
-            match self.client.publish(out.subject, bytes).await {
-                Ok(()) => {
+            let publishing = self.client.publish(out.subject, bytes);
+            match tokio::time::timeout_at(deadline, publishing).await {
+                Ok(Ok(())) => {
                     stats.forwarded.fetch_add(1, Ordering::Relaxed);
                     stats.forwarded_bytes.fetch_add(len, Ordering::Relaxed);
                 }
-                Err(e) => {
+                Err(_) => {
+                    stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => {
                     let seen = stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed) + 1;
                     if seen.is_power_of_two() {
                         log::warn!("Warning: cluster: a publish to NATS failed: {e} ({seen} dropped so far).");
@@ -272,10 +284,17 @@ impl Link {
             sub.needed_by += 1;
             return true;
         }
-        let subscriber = match self.client.subscribe(pattern.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
+        let subscribing = self.client.subscribe(pattern.clone());
+        let subscriber = match tokio::time::timeout(CONFIRM_WAIT, subscribing).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
                 log::warn!("Warning: cluster: cannot subscribe to {pattern}: {e}");
+                return false;
+            }
+            Err(_) => {
+                log::warn!(
+                    "Warning: cluster: cannot subscribe to {pattern}: the NATS client is stuck"
+                );
                 return false;
             }
         };
@@ -312,6 +331,7 @@ impl Link {
             sub.id,
             sub.stop,
             self.client.clone(),
+            self.cluster.fence_subject(),
             self.arriving_tx.clone(),
         ));
     }
@@ -320,22 +340,44 @@ impl Link {
         match arriving {
             Arriving::Message(id, message) => self.consider(id, message),
             Arriving::Leaving(id) => {
-                self.draining.insert(id);
+                // (Its task may have ended on its own already: the client is closing.)
+                if self.pattern_of.contains_key(&id) {
+                    self.draining.insert(id);
+                }
             }
             Arriving::Drained(id) => {
-                self.draining.remove(&id);
-                if let Some(pattern) = self.pattern_of.remove(&id) {
-                    // Not asked to go (the client is closing): gone all the same.
-                    if self.by_pattern.get(&pattern).is_some_and(|s| s.id == id) {
-                        self.by_pattern.remove(&pattern);
+                // Not asked to go (the client is closing): gone all the same.
+                if let Some(pattern) = self.pattern_of.get(&id) {
+                    if self.by_pattern.get(pattern).is_some_and(|s| s.id == id) {
+                        self.by_pattern.remove(pattern);
                     }
-                    self.patterns.remove(&pattern);
-                    self.copies.drained(id, pattern, Instant::now());
                 }
-                // What waited for it is looked at again (it may wait for another still).
-                for (id, message) in std::mem::take(&mut self.waiting_for_drain) {
-                    self.consider(id, message);
-                }
+                self.draining.insert(id);
+                self.drained.insert(id);
+                self.finish_drained();
+            }
+        }
+    }
+
+    /// Takes out the drained subscriptions older than any still draining, oldest first,
+    /// and looks again at what waited for them.
+    fn finish_drained(&mut self) {
+        let mut finished = false;
+        while let Some(&oldest) = self.draining.iter().min() {
+            if !self.drained.remove(&oldest) {
+                break;
+            }
+            self.draining.remove(&oldest);
+            if let Some(pattern) = self.pattern_of.remove(&oldest) {
+                self.patterns.remove(&pattern, oldest);
+                self.copies.drained(oldest, pattern, Instant::now());
+            }
+            finished = true;
+        }
+        if finished {
+            // What waited may wait for another still.
+            for (id, message) in std::mem::take(&mut self.waiting_for_drain) {
+                self.consider(id, message);
             }
         }
     }
@@ -353,7 +395,9 @@ impl Link {
                 }
             }
             // Another subscription brings it (or brought it): a copy.
-            _ => {}
+            _ => {
+                (self.cluster.stats.duplicates).fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -427,7 +471,7 @@ impl Link {
 }
 
 /// Lets subscription `id` go once NATS surely routes to the subscriptions made since: they
-/// are confirmed (a round trip), then `RETIRE_GRACE` more. The client forgets a
+/// are confirmed (a round trip through the server), then `RETIRE_GRACE` more. The client forgets a
 /// subscription as soon as it is told to go and drops what is still on the way for it; a
 /// message NATS routed before a newer subscription existed went to this one alone, and
 /// must be in by then. Until it goes it stays the oldest for its subjects, so the newer
@@ -436,9 +480,13 @@ async fn retire(
     id: u64,
     stop: oneshot::Sender<()>,
     client: async_nats::Client,
+    fence: String,
     link: mpsc::Sender<Arriving>,
 ) {
-    let _ = tokio::time::timeout(CONFIRM_WAIT, client.flush()).await;
+    // A request nobody answers: NATS says "no responders" once it has read everything
+    // this connection sent before it, the newer subscriptions included. (A flush only
+    // writes them to the socket.)
+    let _ = tokio::time::timeout(CONFIRM_WAIT, client.request(fence, Default::default())).await;
     tokio::time::sleep(RETIRE_GRACE).await;
     if link.send(Arriving::Leaving(id)).await.is_ok() {
         let _ = stop.send(());

@@ -370,6 +370,11 @@ impl Cluster {
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
+
+    /// A subject nobody subscribes to, for round trips through the server (`link::retire`).
+    fn fence_subject(&self) -> String {
+        format!("{}.fence.{:x}", self.root, self.incarnation)
+    }
 }
 
 /// Whether `topic` (or a filter) is under `$SYS`, which each node keeps to itself.

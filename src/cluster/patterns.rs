@@ -8,20 +8,28 @@
 //! lives, and the link drains an old one before it goes (`link.rs`).
 
 use hashbrown::HashMap;
+use smallvec::SmallVec;
+
+/// The subscriptions for one pattern: usually one; two while one goes and a new one for
+/// the same pattern has come (the old stays the oldest until it is drained).
+type Ids = SmallVec<[u64; 1]>;
 
 #[derive(Default)]
 struct Node {
     literal: HashMap<Box<str>, Node>,
     star: Option<Box<Node>>,
-    /// The subscription whose pattern ends here with `>`.
-    rest: Option<u64>,
-    /// The subscription whose pattern ends here.
-    here: Option<u64>,
+    /// The subscriptions whose pattern ends here with `>`.
+    rest: Ids,
+    /// The subscriptions whose pattern ends here.
+    here: Ids,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.literal.is_empty() && self.star.is_none() && self.rest.is_none() && self.here.is_none()
+        self.literal.is_empty()
+            && self.star.is_none()
+            && self.rest.is_empty()
+            && self.here.is_empty()
     }
 }
 
@@ -33,7 +41,7 @@ pub struct Patterns {
 }
 
 impl Patterns {
-    /// Adds subscription `id` for `pattern` (not there yet).
+    /// Adds subscription `id` for `pattern` (beside any other for it).
     pub fn insert(&mut self, pattern: &str, id: u64) {
         let mut node = &mut self.root;
         let tokens: Vec<&str> = pattern.split('.').collect();
@@ -41,7 +49,7 @@ impl Patterns {
             let last = i + 1 == tokens.len();
             match *token {
                 ">" if last => {
-                    node.rest = Some(id);
+                    node.rest.push(id);
                     self.len += 1;
                     return;
                 }
@@ -49,14 +57,14 @@ impl Patterns {
                 literal => node = node.literal.entry(literal.into()).or_default(),
             }
         }
-        node.here = Some(id);
+        node.here.push(id);
         self.len += 1;
     }
 
-    /// Removes `pattern`'s subscription.
-    pub fn remove(&mut self, pattern: &str) {
+    /// Removes subscription `id` for `pattern`.
+    pub fn remove(&mut self, pattern: &str, id: u64) {
         let tokens: Vec<&str> = pattern.split('.').collect();
-        if remove(&mut self.root, &tokens) {
+        if remove(&mut self.root, &tokens, id) {
             self.len -= 1;
         }
     }
@@ -78,21 +86,28 @@ impl Patterns {
     }
 }
 
-fn remove(node: &mut Node, tokens: &[&str]) -> bool {
+/// Takes `id` out of `ids`; whether it was there.
+fn take(ids: &mut Ids, id: u64) -> bool {
+    let before = ids.len();
+    ids.retain(|i| *i != id);
+    ids.len() < before
+}
+
+fn remove(node: &mut Node, tokens: &[&str], id: u64) -> bool {
     match tokens {
-        [] => node.here.take().is_some(),
-        [">"] => node.rest.take().is_some(),
+        [] => take(&mut node.here, id),
+        [">"] => take(&mut node.rest, id),
         [token, rest @ ..] => {
             let (removed, empty) = if *token == "*" {
                 let Some(child) = node.star.as_deref_mut() else {
                     return false;
                 };
-                (remove(child, rest), child.is_empty())
+                (remove(child, rest, id), child.is_empty())
             } else {
                 let Some(child) = node.literal.get_mut(*token) else {
                     return false;
                 };
-                (remove(child, rest), child.is_empty())
+                (remove(child, rest, id), child.is_empty())
             };
             if empty {
                 if *token == "*" {
@@ -107,16 +122,16 @@ fn remove(node: &mut Node, tokens: &[&str]) -> bool {
 }
 
 fn oldest(node: &Node, tokens: &[&str], best: &mut Option<u64>) {
-    let mut take = |id: Option<u64>| {
-        if let Some(id) = id {
+    let mut take = |ids: &Ids| {
+        if let Some(&id) = ids.iter().min() {
             *best = Some(best.map_or(id, |b| b.min(id)));
         }
     };
     let Some((token, rest)) = tokens.split_first() else {
-        take(node.here);
+        take(&node.here);
         return;
     };
-    take(node.rest);
+    take(&node.rest);
     if let Some(child) = node.literal.get(*token) {
         oldest(child, rest, best);
     }
@@ -142,11 +157,18 @@ mod tests {
         assert_eq!(p.oldest_match("m.a.b.c"), Some(3));
         assert_eq!(p.oldest_match("m.x"), Some(4));
         assert_eq!(p.oldest_match("n.a"), None);
-        p.remove("m.a.*");
+        p.remove("m.a.*", 1);
         assert_eq!(p.oldest_match("m.a.b"), Some(2));
-        p.remove("m.>");
-        p.remove("m.a.>");
-        p.remove("m.a.b");
+        // The same pattern again while the old one is still there: the old stays the
+        // oldest; removing it leaves the new one.
+        p.insert("m.a.b", 7);
+        assert_eq!(p.oldest_match("m.a.b"), Some(2));
+        p.remove("m.a.b", 2);
+        assert_eq!(p.oldest_match("m.a.b"), Some(3), "m.a.> is older than 7");
+        p.remove("m.a.>", 3);
+        p.remove("m.>", 4);
+        assert_eq!(p.oldest_match("m.a.b"), Some(7));
+        p.remove("m.a.b", 7);
         assert_eq!(p.len(), 0);
         assert!(p.root.is_empty(), "removing every pattern leaves no node");
     }
