@@ -109,6 +109,49 @@ pub struct PublishOrder {
 }
 
 impl Message {
+    /// The message as a 5.0 PUBLISH (topic, QoS, retain, properties, payload), as the
+    /// journal keeps it and the cluster carries it; its packet id is a placeholder (a
+    /// delivery numbers its own). `None` if it cannot be encoded (never for a message a
+    /// client could publish).
+    pub fn publish_bytes(&self) -> Option<Bytes> {
+        let publish = crate::codec::Publish {
+            dup: false,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.topic.clone(),
+            packet_id: u16::from(self.qos != QoS::AtMostOnce),
+            properties: self.properties.clone(),
+            payload: self.payload.clone(),
+        };
+        let packet = crate::codec::Packet::Publish(publish);
+        packet.to_bytes(crate::codec::ProtocolVersion::V5).ok()
+    }
+
+    /// The message in `bytes`, one 5.0 PUBLISH of at most `max` bytes (`publish_bytes`),
+    /// expiring at `expires_at`; an error says what is wrong with them.
+    pub fn from_publish_bytes(
+        bytes: &[u8],
+        max: usize,
+        expires_at: Option<Instant>,
+    ) -> Result<Message, String> {
+        use crate::codec::{Decoder, Packet, ProtocolVersion};
+        let mut buf = bytes::BytesMut::from(bytes);
+        match Decoder::client(ProtocolVersion::V5, max).decode_from(&mut buf) {
+            Ok(Some(Packet::Publish(p))) if buf.is_empty() => Ok(Message {
+                topic: p.topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties: p.properties,
+                origin: None,
+                expires_at,
+                order: Default::default(),
+            }),
+            Ok(_) => Err("not one PUBLISH".into()),
+            Err(e) => Err(format!("a PUBLISH that does not decode: {e}")),
+        }
+    }
+
     /// What keeping it costs: the message with its reference counts, its topic, payload and
     /// properties (as they go on the wire: User Properties are kept so).
     pub fn held_bytes(&self) -> usize {

@@ -39,20 +39,10 @@ fn options(port: u16, id: &str, version: ProtocolVersion) -> ConnectOptions {
     ConnectOptions {
         host: "127.0.0.1".into(),
         port,
-        bind: None,
         version,
         client_id: id.into(),
-        keepalive_s: 60,
-        clean: true,
-        username: None,
-        password: None,
-        will: None,
-        properties: Properties::default(),
         nodelay: true,
-        debug: false,
-        tls: Default::default(),
-        websocket: false,
-        unix: None,
+        ..ConnectOptions::default()
     }
 }
 

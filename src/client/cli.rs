@@ -62,24 +62,7 @@ pub fn qos(text: &str) -> Result<QoS, String> {
 impl Default for Common {
     fn default() -> Self {
         Common {
-            connect: ConnectOptions {
-                host: "localhost".into(),
-                port: 1883,
-                bind: None,
-                version: ProtocolVersion::V311,
-                client_id: String::new(),
-                keepalive_s: 60,
-                clean: true,
-                username: None,
-                password: None,
-                will: None,
-                properties: Properties::default(),
-                nodelay: false,
-                debug: false,
-                tls: Default::default(),
-                websocket: false,
-                unix: None,
-            },
+            connect: ConnectOptions::default(),
             port_given: false,
             url_tls: false,
             id_prefix: None,

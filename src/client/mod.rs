@@ -101,6 +101,31 @@ pub struct ConnectOptions {
     pub unix: Option<PathBuf>,
 }
 
+impl Default for ConnectOptions {
+    /// Mosquitto's clients' defaults: localhost:1883, MQTT 3.1.1, keepalive 60 s, a clean
+    /// session, no credentials.
+    fn default() -> Self {
+        ConnectOptions {
+            host: "localhost".into(),
+            port: 1883,
+            bind: None,
+            version: ProtocolVersion::V311,
+            client_id: String::new(),
+            keepalive_s: 60,
+            clean: true,
+            username: None,
+            password: None,
+            will: None,
+            properties: Properties::default(),
+            nodelay: false,
+            debug: false,
+            tls: Default::default(),
+            websocket: false,
+            unix: None,
+        }
+    }
+}
+
 pub struct Client {
     stream: tls::Stream,
     pub version: ProtocolVersion,

@@ -7,7 +7,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use std::time::{Duration, Instant};
 
 use super::dedup::Origin;
-use crate::codec::{Decoder, Packet, ProtocolVersion, Publish, QoS};
 use crate::router::Message;
 
 /// The format's first byte; another is refused (a node of a later midge speaking a format
@@ -37,18 +36,7 @@ pub struct Arrived {
 /// `message`'s bytes for NATS, published from `origin` as its `number`th, at `now`. `None`
 /// if it cannot be encoded (never for a message a client could publish).
 pub fn encode(message: &Message, origin: Origin, number: u64, now: Instant) -> Option<Bytes> {
-    let publish = Publish {
-        dup: false,
-        qos: message.qos,
-        retain: message.retain,
-        topic: message.topic.clone(),
-        packet_id: u16::from(message.qos != QoS::AtMostOnce),
-        properties: message.properties.clone(),
-        payload: message.payload.clone(),
-    };
-    let packet = Packet::Publish(publish)
-        .to_bytes(ProtocolVersion::V5)
-        .ok()?;
+    let packet = message.publish_bytes()?;
     let mut out = BytesMut::with_capacity(HEADER_LEN + packet.len());
     out.put_u8(FORMAT);
     out.put_u8(if message.expires_at.is_some() {
@@ -85,23 +73,8 @@ pub fn decode(bytes: &[u8], now: Instant) -> Result<Arrived, String> {
     };
     let number = u64_at(12);
     let left_ms = u64_at(20).min(EXPIRY_MAX_MS);
-    let mut packet = BytesMut::from(&bytes[HEADER_LEN..]);
-    let decoder = Decoder::client(ProtocolVersion::V5, PACKET_MAX);
-    let publish = match decoder.decode_from(&mut packet) {
-        Ok(Some(Packet::Publish(p))) if packet.is_empty() => p,
-        Ok(_) => return Err("not one PUBLISH".into()),
-        Err(e) => return Err(format!("a PUBLISH that does not decode: {e}")),
-    };
-    let message = Message {
-        topic: publish.topic,
-        payload: publish.payload,
-        qos: publish.qos,
-        retain: publish.retain,
-        properties: publish.properties,
-        origin: None,
-        expires_at: (flags & EXPIRES != 0).then(|| now + Duration::from_millis(left_ms)),
-        order: Default::default(),
-    };
+    let expires_at = (flags & EXPIRES != 0).then(|| now + Duration::from_millis(left_ms));
+    let message = Message::from_publish_bytes(&bytes[HEADER_LEN..], PACKET_MAX, expires_at)?;
     Ok(Arrived {
         origin,
         number,
@@ -112,7 +85,7 @@ pub fn decode(bytes: &[u8], now: Instant) -> Result<Arrived, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::MqttStr;
+    use crate::codec::{MqttStr, QoS};
 
     fn message(expires_in: Option<Duration>, now: Instant) -> Message {
         Message {

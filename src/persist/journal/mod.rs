@@ -18,7 +18,7 @@ mod transit;
 use super::format::{self, options_byte, Delivery, Publisher, Record};
 use super::storage::{replace_file, Storage, StoredFile};
 use super::{SyncPolicy, WallClock};
-use crate::codec::{Packet, ProtocolVersion, Publish, QoS, Will};
+use crate::codec::Will;
 use crate::retain::{Retained, Source};
 use crate::session::{Change, Session, What};
 use crate::types::{Message, SessionId};
@@ -68,22 +68,6 @@ type Forward = (u64, Arc<Message>, Vec<(u64, Delivery)>);
 /// A journal file's name in the store directory: `shard-<shard>-<generation>.journal`.
 pub fn file_name(shard: usize, generation: u64) -> String {
     format!("shard-{shard}-{generation}.journal")
-}
-
-fn publish_bytes(message: &Message) -> bytes::Bytes {
-    let publish = Publish {
-        dup: false,
-        qos: message.qos,
-        retain: message.retain,
-        topic: message.topic.clone(),
-        // A placeholder: QoS 1/2 PUBLISH bytes need one. Deliveries number their own.
-        packet_id: u16::from(message.qos != QoS::AtMostOnce),
-        properties: message.properties.clone(),
-        payload: message.payload.clone(),
-    };
-    Packet::Publish(publish)
-        .to_bytes(ProtocolVersion::V5)
-        .unwrap_or_default()
 }
 
 /// Which files records go to: the journal, and (during a compaction) the new file.
@@ -170,7 +154,7 @@ impl Journal {
         let record = Record::Message {
             id,
             expires_at_ms: message.expires_at.map_or(0, |at| clock.unix_ms(at).max(1)),
-            publish: publish_bytes(message),
+            publish: message.publish_bytes().unwrap_or_default(),
         };
         self.emit(&record, lacking);
         let entry = (id, Arc::downgrade(message));

@@ -3,7 +3,7 @@
 //! the new one), with the same state.
 
 use super::*;
-use crate::codec::{MqttStr, Properties};
+use crate::codec::{MqttStr, Properties, ProtocolVersion, QoS};
 use crate::persist::recover;
 use crate::session::{Changes, Limits};
 use crate::types::Target;

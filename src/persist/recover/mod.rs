@@ -7,7 +7,7 @@
 //! - Retained messages: the latest `RetainedBaseline` over all journals holds them all as
 //!   of its change number; changes with a higher number, in any journal, apply after it.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hashbrown::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub use session::{InFlight, RecoveredSession};
 use super::format::{self, Publisher, Record};
 use super::storage::{sync_parent, Storage};
 use super::WallClock;
-use crate::codec::{Decoder, Packet, ProtocolVersion, QoS};
+use crate::codec::QoS;
 use crate::types::Message;
 use transit::{PassedOn, Transit};
 
@@ -463,22 +463,9 @@ pub(super) fn decode_message(
     expires_at_ms: u64,
     clock: &WallClock,
 ) -> Result<Message, String> {
-    let mut buf = BytesMut::from(&publish[..]);
-    let decoder = Decoder::client(ProtocolVersion::V5, format::RECORD_MAX);
-    match decoder.decode_from(&mut buf) {
-        Ok(Some(Packet::Publish(p))) if buf.is_empty() => Ok(Message {
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties: p.properties,
-            origin: None,
-            expires_at: (expires_at_ms != 0).then(|| clock.instant(expires_at_ms)),
-            order: Default::default(),
-        }),
-        Ok(_) => Err("a message record that is not one PUBLISH".into()),
-        Err(e) => Err(format!("a message record that does not decode: {e}")),
-    }
+    let expires_at = (expires_at_ms != 0).then(|| clock.instant(expires_at_ms));
+    Message::from_publish_bytes(&publish, format::RECORD_MAX, expires_at)
+        .map_err(|e| format!("a message record: {e}"))
 }
 
 /// QoS from a delivery's byte.
