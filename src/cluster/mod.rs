@@ -367,10 +367,6 @@ impl Cluster {
         (hash % self.shards as u64) as usize
     }
 
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
     /// A subject nobody subscribes to, for round trips through the server (`link::retire`).
     fn fence_subject(&self) -> String {
         format!("{}.fence.{:x}", self.root, self.incarnation)

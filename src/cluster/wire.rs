@@ -87,6 +87,11 @@ mod tests {
     use super::*;
     use crate::codec::{MqttStr, QoS};
 
+    const ORIGIN: Origin = Origin {
+        incarnation: 7,
+        shard: 3,
+    };
+
     fn message(expires_in: Option<Duration>, now: Instant) -> Message {
         Message {
             topic: MqttStr::from_static("a/b"),
@@ -103,32 +108,24 @@ mod tests {
     #[test]
     fn a_message_arrives_as_it_left_with_what_is_left_of_its_expiry() {
         let now = Instant::now();
-        let origin = Origin {
-            incarnation: 7,
-            shard: 3,
-        };
         let sent = message(Some(Duration::from_secs(10)), now);
-        let bytes = encode(&sent, origin, 42, now).unwrap();
+        let bytes = encode(&sent, ORIGIN, 42, now).unwrap();
         let later = now + Duration::from_secs(1);
         let arrived = decode(&bytes, later).unwrap();
-        assert_eq!(arrived.origin, origin);
+        assert_eq!(arrived.origin, ORIGIN);
         assert_eq!(arrived.number, 42);
         let m = arrived.message;
         assert_eq!((m.topic.as_str(), &m.payload[..]), ("a/b", &b"payload"[..]));
         assert_eq!((m.qos, m.retain), (QoS::ExactlyOnce, true));
         assert_eq!(m.expires_at, Some(later + Duration::from_secs(10)));
-        let never = decode(&encode(&message(None, now), origin, 1, now).unwrap(), now);
+        let never = decode(&encode(&message(None, now), ORIGIN, 1, now).unwrap(), now);
         assert_eq!(never.unwrap().message.expires_at, None);
     }
 
     #[test]
     fn an_expiry_past_mqtts_longest_is_cut_to_it() {
         let now = Instant::now();
-        let origin = Origin {
-            incarnation: 1,
-            shard: 0,
-        };
-        let mut bytes = encode(&message(Some(Duration::from_secs(1)), now), origin, 1, now)
+        let mut bytes = encode(&message(Some(Duration::from_secs(1)), now), ORIGIN, 1, now)
             .unwrap()
             .to_vec();
         bytes[20..28].copy_from_slice(&u64::MAX.to_be_bytes());
@@ -142,11 +139,7 @@ mod tests {
     #[test]
     fn bad_bytes_are_an_error_not_a_message() {
         let now = Instant::now();
-        let origin = Origin {
-            incarnation: 1,
-            shard: 0,
-        };
-        let good = encode(&message(None, now), origin, 1, now).unwrap();
+        let good = encode(&message(None, now), ORIGIN, 1, now).unwrap();
         assert!(decode(&good[..10], now).is_err());
         let mut other_format = good.to_vec();
         other_format[0] = 9;
