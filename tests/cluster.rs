@@ -5,140 +5,12 @@
 mod common;
 
 use bytes::Bytes;
+use common::cluster::*;
 use common::nats::Nats;
 use common::{config_file, Broker, DEADLINE};
-use midge::client::{Client, ConnectOptions};
+use midge::client::Client;
 use midge::codec::*;
 use std::time::{Duration, Instant};
-
-/// `n` nodes of one cluster (a name of their own, so that tests running at once on other
-/// NATS servers or this one never meet), with two shards each.
-fn nodes(nats: &Nats, n: usize, extra: &str) -> Vec<Broker> {
-    let cluster = cluster_name(nats);
-    (0..n)
-        .map(|i| {
-            let conf = config_file(
-                &format!("cluster-{}-{i}", nats.port),
-                &format!(
-                    "cluster_nats_url {}\ncluster_name {cluster}\ncluster_node_id node{i}\n{extra}",
-                    nats.url()
-                ),
-            );
-            let broker = Broker::start(&["-c", &conf, "--threads", "2"]);
-            broker.wait_for_log(&format!("Cluster: connected to NATS as node node{i}."));
-            broker
-        })
-        .collect()
-}
-
-fn cluster_name(nats: &Nats) -> String {
-    format!("t{}x{}", std::process::id(), nats.port)
-}
-
-fn options(port: u16, id: &str, version: ProtocolVersion) -> ConnectOptions {
-    ConnectOptions {
-        host: "127.0.0.1".into(),
-        port,
-        version,
-        client_id: id.into(),
-        nodelay: true,
-        ..ConnectOptions::default()
-    }
-}
-
-fn client(broker: &Broker, id: &str, version: ProtocolVersion) -> Client {
-    Client::connect(&options(broker.port, id, version))
-        .expect("connect")
-        .0
-}
-
-fn subscribe(client: &mut Client, filters: &[(&str, QoS)]) {
-    subscribe_with(client, filters, false);
-}
-
-fn subscribe_with(client: &mut Client, filters: &[(&str, QoS)], retain_as_published: bool) {
-    let filters: Vec<(String, SubscriptionOptions)> = filters
-        .iter()
-        .map(|(f, qos)| {
-            let options = SubscriptionOptions {
-                qos: *qos,
-                no_local: false,
-                retain_as_published,
-                retain_handling: RetainHandling::SendAtSubscribe,
-            };
-            (f.to_string(), options)
-        })
-        .collect();
-    let ack =
-        (client.subscribe(&filters, Properties::default(), &mut Vec::new())).expect("subscribe");
-    assert!(ack.reasons.iter().all(|r| (*r as u8) < 0x80), "{ack:?}");
-}
-
-fn publish(client: &mut Client, topic: &str, payload: &str, qos: QoS) {
-    let payload = Bytes::from(payload.to_string());
-    (client.publish(
-        topic,
-        payload,
-        qos,
-        false,
-        Properties::default(),
-        &mut Vec::new(),
-    ))
-    .expect("publish");
-}
-
-/// The next PUBLISH within the deadline that is not a probe (`wait_for_interest`).
-fn next(client: &mut Client) -> Publish {
-    let until = Instant::now() + DEADLINE;
-    loop {
-        match client.recv(Some(until)).expect("receive") {
-            Some(p) if p.topic.ends_with("/probe") => continue,
-            Some(p) => return p,
-            None => panic!("no message within {DEADLINE:?}"),
-        }
-    }
-}
-
-/// Nothing but probes for `quiet`.
-fn nothing_more(client: &mut Client, quiet: Duration) {
-    let until = Instant::now() + quiet;
-    while let Some(p) = client.recv(Some(until)).expect("receive") {
-        assert!(p.topic.ends_with("/probe"), "unexpected {:?}", p.topic);
-    }
-}
-
-/// Publishes probes on `topic` (ending in `/probe`) from `publisher` until `subscriber`
-/// gets one: the subscriber's node has its NATS subscription in place (the node
-/// subscribes on NATS as its clients subscribe, and SUBACK does not wait for NATS).
-fn wait_for_interest(publisher: &mut Client, subscribers: &mut [&mut Client], topic: &str) {
-    let before = wait_for_interest_after(publisher, subscribers, topic);
-    assert!(before.is_empty(), "messages before any probe: {before:?}");
-}
-
-/// As `wait_for_interest`, giving back the payloads of other messages that came first.
-fn wait_for_interest_after(
-    publisher: &mut Client,
-    subscribers: &mut [&mut Client],
-    topic: &str,
-) -> Vec<Bytes> {
-    assert!(topic.ends_with("/probe"));
-    let mut before = Vec::new();
-    for subscriber in subscribers.iter_mut() {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            publish(publisher, topic, "probe", QoS::AtMostOnce);
-            let wait = Instant::now() + Duration::from_millis(100);
-            if let Some(p) = subscriber.recv(Some(wait)).expect("receive") {
-                if p.topic.ends_with("/probe") {
-                    break;
-                }
-                before.push(p.payload);
-            }
-            assert!(Instant::now() < until, "{topic} never crossed the cluster");
-        }
-    }
-    before
-}
 
 #[test]
 fn messages_cross_nodes_at_every_qos_in_order_once_each() {
@@ -319,21 +191,6 @@ fn nats_restarted_the_nodes_come_back() {
     assert_eq!(&got[..], b"back");
 }
 
-/// The value of `$SYS` topic `topic` on the node `sys` reads, once it satisfies `wanted`.
-fn wait_for_sys(sys: &mut Client, topic: &str, wanted: impl Fn(u64) -> bool) -> u64 {
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let p = (sys.recv(Some(until)).expect("receive"))
-            .unwrap_or_else(|| panic!("{topic} never as wanted"));
-        if p.topic.as_str() == topic {
-            let value: u64 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
-            if wanted(value) {
-                return value;
-            }
-        }
-    }
-}
-
 #[test]
 fn the_cluster_is_seen_in_sys_and_the_last_unsubscribe_ends_the_interest() {
     let nats = Nats::start();
@@ -362,45 +219,6 @@ fn the_cluster_is_seen_in_sys_and_the_last_unsubscribe_ends_the_interest() {
     wait_for_interest(&mut publisher, &mut [&mut other], "u/probe");
     unsubscribe(&mut other);
     wait_for_sys(&mut sys, "$SYS/broker/cluster/subscriptions", |v| v == 1);
-}
-
-/// Publishes `n` numbered QoS 0 messages on `topic` from a thread of its own, one every
-/// 200 µs, so that they are on their way while a test changes subscriptions.
-fn stream(port: u16, topic: &'static str, n: usize) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let options = options(port, "streamer", ProtocolVersion::V311);
-        let mut publisher = Client::connect(&options).expect("connect").0;
-        for i in 0..n {
-            publish(&mut publisher, topic, &i.to_string(), QoS::AtMostOnce);
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    })
-}
-
-/// The numbers of the messages `client` gets on `topic` until `last` or the deadline.
-fn numbers_until(client: &mut Client, topic: &str, last: usize) -> Vec<usize> {
-    let mut got = Vec::new();
-    while got.last() != Some(&last) {
-        let p = next(client);
-        if p.topic.as_str() == topic {
-            got.push(std::str::from_utf8(&p.payload).unwrap().parse().unwrap());
-        }
-    }
-    got
-}
-
-/// `got` is every number from its first to `n - 1`, once each, in order (said briefly if
-/// not: what is missing, repeated or out of place).
-fn assert_each_once_in_order(got: Vec<usize>, n: usize) {
-    let start = got[0];
-    let missing: Vec<usize> = (start..n).filter(|i| !got.contains(i)).collect();
-    let mut seen = std::collections::HashSet::new();
-    let repeated: Vec<usize> = got.iter().copied().filter(|i| !seen.insert(*i)).collect();
-    let out_of_order = got.windows(2).filter(|w| w[0] >= w[1]).count();
-    assert!(
-        missing.is_empty() && repeated.is_empty() && out_of_order == 0,
-        "from {start}: missing {missing:?}, repeated {repeated:?}, {out_of_order} out of order"
-    );
 }
 
 /// The node's oldest NATS subscription for a subject goes while messages flow: the next
@@ -464,28 +282,6 @@ fn narrowing_a_subscription_under_traffic_leaves_no_gap() {
     let rest = numbers_until(&mut subscriber, "w/x", N - 1);
     streamer.join().unwrap();
     assert_each_once_in_order(first.into_iter().chain(rest).collect(), N);
-}
-
-/// Publishes `payload` on `subject` as a bare NATS client would (NATS's text protocol).
-fn nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
-    use std::io::{BufRead, BufReader, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut info = String::new();
-    reader.read_line(&mut info).unwrap();
-    assert!(info.starts_with("INFO"), "{info}");
-    let mut out = format!(
-        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
-        payload.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(payload);
-    out.extend_from_slice(b"\r\nPING\r\n");
-    stream.write_all(&out).unwrap();
-    let mut pong = String::new();
-    reader.read_line(&mut pong).unwrap();
-    assert_eq!(pong.trim(), "PONG");
 }
 
 /// Whoever else publishes on the cluster's subjects cannot crash a node or slip a message
@@ -611,10 +407,6 @@ fn a_nats_server_of_three_killed_the_nodes_go_on_through_another() {
     assert_eq!(&next(&mut remote).payload[..], b"through another");
 }
 
-fn servers_port(urls: &str) -> &str {
-    urls.rsplit(':').next().unwrap_or("0")
-}
-
 /// A filter whose last subscription goes and comes back at once (UNSUBSCRIBE then
 /// SUBSCRIBE, a clean-start reconnect): the node's old NATS subscription for it is still
 /// going when the new one is made. Both are kept apart, the old stays the oldest until it
@@ -638,4 +430,66 @@ fn a_filter_gone_and_back_at_once_keeps_its_messages() {
     let got = numbers_until(&mut toggling, "q/z", N - 1);
     streamer.join().unwrap();
     assert_each_once_in_order(got, N);
+}
+
+/// A node's clients hold more distinct filters than `cluster_max_subscriptions`: the node
+/// subscribes to every message of the cluster instead of one subscription each, says so
+/// and counts it, and its clients still get what they want once each and nothing else.
+/// Their filters back under half the limit, it subscribes to each again and lets the
+/// catch-all go.
+#[test]
+fn past_its_subscription_limit_a_node_takes_everything_and_delivers_what_is_wanted() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 2, "sys_interval 1\ncluster_max_subscriptions 4\n");
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
+    let mut many = client(&nodes[1], "many", ProtocolVersion::V311);
+    let mut sys = client(&nodes[1], "sys", ProtocolVersion::V311);
+    subscribe(&mut sys, &[("$SYS/broker/cluster/#", QoS::AtMostOnce)]);
+    // Six filters of two subjects each (`c/0` and `c/0/...`): two fit, the third starts
+    // the catch-all.
+    let filters: Vec<String> = (0..6).map(|i| format!("c/{i}/#")).collect();
+    for filter in &filters {
+        subscribe(&mut many, &[(filter, QoS::AtMostOnce)]);
+    }
+    nodes[1].wait_for_log("it now takes every message of the cluster");
+    for i in 0..6 {
+        wait_for_interest(&mut publisher, &mut [&mut many], &format!("c/{i}/probe"));
+    }
+    // The long subject's, two filters' two each, and the catch-all.
+    wait_for_sys_values(
+        &mut sys,
+        &[
+            ("$SYS/broker/cluster/catch_all", 1),
+            ("$SYS/broker/cluster/catch_all/started", 1),
+            ("$SYS/broker/cluster/subscriptions/uncovered", 4),
+            ("$SYS/broker/cluster/subscriptions", 6),
+        ],
+    );
+    for topic in ["c/0/x", "c/5/x", "elsewhere", "c/3"] {
+        publish(&mut publisher, topic, topic, QoS::AtLeastOnce);
+    }
+    let mut got: Vec<String> = (0..3).map(|_| next(&mut many).topic.to_string()).collect();
+    got.sort();
+    assert_eq!(got, ["c/0/x", "c/3", "c/5/x"]);
+    nothing_more(&mut many, Duration::from_millis(300));
+    // One filter left, one without a subscription of its own: it gets them back.
+    let gone: Vec<String> = (filters.iter().filter(|f| *f != "c/2/#").cloned()).collect();
+    (many.unsubscribe(&gone, Properties::default(), &mut Vec::new())).expect("unsubscribe");
+    nodes[1].wait_for_log("it takes only what they want");
+    wait_for_sys_values(
+        &mut sys,
+        &[
+            ("$SYS/broker/cluster/catch_all", 0),
+            ("$SYS/broker/cluster/subscriptions/uncovered", 0),
+            ("$SYS/broker/cluster/subscriptions", 3),
+        ],
+    );
+    publish(
+        &mut publisher,
+        "c/0/x",
+        "no longer wanted",
+        QoS::AtLeastOnce,
+    );
+    publish(&mut publisher, "c/2/x", "still wanted", QoS::AtLeastOnce);
+    assert_eq!(&next(&mut many).payload[..], b"still wanted");
 }

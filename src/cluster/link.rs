@@ -102,6 +102,10 @@ struct Link {
     waiting_for_drain: Vec<(u64, async_nats::Message)>,
     /// The patterns each filter subscribed to.
     filters: HashMap<String, Vec<String>>,
+    /// Past `cluster_max_subscriptions`: the one subscription that takes every message of
+    /// the cluster, and the filters that came since without subscriptions of their own.
+    catch_all: Option<String>,
+    uncovered: HashSet<String>,
     next_id: u64,
     copies: Copies,
     /// Per shard: messages whose mailbox was full, in order; their count and bytes.
@@ -161,6 +165,8 @@ async fn serve(
         drained: Default::default(),
         waiting_for_drain: Vec::new(),
         filters: HashMap::new(),
+        catch_all: None,
+        uncovered: HashSet::new(),
         next_id: 0,
         copies: Copies::default(),
         held: (0..shards).map(|_| VecDeque::new()).collect(),
@@ -258,23 +264,103 @@ impl Link {
             (added, removed)
         };
         for filter in added {
-            if self.filters.contains_key(&filter) {
+            if self.filters.contains_key(&filter) || self.uncovered.contains(&filter) {
                 continue;
             }
-            let mut subscribed = Vec::new();
-            for pattern in filter_subjects(&self.cluster.root, &filter) {
-                if self.add_pattern(pattern.clone()).await {
-                    subscribed.push(pattern);
-                }
+            let patterns = filter_subjects(&self.cluster.root, &filter);
+            let new = (patterns.iter())
+                .filter(|p| !self.by_pattern.contains_key(*p))
+                .count();
+            if self.catch_all.is_some() || self.for_filters() + new > self.max_subscriptions() {
+                self.catch_all().await;
+                self.uncovered.insert(filter);
+                continue;
             }
-            self.filters.insert(filter, subscribed);
+            self.cover(filter, patterns).await;
         }
         for filter in removed {
+            if self.uncovered.remove(&filter) {
+                continue;
+            }
             for pattern in self.filters.remove(&filter).unwrap_or_default() {
                 self.drop_pattern(&pattern);
             }
         }
-        (self.cluster.stats.subscriptions).store(self.by_pattern.len(), Ordering::Relaxed);
+        self.maybe_stop_catching_all().await;
+        let stats = &self.cluster.stats;
+        (stats.subscriptions).store(self.by_pattern.len(), Ordering::Relaxed);
+        (stats.uncovered).store(self.uncovered.len(), Ordering::Relaxed);
+    }
+
+    /// Subscribes what `filter` needs.
+    async fn cover(&mut self, filter: String, patterns: Vec<String>) {
+        let mut subscribed = Vec::with_capacity(patterns.len());
+        for pattern in patterns {
+            if self.add_pattern(pattern.clone()).await {
+                subscribed.push(pattern);
+            }
+        }
+        self.filters.insert(filter, subscribed);
+    }
+
+    fn max_subscriptions(&self) -> usize {
+        self.cluster.settings.max_subscriptions
+    }
+
+    /// The subscriptions held for the clients' filters (not the `long` subject's, nor the
+    /// catch-all's).
+    fn for_filters(&self) -> usize {
+        let fixed = 1 + usize::from(self.catch_all.is_some());
+        self.by_pattern.len().saturating_sub(fixed)
+    }
+
+    /// Takes every message of the cluster from now on (once): each node's clients may
+    /// hold as many distinct filters as they like, and one NATS subscription each would
+    /// cost without bound. What arrives is matched on the node's trie as always, so it
+    /// costs traffic, never a wrong delivery.
+    async fn catch_all(&mut self) {
+        if self.catch_all.is_some() {
+            return;
+        }
+        let pattern = format!("{}.m.>", self.cluster.root);
+        if !self.add_pattern(pattern.clone()).await {
+            return;
+        }
+        self.catch_all = Some(pattern);
+        let stats = &self.cluster.stats;
+        stats.catching_all.store(true, Ordering::Relaxed);
+        stats.catch_all_started.fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "Warning: cluster: the node's clients hold more distinct filters than cluster_max_subscriptions ({}) lets it subscribe to on NATS; it now takes every message of the cluster and keeps what its clients want.",
+            self.max_subscriptions()
+        );
+    }
+
+    /// Back to a subscription per filter once they would take half the limit at most
+    /// (a filter needs two subjects at most: `a/#` is `a` and `a.>`), so that a count
+    /// near the limit does not switch back and forth. The filters' subscriptions are made
+    /// before the catch-all goes.
+    async fn maybe_stop_catching_all(&mut self) {
+        let Some(pattern) = self.catch_all.clone() else {
+            return;
+        };
+        if self.for_filters() + 2 * self.uncovered.len() > self.max_subscriptions() / 2 {
+            return;
+        }
+        for filter in std::mem::take(&mut self.uncovered) {
+            let patterns = filter_subjects(&self.cluster.root, &filter);
+            self.cover(filter, patterns).await;
+        }
+        self.catch_all = None;
+        self.drop_pattern(&pattern);
+        self.cluster
+            .stats
+            .catching_all
+            .store(false, Ordering::Relaxed);
+        log::info!(
+            "Cluster: the node's clients' filters fit cluster_max_subscriptions ({}) again; it takes only what they want.",
+            self.max_subscriptions()
+        );
     }
 
     /// One more filter needs `pattern`; the first subscribes it. False if NATS could not

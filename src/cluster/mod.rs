@@ -78,6 +78,11 @@ pub struct ClusterStats {
     pub slow_consumer: AtomicU64,
     /// NATS subscriptions held now.
     pub subscriptions: AtomicUsize,
+    /// Past `cluster_max_subscriptions`: the node takes every message of the cluster; the
+    /// times it began to; the filters held since without a subscription of their own.
+    pub catching_all: AtomicBool,
+    pub catch_all_started: AtomicU64,
+    pub uncovered: AtomicUsize,
 }
 
 /// A count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or gauge),
@@ -125,6 +130,27 @@ pub const COUNTS: &[ClusterCount] = &[
         "NATS subscriptions the node holds for its clients' filters",
         false,
         |s| s.subscriptions.load(Ordering::Relaxed) as u64,
+    ),
+    count(
+        "$SYS/broker/cluster/catch_all",
+        "midge_cluster_catch_all",
+        "Whether the node takes every message of the cluster (1): its clients' filters need more NATS subscriptions than cluster_max_subscriptions",
+        false,
+        |s| u64::from(s.catching_all.load(Ordering::Relaxed)),
+    ),
+    count(
+        "$SYS/broker/cluster/catch_all/started",
+        "midge_cluster_catch_all_started",
+        "Times the node began to take every message of the cluster",
+        true,
+        |s| load(&s.catch_all_started),
+    ),
+    count(
+        "$SYS/broker/cluster/subscriptions/uncovered",
+        "midge_cluster_uncovered_filters",
+        "Filters of the node's clients without a NATS subscription of their own (past cluster_max_subscriptions; the catch-all brings their messages)",
+        false,
+        |s| s.uncovered.load(Ordering::Relaxed) as u64,
     ),
     count(
         "$SYS/broker/cluster/messages/forwarded",

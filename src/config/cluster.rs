@@ -12,6 +12,11 @@ pub enum ClusterAuth {
     Creds(PathBuf),
 }
 
+/// NATS subscriptions a node holds for its clients' filters by default: each costs the NATS
+/// client about 6.5 KB (async-nats 0.49: a channel and its first block of 32 messages;
+/// measured), so this many cost about 65 MB at most.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSettings {
     /// `cluster_nats_url`, one or more (failover): empty, no cluster.
@@ -29,6 +34,9 @@ pub struct ClusterSettings {
     pub cafile: Option<PathBuf>,
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
+    /// `cluster_max_subscriptions`: the NATS subscriptions the node holds for its clients'
+    /// filters at most; past it, it takes every message of the cluster instead (`link.rs`).
+    pub max_subscriptions: usize,
     /// The file and line of the last cluster option read, for errors about them together.
     pub origin: Option<(PathBuf, usize)>,
 }
@@ -46,6 +54,7 @@ impl Default for ClusterSettings {
             cafile: None,
             certfile: None,
             keyfile: None,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             origin: None,
         }
     }

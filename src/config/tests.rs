@@ -372,6 +372,9 @@ fn cluster_options_are_read_and_checked_together() {
         cluster.auth(),
         crate::config::cluster::ClusterAuth::UserPassword("u".into(), "p".into())
     );
+    assert_eq!(cluster.max_subscriptions, 10_000, "the default");
+    let limited = read("cluster_nats_url nats://a:4222\ncluster_max_subscriptions 50\n").unwrap();
+    assert_eq!(limited.cluster.max_subscriptions, 50);
     assert!(
         !read("").unwrap().cluster.enabled(),
         "no cluster unless asked"
@@ -405,6 +408,16 @@ fn cluster_options_are_read_and_checked_together() {
             "cluster_nats_url nats://a:4222\ncluster_nats_keyfile /k\n",
             2,
             "go together",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_max_subscriptions 0\n",
+            2,
+            "at least 1",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_max_subscriptions many\n",
+            2,
+            "not a number",
         ),
     ] {
         let e = read(text).expect_err(text);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod cluster;
 pub mod hostile;
 pub mod metrics;
 mod mosquitto;

@@ -120,4 +120,17 @@ pub(super) const OPTIONS: &[Known] = &[
             Ok(())
         }),
     ),
+    known(
+        "cluster_max_subscriptions",
+        "the NATS subscriptions the node holds for its clients' filters at most (default 10000); past it, it takes every message of the cluster and keeps what its clients want",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            let max = line.number(u64::from(u32::MAX))?;
+            if max == 0 {
+                return Err(line.err("cluster_max_subscriptions: at least 1"));
+            }
+            c.cluster.max_subscriptions = max as usize;
+            Ok(())
+        }),
+    ),
 ];
