@@ -25,8 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::Copies;
 use super::patterns::Patterns;
+use super::retained::{self, Work};
 use super::subject::{filter_subjects, long_subject};
-use super::{wire, Cluster, Outgoing};
+use super::{wire, Cluster, Outgoing, ToLink};
 use crate::router::{Mailboxes, ShardMsg};
 
 /// Messages a NATS subscription holds for its task before the client drops them (a slow
@@ -86,6 +87,9 @@ struct Subscribed {
 struct Link {
     cluster: Arc<Cluster>,
     client: async_nats::Client,
+    /// With `cluster_retained jetstream`: JetStream, and the task that waits for its
+    /// acknowledgements and answers queries (`retained.rs`).
+    retained: Option<(async_nats::jetstream::Context, mpsc::Sender<Work>)>,
     mailboxes: Arc<Mailboxes>,
     arriving_tx: mpsc::Sender<Arriving>,
     /// Subject pattern of each subscription, and the reverse.
@@ -118,7 +122,7 @@ struct Link {
 pub(super) fn run(
     cluster: Arc<Cluster>,
     options: async_nats::ConnectOptions,
-    outgoing: mpsc::Receiver<Outgoing>,
+    outgoing: mpsc::Receiver<ToLink>,
     mailboxes: Arc<Mailboxes>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -138,7 +142,7 @@ pub(super) fn run(
 async fn serve(
     cluster: Arc<Cluster>,
     options: async_nats::ConnectOptions,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut outgoing: mpsc::Receiver<ToLink>,
     mailboxes: Arc<Mailboxes>,
 ) {
     let servers = super::servers(&cluster.settings).unwrap_or_default();
@@ -153,9 +157,17 @@ async fn serve(
     };
     let shards = mailboxes.shards();
     let (arriving_tx, mut arriving) = mpsc::channel(ARRIVING_MAX);
+    let retained = cluster.settings.retained_in_jetstream.then(|| {
+        let js = async_nats::jetstream::new(client.clone());
+        let (work, works) = mpsc::channel(retained::WORK_MAX);
+        let serving = retained::serve(cluster.clone(), js.clone(), works, mailboxes.clone());
+        tokio::spawn(serving);
+        (js, work)
+    });
     let mut link = Link {
         cluster: cluster.clone(),
         client,
+        retained,
         mailboxes,
         arriving_tx,
         by_pattern: HashMap::new(),
@@ -204,48 +216,110 @@ async fn serve(
 }
 
 impl Link {
-    async fn publish(&mut self, batch: &mut Vec<Outgoing>) {
-        let cluster = self.cluster.clone();
-        let stats = &cluster.stats;
-        let max_payload = self.client.server_info().max_payload;
+    async fn publish(&mut self, batch: &mut Vec<ToLink>) {
         let now = Instant::now();
         // NATS away and the client's own queue full: what is not taken by then is dropped
         // and counted, so that the link goes on (and stops when asked).
         let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
-        for out in batch.drain(..) {
-            cluster.taken_from_queue(&out);
-            // Encoded here, not on the shard: the expiry left is counted up to now.
-            let Some(bytes) = wire::encode(&out.message, out.origin, out.number, now) else {
+        for item in batch.drain(..) {
+            match item {
+                ToLink::Publish(out) => self.publish_one(out, now, deadline).await,
+                ToLink::Find(query) => self.hand_retained(Work::Query(query)),
+            }
+        }
+    }
+
+    async fn publish_one(&mut self, out: Outgoing, now: Instant, deadline: tokio::time::Instant) {
+        let cluster = self.cluster.clone();
+        let stats = &cluster.stats;
+        cluster.taken_from_queue(&out);
+        // Encoded here, not on the shard: the expiry left is counted up to now.
+        let Some(bytes) = wire::encode(&out.message, out.origin, out.number, now) else {
+            stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let max_payload = self.client.server_info().max_payload;
+        if max_payload > 0 && bytes.len() > max_payload {
+            // NATS refuses it (max_payload, 1 MB by default): said, counted.
+            let seen = stats.too_large.fetch_add(1, Ordering::Relaxed) + 1;
+            if seen.is_power_of_two() {
+                log::warn!(
+                    "Warning: cluster: a message to '{}' ({} bytes) is larger than NATS takes ({max_payload} bytes, its max_payload); not sent to the other nodes ({seen} so far).",
+                    out.message.topic,
+                    bytes.len()
+                );
+            }
+            if out.message.retain {
+                retained::not_stored(&cluster, "larger than NATS takes");
+            }
+            return;
+        }
+        let len = bytes.len() as u64;
+        let publishing = self.client.publish(out.subject, bytes.clone());
+        match tokio::time::timeout_at(deadline, publishing).await {
+            Ok(Ok(())) => {
+                stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                stats.forwarded_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(_) => {
                 stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            if max_payload > 0 && bytes.len() > max_payload {
-                // NATS refuses it (max_payload, 1 MB by default): said, counted.
-                let seen = stats.too_large.fetch_add(1, Ordering::Relaxed) + 1;
+            }
+            Ok(Err(e)) => {
+                let seen = stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed) + 1;
                 if seen.is_power_of_two() {
                     log::warn!(
-                        "Warning: cluster: a message to '{}' ({} bytes) is larger than NATS takes ({max_payload} bytes, its max_payload); not sent to the other nodes ({seen} so far).",
-                        out.message.topic,
-                        bytes.len()
+                        "Warning: cluster: a publish to NATS failed: {e} ({seen} dropped so far)."
                     );
                 }
-                continue;
             }
-            let len = bytes.len() as u64;
-            let publishing = self.client.publish(out.subject, bytes);
-            match tokio::time::timeout_at(deadline, publishing).await {
-                Ok(Ok(())) => {
-                    stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                    stats.forwarded_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        if out.message.retain {
+            self.store_retained(&out.message, bytes, deadline).await;
+        }
+    }
+
+    /// Stores a retained message (or with an empty payload its removal) in JetStream; its
+    /// acknowledgement is waited for by the retained task, in order with the queries.
+    async fn store_retained(
+        &mut self,
+        message: &crate::router::Message,
+        bytes: bytes::Bytes,
+        deadline: tokio::time::Instant,
+    ) {
+        let Some((js, _)) = &self.retained else {
+            return;
+        };
+        let Some(subject) = retained::subject(&self.cluster, &message.topic) else {
+            return; // Kept on its node (`Cluster::keeps_retained`).
+        };
+        let (payload, headers) = if message.payload.is_empty() {
+            (bytes::Bytes::new(), async_nats::HeaderMap::new())
+        } else {
+            (bytes, retained::headers(message))
+        };
+        let storing = js.publish_with_headers(subject, headers, payload);
+        match tokio::time::timeout_at(deadline, storing).await {
+            Ok(Ok(ack)) => self.hand_retained(Work::Stored(ack)),
+            Ok(Err(e)) => retained::not_stored(&self.cluster, &e.to_string()),
+            Err(_) => retained::not_stored(&self.cluster, "the NATS client is stuck"),
+        }
+    }
+
+    fn hand_retained(&mut self, work: Work) {
+        let Some((_, to_task)) = &self.retained else {
+            return;
+        };
+        if let Err(e) = to_task.try_send(work) {
+            match e.into_inner() {
+                Work::Stored(_) => {
+                    retained::not_stored(&self.cluster, "too many acknowledgements waited for")
                 }
-                Err(_) => {
-                    stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Err(e)) => {
-                    let seen = stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed) + 1;
-                    if seen.is_power_of_two() {
-                        log::warn!("Warning: cluster: a publish to NATS failed: {e} ({seen} dropped so far).");
-                    }
+                Work::Query(query) => {
+                    let stats = &self.cluster.stats;
+                    stats
+                        .retained_queries_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    log::warn!("Warning: cluster: too many retained queries under way; those of '{}' are not looked for.", query.filter);
                 }
             }
         }

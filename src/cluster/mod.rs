@@ -8,15 +8,17 @@
 //!
 //! The NATS client runs on a thread of its own (`link.rs`); shards never wait for it.
 //!
-//! What this step does not do yet (issue 31): shared subscriptions and retained messages
-//! stay per node, sessions do not move between nodes, and between nodes a message is
-//! delivered at most once (core NATS: a node or NATS server that goes down loses what it
-//! had on the way).
+//! Retained messages are the cluster's, kept once in JetStream (`retained.rs`).
+//!
+//! What this step does not do yet (issue 31): shared subscriptions stay per node, sessions
+//! do not move between nodes, and between nodes a message is delivered at most once (core
+//! NATS: a node or NATS server that goes down loses what it had on the way).
 
 mod connect;
 pub mod dedup;
 mod link;
 pub mod patterns;
+pub mod retained;
 pub mod subject;
 pub mod wire;
 
@@ -38,6 +40,13 @@ use dedup::Origin;
 /// (`Message::held_bytes`); past either they are dropped and counted.
 const OUTGOING_MAX: usize = 65_536;
 const OUTGOING_BYTES_MAX: usize = 64 << 20;
+
+/// What the shards hand the link, in order.
+pub(crate) enum ToLink {
+    Publish(Outgoing),
+    /// A new subscription's retained messages to find (`retained.rs`).
+    Find(retained::Query),
+}
 
 /// A message on its way to NATS: its subject, and what the link encodes it from.
 pub(crate) struct Outgoing {
@@ -83,6 +92,16 @@ pub struct ClusterStats {
     pub catching_all: AtomicBool,
     pub catch_all_started: AtomicU64,
     pub uncovered: AtomicUsize,
+    /// Retained messages (and removals) JetStream acknowledged, and those it did not.
+    pub retained_stored: AtomicU64,
+    pub retained_not_stored: AtomicU64,
+    /// Retained messages found for new subscriptions; queries that failed or could not
+    /// be asked; queries that found more than a subscription is sent.
+    pub retained_found: AtomicU64,
+    pub retained_queries_failed: AtomicU64,
+    pub retained_cut: AtomicU64,
+    /// Removals and expired retained messages the sweep deleted from the stream.
+    pub retained_swept: AtomicU64,
 }
 
 /// A count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or gauge),
@@ -151,6 +170,48 @@ pub const COUNTS: &[ClusterCount] = &[
         "Filters of the node's clients without a NATS subscription of their own (past cluster_max_subscriptions; the catch-all brings their messages)",
         false,
         |s| s.uncovered.load(Ordering::Relaxed) as u64,
+    ),
+    count(
+        "$SYS/broker/cluster/retained/stored",
+        "midge_cluster_retained_stored",
+        "Retained messages and removals stored in JetStream",
+        true,
+        |s| load(&s.retained_stored),
+    ),
+    count(
+        "$SYS/broker/cluster/retained/not_stored",
+        "midge_cluster_retained_not_stored",
+        "Retained messages and removals JetStream did not take (not open, NATS away, no acknowledgement)",
+        true,
+        |s| load(&s.retained_not_stored),
+    ),
+    count(
+        "$SYS/broker/cluster/retained/found",
+        "midge_cluster_retained_found",
+        "Retained messages found in JetStream for new subscriptions",
+        true,
+        |s| load(&s.retained_found),
+    ),
+    count(
+        "$SYS/broker/cluster/retained/queries_failed",
+        "midge_cluster_retained_queries_failed",
+        "New subscriptions whose retained messages could not be looked for in JetStream",
+        true,
+        |s| load(&s.retained_queries_failed),
+    ),
+    count(
+        "$SYS/broker/cluster/retained/cut",
+        "midge_cluster_retained_cut",
+        "New subscriptions matching more retained messages than one is sent",
+        true,
+        |s| load(&s.retained_cut),
+    ),
+    count(
+        "$SYS/broker/cluster/retained/swept",
+        "midge_cluster_retained_swept",
+        "Removals and expired retained messages deleted from JetStream",
+        true,
+        |s| load(&s.retained_swept),
     ),
     count(
         "$SYS/broker/cluster/messages/forwarded",
@@ -234,7 +295,7 @@ pub struct Cluster {
     incarnation: u64,
     /// Per shard: the number of the next message it publishes to NATS.
     numbers: Box<[CachePadded<AtomicU64>]>,
-    outgoing: mpsc::Sender<Outgoing>,
+    outgoing: mpsc::Sender<ToLink>,
     outgoing_bytes: AtomicUsize,
     /// False once the link has ended for good (it could not start): nothing is queued for
     /// it then, and interest is not kept.
@@ -323,10 +384,37 @@ impl Cluster {
             origin,
             number,
         };
-        if self.outgoing.try_send(out).is_err() {
+        if self.outgoing.try_send(ToLink::Publish(out)).is_err() {
             self.outgoing_bytes.fetch_sub(size, Ordering::Relaxed);
             self.stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
+            if message.retain {
+                retained::not_stored(self, "the queue to the NATS client is full");
+            }
         }
+    }
+
+    /// Whether the retained message of `topic` is the cluster's, kept in JetStream, not
+    /// this node's own (`cluster_retained jetstream`; `$SYS` topics are each node's).
+    /// A topic too long for a subject keeps its retained message on its node.
+    pub fn keeps_retained(&self, topic: &str) -> bool {
+        self.finds_retained(topic) && retained::subject(self, topic).is_some()
+    }
+
+    /// Whether the cluster may keep retained messages `filter` matches (and so is asked
+    /// for them: `find_retained`).
+    pub fn finds_retained(&self, filter: &str) -> bool {
+        self.settings.retained_in_jetstream && !is_sys(filter) && self.alive.load(Ordering::Relaxed)
+    }
+
+    /// Asks the link for a new subscription's retained messages (`keeps_retained` of its
+    /// filter): they come back to its shard (`ShardMsg::RetainedFromCluster`), once every
+    /// retained message queued before is stored. False if it cannot be asked (counted).
+    pub fn find_retained(&self, query: retained::Query) -> bool {
+        let asked = self.outgoing.try_send(ToLink::Find(query)).is_ok();
+        if !asked {
+            (self.stats.retained_queries_failed).fetch_add(1, Ordering::Relaxed);
+        }
+        asked
     }
 
     /// The link took `out` from the queue.

@@ -43,12 +43,23 @@ fn push_token(subject: &mut String, level: &str) {
     }
 }
 
+/// Messages are published under `<root>.m`; the retained messages are kept under
+/// `<root>.r` (`retained.rs`), with the same tokens.
+pub const MESSAGES: &str = "m";
+pub const RETAINED: &str = "r";
+
 /// The subject `topic` (a valid topic name) is published on under `root`, or `None` if it
 /// would be longer than `SUBJECT_MAX` (then it goes on `long_subject`).
 pub fn topic_subject(root: &str, topic: &str) -> Option<String> {
+    topic_subject_in(root, MESSAGES, topic)
+}
+
+/// As `topic_subject`, under `<root>.<space>`.
+pub fn topic_subject_in(root: &str, space: &str, topic: &str) -> Option<String> {
     let mut subject = String::with_capacity(root.len() + 3 + topic.len() + topic.len() / 4);
     subject.push_str(root);
-    subject.push_str(".m");
+    subject.push('.');
+    subject.push_str(space);
     for level in topic.split('/') {
         subject.push('.');
         push_token(&mut subject, level);
@@ -107,9 +118,15 @@ pub fn topic_of(root: &str, subject: &str) -> Option<String> {
 /// under it). Every topic the filter matches is published on one of them (or on
 /// `long_subject`).
 pub fn filter_subjects(root: &str, filter: &str) -> Vec<String> {
+    filter_subjects_in(root, MESSAGES, filter)
+}
+
+/// As `filter_subjects`, under `<root>.<space>`.
+pub fn filter_subjects_in(root: &str, space: &str, filter: &str) -> Vec<String> {
     let mut subject = String::with_capacity(root.len() + 3 + filter.len());
     subject.push_str(root);
-    subject.push_str(".m");
+    subject.push('.');
+    subject.push_str(space);
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
         if *level == "#" {

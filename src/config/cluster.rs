@@ -37,6 +37,15 @@ pub struct ClusterSettings {
     /// `cluster_max_subscriptions`: the NATS subscriptions the node holds for its clients'
     /// filters at most; past it, it takes every message of the cluster instead (`link.rs`).
     pub max_subscriptions: usize,
+    /// `cluster_retained`: `jetstream` (the default), the cluster's retained messages kept
+    /// once in a JetStream stream; `node`, each node keeps those published on it.
+    pub retained_in_jetstream: bool,
+    /// `cluster_replicas`: how many NATS servers keep each JetStream stream the cluster
+    /// makes (1 to 5; 3 for a three-server NATS cluster).
+    pub replicas: usize,
+    /// `cluster_retained_sweep_interval`: how often a node deletes removals and expired
+    /// messages from the retained messages' stream.
+    pub sweep_every: std::time::Duration,
     /// The file and line of the last cluster option read, for errors about them together.
     pub origin: Option<(PathBuf, usize)>,
 }
@@ -55,6 +64,9 @@ impl Default for ClusterSettings {
             certfile: None,
             keyfile: None,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            retained_in_jetstream: true,
+            replicas: 1,
+            sweep_every: std::time::Duration::from_secs(60),
             origin: None,
         }
     }

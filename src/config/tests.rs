@@ -373,8 +373,17 @@ fn cluster_options_are_read_and_checked_together() {
         crate::config::cluster::ClusterAuth::UserPassword("u".into(), "p".into())
     );
     assert_eq!(cluster.max_subscriptions, 10_000, "the default");
-    let limited = read("cluster_nats_url nats://a:4222\ncluster_max_subscriptions 50\n").unwrap();
-    assert_eq!(limited.cluster.max_subscriptions, 50);
+    assert!(cluster.retained_in_jetstream, "the default");
+    assert_eq!(cluster.replicas, 1);
+    let limited = read(
+        "cluster_nats_url nats://a:4222\ncluster_max_subscriptions 50\ncluster_retained node\ncluster_replicas 3\ncluster_retained_sweep_interval 5\n",
+    )
+    .unwrap();
+    let limited = &limited.cluster;
+    assert_eq!(limited.max_subscriptions, 50);
+    assert!(!limited.retained_in_jetstream);
+    assert_eq!(limited.replicas, 3);
+    assert_eq!(limited.sweep_every, std::time::Duration::from_secs(5));
     assert!(
         !read("").unwrap().cluster.enabled(),
         "no cluster unless asked"
@@ -412,12 +421,27 @@ fn cluster_options_are_read_and_checked_together() {
         (
             "cluster_nats_url nats://a:4222\ncluster_max_subscriptions 0\n",
             2,
-            "at least 1",
+            "from 1 to",
         ),
         (
             "cluster_nats_url nats://a:4222\ncluster_max_subscriptions many\n",
             2,
-            "not a number",
+            "\"many\" is not a number",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_retained disk\n",
+            2,
+            "neither jetstream nor node",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_replicas 7\n",
+            2,
+            "from 1 to 5",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_replicas 0\n",
+            2,
+            "1 to 5",
         ),
     ] {
         let e = read(text).expect_err(text);

@@ -55,6 +55,9 @@ pub enum ShardMsg {
     /// A message published on another node of the cluster: routed to this node's
     /// subscribers, never sent on to NATS (`cluster/`).
     FromCluster { message: Box<Message> },
+    /// The retained messages the cluster keeps for a new subscription of a session this
+    /// shard held when it asked (`cluster/retained.rs`).
+    RetainedFromCluster(Box<crate::cluster::retained::Found>),
 }
 
 /// With persistence and more than one shard: a message's (or a session's) number among

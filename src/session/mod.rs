@@ -443,6 +443,16 @@ impl Session {
         self.outgoing.owe(messages, qos, identifier)
     }
 
+    /// The cluster was asked for a new subscription's retained messages (`Outgoing::await_cluster`).
+    pub fn await_cluster(&mut self) {
+        self.outgoing.await_cluster()
+    }
+
+    /// The cluster's answer, less the topics delivered since it was asked.
+    pub fn cluster_answered(&mut self, messages: Vec<Arc<Message>>) -> Vec<Arc<Message>> {
+        self.outgoing.cluster_answered(messages)
+    }
+
     pub fn take_owed(&mut self) -> Option<Owed> {
         self.outgoing.take_owed()
     }

@@ -112,6 +112,8 @@ struct Backlog {
     owed: VecDeque<Owed>,
     /// Retained messages still to find for new subscriptions, oldest first.
     scans: scans::Scans,
+    /// Answers awaited from the cluster for new subscriptions.
+    awaiting: owed::AwaitingCluster,
 }
 
 impl Outgoing {
@@ -123,6 +125,9 @@ impl Outgoing {
         online: bool,
         limits: Limits,
     ) -> Offer {
+        if let Some(backlog) = &mut self.backlog {
+            backlog.awaiting.delivered(&message.topic);
+        }
         if target.qos == QoS::AtMostOnce {
             return if online {
                 Offer::Send
@@ -311,11 +316,9 @@ impl Outgoing {
 
     /// Frees the backlog once nothing waits in it.
     fn release_backlog(&mut self) {
-        if self
-            .backlog
-            .as_ref()
-            .is_some_and(|b| b.queue.is_empty() && b.owed.is_empty() && b.scans.is_empty())
-        {
+        if self.backlog.as_ref().is_some_and(|b| {
+            b.queue.is_empty() && b.owed.is_empty() && b.scans.is_empty() && b.awaiting.is_empty()
+        }) {
             self.backlog = None;
         }
     }
@@ -336,7 +339,10 @@ impl Outgoing {
             assert!(backlog.owed.len() <= crate::limits::OWED_MAX);
             assert!(backlog.scans.len() <= crate::limits::SCANS_MAX);
             assert!(
-                !backlog.queue.is_empty() || !backlog.owed.is_empty() || !backlog.scans.is_empty(),
+                !backlog.queue.is_empty()
+                    || !backlog.owed.is_empty()
+                    || !backlog.scans.is_empty()
+                    || !backlog.awaiting.is_empty(),
                 "an empty backlog kept for {who}"
             );
         }
@@ -419,6 +425,39 @@ pub(super) mod tests {
             "the window is full"
         );
         out.check_invariants("t");
+    }
+
+    fn on(topic: &'static str, n: u8) -> Arc<Message> {
+        let mut m = message(n, QoS::AtMostOnce);
+        Arc::get_mut(&mut m).expect("new").topic = crate::codec::MqttStr::from_static(topic);
+        m
+    }
+
+    /// While the cluster's answers are awaited, the topics delivered are noted, and their
+    /// retained messages in the answer (older) are left out; the last answer forgets them.
+    #[test]
+    fn a_cluster_answer_leaves_out_topics_delivered_since_the_question() {
+        let mut out = Outgoing::default();
+        let t = target(QoS::AtMostOnce);
+        assert_eq!(out.offer(&on("early", 0), &t, true, LIMITS), Offer::Send);
+        out.await_cluster();
+        out.await_cluster();
+        assert_eq!(out.offer(&on("a", 1), &t, true, LIMITS), Offer::Send);
+        out.check_invariants("t");
+        let answer = vec![on("a", 9), on("b", 9), on("early", 9)];
+        let topics =
+            |ms: Vec<Arc<Message>>| ms.iter().map(|m| m.topic.to_string()).collect::<Vec<_>>();
+        // `early` came before the question: its retained message is sent.
+        assert_eq!(topics(out.cluster_answered(answer)), ["b", "early"]);
+        out.check_invariants("t");
+        let second = out.cluster_answered(vec![on("a", 9)]);
+        assert!(
+            second.is_empty(),
+            "still delivered since the second question"
+        );
+        assert!(out.backlog.is_none(), "nothing awaited, nothing kept");
+        let after = out.cluster_answered(vec![on("a", 9)]);
+        assert_eq!(after.len(), 1, "an answer nobody waits for is taken whole");
     }
 
     #[test]

@@ -13,18 +13,37 @@ use super::Shard;
 use crate::codec::QoS;
 use crate::limits::{Limit, SCAN_FOUND_PER_SLICE, SCAN_VISITS_PER_SLICE, SCAN_VISITS_PER_TURN};
 use crate::session::DropReason;
+use crate::topic::Subscription;
 use crate::types::{Message, SessionId, Target};
 
 impl<B: Backend> Shard<B> {
-    /// Owes a session the retained messages matching `filter` (a new subscription's, or a
-    /// bridge's `out` topic): found and sent as its client reads (`send_owed`).
+    /// Owes a session the retained messages matching `filter` (a new subscription's, as
+    /// `sub`, or a bridge's `out` topic): found and sent as its client reads (`send_owed`).
+    /// In a cluster that keeps them in JetStream they are asked of it as well; this node's
+    /// store then has only those the cluster does not keep (`$SYS`).
     pub(super) fn owe_retained(
         &mut self,
         session_id: SessionId,
         filter: &str,
         qos: QoS,
         identifier: Option<u32>,
+        sub: Option<&Subscription>,
     ) {
+        if let Some(cluster) = (self.shared.cluster.get()).filter(|c| c.finds_retained(filter)) {
+            let query = crate::cluster::retained::Query {
+                shard: self.id,
+                session: session_id,
+                filter: filter.to_string(),
+                sub: sub.cloned(),
+                qos,
+                identifier,
+            };
+            if cluster.find_retained(query) {
+                if let Some(session) = self.sessions.get_mut(&session_id) {
+                    session.await_cluster();
+                }
+            }
+        }
         let exact = !filter.contains(['+', '#']);
         // A filter without wildcards names one topic: its retained message, if any, is
         // owed at once (no scan to keep).
@@ -245,8 +264,46 @@ impl<B: Backend> Shard<B> {
             .and_then(|s| s.subscriptions().get(request.filter.as_str()));
         if current == Some(&request.sub) {
             let (qos, identifier) = (request.sub.options.qos, request.sub.identifier);
-            self.owe_retained(session, &request.filter, qos, identifier.map(|i| i.get()));
+            let identifier = identifier.map(|i| i.get());
+            self.owe_retained(
+                session,
+                &request.filter,
+                qos,
+                identifier,
+                Some(&request.sub),
+            );
         }
+    }
+
+    /// The retained messages the cluster keeps for a subscription this shard asked for:
+    /// owed if the session is still here and the subscription as it was (not unsubscribed
+    /// since [MQTT-3.10.4-2], nor made again), except those of topics the session was sent
+    /// since it asked (newer).
+    pub(super) fn owe_from_cluster(&mut self, found: crate::cluster::retained::Found) {
+        let crate::cluster::retained::Found { query, messages } = found;
+        let Some(session) = self.sessions.get_mut(&query.session) else {
+            return;
+        };
+        let messages = session.cluster_answered(messages);
+        if let Some(sub) = &query.sub {
+            if session.subscriptions().get(query.filter.as_str()) != Some(sub) {
+                return;
+            }
+        }
+        let was_idle = !session.outgoing().owes();
+        let dropped = session.owe(messages, query.qos, query.identifier);
+        if dropped > 0 {
+            log::info!(
+                "Client {} is owed too many retained messages; {dropped} dropped.",
+                session.client_id
+            );
+            self.shared.stats[self.id].dropped(DropReason::QueueFull, dropped as u64);
+        }
+        let owes = (self.sessions.get(&query.session)).is_some_and(|s| s.outgoing().owes());
+        if was_idle && owes {
+            self.subs.owed.owing.push(query.session);
+        }
+        self.send_owed(query.session);
     }
 
     /// A new loop turn: the scans of retained messages may look at `SCAN_VISITS_PER_TURN`

@@ -421,12 +421,16 @@ impl<B: Backend> Shard<B> {
 
     /// Stores (or with an empty payload removes) a retained message, and journals it,
     /// unless the retained messages would pass `limits::retained_bytes_max`: false then
-    /// (counted, logged).
+    /// (counted, logged). In a cluster that keeps retained messages in JetStream, the
+    /// link stores it there as it forwards the message.
     pub(super) fn keep_retained(
         &mut self,
         message: &Arc<Message>,
         source: Option<Arc<Source>>,
     ) -> bool {
+        if (self.shared.cluster.get()).is_some_and(|c| c.keeps_retained(&message.topic)) {
+            return true; // The cluster keeps it, in JetStream (`cluster/retained.rs`).
+        }
         let bytes_max = limits::retained_bytes_max(self.output.memory.limit);
         let mut store = self.shared.retained.lock().expect("retained lock");
         let stored = store.try_set_from(message.clone(), source.clone(), bytes_max);

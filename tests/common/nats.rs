@@ -14,12 +14,22 @@ pub struct Nats {
 impl Nats {
     /// Starts `nats-server` on a free loopback port and waits until it takes connections.
     pub fn start() -> Nats {
-        Nats::start_on(super::quiet_port())
+        let port = super::quiet_port();
+        // What an earlier run left for the port is not this server's.
+        let _ = std::fs::remove_dir_all(Nats::store(port));
+        Nats::start_on(port)
     }
 
-    /// Starts `nats-server` on `port` (again, after `stop`).
+    fn store(port: u16) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("midge-test-nats-{port}"))
+    }
+
+    /// Starts `nats-server` on `port` (again, after `stop`), with JetStream on (its store
+    /// kept under the port's name in the temporary directory: a server started again on
+    /// the port finds what it held).
     pub fn start_on(port: u16) -> Nats {
-        Nats::spawn(port, &[])
+        let store = Nats::store(port);
+        Nats::spawn(port, &["-js", "-sd", &store.to_string_lossy()])
     }
 
     /// `n` NATS servers joined as one NATS cluster (routes between them all).

@@ -19,6 +19,19 @@ fn token<'a>(line: &'a Line, what: &str) -> Result<&'a str, ConfigError> {
     Ok(value)
 }
 
+/// A whole number from `low` to `high`.
+fn in_range(line: &Line, low: u64, high: u64) -> Result<u64, ConfigError> {
+    let value = line.one("number")?;
+    (value.parse::<u64>().ok())
+        .filter(|n| (low..=high).contains(n))
+        .ok_or_else(|| {
+            line.err(format!(
+                "{}: {value:?} is not a number from {low} to {high}",
+                line.option
+            ))
+        })
+}
+
 pub(super) const OPTIONS: &[Known] = &[
     known(
         "cluster_nats_url",
@@ -125,11 +138,43 @@ pub(super) const OPTIONS: &[Known] = &[
         "the NATS subscriptions the node holds for its clients' filters at most (default 10000); past it, it takes every message of the cluster and keeps what its clients want",
         Read::Broker(|c, line| {
             c.cluster.origin = Some((line.file.to_path_buf(), line.number));
-            let max = line.number(u64::from(u32::MAX))?;
-            if max == 0 {
-                return Err(line.err("cluster_max_subscriptions: at least 1"));
-            }
-            c.cluster.max_subscriptions = max as usize;
+            c.cluster.max_subscriptions = in_range(line, 1, u64::from(u32::MAX))? as usize;
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_retained",
+        "where the cluster keeps retained messages: jetstream (default; once, in a JetStream stream, found from every node) or node (each node those published on it)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.retained_in_jetstream = match line.one("place")? {
+                "jetstream" => true,
+                "node" => false,
+                other => {
+                    return Err(line.err(format!(
+                        "cluster_retained: {other:?} is neither jetstream nor node"
+                    )))
+                }
+            };
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_replicas",
+        "how many NATS servers keep each JetStream stream of the cluster (1 to 5, default 1; 3 for a three-server NATS cluster)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.replicas = in_range(line, 1, 5)? as usize;
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_retained_sweep_interval",
+        "seconds between two sweeps of the retained messages' stream, which delete removals and expired messages (default 60)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            let seconds = in_range(line, 1, 86_400)?;
+            c.cluster.sweep_every = std::time::Duration::from_secs(seconds);
             Ok(())
         }),
     ),

@@ -48,6 +48,37 @@ impl RetainedScan {
     }
 }
 
+/// Topics recorded while answers are awaited, at most: past it, no more are recorded
+/// (their retained messages are then sent as they come).
+const AWAITED_TOPICS_MAX: usize = 4096;
+
+/// In a cluster that keeps retained messages in JetStream: how many of the session's new
+/// subscriptions still wait for the cluster's answer, and the topics delivered to it since
+/// the oldest was asked. A retained message of such a topic is older than what the client
+/// has (or as old): it is not sent, so that a client never sees a topic's newer message
+/// and then its older retained one.
+#[derive(Debug, Default)]
+pub(super) struct AwaitingCluster {
+    answers: u32,
+    delivered: hashbrown::HashSet<Arc<str>>,
+}
+
+impl AwaitingCluster {
+    pub(super) fn is_empty(&self) -> bool {
+        self.answers == 0
+    }
+
+    /// `topic` was delivered (or queued) to the session.
+    pub(super) fn delivered(&mut self, topic: &str) {
+        if self.answers > 0
+            && self.delivered.len() < AWAITED_TOPICS_MAX
+            && !self.delivered.contains(topic)
+        {
+            self.delivered.insert(topic.into());
+        }
+    }
+}
+
 pub(super) fn filter_hash(filter: &str) -> u64 {
     use std::hash::BuildHasher;
     crate::session::ProcessSeeded.hash_one(filter)
@@ -56,6 +87,28 @@ pub(super) fn filter_hash(filter: &str) -> u64 {
 impl Outgoing {
     /// Owes retained messages to a new subscription; returns how many did not fit
     /// (`OWED_MAX`).
+    /// The cluster was asked for a new subscription's retained messages.
+    pub fn await_cluster(&mut self) {
+        let backlog = self.backlog.get_or_insert_with(Default::default);
+        backlog.awaiting.answers += 1;
+    }
+
+    /// The cluster's answer to one of the session's questions: what it found, less the
+    /// topics delivered since it was asked (`AwaitingCluster`).
+    pub fn cluster_answered(&mut self, mut messages: Vec<Arc<Message>>) -> Vec<Arc<Message>> {
+        let Some(backlog) = self.backlog.as_mut().filter(|b| !b.awaiting.is_empty()) else {
+            return messages;
+        };
+        let awaiting = &mut backlog.awaiting;
+        messages.retain(|m| !awaiting.delivered.contains(&*m.topic));
+        awaiting.answers -= 1;
+        if awaiting.answers == 0 {
+            awaiting.delivered = Default::default();
+        }
+        self.release_backlog();
+        messages
+    }
+
     pub fn owe(&mut self, messages: Vec<Arc<Message>>, qos: QoS, identifier: Option<u32>) -> usize {
         let owed = &mut self.backlog.get_or_insert_with(Default::default).owed;
         let room = OWED_MAX.saturating_sub(owed.len());

@@ -225,7 +225,7 @@ impl<B: Backend> Shard<B> {
             .map(|t| (t.local_filter(), t.qos))
             .collect();
         for (filter, qos) in topics {
-            self.owe_retained(session_id, &filter, qos, None);
+            self.owe_retained(session_id, &filter, qos, None, None);
         }
     }
 
