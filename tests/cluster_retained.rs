@@ -264,3 +264,43 @@ fn a_new_subscriber_never_goes_back_to_an_older_retained_message() {
     }
     streamer.join().unwrap();
 }
+
+/// What the cluster keeps is matched against the filter again: a leading wildcard does not
+/// find `$`-topics [MQTT-4.7.2-1]; an exact filter finds its own topic.
+#[test]
+fn a_leading_wildcard_finds_no_dollar_topic_in_the_cluster() {
+    let nats = Nats::start();
+    let nodes = retained_nodes(&nats, 2);
+    let mut sys = sys_client(&nodes[0], "sys0");
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
+    publish_retained(&mut publisher, "$dollar/a", "hidden", Properties::default());
+    publish_retained(&mut publisher, "plain/a", "seen", Properties::default());
+    wait_for_stored(&mut sys, 2);
+    assert_eq!(
+        retained_for(&nodes[1], "w", "+/a"),
+        pairs(&[("plain/a", "seen")])
+    );
+    assert_eq!(
+        retained_for(&nodes[1], "all", "#"),
+        pairs(&[("plain/a", "seen")])
+    );
+    let exact = retained_for(&nodes[1], "exact", "$dollar/a");
+    assert_eq!(exact, pairs(&[("$dollar/a", "hidden")]));
+}
+
+/// Two overlapping subscriptions of one client, made one after the other: each is sent
+/// the retained message, as on a single node (the first's copy does not stand for the
+/// second's).
+#[test]
+fn overlapping_subscriptions_each_get_the_retained_message() {
+    let nats = Nats::start();
+    let nodes = retained_nodes(&nats, 1);
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
+    publish_retained(&mut publisher, "ov/x", "kept", Properties::default());
+    let mut subscriber = client(&nodes[0], "both", ProtocolVersion::V5);
+    subscribe(&mut subscriber, &[("ov/#", QoS::AtLeastOnce)]);
+    assert_eq!(&next(&mut subscriber).payload[..], b"kept");
+    subscribe(&mut subscriber, &[("ov/+", QoS::AtLeastOnce)]);
+    let p = next(&mut subscriber);
+    assert_eq!((&p.payload[..], p.retain), (&b"kept"[..], true));
+}

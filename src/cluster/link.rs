@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::dedup::Copies;
 use super::patterns::Patterns;
 use super::retained::{self, Work};
-use super::subject::{filter_subjects, long_subject};
+use super::subject::{filter_subjects, long_subject, queue_group};
 use super::{wire, Cluster, Outgoing, ToLink};
 use crate::router::{Mailboxes, ShardMsg};
 
@@ -51,8 +51,10 @@ const WAITING_FOR_DRAIN_MAX: usize = 16_384;
 const PUBLISH_BATCH: usize = 256;
 const ARRIVING_BATCH: usize = 256;
 
-/// How often held messages are tried again.
+/// How often held messages are tried again, and filters whose subscriptions could not be
+/// made.
 const RETRY_EVERY: Duration = Duration::from_millis(1);
+const RETRY_FILTERS: Duration = Duration::from_secs(1);
 
 /// How long a subscription going away waits for NATS to confirm the subscriptions made
 /// since (NATS away: it goes without, and what NATS held for it may be lost, as
@@ -110,6 +112,12 @@ struct Link {
     /// the cluster, and the filters that came since without subscriptions of their own.
     catch_all: Option<String>,
     uncovered: HashSet<String>,
+    /// Filters whose subscriptions could not be made, tried again each `RETRY_FILTERS`.
+    failed: HashSet<String>,
+    /// Share groups (`$share/{group}/{filter}`) with members here: the NATS queue group
+    /// subscriptions each holds, and the reverse (`take_for_group`).
+    groups: HashMap<String, Vec<(u64, oneshot::Sender<()>)>>,
+    group_of: HashMap<u64, Arc<str>>,
     next_id: u64,
     copies: Copies,
     /// Per shard: messages whose mailbox was full, in order; their count and bytes.
@@ -179,6 +187,9 @@ async fn serve(
         filters: HashMap::new(),
         catch_all: None,
         uncovered: HashSet::new(),
+        failed: HashSet::new(),
+        groups: HashMap::new(),
+        group_of: HashMap::new(),
         next_id: 0,
         copies: Copies::default(),
         held: (0..shards).map(|_| VecDeque::new()).collect(),
@@ -190,6 +201,7 @@ async fn serve(
     link.reconcile().await;
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry_filters = tokio::time::interval(RETRY_FILTERS);
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     let mut arrived = Vec::with_capacity(ARRIVING_BATCH);
     // Not biased: a steady stream of publishes must not starve what arrives, nor the
@@ -210,6 +222,7 @@ async fn serve(
                 }
             }
             _ = retry.tick(), if link.held_count > 0 => link.retry_held(),
+            _ = retry_filters.tick(), if !link.failed.is_empty() => link.retry_failed().await,
         }
     }
     let _ = tokio::time::timeout(FLUSH_AT_STOP, link.client.flush()).await;
@@ -234,7 +247,11 @@ impl Link {
         let stats = &cluster.stats;
         cluster.taken_from_queue(&out);
         // Encoded here, not on the shard: the expiry left is counted up to now.
-        let Some(bytes) = wire::encode(&out.message, out.origin, out.number, now) else {
+        if out.served.len() > wire::SERVED_MAX {
+            stats.served_cut.fetch_add(1, Ordering::Relaxed);
+        }
+        let encoded = wire::encode_served(&out.message, out.origin, out.number, &out.served, now);
+        let Some(bytes) = encoded else {
             stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -299,7 +316,7 @@ impl Link {
         };
         let storing = js.publish_with_headers(subject, headers, payload);
         match tokio::time::timeout_at(deadline, storing).await {
-            Ok(Ok(ack)) => self.hand_retained(Work::Stored(ack)),
+            Ok(Ok(ack)) => self.hand_retained(Work::Stored(ack, retained::ack_deadline())),
             Ok(Err(e)) => retained::not_stored(&self.cluster, &e.to_string()),
             Err(_) => retained::not_stored(&self.cluster, "the NATS client is stuck"),
         }
@@ -311,7 +328,7 @@ impl Link {
         };
         if let Err(e) = to_task.try_send(work) {
             match e.into_inner() {
-                Work::Stored(_) => {
+                Work::Stored(..) => {
                     retained::not_stored(&self.cluster, "too many acknowledgements waited for")
                 }
                 Work::Query(query) => {
@@ -338,22 +355,24 @@ impl Link {
             (added, removed)
         };
         for filter in added {
-            if self.filters.contains_key(&filter) || self.uncovered.contains(&filter) {
+            let known = self.filters.contains_key(&filter) || self.groups.contains_key(&filter);
+            if known || self.uncovered.contains(&filter) {
                 continue;
             }
-            let patterns = filter_subjects(&self.cluster.root, &filter);
-            let new = (patterns.iter())
-                .filter(|p| !self.by_pattern.contains_key(*p))
-                .count();
-            if self.catch_all.is_some() || self.for_filters() + new > self.max_subscriptions() {
-                self.catch_all().await;
-                self.uncovered.insert(filter);
-                continue;
+            self.failed.remove(&filter);
+            if !self.add_filter(filter.clone()).await {
+                self.failed.insert(filter);
             }
-            self.cover(filter, patterns).await;
         }
         for filter in removed {
+            self.failed.remove(&filter);
             if self.uncovered.remove(&filter) {
+                continue;
+            }
+            if let Some(subscribed) = self.groups.remove(&filter) {
+                for (_, stop) in subscribed {
+                    let _ = stop.send(());
+                }
                 continue;
             }
             for pattern in self.filters.remove(&filter).unwrap_or_default() {
@@ -362,58 +381,135 @@ impl Link {
         }
         self.maybe_stop_catching_all().await;
         let stats = &self.cluster.stats;
-        (stats.subscriptions).store(self.by_pattern.len(), Ordering::Relaxed);
+        let held = self.by_pattern.len() + self.group_of.len();
+        (stats.subscriptions).store(held, Ordering::Relaxed);
         (stats.uncovered).store(self.uncovered.len(), Ordering::Relaxed);
     }
 
-    /// Subscribes what `filter` needs.
-    async fn cover(&mut self, filter: String, patterns: Vec<String>) {
-        let mut subscribed = Vec::with_capacity(patterns.len());
+    /// Filters whose subscriptions could not be made (NATS away long enough for the
+    /// client's queue to fill) are tried again.
+    async fn retry_failed(&mut self) {
+        let failed = std::mem::take(&mut self.failed);
+        self.cluster
+            .interest
+            .lock()
+            .expect("interest lock")
+            .changed
+            .extend(failed);
+        self.reconcile().await;
+    }
+
+    /// Subscribes what a filter (or a share group's `$share/{group}/{filter}`) needs, or
+    /// past `cluster_max_subscriptions` leaves it to the catch-all (a share group: to this
+    /// node's own publishers). False if NATS could not be asked: nothing is kept of it.
+    async fn add_filter(&mut self, filter: String) -> bool {
+        let shared = super::shared_filter(&filter).map(|(_, f)| f.to_string());
+        let subjects = filter_subjects(&self.cluster.root, shared.as_deref().unwrap_or(&filter));
+        let new = match shared {
+            Some(_) => subjects.len(),
+            None => (subjects.iter())
+                .filter(|p| !self.by_pattern.contains_key(*p))
+                .count(),
+        };
+        let over = self.for_filters() + new > self.max_subscriptions();
+        let catching = shared.is_none() && self.catch_all.is_some();
+        if (over || catching) && self.catch_all().await {
+            self.uncovered.insert(filter);
+            return true;
+        }
+        match shared {
+            Some(_) => self.cover_group(filter, subjects).await,
+            None => self.cover(filter, subjects).await,
+        }
+    }
+
+    /// Subscribes what `filter` needs; false (none of it kept) if NATS could not be asked.
+    async fn cover(&mut self, filter: String, patterns: Vec<String>) -> bool {
+        let mut subscribed: Vec<String> = Vec::with_capacity(patterns.len());
         for pattern in patterns {
-            if self.add_pattern(pattern.clone()).await {
-                subscribed.push(pattern);
+            if !self.add_pattern(pattern.clone()).await {
+                for pattern in subscribed {
+                    self.drop_pattern(&pattern);
+                }
+                return false;
             }
+            subscribed.push(pattern);
         }
         self.filters.insert(filter, subscribed);
+        true
     }
 
     fn max_subscriptions(&self) -> usize {
         self.cluster.settings.max_subscriptions
     }
 
-    /// The subscriptions held for the clients' filters (not the `long` subject's, nor the
-    /// catch-all's).
+    /// The subscriptions held for the clients' filters and share groups (not the `long`
+    /// subject's, nor the catch-all's).
     fn for_filters(&self) -> usize {
         let fixed = 1 + usize::from(self.catch_all.is_some());
-        self.by_pattern.len().saturating_sub(fixed)
+        self.by_pattern.len().saturating_sub(fixed) + self.group_of.len()
+    }
+
+    /// Subscribes a share group's subjects in its NATS queue group: NATS gives each
+    /// message to one node of those with members, never back to the node that published it
+    /// (`no_echo`), which served its own members first (`wire.rs`'s served groups). False
+    /// (none of it kept) if NATS could not be asked.
+    async fn cover_group(&mut self, key: String, subjects: Vec<String>) -> bool {
+        let queue = queue_group(&key);
+        let shared: Arc<str> = Arc::from(key.as_str());
+        let mut subscribed = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let subscribing = self.client.queue_subscribe(subject.clone(), queue.clone());
+            let failed = match tokio::time::timeout(CONFIRM_WAIT, subscribing).await {
+                Ok(Ok(subscriber)) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let (stop, stopped) = oneshot::channel();
+                    tokio::spawn(pass_on(id, subscriber, stopped, self.arriving_tx.clone()));
+                    self.group_of.insert(id, shared.clone());
+                    subscribed.push((id, stop));
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the NATS client is stuck".to_string(),
+            };
+            log::warn!("Warning: cluster: cannot subscribe to {subject} for {key}: {failed}");
+            for (_, stop) in subscribed {
+                let _ = stop.send(());
+            }
+            return false;
+        }
+        self.groups.insert(key, subscribed);
+        true
     }
 
     /// Takes every message of the cluster from now on (once): each node's clients may
     /// hold as many distinct filters as they like, and one NATS subscription each would
     /// cost without bound. What arrives is matched on the node's trie as always, so it
-    /// costs traffic, never a wrong delivery.
-    async fn catch_all(&mut self) {
+    /// costs traffic, never a wrong delivery. False if it could not be subscribed.
+    async fn catch_all(&mut self) -> bool {
         if self.catch_all.is_some() {
-            return;
+            return true;
         }
         let pattern = format!("{}.m.>", self.cluster.root);
         if !self.add_pattern(pattern.clone()).await {
-            return;
+            return false;
         }
         self.catch_all = Some(pattern);
         let stats = &self.cluster.stats;
         stats.catching_all.store(true, Ordering::Relaxed);
         stats.catch_all_started.fetch_add(1, Ordering::Relaxed);
         log::warn!(
-            "Warning: cluster: the node's clients hold more distinct filters than cluster_max_subscriptions ({}) lets it subscribe to on NATS; it now takes every message of the cluster and keeps what its clients want.",
+            "Warning: cluster: the node's clients hold more distinct filters than cluster_max_subscriptions ({}) lets it subscribe to on NATS; it now takes every message of the cluster and keeps what its clients want (share groups past it are served by their own node's publishers).",
             self.max_subscriptions()
         );
+        true
     }
 
     /// Back to a subscription per filter once they would take half the limit at most
     /// (a filter needs two subjects at most: `a/#` is `a` and `a.>`), so that a count
     /// near the limit does not switch back and forth. The filters' subscriptions are made
-    /// before the catch-all goes.
+    /// before the catch-all goes; if one cannot be made, the catch-all stays.
     async fn maybe_stop_catching_all(&mut self) {
         let Some(pattern) = self.catch_all.clone() else {
             return;
@@ -421,9 +517,25 @@ impl Link {
         if self.for_filters() + 2 * self.uncovered.len() > self.max_subscriptions() / 2 {
             return;
         }
+        let mut all_covered = true;
         for filter in std::mem::take(&mut self.uncovered) {
-            let patterns = filter_subjects(&self.cluster.root, &filter);
-            self.cover(filter, patterns).await;
+            let covered = match super::shared_filter(&filter) {
+                Some((_, topic_filter)) => {
+                    let subjects = filter_subjects(&self.cluster.root, topic_filter);
+                    self.cover_group(filter.clone(), subjects).await
+                }
+                None => {
+                    let patterns = filter_subjects(&self.cluster.root, &filter);
+                    self.cover(filter.clone(), patterns).await
+                }
+            };
+            if !covered {
+                self.uncovered.insert(filter);
+                all_covered = false;
+            }
+        }
+        if !all_covered {
+            return;
         }
         self.catch_all = None;
         self.drop_pattern(&pattern);
@@ -498,7 +610,11 @@ impl Link {
 
     fn arrived(&mut self, arriving: Arriving) {
         match arriving {
-            Arriving::Message(id, message) => self.consider(id, message),
+            Arriving::Message(id, message) => match self.group_of.get(&id) {
+                Some(key) => self.take_for_group(key.clone(), message),
+                None => self.consider(id, message),
+            },
+            Arriving::Drained(id) if self.group_of.remove(&id).is_some() => {}
             Arriving::Leaving(id) => {
                 // (Its task may have ended on its own already: the client is closing.)
                 if self.pattern_of.contains_key(&id) {
@@ -561,17 +677,16 @@ impl Link {
         }
     }
 
-    /// Decoded, checked, known as new, and passed to the shard its topic hashes to.
-    fn take(&mut self, id: u64, nats: async_nats::Message) {
-        let stats = &self.cluster.stats;
-        let now = Instant::now();
-        let arrived = match wire::decode(&nats.payload, now)
-            .and_then(|a| self.cluster.check_arrived(&nats.subject, a))
-        {
-            Ok(arrived) => arrived,
+    /// Decoded and checked; `None` (counted, said) if it is not a node's message.
+    fn decoded(&self, nats: &async_nats::Message, now: Instant) -> Option<wire::Arrived> {
+        let decoded = wire::decode(&nats.payload, now)
+            .and_then(|a| self.cluster.check_arrived(&nats.subject, a));
+        match decoded {
+            Ok(arrived) => Some(arrived),
             Err(e) => {
                 // Logged at the 1st, 2nd, 4th, 8th...: whoever else publishes on the
                 // cluster's subjects cannot flood the log.
+                let stats = &self.cluster.stats;
                 let seen = stats.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
                 if seen.is_power_of_two() {
                     log::warn!(
@@ -579,9 +694,40 @@ impl Link {
                         nats.subject
                     );
                 }
-                return;
+                None
             }
+        }
+    }
+
+    /// A message NATS gave this node for the share group `key` (its queue group): to one
+    /// of the group's members here, unless the publishing node served the group itself.
+    fn take_for_group(&mut self, key: Arc<str>, nats: async_nats::Message) {
+        let Some(arrived) = self.decoded(&nats, Instant::now()) else {
+            return;
         };
+        let stats = &self.cluster.stats;
+        if arrived.served.iter().any(|served| **served == *key) {
+            stats.served_there.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        (stats.received_bytes).fetch_add(nats.payload.len() as u64, Ordering::Relaxed);
+        let shard = self.cluster.shard_of(&arrived.message.topic);
+        let size = arrived.message.held_bytes();
+        let msg = ShardMsg::FromCluster {
+            message: Box::new(arrived.message),
+            group: Some(key),
+        };
+        self.hand(shard, msg, size);
+    }
+
+    /// Decoded, checked, known as new, and passed to the shard its topic hashes to.
+    fn take(&mut self, id: u64, nats: async_nats::Message) {
+        let now = Instant::now();
+        let Some(arrived) = self.decoded(&nats, now) else {
+            return;
+        };
+        let stats = &self.cluster.stats;
         if (self.copies).is_copy(&nats.subject, arrived.origin, arrived.number, now) {
             stats.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
@@ -593,6 +739,7 @@ impl Link {
         let size = arrived.message.held_bytes();
         let msg = ShardMsg::FromCluster {
             message: Box::new(arrived.message),
+            group: None,
         };
         self.hand(shard, msg, size);
     }

@@ -8,11 +8,13 @@
 //!
 //! The NATS client runs on a thread of its own (`link.rs`); shards never wait for it.
 //!
-//! Retained messages are the cluster's, kept once in JetStream (`retained.rs`).
+//! Retained messages are the cluster's, kept once in JetStream (`retained.rs`). A share
+//! group's members on other nodes take its messages through a NATS queue group, unless the
+//! publishing node served the group itself (`wire.rs`'s served groups).
 //!
-//! What this step does not do yet (issue 31): shared subscriptions stay per node, sessions
-//! do not move between nodes, and between nodes a message is delivered at most once (core
-//! NATS: a node or NATS server that goes down loses what it had on the way).
+//! What this step does not do yet (issue 31): sessions do not move between nodes, and
+//! between nodes a message is delivered at most once (core NATS: a node or NATS server
+//! that goes down loses what it had on the way).
 
 mod connect;
 pub mod dedup;
@@ -52,6 +54,8 @@ pub(crate) enum ToLink {
 pub(crate) struct Outgoing {
     subject: String,
     message: Arc<Message>,
+    /// The share groups the message went to on this node (`wire.rs`).
+    served: Vec<Arc<str>>,
     origin: Origin,
     number: u64,
 }
@@ -102,6 +106,11 @@ pub struct ClusterStats {
     pub retained_cut: AtomicU64,
     /// Removals and expired retained messages the sweep deleted from the stream.
     pub retained_swept: AtomicU64,
+    /// Messages NATS gave this node for a share group that the publishing node served
+    /// itself (not delivered again); messages published here that went to more share
+    /// groups here than a message lists (`wire::SERVED_MAX`).
+    pub served_there: AtomicU64,
+    pub served_cut: AtomicU64,
 }
 
 /// A count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or gauge),
@@ -212,6 +221,20 @@ pub const COUNTS: &[ClusterCount] = &[
         "Removals and expired retained messages deleted from JetStream",
         true,
         |s| load(&s.retained_swept),
+    ),
+    count(
+        "$SYS/broker/cluster/shared/served_there",
+        "midge_cluster_shared_served_there",
+        "Messages for a share group here that the publishing node served itself",
+        true,
+        |s| load(&s.served_there),
+    ),
+    count(
+        "$SYS/broker/cluster/shared/served_cut",
+        "midge_cluster_shared_served_cut",
+        "Messages that went to more share groups on this node than a message lists (the others may serve them too)",
+        true,
+        |s| load(&s.served_cut),
     ),
     count(
         "$SYS/broker/cluster/messages/forwarded",
@@ -358,9 +381,9 @@ impl Cluster {
         self.alive.store(false, Ordering::Release);
     }
 
-    /// Hands `message`, published on this node by `shard`, to the link for NATS. `$SYS`
-    /// topics are each node's own and stay here.
-    pub fn forward(&self, shard: usize, message: &Arc<Message>) {
+    /// Hands `message`, published on this node by `shard`, to the link for NATS, with the
+    /// share groups it went to here. `$SYS` topics are each node's own and stay here.
+    pub fn forward(&self, shard: usize, message: &Arc<Message>, served: Vec<Arc<str>>) {
         if is_sys(&message.topic) || !self.alive.load(Ordering::Relaxed) {
             return;
         }
@@ -369,6 +392,9 @@ impl Cluster {
         if queued + size > OUTGOING_BYTES_MAX {
             self.outgoing_bytes.fetch_sub(size, Ordering::Relaxed);
             self.stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
+            if message.retain {
+                retained::not_stored(self, "the queue to the NATS client is full");
+            }
             return;
         }
         let number = self.numbers[shard].fetch_add(1, Ordering::Relaxed);
@@ -381,6 +407,7 @@ impl Cluster {
         let out = Outgoing {
             subject,
             message: message.clone(),
+            served,
             origin,
             number,
         };
@@ -449,10 +476,12 @@ impl Cluster {
     }
 
     /// A subscription to `filter` was added (`true`) or removed on this node. Called with
-    /// the trie's writer locked. Shared subscriptions and `$SYS` filters stay this node's
-    /// own.
+    /// the trie's writer locked. A shared subscription's filter is the whole
+    /// `$share/{group}/{filter}` (the link takes it through a NATS queue group). `$SYS`
+    /// filters stay this node's own.
     pub fn interest(&self, filter: &str, added: bool) {
-        if is_sys(filter) || filter.starts_with("$share/") || !self.alive.load(Ordering::Relaxed) {
+        let topic_filter = shared_filter(filter).map_or(filter, |(_, f)| f);
+        if is_sys(topic_filter) || !self.alive.load(Ordering::Relaxed) {
             return;
         }
         let mut interest = self.interest.lock().expect("interest lock");
@@ -485,6 +514,11 @@ impl Cluster {
     fn fence_subject(&self) -> String {
         format!("{}.fence.{:x}", self.root, self.incarnation)
     }
+}
+
+/// The group and the filter of a shared subscription's `$share/{group}/{filter}`.
+fn shared_filter(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
 }
 
 /// Whether `topic` (or a filter) is under `$SYS`, which each node keeps to itself.

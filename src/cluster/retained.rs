@@ -19,7 +19,7 @@
 //! header); a query skips what has expired, and the sweep deletes it (NATS 2.9 has no
 //! per-message TTL).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,16 +45,20 @@ pub(super) const WORK_MAX: usize = 4096;
 /// Queries run at once, and what one may find: past either bound, what is left is not
 /// sent (said and counted).
 const QUERIES_AT_ONCE: usize = 8;
-const FOUND_MAX: usize = 16_384;
+pub const FOUND_MAX: usize = 16_384;
 const FOUND_BYTES_MAX: usize = 16 << 20;
 
-/// How long a store's acknowledgement, and each step of a query, may take.
+/// How long a store's acknowledgement may take (from when the link handed it over), and
+/// each step of a query; how long a query's consumer outlives it if it cannot be deleted.
 const ACK_WAIT: Duration = Duration::from_secs(5);
 const QUERY_STEP_WAIT: Duration = Duration::from_secs(5);
+const CONSUMER_IDLE: Duration = Duration::from_secs(10);
 
 /// How often the stream is looked for again while it cannot be made; the messages a sweep
 /// (`cluster_retained_sweep_interval`) looks at at most.
 const OPEN_RETRY: Duration = Duration::from_secs(2);
+/// How often an open stream is checked for (and made again if it is gone).
+const STREAM_CHECK: Duration = Duration::from_secs(30);
 const SWEEP_VISITS_MAX: usize = 100_000;
 
 /// How long the answer to a query may wait for its shard's mailbox.
@@ -80,7 +84,8 @@ pub struct Found {
 
 /// What the link hands this task, in order.
 pub(super) enum Work {
-    Stored(jetstream::context::PublishAckFuture),
+    /// A store's acknowledgement, and until when it is waited for.
+    Stored(jetstream::context::PublishAckFuture, tokio::time::Instant),
     Query(Query),
 }
 
@@ -119,13 +124,16 @@ pub(super) async fn serve(
     let mut sweep = tokio::time::interval(cluster.settings.sweep_every);
     sweep.reset(); // Not at once: the first sweep comes a period after the start.
     let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
+    let cursor = Arc::new(AtomicU64::new(0));
+    let mut check = tokio::time::interval(STREAM_CHECK);
+    check.reset();
     let queries = Arc::new(Semaphore::new(QUERIES_AT_ONCE));
     let mut said_unavailable = false;
     loop {
         tokio::select! {
             next = work.recv() => match next {
                 None => break,
-                Some(Work::Stored(ack)) => stored(&cluster, ack).await,
+                Some(Work::Stored(ack, until)) => stored(&cluster, ack, until).await,
                 Some(Work::Query(query)) => {
                     let Ok(permit) = queries.clone().acquire_owned().await else { break };
                     let (cluster, mailboxes, stream) = (cluster.clone(), mailboxes.clone(), stream.clone());
@@ -151,8 +159,16 @@ pub(super) async fn serve(
             _ = sweep.tick(), if stream.is_some() => {
                 let idle = sweeping.as_ref().is_none_or(|s| s.is_finished());
                 if let (Some(stream), true) = (stream.clone(), idle) {
-                    let cluster = cluster.clone();
-                    sweeping = Some(tokio::spawn(async move { sweep_stream(&cluster, &stream).await }));
+                    let (cluster, cursor) = (cluster.clone(), cursor.clone());
+                    sweeping = Some(tokio::spawn(async move {
+                        sweep_stream(&cluster, &stream, &cursor).await
+                    }));
+                }
+            }
+            _ = check.tick(), if stream.is_some() => {
+                // Made again if it went (deleted, or lost with its only server's disk).
+                if let Err(e) = open(&cluster, &js).await {
+                    log::warn!("Warning: cluster: the JetStream stream for retained messages cannot be found or made: {e}.");
                 }
             }
         }
@@ -180,15 +196,24 @@ async fn open(cluster: &Cluster, js: &jetstream::Context) -> Result<stream::Stre
 }
 
 /// Waits for JetStream to say it has a stored message (or removal).
-async fn stored(cluster: &Cluster, ack: jetstream::context::PublishAckFuture) {
+async fn stored(
+    cluster: &Cluster,
+    ack: jetstream::context::PublishAckFuture,
+    until: tokio::time::Instant,
+) {
     let stats = &cluster.stats;
-    match tokio::time::timeout(ACK_WAIT, ack).await {
+    match tokio::time::timeout_at(until, ack).await {
         Ok(Ok(_)) => {
             stats.retained_stored.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Err(e)) => not_stored(cluster, &e.to_string()),
         Err(_) => not_stored(cluster, "no acknowledgement in time"),
     }
+}
+
+/// Until when a store handed over now is waited for.
+pub(super) fn ack_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + ACK_WAIT
 }
 
 /// A retained message JetStream did not take: said (the 1st, 2nd, 4th...), counted.
@@ -270,20 +295,29 @@ async fn find(
         if exact {
             let getting = stream.get_last_raw_message_by_subject(&subject);
             match tokio::time::timeout(QUERY_STEP_WAIT, getting).await {
-                Ok(Ok(m)) => found.add(cluster, &subject, &m.payload, &m.headers),
+                Ok(Ok(m)) => found.add(cluster, filter, &subject, &m.payload, &m.headers),
                 Ok(Err(e)) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
                 Ok(Err(e)) => return Err(e.to_string()),
                 Err(_) => return Err("no answer".into()),
             }
             continue;
         }
-        let mut messages = std::pin::pin!(last_per_subject(stream, subject).await?);
-        while let Some(m) = messages.next().await {
-            found.add(cluster, &m.subject, &m.payload, &m.headers);
-            if m.pending == 0 || found.cut {
-                break;
+        let mut reader = LastPerSubject::open(stream, subject, None).await?;
+        let read = loop {
+            let batch = match reader.next_batch().await {
+                Ok(batch) if batch.is_empty() => break Ok(()),
+                Ok(batch) => batch,
+                Err(e) => break Err(e),
+            };
+            for m in &batch {
+                found.add(cluster, filter, &m.subject, &m.payload, &m.headers);
             }
-        }
+            if found.cut {
+                break Ok(());
+            }
+        };
+        reader.close();
+        read?;
     }
     if found.cut {
         cluster.stats.retained_cut.fetch_add(1, Ordering::Relaxed);
@@ -300,74 +334,140 @@ struct Read {
     payload: bytes::Bytes,
     headers: async_nats::HeaderMap,
     sequence: u64,
-    pending: u64,
 }
 
-/// The last message of each subject `subject` covers, in the stream's order; ends after
-/// the last one (or when the server stops answering).
-async fn last_per_subject(
-    stream: &stream::Stream,
-    subject: String,
-) -> Result<impl futures_util::Stream<Item = Read>, String> {
-    let config = consumer::pull::OrderedConfig {
-        filter_subject: subject,
-        deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-        ..Default::default()
-    };
-    let creating = stream.create_consumer(config);
-    let consumer = match tokio::time::timeout(QUERY_STEP_WAIT, creating).await {
-        Ok(Ok(consumer)) => consumer,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("no answer".into()),
-    };
-    let messages = if consumer.cached_info().num_pending == 0 {
-        None
-    } else {
-        Some(consumer.messages().await.map_err(|e| e.to_string())?)
-    };
-    Ok(futures_util::stream::unfold(
-        messages,
-        |messages| async move {
-            let mut messages = messages?;
-            let next = tokio::time::timeout(QUERY_STEP_WAIT, messages.next()).await;
-            let message = next.ok()??.ok()?;
-            let info = message.info().ok()?;
-            let read = Read {
+/// Messages one fetch asks for: what a query holds on its way in is at most this many
+/// messages (each at most the NATS server's max_payload).
+const FETCH_MAX: usize = 16;
+
+/// The messages of the subjects a filter subject covers (the stream keeps one per subject:
+/// each is its subject's last), read a fetch at a time from an ephemeral consumer of its
+/// own (deleted when done, or by the server when left), from the start or from a sequence.
+struct LastPerSubject {
+    stream: stream::Stream,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    done: bool,
+}
+
+impl LastPerSubject {
+    async fn open(
+        stream: &stream::Stream,
+        subject: String,
+        from: Option<u64>,
+    ) -> Result<LastPerSubject, String> {
+        let deliver_policy = match from {
+            None => consumer::DeliverPolicy::LastPerSubject,
+            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+        };
+        let config = consumer::pull::Config {
+            filter_subject: subject,
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: CONSUMER_IDLE,
+            memory_storage: true,
+            ..Default::default()
+        };
+        let creating = stream.create_consumer(config);
+        let consumer = match tokio::time::timeout(QUERY_STEP_WAIT, creating).await {
+            Ok(Ok(consumer)) => consumer,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("no answer".into()),
+        };
+        let done = consumer.cached_info().num_pending == 0;
+        Ok(LastPerSubject {
+            stream: stream.clone(),
+            consumer,
+            done,
+        })
+    }
+
+    /// The next messages, none once every one was read.
+    async fn next_batch(&mut self) -> Result<Vec<Read>, String> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let fetching = self.consumer.fetch().max_messages(FETCH_MAX).messages();
+        let mut batch = match tokio::time::timeout(QUERY_STEP_WAIT, fetching).await {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("no answer".into()),
+        };
+        let mut read = Vec::with_capacity(FETCH_MAX);
+        loop {
+            let next = tokio::time::timeout(QUERY_STEP_WAIT, batch.next()).await;
+            let message = match next {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(None) => break,
+                Err(_) => return Err("no answer".into()),
+            };
+            let info = message.info().map_err(|e| e.to_string())?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            read.push(Read {
                 subject: message.subject.to_string(),
                 payload: message.payload.clone(),
                 headers: message.headers.clone().unwrap_or_default(),
-                sequence: info.stream_sequence,
-                pending: info.pending,
-            };
-            Some((read, Some(messages)))
-        },
-    ))
+                sequence,
+            });
+            if pending == 0 {
+                self.done = true;
+                break;
+            }
+        }
+        self.done |= read.is_empty();
+        Ok(read)
+    }
+
+    /// Deletes the consumer (in the background: nobody waits for it).
+    fn close(self) {
+        let name = self.consumer.cached_info().name.clone();
+        tokio::spawn(async move {
+            let deleting = self.stream.delete_consumer(&name);
+            let _ = tokio::time::timeout(QUERY_STEP_WAIT, deleting).await;
+        });
+    }
 }
 
-/// What a query has found so far; `cut` once a bound is reached.
+/// What a query has found so far, and the stream's messages it read (removals and expired
+/// ones included); `cut` once a bound is reached.
 #[derive(Default)]
 struct FoundParts {
     messages: Vec<Arc<Message>>,
     bytes: usize,
+    visits: usize,
     cut: bool,
 }
 
+/// Messages of the stream one query reads at most (removals and expired ones the sweep
+/// has not deleted yet count).
+const VISITS_MAX: usize = 4 * FOUND_MAX;
+
 impl FoundParts {
-    /// Adds the message stored on `subject`, unless it is a removal, expired, or not a
-    /// node's message for that subject (counted).
+    /// Adds the message stored on `subject`, unless it is a removal, expired, not a
+    /// node's message for that subject (counted), or not one `filter` matches: the
+    /// subjects cover more than the filter (`$`-topics under a leading wildcard
+    /// [MQTT-4.7.2-1], a filter cut short for a subject).
     fn add(
         &mut self,
         cluster: &Cluster,
+        filter: &str,
         subject: &str,
         payload: &[u8],
         headers: &async_nats::HeaderMap,
     ) {
+        self.visits += 1;
+        if self.visits > VISITS_MAX {
+            self.cut = true;
+        }
         if payload.is_empty() || self.cut {
             return;
         }
         let Some(message) = stored_message(cluster, subject, payload, headers) else {
             return;
         };
+        if !crate::topic::matches(filter, &message.topic) {
+            return;
+        }
         let size = message.held_bytes();
         if self.messages.len() >= FOUND_MAX || self.bytes + size > FOUND_BYTES_MAX {
             self.cut = true;
@@ -398,6 +498,9 @@ fn stored_message(
         if super::is_sys(&message.topic) || !message.retain {
             return Err("not a retained message a node stores".into());
         }
+        let mut message = message;
+        message.properties.topic_alias = None;
+        message.properties.subscription_identifiers.clear();
         Ok(message)
     });
     let mut message = match decoded {
@@ -427,22 +530,36 @@ fn expiry_left(headers: &async_nats::HeaderMap) -> Option<Duration> {
 }
 
 /// Deletes the removals and the expired messages the stream still holds (each by its
-/// sequence number, so that a message stored since on the same subject stays).
-async fn sweep_stream(cluster: &Cluster, stream: &stream::Stream) {
+/// sequence number, so that a message stored since on the same subject stays), looking at
+/// `SWEEP_VISITS_MAX` messages from `cursor` on (a sequence; the next sweep goes on from
+/// where this one stopped, and from the start once it reached the end).
+async fn sweep_stream(cluster: &Cluster, stream: &stream::Stream, cursor: &AtomicU64) {
     let all = format!("{}.{RETAINED}.>", cluster.root);
-    let Ok(messages) = last_per_subject(stream, all).await else {
+    let from = cursor.load(Ordering::Relaxed).max(1);
+    let Ok(mut reader) = LastPerSubject::open(stream, all, Some(from)).await else {
         return;
     };
-    let mut messages = std::pin::pin!(messages);
     let mut visits = 0;
-    while let Some(m) = messages.next().await {
-        let gone = m.payload.is_empty() || expiry_left(&m.headers).is_some_and(|l| l.is_zero());
-        if gone && matches!(stream.delete_message(m.sequence).await, Ok(true)) {
-            cluster.stats.retained_swept.fetch_add(1, Ordering::Relaxed);
-        }
-        visits += 1;
-        if m.pending == 0 || visits >= SWEEP_VISITS_MAX {
+    let mut next = 0; // From the start, unless stopped before the end.
+    while visits < SWEEP_VISITS_MAX {
+        let Ok(batch) = reader.next_batch().await else {
+            break;
+        };
+        if batch.is_empty() {
             break;
         }
+        visits += batch.len();
+        for m in batch {
+            next = m.sequence + 1;
+            let gone = m.payload.is_empty() || expiry_left(&m.headers).is_some_and(|l| l.is_zero());
+            if gone && matches!(stream.delete_message(m.sequence).await, Ok(true)) {
+                cluster.stats.retained_swept.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
+    if reader.done {
+        next = 0;
+    }
+    cursor.store(next, Ordering::Relaxed);
+    reader.close();
 }

@@ -152,6 +152,28 @@ pub fn filter_subjects_in(root: &str, space: &str, filter: &str) -> Vec<String> 
     vec![subject]
 }
 
+/// The longest queue group name midge gives NATS; a longer one is its hash.
+const QUEUE_MAX: usize = 200;
+
+/// The NATS queue group of the share group `key` (`$share/{group}/{filter}`): escaped as a
+/// token is, or if that is long, `~S` and the first 128 bits of its SHA-256 (two share
+/// groups never meet in one queue group by chance, nor by a client's choice of names).
+pub fn queue_group(key: &str) -> String {
+    let mut name = String::with_capacity(key.len() + key.len() / 4);
+    push_token(&mut name, key);
+    if name.len() <= QUEUE_MAX {
+        return name;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut hashed = String::from("~S");
+    for byte in &digest[..16] {
+        hashed.push(HEX[usize::from(byte >> 4)] as char);
+        hashed.push(HEX[usize::from(byte & 0xF)] as char);
+    }
+    hashed
+}
+
 /// Whether a NATS subscription `pattern` matches `subject` (NATS's rules: `*` one token,
 /// `>` one or more at the end).
 pub fn nats_matches(pattern: &str, subject: &str) -> bool {
@@ -197,6 +219,15 @@ mod tests {
         assert_eq!(f("#"), ["midge.c1.m.>"]);
         assert_eq!(f("+/#"), ["midge.c1.m.*", "midge.c1.m.*.>"]);
         assert_eq!(f("a/>"), ["midge.c1.m.a.~3E"]);
+    }
+
+    #[test]
+    fn a_share_group_is_one_queue_group_token() {
+        assert_eq!(queue_group("$share/g/a/#"), "$share~2Fg~2Fa~2F~23");
+        let long = format!("$share/g/{}", "x/".repeat(150));
+        let hashed = queue_group(&long);
+        assert!(hashed.starts_with("~S") && hashed.len() == 34, "{hashed}");
+        assert_ne!(hashed, queue_group(&format!("{long}y")));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A message as it travels between nodes: a small header (format, origin, number, what is
-//! left of its expiry), then the message as a 5.0 PUBLISH (topic, QoS, retain, properties,
-//! payload), as the journal keeps messages. The topic travels whole in the PUBLISH: the
-//! subject only routes it.
+//! left of its expiry), the share groups the publishing node served (if any), then the
+//! message as a 5.0 PUBLISH (topic, QoS, retain, properties, payload), as the journal
+//! keeps messages. The topic travels whole in the PUBLISH: the subject only routes it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::time::{Duration, Instant};
@@ -18,6 +18,13 @@ const HEADER_LEN: usize = 1 + 1 + 8 + 2 + 8 + 8;
 
 /// Flag: the message expires (`expiry_ms` counts).
 const EXPIRES: u8 = 1;
+/// Flag: after the header, the share groups the publishing node served: a count (u16),
+/// then each group's `$share/{group}/{filter}` (u16 length, bytes).
+const SERVED: u8 = 2;
+
+/// Share groups listed at most (past it, the others may get the message from another
+/// node as well: counted by the link).
+pub const SERVED_MAX: usize = 1024;
 
 /// The largest PUBLISH read from another node: MQTT's largest packet. (Each subscriber's
 /// own Maximum Packet Size still applies to what it is sent.)
@@ -30,20 +37,43 @@ const EXPIRY_MAX_MS: u64 = u32::MAX as u64 * 1000;
 pub struct Arrived {
     pub origin: Origin,
     pub number: u64,
+    /// The share groups the publishing node served.
+    pub served: Vec<String>,
     pub message: Message,
 }
 
 /// `message`'s bytes for NATS, published from `origin` as its `number`th, at `now`. `None`
 /// if it cannot be encoded (never for a message a client could publish).
 pub fn encode(message: &Message, origin: Origin, number: u64, now: Instant) -> Option<Bytes> {
+    encode_served(message, origin, number, &[], now)
+}
+
+/// As `encode`, saying which share groups the publishing node served (`SERVED_MAX` at
+/// most; the rest are left out).
+pub fn encode_served(
+    message: &Message,
+    origin: Origin,
+    number: u64,
+    served: &[std::sync::Arc<str>],
+    now: Instant,
+) -> Option<Bytes> {
     let packet = message.publish_bytes()?;
-    let mut out = BytesMut::with_capacity(HEADER_LEN + packet.len());
+    let served: Vec<&str> = (served.iter())
+        .map(|k| &**k)
+        .filter(|k| k.len() <= usize::from(u16::MAX))
+        .take(SERVED_MAX)
+        .collect();
+    let listed: usize = served.iter().map(|k| 2 + k.len()).sum();
+    let mut out = BytesMut::with_capacity(HEADER_LEN + 2 + listed + packet.len());
     out.put_u8(FORMAT);
-    out.put_u8(if message.expires_at.is_some() {
-        EXPIRES
-    } else {
-        0
-    });
+    let mut flags = 0;
+    if message.expires_at.is_some() {
+        flags |= EXPIRES;
+    }
+    if !served.is_empty() {
+        flags |= SERVED;
+    }
+    out.put_u8(flags);
     out.put_u64(origin.incarnation);
     out.put_u16(origin.shard);
     out.put_u64(number);
@@ -53,8 +83,41 @@ pub fn encode(message: &Message, origin: Origin, number: u64, now: Instant) -> O
         .expires_at
         .map_or(0, |at| at.saturating_duration_since(now).as_millis());
     out.put_u64(u64::try_from(left).unwrap_or(u64::MAX));
+    if !served.is_empty() {
+        out.put_u16(served.len() as u16);
+        for key in served {
+            out.put_u16(key.len() as u16);
+            out.extend_from_slice(key.as_bytes());
+        }
+    }
     out.extend_from_slice(&packet);
     Some(out.freeze())
+}
+
+/// The served share groups at the start of `bytes` (after the header), and where the
+/// PUBLISH starts.
+fn served_groups(bytes: &[u8]) -> Result<(Vec<String>, usize), String> {
+    let short = || "a list of share groups cut short".to_string();
+    let u16_at = |at: usize| -> Result<usize, String> {
+        let two = bytes.get(at..at + 2).ok_or_else(short)?;
+        Ok(usize::from(u16::from_be_bytes([two[0], two[1]])))
+    };
+    let count = u16_at(0)?;
+    if count > SERVED_MAX {
+        return Err(format!(
+            "{count} share groups listed (at most {SERVED_MAX})"
+        ));
+    }
+    let mut at = 2;
+    let mut served = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = u16_at(at)?;
+        let key = bytes.get(at + 2..at + 2 + len).ok_or_else(short)?;
+        let key = std::str::from_utf8(key).map_err(|_| "a share group that is not UTF-8")?;
+        served.push(key.to_string());
+        at += 2 + len;
+    }
+    Ok((served, at))
 }
 
 /// The message in `bytes`, arrived at `now`; an error says what is wrong with them.
@@ -74,10 +137,17 @@ pub fn decode(bytes: &[u8], now: Instant) -> Result<Arrived, String> {
     let number = u64_at(12);
     let left_ms = u64_at(20).min(EXPIRY_MAX_MS);
     let expires_at = (flags & EXPIRES != 0).then(|| now + Duration::from_millis(left_ms));
-    let message = Message::from_publish_bytes(&bytes[HEADER_LEN..], PACKET_MAX, expires_at)?;
+    let (served, publish_at) = if flags & SERVED != 0 {
+        served_groups(&bytes[HEADER_LEN..])?
+    } else {
+        (Vec::new(), 0)
+    };
+    let packet = &bytes[HEADER_LEN + publish_at..];
+    let message = Message::from_publish_bytes(packet, PACKET_MAX, expires_at)?;
     Ok(Arrived {
         origin,
         number,
+        served,
         message,
     })
 }
@@ -134,6 +204,24 @@ mod tests {
             arrived.message.expires_at,
             Some(now + Duration::from_millis(EXPIRY_MAX_MS))
         );
+    }
+
+    #[test]
+    fn the_share_groups_served_travel_with_the_message() {
+        let now = Instant::now();
+        let served: Vec<std::sync::Arc<str>> = vec!["$share/g/a/#".into(), "$share/h é/+".into()];
+        let bytes = encode_served(&message(None, now), ORIGIN, 5, &served, now).unwrap();
+        let arrived = decode(&bytes, now).unwrap();
+        assert_eq!(arrived.served, ["$share/g/a/#", "$share/h é/+"]);
+        assert_eq!(&arrived.message.payload[..], b"payload");
+        // Cut anywhere in the list: an error, not a message.
+        for cut in HEADER_LEN..HEADER_LEN + 20 {
+            let mut torn = bytes[..cut].to_vec();
+            torn.extend_from_slice(&[0xFF; 3]);
+            assert!(decode(&torn, now).is_err(), "cut at {cut}");
+        }
+        let none = decode(&encode(&message(None, now), ORIGIN, 1, now).unwrap(), now);
+        assert!(none.unwrap().served.is_empty());
     }
 
     #[test]

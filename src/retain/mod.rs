@@ -198,7 +198,7 @@ impl RetainStore {
     pub fn get(
         &self,
         topic: &str,
-        keep: &dyn Fn(&Source, &Message) -> bool,
+        keep: &dyn Fn(Option<&Source>, &Message) -> bool,
     ) -> Option<Arc<Message>> {
         let mut node = &self.root;
         for level in topic.split('/') {
@@ -224,7 +224,7 @@ impl RetainStore {
         &self,
         filter: &str,
         out: &mut Vec<Arc<Message>>,
-        keep: &dyn Fn(&Source, &Message) -> bool,
+        keep: &dyn Fn(Option<&Source>, &Message) -> bool,
     ) {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut found = Found { out, keep };
@@ -241,7 +241,7 @@ impl RetainStore {
         cursor: &mut Option<ScanCursor>,
         (visits_max, found_max): (usize, usize),
         out: &mut Vec<Arc<Message>>,
-        keep: &dyn Fn(&Source, &Message) -> bool,
+        keep: &dyn Fn(Option<&Source>, &Message) -> bool,
     ) -> usize {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut walk = Walk {
@@ -303,7 +303,7 @@ impl RetainStore {
 /// Where `collect` puts what it finds.
 struct Found<'a> {
     out: &'a mut Vec<Arc<Message>>,
-    keep: &'a dyn Fn(&Source, &Message) -> bool,
+    keep: &'a dyn Fn(Option<&Source>, &Message) -> bool,
 }
 
 impl Found<'_> {
@@ -312,7 +312,7 @@ impl Found<'_> {
         let Some(message) = &node.message else {
             return false;
         };
-        if !node.source.as_ref().is_none_or(|s| (self.keep)(s, message)) {
+        if !(self.keep)(node.source.as_deref(), message) {
             return false;
         }
         self.out.push(message.clone());

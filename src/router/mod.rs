@@ -53,8 +53,12 @@ pub enum ShardMsg {
     /// A shard's marker: everything it routed to `session` the old way is ahead of it.
     Flushed { session: SessionId },
     /// A message published on another node of the cluster: routed to this node's
-    /// subscribers, never sent on to NATS (`cluster/`).
-    FromCluster { message: Box<Message> },
+    /// subscribers, never sent on to NATS (`cluster/`); with `group`, to that share group
+    /// alone, otherwise to all but share groups.
+    FromCluster {
+        message: Box<Message>,
+        group: Option<Arc<str>>,
+    },
     /// The retained messages the cluster keeps for a new subscription of a session this
     /// shard held when it asked (`cluster/retained.rs`).
     RetainedFromCluster(Box<crate::cluster::retained::Found>),

@@ -50,6 +50,8 @@ pub struct Rules<'a> {
     /// A bridge with a clean local session whose link is down: nothing waits for it.
     pub link_down: bool,
     pub limits: Limits,
+    /// A retained message owed to a new subscription, not one published now.
+    pub owed: bool,
 }
 
 /// What `decide` says to do with a message.
@@ -112,7 +114,11 @@ impl Session {
         if !self.may_read(rules.acl, &message.topic) {
             return Decision::Dropped(DropReason::Acl);
         }
-        match self.offer(message, target, rules.limits, changes) {
+        let offer = self.offer(message, target, rules.limits, changes);
+        if !rules.owed && matches!(offer, Offer::Send | Offer::Queued) {
+            self.outgoing.delivered_live(&message.topic);
+        }
+        match offer {
             Offer::Send => Decision::Send,
             Offer::Queued => Decision::Queued {
                 waits_for_reader: self.conn.is_some() && !rules.limits.writable,
@@ -190,6 +196,7 @@ mod tests {
         Rules {
             acl: None,
             link_down: false,
+            owed: false,
             limits: Limits {
                 window: 2,
                 queued_max,

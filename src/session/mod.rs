@@ -33,7 +33,9 @@ pub use delivery::{capped, Backlog, Decision, DropReason, Rules};
 
 pub use incoming::{IncomingQos2, Qos2Publish};
 pub use lifecycle::{expires_after, WillAfterClose};
-pub use outgoing::{Ack, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan};
+pub use outgoing::{
+    Ack, InFlight, Limits, Offer, Outgoing, Owed, Queued, RetainedScan, AWAITED_ANSWERS_MAX,
+};
 pub use table::Table;
 
 use compact_str::CompactString;
@@ -443,9 +445,14 @@ impl Session {
         self.outgoing.owe(messages, qos, identifier)
     }
 
+    /// Whether the cluster may be asked for one more subscription's retained messages.
+    pub fn may_await_cluster(&mut self, now: std::time::Instant) -> bool {
+        self.outgoing.may_await_cluster(now)
+    }
+
     /// The cluster was asked for a new subscription's retained messages (`Outgoing::await_cluster`).
-    pub fn await_cluster(&mut self) {
-        self.outgoing.await_cluster()
+    pub fn await_cluster(&mut self, now: std::time::Instant) {
+        self.outgoing.await_cluster(now)
     }
 
     /// The cluster's answer, less the topics delivered since it was asked.

@@ -81,6 +81,7 @@ impl<B: Backend> Shard<B> {
         let rules = Rules {
             acl: read_acl(config, session.listener(), link.is_some()),
             link_down,
+            owed: self.subs.owed.sending,
             limits: Limits {
                 writable,
                 ..session.limits(

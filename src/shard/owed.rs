@@ -30,28 +30,14 @@ impl<B: Backend> Shard<B> {
         sub: Option<&Subscription>,
     ) {
         if let Some(cluster) = (self.shared.cluster.get()).filter(|c| c.finds_retained(filter)) {
-            let query = crate::cluster::retained::Query {
-                shard: self.id,
-                session: session_id,
-                filter: filter.to_string(),
-                sub: sub.cloned(),
-                qos,
-                identifier,
-            };
-            if cluster.find_retained(query) {
-                if let Some(session) = self.sessions.get_mut(&session_id) {
-                    session.await_cluster();
-                }
-            }
+            self.ask_cluster(cluster.clone(), session_id, filter, qos, identifier, sub);
         }
         let exact = !filter.contains(['+', '#']);
         // A filter without wildcards names one topic: its retained message, if any, is
         // owed at once (no scan to keep).
         let found = exact.then(|| {
             let store = self.shared.retained.lock().expect("retained lock");
-            store.get(filter, &|source, message| {
-                self.still_allowed(source, message)
-            })
+            store.get(filter, &|source, message| self.kept_here(source, message))
         });
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
@@ -83,6 +69,48 @@ impl<B: Backend> Shard<B> {
             self.subs.owed.owing.push(session_id);
         }
         self.send_owed(session_id);
+    }
+
+    /// Asks the cluster for the retained messages of a session's new subscription, unless
+    /// the session waits for too many answers already, or owes more than one answer
+    /// brings (counted as scans past their limit are).
+    fn ask_cluster(
+        &mut self,
+        cluster: std::sync::Arc<crate::cluster::Cluster>,
+        session_id: SessionId,
+        filter: &str,
+        qos: QoS,
+        identifier: Option<u32>,
+        sub: Option<&Subscription>,
+    ) {
+        let now = self.shared.clock.now();
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let owes_much = session.outgoing().owed_len() >= crate::cluster::retained::FOUND_MAX;
+        if owes_much || !session.may_await_cluster(now) {
+            let name = session.client_id.clone();
+            self.limit_reached(Limit::RetainedScans, || {
+                format!(
+                    "client {name} waits for the cluster's retained messages of {} subscriptions \
+                     (or is owed {} of them); those of its subscription to {filter:?} are not sent.",
+                    crate::session::AWAITED_ANSWERS_MAX,
+                    crate::cluster::retained::FOUND_MAX,
+                )
+            });
+            return;
+        }
+        let query = crate::cluster::retained::Query {
+            shard: self.id,
+            session: session_id,
+            filter: filter.to_string(),
+            sub: sub.cloned(),
+            qos,
+            identifier,
+        };
+        if cluster.find_retained(query) {
+            session.await_cluster(now);
+        }
     }
 
     /// Sends what a session is owed while its client keeps up: until its connection has
@@ -139,7 +167,9 @@ impl<B: Backend> Shard<B> {
                 retain: true,
                 identifiers: owed.identifier.into_iter().collect(),
             };
+            self.subs.owed.sending = true;
             self.deliver_to_session(&owed.message, &target, &mut Variants::default());
+            self.subs.owed.sending = false;
         }
     }
 
@@ -153,8 +183,9 @@ impl<B: Backend> Shard<B> {
         else {
             return;
         };
-        let still_allowed =
-            |source: &crate::retain::Source, message: &Message| self.still_allowed(source, message);
+        let still_allowed = |source: Option<&crate::retain::Source>, message: &Message| {
+            self.kept_here(source, message)
+        };
         let mut found: Vec<Arc<Message>> = Vec::new();
         let slice = (
             SCAN_VISITS_PER_SLICE.min(self.subs.owed.scan_visits_left),
@@ -211,6 +242,18 @@ impl<B: Backend> Shard<B> {
 
     /// check_retain_source: a retained message goes only while its publisher may still
     /// publish it (the ACL in force now; sources are kept only with the option on).
+    /// Whether this node's store sends `message`: not if the cluster keeps its topic's
+    /// retained message (one this node kept before it joined the cluster, set aside: the
+    /// cluster's is the one), and with `check_retain_source` only while its publisher
+    /// may still publish there.
+    fn kept_here(&self, source: Option<&crate::retain::Source>, message: &Message) -> bool {
+        let cluster = self.shared.cluster.get();
+        if cluster.is_some_and(|c| c.keeps_retained(&message.topic)) {
+            return false;
+        }
+        source.is_none_or(|source| self.still_allowed(source, message))
+    }
+
     fn still_allowed(&self, source: &crate::retain::Source, message: &Message) -> bool {
         let acl = self.config.security(source.listener).acl.as_ref();
         acl.is_none_or(|acl| {
@@ -326,6 +369,8 @@ pub(super) struct OwedWork {
     /// (`SCAN_VISITS_PER_TURN`).
     requests_left: usize,
     scan_visits_left: usize,
+    /// While an owed retained message is delivered (not a message published now).
+    pub(super) sending: bool,
 }
 
 impl Default for OwedWork {
@@ -335,6 +380,7 @@ impl Default for OwedWork {
             owing: Vec::new(),
             next_turn: false,
             requests_left: 0,
+            sending: false,
             scan_visits_left: SCAN_VISITS_PER_TURN,
         }
     }

@@ -14,31 +14,43 @@ use crate::router::{Message, Sent, ShardMsg, Target};
 use crate::topic::{Match, Members, SessionId, Subscription};
 
 impl<B: Backend> Shard<B> {
-    /// Routes a message published on this node: to the other nodes of a cluster, and to
-    /// every matching subscription here (`route_here`). Returns whether any subscription
-    /// matched (5.0's 0x10 No matching subscribers): in a cluster, any other node's may.
+    /// Routes a message published on this node: to every matching subscription here
+    /// (`route_here`), and to the other nodes of a cluster, with the share groups served
+    /// here (this node's members go first; the other nodes serve only the groups it has
+    /// none of). Returns whether any subscription matched (5.0's 0x10 No matching
+    /// subscribers): in a cluster, any other node's may.
     pub(super) fn route(&mut self, message: &Arc<Message>, from: Option<ConnId>) -> bool {
-        let clustered = if let Some(cluster) = self.shared.cluster.get() {
-            cluster.forward(self.id, message);
-            true
-        } else {
-            false
+        let Some(cluster) = self.shared.cluster.get().cloned() else {
+            return self.route_here(message, from, Scope::Here);
         };
-        self.route_here(message, from) || clustered
+        self.routing.served = Some(Vec::new());
+        self.route_here(message, from, Scope::Here);
+        let served = self.routing.served.take().unwrap_or_default();
+        cluster.forward(self.id, message, served);
+        true
     }
 
     /// A message from another node of the cluster: routed here as one of this node's, in
-    /// the order it came, never sent on to NATS.
-    pub(super) fn route_from_cluster(&mut self, mut message: crate::router::Message) {
+    /// the order it came, never sent on to NATS. `group`: it came for that share group
+    /// alone (a NATS queue group); otherwise for this node's other subscriptions alone.
+    pub(super) fn route_from_cluster(
+        &mut self,
+        mut message: crate::router::Message,
+        group: Option<Arc<str>>,
+    ) {
         message.order = self.publish_order();
-        self.route_here(&Arc::new(message), None);
+        let scope = match &group {
+            Some(key) => Scope::Group(key),
+            None => Scope::NotShared,
+        };
+        self.route_here(&Arc::new(message), None, scope);
     }
 
     /// Routes `message` to every matching subscription on this node: match once on the
     /// published trie, group the targets by owning shard, deliver this shard's directly
     /// and send one message to each other shard. `from` is the publishing connection
     /// (paused if its messages wait). Returns whether any subscription matched.
-    fn route_here(&mut self, message: &Arc<Message>, from: Option<ConnId>) -> bool {
+    fn route_here(&mut self, message: &Arc<Message>, from: Option<ConnId>, scope: Scope) -> bool {
         // Subscriptions read earlier in this turn take effect first: packets act in the
         // order the shard reads them, whoever sent them.
         self.apply_trie_ops();
@@ -65,8 +77,10 @@ impl<B: Backend> Shard<B> {
         // Mosquitto's "no matching subscribers" counts a subscription even when No Local
         // keeps the message from it.
         let mut matched = false;
+        let served = &mut self.routing.served;
         snapshot.for_each_match(&message.topic, &mut |m| {
             let (session, sub) = match m {
+                Match::Subscriber(..) | Match::Group { .. } if !scope.takes(&m) => return,
                 Match::Subscriber(session, sub) => {
                     matched = true;
                     // [MQTT-3.8.3-3] No Local: not back to the publisher.
@@ -75,7 +89,9 @@ impl<B: Backend> Shard<B> {
                     }
                     (session, sub)
                 }
-                Match::Group { members, turn, .. } => {
+                Match::Group {
+                    members, turn, key, ..
+                } => {
                     let gone = |session: &SessionId| {
                         leaving.as_ref().is_some_and(|l| l.contains(session))
                             || ended_here.contains(session)
@@ -85,6 +101,9 @@ impl<B: Backend> Shard<B> {
                         return;
                     };
                     matched = true;
+                    if let Some(served) = served.as_mut() {
+                        served.push(key.clone());
+                    }
                     pick
                 }
             };
@@ -193,10 +212,35 @@ impl<B: Backend> Shard<B> {
     }
 }
 
+/// Which of a node's subscriptions a message is routed to.
+#[derive(Clone, Copy)]
+pub(super) enum Scope<'k> {
+    /// Published on this node: every one.
+    Here,
+    /// From another node, through its subscriptions' NATS subjects: all but share groups.
+    NotShared,
+    /// From another node, for one share group (`$share/{group}/{filter}`) alone.
+    Group(&'k str),
+}
+
+impl Scope<'_> {
+    fn takes(&self, m: &Match<'_>) -> bool {
+        match (self, m) {
+            (Scope::Here, _) => true,
+            (Scope::NotShared, Match::Subscriber(..)) => true,
+            (Scope::Group(wanted), Match::Group { key, .. }) => &***key == *wanted,
+            _ => false,
+        }
+    }
+}
+
 /// What routing a message reuses from one message to the next.
 pub(super) struct Routing {
     /// Per target shard, the targets of the message being routed.
     pub(super) targets: Vec<Vec<Target>>,
+    /// In a cluster, while a message published here is routed: the share groups it went
+    /// to here.
+    pub(super) served: Option<Vec<Arc<str>>>,
     /// The encodings of the message being delivered (`encode.rs`).
     pub(super) variants: Variants,
 }
@@ -205,6 +249,7 @@ impl Routing {
     pub(super) fn new(shards: usize) -> Routing {
         Routing {
             targets: vec![Vec::new(); shards],
+            served: None,
             variants: Variants::default(),
         }
     }

@@ -182,8 +182,20 @@ fn subscribe_in(
     sub: Subscription,
 ) {
     let replaced = writer.subscribe(filter, session, sub);
-    if let (Some(cluster), None, None) = (cluster, replaced, filter.group()) {
-        cluster.interest(filter.filter(), true);
+    if let (Some(cluster), None) = (cluster, replaced) {
+        tell_interest(cluster, filter, true);
+    }
+}
+
+/// Tells the cluster of a subscription added or gone: by its filter, or for a shared
+/// subscription its whole `$share/{group}/{filter}`.
+fn tell_interest(cluster: &Cluster, filter: FilterRef<'_>, added: bool) {
+    match filter.group() {
+        None => cluster.interest(filter.filter(), added),
+        Some(group) => {
+            let key = format!("$share/{group}/{}", filter.filter());
+            cluster.interest(&key, added);
+        }
     }
 }
 
@@ -195,7 +207,7 @@ fn unsubscribe_in(
     session: SessionId,
 ) {
     let removed = writer.unsubscribe(filter, session);
-    if let (Some(cluster), Some(_), None) = (cluster, removed, filter.group()) {
-        cluster.interest(filter.filter(), false);
+    if let (Some(cluster), Some(_)) = (cluster, removed) {
+        tell_interest(cluster, filter, false);
     }
 }

@@ -44,6 +44,9 @@ pub type Members = CowMap<SessionId, Subscription>;
 /// The members of one share group, in the order they subscribed, and whose turn it is.
 #[derive(Clone, Debug, Default)]
 struct Group {
+    /// The whole shared filter, `$share/{group}/{filter}`: the group's name in the
+    /// cluster (`cluster/`).
+    key: Arc<str>,
     members: Members,
     /// Counts the group's messages: the next goes to member `turn % len`, as Mosquitto
     /// rotates a group's list. Shared by every copy of the group, so it survives membership
@@ -67,15 +70,22 @@ impl Leaf {
         self.subscribers.is_empty() && self.groups.is_none()
     }
 
-    fn members_mut(&mut self, group: Option<&str>) -> &mut Members {
+    /// The members of `group` (created for `filter`), or the subscribers.
+    fn members_mut(&mut self, group: Option<&str>, filter: &str) -> &mut Members {
         let Some(group) = group else {
             return &mut self.subscribers;
         };
         let groups = self.groups.get_or_insert_with(Default::default);
-        &mut groups
-            .get_or_insert_with(group, || (Arc::from(group), Group::default()))
-            .1
-            .members
+        let new = || {
+            let key = Arc::from(format!("$share/{group}/{filter}"));
+            let group_of = Group {
+                key,
+                members: Members::default(),
+                turn: Arc::default(),
+            };
+            (Arc::from(group), group_of)
+        };
+        &mut groups.get_or_insert_with(group, new).1.members
     }
 
     fn members(&self, group: Option<&str>) -> Option<&Members> {
@@ -145,6 +155,8 @@ pub enum Match<'a> {
     Subscriber(SessionId, &'a Subscription),
     Group {
         name: &'a str,
+        /// `$share/{name}/{filter}`.
+        key: &'a Arc<str>,
         members: &'a Members,
         /// Advanced once per message to the group (see `Group`).
         turn: &'a AtomicUsize,
@@ -165,6 +177,7 @@ fn emit<'a, F: FnMut(Match<'a>)>(leaf: &'a Leaf, f: &mut F) {
     for (name, group) in leaf.groups.iter().flat_map(|groups| groups.iter()) {
         f(Match::Group {
             name,
+            key: &group.key,
             members: &group.members,
             turn: &group.turn,
         });
@@ -266,6 +279,7 @@ impl Node {
     /// Inserts or replaces `session`'s subscription, cloning shared nodes on the way.
     fn insert(
         self: &mut Arc<Self>,
+        filter: &str,
         levels: &[&str],
         group: Option<&str>,
         session: SessionId,
@@ -290,7 +304,7 @@ impl Node {
                 break &mut node.exact;
             }
         };
-        leaf.members_mut(group)
+        leaf.members_mut(group, filter)
             .insert((session, sub))
             .map(|(_, old)| old)
     }
@@ -407,7 +421,7 @@ impl TreeWriter {
         sub: Subscription,
     ) -> Option<Subscription> {
         let levels = split_levels(filter.filter());
-        let old = self.working.insert(&levels, filter.group(), session, sub);
+        let old = (self.working).insert(filter.filter(), &levels, filter.group(), session, sub);
         if old.is_none() {
             self.subscriptions += 1;
         }

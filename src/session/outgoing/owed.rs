@@ -48,19 +48,28 @@ impl RetainedScan {
     }
 }
 
-/// Topics recorded while answers are awaited, at most: past it, no more are recorded
-/// (their retained messages are then sent as they come).
+/// Topics recorded while answers are awaited, at most (8 bytes each: their hashes); past
+/// it, no more are recorded (their retained messages are then sent as they come).
 const AWAITED_TOPICS_MAX: usize = 4096;
 
+/// Answers awaited at once by one session: past it, a new subscription's retained
+/// messages are not asked for (counted, as a scan past `SCANS_MAX`).
+pub const AWAITED_ANSWERS_MAX: u32 = 16;
+
+/// How long after its last question a session stops waiting (an answer lost on the way:
+/// NATS away, a full mailbox, the session moved to another shard).
+const ANSWER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// In a cluster that keeps retained messages in JetStream: how many of the session's new
-/// subscriptions still wait for the cluster's answer, and the topics delivered to it since
-/// the oldest was asked. A retained message of such a topic is older than what the client
-/// has (or as old): it is not sent, so that a client never sees a topic's newer message
-/// and then its older retained one.
+/// subscriptions still wait for the cluster's answer, when it last asked, and the topics
+/// (hashed with the process's seed) delivered to it since. A retained message of such a
+/// topic is older than what the client has (or as old): it is not sent, so that a client
+/// never sees a topic's newer message and then its older retained one.
 #[derive(Debug, Default)]
 pub(super) struct AwaitingCluster {
     answers: u32,
-    delivered: hashbrown::HashSet<Arc<str>>,
+    asked_at: Option<std::time::Instant>,
+    delivered: hashbrown::HashSet<u64, crate::session::ProcessSeeded>,
 }
 
 impl AwaitingCluster {
@@ -68,14 +77,15 @@ impl AwaitingCluster {
         self.answers == 0
     }
 
-    /// `topic` was delivered (or queued) to the session.
+    /// `topic` was delivered live (or queued) to the session.
     pub(super) fn delivered(&mut self, topic: &str) {
-        if self.answers > 0
-            && self.delivered.len() < AWAITED_TOPICS_MAX
-            && !self.delivered.contains(topic)
-        {
-            self.delivered.insert(topic.into());
+        if self.answers > 0 && self.delivered.len() < AWAITED_TOPICS_MAX {
+            self.delivered.insert(filter_hash(topic));
         }
+    }
+
+    fn forget(&mut self) {
+        *self = AwaitingCluster::default();
     }
 }
 
@@ -87,10 +97,42 @@ pub(super) fn filter_hash(filter: &str) -> u64 {
 impl Outgoing {
     /// Owes retained messages to a new subscription; returns how many did not fit
     /// (`OWED_MAX`).
+    /// Retained messages found and not sent yet.
+    pub fn owed_len(&self) -> usize {
+        self.backlog.as_ref().map_or(0, |b| b.owed.len())
+    }
+
+    /// Whether the session may ask the cluster for one more subscription's retained
+    /// messages (`AWAITED_ANSWERS_MAX`); answers awaited past `ANSWER_DEADLINE` are
+    /// given up.
+    pub fn may_await_cluster(&mut self, now: std::time::Instant) -> bool {
+        let Some(backlog) = self.backlog.as_mut() else {
+            return true;
+        };
+        let awaiting = &mut backlog.awaiting;
+        if awaiting
+            .asked_at
+            .is_some_and(|at| now.duration_since(at) > ANSWER_DEADLINE)
+        {
+            awaiting.forget();
+        }
+        let room = awaiting.answers < AWAITED_ANSWERS_MAX;
+        self.release_backlog();
+        room
+    }
+
     /// The cluster was asked for a new subscription's retained messages.
-    pub fn await_cluster(&mut self) {
+    pub fn await_cluster(&mut self, now: std::time::Instant) {
         let backlog = self.backlog.get_or_insert_with(Default::default);
         backlog.awaiting.answers += 1;
+        backlog.awaiting.asked_at = Some(now);
+    }
+
+    /// `topic` was delivered live (or queued) to the session (`AwaitingCluster`).
+    pub fn delivered_live(&mut self, topic: &str) {
+        if let Some(backlog) = &mut self.backlog {
+            backlog.awaiting.delivered(topic);
+        }
     }
 
     /// The cluster's answer to one of the session's questions: what it found, less the
@@ -100,10 +142,10 @@ impl Outgoing {
             return messages;
         };
         let awaiting = &mut backlog.awaiting;
-        messages.retain(|m| !awaiting.delivered.contains(&*m.topic));
+        messages.retain(|m| !awaiting.delivered.contains(&filter_hash(&m.topic)));
         awaiting.answers -= 1;
         if awaiting.answers == 0 {
-            awaiting.delivered = Default::default();
+            awaiting.forget();
         }
         self.release_backlog();
         messages

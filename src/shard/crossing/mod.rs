@@ -94,7 +94,9 @@ impl<B: Backend> Shard<B> {
                 }
                 ShardMsg::Flush { session, via } => self.on_flush(session, via),
                 ShardMsg::Flushed { session } => self.on_flushed(session),
-                ShardMsg::FromCluster { message } => self.route_from_cluster(*message),
+                ShardMsg::FromCluster { message, group } => {
+                    self.route_from_cluster(*message, group)
+                }
                 ShardMsg::RetainedFromCluster(found) => self.owe_from_cluster(*found),
             }
         }
