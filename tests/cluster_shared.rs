@@ -7,7 +7,7 @@ mod common;
 use common::cluster::*;
 use common::nats::Nats;
 use common::DEADLINE;
-use midge::client::Client;
+use midge::client::{Client, ConnectOptions};
 use midge::codec::*;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -116,4 +116,36 @@ fn a_plain_subscriber_and_a_group_member_each_get_one_copy() {
     publish(&mut publisher, "k/x", "once each", QoS::AtLeastOnce);
     assert_eq!(payloads(&mut plain), ["once each"]);
     assert_eq!(payloads(&mut member), ["once each"]);
+}
+
+/// The publishing node's only member of a group is offline (a persistent session): a QoS 0
+/// message it could not take goes to an online member on another node; a QoS 1 message
+/// waits for it, as on one node.
+#[test]
+fn a_qos0_message_no_member_here_can_take_goes_to_another_node() {
+    let nats = Nats::start();
+    let nodes = nodes(&nats, 2, "");
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
+    let mut online = client(&nodes[1], "online", ProtocolVersion::V311);
+    subscribe(&mut online, &[("$share/g/z/#", QoS::AtLeastOnce)]);
+    wait_for_members(&mut publisher, &mut [&mut online], "z/probe");
+    let persistent = ConnectOptions {
+        clean: false,
+        ..options(nodes[0].port, "asleep", ProtocolVersion::V311)
+    };
+    let mut asleep = Client::connect(&persistent).expect("connect").0;
+    subscribe(&mut asleep, &[("$share/g/z/#", QoS::AtLeastOnce)]);
+    drop(asleep);
+    nodes[0].wait_for_log("Client asleep closed its connection.");
+    publish(&mut publisher, "z/x", "to whoever can", QoS::AtMostOnce);
+    assert_eq!(payloads(&mut online), ["to whoever can"]);
+    publish(
+        &mut publisher,
+        "z/x",
+        "kept for the sleeper",
+        QoS::AtLeastOnce,
+    );
+    assert_eq!(payloads(&mut online), Vec::<String>::new());
+    let mut back = Client::connect(&persistent).expect("connect").0;
+    assert_eq!(&next(&mut back).payload[..], b"kept for the sleeper");
 }

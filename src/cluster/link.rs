@@ -114,10 +114,12 @@ struct Link {
     uncovered: HashSet<String>,
     /// Filters whose subscriptions could not be made, tried again each `RETRY_FILTERS`.
     failed: HashSet<String>,
+    /// Whether the warning for share groups past the limit was given.
+    groups_over_limit_said: bool,
     /// Share groups (`$share/{group}/{filter}`) with members here: the NATS queue group
     /// subscriptions each holds, and the reverse (`take_for_group`).
     groups: HashMap<String, Vec<(u64, oneshot::Sender<()>)>>,
-    group_of: HashMap<u64, Arc<str>>,
+    group_of: HashMap<u64, (Arc<str>, u64)>,
     next_id: u64,
     copies: Copies,
     /// Per shard: messages whose mailbox was full, in order; their count and bytes.
@@ -188,6 +190,7 @@ async fn serve(
         catch_all: None,
         uncovered: HashSet::new(),
         failed: HashSet::new(),
+        groups_over_limit_said: false,
         groups: HashMap::new(),
         group_of: HashMap::new(),
         next_id: 0,
@@ -291,7 +294,14 @@ impl Link {
             }
         }
         if out.message.retain {
-            self.store_retained(&out.message, bytes, deadline).await;
+            // Stored without the share groups served: they are this moment's.
+            let stored = match out.served.is_empty() {
+                true => Some(bytes),
+                false => wire::encode(&out.message, out.origin, out.number, now),
+            };
+            if let Some(stored) = stored {
+                self.store_retained(&out.message, stored, deadline).await;
+            }
         }
     }
 
@@ -354,13 +364,17 @@ impl Link {
                 .partition(|f| interest.counts.contains_key(f));
             (added, removed)
         };
+        // Once NATS could not be asked (its client stuck, `CONFIRM_WAIT` each), the rest
+        // waits for the next try instead of each waiting in turn.
+        let mut stuck = false;
         for filter in added {
             let known = self.filters.contains_key(&filter) || self.groups.contains_key(&filter);
             if known || self.uncovered.contains(&filter) {
                 continue;
             }
             self.failed.remove(&filter);
-            if !self.add_filter(filter.clone()).await {
+            if stuck || !self.add_filter(filter.clone()).await {
+                stuck = true;
                 self.failed.insert(filter);
             }
         }
@@ -406,13 +420,23 @@ impl Link {
         let shared = super::shared_filter(&filter).map(|(_, f)| f.to_string());
         let subjects = filter_subjects(&self.cluster.root, shared.as_deref().unwrap_or(&filter));
         let new = match shared {
-            Some(_) => subjects.len(),
+            Some(_) => subjects.len() + 1,
             None => (subjects.iter())
                 .filter(|p| !self.by_pattern.contains_key(*p))
                 .count(),
         };
         let over = self.for_filters() + new > self.max_subscriptions();
-        let catching = shared.is_none() && self.catch_all.is_some();
+        if shared.is_some() && over {
+            // The catch-all cannot serve a group (it is no queue group): its members get
+            // what their own node's clients publish until the group fits again.
+            if !self.groups_over_limit_said {
+                self.groups_over_limit_said = true;
+                log::warn!("Warning: cluster: share groups past cluster_max_subscriptions ({}) get only what their own node's clients publish ({filter} is one).", self.max_subscriptions());
+            }
+            self.uncovered.insert(filter);
+            return true;
+        }
+        let catching = self.catch_all.is_some();
         if (over || catching) && self.catch_all().await {
             self.uncovered.insert(filter);
             return true;
@@ -454,9 +478,13 @@ impl Link {
     /// message to one node of those with members, never back to the node that published it
     /// (`no_echo`), which served its own members first (`wire.rs`'s served groups). False
     /// (none of it kept) if NATS could not be asked.
-    async fn cover_group(&mut self, key: String, subjects: Vec<String>) -> bool {
+    async fn cover_group(&mut self, key: String, mut subjects: Vec<String>) -> bool {
         let queue = queue_group(&key);
         let shared: Arc<str> = Arc::from(key.as_str());
+        let hash = crate::topic::group_hash(&key);
+        // Topics too long for a subject come on the `long` subject: the group takes its
+        // share of them too (its node's trie matches them again).
+        subjects.push(long_subject(&self.cluster.root));
         let mut subscribed = Vec::with_capacity(subjects.len());
         for subject in subjects {
             let subscribing = self.client.queue_subscribe(subject.clone(), queue.clone());
@@ -466,7 +494,7 @@ impl Link {
                     self.next_id += 1;
                     let (stop, stopped) = oneshot::channel();
                     tokio::spawn(pass_on(id, subscriber, stopped, self.arriving_tx.clone()));
-                    self.group_of.insert(id, shared.clone());
+                    self.group_of.insert(id, (shared.clone(), hash));
                     subscribed.push((id, stop));
                     continue;
                 }
@@ -511,14 +539,26 @@ impl Link {
     /// near the limit does not switch back and forth. The filters' subscriptions are made
     /// before the catch-all goes; if one cannot be made, the catch-all stays.
     async fn maybe_stop_catching_all(&mut self) {
-        let Some(pattern) = self.catch_all.clone() else {
+        if self.catch_all.is_none() && self.uncovered.is_empty() {
             return;
-        };
-        if self.for_filters() + 2 * self.uncovered.len() > self.max_subscriptions() / 2 {
+        }
+        // A filter needs two subjects at most, a group three (with the `long` one).
+        let half = self.max_subscriptions() / 2;
+        if self.for_filters() + 2 * self.uncovered.len() > half {
+            return;
+        }
+        let groups = (self.uncovered.iter())
+            .filter(|f| f.starts_with("$share/"))
+            .count();
+        if self.for_filters() + 2 * self.uncovered.len() + groups > half {
             return;
         }
         let mut all_covered = true;
         for filter in std::mem::take(&mut self.uncovered) {
+            if !all_covered {
+                self.uncovered.insert(filter);
+                continue;
+            }
             let covered = match super::shared_filter(&filter) {
                 Some((_, topic_filter)) => {
                     let subjects = filter_subjects(&self.cluster.root, topic_filter);
@@ -534,9 +574,9 @@ impl Link {
                 all_covered = false;
             }
         }
-        if !all_covered {
+        let Some(pattern) = self.catch_all.clone().filter(|_| all_covered) else {
             return;
-        }
+        };
         self.catch_all = None;
         self.drop_pattern(&pattern);
         self.cluster
@@ -611,7 +651,7 @@ impl Link {
     fn arrived(&mut self, arriving: Arriving) {
         match arriving {
             Arriving::Message(id, message) => match self.group_of.get(&id) {
-                Some(key) => self.take_for_group(key.clone(), message),
+                Some((key, hash)) => self.take_for_group(key.clone(), *hash, message),
                 None => self.consider(id, message),
             },
             Arriving::Drained(id) if self.group_of.remove(&id).is_some() => {}
@@ -701,12 +741,12 @@ impl Link {
 
     /// A message NATS gave this node for the share group `key` (its queue group): to one
     /// of the group's members here, unless the publishing node served the group itself.
-    fn take_for_group(&mut self, key: Arc<str>, nats: async_nats::Message) {
+    fn take_for_group(&mut self, key: Arc<str>, hash: u64, nats: async_nats::Message) {
         let Some(arrived) = self.decoded(&nats, Instant::now()) else {
             return;
         };
         let stats = &self.cluster.stats;
-        if arrived.served.iter().any(|served| **served == *key) {
+        if arrived.served.contains(&hash) {
             stats.served_there.fetch_add(1, Ordering::Relaxed);
             return;
         }

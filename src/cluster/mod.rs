@@ -54,8 +54,8 @@ pub(crate) enum ToLink {
 pub(crate) struct Outgoing {
     subject: String,
     message: Arc<Message>,
-    /// The share groups the message went to on this node (`wire.rs`).
-    served: Vec<Arc<str>>,
+    /// The share groups the message went to on this node (`topic::group_hash`).
+    served: Vec<u64>,
     origin: Origin,
     number: u64,
 }
@@ -111,6 +111,9 @@ pub struct ClusterStats {
     /// groups here than a message lists (`wire::SERVED_MAX`).
     pub served_there: AtomicU64,
     pub served_cut: AtomicU64,
+    /// Messages NATS gave this node for a share group with no member here any more (the
+    /// group's queue subscription was still going).
+    pub group_gone: AtomicU64,
 }
 
 /// A count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or gauge),
@@ -235,6 +238,13 @@ pub const COUNTS: &[ClusterCount] = &[
         "Messages that went to more share groups on this node than a message lists (the others may serve them too)",
         true,
         |s| load(&s.served_cut),
+    ),
+    count(
+        "$SYS/broker/cluster/shared/dropped",
+        "midge_cluster_shared_dropped",
+        "Messages for a share group that had no member on this node any more when they came",
+        true,
+        |s| load(&s.group_gone),
     ),
     count(
         "$SYS/broker/cluster/messages/forwarded",
@@ -383,7 +393,7 @@ impl Cluster {
 
     /// Hands `message`, published on this node by `shard`, to the link for NATS, with the
     /// share groups it went to here. `$SYS` topics are each node's own and stay here.
-    pub fn forward(&self, shard: usize, message: &Arc<Message>, served: Vec<Arc<str>>) {
+    pub fn forward(&self, shard: usize, message: &Arc<Message>, served: Vec<u64>) {
         if is_sys(&message.topic) || !self.alive.load(Ordering::Relaxed) {
             return;
         }

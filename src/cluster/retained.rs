@@ -67,6 +67,8 @@ const ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// A new subscription's retained messages, asked for by its shard.
 pub struct Query {
     pub shard: usize,
+    /// The shard's number for it (`Session::await_cluster`).
+    pub question: u64,
     pub session: SessionId,
     pub filter: String,
     /// The subscription as it was made: if it is not the same when the answer comes (gone,
@@ -166,10 +168,14 @@ pub(super) async fn serve(
                 }
             }
             _ = check.tick(), if stream.is_some() => {
-                // Made again if it went (deleted, or lost with its only server's disk).
-                if let Err(e) = open(&cluster, &js).await {
-                    log::warn!("Warning: cluster: the JetStream stream for retained messages cannot be found or made: {e}.");
-                }
+                // Made again if it went (deleted, or lost with its only server's disk); in
+                // the background, so that acknowledgements and queries do not wait.
+                let (cluster, js) = (cluster.clone(), js.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = open(&cluster, &js).await {
+                        log::warn!("Warning: cluster: the JetStream stream for retained messages cannot be found or made: {e}.");
+                    }
+                });
             }
         }
     }
@@ -540,7 +546,7 @@ async fn sweep_stream(cluster: &Cluster, stream: &stream::Stream, cursor: &Atomi
         return;
     };
     let mut visits = 0;
-    let mut next = 0; // From the start, unless stopped before the end.
+    let mut next = from;
     while visits < SWEEP_VISITS_MAX {
         let Ok(batch) = reader.next_batch().await else {
             break;

@@ -10,8 +10,8 @@ use super::dedup::Origin;
 use crate::router::Message;
 
 /// The format's first byte; another is refused (a node of a later midge speaking a format
-/// this one does not know).
-const FORMAT: u8 = 1;
+/// this one does not know). 2: the served share groups.
+const FORMAT: u8 = 2;
 
 /// Header: format, flags, incarnation, shard, number, expiry left (ms).
 const HEADER_LEN: usize = 1 + 1 + 8 + 2 + 8 + 8;
@@ -19,11 +19,11 @@ const HEADER_LEN: usize = 1 + 1 + 8 + 2 + 8 + 8;
 /// Flag: the message expires (`expiry_ms` counts).
 const EXPIRES: u8 = 1;
 /// Flag: after the header, the share groups the publishing node served: a count (u16),
-/// then each group's `$share/{group}/{filter}` (u16 length, bytes).
+/// then each group's `topic::group_hash` (u64).
 const SERVED: u8 = 2;
 
-/// Share groups listed at most (past it, the others may get the message from another
-/// node as well: counted by the link).
+/// Share groups listed at most (8 KB; past it, the others may get the message from
+/// another node as well: counted by the link).
 pub const SERVED_MAX: usize = 1024;
 
 /// The largest PUBLISH read from another node: MQTT's largest packet. (Each subscriber's
@@ -37,8 +37,8 @@ const EXPIRY_MAX_MS: u64 = u32::MAX as u64 * 1000;
 pub struct Arrived {
     pub origin: Origin,
     pub number: u64,
-    /// The share groups the publishing node served.
-    pub served: Vec<String>,
+    /// The share groups the publishing node served (`topic::group_hash`).
+    pub served: Vec<u64>,
     pub message: Message,
 }
 
@@ -54,17 +54,12 @@ pub fn encode_served(
     message: &Message,
     origin: Origin,
     number: u64,
-    served: &[std::sync::Arc<str>],
+    served: &[u64],
     now: Instant,
 ) -> Option<Bytes> {
     let packet = message.publish_bytes()?;
-    let served: Vec<&str> = (served.iter())
-        .map(|k| &**k)
-        .filter(|k| k.len() <= usize::from(u16::MAX))
-        .take(SERVED_MAX)
-        .collect();
-    let listed: usize = served.iter().map(|k| 2 + k.len()).sum();
-    let mut out = BytesMut::with_capacity(HEADER_LEN + 2 + listed + packet.len());
+    let served = &served[..served.len().min(SERVED_MAX)];
+    let mut out = BytesMut::with_capacity(HEADER_LEN + 2 + 8 * served.len() + packet.len());
     out.put_u8(FORMAT);
     let mut flags = 0;
     if message.expires_at.is_some() {
@@ -85,9 +80,8 @@ pub fn encode_served(
     out.put_u64(u64::try_from(left).unwrap_or(u64::MAX));
     if !served.is_empty() {
         out.put_u16(served.len() as u16);
-        for key in served {
-            out.put_u16(key.len() as u16);
-            out.extend_from_slice(key.as_bytes());
+        for &hash in served {
+            out.put_u64(hash);
         }
     }
     out.extend_from_slice(&packet);
@@ -96,28 +90,21 @@ pub fn encode_served(
 
 /// The served share groups at the start of `bytes` (after the header), and where the
 /// PUBLISH starts.
-fn served_groups(bytes: &[u8]) -> Result<(Vec<String>, usize), String> {
+fn served_groups(bytes: &[u8]) -> Result<(Vec<u64>, usize), String> {
     let short = || "a list of share groups cut short".to_string();
-    let u16_at = |at: usize| -> Result<usize, String> {
-        let two = bytes.get(at..at + 2).ok_or_else(short)?;
-        Ok(usize::from(u16::from_be_bytes([two[0], two[1]])))
-    };
-    let count = u16_at(0)?;
+    let count = bytes.get(..2).ok_or_else(short)?;
+    let count = usize::from(u16::from_be_bytes([count[0], count[1]]));
     if count > SERVED_MAX {
         return Err(format!(
             "{count} share groups listed (at most {SERVED_MAX})"
         ));
     }
-    let mut at = 2;
-    let mut served = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = u16_at(at)?;
-        let key = bytes.get(at + 2..at + 2 + len).ok_or_else(short)?;
-        let key = std::str::from_utf8(key).map_err(|_| "a share group that is not UTF-8")?;
-        served.push(key.to_string());
-        at += 2 + len;
-    }
-    Ok((served, at))
+    let end = 2 + 8 * count;
+    let list = bytes.get(2..end).ok_or_else(short)?;
+    let served = (list.chunks_exact(8))
+        .map(|h| u64::from_be_bytes(h.try_into().expect("8 bytes")))
+        .collect();
+    Ok((served, end))
 }
 
 /// The message in `bytes`, arrived at `now`; an error says what is wrong with them.
@@ -129,6 +116,9 @@ pub fn decode(bytes: &[u8], now: Instant) -> Result<Arrived, String> {
         return Err(format!("format {} (this node reads {FORMAT})", bytes[0]));
     }
     let flags = bytes[1];
+    if flags & !(EXPIRES | SERVED) != 0 {
+        return Err(format!("flags {flags:#04x} this node does not know"));
+    }
     let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let origin = Origin {
         incarnation: u64_at(2),
@@ -209,17 +199,18 @@ mod tests {
     #[test]
     fn the_share_groups_served_travel_with_the_message() {
         let now = Instant::now();
-        let served: Vec<std::sync::Arc<str>> = vec!["$share/g/a/#".into(), "$share/h é/+".into()];
+        let served = [7, u64::MAX];
         let bytes = encode_served(&message(None, now), ORIGIN, 5, &served, now).unwrap();
         let arrived = decode(&bytes, now).unwrap();
-        assert_eq!(arrived.served, ["$share/g/a/#", "$share/h é/+"]);
+        assert_eq!(arrived.served, served);
         assert_eq!(&arrived.message.payload[..], b"payload");
         // Cut anywhere in the list: an error, not a message.
-        for cut in HEADER_LEN..HEADER_LEN + 20 {
-            let mut torn = bytes[..cut].to_vec();
-            torn.extend_from_slice(&[0xFF; 3]);
-            assert!(decode(&torn, now).is_err(), "cut at {cut}");
+        for cut in HEADER_LEN..HEADER_LEN + 18 {
+            assert!(decode(&bytes[..cut], now).is_err(), "cut at {cut}");
         }
+        let mut unknown_flag = bytes.to_vec();
+        unknown_flag[1] |= 0x80;
+        assert!(decode(&unknown_flag, now).is_err());
         let none = decode(&encode(&message(None, now), ORIGIN, 1, now).unwrap(), now);
         assert!(none.unwrap().served.is_empty());
     }

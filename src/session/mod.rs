@@ -451,13 +451,18 @@ impl Session {
     }
 
     /// The cluster was asked for a new subscription's retained messages (`Outgoing::await_cluster`).
-    pub fn await_cluster(&mut self, now: std::time::Instant) {
-        self.outgoing.await_cluster(now)
+    pub fn await_cluster(&mut self, now: std::time::Instant, question: u64) {
+        self.outgoing.await_cluster(now, question)
     }
 
-    /// The cluster's answer, less the topics delivered since it was asked.
-    pub fn cluster_answered(&mut self, messages: Vec<Arc<Message>>) -> Vec<Arc<Message>> {
-        self.outgoing.cluster_answered(messages)
+    /// The cluster's answer, less the topics delivered since it was asked; `None` if it was
+    /// given up on.
+    pub fn cluster_answered(
+        &mut self,
+        question: u64,
+        messages: Vec<Arc<Message>>,
+    ) -> Option<Vec<Arc<Message>>> {
+        self.outgoing.cluster_answered(question, messages)
     }
 
     pub fn take_owed(&mut self) -> Option<Owed> {

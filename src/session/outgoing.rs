@@ -438,33 +438,41 @@ pub(super) mod tests {
         let now = std::time::Instant::now();
         out.delivered_live("early");
         assert!(out.may_await_cluster(now));
-        out.await_cluster(now);
-        out.await_cluster(now);
+        out.await_cluster(now, 1);
+        out.await_cluster(now, 2);
         out.delivered_live("a");
         out.check_invariants("t");
         let answer = vec![on("a", 9), on("b", 9), on("early", 9)];
         let topics =
             |ms: Vec<Arc<Message>>| ms.iter().map(|m| m.topic.to_string()).collect::<Vec<_>>();
         // `early` came before the question: its retained message is sent.
-        assert_eq!(topics(out.cluster_answered(answer)), ["b", "early"]);
+        assert_eq!(
+            topics(out.cluster_answered(1, answer).unwrap()),
+            ["b", "early"]
+        );
         out.check_invariants("t");
-        let second = out.cluster_answered(vec![on("a", 9)]);
+        let second = out.cluster_answered(2, vec![on("a", 9)]).unwrap();
         assert!(
             second.is_empty(),
             "still delivered since the second question"
         );
         assert!(out.backlog.is_none(), "nothing awaited, nothing kept");
-        let after = out.cluster_answered(vec![on("a", 9)]);
-        assert_eq!(after.len(), 1, "an answer nobody waits for is taken whole");
-        // Bounded, and given up on after a while (an answer lost on the way).
-        for _ in 0..owed::AWAITED_ANSWERS_MAX {
+        let unasked = out.cluster_answered(2, vec![on("a", 9)]);
+        assert!(unasked.is_none(), "not awaited");
+        // Bounded, and given up on after a while (an answer lost on the way); its answer,
+        // if it comes after all, is not taken for a later question's.
+        for question in 3..3 + u64::from(owed::AWAITED_ANSWERS_MAX) {
             assert!(out.may_await_cluster(now));
-            out.await_cluster(now);
+            out.await_cluster(now, question);
         }
         assert!(!out.may_await_cluster(now), "at most AWAITED_ANSWERS_MAX");
         let later = now + std::time::Duration::from_secs(31);
         assert!(out.may_await_cluster(later), "given up on");
         assert!(out.backlog.is_none(), "nothing kept once given up on");
+        out.await_cluster(later, 100);
+        let late = out.cluster_answered(3, vec![on("a", 9)]);
+        assert!(late.is_none(), "given up on");
+        assert!(out.cluster_answered(100, vec![on("a", 9)]).is_some());
     }
 
     #[test]

@@ -100,8 +100,11 @@ impl<B: Backend> Shard<B> {
             });
             return;
         }
+        self.subs.owed.questions += 1;
+        let question = self.subs.owed.questions;
         let query = crate::cluster::retained::Query {
             shard: self.id,
+            question,
             session: session_id,
             filter: filter.to_string(),
             sub: sub.cloned(),
@@ -109,7 +112,7 @@ impl<B: Backend> Shard<B> {
             identifier,
         };
         if cluster.find_retained(query) {
-            session.await_cluster(now);
+            session.await_cluster(now, question);
         }
     }
 
@@ -327,7 +330,14 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get_mut(&query.session) else {
             return;
         };
-        let messages = session.cluster_answered(messages);
+        let Some(messages) = session.cluster_answered(query.question, messages) else {
+            log::debug!(
+                "Client {}: the cluster's retained messages for {:?} came after they were given up on; not sent.",
+                session.client_id,
+                query.filter
+            );
+            return;
+        };
         if let Some(sub) = &query.sub {
             if session.subscriptions().get(query.filter.as_str()) != Some(sub) {
                 return;
@@ -371,6 +381,8 @@ pub(super) struct OwedWork {
     scan_visits_left: usize,
     /// While an owed retained message is delivered (not a message published now).
     pub(super) sending: bool,
+    /// Questions asked of the cluster for retained messages (`ask_cluster`).
+    questions: u64,
 }
 
 impl Default for OwedWork {
@@ -381,6 +393,7 @@ impl Default for OwedWork {
             next_turn: false,
             requests_left: 0,
             sending: false,
+            questions: 0,
             scan_visits_left: SCAN_VISITS_PER_TURN,
         }
     }

@@ -43,7 +43,10 @@ impl<B: Backend> Shard<B> {
             Some(key) => Scope::Group(key),
             None => Scope::NotShared,
         };
-        self.route_here(&Arc::new(message), None, scope);
+        let matched = self.route_here(&Arc::new(message), None, scope);
+        if let (Some(_), false, Some(cluster)) = (&group, matched, self.shared.cluster.get()) {
+            cluster.stats.group_gone.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Routes `message` to every matching subscription on this node: match once on the
@@ -90,21 +93,32 @@ impl<B: Backend> Shard<B> {
                     (session, sub)
                 }
                 Match::Group {
-                    members, turn, key, ..
+                    members,
+                    turn,
+                    key_hash,
+                    ..
                 } => {
                     let gone = |session: &SessionId| {
                         leaving.as_ref().is_some_and(|l| l.contains(session))
                             || ended_here.contains(session)
                     };
                     // A group whose members are all gone is no match.
-                    let Some(pick) = pick_member(members, turn, gone, cannot_accept) else {
+                    let Some((session, sub, able)) =
+                        pick_member(members, turn, gone, cannot_accept)
+                    else {
                         return;
                     };
+                    // In a cluster, a QoS 0 message no member here can take now is left to
+                    // the group's members on other nodes (here it would be dropped); QoS
+                    // 1/2 waits for the member picked here, as on one node.
+                    if let (false, Some(_), QoS::AtMostOnce) = (able, &served, message.qos) {
+                        return;
+                    }
                     matched = true;
                     if let Some(served) = served.as_mut() {
-                        served.push(key.clone());
+                        served.push(key_hash);
                     }
-                    pick
+                    (session, sub)
                 }
             };
             let shard = usize::from(sub.shard).min(shards - 1);
@@ -240,7 +254,7 @@ pub(super) struct Routing {
     pub(super) targets: Vec<Vec<Target>>,
     /// In a cluster, while a message published here is routed: the share groups it went
     /// to here.
-    pub(super) served: Option<Vec<Arc<str>>>,
+    pub(super) served: Option<Vec<u64>>,
     /// The encodings of the message being delivered (`encode.rs`).
     pub(super) variants: Variants,
 }
@@ -279,23 +293,26 @@ fn merge_overlapping(targets: &mut Vec<Target>) {
 
 /// One member of a share group, taken in turn in the order they subscribed (as Mosquitto
 /// rotates its list), passing over members that are `gone` or `cannot_accept`; if none
-/// can, the first in turn that is not gone (its session queues the message).
+/// can, the first in turn that is not gone (its session queues the message), said by the
+/// last `false`.
 fn pick_member<'m>(
     members: &'m Members,
     turn: &AtomicUsize,
     gone: impl Fn(&SessionId) -> bool,
     cannot_accept: impl Fn(&SessionId, &Subscription) -> bool,
-) -> Option<(SessionId, &'m Subscription)> {
+) -> Option<(SessionId, &'m Subscription, bool)> {
     let n = members.len();
     if n == 0 {
         return None;
     }
     let start = turn.fetch_add(1, Ordering::Relaxed) % n;
     let in_turn = || members.iter().skip(start).chain(members.iter().take(start));
-    let pick = in_turn()
-        .find(|(session, sub)| !gone(session) && !cannot_accept(session, sub))
-        .or_else(|| in_turn().find(|(session, _)| !gone(session)));
-    pick.map(|(session, sub)| (*session, sub))
+    let able = in_turn().find(|(session, sub)| !gone(session) && !cannot_accept(session, sub));
+    if let Some((session, sub)) = able {
+        return Some((*session, sub, true));
+    }
+    let waiting = in_turn().find(|(session, _)| !gone(session));
+    waiting.map(|(session, sub)| (*session, sub, false))
 }
 
 /// What one matching subscription is sent of `message`.

@@ -6,7 +6,9 @@ mod trie;
 mod validate;
 
 pub use cow_map::{CowMap, CowSet};
-pub use trie::{Match, Members, Node, SessionId, Subscription, SubscriptionTree, TreeWriter};
+pub use trie::{
+    group_hash, Match, Members, Node, SessionId, Subscription, SubscriptionTree, TreeWriter,
+};
 pub use validate::{
     matches, parse_filter, validate_filter, validate_topic_name, FilterRef, TopicError,
     SHARE_PREFIX, TOPIC_LEVELS_MAX,

@@ -38,6 +38,15 @@ pub struct Subscription {
     pub identifier: Option<NonZeroU32>,
 }
 
+/// A share group's name in a cluster's messages (`$share/{group}/{filter}`): the first 64
+/// bits of its SHA-256, so that a client cannot choose a name that stands for another's
+/// group.
+pub fn group_hash(key: &str) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
 /// Subscribers of one filter, or members of one share group.
 pub type Members = CowMap<SessionId, Subscription>;
 
@@ -45,8 +54,9 @@ pub type Members = CowMap<SessionId, Subscription>;
 #[derive(Clone, Debug, Default)]
 struct Group {
     /// The whole shared filter, `$share/{group}/{filter}`: the group's name in the
-    /// cluster (`cluster/`).
+    /// cluster (`cluster/`), and its hash (`group_hash`).
     key: Arc<str>,
+    key_hash: u64,
     members: Members,
     /// Counts the group's messages: the next goes to member `turn % len`, as Mosquitto
     /// rotates a group's list. Shared by every copy of the group, so it survives membership
@@ -77,8 +87,9 @@ impl Leaf {
         };
         let groups = self.groups.get_or_insert_with(Default::default);
         let new = || {
-            let key = Arc::from(format!("$share/{group}/{filter}"));
+            let key: Arc<str> = Arc::from(format!("$share/{group}/{filter}"));
             let group_of = Group {
+                key_hash: group_hash(&key),
                 key,
                 members: Members::default(),
                 turn: Arc::default(),
@@ -155,8 +166,9 @@ pub enum Match<'a> {
     Subscriber(SessionId, &'a Subscription),
     Group {
         name: &'a str,
-        /// `$share/{name}/{filter}`.
+        /// `$share/{name}/{filter}`, and its `group_hash`.
         key: &'a Arc<str>,
+        key_hash: u64,
         members: &'a Members,
         /// Advanced once per message to the group (see `Group`).
         turn: &'a AtomicUsize,
@@ -178,6 +190,7 @@ fn emit<'a, F: FnMut(Match<'a>)>(leaf: &'a Leaf, f: &mut F) {
         f(Match::Group {
             name,
             key: &group.key,
+            key_hash: group.key_hash,
             members: &group.members,
             turn: &group.turn,
         });

@@ -68,6 +68,9 @@ const ANSWER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub(super) struct AwaitingCluster {
     answers: u32,
+    /// The first question still awaited (its number on the shard, increasing): an answer
+    /// to an earlier one, given up on, is not taken.
+    first: u64,
     asked_at: Option<std::time::Instant>,
     delivered: hashbrown::HashSet<u64, crate::session::ProcessSeeded>,
 }
@@ -121,11 +124,15 @@ impl Outgoing {
         room
     }
 
-    /// The cluster was asked for a new subscription's retained messages.
-    pub fn await_cluster(&mut self, now: std::time::Instant) {
-        let backlog = self.backlog.get_or_insert_with(Default::default);
-        backlog.awaiting.answers += 1;
-        backlog.awaiting.asked_at = Some(now);
+    /// The cluster was asked for a new subscription's retained messages, as the shard's
+    /// `question`th.
+    pub fn await_cluster(&mut self, now: std::time::Instant, question: u64) {
+        let awaiting = &mut self.backlog.get_or_insert_with(Default::default).awaiting;
+        if awaiting.answers == 0 {
+            awaiting.first = question;
+        }
+        awaiting.answers += 1;
+        awaiting.asked_at = Some(now);
     }
 
     /// `topic` was delivered live (or queued) to the session (`AwaitingCluster`).
@@ -135,20 +142,26 @@ impl Outgoing {
         }
     }
 
-    /// The cluster's answer to one of the session's questions: what it found, less the
-    /// topics delivered since it was asked (`AwaitingCluster`).
-    pub fn cluster_answered(&mut self, mut messages: Vec<Arc<Message>>) -> Vec<Arc<Message>> {
-        let Some(backlog) = self.backlog.as_mut().filter(|b| !b.awaiting.is_empty()) else {
-            return messages;
-        };
+    /// The cluster's answer to the session's `question`th question: what it found, less
+    /// the topics delivered since it was asked (`AwaitingCluster`). `None` for an answer
+    /// given up on (later than `ANSWER_DEADLINE`): newer messages may have been sent since.
+    pub fn cluster_answered(
+        &mut self,
+        question: u64,
+        mut messages: Vec<Arc<Message>>,
+    ) -> Option<Vec<Arc<Message>>> {
+        let backlog = self.backlog.as_mut()?;
         let awaiting = &mut backlog.awaiting;
+        if awaiting.is_empty() || question < awaiting.first {
+            return None;
+        }
         messages.retain(|m| !awaiting.delivered.contains(&filter_hash(&m.topic)));
         awaiting.answers -= 1;
         if awaiting.answers == 0 {
             awaiting.forget();
         }
         self.release_backlog();
-        messages
+        Some(messages)
     }
 
     pub fn owe(&mut self, messages: Vec<Arc<Message>>, qos: QoS, identifier: Option<u32>) -> usize {
