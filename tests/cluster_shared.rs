@@ -120,11 +120,12 @@ fn a_plain_subscriber_and_a_group_member_each_get_one_copy() {
 
 /// The publishing node's only member of a group is offline (a persistent session): a QoS 0
 /// message it could not take goes to an online member on another node; a QoS 1 message
-/// waits for it, as on one node.
+/// waits for it, as on one node. (One shard a node: a shard takes members on its node's
+/// other shards as able, as on one node.)
 #[test]
 fn a_qos0_message_no_member_here_can_take_goes_to_another_node() {
     let nats = Nats::start();
-    let nodes = nodes(&nats, 2, "");
+    let nodes = nodes_of(&nats, 2, "", 1);
     let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
     let mut online = client(&nodes[1], "online", ProtocolVersion::V311);
     subscribe(&mut online, &[("$share/g/z/#", QoS::AtLeastOnce)]);

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 /// `n` nodes of one cluster (a name of their own, so that tests running at once on other
 /// NATS servers or this one never meet), with two shards each.
 pub fn nodes(nats: &Nats, n: usize, extra: &str) -> Vec<Broker> {
+    nodes_of(nats, n, extra, 2)
+}
+
+/// As `nodes`, with `shards` shards each.
+pub fn nodes_of(nats: &Nats, n: usize, extra: &str, shards: usize) -> Vec<Broker> {
     let cluster = cluster_name(nats);
     (0..n)
         .map(|i| {
@@ -21,7 +26,7 @@ pub fn nodes(nats: &Nats, n: usize, extra: &str) -> Vec<Broker> {
                     nats.url()
                 ),
             );
-            let broker = Broker::start(&["-c", &conf, "--threads", "2"]);
+            let broker = Broker::start(&["-c", &conf, "--threads", &shards.to_string()]);
             broker.wait_for_log(&format!("Cluster: connected to NATS as node node{i}."));
             broker
         })
