@@ -304,3 +304,37 @@ fn overlapping_subscriptions_each_get_the_retained_message() {
     let p = next(&mut subscriber);
     assert_eq!((&p.payload[..], p.retain), (&b"kept"[..], true));
 }
+
+/// A burst of retained messages larger than the link's queue to the retained task is
+/// stored whole: the acknowledgements are waited for all at once, not one after another.
+#[test]
+fn a_burst_of_retained_messages_is_stored_whole() {
+    let nats = Nats::start();
+    let nodes = retained_nodes(&nats, 1);
+    let mut sys = client(&nodes[0], "sys", ProtocolVersion::V311);
+    subscribe(
+        &mut sys,
+        &[("$SYS/broker/cluster/retained/#", QoS::AtMostOnce)],
+    );
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
+    const N: u64 = 6000;
+    for i in 0..N {
+        let payload = Bytes::from(i.to_string());
+        (publisher.publish(
+            &format!("burst/{i}"),
+            payload,
+            QoS::AtMostOnce,
+            true,
+            Properties::default(),
+            &mut Vec::new(),
+        ))
+        .expect("publish");
+    }
+    wait_for_sys_values(
+        &mut sys,
+        &[
+            ("$SYS/broker/cluster/retained/stored", N),
+            ("$SYS/broker/cluster/retained/not_stored", 0),
+        ],
+    );
+}

@@ -37,10 +37,13 @@ use crate::types::SessionId;
 /// The header that says when a stored message expires (Unix milliseconds).
 const EXPIRES_AT: &str = "Midge-Expires-At";
 
-/// Work the link may have handed this task and it has not taken yet: past it, a store's
-/// acknowledgement is not waited for (counted) and a query is answered with nothing
-/// (counted).
+/// Work the link may have handed this task and it has not taken yet, and queries waiting
+/// here: past it, a store's acknowledgement is not waited for (counted) and a query is not
+/// asked (counted).
 pub(super) const WORK_MAX: usize = 4096;
+
+/// Stores' acknowledgements waited for at once (below async-nats's own bound on them).
+const ACKS_AT_ONCE: usize = 4096;
 
 /// Queries run at once, and what one may find: past either bound, what is left is not
 /// sent (said and counted).
@@ -130,21 +133,28 @@ pub(super) async fn serve(
     let mut check = tokio::time::interval(STREAM_CHECK);
     check.reset();
     let queries = Arc::new(Semaphore::new(QUERIES_AT_ONCE));
+    let query_done = Arc::new(tokio::sync::Notify::new());
+    // Stores' acknowledgements, waited for all at once, taken in order: `handed` of them
+    // were handed over, `done` came (or failed). A query waits in `waiting` until every
+    // store handed over before it is done, and for a free `queries` permit.
+    let mut acks = futures_util::stream::FuturesOrdered::new();
+    let (mut handed, mut done) = (0u64, 0u64);
+    let mut waiting: std::collections::VecDeque<(u64, Query)> = Default::default();
     let mut said_unavailable = false;
     loop {
+        let room = acks.len() < ACKS_AT_ONCE && waiting.len() < WORK_MAX;
         tokio::select! {
-            next = work.recv() => match next {
+            next = work.recv(), if room => match next {
                 None => break,
-                Some(Work::Stored(ack, until)) => stored(&cluster, ack, until).await,
-                Some(Work::Query(query)) => {
-                    let Ok(permit) = queries.clone().acquire_owned().await else { break };
-                    let (cluster, mailboxes, stream) = (cluster.clone(), mailboxes.clone(), stream.clone());
-                    tokio::spawn(async move {
-                        answer(&cluster, stream.as_ref(), query, &mailboxes).await;
-                        drop(permit);
-                    });
+                Some(Work::Stored(ack, until)) => {
+                    handed += 1;
+                    let cluster = cluster.clone();
+                    acks.push_back(async move { stored(&cluster, ack, until).await });
                 }
+                Some(Work::Query(query)) => waiting.push_back((handed, query)),
             },
+            Some(()) = acks.next(), if !acks.is_empty() => done += 1,
+            () = query_done.notified(), if !waiting.is_empty() => {}
             _ = retry.tick(), if stream.is_none() => {
                 match open(&cluster, &js).await {
                     Ok(opened) => {
@@ -177,6 +187,20 @@ pub(super) async fn serve(
                     }
                 });
             }
+        }
+        // Queries whose stores are all done, as permits allow.
+        while waiting.front().is_some_and(|(needs, _)| *needs <= done) {
+            let Ok(permit) = queries.clone().try_acquire_owned() else {
+                break;
+            };
+            let (_, query) = waiting.pop_front().expect("just seen");
+            let (cluster, mailboxes, stream) = (cluster.clone(), mailboxes.clone(), stream.clone());
+            let query_done = query_done.clone();
+            tokio::spawn(async move {
+                answer(&cluster, stream.as_ref(), query, &mailboxes).await;
+                drop(permit);
+                query_done.notify_one();
+            });
         }
     }
 }
