@@ -51,7 +51,8 @@ start_midge() { # port [config text]
   started=$!; pids+=("$started"); wait_port "$port"
 }
 
-nats_port=$(free_port); start_nats "$nats_port"; nats=$started
+# JetStream on, as a cluster runs (its retained messages live there).
+nats_port=$(free_port); start_nats "$nats_port" "jetstream { store_dir: \"$work/cluster-js\" }"; nats=$started
 cluster="bench$$"
 a_port=$(free_port); start_midge "$a_port" "cluster_nats_url nats://127.0.0.1:$nats_port
 cluster_name $cluster
