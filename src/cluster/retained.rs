@@ -156,17 +156,7 @@ pub(super) async fn serve(
             Some(()) = acks.next(), if !acks.is_empty() => done += 1,
             () = query_done.notified(), if !waiting.is_empty() => {}
             _ = retry.tick(), if stream.is_none() => {
-                match open(&cluster, &js).await {
-                    Ok(opened) => {
-                        log::info!(target: "information", "Cluster: retained messages are kept in the JetStream stream {}.", opened.cached_info().config.name);
-                        stream = Some(opened);
-                    }
-                    Err(e) if !said_unavailable => {
-                        said_unavailable = true;
-                        log::error!("Error: cluster: cannot open the JetStream stream for retained messages ({e}); they are not kept until it can be (is JetStream on in the NATS servers?). Trying again every {} s.", OPEN_RETRY.as_secs());
-                    }
-                    Err(_) => {}
-                }
+                stream = open_first(&cluster, &js, &mut said_unavailable).await;
             }
             _ = sweep.tick(), if stream.is_some() => {
                 let idle = sweeping.as_ref().is_none_or(|s| s.is_finished());
@@ -178,14 +168,7 @@ pub(super) async fn serve(
                 }
             }
             _ = check.tick(), if stream.is_some() => {
-                // Made again if it went (deleted, or lost with its only server's disk); in
-                // the background, so that acknowledgements and queries do not wait.
-                let (cluster, js) = (cluster.clone(), js.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = open(&cluster, &js).await {
-                        log::warn!("Warning: cluster: the JetStream stream for retained messages cannot be found or made: {e}.");
-                    }
-                });
+                tokio::spawn(check_stream(cluster.clone(), js.clone()));
             }
         }
         // Queries whose stores are all done, as permits allow.
@@ -202,6 +185,35 @@ pub(super) async fn serve(
                 query_done.notify_one();
             });
         }
+    }
+}
+
+/// The stream, once it can be opened; the first failure is said.
+async fn open_first(
+    cluster: &Cluster,
+    js: &jetstream::Context,
+    said_unavailable: &mut bool,
+) -> Option<stream::Stream> {
+    match open(cluster, js).await {
+        Ok(opened) => {
+            let name = &opened.cached_info().config.name;
+            log::info!(target: "information", "Cluster: retained messages are kept in the JetStream stream {name}.");
+            Some(opened)
+        }
+        Err(e) => {
+            if !std::mem::replace(said_unavailable, true) {
+                log::error!("Error: cluster: cannot open the JetStream stream for retained messages ({e}); they are not kept until it can be (is JetStream on in the NATS servers?). Trying again every {} s.", OPEN_RETRY.as_secs());
+            }
+            None
+        }
+    }
+}
+
+/// Makes the stream again if it went (deleted, or lost with its only server's disk); run
+/// in the background, so that acknowledgements and queries do not wait.
+async fn check_stream(cluster: Arc<Cluster>, js: jetstream::Context) {
+    if let Err(e) = open(&cluster, &js).await {
+        log::warn!("Warning: cluster: the JetStream stream for retained messages cannot be found or made: {e}.");
     }
 }
 

@@ -1,0 +1,131 @@
+//! What the link publishes: the shards' messages to NATS, retained messages to JetStream
+//! as they go, and the shards' questions to the retained task (`retained.rs`).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{Link, PUBLISH_WAIT};
+use crate::cluster::retained::{self, Work};
+use crate::cluster::{wire, Outgoing, ToLink};
+
+impl Link {
+    pub(super) async fn publish(&mut self, batch: &mut Vec<ToLink>) {
+        let now = Instant::now();
+        // NATS away and the client's own queue full: what is not taken by then is dropped
+        // and counted, so that the link goes on (and stops when asked).
+        let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
+        for item in batch.drain(..) {
+            match item {
+                ToLink::Publish(out) => self.publish_one(out, now, deadline).await,
+                ToLink::Find(query) => self.hand_retained(Work::Query(query)),
+            }
+        }
+    }
+
+    async fn publish_one(&mut self, out: Outgoing, now: Instant, deadline: tokio::time::Instant) {
+        let cluster = self.cluster.clone();
+        let stats = &cluster.stats;
+        cluster.taken_from_queue(&out);
+        // Encoded here, not on the shard: the expiry left is counted up to now.
+        if out.served.len() > wire::SERVED_MAX {
+            stats.served_cut.fetch_add(1, Ordering::Relaxed);
+        }
+        let encoded = wire::encode_served(&out.message, out.origin, out.number, &out.served, now);
+        let Some(bytes) = encoded else {
+            stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let max_payload = self.client.server_info().max_payload;
+        if max_payload > 0 && bytes.len() > max_payload {
+            // NATS refuses it (max_payload, 1 MB by default): said, counted.
+            let seen = stats.too_large.fetch_add(1, Ordering::Relaxed) + 1;
+            if seen.is_power_of_two() {
+                log::warn!(
+                    "Warning: cluster: a message to '{}' ({} bytes) is larger than NATS takes ({max_payload} bytes, its max_payload); not sent to the other nodes ({seen} so far).",
+                    out.message.topic,
+                    bytes.len()
+                );
+            }
+            if out.message.retain {
+                retained::not_stored(&cluster, "larger than NATS takes");
+            }
+            return;
+        }
+        let len = bytes.len() as u64;
+        let publishing = self.client.publish(out.subject, bytes.clone());
+        match tokio::time::timeout_at(deadline, publishing).await {
+            Ok(Ok(())) => {
+                stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                stats.forwarded_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(_) => {
+                stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                let seen = stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed) + 1;
+                if seen.is_power_of_two() {
+                    log::warn!(
+                        "Warning: cluster: a publish to NATS failed: {e} ({seen} dropped so far)."
+                    );
+                }
+            }
+        }
+        if out.message.retain {
+            // Stored without the share groups served: they are this moment's.
+            let stored = match out.served.is_empty() {
+                true => Some(bytes),
+                false => wire::encode(&out.message, out.origin, out.number, now),
+            };
+            if let Some(stored) = stored {
+                self.store_retained(&out.message, stored, deadline).await;
+            }
+        }
+    }
+
+    /// Stores a retained message (or with an empty payload its removal) in JetStream; its
+    /// acknowledgement is waited for by the retained task, in order with the queries.
+    async fn store_retained(
+        &mut self,
+        message: &crate::router::Message,
+        bytes: bytes::Bytes,
+        deadline: tokio::time::Instant,
+    ) {
+        let Some((js, _)) = &self.retained else {
+            return;
+        };
+        let Some(subject) = retained::subject(&self.cluster, &message.topic) else {
+            return; // Kept on its node (`Cluster::keeps_retained`).
+        };
+        let (payload, headers) = if message.payload.is_empty() {
+            (bytes::Bytes::new(), async_nats::HeaderMap::new())
+        } else {
+            (bytes, retained::headers(message))
+        };
+        let storing = js.publish_with_headers(subject, headers, payload);
+        match tokio::time::timeout_at(deadline, storing).await {
+            Ok(Ok(ack)) => self.hand_retained(Work::Stored(ack, retained::ack_deadline())),
+            Ok(Err(e)) => retained::not_stored(&self.cluster, &e.to_string()),
+            Err(_) => retained::not_stored(&self.cluster, "the NATS client is stuck"),
+        }
+    }
+
+    fn hand_retained(&mut self, work: Work) {
+        let Some((_, to_task)) = &self.retained else {
+            return;
+        };
+        if let Err(e) = to_task.try_send(work) {
+            match e.into_inner() {
+                Work::Stored(..) => {
+                    retained::not_stored(&self.cluster, "too many acknowledgements waited for")
+                }
+                Work::Query(query) => {
+                    let stats = &self.cluster.stats;
+                    stats
+                        .retained_queries_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    log::warn!("Warning: cluster: too many retained queries under way; those of '{}' are not looked for.", query.filter);
+                }
+            }
+        }
+    }
+}
