@@ -34,7 +34,7 @@ use super::patterns::Patterns;
 use super::retained::{self, Work};
 use super::subject::long_subject;
 use super::{wire, Cluster, ToLink};
-use crate::router::{Mailboxes, ShardMsg};
+use crate::router::{Mailboxes, Message, ShardMsg};
 
 /// Messages a NATS subscription holds for its task before the client drops them (a slow
 /// consumer, counted).
@@ -351,13 +351,20 @@ impl Link {
             stats.served_there.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        self.route_arrived(arrived.message, Some(key), nats.payload.len());
+    }
+
+    /// Counted as received (`bytes` on the wire) and handed to the shard its topic hashes
+    /// to, for the node's plain subscriptions or for one share group.
+    fn route_arrived(&mut self, message: Message, group: Option<Arc<str>>, bytes: usize) {
+        let stats = &self.cluster.stats;
         stats.received.fetch_add(1, Ordering::Relaxed);
-        (stats.received_bytes).fetch_add(nats.payload.len() as u64, Ordering::Relaxed);
-        let shard = self.cluster.shard_of(&arrived.message.topic);
-        let size = arrived.message.held_bytes();
+        (stats.received_bytes).fetch_add(bytes as u64, Ordering::Relaxed);
+        let shard = self.cluster.shard_of(&message.topic);
+        let size = message.held_bytes();
         let msg = ShardMsg::FromCluster {
-            message: Box::new(arrived.message),
-            group: Some(key),
+            message: Box::new(message),
+            group,
         };
         self.hand(shard, msg, size);
     }
@@ -374,15 +381,7 @@ impl Link {
             return;
         }
         self.copies.took(id, arrived.origin, arrived.number);
-        stats.received.fetch_add(1, Ordering::Relaxed);
-        (stats.received_bytes).fetch_add(nats.payload.len() as u64, Ordering::Relaxed);
-        let shard = self.cluster.shard_of(&arrived.message.topic);
-        let size = arrived.message.held_bytes();
-        let msg = ShardMsg::FromCluster {
-            message: Box::new(arrived.message),
-            group: None,
-        };
-        self.hand(shard, msg, size);
+        self.route_arrived(arrived.message, None, nats.payload.len());
     }
 
     /// Into `shard`'s mailbox, behind what is held for it already.

@@ -230,8 +230,15 @@ async fn open(cluster: &Cluster, js: &jetstream::Context) -> Result<stream::Stre
         ..Default::default()
     };
     let opening = js.get_or_create_stream(config);
-    match tokio::time::timeout(QUERY_STEP_WAIT, opening).await {
-        Ok(Ok(stream)) => Ok(stream),
+    in_time(opening).await
+}
+
+/// What `step` gives within `QUERY_STEP_WAIT`, its error as text.
+async fn in_time<T, E: std::fmt::Display>(
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(QUERY_STEP_WAIT, step).await {
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no answer".into()),
     }
@@ -410,11 +417,7 @@ impl LastPerSubject {
             ..Default::default()
         };
         let creating = stream.create_consumer(config);
-        let consumer = match tokio::time::timeout(QUERY_STEP_WAIT, creating).await {
-            Ok(Ok(consumer)) => consumer,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("no answer".into()),
-        };
+        let consumer = in_time(creating).await?;
         let done = consumer.cached_info().num_pending == 0;
         Ok(LastPerSubject {
             stream: stream.clone(),
@@ -429,11 +432,7 @@ impl LastPerSubject {
             return Ok(Vec::new());
         }
         let fetching = self.consumer.fetch().max_messages(FETCH_MAX).messages();
-        let mut batch = match tokio::time::timeout(QUERY_STEP_WAIT, fetching).await {
-            Ok(Ok(batch)) => batch,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("no answer".into()),
-        };
+        let mut batch = in_time(fetching).await?;
         let mut read = Vec::with_capacity(FETCH_MAX);
         loop {
             let next = tokio::time::timeout(QUERY_STEP_WAIT, batch.next()).await;

@@ -205,14 +205,13 @@ impl<B: Backend> Shard<B> {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        let dropped = session.owe(found, scan.qos, scan.identifier);
-        if dropped > 0 {
-            log::info!(
-                "Client {} is owed too many retained messages; {dropped} dropped.",
-                session.client_id
-            );
-            self.shared.stats[self.id].dropped(DropReason::QueueFull, dropped as u64);
-        }
+        owe_counted(
+            session,
+            found,
+            scan.qos,
+            scan.identifier,
+            &self.shared.stats[self.id],
+        );
         if scan.cursor.is_some() {
             session.put_back_scan(scan);
         }
@@ -344,14 +343,8 @@ impl<B: Backend> Shard<B> {
             }
         }
         let was_idle = !session.outgoing().owes();
-        let dropped = session.owe(messages, query.qos, query.identifier);
-        if dropped > 0 {
-            log::info!(
-                "Client {} is owed too many retained messages; {dropped} dropped.",
-                session.client_id
-            );
-            self.shared.stats[self.id].dropped(DropReason::QueueFull, dropped as u64);
-        }
+        let stats = &self.shared.stats[self.id];
+        owe_counted(session, messages, query.qos, query.identifier, stats);
         let owes = (self.sessions.get(&query.session)).is_some_and(|s| s.outgoing().owes());
         if was_idle && owes {
             self.subs.owed.owing.push(query.session);
@@ -363,6 +356,25 @@ impl<B: Backend> Shard<B> {
     /// topic levels again.
     pub(super) fn renew_scan_budget(&mut self) {
         self.subs.owed.scan_visits_left = SCAN_VISITS_PER_TURN;
+    }
+}
+
+/// Owes `session` the retained messages found for one of its subscriptions; those past
+/// `OWED_MAX` are dropped, said and counted.
+fn owe_counted(
+    session: &mut crate::session::Session,
+    messages: Vec<Arc<Message>>,
+    qos: QoS,
+    identifier: Option<u32>,
+    stats: &super::Stats,
+) {
+    let dropped = session.owe(messages, qos, identifier);
+    if dropped > 0 {
+        log::info!(
+            "Client {} is owed too many retained messages; {dropped} dropped.",
+            session.client_id
+        );
+        stats.dropped(DropReason::QueueFull, dropped as u64);
     }
 }
 
