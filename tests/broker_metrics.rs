@@ -136,17 +136,22 @@ fn a_metrics_address_that_cannot_be_had_stops_the_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("metrics_listener 127.0.0.1:"));
 }
 
-/// Every series the Grafana dashboard in `contrib/` queries is one midge serves.
+/// Every series the Grafana dashboard in `contrib/` queries is one midge serves (with
+/// persistence, a bridge and a cluster, whose series are served only then).
 #[test]
 fn the_grafana_dashboard_queries_only_metrics_midge_serves() {
     let dir = common::persist::store("metrics-dashboard");
+    let nats = common::nats::Nats::start();
     let conf = config_file(
         "metrics-dashboard",
         &format!(
             "metrics_listener 127.0.0.1:0\nlistener 0 127.0.0.1\nuser root\n\
              persistence true\npersistence_location {}\n\
+             cluster_nats_url {}\ncluster_name dash{}\n\
              connection b\naddress 127.0.0.1:{}\ntopic t out\n",
             dir.display(),
+            nats.url(),
+            std::process::id(),
             quiet_port()
         ),
     );
