@@ -325,11 +325,7 @@ impl Link {
         match decoded {
             Ok(arrived) => Some(arrived),
             Err(e) => {
-                // Logged at the 1st, 2nd, 4th, 8th...: whoever else publishes on the
-                // cluster's subjects cannot flood the log.
-                let stats = &self.cluster.stats;
-                let seen = stats.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
-                if seen.is_power_of_two() {
+                if let Some(seen) = super::count_to_say(&self.cluster.stats.undecodable) {
                     log::warn!(
                         "Warning: cluster: a message on {} that is not midge's: {e}; dropped ({seen} so far).",
                         nats.subject

@@ -142,6 +142,13 @@ const fn count(
     }
 }
 
+/// Counts one more in `counter`; the count if it is worth saying: the 1st, 2nd, 4th,
+/// 8th..., so that whoever floods a node with what it drops cannot flood its log too.
+fn count_to_say(counter: &AtomicU64) -> Option<u64> {
+    let seen = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    seen.is_power_of_two().then_some(seen)
+}
+
 fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }

@@ -271,12 +271,7 @@ pub(super) fn ack_deadline() -> tokio::time::Instant {
 
 /// A retained message JetStream did not take: said (the 1st, 2nd, 4th...), counted.
 pub(super) fn not_stored(cluster: &Cluster, why: &str) {
-    let seen = cluster
-        .stats
-        .retained_not_stored
-        .fetch_add(1, Ordering::Relaxed)
-        + 1;
-    if seen.is_power_of_two() {
+    if let Some(seen) = super::count_to_say(&cluster.stats.retained_not_stored) {
         log::warn!("Warning: cluster: a retained message was not stored in JetStream: {why} ({seen} so far).");
     }
 }
@@ -325,12 +320,7 @@ async fn answer(
 }
 
 fn query_failed(cluster: &Cluster, filter: &str, why: &str) {
-    let seen = cluster
-        .stats
-        .retained_queries_failed
-        .fetch_add(1, Ordering::Relaxed)
-        + 1;
-    if seen.is_power_of_two() {
+    if let Some(seen) = super::count_to_say(&cluster.stats.retained_queries_failed) {
         log::warn!("Warning: cluster: the retained messages for '{filter}' could not be found: {why} ({seen} so far).");
     }
 }
@@ -459,8 +449,7 @@ fn stored_message(
     let mut message = match decoded {
         Ok(message) => message,
         Err(e) => {
-            let seen = cluster.stats.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
-            if seen.is_power_of_two() {
+            if let Some(seen) = super::count_to_say(&cluster.stats.undecodable) {
                 log::warn!("Warning: cluster: a retained message on {subject} that is not midge's: {e}; skipped ({seen} so far).");
             }
             return None;

@@ -38,8 +38,7 @@ impl Link {
         let max_payload = self.client.server_info().max_payload;
         if max_payload > 0 && bytes.len() > max_payload {
             // NATS refuses it (max_payload, 1 MB by default): said, counted.
-            let seen = stats.too_large.fetch_add(1, Ordering::Relaxed) + 1;
-            if seen.is_power_of_two() {
+            if let Some(seen) = crate::cluster::count_to_say(&stats.too_large) {
                 log::warn!(
                     "Warning: cluster: a message to '{}' ({} bytes) is larger than NATS takes ({max_payload} bytes, its max_payload); not sent to the other nodes ({seen} so far).",
                     out.message.topic,
@@ -62,8 +61,7 @@ impl Link {
                 stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Err(e)) => {
-                let seen = stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed) + 1;
-                if seen.is_power_of_two() {
+                if let Some(seen) = crate::cluster::count_to_say(&stats.dropped_outgoing) {
                     log::warn!(
                         "Warning: cluster: a publish to NATS failed: {e} ({seen} dropped so far)."
                     );
