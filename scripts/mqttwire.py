@@ -1,5 +1,7 @@
-"""MQTT on the wire for the measurement scripts (memory.py, hostile-soak.py): the few
-encoders they need, a free loopback port, and a process's resident memory. Loopback only."""
+"""MQTT on the wire for the measurement scripts (memory.py, hostile-soak.py, the cluster's
+benches): the few encoders and readers they need, a free loopback port, brokers and a NATS
+server started for them, and a process's resident memory. Loopback only."""
+import os
 import socket
 import subprocess
 import struct
@@ -62,3 +64,47 @@ def stop_process(proc):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def read_exact(sock, n):
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise SystemExit("the broker closed the connection")
+        out += chunk
+    return bytes(out)
+
+
+def read_packet(sock):
+    """The next packet: its first byte and its body."""
+    first = read_exact(sock, 1)[0]
+    length, shift = 0, 0
+    while True:
+        byte = read_exact(sock, 1)[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return first, read_exact(sock, length)
+
+
+def start_midge(binary, work, port, text):
+    """midge on loopback `port` with `text` added to its configuration (in `work`)."""
+    path = os.path.join(work, f"midge-{port}.conf")
+    with open(path, "w") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n{text}")
+    proc = subprocess.Popen([binary, "-c", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port, proc, "midge")
+    return proc
+
+
+def start_nats(work):
+    """Debian's nats-server on a free loopback port, JetStream on in `work`: (port, process)."""
+    port = free_port()
+    conf = os.path.join(work, "nats.conf")
+    with open(conf, "w") as f:
+        f.write(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{work}/js" }}\n')
+    proc = subprocess.Popen(["nats-server", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port, proc, "nats-server")
+    return port, proc

@@ -16,13 +16,12 @@ import os
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mqttwire import free_port, packet, s, stop_process, wait_listening  # noqa: E402
+from mqttwire import free_port, packet, read_packet, s, start_nats, start_midge, stop_process  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIDGE = os.path.join(ROOT, "target", "release", "midge")
@@ -36,28 +35,6 @@ def connect(port, client_id):
     if read_packet(sock)[0] >> 4 != 2:
         raise SystemExit("no CONNACK")
     return sock
-
-
-def read_exact(sock, n):
-    out = bytearray()
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise SystemExit("the broker closed the connection")
-        out += chunk
-    return bytes(out)
-
-
-def read_packet(sock):
-    first = read_exact(sock, 1)[0]
-    length, shift = 0, 0
-    while True:
-        byte = read_exact(sock, 1)[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return first, read_exact(sock, length)
 
 
 def publish_retained(port, n, payload, under="ret"):
@@ -101,15 +78,6 @@ def time_subscription(port, n, name):
     return took
 
 
-def start_midge(work, port, text):
-    path = os.path.join(work, f"midge-{port}.conf")
-    with open(path, "w") as f:
-        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n{text}")
-    proc = subprocess.Popen([MIDGE, "-c", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_listening(port, proc, "midge")
-    return proc
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=10000)
@@ -120,18 +88,13 @@ def main():
     procs = []
     with tempfile.TemporaryDirectory() as work:
         try:
-            nats_port = free_port()
-            nats_conf = os.path.join(work, "nats.conf")
-            with open(nats_conf, "w") as f:
-                f.write(f'listen: 127.0.0.1:{nats_port}\njetstream {{ store_dir: "{work}/js" }}\n')
-            nats = subprocess.Popen(["nats-server", "-c", nats_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            nats_port, nats = start_nats(work)
             procs.append(nats)
-            wait_listening(nats_port, nats, "nats-server")
             cluster = f"cluster_nats_url nats://127.0.0.1:{nats_port}\ncluster_name rb{os.getpid()}\nsys_interval 1\n"
             one, a, b = free_port(), free_port(), free_port()
-            procs.append(start_midge(work, one, ""))
-            procs.append(start_midge(work, a, cluster + "cluster_node_id a\n"))
-            procs.append(start_midge(work, b, cluster + "cluster_node_id b\n"))
+            procs.append(start_midge(MIDGE, work, one, ""))
+            procs.append(start_midge(MIDGE, work, a, cluster + "cluster_node_id a\n"))
+            procs.append(start_midge(MIDGE, work, b, cluster + "cluster_node_id b\n"))
             n = args.messages
             # Until node a's stream is open: a probe stored.
             deadline = time.monotonic() + 30

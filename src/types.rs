@@ -109,6 +109,23 @@ pub struct PublishOrder {
 }
 
 impl Message {
+    /// A waiting will as the message it becomes, kept apart from when it is due (its Will
+    /// Delay Interval is not a PUBLISH property).
+    pub fn of_waiting_will(will: &crate::codec::Will) -> Message {
+        let mut properties = will.properties.clone();
+        properties.will_delay_interval = None;
+        Message {
+            topic: will.topic.clone(),
+            payload: will.payload.clone(),
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            origin: None,
+            expires_at: None,
+            order: Default::default(),
+        }
+    }
+
     /// The message as a 5.0 PUBLISH (topic, QoS, retain, properties, payload), as the
     /// journal keeps it and the cluster carries it; its packet id is a placeholder (a
     /// delivery numbers its own). `None` if it cannot be encoded (never for a message a

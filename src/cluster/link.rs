@@ -98,6 +98,9 @@ struct Link {
     /// With `cluster_retained jetstream`: JetStream, and the task that waits for its
     /// acknowledgements and answers queries (`retained.rs`).
     retained: Option<(async_nats::jetstream::Context, mpsc::Sender<Work>)>,
+    /// With `cluster_sessions jetstream`: the task that claims client ids and hands
+    /// sessions over (`sessions.rs`).
+    sessions: Option<mpsc::Sender<super::sessions::Work>>,
     mailboxes: Arc<Mailboxes>,
     arriving_tx: mpsc::Sender<Arriving>,
     /// Subject pattern of each subscription, and the reverse.
@@ -221,11 +224,19 @@ impl Link {
             tokio::spawn(serving);
             (js, work)
         });
+        let sessions = cluster.settings.sessions_in_jetstream.then(|| {
+            let (work, works) = mpsc::channel(super::sessions::WORK_MAX);
+            let serving =
+                super::sessions::serve(cluster.clone(), client.clone(), works, mailboxes.clone());
+            tokio::spawn(serving);
+            work
+        });
         let shards = mailboxes.shards();
         Link {
             cluster,
             client,
             retained,
+            sessions,
             mailboxes,
             arriving_tx,
             by_pattern: HashMap::new(),

@@ -12,15 +12,20 @@
 //! group's members on other nodes take its messages through a NATS queue group, unless the
 //! publishing node served the group itself (`wire.rs`'s served groups).
 //!
-//! What this step does not do yet (issue 31): sessions do not move between nodes, and
-//! between nodes a message is delivered at most once (core NATS: a node or NATS server
-//! that goes down loses what it had on the way).
+//! A client's session follows it to whichever node it connects to, with at most one live
+//! connection per client id in the cluster (`sessions.rs`).
+//!
+//! What this step does not do yet (issue 31): sessions are held by their node, not in
+//! JetStream (a node that dies loses its clients' sessions), and between nodes a message
+//! is delivered at most once (core NATS: a node or NATS server that goes down loses what
+//! it had on the way).
 
 mod connect;
 pub mod dedup;
 mod link;
 pub mod patterns;
 pub mod retained;
+pub mod sessions;
 pub mod subject;
 pub mod wire;
 
@@ -48,6 +53,9 @@ pub(crate) enum ToLink {
     Publish(Outgoing),
     /// A new subscription's retained messages to find (`retained.rs`).
     Find(retained::Query),
+    /// For the sessions task (`sessions.rs`): a connection's claim on its client id, or a
+    /// session that ended.
+    Sessions(sessions::Work),
 }
 
 /// A message on its way to NATS: its subject, and what the link encodes it from.
@@ -114,6 +122,16 @@ pub struct ClusterStats {
     /// Messages NATS gave this node for a share group with no member here any more (the
     /// group's queue subscription was still going).
     pub group_gone: AtomicU64,
+    /// Client ids this node made itself the owner of; connections that went on without
+    /// the cluster deciding (it did not answer in time); sessions fetched from another node,
+    /// handed to another, not fetched (the node did not answer), and queued messages left
+    /// out of a session handed over (larger than NATS takes).
+    pub sessions_claimed: AtomicU64,
+    pub sessions_unclaimed: AtomicU64,
+    pub sessions_moved_in: AtomicU64,
+    pub sessions_moved_out: AtomicU64,
+    pub sessions_not_fetched: AtomicU64,
+    pub sessions_cut: AtomicU64,
 }
 
 /// A count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or gauge),
@@ -254,6 +272,48 @@ pub const COUNTS: &[ClusterCount] = &[
         |s| load(&s.group_gone),
     ),
     count(
+        "$SYS/broker/cluster/sessions/claimed",
+        "midge_cluster_sessions_claimed",
+        "Client ids this node made itself the owner of in the cluster",
+        true,
+        |s| load(&s.sessions_claimed),
+    ),
+    count(
+        "$SYS/broker/cluster/sessions/unclaimed",
+        "midge_cluster_sessions_unclaimed",
+        "Connections accepted without the cluster deciding where their session is (it did not answer in time)",
+        true,
+        |s| load(&s.sessions_unclaimed),
+    ),
+    count(
+        "$SYS/broker/cluster/sessions/moved_in",
+        "midge_cluster_sessions_moved_in",
+        "Sessions taken over from another node",
+        true,
+        |s| load(&s.sessions_moved_in),
+    ),
+    count(
+        "$SYS/broker/cluster/sessions/moved_out",
+        "midge_cluster_sessions_moved_out",
+        "Sessions handed to another node",
+        true,
+        |s| load(&s.sessions_moved_out),
+    ),
+    count(
+        "$SYS/broker/cluster/sessions/not_fetched",
+        "midge_cluster_sessions_not_fetched",
+        "Sessions another node held that could not be fetched (it did not answer): their clients started anew",
+        true,
+        |s| load(&s.sessions_not_fetched),
+    ),
+    count(
+        "$SYS/broker/cluster/sessions/cut",
+        "midge_cluster_sessions_cut",
+        "Queued messages left out of sessions handed to another node (larger than NATS takes)",
+        true,
+        |s| load(&s.sessions_cut),
+    ),
+    count(
         "$SYS/broker/cluster/messages/forwarded",
         "midge_cluster_messages_forwarded",
         "Messages published to NATS for the other nodes",
@@ -345,6 +405,10 @@ pub struct Cluster {
     interest_changed: Notify,
     stop: Notify,
     shards: usize,
+    /// This node's claims of client ids (`sessions.rs`).
+    claims: sessions::Claims,
+    /// The NATS server's max_payload, as the link last saw it (0: not yet connected).
+    max_payload: AtomicUsize,
     pub stats: ClusterStats,
 }
 
@@ -372,6 +436,8 @@ impl Cluster {
             stop: Notify::new(),
             shards,
             settings,
+            claims: Arc::default(),
+            max_payload: AtomicUsize::new(0),
             stats: ClusterStats::default(),
         });
         let options = connect::options(&cluster).map_err(io::Error::other)?;
@@ -459,6 +525,55 @@ impl Cluster {
             (self.stats.retained_queries_failed).fetch_add(1, Ordering::Relaxed);
         }
         asked
+    }
+
+    /// Whether the cluster decides where clients' sessions are (`cluster_sessions
+    /// jetstream`).
+    pub fn keeps_sessions(&self) -> bool {
+        self.settings.sessions_in_jetstream && self.alive.load(Ordering::Relaxed)
+    }
+
+    /// Asks the link to make this node the owner of a connection's client id; the answer
+    /// comes to its shard (`ShardMsg::ClusterClaimed`). False if it cannot be asked (the
+    /// queue to the link is full): the connection goes on without (counted).
+    pub fn claim(&self, ask: sessions::ClaimAsk) -> bool {
+        let work = ToLink::Sessions(sessions::Work::Claim(ask));
+        let asked = self.outgoing.try_send(work).is_ok();
+        if !asked {
+            self.stats
+                .sessions_unclaimed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        asked
+    }
+
+    /// A shard took the answer to a claim of `client_id` from its mailbox.
+    pub fn claim_answer_taken(&self, client_id: &str) {
+        self.claims
+            .lock()
+            .expect("claims lock")
+            .answer_taken(client_id);
+    }
+
+    /// The session of `client_id`, whose connection claimed it at `revision`, ended here.
+    pub fn release(&self, client_id: Arc<str>, revision: u64) {
+        let work = sessions::Work::Release {
+            client_id,
+            revision,
+        };
+        // Dropped with the queue full: the key stays, and the next claim of the client id
+        // asks this node, which answers that it holds nothing.
+        let _ = self.outgoing.try_send(ToLink::Sessions(work));
+    }
+
+    /// The most a session handed to another node may take (NATS's max_payload, less room
+    /// for the answer's own bytes), once the link knows the server.
+    pub fn session_bytes_max(&self) -> usize {
+        let max = self.max_payload.load(Ordering::Relaxed);
+        match max {
+            0 => 1 << 20,
+            max => max.saturating_sub(64),
+        }
     }
 
     /// The link took `out` from the queue.

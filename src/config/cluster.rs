@@ -40,6 +40,10 @@ pub struct ClusterSettings {
     /// `cluster_retained`: `jetstream` (the default), the cluster's retained messages kept
     /// once in a JetStream stream; `node`, each node keeps those published on it.
     pub retained_in_jetstream: bool,
+    /// `cluster_sessions`: `jetstream` (the default), at most one live connection per
+    /// client id in the cluster, its session following it to the node it connects to;
+    /// `node`, each node decides alone for its own clients.
+    pub sessions_in_jetstream: bool,
     /// `cluster_replicas`: how many NATS servers keep each JetStream stream the cluster
     /// makes (1 to 5; 3 for a three-server NATS cluster).
     pub replicas: usize,
@@ -65,6 +69,7 @@ impl Default for ClusterSettings {
             keyfile: None,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             retained_in_jetstream: true,
+            sessions_in_jetstream: true,
             replicas: 1,
             sweep_every: std::time::Duration::from_secs(60),
             origin: None,

@@ -374,14 +374,16 @@ fn cluster_options_are_read_and_checked_together() {
     );
     assert_eq!(cluster.max_subscriptions, 10_000, "the default");
     assert!(cluster.retained_in_jetstream, "the default");
+    assert!(cluster.sessions_in_jetstream, "the default");
     assert_eq!(cluster.replicas, 1);
     let limited = read(
-        "cluster_nats_url nats://a:4222\ncluster_max_subscriptions 50\ncluster_retained node\ncluster_replicas 3\ncluster_retained_sweep_interval 5\n",
+        "cluster_nats_url nats://a:4222\ncluster_max_subscriptions 50\ncluster_retained node\ncluster_sessions node\ncluster_replicas 3\ncluster_retained_sweep_interval 5\n",
     )
     .unwrap();
     let limited = &limited.cluster;
     assert_eq!(limited.max_subscriptions, 50);
     assert!(!limited.retained_in_jetstream);
+    assert!(!limited.sessions_in_jetstream);
     assert_eq!(limited.replicas, 3);
     assert_eq!(limited.sweep_every, std::time::Duration::from_secs(5));
     assert!(
@@ -430,6 +432,11 @@ fn cluster_options_are_read_and_checked_together() {
         ),
         (
             "cluster_nats_url nats://a:4222\ncluster_retained disk\n",
+            2,
+            "neither jetstream nor node",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_sessions shared\n",
             2,
             "neither jetstream nor node",
         ),

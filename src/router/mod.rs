@@ -62,6 +62,17 @@ pub enum ShardMsg {
     /// The retained messages the cluster keeps for a new subscription of a session this
     /// shard held when it asked (`cluster/retained.rs`).
     RetainedFromCluster(Box<crate::cluster::retained::Found>),
+    /// The cluster's answer to a connection's claim on its client id
+    /// (`cluster/sessions.rs`): the connection, if it is still the one that asked
+    /// (`token`), goes on.
+    ClusterClaimed {
+        conn: ConnId,
+        token: u64,
+        client_id: Arc<str>,
+        claimed: crate::cluster::sessions::Claimed,
+    },
+    /// Another node asks for a session of this node's (`cluster/sessions.rs`).
+    ClusterTake(Box<crate::cluster::sessions::TakeAsk>),
 }
 
 /// With persistence and more than one shard: a message's (or a session's) number among

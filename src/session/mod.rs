@@ -115,6 +115,9 @@ struct Extras {
     /// Checked again when the password file is reloaded (as Mosquitto does).
     password: Option<Box<[u8]>>,
     filters: Option<FilterCharge>,
+    /// In a cluster keeping sessions: the revision of the key its client's connection
+    /// claimed (`cluster/sessions.rs`), given back when the session ends here; 0: none.
+    cluster_revision: u64,
 }
 
 /// Filters up to this many bytes are kept inside the subscription map's entry (the count of
@@ -174,12 +177,21 @@ impl Session {
     }
 
     pub fn set_credentials(&mut self, username: Option<&str>, password: Option<&[u8]>) {
-        let filters = self.extras.take().and_then(|e| e.filters);
-        self.set_extras(Extras {
-            username: username.map(Box::from),
-            password: password.map(Box::from),
-            filters,
-        });
+        let mut extras = self.extras.take().map(|e| *e).unwrap_or_default();
+        extras.username = username.map(Box::from);
+        extras.password = password.map(Box::from);
+        self.set_extras(extras);
+    }
+
+    /// The revision of the cluster's key its client's connection claimed (0: none).
+    pub fn cluster_revision(&self) -> u64 {
+        self.extras.as_ref().map_or(0, |e| e.cluster_revision)
+    }
+
+    pub fn set_cluster_revision(&mut self, revision: u64) {
+        let mut extras = self.extras.take().map(|e| *e).unwrap_or_default();
+        extras.cluster_revision = revision;
+        self.set_extras(extras);
     }
 
     /// Bytes its long filters hold (`filter_cost` of each).
@@ -194,6 +206,7 @@ impl Session {
     fn set_extras(&mut self, extras: Extras) {
         let used = extras.username.is_some() || extras.password.is_some();
         let used = used || extras.filters.as_ref().is_some_and(|f| f.bytes > 0);
+        let used = used || extras.cluster_revision != 0;
         self.extras = used.then(|| Box::new(extras));
     }
 

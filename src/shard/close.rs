@@ -259,6 +259,9 @@ impl<B: Backend> Shard<B> {
     )]
     pub(super) fn end_session(&mut self, session: Box<Session>, unregister: bool) {
         let (id, client_id) = (session.id, session.client_id.clone());
+        if session.cluster_revision() != 0 {
+            self.release_in_cluster(client_id.clone(), session.cluster_revision());
+        }
         let subscriptions = session.end(self.sessions.changes());
         // Its subscriptions leave the trie a slice a turn (`sweep_trie`): an ended session's
         // id is never used again, and what reaches it meanwhile is passed over. A share

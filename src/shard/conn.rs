@@ -136,12 +136,29 @@ pub struct ConnExtras {
     pub link: Option<usize>,
     /// CONNECT received; the session is being handed over from another shard.
     waiting_handoff: Option<Box<Connect>>,
+    /// CONNECT received; the cluster is making this node the owner of its client id
+    /// (`shard/cluster_sessions.rs`).
+    waiting_cluster: Option<Box<ClusterWait>>,
+    /// The revision the cluster's claim was made at, for the session it is accepted with.
+    cluster_revision: u64,
     /// What goes out this turn before `Conn::out`: large payloads shared with the message
     /// (`Conn::put_publish`), and the bytes before each.
     pub out_chunks: Vec<bytes::Bytes>,
     /// How far the payload of a large PUBLISH still arriving was checked for UTF-8
     /// (`receiving.rs`).
     pub(super) payload_check: Option<super::receiving::PayloadCheck>,
+}
+
+/// A CONNECT waiting for the cluster to make this node the owner of its client id.
+pub struct ClusterWait {
+    pub connect: Box<Connect>,
+    pub client_id: Arc<str>,
+    /// The broker gave the client id.
+    pub assigned: bool,
+    /// The shard's number for the claim.
+    pub token: u64,
+    /// When it began to wait.
+    pub since: Stamp,
 }
 
 impl ConnExtras {
@@ -157,6 +174,8 @@ impl ConnExtras {
             && !self.bridge
             && self.link.is_none()
             && self.waiting_handoff.is_none()
+            && self.waiting_cluster.is_none()
+            && self.cluster_revision == 0
             && self.out_chunks.is_empty()
             && self.payload_check.is_none()
     }
@@ -182,7 +201,7 @@ impl Conn {
     /// Bytes arrived: the keep alive counts from now, once CONNECT is accepted (until then
     /// the connect timeout counts from the accept).
     pub fn heard_from(&mut self, now: Stamp) {
-        if self.session.is_some() || self.waiting_handoff().is_some() {
+        if self.session.is_some() || self.awaits_session() {
             self.last_rx = now;
         }
     }
@@ -196,6 +215,55 @@ impl Conn {
     pub fn wait_for_handoff(&mut self, connect: Box<Connect>, now: Stamp) {
         self.extras().waiting_handoff = Some(connect);
         self.last_rx = now;
+    }
+
+    /// CONNECT was received and is held until its session is found: on another shard, or
+    /// by the cluster.
+    pub fn awaits_session(&self) -> bool {
+        (self.extras.as_ref())
+            .is_some_and(|e| e.waiting_handoff.is_some() || e.waiting_cluster.is_some())
+    }
+
+    /// Holds a CONNECT until the cluster answers its claim; the keep alive counts from `now`.
+    pub fn wait_for_cluster(&mut self, wait: Box<ClusterWait>, now: Stamp) {
+        self.extras().waiting_cluster = Some(wait);
+        self.last_rx = now;
+    }
+
+    /// Since when it waits for the cluster's answer to its claim, if it does.
+    pub fn waits_for_cluster_since(&self) -> Option<Stamp> {
+        Some(self.extras.as_ref()?.waiting_cluster.as_ref()?.since)
+    }
+
+    /// The CONNECT held for the cluster's claim numbered `token`, taken to be answered.
+    pub fn take_cluster_wait(&mut self, token: u64) -> Option<Box<ClusterWait>> {
+        let extras = self.extras.as_mut()?;
+        if extras.waiting_cluster.as_ref()?.token != token {
+            return None;
+        }
+        let wait = extras.waiting_cluster.take();
+        if extras.is_unused() {
+            self.extras = None;
+        }
+        wait
+    }
+
+    pub fn set_cluster_revision(&mut self, revision: u64) {
+        if revision != 0 {
+            self.extras().cluster_revision = revision;
+        }
+    }
+
+    /// The revision its claim was made at (0: none), taken for its session.
+    pub fn take_cluster_revision(&mut self) -> u64 {
+        let Some(extras) = self.extras.as_mut() else {
+            return 0;
+        };
+        let revision = std::mem::take(&mut extras.cluster_revision);
+        if extras.is_unused() {
+            self.extras = None;
+        }
+        revision
     }
 
     /// The CONNECT held for a handoff, taken to be answered. The out-of-line part goes too

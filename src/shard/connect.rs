@@ -200,13 +200,29 @@ impl<B: Backend> Shard<B> {
         self.auth_step(conn, exchange, step);
     }
 
-    /// CONNECT, once its client is known: find its session (here, on another shard, or new).
+    /// CONNECT, once its client is known: in a cluster keeping sessions, its node becomes
+    /// the owner of its client id first (`cluster_sessions.rs`); then its session is found.
     pub(super) fn connect_authenticated(
         &mut self,
         conn: ConnId,
         connect: Box<Connect>,
         client_id: Arc<str>,
         assigned: bool,
+    ) {
+        if let Some(connect) = self.claim_in_cluster(conn, connect, &client_id, assigned) {
+            self.connect_claimed(conn, connect, client_id, assigned, None);
+        }
+    }
+
+    /// CONNECT, with its client id this node's: find its session (`moved` from another
+    /// node, here, on another shard, or new).
+    pub(super) fn connect_claimed(
+        &mut self,
+        conn: ConnId,
+        connect: Box<Connect>,
+        client_id: Arc<str>,
+        assigned: bool,
+        moved: Option<SessionBox>,
     ) {
         let (previous, claim) = {
             let mut registry = self.shared.registry.lock().expect("registry lock");
@@ -223,6 +239,11 @@ impl<B: Backend> Shard<B> {
         let elsewhere = previous.map(Claim::shard).filter(|&owner| owner != self.id);
         let on_its_way = self.handover.claims.on_its_way(&client_id);
         if elsewhere.is_some() || on_its_way {
+            if let Some(moved) = moved {
+                // This node held a session of the client while the cluster named another:
+                // the one here goes on (the cluster lost track of it: NATS lost its state).
+                self.moved_session_not_taken(moved, "another of its sessions is on this node");
+            }
             // The session lives on another shard, or may be on its way here for an earlier
             // connection of this client: this connection waits for it, and CONNECT is
             // answered when it arrives (`on_handoff`).
@@ -249,8 +270,10 @@ impl<B: Backend> Shard<B> {
             return;
         }
         let existing = self.sessions.id_of(&client_id);
-        let session = existing.and_then(|id| self.take_local_session(id, connect.clean_start));
-        self.accept_connect(conn, *connect, client_id, assigned, session);
+        // A session moved from another node replaces one left here (its owner since).
+        let local_start = connect.clean_start || moved.is_some();
+        let session = existing.and_then(|id| self.take_local_session(id, local_start));
+        self.accept_connect(conn, *connect, client_id, assigned, moved.or(session));
     }
 
     /// Completes a CONNECT with the session it resumes (`Some`) or a new one: the session
@@ -280,6 +303,11 @@ impl<B: Backend> Shard<B> {
         });
         let session_id = session.id;
         session.conn = Some(conn);
+        if let Some(revision) = self.conn_mut(conn).map(|c| c.take_cluster_revision()) {
+            if revision != 0 {
+                session.set_cluster_revision(revision);
+            }
+        }
         self.take_parameters(&mut session, &connect, listener);
         if session_present {
             self.adopt_subscriptions(&mut session);

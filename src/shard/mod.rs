@@ -10,6 +10,7 @@ mod auth;
 mod bridges;
 pub mod clock;
 mod close;
+mod cluster_sessions;
 pub mod conn;
 mod connack;
 mod connect;

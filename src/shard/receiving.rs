@@ -109,7 +109,7 @@ impl<B: Backend> Shard<B> {
             let Some(c) = self.conn_mut(conn) else {
                 return false;
             };
-            if c.waiting_handoff().is_some() || c.held.stops_decoding(ended) {
+            if c.awaits_session() || c.held.stops_decoding(ended) {
                 return false;
             }
             match c.decoder.decode_from(&mut c.inbuf) {

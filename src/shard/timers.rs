@@ -46,10 +46,16 @@ impl<B: Backend> Shard<B> {
                 // A bridge keeps its own deadlines (`shard/bridges/`).
                 continue;
             }
-            if c.session.is_none() && c.waiting_handoff().is_none() {
+            if c.session.is_none() && !c.awaits_session() {
                 if c.last_rx.older_than(connect_timeout, stamp) {
                     expired.push((c.id, false));
                 }
+            } else if (c.waits_for_cluster_since()).is_some_and(|since| {
+                since.older_than(crate::cluster::sessions::ANSWER_WAIT_MAX, stamp)
+            }) {
+                // The cluster's answer was lost (a shard's mailbox full for too long): the
+                // client connects again.
+                expired.push((c.id, false));
             } else if c.held.waits_for_broker() {
                 // Not read until it reads what waits for it, or until its SUBSCRIBE is
                 // handled: its silence is the broker's doing, not the client's (the keep

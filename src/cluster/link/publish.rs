@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::{Link, PUBLISH_WAIT};
 use crate::cluster::retained::{self, Work};
+use crate::cluster::sessions;
 use crate::cluster::{wire, Outgoing, ToLink};
 
 impl Link {
@@ -18,6 +19,7 @@ impl Link {
             match item {
                 ToLink::Publish(out) => self.publish_one(out, now, deadline).await,
                 ToLink::Find(query) => self.hand_retained(Work::Query(query)),
+                ToLink::Sessions(work) => self.hand_sessions(work),
             }
         }
     }
@@ -36,6 +38,7 @@ impl Link {
             return;
         };
         let max_payload = self.client.server_info().max_payload;
+        (cluster.max_payload).store(max_payload, Ordering::Relaxed);
         if max_payload > 0 && bytes.len() > max_payload {
             // NATS refuses it (max_payload, 1 MB by default): said, counted.
             if let Some(seen) = crate::cluster::count_to_say(&stats.too_large) {
@@ -104,6 +107,27 @@ impl Link {
             Ok(Ok(ack)) => self.hand_retained(Work::Stored(ack, retained::ack_deadline())),
             Ok(Err(e)) => retained::not_stored(&self.cluster, &e.to_string()),
             Err(_) => retained::not_stored(&self.cluster, "the NATS client is stuck"),
+        }
+    }
+
+    /// To the sessions task; a claim it has no room for is answered at once: the
+    /// connection goes on without the cluster (said and counted).
+    fn hand_sessions(&mut self, work: sessions::Work) {
+        let Some(to_task) = &self.sessions else {
+            return;
+        };
+        if let Err(e) = to_task.try_send(work) {
+            if let sessions::Work::Claim(ask) = e.into_inner() {
+                let claimed =
+                    sessions::unclaimed(&self.cluster, &ask.client_id, "too many claims under way");
+                let msg = crate::router::ShardMsg::ClusterClaimed {
+                    conn: ask.conn,
+                    token: ask.token,
+                    client_id: ask.client_id,
+                    claimed,
+                };
+                self.hand(ask.shard, msg, 0);
+            }
         }
     }
 

@@ -160,6 +160,23 @@ pub(super) const OPTIONS: &[Known] = &[
         }),
     ),
     known(
+        "cluster_sessions",
+        "who decides where a client's session is: jetstream (default; the cluster, one live connection per client id, the session following its client to any node) or node (each node alone)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.sessions_in_jetstream = match line.one("place")? {
+                "jetstream" => true,
+                "node" => false,
+                other => {
+                    return Err(line.err(format!(
+                        "cluster_sessions: {other:?} is neither jetstream nor node"
+                    )))
+                }
+            };
+            Ok(())
+        }),
+    ),
+    known(
         "cluster_replicas",
         "how many NATS servers keep each JetStream stream of the cluster (1 to 5, default 1; 3 for a three-server NATS cluster)",
         Read::Broker(|c, line| {

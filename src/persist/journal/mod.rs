@@ -410,19 +410,8 @@ impl Journal {
         if !to.old && !to.new {
             return;
         }
-        let mut properties = will.properties.clone();
-        // Kept as `due`; not a PUBLISH property.
-        properties.will_delay_interval = None;
-        let message = Arc::new(Message {
-            topic: will.topic.clone(),
-            payload: will.payload.clone(),
-            qos: will.qos,
-            retain: will.retain,
-            properties,
-            origin: None,
-            expires_at: None,
-            order: Default::default(),
-        });
+        // Kept as `due`.
+        let message = Arc::new(Message::of_waiting_will(will));
         let message = self.message(&message, to, clock);
         let record = Record::WillWaiting {
             session: session.get(),

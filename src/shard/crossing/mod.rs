@@ -98,6 +98,13 @@ impl<B: Backend> Shard<B> {
                     self.route_from_cluster(*message, group)
                 }
                 ShardMsg::RetainedFromCluster(found) => self.owe_from_cluster(*found),
+                ShardMsg::ClusterClaimed {
+                    conn,
+                    token,
+                    client_id,
+                    claimed,
+                } => self.on_cluster_claimed(conn, token, client_id, claimed),
+                ShardMsg::ClusterTake(take) => self.on_cluster_take(take),
             }
         }
     }

@@ -1,0 +1,385 @@
+//! What the sessions part of the cluster sends, as bytes: who owns a client id (the value
+//! kept in the sessions bucket), a node's request for a session another node holds, and
+//! the session itself as it moves: its subscriptions, the messages in flight with their
+//! packet ids, its queue, the QoS 2 packet ids awaiting PUBREL, its waiting will.
+//!
+//! Messages travel as the cluster's messages do (`cluster::wire`, with what is left of
+//! their expiry), so a session's bytes say nothing about either machine's clock.
+//! Integers are big-endian; a string is its length (u32) and its UTF-8 bytes.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cluster::dedup::Origin;
+use crate::persist::format::{options_byte, Delivery};
+use crate::persist::recover::RecoveredSession;
+use crate::persist::WallClock;
+use crate::router::Message;
+use crate::session::Session;
+
+/// The first byte of each; another is refused (a node of a later midge).
+const FORMAT: u8 = 1;
+
+/// Messages inside a session carry no origin of their own.
+const NO_ORIGIN: Origin = Origin {
+    incarnation: 0,
+    shard: 0,
+};
+
+/// The owner of a client id, as the sessions bucket keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The node's `cluster_node_id`: take requests go to it.
+    pub node: String,
+    /// The node's run: tells a node that restarted from the one that claimed.
+    pub incarnation: u64,
+}
+
+pub fn encode_owner(owner: &Owner) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + 8 + 4 + owner.node.len());
+    out.put_u8(FORMAT);
+    out.put_u64(owner.incarnation);
+    put_str(&mut out, &owner.node);
+    out.freeze()
+}
+
+pub fn decode_owner(bytes: &[u8]) -> Result<Owner, String> {
+    let mut r = Reader::new(bytes)?;
+    let incarnation = r.u64()?;
+    let node = r.string()?;
+    r.end()?;
+    Ok(Owner { node, incarnation })
+}
+
+/// A node's request for the session of `client_id`, which it now owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TakeRequest {
+    pub client_id: String,
+    /// The new connection starts clean: the session ends where it is.
+    pub clean_start: bool,
+    /// The revision of the key the asking node wrote.
+    pub revision: u64,
+}
+
+pub fn encode_request(request: &TakeRequest) -> Bytes {
+    let mut out = BytesMut::with_capacity(2 + 8 + 4 + request.client_id.len());
+    out.put_u8(FORMAT);
+    out.put_u8(u8::from(request.clean_start));
+    out.put_u64(request.revision);
+    put_str(&mut out, &request.client_id);
+    out.freeze()
+}
+
+pub fn decode_request(bytes: &[u8]) -> Result<TakeRequest, String> {
+    let mut r = Reader::new(bytes)?;
+    let clean_start = r.u8()? != 0;
+    let revision = r.u64()?;
+    let client_id = r.string()?;
+    r.end()?;
+    Ok(TakeRequest {
+        client_id,
+        clean_start,
+        revision,
+    })
+}
+
+/// What a node answers a take request.
+#[derive(Debug)]
+pub enum TakeAnswer {
+    /// It held no session of the client to hand on (or the session ended: a clean start).
+    Nothing,
+    /// The session, as `encode_session` made it.
+    Session(Bytes),
+    /// It cannot answer yet (the session is moving between its shards): ask again.
+    Retry,
+}
+
+const NOTHING: u8 = 0;
+const SESSION: u8 = 1;
+const RETRY: u8 = 2;
+
+pub fn encode_answer(answer: &TakeAnswer) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(FORMAT);
+    match answer {
+        TakeAnswer::Nothing => out.put_u8(NOTHING),
+        TakeAnswer::Retry => out.put_u8(RETRY),
+        TakeAnswer::Session(session) => {
+            out.put_u8(SESSION);
+            out.extend_from_slice(session);
+        }
+    }
+    out.freeze()
+}
+
+pub fn decode_answer(bytes: &Bytes) -> Result<TakeAnswer, String> {
+    let mut r = Reader::new(bytes)?;
+    match r.u8()? {
+        NOTHING => r.end().map(|()| TakeAnswer::Nothing),
+        RETRY => r.end().map(|()| TakeAnswer::Retry),
+        SESSION => Ok(TakeAnswer::Session(bytes.slice(2..))),
+        other => Err(format!("an answer of kind {other}")),
+    }
+}
+
+/// A session as it arrives from another node: as the journal would have left it, with the
+/// user and listener it was resumed by.
+#[derive(Debug)]
+pub struct Moved {
+    pub session: RecoveredSession,
+    pub username: Option<String>,
+    pub listener: usize,
+}
+
+/// `session`'s bytes, at `now`, in at most `max_bytes` (NATS's max_payload): what does not
+/// fit of its queue is left out, from the back. The number left out comes back with it.
+pub fn encode_session(session: &Session, now: Instant, max_bytes: usize) -> (Bytes, usize) {
+    let mut out = BytesMut::new();
+    out.put_u8(FORMAT);
+    put_str(&mut out, &session.client_id);
+    out.put_u8(session.version as u8);
+    out.put_u32(session.expiry_interval_s);
+    out.put_u16(session.listener() as u16);
+    put_opt_str(&mut out, session.username());
+    out.put_u16(session.outgoing().last_id());
+    let subscriptions = session.subscriptions();
+    out.put_u32(subscriptions.len() as u32);
+    for (filter, sub) in subscriptions {
+        put_str(&mut out, filter);
+        out.put_u8(options_byte(&sub.options));
+        out.put_u32(sub.identifier.map_or(0, |i| i.get()));
+    }
+    let in_flight = session.outgoing().in_flight();
+    out.put_u32(in_flight.len() as u32);
+    for f in in_flight {
+        out.put_u16(f.packet_id);
+        out.put_u8(u8::from(f.released));
+        let delivery = Delivery {
+            qos: f.qos as u8,
+            retain: f.retain,
+            identifiers: f.identifiers.to_vec(),
+        };
+        put_delivery(&mut out, &delivery);
+        put_message(&mut out, &f.message, now);
+    }
+    let awaiting: Vec<u16> = session.incoming().awaiting_pubrel().collect();
+    out.put_u32(awaiting.len() as u32);
+    for packet_id in awaiting {
+        out.put_u16(packet_id);
+    }
+    match &session.delayed_will {
+        Some(waiting) => {
+            out.put_u8(1);
+            let (due, will) = &**waiting;
+            out.put_u64(due.saturating_duration_since(now).as_millis() as u64);
+            put_message(&mut out, &Message::of_waiting_will(will), now);
+        }
+        None => out.put_u8(0),
+    }
+    // The queue last, so that it can be cut where the room ends.
+    let count_at = out.len();
+    out.put_u32(0);
+    let (mut queued, mut cut) = (0u32, 0usize);
+    for q in session.outgoing().queued() {
+        let before = out.len();
+        out.put_u16(q.packet_id);
+        put_delivery(&mut out, &Delivery::of(&q.target));
+        put_message(&mut out, &q.message, now);
+        if out.len() > max_bytes {
+            out.truncate(before);
+            cut += 1;
+        } else {
+            queued += 1;
+        }
+    }
+    out[count_at..count_at + 4].copy_from_slice(&queued.to_be_bytes());
+    (out.freeze(), cut)
+}
+
+/// The session in `bytes`, arrived at `now`; an error says what is wrong with them.
+pub fn decode_session(bytes: &[u8], now: Instant) -> Result<Moved, String> {
+    let clock = WallClock::now();
+    let mut r = Reader::new(bytes)?;
+    let client_id = r.string()?;
+    let version = r.u8()?;
+    if !matches!(version, 3..=5) {
+        return Err(format!("protocol version {version}"));
+    }
+    let expiry_interval_s = r.u32()?;
+    let listener = usize::from(r.u16()?);
+    let username = r.opt_string()?;
+    let last_packet_id = r.u16()?;
+    // The claim orders sessions in journals; a moved session is journaled anew here.
+    let mut session = RecoveredSession::started(client_id, 0, last_packet_id);
+    session.parameters(version, expiry_interval_s);
+    for _ in 0..r.count()? {
+        let filter = r.string()?;
+        let (options, identifier) = (r.u8()?, r.u32()?);
+        session.subscribed(filter, options, identifier);
+    }
+    for _ in 0..r.count()? {
+        let packet_id = r.u16()?;
+        let released = r.u8()? != 0;
+        let delivery = r.delivery()?;
+        let message = r.message(now)?;
+        session.in_flight(packet_id, message, delivery);
+        if released {
+            session.released(packet_id);
+        }
+    }
+    for _ in 0..r.count()? {
+        session.awaiting_pubrel(r.u16()?);
+    }
+    if r.u8()? != 0 {
+        let due_in_ms = r.u64()?;
+        let will = r.message(now)?;
+        let due = now + Duration::from_millis(due_in_ms.min(u64::from(u32::MAX) * 1000));
+        session.delayed_will = Some((clock.unix_ms(due), will));
+    }
+    for _ in 0..r.count()? {
+        let packet_id = r.u16()?;
+        let delivery = r.delivery()?;
+        let message = r.message(now)?;
+        session.queued(message, delivery, packet_id);
+    }
+    // Numbering goes on after the last number given, queued or not.
+    session.last_packet_id = last_packet_id;
+    r.end()?;
+    Ok(Moved {
+        session,
+        username,
+        listener,
+    })
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u32(s.len() as u32);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.put_u8(1);
+            put_str(out, s);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn put_delivery(out: &mut BytesMut, delivery: &Delivery) {
+    out.put_u8(delivery.qos | u8::from(delivery.retain) << 7);
+    let ids = &delivery.identifiers[..delivery.identifiers.len().min(usize::from(u8::MAX))];
+    out.put_u8(ids.len() as u8);
+    for &id in ids {
+        out.put_u32(id);
+    }
+}
+
+fn put_message(out: &mut BytesMut, message: &Message, now: Instant) {
+    // Never `None` for a message a client could publish; an empty one reads back as an
+    // error, so a session is never taken with a message missing from it.
+    let bytes = crate::cluster::wire::encode(message, NO_ORIGIN, 0, now).unwrap_or_default();
+    out.put_u32(bytes.len() as u32);
+    out.extend_from_slice(&bytes);
+}
+
+/// Reads what the functions above wrote; every read is checked against the bytes left.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// After the format byte, which must be this node's.
+    fn new(bytes: &'a [u8]) -> Result<Reader<'a>, String> {
+        match bytes.first() {
+            Some(&FORMAT) => Ok(Reader { bytes: &bytes[1..] }),
+            Some(other) => Err(format!("format {other} (this node reads {FORMAT})")),
+            None => Err("no bytes".into()),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.bytes.len() < n {
+            return Err(format!(
+                "cut short ({} bytes left, {n} wanted)",
+                self.bytes.len()
+            ));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(self.take(2)?.get_u16())
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(self.take(4)?.get_u32())
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(self.take(8)?.get_u64())
+    }
+
+    /// A count of items that each take at least two bytes: one past what is left is
+    /// refused before anything is made for it.
+    fn count(&mut self) -> Result<usize, String> {
+        let count = self.u32()? as usize;
+        if count > self.bytes.len() / 2 {
+            return Err(format!("{count} items in {} bytes", self.bytes.len()));
+        }
+        Ok(count)
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let len = self.u32()? as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "a string that is not UTF-8".into())
+    }
+
+    fn opt_string(&mut self) -> Result<Option<String>, String> {
+        match self.u8()? {
+            0 => Ok(None),
+            _ => self.string().map(Some),
+        }
+    }
+
+    fn delivery(&mut self) -> Result<Delivery, String> {
+        let byte = self.u8()?;
+        let qos = byte & 0x03;
+        if qos > 2 {
+            return Err(format!("QoS {qos}"));
+        }
+        let count = self.u8()?;
+        let identifiers = (0..count).map(|_| self.u32()).collect::<Result<_, _>>()?;
+        Ok(Delivery {
+            qos,
+            retain: byte & 0x80 != 0,
+            identifiers,
+        })
+    }
+
+    fn message(&mut self, now: Instant) -> Result<Arc<Message>, String> {
+        let len = self.u32()? as usize;
+        let bytes = self.take(len)?;
+        let arrived = crate::cluster::wire::decode(bytes, now)?;
+        Ok(Arc::new(arrived.message))
+    }
+
+    fn end(&self) -> Result<(), String> {
+        match self.bytes.len() {
+            0 => Ok(()),
+            n => Err(format!("{n} bytes after the end")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+use super::*;
+use crate::codec::{MqttStr, QoS};
+use crate::types::SessionId;
+use std::sync::atomic::AtomicUsize;
+
+fn message(payload: &'static [u8], expires_in: Option<Duration>, now: Instant) -> Arc<Message> {
+    Arc::new(Message {
+        topic: MqttStr::from_static("a/b"),
+        payload: Bytes::from_static(payload),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        properties: Default::default(),
+        origin: None,
+        expires_at: expires_in.map(|d| now + d),
+        order: Default::default(),
+    })
+}
+
+fn delivery(qos: u8, identifiers: Vec<u32>) -> Delivery {
+    Delivery {
+        qos,
+        retain: qos == 1,
+        identifiers,
+    }
+}
+
+/// A live session holding a bit of everything a session can hold.
+fn session(now: Instant) -> Box<Session> {
+    let mut r = RecoveredSession::started("dev-1".into(), 9, 0);
+    r.parameters(5, 3600);
+    r.subscribed("a/+".into(), 0x2a, 7);
+    r.subscribed("$share/g/b/#".into(), 0x01, 0);
+    r.in_flight(3, message(b"one", None, now), delivery(2, vec![7]));
+    r.released(3);
+    r.in_flight(
+        4,
+        message(b"two", Some(Duration::from_secs(60)), now),
+        delivery(1, vec![]),
+    );
+    r.queued(message(b"three", None, now), delivery(1, vec![7, 8]), 5);
+    r.queued(message(b"four", None, now), delivery(2, vec![]), 6);
+    r.awaiting_pubrel(11);
+    let clock = WallClock::now();
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let id = SessionId::new(1);
+    let mut revived = r.revive(id, 0, &bytes, &clock, now).session;
+    revived.set_credentials(Some("user"), None);
+    revived.set_listener(2);
+    revived
+}
+
+fn payloads<'a>(messages: impl Iterator<Item = &'a Arc<Message>>) -> Vec<Vec<u8>> {
+    messages.map(|m| m.payload.to_vec()).collect()
+}
+
+#[test]
+fn a_session_arrives_with_everything_it_held() {
+    let now = Instant::now();
+    let sent = session(now);
+    let (bytes, cut) = encode_session(&sent, now, 1 << 20);
+    assert_eq!(cut, 0);
+    let later = now + Duration::from_secs(1);
+    let moved = decode_session(&bytes, later).unwrap();
+    assert_eq!(moved.username.as_deref(), Some("user"));
+    assert_eq!(moved.listener, 2);
+    let r = &moved.session;
+    assert_eq!(
+        (r.client_id.as_str(), r.version, r.expiry_interval_s),
+        ("dev-1", 5, 3600)
+    );
+    let mut subs = r.subscriptions.clone();
+    subs.sort();
+    assert_eq!(
+        subs,
+        [
+            ("$share/g/b/#".to_string(), 0x01, 0),
+            ("a/+".to_string(), 0x2a, 7)
+        ]
+    );
+    let in_flight: Vec<_> = (r.in_flight.iter())
+        .map(|f| {
+            (
+                f.packet_id,
+                f.released,
+                f.delivery.clone(),
+                f.message.payload.to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        in_flight,
+        [
+            (3, true, delivery(2, vec![7]), b"one".to_vec()),
+            (4, false, delivery(1, vec![]), b"two".to_vec()),
+        ]
+    );
+    // What was left of the expiry when it left, from when it arrives.
+    assert_eq!(
+        r.in_flight[1].message.expires_at,
+        Some(later + Duration::from_secs(60))
+    );
+    assert_eq!(
+        payloads(r.queued.iter().map(|(m, _)| m)),
+        [b"three".to_vec(), b"four".to_vec()]
+    );
+    assert_eq!(r.queued[0].1, delivery(1, vec![7, 8]));
+    assert_eq!(r.first_queued_id, Some(5));
+    assert_eq!(r.last_packet_id, sent.outgoing().last_id());
+    assert_eq!(r.awaiting_pubrel, [11]);
+    // Revived, it is the session that left.
+    let clock = WallClock::now();
+    let filter_bytes = Arc::new(AtomicUsize::new(0));
+    let id = SessionId::new(2);
+    let again = moved
+        .session
+        .revive(id, 0, &filter_bytes, &clock, later)
+        .session;
+    let (a, b) = (sent.durable(), again.durable());
+    assert_eq!(
+        (a.subscriptions, a.awaiting_pubrel),
+        (b.subscriptions, b.awaiting_pubrel)
+    );
+    let ids = |d: &crate::session::Durable| d.inflight.keys().copied().collect::<Vec<_>>();
+    assert_eq!(ids(&sent.durable()), ids(&again.durable()));
+    let queued: Vec<u16> = again.outgoing().queued().map(|q| q.packet_id).collect();
+    assert_eq!(queued, [5, 6]);
+}
+
+#[test]
+fn what_does_not_fit_is_cut_from_the_back_of_the_queue_and_counted() {
+    let now = Instant::now();
+    let sent = session(now);
+    let (whole, _) = encode_session(&sent, now, 1 << 20);
+    // Room for all but the last queued message.
+    let (bytes, cut) = encode_session(&sent, now, whole.len() - 1);
+    assert_eq!(cut, 1);
+    let moved = decode_session(&bytes, now).unwrap();
+    assert_eq!(
+        payloads(moved.session.queued.iter().map(|(m, _)| m)),
+        [b"three".to_vec()]
+    );
+    assert_eq!(
+        moved.session.in_flight.len(),
+        2,
+        "what is in flight always goes"
+    );
+}
+
+#[test]
+fn bad_bytes_are_an_error_never_a_session() {
+    let now = Instant::now();
+    let (bytes, _) = encode_session(&session(now), now, 1 << 20);
+    for cut in 0..bytes.len() {
+        assert!(decode_session(&bytes[..cut], now).is_err(), "cut at {cut}");
+    }
+    let mut trailing = bytes.to_vec();
+    trailing.push(0);
+    assert!(decode_session(&trailing, now).is_err());
+    let mut other_format = bytes.to_vec();
+    other_format[0] = 9;
+    assert!(decode_session(&other_format, now).is_err());
+    // A count far past what the bytes hold is refused before anything is made for it.
+    let mut huge = vec![FORMAT];
+    huge.extend_from_slice(&[0, 0, 0, 1, b'x', 5, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(decode_session(&huge, now).unwrap_err().contains("items"));
+}
+
+#[test]
+fn owners_requests_and_answers_read_back_as_written() {
+    let owner = Owner {
+        node: "node-a".into(),
+        incarnation: 42,
+    };
+    assert_eq!(decode_owner(&encode_owner(&owner)).unwrap(), owner);
+    let request = TakeRequest {
+        client_id: "ünï/x".into(),
+        clean_start: true,
+        revision: 77,
+    };
+    assert_eq!(decode_request(&encode_request(&request)).unwrap(), request);
+    for answer in [TakeAnswer::Nothing, TakeAnswer::Retry] {
+        let bytes = encode_answer(&answer);
+        let back = decode_answer(&bytes).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{answer:?}"));
+    }
+    let session = encode_answer(&TakeAnswer::Session(Bytes::from_static(b"s")));
+    assert!(matches!(decode_answer(&session), Ok(TakeAnswer::Session(b)) if &b[..] == b"s"));
+    assert!(decode_answer(&Bytes::from_static(&[FORMAT, 7])).is_err());
+    assert!(decode_owner(&[2, 0]).is_err());
+}

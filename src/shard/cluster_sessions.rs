@@ -1,0 +1,270 @@
+//! A shard's part in sessions that follow their clients across the cluster
+//! (`cluster/sessions.rs`): a CONNECT waits while the node becomes the owner of its client
+//! id, and goes on with the session the previous owner handed over; a session another
+//! node asks for leaves this one.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::conn::ClusterWait;
+use super::io::{Backend, ConnId};
+use super::Shard;
+use crate::cluster::sessions::wire::{self, TakeAnswer};
+use crate::cluster::sessions::{ClaimAsk, Claimed, TakeAsk};
+use crate::codec::Connect;
+use crate::persist::WallClock;
+use crate::router::{SessionBox, ShardMsg};
+
+/// Shards a take request may be passed through (the session moving between them
+/// meanwhile) before it is answered "ask again".
+const TAKE_HOPS_MAX: u8 = 4;
+
+/// A moved session's subscriptions are in no trie of this node yet: they are revived as on
+/// a shard that is none of this node's, so that adopting them adds every one.
+const NO_SHARD: u16 = u16::MAX;
+
+impl<B: Backend> Shard<B> {
+    /// In a cluster keeping sessions, holds the CONNECT while the node claims its client id
+    /// (`None`); otherwise gives it back to go on at once. A client id the broker gave is
+    /// unique by construction, and not claimed.
+    pub(super) fn claim_in_cluster(
+        &mut self,
+        conn: ConnId,
+        connect: Box<Connect>,
+        client_id: &Arc<str>,
+        assigned: bool,
+    ) -> Option<Box<Connect>> {
+        let cluster = self.shared.cluster.get().filter(|c| c.keeps_sessions());
+        let (Some(cluster), false) = (cluster.cloned(), assigned) else {
+            return Some(connect);
+        };
+        let token = self.shared.next_claim.fetch_add(1, Relaxed);
+        let ask = ClaimAsk {
+            client_id: client_id.clone(),
+            clean_start: connect.clean_start,
+            shard: self.id,
+            conn,
+            token,
+        };
+        if !cluster.claim(ask) {
+            return Some(connect);
+        }
+        let now = self.stamp();
+        let c = self.conn_mut(conn)?;
+        let wait = ClusterWait {
+            connect,
+            client_id: client_id.clone(),
+            assigned,
+            token,
+            since: now,
+        };
+        c.wait_for_cluster(Box::new(wait), now);
+        None
+    }
+
+    /// The cluster answered the claim numbered `token` of `conn`: the CONNECT goes on, with
+    /// the session the previous owner handed over, if any.
+    pub(super) fn on_cluster_claimed(
+        &mut self,
+        conn: ConnId,
+        token: u64,
+        client_id: Arc<str>,
+        claimed: Claimed,
+    ) {
+        self.take_claim_answer(conn, token, client_id.clone(), claimed);
+        // Only now, with the registry naming the connection's shard: until then the link
+        // sends this shard the take requests for the client id, behind the answer.
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.claim_answer_taken(&client_id);
+        }
+    }
+
+    fn take_claim_answer(
+        &mut self,
+        conn: ConnId,
+        token: u64,
+        client_id: Arc<str>,
+        claimed: Claimed,
+    ) {
+        let (revision, bytes) = match claimed {
+            Claimed::Owned { revision, session } => (revision, session),
+            Claimed::Unclaimed => (0, None),
+        };
+        let moved = bytes.and_then(|bytes| self.revive_moved(&client_id, &bytes));
+        let waiting = self.conn_mut(conn).and_then(|c| c.take_cluster_wait(token));
+        let Some(wait) = waiting else {
+            // The connection went while its claim was made: a session fetched for it stays
+            // here, offline, as if the client had gone just after connecting.
+            match moved {
+                Some(mut session) => {
+                    session.set_cluster_revision(revision);
+                    self.keep_moved_offline(session);
+                }
+                None if revision != 0 => self.release_in_cluster(client_id, revision),
+                None => {}
+            }
+            return;
+        };
+        if let Some(c) = self.conn_mut(conn) {
+            c.set_cluster_revision(revision);
+        }
+        let ClusterWait {
+            connect,
+            client_id,
+            assigned,
+            ..
+        } = *wait;
+        self.connect_claimed(conn, connect, client_id, assigned, moved);
+    }
+
+    /// A session's bytes from another node, made a live session of this shard; `None` (said
+    /// and counted) if they are not a session.
+    fn revive_moved(&mut self, client_id: &str, bytes: &[u8]) -> Option<SessionBox> {
+        let now = self.clock.now;
+        let moved = match wire::decode_session(bytes, now) {
+            Ok(moved) if moved.session.client_id == client_id => moved,
+            Ok(moved) => {
+                self.moved_bytes_refused(
+                    client_id,
+                    &format!("it is {}'s", moved.session.client_id),
+                );
+                return None;
+            }
+            Err(e) => {
+                self.moved_bytes_refused(client_id, &e);
+                return None;
+            }
+        };
+        let id = self.shared.new_session_id();
+        let filter_bytes = &self.shared.filter_bytes;
+        let clock = WallClock::now();
+        let revived = moved
+            .session
+            .revive(id, NO_SHARD, filter_bytes, &clock, now);
+        let mut session = revived.session;
+        session.set_credentials(moved.username.as_deref(), None);
+        session.set_listener(
+            moved
+                .listener
+                .min(self.config.listeners.len().saturating_sub(1)),
+        );
+        if let Some(due) = revived.will_due {
+            self.schedule_will(id, due);
+        }
+        Some(session)
+    }
+
+    fn moved_bytes_refused(&self, client_id: &str, why: &str) {
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.stats.sessions_not_fetched.fetch_add(1, Relaxed);
+        }
+        log::warn!("Warning: cluster: the session of {client_id} another node handed over cannot be read ({why}); it starts anew here.");
+    }
+
+    /// A session moved here that no connection takes: the one held here is newer.
+    pub(super) fn moved_session_not_taken(&mut self, session: SessionBox, why: &str) {
+        log::warn!(
+            "Warning: cluster: the session of {} from another node is not taken: {why}.",
+            session.client_id
+        );
+        self.end_session(session, false);
+    }
+
+    /// A session moved here for a connection that went meanwhile: held offline here.
+    fn keep_moved_offline(&mut self, mut session: SessionBox) {
+        let client_id = session.client_id.clone();
+        if self.shared.latest_claim(&client_id).is_some() {
+            // A later connection of the client here has it in hand.
+            self.moved_session_not_taken(session, "a later connection of its client is here");
+            return;
+        }
+        let claim = self.shared.next_claim.fetch_add(1, Relaxed);
+        let claim = super::Claim::new(self.id, claim);
+        (self.shared.registry.lock().expect("registry lock")).insert(client_id, claim);
+        self.adopt_subscriptions(&mut session);
+        let id = session.id;
+        self.sessions.insert(session);
+        self.journal_session(id, claim.number());
+        self.schedule_expiry(id);
+    }
+
+    /// The key of a session that ended here goes from the cluster's bucket (unless a newer
+    /// claim wrote it).
+    pub(super) fn release_in_cluster(&self, client_id: Arc<str>, revision: u64) {
+        if let Some(cluster) = self.shared.cluster.get().filter(|c| c.keeps_sessions()) {
+            cluster.release(client_id, revision);
+        }
+    }
+
+    /// Another node owns the client id now and asks for its session: the shard that holds
+    /// it closes its connection (5.0: DISCONNECT 0x8E) and hands it over; one that does not
+    /// passes the request to the shard that does.
+    pub(super) fn on_cluster_take(&mut self, mut take: Box<TakeAsk>) {
+        let client_id = take.client_id.clone();
+        // A bridge's own session is this node's: a client elsewhere using its id gets none.
+        let bridges = self.config.bridges.iter();
+        if bridges
+            .map(crate::bridge::client_ids)
+            .any(|ids| *ids.1 == *client_id)
+        {
+            let _ = take.reply.send(TakeAnswer::Nothing);
+            return;
+        }
+        let holder = self.shared.latest_claim(&client_id).map(|c| c.shard());
+        let Some(holder) = holder else {
+            let _ = take.reply.send(TakeAnswer::Nothing);
+            return;
+        };
+        if holder != self.id {
+            if take.hops >= TAKE_HOPS_MAX {
+                let _ = take.reply.send(TakeAnswer::Retry);
+                return;
+            }
+            take.hops += 1;
+            if let Err(ShardMsg::ClusterTake(take)) = self
+                .shared
+                .mailboxes
+                .send(holder, ShardMsg::ClusterTake(take))
+            {
+                let _ = take.reply.send(TakeAnswer::Retry);
+            }
+            return;
+        }
+        let held = self.sessions.id_of(&client_id);
+        let moving = self.handover.claims.on_its_way(&client_id)
+            || self.handover.claims.waiting(&client_id).is_some()
+            || held.is_some_and(|id| self.handover.moves.is_settling(id));
+        let Some(id) = held.filter(|_| !moving) else {
+            // On its way between shards here: asked again in a moment.
+            let _ = take.reply.send(TakeAnswer::Retry);
+            return;
+        };
+        // The new owner holds a newer claim: this session's key is not given back.
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.set_cluster_revision(0);
+        }
+        let answer = match self.take_local_session(id, take.clean_start) {
+            Some(session) => self.hand_to_node(session),
+            None => TakeAnswer::Nothing,
+        };
+        self.shared.release_claim(&client_id, self.id);
+        let _ = take.reply.send(answer);
+    }
+
+    /// `session`'s bytes for the node that takes it over; it ends here.
+    fn hand_to_node(&mut self, session: SessionBox) -> TakeAnswer {
+        let max = (self.shared.cluster.get()).map_or(1 << 20, |c| c.session_bytes_max());
+        let (bytes, cut) = wire::encode_session(&session, self.clock.now, max);
+        if cut > 0 {
+            if let Some(cluster) = self.shared.cluster.get() {
+                cluster.stats.sessions_cut.fetch_add(cut as u64, Relaxed);
+            }
+            log::warn!(
+                "Warning: cluster: {cut} queued messages of {} did not fit what NATS takes ({max} bytes); the session went to its new node without them.",
+                session.client_id
+            );
+        }
+        self.end_session(session, false);
+        TakeAnswer::Session(bytes)
+    }
+}
