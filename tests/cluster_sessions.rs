@@ -285,7 +285,10 @@ fn a_client_whose_node_died_connects_to_another_and_starts_anew_said_and_counted
 fn paho_is_taken_over_across_nodes_with_its_session() {
     let nats = Nats::start();
     let nodes = session_nodes(&nats, 2);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_takeover.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/paho_takeover.py"
+    );
     let (a, b) = (nodes[0].port.to_string(), nodes[1].port.to_string());
     let out = std::process::Command::new("timeout")
         .args(["60", "python3", script, &a, &b])
@@ -299,4 +302,25 @@ fn paho_is_taken_over_across_nodes_with_its_session() {
         nodes[0].log_lines().join("\n"),
         nodes[1].log_lines().join("\n")
     );
+}
+
+#[test]
+fn what_a_client_sends_behind_its_connect_is_read_once_the_cluster_answers() {
+    let nats = Nats::start();
+    let nodes = session_nodes(&nats, 1);
+    // CONNECT and SUBSCRIBE in one write: the SUBSCRIBE waits with the CONNECT for the
+    // claim, and is answered after it.
+    let mut raw = common::Raw::open(nodes[0].port, ProtocolVersion::V311);
+    let connect = Packet::Connect(Box::new(common::connect_packet(
+        ProtocolVersion::V311,
+        "eager",
+        true,
+        60,
+    )));
+    let mut bytes = connect.to_bytes(ProtocolVersion::V311).unwrap().to_vec();
+    let subscribe = common::subscribe(1, &[("e/#", QoS::AtLeastOnce)]);
+    bytes.extend_from_slice(&subscribe.to_bytes(ProtocolVersion::V311).unwrap());
+    raw.send_bytes(&bytes);
+    assert!(matches!(raw.recv(), Packet::ConnAck(_)));
+    assert!(matches!(raw.recv(), Packet::SubAck(_)));
 }

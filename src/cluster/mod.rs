@@ -547,12 +547,10 @@ impl Cluster {
         asked
     }
 
-    /// A shard took the answer to a claim of `client_id` from its mailbox.
-    pub fn claim_answer_taken(&self, client_id: &str) {
-        self.claims
-            .lock()
-            .expect("claims lock")
-            .answer_taken(client_id);
+    /// A shard took the answer to claim `token` of `client_id` from its mailbox.
+    pub fn claim_answer_taken(&self, client_id: &str, token: u64) {
+        let mut claims = self.claims.lock().expect("claims lock");
+        claims.answer_taken(client_id, token);
     }
 
     /// The session of `client_id`, whose connection claimed it at `revision`, ended here.

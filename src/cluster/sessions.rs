@@ -3,11 +3,11 @@
 //! another node takes its session there.
 //!
 //! Who owns a client id is kept in a JetStream key-value bucket (`midge_<cluster>_sessions`,
-//! one key per client id, its value the owning node). A CONNECT waits while its node makes
-//! itself the owner by a compare-and-set on the key's revision: read the owner, write this
-//! node expecting that revision. Of nodes racing for a client id, exactly one write lands
-//! on each revision; the others read again and go after it. Ownership is decided by those
-//! writes, never by timing.
+//! one key per client id, its value the owning node and the claim that wrote it). A CONNECT
+//! waits while its node makes itself the owner by a compare-and-set on the key's revision:
+//! read the owner, write this node expecting that revision. Of nodes racing for a client id,
+//! exactly one write lands on each revision; the others read again and go after it.
+//! Ownership is decided by those writes, never by timing (`claim.rs`).
 //!
 //! The node that wins asks the node it took the key from (`<root>.s.<node>`, a NATS
 //! request naming the revision it won) for the session: that node closes its connection
@@ -15,21 +15,23 @@
 //! answers with it (`wire.rs`): subscriptions, messages in flight with their packet ids,
 //! its queue, QoS 2 packet ids awaiting PUBREL, a waiting will.
 //!
-//! Sessions pass along in the order the key was written. A node makes one claim per
-//! client id at a time (a second connection's waits behind it). A request that comes while
-//! the node's own claim of that client id is being written, or that names a later revision
-//! than the one the node won and has not handed to its connection yet, waits until it has:
-//! the node's connection gets the session first, then gives it up. A request naming an
-//! earlier revision than the node's own is answered at once with what the node holds. So a
-//! node only ever waits for answers from nodes that wrote the key before it: no two wait on
-//! each other. A node that does not answer in time (gone, or cut off) is passed over: the
-//! client starts without the session it held there (sessions kept in JetStream, so that a
-//! node's death loses none, are the next step of issue 31).
+//! Sessions pass along in the order the key was written:
+//! - A node makes one claim per client id at a time, the next only once its shard has taken
+//!   the answer to the last (so the registry names that connection); of connections waiting
+//!   behind it, only the latest is kept, the others lose (as an older connection loses to a
+//!   newer one on one node).
+//! - A request that comes while the node's own claim of the client id is being written, or
+//!   that names a later revision than the one it won, waits until its connection has the
+//!   session, then takes it from there. A request naming an earlier revision than the
+//!   node's own is answered at once: the asker has lost. So a node only ever waits for nodes
+//!   that wrote the key before it: no two wait on each other.
 //!
-//! When a session ends on its owner, the key goes, expecting the revision the owner wrote
-//! (a newer claim keeps it). A client id the broker gave (the client sent none) is unique
-//! by construction and is not claimed.
+//! A node that does not answer in time (gone, or cut off) is passed over: the client starts
+//! without the session it held there (sessions kept in JetStream, so that a node's death
+//! loses none, are the next step of issue 31). When a session ends on its owner, the key
+//! goes, expecting the revision the owner wrote (a newer claim keeps it).
 
+mod claim;
 mod keys;
 pub mod wire;
 
@@ -38,16 +40,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use hashbrown::HashMap;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 use super::Cluster;
 use crate::router::{Mailboxes, ShardMsg};
 use crate::types::ConnId;
+use claim::Claimer;
 pub use keys::{client_key, node_token};
-use wire::{Owner, TakeAnswer, TakeRequest};
+use wire::TakeAnswer;
 
 /// Claims and releases the link may have handed this task and it has not taken yet.
 pub(super) const WORK_MAX: usize = 4096;
@@ -67,10 +69,13 @@ pub const CLAIM_WAIT: Duration = Duration::from_secs(5);
 /// ends it.
 pub const ANSWER_WAIT_MAX: Duration = Duration::from_secs(15);
 
+/// What an asked node takes off the time the asking node waits, for the answer's way back.
+const ANSWER_MARGIN_MS: u64 = 200;
+
 /// How long before asking again a node that said it cannot answer yet.
 const RETRY_AFTER: Duration = Duration::from_millis(20);
 
-/// How long a take request waits for the shard that holds the session.
+/// How long a shard's mailbox is waited for.
 const SHARD_WAIT: Duration = Duration::from_secs(2);
 
 /// How long the bucket is waited for at each step, and how often it is looked for again
@@ -84,7 +89,8 @@ pub struct ClaimAsk {
     pub clean_start: bool,
     pub shard: usize,
     pub conn: ConnId,
-    /// The shard's number for this claim (the connection's slot may be reused).
+    /// The shard's number for this claim (the connection's slot may be reused); unique in
+    /// the node's run, it marks the claim's write in the bucket.
     pub token: u64,
 }
 
@@ -94,17 +100,22 @@ pub enum Claimed {
     /// handed over, if it had one (`wire::encode_session`'s bytes).
     Owned {
         revision: u64,
-        session: Option<Bytes>,
+        session: Option<bytes::Bytes>,
     },
     /// The cluster could not be asked in time: the connection goes on as on a single
     /// broker (said and counted).
     Unclaimed,
+    /// A later connection of the client (here or on another node) won: this one is closed,
+    /// as an older connection is on one node.
+    Superseded,
 }
 
 /// Another node's request for a session this node holds, passed to a shard.
 pub struct TakeAsk {
     pub client_id: Arc<str>,
     pub clean_start: bool,
+    /// The revision the asking node wrote: a session here claimed later is not given.
+    pub revision: u64,
     /// Shards it went through (the registry moved on meanwhile): it is answered `Retry`
     /// after a few.
     pub hops: u8,
@@ -127,38 +138,63 @@ fn bucket_name(name: &str) -> String {
     format!("midge_{name}_sessions")
 }
 
-/// This node's claim of one client id, from when it is asked for until its answer reached
-/// its connection's shard.
-#[derive(Default)]
+/// Where the bucket is.
+#[derive(Clone)]
+enum Bucket {
+    /// Not opened yet: a claim waits (within its deadline).
+    Opening,
+    Open(Box<kv::Store>),
+    /// Opening it failed (and is tried again): a claim goes on at once without it.
+    Down,
+}
+
+/// This node's claim of one client id, from when it is asked for until its shard took the
+/// answer.
 struct Claiming {
+    /// The claim's number (`ClaimAsk::token`).
+    token: u64,
     /// The revision it won; `None` while it is being made.
     won: Option<u64>,
+    /// The shard its answer went to, once it went: requests go there, behind it.
+    answered_to: Option<usize>,
+    /// Whether that shard took the answer.
+    taken: bool,
     /// Other nodes' take requests held until the claim's connection has the session: the
     /// revision each names, and the request.
     held: Vec<(u64, TakeAsk)>,
-    /// Claims of later connections of the client here, made one after the other.
-    queued: std::collections::VecDeque<ClaimAsk>,
+    /// The latest connection of the client here that came meanwhile: claimed next.
+    queued: Option<ClaimAsk>,
 }
 
-/// This node's claims: those under way, and those answered whose answer its shard has not
-/// taken from its mailbox yet (the shard, and how many), by client id. A take request for
-/// a client id answered here goes to the same shard, behind the answer: until the shard has
-/// taken it, no registry of the node names the new connection.
+impl Claiming {
+    fn new(token: u64) -> Claiming {
+        Claiming {
+            token,
+            won: None,
+            answered_to: None,
+            taken: false,
+            held: Vec::new(),
+            queued: None,
+        }
+    }
+}
+
+/// This node's claims under way, by client id, and how a shard says it took an answer.
 #[derive(Default)]
 pub struct ClaimsState {
     under_way: HashMap<Arc<str>, Claiming>,
-    answered: HashMap<Arc<str>, (usize, usize)>,
+    taken: Arc<Notify>,
 }
 
 pub type Claims = Arc<Mutex<ClaimsState>>;
 
 impl ClaimsState {
-    /// A shard took the answer to a claim of `client_id` from its mailbox.
-    pub fn answer_taken(&mut self, client_id: &str) {
-        if let Some((_, count)) = self.answered.get_mut(client_id) {
-            *count -= 1;
-            if *count == 0 {
-                self.answered.remove(client_id);
+    /// A shard took the answer to claim `token` of `client_id` from its mailbox.
+    pub fn answer_taken(&mut self, client_id: &str, token: u64) {
+        if let Some(claiming) = self.under_way.get_mut(client_id) {
+            if claiming.token == token {
+                claiming.taken = true;
+                self.taken.notify_waiters();
             }
         }
     }
@@ -181,11 +217,10 @@ pub(super) async fn serve(
             return;
         }
     };
-    // The bucket once open: claims made before wait for it (within their deadline).
-    let (opened, bucket) = watch::channel(None::<kv::Store>);
+    let (opened, bucket) = watch::channel(Bucket::Opening);
     tokio::spawn(open_bucket(cluster.clone(), js, opened));
     let claims_at_once = Arc::new(Semaphore::new(CLAIMS_AT_ONCE));
-    let under_way = cluster.claims.clone();
+    let claims = cluster.claims.clone();
     let releases = Arc::new(Semaphore::new(RELEASES_AT_ONCE));
     loop {
         tokio::select! {
@@ -195,21 +230,16 @@ pub(super) async fn serve(
             next = work.recv(), if claims_at_once.available_permits() > 0 => match next {
                 None => break,
                 Some(Work::Claim(ask)) => {
-                    {
-                        let mut claims = under_way.lock().expect("claims lock");
-                        if let Some(claiming) = claims.under_way.get_mut(&ask.client_id) {
-                            claiming.queued.push_back(ask);
-                            continue;
-                        }
-                        claims.under_way.insert(ask.client_id.clone(), Claiming::default());
-                    }
+                    let Some(ask) = queue_behind(&cluster, &mailboxes, &claims, ask) else {
+                        continue;
+                    };
                     let Ok(permit) = claims_at_once.clone().try_acquire_owned() else { break };
                     let claimer = Claimer {
                         cluster: cluster.clone(),
                         client: client.clone(),
                         mailboxes: mailboxes.clone(),
                         bucket: bucket.clone(),
-                        under_way: under_way.clone(),
+                        claims: claims.clone(),
                     };
                     tokio::spawn(async move {
                         claimer.claim_in_turn(ask).await;
@@ -219,7 +249,10 @@ pub(super) async fn serve(
                 Some(Work::Release { client_id, revision }) => {
                     // Past `RELEASES_AT_ONCE` the key stays: the next claim of the client
                     // asks this node, which answers that it holds nothing.
-                    let store = bucket.borrow().clone();
+                    let store = match &*bucket.borrow() {
+                        Bucket::Open(store) => Some((**store).clone()),
+                        _ => None,
+                    };
                     if let (Some(store), Ok(permit)) = (store, releases.clone().try_acquire_owned()) {
                         tokio::spawn(async move {
                             release(store, client_id, revision).await;
@@ -228,32 +261,62 @@ pub(super) async fn serve(
                     }
                 }
             },
-            Some(request) = requests.next() => {
-                serve_take(&cluster, &client, &mailboxes, &under_way, request);
-            }
+            request = requests.next() => match request {
+                Some(request) => serve_take(&cluster, &client, &mailboxes, &claims, request),
+                None => break, // The client is closing.
+            },
         }
     }
 }
 
+/// `ask` goes behind a claim of its client id under way here (`None`), replacing one that
+/// waited already (which has lost: answered `Superseded`); or, if none is under way, is
+/// claimed now.
+fn queue_behind(
+    cluster: &Cluster,
+    mailboxes: &Mailboxes,
+    claims: &Claims,
+    ask: ClaimAsk,
+) -> Option<ClaimAsk> {
+    let mut state = claims.lock().expect("claims lock");
+    let Some(claiming) = state.under_way.get_mut(&ask.client_id) else {
+        state
+            .under_way
+            .insert(ask.client_id.clone(), Claiming::new(ask.token));
+        return Some(ask);
+    };
+    let lost = claiming.queued.replace(ask)?;
+    drop(state);
+    let msg = ShardMsg::ClusterClaimed {
+        conn: lost.conn,
+        token: lost.token,
+        client_id: lost.client_id,
+        claimed: Claimed::Superseded,
+    };
+    if mailboxes.send(lost.shard, msg).is_err() {
+        // Its connection meets `ANSWER_WAIT_MAX`.
+        (cluster.stats.dropped_incoming).fetch_add(1, Ordering::Relaxed);
+    }
+    None
+}
+
 /// Opens the bucket (making it if it is not there), trying again every `OPEN_RETRY` until
 /// it opens; the first failure is said.
-async fn open_bucket(
-    cluster: Arc<Cluster>,
-    js: jetstream::Context,
-    opened: watch::Sender<Option<kv::Store>>,
-) {
+async fn open_bucket(cluster: Arc<Cluster>, js: jetstream::Context, opened: watch::Sender<Bucket>) {
     let mut said_unavailable = false;
     loop {
         match in_time(open(&cluster, &js)).await {
             Ok(store) => {
                 log::info!(target: "information", "Cluster: who owns each session is kept in the JetStream bucket {}.", bucket_name(&cluster.settings.name));
-                opened.send_replace(Some(store));
+                opened.send_replace(Bucket::Open(Box::new(store)));
                 return;
             }
-            Err(e) if !std::mem::replace(&mut said_unavailable, true) => {
-                log::error!("Error: cluster: cannot open the JetStream bucket for sessions ({e}); until it can be, each node decides alone for its clients (is JetStream on in the NATS servers?). Trying again every {} s.", OPEN_RETRY.as_secs());
+            Err(e) => {
+                opened.send_replace(Bucket::Down);
+                if !std::mem::replace(&mut said_unavailable, true) {
+                    log::error!("Error: cluster: cannot open the JetStream bucket for sessions ({e}); until it can be, each node decides alone for its clients (is JetStream on in the NATS servers?). Trying again every {} s.", OPEN_RETRY.as_secs());
+                }
             }
-            Err(_) => {}
         }
         tokio::time::sleep(OPEN_RETRY).await;
     }
@@ -299,208 +362,6 @@ async fn in_time<T, E: std::fmt::Display>(
     }
 }
 
-/// What a claim works with.
-struct Claimer {
-    cluster: Arc<Cluster>,
-    client: async_nats::Client,
-    mailboxes: Arc<Mailboxes>,
-    bucket: watch::Receiver<Option<kv::Store>>,
-    under_way: Claims,
-}
-
-impl Claimer {
-    /// Makes `ask`'s claim, then those of the client's connections here that came
-    /// meanwhile, one after the other.
-    async fn claim_in_turn(mut self, ask: ClaimAsk) {
-        let mut next = Some(ask);
-        while let Some(ask) = next.take() {
-            let open = self.bucket.wait_for(Option::is_some);
-            let store = match tokio::time::timeout(CLAIM_WAIT, open).await {
-                Ok(Ok(store)) => store.clone(),
-                _ => None,
-            };
-            let claimed = match store {
-                Some(store) => self.claim(&store, &ask).await,
-                None => unclaimed(
-                    &self.cluster,
-                    &ask.client_id,
-                    "the key-value bucket is not open",
-                ),
-            };
-            next = self.deliver(ask, claimed).await;
-        }
-    }
-
-    /// Makes this node the owner of `ask`'s client id, then fetches the session from the
-    /// node that owned it; `Unclaimed` if that cannot be done within `CLAIM_WAIT`.
-    async fn claim(&self, store: &kv::Store, ask: &ClaimAsk) -> Claimed {
-        let cluster = &self.cluster;
-        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
-        let key = client_key(&ask.client_id);
-        let me = Owner {
-            node: cluster.node_id.clone(),
-            incarnation: cluster.incarnation,
-        };
-        let value = wire::encode_owner(&me);
-        loop {
-            if tokio::time::Instant::now() >= deadline {
-                return unclaimed(
-                    cluster,
-                    &ask.client_id,
-                    "the key-value bucket did not answer in time",
-                );
-            }
-            let entry = match in_time(store.entry(key.clone())).await {
-                Ok(entry) => entry,
-                Err(e) => {
-                    log::debug!("Cluster: reading the owner of {}: {e}", ask.client_id);
-                    tokio::time::sleep(RETRY_AFTER).await;
-                    continue;
-                }
-            };
-            // The last write's revision, a removal's too: the claim writes after it.
-            let last = entry.as_ref().map(|e| e.revision);
-            let live = entry.filter(|e| e.operation == kv::Operation::Put);
-            let previous = live.as_ref().map(|e| wire::decode_owner(&e.value));
-            let revision = match write(store, &key, &value, last).await {
-                Ok(revision) => revision,
-                Err(lost_race) => {
-                    // Another write came first (at once: read again), or this one did not
-                    // land (NATS slow or away: after a pause). What was held for this
-                    // claim was for an earlier owner's.
-                    self.hand_held(&ask.client_id, ask.shard, |_| true).await;
-                    if !lost_race {
-                        tokio::time::sleep(RETRY_AFTER).await;
-                    }
-                    continue;
-                }
-            };
-            // Held from now: requests naming a later revision; answered now: any other.
-            let won = |r: u64| r <= revision;
-            self.with_claim(&ask.client_id, |c| c.won = Some(revision));
-            self.hand_held(&ask.client_id, ask.shard, won).await;
-            cluster
-                .stats
-                .sessions_claimed
-                .fetch_add(1, Ordering::Relaxed);
-            let from = match previous {
-                Some(Ok(owner)) if owner.node != me.node => owner,
-                Some(Err(e)) => {
-                    log::warn!("Warning: cluster: the owner of {} in the bucket is not a node's ({e}); taken over.", ask.client_id);
-                    return Claimed::Owned {
-                        revision,
-                        session: None,
-                    };
-                }
-                // Nobody held it, or this node did (perhaps before it restarted): its own
-                // shards decide, as on a single broker.
-                _ => {
-                    return Claimed::Owned {
-                        revision,
-                        session: None,
-                    }
-                }
-            };
-            let session = fetch(cluster, &self.client, &from, ask, revision, deadline).await;
-            return Claimed::Owned { revision, session };
-        }
-    }
-
-    fn with_claim(&self, client_id: &str, change: impl FnOnce(&mut Claiming)) {
-        let mut claims = self.under_way.lock().expect("claims lock");
-        if let Some(claiming) = claims.under_way.get_mut(client_id) {
-            change(claiming);
-        }
-    }
-
-    /// Passes the held take requests that `now` says go now to `shard`.
-    async fn hand_held(&self, client_id: &str, shard: usize, now: impl Fn(u64) -> bool) {
-        let mut going = Vec::new();
-        self.with_claim(client_id, |c| {
-            let (go, stay) = std::mem::take(&mut c.held)
-                .into_iter()
-                .partition(|(r, _)| now(*r));
-            c.held = stay;
-            going = go;
-        });
-        for (_, take) in going {
-            let msg = ShardMsg::ClusterTake(Box::new(take));
-            send_patiently(&self.cluster, &self.mailboxes, shard, msg).await;
-        }
-    }
-
-    /// Hands `claimed` to the connection's shard, then the take requests held for it,
-    /// behind it; the next claim of the client here, if one waits.
-    async fn deliver(&self, ask: ClaimAsk, claimed: Claimed) -> Option<ClaimAsk> {
-        let (client_id, shard) = (ask.client_id.clone(), ask.shard);
-        let msg = ShardMsg::ClusterClaimed {
-            conn: ask.conn,
-            token: ask.token,
-            client_id: client_id.clone(),
-            claimed,
-        };
-        {
-            let mut claims = self.under_way.lock().expect("claims lock");
-            claims
-                .answered
-                .entry(client_id.clone())
-                .or_insert((shard, 0))
-                .1 += 1;
-        }
-        if !send_patiently(&self.cluster, &self.mailboxes, shard, msg).await {
-            self.under_way
-                .lock()
-                .expect("claims lock")
-                .answer_taken(&client_id);
-        }
-        self.hand_held(&client_id, shard, |_| true).await;
-        let mut claims = self.under_way.lock().expect("claims lock");
-        let claiming = claims.under_way.get_mut(&client_id)?;
-        let next = claiming.queued.pop_front();
-        match next {
-            Some(_) => claiming.won = None,
-            None => {
-                claims.under_way.remove(&client_id);
-            }
-        }
-        next
-    }
-}
-
-/// Writes `value` to `key` if its last write is still revision `last` (or there is none):
-/// the revision written, or whether another write came first (`Err(true)`) rather than this
-/// one failing.
-async fn write(
-    store: &kv::Store,
-    key: &str,
-    value: &Bytes,
-    last: Option<u64>,
-) -> Result<u64, bool> {
-    let result = match last {
-        Some(last) => {
-            match tokio::time::timeout(STEP_WAIT, store.update(key, value.clone(), last)).await {
-                Ok(Ok(revision)) => return Ok(revision),
-                Ok(Err(e)) => (
-                    e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                    e.to_string(),
-                ),
-                Err(_) => (false, "no answer".into()),
-            }
-        }
-        None => match tokio::time::timeout(STEP_WAIT, store.create(key, value.clone())).await {
-            Ok(Ok(revision)) => return Ok(revision),
-            Ok(Err(e)) => (
-                e.kind() == kv::CreateErrorKind::AlreadyExists,
-                e.to_string(),
-            ),
-            Err(_) => (false, "no answer".into()),
-        },
-    };
-    let (lost_race, why) = result;
-    log::debug!("Cluster: writing the owner of {key}: {why}");
-    Err(lost_race)
-}
-
 /// Said and counted: a connection goes on without the cluster's say.
 pub(super) fn unclaimed(cluster: &Cluster, client_id: &str, why: &str) -> Claimed {
     if let Some(seen) = super::count_to_say(&cluster.stats.sessions_unclaimed) {
@@ -509,68 +370,8 @@ pub(super) fn unclaimed(cluster: &Cluster, client_id: &str, why: &str) -> Claime
     Claimed::Unclaimed
 }
 
-/// Asks `from` for the session of `ask`'s client, until `deadline`: its bytes, or `None` if
-/// it held none (or is not there to answer).
-async fn fetch(
-    cluster: &Cluster,
-    client: &async_nats::Client,
-    from: &Owner,
-    ask: &ClaimAsk,
-    revision: u64,
-    deadline: tokio::time::Instant,
-) -> Option<Bytes> {
-    let request = wire::encode_request(&TakeRequest {
-        client_id: ask.client_id.to_string(),
-        clean_start: ask.clean_start,
-        revision,
-    });
-    let subject = take_subject(cluster, &from.node);
-    let stats = &cluster.stats;
-    loop {
-        // Up to the claim's deadline: a node that waits for a claim of its own first answers
-        // late, and a session it hands over must not go to a node that stopped waiting.
-        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let asked = client.request(subject.clone(), request.clone());
-        let answer = match tokio::time::timeout(wait, asked).await {
-            Ok(Ok(message)) => wire::decode_answer(&message.payload),
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                Err(format!("node {} is not there", from.node))
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("node {} did not answer in time", from.node)),
-        };
-        match answer {
-            Ok(TakeAnswer::Session(bytes)) => {
-                stats.sessions_moved_in.fetch_add(1, Ordering::Relaxed);
-                return Some(bytes);
-            }
-            Ok(TakeAnswer::Nothing) => return None,
-            Ok(TakeAnswer::Retry) if tokio::time::Instant::now() + RETRY_AFTER < deadline => {
-                tokio::time::sleep(RETRY_AFTER).await;
-            }
-            Ok(TakeAnswer::Retry) => {
-                return lost(
-                    cluster,
-                    ask,
-                    &format!("node {} could not hand it over in time", from.node),
-                )
-            }
-            Err(e) => return lost(cluster, ask, &e),
-        }
-    }
-}
-
-/// Said and counted: the session another node held is not taken (it stays there, offline,
-/// until it expires; the client starts anew here).
-fn lost(cluster: &Cluster, ask: &ClaimAsk, why: &str) -> Option<Bytes> {
-    if let Some(seen) = super::count_to_say(&cluster.stats.sessions_not_fetched) {
-        log::warn!("Warning: cluster: the session of {} could not be fetched: {why}; it starts anew here ({seen} so far).", ask.client_id);
-    }
-    None
-}
-
 /// Into `shard`'s mailbox, waiting for room (a bounded time: a shard that stays full for
-/// that long is counted as dropping it, and the connection meets its keep alive).
+/// that long is counted as dropping it). False if it was dropped.
 async fn send_patiently(
     cluster: &Cluster,
     mailboxes: &Mailboxes,
@@ -596,12 +397,12 @@ async fn send_patiently(
 
 /// Another node's request for a session: passed to the shard that looks it up, or held
 /// behind this node's own claim of the client id (module doc), and answered when the shard
-/// has done.
+/// has done, within the time the asking node waits.
 fn serve_take(
     cluster: &Arc<Cluster>,
     client: &async_nats::Client,
     mailboxes: &Arc<Mailboxes>,
-    under_way: &Claims,
+    claims: &Claims,
     request: async_nats::Message,
 ) {
     let Some(reply_to) = request.reply.clone() else {
@@ -620,45 +421,52 @@ fn serve_take(
     let take = TakeAsk {
         client_id: asked.client_id.as_str().into(),
         clean_start: asked.clean_start,
+        revision: asked.revision,
         hops: 0,
         reply,
     };
     let (now, shard) = {
-        let mut claims = under_way.lock().expect("claims lock");
-        let answered_to = claims
-            .answered
-            .get(&*take.client_id)
-            .map(|&(shard, _)| shard);
-        match claims.under_way.get_mut(&*take.client_id) {
-            Some(claiming) if claiming.won.is_none_or(|won| won < asked.revision) => {
-                claiming.held.push((asked.revision, take));
-                (None, 0)
+        let mut state = claims.lock().expect("claims lock");
+        match state.under_way.get_mut(&*take.client_id) {
+            // Answered to a shard that has not taken it yet: behind it.
+            Some(c) if c.answered_to.is_some() => (Some(take), c.answered_to),
+            Some(c) if c.won.is_none_or(|won| won < asked.revision) => {
+                c.held.push((asked.revision, take));
+                (None, None)
             }
-            _ => (
-                Some(take),
-                answered_to.unwrap_or_else(|| cluster.shard_of(&asked.client_id)),
-            ),
+            _ => (Some(take), None),
         }
     };
+    let shard = shard.unwrap_or_else(|| cluster.shard_of(&asked.client_id));
+    // The asker stops waiting then: a shard that comes to the request later gives nothing
+    // (it sees the answer is not waited for).
+    // (Less a margin for the answer's way back.)
+    let wait = Duration::from_millis(asked.wait_ms.saturating_sub(ANSWER_MARGIN_MS));
+    let wait = wait.min(ANSWER_WAIT_MAX);
     let (cluster, client, mailboxes) = (cluster.clone(), client.clone(), mailboxes.clone());
     tokio::spawn(async move {
         if let Some(take) = now {
             let msg = ShardMsg::ClusterTake(Box::new(take));
             send_patiently(&cluster, &mailboxes, shard, msg).await;
         }
-        // Not answered in time (a shard that could not be reached): "ask again"; the
-        // session, if any, is still here.
-        let answer = match tokio::time::timeout(SHARD_WAIT + CLAIM_WAIT, answer).await {
+        let answer = match tokio::time::timeout(wait, answer).await {
             Ok(Ok(answer)) => answer,
-            _ => TakeAnswer::Retry,
+            _ => return, // Not answered in time: the asker has gone on.
         };
-        if matches!(answer, TakeAnswer::Session(_)) {
+        let moved = matches!(answer, TakeAnswer::Session(_));
+        let client_id = asked.client_id;
+        if let Err(e) = client.publish(reply_to, wire::encode_answer(&answer)).await {
+            if moved {
+                log::warn!("Warning: cluster: the session of {client_id} could not be sent to the node that took it over: {e}.");
+            }
+            return;
+        }
+        if moved {
             cluster
                 .stats
                 .sessions_moved_out
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let _ = client.publish(reply_to, wire::encode_answer(&answer)).await;
     });
 }
 

@@ -26,7 +26,7 @@ const NO_SHARD: u16 = u16::MAX;
 impl<B: Backend> Shard<B> {
     /// In a cluster keeping sessions, holds the CONNECT while the node claims its client id
     /// (`None`); otherwise gives it back to go on at once. A client id the broker gave is
-    /// unique by construction, and not claimed.
+    /// claimed too: its client may come back with it to another node.
     pub(super) fn claim_in_cluster(
         &mut self,
         conn: ConnId,
@@ -35,7 +35,7 @@ impl<B: Backend> Shard<B> {
         assigned: bool,
     ) -> Option<Box<Connect>> {
         let cluster = self.shared.cluster.get().filter(|c| c.keeps_sessions());
-        let (Some(cluster), false) = (cluster.cloned(), assigned) else {
+        let Some(cluster) = cluster.cloned() else {
             return Some(connect);
         };
         let token = self.shared.next_claim.fetch_add(1, Relaxed);
@@ -75,7 +75,7 @@ impl<B: Backend> Shard<B> {
         // Only now, with the registry naming the connection's shard: until then the link
         // sends this shard the take requests for the client id, behind the answer.
         if let Some(cluster) = self.shared.cluster.get() {
-            cluster.claim_answer_taken(&client_id);
+            cluster.claim_answer_taken(&client_id, token);
         }
     }
 
@@ -89,6 +89,17 @@ impl<B: Backend> Shard<B> {
         let (revision, bytes) = match claimed {
             Claimed::Owned { revision, session } => (revision, session),
             Claimed::Unclaimed => (0, None),
+            Claimed::Superseded => {
+                // A later connection of the client won: this one goes, as an older one
+                // does on one node.
+                if (self.conn_mut(conn))
+                    .and_then(|c| c.take_cluster_wait(token))
+                    .is_some()
+                {
+                    self.close_waiting(conn, &client_id);
+                }
+                return;
+            }
         };
         let moved = bytes.and_then(|bytes| self.revive_moved(&client_id, &bytes));
         let waiting = self.conn_mut(conn).and_then(|c| c.take_cluster_wait(token));
@@ -100,7 +111,10 @@ impl<B: Backend> Shard<B> {
                     session.set_cluster_revision(revision);
                     self.keep_moved_offline(session);
                 }
-                None if revision != 0 => self.release_in_cluster(client_id, revision),
+                // Its key goes, unless a connection of the client here holds it now.
+                None if revision != 0 && self.shared.latest_claim(&client_id).is_none() => {
+                    self.release_in_cluster(client_id, revision)
+                }
                 None => {}
             }
             return;
@@ -115,6 +129,8 @@ impl<B: Backend> Shard<B> {
             ..
         } = *wait;
         self.connect_claimed(conn, connect, client_id, assigned, moved);
+        // What the client sent after CONNECT waited with it.
+        self.process_input(conn);
     }
 
     /// A session's bytes from another node, made a live session of this shard; `None` (said
@@ -230,6 +246,9 @@ impl<B: Backend> Shard<B> {
             }
             return;
         }
+        if take.reply.is_closed() {
+            return; // The asking node stopped waiting: the session stays here.
+        }
         let held = self.sessions.id_of(&client_id);
         let moving = self.handover.claims.on_its_way(&client_id)
             || self.handover.claims.waiting(&client_id).is_some()
@@ -239,10 +258,16 @@ impl<B: Backend> Shard<B> {
             let _ = take.reply.send(TakeAnswer::Retry);
             return;
         };
-        // The new owner holds a newer claim: this session's key is not given back.
-        if let Some(session) = self.sessions.get_mut(&id) {
-            session.set_cluster_revision(0);
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if session.cluster_revision() > take.revision {
+            // Claimed here after the asker wrote: the asker has lost.
+            let _ = take.reply.send(TakeAnswer::Superseded);
+            return;
         }
+        // The new owner holds a newer claim: this session's key is not given back.
+        session.set_cluster_revision(0);
         let answer = match self.take_local_session(id, take.clean_start) {
             Some(session) => self.hand_to_node(session),
             None => TakeAnswer::Nothing,

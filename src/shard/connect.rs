@@ -303,8 +303,10 @@ impl<B: Backend> Shard<B> {
         });
         let session_id = session.id;
         session.conn = Some(conn);
+        // The later of its claims (a session handed between shards may carry a later one
+        // than a connection that waited for it).
         if let Some(revision) = self.conn_mut(conn).map(|c| c.take_cluster_revision()) {
-            if revision != 0 {
+            if revision > session.cluster_revision() {
                 session.set_cluster_revision(revision);
             }
         }

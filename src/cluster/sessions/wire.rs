@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::dedup::Origin;
 use crate::persist::format::{options_byte, Delivery};
-use crate::persist::recover::RecoveredSession;
+use crate::persist::recover::{InFlight, RecoveredSession};
 use crate::persist::WallClock;
 use crate::router::Message;
 use crate::session::Session;
@@ -34,12 +34,16 @@ pub struct Owner {
     pub node: String,
     /// The node's run: tells a node that restarted from the one that claimed.
     pub incarnation: u64,
+    /// The claim that wrote it (`ClaimAsk::token`): a node knows its own write again when
+    /// it was not told whether it landed.
+    pub claim: u64,
 }
 
 pub fn encode_owner(owner: &Owner) -> Bytes {
-    let mut out = BytesMut::with_capacity(1 + 8 + 4 + owner.node.len());
+    let mut out = BytesMut::with_capacity(1 + 8 + 8 + 4 + owner.node.len());
     out.put_u8(FORMAT);
     out.put_u64(owner.incarnation);
+    out.put_u64(owner.claim);
     put_str(&mut out, &owner.node);
     out.freeze()
 }
@@ -47,9 +51,14 @@ pub fn encode_owner(owner: &Owner) -> Bytes {
 pub fn decode_owner(bytes: &[u8]) -> Result<Owner, String> {
     let mut r = Reader::new(bytes)?;
     let incarnation = r.u64()?;
+    let claim = r.u64()?;
     let node = r.string()?;
     r.end()?;
-    Ok(Owner { node, incarnation })
+    Ok(Owner {
+        node,
+        incarnation,
+        claim,
+    })
 }
 
 /// A node's request for the session of `client_id`, which it now owns.
@@ -60,6 +69,9 @@ pub struct TakeRequest {
     pub clean_start: bool,
     /// The revision of the key the asking node wrote.
     pub revision: u64,
+    /// How long the asking node waits for the answer (ms): a session is not taken for an
+    /// answer nobody waits for.
+    pub wait_ms: u64,
 }
 
 pub fn encode_request(request: &TakeRequest) -> Bytes {
@@ -67,6 +79,7 @@ pub fn encode_request(request: &TakeRequest) -> Bytes {
     out.put_u8(FORMAT);
     out.put_u8(u8::from(request.clean_start));
     out.put_u64(request.revision);
+    out.put_u64(request.wait_ms);
     put_str(&mut out, &request.client_id);
     out.freeze()
 }
@@ -75,12 +88,14 @@ pub fn decode_request(bytes: &[u8]) -> Result<TakeRequest, String> {
     let mut r = Reader::new(bytes)?;
     let clean_start = r.u8()? != 0;
     let revision = r.u64()?;
+    let wait_ms = r.u64()?;
     let client_id = r.string()?;
     r.end()?;
     Ok(TakeRequest {
         client_id,
         clean_start,
         revision,
+        wait_ms,
     })
 }
 
@@ -93,11 +108,14 @@ pub enum TakeAnswer {
     Session(Bytes),
     /// It cannot answer yet (the session is moving between its shards): ask again.
     Retry,
+    /// It holds the session for a later claim than the asker's: the asker lost.
+    Superseded,
 }
 
 const NOTHING: u8 = 0;
 const SESSION: u8 = 1;
 const RETRY: u8 = 2;
+const SUPERSEDED: u8 = 3;
 
 pub fn encode_answer(answer: &TakeAnswer) -> Bytes {
     let mut out = BytesMut::new();
@@ -105,6 +123,7 @@ pub fn encode_answer(answer: &TakeAnswer) -> Bytes {
     match answer {
         TakeAnswer::Nothing => out.put_u8(NOTHING),
         TakeAnswer::Retry => out.put_u8(RETRY),
+        TakeAnswer::Superseded => out.put_u8(SUPERSEDED),
         TakeAnswer::Session(session) => {
             out.put_u8(SESSION);
             out.extend_from_slice(session);
@@ -118,6 +137,7 @@ pub fn decode_answer(bytes: &Bytes) -> Result<TakeAnswer, String> {
     match r.u8()? {
         NOTHING => r.end().map(|()| TakeAnswer::Nothing),
         RETRY => r.end().map(|()| TakeAnswer::Retry),
+        SUPERSEDED => r.end().map(|()| TakeAnswer::Superseded),
         SESSION => Ok(TakeAnswer::Session(bytes.slice(2..))),
         other => Err(format!("an answer of kind {other}")),
     }
@@ -213,23 +233,44 @@ pub fn decode_session(bytes: &[u8], now: Instant) -> Result<Moved, String> {
     // The claim orders sessions in journals; a moved session is journaled anew here.
     let mut session = RecoveredSession::started(client_id, 0, last_packet_id);
     session.parameters(version, expiry_interval_s);
+    // Each list is checked as it is read (what another node sends is not trusted to be
+    // well formed): one filter once, packet ids neither 0 nor repeated, nothing in flight
+    // at QoS 0. Kept in sets, so that a long list costs its length, not its square.
+    let mut filters = hashbrown::HashSet::new();
     for _ in 0..r.count()? {
         let filter = r.string()?;
         let (options, identifier) = (r.u8()?, r.u32()?);
-        session.subscribed(filter, options, identifier);
+        if !filters.insert(filter.clone()) {
+            return Err(format!("the filter {filter:?} twice"));
+        }
+        session.subscriptions.push((filter, options, identifier));
     }
+    let mut ids = hashbrown::HashSet::new();
     for _ in 0..r.count()? {
         let packet_id = r.u16()?;
         let released = r.u8()? != 0;
         let delivery = r.delivery()?;
         let message = r.message(now)?;
-        session.in_flight(packet_id, message, delivery);
-        if released {
-            session.released(packet_id);
+        if packet_id == 0 || !ids.insert(packet_id) || delivery.qos == 0 {
+            return Err(format!(
+                "packet id {packet_id} in flight at QoS {}",
+                delivery.qos
+            ));
         }
+        session.in_flight.push(InFlight {
+            packet_id,
+            message,
+            delivery,
+            released,
+        });
     }
+    let mut awaiting = hashbrown::HashSet::new();
     for _ in 0..r.count()? {
-        session.awaiting_pubrel(r.u16()?);
+        let packet_id = r.u16()?;
+        if packet_id == 0 || !awaiting.insert(packet_id) {
+            return Err(format!("packet id {packet_id} awaiting PUBREL"));
+        }
+        session.awaiting_pubrel.push(packet_id);
     }
     if r.u8()? != 0 {
         let due_in_ms = r.u64()?;

@@ -167,19 +167,52 @@ fn bad_bytes_are_an_error_never_a_session() {
 }
 
 #[test]
+fn repeated_or_zero_packet_ids_and_repeated_filters_are_refused() {
+    let now = Instant::now();
+    let mut r = RecoveredSession::started("dev".into(), 1, 0);
+    r.parameters(4, 0);
+    r.subscriptions = vec![("a".into(), 1, 0), ("a".into(), 1, 0)];
+    let clock = WallClock::now();
+    let filter_bytes = Arc::new(AtomicUsize::new(0));
+    let session = r
+        .clone()
+        .revive(SessionId::new(1), 0, &filter_bytes, &clock, now)
+        .session;
+    // The live session holds the filter once: its bytes are good.
+    let (bytes, _) = encode_session(&session, now, 1 << 20);
+    assert!(decode_session(&bytes, now).is_ok());
+    // Written by hand: the same filter twice.
+    let mut twice = bytes.to_vec();
+    let at = twice
+        .windows(5)
+        .position(|w| w == [0, 0, 0, 1, b'a'])
+        .unwrap();
+    let entry = twice[at..at + 10].to_vec();
+    twice[at - 4..at].copy_from_slice(&2u32.to_be_bytes());
+    twice.splice(at + 10..at + 10, entry);
+    assert!(decode_session(&twice, now).unwrap_err().contains("twice"));
+}
+
+#[test]
 fn owners_requests_and_answers_read_back_as_written() {
     let owner = Owner {
         node: "node-a".into(),
         incarnation: 42,
+        claim: 9,
     };
     assert_eq!(decode_owner(&encode_owner(&owner)).unwrap(), owner);
     let request = TakeRequest {
         client_id: "ünï/x".into(),
         clean_start: true,
         revision: 77,
+        wait_ms: 4000,
     };
     assert_eq!(decode_request(&encode_request(&request)).unwrap(), request);
-    for answer in [TakeAnswer::Nothing, TakeAnswer::Retry] {
+    for answer in [
+        TakeAnswer::Nothing,
+        TakeAnswer::Retry,
+        TakeAnswer::Superseded,
+    ] {
         let bytes = encode_answer(&answer);
         let back = decode_answer(&bytes).unwrap();
         assert_eq!(format!("{back:?}"), format!("{answer:?}"));

@@ -1,0 +1,324 @@
+//! A claim of a client id: this node written as its owner in the bucket by a
+//! compare-and-set, then its session fetched from the node that owned it, then the answer
+//! handed to the connection's shard (the module above says in what order).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::wire::{self, Owner, TakeAnswer, TakeRequest};
+use super::{
+    client_key, in_time, send_patiently, take_subject, unclaimed, Bucket, ClaimAsk, Claimed,
+    Claiming, Claims, ANSWER_WAIT_MAX, CLAIM_WAIT, RETRY_AFTER, STEP_WAIT,
+};
+use crate::cluster::Cluster;
+use crate::router::{Mailboxes, ShardMsg};
+
+/// What a claim works with.
+pub(super) struct Claimer {
+    pub cluster: Arc<Cluster>,
+    pub client: async_nats::Client,
+    pub mailboxes: Arc<Mailboxes>,
+    pub bucket: watch::Receiver<Bucket>,
+    pub claims: Claims,
+}
+
+/// How a write of the key ended.
+enum Written {
+    Landed(u64),
+    /// Another write came first: read again at once.
+    Lost,
+    /// It failed or was not answered: it may have landed all the same.
+    Unknown,
+}
+
+impl Claimer {
+    /// Makes `ask`'s claim, then that of the latest connection of the client here that
+    /// came meanwhile, one after the other.
+    pub(super) async fn claim_in_turn(mut self, ask: ClaimAsk) {
+        let mut next = Some(ask);
+        while let Some(ask) = next.take() {
+            let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+            let claimed = match self.bucket_until(deadline).await {
+                Some(store) => self.claim(&store, &ask, deadline).await,
+                None => unclaimed(
+                    &self.cluster,
+                    &ask.client_id,
+                    "the key-value bucket is not open",
+                ),
+            };
+            next = self.deliver(ask, claimed).await;
+        }
+    }
+
+    /// The bucket, once open (until `deadline`); `None` at once while it is down.
+    async fn bucket_until(&mut self, deadline: tokio::time::Instant) -> Option<kv::Store> {
+        let settled = self.bucket.wait_for(|b| !matches!(b, Bucket::Opening));
+        match tokio::time::timeout_at(deadline, settled).await {
+            Ok(Ok(bucket)) => match &*bucket {
+                Bucket::Open(store) => Some((**store).clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Makes this node the owner of `ask`'s client id, then fetches the session from the
+    /// node that owned it; `Unclaimed` if that cannot be done by `deadline`.
+    async fn claim(
+        &self,
+        store: &kv::Store,
+        ask: &ClaimAsk,
+        deadline: tokio::time::Instant,
+    ) -> Claimed {
+        let cluster = &self.cluster;
+        let key = client_key(&ask.client_id);
+        let me = Owner {
+            node: cluster.node_id.clone(),
+            incarnation: cluster.incarnation,
+            claim: ask.token,
+        };
+        let value = wire::encode_owner(&me);
+        // The owner read before a write whose end is unknown: if it landed, the session is
+        // that owner's.
+        let mut before_unknown: Option<Option<Owner>> = None;
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                let why = "the key-value bucket did not answer in time";
+                return unclaimed(cluster, &ask.client_id, why);
+            }
+            let entry = match in_time(store.entry(key.clone())).await {
+                Ok(entry) => entry,
+                Err(e) => {
+                    log::debug!("Cluster: reading the owner of {}: {e}", ask.client_id);
+                    tokio::time::sleep(RETRY_AFTER).await;
+                    continue;
+                }
+            };
+            let live = entry.as_ref().filter(|e| e.operation == kv::Operation::Put);
+            let owner = live.map(|e| wire::decode_owner(&e.value));
+            if let (Some(Ok(owner)), Some(previous)) = (&owner, &before_unknown) {
+                if *owner == me {
+                    // The write that was not answered landed.
+                    let revision = live.map_or(0, |e| e.revision);
+                    return self.won(ask, revision, previous.clone(), deadline).await;
+                }
+            }
+            // The last write's revision, a removal's too: the claim writes after it.
+            let last = entry.as_ref().map(|e| e.revision);
+            let previous = match owner {
+                Some(Ok(owner)) => Some(owner),
+                Some(Err(e)) => {
+                    log::warn!("Warning: cluster: the owner of {} in the bucket is not a node's ({e}); taken over.", ask.client_id);
+                    None
+                }
+                None => None,
+            };
+            match write(store, &key, &value, last).await {
+                Written::Landed(revision) => {
+                    return self.won(ask, revision, previous, deadline).await;
+                }
+                Written::Lost => {
+                    // What was held for this claim was for an earlier owner's.
+                    self.hand_held(&ask.client_id, ask.shard, |_| true).await;
+                }
+                Written::Unknown => {
+                    before_unknown = Some(previous);
+                    self.hand_held(&ask.client_id, ask.shard, |_| true).await;
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+            }
+        }
+    }
+
+    /// The claim won `revision`, taking the key from `previous`: requests naming a later
+    /// revision are held from now, others go on; then the session is fetched.
+    async fn won(
+        &self,
+        ask: &ClaimAsk,
+        revision: u64,
+        previous: Option<Owner>,
+        deadline: tokio::time::Instant,
+    ) -> Claimed {
+        self.with_claim(&ask.client_id, |c| c.won = Some(revision));
+        self.hand_held(&ask.client_id, ask.shard, |r| r <= revision)
+            .await;
+        let cluster = &self.cluster;
+        cluster
+            .stats
+            .sessions_claimed
+            .fetch_add(1, Ordering::Relaxed);
+        match previous {
+            // Held elsewhere: fetched.
+            Some(from) if from.node != cluster.node_id => {
+                fetch(cluster, &self.client, &from, ask, revision, deadline).await
+            }
+            // Nobody held it, or this node did (perhaps before it restarted): its own
+            // shards decide, as on a single broker.
+            _ => Claimed::Owned {
+                revision,
+                session: None,
+            },
+        }
+    }
+
+    fn with_claim(&self, client_id: &str, change: impl FnOnce(&mut Claiming)) {
+        let mut state = self.claims.lock().expect("claims lock");
+        if let Some(claiming) = state.under_way.get_mut(client_id) {
+            change(claiming);
+        }
+    }
+
+    /// Passes the held take requests that `now` says go now to `shard`.
+    async fn hand_held(&self, client_id: &str, shard: usize, now: impl Fn(u64) -> bool) {
+        let mut going = Vec::new();
+        self.with_claim(client_id, |c| {
+            let (go, stay) = std::mem::take(&mut c.held)
+                .into_iter()
+                .partition(|(r, _)| now(*r));
+            c.held = stay;
+            going = go;
+        });
+        for (_, take) in going {
+            let msg = ShardMsg::ClusterTake(Box::new(take));
+            send_patiently(&self.cluster, &self.mailboxes, shard, msg).await;
+        }
+    }
+
+    /// Hands `claimed` to the connection's shard, then the take requests held for it,
+    /// behind it; waits until the shard took it (so that its registry names the
+    /// connection), then gives the next claim of the client here, if one waits.
+    async fn deliver(&self, ask: ClaimAsk, claimed: Claimed) -> Option<ClaimAsk> {
+        let (client_id, shard, token) = (ask.client_id.clone(), ask.shard, ask.token);
+        let msg = ShardMsg::ClusterClaimed {
+            conn: ask.conn,
+            token,
+            client_id: client_id.clone(),
+            claimed,
+        };
+        let taken = self.claims.lock().expect("claims lock").taken.clone();
+        self.with_claim(&client_id, |c| c.answered_to = Some(shard));
+        if send_patiently(&self.cluster, &self.mailboxes, shard, msg).await {
+            self.hand_held(&client_id, shard, |_| true).await;
+            let until = tokio::time::Instant::now() + ANSWER_WAIT_MAX;
+            loop {
+                // Registered before the flag is looked at: a notice in between is not lost.
+                let notified = taken.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let mut done = false;
+                self.with_claim(&client_id, |c| done = c.taken);
+                if done || tokio::time::timeout_at(until, notified).await.is_err() {
+                    break;
+                }
+            }
+        }
+        self.hand_held(&client_id, shard, |_| true).await;
+        let mut state = self.claims.lock().expect("claims lock");
+        let claiming = state.under_way.get_mut(&client_id)?;
+        match claiming.queued.take() {
+            Some(next) => {
+                // The next claim starts afresh; what is held waits for it.
+                let held = std::mem::take(&mut claiming.held);
+                *claiming = Claiming::new(next.token);
+                claiming.held = held;
+                Some(next)
+            }
+            None => {
+                state.under_way.remove(&client_id);
+                None
+            }
+        }
+    }
+}
+
+/// Writes `value` to `key` if its last write is still revision `last` (or there is none).
+async fn write(store: &kv::Store, key: &str, value: &Bytes, last: Option<u64>) -> Written {
+    let (lost, why) = match last {
+        Some(last) => {
+            match tokio::time::timeout(STEP_WAIT, store.update(key, value.clone(), last)).await {
+                Ok(Ok(revision)) => return Written::Landed(revision),
+                Ok(Err(e)) => (
+                    e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                    e.to_string(),
+                ),
+                Err(_) => (false, "no answer".into()),
+            }
+        }
+        None => match tokio::time::timeout(STEP_WAIT, store.create(key, value.clone())).await {
+            Ok(Ok(revision)) => return Written::Landed(revision),
+            Ok(Err(e)) => (
+                e.kind() == kv::CreateErrorKind::AlreadyExists,
+                e.to_string(),
+            ),
+            Err(_) => (false, "no answer".into()),
+        },
+    };
+    log::debug!("Cluster: writing the owner of {key}: {why}");
+    match lost {
+        true => Written::Lost,
+        false => Written::Unknown,
+    }
+}
+
+/// Asks `from` for the session of `ask`'s client, until `deadline`.
+async fn fetch(
+    cluster: &Cluster,
+    client: &async_nats::Client,
+    from: &Owner,
+    ask: &ClaimAsk,
+    revision: u64,
+    deadline: tokio::time::Instant,
+) -> Claimed {
+    let subject = take_subject(cluster, &from.node);
+    let stats = &cluster.stats;
+    let owned = |session| Claimed::Owned { revision, session };
+    loop {
+        // Up to the claim's deadline: a node that waits for a claim of its own first
+        // answers late. The asked node is told how long this one waits.
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let request = wire::encode_request(&TakeRequest {
+            client_id: ask.client_id.to_string(),
+            clean_start: ask.clean_start,
+            revision,
+            wait_ms: wait.as_millis() as u64,
+        });
+        let asked = client.request(subject.clone(), request);
+        let answer = match tokio::time::timeout(wait, asked).await {
+            Ok(Ok(message)) => wire::decode_answer(&message.payload),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                Err(format!("node {} is not there", from.node))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("node {} did not answer in time", from.node)),
+        };
+        match answer {
+            Ok(TakeAnswer::Session(bytes)) => {
+                stats.sessions_moved_in.fetch_add(1, Ordering::Relaxed);
+                return owned(Some(bytes));
+            }
+            Ok(TakeAnswer::Nothing) => return owned(None),
+            Ok(TakeAnswer::Superseded) => return Claimed::Superseded,
+            Ok(TakeAnswer::Retry) if tokio::time::Instant::now() + RETRY_AFTER < deadline => {
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            Ok(TakeAnswer::Retry) => {
+                let why = format!("node {} could not hand it over in time", from.node);
+                return owned(lost(cluster, ask, &why));
+            }
+            Err(e) => return owned(lost(cluster, ask, &e)),
+        }
+    }
+}
+
+/// Said and counted: the session another node held is not taken (it stays there, offline,
+/// until it expires; the client starts anew here).
+fn lost(cluster: &Cluster, ask: &ClaimAsk, why: &str) -> Option<Bytes> {
+    if let Some(seen) = crate::cluster::count_to_say(&cluster.stats.sessions_not_fetched) {
+        log::warn!("Warning: cluster: the session of {} could not be fetched: {why}; it starts anew here ({seen} so far).", ask.client_id);
+    }
+    None
+}
