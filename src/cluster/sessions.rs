@@ -92,6 +92,9 @@ pub struct ClaimAsk {
     /// The shard's number for this claim (the connection's slot may be reused); unique in
     /// the node's run, it marks the claim's write in the bucket.
     pub token: u64,
+    /// When the connection asked: the claim's deadline runs from then, so that a claim
+    /// that waited its turn too long writes nothing (its connection has given up).
+    pub asked_at: std::time::Instant,
 }
 
 /// The answer to a `ClaimAsk`.
@@ -222,6 +225,8 @@ pub(super) async fn serve(
     let claims_at_once = Arc::new(Semaphore::new(CLAIMS_AT_ONCE));
     let claims = cluster.claims.clone();
     let releases = Arc::new(Semaphore::new(RELEASES_AT_ONCE));
+    // Rung as a claim gives its permit back (kept if nobody waits: never missed).
+    let freed = Arc::new(Notify::new());
     loop {
         tokio::select! {
             // Taken only with a claim's room free: the loop itself never waits for one, so
@@ -241,9 +246,11 @@ pub(super) async fn serve(
                         bucket: bucket.clone(),
                         claims: claims.clone(),
                     };
+                    let freed = freed.clone();
                     tokio::spawn(async move {
                         claimer.claim_in_turn(ask).await;
                         drop(permit);
+                        freed.notify_one();
                     });
                 }
                 Some(Work::Release { client_id, revision }) => {
@@ -265,6 +272,8 @@ pub(super) async fn serve(
                 Some(request) => serve_take(&cluster, &client, &mailboxes, &claims, request),
                 None => break, // The client is closing.
             },
+            // A claim ended with every permit taken: the queue is looked at again.
+            () = freed.notified(), if claims_at_once.available_permits() == 0 => {}
         }
     }
 }
@@ -371,7 +380,8 @@ pub(super) fn unclaimed(cluster: &Cluster, client_id: &str, why: &str) -> Claime
 }
 
 /// Into `shard`'s mailbox, waiting for room (a bounded time: a shard that stays full for
-/// that long is counted as dropping it). False if it was dropped.
+/// that long is counted as dropping it). False if it was dropped; a take request dropped
+/// is answered "ask again".
 async fn send_patiently(
     cluster: &Cluster,
     mailboxes: &Mailboxes,
@@ -387,8 +397,11 @@ async fn send_patiently(
                 msg = back;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            Err(_) => {
+            Err(back) => {
                 (cluster.stats.dropped_incoming).fetch_add(1, Ordering::Relaxed);
+                if let ShardMsg::ClusterTake(take) = back {
+                    let _ = take.reply.send(TakeAnswer::Retry);
+                }
                 return false;
             }
         }
@@ -440,16 +453,16 @@ fn serve_take(
     let shard = shard.unwrap_or_else(|| cluster.shard_of(&asked.client_id));
     // The asker stops waiting then: a shard that comes to the request later gives nothing
     // (it sees the answer is not waited for).
-    // (Less a margin for the answer's way back.)
+    // (Less a margin for the answer's way back; counted from the request's arrival.)
     let wait = Duration::from_millis(asked.wait_ms.saturating_sub(ANSWER_MARGIN_MS));
-    let wait = wait.min(ANSWER_WAIT_MAX);
+    let until = tokio::time::Instant::now() + wait.min(ANSWER_WAIT_MAX);
     let (cluster, client, mailboxes) = (cluster.clone(), client.clone(), mailboxes.clone());
     tokio::spawn(async move {
         if let Some(take) = now {
             let msg = ShardMsg::ClusterTake(Box::new(take));
             send_patiently(&cluster, &mailboxes, shard, msg).await;
         }
-        let answer = match tokio::time::timeout(wait, answer).await {
+        let answer = match tokio::time::timeout_at(until, answer).await {
             Ok(Ok(answer)) => answer,
             _ => return, // Not answered in time: the asker has gone on.
         };

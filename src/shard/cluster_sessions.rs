@@ -45,6 +45,7 @@ impl<B: Backend> Shard<B> {
             shard: self.id,
             conn,
             token,
+            asked_at: self.clock.now,
         };
         if !cluster.claim(ask) {
             return Some(connect);
@@ -107,10 +108,7 @@ impl<B: Backend> Shard<B> {
             // The connection went while its claim was made: a session fetched for it stays
             // here, offline, as if the client had gone just after connecting.
             match moved {
-                Some(mut session) => {
-                    session.set_cluster_revision(revision);
-                    self.keep_moved_offline(session);
-                }
+                Some(session) => self.keep_moved_offline(session, revision),
                 // Its key goes, unless a connection of the client here holds it now.
                 None if revision != 0 && self.shared.latest_claim(&client_id).is_none() => {
                     self.release_in_cluster(client_id, revision)
@@ -186,14 +184,17 @@ impl<B: Backend> Shard<B> {
         self.end_session(session, false);
     }
 
-    /// A session moved here for a connection that went meanwhile: held offline here.
-    fn keep_moved_offline(&mut self, mut session: SessionBox) {
+    /// A session moved here, under the key's `revision`, for a connection that went
+    /// meanwhile: held offline here.
+    fn keep_moved_offline(&mut self, mut session: SessionBox, revision: u64) {
         let client_id = session.client_id.clone();
         if self.shared.latest_claim(&client_id).is_some() {
-            // A later connection of the client here has it in hand.
+            // A later connection of the client here has it in hand (and the key: ending
+            // this one gives nothing back).
             self.moved_session_not_taken(session, "a later connection of its client is here");
             return;
         }
+        session.set_cluster_revision(revision);
         let claim = self.shared.next_claim.fetch_add(1, Relaxed);
         let claim = super::Claim::new(self.id, claim);
         (self.shared.registry.lock().expect("registry lock")).insert(client_id, claim);
@@ -246,9 +247,6 @@ impl<B: Backend> Shard<B> {
             }
             return;
         }
-        if take.reply.is_closed() {
-            return; // The asking node stopped waiting: the session stays here.
-        }
         let held = self.sessions.id_of(&client_id);
         let moving = self.handover.claims.on_its_way(&client_id)
             || self.handover.claims.waiting(&client_id).is_some()
@@ -259,6 +257,7 @@ impl<B: Backend> Shard<B> {
             return;
         };
         let Some(session) = self.sessions.get_mut(&id) else {
+            let _ = take.reply.send(TakeAnswer::Nothing);
             return;
         };
         if session.cluster_revision() > take.revision {
@@ -268,18 +267,58 @@ impl<B: Backend> Shard<B> {
         }
         // The new owner holds a newer claim: this session's key is not given back.
         session.set_cluster_revision(0);
+        if take.reply.is_closed() {
+            // The asking node stopped waiting and goes on as the owner: the connection here
+            // still closes (one live connection per client id), the session stays offline.
+            self.keep_offline_here(id, take.clean_start);
+            return;
+        }
         let answer = match self.take_local_session(id, take.clean_start) {
             Some(session) => self.hand_to_node(session),
-            None => TakeAnswer::Nothing,
+            None => Some(TakeAnswer::Nothing),
         };
-        self.shared.release_claim(&client_id, self.id);
-        let _ = take.reply.send(answer);
+        // (A session kept here keeps its place in the registry.)
+        if answer.is_some() {
+            self.shared.release_claim(&client_id, self.id);
+        }
+        let _ = take.reply.send(answer.unwrap_or(TakeAnswer::Nothing));
     }
 
-    /// `session`'s bytes for the node that takes it over; it ends here.
-    fn hand_to_node(&mut self, session: SessionBox) -> TakeAnswer {
+    /// Closes the connection of session `id` (5.0: DISCONNECT 0x8E) and keeps the session
+    /// here, offline (or ends it, if it or the new connection is clean).
+    fn keep_offline_here(&mut self, id: crate::types::SessionId, clean_start: bool) {
+        let Some(client_id) = self.sessions.get(&id).map(|s| s.client_id.clone()) else {
+            return;
+        };
+        match self.take_local_session(id, clean_start) {
+            Some(session) => {
+                self.sessions.insert(session);
+                self.schedule_expiry(id);
+            }
+            None => self.shared.release_claim(&client_id, self.id),
+        }
+    }
+
+    /// `session`'s bytes for the node that takes it over; it ends here. One that does not
+    /// fit in a NATS message even without its queue stays here, offline (`None`): the new
+    /// node starts its client anew.
+    fn hand_to_node(&mut self, session: SessionBox) -> Option<TakeAnswer> {
         let max = (self.shared.cluster.get()).map_or(1 << 20, |c| c.session_bytes_max());
         let (bytes, cut) = wire::encode_session(&session, self.clock.now, max);
+        if bytes.len() > max {
+            log::warn!(
+                "Warning: cluster: the session of {} ({} bytes without its queue) does not fit what NATS takes ({max} bytes); it stays on this node, offline, and its client starts anew on the other.",
+                session.client_id,
+                bytes.len()
+            );
+            if let Some(cluster) = self.shared.cluster.get() {
+                cluster.stats.sessions_cut.fetch_add(1, Relaxed);
+            }
+            let id = session.id;
+            self.sessions.insert(session);
+            self.schedule_expiry(id);
+            return None;
+        }
         if cut > 0 {
             if let Some(cluster) = self.shared.cluster.get() {
                 cluster.stats.sessions_cut.fetch_add(cut as u64, Relaxed);
@@ -290,6 +329,6 @@ impl<B: Backend> Shard<B> {
             );
         }
         self.end_session(session, false);
-        TakeAnswer::Session(bytes)
+        Some(TakeAnswer::Session(bytes))
     }
 }

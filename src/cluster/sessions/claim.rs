@@ -15,6 +15,10 @@ use super::{
     Claiming, Claims, ANSWER_WAIT_MAX, CLAIM_WAIT, RETRY_AFTER, STEP_WAIT,
 };
 use crate::cluster::Cluster;
+
+/// What a claim keeps for fetching the session: its writes stop this long before its
+/// deadline.
+const FETCH_MIN: std::time::Duration = std::time::Duration::from_millis(1500);
 use crate::router::{Mailboxes, ShardMsg};
 
 /// What a claim works with.
@@ -41,17 +45,28 @@ impl Claimer {
     pub(super) async fn claim_in_turn(mut self, ask: ClaimAsk) {
         let mut next = Some(ask);
         while let Some(ask) = next.take() {
-            let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
-            let claimed = match self.bucket_until(deadline).await {
-                Some(store) => self.claim(&store, &ask, deadline).await,
-                None => unclaimed(
-                    &self.cluster,
-                    &ask.client_id,
-                    "the key-value bucket is not open",
-                ),
-            };
+            // From when the connection asked: a claim that waited its turn past it writes
+            // nothing (its connection goes on on this node's say, or has gone).
+            let deadline = tokio::time::Instant::from_std(ask.asked_at) + CLAIM_WAIT;
+            let claimed = self.claim_in_time(&ask, deadline).await;
             next = self.deliver(ask, claimed).await;
         }
+    }
+
+    /// `ask`'s claim, unless NATS is away, its deadline passed while it waited its turn, or
+    /// the bucket is not open by then.
+    async fn claim_in_time(&mut self, ask: &ClaimAsk, deadline: tokio::time::Instant) -> Claimed {
+        let why = if self.client.connection_state() != async_nats::connection::State::Connected {
+            "NATS is away"
+        } else if tokio::time::Instant::now() >= deadline {
+            "it waited its turn too long"
+        } else {
+            match self.bucket_until(deadline).await {
+                Some(store) => return self.claim(&store, ask, deadline).await,
+                None => "the key-value bucket is not open",
+            }
+        };
+        unclaimed(&self.cluster, &ask.client_id, why)
     }
 
     /// The bucket, once open (until `deadline`); `None` at once while it is down.
@@ -85,8 +100,10 @@ impl Claimer {
         // The owner read before a write whose end is unknown: if it landed, the session is
         // that owner's.
         let mut before_unknown: Option<Option<Owner>> = None;
+        // Writes leave the fetch its time.
+        let write_deadline = deadline.checked_sub(FETCH_MIN).unwrap_or(deadline);
         loop {
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= write_deadline {
                 let why = "the key-value bucket did not answer in time";
                 return unclaimed(cluster, &ask.client_id, why);
             }
@@ -200,8 +217,10 @@ impl Claimer {
             claimed,
         };
         let taken = self.claims.lock().expect("claims lock").taken.clone();
-        self.with_claim(&client_id, |c| c.answered_to = Some(shard));
         if send_patiently(&self.cluster, &self.mailboxes, shard, msg).await {
+            // Once the answer is in the mailbox (nothing runs on this thread in between):
+            // requests go behind it from now.
+            self.with_claim(&client_id, |c| c.answered_to = Some(shard));
             self.hand_held(&client_id, shard, |_| true).await;
             let until = tokio::time::Instant::now() + ANSWER_WAIT_MAX;
             loop {

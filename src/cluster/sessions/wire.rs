@@ -18,8 +18,9 @@ use crate::persist::WallClock;
 use crate::router::Message;
 use crate::session::Session;
 
-/// The first byte of each; another is refused (a node of a later midge).
-const FORMAT: u8 = 1;
+/// The first byte of each; another is refused (a node of another midge). 2: the claim's
+/// number in the owner, how long the asker waits, `Superseded`.
+const FORMAT: u8 = 2;
 
 /// Messages inside a session carry no origin of their own.
 const NO_ORIGIN: Origin = Origin {
