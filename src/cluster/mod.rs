@@ -167,6 +167,19 @@ fn count_to_say(counter: &AtomicU64) -> Option<u64> {
     seen.is_power_of_two().then_some(seen)
 }
 
+/// What `step` gives within `wait`, its error as text ("no answer" past it): a step of a
+/// JetStream exchange, which must not hold up its task for longer.
+async fn within<T, E: std::fmt::Display>(
+    wait: std::time::Duration,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(wait, step).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
 fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }

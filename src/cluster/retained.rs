@@ -241,11 +241,7 @@ async fn open(cluster: &Cluster, js: &jetstream::Context) -> Result<stream::Stre
 async fn in_time<T, E: std::fmt::Display>(
     step: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(QUERY_STEP_WAIT, step).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer".into()),
-    }
+    super::within(QUERY_STEP_WAIT, step).await
 }
 
 /// Waits for JetStream to say it has a stored message (or removal).

@@ -364,11 +364,7 @@ async fn open(cluster: &Cluster, js: &jetstream::Context) -> Result<kv::Store, S
 async fn in_time<T, E: std::fmt::Display>(
     step: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(STEP_WAIT, step).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer".into()),
-    }
+    super::within(STEP_WAIT, step).await
 }
 
 /// Said and counted: a connection goes on without the cluster's say.

@@ -4,6 +4,15 @@ use super::table::{known, Known, Read};
 use super::Line;
 use crate::config::ConfigError;
 
+/// `jetstream` (true) or `node` (false): where the cluster keeps what `option` names.
+fn in_jetstream(line: &Line, option: &str) -> Result<bool, ConfigError> {
+    match line.one("place")? {
+        "jetstream" => Ok(true),
+        "node" => Ok(false),
+        other => Err(line.err(format!("{option}: {other:?} is neither jetstream nor node"))),
+    }
+}
+
 /// A name that goes into NATS subjects as one token: letters, digits, `-` and `_`.
 fn token<'a>(line: &'a Line, what: &str) -> Result<&'a str, ConfigError> {
     let value = line.one(what)?;
@@ -147,15 +156,7 @@ pub(super) const OPTIONS: &[Known] = &[
         "where the cluster keeps retained messages: jetstream (default; once, in a JetStream stream, found from every node) or node (each node those published on it)",
         Read::Broker(|c, line| {
             c.cluster.origin = Some((line.file.to_path_buf(), line.number));
-            c.cluster.retained_in_jetstream = match line.one("place")? {
-                "jetstream" => true,
-                "node" => false,
-                other => {
-                    return Err(line.err(format!(
-                        "cluster_retained: {other:?} is neither jetstream nor node"
-                    )))
-                }
-            };
+            c.cluster.retained_in_jetstream = in_jetstream(line, "cluster_retained")?;
             Ok(())
         }),
     ),
@@ -164,15 +165,7 @@ pub(super) const OPTIONS: &[Known] = &[
         "who decides where a client's session is: jetstream (default; the cluster, one live connection per client id, the session following its client to any node) or node (each node alone)",
         Read::Broker(|c, line| {
             c.cluster.origin = Some((line.file.to_path_buf(), line.number));
-            c.cluster.sessions_in_jetstream = match line.one("place")? {
-                "jetstream" => true,
-                "node" => false,
-                other => {
-                    return Err(line.err(format!(
-                        "cluster_sessions: {other:?} is neither jetstream nor node"
-                    )))
-                }
-            };
+            c.cluster.sessions_in_jetstream = in_jetstream(line, "cluster_sessions")?;
             Ok(())
         }),
     ),
