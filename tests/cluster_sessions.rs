@@ -287,23 +287,8 @@ fn a_client_whose_node_died_connects_to_another_and_starts_anew_said_and_counted
 fn paho_is_taken_over_across_nodes_with_its_session() {
     let nats = Nats::start();
     let nodes = session_nodes(&nats, 2);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/paho_takeover.py"
-    );
     let (a, b) = (nodes[0].port.to_string(), nodes[1].port.to_string());
-    let out = std::process::Command::new("timeout")
-        .args(["60", "python3", script, &a, &b])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "paho takeover failed: {}{}\nnode 0:\n{}\nnode 1:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        nodes[0].log_lines().join("\n"),
-        nodes[1].log_lines().join("\n")
-    );
+    common::paho_script_passes("paho_takeover.py", &[&a, &b], &[&nodes[0], &nodes[1]]);
 }
 
 #[test]

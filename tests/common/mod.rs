@@ -16,7 +16,7 @@ pub mod tls;
 pub use raw::Raw;
 
 #[allow(unused_imports)] // Used by the tests that run paho, not by every test binary.
-pub use paho::paho_passes;
+pub use paho::{paho_passes, paho_script_passes};
 
 #[allow(unused_imports)] // Used by the tests that start Mosquitto.
 pub use mosquitto::Mosquitto;
