@@ -60,6 +60,16 @@ pub struct ClusterStats {
     pub sessions_moved_out: AtomicU64,
     pub sessions_not_fetched: AtomicU64,
     pub sessions_cut: AtomicU64,
+    /// Records of sessions this node owns written to their keys; records not written (the
+    /// bucket refused them, or larger than NATS takes).
+    pub records_written: AtomicU64,
+    pub records_not_written: AtomicU64,
+    /// Nodes this node found gone (their heartbeats stopped) and took the sessions of;
+    /// sessions it took over from gone nodes (and from their records when a client came
+    /// back first); times this node found itself taken for gone.
+    pub nodes_gone: AtomicU64,
+    pub sessions_adopted: AtomicU64,
+    pub taken_for_gone: AtomicU64,
 }
 
 /// A count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or gauge),
@@ -240,6 +250,41 @@ pub const COUNTS: &[ClusterCount] = &[
         "Queued messages left out of sessions handed to another node (larger than NATS takes)",
         true,
         |s| load(&s.sessions_cut),
+    ),
+    count(
+        "$SYS/broker/cluster/sessions/records",
+        "midge_cluster_sessions_records",
+        "Records of this node's sessions written to the sessions bucket",
+        true,
+        |s| load(&s.records_written),
+    ),
+    count(
+        "$SYS/broker/cluster/sessions/records_not_written",
+        "midge_cluster_sessions_records_not_written",
+        "Records of this node's sessions not written (the bucket refused them, or larger than NATS takes)",
+        true,
+        |s| load(&s.records_not_written),
+    ),
+    count(
+        "$SYS/broker/cluster/sessions/adopted",
+        "midge_cluster_sessions_adopted",
+        "Sessions taken over from their records: their node was gone",
+        true,
+        |s| load(&s.sessions_adopted),
+    ),
+    count(
+        "$SYS/broker/cluster/nodes/gone",
+        "midge_cluster_nodes_gone",
+        "Nodes this node found gone (no heartbeat for cluster_node_timeout) and took the sessions of",
+        true,
+        |s| load(&s.nodes_gone),
+    ),
+    count(
+        "$SYS/broker/cluster/nodes/taken_for_gone",
+        "midge_cluster_taken_for_gone",
+        "Times the cluster took this node for gone (its heartbeat key was deleted or written by another)",
+        true,
+        |s| load(&s.taken_for_gone),
     ),
     count(
         "$SYS/broker/cluster/messages/forwarded",

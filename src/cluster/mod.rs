@@ -271,6 +271,18 @@ impl Cluster {
         let _ = self.outgoing.try_send(ToLink::Sessions(work));
     }
 
+    /// The record of the session of `client_id`, which this node claimed at `revision`,
+    /// to write to its key (`sessions/records.rs`). False if the queue to the link is full:
+    /// the shard offers it again at its next tick.
+    pub fn record(&self, client_id: Arc<str>, revision: u64, record: sessions::Record) -> bool {
+        let work = sessions::Work::Record {
+            client_id,
+            revision,
+            record,
+        };
+        self.outgoing.try_send(ToLink::Sessions(work)).is_ok()
+    }
+
     /// The most a session handed to another node may take (NATS's max_payload, less room
     /// for the answer's own bytes), once the link knows the server.
     pub fn session_bytes_max(&self) -> usize {

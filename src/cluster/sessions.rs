@@ -26,13 +26,20 @@
 //!   node's own is answered at once: the asker has lost. So a node only ever waits for nodes
 //!   that wrote the key before it: no two wait on each other.
 //!
-//! A node that does not answer in time (gone, or cut off) is passed over: the client starts
-//! without the session it held there (sessions kept in JetStream, so that a node's death
-//! loses none, are the next step of issue 31). When a session ends on its owner, the key
-//! goes, expecting the revision the owner wrote (a newer claim keeps it).
+//! The owner keeps the session's record in its key (`records.rs`): its subscriptions and
+//! its connection's will, written as they change. A node that does not answer in time
+//! (gone, or cut off) is passed over: the client goes on with the session its record
+//! describes, and its will goes out as if its connection had closed. A node whose
+//! heartbeats stop is found gone by another, which takes its sessions over from their
+//! records and publishes its clients' wills (`nodes.rs`). When a session ends on its owner,
+//! the key goes, expecting the revision the owner wrote last (a newer claim keeps it).
+//! What a record does not hold (messages in flight and queued on the gone node) is lost
+//! with the node.
 
 mod claim;
 mod keys;
+pub mod nodes;
+mod records;
 pub mod wire;
 
 use std::sync::atomic::Ordering;
@@ -57,9 +64,6 @@ pub(super) const WORK_MAX: usize = 4096;
 /// Claims worked on at once; the others wait their turn in the task's queue.
 const CLAIMS_AT_ONCE: usize = 256;
 
-/// Keys of ended sessions deleted at once.
-const RELEASES_AT_ONCE: usize = 1024;
-
 /// How long a claim may take in all: past it (NATS away, JetStream slow), the connection
 /// goes on with this node alone deciding (said and counted: `sessions/unclaimed`).
 pub const CLAIM_WAIT: Duration = Duration::from_secs(5);
@@ -81,7 +85,7 @@ const SHARD_WAIT: Duration = Duration::from_secs(2);
 /// How long the bucket is waited for at each step, and how often it is looked for again
 /// while it cannot be opened.
 const STEP_WAIT: Duration = Duration::from_secs(2);
-const OPEN_RETRY: Duration = Duration::from_secs(2);
+pub(super) const OPEN_RETRY: Duration = Duration::from_secs(2);
 
 /// A connection's request to own its client id in the cluster.
 pub struct ClaimAsk {
@@ -100,10 +104,13 @@ pub struct ClaimAsk {
 /// The answer to a `ClaimAsk`.
 pub enum Claimed {
     /// This node owns the client id since `revision`; the session the node that held it
-    /// handed over, if it had one (`wire::encode_session`'s bytes).
+    /// handed over, if it had one (`wire::encode_session`'s bytes), or its record
+    /// (`from_record`: that node did not answer, and the session's connection there is
+    /// taken to have closed with it).
     Owned {
         revision: u64,
         session: Option<bytes::Bytes>,
+        from_record: bool,
     },
     /// The cluster could not be asked in time: the connection goes on as on a single
     /// broker (said and counted).
@@ -134,6 +141,19 @@ pub enum Work {
         client_id: Arc<str>,
         revision: u64,
     },
+    /// The record of the session of `client_id`, claimed here at `revision`, to write.
+    Record {
+        client_id: Arc<str>,
+        revision: u64,
+        record: Record,
+    },
+}
+
+/// A session's record (`wire::encode_record`), and what it holds, for the log.
+pub struct Record {
+    pub bytes: bytes::Bytes,
+    pub subscriptions: usize,
+    pub will: bool,
 }
 
 /// The bucket's name for the cluster `name`.
@@ -221,10 +241,12 @@ pub(super) async fn serve(
         }
     };
     let (opened, bucket) = watch::channel(Bucket::Opening);
-    tokio::spawn(open_bucket(cluster.clone(), js, opened));
+    tokio::spawn(open_bucket(cluster.clone(), js.clone(), opened));
+    let watching = nodes::serve(cluster.clone(), js, bucket.clone(), mailboxes.clone());
+    tokio::spawn(watching);
     let claims_at_once = Arc::new(Semaphore::new(CLAIMS_AT_ONCE));
     let claims = cluster.claims.clone();
-    let releases = Arc::new(Semaphore::new(RELEASES_AT_ONCE));
+    let records = Arc::new(records::Records::new());
     // Rung as a claim gives its permit back (kept if nobody waits: never missed).
     let freed = Arc::new(Notify::new());
     loop {
@@ -253,28 +275,34 @@ pub(super) async fn serve(
                         freed.notify_one();
                     });
                 }
+                // With the bucket not open the key stays: the next claim of the client asks
+                // this node, which answers that it holds nothing.
                 Some(Work::Release { client_id, revision }) => {
-                    // Past `RELEASES_AT_ONCE` the key stays: the next claim of the client
-                    // asks this node, which answers that it holds nothing.
-                    let store = match &*bucket.borrow() {
-                        Bucket::Open(store) => Some((**store).clone()),
-                        _ => None,
-                    };
-                    if let (Some(store), Ok(permit)) = (store, releases.clone().try_acquire_owned()) {
-                        tokio::spawn(async move {
-                            release(store, client_id, revision).await;
-                            drop(permit);
-                        });
+                    if let Some(store) = open_store(&bucket) {
+                        records.release(&cluster, &store, client_id, revision);
+                    }
+                }
+                Some(Work::Record { client_id, revision, record }) => {
+                    if let Some(store) = open_store(&bucket) {
+                        records.record(&cluster, &store, client_id, revision, record);
                     }
                 }
             },
             request = requests.next() => match request {
-                Some(request) => serve_take(&cluster, &client, &mailboxes, &claims, request),
+                Some(request) => serve_take(&cluster, &client, &mailboxes, &claims, &records, request),
                 None => break, // The client is closing.
             },
             // A claim ended with every permit taken: the queue is looked at again.
             () = freed.notified(), if claims_at_once.available_permits() == 0 => {}
         }
+    }
+}
+
+/// The sessions bucket, if it is open.
+fn open_store(bucket: &watch::Receiver<Bucket>) -> Option<kv::Store> {
+    match &*bucket.borrow() {
+        Bucket::Open(store) => Some((**store).clone()),
+        _ => None,
     }
 }
 
@@ -336,14 +364,25 @@ fn take_subject(cluster: &Cluster, node: &str) -> String {
     format!("{}.s.{}", cluster.root, node_token(node))
 }
 
-/// The bucket, made if it is not there. Its stream is made here as a key-value bucket's
-/// is (`KV_<bucket>`, one message per key): async-nats's own `create_key_value` first
-/// reads the account's limits in a form nats-server 2.9 does not answer in.
+/// The sessions bucket, made if it is not there.
 async fn open(cluster: &Cluster, js: &jetstream::Context) -> Result<kv::Store, String> {
     let bucket = bucket_name(&cluster.settings.name);
+    let description = "midge: which node owns each client's session, and its record";
+    open_kv(cluster, js, &bucket, description).await
+}
+
+/// A key-value bucket, made if it is not there. Its stream is made here as a key-value
+/// bucket's is (`KV_<bucket>`, one message per key): async-nats's own `create_key_value`
+/// first reads the account's limits in a form nats-server 2.9 does not answer in.
+async fn open_kv(
+    cluster: &Cluster,
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+) -> Result<kv::Store, String> {
     let config = jetstream::stream::Config {
         name: format!("KV_{bucket}"),
-        description: Some("midge: which node owns each client's session".into()),
+        description: Some(description.into()),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
         storage: jetstream::stream::StorageType::File,
@@ -357,7 +396,7 @@ async fn open(cluster: &Cluster, js: &jetstream::Context) -> Result<kv::Store, S
     js.get_or_create_stream(config)
         .await
         .map_err(|e| e.to_string())?;
-    js.get_key_value(&bucket).await.map_err(|e| e.to_string())
+    js.get_key_value(bucket).await.map_err(|e| e.to_string())
 }
 
 /// What `step` gives within `STEP_WAIT`, its error as text.
@@ -412,6 +451,7 @@ fn serve_take(
     client: &async_nats::Client,
     mailboxes: &Arc<Mailboxes>,
     claims: &Claims,
+    records: &Arc<records::Records>,
     request: async_nats::Message,
 ) {
     let Some(reply_to) = request.reply.clone() else {
@@ -453,6 +493,7 @@ fn serve_take(
     let wait = Duration::from_millis(asked.wait_ms.saturating_sub(ANSWER_MARGIN_MS));
     let until = tokio::time::Instant::now() + wait.min(ANSWER_WAIT_MAX);
     let (cluster, client, mailboxes) = (cluster.clone(), client.clone(), mailboxes.clone());
+    let records = records.clone();
     tokio::spawn(async move {
         if let Some(take) = now {
             let msg = ShardMsg::ClusterTake(Box::new(take));
@@ -462,8 +503,22 @@ fn serve_take(
             Ok(Ok(answer)) => answer,
             _ => return, // Not answered in time: the asker has gone on.
         };
+        let answer = match answer {
+            // Held by an earlier run of this node, which is gone.
+            TakeAnswer::Nothing if asked.incarnation != cluster.incarnation => {
+                TakeAnswer::NotThisRun
+            }
+            answer => answer,
+        };
         let moved = matches!(answer, TakeAnswer::Session(_));
         let client_id = asked.client_id;
+        if matches!(
+            answer,
+            TakeAnswer::Session(_) | TakeAnswer::Nothing | TakeAnswer::NotThisRun
+        ) {
+            // The asker owns the key: this node writes it no more.
+            records.forget(&client_id, asked.revision);
+        }
         if let Err(e) = client.publish(reply_to, wire::encode_answer(&answer)).await {
             if moved {
                 log::warn!("Warning: cluster: the session of {client_id} could not be sent to the node that took it over: {e}.");
@@ -477,12 +532,4 @@ fn serve_take(
                 .fetch_add(1, Ordering::Relaxed);
         }
     });
-}
-
-/// The key of a session that ended goes, unless a newer claim wrote it.
-async fn release(store: kv::Store, client_id: Arc<str>, revision: u64) {
-    let key = client_key(&client_id);
-    if let Err(e) = in_time(store.delete_expect_revision(&key, Some(revision))).await {
-        log::debug!("Cluster: the key of {client_id} stays: {e}");
-    }
 }

@@ -50,6 +50,9 @@ pub struct ClusterSettings {
     /// `cluster_retained_sweep_interval`: how often a node deletes removals and expired
     /// messages from the retained messages' stream.
     pub sweep_every: std::time::Duration,
+    /// `cluster_node_timeout`: how long a node's heartbeats may be missing before the
+    /// others take it for gone and take over its sessions and wills.
+    pub node_timeout: std::time::Duration,
     /// The file and line of the last cluster option read, for errors about them together.
     pub origin: Option<(PathBuf, usize)>,
 }
@@ -72,6 +75,7 @@ impl Default for ClusterSettings {
             sessions_in_jetstream: true,
             replicas: 1,
             sweep_every: std::time::Duration::from_secs(60),
+            node_timeout: std::time::Duration::from_secs(10),
             origin: None,
         }
     }

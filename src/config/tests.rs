@@ -377,7 +377,7 @@ fn cluster_options_are_read_and_checked_together() {
     assert!(cluster.sessions_in_jetstream, "the default");
     assert_eq!(cluster.replicas, 1);
     let limited = read(
-        "cluster_nats_url nats://a:4222\ncluster_max_subscriptions 50\ncluster_retained node\ncluster_sessions node\ncluster_replicas 3\ncluster_retained_sweep_interval 5\n",
+        "cluster_nats_url nats://a:4222\ncluster_max_subscriptions 50\ncluster_retained node\ncluster_sessions node\ncluster_replicas 3\ncluster_retained_sweep_interval 5\ncluster_node_timeout 4\n",
     )
     .unwrap();
     let limited = &limited.cluster;
@@ -386,6 +386,12 @@ fn cluster_options_are_read_and_checked_together() {
     assert!(!limited.sessions_in_jetstream);
     assert_eq!(limited.replicas, 3);
     assert_eq!(limited.sweep_every, std::time::Duration::from_secs(5));
+    assert_eq!(limited.node_timeout, std::time::Duration::from_secs(4));
+    assert_eq!(
+        cluster.node_timeout,
+        std::time::Duration::from_secs(10),
+        "the default"
+    );
     assert!(
         !read("").unwrap().cluster.enabled(),
         "no cluster unless asked"
@@ -449,6 +455,11 @@ fn cluster_options_are_read_and_checked_together() {
             "cluster_nats_url nats://a:4222\ncluster_replicas 0\n",
             2,
             "1 to 5",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_node_timeout 1\n",
+            2,
+            "2 to 3600",
         ),
     ] {
         let e = read(text).expect_err(text);

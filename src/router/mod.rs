@@ -73,6 +73,10 @@ pub enum ShardMsg {
     },
     /// Another node asks for a session of this node's (`cluster/sessions.rs`).
     ClusterTake(Box<crate::cluster::sessions::TakeAsk>),
+    /// A session this node took over from a node that is gone (`cluster/sessions/nodes.rs`).
+    ClusterAdopt(Box<crate::cluster::sessions::nodes::Adopted>),
+    /// The other nodes took this node for gone: its sessions are theirs now.
+    ClusterTakenForGone,
 }
 
 /// With persistence and more than one shard: a message's (or a session's) number among

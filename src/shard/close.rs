@@ -213,6 +213,8 @@ impl<B: Backend> Shard<B> {
             self.end_session(session, true);
         } else {
             self.schedule_expiry(id);
+            // Its will went, waits out its delay, or was cancelled by a DISCONNECT.
+            self.record_changed(id);
         }
     }
 

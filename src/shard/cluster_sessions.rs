@@ -19,6 +19,9 @@ use crate::router::{SessionBox, ShardMsg};
 /// meanwhile) before it is answered "ask again".
 const TAKE_HOPS_MAX: u8 = 4;
 
+/// How much later than due a will of a session's record may read back.
+const RECORD_TIME_SLACK: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A moved session's subscriptions are in no trie of this node yet: they are revived as on
 /// a shard that is none of this node's, so that adopting them adds every one.
 const NO_SHARD: u16 = u16::MAX;
@@ -87,9 +90,13 @@ impl<B: Backend> Shard<B> {
         client_id: Arc<str>,
         claimed: Claimed,
     ) {
-        let (revision, bytes) = match claimed {
-            Claimed::Owned { revision, session } => (revision, session),
-            Claimed::Unclaimed => (0, None),
+        let (revision, bytes, from_record) = match claimed {
+            Claimed::Owned {
+                revision,
+                session,
+                from_record,
+            } => (revision, session, from_record),
+            Claimed::Unclaimed => (0, None, false),
             Claimed::Superseded => {
                 // A later connection of the client won: this one goes, as an older one
                 // does on one node.
@@ -102,7 +109,22 @@ impl<B: Backend> Shard<B> {
                 return;
             }
         };
-        let moved = bytes.and_then(|bytes| self.revive_moved(&client_id, &bytes));
+        let local = self.shared.latest_claim(&client_id).is_some();
+        let bytes = bytes.filter(|_| !(from_record && local));
+        let mut moved = bytes.and_then(|bytes| self.revive_moved(&client_id, &bytes));
+        if from_record {
+            if let Some(session) = moved.take() {
+                // Its node is gone, and its connection with it: kept here as that node
+                // would have kept it, its will going out now if it was due at once
+                // (no delay, or a session that ended with its connection); the
+                // connection then resumes it, which cancels a will still waiting
+                // [MQTT-3.1.3-9].
+                self.keep_moved_offline(session, revision);
+                // (A record's times are whole milliseconds of the wall clock: one due at
+                // once may read back a moment late.)
+                self.publish_due_wills(self.clock.now + RECORD_TIME_SLACK);
+            }
+        }
         let waiting = self.conn_mut(conn).and_then(|c| c.take_cluster_wait(token));
         let Some(wait) = waiting else {
             // The connection went while its claim was made: a session fetched for it stays
@@ -133,7 +155,7 @@ impl<B: Backend> Shard<B> {
 
     /// A session's bytes from another node, made a live session of this shard; `None` (said
     /// and counted) if they are not a session.
-    fn revive_moved(&mut self, client_id: &str, bytes: &[u8]) -> Option<SessionBox> {
+    pub(super) fn revive_moved(&mut self, client_id: &str, bytes: &[u8]) -> Option<SessionBox> {
         let now = self.clock.now;
         let moved = match wire::decode_session(bytes, now) {
             Ok(moved) if moved.session.client_id == client_id => moved,
@@ -185,8 +207,8 @@ impl<B: Backend> Shard<B> {
     }
 
     /// A session moved here, under the key's `revision`, for a connection that went
-    /// meanwhile: held offline here.
-    fn keep_moved_offline(&mut self, mut session: SessionBox, revision: u64) {
+    /// meanwhile (or taken over from a node that is gone): held offline here.
+    pub(super) fn keep_moved_offline(&mut self, mut session: SessionBox, revision: u64) {
         let client_id = session.client_id.clone();
         if self.shared.latest_claim(&client_id).is_some() {
             // A later connection of the client here has it in hand (and the key: ending
@@ -203,6 +225,7 @@ impl<B: Backend> Shard<B> {
         self.sessions.insert(session);
         self.journal_session(id, claim.number());
         self.schedule_expiry(id);
+        self.record_changed(id);
     }
 
     /// The key of a session that ended here goes from the cluster's bucket (unless a newer

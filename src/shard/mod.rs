@@ -10,6 +10,7 @@ mod auth;
 mod bridges;
 pub mod clock;
 mod close;
+mod cluster_records;
 mod cluster_sessions;
 pub mod conn;
 mod connack;
@@ -106,6 +107,9 @@ pub struct Shard<B: Backend> {
     disk: journaling::Disk,
     /// The bridges this shard runs (`shard/bridges/`); usually none.
     links: Vec<crate::bridge::Link>,
+    /// In a cluster keeping sessions: the sessions whose records are to be written again
+    /// (`cluster_records.rs`).
+    records: cluster_records::Changed,
     /// Debug builds only: faults the tests inject.
     #[cfg(debug_assertions)]
     faults: Faults,
@@ -174,6 +178,7 @@ impl<B: Backend> Shard<B> {
             },
             disk: Default::default(),
             links: Vec::new(),
+            records: Default::default(),
             #[cfg(debug_assertions)]
             faults: Faults::from_env(),
         }

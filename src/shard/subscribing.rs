@@ -191,6 +191,7 @@ impl<B: Backend> Shard<B> {
             }
             Slice::Done => {
                 let (conn, closing) = (job.conn, job.closing);
+                self.record_changed(job.session);
                 self.answer_filters(job);
                 if self
                     .conn(conn)

@@ -86,6 +86,7 @@ impl<B: Backend> Shard<B> {
         self.check_invariants();
         self.publish_due_wills(now);
         self.expire_sessions(now);
+        self.write_records();
         self.sys_tick(now);
         if self.clock.quiet.tick() {
             // All of it, not only pages past mimalloc's purge delay: its arenas wait ten

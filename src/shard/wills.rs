@@ -25,6 +25,7 @@ impl<B: Backend> Shard<B> {
         while let Some((id, will)) = self.sessions.next_due_will(now) {
             self.publish_will(id, will);
             self.journal_will_gone(id);
+            self.record_changed(id);
         }
     }
 

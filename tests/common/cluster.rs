@@ -16,21 +16,26 @@ pub fn nodes(nats: &Nats, n: usize, extra: &str) -> Vec<Broker> {
 
 /// As `nodes`, with `shards` shards each.
 pub fn nodes_of(nats: &Nats, n: usize, extra: &str, shards: usize) -> Vec<Broker> {
+    (0..n).map(|i| node(nats, i, extra, shards)).collect()
+}
+
+/// Node `i` of `nodes` (`node<i>`) started again, as `nodes` configured it.
+pub fn restart_node(nats: &Nats, i: usize, extra: &str) -> Broker {
+    node(nats, i, extra, 2)
+}
+
+fn node(nats: &Nats, i: usize, extra: &str, shards: usize) -> Broker {
     let cluster = cluster_name(nats);
-    (0..n)
-        .map(|i| {
-            let conf = config_file(
-                &format!("cluster-{}-{i}", nats.port),
-                &format!(
-                    "cluster_nats_url {}\ncluster_name {cluster}\ncluster_node_id node{i}\n{extra}",
-                    nats.url()
-                ),
-            );
-            let broker = Broker::start(&["-c", &conf, "--threads", &shards.to_string()]);
-            broker.wait_for_log(&format!("Cluster: connected to NATS as node node{i}."));
-            broker
-        })
-        .collect()
+    let conf = config_file(
+        &format!("cluster-{}-{i}", nats.port),
+        &format!(
+            "cluster_nats_url {}\ncluster_name {cluster}\ncluster_node_id node{i}\n{extra}",
+            nats.url()
+        ),
+    );
+    let broker = Broker::start(&["-c", &conf, "--threads", &shards.to_string()]);
+    broker.wait_for_log(&format!("Cluster: connected to NATS as node node{i}."));
+    broker
 }
 
 pub fn cluster_name(nats: &Nats) -> String {
@@ -215,6 +220,11 @@ pub fn assert_each_once_in_order(got: Vec<usize>, n: usize) {
 
 /// Publishes `payload` on `subject` as a bare NATS client would (NATS's text protocol).
 pub fn nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
+    nats_publish_with(nats, subject, &[], payload);
+}
+
+/// As `nats_publish`, with NATS headers (`HPUB`).
+pub fn nats_publish_with(nats: &Nats, subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
     use std::io::{BufRead, BufReader, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -222,11 +232,19 @@ pub fn nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
     let mut info = String::new();
     reader.read_line(&mut info).unwrap();
     assert!(info.starts_with("INFO"), "{info}");
-    let mut out = format!(
-        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
-        payload.len()
-    )
-    .into_bytes();
+    let mut out = b"CONNECT {\"verbose\":false,\"headers\":true}\r\n".to_vec();
+    if headers.is_empty() {
+        out.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
+    } else {
+        let mut head = String::from("NATS/1.0\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let total = head.len() + payload.len();
+        out.extend_from_slice(format!("HPUB {subject} {} {total}\r\n", head.len()).as_bytes());
+        out.extend_from_slice(head.as_bytes());
+    }
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\nPING\r\n");
     stream.write_all(&out).unwrap();

@@ -9,7 +9,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::wire::{self, Owner, TakeAnswer, TakeRequest};
+use super::wire::{self, Owner, OwnerValue, TakeAnswer, TakeRequest};
 use super::{
     client_key, in_time, send_patiently, take_subject, unclaimed, Bucket, ClaimAsk, Claimed,
     Claiming, Claims, ANSWER_WAIT_MAX, CLAIM_WAIT, RETRY_AFTER, STEP_WAIT,
@@ -96,10 +96,10 @@ impl Claimer {
             incarnation: cluster.incarnation,
             claim: ask.token,
         };
-        let value = wire::encode_owner(&me);
+        let value = wire::encode_owner(&me, None);
         // The owner read before a write whose end is unknown: if it landed, the session is
         // that owner's.
-        let mut before_unknown: Option<Option<Owner>> = None;
+        let mut before_unknown: Option<Option<OwnerValue>> = None;
         // Writes leave the fetch its time.
         let write_deadline = deadline.checked_sub(FETCH_MIN).unwrap_or(deadline);
         loop {
@@ -118,7 +118,7 @@ impl Claimer {
             let live = entry.as_ref().filter(|e| e.operation == kv::Operation::Put);
             let owner = live.map(|e| wire::decode_owner(&e.value));
             if let (Some(Ok(owner)), Some(previous)) = (&owner, &before_unknown) {
-                if *owner == me {
+                if owner.owner == me {
                     // The write that was not answered landed.
                     let revision = live.map_or(0, |e| e.revision);
                     return self.won(ask, revision, previous.clone(), deadline).await;
@@ -157,7 +157,7 @@ impl Claimer {
         &self,
         ask: &ClaimAsk,
         revision: u64,
-        previous: Option<Owner>,
+        previous: Option<OwnerValue>,
         deadline: tokio::time::Instant,
     ) -> Claimed {
         self.with_claim(&ask.client_id, |c| c.won = Some(revision));
@@ -170,14 +170,25 @@ impl Claimer {
             .fetch_add(1, Ordering::Relaxed);
         match previous {
             // Held elsewhere: fetched.
-            Some(from) if from.node != cluster.node_id => {
+            Some(from) if from.owner.node != cluster.node_id => {
                 fetch(cluster, &self.client, &from, ask, revision, deadline).await
             }
+            // Held by an earlier run of this node: its record, unless the node's own
+            // journal brought the session back (the shard prefers that one).
+            Some(OwnerValue {
+                owner,
+                record: Some(record),
+            }) if owner.incarnation != cluster.incarnation => Claimed::Owned {
+                revision,
+                session: Some(record),
+                from_record: true,
+            },
             // Nobody held it, or this node did (perhaps before it restarted): its own
             // shards decide, as on a single broker.
             _ => Claimed::Owned {
                 revision,
                 session: None,
+                from_record: false,
             },
         }
     }
@@ -283,18 +294,36 @@ async fn write(store: &kv::Store, key: &str, value: &Bytes, last: Option<u64>) -
     }
 }
 
-/// Asks `from` for the session of `ask`'s client, until `deadline`.
+/// Asks the owner in `value` for the session of `ask`'s client, until `deadline`; if it
+/// cannot answer, the session is the one its record describes.
 async fn fetch(
     cluster: &Cluster,
     client: &async_nats::Client,
-    from: &Owner,
+    value: &OwnerValue,
     ask: &ClaimAsk,
     revision: u64,
     deadline: tokio::time::Instant,
 ) -> Claimed {
+    let from = &value.owner;
     let subject = take_subject(cluster, &from.node);
     let stats = &cluster.stats;
-    let owned = |session| Claimed::Owned { revision, session };
+    let owned = |session| Claimed::Owned {
+        revision,
+        session,
+        from_record: false,
+    };
+    let unanswered = |why: &str| match &value.record {
+        Some(record) => {
+            stats.sessions_adopted.fetch_add(1, Ordering::Relaxed);
+            log::warn!("Warning: cluster: the session of {} could not be fetched: {why}; it goes on from its record.", ask.client_id);
+            Claimed::Owned {
+                revision,
+                session: Some(record.clone()),
+                from_record: true,
+            }
+        }
+        None => owned(lost(cluster, ask, why)),
+    };
     loop {
         // Up to the claim's deadline: a node that waits for a claim of its own first
         // answers late. The asked node is told how long this one waits.
@@ -304,6 +333,7 @@ async fn fetch(
             clean_start: ask.clean_start,
             revision,
             wait_ms: wait.as_millis() as u64,
+            incarnation: from.incarnation,
         });
         let asked = client.request(subject.clone(), request);
         let answer = match tokio::time::timeout(wait, asked).await {
@@ -320,6 +350,9 @@ async fn fetch(
                 return owned(Some(bytes));
             }
             Ok(TakeAnswer::Nothing) => return owned(None),
+            Ok(TakeAnswer::NotThisRun) => {
+                return unanswered(&format!("node {} restarted since", from.node))
+            }
             Ok(TakeAnswer::Superseded) => return Claimed::Superseded,
             Ok(TakeAnswer::Retry) if tokio::time::Instant::now() + RETRY_AFTER < deadline => {
                 tokio::time::sleep(RETRY_AFTER).await;
@@ -328,7 +361,7 @@ async fn fetch(
                 let why = format!("node {} could not hand it over in time", from.node);
                 return owned(lost(cluster, ask, &why));
             }
-            Err(e) => return owned(lost(cluster, ask, &e)),
+            Err(e) => return unanswered(&e),
         }
     }
 }

@@ -1,7 +1,12 @@
-//! What the sessions part of the cluster sends, as bytes: who owns a client id (the value
-//! kept in the sessions bucket), a node's request for a session another node holds, and
-//! the session itself as it moves: its subscriptions, the messages in flight with their
-//! packet ids, its queue, the QoS 2 packet ids awaiting PUBREL, its waiting will.
+//! What the sessions part of the cluster sends, as bytes: who owns a client id and the
+//! session's record (the value kept in the sessions bucket), a node's request for a session
+//! another node holds, and the session itself as it moves: its subscriptions, the messages
+//! in flight with their packet ids, its queue, the QoS 2 packet ids awaiting PUBREL, its
+//! waiting will.
+//!
+//! A record is the session in the same form without its messages: what another node
+//! revives when the owner is gone (its subscriptions, and its connection's will, due after
+//! the will's delay).
 //!
 //! Messages travel as the cluster's messages do (`cluster::wire`, with what is left of
 //! their expiry), so a session's bytes say nothing about either machine's clock.
@@ -19,8 +24,13 @@ use crate::router::Message;
 use crate::session::Session;
 
 /// The first byte of each; another is refused (a node of another midge). 2: the claim's
-/// number in the owner, how long the asker waits, `Superseded`.
-const FORMAT: u8 = 2;
+/// number in the owner, how long the asker waits, `Superseded`; 3: the record after the
+/// owner.
+const FORMAT: u8 = 3;
+
+/// The claim number of a write that is no claim (a record, a session taken over from a node
+/// that is gone): never a `ClaimAsk::token`.
+pub const NO_CLAIM: u64 = u64::MAX;
 
 /// Messages inside a session carry no origin of their own.
 const NO_ORIGIN: Origin = Origin {
@@ -40,26 +50,72 @@ pub struct Owner {
     pub claim: u64,
 }
 
-pub fn encode_owner(owner: &Owner) -> Bytes {
-    let mut out = BytesMut::with_capacity(1 + 8 + 8 + 4 + owner.node.len());
+/// A key's value: its owner, and the session's record (`encode_record`) once the owner
+/// wrote one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerValue {
+    pub owner: Owner,
+    pub record: Option<Bytes>,
+}
+
+pub fn encode_owner(owner: &Owner, record: Option<&[u8]>) -> Bytes {
+    let size = 1 + 8 + 8 + 4 + owner.node.len() + 1 + record.map_or(0, <[u8]>::len);
+    let mut out = BytesMut::with_capacity(size);
     out.put_u8(FORMAT);
     out.put_u64(owner.incarnation);
     out.put_u64(owner.claim);
     put_str(&mut out, &owner.node);
+    match record {
+        Some(record) => {
+            out.put_u8(1);
+            out.extend_from_slice(record);
+        }
+        None => out.put_u8(0),
+    }
     out.freeze()
 }
 
-pub fn decode_owner(bytes: &[u8]) -> Result<Owner, String> {
+/// The value in `bytes`; its record is checked only when it is read (`decode_session`).
+pub fn decode_owner(bytes: &Bytes) -> Result<OwnerValue, String> {
     let mut r = Reader::new(bytes)?;
     let incarnation = r.u64()?;
     let claim = r.u64()?;
     let node = r.string()?;
-    r.end()?;
-    Ok(Owner {
+    let record = match r.u8()? {
+        0 => {
+            r.end()?;
+            None
+        }
+        _ => Some(bytes.slice(bytes.len() - r.bytes.len()..)),
+    };
+    let owner = Owner {
         node,
         incarnation,
         claim,
-    })
+    };
+    Ok(OwnerValue { owner, record })
+}
+
+/// The client id a record (or a session's bytes) is of, read without the rest.
+pub fn client_id_of(bytes: &[u8]) -> Result<String, String> {
+    Reader::new(bytes)?.string()
+}
+
+/// A node's heartbeat (its key in the nodes bucket): its `cluster_node_id` and its run.
+pub fn encode_node(node: &str, incarnation: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + 8 + 4 + node.len());
+    out.put_u8(FORMAT);
+    out.put_u64(incarnation);
+    put_str(&mut out, node);
+    out.freeze()
+}
+
+pub fn decode_node(bytes: &[u8]) -> Result<(String, u64), String> {
+    let mut r = Reader::new(bytes)?;
+    let incarnation = r.u64()?;
+    let node = r.string()?;
+    r.end()?;
+    Ok((node, incarnation))
 }
 
 /// A node's request for the session of `client_id`, which it now owns.
@@ -73,6 +129,9 @@ pub struct TakeRequest {
     /// How long the asking node waits for the answer (ms): a session is not taken for an
     /// answer nobody waits for.
     pub wait_ms: u64,
+    /// The run of the asked node that owned the key: a later run that holds nothing
+    /// answers `NotThisRun`, and the asker goes on from the session's record.
+    pub incarnation: u64,
 }
 
 pub fn encode_request(request: &TakeRequest) -> Bytes {
@@ -81,6 +140,7 @@ pub fn encode_request(request: &TakeRequest) -> Bytes {
     out.put_u8(u8::from(request.clean_start));
     out.put_u64(request.revision);
     out.put_u64(request.wait_ms);
+    out.put_u64(request.incarnation);
     put_str(&mut out, &request.client_id);
     out.freeze()
 }
@@ -90,6 +150,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<TakeRequest, String> {
     let clean_start = r.u8()? != 0;
     let revision = r.u64()?;
     let wait_ms = r.u64()?;
+    let incarnation = r.u64()?;
     let client_id = r.string()?;
     r.end()?;
     Ok(TakeRequest {
@@ -97,6 +158,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<TakeRequest, String> {
         clean_start,
         revision,
         wait_ms,
+        incarnation,
     })
 }
 
@@ -111,12 +173,16 @@ pub enum TakeAnswer {
     Retry,
     /// It holds the session for a later claim than the asker's: the asker lost.
     Superseded,
+    /// It holds nothing, and is a later run of the node than the one that owned the key
+    /// (it restarted): the session is its record.
+    NotThisRun,
 }
 
 const NOTHING: u8 = 0;
 const SESSION: u8 = 1;
 const RETRY: u8 = 2;
 const SUPERSEDED: u8 = 3;
+const NOT_THIS_RUN: u8 = 4;
 
 pub fn encode_answer(answer: &TakeAnswer) -> Bytes {
     let mut out = BytesMut::new();
@@ -125,6 +191,7 @@ pub fn encode_answer(answer: &TakeAnswer) -> Bytes {
         TakeAnswer::Nothing => out.put_u8(NOTHING),
         TakeAnswer::Retry => out.put_u8(RETRY),
         TakeAnswer::Superseded => out.put_u8(SUPERSEDED),
+        TakeAnswer::NotThisRun => out.put_u8(NOT_THIS_RUN),
         TakeAnswer::Session(session) => {
             out.put_u8(SESSION);
             out.extend_from_slice(session);
@@ -139,6 +206,7 @@ pub fn decode_answer(bytes: &Bytes) -> Result<TakeAnswer, String> {
         NOTHING => r.end().map(|()| TakeAnswer::Nothing),
         RETRY => r.end().map(|()| TakeAnswer::Retry),
         SUPERSEDED => r.end().map(|()| TakeAnswer::Superseded),
+        NOT_THIS_RUN => r.end().map(|()| TakeAnswer::NotThisRun),
         SESSION => Ok(TakeAnswer::Session(bytes.slice(2..))),
         other => Err(format!("an answer of kind {other}")),
     }
@@ -156,6 +224,17 @@ pub struct Moved {
 /// `session`'s bytes, at `now`, in at most `max_bytes` (NATS's max_payload): what does not
 /// fit of its queue is left out, from the back. The number left out comes back with it.
 pub fn encode_session(session: &Session, now: Instant, max_bytes: usize) -> (Bytes, usize) {
+    encode(session, now, max_bytes, true)
+}
+
+/// `session`'s record, at `now`: as `encode_session`, without messages in flight, queued or
+/// awaiting PUBREL; its will is its connection's (due after the will's delay, at once for a
+/// session that ends with its connection), or the one waiting out its delay.
+pub fn encode_record(session: &Session, now: Instant) -> Bytes {
+    encode(session, now, usize::MAX, false).0
+}
+
+fn encode(session: &Session, now: Instant, max_bytes: usize, whole: bool) -> (Bytes, usize) {
     let mut out = BytesMut::new();
     out.put_u8(FORMAT);
     put_str(&mut out, &session.client_id);
@@ -171,7 +250,10 @@ pub fn encode_session(session: &Session, now: Instant, max_bytes: usize) -> (Byt
         out.put_u8(options_byte(&sub.options));
         out.put_u32(sub.identifier.map_or(0, |i| i.get()));
     }
-    let in_flight = session.outgoing().in_flight();
+    let in_flight = match whole {
+        true => session.outgoing().in_flight(),
+        false => Vec::new(),
+    };
     out.put_u32(in_flight.len() as u32);
     for f in in_flight {
         out.put_u16(f.packet_id);
@@ -184,16 +266,27 @@ pub fn encode_session(session: &Session, now: Instant, max_bytes: usize) -> (Byt
         put_delivery(&mut out, &delivery);
         put_message(&mut out, &f.message, now);
     }
-    let awaiting: Vec<u16> = session.incoming().awaiting_pubrel().collect();
+    let awaiting: Vec<u16> = match whole {
+        true => session.incoming().awaiting_pubrel().collect(),
+        false => Vec::new(),
+    };
     out.put_u32(awaiting.len() as u32);
     for packet_id in awaiting {
         out.put_u16(packet_id);
     }
-    match &session.delayed_will {
-        Some(waiting) => {
+    let live_will = session.will.as_deref().filter(|_| !whole).map(|will| {
+        let delay = match session.clean {
+            true => 0,
+            false => will.properties.will_delay_interval.unwrap_or(0),
+        };
+        (Duration::from_secs(delay.into()), will)
+    });
+    let waiting = (session.delayed_will.as_deref())
+        .map(|(due, will)| (due.saturating_duration_since(now), will));
+    match live_will.or(waiting) {
+        Some((due_in, will)) => {
             out.put_u8(1);
-            let (due, will) = &**waiting;
-            out.put_u64(due.saturating_duration_since(now).as_millis() as u64);
+            out.put_u64(due_in.as_millis() as u64);
             put_message(&mut out, &Message::of_waiting_will(will), now);
         }
         None => out.put_u8(0),
@@ -202,7 +295,8 @@ pub fn encode_session(session: &Session, now: Instant, max_bytes: usize) -> (Byt
     let count_at = out.len();
     out.put_u32(0);
     let (mut queued, mut cut) = (0u32, 0usize);
-    for q in session.outgoing().queued() {
+    let queue = session.outgoing().queued().filter(|_| whole);
+    for q in queue {
         let before = out.len();
         out.put_u16(q.packet_id);
         put_delivery(&mut out, &Delivery::of(&q.target));

@@ -188,4 +188,14 @@ pub(super) const OPTIONS: &[Known] = &[
             Ok(())
         }),
     ),
+    known(
+        "cluster_node_timeout",
+        "seconds a node's heartbeats may be missing before the other nodes take it for gone, take over its sessions and publish its clients' wills (2 to 3600, default 10)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            let seconds = in_range(line, 2, 3600)?;
+            c.cluster.node_timeout = std::time::Duration::from_secs(seconds);
+            Ok(())
+        }),
+    ),
 ];

@@ -200,18 +200,29 @@ fn owners_requests_and_answers_read_back_as_written() {
         incarnation: 42,
         claim: 9,
     };
-    assert_eq!(decode_owner(&encode_owner(&owner)).unwrap(), owner);
+    let bare = decode_owner(&encode_owner(&owner, None)).unwrap();
+    assert_eq!((bare.owner, bare.record), (owner.clone(), None));
+    let with = decode_owner(&encode_owner(&owner, Some(b"rec"))).unwrap();
+    assert_eq!(with.owner, owner);
+    assert_eq!(with.record.as_deref(), Some(&b"rec"[..]));
+    assert_eq!(
+        decode_node(&encode_node("node-a", 42)).unwrap(),
+        ("node-a".to_string(), 42)
+    );
+    assert!(decode_node(&[FORMAT, 0]).is_err());
     let request = TakeRequest {
         client_id: "ünï/x".into(),
         clean_start: true,
         revision: 77,
         wait_ms: 4000,
+        incarnation: 5,
     };
     assert_eq!(decode_request(&encode_request(&request)).unwrap(), request);
     for answer in [
         TakeAnswer::Nothing,
         TakeAnswer::Retry,
         TakeAnswer::Superseded,
+        TakeAnswer::NotThisRun,
     ] {
         let bytes = encode_answer(&answer);
         let back = decode_answer(&bytes).unwrap();
@@ -220,5 +231,49 @@ fn owners_requests_and_answers_read_back_as_written() {
     let session = encode_answer(&TakeAnswer::Session(Bytes::from_static(b"s")));
     assert!(matches!(decode_answer(&session), Ok(TakeAnswer::Session(b)) if &b[..] == b"s"));
     assert!(decode_answer(&Bytes::from_static(&[FORMAT, 7])).is_err());
-    assert!(decode_owner(&[2, 0]).is_err());
+    assert!(decode_owner(&Bytes::from_static(&[2, 0])).is_err());
+    let mut trailing = encode_owner(&owner, None).to_vec();
+    trailing.push(0);
+    assert!(decode_owner(&Bytes::from(trailing)).is_err());
+}
+
+#[test]
+fn a_record_is_the_session_without_its_messages_and_with_its_connections_will() {
+    let now = Instant::now();
+    let mut sent = session(now);
+    let mut properties = crate::codec::Properties::default();
+    properties.will_delay_interval = Some(30);
+    sent.will = Some(Box::new(crate::codec::Will {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties,
+        topic: MqttStr::from_static("gone/dev-1"),
+        payload: Bytes::from_static(b"bye"),
+    }));
+    let record = encode_record(&sent, now);
+    assert_eq!(client_id_of(&record).unwrap(), "dev-1");
+    let later = now + Duration::from_secs(1);
+    let moved = decode_session(&record, later).unwrap();
+    let r = &moved.session;
+    assert_eq!(
+        (r.subscriptions.len(), r.version, r.expiry_interval_s),
+        (2, 5, 3600)
+    );
+    assert!(r.in_flight.is_empty() && r.queued.is_empty() && r.awaiting_pubrel.is_empty());
+    assert_eq!(moved.username.as_deref(), Some("user"));
+    // The will is due its delay after the record is read: when the owner is found gone.
+    let (due, will) = r.delayed_will.as_ref().expect("the will");
+    let clock = WallClock::now();
+    let due_in = Duration::from_millis(due.saturating_sub(clock.unix_ms(later)));
+    assert!(due_in > Duration::from_secs(29) && due_in <= Duration::from_secs(30));
+    assert_eq!(&will.payload[..], b"bye");
+    // A session that ends with its connection: its will is due at once.
+    sent.clean = true;
+    let moved = decode_session(&encode_record(&sent, now), later).unwrap();
+    let (due, _) = moved.session.delayed_will.expect("the will");
+    assert!(due <= clock.unix_ms(later) + 1);
+    // No will: none in the record.
+    sent.will = None;
+    let moved = decode_session(&encode_record(&sent, now), later).unwrap();
+    assert!(moved.session.delayed_will.is_none());
 }

@@ -1,0 +1,345 @@
+//! Which nodes are there, and what becomes of the sessions of a node that is gone.
+//!
+//! Each node writes its heartbeat (its id and run) to its key in the bucket
+//! `midge_<cluster>_nodes` every second, each write expecting the revision of its last, and
+//! watches the bucket. A node whose key has not been written for `cluster_node_timeout`
+//! (by the watching node's own clock: no two clocks are compared) is taken for gone. The
+//! nodes that see it try to delete its key, expecting the revision they last saw: one
+//! delete lands, and that node takes over the gone node's sessions (`adopt`): each key the
+//! gone node owns and holds a record in is written with this node as its owner (expecting
+//! the gone node's revision: a client that claimed it meanwhile keeps it), and the session
+//! is revived here from its record, offline. Its will goes out after its delay unless the
+//! client comes back first (`shard/cluster_records.rs`); its subscriptions take what is
+//! published from then on, for the client to find wherever it connects next.
+//!
+//! A node that finds its own key deleted was taken for gone (its heartbeats did not reach
+//! JetStream in time): its sessions are another node's now, so it closes their connections
+//! and drops them (the clients connect again and find their sessions where they went).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use hashbrown::HashMap;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::wire::{self, Owner, NO_CLAIM};
+use super::{in_time, node_token, open_kv, send_patiently, Bucket, OPEN_RETRY, STEP_WAIT};
+use crate::cluster::Cluster;
+use crate::router::{Mailboxes, ShardMsg};
+
+/// How often a node writes its heartbeat and looks for nodes gone.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Keys of a gone node's sessions looked at at once.
+const ADOPTIONS_AT_ONCE: usize = 32;
+
+/// A session taken over from a node that is gone, for a shard to revive.
+pub struct Adopted {
+    /// The revision this node wrote itself as the owner at.
+    pub revision: u64,
+    /// The session's record (`wire::encode_record`).
+    pub record: bytes::Bytes,
+    /// The node it was taken from, for the log.
+    pub from: String,
+}
+
+/// A node as last seen in the bucket.
+#[derive(Clone)]
+struct Seen {
+    node: String,
+    incarnation: u64,
+    revision: u64,
+    at: Instant,
+}
+
+/// Writes this node's heartbeat, watches the others', and takes over the sessions of those
+/// found gone, until the link ends.
+pub(super) async fn serve(
+    cluster: Arc<Cluster>,
+    js: jetstream::Context,
+    sessions: watch::Receiver<Bucket>,
+    mailboxes: Arc<Mailboxes>,
+) {
+    let bucket = format!("midge_{}_nodes", cluster.settings.name);
+    let mut said_unavailable = false;
+    let store = loop {
+        let description = "midge: each node's heartbeat";
+        match in_time(open_kv(&cluster, &js, &bucket, description)).await {
+            Ok(store) => break store,
+            Err(e) => {
+                if !std::mem::replace(&mut said_unavailable, true) {
+                    log::error!("Error: cluster: cannot open the JetStream bucket {bucket} ({e}); until it can be, the sessions and wills of a node that is gone are not taken over. Trying again every {} s.", OPEN_RETRY.as_secs());
+                }
+                tokio::time::sleep(OPEN_RETRY).await;
+            }
+        }
+    };
+    log::debug!("Cluster: heartbeats go to the JetStream bucket {bucket}.");
+    let key = node_token(&cluster.node_id);
+    // This node's earlier run, if its key still names it: it is gone (this run replaced
+    // it), and its sessions are taken over here as another node's would be.
+    if let Ok(Some(entry)) = in_time(store.entry(&key)).await {
+        let earlier = (entry.operation == kv::Operation::Put)
+            .then(|| wire::decode_node(&entry.value).ok())
+            .flatten()
+            .filter(|(_, incarnation)| *incarnation != cluster.incarnation);
+        if let Some((node, incarnation)) = earlier {
+            let gone = Seen {
+                node,
+                incarnation,
+                revision: entry.revision,
+                at: Instant::now(),
+            };
+            let why = "it is this node's earlier run".to_string();
+            let (cluster, sessions, mailboxes) =
+                (cluster.clone(), sessions.clone(), mailboxes.clone());
+            tokio::spawn(
+                async move { adopt_all(&cluster, &sessions, &mailboxes, gone, why).await },
+            );
+        }
+    }
+    let mut mine: Option<u64> = None;
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+    let mut watching: Option<kv::Watch> = None;
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if watching.is_none() {
+            // (Again after a failure: the current values come first, each seen now.)
+            watching = in_time(store.watch_with_history(">")).await.ok();
+        }
+        tokio::select! {
+            _ = beat.tick() => {
+                mine = heartbeat(&cluster, &mailboxes, &store, &key, mine).await;
+                for gone in gone_nodes(&cluster, &store, &key, &mut seen).await {
+                    let timeout = cluster.settings.node_timeout.as_secs();
+                    let why = format!("it has not been heard from for {timeout} s");
+                    let (cluster, sessions, mailboxes) = (cluster.clone(), sessions.clone(), mailboxes.clone());
+                    tokio::spawn(async move { adopt_all(&cluster, &sessions, &mailboxes, gone, why).await });
+                }
+            }
+            entry = next_entry(&mut watching) => match entry {
+                Some(entry) => saw(&mut seen, entry),
+                None => watching = None,
+            }
+        }
+    }
+}
+
+/// The next change the watch sees; `None` once it failed (never, while there is none).
+async fn next_entry(watching: &mut Option<kv::Watch>) -> Option<kv::Entry> {
+    match watching {
+        Some(watch) => match watch.next().await {
+            Some(Ok(entry)) => Some(entry),
+            _ => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+fn saw(seen: &mut HashMap<String, Seen>, entry: kv::Entry) {
+    if entry.operation != kv::Operation::Put {
+        seen.remove(&entry.key);
+        return;
+    }
+    if let Ok((node, incarnation)) = wire::decode_node(&entry.value) {
+        let revision = entry.revision;
+        let at = Instant::now();
+        let node = Seen {
+            node,
+            incarnation,
+            revision,
+            at,
+        };
+        seen.insert(entry.key, node);
+    }
+}
+
+/// Writes this node's heartbeat after its last (`mine`, its revision); the revision it
+/// wrote, or `mine` if the write failed (it is tried again at the next beat).
+async fn heartbeat(
+    cluster: &Cluster,
+    mailboxes: &Mailboxes,
+    store: &kv::Store,
+    key: &str,
+    mine: Option<u64>,
+) -> Option<u64> {
+    let value = wire::encode_node(&cluster.node_id, cluster.incarnation);
+    let Some(last) = mine else {
+        return in_time(store.put(key, value)).await.ok().or(mine);
+    };
+    let lost = match tokio::time::timeout(STEP_WAIT, store.update(key, value.clone(), last)).await {
+        Ok(Ok(revision)) => return Some(revision),
+        Ok(Err(e)) => e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+        Err(_) => false,
+    };
+    if !lost {
+        return mine;
+    }
+    // Another revision: this node's own write whose answer was lost, another node of the
+    // same id, or a delete by a node that took this one for gone.
+    let entry = match in_time(store.entry(key)).await {
+        Ok(entry) => entry,
+        Err(_) => return mine,
+    };
+    let live = entry.filter(|e| e.operation == kv::Operation::Put);
+    match live
+        .as_ref()
+        .map(|e| (wire::decode_node(&e.value), e.revision))
+    {
+        Some((Ok((_, incarnation)), revision)) if incarnation == cluster.incarnation => {
+            return Some(revision);
+        }
+        Some(_) => {
+            static CLASHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            if let Some(seen) = crate::cluster::count_to_say(&CLASHES) {
+                log::error!("Error: cluster: another node writes the heartbeat of node {} (two nodes with one cluster_node_id?) ({seen} so far).", cluster.node_id);
+            }
+        }
+        None => taken_for_gone(cluster, mailboxes).await,
+    }
+    in_time(store.put(key, value)).await.ok().or(mine)
+}
+
+/// This node's key was deleted: another node took it for gone and its sessions over.
+async fn taken_for_gone(cluster: &Cluster, mailboxes: &Mailboxes) {
+    cluster.stats.taken_for_gone.fetch_add(1, Ordering::Relaxed);
+    log::error!("Error: cluster: the other nodes took this node for gone (its heartbeats did not reach JetStream for cluster_node_timeout): its sessions were taken over elsewhere, so their connections here close; their clients find them where they went.");
+    for shard in 0..cluster.shards {
+        send_patiently(cluster, mailboxes, shard, ShardMsg::ClusterTakenForGone).await;
+    }
+}
+
+/// The nodes not heard from for `cluster_node_timeout` whose key this node deleted (one
+/// node's delete lands: it takes over their sessions).
+async fn gone_nodes(
+    cluster: &Cluster,
+    store: &kv::Store,
+    mine: &str,
+    seen: &mut HashMap<String, Seen>,
+) -> Vec<Seen> {
+    let now = Instant::now();
+    let timeout = cluster.settings.node_timeout;
+    let mut silent = Vec::new();
+    for (key, node) in seen.iter_mut() {
+        if key != mine && now.duration_since(node.at) >= timeout {
+            // Not tried again before another timeout, unless it is heard from.
+            node.at = now;
+            silent.push((key.clone(), node.clone()));
+        }
+    }
+    let mut gone = Vec::new();
+    for (key, node) in silent {
+        let deleted = store.delete_expect_revision(&key, Some(node.revision));
+        if in_time(deleted).await.is_ok() {
+            seen.remove(&key);
+            gone.push(node);
+            continue;
+        }
+        // Written since (the watch lags), or deleted by another node: read as it is.
+        if let Ok(entry) = in_time(store.entry(&key)).await {
+            match entry {
+                Some(entry) if entry.operation == kv::Operation::Put => saw(seen, entry),
+                _ => {
+                    seen.remove(&key);
+                }
+            }
+        }
+    }
+    gone
+}
+
+/// Takes over the sessions of `gone` that hold a record (the others' keys go); `why` says
+/// how it was found gone.
+async fn adopt_all(
+    cluster: &Cluster,
+    sessions: &watch::Receiver<Bucket>,
+    mailboxes: &Mailboxes,
+    gone: Seen,
+    why: String,
+) {
+    cluster.stats.nodes_gone.fetch_add(1, Ordering::Relaxed);
+    log::warn!("Warning: cluster: node {} is gone ({why}): its sessions and its clients' wills are taken over here.", gone.node);
+    let store = match &*sessions.borrow() {
+        Bucket::Open(store) => Some((**store).clone()),
+        _ => None,
+    };
+    let keys = match store {
+        Some(store) => in_time(store.keys()).await.map(|keys| (store, keys)),
+        None => Err("the sessions bucket is not open".into()),
+    };
+    let (store, keys) = match keys {
+        Ok(found) => found,
+        Err(e) => {
+            log::error!("Error: cluster: the sessions of node {} cannot be looked up ({e}); they are not taken over.", gone.node);
+            return;
+        }
+    };
+    // All of them first: the writes below add to the stream the keys are read from.
+    let keys: Vec<String> = keys
+        .filter_map(|key| async move { key.ok() })
+        .collect()
+        .await;
+    let adopted = futures_util::stream::iter(keys)
+        .map(|key| adopt(cluster, &store, mailboxes, &gone, key))
+        .buffer_unordered(ADOPTIONS_AT_ONCE)
+        .fold(0usize, |n, adopted| async move { n + usize::from(adopted) })
+        .await;
+    log::info!(target: "information", "Cluster: {adopted} sessions of node {} taken over here.", gone.node);
+}
+
+/// Takes over the session under `key` if `gone` owns it: true if it did.
+async fn adopt(
+    cluster: &Cluster,
+    store: &kv::Store,
+    mailboxes: &Mailboxes,
+    gone: &Seen,
+    key: String,
+) -> bool {
+    let entry = match in_time(store.entry(&key)).await {
+        Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
+        _ => return false,
+    };
+    let Ok(value) = wire::decode_owner(&entry.value) else {
+        return false;
+    };
+    if value.owner.node != gone.node || value.owner.incarnation != gone.incarnation {
+        return false;
+    }
+    let Some(record) = value.record.filter(|r| wire::client_id_of(r).is_ok()) else {
+        // Nothing to take over (a session ending with its connection, without a will).
+        let _ = in_time(store.delete_expect_revision(&key, Some(entry.revision))).await;
+        return false;
+    };
+    let me = Owner {
+        node: cluster.node_id.clone(),
+        incarnation: cluster.incarnation,
+        claim: NO_CLAIM,
+    };
+    let value = wire::encode_owner(&me, Some(&record));
+    // A client that claimed it meanwhile keeps it.
+    let Ok(revision) = in_time(store.update(&key, value, entry.revision)).await else {
+        return false;
+    };
+    let client_id = wire::client_id_of(&record).unwrap_or_default();
+    let adopted = Adopted {
+        revision,
+        record,
+        from: gone.node.clone(),
+    };
+    let shard = cluster.shard_of(&client_id);
+    let msg = ShardMsg::ClusterAdopt(Box::new(adopted));
+    if !send_patiently(cluster, mailboxes, shard, msg).await {
+        // Its key names this node, which holds nothing: the client starts anew.
+        return false;
+    }
+    cluster
+        .stats
+        .sessions_adopted
+        .fetch_add(1, Ordering::Relaxed);
+    true
+}
