@@ -190,20 +190,21 @@ fn a_client_back_before_its_node_is_found_gone_goes_on_from_its_record() {
     nothing_more(&mut watcher, Duration::from_millis(300));
 }
 
-/// A node whose heartbeat key another deleted (as a node does that took it for gone) gives
-/// its sessions up: their connections close, so that each client finds its session where
-/// it went.
+/// A node that stops for longer than the timeout (a paused process: its heartbeats stop,
+/// its connections stay) is taken for gone and its sessions taken over; when it goes on, it
+/// finds its key naming the node that took it, and closes the connections of its sessions,
+/// whose clients find them where they went.
 #[test]
-fn a_node_taken_for_gone_closes_the_connections_of_its_sessions() {
+fn a_node_taken_for_gone_while_it_was_stopped_gives_its_sessions_up() {
     let nats = Nats::start();
-    let nodes = failover_nodes(&nats, 1, 60);
+    let nodes = failover_nodes(&nats, 2, 2);
     let v5 = ProtocolVersion::V5;
     let (mut device, _) = connect(&nodes[0], "dev", v5, true, None);
     subscribe(&mut device, &[("d/#", QoS::AtLeastOnce)]);
-    let bucket = format!("midge_{}_nodes", cluster_name(&nats));
-    // A key-value delete, as a node's is: a message on the key's subject marked DEL.
-    let subject = format!("$KV.{bucket}.node0");
-    nats_publish_with(&nats, &subject, &[("KV-Operation", "DEL")], b"");
+    recorded(&nodes[0], "dev", "1 subscriptions, no will");
+    nodes[0].signal(libc::SIGSTOP);
+    nodes[1].wait_for_log("the session of dev is taken over from node node0, which is gone");
+    nodes[0].signal(libc::SIGCONT);
     nodes[0].wait_for_log("the other nodes took this node for gone");
     let until = Instant::now() + DEADLINE;
     loop {
@@ -213,6 +214,11 @@ fn a_node_taken_for_gone_closes_the_connections_of_its_sessions() {
             Err(_) => break,
         }
     }
+    let (mut device, ack) = connect(&nodes[1], "dev", v5, true, None);
+    assert!(ack.session_present);
+    let mut publisher = client(&nodes[1], "pub", ProtocolVersion::V311);
+    publish(&mut publisher, "d/1", "here", QoS::AtLeastOnce);
+    assert_eq!(next(&mut device).topic.as_str(), "d/1");
 }
 
 /// A node that restarts (without persistence) takes over the sessions of its earlier run:

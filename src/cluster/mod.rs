@@ -114,6 +114,9 @@ pub struct Cluster {
     shards: usize,
     /// This node's claims of client ids (`sessions.rs`).
     claims: sessions::Claims,
+    /// The nodes' heartbeats (`sessions/nodes.rs`), once open: a claim asks it whether the
+    /// owner that does not answer is gone.
+    nodes_bucket: std::sync::OnceLock<async_nats::jetstream::kv::Store>,
     /// The NATS server's max_payload, as the link last saw it (0: not yet connected).
     max_payload: AtomicUsize,
     pub stats: ClusterStats,
@@ -144,6 +147,7 @@ impl Cluster {
             shards,
             settings,
             claims: Arc::default(),
+            nodes_bucket: std::sync::OnceLock::new(),
             max_payload: AtomicUsize::new(0),
             stats: ClusterStats::default(),
         });
@@ -275,12 +279,27 @@ impl Cluster {
     /// to write to its key (`sessions/records.rs`). False if the queue to the link is full:
     /// the shard offers it again at its next tick.
     pub fn record(&self, client_id: Arc<str>, revision: u64, record: sessions::Record) -> bool {
+        // Its bytes count with the messages waiting for the link.
+        let size = record.size();
+        if self.outgoing_bytes.fetch_add(size, Ordering::Relaxed) + size > OUTGOING_BYTES_MAX {
+            self.outgoing_bytes.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
         let work = sessions::Work::Record {
             client_id,
             revision,
             record,
         };
-        self.outgoing.try_send(ToLink::Sessions(work)).is_ok()
+        if self.outgoing.try_send(ToLink::Sessions(work)).is_err() {
+            self.outgoing_bytes.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// A record left the queue to the link (taken by the sessions task, or dropped).
+    fn record_taken(&self, record: &sessions::Record) {
+        (self.outgoing_bytes).fetch_sub(record.size(), Ordering::Relaxed);
     }
 
     /// The most a session handed to another node may take (NATS's max_payload, less room

@@ -49,6 +49,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use hashbrown::HashMap;
+use std::collections::VecDeque;
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 use super::Cluster;
@@ -149,11 +150,19 @@ pub enum Work {
     },
 }
 
-/// A session's record (`wire::encode_record`), and what it holds, for the log.
+/// A session's record (`wire::encode_record`; `None`: larger than NATS takes, so the key
+/// says only who owns it), and what it holds, for the log.
 pub struct Record {
-    pub bytes: bytes::Bytes,
+    pub bytes: Option<bytes::Bytes>,
     pub subscriptions: usize,
     pub will: bool,
+}
+
+impl Record {
+    /// What it holds of the queue to the link.
+    pub fn size(&self) -> usize {
+        self.bytes.as_ref().map_or(0, bytes::Bytes::len) + 64
+    }
 }
 
 /// The bucket's name for the cluster `name`.
@@ -246,34 +255,52 @@ pub(super) async fn serve(
     tokio::spawn(watching);
     let claims_at_once = Arc::new(Semaphore::new(CLAIMS_AT_ONCE));
     let claims = cluster.claims.clone();
-    let records = Arc::new(records::Records::new());
+    let records = Arc::new(records::Records::new(mailboxes.clone()));
+    // Claims waiting for a claim's room (records, releases and other nodes' take requests
+    // never wait behind them).
+    let mut waiting: VecDeque<ClaimAsk> = VecDeque::new();
     // Rung as a claim gives its permit back (kept if nobody waits: never missed).
     let freed = Arc::new(Notify::new());
+    let claimer = || Claimer {
+        cluster: cluster.clone(),
+        client: client.clone(),
+        mailboxes: mailboxes.clone(),
+        bucket: bucket.clone(),
+        claims: claims.clone(),
+    };
     loop {
+        while let Some(ask) = waiting.pop_front() {
+            let Ok(permit) = claims_at_once.clone().try_acquire_owned() else {
+                waiting.push_front(ask);
+                break;
+            };
+            let Some(ask) = queue_behind(&cluster, &mailboxes, &claims, ask) else {
+                continue;
+            };
+            let (claimer, freed) = (claimer(), freed.clone());
+            tokio::spawn(async move {
+                claimer.claim_in_turn(ask).await;
+                drop(permit);
+                freed.notify_one();
+            });
+        }
         tokio::select! {
-            // Taken only with a claim's room free: the loop itself never waits for one, so
-            // that other nodes' take requests are served while this node's claims wait on
-            // them.
-            next = work.recv(), if claims_at_once.available_permits() > 0 => match next {
+            next = work.recv() => match next {
                 None => break,
+                Some(Work::Claim(ask)) if waiting.len() < WORK_MAX => waiting.push_back(ask),
                 Some(Work::Claim(ask)) => {
-                    let Some(ask) = queue_behind(&cluster, &mailboxes, &claims, ask) else {
-                        continue;
+                    let why = "too many connections wait for their claims";
+                    let claimed = unclaimed(&cluster, &ask.client_id, why);
+                    let msg = ShardMsg::ClusterClaimed {
+                        conn: ask.conn,
+                        token: ask.token,
+                        client_id: ask.client_id,
+                        claimed,
                     };
-                    let Ok(permit) = claims_at_once.clone().try_acquire_owned() else { break };
-                    let claimer = Claimer {
-                        cluster: cluster.clone(),
-                        client: client.clone(),
-                        mailboxes: mailboxes.clone(),
-                        bucket: bucket.clone(),
-                        claims: claims.clone(),
-                    };
-                    let freed = freed.clone();
-                    tokio::spawn(async move {
-                        claimer.claim_in_turn(ask).await;
-                        drop(permit);
-                        freed.notify_one();
-                    });
+                    if mailboxes.send(ask.shard, msg).is_err() {
+                        // Its connection meets `ANSWER_WAIT_MAX`.
+                        (cluster.stats.dropped_incoming).fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 // With the bucket not open the key stays: the next claim of the client asks
                 // this node, which answers that it holds nothing.
@@ -283,8 +310,12 @@ pub(super) async fn serve(
                     }
                 }
                 Some(Work::Record { client_id, revision, record }) => {
-                    if let Some(store) = open_store(&bucket) {
-                        records.record(&cluster, &store, client_id, revision, record);
+                    cluster.record_taken(&record);
+                    match open_store(&bucket) {
+                        Some(store) => records.record(&cluster, &store, client_id, revision, record),
+                        None => {
+                            cluster.stats.records_not_written.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             },
@@ -292,8 +323,8 @@ pub(super) async fn serve(
                 Some(request) => serve_take(&cluster, &client, &mailboxes, &claims, &records, request),
                 None => break, // The client is closing.
             },
-            // A claim ended with every permit taken: the queue is looked at again.
-            () = freed.notified(), if claims_at_once.available_permits() == 0 => {}
+            // A claim ended: the waiting ones are looked at again.
+            () = freed.notified(), if !waiting.is_empty() => {}
         }
     }
 }

@@ -77,6 +77,9 @@ pub enum ShardMsg {
     ClusterAdopt(Box<crate::cluster::sessions::nodes::Adopted>),
     /// The other nodes took this node for gone: its sessions are theirs now.
     ClusterTakenForGone,
+    /// Another node owns the key of `client_id` now: the session here, claimed at `claim`,
+    /// goes (`cluster/sessions/records.rs`).
+    ClusterLost { client_id: Arc<str>, claim: u64 },
 }
 
 /// With persistence and more than one shard: a message's (or a session's) number among

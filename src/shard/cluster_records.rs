@@ -1,32 +1,42 @@
 //! A shard's part in keeping sessions across a node's death (`cluster/sessions/records.rs`,
 //! `cluster/sessions/nodes.rs`): the records of its sessions written again as they change
-//! (at most once a timer tick each: a client subscribing filter by filter costs one record
-//! a tick, not one a filter), sessions taken over from a node that is gone revived here,
-//! offline, and this node's sessions given up when the cluster took it for gone.
+//! (at most once a timer tick each, and a large one at most every `LARGE_RECORD_EVERY`: a
+//! client subscribing filter by filter costs one record a tick, not one a filter), sessions
+//! taken over from a node that is gone revived here, offline, and sessions that are another
+//! node's now given up.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use super::cluster_sessions::RECORD_TIME_SLACK;
 use super::io::Backend;
 use super::Shard;
 use crate::cluster::sessions::nodes::Adopted;
 use crate::cluster::sessions::{wire, Record};
+use crate::router::ShardMsg;
 use crate::types::SessionId;
 
-/// The sessions whose records are to be written at the next tick.
+/// A record past this many bytes is written at most every `LARGE_RECORD_EVERY`, so that a
+/// client with many subscriptions changing one a tick does not make the node write its
+/// whole record to JetStream four times a second.
+const LARGE_RECORD: usize = 64 * 1024;
+const LARGE_RECORD_EVERY: Duration = Duration::from_secs(2);
+
+/// The sessions whose records are to be written at the next tick, and those whose last
+/// record was large, with when the next may be written.
 #[derive(Default)]
-pub(super) struct Changed(hashbrown::HashSet<SessionId>);
+pub(super) struct Changed {
+    ids: hashbrown::HashSet<SessionId>,
+    large: hashbrown::HashMap<SessionId, Instant>,
+}
 
 impl<B: Backend> Shard<B> {
     /// What a session's record holds changed (its connection, subscriptions or will): it
     /// is written again at the next tick, if the cluster keeps sessions.
     pub(super) fn record_changed(&mut self, id: SessionId) {
-        if self
-            .shared
-            .cluster
-            .get()
-            .is_some_and(|c| c.keeps_sessions())
-        {
-            self.records.0.insert(id);
+        if (self.shared.cluster.get()).is_some_and(|c| c.keeps_sessions()) {
+            self.records.ids.insert(id);
         }
     }
 
@@ -34,16 +44,21 @@ impl<B: Backend> Shard<B> {
     /// A session claimed in no cluster has none; one that ends with its connection and has
     /// no will needs none (its key says only who owns it).
     pub(super) fn write_records(&mut self) {
-        if self.records.0.is_empty() {
+        let now = self.clock.now;
+        self.records.large.retain(|_, next| *next > now);
+        if self.records.ids.is_empty() {
             return;
         }
         let Some(cluster) = self.shared.cluster.get().cloned() else {
             return;
         };
-        let now = self.clock.now;
         let max = cluster.session_bytes_max();
-        let changed: Vec<SessionId> = self.records.0.drain().collect();
+        let changed: Vec<SessionId> = self.records.ids.drain().collect();
         for id in changed {
+            if self.records.large.contains_key(&id) {
+                self.records.ids.insert(id); // Its turn comes.
+                continue;
+            }
             let Some(session) = self.sessions.get(&id) else {
                 continue;
             };
@@ -51,11 +66,18 @@ impl<B: Backend> Shard<B> {
             if revision == 0 || (session.clean && session.will.is_none()) {
                 continue;
             }
-            let bytes = wire::encode_record(session, now);
-            if bytes.len() > max {
+            let mut bytes = Some(wire::encode_record(session, now));
+            let size = bytes.as_ref().map_or(0, |b| b.len());
+            if size > max {
+                // Its key says only who owns it: no record older than the session is left
+                // there for another node to take.
+                bytes = None;
                 cluster.stats.records_not_written.fetch_add(1, Relaxed);
-                log::warn!("Warning: cluster: the record of {}'s session ({} bytes) does not fit what NATS takes ({max} bytes): another node cannot take it over if this one goes.", session.client_id, bytes.len());
-                continue;
+                static TOO_LARGE: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(0);
+                if (TOO_LARGE.fetch_add(1, Relaxed) + 1).is_power_of_two() {
+                    log::warn!("Warning: cluster: the record of {}'s session ({size} bytes) does not fit what NATS takes ({max} bytes): another node cannot take it over if this one goes.", session.client_id);
+                }
             }
             let record = Record {
                 bytes,
@@ -64,60 +86,128 @@ impl<B: Backend> Shard<B> {
             };
             if !cluster.record(session.client_id.clone(), revision, record) {
                 // The queue to the link is full: offered again at the next tick.
-                self.records.0.insert(id);
+                self.records.ids.insert(id);
+            } else if size > LARGE_RECORD {
+                self.records.large.insert(id, now + LARGE_RECORD_EVERY);
             }
         }
     }
 
     /// A session this node took over from a node that is gone: revived here, offline (its
-    /// will due after its delay, unless its client comes back first).
-    pub(super) fn on_cluster_adopt(&mut self, adopted: Adopted) {
+    /// will going out at once if it is due, else after its delay unless its client comes
+    /// back first). On the shard the registry names for its client id, if any.
+    pub(super) fn on_cluster_adopt(&mut self, adopted: Box<Adopted>) {
+        let client_id = wire::client_id_of(&adopted.record).unwrap_or_default();
+        let holder = self.shared.latest_claim(&client_id).map(|c| c.shard());
+        if let Some(holder) = holder.filter(|&h| h != self.id) {
+            if let Err(ShardMsg::ClusterAdopt(adopted)) =
+                (self.shared.mailboxes).send(holder, ShardMsg::ClusterAdopt(adopted))
+            {
+                // Its key names this node, which holds nothing for it: its client starts
+                // anew, and its will is lost (counted).
+                self.moved_bytes_refused(&client_id, "the shard that holds its client is full");
+                drop(adopted);
+            }
+            return;
+        }
         let Adopted {
             revision,
             record,
             from,
-        } = adopted;
-        let client_id = wire::client_id_of(&record).unwrap_or_default();
-        if let Some(id) = self.sessions.id_of(&client_id) {
-            // The session came back from this node's own journal (the node that was gone
-            // is this node's earlier run): that one, fuller than its record, goes on,
-            // under the key this node now holds.
-            if let Some(session) = self.sessions.get_mut(&id) {
-                session.set_cluster_revision(revision);
-            }
-            self.record_changed(id);
-            return;
-        }
-        match self.revive_moved(&client_id, &record) {
-            Some(session) => {
-                log::info!(target: "information", "Cluster: the session of {client_id} is taken over from node {from}, which is gone.");
-                self.keep_moved_offline(session, revision);
-            }
+        } = *adopted;
+        let Some(revived) = self.revive_moved(&client_id, &record) else {
             // Its key goes: nothing is here to answer for it.
-            None => self.release_in_cluster(client_id.into(), revision),
+            self.release_in_cluster(client_id.into(), revision);
+            return;
+        };
+        match self.sessions.id_of(&client_id) {
+            Some(id) => self.adopt_into(id, revived, revision),
+            None => {
+                log::info!(target: "information", "Cluster: the session of {client_id} is taken over from node {from}, which is gone.");
+                self.keep_moved_offline(revived, revision);
+                self.publish_due_wills(self.clock.now + RECORD_TIME_SLACK);
+            }
         }
     }
 
+    /// A session of the adopted record's client is here already (from this node's journal,
+    /// or a connection that came first): it goes on, under the later of the two revisions.
+    /// The record's will is due at once (the connection it was for was lost with the gone
+    /// node) unless that connection was this node's own earlier run's and the session has
+    /// a will of its own.
+    fn adopt_into(
+        &mut self,
+        id: SessionId,
+        mut revived: Box<crate::session::Session>,
+        revision: u64,
+    ) {
+        let now = self.clock.now;
+        let will = revived.delayed_will.take().map(|waiting| *waiting);
+        // (Under no revision: ending it gives no key back.)
+        self.end_session(revived, false);
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if revision > session.cluster_revision() {
+            session.set_cluster_revision(revision);
+        }
+        if let Some((due, will)) = will {
+            if due <= now + RECORD_TIME_SLACK {
+                self.publish_will(id, will);
+            } else if session.conn.is_none() && session.delayed_will.is_none() {
+                session.delayed_will = Some(Box::new((due, will)));
+                self.schedule_will(id, due);
+            }
+        }
+        self.record_changed(id);
+    }
+
+    /// Another node owns the key of `client_id` now: the session here, if it is still the
+    /// one claimed at `claim`, goes, its connection closed, without its will (the node that
+    /// took the key has the session's record).
+    pub(super) fn on_cluster_lost(&mut self, client_id: Arc<str>, claim: u64) {
+        let holder = self.shared.latest_claim(&client_id).map(|c| c.shard());
+        if let Some(holder) = holder.filter(|&h| h != self.id) {
+            let msg = ShardMsg::ClusterLost { client_id, claim };
+            // Dropped with the mailbox full: the session stays until it expires.
+            let _ = self.shared.mailboxes.send(holder, msg);
+            return;
+        }
+        let Some(id) = self.sessions.id_of(&client_id) else {
+            return;
+        };
+        if self.sessions.get(&id).map(|s| s.cluster_revision()) != Some(claim) {
+            return;
+        }
+        log::warn!("Warning: cluster: the session of {client_id} is another node's now; it leaves this one.");
+        self.give_up_session(id);
+    }
+
     /// The cluster took this node for gone and gave its sessions to others: each session
-    /// claimed in the cluster leaves, its connection closed, without its will (the node that
-    /// took it over has it) and without its key (another node's now).
+    /// claimed in the cluster leaves.
     pub(super) fn on_taken_for_gone(&mut self) {
         let claimed: Vec<SessionId> = (self.sessions.values())
             .filter(|s| s.cluster_revision() != 0)
             .map(|s| s.id)
             .collect();
         for id in claimed {
-            let Some(session) = self.sessions.get_mut(&id) else {
-                continue;
-            };
-            session.set_cluster_revision(0);
-            session.will = None;
-            session.delayed_will = None;
-            let client_id = session.client_id.clone();
-            if let Some(session) = self.take_local_session(id, false) {
-                self.end_session(session, false);
-            }
-            self.shared.release_claim(&client_id, self.id);
+            self.give_up_session(id);
         }
+    }
+
+    /// Session `id` is another node's: it leaves, its connection closed, without its will
+    /// (the other node has it) and without its key (the other node's).
+    fn give_up_session(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.set_cluster_revision(0);
+        session.will = None;
+        session.delayed_will = None;
+        let client_id = session.client_id.clone();
+        if let Some(session) = self.take_local_session(id, false) {
+            self.end_session(session, false);
+        }
+        self.shared.release_claim(&client_id, self.id);
     }
 }

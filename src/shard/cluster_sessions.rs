@@ -20,7 +20,7 @@ use crate::router::{SessionBox, ShardMsg};
 const TAKE_HOPS_MAX: u8 = 4;
 
 /// How much later than due a will of a session's record may read back.
-const RECORD_TIME_SLACK: std::time::Duration = std::time::Duration::from_millis(10);
+pub(super) const RECORD_TIME_SLACK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A moved session's subscriptions are in no trie of this node yet: they are revived as on
 /// a shard that is none of this node's, so that adopting them adds every one.
@@ -119,7 +119,9 @@ impl<B: Backend> Shard<B> {
                 // (no delay, or a session that ended with its connection); the
                 // connection then resumes it, which cancels a will still waiting
                 // [MQTT-3.1.3-9].
-                self.keep_moved_offline(session, revision);
+                // (Under no revision of its own: the connection's claim is the key's, and
+                // a clean start ending this session must not delete it.)
+                self.keep_moved_offline(session, 0);
                 // (A record's times are whole milliseconds of the wall clock: one due at
                 // once may read back a moment late.)
                 self.publish_due_wills(self.clock.now + RECORD_TIME_SLACK);
@@ -190,7 +192,7 @@ impl<B: Backend> Shard<B> {
         Some(session)
     }
 
-    fn moved_bytes_refused(&self, client_id: &str, why: &str) {
+    pub(super) fn moved_bytes_refused(&self, client_id: &str, why: &str) {
         if let Some(cluster) = self.shared.cluster.get() {
             cluster.stats.sessions_not_fetched.fetch_add(1, Relaxed);
         }

@@ -220,11 +220,6 @@ pub fn assert_each_once_in_order(got: Vec<usize>, n: usize) {
 
 /// Publishes `payload` on `subject` as a bare NATS client would (NATS's text protocol).
 pub fn nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
-    nats_publish_with(nats, subject, &[], payload);
-}
-
-/// As `nats_publish`, with NATS headers (`HPUB`).
-pub fn nats_publish_with(nats: &Nats, subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
     use std::io::{BufRead, BufReader, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -232,19 +227,11 @@ pub fn nats_publish_with(nats: &Nats, subject: &str, headers: &[(&str, &str)], p
     let mut info = String::new();
     reader.read_line(&mut info).unwrap();
     assert!(info.starts_with("INFO"), "{info}");
-    let mut out = b"CONNECT {\"verbose\":false,\"headers\":true}\r\n".to_vec();
-    if headers.is_empty() {
-        out.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
-    } else {
-        let mut head = String::from("NATS/1.0\r\n");
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        let total = head.len() + payload.len();
-        out.extend_from_slice(format!("HPUB {subject} {} {total}\r\n", head.len()).as_bytes());
-        out.extend_from_slice(head.as_bytes());
-    }
+    let mut out = format!(
+        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
+        payload.len()
+    )
+    .into_bytes();
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\nPING\r\n");
     stream.write_all(&out).unwrap();

@@ -117,16 +117,28 @@ impl Link {
             return;
         };
         if let Err(e) = to_task.try_send(work) {
-            if let sessions::Work::Claim(ask) = e.into_inner() {
-                let claimed =
-                    sessions::unclaimed(&self.cluster, &ask.client_id, "too many claims under way");
-                let msg = crate::router::ShardMsg::ClusterClaimed {
-                    conn: ask.conn,
-                    token: ask.token,
-                    client_id: ask.client_id,
-                    claimed,
-                };
-                self.hand(ask.shard, msg, 0);
+            match e.into_inner() {
+                sessions::Work::Claim(ask) => {
+                    let why = "too many claims under way";
+                    let claimed = sessions::unclaimed(&self.cluster, &ask.client_id, why);
+                    let msg = crate::router::ShardMsg::ClusterClaimed {
+                        conn: ask.conn,
+                        token: ask.token,
+                        client_id: ask.client_id,
+                        claimed,
+                    };
+                    self.hand(ask.shard, msg, 0);
+                }
+                sessions::Work::Record { record, .. } => {
+                    self.cluster.record_taken(&record);
+                    let stats = &self.cluster.stats;
+                    stats.records_not_written.fetch_add(1, Ordering::Relaxed);
+                }
+                sessions::Work::Release { client_id, .. } => {
+                    log::debug!(
+                        "Cluster: the key of {client_id} stays: the sessions task is behind."
+                    );
+                }
             }
         }
     }

@@ -312,7 +312,7 @@ async fn fetch(
         session,
         from_record: false,
     };
-    let unanswered = |why: &str| match &value.record {
+    let from_record = |why: &str| match &value.record {
         Some(record) => {
             stats.sessions_adopted.fetch_add(1, Ordering::Relaxed);
             log::warn!("Warning: cluster: the session of {} could not be fetched: {why}; it goes on from its record.", ask.client_id);
@@ -351,7 +351,7 @@ async fn fetch(
             }
             Ok(TakeAnswer::Nothing) => return owned(None),
             Ok(TakeAnswer::NotThisRun) => {
-                return unanswered(&format!("node {} restarted since", from.node))
+                return from_record(&format!("node {} restarted since", from.node))
             }
             Ok(TakeAnswer::Superseded) => return Claimed::Superseded,
             Ok(TakeAnswer::Retry) if tokio::time::Instant::now() + RETRY_AFTER < deadline => {
@@ -361,9 +361,50 @@ async fn fetch(
                 let why = format!("node {} could not hand it over in time", from.node);
                 return owned(lost(cluster, ask, &why));
             }
-            Err(e) => return unanswered(&e),
+            // Gone (or cut off from NATS and JetStream alike, its connections with it):
+            // the session is its record. Only slow: the client starts anew, as the session
+            // is still there.
+            Err(e) if value.record.is_some() && owner_gone(cluster, from, deadline).await => {
+                return from_record(&e)
+            }
+            Err(e) => return owned(lost(cluster, ask, &e)),
         }
     }
+}
+
+/// How long a claim watches the heartbeat of an owner that does not answer.
+const HEARTBEAT_WATCH: std::time::Duration = std::time::Duration::from_millis(2500);
+
+/// Whether the node `owner` names is gone: another node took it for gone, a later run of it
+/// replaced it, or its heartbeat does not move for `HEARTBEAT_WATCH` (within `deadline`;
+/// it beats every second).
+async fn owner_gone(cluster: &Cluster, owner: &Owner, deadline: tokio::time::Instant) -> bool {
+    let Some(nodes) = cluster.nodes_bucket.get() else {
+        return false;
+    };
+    let key = super::node_token(&owner.node);
+    let read = || async {
+        let entry = in_time(nodes.entry(key.as_str())).await.ok()??;
+        let value = (entry.operation == kv::Operation::Put)
+            .then(|| wire::decode_node(&entry.value).ok())
+            .flatten()?;
+        let gone = value.taken_by.is_some() || value.incarnation != owner.incarnation;
+        Some((gone, entry.revision))
+    };
+    let Some((gone, revision)) = read().await else {
+        return false;
+    };
+    if gone {
+        return true;
+    }
+    let until = tokio::time::Instant::now() + HEARTBEAT_WATCH;
+    if until > deadline {
+        return false;
+    }
+    tokio::time::sleep_until(until).await;
+    read()
+        .await
+        .is_some_and(|(gone, now)| gone || now == revision)
 }
 
 /// Said and counted: the session another node held is not taken (it stays there, offline,

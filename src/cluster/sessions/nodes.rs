@@ -3,20 +3,25 @@
 //! Each node writes its heartbeat (its id and run) to its key in the bucket
 //! `midge_<cluster>_nodes` every second, each write expecting the revision of its last, and
 //! watches the bucket. A node whose key has not been written for `cluster_node_timeout`
-//! (by the watching node's own clock: no two clocks are compared) is taken for gone. The
-//! nodes that see it try to delete its key, expecting the revision they last saw: one
-//! delete lands, and that node takes over the gone node's sessions (`adopt`): each key the
-//! gone node owns and holds a record in is written with this node as its owner (expecting
-//! the gone node's revision: a client that claimed it meanwhile keeps it), and the session
-//! is revived here from its record, offline. Its will goes out after its delay unless the
-//! client comes back first (`shard/cluster_records.rs`); its subscriptions take what is
-//! published from then on, for the client to find wherever it connects next.
+//! (by the watching node's own clock: no two clocks are compared) is taken for gone, but
+//! only by a node whose own heartbeats have been landing for that long (one cut off from
+//! JetStream, or just back, takes nobody for gone). The nodes that see it write their name
+//! into its key, expecting the revision they last saw: one write lands (a node that wrote
+//! since keeps its key), and that node takes over the gone node's sessions (`adopt`): each
+//! key the gone node owns and holds a record in is written with this node as its owner
+//! (expecting the gone node's revision: a client that claimed it meanwhile keeps it), and
+//! the session is revived here from its record, offline. Its will goes out after its delay
+//! unless the client comes back first (`shard/cluster_records.rs`); its subscriptions take
+//! what is published from then on, for the client to find wherever it connects next. A
+//! node that restarts takes over its earlier run's sessions the same way, unless another
+//! node took that run for gone first.
 //!
-//! A node that finds its own key deleted was taken for gone (its heartbeats did not reach
-//! JetStream in time): its sessions are another node's now, so it closes their connections
-//! and drops them (the clients connect again and find their sessions where they went).
+//! A node that finds its key naming another node was taken for gone (its heartbeats did not
+//! reach JetStream in time): its sessions are another node's now, so it closes their
+//! connections and drops them (the clients connect again and find their sessions where
+//! they went).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,30 +84,23 @@ pub(super) async fn serve(
         }
     };
     log::debug!("Cluster: heartbeats go to the JetStream bucket {bucket}.");
-    let key = node_token(&cluster.node_id);
-    // This node's earlier run, if its key still names it: it is gone (this run replaced
-    // it), and its sessions are taken over here as another node's would be.
-    if let Ok(Some(entry)) = in_time(store.entry(&key)).await {
-        let earlier = (entry.operation == kv::Operation::Put)
-            .then(|| wire::decode_node(&entry.value).ok())
-            .flatten()
-            .filter(|(_, incarnation)| *incarnation != cluster.incarnation);
-        if let Some((node, incarnation)) = earlier {
-            let gone = Seen {
-                node,
-                incarnation,
-                revision: entry.revision,
-                at: Instant::now(),
-            };
-            let why = "it is this node's earlier run".to_string();
-            let (cluster, sessions, mailboxes) =
-                (cluster.clone(), sessions.clone(), mailboxes.clone());
-            tokio::spawn(
-                async move { adopt_all(&cluster, &sessions, &mailboxes, gone, why).await },
-            );
-        }
+    let _ = cluster.nodes_bucket.set(store.clone());
+    let spawn_adoption = |gone: Seen, why: String| {
+        let (cluster, sessions, mailboxes) = (cluster.clone(), sessions.clone(), mailboxes.clone());
+        tokio::spawn(async move { adopt_all(&cluster, &sessions, &mailboxes, gone, why).await });
+    };
+    let mut beating = Beating {
+        key: node_token(&cluster.node_id),
+        mine: None,
+        healthy_since: None,
+    };
+    // This node's earlier run, if its key still names it and no other node took it for
+    // gone: this run's first heartbeat replaces it (expecting its revision: of this node
+    // and another taking it for gone at once, one write lands), and its sessions are taken
+    // over here as another node's would be.
+    if let Some(earlier) = beating.replace_earlier_run(&cluster, &store).await {
+        spawn_adoption(earlier, "it is this node's earlier run".into());
     }
-    let mut mine: Option<u64> = None;
     let mut seen: HashMap<String, Seen> = HashMap::new();
     let mut watching: Option<kv::Watch> = None;
     let mut beat = tokio::time::interval(HEARTBEAT);
@@ -114,12 +112,17 @@ pub(super) async fn serve(
         }
         tokio::select! {
             _ = beat.tick() => {
-                mine = heartbeat(&cluster, &mailboxes, &store, &key, mine).await;
-                for gone in gone_nodes(&cluster, &store, &key, &mut seen).await {
-                    let timeout = cluster.settings.node_timeout.as_secs();
-                    let why = format!("it has not been heard from for {timeout} s");
-                    let (cluster, sessions, mailboxes) = (cluster.clone(), sessions.clone(), mailboxes.clone());
-                    tokio::spawn(async move { adopt_all(&cluster, &sessions, &mailboxes, gone, why).await });
+                beating.beat(&cluster, &mailboxes, &store).await;
+                // Only while this node's own heartbeats have been landing for a timeout: a
+                // node cut off from JetStream (or just back) takes nobody for gone.
+                let healthy = beating.healthy_since.is_some_and(|since| {
+                    since.elapsed() >= cluster.settings.node_timeout
+                });
+                if healthy {
+                    for gone in take_gone(&cluster, &store, &beating.key, &mut seen).await {
+                        let timeout = cluster.settings.node_timeout.as_secs();
+                        spawn_adoption(gone, format!("it has not been heard from for {timeout} s"));
+                    }
                 }
             }
             entry = next_entry(&mut watching) => match entry {
@@ -141,71 +144,122 @@ async fn next_entry(watching: &mut Option<kv::Watch>) -> Option<kv::Entry> {
     }
 }
 
+/// A node's key as the watch (or a read) shows it: a heartbeat is seen now; a deleted key
+/// or one another node took for gone is no node's.
 fn saw(seen: &mut HashMap<String, Seen>, entry: kv::Entry) {
-    if entry.operation != kv::Operation::Put {
+    let value = (entry.operation == kv::Operation::Put)
+        .then(|| wire::decode_node(&entry.value).ok())
+        .flatten()
+        .filter(|v| v.taken_by.is_none());
+    let Some(value) = value else {
         seen.remove(&entry.key);
         return;
-    }
-    if let Ok((node, incarnation)) = wire::decode_node(&entry.value) {
-        let revision = entry.revision;
-        let at = Instant::now();
-        let node = Seen {
-            node,
-            incarnation,
-            revision,
-            at,
-        };
-        seen.insert(entry.key, node);
-    }
+    };
+    let node = Seen {
+        node: value.node,
+        incarnation: value.incarnation,
+        revision: entry.revision,
+        at: Instant::now(),
+    };
+    seen.insert(entry.key, node);
 }
 
-/// Writes this node's heartbeat after its last (`mine`, its revision); the revision it
-/// wrote, or `mine` if the write failed (it is tried again at the next beat).
-async fn heartbeat(
-    cluster: &Cluster,
-    mailboxes: &Mailboxes,
-    store: &kv::Store,
-    key: &str,
+/// This node's heartbeats: its key, the revision of its last heartbeat, and since when its
+/// heartbeats have been landing.
+struct Beating {
+    key: String,
     mine: Option<u64>,
-) -> Option<u64> {
-    let value = wire::encode_node(&cluster.node_id, cluster.incarnation);
-    let Some(last) = mine else {
-        return in_time(store.put(key, value)).await.ok().or(mine);
-    };
-    let lost = match tokio::time::timeout(STEP_WAIT, store.update(key, value.clone(), last)).await {
-        Ok(Ok(revision)) => return Some(revision),
-        Ok(Err(e)) => e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-        Err(_) => false,
-    };
-    if !lost {
-        return mine;
-    }
-    // Another revision: this node's own write whose answer was lost, another node of the
-    // same id, or a delete by a node that took this one for gone.
-    let entry = match in_time(store.entry(key)).await {
-        Ok(entry) => entry,
-        Err(_) => return mine,
-    };
-    let live = entry.filter(|e| e.operation == kv::Operation::Put);
-    match live
-        .as_ref()
-        .map(|e| (wire::decode_node(&e.value), e.revision))
-    {
-        Some((Ok((_, incarnation)), revision)) if incarnation == cluster.incarnation => {
-            return Some(revision);
-        }
-        Some(_) => {
-            static CLASHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            if let Some(seen) = crate::cluster::count_to_say(&CLASHES) {
-                log::error!("Error: cluster: another node writes the heartbeat of node {} (two nodes with one cluster_node_id?) ({seen} so far).", cluster.node_id);
-            }
-        }
-        None => taken_for_gone(cluster, mailboxes).await,
-    }
-    in_time(store.put(key, value)).await.ok().or(mine)
+    healthy_since: Option<Instant>,
 }
 
-/// This node's key was deleted: another node took it for gone and its sessions over.
+impl Beating {
+    fn value(cluster: &Cluster) -> bytes::Bytes {
+        wire::encode_node(&wire::NodeValue {
+            node: cluster.node_id.clone(),
+            incarnation: cluster.incarnation,
+            taken_by: None,
+        })
+    }
+
+    /// The first heartbeat: if the key names an earlier run of this node that nobody took
+    /// for gone, it replaces it, and that run is given back to be taken over here.
+    async fn replace_earlier_run(&mut self, cluster: &Cluster, store: &kv::Store) -> Option<Seen> {
+        let entry = in_time(store.entry(&self.key)).await.ok()??;
+        let earlier = (entry.operation == kv::Operation::Put)
+            .then(|| wire::decode_node(&entry.value).ok())
+            .flatten()
+            .filter(|v| v.incarnation != cluster.incarnation && v.taken_by.is_none())?;
+        let write = store.update(&self.key, Self::value(cluster), entry.revision);
+        let revision = in_time(write).await.ok()?;
+        self.landed(revision);
+        Some(Seen {
+            node: earlier.node,
+            incarnation: earlier.incarnation,
+            revision: entry.revision,
+            at: Instant::now(),
+        })
+    }
+
+    fn landed(&mut self, revision: u64) {
+        self.mine = Some(revision);
+        self.healthy_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Writes this node's heartbeat after its last (expecting its revision); a failure is
+    /// tried again at the next beat.
+    async fn beat(&mut self, cluster: &Cluster, mailboxes: &Mailboxes, store: &kv::Store) {
+        let value = Self::value(cluster);
+        let Some(last) = self.mine else {
+            match in_time(store.put(&self.key, value)).await {
+                Ok(revision) => self.landed(revision),
+                Err(_) => self.healthy_since = None,
+            }
+            return;
+        };
+        let write = store.update(&self.key, value.clone(), last);
+        let lost = match tokio::time::timeout(STEP_WAIT, write).await {
+            Ok(Ok(revision)) => return self.landed(revision),
+            Ok(Err(e)) => e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+            Err(_) => false,
+        };
+        if !lost {
+            self.healthy_since = None;
+            return;
+        }
+        // Another revision: this node's own write whose answer was lost, another node of
+        // the same id, or a node that took this one for gone.
+        let Ok(entry) = in_time(store.entry(&self.key)).await else {
+            self.healthy_since = None;
+            return;
+        };
+        let live = entry.filter(|e| e.operation == kv::Operation::Put);
+        let read = live
+            .as_ref()
+            .map(|e| (wire::decode_node(&e.value), e.revision));
+        match read {
+            Some((Ok(v), revision)) if v.incarnation == cluster.incarnation => {
+                if v.taken_by.is_none() {
+                    return self.landed(revision);
+                }
+                taken_for_gone(cluster, mailboxes).await;
+            }
+            Some(_) => {
+                static CLASHES: AtomicU64 = AtomicU64::new(0);
+                if let Some(seen) = crate::cluster::count_to_say(&CLASHES) {
+                    log::error!("Error: cluster: another node writes the heartbeat of node {} (two nodes with one cluster_node_id?) ({seen} so far).", cluster.node_id);
+                }
+            }
+            None => {}
+        }
+        self.healthy_since = None;
+        match in_time(store.put(&self.key, value)).await {
+            Ok(revision) => self.mine = Some(revision),
+            Err(_) => self.mine = None,
+        }
+    }
+}
+
+/// This node's key names another node that took it for gone.
 async fn taken_for_gone(cluster: &Cluster, mailboxes: &Mailboxes) {
     cluster.stats.taken_for_gone.fetch_add(1, Ordering::Relaxed);
     log::error!("Error: cluster: the other nodes took this node for gone (its heartbeats did not reach JetStream for cluster_node_timeout): its sessions were taken over elsewhere, so their connections here close; their clients find them where they went.");
@@ -214,9 +268,10 @@ async fn taken_for_gone(cluster: &Cluster, mailboxes: &Mailboxes) {
     }
 }
 
-/// The nodes not heard from for `cluster_node_timeout` whose key this node deleted (one
-/// node's delete lands: it takes over their sessions).
-async fn gone_nodes(
+/// The nodes not heard from for `cluster_node_timeout` that this node takes for gone: it
+/// writes its own name into each one's key, expecting the revision it last saw (of nodes
+/// doing so at once, one write lands; a node that wrote since keeps its key).
+async fn take_gone(
     cluster: &Cluster,
     store: &kv::Store,
     mine: &str,
@@ -234,20 +289,28 @@ async fn gone_nodes(
     }
     let mut gone = Vec::new();
     for (key, node) in silent {
-        let deleted = store.delete_expect_revision(&key, Some(node.revision));
-        if in_time(deleted).await.is_ok() {
+        let taken = wire::NodeValue {
+            node: node.node.clone(),
+            incarnation: node.incarnation,
+            taken_by: Some(cluster.node_id.clone()),
+        };
+        let write = store.update(&key, wire::encode_node(&taken), node.revision);
+        if in_time(write).await.is_ok() {
             seen.remove(&key);
             gone.push(node);
             continue;
         }
-        // Written since (the watch lags), or deleted by another node: read as it is.
-        if let Ok(entry) = in_time(store.entry(&key)).await {
-            match entry {
-                Some(entry) if entry.operation == kv::Operation::Put => saw(seen, entry),
-                _ => {
-                    seen.remove(&key);
-                }
-            }
+        // Written since (the watch lags), taken by another node, or this write's answer
+        // lost: read as it is.
+        let Ok(Some(entry)) = in_time(store.entry(&key)).await else {
+            continue;
+        };
+        let value = wire::decode_node(&entry.value).ok();
+        if entry.operation == kv::Operation::Put && value.as_ref() == Some(&taken) {
+            seen.remove(&key);
+            gone.push(node);
+        } else {
+            saw(seen, entry);
         }
     }
     gone
@@ -310,11 +373,17 @@ async fn adopt(
     if value.owner.node != gone.node || value.owner.incarnation != gone.incarnation {
         return false;
     }
-    let Some(record) = value.record.filter(|r| wire::client_id_of(r).is_ok()) else {
+    // The record's client must be the key's (a record is only ever written to its own key).
+    let client_id = value
+        .record
+        .as_deref()
+        .and_then(|r| wire::client_id_of(r).ok());
+    let Some(client_id) = client_id.filter(|id| super::client_key(id) == key) else {
         // Nothing to take over (a session ending with its connection, without a will).
         let _ = in_time(store.delete_expect_revision(&key, Some(entry.revision))).await;
         return false;
     };
+    let record = value.record.unwrap_or_default();
     let me = Owner {
         node: cluster.node_id.clone(),
         incarnation: cluster.incarnation,
@@ -325,7 +394,6 @@ async fn adopt(
     let Ok(revision) = in_time(store.update(&key, value, entry.revision)).await else {
         return false;
     };
-    let client_id = wire::client_id_of(&record).unwrap_or_default();
     let adopted = Adopted {
         revision,
         record,

@@ -5,9 +5,10 @@
 //!
 //! The writes of one key go one after the other, each expecting the revision the last one
 //! made (the first, the revision the node's claim won). A write that finds another revision
-//! has lost the key (another node claimed it): the node writes it no more. So a record is
-//! only ever written by the key's owner, and a node that lost a session cannot overwrite
-//! the new owner's record.
+//! has lost the key (another node claimed it): the node writes it no more, and the session
+//! here, another node's now, goes (`ShardMsg::ClusterLost`). So a record is only ever
+//! written by the key's owner, and a node that lost a session cannot overwrite the new
+//! owner's record.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use tokio::sync::Semaphore;
 use super::wire::{self, Owner, NO_CLAIM};
 use super::{client_key, in_time, Record, STEP_WAIT};
 use crate::cluster::Cluster;
+use crate::router::{Mailboxes, ShardMsg};
 
 /// Keys written at once; the writes of other keys wait their turn.
 const WRITES_AT_ONCE: usize = 256;
@@ -28,6 +30,10 @@ const WRITES_AT_ONCE: usize = 256;
 pub(super) struct Records {
     kept: Mutex<HashMap<Arc<str>, Kept>>,
     at_once: Arc<Semaphore>,
+    /// Numbers the tasks writing keys: a task whose key's entry went (and came back, with
+    /// a task of its own) stops.
+    tasks: std::sync::atomic::AtomicU64,
+    mailboxes: Arc<Mailboxes>,
 }
 
 /// One key's writes.
@@ -37,8 +43,10 @@ struct Kept {
     claim: u64,
     /// The revision of this node's last write.
     revision: u64,
-    /// Whether a write is under way (the next waits in `next`).
+    /// Whether a write is under way (the next waits in `next`), and the number of the task
+    /// writing.
     busy: bool,
+    task: u64,
     /// The next write: only the latest record is written, and nothing after a release.
     next: Option<Next>,
 }
@@ -53,15 +61,29 @@ enum Written {
     At(u64),
     /// The key is another node's now, or it went.
     Lost,
+    /// A later claim of the client here wrote it: its own writes follow.
+    Claimed(u64),
     /// Unknown (no answer, and the key could not be read): the next write will tell.
     Unknown,
 }
 
 impl Records {
-    pub(super) fn new() -> Records {
+    pub(super) fn new(mailboxes: Arc<Mailboxes>) -> Records {
         Records {
             kept: Mutex::new(HashMap::new()),
             at_once: Arc::new(Semaphore::new(WRITES_AT_ONCE)),
+            tasks: std::sync::atomic::AtomicU64::new(0),
+            mailboxes,
+        }
+    }
+
+    /// The key of `client_id` is another node's now: the session here, claimed at `claim`,
+    /// goes (its shard looks it up).
+    fn lost(&self, cluster: &Cluster, client_id: Arc<str>, claim: u64) {
+        let shard = cluster.shard_of(&client_id);
+        let msg = ShardMsg::ClusterLost { client_id, claim };
+        if self.mailboxes.send(shard, msg).is_err() {
+            (cluster.stats.dropped_incoming).fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -111,6 +133,7 @@ impl Records {
             claim,
             revision: claim,
             busy: false,
+            task: 0,
             next: None,
         });
         if claim < k.claim {
@@ -122,6 +145,7 @@ impl Records {
                 claim,
                 revision: claim,
                 busy: k.busy,
+                task: k.task,
                 next: None,
             };
         }
@@ -131,14 +155,26 @@ impl Records {
         if std::mem::replace(&mut k.busy, true) {
             return; // The write under way goes on with it.
         }
+        let task = self.tasks.fetch_add(1, Ordering::Relaxed);
+        k.task = task;
         drop(kept);
         let (records, cluster, store) = (self.clone(), cluster.clone(), store.clone());
-        tokio::spawn(async move { records.write_in_turn(&cluster, &store, client_id).await });
+        tokio::spawn(async move {
+            records
+                .write_in_turn(&cluster, &store, client_id, task)
+                .await
+        });
     }
 
     /// Writes what waits for the key of `client_id`, one write after the other, until
     /// nothing does.
-    async fn write_in_turn(&self, cluster: &Cluster, store: &kv::Store, client_id: Arc<str>) {
+    async fn write_in_turn(
+        &self,
+        cluster: &Cluster,
+        store: &kv::Store,
+        client_id: Arc<str>,
+        task: u64,
+    ) {
         let Ok(_permit) = self.at_once.clone().acquire_owned().await else {
             return;
         };
@@ -151,7 +187,7 @@ impl Records {
         loop {
             let (next, claim, expected) = {
                 let mut kept = self.kept.lock().expect("records lock");
-                let Some(k) = kept.get_mut(&client_id) else {
+                let Some(k) = kept.get_mut(&client_id).filter(|k| k.task == task) else {
                     return;
                 };
                 match k.next.take() {
@@ -165,7 +201,7 @@ impl Records {
             let released = matches!(next, Next::Release);
             let written = match next {
                 Next::Record(record) => {
-                    let value = wire::encode_owner(&me, Some(&record.bytes));
+                    let value = wire::encode_owner(&me, record.bytes.as_deref());
                     let written = write(store, &key, value, expected, &me).await;
                     let counter = match written {
                         Written::At(_) => {
@@ -190,20 +226,22 @@ impl Records {
                 }
             };
             let mut kept = self.kept.lock().expect("records lock");
-            let Some(k) = kept.get_mut(&client_id) else {
+            let Some(k) = kept.get_mut(&client_id).filter(|k| k.task == task) else {
                 return;
             };
             if k.claim != claim {
                 continue; // A later claim of the client here: its writes go on.
             }
             match written {
-                Written::At(revision) => k.revision = revision,
+                Written::At(revision) | Written::Claimed(revision) => k.revision = revision,
                 Written::Unknown => {}
                 Written::Lost => {
+                    kept.remove(&client_id);
+                    drop(kept);
                     if !released {
                         log::debug!("Cluster: the key of {client_id} is another node's now.");
+                        self.lost(cluster, client_id, claim);
                     }
-                    kept.remove(&client_id);
                     return;
                 }
             }
@@ -212,26 +250,33 @@ impl Records {
 }
 
 /// Writes `value` to `key` if its last write is still revision `expected`. A write not
-/// answered is found out by reading the key: still this node's (`me`), it landed.
+/// answered, or that finds another revision, is found out by reading the key: this node's
+/// record there (`me`), an earlier write of it landed (it is written again after it).
 async fn write(store: &kv::Store, key: &str, value: Bytes, expected: u64, me: &Owner) -> Written {
-    match tokio::time::timeout(STEP_WAIT, store.update(key, value, expected)).await {
-        Ok(Ok(revision)) => return Written::At(revision),
-        Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Written::Lost,
-        Ok(Err(e)) => log::debug!("Cluster: writing the record of {key}: {e}"),
-        Err(_) => log::debug!("Cluster: writing the record of {key}: no answer"),
-    }
-    match in_time(store.entry(key)).await {
-        Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
-            match wire::decode_owner(&entry.value) {
-                Ok(value)
-                    if value.owner.node == me.node && value.owner.incarnation == me.incarnation =>
-                {
-                    Written::At(entry.revision)
-                }
-                _ => Written::Lost,
-            }
+    let mut expected = expected;
+    for _ in 0..2 {
+        match tokio::time::timeout(STEP_WAIT, store.update(key, value.clone(), expected)).await {
+            Ok(Ok(revision)) => return Written::At(revision),
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Ok(Err(e)) => log::debug!("Cluster: writing the record of {key}: {e}"),
+            Err(_) => log::debug!("Cluster: writing the record of {key}: no answer"),
         }
-        Ok(_) => Written::Lost,
-        Err(_) => Written::Unknown,
+        let entry = match in_time(store.entry(key)).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
+            Ok(_) => return Written::Lost,
+            Err(_) => return Written::Unknown,
+        };
+        let owner = match wire::decode_owner(&entry.value) {
+            Ok(value) => value.owner,
+            Err(_) => return Written::Lost,
+        };
+        if owner.node != me.node || owner.incarnation != me.incarnation {
+            return Written::Lost;
+        }
+        if owner.claim != NO_CLAIM {
+            return Written::Claimed(entry.revision);
+        }
+        expected = entry.revision;
     }
+    Written::At(expected)
 }

@@ -28,6 +28,12 @@ use crate::session::Session;
 /// owner.
 const FORMAT: u8 = 3;
 
+/// A session's will: none; due so many milliseconds after the bytes are read; due at a
+/// time of the wall clock (Unix milliseconds).
+const NO_WILL: u8 = 0;
+const WILL_DUE_IN: u8 = 1;
+const WILL_DUE_AT: u8 = 2;
+
 /// The claim number of a write that is no claim (a record, a session taken over from a node
 /// that is gone): never a `ClaimAsk::token`.
 pub const NO_CLAIM: u64 = u64::MAX;
@@ -101,21 +107,35 @@ pub fn client_id_of(bytes: &[u8]) -> Result<String, String> {
     Reader::new(bytes)?.string()
 }
 
-/// A node's heartbeat (its key in the nodes bucket): its `cluster_node_id` and its run.
-pub fn encode_node(node: &str, incarnation: u64) -> Bytes {
-    let mut out = BytesMut::with_capacity(1 + 8 + 4 + node.len());
+/// A node's key in the nodes bucket: its heartbeat (its `cluster_node_id` and its run), or,
+/// once another node took it for gone, that node's name beside them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeValue {
+    pub node: String,
+    pub incarnation: u64,
+    pub taken_by: Option<String>,
+}
+
+pub fn encode_node(value: &NodeValue) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + 8 + 4 + value.node.len() + 64);
     out.put_u8(FORMAT);
-    out.put_u64(incarnation);
-    put_str(&mut out, node);
+    out.put_u64(value.incarnation);
+    put_str(&mut out, &value.node);
+    put_opt_str(&mut out, value.taken_by.as_deref());
     out.freeze()
 }
 
-pub fn decode_node(bytes: &[u8]) -> Result<(String, u64), String> {
+pub fn decode_node(bytes: &[u8]) -> Result<NodeValue, String> {
     let mut r = Reader::new(bytes)?;
     let incarnation = r.u64()?;
     let node = r.string()?;
+    let taken_by = r.opt_string()?;
     r.end()?;
-    Ok((node, incarnation))
+    Ok(NodeValue {
+        node,
+        incarnation,
+        taken_by,
+    })
 }
 
 /// A node's request for the session of `client_id`, which it now owns.
@@ -274,22 +294,31 @@ fn encode(session: &Session, now: Instant, max_bytes: usize, whole: bool) -> (By
     for packet_id in awaiting {
         out.put_u16(packet_id);
     }
+    // A session moving now: its waiting will is due in so long from its arrival. A record
+    // (read when its node is gone, perhaps long after): its connection's will is due its
+    // delay after it is read (when the connection is known lost), a waiting will at its
+    // time by the wall clock.
     let live_will = session.will.as_deref().filter(|_| !whole).map(|will| {
         let delay = match session.clean {
             true => 0,
             false => will.properties.will_delay_interval.unwrap_or(0),
         };
-        (Duration::from_secs(delay.into()), will)
+        (WILL_DUE_IN, u64::from(delay) * 1000, will)
     });
-    let waiting = (session.delayed_will.as_deref())
-        .map(|(due, will)| (due.saturating_duration_since(now), will));
+    let waiting = (session.delayed_will.as_deref()).map(|(due, will)| match whole {
+        true => {
+            let due_in = due.saturating_duration_since(now).as_millis() as u64;
+            (WILL_DUE_IN, due_in, will)
+        }
+        false => (WILL_DUE_AT, WallClock::now().unix_ms(*due), will),
+    });
     match live_will.or(waiting) {
-        Some((due_in, will)) => {
-            out.put_u8(1);
-            out.put_u64(due_in.as_millis() as u64);
+        Some((kind, when, will)) => {
+            out.put_u8(kind);
+            out.put_u64(when);
             put_message(&mut out, &Message::of_waiting_will(will), now);
         }
-        None => out.put_u8(0),
+        None => out.put_u8(NO_WILL),
     }
     // The queue last, so that it can be cut where the room ends.
     let count_at = out.len();
@@ -367,11 +396,20 @@ pub fn decode_session(bytes: &[u8], now: Instant) -> Result<Moved, String> {
         }
         session.awaiting_pubrel.push(packet_id);
     }
-    if r.u8()? != 0 {
-        let due_in_ms = r.u64()?;
-        let will = r.message(now)?;
-        let due = now + Duration::from_millis(due_in_ms.min(u64::from(u32::MAX) * 1000));
-        session.delayed_will = Some((clock.unix_ms(due), will));
+    match r.u8()? {
+        NO_WILL => {}
+        WILL_DUE_IN => {
+            let due_in_ms = r.u64()?;
+            let will = r.message(now)?;
+            let due = now + Duration::from_millis(due_in_ms.min(u64::from(u32::MAX) * 1000));
+            session.delayed_will = Some((clock.unix_ms(due), will));
+        }
+        WILL_DUE_AT => {
+            let due_unix_ms = r.u64()?;
+            let will = r.message(now)?;
+            session.delayed_will = Some((due_unix_ms, will));
+        }
+        other => return Err(format!("a will of kind {other}")),
     }
     for _ in 0..r.count()? {
         let packet_id = r.u16()?;

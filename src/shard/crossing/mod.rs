@@ -105,8 +105,11 @@ impl<B: Backend> Shard<B> {
                     claimed,
                 } => self.on_cluster_claimed(conn, token, client_id, claimed),
                 ShardMsg::ClusterTake(take) => self.on_cluster_take(take),
-                ShardMsg::ClusterAdopt(adopted) => self.on_cluster_adopt(*adopted),
+                ShardMsg::ClusterAdopt(adopted) => self.on_cluster_adopt(adopted),
                 ShardMsg::ClusterTakenForGone => self.on_taken_for_gone(),
+                ShardMsg::ClusterLost { client_id, claim } => {
+                    self.on_cluster_lost(client_id, claim)
+                }
             }
         }
     }

@@ -205,10 +205,14 @@ fn owners_requests_and_answers_read_back_as_written() {
     let with = decode_owner(&encode_owner(&owner, Some(b"rec"))).unwrap();
     assert_eq!(with.owner, owner);
     assert_eq!(with.record.as_deref(), Some(&b"rec"[..]));
-    assert_eq!(
-        decode_node(&encode_node("node-a", 42)).unwrap(),
-        ("node-a".to_string(), 42)
-    );
+    for taken_by in [None, Some("node-b".to_string())] {
+        let value = NodeValue {
+            node: "node-a".into(),
+            incarnation: 42,
+            taken_by,
+        };
+        assert_eq!(decode_node(&encode_node(&value)).unwrap(), value);
+    }
     assert!(decode_node(&[FORMAT, 0]).is_err());
     let request = TakeRequest {
         client_id: "ünï/x".into(),
