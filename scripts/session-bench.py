@@ -13,7 +13,7 @@ nodes takes. Timed from CONNECT sent to CONNACK read, over --connects connection
 Medians and 99th percentiles in milliseconds. Loopback only; every process started here is
 ended here.
 
-    scripts/session-bench.py [--connects N] [--queued Q]
+    scripts/session-bench.py [--connects N] [--queued Q] [--midge PATH]
 
 Needs Debian's nats-server (2.9, JetStream on in a temporary directory) and a release
 build of midge (cargo build --release).
@@ -114,6 +114,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connects", type=int, default=300)
     ap.add_argument("--queued", type=int, default=100)
+    ap.add_argument("--midge", default=MIDGE, help="the midge binary (default: the release build)")
     args = ap.parse_args()
     procs = []
     with tempfile.TemporaryDirectory() as work:
@@ -122,10 +123,10 @@ def main():
             procs.append(nats)
             cluster = f"cluster_nats_url nats://127.0.0.1:{nats_port}\ncluster_name sb{os.getpid()}\n"
             one, alone, a, b = free_port(), free_port(), free_port(), free_port()
-            procs.append(start_midge(MIDGE, work, one, ""))
-            procs.append(start_midge(MIDGE, work, alone, cluster + "cluster_node_id n\ncluster_sessions node\n"))
-            procs.append(start_midge(MIDGE, work, a, cluster + "cluster_node_id a\n"))
-            procs.append(start_midge(MIDGE, work, b, cluster + "cluster_node_id b\n"))
+            procs.append(start_midge(args.midge, work, one, ""))
+            procs.append(start_midge(args.midge, work, alone, cluster + "cluster_node_id n\ncluster_sessions node\n"))
+            procs.append(start_midge(args.midge, work, a, cluster + "cluster_node_id a\n"))
+            procs.append(start_midge(args.midge, work, b, cluster + "cluster_node_id b\n"))
             # The bucket opens within moments of the start: until then a claim waits.
             connect(a, "warm-up")[0].close()
             connect(b, "warm-up-b")[0].close()

@@ -116,14 +116,11 @@ fn the_wills_of_a_gone_nodes_clients_are_published_by_another_node() {
     recorded(&nodes[0], "quiet", "0 subscriptions, no will");
     let gone = nodes.remove(0);
     gone.signal(libc::SIGKILL);
-    let killed = Instant::now();
     drop(gone);
     assert_eq!(
         topics(&mut watcher, 3),
         ["will/clean", "will/kept", "will/late"]
     );
-    // Two seconds without heartbeats, found at a beat's check, the last will a second later.
-    assert!(killed.elapsed() < Duration::from_secs(8), "{killed:?}");
     nothing_more(&mut watcher, Duration::from_millis(1500));
     nodes[0].wait_for_log("node node0 is gone (it has not been heard from for 2 s)");
     nodes[0].wait_for_log("Cluster: 4 sessions of node node0 taken over here.");
@@ -238,7 +235,8 @@ fn a_restarted_node_takes_over_the_sessions_of_its_earlier_run() {
     drop(gone);
     drop(device);
     // Node 0 again, as it was configured.
-    let again = restart_node(&nats, 0, &failover_config(60));
+    // (Its earlier run is taken for gone once its key stood still for this node's timeout.)
+    let again = restart_node(&nats, 0, &failover_config(2));
     again.wait_for_log("node node0 is gone (it is this node's earlier run)");
     assert_eq!(next(&mut watcher).topic.as_str(), "will/dev");
     again.wait_for_log("the session of dev is taken over from node node0");
@@ -247,5 +245,40 @@ fn a_restarted_node_takes_over_the_sessions_of_its_earlier_run() {
     let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
     wait_for_interest(&mut publisher, &mut [&mut device], "d/probe");
     publish(&mut publisher, "d/1", "back", QoS::AtLeastOnce);
+    assert_eq!(next(&mut device).topic.as_str(), "d/1");
+}
+
+/// An owner that is there for NATS but answers nothing (a stopped process) is passed over
+/// once its heartbeat stands still: the client goes on from its record, its old
+/// connection's will goes out, and the old node, going on, closes that connection.
+#[test]
+fn an_owner_that_does_not_answer_is_passed_over_once_its_heartbeat_stands_still() {
+    let nats = Nats::start();
+    let nodes = failover_nodes(&nats, 2, 60);
+    let mut watcher = client(&nodes[1], "watcher", ProtocolVersion::V311);
+    subscribe(&mut watcher, &[("will/#", QoS::AtLeastOnce)]);
+    let v5 = ProtocolVersion::V5;
+    let (mut old, _) = connect(&nodes[0], "dev", v5, true, Some(will("will/dev", None)));
+    subscribe(&mut old, &[("d/#", QoS::AtLeastOnce)]);
+    recorded(&nodes[0], "dev", "1 subscriptions, a will");
+    nodes[0].signal(libc::SIGSTOP);
+    let (mut device, ack) = connect(&nodes[1], "dev", v5, true, None);
+    nodes[0].signal(libc::SIGCONT);
+    assert!(
+        ack.session_present,
+        "its subscriptions came from its record"
+    );
+    nodes[1].wait_for_log("the session of dev could not be fetched");
+    assert_eq!(next(&mut watcher).topic.as_str(), "will/dev");
+    let until = Instant::now() + DEADLINE;
+    loop {
+        match old.recv(Some(until)) {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the old connection still open after {DEADLINE:?}"),
+            Err(_) => break,
+        }
+    }
+    let mut publisher = client(&nodes[1], "pub", ProtocolVersion::V311);
+    publish(&mut publisher, "d/1", "here", QoS::AtLeastOnce);
     assert_eq!(next(&mut device).topic.as_str(), "d/1");
 }

@@ -297,6 +297,17 @@ impl Cluster {
         true
     }
 
+    /// Asks the link whether the key of `client_id`, claimed here at `revision`, still
+    /// names this node; if not, its shard is told (`ShardMsg::ClusterLost`). False if the
+    /// queue to the link is full.
+    pub fn verify(&self, client_id: Arc<str>, revision: u64) -> bool {
+        let work = sessions::Work::Verify {
+            client_id,
+            revision,
+        };
+        self.outgoing.try_send(ToLink::Sessions(work)).is_ok()
+    }
+
     /// A record left the queue to the link (taken by the sessions task, or dropped).
     fn record_taken(&self, record: &sessions::Record) {
         (self.outgoing_bytes).fetch_sub(record.size(), Ordering::Relaxed);

@@ -142,6 +142,12 @@ pub enum Work {
         client_id: Arc<str>,
         revision: u64,
     },
+    /// Whether the key of `client_id`, claimed here at `revision`, still names this node
+    /// (this node was taken for gone): if not, its session here goes.
+    Verify {
+        client_id: Arc<str>,
+        revision: u64,
+    },
     /// The record of the session of `client_id`, claimed here at `revision`, to write.
     Record {
         client_id: Arc<str>,
@@ -152,6 +158,7 @@ pub enum Work {
 
 /// A session's record (`wire::encode_record`; `None`: larger than NATS takes, so the key
 /// says only who owns it), and what it holds, for the log.
+#[derive(Clone)]
 pub struct Record {
     pub bytes: Option<bytes::Bytes>,
     pub subscriptions: usize,
@@ -307,6 +314,11 @@ pub(super) async fn serve(
                 Some(Work::Release { client_id, revision }) => {
                     if let Some(store) = open_store(&bucket) {
                         records.release(&cluster, &store, client_id, revision);
+                    }
+                }
+                Some(Work::Verify { client_id, revision }) => {
+                    if let Some(store) = open_store(&bucket) {
+                        records.verify(&cluster, &store, client_id, revision);
                     }
                 }
                 Some(Work::Record { client_id, revision, record }) => {

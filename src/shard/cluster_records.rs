@@ -121,7 +121,12 @@ impl<B: Backend> Shard<B> {
             return;
         };
         match self.sessions.id_of(&client_id) {
-            Some(id) => self.adopt_into(id, revived, revision),
+            Some(id) => {
+                let now = self.clock.now;
+                let live_will =
+                    wire::decode_session(&record, now).is_ok_and(|m| m.will_from_reading);
+                self.adopt_into(id, revived, revision, live_will);
+            }
             None => {
                 log::info!(target: "information", "Cluster: the session of {client_id} is taken over from node {from}, which is gone.");
                 self.keep_moved_offline(revived, revision);
@@ -132,17 +137,19 @@ impl<B: Backend> Shard<B> {
 
     /// A session of the adopted record's client is here already (from this node's journal,
     /// or a connection that came first): it goes on, under the later of the two revisions.
-    /// The record's will is due at once (the connection it was for was lost with the gone
-    /// node) unless that connection was this node's own earlier run's and the session has
-    /// a will of its own.
+    /// The will of the connection the record was written for (`live_will`; lost with the
+    /// gone node) goes out if it is due, or waits out its delay in the session if it is
+    /// offline and has none; a will that was waiting already when the record was written
+    /// is the journal's too (or was cancelled by the connection here) [MQTT-3.1.3-9].
     fn adopt_into(
         &mut self,
         id: SessionId,
         mut revived: Box<crate::session::Session>,
         revision: u64,
+        live_will: bool,
     ) {
         let now = self.clock.now;
-        let will = revived.delayed_will.take().map(|waiting| *waiting);
+        let will = (revived.delayed_will.take().map(|waiting| *waiting)).filter(|_| live_will);
         // (Under no revision: ending it gives no key back.)
         self.end_session(revived, false);
         let Some(session) = self.sessions.get_mut(&id) else {
@@ -184,14 +191,21 @@ impl<B: Backend> Shard<B> {
     }
 
     /// The cluster took this node for gone and gave its sessions to others: each session
-    /// claimed in the cluster leaves.
+    /// claimed in the cluster has its key read, and leaves if another node holds it now
+    /// (`on_cluster_lost`); one claimed since keeps its key, and stays.
     pub(super) fn on_taken_for_gone(&mut self) {
-        let claimed: Vec<SessionId> = (self.sessions.values())
+        let Some(cluster) = self.shared.cluster.get().cloned() else {
+            return;
+        };
+        let claimed: Vec<(SessionId, Arc<str>, u64)> = (self.sessions.values())
             .filter(|s| s.cluster_revision() != 0)
-            .map(|s| s.id)
+            .map(|s| (s.id, s.client_id.clone(), s.cluster_revision()))
             .collect();
-        for id in claimed {
-            self.give_up_session(id);
+        for (id, client_id, revision) in claimed {
+            if !cluster.verify(client_id, revision) {
+                // Not to be asked (the queue to the link is full): it leaves.
+                self.give_up_session(id);
+            }
         }
     }
 

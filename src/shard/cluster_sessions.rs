@@ -112,6 +112,7 @@ impl<B: Backend> Shard<B> {
         let local = self.shared.latest_claim(&client_id).is_some();
         let bytes = bytes.filter(|_| !(from_record && local));
         let mut moved = bytes.and_then(|bytes| self.revive_moved(&client_id, &bytes));
+        let waiting = self.conn_mut(conn).and_then(|c| c.take_cluster_wait(token));
         if from_record {
             if let Some(session) = moved.take() {
                 // Its node is gone, and its connection with it: kept here as that node
@@ -119,15 +120,16 @@ impl<B: Backend> Shard<B> {
                 // (no delay, or a session that ended with its connection); the
                 // connection then resumes it, which cancels a will still waiting
                 // [MQTT-3.1.3-9].
-                // (Under no revision of its own: the connection's claim is the key's, and
-                // a clean start ending this session must not delete it.)
-                self.keep_moved_offline(session, 0);
+                // (Under no revision of its own while its connection waits: the
+                // connection's claim is the key's, and a clean start ending this session
+                // must not delete it. With the connection gone, the key is this one's.)
+                let kept_under = if waiting.is_some() { 0 } else { revision };
+                self.keep_moved_offline(session, kept_under);
                 // (A record's times are whole milliseconds of the wall clock: one due at
                 // once may read back a moment late.)
                 self.publish_due_wills(self.clock.now + RECORD_TIME_SLACK);
             }
         }
-        let waiting = self.conn_mut(conn).and_then(|c| c.take_cluster_wait(token));
         let Some(wait) = waiting else {
             // The connection went while its claim was made: a session fetched for it stays
             // here, offline, as if the client had gone just after connecting.

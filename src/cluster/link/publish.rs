@@ -134,7 +134,8 @@ impl Link {
                     let stats = &self.cluster.stats;
                     stats.records_not_written.fetch_add(1, Ordering::Relaxed);
                 }
-                sessions::Work::Release { client_id, .. } => {
+                sessions::Work::Release { client_id, .. }
+                | sessions::Work::Verify { client_id, .. } => {
                     log::debug!(
                         "Cluster: the key of {client_id} stays: the sessions task is behind."
                     );

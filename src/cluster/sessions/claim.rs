@@ -324,10 +324,20 @@ async fn fetch(
         }
         None => owned(lost(cluster, ask, why)),
     };
+    // Asked until there is time left to watch its heartbeat, if its session has a record
+    // to go on from: a node that is gone but still seen by NATS (its host died; NATS finds
+    // out at its next ping) answers nothing, and its session is not lost for that.
+    let asked_until = match &value.record {
+        Some(_) => deadline
+            .checked_sub(HEARTBEAT_WATCH + WATCH_MARGIN)
+            .filter(|until| *until > tokio::time::Instant::now() + WATCH_MARGIN)
+            .unwrap_or(deadline),
+        None => deadline,
+    };
     loop {
-        // Up to the claim's deadline: a node that waits for a claim of its own first
-        // answers late. The asked node is told how long this one waits.
-        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Up to then: a node that waits for a claim of its own first answers late. The
+        // asked node is told how long this one waits.
+        let wait = asked_until.saturating_duration_since(tokio::time::Instant::now());
         let request = wire::encode_request(&TakeRequest {
             client_id: ask.client_id.to_string(),
             clean_start: ask.clean_start,
@@ -354,7 +364,7 @@ async fn fetch(
                 return from_record(&format!("node {} restarted since", from.node))
             }
             Ok(TakeAnswer::Superseded) => return Claimed::Superseded,
-            Ok(TakeAnswer::Retry) if tokio::time::Instant::now() + RETRY_AFTER < deadline => {
+            Ok(TakeAnswer::Retry) if tokio::time::Instant::now() + RETRY_AFTER < asked_until => {
                 tokio::time::sleep(RETRY_AFTER).await;
             }
             Ok(TakeAnswer::Retry) => {
@@ -372,8 +382,10 @@ async fn fetch(
     }
 }
 
-/// How long a claim watches the heartbeat of an owner that does not answer.
+/// How long a claim watches the heartbeat of an owner that does not answer, and what it
+/// keeps beside for the steps around.
 const HEARTBEAT_WATCH: std::time::Duration = std::time::Duration::from_millis(2500);
+const WATCH_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether the node `owner` names is gone: another node took it for gone, a later run of it
 /// replaced it, or its heartbeat does not move for `HEARTBEAT_WATCH` (within `deadline`;

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::wire::{self, Owner, NO_CLAIM};
-use super::{in_time, node_token, open_kv, send_patiently, Bucket, OPEN_RETRY, STEP_WAIT};
+use super::{in_time, node_token, open_kv, send_patiently, Bucket, OPEN_RETRY};
 use crate::cluster::Cluster;
 use crate::router::{Mailboxes, ShardMsg};
 
@@ -95,13 +95,14 @@ pub(super) async fn serve(
         healthy_since: None,
     };
     // This node's earlier run, if its key still names it and no other node took it for
-    // gone: this run's first heartbeat replaces it (expecting its revision: of this node
-    // and another taking it for gone at once, one write lands), and its sessions are taken
-    // over here as another node's would be.
-    if let Some(earlier) = beating.replace_earlier_run(&cluster, &store).await {
+    // gone: taken over here once it is seen gone.
+    if let Some(earlier) = beating.wait_out_earlier_run(&cluster, &store).await {
         spawn_adoption(earlier, "it is this node's earlier run".into());
     }
     let mut seen: HashMap<String, Seen> = HashMap::new();
+    // The runs this node took for gone (and takes over): one whose write's answer was lost
+    // is found in the watch, naming this node.
+    let mut taken: hashbrown::HashSet<(String, u64)> = hashbrown::HashSet::new();
     let mut watching: Option<kv::Watch> = None;
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,13 +121,28 @@ pub(super) async fn serve(
                 });
                 if healthy {
                     for gone in take_gone(&cluster, &store, &beating.key, &mut seen).await {
-                        let timeout = cluster.settings.node_timeout.as_secs();
-                        spawn_adoption(gone, format!("it has not been heard from for {timeout} s"));
+                        if taken.insert((gone.node.clone(), gone.incarnation)) {
+                            let timeout = cluster.settings.node_timeout.as_secs();
+                            spawn_adoption(gone, format!("it has not been heard from for {timeout} s"));
+                        }
                     }
                 }
             }
             entry = next_entry(&mut watching) => match entry {
-                Some(entry) => saw(&mut seen, entry),
+                Some(entry) => {
+                    let by_me = (entry.operation == kv::Operation::Put)
+                        .then(|| wire::decode_node(&entry.value).ok())
+                        .flatten()
+                        .filter(|v| v.taken_by.as_deref() == Some(cluster.node_id.as_str()));
+                    if let Some(v) = by_me {
+                        if taken.insert((v.node.clone(), v.incarnation)) {
+                            let gone = Seen { node: v.node, incarnation: v.incarnation, revision: entry.revision, at: Instant::now() };
+                            let timeout = cluster.settings.node_timeout.as_secs();
+                            spawn_adoption(gone, format!("it has not been heard from for {timeout} s"));
+                        }
+                    }
+                    saw(&mut seen, entry);
+                }
                 None => watching = None,
             }
         }
@@ -181,23 +197,48 @@ impl Beating {
         })
     }
 
-    /// The first heartbeat: if the key names an earlier run of this node that nobody took
-    /// for gone, it replaces it, and that run is given back to be taken over here.
-    async fn replace_earlier_run(&mut self, cluster: &Cluster, store: &kv::Store) -> Option<Seen> {
-        let entry = in_time(store.entry(&self.key)).await.ok()??;
-        let earlier = (entry.operation == kv::Operation::Put)
-            .then(|| wire::decode_node(&entry.value).ok())
-            .flatten()
-            .filter(|v| v.incarnation != cluster.incarnation && v.taken_by.is_none())?;
-        let write = store.update(&self.key, Self::value(cluster), entry.revision);
-        let revision = in_time(write).await.ok()?;
-        self.landed(revision);
-        Some(Seen {
-            node: earlier.node,
-            incarnation: earlier.incarnation,
-            revision: entry.revision,
-            at: Instant::now(),
-        })
+    /// Before the first heartbeat: if the key holds another run of this node that nobody
+    /// took for gone, waits until it has stood still for `cluster_node_timeout` (an earlier
+    /// run, gone; a live process of the same id keeps writing it, and this one waits,
+    /// saying so), then replaces it, expecting its revision (of this node and another taking
+    /// that run for gone at once, one write lands), and gives that run back to be taken
+    /// over here as another node's would be.
+    async fn wait_out_earlier_run(&mut self, cluster: &Cluster, store: &kv::Store) -> Option<Seen> {
+        let timeout = cluster.settings.node_timeout;
+        let mut still: Option<(u64, Instant)> = None;
+        let mut said = false;
+        loop {
+            let Ok(entry) = in_time(store.entry(&self.key)).await else {
+                tokio::time::sleep(HEARTBEAT).await;
+                continue;
+            };
+            let entry = entry.filter(|e| e.operation == kv::Operation::Put)?;
+            let earlier = wire::decode_node(&entry.value)
+                .ok()
+                .filter(|v| v.incarnation != cluster.incarnation && v.taken_by.is_none())?;
+            match still {
+                Some((revision, since)) if revision == entry.revision => {
+                    if since.elapsed() >= timeout {
+                        let write = store.update(&self.key, Self::value(cluster), entry.revision);
+                        if let Ok(revision) = in_time(write).await {
+                            self.landed(revision);
+                            return Some(Seen {
+                                node: earlier.node,
+                                incarnation: earlier.incarnation,
+                                revision: entry.revision,
+                                at: Instant::now(),
+                            });
+                        }
+                    }
+                }
+                Some(_) if !std::mem::replace(&mut said, true) => {
+                    log::error!("Error: cluster: another node writes the heartbeat of node {} (two nodes with one cluster_node_id?); this one waits for it to stop.", cluster.node_id);
+                    still = Some((entry.revision, Instant::now()));
+                }
+                _ => still = Some((entry.revision, Instant::now())),
+            }
+            tokio::time::sleep(HEARTBEAT).await;
+        }
     }
 
     fn landed(&mut self, revision: u64) {
@@ -205,57 +246,49 @@ impl Beating {
         self.healthy_since.get_or_insert_with(Instant::now);
     }
 
-    /// Writes this node's heartbeat after its last (expecting its revision); a failure is
-    /// tried again at the next beat.
+    /// Writes this node's heartbeat after its last (expecting its revision; the first
+    /// creates the key); a failure is looked into and tried again at the next beat.
     async fn beat(&mut self, cluster: &Cluster, mailboxes: &Mailboxes, store: &kv::Store) {
         let value = Self::value(cluster);
-        let Some(last) = self.mine else {
-            match in_time(store.put(&self.key, value)).await {
-                Ok(revision) => self.landed(revision),
-                Err(_) => self.healthy_since = None,
-            }
-            return;
+        let written = match self.mine {
+            Some(last) => in_time(store.update(&self.key, value.clone(), last)).await,
+            None => in_time(store.create(&self.key, value.clone())).await,
         };
-        let write = store.update(&self.key, value.clone(), last);
-        let lost = match tokio::time::timeout(STEP_WAIT, write).await {
-            Ok(Ok(revision)) => return self.landed(revision),
-            Ok(Err(e)) => e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-            Err(_) => false,
-        };
-        if !lost {
-            self.healthy_since = None;
-            return;
-        }
-        // Another revision: this node's own write whose answer was lost, another node of
-        // the same id, or a node that took this one for gone.
-        let Ok(entry) = in_time(store.entry(&self.key)).await else {
-            self.healthy_since = None;
-            return;
-        };
-        let live = entry.filter(|e| e.operation == kv::Operation::Put);
-        let read = live
-            .as_ref()
-            .map(|e| (wire::decode_node(&e.value), e.revision));
-        match read {
-            Some((Ok(v), revision)) if v.incarnation == cluster.incarnation => {
-                if v.taken_by.is_none() {
-                    return self.landed(revision);
-                }
-                taken_for_gone(cluster, mailboxes).await;
-            }
-            Some(_) => {
-                static CLASHES: AtomicU64 = AtomicU64::new(0);
-                if let Some(seen) = crate::cluster::count_to_say(&CLASHES) {
-                    log::error!("Error: cluster: another node writes the heartbeat of node {} (two nodes with one cluster_node_id?) ({seen} so far).", cluster.node_id);
-                }
-            }
-            None => {}
+        if let Ok(revision) = written {
+            return self.landed(revision);
         }
         self.healthy_since = None;
-        match in_time(store.put(&self.key, value)).await {
-            Ok(revision) => self.mine = Some(revision),
-            Err(_) => self.mine = None,
+        // Not landed, or not known to: this node's own write whose answer was lost, a
+        // node that took this one for gone, an earlier run's key taken by another node, or
+        // another node of the same id.
+        let Ok(entry) = in_time(store.entry(&self.key)).await else {
+            return;
+        };
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            self.mine = None; // Created again at the next beat.
+            return;
+        };
+        let Ok(found) = wire::decode_node(&entry.value) else {
+            self.mine = None;
+            return;
+        };
+        let this_run = found.incarnation == cluster.incarnation;
+        if this_run && found.taken_by.is_none() {
+            return self.landed(entry.revision);
         }
+        if this_run {
+            taken_for_gone(cluster, mailboxes).await;
+        } else if found.taken_by.is_none() {
+            static CLASHES: AtomicU64 = AtomicU64::new(0);
+            if let Some(seen) = crate::cluster::count_to_say(&CLASHES) {
+                log::error!("Error: cluster: another node writes the heartbeat of node {} (two nodes with one cluster_node_id?) ({seen} so far).", cluster.node_id);
+            }
+            self.mine = None;
+            return;
+        }
+        // (This run's key, or an earlier run's, taken by another node: written over.)
+        let write = store.update(&self.key, value, entry.revision);
+        self.mine = in_time(write).await.ok();
     }
 }
 
@@ -327,9 +360,15 @@ async fn adopt_all(
 ) {
     cluster.stats.nodes_gone.fetch_add(1, Ordering::Relaxed);
     log::warn!("Warning: cluster: node {} is gone ({why}): its sessions and its clients' wills are taken over here.", gone.node);
-    let store = match &*sessions.borrow() {
-        Bucket::Open(store) => Some((**store).clone()),
-        _ => None,
+    // (Once the sessions bucket is open: a node that just started may have taken its
+    // earlier run for gone before.)
+    let mut sessions = sessions.clone();
+    let store = match sessions.wait_for(|b| matches!(b, Bucket::Open(_))).await {
+        Ok(open) => match &*open {
+            Bucket::Open(store) => Some((**store).clone()),
+            _ => None,
+        },
+        Err(_) => None,
     };
     let keys = match store {
         Some(store) => in_time(store.keys()).await.map(|keys| (store, keys)),
@@ -390,9 +429,16 @@ async fn adopt(
         claim: NO_CLAIM,
     };
     let value = wire::encode_owner(&me, Some(&record));
-    // A client that claimed it meanwhile keeps it.
-    let Ok(revision) = in_time(store.update(&key, value, entry.revision)).await else {
-        return false;
+    // A client that claimed it meanwhile keeps it; a write not answered is found out by
+    // reading the key.
+    let revision = match in_time(store.update(&key, value.clone(), entry.revision)).await {
+        Ok(revision) => revision,
+        Err(_) => match in_time(store.entry(&key)).await {
+            Ok(Some(now)) if now.operation == kv::Operation::Put && now.value == value => {
+                now.revision
+            }
+            _ => return false,
+        },
     };
     let adopted = Adopted {
         revision,

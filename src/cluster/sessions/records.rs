@@ -26,6 +26,9 @@ use crate::router::{Mailboxes, ShardMsg};
 /// Keys written at once; the writes of other keys wait their turn.
 const WRITES_AT_ONCE: usize = 256;
 
+/// How long before a write whose end is unknown is made again.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The keys this node owns and writes.
 pub(super) struct Records {
     kept: Mutex<HashMap<Arc<str>, Kept>>,
@@ -51,6 +54,7 @@ struct Kept {
     next: Option<Next>,
 }
 
+#[derive(Clone)]
 enum Next {
     Record(Record),
     Release,
@@ -61,8 +65,9 @@ enum Written {
     At(u64),
     /// The key is another node's now, or it went.
     Lost,
-    /// A later claim of the client here wrote it: its own writes follow.
-    Claimed(u64),
+    /// A later claim of the client here wrote it: this claim's writes are over (the later
+    /// claim's own follow).
+    Claimed,
     /// Unknown (no answer, and the key could not be read): the next write will tell.
     Unknown,
 }
@@ -109,6 +114,35 @@ impl Records {
         claim: u64,
     ) {
         self.then(cluster, store, client_id, claim, Next::Release);
+    }
+
+    /// Reads the key of `client_id`, claimed here at `claim`: if it names another node (or
+    /// is gone), the session here goes.
+    pub(super) fn verify(
+        self: &Arc<Self>,
+        cluster: &Arc<Cluster>,
+        store: &kv::Store,
+        client_id: Arc<str>,
+        claim: u64,
+    ) {
+        let (records, cluster, store) = (self.clone(), cluster.clone(), store.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = records.at_once.clone().acquire_owned().await else {
+                return;
+            };
+            let entry = match in_time(store.entry(client_key(&client_id))).await {
+                Ok(entry) => entry,
+                Err(_) => return, // Unknown: it stays.
+            };
+            let owner = (entry.filter(|e| e.operation == kv::Operation::Put))
+                .and_then(|e| wire::decode_owner(&e.value).ok())
+                .map(|value| value.owner);
+            let mine = owner
+                .is_some_and(|o| o.node == cluster.node_id && o.incarnation == cluster.incarnation);
+            if !mine {
+                records.lost(&cluster, client_id, claim);
+            }
+        });
     }
 
     /// A node that claimed `client_id` at `revision` took its session (or was told there
@@ -199,6 +233,7 @@ impl Records {
                 }
             };
             let released = matches!(next, Next::Release);
+            let retry = Some(next.clone());
             let written = match next {
                 Next::Record(record) => {
                     let value = wire::encode_owner(&me, record.bytes.as_deref());
@@ -219,32 +254,59 @@ impl Records {
                 }
                 Next::Release => {
                     let deleted = store.delete_expect_revision(&key, Some(expected));
-                    if let Err(e) = in_time(deleted).await {
-                        log::debug!("Cluster: the key of {client_id} stays: {e}");
+                    match tokio::time::timeout(STEP_WAIT, deleted).await {
+                        Ok(Ok(())) => Written::Lost,
+                        Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            log::debug!(
+                                "Cluster: the key of {client_id} stays: another claim wrote it."
+                            );
+                            Written::Lost
+                        }
+                        // Asked again: a key left behind would name this node as the
+                        // owner of a session it no longer has.
+                        _ => Written::Unknown,
                     }
-                    Written::Lost
                 }
             };
-            let mut kept = self.kept.lock().expect("records lock");
-            let Some(k) = kept.get_mut(&client_id).filter(|k| k.task == task) else {
-                return;
-            };
-            if k.claim != claim {
-                continue; // A later claim of the client here: its writes go on.
-            }
-            match written {
-                Written::At(revision) | Written::Claimed(revision) => k.revision = revision,
-                Written::Unknown => {}
-                Written::Lost => {
-                    kept.remove(&client_id);
-                    drop(kept);
-                    if !released {
-                        log::debug!("Cluster: the key of {client_id} is another node's now.");
-                        self.lost(cluster, client_id, claim);
-                    }
+            let lost = {
+                let mut kept = self.kept.lock().expect("records lock");
+                let Some(k) = kept.get_mut(&client_id).filter(|k| k.task == task) else {
                     return;
+                };
+                if k.claim != claim {
+                    continue; // A later claim of the client here: its writes go on.
                 }
+                match written {
+                    Written::At(revision) => {
+                        k.revision = revision;
+                        continue;
+                    }
+                    Written::Unknown => {
+                        // Made again after a pause, unless a later record waits already.
+                        if k.next.is_none() {
+                            k.next = retry;
+                        }
+                        false
+                    }
+                    Written::Claimed => {
+                        kept.remove(&client_id);
+                        return;
+                    }
+                    Written::Lost => {
+                        kept.remove(&client_id);
+                        true
+                    }
+                }
+            };
+            if !lost {
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
             }
+            if !released {
+                log::debug!("Cluster: the key of {client_id} is another node's now.");
+                self.lost(cluster, client_id, claim);
+            }
+            return;
         }
     }
 }
@@ -274,9 +336,9 @@ async fn write(store: &kv::Store, key: &str, value: Bytes, expected: u64, me: &O
             return Written::Lost;
         }
         if owner.claim != NO_CLAIM {
-            return Written::Claimed(entry.revision);
+            return Written::Claimed;
         }
         expected = entry.revision;
     }
-    Written::At(expected)
+    Written::Unknown
 }

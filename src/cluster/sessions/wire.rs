@@ -239,6 +239,9 @@ pub struct Moved {
     pub session: RecoveredSession,
     pub username: Option<String>,
     pub listener: usize,
+    /// Its will is due so long after the bytes are read: in a record, the will of the
+    /// connection it had (not one already waiting out its delay).
+    pub will_from_reading: bool,
 }
 
 /// `session`'s bytes, at `now`, in at most `max_bytes` (NATS's max_payload): what does not
@@ -396,7 +399,8 @@ pub fn decode_session(bytes: &[u8], now: Instant) -> Result<Moved, String> {
         }
         session.awaiting_pubrel.push(packet_id);
     }
-    match r.u8()? {
+    let will_kind = r.u8()?;
+    match will_kind {
         NO_WILL => {}
         WILL_DUE_IN => {
             let due_in_ms = r.u64()?;
@@ -424,6 +428,7 @@ pub fn decode_session(bytes: &[u8], now: Instant) -> Result<Moved, String> {
         session,
         username,
         listener,
+        will_from_reading: will_kind == WILL_DUE_IN,
     })
 }
 
