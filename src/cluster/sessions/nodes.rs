@@ -269,7 +269,9 @@ impl Beating {
             return;
         };
         let Ok(found) = wire::decode_node(&entry.value) else {
-            self.mine = None;
+            // Not a node's heartbeat: written over.
+            let write = store.update(&self.key, value, entry.revision);
+            self.mine = in_time(write).await.ok();
             return;
         };
         let this_run = found.incarnation == cluster.incarnation;
