@@ -20,7 +20,6 @@ build of midge (cargo build --release).
 import argparse
 import os
 import resource
-import socket
 import statistics
 import struct
 import sys
@@ -28,34 +27,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mqttwire import free_port, packet, read_packet, s, start_midge, start_nats, stop_process  # noqa: E402
+from mqttwire import connect, free_port, read_packet, start_midge, start_nats, stop_process, subscribe  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIDGE = os.path.join(ROOT, "target", "release", "midge")
-
-
-def connect(port, client_id, clean, will=None):
-    """Connects (3.1.1), with `will` (a topic, QoS 1) if given: (socket, seconds to CONNACK,
-    session present)."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    flags = (0x02 if clean else 0) | (0x04 | 0x08 if will else 0)
-    body = s("MQTT") + bytes([4, flags]) + struct.pack(">H", 60) + s(client_id)
-    if will:
-        body += s(will) + struct.pack(">H", 4) + b"gone"
-    start = time.perf_counter()
-    sock.sendall(packet(0x10, body))
-    first, ack = read_packet(sock)
-    took = time.perf_counter() - start
-    if first >> 4 != 2 or ack[1] != 0:
-        raise SystemExit(f"{client_id}: not accepted")
-    return sock, took, bool(ack[0] & 1)
-
-
-def subscribe(sock, topic):
-    sock.sendall(packet(0x82, struct.pack(">H", 1) + s(topic) + bytes([1])))
-    if read_packet(sock)[0] >> 4 != 9:
-        raise SystemExit("no SUBACK")
 
 
 def sys_value(sock, topic):

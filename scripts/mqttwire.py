@@ -108,3 +108,28 @@ def start_nats(work):
     proc = subprocess.Popen(["nats-server", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(port, proc, "nats-server")
     return port, proc
+
+
+def connect(port, client_id, clean=True, will=None):
+    """Connects to loopback `port` (3.1.1), with `will` (a topic; QoS 1, payload "gone") if
+    given: (socket, seconds from CONNECT to CONNACK, session present)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    flags = (0x02 if clean else 0) | (0x04 | 0x08 if will else 0)
+    body = s("MQTT") + bytes([4, flags]) + struct.pack(">H", 60) + s(client_id)
+    if will:
+        body += s(will) + struct.pack(">H", 4) + b"gone"
+    start = time.perf_counter()
+    sock.sendall(packet(0x10, body))
+    first, ack = read_packet(sock)
+    took = time.perf_counter() - start
+    if first >> 4 != 2 or ack[1] != 0:
+        raise SystemExit(f"{client_id}: not accepted")
+    return sock, took, bool(ack[0] & 1)
+
+
+def subscribe(sock, topic, qos=1):
+    """Subscribes to `topic` and waits for the SUBACK."""
+    sock.sendall(packet(0x82, struct.pack(">H", 1) + s(topic) + bytes([qos])))
+    if read_packet(sock)[0] >> 4 != 9:
+        raise SystemExit("no SUBACK")

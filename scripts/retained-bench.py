@@ -13,7 +13,6 @@ build of midge (cargo build --release).
 """
 import argparse
 import os
-import socket
 import statistics
 import struct
 import sys
@@ -21,25 +20,15 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mqttwire import free_port, packet, read_packet, s, start_nats, start_midge, stop_process  # noqa: E402
+from mqttwire import connect, free_port, packet, read_packet, s, start_nats, start_midge, stop_process  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIDGE = os.path.join(ROOT, "target", "release", "midge")
 
 
-def connect(port, client_id):
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    body = s("MQTT") + bytes([4, 0x02]) + struct.pack(">H", 60) + s(client_id)
-    sock.sendall(packet(0x10, body))
-    if read_packet(sock)[0] >> 4 != 2:
-        raise SystemExit("no CONNACK")
-    return sock
-
-
 def publish_retained(port, n, payload, under="ret"):
     """N retained QoS 1 messages under `under/`, pipelined, every PUBACK read."""
-    sock = connect(port, "bench-pub")
+    sock = connect(port, "bench-pub")[0]
     out = bytearray()
     for i in range(n):
         body = s(f"{under}/{i // 100}/{i}") + struct.pack(">H", i % 65535 + 1) + payload
@@ -53,7 +42,7 @@ def publish_retained(port, n, payload, under="ret"):
 
 def stored(port):
     """The node's $SYS count of retained messages stored in JetStream."""
-    sock = connect(port, f"bench-sys-{time.monotonic_ns()}")
+    sock = connect(port, f"bench-sys-{time.monotonic_ns()}")[0]
     topic = "$SYS/broker/cluster/retained/stored"
     sock.sendall(packet(0x82, struct.pack(">H", 1) + s(topic) + bytes([0])))
     read_packet(sock)  # SUBACK
@@ -66,7 +55,7 @@ def stored(port):
 
 
 def time_subscription(port, n, name):
-    sock = connect(port, name)
+    sock = connect(port, name)[0]
     start = time.perf_counter()
     sock.sendall(packet(0x82, struct.pack(">H", 1) + s("ret/#") + bytes([0])))
     got = 0

@@ -20,7 +20,6 @@ build of midge (cargo build --release).
 """
 import argparse
 import os
-import socket
 import statistics
 import struct
 import sys
@@ -28,25 +27,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mqttwire import free_port, packet, read_packet, s, start_midge, start_nats, stop_process  # noqa: E402
+from mqttwire import connect, free_port, packet, read_packet, s, start_midge, start_nats, stop_process, subscribe  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIDGE = os.path.join(ROOT, "target", "release", "midge")
-
-
-def connect(port, client_id, clean=True):
-    """Connects (3.1.1); returns the socket and the seconds from CONNECT to CONNACK."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    flags = 0x02 if clean else 0x00
-    body = s("MQTT") + bytes([4, flags]) + struct.pack(">H", 60) + s(client_id)
-    start = time.perf_counter()
-    sock.sendall(packet(0x10, body))
-    first, ack = read_packet(sock)
-    took = time.perf_counter() - start
-    if first >> 4 != 2 or ack[1] != 0:
-        raise SystemExit(f"{client_id}: not accepted")
-    return sock, took
 
 
 def disconnect(sock):
@@ -54,14 +38,8 @@ def disconnect(sock):
     sock.close()
 
 
-def subscribe(sock, topic):
-    sock.sendall(packet(0x82, struct.pack(">H", 1) + s(topic) + bytes([1])))
-    if read_packet(sock)[0] >> 4 != 9:
-        raise SystemExit("no SUBACK")
-
-
 def publish_qos1(port, topic, n):
-    sock, _ = connect(port, f"bench-pub-{time.monotonic_ns()}")
+    sock = connect(port, f"bench-pub-{time.monotonic_ns()}")[0]
     out = bytearray()
     for i in range(n):
         out += packet(0x32, s(topic) + struct.pack(">H", i % 65535 + 1) + b"x" * 64)
@@ -75,7 +53,7 @@ def publish_qos1(port, topic, n):
 def connects(port, n, name, same_id=False):
     times = []
     for i in range(n):
-        sock, took = connect(port, name if same_id else f"{name}-{i}")
+        sock, took, _ = connect(port, name if same_id else f"{name}-{i}")
         times.append(took)
         disconnect(sock)
     return times
@@ -87,12 +65,12 @@ def takeovers(a, b, n, queued):
     connacks, firsts = [], []
     for i in range(n):
         name = f"t-{i}"
-        sock, _ = connect(a, name, clean=False)
+        sock = connect(a, name, clean=False)[0]
         subscribe(sock, f"tk/{i}")
         disconnect(sock)
         if queued:
             publish_qos1(a, f"tk/{i}", queued)
-        sock, took = connect(b, name, clean=False)
+        sock, took, _ = connect(b, name, clean=False)
         connacks.append(took)
         if queued:
             start = time.perf_counter() - took

@@ -34,18 +34,6 @@ fn persistent(node: &Broker, id: &str, version: ProtocolVersion) -> (Client, Con
     Client::connect(&options).expect("connect")
 }
 
-/// Waits until `client`'s connection is closed, and says how.
-fn closed(client: &mut Client) -> ClientError {
-    let until = Instant::now() + DEADLINE;
-    loop {
-        match client.recv(Some(until)) {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("still connected after {DEADLINE:?}"),
-            Err(e) => return e,
-        }
-    }
-}
-
 fn payload(p: &Publish) -> String {
     String::from_utf8(p.payload.to_vec()).unwrap()
 }

@@ -4,7 +4,7 @@
 use super::nats::Nats;
 use super::{config_file, Broker, DEADLINE};
 use bytes::Bytes;
-use midge::client::{Client, ConnectOptions};
+use midge::client::{Client, ClientError, ConnectOptions};
 use midge::codec::*;
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,18 @@ pub fn next(client: &mut Client) -> Publish {
             Some(p) if p.topic.ends_with("/probe") => continue,
             Some(p) => return p,
             None => panic!("no message within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// Waits until `client`'s connection is closed, and says how.
+pub fn closed(client: &mut Client) -> ClientError {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        match client.recv(Some(until)) {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("still connected after {DEADLINE:?}"),
+            Err(e) => return e,
         }
     }
 }
