@@ -9,10 +9,10 @@ mod common;
 
 use common::cluster::*;
 use common::nats::Nats;
-use common::Broker;
+use common::{Broker, DEADLINE};
 use midge::client::Client;
 use midge::codec::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BUCKET_OPEN: &str = "who owns each session is kept in the JetStream bucket";
 
@@ -267,4 +267,40 @@ fn an_owner_that_does_not_answer_is_passed_over_once_its_heartbeat_stands_still(
     let mut publisher = client(&nodes[1], "pub", ProtocolVersion::V311);
     publish(&mut publisher, "d/1", "here", QoS::AtLeastOnce);
     assert_eq!(next(&mut device).topic.as_str(), "d/1");
+}
+
+/// A session taken over from a gone node keeps the expiry it had there: counted from when
+/// its client went away, not from the takeover [MQTT-3.1.2-23]. Here it ran out while the
+/// node was being found gone: it ends at the takeover, and its client starts anew.
+#[test]
+fn a_session_taken_over_expires_when_it_would_have_on_its_node() {
+    let nats = Nats::start();
+    // Found gone 3 to 4 s after its death; the session expires 3 s after its client left.
+    let mut nodes = failover_nodes(&nats, 2, 4);
+    let mut options = options(nodes[0].port, "dev", ProtocolVersion::V5);
+    options.clean = false;
+    options.properties.session_expiry_interval = Some(3);
+    let (mut device, _) = Client::connect(&options).expect("connect");
+    subscribe(&mut device, &[("d/#", QoS::AtLeastOnce)]);
+    device.disconnect(Properties::default()).unwrap();
+    // Its record written again once it is offline.
+    let until = Instant::now() + DEADLINE;
+    while !nodes[0]
+        .log_lines()
+        .iter()
+        .skip_while(|l| !l.contains("Received DISCONNECT from dev"))
+        .any(|l| l.contains("Cluster: the record of dev is in the bucket"))
+    {
+        assert!(Instant::now() < until, "no record after the DISCONNECT");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let gone = nodes.remove(0);
+    gone.signal(libc::SIGKILL);
+    drop(gone);
+    nodes[0].wait_for_log("the session of dev is taken over from node node0, which is gone");
+    // Ended at once (counted from its client's DISCONNECT, its 3 s ran out before the
+    // takeover): not resumed.
+    let (_device, ack) = connect(&nodes[0], "dev", ProtocolVersion::V5, true, None);
+    assert!(!ack.session_present);
+    nodes[0].wait_for_log("Expiring client dev due to timeout.");
 }

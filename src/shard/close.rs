@@ -222,12 +222,17 @@ impl<B: Backend> Shard<B> {
     /// [MQTT-3.1.2-23], or `persistent_client_expiration` for a session that would never
     /// expire (3.x clean session 0, 5.0 0xFFFFFFFF).
     pub(super) fn schedule_expiry(&mut self, id: SessionId) {
+        self.schedule_expiry_since(id, self.clock.now);
+    }
+
+    /// As `schedule_expiry`, for a session whose client went away at `since` (on another
+    /// node: a session taken over from its record).
+    pub(super) fn schedule_expiry_since(&mut self, id: SessionId, since: Instant) {
         if !self.sessions.contains_key(&id) {
             return;
         }
         let persistent_expiration = self.config.persistent_client_expiration;
-        self.sessions
-            .start_expiry(id, self.clock.now, persistent_expiration);
+        self.sessions.start_expiry(id, since, persistent_expiration);
         self.journal_disconnected(id);
     }
 

@@ -66,7 +66,8 @@ impl<B: Backend> Shard<B> {
             if revision == 0 || (session.clean && session.will.is_none()) {
                 continue;
             }
-            let mut bytes = Some(wire::encode_record(session, now));
+            let offline_since = self.offline_since(session);
+            let mut bytes = Some(wire::encode_record(session, now, offline_since));
             let size = bytes.as_ref().map_or(0, |b| b.len());
             if size > max {
                 // Its key says only who owns it: no record older than the session is left
@@ -115,7 +116,7 @@ impl<B: Backend> Shard<B> {
             record,
             from,
         } = *adopted;
-        let Some(revived) = self.revive_moved(&client_id, &record) else {
+        let Some((revived, since)) = self.revive_moved(&client_id, &record) else {
             // Its key goes: nothing is here to answer for it.
             self.release_in_cluster(client_id.into(), revision);
             return;
@@ -129,8 +130,10 @@ impl<B: Backend> Shard<B> {
             }
             None => {
                 log::info!(target: "information", "Cluster: the session of {client_id} is taken over from node {from}, which is gone.");
-                self.keep_moved_offline(revived, revision);
+                self.keep_moved_offline(revived, revision, since);
+                // Its will and its end, if due while it was on its way, come now.
                 self.publish_due_wills(self.clock.now + RECORD_TIME_SLACK);
+                self.expire_sessions(self.clock.now);
             }
         }
     }

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::conn::ClusterWait;
 use super::io::{Backend, ConnId};
@@ -112,9 +113,10 @@ impl<B: Backend> Shard<B> {
         let local = self.shared.latest_claim(&client_id).is_some();
         let bytes = bytes.filter(|_| !(from_record && local));
         let mut moved = bytes.and_then(|bytes| self.revive_moved(&client_id, &bytes));
+        let now = self.clock.now;
         let waiting = self.conn_mut(conn).and_then(|c| c.take_cluster_wait(token));
         if from_record {
-            if let Some(session) = moved.take() {
+            if let Some((session, since)) = moved.take() {
                 // Its node is gone, and its connection with it: kept here as that node
                 // would have kept it, its will going out now if it was due at once
                 // (no delay, or a session that ended with its connection); the
@@ -124,17 +126,19 @@ impl<B: Backend> Shard<B> {
                 // connection's claim is the key's, and a clean start ending this session
                 // must not delete it. With the connection gone, the key is this one's.)
                 let kept_under = if waiting.is_some() { 0 } else { revision };
-                self.keep_moved_offline(session, kept_under);
+                self.keep_moved_offline(session, kept_under, since);
                 // (A record's times are whole milliseconds of the wall clock: one due at
-                // once may read back a moment late.)
-                self.publish_due_wills(self.clock.now + RECORD_TIME_SLACK);
+                // once may read back a moment late.) A session whose expiry ran out on the
+                // way ends now, not resumed.
+                self.publish_due_wills(now + RECORD_TIME_SLACK);
+                self.expire_sessions(now);
             }
         }
         let Some(wait) = waiting else {
             // The connection went while its claim was made: a session fetched for it stays
             // here, offline, as if the client had gone just after connecting.
             match moved {
-                Some(session) => self.keep_moved_offline(session, revision),
+                Some((session, since)) => self.keep_moved_offline(session, revision, since),
                 // Its key goes, unless a connection of the client here holds it now.
                 None if revision != 0 && self.shared.latest_claim(&client_id).is_none() => {
                     self.release_in_cluster(client_id, revision)
@@ -152,14 +156,20 @@ impl<B: Backend> Shard<B> {
             assigned,
             ..
         } = *wait;
+        let moved = moved.map(|(session, _)| session);
         self.connect_claimed(conn, connect, client_id, assigned, moved);
         // What the client sent after CONNECT waited with it.
         self.process_input(conn);
     }
 
-    /// A session's bytes from another node, made a live session of this shard; `None` (said
-    /// and counted) if they are not a session.
-    pub(super) fn revive_moved(&mut self, client_id: &str, bytes: &[u8]) -> Option<SessionBox> {
+    /// A session's bytes from another node, made a live session of this shard, with when its
+    /// client went away (now, unless a record says); `None` (said and counted) if they are
+    /// not a session.
+    pub(super) fn revive_moved(
+        &mut self,
+        client_id: &str,
+        bytes: &[u8],
+    ) -> Option<(SessionBox, Instant)> {
         let now = self.clock.now;
         let moved = match wire::decode_session(bytes, now) {
             Ok(moved) if moved.session.client_id == client_id => moved,
@@ -191,7 +201,7 @@ impl<B: Backend> Shard<B> {
         if let Some(due) = revived.will_due {
             self.schedule_will(id, due);
         }
-        Some(session)
+        Some((session, revived.offline_since))
     }
 
     pub(super) fn moved_bytes_refused(&self, client_id: &str, why: &str) {
@@ -212,7 +222,12 @@ impl<B: Backend> Shard<B> {
 
     /// A session moved here, under the key's `revision`, for a connection that went
     /// meanwhile (or taken over from a node that is gone): held offline here.
-    pub(super) fn keep_moved_offline(&mut self, mut session: SessionBox, revision: u64) {
+    pub(super) fn keep_moved_offline(
+        &mut self,
+        mut session: SessionBox,
+        revision: u64,
+        offline_since: Instant,
+    ) {
         let client_id = session.client_id.clone();
         if self.shared.latest_claim(&client_id).is_some() {
             // A later connection of the client here has it in hand (and the key: ending
@@ -228,7 +243,7 @@ impl<B: Backend> Shard<B> {
         let id = session.id;
         self.sessions.insert(session);
         self.journal_session(id, claim.number());
-        self.schedule_expiry(id);
+        self.schedule_expiry_since(id, offline_since);
         self.record_changed(id);
     }
 

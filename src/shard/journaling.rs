@@ -178,7 +178,7 @@ impl<B: Backend> Shard<B> {
 
     /// When an offline session's client went away, worked out from its expiry deadline
     /// (what the journal needs to keep the expiry running across a restart).
-    fn offline_since(&self, session: &Session) -> Option<Instant> {
+    pub(super) fn offline_since(&self, session: &Session) -> Option<Instant> {
         let at = session.expires_at?;
         let after = session.expires_after(self.config.persistent_client_expiration)?;
         Some(at.checked_sub(after).unwrap_or(at))

@@ -247,17 +247,27 @@ pub struct Moved {
 /// `session`'s bytes, at `now`, in at most `max_bytes` (NATS's max_payload): what does not
 /// fit of its queue is left out, from the back. The number left out comes back with it.
 pub fn encode_session(session: &Session, now: Instant, max_bytes: usize) -> (Bytes, usize) {
-    encode(session, now, max_bytes, true)
+    encode(session, now, max_bytes, None)
 }
 
 /// `session`'s record, at `now`: as `encode_session`, without messages in flight, queued or
 /// awaiting PUBREL; its will is its connection's (due after the will's delay, at once for a
 /// session that ends with its connection), or the one waiting out its delay.
-pub fn encode_record(session: &Session, now: Instant) -> Bytes {
-    encode(session, now, usize::MAX, false).0
+/// `offline_since`: when its client went away, if it did (its expiry runs from then, by the
+/// wall clock).
+pub fn encode_record(session: &Session, now: Instant, offline_since: Option<Instant>) -> Bytes {
+    encode(session, now, usize::MAX, Some(offline_since)).0
 }
 
-fn encode(session: &Session, now: Instant, max_bytes: usize, whole: bool) -> (Bytes, usize) {
+/// A session's bytes: whole (`record` `None`), or its record, with when its client went
+/// away.
+fn encode(
+    session: &Session,
+    now: Instant,
+    max_bytes: usize,
+    record: Option<Option<Instant>>,
+) -> (Bytes, usize) {
+    let whole = record.is_none();
     let mut out = BytesMut::new();
     out.put_u8(FORMAT);
     put_str(&mut out, &session.client_id);
@@ -323,6 +333,11 @@ fn encode(session: &Session, now: Instant, max_bytes: usize, whole: bool) -> (By
         }
         None => out.put_u8(NO_WILL),
     }
+    // (0: connected, or moving now.)
+    let offline_since = record
+        .flatten()
+        .map_or(0, |at| WallClock::now().unix_ms(at));
+    out.put_u64(offline_since);
     // The queue last, so that it can be cut where the room ends.
     let count_at = out.len();
     out.put_u32(0);
@@ -415,6 +430,7 @@ pub fn decode_session(bytes: &[u8], now: Instant) -> Result<Moved, String> {
         }
         other => return Err(format!("a will of kind {other}")),
     }
+    session.offline_since_ms = Some(r.u64()?).filter(|&ms| ms != 0);
     for _ in 0..r.count()? {
         let packet_id = r.u16()?;
         let delivery = r.delivery()?;

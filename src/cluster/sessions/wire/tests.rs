@@ -254,7 +254,7 @@ fn a_record_is_the_session_without_its_messages_and_with_its_connections_will() 
         topic: MqttStr::from_static("gone/dev-1"),
         payload: Bytes::from_static(b"bye"),
     }));
-    let record = encode_record(&sent, now);
+    let record = encode_record(&sent, now, None);
     assert_eq!(client_id_of(&record).unwrap(), "dev-1");
     let later = now + Duration::from_secs(1);
     let moved = decode_session(&record, later).unwrap();
@@ -273,11 +273,17 @@ fn a_record_is_the_session_without_its_messages_and_with_its_connections_will() 
     assert_eq!(&will.payload[..], b"bye");
     // A session that ends with its connection: its will is due at once.
     sent.clean = true;
-    let moved = decode_session(&encode_record(&sent, now), later).unwrap();
+    let moved = decode_session(&encode_record(&sent, now, None), later).unwrap();
     let (due, _) = moved.session.delayed_will.expect("the will");
     assert!(due <= clock.unix_ms(later) + 1);
+    assert_eq!(moved.session.offline_since_ms, None, "connected");
+    // Offline since a minute: so it says, by the wall clock.
+    let minute_ago = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
+    let offline = decode_session(&encode_record(&sent, now, Some(minute_ago)), later).unwrap();
+    let since = offline.session.offline_since_ms.expect("offline since");
+    assert!(since.abs_diff(clock.unix_ms(minute_ago)) <= 1);
     // No will: none in the record.
     sent.will = None;
-    let moved = decode_session(&encode_record(&sent, now), later).unwrap();
+    let moved = decode_session(&encode_record(&sent, now, None), later).unwrap();
     assert!(moved.session.delayed_will.is_none());
 }
