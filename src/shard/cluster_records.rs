@@ -40,9 +40,27 @@ impl<B: Backend> Shard<B> {
         }
     }
 
+    /// A session's connection was accepted: its record is written at the next tick, or at
+    /// once if the connection has a will (so that a node dying in the tick's time does not
+    /// take the will with it).
+    pub(super) fn record_connected(&mut self, id: SessionId) {
+        let has_will = self.sessions.get(&id).is_some_and(|s| s.will.is_some());
+        let cluster = self
+            .shared
+            .cluster
+            .get()
+            .filter(|c| c.keeps_sessions())
+            .cloned();
+        match cluster {
+            Some(cluster) if has_will => {
+                self.records.ids.remove(&id);
+                self.offer_record(&cluster, id);
+            }
+            _ => self.record_changed(id),
+        }
+    }
+
     /// Offers the cluster the records of the sessions that changed since the last tick.
-    /// A session claimed in no cluster has none; one that ends with its connection and has
-    /// no will needs none (its key says only who owns it).
     pub(super) fn write_records(&mut self) {
         let now = self.clock.now;
         self.records.large.retain(|_, next| *next > now);
@@ -52,45 +70,52 @@ impl<B: Backend> Shard<B> {
         let Some(cluster) = self.shared.cluster.get().cloned() else {
             return;
         };
-        let max = cluster.session_bytes_max();
         let changed: Vec<SessionId> = self.records.ids.drain().collect();
         for id in changed {
             if self.records.large.contains_key(&id) {
                 self.records.ids.insert(id); // Its turn comes.
                 continue;
             }
-            let Some(session) = self.sessions.get(&id) else {
-                continue;
-            };
-            let revision = session.cluster_revision();
-            if revision == 0 || (session.clean && session.will.is_none()) {
-                continue;
+            self.offer_record(&cluster, id);
+        }
+    }
+
+    /// Offers the cluster the record of session `id`; one the queue to the link has no room
+    /// for is offered again at the next tick. A session claimed in no cluster has none; one
+    /// that ends with its connection and has no will needs none (its key says only who owns
+    /// it).
+    fn offer_record(&mut self, cluster: &crate::cluster::Cluster, id: SessionId) {
+        let now = self.clock.now;
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let revision = session.cluster_revision();
+        if revision == 0 || (session.clean && session.will.is_none()) {
+            return;
+        }
+        let max = cluster.session_bytes_max();
+        let offline_since = self.offline_since(session);
+        let mut bytes = Some(wire::encode_record(session, now, offline_since));
+        let size = bytes.as_ref().map_or(0, |b| b.len());
+        if size > max {
+            // Its key says only who owns it: no record older than the session is left there
+            // for another node to take.
+            bytes = None;
+            cluster.stats.records_not_written.fetch_add(1, Relaxed);
+            static TOO_LARGE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            if (TOO_LARGE.fetch_add(1, Relaxed) + 1).is_power_of_two() {
+                log::warn!("Warning: cluster: the record of {}'s session ({size} bytes) does not fit what NATS takes ({max} bytes): another node cannot take it over if this one goes.", session.client_id);
             }
-            let offline_since = self.offline_since(session);
-            let mut bytes = Some(wire::encode_record(session, now, offline_since));
-            let size = bytes.as_ref().map_or(0, |b| b.len());
-            if size > max {
-                // Its key says only who owns it: no record older than the session is left
-                // there for another node to take.
-                bytes = None;
-                cluster.stats.records_not_written.fetch_add(1, Relaxed);
-                static TOO_LARGE: std::sync::atomic::AtomicU64 =
-                    std::sync::atomic::AtomicU64::new(0);
-                if (TOO_LARGE.fetch_add(1, Relaxed) + 1).is_power_of_two() {
-                    log::warn!("Warning: cluster: the record of {}'s session ({size} bytes) does not fit what NATS takes ({max} bytes): another node cannot take it over if this one goes.", session.client_id);
-                }
-            }
-            let record = Record {
-                bytes,
-                subscriptions: session.subscriptions().len(),
-                will: session.will.is_some() || session.delayed_will.is_some(),
-            };
-            if !cluster.record(session.client_id.clone(), revision, record) {
-                // The queue to the link is full: offered again at the next tick.
-                self.records.ids.insert(id);
-            } else if size > LARGE_RECORD {
-                self.records.large.insert(id, now + LARGE_RECORD_EVERY);
-            }
+        }
+        let record = Record {
+            bytes,
+            subscriptions: session.subscriptions().len(),
+            will: session.will.is_some() || session.delayed_will.is_some(),
+        };
+        if !cluster.record(session.client_id.clone(), revision, record) {
+            self.records.ids.insert(id);
+        } else if size > LARGE_RECORD {
+            self.records.large.insert(id, now + LARGE_RECORD_EVERY);
         }
     }
 

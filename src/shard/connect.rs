@@ -319,7 +319,7 @@ impl<B: Backend> Shard<B> {
             self.subs.owed.owing.push(session_id);
         }
         self.sessions.insert(session);
-        self.record_changed(session_id);
+        self.record_connected(session_id);
         let claim = self.conn(conn).map_or(0, |c| c.claim);
         self.journal_session(session_id, claim);
         self.stats().connects.fetch_add(1, Relaxed);
