@@ -126,9 +126,7 @@ fn the_wills_of_a_gone_nodes_clients_are_published_by_another_node() {
         recorded(&nodes[0], id, "0 subscriptions, a will");
     }
     recorded(&nodes[0], "quiet", "0 subscriptions, no will");
-    let gone = nodes.remove(0);
-    gone.signal(libc::SIGKILL);
-    drop(gone);
+    kill_first(&mut nodes);
     assert_eq!(
         topics(&mut watcher, 3),
         ["will/clean", "will/kept", "will/late"]
@@ -146,9 +144,7 @@ fn a_gone_nodes_session_takes_what_is_published_until_its_client_is_back_elsewhe
     let (mut device, _) = connect(&nodes[0], "dev", v5, true, None);
     subscribe(&mut device, &[("d/#", QoS::AtLeastOnce)]);
     recorded(&nodes[0], "dev", "1 subscriptions, no will");
-    let gone = nodes.remove(0);
-    gone.signal(libc::SIGKILL);
-    drop(gone);
+    kill_first(&mut nodes);
     drop(device);
     nodes[0].wait_for_log("the session of dev is taken over from node node0, which is gone");
     let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
@@ -172,9 +168,7 @@ fn a_client_back_before_its_node_is_found_gone_goes_on_from_its_record() {
     let mut nodes = failover_nodes(&nats, 2, 60);
     let (mut watcher, _device) = watched_device(&nodes);
     let v5 = ProtocolVersion::V5;
-    let gone = nodes.remove(0);
-    gone.signal(libc::SIGKILL);
-    drop(gone);
+    kill_first(&mut nodes);
     let mut sys = client(&nodes[0], "sys", ProtocolVersion::V311);
     subscribe(
         &mut sys,
@@ -227,9 +221,7 @@ fn a_restarted_node_takes_over_the_sessions_of_its_earlier_run() {
     let mut nodes = failover_nodes(&nats, 2, 60);
     let (mut watcher, device) = watched_device(&nodes);
     let v5 = ProtocolVersion::V5;
-    let gone = nodes.remove(0);
-    gone.signal(libc::SIGKILL);
-    drop(gone);
+    kill_first(&mut nodes);
     drop(device);
     // Node 0 again, as it was configured.
     // (Its earlier run is taken for gone once its key stood still for this node's timeout.)
@@ -294,9 +286,7 @@ fn a_session_taken_over_expires_when_it_would_have_on_its_node() {
         assert!(Instant::now() < until, "no record after the DISCONNECT");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let gone = nodes.remove(0);
-    gone.signal(libc::SIGKILL);
-    drop(gone);
+    kill_first(&mut nodes);
     nodes[0].wait_for_log("the session of dev is taken over from node node0, which is gone");
     // Ended at once (counted from its client's DISCONNECT, its 3 s ran out before the
     // takeover): not resumed.

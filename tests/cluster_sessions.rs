@@ -256,9 +256,7 @@ fn a_client_whose_node_died_connects_to_another_and_starts_anew_said_and_counted
     let mut nodes = session_nodes(&nats, 2);
     let mut device = client(&nodes[0], "dev", ProtocolVersion::V5);
     subscribe(&mut device, &[("d/#", QoS::AtLeastOnce)]);
-    let dead = nodes.remove(0);
-    dead.signal(libc::SIGKILL);
-    drop(dead);
+    kill_first(&mut nodes);
     let mut sys = client(&nodes[0], "sys", ProtocolVersion::V311);
     subscribe(
         &mut sys,

@@ -19,6 +19,13 @@ pub fn nodes_of(nats: &Nats, n: usize, extra: &str, shards: usize) -> Vec<Broker
     (0..n).map(|i| node(nats, i, extra, shards)).collect()
 }
 
+/// Kills the first of `nodes` (SIGKILL: no goodbye to NATS, no will, no journal sync) and
+/// takes it out of the list.
+pub fn kill_first(nodes: &mut Vec<Broker>) {
+    let gone = nodes.remove(0);
+    gone.signal(libc::SIGKILL);
+}
+
 /// Node `i` of `nodes` (`node<i>`) started again, as `nodes` configured it.
 pub fn restart_node(nats: &Nats, i: usize, extra: &str) -> Broker {
     node(nats, i, extra, 2)

@@ -397,9 +397,7 @@ async fn owner_gone(cluster: &Cluster, owner: &Owner, deadline: tokio::time::Ins
     let key = super::node_token(&owner.node);
     let read = || async {
         let entry = in_time(nodes.entry(key.as_str())).await.ok()??;
-        let value = (entry.operation == kv::Operation::Put)
-            .then(|| wire::decode_node(&entry.value).ok())
-            .flatten()?;
+        let value = super::nodes::node_in(&entry)?;
         let gone = value.taken_by.is_some() || value.incarnation != owner.incarnation;
         Some((gone, entry.revision))
     };

@@ -130,9 +130,7 @@ pub(super) async fn serve(
             }
             entry = next_entry(&mut watching) => match entry {
                 Some(entry) => {
-                    let by_me = (entry.operation == kv::Operation::Put)
-                        .then(|| wire::decode_node(&entry.value).ok())
-                        .flatten()
+                    let by_me = node_in(&entry)
                         .filter(|v| v.taken_by.as_deref() == Some(cluster.node_id.as_str()));
                     if let Some(v) = by_me {
                         if taken.insert((v.node.clone(), v.incarnation)) {
@@ -160,13 +158,17 @@ async fn next_entry(watching: &mut Option<kv::Watch>) -> Option<kv::Entry> {
     }
 }
 
+/// The node value a key holds, if it holds one (not deleted, and a node's).
+pub(super) fn node_in(entry: &kv::Entry) -> Option<wire::NodeValue> {
+    (entry.operation == kv::Operation::Put)
+        .then(|| wire::decode_node(&entry.value).ok())
+        .flatten()
+}
+
 /// A node's key as the watch (or a read) shows it: a heartbeat is seen now; a deleted key
 /// or one another node took for gone is no node's.
 fn saw(seen: &mut HashMap<String, Seen>, entry: kv::Entry) {
-    let value = (entry.operation == kv::Operation::Put)
-        .then(|| wire::decode_node(&entry.value).ok())
-        .flatten()
-        .filter(|v| v.taken_by.is_none());
+    let value = node_in(&entry).filter(|v| v.taken_by.is_none());
     let Some(value) = value else {
         seen.remove(&entry.key);
         return;
@@ -212,9 +214,8 @@ impl Beating {
                 tokio::time::sleep(HEARTBEAT).await;
                 continue;
             };
-            let entry = entry.filter(|e| e.operation == kv::Operation::Put)?;
-            let earlier = wire::decode_node(&entry.value)
-                .ok()
+            let entry = entry?;
+            let earlier = node_in(&entry)
                 .filter(|v| v.incarnation != cluster.incarnation && v.taken_by.is_none())?;
             match still {
                 Some((revision, since)) if revision == entry.revision => {
@@ -340,8 +341,7 @@ async fn take_gone(
         let Ok(Some(entry)) = in_time(store.entry(&key)).await else {
             continue;
         };
-        let value = wire::decode_node(&entry.value).ok();
-        if entry.operation == kv::Operation::Put && value.as_ref() == Some(&taken) {
+        if node_in(&entry).as_ref() == Some(&taken) {
             seen.remove(&key);
             gone.push(node);
         } else {
