@@ -4,6 +4,8 @@
 # nats-server's own MQTT (publishers and subscribers on one server), in one run, on free
 # loopback ports. Prints deliveries per second, p99, and deliveries per CPU-second summed
 # over every process the load goes through (the midge nodes and NATS), with ratios.
+# `two-nodes` stores QoS 1 in JetStream before each PUBACK (the default); `two-core` is the
+# same with `cluster_messages core` (at most once between nodes).
 #
 #   scripts/cluster-bench.sh [--quick] [--repeat N] [--rate R] [--clients N]
 #
@@ -60,6 +62,16 @@ cluster_node_id a"; a=$started
 b_port=$(free_port); start_midge "$b_port" "cluster_nats_url nats://127.0.0.1:$nats_port
 cluster_name $cluster
 cluster_node_id b"; b=$started
+# The same two nodes' setup with QoS 1/2 on core NATS (`cluster_messages core`, at most
+# once between nodes): what the JetStream store before each PUBACK costs.
+c_port=$(free_port); start_midge "$c_port" "cluster_nats_url nats://127.0.0.1:$nats_port
+cluster_name ${cluster}core
+cluster_node_id c
+cluster_messages core"; c=$started
+d_port=$(free_port); start_midge "$d_port" "cluster_nats_url nats://127.0.0.1:$nats_port
+cluster_name ${cluster}core
+cluster_node_id d
+cluster_messages core"; d=$started
 one_port=$(free_port); start_midge "$one_port"; one=$started
 mq_nats_port=$(free_port); mqtt_port=$(free_port)
 start_nats "$mq_nats_port" "server_name: bench
@@ -96,6 +108,7 @@ for round in $(seq "$repeat"); do
   for qos in 0 1; do
     run "one-node-q$qos" "$qos" "$one_port" "$one_port" "$one" >> "$results"
     run "two-nodes-q$qos" "$qos" "$a_port" "$b_port" "$a" "$b" "$nats" >> "$results"
+    run "two-core-q$qos" "$qos" "$c_port" "$d_port" "$c" "$d" "$nats" >> "$results"
     run "nats-mqtt-q$qos" "$qos" "$mqtt_port" "$mqtt_port" "$mq_nats" >> "$results"
   done
 done
@@ -111,7 +124,7 @@ print(f"p2p, {sys.argv[3]} pairs x {sys.argv[2]} msgs/s, medians of {max(len(v) 
 print(f"{'setup':<16}{'deliv/s':>10}{'p99 ms':>9}{'CPU s':>8}{'deliv/CPU-s':>13}{'lost':>6}{'vs one node':>13}")
 for qos in "01":
     base = med.get(f"one-node-q{qos}")
-    for name in ("one-node", "two-nodes", "nats-mqtt"):
+    for name in ("one-node", "two-nodes", "two-core", "nats-mqtt"):
         m = med.get(f"{name}-q{qos}")
         if not m: continue
         ratio = m[3] / base[3] if base and base[3] else 0

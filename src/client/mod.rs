@@ -478,9 +478,22 @@ impl Client {
         max_outstanding: usize,
         held: &mut Vec<Publish>,
     ) -> Result<Vec<(u16, ReasonCode)>, ClientError> {
+        self.settle_until(max_outstanding, None, held)
+    }
+
+    /// As `settle`, giving up at `deadline` (with what finished by then).
+    pub fn settle_until(
+        &mut self,
+        max_outstanding: usize,
+        deadline: Option<Instant>,
+        held: &mut Vec<Publish>,
+    ) -> Result<Vec<(u16, ReasonCode)>, ClientError> {
         let mut done = Vec::new();
         while self.outgoing.len() > max_outstanding {
-            let Some(packet) = self.next_packet(None)? else {
+            let Some(packet) = self.next_packet(deadline)? else {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
                 continue;
             };
             let sent = |r: &PubResponse, qos| self.outgoing.get(&r.packet_id) == Some(&qos);

@@ -50,6 +50,11 @@ pub struct ClusterStats {
     /// Messages NATS gave this node for a share group with no member here any more (the
     /// group's queue subscription was still going).
     pub group_gone: AtomicU64,
+    /// QoS 1 and 2 messages stored in the messages' stream; those whose first try failed;
+    /// those that went without it (`stored.rs`).
+    pub stored: AtomicU64,
+    pub store_retries: AtomicU64,
+    pub not_stored: AtomicU64,
     /// Client ids this node made itself the owner of; connections that went on without
     /// the cluster deciding (it did not answer in time); sessions fetched from another node,
     /// handed to another, not fetched (the node did not answer), and queued messages left
@@ -341,6 +346,27 @@ pub const COUNTS: &[ClusterCount] = &[
         "Times the NATS client dropped messages the link did not read in time",
         true,
         |s| load(&s.slow_consumer),
+    ),
+    count(
+        "$SYS/broker/cluster/messages/stored",
+        "midge_cluster_messages_stored",
+        "QoS 1 and 2 messages published here and stored in JetStream before their publisher was acknowledged",
+        true,
+        |s| load(&s.stored),
+    ),
+    count(
+        "$SYS/broker/cluster/messages/store_retries",
+        "midge_cluster_store_retries",
+        "QoS 1 and 2 messages whose first store in JetStream failed (tried again)",
+        true,
+        |s| load(&s.store_retries),
+    ),
+    count(
+        "$SYS/broker/cluster/messages/not_stored",
+        "midge_cluster_messages_not_stored",
+        "QoS 1 and 2 messages JetStream did not store in time: sent to the other nodes at most once, their publisher acknowledged all the same",
+        true,
+        |s| load(&s.not_stored),
     ),
     count(
         "$SYS/broker/cluster/messages/duplicates",

@@ -101,6 +101,9 @@ struct Link {
     /// With `cluster_sessions jetstream`: the task that claims client ids and hands
     /// sessions over (`sessions.rs`).
     sessions: Option<mpsc::Sender<super::sessions::Work>>,
+    /// With `cluster_messages jetstream`: the task that stores QoS 1 and 2 messages in
+    /// order (`stored.rs`); what it holds stays counted with the queue to the link.
+    stores: Option<mpsc::UnboundedSender<super::stored::Store>>,
     mailboxes: Arc<Mailboxes>,
     arriving_tx: mpsc::Sender<Arriving>,
     /// Subject pattern of each subscription, and the reverse.
@@ -231,12 +234,20 @@ impl Link {
             tokio::spawn(serving);
             work
         });
+        let stores = cluster.settings.messages_in_jetstream.then(|| {
+            let (stores, taken) = mpsc::unbounded_channel();
+            let serving =
+                super::stored::serve(cluster.clone(), client.clone(), taken, mailboxes.clone());
+            tokio::spawn(serving);
+            stores
+        });
         let shards = mailboxes.shards();
         Link {
             cluster,
             client,
             retained,
             sessions,
+            stores,
             mailboxes,
             arriving_tx,
             by_pattern: HashMap::new(),
@@ -347,12 +358,21 @@ impl Link {
         }
     }
 
+    /// Whether `arrived` is one this node published: the messages' stream republishes
+    /// what it stores to every node that wants it, this one too (NATS's `no_echo` keeps
+    /// back only what the node's own connection publishes). Routed here when published.
+    fn own(&self, arrived: &wire::Arrived) -> bool {
+        arrived.origin.incarnation == self.cluster.incarnation
+    }
+
     /// A message NATS gave this node for the share group `key` (its queue group): to one
     /// of the group's members here, unless the publishing node served the group itself.
     fn take_for_group(&mut self, key: Arc<str>, hash: u64, nats: async_nats::Message) {
         let Some(arrived) = self.decoded(&nats, Instant::now()) else {
             return;
         };
+        // (One of this node's own that came back through the stream: it served the group
+        // if it had a member for it; if not, a member here now takes it.)
         let stats = &self.cluster.stats;
         if arrived.served.contains(&hash) {
             stats.served_there.fetch_add(1, Ordering::Relaxed);
@@ -382,6 +402,9 @@ impl Link {
         let Some(arrived) = self.decoded(&nats, now) else {
             return;
         };
+        if self.own(&arrived) {
+            return;
+        }
         let stats = &self.cluster.stats;
         if (self.copies).is_copy(&nats.subject, arrived.origin, arrived.number, now) {
             stats.duplicates.fetch_add(1, Ordering::Relaxed);

@@ -15,10 +15,12 @@
 //! A client's session follows it to whichever node it connects to, with at most one live
 //! connection per client id in the cluster (`sessions.rs`).
 //!
-//! What this step does not do yet (issue 31): sessions are held by their node, not in
-//! JetStream (a node that dies loses its clients' sessions), and between nodes a message
-//! is delivered at most once (core NATS: a node or NATS server that goes down loses what
-//! it had on the way).
+//! QoS 1 and 2 messages go between nodes through a JetStream stream, their publishers
+//! acknowledged once it has them (`stored.rs`); QoS 0 goes on core NATS, at most once.
+//!
+//! What this step does not do yet (issue 31): a session's queue and in-flight messages are
+//! held by its node, so a node that dies loses those (its sessions' subscriptions and its
+//! clients' wills are taken over: `sessions/nodes.rs`).
 
 mod connect;
 mod counts;
@@ -27,6 +29,7 @@ mod link;
 pub mod patterns;
 pub mod retained;
 pub mod sessions;
+mod stored;
 pub mod subject;
 pub mod wire;
 
@@ -69,7 +72,14 @@ pub(crate) struct Outgoing {
     served: Vec<u64>,
     origin: Origin,
     number: u64,
+    /// Goes through the messages' stream (`stored.rs`), its publisher's acknowledgement
+    /// waiting for it; its bytes stay counted with the queue until it is stored.
+    durable: bool,
 }
+
+/// The bit of `Origin::shard` that tells a stored message's numbers (`stored.rs`) from its
+/// shard's others: they reach the other nodes by another way, each in its own order.
+const STORED_ORIGIN: u16 = 0x8000;
 
 /// The filters the node's clients hold, each with how many subscriptions hold it, and the
 /// filters whose count went to or from zero since the link last looked.
@@ -100,8 +110,14 @@ pub struct Cluster {
     node_id: String,
     /// New at each start: tells this run's messages from an earlier run's (`dedup.rs`).
     incarnation: u64,
-    /// Per shard: the number of the next message it publishes to NATS.
+    /// Per shard: the number of the next message it publishes to NATS, of the next it
+    /// publishes through the messages' stream, and how far those are done (stored, or gone
+    /// without: `stored.rs`).
     numbers: Box<[CachePadded<AtomicU64>]>,
+    stored_numbers: Box<[CachePadded<AtomicU64>]>,
+    stored_through: Box<[CachePadded<AtomicU64>]>,
+    /// The messages' stream is open (`cluster_messages jetstream`).
+    messages_open: AtomicBool,
     outgoing: mpsc::Sender<ToLink>,
     outgoing_bytes: AtomicUsize,
     /// False once the link has ended for good (it could not start): nothing is queued for
@@ -134,9 +150,10 @@ impl Cluster {
             root: format!("midge.{}", settings.name),
             node_id: settings.node_id(),
             incarnation: incarnation(),
-            numbers: (0..shards)
-                .map(|_| CachePadded::new(AtomicU64::new(1)))
-                .collect(),
+            numbers: counters(shards, 1),
+            stored_numbers: counters(shards, 1),
+            stored_through: counters(shards, 0),
+            messages_open: AtomicBool::new(false),
             outgoing,
             outgoing_bytes: AtomicUsize::new(0),
             alive: AtomicBool::new(true),
@@ -177,9 +194,11 @@ impl Cluster {
 
     /// Hands `message`, published on this node by `shard`, to the link for NATS, with the
     /// share groups it went to here. `$SYS` topics are each node's own and stay here.
-    pub fn forward(&self, shard: usize, message: &Arc<Message>, served: Vec<u64>) {
+    /// Returns the number its acknowledgement waits for (`stored_through`) if it goes
+    /// through the messages' stream.
+    pub fn forward(&self, shard: usize, message: &Arc<Message>, served: Vec<u64>) -> Option<u64> {
         if is_sys(&message.topic) || !self.alive.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
         let size = message.held_bytes();
         let queued = self.outgoing_bytes.fetch_add(size, Ordering::Relaxed);
@@ -189,12 +208,18 @@ impl Cluster {
             if message.retain {
                 retained::not_stored(self, "the queue to the NATS client is full");
             }
-            return;
+            return None;
         }
-        let number = self.numbers[shard].fetch_add(1, Ordering::Relaxed);
+        let durable = message.qos != crate::codec::QoS::AtMostOnce
+            && self.messages_open.load(Ordering::Acquire);
+        let (numbers, mark) = match durable {
+            true => (&self.stored_numbers, STORED_ORIGIN),
+            false => (&self.numbers, 0),
+        };
+        let number = numbers[shard].fetch_add(1, Ordering::Relaxed);
         let origin = Origin {
             incarnation: self.incarnation,
-            shard: shard as u16,
+            shard: shard as u16 | mark,
         };
         let subject = subject::topic_subject(&self.root, &message.topic)
             .unwrap_or_else(|| subject::long_subject(&self.root));
@@ -204,6 +229,7 @@ impl Cluster {
             served,
             origin,
             number,
+            durable,
         };
         if self.outgoing.try_send(ToLink::Publish(out)).is_err() {
             self.outgoing_bytes.fetch_sub(size, Ordering::Relaxed);
@@ -211,7 +237,27 @@ impl Cluster {
             if message.retain {
                 retained::not_stored(self, "the queue to the NATS client is full");
             }
+            return None;
         }
+        durable.then_some(number)
+    }
+
+    /// How far `shard`'s messages through the stream are done: every number up to this
+    /// one is stored, or went without (`stored.rs`).
+    pub fn stored_through(&self, shard: usize) -> u64 {
+        self.stored_through[shard].load(Ordering::SeqCst)
+    }
+
+    /// The number of the last message `shard` handed over for the stream, if any: a resent
+    /// QoS 2 PUBLISH's answer waits for it (the first copy's store is at or before it).
+    pub fn last_stored_number(&self, shard: usize) -> Option<u64> {
+        let next = self.stored_numbers[shard].load(Ordering::Relaxed);
+        (next > 1).then(|| next - 1)
+    }
+
+    /// A message through the stream is done: its bytes leave the count of the queue.
+    fn store_taken(&self, held: usize) {
+        self.outgoing_bytes.fetch_sub(held, Ordering::Relaxed);
     }
 
     /// Whether the retained message of `topic` is the cluster's, kept in JetStream, not
@@ -323,9 +369,12 @@ impl Cluster {
         }
     }
 
-    /// The link took `out` from the queue.
+    /// The link took `out` from the queue (a message through the stream stays counted until
+    /// it is done: `store_taken`).
     fn taken_from_queue(&self, out: &Outgoing) {
-        (self.outgoing_bytes).fetch_sub(out.message.held_bytes(), Ordering::Relaxed);
+        if !out.durable {
+            (self.outgoing_bytes).fetch_sub(out.message.held_bytes(), Ordering::Relaxed);
+        }
     }
 
     /// What another node sent on `subject`, checked before it is routed here. Whoever may
@@ -393,6 +442,13 @@ impl Cluster {
     fn fence_subject(&self) -> String {
         format!("{}.fence.{:x}", self.root, self.incarnation)
     }
+}
+
+/// `shards` counters starting at `first`.
+fn counters(shards: usize, first: u64) -> Box<[CachePadded<AtomicU64>]> {
+    (0..shards)
+        .map(|_| CachePadded::new(AtomicU64::new(first)))
+        .collect()
 }
 
 /// The group and the filter of a shared subscription's `$share/{group}/{filter}`.

@@ -70,9 +70,10 @@ pub fn topic_subject_in(root: &str, space: &str, topic: &str) -> Option<String> 
     Some(subject)
 }
 
-/// Where messages whose topic is too long for a subject go.
+/// Where messages whose topic is too long for a subject go: under `<root>.m` (so that the
+/// messages' stream republishes them there, `stored.rs`), as a token no level is written as.
 pub fn long_subject(root: &str) -> String {
-    format!("{root}.long")
+    format!("{root}.m.~~")
 }
 
 /// The level one token stands for; `None` if it is not a token `push_token` writes.
@@ -251,6 +252,11 @@ mod tests {
         let covering = filter_subjects(ROOT, &format!("{long}#"));
         assert_eq!(covering.len(), 1);
         assert!(covering[0].ends_with(".>") && covering[0].len() <= SUBJECT_MAX);
+        // Its subject is under the messages' (the stream republishes there), and is no
+        // topic's.
+        let subject = long_subject(ROOT);
+        assert!(subject.starts_with(&format!("{ROOT}.m.")));
+        assert_eq!(topic_of(ROOT, &subject), None);
     }
 
     fn level() -> impl Strategy<Value = String> {

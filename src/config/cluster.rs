@@ -44,6 +44,14 @@ pub struct ClusterSettings {
     /// client id in the cluster, its session following it to the node it connects to;
     /// `node`, each node decides alone for its own clients.
     pub sessions_in_jetstream: bool,
+    /// `cluster_messages`: `jetstream` (the default), QoS 1 and 2 messages between nodes
+    /// go through a JetStream stream, their publisher acknowledged once it has them;
+    /// `core`, through core NATS alone, at most once between nodes (`cluster/stored.rs`).
+    pub messages_in_jetstream: bool,
+    /// `cluster_messages_max_age` and `cluster_messages_max_bytes`: how long, and up to
+    /// how many bytes, that stream keeps them.
+    pub messages_max_age: std::time::Duration,
+    pub messages_max_bytes: u64,
     /// `cluster_replicas`: how many NATS servers keep each JetStream stream the cluster
     /// makes (1 to 5; 3 for a three-server NATS cluster).
     pub replicas: usize,
@@ -73,6 +81,9 @@ impl Default for ClusterSettings {
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             retained_in_jetstream: true,
             sessions_in_jetstream: true,
+            messages_in_jetstream: true,
+            messages_max_age: std::time::Duration::from_secs(3600),
+            messages_max_bytes: 1 << 30,
             replicas: 1,
             sweep_every: std::time::Duration::from_secs(60),
             node_timeout: std::time::Duration::from_secs(10),

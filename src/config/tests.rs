@@ -376,8 +376,14 @@ fn cluster_options_are_read_and_checked_together() {
     assert!(cluster.retained_in_jetstream, "the default");
     assert!(cluster.sessions_in_jetstream, "the default");
     assert_eq!(cluster.replicas, 1);
+    assert!(cluster.messages_in_jetstream, "the default");
+    assert_eq!(
+        cluster.messages_max_age,
+        std::time::Duration::from_secs(3600)
+    );
+    assert_eq!(cluster.messages_max_bytes, 1 << 30);
     let limited = read(
-        "cluster_nats_url nats://a:4222\ncluster_max_subscriptions 50\ncluster_retained node\ncluster_sessions node\ncluster_replicas 3\ncluster_retained_sweep_interval 5\ncluster_node_timeout 4\n",
+        "cluster_nats_url nats://a:4222\ncluster_max_subscriptions 50\ncluster_retained node\ncluster_sessions node\ncluster_replicas 3\ncluster_retained_sweep_interval 5\ncluster_node_timeout 4\ncluster_messages core\ncluster_messages_max_age 60\ncluster_messages_max_bytes 2097152\n",
     )
     .unwrap();
     let limited = &limited.cluster;
@@ -387,6 +393,9 @@ fn cluster_options_are_read_and_checked_together() {
     assert_eq!(limited.replicas, 3);
     assert_eq!(limited.sweep_every, std::time::Duration::from_secs(5));
     assert_eq!(limited.node_timeout, std::time::Duration::from_secs(4));
+    assert!(!limited.messages_in_jetstream);
+    assert_eq!(limited.messages_max_age, std::time::Duration::from_secs(60));
+    assert_eq!(limited.messages_max_bytes, 2 << 20);
     assert_eq!(
         cluster.node_timeout,
         std::time::Duration::from_secs(10),
@@ -460,6 +469,21 @@ fn cluster_options_are_read_and_checked_together() {
             "cluster_nats_url nats://a:4222\ncluster_node_timeout 1\n",
             2,
             "2 to 3600",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_messages disk\n",
+            2,
+            "neither jetstream nor core",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_messages_max_age 59\n",
+            2,
+            "60 to 31536000",
+        ),
+        (
+            "cluster_nats_url nats://a:4222\ncluster_messages_max_bytes 1000\n",
+            2,
+            "1048576 to",
         ),
     ] {
         let e = read(text).expect_err(text);

@@ -143,6 +143,13 @@ impl Mailboxes {
         }
     }
 
+    /// Wakes `shard` if it sleeps (or is about to): it has work that is not in its mailbox.
+    pub fn wake_if_sleeping(&self, shard: usize) {
+        if self.sleeping[shard].swap(false, Ordering::SeqCst) {
+            self.wakers[shard].wake();
+        }
+    }
+
     /// Wakes a shard whatever it is doing (shutdown).
     pub fn wake(&self, shard: usize) {
         self.wakers[shard].wake();

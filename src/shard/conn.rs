@@ -43,6 +43,10 @@ pub struct Conn {
     /// CONNECT is accepted and in `Shared::receiving_bytes` after, in
     /// `receiving::INPUT_UNIT`s (`receiving.rs`).
     pub input_held: u16,
+    /// Its PUBACKs and PUBRECs waiting for the cluster to store what they acknowledge
+    /// (`cluster_acks.rs`; `ACKS_WAITING_MAX` at most while it is read; one byte, so that
+    /// the connection keeps its size class).
+    pub acks_waiting: u8,
     /// Topic aliases, enhanced authentication and a CONNECT waiting for its session, out of
     /// line: most connections have none, and every idle connection would pay for their
     /// space.
@@ -71,6 +75,8 @@ impl Hold {
     pub const SUBSCRIBING: Hold = Hold(8);
     /// What it is sent waits for the journal to be durable again (`disk_wait.rs`).
     pub const DISK: Hold = Hold(16);
+    /// Its acknowledgements waiting for the cluster passed their bound (`cluster_acks.rs`).
+    pub const CLUSTER: Hold = Hold(32);
 
     pub fn contains(self, other: Hold) -> bool {
         self.0 & other.0 == other.0
@@ -79,15 +85,18 @@ impl Hold {
     /// Whether it waits for the broker (its output to drain, its SUBSCRIBE to be
     /// handled): its silence meanwhile is not its own. (One held for the disk is not: its
     /// keep alive runs, so that the connections of clients that gave up waiting do not
-    /// pile up while the disk fails: `disk_wait.rs`.)
+    /// pile up while the disk fails: `disk_wait.rs`; nor one whose answers wait for the
+    /// cluster: `cluster_acks.rs`.)
     pub fn waits_for_broker(self) -> bool {
         self.contains(Hold::OUTPUT) || self.contains(Hold::SUBSCRIBING)
     }
 
-    /// Whether the packets it sent wait: for its SUBSCRIBE, or for the disk unless its
-    /// peer is gone (`ended`: what it sent is handled then, the answers dropped).
+    /// Whether the packets it sent wait: for its SUBSCRIBE; for its answers waiting for
+    /// the cluster, or for the disk, unless its peer is gone (`ended`: what it sent is
+    /// handled then, the answers dropped).
     pub fn stops_decoding(self, ended: bool) -> bool {
-        self.contains(Hold::SUBSCRIBING) || (self.contains(Hold::DISK) && !ended)
+        self.contains(Hold::SUBSCRIBING)
+            || ((self.contains(Hold::CLUSTER) || self.contains(Hold::DISK)) && !ended)
     }
 
     pub fn with(self, other: Hold) -> Hold {
@@ -299,6 +308,7 @@ impl Conn {
             claim: 0,
             problem_information: true,
             held: Hold::NONE,
+            acks_waiting: 0,
             input_held: 0,
             extras: None,
             layers: None,

@@ -10,6 +10,7 @@ mod auth;
 mod bridges;
 pub mod clock;
 mod close;
+mod cluster_acks;
 mod cluster_records;
 mod cluster_sessions;
 pub mod conn;
@@ -110,6 +111,9 @@ pub struct Shard<B: Backend> {
     /// In a cluster keeping sessions: the sessions whose records are to be written again
     /// (`cluster_records.rs`).
     records: cluster_records::Changed,
+    /// Acknowledgements waiting for JetStream to store what they acknowledge
+    /// (`cluster_acks.rs`).
+    cluster_acks: cluster_acks::ClusterAcks,
     /// Debug builds only: faults the tests inject.
     #[cfg(debug_assertions)]
     faults: Faults,
@@ -179,6 +183,7 @@ impl<B: Backend> Shard<B> {
             disk: Default::default(),
             links: Vec::new(),
             records: Default::default(),
+            cluster_acks: Default::default(),
             #[cfg(debug_assertions)]
             faults: Faults::from_env(),
         }
@@ -236,6 +241,7 @@ impl<B: Backend> Shard<B> {
         self.sweep_trie(false);
         self.request_markers();
         self.send_all_owed();
+        self.send_cluster_acks();
         if self.clock.now >= *next_tick {
             self.check_timers();
             *next_tick = self.clock.now + TIMER_TICK;
@@ -312,6 +318,7 @@ impl<B: Backend> Shard<B> {
             || !self.subs.trie.sweep.is_empty()
             || !self.subs.queue.packets.is_empty()
             || !self.subs.owed.requests.is_empty()
+            || self.cluster_acks_due()
     }
 
     /// No work for its next turn, nor from or for other shards (mailbox and outbox empty):

@@ -65,6 +65,7 @@ impl<B: Backend> Shard<B> {
         // as Mosquitto writes them.
         let ack_at = self.conn(conn).map(|c| c.out_len());
         let mut matched = true;
+        let mut stored = None;
         if !duplicate && authorised {
             let message = self.message_of(session_id, publish);
             if message.retain {
@@ -74,7 +75,11 @@ impl<B: Backend> Shard<B> {
                     return;
                 }
             }
-            matched = self.route(&message, Some(conn));
+            (matched, stored) = self.route(&message, Some(conn));
+        } else if duplicate {
+            // A resent QoS 2 PUBLISH: its PUBREC says the first copy is stored, so it waits
+            // for what this shard handed to the cluster's stream so far.
+            stored = (self.shared.cluster.get()).and_then(|c| c.last_stored_number(self.id));
         }
         if qos == QoS::ExactlyOnce {
             // Journaled in this turn, with the delivery (or the record of the message passed
@@ -83,7 +88,7 @@ impl<B: Backend> Shard<B> {
                 session.awaiting_pubrel(packet_id, changes);
             }
         }
-        self.acknowledge_publish(conn, &name, packet_id, qos, matched, ack_at);
+        self.acknowledge_publish(conn, &name, packet_id, (qos, matched, stored), ack_at);
     }
 
     /// The PUBLISH with the topic it names in full: its topic alias resolved, checked, and
@@ -307,14 +312,14 @@ impl<B: Backend> Shard<B> {
         })
     }
 
-    /// PUBACK or PUBREC to the publisher, at `ack_at` in what goes out this turn.
+    /// PUBACK or PUBREC to the publisher, at `ack_at` in what goes out this turn, or once
+    /// the cluster stored the message (`stored`: `cluster_acks.rs`).
     fn acknowledge_publish(
         &mut self,
         conn: ConnId,
         name: &str,
         packet_id: u16,
-        qos: QoS,
-        matched: bool,
+        (qos, matched, stored): (QoS, bool, Option<u64>),
         ack_at: Option<usize>,
     ) {
         match qos {
@@ -327,13 +332,15 @@ impl<B: Backend> Shard<B> {
                 {
                     ack.reason = ReasonCode::NoMatchingSubscribers;
                 }
-                log::debug!("Sending PUBACK to {name} (Mid: {packet_id})");
-                self.send_packet_at(conn, &Packet::PubAck(ack), ack_at);
+                if self.send_publish_answer(conn, &Packet::PubAck(ack), stored, ack_at) {
+                    log::debug!("Sending PUBACK to {name} (Mid: {packet_id})");
+                }
             }
             QoS::ExactlyOnce => {
-                log::debug!("Sending PUBREC to {name} (Mid: {packet_id})");
                 let rec = Packet::PubRec(PubResponse::new(packet_id));
-                self.send_packet_at(conn, &rec, ack_at);
+                if self.send_publish_answer(conn, &rec, stored, ack_at) {
+                    log::debug!("Sending PUBREC to {name} (Mid: {packet_id})");
+                }
             }
         }
     }
@@ -490,7 +497,8 @@ impl<B: Backend> Shard<B> {
             QoS::AtLeastOnce => Packet::PubAck(refusal),
             QoS::ExactlyOnce => Packet::PubRec(refusal),
         };
-        self.send_packet(conn, &packet);
+        // Behind the client's answers waiting for the cluster, if any.
+        let _ = self.send_publish_answer(conn, &packet, None, None);
     }
 }
 

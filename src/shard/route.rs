@@ -18,16 +18,20 @@ impl<B: Backend> Shard<B> {
     /// (`route_here`), and to the other nodes of a cluster, with the share groups served
     /// here (this node's members go first; the other nodes serve only the groups it has
     /// none of). Returns whether any subscription matched (5.0's 0x10 No matching
-    /// subscribers): in a cluster, any other node's may.
-    pub(super) fn route(&mut self, message: &Arc<Message>, from: Option<ConnId>) -> bool {
+    /// subscribers): in a cluster, any other node's may; and, if the message goes through
+    /// the cluster's stream, the number its acknowledgement waits for (`cluster_acks.rs`).
+    pub(super) fn route(
+        &mut self,
+        message: &Arc<Message>,
+        from: Option<ConnId>,
+    ) -> (bool, Option<u64>) {
         let Some(cluster) = self.shared.cluster.get().cloned() else {
-            return self.route_here(message, from, Scope::Here);
+            return (self.route_here(message, from, Scope::Here), None);
         };
         self.routing.served = Some(Vec::new());
         self.route_here(message, from, Scope::Here);
         let served = self.routing.served.take().unwrap_or_default();
-        cluster.forward(self.id, message, served);
-        true
+        (true, cluster.forward(self.id, message, served))
     }
 
     /// A message from another node of the cluster: routed here as one of this node's, in

@@ -259,6 +259,52 @@ pub fn nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
     assert_eq!(pong.trim(), "PONG");
 }
 
+/// The answer to a request on `subject`, as a bare NATS client would ask it (NATS's text
+/// protocol): JetStream's API answers in JSON.
+pub fn nats_request(nats: &Nats, subject: &str, payload: &[u8]) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    let mut out = format!(
+        "CONNECT {{\"verbose\":false}}\r\nSUB test.answer 1\r\nPUB {subject} test.answer {}\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+    stream.write_all(&out).unwrap();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.starts_with("PING") {
+            stream.write_all(b"PONG\r\n").unwrap();
+            continue;
+        }
+        if let Some(head) = line.strip_prefix("MSG ") {
+            let len: usize = head.split_whitespace().last().unwrap().parse().unwrap();
+            let mut body = vec![0; len + 2];
+            reader.read_exact(&mut body).unwrap();
+            body.truncate(len);
+            return String::from_utf8(body).unwrap();
+        }
+        assert!(!line.is_empty(), "NATS closed the connection");
+    }
+}
+
+/// A number field of a JSON answer (`"name":123`), the first of that name.
+pub fn json_number(json: &str, name: &str) -> Option<u64> {
+    let at = json.find(&format!("\"{name}\":"))? + name.len() + 3;
+    let digits: String = json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
 pub fn servers_port(urls: &str) -> &str {
     urls.rsplit(':').next().unwrap_or("0")
 }

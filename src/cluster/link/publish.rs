@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::{Link, PUBLISH_WAIT};
 use crate::cluster::retained::{self, Work};
 use crate::cluster::sessions;
+use crate::cluster::stored;
 use crate::cluster::{wire, Outgoing, ToLink};
 
 impl Link {
@@ -26,8 +27,33 @@ impl Link {
 
     async fn publish_one(&mut self, out: Outgoing, now: Instant, deadline: tokio::time::Instant) {
         let cluster = self.cluster.clone();
-        let stats = &cluster.stats;
         cluster.taken_from_queue(&out);
+        let sendable = self.sendable(&out, now);
+        if out.durable {
+            // Done in order with the shard's other stores even when it cannot be sent: its
+            // publisher's acknowledgement waits for that (`stored.rs`).
+            self.hand_store(&out, sendable.clone());
+        } else if let Some(bytes) = &sendable {
+            self.publish_core(out.subject.clone(), bytes.clone(), deadline)
+                .await;
+        }
+        if let (true, Some(bytes)) = (out.message.retain, sendable) {
+            // Stored without the share groups served: they are this moment's.
+            let stored = match out.served.is_empty() {
+                true => Some(bytes),
+                false => wire::encode(&out.message, out.origin, out.number, now),
+            };
+            if let Some(stored) = stored {
+                self.store_retained(&out.message, stored, deadline).await;
+            }
+        }
+    }
+
+    /// `out` encoded for NATS, if it can go: `None` (counted, said) if NATS would refuse
+    /// it.
+    fn sendable(&self, out: &Outgoing, now: Instant) -> Option<bytes::Bytes> {
+        let cluster = &self.cluster;
+        let stats = &cluster.stats;
         // Encoded here, not on the shard: the expiry left is counted up to now.
         if out.served.len() > wire::SERVED_MAX {
             stats.served_cut.fetch_add(1, Ordering::Relaxed);
@@ -35,7 +61,7 @@ impl Link {
         let encoded = wire::encode_served(&out.message, out.origin, out.number, &out.served, now);
         let Some(bytes) = encoded else {
             stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
         let max_payload = self.client.server_info().max_payload;
         (cluster.max_payload).store(max_payload, Ordering::Relaxed);
@@ -49,12 +75,49 @@ impl Link {
                 );
             }
             if out.message.retain {
-                retained::not_stored(&cluster, "larger than NATS takes");
+                retained::not_stored(cluster, "larger than NATS takes");
             }
-            return;
+            return None;
         }
+        Some(bytes)
+    }
+
+    /// To the stores' task (`stored.rs`), in order; `bytes` `None`: only its place in the
+    /// order, for its acknowledgement.
+    fn hand_store(&mut self, out: &Outgoing, bytes: Option<bytes::Bytes>) {
+        let store = stored::Store {
+            shard: usize::from(out.origin.shard & !super::super::STORED_ORIGIN),
+            number: out.number,
+            subject: out.subject.clone(),
+            id: stored::message_id(out.origin, out.number),
+            bytes,
+            qos: out.message.qos as u8,
+            handed: tokio::time::Instant::now(),
+            held: out.message.held_bytes(),
+        };
+        let sent = match &self.stores {
+            Some(stores) => stores.send(store).map_err(|e| e.0),
+            None => Err(store),
+        };
+        if let Err(store) = sent {
+            // No task (the link is stopping): done all the same, so that its
+            // acknowledgement does not wait for ever.
+            self.cluster.store_taken(store.held);
+            self.cluster.stored_through[store.shard].store(store.number, Ordering::SeqCst);
+            self.mailboxes.wake_if_sleeping(store.shard);
+        }
+    }
+
+    /// On core NATS: at most once to the other nodes.
+    async fn publish_core(
+        &mut self,
+        subject: String,
+        bytes: bytes::Bytes,
+        deadline: tokio::time::Instant,
+    ) {
+        let stats = &self.cluster.stats;
         let len = bytes.len() as u64;
-        let publishing = self.client.publish(out.subject, bytes.clone());
+        let publishing = self.client.publish(subject, bytes);
         match tokio::time::timeout_at(deadline, publishing).await {
             Ok(Ok(())) => {
                 stats.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -69,16 +132,6 @@ impl Link {
                         "Warning: cluster: a publish to NATS failed: {e} ({seen} dropped so far)."
                     );
                 }
-            }
-        }
-        if out.message.retain {
-            // Stored without the share groups served: they are this moment's.
-            let stored = match out.served.is_empty() {
-                true => Some(bytes),
-                false => wire::encode(&out.message, out.origin, out.number, now),
-            };
-            if let Some(stored) = stored {
-                self.store_retained(&out.message, stored, deadline).await;
             }
         }
     }

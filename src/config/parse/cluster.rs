@@ -170,6 +170,41 @@ pub(super) const OPTIONS: &[Known] = &[
         }),
     ),
     known(
+        "cluster_messages",
+        "how QoS 1 and 2 messages go between nodes: jetstream (default; through a JetStream stream, the publisher acknowledged once it has them) or core (core NATS alone: at most once between nodes)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.messages_in_jetstream = match line.one("how")? {
+                "jetstream" => true,
+                "core" => false,
+                other => {
+                    let why = format!("cluster_messages: {other:?} is neither jetstream nor core");
+                    return Err(line.err(why));
+                }
+            };
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_messages_max_age",
+        "seconds the stream of QoS 1 and 2 messages keeps each (60 to 31536000, default 3600): a session taken over from a node that died gets what came for it within that time",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            let seconds = in_range(line, 60, 31_536_000)?;
+            c.cluster.messages_max_age = std::time::Duration::from_secs(seconds);
+            Ok(())
+        }),
+    ),
+    known(
+        "cluster_messages_max_bytes",
+        "bytes the stream of QoS 1 and 2 messages keeps at most, its oldest dropped past it (1048576 and up, default 1073741824)",
+        Read::Broker(|c, line| {
+            c.cluster.origin = Some((line.file.to_path_buf(), line.number));
+            c.cluster.messages_max_bytes = in_range(line, 1 << 20, 1 << 50)?;
+            Ok(())
+        }),
+    ),
+    known(
         "cluster_replicas",
         "how many NATS servers keep each JetStream stream of the cluster (1 to 5, default 1; 3 for a three-server NATS cluster)",
         Read::Broker(|c, line| {
