@@ -237,15 +237,22 @@ pub fn assert_each_once_in_order(got: Vec<usize>, n: usize) {
     );
 }
 
-/// Publishes `payload` on `subject` as a bare NATS client would (NATS's text protocol).
-pub fn nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
-    use std::io::{BufRead, BufReader, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+/// A bare connection to `nats`, its INFO line read.
+fn nats_connected(nats: &Nats) -> (std::net::TcpStream, std::io::BufReader<std::net::TcpStream>) {
+    use std::io::BufRead;
+    let stream = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
     let mut info = String::new();
     reader.read_line(&mut info).unwrap();
     assert!(info.starts_with("INFO"), "{info}");
+    (stream, reader)
+}
+
+/// Publishes `payload` on `subject` as a bare NATS client would (NATS's text protocol).
+pub fn nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
+    use std::io::{BufRead, Write};
+    let (mut stream, mut reader) = nats_connected(nats);
     let mut out = format!(
         "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
         payload.len()
@@ -262,13 +269,9 @@ pub fn nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
 /// The answer to a request on `subject`, as a bare NATS client would ask it (NATS's text
 /// protocol): JetStream's API answers in JSON.
 pub fn nats_request(nats: &Nats, subject: &str, payload: &[u8]) -> String {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    use std::io::{BufRead, Read, Write};
+    let (mut stream, mut reader) = nats_connected(nats);
     let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("INFO"), "{line}");
     let mut out = format!(
         "CONNECT {{\"verbose\":false}}\r\nSUB test.answer 1\r\nPUB {subject} test.answer {}\r\n",
         payload.len()
