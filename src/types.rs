@@ -92,6 +92,29 @@ pub struct Message {
     /// Its place among the messages its shard published (with persistence and more than
     /// one shard; else the default).
     pub order: PublishOrder,
+    /// In a cluster: its place in the messages' stream, if it came through it
+    /// (`cluster/replay.rs`).
+    pub stream: StreamPlace,
+}
+
+/// A message's place in a cluster's messages' stream (`cluster/stored.rs`).
+#[derive(Debug, Default)]
+pub struct StreamPlace {
+    /// Its sequence in the stream, if it came from another node through it (0: not).
+    pub sequence: u64,
+    /// Read again from the stream for sessions taken over from a node that is gone, not
+    /// as it came (`cluster/replay.rs`).
+    pub replayed: bool,
+    /// Published here and handed to the stream: its shard and number among that shard's
+    /// (`Cluster::forward`, `own_place`); 0: not.
+    pub own: std::sync::atomic::AtomicU64,
+}
+
+impl StreamPlace {
+    /// `number` of `shard` as `own` holds it.
+    pub fn own_place(shard: usize, number: u64) -> u64 {
+        ((shard as u64) << 48) | (number & ((1 << 48) - 1))
+    }
 }
 
 /// Where a message was published: its number among the messages its shard published since
@@ -123,6 +146,7 @@ impl Message {
             origin: None,
             expires_at: None,
             order: Default::default(),
+            stream: Default::default(),
         }
     }
 
@@ -163,6 +187,7 @@ impl Message {
                 origin: None,
                 expires_at,
                 order: Default::default(),
+                stream: Default::default(),
             }),
             Ok(_) => Err("not one PUBLISH".into()),
             Err(e) => Err(format!("a PUBLISH that does not decode: {e}")),

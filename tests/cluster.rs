@@ -202,11 +202,12 @@ fn the_cluster_is_seen_in_sys_and_the_last_unsubscribe_ends_the_interest() {
     subscribe(&mut sys, &[("$SYS/broker/cluster/#", QoS::AtMostOnce)]);
     wait_for_sys(&mut sys, "$SYS/broker/cluster/connected", |v| v == 1);
     // Two clients, one filter: one NATS subscription for each of its two subjects (`u`
-    // and `u.>`), besides the one for topics too long for a subject.
+    // and `u.>`), besides the one for topics too long for a subject and the one for the
+    // node's fences (`replay.rs`).
     subscribe(&mut remote, &[("u/#", QoS::AtMostOnce)]);
     subscribe(&mut other, &[("u/#", QoS::AtMostOnce)]);
     wait_for_interest(&mut publisher, &mut [&mut remote, &mut other], "u/probe");
-    wait_for_sys(&mut sys, "$SYS/broker/cluster/subscriptions", |v| v == 3);
+    wait_for_sys(&mut sys, "$SYS/broker/cluster/subscriptions", |v| v == 4);
     wait_for_sys(&mut sys, "$SYS/broker/cluster/messages/received", |v| {
         v >= 2
     });
@@ -218,7 +219,7 @@ fn the_cluster_is_seen_in_sys_and_the_last_unsubscribe_ends_the_interest() {
     unsubscribe(&mut remote);
     wait_for_interest(&mut publisher, &mut [&mut other], "u/probe");
     unsubscribe(&mut other);
-    wait_for_sys(&mut sys, "$SYS/broker/cluster/subscriptions", |v| v == 1);
+    wait_for_sys(&mut sys, "$SYS/broker/cluster/subscriptions", |v| v == 2);
 }
 
 /// The node's oldest NATS subscription for a subject goes while messages flow: the next
@@ -310,6 +311,7 @@ fn what_is_not_a_nodes_message_is_dropped_and_counted() {
         origin: None,
         expires_at: None,
         order: Default::default(),
+        stream: Default::default(),
     };
     let origin = Origin {
         incarnation: 42,
@@ -455,14 +457,14 @@ fn past_its_subscription_limit_a_node_takes_everything_and_delivers_what_is_want
     for i in 0..6 {
         wait_for_interest(&mut publisher, &mut [&mut many], &format!("c/{i}/probe"));
     }
-    // The long subject's, two filters' two each, and the catch-all.
+    // The long subject's, the fences', two filters' two each, and the catch-all.
     wait_for_sys_values(
         &mut sys,
         &[
             ("$SYS/broker/cluster/catch_all", 1),
             ("$SYS/broker/cluster/catch_all/started", 1),
             ("$SYS/broker/cluster/subscriptions/uncovered", 4),
-            ("$SYS/broker/cluster/subscriptions", 6),
+            ("$SYS/broker/cluster/subscriptions", 7),
         ],
     );
     for topic in ["c/0/x", "c/5/x", "elsewhere", "c/3"] {
@@ -481,7 +483,7 @@ fn past_its_subscription_limit_a_node_takes_everything_and_delivers_what_is_want
         &[
             ("$SYS/broker/cluster/catch_all", 0),
             ("$SYS/broker/cluster/subscriptions/uncovered", 0),
-            ("$SYS/broker/cluster/subscriptions", 3),
+            ("$SYS/broker/cluster/subscriptions", 4),
         ],
     );
     publish(

@@ -155,6 +155,7 @@ fn fill_mailbox(sim: &Sim, shard: usize) {
         origin: None,
         expires_at: None,
         order: Default::default(),
+        stream: Default::default(),
     });
     let deliver = || midge::router::ShardMsg::Deliver {
         message: message.clone(),

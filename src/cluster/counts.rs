@@ -75,6 +75,14 @@ pub struct ClusterStats {
     pub nodes_gone: AtomicU64,
     pub sessions_adopted: AtomicU64,
     pub taken_for_gone: AtomicU64,
+    /// Replays of what a gone node missed (`replay.rs`); those cut short; messages they
+    /// delivered; messages gone from the stream before they were read again; messages
+    /// that came for sessions being replayed and were delivered by the replay already.
+    pub replays: AtomicU64,
+    pub replays_cut: AtomicU64,
+    pub replayed: AtomicU64,
+    pub replay_missed: AtomicU64,
+    pub replay_duplicates: AtomicU64,
 }
 
 /// A count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or gauge),
@@ -290,6 +298,41 @@ pub const COUNTS: &[ClusterCount] = &[
         "Times the cluster took this node for gone (its heartbeat key was deleted or written by another)",
         true,
         |s| load(&s.taken_for_gone),
+    ),
+    count(
+        "$SYS/broker/cluster/replays/done",
+        "midge_cluster_replays",
+        "Replays of the messages a gone node missed, for its sessions taken over here",
+        true,
+        |s| load(&s.replays),
+    ),
+    count(
+        "$SYS/broker/cluster/replays/cut",
+        "midge_cluster_replays_cut",
+        "Replays not read to their end (NATS away, past their time)",
+        true,
+        |s| load(&s.replays_cut),
+    ),
+    count(
+        "$SYS/broker/cluster/replays/messages",
+        "midge_cluster_replayed",
+        "Messages a gone node missed, delivered to its sessions taken over here",
+        true,
+        |s| load(&s.replayed),
+    ),
+    count(
+        "$SYS/broker/cluster/replays/missed",
+        "midge_cluster_replay_missed",
+        "Messages gone from the messages' stream (past its limits) before a replay read them",
+        true,
+        |s| load(&s.replay_missed),
+    ),
+    count(
+        "$SYS/broker/cluster/replays/duplicates",
+        "midge_cluster_replay_duplicates",
+        "Messages that came for sessions being replayed and that the replay delivered already",
+        true,
+        |s| load(&s.replay_duplicates),
     ),
     count(
         "$SYS/broker/cluster/messages/forwarded",

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::dedup::Copies;
 use super::patterns::Patterns;
 use super::retained::{self, Work};
-use super::subject::long_subject;
+use super::subject::{self, long_subject};
 use super::{wire, Cluster, ToLink};
 use crate::router::{Mailboxes, Message, ShardMsg};
 
@@ -138,6 +138,8 @@ struct Link {
     held: Vec<VecDeque<(ShardMsg, usize)>>,
     held_count: usize,
     held_bytes: usize,
+    /// The subject this node's fences come back on (`replay.rs`).
+    own_fence: String,
 }
 
 /// Runs the link until the broker shuts down (`Cluster::shut_down`).
@@ -181,6 +183,10 @@ async fn serve(
     let mut link = Link::new(cluster.clone(), client, mailboxes, arriving_tx);
     // Topics too long for a subject come on one subject every node takes.
     link.add_pattern(long_subject(&cluster.root)).await;
+    if cluster.settings.messages_in_jetstream {
+        // This node's fences, coming back through the messages' stream (`replay.rs`).
+        link.add_pattern(link.own_fence.clone()).await;
+    }
     link.reconcile().await;
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -243,7 +249,7 @@ impl Link {
         });
         let shards = mailboxes.shards();
         Link {
-            cluster,
+            cluster: cluster.clone(),
             client,
             retained,
             sessions,
@@ -268,11 +274,22 @@ impl Link {
             held: (0..shards).map(|_| VecDeque::new()).collect(),
             held_count: 0,
             held_bytes: 0,
+            own_fence: subject::fence_subject(&cluster.root, cluster.incarnation),
         }
     }
 
     fn arrived(&mut self, arriving: Arriving) {
         match arriving {
+            Arriving::Message(_, message)
+                if subject::is_fence(&self.cluster.root, &message.subject) =>
+            {
+                // A fence, no message: this node's tells how far it has received the stream.
+                if *message.subject == *self.own_fence {
+                    if let Some(sequence) = stream_sequence(&message) {
+                        self.cluster.position.fetch_max(sequence, Ordering::Relaxed);
+                    }
+                }
+            }
             Arriving::Message(id, message) => match self.group_of.get(&id) {
                 Some((key, hash)) => self.take_for_group(key.clone(), *hash, message),
                 None => self.consider(id, message),
@@ -378,7 +395,9 @@ impl Link {
             stats.served_there.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.route_arrived(arrived.message, Some(key), nats.payload.len());
+        let mut message = arrived.message;
+        message.stream.sequence = stream_sequence(&nats).unwrap_or(0);
+        self.route_arrived(message, Some(key), nats.payload.len());
     }
 
     /// Counted as received (`bytes` on the wire) and handed to the shard its topic hashes
@@ -411,7 +430,9 @@ impl Link {
             return;
         }
         self.copies.took(id, arrived.origin, arrived.number);
-        self.route_arrived(arrived.message, None, nats.payload.len());
+        let mut message = arrived.message;
+        message.stream.sequence = stream_sequence(&nats).unwrap_or(0);
+        self.route_arrived(message, None, nats.payload.len());
     }
 
     /// Into `shard`'s mailbox, behind what is held for it already.
@@ -445,4 +466,11 @@ impl Link {
             }
         }
     }
+}
+
+/// The sequence in the messages' stream of what the stream republished (its
+/// `Nats-Sequence` header); `None` for what a node published on core NATS.
+fn stream_sequence(nats: &async_nats::Message) -> Option<u64> {
+    let headers = nats.headers.as_ref()?;
+    headers.get("Nats-Sequence")?.as_str().parse().ok()
 }

@@ -16,17 +16,21 @@
 //! connection per client id in the cluster (`sessions.rs`).
 //!
 //! QoS 1 and 2 messages go between nodes through a JetStream stream, their publishers
-//! acknowledged once it has them (`stored.rs`); QoS 0 goes on core NATS, at most once.
+//! acknowledged once it has them (`stored.rs`); QoS 0 goes on core NATS, at most once. What
+//! a node that dies missed is read again from the stream for its sessions where they are
+//! taken over (`replay.rs`).
 //!
 //! What this step does not do yet (issue 31): a session's queue and in-flight messages are
-//! held by its node, so a node that dies loses those (its sessions' subscriptions and its
-//! clients' wills are taken over: `sessions/nodes.rs`).
+//! held by its node, so a node that dies loses those it had received before its last known
+//! position in the stream (its sessions' subscriptions and its clients' wills are taken
+//! over: `sessions/nodes.rs`); a node cut off from NATS does not read again what it missed.
 
 mod connect;
 mod counts;
 pub mod dedup;
 mod link;
 pub mod patterns;
+pub mod replay;
 pub mod retained;
 pub mod sessions;
 mod stored;
@@ -62,6 +66,9 @@ pub(crate) enum ToLink {
     /// For the sessions task (`sessions.rs`): a connection's claim on its client id, or a
     /// session that ended.
     Sessions(sessions::Work),
+    /// A fence to store once the subscriptions noted so far are made: its sequence in the
+    /// messages' stream (`replay.rs`).
+    Fence(tokio::sync::oneshot::Sender<Result<u64, String>>),
 }
 
 /// A message on its way to NATS: its subject, and what the link encodes it from.
@@ -118,6 +125,9 @@ pub struct Cluster {
     stored_through: Box<[CachePadded<AtomicU64>]>,
     /// The messages' stream is open (`cluster_messages jetstream`).
     messages_open: AtomicBool,
+    /// How far this node has received the messages' stream: the sequence of its last fence
+    /// that came back (`replay.rs`).
+    position: AtomicU64,
     outgoing: mpsc::Sender<ToLink>,
     outgoing_bytes: AtomicUsize,
     /// False once the link has ended for good (it could not start): nothing is queued for
@@ -154,6 +164,7 @@ impl Cluster {
             stored_numbers: counters(shards, 1),
             stored_through: counters(shards, 0),
             messages_open: AtomicBool::new(false),
+            position: AtomicU64::new(0),
             outgoing,
             outgoing_bytes: AtomicUsize::new(0),
             alive: AtomicBool::new(true),
@@ -238,6 +249,11 @@ impl Cluster {
                 retained::not_stored(self, "the queue to the NATS client is full");
             }
             return None;
+        }
+        if durable {
+            // Where a replay finds it (`replay.rs`).
+            let own = crate::types::StreamPlace::own_place(shard, number);
+            message.stream.own.store(own, Ordering::Release);
         }
         durable.then_some(number)
     }

@@ -33,8 +33,9 @@
 //! heartbeats stop is found gone by another, which takes its sessions over from their
 //! records and publishes its clients' wills (`nodes.rs`). When a session ends on its owner,
 //! the key goes, expecting the revision the owner wrote last (a newer claim keeps it).
-//! What a record does not hold (messages in flight and queued on the gone node) is lost
-//! with the node.
+//! What the gone node missed is read again from the messages' stream for the sessions
+//! taken over (`replay.rs`); what a record does not hold (messages in flight and queued on
+//! the gone node before that) is lost with the node.
 
 mod claim;
 mod keys;
@@ -112,6 +113,9 @@ pub enum Claimed {
         revision: u64,
         session: Option<bytes::Bytes>,
         from_record: bool,
+        /// From a record of a node that is gone: what that node missed is read again for
+        /// the session (`replay.rs`); the shard marks it, then drops this.
+        replay: Option<crate::cluster::replay::Join>,
     },
     /// The cluster could not be asked in time: the connection goes on as on a single
     /// broker (said and counted).
@@ -460,7 +464,7 @@ pub(super) fn unclaimed(cluster: &Cluster, client_id: &str, why: &str) -> Claime
 /// Into `shard`'s mailbox, waiting for room (a bounded time: a shard that stays full for
 /// that long is counted as dropping it). False if it was dropped; a take request dropped
 /// is answered "ask again".
-async fn send_patiently(
+pub(super) async fn send_patiently(
     cluster: &Cluster,
     mailboxes: &Mailboxes,
     shard: usize,

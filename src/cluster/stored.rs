@@ -36,7 +36,7 @@ use super::Cluster;
 use crate::router::Mailboxes;
 
 /// The stream's subjects are `<root>.q.>`: a message's is its core subject with `q` for `m`.
-const STORED: &str = "q";
+pub(super) const STORED: &str = "q";
 
 /// Stores waited for at once; the others wait in the channel (their bytes counted with the
 /// queue to the link: `Cluster::forward`).
@@ -44,7 +44,7 @@ const STORES_AT_ONCE: usize = 4096;
 
 /// How long one try waits for JetStream's acknowledgement, and how long a message is tried
 /// before it goes without.
-const TRY_WAIT: Duration = Duration::from_secs(2);
+pub(super) const TRY_WAIT: Duration = Duration::from_secs(2);
 const STORE_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a message that could not be stored may wait for the NATS client's queue.
@@ -88,7 +88,7 @@ enum Done {
 }
 
 /// The stream's name for the cluster `name`.
-fn stream_name(name: &str) -> String {
+pub(super) fn stream_name(name: &str) -> String {
     format!("midge_{name}_messages")
 }
 
@@ -100,6 +100,24 @@ fn stream_subject(root: &str, subject: &str) -> String {
         .and_then(|s| s.strip_prefix(".m"))
         .unwrap_or_default();
     format!("{root}.{STORED}{rest}")
+}
+
+/// The subject this node's fences are stored on (`replay.rs`).
+pub(super) fn fence_subject(cluster: &Cluster) -> String {
+    let copy = super::subject::fence_subject(&cluster.root, cluster.incarnation);
+    stream_subject(&cluster.root, &copy)
+}
+
+/// Stores one of this node's fences (its copy, coming back, tells the link how far the
+/// node has received the stream: `replay.rs`).
+fn store_fence(cluster: &Cluster, js: &jetstream::Context) {
+    let (js, subject) = (js.clone(), fence_subject(cluster));
+    tokio::spawn(async move {
+        let storing = js.publish(subject, Bytes::new());
+        if let Ok(Ok(ack)) = tokio::time::timeout(TRY_WAIT, storing).await {
+            let _ = tokio::time::timeout(TRY_WAIT, ack.into_future()).await;
+        }
+    });
 }
 
 /// The id JetStream knows a message by within its duplicate window.
@@ -120,6 +138,8 @@ pub(super) async fn serve(
     let mut retry = tokio::time::interval(OPEN_RETRY);
     let mut check = tokio::time::interval(STREAM_CHECK);
     check.reset();
+    let mut fences = tokio::time::interval(super::replay::FENCE_EVERY);
+    fences.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut acks = futures_util::stream::FuturesOrdered::new();
     loop {
         tokio::select! {
@@ -147,6 +167,7 @@ pub(super) async fn serve(
                     Err(_) => {}
                 }
             }
+            _ = fences.tick(), if opened => store_fence(&cluster, &js),
             _ = check.tick(), if opened => {
                 let (cluster, js) = (cluster.clone(), js.clone());
                 tokio::spawn(async move {

@@ -76,6 +76,18 @@ pub fn long_subject(root: &str) -> String {
     format!("{root}.m.~~")
 }
 
+/// A node's fence in the messages' stream (`replay.rs`), as the stream republishes it:
+/// under `<root>.m` (where the stream republishes), under the long subject's token (so no
+/// topic's), named by the node's run.
+pub fn fence_subject(root: &str, incarnation: u64) -> String {
+    format!("{root}.m.~~.f.{incarnation:x}")
+}
+
+/// Whether `subject` is a fence (any node's): not a message.
+pub fn is_fence(root: &str, subject: &str) -> bool {
+    (subject.strip_prefix(root)).is_some_and(|rest| rest.starts_with(".m.~~."))
+}
+
 /// The level one token stands for; `None` if it is not a token `push_token` writes.
 fn level_of(token: &str) -> Option<String> {
     if token == "~" {
@@ -257,6 +269,10 @@ mod tests {
         let subject = long_subject(ROOT);
         assert!(subject.starts_with(&format!("{ROOT}.m.")));
         assert_eq!(topic_of(ROOT, &subject), None);
+        // A fence is under it, no topic's, and not the long subject itself.
+        let fence = fence_subject(ROOT, 0xab);
+        assert!(is_fence(ROOT, &fence) && !is_fence(ROOT, &subject));
+        assert_eq!(topic_of(ROOT, &fence), None);
     }
 
     fn level() -> impl Strategy<Value = String> {

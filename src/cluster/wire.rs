@@ -162,6 +162,7 @@ mod tests {
             origin: None,
             expires_at: expires_in.map(|d| now + d),
             order: Default::default(),
+            stream: Default::default(),
         }
     }
 

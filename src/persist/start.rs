@@ -420,6 +420,7 @@ mod tests {
             origin: None,
             expires_at: None,
             order: Default::default(),
+            stream: Default::default(),
         });
         let sync = crate::persist::SyncPolicy::Always;
         let mut old = Journal::create(storage.clone(), dir, 0, 3, sync).unwrap();

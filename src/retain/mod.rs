@@ -335,6 +335,7 @@ mod tests {
             origin: None,
             expires_at: None,
             order: Default::default(),
+            stream: Default::default(),
         })
     }
 

@@ -80,6 +80,29 @@ pub enum ShardMsg {
     /// Another node owns the key of `client_id` now: the session here, claimed at `claim`,
     /// goes (`cluster/sessions/records.rs`).
     ClusterLost { client_id: Arc<str>, claim: u64 },
+    /// A message of the cluster's stream read again for sessions taken over from a node
+    /// that is gone (`cluster/replay.rs`): routed to those of `sessions` it matches alone.
+    Replayed {
+        message: Box<Message>,
+        sessions: Arc<hashbrown::HashSet<SessionId>>,
+    },
+    /// A replay is done: what waited for its sessions goes on, but what it delivered
+    /// already (`Ended`). `from_router`: to the shard that
+    /// routed it, which passes it on to the others behind what it routed to them.
+    ReplayDone {
+        replay: u64,
+        ended: Arc<crate::cluster::replay::Ended>,
+        from_router: bool,
+    },
+    /// Session `session`, being replayed for, moves here from the sending shard: what
+    /// waits for it (sent before the session itself).
+    ReplayMoved {
+        session: SessionId,
+        held: Box<crate::cluster::replay::Held>,
+    },
+    /// Read and dropped: the replay waiting for it knows this shard is past what it was
+    /// doing.
+    ReplayGate(crate::cluster::replay::Gate),
 }
 
 /// With persistence and more than one shard: a message's (or a session's) number among
@@ -407,6 +430,7 @@ mod tests {
                 origin: None,
                 expires_at: None,
                 order: Default::default(),
+                stream: Default::default(),
             }),
             targets: Vec::new(),
             forwarded: false,

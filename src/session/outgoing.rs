@@ -368,6 +368,7 @@ pub(super) mod tests {
             origin: None,
             expires_at: None,
             order: Default::default(),
+            stream: Default::default(),
         })
     }
 

@@ -140,6 +140,7 @@ impl<B: Backend> Shard<B> {
             revision,
             record,
             from,
+            replay,
         } = *adopted;
         let Some((revived, since)) = self.revive_moved(&client_id, &record) else {
             // Its key goes: nothing is here to answer for it.
@@ -155,7 +156,12 @@ impl<B: Backend> Shard<B> {
             }
             None => {
                 log::info!(target: "information", "Cluster: the session of {client_id} is taken over from node {from}, which is gone.");
-                self.keep_moved_offline(revived, revision, since);
+                let id = revived.id;
+                if self.keep_moved_offline(revived, revision, since) {
+                    if let Some(replay) = &replay {
+                        self.replayed_by(id, replay);
+                    }
+                }
                 // Its will and its end, if due while it was on its way, come now.
                 self.publish_due_wills(self.clock.now + RECORD_TIME_SLACK);
                 self.expire_sessions(self.clock.now);

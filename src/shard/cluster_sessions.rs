@@ -91,13 +91,14 @@ impl<B: Backend> Shard<B> {
         client_id: Arc<str>,
         claimed: Claimed,
     ) {
-        let (revision, bytes, from_record) = match claimed {
+        let (revision, bytes, from_record, replay) = match claimed {
             Claimed::Owned {
                 revision,
                 session,
                 from_record,
-            } => (revision, session, from_record),
-            Claimed::Unclaimed => (0, None, false),
+                replay,
+            } => (revision, session, from_record, replay),
+            Claimed::Unclaimed => (0, None, false, None),
             Claimed::Superseded => {
                 // A later connection of the client won: this one goes, as an older one
                 // does on one node.
@@ -126,7 +127,12 @@ impl<B: Backend> Shard<B> {
                 // connection's claim is the key's, and a clean start ending this session
                 // must not delete it. With the connection gone, the key is this one's.)
                 let kept_under = if waiting.is_some() { 0 } else { revision };
-                self.keep_moved_offline(session, kept_under, since);
+                let id = session.id;
+                if self.keep_moved_offline(session, kept_under, since) {
+                    if let Some(replay) = &replay {
+                        self.replayed_by(id, replay);
+                    }
+                }
                 // (A record's times are whole milliseconds of the wall clock: one due at
                 // once may read back a moment late.) A session whose expiry ran out on the
                 // way ends now, not resumed.
@@ -138,7 +144,9 @@ impl<B: Backend> Shard<B> {
             // The connection went while its claim was made: a session fetched for it stays
             // here, offline, as if the client had gone just after connecting.
             match moved {
-                Some((session, since)) => self.keep_moved_offline(session, revision, since),
+                Some((session, since)) => {
+                    self.keep_moved_offline(session, revision, since);
+                }
                 // Its key goes, unless a connection of the client here holds it now.
                 None if revision != 0 && self.shared.latest_claim(&client_id).is_none() => {
                     self.release_in_cluster(client_id, revision)
@@ -227,13 +235,13 @@ impl<B: Backend> Shard<B> {
         mut session: SessionBox,
         revision: u64,
         offline_since: Instant,
-    ) {
+    ) -> bool {
         let client_id = session.client_id.clone();
         if self.shared.latest_claim(&client_id).is_some() {
             // A later connection of the client here has it in hand (and the key: ending
             // this one gives nothing back).
             self.moved_session_not_taken(session, "a later connection of its client is here");
-            return;
+            return false;
         }
         session.set_cluster_revision(revision);
         let claim = self.shared.next_claim.fetch_add(1, Relaxed);
@@ -245,6 +253,7 @@ impl<B: Backend> Shard<B> {
         self.journal_session(id, claim.number());
         self.schedule_expiry_since(id, offline_since);
         self.record_changed(id);
+        true
     }
 
     /// The key of a session that ended here goes from the cluster's bucket (unless a newer
@@ -314,6 +323,11 @@ impl<B: Backend> Shard<B> {
             // still closes (one live connection per client id), the session stays offline.
             self.keep_offline_here(id, take.clean_start);
             return;
+        }
+        if !self.replaying.is_empty() {
+            // What waits for a replay goes with it to the other node (perhaps a second
+            // time: QoS 1); the replay's own later messages for it do not.
+            self.replayed_for(id, None);
         }
         let answer = match self.take_local_session(id, take.clean_start) {
             Some(session) => self.hand_to_node(session),

@@ -33,7 +33,10 @@ impl<B: Backend> Shard<B> {
         for target in targets {
             if self.sessions.contains_key(&target.session) {
                 // (`settling` is almost always empty: no lookup on the usual path.)
-                if forwarded || !self.handover.moves.any_settling() || !self.hold(message, target) {
+                let settled =
+                    forwarded || !self.handover.moves.any_settling() || !self.hold(message, target);
+                // (`replaying` is almost always empty too.)
+                if settled && (self.replaying.is_empty() || !self.replay_holds(message, target)) {
                     self.deliver_to_session(message, target, &mut variants);
                 }
             } else if let Some(to) = self.handover.moves.moved_to(target.session) {

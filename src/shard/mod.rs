@@ -12,6 +12,7 @@ pub mod clock;
 mod close;
 mod cluster_acks;
 mod cluster_records;
+mod cluster_replay;
 mod cluster_sessions;
 pub mod conn;
 mod connack;
@@ -114,6 +115,9 @@ pub struct Shard<B: Backend> {
     /// Acknowledgements waiting for JetStream to store what they acknowledge
     /// (`cluster_acks.rs`).
     cluster_acks: cluster_acks::ClusterAcks,
+    /// Sessions taken over from a gone node while what it missed is read again
+    /// (`cluster_replay.rs`).
+    replaying: cluster_replay::Replaying,
     /// Debug builds only: faults the tests inject.
     #[cfg(debug_assertions)]
     faults: Faults,
@@ -184,6 +188,7 @@ impl<B: Backend> Shard<B> {
             links: Vec::new(),
             records: Default::default(),
             cluster_acks: Default::default(),
+            replaying: Default::default(),
             #[cfg(debug_assertions)]
             faults: Faults::from_env(),
         }

@@ -309,6 +309,7 @@ impl<B: Backend> Shard<B> {
             origin: Some(session_id),
             expires_at,
             order: self.publish_order(),
+            stream: Default::default(),
         })
     }
 

@@ -57,7 +57,12 @@ impl<B: Backend> Shard<B> {
     /// published trie, group the targets by owning shard, deliver this shard's directly
     /// and send one message to each other shard. `from` is the publishing connection
     /// (paused if its messages wait). Returns whether any subscription matched.
-    fn route_here(&mut self, message: &Arc<Message>, from: Option<ConnId>, scope: Scope) -> bool {
+    pub(super) fn route_here(
+        &mut self,
+        message: &Arc<Message>,
+        from: Option<ConnId>,
+        scope: Scope,
+    ) -> bool {
         // Subscriptions read earlier in this turn take effect first: packets act in the
         // order the shard reads them, whoever sent them.
         self.apply_trie_ops();
@@ -239,6 +244,9 @@ pub(super) enum Scope<'k> {
     NotShared,
     /// From another node, for one share group (`$share/{group}/{filter}`) alone.
     Group(&'k str),
+    /// Read again from the cluster's stream for these sessions alone, not share groups
+    /// (`cluster_replay.rs`).
+    Sessions(&'k hashbrown::HashSet<SessionId>),
 }
 
 impl Scope<'_> {
@@ -247,6 +255,9 @@ impl Scope<'_> {
             (Scope::Here, _) => true,
             (Scope::NotShared, Match::Subscriber(..)) => true,
             (Scope::Group(wanted), Match::Group { key, .. }) => &***key == *wanted,
+            (Scope::Sessions(sessions), Match::Subscriber(session, _)) => {
+                sessions.contains(session)
+            }
             _ => false,
         }
     }

@@ -93,6 +93,7 @@ impl<B: Backend> Shard<B> {
                 origin: None,
                 expires_at: Some(self.clock.now + Duration::from_secs(20)),
                 order: self.publish_order(),
+                stream: Default::default(),
             });
             self.route(&message, None);
         }
@@ -185,6 +186,7 @@ impl<B: Backend> Shard<B> {
             origin: None,
             expires_at: None,
             order: self.publish_order(),
+            stream: Default::default(),
         });
         // The broker's own: not bounded, but counted with the others.
         let mut store = self.shared.retained.lock().expect("retained lock");

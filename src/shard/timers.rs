@@ -86,6 +86,7 @@ impl<B: Backend> Shard<B> {
         self.check_invariants();
         self.publish_due_wills(now);
         self.expire_sessions(now);
+        self.end_overdue_replays(now);
         self.write_records();
         self.sys_tick(now);
         if self.clock.quiet.tick() {

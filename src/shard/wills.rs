@@ -45,6 +45,7 @@ impl<B: Backend> Shard<B> {
         let message = Arc::new(Message {
             expires_at,
             order: self.publish_order(),
+            stream: Default::default(),
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,

@@ -129,9 +129,10 @@ impl Link {
     }
 
     /// The subscriptions held for the clients' filters and share groups (not the `long`
-    /// subject's, nor the catch-all's).
+    /// subject's, nor the node's fences', nor the catch-all's).
     fn for_filters(&self) -> usize {
-        let fixed = 1 + usize::from(self.catch_all.is_some());
+        let fences = usize::from(self.cluster.settings.messages_in_jetstream);
+        let fixed = 1 + fences + usize::from(self.catch_all.is_some());
         self.by_pattern.len().saturating_sub(fixed) + self.group_of.len()
     }
 

@@ -1,8 +1,11 @@
 //! What the link publishes: the shards' messages to NATS, retained messages to JetStream
 //! as they go, and the shards' questions to the retained task (`retained.rs`).
 
+use std::future::IntoFuture;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+use tokio::sync::oneshot;
 
 use super::{Link, PUBLISH_WAIT};
 use crate::cluster::retained::{self, Work};
@@ -21,6 +24,7 @@ impl Link {
                 ToLink::Publish(out) => self.publish_one(out, now, deadline).await,
                 ToLink::Find(query) => self.hand_retained(Work::Query(query)),
                 ToLink::Sessions(work) => self.hand_sessions(work),
+                ToLink::Fence(reply) => self.fence(reply).await,
             }
         }
     }
@@ -106,6 +110,31 @@ impl Link {
             self.cluster.stored_through[store.shard].store(store.number, Ordering::SeqCst);
             self.mailboxes.wake_if_sleeping(store.shard);
         }
+    }
+
+    /// Stores a fence in the messages' stream once the subscriptions noted so far are made
+    /// (NATS takes a connection's commands in order, and a server passes a subscription on
+    /// to the others before what its client publishes after): its sequence to `reply`.
+    async fn fence(&mut self, reply: oneshot::Sender<Result<u64, String>>) {
+        self.reconcile().await;
+        let js = async_nats::jetstream::new(self.client.clone());
+        let subject = stored::fence_subject(&self.cluster);
+        let storing = js.publish(subject, bytes::Bytes::new());
+        let ack = match tokio::time::timeout(PUBLISH_WAIT, storing).await {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(e)) => {
+                let _ = reply.send(Err(e.to_string()));
+                return;
+            }
+            Err(_) => {
+                let _ = reply.send(Err("the NATS client is stuck".into()));
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            let stored = crate::cluster::within(stored::TRY_WAIT, ack.into_future()).await;
+            let _ = reply.send(stored.map(|ack| ack.sequence));
+        });
     }
 
     /// On core NATS: at most once to the other nodes.

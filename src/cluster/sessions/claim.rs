@@ -14,6 +14,7 @@ use super::{
     client_key, in_time, send_patiently, take_subject, unclaimed, Bucket, ClaimAsk, Claimed,
     Claiming, Claims, ANSWER_WAIT_MAX, CLAIM_WAIT, RETRY_AFTER, STEP_WAIT,
 };
+use crate::cluster::replay::{Join, Replay};
 use crate::cluster::Cluster;
 
 /// What a claim keeps for fetching the session: its writes stop this long before its
@@ -171,7 +172,12 @@ impl Claimer {
         match previous {
             // Held elsewhere: fetched.
             Some(from) if from.owner.node != cluster.node_id => {
-                fetch(cluster, &self.client, &from, ask, revision, deadline).await
+                let (mut claimed, gone_at) =
+                    fetch(cluster, &self.client, &from, ask, revision, deadline).await;
+                if let (Claimed::Owned { replay, .. }, Some(position)) = (&mut claimed, gone_at) {
+                    *replay = self.replay_for(&from.owner.node, position);
+                }
+                claimed
             }
             // Held by an earlier run of this node: its record, unless the node's own
             // journal brought the session back (the shard prefers that one).
@@ -182,6 +188,7 @@ impl Claimer {
                 revision,
                 session: Some(record),
                 from_record: true,
+                replay: None,
             },
             // Nobody held it, or this node did (perhaps before it restarted): its own
             // shards decide, as on a single broker.
@@ -189,8 +196,22 @@ impl Claimer {
                 revision,
                 session: None,
                 from_record: false,
+                replay: None,
             },
         }
+    }
+
+    /// A replay of what `node` (gone, as far as `position` in the messages' stream)
+    /// missed, for the session a claim goes on with from its record: run once the shard
+    /// has it.
+    fn replay_for(&self, node: &str, position: u64) -> Option<Join> {
+        let replay = Replay::new(&self.cluster)?;
+        let join = replay.join();
+        let (cluster, mailboxes) = (self.cluster.clone(), self.mailboxes.clone());
+        let js = async_nats::jetstream::new(self.client.clone());
+        let what = format!("node {node}");
+        tokio::spawn(async move { replay.run(&cluster, &js, &mailboxes, position, &what).await });
+        Some(join)
     }
 
     fn with_claim(&self, client_id: &str, change: impl FnOnce(&mut Claiming)) {
@@ -295,7 +316,8 @@ async fn write(store: &kv::Store, key: &str, value: &Bytes, last: Option<u64>) -
 }
 
 /// Asks the owner in `value` for the session of `ask`'s client, until `deadline`; if it
-/// cannot answer, the session is the one its record describes.
+/// cannot answer, the session is the one its record describes, and if the owner is gone,
+/// how far it had received the messages' stream.
 async fn fetch(
     cluster: &Cluster,
     client: &async_nats::Client,
@@ -303,7 +325,7 @@ async fn fetch(
     ask: &ClaimAsk,
     revision: u64,
     deadline: tokio::time::Instant,
-) -> Claimed {
+) -> (Claimed, Option<u64>) {
     let from = &value.owner;
     let subject = take_subject(cluster, &from.node);
     let stats = &cluster.stats;
@@ -311,6 +333,7 @@ async fn fetch(
         revision,
         session,
         from_record: false,
+        replay: None,
     };
     let from_record = |why: &str| match &value.record {
         Some(record) => {
@@ -320,6 +343,7 @@ async fn fetch(
                 revision,
                 session: Some(record.clone()),
                 from_record: true,
+                replay: None,
             }
         }
         None => owned(lost(cluster, ask, why)),
@@ -357,27 +381,31 @@ async fn fetch(
         match answer {
             Ok(TakeAnswer::Session(bytes)) => {
                 stats.sessions_moved_in.fetch_add(1, Ordering::Relaxed);
-                return owned(Some(bytes));
+                return (owned(Some(bytes)), None);
             }
-            Ok(TakeAnswer::Nothing) => return owned(None),
+            Ok(TakeAnswer::Nothing) => return (owned(None), None),
             Ok(TakeAnswer::NotThisRun) => {
-                return from_record(&format!("node {} restarted since", from.node))
+                let why = format!("node {} restarted since", from.node);
+                return (from_record(&why), None);
             }
-            Ok(TakeAnswer::Superseded) => return Claimed::Superseded,
+            Ok(TakeAnswer::Superseded) => return (Claimed::Superseded, None),
             Ok(TakeAnswer::Retry) if tokio::time::Instant::now() + RETRY_AFTER < asked_until => {
                 tokio::time::sleep(RETRY_AFTER).await;
             }
             Ok(TakeAnswer::Retry) => {
                 let why = format!("node {} could not hand it over in time", from.node);
-                return owned(lost(cluster, ask, &why));
+                return (owned(lost(cluster, ask, &why)), None);
             }
             // Gone (or cut off from NATS and JetStream alike, its connections with it):
             // the session is its record. Only slow: the client starts anew, as the session
             // is still there.
-            Err(e) if value.record.is_some() && owner_gone(cluster, from, deadline).await => {
-                return from_record(&e)
+            Err(e) if value.record.is_some() => {
+                return match owner_gone(cluster, from, deadline).await {
+                    Some(position) => (from_record(&e), Some(position).filter(|&p| p > 0)),
+                    None => (owned(lost(cluster, ask, &e)), None),
+                };
             }
-            Err(e) => return owned(lost(cluster, ask, &e)),
+            Err(e) => return (owned(lost(cluster, ask, &e)), None),
         }
     }
 }
@@ -389,32 +417,35 @@ const WATCH_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether the node `owner` names is gone: another node took it for gone, a later run of it
 /// replaced it, or its heartbeat does not move for `HEARTBEAT_WATCH` (within `deadline`;
-/// it beats every second).
-async fn owner_gone(cluster: &Cluster, owner: &Owner, deadline: tokio::time::Instant) -> bool {
-    let Some(nodes) = cluster.nodes_bucket.get() else {
-        return false;
-    };
+/// it beats every second). If so, how far it had received the messages' stream (0: not
+/// known).
+async fn owner_gone(
+    cluster: &Cluster,
+    owner: &Owner,
+    deadline: tokio::time::Instant,
+) -> Option<u64> {
+    let nodes = cluster.nodes_bucket.get()?;
     let key = super::node_token(&owner.node);
     let read = || async {
         let entry = in_time(nodes.entry(key.as_str())).await.ok()??;
         let value = super::nodes::node_in(&entry)?;
-        let gone = value.taken_by.is_some() || value.incarnation != owner.incarnation;
-        Some((gone, entry.revision))
+        let replaced = value.incarnation != owner.incarnation;
+        let gone = value.taken_by.is_some() || replaced;
+        // (A later run's heartbeat says how far that run has received.)
+        let position = if replaced { 0 } else { value.position };
+        Some((gone, entry.revision, position))
     };
-    let Some((gone, revision)) = read().await else {
-        return false;
-    };
+    let (gone, revision, position) = read().await?;
     if gone {
-        return true;
+        return Some(position);
     }
     let until = tokio::time::Instant::now() + HEARTBEAT_WATCH;
     if until > deadline {
-        return false;
+        return None;
     }
     tokio::time::sleep_until(until).await;
-    read()
-        .await
-        .is_some_and(|(gone, now)| gone || now == revision)
+    let (gone, now, position) = read().await?;
+    (gone || now == revision).then_some(position)
 }
 
 /// Said and counted: the session another node held is not taken (it stays there, offline,

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use super::wire::{self, Owner, NO_CLAIM};
 use super::{in_time, node_token, open_kv, send_patiently, Bucket, OPEN_RETRY};
+use crate::cluster::replay::{Join, Replay};
 use crate::cluster::Cluster;
 use crate::router::{Mailboxes, ShardMsg};
 
@@ -50,6 +51,9 @@ pub struct Adopted {
     pub record: bytes::Bytes,
     /// The node it was taken from, for the log.
     pub from: String,
+    /// What the gone node missed is read again for it (`replay.rs`): the shard marks it as
+    /// being replayed for, then drops this.
+    pub replay: Option<crate::cluster::replay::Join>,
 }
 
 /// A node as last seen in the bucket.
@@ -59,6 +63,8 @@ struct Seen {
     incarnation: u64,
     revision: u64,
     at: Instant,
+    /// How far it had received the messages' stream, as its last heartbeat said.
+    position: u64,
 }
 
 /// Writes this node's heartbeat, watches the others', and takes over the sessions of those
@@ -87,12 +93,16 @@ pub(super) async fn serve(
     let _ = cluster.nodes_bucket.set(store.clone());
     let spawn_adoption = |gone: Seen, why: String| {
         let (cluster, sessions, mailboxes) = (cluster.clone(), sessions.clone(), mailboxes.clone());
-        tokio::spawn(async move { adopt_all(&cluster, &sessions, &mailboxes, gone, why).await });
+        let js = js.clone();
+        tokio::spawn(
+            async move { adopt_all(&cluster, &js, &sessions, &mailboxes, gone, why).await },
+        );
     };
     let mut beating = Beating {
         key: node_token(&cluster.node_id),
         mine: None,
         healthy_since: None,
+        positioned: false,
     };
     // This node's earlier run, if its key still names it and no other node took it for
     // gone: taken over here once it is seen gone.
@@ -134,7 +144,7 @@ pub(super) async fn serve(
                         .filter(|v| v.taken_by.as_deref() == Some(cluster.node_id.as_str()));
                     if let Some(v) = by_me {
                         if taken.insert((v.node.clone(), v.incarnation)) {
-                            let gone = Seen { node: v.node, incarnation: v.incarnation, revision: entry.revision, at: Instant::now() };
+                            let gone = Seen { node: v.node, incarnation: v.incarnation, revision: entry.revision, at: Instant::now(), position: v.position };
                             let timeout = cluster.settings.node_timeout.as_secs();
                             spawn_adoption(gone, format!("it has not been heard from for {timeout} s"));
                         }
@@ -178,6 +188,7 @@ fn saw(seen: &mut HashMap<String, Seen>, entry: kv::Entry) {
         incarnation: value.incarnation,
         revision: entry.revision,
         at: Instant::now(),
+        position: value.position,
     };
     seen.insert(entry.key, node);
 }
@@ -188,6 +199,8 @@ struct Beating {
     key: String,
     mine: Option<u64>,
     healthy_since: Option<Instant>,
+    /// Whether a heartbeat with a position in the messages' stream landed yet (said once).
+    positioned: bool,
 }
 
 impl Beating {
@@ -196,6 +209,7 @@ impl Beating {
             node: cluster.node_id.clone(),
             incarnation: cluster.incarnation,
             taken_by: None,
+            position: cluster.position.load(Ordering::Relaxed),
         })
     }
 
@@ -228,6 +242,7 @@ impl Beating {
                                 incarnation: earlier.incarnation,
                                 revision: entry.revision,
                                 at: Instant::now(),
+                                position: earlier.position,
                             });
                         }
                     }
@@ -251,11 +266,15 @@ impl Beating {
     /// creates the key); a failure is looked into and tried again at the next beat.
     async fn beat(&mut self, cluster: &Cluster, mailboxes: &Mailboxes, store: &kv::Store) {
         let value = Self::value(cluster);
+        let positioned = cluster.position.load(Ordering::Relaxed) > 0;
         let written = match self.mine {
             Some(last) => in_time(store.update(&self.key, value.clone(), last)).await,
             None => in_time(store.create(&self.key, value.clone())).await,
         };
         if let Ok(revision) = written {
+            if positioned && !std::mem::replace(&mut self.positioned, true) {
+                log::info!(target: "information", "Cluster: this node's heartbeat says how far it has received the messages' stream: what it misses if it goes is read again for its sessions where they go.");
+            }
             return self.landed(revision);
         }
         self.healthy_since = None;
@@ -329,6 +348,7 @@ async fn take_gone(
             node: node.node.clone(),
             incarnation: node.incarnation,
             taken_by: Some(cluster.node_id.clone()),
+            position: node.position,
         };
         let write = store.update(&key, wire::encode_node(&taken), node.revision);
         if in_time(write).await.is_ok() {
@@ -355,6 +375,7 @@ async fn take_gone(
 /// how it was found gone.
 async fn adopt_all(
     cluster: &Cluster,
+    js: &jetstream::Context,
     sessions: &watch::Receiver<Bucket>,
     mailboxes: &Mailboxes,
     gone: Seen,
@@ -388,12 +409,23 @@ async fn adopt_all(
         .filter_map(|key| async move { key.ok() })
         .collect()
         .await;
+    // What the gone node missed is read again for them (`replay.rs`).
+    let replay = Replay::new(cluster);
     let adopted = futures_util::stream::iter(keys)
-        .map(|key| adopt(cluster, &store, mailboxes, &gone, key))
+        .map(|key| {
+            let join = replay.as_ref().map(Replay::join);
+            adopt(cluster, &store, mailboxes, &gone, key, join)
+        })
         .buffer_unordered(ADOPTIONS_AT_ONCE)
         .fold(0usize, |n, adopted| async move { n + usize::from(adopted) })
         .await;
     log::info!(target: "information", "Cluster: {adopted} sessions of node {} taken over here.", gone.node);
+    if let Some(replay) = replay {
+        let what = format!("node {}", gone.node);
+        replay
+            .run(cluster, js, mailboxes, gone.position, &what)
+            .await;
+    }
 }
 
 /// Takes over the session under `key` if `gone` owns it: true if it did.
@@ -403,6 +435,7 @@ async fn adopt(
     mailboxes: &Mailboxes,
     gone: &Seen,
     key: String,
+    replay: Option<Join>,
 ) -> bool {
     let entry = match in_time(store.entry(&key)).await {
         Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
@@ -446,6 +479,7 @@ async fn adopt(
         revision,
         record,
         from: gone.node.clone(),
+        replay,
     };
     let shard = cluster.shard_of(&client_id);
     let msg = ShardMsg::ClusterAdopt(Box::new(adopted));

@@ -114,6 +114,9 @@ pub struct NodeValue {
     pub node: String,
     pub incarnation: u64,
     pub taken_by: Option<String>,
+    /// How far the node had received the messages' stream (`cluster/replay.rs`; 0: not
+    /// known). Written after the rest: a value without it (an earlier version's) reads 0.
+    pub position: u64,
 }
 
 pub fn encode_node(value: &NodeValue) -> Bytes {
@@ -122,6 +125,7 @@ pub fn encode_node(value: &NodeValue) -> Bytes {
     out.put_u64(value.incarnation);
     put_str(&mut out, &value.node);
     put_opt_str(&mut out, value.taken_by.as_deref());
+    out.put_u64(value.position);
     out.freeze()
 }
 
@@ -130,11 +134,16 @@ pub fn decode_node(bytes: &[u8]) -> Result<NodeValue, String> {
     let incarnation = r.u64()?;
     let node = r.string()?;
     let taken_by = r.opt_string()?;
+    let position = match r.bytes.is_empty() {
+        true => 0,
+        false => r.u64()?,
+    };
     r.end()?;
     Ok(NodeValue {
         node,
         incarnation,
         taken_by,
+        position,
     })
 }
 

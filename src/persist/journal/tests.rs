@@ -19,6 +19,7 @@ fn message(payload: &'static [u8]) -> Arc<Message> {
         origin: None,
         expires_at: None,
         order: Default::default(),
+        stream: Default::default(),
     })
 }
 

@@ -24,6 +24,7 @@ fn published_on_shard_0(number: u64) -> Arc<Message> {
         origin: None,
         expires_at: None,
         order: PublishOrder { shard: 0, number },
+        stream: Default::default(),
     })
 }
 

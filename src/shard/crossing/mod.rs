@@ -110,6 +110,14 @@ impl<B: Backend> Shard<B> {
                 ShardMsg::ClusterLost { client_id, claim } => {
                     self.on_cluster_lost(client_id, claim)
                 }
+                ShardMsg::Replayed { message, sessions } => self.on_replayed(*message, &sessions),
+                ShardMsg::ReplayDone {
+                    replay,
+                    ended,
+                    from_router,
+                } => self.on_replay_done(replay, ended, from_router),
+                ShardMsg::ReplayGate(_) => {}
+                ShardMsg::ReplayMoved { session, held } => self.on_replay_moved(session, *held),
             }
         }
     }

@@ -182,6 +182,9 @@ impl<B: Backend> Shard<B> {
             self.id
         );
         let session = self.take_local_session(id, clean_start);
+        if session.is_some() && !self.replaying.is_empty() {
+            self.replay_moves(id, to);
+        }
         let receipt = session
             .as_ref()
             .and_then(|s| self.journal_handed_off(to, s));

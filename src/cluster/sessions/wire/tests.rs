@@ -13,6 +13,7 @@ fn message(payload: &'static [u8], expires_in: Option<Duration>, now: Instant) -
         origin: None,
         expires_at: expires_in.map(|d| now + d),
         order: Default::default(),
+        stream: Default::default(),
     })
 }
 
@@ -210,8 +211,13 @@ fn owners_requests_and_answers_read_back_as_written() {
             node: "node-a".into(),
             incarnation: 42,
             taken_by,
+            position: 1234,
         };
-        assert_eq!(decode_node(&encode_node(&value)).unwrap(), value);
+        let bytes = encode_node(&value);
+        assert_eq!(decode_node(&bytes).unwrap(), value);
+        // Without its position (an earlier version's heartbeat): not known.
+        let earlier = decode_node(&bytes[..bytes.len() - 8]).unwrap();
+        assert_eq!((earlier.node, earlier.position), (value.node, 0));
     }
     assert!(decode_node(&[FORMAT, 0]).is_err());
     let request = TakeRequest {

@@ -1,0 +1,152 @@
+//! Sessions taken over from a node that is gone while what it missed is read again from
+//! the cluster's messages' stream (`cluster/replay.rs`). What comes for them the usual way
+//! through the stream meanwhile waits here; at the end of the replay, what the replay
+//! delivered already is dropped and the rest delivered after it: each message reaches them
+//! once, in the stream's order.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hashbrown::{HashMap, HashSet};
+
+use super::io::Backend;
+use super::route::Scope;
+use super::Shard;
+use crate::cluster::replay::{Ended, Held, Join};
+use crate::router::{Message, ShardMsg, Target};
+use crate::topic::SessionId;
+
+/// What may wait for one session: past it, what comes is delivered as it comes (its order
+/// with the replay's is then not kept).
+const HELD_MAX: usize = 10_000;
+
+/// How long sessions wait for a replay that does not say it is done (its task gone, its
+/// message lost): past every limit of the replay itself.
+const REPLAY_WAIT_MAX: Duration = Duration::from_secs(120);
+
+/// The sessions of this shard being replayed for.
+#[derive(Default)]
+pub(super) struct Replaying {
+    held: HashMap<SessionId, Held>,
+}
+
+impl Replaying {
+    pub(super) fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+impl<B: Backend> Shard<B> {
+    /// `session`, revived here, is replayed for by `replay`: what comes for it otherwise
+    /// waits until that is done. Marked before its subscriptions are in the trie (and so
+    /// the cluster's interest): nothing comes for it unheld.
+    pub(super) fn replayed_by(&mut self, session: SessionId, replay: &Join) {
+        let held = Held {
+            replay: replay.id(),
+            since: self.clock.now,
+            messages: Vec::new(),
+        };
+        self.replaying.held.insert(session, held);
+        self.apply_trie_ops();
+        replay.add(session);
+    }
+
+    /// Session `id` moves to shard `to`: what waits for its replay goes there first.
+    pub(super) fn replay_moves(&mut self, id: SessionId, to: usize) {
+        let Some(held) = self.replaying.held.remove(&id) else {
+            return;
+        };
+        let msg = ShardMsg::ReplayMoved {
+            session: id,
+            held: Box::new(held),
+        };
+        (self.crossing.outbox).send_after_all(&self.shared.mailboxes, to, msg);
+    }
+
+    /// A session on its way here from another shard is being replayed for.
+    pub(super) fn on_replay_moved(&mut self, session: SessionId, held: Held) {
+        self.replaying.held.insert(session, held);
+    }
+
+    /// Whether `message` waits for `target`'s replay: whatever does not come from it.
+    pub(super) fn replay_holds(&mut self, message: &Arc<Message>, target: &Target) -> bool {
+        if message.stream.replayed {
+            return false;
+        }
+        let Some(held) = self.replaying.held.get_mut(&target.session) else {
+            return false;
+        };
+        if held.messages.len() >= HELD_MAX {
+            return false;
+        }
+        held.messages.push((message.clone(), target.clone()));
+        true
+    }
+
+    /// A message read again from the stream: to those of `sessions` it matches, alone.
+    pub(super) fn on_replayed(&mut self, mut message: Message, sessions: &HashSet<SessionId>) {
+        message.order = self.publish_order();
+        self.route_here(&Arc::new(message), None, Scope::Sessions(sessions));
+    }
+
+    /// `replay` is done, through the stream's message `through`: its sessions here go on.
+    /// The shard that routed it passes this on to the others, behind what it routed to
+    /// them.
+    pub(super) fn on_replay_done(&mut self, replay: u64, ended: Arc<Ended>, from_router: bool) {
+        if from_router {
+            for shard in (0..self.shared.mailboxes.shards()).filter(|&s| s != self.id) {
+                let msg = ShardMsg::ReplayDone {
+                    replay,
+                    ended: ended.clone(),
+                    from_router: false,
+                };
+                let mailboxes = &self.shared.mailboxes;
+                self.crossing.outbox.send_after_all(mailboxes, shard, msg);
+            }
+        }
+        let done: Vec<SessionId> = (self.replaying.held.iter())
+            .filter(|(_, held)| held.replay == replay)
+            .map(|(&session, _)| session)
+            .collect();
+        for session in done {
+            self.replayed_for(session, Some(&ended));
+        }
+    }
+
+    /// At a tick: sessions whose replay never said it was done go on.
+    pub(super) fn end_overdue_replays(&mut self, now: Instant) {
+        if self.replaying.is_empty() {
+            return;
+        }
+        let overdue: Vec<SessionId> = (self.replaying.held.iter())
+            .filter(|(_, held)| now.duration_since(held.since) >= REPLAY_WAIT_MAX)
+            .map(|(&session, _)| session)
+            .collect();
+        for session in overdue {
+            log::warn!("Warning: cluster: a session taken over from a node that is gone waited {} s for what that node missed; it goes on without the rest.", REPLAY_WAIT_MAX.as_secs());
+            self.replayed_for(session, None);
+        }
+    }
+
+    /// The replay for `session` is done (`None`: given up on): what waited goes, but what
+    /// the replay delivered already.
+    pub(super) fn replayed_for(&mut self, session: SessionId, ended: Option<&Ended>) {
+        let Some(held) = self.replaying.held.remove(&session) else {
+            return;
+        };
+        let mut duplicates = 0;
+        for (message, target) in held.messages {
+            if ended.is_some_and(|ended| ended.delivered(&message)) {
+                duplicates += 1;
+                continue;
+            }
+            self.deliver_here(&message, std::slice::from_ref(&target), true);
+        }
+        if let Some(cluster) = self.shared.cluster.get() {
+            let stats = &cluster.stats;
+            stats
+                .replay_duplicates
+                .fetch_add(duplicates, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
