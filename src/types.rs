@@ -213,6 +213,9 @@ pub struct Target {
     /// The RETAIN flag to send (Retain As Published).
     pub retain: bool,
     pub identifiers: SmallVec<[u32; 1]>,
+    /// Only through share groups (`$share/...`): a cluster's replay, which takes plain
+    /// subscriptions alone, does not bring it (`cluster/replay.rs`).
+    pub shared: bool,
 }
 
 #[cfg(test)]

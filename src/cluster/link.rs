@@ -138,8 +138,9 @@ struct Link {
     held: Vec<VecDeque<(ShardMsg, usize)>>,
     held_count: usize,
     held_bytes: usize,
-    /// The subject this node's fences come back on (`replay.rs`).
+    /// The subject this node's fences come back on (`replay.rs`), and the stream's name.
     own_fence: String,
+    stream_name: String,
 }
 
 /// Runs the link until the broker shuts down (`Cluster::shut_down`).
@@ -275,6 +276,7 @@ impl Link {
             held_count: 0,
             held_bytes: 0,
             own_fence: subject::fence_subject(&cluster.root, cluster.incarnation),
+            stream_name: super::stored::stream_name(&cluster.settings.name),
         }
     }
 
@@ -283,10 +285,14 @@ impl Link {
             Arriving::Message(_, message)
                 if subject::is_fence(&self.cluster.root, &message.subject) =>
             {
-                // A fence, no message: this node's tells how far it has received the stream.
-                if *message.subject == *self.own_fence {
+                // A fence, no message: this node's, republished by the stream (not sent by
+                // anyone else), tells how far it has received the stream. (Stored, not the
+                // highest: the stream made again starts anew.)
+                let stream = message.headers.as_ref().and_then(|h| h.get("Nats-Stream"));
+                let from_stream = stream.is_some_and(|s| s.as_str() == self.stream_name);
+                if *message.subject == *self.own_fence && from_stream {
                     if let Some(sequence) = stream_sequence(&message) {
-                        self.cluster.position.fetch_max(sequence, Ordering::Relaxed);
+                        self.cluster.position.store(sequence, Ordering::Relaxed);
                     }
                 }
             }

@@ -213,14 +213,19 @@ impl Cluster {
         }
         let size = message.held_bytes();
         let queued = self.outgoing_bytes.fetch_add(size, Ordering::Relaxed);
-        if queued + size > OUTGOING_BYTES_MAX {
+        // Room first, then a number: a number taken is always handed over (the shard's
+        // acknowledgements wait for each in turn, `stored_through`).
+        let room = (queued + size <= OUTGOING_BYTES_MAX)
+            .then(|| self.outgoing.try_reserve().ok())
+            .flatten();
+        let Some(room) = room else {
             self.outgoing_bytes.fetch_sub(size, Ordering::Relaxed);
             self.stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
             if message.retain {
                 retained::not_stored(self, "the queue to the NATS client is full");
             }
             return None;
-        }
+        };
         let durable = message.qos != crate::codec::QoS::AtMostOnce
             && self.messages_open.load(Ordering::Acquire);
         let (numbers, mark) = match durable {
@@ -242,19 +247,13 @@ impl Cluster {
             number,
             durable,
         };
-        if self.outgoing.try_send(ToLink::Publish(out)).is_err() {
-            self.outgoing_bytes.fetch_sub(size, Ordering::Relaxed);
-            self.stats.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
-            if message.retain {
-                retained::not_stored(self, "the queue to the NATS client is full");
-            }
-            return None;
-        }
         if durable {
-            // Where a replay finds it (`replay.rs`).
+            // Where a replay finds it (`replay.rs`); before the link may find it cannot be
+            // stored.
             let own = crate::types::StreamPlace::own_place(shard, number);
             message.stream.own.store(own, Ordering::Release);
         }
+        room.send(ToLink::Publish(out));
         durable.then_some(number)
     }
 
@@ -271,9 +270,13 @@ impl Cluster {
         (next > 1).then(|| next - 1)
     }
 
-    /// A message through the stream is done: its bytes leave the count of the queue.
-    fn store_taken(&self, held: usize) {
+    /// Message `number` of `shard` through the stream is done (stored, or gone without):
+    /// its `held` bytes leave the count of the queue, and its shard is told (woken if it
+    /// sleeps) that its acknowledgements up to it may go.
+    fn store_done(&self, mailboxes: &Mailboxes, shard: usize, number: u64, held: usize) {
         self.outgoing_bytes.fetch_sub(held, Ordering::Relaxed);
+        self.stored_through[shard].store(number, Ordering::SeqCst);
+        mailboxes.wake_if_sleeping(shard);
     }
 
     /// Whether the retained message of `topic` is the cluster's, kept in JetStream, not

@@ -6,9 +6,11 @@
 //! the stream republishes the fence to it behind every message stored before it that the
 //! node subscribed to (one publisher's messages reach one subscriber in order). The
 //! sequence of the last fence that came back is the node's position
-//! (`Cluster::position`), which its heartbeat carries.
+//! (`Cluster::position`), written beside its heartbeat (`nodes::position_of`).
 //!
-//! The node that takes a gone node's sessions over revives them, each marked as being
+//! The node that takes a gone node's sessions over (all at once, or the sessions its
+//! clients' claims go on with from their records, gathered for `claim::GATHER`) revives
+//! them, each marked as being
 //! replayed (`shard/cluster_replay.rs`), and once every shard has them (and so their
 //! subscriptions are this node's interest, and every message routed without them is
 //! handed to the stream and stored), stores a fence of its own: every message of another
@@ -18,11 +20,13 @@
 //! this node's own numbered before the fence was asked for (`Cluster::forward` numbers
 //! them per shard). Meanwhile whatever else comes for them is held; at the end, what the
 //! replay delivered already (another node's at or before the fence, this node's numbered
-//! before it) is dropped, and the rest delivered after it. So each message reaches an
-//! adopted session once, in order.
+//! before it) is dropped, and the rest delivered after it; for a while after, a late copy
+//! of what the replay brought is dropped too. So each message stored after the gone node's
+//! position reaches an adopted session once, in order; what the gone node received after
+//! its last fence came back, and delivered, comes again (at least once for that moment).
 //!
-//! What the gone node received but had not delivered (its sessions' queues, messages in
-//! flight) is not read again: it is before its position.
+//! What the gone node received but had not delivered before its position (its sessions'
+//! queues, messages in flight) is not read again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,7 +46,7 @@ pub(super) const FENCE_EVERY: Duration = Duration::from_secs(1);
 
 /// How long the shards may take to revive the adopted sessions (and then to pass a
 /// barrier), this node's messages handed over before to be stored, and the fence.
-const JOIN_WAIT: Duration = Duration::from_secs(30);
+const JOIN_WAIT: Duration = Duration::from_secs(10);
 const STORED_WAIT: Duration = Duration::from_secs(35);
 const FENCE_WAIT: Duration = Duration::from_secs(5);
 
@@ -121,14 +125,18 @@ async fn all_shards_past(cluster: &Cluster, mailboxes: &Mailboxes) {
 }
 
 /// This node's next numbers for the stream, once every message numbered before is stored
-/// (or went without).
+/// (or went without); none if they are not in time (the replay then brings none of this
+/// node's own messages, and none held is taken for brought).
 async fn stored_so_far(cluster: &Cluster) -> Vec<u64> {
     let next: Vec<u64> = (cluster.stored_numbers.iter())
         .map(|n| n.load(Ordering::SeqCst))
         .collect();
     let until = tokio::time::Instant::now() + STORED_WAIT;
     let all_done = || (next.iter().enumerate()).all(|(s, &n)| cluster.stored_through(s) + 1 >= n);
-    while !all_done() && tokio::time::Instant::now() < until {
+    while !all_done() {
+        if tokio::time::Instant::now() >= until {
+            return Vec::new();
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     next
@@ -213,6 +221,10 @@ impl Replay {
                 log::warn!("Warning: cluster: the messages {what} missed cannot be read again for its sessions: {e}.");
                 nothing()
             }
+            (from, Ok(fence)) if fence <= from => {
+                log::warn!("Warning: cluster: the messages' stream is not the one {what} had received (made again since?): what it missed is not read again for its sessions.");
+                nothing()
+            }
             (from, Ok(fence)) => {
                 let read = Read {
                     cluster,
@@ -260,12 +272,14 @@ impl Replay {
 /// Stores a fence after the link has made the subscriptions noted so far: its sequence.
 async fn fence(cluster: &Cluster) -> Result<u64, String> {
     let (reply, answer) = oneshot::channel();
-    if cluster.outgoing.try_send(ToLink::Fence(reply)).is_err() {
-        return Err("the queue to the NATS client is full".into());
-    }
-    match tokio::time::timeout(FENCE_WAIT, answer).await {
-        Ok(Ok(answer)) => answer,
-        _ => Err("no fence could be stored".into()),
+    let asking = async {
+        let asked = cluster.outgoing.send(ToLink::Fence(reply)).await;
+        asked.map_err(|_| "the NATS client is gone".to_string())?;
+        answer.await.map_err(|_| "no answer".to_string())?
+    };
+    match tokio::time::timeout(FENCE_WAIT, asking).await {
+        Ok(answer) => answer,
+        Err(_) => Err("no fence stored in time".into()),
     }
 }
 
@@ -371,9 +385,13 @@ impl Read<'_> {
             if let Some(e) = failed {
                 break Err(e);
             }
-            match last {
-                Some((sequence, pending)) if sequence < through && pending > 0 => continue,
-                _ => break Ok(read),
+            // Done once the fence (or what followed it) was seen; until then, read on: a
+            // batch may end early (the server slow, a step's time up).
+            if expected > through {
+                break Ok(read);
+            }
+            if last.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
         tokio::spawn(async move {
@@ -432,5 +450,59 @@ impl Read<'_> {
             }
         }
         Some(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{MqttStr, Properties, QoS};
+    use crate::types::{Message, StreamPlace};
+
+    fn message(sequence: u64, own: Option<(usize, u64)>) -> Message {
+        let message = Message {
+            topic: MqttStr::new("t").unwrap(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+            origin: None,
+            expires_at: None,
+            order: Default::default(),
+            stream: StreamPlace {
+                sequence,
+                ..Default::default()
+            },
+        };
+        if let Some((shard, number)) = own {
+            let place = StreamPlace::own_place(shard, number);
+            message.stream.own.store(place, Ordering::Relaxed);
+        }
+        message
+    }
+
+    #[test]
+    fn a_replay_brought_what_is_up_to_its_fence_and_its_own_numbered_before() {
+        let ended = Ended {
+            through: 100,
+            numbers: vec![5, 9],
+        };
+        // Another node's, through the stream: by its sequence.
+        assert!(ended.delivered(&message(100, None)));
+        assert!(!ended.delivered(&message(101, None)));
+        // This node's own, by shard and number.
+        assert!(ended.delivered(&message(0, Some((0, 4)))));
+        assert!(!ended.delivered(&message(0, Some((0, 5)))));
+        assert!(ended.delivered(&message(0, Some((1, 8)))));
+        assert!(!ended.delivered(&message(0, Some((2, 1)))), "no such shard");
+        // Neither (QoS 0, core NATS, not stored): never brought.
+        assert!(!ended.delivered(&message(0, None)));
+        // A replay that read none of this node's own brought none of them.
+        let cut = Ended {
+            through: 100,
+            numbers: Vec::new(),
+        };
+        assert!(!cut.delivered(&message(0, Some((0, 1)))));
+        assert!(cut.delivered(&message(7, None)));
     }
 }

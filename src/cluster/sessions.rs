@@ -272,12 +272,14 @@ pub(super) async fn serve(
     let mut waiting: VecDeque<ClaimAsk> = VecDeque::new();
     // Rung as a claim gives its permit back (kept if nobody waits: never missed).
     let freed = Arc::new(Notify::new());
+    let replays = claim::Gathering::default();
     let claimer = || Claimer {
         cluster: cluster.clone(),
         client: client.clone(),
         mailboxes: mailboxes.clone(),
         bucket: bucket.clone(),
         claims: claims.clone(),
+        replays: replays.clone(),
     };
     loop {
         while let Some(ask) = waiting.pop_front() {

@@ -76,6 +76,8 @@ pub(super) struct Store {
     pub handed: tokio::time::Instant,
     /// Counted with the queue to the link until it is done.
     pub held: usize,
+    /// The message (a replay knows it by its place in the stream, `replay.rs`).
+    pub message: Arc<crate::router::Message>,
 }
 
 /// How a store ended.
@@ -259,7 +261,6 @@ async fn store_one(
 /// done (woken if it sleeps).
 fn finished(cluster: &Cluster, mailboxes: &Mailboxes, store: Store, done: Done) {
     let stats = &cluster.stats;
-    cluster.store_taken(store.held);
     match done {
         Done::Stored => {
             let len = store.bytes.as_ref().map_or(0, |b| b.len());
@@ -267,8 +268,10 @@ fn finished(cluster: &Cluster, mailboxes: &Mailboxes, store: Store, done: Done) 
             stats.forwarded.fetch_add(1, Ordering::Relaxed);
             (stats.forwarded_bytes).fetch_add(len as u64, Ordering::Relaxed);
         }
-        Done::Skipped => {}
+        Done::Skipped => store.message.stream.own.store(0, Ordering::Release),
         Done::WentWithout(why, sent) => {
+            // Not in the stream: a replay does not bring it.
+            store.message.stream.own.store(0, Ordering::Release);
             if sent {
                 stats.forwarded.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -279,8 +282,7 @@ fn finished(cluster: &Cluster, mailboxes: &Mailboxes, store: Store, done: Done) 
             }
         }
     }
-    cluster.stored_through[store.shard].store(store.number, Ordering::SeqCst);
-    mailboxes.wake_if_sleeping(store.shard);
+    cluster.store_done(mailboxes, store.shard, store.number, store.held);
 }
 
 #[cfg(test)]

@@ -378,6 +378,7 @@ pub(super) mod tests {
             qos,
             retain: false,
             identifiers: SmallVec::new(),
+            shared: false,
         }
     }
 

@@ -1,8 +1,9 @@
 //! Sessions taken over from a node that is gone while what it missed is read again from
-//! the cluster's messages' stream (`cluster/replay.rs`). What comes for them the usual way
-//! through the stream meanwhile waits here; at the end of the replay, what the replay
-//! delivered already is dropped and the rest delivered after it: each message reaches them
-//! once, in the stream's order.
+//! the cluster's messages' stream (`cluster/replay.rs`). What comes for them otherwise
+//! meanwhile waits here; at the end of the replay, what the replay delivered already is
+//! dropped and the rest delivered after it: each message reaches them once, in order. For a
+//! while after, what comes late (a copy still on its way when the replay ended) is checked
+//! the same way.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,19 +22,32 @@ use crate::topic::SessionId;
 const HELD_MAX: usize = 10_000;
 
 /// How long sessions wait for a replay that does not say it is done (its task gone, its
-/// message lost): past every limit of the replay itself.
-const REPLAY_WAIT_MAX: Duration = Duration::from_secs(120);
+/// message lost): past every limit of the replay itself (`cluster/replay.rs`).
+const REPLAY_WAIT_MAX: Duration = Duration::from_secs(180);
 
-/// The sessions of this shard being replayed for.
+/// How long after a replay ended what comes late for its sessions is checked against it.
+const LATE_WINDOW: Duration = Duration::from_secs(30);
+
+/// The sessions of this shard being replayed for, and those whose replay ended lately.
 #[derive(Default)]
 pub(super) struct Replaying {
     held: HashMap<SessionId, Held>,
+    ended: HashMap<u64, (Arc<Ended>, Instant)>,
+    lately: HashMap<SessionId, u64>,
 }
 
 impl Replaying {
     pub(super) fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.held.is_empty() && self.lately.is_empty()
     }
+}
+
+/// What becomes of a message for a session being (or lately) replayed for.
+pub(super) enum Replayed {
+    Deliver,
+    Held,
+    /// The replay delivered it already.
+    Drop,
 }
 
 impl<B: Backend> Shard<B> {
@@ -63,24 +77,43 @@ impl<B: Backend> Shard<B> {
         (self.crossing.outbox).send_after_all(&self.shared.mailboxes, to, msg);
     }
 
-    /// A session on its way here from another shard is being replayed for.
+    /// A session on its way here from another shard is being replayed for (or was: its
+    /// replay ended here first).
     pub(super) fn on_replay_moved(&mut self, session: SessionId, held: Held) {
+        let ended = self
+            .replaying
+            .ended
+            .get(&held.replay)
+            .map(|(e, _)| e.clone());
         self.replaying.held.insert(session, held);
+        if let Some(ended) = ended {
+            self.replayed_for(session, Some(&ended));
+        }
     }
 
-    /// Whether `message` waits for `target`'s replay: whatever does not come from it.
-    pub(super) fn replay_holds(&mut self, message: &Arc<Message>, target: &Target) -> bool {
-        if message.stream.replayed {
-            return false;
+    /// What becomes of `message` for `target`: held while its replay goes on (but what
+    /// the replay brings, and what comes for a share group alone, which the replay does
+    /// not take: no order to keep), dropped just after if the replay brought it.
+    pub(super) fn replay_holds(&mut self, message: &Arc<Message>, target: &Target) -> Replayed {
+        if message.stream.replayed || target.shared {
+            return Replayed::Deliver;
         }
-        let Some(held) = self.replaying.held.get_mut(&target.session) else {
-            return false;
-        };
-        if held.messages.len() >= HELD_MAX {
-            return false;
+        if let Some(held) = self.replaying.held.get_mut(&target.session) {
+            if held.messages.len() >= HELD_MAX {
+                return Replayed::Deliver;
+            }
+            held.messages.push((message.clone(), target.clone()));
+            return Replayed::Held;
         }
-        held.messages.push((message.clone(), target.clone()));
-        true
+        let replay = self.replaying.lately.get(&target.session);
+        let ended = replay.and_then(|r| self.replaying.ended.get(r));
+        match ended {
+            Some((ended, _)) if ended.delivered(message) => {
+                self.count_replay_duplicates(1);
+                Replayed::Drop
+            }
+            _ => Replayed::Deliver,
+        }
     }
 
     /// A message read again from the stream: to those of `sessions` it matches, alone.
@@ -89,9 +122,8 @@ impl<B: Backend> Shard<B> {
         self.route_here(&Arc::new(message), None, Scope::Sessions(sessions));
     }
 
-    /// `replay` is done, through the stream's message `through`: its sessions here go on.
-    /// The shard that routed it passes this on to the others, behind what it routed to
-    /// them.
+    /// `replay` is done (`ended`): its sessions here go on. The shard that routed it passes
+    /// this on to the others, behind what it routed to them.
     pub(super) fn on_replay_done(&mut self, replay: u64, ended: Arc<Ended>, from_router: bool) {
         if from_router {
             for shard in (0..self.shared.mailboxes.shards()).filter(|&s| s != self.id) {
@@ -104,6 +136,8 @@ impl<B: Backend> Shard<B> {
                 self.crossing.outbox.send_after_all(mailboxes, shard, msg);
             }
         }
+        let now = self.clock.now;
+        (self.replaying.ended).insert(replay, (ended.clone(), now));
         let done: Vec<SessionId> = (self.replaying.held.iter())
             .filter(|(_, held)| held.replay == replay)
             .map(|(&session, _)| session)
@@ -113,9 +147,10 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// At a tick: sessions whose replay never said it was done go on.
+    /// At a tick: sessions whose replay never said it was done go on; replays ended long
+    /// enough ago are forgotten.
     pub(super) fn end_overdue_replays(&mut self, now: Instant) {
-        if self.replaying.is_empty() {
+        if self.replaying.is_empty() && self.replaying.ended.is_empty() {
             return;
         }
         let overdue: Vec<SessionId> = (self.replaying.held.iter())
@@ -126,6 +161,12 @@ impl<B: Backend> Shard<B> {
             log::warn!("Warning: cluster: a session taken over from a node that is gone waited {} s for what that node missed; it goes on without the rest.", REPLAY_WAIT_MAX.as_secs());
             self.replayed_for(session, None);
         }
+        let replaying = &mut self.replaying;
+        (replaying.ended).retain(|_, (_, at)| now.duration_since(*at) < LATE_WINDOW);
+        let ended = &replaying.ended;
+        replaying
+            .lately
+            .retain(|_, replay| ended.contains_key(replay));
     }
 
     /// The replay for `session` is done (`None`: given up on): what waited goes, but what
@@ -134,6 +175,9 @@ impl<B: Backend> Shard<B> {
         let Some(held) = self.replaying.held.remove(&session) else {
             return;
         };
+        if ended.is_some() {
+            self.replaying.lately.insert(session, held.replay);
+        }
         let mut duplicates = 0;
         for (message, target) in held.messages {
             if ended.is_some_and(|ended| ended.delivered(&message)) {
@@ -142,11 +186,13 @@ impl<B: Backend> Shard<B> {
             }
             self.deliver_here(&message, std::slice::from_ref(&target), true);
         }
-        if let Some(cluster) = self.shared.cluster.get() {
+        self.count_replay_duplicates(duplicates);
+    }
+
+    fn count_replay_duplicates(&self, n: u64) {
+        if let (Some(cluster), true) = (self.shared.cluster.get(), n > 0) {
             let stats = &cluster.stats;
-            stats
-                .replay_duplicates
-                .fetch_add(duplicates, std::sync::atomic::Ordering::Relaxed);
+            (stats.replay_duplicates).fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::router::{Message, Target};
 use crate::session::{capped, Backlog, Decision, DropReason, Limits, Rules};
 use crate::topic::SessionId;
 
+use super::cluster_replay::Replayed;
 use super::conn::Conn;
 use super::encode::{build_publish, encode_publish, mount_strip, Encoded, VariantKey, Variants};
 
@@ -36,7 +37,11 @@ impl<B: Backend> Shard<B> {
                 let settled =
                     forwarded || !self.handover.moves.any_settling() || !self.hold(message, target);
                 // (`replaying` is almost always empty too.)
-                if settled && (self.replaying.is_empty() || !self.replay_holds(message, target)) {
+                let replayed = match settled && !self.replaying.is_empty() {
+                    true => self.replay_holds(message, target),
+                    false => Replayed::Deliver,
+                };
+                if settled && matches!(replayed, Replayed::Deliver) {
                     self.deliver_to_session(message, target, &mut variants);
                 }
             } else if let Some(to) = self.handover.moves.moved_to(target.session) {

@@ -169,6 +169,7 @@ impl<B: Backend> Shard<B> {
                 // subscription.
                 retain: true,
                 identifiers: owed.identifier.into_iter().collect(),
+                shared: false,
             };
             self.subs.owed.sending = true;
             self.deliver_to_session(&owed.message, &target, &mut Variants::default());

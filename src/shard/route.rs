@@ -91,7 +91,7 @@ impl<B: Backend> Shard<B> {
         let mut matched = false;
         let served = &mut self.routing.served;
         snapshot.for_each_match(&message.topic, &mut |m| {
-            let (session, sub) = match m {
+            let (session, sub, shared) = match m {
                 Match::Subscriber(..) | Match::Group { .. } if !scope.takes(&m) => return,
                 Match::Subscriber(session, sub) => {
                     matched = true;
@@ -99,7 +99,7 @@ impl<B: Backend> Shard<B> {
                     if sub.options.no_local && Some(session) == message.origin {
                         return;
                     }
-                    (session, sub)
+                    (session, sub, false)
                 }
                 Match::Group {
                     members,
@@ -127,11 +127,11 @@ impl<B: Backend> Shard<B> {
                     if let Some(served) = served.as_mut() {
                         served.push(key_hash);
                     }
-                    (session, sub)
+                    (session, sub, true)
                 }
             };
             let shard = usize::from(sub.shard).min(shards - 1);
-            targets[shard].push(target_for(message, session, sub, upgrade));
+            targets[shard].push(target_for(message, session, sub, upgrade, shared));
         });
         drop(snapshot);
         self.dispatch(message, &mut targets, from);
@@ -299,6 +299,7 @@ fn merge_overlapping(targets: &mut Vec<Target>) {
                 last.qos = last.qos.max(t.qos);
                 last.retain |= t.retain;
                 last.identifiers.extend(t.identifiers);
+                last.shared &= t.shared;
             }
             _ => out.push(t),
         }
@@ -331,7 +332,13 @@ fn pick_member<'m>(
 }
 
 /// What one matching subscription is sent of `message`.
-fn target_for(message: &Message, session: SessionId, sub: &Subscription, upgrade: bool) -> Target {
+fn target_for(
+    message: &Message,
+    session: SessionId,
+    sub: &Subscription,
+    upgrade: bool,
+    shared: bool,
+) -> Target {
     Target {
         session,
         // 3.1.1 and 5.0 §3.8.4: the lower of the published and the granted QoS
@@ -344,5 +351,6 @@ fn target_for(message: &Message, session: SessionId, sub: &Subscription, upgrade
         // [MQTT-3.3.1-9] (3.1.1) / Retain As Published (5.0 [MQTT-3.3.1-12]).
         retain: message.retain && sub.options.retain_as_published,
         identifiers: sub.identifier.map(|n| n.get()).into_iter().collect(),
+        shared,
     }
 }

@@ -98,6 +98,7 @@ impl Link {
             qos: out.message.qos as u8,
             handed: tokio::time::Instant::now(),
             held: out.message.held_bytes(),
+            message: out.message.clone(),
         };
         let sent = match &self.stores {
             Some(stores) => stores.send(store).map_err(|e| e.0),
@@ -106,9 +107,8 @@ impl Link {
         if let Err(store) = sent {
             // No task (the link is stopping): done all the same, so that its
             // acknowledgement does not wait for ever.
-            self.cluster.store_taken(store.held);
-            self.cluster.stored_through[store.shard].store(store.number, Ordering::SeqCst);
-            self.mailboxes.wake_if_sleeping(store.shard);
+            let cluster = &self.cluster;
+            cluster.store_done(&self.mailboxes, store.shard, store.number, store.held);
         }
     }
 

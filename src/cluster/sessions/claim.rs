@@ -29,7 +29,17 @@ pub(super) struct Claimer {
     pub mailboxes: Arc<Mailboxes>,
     pub bucket: watch::Receiver<Bucket>,
     pub claims: Claims,
+    /// Replays gathering the sessions of a gone node's run that its clients' claims go on
+    /// with from their records (`replay_for`).
+    pub replays: Gathering,
 }
+
+/// Replays under way per gone node's run, still taking sessions.
+pub(super) type Gathering = Arc<std::sync::Mutex<hashbrown::HashMap<(String, u64), Join>>>;
+
+/// How long a replay for claims takes the sessions of other claims of the same gone run
+/// before it reads: one replay for a crowd of clients coming back, not one each.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How a write of the key ended.
 enum Written {
@@ -175,7 +185,7 @@ impl Claimer {
                 let (mut claimed, gone_at) =
                     fetch(cluster, &self.client, &from, ask, revision, deadline).await;
                 if let (Claimed::Owned { replay, .. }, Some(position)) = (&mut claimed, gone_at) {
-                    *replay = self.replay_for(&from.owner.node, position);
+                    *replay = self.replay_for(&from.owner, position);
                 }
                 claimed
             }
@@ -201,16 +211,28 @@ impl Claimer {
         }
     }
 
-    /// A replay of what `node` (gone, as far as `position` in the messages' stream)
-    /// missed, for the session a claim goes on with from its record: run once the shard
-    /// has it.
-    fn replay_for(&self, node: &str, position: u64) -> Option<Join> {
+    /// A replay of what `owner`'s run (gone, as far as `position` in the messages'
+    /// stream) missed, for the session a claim goes on with from its record: the one
+    /// gathering that run's sessions, or a new one, run once the shards have them.
+    fn replay_for(&self, owner: &Owner, position: u64) -> Option<Join> {
+        let key = (owner.node.clone(), owner.incarnation);
+        let mut gathering = self.replays.lock().expect("replays lock");
+        if let Some(join) = gathering.get(&key) {
+            return Some(join.clone());
+        }
         let replay = Replay::new(&self.cluster)?;
         let join = replay.join();
+        gathering.insert(key.clone(), join.clone());
+        drop(gathering);
         let (cluster, mailboxes) = (self.cluster.clone(), self.mailboxes.clone());
         let js = async_nats::jetstream::new(self.client.clone());
-        let what = format!("node {node}");
-        tokio::spawn(async move { replay.run(&cluster, &js, &mailboxes, position, &what).await });
+        let replays = self.replays.clone();
+        let what = format!("node {}", owner.node);
+        tokio::spawn(async move {
+            tokio::time::sleep(GATHER).await;
+            replays.lock().expect("replays lock").remove(&key);
+            replay.run(&cluster, &js, &mailboxes, position, &what).await
+        });
         Some(join)
     }
 
@@ -429,23 +451,24 @@ async fn owner_gone(
     let read = || async {
         let entry = in_time(nodes.entry(key.as_str())).await.ok()??;
         let value = super::nodes::node_in(&entry)?;
-        let replaced = value.incarnation != owner.incarnation;
-        let gone = value.taken_by.is_some() || replaced;
-        // (A later run's heartbeat says how far that run has received.)
-        let position = if replaced { 0 } else { value.position };
-        Some((gone, entry.revision, position))
+        let gone = value.taken_by.is_some() || value.incarnation != owner.incarnation;
+        Some((gone, entry.revision))
     };
-    let (gone, revision, position) = read().await?;
+    let position = || super::nodes::position_of(nodes, &owner.node, owner.incarnation);
+    let (gone, revision) = read().await?;
     if gone {
-        return Some(position);
+        return Some(position().await);
     }
     let until = tokio::time::Instant::now() + HEARTBEAT_WATCH;
     if until > deadline {
         return None;
     }
     tokio::time::sleep_until(until).await;
-    let (gone, now, position) = read().await?;
-    (gone || now == revision).then_some(position)
+    let (gone, now) = read().await?;
+    match gone || now == revision {
+        true => Some(position().await),
+        false => None,
+    }
 }
 
 /// Said and counted: the session another node held is not taken (it stays there, offline,

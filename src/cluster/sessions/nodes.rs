@@ -63,8 +63,6 @@ struct Seen {
     incarnation: u64,
     revision: u64,
     at: Instant,
-    /// How far it had received the messages' stream, as its last heartbeat said.
-    position: u64,
 }
 
 /// Writes this node's heartbeat, watches the others', and takes over the sessions of those
@@ -93,16 +91,16 @@ pub(super) async fn serve(
     let _ = cluster.nodes_bucket.set(store.clone());
     let spawn_adoption = |gone: Seen, why: String| {
         let (cluster, sessions, mailboxes) = (cluster.clone(), sessions.clone(), mailboxes.clone());
-        let js = js.clone();
-        tokio::spawn(
-            async move { adopt_all(&cluster, &js, &sessions, &mailboxes, gone, why).await },
-        );
+        let (js, nodes) = (js.clone(), store.clone());
+        tokio::spawn(async move {
+            adopt_all(&cluster, &js, &nodes, &sessions, &mailboxes, gone, why).await
+        });
     };
     let mut beating = Beating {
         key: node_token(&cluster.node_id),
         mine: None,
         healthy_since: None,
-        positioned: false,
+        position_written: 0,
     };
     // This node's earlier run, if its key still names it and no other node took it for
     // gone: taken over here once it is seen gone.
@@ -139,12 +137,14 @@ pub(super) async fn serve(
                 }
             }
             entry = next_entry(&mut watching) => match entry {
+                // (A position beside a heartbeat: `position_key`.)
+                Some(entry) if entry.key.contains('.') => {}
                 Some(entry) => {
                     let by_me = node_in(&entry)
                         .filter(|v| v.taken_by.as_deref() == Some(cluster.node_id.as_str()));
                     if let Some(v) = by_me {
                         if taken.insert((v.node.clone(), v.incarnation)) {
-                            let gone = Seen { node: v.node, incarnation: v.incarnation, revision: entry.revision, at: Instant::now(), position: v.position };
+                            let gone = Seen { node: v.node, incarnation: v.incarnation, revision: entry.revision, at: Instant::now() };
                             let timeout = cluster.settings.node_timeout.as_secs();
                             spawn_adoption(gone, format!("it has not been heard from for {timeout} s"));
                         }
@@ -175,6 +175,27 @@ pub(super) fn node_in(entry: &kv::Entry) -> Option<wire::NodeValue> {
         .flatten()
 }
 
+/// The key beside node `key`'s heartbeat that says how far it has received the messages'
+/// stream: no node's own (a node's key never holds a dot).
+fn position_key(key: &str) -> String {
+    format!("{key}.p")
+}
+
+/// How far run `incarnation` of `node` had received the messages' stream, as it last
+/// wrote (0: not known, or a later run's).
+pub(super) async fn position_of(nodes: &kv::Store, node: &str, incarnation: u64) -> u64 {
+    let key = position_key(&node_token(node));
+    let Ok(Some(entry)) = in_time(nodes.entry(key)).await else {
+        return 0;
+    };
+    match wire::decode_position(&entry.value) {
+        Ok((run, position)) if run == incarnation && entry.operation == kv::Operation::Put => {
+            position
+        }
+        _ => 0,
+    }
+}
+
 /// A node's key as the watch (or a read) shows it: a heartbeat is seen now; a deleted key
 /// or one another node took for gone is no node's.
 fn saw(seen: &mut HashMap<String, Seen>, entry: kv::Entry) {
@@ -188,7 +209,6 @@ fn saw(seen: &mut HashMap<String, Seen>, entry: kv::Entry) {
         incarnation: value.incarnation,
         revision: entry.revision,
         at: Instant::now(),
-        position: value.position,
     };
     seen.insert(entry.key, node);
 }
@@ -199,8 +219,8 @@ struct Beating {
     key: String,
     mine: Option<u64>,
     healthy_since: Option<Instant>,
-    /// Whether a heartbeat with a position in the messages' stream landed yet (said once).
-    positioned: bool,
+    /// The last position written beside the heartbeat (0: none yet).
+    position_written: u64,
 }
 
 impl Beating {
@@ -209,7 +229,6 @@ impl Beating {
             node: cluster.node_id.clone(),
             incarnation: cluster.incarnation,
             taken_by: None,
-            position: cluster.position.load(Ordering::Relaxed),
         })
     }
 
@@ -242,7 +261,6 @@ impl Beating {
                                 incarnation: earlier.incarnation,
                                 revision: entry.revision,
                                 at: Instant::now(),
-                                position: earlier.position,
                             });
                         }
                     }
@@ -257,6 +275,25 @@ impl Beating {
         }
     }
 
+    /// Beside the heartbeat (a key of its own, which nodes of an earlier version pass
+    /// over): how far this run has received the messages' stream, once it knows.
+    async fn write_position(&mut self, cluster: &Cluster, store: &kv::Store) {
+        let position = cluster.position.load(Ordering::Relaxed);
+        if position == 0 || position == self.position_written {
+            return;
+        }
+        let value = wire::encode_position(cluster.incarnation, position);
+        if in_time(store.put(position_key(&self.key), value))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if std::mem::replace(&mut self.position_written, position) == 0 {
+            log::info!(target: "information", "Cluster: this node's heartbeat says how far it has received the messages' stream: what it misses if it goes is read again for its sessions where they go.");
+        }
+    }
+
     fn landed(&mut self, revision: u64) {
         self.mine = Some(revision);
         self.healthy_since.get_or_insert_with(Instant::now);
@@ -266,15 +303,12 @@ impl Beating {
     /// creates the key); a failure is looked into and tried again at the next beat.
     async fn beat(&mut self, cluster: &Cluster, mailboxes: &Mailboxes, store: &kv::Store) {
         let value = Self::value(cluster);
-        let positioned = cluster.position.load(Ordering::Relaxed) > 0;
         let written = match self.mine {
             Some(last) => in_time(store.update(&self.key, value.clone(), last)).await,
             None => in_time(store.create(&self.key, value.clone())).await,
         };
         if let Ok(revision) = written {
-            if positioned && !std::mem::replace(&mut self.positioned, true) {
-                log::info!(target: "information", "Cluster: this node's heartbeat says how far it has received the messages' stream: what it misses if it goes is read again for its sessions where they go.");
-            }
+            self.write_position(cluster, store).await;
             return self.landed(revision);
         }
         self.healthy_since = None;
@@ -348,7 +382,6 @@ async fn take_gone(
             node: node.node.clone(),
             incarnation: node.incarnation,
             taken_by: Some(cluster.node_id.clone()),
-            position: node.position,
         };
         let write = store.update(&key, wire::encode_node(&taken), node.revision);
         if in_time(write).await.is_ok() {
@@ -376,6 +409,7 @@ async fn take_gone(
 async fn adopt_all(
     cluster: &Cluster,
     js: &jetstream::Context,
+    nodes: &kv::Store,
     sessions: &watch::Receiver<Bucket>,
     mailboxes: &Mailboxes,
     gone: Seen,
@@ -409,8 +443,13 @@ async fn adopt_all(
         .filter_map(|key| async move { key.ok() })
         .collect()
         .await;
-    // What the gone node missed is read again for them (`replay.rs`).
-    let replay = Replay::new(cluster);
+    // What the gone node missed is read again for them (`replay.rs`), if it said how far
+    // it had received.
+    let position = position_of(nodes, &gone.node, gone.incarnation).await;
+    let replay = Replay::new(cluster).filter(|_| position > 0);
+    if position == 0 && cluster.messages_open.load(Ordering::Relaxed) {
+        log::warn!("Warning: cluster: node {} did not say how far it had received the messages' stream (an earlier version, or it had just started): what it missed is not read again for its sessions.", gone.node);
+    }
     let adopted = futures_util::stream::iter(keys)
         .map(|key| {
             let join = replay.as_ref().map(Replay::join);
@@ -422,9 +461,7 @@ async fn adopt_all(
     log::info!(target: "information", "Cluster: {adopted} sessions of node {} taken over here.", gone.node);
     if let Some(replay) = replay {
         let what = format!("node {}", gone.node);
-        replay
-            .run(cluster, js, mailboxes, gone.position, &what)
-            .await;
+        replay.run(cluster, js, mailboxes, position, &what).await;
     }
 }
 

@@ -114,9 +114,6 @@ pub struct NodeValue {
     pub node: String,
     pub incarnation: u64,
     pub taken_by: Option<String>,
-    /// How far the node had received the messages' stream (`cluster/replay.rs`; 0: not
-    /// known). Written after the rest: a value without it (an earlier version's) reads 0.
-    pub position: u64,
 }
 
 pub fn encode_node(value: &NodeValue) -> Bytes {
@@ -125,7 +122,6 @@ pub fn encode_node(value: &NodeValue) -> Bytes {
     out.put_u64(value.incarnation);
     put_str(&mut out, &value.node);
     put_opt_str(&mut out, value.taken_by.as_deref());
-    out.put_u64(value.position);
     out.freeze()
 }
 
@@ -134,17 +130,31 @@ pub fn decode_node(bytes: &[u8]) -> Result<NodeValue, String> {
     let incarnation = r.u64()?;
     let node = r.string()?;
     let taken_by = r.opt_string()?;
-    let position = match r.bytes.is_empty() {
-        true => 0,
-        false => r.u64()?,
-    };
     r.end()?;
     Ok(NodeValue {
         node,
         incarnation,
         taken_by,
-        position,
     })
+}
+
+/// How far a node's run (`incarnation`) has received the messages' stream
+/// (`cluster/replay.rs`), kept beside its heartbeat (`nodes.rs`).
+pub fn encode_position(incarnation: u64, position: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + 16);
+    out.put_u8(FORMAT);
+    out.put_u64(incarnation);
+    out.put_u64(position);
+    out.freeze()
+}
+
+/// The run and the position `encode_position` wrote.
+pub fn decode_position(bytes: &[u8]) -> Result<(u64, u64), String> {
+    let mut r = Reader::new(bytes)?;
+    let incarnation = r.u64()?;
+    let position = r.u64()?;
+    r.end()?;
+    Ok((incarnation, position))
 }
 
 /// A node's request for the session of `client_id`, which it now owns.

@@ -32,6 +32,7 @@ fn queue(journal: &mut Journal, session: &mut Session, message: &Arc<Message>) {
         qos: QoS::AtLeastOnce,
         retain: false,
         identifiers: smallvec![],
+        shared: false,
     };
     let limits = Limits {
         writable: true,

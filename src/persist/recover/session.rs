@@ -360,6 +360,7 @@ impl RecoveredSession {
             qos: super::qos(d.qos),
             retain: d.retain,
             identifiers: d.identifiers.iter().copied().collect(),
+            shared: false,
         };
         for f in &self.in_flight {
             let packet_id = session.start(

@@ -54,6 +54,7 @@ fn what_is_handed_on_keeps_its_publishers_order_whatever_route_it_took() {
         qos: QoS::AtLeastOnce,
         retain: false,
         identifiers: smallvec![],
+        shared: false,
     };
     let targets = std::slice::from_ref(&target);
     let (one, two) = (published_on_shard_0(1), published_on_shard_0(2));
