@@ -152,3 +152,26 @@ fn a_client_back_before_its_node_is_found_gone_gets_what_was_published_meanwhile
     nodes[0].wait_for_log("missed are delivered to its 1 sessions taken over here");
     nothing_more(&mut device, Duration::from_millis(300));
 }
+
+#[test]
+fn a_restarted_node_reads_again_what_it_missed_for_its_earlier_runs_sessions() {
+    let nats = Nats::start();
+    // The other node would take it for gone only after a minute; the node itself, started
+    // again with a 2 s timeout, takes its earlier run over first.
+    let mut nodes = positioned_nodes(&nats, 60);
+    let device = device(&nodes[0]);
+    kill_first(&mut nodes);
+    drop(device);
+    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
+    for i in 0..20 {
+        publish(&mut publisher, "d/x", &i.to_string(), QoS::AtLeastOnce);
+    }
+    let again = restart_node(&nats, 0, "sys_interval 1\ncluster_node_timeout 2\n");
+    again.wait_for_log("node node0 is gone (it is this node's earlier run)");
+    again.wait_for_log("missed are delivered to its 1 sessions taken over here");
+    let (mut device, ack) = persistent(&again, "dev");
+    assert!(ack.session_present);
+    let got = numbers_until(&mut device, "d/x", 19);
+    assert_eq!(got[0], 0, "{got:?}");
+    assert_each_once_in_order(got, 20);
+}

@@ -89,11 +89,16 @@ pub(super) async fn serve(
     };
     log::debug!("Cluster: heartbeats go to the JetStream bucket {bucket}.");
     let _ = cluster.nodes_bucket.set(store.clone());
-    let spawn_adoption = |gone: Seen, why: String| {
+    let spawn_adoption = |gone: Seen, why: String, position: Option<u64>| {
         let (cluster, sessions, mailboxes) = (cluster.clone(), sessions.clone(), mailboxes.clone());
         let (js, nodes) = (js.clone(), store.clone());
         tokio::spawn(async move {
-            adopt_all(&cluster, &js, &nodes, &sessions, &mailboxes, gone, why).await
+            let gone = Gone {
+                seen: gone,
+                why,
+                position,
+            };
+            adopt_all(&cluster, &js, &nodes, &sessions, &mailboxes, gone).await
         });
     };
     let mut beating = Beating {
@@ -105,7 +110,10 @@ pub(super) async fn serve(
     // This node's earlier run, if its key still names it and no other node took it for
     // gone: taken over here once it is seen gone.
     if let Some(earlier) = beating.wait_out_earlier_run(&cluster, &store).await {
-        spawn_adoption(earlier, "it is this node's earlier run".into());
+        // (Its position read now: this run writes its own there from its first heartbeat.)
+        let position = position_of(&store, &earlier.node, earlier.incarnation).await;
+        let why = "it is this node's earlier run".into();
+        spawn_adoption(earlier, why, Some(position));
     }
     let mut seen: HashMap<String, Seen> = HashMap::new();
     // The runs this node took for gone (and takes over): one whose write's answer was lost
@@ -131,7 +139,7 @@ pub(super) async fn serve(
                     for gone in take_gone(&cluster, &store, &beating.key, &mut seen).await {
                         if taken.insert((gone.node.clone(), gone.incarnation)) {
                             let timeout = cluster.settings.node_timeout.as_secs();
-                            spawn_adoption(gone, format!("it has not been heard from for {timeout} s"));
+                            spawn_adoption(gone, format!("it has not been heard from for {timeout} s"), None);
                         }
                     }
                 }
@@ -146,7 +154,7 @@ pub(super) async fn serve(
                         if taken.insert((v.node.clone(), v.incarnation)) {
                             let gone = Seen { node: v.node, incarnation: v.incarnation, revision: entry.revision, at: Instant::now() };
                             let timeout = cluster.settings.node_timeout.as_secs();
-                            spawn_adoption(gone, format!("it has not been heard from for {timeout} s"));
+                            spawn_adoption(gone, format!("it has not been heard from for {timeout} s"), None);
                         }
                     }
                     saw(&mut seen, entry);
@@ -404,17 +412,29 @@ async fn take_gone(
     gone
 }
 
-/// Takes over the sessions of `gone` that hold a record (the others' keys go); `why` says
-/// how it was found gone.
+/// A node run found gone: how (for the log), and how far it had received the messages'
+/// stream if that was read already.
+struct Gone {
+    seen: Seen,
+    why: String,
+    position: Option<u64>,
+}
+
+/// Takes over the sessions of the gone run that hold a record (the others' keys go), and
+/// reads again for them what it missed.
 async fn adopt_all(
     cluster: &Cluster,
     js: &jetstream::Context,
     nodes: &kv::Store,
     sessions: &watch::Receiver<Bucket>,
     mailboxes: &Mailboxes,
-    gone: Seen,
-    why: String,
+    gone: Gone,
 ) {
+    let Gone {
+        seen: gone,
+        why,
+        position,
+    } = gone;
     cluster.stats.nodes_gone.fetch_add(1, Ordering::Relaxed);
     log::warn!("Warning: cluster: node {} is gone ({why}): its sessions and its clients' wills are taken over here.", gone.node);
     // (Once the sessions bucket is open: a node that just started may have taken its
@@ -445,7 +465,10 @@ async fn adopt_all(
         .await;
     // What the gone node missed is read again for them (`replay.rs`), if it said how far
     // it had received.
-    let position = position_of(nodes, &gone.node, gone.incarnation).await;
+    let position = match position {
+        Some(position) => position,
+        None => position_of(nodes, &gone.node, gone.incarnation).await,
+    };
     let replay = Replay::new(cluster).filter(|_| position > 0);
     if position == 0 && cluster.messages_open.load(Ordering::Relaxed) {
         log::warn!("Warning: cluster: node {} did not say how far it had received the messages' stream (an earlier version, or it had just started): what it missed is not read again for its sessions.", gone.node);
