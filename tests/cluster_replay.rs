@@ -46,30 +46,42 @@ fn number(p: &Publish) -> usize {
     std::str::from_utf8(&p.payload).unwrap().parse().unwrap()
 }
 
-#[test]
-fn what_is_published_while_a_node_is_gone_reaches_its_sessions_where_they_went() {
-    let nats = Nats::start();
-    let mut nodes = positioned_nodes(&nats, 2);
+/// Nodes as `positioned_nodes` makes them, the device on node0, node0 killed, and then
+/// `n` QoS 1 messages numbered from 0 on `d/x` published on the other node (while no node
+/// takes `d/#`; the stream keeps them): the nodes left, and the publisher.
+fn published_while_gone(nats: &Nats, timeout: u64, n: usize) -> (Vec<Broker>, Client) {
+    let mut nodes = positioned_nodes(nats, timeout);
     let device = device(&nodes[0]);
     kill_first(&mut nodes);
     drop(device);
-    // Published while node0 is gone, before its sessions are taken over: no node takes
-    // d/# then, but the stream keeps them.
     let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
-    for i in 0..20 {
+    for i in 0..n {
         publish(&mut publisher, "d/x", &i.to_string(), QoS::AtLeastOnce);
     }
+    (nodes, publisher)
+}
+
+/// `device` gets every number from 0 to `n - 1` on `d/x`, once each, in order.
+fn gets_each_from_0(device: &mut Client, n: usize) {
+    let got = numbers_until(device, "d/x", n - 1);
+    assert_eq!(got[0], 0, "{got:?}");
+    assert_each_once_in_order(got, n);
+}
+
+#[test]
+fn what_is_published_while_a_node_is_gone_reaches_its_sessions_where_they_went() {
+    let nats = Nats::start();
+    // Published while node0 is gone, before its sessions are taken over.
+    let (nodes, mut publisher) = published_while_gone(&nats, 2, 20);
     nodes[0].wait_for_log("the session of dev is taken over from node node0, which is gone");
-    let replayed = nodes[0].wait_for_log("missed are delivered to its 1 sessions taken over here");
+    nodes[0].wait_for_log("missed are delivered to its 1 sessions taken over here");
     // And after it is taken over, the usual way.
     for i in 20..30 {
         publish(&mut publisher, "d/x", &i.to_string(), QoS::AtLeastOnce);
     }
     let (mut device, ack) = persistent(&nodes[0], "dev");
     assert!(ack.session_present);
-    let got = numbers_until(&mut device, "d/x", 29);
-    assert_eq!(got[0], 0, "{replayed}: {got:?}");
-    assert_each_once_in_order(got, 30);
+    gets_each_from_0(&mut device, 30);
     nothing_more(&mut device, Duration::from_millis(300));
 }
 
@@ -129,14 +141,7 @@ fn a_client_back_before_its_node_is_found_gone_gets_what_was_published_meanwhile
     let nats = Nats::start();
     // Found gone only after a minute: the client is back long before, its session taken
     // from its record when its node does not answer.
-    let mut nodes = positioned_nodes(&nats, 60);
-    let device = device(&nodes[0]);
-    kill_first(&mut nodes);
-    drop(device);
-    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
-    for i in 0..20 {
-        publish(&mut publisher, "d/x", &i.to_string(), QoS::AtLeastOnce);
-    }
+    let (nodes, mut publisher) = published_while_gone(&nats, 60, 20);
     let (mut device, ack) = persistent(&nodes[0], "dev");
     assert!(
         ack.session_present,
@@ -146,9 +151,7 @@ fn a_client_back_before_its_node_is_found_gone_gets_what_was_published_meanwhile
     for i in 20..30 {
         publish(&mut publisher, "d/x", &i.to_string(), QoS::AtLeastOnce);
     }
-    let got = numbers_until(&mut device, "d/x", 29);
-    assert_eq!(got[0], 0, "{got:?}");
-    assert_each_once_in_order(got, 30);
+    gets_each_from_0(&mut device, 30);
     nodes[0].wait_for_log("missed are delivered to its 1 sessions taken over here");
     nothing_more(&mut device, Duration::from_millis(300));
 }
@@ -158,20 +161,11 @@ fn a_restarted_node_reads_again_what_it_missed_for_its_earlier_runs_sessions() {
     let nats = Nats::start();
     // The other node would take it for gone only after a minute; the node itself, started
     // again with a 2 s timeout, takes its earlier run over first.
-    let mut nodes = positioned_nodes(&nats, 60);
-    let device = device(&nodes[0]);
-    kill_first(&mut nodes);
-    drop(device);
-    let mut publisher = client(&nodes[0], "pub", ProtocolVersion::V311);
-    for i in 0..20 {
-        publish(&mut publisher, "d/x", &i.to_string(), QoS::AtLeastOnce);
-    }
+    let (_nodes, _publisher) = published_while_gone(&nats, 60, 20);
     let again = restart_node(&nats, 0, "sys_interval 1\ncluster_node_timeout 2\n");
     again.wait_for_log("node node0 is gone (it is this node's earlier run)");
     again.wait_for_log("missed are delivered to its 1 sessions taken over here");
     let (mut device, ack) = persistent(&again, "dev");
     assert!(ack.session_present);
-    let got = numbers_until(&mut device, "d/x", 19);
-    assert_eq!(got[0], 0, "{got:?}");
-    assert_each_once_in_order(got, 20);
+    gets_each_from_0(&mut device, 20);
 }
