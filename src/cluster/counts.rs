@@ -83,6 +83,9 @@ pub struct ClusterStats {
     pub replayed: AtomicU64,
     pub replay_missed: AtomicU64,
     pub replay_duplicates: AtomicU64,
+    /// Messages delivered as they came to a session being replayed for, past what may wait
+    /// (their order with the replay's not kept).
+    pub replay_unheld: AtomicU64,
 }
 
 /// A count the cluster keeps: its `$SYS` topic, its metric (name, help, counter or gauge),
@@ -326,6 +329,13 @@ pub const COUNTS: &[ClusterCount] = &[
         "Messages gone from the messages' stream (past its limits) before a replay read them",
         true,
         |s| load(&s.replay_missed),
+    ),
+    count(
+        "$SYS/broker/cluster/replays/unheld",
+        "midge_cluster_replay_unheld",
+        "Messages delivered as they came to sessions being replayed for, past what may wait (10,000 a session, 1,000,000 a shard)",
+        true,
+        |s| load(&s.replay_unheld),
     ),
     count(
         "$SYS/broker/cluster/replays/duplicates",

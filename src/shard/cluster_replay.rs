@@ -17,9 +17,11 @@ use crate::cluster::replay::{Ended, Held, Join};
 use crate::router::{Message, ShardMsg, Target};
 use crate::topic::SessionId;
 
-/// What may wait for one session: past it, what comes is delivered as it comes (its order
-/// with the replay's is then not kept).
+/// What may wait for one session, and on one shard in all (each about 100 bytes beside the
+/// message, which its other deliveries share): past either, what comes is delivered as it
+/// comes (its order with the replay's is then not kept), counted.
 const HELD_MAX: usize = 10_000;
+const HELD_ON_SHARD_MAX: usize = 1_000_000;
 
 /// How long sessions wait for a replay that does not say it is done (its task gone, its
 /// message lost): past every limit of the replay itself (`cluster/replay.rs`).
@@ -34,6 +36,8 @@ pub(super) struct Replaying {
     held: HashMap<SessionId, Held>,
     ended: HashMap<u64, (Arc<Ended>, Instant)>,
     lately: HashMap<SessionId, u64>,
+    /// Messages held for all sessions here.
+    count: usize,
 }
 
 impl Replaying {
@@ -70,6 +74,7 @@ impl<B: Backend> Shard<B> {
         let Some(held) = self.replaying.held.remove(&id) else {
             return;
         };
+        self.replaying.count -= held.messages.len();
         let msg = ShardMsg::ReplayMoved {
             session: id,
             held: Box::new(held),
@@ -85,6 +90,7 @@ impl<B: Backend> Shard<B> {
             .ended
             .get(&held.replay)
             .map(|(e, _)| e.clone());
+        self.replaying.count += held.messages.len();
         self.replaying.held.insert(session, held);
         if let Some(ended) = ended {
             self.replayed_for(session, Some(&ended));
@@ -99,10 +105,15 @@ impl<B: Backend> Shard<B> {
             return Replayed::Deliver;
         }
         if let Some(held) = self.replaying.held.get_mut(&target.session) {
-            if held.messages.len() >= HELD_MAX {
+            if held.messages.len() >= HELD_MAX || self.replaying.count >= HELD_ON_SHARD_MAX {
+                if let Some(cluster) = self.shared.cluster.get() {
+                    let unheld = &cluster.stats.replay_unheld;
+                    unheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Replayed::Deliver;
             }
             held.messages.push((message.clone(), target.clone()));
+            self.replaying.count += 1;
             return Replayed::Held;
         }
         let replay = self.replaying.lately.get(&target.session);
@@ -175,6 +186,7 @@ impl<B: Backend> Shard<B> {
         let Some(held) = self.replaying.held.remove(&session) else {
             return;
         };
+        self.replaying.count -= held.messages.len();
         if ended.is_some() {
             self.replaying.lately.insert(session, held.replay);
         }
